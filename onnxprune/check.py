@@ -1,0 +1,137 @@
+"""Differential check: run a reference and a candidate model on the same inputs and compare.
+
+Passes when every output satisfies ``|cand − ref| ≤ atol + rtol·|ref|`` elementwise (numpy's
+``allclose`` rule).  On failure the report carries the smallest ``atol`` that would have passed
+at the given ``rtol``: ``max(|cand − ref| − rtol·|ref|)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+
+from onnxprune.errors import InvalidModelError, RuntimeFailure, UsageError
+from onnxprune.io import serialize_for_runtime
+
+_NP_TYPES = {
+    TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16,
+    TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8, TensorProto.BOOL: np.bool_,
+}
+
+
+def graph_inputs(model: ModelProto):
+    inits = {t.name for t in model.graph.initializer} | {
+        t.values.name for t in model.graph.sparse_initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input; symbolic dims take ``batch``."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        dtype = _NP_TYPES.get(tt.elem_type)
+        if dtype is None:
+            raise UsageError(f"input {vi.name!r}: element type {tt.elem_type} has no random "
+                             "generator; pass --data")
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch
+                for d in tt.shape.dim]
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, dims).astype(np.bool_)
+        else:
+            feeds[vi.name] = rng.integers(0, 10, dims).astype(dtype)
+    return feeds
+
+
+def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
+    """Inputs from an .npz: keys named after the graph inputs, or ``x`` for a one-input model."""
+    if not os.path.isfile(path):
+        raise InvalidModelError(f"{path}: no such data file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:  # numpy raises several types for a non-npz file
+        raise InvalidModelError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+    names = [vi.name for vi in graph_inputs(model)]
+    if len(names) == 1 and names[0] not in data:
+        key = "x" if "x" in data else (next(iter(data)) if len(data) == 1 else None)
+        if key is None:
+            raise UsageError(f"{path}: has no array named {names[0]!r} or 'x'")
+        return {names[0]: data[key]}
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise UsageError(f"{path}: missing input array(s) {', '.join(missing)}")
+    return {n: data[n] for n in names}
+
+
+def make_session(model: ModelProto, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    uses_custom = any(op.domain == "ai.onnxprune" for op in model.opset_import)
+    if uses_custom:
+        from onnxprune import runtime_ops
+
+        so = runtime_ops.session_options(intra_op_num_threads=threads)
+    try:
+        return ort.InferenceSession(serialize_for_runtime(model), so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidModelError(f"ONNX Runtime cannot load the model: {msg}") from None
+
+
+def run_model(model: ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    sess = make_session(model)
+    expected = {i.name: i for i in sess.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in expected}
+    try:
+        return sess.run(None, feeds)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeFailure(f"ONNX Runtime failed to run the model: {msg}") from None
+
+
+def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: float) -> dict:
+    if len(ref) != len(cand):
+        return {"passed": False, "reason": f"output count differs: {len(ref)} vs {len(cand)}",
+                "outputs": []}
+    rows = []
+    passed = True
+    needed_atol = 0.0
+    for i, (r, c) in enumerate(zip(ref, cand)):
+        if r.shape != c.shape:
+            rows.append({"index": i, "shape_ref": list(r.shape), "shape_candidate": list(c.shape),
+                         "passed": False})
+            passed = False
+            continue
+        if not np.issubdtype(r.dtype, np.number):
+            ok = bool(np.array_equal(r, c))
+            rows.append({"index": i, "passed": ok, "max_abs_error": None})
+            passed &= ok
+            continue
+        r64, c64 = r.astype(np.float64), c.astype(np.float64)
+        diff = np.abs(c64 - r64)
+        nan_mismatch = bool(np.any(np.isnan(r64) != np.isnan(c64)))
+        diff = np.where(np.isnan(diff), 0.0, diff)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        denom = np.abs(r64)
+        rel = np.where(denom > 0, diff / np.where(denom > 0, denom, 1), np.where(diff > 0, np.inf, 0))
+        max_rel = float(rel.max()) if rel.size else 0.0
+        need = float((diff - rtol * denom).max()) if diff.size else 0.0
+        ok = (not nan_mismatch) and need <= atol
+        needed_atol = max(needed_atol, need)
+        rows.append({"index": i, "shape": list(r.shape), "max_abs_error": max_abs,
+                     "max_rel_error": max_rel, "passed": ok, "nan_mismatch": nan_mismatch})
+        passed &= ok
+    return {"passed": passed, "atol": atol, "rtol": rtol, "outputs": rows,
+            "max_abs_error": max((o.get("max_abs_error") or 0.0 for o in rows), default=0.0),
+            "atol_that_passes": max(needed_atol, 0.0)}

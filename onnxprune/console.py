@@ -1,0 +1,66 @@
+"""Terminal output: progress on stderr, colour only where it is wanted.
+
+Progress is drawn only when stderr is a terminal and ``--quiet`` is off; colour additionally
+needs ``NO_COLOR`` unset (https://no-color.org).  Nothing here writes to stdout, which carries
+``--json -`` output.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def colour_enabled(stream=None) -> bool:
+    stream = stream or sys.stderr
+    return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
+
+
+def paint(text: str, colour: str, stream=None) -> str:
+    if not colour_enabled(stream):
+        return text
+    code = {"red": "31", "green": "32", "yellow": "33", "bold": "1"}[colour]
+    return f"\x1b[{code}m{text}\x1b[0m"
+
+
+class Console:
+    def __init__(self, quiet: bool = False, stream=None):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.interactive = (not quiet) and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last = 0.0
+        self._open = False
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            self._clear()
+            print(text, file=self.stream)
+
+    def warn(self, text: str) -> None:
+        self._clear()
+        print(f"onnxprune: {paint('warning', 'yellow', self.stream)}: {text}", file=self.stream)
+
+    def progress(self, stage: str, i: int, n: int, what: str = "") -> None:
+        """A one-line progress bar, redrawn at most 10 times a second."""
+        if not self.interactive:
+            return
+        now = time.monotonic()
+        if i < n and now - self._last < 0.1:
+            return
+        self._last = now
+        width = 24
+        filled = int(width * i / n) if n else width
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"\r{stage} [{bar}] {i}/{n} {what}"[:100]
+        self.stream.write(line.ljust(100))
+        self.stream.flush()
+        self._open = True
+        if i >= n:
+            self._clear()
+
+    def _clear(self) -> None:
+        if self._open:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+            self._open = False

@@ -1,0 +1,46 @@
+"""Errors that carry the CLI exit code they map to (DESIGN.md §4).
+
+0 ok · 1 runtime failure · 2 usage/config error · 3 a quality gate failed ·
+4 input rejected as invalid or unsafe.  The CLI prints ``str(err)`` on one line and exits
+with ``err.exit_code``; anything that is not an ``OnnxPruneError`` is a bug and exits 1.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_GATE = 3
+EXIT_INVALID_INPUT = 4
+
+
+class OnnxPruneError(Exception):
+    """Base class; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class RuntimeFailure(OnnxPruneError):
+    exit_code = EXIT_RUNTIME
+
+
+class UsageError(OnnxPruneError):
+    """Bad flags, bad recipe, bad option values."""
+
+    exit_code = EXIT_USAGE
+
+
+class GateFailed(OnnxPruneError):
+    """A quality gate (sparsity, size, accuracy, tolerance) was missed."""
+
+    exit_code = EXIT_GATE
+
+
+class InvalidModelError(OnnxPruneError):
+    """The input model (or data file) is malformed or unsafe to load."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class UnsafePathError(InvalidModelError):
+    """External data points outside the model's folder, or through a symlink."""

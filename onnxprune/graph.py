@@ -1,0 +1,342 @@
+"""Graph helpers: ModelProto ⇄ onnx-graphsurgeon Graph, and finding the prunable weights.
+
+Op knowledge lives in one table (``WEIGHT_OPS``): for each op, which input may hold a constant
+weight and which axis of that weight indexes output channels / input channels.
+
+* Gemm   Y = α·op(A)·op(B) + β·C.  B is (K, N), or (N, K) with transB → output axis 1 / 0.
+         A constant A (rare) is (M, K) or (K, M) with transA → output axis 0 / 1.
+* MatMul Y = X·W with W (…, K, N) → output axis -1, input axis -2; or Y = W·X with
+         W (…, M, K) → output axis -2, input axis -1.
+* Conv   W (M, C/group, k…) → output axis 0, input axis 1.
+* ConvTranspose W (C, M/group, k…) → output axis 1, input axis 0.
+
+Invariants kept by ``graph_from_model`` / ``graph_to_model``:
+* an initializer that is also a graph input stays a graph input (onnx-graphsurgeon would turn
+  it into a Constant and drop it from the inputs); passes see it as a ``Variable``, so it is never
+  pruned, and it is written back unchanged;
+* model-level fields (ir_version, opsets, producer, metadata_props, doc strings, functions)
+  come back exactly as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import ModelProto, TensorProto
+
+# onnx-graphsurgeon logs through its own logger at import and on export; keep it quiet so the
+# CLI's stderr stays readable.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
+
+FLOAT_TYPES = (np.float32, np.float16, np.float64)
+
+QUANTIZED_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
+    "DynamicQuantizeMatMul", "MatMulNBits", "MatMulIntegerToFloat", "QLinearAdd",
+    "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulBnb4",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightRole:
+    input_index: int
+    kind: str  # "fc" or "conv"
+    out_axis: Callable[[gs.Node, int], int]  # (node, weight rank) -> axis
+    in_axis: Callable[[gs.Node, int], int]
+
+
+def _attr(node: gs.Node, name: str, default):
+    return node.attrs.get(name, default)
+
+
+WEIGHT_OPS: dict[str, tuple[WeightRole, ...]] = {
+    "Gemm": (
+        WeightRole(1, "fc", lambda n, r: 0 if _attr(n, "transB", 0) else 1,
+                   lambda n, r: 1 if _attr(n, "transB", 0) else 0),
+        WeightRole(0, "fc", lambda n, r: 1 if _attr(n, "transA", 0) else 0,
+                   lambda n, r: 0 if _attr(n, "transA", 0) else 1),
+    ),
+    "MatMul": (
+        WeightRole(1, "fc", lambda n, r: r - 1, lambda n, r: r - 2),
+        WeightRole(0, "fc", lambda n, r: r - 2, lambda n, r: r - 1),
+    ),
+    "Conv": (WeightRole(1, "conv", lambda n, r: 0, lambda n, r: 1),),
+    "ConvTranspose": (WeightRole(1, "conv", lambda n, r: 1, lambda n, r: 0),),
+}
+
+
+@dataclasses.dataclass
+class Layer:
+    """One prunable weight and the node(s) that consume it."""
+
+    name: str
+    op: str
+    kind: str  # "fc" | "conv"
+    weight: gs.Constant | None  # None when the layer is reported but not prunable
+    weight_name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nodes: list[gs.Node]
+    out_axis: int
+    in_axis: int
+    source: str  # "initializer" | "constant-node"
+    skip_reason: str | None = None
+
+    @property
+    def params(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 0
+
+    def matches(self, pattern: str) -> bool:
+        return fnmatch.fnmatchcase(self.name, pattern) or fnmatch.fnmatchcase(
+            self.weight_name, pattern
+        )
+
+
+@dataclasses.dataclass
+class Note:
+    """Something the report should tell the user about a node that was not pruned."""
+
+    node: str
+    op: str
+    reason: str
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def graph_from_model(model: ModelProto) -> gs.Graph:
+    """Import into onnx-graphsurgeon, keeping initializer-backed graph inputs as inputs."""
+    graph = gs.import_onnx(model)
+    init_names = {t.name for t in model.graph.initializer}
+    input_inits = [i for i in model.graph.input if i.name in init_names]
+    if input_inits:
+        tensors = graph.tensors()
+        new_inputs = []
+        by_name = {}
+        for vi in input_inits:
+            const = tensors.get(vi.name)
+            if not isinstance(const, gs.Constant):
+                continue
+            var = gs.Variable(vi.name, dtype=const.dtype, shape=list(const.shape))
+            for node in list(const.outputs):
+                node.inputs[:] = [var if t is const else t for t in node.inputs]
+            for i, out in enumerate(graph.outputs):
+                if out is const:
+                    graph.outputs[i] = var
+            by_name[vi.name] = var
+        # Restore the original graph-input order.
+        current = {t.name: t for t in graph.inputs}
+        for vi in model.graph.input:
+            if vi.name in by_name:
+                new_inputs.append(by_name[vi.name])
+            elif vi.name in current:
+                new_inputs.append(current[vi.name])
+        graph.inputs = new_inputs
+    return graph
+
+
+def graph_to_model(graph: gs.Graph, original: ModelProto) -> ModelProto:
+    """Export, then restore what onnx-graphsurgeon does not carry."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = original.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        if original.HasField(field):
+            setattr(model, field, getattr(original, field))
+        else:
+            model.ClearField(field)
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    if original.graph.doc_string:
+        model.graph.doc_string = original.graph.doc_string
+    model.graph.name = original.graph.name
+    if not len(model.functions) and len(original.functions):
+        model.functions.extend(original.functions)
+    # Initializers that are graph inputs went through as Variables: put their data back.
+    input_names = {i.name for i in model.graph.input}
+    have = {t.name for t in model.graph.initializer}
+    for t in original.graph.initializer:
+        if t.name in input_names and t.name not in have:
+            model.graph.initializer.append(t)
+    return model
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _const_source(t: gs.Tensor) -> tuple[gs.Constant | None, str, gs.Node | None]:
+    """The constant behind a node input: an initializer, or a Constant node (through Identity)."""
+    seen = 0
+    while isinstance(t, gs.Variable) and len(t.inputs) == 1 and seen < 8:
+        producer = t.inputs[0]
+        if producer.op == "Constant" and isinstance(producer.attrs.get("value"), gs.Constant):
+            return producer.attrs["value"], "constant-node", producer
+        if producer.op == "Identity" and producer.inputs:
+            t = producer.inputs[0]
+            seen += 1
+            continue
+        return None, "", None
+    if isinstance(t, gs.Constant):
+        return t, "initializer", None
+    return None, "", None
+
+
+def _np_dtype_name(values) -> str:
+    return str(np.dtype(values.dtype))
+
+
+def _is_float(dtype) -> bool:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        return False
+    return dt.kind == "f" or dt.name == "bfloat16"
+
+
+def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
+    """Every prunable weight once (shared weights grouped), plus notes on what was skipped."""
+    layers: dict[int, Layer] = {}
+    order: list[int] = []
+    notes: list[Note] = []
+    graph_inputs = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        if node.op in QUANTIZED_OPS:
+            notes.append(Note(node.name, node.op, "quantized op: not pruned"))
+            continue
+        roles = WEIGHT_OPS.get(node.op)
+        if roles is None or (node.domain or "") not in ("", "ai.onnx"):
+            continue
+        for role in roles:
+            if role.input_index >= len(node.inputs):
+                continue
+            tensor = node.inputs[role.input_index]
+            if isinstance(tensor, gs.Variable) and tensor.name in graph_inputs:
+                notes.append(Note(node.name, node.op,
+                                  f"weight {tensor.name!r} is also a graph input: left alone"))
+                continue
+            const, source, _ = _const_source(tensor)
+            if const is None:
+                continue
+            # For MatMul/Gemm a constant on the data side of a variable weight is unusual;
+            # only take input 0 when input 1 is not itself constant.
+            if role.input_index == 0 and len(node.inputs) > 1 and _const_source(node.inputs[1])[0] is not None:
+                continue
+            key = id(const)
+            shape = tuple(int(d) for d in const.shape)
+            rank = len(shape)
+            if key in layers:
+                layers[key].nodes.append(node)
+                continue
+            name = node.name or const.name or f"{node.op}_{len(order)}"
+            out_axis = role.out_axis(node, rank) if rank >= 2 else 0
+            in_axis = role.in_axis(node, rank) if rank >= 2 else 0
+            layer = Layer(
+                name=name, op=node.op, kind=role.kind, weight=const,
+                weight_name=const.name or name, shape=shape,
+                dtype=_np_dtype_name(const.values) if hasattr(const, "values") else "?",
+                nodes=[node], out_axis=out_axis, in_axis=in_axis, source=source,
+            )
+            if not _is_float(const.dtype):
+                layer.skip_reason = f"weight dtype {const.dtype} is not floating point"
+            elif rank < 2:
+                layer.skip_reason = "weight has rank < 2"
+            layers[key] = layer
+            order.append(key)
+            break
+    result = [layers[k] for k in order]
+    # Layer names must be unique for globs and reports; disambiguate repeats deterministically.
+    seen: dict[str, int] = {}
+    for layer in result:
+        if layer.name in seen:
+            seen[layer.name] += 1
+            layer.name = f"{layer.name}#{seen[layer.name]}"
+        else:
+            seen[layer.name] = 0
+    return result, notes
+
+
+def weight_values(layer: Layer) -> np.ndarray:
+    return np.asarray(layer.weight.values)
+
+
+def set_weight_values(layer: Layer, values: np.ndarray) -> None:
+    layer.weight.values = np.ascontiguousarray(values)
+
+
+# --------------------------------------------------------------------------- shapes and FLOPs
+
+
+def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
+    """The model without its large weights (typed graph inputs instead) for shape inference."""
+    sk = ModelProto()
+    sk.ir_version = model.ir_version
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    g = sk.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    have_inputs = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        nbytes = len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+        if nbytes <= small:
+            g.initializer.append(t)
+        elif t.name not in have_inputs:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for sp in model.graph.sparse_initializer:
+        g.input.append(onnx.helper.make_tensor_value_info(
+            sp.values.name, sp.values.data_type, list(sp.dims)))
+    return sk
+
+
+def infer_shapes(model: ModelProto) -> dict[str, list[int | None]]:
+    """Tensor name → shape (None for unknown/symbolic dims); empty on failure."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False,
+                                                     data_prop=True)
+    except Exception:  # shape inference is best effort: FLOPs become unknown, nothing else
+        return {}
+    shapes: dict[str, list[int | None]] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return shapes
+
+
+def _prod_known(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d if d else 1
+    return n
+
+
+def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]]) -> int | None:
+    """How many times each weight is applied for one sample (FLOPs = 2 · reuse · weights)."""
+    out = shapes.get(node.outputs[0].name) if node.outputs else None
+    if layer.op == "Conv":
+        return _prod_known(out[2:]) if out and len(out) >= 3 else None
+    if layer.op == "ConvTranspose":
+        x = shapes.get(node.inputs[0].name)
+        return _prod_known(x[2:]) if x and len(x) >= 3 else None
+    if layer.op == "Gemm":
+        return 1
+    if layer.op == "MatMul":
+        if out is None:
+            return None
+        if node.inputs[1] is layer.weight or _const_source(node.inputs[1])[0] is layer.weight:
+            return _prod_known(out[1:-1]) if len(out) >= 3 else 1
+        if len(out) < 2:
+            return None
+        return (out[-1] or 1) * _prod_known(out[1:-2])
+    return None

@@ -1,0 +1,116 @@
+"""AdjustDropout — the retraining dropout ratio of Han et al. (2015), eq. (2):
+
+    D_r = D_o · sqrt(C_ir / C_io)
+
+C_i is the connection count of the layer the Dropout feeds (the connections a dropped
+activation silences): C_io its dense size, C_ir its nonzero weights now.  Pruning already
+removed capacity, so retraining should drop less.  The layer is the first prunable
+Gemm/MatMul/Conv reached from the Dropout's output through element-wise ops; a Dropout that
+feeds no such layer is left alone and reported.
+
+Applies to graphs that carry Dropout (training exports).  ``ratio`` is an attribute before
+opset 12 and an optional input since (default 0.5); the new ratio is written where the old
+one lived (a fresh constant input, so a ratio tensor shared with other nodes is not changed).
+Run it after pruning and before dead-neuron removal (C_io is the weight's current size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.graph import find_layers, weight_values
+
+from .base import PassResult, parse_options
+
+PASS_THROUGH = frozenset({
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Gelu", "HardSigmoid", "HardSwish",
+    "Softplus", "Identity", "Cast", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Clip",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
+})
+
+
+class AdjustDropout:
+    name = "adjust-dropout"
+    OPTIONS = ()
+
+    def __init__(self, options: dict | None = None):
+        parse_options(self.name, self.OPTIONS, options)
+
+    def __call__(self, graph: gs.Graph, progress=None) -> PassResult:
+        layers, _ = find_layers(graph)
+        by_node = {}
+        for layer in layers:
+            if layer.skip_reason:
+                continue
+            for node in layer.nodes:
+                by_node[id(node)] = layer
+        rows = []
+        modified = False
+        for node in list(graph.nodes):
+            if node.op != "Dropout":
+                continue
+            old, where = _current_ratio(node)
+            layer = _feeding_layer(node, by_node)
+            if layer is None:
+                rows.append({"node": node.name, "ratio": old, "new_ratio": None,
+                             "reason": "feeds no prunable layer"})
+                continue
+            w = weight_values(layer)
+            c_io = int(w.size)
+            c_ir = int(np.count_nonzero(w))
+            new = float(old * math.sqrt(c_ir / c_io)) if c_io else old
+            if new != old:
+                _set_ratio(node, new, where)
+                modified = True
+            rows.append({"node": node.name, "layer": layer.name, "ratio": old,
+                         "new_ratio": new, "c_io": c_io, "c_ir": c_ir})
+        return PassResult(graph, modified, {"dropouts": rows})
+
+
+def _current_ratio(node: gs.Node) -> tuple[float, str]:
+    if "ratio" in node.attrs:
+        return float(node.attrs["ratio"]), "attr"
+    if len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+        return float(np.asarray(node.inputs[1].values).reshape(-1)[0]), "input"
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        producer = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
+        if producer is not None and producer.op == "Constant":
+            return float(np.asarray(producer.attrs["value"].values).reshape(-1)[0]), "input"
+        return 0.5, "dynamic"
+    return 0.5, "default"
+
+
+def _set_ratio(node: gs.Node, ratio: float, where: str) -> None:
+    if where == "attr":
+        node.attrs["ratio"] = ratio
+        return
+    if where == "dynamic":
+        return
+    dtype = np.float32
+    if len(node.inputs) > 1 and node.inputs[1].dtype is not None:
+        dtype = np.dtype(node.inputs[1].dtype)
+    const = gs.Constant(f"{node.name or node.outputs[0].name}_retrain_ratio",
+                        np.array(ratio, dtype=dtype))
+    if len(node.inputs) > 1:
+        node.inputs[1] = const
+    else:
+        node.inputs.append(const)
+
+
+def _feeding_layer(node: gs.Node, by_node: dict):
+    frontier = [node.outputs[0]]
+    seen = set()
+    while frontier:
+        t = frontier.pop(0)
+        for consumer in t.outputs:
+            if id(consumer) in seen:
+                continue
+            seen.add(id(consumer))
+            if id(consumer) in by_node:
+                return by_node[id(consumer)]
+            if consumer.op in PASS_THROUGH and consumer.outputs:
+                frontier.append(consumer.outputs[0])
+    return None
