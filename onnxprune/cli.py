@@ -152,7 +152,6 @@ def cmd_prune(args, console: Console) -> int:
             os.path.samefile(args.output, args.model):
         raise UsageError(f"refusing to overwrite the input ({args.model}); choose another -o "
                          "or pass --in-place")
-    console.info(f"loading {args.model}")
     model, info = io.load(args.model)
     io.check_output_path(args.output, info, in_place=args.in_place)
     before_rows, notes = layer_rows(model)

@@ -126,7 +126,9 @@ def graph_from_model(model: ModelProto) -> gs.Graph:
                 continue
             var = gs.Variable(vi.name, dtype=const.dtype, shape=list(const.shape))
             for node in list(const.outputs):
-                node.inputs[:] = [var if t is const else t for t in node.inputs]
+                for k, t in enumerate(list(node.inputs)):
+                    if t is const:
+                        node.inputs[k] = var
             for i, out in enumerate(graph.outputs):
                 if out is const:
                     graph.outputs[i] = var

@@ -55,12 +55,13 @@ class LoadInfo:
 # --------------------------------------------------------------------------- tensor walk
 
 
-def iter_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+def iter_tensors(graph: GraphProto, skip_sparse_initializers: bool = False) -> Iterator[TensorProto]:
     """Every TensorProto in a graph, subgraphs included, in a fixed (file) order."""
     yield from graph.initializer
-    for sp in graph.sparse_initializer:
-        yield sp.values
-        yield sp.indices
+    if not skip_sparse_initializers:
+        for sp in graph.sparse_initializer:
+            yield sp.values
+            yield sp.indices
     for node in graph.node:
         for attr in node.attribute:
             yield from _attribute_tensors(attr)
@@ -82,8 +83,9 @@ def _attribute_tensors(attr: AttributeProto) -> Iterator[TensorProto]:
         yield from iter_tensors(g)
 
 
-def _iter_all_tensors(model: ModelProto) -> Iterator[TensorProto]:
-    yield from iter_tensors(model.graph)
+def _iter_all_tensors(model: ModelProto, skip_sparse_initializers: bool = False
+                      ) -> Iterator[TensorProto]:
+    yield from iter_tensors(model.graph, skip_sparse_initializers)
     for fn in model.functions:
         for node in fn.node:
             for attr in node.attribute:
@@ -395,9 +397,15 @@ def save(
         if external_data:
             fd, tmp_data = tempfile.mkstemp(prefix=".onnxprune-", suffix=".data.tmp", dir=folder)
             location = os.path.basename(data_path)
+            # Sparse payloads stay embedded when they fit: onnx.checker cannot read a
+            # SparseTensorProto's external data (ONNX Runtime can), so embedding them keeps
+            # the portable file checkable.
+            sparse_bytes = sum(_tensor_raw_bytes(x) for sp in model.graph.sparse_initializer
+                               for x in (sp.values, sp.indices))
+            embed_sparse = sparse_bytes < EMBED_LIMIT_BYTES // 2
             with os.fdopen(fd, "wb") as f:
                 offset = 0
-                for t in _iter_all_tensors(model):
+                for t in _iter_all_tensors(model, skip_sparse_initializers=embed_sparse):
                     if not t.HasField("raw_data") or len(t.raw_data) < EXTERNAL_MIN_BYTES:
                         continue
                     raw = t.raw_data

@@ -1,0 +1,26 @@
+import os
+
+import onnx
+import pytest
+
+from tests.models import cnn, mlp
+
+
+@pytest.fixture
+def mlp_path(tmp_path):
+    p = tmp_path / "mlp.onnx"
+    onnx.save(mlp(sizes=(64, 48, 32, 10)), p)
+    return str(p)
+
+
+@pytest.fixture
+def cnn_path(tmp_path):
+    p = tmp_path / "cnn.onnx"
+    onnx.save(cnn(), p)
+    return str(p)
+
+
+def save_external(model, path, threshold=0):
+    """Save with every tensor external, in one data file next to the model."""
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location=os.path.basename(path) + ".data", size_threshold=threshold)

@@ -1,0 +1,280 @@
+"""The CLI contract: exit codes, one-line errors, no partial outputs, gates, determinism."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnxprune.cli import main
+from tests.conftest import save_external
+from tests.models import cnn, mlp, random_feeds, run
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _files(folder):
+    return sorted(os.listdir(folder))
+
+
+def test_prune_writes_model_and_report(tmp_path, mlp_path, capsys):
+    out = tmp_path / "out.onnx"
+    code, stdout, err = _run(["prune", mlp_path, "-o", str(out), "--json", "-", "--quality", "1.0",
+                              "--no-remove-dead-neurons"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["status"] == "ok"
+    assert {"params", "nonzero"} <= set(report["total"])
+    row = report["layers"][0]
+    for key in ("name", "op", "weight_shape", "params", "nonzero", "density", "flops",
+                "flops_remaining", "threshold"):
+        assert key in row
+    assert report["total"]["nonzero"] < report["total"]["params"]
+    assert report["outputs"][0]["sha256"] and report["versions"]["onnx"] == onnx.__version__
+    # The written model computes exactly what the masked dense model computes.
+    pruned = onnx.load(str(out))
+    onnx.checker.check_model(pruned)
+    dense = onnx.load(mlp_path)
+    for t in dense.graph.initializer:
+        r = next((x for x in report["layers"] if x["weight"] == t.name), None)
+        if r:
+            a = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array(np.where(np.abs(a) >= r["threshold"], a, 0), t.name))
+    feeds = random_feeds(dense)
+    np.testing.assert_array_equal(run(pruned, feeds)[0], run(dense, feeds)[0])
+    assert "layer" in err and "total" in err  # the human table went to stderr
+
+
+def test_prune_is_deterministic_and_idempotent(tmp_path, cnn_path, capsys):
+    a, b, c = (tmp_path / n for n in ("a.onnx", "b.onnx", "c.onnx"))
+    assert _run(["prune", cnn_path, "-o", str(a), "-q"], capsys)[0] == 0
+    assert _run(["prune", cnn_path, "-o", str(b), "-q"], capsys)[0] == 0
+    assert a.read_bytes() == b.read_bytes()
+    # The same recipe on its own output changes nothing.
+    code, stdout, _ = _run(["prune", str(a), "-o", str(c), "--json", "-", "-q"], capsys)
+    assert code == 0 and json.loads(stdout)["already_applied"] is True
+    assert c.read_bytes() == a.read_bytes()
+    # A different recipe is applied.
+    code, stdout, _ = _run(["prune", str(a), "-o", str(c), "--quality", "1.5", "--json", "-", "-q"],
+                           capsys)
+    assert json.loads(stdout)["already_applied"] is False
+
+
+def test_determinism_across_processes(tmp_path, cnn_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"p{i}.onnx"
+        r = subprocess.run([sys.executable, "-m", "onnxprune.cli", "prune", cnn_path, "-o", str(out),
+                            "--target-sparsity", "0.7", "-q"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_gate_failure_exits_3_and_still_reports(tmp_path, mlp_path, capsys):
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    code, _, err = _run(["prune", mlp_path, "-o", str(out), "--json", str(rep),
+                         "--min-sparsity", "0.99"], capsys)
+    assert code == 3
+    assert "min-sparsity" in err.strip().splitlines()[-1]
+    report = json.loads(rep.read_text())
+    assert report["status"] == "gate-failed"
+    assert report["gates"][0]["passed"] is False
+    code, _, _ = _run(["prune", mlp_path, "-o", str(out), "--max-size-mb", "0.000001", "-q"], capsys)
+    assert code == 3
+    code, _, _ = _run(["prune", mlp_path, "-o", str(out), "--min-sparsity", "0.1",
+                       "--max-size-mb", "100", "-q"], capsys)
+    assert code == 0
+
+
+def test_target_sparsity_per_layer_and_global(tmp_path, mlp_path, capsys):
+    out = tmp_path / "o.onnx"
+    code, stdout, _ = _run(["prune", mlp_path, "-o", str(out), "--target-sparsity", "0.9",
+                            "--json", "-", "-q", "--no-remove-dead-neurons"], capsys)
+    rows = json.loads(stdout)["layers"]
+    for r in rows:
+        assert 1 - r["density"] == pytest.approx(0.9, abs=0.01)
+    code, stdout, _ = _run(["prune", mlp_path, "-o", str(out), "--target-sparsity", "0.9",
+                            "--target-scope", "global", "--json", "-", "-q",
+                            "--no-remove-dead-neurons"], capsys)
+    report = json.loads(stdout)
+    assert report["total"]["sparsity"] == pytest.approx(0.9, abs=0.002)
+    assert len({round(r["quality"], 9) for r in report["layers"]}) == 1
+
+
+def test_recipe_file_and_cli_override(tmp_path, mlp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("passes:\n  - threshold-by-std:\n      quality: {fc: 0.5}\n"
+                      "      layers: {fc3: 0.1}\nstorage: dense\n")
+    out = tmp_path / "o.onnx"
+    code, stdout, _ = _run(["prune", mlp_path, "-o", str(out), "--recipe", str(recipe),
+                            "--json", "-", "-q"], capsys)
+    report = json.loads(stdout)
+    assert code == 0 and report["storage"] == "dense"
+    q = {r["name"]: r["quality"] for r in report["layers"]}
+    assert q == {"fc1": 0.5, "fc2": 0.5, "fc3": 0.1}
+    code, stdout, _ = _run(["prune", mlp_path, "-o", str(out), "--recipe", str(recipe),
+                            "--fc-quality", "0.7", "--json", "-", "-q"], capsys)
+    q = {r["name"]: r["quality"] for r in json.loads(stdout)["layers"]}
+    assert q == {"fc1": 0.7, "fc2": 0.7, "fc3": 0.1}
+
+
+@pytest.mark.parametrize("text,match", [
+    ("passes: []\nbogus: 1\n", "unknown key"),
+    ("passes:\n  - threshold-by-std: {qualty: 1}\n", "unknown option"),
+    ("passes:\n  - threshold-by-std: {quality: -1}\n", ">= 0"),
+    ("passes:\n  - threshold-by-std: {target-sparsity: 1.5}\n", "must be <"),
+    ("passes:\n  - no-such-pass: {}\n", "unknown pass"),
+    ("storage: zip\n", "storage"),
+    ("!!python/object/apply:os.system ['echo pwned']\n", "invalid YAML"),
+    ("passes: [\n", "invalid YAML"),
+    ("gates: {min-sparsity: yes}\n", "expected a number"),
+])
+def test_bad_recipe_is_usage_error(tmp_path, mlp_path, capsys, text, match):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    out = tmp_path / "o.onnx"
+    code, _, err = _run(["prune", mlp_path, "-o", str(out), "--recipe", str(recipe)], capsys)
+    assert code == 2
+    assert match in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def _bad_inputs(tmp_path):
+    cases = {}
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    cases["empty"] = tmp_path / "empty.onnx"
+    good = mlp().SerializeToString()
+    (tmp_path / "trunc.onnx").write_bytes(good[: len(good) // 3])
+    cases["truncated"] = tmp_path / "trunc.onnx"
+    (tmp_path / "rand.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    cases["random"] = tmp_path / "rand.onnx"
+    (tmp_path / "tensor.onnx").write_bytes(
+        numpy_helper.from_array(np.ones(4, np.float32), "t").SerializeToString())
+    cases["not-a-model"] = tmp_path / "tensor.onnx"
+    sub = tmp_path / "ext"
+    sub.mkdir()
+    save_external(mlp(), str(sub / "esc.onnx"))
+    m = onnx.load(str(sub / "esc.onnx"), load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../esc.onnx.data"
+    onnx.save(m, str(sub / "esc.onnx"))
+    os.rename(sub / "esc.onnx.data", tmp_path / "esc.onnx.data")
+    cases["escape"] = sub / "esc.onnx"
+    return cases
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "random", "not-a-model", "escape"])
+def test_bad_inputs_exit_4_without_output(tmp_path, capsys, case):
+    src = _bad_inputs(tmp_path)[case]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = src.read_bytes()
+    code, _, err = _run(["prune", str(src), "-o", str(out_dir / "o.onnx")], capsys)
+    assert code == 4, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxprune: error:")
+    assert _files(out_dir) == []
+    assert src.read_bytes() == before
+
+
+def test_missing_input_and_output_is_input(tmp_path, mlp_path, capsys):
+    code, _, err = _run(["prune", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "o.onnx")], capsys)
+    assert code == 4 and "no such file" in err
+    before = open(mlp_path, "rb").read()
+    code, _, err = _run(["prune", mlp_path, "-o", mlp_path], capsys)
+    assert code == 2 and "overwrite the input" in err
+    assert open(mlp_path, "rb").read() == before
+    code, _, _ = _run(["prune", mlp_path, "-o", mlp_path, "--in-place", "-q"], capsys)
+    assert code == 0 and open(mlp_path, "rb").read() != before
+
+
+def test_usage_errors_exit_2(tmp_path, mlp_path, capsys):
+    for argv in (["prune", mlp_path], ["prune", mlp_path, "-o", "x.onnx", "--quality", "abc"],
+                 ["prune", mlp_path, "-o", "x.onnx", "--layer", "noequals"],
+                 ["prune", mlp_path, "-o", "x.onnx", "--target-sparsity", "1"],
+                 ["frobnicate"], []):
+        with pytest.raises(SystemExit) as e:
+            main(argv) if argv else (_ for _ in ()).throw(SystemExit(main(argv)))
+        assert e.value.code == 2, argv
+        capsys.readouterr()
+    code, _, err = _run(["prune", mlp_path, "-o", str(tmp_path / "nodir" / "o.onnx")], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_no_prunable_layer_exits_0(tmp_path, capsys):
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", 1, ["N", 3])],
+                          [helper.make_tensor_value_info("y", 1, ["N", 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    p = tmp_path / "relu.onnx"
+    onnx.save(m, p)
+    code, _, err = _run(["prune", str(p), "-o", str(tmp_path / "o.onnx")], capsys)
+    assert code == 0 and "no prunable layer" in err
+    assert (tmp_path / "o.onnx").exists()
+
+
+def test_inspect_json(cnn_path, capsys):
+    code, stdout, err = _run(["inspect", cnn_path, "--json", "-"], capsys)
+    assert code == 0
+    report = json.loads(stdout)
+    conv1 = report["layers"][0]
+    # conv1: 8x3x3x3 weights applied at 12x12 output positions, 2 FLOPs per multiply-add.
+    assert conv1["params"] == 216 and conv1["flops"] == 2 * 216 * 144
+    assert report["total"]["params"] == 216 + 1152 + 80
+    assert "compression" in report["total"]
+
+
+def test_check_pass_fail_and_tolerance_hint(tmp_path, mlp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert _run(["prune", mlp_path, "-o", str(out), "-q"], capsys)[0] == 0
+    code, _, err = _run(["check", mlp_path, mlp_path], capsys)
+    assert code == 0 and "PASS" in err
+    code, stdout, err = _run(["check", mlp_path, str(out), "--json", "-"], capsys)
+    assert code == 3 and "would pass with --atol" in err
+    needed = json.loads(stdout)["atol_that_passes"]
+    code, _, _ = _run(["check", mlp_path, str(out), "--atol", str(needed * 1.01)], capsys)
+    assert code == 0
+    data = tmp_path / "in.npz"
+    np.savez(data, x=np.ones((5, 64), np.float32))
+    code, _, _ = _run(["check", mlp_path, mlp_path, "--data", str(data)], capsys)
+    assert code == 0
+    (tmp_path / "bad.npz").write_bytes(b"nope")
+    code, _, err = _run(["check", mlp_path, mlp_path, "--data", str(tmp_path / "bad.npz")], capsys)
+    assert code == 4
+
+
+def test_external_data_model_keeps_external(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    save_external(mlp(sizes=(64, 48, 10)), str(src / "m.onnx"))
+    out = tmp_path / "o.onnx"
+    code, stdout, _ = _run(["prune", str(src / "m.onnx"), "-o", str(out), "--json", "-", "-q"], capsys)
+    assert code == 0
+    assert [os.path.basename(o["path"]) for o in json.loads(stdout)["outputs"]] == [
+        "o.onnx", "o.onnx.data"]
+    onnx.checker.check_model(str(out))
+
+
+def test_console_script_no_traceback(tmp_path):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(b"garbage")
+    r = subprocess.run(["onnxprune", "inspect", str(p)], capture_output=True, text=True)
+    assert r.returncode == 4 and "Traceback" not in r.stderr
+
+
+def test_no_colour_when_not_a_terminal(tmp_path, mlp_path):
+    r = subprocess.run(["onnxprune", "prune", mlp_path, "-o", str(tmp_path / "o.onnx"),
+                        "--min-sparsity", "0.1"], capture_output=True, text=True)
+    assert r.returncode == 0 and "\x1b[" not in r.stderr and "PASS" in r.stderr

@@ -1,0 +1,199 @@
+"""Finding prunable weights: the op table, weight sources, sharing, dtypes, skips."""
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.graph import find_layers, graph_from_model, graph_to_model
+from onnxprune.passes import ThresholdByStd
+from tests.models import mlp, random_feeds, run
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def _vi(name, shape, t=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, t, shape)
+
+
+def _w(name, shape, seed=0, dtype=np.float32):
+    return numpy_helper.from_array(
+        np.random.default_rng(seed).standard_normal(shape).astype(dtype), name)
+
+
+def _prune_and_compare(model, q=1.0):
+    """Prune with ThresholdByStd and check ORT outputs equal the hand-masked model."""
+    graph = graph_from_model(model)
+    result = ThresholdByStd({"quality": q})(graph)
+    pruned = graph_to_model(result.graph, model)
+    onnx.checker.check_model(pruned)
+    # Reference: mask the same weights with numpy directly on the proto.
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    rows = {r["weight"]: r for r in result.stats["layers"] if r["threshold"] is not None}
+    for t in list(ref.graph.initializer):
+        if t.name in rows:
+            a = numpy_helper.to_array(t)
+            a = np.where(np.abs(a.astype(np.float64)) >= rows[t.name]["threshold"], a, 0).astype(a.dtype)
+            t.CopyFrom(numpy_helper.from_array(a, t.name))
+    feeds = random_feeds(model)
+    np.testing.assert_allclose(run(pruned, feeds)[0], run(ref, feeds)[0], rtol=0, atol=0)
+    return result, pruned
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_weight_axes(trans_b):
+    shape = (6, 4) if trans_b else (4, 6)
+    m = _model([helper.make_node("Gemm", ["x", "W"], ["y"], name="g", transB=trans_b)],
+               [_vi("x", ["N", 4])], [_vi("y", ["N", 6])], [_w("W", shape)])
+    layers, _ = find_layers(graph_from_model(m))
+    assert len(layers) == 1
+    assert layers[0].out_axis == (0 if trans_b else 1)
+    assert layers[0].in_axis == (1 if trans_b else 0)
+    assert layers[0].kind == "fc"
+    r, _ = _prune_and_compare(m)
+    assert r.stats["layers"][0]["nonzero_after"] < 24
+
+
+def test_gemm_constant_a_with_trans_a():
+    # Y = A^T · X with A constant (K=5, M=3): output axis of A is 1.
+    m = _model([helper.make_node("Gemm", ["A", "x"], ["y"], name="g", transA=1)],
+               [_vi("x", [5, 2])], [_vi("y", [3, 2])], [_w("A", (5, 3))])
+    (layer,), _ = find_layers(graph_from_model(m))
+    assert (layer.out_axis, layer.in_axis) == (1, 0)
+    _prune_and_compare(m)
+
+
+def test_matmul_weight_on_either_side():
+    m = _model([helper.make_node("MatMul", ["x", "W"], ["h"], name="right"),
+                helper.make_node("MatMul", ["L", "h"], ["y"], name="left")],
+               [_vi("x", [4, 6])], [_vi("y", [3, 5])], [_w("W", (6, 5)), _w("L", (3, 4), 1)])
+    layers, _ = find_layers(graph_from_model(m))
+    by = {l.name: l for l in layers}
+    assert (by["right"].out_axis, by["right"].in_axis) == (1, 0)
+    assert (by["left"].out_axis, by["left"].in_axis) == (0, 1)
+    _prune_and_compare(m)
+
+
+def test_conv_grouped_depthwise_and_transpose():
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["a"], name="grouped", group=2, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "W2"], ["b"], name="depthwise", group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["b", "W3"], ["y"], name="deconv", strides=[2, 2]),
+    ]
+    m = _model(nodes, [_vi("x", ["N", 4, 8, 8])], [_vi("y", ["N", 3, 16, 16])],
+               [_w("W1", (4, 2, 3, 3)), _w("W2", (4, 1, 3, 3), 1), _w("W3", (4, 3, 2, 2), 2)])
+    layers, _ = find_layers(graph_from_model(m))
+    by = {l.name: l for l in layers}
+    assert by["deconv"].out_axis == 1 and by["deconv"].in_axis == 0
+    assert by["grouped"].kind == "conv"
+    _prune_and_compare(m, q=0.7)
+
+
+def test_weight_in_constant_node_and_identity():
+    w = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["Wc"], value=numpy_helper.from_array(w), name="const"),
+        helper.make_node("Identity", ["Wc"], ["Wi"], name="ident"),
+        helper.make_node("MatMul", ["x", "Wi"], ["y"], name="mm"),
+    ]
+    m = _model(nodes, [_vi("x", ["N", 4])], [_vi("y", ["N", 6])], [])
+    (layer,), _ = find_layers(graph_from_model(m))
+    assert layer.source == "constant-node"
+    g = graph_from_model(m)
+    r = ThresholdByStd({"quality": 1.0})(g)
+    pruned = graph_to_model(r.graph, m)
+    assert [n.op_type for n in pruned.graph.node] == ["Constant", "Identity", "MatMul"]
+    val = numpy_helper.to_array(pruned.graph.node[0].attribute[0].t)
+    assert np.count_nonzero(val) < w.size
+    feeds = random_feeds(m)
+    np.testing.assert_allclose(run(pruned, feeds)[0], feeds["x"] @ val, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_weight_is_pruned_once():
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="a"),
+             helper.make_node("MatMul", ["h", "W"], ["y"], name="b")]
+    m = _model(nodes, [_vi("x", ["N", 5])], [_vi("y", ["N", 5])], [_w("W", (5, 5))])
+    layers, _ = find_layers(graph_from_model(m))
+    assert len(layers) == 1 and [n.name for n in layers[0].nodes] == ["a", "b"]
+    r, pruned = _prune_and_compare(m)
+    assert r.stats["layers"][0]["shared_by"] == ["a", "b"]
+    assert len(pruned.graph.initializer) == 1
+
+
+def test_weight_that_is_graph_input_left_alone():
+    m = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+               [_vi("x", ["N", 4]), _vi("W", [4, 3])], [_vi("y", ["N", 3])], [_w("W", (4, 3))])
+    g = graph_from_model(m)
+    layers, notes = find_layers(g)
+    assert layers == []
+    assert "graph input" in notes[0].reason
+    r = ThresholdByStd({"quality": 2.0})(g)
+    out = graph_to_model(r.graph, m)
+    assert [i.name for i in out.graph.input] == ["x", "W"]
+    assert numpy_helper.to_array(out.graph.initializer[0]).tolist() == \
+        numpy_helper.to_array(m.graph.initializer[0]).tolist()
+
+
+@pytest.mark.parametrize("dtype,onnx_type", [(np.float16, TensorProto.FLOAT16),
+                                             (np.float64, TensorProto.DOUBLE),
+                                             (ml_dtypes.bfloat16, TensorProto.BFLOAT16)])
+def test_float_dtypes(dtype, onnx_type):
+    w = np.random.default_rng(0).standard_normal((8, 6)).astype(dtype)
+    m = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+               [_vi("x", ["N", 8], onnx_type)], [_vi("y", ["N", 6], onnx_type)],
+               [numpy_helper.from_array(w, "W")])
+    g = graph_from_model(m)
+    r = ThresholdByStd({"quality": 1.0})(g)
+    out = graph_to_model(r.graph, m)
+    new = numpy_helper.to_array(out.graph.initializer[0])
+    assert new.dtype == w.dtype
+    assert out.graph.initializer[0].data_type == onnx_type
+    t = r.stats["layers"][0]["threshold"]
+    expected = np.where(np.abs(w.astype(np.float64)) >= t, w, 0)
+    assert np.array_equal(new.astype(np.float64), expected.astype(np.float64))
+
+
+def test_quantized_ops_skipped_with_note():
+    nodes = [helper.make_node("MatMulInteger", ["x", "W"], ["y"], name="qmm")]
+    m = _model(nodes, [_vi("x", ["N", 4], TensorProto.UINT8)], [_vi("y", ["N", 3], TensorProto.INT32)],
+               [numpy_helper.from_array(np.ones((4, 3), np.uint8), "W")])
+    layers, notes = find_layers(graph_from_model(m))
+    assert layers == [] and notes[0].op == "MatMulInteger" and "quantized" in notes[0].reason
+
+
+def test_integer_weight_reported_not_pruned():
+    m = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+               [_vi("x", ["N", 4], TensorProto.INT32)], [_vi("y", ["N", 3], TensorProto.INT32)],
+               [numpy_helper.from_array(np.ones((4, 3), np.int32), "W")])
+    (layer,), _ = find_layers(graph_from_model(m))
+    assert "not floating point" in layer.skip_reason
+
+
+def test_skip_min_params_and_overrides():
+    m = mlp(sizes=(16, 12, 8, 4))
+    g = graph_from_model(m)
+    r = ThresholdByStd({"quality": 1.0, "skip": ["fc1"], "min-params": 50,
+                        "layers": {"fc2*": 0.2, "fc*2": 1.5}})(g)
+    rows = {row["name"]: row for row in r.stats["layers"]}
+    assert rows["fc1"]["skipped"] == "in the skip list"
+    assert "min-params" in rows["fc3"]["skipped"]
+    assert rows["fc2"]["quality"] == 1.5  # the last matching glob wins
+
+
+def test_model_fields_survive_roundtrip():
+    m = mlp()
+    m.producer_name = "someone"
+    m.doc_string = "doc"
+    e = m.metadata_props.add()
+    e.key, e.value = "k", "v"
+    out = graph_to_model(graph_from_model(m), m)
+    assert (out.ir_version, out.producer_name, out.doc_string) == (8, "someone", "doc")
+    assert [(p.key, p.value) for p in out.metadata_props] == [("k", "v")]
+    assert list(out.opset_import) == list(m.opset_import)
