@@ -144,7 +144,8 @@ def _recipe_from_args(args):
 def cmd_prune(args, console: Console) -> int:
     from onnxprune import io
     from onnxprune.pipeline import run_pipeline
-    from onnxprune.report import file_record, layer_rows, totals, versions, format_table
+    from onnxprune.graph import graph_from_model, infer_shapes
+    from onnxprune.report import format_table, graph_rows, totals, versions
 
     recipe = _recipe_from_args(args)
     _check_json_dest(args.json, [args.output, args.output + ".data"])
@@ -152,12 +153,14 @@ def cmd_prune(args, console: Console) -> int:
             os.path.samefile(args.output, args.model):
         raise UsageError(f"refusing to overwrite the input ({args.model}); choose another -o "
                          "or pass --in-place")
-    model, info = io.load(args.model)
+    model, info = io.load(args.model, lazy=True)
     io.check_output_path(args.output, info, in_place=args.in_place)
-    before_rows, notes = layer_rows(model)
-    result = run_pipeline(model, recipe, progress=console.progress)
-    out_model = result.model
-    after_rows, _ = layer_rows(out_model) if not result.already_applied else (before_rows, None)
+    graph = graph_from_model(model, info)
+    shapes = infer_shapes(model)
+    before_rows, notes = graph_rows(graph, shapes, with_std=False)
+    result = run_pipeline(model, recipe, progress=console.progress, graph=graph)
+    after_rows = before_rows if result.already_applied else \
+        graph_rows(result.graph, shapes, with_std=False)[0]
 
     threshold_stats = {}
     dead_stats = None
@@ -185,9 +188,15 @@ def cmd_prune(args, console: Console) -> int:
         })
     total = totals(rows)
 
-    written, sparse = io.save_with_storage(
-        out_model, args.output, storage=recipe.storage, source=info, in_place=args.in_place)
-    outputs = [file_record(p) for p in written]
+    outputs: list[dict] = []
+    if result.already_applied:
+        written, sparse = io.save_with_storage(
+            model, args.output, storage=recipe.storage, source=info, in_place=args.in_place,
+            records=outputs)
+    else:
+        written, sparse = io.save_graph(
+            result.graph, model, args.output, storage=recipe.storage, source=info,
+            in_place=args.in_place, metadata=result.metadata, records=outputs)
     out_bytes = sum(o["bytes"] for o in outputs)
 
     gates = []
@@ -254,8 +263,8 @@ def cmd_inspect(args, console: Console) -> int:
     from onnxprune.pipeline import read_stamp
     from onnxprune.report import file_record, format_table, layer_rows, totals, versions
 
-    model, info = io.load(args.model)
-    rows, notes = layer_rows(model)
+    model, info = io.load(args.model, lazy=True)
+    rows, notes = layer_rows(model, info)
     total = totals(rows)
     report = {
         "command": "inspect",

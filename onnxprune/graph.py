@@ -23,12 +23,14 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+from functools import partial
 from typing import Callable
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import ModelProto, TensorProto
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 # onnx-graphsurgeon logs through its own logger at import and on export; keep it quiet so the
 # CLI's stderr stays readable.
@@ -111,9 +113,51 @@ class Note:
 # --------------------------------------------------------------------------- conversion
 
 
-def graph_from_model(model: ModelProto) -> gs.Graph:
-    """Import into onnx-graphsurgeon, keeping initializer-backed graph inputs as inputs."""
+class ExternalValues(LazyValues):
+    """Values of an initializer left in its external data file (``io.load(lazy=True)``).
+
+    ``load`` returns a read-only memory map: reading is free until touched, and an accidental
+    in-place write raises instead of changing the user's input file.
+    """
+
+    def __init__(self, tensor: TensorProto, loader: Callable[[], np.ndarray]):
+        super().__init__(tensor)
+        self._loader = loader
+
+    def load(self):
+        return self._loader()
+
+
+class _Placeholder(LazyValues):
+    """Stands in for a large constant while onnx-graphsurgeon exports (see ``io.save_graph``)."""
+
+    def __init__(self, name: str, data_type: int, shape):
+        t = TensorProto()
+        t.name = name
+        t.data_type = data_type
+        t.dims.extend(int(d) for d in shape)
+        t.data_location = TensorProto.EXTERNAL
+        e = t.external_data.add()
+        e.key, e.value = "location", "pending"
+        super().__init__(t)
+
+
+def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
+    """Import into onnx-graphsurgeon, keeping initializer-backed graph inputs as inputs.
+
+    ``info`` (an ``io.LoadInfo``) supplies lazily loaded initializers as memory maps.
+    """
     graph = gs.import_onnx(model)
+    for t in graph.tensors().values():
+        # Storage is decided by io at save time; a location remembered from the input would
+        # make onnx-graphsurgeon mark a rewritten (embedded) tensor as external.
+        if isinstance(t, gs.Constant):
+            t.data_location = None
+    if info is not None and info.external:
+        for name, t in graph.tensors().items():
+            if isinstance(t, gs.Constant) and name in info.external and \
+                    isinstance(t._values, LazyValues):
+                t._values = ExternalValues(t._values.tensor, partial(info.array, name))
     init_names = {t.name for t in model.graph.initializer}
     input_inits = [i for i in model.graph.input if i.name in init_names]
     if input_inits:
@@ -144,8 +188,62 @@ def graph_from_model(model: ModelProto) -> gs.Graph:
     return graph
 
 
-def graph_to_model(graph: gs.Graph, original: ModelProto) -> ModelProto:
-    """Export, then restore what onnx-graphsurgeon does not carry."""
+def _large_constants(graph: gs.Graph, min_bytes: int):
+    for t in graph.tensors().values():
+        if not isinstance(t, gs.Constant):
+            continue
+        v = t._values
+        if isinstance(v, LazyValues) and isinstance(v.tensor, onnx.SparseTensorProto):
+            continue  # exported as a sparse initializer, untouched
+        if isinstance(v, ExternalValues) or (isinstance(v, np.ndarray) and v.nbytes >= min_bytes):
+            yield t
+
+
+def export_with_placeholders(graph: gs.Graph, original: ModelProto, source=None,
+                             min_bytes: int = 1024, metadata=None
+                             ) -> tuple[ModelProto, dict[int, np.ndarray]]:
+    """Export with large constants as placeholders; returns (model, arrays by initializer index).
+
+    The arrays are the constants' own numpy arrays / memory maps: nothing is copied.
+    """
+    swapped = []
+    pending: dict[str, np.ndarray] = {}
+    try:
+        for t in _large_constants(graph, min_bytes):
+            arr = t._values.load() if isinstance(t._values, ExternalValues) else t._values
+            data_type = (t._values.tensor.data_type if isinstance(t._values, ExternalValues)
+                         else onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))
+            swapped.append((t, t._values))
+            pending[t.name] = arr
+            t._values = _Placeholder(t.name, data_type, arr.shape)
+        model = _export(graph, original, metadata)
+    finally:
+        for t, v in swapped:
+            t._values = v
+    arrays = {i: pending[init.name] for i, init in enumerate(model.graph.initializer)
+              if init.name in pending}
+    return model, arrays
+
+
+def graph_to_model(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
+    """Export to a self-contained in-memory ModelProto (lazily loaded weights are read in)."""
+    swapped = []
+    try:
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Constant) and isinstance(t._values, ExternalValues):
+                swapped.append((t, t._values))
+                t._values = np.asarray(t._values.load()).copy()
+        return _export(graph, original, metadata)
+    finally:
+        for t, v in swapped:
+            t._values = v
+
+
+def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
+    """Export, then restore what onnx-graphsurgeon does not carry.
+
+    ``metadata`` (a list of (key, value)) replaces the original's metadata_props when given.
+    """
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = original.ir_version
     del model.opset_import[:]
@@ -156,7 +254,12 @@ def graph_to_model(graph: gs.Graph, original: ModelProto) -> ModelProto:
         else:
             model.ClearField(field)
     del model.metadata_props[:]
-    model.metadata_props.extend(original.metadata_props)
+    if metadata is None:
+        model.metadata_props.extend(original.metadata_props)
+    else:
+        for k, v in metadata:
+            e = model.metadata_props.add()
+            e.key, e.value = k, v
     if original.graph.doc_string:
         model.graph.doc_string = original.graph.doc_string
     model.graph.name = original.graph.name
@@ -289,8 +392,11 @@ def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
     g.output.extend(model.graph.output)
     have_inputs = {i.name for i in model.graph.input}
     for t in model.graph.initializer:
-        nbytes = len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
-        if nbytes <= small:
+        n = 1
+        for d in t.dims:
+            n *= d
+        external = t.data_location == TensorProto.EXTERNAL
+        if n <= small // 4 and not external:
             g.initializer.append(t)
         elif t.name not in have_inputs:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

@@ -15,7 +15,7 @@ Invariants this module guarantees to everything downstream:
   timestamps, no random names in the output).
 * Sparse storage (``storage="portable"``) is decided here, after the passes: a float
   initializer becomes a ``SparseTensorProto`` with int64 linear indices (the only index type
-  ``onnx.checker`` accepts) exactly when that makes it smaller than the dense bytes.
+  ``onnx.checker`` accepts) when that saves at least ``SPARSE_MIN_SAVING`` of its dense bytes.
 """
 
 from __future__ import annotations
@@ -43,13 +43,60 @@ EXTERNAL_ALIGN = 64
 STORAGE_FORMS = ("dense", "portable")
 
 
+@dataclasses.dataclass(frozen=True)
+class ExternalRef:
+    """A validated slice of an external data file."""
+
+    path: str  # absolute, inside the model's folder, no symlinks on the way
+    offset: int
+    length: int
+    data_type: int
+    dims: tuple[int, ...]
+
+
 @dataclasses.dataclass
 class LoadInfo:
-    """Where a model came from: what ``save`` needs to protect the input."""
+    """Where a model came from: what ``save`` needs to protect the input, and lazy weights."""
 
     path: str
     data_files: tuple[str, ...]  # absolute paths of external data files read
     file_bytes: int  # size of the .onnx plus its data files
+    # Initializer name → its bytes in an external file, for models loaded with ``lazy=True``
+    # (those initializers are left as external references in the ModelProto).
+    external: dict[str, ExternalRef] = dataclasses.field(default_factory=dict)
+
+    _maps: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def array(self, name: str) -> np.ndarray:
+        """A read-only view of an external initializer in a memory map (no copy, no write)."""
+        ref = self.external[name]
+        dtype = tensor_dtype(ref.data_type)
+        if ref.length == 0:
+            return np.zeros(ref.dims, dtype=dtype)
+        buf = self._maps.get(ref.path)
+        if buf is None:
+            buf = self._maps[ref.path] = _map_file(ref.path)
+        count = ref.length // dtype.itemsize
+        return np.frombuffer(buf, dtype=dtype, count=count, offset=ref.offset).reshape(ref.dims)
+
+
+# Map data files up to this size with MAP_POPULATE: one kernel call faults every page in,
+# instead of a page fault per 4 KiB while the passes read the weights.
+POPULATE_LIMIT = 8 << 30
+
+
+def _map_file(path: str):
+    import mmap
+
+    size = os.path.getsize(path)
+    flags = mmap.MAP_SHARED
+    if size <= POPULATE_LIMIT and hasattr(mmap, "MAP_POPULATE"):
+        flags |= mmap.MAP_POPULATE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- tensor walk
@@ -148,7 +195,7 @@ def _external_info(t: TensorProto) -> dict[str, str]:
     return info
 
 
-def _read_external(t: TensorProto, base_dir: str, cache: dict[str, int]) -> str:
+def _validate_external(t: TensorProto, base_dir: str, cache: dict[str, int]) -> ExternalRef:
     info = _external_info(t)
     path = _resolve_external_location(base_dir, info.get("location", ""), t.name)
     try:
@@ -177,15 +224,22 @@ def _read_external(t: TensorProto, base_dir: str, cache: dict[str, int]) -> str:
             f"tensor {t.name!r}: external data holds {length} bytes but shape "
             f"{list(t.dims)} needs {expected}"
         )
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if len(data) != length:
-        raise InvalidModelError(f"tensor {t.name!r}: short read from {info['location']!r}")
+    return ExternalRef(path, offset, length, t.data_type, tuple(int(d) for d in t.dims))
+
+
+def _read_ref(ref: ExternalRef) -> bytes:
+    with open(ref.path, "rb") as f:
+        f.seek(ref.offset)
+        data = f.read(ref.length)
+    if len(data) != ref.length:
+        raise InvalidModelError(f"short read from {ref.path}")
+    return data
+
+
+def _embed(t: TensorProto, data: bytes) -> None:
     t.raw_data = data
     t.data_location = TensorProto.DEFAULT
     del t.external_data[:]
-    return path
 
 
 _ITEMSIZE = {
@@ -208,8 +262,13 @@ def _expected_nbytes(t: TensorProto) -> int | None:
     return n * item
 
 
-def load(path: str | os.PathLike) -> tuple[ModelProto, LoadInfo]:
-    """Read and validate a model; external data is loaded into memory.
+def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, LoadInfo]:
+    """Read and validate a model.
+
+    External data is validated (location, bounds, size) and, unless ``lazy``, read into the
+    tensors.  With ``lazy=True`` top-level initializers stay external references and their
+    values are read through ``LoadInfo.array`` (a read-only memory map): a 500 MB model is not
+    copied into memory to be pruned.
 
     Raises ``InvalidModelError`` (exit 4) for anything that is not a loadable, safe model.
     """
@@ -240,13 +299,36 @@ def load(path: str | os.PathLike) -> tuple[ModelProto, LoadInfo]:
     base_dir = os.path.dirname(os.path.abspath(path))
     data_files: list[str] = []
     sizes: dict[str, int] = {}
+    external: dict[str, ExternalRef] = {}
+    lazy_names = set()
+    if lazy:
+        names = [t.name for t in model.graph.initializer]
+        # Only uniquely named top-level initializers can be referred to by name.
+        lazy_names = {n for n in names if n and names.count(n) == 1} if len(names) < 50_000 \
+            else set(names)
     for t in _iter_all_tensors(model):
-        if _is_external(t):
-            p = _read_external(t, base_dir, sizes)
-            if p not in data_files:
-                data_files.append(p)
+        if not _is_external(t):
+            continue
+        ref = _validate_external(t, base_dir, sizes)
+        if ref.path not in data_files:
+            data_files.append(ref.path)
+        if t.name in lazy_names and t.name not in external:
+            external[t.name] = ref
+        else:
+            _embed(t, _read_ref(ref))
+    # A lazily loaded initializer must still be external in the proto; one that shares its
+    # name with an embedded tensor elsewhere was embedded above and is dropped from the map.
     total = size + sum(sizes.values())
-    return model, LoadInfo(path=os.path.abspath(path), data_files=tuple(data_files), file_bytes=total)
+    return model, LoadInfo(path=os.path.abspath(path), data_files=tuple(data_files),
+                           file_bytes=total, external=external)
+
+
+def materialize(model: ModelProto, info: LoadInfo) -> ModelProto:
+    """Embed every lazily loaded initializer (in place); returns ``model``."""
+    for t in model.graph.initializer:
+        if _is_external(t) and t.name in info.external:
+            _embed(t, _read_ref(info.external[t.name]))
+    return model
 
 
 def _validate_header(model: ModelProto, path: str) -> None:
@@ -276,53 +358,97 @@ def load_model(path: str | os.PathLike) -> ModelProto:
 # --------------------------------------------------------------------------- portable sparse
 
 
+def tensor_dtype(data_type: int) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+
+
+FLOAT_TENSOR_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16,
+                      TensorProto.DOUBLE)
+
+
+# A sparse tensor is written only when it saves at least this share of the dense bytes: ONNX
+# Runtime densifies sparse initializers at load, so a marginal saving on disk is not worth the
+# load-time cost (int64 indices make fp32 break even at 33% density).
+SPARSE_MIN_SAVING = 0.10
+
+
 def sparse_nbytes(nnz: int, itemsize: int) -> int:
     """Bytes a SparseTensorProto with 1-D int64 linear indices needs for its payload."""
     return nnz * (itemsize + 8)
 
 
-def to_portable_sparse(model: ModelProto, *, protected: set[str] | None = None) -> list[str]:
+def _sparse_parts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values, sorted int64 linear indices) of ``arr`` if a sparse tensor is smaller, else None."""
+    from onnxprune.masks import count_nonzero
+
+    if arr.size == 0:
+        return None
+    nnz = count_nonzero(arr)
+    if sparse_nbytes(nnz, arr.dtype.itemsize) > (1 - SPARSE_MIN_SAVING) * arr.size * arr.dtype.itemsize:
+        return None
+    flat = np.asarray(arr).reshape(-1)
+    nz = np.flatnonzero(flat if flat.dtype.kind == "f" and flat.dtype.itemsize >= 4
+                        else flat.astype(np.float32))
+    return np.ascontiguousarray(flat[nz]), nz.astype(np.int64, copy=False)
+
+
+def _fill_sparse(sp: SparseTensorProto, name: str, data_type: int, dims, values, indices) -> None:
+    # Filled in place: building TensorProtos and appending them would copy the payload twice.
+    sp.dims.extend(int(d) for d in dims)
+    sp.values.name = name
+    sp.values.data_type = data_type
+    sp.values.dims.append(values.size)
+    sp.values.raw_data = values.tobytes()
+    sp.indices.data_type = TensorProto.INT64
+    sp.indices.dims.append(indices.size)
+    sp.indices.raw_data = indices.astype("<i8", copy=False).tobytes()
+
+
+def to_portable_sparse(model: ModelProto, *, protected: set[str] | None = None,
+                       arrays: dict[int, np.ndarray] | None = None) -> list[str]:
     """Rewrite float initializers as ``SparseTensorProto`` where that is smaller.
 
     Indices are 1-D int64 linear positions in row-major order, sorted ascending.  Initializers
     that are also graph inputs (a user may override them) and names in ``protected`` stay dense.
+    ``arrays`` gives the values of initializers (by position) whose bytes are not in the proto.
     Returns the names converted.  Modifies ``model`` in place.
     """
     protected = set(protected or ())
+    arrays = arrays or {}
     graph_inputs = {i.name for i in model.graph.input}
-    keep: list[TensorProto] = []
     converted: list[str] = []
-    new_sparse: list[SparseTensorProto] = []
-    for init in model.graph.initializer:
-        arr = None
-        if (
-            init.name not in graph_inputs
-            and init.name not in protected
-            and init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16,
-                                   TensorProto.BFLOAT16, TensorProto.DOUBLE)
-            and len(init.dims) >= 1
-        ):
+    drop: set[int] = set()
+    for i, init in enumerate(model.graph.initializer):
+        if (init.name in graph_inputs or init.name in protected
+                or init.data_type not in FLOAT_TENSOR_TYPES or len(init.dims) < 1):
+            continue
+        arr = arrays.get(i)
+        if arr is None:
+            if _is_external(init):
+                continue
             arr = onnx.numpy_helper.to_array(init)
-        if arr is None or arr.size == 0:
-            keep.append(init)
+        parts = _sparse_parts(arr)
+        if parts is None:
             continue
-        flat = arr.reshape(-1)
-        nz = np.flatnonzero(flat.astype(np.float32) != 0) if flat.dtype.itemsize == 2 else np.flatnonzero(flat)
-        if sparse_nbytes(nz.size, arr.dtype.itemsize) >= arr.nbytes:
-            keep.append(init)
-            continue
-        values = onnx.numpy_helper.from_array(np.ascontiguousarray(flat[nz]), init.name)
-        indices = onnx.numpy_helper.from_array(nz.astype(np.int64), "")
-        sp = SparseTensorProto()
-        sp.values.CopyFrom(values)
-        sp.indices.CopyFrom(indices)
-        sp.dims.extend(init.dims)
-        new_sparse.append(sp)
+        _fill_sparse(model.graph.sparse_initializer.add(), init.name, init.data_type, init.dims,
+                     *parts)
+        del parts
         converted.append(init.name)
-    if converted:
+        drop.add(i)
+    if drop:
+        keep = [t for i, t in enumerate(model.graph.initializer) if i not in drop]
+        kept_arrays = {}
+        j = 0
+        for i in range(len(model.graph.initializer)):
+            if i in drop:
+                continue
+            if i in arrays:
+                kept_arrays[j] = arrays[i]
+            j += 1
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
-        model.graph.sparse_initializer.extend(new_sparse)
+        arrays.clear()
+        arrays.update(kept_arrays)
     return converted
 
 
@@ -351,9 +477,8 @@ def check_output_path(out: str, source: LoadInfo | None, *, in_place: bool = Fal
         protected = (source.path, *source.data_files)
         for p in protected:
             for candidate in (out, data_path):
-                if os.path.exists(candidate) and _same_file(candidate, p) or (
-                    os.path.abspath(candidate) == os.path.abspath(p)
-                ):
+                if (os.path.exists(candidate) and _same_file(candidate, p)) or (
+                        os.path.abspath(candidate) == os.path.abspath(p)):
                     raise UsageError(
                         f"refusing to overwrite the input ({p}); choose another -o or pass "
                         "--in-place"
@@ -362,8 +487,14 @@ def check_output_path(out: str, source: LoadInfo | None, *, in_place: bool = Fal
 
 
 def _tensor_raw_bytes(t: TensorProto) -> int:
+    if _is_external(t):
+        for e in t.external_data:
+            if e.key == "length":
+                return int(e.value)
+        return 0
     if t.HasField("raw_data"):
-        return len(t.raw_data)
+        n = _expected_nbytes(t)
+        return n if n is not None else len(t.raw_data)
     return t.ByteSize()
 
 
@@ -371,30 +502,29 @@ def model_payload_bytes(model: ModelProto) -> int:
     return sum(_tensor_raw_bytes(t) for t in _iter_all_tensors(model))
 
 
-def save(
-    model: ModelProto,
-    path: str | os.PathLike,
-    *,
-    source: LoadInfo | None = None,
-    in_place: bool = False,
-    external_data: bool | None = None,
-) -> list[str]:
-    """Write ``model`` atomically; returns the files written (model first).
+def _as_bytes_view(arr: np.ndarray) -> memoryview:
+    arr = np.ascontiguousarray(arr)
+    return memoryview(arr.reshape(-1).view(np.uint8))
 
-    ``external_data=None`` chooses: external when the input used it or the model would not fit
-    one protobuf.  ``model`` is restored to its in-memory form before returning.
+
+def _write(model: ModelProto, path: str, data_path: str, external: bool,
+           arrays: dict[int, np.ndarray], records: list | None = None) -> list[str]:
+    """Serialise ``model`` with initializer payloads from ``arrays`` (by position) atomically.
+
+    External layout: tensors in file order, 64-byte aligned.  ``model`` may be modified
+    (payloads embedded or turned into references); callers pass a model they own.  When
+    ``records`` is a list, {path, bytes, sha256} of each file written is appended to it (hashed
+    while writing, so the output is not read back).
     """
-    path = os.fspath(path)
-    data_path = check_output_path(path, source, in_place=in_place)
-    payload = model_payload_bytes(model)
-    if external_data is None:
-        external_data = bool(source and source.data_files) or payload > EMBED_LIMIT_BYTES
+    import hashlib
+
+    data_hash = hashlib.sha256()
+    data_size = 0
     folder = os.path.dirname(os.path.abspath(path))
     written: list[str] = []
     tmp_model = tmp_data = None
-    moved: list[tuple[TensorProto, bytes]] = []
     try:
-        if external_data:
+        if external:
             fd, tmp_data = tempfile.mkstemp(prefix=".onnxprune-", suffix=".data.tmp", dir=folder)
             location = os.path.basename(data_path)
             # Sparse payloads stay embedded when they fit: onnx.checker cannot read a
@@ -405,36 +535,61 @@ def save(
             embed_sparse = sparse_bytes < EMBED_LIMIT_BYTES // 2
             with os.fdopen(fd, "wb") as f:
                 offset = 0
-                for t in _iter_all_tensors(model, skip_sparse_initializers=embed_sparse):
-                    if not t.HasField("raw_data") or len(t.raw_data) < EXTERNAL_MIN_BYTES:
-                        continue
-                    raw = t.raw_data
+
+                def put(t: TensorProto, data) -> None:
+                    nonlocal offset
                     pad = (-offset) % EXTERNAL_ALIGN
                     if pad:
                         f.write(b"\0" * pad)
+                        data_hash.update(b"\0" * pad)
                         offset += pad
-                    f.write(raw)
-                    moved.append((t, raw))
+                    f.write(data)
+                    data_hash.update(data)
+                    n = len(data) if isinstance(data, (bytes, bytearray)) else data.nbytes
                     t.ClearField("raw_data")
+                    del t.external_data[:]
                     t.data_location = TensorProto.EXTERNAL
                     for k, v in (("location", location), ("offset", str(offset)),
-                                 ("length", str(len(raw)))):
+                                 ("length", str(n))):
                         e = t.external_data.add()
                         e.key, e.value = k, v
-                    offset += len(raw)
-                    del raw
+                    offset += n
+
+                for i, t in enumerate(model.graph.initializer):
+                    if i in arrays:
+                        arr = arrays[i]
+                        if arr.nbytes >= EXTERNAL_MIN_BYTES:
+                            put(t, _as_bytes_view(arr))
+                        else:
+                            _embed(t, np.ascontiguousarray(arr).tobytes())
+                    elif t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
+                        put(t, t.raw_data)
+                rest = _iter_all_tensors(model, skip_sparse_initializers=embed_sparse)
+                n_init = len(model.graph.initializer)
+                for k, t in enumerate(rest):
+                    if k < n_init:
+                        continue  # initializers were handled above
+                    if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
+                        put(t, t.raw_data)
                 f.flush()
                 os.fsync(f.fileno())
+                data_size = offset
+        else:
+            for i, t in enumerate(model.graph.initializer):
+                if i in arrays:
+                    _embed(t, np.ascontiguousarray(arrays[i]).tobytes())
         blob = model.SerializeToString(deterministic=True)
         if len(blob) > PROTOBUF_LIMIT:
             raise RuntimeFailure(
-                "the model is over protobuf's 2 GiB limit even without its weights"
+                "the model is over protobuf's 2 GiB limit; save it with external data"
             )
         fd, tmp_model = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx.tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
+        model_record = {"path": path, "bytes": len(blob),
+                        "sha256": hashlib.sha256(blob).hexdigest()}
         del blob
         if tmp_data is not None:
             os.chmod(tmp_data, 0o644)
@@ -445,36 +600,93 @@ def save(
         os.replace(tmp_model, path)
         tmp_model = None
         written.insert(0, path)
+        if records is not None:
+            records.append(model_record)
+            if external:
+                records.append({"path": data_path, "bytes": data_size,
+                                "sha256": data_hash.hexdigest()})
     except OSError as e:
         raise RuntimeFailure(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        for t, raw in moved:
-            del t.external_data[:]
-            t.data_location = TensorProto.DEFAULT
-            t.raw_data = raw
         for tmp in (tmp_model, tmp_data):
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
     return written
 
 
-def save_with_storage(
+def _decide_external(payload: int, source: LoadInfo | None, external_data: bool | None) -> bool:
+    if external_data is not None:
+        return external_data
+    return bool(source and source.data_files) or payload > EMBED_LIMIT_BYTES
+
+
+def _check_storage(storage: str) -> None:
+    if storage not in STORAGE_FORMS:
+        raise UsageError(f"unknown storage form {storage!r}; expected one of {STORAGE_FORMS}")
+
+
+def save(
     model: ModelProto,
     path: str | os.PathLike,
     *,
-    storage: str = "dense",
     source: LoadInfo | None = None,
     in_place: bool = False,
     external_data: bool | None = None,
-    protected: set[str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Apply the storage form, then ``save``; returns (files written, tensors stored sparse)."""
-    if storage not in STORAGE_FORMS:
-        raise UsageError(f"unknown storage form {storage!r}; expected one of {STORAGE_FORMS}")
-    sparse: list[str] = []
-    if storage == "portable":
-        sparse = to_portable_sparse(model, protected=protected)
-    return save(model, path, source=source, in_place=in_place, external_data=external_data), sparse
+) -> list[str]:
+    """Write ``model`` atomically (dense storage); returns the files written (model first).
+
+    ``model`` is not modified.  Initializers still referring to the source's external data
+    (``load(..., lazy=True)``) are copied from there.  ``external_data=None`` chooses: external
+    when the input used it or the model would not fit one protobuf.
+    """
+    return save_with_storage(model, path, source=source, in_place=in_place,
+                             external_data=external_data)[0]
+
+
+def save_with_storage(model: ModelProto, path: str | os.PathLike, *, storage: str = "dense",
+                      source: LoadInfo | None = None, in_place: bool = False,
+                      external_data: bool | None = None,
+                      records: list | None = None) -> tuple[list[str], list[str]]:
+    """``save`` with a storage form; returns (files written, names stored sparse)."""
+    _check_storage(storage)
+    path = os.fspath(path)
+    data_path = check_output_path(path, source, in_place=in_place)
+    out = ModelProto()
+    out.CopyFrom(model)
+    arrays: dict[int, np.ndarray] = {}
+    for i, t in enumerate(out.graph.initializer):
+        if _is_external(t):
+            if source is None or t.name not in source.external:
+                raise RuntimeFailure(f"tensor {t.name!r} refers to external data that was not "
+                                     "loaded; load the model without lazy=True")
+            arrays[i] = source.array(t.name)
+    sparse = to_portable_sparse(out, arrays=arrays) if storage == "portable" else []
+    payload = model_payload_bytes(out) + sum(a.nbytes for a in arrays.values())
+    external = _decide_external(payload, source, external_data)
+    return _write(out, path, data_path, external, arrays, records), sparse
+
+
+def save_graph(graph, original: ModelProto, path: str | os.PathLike, *,
+               storage: str = "dense", source: LoadInfo | None = None, in_place: bool = False,
+               external_data: bool | None = None, metadata=None,
+               records: list | None = None) -> tuple[list[str], list[str]]:
+    """Export an onnx-graphsurgeon graph and write it without copying its weights in memory.
+
+    Large constants are swapped for placeholders while onnx-graphsurgeon builds the ModelProto
+    (it would otherwise copy every array into a TensorProto), then streamed from their numpy
+    arrays or memory maps straight into the output.  Returns (files written, names stored
+    sparse).  The graph is left as it was.
+    """
+    from onnxprune.graph import export_with_placeholders
+
+    _check_storage(storage)
+    path = os.fspath(path)
+    data_path = check_output_path(path, source, in_place=in_place)
+    model, arrays = export_with_placeholders(graph, original, source, metadata=metadata)
+    sparse = to_portable_sparse(model, arrays=arrays) if storage == "portable" else []
+    payload = model_payload_bytes(model) + sum(a.nbytes for a in arrays.values())
+    external = _decide_external(payload, source, external_data)
+    return _write(model, path, data_path, external, arrays, records), sparse
 
 
 def serialize_for_runtime(model: ModelProto) -> bytes:

@@ -23,22 +23,50 @@ __all__ = [
     "quality_for_sparsity",
     "global_quality_for_sparsity",
     "pruned_fraction",
+    "apply_threshold",
+    "count_nonzero",
 ]
 
 
-def _as_f64(w: np.ndarray) -> np.ndarray:
-    w = np.asarray(w)
-    if w.dtype != np.float64:
-        w = w.astype(np.float64)
-    return w
+CHUNK = 1 << 20  # elements per chunk: bounds temporaries to a few MB whatever the layer size
+
+
+def _chunks(w: np.ndarray):
+    """Flat chunks of ``w`` (views, no copy for contiguous arrays)."""
+    flat = np.asarray(w).reshape(-1)
+    for i in range(0, flat.size, CHUNK):
+        yield flat[i:i + CHUNK]
+
+
+def _f64(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64, copy=False)
+
+
+def _acc_dtype(w: np.ndarray):
+    return np.float64
 
 
 def weight_std(w: np.ndarray) -> float:
-    """Population standard deviation of a layer's weights, computed in float64."""
-    w = _as_f64(w)
-    if w.size == 0:
+    """Population standard deviation, accumulated in float64 over chunks (two passes).
+
+    Squares are formed in the weight's own precision (float32 for fp16/bf16) and summed with
+    numpy's pairwise float64 reduction: deterministic on every machine, and no full-size
+    temporary whatever the layer size.
+    """
+    w = np.asarray(w)
+    n = w.size
+    if n == 0:
         return 0.0
-    return float(np.std(w))
+    work = np.float64 if w.dtype == np.float64 else np.float32
+    mean = sum(float(c.sum(dtype=np.float64)) for c in _chunks(w)) / n
+    ss = 0.0
+    buf = np.empty(min(CHUNK, n), dtype=work)
+    for c in _chunks(w):
+        d = buf[:c.size]
+        np.subtract(c, work(mean), out=d, casting="unsafe")
+        np.square(d, out=d)
+        ss += float(d.sum(dtype=np.float64))
+    return float(np.sqrt(ss / n))
 
 
 def std_threshold_mask(w: np.ndarray, quality: float) -> tuple[np.ndarray, float, float]:
@@ -46,11 +74,10 @@ def std_threshold_mask(w: np.ndarray, quality: float) -> tuple[np.ndarray, float
 
     Returns ``(keep, std, threshold)``; ``keep`` is a bool array shaped like ``w``.
     """
-    if not np.isfinite(quality) or quality < 0:
-        raise ValueError(f"quality must be a finite number >= 0, got {quality}")
-    w64 = _as_f64(w)
-    std = weight_std(w64)
+    _check_quality(quality)
+    std = weight_std(w)
     threshold = float(quality) * std
+    w64 = _f64(np.asarray(w))
     keep = np.abs(w64) >= threshold
     if threshold == 0.0:
         keep = np.ones(w64.shape, dtype=bool)
@@ -59,76 +86,152 @@ def std_threshold_mask(w: np.ndarray, quality: float) -> tuple[np.ndarray, float
     return keep, std, threshold
 
 
+def _check_quality(quality: float) -> None:
+    if not np.isfinite(quality) or quality < 0:
+        raise ValueError(f"quality must be a finite number >= 0, got {quality}")
+
+
+def _threshold_in(dtype: np.dtype, threshold: float):
+    """The threshold in ``dtype`` such that ``|w| >= t_dtype`` ⟺ ``|w| >= threshold`` exactly.
+
+    ``w`` is representable in its dtype, so comparing against the smallest representable value
+    not below ``threshold`` gives the float64 answer without converting the weights.
+    """
+    t = dtype.type(threshold)
+    if float(t) < threshold:
+        t = np.nextafter(t, dtype.type(np.inf))
+    return t
+
+
+def apply_threshold(w: np.ndarray, threshold: float) -> tuple[np.ndarray, int, int]:
+    """``w ⊙ [|w| ≥ threshold]`` as a new array of ``w``'s dtype, built chunk by chunk.
+
+    Same rule as ``std_threshold_mask``.  Returns ``(pruned, nonzero_before, nonzero_after)``;
+    ``w`` itself is never written (it may be a read-only memory map of the input file).
+    """
+    w = np.asarray(w)
+    before = after = 0
+    native = w.dtype in (np.float32, np.float64)
+    work = w.dtype if native else np.dtype(np.float32)  # fp16/bf16 values are exact in float32
+
+    t = _threshold_in(work, threshold)
+    n = min(CHUNK, w.size)
+    absbuf = np.empty(n, dtype=work)
+    mask = np.empty(n, dtype=bool)
+    out = np.empty(w.shape, dtype=w.dtype)
+    flat_out = out.reshape(-1)
+    pos = 0
+    for c in _chunks(w):
+        m = c.size
+        a, k = absbuf[:m], mask[:m]
+        np.abs(c, out=a, casting="unsafe")
+        np.greater_equal(a, t, out=k)
+        before += int(np.count_nonzero(c))
+        dst = flat_out[pos:pos + m]
+        np.multiply(c, k, out=dst, casting="unsafe")
+        # -0.0 · 0 is -0.0; x + 0.0 turns it into +0.0 and leaves every other x as it is, so
+        # pruned weights are a canonical +0.0 in the file.
+        np.add(dst, dst.dtype.type(0), out=dst)
+        after += int(np.count_nonzero(dst))
+        pos += m
+    return out, before, after
+
+
+def count_nonzero(w: np.ndarray) -> int:
+    return sum(int(np.count_nonzero(c)) for c in _chunks(w))
+
+
 def pruned_fraction(keep: np.ndarray) -> float:
     return 1.0 - float(np.count_nonzero(keep)) / keep.size if keep.size else 0.0
 
 
+def _bucket_shift(dtype: np.dtype) -> int:
+    # Non-negative IEEE floats order like their bit patterns; the top 16 bits below the sign
+    # bit make a 65536-bucket histogram without any float arithmetic.
+    return dtype.itemsize * 8 - 17
+
+
+def _kth_smallest(chunk_fn, k: int) -> tuple[float, float | None]:
+    """The k-th smallest (1-based) of non-negative floats streamed by ``chunk_fn()``, and the
+    smallest value above it (None if there is none).
+
+    One histogram pass over the values' bit patterns finds the bucket holding the k-th value; a
+    second pass collects that bucket's members (few, for real weights) and selects exactly.
+    Memory stays at one chunk plus one bucket, whatever the layer size.
+    """
+    counts = None
+    shift = None
+    utype = None
+    for v in chunk_fn():
+        if counts is None:
+            shift = _bucket_shift(v.dtype)
+            utype = np.uint32 if v.dtype.itemsize == 4 else np.uint64
+            counts = np.zeros(1 << 16, dtype=np.int64)
+        counts += np.bincount(np.right_shift(v.view(utype), shift), minlength=1 << 16)
+    cum = np.cumsum(counts)
+    b = int(np.searchsorted(cum, k))
+    below = int(cum[b - 1]) if b > 0 else 0
+
+    def members(bucket):
+        found = [v[np.right_shift(v.view(utype), shift) == bucket] for v in chunk_fn()]
+        return np.concatenate(found)
+
+    m = np.sort(members(b))
+    kth = float(m[k - below - 1])
+    above = m[m > kth]
+    if above.size:
+        return kth, float(above[0])
+    later = np.flatnonzero(counts[b + 1:])
+    if later.size == 0:
+        return kth, None
+    return kth, float(members(b + 1 + int(later[0])).min())
+
+
 def quality_for_sparsity(w: np.ndarray, sparsity: float) -> float:
-    """Smallest q whose threshold prunes at least ``sparsity`` of ``w`` (per-layer target mode).
+    """q whose threshold prunes ``k = ceil(sparsity · n)`` weights of ``w`` (ties pruned together).
 
-    The threshold is placed between the k-th and (k+1)-th smallest magnitudes so that exactly
-    ``k = ceil(sparsity · n)`` weights fall below it (ties at the boundary are pruned together).
+    The threshold sits midway between the k-th and (k+1)-th smallest magnitudes; magnitudes
+    are exact in the weights' own precision, so no conversion of the layer is needed.
+    """
+    return global_quality_for_sparsity([w], sparsity)
+
+
+def global_quality_for_sparsity(layers: list[np.ndarray], sparsity: float) -> float:
+    """One q for all layers such that the pruned share of all their weights is ``sparsity``.
+
+    Each layer prunes ``|w| < q·σ_l``, i.e. ``|w|/σ_l < q``: q is placed just above the k-th
+    smallest normalised magnitude over all layers (k = ceil(sparsity · total)).  With a single
+    layer this is the per-layer solver (and σ cancels out).
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"target sparsity must be in [0, 1), got {sparsity}")
-    w64 = _as_f64(w).reshape(-1)
-    n = w64.size
-    std = weight_std(w64)
-    if n == 0 or std == 0.0:
+    layers = [np.asarray(w) for w in layers]
+    stds = [weight_std(w) for w in layers]
+    usable = [(w, s) for w, s in zip(layers, stds) if s > 0]
+    k = int(np.ceil(sparsity * sum(w.size for w in layers) - 1e-9))
+    # Layers with σ = 0 (all weights equal) cannot be thresholded relative to σ; zeros in them
+    # are already pruned and count towards the target.
+    k -= sum(count_zero(w) for w, s in zip(layers, stds) if s == 0)
+    n = sum(w.size for w, _ in usable)
+    if n == 0 or k <= 0:
         return 0.0
-    k = int(np.ceil(sparsity * n - 1e-9))
-    if k <= 0:
-        return 0.0
-    mags = np.abs(w64)
-    # k-th smallest (index k-1) is pruned; the threshold sits just above it.
-    kth = np.partition(mags, k - 1)[k - 1]
-    above = mags[mags > kth]
-    upper = float(above.min()) if above.size else float(kth) * 2 + 1e-30
-    threshold = (float(kth) + upper) / 2
-    return threshold / std
+    k = min(k, n)
+    single = len(usable) == 1
+
+    def chunk_fn():
+        for w, s in usable:
+            for c in _chunks(w):
+                if c.dtype.itemsize < 4:
+                    c = c.astype(np.float32)  # fp16/bf16 are exact in float32
+                a = np.abs(c)
+                if not single:
+                    a *= a.dtype.type(1.0 / s)
+                yield a
+
+    kth, upper = _kth_smallest(chunk_fn, k)
+    t = (kth + upper) / 2 if upper is not None else kth * 2 + 1e-12
+    return t / usable[0][1] if single else t
 
 
-def global_quality_for_sparsity(layers: list[np.ndarray], sparsity: float,
-                                iterations: int = 60) -> float:
-    """One q for all layers such that the total pruned share reaches ``sparsity``.
-
-    Bisection on q over the layers' normalised magnitudes ``|w|/σ``: the pruned count is
-    monotone in q, so the smallest q reaching the target is found to ~1e-12 relative.
-    """
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"target sparsity must be in [0, 1), got {sparsity}")
-    normed = []
-    total = 0
-    for w in layers:
-        w32 = np.asarray(w, dtype=np.float32).reshape(-1)
-        std = weight_std(w32)
-        total += w32.size
-        if std > 0:
-            normed.append(np.abs(w32) / np.float32(std))
-        else:
-            normed.append(None)
-    if total == 0 or sparsity == 0.0:
-        return 0.0
-    need = int(np.ceil(sparsity * total - 1e-9))
-
-    def pruned(q: float) -> int:
-        c = 0
-        for m, w in zip(normed, layers):
-            if m is None:
-                c += int(np.count_nonzero(np.asarray(w) == 0))
-            else:
-                c += int(np.count_nonzero(m < q))
-        return c
-
-    lo, hi = 0.0, 1.0
-    while pruned(hi) < need:
-        hi *= 2
-        if hi > 1e6:
-            return hi
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        if pruned(mid) >= need:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+def count_zero(w: np.ndarray) -> int:
+    return int(np.asarray(w).size) - count_nonzero(w)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 from typing import Callable
 
+import onnx_graphsurgeon as gs
 from onnx import ModelProto
 
 from onnxprune import __version__
@@ -28,10 +29,19 @@ STAMP_THRESHOLD = "onnxprune.threshold"
 
 @dataclasses.dataclass
 class PipelineResult:
-    model: ModelProto
+    graph: gs.Graph
+    original: ModelProto
+    metadata: list[tuple[str, str]]  # metadata_props of the result (the stamp included)
     modified: bool
     already_applied: bool
     passes: list[dict]  # [{"name", "modified", "stats"}]
+
+    @property
+    def model(self) -> ModelProto:
+        """The result as a self-contained in-memory ModelProto."""
+        if self.already_applied:
+            return self.original
+        return graph_to_model(self.graph, self.original, self.metadata)
 
 
 def read_stamp(model: ModelProto) -> dict[str, str]:
@@ -39,29 +49,34 @@ def read_stamp(model: ModelProto) -> dict[str, str]:
 
 
 def _stamp(model: ModelProto, recipe: Recipe, quality: dict[str, float],
-           thresholds: dict[str, float]) -> None:
-    keep = [p for p in model.metadata_props if not p.key.startswith("onnxprune.")]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for key, value in (
+           thresholds: dict[str, float]) -> list[tuple[str, str]]:
+    props = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("onnxprune.")]
+    props += [
         (STAMP_VERSION, __version__),
         (STAMP_RECIPE, recipe.sha256),
         (STAMP_QUALITY, json.dumps(quality, sort_keys=True, separators=(",", ":"))),
         (STAMP_THRESHOLD, json.dumps(thresholds, sort_keys=True, separators=(",", ":"))),
-    ):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    ]
+    return props
 
 
 def run_pipeline(
     model: ModelProto,
     recipe: Recipe,
     progress: Callable[[str, int, int, str], None] | None = None,
+    *,
+    graph: gs.Graph | None = None,
 ) -> PipelineResult:
-    """Run the recipe's passes on ``model`` (not modified) and return the stamped result."""
+    """Run the recipe's passes; ``model`` is not modified.
+
+    ``graph`` may be given when the caller already imported ``model`` (e.g. with lazily loaded
+    weights); it is then transformed in place.
+    """
+    metadata = [(p.key, p.value) for p in model.metadata_props]
     if read_stamp(model).get(STAMP_RECIPE) == recipe.sha256:
-        return PipelineResult(model, False, True, [])
-    graph = graph_from_model(model)
+        return PipelineResult(graph, model, metadata, False, True, [])
+    if graph is None:
+        graph = graph_from_model(model)
     results = []
     modified = False
     quality: dict[str, float] = {}
@@ -80,6 +95,5 @@ def run_pipeline(
                 if row["quality"] is not None:
                     quality[row["name"]] = round(float(row["quality"]), 6)
                     thresholds[row["name"]] = float(f"{row['threshold']:.6g}")
-    out = graph_to_model(graph, model)
-    _stamp(out, recipe, quality, thresholds)
-    return PipelineResult(out, modified, False, results)
+    return PipelineResult(graph, model, _stamp(model, recipe, quality, thresholds), modified,
+                          False, results)

@@ -20,19 +20,23 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.graph import find_layers, graph_from_model, infer_shapes, weight_reuse, weight_values
-from onnxprune.masks import weight_std
+from onnxprune.masks import count_nonzero, weight_std
 
 
-def layer_rows(model: ModelProto) -> tuple[list[dict], list[dict]]:
+def layer_rows(model: ModelProto, info=None) -> tuple[list[dict], list[dict]]:
     """Rows for every prunable layer of ``model`` plus notes on what was skipped."""
-    graph = graph_from_model(model)
+    return graph_rows(graph_from_model(model, info), infer_shapes(model),
+                      _stamped_thresholds(model))
+
+
+def graph_rows(graph, shapes, stamped=None, with_std: bool = True) -> tuple[list[dict], list[dict]]:
+    """``layer_rows`` for an imported graph and precomputed shapes (std is optional: a pass)."""
+    stamped = stamped or {}
     layers, notes = find_layers(graph)
-    shapes = infer_shapes(model)
-    stamped = _stamped_thresholds(model)
     rows = []
     for layer in layers:
         w = weight_values(layer) if layer.weight is not None else None
-        nnz = int(np.count_nonzero(w)) if w is not None else None
+        nnz = count_nonzero(w) if w is not None else None
         # A shared weight is applied once per consuming node.
         reuses = [weight_reuse(layer, node, shapes) for node in layer.nodes]
         reuse = None if any(r is None for r in reuses) else sum(reuses)
@@ -49,7 +53,7 @@ def layer_rows(model: ModelProto) -> tuple[list[dict], list[dict]]:
             "density": (nnz / params) if params and nnz is not None else None,
             "flops": 2 * params * reuse if reuse is not None else None,
             "flops_remaining": 2 * nnz * reuse if reuse is not None and nnz is not None else None,
-            "std": weight_std(w) if w is not None else None,
+            "std": weight_std(w) if w is not None and with_std else None,
             "threshold": stamped.get(layer.name),
             "skipped": layer.skip_reason,
         })

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune import masks
@@ -132,15 +131,14 @@ class ThresholdByStd:
                     q = global_q
                 else:
                     q = masks.quality_for_sparsity(w, self.target_sparsity)
-            keep, std, threshold = masks.std_threshold_mask(w, q)
-            nnz_before = int(np.count_nonzero(w))
-            nnz_after = int(np.count_nonzero(keep))
+            std = masks.weight_std(w)
+            threshold = float(q) * std
+            new, nnz_before, nnz_after = masks.apply_threshold(w, threshold)
             if nnz_after != nnz_before:
-                new = np.where(keep, w, np.zeros((), dtype=w.dtype)).astype(w.dtype, copy=False)
                 set_weight_values(layer, new)
                 modified = True
             rows.append(_row(layer, q, std, threshold, nnz_before, nnz_after, None))
-            del w, keep
+            del w, new
             if progress is not None:
                 progress(i + 1, total, layer.name)
         order = {layer.name: k for k, layer in enumerate(layers)}
