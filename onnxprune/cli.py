@@ -130,8 +130,8 @@ def _recipe_from_args(args):
                              "threshold-by-std pass")
     if args.no_remove_dead_neurons:
         recipe.passes = [(n, o) for n, o in recipe.passes if n != "remove-dead-neurons"]
-    if args.storage is not None:
-        recipe.storage = args.storage
+    if args.emit is not None:
+        recipe.emit = args.emit
     if args.min_sparsity is not None:
         recipe.gates["min-sparsity"] = args.min_sparsity
     if args.max_size_mb is not None:
@@ -217,7 +217,7 @@ def cmd_prune(args, console: Console) -> int:
         "versions": versions(),
         "input": {"path": info.path, "bytes": info.file_bytes},
         "outputs": outputs,
-        "storage": recipe.storage,
+        "emit": recipe.emit,
         "sparse_initializers": sparse,
         "recipe": recipe.normalised(),
         "recipe_sha256": recipe.sha256,
@@ -244,7 +244,7 @@ def cmd_prune(args, console: Console) -> int:
     for n in notes:
         console.info(f"note: {n['node'] or '<unnamed>'} ({n['op']}): {n['reason']}")
     console.info(f"wrote {', '.join(o['path'] for o in outputs)} "
-                 f"({info.file_bytes / 1e6:.2f} MB -> {out_bytes / 1e6:.2f} MB, {recipe.storage})")
+                 f"({info.file_bytes / 1e6:.2f} MB -> {out_bytes / 1e6:.2f} MB, {recipe.emit})")
     for g in gates:
         word = paint("PASS", "green") if g["passed"] else paint("FAIL", "red")
         console.info(f"gate {g['name']}: {word} (required {g['required']:g}, "
@@ -344,6 +344,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from onnxprune.recipe import EMIT_FORMS
+
     p = _Parser(prog="onnxprune", description=(
         "Prune ONNX models by per-layer quality x std thresholds (Han et al., NIPS 2015). "
         "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 quality gate failed, "
@@ -373,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per-layer: each layer reaches the target; global: one q, total reaches it")
     pr.add_argument("--no-remove-dead-neurons", action="store_true",
                     help="keep shapes; only zero weights")
-    pr.add_argument("--storage", choices=("dense", "portable"),
-                    help="portable (default): sparse initializers where smaller; dense: plain")
+    pr.add_argument("--emit", choices=EMIT_FORMS,
+                    help="portable (default): standard ops, sparse initializers where smaller; "
+                         "dense: plain initializers")
     pr.add_argument("--min-sparsity", type=_float_arg(0.0, 1.0), metavar="S",
                     help="gate: fail (exit 3) if less than S of the weights are zero")
     pr.add_argument("--max-size-mb", type=_float_arg(0.0), metavar="M",

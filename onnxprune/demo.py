@@ -58,7 +58,7 @@ def run_demo(args, console) -> int:
         ("threshold-by-std", {"layers": [{k: _q_for(model, k, v)} for k, v in
                                          PAPER_REMAINING.items()]}),
         ("remove-dead-neurons", {}),
-    ], storage="portable")
+    ], emit="portable")
     result = run_pipeline(model, recipe, progress=console.progress)
     rows, _ = layer_rows(result.model)
     total = totals(rows)

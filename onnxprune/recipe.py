@@ -10,13 +10,13 @@ A recipe is YAML (read with ``yaml.safe_load``: no Python tags) with a strict sc
           skip: ["conv1"]
       - adjust-dropout: {}
       - remove-dead-neurons: {}
-    storage: portable            # dense | portable
+    emit: portable               # dense | portable (sparse initializers where smaller)
     gates:
       min-sparsity: 0.8          # share of prunable weights that must be zero
       max-size-mb: 2.0           # output files together, in 10^6 bytes
 
 Unknown keys and bad values raise ``UsageError`` (exit 2).  ``Recipe.sha256`` hashes the
-normalised passes and storage (defaults filled in, gates excluded: gates judge the output, they
+normalised passes and emit form (defaults filled in, gates excluded: gates judge the output, they
 do not shape it), so two spellings of the same recipe hash alike.
 """
 
@@ -31,7 +31,6 @@ from typing import Any
 import yaml
 
 from onnxprune.errors import UsageError
-from onnxprune.io import STORAGE_FORMS
 from onnxprune.passes import REGISTRY
 from onnxprune.passes.base import check_float, check_optional, parse_options, Option
 
@@ -46,11 +45,14 @@ GATE_OPTIONS = (
 
 DEFAULT_PASSES = ("threshold-by-std", "adjust-dropout", "remove-dead-neurons")
 
+# What the output file holds: dense initializers, or portable sparse initializers where smaller.
+EMIT_FORMS = ("dense", "portable")
+
 
 @dataclasses.dataclass
 class Recipe:
     passes: list[tuple[str, dict]]
-    storage: str = "portable"
+    emit: str = "portable"
     gates: dict = dataclasses.field(default_factory=lambda: parse_options("gates", GATE_OPTIONS, {}))
 
     def normalised(self) -> dict:
@@ -58,7 +60,12 @@ class Recipe:
         for name, opts in self.passes:
             cls = REGISTRY[name]
             passes.append({name: _jsonable(parse_options(name, cls.OPTIONS, opts))})
-        return {"version": 1, "passes": passes, "storage": self.storage}
+        return {"version": 1, "passes": passes, "emit": self.emit}
+
+    @property
+    def storage(self) -> str:
+        """The io storage form the emit form needs (sparse-ops graphs are stored dense)."""
+        return "portable" if self.emit == "portable" else "dense"
 
     @property
     def sha256(self) -> str:
@@ -92,7 +99,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         data = {}
     if not isinstance(data, dict):
         raise UsageError(f"{source}: top level must be a mapping")
-    allowed = {"version", "passes", "storage", "gates"}
+    allowed = {"version", "passes", "emit", "gates"}
     unknown = sorted(set(map(str, data)) - allowed)
     if unknown:
         raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}; "
@@ -115,12 +122,11 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         opts = {} if opts is None else opts
         parse_options(name, REGISTRY[name].OPTIONS, opts)  # validate now, fail before work
         passes.append((name, dict(opts)))
-    storage = data.get("storage", "portable")
-    if storage not in STORAGE_FORMS:
-        raise UsageError(f"{source}: storage must be one of {', '.join(STORAGE_FORMS)}, "
-                         f"got {storage!r}")
+    emit = data.get("emit", "portable")
+    if emit not in EMIT_FORMS:
+        raise UsageError(f"{source}: emit must be one of {', '.join(EMIT_FORMS)}, got {emit!r}")
     gates = parse_options("gates", GATE_OPTIONS, data.get("gates"))
-    return Recipe(passes=passes, storage=storage, gates=gates)
+    return Recipe(passes=passes, emit=emit, gates=gates)
 
 
 def load_recipe(path: str) -> Recipe:

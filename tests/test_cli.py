@@ -113,12 +113,12 @@ def test_target_sparsity_per_layer_and_global(tmp_path, mlp_path, capsys):
 def test_recipe_file_and_cli_override(tmp_path, mlp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("passes:\n  - threshold-by-std:\n      quality: {fc: 0.5}\n"
-                      "      layers: {fc3: 0.1}\nstorage: dense\n")
+                      "      layers: {fc3: 0.1}\nemit: dense\n")
     out = tmp_path / "o.onnx"
     code, stdout, _ = _run(["prune", mlp_path, "-o", str(out), "--recipe", str(recipe),
                             "--json", "-", "-q"], capsys)
     report = json.loads(stdout)
-    assert code == 0 and report["storage"] == "dense"
+    assert code == 0 and report["emit"] == "dense"
     q = {r["name"]: r["quality"] for r in report["layers"]}
     assert q == {"fc1": 0.5, "fc2": 0.5, "fc3": 0.1}
     code, stdout, _ = _run(["prune", mlp_path, "-o", str(out), "--recipe", str(recipe),
@@ -133,7 +133,7 @@ def test_recipe_file_and_cli_override(tmp_path, mlp_path, capsys):
     ("passes:\n  - threshold-by-std: {quality: -1}\n", ">= 0"),
     ("passes:\n  - threshold-by-std: {target-sparsity: 1.5}\n", "must be <"),
     ("passes:\n  - no-such-pass: {}\n", "unknown pass"),
-    ("storage: zip\n", "storage"),
+    ("emit: zip\n", "emit"),
     ("!!python/object/apply:os.system ['echo pwned']\n", "invalid YAML"),
     ("passes: [\n", "invalid YAML"),
     ("gates: {min-sparsity: yes}\n", "expected a number"),
