@@ -1,3 +1,48 @@
-from setuptools import setup
+"""Build for onnxprune: everything is declared in pyproject.toml except the native library.
 
-setup()
+`runtime_ops/src` is compiled into a plain shared library (an ONNX Runtime custom-op library,
+not a Python extension module) that ``onnxprune.runtime_ops.library_path()`` hands to
+``SessionOptions.register_custom_ops_library``. Only a C++17 compiler is needed: ONNX Runtime
+is reached through the ``OrtApiBase*`` it passes in, so nothing links against it.
+
+The vector kernels select their instruction sets per function at run time, so the build
+deliberately never uses ``-march=native``: the wheel must run on any x86-64 CPU.
+"""
+
+import platform
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+SOURCES = ["runtime_ops/src/ops.cc", "runtime_ops/src/kernels.cc"]
+HEADERS = ["runtime_ops/src/kernels.h", "runtime_ops/src/ort_abi.h"]
+
+
+class BuildCustomOpLibrary(build_ext):
+    """build_ext for a library that is loaded by ONNX Runtime, never imported by Python."""
+
+    def get_export_symbols(self, ext):
+        # The default adds PyInit_<name>, which this library does not (and must not) define.
+        return ["RegisterCustomOps"]
+
+    def build_extensions(self):
+        if self.compiler.compiler_type == "msvc":
+            flags = ["/std:c++17", "/O2", "/EHsc"]
+        else:
+            flags = ["-std=c++17", "-O3", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-math-errno"]
+        for ext in self.extensions:
+            ext.extra_compile_args = flags + list(ext.extra_compile_args or [])
+        super().build_extensions()
+
+
+def _native_extensions():
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        sys.stderr.write(f"onnxprune: native sparse kernels are x86-64 only; skipping them on {machine}\n")
+        return []
+    # `depends` puts the headers in sdists and rebuilds when they change.
+    return [Extension("onnxprune.runtime_ops._onnxprune_ops", sources=SOURCES, depends=HEADERS, language="c++")]
+
+
+setup(ext_modules=_native_extensions(), cmdclass={"build_ext": BuildCustomOpLibrary})

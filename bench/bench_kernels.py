@@ -1,0 +1,220 @@
+"""Kernel benchmark: ONNX Runtime dense ops vs onnxprune's native CSR ops, same process.
+
+Models are built in code from random weights, magnitude-pruned per layer to a target density
+(keep the largest |w|), so the numbers depend only on shapes and densities. Each case runs the
+dense model (Gemm/Conv) and the lowered model (CsrGemm/CsrConv) under identical session
+options; times are medians over repeats of one `session.run`.
+
+    python bench/bench_kernels.py                 # the standard table (few minutes)
+    python bench/bench_kernels.py --quick         # fewer repeats
+    python bench/bench_kernels.py --sweep         # add the single-layer grid behind the cost model
+    python bench/bench_kernels.py --json out.json
+
+Caveat worth remembering when reading the numbers: a pruned layer is small enough to stay in
+the 32 MiB L3 between calls (AlexNet fc6 at 9% is 20 MB in CSR with int16 indices) while the
+dense weights are re-read from DRAM each call; that is part of the real advantage of sparse
+storage, but it means batch-1 ratios for layers near the L3 size are optimistic when other
+work evicts the cache between calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from onnxprune import runtime_ops  # noqa: E402
+
+OPSET = [helper.make_opsetid("", 17), helper.make_opsetid(runtime_ops.DOMAIN, 1)]
+
+
+def magnitude_prune(w: np.ndarray, density: float) -> np.ndarray:
+    """Zero all but the `density` fraction of entries with the largest magnitude."""
+    keep = int(round(density * w.size))
+    out = np.zeros_like(w)
+    if keep:
+        flat = np.abs(w).ravel()
+        idx = np.argpartition(flat, w.size - keep)[w.size - keep:]
+        out.ravel()[idx] = w.ravel()[idx]
+    return out
+
+
+def mlp_models(dims: list[int], densities: list[float], rng: np.random.Generator) -> tuple[bytes, bytes]:
+    """Dense (Gemm) and sparse (CsrGemm) versions of a ReLU MLP with the same pruned weights."""
+    dense_nodes, sparse_nodes, dense_init, sparse_init = [], [], [], []
+    x = "X"
+    for i, (k, n) in enumerate(zip(dims[:-1], dims[1:])):
+        w = magnitude_prune((rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32), densities[i])
+        b = (0.01 * rng.standard_normal(n)).astype(np.float32)
+        v, c, p = runtime_ops.csr_from_dense(w)
+        out = f"h{i}" if i < len(dims) - 2 else "Y"
+        pre = out + "_pre" if out != "Y" else "Y"
+        dense_init += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
+        sparse_init += [numpy_helper.from_array(a, f"{name}{i}") for a, name in ((v, "v"), (c, "c"), (p, "p"))]
+        sparse_init.append(numpy_helper.from_array(b, f"B{i}"))
+        dense_nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"B{i}"], [pre], transB=1))
+        sparse_nodes.append(
+            helper.make_node("CsrGemm", [x, f"v{i}", f"c{i}", f"p{i}", f"B{i}"], [pre], domain=runtime_ops.DOMAIN)
+        )
+        if out != "Y":
+            dense_nodes.append(helper.make_node("Relu", [pre], [out]))
+            sparse_nodes.append(helper.make_node("Relu", [pre], [out]))
+        x = out
+    io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", dims[0]])],
+          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", dims[-1]])])
+    dense = helper.make_model(helper.make_graph(dense_nodes, "dense", *io, initializer=dense_init), opset_imports=OPSET[:1])
+    sparse = helper.make_model(helper.make_graph(sparse_nodes, "sparse", *io, initializer=sparse_init), opset_imports=OPSET)
+    return dense.SerializeToString(), sparse.SerializeToString()
+
+
+def conv_models(c_in: int, c_out: int, k: int, density: float, rng: np.random.Generator) -> tuple[bytes, bytes]:
+    w = magnitude_prune((rng.standard_normal((c_out, c_in, k, k)) / np.sqrt(c_in * k * k)).astype(np.float32), density)
+    b = (0.01 * rng.standard_normal(c_out)).astype(np.float32)
+    v, c, p = runtime_ops.csr_from_dense(w.reshape(c_out, -1))
+    attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4)
+    io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    dense = helper.make_graph([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)], "dense", *io,
+                              initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    sparse = helper.make_graph(
+        [helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=runtime_ops.DOMAIN, **attrs)], "sparse", *io,
+        initializer=[numpy_helper.from_array(a, n) for a, n in ((v, "v"), (c, "c"), (p, "p"), (b, "B"))])
+    return (helper.make_model(dense, opset_imports=OPSET[:1]).SerializeToString(),
+            helper.make_model(sparse, opset_imports=OPSET).SerializeToString())
+
+
+def time_session(model: bytes, feed: dict, threads: int, repeats: int, sparse: bool) -> float:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if sparse:
+        opts.register_custom_ops_library(runtime_ops.library_path())
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, feed)
+    times = []
+    budget = time.perf_counter() + 20.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() > budget and len(times) >= 5:
+            break
+    return statistics.median(times) * 1e3
+
+
+@dataclass
+class Case:
+    name: str
+    kind: str  # "mlp" | "conv"
+    spec: dict
+    batches: list[int]
+    targets: dict = field(default_factory=dict)  # batch -> minimum speed-up wanted
+
+
+def standard_cases() -> list[Case]:
+    return [
+        Case("AlexNet FC 9216-4096-4096-1000 @ 9/9/25%", "mlp",
+             dict(dims=[9216, 4096, 4096, 1000], densities=[0.09, 0.09, 0.25]), [1, 64], {1: 6.0, 64: 3.0}),
+        Case("VGG-16 fc6 25088-4096 @ 4%", "mlp", dict(dims=[25088, 4096], densities=[0.04]), [1, 64], {1: 10.0}),
+        Case("LeNet-300-100 784-300-100-10 @ 8/9/26%", "mlp",
+             dict(dims=[784, 300, 100, 10], densities=[0.08, 0.09, 0.26]), [1, 64], {1: 1.0, 64: 1.5}),
+        Case("Conv 64->64 3x3 56x56 @ 10%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.10), [1, 8]),
+        Case("Conv 64->64 3x3 56x56 @ 30%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.30), [1, 8]),
+        Case("Conv 64->64 3x3 56x56 @ 50%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.50), [1, 8]),
+        Case("Conv 256->256 3x3 14x14 @ 30%", "conv", dict(c_in=256, c_out=256, k=3, hw=14, density=0.30), [1, 8]),
+    ]
+
+
+def sweep_cases() -> list[Case]:
+    cases = []
+    for rows, cols in ((4096, 4096), (1024, 1024), (4096, 25088)):
+        for d in (0.02, 0.05, 0.10, 0.20, 0.35, 0.50):
+            cases.append(Case(f"FC {cols}->{rows} @ {d:.0%}", "mlp", dict(dims=[cols, rows], densities=[d]), [1, 8, 64]))
+    return cases
+
+
+def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.Generator) -> list[dict]:
+    if case.kind == "mlp":
+        dense, sparse = mlp_models(case.spec["dims"], case.spec["densities"], rng)
+    else:
+        s = case.spec
+        dense, sparse = conv_models(s["c_in"], s["c_out"], s["k"], s["density"], rng)
+    rows = []
+    for batch in case.batches:
+        if case.kind == "mlp":
+            x = rng.standard_normal((batch, case.spec["dims"][0])).astype(np.float32)
+        else:
+            s = case.spec
+            x = rng.standard_normal((batch, s["c_in"], s["hw"], s["hw"])).astype(np.float32)
+        feed = {"X": x}
+        for threads in threads_list:
+            t_dense = time_session(dense, feed, threads, repeats, sparse=False)
+            t_sparse = time_session(sparse, feed, threads, repeats, sparse=True)
+            target = case.targets.get(batch)
+            rows.append(dict(case=case.name, batch=batch, threads=threads, dense_ms=round(t_dense, 4),
+                             sparse_ms=round(t_sparse, 4), speedup=round(t_dense / t_sparse, 2),
+                             target=target, met=None if target is None else bool(t_dense / t_sparse >= target)))
+            r = rows[-1]
+            verdict = "" if target is None else (f"  target >= {target:g}x: " + ("met" if r["met"] else "MISSED"))
+            print(f"{case.name:44s} b={batch:<3d} t={threads}  dense {t_dense:9.3f} ms  "
+                  f"csr {t_sparse:9.3f} ms  {t_dense / t_sparse:6.2f}x{verdict}", flush=True)
+    return rows
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+            "numpy": np.__version__, "kernel_isa": os.environ.get("ONNXPRUNE_KERNEL_ISA") or "auto",
+            "date": time.strftime("%Y-%m-%d")}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in lscpu.splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() in ("Model name", "CPU(s)", "L2 cache", "L3 cache"):
+                info[key.strip()] = val.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["Model name"] = platform.processor()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--sweep", action="store_true", help="also run the single-layer density grid")
+    ap.add_argument("--only-sweep", action="store_true", help="run just the single-layer density grid")
+    ap.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts (default 1,2)")
+    ap.add_argument("--json", metavar="PATH", help="write results as JSON")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    repeats = 10 if args.quick else 30
+    rng = np.random.default_rng(args.seed)
+    info = machine_info()
+    print(json.dumps(info), flush=True)
+    cases = [] if args.only_sweep else standard_cases()
+    if args.sweep or args.only_sweep:
+        cases += sweep_cases()
+    results = []
+    for case in cases:
+        results += run_case(case, threads, repeats, rng)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+                       "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

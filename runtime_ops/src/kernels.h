@@ -1,0 +1,46 @@
+// Sparse x dense inner loops, one implementation per instruction set, chosen at run time.
+//
+// All matrices are CSR by output row: row r holds the weights feeding output feature/channel r,
+// `col` are input indices (int16 or int32), `row_ptr[r]..row_ptr[r+1]` delimit row r.
+// The loops trust their inputs: bounds are validated once by the caller (ops.cc) before any
+// of these run.
+#pragma once
+
+#include <cstdint>
+
+namespace onnxprune {
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* IsaName(Isa isa);
+bool CpuHas(Isa isa);
+Isa BestIsa();
+
+// Width, in floats, that packed batch panels are padded to; every spmm `mb` is a multiple.
+constexpr int kPanelQuantum = 16;
+// Output tile of conv_tile: 4 output rows x 16 output columns. Small enough that the input
+// window it reads (for a 3x3 kernel, 6 x 18 floats per channel) stays in L1 while every output
+// channel is computed over it.
+constexpr int kConvTileRows = 4;
+constexpr int kConvTileCols = 16;
+
+struct Kernels {
+  // y[r - r0] = sum_j values[j] * x[col[j]] over row r, for r in [r0, r1).
+  void (*spmv_i16)(const float* values, const int16_t* col, const int32_t* row_ptr, const float* x,
+                   int64_t r0, int64_t r1, float* y);
+  void (*spmv_i32)(const float* values, const int32_t* col, const int32_t* row_ptr, const float* x,
+                   int64_t r0, int64_t r1, float* y);
+  // out[(r - r0) * mb + m] = sum_j values[j] * xt[col[j] * mb + m] for m < mb, r in [r0, r1).
+  // xt is a K x mb panel of the (transposed) batch, 64-byte aligned, mb in {16, 32, 48, 64}.
+  void (*spmm_i16)(const float* values, const int16_t* col, const int32_t* row_ptr, const float* xt, int mb,
+                   int64_t r0, int64_t r1, float* out);
+  void (*spmm_i32)(const float* values, const int32_t* col, const int32_t* row_ptr, const float* xt, int mb,
+                   int64_t r0, int64_t r1, float* out);
+  // out[u * kConvTileCols + i] = sum_j w[j] * q[off[j] + u * row_stride + i]
+  // for u < kConvTileRows, i < kConvTileCols.
+  void (*conv_tile)(const float* w, const int32_t* off, int64_t nnz, const float* q, int64_t row_stride, float* out);
+};
+
+const Kernels& KernelsFor(Isa isa);
+
+}  // namespace onnxprune

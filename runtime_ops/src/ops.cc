@@ -1,0 +1,881 @@
+// ONNX Runtime custom-op library for the `ai.onnxprune` domain: CsrGemm and CsrConv.
+//
+// The library talks to ORT only through the C API table handed to RegisterCustomOps (see
+// ort_abi.h), so it loads into any ORT >= 1.17 from any language binding and never links
+// libonnxruntime. The op contracts are documented in runtime_ops/README.md.
+//
+// Safety: the CSR arrays index memory, so they are validated before any kernel reads through
+// them (row_ptr starts at 0, never decreases, ends at nnz; every column index lies in [0, K)).
+// Constant CSR initializers are validated once when the kernel is created, which also makes a
+// malformed model fail at session creation; anything else is validated on every run.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <new>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "ort_abi.h"
+
+#define ONNXPRUNE_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace onnxprune {
+namespace {
+
+// The custom-op domain. runtime_ops/__init__.py defines the same string as DOMAIN and a test
+// checks the two agree.
+constexpr const char* kDomain = "ai.onnxprune";
+
+const ortabi::Api* g_api = nullptr;
+
+// --- errors ---------------------------------------------------------------------------------
+
+// A failure reported by ORT itself; its status is handed back to ORT unchanged.
+struct OrtFailure {
+  ortabi::Status* status;
+};
+
+// A failure detected here, turned into an ORT status at the C boundary.
+struct OpError : std::exception {
+  ortabi::ErrorCode code;
+  std::string message;
+  OpError(ortabi::ErrorCode c, std::string m) : code(c), message(std::move(m)) {}
+  const char* what() const noexcept override { return message.c_str(); }
+};
+
+template <class... Args>
+[[noreturn]] void Fail(ortabi::ErrorCode code, const Args&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  throw OpError(code, os.str());
+}
+
+void Check(ortabi::Status* status) {
+  if (status != nullptr) throw OrtFailure{status};
+}
+
+// Runs `body` and converts whatever it throws into an ORT status, because no C++ exception may
+// cross into ORT.
+template <class F>
+ortabi::Status* Guard(const char* where, F&& body) noexcept {
+  try {
+    body();
+    return nullptr;
+  } catch (const OrtFailure& e) {
+    return e.status;
+  } catch (const OpError& e) {
+    return g_api->CreateStatus(e.code, (std::string(where) + ": " + e.message).c_str());
+  } catch (const std::bad_alloc&) {
+    return g_api->CreateStatus(ortabi::kFail, (std::string(where) + ": out of memory").c_str());
+  } catch (const std::exception& e) {
+    return g_api->CreateStatus(ortabi::kFail, (std::string(where) + ": " + e.what()).c_str());
+  } catch (...) {
+    return g_api->CreateStatus(ortabi::kFail, (std::string(where) + ": unknown error").c_str());
+  }
+}
+
+std::string ShapeStr(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << '(';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  if (s.size() == 1) os << ',';
+  os << ')';
+  return os.str();
+}
+
+// --- tensors and attributes -----------------------------------------------------------------
+
+struct Tensor {
+  ortabi::ElementType type = ortabi::kUndefined;
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  void* data = nullptr;
+
+  template <class T>
+  const T* as() const {
+    return static_cast<const T*>(data);
+  }
+};
+
+Tensor Inspect(const ortabi::Value* value) {
+  Tensor t;
+  ortabi::TensorTypeAndShapeInfo* info = nullptr;
+  Check(g_api->GetTensorTypeAndShape(value, &info));
+  std::unique_ptr<ortabi::TensorTypeAndShapeInfo, void (*)(ortabi::TensorTypeAndShapeInfo*) noexcept> owner(
+      info, g_api->ReleaseTensorTypeAndShapeInfo);
+  Check(g_api->GetTensorElementType(info, &t.type));
+  size_t rank = 0;
+  Check(g_api->GetDimensionsCount(info, &rank));
+  t.shape.resize(rank);
+  if (rank) Check(g_api->GetDimensions(info, t.shape.data(), rank));
+  t.numel = 1;
+  for (int64_t d : t.shape) t.numel *= d;
+  // ORT owns the buffer; the cast only matches the C signature, inputs are never written.
+  Check(g_api->GetTensorMutableData(const_cast<ortabi::Value*>(value), &t.data));
+  return t;
+}
+
+// Missing optional attributes come back as error statuses; those are expected, so they are
+// released and the default used.
+int64_t AttrInt(const ortabi::KernelInfo* info, const char* name, int64_t fallback) {
+  int64_t v = 0;
+  if (ortabi::Status* st = g_api->KernelInfoGetAttribute_int64(info, name, &v)) {
+    g_api->ReleaseStatus(st);
+    return fallback;
+  }
+  return v;
+}
+
+float AttrFloat(const ortabi::KernelInfo* info, const char* name, float fallback) {
+  float v = 0.f;
+  if (ortabi::Status* st = g_api->KernelInfoGetAttribute_float(info, name, &v)) {
+    g_api->ReleaseStatus(st);
+    return fallback;
+  }
+  return v;
+}
+
+std::vector<int64_t> AttrInts(const ortabi::KernelInfo* info, const char* name, std::vector<int64_t> fallback) {
+  size_t size = 0;
+  if (ortabi::Status* st = g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) {
+    g_api->ReleaseStatus(st);
+    return fallback;
+  }
+  std::vector<int64_t> v(size);
+  if (size) Check(g_api->KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
+  return v;
+}
+
+const ortabi::Value* Input(const ortabi::KernelContext* ctx, size_t count, size_t index) {
+  if (index >= count) return nullptr;
+  const ortabi::Value* v = nullptr;
+  Check(g_api->KernelContext_GetInput(ctx, index, &v));
+  return v;
+}
+
+Isa ChooseIsa() {
+  const char* forced = std::getenv("ONNXPRUNE_KERNEL_ISA");
+  if (forced == nullptr || *forced == '\0') return BestIsa();
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar}) {
+    if (std::strcmp(forced, IsaName(isa)) == 0) {
+      if (!CpuHas(isa)) Fail(ortabi::kFail, "ONNXPRUNE_KERNEL_ISA=", forced, " but this CPU lacks it");
+      return isa;
+    }
+  }
+  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_KERNEL_ISA=", forced, " is not one of avx512, avx2, scalar");
+}
+
+// --- parallelism ----------------------------------------------------------------------------
+
+// Splits `total` tasks over the session's intra-op thread pool, so intra_op_num_threads is
+// honoured and no second pool competes for the cores.
+template <class F>
+void ParallelFor(const ortabi::KernelContext* ctx, size_t total, const F& body) {
+  if (total == 0) return;
+  if (total == 1) {
+    body(size_t{0});
+    return;
+  }
+  struct Shared {
+    const F* body;
+    std::atomic<bool> failed{false};
+  } shared{&body};
+  auto trampoline = [](void* data, size_t i) {
+    auto* s = static_cast<Shared*>(data);
+    try {
+      (*s->body)(i);
+    } catch (...) {
+      s->failed.store(true);
+    }
+  };
+  Check(g_api->KernelContext_ParallelFor(ctx, trampoline, total, 0, &shared));
+  if (shared.failed.load()) Fail(ortabi::kFail, "a parallel task failed");
+}
+
+// Splits rows [0, rows) into `parts` ranges of similar cost, the cost of a row being its
+// nonzeros plus a fixed per-row overhead (reduction and write-back).
+std::vector<int64_t> SplitRows(const int32_t* row_ptr, int64_t rows, int64_t parts, int64_t row_overhead) {
+  std::vector<int64_t> bounds(parts + 1, rows);
+  bounds[0] = 0;
+  const double total = static_cast<double>(row_ptr[rows]) + static_cast<double>(row_overhead) * rows;
+  int64_t r = 0;
+  for (int64_t p = 1; p < parts; ++p) {
+    const double target = total * p / parts;
+    // Cost up to row r is row_ptr[r] + overhead * r, non-decreasing in r.
+    int64_t lo = r, hi = rows;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (row_ptr[mid] + static_cast<double>(row_overhead) * mid < target)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    r = lo;
+    bounds[p] = r;
+  }
+  return bounds;
+}
+
+int64_t PartsFor(double work, int64_t max_parts) {
+  // ~100k multiply-adds per task keeps task overhead (a few microseconds) in the noise while
+  // giving the pool enough pieces to balance.
+  constexpr double kGrain = 100000.0;
+  const double parts = std::floor(work / kGrain);
+  return std::max<int64_t>(1, std::min<int64_t>(max_parts, static_cast<int64_t>(parts)));
+}
+
+struct AlignedDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<float[], AlignedDeleter>;
+
+AlignedBuffer AllocFloats(size_t count) {
+  const size_t bytes = ((std::max<size_t>(count, 1) * sizeof(float)) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  return AlignedBuffer(static_cast<float*>(p));
+}
+
+// --- CSR ------------------------------------------------------------------------------------
+
+struct Csr {
+  const float* values = nullptr;
+  const void* col = nullptr;
+  bool col16 = false;
+  const int32_t* row_ptr = nullptr;
+  int64_t rows = 0;
+  int64_t nnz = 0;
+  int64_t max_col = -1;  // filled in by validation
+};
+
+// Checks shapes and dtypes of the three CSR inputs; indices are checked by Validate.
+Csr DescribeCsr(const Tensor& values, const Tensor& col, const Tensor& row_ptr) {
+  if (values.type != ortabi::kFloat || values.shape.size() != 1)
+    Fail(ortabi::kInvalidArgument, "values must be a 1-D float tensor, got shape ", ShapeStr(values.shape));
+  if (col.type != ortabi::kInt16 && col.type != ortabi::kInt32)
+    Fail(ortabi::kInvalidArgument, "col_idx must be int16 or int32 (element type ", col.type, ")");
+  if (col.shape.size() != 1 || col.numel != values.numel)
+    Fail(ortabi::kInvalidArgument, "col_idx must be 1-D with as many entries as values (", values.numel,
+         "), got shape ", ShapeStr(col.shape));
+  if (row_ptr.type != ortabi::kInt32 || row_ptr.shape.size() != 1 || row_ptr.numel < 1)
+    Fail(ortabi::kInvalidArgument, "row_ptr must be a non-empty 1-D int32 tensor, got shape ",
+         ShapeStr(row_ptr.shape));
+  if (values.numel > INT32_MAX) Fail(ortabi::kInvalidArgument, "more than 2^31-1 nonzeros");
+  Csr c;
+  c.values = values.as<float>();
+  c.col = col.data;
+  c.col16 = col.type == ortabi::kInt16;
+  c.row_ptr = row_ptr.as<int32_t>();
+  c.rows = row_ptr.numel - 1;
+  c.nnz = values.numel;
+  return c;
+}
+
+template <class I>
+int64_t MaxColumn(const I* col, int64_t nnz) {
+  int64_t lo = 0, hi = -1;
+  for (int64_t j = 0; j < nnz; ++j) {
+    const int64_t c = col[j];
+    lo = std::min(lo, c);
+    hi = std::max(hi, c);
+  }
+  if (lo < 0) Fail(ortabi::kInvalidArgument, "col_idx contains a negative index (", lo, ")");
+  return hi;
+}
+
+void Validate(Csr& c) {
+  const int32_t* rp = c.row_ptr;
+  if (rp[0] != 0) Fail(ortabi::kInvalidArgument, "row_ptr[0] must be 0, got ", rp[0]);
+  for (int64_t r = 0; r < c.rows; ++r)
+    if (rp[r + 1] < rp[r])
+      Fail(ortabi::kInvalidArgument, "row_ptr must be non-decreasing; row_ptr[", r + 1, "] = ", rp[r + 1],
+           " < row_ptr[", r, "] = ", rp[r]);
+  if (rp[c.rows] != c.nnz)
+    Fail(ortabi::kInvalidArgument, "row_ptr[-1] = ", rp[c.rows], " must equal the number of nonzeros ", c.nnz);
+  c.max_col = c.col16 ? MaxColumn(static_cast<const int16_t*>(c.col), c.nnz)
+                      : MaxColumn(static_cast<const int32_t*>(c.col), c.nnz);
+}
+
+// Remembers the constant CSR initializers validated at kernel creation, so that runs feeding
+// the same buffers skip the O(nnz) scan.
+struct ValidatedCsr {
+  bool known = false;
+  const void* values = nullptr;
+  const void* col = nullptr;
+  const void* row_ptr = nullptr;
+  int64_t nnz = 0, rows = 0, max_col = -1;
+
+  void Remember(const Csr& c) {
+    known = true;
+    values = c.values;
+    col = c.col;
+    row_ptr = c.row_ptr;
+    nnz = c.nnz;
+    rows = c.rows;
+    max_col = c.max_col;
+  }
+  bool Matches(const Csr& c) const {
+    return known && values == c.values && col == c.col && row_ptr == c.row_ptr && nnz == c.nnz && rows == c.rows;
+  }
+};
+
+// Inputs 1..3 are the CSR arrays in both ops.
+ValidatedCsr ValidateConstantCsr(const ortabi::KernelInfo* info) {
+  ValidatedCsr cache;
+  const ortabi::Value* v[3] = {nullptr, nullptr, nullptr};
+  for (size_t i = 0; i < 3; ++i) {
+    int is_constant = 0;
+    Check(g_api->KernelInfoGetConstantInput_tensor(info, i + 1, &is_constant, &v[i]));
+    if (!is_constant || v[i] == nullptr) return cache;
+  }
+  Csr c = DescribeCsr(Inspect(v[0]), Inspect(v[1]), Inspect(v[2]));
+  Validate(c);
+  cache.Remember(c);
+  return cache;
+}
+
+Csr ReadCsr(const ortabi::KernelContext* ctx, size_t count, const ValidatedCsr& cache) {
+  const ortabi::Value* v[3];
+  for (size_t i = 0; i < 3; ++i) {
+    v[i] = Input(ctx, count, i + 1);
+    if (v[i] == nullptr) Fail(ortabi::kInvalidArgument, "input ", i + 1, " (CSR array) is missing");
+  }
+  Csr c = DescribeCsr(Inspect(v[0]), Inspect(v[1]), Inspect(v[2]));
+  if (cache.Matches(c))
+    c.max_col = cache.max_col;
+  else
+    Validate(c);
+  return c;
+}
+
+// --- CsrGemm --------------------------------------------------------------------------------
+
+// Bias broadcast to the (M, N) output: element (m, n) is at data[m * stride_m + n * stride_n].
+struct Bias {
+  const float* data = nullptr;
+  int64_t stride_m = 0, stride_n = 0;
+  float scale = 0.f;
+  float at(int64_t m, int64_t n) const { return scale * data[m * stride_m + n * stride_n]; }
+};
+
+struct CsrGemmKernel {
+  int64_t trans_a = 0;
+  int64_t matmul = 0;
+  float alpha = 1.f, beta = 1.f;
+  Isa isa = Isa::kScalar;
+  ValidatedCsr constant;
+
+  explicit CsrGemmKernel(const ortabi::KernelInfo* info) {
+    matmul = AttrInt(info, "matmul", 0);
+    trans_a = AttrInt(info, "transA", 0);
+    alpha = AttrFloat(info, "alpha", 1.f);
+    beta = AttrFloat(info, "beta", 1.f);
+    if (matmul != 0 && matmul != 1) Fail(ortabi::kInvalidArgument, "attribute matmul must be 0 or 1");
+    if (trans_a != 0 && trans_a != 1) Fail(ortabi::kInvalidArgument, "attribute transA must be 0 or 1");
+    if (matmul && trans_a) Fail(ortabi::kInvalidArgument, "transA is a Gemm attribute; it must be 0 when matmul=1");
+    isa = ChooseIsa();
+    constant = ValidateConstantCsr(info);
+  }
+
+  void Compute(ortabi::KernelContext* ctx) const {
+    size_t count = 0;
+    Check(g_api->KernelContext_GetInputCount(ctx, &count));
+    const ortabi::Value* xv = Input(ctx, count, 0);
+    if (xv == nullptr) Fail(ortabi::kInvalidArgument, "input X is missing");
+    const Tensor x = Inspect(xv);
+    if (x.type != ortabi::kFloat) Fail(ortabi::kInvalidArgument, "X must be float32");
+    const Csr csr = ReadCsr(ctx, count, constant);
+    const int64_t n = csr.rows;
+
+    // Shapes: the product is (M, K) x (K, N) -> (M, N), whatever the input layout.
+    int64_t m = 0, k = 0;
+    std::vector<int64_t> out_shape;
+    if (!matmul) {
+      if (x.shape.size() != 2) Fail(ortabi::kInvalidArgument, "Gemm-style X must be 2-D, got ", ShapeStr(x.shape));
+      m = trans_a ? x.shape[1] : x.shape[0];
+      k = trans_a ? x.shape[0] : x.shape[1];
+      out_shape = {m, n};
+    } else {
+      if (x.shape.empty()) Fail(ortabi::kInvalidArgument, "MatMul-style X must have rank >= 1");
+      k = x.shape.back();
+      m = 1;
+      for (size_t i = 0; i + 1 < x.shape.size(); ++i) m *= x.shape[i];
+      out_shape.assign(x.shape.begin(), x.shape.end() - 1);
+      out_shape.push_back(n);
+    }
+    if (csr.max_col >= k)
+      Fail(ortabi::kInvalidArgument, "col_idx refers to input column ", csr.max_col, " but X has only ", k,
+           " input features");
+
+    Bias bias = ReadBias(ctx, count, m, n, out_shape);
+
+    ortabi::Value* yv = nullptr;
+    Check(g_api->KernelContext_GetOutput(ctx, 0, out_shape.data(), out_shape.size(), &yv));
+    if (m == 0 || n == 0) return;
+    void* ydata = nullptr;
+    Check(g_api->GetTensorMutableData(yv, &ydata));
+    float* y = static_cast<float*>(ydata);
+    const Kernels& kern = KernelsFor(isa);
+
+    if (m == 1) {
+      Gemv(ctx, kern, csr, x.as<float>(), bias, y);
+    } else {
+      Spmm(ctx, kern, csr, x.as<float>(), m, k, bias, y);
+    }
+  }
+
+  Bias ReadBias(const ortabi::KernelContext* ctx, size_t count, int64_t m, int64_t n,
+                const std::vector<int64_t>& out_shape) const {
+    Bias b;
+    const ortabi::Value* cv = Input(ctx, count, 4);
+    if (cv == nullptr || beta == 0.f) return b;
+    const Tensor c = Inspect(cv);
+    if (c.type != ortabi::kFloat) Fail(ortabi::kInvalidArgument, "C must be float32");
+    const auto bad = [&] {
+      Fail(ortabi::kInvalidArgument, "C of shape ", ShapeStr(c.shape), " does not broadcast to the output shape ",
+           ShapeStr(out_shape));
+    };
+    if (c.shape.size() > out_shape.size()) bad();
+    const int64_t c_last = c.shape.empty() ? 1 : c.shape.back();
+    if (c_last != 1 && c_last != n) bad();
+    b.stride_n = (c_last == n && n != 1) ? 1 : 0;
+    if (!matmul) {
+      const int64_t c_first = c.shape.size() == 2 ? c.shape[0] : 1;
+      if (c_first != 1 && c_first != m) bad();
+      b.stride_m = (c_first == m && m != 1) ? c_last : 0;
+    } else {
+      // Only a bias over the output features (MatMul + Add fusion): every leading dim is 1.
+      for (size_t i = 0; i + 1 < c.shape.size(); ++i)
+        if (c.shape[i] != 1) bad();
+    }
+    b.data = c.as<float>();
+    b.scale = beta;
+    return b;
+  }
+
+  void Epilogue1(float* y, int64_t r0, int64_t r1, const Bias& bias) const {
+    if (bias.data) {
+      for (int64_t r = r0; r < r1; ++r) y[r] = alpha * y[r] + bias.at(0, r);
+    } else if (alpha != 1.f) {
+      for (int64_t r = r0; r < r1; ++r) y[r] *= alpha;
+    }
+  }
+
+  void Gemv(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, const Bias& bias,
+            float* y) const {
+    const int64_t parts = PartsFor(static_cast<double>(csr.nnz) + 8.0 * csr.rows, 64);
+    const std::vector<int64_t> bounds = SplitRows(csr.row_ptr, csr.rows, parts, 8);
+    ParallelFor(ctx, static_cast<size_t>(parts), [&](size_t p) {
+      const int64_t r0 = bounds[p], r1 = bounds[p + 1];
+      if (r0 >= r1) return;
+      if (csr.col16)
+        kern.spmv_i16(csr.values, static_cast<const int16_t*>(csr.col), csr.row_ptr, x, r0, r1, y + r0);
+      else
+        kern.spmv_i32(csr.values, static_cast<const int32_t*>(csr.col), csr.row_ptr, x, r0, r1, y + r0);
+      Epilogue1(y, r0, r1, bias);
+    });
+  }
+
+  // Batch > 1: the batch is packed into K x mb panels (X transposed, zero padded) so every
+  // nonzero multiplies one contiguous, aligned run of batch values; results come back per row
+  // as mb-vectors and are transposed into Y in blocks of 16 rows.
+  void Spmm(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t m,
+            int64_t k, const Bias& bias, float* y) const {
+    const int64_t n = csr.rows;
+    const int mb = PanelWidth(m, k);
+    const int64_t panels = (m + mb - 1) / mb;
+    const int64_t panel_size = std::max<int64_t>(k, 1) * mb;
+    AlignedBuffer xt = AllocFloats(static_cast<size_t>(panels * panel_size));
+
+    // Pack: panel p holds batch rows [p*mb, p*mb + mb) of X, as K rows of mb floats.
+    constexpr int64_t kBlockK = 256;
+    const int64_t kblocks = (k + kBlockK - 1) / kBlockK;
+    const int64_t pack_tasks = panels * std::max<int64_t>(kblocks, 1);
+    ParallelFor(ctx, static_cast<size_t>(pack_tasks), [&](size_t t) {
+      const int64_t p = static_cast<int64_t>(t) / std::max<int64_t>(kblocks, 1);
+      const int64_t k0 = (static_cast<int64_t>(t) % std::max<int64_t>(kblocks, 1)) * kBlockK;
+      const int64_t k1 = std::min(k, k0 + kBlockK);
+      const int64_t m0 = p * mb, mc = std::min<int64_t>(mb, m - m0);
+      float* dst = xt.get() + p * panel_size;
+      for (int64_t kk = k0; kk < k1; ++kk) {
+        float* d = dst + kk * mb;
+        if (trans_a) {
+          std::memcpy(d, x + kk * m + m0, static_cast<size_t>(mc) * sizeof(float));
+        } else {
+          for (int64_t i = 0; i < mc; ++i) d[i] = x[(m0 + i) * k + kk];
+        }
+        for (int64_t i = mc; i < mb; ++i) d[i] = 0.f;
+      }
+    });
+
+    const double work_per_panel = static_cast<double>(csr.nnz) * mb + 8.0 * n * mb;
+    const int64_t row_parts = PartsFor(work_per_panel, std::max<int64_t>(1, 64 / panels));
+    const std::vector<int64_t> bounds = SplitRows(csr.row_ptr, n, row_parts, 8);
+    ParallelFor(ctx, static_cast<size_t>(panels * row_parts), [&](size_t t) {
+      const int64_t p = static_cast<int64_t>(t) / row_parts;
+      const int64_t part = static_cast<int64_t>(t) % row_parts;
+      const int64_t m0 = p * mb, mc = std::min<int64_t>(mb, m - m0);
+      const float* panel = xt.get() + p * panel_size;
+      constexpr int64_t kRowBlock = 16;
+      alignas(64) float acc[kRowBlock * 64];
+      for (int64_t r0 = bounds[part]; r0 < bounds[part + 1]; r0 += kRowBlock) {
+        const int64_t r1 = std::min(bounds[part + 1], r0 + kRowBlock);
+        if (csr.col16)
+          kern.spmm_i16(csr.values, static_cast<const int16_t*>(csr.col), csr.row_ptr, panel, mb, r0, r1, acc);
+        else
+          kern.spmm_i32(csr.values, static_cast<const int32_t*>(csr.col), csr.row_ptr, panel, mb, r0, r1, acc);
+        for (int64_t i = 0; i < mc; ++i) {
+          float* yrow = y + (m0 + i) * n;
+          if (bias.data) {
+            for (int64_t r = r0; r < r1; ++r) yrow[r] = alpha * acc[(r - r0) * mb + i] + bias.at(m0 + i, r);
+          } else {
+            for (int64_t r = r0; r < r1; ++r) yrow[r] = alpha * acc[(r - r0) * mb + i];
+          }
+        }
+      }
+    });
+  }
+
+  // The widest panel (up to 64 batch columns) whose K x mb block stays within about half of a
+  // 1 MiB L2: beyond that every nonzero's panel row comes from L3 and the loop stalls on it.
+  static int PanelWidth(int64_t m, int64_t k) {
+    constexpr int64_t kPanelBytes = 640 * 1024;
+    int mb = 64;
+    while (mb > kPanelQuantum && static_cast<int64_t>(mb) * k * 4 > kPanelBytes) mb -= kPanelQuantum;
+    const int64_t needed = (m + kPanelQuantum - 1) / kPanelQuantum * kPanelQuantum;
+    return static_cast<int>(std::min<int64_t>(mb, needed));
+  }
+};
+
+// --- CsrConv --------------------------------------------------------------------------------
+
+struct CsrConvKernel {
+  int64_t kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, group = 1;
+  int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
+  Isa isa = Isa::kScalar;
+  ValidatedCsr constant;
+
+  explicit CsrConvKernel(const ortabi::KernelInfo* info) {
+    const std::vector<int64_t> ks = AttrInts(info, "kernel_shape", {});
+    if (ks.size() != 2 || ks[0] < 1 || ks[1] < 1)
+      Fail(ortabi::kInvalidArgument, "attribute kernel_shape must be two positive ints [kH, kW]");
+    kh = ks[0];
+    kw = ks[1];
+    const std::vector<int64_t> st = AttrInts(info, "strides", {1, 1});
+    const std::vector<int64_t> di = AttrInts(info, "dilations", {1, 1});
+    const std::vector<int64_t> pa = AttrInts(info, "pads", {0, 0, 0, 0});
+    if (st.size() != 2 || st[0] < 1 || st[1] < 1) Fail(ortabi::kInvalidArgument, "strides must be two positive ints");
+    if (di.size() != 2 || di[0] < 1 || di[1] < 1)
+      Fail(ortabi::kInvalidArgument, "dilations must be two positive ints");
+    if (pa.size() != 4 || *std::min_element(pa.begin(), pa.end()) < 0)
+      Fail(ortabi::kInvalidArgument, "pads must be four non-negative ints [top, left, bottom, right]");
+    sh = st[0];
+    sw = st[1];
+    dh = di[0];
+    dw = di[1];
+    pad_t = pa[0];
+    pad_l = pa[1];
+    pad_b = pa[2];
+    pad_r = pa[3];
+    group = AttrInt(info, "group", 1);
+    if (group < 1) Fail(ortabi::kInvalidArgument, "group must be >= 1");
+    isa = ChooseIsa();
+    constant = ValidateConstantCsr(info);
+  }
+
+  // Y[n, r, oh, ow] = B[r] + sum_(c,i,j) W[r, c, i, j] X[n, g(r)*Cg + c, oh*sh + i*dh - pad_t, ow*sw + j*dw - pad_l]
+  //
+  // The padded input is split into sh x sw phase planes Q[ph][pw][c] (Q[..][a][b] = Xpad[c][a*sh+ph][b*sw+pw]),
+  // which turns any stride into a stride-1 problem. Each nonzero then becomes one offset into
+  // Q, and every output plane, taken row-major with row length Wq, is
+  //   out[p] = sum_j w_j * Q[off_j + p]
+  // a sum of shifted contiguous runs (columns ow >= OW of each Wq-wide row are computed and
+  // discarded). No im2col buffer, and the work is proportional to the nonzeros.
+  void Compute(ortabi::KernelContext* ctx) const {
+    size_t count = 0;
+    Check(g_api->KernelContext_GetInputCount(ctx, &count));
+    const ortabi::Value* xv = Input(ctx, count, 0);
+    if (xv == nullptr) Fail(ortabi::kInvalidArgument, "input X is missing");
+    const Tensor x = Inspect(xv);
+    if (x.type != ortabi::kFloat || x.shape.size() != 4)
+      Fail(ortabi::kInvalidArgument, "X must be a 4-D float32 NCHW tensor, got shape ", ShapeStr(x.shape));
+    const Csr csr = ReadCsr(ctx, count, constant);
+    const int64_t nb = x.shape[0], c_in = x.shape[1], h = x.shape[2], w = x.shape[3];
+    const int64_t c_out = csr.rows;
+    if (c_in % group != 0 || c_out % group != 0)
+      Fail(ortabi::kInvalidArgument, "group ", group, " must divide both input channels ", c_in,
+           " and output channels ", c_out);
+    const int64_t cg = c_in / group, og = c_out / group;
+    const int64_t k_cols = cg * kh * kw;
+    if (csr.max_col >= k_cols)
+      Fail(ortabi::kInvalidArgument, "col_idx refers to column ", csr.max_col, " but a row has only ", k_cols,
+           " columns (C_in/group * kH * kW)");
+
+    const int64_t hp = h + pad_t + pad_b, wp = w + pad_l + pad_r;
+    const int64_t oh = (hp - (kh - 1) * dh - 1) / sh + 1;
+    const int64_t ow = (wp - (kw - 1) * dw - 1) / sw + 1;
+    if (hp - (kh - 1) * dh - 1 < 0 || wp - (kw - 1) * dw - 1 < 0)
+      Fail(ortabi::kInvalidArgument, "the dilated kernel does not fit the padded input ", ShapeStr(x.shape));
+
+    const float* bias = nullptr;
+    if (const ortabi::Value* bv = Input(ctx, count, 4)) {
+      const Tensor b = Inspect(bv);
+      if (b.type != ortabi::kFloat || b.shape.size() != 1 || b.numel != c_out)
+        Fail(ortabi::kInvalidArgument, "B must be a float32 vector of ", c_out, " output channels, got shape ",
+             ShapeStr(b.shape));
+      bias = b.as<float>();
+    }
+
+    const std::vector<int64_t> out_shape = {nb, c_out, oh, ow};
+    ortabi::Value* yv = nullptr;
+    Check(g_api->KernelContext_GetOutput(ctx, 0, out_shape.data(), out_shape.size(), &yv));
+    if (nb == 0 || c_out == 0 || oh == 0 || ow == 0) return;
+    void* ydata = nullptr;
+    Check(g_api->GetTensorMutableData(yv, &ydata));
+    float* y = static_cast<float*>(ydata);
+
+    // Phase-plane geometry.
+    const int64_t hq = (hp + sh - 1) / sh, wq = (wp + sw - 1) / sw;
+    const int64_t plane = hq * wq;
+    const int64_t q_size = sh * sw * c_in * plane;
+    if (q_size > INT32_MAX) Fail(ortabi::kInvalidArgument, "input too large for 32-bit offsets");
+
+    // One offset into Q per nonzero.
+    std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
+    int64_t max_off = 0;
+    for (int64_t r = 0; r < c_out; ++r) {
+      const int64_t c_base = (r / og) * cg;
+      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
+        const int64_t col = csr.col16 ? static_cast<const int16_t*>(csr.col)[j] : static_cast<const int32_t*>(csr.col)[j];
+        const int64_t c = col / (kh * kw), i = (col / kw) % kh, jj = col % kw;
+        const int64_t rh = i * dh, rw = jj * dw;
+        const int64_t o = (((rh % sh) * sw + (rw % sw)) * c_in + c_base + c) * plane + (rh / sh) * wq + (rw / sw);
+        off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
+        max_off = std::max(max_off, o);
+      }
+    }
+
+    // Outputs are computed in 4 x 16 tiles (kConvTileRows x kConvTileCols), every output
+    // channel over one tile before moving on, so the tile's input window stays in L1. Tiles
+    // overhanging the output read past the last valid Q row; that slack is allocated and zeroed.
+    const int64_t row_tiles = (oh + kConvTileRows - 1) / kConvTileRows;
+    const int64_t col_tiles = (ow + kConvTileCols - 1) / kConvTileCols;
+    const int64_t max_read = max_off + (row_tiles * kConvTileRows - 1) * wq + col_tiles * kConvTileCols;
+    const int64_t q_alloc = std::max(q_size, max_read) + kConvTileCols;
+    AlignedBuffer q = AllocFloats(static_cast<size_t>(q_alloc));
+    std::memset(q.get() + q_size, 0, static_cast<size_t>(q_alloc - q_size) * sizeof(float));
+
+    const int64_t tiles = row_tiles * col_tiles;
+    // Group neighbouring tiles into tasks of ~100k multiply-adds.
+    const double work_per_tile = static_cast<double>(csr.nnz) * kConvTileRows * kConvTileCols;
+    const int64_t tiles_per_task = std::max<int64_t>(1, static_cast<int64_t>(100000.0 / std::max(work_per_tile, 1.0)));
+    const int64_t tasks = (tiles + tiles_per_task - 1) / tiles_per_task;
+    const Kernels& kern = KernelsFor(isa);
+    const float* xd = x.as<float>();
+
+    for (int64_t img = 0; img < nb; ++img) {
+      const float* xi = xd + img * c_in * h * w;
+      // Fill Q: one task per (phase, channel) plane.
+      ParallelFor(ctx, static_cast<size_t>(sh * sw * c_in), [&](size_t t) {
+        const int64_t phase = static_cast<int64_t>(t) / c_in, c = static_cast<int64_t>(t) % c_in;
+        const int64_t ph = phase / sw, pw = phase % sw;
+        float* dst = q.get() + t * plane;
+        const float* src = xi + c * h * w;
+        for (int64_t a = 0; a < hq; ++a) {
+          const int64_t row = a * sh + ph - pad_t;
+          float* d = dst + a * wq;
+          if (row < 0 || row >= h) {
+            std::memset(d, 0, static_cast<size_t>(wq) * sizeof(float));
+            continue;
+          }
+          for (int64_t b = 0; b < wq; ++b) {
+            const int64_t colx = b * sw + pw - pad_l;
+            d[b] = (colx >= 0 && colx < w) ? src[row * w + colx] : 0.f;
+          }
+        }
+      });
+      float* yi = y + img * c_out * oh * ow;
+      ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t t) {
+        alignas(64) float acc[kConvTileRows * kConvTileCols];
+        const int64_t t_end = std::min(tiles, (static_cast<int64_t>(t) + 1) * tiles_per_task);
+        for (int64_t tile = static_cast<int64_t>(t) * tiles_per_task; tile < t_end; ++tile) {
+          const int64_t oh0 = (tile / col_tiles) * kConvTileRows, ow0 = (tile % col_tiles) * kConvTileCols;
+          const int64_t rows_here = std::min<int64_t>(kConvTileRows, oh - oh0);
+          const int64_t cols_here = std::min<int64_t>(kConvTileCols, ow - ow0);
+          const float* qt = q.get() + oh0 * wq + ow0;
+          for (int64_t r = 0; r < c_out; ++r) {
+            const int64_t j0 = csr.row_ptr[r], nz = csr.row_ptr[r + 1] - j0;
+            kern.conv_tile(csr.values + j0, off.data() + j0, nz, qt, wq, acc);
+            const float b = bias ? bias[r] : 0.f;
+            float* yr = yi + (r * oh + oh0) * ow + ow0;
+            for (int64_t u = 0; u < rows_here; ++u)
+              for (int64_t i = 0; i < cols_here; ++i) yr[u * ow + i] = acc[u * kConvTileCols + i] + b;
+          }
+        }
+      });
+    }
+  }
+};
+
+// --- registration ---------------------------------------------------------------------------
+
+template <class K>
+struct OpDef {
+  static constexpr size_t kInputs = 5;
+
+  static ortabi::Status* CreateKernelV2(const ortabi::CustomOp* op, const ortabi::Api*, const ortabi::KernelInfo* info,
+                                        void** kernel) noexcept {
+    *kernel = nullptr;
+    return Guard(op->GetName(op), [&] { *kernel = new K(info); });
+  }
+  static ortabi::Status* KernelComputeV2(void* kernel, ortabi::KernelContext* ctx) noexcept {
+    return Guard(K::kName, [&] { static_cast<const K*>(kernel)->Compute(ctx); });
+  }
+  static void KernelDestroy(void* kernel) noexcept { delete static_cast<K*>(kernel); }
+  static void* CreateKernelV1(const ortabi::CustomOp*, const ortabi::Api*, const ortabi::KernelInfo*) noexcept {
+    return nullptr;  // never used: version >= 16 makes ORT call CreateKernelV2
+  }
+  static void KernelComputeV1(void*, ortabi::KernelContext*) noexcept {}
+  static const char* GetName(const ortabi::CustomOp*) noexcept { return K::kName; }
+  static const char* GetExecutionProviderType(const ortabi::CustomOp*) noexcept { return "CPUExecutionProvider"; }
+  static size_t GetInputTypeCount(const ortabi::CustomOp*) noexcept { return kInputs; }
+  static ortabi::ElementType GetInputType(const ortabi::CustomOp*, size_t index) noexcept {
+    // col_idx accepts int16 or int32, checked at run time, so its declared type is open.
+    switch (index) {
+      case 2: return ortabi::kUndefined;
+      case 3: return ortabi::kInt32;
+      default: return ortabi::kFloat;
+    }
+  }
+  static size_t GetOutputTypeCount(const ortabi::CustomOp*) noexcept { return 1; }
+  static ortabi::ElementType GetOutputType(const ortabi::CustomOp*, size_t) noexcept { return ortabi::kFloat; }
+  static ortabi::InputOutputCharacteristic GetInputCharacteristic(const ortabi::CustomOp*, size_t index) noexcept {
+    return index == 4 ? ortabi::kOptional : ortabi::kRequired;
+  }
+  static ortabi::InputOutputCharacteristic GetOutputCharacteristic(const ortabi::CustomOp*, size_t) noexcept {
+    return ortabi::kRequired;
+  }
+  static ortabi::MemType GetInputMemoryType(const ortabi::CustomOp*, size_t) noexcept { return ortabi::kMemTypeDefault; }
+  static int VariadicMinArity(const ortabi::CustomOp*) noexcept { return 1; }
+  static int VariadicHomogeneity(const ortabi::CustomOp*) noexcept { return 1; }
+  static int GetStartVersion(const ortabi::CustomOp*) noexcept { return 1; }
+  static int GetEndVersion(const ortabi::CustomOp*) noexcept { return INT32_MAX; }
+
+  static ortabi::CustomOp Make() {
+    ortabi::CustomOp op;
+    std::memset(&op, 0, sizeof(op));
+    op.version = ortabi::kTargetApiVersion;
+    op.CreateKernel = CreateKernelV1;
+    op.GetName = GetName;
+    op.GetExecutionProviderType = GetExecutionProviderType;
+    op.GetInputType = GetInputType;
+    op.GetInputTypeCount = GetInputTypeCount;
+    op.GetOutputType = GetOutputType;
+    op.GetOutputTypeCount = GetOutputTypeCount;
+    op.KernelCompute = KernelComputeV1;
+    op.KernelDestroy = KernelDestroy;
+    op.GetInputCharacteristic = GetInputCharacteristic;
+    op.GetOutputCharacteristic = GetOutputCharacteristic;
+    op.GetInputMemoryType = GetInputMemoryType;
+    op.GetVariadicInputMinArity = VariadicMinArity;
+    op.GetVariadicInputHomogeneity = VariadicHomogeneity;
+    op.GetVariadicOutputMinArity = VariadicMinArity;
+    op.GetVariadicOutputHomogeneity = VariadicHomogeneity;
+    op.CreateKernelV2 = CreateKernelV2;
+    op.KernelComputeV2 = KernelComputeV2;
+    op.InferOutputShapeFn = nullptr;
+    op.GetStartVersion = GetStartVersion;
+    op.GetEndVersion = GetEndVersion;
+    return op;
+  }
+};
+
+struct CsrGemmOp : CsrGemmKernel {
+  static constexpr const char* kName = "CsrGemm";
+  using CsrGemmKernel::CsrGemmKernel;
+};
+struct CsrConvOp : CsrConvKernel {
+  static constexpr const char* kName = "CsrConv";
+  using CsrConvKernel::CsrConvKernel;
+};
+
+// ORT keeps pointers to these for as long as any session uses them, i.e. until process exit.
+const ortabi::CustomOp kCsrGemm = OpDef<CsrGemmOp>::Make();
+const ortabi::CustomOp kCsrConv = OpDef<CsrConvOp>::Make();
+
+}  // namespace
+}  // namespace onnxprune
+
+using onnxprune::g_api;
+
+ONNXPRUNE_EXPORT ortabi::Status* RegisterCustomOps(ortabi::SessionOptions* options, const ortabi::ApiBase* base) {
+  const ortabi::Api* api = base->GetApi(ortabi::kTargetApiVersion);
+  if (api == nullptr) {
+    // Too old a runtime: refuse with a status built from the version-1 table, which every
+    // runtime serves and whose slot 0 is CreateStatus.
+    std::string msg = std::string("onnxprune sparse ops need ONNX Runtime C API version ") +
+                      std::to_string(ortabi::kTargetApiVersion) + " (onnxruntime >= 1." +
+                      std::to_string(ortabi::kTargetApiVersion) + "); this runtime is " + base->GetVersionString();
+    const ortabi::Api* v1 = base->GetApi(1);
+    if (v1 == nullptr) return nullptr;  // not an ONNX Runtime we can talk to at all
+    return v1->CreateStatus(ortabi::kFail, msg.c_str());
+  }
+  g_api = api;
+  ortabi::CustomOpDomain* domain = nullptr;
+  if (ortabi::Status* st = api->CreateCustomOpDomain(onnxprune::kDomain, &domain)) return st;
+  for (const ortabi::CustomOp* op : {&onnxprune::kCsrGemm, &onnxprune::kCsrConv}) {
+    if (ortabi::Status* st = api->CustomOpDomain_Add(domain, op)) {
+      api->ReleaseCustomOpDomain(domain);
+      return st;
+    }
+  }
+  if (ortabi::Status* st = api->AddCustomOpDomain(options, domain)) {
+    api->ReleaseCustomOpDomain(domain);
+    return st;
+  }
+  // The session options now reference the domain and sessions created from them outlive this
+  // call, so the domain is deliberately never released (a few bytes per registration).
+  return nullptr;
+}
+
+// Introspection for the Python loader and tests.
+ONNXPRUNE_EXPORT uint32_t onnxprune_ops_api_version() { return ortabi::kTargetApiVersion; }
+ONNXPRUNE_EXPORT const char* onnxprune_ops_domain() { return onnxprune::kDomain; }
+ONNXPRUNE_EXPORT const char* onnxprune_ops_best_isa() { return onnxprune::IsaName(onnxprune::BestIsa()); }
+ONNXPRUNE_EXPORT int onnxprune_ops_cpu_has(const char* isa_name) {
+  for (onnxprune::Isa isa : {onnxprune::Isa::kAvx512, onnxprune::Isa::kAvx2, onnxprune::Isa::kScalar})
+    if (std::strcmp(isa_name, onnxprune::IsaName(isa)) == 0) return onnxprune::CpuHas(isa) ? 1 : 0;
+  return -1;
+}
+
+// Calls the library-level API slots against a live runtime and checks they behave as
+// declared: 0 on success, otherwise the number of the first failed check.
+ONNXPRUNE_EXPORT int onnxprune_ops_abi_probe(const ortabi::ApiBase* base) {
+  const ortabi::Api* api = base->GetApi(ortabi::kTargetApiVersion);
+  if (api == nullptr) return 1;
+  ortabi::Status* st = api->CreateStatus(ortabi::kInvalidGraph, "probe");
+  if (st == nullptr) return 2;
+  const bool code_ok = api->GetErrorCode(st) == ortabi::kInvalidGraph;
+  const bool msg_ok = std::strcmp(api->GetErrorMessage(st), "probe") == 0;
+  api->ReleaseStatus(st);
+  if (!code_ok) return 3;
+  if (!msg_ok) return 4;
+  ortabi::CustomOpDomain* domain = nullptr;
+  if (ortabi::Status* s = api->CreateCustomOpDomain("ai.onnxprune.probe", &domain)) {
+    api->ReleaseStatus(s);
+    return 5;
+  }
+  if (ortabi::Status* s = api->CustomOpDomain_Add(domain, &onnxprune::kCsrGemm)) {
+    api->ReleaseStatus(s);
+    api->ReleaseCustomOpDomain(domain);
+    return 6;
+  }
+  api->ReleaseCustomOpDomain(domain);
+  return 0;
+}

@@ -1,0 +1,490 @@
+"""Native sparse ops (ai.onnxprune CsrGemm / CsrConv) against stock ONNX Runtime and numpy.
+
+Every numeric case builds one model holding both the dense op (Gemm / MatMul / Conv over the
+masked weight) and our CSR op fed the same inputs, runs it once, and compares the two outputs
+with each other and with a float64 numpy reference. Each case runs on every kernel path the
+CPU has (ONNXPRUNE_KERNEL_ISA, read when a kernel is created) with 1 and 2 intra-op threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune import runtime_ops
+from onnxprune.runtime_ops import csr_from_dense, dense_from_csr
+
+DOMAIN = runtime_ops.DOMAIN
+OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)]
+ISAS = ["avx512", "avx2", "scalar"]
+
+
+@pytest.fixture(scope="module")
+def lib() -> ctypes.CDLL:
+    so = ctypes.CDLL(runtime_ops.library_path())
+    so.onnxprune_ops_domain.restype = ctypes.c_char_p
+    so.onnxprune_ops_best_isa.restype = ctypes.c_char_p
+    so.onnxprune_ops_api_version.restype = ctypes.c_uint32
+    so.onnxprune_ops_cpu_has.argtypes = [ctypes.c_char_p]
+    so.onnxprune_ops_abi_probe.argtypes = [ctypes.c_void_p]
+    so.RegisterCustomOps.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    so.RegisterCustomOps.restype = ctypes.c_void_p
+    return so
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch, lib) -> str:
+    if lib.onnxprune_ops_cpu_has(request.param.encode()) != 1:
+        pytest.skip(f"CPU lacks {request.param}")
+    monkeypatch.setenv("ONNXPRUNE_KERNEL_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request) -> int:
+    return request.param
+
+
+def session(model, threads: int = 1) -> ort.InferenceSession:
+    return runtime_ops.InferenceSession(model.SerializeToString(), runtime_ops.session_options(threads))
+
+
+def sparse_weight(rng, n: int, k: int, density: float, empty_rows=()) -> np.ndarray:
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w[rng.random((n, k)) >= density] = 0.0
+    for r in empty_rows:
+        w[r] = 0.0
+    return w
+
+
+def csr_inits(w2d: np.ndarray, index_dtype=None, prefix: str = "") -> tuple[list, list[str]]:
+    v, c, p = csr_from_dense(w2d, index_dtype)
+    names = [prefix + "values", prefix + "col_idx", prefix + "row_ptr"]
+    return [numpy_helper.from_array(a, n) for a, n in zip((v, c, p), names)], names
+
+
+def close(actual: np.ndarray, expected: np.ndarray, k: int) -> None:
+    # fp32 sums of k products: error grows ~ sqrt(k) * eps * |terms|
+    np.testing.assert_allclose(actual, expected, rtol=2e-4, atol=2e-5 * max(1.0, np.sqrt(k)) * 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Library identity and the C API declarations
+
+
+def test_domain_defined_once_in_both_languages(lib):
+    assert lib.onnxprune_ops_domain().decode() == DOMAIN == "ai.onnxprune"
+
+
+def test_library_targets_api_17_and_runtime_serves_it(lib):
+    assert lib.onnxprune_ops_api_version() == 17
+    major, minor = (int(x) for x in ort.__version__.split(".")[:2])
+    assert (major, minor) >= (1, 17)
+
+
+def test_library_exports_only_the_intended_symbols():
+    import subprocess
+
+    out = subprocess.run(["nm", "-D", "--defined-only", runtime_ops.library_path()], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("nm unavailable")
+    names = {line.split()[-1] for line in out.stdout.splitlines() if " T " in line}
+    assert "RegisterCustomOps" in names
+    assert all(n == "RegisterCustomOps" or n.startswith("onnxprune_ops_") or n.startswith("_") for n in names), names
+
+
+def _ort_api_base() -> int:
+    capi = os.path.join(os.path.dirname(ort.__file__), "capi")
+    libs = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so*"))) + sorted(
+        glob.glob(os.path.join(capi, "libonnxruntime*.dylib"))
+    )
+    if not libs:
+        pytest.skip("no libonnxruntime shared library next to the Python bindings")
+    ortlib = ctypes.CDLL(libs[0])
+    ortlib.OrtGetApiBase.restype = ctypes.c_void_p
+    return ortlib.OrtGetApiBase()
+
+
+def test_abi_probe_against_installed_runtime(lib):
+    # Calls CreateStatus/GetErrorCode/GetErrorMessage/ReleaseStatus and
+    # CreateCustomOpDomain/CustomOpDomain_Add/ReleaseCustomOpDomain through our declared slots.
+    assert lib.onnxprune_ops_abi_probe(_ort_api_base()) == 0
+
+
+def test_refuses_runtime_older_than_api_17(lib):
+    """A runtime that cannot serve API 17 gets a clear error status, built from the v1 table."""
+    seen = {}
+    create_status_t = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
+    get_api_t = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint32)
+    version_t = ctypes.CFUNCTYPE(ctypes.c_void_p)
+    version_text = ctypes.create_string_buffer(b"1.16.3")
+
+    @create_status_t
+    def create_status(code, msg):
+        seen["code"], seen["msg"] = code, msg.decode()
+        return 0xBAD
+
+    v1_table = (ctypes.c_void_p * 3)(ctypes.cast(create_status, ctypes.c_void_p).value, None, None)
+
+    @get_api_t
+    def get_api(version):
+        seen.setdefault("asked", []).append(version)
+        return ctypes.addressof(v1_table) if version == 1 else None
+
+    @version_t
+    def version_string():
+        return ctypes.addressof(version_text)
+
+    base = (ctypes.c_void_p * 2)(ctypes.cast(get_api, ctypes.c_void_p).value,
+                                 ctypes.cast(version_string, ctypes.c_void_p).value)
+    status = lib.RegisterCustomOps(None, ctypes.addressof(base))
+    assert status == 0xBAD
+    assert seen["asked"][0] == 17
+    assert seen["code"] == 1  # ORT_FAIL
+    assert "API version 17" in seen["msg"] and "1.16.3" in seen["msg"]
+
+
+def test_forcing_an_unknown_isa_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_KERNEL_ISA", "sse9")
+    rng = np.random.default_rng(0)
+    model, _ = gemm_model(sparse_weight(rng, 4, 6, 0.5), m=2)
+    with pytest.raises(Exception, match="ONNXPRUNE_KERNEL_ISA=sse9"):
+        session(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# CsrGemm
+
+
+def gemm_model(w, *, m, trans_a=0, alpha=1.0, beta=1.0, bias_shape=None, index_dtype=None, seed=0,
+               csr_as_inputs=False):
+    """Model with Y_dense = Gemm(X, W, C) and Y_sparse = CsrGemm(X, csr(W), C); returns (model, feeds)."""
+    rng = np.random.default_rng(seed)
+    n, k = w.shape
+    x = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    inits, csr_names = csr_inits(w, index_dtype)
+    inputs = ["X", *csr_names]
+    dense_inputs = ["X", "W"]
+    feeds = {"X": x}
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))]
+    if csr_as_inputs:
+        for t in inits:
+            arr = numpy_helper.to_array(t)
+            feeds[t.name] = arr
+            graph_inputs.append(helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(arr.dtype),
+                                                              list(arr.shape)))
+        inits = []
+    inits.append(numpy_helper.from_array(w, "W"))
+    if bias_shape is not None:
+        c = rng.standard_normal(bias_shape).astype(np.float32)
+        inits.append(numpy_helper.from_array(c, "C"))
+        inputs.append("C")
+        dense_inputs.append("C")
+    attrs = dict(alpha=alpha, beta=beta, transA=trans_a)
+    nodes = [
+        helper.make_node("Gemm", dense_inputs, ["Y_dense"], transB=1, **attrs),
+        helper.make_node("CsrGemm", inputs, ["Y_sparse"], domain=DOMAIN, **attrs),
+    ]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("Y_dense", "Y_sparse")]
+    graph = helper.make_graph(nodes, "gemm", graph_inputs, outputs, initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS), feeds
+
+
+def gemm_reference(w, x, trans_a, alpha, beta, c):
+    a = x.astype(np.float64).T if trans_a else x.astype(np.float64)
+    y = alpha * a @ w.astype(np.float64).T
+    if c is not None:
+        y = y + beta * c.astype(np.float64)
+    return y
+
+
+GEMM_CASES = [
+    # (name, n, k, density, m, trans_a, alpha, beta, bias_shape, index_dtype, empty_rows)
+    ("batch1", 37, 50, 0.2, 1, 0, 1.0, 1.0, (37,), None, ()),
+    ("batch2_int32", 37, 50, 0.2, 2, 0, 1.0, 1.0, None, np.int32, ()),
+    ("odd_batch3_empty_rows", 29, 70, 0.1, 3, 0, 1.0, 1.0, (1, 29), None, (0, 5, 28)),
+    ("batch17_alpha_beta", 40, 33, 0.3, 17, 0, 0.5, -2.0, (40,), None, ()),
+    ("batch64_bias_matrix", 48, 96, 0.15, 64, 0, 1.0, 0.7, (64, 48), None, ()),
+    ("batch100_bias_column", 21, 40, 0.25, 100, 0, 1.0, 1.0, (100, 1), np.int16, ()),
+    ("scalar_bias", 9, 13, 0.5, 5, 0, 1.0, 3.0, (), None, ()),
+    ("transA_batch1", 25, 31, 0.3, 1, 1, 1.5, 1.0, (25,), None, ()),
+    ("transA_batch7_int32", 25, 31, 0.3, 7, 1, 1.0, 0.5, (7, 25), np.int32, ()),
+    ("transA_batch70", 33, 65, 0.2, 70, 1, 1.0, 1.0, (33,), None, ()),
+    ("fully_zero_layer", 16, 24, 0.0, 4, 0, 1.0, 1.0, (16,), None, ()),
+    ("fully_zero_layer_batch1", 16, 24, 0.0, 1, 0, 1.0, 1.0, None, np.int32, ()),
+    ("beta0_ignores_bias", 12, 20, 0.4, 6, 0, 1.0, 0.0, (12,), None, ()),
+    # Big enough to split over the thread pool (several tasks per call).
+    ("parallel_gemv", 512, 2048, 0.3, 1, 0, 1.0, 1.0, (512,), None, ()),
+    ("parallel_spmm", 256, 512, 0.3, 130, 0, 1.0, 1.0, (256,), None, ()),
+    ("wide_rows_need_int32", 8, 33000, 0.01, 3, 0, 1.0, 1.0, (8,), None, ()),
+]
+
+
+@pytest.mark.parametrize("case", GEMM_CASES, ids=[c[0] for c in GEMM_CASES])
+def test_csr_gemm_matches_dense_gemm(case, isa, threads):
+    name, n, k, density, m, trans_a, alpha, beta, bias_shape, index_dtype, empty_rows = case
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    w = sparse_weight(rng, n, k, density, empty_rows)
+    model, feeds = gemm_model(w, m=m, trans_a=trans_a, alpha=alpha, beta=beta, bias_shape=bias_shape,
+                              index_dtype=index_dtype)
+    if name == "wide_rows_need_int32":
+        assert csr_from_dense(w)[1].dtype == np.int32
+    y_dense, y_sparse = session(model, threads).run(None, feeds)
+    c = None
+    for t in model.graph.initializer:
+        if t.name == "C":
+            c = numpy_helper.to_array(t)
+    ref = gemm_reference(w, feeds["X"], trans_a, alpha, beta, c if beta != 0 else None)
+    assert y_sparse.shape == y_dense.shape == (m, n)
+    close(y_sparse, ref, k)
+    close(y_sparse, y_dense, k)
+
+
+def matmul_model(w, x_shape, *, bias_shape=None, alpha=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    n, k = w.shape
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    inits, csr_names = csr_inits(w)
+    inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), "WT"))
+    inputs = ["X", *csr_names]
+    nodes = [helper.make_node("MatMul", ["X", "WT"], ["MM"])]
+    dense_out = "MM"
+    if bias_shape is not None:
+        c = rng.standard_normal(bias_shape).astype(np.float32)
+        inits.append(numpy_helper.from_array(c, "C"))
+        inputs.append("C")
+        nodes.append(helper.make_node("Add", ["MM", "C"], ["MMC"]))
+        dense_out = "MMC"
+    nodes.append(helper.make_node("Identity", [dense_out], ["Y_dense"]))
+    nodes.append(helper.make_node("CsrGemm", inputs, ["Y_sparse"], domain=DOMAIN, matmul=1, alpha=alpha))
+    graph = helper.make_graph(nodes, "matmul", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("Y_dense", "Y_sparse")],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS), {"X": x}
+
+
+@pytest.mark.parametrize(
+    "x_shape,bias_shape",
+    [((2, 3, 40), (24,)), ((40,), None), ((1, 40), (1, 24)), ((5, 1, 2, 40), (1, 1, 24)), ((0, 40), (24,)),
+     ((64, 40), None)],
+    ids=["3d_bias", "1d", "2d_batch1", "4d", "empty_batch", "2d_batch64"],
+)
+def test_csr_gemm_matmul_mode_nd(x_shape, bias_shape, isa, threads):
+    rng = np.random.default_rng(7)
+    w = sparse_weight(rng, 24, 40, 0.25, empty_rows=(3,))
+    model, feeds = matmul_model(w, x_shape, bias_shape=bias_shape)
+    y_dense, y_sparse = session(model, threads).run(None, feeds)
+    assert y_sparse.shape == tuple(x_shape[:-1]) + (24,)
+    close(y_sparse, y_dense, 40)
+
+
+def test_csr_gemm_matmul_mode_alpha(isa):
+    rng = np.random.default_rng(3)
+    w = sparse_weight(rng, 10, 12, 0.5)
+    model, feeds = matmul_model(w, (2, 4, 12), bias_shape=(10,), alpha=-0.25)
+    y_dense, y_sparse = session(model).run(None, feeds)
+    c = numpy_helper.to_array([t for t in model.graph.initializer if t.name == "C"][0])
+    close(y_sparse, -0.25 * (feeds["X"].astype(np.float64) @ w.T.astype(np.float64)) + c, 12)
+
+
+# ---------------------------------------------------------------------------------------------
+# CsrConv
+
+
+def conv_model(w4, b, *, strides, pads, dilations, group=1, index_dtype=None):
+    c_out = w4.shape[0]
+    inits, csr_names = csr_inits(w4.reshape(c_out, -1), index_dtype)
+    inits.append(numpy_helper.from_array(w4, "W"))
+    attrs = dict(kernel_shape=list(w4.shape[2:]), strides=strides, pads=pads, dilations=dilations, group=group)
+    dense_inputs, sparse_inputs = ["X", "W"], ["X", *csr_names]
+    if b is not None:
+        inits.append(numpy_helper.from_array(b, "B"))
+        dense_inputs.append("B")
+        sparse_inputs.append("B")
+    nodes = [helper.make_node("Conv", dense_inputs, ["Y_dense"], **attrs),
+             helper.make_node("CsrConv", sparse_inputs, ["Y_sparse"], domain=DOMAIN, **attrs)]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("Y_dense", "Y_sparse")],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS)
+
+
+def conv_reference(x, w4, b, strides, pads, dilations, group):
+    """Direct float64 convolution (NCHW), independent of any runtime."""
+    n, c, h, wd = x.shape
+    co, cg, kh, kw = w4.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    ow = (xp.shape[3] - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    y = np.zeros((n, co, oh, ow))
+    og = co // group
+    for r in range(co):
+        g = r // og
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg,
+                           i * dilations[0]: i * dilations[0] + strides[0] * (oh - 1) + 1: strides[0],
+                           j * dilations[1]: j * dilations[1] + strides[1] * (ow - 1) + 1: strides[1]]
+                y[:, r] += np.einsum("nchw,c->nhw", patch, w4[r, :, i, j].astype(np.float64))
+        if b is not None:
+            y[:, r] += b[r]
+    return y
+
+
+CONV_CASES = [
+    # (name, batch, c_in, c_out, kh, kw, h, w, strides, pads, dilations, group, bias, density, index_dtype, empty_rows)
+    ("3x3_same_batch1", 1, 3, 8, 3, 3, 10, 11, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, 0.5, None, ()),
+    ("3x3_same_batch3_int32", 3, 4, 6, 3, 3, 9, 7, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, 0.3, np.int32, ()),
+    ("stride2_asym_pads", 3, 4, 8, 3, 3, 10, 11, [2, 2], [1, 0, 2, 1], [1, 1], 1, True, 0.4, None, (2,)),
+    ("stride_2x3_dilation_2x1_nobias", 2, 4, 8, 3, 2, 13, 11, [2, 3], [0, 1, 2, 1], [2, 1], 1, False, 0.4, None, ()),
+    ("dilation2_batch1", 1, 5, 7, 3, 3, 12, 12, [1, 1], [2, 2, 2, 2], [2, 2], 1, True, 0.3, None, ()),
+    ("1x1_pointwise", 3, 16, 12, 1, 1, 6, 5, [1, 1], [0, 0, 0, 0], [1, 1], 1, True, 0.2, None, (0, 11)),
+    ("5x5_no_pad_wide", 1, 2, 4, 5, 5, 9, 40, [1, 1], [0, 0, 0, 0], [1, 1], 1, True, 0.6, None, ()),
+    ("group2", 2, 4, 8, 3, 3, 10, 11, [1, 1], [1, 1, 1, 1], [1, 1], 2, True, 0.5, None, ()),
+    ("fully_zero", 3, 4, 5, 3, 3, 8, 8, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, 0.0, None, ()),
+    ("parallel_64ch_28x28", 1, 32, 32, 3, 3, 28, 28, [1, 1], [1, 1, 1, 1], [1, 1], 1, True, 0.3, None, ()),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[c[0] for c in CONV_CASES])
+def test_csr_conv_matches_dense_conv(case, isa, threads):
+    (name, batch, c_in, c_out, kh, kw, h, wd, strides, pads, dil, group, with_bias, density, index_dtype,
+     empty_rows) = case
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    w4 = rng.standard_normal((c_out, c_in // group, kh, kw)).astype(np.float32)
+    w4[rng.random(w4.shape) >= density] = 0.0
+    for r in empty_rows:
+        w4[r] = 0.0
+    b = rng.standard_normal(c_out).astype(np.float32) if with_bias else None
+    x = rng.standard_normal((batch, c_in, h, wd)).astype(np.float32)
+    model = conv_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group, index_dtype=index_dtype)
+    y_dense, y_sparse = session(model, threads).run(None, {"X": x})
+    ref = conv_reference(x, w4, b, strides, pads, dil, group)
+    assert y_sparse.shape == y_dense.shape == ref.shape
+    k = (c_in // group) * kh * kw
+    close(y_sparse, ref, k)
+    close(y_sparse, y_dense, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed input is an ORT error with a message, never a crash
+
+
+def _tamper(model, name, array):
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == name:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(array, name))
+            return model
+    raise KeyError(name)
+
+
+def _base_gemm(index_dtype=None):
+    rng = np.random.default_rng(11)
+    w = sparse_weight(rng, 6, 10, 0.5)
+    return gemm_model(w, m=3, bias_shape=(6,), index_dtype=index_dtype), csr_from_dense(w, index_dtype)
+
+
+@pytest.mark.parametrize(
+    "field,mutate,message",
+    [
+        ("row_ptr", lambda v, c, p: np.concatenate([[1], p[1:]]).astype(np.int32), "row_ptr\\[0\\] must be 0"),
+        ("row_ptr", lambda v, c, p: np.where(np.arange(len(p)) == 3, p[4] + 1, p).astype(np.int32),
+         "non-decreasing"),
+        ("row_ptr", lambda v, c, p: np.concatenate([p[:-1], [p[-1] - 1]]).astype(np.int32), "number of nonzeros"),
+        ("col_idx", lambda v, c, p: np.where(np.arange(len(c)) == 2, 10, c).astype(c.dtype), "input column 10"),
+        ("col_idx", lambda v, c, p: np.where(np.arange(len(c)) == 1, -3, c).astype(c.dtype), "negative index"),
+        ("col_idx", lambda v, c, p: c[:-1], "as many entries as values"),
+        ("col_idx", lambda v, c, p: c.astype(np.int64), "int16 or int32"),
+    ],
+    ids=["rowptr_start", "rowptr_decreasing", "rowptr_end", "col_too_big", "col_negative", "col_length", "col_int64"],
+)
+def test_inconsistent_csr_initializers_fail_cleanly(field, mutate, message):
+    (model, feeds), (v, c, p) = _base_gemm()
+    _tamper(model, field, mutate(v, c, p))
+    with pytest.raises(Exception, match=message):
+        session(model).run(None, feeds)
+
+
+def test_inconsistent_csr_fed_at_run_time_is_validated_each_run():
+    rng = np.random.default_rng(5)
+    w = sparse_weight(rng, 6, 10, 0.5)
+    model, feeds = gemm_model(w, m=2, bias_shape=(6,), csr_as_inputs=True)
+    sess = session(model)
+    y_dense, y_sparse = sess.run(None, feeds)
+    close(y_sparse, y_dense, 10)
+    bad = dict(feeds)
+    bad["col_idx"] = feeds["col_idx"].copy()
+    bad["col_idx"][-1] = 12
+    with pytest.raises(Exception, match="input column 12"):
+        sess.run(None, bad)
+    bad = dict(feeds)
+    bad["row_ptr"] = feeds["row_ptr"].copy()
+    bad["row_ptr"][-1] += 5
+    with pytest.raises(Exception, match="number of nonzeros"):
+        sess.run(None, bad)
+
+
+def test_wrong_shapes_and_attributes_fail_cleanly():
+    rng = np.random.default_rng(2)
+    w = sparse_weight(rng, 6, 10, 0.5)
+    model, feeds = gemm_model(w, m=3, bias_shape=(4,))
+    with pytest.raises(Exception, match="does not broadcast"):
+        session(model).run(None, feeds)
+    model, feeds = gemm_model(w, m=3, bias_shape=(6,))
+    sess = session(model)
+    with pytest.raises(Exception):
+        sess.run(None, {"X": np.zeros((3, 9), np.float32)})
+    model, _ = matmul_model(w, (2, 10))
+    for node in model.graph.node:
+        if node.op_type == "CsrGemm":
+            node.attribute.append(helper.make_attribute("transA", 1))
+    with pytest.raises(Exception, match="transA"):
+        session(model)
+
+
+def test_conv_column_range_is_checked_against_the_input_channels():
+    rng = np.random.default_rng(4)
+    w4 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    model = conv_model(w4, None, strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
+    # Keep only the CSR node: stock Conv would reject the channel mismatch first.
+    del model.graph.node[0]
+    del model.graph.output[0]
+    sess = session(model)
+    sess.run(None, {"X": np.ones((1, 3, 5, 5), np.float32)})
+    with pytest.raises(Exception, match="C_in/group"):
+        sess.run(None, {"X": np.ones((1, 2, 5, 5), np.float32)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Python helpers
+
+
+def test_csr_from_dense_roundtrip_and_index_types():
+    rng = np.random.default_rng(0)
+    w = sparse_weight(rng, 7, 300, 0.1, empty_rows=(0, 6))
+    v, c, p = csr_from_dense(w)
+    assert v.dtype == np.float32 and c.dtype == np.int16 and p.dtype == np.int32
+    assert p[0] == 0 and p[-1] == len(v) == np.count_nonzero(w) and p[1] == 0
+    assert np.all(np.diff(p) >= 0)
+    np.testing.assert_array_equal(dense_from_csr(v, c, p, 300), w)
+    assert csr_from_dense(w, np.int32)[1].dtype == np.int32
+    wide = np.zeros((2, 32769), np.float32)
+    wide[1, 32768] = 1.0
+    v, c, p = csr_from_dense(wide)
+    assert c.dtype == np.int32 and c[0] == 32768
+    with pytest.raises(ValueError, match="int32"):
+        csr_from_dense(wide, np.int16)
+    assert csr_from_dense(np.zeros((3, 32768), np.float32))[1].dtype == np.int16
+    with pytest.raises(ValueError):
+        csr_from_dense(np.zeros(5, np.float32))
+
+
+def test_session_options_helper_sets_threads():
+    opts = runtime_ops.session_options(2)
+    assert opts.intra_op_num_threads == 2
