@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import ModelProto, TensorProto
-from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 # onnx-graphsurgeon logs through its own logger at import and on export; keep it quiet so the
 # CLI's stderr stays readable.
@@ -128,6 +128,20 @@ class ExternalValues(LazyValues):
         return self._loader()
 
 
+class DenseOfSparse(SparseValues):
+    """A sparse initializer's values, densified correctly.
+
+    onnx-graphsurgeon's own loader reads only the typed fields (not ``raw_data``, which is how
+    sparse tensors are normally written) and returns float64; this keeps the dtype.  As a
+    ``SparseValues`` the tensor is still exported as the same sparse initializer if untouched.
+    """
+
+    def load(self):
+        from onnxprune.io import sparse_to_dense
+
+        return sparse_to_dense(self.tensor)
+
+
 class _Placeholder(LazyValues):
     """Stands in for a large constant while onnx-graphsurgeon exports (see ``io.save_graph``)."""
 
@@ -153,6 +167,8 @@ def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
         # make onnx-graphsurgeon mark a rewritten (embedded) tensor as external.
         if isinstance(t, gs.Constant):
             t.data_location = None
+            if type(t._values) is SparseValues:
+                t._values = DenseOfSparse(t._values.tensor)
     if info is not None and info.external:
         for name, t in graph.tensors().items():
             if isinstance(t, gs.Constant) and name in info.external and \
@@ -193,7 +209,7 @@ def _large_constants(graph: gs.Graph, min_bytes: int):
         if not isinstance(t, gs.Constant):
             continue
         v = t._values
-        if isinstance(v, LazyValues) and isinstance(v.tensor, onnx.SparseTensorProto):
+        if isinstance(v, SparseValues):
             continue  # exported as a sparse initializer, untouched
         if isinstance(v, ExternalValues) or (isinstance(v, np.ndarray) and v.nbytes >= min_bytes):
             yield t

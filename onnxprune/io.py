@@ -316,6 +316,8 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, Lo
             external[t.name] = ref
         else:
             _embed(t, _read_ref(ref))
+    for sp in model.graph.sparse_initializer:
+        sparse_to_dense(sp)  # validates indices before anything trusts them
     # A lazily loaded initializer must still be external in the proto; one that shares its
     # name with an embedded tensor elsewhere was embedded above and is dropped from the map.
     total = size + sum(sizes.values())
@@ -450,6 +452,47 @@ def to_portable_sparse(model: ModelProto, *, protected: set[str] | None = None,
         arrays.clear()
         arrays.update(kept_arrays)
     return converted
+
+
+def sparse_to_dense(sp: SparseTensorProto) -> np.ndarray:
+    """Dense values of a SparseTensorProto (1-D linear or [nnz, rank] indices), validated.
+
+    Raises ``InvalidModelError`` for indices that are not integers, out of range, unsorted or
+    duplicated, or a values/indices count mismatch — ONNX requires sorted, unique indices.
+    """
+    name = sp.values.name or "<sparse>"
+    dims = tuple(int(d) for d in sp.dims)
+    if any(d < 0 for d in dims):
+        raise InvalidModelError(f"sparse tensor {name!r}: negative dimension in {list(dims)}")
+    size = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if size > 1 << 34:
+        raise InvalidModelError(f"sparse tensor {name!r}: declared shape {list(dims)} is too large")
+    try:
+        values = onnx.numpy_helper.to_array(sp.values).reshape(-1)
+        indices = onnx.numpy_helper.to_array(sp.indices)
+    except Exception as e:
+        raise InvalidModelError(f"sparse tensor {name!r}: unreadable payload ({e})") from None
+    if indices.dtype.kind not in "iu":
+        raise InvalidModelError(f"sparse tensor {name!r}: indices must be integers, "
+                                f"got {indices.dtype}")
+    nnz = values.size
+    if indices.ndim == 2 and indices.shape == (nnz, len(dims)) and len(dims) > 0:
+        if np.any(indices < 0) or np.any(indices >= np.array(dims)):
+            raise InvalidModelError(f"sparse tensor {name!r}: index out of range")
+        linear = np.ravel_multi_index(tuple(indices.T.astype(np.int64)), dims) if nnz else \
+            np.zeros(0, np.int64)
+    elif indices.ndim == 1 and indices.size == nnz:
+        linear = indices.astype(np.int64)
+        if nnz and (linear.min() < 0 or linear.max() >= size):
+            raise InvalidModelError(f"sparse tensor {name!r}: index out of range [0, {size})")
+    else:
+        raise InvalidModelError(f"sparse tensor {name!r}: indices of shape {list(indices.shape)} "
+                                f"do not match {nnz} values of a rank-{len(dims)} tensor")
+    if nnz > 1 and np.any(np.diff(linear) <= 0):
+        raise InvalidModelError(f"sparse tensor {name!r}: indices are not sorted and unique")
+    dense = np.zeros(size, dtype=values.dtype)
+    dense[linear] = values
+    return dense.reshape(dims)
 
 
 # --------------------------------------------------------------------------- save

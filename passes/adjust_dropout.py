@@ -2,11 +2,12 @@
 
     D_r = D_o · sqrt(C_ir / C_io)
 
-C_i is the connection count of the layer the Dropout feeds (the connections a dropped
-activation silences): C_io its dense size, C_ir its nonzero weights now.  Pruning already
-removed capacity, so retraining should drop less.  The layer is the first prunable
-Gemm/MatMul/Conv reached from the Dropout's output through element-wise ops; a Dropout that
-feeds no such layer is left alone and reported.
+C_i = N_i·N_{i−1} is the connection count of layer i, the layer whose output neurons the
+Dropout drops: C_io its dense size, C_ir its nonzero weights now.  Pruning already removed
+capacity, so retraining should drop less.  Layer i is the first prunable Gemm/MatMul/Conv
+reached upstream from the Dropout's input through element-wise ops (the same rule as the
+fine-tune bridge's training-time adjustment); a Dropout with no such layer is left alone and
+reported.
 
 Applies to graphs that carry Dropout (training exports).  ``ratio`` is an attribute before
 opset 12 and an optional input since (default 0.5); the new ratio is written where the old
@@ -53,10 +54,10 @@ class AdjustDropout:
             if node.op != "Dropout":
                 continue
             old, where = _current_ratio(node)
-            layer = _feeding_layer(node, by_node)
+            layer = _producing_layer(node, by_node)
             if layer is None:
                 rows.append({"node": node.name, "ratio": old, "new_ratio": None,
-                             "reason": "feeds no prunable layer"})
+                             "reason": "no prunable layer before it"})
                 continue
             w = weight_values(layer)
             c_io = int(w.size)
@@ -100,17 +101,21 @@ def _set_ratio(node: gs.Node, ratio: float, where: str) -> None:
         node.inputs.append(const)
 
 
-def _feeding_layer(node: gs.Node, by_node: dict):
-    frontier = [node.outputs[0]]
-    seen = set()
-    while frontier:
-        t = frontier.pop(0)
-        for consumer in t.outputs:
-            if id(consumer) in seen:
-                continue
-            seen.add(id(consumer))
-            if id(consumer) in by_node:
-                return by_node[id(consumer)]
-            if consumer.op in PASS_THROUGH and consumer.outputs:
-                frontier.append(consumer.outputs[0])
+def _producing_layer(node: gs.Node, by_node: dict):
+    t = node.inputs[0]
+    for _ in range(64):
+        if not t.inputs:
+            return None
+        producer = t.inputs[0]
+        if id(producer) in by_node:
+            return by_node[id(producer)]
+        if producer.op in PASS_THROUGH or producer.op in ("Add", "Mul") and _has_const(producer):
+            t = producer.inputs[0]
+            continue
+        return None
     return None
+
+
+def _has_const(node: gs.Node) -> bool:
+    # A bias Add (MatMul + Add exports) or a scale Mul keeps the unit axis.
+    return any(isinstance(t, gs.Constant) for t in node.inputs[1:])

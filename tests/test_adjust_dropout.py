@@ -30,9 +30,9 @@ def test_ratio_follows_the_paper_formula():
     onnx.checker.check_model(out)
     rows = {row["node"]: row for row in r.stats["dropouts"]}
     nnz = {row["name"]: row["nonzero_after"] for row in t.stats["layers"]}
-    # drop1 feeds fc2 (24x16 weights), drop2 feeds fc3 (16x4).
-    assert rows["drop1"]["layer"] == "fc2" and rows["drop2"]["layer"] == "fc3"
-    for node, layer, size in (("drop1", "fc2", 24 * 16), ("drop2", "fc3", 16 * 4)):
+    # drop1 drops fc1's outputs (32x24 weights), drop2 drops fc2's (24x16).
+    assert rows["drop1"]["layer"] == "fc1" and rows["drop2"]["layer"] == "fc2"
+    for node, layer, size in (("drop1", "fc1", 32 * 24), ("drop2", "fc2", 24 * 16)):
         expected = 0.5 * math.sqrt(nnz[layer] / size)
         assert rows[node]["new_ratio"] == expected
         assert _ratios(out)[node] == np.float32(expected)
@@ -57,23 +57,23 @@ def test_attribute_ratio_in_old_opsets_and_unpruned_layer_unchanged():
     r = AdjustDropout()(graph_from_model(m))
     assert r.modified is False  # nothing pruned: C_ir = C_io
     graph = graph_from_model(m)
-    ThresholdByStd({"quality": 1.0, "skip": ["fc1"]})(graph)
+    ThresholdByStd({"quality": 1.0, "skip": ["fc2"]})(graph)
     r = AdjustDropout()(graph)
     out = graph_to_model(r.graph, m)
     row = r.stats["dropouts"][0]
-    assert row["layer"] == "fc2" and row["new_ratio"] < 0.4
+    assert row["layer"] == "fc1" and row["new_ratio"] < 0.4
     assert math.isclose(_ratios(out)["drop"], row["new_ratio"], rel_tol=1e-6)
 
 
-def test_dropout_feeding_no_layer_is_reported():
+def test_dropout_after_no_layer_is_reported():
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
     ratio = numpy_helper.from_array(np.array(0.3, np.float32), "ratio")
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"),
-             helper.make_node("Dropout", ["h", "ratio"], ["y"], name="drop")]
+    nodes = [helper.make_node("Dropout", ["x", "ratio"], ["h"], name="drop"),
+             helper.make_node("MatMul", ["h", "W"], ["y"], name="fc")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["N", 4])],
                           [helper.make_tensor_value_info("y", 1, ["N", 3])], [w, ratio])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     r = AdjustDropout()(graph_from_model(m))
     assert r.modified is False
     assert r.stats["dropouts"] == [{"node": "drop", "ratio": np.float32(0.3).item(),
-                                    "new_ratio": None, "reason": "feeds no prunable layer"}]
+                                    "new_ratio": None, "reason": "no prunable layer before it"}]

@@ -1,0 +1,122 @@
+"""Fine-tune entry point for one process or many under torchrun.
+
+    torchrun --nproc_per_node 2 -m onnxprune.torch_bridge.worker MODEL.onnx \\
+        --train a.npz --val b.npz -o OUT.onnx [--epochs N --batch-size B --lr LR ...]
+
+Every rank loads the model and data and trains its shard (DDP, see :mod:`.train`); only rank
+0 writes the output model (and the ``--json`` report).  Errors print one line and exit with
+the code of :mod:`onnxprune.errors` (2 usage, 4 invalid input, 1 runtime failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import onnx
+
+from onnxprune.errors import InvalidModelError, OnnxPruneError, UsageError
+
+
+# --- file access: to be replaced by onnxprune.io (the only module meant to touch files) -------
+
+def _load(path: str) -> onnx.ModelProto:
+    """Stand-in for ``onnxprune.io.load``: read a model with its external data."""
+    try:
+        return onnx.load(path)
+    except OSError as exc:
+        raise InvalidModelError(f"cannot read model {path!r}: {exc}") from exc
+    except Exception as exc:  # protobuf DecodeError and friends have no common base
+        raise InvalidModelError(f"cannot parse model {path!r}: {exc}") from exc
+
+
+def _save(model: onnx.ModelProto, path: str, source: str) -> None:
+    """Stand-in for ``onnxprune.io.save``: refuse to overwrite the input, write atomically."""
+    if os.path.abspath(path) == os.path.abspath(source) or (
+        os.path.exists(path) and os.path.samefile(path, source)
+    ):
+        raise UsageError(f"refusing to overwrite the input model {source!r}; choose another -o")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m onnxprune.torch_bridge.worker",
+                                description="Retrain the surviving weights of a pruned ONNX model.")
+    p.add_argument("model")
+    p.add_argument("--train", required=True, help=".npz with x/y arrays")
+    p.add_argument("--val", help=".npz with x/y arrays for per-epoch validation")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--x-key", default="x")
+    p.add_argument("--y-key", default="y")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--original-lr", type=float)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--l1", type=float, default=0.0)
+    p.add_argument("--freeze", choices=["conv", "fc"])
+    p.add_argument("--no-adjust-dropout", action="store_true")
+    p.add_argument("--keep-best", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    p.add_argument("--json", help="write a JSON report here (rank 0 only); '-' for stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from onnxprune import data
+        from onnxprune.torch_bridge import FinetuneConfig, finetune
+
+        config = FinetuneConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, original_lr=args.original_lr,
+            optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay, l1=args.l1,
+            freeze=args.freeze, adjust_dropout=not args.no_adjust_dropout, keep_best=args.keep_best,
+            seed=args.seed, device=args.device,
+        ).validate()
+        model = _load(args.model)
+        train = data.load_npz(args.train, x_key=args.x_key, y_key=args.y_key)
+        val = data.load_npz(args.val, x_key=args.x_key, y_key=args.y_key) if args.val else None
+        result = finetune(model, train, val, config=config)
+        if result.rank == 0:
+            _save(result.model, args.output, args.model)
+            if args.json:
+                report = {
+                    "history": result.history, "best_epoch": result.best_epoch,
+                    "dropout": {k: list(v) for k, v in result.dropout.items()},
+                    "masks": {k: {"nonzero": nz, "total": tot} for k, (nz, tot) in result.masks.items()},
+                    "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
+                    "device": result.device,
+                }
+                text = json.dumps(report, indent=2)
+                if args.json == "-":
+                    print(text)
+                else:
+                    with open(args.json, "w") as f:
+                        f.write(text + "\n")
+    except OnnxPruneError as err:
+        print(f"onnxprune finetune: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
