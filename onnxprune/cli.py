@@ -16,7 +16,7 @@ import tempfile
 
 from onnxprune import __version__
 from onnxprune.console import Console, paint
-from onnxprune.errors import (EXIT_GATE, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, GateFailed,
+from onnxprune.errors import (EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, GateFailed,
                               OnnxPruneError, UsageError)
 
 
@@ -132,6 +132,7 @@ def _recipe_from_args(args):
         recipe.passes = [(n, o) for n, o in recipe.passes if n != "remove-dead-neurons"]
     if args.emit is not None:
         recipe.emit = args.emit
+    _apply_lowering_args(recipe, args)
     if args.min_sparsity is not None:
         recipe.gates["min-sparsity"] = args.min_sparsity
     if args.max_size_mb is not None:
@@ -139,6 +140,23 @@ def _recipe_from_args(args):
     # Validate the merged options now, before any model is read.
     recipe.build_passes()
     return recipe
+
+
+def _apply_lowering_args(recipe, args) -> None:
+    """--expected-batch / --threads become options of the lowering pass (emit sparse-ops)."""
+    from onnxprune.recipe import LOWERING_PASS
+
+    given = {k: v for k, v in (("batch", args.expected_batch), ("threads", args.threads))
+             if v is not None}
+    if not given:
+        return
+    if recipe.emit != "sparse-ops":
+        raise UsageError("--expected-batch and --threads only apply to --emit sparse-ops")
+    for i, (name, opts) in enumerate(recipe.passes):
+        if name == LOWERING_PASS:
+            recipe.passes[i] = (name, {**opts, **given})
+            return
+    recipe.passes.append((LOWERING_PASS, given))
 
 
 def cmd_prune(args, console: Console) -> int:
@@ -186,6 +204,8 @@ def cmd_prune(args, console: Console) -> int:
             "threshold": t.get("threshold"),
             "skipped": t.get("skipped") or r["skipped"],
         })
+    if recipe.emit == "sparse-ops":
+        _count_lowered_weights(rows, result.passes)
     total = totals(rows)
 
     outputs: list[dict] = []
@@ -231,6 +251,8 @@ def cmd_prune(args, console: Console) -> int:
         "notes": notes,
         "gates": gates,
     }
+    if recipe.emit == "sparse-ops":
+        report["sparse_ops"] = _sparse_ops_report(result.passes, rows, out_bytes)
     write_json(report, args.json)
 
     if not rows:
@@ -243,6 +265,8 @@ def cmd_prune(args, console: Console) -> int:
         console.info(format_table(rows, total))
     for n in notes:
         console.info(f"note: {n['node'] or '<unnamed>'} ({n['op']}): {n['reason']}")
+    if report.get("sparse_ops"):
+        console.info(_format_sparse_ops(report["sparse_ops"]))
     console.info(f"wrote {', '.join(o['path'] for o in outputs)} "
                  f"({info.file_bytes / 1e6:.2f} MB -> {out_bytes / 1e6:.2f} MB, {recipe.emit})")
     for g in gates:
@@ -253,6 +277,46 @@ def cmd_prune(args, console: Console) -> int:
         raise GateFailed("quality gate failed: " + "; ".join(
             f"{g['name']} required {g['required']:g}, got {g['actual']:.4g}" for g in failed))
     return EXIT_OK
+
+
+def _count_lowered_weights(rows: list[dict], passes: list[dict]) -> None:
+    """Lowered weights are CSR arrays now, invisible to find_layers: take their counts from
+    the lowering pass."""
+    from onnxprune.recipe import LOWERING_PASS
+
+    stats = next((p["stats"] for p in passes if p["name"] == LOWERING_PASS), {"layers": []})
+    by_weight = {r["weight"]: r for r in stats["layers"] if r["lowered"]}
+    for row in rows:
+        low = by_weight.get(row["weight"])
+        if low is None:
+            continue
+        row["final_shape"] = low["weight_shape"]
+        row["nonzero"] = low["nonzero"]
+        row["density"] = low["nonzero"] / row["params"] if row["params"] else None
+        if row["flops"] is not None and row["params"]:
+            row["flops_remaining"] = row["flops"] * low["nonzero"] // row["params"]
+
+
+def _sparse_ops_report(passes: list[dict], rows: list[dict], out_bytes: int) -> dict:
+    from onnxprune.passes.lower_to_sparse_ops import size_summary
+    from onnxprune.recipe import LOWERING_PASS
+
+    stats = next((p["stats"] for p in passes if p["name"] == LOWERING_PASS), {"layers": []})
+    return {"lowered": [r["name"] for r in stats["layers"] if r["lowered"]],
+            "layers": stats["layers"], "sizes": size_summary(stats, rows, out_bytes)}
+
+
+def _format_sparse_ops(sp: dict) -> str:
+    lines = []
+    for r in sp["layers"]:
+        est = "" if r["estimated_speedup"] is None else f", est. {r['estimated_speedup']:.2f}x"
+        word = "lowered" if r["lowered"] else "dense  "
+        lines.append(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})")
+    z = sp["sizes"]
+    lines.append(f"sizes: sparse-ops {z['sparse_ops_bytes'] / 1e6:.2f} MB, dense "
+                 f"~{z['dense_bytes_estimated'] / 1e6:.2f} MB, portable "
+                 f"~{z['portable_bytes_estimated'] / 1e6:.2f} MB ({z['method']})")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -377,7 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep shapes; only zero weights")
     pr.add_argument("--emit", choices=EMIT_FORMS,
                     help="portable (default): standard ops, sparse initializers where smaller; "
-                         "dense: plain initializers")
+                         "dense: plain initializers; sparse-ops: pruned layers lowered to "
+                         "onnxprune's CSR ops where they run faster")
+    pr.add_argument("--expected-batch", type=int, metavar="N",
+                    help="sparse-ops: batch size the model will be served at (default 1)")
+    pr.add_argument("--threads", type=int, metavar="N",
+                    help="sparse-ops: intra-op threads the model will run with (default 1)")
     pr.add_argument("--min-sparsity", type=_float_arg(0.0, 1.0), metavar="S",
                     help="gate: fail (exit 3) if less than S of the weights are zero")
     pr.add_argument("--max-size-mb", type=_float_arg(0.0), metavar="M",
@@ -401,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int, default=0)
     common(ch)
     ch.set_defaults(func=cmd_check)
+
+    from onnxprune.bench import add_parser as add_bench_parser
+    add_bench_parser(sub)
+
+    from onnxprune.cli_training import add_parsers as add_training_parsers
+
+    add_training_parsers(sub, common)
 
     de = sub.add_parser("demo", help="prune a built-in LeNet-300-100 end to end")
     de.add_argument("-o", "--output", help="where to write the pruned model (default: a temp dir)")

@@ -196,3 +196,18 @@ def check_dataset(ds: Dataset, spec: InputSpec, classes: int | None, *, name: st
 
 def _fmt_shape(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def scores_output(model: onnx.ModelProto) -> str:
+    """The graph output holding class scores: the first float output of rank 2, else the first.
+
+    Classifiers exported from other frameworks often put a label output first (scikit-learn via
+    skl2onnx: ``label`` then ``probabilities``); accuracy and retraining use the scores.
+    """
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+              onnx.TensorProto.BFLOAT16)
+    for out in model.graph.output:
+        tt = out.type.tensor_type
+        if tt.elem_type in floats and tt.HasField("shape") and len(tt.shape.dim) == 2:
+            return out.name
+    return model.graph.output[0].name

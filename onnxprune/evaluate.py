@@ -49,7 +49,7 @@ def evaluate(
     classes = _data.n_classes(model)
     ds = _data.check_dataset(dataset, spec, classes, name="eval")
     sess = _session(model, providers, threads)
-    out_name = model.graph.output[0].name
+    out_name = _data.scores_output(model)
     step = spec.batch_dim if spec.batch_dim is not None else batch_size
     n = len(ds)
     correct1 = correct5 = 0

@@ -262,8 +262,12 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     """
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = original.ir_version
+    # Keep the original opsets; add only domains a pass introduced (graph.import_domains).
+    had = {op.domain or "ai.onnx" for op in original.opset_import}
+    gained = [op for op in model.opset_import if (op.domain or "ai.onnx") not in had]
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
+    model.opset_import.extend(gained)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         if original.HasField(field):
             setattr(model, field, getattr(original, field))

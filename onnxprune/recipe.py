@@ -10,7 +10,8 @@ A recipe is YAML (read with ``yaml.safe_load``: no Python tags) with a strict sc
           skip: ["conv1"]
       - adjust-dropout: {}
       - remove-dead-neurons: {}
-    emit: portable               # dense | portable (sparse initializers where smaller)
+    emit: portable               # dense | portable (sparse initializers where smaller) |
+                                 # sparse-ops (lower-to-sparse-ops runs last; stored dense)
     gates:
       min-sparsity: 0.8          # share of prunable weights that must be zero
       max-size-mb: 2.0           # output files together, in 10^6 bytes
@@ -45,8 +46,10 @@ GATE_OPTIONS = (
 
 DEFAULT_PASSES = ("threshold-by-std", "adjust-dropout", "remove-dead-neurons")
 
-# What the output file holds: dense initializers, or portable sparse initializers where smaller.
-EMIT_FORMS = ("dense", "portable")
+# What the output file holds: dense initializers, portable sparse initializers where smaller,
+# or pruned layers lowered to onnxprune's CSR ops (``ai.onnxprune``) where they run faster.
+EMIT_FORMS = ("dense", "portable", "sparse-ops")
+LOWERING_PASS = "lower-to-sparse-ops"
 
 
 @dataclasses.dataclass
@@ -55,9 +58,23 @@ class Recipe:
     emit: str = "portable"
     gates: dict = dataclasses.field(default_factory=lambda: parse_options("gates", GATE_OPTIONS, {}))
 
+    @property
+    def effective_passes(self) -> list[tuple[str, dict]]:
+        """The passes that run: emit sparse-ops appends the lowering pass when it is missing.
+
+        Lowering writes custom ops, so a recipe that lowers must say so with emit: sparse-ops.
+        """
+        names = [n for n, _ in self.passes]
+        if LOWERING_PASS in names and self.emit != "sparse-ops":
+            raise UsageError(f"the {LOWERING_PASS} pass writes ai.onnxprune ops; "
+                             f"use emit: sparse-ops (got {self.emit})")
+        if self.emit == "sparse-ops" and LOWERING_PASS not in names:
+            return [*self.passes, (LOWERING_PASS, {})]
+        return list(self.passes)
+
     def normalised(self) -> dict:
         passes = []
-        for name, opts in self.passes:
+        for name, opts in self.effective_passes:
             cls = REGISTRY[name]
             passes.append({name: _jsonable(parse_options(name, cls.OPTIONS, opts))})
         return {"version": 1, "passes": passes, "emit": self.emit}
@@ -73,7 +90,7 @@ class Recipe:
         return hashlib.sha256(canon.encode()).hexdigest()
 
     def build_passes(self) -> list:
-        return [REGISTRY[name](opts) for name, opts in self.passes]
+        return [REGISTRY[name](opts) for name, opts in self.effective_passes]
 
     def pass_options(self, name: str) -> dict | None:
         for n, opts in self.passes:

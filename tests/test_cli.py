@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.cli import main
 from tests.conftest import save_external
-from tests.models import cnn, mlp, random_feeds, run
+from tests.models import mlp, random_feeds, run
 
 
 def _run(argv, capsys):

@@ -80,9 +80,13 @@ def _sanitize(name: str, used: set[str]) -> str:
 class OnnxModule(nn.Module):
     """A torch module that computes what the ONNX graph computes (see module docstring)."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, outputs: list[str] | None = None):
         super().__init__()
         graph = model.graph
+        # Only the nodes the wanted outputs depend on are rebuilt: a classifier's label
+        # post-processing (ArgMax, ai.onnx.ml ops) need not be supported to train its scores.
+        wanted = list(outputs) if outputs else [o.name for o in graph.output]
+        needed_nodes = _ancestor_nodes(graph, wanted)
         opset = default_opset(model)
         self.weight_info: dict[str, WeightInfo] = find_weights(model)
         self.params = nn.ParameterDict()
@@ -118,13 +122,15 @@ class OnnxModule(nn.Module):
 
         init_names = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
-        self.output_names = [o.name for o in graph.output]
+        self.output_names = wanted
 
         available = set(self.input_names) | set(self.param_keys) | set(self.buffer_keys) | set(self._cpu_consts)
         self._nodes: list[_ops.Node] = []
         unsupported: dict[str, list[str]] = {}
         problems: list[str] = []
         for i, node in enumerate(graph.node):
+            if i not in needed_nodes:
+                continue
             name = node_label(node, i)
             if node.domain not in ("", "ai.onnx"):
                 unsupported.setdefault(f"{node.domain}::{node.op_type}", []).append(name)
@@ -243,6 +249,29 @@ class OnnxModule(nn.Module):
         return [n for n in self._nodes if tensor_name in n.inputs]
 
 
-def build_module(model: onnx.ModelProto) -> OnnxModule:
-    """Rebuild ``model`` as an :class:`OnnxModule` (raises :class:`UnsupportedOpError`)."""
-    return OnnxModule(model)
+def build_module(model: onnx.ModelProto, outputs: list[str] | None = None) -> OnnxModule:
+    """Rebuild ``model`` (the part computing ``outputs``, default all graph outputs) as an
+    :class:`OnnxModule` (raises :class:`UnsupportedOpError`)."""
+    return OnnxModule(model, outputs)
+
+
+def _ancestor_nodes(graph, outputs: list[str]) -> set[int]:
+    producer = {}
+    for i, node in enumerate(graph.node):
+        for o in node.output:
+            if o:
+                producer[o] = i
+    needed: set[int] = set()
+    stack = [producer[o] for o in outputs if o in producer]
+    while stack:
+        i = stack.pop()
+        if i in needed:
+            continue
+        needed.add(i)
+        node = graph.node[i]
+        names = list(node.input)
+        for attr in node.attribute:  # subgraph bodies may read outer-scope tensors
+            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names += [x for n in g.node for x in n.input]
+        stack.extend(producer[x] for x in names if x in producer)
+    return needed

@@ -308,7 +308,8 @@ def finetune(
     config = (config or FinetuneConfig()).validate()
     if config.keep_best and val is None:
         raise UsageError("finetune: keep-best needs validation data")
-    module = build_module(model)  # rejects unsupported ops before anything else
+    # Rebuild what computes the class scores; rejects unsupported ops before anything else.
+    module = build_module(model, [_data.scores_output(model)])
     spec = _data.input_spec(model)
     logits_name = _logits_name(module, default_opset(model))
     classes = _data.n_classes(model)

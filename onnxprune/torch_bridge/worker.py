@@ -12,43 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 
-import onnx
-
-from onnxprune.errors import InvalidModelError, OnnxPruneError, UsageError
-
-
-# --- file access: to be replaced by onnxprune.io (the only module meant to touch files) -------
-
-def _load(path: str) -> onnx.ModelProto:
-    """Stand-in for ``onnxprune.io.load``: read a model with its external data."""
-    try:
-        return onnx.load(path)
-    except OSError as exc:
-        raise InvalidModelError(f"cannot read model {path!r}: {exc}") from exc
-    except Exception as exc:  # protobuf DecodeError and friends have no common base
-        raise InvalidModelError(f"cannot parse model {path!r}: {exc}") from exc
-
-
-def _save(model: onnx.ModelProto, path: str, source: str) -> None:
-    """Stand-in for ``onnxprune.io.save``: refuse to overwrite the input, write atomically."""
-    if os.path.abspath(path) == os.path.abspath(source) or (
-        os.path.exists(path) and os.path.samefile(path, source)
-    ):
-        raise UsageError(f"refusing to overwrite the input model {source!r}; choose another -o")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from onnxprune.errors import OnnxPruneError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
             freeze=args.freeze, adjust_dropout=not args.no_adjust_dropout, keep_best=args.keep_best,
             seed=args.seed, device=args.device,
         ).validate()
-        model = _load(args.model)
+        from onnxprune import io
+
+        model, info = io.load(args.model)
+        io.check_output_path(args.output, info)
         train = data.load_npz(args.train, x_key=args.x_key, y_key=args.y_key)
         val = data.load_npz(args.val, x_key=args.x_key, y_key=args.y_key) if args.val else None
         result = finetune(model, train, val, config=config)
         if result.rank == 0:
-            _save(result.model, args.output, args.model)
+            io.save(result.model, args.output, source=info)
             if args.json:
                 report = {
                     "history": result.history, "best_epoch": result.best_epoch,
