@@ -119,6 +119,9 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="onnxprune-bench-")
     src = os.path.join(work, "vgg16.onnx")
+    for p in (src, src + ".data"):
+        if os.path.exists(p):
+            os.unlink(p)
     t0 = time.perf_counter()
     # Built in a child so that this process stays small (children copy its page tables).
     weight_bytes = int(subprocess.run(
@@ -133,7 +136,13 @@ def main() -> None:
                  os.path.join(work, "pruned.onnx"), "-q", "--json",
                  os.path.join(work, "report.json"), *args.prune_args.split()]
     base, prune = [], []
+    outputs = [os.path.join(work, n) for n in
+               ("copy.onnx", "copy.onnx.data", "pruned.onnx", "pruned.onnx.data")]
     for _ in range(args.repeats):
+        # onnx.save appends to an existing external-data file: start every run from nothing.
+        for p in outputs:
+            if os.path.exists(p):
+                os.unlink(p)
         base.append(timed(base_cmd, hwm))
         prune.append(timed(prune_cmd, hwm))
     bt = statistics.median(t for t, _ in base)

@@ -175,7 +175,9 @@ def cmd_prune(args, console: Console) -> int:
     io.check_output_path(args.output, info, in_place=args.in_place)
     graph = graph_from_model(model, info)
     shapes = infer_shapes(model)
-    before_rows, notes = graph_rows(graph, shapes, with_std=False)
+    # Nonzero counts before pruning come from the threshold pass where it ran (saves a pass
+    # over every weight of a large model); the rest are counted below.
+    before_rows, notes = graph_rows(graph, shapes, with_std=False, count=False)
     result = run_pipeline(model, recipe, progress=console.progress, graph=graph)
     after_rows = before_rows if result.already_applied else \
         graph_rows(result.graph, shapes, with_std=False)[0]
@@ -188,6 +190,17 @@ def cmd_prune(args, console: Console) -> int:
             notes = notes + [n for n in p["stats"]["notes"] if n not in notes]
         if p["name"] == "remove-dead-neurons":
             dead_stats = p["stats"]
+    for r in before_rows:
+        t = threshold_stats.get(r["name"], {})
+        if t.get("nonzero_before") is not None:
+            r["nonzero"] = t["nonzero_before"]
+    if any(r["nonzero"] is None for r in before_rows):
+        counted = {r["weight"]: r for r in graph_rows(graph_from_model(model, info), shapes,
+                                                      with_std=False)[0]}
+        for r in before_rows:
+            if r["nonzero"] is None:
+                r.update({k: counted[r["weight"]][k] for k in ("nonzero", "density",
+                                                               "flops_remaining")})
     after_by_weight = {r["weight"]: r for r in after_rows}
     rows = []
     for r in before_rows:
@@ -216,7 +229,8 @@ def cmd_prune(args, console: Console) -> int:
     else:
         written, sparse = io.save_graph(
             result.graph, model, args.output, storage=recipe.storage, source=info,
-            in_place=args.in_place, metadata=result.metadata, records=outputs)
+            in_place=args.in_place, metadata=result.metadata, records=outputs,
+            progress=console.progress)
     out_bytes = sum(o["bytes"] for o in outputs)
 
     gates = []

@@ -551,7 +551,8 @@ def _as_bytes_view(arr: np.ndarray) -> memoryview:
 
 
 def _write(model: ModelProto, path: str, data_path: str, external: bool,
-           arrays: dict[int, np.ndarray], records: list | None = None) -> list[str]:
+           arrays: dict[int, np.ndarray], records: list | None = None,
+           progress=None) -> list[str]:
     """Serialise ``model`` with initializer payloads from ``arrays`` (by position) atomically.
 
     External layout: tensors in file order, 64-byte aligned.  ``model`` may be modified
@@ -598,7 +599,10 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
                         e.key, e.value = k, v
                     offset += n
 
+                n_init = len(model.graph.initializer)
                 for i, t in enumerate(model.graph.initializer):
+                    if progress is not None:
+                        progress("writing", i + 1, n_init, t.name)
                     if i in arrays:
                         arr = arrays[i]
                         if arr.nbytes >= EXTERNAL_MIN_BYTES:
@@ -608,7 +612,6 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
                     elif t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
                         put(t, t.raw_data)
                 rest = _iter_all_tensors(model, skip_sparse_initializers=embed_sparse)
-                n_init = len(model.graph.initializer)
                 for k, t in enumerate(rest):
                     if k < n_init:
                         continue  # initializers were handled above
@@ -712,7 +715,7 @@ def save_with_storage(model: ModelProto, path: str | os.PathLike, *, storage: st
 def save_graph(graph, original: ModelProto, path: str | os.PathLike, *,
                storage: str = "dense", source: LoadInfo | None = None, in_place: bool = False,
                external_data: bool | None = None, metadata=None,
-               records: list | None = None) -> tuple[list[str], list[str]]:
+               records: list | None = None, progress=None) -> tuple[list[str], list[str]]:
     """Export an onnx-graphsurgeon graph and write it without copying its weights in memory.
 
     Large constants are swapped for placeholders while onnx-graphsurgeon builds the ModelProto
@@ -729,7 +732,7 @@ def save_graph(graph, original: ModelProto, path: str | os.PathLike, *,
     sparse = to_portable_sparse(model, arrays=arrays) if storage == "portable" else []
     payload = model_payload_bytes(model) + sum(a.nbytes for a in arrays.values())
     external = _decide_external(payload, source, external_data)
-    return _write(model, path, data_path, external, arrays, records), sparse
+    return _write(model, path, data_path, external, arrays, records, progress), sparse
 
 
 def serialize_for_runtime(model: ModelProto) -> bytes:

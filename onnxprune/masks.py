@@ -47,26 +47,34 @@ def _acc_dtype(w: np.ndarray):
 
 
 def weight_std(w: np.ndarray) -> float:
-    """Population standard deviation, accumulated in float64 over chunks (two passes).
+    """Population standard deviation, accumulated in float64 over chunks in one pass.
 
-    Squares are formed in the weight's own precision (float32 for fp16/bf16) and summed with
-    numpy's pairwise float64 reduction: deterministic on every machine, and no full-size
+    Each chunk contributes its float64 sum and sum of squares, combined with Chan et al.'s
+    pairwise update (no cancellation from E[x²] − E[x]²); squares are formed in the weights'
+    own precision (float32 for fp16/bf16).  Deterministic on every machine, and no full-size
     temporary whatever the layer size.
     """
     w = np.asarray(w)
-    n = w.size
-    if n == 0:
+    if w.size == 0:
         return 0.0
     work = np.float64 if w.dtype == np.float64 else np.float32
-    mean = sum(float(c.sum(dtype=np.float64)) for c in _chunks(w)) / n
-    ss = 0.0
-    buf = np.empty(min(CHUNK, n), dtype=work)
+    buf = np.empty(min(CHUNK, w.size), dtype=work)
+    n = 0
+    mean = 0.0
+    m2 = 0.0
     for c in _chunks(w):
-        d = buf[:c.size]
-        np.subtract(c, work(mean), out=d, casting="unsafe")
+        k = c.size
+        d = buf[:k]
+        cmean = float(c.sum(dtype=np.float64)) / k
+        np.subtract(c, work(cmean), out=d, casting="unsafe")
         np.square(d, out=d)
-        ss += float(d.sum(dtype=np.float64))
-    return float(np.sqrt(ss / n))
+        cm2 = float(d.sum(dtype=np.float64))
+        delta = cmean - mean
+        total = n + k
+        mean += delta * k / total
+        m2 += cm2 + delta * delta * n * k / total
+        n = total
+    return float(np.sqrt(m2 / n))
 
 
 def std_threshold_mask(w: np.ndarray, quality: float) -> tuple[np.ndarray, float, float]:

@@ -29,14 +29,19 @@ def layer_rows(model: ModelProto, info=None) -> tuple[list[dict], list[dict]]:
                       _stamped_thresholds(model))
 
 
-def graph_rows(graph, shapes, stamped=None, with_std: bool = True) -> tuple[list[dict], list[dict]]:
-    """``layer_rows`` for an imported graph and precomputed shapes (std is optional: a pass)."""
+def graph_rows(graph, shapes, stamped=None, with_std: bool = True,
+               count: bool = True) -> tuple[list[dict], list[dict]]:
+    """``layer_rows`` for an imported graph and precomputed shapes.
+
+    ``with_std`` and ``count`` each cost a pass over the weights; without ``count`` the
+    nonzero-derived fields are None (for callers that know the counts already).
+    """
     stamped = stamped or {}
     layers, notes = find_layers(graph)
     rows = []
     for layer in layers:
         w = weight_values(layer) if layer.weight is not None else None
-        nnz = count_nonzero(w) if w is not None else None
+        nnz = count_nonzero(w) if w is not None and count else None
         # A shared weight is applied once per consuming node.
         reuses = [weight_reuse(layer, node, shapes) for node in layer.nodes]
         reuse = None if any(r is None for r in reuses) else sum(reuses)
