@@ -223,6 +223,13 @@ GEMM_CASES = [
     ("parallel_gemv", 512, 2048, 0.3, 1, 0, 1.0, 1.0, (512,), None, ()),
     ("parallel_spmm", 256, 512, 0.3, 130, 0, 1.0, 1.0, (256,), None, ()),
     ("wide_rows_need_int32", 8, 33000, 0.01, 3, 0, 1.0, 1.0, (8,), None, ()),
+    # Batch 1 with x wider than L1 takes the column-blocked path (K > 7680): 2 and 4 blocks,
+    # row groups of 16 with a partial last group, empty rows, int16 and int32 indices.
+    ("blocked_gemv_2_blocks", 37, 9216, 0.05, 1, 0, 1.0, 1.0, (37,), None, (0, 16, 36)),
+    ("blocked_gemv_4_blocks_int32", 21, 20000, 0.02, 1, 0, 1.0, 1.0, None, np.int32, (5,)),
+    ("blocked_gemv_wide_int32", 8, 33000, 0.03, 1, 0, 1.0, 1.0, (8,), None, ()),
+    ("blocked_gemv_parallel", 600, 9000, 0.1, 1, 0, 2.0, 1.0, (600,), None, ()),
+    ("blocked_gemv_transA", 19, 8000, 0.3, 1, 1, 1.0, 1.0, (19,), None, ()),
 ]
 
 
@@ -244,6 +251,57 @@ def test_csr_gemm_matches_dense_gemm(case, isa, threads):
     assert y_sparse.shape == y_dense.shape == (m, n)
     close(y_sparse, ref, k)
     close(y_sparse, y_dense, k)
+
+
+def _gemv_only_model(k: int, v: np.ndarray, c: np.ndarray, p: np.ndarray):
+    inits = [numpy_helper.from_array(a, n) for a, n in zip((v, c, p), ("values", "col_idx", "row_ptr"))]
+    node = helper.make_node("CsrGemm", ["X", "values", "col_idx", "row_ptr"], ["Y"], domain=DOMAIN)
+    graph = helper.make_graph([node], "gemv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS)
+
+
+def _csr_reference(v, c, p, x):
+    """Sum over the stored nonzeros only (a dense product would turn 0 * inf into NaN)."""
+    rows = np.repeat(np.arange(len(p) - 1), np.diff(p))
+    y = np.zeros(len(p) - 1, np.float64)
+    np.add.at(y, rows, v.astype(np.float64) * x.astype(np.float64)[c.astype(np.int64)])
+    return y
+
+
+@pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
+def test_blocked_gemv_accepts_columns_in_any_order(index_dtype, isa, threads):
+    # Ascending columns are only recommended; the column-blocked batch-1 path must still
+    # consume every nonzero exactly once when a row's columns are shuffled.
+    rng = np.random.default_rng(21)
+    w = sparse_weight(rng, 40, 12000, 0.05, empty_rows=(7,))
+    v, c, p = csr_from_dense(w, index_dtype)
+    for r in range(len(p) - 1):
+        order = rng.permutation(p[r + 1] - p[r]) + p[r]
+        v[p[r]:p[r + 1]], c[p[r]:p[r + 1]] = v[order], c[order]
+    x = rng.standard_normal((1, 12000)).astype(np.float32)
+    (y,) = session(_gemv_only_model(12000, v, c, p), threads).run(None, {"X": x})
+    close(y[0], _csr_reference(v, c, p, x[0]), 12000)
+
+
+def test_blocked_gemv_masks_lanes_past_a_block(isa):
+    # Lanes past a column block are loaded then masked out; an inf at such a column must not
+    # reach rows that never reference it, while rows that do reference it see it.
+    rng = np.random.default_rng(22)
+    k = 9216
+    w = sparse_weight(rng, 33, k, 0.05)
+    hot = 4700  # just past the first of two 4608-column blocks
+    w[:, hot] = 0.0
+    w[3, 4608:hot] = 0.0  # the inf column is the first one past the block boundary in row 3
+    w[3, hot] = 1.0
+    v, c, p = csr_from_dense(w)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    x[0, hot] = np.inf
+    (y,) = session(_gemv_only_model(k, v, c, p)).run(None, {"X": x})
+    assert np.isposinf(y[0, 3])
+    others = np.delete(np.arange(33), 3)
+    assert np.all(np.isfinite(y[0, others]))
+    close(y[0, others], _csr_reference(v, c, p, x[0])[others], k)
 
 
 def matmul_model(w, x_shape, *, bias_shape=None, alpha=1.0, seed=0):

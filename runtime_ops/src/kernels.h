@@ -24,11 +24,20 @@ constexpr int kPanelQuantum = 16;
 constexpr int kConvTileRows = 4;
 constexpr int kConvTileCols = 16;
 
+// Batch-1 column blocking: when x has more than 1.5 blocks of columns it no longer fits L1
+// beside the streamed CSR arrays, and rows are swept in groups, one column block at a time.
+// 5120 floats is 20 KB of a 32 KB L1D; blocks are then evened out (9216 columns: 2 x 4608,
+// 25088: 5 x 5018). Smaller blocks cost more per-row block switches than they save.
+constexpr int64_t kSpmvBlockCols = 5120;
+// Rows per group: their CSR data (16 x ~1000 nonzeros x 6 B for the widest layers) stays in
+// L2 across the group's block passes.
+constexpr int kSpmvGroupRows = 16;
+
 struct Kernels {
-  // y[r - r0] = sum_j values[j] * x[col[j]] over row r, for r in [r0, r1).
-  void (*spmv_i16)(const float* values, const int16_t* col, const int32_t* row_ptr, const float* x,
+  // y[r - r0] = sum_j values[j] * x[col[j]] over row r, for r in [r0, r1); x has k entries.
+  void (*spmv_i16)(const float* values, const int16_t* col, const int32_t* row_ptr, const float* x, int64_t k,
                    int64_t r0, int64_t r1, float* y);
-  void (*spmv_i32)(const float* values, const int32_t* col, const int32_t* row_ptr, const float* x,
+  void (*spmv_i32)(const float* values, const int32_t* col, const int32_t* row_ptr, const float* x, int64_t k,
                    int64_t r0, int64_t r1, float* y);
   // out[(r - r0) * mb + m] = sum_j values[j] * xt[col[j] * mb + m] for m < mb, r in [r0, r1).
   // xt is a K x mb panel of the (transposed) batch, 64-byte aligned, mb in {16, 32, 48, 64}.

@@ -424,7 +424,7 @@ struct CsrGemmKernel {
     const Kernels& kern = KernelsFor(isa);
 
     if (m == 1) {
-      Gemv(ctx, kern, csr, x.as<float>(), bias, y);
+      Gemv(ctx, kern, csr, x.as<float>(), k, bias, y);
     } else {
       Spmm(ctx, kern, csr, x.as<float>(), m, k, bias, y);
     }
@@ -467,17 +467,17 @@ struct CsrGemmKernel {
     }
   }
 
-  void Gemv(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, const Bias& bias,
-            float* y) const {
+  void Gemv(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t k,
+            const Bias& bias, float* y) const {
     const int64_t parts = PartsFor(static_cast<double>(csr.nnz) + 8.0 * csr.rows, 64);
     const std::vector<int64_t> bounds = SplitRows(csr.row_ptr, csr.rows, parts, 8);
     ParallelFor(ctx, static_cast<size_t>(parts), [&](size_t p) {
       const int64_t r0 = bounds[p], r1 = bounds[p + 1];
       if (r0 >= r1) return;
       if (csr.col16)
-        kern.spmv_i16(csr.values, static_cast<const int16_t*>(csr.col), csr.row_ptr, x, r0, r1, y + r0);
+        kern.spmv_i16(csr.values, static_cast<const int16_t*>(csr.col), csr.row_ptr, x, k, r0, r1, y + r0);
       else
-        kern.spmv_i32(csr.values, static_cast<const int32_t*>(csr.col), csr.row_ptr, x, r0, r1, y + r0);
+        kern.spmv_i32(csr.values, static_cast<const int32_t*>(csr.col), csr.row_ptr, x, k, r0, r1, y + r0);
       Epilogue1(y, r0, r1, bias);
     });
   }
