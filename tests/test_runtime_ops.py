@@ -431,6 +431,72 @@ def test_csr_conv_matches_dense_conv(case, isa, threads):
 
 
 # ---------------------------------------------------------------------------------------------
+# Output shape inference (OrtCustomOp::InferOutputShapeFn): ORT knows the output shape before
+# running, so downstream nodes and session.get_outputs() see it.
+
+
+def _shape_model(op, x_shape, *, relu=False, **attrs):
+    """X -> op (CSR of a 7-row weight) [-> Relu] -> Y, with Y declared without a shape."""
+    rng = np.random.default_rng(3)
+    k = 20 if op == "CsrGemm" else 3 * 3 * 3
+    inits, names = csr_inits(sparse_weight(rng, 7, k, 0.3))
+    out = "Z" if relu else "Y"
+    nodes = [helper.make_node(op, ["X", *names], [out], domain=DOMAIN, **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["Z"], ["Y"]))
+    graph = helper.make_graph(nodes, "shape", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS)
+
+
+@pytest.mark.parametrize(
+    "x_shape,attrs,expected",
+    [(["batch", 20], {}, ["batch", 7]), ([3, 20], {}, [3, 7]), ([20, "m"], dict(transA=1), ["m", 7]),
+     (["a", 2, 20], dict(matmul=1), ["a", 2, 7]), ([20], dict(matmul=1), [7])],
+    ids=["symbolic_batch", "fixed", "transA", "matmul_3d", "matmul_1d"],
+)
+def test_csr_gemm_output_shape_is_inferred(x_shape, attrs, expected):
+    # Through a Relu: the shape reaches the graph output only if ORT propagated it downstream.
+    sess = session(_shape_model("CsrGemm", x_shape, relu=True, **attrs))
+    assert sess.get_outputs()[0].shape == expected
+    assert sess.get_outputs()[0].type == "tensor(float)"
+
+
+@pytest.mark.parametrize(
+    "x_shape,attrs,expected",
+    [(["n", 3, 10, 11], dict(pads=[1, 1, 1, 1]), ["n", 7, 10, 11]),
+     ([2, 3, 10, 11], dict(strides=[2, 3], pads=[1, 0, 2, 1]), [2, 7, 6, 4]),
+     ([1, 3, 12, 12], dict(dilations=[2, 2]), [1, 7, 8, 8])],
+    ids=["same", "strided_asym_pads", "dilated"],
+)
+def test_csr_conv_output_shape_is_inferred(x_shape, attrs, expected):
+    sess = session(_shape_model("CsrConv", x_shape, relu=True, kernel_shape=[3, 3], **attrs))
+    assert sess.get_outputs()[0].shape == expected
+    if all(isinstance(d, int) for d in x_shape):
+        (y,) = sess.run(None, {"X": np.ones(x_shape, np.float32)})
+        assert list(y.shape) == expected
+
+
+@pytest.mark.parametrize(
+    "op,x_shape,attrs",
+    [("CsrGemm", None, {}), ("CsrGemm", [None, 20], {}), ("CsrGemm", [2, 3, 20], {}),
+     ("CsrConv", ["n", 3, "h", "w"], dict(kernel_shape=[3, 3])), ("CsrConv", [1, 3, 2, 2], dict(kernel_shape=[3, 3]))],
+    ids=["unknown_rank", "unnamed_dim", "gemm_rank3", "symbolic_spatial", "kernel_larger_than_input"],
+)
+def test_shape_inference_leaves_underivable_shapes_unknown(op, x_shape, attrs):
+    # No shape (rather than a wrong one or a load failure); errors, if any, come at run time.
+    sess = session(_shape_model(op, x_shape, **attrs))
+    assert sess.get_outputs()[0].shape == []
+
+
+def test_shape_inference_with_unknown_input_shape_still_runs(isa):
+    sess = session(_shape_model("CsrGemm", None))
+    x = np.random.default_rng(0).standard_normal((4, 20)).astype(np.float32)
+    (y,) = sess.run(None, {"X": x})
+    assert y.shape == (4, 7)
+
+
+# ---------------------------------------------------------------------------------------------
 # Malformed input is an ORT error with a message, never a crash
 
 

@@ -723,6 +723,142 @@ struct CsrConvKernel {
   }
 };
 
+// --- shape inference ------------------------------------------------------------------------
+
+// Output shapes for ORT's graph-level shape inference, so that downstream nodes (and
+// session.get_outputs()) see (M, N), (..., N) or (N, C_out, OH, OW) instead of an unknown shape.
+// ORT 1.17+ discards the status this callback returns, so nothing here may fail loudly: every
+// status an API call hands back is released, and when a shape cannot be derived (unknown rank,
+// an unnamed unknown dimension, malformed attributes) the output is simply left without one.
+// The kernels still validate everything at run time.
+class ShapeInfer {
+ public:
+  // One dimension as shape inference sees it: a value, a symbolic name, or neither (unknown).
+  struct Dim {
+    int64_t value = -1;
+    std::string param;
+    bool known() const { return value >= 0 || !param.empty(); }
+  };
+
+  explicit ShapeInfer(ortabi::ShapeInferContext* ctx) : ctx_(ctx) {}
+
+  // Dims of input `index`; false when the input is absent or its rank is unknown (ORT reports
+  // a missing shape as rank 0, and no input used here is a scalar).
+  bool InputDims(size_t index, std::vector<Dim>* dims) const {
+    size_t count = 0;
+    if (!Ok(g_api->ShapeInferContext_GetInputCount(ctx_, &count)) || index >= count) return false;
+    ortabi::TensorTypeAndShapeInfo* info = nullptr;  // owned by the context
+    if (!Ok(g_api->ShapeInferContext_GetInputTypeShape(ctx_, index, &info)) || info == nullptr) return false;
+    size_t rank = 0;
+    if (!Ok(g_api->GetDimensionsCount(info, &rank)) || rank == 0) return false;
+    std::vector<int64_t> values(rank);
+    std::vector<const char*> names(rank, nullptr);
+    if (!Ok(g_api->GetDimensions(info, values.data(), rank))) return false;
+    if (!Ok(g_api->GetSymbolicDimensions(info, names.data(), rank))) return false;
+    dims->assign(rank, Dim{});
+    for (size_t i = 0; i < rank; ++i) {
+      (*dims)[i].value = values[i];
+      if (values[i] < 0 && names[i] != nullptr) (*dims)[i].param = names[i];
+    }
+    return true;
+  }
+
+  // An int attribute, or `fallback` when it is absent or unreadable.
+  int64_t AttrInt(const char* name, int64_t fallback) const {
+    const ortabi::OpAttr* attr = nullptr;
+    if (!Ok(g_api->ShapeInferContext_GetAttribute(ctx_, name, &attr)) || attr == nullptr) return fallback;
+    int64_t v = 0;
+    size_t size = 0;
+    if (!Ok(g_api->ReadOpAttr(attr, ortabi::kOpAttrInt, &v, sizeof(v), &size))) return fallback;
+    return v;
+  }
+
+  // An ints attribute into `out` (left as is when absent); false when it is present but longer
+  // than any attribute of these ops can be, or unreadable.
+  bool AttrInts(const char* name, std::vector<int64_t>* out) const {
+    const ortabi::OpAttr* attr = nullptr;
+    if (!Ok(g_api->ShapeInferContext_GetAttribute(ctx_, name, &attr)) || attr == nullptr) return true;
+    int64_t buf[8] = {};
+    size_t size = 0;
+    if (!Ok(g_api->ReadOpAttr(attr, ortabi::kOpAttrInts, buf, sizeof(buf), &size))) return false;
+    out->assign(buf, buf + size / sizeof(int64_t));
+    return true;
+  }
+
+  // Declares output 0 as float32 with `dims`, unless one of them is unknown: an unnamed
+  // unknown dimension cannot be expressed, and a made-up name could wrongly equal another.
+  void SetOutput(const std::vector<Dim>& dims) const {
+    for (const Dim& d : dims)
+      if (!d.known()) return;
+    ortabi::TensorTypeAndShapeInfo* raw = nullptr;
+    if (!Ok(g_api->CreateTensorTypeAndShapeInfo(&raw)) || raw == nullptr) return;
+    std::unique_ptr<ortabi::TensorTypeAndShapeInfo, void (*)(ortabi::TensorTypeAndShapeInfo*) noexcept> info(
+        raw, g_api->ReleaseTensorTypeAndShapeInfo);
+    std::vector<int64_t> values(dims.size());
+    std::vector<const char*> names(dims.size());
+    for (size_t i = 0; i < dims.size(); ++i) {
+      values[i] = dims[i].value >= 0 ? dims[i].value : -1;
+      names[i] = dims[i].value >= 0 ? "" : dims[i].param.c_str();
+    }
+    if (!Ok(g_api->SetTensorElementType(info.get(), ortabi::kFloat))) return;
+    if (!Ok(g_api->SetDimensions(info.get(), values.data(), values.size()))) return;
+    if (!Ok(g_api->SetSymbolicDimensions(info.get(), names.data(), names.size()))) return;
+    Ok(g_api->ShapeInferContext_SetOutputTypeShape(ctx_, 0, info.get()));
+  }
+
+  // Output features / channels: len(row_ptr) - 1, when row_ptr's length is a known value.
+  bool Rows(Dim* n) const {
+    std::vector<Dim> rp;
+    if (!InputDims(3, &rp) || rp.size() != 1 || rp[0].value < 1) return false;
+    n->value = rp[0].value - 1;
+    return true;
+  }
+
+ private:
+  static bool Ok(ortabi::Status* st) {
+    if (st == nullptr) return true;
+    g_api->ReleaseStatus(st);
+    return false;
+  }
+  ortabi::ShapeInferContext* ctx_;
+};
+
+// The rules below mirror CsrGemmKernel::Compute and CsrConvKernel::Compute.
+void InferCsrGemm(const ShapeInfer& si) {
+  std::vector<ShapeInfer::Dim> x, out;
+  ShapeInfer::Dim n;
+  if (!si.InputDims(0, &x) || !si.Rows(&n)) return;
+  const int64_t matmul = si.AttrInt("matmul", 0), trans_a = si.AttrInt("transA", 0);
+  if (matmul == 0) {
+    if (x.size() != 2) return;
+    out = {trans_a ? x[1] : x[0], n};
+  } else {
+    out.assign(x.begin(), x.end() - 1);
+    out.push_back(n);
+  }
+  si.SetOutput(out);
+}
+
+void InferCsrConv(const ShapeInfer& si) {
+  std::vector<ShapeInfer::Dim> x;
+  ShapeInfer::Dim c_out;
+  if (!si.InputDims(0, &x) || x.size() != 4 || !si.Rows(&c_out)) return;
+  std::vector<int64_t> ks, st = {1, 1}, di = {1, 1}, pa = {0, 0, 0, 0};
+  if (!si.AttrInts("kernel_shape", &ks) || !si.AttrInts("strides", &st) || !si.AttrInts("dilations", &di) ||
+      !si.AttrInts("pads", &pa))
+    return;
+  if (ks.size() != 2 || st.size() != 2 || di.size() != 2 || pa.size() != 4) return;
+  if (x[2].value < 0 || x[3].value < 0) return;  // spatial dims must be values to compute OH, OW
+  ShapeInfer::Dim oh, ow;
+  for (int a = 0; a < 2; ++a) {
+    if (ks[a] < 1 || st[a] < 1 || di[a] < 1 || pa[a] < 0 || pa[a + 2] < 0) return;
+    const int64_t span = x[2 + a].value + pa[a] + pa[a + 2] - (ks[a] - 1) * di[a] - 1;
+    if (span < 0) return;
+    (a == 0 ? oh : ow).value = span / st[a] + 1;
+  }
+  si.SetOutput({x[0], c_out, oh, ow});
+}
+
 // --- registration ---------------------------------------------------------------------------
 
 template <class K>
@@ -766,6 +902,14 @@ struct OpDef {
   static int VariadicHomogeneity(const ortabi::CustomOp*) noexcept { return 1; }
   static int GetStartVersion(const ortabi::CustomOp*) noexcept { return 1; }
   static int GetEndVersion(const ortabi::CustomOp*) noexcept { return INT32_MAX; }
+  static ortabi::Status* InferOutputShape(const ortabi::CustomOp*, ortabi::ShapeInferContext* ctx) noexcept {
+    try {
+      K::InferShape(ShapeInfer(ctx));
+    } catch (...) {
+      // Only allocation can throw here; an output without a shape is the fallback anyway.
+    }
+    return nullptr;  // see ShapeInfer: the status would be dropped by ORT, so none is made
+  }
 
   static ortabi::CustomOp Make() {
     ortabi::CustomOp op;
@@ -789,7 +933,7 @@ struct OpDef {
     op.GetVariadicOutputHomogeneity = VariadicHomogeneity;
     op.CreateKernelV2 = CreateKernelV2;
     op.KernelComputeV2 = KernelComputeV2;
-    op.InferOutputShapeFn = nullptr;
+    op.InferOutputShapeFn = InferOutputShape;
     op.GetStartVersion = GetStartVersion;
     op.GetEndVersion = GetEndVersion;
     return op;
@@ -798,10 +942,12 @@ struct OpDef {
 
 struct CsrGemmOp : CsrGemmKernel {
   static constexpr const char* kName = "CsrGemm";
+  static void InferShape(const ShapeInfer& si) { InferCsrGemm(si); }
   using CsrGemmKernel::CsrGemmKernel;
 };
 struct CsrConvOp : CsrConvKernel {
   static constexpr const char* kName = "CsrConv";
+  static void InferShape(const ShapeInfer& si) { InferCsrConv(si); }
   using CsrConvKernel::CsrConvKernel;
 };
 

@@ -30,6 +30,8 @@ struct Value;
 struct TensorTypeAndShapeInfo;
 struct CustomOpDomain;
 struct CustomOp;
+struct ShapeInferContext;
+struct OpAttr;
 struct Api;
 
 enum ErrorCode : int {
@@ -58,6 +60,17 @@ enum InputOutputCharacteristic : int {
 
 enum MemType : int { kMemTypeDefault = 0 };
 
+// OrtOpAttrType, as ReadOpAttr takes it.
+enum OpAttrType : int {
+  kOpAttrUndefined = 0,
+  kOpAttrInt = 1,
+  kOpAttrInts = 2,
+  kOpAttrFloat = 3,
+  kOpAttrFloats = 4,
+  kOpAttrString = 5,
+  kOpAttrStrings = 6,
+};
+
 using StatusPtr = Status*;
 
 struct ApiBase {
@@ -75,11 +88,16 @@ struct Api {
   /* 28 */ StatusPtr (*AddCustomOpDomain)(SessionOptions* options, CustomOpDomain* domain) noexcept;
   void* unused_29_50[22];
   /* 51 */ StatusPtr (*GetTensorMutableData)(Value* value, void** out) noexcept;
-  void* unused_52_59[8];
+  void* unused_52_56[5];
+  /* 57 */ StatusPtr (*CreateTensorTypeAndShapeInfo)(TensorTypeAndShapeInfo** out) noexcept;
+  /* 58 */ StatusPtr (*SetTensorElementType)(TensorTypeAndShapeInfo* info, ElementType type) noexcept;
+  /* 59 */ StatusPtr (*SetDimensions)(TensorTypeAndShapeInfo* info, const int64_t* dims, size_t count) noexcept;
   /* 60 */ StatusPtr (*GetTensorElementType)(const TensorTypeAndShapeInfo* info, ElementType* out) noexcept;
   /* 61 */ StatusPtr (*GetDimensionsCount)(const TensorTypeAndShapeInfo* info, size_t* out) noexcept;
   /* 62 */ StatusPtr (*GetDimensions)(const TensorTypeAndShapeInfo* info, int64_t* dims, size_t count) noexcept;
-  void* unused_63_64[2];
+  /* 63 */ StatusPtr (*GetSymbolicDimensions)(const TensorTypeAndShapeInfo* info, const char* dim_params[],
+                                              size_t count) noexcept;
+  void* unused_64[1];
   /* 65 */ StatusPtr (*GetTensorTypeAndShape)(const Value* value, TensorTypeAndShapeInfo** out) noexcept;
   void* unused_66_84[19];
   /* 85 */ StatusPtr (*KernelInfoGetAttribute_float)(const KernelInfo* info, const char* name, float* out) noexcept;
@@ -102,7 +120,18 @@ struct Api {
   void* unused_164_248[85];
   /* 249 */ StatusPtr (*KernelInfoGetConstantInput_tensor)(const KernelInfo* info, size_t index, int* is_constant,
                                                          const Value** out) noexcept;
-  void* unused_250_273[24];
+  void* unused_250_266[17];
+  /* 267 */ StatusPtr (*ShapeInferContext_GetInputCount)(const ShapeInferContext* ctx, size_t* out) noexcept;
+  /* 268 */ StatusPtr (*ShapeInferContext_GetInputTypeShape)(const ShapeInferContext* ctx, size_t index,
+                                                           TensorTypeAndShapeInfo** info) noexcept;
+  /* 269 */ StatusPtr (*ShapeInferContext_GetAttribute)(const ShapeInferContext* ctx, const char* name,
+                                                      const OpAttr** attr) noexcept;
+  /* 270 */ StatusPtr (*ShapeInferContext_SetOutputTypeShape)(const ShapeInferContext* ctx, size_t index,
+                                                            const TensorTypeAndShapeInfo* info) noexcept;
+  /* 271 */ StatusPtr (*SetSymbolicDimensions)(TensorTypeAndShapeInfo* info, const char* dim_params[],
+                                              size_t count) noexcept;
+  /* 272 */ StatusPtr (*ReadOpAttr)(const OpAttr* attr, OpAttrType type, void* data, size_t len, size_t* out) noexcept;
+  void* unused_273[1];
   /* 274 */ StatusPtr (*KernelContext_ParallelFor)(const KernelContext* ctx, void (*fn)(void*, size_t), size_t total,
                                                  size_t num_batch, void* user_data) noexcept;
 };
@@ -116,9 +145,13 @@ ORTABI_SLOT(CreateCustomOpDomain, 26);
 ORTABI_SLOT(CustomOpDomain_Add, 27);
 ORTABI_SLOT(AddCustomOpDomain, 28);
 ORTABI_SLOT(GetTensorMutableData, 51);
+ORTABI_SLOT(CreateTensorTypeAndShapeInfo, 57);
+ORTABI_SLOT(SetTensorElementType, 58);
+ORTABI_SLOT(SetDimensions, 59);
 ORTABI_SLOT(GetTensorElementType, 60);
 ORTABI_SLOT(GetDimensionsCount, 61);
 ORTABI_SLOT(GetDimensions, 62);
+ORTABI_SLOT(GetSymbolicDimensions, 63);
 ORTABI_SLOT(GetTensorTypeAndShape, 65);
 ORTABI_SLOT(KernelInfoGetAttribute_float, 85);
 ORTABI_SLOT(KernelInfoGetAttribute_int64, 86);
@@ -131,6 +164,12 @@ ORTABI_SLOT(ReleaseTensorTypeAndShapeInfo, 99);
 ORTABI_SLOT(ReleaseCustomOpDomain, 101);  // ORT itself asserts this one: the end of version 1
 ORTABI_SLOT(KernelInfoGetAttributeArray_int64, 163);
 ORTABI_SLOT(KernelInfoGetConstantInput_tensor, 249);
+ORTABI_SLOT(ShapeInferContext_GetInputCount, 267);
+ORTABI_SLOT(ShapeInferContext_GetInputTypeShape, 268);
+ORTABI_SLOT(ShapeInferContext_GetAttribute, 269);
+ORTABI_SLOT(ShapeInferContext_SetOutputTypeShape, 270);
+ORTABI_SLOT(SetSymbolicDimensions, 271);
+ORTABI_SLOT(ReadOpAttr, 272);
 ORTABI_SLOT(KernelContext_ParallelFor, 274);
 #undef ORTABI_SLOT
 
@@ -157,7 +196,7 @@ struct CustomOp {
   int (*GetVariadicOutputHomogeneity)(const CustomOp* op) noexcept;                              // v14
   Status* (*CreateKernelV2)(const CustomOp* op, const Api* api, const KernelInfo* info, void** kernel) noexcept;  // v16
   Status* (*KernelComputeV2)(void* kernel, KernelContext* ctx) noexcept;                         // v16
-  Status* (*InferOutputShapeFn)(const CustomOp* op, void* shape_infer_ctx) noexcept;             // v17
+  Status* (*InferOutputShapeFn)(const CustomOp* op, ShapeInferContext* ctx) noexcept;             // v17
   int (*GetStartVersion)(const CustomOp* op) noexcept;                                           // v17
   int (*GetEndVersion)(const CustomOp* op) noexcept;                                             // v17
   size_t (*GetMayInplace)(int** input_index, int** output_index) noexcept;                       // v18
@@ -168,6 +207,7 @@ struct CustomOp {
 
 static_assert(offsetof(CustomOp, CreateKernel) == sizeof(void*), "OrtCustomOp begins with a padded uint32 version");
 static_assert(offsetof(CustomOp, KernelComputeV2) / sizeof(void*) == 18, "OrtCustomOp::KernelComputeV2 slot");
+static_assert(offsetof(CustomOp, InferOutputShapeFn) / sizeof(void*) == 19, "OrtCustomOp::InferOutputShapeFn slot");
 static_assert(offsetof(CustomOp, GetEndVersion) / sizeof(void*) == 21, "OrtCustomOp::GetEndVersion slot");
 
 }  // namespace ortabi
