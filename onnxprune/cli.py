@@ -491,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     from onnxprune.cli_training import add_parsers as add_training_parsers
 
     add_training_parsers(sub, common)
+    from onnxprune.cli_analysis import add_parsers as add_analysis_parsers
+    add_analysis_parsers(sub, common)
 
     de = sub.add_parser("demo", help="prune a built-in LeNet-300-100 end to end")
     de.add_argument("-o", "--output", help="where to write the pruned model (default: a temp dir)")
