@@ -143,15 +143,17 @@ def _recipe_from_args(args):
 
 
 def _apply_lowering_args(recipe, args) -> None:
-    """--expected-batch / --threads become options of the lowering pass (emit sparse-ops)."""
+    """--expected-batch / --threads / --lower-for become options of the lowering pass."""
     from onnxprune.recipe import LOWERING_PASS
 
-    given = {k: v for k, v in (("batch", args.expected_batch), ("threads", args.threads))
+    given = {k: v for k, v in (("batch", args.expected_batch), ("threads", args.threads),
+                               ("objective", args.lower_for))
              if v is not None}
     if not given:
         return
     if recipe.emit != "sparse-ops":
-        raise UsageError("--expected-batch and --threads only apply to --emit sparse-ops")
+        raise UsageError("--expected-batch, --threads and --lower-for only apply to "
+                         "--emit sparse-ops")
     for i, (name, opts) in enumerate(recipe.passes):
         if name == LOWERING_PASS:
             recipe.passes[i] = (name, {**opts, **given})
@@ -461,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sparse-ops: batch size the model will be served at (default 1)")
     pr.add_argument("--threads", type=int, metavar="N",
                     help="sparse-ops: intra-op threads the model will run with (default 1)")
+    pr.add_argument("--lower-for", choices=("speed", "size"),
+                    help="sparse-ops: lower where the kernel is faster (default), or wherever "
+                         "the CSR form is smaller (the compact file)")
     pr.add_argument("--min-sparsity", type=_float_arg(0.0, 1.0), metavar="S",
                     help="gate: fail (exit 3) if less than S of the weights are zero")
     pr.add_argument("--max-size-mb", type=_float_arg(0.0), metavar="M",

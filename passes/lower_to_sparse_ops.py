@@ -48,7 +48,7 @@ from onnxprune.runtime_ops import DOMAIN
 from onnxprune.runtime_ops.csr import csr_from_dense, index_dtype_for
 
 from . import sparse_cost_model as cost
-from .base import (Option, PassError, PassResult, check_float, check_int, check_optional,
+from .base import (Option, PassError, PassResult, check_choice, check_float, check_int, check_optional,
                    check_str_list, parse_options)
 
 DOMAIN_VERSION = 1
@@ -268,6 +268,9 @@ class LowerToSparseOps:
         Option("max-density", check_optional(check_float(0.0, 1.0)), None,
                "lower every eligible layer at or below this density instead of asking the "
                "cost model"),
+        Option("objective", check_choice("speed", "size"), "speed",
+               "speed: lower where the cost model predicts a win; size: lower wherever the "
+               "CSR arrays are smaller than the dense weight (the compact file)"),
     )
 
     def __init__(self, options: dict | None = None):
@@ -277,6 +280,7 @@ class LowerToSparseOps:
         self.force: tuple[str, ...] = o["force"]
         self.never: tuple[str, ...] = o["never"]
         self.max_density: float | None = o["max-density"]
+        self.objective: str = o["objective"]
 
     # ------------------------------------------------------------------ planning
 
@@ -300,8 +304,8 @@ class LowerToSparseOps:
                 plans.append(_plan_conv(node, layer, shapes, self.batch))
         return plans
 
-    def _decide(self, layer: Layer, density: float, estimates: list[cost.Estimate]
-                ) -> tuple[bool, str]:
+    def _decide(self, layer: Layer, density: float, estimates: list[cost.Estimate],
+                csr_bytes: int, dense_bytes: int) -> tuple[bool, str]:
         if _glob_match(layer, self.never):
             return False, "in the never list"
         if _glob_match(layer, self.force):
@@ -312,6 +316,10 @@ class LowerToSparseOps:
             return False, f"density {density:.1%} > max-density {self.max_density:.1%}"
         if density >= 1.0:
             return False, "not pruned (100% dense)"
+        if self.objective == "size":
+            if csr_bytes < dense_bytes:
+                return True, f"size: CSR {csr_bytes} B < dense {dense_bytes} B"
+            return False, f"size: CSR {csr_bytes} B >= dense {dense_bytes} B"
         speedup = _combined_speedup(estimates)
         if speedup >= cost.MIN_SPEEDUP:
             return True, f"cost model: {speedup:.2f}x >= {cost.MIN_SPEEDUP}x"
@@ -373,7 +381,8 @@ class LowerToSparseOps:
             p0 = plans[0]
             row["break_even_density"] = round(cost.break_even_density(
                 p0.kind, p0.rows, p0.cols, batch=p0.batch_rows, out_hw=p0.out_hw, **common), 4)
-            lower, reason = self._decide(layer, density, estimates)
+            lower, reason = self._decide(layer, density, estimates, row["csr_bytes"],
+                                         row["dense_bytes"] or 0)
             row["reason"] = reason
             if lower:
                 self._lower(graph, layer, plans, taken, graph_outputs)
@@ -391,7 +400,8 @@ class LowerToSparseOps:
         return PassResult(graph, lowered_any, {
             "domain": DOMAIN,
             "options": {"batch": self.batch, "threads": self.threads, "force": list(self.force),
-                        "never": list(self.never), "max-density": self.max_density},
+                        "never": list(self.never), "max-density": self.max_density,
+                        "objective": self.objective},
             "lowered": lowered,
             "layers": rows,
         })

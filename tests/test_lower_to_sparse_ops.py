@@ -296,3 +296,24 @@ def test_estimate_rejects_bad_input(bad):
     args.update(bad)
     with pytest.raises(ValueError):
         cm.estimate(args.pop("kind"), args.pop("rows"), args.pop("cols"), args.pop("nnz"), **args)
+
+
+def test_objective_size_lowers_wherever_csr_is_smaller():
+    """objective=size: lowered iff CSR bytes < dense bytes, whatever the cost model says."""
+    m = mlp(sizes=(64, 48, 32, 10), seed=3)
+    rng = np.random.default_rng(0)
+    for t, keep in zip([t for t in m.graph.initializer if t.name.endswith("weight")],
+                       (0.3, 0.9, 0.2)):
+        a = numpy_helper.to_array(t)
+        a = np.where(rng.random(a.shape) < keep, a, 0).astype(np.float32)
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+    g = graph_from_model(m)
+    r = LowerToSparseOps({"objective": "size"})(g)
+    rows = {row["name"]: row for row in r.stats["layers"]}
+    for row in rows.values():
+        assert row["lowered"] == (row["csr_bytes"] < row["dense_bytes"]), row
+    assert rows["fc1"]["lowered"] and not rows["fc2"]["lowered"] and rows["fc3"]["lowered"]
+    lowered = graph_to_model(r.graph, m)
+    feeds = random_feeds(m, batch=5)
+    got = runtime_ops.InferenceSession(lowered.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_allclose(got, run(m, feeds)[0], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,647 @@
+"""Whole pruned models in ONNX Runtime: dense pruned model vs `onnxprune prune --emit sparse-ops`.
+
+Models are defined here with onnx.helper, with seeded random weights (He-normal conv, N(0, 1/K)
+fully connected), and pruned by the CLI to the paper's per-layer densities (Han et al. 2015,
+Tables 4 and 5) with ``--layer NAME=Q``, Q = √2·erfinv(pruned share) (for Gaussian weights the
+std threshold prunes exactly that share), ``--no-remove-dead-neurons``:
+
+* LeNet-300-100   784-300-100-10, fc1/fc2/fc3 at 8/9/26 % (sizes and timings, cheap)
+* AlexNet         Caffe reference (227×227, 96-256-384-384-256 conv with groups 2 in conv2/4/5,
+                  LRN, fc6-fc8 9216-4096-4096-1000): conv1 84, conv2 38, conv3 35, conv4 37,
+                  conv5 37, fc6 9, fc7 9, fc8 25 %
+* VGG-16          224×224, 13 conv + 3 fc: conv1_1 58 … conv5_3 36 % (Table 5), fc6 4, fc7 4,
+                  fc8 23 %
+
+Per model: the ``--emit dense`` file (the reference), ``--emit portable``, ``--emit sparse-ops
+--expected-batch B --threads T`` for every timed case (the cost model decides per layer), and
+``--emit sparse-ops`` with ``max-density`` set in a recipe (lowering for size instead of speed).
+Per (batch, threads):
+
+* end to end: dense and sparse-ops sessions in one process, same options, alternating calls,
+  median; the number of timed calls adapts to the model's run time (``--case-seconds``,
+  at least ``--min-repeats``) and is reported;
+* per layer: every layer the ops can express, as a one-node CSR model against a one-node dense
+  model from the same weights on the input shape the layer sees (``onnxprune bench``'s
+  harness); a layer the cost model lowered that measures slower than dense is flagged;
+* the memory-bandwidth bound at batch 1: bytes of all initializers (dense fp32 weights; CSR
+  values + indices + row pointers) ÷ a streaming-read bandwidth measured right before the case
+  (numpy sum over a 256 MiB array; for 2 threads two such sums on halves in two threads);
+* optionally a DeepSparse column, run by ``bench/deepsparse_ref.py`` under a separate
+  interpreter (``--deepsparse-python``, default /tmp/ds-venv/bin/python when it exists) on the
+  dense pruned model; its outputs are compared with ORT's and mismatches are flagged.
+
+    python bench/bench_models.py --json models.json --markdown models.md
+    python bench/bench_models.py --quick                    # batch 1, 1 thread, few calls
+    python bench/bench_models.py --models alexnet --batch 1 --threads 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from statistics import NormalDist
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from onnxprune.bench import (
+    _capture_shapes,
+    _compare,
+    _csr_nodes,
+    _inits,
+    _one_node_models,
+    _run,
+    _session,
+    time_pair,
+)
+from onnxprune.cli import main as cli
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DS_PYTHON = "/tmp/ds-venv/bin/python"
+
+# --------------------------------------------------------------------------- models
+
+
+class _Builder:
+    """A small NCHW graph builder: conv / pool / fc nodes with seeded random weights."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+        self.x = "x"
+
+    def _param(self, name, arr):
+        self.inits.append(numpy_helper.from_array(arr.astype(np.float32), name))
+        return name
+
+    def conv(self, name, c_in, c_out, k, stride=1, pad=0, group=1, relu=True):
+        fan_in = c_in // group * k * k
+        w = self.rng.standard_normal((c_out, c_in // group, k, k), dtype=np.float32)
+        w *= np.float32(math.sqrt(2.0 / fan_in))
+        b = 0.01 * self.rng.standard_normal(c_out)
+        y = f"{name}_out"
+        self.nodes.append(helper.make_node(
+            "Conv", [self.x, self._param(f"{name}.weight", w), self._param(f"{name}.bias", b)],
+            [y], name=name, kernel_shape=[k, k], strides=[stride, stride],
+            pads=[pad] * 4, group=group))
+        self.x = y
+        if relu:
+            self._unary("Relu", f"{name}_relu")
+
+    def fc(self, name, k, n, relu=True, out=None):
+        w = self.rng.standard_normal((n, k), dtype=np.float32) * np.float32(1 / math.sqrt(k))
+        b = 0.01 * self.rng.standard_normal(n)
+        y = out or f"{name}_out"
+        self.nodes.append(helper.make_node(
+            "Gemm", [self.x, self._param(f"{name}.weight", w), self._param(f"{name}.bias", b)],
+            [y], name=name, transB=1))
+        self.x = y
+        if relu:
+            self._unary("Relu", f"{name}_relu")
+
+    def _unary(self, op, name, **attrs):
+        y = f"{name}_out"
+        self.nodes.append(helper.make_node(op, [self.x], [y], name=name, **attrs))
+        self.x = y
+
+    def pool(self, name, k, s):
+        self._unary("MaxPool", name, kernel_shape=[k, k], strides=[s, s])
+
+    def lrn(self, name):
+        self._unary("LRN", name, size=5, alpha=1e-4, beta=0.75, bias=1.0)
+
+    def flatten(self, name):
+        self._unary("Flatten", name, axis=1)
+
+    def model(self, name, in_shape, out_dim) -> onnx.ModelProto:
+        g = helper.make_graph(
+            self.nodes, name,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
+            [helper.make_tensor_value_info(self.x, TensorProto.FLOAT, ["N", out_dim])],
+            self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+
+def lenet_300_100(seed=0) -> onnx.ModelProto:
+    b = _Builder(seed)
+    b.fc("fc1", 784, 300)
+    b.fc("fc2", 300, 100)
+    b.fc("fc3", 100, 10, relu=False, out="y")
+    return b.model("lenet_300_100", [784], 10)
+
+
+def alexnet(seed=0) -> onnx.ModelProto:
+    """Caffe's reference AlexNet (the paper's): 227×227 input, grouped conv2/4/5, LRN."""
+    b = _Builder(seed)
+    b.conv("conv1", 3, 96, 11, stride=4)
+    b.lrn("norm1")
+    b.pool("pool1", 3, 2)
+    b.conv("conv2", 96, 256, 5, pad=2, group=2)
+    b.lrn("norm2")
+    b.pool("pool2", 3, 2)
+    b.conv("conv3", 256, 384, 3, pad=1)
+    b.conv("conv4", 384, 384, 3, pad=1, group=2)
+    b.conv("conv5", 384, 256, 3, pad=1, group=2)
+    b.pool("pool5", 3, 2)
+    b.flatten("flatten")
+    b.fc("fc6", 9216, 4096)
+    b.fc("fc7", 4096, 4096)
+    b.fc("fc8", 4096, 1000, relu=False, out="y")
+    return b.model("alexnet", [3, 227, 227], 1000)
+
+
+VGG_CONV = (("conv1_1", 3, 64), ("conv1_2", 64, 64), None,
+            ("conv2_1", 64, 128), ("conv2_2", 128, 128), None,
+            ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256), None,
+            ("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512), None,
+            ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512), None)
+
+
+def vgg16(seed=0) -> onnx.ModelProto:
+    b = _Builder(seed)
+    pools = 0
+    for spec in VGG_CONV:
+        if spec is None:
+            pools += 1
+            b.pool(f"pool{pools}", 2, 2)
+        else:
+            name, c_in, c_out = spec
+            b.conv(name, c_in, c_out, 3, pad=1)
+    b.flatten("flatten")
+    b.fc("fc6", 25088, 4096)
+    b.fc("fc7", 4096, 4096)
+    b.fc("fc8", 4096, 1000, relu=False, out="y")
+    return b.model("vgg16", [3, 224, 224], 1000)
+
+
+# % of weights remaining per layer (Han et al. 2015, Tables 1, 4, 5)
+MODELS = {
+    "lenet-300-100": (lenet_300_100, {"fc1": 8, "fc2": 9, "fc3": 26}),
+    "alexnet": (alexnet, {"conv1": 84, "conv2": 38, "conv3": 35, "conv4": 37, "conv5": 37,
+                          "fc6": 9, "fc7": 9, "fc8": 25}),
+    "vgg16": (vgg16, {"conv1_1": 58, "conv1_2": 22, "conv2_1": 34, "conv2_2": 36,
+                      "conv3_1": 53, "conv3_2": 24, "conv3_3": 42, "conv4_1": 32, "conv4_2": 27,
+                      "conv4_3": 34, "conv5_1": 35, "conv5_2": 29, "conv5_3": 36,
+                      "fc6": 4, "fc7": 4, "fc8": 23}),
+}
+
+# Lowering for size: CSR with int16 indices takes 6 B per nonzero against 4 B per dense weight,
+# so it is smaller below 2/3 density (int32 indices: below 1/2).  0.6 covers every paper layer.
+SIZE_MAX_DENSITY = 0.6
+
+
+def quality_for_keep(keep: float) -> float:
+    """q with P(|w| < q·σ) = 1 − keep for Gaussian w."""
+    return NormalDist().inv_cdf(1 - keep / 2)
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def prune(src: str, out: str, keep: dict, emit: str, extra=(), recipe: str | None = None) -> dict:
+    report = out + ".json"
+    args = ["prune", src, "-o", out, "--emit", emit, "-q", "--json", report]
+    if recipe is None:
+        args += ["--no-remove-dead-neurons"]
+        args += [f"--layer={n}={quality_for_keep(k / 100):.6f}" for n, k in keep.items()]
+    else:
+        args += ["--recipe", recipe]
+    code = cli([*args, *extra])
+    if code != 0:
+        raise SystemExit(f"prune --emit {emit} failed with exit code {code}")
+    with open(report) as f:
+        return json.load(f)
+
+
+def size_recipe(path: str, keep: dict) -> str:
+    """A recipe: the same per-layer pruning, then lowering every layer at ≤ SIZE_MAX_DENSITY."""
+    layers = "".join(f"          \"{n}\": {quality_for_keep(k / 100):.6f}\n"
+                     for n, k in keep.items())
+    with open(path, "w") as f:
+        f.write("version: 1\npasses:\n  - threshold-by-std:\n        layers:\n" + layers +
+                f"  - lower-to-sparse-ops:\n      max-density: {SIZE_MAX_DENSITY}\n"
+                "emit: sparse-ops\n")
+    return path
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every initializer (the weights a batch-1 pass has to read once)."""
+    total = 0
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        total += n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total
+
+
+# --------------------------------------------------------------------------- bandwidth
+
+
+_BW_ARRAY: np.ndarray | None = None
+
+
+def stream_bandwidth(threads: int = 1, repeats: int = 7) -> dict:
+    """Streaming read bandwidth (GB/s): numpy sum over 256 MiB of float32, median and best.
+
+    For 2+ threads the array is split into that many parts summed in parallel threads
+    (numpy releases the interpreter lock inside the reduction).
+    """
+    global _BW_ARRAY
+    if _BW_ARRAY is None:
+        _BW_ARRAY = np.ones((256 << 20) // 4, dtype=np.float32)
+    a = _BW_ARRAY
+    parts = np.array_split(a, threads)
+    times = []
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(np.sum, parts))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(ex.map(np.sum, parts))
+            times.append(time.perf_counter() - t0)
+    return {"threads": threads, "median_gbs": round(a.nbytes / statistics.median(times) / 1e9, 2),
+            "best_gbs": round(a.nbytes / min(times) / 1e9, 2), "bytes": a.nbytes,
+            "repeats": repeats}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def adaptive_pair(d_sess, s_sess, feeds, max_repeats, min_repeats, seconds, warmup=1):
+    """time_pair with the number of calls chosen from one timed warm-up of each session."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        _run(d_sess, feeds)
+        _run(s_sess, feeds)
+    per_pair = (time.perf_counter() - t0) / warmup
+    repeats = max(min_repeats, min(max_repeats, int(seconds / max(per_pair, 1e-6))))
+    dense_ms, sparse_ms = time_pair(d_sess, s_sess, feeds, feeds, repeats, 1)
+    return dense_ms, sparse_ms, repeats
+
+
+def layer_timings(dense_model, feeds, batch, threads, decided, args) -> list[dict]:
+    """Every expressible layer alone: one-node CSR model vs one-node dense model."""
+    from onnxprune.bench import _lower
+
+    forced, _ = _lower(dense_model, batch=batch, threads=threads, force=["*"])
+    nodes = _csr_nodes(forced)
+    if not nodes:
+        return []
+    xs = _capture_shapes(dense_model, [n.input[0] for n in nodes], feeds, threads)
+    inits = _inits(forced)
+    opset = next((o.version for o in dense_model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for node in nodes:
+        x_shape = xs[node.input[0]]
+        dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset)
+        x = {node.input[0]: rng.standard_normal(x_shape).astype(np.float32)}
+        d_sess, s_sess = _session(dense_b, threads), _session(sparse_b, threads)
+        dense_ms, sparse_ms, reps = adaptive_pair(d_sess, s_sess, x, args.layer_repeats,
+                                                  args.min_repeats, args.layer_seconds)
+        row = decided.get(node.name, {})
+        first = None
+        if row.get("lowered") and dense_ms < sparse_ms:
+            # a lowered layer that lost: time it again, three times as long, before flagging it
+            first = {"dense_ms": round(dense_ms, 4), "sparse_ms": round(sparse_ms, 4),
+                     "repeats": reps}
+            dense_ms, sparse_ms, reps = adaptive_pair(
+                d_sess, s_sess, x, 3 * args.layer_repeats, 3 * args.min_repeats,
+                3 * args.layer_seconds)
+        del d_sess, s_sess
+        csr_bytes = sum(int(np.prod(inits[n].dims)) *
+                        helper.tensor_dtype_to_np_dtype(inits[n].data_type).itemsize
+                        for n in node.input[1:4])
+        gc.collect()
+        rows.append({"name": node.name, "op": row.get("op"), "input_shape": list(x_shape),
+                     "density": row.get("density"), "lowered": bool(row.get("lowered")),
+                     "estimated_speedup": row.get("estimated_speedup"),
+                     "dense_bytes": row.get("dense_bytes"), "csr_bytes": csr_bytes,
+                     "dense_ms": round(dense_ms, 4), "sparse_ms": round(sparse_ms, 4),
+                     "ratio": round(dense_ms / sparse_ms, 3), "repeats": reps,
+                     **({"first_timing": first} if first else {})})
+        flag = ""
+        if rows[-1]["lowered"] and dense_ms < sparse_ms:
+            flag = "  <-- LOWERED BUT SLOWER"
+        if first:
+            flag += f" (re-timed; first {first['dense_ms'] / first['sparse_ms']:.2f}x)"
+        print(f"    {node.name:8s} {row.get('density', 0) or 0:6.1%} "
+              f"est {row.get('estimated_speedup') or 0:6.2f}x  dense {dense_ms:9.3f} ms  "
+              f"csr {sparse_ms:9.3f} ms  {dense_ms / sparse_ms:5.2f}x  "
+              f"{'lowered' if row.get('lowered') else 'dense  '} (n={reps}){flag}", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- DeepSparse
+
+
+def deepsparse_python(path: str | None) -> str | None:
+    if path == "none":
+        return None
+    path = path or os.environ.get("ONNXPRUNE_DEEPSPARSE_PYTHON") or DEFAULT_DS_PYTHON
+    if not os.path.isfile(path):
+        return None
+    probe = subprocess.run([path, "-c", "import deepsparse; print(deepsparse.__version__)"],
+                           capture_output=True, text=True, check=False)
+    return path if probe.returncode == 0 else None
+
+
+def run_deepsparse(py: str, model_path: str, feeds: dict, ref: list[np.ndarray], threads: int,
+                   repeats: int, tmp: str, timeout: int) -> dict:
+    """Time the dense pruned model in DeepSparse (separate interpreter) and check its outputs."""
+    x_path = os.path.join(tmp, "ds_in.npz")
+    out_path = os.path.join(tmp, "ds_out.npz")
+    np.savez(x_path, *[feeds[k] for k in feeds])
+    cmd = [py, os.path.join(HERE, "deepsparse_ref.py"), model_path, x_path, out_path,
+           "--threads", str(threads), "--repeats", str(repeats)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "timeout_s": timeout}
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        return {"status": "failed", "error": " | ".join(tail)}
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    with np.load(out_path) as z:
+        outs = [z[k] for k in sorted(z.files, key=lambda s: int(s.split("_")[1]))]
+    check = _compare(ref, outs)
+    info.update(status="ok" if check["passed"] else "MISMATCH",
+                max_abs_error=check["max_abs_error"], atol=check["atol"])
+    return info
+
+
+# --------------------------------------------------------------------------- main
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "date": datetime.date.today().isoformat()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in lscpu.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("Model name", "CPU(s)", "CPU family", "L1d cache", "L2 cache", "L3 cache"):
+                info[key] = value.strip()
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    import onnxruntime
+
+    info.update(onnxruntime=onnxruntime.__version__, onnx=onnx.__version__, numpy=np.__version__)
+    return info
+
+
+def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
+    build, keep = MODELS[name]
+    src = os.path.join(tmp, f"{name}.onnx")
+    onnx.save(build(), src)
+    out = {"keep_percent": keep, "sizes": {}, "cases": []}
+    paths = {e: os.path.join(tmp, f"{name}.{e}.onnx") for e in ("dense", "portable", "size")}
+    t0 = time.perf_counter()
+    rep = prune(src, paths["dense"], keep, "dense")
+    prune(src, paths["portable"], keep, "portable")
+    srep = prune(src, paths["size"], keep, "sparse-ops",
+                 recipe=size_recipe(os.path.join(tmp, f"{name}.size.yaml"), keep))
+    out["prune_seconds_3_files"] = round(time.perf_counter() - t0, 1)
+    out["densities"] = {r["name"]: round(r["density"], 4) for r in rep["layers"]}
+    out["params"] = rep["total"]["params"]
+    out["nonzero"] = rep["total"]["nonzero"]
+    out["sizes"]["dense"] = os.path.getsize(paths["dense"])
+    out["sizes"]["portable"] = os.path.getsize(paths["portable"])
+    out["sizes"][f"sparse-ops, max-density {SIZE_MAX_DENSITY} (size)"] = \
+        os.path.getsize(paths["size"])
+    out["size_lowered"] = srep["sparse_ops"]["lowered"]
+    print(f"{name}: {out['params'] / 1e6:.2f} M params, {out['nonzero'] / 1e6:.2f} M nonzero; "
+          + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in out["sizes"].items()), flush=True)
+    os.remove(paths["portable"])
+    if name not in args.time_models:
+        os.remove(paths["size"])
+        return out
+
+    dense_model = onnx.load(paths["dense"])
+    dense_bytes = paths["dense"]  # ORT reads the file itself: one copy fewer of a big model
+    dense_w_bytes = initializer_bytes(dense_model)
+    for batch in args.batches:
+        feeds = {"x": np.random.default_rng(1).standard_normal(
+            (batch, *[d.dim_value for d in dense_model.graph.input[0].type.tensor_type.shape.dim
+                      ][1:]), dtype=np.float32)}
+        for threads in args.threads:
+            path = os.path.join(tmp, f"{name}.sparse-b{batch}-t{threads}.onnx")
+            s = prune(src, path, keep, "sparse-ops",
+                      ["--expected-batch", str(batch), "--threads", str(threads)])
+            sp = s["sparse_ops"]
+            out["sizes"][f"sparse-ops (batch {batch}, threads {threads})"] = os.path.getsize(path)
+            sparse_w_bytes = initializer_bytes(onnx.load(path))
+            d_sess = _session(dense_bytes, threads)
+            s_sess = _session(path, threads)
+            ref = _run(d_sess, feeds)
+            check = _compare(ref, _run(s_sess, feeds))
+            bw = stream_bandwidth(threads) if batch == 1 else None
+            load = round(os.getloadavg()[0], 2)
+            dense_ms, sparse_ms, reps = adaptive_pair(d_sess, s_sess, feeds, args.repeats,
+                                                      args.min_repeats, args.case_seconds)
+            del d_sess, s_sess
+            decided = {r["name"]: r for r in sp["layers"]}
+            case = {"batch": batch, "threads": threads, "repeats": reps, "load_1min": load,
+                    "dense_ms": round(dense_ms, 3), "sparse_ms": round(sparse_ms, 3),
+                    "ratio": round(dense_ms / sparse_ms, 3), "lowered": sp["lowered"],
+                    "estimated": {r["name"]: r["estimated_speedup"] for r in sp["layers"]
+                                  if r["lowered"]},
+                    "max_abs_error": check["max_abs_error"], "passed": check["passed"],
+                    "weight_bytes": {"dense": dense_w_bytes, "sparse_ops": sparse_w_bytes}}
+            if bw is not None:
+                gbs = bw["median_gbs"]
+                case["bandwidth"] = bw
+                case["bound_ms"] = {"dense": round(dense_w_bytes / (gbs * 1e9) * 1e3, 3),
+                                    "sparse_ops": round(sparse_w_bytes / (gbs * 1e9) * 1e3, 3)}
+            print(f"  batch {batch} threads {threads}: dense {dense_ms:9.3f} ms  sparse-ops "
+                  f"{sparse_ms:9.3f} ms  {dense_ms / sparse_ms:5.2f}x  (n={reps}, load {load})  "
+                  f"lowered {','.join(sp['lowered']) or '-'}  "
+                  f"{'ok' if check['passed'] else 'MISMATCH'}"
+                  + (f"  bound {case['bound_ms']['dense']:.2f}/{case['bound_ms']['sparse_ops']:.2f}"
+                     f" ms at {bw['median_gbs']} GB/s" if bw else ""), flush=True)
+            if ds_py is not None and name in args.ds_models:
+                case["deepsparse"] = run_deepsparse(ds_py, paths["dense"], feeds, ref, threads,
+                                                    reps, tmp, args.ds_timeout)
+                print(f"    deepsparse: {case['deepsparse']}", flush=True)
+            if not args.no_layers:
+                case["layers"] = layer_timings(dense_model, feeds, batch, threads, decided, args)
+                case["lowered_but_slower"] = [r["name"] for r in case["layers"]
+                                              if r["lowered"] and r["ratio"] < 1.0]
+            out["cases"].append(case)
+            gc.collect()
+            os.remove(path)
+    # what lowering for size costs in speed: the size file at the first (batch, threads)
+    batch, threads = args.batches[0], args.threads[0]
+    feeds = {"x": np.random.default_rng(1).standard_normal(
+        (batch, *[d.dim_value for d in dense_model.graph.input[0].type.tensor_type.shape.dim][1:]),
+        dtype=np.float32)}
+    z_sess = _session(paths["size"], threads)
+    d_sess = _session(dense_bytes, threads)
+    check = _compare(_run(d_sess, feeds), _run(z_sess, feeds))
+    dense_ms, size_ms, reps = adaptive_pair(d_sess, z_sess, feeds, args.repeats, args.min_repeats,
+                                            args.case_seconds)
+    del d_sess, z_sess
+    os.remove(paths["size"])
+    out["size_case"] = {"batch": batch, "threads": threads, "repeats": reps,
+                        "dense_ms": round(dense_ms, 3), "sparse_ms": round(size_ms, 3),
+                        "ratio": round(dense_ms / size_ms, 3), "passed": check["passed"],
+                        "max_abs_error": check["max_abs_error"]}
+    print(f"  size-lowered, batch {batch} threads {threads}: dense {dense_ms:9.3f} ms  "
+          f"sparse-ops {size_ms:9.3f} ms  {dense_ms / size_ms:5.2f}x  (n={reps})  "
+          f"{'ok' if check['passed'] else 'MISMATCH'}", flush=True)
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, m in results["models"].items():
+        lines.append(f"### {name}\n")
+        if m["cases"]:
+            ds = any("deepsparse" in c for c in m["cases"])
+            head = ("| batch | threads | lowered | ORT dense (ms) | sparse-ops (ms) | speed-up | "
+                    "bound dense / sparse-ops (ms) | calls |" + (" DeepSparse (ms) |" if ds else ""))
+            lines += [head, "|" + "---|" * (head.count("|") - 1)]
+            for c in m["cases"]:
+                b = c.get("bound_ms")
+                bound = f"{b['dense']:.2f} / {b['sparse_ops']:.2f} @ " \
+                        f"{c['bandwidth']['median_gbs']} GB/s" if b else "–"
+                row = (f"| {c['batch']} | {c['threads']} | {', '.join(c['lowered']) or '–'} | "
+                       f"{c['dense_ms']:.3f} | {c['sparse_ms']:.3f} | {c['ratio']:.2f}× | "
+                       f"{bound} | {c['repeats']} |")
+                if ds:
+                    d = c.get("deepsparse", {})
+                    row += (f" {d['median_ms']:.3f} ({d['status']}) |" if "median_ms" in d
+                            else f" {d.get('status', '–')} |")
+                lines.append(row)
+            lines.append("")
+            for c in m["cases"]:
+                if not c.get("layers"):
+                    continue
+                bw = c.get("bandwidth", {}).get("median_gbs")
+                lines.append(f"Per layer, batch {c['batch']}, {c['threads']} thread(s):\n")
+                lines += ["| layer | density | est. | lowered | dense (ms) | CSR (ms) | ratio |"
+                          + (" bound dense / CSR (ms) |" if bw else ""),
+                          "|---|---|---|---|---|---|---|" + ("---|" if bw else "")]
+                for r in c["layers"]:
+                    row = (f"| {r['name']} | {r['density']:.1%} | "
+                           f"{r['estimated_speedup'] or 0:.2f}× | "
+                           f"{'yes' if r['lowered'] else 'no'} | {r['dense_ms']:.3f} | "
+                           f"{r['sparse_ms']:.3f} | {r['ratio']:.2f}× |")
+                    if bw:
+                        row += (f" {r['dense_bytes'] / (bw * 1e6):.3f} / "
+                                f"{r['csr_bytes'] / (bw * 1e6):.3f} |")
+                    lines.append(row)
+                lines.append("")
+        z = m.get("size_case")
+        if z:
+            lines.append(f"Lowered for size (every layer at ≤ {SIZE_MAX_DENSITY:.0%} density), "
+                         f"batch {z['batch']}, {z['threads']} thread(s): dense "
+                         f"{z['dense_ms']:.3f} ms, sparse-ops {z['sparse_ms']:.3f} ms, "
+                         f"{z['ratio']:.2f}× ({z['repeats']} calls)\n")
+        lines.append("| file | size | dense ÷ size |")
+        lines.append("|---|---|---|")
+        dense = m["sizes"]["dense"]
+        for k, v in m["sizes"].items():
+            lines.append(f"| {k} | {v / 1e6:.3f} MB | {dense / v:.2f}× |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="lenet-300-100,alexnet,vgg16",
+                    help="models whose sizes are reported")
+    ap.add_argument("--time-models", default=None,
+                    help="models that are also timed (default: all of --models)")
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--repeats", type=int, default=30, help="most timed calls per case")
+    ap.add_argument("--min-repeats", type=int, default=3)
+    ap.add_argument("--case-seconds", type=float, default=20.0,
+                    help="time budget for the timed calls of one end-to-end case")
+    ap.add_argument("--layer-repeats", type=int, default=20)
+    ap.add_argument("--layer-seconds", type=float, default=3.0)
+    ap.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
+    ap.add_argument("--deepsparse-python", metavar="PATH",
+                    help=f"interpreter with deepsparse installed (default {DEFAULT_DS_PYTHON} "
+                         "when present; 'none' to skip)")
+    ap.add_argument("--deepsparse-models", default="lenet-300-100,alexnet,vgg16")
+    ap.add_argument("--ds-timeout", type=int, default=900)
+    ap.add_argument("--quick", action="store_true",
+                    help="batch 1, 1 thread, few calls (a smoke run of every step)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--markdown", metavar="PATH")
+    ap.add_argument("--tmp", metavar="DIR", help="work folder (default: a temporary one)")
+    ap.add_argument("--from-json", metavar="PATH",
+                    help="only write --markdown from an earlier --json result")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            text = markdown(json.load(f))
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text)
+        else:
+            print(text)
+        return 0
+    if args.quick:
+        args.batch, args.threads = "1", "1"
+        args.repeats, args.min_repeats, args.case_seconds = 5, 2, 3.0
+        args.layer_repeats, args.layer_seconds = 5, 0.5
+    names = [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    args.time_models = names if args.time_models is None else args.time_models.split(",")
+    args.ds_models = args.deepsparse_models.split(",")
+    args.batches = [int(b) for b in args.batch.split(",")]
+    args.threads = [int(t) for t in args.threads.split(",")]
+    ds_py = deepsparse_python(args.deepsparse_python)
+
+    results = {"machine": machine(),
+               "command": " ".join(["python bench/bench_models.py", *sys.argv[1:]]),
+               "deepsparse": ds_py and subprocess.run(
+                   [ds_py, "-c", "import deepsparse; print(deepsparse.__version__)"],
+                   capture_output=True, text=True, check=False).stdout.strip(),
+               "models": {}}
+    if ds_py is None:
+        print("deepsparse: no interpreter with deepsparse found; column skipped", flush=True)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for name in names:
+            results["models"][name] = bench_model(name, args, ds_py, tmp)
+            if args.json:  # partial results survive an interrupted run
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=2)
+    results["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(results))
+    slower = [(n, c["batch"], c["threads"], c.get("lowered_but_slower"))
+              for n, m in results["models"].items() for c in m["cases"]
+              if c.get("lowered_but_slower")]
+    for n, b, t, layers in slower:
+        print(f"{n} batch {b} threads {t}: lowered but slower than dense: {', '.join(layers)}")
+    ok = all(c["passed"] for m in results["models"].values()
+             for c in m["cases"] + ([m["size_case"]] if "size_case" in m else []))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
