@@ -39,7 +39,7 @@ def build_vgg16(path: str, seed: int = 0) -> int:
             x = f"pool{i}"
             continue
         i += 1
-        w = (rng.standard_normal((v, cin, 3, 3), dtype=np.float32) * np.sqrt(2 / (cin * 9)))
+        w = rng.standard_normal((v, cin, 3, 3), dtype=np.float32) * np.float32(np.sqrt(2 / (cin * 9)))
         inits += [numpy_helper.from_array(w, f"conv{i}.weight"),
                   numpy_helper.from_array(np.zeros(v, np.float32), f"conv{i}.bias")]
         nodes.append(helper.make_node("Conv", [x, f"conv{i}.weight", f"conv{i}.bias"], [f"c{i}"],
