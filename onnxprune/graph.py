@@ -175,7 +175,10 @@ def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
                     isinstance(t._values, LazyValues):
                 t._values = ExternalValues(t._values.tensor, partial(info.array, name))
     init_names = {t.name for t in model.graph.initializer}
-    input_inits = [i for i in model.graph.input if i.name in init_names]
+    # Before IR version 4 every initializer had to be listed as a graph input too, so there
+    # the listing says nothing about the user wanting to override it: those are weights.
+    input_inits = [i for i in model.graph.input if i.name in init_names] \
+        if model.ir_version >= 4 else []
     if input_inits:
         tensors = graph.tensors()
         new_inputs = []
@@ -260,7 +263,24 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
 
     ``metadata`` (a list of (key, value)) replaces the original's metadata_props when given.
     """
-    model = gs.export_onnx(graph, do_type_check=False)
+    # onnx-graphsurgeon exports tensor, sequence and sparse value infos only (an optional- or
+    # map-typed graph input/output makes it fail, a nested sequence loses its element type):
+    # export such tensors as plain tensors and put the original ValueInfoProto back by name.
+    swapped = []
+    for g in _all_graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Variable) and t.dtype is not None and \
+                    getattr(t, "type", "tensor_type") not in ("tensor_type", "sparse_tensor_type"):
+                swapped.append((t, t.type, t.dtype))
+                t.type, t.dtype = "tensor_type", np.float32
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for t, kind, dtype in swapped:
+            t.type, t.dtype = kind, dtype
+    if swapped:
+        _restore_value_infos(model.graph, _non_tensor_value_infos(original.graph))
+    _restore_dropped_attributes(model.graph, original.graph)
     model.ir_version = original.ir_version
     # Keep the original opsets; add only domains a pass introduced (graph.import_domains).
     had = {op.domain or "ai.onnx" for op in original.opset_import}
@@ -291,7 +311,85 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     for t in original.graph.initializer:
         if t.name in input_names and t.name not in have:
             model.graph.initializer.append(t)
+    if original.ir_version < 4:
+        # IR < 4 requires every initializer to be a graph input as well (with its new shape,
+        # should a pass have shrunk it).
+        for t in model.graph.initializer:
+            if t.name not in input_names:
+                model.graph.input.append(onnx.helper.make_tensor_value_info(
+                    t.name, t.data_type, list(t.dims)))
     return model
+
+
+def _all_graphs(graph: gs.Graph):
+    """``graph`` and every subgraph (If/Loop/Scan bodies), depth first, without recursion."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.nodes:
+            for v in node.attrs.values():
+                if isinstance(v, gs.Graph):
+                    stack.append(v)
+                elif isinstance(v, (list, tuple)):
+                    stack.extend(x for x in v if isinstance(x, gs.Graph))
+
+
+def _proto_graphs(graph: onnx.GraphProto):
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("g"):
+                    stack.append(a.g)
+                stack.extend(a.graphs)
+
+
+def _non_tensor_value_infos(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
+    found = {}
+    for g in _proto_graphs(graph):
+        for vi in (*g.input, *g.output, *g.value_info):
+            kind = vi.type.WhichOneof("value")
+            if kind not in (None, "tensor_type", "sparse_tensor_type"):
+                found.setdefault(vi.name, vi)
+    return found
+
+
+def _restore_value_infos(graph: onnx.GraphProto, originals: dict[str, onnx.ValueInfoProto]) -> None:
+    for g in _proto_graphs(graph):
+        for vi in (*g.input, *g.output, *g.value_info):
+            if vi.name in originals:
+                vi.type.CopyFrom(originals[vi.name].type)
+
+
+# Attribute types onnx-graphsurgeon imports; it drops the others (with a warning), e.g. a
+# Constant's ``sparse_value`` or Optional's ``type``.
+_GS_ATTRIBUTE_TYPES = frozenset({
+    onnx.AttributeProto.FLOAT, onnx.AttributeProto.INT, onnx.AttributeProto.STRING,
+    onnx.AttributeProto.TENSOR, onnx.AttributeProto.GRAPH, onnx.AttributeProto.FLOATS,
+    onnx.AttributeProto.INTS, onnx.AttributeProto.STRINGS,
+})
+
+
+def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Copy back attributes onnx-graphsurgeon dropped, matching nodes by op and outputs."""
+    dropped = {}
+    for g in _proto_graphs(original):
+        for node in g.node:
+            lost = [a for a in node.attribute
+                    if a.type not in _GS_ATTRIBUTE_TYPES and not a.ref_attr_name]
+            if lost:
+                dropped[(node.domain, node.op_type, tuple(node.output))] = lost
+    if not dropped:
+        return
+    for g in _proto_graphs(graph):
+        for node in g.node:
+            lost = dropped.get((node.domain, node.op_type, tuple(node.output)))
+            if lost:
+                have = {a.name for a in node.attribute}
+                node.attribute.extend(a for a in lost if a.name not in have)
 
 
 # --------------------------------------------------------------------------- weights

@@ -262,6 +262,121 @@ def _expected_nbytes(t: TensorProto) -> int | None:
     return n * item
 
 
+_PACKED_4BIT = frozenset(getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+                         if hasattr(TensorProto, n))
+_COMPLEX = frozenset({TensorProto.COMPLEX64, TensorProto.COMPLEX128})
+
+
+def _check_payload(t: TensorProto, path: str) -> None:
+    """Refuse an embedded tensor whose data does not fill its declared shape.
+
+    Only counts are compared (nothing is allocated), so a tensor that claims 10^12 elements
+    over a few bytes is refused before any reader trusts its shape.
+    """
+    n = 1
+    for d in t.dims:
+        if d < 0:
+            raise InvalidModelError(f"{path}: tensor {t.name!r} has a negative dimension "
+                                    f"{list(t.dims)}")
+        n *= d
+    dt = t.data_type
+    has_raw = t.HasField("raw_data")
+    if dt == TensorProto.UNDEFINED:
+        if has_raw or n:
+            raise InvalidModelError(f"{path}: tensor {t.name!r} has no data type")
+        return
+    if has_raw:
+        if dt == TensorProto.STRING:
+            raise InvalidModelError(f"{path}: string tensor {t.name!r} stores raw bytes")
+        try:
+            item = tensor_dtype(dt).itemsize
+        except (KeyError, TypeError, ValueError):
+            raise InvalidModelError(f"{path}: tensor {t.name!r} has unknown data type {dt}") \
+                from None
+        expected, got = ((n + 1) // 2 if dt in _PACKED_4BIT else n * item), len(t.raw_data)
+    else:
+        try:
+            field = onnx.helper.tensor_dtype_to_field(dt)
+        except (KeyError, TypeError, ValueError):
+            raise InvalidModelError(f"{path}: tensor {t.name!r} has unknown data type {dt}") \
+                from None
+        got = len(getattr(t, field))
+        expected = 2 * n if dt in _COMPLEX else (n + 1) // 2 if dt in _PACKED_4BIT else n
+    if got != expected:
+        raise InvalidModelError(
+            f"{path}: tensor {t.name!r} has {got} {'bytes' if has_raw else 'values'} of data but "
+            f"its shape {list(t.dims)} needs {expected}")
+
+
+def _iter_all_sparse(model: ModelProto) -> Iterator[SparseTensorProto]:
+    """Every SparseTensorProto: sparse initializers and attributes, in subgraphs and functions."""
+    stack = [model.graph]
+    nodes = [n for fn in model.functions for n in fn.node]
+    while stack or nodes:
+        if stack:
+            g = stack.pop()
+            yield from g.sparse_initializer
+            nodes.extend(g.node)
+            continue
+        node = nodes.pop()
+        for a in node.attribute:
+            if a.HasField("sparse_tensor"):
+                yield a.sparse_tensor
+            yield from a.sparse_tensors
+            if a.HasField("g"):
+                stack.append(a.g)
+            stack.extend(a.graphs)
+
+
+def _all_graphs(model: ModelProto) -> Iterator[GraphProto]:
+    stack = [model.graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("g"):
+                    stack.append(a.g)
+                stack.extend(a.graphs)
+
+
+def _check_text(model: ModelProto, path: str) -> None:
+    """Refuse names that are not UTF-8 (the protobuf parser hands them over as bytes)."""
+    def texts():
+        yield from (model.producer_name, model.domain)
+        for op in model.opset_import:
+            yield op.domain
+        for p in model.metadata_props:
+            yield from (p.key, p.value)
+        nodes = [n for fn in model.functions for n in fn.node]
+        for fn in model.functions:
+            yield from (fn.name, fn.domain, *fn.input, *fn.output)
+        for g in _all_graphs(model):
+            yield g.name
+            for vi in (*g.input, *g.output, *g.value_info):
+                yield vi.name
+            for t in (*g.initializer, *(sp.values for sp in g.sparse_initializer)):
+                yield t.name
+                for e in t.external_data:
+                    yield from (e.key, e.value)
+            nodes.extend(g.node)
+        for n in nodes:
+            yield from (n.name, n.op_type, n.domain, *n.input, *n.output)
+            for a in n.attribute:
+                yield a.name
+
+    for text in texts():
+        if not isinstance(text, str):
+            raise InvalidModelError(f"{path}: a name in the model is not valid UTF-8: {text[:40]!r}")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
 def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, LoadInfo]:
     """Read and validate a model.
 
@@ -293,9 +408,11 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, Lo
     try:
         model.ParseFromString(blob)
     except (DecodeError, RuntimeError, ValueError):
-        raise InvalidModelError(f"{path}: not an ONNX model (protobuf parse failed)") from None
+        raise InvalidModelError(f"{path}: not an ONNX model (protobuf parse failed: malformed, "
+                                "truncated or nested too deeply)") from None
     del blob
     _validate_header(model, path)
+    _check_text(model, path)
     base_dir = os.path.dirname(os.path.abspath(path))
     data_files: list[str] = []
     sizes: dict[str, int] = {}
@@ -316,8 +433,16 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, Lo
             external[t.name] = ref
         else:
             _embed(t, _read_ref(ref))
-    for sp in model.graph.sparse_initializer:
-        sparse_to_dense(sp)  # validates indices before anything trusts them
+    for t in _iter_all_tensors(model):
+        if not _is_external(t):
+            _check_payload(t, path)
+    dense_bytes = 0
+    for sp in _iter_all_sparse(model):
+        dense_bytes += validate_sparse(sp)  # indices checked before anything trusts them
+    if dense_bytes > _physical_memory():
+        raise InvalidModelError(
+            f"{path}: its sparse tensors need {dense_bytes / 1e9:.3g} GB once densified, more "
+            "than this machine's memory")
     # A lazily loaded initializer must still be external in the proto; one that shares its
     # name with an embedded tensor elsewhere was embedded above and is dropped from the map.
     total = size + sum(sizes.values())
@@ -454,8 +579,8 @@ def to_portable_sparse(model: ModelProto, *, protected: set[str] | None = None,
     return converted
 
 
-def sparse_to_dense(sp: SparseTensorProto) -> np.ndarray:
-    """Dense values of a SparseTensorProto (1-D linear or [nnz, rank] indices), validated.
+def _sparse_linear_indices(sp: SparseTensorProto) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """(dims, values, int64 linear indices) of a SparseTensorProto, validated; no dense array.
 
     Raises ``InvalidModelError`` for indices that are not integers, out of range, unsorted or
     duplicated, or a values/indices count mismatch — ONNX requires sorted, unique indices.
@@ -464,9 +589,15 @@ def sparse_to_dense(sp: SparseTensorProto) -> np.ndarray:
     dims = tuple(int(d) for d in sp.dims)
     if any(d < 0 for d in dims):
         raise InvalidModelError(f"sparse tensor {name!r}: negative dimension in {list(dims)}")
-    size = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    size = 1
+    for d in dims:
+        size *= d
     if size > 1 << 34:
         raise InvalidModelError(f"sparse tensor {name!r}: declared shape {list(dims)} is too large")
+    for part, t in (("values", sp.values), ("indices", sp.indices)):
+        if _is_external(t):
+            raise InvalidModelError(f"sparse tensor {name!r}: external {part} were not loaded")
+        _check_payload(t, f"sparse tensor {name!r} {part}")
     try:
         values = onnx.numpy_helper.to_array(sp.values).reshape(-1)
         indices = onnx.numpy_helper.to_array(sp.indices)
@@ -482,6 +613,8 @@ def sparse_to_dense(sp: SparseTensorProto) -> np.ndarray:
         linear = np.ravel_multi_index(tuple(indices.T.astype(np.int64)), dims) if nnz else \
             np.zeros(0, np.int64)
     elif indices.ndim == 1 and indices.size == nnz:
+        if indices.dtype == np.uint64 and nnz and int(indices.max()) >= size:
+            raise InvalidModelError(f"sparse tensor {name!r}: index out of range [0, {size})")
         linear = indices.astype(np.int64)
         if nnz and (linear.min() < 0 or linear.max() >= size):
             raise InvalidModelError(f"sparse tensor {name!r}: index out of range [0, {size})")
@@ -490,6 +623,28 @@ def sparse_to_dense(sp: SparseTensorProto) -> np.ndarray:
                                 f"do not match {nnz} values of a rank-{len(dims)} tensor")
     if nnz > 1 and np.any(np.diff(linear) <= 0):
         raise InvalidModelError(f"sparse tensor {name!r}: indices are not sorted and unique")
+    return dims, values, linear
+
+
+def validate_sparse(sp: SparseTensorProto) -> int:
+    """Validate a SparseTensorProto (see ``sparse_to_dense``); returns its dense size in bytes."""
+    dims, values, _ = _sparse_linear_indices(sp)
+    n = 1
+    for d in dims:
+        n *= d
+    return n * values.dtype.itemsize
+
+
+def sparse_to_dense(sp: SparseTensorProto) -> np.ndarray:
+    """Dense values of a SparseTensorProto (1-D linear or [nnz, rank] indices), validated.
+
+    Raises ``InvalidModelError`` for indices that are not integers, out of range, unsorted or
+    duplicated, or a values/indices count mismatch — ONNX requires sorted, unique indices.
+    """
+    dims, values, linear = _sparse_linear_indices(sp)
+    size = 1
+    for d in dims:
+        size *= d
     dense = np.zeros(size, dtype=values.dtype)
     dense[linear] = values
     return dense.reshape(dims)

@@ -66,9 +66,14 @@ def weight_std(w: np.ndarray) -> float:
         k = c.size
         d = buf[:k]
         cmean = float(c.sum(dtype=np.float64)) / k
-        np.subtract(c, work(cmean), out=d, casting="unsafe")
-        np.square(d, out=d)
-        cm2 = float(d.sum(dtype=np.float64))
+        with np.errstate(over="ignore"):
+            np.subtract(c, work(cmean), out=d, casting="unsafe")
+            np.square(d, out=d)
+            cm2 = float(d.sum(dtype=np.float64))
+        if not np.isfinite(cm2) and np.all(np.isfinite(c)):
+            # Squares of values beyond ~1e19 overflow float32: redo this chunk in float64.
+            d64 = c.astype(np.float64) - cmean
+            cm2 = float(np.dot(d64, d64))
         delta = cmean - mean
         total = n + k
         mean += delta * k / total

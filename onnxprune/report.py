@@ -118,7 +118,8 @@ def versions() -> dict:
         "onnx_graphsurgeon": onnx_graphsurgeon.__version__,
         "numpy": np.__version__,
         "python": sys.version.split()[0],
-        "platform": platform.platform(),
+        # Not platform.platform(): it runs `uname -p` in a subprocess to find the processor.
+        "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}",
     }
 
 

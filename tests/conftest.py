@@ -24,3 +24,15 @@ def save_external(model, path, threshold=0):
     """Save with every tensor external, in one data file next to the model."""
     onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
               location=os.path.basename(path) + ".data", size_threshold=threshold)
+
+
+# Long tiers run only when selected with -m (CI runs each once): the default run stays short.
+LONG_TIERS = ("corpus", "fuzz", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    selected = config.getoption("markexpr") or ""
+    for item in items:
+        for tier in LONG_TIERS:
+            if item.get_closest_marker(tier) and tier not in selected:
+                item.add_marker(pytest.mark.skip(reason=f"long tier: run with -m {tier}"))

@@ -83,3 +83,29 @@ def test_global_quality_reaches_total_target():
 def test_target_out_of_range():
     with pytest.raises(ValueError):
         masks.quality_for_sparsity(np.ones(4), 1.0)
+
+
+def test_std_of_huge_weights_does_not_overflow():
+    w = np.array([1e38, -1e38, 0.0, 1.0], np.float32)
+    assert masks.weight_std(w) == pytest.approx(float(np.std(w.astype(np.float64))))
+
+
+def test_ir3_initializer_inputs_are_pruned_and_stay_inputs():
+    import onnx
+
+    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.passes import ThresholdByStd
+    from tests.models import mlp, random_feeds, run
+
+    m = mlp(sizes=(16, 12, 4))
+    m.ir_version = 3
+    m.opset_import[0].version = 9
+    for t in m.graph.initializer:  # IR 3 lists every initializer as a graph input
+        m.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    g = graph_from_model(m)
+    r = ThresholdByStd({"quality": 1.0})(g)
+    assert all(row["nonzero_after"] < row["nonzero_before"] for row in r.stats["layers"])
+    out = graph_to_model(g, m)
+    onnx.checker.check_model(out)
+    assert {i.name for i in out.graph.input} == {i.name for i in m.graph.input}
+    assert run(out, {"x": random_feeds(m)["x"]})[0].shape == (3, 4)
