@@ -136,11 +136,13 @@ def main() -> None:
                  os.path.join(work, "pruned.onnx"), "-q", "--json",
                  os.path.join(work, "report.json"), *args.prune_args.split()]
     base, prune = [], []
-    outputs = [os.path.join(work, n) for n in
-               ("copy.onnx", "copy.onnx.data", "pruned.onnx", "pruned.onnx.data")]
+    import glob
+
     for _ in range(args.repeats):
         # onnx.save appends to an existing external-data file: start every run from nothing.
-        for p in outputs:
+        for p in [os.path.join(work, "copy.onnx"), os.path.join(work, "copy.onnx.data"),
+                  os.path.join(work, "pruned.onnx"),
+                  *glob.glob(os.path.join(work, "pruned.onnx.*.data"))]:
             if os.path.exists(p):
                 os.unlink(p)
         base.append(timed(base_cmd, hwm))

@@ -705,9 +705,46 @@ def _as_bytes_view(arr: np.ndarray) -> memoryview:
     return memoryview(arr.reshape(-1).view(np.uint8))
 
 
+def data_file_name(model_path: str, sha256_hex: str) -> str:
+    """``<model>.<first 16 hex digits of the data's sha256>.data`` beside the model."""
+    return f"{model_path}.{sha256_hex[:16]}.data"
+
+
+def _previous_data_files(path: str) -> list[str]:
+    """Data files an existing model at ``path`` uses that this tool would have written.
+
+    Only files named like ours (``<model>.data`` or ``<model>.<hex>.data``) in the same folder
+    are returned: a file another model may share is never deleted.
+    """
+    if not os.path.isfile(path) or os.path.getsize(path) > PROTOBUF_LIMIT:
+        return []
+    old = ModelProto()
+    try:
+        with open(path, "rb") as f:
+            old.ParseFromString(f.read())
+    except (OSError, DecodeError, RuntimeError, ValueError):
+        return []
+    base = os.path.basename(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    found = []
+    for t in _iter_all_tensors(old):
+        if not _is_external(t):
+            continue
+        loc = _external_info(t).get("location", "")
+        if "/" in loc or "\\" in loc or not loc.startswith(base + ".") or not loc.endswith(".data"):
+            continue
+        middle = loc[len(base) + 1:-len(".data")]
+        if middle and not all(c in "0123456789abcdef" for c in middle):
+            continue
+        full = os.path.join(folder, loc)
+        if full not in found and os.path.isfile(full) and not os.path.islink(full):
+            found.append(full)
+    return found
+
+
 def _write(model: ModelProto, path: str, data_path: str, external: bool,
            arrays: dict[int, np.ndarray], records: list | None = None,
-           progress=None) -> list[str]:
+           progress=None, protect: tuple[str, ...] = ()) -> list[str]:
     """Serialise ``model`` with initializer payloads from ``arrays`` (by position) atomically.
 
     External layout: tensors in file order, 64-byte aligned.  ``model`` may be modified
@@ -725,7 +762,8 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
     try:
         if external:
             fd, tmp_data = tempfile.mkstemp(prefix=".onnxprune-", suffix=".data.tmp", dir=folder)
-            location = os.path.basename(data_path)
+            location = "pending"  # named after its content once written (see below)
+            placed: list[TensorProto] = []
             # Sparse payloads stay embedded when they fit: onnx.checker cannot read a
             # SparseTensorProto's external data (ONNX Runtime can), so embedding them keeps
             # the portable file checkable.
@@ -752,6 +790,7 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
                                  ("length", str(n))):
                         e = t.external_data.add()
                         e.key, e.value = k, v
+                    placed.append(t)
                     offset += n
 
                 n_init = len(model.graph.initializer)
@@ -775,6 +814,15 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
                 f.flush()
                 os.fsync(f.fileno())
                 data_size = offset
+            # The data file is named after its content: the new model never points at a file
+            # the previous output still uses, so the single rename of the model switches
+            # outputs atomically — a crash between the two renames leaves the old model with its
+            # own (untouched) data.  Same content → same name (outputs stay reproducible).
+            data_path = data_file_name(path, data_hash.hexdigest())
+            for t in placed:
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = os.path.basename(data_path)
         else:
             for i, t in enumerate(model.graph.initializer):
                 if i in arrays:
@@ -792,15 +840,28 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
         model_record = {"path": path, "bytes": len(blob),
                         "sha256": hashlib.sha256(blob).hexdigest()}
         del blob
+        previous = _previous_data_files(path)
         if tmp_data is not None:
             os.chmod(tmp_data, 0o644)
-            os.replace(tmp_data, data_path)
+            if os.path.exists(data_path) and any(
+                    os.path.samefile(data_path, p) for p in protect if os.path.exists(p)):
+                os.unlink(tmp_data)  # identical bytes already there, and they are the input's
+            else:
+                os.replace(tmp_data, data_path)
             tmp_data = None
             written.append(data_path)
         os.chmod(tmp_model, 0o644)
         os.replace(tmp_model, path)
         tmp_model = None
         written.insert(0, path)
+        # The previous output's data file is no longer referenced by anything we wrote.
+        for old in previous:
+            if old != os.path.abspath(data_path) and not any(
+                    os.path.abspath(p) == old for p in protect):
+                try:
+                    os.unlink(old)
+                except OSError:
+                    pass
         if records is not None:
             records.append(model_record)
             if external:
@@ -864,7 +925,8 @@ def save_with_storage(model: ModelProto, path: str | os.PathLike, *, storage: st
     sparse = to_portable_sparse(out, arrays=arrays) if storage == "portable" else []
     payload = model_payload_bytes(out) + sum(a.nbytes for a in arrays.values())
     external = _decide_external(payload, source, external_data)
-    return _write(out, path, data_path, external, arrays, records), sparse
+    protect = (source.path, *source.data_files) if source is not None and not in_place else ()
+    return _write(out, path, data_path, external, arrays, records, protect=protect), sparse
 
 
 def save_graph(graph, original: ModelProto, path: str | os.PathLike, *,
@@ -887,7 +949,9 @@ def save_graph(graph, original: ModelProto, path: str | os.PathLike, *,
     sparse = to_portable_sparse(model, arrays=arrays) if storage == "portable" else []
     payload = model_payload_bytes(model) + sum(a.nbytes for a in arrays.values())
     external = _decide_external(payload, source, external_data)
-    return _write(model, path, data_path, external, arrays, records, progress), sparse
+    protect = (source.path, *source.data_files) if source is not None and not in_place else ()
+    return _write(model, path, data_path, external, arrays, records, progress,
+                  protect=protect), sparse
 
 
 def serialize_for_runtime(model: ModelProto) -> bytes:

@@ -36,3 +36,12 @@ def pytest_collection_modifyitems(config, items):
         for tier in LONG_TIERS:
             if item.get_closest_marker(tier) and tier not in selected:
                 item.add_marker(pytest.mark.skip(reason=f"long tier: run with -m {tier}"))
+
+
+def data_file(model_path):
+    """The external-data file written beside ``model_path`` (named ``<model>.<hash>.data``)."""
+    import glob
+
+    found = glob.glob(glob.escape(str(model_path)) + ".*.data")
+    assert len(found) == 1, found
+    return found[0]

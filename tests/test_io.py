@@ -9,7 +9,7 @@ from onnx import TensorProto, numpy_helper
 
 from onnxprune import io
 from onnxprune.errors import InvalidModelError, RuntimeFailure, UnsafePathError, UsageError
-from tests.conftest import save_external
+from tests.conftest import data_file, save_external
 from tests.models import mlp, random_feeds, run
 
 
@@ -149,7 +149,9 @@ def test_save_is_deterministic_and_atomic(tmp_path, monkeypatch):
     io.save(m, b, external_data=True)
     assert open(a, "rb").read().replace(b"b.onnx", b"a.onnx") == open(b, "rb").read().replace(
         b"b.onnx", b"a.onnx")
-    assert open(str(a) + ".data", "rb").read() == open(str(b) + ".data", "rb").read()
+    assert open(data_file(a), "rb").read() == open(data_file(b), "rb").read()
+    # Named after the content: same bytes, same hash part of the name.
+    assert os.path.basename(data_file(a)).split(".")[2] == os.path.basename(data_file(b)).split(".")[2]
     # A failure while renaming leaves the existing output intact and no temp files behind.
     before = open(a, "rb").read()
 
@@ -169,7 +171,7 @@ def test_save_is_deterministic_and_atomic(tmp_path, monkeypatch):
 def test_large_models_go_external_automatically(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "EMBED_LIMIT_BYTES", 1000)
     written = io.save(mlp(sizes=(64, 48, 10)), tmp_path / "big.onnx")
-    assert written == [str(tmp_path / "big.onnx"), str(tmp_path / "big.onnx.data")]
+    assert written == [str(tmp_path / "big.onnx"), data_file(tmp_path / "big.onnx")]
     model, info = io.load(tmp_path / "big.onnx")
     assert info.data_files
 
@@ -201,3 +203,20 @@ def test_portable_keeps_dense_when_not_smaller():
     m = mlp(sizes=(16, 8))
     assert io.to_portable_sparse(m) == []
     assert len(m.graph.sparse_initializer) == 0
+
+
+def test_overwriting_an_output_switches_data_files_atomically(tmp_path):
+    """The new model points at a new data file; the old pair stays valid until the model's
+    rename, and the old data file is removed after it."""
+    out = tmp_path / "o.onnx"
+    io.save(mlp(sizes=(64, 48, 10), seed=0), out, external_data=True)
+    first = data_file(out)
+    io.save(mlp(sizes=(64, 48, 10), seed=1), out, external_data=True)
+    second = data_file(out)
+    assert first != second and not os.path.exists(first)
+    # A file that merely sits beside the model and is named like ours is not touched unless the
+    # previous model referenced it.
+    stray = str(out) + ".0123456789abcdef.data"
+    open(stray, "wb").write(b"x")
+    io.save(mlp(sizes=(64, 48, 10), seed=2), out, external_data=True)
+    assert os.path.exists(stray)
