@@ -53,6 +53,10 @@ class AdjustDropout:
         for node in list(graph.nodes):
             if node.op != "Dropout":
                 continue
+            if not node.inputs or not node.outputs:
+                rows.append({"node": node.name, "ratio": None, "new_ratio": None,
+                             "reason": "malformed Dropout (no data input or output)"})
+                continue
             old, where = _current_ratio(node)
             layer = _producing_layer(node, by_node)
             if layer is None:
