@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
+from tests.torch_models import LeNet5, LeNet300  # noqa: E402
 from onnxprune.errors import UsageError  # noqa: E402
 from onnxprune.torch_bridge import (  # noqa: E402
     FinetuneConfig, UnsupportedOpError, build_module, find_weights, finetune, read_weights, write_back,
@@ -22,30 +23,6 @@ nn = torch.nn
 
 
 # --- reference architectures (defined here: torchvision does not import beside this torch) ---
-
-class LeNet300(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(100, 10)
-
-    def forward(self, x):
-        x = x.reshape(x.shape[0], -1)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class LeNet5(nn.Module):
-    """Caffe's LeNet-5 variant used in the paper (20/50 conv channels, 500 hidden)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-        self.fc1, self.fc2 = nn.Linear(800, 500), nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(self.conv1(x), 2)
-        x = nn.functional.max_pool2d(self.conv2(x), 2)
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
 
 class SmallBNCNN(nn.Module):
     def __init__(self):

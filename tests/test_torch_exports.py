@@ -17,44 +17,7 @@ nn = torch.nn
 
 from onnxprune.cli import main  # noqa: E402
 from tests.models import random_feeds, run  # noqa: E402
-
-
-class LeNet300(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(100, 10)
-
-    def forward(self, x):
-        x = x.flatten(1)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class LeNet5(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-        self.fc1, self.fc2 = nn.Linear(800, 500), nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = torch.max_pool2d(self.conv1(x), 2)
-        x = torch.max_pool2d(self.conv2(x), 2)
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-
-class ResidualBN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.bn0 = nn.BatchNorm2d(16)
-        self.conv1, self.bn1 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.head = nn.Linear(16, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.bn0(self.stem(x)))
-        y = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(x + self.bn2(self.conv2(y)))
-        return self.head(x.mean((2, 3)))
+from tests.torch_models import LeNet5, LeNet300, ResidualBN  # noqa: E402
 
 
 def _export(model, shape, dynamo, path):
