@@ -220,25 +220,6 @@ def test_same_seed_same_weights_and_caller_rng_untouched():
     assert any(not np.array_equal(a[k], c[k]) for k in a)
 
 
-def test_cosine_lr_schedule_reaches_the_floor_and_is_repeatable():
-    model = prune(helper_mlp())
-    x, y = toy_data((16,), n=80, classes=4)  # 5 steps per epoch, 10 in all
-    cos = finetune(model, (x, y), config=cfg(epochs=2, seed=3, lr_schedule="cosine"))
-    lrs = [r["lr"] for r in cos.history]  # the rate of each epoch's last step
-    floor = 0.005
-    assert lrs[-1] == pytest.approx(floor)
-    assert lrs[0] == pytest.approx(floor + (0.05 - floor) * 0.5 * (1 + np.cos(np.pi * 4 / 9)))
-    const = finetune(model, (x, y), config=cfg(epochs=2, seed=3))
-    assert [r["lr"] for r in const.history] == [0.05, 0.05]
-    again = read_weights(finetune(model, (x, y), config=cfg(epochs=2, seed=3, lr_schedule="cosine")).model)
-    a, c = read_weights(cos.model), read_weights(const.model)
-    assert all(np.array_equal(a[k], again[k]) for k in a)
-    assert any(not np.array_equal(a[k], c[k]) for k in a)
-    with pytest.raises(UsageError, match="lr-schedule"):
-        cfg(lr_schedule="step").validate()
-    assert FinetuneConfig.from_options({"lr": 0.1, "lr-schedule": "cosine"}).lr_schedule == "cosine"
-
-
 def test_helper_graph_finetune_constant_weight_and_dropout_rule():
     model = prune(helper_mlp(), 0.75)
     w1 = read_weights(model, ["W1"])["W1"]
