@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
 from tests.conftest import data_file, save_external
