@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     from onnxprune.cli_analysis import add_parsers as add_analysis_parsers
     add_analysis_parsers(sub, common)
 
-    de = sub.add_parser("demo", help="prune a built-in LeNet-300-100 end to end")
+    de = sub.add_parser("demo", help="train LeNet-300-100 on bundled digits and compress it "
+                        "(needs the demo extra)")
     de.add_argument("-o", "--output", help="where to write the pruned model (default: a temp dir)")
     common(de)
     de.set_defaults(func=cmd_demo)
