@@ -336,15 +336,9 @@ def _all_graphs(graph: gs.Graph):
 
 
 def _proto_graphs(graph: onnx.GraphProto):
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        yield g
-        for node in g.node:
-            for a in node.attribute:
-                if a.HasField("g"):
-                    stack.append(a.g)
-                stack.extend(a.graphs)
+    from onnxprune.io import proto_graphs
+
+    return proto_graphs(graph)
 
 
 def _non_tensor_value_infos(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:

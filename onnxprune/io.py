@@ -329,7 +329,12 @@ def _iter_all_sparse(model: ModelProto) -> Iterator[SparseTensorProto]:
 
 
 def _all_graphs(model: ModelProto) -> Iterator[GraphProto]:
-    stack = [model.graph]
+    yield from proto_graphs(model.graph)
+
+
+def proto_graphs(graph: GraphProto) -> Iterator[GraphProto]:
+    """``graph`` and every subgraph of its nodes (If/Loop/Scan bodies), without recursion."""
+    stack = [graph]
     while stack:
         g = stack.pop()
         yield g

@@ -280,19 +280,7 @@ def torch_architectures():
             x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
             return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
-    class ResidualBN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
-            self.conv1, self.bn1 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
-            self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
-            self.head = nn.Linear(16, 5)
-
-        def forward(self, x):
-            x = torch.relu(self.bn0(self.stem(x)))
-            y = torch.relu(self.bn1(self.conv1(x)))
-            x = torch.relu(x + self.bn2(self.conv2(y)))
-            return self.head(x.mean((2, 3)))
+    from tests.torch_models import ResidualBN
 
     class DepthwiseSeparable(nn.Module):
         def __init__(self):
