@@ -27,7 +27,7 @@ Per (batch, threads):
   values + indices + row pointers) ÷ a streaming-read bandwidth measured right before the case
   (numpy sum over a 256 MiB array; for 2 threads two such sums on halves in two threads);
 * optionally a DeepSparse column, run by ``bench/deepsparse_ref.py`` under a separate
-  interpreter (``--deepsparse-python``, default /tmp/ds-venv/bin/python when it exists) on the
+  interpreter (``--deepsparse-python``, default .deepsparse-venv/bin/python when it exists) on the
   dense pruned model; its outputs are compared with ORT's and mismatches are flagged.
 
     python bench/bench_models.py --json models.json --markdown models.md
@@ -70,7 +70,7 @@ from onnxprune.bench import (
 from onnxprune.cli import main as cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_DS_PYTHON = "/tmp/ds-venv/bin/python"
+DEFAULT_DS_PYTHON = ".deepsparse-venv/bin/python"
 
 # --------------------------------------------------------------------------- models
 

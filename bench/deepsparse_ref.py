@@ -3,8 +3,8 @@
 DeepSparse is end-of-life and pins old onnx / numpy, so it lives in its own virtual
 environment and is never a dependency of onnxprune::
 
-    python3.11 -m venv /tmp/ds-venv && /tmp/ds-venv/bin/pip install deepsparse==1.8.0
-    /tmp/ds-venv/bin/python bench/deepsparse_ref.py MODEL.onnx IN.npz OUT.npz --threads 1
+    python3.11 -m venv .deepsparse-venv && .deepsparse-venv/bin/pip install deepsparse==1.8.0
+    .deepsparse-venv/bin/python bench/deepsparse_ref.py MODEL.onnx IN.npz OUT.npz --threads 1
 
 IN.npz holds the inputs in graph-input order (arr_0, arr_1, ...; the batch size is taken from
 them); OUT.npz receives the outputs of the last timed call (out_0, ...).  The last line of
