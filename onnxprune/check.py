@@ -70,23 +70,26 @@ def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
     return {n: data[n] for n in names}
 
 
-def make_session(model: ModelProto, threads: int = 1):
+def make_session(model: ModelProto, threads: int | None = 1, providers=None,
+                 error: type = InvalidModelError):
+    """An ONNX Runtime session for ``model``; onnxprune's CSR ops are registered when the model
+    imports their domain.  A model ORT refuses raises ``error`` with ORT's first line."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    uses_custom = any(op.domain == "ai.onnxprune" for op in model.opset_import)
-    if uses_custom:
-        from onnxprune import runtime_ops
+    from onnxprune import runtime_ops
 
-        so = runtime_ops.session_options(intra_op_num_threads=threads)
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    if any(op.domain == runtime_ops.DOMAIN for op in model.opset_import):
+        so = runtime_ops.session_options(base=so)
     try:
         return ort.InferenceSession(serialize_for_runtime(model), so,
-                                    providers=["CPUExecutionProvider"])
+                                    providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InvalidModelError(f"ONNX Runtime cannot load the model: {msg}") from None
+        raise error(f"ONNX Runtime cannot load the model: {msg}") from None
 
 
 def run_model(model: ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -20,16 +20,10 @@ from onnxprune.errors import RuntimeFailure, UsageError
 
 
 def _session(model: onnx.ModelProto, providers, threads: int | None):
-    import onnxruntime as ort
+    from onnxprune.check import make_session
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        raise RuntimeFailure(f"ONNX Runtime cannot load the model: {exc}") from exc
+    # A model already loaded by io that ORT still refuses is a runtime failure here (exit 1).
+    return make_session(model, threads, providers, error=RuntimeFailure)
 
 
 def evaluate(

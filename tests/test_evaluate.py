@@ -52,3 +52,22 @@ def test_bad_inputs():
         evaluate(model, (np.zeros((2, 8), np.float32), np.array([0, 6])))
     with pytest.raises(UsageError, match="batch-size"):
         evaluate(model, (np.zeros((2, 8), np.float32), np.array([0, 1])), batch_size=0)
+
+
+def test_evaluate_runs_models_lowered_to_sparse_ops():
+    """Sessions register onnxprune's CSR ops when the model uses them (one session builder)."""
+    from onnxprune.check import run_model
+    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.passes import LowerToSparseOps, ThresholdByStd
+    from tests.models import mlp
+
+    m = mlp(sizes=(64, 48, 10))
+    g = graph_from_model(m)
+    ThresholdByStd({"target-sparsity": 0.9})(g)
+    dense = graph_to_model(g, m)
+    LowerToSparseOps({"objective": "size"})(g)
+    lowered = graph_to_model(g, m)
+    assert any(o.domain == "ai.onnxprune" for o in lowered.opset_import)
+    x = np.random.default_rng(0).standard_normal((50, 64)).astype(np.float32)
+    y = run_model(dense, {"x": x})[0].argmax(1)
+    assert evaluate(lowered, (x, y))["top1"] == 1.0
