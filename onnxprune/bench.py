@@ -49,26 +49,18 @@ def _int_list(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from onnxprune.cli import _int_arg
+
     b = subparsers.add_parser("bench", help="time a pruned model dense vs lowered to sparse ops")
     b.add_argument("model", help="pruned .onnx model (dense or portable storage, or lowered)")
     b.add_argument("--batch", type=_int_list, default=[1], metavar="B[,B...]",
                    help="batch sizes (default 1)")
     b.add_argument("--threads", type=_int_list, default=[1], metavar="T[,T...]",
                    help="intra-op thread counts (default 1)")
-    b.add_argument("--repeats", type=_positive, default=20, metavar="N",
+    b.add_argument("--repeats", type=_int_arg(1), default=20, metavar="N",
                    help="timed runs per model and case (median reported; default 20)")
-    b.add_argument("--warmup", type=_positive, default=3, metavar="N")
+    b.add_argument("--warmup", type=_int_arg(1), default=3, metavar="N")
     b.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     b.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
     b.add_argument("--json", metavar="PATH|-", help="write a JSON report ('-' = stdout)")

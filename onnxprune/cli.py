@@ -39,6 +39,18 @@ def _float_arg(lo=None, hi=None, hi_open=False):
     return parse
 
 
+def _int_arg(lo: int = 1):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+    return parse
+
+
 def _layer_arg(text):
     glob, sep, q = text.rpartition("=")
     if not sep or not glob:

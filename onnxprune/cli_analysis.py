@@ -334,20 +334,8 @@ def cmd_report(args, console: Console) -> int:
 # --------------------------------------------------------------------------- parsers
 
 
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def add_parsers(sub, common) -> None:
-    from onnxprune.cli import _float_arg
+    from onnxprune.cli import _float_arg, _int_arg
 
     se = sub.add_parser(
         "sensitivity", help="prune one layer at a time over a grid; curves, plot, recipe",
@@ -372,8 +360,8 @@ def add_parsers(sub, common) -> None:
                          "per-layer budget whose drops add up to at most PP")
     se.add_argument("--x-key", default="x", help="array name of the inputs (default x)")
     se.add_argument("--y-key", default="y", help="array name of the labels (default y)")
-    se.add_argument("--batch-size", type=_positive_int, default=256)
-    se.add_argument("--threads", type=_positive_int, metavar="N",
+    se.add_argument("--batch-size", type=_int_arg(1), default=256)
+    se.add_argument("--threads", type=_int_arg(1), metavar="N",
                     help="ONNX Runtime intra-op threads (default: its own choice)")
     se.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     common(se)
