@@ -25,7 +25,6 @@ import os
 import time
 from typing import Callable
 
-import numpy as np
 from onnx import ModelProto
 
 from onnxprune import masks
@@ -212,13 +211,14 @@ def _record(stage: str, iteration: int, model: ModelProto, acc: dict, before_ret
     layers, _ = find_layers(graph)
     current = sum(layer.params for layer in layers if not layer.skip_reason)
     params = dense_params if dense_params is not None else current
-    nonzero = sum(masks.count_nonzero(weight_values(layer)) for layer in layers
-                  if not layer.skip_reason)
+    counts = {layer.name: masks.count_nonzero(weight_values(layer))
+              for layer in layers if not layer.skip_reason}
+    nonzero = sum(counts.values())
     return {
         "stage": stage, "iteration": iteration,
         "top1": acc["top1"], "top5": acc.get("top5"),
         "top1_before_retrain": before_retrain["top1"] if before_retrain else None,
         "params": params, "params_current": current, "nonzero": nonzero,
-        "density": {layer.name: float(np.count_nonzero(weight_values(layer)) / layer.params)
+        "density": {layer.name: counts[layer.name] / layer.params
                     for layer in layers if not layer.skip_reason and layer.params},
     }
