@@ -23,7 +23,7 @@ from onnxprune.errors import (EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, GateFailed,
 # --------------------------------------------------------------------------- helpers
 
 
-def _float_arg(lo=None, hi=None, hi_open=False):
+def _float_arg(lo=None, hi=None, hi_open=False, lo_open=False):
     def parse(text):
         try:
             v = float(text)
@@ -31,8 +31,8 @@ def _float_arg(lo=None, hi=None, hi_open=False):
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if v != v or v in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if lo is not None and v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo}, got {text}")
         if hi is not None and (v >= hi if hi_open else v > hi):
             raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi}, got {text}")
         return v

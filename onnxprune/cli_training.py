@@ -34,6 +34,11 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--keep-best", action="store_true", help="keep the best validation epoch")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    t.add_argument("--distill", type=_float_arg(0.0, 1.0), default=0.0, metavar="ALPHA",
+                   help="weight of a distillation term following the teacher's outputs "
+                        "(compress: the dense input model; finetune: --teacher); 0 = off (default)")
+    t.add_argument("--distill-temperature", type=_float_arg(0.0, lo_open=True), default=4.0,
+                   metavar="T", help="softmax temperature of the distillation term (default 4)")
 
 
 def _config(args):
@@ -47,6 +52,7 @@ def _config(args):
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         l1=args.l1, freeze=args.freeze, adjust_dropout=not args.no_adjust_dropout,
         keep_best=args.keep_best, seed=args.seed, device=args.device,
+        distill=args.distill, distill_temperature=args.distill_temperature,
     ).validate()
 
 
@@ -78,11 +84,15 @@ def cmd_finetune(args, console: Console) -> int:
     from onnxprune.torch_bridge import finetune
 
     config = _config(args)
+    if config.distill > 0 and not args.teacher:
+        raise UsageError("--distill needs --teacher MODEL (the model whose outputs to follow)")
     model, info = io.load(args.model)
     io.check_output_path(args.output, info, in_place=False)
+    teacher = io.load(args.teacher)[0] if args.teacher and config.distill > 0 else None
     train, val = _data(args, model)
     before = evaluate(model, val)
-    result = finetune(model, train, val, config=config, on_progress=_progress(console, ""))
+    result = finetune(model, train, val, config=config, on_progress=_progress(console, ""),
+                      teacher=teacher)
     if result.rank != 0:
         return EXIT_OK  # under torchrun only rank 0 writes
     after = evaluate(result.model, val)
@@ -204,6 +214,8 @@ def add_parsers(sub, common) -> None:
     ft = sub.add_parser("finetune", help="retrain the surviving weights of a pruned model")
     ft.add_argument("model")
     ft.add_argument("-o", "--output", required=True)
+    ft.add_argument("--teacher", metavar="MODEL",
+                    help="model whose outputs --distill follows (e.g. the dense original)")
     add_training_args(ft)
     common(ft)
     ft.set_defaults(func=cmd_finetune)

@@ -176,7 +176,9 @@ def compress(
         if on_progress is not None:
             def cb(epoch, step, total, metrics, _i=i):
                 on_progress(_i, epoch, step, total, metrics)
-        result = finetune(pruned, train, val_ds, config=finetune_config, on_progress=cb)
+        # Distillation (if asked for) follows the dense model the run started from.
+        result = finetune(pruned, train, val_ds, config=finetune_config, on_progress=cb,
+                          teacher=model if getattr(finetune_config, "distill", 0) > 0 else None)
         current = result.model
         acc = evaluate(current, val_ds)
         rec = _record("iteration", i, current, acc, pruned_acc, dense_params)

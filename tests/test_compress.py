@@ -86,6 +86,50 @@ def test_accuracy_gate_fails_loudly(trained, digits, tmp_path, capsys):
     assert "max-accuracy-drop" in capsys.readouterr().err
 
 
+def test_compress_distills_from_the_dense_input(trained, digits, tmp_path, monkeypatch):
+    import onnxprune.torch_bridge.train as train_mod
+    from onnxprune.torch_bridge import read_weights
+
+    dense = read_weights(onnx.load(str(trained)))
+    seen = []
+    real = train_mod._teacher
+
+    def spy(teacher, *a, **kw):
+        seen.append(read_weights(teacher))
+        return real(teacher, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "_teacher", spy)
+    out = tmp_path / "kd.onnx"
+    code, report = _compress(trained, digits, out, "--iterations", "2", "--target-sparsity", "0.8",
+                             "--epochs", "1", "--lr", "0.01", "--distill", "0.5",
+                             "--distill-temperature", "3")
+    assert code == 0, report
+    assert report["config"]["distill"] == 0.5 and report["config"]["distill-temperature"] == 3.0
+    # Every round follows the dense model the run started from, not the previous round.
+    assert len(seen) == 2
+    for weights in seen:
+        assert all(np.array_equal(weights[k], dense[k]) for k in dense)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--distill", "0.5"], "--teacher"),
+    (["--distill", "1.5"], "must be <= 1.0"),
+    (["--distill", "0.5", "--distill-temperature", "0", "--teacher", "T"], "must be > 0.0"),
+])
+def test_finetune_distill_arguments_checked(trained, digits, tmp_path, capsys, extra, message):
+    out = tmp_path / "ft.onnx"
+    argv = ["finetune", str(trained), "-o", str(out), "--train", str(digits / "train.npz"),
+            "--val", str(digits / "val.npz"), "--lr", "0.01", "-q",
+            *[str(trained) if a == "T" else a for a in extra]]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse rejects the value itself
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_schedule_maths():
     assert step_sparsity(0.9, 3, 3) == pytest.approx(0.9)
     s = [step_sparsity(0.9, i, 3) for i in range(1, 4)]

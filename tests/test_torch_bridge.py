@@ -314,3 +314,56 @@ def test_bad_config_and_unsupported_op_raise_before_training():
     with pytest.raises(UnsupportedOpError, match="Mish2.*relu1"):
         finetune(bad, (x, y), config=cfg(), on_progress=lambda *a: calls.append(a))
     assert not calls
+
+
+# --- distillation ------------------------------------------------------------------------
+
+def test_distill_alpha_one_follows_only_the_teacher():
+    """α = 1 drops the label term: with the model as its own teacher the soft term's gradient
+    is zero (up to rounding), so (no weight decay) nothing moves, while the label term alone
+    moves the weights; α = 0.5 trains and keeps the masks."""
+    model = prune(helper_mlp(with_dropout=False))
+    x, y = toy_data((16,), n=64, classes=4)
+    before = read_weights(model)
+    same = finetune(model, (x, y), config=cfg(distill=1.0, weight_decay=0.0), teacher=model)
+    after = read_weights(same.model)
+    labels = read_weights(finetune(model, (x, y), config=cfg(weight_decay=0.0)).model)
+    for k in before:
+        assert np.max(np.abs(after[k] - before[k])) < 1e-6, k
+        assert np.max(np.abs(labels[k] - before[k])) > 1e-3, k
+    assert same.history[0]["train_loss"] == pytest.approx(0.0, abs=1e-5)
+    dense = helper_mlp(with_dropout=False)  # the unpruned graph as teacher
+    mixed = finetune(model, (x, y), config=cfg(distill=0.5), teacher=dense)
+    plain = finetune(model, (x, y), config=cfg())
+    w_mixed, w_plain = read_weights(mixed.model), read_weights(plain.model)
+    assert any(not np.array_equal(w_mixed[k], w_plain[k]) for k in w_mixed)
+    for name in ("W1", "W2"):
+        assert np.all(w_mixed[name][before[name] == 0] == 0)
+    assert_same_except_weights(model, mixed.model, set(before))
+
+
+def test_distill_needs_a_matching_teacher():
+    model = prune(helper_mlp(with_dropout=False))
+    x, y = toy_data((16,), n=16, classes=4)
+    with pytest.raises(UsageError, match="teacher"):
+        finetune(model, (x, y), config=cfg(distill=0.5))
+    for bad in (dict(distill=1.5), dict(distill=-0.1), dict(distill=0.5, distill_temperature=0.0)):
+        with pytest.raises(UsageError, match="distill"):
+            finetune(model, (x, y), config=cfg(**bad), teacher=model)
+    # A teacher with another class count or another input is refused before training.
+    other = helper_mlp(with_dropout=False)
+    w2 = numpy_helper.from_array(np.ones((5, 12), np.float32), "W2")
+    b2 = numpy_helper.from_array(np.zeros(5, np.float32), "b2")
+    for t in list(other.graph.initializer):
+        if t.name in ("W2", "b2"):
+            t.CopyFrom(w2 if t.name == "W2" else b2)
+    other.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
+    calls = []
+    with pytest.raises(UsageError, match="5 classes"):
+        finetune(model, (x, y), config=cfg(distill=0.5), teacher=other,
+                 on_progress=lambda *a: calls.append(a))
+    wide = helper_mlp(with_dropout=False)
+    wide.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 17
+    with pytest.raises(UsageError, match="teacher input"):
+        finetune(model, (x, y), config=cfg(distill=0.5), teacher=wide)
+    assert not calls

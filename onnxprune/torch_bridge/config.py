@@ -23,6 +23,11 @@ class FinetuneConfig:
     BatchNormalization parameters.  ``batch_size`` is the *global* batch: under torchrun it is
     split evenly across processes, so a run gives the same weights for any process count
     (up to float summation order).
+
+    ``distill`` (α in [0, 1], 0 = off) mixes a distillation term from a teacher model (in
+    ``compress``: the dense input model) into the loss, Hinton et al. 2015:
+    ``(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`` with ``T =
+    distill_temperature``.  Not part of Han et al.'s method; it is off unless asked for.
     """
 
     epochs: int = 1
@@ -38,6 +43,8 @@ class FinetuneConfig:
     keep_best: bool = False
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else self.original_lr / 10.0
@@ -61,6 +68,9 @@ class FinetuneConfig:
         need(self.freeze in (None, "conv", "fc"), f"freeze must be 'conv', 'fc' or none, got {self.freeze!r}")
         need(self.device in ("cpu", "cuda", "auto"), f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        need(0.0 <= self.distill <= 1.0, f"distill must be in [0, 1], got {self.distill!r}")
+        need(self.distill_temperature > 0,
+             f"distill-temperature must be > 0, got {self.distill_temperature!r}")
         return self
 
     @classmethod

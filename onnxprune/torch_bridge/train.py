@@ -11,6 +11,10 @@ Invariants and maths:
 * **Loss.** Cross-entropy on the logits: the first graph output, or the input of the
   ``Softmax``/``LogSoftmax`` that produces it.  Plus ``l1 · Σ|W|`` over prunable weights
   when ``l1 > 0``; L2 is the optimizer's ``weight_decay`` on the same tensors only.
+  With ``distill = α > 0`` the cross-entropy becomes ``(1 − α)·CE + α·T²·KL(p_t ‖ p_s)``,
+  p = softmax(logits / T), the teacher's logits taken the same way from the teacher graph
+  (rebuilt once, evaluation mode, no gradients); the T² keeps the soft term's gradient on
+  the scale of the hard one (Hinton et al. 2015).
 * **Dropout.** For a Dropout whose input comes (through single-input ops: activations,
   reshapes, pooling…) from a prunable layer i: D_r = D_o · √(C_ir / C_io), with C_io the
   dense connection count (weight size) and C_ir the nonzeros at the start of retraining.
@@ -295,6 +299,7 @@ def finetune(
     *,
     config: FinetuneConfig | None = None,
     on_progress: ProgressFn | None = None,
+    teacher: onnx.ModelProto | None = None,
 ) -> FinetuneResult:
     """Retrain the surviving weights of ``model`` and write them back (see module doc).
 
@@ -304,10 +309,14 @@ def finetune(
     ``on_progress(epoch, step, total_steps, metrics)`` is called on rank 0 after every step
     (``metrics["loss"]``: running mean) and once more at the end of each epoch with the
     epoch record (``metrics["epoch_end"] is True``).
+    ``teacher``: the model whose outputs the distillation term follows (``config.distill``);
+    same input as ``model``, same number of classes.
     """
     config = (config or FinetuneConfig()).validate()
     if config.keep_best and val is None:
         raise UsageError("finetune: keep-best needs validation data")
+    if config.distill > 0 and teacher is None:
+        raise UsageError("finetune: distill needs a teacher model (in compress: the dense input)")
     # Rebuild what computes the class scores; rejects unsupported ops before anything else.
     module = build_module(model, [_data.scores_output(model)])
     spec = _data.input_spec(model)
@@ -326,6 +335,9 @@ def finetune(
             _data.coerce_y(train_src.y, len(train_src.y), classes, what="train y")
         if isinstance(val_src, _ArraySource):
             _data.coerce_y(val_src.y, len(val_src.y), classes, what="val y")
+    teach = None
+    if config.distill > 0:
+        teach = _teacher(teacher, spec, classes, train_src)
 
     masks = {name: module.parameter(name).detach() != 0
              for name, info in module.weight_info.items() if info.prunable and name in module.param_keys}
@@ -358,6 +370,8 @@ def finetune(
     dist.init(device)
     try:
         module.to(device)
+        if teach is not None:
+            teach = (teach[0].to(device), teach[1])
         masks = {n: m.to(device) for n, m in masks.items()}
         net = module
         if dist.active:
@@ -369,7 +383,7 @@ def finetune(
             )
         history, best, best_epoch = _train_loop(
             net, module, opt, masks, train_src, val_src, config, dist, device, spec, classes,
-            logits_name, on_progress,
+            logits_name, on_progress, teach,
         )
         divergence = _rank_divergence(module, dist, device) if dist.active else None
     finally:
@@ -405,8 +419,36 @@ def _probe_classes(module, source, spec, logits_name) -> int:
     return int(out.shape[1])
 
 
+def _teacher(teacher: onnx.ModelProto, spec, classes: int, train_src):
+    """The teacher graph rebuilt for evaluation, checked against the student's input and classes."""
+    t_spec = _data.input_spec(teacher)
+    same = t_spec.dtype == spec.dtype and (
+        t_spec.shape is None or spec.shape is None
+        or (len(t_spec.shape) == len(spec.shape)
+            and all(a is None or b is None or a == b for a, b in zip(t_spec.shape, spec.shape))))
+    if not same:
+        raise UsageError(f"teacher input {t_spec.dtype} {t_spec.shape} does not match the "
+                         f"model's {spec.dtype} {spec.shape}")
+    t_module = build_module(teacher, [_data.scores_output(teacher)])
+    t_logits = _logits_name(t_module, default_opset(teacher))
+    t_module.eval()
+    for p in t_module.parameters():
+        p.requires_grad_(False)
+    t_classes = _probe_classes(t_module, train_src, spec, t_logits)
+    if t_classes != classes:
+        raise UsageError(f"teacher scores {t_classes} classes, the model {classes}")
+    return t_module, t_logits
+
+
+def _distill_loss(logits, t_logits, temperature: float):
+    """T²·KL(softmax(t/T) ‖ softmax(s/T)), summed over the batch."""
+    log_s = F.log_softmax(logits.float() / temperature, dim=1)
+    log_t = F.log_softmax(t_logits.float() / temperature, dim=1)
+    return F.kl_div(log_s, log_t, reduction="sum", log_target=True) * temperature ** 2
+
+
 def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, device, spec, classes,
-                logits_name, on_progress):
+                logits_name, on_progress, teach=None):
     history: list[dict] = []
     best_state, best_acc, best_epoch = None, -1.0, None
     l1_params = [module.parameter(n) for n in masks if module.parameter(n).requires_grad]
@@ -429,6 +471,14 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
                         "classification logits (N, C) are required"
                     )
                 summed = F.cross_entropy(logits, y, reduction="sum")
+                if teach is not None:
+                    with torch.no_grad():
+                        t_logits = teach[0](x, outputs=[teach[1]])
+                    if t_logits.shape != logits.shape:
+                        raise UsageError(f"teacher output shape {tuple(t_logits.shape)} differs "
+                                         f"from the model's {tuple(logits.shape)}")
+                    summed = ((1.0 - config.distill) * summed
+                              + config.distill * _distill_loss(logits, t_logits, config.distill_temperature))
                 loss = summed * (dist.world / global_n)
                 if config.l1 > 0:
                     loss = loss + config.l1 * sum(p.abs().sum() for p in l1_params)
