@@ -24,6 +24,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--original-lr", type=_float_arg(0.0),
                    help="the rate the model was trained with; retrain at 1/10 of it "
                         "(default when neither is given: 0.1, i.e. lr 0.01)")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant rate (the paper; default) or cosine decay to 0 over the epochs")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     t.add_argument("--momentum", type=_float_arg(0.0, 1.0, hi_open=True), default=0.9)
     t.add_argument("--weight-decay", type=_float_arg(0.0), default=5e-4, help="L2 strength")
@@ -53,6 +55,7 @@ def _config(args):
         l1=args.l1, freeze=args.freeze, adjust_dropout=not args.no_adjust_dropout,
         keep_best=args.keep_best, seed=args.seed, device=args.device,
         distill=args.distill, distill_temperature=args.distill_temperature,
+        lr_schedule=args.lr_schedule,
     ).validate()
 
 

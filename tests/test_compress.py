@@ -102,9 +102,10 @@ def test_compress_distills_from_the_dense_input(trained, digits, tmp_path, monke
     out = tmp_path / "kd.onnx"
     code, report = _compress(trained, digits, out, "--iterations", "2", "--target-sparsity", "0.8",
                              "--epochs", "1", "--lr", "0.01", "--distill", "0.5",
-                             "--distill-temperature", "3")
+                             "--distill-temperature", "3", "--lr-schedule", "cosine")
     assert code == 0, report
     assert report["config"]["distill"] == 0.5 and report["config"]["distill-temperature"] == 3.0
+    assert report["config"]["lr-schedule"] == "cosine"
     # Every round follows the dense model the run started from, not the previous round.
     assert len(seen) == 2
     for weights in seen:

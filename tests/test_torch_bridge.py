@@ -367,3 +367,18 @@ def test_distill_needs_a_matching_teacher():
     with pytest.raises(UsageError, match="teacher input"):
         finetune(model, (x, y), config=cfg(distill=0.5), teacher=wide)
     assert not calls
+
+
+def test_cosine_lr_schedule_decays_to_zero_per_step():
+    model = prune(helper_mlp(with_dropout=False))
+    x, y = toy_data((16,), n=64, classes=4)
+    const = finetune(model, (x, y), config=cfg(epochs=2, lr=0.05))
+    assert [r["lr"] for r in const.history] == [0.05, 0.05]
+    cos = finetune(model, (x, y), config=cfg(epochs=2, lr=0.05, lr_schedule="cosine"))
+    lrs = [r["lr"] for r in cos.history]
+    # 4 steps per epoch: the last step of epoch 1 runs at t = 3/8, the last of epoch 2 at 7/8.
+    assert lrs == pytest.approx([0.05 * 0.5 * (1 + np.cos(np.pi * t)) for t in (3 / 8, 7 / 8)])
+    w_c, w_k = read_weights(cos.model), read_weights(const.model)
+    assert any(not np.array_equal(w_c[k], w_k[k]) for k in w_c)
+    with pytest.raises(UsageError, match="lr-schedule"):
+        finetune(model, (x, y), config=cfg(lr_schedule="step"))

@@ -24,6 +24,11 @@ class FinetuneConfig:
     split evenly across processes, so a run gives the same weights for any process count
     (up to float summation order).
 
+    ``lr_schedule="cosine"`` decays the rate from ``lr`` to 0 over the run by
+    ``lr·(1 + cos(π·t))/2``, t the share of steps done (of epochs where the number of
+    batches is unknown); the paper retrains at a constant rate (the default).  With ``lr``
+    set to the original peak rate this is learning-rate rewinding (Renda et al. 2020).
+
     ``distill`` (α in [0, 1], 0 = off) mixes a distillation term from a teacher model (in
     ``compress``: the dense input model) into the loss, Hinton et al. 2015:
     ``(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`` with ``T =
@@ -45,6 +50,7 @@ class FinetuneConfig:
     device: str = "cpu"  # cpu | cuda | auto
     distill: float = 0.0
     distill_temperature: float = 4.0
+    lr_schedule: str = "constant"  # constant | cosine
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else self.original_lr / 10.0
@@ -68,6 +74,8 @@ class FinetuneConfig:
         need(self.freeze in (None, "conv", "fc"), f"freeze must be 'conv', 'fc' or none, got {self.freeze!r}")
         need(self.device in ("cpu", "cuda", "auto"), f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        need(self.lr_schedule in ("constant", "cosine"),
+             f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         need(0.0 <= self.distill <= 1.0, f"distill must be in [0, 1], got {self.distill!r}")
         need(self.distill_temperature > 0,
              f"distill-temperature must be > 0, got {self.distill_temperature!r}")

@@ -453,6 +453,13 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
     best_state, best_acc, best_epoch = None, -1.0, None
     l1_params = [module.parameter(n) for n in masks if module.parameter(n).requires_grad]
     total_steps = train_src.steps()
+    base_lrs = [g["lr"] for g in opt.param_groups]
+
+    def set_lr(progress: float) -> None:
+        if config.lr_schedule == "cosine":
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
     rng_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(config.seed + dist.rank)
@@ -462,6 +469,8 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
             loss_sum = correct = seen = 0.0
             step = 0
             for xb, yb, global_n in train_src.batches(epoch, dist.rank):
+                set_lr(((epoch - 1) * total_steps + step) / (config.epochs * total_steps)
+                       if total_steps else (epoch - 1) / config.epochs)
                 x, y = _to_tensors(xb, yb, spec, classes, device, "train",
                                    checked=isinstance(train_src, _ArraySource))
                 logits = net(x, outputs=[logits_name])
