@@ -81,6 +81,7 @@ def table(summaries: list[tuple[str, dict]], models: list[str]) -> str:
                          f"| {r['compressed']['ratio']:.1f}× | {pr['only_dense_right']} / {pr['only_other_right']} "
                          f"| {r['compressed']['val_error_dense']:.2f}% | {r['compressed']['val_error']:.2f}% |")
         (md, sd), (mp, sp), (mg, sg) = mean_sd(dense), mean_sd(pruned), mean_sd(gaps)
+        mg = 0.0 if abs(mg) < 5e-9 else mg  # no "-0.00" from rounding
         lines.append(f"| **mean ± sd ({len(rows)} seeds)** | | {md:.2f} ± {sd:.2f}% | {mp:.2f} ± {sp:.2f}% "
                      f"| {mg:+.2f} ± {sg:.2f} | | {b} / {c} (pooled) | | |")
         lines.append("")

@@ -71,6 +71,40 @@ def test_layer_rows_follow_the_papers_flop_rule():
     assert f"| {100 * 240 / 2200:.1f}% | {100 * 300 / 2200:.1f}% |" in table.splitlines()[-1]
 
 
+def test_retrain_modes_give_the_compress_flags(tmp_path):
+    plan = pm.PLANS["lenet5"]
+    paths = {"train": tmp_path / "t.npz", "val": tmp_path / "v.npz"}
+    common = dict(remaining=plan.remaining, iterations=3, seed=0)
+    rewind = pm.compress_args(tmp_path / "d.onnx", tmp_path / "o.onnx", tmp_path / "r.json", paths,
+                              plan, retrain="rewind", **common)
+    paper = pm.compress_args(tmp_path / "d.onnx", tmp_path / "o.onnx", tmp_path / "r.json", paths,
+                             plan, retrain="paper", **common)
+    i = rewind.index("--lr")
+    assert rewind[i:i + 4] == ["--lr", "0.05", "--lr-schedule", "cosine"] and "--original-lr" not in rewind
+    assert paper[paper.index("--original-lr") + 1] == "0.05" and "--lr-schedule" not in paper
+    # Both parse as onnxprune compress command lines.
+    from onnxprune.cli import build_parser
+
+    for argv in (rewind, paper):
+        build_parser().parse_args(argv)
+
+
+def test_seed_table_pools_the_seeds():
+    spec = importlib.util.spec_from_file_location("paper_mnist_seeds", REPO / "bench" / "paper_mnist_seeds.py")
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+
+    def summary(dense, pruned, b, c):
+        run = {"error": pruned, "ratio": 12.3, "paired": {"only_dense_right": b, "only_other_right": c},
+               "val_error_dense": 1.3, "val_error": 1.2}
+        return {"models": {"lenet300": {"retrain": "rewind", "dense": {"error": dense}, "compressed": run}}}
+
+    md = seeds.table([("1", summary(1.50, 1.40, 20, 30)), ("2", summary(1.60, 1.70, 25, 15))], ["lenet300"])
+    assert "| 1 | rewind | 1.50% | 1.40% | -0.10 |" in md
+    assert "1.55 ± 0.07% | 1.55 ± 0.21% | +0.00 ± 0.14 | | 45 / 45 (pooled)" in md
+    assert "worse than its reference on 1 of 2 seeds" in md
+
+
 def test_mcnemar_exact():
     dense_ok = np.array([True] * 10 + [False] * 2 + [True] * 50)
     other_ok = np.array([False] * 10 + [True] * 2 + [True] * 50)
