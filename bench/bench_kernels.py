@@ -10,9 +10,14 @@ Batch-1 MLP rows also report the rate each side read its weights at (bytes / tim
     python bench/bench_kernels.py --quick         # fewer repeats
     python bench/bench_kernels.py --sweep         # add the single-layer grid behind the cost model
     python bench/bench_kernels.py --json out.json
+    python bench/bench_kernels.py --warm          # add steady-state batch-1 rows
 
 Because the dense call runs between two sparse calls and streams far more than the L3 holds,
 the CSR arrays come from memory on every sparse call, as they would inside a larger model.
+That is the figure targets are judged on. ``--warm`` adds, for batch 1, the steady state of a
+server that runs only this model: calls back to back in blocks, blocks alternating between the
+two models; there a pruned layer whose CSR arrays fit in L3 (VGG fc6 at 4%: 24.7 MB) is read
+from cache, which is the effect the paper counts on (its §1), while the dense one never fits.
 """
 
 from __future__ import annotations
@@ -106,23 +111,34 @@ def make_session(model: bytes, threads: int, sparse: bool) -> ort.InferenceSessi
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
-def time_pair(dense: bytes, sparse: bytes, feed: dict, threads: int, repeats: int) -> tuple[float, float]:
-    """Median ms of one run of each model, the two sessions alternating call by call.
+def time_pair(dense: bytes, sparse: bytes, feed: dict, threads: int, repeats: int,
+              block: int = 1) -> tuple[float, float]:
+    """Median ms of one run of each model.
 
-    Alternating makes both see the same background load (this is usually a shared machine), and
-    the dense call between two sparse ones evicts the CSR arrays from cache, as the rest of a
-    real model would: the sparse figure is the from-memory one, not a warm-L3 best case."""
+    ``block=1`` (the default, what targets are judged on): the two sessions alternate call by
+    call, so both see the same background load (this is usually a shared machine), and the
+    dense call between two sparse ones evicts the CSR arrays from cache, as the rest of a real
+    model would: the sparse figure is the from-memory one, not a warm-L3 best case.
+
+    ``block=B > 1``: steady state, as a server running only this model sees it: calls back to
+    back in blocks of B, the sessions alternating block by block; the first call of a block,
+    which follows the other model, is not counted, so whatever of a model's weights the caches
+    keep between its own calls (the CSR arrays of a pruned layer may fit in L3; dense ones of
+    this size do not) stays there."""
     sessions = [make_session(dense, threads, False), make_session(sparse, threads, True)]
     for _ in range(3):
         for s in sessions:
             s.run(None, feed)
     times: list[list[float]] = [[], []]
     budget = time.perf_counter() + 40.0
-    for _ in range(repeats):
+    counted = range(1, block) if block > 1 else range(1)
+    for _ in range(max(2, repeats // len(counted))):
         for s, t in zip(sessions, times):
-            t0 = time.perf_counter()
-            s.run(None, feed)
-            t.append(time.perf_counter() - t0)
+            for i in range(block):
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                if i in counted:
+                    t.append(time.perf_counter() - t0)
         if time.perf_counter() > budget and len(times[0]) >= 5:
             break
     return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
@@ -159,7 +175,8 @@ def sweep_cases() -> list[Case]:
     return cases
 
 
-def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.Generator) -> list[dict]:
+def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.Generator,
+             warm: bool = False) -> list[dict]:
     dense_bytes = sparse_bytes = None
     if case.kind == "mlp":
         dense, sparse, dense_bytes, sparse_bytes = mlp_models(case.spec["dims"], case.spec["densities"], rng)
@@ -192,6 +209,16 @@ def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.G
             verdict = "" if target is None else (f"  target >= {target:g}x: " + ("met" if r["met"] else "MISSED"))
             print(f"{case.name:44s} b={batch:<3d} t={threads}  dense {t_dense:9.3f} ms  "
                   f"csr {t_sparse:9.3f} ms  {t_dense / t_sparse:6.2f}x{rate}{verdict}", flush=True)
+            if warm and batch == 1:
+                w_dense, w_sparse = time_pair(dense, sparse, feed, threads, repeats, block=8)
+                r["warm_dense_ms"], r["warm_sparse_ms"] = round(w_dense, 4), round(w_sparse, 4)
+                r["warm_speedup"] = round(w_dense / w_sparse, 2)
+                wmet = "" if target is None else (f"  (target >= {target:g}x: "
+                                                  + ("met" if w_dense / w_sparse >= target else "missed")
+                                                  + " in steady state)")
+                print(f"{'  steady state (back-to-back calls)':44s} b={batch:<3d} t={threads}  dense "
+                      f"{w_dense:9.3f} ms  csr {w_sparse:9.3f} ms  {w_dense / w_sparse:6.2f}x{wmet}",
+                      flush=True)
     return rows
 
 
@@ -218,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts (default 1,2)")
     ap.add_argument("--json", metavar="PATH", help="write results as JSON")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warm", action="store_true",
+                    help="also time batch 1 in steady state (each model called back to back), "
+                         "besides the default call-by-call alternation")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     repeats = 10 if args.quick else 30
@@ -230,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         cases += sweep_cases()
     results = []
     for case in cases:
-        results += run_case(case, threads, repeats, rng)
+        results += run_case(case, threads, repeats, rng, warm=args.warm)
     info["loadavg_end"] = os.getloadavg()
     print(f"load average: start {info['loadavg_start']}, end {info['loadavg_end']}", flush=True)
     if args.json:
