@@ -132,7 +132,7 @@ def time_pair(dense: bytes, sparse: bytes, feed: dict, threads: int, repeats: in
     times: list[list[float]] = [[], []]
     budget = time.perf_counter() + 40.0
     counted = range(1, block) if block > 1 else range(1)
-    for _ in range(max(2, repeats // len(counted))):
+    for _ in range(max(2, -(-repeats // len(counted)))):
         for s, t in zip(sessions, times):
             for i in range(block):
                 t0 = time.perf_counter()
@@ -213,6 +213,7 @@ def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.G
                 w_dense, w_sparse = time_pair(dense, sparse, feed, threads, repeats, block=8)
                 r["warm_dense_ms"], r["warm_sparse_ms"] = round(w_dense, 4), round(w_sparse, 4)
                 r["warm_speedup"] = round(w_dense / w_sparse, 2)
+                r["warm_met"] = None if target is None else bool(w_dense / w_sparse >= target)
                 wmet = "" if target is None else (f"  (target >= {target:g}x: "
                                                   + ("met" if w_dense / w_sparse >= target else "missed")
                                                   + " in steady state)")

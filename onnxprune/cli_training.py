@@ -89,6 +89,8 @@ def cmd_finetune(args, console: Console) -> int:
     config = _config(args)
     if config.distill > 0 and not args.teacher:
         raise UsageError("--distill needs --teacher MODEL (the model whose outputs to follow)")
+    if args.teacher and config.distill == 0:
+        raise UsageError("--teacher is only used with --distill ALPHA > 0")
     model, info = io.load(args.model)
     io.check_output_path(args.output, info, in_place=False)
     teacher = io.load(args.teacher)[0] if args.teacher and config.distill > 0 else None
@@ -104,7 +106,7 @@ def cmd_finetune(args, console: Console) -> int:
                          storage="portable" if len(model.graph.sparse_initializer) else "dense")
     report = {
         "command": "finetune", "tool": {"name": "onnxprune", "version": __version__},
-        "versions": versions(), "config": _config_json(config),
+        "versions": versions(), "config": _config_json(config), "teacher": args.teacher,
         "accuracy_before": before, "accuracy_after": after, "history": result.history,
         "dropout": {k: list(v) for k, v in result.dropout.items()},
         "masks": {k: {"nonzero": a, "total": b} for k, (a, b) in result.masks.items()},

@@ -114,14 +114,19 @@ def test_compress_distills_from_the_dense_input(trained, digits, tmp_path, monke
 
 @pytest.mark.parametrize("extra,message", [
     (["--distill", "0.5"], "--teacher"),
+    (["--teacher", "T"], "only used with --distill"),
     (["--distill", "1.5"], "must be <= 1.0"),
-    (["--distill", "0.5", "--distill-temperature", "0", "--teacher", "T"], "must be > 0.0"),
+    (["--distill", "0.5", "--distill-temperature", "0"], "must be > 0.0"),
+    (["--distill", "0.5", "--teacher", "FIVE"], "teacher scores 5 classes, the model 10"),
 ])
 def test_finetune_distill_arguments_checked(trained, digits, tmp_path, capsys, extra, message):
     out = tmp_path / "ft.onnx"
     argv = ["finetune", str(trained), "-o", str(out), "--train", str(digits / "train.npz"),
             "--val", str(digits / "val.npz"), "--lr", "0.01", "-q",
             *[str(trained) if a == "T" else a for a in extra]]
+    if "FIVE" in extra:  # a teacher with another class count
+        onnx.save(mlp(sizes=(64, 32, 5), seed=1), tmp_path / "five.onnx")
+        argv[argv.index("FIVE")] = str(tmp_path / "five.onnx")
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse rejects the value itself

@@ -366,7 +366,34 @@ def test_distill_needs_a_matching_teacher():
     wide.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 17
     with pytest.raises(UsageError, match="teacher input"):
         finetune(model, (x, y), config=cfg(distill=0.5), teacher=wide)
+    fixed = helper_mlp(with_dropout=False)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(UsageError, match="teacher: its input has a fixed batch of 1"):
+        finetune(model, (x, y), config=cfg(distill=0.5), teacher=fixed)
+    unsupported = helper_mlp(with_dropout=False)
+    unsupported.graph.node[4].op_type = "Mish2"
+    with pytest.raises(UnsupportedOpError, match="^teacher: .*Mish2"):
+        finetune(model, (x, y), config=cfg(distill=0.5), teacher=unsupported)
     assert not calls
+
+
+def test_distill_loss_is_the_tempered_kl_and_its_gradient():
+    from onnxprune.torch_bridge.train import _distill_loss
+
+    rng = np.random.default_rng(3)
+    s, t, temp = rng.standard_normal((5, 7)), rng.standard_normal((5, 7)) * 2, 2.5
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    p_s, p_t = softmax(s / temp), softmax(t / temp)
+    want = temp ** 2 * np.sum(p_t * (np.log(p_t) - np.log(p_s)))  # KL(p_t || p_s), T² scaled
+    logits = torch.tensor(s, dtype=torch.float32, requires_grad=True)
+    got = _distill_loss(logits, torch.tensor(t, dtype=torch.float32), temp)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    got.backward()
+    np.testing.assert_allclose(logits.grad.numpy(), temp * (p_s - p_t), rtol=1e-4, atol=1e-6)
 
 
 def test_cosine_lr_schedule_decays_to_zero_per_step():
@@ -382,3 +409,11 @@ def test_cosine_lr_schedule_decays_to_zero_per_step():
     assert any(not np.array_equal(w_c[k], w_k[k]) for k in w_c)
     with pytest.raises(UsageError, match="lr-schedule"):
         finetune(model, (x, y), config=cfg(lr_schedule="step"))
+
+    class Unsized:  # re-iterable, no len(): the decay cannot be laid out
+        def __iter__(self):
+            return iter([(x[:32], y[:32]), (x[32:], y[32:])])
+
+    with pytest.raises(UsageError, match="number of training batches"):
+        finetune(model, Unsized(), config=cfg(lr_schedule="cosine"))
+    assert finetune(model, Unsized(), config=cfg()).history[0]["samples"] == 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import onnx
@@ -10,6 +11,10 @@ import onnx
 from onnxprune.errors import UsageError
 
 ProgressFn = Callable[[int, int, "int | None", dict], None]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +29,12 @@ class FinetuneConfig:
     split evenly across processes, so a run gives the same weights for any process count
     (up to float summation order).
 
-    ``lr_schedule="cosine"`` decays the rate from ``lr`` to 0 over the run by
-    ``lr·(1 + cos(π·t))/2``, t the share of steps done (of epochs where the number of
-    batches is unknown); the paper retrains at a constant rate (the default).  With ``lr``
-    set to the original peak rate this is learning-rate rewinding (Renda et al. 2020).
+    ``lr_schedule="cosine"`` decays the rate from the resolved rate (``lr``, or
+    ``original_lr/10``) to 0 over the run by ``lr·(1 + cos(π·t))/2``, t the share of training
+    steps done (the data must have a known number of batches); the paper retrains at a
+    constant rate (the default).  With ``lr`` set to the original peak rate, each compress
+    round restarts at that rate, in the spirit of learning-rate rewinding (Renda et al. 2020,
+    who replay the tail of the original schedule).
 
     ``distill`` (α in [0, 1], 0 = off) mixes a distillation term from a teacher model (in
     ``compress``: the dense input model) into the loss, Hinton et al. 2015:
@@ -76,9 +83,10 @@ class FinetuneConfig:
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
         need(self.lr_schedule in ("constant", "cosine"),
              f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        need(0.0 <= self.distill <= 1.0, f"distill must be in [0, 1], got {self.distill!r}")
-        need(self.distill_temperature > 0,
-             f"distill-temperature must be > 0, got {self.distill_temperature!r}")
+        need(_number(self.distill) and 0.0 <= self.distill <= 1.0,
+             f"distill must be a number in [0, 1], got {self.distill!r}")
+        need(_number(self.distill_temperature) and 0 < self.distill_temperature < math.inf,
+             f"distill-temperature must be a finite number > 0, got {self.distill_temperature!r}")
         return self
 
     @classmethod

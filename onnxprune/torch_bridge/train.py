@@ -14,7 +14,8 @@ Invariants and maths:
   With ``distill = α > 0`` the cross-entropy becomes ``(1 − α)·CE + α·T²·KL(p_t ‖ p_s)``,
   p = softmax(logits / T), the teacher's logits taken the same way from the teacher graph
   (rebuilt once, evaluation mode, no gradients); the T² keeps the soft term's gradient on
-  the scale of the hard one (Hinton et al. 2015).
+  the scale of the hard one (Hinton et al. 2015).  The history's ``train_loss`` is this
+  mixed objective (per sample).
 * **Dropout.** For a Dropout whose input comes (through single-input ops: activations,
   reshapes, pooling…) from a prunable layer i: D_r = D_o · √(C_ir / C_io), with C_io the
   dense connection count (weight size) and C_ir the nonzeros at the start of retraining.
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from onnxprune import data as _data
-from onnxprune.errors import RuntimeFailure, UsageError
+from onnxprune.errors import OnnxPruneError, RuntimeFailure, UsageError
 from onnxprune.torch_bridge.config import FinetuneConfig, FinetuneResult, ProgressFn
 from onnxprune.torch_bridge.module import OnnxModule, build_module, default_opset
 from onnxprune.torch_bridge.weights import write_back
@@ -335,6 +336,9 @@ def finetune(
             _data.coerce_y(train_src.y, len(train_src.y), classes, what="train y")
         if isinstance(val_src, _ArraySource):
             _data.coerce_y(val_src.y, len(val_src.y), classes, what="val y")
+    if config.lr_schedule != "constant" and not train_src.steps():
+        raise UsageError("finetune: lr-schedule cosine needs to know the number of training "
+                         "batches; give arrays, an .npz or batches with a len() (e.g. a DataLoader)")
     teach = None
     if config.distill > 0:
         teach = _teacher(teacher, spec, classes, train_src)
@@ -421,7 +425,16 @@ def _probe_classes(module, source, spec, logits_name) -> int:
 
 def _teacher(teacher: onnx.ModelProto, spec, classes: int, train_src):
     """The teacher graph rebuilt for evaluation, checked against the student's input and classes."""
-    t_spec = _data.input_spec(teacher)
+    try:
+        t_spec = _data.input_spec(teacher)
+        t_module = build_module(teacher, [_data.scores_output(teacher)])
+    except OnnxPruneError as exc:
+        raise type(exc)(f"teacher: {exc}") from exc
+    t_batch = t_spec.shape[0] if t_spec.shape else None
+    if t_batch is not None and (spec.batch_dim != t_batch):
+        raise UsageError(f"teacher: its input has a fixed batch of {t_batch} and the model's "
+                         f"{'is dynamic' if spec.batch_dim is None else f'is {spec.batch_dim}'}; "
+                         "export the teacher with a dynamic batch axis")
     same = t_spec.dtype == spec.dtype and (
         t_spec.shape is None or spec.shape is None
         or (len(t_spec.shape) == len(spec.shape)
@@ -429,7 +442,6 @@ def _teacher(teacher: onnx.ModelProto, spec, classes: int, train_src):
     if not same:
         raise UsageError(f"teacher input {t_spec.dtype} {t_spec.shape} does not match the "
                          f"model's {spec.dtype} {spec.shape}")
-    t_module = build_module(teacher, [_data.scores_output(teacher)])
     t_logits = _logits_name(t_module, default_opset(teacher))
     t_module.eval()
     for p in t_module.parameters():
@@ -455,10 +467,9 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
     total_steps = train_src.steps()
     base_lrs = [g["lr"] for g in opt.param_groups]
 
-    def set_lr(progress: float) -> None:
-        if config.lr_schedule == "cosine":
-            for g, base in zip(opt.param_groups, base_lrs):
-                g["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    def set_lr(progress: float) -> None:  # cosine from the base rate to 0
+        for g, base in zip(opt.param_groups, base_lrs):
+            g["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     rng_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
@@ -469,8 +480,8 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
             loss_sum = correct = seen = 0.0
             step = 0
             for xb, yb, global_n in train_src.batches(epoch, dist.rank):
-                set_lr(((epoch - 1) * total_steps + step) / (config.epochs * total_steps)
-                       if total_steps else (epoch - 1) / config.epochs)
+                if config.lr_schedule == "cosine":
+                    set_lr(((epoch - 1) * total_steps + step) / (config.epochs * total_steps))
                 x, y = _to_tensors(xb, yb, spec, classes, device, "train",
                                    checked=isinstance(train_src, _ArraySource))
                 logits = net(x, outputs=[logits_name])
