@@ -612,3 +612,55 @@ def test_csr_from_dense_roundtrip_and_index_types():
 def test_session_options_helper_sets_threads():
     opts = runtime_ops.session_options(2)
     assert opts.intra_op_num_threads == 2
+
+
+def _anon_huge_kb() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+
+
+def _can_collapse() -> bool:
+    """Whether this process can turn anonymous memory into a transparent huge page at all."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    size = 8 << 20
+    addr = libc.mmap(None, size, 3, 0x22, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+    if addr in (None, ctypes.c_void_p(-1).value):
+        return False
+    try:
+        start = (addr + (2 << 20) - 1) & ~((2 << 20) - 1)
+        ctypes.memset(addr, 1, size)
+        libc.madvise(ctypes.c_void_p(start), 2 << 20, 14)  # MADV_HUGEPAGE
+        return libc.madvise(ctypes.c_void_p(start), 2 << 20, 25) == 0  # MADV_COLLAPSE
+    finally:
+        libc.munmap(ctypes.c_void_p(addr), size)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="Linux only")
+def test_constant_csr_arrays_are_offered_huge_pages(monkeypatch):
+    # Kernel creation asks for huge pages under the constant CSR arrays (best effort, in
+    # place); ONNXPRUNE_HUGEPAGES=0 turns that off. Skipped where the kernel cannot do it.
+    mode = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if not os.path.exists(mode) or "[madvise]" not in open(mode).read():
+        pytest.skip("measured only where huge pages are given on request (THP mode madvise)")
+    if not _can_collapse():
+        pytest.skip("transparent huge pages cannot be collapsed in this environment")
+    rng = np.random.default_rng(23)
+    nnz, k = 3 << 20, 4096  # 12 MiB of values, 6 MiB of int16 indices
+    c = np.sort(rng.integers(0, k, nnz)).astype(np.int16)
+    v = rng.standard_normal(nnz).astype(np.float32)
+    p = np.linspace(0, nnz, 769).astype(np.int32)  # 768 rows
+    model = _gemv_only_model(k, v, c, p)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    monkeypatch.setenv("ONNXPRUNE_HUGEPAGES", "0")
+    before = _anon_huge_kb()
+    off = session(model)
+    assert _anon_huge_kb() - before < 2048
+    monkeypatch.delenv("ONNXPRUNE_HUGEPAGES")
+    before = _anon_huge_kb()
+    on = session(model)
+    assert _anon_huge_kb() - before >= 8 * 1024  # most of the 18 MiB, in 2 MiB pages
+    (y_off,), (y_on,) = off.run(None, {"X": x}), on.run(None, {"X": x})
+    np.testing.assert_array_equal(y_on, y_off)
+    close(y_on[0], _csr_reference(v, c, p, x[0]), k)

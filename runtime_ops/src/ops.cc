@@ -23,6 +23,10 @@
 #include "kernels.h"
 #include "ort_abi.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #define ONNXPRUNE_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace onnxprune {
@@ -325,6 +329,32 @@ struct ValidatedCsr {
   }
 };
 
+// Best effort: ask Linux to back the 2 MiB-aligned interior of a large constant array with
+// transparent huge pages, in place (MADV_COLLAPSE, Linux >= 6.1; the contents do not change and
+// nothing outside the array is touched). A batch-1 pass streams each CSR array once per call;
+// with 4 KiB pages that is a TLB miss every 4 KiB and a hardware-prefetch restart at every page
+// boundary, and a single-thread measurement of the AlexNet FC stack from DRAM ran 15-20%
+// faster on huge pages. Where THP is off, the kernel is older or no huge page is free, the
+// calls fail and nothing changes. ONNXPRUNE_HUGEPAGES=0 turns the hint off (for comparisons).
+void PreferHugePages(const void* data, size_t bytes) {
+#if defined(__linux__)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const char* env = std::getenv("ONNXPRUNE_HUGEPAGES");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (p + bytes) & ~(kHuge - 1);
+  if (end <= begin) return;
+  void* start = reinterpret_cast<void*>(begin);
+  madvise(start, end - begin, MADV_HUGEPAGE);
+  constexpr int kMadvCollapse = 25;  // <linux/mman.h>, not in every libc's headers yet
+  madvise(start, end - begin, kMadvCollapse);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 // Inputs 1..3 are the CSR arrays in both ops.
 ValidatedCsr ValidateConstantCsr(const ortabi::KernelInfo* info) {
   ValidatedCsr cache;
@@ -337,6 +367,8 @@ ValidatedCsr ValidateConstantCsr(const ortabi::KernelInfo* info) {
   Csr c = DescribeCsr(Inspect(v[0]), Inspect(v[1]), Inspect(v[2]));
   Validate(c);
   cache.Remember(c);
+  PreferHugePages(c.values, static_cast<size_t>(c.nnz) * sizeof(float));
+  PreferHugePages(c.col, static_cast<size_t>(c.nnz) * (c.col16 ? 2 : 4));
   return cache;
 }
 
