@@ -58,6 +58,29 @@ def _layer_arg(text):
     return glob, _float_arg(0.0)(q)
 
 
+def write_atomic(path: str, data: bytes | str, *, label: str = "") -> dict:
+    """Write ``data`` to ``path`` via a temporary file in the same folder (flushed, fsynced,
+    renamed), so a reader never sees a partial file; returns ``{"path", "bytes", "sha256"}``.
+    ``label`` starts the error message (e.g. ``"--json: "``)."""
+    import hashlib
+
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UsageError(f"{label}cannot write {path}: {e.strerror}") from None
+    return {"path": path, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+
+
 def write_json(report: dict, dest: str | None) -> None:
     """Write the report to ``dest`` atomically (``-`` = stdout)."""
     if dest is None:
@@ -70,16 +93,7 @@ def write_json(report: dict, dest: str | None) -> None:
     folder = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(folder):
         raise UsageError(f"--json: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise UsageError(f"--json: cannot write {dest}: {e.strerror}") from None
+    write_atomic(dest, text, label="--json: ")
 
 
 def _json_default(o):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from onnxprune import __version__
+from onnxprune.cli import write_atomic
 from onnxprune.console import Console
 from onnxprune.errors import EXIT_OK, UsageError
 
@@ -45,27 +45,6 @@ def _check_paths(outputs: list[str], json_dest: str | None, protected: list[str]
             if q and (os.path.abspath(p) == os.path.abspath(q) or
                       (os.path.exists(p) and os.path.exists(q) and os.path.samefile(p, q))):
                 raise UsageError(f"refusing to overwrite the input {q}; choose another -o")
-
-
-def write_atomic(path: str, data: bytes | str) -> dict:
-    """Write ``data`` to ``path`` via a temporary file in the same folder; returns a record."""
-    import hashlib
-
-    blob = data.encode("utf-8") if isinstance(data, str) else data
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise UsageError(f"cannot write {path}: {e.strerror}") from None
-    return {"path": path, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 
 def _dumps(obj) -> str:
