@@ -48,6 +48,8 @@ from typing import Any, Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.graph import _is_float
+
 from .base import PassError, PassResult, parse_options
 
 # --------------------------------------------------------------------------- op tables
@@ -183,14 +185,6 @@ class _Unsafe(Exception):
 
 def _node_name(node: gs.Node) -> str:
     return node.name or (node.outputs[0].name if node.outputs else node.op)
-
-
-def _is_float(dtype) -> bool:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        return False
-    return dt.kind == "f" or dt.name == "bfloat16"
 
 
 def _as_f64(a: np.ndarray) -> np.ndarray:
