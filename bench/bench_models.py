@@ -58,13 +58,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from onnxprune.bench import (
-    _capture_shapes,
     _compare,
-    _csr_nodes,
-    _inits,
-    _one_node_models,
     _run,
     _session,
+    one_node_pairs,
     time_pair,
 )
 from onnxprune.cli import main as cli
@@ -297,19 +294,10 @@ def layer_timings(dense_model, feeds, batch, threads, decided, args) -> list[dic
     from onnxprune.bench import _lower
 
     forced, _ = _lower(dense_model, batch=batch, threads=threads, force=["*"])
-    nodes = _csr_nodes(forced)
-    if not nodes:
-        return []
-    xs = _capture_shapes(dense_model, [n.input[0] for n in nodes], feeds, threads)
-    inits = _inits(forced)
     opset = next((o.version for o in dense_model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    rng = np.random.default_rng(args.seed)
     rows = []
-    for node in nodes:
-        x_shape = xs[node.input[0]]
-        dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset)
-        x = {node.input[0]: rng.standard_normal(x_shape).astype(np.float32)}
-        d_sess, s_sess = _session(dense_b, threads), _session(sparse_b, threads)
+    for node, inits, x_shape, x, d_sess, s_sess in one_node_pairs(
+            forced, dense_model, feeds, threads, opset, args.seed):
         dense_ms, sparse_ms, reps = adaptive_pair(d_sess, s_sess, x, args.layer_repeats,
                                                   args.min_repeats, args.layer_seconds)
         row = decided.get(node.name, {})

@@ -374,23 +374,12 @@ def _layer_timings(base_model, stats, lowered_input, feeds, batch, threads, opse
         forced = base_model
         decided = {n.name: {"lowered": True, "reason": "lowered in the input",
                             "estimated_speedup": None, "density": None} for n in _csr_nodes(forced)}
-        shape_source = base_model
     else:
         forced, _ = _lower(base_model, batch=batch, threads=threads, force=["*"])
         decided = {r["name"]: r for r in stats["layers"]}
-        shape_source = base_model
-    nodes = _csr_nodes(forced)
-    if not nodes:
-        return []
-    xs = _capture_shapes(shape_source, [n.input[0] for n in nodes], feeds, threads)
-    inits = _inits(forced)
-    rng = np.random.default_rng(args.seed)
     rows = []
-    for node in nodes:
-        x_shape = xs[node.input[0]]
-        dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset)
-        x = {node.input[0]: rng.standard_normal(x_shape).astype(np.float32)}
-        d_sess, s_sess = _session(dense_b, threads), _session(sparse_b, threads)
+    for node, inits, x_shape, x, d_sess, s_sess in one_node_pairs(
+            forced, base_model, feeds, threads, opset, args.seed):
         dense_ms, sparse_ms = time_pair(d_sess, s_sess, x, x, args.repeats, args.warmup)
         nnz = int(np.prod(inits[node.input[1]].dims))
         row = decided.get(node.name, {})
@@ -404,6 +393,24 @@ def _layer_timings(base_model, stats, lowered_input, feeds, batch, threads, opse
                      "dense_ms": dense_ms, "sparse_ms": sparse_ms,
                      "ratio": dense_ms / sparse_ms})
     return rows
+
+
+def one_node_pairs(forced: onnx.ModelProto, shape_model: onnx.ModelProto, feeds: dict,
+                   threads: int, opset: int, seed: int):
+    """For each CSR node of ``forced``: ``(node, inits, x_shape, x, dense session, CSR session)``
+    — the node alone as a one-node dense model and a one-node CSR model, its input shape as
+    ``shape_model`` sees it on ``feeds``, and a random input ``x`` of that shape."""
+    nodes = _csr_nodes(forced)
+    if not nodes:
+        return
+    xs = _capture_shapes(shape_model, [n.input[0] for n in nodes], feeds, threads)
+    inits = _inits(forced)
+    rng = np.random.default_rng(seed)
+    for node in nodes:
+        x_shape = xs[node.input[0]]
+        dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset)
+        x = {node.input[0]: rng.standard_normal(x_shape).astype(np.float32)}
+        yield node, inits, x_shape, x, _session(dense_b, threads), _session(sparse_b, threads)
 
 
 def _csr_params(node: onnx.NodeProto, inits: dict, x_shape: tuple) -> int:
