@@ -2,8 +2,10 @@
 //
 // All matrices are CSR by output row: row r holds the weights feeding output feature/channel r,
 // `col` are input indices (int16 or int32), `row_ptr[r]..row_ptr[r+1]` delimit row r.
-// The loops trust their inputs: bounds are validated once by the caller (ops.cc) before any
-// of these run.
+// The loops trust their inputs: the caller (ops.cc) validates them before any of these run,
+// namely row_ptr non-decreasing from 0 to nnz, every column index in [0, k) (or [0, K) of the
+// panel), k <= INT32_MAX, and every conv offset plus the tile's reach inside the zero-padded
+// buffer it indexes.
 #pragma once
 
 #include <cstdint>
@@ -46,7 +48,8 @@ constexpr int64_t kSpmvBlockCols = 5120;
 constexpr int kSpmvGroupRows = 16;
 
 struct Kernels {
-  // y[r - r0] = sum_j values[j] * x[col[j]] over row r, for r in [r0, r1); x has k entries.
+  // y[r - r0] = sum_j values[j] * x[col[j]] over row r, for r in [r0, r1); x has k entries,
+  // k <= INT32_MAX (the column blocking compares indices with int32 block bounds).
   void (*spmv_i16)(const float* values, const int16_t* col, const int32_t* row_ptr, const float* x, int64_t k,
                    int64_t r0, int64_t r1, float* y);
   void (*spmv_i32)(const float* values, const int32_t* col, const int32_t* row_ptr, const float* x, int64_t k,

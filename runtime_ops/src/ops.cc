@@ -60,6 +60,14 @@ template <class... Args>
   throw OpError(code, os.str());
 }
 
+// a * b, failing (never wrapping) when it leaves int64. Sizes derived from shapes and
+// attributes go through this: a wrapped size allocates a small buffer and indexes far past it.
+int64_t CheckedMul(int64_t a, int64_t b, const char* what) {
+  int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) Fail(ortabi::kInvalidArgument, what, " overflows 64-bit arithmetic");
+  return r;
+}
+
 void Check(ortabi::Status* status) {
   if (status != nullptr) throw OrtFailure{status};
 }
@@ -119,7 +127,7 @@ Tensor Inspect(const ortabi::Value* value) {
   t.shape.resize(rank);
   if (rank) Check(g_api->GetDimensions(info, t.shape.data(), rank));
   t.numel = 1;
-  for (int64_t d : t.shape) t.numel *= d;
+  for (int64_t d : t.shape) t.numel = CheckedMul(t.numel, d, "tensor element count");
   // ORT owns the buffer; the cast only matches the C signature, inputs are never written.
   Check(g_api->GetTensorMutableData(const_cast<ortabi::Value*>(value), &t.data));
   return t;
@@ -437,13 +445,15 @@ struct CsrGemmKernel {
       if (x.shape.empty()) Fail(ortabi::kInvalidArgument, "MatMul-style X must have rank >= 1");
       k = x.shape.back();
       m = 1;
-      for (size_t i = 0; i + 1 < x.shape.size(); ++i) m *= x.shape[i];
+      // An empty X may carry any leading dims, so their product is checked.
+      for (size_t i = 0; i + 1 < x.shape.size(); ++i) m = CheckedMul(m, x.shape[i], "MatMul-style batch size");
       out_shape.assign(x.shape.begin(), x.shape.end() - 1);
       out_shape.push_back(n);
     }
     if (csr.max_col >= k)
       Fail(ortabi::kInvalidArgument, "col_idx refers to input column ", csr.max_col, " but X has only ", k,
            " input features");
+    CheckedMul(m, n, "output size M * N");
 
     Bias bias = ReadBias(ctx, count, m, n, out_shape);
 
@@ -456,7 +466,9 @@ struct CsrGemmKernel {
     const Kernels& kern = KernelsFor(isa);
 
     if (m == 1) {
-      Gemv(ctx, kern, csr, x.as<float>(), k, bias, y);
+      // Columns past INT32_MAX are never referenced (indices are at most int32), and the
+      // kernels' column blocking works in int32.
+      Gemv(ctx, kern, csr, x.as<float>(), std::min<int64_t>(k, INT32_MAX), bias, y);
     } else {
       Spmm(ctx, kern, csr, x.as<float>(), m, k, bias, y);
     }
@@ -523,7 +535,7 @@ struct CsrGemmKernel {
     const int mb = PanelWidth(m, k);
     const int64_t panels = (m + mb - 1) / mb;
     const int64_t panel_size = std::max<int64_t>(k, 1) * mb;
-    AlignedBuffer xt = AllocFloats(static_cast<size_t>(panels * panel_size));
+    AlignedBuffer xt = AllocFloats(static_cast<size_t>(CheckedMul(panels, panel_size, "packed batch size")));
 
     // Pack: panel p holds batch rows [p*mb, p*mb + mb) of X, as K rows of mb floats.
     constexpr int64_t kBlockK = 256;
@@ -585,6 +597,56 @@ struct CsrGemmKernel {
   }
 };
 
+// --- CsrConv geometry -----------------------------------------------------------------------
+
+// Largest kernel_shape, strides and dilations entry, and largest pad, that CsrConv accepts
+// (README "Limits"). Real networks stay far below; the bound keeps (kH-1)*dH, pads and every
+// sum of them far from int64 overflow before any shape is known.
+constexpr int64_t kMaxConvAttr = 65536;
+// Largest phase-plane buffer and output plane, in floats: offsets into the buffer are int32.
+constexpr int64_t kMaxConvPlane = INT32_MAX;
+
+// Empty when the attributes are within the documented limits, else the rule they break.
+// Shared by kernel creation (which fails with it) and shape inference (which then gives up).
+std::string ConvAttrsError(const std::vector<int64_t>& ks, const std::vector<int64_t>& st,
+                           const std::vector<int64_t>& di, const std::vector<int64_t>& pa) {
+  const auto in_range = [](const std::vector<int64_t>& v, int64_t lo) {
+    return std::all_of(v.begin(), v.end(), [lo](int64_t e) { return e >= lo && e <= kMaxConvAttr; });
+  };
+  const std::string bound = std::to_string(kMaxConvAttr);
+  if (ks.size() != 2 || !in_range(ks, 1)) return "attribute kernel_shape must be two ints [kH, kW] in [1, " + bound + "]";
+  if (st.size() != 2 || !in_range(st, 1)) return "strides must be two ints in [1, " + bound + "]";
+  if (di.size() != 2 || !in_range(di, 1)) return "dilations must be two ints in [1, " + bound + "]";
+  if (pa.size() != 4 || !in_range(pa, 0))
+    return "pads must be four ints [top, left, bottom, right] in [0, " + bound + "]";
+  return "";
+}
+
+// Output extent along one axis, the ONNX Conv rule: (in + pad0 + pad1 - (k-1)*d - 1) / s + 1.
+// False when the dilated kernel does not fit the padded input, or `in` is so large that the
+// padded extent overflows. k, d, s, pads are within kMaxConvAttr (ConvAttrsError).
+bool ConvExtent(int64_t in, int64_t pad0, int64_t pad1, int64_t k, int64_t d, int64_t s, int64_t* out) {
+  int64_t padded = 0;
+  if (in < 0 || __builtin_add_overflow(in, pad0 + pad1, &padded)) return false;
+  const int64_t span = padded - (k - 1) * d - 1;  // (k-1)*d <= 2^32, no overflow
+  if (span < 0) return false;
+  *out = span / s + 1;
+  return true;
+}
+
+// Everything CsrConvKernel::Compute derives from the shapes, checked once.
+struct ConvGeometry {
+  int64_t nb = 0, c_in = 0, h = 0, w = 0, c_out = 0;
+  int64_t cg = 0, og = 0;   // input / output channels per group
+  int64_t oh = 0, ow = 0;   // output plane
+  int64_t sh = 1, sw = 1;   // strides of the phase split (1 along an axis with a single output)
+  int64_t hq = 0, wq = 0;   // phase-plane extents
+  int64_t plane = 0;        // hq * wq
+  int64_t q_size = 0;       // sh * sw * c_in * plane <= kMaxConvPlane
+  int64_t tile_reach = 0;   // floats a tile reads past its nonzero's offset, overhang included
+  bool empty() const { return nb == 0 || c_out == 0 || oh == 0 || ow == 0; }
+};
+
 // --- CsrConv --------------------------------------------------------------------------------
 
 struct CsrConvKernel {
@@ -593,20 +655,16 @@ struct CsrConvKernel {
   Isa isa = Isa::kScalar;
   ValidatedCsr constant;
 
+  // Every attribute is bounded here, before any shape is seen (ConvAttrsError).
   explicit CsrConvKernel(const ortabi::KernelInfo* info) {
     const std::vector<int64_t> ks = AttrInts(info, "kernel_shape", {});
-    if (ks.size() != 2 || ks[0] < 1 || ks[1] < 1)
-      Fail(ortabi::kInvalidArgument, "attribute kernel_shape must be two positive ints [kH, kW]");
-    kh = ks[0];
-    kw = ks[1];
     const std::vector<int64_t> st = AttrInts(info, "strides", {1, 1});
     const std::vector<int64_t> di = AttrInts(info, "dilations", {1, 1});
     const std::vector<int64_t> pa = AttrInts(info, "pads", {0, 0, 0, 0});
-    if (st.size() != 2 || st[0] < 1 || st[1] < 1) Fail(ortabi::kInvalidArgument, "strides must be two positive ints");
-    if (di.size() != 2 || di[0] < 1 || di[1] < 1)
-      Fail(ortabi::kInvalidArgument, "dilations must be two positive ints");
-    if (pa.size() != 4 || *std::min_element(pa.begin(), pa.end()) < 0)
-      Fail(ortabi::kInvalidArgument, "pads must be four non-negative ints [top, left, bottom, right]");
+    const std::string error = ConvAttrsError(ks, st, di, pa);
+    if (!error.empty()) Fail(ortabi::kInvalidArgument, error);
+    kh = ks[0];
+    kw = ks[1];
     sh = st[0];
     sw = st[1];
     dh = di[0];
@@ -638,120 +696,163 @@ struct CsrConvKernel {
     if (x.type != ortabi::kFloat || x.shape.size() != 4)
       Fail(ortabi::kInvalidArgument, "X must be a 4-D float32 NCHW tensor, got shape ", ShapeStr(x.shape));
     const Csr csr = ReadCsr(ctx, count, constant);
-    const int64_t nb = x.shape[0], c_in = x.shape[1], h = x.shape[2], w = x.shape[3];
-    const int64_t c_out = csr.rows;
-    if (c_in % group != 0 || c_out % group != 0)
-      Fail(ortabi::kInvalidArgument, "group ", group, " must divide both input channels ", c_in,
-           " and output channels ", c_out);
-    const int64_t cg = c_in / group, og = c_out / group;
-    const int64_t k_cols = cg * kh * kw;
-    if (csr.max_col >= k_cols)
-      Fail(ortabi::kInvalidArgument, "col_idx refers to column ", csr.max_col, " but a row has only ", k_cols,
-           " columns (C_in/group * kH * kW)");
+    const ConvGeometry g = Plan(x, csr);
+    const float* bias = ReadBias(ctx, count, g.c_out);
 
-    const int64_t hp = h + pad_t + pad_b, wp = w + pad_l + pad_r;
-    const int64_t oh = (hp - (kh - 1) * dh - 1) / sh + 1;
-    const int64_t ow = (wp - (kw - 1) * dw - 1) / sw + 1;
-    if (hp - (kh - 1) * dh - 1 < 0 || wp - (kw - 1) * dw - 1 < 0)
-      Fail(ortabi::kInvalidArgument, "the dilated kernel does not fit the padded input ", ShapeStr(x.shape));
-
-    const float* bias = nullptr;
-    if (const ortabi::Value* bv = Input(ctx, count, 4)) {
-      const Tensor b = Inspect(bv);
-      if (b.type != ortabi::kFloat || b.shape.size() != 1 || b.numel != c_out)
-        Fail(ortabi::kInvalidArgument, "B must be a float32 vector of ", c_out, " output channels, got shape ",
-             ShapeStr(b.shape));
-      bias = b.as<float>();
-    }
-
-    const std::vector<int64_t> out_shape = {nb, c_out, oh, ow};
+    const std::vector<int64_t> out_shape = {g.nb, g.c_out, g.oh, g.ow};
     ortabi::Value* yv = nullptr;
     Check(g_api->KernelContext_GetOutput(ctx, 0, out_shape.data(), out_shape.size(), &yv));
-    if (nb == 0 || c_out == 0 || oh == 0 || ow == 0) return;
+    if (g.empty()) return;
     void* ydata = nullptr;
     Check(g_api->GetTensorMutableData(yv, &ydata));
     float* y = static_cast<float*>(ydata);
 
-    // Phase-plane geometry.
-    const int64_t hq = (hp + sh - 1) / sh, wq = (wp + sw - 1) / sw;
-    const int64_t plane = hq * wq;
-    const int64_t q_size = sh * sw * c_in * plane;
-    if (q_size > INT32_MAX) Fail(ortabi::kInvalidArgument, "input too large for 32-bit offsets");
+    std::vector<int32_t> off;
+    const int64_t max_off = Offsets(csr, g, &off);
+    // Tiles overhanging the output read past the last valid Q row; that slack is allocated
+    // and zeroed. max_off < q_size <= 2^31 - 1 and tile_reach is about one output plane.
+    const int64_t q_alloc = std::max(g.q_size, max_off + g.tile_reach) + kConvTileCols;
+    AlignedBuffer q = AllocFloats(static_cast<size_t>(q_alloc));
+    std::memset(q.get() + g.q_size, 0, static_cast<size_t>(q_alloc - g.q_size) * sizeof(float));
 
-    // One offset into Q per nonzero.
-    std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
+    const float* xd = x.as<float>();
+    for (int64_t img = 0; img < g.nb; ++img) {
+      FillPhasePlanes(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
+      Tiles(ctx, g, csr, off, q.get(), bias, y + img * g.c_out * g.oh * g.ow);
+    }
+  }
+
+  // Checks channels, columns and output size against the input and derives the phase-plane
+  // geometry; every product and sum is overflow-checked, so nothing downstream can wrap.
+  ConvGeometry Plan(const Tensor& x, const Csr& csr) const {
+    ConvGeometry g;
+    g.nb = x.shape[0];
+    g.c_in = x.shape[1];
+    g.h = x.shape[2];
+    g.w = x.shape[3];
+    g.c_out = csr.rows;
+    if (g.c_in % group != 0 || g.c_out % group != 0)
+      Fail(ortabi::kInvalidArgument, "group ", group, " must divide both input channels ", g.c_in,
+           " and output channels ", g.c_out);
+    g.cg = g.c_in / group;
+    g.og = g.c_out / group;
+    const int64_t k_cols = CheckedMul(CheckedMul(g.cg, kh, "C_in/group * kH"), kw, "C_in/group * kH * kW");
+    if (csr.max_col >= k_cols)
+      Fail(ortabi::kInvalidArgument, "col_idx refers to column ", csr.max_col, " but a row has only ", k_cols,
+           " columns (C_in/group * kH * kW)");
+    if (!ConvExtent(g.h, pad_t, pad_b, kh, dh, sh, &g.oh) || !ConvExtent(g.w, pad_l, pad_r, kw, dw, sw, &g.ow))
+      Fail(ortabi::kInvalidArgument, "the dilated kernel does not fit the padded input ", ShapeStr(x.shape));
+    if (CheckedMul(g.oh, g.ow, "OH * OW") > kMaxConvPlane)
+      Fail(ortabi::kInvalidArgument, "output plane ", g.oh, " x ", g.ow, " exceeds 2^31-1 elements");
+    CheckedMul(CheckedMul(CheckedMul(g.nb, g.c_out, "output size"), g.oh, "output size"), g.ow, "output size");
+    if (!g.empty()) PlanPhases(&g);
+    return g;
+  }
+
+  // A stride along an axis with a single output never moves the kernel, so the split uses 1
+  // there; otherwise a huge stride on a small input would make stride-many empty planes. With
+  // two or more outputs the stride is below the padded extent, so Q stays within ~4x Xpad.
+  void PlanPhases(ConvGeometry* g) const {
+    g->sh = g->oh == 1 ? 1 : sh;
+    g->sw = g->ow == 1 ? 1 : sw;
+    const int64_t hp = g->h + pad_t + pad_b, wp = g->w + pad_l + pad_r;  // checked by ConvExtent
+    g->hq = (hp - 1) / g->sh + 1;  // ceil(hp / sh); hp >= 1 as the kernel fits
+    g->wq = (wp - 1) / g->sw + 1;
+    g->plane = CheckedMul(g->hq, g->wq, "phase plane size");
+    const int64_t planes = CheckedMul(g->sh * g->sw, g->c_in, "phase plane count");  // strides <= 2^16 each
+    g->q_size = CheckedMul(planes, g->plane, "phase-plane buffer size");
+    if (g->q_size > kMaxConvPlane)
+      Fail(ortabi::kInvalidArgument, "the strided, padded input needs ", g->q_size,
+           " floats of phase planes, more than 2^31-1 (int32 offsets)");
+    const int64_t row_tiles = (g->oh + kConvTileRows - 1) / kConvTileRows;
+    const int64_t col_tiles = (g->ow + kConvTileCols - 1) / kConvTileCols;
+    g->tile_reach = (row_tiles * kConvTileRows - 1) * g->wq + col_tiles * kConvTileCols;
+  }
+
+  const float* ReadBias(const ortabi::KernelContext* ctx, size_t count, int64_t c_out) const {
+    const ortabi::Value* bv = Input(ctx, count, 4);
+    if (bv == nullptr) return nullptr;
+    const Tensor b = Inspect(bv);
+    if (b.type != ortabi::kFloat || b.shape.size() != 1 || b.numel != c_out)
+      Fail(ortabi::kInvalidArgument, "B must be a float32 vector of ", c_out, " output channels, got shape ",
+           ShapeStr(b.shape));
+    return b.as<float>();
+  }
+
+  // One offset into Q per nonzero; returns the largest. Each is bounded by q_size (<= 2^31-1)
+  // before it is narrowed to int32.
+  int64_t Offsets(const Csr& csr, const ConvGeometry& g, std::vector<int32_t>* off) const {
+    off->assign(static_cast<size_t>(csr.nnz), 0);
     int64_t max_off = 0;
-    for (int64_t r = 0; r < c_out; ++r) {
-      const int64_t c_base = (r / og) * cg;
+    for (int64_t r = 0; r < g.c_out; ++r) {
+      const int64_t c_base = (r / g.og) * g.cg;
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
         const int64_t col = csr.col16 ? static_cast<const int16_t*>(csr.col)[j] : static_cast<const int32_t*>(csr.col)[j];
         const int64_t c = col / (kh * kw), i = (col / kw) % kh, jj = col % kw;
-        const int64_t rh = i * dh, rw = jj * dw;
-        const int64_t o = (((rh % sh) * sw + (rw % sw)) * c_in + c_base + c) * plane + (rh / sh) * wq + (rw / sw);
-        off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
+        const int64_t rh = i * dh, rw = jj * dw;  // < 2^32: attributes are bounded
+        const int64_t phase = (rh % g.sh) * g.sw + (rw % g.sw);
+        const int64_t o = (phase * g.c_in + c_base + c) * g.plane + (rh / g.sh) * g.wq + (rw / g.sw);
+        if (o < 0 || o >= g.q_size) Fail(ortabi::kFail, "offset ", o, " of nonzero ", j, " is outside the phase planes");
+        (*off)[static_cast<size_t>(j)] = static_cast<int32_t>(o);
         max_off = std::max(max_off, o);
       }
     }
+    return max_off;
+  }
 
-    // Outputs are computed in 4 x 16 tiles (kConvTileRows x kConvTileCols), every output
-    // channel over one tile before moving on, so the tile's input window stays in L1. Tiles
-    // overhanging the output read past the last valid Q row; that slack is allocated and zeroed.
-    const int64_t row_tiles = (oh + kConvTileRows - 1) / kConvTileRows;
-    const int64_t col_tiles = (ow + kConvTileCols - 1) / kConvTileCols;
-    const int64_t max_read = max_off + (row_tiles * kConvTileRows - 1) * wq + col_tiles * kConvTileCols;
-    const int64_t q_alloc = std::max(q_size, max_read) + kConvTileCols;
-    AlignedBuffer q = AllocFloats(static_cast<size_t>(q_alloc));
-    std::memset(q.get() + q_size, 0, static_cast<size_t>(q_alloc - q_size) * sizeof(float));
+  // Q[phase][c] = the padded image's rows phase/sw :: sh and columns phase%sw :: sw; one task
+  // per (phase, channel) plane.
+  void FillPhasePlanes(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
+    ParallelFor(ctx, static_cast<size_t>(g.sh * g.sw * g.c_in), [&](size_t t) {
+      const int64_t phase = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
+      const int64_t ph = phase / g.sw, pw = phase % g.sw;
+      float* dst = q + static_cast<int64_t>(t) * g.plane;
+      const float* src = xi + c * g.h * g.w;
+      for (int64_t a = 0; a < g.hq; ++a) {
+        const int64_t row = a * g.sh + ph - pad_t;
+        float* d = dst + a * g.wq;
+        if (row < 0 || row >= g.h) {
+          std::memset(d, 0, static_cast<size_t>(g.wq) * sizeof(float));
+          continue;
+        }
+        for (int64_t b = 0; b < g.wq; ++b) {
+          const int64_t colx = b * g.sw + pw - pad_l;
+          d[b] = (colx >= 0 && colx < g.w) ? src[row * g.w + colx] : 0.f;
+        }
+      }
+    });
+  }
 
+  // Outputs of one image in 4 x 16 tiles (kConvTileRows x kConvTileCols), every output channel
+  // over one tile before moving on, so the tile's input window stays in L1.
+  void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const std::vector<int32_t>& off,
+             const float* q, const float* bias, float* yi) const {
+    const int64_t row_tiles = (g.oh + kConvTileRows - 1) / kConvTileRows;
+    const int64_t col_tiles = (g.ow + kConvTileCols - 1) / kConvTileCols;
     const int64_t tiles = row_tiles * col_tiles;
     // Group neighbouring tiles into tasks of ~100k multiply-adds.
     const double work_per_tile = static_cast<double>(csr.nnz) * kConvTileRows * kConvTileCols;
     const int64_t tiles_per_task = std::max<int64_t>(1, static_cast<int64_t>(100000.0 / std::max(work_per_tile, 1.0)));
     const int64_t tasks = (tiles + tiles_per_task - 1) / tiles_per_task;
     const Kernels& kern = KernelsFor(isa);
-    const float* xd = x.as<float>();
-
-    for (int64_t img = 0; img < nb; ++img) {
-      const float* xi = xd + img * c_in * h * w;
-      // Fill Q: one task per (phase, channel) plane.
-      ParallelFor(ctx, static_cast<size_t>(sh * sw * c_in), [&](size_t t) {
-        const int64_t phase = static_cast<int64_t>(t) / c_in, c = static_cast<int64_t>(t) % c_in;
-        const int64_t ph = phase / sw, pw = phase % sw;
-        float* dst = q.get() + t * plane;
-        const float* src = xi + c * h * w;
-        for (int64_t a = 0; a < hq; ++a) {
-          const int64_t row = a * sh + ph - pad_t;
-          float* d = dst + a * wq;
-          if (row < 0 || row >= h) {
-            std::memset(d, 0, static_cast<size_t>(wq) * sizeof(float));
-            continue;
-          }
-          for (int64_t b = 0; b < wq; ++b) {
-            const int64_t colx = b * sw + pw - pad_l;
-            d[b] = (colx >= 0 && colx < w) ? src[row * w + colx] : 0.f;
-          }
+    ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t t) {
+      alignas(64) float acc[kConvTileRows * kConvTileCols];
+      const int64_t t_end = std::min(tiles, (static_cast<int64_t>(t) + 1) * tiles_per_task);
+      for (int64_t tile = static_cast<int64_t>(t) * tiles_per_task; tile < t_end; ++tile) {
+        const int64_t oh0 = (tile / col_tiles) * kConvTileRows, ow0 = (tile % col_tiles) * kConvTileCols;
+        const int64_t rows_here = std::min<int64_t>(kConvTileRows, g.oh - oh0);
+        const int64_t cols_here = std::min<int64_t>(kConvTileCols, g.ow - ow0);
+        const float* qt = q + oh0 * g.wq + ow0;
+        for (int64_t r = 0; r < g.c_out; ++r) {
+          const int64_t j0 = csr.row_ptr[r], nz = csr.row_ptr[r + 1] - j0;
+          kern.conv_tile(csr.values + j0, off.data() + j0, nz, qt, g.wq, acc);
+          const float b = bias ? bias[r] : 0.f;
+          float* yr = yi + (r * g.oh + oh0) * g.ow + ow0;
+          for (int64_t u = 0; u < rows_here; ++u)
+            for (int64_t i = 0; i < cols_here; ++i) yr[u * g.ow + i] = acc[u * kConvTileCols + i] + b;
         }
-      });
-      float* yi = y + img * c_out * oh * ow;
-      ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t t) {
-        alignas(64) float acc[kConvTileRows * kConvTileCols];
-        const int64_t t_end = std::min(tiles, (static_cast<int64_t>(t) + 1) * tiles_per_task);
-        for (int64_t tile = static_cast<int64_t>(t) * tiles_per_task; tile < t_end; ++tile) {
-          const int64_t oh0 = (tile / col_tiles) * kConvTileRows, ow0 = (tile % col_tiles) * kConvTileCols;
-          const int64_t rows_here = std::min<int64_t>(kConvTileRows, oh - oh0);
-          const int64_t cols_here = std::min<int64_t>(kConvTileCols, ow - ow0);
-          const float* qt = q.get() + oh0 * wq + ow0;
-          for (int64_t r = 0; r < c_out; ++r) {
-            const int64_t j0 = csr.row_ptr[r], nz = csr.row_ptr[r + 1] - j0;
-            kern.conv_tile(csr.values + j0, off.data() + j0, nz, qt, wq, acc);
-            const float b = bias ? bias[r] : 0.f;
-            float* yr = yi + (r * oh + oh0) * ow + ow0;
-            for (int64_t u = 0; u < rows_here; ++u)
-              for (int64_t i = 0; i < cols_here; ++i) yr[u * ow + i] = acc[u * kConvTileCols + i] + b;
-          }
-        }
-      });
-    }
+      }
+    });
   }
 };
 
@@ -879,15 +980,12 @@ void InferCsrConv(const ShapeInfer& si) {
   if (!si.AttrInts("kernel_shape", &ks) || !si.AttrInts("strides", &st) || !si.AttrInts("dilations", &di) ||
       !si.AttrInts("pads", &pa))
     return;
-  if (ks.size() != 2 || st.size() != 2 || di.size() != 2 || pa.size() != 4) return;
+  if (!ConvAttrsError(ks, st, di, pa).empty()) return;  // the kernel refuses these
   if (x[2].value < 0 || x[3].value < 0) return;  // spatial dims must be values to compute OH, OW
   ShapeInfer::Dim oh, ow;
-  for (int a = 0; a < 2; ++a) {
-    if (ks[a] < 1 || st[a] < 1 || di[a] < 1 || pa[a] < 0 || pa[a + 2] < 0) return;
-    const int64_t span = x[2 + a].value + pa[a] + pa[a + 2] - (ks[a] - 1) * di[a] - 1;
-    if (span < 0) return;
-    (a == 0 ? oh : ow).value = span / st[a] + 1;
-  }
+  if (!ConvExtent(x[2].value, pa[0], pa[2], ks[0], di[0], st[0], &oh.value) ||
+      !ConvExtent(x[3].value, pa[1], pa[3], ks[1], di[1], st[1], &ow.value))
+    return;
   si.SetOutput({x[0], c_out, oh, ow});
 }
 
