@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import __version__
-from onnxprune.errors import EXIT_OK, GateFailed, InvalidModelError, RuntimeFailure, UsageError
+from onnxprune.errors import EXIT_OK, GateFailed, UsageError
 from onnxprune.runtime_ops import DOMAIN
 
 REL_ATOL = 1e-4
@@ -73,28 +73,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _session(model_bytes: bytes, threads: int):
-    import onnxruntime as ort
+    from onnxprune.check import make_session
 
-    from onnxprune import runtime_ops
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts = runtime_ops.session_options(base=opts)
-    try:
-        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InvalidModelError(f"ONNX Runtime cannot load the model: {msg}") from None
+    return make_session(model_bytes, threads, inter_op_threads=1)
 
 
 def _run(sess, feeds):
-    try:
-        return sess.run(None, feeds)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeFailure(f"ONNX Runtime failed to run the model: {msg}") from None
+    from onnxprune.check import run_session
+
+    return run_session(sess, feeds)
 
 
 def _densified_graph(model):

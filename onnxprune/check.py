@@ -8,6 +8,7 @@ at the given ``rtol``: ``max(|cand − ref| − rtol·|ref|)``.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 from onnx import ModelProto, TensorProto
@@ -70,37 +71,60 @@ def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
     return {n: data[n] for n in names}
 
 
-def make_session(model: ModelProto, threads: int | None = 1, providers=None,
-                 error: type = InvalidModelError):
-    """An ONNX Runtime session for ``model``; onnxprune's CSR ops are registered when the model
-    imports their domain.  A model ORT refuses raises ``error`` with ORT's first line."""
-    import onnxruntime as ort
+# ONNX Runtime's own log goes to stderr in colour; its errors reach us as exceptions anyway,
+# so the session logs only fatal events and the CLI's one-line error stays one line.
+ORT_LOG_FATAL = 4
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's exception as one plain line: the first line, without colour codes and
+    without the ``[ONNXRuntimeError] : N : NAME :`` prefix."""
+    text = _ANSI.sub("", str(exc)).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return _ORT_PREFIX.sub("", line) or type(exc).__name__
+
+
+def make_session(model: "ModelProto | bytes", threads: int | None = 1, providers=None,
+                 error: type = InvalidModelError, inter_op_threads: int | None = None):
+    """An ONNX Runtime session for ``model``, the one way onnxprune opens one (telemetry off,
+    see ``runtime_ops.disable_telemetry``; fatal-only logging).  onnxprune's CSR ops are
+    registered when a ModelProto imports their domain, and always for serialized bytes.
+    A model ORT refuses raises ``error`` with ORT's message."""
     from onnxprune import runtime_ops
 
+    ort = runtime_ops.import_onnxruntime()
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    if any(op.domain == runtime_ops.DOMAIN for op in model.opset_import):
-        so = runtime_ops.session_options(base=so)
+    if inter_op_threads:
+        so.inter_op_num_threads = inter_op_threads
+    so.log_severity_level = ORT_LOG_FATAL
+    if isinstance(model, ModelProto):
+        custom = any(op.domain == runtime_ops.DOMAIN for op in model.opset_import)
+        blob = serialize_for_runtime(model)
+    else:
+        custom, blob = True, model
     try:
-        return ort.InferenceSession(serialize_for_runtime(model), so,
-                                    providers=providers or ["CPUExecutionProvider"])
+        return runtime_ops.InferenceSession(blob, so, providers=providers, custom_ops=custom)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise error(f"ONNX Runtime cannot load the model: {msg}") from None
+        raise error(f"ONNX Runtime cannot load the model: {ort_message(e)}") from None
+
+
+def run_session(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``sess.run`` with ORT's failures as a one-line ``RuntimeFailure``."""
+    try:
+        return sess.run(None, feeds)
+    except Exception as e:
+        raise RuntimeFailure(f"ONNX Runtime failed to run the model: {ort_message(e)}") from None
 
 
 def run_model(model: ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     sess = make_session(model)
     expected = {i.name: i for i in sess.get_inputs()}
-    feeds = {k: v for k, v in feeds.items() if k in expected}
-    try:
-        return sess.run(None, feeds)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeFailure(f"ONNX Runtime failed to run the model: {msg}") from None
+    return run_session(sess, {k: v for k, v in feeds.items() if k in expected})
 
 
 def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: float) -> dict:

@@ -534,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything can import ONNX Runtime: it sends nothing (README's promise).
+    from onnxprune.runtime_ops import disable_telemetry
+
+    disable_telemetry()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -56,7 +56,10 @@ def evaluate(
         try:
             scores = sess.run([out_name], {spec.name: xb})[0][:real]
         except Exception as exc:
-            raise RuntimeFailure(f"ONNX Runtime failed on samples {start}..{start + real - 1}: {exc}") from exc
+            from onnxprune.check import ort_message
+
+            raise RuntimeFailure(f"ONNX Runtime failed on samples {start}..{start + real - 1}: "
+                                 f"{ort_message(exc)}") from None
         if scores.ndim != 2:
             raise UsageError(f"model output {out_name!r} has shape {scores.shape}; scores (N, C) are required")
         if seen_classes is None:

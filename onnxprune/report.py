@@ -107,9 +107,11 @@ def file_record(path: str) -> dict:
 def versions() -> dict:
     import onnx
     import onnx_graphsurgeon
-    import onnxruntime
 
     from onnxprune import __version__
+    from onnxprune.runtime_ops import import_onnxruntime
+
+    onnxruntime = import_onnxruntime()
 
     return {
         "onnxprune": __version__,

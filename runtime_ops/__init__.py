@@ -5,6 +5,10 @@ shared library built by ``pip install``. ONNX Runtime loads it through
 ``SessionOptions.register_custom_ops_library(library_path())`` — the same call exists in
 ORT's C, C++, C# and Java bindings, so a lowered model runs from any of them.
 
+Every ONNX Runtime session onnxprune makes is created here (:func:`InferenceSession`), and
+ONNX Runtime is imported only through :func:`import_onnxruntime`, which switches its telemetry
+off first (:func:`disable_telemetry`).
+
 Invariant: ``DOMAIN`` here and the domain string compiled into the library are the same
 (a test checks it).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import weakref
 from typing import TYPE_CHECKING, Sequence
 
@@ -26,6 +31,8 @@ __all__ = [
     "InferenceSession",
     "csr_from_dense",
     "dense_from_csr",
+    "disable_telemetry",
+    "import_onnxruntime",
     "library_path",
     "session_options",
 ]
@@ -37,6 +44,34 @@ _LIBRARY_STEM = "_onnxprune_ops"
 # Options objects that already have the library registered: ORT refuses a second
 # registration of the same domain on one options object.
 _REGISTERED: "weakref.WeakSet[onnxruntime.SessionOptions]" = weakref.WeakSet()
+
+# Read by ONNX Runtime's native library when the Python module is imported.
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
+def disable_telemetry() -> None:
+    """Keep ONNX Runtime from recording and sending telemetry (nothing leaves the machine).
+
+    ORT's Linux wheel opens an event store under ``~/.cache/Microsoft`` when ``onnxruntime`` is
+    imported and tries to upload it about 10 s later.  Only ``ORT_DISABLE_TELEMETRY=1`` read at
+    that import stops both; ``onnxruntime.disable_telemetry_events()`` called after the import
+    leaves the store and the upload attempts in place (measured with onnxruntime 1.32).  So
+    the variable is set before the first import; if the host process imported ONNX Runtime
+    earlier, its events are at least switched off.  Idempotent and cheap.
+    """
+    os.environ[TELEMETRY_ENV] = "1"
+    ort = sys.modules.get("onnxruntime")
+    if ort is not None and hasattr(ort, "disable_telemetry_events"):
+        ort.disable_telemetry_events()
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, imported after :func:`disable_telemetry`."""
+    disable_telemetry()
+    import onnxruntime
+
+    disable_telemetry()  # the first import has just happened: switch events off as well
+    return onnxruntime
 
 
 def library_path() -> str:
@@ -67,8 +102,7 @@ def session_options(
 
     ``base`` lets callers start from their own options (it is modified and returned).
     """
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     opts = base if base is not None else ort.SessionOptions()
     if intra_op_num_threads is not None:
         opts.intra_op_num_threads = int(intra_op_num_threads)
@@ -86,15 +120,21 @@ def InferenceSession(  # noqa: N802 - mirrors onnxruntime.InferenceSession
     path_or_bytes: "str | os.PathLike[str] | bytes",
     sess_options: "onnxruntime.SessionOptions | None" = None,
     providers: Sequence[str] | None = None,
+    *,
+    custom_ops: bool = True,
 ) -> "onnxruntime.InferenceSession":
     """An ``onnxruntime.InferenceSession`` that can run models using the ``ai.onnxprune`` ops.
 
     ``sess_options`` is used as given, with the library registered on it unless
-    :func:`session_options` already did.
+    :func:`session_options` already did (or ``custom_ops`` is false: a model without the
+    ``ai.onnxprune`` domain then runs even where the native library was not built).
+    ONNX Runtime's telemetry is off before the session exists (:func:`disable_telemetry`).
     """
-    import onnxruntime as ort
-
-    opts = session_options(base=sess_options) if sess_options is not None else session_options()
+    ort = import_onnxruntime()
+    if custom_ops:
+        opts = session_options(base=sess_options) if sess_options is not None else session_options()
+    else:
+        opts = sess_options if sess_options is not None else ort.SessionOptions()
     if isinstance(path_or_bytes, os.PathLike):
         path_or_bytes = os.fspath(path_or_bytes)
     return ort.InferenceSession(
