@@ -32,6 +32,8 @@ import onnx_graphsurgeon as gs
 from onnx import ModelProto, TensorProto
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from onnxprune.errors import RuntimeFailure
+
 # onnx-graphsurgeon logs through its own logger at import and on export; keep it quiet so the
 # CLI's stderr stays readable.
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
@@ -162,6 +164,7 @@ def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
     ``info`` (an ``io.LoadInfo``) supplies lazily loaded initializers as memory maps.
     """
     graph = gs.import_onnx(model)
+    _own_shadowing_initializers(graph, model.graph)
     for t in graph.tensors().values():
         # Storage is decided by io at save time; a location remembered from the input would
         # make onnx-graphsurgeon mark a rewritten (embedded) tensor as external.
@@ -169,11 +172,17 @@ def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
             t.data_location = None
             if type(t._values) is SparseValues:
                 t._values = DenseOfSparse(t._values.tensor)
-    if info is not None and info.external:
-        for name, t in graph.tensors().items():
-            if isinstance(t, gs.Constant) and name in info.external and \
-                    isinstance(t._values, LazyValues):
-                t._values = ExternalValues(t._values.tensor, partial(info.array, name))
+    for t in graph.tensors().values():
+        if not (isinstance(t, gs.Constant) and isinstance(t._values, LazyValues)) or \
+                t._values.tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        # Matched by the tensor itself, not its name: another tensor may share the name.
+        ref = info.ref_of(t._values.tensor) if info is not None else None
+        if ref is None:
+            # onnx would read it relative to the working folder: only io reads external data.
+            raise RuntimeFailure(f"tensor {t.name!r} refers to external data that io.load "
+                                 "did not validate")
+        t._values = ExternalValues(t._values.tensor, partial(info.array_of, ref))
     init_names = {t.name for t in model.graph.initializer}
     # Before IR version 4 every initializer had to be listed as a graph input too, so there
     # the listing says nothing about the user wanting to override it: those are weights.
@@ -205,6 +214,43 @@ def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
                 new_inputs.append(current[vi.name])
         graph.inputs = new_inputs
     return graph
+
+
+def _replace_tensor(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every use of ``old`` in ``graph`` and its subgraphs at ``new``."""
+    for g in _all_graphs(graph):
+        for node in g.nodes:
+            for k, t in enumerate(node.inputs):
+                if t is old:
+                    node.inputs[k] = new
+
+
+def _own_shadowing_initializers(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """Give each subgraph initializer that reuses an outer-scope name its own Constant.
+
+    onnx-graphsurgeon resolves such an initializer to the outer tensor, so the subgraph would
+    be written back with the outer tensor's values.  Subgraphs are matched to their protos
+    node by node (the import keeps the order); outer graphs are handled before inner ones.
+    """
+    stack = [(graph, proto, {})]
+    while stack:
+        g, p, outer = stack.pop()
+        mine = {t.name: t for t in g.tensors().values()}
+        for init in p.initializer if g is not graph else ():
+            t = mine.get(init.name)
+            if t is not None and outer.get(init.name) is t:
+                own = gs.Constant(init.name, LazyValues(init))
+                _replace_tensor(g, t, own)
+                mine[init.name] = own
+        visible = {**outer, **mine}
+        for node, pnode in zip(g.nodes, p.node):
+            for a in pnode.attribute:
+                sub = node.attrs.get(a.name)
+                if a.HasField("g") and isinstance(sub, gs.Graph):
+                    stack.append((sub, a.g, visible))
+                elif len(a.graphs) and isinstance(sub, (list, tuple)):
+                    stack.extend((s, pg, visible) for s, pg in zip(sub, a.graphs)
+                                 if isinstance(s, gs.Graph))
 
 
 def _large_constants(graph: gs.Graph, min_bytes: int):

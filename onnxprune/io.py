@@ -52,6 +52,23 @@ class ExternalRef:
     length: int
     data_type: int
     dims: tuple[int, ...]
+    location: str = ""  # as written in the tensor that refers to it
+
+    def describes(self, t: TensorProto) -> bool:
+        """Whether ``t`` is the external tensor this reference was validated from.
+
+        A name alone does not identify a tensor (a branch initializer or a Constant's value may
+        reuse a top-level name), so the location, offset, type and shape must match too.
+        """
+        if not _is_external(t):
+            return False
+        info = _external_info(t)
+        try:
+            offset = int(info.get("offset", "0"))
+        except ValueError:
+            return False
+        return (info.get("location") == self.location and offset == self.offset
+                and t.data_type == self.data_type and tuple(t.dims) == self.dims)
 
 
 @dataclasses.dataclass
@@ -61,15 +78,24 @@ class LoadInfo:
     path: str
     data_files: tuple[str, ...]  # absolute paths of external data files read
     file_bytes: int  # size of the .onnx plus its data files
-    # Initializer name → its bytes in an external file, for models loaded with ``lazy=True``
-    # (those initializers are left as external references in the ModelProto).
+    # Top-level initializer name → its bytes in an external file, for models loaded with
+    # ``lazy=True`` (those initializers are left as external references in the ModelProto;
+    # every other tensor holds its bytes).  Look a tensor up with ``ref_of``, not by name.
     external: dict[str, ExternalRef] = dataclasses.field(default_factory=dict)
 
     _maps: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
+    def ref_of(self, t: TensorProto) -> ExternalRef | None:
+        """The validated reference of the lazily loaded tensor ``t`` itself, else None."""
+        ref = self.external.get(t.name)
+        return ref if ref is not None and ref.describes(t) else None
+
     def array(self, name: str) -> np.ndarray:
         """A read-only view of an external initializer in a memory map (no copy, no write)."""
-        ref = self.external[name]
+        return self.array_of(self.external[name])
+
+    def array_of(self, ref: ExternalRef) -> np.ndarray:
+        """A read-only view of ``ref``'s bytes in a memory map (whole-byte element types)."""
         dtype = tensor_dtype(ref.data_type)
         if ref.length == 0:
             return np.zeros(ref.dims, dtype=dtype)
@@ -102,41 +128,57 @@ def _map_file(path: str):
 # --------------------------------------------------------------------------- tensor walk
 
 
-def iter_tensors(graph: GraphProto, skip_sparse_initializers: bool = False) -> Iterator[TensorProto]:
-    """Every TensorProto in a graph, subgraphs included, in a fixed (file) order."""
+def iter_tensors(graph: GraphProto, skip_sparse: bool = False) -> Iterator[TensorProto]:
+    """Every TensorProto in a graph, subgraphs included, in a fixed (file) order.
+
+    The graph's initializers come first.  ``skip_sparse`` leaves out the parts of sparse
+    tensors (sparse initializers and sparse attributes).
+    """
     yield from graph.initializer
-    if not skip_sparse_initializers:
+    if not skip_sparse:
         for sp in graph.sparse_initializer:
             yield sp.values
             yield sp.indices
     for node in graph.node:
         for attr in node.attribute:
-            yield from _attribute_tensors(attr)
+            yield from _attribute_tensors(attr, skip_sparse)
 
 
-def _attribute_tensors(attr: AttributeProto) -> Iterator[TensorProto]:
+def _attribute_tensors(attr: AttributeProto, skip_sparse: bool = False) -> Iterator[TensorProto]:
     if attr.HasField("t"):
         yield attr.t
     yield from attr.tensors
-    if attr.HasField("sparse_tensor"):
-        yield attr.sparse_tensor.values
-        yield attr.sparse_tensor.indices
-    for sp in attr.sparse_tensors:
-        yield sp.values
-        yield sp.indices
+    if not skip_sparse:
+        if attr.HasField("sparse_tensor"):
+            yield attr.sparse_tensor.values
+            yield attr.sparse_tensor.indices
+        for sp in attr.sparse_tensors:
+            yield sp.values
+            yield sp.indices
     if attr.HasField("g"):
-        yield from iter_tensors(attr.g)
+        yield from iter_tensors(attr.g, skip_sparse)
     for g in attr.graphs:
-        yield from iter_tensors(g)
+        yield from iter_tensors(g, skip_sparse)
 
 
-def _iter_all_tensors(model: ModelProto, skip_sparse_initializers: bool = False
-                      ) -> Iterator[TensorProto]:
-    yield from iter_tensors(model.graph, skip_sparse_initializers)
+def _training_graphs(model: ModelProto) -> Iterator[GraphProto]:
+    """The initialization and algorithm graphs of ``training_info`` (those present)."""
+    for ti in model.training_info:
+        for field in ("initialization", "algorithm"):
+            if ti.HasField(field):
+                yield getattr(ti, field)
+
+
+def _iter_all_tensors(model: ModelProto, skip_sparse: bool = False) -> Iterator[TensorProto]:
+    """Every TensorProto of the model: main graph first (its initializers leading), then
+    ``training_info`` graphs, then model-local functions."""
+    yield from iter_tensors(model.graph, skip_sparse)
+    for g in _training_graphs(model):
+        yield from iter_tensors(g, skip_sparse)
     for fn in model.functions:
         for node in fn.node:
             for attr in node.attribute:
-                yield from _attribute_tensors(attr)
+                yield from _attribute_tensors(attr, skip_sparse)
 
 
 def _is_external(t: TensorProto) -> bool:
@@ -196,6 +238,12 @@ def _external_info(t: TensorProto) -> dict[str, str]:
 
 
 def _validate_external(t: TensorProto, base_dir: str, cache: dict[str, int]) -> ExternalRef:
+    if t.data_type == TensorProto.STRING:
+        raise InvalidModelError(f"tensor {t.name!r}: a string tensor cannot be stored as "
+                                "external data (it has no raw byte form)")
+    if not _known_type(t.data_type) or t.data_type == TensorProto.UNDEFINED:
+        raise InvalidModelError(f"tensor {t.name!r}: external data of unknown data type "
+                                f"{t.data_type}")
     info = _external_info(t)
     path = _resolve_external_location(base_dir, info.get("location", ""), t.name)
     try:
@@ -219,12 +267,15 @@ def _validate_external(t: TensorProto, base_dir: str, cache: dict[str, int]) -> 
             f"of {info['location']!r} ({size} bytes)"
         )
     expected = _expected_nbytes(t)
-    if expected is not None and expected != length:
+    if expected is None:
+        raise InvalidModelError(f"tensor {t.name!r}: negative dimension in {list(t.dims)}")
+    if expected != length:
         raise InvalidModelError(
             f"tensor {t.name!r}: external data holds {length} bytes but shape "
             f"{list(t.dims)} needs {expected}"
         )
-    return ExternalRef(path, offset, length, t.data_type, tuple(int(d) for d in t.dims))
+    return ExternalRef(path, offset, length, t.data_type, tuple(int(d) for d in t.dims),
+                       info["location"])
 
 
 def _read_ref(ref: ExternalRef) -> bytes:
@@ -242,29 +293,56 @@ def _embed(t: TensorProto, data: bytes) -> None:
     del t.external_data[:]
 
 
-_ITEMSIZE = {
-    TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2,
-    TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT16: 2, TensorProto.UINT16: 2,
-    TensorProto.INT32: 4, TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
-    TensorProto.BOOL: 1,
-}
+# Bits per element of the types stored packed (several elements to a byte): raw data holds
+# ceil(n·bits/8) bytes.  Every other type but STRING takes its numpy item size per element.
+_PACKED_BITS = {getattr(TensorProto, n): bits for n, bits in (
+    ("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2),
+    ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6)) if hasattr(TensorProto, n)}
+_COMPLEX = frozenset({TensorProto.COMPLEX64, TensorProto.COMPLEX128})
+
+
+def _element_count(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def tensor_nbytes(data_type: int, dims) -> int | None:
+    """Bytes of raw (or external) data a tensor of this type and shape holds.
+
+    Packed types take ceil(n·bits/8) bytes; the others n × item size.  None where the type has
+    no raw form (STRING), is unknown, or a dimension is negative.
+    """
+    if any(int(d) < 0 for d in dims) or data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
+        return None
+    n = _element_count(dims)
+    bits = _PACKED_BITS.get(data_type)
+    if bits is not None:
+        return (n * bits + 7) // 8
+    try:
+        return n * tensor_dtype(data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _typed_count(data_type: int, n: int) -> int:
+    """Entries of the typed field (int32_data, float_data, ...) holding ``n`` elements."""
+    if data_type in _COMPLEX:
+        return 2 * n  # real and imaginary parts
+    if _PACKED_BITS.get(data_type) == 4:
+        return (n + 1) // 2
+    if _PACKED_BITS.get(data_type) == 2:
+        return (n + 3) // 4
+    return n  # 6-bit types keep one element per int32 entry
 
 
 def _expected_nbytes(t: TensorProto) -> int | None:
-    item = _ITEMSIZE.get(t.data_type)
-    if item is None:
-        return None
-    n = 1
-    for d in t.dims:
-        if d < 0:
-            return None
-        n *= d
-    return n * item
+    return tensor_nbytes(t.data_type, t.dims)
 
 
-_PACKED_4BIT = frozenset(getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
-                         if hasattr(TensorProto, n))
-_COMPLEX = frozenset({TensorProto.COMPLEX64, TensorProto.COMPLEX128})
+def _known_type(data_type: int) -> bool:
+    return data_type == TensorProto.STRING or tensor_nbytes(data_type, ()) is not None
 
 
 def _check_payload(t: TensorProto, path: str) -> None:
@@ -273,35 +351,25 @@ def _check_payload(t: TensorProto, path: str) -> None:
     Only counts are compared (nothing is allocated), so a tensor that claims 10^12 elements
     over a few bytes is refused before any reader trusts its shape.
     """
-    n = 1
-    for d in t.dims:
-        if d < 0:
-            raise InvalidModelError(f"{path}: tensor {t.name!r} has a negative dimension "
-                                    f"{list(t.dims)}")
-        n *= d
+    if any(d < 0 for d in t.dims):
+        raise InvalidModelError(f"{path}: tensor {t.name!r} has a negative dimension "
+                                f"{list(t.dims)}")
+    n = _element_count(t.dims)
     dt = t.data_type
     has_raw = t.HasField("raw_data")
     if dt == TensorProto.UNDEFINED:
         if has_raw or n:
             raise InvalidModelError(f"{path}: tensor {t.name!r} has no data type")
         return
+    if not _known_type(dt):
+        raise InvalidModelError(f"{path}: tensor {t.name!r} has unknown data type {dt}")
     if has_raw:
         if dt == TensorProto.STRING:
             raise InvalidModelError(f"{path}: string tensor {t.name!r} stores raw bytes")
-        try:
-            item = tensor_dtype(dt).itemsize
-        except (KeyError, TypeError, ValueError):
-            raise InvalidModelError(f"{path}: tensor {t.name!r} has unknown data type {dt}") \
-                from None
-        expected, got = ((n + 1) // 2 if dt in _PACKED_4BIT else n * item), len(t.raw_data)
+        expected, got = tensor_nbytes(dt, t.dims), len(t.raw_data)
     else:
-        try:
-            field = onnx.helper.tensor_dtype_to_field(dt)
-        except (KeyError, TypeError, ValueError):
-            raise InvalidModelError(f"{path}: tensor {t.name!r} has unknown data type {dt}") \
-                from None
-        got = len(getattr(t, field))
-        expected = 2 * n if dt in _COMPLEX else (n + 1) // 2 if dt in _PACKED_4BIT else n
+        got = len(getattr(t, onnx.helper.tensor_dtype_to_field(dt)))
+        expected = _typed_count(dt, n)
     if got != expected:
         raise InvalidModelError(
             f"{path}: tensor {t.name!r} has {got} {'bytes' if has_raw else 'values'} of data but "
@@ -310,7 +378,7 @@ def _check_payload(t: TensorProto, path: str) -> None:
 
 def _iter_all_sparse(model: ModelProto) -> Iterator[SparseTensorProto]:
     """Every SparseTensorProto: sparse initializers and attributes, in subgraphs and functions."""
-    stack = [model.graph]
+    stack = [model.graph, *_training_graphs(model)]
     nodes = [n for fn in model.functions for n in fn.node]
     while stack or nodes:
         if stack:
@@ -329,7 +397,8 @@ def _iter_all_sparse(model: ModelProto) -> Iterator[SparseTensorProto]:
 
 
 def _all_graphs(model: ModelProto) -> Iterator[GraphProto]:
-    yield from proto_graphs(model.graph)
+    for top in (model.graph, *_training_graphs(model)):
+        yield from proto_graphs(top)
 
 
 def proto_graphs(graph: GraphProto) -> Iterator[GraphProto]:
@@ -375,6 +444,109 @@ def _check_text(model: ModelProto, path: str) -> None:
             raise InvalidModelError(f"{path}: a name in the model is not valid UTF-8: {text[:40]!r}")
 
 
+def _node_label(node, index: int) -> str:
+    return repr(node.name) if node.name else f"#{index} ({node.op_type})"
+
+
+def _subgraphs(node) -> Iterator[GraphProto]:
+    for a in node.attribute:
+        if a.HasField("g"):
+            yield a.g
+        yield from a.graphs
+
+
+def _scopes(graph: GraphProto) -> tuple[list[GraphProto], list[list[list[int]]]]:
+    """``graph`` and its subgraphs, each listed before its own subgraphs, and for each graph
+    and node the positions (in that list) of the node's subgraphs."""
+    order: list[GraphProto] = [graph]
+    children: list[list[list[int]]] = []
+    k = 0
+    while k < len(order):
+        per_node = []
+        for node in order[k].node:
+            subs = list(_subgraphs(node))
+            per_node.append(list(range(len(order), len(order) + len(subs))))
+            order.extend(subs)
+        children.append(per_node)
+        k += 1
+    return order, children
+
+
+def _check_scope(g: GraphProto, sub_reads: list[list[set[str]]], path: str) -> set[str]:
+    """Check one graph; ``sub_reads[i]`` are the outer-scope reads of node i's subgraphs.
+    Returns the outer-scope names ``g`` itself reads.
+
+    Within a graph every name is defined once: an initializer (dense or sparse) appears once,
+    a node output is written by one node and is neither an initializer nor a graph input
+    (an initializer may also be a graph input: IR < 4 requires it).  The nodes, with each
+    node's subgraphs reading outer-scope names as extra inputs, must form no cycle (their order
+    in the file need not be topological).  A subgraph may reuse an outer name (it shadows it).
+    """
+    where = f"graph {g.name!r}"
+    inits: set[str] = set()
+    for name in (*(t.name for t in g.initializer), *(sp.values.name for sp in g.sparse_initializer)):
+        if name in inits:
+            raise InvalidModelError(f"{path}: initializer {name!r} is defined twice in {where}")
+        inits.add(name)
+    inputs = {vi.name for vi in g.input}
+    producer: dict[str, int] = {}
+    for i, node in enumerate(g.node):
+        for out in node.output:
+            if not out:
+                continue
+            if out in producer:
+                first = producer[out]
+                raise InvalidModelError(
+                    f"{path}: tensor {out!r} is written by two nodes "
+                    f"({_node_label(g.node[first], first)} and {_node_label(node, i)}) in {where}")
+            if out in inits or out in inputs:
+                raise InvalidModelError(
+                    f"{path}: tensor {out!r} is written by node {_node_label(node, i)} but is "
+                    f"also {'an initializer' if out in inits else 'a graph input'} of {where}")
+            producer[out] = i
+    # Kahn's algorithm: a node is ready once every producer it reads from has run.
+    readers: list[list[int]] = [[] for _ in g.node]
+    waiting = [0] * len(g.node)
+    used: set[str] = set()
+    for i, node in enumerate(g.node):
+        reads = {n for n in node.input if n}
+        for sub in sub_reads[i]:
+            reads |= sub
+        used |= reads
+        for name in reads:
+            j = producer.get(name)
+            if j is not None:
+                readers[j].append(i)
+                waiting[i] += 1
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    done = 0
+    while ready:
+        j = ready.pop()
+        done += 1
+        for i in readers[j]:
+            waiting[i] -= 1
+            if waiting[i] == 0:
+                ready.append(i)
+    if done != len(g.node):
+        i = next(i for i, w in enumerate(waiting) if w)
+        raise InvalidModelError(f"{path}: {where} has a cycle through node "
+                                f"{_node_label(g.node[i], i)}; no runtime can order its nodes")
+    return used - inits - inputs - producer.keys()
+
+
+def check_graph(model: ModelProto, path: str) -> None:
+    """Refuse a main graph (or subgraph) that no runtime loads: see ``_check_scope``.
+
+    Subgraphs are checked before the graphs holding them, so a node's reads include the
+    outer-scope names its subgraphs read.  Linear in the number of node inputs and outputs.
+    """
+    order, children = _scopes(model.graph)
+    reads: list[set[str]] = [set()] * len(order)
+    for k in reversed(range(len(order))):  # every subgraph before the graph holding it
+        sub_reads = [[reads[c] for c in per_node] for per_node in children[k]]
+        reads[k] = _check_scope(order[k], sub_reads, path)
+
+
 def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -418,23 +590,23 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, Lo
     del blob
     _validate_header(model, path)
     _check_text(model, path)
+    check_graph(model, path)
     base_dir = os.path.dirname(os.path.abspath(path))
     data_files: list[str] = []
     sizes: dict[str, int] = {}
     external: dict[str, ExternalRef] = {}
-    lazy_names = set()
-    if lazy:
-        names = [t.name for t in model.graph.initializer]
-        # Only uniquely named top-level initializers can be referred to by name.
-        lazy_names = {n for n in names if n and names.count(n) == 1} if len(names) < 50_000 \
-            else set(names)
-    for t in _iter_all_tensors(model):
+    n_top = len(model.graph.initializer) if lazy else 0
+    # Every external tensor is validated and read here, against the model's own folder; only
+    # top-level initializers of whole-byte types stay external when lazy (their names are
+    # unique: check_graph refused duplicates).  Nothing is left for another library to read
+    # relative to the working folder.
+    for k, t in enumerate(_iter_all_tensors(model)):
         if not _is_external(t):
             continue
         ref = _validate_external(t, base_dir, sizes)
         if ref.path not in data_files:
             data_files.append(ref.path)
-        if t.name in lazy_names and t.name not in external:
+        if k < n_top and t.data_type not in _PACKED_BITS:
             external[t.name] = ref
         else:
             _embed(t, _read_ref(ref))
@@ -448,8 +620,6 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, Lo
         raise InvalidModelError(
             f"{path}: its sparse tensors need {dense_bytes / 1e9:.3g} GB once densified, more "
             "than this machine's memory")
-    # A lazily loaded initializer must still be external in the proto; one that shares its
-    # name with an embedded tensor elsewhere was embedded above and is dropped from the map.
     total = size + sum(sizes.values())
     return model, LoadInfo(path=os.path.abspath(path), data_files=tuple(data_files),
                            file_bytes=total, external=external)
@@ -458,8 +628,9 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, Lo
 def materialize(model: ModelProto, info: LoadInfo) -> ModelProto:
     """Embed every lazily loaded initializer (in place); returns ``model``."""
     for t in model.graph.initializer:
-        if _is_external(t) and t.name in info.external:
-            _embed(t, _read_ref(info.external[t.name]))
+        ref = info.ref_of(t)
+        if ref is not None:
+            _embed(t, _read_ref(ref))
     return model
 
 
@@ -810,7 +981,7 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
                             _embed(t, np.ascontiguousarray(arr).tobytes())
                     elif t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
                         put(t, t.raw_data)
-                rest = _iter_all_tensors(model, skip_sparse_initializers=embed_sparse)
+                rest = _iter_all_tensors(model, skip_sparse=embed_sparse)
                 for k, t in enumerate(rest):
                     if k < n_init:
                         continue  # initializers were handled above
@@ -923,10 +1094,11 @@ def save_with_storage(model: ModelProto, path: str | os.PathLike, *, storage: st
     arrays: dict[int, np.ndarray] = {}
     for i, t in enumerate(out.graph.initializer):
         if _is_external(t):
-            if source is None or t.name not in source.external:
+            ref = source.ref_of(t) if source is not None else None
+            if ref is None:
                 raise RuntimeFailure(f"tensor {t.name!r} refers to external data that was not "
                                      "loaded; load the model without lazy=True")
-            arrays[i] = source.array(t.name)
+            arrays[i] = source.array_of(ref)
     sparse = to_portable_sparse(out, arrays=arrays) if storage == "portable" else []
     payload = model_payload_bytes(out) + sum(a.nbytes for a in arrays.values())
     external = _decide_external(payload, source, external_data)
