@@ -9,6 +9,7 @@ The vector kernels select their instruction sets per function at run time, so th
 deliberately never uses ``-march=native``: the wheel must run on any x86-64 CPU.
 """
 
+import os
 import platform
 import sys
 
@@ -17,6 +18,13 @@ from setuptools.command.build_ext import build_ext
 
 SOURCES = ["runtime_ops/src/ops.cc", "runtime_ops/src/kernels.cc"]
 HEADERS = ["runtime_ops/src/kernels.h", "runtime_ops/src/ort_abi.h"]
+
+# Test/CI-only: ONNXPRUNE_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer,
+# every report fatal (runtime_ops/check_sanitized.sh builds that into build/sanitized/, never
+# over the installed library). -fno-wrapv undoes Python's default -fwrapv, which would make
+# signed overflow wrap silently instead of being reported.
+SANITIZE_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                  "-fno-wrapv"]
 
 
 class BuildCustomOpLibrary(build_ext):
@@ -31,8 +39,13 @@ class BuildCustomOpLibrary(build_ext):
             flags = ["/std:c++17", "/O2", "/EHsc"]
         else:
             flags = ["-std=c++17", "-O3", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-math-errno"]
+        link = []
+        if os.environ.get("ONNXPRUNE_SANITIZE") == "1" and self.compiler.compiler_type != "msvc":
+            flags += SANITIZE_FLAGS  # later flags win: -O1 replaces -O3
+            link = ["-fsanitize=address,undefined"]
         for ext in self.extensions:
             ext.extra_compile_args = flags + list(ext.extra_compile_args or [])
+            ext.extra_link_args = link + list(ext.extra_link_args or [])
         super().build_extensions()
 
 

@@ -30,6 +30,18 @@ def save_external(model, path, threshold=0):
 LONG_TIERS = ("corpus", "fuzz", "slow")
 
 
+def pytest_configure(config):
+    """Test/CI-only knob: ONNXPRUNE_TEST_OPS_LIBRARY points every test at another build of the
+    custom-op library (runtime_ops/check_sanitized.sh sets it to the sanitizer build)."""
+    override = os.environ.get("ONNXPRUNE_TEST_OPS_LIBRARY")
+    if override:
+        if not os.path.isfile(override):
+            raise pytest.UsageError(f"ONNXPRUNE_TEST_OPS_LIBRARY={override} is not a file")
+        from onnxprune import runtime_ops
+
+        runtime_ops.library_path = lambda: os.path.abspath(override)
+
+
 def pytest_collection_modifyitems(config, items):
     selected = config.getoption("markexpr") or ""
     for item in items:
