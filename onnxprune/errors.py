@@ -44,3 +44,12 @@ class InvalidModelError(OnnxPruneError):
 
 class UnsafePathError(InvalidModelError):
     """External data points outside the model's folder, or through a symlink."""
+
+
+def name_list(names, limit: int = 12) -> str:
+    """Names for an error message: the first ``limit``, then how many more (a model may have
+    thousands of layers, and the message stays one readable line)."""
+    names = list(names)
+    shown = ", ".join(str(n) if len(str(n)) <= 60 else str(n)[:59] + "…" for n in names[:limit])
+    more = len(names) - limit
+    return shown + (f", … ({more} more)" if more > 0 else "") if names else "(none)"

@@ -25,6 +25,7 @@ __all__ = [
     "pruned_fraction",
     "apply_threshold",
     "count_nonzero",
+    "count_nonfinite",
 ]
 
 
@@ -53,10 +54,18 @@ def weight_std(w: np.ndarray) -> float:
     pairwise update (no cancellation from E[x²] − E[x]²); squares are formed in the weights'
     own precision (float32 for fp16/bf16).  Deterministic on every machine, and no full-size
     temporary whatever the layer size.
+
+    NaN when ``w`` holds a NaN or ±Inf (σ is undefined; no numpy warning is printed):
+    callers refuse such layers (``count_nonfinite``) rather than threshold against NaN.
     """
     w = np.asarray(w)
     if w.size == 0:
         return 0.0
+    with np.errstate(all="ignore"):
+        return _weight_std(w)
+
+
+def _weight_std(w: np.ndarray) -> float:
     work = np.float64 if w.dtype == np.float64 else np.float32
     buf = np.empty(min(CHUNK, w.size), dtype=work)
     n = 0
@@ -152,6 +161,14 @@ def apply_threshold(w: np.ndarray, threshold: float) -> tuple[np.ndarray, int, i
 
 def count_nonzero(w: np.ndarray) -> int:
     return sum(int(np.count_nonzero(c)) for c in _chunks(w))
+
+
+def count_nonfinite(w: np.ndarray) -> int:
+    """How many of ``w``'s values are NaN or ±Inf (0 for integer arrays), chunk by chunk."""
+    w = np.asarray(w)
+    if not np.issubdtype(w.dtype, np.inexact):
+        return 0
+    return sum(c.size - int(np.count_nonzero(np.isfinite(c))) for c in _chunks(w))
 
 
 def pruned_fraction(keep: np.ndarray) -> float:

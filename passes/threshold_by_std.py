@@ -11,8 +11,13 @@ so that layer's pruned share is the target — or global — one q for all layer
 pruned share is the target); the per-kind default ``quality`` (conv / fc).
 
 Layers matching ``skip``, smaller than ``min-params``, not floating point, or whose weight is a
-graph input are left untouched and reported with the reason.  Zeros already present stay zero.
+graph input are left untouched and reported with the reason.  A layer holding a NaN or ±Inf
+weight is left untouched too, with a note: σ is then NaN, and ``|w| ≥ NaN`` is false for every
+weight, so thresholding would zero the whole layer.  Zeros already present stay zero.
 The std and threshold used are recorded per layer in the stats.
+
+A ``layers`` or ``skip`` glob that matches no layer is a usage error (a typo must not
+silently prune with the defaults).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from onnxprune import masks
-from onnxprune.errors import UsageError
+from onnxprune.errors import UsageError, name_list
 from onnxprune.graph import Layer, find_layers, set_weight_values, weight_values
 
 from .base import (Option, PassResult, check_choice, check_float, check_int, check_optional,
@@ -101,16 +106,33 @@ class ThresholdByStd:
             return "in the skip list"
         if layer.params < self.min_params:
             return f"fewer than min-params ({layer.params} < {self.min_params})"
+        bad = masks.count_nonfinite(weight_values(layer))
+        if bad:
+            return (f"{bad} non-finite weight(s) (NaN or Inf): the std is undefined, "
+                    "layer not pruned")
         return None
+
+    def _check_globs(self, layers: list[Layer]) -> None:
+        """Every ``layers`` and ``skip`` glob must match a layer (or its weight name)."""
+        for key, globs in (("--layer / layers", [g for g, _ in self.layer_quality]),
+                           ("--skip / skip", self.skip)):
+            for glob in globs:
+                if not any(layer.matches(glob) for layer in layers):
+                    raise UsageError(f"{self.name}: {key} glob {glob!r} matches no layer; "
+                                     f"layers: {name_list([layer.name for layer in layers])}")
 
     def __call__(self, graph: gs.Graph, progress=None) -> PassResult:
         layers, notes = find_layers(graph)
+        self._check_globs(layers)
         rows: list[dict] = []
         active: list[tuple[Layer, float | None]] = []
+        refused: list[dict] = []
         for layer in layers:
             reason = self._skip_reason(layer)
             if reason:
                 rows.append(_row(layer, None, None, None, None, None, reason))
+                if not layer.skip_reason and "non-finite" in reason:
+                    refused.append({"node": layer.name, "op": layer.op, "reason": reason})
                 continue
             active.append((layer, self._override(layer)))
 
@@ -145,7 +167,7 @@ class ThresholdByStd:
         rows.sort(key=lambda r: order[r["name"]])
         return PassResult(graph, modified, {
             "layers": rows,
-            "notes": [{"node": n.node, "op": n.op, "reason": n.reason} for n in notes],
+            "notes": [{"node": n.node, "op": n.op, "reason": n.reason} for n in notes] + refused,
             "global_quality": global_q,
         })
 

@@ -81,3 +81,92 @@ def test_library_session_without_cli_sends_nothing(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert _telemetry_files(home) == []
+
+
+# --------------------------------------------------------------------------- non-finite weights
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN / Infinity (Python's json accepts them by default)."""
+    def refuse(word):
+        raise ValueError(f"non-standard JSON constant {word}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _with_weights(model, **updates):
+    for t in model.graph.initializer:
+        if t.name in updates:
+            w = numpy_helper.to_array(t).copy()
+            for index, value in updates[t.name]:
+                w[index] = value
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    return model
+
+
+def _weights(path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_nonfinite_layer_is_skipped_with_note_and_report_is_strict_json(tmp_path, capsys):
+    """One NaN made σ NaN and zeroed every finite weight of the layer; Inf likewise.  Such a
+    layer is left as it is, with a note; the other layers are pruned; the report is strict
+    JSON and stderr carries no numpy warning."""
+    src = tmp_path / "m.onnx"
+    onnx.save(_with_weights(mlp(sizes=(16, 12, 8, 4)),
+                            **{"fc1.weight": [((0, 0), np.nan)],
+                               "fc2.weight": [((1, 1), np.inf), ((2, 2), -np.inf)]}), src)
+    out, rep = tmp_path / "p.onnx", tmp_path / "r.json"
+    code = main(["prune", str(src), "-o", str(out), "--json", str(rep),
+                 "--no-remove-dead-neurons"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = _strict_json(rep.read_text())
+    rows = {r["name"]: r for r in report["layers"]}
+    assert "non-finite" in (rows["fc1"]["skipped"] or "")
+    assert "non-finite" in (rows["fc2"]["skipped"] or "")
+    assert rows["fc3"]["skipped"] is None
+    before, after = _weights(src), _weights(out)
+    for name in ("fc1.weight", "fc2.weight"):
+        np.testing.assert_array_equal(after[name], before[name])  # NaN == NaN positionally
+    assert np.count_nonzero(after["fc3.weight"]) < np.count_nonzero(before["fc3.weight"])
+    assert "non-finite" in err and "fc1" in err and "fc2" in err
+    assert "Warning" not in err
+    assert report["total"]["nonzero"] == sum(int(np.count_nonzero(after[f"fc{i}.weight"]))
+                                             for i in (1, 2, 3))
+
+
+def test_weight_std_of_nonfinite_is_nan_without_warning():
+    import warnings
+
+    from onnxprune.masks import count_nonfinite, weight_std
+
+    w = np.array([1.0, -2.0, np.inf, np.nan, 3.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(weight_std(w))
+        assert count_nonfinite(w) == 2
+        assert count_nonfinite(np.arange(5)) == 0
+
+
+# --------------------------------------------------------------------------- globs
+
+
+@pytest.mark.parametrize("flag", [["--layer", "fc9*=1.0"], ["--skip", "conv*"]])
+def test_glob_matching_no_layer_is_a_usage_error(tmp_path, capsys, flag):
+    src = tmp_path / "m.onnx"
+    onnx.save(mlp(sizes=(16, 12, 8, 4)), src)
+    out = tmp_path / "p.onnx"
+    code = main(["prune", str(src), "-o", str(out), *flag])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert flag[1].split("=")[0] in err and "fc1, fc2, fc3" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_layer_list_in_messages_is_capped():
+    from onnxprune.errors import name_list
+
+    text = name_list([f"layer{i}" for i in range(500)])
+    assert "layer0" in text and "layer11" in text and "layer12," not in text
+    assert "488 more" in text
