@@ -304,6 +304,11 @@ def graph_to_model(graph: gs.Graph, original: ModelProto, metadata=None) -> Mode
             t._values = v
 
 
+# Model fields the export writes itself (from the graph, or merged with the original below).
+_EXPORTED_MODEL_FIELDS = frozenset({"graph", "ir_version", "opset_import", "metadata_props",
+                                    "functions"})
+
+
 def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     """Export, then restore what onnx-graphsurgeon does not carry.
 
@@ -334,11 +339,20 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
     model.opset_import.extend(gained)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        if original.HasField(field):
-            setattr(model, field, getattr(original, field))
-        else:
-            model.ClearField(field)
+    # Every other model-level field (producer, doc string, training_info, configuration, any
+    # field a newer onnx adds) comes back exactly as it was: no pass changes them.
+    for fd in ModelProto.DESCRIPTOR.fields:
+        if fd.name in _EXPORTED_MODEL_FIELDS:
+            continue
+        model.ClearField(fd.name)
+        # (``is_repeated`` replaced ``label`` in protobuf 5.)
+        if (fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED):
+            getattr(model, fd.name).extend(getattr(original, fd.name))
+        elif original.HasField(fd.name):
+            if fd.type == fd.TYPE_MESSAGE:
+                getattr(model, fd.name).CopyFrom(getattr(original, fd.name))
+            else:
+                setattr(model, fd.name, getattr(original, fd.name))
     del model.metadata_props[:]
     if metadata is None:
         model.metadata_props.extend(original.metadata_props)

@@ -707,9 +707,50 @@ def _fill_sparse(sp: SparseTensorProto, name: str, data_type: int, dims, values,
     sp.indices.raw_data = indices.astype("<i8", copy=False).tobytes()
 
 
+# Constant's ``sparse_value`` attribute exists from opset 11.
+CONSTANT_SPARSE_OPSET = 11
+
+
+def _default_opset(model: ModelProto) -> int:
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _sparse_constants(model: ModelProto, protected: set[str]) -> list[str]:
+    """Give Constant nodes holding a float weight a ``sparse_value`` instead of ``value``
+    where that saves ``SPARSE_MIN_SAVING`` (same rule and index form as initializers).
+
+    Every graph is visited, subgraphs included.  Returns the output names converted.
+    """
+    if _default_opset(model) < CONSTANT_SPARSE_OPSET:
+        return []
+    converted = []
+    for g in proto_graphs(model.graph):
+        for node in g.node:
+            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or \
+                    len(node.attribute) != 1 or len(node.output) != 1:
+                continue
+            a = node.attribute[0]
+            if a.name != "value" or not a.HasField("t") or node.output[0] in protected:
+                continue
+            t = a.t
+            if t.data_type not in FLOAT_TENSOR_TYPES or len(t.dims) < 1 or _is_external(t):
+                continue
+            parts = _sparse_parts(onnx.numpy_helper.to_array(t))
+            if parts is None:
+                continue
+            name, data_type, dims = t.name or node.output[0], t.data_type, list(t.dims)
+            del node.attribute[:]
+            attr = node.attribute.add()
+            attr.name, attr.type = "sparse_value", AttributeProto.SPARSE_TENSOR
+            _fill_sparse(attr.sparse_tensor, name, data_type, dims, *parts)
+            converted.append(node.output[0])
+    return converted
+
+
 def to_portable_sparse(model: ModelProto, *, protected: set[str] | None = None,
                        arrays: dict[int, np.ndarray] | None = None) -> list[str]:
-    """Rewrite float initializers as ``SparseTensorProto`` where that is smaller.
+    """Rewrite float initializers (and weights in Constant nodes, see ``_sparse_constants``)
+    as ``SparseTensorProto`` where that is smaller.
 
     Indices are 1-D int64 linear positions in row-major order, sorted ascending.  Initializers
     that are also graph inputs (a user may override them) and names in ``protected`` stay dense.
@@ -719,7 +760,7 @@ def to_portable_sparse(model: ModelProto, *, protected: set[str] | None = None,
     protected = set(protected or ())
     arrays = arrays or {}
     graph_inputs = {i.name for i in model.graph.input}
-    converted: list[str] = []
+    converted: list[str] = _sparse_constants(model, protected)
     drop: set[int] = set()
     for i, init in enumerate(model.graph.initializer):
         if (init.name in graph_inputs or init.name in protected
@@ -918,6 +959,38 @@ def _previous_data_files(path: str) -> list[str]:
     return found
 
 
+def _unreferenced(files: list[str], folder: str, exclude: str) -> list[str]:
+    """Those of ``files`` that no ``*.onnx`` in ``folder`` (other than ``exclude``) names.
+
+    A model refers to a data file by its location string, which protobuf stores verbatim: a
+    byte search of each model for the file's name finds every reference (and, at worst, a
+    coincidence, which only keeps a file).  A model that cannot be read keeps them all.
+    """
+    import mmap
+
+    if not files:
+        return []
+    keep: set[str] = set()
+    names = {f: os.path.basename(f).encode() for f in files}
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.endswith(".onnx")]
+    except OSError:
+        return []
+    for entry in entries:
+        full = os.path.join(folder, entry.name)
+        if _same_file(full, exclude) or not entry.is_file():
+            continue
+        try:
+            with open(full, "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    continue
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    keep.update(p for p, name in names.items() if m.find(name) >= 0)
+        except (OSError, ValueError):
+            return []
+    return [f for f in files if f not in keep]
+
+
 def _write(model: ModelProto, path: str, data_path: str, external: bool,
            arrays: dict[int, np.ndarray], records: list | None = None,
            progress=None, protect: tuple[str, ...] = ()) -> list[str]:
@@ -943,7 +1016,7 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
             # Sparse payloads stay embedded when they fit: onnx.checker cannot read a
             # SparseTensorProto's external data (ONNX Runtime can), so embedding them keeps
             # the portable file checkable.
-            sparse_bytes = sum(_tensor_raw_bytes(x) for sp in model.graph.sparse_initializer
+            sparse_bytes = sum(_tensor_raw_bytes(x) for sp in _iter_all_sparse(model)
                                for x in (sp.values, sp.indices))
             embed_sparse = sparse_bytes < EMBED_LIMIT_BYTES // 2
             with os.fdopen(fd, "wb") as f:
@@ -994,6 +1067,10 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
             # the previous output still uses, so the single rename of the model switches
             # outputs atomically — a crash between the two renames leaves the old model with its
             # own (untouched) data.  Same content → same name (outputs stay reproducible).
+            if not placed:  # every tensor stayed embedded: no data file at all
+                os.unlink(tmp_data)
+                tmp_data = None
+                external = False
             data_path = data_file_name(path, data_hash.hexdigest())
             for t in placed:
                 for e in t.external_data:
@@ -1030,14 +1107,15 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
         os.replace(tmp_model, path)
         tmp_model = None
         written.insert(0, path)
-        # The previous output's data file is no longer referenced by anything we wrote.
-        for old in previous:
-            if old != os.path.abspath(data_path) and not any(
-                    os.path.abspath(p) == old for p in protect):
-                try:
-                    os.unlink(old)
-                except OSError:
-                    pass
+        # The previous output's data file is no longer referenced by the model we wrote; it
+        # goes only if no other model beside it refers to it either.
+        doomed = [old for old in previous if old != os.path.abspath(data_path) and not any(
+            os.path.abspath(p) == old for p in protect)]
+        for old in _unreferenced(doomed, folder, exclude=path):
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
         if records is not None:
             records.append(model_record)
             if external:

@@ -64,7 +64,8 @@ def test_external_data_output_is_deterministic(tmp_path):
     src_dir.mkdir()
     src = src_dir / "m.onnx"
     save_external(mlp(sizes=(256, 128, 64, 10)), str(src))
-    reports = _twice(tmp_path, src, "--target-sparsity", "0.8")
+    # Dense storage: portable would embed every (sparse) weight and need no data file.
+    reports = _twice(tmp_path, src, "--target-sparsity", "0.8", "--emit", "dense")
     names = [os.path.basename(o["path"]) for o in reports[0]["outputs"]]
     assert names[0] == "out.onnx" and names[1].startswith("out.onnx.") and names[1].endswith(".data")
     assert names[1].split(".")[2] == reports[0]["outputs"][1]["sha256"][:16]
@@ -92,7 +93,7 @@ def test_same_process_repeated_runs_are_identical(tmp_path):
         out = tmp_path / f"o{i}" / "out.onnx"
         out.parent.mkdir()
         assert main(["prune", str(src_dir / "m.onnx"), "-o", str(out), "-q",
-                     "--target-sparsity", "0.95"]) == 0
+                     "--target-sparsity", "0.95", "--emit", "dense"]) == 0
         blobs.append((out.read_bytes(), open(data_file(out), "rb").read()))
     assert blobs[0] == blobs[1] == blobs[2]
 
