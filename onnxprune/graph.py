@@ -174,7 +174,7 @@ def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
                 t._values = DenseOfSparse(t._values.tensor)
     for t in graph.tensors().values():
         if not (isinstance(t, gs.Constant) and isinstance(t._values, LazyValues)) or \
-                t._values.tensor.data_location != TensorProto.EXTERNAL:
+                getattr(t._values.tensor, "data_location", None) != TensorProto.EXTERNAL:
             continue
         # Matched by the tensor itself, not its name: another tensor may share the name.
         ref = info.ref_of(t._values.tensor) if info is not None else None
