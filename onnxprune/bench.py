@@ -14,8 +14,10 @@ For every requested (batch, threads):
   (+ rtol 1e-4); a mismatch exits 3 after the report is written.
 
 An input that is already lowered is benchmarked as given against the dense model rebuilt
-from its CSR arrays.  Symbolic input dimensions take the requested batch; when the model fixes
-its batch dimension that size is used and the report says so.
+from its CSR arrays.  A symbolic leading input dimension takes the requested batch; when the model fixes
+its batch dimension that size is used and the report says so.  Any other symbolic dimension
+(a detector's height and width) needs ``--input-shape NAME=DIMS`` or ``--data`` inputs, whose
+leading dimension is then the batch; without them the command exits 2 naming the input.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from onnxprune.check import add_input_shape_option
     from onnxprune.cli import _int_arg
 
     b = subparsers.add_parser("bench", help="time a pruned model dense vs lowered to sparse ops")
@@ -62,6 +65,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="timed runs per model and case (median reported; default 20)")
     b.add_argument("--warmup", type=_int_arg(1), default=3, metavar="N")
     b.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    b.add_argument("--data", metavar="NPZ",
+                   help="inputs instead of random ones: .npz of arrays named after the graph "
+                        "inputs (or x); their leading dimension is the batch")
+    add_input_shape_option(b)
     b.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
     b.add_argument("--json", metavar="PATH|-", help="write a JSON report ('-' = stdout)")
     b.add_argument("-q", "--quiet", action="store_true", help="no tables on stderr")
@@ -274,13 +281,26 @@ def _batch_dims(model) -> tuple[dict[str, int | None], list[str]]:
     return fixed, symbolic
 
 
+def _given_feeds(model, args, shapes: dict) -> dict | None:
+    """Inputs that fix the batch: the ``--data`` arrays, or random arrays when ``--input-shape``
+    shapes every graph input; None when random inputs follow ``--batch``."""
+    from onnxprune.check import graph_inputs, load_inputs, random_inputs
+
+    if args.data:
+        return load_inputs(args.data, model)
+    names = [vi.name for vi in graph_inputs(model)]
+    if shapes and all(n in shapes for n in names):
+        return random_inputs(model, seed=args.seed, shapes=shapes, strict=True)
+    return None
+
+
 def _opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
 
 
 def cmd_bench(args, console) -> int:
     from onnxprune import io
-    from onnxprune.check import random_inputs
+    from onnxprune.check import input_shapes, random_inputs
     from onnxprune.cli import write_json
     from onnxprune.graph import graph_to_model
     from onnxprune.report import versions
@@ -290,6 +310,7 @@ def cmd_bench(args, console) -> int:
 
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
             raise UsageError(f"--json: folder of {args.json} does not exist")
+    shapes = input_shapes(args)
     model, info = io.load(args.model)
     lowered_input = _is_lowered(model)
     if lowered_input:
@@ -299,7 +320,14 @@ def cmd_bench(args, console) -> int:
     fixed, symbolic = _batch_dims(model)
     notes = []
     batches = list(args.batch)
-    if fixed and not symbolic:
+    given = _given_feeds(model, args, shapes)
+    if given is not None:
+        first = next(iter(given.values()), None)
+        used = [int(first.shape[0]) if first is not None and first.ndim else 1]
+        notes.append(f"batch {used[0]} from {'--data' if args.data else '--input-shape'}; "
+                     "--batch is not used")
+        batches = used
+    elif fixed and not symbolic:
         used = sorted(set(fixed.values()))
         notes.append(f"the model fixes its batch dimension ({', '.join(map(str, used))}); "
                      "using it instead of --batch")
@@ -309,7 +337,8 @@ def cmd_bench(args, console) -> int:
     configs = []
     failed = []
     for batch in batches:
-        feeds = random_inputs(model, batch=batch, seed=args.seed)
+        feeds = given if given is not None else random_inputs(
+            model, batch=batch, seed=args.seed, shapes=shapes, strict=True)
         for threads in args.threads:
             if lowered_input:
                 sparse_model, stats = model, None

@@ -13,7 +13,7 @@ import re
 import numpy as np
 from onnx import ModelProto, TensorProto
 
-from onnxprune.errors import InvalidModelError, RuntimeFailure, UsageError
+from onnxprune.errors import InvalidModelError, RuntimeFailure, UsageError, name_list
 from onnxprune.io import serialize_for_runtime
 
 _NP_TYPES = {
@@ -29,18 +29,110 @@ def graph_inputs(model: ModelProto):
     return [vi for vi in model.graph.input if vi.name not in inits]
 
 
-def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input; symbolic dims take ``batch``."""
+# Random inputs beyond this many elements per input are refused (memory); pass --data instead.
+MAX_RANDOM_ELEMENTS = 1 << 28
+
+
+def input_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    """``--input-shape NAME=DIMS``, DIMS like ``1x3x640x640``: (name, dims), every dim >= 1."""
+    import argparse
+
+    name, sep, dims_text = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=DIMS like images=1x3x640x640, got {text!r}")
+    try:
+        dims = tuple(int(d) for d in dims_text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{name}: DIMS must be integers joined by 'x' (like 1x3x640x640), got {dims_text!r}"
+        ) from None
+    if any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{name}: every dimension must be >= 1, got {dims_text!r}")
+    if int(np.prod(dims, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"{name}: {dims_text} is more than {MAX_RANDOM_ELEMENTS} elements; pass --data")
+    return name, dims
+
+
+def add_input_shape_option(parser) -> None:
+    """``--input-shape NAME=DIMS`` (repeatable) on a command that makes random inputs."""
+    parser.add_argument("--input-shape", type=input_shape_arg, action="append", default=[],
+                        metavar="NAME=DIMS",
+                        help="shape of a random input, e.g. images=1x3x640x640 (repeatable); "
+                             "needed where the model leaves a dimension other than the batch "
+                             "symbolic")
+
+
+def input_shapes(args) -> dict[str, tuple[int, ...]]:
+    """The ``--input-shape`` values by input name; refused together with ``--data``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, dims in args.input_shape or []:
+        if shapes.get(name, dims) != dims:
+            raise UsageError(f"--input-shape {name} is given twice with different shapes")
+        shapes[name] = dims
+    if shapes and getattr(args, "data", None):
+        raise UsageError("--input-shape sets the shapes of random inputs, and --data brings "
+                         "its own arrays: use one of them")
+    return shapes
+
+
+def _dim_label(d) -> str:
+    return d.dim_param if d.HasField("dim_param") and d.dim_param else "?"
+
+
+def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool) -> list[int]:
+    """The shape of one random input: ``given`` (checked against the model's fixed dims), else
+    the model's dims with a symbolic leading dim as ``batch``.  Any other symbolic dim is refused
+    when ``strict`` (a detector with symbolic height and width must not run on 2x2 images)."""
+    dims = list(vi.type.tensor_type.shape.dim)
+    declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    if given is not None:
+        if vi.type.tensor_type.HasField("shape") and len(given) != len(dims):
+            raise UsageError(f"--input-shape {vi.name}: {len(given)} dims given, the model's input "
+                             f"has {len(dims)} ({_shape_text(dims)})")
+        clash = [i for i, (g, m) in enumerate(zip(given, declared)) if m is not None and g != m]
+        if clash:
+            raise UsageError(f"--input-shape {vi.name}: dim {clash[0]} is {given[clash[0]]}, "
+                             f"the model fixes it at {declared[clash[0]]} ({_shape_text(dims)})")
+        return list(given)
+    unknown = [i for i, m in enumerate(declared) if m is None and i > 0]
+    if strict and unknown:
+        names = ", ".join(_dim_label(dims[i]) for i in unknown)
+        example = "x".join(str(m) if m is not None else (str(batch) if i == 0 else
+                           _dim_label(dims[i]).upper()) for i, m in enumerate(declared))
+        raise UsageError(f"input {vi.name!r} has symbolic dimension(s) {names} "
+                         f"(shape {_shape_text(dims)}) that random inputs cannot guess; "
+                         f"give its shape with --input-shape {vi.name}={example}")
+    return [m if m is not None else batch for m in declared]
+
+
+def _shape_text(dims) -> str:
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
+                           else _dim_label(d) for d in dims) + "]"
+
+
+def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
+                  shapes: dict[str, tuple[int, ...]] | None = None,
+                  strict: bool = False) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input.  ``shapes`` gives inputs their full shape (names
+    must be graph inputs); otherwise a symbolic leading dim takes ``batch``, and so does any
+    other symbolic dim unless ``strict``, which refuses it (UsageError naming the input)."""
+    inputs = graph_inputs(model)
+    shapes = dict(shapes or {})
+    stray = [n for n in shapes if n not in {vi.name for vi in inputs}]
+    if stray:
+        raise UsageError(f"--input-shape {stray[0]}: the model has no such input; inputs: "
+                         f"{name_list([vi.name for vi in inputs])}")
     rng = np.random.default_rng(seed)
     feeds = {}
-    for vi in graph_inputs(model):
+    for vi in inputs:
         tt = vi.type.tensor_type
         dtype = _NP_TYPES.get(tt.elem_type)
         if dtype is None:
             raise UsageError(f"input {vi.name!r}: element type {tt.elem_type} has no random "
                              "generator; pass --data")
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch
-                for d in tt.shape.dim]
+        dims = _input_dims(vi, batch, shapes.get(vi.name), strict)
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
         elif dtype is np.bool_:

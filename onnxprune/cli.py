@@ -398,16 +398,17 @@ def cmd_inspect(args, console: Console) -> int:
 
 def cmd_check(args, console: Console) -> int:
     from onnxprune import io
-    from onnxprune.check import compare, load_inputs, random_inputs, run_model
+    from onnxprune.check import compare, input_shapes, load_inputs, random_inputs, run_model
     from onnxprune.report import versions
 
+    shapes = input_shapes(args)
     ref, _ = io.load(args.reference)
     cand, _ = io.load(args.candidate)
     if args.data:
         feeds = load_inputs(args.data, ref)
         source = args.data
     else:
-        feeds = random_inputs(ref, batch=args.batch, seed=args.seed)
+        feeds = random_inputs(ref, batch=args.batch, seed=args.seed, shapes=shapes, strict=True)
         source = f"random (seed {args.seed}, batch {args.batch})"
     out_ref = run_model(ref, feeds)
     out_cand = run_model(cand, feeds)
@@ -505,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(ins)
     ins.set_defaults(func=cmd_inspect)
 
+    from onnxprune.check import add_input_shape_option
+
     ch = sub.add_parser("check", help="compare two models' outputs in ONNX Runtime")
     ch.add_argument("reference")
     ch.add_argument("candidate")
@@ -513,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--rtol", type=_float_arg(0.0), default=1e-3)
     ch.add_argument("--batch", type=int, default=2, help="batch size for random inputs")
     ch.add_argument("--seed", type=int, default=0)
+    add_input_shape_option(ch)
     common(ch)
     ch.set_defaults(func=cmd_check)
 

@@ -170,3 +170,112 @@ def test_layer_list_in_messages_is_capped():
     text = name_list([f"layer{i}" for i in range(500)])
     assert "layer0" in text and "layer11" in text and "layer12," not in text
     assert "488 more" in text
+
+
+# --------------------------------------------------------------------------- input shapes
+
+
+def _symbolic_hw_cnn():
+    """The test CNN with input [N, 3, H, W]: a detector-like symbolic height and width."""
+    from tests.models import cnn
+
+    model = cnn(bn=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    return model
+
+
+@pytest.fixture
+def hw_paths(tmp_path):
+    src, pruned = tmp_path / "det.onnx", tmp_path / "det_pruned.onnx"
+    onnx.save(_symbolic_hw_cnn(), src)
+    assert main(["prune", str(src), "-o", str(pruned), "-q", "--quality", "1.0"]) == 0
+    return src, pruned
+
+
+@pytest.mark.parametrize("command", ["check", "bench"])
+def test_symbolic_spatial_dims_need_input_shape(hw_paths, capsys, command):
+    src, pruned = hw_paths
+    argv = ["check", str(src), str(pruned)] if command == "check" else \
+        ["bench", str(pruned), "--repeats", "1", "--warmup", "1", "--no-layers"]
+    code = main([*argv, "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1
+    assert "'x'" in err and "H, W" in err and "--input-shape x=" in err
+
+
+def test_check_and_bench_with_input_shape(hw_paths, tmp_path, capsys):
+    src, pruned = hw_paths
+    rep = tmp_path / "b.json"
+    assert main(["check", str(src), str(pruned), "-q", "--input-shape", "x=1x3x16x20",
+                 "--atol", "10"]) == 0
+    code = main(["bench", str(pruned), "--repeats", "1", "--warmup", "1", "--no-layers",
+                 "--input-shape", "x=1x3x16x20", "--json", str(rep), "-q"])
+    assert code == 0, capsys.readouterr().err
+    report = _strict_json(rep.read_text())
+    assert [c["batch"] for c in report["configs"]] == [1]
+    assert any("--input-shape" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("shape, words", [
+    ("y=1x3x8x8", ["no such input", "inputs: x"]),
+    ("x=1x3x8", ["3 dims given", "has 4"]),
+    ("x=1x4x8x8", ["dim 1 is 4", "fixes it at 3"]),
+])
+def test_wrong_input_shape_is_a_usage_error(hw_paths, capsys, shape, words):
+    src, pruned = hw_paths
+    code = main(["check", str(src), str(pruned), "-q", "--input-shape", shape])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert all(w in err for w in words), err
+
+
+def test_input_shape_argument_is_parsed_strictly():
+    import argparse
+
+    from onnxprune.check import input_shape_arg
+
+    assert input_shape_arg("images=1x3x640x640") == ("images", (1, 3, 640, 640))
+    assert input_shape_arg("a=b=2X5") == ("a=b", (2, 5))
+    for bad in ("images", "=1x2", "x=1x0", "x=1x-2", "x=1xa", "x=65536x65536x65536"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            input_shape_arg(bad)
+
+
+def test_bench_takes_inputs_from_data(hw_paths, tmp_path, capsys):
+    _, pruned = hw_paths
+    npz, rep = tmp_path / "in.npz", tmp_path / "b.json"
+    np.savez(npz, x=np.random.default_rng(3).standard_normal((2, 3, 10, 14)).astype(np.float32))
+    code = main(["bench", str(pruned), "--repeats", "1", "--warmup", "1", "--no-layers",
+                 "--data", str(npz), "--json", str(rep), "-q"])
+    assert code == 0, capsys.readouterr().err
+    report = _strict_json(rep.read_text())
+    assert [c["batch"] for c in report["configs"]] == [2]
+    code = main(["bench", str(pruned), "--data", str(npz), "--input-shape", "x=1x3x8x8", "-q"])
+    assert code == 2
+
+
+def _concat_model():
+    """x [N, 4] concatenated on axis 1 with a constant [2, 4]: runs only when N == 2."""
+    c = numpy_helper.from_array(np.ones((2, 4), np.float32), "c")
+    node = helper.make_node("Concat", ["x", "c"], ["y"], axis=1, name="cat")
+    graph = helper.make_graph(
+        [node], "cat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_runtime_failure_is_one_plain_line(tmp_path, capfd):
+    """ONNX Runtime logs a failing kernel in colour on stderr by itself and prefixes its
+    exception with ``[ONNXRuntimeError] : N : NAME :``; the user sees one plain line."""
+    p = tmp_path / "cat.onnx"
+    onnx.save(_concat_model(), p)
+    code = main(["check", str(p), str(p), "--batch", "3", "-q"])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert err.startswith("onnxprune: error: ONNX Runtime failed to run the model: ")
+    assert len(err.strip().splitlines()) == 1, err
+    assert "\x1b[" not in err and "[ONNXRuntimeError]" not in err
