@@ -302,7 +302,7 @@ def figure5(work, img, data, shares, retrain_epochs, dense_epochs):
                and p["share"] in shares]
         return {"label": label, "points": sorted(
             ({"pruned": p["pruned"], "top1": p[field],
-              "loss_pp": 100 * (p["dense"] - p[field])} for p in pts),
+              "drop_pp": 100 * (p["dense"] - p[field])} for p in pts),
             key=lambda p: p["pruned"])}
 
     all_series = [series("L2 regularization w/o retrain", "L2", "no_retrain"),
@@ -313,9 +313,9 @@ def figure5(work, img, data, shares, retrain_epochs, dense_epochs):
                          prefix="iter|")]
     title = "LeNet-300-100 on MNIST (test set)"
     with open(os.path.join(img, "fig5_lenet300_tradeoff.png"), "wb") as f:
-        # The paper's window: losses beyond −4.5 points leave the plot.
+        # The paper's window: drops beyond 4.5 points leave the plot.
         f.write(tradeoff_png(all_series, title=title + ", zoomed as the paper",
-                             ylim=(-5.0, 0.5), xlim=(45.0, 100.0)))
+                             ylim=(-0.5, 5.0), xlim=(45.0, 100.0)))
     with open(os.path.join(img, "fig5_lenet300_tradeoff_full.png"), "wb") as f:
         f.write(tradeoff_png(all_series, title=title))
     dump_json(os.path.join(img, "fig5_lenet300_tradeoff.json"), {
@@ -323,9 +323,9 @@ def figure5(work, img, data, shares, retrain_epochs, dense_epochs):
         "regularization": regs, "retrain_epochs": retrain_epochs, "dense_epochs": dense_epochs,
         "series": all_series})
     with open(os.path.join(img, "fig5_lenet300_tradeoff.csv"), "w") as f:
-        f.write("series,pruned,top1,loss_pp\n")
+        f.write("series,pruned,top1,drop_pp\n")
         for s in all_series:
-            f.writelines(f"\"{s['label']}\",{p['pruned']!r},{p['top1']!r},{p['loss_pp']!r}\n" for p in s["points"])
+            f.writelines(f"\"{s['label']}\",{p['pruned']!r},{p['top1']!r},{p['drop_pp']!r}\n" for p in s["points"])
     return all_series, dense_acc
 
 

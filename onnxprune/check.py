@@ -1,8 +1,9 @@
 """Differential check: run a reference and a candidate model on the same inputs and compare.
 
 Passes when every output satisfies ``|cand − ref| ≤ atol + rtol·|ref|`` elementwise (numpy's
-``allclose`` rule).  On failure the report carries the smallest ``atol`` that would have passed
-at the given ``rtol``: ``max(|cand − ref| − rtol·|ref|)``.
+``allclose`` rule; NaN in the same position on both sides counts as equal, NaN against a
+number never passes).  On failure the report carries the smallest ``atol`` that would have
+passed at the given ``rtol``: ``max(|cand − ref| − rtol·|ref|)``, or null when none would.
 """
 
 from __future__ import annotations
@@ -220,37 +221,58 @@ def run_model(model: ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
 
 
 def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: float) -> dict:
+    """Compare outputs pairwise by ``|c − r| ≤ atol + rtol·|r|``.
+
+    Non-finite values: NaN in the same position on both sides counts as equal (and is counted
+    in ``nan_both``); NaN against a number, or an infinity against anything but the same
+    infinity, is a mismatch that no tolerance fixes (``unfixable``).  ``atol_that_passes`` is
+    the smallest atol that would pass at this rtol, ``max(|c − r| − rtol·|r|)`` over the
+    remaining positions, or None when no finite atol would (unfixable or a shape mismatch).
+    """
     if len(ref) != len(cand):
         return {"passed": False, "reason": f"output count differs: {len(ref)} vs {len(cand)}",
-                "outputs": []}
+                "outputs": [], "atol_that_passes": None}
     rows = []
     passed = True
-    needed_atol = 0.0
+    needed_atol: float | None = 0.0
     for i, (r, c) in enumerate(zip(ref, cand)):
         if r.shape != c.shape:
             rows.append({"index": i, "shape_ref": list(r.shape), "shape_candidate": list(c.shape),
                          "passed": False})
             passed = False
+            needed_atol = None
             continue
         if not np.issubdtype(r.dtype, np.number):
             ok = bool(np.array_equal(r, c))
             rows.append({"index": i, "passed": ok, "max_abs_error": None})
             passed &= ok
+            if not ok:
+                needed_atol = None
             continue
         r64, c64 = r.astype(np.float64), c.astype(np.float64)
-        diff = np.abs(c64 - r64)
-        nan_mismatch = bool(np.any(np.isnan(r64) != np.isnan(c64)))
-        diff = np.where(np.isnan(diff), 0.0, diff)
+        nan_r, nan_c = np.isnan(r64), np.isnan(c64)
+        nan_both = nan_r & nan_c
+        with np.errstate(invalid="ignore"):
+            same = (r64 == c64) | nan_both  # equal numbers, equal infinities, NaN in both
+            diff = np.where(same, 0.0, np.abs(c64 - r64))
+        finite = np.isfinite(diff)  # inf−x, NaN−x: beyond every tolerance
+        unfixable = int(np.count_nonzero(~finite))
+        diff = np.where(finite, diff, 0.0)
+        denom = np.where(np.isfinite(r64), np.abs(r64), 0.0)
         max_abs = float(diff.max()) if diff.size else 0.0
-        denom = np.abs(r64)
-        rel = np.where(denom > 0, diff / np.where(denom > 0, denom, 1), np.where(diff > 0, np.inf, 0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(denom > 0, diff / np.where(denom > 0, denom, 1.0),
+                           np.where(diff > 0, np.inf, 0.0))
         max_rel = float(rel.max()) if rel.size else 0.0
-        need = float((diff - rtol * denom).max()) if diff.size else 0.0
-        ok = (not nan_mismatch) and need <= atol
-        needed_atol = max(needed_atol, need)
+        need = max(float((diff - rtol * denom).max()) if diff.size else 0.0, 0.0)
+        ok = unfixable == 0 and need <= atol
+        if needed_atol is not None:
+            needed_atol = None if unfixable else max(needed_atol, need)
         rows.append({"index": i, "shape": list(r.shape), "max_abs_error": max_abs,
-                     "max_rel_error": max_rel, "passed": ok, "nan_mismatch": nan_mismatch})
+                     "max_rel_error": max_rel, "passed": ok,
+                     "nan_mismatch": bool(np.any(nan_r != nan_c)),
+                     "nan_both": int(np.count_nonzero(nan_both)), "unfixable": unfixable})
         passed &= ok
     return {"passed": passed, "atol": atol, "rtol": rtol, "outputs": rows,
             "max_abs_error": max((o.get("max_abs_error") or 0.0 for o in rows), default=0.0),
-            "atol_that_passes": max(needed_atol, 0.0)}
+            "atol_that_passes": needed_atol}

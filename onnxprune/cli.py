@@ -9,15 +9,21 @@ go to stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
 import sys
 import tempfile
 
 from onnxprune import __version__
-from onnxprune.console import Console, paint
+from onnxprune.console import Console, paint, printable
 from onnxprune.errors import (EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, GateFailed,
-                              OnnxPruneError, UsageError)
+                              OnnxPruneError, RuntimeFailure, UsageError)
+
+# An error line is cut here: a message quotes paths and values from the user's files.
+MAX_ERROR_CHARS = 2000
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 # --------------------------------------------------------------------------- helpers
@@ -39,7 +45,8 @@ def _float_arg(lo=None, hi=None, hi_open=False, lo_open=False):
     return parse
 
 
-def _int_arg(lo: int = 1):
+def _int_arg(lo: int = 1, hi: int | None = None):
+    """An integer option in [lo, hi]: counts (batch, threads, epochs) start at 1, seeds at 0."""
     def parse(text):
         try:
             v = int(text)
@@ -47,8 +54,16 @@ def _int_arg(lo: int = 1):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {v}")
         return v
     return parse
+
+
+# Seeds go to numpy and torch generators, which take 0 .. 2^32-1 (torch up to 2^64-1).
+SEED_MAX = 2**32 - 1
+# ONNX Runtime stores a thread count in a C int; far above any machine's cores anyway.
+THREADS_MAX = 4096
 
 
 def _layer_arg(text):
@@ -66,8 +81,9 @@ def write_atomic(path: str, data: bytes | str, *, label: str = "") -> dict:
 
     blob = data.encode("utf-8") if isinstance(data, str) else data
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
@@ -75,25 +91,52 @@ def write_atomic(path: str, data: bytes | str, *, label: str = "") -> dict:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise UsageError(f"{label}cannot write {path}: {e.strerror}") from None
+        raise _write_error(f"{label}cannot write {path}", e) from None
     return {"path": path, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 
+# A write that fails for a reason the user chose (the path) is a usage error; one that fails for
+# the machine's state (disk full, I/O error) is a runtime failure.
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ENOENT,
+                errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
+
+
+def _write_error(what: str, e: OSError) -> OnnxPruneError:
+    cls = UsageError if e.errno in _PATH_ERRNOS else RuntimeFailure
+    return cls(f"{what}: {e.strerror or e}")
+
+
 def write_json(report: dict, dest: str | None) -> None:
-    """Write the report to ``dest`` atomically (``-`` = stdout)."""
+    """Write the report to ``dest`` atomically (``-`` = stdout).  The text is strict JSON: a
+    NaN or infinite number is written as null (JSON has no word for it)."""
     if dest is None:
         return
-    text = json.dumps(report, indent=2, sort_keys=False, default=_json_default) + "\n"
+    text = json.dumps(_strict(report), indent=2, sort_keys=False, default=_json_default,
+                      allow_nan=False) + "\n"
     if dest == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        _write_stdout(text)
         return
     folder = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(folder):
         raise UsageError(f"--json: folder {folder} does not exist")
     write_atomic(dest, text, label="--json: ")
+
+
+def _strict(o):
+    """``o`` with every non-finite float replaced by None (containers copied, rest as is)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not math.isfinite(o):
+        return None
+    return o
 
 
 def _json_default(o):
@@ -106,12 +149,105 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _check_json_dest(dest: str | None, outputs: list[str]) -> None:
-    if dest in (None, "-"):
-        return
-    for out in outputs:
-        if os.path.abspath(dest) == os.path.abspath(out):
-            raise UsageError("--json must not be the same path as the model output")
+def _write_stdout(text: str) -> None:
+    """``--json -``: a closed stdout is refused up front (see check_paths); a full or broken one
+    is a runtime failure, after which stdout is pointed at /dev/null so that the interpreter's
+    own flush at exit does not print a second error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "stdout is closed"
+        raise RuntimeFailure(f"--json -: cannot write the report to stdout: {why}") from None
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def same_file(a: str, b: str) -> bool:
+    """One file under two names: ``os.path.samefile`` when both exist (hard links and symbolic
+    links included), the same real path otherwise (a file not written yet)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _writes_data_file(model_out: str, path: str) -> bool:
+    """Whether ``path`` is a name the model writer may create or delete beside ``model_out``:
+    ``<model>.data`` or ``<model>.<hex>.data`` in the same folder (io.data_file_name)."""
+    a, b = os.path.realpath(model_out), os.path.realpath(path)
+    if os.path.dirname(a) != os.path.dirname(b):
+        return False
+    return re.fullmatch(re.escape(os.path.basename(a)) + r"\.([0-9a-f]+\.)?data",
+                        os.path.basename(b)) is not None
+
+
+def input_files(info) -> list[str]:
+    """The files a loaded model was read from: the .onnx and its external-data files."""
+    return [info.path, *info.data_files]
+
+
+def check_paths(reads, writes, *, models=(), replaceable=(), in_place: bool = False) -> None:
+    """Refuse (exit 2), before any output is written, a command whose outputs would overwrite
+    one of its inputs or each other.  The one check every command runs.
+
+    ``reads``: every file the command reads (models with their data files, recipe, data sets,
+    teacher, baseline, history); ``writes``: (option, path) pairs for every file it writes
+    (``-`` is stdout); ``models``: written model paths, which also write and may delete
+    ``<model>[.<hex>].data`` beside them; ``replaceable``: the input model's files, which a
+    model output may replace when ``in_place`` (``prune --in-place``).  Each written file's
+    folder must exist and be writable, and its name must fit the file system.
+    """
+    reads = [r for r in reads if r]
+    writes = [(opt, w) for opt, w in writes if w]
+    models = [m for m in models if m]
+    replaceable = [r for r in replaceable if r]
+    for i, (opt, w) in enumerate(writes):
+        if w == "-":
+            if sys.stdout is None:
+                raise UsageError(f"{opt} -: stdout is closed")
+            continue
+        is_model = any(w == m for m in models)
+        _check_writable(opt, w, is_model)
+        for r in reads:
+            if not (same_file(w, r) or (is_model and _writes_data_file(w, r))):
+                continue
+            may_replace = is_model and any(same_file(r, x) for x in replaceable)
+            if may_replace and in_place:
+                continue
+            hint = " or pass --in-place" if may_replace else ""
+            raise UsageError(f"refusing to overwrite the input {r} with {opt} {w}; "
+                             f"choose another path{hint}")
+        for opt2, w2 in writes[i + 1:]:
+            if w2 != "-" and (same_file(w, w2) or (is_model and _writes_data_file(w, w2))):
+                raise UsageError(f"{opt} {w} and {opt2} {w2} are the same file; choose another")
+
+
+def _check_writable(opt: str, path: str, is_model: bool) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{opt}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{opt}: {path} is a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{opt}: folder {folder} is not writable")
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    # A model's data file is <name>.<16 hex>.data: that name must fit too.
+    extra = len(".0123456789abcdef.data") if is_model else 0
+    if len(os.fsencode(os.path.basename(path))) + extra > name_max:
+        raise UsageError(f"{opt}: file name too long (at most {name_max - extra} bytes)")
 
 
 # --------------------------------------------------------------------------- prune
@@ -191,16 +327,13 @@ def cmd_prune(args, console: Console) -> int:
     from onnxprune import io
     from onnxprune.pipeline import run_pipeline
     from onnxprune.graph import graph_from_model, infer_shapes
-    from onnxprune.report import format_table, graph_rows, totals, versions
+    from onnxprune.report import format_note, format_table, graph_rows, totals, versions
 
     recipe = _recipe_from_args(args)
-    _check_json_dest(args.json, [args.output, args.output + ".data"])
-    if not args.in_place and os.path.exists(args.output) and os.path.exists(args.model) and \
-            os.path.samefile(args.output, args.model):
-        raise UsageError(f"refusing to overwrite the input ({args.model}); choose another -o "
-                         "or pass --in-place")
     model, info = io.load(args.model, lazy=True)
-    io.check_output_path(args.output, info, in_place=args.in_place)
+    check_paths([*input_files(info), args.recipe],
+                [("-o", args.output), ("--json", args.json)], models=[args.output],
+                replaceable=input_files(info), in_place=args.in_place)
     graph = graph_from_model(model, info)
     shapes = infer_shapes(model)
     # Nonzero counts before pruning come from the threshold pass where it ran (saves a pass
@@ -236,7 +369,9 @@ def cmd_prune(args, console: Console) -> int:
         t = threshold_stats.get(r["name"], {})
         rows.append({
             **r,
-            "final_shape": a["weight_shape"],
+            # Shapes of the output model; params (the density's denominator) of the input.
+            "weight_shape": a["weight_shape"],
+            "original_shape": r["weight_shape"],
             "nonzero": a["nonzero"],
             "density": (a["nonzero"] / r["params"]) if r["params"] and a["nonzero"] is not None else None,
             "flops_remaining": a["flops_remaining"],
@@ -306,7 +441,7 @@ def cmd_prune(args, console: Console) -> int:
     if rows:
         console.info(format_table(rows, total))
     for n in notes:
-        console.info(f"note: {n['node'] or '<unnamed>'} ({n['op']}): {n['reason']}")
+        console.info(format_note(n))
     if report.get("sparse_ops"):
         console.info(_format_sparse_ops(report["sparse_ops"]))
     console.info(f"wrote {', '.join(o['path'] for o in outputs)} "
@@ -332,7 +467,7 @@ def _count_lowered_weights(rows: list[dict], passes: list[dict]) -> None:
         low = by_weight.get(row["weight"])
         if low is None:
             continue
-        row["final_shape"] = low["weight_shape"]
+        row["weight_shape"] = low["weight_shape"]
         row["nonzero"] = low["nonzero"]
         row["density"] = low["nonzero"] / row["params"] if row["params"] else None
         if row["flops"] is not None and row["params"]:
@@ -353,7 +488,7 @@ def _format_sparse_ops(sp: dict) -> str:
     for r in sp["layers"]:
         est = "" if r["estimated_speedup"] is None else f", est. {r['estimated_speedup']:.2f}x"
         word = "lowered" if r["lowered"] else "dense  "
-        lines.append(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})")
+        lines.append(printable(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})"))
     z = sp["sizes"]
     lines.append(f"sizes: sparse-ops {z['sparse_ops_bytes'] / 1e6:.2f} MB, dense "
                  f"~{z['dense_bytes_estimated'] / 1e6:.2f} MB, portable "
@@ -367,9 +502,11 @@ def _format_sparse_ops(sp: dict) -> str:
 def cmd_inspect(args, console: Console) -> int:
     from onnxprune import io
     from onnxprune.pipeline import read_stamp
-    from onnxprune.report import file_record, format_table, layer_rows, totals, versions
+    from onnxprune.report import (file_record, format_note, format_table, layer_rows, totals,
+                                  versions)
 
     model, info = io.load(args.model, lazy=True)
+    check_paths(input_files(info), [("--json", args.json)])
     rows, notes = layer_rows(model, info)
     total = totals(rows)
     report = {
@@ -389,7 +526,7 @@ def cmd_inspect(args, console: Console) -> int:
     else:
         console.info("no prunable layer found")
     for n in notes:
-        console.info(f"note: {n['node'] or '<unnamed>'} ({n['op']}): {n['reason']}")
+        console.info(format_note(n))
     return EXIT_OK
 
 
@@ -402,14 +539,16 @@ def cmd_check(args, console: Console) -> int:
     from onnxprune.report import versions
 
     shapes = input_shapes(args)
-    ref, _ = io.load(args.reference)
-    cand, _ = io.load(args.candidate)
+    ref, ref_info = io.load(args.reference)
+    cand, cand_info = io.load(args.candidate)
+    check_paths([*input_files(ref_info), *input_files(cand_info), args.data],
+                [("--json", args.json)])
     if args.data:
         feeds = load_inputs(args.data, ref)
         source = args.data
     else:
         feeds = random_inputs(ref, batch=args.batch, seed=args.seed, shapes=shapes, strict=True)
-        source = f"random (seed {args.seed}, batch {args.batch})"
+        source = _describe_random(feeds, args.seed)
     out_ref = run_model(ref, feeds)
     out_cand = run_model(cand, feeds)
     result = compare(out_ref, out_cand, args.atol, args.rtol)
@@ -422,13 +561,44 @@ def cmd_check(args, console: Console) -> int:
     else:
         console.info(f"max abs error {result['max_abs_error']:.3g} on {source} "
                      f"(atol {args.atol:g}, rtol {args.rtol:g})")
+    nan_both = sum(o.get("nan_both", 0) for o in result["outputs"])
+    if nan_both:
+        console.info(f"note: {nan_both} output value(s) are NaN in both models at the same "
+                     "positions; counted as equal")
     if not result["passed"]:
-        hint = ""
-        if "atol_that_passes" in result and all("max_abs_error" in o for o in result["outputs"]):
-            hint = f"; would pass with --atol {result['atol_that_passes']:.3g}"
+        unfixable = sum(o.get("unfixable", 0) for o in result["outputs"])
+        if result.get("atol_that_passes") is not None:
+            hint = f"; would pass with --atol {_ceil_3g(result['atol_that_passes'])}"
+        elif unfixable:
+            hint = (f"; {unfixable} value(s) are NaN or infinite on one side only, "
+                    "which no --atol passes")
+        else:
+            hint = ""
         raise GateFailed(f"outputs differ beyond tolerance{hint}")
     console.info(paint("PASS", "green"))
     return EXIT_OK
+
+
+def _ceil_3g(x: float) -> str:
+    """``x`` written with 3 significant digits, rounded up: the printed value, read back,
+    is never below ``x`` (a suggested --atol must pass)."""
+    import math
+
+    if x <= 0:
+        return "0"
+    text = f"{x:.3g}"
+    step = 10.0 ** (math.floor(math.log10(x)) - 2)
+    while float(text) < x:
+        text = f"{float(text) + step:.3g}"
+    return text
+
+
+def _describe_random(feeds: dict, seed: int) -> str:
+    """What the random inputs were, by the batch sizes actually fed (a model that fixes its
+    batch dimension overrides --batch)."""
+    batches = sorted({v.shape[0] for v in feeds.values() if getattr(v, "ndim", 0)})
+    which = f", batch {', '.join(map(str, batches))}" if batches else ""
+    return f"random (seed {seed}{which})"
 
 
 # --------------------------------------------------------------------------- demo
@@ -443,10 +613,17 @@ def cmd_demo(args, console: Console) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def print_error(message: str) -> None:
+    """The one place an error line is printed: ``onnxprune: error: ...`` on stderr, control
+    characters escaped (a path with a newline stays on one line, a name cannot send terminal
+    escapes) and the length capped."""
+    print(f"onnxprune: error: {printable(message, MAX_ERROR_CHARS)}", file=sys.stderr)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default is exit 2 too; keep the one-line form
         self.print_usage(sys.stderr)
-        print(f"onnxprune: error: {message}", file=sys.stderr)
+        print_error(message)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -475,7 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--layer", type=_layer_arg, action="append", metavar="GLOB=Q",
                     help="per-layer quality by name glob (repeatable; the last match wins)")
     pr.add_argument("--skip", action="append", metavar="GLOB", help="never prune these layers")
-    pr.add_argument("--min-params", type=int, metavar="N", help="leave layers smaller than N")
+    pr.add_argument("--min-params", type=_int_arg(0), metavar="N",
+                    help="leave layers smaller than N")
     pr.add_argument("--target-sparsity", type=_float_arg(0.0, 1.0, hi_open=True), metavar="S",
                     help="solve q for this pruned share instead of using --quality")
     pr.add_argument("--target-scope", choices=("per-layer", "global"),
@@ -486,9 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="portable (default): standard ops, sparse initializers where smaller; "
                          "dense: plain initializers; sparse-ops: pruned layers lowered to "
                          "onnxprune's CSR ops where they run faster")
-    pr.add_argument("--expected-batch", type=int, metavar="N",
+    pr.add_argument("--expected-batch", type=_int_arg(1), metavar="N",
                     help="sparse-ops: batch size the model will be served at (default 1)")
-    pr.add_argument("--threads", type=int, metavar="N",
+    pr.add_argument("--threads", type=_int_arg(1, THREADS_MAX), metavar="N",
                     help="sparse-ops: intra-op threads the model will run with (default 1)")
     pr.add_argument("--lower-for", choices=("speed", "size"),
                     help="sparse-ops: lower where the kernel is faster (default), or wherever "
@@ -514,8 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--data", metavar="NPZ", help="inputs (.npz keyed by input name, or x)")
     ch.add_argument("--atol", type=_float_arg(0.0), default=1e-4)
     ch.add_argument("--rtol", type=_float_arg(0.0), default=1e-3)
-    ch.add_argument("--batch", type=int, default=2, help="batch size for random inputs")
-    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--batch", type=_int_arg(1), default=2, help="batch size for random inputs")
+    ch.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0)
     add_input_shape_option(ch)
     common(ch)
     ch.set_defaults(func=cmd_check)
@@ -538,29 +716,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before anything can import ONNX Runtime: it sends nothing (README's promise).
-    from onnxprune.runtime_ops import disable_telemetry
-
-    disable_telemetry()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    console = Console(quiet=getattr(args, "quiet", False))
+    # Everything, the parser included, runs inside the try: Ctrl-C at any moment exits 130
+    # with one line, never a traceback.
     try:
+        # Before anything can import ONNX Runtime: it sends nothing (README's promise).
+        from onnxprune.runtime_ops import disable_telemetry
+
+        disable_telemetry()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        console = Console(quiet=getattr(args, "quiet", False))
         return args.func(args, console)
     except OnnxPruneError as e:
-        print(f"onnxprune: error: {e}", file=sys.stderr)
+        print_error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except MemoryError:
-        print("onnxprune: error: out of memory", file=sys.stderr)
+        print_error("out of memory")
         return EXIT_RUNTIME
     except Exception as e:  # a bug: one line, no traceback, exit 1
-        print(f"onnxprune: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print_error(f"internal error: {type(e).__name__}: {e}")
         return EXIT_RUNTIME
 
 

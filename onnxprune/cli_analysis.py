@@ -13,8 +13,8 @@ import json
 import os
 
 from onnxprune import __version__
-from onnxprune.cli import write_atomic
-from onnxprune.console import Console
+from onnxprune.cli import check_paths, input_files, write_atomic
+from onnxprune.console import Console, printable
 from onnxprune.errors import EXIT_OK, UsageError
 
 # --------------------------------------------------------------------------- files
@@ -32,19 +32,6 @@ def prepare_dir(path: str) -> str:
         raise UsageError(f"-o {path}: parent folder {parent} does not exist")
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def _check_paths(outputs: list[str], json_dest: str | None, protected: list[str]) -> None:
-    """Outputs must not overwrite an input, and --json must not be one of the outputs."""
-    if json_dest not in (None, "-"):
-        if any(os.path.abspath(json_dest) == os.path.abspath(o) for o in outputs):
-            raise UsageError("--json must not be one of the files written to -o")
-        outputs = [*outputs, json_dest]
-    for p in outputs:
-        for q in protected:
-            if q and (os.path.abspath(p) == os.path.abspath(q) or
-                      (os.path.exists(p) and os.path.exists(q) and os.path.samefile(p, q))):
-                raise UsageError(f"refusing to overwrite the input {q}; choose another -o")
 
 
 def _dumps(obj) -> str:
@@ -83,9 +70,9 @@ def cmd_sensitivity(args, console: Console) -> int:
     names = {k: os.path.join(out_dir, f) for k, f in (
         ("json", "sensitivity.json"), ("csv", "sensitivity.csv"), ("png", "sensitivity.png"),
         ("recipe", "recipe.yaml"))}
-    _check_paths(list(names.values()), args.json, [args.model, args.val])
-
     model, info = io.load(args.model)
+    check_paths([*input_files(info), args.val],
+                [*(("-o", p) for p in names.values()), ("--json", args.json)])
     val = data.load_npz(args.val, x_key=args.x_key, y_key=args.y_key)
     result = sens.analyse(model, val, grid=grid, grid_kind=grid_kind, layers=args.layers,
                           batch_size=args.batch_size, threads=args.threads,
@@ -127,6 +114,10 @@ def cmd_sensitivity(args, console: Console) -> int:
 
 
 def _table(headers: list[str], body: list[list[str]]) -> str:
+    """Columns padded to width; cells (layer names from the model) escaped and cut."""
+    from onnxprune.report import NAME_CHARS
+
+    body = [[printable(c, NAME_CHARS) for c in row] for row in body]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)),
              "  ".join("-" * w for w in widths)]
@@ -199,7 +190,7 @@ def cmd_report(args, console: Console) -> int:
     from onnxprune import figures, io
     from onnxprune import report_cmd as rc
     from onnxprune.cli import write_json
-    from onnxprune.report import layer_rows, versions
+    from onnxprune.report import format_note, layer_rows, versions
 
     if not args.no_figures:
         from onnxprune.figures import require_matplotlib
@@ -208,20 +199,21 @@ def cmd_report(args, console: Console) -> int:
     out_dir = prepare_dir(args.output)
     files = {"md": "report.md", "html": "report.html", "json": "report.json", **rc.FIGURE_FILES}
     paths = {k: os.path.join(out_dir, f) for k, f in files.items()}
-    _check_paths(list(paths.values()), args.json, [args.model, args.baseline, args.history])
-
     model, info = io.load(args.model)
-    rows, notes = layer_rows(model, info)
-    baseline = base_rows = None
+    baseline = base_rows = binfo = None
     if args.baseline:
         baseline, binfo = io.load(args.baseline)
+    check_paths([*input_files(info), *(input_files(binfo) if binfo else ()), args.history],
+                [*(("-o", p) for p in paths.values()), ("--json", args.json)])
+    rows, notes = layer_rows(model, info)
+    if baseline is not None:
         base_rows, _ = layer_rows(baseline, binfo)
     history = rc.load_history(args.history) if args.history else None
     usable = [r for r in rows if not r["skipped"]]
     chosen = _pick_layer(usable, args.layer)
     table_rows, total = rc.paper_rows(rows, base_rows)
-    table_notes = [f"{r['name']}: {r['note']}" for r in table_rows if r["note"]]
-    table_notes += [f"{n['node'] or '<unnamed>'} ({n['op']}): {n['reason']}" for n in notes]
+    table_notes = [printable(f"{r['name']}: {r['note']}") for r in table_rows if r["note"]]
+    table_notes += [format_note(n)[len("note: "):] for n in notes]
 
     data = {
         "command": "report", "tool_version": __version__,
@@ -276,7 +268,8 @@ def cmd_report(args, console: Console) -> int:
 
     # Fig. 5: the trade-off curve of a compress run.
     fig = {"heading": "Accuracy vs. parameters pruned (Fig. 5)",
-           "caption": "From the compress run's history: top-1 accuracy loss against the share of "
+           "caption": "From the compress run's history: top-1 drop (dense − pruned, in points; "
+                      "positive = worse, drawn downwards as in the paper) against the share of "
                       "the prunable weights that are zero, after each stage, and after each "
                       "prune step just before its retraining."}
     if history is None:
@@ -285,9 +278,9 @@ def cmd_report(args, console: Console) -> int:
         series = rc.tradeoff_series(history)
         fig["series"] = series
         fig["points_table"] = (
-            ["series", "stage", "pruned", "top-1", "loss (pp)"],
+            ["series", "stage", "pruned", "top-1", "drop (pp)"],
             [[s["label"], p["stage"], f"{100 * p['pruned']:.1f}%", f"{100 * p['top1']:.2f}%",
-              f"{p['loss_pp']:+.2f}"] for s in series for p in s["points"]])
+              f"{p['drop_pp']:+.2f}"] for s in series for p in s["points"]])
         if plot:
             images["tradeoff"] = figures.tradeoff_png(series, title=data["model"])
     data["figures"]["tradeoff"] = fig
@@ -314,7 +307,7 @@ def cmd_report(args, console: Console) -> int:
 
 
 def add_parsers(sub, common) -> None:
-    from onnxprune.cli import _float_arg, _int_arg
+    from onnxprune.cli import THREADS_MAX, _float_arg, _int_arg
 
     se = sub.add_parser(
         "sensitivity", help="prune one layer at a time over a grid; curves, plot, recipe",
@@ -340,7 +333,7 @@ def add_parsers(sub, common) -> None:
     se.add_argument("--x-key", default="x", help="array name of the inputs (default x)")
     se.add_argument("--y-key", default="y", help="array name of the labels (default y)")
     se.add_argument("--batch-size", type=_int_arg(1), default=256)
-    se.add_argument("--threads", type=_int_arg(1), metavar="N",
+    se.add_argument("--threads", type=_int_arg(1, THREADS_MAX), metavar="N",
                     help="ONNX Runtime intra-op threads (default: its own choice)")
     se.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     common(se)

@@ -10,7 +10,7 @@ from onnxprune.errors import EXIT_OK, GateFailed, UsageError
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
-    from onnxprune.cli import _float_arg
+    from onnxprune.cli import SEED_MAX, _float_arg, _int_arg
 
     g = p.add_argument_group("data")
     g.add_argument("--train", required=True, metavar="NPZ", help="training data (.npz with x, y)")
@@ -18,8 +18,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--x-key", default="x", help="array name of the inputs (default x)")
     g.add_argument("--y-key", default="y", help="array name of the integer labels (default y)")
     t = p.add_argument_group("retraining")
-    t.add_argument("--epochs", type=int, default=2, help="epochs per retraining (default 2)")
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--epochs", type=_int_arg(1), default=2,
+                   help="epochs per retraining (default 2)")
+    t.add_argument("--batch-size", type=_int_arg(1), default=64)
     t.add_argument("--lr", type=_float_arg(0.0), help="retraining learning rate")
     t.add_argument("--original-lr", type=_float_arg(0.0),
                    help="the rate the model was trained with; retrain at 1/10 of it "
@@ -34,7 +35,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--no-adjust-dropout", action="store_true",
                    help="keep Dropout ratios (default: D_r = D_o·sqrt(C_ir/C_io))")
     t.add_argument("--keep-best", action="store_true", help="keep the best validation epoch")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0)
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     t.add_argument("--distill", type=_float_arg(0.0, 1.0), default=0.0, metavar="ALPHA",
                    help="weight of a distillation term following the teacher's outputs "
@@ -81,7 +82,7 @@ def _progress(console: Console, prefix: str):
 
 def cmd_finetune(args, console: Console) -> int:
     from onnxprune import io
-    from onnxprune.cli import write_json
+    from onnxprune.cli import check_paths, input_files, write_json
     from onnxprune.evaluate import evaluate
     from onnxprune.report import versions
     from onnxprune.torch_bridge import finetune
@@ -92,8 +93,12 @@ def cmd_finetune(args, console: Console) -> int:
     if args.teacher and config.distill == 0:
         raise UsageError("--teacher is only used with --distill ALPHA > 0")
     model, info = io.load(args.model)
-    io.check_output_path(args.output, info, in_place=False)
-    teacher = io.load(args.teacher)[0] if args.teacher and config.distill > 0 else None
+    teacher = teacher_info = None
+    if args.teacher and config.distill > 0:
+        teacher, teacher_info = io.load(args.teacher)
+    check_paths([*input_files(info), *(input_files(teacher_info) if teacher_info else ()),
+                 args.train, args.val],
+                [("-o", args.output), ("--json", args.json)], models=[args.output])
     train, val = _data(args, model)
     before = evaluate(model, val)
     result = finetune(model, train, val, config=config, on_progress=_progress(console, ""),
@@ -126,7 +131,7 @@ def _config_json(config) -> dict:
 
 def cmd_compress(args, console: Console) -> int:
     from onnxprune import io
-    from onnxprune.cli import write_json
+    from onnxprune.cli import check_paths, input_files, write_json
     from onnxprune.compress import Schedule, compress
     from onnxprune.graph import graph_from_model, infer_shapes
     from onnxprune.report import format_table, graph_rows, totals, versions
@@ -144,7 +149,8 @@ def cmd_compress(args, console: Console) -> int:
     ).validate()
     config = _config(args)
     model, info = io.load(args.model)
-    io.check_output_path(args.output, info, in_place=False)
+    check_paths([*input_files(info), args.train, args.val],
+                [("-o", args.output), ("--json", args.json)], models=[args.output])
     train, val = _data(args, model)
 
     def on_stage(rec):
@@ -171,7 +177,8 @@ def cmd_compress(args, console: Console) -> int:
     rows = []
     for r in before_rows:
         a = after.get(r["weight"], r)
-        rows.append({**r, "final_shape": a["weight_shape"], "nonzero": a["nonzero"],
+        rows.append({**r, "weight_shape": a["weight_shape"], "original_shape": r["weight_shape"],
+                     "nonzero": a["nonzero"],
                      "density": a["nonzero"] / r["params"] if r["params"] else None,
                      "flops_remaining": a["flops_remaining"]})
     total = totals(rows)
@@ -214,7 +221,7 @@ def cmd_compress(args, console: Console) -> int:
 
 
 def add_parsers(sub, common) -> None:
-    from onnxprune.cli import _float_arg, _layer_arg
+    from onnxprune.cli import _float_arg, _int_arg, _layer_arg
 
     ft = sub.add_parser("finetune", help="retrain the surviving weights of a pruned model")
     ft.add_argument("model")
@@ -228,7 +235,8 @@ def add_parsers(sub, common) -> None:
     co = sub.add_parser("compress", help="prune -> retrain, iterated, then remove dead neurons")
     co.add_argument("model")
     co.add_argument("-o", "--output", required=True)
-    co.add_argument("--iterations", type=int, default=3, help="prune+retrain rounds (default 3)")
+    co.add_argument("--iterations", type=_int_arg(1), default=3,
+                    help="prune+retrain rounds (default 3)")
     co.add_argument("--quality", type=_float_arg(0.0), metavar="Q",
                     help="final q for every layer (default: conv 0.5, fc 1.0), on dense σ")
     co.add_argument("--layer", type=_layer_arg, action="append", metavar="GLOB=Q",
@@ -239,7 +247,7 @@ def add_parsers(sub, common) -> None:
     co.add_argument("--layer-target", type=_layer_arg, action="append", metavar="GLOB=S",
                     help="final pruned share for matching layers (e.g. 'fc1*=0.92')")
     co.add_argument("--skip", action="append", metavar="GLOB")
-    co.add_argument("--min-params", type=int, default=0)
+    co.add_argument("--min-params", type=_int_arg(0), default=0)
     co.add_argument("--no-remove-dead-neurons", action="store_true")
     co.add_argument("--emit", choices=("dense", "portable"), default="portable")
     co.add_argument("--max-accuracy-drop", type=_float_arg(0.0), metavar="PP",

@@ -10,6 +10,24 @@ from __future__ import annotations
 import os
 import sys
 import time
+import unicodedata
+
+
+def printable(text, limit: int | None = None) -> str:
+    """``text`` safe to print on one terminal line: control and format characters (newlines,
+    escape sequences, bidirectional overrides, line separators) are written as Python escapes
+    (``\\n``, ``\\x1b``, ``\\u202e``), so a name from a model or a path cannot move the cursor,
+    recolour the terminal or split a line; longer than ``limit`` characters, it is cut with "…".
+    """
+    text = str(text)
+    if limit is not None:
+        text = text[:limit + 1]  # escaping only lengthens: cut the raw text first
+    if not text.isprintable():
+        text = "".join(c if c == " " or unicodedata.category(c)[0] not in "CZ"
+                       else repr(c)[1:-1] for c in text)
+    if limit is not None and len(text) > limit:
+        text = text[:max(limit - 1, 0)] + "…"
+    return text
 
 
 def colour_enabled(stream=None) -> bool:

@@ -144,13 +144,15 @@ def run_demo(args, console) -> int:
         raise UsageError(f"the demo needs PyTorch and scikit-learn ({e.name} is missing): "
                          "pip install 'onnxprune[demo]'") from None
     from onnxprune import io
-    from onnxprune.cli import write_json
+    from onnxprune.cli import check_paths, write_json
     from onnxprune.compress import Schedule, compress
     from onnxprune.data import Dataset
     from onnxprune.graph import graph_from_model, infer_shapes
     from onnxprune.report import graph_rows
     from onnxprune.torch_bridge import FinetuneConfig
 
+    # Before minutes of training: the outputs must be writable and distinct.
+    check_paths([], [("-o", args.output), ("--json", args.json)], models=[args.output])
     t0 = time.perf_counter()
     train, test = digits_28x28()
     console.info(f"data: scikit-learn handwritten digits resized to 28x28, "
@@ -187,7 +189,8 @@ def run_demo(args, console) -> int:
         before, _ = graph_rows(graph_from_model(model), shapes, with_std=False)
         after = {r["weight"]: r for r in graph_rows(graph_from_model(result.model), shapes,
                                                     with_std=False)[0]}
-        rows = [{**r, "nonzero": after[r["weight"]]["nonzero"],
+        rows = [{**r, "weight_shape": after[r["weight"]]["weight_shape"],
+                 "original_shape": r["weight_shape"], "nonzero": after[r["weight"]]["nonzero"],
                  "flops_remaining": after[r["weight"]]["flops_remaining"]} for r in before]
         act = activation_density(result.model, test[0])
     acc0, acc1 = result.dense_accuracy["top1"], result.final_accuracy["top1"]
@@ -200,10 +203,15 @@ def run_demo(args, console) -> int:
     console.info(f"weights: {params} -> {nz} ({params / nz:.1f}x fewer); file {dense_bytes / 1e6:.2f} MB "
                  f"-> {out_bytes / 1e6:.2f} MB portable sparse; {time.perf_counter() - t0:.0f} s")
     if args.output:
-        console.info(f"wrote {args.output}")
+        console.info(f"wrote {', '.join(r['path'] for r in records)}")
+    else:
+        console.info("the pruned model was not kept (it lived in a temporary folder); "
+                     "pass -o PATH to keep it")
     write_json({"command": "demo", "accuracy_dense": result.dense_accuracy,
                 "accuracy_pruned": result.final_accuracy, "layers": rows,
                 "activation_density": act, "history": result.history,
                 "dense_bytes": dense_bytes, "output_bytes": out_bytes,
                 "wall_seconds": time.perf_counter() - t0}, args.json)
+    if args.json not in (None, "-"):
+        console.info(f"wrote the report to {args.json}")
     return EXIT_OK

@@ -7,6 +7,8 @@ with ``err.exit_code``; anything that is not an ``OnnxPruneError`` is a bug and 
 
 from __future__ import annotations
 
+import reprlib
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -44,6 +46,20 @@ class InvalidModelError(OnnxPruneError):
 
 class UnsafePathError(InvalidModelError):
     """External data points outside the model's folder, or through a symlink."""
+
+
+# Values quoted in messages come from users' files: a few lines of YAML aliases expand to a
+# structure whose full repr is hundreds of megabytes.  reprlib elides inside containers and long
+# strings, so the cost is bounded by these limits, not by the value.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxtuple, _REPR.maxset = 3, 6, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
+
+
+def short_repr(value, limit: int = 120) -> str:
+    """``repr(value)`` for an error message: at most ``limit`` characters, cut with "…"."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def name_list(names, limit: int = 12) -> str:

@@ -234,11 +234,13 @@ def histogram_png(before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray
 def tradeoff_png(series: list[dict], *, title: str | None = None,
                  ylim: tuple[float, float] | None = None,
                  xlim: tuple[float, float] | None = None) -> bytes:
-    """Fig. 5.  ``series``: ``[{"label", "points": [{"pruned", "loss_pp"}, …]}, …]`` where
-    ``pruned`` is a share in [0, 1] and ``loss_pp`` = top-1 before − after, in points.
+    """Fig. 5.  ``series``: ``[{"label", "points": [{"pruned", "drop_pp"}, …]}, …]`` where
+    ``pruned`` is a share in [0, 1] and ``drop_pp`` = top-1 before − after, in points
+    (positive = worse, as everywhere in onnxprune).  The y axis is the drop, pointing down as
+    in the paper, where a worse model sits lower.
 
-    ``ylim``/``xlim`` (in points / percent) zoom in as the paper does (its y axis stops at
-    −4.5%); curves leaving the window are cut at its edge.
+    ``ylim``/``xlim`` (drop in points / percent pruned) zoom in as the paper does (its axis
+    stops at a 4.5-point loss); curves leaving the window are cut at its edge.
     """
     if not series or not any(s["points"] for s in series):
         raise UsageError("no trade-off points to plot")
@@ -247,16 +249,16 @@ def tradeoff_png(series: list[dict], *, title: str | None = None,
         ax = fig.subplots()
         for i, s in enumerate(series):
             pts = sorted(s["points"], key=lambda p: p["pruned"])
-            # The paper draws the loss downwards (accuracy loss as a negative number).
-            ax.plot([100 * p["pruned"] for p in pts], [-p["loss_pp"] for p in pts],
+            ax.plot([100 * p["pruned"] for p in pts], [p["drop_pp"] for p in pts],
                     marker=markers[i % len(markers)], label=s["label"])
         ax.axhline(0.0, color="0.4", linewidth=0.8)
         if ylim is not None:
             ax.set_ylim(*ylim)
+        ax.invert_yaxis()  # the paper draws the drop downwards
         if xlim is not None:
             ax.set_xlim(*xlim)
         ax.set_xlabel("parameters pruned away (%)")
-        ax.set_ylabel("accuracy change (top-1, points)")
+        ax.set_ylabel("top-1 drop (points; dense − pruned)")
         ax.legend(loc="lower left", frameon=False)
         if title:
             ax.set_title(title)

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 from onnx import ModelProto
 
+from onnxprune.console import printable
 from onnxprune.graph import find_layers, graph_from_model, infer_shapes, weight_reuse, weight_values
 from onnxprune.masks import count_nonzero, weight_std
 
@@ -138,19 +139,40 @@ def _fmt_pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+# Names in human tables come from the model: escaped (no terminal control) and cut to this.
+NAME_CHARS = 80
+
+
+def format_note(note: dict) -> str:
+    """One ``note:`` line for stderr about a node that was not pruned, names escaped."""
+    return printable(f"note: {note['node'] or '<unnamed>'} ({note['op']}): {note['reason']}",
+                     4 * NAME_CHARS)
+
+
+def _shape(r: dict) -> str:
+    """The output model's weight shape, and the input's where removing neurons changed it."""
+    shape = "x".join(map(str, r["weight_shape"]))
+    before = r.get("original_shape")
+    if before is not None and list(before) != list(r["weight_shape"]):
+        shape += f" (was {'x'.join(map(str, before))})"
+    return shape
+
+
 def format_table(rows: list[dict], total: dict) -> str:
-    """A human table (for stderr) in the layout of the paper's Tables 2–5."""
+    """A human table (for stderr) in the layout of the paper's Tables 2–5.  Shapes are the
+    output model's (``weight_shape``); params count the input's weights (``original_shape``)."""
     headers = ["layer", "op", "shape", "params", "nonzero", "density", "FLOPs", "FLOPs left",
                "std", "threshold"]
     body = []
     for r in rows:
         body.append([
-            r["name"], r["op"], "x".join(map(str, r["weight_shape"])), _fmt_int(r["params"]),
+            printable(r["name"], NAME_CHARS), printable(r["op"], NAME_CHARS), _shape(r),
+            _fmt_int(r["params"]),
             _fmt_int(r["nonzero"]), _fmt_pct(r["density"]), _fmt_int(r["flops"]),
             _fmt_pct(r["flops_remaining"] / r["flops"]) if r["flops"] else "-",
             "-" if r["std"] is None else f"{r['std']:.4g}",
             "-" if r.get("threshold") is None else f"{r['threshold']:.4g}"
-            if not r.get("skipped") else f"skip: {r['skipped']}",
+            if not r.get("skipped") else printable(f"skip: {r['skipped']}", NAME_CHARS),
         ])
     flops_left = (total["flops_remaining"] / total["flops"]) if total.get("flops") else None
     body.append(["total", "", "", _fmt_int(total["params"]), _fmt_int(total["nonzero"]),

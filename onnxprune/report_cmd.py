@@ -13,10 +13,13 @@ Contents, each optional part present when its input is given:
   is applied per sample (1 for Gemm, H_out·W_out for Conv; :mod:`onnxprune.report`);
 * Fig. 4, the mask of one layer (``--layer``, default the largest) as a spy plot;
 * Fig. 7, that layer's weight histogram before (baseline) and after (non-zero weights);
-* Fig. 5, from a ``compress --json`` report (``--history``): accuracy loss against the share
+* Fig. 5, from a ``compress --json`` report (``--history``): the top-1 drop against the share
   of parameters pruned, after each prune+retrain iteration and just before its retraining:
 
-      pruned_i = 1 − nonzero_i / params_dense,    loss_i = 100 · (top1_dense − top1_i)
+      pruned_i = 1 − nonzero_i / params_dense,    drop_i = 100 · (top1_dense − top1_i)
+
+  in percentage points, positive = worse: the same sign as ``compress``'s
+  ``accuracy_drop_pp`` and ``sensitivity``'s ``drop_pp``.
 
 The HTML page is self-contained: images are embedded as ``data:image/png;base64`` URIs, the
 style sheet is inline, there is no script, and a Content-Security-Policy forbids loading
@@ -152,11 +155,11 @@ def tradeoff_series(report: dict) -> list[dict]:
         label = h.get("stage", "") if h.get("stage") != "iteration" else \
             f"iteration {h.get('iteration')}"
         after.append({"stage": label, "pruned": pruned, "top1": h["top1"],
-                      "loss_pp": 100.0 * (dense - h["top1"])})
+                      "drop_pp": 100.0 * (dense - h["top1"])})
         b = h.get("top1_before_retrain")
         if isinstance(b, (int, float)):
             before.append({"stage": label, "pruned": pruned, "top1": b,
-                           "loss_pp": 100.0 * (dense - b)})
+                           "drop_pp": 100.0 * (dense - b)})
     series = [{"label": "pruned and retrained", "points": after}]
     if before:
         series.append({"label": "pruned, before retraining", "points": before})

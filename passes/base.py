@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.errors import OnnxPruneError, UsageError, short_repr
 
 
 class PassError(OnnxPruneError):
@@ -58,7 +58,7 @@ def parse_options(pass_name: str, schema: tuple[Option, ...], raw: dict | None) 
 def check_float(lo: float | None = None, hi: float | None = None, *, hi_open: bool = False):
     def check(key: str, v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise UsageError(f"{key}: expected a number, got {v!r}")
+            raise UsageError(f"{key}: expected a number, got {short_repr(v)}")
         v = float(v)
         if v != v or v in (float("inf"), float("-inf")):
             raise UsageError(f"{key}: expected a finite number, got {v}")
@@ -79,7 +79,7 @@ def check_optional(inner):
 def check_int(lo: int = 0):
     def check(key: str, v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise UsageError(f"{key}: expected an integer, got {v!r}")
+            raise UsageError(f"{key}: expected an integer, got {short_repr(v)}")
         if v < lo:
             raise UsageError(f"{key}: must be >= {lo}, got {v}")
         return v
@@ -88,14 +88,14 @@ def check_int(lo: int = 0):
 
 def check_bool(key: str, v: Any) -> bool:
     if not isinstance(v, bool):
-        raise UsageError(f"{key}: expected true or false, got {v!r}")
+        raise UsageError(f"{key}: expected true or false, got {short_repr(v)}")
     return v
 
 
 def check_choice(*choices: str):
     def check(key: str, v: Any) -> str:
         if v not in choices:
-            raise UsageError(f"{key}: expected one of {', '.join(choices)}, got {v!r}")
+            raise UsageError(f"{key}: expected one of {', '.join(choices)}, got {short_repr(v)}")
         return v
     return check
 
@@ -104,5 +104,5 @@ def check_str_list(key: str, v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
-        raise UsageError(f"{key}: expected a list of non-empty strings, got {v!r}")
+        raise UsageError(f"{key}: expected a list of non-empty strings, got {short_repr(v)}")
     return tuple(v)
