@@ -22,7 +22,8 @@ op only by floating-point summation order.
 
 Per layer, only where the kernel is predicted to beat ONNX Runtime's dense op
 (``sparse_cost_model.estimate`` with the expected ``batch`` and ``threads``), unless the layer
-matches a ``force`` glob (always lowered when eligible) or a ``never`` glob (never lowered);
+matches a ``force`` glob (always lowered when eligible, also where the cost model cannot judge
+it: a convolution whose output size is unknown) or a ``never`` glob (never lowered);
 ``max-density`` replaces the cost model by a plain density threshold.  Layers the ops cannot
 express (float16/float64 weights — both ops compute in float32 only, and casting would change
 the model's numerics —, a weight on the left of MatMul, a batched MatMul weight, 1-D/3-D
@@ -212,7 +213,7 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int) -> _Plan:
         out_hw = tuple((x_hw[i] + pads[i] + pads[i + 2] - (kernel[i] - 1) * dilations[i] - 1)
                        // strides[i] + 1 for i in range(2))
     else:
-        raise _Skip("output size unknown (no static input shape); use force to lower anyway")
+        out_hw = None  # CsrConv finds it at run time; only the cost model needs it (see _unsized)
     m = _resolve_batch(x[0], batch) if x else batch
     attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations,
              "group": group}
@@ -255,6 +256,16 @@ def _drop_dangling_producers(graph: gs.Graph, t: gs.Tensor, outputs: set[int]) -
 
 def _glob_match(layer: Layer, globs: tuple[str, ...]) -> bool:
     return any(layer.matches(g) for g in globs)
+
+
+# A convolution whose output size shape inference cannot give (symbolic input height/width)
+# runs fine as CsrConv, but the cost model has nothing to judge it by.
+UNSIZED_REASON = ("output size unknown (symbolic input size), so the cost model cannot judge "
+                  "it; add it to the recipe's lower-to-sparse-ops force list to lower it anyway")
+
+
+def _unsized(plans: list[_Plan]) -> bool:
+    return any(p.kind == "conv" and p.out_hw is None for p in plans)
 
 
 class LowerToSparseOps:
@@ -304,6 +315,10 @@ class LowerToSparseOps:
                 plans.append(_plan_conv(node, layer, shapes, self.batch))
         return plans
 
+    def _forced(self, layer: Layer) -> bool:
+        """In the force list and not in the never list (never wins, as in ``_decide``)."""
+        return _glob_match(layer, self.force) and not _glob_match(layer, self.never)
+
     def _decide(self, layer: Layer, density: float, estimates: list[cost.Estimate],
                 csr_bytes: int, dense_bytes: int) -> tuple[bool, str]:
         if _glob_match(layer, self.never):
@@ -347,6 +362,9 @@ class LowerToSparseOps:
             except _Skip as why:
                 prepared.append((layer, None, None, str(why)))
                 continue
+            if _unsized(plans) and not self._forced(layer):
+                prepared.append((layer, None, None, UNSIZED_REASON))
+                continue
             nnz = int(np.count_nonzero(w))
             idx_bytes = index_dtype_for(plans[0].cols).itemsize
             csr_ws += nnz * (4 + idx_bytes) + 4 * (plans[0].rows + 1)
@@ -375,12 +393,15 @@ class LowerToSparseOps:
                 len({p.orientation for p in plans})
             common = dict(threads=self.threads, index_bytes=idx_t.itemsize,
                           dense_working_set=dense_ws, csr_working_set=csr_ws)
-            estimates = [cost.estimate(p.kind, p.rows, p.cols, nnz, batch=p.batch_rows,
-                                       out_hw=p.out_hw, **common) for p in plans]
-            row["estimated_speedup"] = round(_combined_speedup(estimates), 3)
-            p0 = plans[0]
-            row["break_even_density"] = round(cost.break_even_density(
-                p0.kind, p0.rows, p0.cols, batch=p0.batch_rows, out_hw=p0.out_hw, **common), 4)
+            estimates = []
+            if not _unsized(plans):  # else forced: lowered without an estimate
+                estimates = [cost.estimate(p.kind, p.rows, p.cols, nnz, batch=p.batch_rows,
+                                           out_hw=p.out_hw, **common) for p in plans]
+                row["estimated_speedup"] = round(_combined_speedup(estimates), 3)
+                p0 = plans[0]
+                row["break_even_density"] = round(cost.break_even_density(
+                    p0.kind, p0.rows, p0.cols, batch=p0.batch_rows, out_hw=p0.out_hw, **common),
+                    4)
             lower, reason = self._decide(layer, density, estimates, row["csr_bytes"],
                                          row["dense_bytes"] or 0)
             row["reason"] = reason

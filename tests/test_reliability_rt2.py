@@ -279,3 +279,38 @@ def test_runtime_failure_is_one_plain_line(tmp_path, capfd):
     assert err.startswith("onnxprune: error: ONNX Runtime failed to run the model: ")
     assert len(err.strip().splitlines()) == 1, err
     assert "\x1b[" not in err and "[ONNXRuntimeError]" not in err
+
+
+# --------------------------------------------------------------------------- lowering: force
+
+
+def _lower(model, **options):
+    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
+
+    result = LowerToSparseOps(options)(graph_from_model(model))
+    return graph_to_model(result.graph, model), result
+
+
+def test_force_lowers_a_conv_of_unknown_output_size():
+    """With symbolic H and W the cost model cannot judge a convolution; the skip reason names
+    the real recipe key, and ``force`` (checked before that skip) lowers it, exactly."""
+    from onnxprune import runtime_ops
+
+    model = _symbolic_hw_cnn()
+    _, result = _lower(model)
+    rows = {r["name"]: r for r in result.stats["layers"]}
+    assert not rows["conv1"]["lowered"]
+    assert "lower-to-sparse-ops" in rows["conv1"]["reason"] and "force" in rows["conv1"]["reason"]
+    assert "use force to lower anyway" not in rows["conv1"]["reason"]
+
+    lowered, result = _lower(model, force=["conv*"], never=["conv2"])
+    rows = {r["name"]: r for r in result.stats["layers"]}
+    assert rows["conv1"]["lowered"] and rows["conv1"]["reason"] == "forced"
+    assert rows["conv1"]["estimated_speedup"] is None
+    assert not rows["conv2"]["lowered"]  # never wins over force
+    assert [n.op_type for n in lowered.graph.node].count("CsrConv") == 1
+    x = np.random.default_rng(5).standard_normal((2, 3, 9, 13)).astype(np.float32)
+    ref = runtime_ops.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = runtime_ops.InferenceSession(lowered.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
