@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import __version__
-from onnxprune.errors import EXIT_OK, GateFailed, UsageError
+from onnxprune.errors import EXIT_OK, GateFailed
 from onnxprune.runtime_ops import DOMAIN
 
 REL_ATOL = 1e-4
@@ -51,20 +51,30 @@ def _int_list(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def _thread_list(text: str) -> list[int]:
+    from onnxprune.cli import THREADS_MAX
+
+    values = _int_list(text)
+    if any(v > THREADS_MAX for v in values):
+        raise argparse.ArgumentTypeError(f"thread counts must be <= {THREADS_MAX}, got {text!r}")
+    return values
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from onnxprune.check import add_input_shape_option
-    from onnxprune.cli import _int_arg
+    from onnxprune.cli import SEED_MAX, _int_arg
 
     b = subparsers.add_parser("bench", help="time a pruned model dense vs lowered to sparse ops")
     b.add_argument("model", help="pruned .onnx model (dense or portable storage, or lowered)")
     b.add_argument("--batch", type=_int_list, default=[1], metavar="B[,B...]",
                    help="batch sizes (default 1)")
-    b.add_argument("--threads", type=_int_list, default=[1], metavar="T[,T...]",
+    b.add_argument("--threads", type=_thread_list, default=[1], metavar="T[,T...]",
                    help="intra-op thread counts (default 1)")
     b.add_argument("--repeats", type=_int_arg(1), default=20, metavar="N",
                    help="timed runs per model and case (median reported; default 20)")
     b.add_argument("--warmup", type=_int_arg(1), default=3, metavar="N")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    b.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0,
+                   help="seed of the random inputs")
     b.add_argument("--data", metavar="NPZ",
                    help="inputs instead of random ones: .npz of arrays named after the graph "
                         "inputs (or x); their leading dimension is the batch")
@@ -301,17 +311,13 @@ def _opset(model) -> int:
 def cmd_bench(args, console) -> int:
     from onnxprune import io
     from onnxprune.check import input_shapes, random_inputs
-    from onnxprune.cli import write_json
+    from onnxprune.cli import check_paths, input_files, write_json
     from onnxprune.graph import graph_to_model
     from onnxprune.report import versions
 
-    if args.json not in (None, "-"):
-        import os
-
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-            raise UsageError(f"--json: folder of {args.json} does not exist")
     shapes = input_shapes(args)
     model, info = io.load(args.model)
+    check_paths([*input_files(info), args.data], [("--json", args.json)])
     lowered_input = _is_lowered(model)
     if lowered_input:
         dense_base = None

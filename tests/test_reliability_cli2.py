@@ -98,6 +98,7 @@ def _overwrite_cases(tmp_path):
         "report --json over the baseline": (["report", m, "--baseline", link, "-o",
                                              str(tmp_path / "rep"), "--no-figures",
                                              "--json", link], [m]),
+        "bench --json over the model": (["bench", m, "--json", m], [m]),
     }
 
 
@@ -109,7 +110,8 @@ def _overwrite_cases(tmp_path):
     "check --json over the candidate", "check --json over the npz",
     "finetune --json over its own output", "finetune --json over the training data",
     "compress --json over the model", "compress -o over the data",
-    "sensitivity --json over the val set", "report --json over the baseline"])
+    "sensitivity --json over the val set", "report --json over the baseline",
+    "bench --json over the model"])
 def test_no_output_overwrites_an_input(tmp_path, capsys, case):
     argv, protected = _overwrite_cases(tmp_path)[case]
     before = _digest(protected)
@@ -230,10 +232,11 @@ def _int_option_cases(tmp_path):
         ["compress", m, "-o", o, *train, "--min-params", "-1"],
         ["compress", m, "-o", o, *train, "--epochs", "-1"],
         ["sensitivity", m, "--val", data, "-o", str(tmp_path / "s"), "--threads", "0"],
+        ["bench", m, "--seed", "-1"], ["bench", m, "--threads", str(10**12)],
     ]
 
 
-@pytest.mark.parametrize("index", range(15))
+@pytest.mark.parametrize("index", range(17))
 def test_integer_options_out_of_range_exit_2(tmp_path, capsys, index):
     argv = _int_option_cases(tmp_path)[index]
     code, _, err = _run(argv, capsys)
