@@ -15,6 +15,8 @@ Invariants:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "apply_threshold",
     "count_nonzero",
     "count_nonfinite",
+    "retrain_dropout",
 ]
 
 
@@ -265,3 +268,15 @@ def global_quality_for_sparsity(layers: list[np.ndarray], sparsity: float) -> fl
 
 def count_zero(w: np.ndarray) -> int:
     return int(np.asarray(w).size) - count_nonzero(w)
+
+
+def retrain_dropout(d_o: float, c_ir: int, c_io: int) -> float:
+    """Han et al. (2015) eq. (2), the dropout ratio for retraining: ``D_r = D_o·√(C_ir/C_io)``.
+
+    C_io is the connection count of the layer the Dropout follows before pruning, C_ir after
+    (its nonzero weights); fewer connections, less dropout.  A layer without connections keeps
+    D_o.  The one definition used by the AdjustDropout pass and the fine-tune bridge.
+    """
+    if c_io <= 0:
+        return float(d_o)
+    return float(d_o) * math.sqrt(max(int(c_ir), 0) / int(c_io))

@@ -12,17 +12,19 @@ reported.
 Applies to graphs that carry Dropout (training exports).  ``ratio`` is an attribute before
 opset 12 and an optional input since (default 0.5); the new ratio is written where the old
 one lived (a fresh constant input, so a ratio tensor shared with other nodes is not changed).
+A ratio computed at run time (a graph input or a non-constant tensor) is left alone and
+reported, as the bridge does.  ``modified`` is true only when a stored ratio changed (in
+the ratio's own precision).  The rule is ``masks.retrain_dropout``, shared with the bridge.
 Run it after pruning and before dead-neuron removal (C_io is the weight's current size).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.graph import find_layers, weight_values
+from onnxprune.masks import retrain_dropout
 
 from .base import PassResult, parse_options
 
@@ -58,6 +60,10 @@ class AdjustDropout:
                              "reason": "malformed Dropout (no data input or output)"})
                 continue
             old, where = _current_ratio(node)
+            if where == "dynamic":
+                rows.append({"node": node.name, "ratio": None, "new_ratio": None,
+                             "reason": "ratio computed at run time; left as it is"})
+                continue
             layer = _producing_layer(node, by_node)
             if layer is None:
                 rows.append({"node": node.name, "ratio": old, "new_ratio": None,
@@ -66,10 +72,12 @@ class AdjustDropout:
             w = weight_values(layer)
             c_io = int(w.size)
             c_ir = int(np.count_nonzero(w))
-            new = float(old * math.sqrt(c_ir / c_io)) if c_io else old
-            if new != old:
+            new = retrain_dropout(old, c_ir, c_io)
+            if _stored(new, _ratio_dtype(node, where)) != old:
                 _set_ratio(node, new, where)
                 modified = True
+            else:
+                new = old  # the same value once stored: the graph is left as it is
             rows.append({"node": node.name, "layer": layer.name, "ratio": old,
                          "new_ratio": new, "c_io": c_io, "c_ir": c_ir})
         return PassResult(graph, modified, {"dropouts": rows})
@@ -88,15 +96,23 @@ def _current_ratio(node: gs.Node) -> tuple[float, str]:
     return 0.5, "default"
 
 
+def _ratio_dtype(node: gs.Node, where: str) -> np.dtype:
+    """The precision the ratio is stored in: float32 for the attribute, else the input's."""
+    if where == "input" and len(node.inputs) > 1 and node.inputs[1].dtype is not None:
+        return np.dtype(node.inputs[1].dtype)
+    return np.dtype(np.float32)
+
+
+def _stored(ratio: float, dtype: np.dtype) -> float:
+    """``ratio`` as it reads back once written in ``dtype`` (so "changed" means stored change)."""
+    return float(np.array(ratio, dtype=dtype))
+
+
 def _set_ratio(node: gs.Node, ratio: float, where: str) -> None:
     if where == "attr":
         node.attrs["ratio"] = ratio
         return
-    if where == "dynamic":
-        return
-    dtype = np.float32
-    if len(node.inputs) > 1 and node.inputs[1].dtype is not None:
-        dtype = np.dtype(node.inputs[1].dtype)
+    dtype = _ratio_dtype(node, where)
     const = gs.Constant(f"{node.name or node.outputs[0].name}_retrain_ratio",
                         np.array(ratio, dtype=dtype))
     if len(node.inputs) > 1:

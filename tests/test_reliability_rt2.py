@@ -314,3 +314,62 @@ def test_force_lowers_a_conv_of_unknown_output_size():
     ref = runtime_ops.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     got = runtime_ops.InferenceSession(lowered.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- adjust-dropout
+
+
+def _pruned_dropout_mlp(runtime_ratio: bool):
+    """A pruned MLP with Dropout after each hidden layer; the ratio is an initializer, or a
+    graph input fed at run time."""
+    model = mlp(sizes=(16, 12, 8, 4), dropout=0.5)
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.ndim == 2:
+            t.CopyFrom(numpy_helper.from_array(np.where(np.abs(a) > 0.2, a, 0).astype(a.dtype),
+                                               t.name))
+    if runtime_ratio:
+        keep = [t for t in model.graph.initializer if not t.name.endswith(".ratio")]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        for i in (1, 2):
+            model.graph.input.append(
+                helper.make_tensor_value_info(f"drop{i}.ratio", TensorProto.FLOAT, []))
+    return model
+
+
+def _adjust(model):
+    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.passes.adjust_dropout import AdjustDropout
+
+    result = AdjustDropout()(graph_from_model(model))
+    return graph_to_model(result.graph, model), result
+
+
+def test_adjust_dropout_leaves_a_runtime_ratio_alone_and_says_so():
+    model = _pruned_dropout_mlp(runtime_ratio=True)
+    out, result = _adjust(model)
+    assert result.modified is False
+    rows = result.stats["dropouts"]
+    assert len(rows) == 2
+    assert all(r["new_ratio"] is None and "run time" in r["reason"] for r in rows)
+    assert [n.input for n in out.graph.node] == [n.input for n in model.graph.node]
+
+
+def test_adjust_dropout_and_bridge_share_one_rule():
+    """The pass writes D_o·sqrt(C_ir/C_io) (masks.retrain_dropout) and the fine-tune bridge
+    plans the same ratio for the same Dropout."""
+    pytest.importorskip("torch")
+    from onnxprune.masks import retrain_dropout
+    from onnxprune.torch_bridge.module import OnnxModule
+    from onnxprune.torch_bridge.train import _dropout_plan
+
+    model = _pruned_dropout_mlp(runtime_ratio=False)
+    _, result = _adjust(model)
+    assert result.modified is True
+    plan = _dropout_plan(OnnxModule(model))
+    for r in result.stats["dropouts"]:
+        expected = retrain_dropout(0.5, r["c_ir"], r["c_io"])
+        assert r["new_ratio"] == pytest.approx(expected, rel=1e-6) and expected < 0.5
+        assert plan[r["node"]][1] == pytest.approx(r["new_ratio"], rel=1e-6)
+    assert retrain_dropout(0.5, 25, 100) == 0.25 and retrain_dropout(0.3, 0, 0) == 0.3

@@ -217,6 +217,8 @@ def _logits_name(module: OnnxModule, opset: int) -> str:
 
 def _dropout_plan(module: OnnxModule) -> dict[str, tuple[float, float, str]]:
     """Dropout node → (D_o, D_r, layer) with D_r = D_o·√(C_ir/C_io) (see module doc)."""
+    from onnxprune.masks import retrain_dropout
+
     weight_of_layer = {info.layer: name for name, info in module.weight_info.items() if info.prunable}
     consts = set(module.param_keys) | set(module.buffer_keys) | set(module._cpu_consts)
     plan = {}
@@ -254,7 +256,7 @@ def _dropout_plan(module: OnnxModule) -> dict[str, tuple[float, float, str]]:
         if w is None:
             continue
         c_io, c_ir = w.numel(), int(torch.count_nonzero(w))
-        plan[node.name] = (d_o, d_o * math.sqrt(c_ir / c_io), layer)
+        plan[node.name] = (d_o, retrain_dropout(d_o, c_ir, c_io), layer)
     return plan
 
 
