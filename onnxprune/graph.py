@@ -165,6 +165,7 @@ def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
     """
     graph = gs.import_onnx(model)
     _own_shadowing_initializers(graph, model.graph)
+    _densify_sparse_constants(graph, model.graph)
     for t in graph.tensors().values():
         # Storage is decided by io at save time; a location remembered from the input would
         # make onnx-graphsurgeon mark a rewritten (embedded) tensor as external.
@@ -225,24 +226,14 @@ def _replace_tensor(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
                     node.inputs[k] = new
 
 
-def _own_shadowing_initializers(graph: gs.Graph, proto: onnx.GraphProto) -> None:
-    """Give each subgraph initializer that reuses an outer-scope name its own Constant.
-
-    onnx-graphsurgeon resolves such an initializer to the outer tensor, so the subgraph would
-    be written back with the outer tensor's values.  Subgraphs are matched to their protos
-    node by node (the import keeps the order); outer graphs are handled before inner ones.
-    """
+def _paired_graphs(graph: gs.Graph, proto: onnx.GraphProto):
+    """(onnx-graphsurgeon graph, its GraphProto, the outer-scope tensors by name), outer
+    graphs before inner ones.  Nodes are matched by position: the import keeps their order."""
     stack = [(graph, proto, {})]
     while stack:
         g, p, outer = stack.pop()
-        mine = {t.name: t for t in g.tensors().values()}
-        for init in p.initializer if g is not graph else ():
-            t = mine.get(init.name)
-            if t is not None and outer.get(init.name) is t:
-                own = gs.Constant(init.name, LazyValues(init))
-                _replace_tensor(g, t, own)
-                mine[init.name] = own
-        visible = {**outer, **mine}
+        yield g, p, outer
+        visible = {**outer, **{t.name: t for t in g.tensors().values()}}
         for node, pnode in zip(g.nodes, p.node):
             for a in pnode.attribute:
                 sub = node.attrs.get(a.name)
@@ -251,6 +242,41 @@ def _own_shadowing_initializers(graph: gs.Graph, proto: onnx.GraphProto) -> None
                 elif len(a.graphs) and isinstance(sub, (list, tuple)):
                     stack.extend((s, pg, visible) for s, pg in zip(sub, a.graphs)
                                  if isinstance(s, gs.Graph))
+
+
+def _own_shadowing_initializers(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """Give each subgraph initializer that reuses an outer-scope name its own Constant.
+
+    onnx-graphsurgeon resolves such an initializer to the outer tensor, so the subgraph would
+    be written back with the outer tensor's values.
+    """
+    for g, p, outer in _paired_graphs(graph, proto):
+        if g is graph:
+            continue
+        mine = {t.name: t for t in g.tensors().values()}
+        for init in p.initializer:
+            t = mine.get(init.name)
+            if t is not None and outer.get(init.name) is t:
+                own = gs.Constant(init.name, LazyValues(init))
+                _replace_tensor(g, t, own)
+                mine[init.name] = own
+
+
+def _densify_sparse_constants(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """A Constant node's ``sparse_value`` (which onnx-graphsurgeon drops) becomes its dense
+    ``value``, so the weight is a layer like any other; io decides its storage on save."""
+    from onnxprune.io import sparse_to_dense
+
+    for g, p, _ in _paired_graphs(graph, proto):
+        for node, pnode in zip(g.nodes, p.node):
+            if node.op != "Constant" or pnode.domain not in ("", "ai.onnx") or \
+                    "value" in node.attrs:
+                continue
+            sp = next((a.sparse_tensor for a in pnode.attribute if a.name == "sparse_value"),
+                      None)
+            if sp is not None:
+                node.attrs["value"] = gs.Constant(sp.values.name or node.outputs[0].name,
+                                                  sparse_to_dense(sp))
 
 
 def _large_constants(graph: gs.Graph, min_bytes: int):
@@ -443,6 +469,8 @@ def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProt
             lost = dropped.get((node.domain, node.op_type, tuple(node.output)))
             if lost:
                 have = {a.name for a in node.attribute}
+                if node.op_type == "Constant" and have:
+                    continue  # it holds its one value already (a densified sparse_value)
                 node.attribute.extend(a for a in lost if a.name not in have)
 
 
@@ -594,10 +622,13 @@ def infer_shapes(model: ModelProto) -> dict[str, list[int | None]]:
     return shapes
 
 
-def _prod_known(dims) -> int:
+def _prod_known(dims) -> int | None:
+    """The product of ``dims``; None when one is unknown (a symbolic size is not 1)."""
     n = 1
     for d in dims:
-        n *= d if d else 1
+        if not d:
+            return None
+        n *= d
     return n
 
 
@@ -618,5 +649,6 @@ def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]
             return _prod_known(out[1:-1]) if len(out) >= 3 else 1
         if len(out) < 2:
             return None
-        return (out[-1] or 1) * _prod_known(out[1:-2])
+        lead = _prod_known(out[1:-2])
+        return out[-1] * lead if out[-1] and lead is not None else None
     return None

@@ -503,3 +503,30 @@ def test_no_empty_data_file(tmp_path, capsys):
     assert code == 0, err
     assert os.listdir(out_dir) == ["o.onnx"]
     assert [o["path"] for o in json.loads(stdout)["outputs"]] == [str(out)]
+
+
+def test_constant_sparse_value_is_a_layer_again(tmp_path, capsys):
+    """A portable output's sparse Constant weight is found, counted and pruned again, and
+    written back as one value attribute (dense with --emit dense)."""
+    src = tmp_path / "m.onnx"
+    onnx.save(_constant_weight_mlp(), src)
+    first, again, dense = tmp_path / "p.onnx", tmp_path / "p2.onnx", tmp_path / "d.onnx"
+    args = ["--no-remove-dead-neurons", "-q"]
+    assert _cli(["prune", str(src), "-o", str(first), "--quality", "1.5", *args], capsys)[0] == 0
+    code, stdout, err = _cli(["prune", str(first), "-o", str(again), "--quality", "2.5",
+                              "--json", "-", *args], capsys)
+    assert code == 0, err
+    rows = {r["weight"]: r for r in json.loads(stdout)["layers"]}
+    assert rows["fc1.weight"]["params"] == 64 * 48
+    w1 = io.sparse_to_dense(next(n for n in onnx.load(str(first)).graph.node
+                                 if n.op_type == "Constant").attribute[0].sparse_tensor)
+    const = next(n for n in onnx.load(str(again)).graph.node if n.op_type == "Constant")
+    assert [a.name for a in const.attribute] == ["sparse_value"]
+    w2 = io.sparse_to_dense(const.attribute[0].sparse_tensor)
+    assert np.count_nonzero(w2) < np.count_nonzero(w1)
+    assert _cli(["prune", str(first), "-o", str(dense), "--quality", "0", "--emit", "dense",
+                 *args], capsys)[0] == 0
+    const = next(n for n in onnx.load(str(dense)).graph.node if n.op_type == "Constant")
+    assert [a.name for a in const.attribute] == ["value"]
+    np.testing.assert_array_equal(numpy_helper.to_array(const.attribute[0].t), w1)
+    onnx.checker.check_model(str(dense))
