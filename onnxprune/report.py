@@ -6,6 +6,9 @@
   size H_out·W_out for Conv (from ONNX shape inference), the input spatial size for
   ConvTranspose, the non-batch leading dims for MatMul;
 * flops_remaining = 2 · nonzero · reuse;  density = nonzero / params;
+* FLOPs need the spatial sizes: where shape inference leaves one symbolic (a detector's
+  height and width) they are unknown — null in JSON, "?" in tables — never a guess; the total
+  is then null too, with the known part and the unknown layers beside it;
 * compression = total params / total nonzero.
 """
 
@@ -86,6 +89,7 @@ def totals(rows: list[dict]) -> dict:
     flops = [r["flops"] for r in rows]
     rem = [r["flops_remaining"] for r in rows]
     known = all(f is not None for f in flops) and rows
+    unknown = [r["name"] for r in rows if r["flops"] is None]
     return {
         "params": params,
         "nonzero": nonzero,
@@ -94,6 +98,9 @@ def totals(rows: list[dict]) -> dict:
         "compression": params / nonzero if nonzero else None,
         "flops": sum(flops) if known else None,
         "flops_remaining": sum(rem) if known else None,
+        # When some layer's FLOPs are unknown the totals are null; these say how far we got.
+        "flops_known_part": sum(f for f in flops if f is not None),
+        "flops_unknown_layers": unknown,
     }
 
 
@@ -158,6 +165,19 @@ def _shape(r: dict) -> str:
     return shape
 
 
+def _fmt_flops(r: dict) -> str:
+    """A layer's FLOPs; "?" where shapes left them unknown."""
+    return "?" if r["flops"] is None else _fmt_int(r["flops"])
+
+
+def _fmt_total_flops(total: dict) -> str:
+    """Total FLOPs; "?" when unknown, ">=N (partial)" when only some layers are known."""
+    if total.get("flops") is not None:
+        return _fmt_int(total["flops"])
+    part = total.get("flops_known_part")
+    return f">={_fmt_int(part)} (partial)" if part else "?"
+
+
 def format_table(rows: list[dict], total: dict) -> str:
     """A human table (for stderr) in the layout of the paper's Tables 2–5.  Shapes are the
     output model's (``weight_shape``); params count the input's weights (``original_shape``)."""
@@ -168,7 +188,7 @@ def format_table(rows: list[dict], total: dict) -> str:
         body.append([
             printable(r["name"], NAME_CHARS), printable(r["op"], NAME_CHARS), _shape(r),
             _fmt_int(r["params"]),
-            _fmt_int(r["nonzero"]), _fmt_pct(r["density"]), _fmt_int(r["flops"]),
+            _fmt_int(r["nonzero"]), _fmt_pct(r["density"]), _fmt_flops(r),
             _fmt_pct(r["flops_remaining"] / r["flops"]) if r["flops"] else "-",
             "-" if r["std"] is None else f"{r['std']:.4g}",
             "-" if r.get("threshold") is None else f"{r['threshold']:.4g}"
@@ -176,7 +196,7 @@ def format_table(rows: list[dict], total: dict) -> str:
         ])
     flops_left = (total["flops_remaining"] / total["flops"]) if total.get("flops") else None
     body.append(["total", "", "", _fmt_int(total["params"]), _fmt_int(total["nonzero"]),
-                 _fmt_pct(total["density"]), _fmt_int(total["flops"]), _fmt_pct(flops_left),
+                 _fmt_pct(total["density"]), _fmt_total_flops(total), _fmt_pct(flops_left),
                  "", ""])
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths))]

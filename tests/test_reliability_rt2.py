@@ -373,3 +373,45 @@ def test_adjust_dropout_and_bridge_share_one_rule():
         assert r["new_ratio"] == pytest.approx(expected, rel=1e-6) and expected < 0.5
         assert plan[r["node"]][1] == pytest.approx(r["new_ratio"], rel=1e-6)
     assert retrain_dropout(0.5, 25, 100) == 0.25 and retrain_dropout(0.3, 0, 0) == 0.3
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def test_flops_of_unknown_spatial_size_are_unknown_not_guessed(tmp_path, capsys):
+    """A convolution on a symbolic H×W input has unknown FLOPs (not 2·params·1); the total
+    is null with the known part and the unknown layers named; the table shows "?"."""
+    src, rep = tmp_path / "det.onnx", tmp_path / "i.json"
+    onnx.save(_symbolic_hw_cnn(), src)
+    assert main(["inspect", str(src), "--json", str(rep)]) == 0
+    err = capsys.readouterr().err
+    report = _strict_json(rep.read_text())
+    rows = {r["name"]: r for r in report["layers"]}
+    assert rows["conv1"]["flops"] is None and rows["conv2"]["flops"] is None
+    assert rows["conv1"]["flops_remaining"] is None
+    assert rows["fc"]["flops"] == 2 * rows["fc"]["params"]
+    total = report["total"]
+    assert total["flops"] is None and total["flops_remaining"] is None
+    assert total["flops_known_part"] == rows["fc"]["flops"]
+    assert total["flops_unknown_layers"] == ["conv1", "conv2"]
+    assert "?" in err and "(partial)" in err
+
+
+def test_matmul_flops_with_symbolic_sequence_are_unknown(tmp_path):
+    from onnxprune.report import layer_rows
+
+    w = numpy_helper.from_array(np.ones((8, 6), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")], "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 6])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rows, _ = layer_rows(model)
+    assert rows[0]["flops"] is None
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5
+    fixed.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
+    rows, _ = layer_rows(fixed)
+    assert rows[0]["flops"] == 2 * 48 * 5
