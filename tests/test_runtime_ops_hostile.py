@@ -10,6 +10,8 @@ also run against an AddressSanitizer + UndefinedBehaviorSanitizer build of the l
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import subprocess
@@ -18,13 +20,12 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from onnxprune import runtime_ops
-from onnxprune.runtime_ops import dense_from_csr
-from tests.test_runtime_ops import conv_reference
+from onnxprune.runtime_ops import csr_from_dense
 
 DOMAIN = runtime_ops.DOMAIN
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)]
@@ -49,7 +50,10 @@ def op_model(op: str, x_shape, csr, bias=None, *, csr_as_inputs: bool = False, *
     if bias is not None:
         inits.append(numpy_helper.from_array(bias, "B"))
         names.append("B")
-    node = helper.make_node(op, names, ["Y"], domain=DOMAIN, **attrs)
+    node = helper.make_node(op, names, ["Y"], domain=DOMAIN)
+    for key, value in attrs.items():  # typed explicitly: an empty list is a legal hostile value
+        kind = AttributeProto.INTS if isinstance(value, list) else None
+        node.attribute.append(helper.make_attribute(key, value, attr_type=kind))
     graph = helper.make_graph([node], "hostile", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
                               initializer=inits)
     return helper.make_model(graph, opset_imports=OPSETS), feeds
@@ -121,3 +125,299 @@ def test_largest_stride_on_a_tiny_input_is_exact(tmp_path):
     feeds["X"] = np.full((1, 1, 1, 1), 3.0, np.float32)
     out = run_in_child(tmp_path, model, feeds)
     assert out.get("y") == [[[[6.5]]]], out
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: an error exactly when a documented rule is broken, else the float64 reference
+
+LIMIT = 65536  # largest kernel_shape / strides / dilations entry and pad (README "Limits")
+INT32_MAX = 2**31 - 1
+EDGES = [0, 1, 2, 3, 65535, 65536, 65537, 2**31 - 1, 2**32, 2**33, 2**62, 2**63 - 1, -1, -(2**31), -(2**63)]
+PROPERTY = settings(max_examples=120, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_isas() -> tuple[str, ...]:
+    lib = ctypes.CDLL(runtime_ops.library_path())
+    lib.onnxprune_ops_cpu_has.argtypes = [ctypes.c_char_p]
+    return tuple(i for i in ("avx512", "avx2", "scalar") if lib.onnxprune_ops_cpu_has(i.encode()) == 1)
+
+
+def run_in_process(model, feeds, isa: str, threads: int):
+    """The op's output, or None when ONNX Runtime refused the model or the run with an error."""
+    saved = os.environ.get("ONNXPRUNE_KERNEL_ISA")
+    os.environ["ONNXPRUNE_KERNEL_ISA"] = isa  # read when the kernel is created
+    try:
+        opts = runtime_ops.session_options(threads)
+        opts.log_severity_level = 4  # refusals are expected here; keep ORT's error log quiet
+        sess = runtime_ops.InferenceSession(model.SerializeToString(), opts)
+        return sess.run(None, feeds)[0]
+    except Exception as e:  # only ONNX Runtime's own errors count as a refusal
+        assert type(e).__module__.startswith("onnxruntime"), repr(e)
+        return None
+    finally:
+        if saved is None:
+            del os.environ["ONNXPRUNE_KERNEL_ISA"]
+        else:
+            os.environ["ONNXPRUNE_KERNEL_ISA"] = saved
+
+
+def csr_max_col(csr) -> int | None:
+    """max column index when the CSR arrays obey the storage rules (README), else None."""
+    v, c, p = csr
+    if v.dtype != np.float32 or c.dtype not in (np.int16, np.int32) or p.dtype != np.int32:
+        return None
+    if v.ndim != 1 or c.ndim != 1 or p.ndim != 1 or len(c) != len(v) or len(p) < 1:
+        return None
+    if p[0] != 0 or np.any(np.diff(p.astype(np.int64)) < 0) or p[-1] != len(v) or np.any(c < 0):
+        return None
+    return int(c.max()) if len(c) else -1
+
+
+def dense64(csr, k: int) -> np.ndarray:
+    """The CSR matrix as a float64 (N, k) array; repeated columns in a row add up."""
+    v, c, p = csr
+    w = np.zeros((len(p) - 1, k))
+    np.add.at(w, (np.repeat(np.arange(len(p) - 1), np.diff(p)), c.astype(np.int64)), v.astype(np.float64))
+    return w
+
+
+@st.composite
+def hostile_csr(draw, rng, rows: int, k: int, broken: bool):
+    """CSR of a random (rows, k) matrix; when `broken`, one array mutated, maybe consistently."""
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    w[rng.random((rows, k)) < 0.5] = 0.0
+    dtype = draw(st.sampled_from([None, np.int32])) if k <= 32767 else np.int32
+    v, c, p = csr_from_dense(w, dtype)
+    if not broken:
+        return v, c, p
+    kind = draw(st.sampled_from(["row_ptr_value", "row_ptr_length", "col_value", "col_length", "values_length",
+                                 "col_int64", "row_ptr_int64"]))
+    if kind == "row_ptr_value":
+        p = p.copy()
+        p[draw(st.integers(0, len(p) - 1))] = draw(st.sampled_from([-1, 1, len(v) + 1, INT32_MAX, -(2**31)]))
+    elif kind == "row_ptr_length":
+        p = np.append(p, p[-1]) if draw(st.booleans()) or len(p) == 1 else p[:-1]
+    elif kind == "col_value" and len(c):
+        info = np.iinfo(c.dtype)
+        c = c.copy()
+        c[draw(st.integers(0, len(c) - 1))] = draw(st.sampled_from([-1, info.min, info.max, k, k + 1, 0]))
+    elif kind == "col_length":
+        c = np.append(c, c[:1]).astype(c.dtype) if draw(st.booleans()) or not len(c) else c[:-1]
+    elif kind == "values_length":
+        v = np.append(v, np.float32(1.0)) if draw(st.booleans()) or not len(v) else v[:-1]
+    elif kind == "col_int64":
+        c = c.astype(np.int64)
+    elif kind == "row_ptr_int64":
+        p = p.astype(np.int64)
+    return v, c, p
+
+
+# --- CsrConv ---
+
+def conv_extent(size, pad0, pad1, k, d, s):
+    span = size + pad0 + pad1 - (k - 1) * d - 1
+    return None if span < 0 else span // s + 1
+
+
+def conv_output_shape(x_shape, attrs, csr, bias) -> tuple | None:
+    """Y's shape when CsrConv must accept the case, None when it must refuse it: every rule in
+    README "CsrConv" and "Limits"."""
+    ks, st_, di = attrs.get("kernel_shape"), attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    pa, group = attrs.get("pads", [0, 0, 0, 0]), attrs.get("group", 1)
+
+    def within(v, n, lo):
+        return v is not None and len(v) == n and all(lo <= e <= LIMIT for e in v)
+
+    if not (within(ks, 2, 1) and within(st_, 2, 1) and within(di, 2, 1) and within(pa, 4, 0)) or group < 1:
+        return None
+    max_col = csr_max_col(csr)
+    nb, c_in, h, w = x_shape
+    c_out = len(csr[2]) - 1
+    if max_col is None or c_in % group or c_out % group or max_col >= (c_in // group) * ks[0] * ks[1]:
+        return None
+    oh, ow = (conv_extent(x_shape[2 + a], pa[a], pa[a + 2], ks[a], di[a], st_[a]) for a in (0, 1))
+    if oh is None or ow is None or oh * ow > INT32_MAX:
+        return None
+    if bias is not None and bias.shape != (c_out,):
+        return None
+    if nb and c_out:  # the phase-plane buffer, with stride 1 along an axis of one output
+        sh, sw = (1 if oh == 1 else st_[0]), (1 if ow == 1 else st_[1])
+        hq, wq = -(-(h + pa[0] + pa[2]) // sh), -(-(w + pa[1] + pa[3]) // sw)
+        if sh * sw * c_in * hq * wq > INT32_MAX:
+            return None
+    return nb, c_out, oh, ow
+
+
+def conv_reference_csr(x, csr, bias, attrs) -> np.ndarray:
+    """Float64 ONNX Conv straight from the CSR arrays: one strided window per nonzero."""
+    (kh, kw), (sh, sw) = attrs["kernel_shape"], attrs.get("strides", [1, 1])
+    (dh, dw), pads, group = attrs.get("dilations", [1, 1]), attrs.get("pads", [0, 0, 0, 0]), attrs.get("group", 1)
+    v, c, p = csr
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh, ow = (xp.shape[2] - (kh - 1) * dh - 1) // sh + 1, (xp.shape[3] - (kw - 1) * dw - 1) // sw + 1
+    c_out = len(p) - 1
+    y = np.zeros((x.shape[0], c_out, oh, ow))
+    cg, og = x.shape[1] // group, max(c_out // group, 1)
+    for r in range(c_out):
+        for j in range(p[r], p[r + 1]):
+            col = int(c[j])
+            ch, i, jj = col // (kh * kw), (col // kw) % kh, col % kw
+            window = xp[:, (r // og) * cg + ch, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                        jj * dw: jj * dw + sw * (ow - 1) + 1: sw]
+            y[:, r] += float(v[j]) * window
+    if bias is not None:
+        y += bias.astype(np.float64)[None, :, None, None]
+    return y
+
+
+def attr_list(n: int, sane, broken: bool):
+    if not broken:
+        return st.lists(sane, min_size=n, max_size=n)
+    any_int = st.one_of(st.integers(0, 3), st.sampled_from(EDGES))
+    return st.one_of(st.lists(any_int, min_size=n, max_size=n), st.lists(any_int, max_size=5))
+
+
+@st.composite
+def conv_cases(draw):
+    broken = draw(st.sets(st.sampled_from(["attrs", "group", "csr", "columns", "bias"]), max_size=2))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    attrs = {"kernel_shape": draw(attr_list(2, st.sampled_from([1, 1, 2, 3]), "attrs" in broken))}
+    for name, n, sane in (("strides", 2, st.sampled_from([1, 1, 2, 3, LIMIT])),
+                          ("dilations", 2, st.sampled_from([1, 1, 2, LIMIT])),
+                          ("pads", 4, st.sampled_from([0, 0, 1, 2, LIMIT]))):
+        if draw(st.integers(0, 3)):  # absent a quarter of the time: the default applies
+            attrs[name] = draw(attr_list(n, sane, "attrs" in broken))
+    group = draw(st.sampled_from([0, -1, 3, 2**62]) if "group" in broken else st.sampled_from([1, 1, 2]))
+    if group != 1 or draw(st.booleans()):
+        attrs["group"] = group
+    x_shape = [draw(st.integers(0, 2)), draw(st.sampled_from([0, 1, 2, 4])), draw(st.integers(0, 6)),
+               draw(st.integers(0, 6))]
+    c_out = draw(st.sampled_from([0, 1, 2, 4]))
+    ks = attrs["kernel_shape"]
+    k_cols = (x_shape[1] // max(group, 1)) * ks[0] * ks[1] if len(ks) == 2 and 0 < ks[0] * ks[1] <= 9 else 4
+    if "columns" in broken:  # a weight shaped for another kernel or channel count
+        k_cols = draw(st.integers(1, 12))
+    csr = draw(hostile_csr(rng, c_out, k_cols, "csr" in broken))
+    bias = None
+    if draw(st.booleans()):
+        bias = rng.standard_normal(draw(st.sampled_from([c_out + 1, 0])) if "bias" in broken else c_out)
+        bias = bias.astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    return x, attrs, csr, bias
+
+
+@PROPERTY
+@given(case=conv_cases(), csr_as_inputs=st.booleans(), isa=st.sampled_from(["avx512", "avx2", "scalar"]),
+       threads=st.sampled_from([1, 2]))
+def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, threads):
+    assume(isa in cpu_isas())
+    x, attrs, csr, bias = case
+    shape = conv_output_shape(x.shape, attrs, csr, bias)
+    if shape is not None:  # legal but huge (65536 pads on a 1x1 input): too big to check here
+        pads = attrs.get("pads", [0, 0, 0, 0])
+        padded = x.shape[0] * x.shape[1] * (x.shape[2] + pads[0] + pads[2]) * (x.shape[3] + pads[1] + pads[3])
+        assume(max(np.prod(shape), padded) <= 2**22)
+    event("valid" if shape is not None else "refused")
+    model, feeds = op_model("CsrConv", x.shape, csr, bias, csr_as_inputs=csr_as_inputs, **attrs)
+    feeds["X"] = x
+    y = run_in_process(model, feeds, isa, threads)
+    if shape is None:
+        assert y is None, "an invalid case was accepted"
+        return
+    assert y is not None, "a valid case was refused"
+    assert y.shape == shape
+    ref = conv_reference_csr(x, csr, bias, attrs)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+# --- CsrGemm ---
+
+def gemm_output_shape(x_shape, attrs, csr, c_shape) -> tuple | None:
+    """Y's shape when CsrGemm must accept the case, None when it must refuse it (README "CsrGemm")."""
+    matmul, trans_a, beta = attrs.get("matmul", 0), attrs.get("transA", 0), attrs.get("beta", 1.0)
+    if matmul not in (0, 1) or trans_a not in (0, 1) or (matmul and trans_a):
+        return None
+    n = len(csr[2]) - 1
+    if matmul:
+        if len(x_shape) < 1:
+            return None
+        m_dims, k, out = x_shape[:-1], x_shape[-1], (*x_shape[:-1], n)
+    else:
+        if len(x_shape) != 2:
+            return None
+        m_dims, k = ((x_shape[1],), x_shape[0]) if trans_a else ((x_shape[0],), x_shape[1])
+        out = (*m_dims, n)
+    max_col = csr_max_col(csr)
+    if max_col is None or max_col >= k:
+        return None
+    if c_shape is not None and beta != 0.0:
+        if len(c_shape) > len(out) or (c_shape[-1] if c_shape else 1) not in (1, n):
+            return None
+        lead = c_shape[:-1]
+        if matmul and any(d != 1 for d in lead):
+            return None
+        if not matmul and lead and lead[0] not in (1, out[0]):
+            return None
+    return tuple(out)
+
+
+def gemm_reference(x, csr, c, attrs, out_shape) -> np.ndarray:
+    matmul, trans_a = attrs.get("matmul", 0), attrs.get("transA", 0)
+    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    a = x.astype(np.float64)
+    a = a.T if trans_a else a.reshape(int(np.prod(x.shape[:-1])), x.shape[-1]) if matmul else a
+    y = (alpha * a @ dense64(csr, a.shape[1]).T).reshape(out_shape)
+    if c is not None and beta != 0.0:
+        y = y + beta * np.broadcast_to(c.astype(np.float64), out_shape)
+    return y
+
+
+@st.composite
+def gemm_cases(draw):
+    broken = draw(st.sets(st.sampled_from(["attrs", "rank", "csr", "columns", "bias"]), max_size=2))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if "attrs" in broken:
+        attrs = {"matmul": draw(st.sampled_from([0, 1, 2, -1, 2**40])), "transA": draw(st.sampled_from([0, 1, 2, -1]))}
+    else:
+        attrs = {"matmul": draw(st.sampled_from([0, 1]))}
+        attrs["transA"] = 0 if attrs["matmul"] else draw(st.sampled_from([0, 1]))
+    attrs["alpha"], attrs["beta"] = draw(st.sampled_from([1.0, 0.5, -2.0])), draw(st.sampled_from([1.0, 0.0, 3.0]))
+    dim = st.integers(0, 5)
+    if "rank" in broken:
+        x_shape = draw(st.lists(dim, max_size=4))
+    elif attrs["matmul"] == 1:
+        x_shape = draw(st.lists(dim, min_size=1, max_size=3))
+    else:
+        x_shape = draw(st.lists(dim, min_size=2, max_size=2))
+    k = (x_shape[0] if attrs["transA"] == 1 else x_shape[-1]) if x_shape else 1
+    n = draw(st.integers(0, 5))
+    width = draw(st.integers(1, 8)) if "columns" in broken else k
+    csr = draw(hostile_csr(rng, n, width, "csr" in broken))
+    m = (x_shape[1] if attrs["transA"] == 1 else x_shape[0]) if len(x_shape) == 2 else 1
+    c_shape = None
+    if draw(st.booleans()):
+        dims = [0, 1, 2, n, m, n + 1] if "bias" in broken else [1, n, m]
+        c_shape = tuple(draw(st.lists(st.sampled_from(dims), max_size=3 if "bias" in broken else 2)))
+    c = None if c_shape is None else rng.standard_normal(c_shape).astype(np.float32)
+    return rng.standard_normal(x_shape).astype(np.float32), attrs, csr, c
+
+
+@PROPERTY
+@given(case=gemm_cases(), csr_as_inputs=st.booleans(), isa=st.sampled_from(["avx512", "avx2", "scalar"]),
+       threads=st.sampled_from([1, 2]))
+def test_csr_gemm_refuses_or_matches_the_reference(case, csr_as_inputs, isa, threads):
+    assume(isa in cpu_isas())
+    x, attrs, csr, c = case
+    shape = gemm_output_shape(x.shape, attrs, csr, None if c is None else c.shape)
+    event("valid" if shape is not None else "refused")
+    model, feeds = op_model("CsrGemm", x.shape, csr, c, csr_as_inputs=csr_as_inputs, **attrs)
+    feeds["X"] = x
+    y = run_in_process(model, feeds, isa, threads)
+    if shape is None:
+        assert y is None, "an invalid case was accepted"
+        return
+    assert y is not None, "a valid case was refused"
+    assert y.shape == shape
+    np.testing.assert_allclose(y, gemm_reference(x, csr, c, attrs, shape), rtol=1e-4, atol=1e-4)
