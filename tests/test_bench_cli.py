@@ -12,7 +12,10 @@ from tests.models import mlp, random_feeds, run
 
 
 def _run(argv, capsys):
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # an option refused by the parser (exit 2)
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
