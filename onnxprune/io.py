@@ -241,7 +241,7 @@ def _validate_external(t: TensorProto, base_dir: str, cache: dict[str, int]) -> 
     if t.data_type == TensorProto.STRING:
         raise InvalidModelError(f"tensor {t.name!r}: a string tensor cannot be stored as "
                                 "external data (it has no raw byte form)")
-    if not _known_type(t.data_type) or t.data_type == TensorProto.UNDEFINED:
+    if not _known_type(t.data_type):
         raise InvalidModelError(f"tensor {t.name!r}: external data of unknown data type "
                                 f"{t.data_type}")
     info = _external_info(t)
@@ -342,6 +342,7 @@ def _expected_nbytes(t: TensorProto) -> int | None:
 
 
 def _known_type(data_type: int) -> bool:
+    """Whether ``data_type`` is an ONNX element type this onnx knows (UNDEFINED is not)."""
     return data_type == TensorProto.STRING or tensor_nbytes(data_type, ()) is not None
 
 
