@@ -108,6 +108,10 @@ def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool) -> 
     return [m if m is not None else batch for m in declared]
 
 
+def _dims_text(dims) -> str:
+    return "x".join(str(d) for d in dims)
+
+
 def _shape_text(dims) -> str:
     return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
                            else _dim_label(d) for d in dims) + "]"
@@ -134,6 +138,10 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
             raise UsageError(f"input {vi.name!r}: element type {tt.elem_type} has no random "
                              "generator; pass --data")
         dims = _input_dims(vi, batch, shapes.get(vi.name), strict)
+        if float(np.prod(dims, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
+            raise UsageError(f"input {vi.name!r}: a random input of shape {_dims_text(dims)} is "
+                             f"more than {MAX_RANDOM_ELEMENTS} elements; use a smaller --batch "
+                             "or --input-shape, or pass --data")
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
         elif dtype is np.bool_:

@@ -231,6 +231,17 @@ def test_wrong_input_shape_is_a_usage_error(hw_paths, capsys, shape, words):
     assert all(w in err for w in words), err
 
 
+def test_random_input_too_large_for_memory_is_a_usage_error(tmp_path, capsys):
+    """A huge --batch used to allocate until the process ran out of memory (exit 1)."""
+    src = tmp_path / "m.onnx"
+    onnx.save(mlp(), src)
+    code = main(["check", str(src), str(src), "-q", "--batch", str(1 << 27)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1
+    assert "more than 268435456 elements" in err and "--batch" in err
+
+
 def test_input_shape_argument_is_parsed_strictly():
     import argparse
 
