@@ -133,12 +133,31 @@ Tensor Inspect(const ortabi::Value* value) {
   return t;
 }
 
-// Missing optional attributes come back as error statuses; those are expected, so they are
-// released and the default used.
+// Whether the node carries attribute `name`, of any type. The typed readers below fail both
+// for an absent attribute and for one of another type; only absence may mean "use the
+// default", so a failed read is followed by this probe (an int, a float, or the ints-array size
+// query, which succeeds for an attribute of any type in ORT 1.17+) before the default is taken.
+bool HasAttr(const ortabi::KernelInfo* info, const char* name) {
+  const auto ok = [](ortabi::Status* st) {
+    if (st == nullptr) return true;
+    g_api->ReleaseStatus(st);
+    return false;
+  };
+  int64_t i = 0;
+  float f = 0.f;
+  size_t size = 0;
+  return ok(g_api->KernelInfoGetAttribute_int64(info, name, &i)) ||
+         ok(g_api->KernelInfoGetAttribute_float(info, name, &f)) ||
+         ok(g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size));
+}
+
+// An optional attribute: `fallback` when the node does not carry it, an error when it carries
+// it with another type (read as absent, it would silently change what the op computes).
 int64_t AttrInt(const ortabi::KernelInfo* info, const char* name, int64_t fallback) {
   int64_t v = 0;
   if (ortabi::Status* st = g_api->KernelInfoGetAttribute_int64(info, name, &v)) {
     g_api->ReleaseStatus(st);
+    if (HasAttr(info, name)) Fail(ortabi::kInvalidArgument, "attribute ", name, " must be an int");
     return fallback;
   }
   return v;
@@ -148,15 +167,19 @@ float AttrFloat(const ortabi::KernelInfo* info, const char* name, float fallback
   float v = 0.f;
   if (ortabi::Status* st = g_api->KernelInfoGetAttribute_float(info, name, &v)) {
     g_api->ReleaseStatus(st);
+    if (HasAttr(info, name)) Fail(ortabi::kInvalidArgument, "attribute ", name, " must be a float");
     return fallback;
   }
   return v;
 }
 
+// An ints attribute of another type reads as an empty list (or fails, then is refused), which
+// the callers' length checks refuse.
 std::vector<int64_t> AttrInts(const ortabi::KernelInfo* info, const char* name, std::vector<int64_t> fallback) {
   size_t size = 0;
   if (ortabi::Status* st = g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size)) {
     g_api->ReleaseStatus(st);
+    if (HasAttr(info, name)) Fail(ortabi::kInvalidArgument, "attribute ", name, " must be a list of ints");
     return fallback;
   }
   std::vector<int64_t> v(size);
