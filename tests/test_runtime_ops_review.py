@@ -85,3 +85,87 @@ def test_a_mistyped_attribute_is_refused_not_read_as_its_default(op, wrong, righ
     with pytest.raises(Exception, match=wrong.name) as info:
         run(model_wrong, x)
     assert type(info.value).__module__.startswith("onnxruntime")
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge geometries, each in a child process (a crash or a sanitizer report fails the test), each
+# checked against the float64 reference of tests/test_runtime_ops_hostile.py.
+
+from tests.test_runtime_ops_hostile import conv_reference_csr, gemm_reference, op_model, run_in_child  # noqa: E402
+
+
+def random_csr(rng, rows: int, k: int, density: float, dtype=None, shuffle: bool = False):
+    """CSR of a random (rows, k) matrix; `shuffle` puts each row's columns in random order."""
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    w[rng.random((rows, k)) >= density] = 0.0
+    v, c, p = csr_from_dense(w, dtype)
+    if shuffle:
+        for r in range(rows):
+            perm = rng.permutation(np.arange(p[r], p[r + 1]))
+            v[p[r]:p[r + 1]], c[p[r]:p[r + 1]] = v[perm], c[perm]
+    return v, c, p
+
+
+CONV_EDGES = {
+    # no input channels: every output is its bias
+    "no_input_channels": ((1, 0, 3, 3), 2, 0, dict(kernel_shape=[1, 1])),
+    # an empty image padded to 2 x 2: the kernel reads padding only
+    "empty_image_padded": ((1, 1, 0, 0), 2, 1, dict(kernel_shape=[1, 1], pads=[1, 1, 1, 1])),
+    # the largest stride along an axis with one output, next to a long axis
+    "max_stride_single_output_row": ((2, 1, 1, 40), 3, 3, dict(kernel_shape=[1, 3], strides=[65536, 1])),
+    # the largest stride along an axis with two outputs (65536 phase planes of one column)
+    "max_stride_two_outputs": ((1, 1, 9, 1), 2, 3, dict(kernel_shape=[3, 1], strides=[1, 65536],
+                                                        pads=[0, 0, 0, 65536])),
+    # the largest dilation, exactly fitting the input
+    "max_dilation": ((1, 1, 1, 65537), 2, 2, dict(kernel_shape=[1, 2], dilations=[1, 65536])),
+    # depthwise, odd sizes, tiles overhanging both edges
+    "depthwise_overhang": ((1, 4, 7, 21), 4, 9, dict(kernel_shape=[3, 3], pads=[1, 2, 0, 1], strides=[2, 1],
+                                                     group=4)),
+}
+
+
+@pytest.mark.parametrize("csr_as_inputs", [False, True], ids=["constant", "input"])
+@pytest.mark.parametrize("name", sorted(CONV_EDGES))
+def test_conv_edge_geometry_matches_the_reference(tmp_path, name, csr_as_inputs):
+    x_shape, c_out, k_cols, attrs = CONV_EDGES[name]
+    rng = np.random.default_rng(7)
+    csr = random_csr(rng, c_out, k_cols, 0.7) if k_cols else (np.zeros(0, np.float32), np.zeros(0, np.int16),
+                                                               np.zeros(c_out + 1, np.int32))
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    model, feeds = op_model("CsrConv", x_shape, csr, bias, csr_as_inputs=csr_as_inputs, **attrs)
+    feeds["X"] = rng.standard_normal(x_shape).astype(np.float32)
+    out = run_in_child(tmp_path, model, feeds)
+    assert "y" in out, out
+    np.testing.assert_allclose(np.array(out["y"]).reshape(out["shape"]),
+                               conv_reference_csr(feeds["X"], csr, bias, attrs), rtol=1e-4, atol=1e-4)
+
+
+GEMM_EDGES = {
+    # batch 1, wider than the column blocking, int16 columns in random order within each row
+    "wide_batch1_unsorted_int16": ((1, 20000), 37, 0.05, dict(), np.int16, True),
+    # the same with int32 indices and a MatMul-style rank-1 X
+    "wide_rank1_unsorted_int32": ((20000,), 37, 0.05, dict(matmul=1), np.int32, True),
+    # no input features at all: the output is the bias
+    "no_input_features": ((3, 0), 2, 0.0, dict(), None, False),
+    # transposed X, a batch of 17 (one padded panel) and K past one packing block
+    "transposed_odd_batch": ((300, 17), 5, 0.3, dict(transA=1, alpha=0.5), None, False),
+    # two panels, rows split over threads
+    "two_panels": ((70, 50), 130, 0.2, dict(matmul=1), np.int16, True),
+}
+
+
+@pytest.mark.parametrize("csr_as_inputs", [False, True], ids=["constant", "input"])
+@pytest.mark.parametrize("name", sorted(GEMM_EDGES))
+def test_gemm_edge_shape_matches_the_reference(tmp_path, name, csr_as_inputs):
+    x_shape, n, density, attrs, dtype, shuffle = GEMM_EDGES[name]
+    rng = np.random.default_rng(11)
+    k = x_shape[0] if attrs.get("transA") else x_shape[-1]
+    csr = random_csr(rng, n, k, density, dtype, shuffle)
+    bias = rng.standard_normal(n).astype(np.float32)
+    model, feeds = op_model("CsrGemm", x_shape, csr, bias, csr_as_inputs=csr_as_inputs, **attrs)
+    feeds["X"] = rng.standard_normal(x_shape).astype(np.float32)
+    out = run_in_child(tmp_path, model, feeds)
+    assert "y" in out, out
+    shape = tuple(out["shape"])
+    np.testing.assert_allclose(np.array(out["y"]).reshape(shape), gemm_reference(feeds["X"], csr, bias, attrs, shape),
+                               rtol=1e-4, atol=1e-4)
