@@ -169,3 +169,49 @@ def test_gemm_edge_shape_matches_the_reference(tmp_path, name, csr_as_inputs):
     shape = tuple(out["shape"])
     np.testing.assert_allclose(np.array(out["y"]).reshape(shape), gemm_reference(feeds["X"], csr, bias, attrs, shape),
                                rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Constant CSR arrays that change under a live session
+
+_REWRITE_CHILD = """
+import sys
+import numpy as np, onnx
+from onnxprune import runtime_ops
+model_path, data_path, x_path = sys.argv[1:4]
+sess = runtime_ops.InferenceSession(model_path)
+x = np.load(x_path)
+(before,) = sess.run(None, {"X": x})
+# The session is live; overwrite the column indices in the data file in place with indices far
+# out of range (ONNX Runtime maps external initializers from the file instead of copying them).
+for t in onnx.load(model_path, load_external_data=False).graph.initializer:
+    info = {e.key: int(e.value) for e in t.external_data if e.key in ("offset", "length")}
+    if t.name == "col_idx":
+        with open(data_path, "r+b") as f:
+            f.seek(info["offset"])
+            f.write(np.full(info["length"] // 4, 2**30, np.int32).tobytes())
+(after,) = sess.run(None, {"X": x})
+print("same" if np.array_equal(before, after) else "changed")
+"""
+
+
+def test_index_arrays_rewritten_on_disk_under_a_live_session_are_not_read(tmp_path):
+    # Validated once at session creation, the memory-mapped indices were read again on every
+    # run: a model data file rewritten in place (a deploy copying a new model over the old one)
+    # made the next run read out of range (SIGSEGV). The kernel keeps its own validated copy.
+    import onnx
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    k = 4096
+    csr = random_csr(rng, 1000, k, 0.5, np.int32)
+    model, _ = op_model("CsrGemm", [1, k], csr)
+    model_path, x_path = tmp_path / "m.onnx", tmp_path / "x.npy"
+    onnx.save(model, model_path, save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
+              size_threshold=0)
+    np.save(x_path, rng.standard_normal((1, k)).astype(np.float32))
+    proc = subprocess.run([sys.executable, "-c", _REWRITE_CHILD, str(model_path), str(tmp_path / "m.data"),
+                           str(x_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"child exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert proc.stdout.split()[-1] == "same"

@@ -7,7 +7,8 @@
 // Safety: the CSR arrays index memory, so they are validated before any kernel reads through
 // them (row_ptr starts at 0, never decreases, ends at nnz; every column index lies in [0, K)).
 // Constant CSR initializers are validated once when the kernel is created, which also makes a
-// malformed model fail at session creation; anything else is validated on every run.
+// malformed model fail at session creation, and their index arrays are then read from the
+// kernel's own copy (ValidatedCsr); anything else is validated on every run.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -337,26 +338,49 @@ void Validate(Csr& c) {
                       : MaxColumn(static_cast<const int32_t*>(c.col), c.nnz);
 }
 
-// Remembers the constant CSR initializers validated at kernel creation, so that runs feeding
-// the same buffers skip the O(nnz) scan.
+// The constant CSR initializers seen at kernel creation, with the kernel's own validated copy
+// of their index arrays: runs feeding the same buffers skip the O(nnz) scan and index through
+// the copy. ORT maps external initializers straight from the model's data file, so the buffers
+// it hands in can change after they were validated (the file rewritten in place under a live
+// session); the indices that address memory are therefore never read from there again. The
+// values are still read in place: changed weights give other numbers, never a stray access.
 struct ValidatedCsr {
   bool known = false;
-  const void* values = nullptr;
+  const void* values = nullptr;  // ORT's buffers, to recognise the constant inputs
   const void* col = nullptr;
   const void* row_ptr = nullptr;
+  bool col16 = false;
   int64_t nnz = 0, rows = 0, max_col = -1;
+  std::vector<int32_t> own_col;  // col_idx bytes (int16 or int32 entries), validated
+  std::vector<int32_t> own_row_ptr;
 
-  void Remember(const Csr& c) {
+  // Copies the index arrays of `c`, points `c` at the copies and validates them there.
+  void Keep(Csr* c) {
     known = true;
-    values = c.values;
-    col = c.col;
-    row_ptr = c.row_ptr;
-    nnz = c.nnz;
-    rows = c.rows;
-    max_col = c.max_col;
+    values = c->values;
+    col = c->col;
+    row_ptr = c->row_ptr;
+    col16 = c->col16;
+    nnz = c->nnz;
+    rows = c->rows;
+    const size_t col_bytes = static_cast<size_t>(nnz) * (col16 ? sizeof(int16_t) : sizeof(int32_t));
+    own_col.assign((col_bytes + sizeof(int32_t) - 1) / sizeof(int32_t), 0);
+    if (col_bytes) std::memcpy(own_col.data(), col, col_bytes);
+    own_row_ptr.assign(c->row_ptr, c->row_ptr + rows + 1);
+    c->col = own_col.data();
+    c->row_ptr = own_row_ptr.data();
+    Validate(*c);
+    max_col = c->max_col;
   }
   bool Matches(const Csr& c) const {
-    return known && values == c.values && col == c.col && row_ptr == c.row_ptr && nnz == c.nnz && rows == c.rows;
+    return known && values == c.values && col == c.col && row_ptr == c.row_ptr && col16 == c.col16 &&
+           nnz == c.nnz && rows == c.rows;
+  }
+  // `c` (which Matches) reading the validated copies.
+  void Use(Csr* c) const {
+    c->col = own_col.data();
+    c->row_ptr = own_row_ptr.data();
+    c->max_col = max_col;
   }
 };
 
@@ -396,8 +420,7 @@ ValidatedCsr ValidateConstantCsr(const ortabi::KernelInfo* info) {
     if (!is_constant || v[i] == nullptr) return cache;
   }
   Csr c = DescribeCsr(Inspect(v[0]), Inspect(v[1]), Inspect(v[2]));
-  Validate(c);
-  cache.Remember(c);
+  cache.Keep(&c);
   PreferHugePages(c.values, static_cast<size_t>(c.nnz) * sizeof(float));
   PreferHugePages(c.col, static_cast<size_t>(c.nnz) * (c.col16 ? 2 : 4));
   return cache;
@@ -411,7 +434,7 @@ Csr ReadCsr(const ortabi::KernelContext* ctx, size_t count, const ValidatedCsr& 
   }
   Csr c = DescribeCsr(Inspect(v[0]), Inspect(v[1]), Inspect(v[2]));
   if (cache.Matches(c))
-    c.max_col = cache.max_col;
+    cache.Use(&c);
   else
     Validate(c);
   return c;
