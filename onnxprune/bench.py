@@ -134,7 +134,31 @@ def _csr_nodes(model) -> list[onnx.NodeProto]:
 
 
 def _inits(model) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for t in model.graph.initializer}
+    """Constant tensors by the name nodes read them under: initializers, ``Constant`` nodes'
+    values and ``Identity`` outputs over either (PyTorch aliases equal biases through Identity,
+    Paddle keeps every weight in a Constant). An alias maps to the source tensor, whose own
+    name may differ: :func:`_named` gives it the alias's name where a graph needs one."""
+    out = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:  # topological order: a chain of Identities resolves in one pass
+        if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            continue
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                out[node.output[0]] = value
+        elif node.op_type == "Identity" and node.input and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
+    return out
+
+
+def _named(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    """``t`` itself when it is called ``name``, else a copy under that name."""
+    if t.name == name:
+        return t
+    copy = onnx.TensorProto()
+    copy.CopyFrom(t)
+    copy.name = name
+    return copy
 
 
 def _capture_shapes(model, names: list[str], feeds, threads: int) -> dict[str, tuple]:
@@ -234,9 +258,10 @@ def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: i
     x = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, list(x_shape))
     y = helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)
     needed = [n for n in node.input[1:] if n]
-    sparse_inits = [inits[n] for n in needed]
+    sparse_inits = [_named(inits[n], n) for n in needed]
     d_nodes, d_inits = _dense_equivalent(node, inits, x_shape)
-    bias = [inits[n] for n in node.input[4:5] if n and any(n in dn.input for dn in d_nodes)]
+    bias = [_named(inits[n], n) for n in node.input[4:5]
+            if n and any(n in dn.input for dn in d_nodes)]
     std = helper.make_opsetid("", opset)
     sparse = helper.make_model(helper.make_graph([node], "layer", [x], [y], sparse_inits),
                                opset_imports=[std, helper.make_opsetid(DOMAIN, 1)])
