@@ -292,9 +292,11 @@ def conv_cases(draw):
     group = draw(st.sampled_from([0, -1, 3, 2**62]) if "group" in broken else st.sampled_from([1, 1, 2]))
     if group != 1 or draw(st.booleans()):
         attrs["group"] = group
-    x_shape = [draw(st.integers(0, 2)), draw(st.sampled_from([0, 1, 2, 4])), draw(st.integers(0, 6)),
-               draw(st.integers(0, 6))]
-    c_out = draw(st.sampled_from([0, 1, 2, 4]))
+    # Zero sizes are drawn, but rarely: an empty side leaves no nonzero to check against the
+    # reference, and with each size zero a quarter of the time few valid cases had one.
+    x_shape = [draw(st.sampled_from([0, 1, 1, 2])), draw(st.sampled_from([0, 1, 2, 2, 4, 4])),
+               draw(st.integers(0, 6)), draw(st.integers(0, 6))]
+    c_out = draw(st.sampled_from([0, 1, 2, 2, 4, 4]))
     ks = attrs["kernel_shape"]
     k_cols = (x_shape[1] // max(group, 1)) * ks[0] * ks[1] if len(ks) == 2 and 0 < ks[0] * ks[1] <= 9 else 4
     if "columns" in broken:  # a weight shaped for another kernel or channel count
