@@ -87,6 +87,19 @@ def test_a_mistyped_attribute_is_refused_not_read_as_its_default(op, wrong, righ
     assert type(info.value).__module__.startswith("onnxruntime")
 
 
+@pytest.mark.parametrize("value", ["SAME_UPPER", "VALID", "NOTSET"])
+def test_conv_auto_pad_is_refused_not_ignored(value):
+    """ONNX Conv's auto_pad is not part of CsrConv's contract (pads are explicit): SAME_UPPER
+    ignored would silently compute a VALID convolution."""
+    model, x = single_op_model("CsrConv", (1, 1, 3, 3), np.ones((1, 4), np.float32),
+                               [helper.make_attribute("kernel_shape", [2, 2]),
+                                helper.make_attribute("auto_pad", value)]), \
+        np.ones((1, 1, 3, 3), np.float32)
+    with pytest.raises(Exception, match="auto_pad") as info:
+        run(model, x)
+    assert type(info.value).__module__.startswith("onnxruntime")
+
+
 # ---------------------------------------------------------------------------------------------
 # Edge geometries, each in a child process (a crash or a sanitizer report fails the test), each
 # checked against the float64 reference of tests/test_runtime_ops_hostile.py.

@@ -707,6 +707,9 @@ struct CsrConvKernel {
     const std::vector<int64_t> st = AttrInts(info, "strides", {1, 1});
     const std::vector<int64_t> di = AttrInts(info, "dilations", {1, 1});
     const std::vector<int64_t> pa = AttrInts(info, "pads", {0, 0, 0, 0});
+    // ONNX Conv's auto_pad has no meaning here (pads are explicit); ignoring it would compute
+    // another convolution than the model asks for.
+    if (HasAttr(info, "auto_pad")) Fail(ortabi::kInvalidArgument, "attribute auto_pad is not supported: give explicit pads");
     const std::string error = ConvAttrsError(ks, st, di, pa);
     if (!error.empty()) Fail(ortabi::kInvalidArgument, error);
     kh = ks[0];
