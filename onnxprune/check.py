@@ -169,7 +169,32 @@ def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
     missing = [n for n in names if n not in data]
     if missing:
         raise UsageError(f"{path}: missing input array(s) {', '.join(missing)}")
+    for vi in graph_inputs(model):
+        _check_array(path, vi, data[vi.name])
     return {n: data[n] for n in names}
+
+
+def _check_array(path: str, vi, arr: np.ndarray) -> None:
+    """UsageError unless ``arr`` fits graph input ``vi``: its element type, its rank and every
+    fixed dimension, and at least one row (ONNX Runtime would fail on any of these, and the
+    data, not the run, is what is wrong)."""
+    tt = vi.type.tensor_type
+    want = _NP_TYPES.get(tt.elem_type)
+    if want is not None and arr.dtype != np.dtype(want):
+        raise UsageError(f"{path}: array {vi.name!r} holds {arr.dtype}, the model's input takes "
+                         f"{np.dtype(want)}")
+    if not tt.HasField("shape"):
+        return
+    dims = list(tt.shape.dim)
+    if arr.ndim != len(dims):
+        raise UsageError(f"{path}: array {vi.name!r} has {arr.ndim} dims {tuple(arr.shape)}, the "
+                         f"model's input has {len(dims)} ({_shape_text(dims)})")
+    for i, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0 and arr.shape[i] != d.dim_value:
+            raise UsageError(f"{path}: array {vi.name!r}: dim {i} is {arr.shape[i]}, the model "
+                             f"fixes it at {d.dim_value} ({_shape_text(dims)})")
+    if arr.size == 0:
+        raise UsageError(f"{path}: array {vi.name!r} has no rows (shape {tuple(arr.shape)})")
 
 
 # ONNX Runtime's own log goes to stderr in colour; its errors reach us as exceptions anyway,
@@ -223,8 +248,15 @@ def run_session(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def run_model(model: ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``model`` on the feeds it takes; UsageError when it needs one they lack (two models
+    with different inputs cannot be compared on the same feeds)."""
     sess = make_session(model)
     expected = {i.name: i for i in sess.get_inputs()}
+    lacking = [n for n in expected if n not in feeds]
+    if lacking:
+        raise UsageError(f"a model needs input(s) {name_list([repr(n) for n in lacking])} "
+                         f"that the inputs ({name_list(list(feeds))}) do not have; the "
+                         "reference and the candidate must take the same inputs")
     return run_session(sess, {k: v for k, v in feeds.items() if k in expected})
 
 

@@ -60,3 +60,63 @@ def test_bench_layers_with_biases_behind_identity_and_constant(tmp_path, capsys)
         rows = report["configs"][0]["layers"]
         assert report["configs"][0]["correctness"]["passed"]
         assert {r["name"] for r in rows} == {"fc1", "fc2"}, rows
+
+
+def _int_input_model(batch="N") -> onnx.ModelProto:
+    """bytes:int32[N, 8] -> Gather(embedding[16, 4]) -> ReduceMean -> Gemm -> y[N, 3]: a file
+    classifier's shape (integer tokens with a fixed length)."""
+    rng = np.random.default_rng(3)
+    emb = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "emb")
+    w = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "b")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("Gather", ["emb", "bytes"], ["e"], name="embed"),
+             helper.make_node("ReduceMean", ["e", "axes"], ["m"], keepdims=0, name="mean"),
+             helper.make_node("Gemm", ["m", "w", "b"], ["y"], transB=1, name="fc")]
+    graph = helper.make_graph(
+        nodes, "ints", [helper.make_tensor_value_info("bytes", onnx.TensorProto.INT32, [batch, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [batch, 3])],
+        [emb, w, b, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_data_that_does_not_fit_the_inputs_is_a_usage_error(tmp_path, capsys):
+    """``--data`` arrays of the wrong element type, rank or fixed size, or with no rows, are
+    refused up front (exit 2, naming the array and what the model takes), in ``check`` and
+    ``bench`` alike — not handed to ONNX Runtime to fail as a runtime error (exit 1)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(_int_input_model(), model)
+    rng = np.random.default_rng(4)
+    cases = {
+        "float": (rng.standard_normal((2, 8)).astype(np.float32), "float32", "int32"),
+        "short": (rng.integers(0, 16, (2, 5)).astype(np.int32), "dim 1 is 5", "8"),
+        "rank": (rng.integers(0, 16, (2, 8, 1)).astype(np.int32), "3 dims", "2"),
+        "empty": (np.zeros((0, 8), np.int32), "no rows", ""),
+    }
+    for key, (arr, *words) in cases.items():
+        data = tmp_path / f"{key}.npz"
+        np.savez(data, bytes=arr)
+        for argv in (["check", str(model), str(model), "--data", str(data), "-q"],
+                     ["bench", str(model), "--data", str(data), "--repeats", "1", "-q"]):
+            code, _, err = _run(argv, capsys)
+            assert code == 2, (key, argv[0], code, err)
+            line = err.strip()
+            assert line.startswith("onnxprune: error:") and "\n" not in line, err
+            assert "'bytes'" in line and all(w in line for w in words), (key, line)
+    good = tmp_path / "good.npz"
+    np.savez(good, bytes=rng.integers(0, 16, (2, 8)).astype(np.int32))
+    assert _run(["check", str(model), str(model), "--data", str(good), "-q"], capsys)[0] == 0
+
+
+def test_check_of_models_with_different_inputs_is_a_usage_error(tmp_path, capsys):
+    """A candidate that needs an input the reference's inputs do not have cannot be compared
+    with it: exit 2 naming the input (was: ONNX Runtime's 'missing from input feed', exit 1)."""
+    ints, floats = tmp_path / "ints.onnx", tmp_path / "floats.onnx"
+    onnx.save(_int_input_model(), ints)
+    onnx.save(mlp(sizes=(8, 3)), floats)
+    code, _, err = _run(["check", str(ints), str(floats), "-q"], capsys)
+    assert code == 2, err
+    assert "'x'" in err and "\n" not in err.strip(), err
