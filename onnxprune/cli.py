@@ -238,6 +238,8 @@ def _check_writable(opt: str, path: str, is_model: bool) -> None:
         raise UsageError(f"{opt}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{opt}: {path} is a folder")
+    if path.endswith(("/", os.sep)):  # only a folder can be named so, and none is there
+        raise UsageError(f"{opt}: {path} ends with a separator; give a file name")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{opt}: folder {folder} is not writable")
     try:

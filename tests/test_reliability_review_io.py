@@ -1,0 +1,118 @@
+"""A hostile second pass over the output checks and the model loader.
+
+* an output path that can only name a folder (``out.json/``) is refused before anything is
+  written, with exit 2 — not after the model has been written;
+* the torchrun entry point (``python -m onnxprune.torch_bridge.worker``) runs the same checks
+  as the CLI: ``--json`` never overwrites an input or the model it writes, the report is written
+  atomically as strict JSON, and its errors are the CLI's one line with the CLI's exit codes.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.cli import main
+from tests.models import mlp
+
+
+def _run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse refusals
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _model(tmp_path, name="m.onnx"):
+    path = tmp_path / name
+    onnx.save(mlp(sizes=(16, 12, 8, 4)), str(path))
+    return str(path)
+
+
+def _npz(tmp_path, name="d.npz", n=8, features=16, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    path = tmp_path / name
+    np.savez(path, x=rng.standard_normal((n, features)).astype(np.float32),
+             y=rng.integers(0, classes, n).astype(np.int64))
+    return str(path)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- folder-only names
+
+
+@pytest.mark.parametrize("option", ["-o", "--json"])
+def test_a_path_ending_in_a_separator_is_refused_before_any_write(tmp_path, capsys, option):
+    """``x/`` names a folder that does not exist: exit 2 before the model is written (the model
+    written and then the report refused would be a partial output)."""
+    src = _model(tmp_path)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    argv = ["prune", src, "-o", str(out), "--json", str(report), "-q"]
+    argv[argv.index(option) + 1] += os.sep
+    code, _, err = _run(argv, capsys)
+    assert code == 2, err
+    assert "onnxprune: error:" in _one_error_line(err)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+# --------------------------------------------------------------------------- torchrun worker
+
+
+def _worker(argv, capsys):
+    from onnxprune.torch_bridge import worker
+
+    try:
+        code = worker.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("target", ["model", "train", "val", "output", "output_data"])
+def test_worker_json_never_overwrites_an_input_or_its_output(tmp_path, capsys, target):
+    pytest.importorskip("torch")
+    src, train, val = _model(tmp_path), _npz(tmp_path, "t.npz"), _npz(tmp_path, "v.npz", seed=1)
+    out = str(tmp_path / "o.onnx")
+    json_path = {"model": src, "train": train, "val": val, "output": out,
+                 "output_data": out + ".data"}[target]
+    before = {p: open(p, "rb").read() for p in (src, train, val)}
+    code, _, err = _worker([src, "--train", train, "--val", val, "-o", out, "--json", json_path,
+                            "--epochs", "1", "--lr", "0.01"], capsys)
+    assert code == 2, err
+    assert _one_error_line(err).startswith("onnxprune: error:")
+    assert {p: open(p, "rb").read() for p in before} == before
+    assert not os.path.exists(out)
+
+
+def test_worker_report_is_strict_json_written_atomically(tmp_path, capsys):
+    pytest.importorskip("torch")
+    src, train = _model(tmp_path), _npz(tmp_path, "t.npz")
+    out, report = str(tmp_path / "o.onnx"), str(tmp_path / "r.json")
+    code, _, err = _worker([src, "--train", train, "-o", out, "--json", report,
+                            "--epochs", "1", "--lr", "0.01"], capsys)
+    assert code == 0, err
+    data = json.loads(open(report).read(), parse_constant=lambda c: pytest.fail(c))
+    assert data["world_size"] == 1 and len(data["history"]) == 1
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".onnxprune-")]
+
+
+@pytest.mark.parametrize("args", [["--seed", "-1"], ["--epochs", "0"], ["--batch-size", "0"],
+                                  ["--lr", "nan"]])
+def test_worker_bad_numbers_are_one_line_exit_2(tmp_path, capsys, args):
+    pytest.importorskip("torch")
+    src, train = _model(tmp_path), _npz(tmp_path, "t.npz")
+    code, _, err = _worker([src, "--train", train, "-o", str(tmp_path / "o.onnx"),
+                            "--lr", "0.01", *args], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert not os.path.exists(tmp_path / "o.onnx")
