@@ -319,6 +319,12 @@ class LowerToSparseOps:
         """In the force list and not in the never list (never wins, as in ``_decide``)."""
         return _glob_match(layer, self.force) and not _glob_match(layer, self.never)
 
+    def _needs_cost_model(self, layer: Layer) -> bool:
+        """Whether ``_decide`` asks the cost model about ``layer`` (which needs its output
+        size): not when it is forced, nor under max-density or the size objective, which
+        judge by density or bytes alone."""
+        return not self._forced(layer) and self.max_density is None and self.objective == "speed"
+
     def _decide(self, layer: Layer, density: float, estimates: list[cost.Estimate],
                 csr_bytes: int, dense_bytes: int) -> tuple[bool, str]:
         if _glob_match(layer, self.never):
@@ -362,7 +368,7 @@ class LowerToSparseOps:
             except _Skip as why:
                 prepared.append((layer, None, None, str(why)))
                 continue
-            if _unsized(plans) and not self._forced(layer):
+            if _unsized(plans) and self._needs_cost_model(layer):
                 prepared.append((layer, None, None, UNSIZED_REASON))
                 continue
             nnz = int(np.count_nonzero(w))
@@ -394,7 +400,7 @@ class LowerToSparseOps:
             common = dict(threads=self.threads, index_bytes=idx_t.itemsize,
                           dense_working_set=dense_ws, csr_working_set=csr_ws)
             estimates = []
-            if not _unsized(plans):  # else forced: lowered without an estimate
+            if not _unsized(plans):  # else decided without an estimate (_needs_cost_model)
                 estimates = [cost.estimate(p.kind, p.rows, p.cols, nnz, batch=p.batch_rows,
                                            out_hw=p.out_hw, **common) for p in plans]
                 row["estimated_speedup"] = round(_combined_speedup(estimates), 3)
