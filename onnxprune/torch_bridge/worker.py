@@ -4,51 +4,58 @@
         --train a.npz --val b.npz -o OUT.onnx [--epochs N --batch-size B --lr LR ...]
 
 Every rank loads the model and data and trains its shard (DDP, see :mod:`.train`); only rank
-0 writes the output model (and the ``--json`` report).  Errors print one line and exit with
-the code of :mod:`onnxprune.errors` (2 usage, 4 invalid input, 1 runtime failure).
+0 writes the output model (and the ``--json`` report).  The checks and writers are the CLI's:
+options are validated as ``onnxprune finetune`` validates them, no output may overwrite an input
+(``cli.check_paths``), the report is strict JSON written atomically, and errors print the CLI's
+one line with the code of :mod:`onnxprune.errors` (2 usage, 4 invalid input, 1 runtime failure).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import EXIT_RUNTIME, OnnxPruneError
 
 
 # ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m onnxprune.torch_bridge.worker",
-                                description="Retrain the surviving weights of a pruned ONNX model.")
+    from onnxprune.cli import SEED_MAX, _float_arg, _int_arg, _Parser
+
+    p = _Parser(prog="python -m onnxprune.torch_bridge.worker",
+                description="Retrain the surviving weights of a pruned ONNX model.")
     p.add_argument("model")
     p.add_argument("--train", required=True, help=".npz with x/y arrays")
     p.add_argument("--val", help=".npz with x/y arrays for per-epoch validation")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--x-key", default="x")
     p.add_argument("--y-key", default="y")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--original-lr", type=float)
+    p.add_argument("--epochs", type=_int_arg(1), default=1)
+    p.add_argument("--batch-size", type=_int_arg(1), default=64)
+    p.add_argument("--lr", type=_float_arg(0.0))
+    p.add_argument("--original-lr", type=_float_arg(0.0))
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--l1", type=float, default=0.0)
+    p.add_argument("--momentum", type=_float_arg(0.0, 1.0, hi_open=True), default=0.9)
+    p.add_argument("--weight-decay", type=_float_arg(0.0), default=5e-4)
+    p.add_argument("--l1", type=_float_arg(0.0), default=0.0)
     p.add_argument("--freeze", choices=["conv", "fc"])
     p.add_argument("--no-adjust-dropout", action="store_true")
     p.add_argument("--keep-best", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     p.add_argument("--json", help="write a JSON report here (rank 0 only); '-' for stdout")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+    from onnxprune.cli import EXIT_INTERRUPTED, print_error
+
+    try:  # the parser too: Ctrl-C at any moment is one line and exit 130
+        from onnxprune.runtime_ops import disable_telemetry
+
+        disable_telemetry()  # before anything can import ONNX Runtime, as the CLI does
+        args = build_parser().parse_args(argv)
         from onnxprune import data
         from onnxprune.torch_bridge import FinetuneConfig, finetune
 
@@ -59,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, device=args.device,
         ).validate()
         from onnxprune import io
+        from onnxprune.cli import check_paths, input_files, write_json
 
         model, info = io.load(args.model)
-        io.check_output_path(args.output, info)
+        check_paths([*input_files(info), args.train, args.val],
+                    [("-o", args.output), ("--json", args.json)], models=[args.output])
         train = data.load_npz(args.train, x_key=args.x_key, y_key=args.y_key)
         val = data.load_npz(args.val, x_key=args.x_key, y_key=args.y_key) if args.val else None
         result = finetune(model, train, val, config=config)
@@ -75,15 +84,16 @@ def main(argv: list[str] | None = None) -> int:
                     "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
                     "device": result.device,
                 }
-                text = json.dumps(report, indent=2)
-                if args.json == "-":
-                    print(text)
-                else:
-                    with open(args.json, "w") as f:
-                        f.write(text + "\n")
+                write_json(report, args.json)
     except OnnxPruneError as err:
-        print(f"onnxprune finetune: error: {err}", file=sys.stderr)
+        print_error(str(err))
         return err.exit_code
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: one line, no traceback, exit 1 (as the CLI)
+        print_error(f"internal error: {type(e).__name__}: {e}")
+        return EXIT_RUNTIME
     return 0
 
 
