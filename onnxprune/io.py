@@ -681,14 +681,24 @@ def sparse_nbytes(nnz: int, itemsize: int) -> int:
     return nnz * (itemsize + 8)
 
 
-def _sparse_parts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(values, sorted int64 linear indices) of ``arr`` if a sparse tensor is smaller, else None."""
+# Bytes a SparseTensorProto adds over a dense TensorProto whatever its payload: a second
+# tensor (indices) with its type and dims, the values' dims, the sparse dims.  Without it a
+# one-element zero tensor "saves" its 4 bytes and grows.
+SPARSE_OVERHEAD_BYTES = 32
+
+
+def _sparse_parts(arr: np.ndarray, extra_bytes: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values, sorted int64 linear indices) of ``arr`` if a sparse tensor is smaller, else None:
+    payload plus ``SPARSE_OVERHEAD_BYTES`` plus ``extra_bytes`` (what else the sparse form
+    adds, e.g. a name the dense one lacks) must save ``SPARSE_MIN_SAVING`` of the dense bytes."""
     from onnxprune.masks import count_nonzero
 
     if arr.size == 0:
         return None
     nnz = count_nonzero(arr)
-    if sparse_nbytes(nnz, arr.dtype.itemsize) > (1 - SPARSE_MIN_SAVING) * arr.size * arr.dtype.itemsize:
+    sparse = sparse_nbytes(nnz, arr.dtype.itemsize) + SPARSE_OVERHEAD_BYTES + extra_bytes
+    if sparse > (1 - SPARSE_MIN_SAVING) * arr.size * arr.dtype.itemsize:
         return None
     flat = np.asarray(arr).reshape(-1)
     nz = np.flatnonzero(flat if flat.dtype.kind == "f" and flat.dtype.itemsize >= 4
@@ -736,10 +746,12 @@ def _sparse_constants(model: ModelProto, protected: set[str]) -> list[str]:
             t = a.t
             if t.data_type not in FLOAT_TENSOR_TYPES or len(t.dims) < 1 or _is_external(t):
                 continue
-            parts = _sparse_parts(onnx.numpy_helper.to_array(t))
+            name = t.name or node.output[0]  # the sparse values carry a name; `value` may not
+            parts = _sparse_parts(onnx.numpy_helper.to_array(t),
+                                  extra_bytes=0 if t.name else len(name.encode()))
             if parts is None:
                 continue
-            name, data_type, dims = t.name or node.output[0], t.data_type, list(t.dims)
+            data_type, dims = t.data_type, list(t.dims)
             del node.attribute[:]
             attr = node.attribute.add()
             attr.name, attr.type = "sparse_value", AttributeProto.SPARSE_TENSOR
@@ -961,11 +973,13 @@ def _previous_data_files(path: str) -> list[str]:
 
 
 def _unreferenced(files: list[str], folder: str, exclude: str) -> list[str]:
-    """Those of ``files`` that no ``*.onnx`` in ``folder`` (other than ``exclude``) names.
+    """Those of ``files`` that no model in ``folder`` (other than ``exclude``) names.
 
-    A model refers to a data file by its location string, which protobuf stores verbatim: a
-    byte search of each model for the file's name finds every reference (and, at worst, a
-    coincidence, which only keeps a file).  A model that cannot be read keeps them all.
+    A model is any file whose name contains ``.onnx`` in any case (``B.ONNX``, a copy kept as
+    ``a.onnx.bak``) and does not end in ``.data``.  A model refers to a data file by its
+    location string, which protobuf stores verbatim: a byte search of each model for the file's
+    name finds every reference (and, at worst, a coincidence, which only keeps a file).  A model
+    that cannot be read keeps them all.
     """
     import mmap
 
@@ -974,7 +988,8 @@ def _unreferenced(files: list[str], folder: str, exclude: str) -> list[str]:
     keep: set[str] = set()
     names = {f: os.path.basename(f).encode() for f in files}
     try:
-        entries = [e for e in os.scandir(folder) if e.name.endswith(".onnx")]
+        entries = [e for e in os.scandir(folder)
+                   if ".onnx" in e.name.lower() and not e.name.endswith(".data")]
     except OSError:
         return []
     for entry in entries:

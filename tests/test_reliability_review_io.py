@@ -103,3 +103,24 @@ def test_worker_bad_numbers_are_one_line_exit_2(tmp_path, capsys, args):
     assert code == 2, err
     assert _one_error_line(err).startswith("onnxprune: error:")
     assert not os.path.exists(tmp_path / "o.onnx")
+
+
+# --------------------------------------------------------------------------- data-file deletion
+
+
+@pytest.mark.parametrize("other", ["B.ONNX", "b.Onnx", "a.onnx.bak", "a.onnx.orig"])
+def test_a_data_file_a_model_under_another_extension_uses_is_kept(tmp_path, other):
+    """A copy of an earlier output saved as ``B.ONNX`` or ``a.onnx.bak`` is a model too: its data
+    file stays when ``a.onnx`` is rewritten."""
+    import glob
+
+    from onnxprune import io
+
+    a = tmp_path / "a.onnx"
+    io.save(mlp(sizes=(64, 48, 10), seed=0), a, external_data=True)
+    (first,) = glob.glob(str(a) + ".*.data")
+    (tmp_path / other).write_bytes(a.read_bytes())
+    io.save(mlp(sizes=(64, 48, 10), seed=1), a, external_data=True)
+    assert os.path.exists(first)
+    copy = onnx.load(str(tmp_path / other))  # onnx reads the data file beside it
+    assert copy.graph.initializer[0].raw_data
