@@ -546,6 +546,53 @@ def check_graph(model: ModelProto, path: str) -> None:
     for k in reversed(range(len(order))):  # every subgraph before the graph holding it
         sub_reads = [[reads[c] for c in per_node] for per_node in children[k]]
         reads[k] = _check_scope(order[k], sub_reads, path)
+    _check_outer_names(order, children, reads, path)
+
+
+def _check_outer_names(order: list[GraphProto], children, reads: list[set[str]],
+                       path: str) -> None:
+    """Refuse a subgraph node output that reuses a name defined before the node holding the
+    subgraph: an enclosing graph's input or initializer, or an output of a node the holder
+    depends on (onnx.checker and ONNX Runtime require single assignment across scopes).  Names
+    of the holder itself and of nodes that may run after it stay allowed, as both accept them.
+
+    ``order``/``children`` as from ``_scopes`` (parents first); ``reads[c]`` are the outer
+    names subgraph ``c`` reads (its holder depends on their producers).  The walk over a
+    holder's dependencies runs once per node that has subgraphs.
+    """
+    visible: list[frozenset[str]] = [frozenset()] * len(order)
+    for k, g in enumerate(order):
+        if k:
+            for i, node in enumerate(g.node):
+                clash = next((o for o in node.output if o and o in visible[k]), None)
+                if clash is not None:
+                    raise InvalidModelError(
+                        f"{path}: tensor {clash!r} is written by node {_node_label(node, i)} "
+                        f"in graph {g.name!r} but is already defined in an enclosing graph")
+        holders = [i for i, subs in enumerate(children[k]) if subs]
+        if not holders:
+            continue
+        base = visible[k] | {vi.name for vi in g.input} | {t.name for t in g.initializer} | {
+            sp.values.name for sp in g.sparse_initializer}
+        producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+
+        def inputs_of(i: int) -> set[str]:
+            names = {n for n in g.node[i].input if n}
+            for c in children[k][i]:
+                names |= reads[c]
+            return names
+
+        for i in holders:
+            seen, stack, names = {i}, [i], set(base)
+            while stack:
+                for name in inputs_of(stack.pop()):
+                    j = producer.get(name)
+                    if j is not None and j not in seen:
+                        seen.add(j)
+                        stack.append(j)
+                        names.update(o for o in g.node[j].output if o)
+            for c in children[k][i]:
+                visible[c] = frozenset(names)
 
 
 def _physical_memory() -> int:

@@ -154,3 +154,33 @@ def test_lower_for_size_lowers_convs_of_symbolic_spatial_size(tmp_path, capsys):
     code, _, err = _run(["check", str(portable), str(out), "--input-shape", "x=2x3x9x7",
                          "--atol", "1e-4", "-q"], capsys)
     assert code == 0, err
+
+
+def test_tiny_constants_stay_dense(tmp_path, capsys):
+    """A sparse tensor carries fixed overhead (two tensors, their dims, the name again), so a
+    one-element zero Constant (as BERT's attention writes) stays dense: written sparse it grew
+    from 4 payload bytes to a larger proto.  A large mostly-zero Constant still goes sparse."""
+    model = mlp(sizes=(16, 8))
+    g = model.graph
+    zero = numpy_helper.from_array(np.zeros(1, np.float32), "zero")
+    mask = np.zeros((64, 8), np.float32)
+    mask[0] = 1.0
+    big = numpy_helper.from_array(mask, "mask")
+    g.node.extend([
+        helper.make_node("Constant", [], ["zero_c"], name="zero_const", value=zero),
+        helper.make_node("Constant", [], ["mask_c"], name="mask_const", value=big),
+        helper.make_node("ReduceSum", ["mask_c"], ["mask_sum"], keepdims=0, name="msum"),
+        helper.make_node("Add", ["y", "zero_c"], ["y2"], name="add0"),
+        helper.make_node("Add", ["y2", "mask_sum"], ["y3"], name="add1")])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("y3", onnx.TensorProto.FLOAT, ["N", 8]))
+    onnx.checker.check_model(model)
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    code, _, err = _run(["prune", str(src), "-o", str(out), "--quality", "0", "-q"], capsys)
+    assert code == 0, err
+    nodes = {n.name: n for n in onnx.load(str(out)).graph.node}
+    assert [a.name for a in nodes["zero_const"].attribute] == ["value"]
+    assert [a.name for a in nodes["mask_const"].attribute] == ["sparse_value"]
+    code, _, err = _run(["check", str(src), str(out), "--atol", "0", "--rtol", "0", "-q"], capsys)
+    assert code == 0, err
