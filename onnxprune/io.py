@@ -552,9 +552,10 @@ def check_graph(model: ModelProto, path: str) -> None:
 def _check_outer_names(order: list[GraphProto], children, reads: list[set[str]],
                        path: str) -> None:
     """Refuse a subgraph node output that reuses a name defined before the node holding the
-    subgraph: an enclosing graph's input or initializer, or an output of a node the holder
-    depends on (onnx.checker and ONNX Runtime require single assignment across scopes).  Names
-    of the holder itself and of nodes that may run after it stay allowed, as both accept them.
+    subgraph: an enclosing graph's input or initializer, or an output of a node that comes
+    earlier in the file or that the holder depends on (onnx.checker and ONNX Runtime require
+    single assignment across scopes, in that order).  Names of the holder itself and of later
+    nodes it does not depend on stay allowed, as both accept them.
 
     ``order``/``children`` as from ``_scopes`` (parents first); ``reads[c]`` are the outer
     names subgraph ``c`` reads (its holder depends on their producers).  The walk over a
@@ -584,6 +585,7 @@ def _check_outer_names(order: list[GraphProto], children, reads: list[set[str]],
 
         for i in holders:
             seen, stack, names = {i}, [i], set(base)
+            names.update(o for n in g.node[:i] for o in n.output if o)
             while stack:
                 for name in inputs_of(stack.pop()):
                     j = producer.get(name)

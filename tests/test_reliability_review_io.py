@@ -124,3 +124,60 @@ def test_a_data_file_a_model_under_another_extension_uses_is_kept(tmp_path, othe
     assert os.path.exists(first)
     copy = onnx.load(str(tmp_path / other))  # onnx reads the data file beside it
     assert copy.graph.initializer[0].raw_data
+
+
+# --------------------------------------------------------------------------- names in subgraphs
+
+
+def _if_model(then_nodes, after=()):
+    """y = x·W, z = If(c, then: ``then_nodes`` ending in t_out, else: x), then ``after``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4])  # noqa: E731
+    then = helper.make_graph(then_nodes, "then", [], [vi("t_out")])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e_out"])], "else", [],
+                              [vi("e_out")])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm"),
+             helper.make_node("If", ["c"], ["z"], then_branch=then, else_branch=other),
+             *after]
+    g = helper.make_graph(nodes, "g", [vi("x"), helper.make_tensor_value_info(
+        "c", TensorProto.BOOL, [])], [vi("y"), vi("z"), *(vi(n.output[0]) for n in after)],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("name", ["W", "x", "y"])  # initializer, graph input, earlier output
+def test_a_subgraph_node_rewriting_an_outer_name_is_refused(tmp_path, capsys, name):
+    """onnx.checker and ONNX Runtime refuse a branch node whose output reuses a name already
+    defined around it (single assignment): so does onnxprune, with exit 4."""
+    from onnx import helper
+
+    source = "W" if name == "x" else "x"
+    m = _if_model([helper.make_node("Identity", [source], [name]),
+                   helper.make_node("Identity", [name], ["t_out"])])
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(m)
+    src = tmp_path / "m.onnx"
+    onnx.save(m, str(src))
+    code, _, err = _run(["prune", str(src), "-o", str(tmp_path / "o.onnx"), "-q"], capsys)
+    assert code == 4, err
+    assert repr(name) in _one_error_line(err)
+    assert not os.path.exists(tmp_path / "o.onnx")
+
+
+def test_subgraph_names_defined_after_their_node_stay_valid(tmp_path, capsys):
+    """A branch may name a value like the If's own output or like a later node's output: both
+    load in onnx and ONNX Runtime, and are carried through."""
+    from onnx import helper
+
+    m = _if_model([helper.make_node("Identity", ["x"], ["z"]),
+                   helper.make_node("Identity", ["x"], ["q"]),
+                   helper.make_node("Add", ["z", "q"], ["t_out"])],
+                  after=[helper.make_node("Identity", ["z"], ["q"])])
+    onnx.checker.check_model(m)
+    src = tmp_path / "m.onnx"
+    onnx.save(m, str(src))
+    code, _, err = _run(["prune", str(src), "-o", str(tmp_path / "o.onnx"), "-q"], capsys)
+    assert code == 0, err
