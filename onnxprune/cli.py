@@ -196,7 +196,8 @@ def input_files(info) -> list[str]:
     return [info.path, *info.data_files]
 
 
-def check_paths(reads, writes, *, models=(), replaceable=(), in_place: bool = False) -> None:
+def check_paths(reads, writes, *, models=(), replaceable=(), in_place: bool = False,
+                new_folder: str | None = None) -> None:
     """Refuse (exit 2), before any output is written, a command whose outputs would overwrite
     one of its inputs or each other.  The one check every command runs.
 
@@ -205,7 +206,9 @@ def check_paths(reads, writes, *, models=(), replaceable=(), in_place: bool = Fa
     (``-`` is stdout); ``models``: written model paths, which also write and may delete
     ``<model>[.<hex>].data`` beside them; ``replaceable``: the input model's files, which a
     model output may replace when ``in_place`` (``prune --in-place``).  Each written file's
-    folder must exist and be writable, and its name must fit the file system.
+    folder must exist and be writable, and its name must fit the file system; ``new_folder``
+    is an output folder the command creates just before writing (its parent must be writable).
+    Only a report may go to stdout: ``-o -`` is refused.
     """
     reads = [r for r in reads if r]
     writes = [(opt, w) for opt, w in writes if w]
@@ -213,11 +216,13 @@ def check_paths(reads, writes, *, models=(), replaceable=(), in_place: bool = Fa
     replaceable = [r for r in replaceable if r]
     for i, (opt, w) in enumerate(writes):
         if w == "-":
+            if opt == "-o":
+                raise UsageError("-o -: outputs are files; give a path (only --json takes -)")
             if sys.stdout is None:
                 raise UsageError(f"{opt} -: stdout is closed")
             continue
         is_model = any(w == m for m in models)
-        _check_writable(opt, w, is_model)
+        _check_writable(opt, w, is_model, new_folder)
         for r in reads:
             if not (same_file(w, r) or (is_model and _writes_data_file(w, r))):
                 continue
@@ -232,8 +237,11 @@ def check_paths(reads, writes, *, models=(), replaceable=(), in_place: bool = Fa
                 raise UsageError(f"{opt} {w} and {opt2} {w2} are the same file; choose another")
 
 
-def _check_writable(opt: str, path: str, is_model: bool) -> None:
+def _check_writable(opt: str, path: str, is_model: bool, new_folder: str | None = None) -> None:
     folder = os.path.dirname(os.path.abspath(path))
+    if new_folder is not None and folder == os.path.abspath(new_folder) and \
+            not os.path.exists(folder):
+        folder = os.path.dirname(folder)  # created later, inside this one
     if not os.path.isdir(folder):
         raise UsageError(f"{opt}: folder {folder} does not exist")
     if os.path.isdir(path):

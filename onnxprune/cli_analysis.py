@@ -21,7 +21,9 @@ from onnxprune.errors import EXIT_OK, UsageError
 
 
 def prepare_dir(path: str) -> str:
-    """Create the output folder (its parent must exist); refuse one that is a file."""
+    """The output folder's absolute path; refuse one that is a file or whose parent is missing.
+    Nothing is created here: the command makes the folder (``os.makedirs``) just before its
+    first write, so a refused or failed run leaves no empty folder behind."""
     if not path:
         raise UsageError("-o: output folder is empty")
     path = os.path.abspath(path)
@@ -30,7 +32,6 @@ def prepare_dir(path: str) -> str:
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         raise UsageError(f"-o {path}: parent folder {parent} does not exist")
-    os.makedirs(path, exist_ok=True)
     return path
 
 
@@ -72,7 +73,8 @@ def cmd_sensitivity(args, console: Console) -> int:
         ("recipe", "recipe.yaml"))}
     model, info = io.load(args.model)
     check_paths([*input_files(info), args.val],
-                [*(("-o", p) for p in names.values()), ("--json", args.json)])
+                [*(("-o", p) for p in names.values()), ("--json", args.json)],
+                new_folder=out_dir)
     val = data.load_npz(args.val, x_key=args.x_key, y_key=args.y_key)
     result = sens.analyse(model, val, grid=grid, grid_kind=grid_kind, layers=args.layers,
                           batch_size=args.batch_size, threads=args.threads,
@@ -88,6 +90,7 @@ def cmd_sensitivity(args, console: Console) -> int:
     curves = {"command": "sensitivity", "tool": {"name": "onnxprune", "version": __version__},
               "model": source, "val": os.path.basename(args.val), **result.to_json(),
               "recommendation": rec}
+    os.makedirs(out_dir, exist_ok=True)
     outputs = [write_atomic(names["json"], _dumps(curves)),
                write_atomic(names["csv"], sens.curves_csv(result)),
                write_atomic(names["recipe"], sens.recipe_yaml(
@@ -204,7 +207,8 @@ def cmd_report(args, console: Console) -> int:
     if args.baseline:
         baseline, binfo = io.load(args.baseline)
     check_paths([*input_files(info), *(input_files(binfo) if binfo else ()), args.history],
-                [*(("-o", p) for p in paths.values()), ("--json", args.json)])
+                [*(("-o", p) for p in paths.values()), ("--json", args.json)],
+                new_folder=out_dir)
     rows, notes = layer_rows(model, info)
     if baseline is not None:
         base_rows, _ = layer_rows(baseline, binfo)
@@ -287,6 +291,7 @@ def cmd_report(args, console: Console) -> int:
 
     for key, fig in data["figures"].items():
         fig["file"] = rc.FIGURE_FILES[key] if key in images else None
+    os.makedirs(out_dir, exist_ok=True)
     outputs = []
     for key in ("mask", "histogram", "tradeoff"):
         if key in images:

@@ -8,6 +8,7 @@ needs ``NO_COLOR`` unset (https://no-color.org).  Nothing here writes to stdout,
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import unicodedata
@@ -42,6 +43,18 @@ def paint(text: str, colour: str, stream=None) -> str:
     return f"\x1b[{code}m{text}\x1b[0m"
 
 
+# The colour codes ``paint`` writes: the only control sequences a console line may carry.
+_PAINT_CODES = re.compile(r"(\x1b\[(?:0|1|31|32|33)m)")
+
+
+def printable_lines(text) -> str:
+    """``printable`` for each line of a multi-line message (tables, notes), keeping the line
+    breaks and ``paint``'s colour codes: paths and names inside cannot move the cursor."""
+    return "\n".join("".join(part if _PAINT_CODES.fullmatch(part) else printable(part)
+                              for part in _PAINT_CODES.split(line))
+                      for line in str(text).split("\n"))
+
+
 class Console:
     def __init__(self, quiet: bool = False, stream=None):
         self.stream = stream or sys.stderr
@@ -53,11 +66,12 @@ class Console:
     def info(self, text: str) -> None:
         if not self.quiet:
             self._clear()
-            print(text, file=self.stream)
+            print(printable_lines(text), file=self.stream)
 
     def warn(self, text: str) -> None:
         self._clear()
-        print(f"onnxprune: {paint('warning', 'yellow', self.stream)}: {text}", file=self.stream)
+        print(f"onnxprune: {paint('warning', 'yellow', self.stream)}: {printable_lines(text)}",
+              file=self.stream)
 
     def progress(self, stage: str, i: int, n: int, what: str = "") -> None:
         """A one-line progress bar, redrawn at most 10 times a second."""
