@@ -358,6 +358,7 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     if swapped:
         _restore_value_infos(model.graph, _non_tensor_value_infos(original.graph))
     _restore_dropped_attributes(model.graph, original.graph)
+    _restore_metadata(model.graph, original.graph)
     model.ir_version = original.ir_version
     # Keep the original opsets; add only domains a pass introduced (graph.import_domains).
     had = {op.domain or "ai.onnx" for op in original.opset_import}
@@ -451,6 +452,36 @@ _GS_ATTRIBUTE_TYPES = frozenset({
     onnx.AttributeProto.TENSOR, onnx.AttributeProto.GRAPH, onnx.AttributeProto.FLOATS,
     onnx.AttributeProto.INTS, onnx.AttributeProto.STRINGS,
 })
+
+
+def _restore_metadata(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Copy back the ``metadata_props`` onnx-graphsurgeon drops (IR 10: PyTorch writes a
+    namespace and stack trace on every node): nodes matched by op and outputs, graphs by
+    name, value infos by name.  A node a pass replaced has no match and gets none."""
+    if "metadata_props" not in onnx.NodeProto.DESCRIPTOR.fields_by_name:  # onnx < 1.16
+        return
+    nodes, graphs, infos = {}, {}, {}
+    for g in _proto_graphs(original):
+        if len(g.metadata_props):
+            graphs.setdefault(g.name, g.metadata_props)
+        for node in g.node:
+            if len(node.metadata_props):
+                nodes[(node.domain, node.op_type, tuple(node.output))] = node.metadata_props
+        for vi in (*g.input, *g.output, *g.value_info):
+            if len(vi.metadata_props):
+                infos.setdefault(vi.name, vi.metadata_props)
+    if not (nodes or graphs or infos):
+        return
+    for g in _proto_graphs(graph):
+        if not len(g.metadata_props) and g.name in graphs:
+            g.metadata_props.extend(graphs[g.name])
+        for node in g.node:
+            props = nodes.get((node.domain, node.op_type, tuple(node.output)))
+            if props is not None and not len(node.metadata_props):
+                node.metadata_props.extend(props)
+        for vi in (*g.input, *g.output, *g.value_info):
+            if not len(vi.metadata_props) and vi.name in infos:
+                vi.metadata_props.extend(infos[vi.name])
 
 
 def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:

@@ -184,3 +184,36 @@ def test_tiny_constants_stay_dense(tmp_path, capsys):
     assert [a.name for a in nodes["mask_const"].attribute] == ["sparse_value"]
     code, _, err = _run(["check", str(src), str(out), "--atol", "0", "--rtol", "0", "-q"], capsys)
     assert code == 0, err
+
+
+def _with_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Metadata where PyTorch's dynamo exporter writes it (IR 10): on every node (namespace,
+    stack trace), on the graph, and on value infos."""
+    model.ir_version = 10
+    for i, node in enumerate(model.graph.node):
+        e = node.metadata_props.add()
+        e.key, e.value = "pkg.torch.onnx.stack_trace", f"File model.py, line {i}"
+    e = model.graph.metadata_props.add()
+    e.key, e.value = "graph.note", "kept"
+    for vi in (*model.graph.input, *model.graph.output):
+        e = vi.metadata_props.add()
+        e.key, e.value = "vi.note", vi.name
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_node_graph_and_value_info_metadata_come_back(tmp_path, capsys):
+    """The metadata on nodes, graphs and value infos is no field a pass changes: it comes back
+    as it was for every node the output still has (was: all of it dropped on export)."""
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(_with_metadata(mlp(sizes=(16, 12, 4))), src)
+    code, _, err = _run(["prune", str(src), "-o", str(out), "--fc-quality", "1", "-q"], capsys)
+    assert code == 0, err
+    before, after = onnx.load(str(src)), onnx.load(str(out))
+    meta = {n.name: [(e.key, e.value) for e in n.metadata_props] for n in before.graph.node}
+    assert {n.name for n in after.graph.node} == set(meta)
+    for node in after.graph.node:
+        assert [(e.key, e.value) for e in node.metadata_props] == meta[node.name], node.name
+    assert [(e.key, e.value) for e in after.graph.metadata_props] == [("graph.note", "kept")]
+    for vi in (*after.graph.input, *after.graph.output):
+        assert [(e.key, e.value) for e in vi.metadata_props] == [("vi.note", vi.name)]
