@@ -358,6 +358,7 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     if swapped:
         _restore_value_infos(model.graph, _non_tensor_value_infos(original.graph))
     _restore_dropped_attributes(model.graph, original.graph)
+    _restore_weight_value_infos(model.graph, original.graph)
     _restore_metadata(model.graph, original.graph)
     model.ir_version = original.ir_version
     # Keep the original opsets; add only domains a pass introduced (graph.import_domains).
@@ -482,6 +483,30 @@ def _restore_metadata(graph: onnx.GraphProto, original: onnx.GraphProto) -> None
         for vi in (*g.input, *g.output, *g.value_info):
             if not len(vi.metadata_props) and vi.name in infos:
                 vi.metadata_props.extend(infos[vi.name])
+
+
+def _restore_weight_value_infos(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Put back the top-level ``value_info`` entries of initializers (PyTorch's exporter writes
+    them, with parameter metadata), which onnx-graphsurgeon drops for constants.  The entry
+    takes the written tensor's type and shape (a pass may have shrunk it); an entry whose
+    initializer is gone stays gone."""
+    have = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)}
+    weights = {t.name: (t.data_type, list(t.dims)) for t in graph.initializer}
+    weights.update((sp.values.name, (sp.values.data_type, list(sp.dims)))
+                   for sp in graph.sparse_initializer)
+    for vi in original.value_info:
+        if vi.name in have or vi.name not in weights or \
+                vi.type.WhichOneof("value") != "tensor_type":
+            continue
+        kept = graph.value_info.add()
+        kept.CopyFrom(vi)
+        elem, dims = weights[vi.name]
+        kept.type.tensor_type.elem_type = elem
+        shape = kept.type.tensor_type.shape
+        shape.ClearField("dim")
+        for d in dims:
+            shape.dim.add().dim_value = d
+        have.add(vi.name)
 
 
 def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
