@@ -68,11 +68,6 @@ class Console:
             self._clear()
             print(printable_lines(text), file=self.stream)
 
-    def warn(self, text: str) -> None:
-        self._clear()
-        print(f"onnxprune: {paint('warning', 'yellow', self.stream)}: {printable_lines(text)}",
-              file=self.stream)
-
     def progress(self, stage: str, i: int, n: int, what: str = "") -> None:
         """A one-line progress bar, redrawn at most 10 times a second."""
         if not self.interactive:

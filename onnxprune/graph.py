@@ -39,8 +39,6 @@ from onnxprune.errors import RuntimeFailure
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
 
-FLOAT_TYPES = (np.float32, np.float16, np.float64)
-
 QUANTIZED_OPS = frozenset({
     "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
     "DynamicQuantizeMatMul", "MatMulNBits", "MatMulIntegerToFloat", "QLinearAdd",

@@ -675,15 +675,6 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> tuple[ModelProto, Lo
                            file_bytes=total, external=external)
 
 
-def materialize(model: ModelProto, info: LoadInfo) -> ModelProto:
-    """Embed every lazily loaded initializer (in place); returns ``model``."""
-    for t in model.graph.initializer:
-        ref = info.ref_of(t)
-        if ref is not None:
-            _embed(t, _read_ref(ref))
-    return model
-
-
 def _validate_header(model: ModelProto, path: str) -> None:
     if not model.HasField("graph") or not model.ir_version:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph or no ir_version)")
@@ -701,11 +692,6 @@ def _validate_header(model: ModelProto, path: str) -> None:
             )
     if len(model.graph.node) == 0:
         raise InvalidModelError(f"{path}: the graph has no nodes")
-
-
-def load_model(path: str | os.PathLike) -> ModelProto:
-    """``load`` without the provenance record."""
-    return load(path)[0]
 
 
 # --------------------------------------------------------------------------- portable sparse

@@ -46,10 +46,6 @@ def _f64(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64, copy=False)
 
 
-def _acc_dtype(w: np.ndarray):
-    return np.float64
-
-
 def weight_std(w: np.ndarray) -> float:
     """Population standard deviation, accumulated in float64 over chunks in one pass.
 

@@ -86,12 +86,6 @@ def check_int(lo: int = 0):
     return check
 
 
-def check_bool(key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise UsageError(f"{key}: expected true or false, got {short_repr(v)}")
-    return v
-
-
 def check_choice(*choices: str):
     def check(key: str, v: Any) -> str:
         if v not in choices:

@@ -236,17 +236,8 @@ class OnnxModule(nn.Module):
             if name in self.param_keys or name in self.buffer_keys
         }
 
-    def load_onnx_state(self, values: dict[str, np.ndarray]) -> None:
-        with torch.no_grad():
-            for name, value in values.items():
-                t = self.onnx_tensor(name)
-                t.copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)).to(t.device))
-
     def producer(self, tensor_name: str) -> _ops.Node | None:
         return self._producer.get(tensor_name)
-
-    def consumers(self, tensor_name: str) -> list[_ops.Node]:
-        return [n for n in self._nodes if tensor_name in n.inputs]
 
 
 def build_module(model: onnx.ModelProto, outputs: list[str] | None = None) -> OnnxModule:

@@ -62,7 +62,6 @@ class UnsupportedOpError(InvalidModelError):
     """
 
 
-PRUNABLE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 STAT_ROLES = frozenset({"bn_mean", "bn_var"})
 
 
