@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from onnxprune.bench import _compare, _run, _session, time_pair  # noqa: E402
+from onnxprune.bench import compare_outputs, run_outputs, session_for, time_pair  # noqa: E402
 from onnxprune.cli import main as cli  # noqa: E402
 
 DIMS = (9216, 4096, 4096, 1000)
@@ -124,10 +124,10 @@ def main(argv=None) -> int:
                              ["--expected-batch", str(batch), "--threads", str(threads)])
                 results["sizes"][f"sparse-ops (batch {batch}, threads {threads})"] = \
                     os.path.getsize(path)
-                d_sess = _session(dense_bytes, threads)
+                d_sess = session_for(dense_bytes, threads)
                 with open(path, "rb") as f:
-                    s_sess = _session(f.read(), threads)
-                check = _compare(_run(d_sess, feeds), _run(s_sess, feeds))
+                    s_sess = session_for(f.read(), threads)
+                check = compare_outputs(run_outputs(d_sess, feeds), run_outputs(s_sess, feeds))
                 dense_ms, sparse_ms = time_pair(d_sess, s_sess, feeds, feeds, args.repeats,
                                                 args.warmup)
                 case = {"batch": batch, "threads": threads, "dense_ms": round(dense_ms, 4),

@@ -58,10 +58,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from onnxprune.bench import (
-    _compare,
-    _run,
-    _session,
+    compare_outputs,
     one_node_pairs,
+    run_outputs,
+    session_for,
     time_pair,
 )
 from onnxprune.cli import main as cli
@@ -281,8 +281,8 @@ def adaptive_pair(d_sess, s_sess, feeds, max_repeats, min_repeats, seconds, warm
     """time_pair with the number of calls chosen from one timed warm-up of each session."""
     t0 = time.perf_counter()
     for _ in range(warmup):
-        _run(d_sess, feeds)
-        _run(s_sess, feeds)
+        run_outputs(d_sess, feeds)
+        run_outputs(s_sess, feeds)
     per_pair = (time.perf_counter() - t0) / warmup
     repeats = max(min_repeats, min(max_repeats, int(seconds / max(per_pair, 1e-6))))
     dense_ms, sparse_ms = time_pair(d_sess, s_sess, feeds, feeds, repeats, 1)
@@ -291,9 +291,9 @@ def adaptive_pair(d_sess, s_sess, feeds, max_repeats, min_repeats, seconds, warm
 
 def layer_timings(dense_model, feeds, batch, threads, decided, args) -> list[dict]:
     """Every expressible layer alone: one-node CSR model vs one-node dense model."""
-    from onnxprune.bench import _lower
+    from onnxprune.bench import lower_model
 
-    forced, _ = _lower(dense_model, batch=batch, threads=threads, force=["*"])
+    forced, _ = lower_model(dense_model, batch=batch, threads=threads, force=["*"])
     opset = next((o.version for o in dense_model.opset_import if o.domain in ("", "ai.onnx")), 17)
     rows = []
     for node, inits, x_shape, x, d_sess, s_sess in one_node_pairs(
@@ -365,7 +365,7 @@ def run_deepsparse(py: str, model_path: str, feeds: dict, ref: list[np.ndarray],
     info = json.loads(p.stdout.strip().splitlines()[-1])
     with np.load(out_path) as z:
         outs = [z[k] for k in sorted(z.files, key=lambda s: int(s.split("_")[1]))]
-    check = _compare(ref, outs)
+    check = compare_outputs(ref, outs)
     info.update(status="ok" if check["passed"] else "MISMATCH",
                 max_abs_error=check["max_abs_error"], atol=check["atol"])
     return info
@@ -432,10 +432,10 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
             sp = s["sparse_ops"]
             out["sizes"][f"sparse-ops (batch {batch}, threads {threads})"] = os.path.getsize(path)
             sparse_w_bytes = initializer_bytes(onnx.load(path))
-            d_sess = _session(dense_bytes, threads)
-            s_sess = _session(path, threads)
-            ref = _run(d_sess, feeds)
-            check = _compare(ref, _run(s_sess, feeds))
+            d_sess = session_for(dense_bytes, threads)
+            s_sess = session_for(path, threads)
+            ref = run_outputs(d_sess, feeds)
+            check = compare_outputs(ref, run_outputs(s_sess, feeds))
             bw = stream_bandwidth(threads) if batch == 1 else None
             load = round(os.getloadavg()[0], 2)
             dense_ms, sparse_ms, reps = adaptive_pair(d_sess, s_sess, feeds, args.repeats,
@@ -476,9 +476,9 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
     feeds = {"x": np.random.default_rng(1).standard_normal(
         (batch, *[d.dim_value for d in dense_model.graph.input[0].type.tensor_type.shape.dim][1:]),
         dtype=np.float32)}
-    z_sess = _session(paths["size"], threads)
-    d_sess = _session(dense_bytes, threads)
-    check = _compare(_run(d_sess, feeds), _run(z_sess, feeds))
+    z_sess = session_for(paths["size"], threads)
+    d_sess = session_for(dense_bytes, threads)
+    check = compare_outputs(run_outputs(d_sess, feeds), run_outputs(z_sess, feeds))
     dense_ms, size_ms, reps = adaptive_pair(d_sess, z_sess, feeds, args.repeats, args.min_repeats,
                                             args.case_seconds)
     del d_sess, z_sess

@@ -62,7 +62,7 @@ def _thread_list(text: str) -> list[int]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from onnxprune.check import add_input_shape_option
-    from onnxprune.cli import SEED_MAX, _int_arg
+    from onnxprune.cli import SEED_MAX, int_arg
 
     b = subparsers.add_parser("bench", help="time a pruned model dense vs lowered to sparse ops")
     b.add_argument("model", help="pruned .onnx model (dense or portable storage, or lowered)")
@@ -70,10 +70,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="batch sizes (default 1)")
     b.add_argument("--threads", type=_thread_list, default=[1], metavar="T[,T...]",
                    help="intra-op thread counts (default 1)")
-    b.add_argument("--repeats", type=_int_arg(1), default=20, metavar="N",
+    b.add_argument("--repeats", type=int_arg(1), default=20, metavar="N",
                    help="timed runs per model and case (median reported; default 20)")
-    b.add_argument("--warmup", type=_int_arg(1), default=3, metavar="N")
-    b.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0,
+    b.add_argument("--warmup", type=int_arg(1), default=3, metavar="N")
+    b.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0,
                    help="seed of the random inputs")
     b.add_argument("--data", metavar="NPZ",
                    help="inputs instead of random ones: .npz of arrays named after the graph "
@@ -89,13 +89,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- models
 
 
-def _session(model_bytes: bytes, threads: int):
+def session_for(model_bytes: bytes, threads: int):
     from onnxprune.check import make_session
 
     return make_session(model_bytes, threads, inter_op_threads=1)
 
 
-def _run(sess, feeds):
+def run_outputs(sess, feeds):
     from onnxprune.check import run_session
 
     return run_session(sess, feeds)
@@ -120,7 +120,7 @@ def _is_lowered(model) -> bool:
     return any(n.domain == DOMAIN for n in model.graph.node)
 
 
-def _lower(dense_model, **options):
+def lower_model(dense_model, **options):
     from onnxprune.graph import graph_from_model, graph_to_model
     from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
 
@@ -169,8 +169,8 @@ def _capture_shapes(model, names: list[str], feeds, threads: int) -> dict[str, t
     extra = [n for n in dict.fromkeys(names) if n not in have]
     probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                               for n in extra)
-    sess = _session(probe.SerializeToString(), threads)
-    outs = _run(sess, feeds)
+    sess = session_for(probe.SerializeToString(), threads)
+    outs = run_outputs(sess, feeds)
     by_name = {o.name: v for o, v in zip(sess.get_outputs(), outs)}
     return {n: tuple(by_name[n].shape) for n in names}
 
@@ -278,19 +278,19 @@ def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: i
 def time_pair(sess_a, sess_b, feeds_a, feeds_b, repeats: int, warmup: int) -> tuple[float, float]:
     """Median ms of ``sess_a`` and ``sess_b``, run alternately (a b, b a, ...) after warm-ups."""
     for _ in range(warmup):
-        _run(sess_a, feeds_a)
-        _run(sess_b, feeds_b)
+        run_outputs(sess_a, feeds_a)
+        run_outputs(sess_b, feeds_b)
     ta, tb = [], []
     for i in range(repeats):
         order = ((sess_a, feeds_a, ta), (sess_b, feeds_b, tb))
         for sess, feeds, acc in (order if i % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
-            _run(sess, feeds)
+            run_outputs(sess, feeds)
             acc.append(time.perf_counter() - t0)
     return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
 
 
-def _compare(ref: list[np.ndarray], cand: list[np.ndarray]) -> dict:
+def compare_outputs(ref: list[np.ndarray], cand: list[np.ndarray]) -> dict:
     from onnxprune.check import compare
 
     scale = max((float(np.max(np.abs(r))) for r in ref if r.size), default=0.0)
@@ -377,10 +377,10 @@ def cmd_bench(args, console) -> int:
                 dense_model = _dense_from_lowered(model, xs)
             else:
                 dense_model = dense_base
-                sparse_model, stats = _lower(dense_base, batch=batch, threads=threads)
-            d_sess = _session(dense_model.SerializeToString(), threads)
-            s_sess = _session(sparse_model.SerializeToString(), threads)
-            check = _compare(_run(d_sess, feeds), _run(s_sess, feeds))
+                sparse_model, stats = lower_model(dense_base, batch=batch, threads=threads)
+            d_sess = session_for(dense_model.SerializeToString(), threads)
+            s_sess = session_for(sparse_model.SerializeToString(), threads)
+            check = compare_outputs(run_outputs(d_sess, feeds), run_outputs(s_sess, feeds))
             dense_ms, sparse_ms = time_pair(d_sess, s_sess, feeds, feeds, args.repeats,
                                             args.warmup)
             del d_sess, s_sess
@@ -422,7 +422,7 @@ def _layer_timings(base_model, stats, lowered_input, feeds, batch, threads, opse
         decided = {n.name: {"lowered": True, "reason": "lowered in the input",
                             "estimated_speedup": None, "density": None} for n in _csr_nodes(forced)}
     else:
-        forced, _ = _lower(base_model, batch=batch, threads=threads, force=["*"])
+        forced, _ = lower_model(base_model, batch=batch, threads=threads, force=["*"])
         decided = {r["name"]: r for r in stats["layers"]}
     rows = []
     for node, inits, x_shape, x, d_sess, s_sess in one_node_pairs(
@@ -457,7 +457,7 @@ def one_node_pairs(forced: onnx.ModelProto, shape_model: onnx.ModelProto, feeds:
         x_shape = xs[node.input[0]]
         dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset)
         x = {node.input[0]: rng.standard_normal(x_shape).astype(np.float32)}
-        yield node, inits, x_shape, x, _session(dense_b, threads), _session(sparse_b, threads)
+        yield node, inits, x_shape, x, session_for(dense_b, threads), session_for(sparse_b, threads)
 
 
 def _csr_params(node: onnx.NodeProto, inits: dict, x_shape: tuple) -> int:

@@ -29,7 +29,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 # --------------------------------------------------------------------------- helpers
 
 
-def _float_arg(lo=None, hi=None, hi_open=False, lo_open=False):
+def float_arg(lo=None, hi=None, hi_open=False, lo_open=False):
     def parse(text):
         try:
             v = float(text)
@@ -45,7 +45,7 @@ def _float_arg(lo=None, hi=None, hi_open=False, lo_open=False):
     return parse
 
 
-def _int_arg(lo: int = 1, hi: int | None = None):
+def int_arg(lo: int = 1, hi: int | None = None):
     """An integer option in [lo, hi]: counts (batch, threads, epochs) start at 1, seeds at 0."""
     def parse(text):
         try:
@@ -66,11 +66,11 @@ SEED_MAX = 2**32 - 1
 THREADS_MAX = 4096
 
 
-def _layer_arg(text):
+def layer_arg(text):
     glob, sep, q = text.rpartition("=")
     if not sep or not glob:
         raise argparse.ArgumentTypeError(f"expected GLOB=Q, got {text!r}")
-    return glob, _float_arg(0.0)(q)
+    return glob, float_arg(0.0)(q)
 
 
 def write_atomic(path: str, data: bytes | str, *, label: str = "") -> dict:
@@ -113,7 +113,7 @@ def write_json(report: dict, dest: str | None) -> None:
     NaN or infinite number is written as null (JSON has no word for it)."""
     if dest is None:
         return
-    text = json.dumps(_strict(report), indent=2, sort_keys=False, default=_json_default,
+    text = json.dumps(_strict(report), indent=2, sort_keys=False, default=json_default,
                       allow_nan=False) + "\n"
     if dest == "-":
         _write_stdout(text)
@@ -139,7 +139,7 @@ def _strict(o):
     return o
 
 
-def _json_default(o):
+def json_default(o):
     import numpy as np
 
     if isinstance(o, np.generic):
@@ -270,9 +270,9 @@ def _recipe_from_args(args):
     overrides = {}
     threshold_opts = recipe.pass_options("threshold-by-std")
     if args.quality is not None or args.conv_quality is not None or args.fc_quality is not None:
-        from onnxprune.passes.threshold_by_std import DEFAULT_QUALITY, _check_quality
+        from onnxprune.passes.threshold_by_std import DEFAULT_QUALITY, check_quality
 
-        base = _check_quality("quality", (threshold_opts or {}).get("quality", DEFAULT_QUALITY))
+        base = check_quality("quality", (threshold_opts or {}).get("quality", DEFAULT_QUALITY))
         if args.quality is not None:
             base = {"conv": args.quality, "fc": args.quality}
         if args.conv_quality is not None:
@@ -630,7 +630,7 @@ def print_error(message: str) -> None:
     print(f"onnxprune: error: {printable(message, MAX_ERROR_CHARS)}", file=sys.stderr)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default is exit 2 too; keep the one-line form
         self.print_usage(sys.stderr)
         print_error(message)
@@ -640,12 +640,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from onnxprune.recipe import EMIT_FORMS
 
-    p = _Parser(prog="onnxprune", description=(
+    p = Parser(prog="onnxprune", description=(
         "Prune ONNX models by per-layer quality x std thresholds (Han et al., NIPS 2015). "
         "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 quality gate failed, "
         "4 input rejected."))
     p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def common(sp):
         sp.add_argument("--json", metavar="PATH|-", help="write a JSON report ('-' = stdout)")
@@ -655,16 +655,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="input .onnx model")
     pr.add_argument("-o", "--output", required=True, help="output .onnx path")
     pr.add_argument("--recipe", metavar="FILE", help="YAML recipe (flags below override it)")
-    pr.add_argument("--quality", type=_float_arg(0.0), metavar="Q",
+    pr.add_argument("--quality", type=float_arg(0.0), metavar="Q",
                     help="quality parameter for every layer (defaults: conv 0.5, fc 1.0)")
-    pr.add_argument("--conv-quality", type=_float_arg(0.0), metavar="Q")
-    pr.add_argument("--fc-quality", type=_float_arg(0.0), metavar="Q")
-    pr.add_argument("--layer", type=_layer_arg, action="append", metavar="GLOB=Q",
+    pr.add_argument("--conv-quality", type=float_arg(0.0), metavar="Q")
+    pr.add_argument("--fc-quality", type=float_arg(0.0), metavar="Q")
+    pr.add_argument("--layer", type=layer_arg, action="append", metavar="GLOB=Q",
                     help="per-layer quality by name glob (repeatable; the last match wins)")
     pr.add_argument("--skip", action="append", metavar="GLOB", help="never prune these layers")
-    pr.add_argument("--min-params", type=_int_arg(0), metavar="N",
+    pr.add_argument("--min-params", type=int_arg(0), metavar="N",
                     help="leave layers smaller than N")
-    pr.add_argument("--target-sparsity", type=_float_arg(0.0, 1.0, hi_open=True), metavar="S",
+    pr.add_argument("--target-sparsity", type=float_arg(0.0, 1.0, hi_open=True), metavar="S",
                     help="solve q for this pruned share instead of using --quality")
     pr.add_argument("--target-scope", choices=("per-layer", "global"),
                     help="per-layer: each layer reaches the target; global: one q, total reaches it")
@@ -674,16 +674,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="portable (default): standard ops, sparse initializers where smaller; "
                          "dense: plain initializers; sparse-ops: pruned layers lowered to "
                          "onnxprune's CSR ops where they run faster")
-    pr.add_argument("--expected-batch", type=_int_arg(1), metavar="N",
+    pr.add_argument("--expected-batch", type=int_arg(1), metavar="N",
                     help="sparse-ops: batch size the model will be served at (default 1)")
-    pr.add_argument("--threads", type=_int_arg(1, THREADS_MAX), metavar="N",
+    pr.add_argument("--threads", type=int_arg(1, THREADS_MAX), metavar="N",
                     help="sparse-ops: intra-op threads the model will run with (default 1)")
     pr.add_argument("--lower-for", choices=("speed", "size"),
                     help="sparse-ops: lower where the kernel is faster (default), or wherever "
                          "the CSR form is smaller (the compact file)")
-    pr.add_argument("--min-sparsity", type=_float_arg(0.0, 1.0), metavar="S",
+    pr.add_argument("--min-sparsity", type=float_arg(0.0, 1.0), metavar="S",
                     help="gate: fail (exit 3) if less than S of the weights are zero")
-    pr.add_argument("--max-size-mb", type=_float_arg(0.0), metavar="M",
+    pr.add_argument("--max-size-mb", type=float_arg(0.0), metavar="M",
                     help="gate: fail (exit 3) if the output exceeds M MB (10^6 bytes)")
     pr.add_argument("--in-place", action="store_true", help="allow -o to be the input")
     common(pr)
@@ -700,10 +700,10 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("reference")
     ch.add_argument("candidate")
     ch.add_argument("--data", metavar="NPZ", help="inputs (.npz keyed by input name, or x)")
-    ch.add_argument("--atol", type=_float_arg(0.0), default=1e-4)
-    ch.add_argument("--rtol", type=_float_arg(0.0), default=1e-3)
-    ch.add_argument("--batch", type=_int_arg(1), default=2, help="batch size for random inputs")
-    ch.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0)
+    ch.add_argument("--atol", type=float_arg(0.0), default=1e-4)
+    ch.add_argument("--rtol", type=float_arg(0.0), default=1e-3)
+    ch.add_argument("--batch", type=int_arg(1), default=2, help="batch size for random inputs")
+    ch.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
     add_input_shape_option(ch)
     common(ch)
     ch.set_defaults(func=cmd_check)

@@ -36,9 +36,9 @@ def prepare_dir(path: str) -> str:
 
 
 def _dumps(obj) -> str:
-    from onnxprune.cli import _json_default
+    from onnxprune.cli import json_default
 
-    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+    return json.dumps(obj, indent=2, default=json_default) + "\n"
 
 
 # --------------------------------------------------------------------------- sensitivity
@@ -312,7 +312,7 @@ def cmd_report(args, console: Console) -> int:
 
 
 def add_parsers(sub, common) -> None:
-    from onnxprune.cli import THREADS_MAX, _float_arg, _int_arg
+    from onnxprune.cli import THREADS_MAX, float_arg, int_arg
 
     se = sub.add_parser(
         "sensitivity", help="prune one layer at a time over a grid; curves, plot, recipe",
@@ -330,15 +330,15 @@ def add_parsers(sub, common) -> None:
     se.add_argument("--grid-quality", metavar="QS",
                     help="quality parameters q instead (threshold q·std), comma-separated")
     se.add_argument("--layers", nargs="+", metavar="GLOB", help="analyse only these layers")
-    se.add_argument("--budget", type=_float_arg(0.0), metavar="PP",
+    se.add_argument("--budget", type=float_arg(0.0), metavar="PP",
                     help="allowed top-1 drop per layer, in percentage points (default 1)")
-    se.add_argument("--total-budget", type=_float_arg(0.0), metavar="PP",
+    se.add_argument("--total-budget", type=float_arg(0.0), metavar="PP",
                     help="allowed top-1 drop for all layers together, split as one common "
                          "per-layer budget whose drops add up to at most PP")
     se.add_argument("--x-key", default="x", help="array name of the inputs (default x)")
     se.add_argument("--y-key", default="y", help="array name of the labels (default y)")
-    se.add_argument("--batch-size", type=_int_arg(1), default=256)
-    se.add_argument("--threads", type=_int_arg(1, THREADS_MAX), metavar="N",
+    se.add_argument("--batch-size", type=int_arg(1), default=256)
+    se.add_argument("--threads", type=int_arg(1, THREADS_MAX), metavar="N",
                     help="ONNX Runtime intra-op threads (default: its own choice)")
     se.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     common(se)

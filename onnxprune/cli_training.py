@@ -10,7 +10,7 @@ from onnxprune.errors import EXIT_OK, GateFailed, UsageError
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
-    from onnxprune.cli import SEED_MAX, _float_arg, _int_arg
+    from onnxprune.cli import SEED_MAX, float_arg, int_arg
 
     g = p.add_argument_group("data")
     g.add_argument("--train", required=True, metavar="NPZ", help="training data (.npz with x, y)")
@@ -18,29 +18,29 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--x-key", default="x", help="array name of the inputs (default x)")
     g.add_argument("--y-key", default="y", help="array name of the integer labels (default y)")
     t = p.add_argument_group("retraining")
-    t.add_argument("--epochs", type=_int_arg(1), default=2,
+    t.add_argument("--epochs", type=int_arg(1), default=2,
                    help="epochs per retraining (default 2)")
-    t.add_argument("--batch-size", type=_int_arg(1), default=64)
-    t.add_argument("--lr", type=_float_arg(0.0), help="retraining learning rate")
-    t.add_argument("--original-lr", type=_float_arg(0.0),
+    t.add_argument("--batch-size", type=int_arg(1), default=64)
+    t.add_argument("--lr", type=float_arg(0.0), help="retraining learning rate")
+    t.add_argument("--original-lr", type=float_arg(0.0),
                    help="the rate the model was trained with; retrain at 1/10 of it "
                         "(default when neither is given: 0.1, i.e. lr 0.01)")
     t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant rate (the paper; default) or cosine decay to 0 over the epochs")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    t.add_argument("--momentum", type=_float_arg(0.0, 1.0, hi_open=True), default=0.9)
-    t.add_argument("--weight-decay", type=_float_arg(0.0), default=5e-4, help="L2 strength")
-    t.add_argument("--l1", type=_float_arg(0.0), default=0.0, help="L1 strength (instead of or with L2)")
+    t.add_argument("--momentum", type=float_arg(0.0, 1.0, hi_open=True), default=0.9)
+    t.add_argument("--weight-decay", type=float_arg(0.0), default=5e-4, help="L2 strength")
+    t.add_argument("--l1", type=float_arg(0.0), default=0.0, help="L1 strength (instead of or with L2)")
     t.add_argument("--freeze", choices=("conv", "fc"), help="keep these layers fixed while retraining")
     t.add_argument("--no-adjust-dropout", action="store_true",
                    help="keep Dropout ratios (default: D_r = D_o·sqrt(C_ir/C_io))")
     t.add_argument("--keep-best", action="store_true", help="keep the best validation epoch")
-    t.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0)
+    t.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    t.add_argument("--distill", type=_float_arg(0.0, 1.0), default=0.0, metavar="ALPHA",
+    t.add_argument("--distill", type=float_arg(0.0, 1.0), default=0.0, metavar="ALPHA",
                    help="weight of a distillation term following the teacher's outputs "
                         "(compress: the dense input model; finetune: --teacher); 0 = off (default)")
-    t.add_argument("--distill-temperature", type=_float_arg(0.0, lo_open=True), default=4.0,
+    t.add_argument("--distill-temperature", type=float_arg(0.0, lo_open=True), default=4.0,
                    metavar="T", help="softmax temperature of the distillation term (default 4)")
 
 
@@ -221,7 +221,7 @@ def cmd_compress(args, console: Console) -> int:
 
 
 def add_parsers(sub, common) -> None:
-    from onnxprune.cli import _float_arg, _int_arg, _layer_arg
+    from onnxprune.cli import float_arg, int_arg, layer_arg
 
     ft = sub.add_parser("finetune", help="retrain the surviving weights of a pruned model")
     ft.add_argument("model")
@@ -235,22 +235,22 @@ def add_parsers(sub, common) -> None:
     co = sub.add_parser("compress", help="prune -> retrain, iterated, then remove dead neurons")
     co.add_argument("model")
     co.add_argument("-o", "--output", required=True)
-    co.add_argument("--iterations", type=_int_arg(1), default=3,
+    co.add_argument("--iterations", type=int_arg(1), default=3,
                     help="prune+retrain rounds (default 3)")
-    co.add_argument("--quality", type=_float_arg(0.0), metavar="Q",
+    co.add_argument("--quality", type=float_arg(0.0), metavar="Q",
                     help="final q for every layer (default: conv 0.5, fc 1.0), on dense σ")
-    co.add_argument("--layer", type=_layer_arg, action="append", metavar="GLOB=Q",
+    co.add_argument("--layer", type=layer_arg, action="append", metavar="GLOB=Q",
                     help="final q for matching layers")
-    co.add_argument("--target-sparsity", type=_float_arg(0.0, 1.0, hi_open=True), metavar="S",
+    co.add_argument("--target-sparsity", type=float_arg(0.0, 1.0, hi_open=True), metavar="S",
                     help="final pruned share, per layer (or in total with --target-scope global)")
     co.add_argument("--target-scope", choices=("per-layer", "global"), default="per-layer")
-    co.add_argument("--layer-target", type=_layer_arg, action="append", metavar="GLOB=S",
+    co.add_argument("--layer-target", type=layer_arg, action="append", metavar="GLOB=S",
                     help="final pruned share for matching layers (e.g. 'fc1*=0.92')")
     co.add_argument("--skip", action="append", metavar="GLOB")
-    co.add_argument("--min-params", type=_int_arg(0), default=0)
+    co.add_argument("--min-params", type=int_arg(0), default=0)
     co.add_argument("--no-remove-dead-neurons", action="store_true")
     co.add_argument("--emit", choices=("dense", "portable"), default="portable")
-    co.add_argument("--max-accuracy-drop", type=_float_arg(0.0), metavar="PP",
+    co.add_argument("--max-accuracy-drop", type=float_arg(0.0), metavar="PP",
                     help="gate: fail (exit 3) if val top-1 drops by more than PP percentage points")
     add_training_args(co)
     common(co)

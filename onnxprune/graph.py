@@ -531,7 +531,7 @@ def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProt
 # --------------------------------------------------------------------------- weights
 
 
-def _const_source(t: gs.Tensor) -> tuple[gs.Constant | None, str, gs.Node | None]:
+def const_source(t: gs.Tensor) -> tuple[gs.Constant | None, str, gs.Node | None]:
     """The constant behind a node input: an initializer, or a Constant node (through Identity)."""
     seen = 0
     while isinstance(t, gs.Variable) and len(t.inputs) == 1 and seen < 8:
@@ -552,7 +552,7 @@ def _np_dtype_name(values) -> str:
     return str(np.dtype(values.dtype))
 
 
-def _is_float(dtype) -> bool:
+def is_float(dtype) -> bool:
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -581,12 +581,12 @@ def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
                 notes.append(Note(node.name, node.op,
                                   f"weight {tensor.name!r} is also a graph input: left alone"))
                 continue
-            const, source, _ = _const_source(tensor)
+            const, source, _ = const_source(tensor)
             if const is None:
                 continue
             # For MatMul/Gemm a constant on the data side of a variable weight is unusual;
             # only take input 0 when input 1 is not itself constant.
-            if role.input_index == 0 and len(node.inputs) > 1 and _const_source(node.inputs[1])[0] is not None:
+            if role.input_index == 0 and len(node.inputs) > 1 and const_source(node.inputs[1])[0] is not None:
                 continue
             key = id(const)
             shape = tuple(int(d) for d in const.shape)
@@ -603,7 +603,7 @@ def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
                 dtype=_np_dtype_name(const.values) if hasattr(const, "values") else "?",
                 nodes=[node], out_axis=out_axis, in_axis=in_axis, source=source,
             )
-            if not _is_float(const.dtype):
+            if not is_float(const.dtype):
                 layer.skip_reason = f"weight dtype {const.dtype} is not floating point"
             elif rank < 2:
                 layer.skip_reason = "weight has rank < 2"
@@ -699,7 +699,7 @@ def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]
     if layer.op == "MatMul":
         if out is None:
             return None
-        if node.inputs[1] is layer.weight or _const_source(node.inputs[1])[0] is layer.weight:
+        if node.inputs[1] is layer.weight or const_source(node.inputs[1])[0] is layer.weight:
             return _prod_known(out[1:-1]) if len(out) >= 3 else 1
         if len(out) < 2:
             return None

@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import (Layer, _const_source, export_with_placeholders, find_layers,
+from onnxprune.graph import (Layer, const_source, export_with_placeholders, find_layers,
                              infer_shapes, weight_values)
 from onnxprune.runtime_ops import DOMAIN
 from onnxprune.runtime_ops.csr import csr_from_dense, index_dtype_for
@@ -122,7 +122,7 @@ def _plan_gemm(node: gs.Node, layer: Layer, shapes: dict, batch: int) -> _Plan:
 def _weight_input(node: gs.Node) -> int | None:
     """Which input holds the constant (find_layers prefers input 1, as done here)."""
     for i in (1, 0):
-        if i < len(node.inputs) and _const_source(node.inputs[i])[0] is not None:
+        if i < len(node.inputs) and const_source(node.inputs[i])[0] is not None:
             return i
     return None
 

@@ -48,7 +48,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import _is_float
+from onnxprune.graph import is_float
 
 from .base import PassError, PassResult, parse_options
 
@@ -439,7 +439,7 @@ def _consumer(node: gs.Node, t: gs.Variable, state: _State, units: int, ctx: _Ct
                       name)
     weight = ctx.exclusive(node, node.inputs[1], "consumer weight")
     w = weight.values()
-    if not _is_float(w.dtype):
+    if not is_float(w.dtype):
         raise _Unsafe(f"consumer weight dtype {w.dtype} is not floating point", name)
     fold_problem = None
     if op in ("Gemm", "MatMul"):
@@ -508,7 +508,7 @@ def _producer(node: gs.Node, ctx: _Ctx) -> tuple[_Param, int, _Param | None, flo
     name = _node_name(node)
     weight = ctx.exclusive(node, node.inputs[1], "weight")
     w = weight.values()
-    if not _is_float(w.dtype):
+    if not is_float(w.dtype):
         raise _Unsafe(f"weight dtype {w.dtype} is not floating point")
     bias, beta = None, 1.0
     if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) and op != "MatMul":
@@ -803,7 +803,7 @@ class RemoveDeadNeurons:
 def _report_unsafe(node: gs.Node, err: _Unsafe, kept: list[dict]) -> None:
     """Report a link that could not be formed, if its producer has units with no inputs."""
     value = _constant_value(node.inputs[1])
-    if value is None or value.ndim < 2 or not _is_float(value.dtype):
+    if value is None or value.ndim < 2 or not is_float(value.dtype):
         dead = None
     else:
         if node.op == "Gemm":

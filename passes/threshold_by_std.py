@@ -36,7 +36,7 @@ from .base import (Option, PassResult, check_choice, check_float, check_int, che
 DEFAULT_QUALITY = {"conv": 0.5, "fc": 1.0}
 
 
-def _check_quality(key: str, v: Any) -> dict[str, float]:
+def check_quality(key: str, v: Any) -> dict[str, float]:
     num = check_float(0.0)
     if isinstance(v, dict):
         bad = sorted(set(map(str, v)) - {"conv", "fc"})
@@ -72,7 +72,7 @@ def _check_layers(key: str, v: Any) -> tuple[tuple[str, float], ...]:
 class ThresholdByStd:
     name = "threshold-by-std"
     OPTIONS = (
-        Option("quality", _check_quality, dict(DEFAULT_QUALITY),
+        Option("quality", check_quality, dict(DEFAULT_QUALITY),
                "quality parameter q: a number for all layers, or {conv: Q, fc: Q}"),
         Option("layers", _check_layers, (), "per-layer overrides: {GLOB: Q}; the last match wins"),
         Option("skip", check_str_list, (), "layer-name globs never pruned"),

@@ -21,9 +21,9 @@ from onnxprune.errors import EXIT_RUNTIME, OnnxPruneError
 # ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from onnxprune.cli import SEED_MAX, _float_arg, _int_arg, _Parser
+    from onnxprune.cli import SEED_MAX, Parser, float_arg, int_arg
 
-    p = _Parser(prog="python -m onnxprune.torch_bridge.worker",
+    p = Parser(prog="python -m onnxprune.torch_bridge.worker",
                 description="Retrain the surviving weights of a pruned ONNX model.")
     p.add_argument("model")
     p.add_argument("--train", required=True, help=".npz with x/y arrays")
@@ -31,18 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--x-key", default="x")
     p.add_argument("--y-key", default="y")
-    p.add_argument("--epochs", type=_int_arg(1), default=1)
-    p.add_argument("--batch-size", type=_int_arg(1), default=64)
-    p.add_argument("--lr", type=_float_arg(0.0))
-    p.add_argument("--original-lr", type=_float_arg(0.0))
+    p.add_argument("--epochs", type=int_arg(1), default=1)
+    p.add_argument("--batch-size", type=int_arg(1), default=64)
+    p.add_argument("--lr", type=float_arg(0.0))
+    p.add_argument("--original-lr", type=float_arg(0.0))
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--momentum", type=_float_arg(0.0, 1.0, hi_open=True), default=0.9)
-    p.add_argument("--weight-decay", type=_float_arg(0.0), default=5e-4)
-    p.add_argument("--l1", type=_float_arg(0.0), default=0.0)
+    p.add_argument("--momentum", type=float_arg(0.0, 1.0, hi_open=True), default=0.9)
+    p.add_argument("--weight-decay", type=float_arg(0.0), default=5e-4)
+    p.add_argument("--l1", type=float_arg(0.0), default=0.0)
     p.add_argument("--freeze", choices=["conv", "fc"])
     p.add_argument("--no-adjust-dropout", action="store_true")
     p.add_argument("--keep-best", action="store_true")
-    p.add_argument("--seed", type=_int_arg(0, SEED_MAX), default=0)
+    p.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     p.add_argument("--json", help="write a JSON report here (rank 0 only); '-' for stdout")
     return p
