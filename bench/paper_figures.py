@@ -25,6 +25,7 @@ beside it (.json, and .csv for curves).  Data: 55,000 training / 5,000 validatio
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -322,10 +323,11 @@ def figure5(work, img, data, shares, retrain_epochs, dense_epochs):
         "model": "LeNet-300-100", "metric": "MNIST test top-1", "dense_top1": dense_acc,
         "regularization": regs, "retrain_epochs": retrain_epochs, "dense_epochs": dense_epochs,
         "series": all_series})
-    with open(os.path.join(img, "fig5_lenet300_tradeoff.csv"), "w") as f:
-        f.write("series,pruned,top1,drop_pp\n")
-        for s in all_series:
-            f.writelines(f"\"{s['label']}\",{p['pruned']!r},{p['top1']!r},{p['drop_pp']!r}\n" for p in s["points"])
+    with open(os.path.join(img, "fig5_lenet300_tradeoff.csv"), "w", newline="") as f:
+        out = csv.writer(f)  # floats as repr: they read back bit-identical
+        out.writerow(["series", "pruned", "top1", "drop_pp"])
+        out.writerows([s["label"], p["pruned"], p["top1"], p["drop_pp"]]
+                      for s in all_series for p in s["points"])
     return all_series, dense_acc
 
 

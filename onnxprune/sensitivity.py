@@ -46,6 +46,7 @@ ONNX Runtime session.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import glob as _glob
 import io as _io
@@ -53,6 +54,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import yaml
 from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune import masks
@@ -339,8 +341,7 @@ def recipe_yaml(rec: dict, all_layers: list[str], *, source: str, val: str) -> s
     """A ``prune --recipe`` file: the recommended q per layer, every other layer skipped.
 
     Layer names are glob-escaped (``[`` in a name would otherwise be a character class).
-    Floats are written with ``repr`` so that they read back bit-identical: the recipe must
-    reproduce the analysed masks exactly.
+    Floats read back bit-identical: the recipe must reproduce the analysed masks exactly.
     """
     analysed = {c["name"] for c in rec["layers"]}
     if rec["rule"] == "per-layer":
@@ -357,22 +358,13 @@ def recipe_yaml(rec: dict, all_layers: list[str], *, source: str, val: str) -> s
     for c in rec["layers"]:
         lines.append(f"#   {_yaml_comment(c['name'])}: {100 * c['sparsity']:.1f}% pruned, "
                      f"drop {c['drop_pp']:+.2f} pp")
-    lines += ["version: 1", "passes:", "  - threshold-by-std:", "      layers:"]
-    for c in rec["layers"]:
-        lines.append(f"        {_yaml_str(_glob.escape(c['name']))}: {float(c['quality'])!r}")
-    skipped = [n for n in all_layers if n not in analysed]
-    if skipped:
-        lines.append("      skip:")
-        lines += [f"        - {_yaml_str(_glob.escape(n))}" for n in skipped]
-    lines.append("emit: portable")
-    return "\n".join(lines) + "\n"
-
-
-def _yaml_str(s: str) -> str:
-    # JSON strings are valid YAML double-quoted scalars.
-    import json
-
-    return json.dumps(s)
+    layers = {_glob.escape(c["name"]): float(c["quality"]) for c in rec["layers"]}
+    skipped = [_glob.escape(n) for n in all_layers if n not in analysed]
+    options = {"layers": layers, **({"skip": skipped} if skipped else {})}
+    body = {"version": 1, "passes": [{"threshold-by-std": options}], "emit": "portable"}
+    # safe_dump writes floats so that they read back bit-identical (repr, with the ".0" YAML
+    # 1.1 needs: a bare 1e-05 would read back as a string); sort_keys=False keeps layer order.
+    return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False, width=2**31)
 
 
 def _yaml_comment(s: str) -> str:
@@ -380,26 +372,20 @@ def _yaml_comment(s: str) -> str:
 
 
 def curves_csv(result: SensitivityResult) -> str:
+    """One row per (layer, grid point); floats as ``repr`` (they read back bit-identical), None
+    as an empty cell, cells quoted by the stdlib ``csv`` where needed.
+
+    Rows end in CRLF (RFC 4180, the csv default): with "\r" in the terminator every Python
+    quotes a cell holding a bare carriage return, which would otherwise split the row."""
     buf = _io.StringIO()
-    buf.write(",".join(CSV_COLUMNS) + "\n")
+    out = csv.writer(buf)
+    out.writerow(CSV_COLUMNS)
     for layer in result.layers:
         for p in layer["points"]:
-            row = [layer["name"], layer["kind"], layer["op"], layer["params"], p["grid"],
-                   p["quality"], p["threshold"], p["sparsity"], p["nonzero"], p["top1"],
-                   p["top5"], p["drop_pp"]]
-            buf.write(",".join(_csv_cell(x) for x in row) + "\n")
+            out.writerow([layer["name"], layer["kind"], layer["op"], layer["params"], p["grid"],
+                          p["quality"], p["threshold"], p["sparsity"], p["nonzero"], p["top1"],
+                          p["top5"], p["drop_pp"]])
     return buf.getvalue()
-
-
-def _csv_cell(x) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, float):
-        return repr(x)
-    s = str(x)
-    if any(ch in s for ch in ',"\n'):
-        return '"' + s.replace('"', '""') + '"'
-    return s
 
 
 def apply_recommendation(model: ModelProto, rec: dict) -> ModelProto:
