@@ -2,7 +2,8 @@
 
 Exit codes (DESIGN.md §4): 0 ok · 1 runtime failure · 2 usage/config error · 3 a quality gate
 failed · 4 input rejected as invalid or unsafe.  Errors print one line on stderr, never a
-traceback.  ``--json PATH|-`` writes the machine-readable report (``-`` = stdout); human tables
+traceback (``--debug`` or ``ONNXPRUNE_DEBUG=1`` adds the traceback of an internal error, for
+a bug report).  ``--json PATH|-`` writes the machine-readable report (``-`` = stdout); human tables
 go to stderr.
 """
 
@@ -15,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import traceback
 
 from onnxprune import __version__
 from onnxprune.console import Console, paint, printable
@@ -24,6 +26,8 @@ from onnxprune.errors import (EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, GateFailed,
 # An error line is cut here: a message quotes paths and values from the user's files.
 MAX_ERROR_CHARS = 2000
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+# Set to 1, as --debug: an internal error prints its traceback too (read only when one happens).
+DEBUG_ENV = "ONNXPRUNE_DEBUG"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -630,6 +634,15 @@ def print_error(message: str) -> None:
     print(f"onnxprune: error: {printable(message, MAX_ERROR_CHARS)}", file=sys.stderr)
 
 
+def print_internal_error(exc: BaseException, debug: bool = False) -> None:
+    """A bug (any exception that is not an :class:`OnnxPruneError`): the one error line, preceded
+    by its traceback when ``debug`` (``--debug``) or ``ONNXPRUNE_DEBUG=1`` asks for it. The
+    environment variable covers failures before the flag is parsed, and torchrun workers."""
+    if debug or os.environ.get(DEBUG_ENV) == "1":
+        traceback.print_exception(exc, file=sys.stderr)
+    print_error(f"internal error: {type(exc).__name__}: {exc}")
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default is exit 2 too; keep the one-line form
         self.print_usage(sys.stderr)
@@ -643,13 +656,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="onnxprune", description=(
         "Prune ONNX models by per-layer quality x std thresholds (Han et al., NIPS 2015). "
         "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 quality gate failed, "
-        "4 input rejected."))
+        "4 input rejected."), epilog=(
+        f"An internal error (a bug) prints one line; --debug or {DEBUG_ENV}=1 adds its traceback."))
     p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help=f"print the traceback behind an internal error (as {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def common(sp):
         sp.add_argument("--json", metavar="PATH|-", help="write a JSON report ('-' = stdout)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no tables or progress on stderr")
+        # Also accepted after the command; SUPPRESS keeps a flag given before it.
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback behind an internal error")
 
     pr = sub.add_parser("prune", help="prune a model by quality x std thresholds")
     pr.add_argument("model", help="input .onnx model")
@@ -727,7 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # Everything, the parser included, runs inside the try: Ctrl-C at any moment exits 130
-    # with one line, never a traceback.
+    # with one line, never a traceback (unless --debug asks for one).
+    args = None
     try:
         # Before anything can import ONNX Runtime: it sends nothing (README's promise).
         from onnxprune.runtime_ops import disable_telemetry
@@ -749,8 +769,8 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print_error("out of memory")
         return EXIT_RUNTIME
-    except Exception as e:  # a bug: one line, no traceback, exit 1
-        print_error(f"internal error: {type(e).__name__}: {e}")
+    except Exception as e:  # a bug: one line (a traceback only on request), exit 1
+        print_internal_error(e, debug=getattr(args, "debug", False))
         return EXIT_RUNTIME
 
 

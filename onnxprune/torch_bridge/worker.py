@@ -45,12 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     p.add_argument("--json", help="write a JSON report here (rank 0 only); '-' for stdout")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback behind an internal error (as ONNXPRUNE_DEBUG=1)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from onnxprune.cli import EXIT_INTERRUPTED, print_error
+    from onnxprune.cli import EXIT_INTERRUPTED, print_error, print_internal_error
 
+    args = None
     try:  # the parser too: Ctrl-C at any moment is one line and exit 130
         from onnxprune.runtime_ops import disable_telemetry
 
@@ -91,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as e:  # a bug: one line, no traceback, exit 1 (as the CLI)
-        print_error(f"internal error: {type(e).__name__}: {e}")
+    except Exception as e:  # a bug: one line, the traceback only on request, exit 1 (as the CLI)
+        print_internal_error(e, debug=getattr(args, "debug", False))
         return EXIT_RUNTIME
     return 0
 
