@@ -7,15 +7,24 @@ is reached through the ``OrtApiBase*`` it passes in, so nothing links against it
 
 The vector kernels select their instruction sets per function at run time, so the build
 deliberately never uses ``-march=native``: the wheel must run on any x86-64 CPU.
+
+Because nothing in the library touches the Python C API, it is named ``_onnxprune_ops.so``
+(no ``cpython-3XX`` ABI suffix) and the wheel is tagged ``py3-none-<platform>``: one wheel per
+platform serves every Python version the package supports. It is still a platform wheel (x86-64
+machine code), never a pure one. The sources are GCC/Clang C++17 (``__attribute__((target))``
+dispatch), so there is no MSVC build.
 """
 
 import os
 import platform
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 
+LIBRARY = "onnxprune.runtime_ops._onnxprune_ops"  # runtime_ops/__init__.py's _LIBRARY_FILE, less ".so"
 SOURCES = ["runtime_ops/src/ops.cc", "runtime_ops/src/kernels.cc"]
 HEADERS = ["runtime_ops/src/kernels.h", "runtime_ops/src/ort_abi.h"]
 
@@ -34,13 +43,19 @@ class BuildCustomOpLibrary(build_ext):
         # The default adds PyInit_<name>, which this library does not (and must not) define.
         return ["RegisterCustomOps"]
 
+    def get_ext_filename(self, fullname):
+        # No interpreter ABI suffix (.cpython-311-x86_64-linux-gnu): any Python loads the same
+        # file. Called with the full dotted name and with its last part alone.
+        name = super().get_ext_filename(fullname)
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        if fullname.rpartition(".")[2] == LIBRARY.rpartition(".")[2] and name.endswith(suffix):
+            name = name[: -len(suffix)] + ".so"
+        return name
+
     def build_extensions(self):
-        if self.compiler.compiler_type == "msvc":
-            flags = ["/std:c++17", "/O2", "/EHsc"]
-        else:
-            flags = ["-std=c++17", "-O3", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-math-errno"]
+        flags = ["-std=c++17", "-O3", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-math-errno"]
         link = []
-        if os.environ.get("ONNXPRUNE_SANITIZE") == "1" and self.compiler.compiler_type != "msvc":
+        if os.environ.get("ONNXPRUNE_SANITIZE") == "1":
             flags += SANITIZE_FLAGS  # later flags win: -O1 replaces -O3
             link = ["-fsanitize=address,undefined"]
         for ext in self.extensions:
@@ -49,13 +64,21 @@ class BuildCustomOpLibrary(build_ext):
         super().build_extensions()
 
 
+class PlatformWheel(bdist_wheel):
+    """Tag ``py3-none-<platform>``: platform-specific machine code, but no Python ABI in it."""
+
+    def get_tag(self):
+        _, _, plat = super().get_tag()
+        return "py3", "none", plat
+
+
 def _native_extensions():
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64"):
         sys.stderr.write(f"onnxprune: native sparse kernels are x86-64 only; skipping them on {machine}\n")
         return []
     # `depends` puts the headers in sdists and rebuilds when they change.
-    return [Extension("onnxprune.runtime_ops._onnxprune_ops", sources=SOURCES, depends=HEADERS, language="c++")]
+    return [Extension(LIBRARY, sources=SOURCES, depends=HEADERS, language="c++")]
 
 
-setup(ext_modules=_native_extensions(), cmdclass={"build_ext": BuildCustomOpLibrary})
+setup(ext_modules=_native_extensions(), cmdclass={"build_ext": BuildCustomOpLibrary, "bdist_wheel": PlatformWheel})

@@ -15,7 +15,6 @@ Invariant: ``DOMAIN`` here and the domain string compiled into the library are t
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import weakref
@@ -39,7 +38,8 @@ __all__ = [
 
 DOMAIN = "ai.onnxprune"
 
-_LIBRARY_STEM = "_onnxprune_ops"
+# A plain shared library, not a Python extension: one name for every Python version (setup.py).
+_LIBRARY_FILE = "_onnxprune_ops.so"
 
 # Options objects that already have the library registered: ORT refuses a second
 # registration of the same domain on one options object.
@@ -80,15 +80,13 @@ def library_path() -> str:
     Raises FileNotFoundError (with a hint) when the package was installed without building it.
     """
     here = os.path.dirname(os.path.abspath(__file__))
-    candidates = sorted(glob.glob(os.path.join(here, _LIBRARY_STEM + "*.so")))
-    candidates += sorted(glob.glob(os.path.join(here, _LIBRARY_STEM + "*.pyd")))
-    candidates += sorted(glob.glob(os.path.join(here, _LIBRARY_STEM + "*.dylib")))
-    if not candidates:
+    path = os.path.join(here, _LIBRARY_FILE)  # the exact name: a stale build never shadows it
+    if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"onnxprune's native sparse-op library ({_LIBRARY_STEM}*) is not in {here}; "
+            f"onnxprune's native sparse-op library ({_LIBRARY_FILE}) is not in {here}; "
             "reinstall with `pip install .` (needs a C++17 compiler)"
         )
-    return candidates[0]
+    return path
 
 
 def session_options(

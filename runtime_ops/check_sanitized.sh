@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 out=build/sanitized
 ONNXPRUNE_SANITIZE=1 python setup.py -q build_ext --force --build-lib "$out/lib" --build-temp "$out/tmp" >/dev/null
-lib=$(ls "$PWD/$out"/lib/onnxprune/runtime_ops/_onnxprune_ops*.so)
+lib="$PWD/$out/lib/onnxprune/runtime_ops/_onnxprune_ops.so"
 if ! nm -D "$lib" | grep -q __asan_init; then
     echo "check_sanitized: $lib is not instrumented" >&2
     exit 1
