@@ -8,12 +8,12 @@ passed at the given ``rtol``: ``max(|cand − ref| − rtol·|ref|)``, or null w
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 from onnx import ModelProto, TensorProto
 
+from onnxprune.data import npz_array, open_npz
 from onnxprune.errors import InvalidModelError, RuntimeFailure, UsageError, name_list
 from onnxprune.io import serialize_for_runtime
 
@@ -153,13 +153,8 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
 
 def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
     """Inputs from an .npz: keys named after the graph inputs, or ``x`` for a one-input model."""
-    if not os.path.isfile(path):
-        raise InvalidModelError(f"{path}: no such data file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # numpy raises several types for a non-npz file
-        raise InvalidModelError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+    with open_npz(path) as z:
+        data = {k: npz_array(z, k, path) for k in z.files}
     names = [vi.name for vi in graph_inputs(model)]
     if len(names) == 1 and names[0] not in data:
         key = "x" if "x" in data else (next(iter(data)) if len(data) == 1 else None)

@@ -30,9 +30,11 @@ a hint); they are returned as ``int64``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -72,18 +74,44 @@ class InputSpec:
         return self.shape[0] if self.shape else None
 
 
-def load_npz(path: str | os.PathLike, *, x_key: str = "x", y_key: str = "y") -> Dataset:
-    """Read ``x_key`` and ``y_key`` from an ``.npz`` archive (contents checked by :func:`check_dataset`)."""
+# numpy raises these for a missing, truncated or non-zip file, and ValueError for an object
+# array (allow_pickle=False refuses to unpickle it).
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+@contextlib.contextmanager
+def open_npz(path: str | os.PathLike) -> Iterator[np.lib.npyio.NpzFile]:
+    """The ``.npz`` archive at ``path``, opened without pickle support and closed on exit.
+
+    The one way data files are opened: a file that cannot be used as an archive (missing,
+    unreadable, a bare ``.npy``) raises :class:`InvalidDataError` (exit 4); read the arrays
+    with :func:`npz_array`, which keeps to the same rule."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InvalidDataError(f"data file {path!r} does not exist or is not a file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except _NPZ_ERRORS as exc:
         raise InvalidDataError(f"cannot read data file {path!r}: {exc}") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise InvalidDataError(f"data file {path!r} is a single .npy array, not an .npz archive")
     with archive:
+        yield archive
+
+
+def npz_array(archive: np.lib.npyio.NpzFile, key: str, path: str) -> np.ndarray:
+    """Array ``key`` of the archive :func:`open_npz` opened at ``path`` (InvalidDataError if it
+    cannot be read)."""
+    try:
+        return archive[key]
+    except _NPZ_ERRORS as exc:
+        raise InvalidDataError(f"cannot read arrays from {path!r}: {exc}") from exc
+
+
+def load_npz(path: str | os.PathLike, *, x_key: str = "x", y_key: str = "y") -> Dataset:
+    """Read ``x_key`` and ``y_key`` from an ``.npz`` archive (contents checked by :func:`check_dataset`)."""
+    path = os.fspath(path)
+    with open_npz(path) as archive:
         keys = list(archive.files)
         missing = [k for k in (x_key, y_key) if k not in keys]
         if missing:
@@ -91,12 +119,7 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "x", y_key: str = "y") -> 
                 f"data file {path!r} has no {' or '.join(repr(k) for k in missing)} array "
                 f"(it holds {keys}); choose the keys with x_key/y_key"
             )
-        try:
-            x, y = archive[x_key], archive[y_key]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            # Object arrays land here: allow_pickle=False refuses to unpickle them.
-            raise InvalidDataError(f"cannot read arrays from {path!r}: {exc}") from exc
-    return Dataset(x=x, y=y)
+        return Dataset(x=npz_array(archive, x_key, path), y=npz_array(archive, y_key, path))
 
 
 def input_spec(model: onnx.ModelProto) -> InputSpec:
