@@ -81,8 +81,10 @@ def mlp_models(dims: list[int], densities: list[float], rng: np.random.Generator
         x = out
     io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", dims[0]])],
           [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", dims[-1]])])
-    dense = helper.make_model(helper.make_graph(dense_nodes, "dense", *io, initializer=dense_init), opset_imports=OPSET[:1])
-    sparse = helper.make_model(helper.make_graph(sparse_nodes, "sparse", *io, initializer=sparse_init), opset_imports=OPSET)
+    dense = helper.make_model(helper.make_graph(dense_nodes, "dense", *io, initializer=dense_init),
+                              opset_imports=OPSET[:1])
+    sparse = helper.make_model(helper.make_graph(sparse_nodes, "sparse", *io, initializer=sparse_init),
+                               opset_imports=OPSET)
     return dense.SerializeToString(), sparse.SerializeToString(), dense_bytes, sparse_bytes
 
 
@@ -96,7 +98,8 @@ def conv_models(c_in: int, c_out: int, k: int, density: float, rng: np.random.Ge
     dense = helper.make_graph([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)], "dense", *io,
                               initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
     sparse = helper.make_graph(
-        [helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=runtime_ops.DOMAIN, **attrs)], "sparse", *io,
+        [helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=runtime_ops.DOMAIN, **attrs)],
+        "sparse", *io,
         initializer=[numpy_helper.from_array(a, n) for a, n in ((v, "v"), (c, "c"), (p, "p"), (b, "B"))])
     return (helper.make_model(dense, opset_imports=OPSET[:1]).SerializeToString(),
             helper.make_model(sparse, opset_imports=OPSET).SerializeToString())
@@ -171,7 +174,8 @@ def sweep_cases() -> list[Case]:
     cases = []
     for rows, cols in ((4096, 4096), (1024, 1024), (4096, 25088)):
         for d in (0.02, 0.05, 0.10, 0.20, 0.35, 0.50):
-            cases.append(Case(f"FC {cols}->{rows} @ {d:.0%}", "mlp", dict(dims=[cols, rows], densities=[d]), [1, 8, 64]))
+            cases.append(Case(f"FC {cols}->{rows} @ {d:.0%}", "mlp", dict(dims=[cols, rows], densities=[d]),
+                              [1, 8, 64]))
     return cases
 
 

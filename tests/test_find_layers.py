@@ -75,7 +75,7 @@ def test_matmul_weight_on_either_side():
                 helper.make_node("MatMul", ["L", "h"], ["y"], name="left")],
                [_vi("x", [4, 6])], [_vi("y", [3, 5])], [_w("W", (6, 5)), _w("L", (3, 4), 1)])
     layers, _ = find_layers(graph_from_model(m))
-    by = {l.name: l for l in layers}
+    by = {layer.name: layer for layer in layers}
     assert (by["right"].out_axis, by["right"].in_axis) == (1, 0)
     assert (by["left"].out_axis, by["left"].in_axis) == (0, 1)
     _prune_and_compare(m)
@@ -90,7 +90,7 @@ def test_conv_grouped_depthwise_and_transpose():
     m = _model(nodes, [_vi("x", ["N", 4, 8, 8])], [_vi("y", ["N", 3, 16, 16])],
                [_w("W1", (4, 2, 3, 3)), _w("W2", (4, 1, 3, 3), 1), _w("W3", (4, 3, 2, 2), 2)])
     layers, _ = find_layers(graph_from_model(m))
-    by = {l.name: l for l in layers}
+    by = {layer.name: layer for layer in layers}
     assert by["deconv"].out_axis == 1 and by["deconv"].in_axis == 0
     assert by["grouped"].kind == "conv"
     _prune_and_compare(m, q=0.7)

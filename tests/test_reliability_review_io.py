@@ -7,7 +7,6 @@
   the CLI's one-line error with exit 2.
 """
 
-import json
 import os
 
 import numpy as np

@@ -126,7 +126,7 @@ def test_lower_for_size_lowers_convs_of_symbolic_spatial_size(tmp_path, capsys):
     """``--lower-for size`` compares CSR bytes with dense bytes, which need no output size: a
     detector with symbolic height and width gets its pruned convolutions lowered (was: every
     one skipped as "output size unknown", and the 'compact file' stayed dense)."""
-    from tests.models import cnn, run
+    from tests.models import cnn
 
     src, out = tmp_path / "det.onnx", tmp_path / "det.s.onnx"
     model = cnn(channels=(3, 16, 32), hw="H")

@@ -323,7 +323,8 @@ def matmul_model(w, x_shape, *, bias_shape=None, alpha=1.0, seed=0):
     nodes.append(helper.make_node("Identity", [dense_out], ["Y_dense"]))
     nodes.append(helper.make_node("CsrGemm", inputs, ["Y_sparse"], domain=DOMAIN, matmul=1, alpha=alpha))
     graph = helper.make_graph(nodes, "matmul", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("Y_dense", "Y_sparse")],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                               for o in ("Y_dense", "Y_sparse")],
                               initializer=inits)
     return helper.make_model(graph, opset_imports=OPSETS), {"X": x}
 
@@ -369,7 +370,8 @@ def conv_model(w4, b, *, strides, pads, dilations, group=1, index_dtype=None):
     nodes = [helper.make_node("Conv", dense_inputs, ["Y_dense"], **attrs),
              helper.make_node("CsrConv", sparse_inputs, ["Y_sparse"], domain=DOMAIN, **attrs)]
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("Y_dense", "Y_sparse")],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                               for o in ("Y_dense", "Y_sparse")],
                               initializer=inits)
     return helper.make_model(graph, opset_imports=OPSETS)
 

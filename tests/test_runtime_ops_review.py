@@ -67,7 +67,8 @@ def mistyped_case(op, attributes):
     if op == "CsrGemm":
         x = GEMM_X3 if any(a.name == "matmul" for a in attributes) else GEMM_X
         return single_op_model(op, x.shape, GEMM_W, attributes), x
-    return single_op_model(op, CONV_X.shape, CONV_W, [helper.make_attribute("kernel_shape", [1, 1]), *attributes]), CONV_X
+    kernel = helper.make_attribute("kernel_shape", [1, 1])
+    return single_op_model(op, CONV_X.shape, CONV_W, [kernel, *attributes]), CONV_X
 
 
 @pytest.mark.parametrize("op, wrong, right", MISTYPED, ids=lambda v: getattr(v, "name", v))

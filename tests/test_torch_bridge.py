@@ -69,7 +69,8 @@ def ort_run(model, x):
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-ARCHS = {"lenet300": (LeNet300, (2, 1, 28, 28)), "lenet5": (LeNet5, (2, 1, 28, 28)), "bn_cnn": (SmallBNCNN, (2, 1, 12, 12))}
+ARCHS = {"lenet300": (LeNet300, (2, 1, 28, 28)), "lenet5": (LeNet5, (2, 1, 28, 28)),
+         "bn_cnn": (SmallBNCNN, (2, 1, 12, 12))}
 
 
 @pytest.fixture(scope="module")
