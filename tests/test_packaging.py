@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -20,7 +19,12 @@ from onnxprune import cli
 from onnxprune.errors import EXIT_RUNTIME
 
 ROOT = Path(__file__).resolve().parent.parent
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _project() -> dict:
+    """pyproject's [project] table (tomllib is Python >= 3.11; the package supports 3.10)."""
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
 def _boom(args, console):
@@ -78,7 +82,8 @@ def test_user_errors_stay_one_line_with_debug(capsys):
 
 
 def _requirements(extra: str | None) -> list[Requirement]:
-    specs = PYPROJECT["dependencies"] if extra is None else PYPROJECT["optional-dependencies"][extra]
+    project = _project()
+    specs = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
     return [Requirement(s) for s in specs]
 
 
@@ -94,7 +99,7 @@ def test_torch_extra_is_a_range_not_a_pin(extra):
 
 
 def _declared_names() -> set[str]:
-    reqs = _requirements(None) + [r for extra in PYPROJECT["optional-dependencies"]
+    reqs = _requirements(None) + [r for extra in _project()["optional-dependencies"]
                                   for r in _requirements(extra)]
     return {r.name.lower().replace("_", "-") for r in reqs}
 
