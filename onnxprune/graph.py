@@ -33,6 +33,7 @@ from onnx import ModelProto, TensorProto
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxprune.errors import RuntimeFailure
+from onnxprune.io import proto_graphs
 
 # onnx-graphsurgeon logs through its own logger at import and on export; keep it quiet so the
 # CLI's stderr stays readable.
@@ -421,15 +422,9 @@ def _all_graphs(graph: gs.Graph):
                     stack.extend(x for x in v if isinstance(x, gs.Graph))
 
 
-def _proto_graphs(graph: onnx.GraphProto):
-    from onnxprune.io import proto_graphs
-
-    return proto_graphs(graph)
-
-
 def _non_tensor_value_infos(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
     found = {}
-    for g in _proto_graphs(graph):
+    for g in proto_graphs(graph):
         for vi in (*g.input, *g.output, *g.value_info):
             kind = vi.type.WhichOneof("value")
             if kind not in (None, "tensor_type", "sparse_tensor_type"):
@@ -438,7 +433,7 @@ def _non_tensor_value_infos(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoP
 
 
 def _restore_value_infos(graph: onnx.GraphProto, originals: dict[str, onnx.ValueInfoProto]) -> None:
-    for g in _proto_graphs(graph):
+    for g in proto_graphs(graph):
         for vi in (*g.input, *g.output, *g.value_info):
             if vi.name in originals:
                 vi.type.CopyFrom(originals[vi.name].type)
@@ -460,7 +455,7 @@ def _restore_metadata(graph: onnx.GraphProto, original: onnx.GraphProto) -> None
     if "metadata_props" not in onnx.NodeProto.DESCRIPTOR.fields_by_name:  # onnx < 1.16
         return
     nodes, graphs, infos = {}, {}, {}
-    for g in _proto_graphs(original):
+    for g in proto_graphs(original):
         if len(g.metadata_props):
             graphs.setdefault(g.name, g.metadata_props)
         for node in g.node:
@@ -471,7 +466,7 @@ def _restore_metadata(graph: onnx.GraphProto, original: onnx.GraphProto) -> None
                 infos.setdefault(vi.name, vi.metadata_props)
     if not (nodes or graphs or infos):
         return
-    for g in _proto_graphs(graph):
+    for g in proto_graphs(graph):
         if not len(g.metadata_props) and g.name in graphs:
             g.metadata_props.extend(graphs[g.name])
         for node in g.node:
@@ -510,7 +505,7 @@ def _restore_weight_value_infos(graph: onnx.GraphProto, original: onnx.GraphProt
 def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
     """Copy back attributes onnx-graphsurgeon dropped, matching nodes by op and outputs."""
     dropped = {}
-    for g in _proto_graphs(original):
+    for g in proto_graphs(original):
         for node in g.node:
             lost = [a for a in node.attribute
                     if a.type not in _GS_ATTRIBUTE_TYPES and not a.ref_attr_name]
@@ -518,7 +513,7 @@ def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProt
                 dropped[(node.domain, node.op_type, tuple(node.output))] = lost
     if not dropped:
         return
-    for g in _proto_graphs(graph):
+    for g in proto_graphs(graph):
         for node in g.node:
             lost = dropped.get((node.domain, node.op_type, tuple(node.output)))
             if lost:

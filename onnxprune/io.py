@@ -29,7 +29,7 @@ from typing import Iterator
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, ModelProto, SparseTensorProto, TensorProto
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto
 
 from onnxprune.errors import InvalidModelError, RuntimeFailure, UnsafePathError, UsageError
 
@@ -392,14 +392,21 @@ def _iter_all_sparse(model: ModelProto) -> Iterator[SparseTensorProto]:
             if a.HasField("sparse_tensor"):
                 yield a.sparse_tensor
             yield from a.sparse_tensors
-            if a.HasField("g"):
-                stack.append(a.g)
-            stack.extend(a.graphs)
+        stack.extend(node_subgraphs(node))
 
 
 def _all_graphs(model: ModelProto) -> Iterator[GraphProto]:
     for top in (model.graph, *_training_graphs(model)):
         yield from proto_graphs(top)
+
+
+def node_subgraphs(node: NodeProto) -> Iterator[GraphProto]:
+    """The graphs held by ``node``'s attributes (If branches, Loop/Scan bodies), in attribute
+    order; the one place that knows where a node keeps its subgraphs."""
+    for a in node.attribute:
+        if a.HasField("g"):
+            yield a.g
+        yield from a.graphs
 
 
 def proto_graphs(graph: GraphProto) -> Iterator[GraphProto]:
@@ -409,10 +416,7 @@ def proto_graphs(graph: GraphProto) -> Iterator[GraphProto]:
         g = stack.pop()
         yield g
         for node in g.node:
-            for a in node.attribute:
-                if a.HasField("g"):
-                    stack.append(a.g)
-                stack.extend(a.graphs)
+            stack.extend(node_subgraphs(node))
 
 
 def _check_text(model: ModelProto, path: str) -> None:
@@ -449,13 +453,6 @@ def _node_label(node, index: int) -> str:
     return repr(node.name) if node.name else f"#{index} ({node.op_type})"
 
 
-def _subgraphs(node) -> Iterator[GraphProto]:
-    for a in node.attribute:
-        if a.HasField("g"):
-            yield a.g
-        yield from a.graphs
-
-
 def _scopes(graph: GraphProto) -> tuple[list[GraphProto], list[list[list[int]]]]:
     """``graph`` and its subgraphs, each listed before its own subgraphs, and for each graph
     and node the positions (in that list) of the node's subgraphs."""
@@ -465,7 +462,7 @@ def _scopes(graph: GraphProto) -> tuple[list[GraphProto], list[list[list[int]]]]
     while k < len(order):
         per_node = []
         for node in order[k].node:
-            subs = list(_subgraphs(node))
+            subs = list(node_subgraphs(node))
             per_node.append(list(range(len(order), len(order) + len(subs))))
             order.extend(subs)
         children.append(per_node)

@@ -27,6 +27,7 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from onnxprune.errors import InvalidModelError, RuntimeFailure
+from onnxprune.io import node_subgraphs
 from onnxprune.torch_bridge import ops as _ops
 from onnxprune.torch_bridge.weights import (
     FLOAT_TYPES, UnsupportedOpError, WeightInfo, find_weights, node_label, stored_tensors, tensor_value,
@@ -261,8 +262,7 @@ def _ancestor_nodes(graph, outputs: list[str]) -> set[int]:
         needed.add(i)
         node = graph.node[i]
         names = list(node.input)
-        for attr in node.attribute:  # subgraph bodies may read outer-scope tensors
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                names += [x for n in g.node for x in n.input]
+        for g in node_subgraphs(node):  # subgraph bodies may read outer-scope tensors
+            names += [x for n in g.node for x in n.input]
         stack.extend(producer[x] for x in names if x in producer)
     return needed
