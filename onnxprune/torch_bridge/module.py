@@ -148,18 +148,7 @@ class OnnxModule(nn.Module):
                     unsupported.setdefault("Constant(string)", []).append(name)
                 available.update(node.output)
                 continue
-            missing = [x for x in node.input if x and x not in available]
-            if missing:
-                problems.append(
-                    f"node {name!r} ({node.op_type}) uses {missing} before they are produced "
-                    "(graph is not topologically sorted or inputs are undefined)"
-                )
-            bad = [x for x in node.input if x in unusable]
-            if bad:
-                problems.append(
-                    f"node {name!r} ({node.op_type}) consumes {bad} of unsupported element type "
-                    f"{sorted({unusable[b] for b in bad})}"
-                )
+            problems += _input_problems(node, name, available, unusable)
             available.update(o for o in node.output if o)
             if node.op_type not in _ops.OPS:
                 unsupported.setdefault(node.op_type, []).append(name)
@@ -177,14 +166,7 @@ class OnnxModule(nn.Module):
         missing_out = [o for o in self.output_names if o not in available]
         if missing_out:
             problems.append(f"graph outputs {missing_out} are never produced")
-        if unsupported:
-            listing = "; ".join(
-                f"{op} (nodes: {', '.join(names[:5])}{', …' if len(names) > 5 else ''})"
-                for op, names in sorted(unsupported.items())
-            )
-            raise UnsupportedOpError(f"the fine-tune bridge does not support these ops: {listing}")
-        if problems:
-            raise UnsupportedOpError("cannot rebuild the graph in torch: " + "; ".join(problems))
+        _refuse_unbuildable(unsupported, problems)
         self._producer = {o: n for n in self._nodes for o in n.outputs if o}
 
     # --- running --------------------------------------------------------------------------
@@ -239,6 +221,39 @@ class OnnxModule(nn.Module):
 
     def producer(self, tensor_name: str) -> _ops.Node | None:
         return self._producer.get(tensor_name)
+
+
+def _input_problems(node: onnx.NodeProto, name: str, available: set[str],
+                    unusable: dict[str, str]) -> list[str]:
+    """Why ``node``'s inputs cannot be fed: read before produced, or of an element type torch
+    cannot hold (``unusable``: tensor name → type name)."""
+    problems = []
+    missing = [x for x in node.input if x and x not in available]
+    if missing:
+        problems.append(
+            f"node {name!r} ({node.op_type}) uses {missing} before they are produced "
+            "(graph is not topologically sorted or inputs are undefined)"
+        )
+    bad = [x for x in node.input if x in unusable]
+    if bad:
+        problems.append(
+            f"node {name!r} ({node.op_type}) consumes {bad} of unsupported element type "
+            f"{sorted({unusable[b] for b in bad})}"
+        )
+    return problems
+
+
+def _refuse_unbuildable(unsupported: dict[str, list[str]], problems: list[str]) -> None:
+    """UnsupportedOpError listing the unsupported ops (first five nodes of each), else the
+    problems found; nothing when both are empty."""
+    if unsupported:
+        listing = "; ".join(
+            f"{op} (nodes: {', '.join(names[:5])}{', …' if len(names) > 5 else ''})"
+            for op, names in sorted(unsupported.items())
+        )
+        raise UnsupportedOpError(f"the fine-tune bridge does not support these ops: {listing}")
+    if problems:
+        raise UnsupportedOpError("cannot rebuild the graph in torch: " + "; ".join(problems))
 
 
 def build_module(model: onnx.ModelProto, outputs: list[str] | None = None) -> OnnxModule:
