@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from onnxprune.bench import compare_outputs, run_outputs, session_for, time_pair  # noqa: E402
+from onnxprune.runtime.bench import compare_outputs, run_outputs, session_for, time_pair  # noqa: E402
 from onnxprune.cli import main as cli  # noqa: E402
 
 DIMS = (9216, 4096, 4096, 1000)

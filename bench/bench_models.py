@@ -57,7 +57,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from onnxprune.bench import (
+from onnxprune.runtime.bench import (
     compare_outputs,
     one_node_pairs,
     run_outputs,
@@ -291,7 +291,7 @@ def adaptive_pair(d_sess, s_sess, feeds, max_repeats, min_repeats, seconds, warm
 
 def layer_timings(dense_model, feeds, batch, threads, decided, args) -> list[dict]:
     """Every expressible layer alone: one-node CSR model vs one-node dense model."""
-    from onnxprune.bench import lower_model
+    from onnxprune.runtime.bench import lower_model
 
     forced, _ = lower_model(dense_model, batch=batch, threads=threads, force=["*"])
     opset = next((o.version for o in dense_model.opset_import if o.domain in ("", "ai.onnx")), 17)

@@ -63,7 +63,7 @@ def load_mnist(path: str, work: str) -> dict[str, str]:
 
 
 def npz(path: str):
-    from onnxprune.data import load_npz
+    from onnxprune.runtime.datasets import load_npz
 
     return load_npz(path)
 
@@ -170,7 +170,7 @@ def train_dense(kind: str, train, *, epochs: int, l2: float, l1: float, seed: in
 def dense_model(kind: str, name: str, work: str, train, *, epochs, l2, l1, val=None):
     import onnx
 
-    from onnxprune.evaluate import evaluate
+    from onnxprune.runtime.evaluate import evaluate
 
     # The file name carries the settings, so a rerun with other settings never reuses it.
     path = os.path.join(work, f"{name}_e{epochs}.onnx")
@@ -219,7 +219,7 @@ def prune_global(model, share: float):
     """One q for every layer, solved so that ``share`` of all weights are zero."""
     from onnxprune.passes import ThresholdByStd
 
-    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.core.graph import graph_from_model, graph_to_model
 
     r = ThresholdByStd({"target-sparsity": share, "target-scope": "global"})(
         graph_from_model(model))
@@ -227,7 +227,7 @@ def prune_global(model, share: float):
 
 
 def pruned_share(model) -> float:
-    from onnxprune.graph import find_layers, graph_from_model, weight_values
+    from onnxprune.core.graph import find_layers, graph_from_model, weight_values
 
     layers, _ = find_layers(graph_from_model(model))
     n = sum(layer.params for layer in layers)
@@ -241,9 +241,9 @@ def pruned_share(model) -> float:
 def figure5(work, img, data, shares, retrain_epochs, dense_epochs):
     import onnx
 
-    from onnxprune.evaluate import evaluate
-    from onnxprune.figures import tradeoff_png
-    from onnxprune.torch_bridge import FinetuneConfig, finetune
+    from onnxprune.runtime.evaluate import evaluate
+    from onnxprune.analysis.figures import tradeoff_png
+    from onnxprune.training.torch_bridge import FinetuneConfig, finetune
 
     train, val, test = data["train"], data["val"], data["test"]
     regs = {"L2": {"l2": 5e-4, "l1": 0.0}, "L1": {"l2": 0.0, "l1": 2e-5}}

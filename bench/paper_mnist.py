@@ -13,7 +13,7 @@ For each network:
    (``--retrain rewind``, the default; Renda et al. 2020) or, as the paper does, at a
    constant 1/10 of the original rate (``--retrain paper``);
 4. measure top-1 error of the dense and compressed ONNX files on the 10,000 MNIST test images
-   with ONNX Runtime (:func:`onnxprune.evaluate.evaluate`).
+   with ONNX Runtime (:func:`onnxprune.runtime.evaluate.evaluate`).
 
 Inputs are pixel values scaled to [0, 1] (x / 255) with no mean/std normalisation, as Caffe's
 LeNet examples do (scale 1/256); the ONNX models take float32 images of shape (N, 1, 28, 28).
@@ -331,8 +331,8 @@ def display_command(args: list[str], threads: int) -> str:
 # --- measuring -------------------------------------------------------------------------------
 
 def test_error(path: Path, test) -> float:
-    from onnxprune import io
-    from onnxprune.evaluate import evaluate
+    from onnxprune.core import io
+    from onnxprune.runtime.evaluate import evaluate
 
     model, _ = io.load(str(path))
     return 100.0 * (1.0 - evaluate(model, test)["top1"])
@@ -340,8 +340,8 @@ def test_error(path: Path, test) -> float:
 
 def test_predictions(path: Path, x) -> np.ndarray:
     """Predicted classes of the written model on ``x`` (ONNX Runtime)."""
-    from onnxprune import io
-    from onnxprune.check import run_model
+    from onnxprune.core import io
+    from onnxprune.runtime.check import run_model
 
     model, _ = io.load(str(path))
     return np.concatenate([run_model(model, {model.graph.input[0].name: x[i:i + 1000]})[0]
@@ -376,9 +376,9 @@ def activation_density(path: Path, x) -> dict:
     output is the graph output (the logits)."""
     import onnx
 
-    from onnxprune import io
-    from onnxprune.check import run_model
-    from onnxprune.graph import find_layers, graph_from_model
+    from onnxprune.core import io
+    from onnxprune.runtime.check import run_model
+    from onnxprune.core.graph import find_layers, graph_from_model
 
     model, _ = io.load(str(path))
     layers, _ = find_layers(graph_from_model(model))
@@ -400,8 +400,8 @@ def activation_density(path: Path, x) -> dict:
 
 def bias_count(path: Path) -> int:
     """Entries of the prunable layers' biases (kept dense; the paper's totals include them)."""
-    from onnxprune import io
-    from onnxprune.graph import find_layers, graph_from_model
+    from onnxprune.core import io
+    from onnxprune.core.graph import find_layers, graph_from_model
 
     model, _ = io.load(str(path))
     graph = graph_from_model(model)
@@ -534,7 +534,7 @@ def machine() -> dict:
                 info["cpu"] = line.split(":", 1)[1].strip()
     except (OSError, subprocess.CalledProcessError):
         pass
-    from onnxprune.report import versions
+    from onnxprune.core.stats import versions
 
     info["versions"] = versions()
     try:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import find_layers, weight_values
-from onnxprune.masks import retrain_dropout
+from onnxprune.core.graph import find_layers, weight_values
+from onnxprune.core.masks import retrain_dropout
 
 from .base import PassResult, parse_options
 

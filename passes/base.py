@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.errors import OnnxPruneError, UsageError, short_repr
+from onnxprune.core.errors import OnnxPruneError, UsageError, short_repr
 
 
 class PassError(OnnxPruneError):

@@ -48,7 +48,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import is_float
+from onnxprune.core.graph import is_float
 
 from .base import PassError, PassResult, parse_options
 

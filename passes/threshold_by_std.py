@@ -1,6 +1,6 @@
 """ThresholdByStd — Han et al. (2015) magnitude pruning, one threshold per layer.
 
-For each prunable weight W (found by ``onnxprune.graph.find_layers``; a weight shared by several
+For each prunable weight W (found by ``onnxprune.core.graph.find_layers``; a weight shared by several
 nodes is one layer):
 
     t = q · σ(W);   W ← W ⊙ [|W| ≥ t]
@@ -26,9 +26,9 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from onnxprune import masks
-from onnxprune.errors import UsageError, name_list
-from onnxprune.graph import Layer, find_layers, set_weight_values, weight_values
+from onnxprune.core import masks
+from onnxprune.core.errors import UsageError, name_list
+from onnxprune.core.graph import Layer, find_layers, set_weight_values, weight_values
 
 from .base import (Option, PassResult, check_choice, check_float, check_int, check_optional,
                    check_str_list, parse_options)

@@ -15,7 +15,7 @@ Sources (each is skipped when it is not installed):
   onnx release's node tests and model folders;
 * ``torch``: small architectures exported with both torch exporters (built by the sweep).
 
-``sweep_model`` runs ``onnxprune prune`` (in process, through ``onnxprune.cli.main``, with
+``sweep_model`` runs ``onnxprune prune`` (in process, through ``onnxprune.cli.app``, with
 stderr captured) over one model under several option sets and judges the result:
 
 * the input is first checked: ``onnx.checker`` and ONNX Runtime (load and run on the case's
@@ -406,7 +406,7 @@ def _feeds(sess, model: onnx.ModelProto, values: list | None, seed: int = 0) -> 
         if len(values) == len(graph_inputs):
             feeds = dict(zip(graph_inputs, values))
             return {n: feeds[n] for n in names if n in feeds}
-    from onnxprune.check import random_inputs
+    from onnxprune.runtime.check import random_inputs
 
     feeds = random_inputs(model, batch=2, seed=seed)
     return {n: feeds[n] for n in names if n in feeds}

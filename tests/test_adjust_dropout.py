@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.graph import graph_from_model, graph_to_model
+from onnxprune.core.graph import graph_from_model, graph_to_model
 from onnxprune.passes import AdjustDropout, ThresholdByStd
 from tests.models import mlp, random_feeds, run
 

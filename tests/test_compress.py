@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 from onnxprune.cli import main  # noqa: E402
-from onnxprune.compress import step_sparsity  # noqa: E402
+from onnxprune.training.compress import step_sparsity  # noqa: E402
 from tests.models import mlp  # noqa: E402
 
 
@@ -70,8 +70,8 @@ def test_compress_end_to_end(trained, digits, tmp_path):
         assert row["density"] <= 0.102
     assert report["accuracy_drop_pp"] <= 3
     # Accuracy is measured by ONNX Runtime on the written file.
-    from onnxprune.evaluate import evaluate
-    from onnxprune.data import load_npz
+    from onnxprune.runtime.evaluate import evaluate
+    from onnxprune.runtime.datasets import load_npz
 
     acc = evaluate(onnx.load(str(out)), load_npz(str(digits / "val.npz")))
     assert acc["top1"] == pytest.approx(report["accuracy_final"]["top1"])
@@ -87,8 +87,8 @@ def test_accuracy_gate_fails_loudly(trained, digits, tmp_path, capsys):
 
 
 def test_compress_distills_from_the_dense_input(trained, digits, tmp_path, monkeypatch):
-    import onnxprune.torch_bridge.train as train_mod
-    from onnxprune.torch_bridge import read_weights
+    import onnxprune.training.torch_bridge.train as train_mod
+    from onnxprune.training.torch_bridge import read_weights
 
     dense = read_weights(onnx.load(str(trained)))
     seen = []

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from onnxprune.data import (
+from onnxprune.runtime.datasets import (
     DataMismatchError, Dataset, InvalidDataError, check_dataset, input_spec, load_npz, n_classes,
 )
-from onnxprune.errors import InvalidModelError, UsageError
+from onnxprune.core.errors import InvalidModelError, UsageError
 
 
 def model(elem=TensorProto.FLOAT, shape=("n", 1, 4, 4), classes=3):
@@ -138,7 +138,8 @@ def test_importing_data_and_evaluate_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, onnxprune, onnxprune.data, onnxprune.evaluate, onnxprune.torch_bridge; " \
+    code = "import sys, onnxprune, onnxprune.runtime.datasets, onnxprune.runtime.evaluate, " \
+           "onnxprune.training.torch_bridge; " \
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

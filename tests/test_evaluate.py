@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.data import DataMismatchError
-from onnxprune.errors import UsageError
-from onnxprune.evaluate import evaluate
+from onnxprune.runtime.datasets import DataMismatchError
+from onnxprune.core.errors import UsageError
+from onnxprune.runtime.evaluate import evaluate
 
 
 def linear(classes=6, batch="n"):
@@ -56,8 +56,8 @@ def test_bad_inputs():
 
 def test_evaluate_runs_models_lowered_to_sparse_ops():
     """Sessions register onnxprune's CSR ops when the model uses them (one session builder)."""
-    from onnxprune.check import run_model
-    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.runtime.check import run_model
+    from onnxprune.core.graph import graph_from_model, graph_to_model
     from onnxprune.passes import LowerToSparseOps, ThresholdByStd
     from tests.models import mlp
 

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.graph import find_layers, graph_from_model, graph_to_model
+from onnxprune.core.graph import find_layers, graph_from_model, graph_to_model
 from onnxprune.passes import ThresholdByStd
 from tests.models import mlp, random_feeds, run
 

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import io
+from onnxprune.core import io
 from onnxprune.cli import main
-from onnxprune.errors import UsageError
-from onnxprune.recipe import load_recipe, parse_recipe
+from onnxprune.core.errors import UsageError
+from onnxprune.passes.recipe import load_recipe, parse_recipe
 from tests.models import cnn, mlp
 
 QUICK = settings(max_examples=60, deadline=None, derandomize=True, database=None,

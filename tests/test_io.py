@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from onnxprune import io
-from onnxprune.errors import InvalidModelError, RuntimeFailure, UnsafePathError, UsageError
+from onnxprune.core import io
+from onnxprune.core.errors import InvalidModelError, RuntimeFailure, UnsafePathError, UsageError
 from tests.conftest import data_file, save_external
 from tests.models import mlp, random_feeds, run
 

@@ -6,10 +6,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import runtime_ops
-from onnxprune.errors import UsageError
-from onnxprune.graph import graph_from_model, graph_to_model
+from onnxprune.core.errors import UsageError
+from onnxprune.core.graph import graph_from_model, graph_to_model
 from onnxprune.passes import REGISTRY
-from onnxprune.passes import sparse_cost_model as cm
+from onnxprune.passes.lower_to_sparse_ops import cost_model as cm
 from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
 from tests.models import cnn, mlp, random_feeds, run
 

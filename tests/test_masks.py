@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from onnxprune import masks
+from onnxprune.core import masks
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
 weights = arrays(np.float32, st.integers(1, 300), elements=finite)
@@ -93,7 +93,7 @@ def test_std_of_huge_weights_does_not_overflow():
 def test_ir3_initializer_inputs_are_pruned_and_stay_inputs():
     import onnx
 
-    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.core.graph import graph_from_model, graph_to_model
     from onnxprune.passes import ThresholdByStd
     from tests.models import mlp, random_feeds, run
 

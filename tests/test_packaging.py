@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from onnxprune import cli
-from onnxprune.errors import EXIT_RUNTIME
+from onnxprune.cli import app as cli
+from onnxprune.cli.output import DEBUG_ENV
+from onnxprune.core.errors import EXIT_RUNTIME
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,7 @@ def _run(monkeypatch, capsys, argv):
 
 
 def test_internal_error_is_one_line_without_debug(monkeypatch, capsys):
-    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
     code, err = _run(monkeypatch, capsys, ["inspect", "model.onnx"])
     assert code == EXIT_RUNTIME
     assert err.splitlines() == ["onnxprune: error: internal error: RuntimeError: boom in a command"]
@@ -46,7 +47,7 @@ def test_internal_error_is_one_line_without_debug(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv", [["--debug", "inspect", "model.onnx"], ["inspect", "model.onnx", "--debug"]])
 def test_debug_flag_prints_the_traceback(monkeypatch, capsys, argv):
-    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
     code, err = _run(monkeypatch, capsys, argv)
     lines = err.splitlines()
     assert code == EXIT_RUNTIME
@@ -56,7 +57,7 @@ def test_debug_flag_prints_the_traceback(monkeypatch, capsys, argv):
 
 
 def test_debug_environment_variable_prints_the_traceback(monkeypatch, capsys):
-    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    monkeypatch.setenv(DEBUG_ENV, "1")
     code, err = _run(monkeypatch, capsys, ["inspect", "model.onnx"])
     assert code == EXIT_RUNTIME
     assert "Traceback (most recent call last):" in err
@@ -67,7 +68,7 @@ def test_help_documents_debug(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    assert "--debug" in out and cli.DEBUG_ENV in out
+    assert "--debug" in out and DEBUG_ENV in out
 
 
 def test_user_errors_stay_one_line_with_debug(capsys):

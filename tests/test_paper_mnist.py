@@ -83,7 +83,7 @@ def test_retrain_modes_give_the_compress_flags(tmp_path):
     assert rewind[i:i + 4] == ["--lr", "0.05", "--lr-schedule", "cosine"] and "--original-lr" not in rewind
     assert paper[paper.index("--original-lr") + 1] == "0.05" and "--lr-schedule" not in paper
     # Both parse as onnxprune compress command lines.
-    from onnxprune.cli import build_parser
+    from onnxprune.cli.app import build_parser
 
     for argv in (rewind, paper):
         build_parser().parse_args(argv)
@@ -115,8 +115,8 @@ def test_mcnemar_exact():
 
 
 def test_networks_export_with_the_papers_layer_names(tmp_path):
-    from onnxprune import io
-    from onnxprune.graph import find_layers, graph_from_model
+    from onnxprune.core import io
+    from onnxprune.core.graph import find_layers, graph_from_model
 
     for model, names, weights in (("lenet300", ["fc1", "fc2", "fc3"], 266200),
                                   ("lenet5", ["conv1", "conv2", "fc1", "fc2"], 430500)):

@@ -15,7 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import cli
+from onnxprune.cli import app as cli_app
+from onnxprune.cli import output as cli_output
 from onnxprune.cli import main
 from tests.conftest import save_external
 from tests.models import mlp
@@ -268,7 +269,7 @@ def test_json_into_an_unwritable_folder_is_a_usage_error(tmp_path, capsys, monke
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cli.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(cli_output.tempfile, "mkstemp", refuse)
     code, _, err = _run(["inspect", _model(tmp_path), "--json", str(tmp_path / "r.json")],
                         capsys)
     line = _error_line(err)
@@ -297,7 +298,7 @@ def test_ctrl_c_while_the_parser_is_built_exits_130(monkeypatch, capsys):
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "build_parser", interrupted)
+    monkeypatch.setattr(cli_app, "build_parser", interrupted)
     code, _, err = _run(["inspect", "m.onnx"], capsys)
     assert code == 130
     assert err.strip() == "onnxprune: interrupted"
@@ -426,7 +427,7 @@ def test_prune_rows_show_the_output_models_shapes(tmp_path, capsys):
 
 
 def test_drop_has_one_sign_in_compress_history_and_report(tmp_path):
-    from onnxprune.report_cmd import tradeoff_series
+    from onnxprune.analysis.report import tradeoff_series
 
     history = {"accuracy_dense": {"top1": 0.9},
                "history": [{"stage": "dense", "params": 100, "nonzero": 100, "top1": 0.9},

@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import io
+from onnxprune.core import io
 from onnxprune.cli import main
 from tests.conftest import save_external
 from tests.models import mlp, random_feeds, run

@@ -24,9 +24,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import io
+from onnxprune.core import io
 from onnxprune.cli import main
-from onnxprune.errors import InvalidModelError
+from onnxprune.core.errors import InvalidModelError
 from tests.conftest import save_external
 from tests.models import mlp, random_feeds, run
 

@@ -102,7 +102,7 @@ def test_prune_over_2gib_with_external_data_within_3x_memory(tmp_path):
     # The output validates (onnx.checker reads external data from the path) and the pruned
     # weights are those of the report: spot-check the last layer by memory map.
     onnx.checker.check_model(str(out))
-    from onnxprune import io
+    from onnxprune.core import io
 
     _, info = io.load(str(out), lazy=True)
     w3 = info.array("w3")
@@ -116,7 +116,7 @@ def test_default_save_goes_external_above_the_protobuf_limit(tmp_path):
     external data instead of failing at protobuf's 2 GiB limit."""
     import onnx_graphsurgeon as gs
 
-    from onnxprune import io
+    from onnxprune.core.graph import save_graph
 
     # np.zeros maps untouched pages: 2.2 GB of zeros cost no memory until written.
     w = np.zeros((HIDDEN, 22_500), np.float32)
@@ -128,7 +128,7 @@ def test_default_save_goes_external_above_the_protobuf_limit(tmp_path):
     original.ir_version = 8
     original.opset_import.add().version = 17
     out = tmp_path / "zeros.onnx"
-    written, sparse = io.save_graph(graph, original, out, storage="dense")
+    written, sparse = save_graph(graph, original, out, storage="dense")
     assert w.nbytes > 2**31 and sparse == []
     assert written == [str(out), data_file(out)]
     assert os.path.getsize(data_file(out)) == w.nbytes

@@ -2,7 +2,7 @@
 
 * an output path that can only name a folder (``out.json/``) is refused before anything is
   written, with exit 2 — not after the model has been written;
-* the torchrun entry point (``python -m onnxprune.torch_bridge.worker``) runs the same checks
+* ``finetune``, which torchrun runs as ``python -m onnxprune.cli finetune``, runs the same checks
   as the CLI: ``--json`` never overwrites an input or the model it writes, and a bad number is
   the CLI's one-line error with exit 2.
 """
@@ -63,29 +63,18 @@ def test_a_path_ending_in_a_separator_is_refused_before_any_write(tmp_path, caps
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
 
 
-# --------------------------------------------------------------------------- torchrun worker
-
-
-def _worker(argv, capsys):
-    from onnxprune.torch_bridge import worker
-
-    try:
-        code = worker.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+# --------------------------------------------------------------------------- finetune (torchrun runs it too)
 
 
 @pytest.mark.parametrize("target", ["model", "train", "val", "output", "output_data"])
-def test_worker_json_never_overwrites_an_input_or_its_output(tmp_path, capsys, target):
+def test_finetune_json_never_overwrites_an_input_or_its_output(tmp_path, capsys, target):
     pytest.importorskip("torch")
     src, train, val = _model(tmp_path), _npz(tmp_path, "t.npz"), _npz(tmp_path, "v.npz", seed=1)
     out = str(tmp_path / "o.onnx")
     json_path = {"model": src, "train": train, "val": val, "output": out,
                  "output_data": out + ".data"}[target]
     before = {p: open(p, "rb").read() for p in (src, train, val)}
-    code, _, err = _worker([src, "--train", train, "--val", val, "-o", out, "--json", json_path,
+    code, _, err = _run(["finetune", src, "--train", train, "--val", val, "-o", out, "--json", json_path,
                             "--epochs", "1", "--lr", "0.01"], capsys)
     assert code == 2, err
     assert _one_error_line(err).startswith("onnxprune: error:")
@@ -94,10 +83,10 @@ def test_worker_json_never_overwrites_an_input_or_its_output(tmp_path, capsys, t
 
 
 @pytest.mark.parametrize("args", [["--seed", "-1"], ["--seed", str(2**32)]])
-def test_worker_bad_numbers_are_one_line_exit_2(tmp_path, capsys, args):
+def test_finetune_bad_numbers_are_one_line_exit_2(tmp_path, capsys, args):
     pytest.importorskip("torch")
     src, train = _model(tmp_path), _npz(tmp_path, "t.npz")
-    code, _, err = _worker([src, "--train", train, "-o", str(tmp_path / "o.onnx"),
+    code, _, err = _run(["finetune", src, "--train", train, "-o", str(tmp_path / "o.onnx"),
                             "--lr", "0.01", *args], capsys)
     assert code == 2, err
     assert _one_error_line(err).startswith("onnxprune: error:")
@@ -113,7 +102,7 @@ def test_a_data_file_a_model_under_another_extension_uses_is_kept(tmp_path, othe
     file stays when ``a.onnx`` is rewritten."""
     import glob
 
-    from onnxprune import io
+    from onnxprune.core import io
 
     a = tmp_path / "a.onnx"
     io.save(mlp(sizes=(64, 48, 10), seed=0), a, external_data=True)

@@ -51,7 +51,7 @@ def test_no_telemetry_store_from_cli_and_library(tmp_path):
         import time
         import onnx
         from onnxprune.cli import main
-        from onnxprune.check import make_session, random_inputs, run_session
+        from onnxprune.runtime.check import make_session, random_inputs, run_session
         rc = main(["check", {str(model)!r}, {str(model)!r}, "-q"])
         assert rc == 0, rc
         m = onnx.load({str(model)!r})
@@ -70,7 +70,7 @@ def test_library_session_without_cli_sends_nothing(tmp_path):
     home.mkdir()
     script = textwrap.dedent("""
         from onnxprune import runtime_ops
-        from onnxprune.evaluate import evaluate
+        from onnxprune.runtime.evaluate import evaluate
         from tests.models import mlp
         import numpy as np
         m = mlp(sizes=(8, 6, 4))
@@ -138,7 +138,7 @@ def test_nonfinite_layer_is_skipped_with_note_and_report_is_strict_json(tmp_path
 def test_weight_std_of_nonfinite_is_nan_without_warning():
     import warnings
 
-    from onnxprune.masks import count_nonfinite, weight_std
+    from onnxprune.core.masks import count_nonfinite, weight_std
 
     w = np.array([1.0, -2.0, np.inf, np.nan, 3.0], np.float32)
     with warnings.catch_warnings():
@@ -165,7 +165,7 @@ def test_glob_matching_no_layer_is_a_usage_error(tmp_path, capsys, flag):
 
 
 def test_layer_list_in_messages_is_capped():
-    from onnxprune.errors import name_list
+    from onnxprune.core.errors import name_list
 
     text = name_list([f"layer{i}" for i in range(500)])
     assert "layer0" in text and "layer11" in text and "layer12," not in text
@@ -245,7 +245,7 @@ def test_random_input_too_large_for_memory_is_a_usage_error(tmp_path, capsys):
 def test_input_shape_argument_is_parsed_strictly():
     import argparse
 
-    from onnxprune.check import input_shape_arg
+    from onnxprune.runtime.check import input_shape_arg
 
     assert input_shape_arg("images=1x3x640x640") == ("images", (1, 3, 640, 640))
     assert input_shape_arg("a=b=2X5") == ("a=b", (2, 5))
@@ -296,7 +296,7 @@ def test_runtime_failure_is_one_plain_line(tmp_path, capfd):
 
 
 def _lower(model, **options):
-    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.core.graph import graph_from_model, graph_to_model
     from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
 
     result = LowerToSparseOps(options)(graph_from_model(model))
@@ -350,7 +350,7 @@ def _pruned_dropout_mlp(runtime_ratio: bool):
 
 
 def _adjust(model):
-    from onnxprune.graph import graph_from_model, graph_to_model
+    from onnxprune.core.graph import graph_from_model, graph_to_model
     from onnxprune.passes.adjust_dropout import AdjustDropout
 
     result = AdjustDropout()(graph_from_model(model))
@@ -371,9 +371,9 @@ def test_adjust_dropout_and_bridge_share_one_rule():
     """The pass writes D_o·sqrt(C_ir/C_io) (masks.retrain_dropout) and the fine-tune bridge
     plans the same ratio for the same Dropout."""
     pytest.importorskip("torch")
-    from onnxprune.masks import retrain_dropout
-    from onnxprune.torch_bridge.module import OnnxModule
-    from onnxprune.torch_bridge.train import _dropout_plan
+    from onnxprune.core.masks import retrain_dropout
+    from onnxprune.training.torch_bridge.module import OnnxModule
+    from onnxprune.training.torch_bridge.train import _dropout_plan
 
     model = _pruned_dropout_mlp(runtime_ratio=False)
     _, result = _adjust(model)
@@ -409,7 +409,7 @@ def test_flops_of_unknown_spatial_size_are_unknown_not_guessed(tmp_path, capsys)
 
 
 def test_matmul_flops_with_symbolic_sequence_are_unknown(tmp_path):
-    from onnxprune.report import layer_rows
+    from onnxprune.core.stats import layer_rows
 
     w = numpy_helper.from_array(np.ones((8, 6), np.float32), "w")
     graph = helper.make_graph(

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.graph import graph_from_model, graph_to_model
+from onnxprune.core.graph import graph_from_model, graph_to_model
 from onnxprune.passes import RemoveDeadNeurons
 from onnxprune.passes.remove_dead_neurons import UNARY
 from tests.models import cnn, mlp, random_feeds, run
@@ -690,7 +690,7 @@ def test_rejects_non_graph():
 
 
 def test_unknown_option_rejected():
-    from onnxprune.errors import UsageError
+    from onnxprune.core.errors import UsageError
     with pytest.raises(UsageError):
         RemoveDeadNeurons({"dry-run": True})
 

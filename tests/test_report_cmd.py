@@ -17,9 +17,9 @@ import pytest
 from onnx import numpy_helper
 
 from onnxprune.cli import main
-from onnxprune.data import load_npz
-from onnxprune.evaluate import evaluate
-from onnxprune.figures import mask_matrix
+from onnxprune.runtime.datasets import load_npz
+from onnxprune.runtime.evaluate import evaluate
+from onnxprune.analysis.figures import mask_matrix
 from tests.test_sensitivity import digits_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,7 +33,7 @@ def _run(*argv):
 def pruned(tmp_path_factory):
     """A digits MLP, its pruned version, and a history in the `compress --json` schema built
     from real prune steps (no retraining: the "before" and "after" accuracies coincide)."""
-    from onnxprune.compress import prune_step
+    from onnxprune.training.compress import prune_step
 
     folder = tmp_path_factory.mktemp("report")
     dense_path, val = digits_mlp(str(folder))
@@ -146,7 +146,7 @@ def test_outputs_are_byte_stable(pruned, report, tmp_path):
 
 def test_mask_layout_keeps_pixels_in_row_major_order():
     """A fc1 that keeps only the central pixels of a 28×28 image shows 28 bands (Fig. 4)."""
-    from onnxprune.figures import mask_png
+    from onnxprune.analysis.figures import mask_png
 
     keep = np.zeros((28, 28), bool)
     keep[6:22, 7:21] = True

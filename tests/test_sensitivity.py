@@ -12,10 +12,10 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import sensitivity as sens
+from onnxprune.analysis import sensitivity as sens
 from onnxprune.cli import main
-from onnxprune.data import Dataset, load_npz
-from onnxprune.evaluate import evaluate
+from onnxprune.runtime.datasets import Dataset, load_npz
+from onnxprune.runtime.evaluate import evaluate
 from tests.models import cnn
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -227,7 +227,7 @@ def test_total_budget_is_split_as_one_common_per_layer_budget():
     assert [c["sparsity"] for c in tight["layers"]] == [0.8, 0.5]
     big = sens.recommend(res, total_budget_pp=2.5)
     assert big["summed_drop_pp"] <= 2.5 and big["sparsity"] > rec["sparsity"]
-    from onnxprune.errors import UsageError
+    from onnxprune.core.errors import UsageError
 
     with pytest.raises(UsageError):
         sens.recommend(res, budget_pp=1.0, total_budget_pp=1.0)

@@ -7,7 +7,7 @@ import types
 
 import yaml
 
-from onnxprune import sensitivity as sens
+from onnxprune.analysis import sensitivity as sens
 
 # Names a graph may carry: separators, quotes, YAML indicators, glob brackets, line breaks, non-ASCII.
 AWKWARD = ["fc1", "a,b", 'say "hi"', "line\nbreak", "carriage\rreturn", "k: v", "- dash", "#hash",

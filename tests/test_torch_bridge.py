@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 from tests.torch_models import LeNet5, LeNet300  # noqa: E402
-from onnxprune.errors import UsageError  # noqa: E402
-from onnxprune.torch_bridge import (  # noqa: E402
+from onnxprune.core.errors import UsageError  # noqa: E402
+from onnxprune.training.torch_bridge import (  # noqa: E402
     FinetuneConfig, UnsupportedOpError, build_module, find_weights, finetune, read_weights, write_back,
 )
 
@@ -379,7 +379,7 @@ def test_distill_needs_a_matching_teacher():
 
 
 def test_distill_loss_is_the_tempered_kl_and_its_gradient():
-    from onnxprune.torch_bridge.train import _distill_loss
+    from onnxprune.training.torch_bridge.train import _distill_loss
 
     rng = np.random.default_rng(3)
     s, t, temp = rng.standard_normal((5, 7)), rng.standard_normal((5, 7)) * 2, 2.5

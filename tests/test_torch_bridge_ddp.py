@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
-from onnxprune.torch_bridge import FinetuneConfig, find_weights, finetune, read_weights  # noqa: E402
+from onnxprune.training.torch_bridge import FinetuneConfig, find_weights, finetune, read_weights  # noqa: E402
 
 from tests.test_torch_bridge import helper_mlp, prune, toy_data  # noqa: E402
 
@@ -32,7 +32,7 @@ def test_ddp_two_gloo_ranks_match_single_process(tmp_path):
     np.savez(tmp_path / "val.npz", x=x[:32], y=y[:32])
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "onnxprune.torch_bridge.worker",
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "onnxprune.cli", "finetune",
            str(tmp_path / "in.onnx"), "--train", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
            "-o", str(tmp_path / "out.onnx"), "--json", str(tmp_path / "report.json"),
            "--epochs", "2", "--batch-size", "16", "--lr", "0.1", "--seed", "3"]

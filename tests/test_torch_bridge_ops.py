@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
-from onnxprune.torch_bridge import UnsupportedOpError, build_module  # noqa: E402
+from onnxprune.training.torch_bridge import UnsupportedOpError, build_module  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -1,0 +1,63 @@
+"""Argument types and the parser class shared by every command: numbers are range-checked
+here, so a bad value is a one-line usage error (exit 2) before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from onnxprune.core.errors import (EXIT_USAGE)
+from onnxprune.cli.output import print_error
+
+
+def float_arg(lo=None, hi=None, hi_open=False, lo_open=False):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo}, got {text}")
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi}, got {text}")
+        return v
+    return parse
+
+
+def int_arg(lo: int = 1, hi: int | None = None):
+    """An integer option in [lo, hi]: counts (batch, threads, epochs) start at 1, seeds at 0."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {v}")
+        return v
+    return parse
+
+
+# Seeds go to numpy and torch generators, which take 0 .. 2^32-1 (torch up to 2^64-1).
+SEED_MAX = 2**32 - 1
+
+
+# ONNX Runtime stores a thread count in a C int; far above any machine's cores anyway.
+THREADS_MAX = 4096
+
+
+def layer_arg(text):
+    glob, sep, q = text.rpartition("=")
+    if not sep or not glob:
+        raise argparse.ArgumentTypeError(f"expected GLOB=Q, got {text!r}")
+    return glob, float_arg(0.0)(q)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's default is exit 2 too; keep the one-line form
+        self.print_usage(sys.stderr)
+        print_error(message)
+        raise SystemExit(EXIT_USAGE)

@@ -1,0 +1,725 @@
+"""Graph helpers: ModelProto ⇄ onnx-graphsurgeon Graph, and finding the prunable weights.
+
+Op knowledge lives in one table (``WEIGHT_OPS``): for each op, which input may hold a constant
+weight and which axis of that weight indexes output channels / input channels.
+
+* Gemm   Y = α·op(A)·op(B) + β·C.  B is (K, N), or (N, K) with transB → output axis 1 / 0.
+         A constant A (rare) is (M, K) or (K, M) with transA → output axis 0 / 1.
+* MatMul Y = X·W with W (…, K, N) → output axis -1, input axis -2; or Y = W·X with
+         W (…, M, K) → output axis -2, input axis -1.
+* Conv   W (M, C/group, k…) → output axis 0, input axis 1.
+* ConvTranspose W (C, M/group, k…) → output axis 1, input axis 0.
+
+Invariants kept by ``graph_from_model`` / ``graph_to_model``:
+* an initializer that is also a graph input stays a graph input (onnx-graphsurgeon would turn
+  it into a Constant and drop it from the inputs); passes see it as a ``Variable``, so it is never
+  pruned, and it is written back unchanged;
+* model-level fields (ir_version, opsets, producer, metadata_props, doc strings, functions)
+  come back exactly as they were.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dataclasses
+import fnmatch
+import logging
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import ModelProto, TensorProto
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
+
+from onnxprune.core.errors import RuntimeFailure
+from onnxprune.core.io import proto_graphs
+
+# onnx-graphsurgeon logs through its own logger at import and on export; keep it quiet so the
+# CLI's stderr stays readable.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
+
+QUANTIZED_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
+    "DynamicQuantizeMatMul", "MatMulNBits", "MatMulIntegerToFloat", "QLinearAdd",
+    "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulBnb4",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightRole:
+    input_index: int
+    kind: str  # "fc" or "conv"
+    out_axis: Callable[[gs.Node, int], int]  # (node, weight rank) -> axis
+    in_axis: Callable[[gs.Node, int], int]
+
+
+def _attr(node: gs.Node, name: str, default):
+    return node.attrs.get(name, default)
+
+
+WEIGHT_OPS: dict[str, tuple[WeightRole, ...]] = {
+    "Gemm": (
+        WeightRole(1, "fc", lambda n, r: 0 if _attr(n, "transB", 0) else 1,
+                   lambda n, r: 1 if _attr(n, "transB", 0) else 0),
+        WeightRole(0, "fc", lambda n, r: 1 if _attr(n, "transA", 0) else 0,
+                   lambda n, r: 0 if _attr(n, "transA", 0) else 1),
+    ),
+    "MatMul": (
+        WeightRole(1, "fc", lambda n, r: r - 1, lambda n, r: r - 2),
+        WeightRole(0, "fc", lambda n, r: r - 2, lambda n, r: r - 1),
+    ),
+    "Conv": (WeightRole(1, "conv", lambda n, r: 0, lambda n, r: 1),),
+    "ConvTranspose": (WeightRole(1, "conv", lambda n, r: 1, lambda n, r: 0),),
+}
+
+
+@dataclasses.dataclass
+class Layer:
+    """One prunable weight and the node(s) that consume it."""
+
+    name: str
+    op: str
+    kind: str  # "fc" | "conv"
+    weight: gs.Constant | None  # None when the layer is reported but not prunable
+    weight_name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nodes: list[gs.Node]
+    out_axis: int
+    in_axis: int
+    source: str  # "initializer" | "constant-node"
+    skip_reason: str | None = None
+
+    @property
+    def params(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 0
+
+    def matches(self, pattern: str) -> bool:
+        return fnmatch.fnmatchcase(self.name, pattern) or fnmatch.fnmatchcase(
+            self.weight_name, pattern
+        )
+
+
+@dataclasses.dataclass
+class Note:
+    """Something the report should tell the user about a node that was not pruned."""
+
+    node: str
+    op: str
+    reason: str
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+class ExternalValues(LazyValues):
+    """Values of an initializer left in its external data file (``io.load(lazy=True)``).
+
+    ``load`` returns a read-only memory map: reading is free until touched, and an accidental
+    in-place write raises instead of changing the user's input file.
+    """
+
+    def __init__(self, tensor: TensorProto, loader: Callable[[], np.ndarray]):
+        super().__init__(tensor)
+        self._loader = loader
+
+    def load(self):
+        return self._loader()
+
+
+class DenseOfSparse(SparseValues):
+    """A sparse initializer's values, densified correctly.
+
+    onnx-graphsurgeon's own loader reads only the typed fields (not ``raw_data``, which is how
+    sparse tensors are normally written) and returns float64; this keeps the dtype.  As a
+    ``SparseValues`` the tensor is still exported as the same sparse initializer if untouched.
+    """
+
+    def load(self):
+        from onnxprune.core.io import sparse_to_dense
+
+        return sparse_to_dense(self.tensor)
+
+
+class _Placeholder(LazyValues):
+    """Stands in for a large constant while onnx-graphsurgeon exports (see ``save_graph``)."""
+
+    def __init__(self, name: str, data_type: int, shape):
+        t = TensorProto()
+        t.name = name
+        t.data_type = data_type
+        t.dims.extend(int(d) for d in shape)
+        t.data_location = TensorProto.EXTERNAL
+        e = t.external_data.add()
+        e.key, e.value = "location", "pending"
+        super().__init__(t)
+
+
+def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
+    """Import into onnx-graphsurgeon, keeping initializer-backed graph inputs as inputs.
+
+    ``info`` (an ``io.LoadInfo``) supplies lazily loaded initializers as memory maps.
+    """
+    graph = gs.import_onnx(model)
+    _own_shadowing_initializers(graph, model.graph)
+    _densify_sparse_constants(graph, model.graph)
+    for t in graph.tensors().values():
+        # Storage is decided by io at save time; a location remembered from the input would
+        # make onnx-graphsurgeon mark a rewritten (embedded) tensor as external.
+        if isinstance(t, gs.Constant):
+            t.data_location = None
+            if type(t._values) is SparseValues:
+                t._values = DenseOfSparse(t._values.tensor)
+    for t in graph.tensors().values():
+        if not (isinstance(t, gs.Constant) and isinstance(t._values, LazyValues)) or \
+                getattr(t._values.tensor, "data_location", None) != TensorProto.EXTERNAL:
+            continue
+        # Matched by the tensor itself, not its name: another tensor may share the name.
+        ref = info.ref_of(t._values.tensor) if info is not None else None
+        if ref is None:
+            # onnx would read it relative to the working folder: only io reads external data.
+            raise RuntimeFailure(f"tensor {t.name!r} refers to external data that io.load "
+                                 "did not validate")
+        t._values = ExternalValues(t._values.tensor, partial(info.array_of, ref))
+    init_names = {t.name for t in model.graph.initializer}
+    # Before IR version 4 every initializer had to be listed as a graph input too, so there
+    # the listing says nothing about the user wanting to override it: those are weights.
+    input_inits = [i for i in model.graph.input if i.name in init_names] \
+        if model.ir_version >= 4 else []
+    if input_inits:
+        tensors = graph.tensors()
+        new_inputs = []
+        by_name = {}
+        for vi in input_inits:
+            const = tensors.get(vi.name)
+            if not isinstance(const, gs.Constant):
+                continue
+            var = gs.Variable(vi.name, dtype=const.dtype, shape=list(const.shape))
+            for node in list(const.outputs):
+                for k, t in enumerate(list(node.inputs)):
+                    if t is const:
+                        node.inputs[k] = var
+            for i, out in enumerate(graph.outputs):
+                if out is const:
+                    graph.outputs[i] = var
+            by_name[vi.name] = var
+        # Restore the original graph-input order.
+        current = {t.name: t for t in graph.inputs}
+        for vi in model.graph.input:
+            if vi.name in by_name:
+                new_inputs.append(by_name[vi.name])
+            elif vi.name in current:
+                new_inputs.append(current[vi.name])
+        graph.inputs = new_inputs
+    return graph
+
+
+def _replace_tensor(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every use of ``old`` in ``graph`` and its subgraphs at ``new``."""
+    for g in _all_graphs(graph):
+        for node in g.nodes:
+            for k, t in enumerate(node.inputs):
+                if t is old:
+                    node.inputs[k] = new
+
+
+def _paired_graphs(graph: gs.Graph, proto: onnx.GraphProto):
+    """(onnx-graphsurgeon graph, its GraphProto, the outer-scope tensors by name), outer
+    graphs before inner ones.  Nodes are matched by position: the import keeps their order."""
+    stack = [(graph, proto, {})]
+    while stack:
+        g, p, outer = stack.pop()
+        yield g, p, outer
+        visible = {**outer, **{t.name: t for t in g.tensors().values()}}
+        for node, pnode in zip(g.nodes, p.node):
+            for a in pnode.attribute:
+                sub = node.attrs.get(a.name)
+                if a.HasField("g") and isinstance(sub, gs.Graph):
+                    stack.append((sub, a.g, visible))
+                elif len(a.graphs) and isinstance(sub, (list, tuple)):
+                    stack.extend((s, pg, visible) for s, pg in zip(sub, a.graphs)
+                                 if isinstance(s, gs.Graph))
+
+
+def _own_shadowing_initializers(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """Give each subgraph initializer that reuses an outer-scope name its own Constant.
+
+    onnx-graphsurgeon resolves such an initializer to the outer tensor, so the subgraph would
+    be written back with the outer tensor's values.
+    """
+    for g, p, outer in _paired_graphs(graph, proto):
+        if g is graph:
+            continue
+        mine = {t.name: t for t in g.tensors().values()}
+        for init in p.initializer:
+            t = mine.get(init.name)
+            if t is not None and outer.get(init.name) is t:
+                own = gs.Constant(init.name, LazyValues(init))
+                _replace_tensor(g, t, own)
+                mine[init.name] = own
+
+
+def _densify_sparse_constants(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """A Constant node's ``sparse_value`` (which onnx-graphsurgeon drops) becomes its dense
+    ``value``, so the weight is a layer like any other; io decides its storage on save."""
+    from onnxprune.core.io import sparse_to_dense
+
+    for g, p, _ in _paired_graphs(graph, proto):
+        for node, pnode in zip(g.nodes, p.node):
+            if node.op != "Constant" or pnode.domain not in ("", "ai.onnx") or \
+                    "value" in node.attrs:
+                continue
+            sp = next((a.sparse_tensor for a in pnode.attribute if a.name == "sparse_value"),
+                      None)
+            if sp is not None:
+                node.attrs["value"] = gs.Constant(sp.values.name or node.outputs[0].name,
+                                                  sparse_to_dense(sp))
+
+
+def _large_constants(graph: gs.Graph, min_bytes: int):
+    for t in graph.tensors().values():
+        if not isinstance(t, gs.Constant):
+            continue
+        v = t._values
+        if isinstance(v, SparseValues):
+            continue  # exported as a sparse initializer, untouched
+        if isinstance(v, ExternalValues) or (isinstance(v, np.ndarray) and v.nbytes >= min_bytes):
+            yield t
+
+
+def export_with_placeholders(graph: gs.Graph, original: ModelProto, source=None,
+                             min_bytes: int = 1024, metadata=None
+                             ) -> tuple[ModelProto, dict[int, np.ndarray]]:
+    """Export with large constants as placeholders; returns (model, arrays by initializer index).
+
+    The arrays are the constants' own numpy arrays / memory maps: nothing is copied.
+    """
+    swapped = []
+    pending: dict[str, np.ndarray] = {}
+    try:
+        for t in _large_constants(graph, min_bytes):
+            arr = t._values.load() if isinstance(t._values, ExternalValues) else t._values
+            data_type = (t._values.tensor.data_type if isinstance(t._values, ExternalValues)
+                         else onnx.helper.np_dtype_to_tensor_dtype(arr.dtype))
+            swapped.append((t, t._values))
+            pending[t.name] = arr
+            t._values = _Placeholder(t.name, data_type, arr.shape)
+        model = _export(graph, original, metadata)
+    finally:
+        for t, v in swapped:
+            t._values = v
+    arrays = {i: pending[init.name] for i, init in enumerate(model.graph.initializer)
+              if init.name in pending}
+    return model, arrays
+
+
+def save_graph(graph: gs.Graph, original: ModelProto, path, *, storage: str = "dense",
+               source=None, in_place: bool = False, external_data: bool | None = None,
+               metadata=None, records: list | None = None, progress=None
+               ) -> tuple[list[str], list[str]]:
+    """Export ``graph`` and write it without copying its weights in memory.
+
+    Large constants are swapped for placeholders while onnx-graphsurgeon builds the ModelProto
+    (it would otherwise copy every array into a TensorProto), then ``io.write_exported`` streams
+    them from their numpy arrays or memory maps straight into the output.  Returns (files
+    written, names stored sparse).  The graph is left as it was.
+    """
+    from onnxprune.core.io import check_output_path, write_exported
+
+    check_output_path(os.fspath(path), source, in_place=in_place)  # refuse before the export
+    model, arrays = export_with_placeholders(graph, original, source, metadata=metadata)
+    return write_exported(model, arrays, path, storage=storage, source=source,
+                          in_place=in_place, external_data=external_data, records=records,
+                          progress=progress)
+
+
+def graph_to_model(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
+    """Export to a self-contained in-memory ModelProto (lazily loaded weights are read in)."""
+    swapped = []
+    try:
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Constant) and isinstance(t._values, ExternalValues):
+                swapped.append((t, t._values))
+                t._values = np.asarray(t._values.load()).copy()
+        return _export(graph, original, metadata)
+    finally:
+        for t, v in swapped:
+            t._values = v
+
+
+# Model fields the export writes itself (from the graph, or merged with the original below).
+_EXPORTED_MODEL_FIELDS = frozenset({"graph", "ir_version", "opset_import", "metadata_props",
+                                    "functions"})
+
+
+def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
+    """Export, then restore what onnx-graphsurgeon does not carry.
+
+    ``metadata`` (a list of (key, value)) replaces the original's metadata_props when given.
+    """
+    # onnx-graphsurgeon exports tensor, sequence and sparse value infos only (an optional- or
+    # map-typed graph input/output makes it fail, a nested sequence loses its element type):
+    # export such tensors as plain tensors and put the original ValueInfoProto back by name.
+    swapped = []
+    for g in _all_graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Variable) and t.dtype is not None and \
+                    getattr(t, "type", "tensor_type") not in ("tensor_type", "sparse_tensor_type"):
+                swapped.append((t, t.type, t.dtype))
+                t.type, t.dtype = "tensor_type", np.float32
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for t, kind, dtype in swapped:
+            t.type, t.dtype = kind, dtype
+    if swapped:
+        _restore_value_infos(model.graph, _non_tensor_value_infos(original.graph))
+    _restore_dropped_attributes(model.graph, original.graph)
+    _restore_weight_value_infos(model.graph, original.graph)
+    _restore_metadata(model.graph, original.graph)
+    model.ir_version = original.ir_version
+    # Keep the original opsets; add only domains a pass introduced (graph.import_domains).
+    had = {op.domain or "ai.onnx" for op in original.opset_import}
+    gained = [op for op in model.opset_import if (op.domain or "ai.onnx") not in had]
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    model.opset_import.extend(gained)
+    # Every other model-level field (producer, doc string, training_info, configuration, any
+    # field a newer onnx adds) comes back exactly as it was: no pass changes them.
+    for fd in ModelProto.DESCRIPTOR.fields:
+        if fd.name in _EXPORTED_MODEL_FIELDS:
+            continue
+        model.ClearField(fd.name)
+        # (``is_repeated`` replaced ``label`` in protobuf 5.)
+        if (fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED):
+            getattr(model, fd.name).extend(getattr(original, fd.name))
+        elif original.HasField(fd.name):
+            if fd.type == fd.TYPE_MESSAGE:
+                getattr(model, fd.name).CopyFrom(getattr(original, fd.name))
+            else:
+                setattr(model, fd.name, getattr(original, fd.name))
+    del model.metadata_props[:]
+    if metadata is None:
+        model.metadata_props.extend(original.metadata_props)
+    else:
+        for k, v in metadata:
+            e = model.metadata_props.add()
+            e.key, e.value = k, v
+    if original.graph.doc_string:
+        model.graph.doc_string = original.graph.doc_string
+    model.graph.name = original.graph.name
+    if not len(model.functions) and len(original.functions):
+        model.functions.extend(original.functions)
+    # Initializers that are graph inputs went through as Variables: put their data back.
+    input_names = {i.name for i in model.graph.input}
+    have = {t.name for t in model.graph.initializer}
+    for t in original.graph.initializer:
+        if t.name in input_names and t.name not in have:
+            model.graph.initializer.append(t)
+    if original.ir_version < 4:
+        # IR < 4 requires every initializer to be a graph input as well (with its new shape,
+        # should a pass have shrunk it).
+        for t in model.graph.initializer:
+            if t.name not in input_names:
+                model.graph.input.append(onnx.helper.make_tensor_value_info(
+                    t.name, t.data_type, list(t.dims)))
+    return model
+
+
+def _all_graphs(graph: gs.Graph):
+    """``graph`` and every subgraph (If/Loop/Scan bodies), depth first, without recursion."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.nodes:
+            for v in node.attrs.values():
+                if isinstance(v, gs.Graph):
+                    stack.append(v)
+                elif isinstance(v, (list, tuple)):
+                    stack.extend(x for x in v if isinstance(x, gs.Graph))
+
+
+def _non_tensor_value_infos(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
+    found = {}
+    for g in proto_graphs(graph):
+        for vi in (*g.input, *g.output, *g.value_info):
+            kind = vi.type.WhichOneof("value")
+            if kind not in (None, "tensor_type", "sparse_tensor_type"):
+                found.setdefault(vi.name, vi)
+    return found
+
+
+def _restore_value_infos(graph: onnx.GraphProto, originals: dict[str, onnx.ValueInfoProto]) -> None:
+    for g in proto_graphs(graph):
+        for vi in (*g.input, *g.output, *g.value_info):
+            if vi.name in originals:
+                vi.type.CopyFrom(originals[vi.name].type)
+
+
+# Attribute types onnx-graphsurgeon imports; it drops the others (with a warning), e.g. a
+# Constant's ``sparse_value`` or Optional's ``type``.
+_GS_ATTRIBUTE_TYPES = frozenset({
+    onnx.AttributeProto.FLOAT, onnx.AttributeProto.INT, onnx.AttributeProto.STRING,
+    onnx.AttributeProto.TENSOR, onnx.AttributeProto.GRAPH, onnx.AttributeProto.FLOATS,
+    onnx.AttributeProto.INTS, onnx.AttributeProto.STRINGS,
+})
+
+
+def _restore_metadata(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Copy back the ``metadata_props`` onnx-graphsurgeon drops (IR 10: PyTorch writes a
+    namespace and stack trace on every node): nodes matched by op and outputs, graphs by
+    name, value infos by name.  A node a pass replaced has no match and gets none."""
+    if "metadata_props" not in onnx.NodeProto.DESCRIPTOR.fields_by_name:  # onnx < 1.16
+        return
+    nodes, graphs, infos = {}, {}, {}
+    for g in proto_graphs(original):
+        if len(g.metadata_props):
+            graphs.setdefault(g.name, g.metadata_props)
+        for node in g.node:
+            if len(node.metadata_props):
+                nodes[(node.domain, node.op_type, tuple(node.output))] = node.metadata_props
+        for vi in (*g.input, *g.output, *g.value_info):
+            if len(vi.metadata_props):
+                infos.setdefault(vi.name, vi.metadata_props)
+    if not (nodes or graphs or infos):
+        return
+    for g in proto_graphs(graph):
+        if not len(g.metadata_props) and g.name in graphs:
+            g.metadata_props.extend(graphs[g.name])
+        for node in g.node:
+            props = nodes.get((node.domain, node.op_type, tuple(node.output)))
+            if props is not None and not len(node.metadata_props):
+                node.metadata_props.extend(props)
+        for vi in (*g.input, *g.output, *g.value_info):
+            if not len(vi.metadata_props) and vi.name in infos:
+                vi.metadata_props.extend(infos[vi.name])
+
+
+def _restore_weight_value_infos(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Put back the top-level ``value_info`` entries of initializers (PyTorch's exporter writes
+    them, with parameter metadata), which onnx-graphsurgeon drops for constants.  The entry
+    takes the written tensor's type and shape (a pass may have shrunk it); an entry whose
+    initializer is gone stays gone."""
+    have = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)}
+    weights = {t.name: (t.data_type, list(t.dims)) for t in graph.initializer}
+    weights.update((sp.values.name, (sp.values.data_type, list(sp.dims)))
+                   for sp in graph.sparse_initializer)
+    for vi in original.value_info:
+        if vi.name in have or vi.name not in weights or \
+                vi.type.WhichOneof("value") != "tensor_type":
+            continue
+        kept = graph.value_info.add()
+        kept.CopyFrom(vi)
+        elem, dims = weights[vi.name]
+        kept.type.tensor_type.elem_type = elem
+        shape = kept.type.tensor_type.shape
+        shape.ClearField("dim")
+        for d in dims:
+            shape.dim.add().dim_value = d
+        have.add(vi.name)
+
+
+def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Copy back attributes onnx-graphsurgeon dropped, matching nodes by op and outputs."""
+    dropped = {}
+    for g in proto_graphs(original):
+        for node in g.node:
+            lost = [a for a in node.attribute
+                    if a.type not in _GS_ATTRIBUTE_TYPES and not a.ref_attr_name]
+            if lost:
+                dropped[(node.domain, node.op_type, tuple(node.output))] = lost
+    if not dropped:
+        return
+    for g in proto_graphs(graph):
+        for node in g.node:
+            lost = dropped.get((node.domain, node.op_type, tuple(node.output)))
+            if lost:
+                have = {a.name for a in node.attribute}
+                if node.op_type == "Constant" and have:
+                    continue  # it holds its one value already (a densified sparse_value)
+                node.attribute.extend(a for a in lost if a.name not in have)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def const_source(t: gs.Tensor) -> tuple[gs.Constant | None, str, gs.Node | None]:
+    """The constant behind a node input: an initializer, or a Constant node (through Identity)."""
+    seen = 0
+    while isinstance(t, gs.Variable) and len(t.inputs) == 1 and seen < 8:
+        producer = t.inputs[0]
+        if producer.op == "Constant" and isinstance(producer.attrs.get("value"), gs.Constant):
+            return producer.attrs["value"], "constant-node", producer
+        if producer.op == "Identity" and producer.inputs:
+            t = producer.inputs[0]
+            seen += 1
+            continue
+        return None, "", None
+    if isinstance(t, gs.Constant):
+        return t, "initializer", None
+    return None, "", None
+
+
+def _np_dtype_name(values) -> str:
+    return str(np.dtype(values.dtype))
+
+
+def is_float(dtype) -> bool:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        return False
+    return dt.kind == "f" or dt.name == "bfloat16"
+
+
+def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
+    """Every prunable weight once (shared weights grouped), plus notes on what was skipped."""
+    layers: dict[int, Layer] = {}
+    order: list[int] = []
+    notes: list[Note] = []
+    graph_inputs = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        if node.op in QUANTIZED_OPS:
+            notes.append(Note(node.name, node.op, "quantized op: not pruned"))
+            continue
+        roles = WEIGHT_OPS.get(node.op)
+        if roles is None or (node.domain or "") not in ("", "ai.onnx"):
+            continue
+        for role in roles:
+            if role.input_index >= len(node.inputs):
+                continue
+            tensor = node.inputs[role.input_index]
+            if isinstance(tensor, gs.Variable) and tensor.name in graph_inputs:
+                notes.append(Note(node.name, node.op,
+                                  f"weight {tensor.name!r} is also a graph input: left alone"))
+                continue
+            const, source, _ = const_source(tensor)
+            if const is None:
+                continue
+            # For MatMul/Gemm a constant on the data side of a variable weight is unusual;
+            # only take input 0 when input 1 is not itself constant.
+            if role.input_index == 0 and len(node.inputs) > 1 and const_source(node.inputs[1])[0] is not None:
+                continue
+            key = id(const)
+            shape = tuple(int(d) for d in const.shape)
+            rank = len(shape)
+            if key in layers:
+                layers[key].nodes.append(node)
+                continue
+            name = node.name or const.name or f"{node.op}_{len(order)}"
+            out_axis = role.out_axis(node, rank) if rank >= 2 else 0
+            in_axis = role.in_axis(node, rank) if rank >= 2 else 0
+            layer = Layer(
+                name=name, op=node.op, kind=role.kind, weight=const,
+                weight_name=const.name or name, shape=shape,
+                dtype=_np_dtype_name(const.values) if hasattr(const, "values") else "?",
+                nodes=[node], out_axis=out_axis, in_axis=in_axis, source=source,
+            )
+            if not is_float(const.dtype):
+                layer.skip_reason = f"weight dtype {const.dtype} is not floating point"
+            elif rank < 2:
+                layer.skip_reason = "weight has rank < 2"
+            layers[key] = layer
+            order.append(key)
+            break
+    result = [layers[k] for k in order]
+    # Layer names must be unique for globs and reports; disambiguate repeats deterministically.
+    seen: dict[str, int] = {}
+    for layer in result:
+        if layer.name in seen:
+            seen[layer.name] += 1
+            layer.name = f"{layer.name}#{seen[layer.name]}"
+        else:
+            seen[layer.name] = 0
+    return result, notes
+
+
+def weight_values(layer: Layer) -> np.ndarray:
+    return np.asarray(layer.weight.values)
+
+
+def set_weight_values(layer: Layer, values: np.ndarray) -> None:
+    layer.weight.values = np.ascontiguousarray(values)
+
+
+# --------------------------------------------------------------------------- shapes and FLOPs
+
+
+def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
+    """The model without its large weights (typed graph inputs instead) for shape inference."""
+    sk = ModelProto()
+    sk.ir_version = model.ir_version
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    g = sk.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    have_inputs = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        external = t.data_location == TensorProto.EXTERNAL
+        if n <= small // 4 and not external:
+            g.initializer.append(t)
+        elif t.name not in have_inputs:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for sp in model.graph.sparse_initializer:
+        g.input.append(onnx.helper.make_tensor_value_info(
+            sp.values.name, sp.values.data_type, list(sp.dims)))
+    return sk
+
+
+def infer_shapes(model: ModelProto) -> dict[str, list[int | None]]:
+    """Tensor name → shape (None for unknown/symbolic dims); empty on failure."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False,
+                                                     data_prop=True)
+    except Exception:  # shape inference is best effort: FLOPs become unknown, nothing else
+        return {}
+    shapes: dict[str, list[int | None]] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return shapes
+
+
+def _prod_known(dims) -> int | None:
+    """The product of ``dims``; None when one is unknown (a symbolic size is not 1)."""
+    n = 1
+    for d in dims:
+        if not d:
+            return None
+        n *= d
+    return n
+
+
+def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]]) -> int | None:
+    """How many times each weight is applied for one sample (FLOPs = 2 · reuse · weights)."""
+    out = shapes.get(node.outputs[0].name) if node.outputs else None
+    if layer.op == "Conv":
+        return _prod_known(out[2:]) if out and len(out) >= 3 else None
+    if layer.op == "ConvTranspose":
+        x = shapes.get(node.inputs[0].name)
+        return _prod_known(x[2:]) if x and len(x) >= 3 else None
+    if layer.op == "Gemm":
+        return 1
+    if layer.op == "MatMul":
+        if out is None:
+            return None
+        if node.inputs[1] is layer.weight or const_source(node.inputs[1])[0] is layer.weight:
+            return _prod_known(out[1:-1]) if len(out) >= 3 else 1
+        if len(out) < 2:
+            return None
+        lead = _prod_known(out[1:-2])
+        return out[-1] * lead if out[-1] and lead is not None else None
+    return None

@@ -1,0 +1,211 @@
+"""Per-layer statistics, counted the way Han et al. (2015) count them.
+
+* params: elements of the layer's weight (biases are not connections);
+* FLOPs per sample: a multiply-add is 2 FLOPs, so ``flops = 2 · params · reuse`` where
+  ``reuse`` is how often each weight is applied for one sample — 1 for Gemm, the output spatial
+  size H_out·W_out for Conv (from ONNX shape inference), the input spatial size for
+  ConvTranspose, the non-batch leading dims for MatMul;
+* flops_remaining = 2 · nonzero · reuse;  density = nonzero / params;
+* FLOPs need the spatial sizes: where shape inference leaves one symbolic (a detector's
+  height and width) they are unknown — null in JSON, "?" in tables — never a guess; the total
+  is then null too, with the known part and the unknown layers beside it;
+* compression = total params / total nonzero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxprune.core.console import printable
+from onnxprune.core.graph import find_layers, graph_from_model, infer_shapes, weight_reuse, weight_values
+from onnxprune.core.masks import count_nonzero, weight_std
+
+
+def layer_rows(model: ModelProto, info=None) -> tuple[list[dict], list[dict]]:
+    """Rows for every prunable layer of ``model`` plus notes on what was skipped."""
+    return graph_rows(graph_from_model(model, info), infer_shapes(model),
+                      _stamped_thresholds(model))
+
+
+def graph_rows(graph, shapes, stamped=None, with_std: bool = True,
+               count: bool = True) -> tuple[list[dict], list[dict]]:
+    """``layer_rows`` for an imported graph and precomputed shapes.
+
+    ``with_std`` and ``count`` each cost a pass over the weights; without ``count`` the
+    nonzero-derived fields are None (for callers that know the counts already).
+    """
+    stamped = stamped or {}
+    layers, notes = find_layers(graph)
+    rows = []
+    for layer in layers:
+        w = weight_values(layer) if layer.weight is not None else None
+        nnz = count_nonzero(w) if w is not None and count else None
+        # A shared weight is applied once per consuming node.
+        reuses = [weight_reuse(layer, node, shapes) for node in layer.nodes]
+        reuse = None if any(r is None for r in reuses) else sum(reuses)
+        params = layer.params
+        rows.append({
+            "name": layer.name,
+            "weight": layer.weight_name,
+            "op": layer.op,
+            "kind": layer.kind,
+            "weight_shape": list(layer.shape),
+            "dtype": layer.dtype,
+            "params": params,
+            "nonzero": nnz,
+            "density": (nnz / params) if params and nnz is not None else None,
+            "flops": 2 * params * reuse if reuse is not None else None,
+            "flops_remaining": 2 * nnz * reuse if reuse is not None and nnz is not None else None,
+            "std": weight_std(w) if w is not None and with_std else None,
+            "threshold": stamped.get(layer.name),
+            "skipped": layer.skip_reason,
+        })
+    return rows, [{"node": n.node, "op": n.op, "reason": n.reason} for n in notes]
+
+
+def _stamped_thresholds(model: ModelProto) -> dict[str, float]:
+    import json
+
+    for p in model.metadata_props:
+        if p.key == "onnxprune.threshold":
+            try:
+                data = json.loads(p.value)
+            except ValueError:
+                return {}
+            return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))} \
+                if isinstance(data, dict) else {}
+    return {}
+
+
+def totals(rows: list[dict]) -> dict:
+    params = sum(r["params"] for r in rows)
+    nonzero = sum(r["nonzero"] or 0 for r in rows)
+    flops = [r["flops"] for r in rows]
+    rem = [r["flops_remaining"] for r in rows]
+    known = all(f is not None for f in flops) and rows
+    unknown = [r["name"] for r in rows if r["flops"] is None]
+    return {
+        "params": params,
+        "nonzero": nonzero,
+        "density": nonzero / params if params else None,
+        "sparsity": 1 - nonzero / params if params else None,
+        "compression": params / nonzero if nonzero else None,
+        "flops": sum(flops) if known else None,
+        "flops_remaining": sum(rem) if known else None,
+        # When some layer's FLOPs are unknown the totals are null; these say how far we got.
+        "flops_known_part": sum(f for f in flops if f is not None),
+        "flops_unknown_layers": unknown,
+    }
+
+
+def file_record(path: str) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": path, "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def versions() -> dict:
+    import onnx
+    import onnx_graphsurgeon
+
+    from onnxprune import __version__
+    from onnxprune.runtime_ops import import_onnxruntime
+
+    onnxruntime = import_onnxruntime()
+
+    return {
+        "onnxprune": __version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx_graphsurgeon": onnx_graphsurgeon.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        # Not platform.platform(): it runs `uname -p` in a subprocess to find the processor.
+        "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}",
+    }
+
+
+def _fmt_int(n) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def _fmt_pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+# Names in human tables come from the model: escaped (no terminal control) and cut to this.
+NAME_CHARS = 80
+
+
+def format_note(note: dict) -> str:
+    """One ``note:`` line for stderr about a node that was not pruned, names escaped."""
+    return printable(f"note: {note['node'] or '<unnamed>'} ({note['op']}): {note['reason']}",
+                     4 * NAME_CHARS)
+
+
+def _shape(r: dict) -> str:
+    """The output model's weight shape, and the input's where removing neurons changed it."""
+    shape = "x".join(map(str, r["weight_shape"]))
+    before = r.get("original_shape")
+    if before is not None and list(before) != list(r["weight_shape"]):
+        shape += f" (was {'x'.join(map(str, before))})"
+    return shape
+
+
+def _fmt_flops(r: dict) -> str:
+    """A layer's FLOPs; "?" where shapes left them unknown."""
+    return "?" if r["flops"] is None else _fmt_int(r["flops"])
+
+
+def _fmt_total_flops(total: dict) -> str:
+    """Total FLOPs; "?" when unknown, ">=N (partial)" when only some layers are known."""
+    if total.get("flops") is not None:
+        return _fmt_int(total["flops"])
+    part = total.get("flops_known_part")
+    return f">={_fmt_int(part)} (partial)" if part else "?"
+
+
+def format_table(rows: list[dict], total: dict) -> str:
+    """A human table (for stderr) in the layout of the paper's Tables 2–5.  Shapes are the
+    output model's (``weight_shape``); params count the input's weights (``original_shape``)."""
+    headers = ["layer", "op", "shape", "params", "nonzero", "density", "FLOPs", "FLOPs left",
+               "std", "threshold"]
+    body = []
+    for r in rows:
+        body.append([
+            printable(r["name"], NAME_CHARS), printable(r["op"], NAME_CHARS), _shape(r),
+            _fmt_int(r["params"]),
+            _fmt_int(r["nonzero"]), _fmt_pct(r["density"]), _fmt_flops(r),
+            _fmt_pct(r["flops_remaining"] / r["flops"]) if r["flops"] else "-",
+            "-" if r["std"] is None else f"{r['std']:.4g}",
+            "-" if r.get("threshold") is None else f"{r['threshold']:.4g}"
+            if not r.get("skipped") else printable(f"skip: {r['skipped']}", NAME_CHARS),
+        ])
+    flops_left = (total["flops_remaining"] / total["flops"]) if total.get("flops") else None
+    body.append(["total", "", "", _fmt_int(total["params"]), _fmt_int(total["nonzero"]),
+                 _fmt_pct(total["density"]), _fmt_total_flops(total), _fmt_pct(flops_left),
+                 "", ""])
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in body[:-1]:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.append("  ".join(str(c).ljust(w) for c, w in zip(body[-1], widths)))
+    if total.get("compression"):
+        lines.append(f"compression: {total['compression']:.1f}x fewer weights "
+                     f"({_fmt_pct(total['sparsity'])} pruned)")
+    return "\n".join(lines)

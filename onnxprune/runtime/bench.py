@@ -1,0 +1,273 @@
+"""Timing a dense model against its lowered form, model by model and layer by layer, in one
+process: the measurements behind ``onnxprune bench`` and the benchmark scripts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnxprune.runtime_ops import DOMAIN
+
+
+REL_ATOL = 1e-4
+
+
+RTOL = 1e-4
+
+
+def session_for(model_bytes: bytes, threads: int):
+    from onnxprune.runtime.check import make_session
+
+    return make_session(model_bytes, threads, inter_op_threads=1)
+
+
+def run_outputs(sess, feeds):
+    from onnxprune.runtime.check import run_session
+
+    return run_session(sess, feeds)
+
+
+def densified_graph(model):
+    """The model as a graph with every sparse initializer turned into a dense constant."""
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    from onnxprune.core.graph import graph_from_model
+
+    graph = graph_from_model(model)
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues) and \
+                isinstance(t._values.tensor, onnx.SparseTensorProto):
+            t.values = np.ascontiguousarray(t.values)
+    return graph
+
+
+def is_lowered(model) -> bool:
+    return any(n.domain == DOMAIN for n in model.graph.node)
+
+
+def lower_model(dense_model, **options):
+    from onnxprune.core.graph import graph_from_model, graph_to_model
+    from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
+
+    graph = graph_from_model(dense_model)
+    result = LowerToSparseOps(options)(graph)
+    return graph_to_model(result.graph, dense_model), result.stats
+
+
+def csr_nodes(model) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == DOMAIN]
+
+
+def _inits(model) -> dict[str, onnx.TensorProto]:
+    """Constant tensors by the name nodes read them under: initializers, ``Constant`` nodes'
+    values and ``Identity`` outputs over either (PyTorch aliases equal biases through Identity,
+    Paddle keeps every weight in a Constant). An alias maps to the source tensor, whose own
+    name may differ: :func:`_named` gives it the alias's name where a graph needs one."""
+    out = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:  # topological order: a chain of Identities resolves in one pass
+        if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            continue
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                out[node.output[0]] = value
+        elif node.op_type == "Identity" and node.input and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
+    return out
+
+
+def _named(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    """``t`` itself when it is called ``name``, else a copy under that name."""
+    if t.name == name:
+        return t
+    copy = onnx.TensorProto()
+    copy.CopyFrom(t)
+    copy.name = name
+    return copy
+
+
+def capture_shapes(model, names: list[str], feeds, threads: int) -> dict[str, tuple]:
+    """Shapes the named tensors take on ``feeds`` (one run with them added as outputs)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    extra = [n for n in dict.fromkeys(names) if n not in have]
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                              for n in extra)
+    sess = session_for(probe.SerializeToString(), threads)
+    outs = run_outputs(sess, feeds)
+    by_name = {o.name: v for o, v in zip(sess.get_outputs(), outs)}
+    return {n: tuple(by_name[n].shape) for n in names}
+
+
+def node_attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix: str = ""
+                      ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Standard-op nodes computing what a CsrGemm / CsrConv node computes (weights from its CSR)."""
+    from onnxprune.runtime_ops import dense_from_csr
+
+    a = node_attrs(node)
+    values, col_idx, row_ptr = (numpy_helper.to_array(inits[n]) for n in node.input[1:4])
+    bias = node.input[4] if len(node.input) > 4 and node.input[4] else None
+    name = node.name or node.output[0]
+    w_name = f"{prefix}{name}.dense_weight"
+    if node.op_type == "CsrConv":
+        c_in = x_shape[1]
+        group = int(a.get("group", 1))
+        kh, kw = (int(v) for v in a["kernel_shape"])
+        w = dense_from_csr(values, col_idx, row_ptr, c_in // group * kh * kw)
+        w = w.reshape(w.shape[0], c_in // group, kh, kw)
+        attrs = {k: a[k] for k in ("kernel_shape", "strides", "pads", "dilations", "group")
+                 if k in a}
+        inputs = [node.input[0], w_name] + ([bias] if bias else [])
+        return ([helper.make_node("Conv", inputs, list(node.output), name=name, **attrs)],
+                [numpy_helper.from_array(w, w_name)])
+    if int(a.get("matmul", 0)):
+        w = dense_from_csr(values, col_idx, row_ptr, x_shape[-1])
+        alpha = float(a.get("alpha", 1.0))
+        beta = float(a.get("beta", 1.0))
+        inits_out = [numpy_helper.from_array(np.ascontiguousarray(alpha * w.T), w_name)]
+        if not bias or beta == 0.0:
+            return [helper.make_node("MatMul", [node.input[0], w_name], list(node.output),
+                                     name=name)], inits_out
+        mid = f"{prefix}{name}.matmul_out"
+        nodes = [helper.make_node("MatMul", [node.input[0], w_name], [mid], name=name)]
+        b_in = bias
+        if beta != 1.0:
+            b_in = f"{prefix}{name}.scaled_bias"
+            inits_out.append(numpy_helper.from_array(
+                (beta * numpy_helper.to_array(inits[bias])).astype(np.float32), b_in))
+        nodes.append(helper.make_node("Add", [mid, b_in], list(node.output), name=name + "_add"))
+        return nodes, inits_out
+    trans_a = int(a.get("transA", 0))
+    k = x_shape[0] if trans_a else x_shape[1]
+    w = dense_from_csr(values, col_idx, row_ptr, k)
+    attrs = {"transB": 1, **{key: a[key] for key in ("transA", "alpha", "beta") if key in a}}
+    inputs = [node.input[0], w_name] + ([bias] if bias else [])
+    return ([helper.make_node("Gemm", inputs, list(node.output), name=name, **attrs)],
+            [numpy_helper.from_array(w, w_name)])
+
+
+def dense_from_lowered(model, x_shapes: dict) -> onnx.ModelProto:
+    """The lowered model with every CSR node replaced by its dense equivalent."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = _inits(model)
+    nodes, new_inits, used = [], [], set()
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            nodes.append(node)
+            continue
+        ns, ts = _dense_equivalent(node, inits, x_shapes[node.input[0]])
+        nodes.extend(ns)
+        new_inits.extend(ts)
+        used.update(node.input[1:4])
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    still = {i for n in nodes for i in n.input}
+    keep = [t for t in out.graph.initializer if t.name not in used or t.name in still]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep + new_inits)
+    ops = [o for o in out.opset_import if o.domain != DOMAIN]
+    del out.opset_import[:]
+    out.opset_import.extend(ops)
+    return out
+
+
+def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: int
+                     ) -> tuple[bytes, bytes]:
+    """(dense, sparse) single-layer models for one CSR node of the model."""
+    x = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, list(x_shape))
+    y = helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)
+    needed = [n for n in node.input[1:] if n]
+    sparse_inits = [_named(inits[n], n) for n in needed]
+    d_nodes, d_inits = _dense_equivalent(node, inits, x_shape)
+    bias = [_named(inits[n], n) for n in node.input[4:5]
+            if n and any(n in dn.input for dn in d_nodes)]
+    std = helper.make_opsetid("", opset)
+    sparse = helper.make_model(helper.make_graph([node], "layer", [x], [y], sparse_inits),
+                               opset_imports=[std, helper.make_opsetid(DOMAIN, 1)])
+    dense = helper.make_model(helper.make_graph(d_nodes, "layer", [x], [y], d_inits + bias),
+                              opset_imports=[std])
+    for m in (sparse, dense):
+        m.ir_version = 8
+    return dense.SerializeToString(), sparse.SerializeToString()
+
+
+def time_pair(sess_a, sess_b, feeds_a, feeds_b, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median ms of ``sess_a`` and ``sess_b``, run alternately (a b, b a, ...) after warm-ups."""
+    for _ in range(warmup):
+        run_outputs(sess_a, feeds_a)
+        run_outputs(sess_b, feeds_b)
+    ta, tb = [], []
+    for i in range(repeats):
+        order = ((sess_a, feeds_a, ta), (sess_b, feeds_b, tb))
+        for sess, feeds, acc in (order if i % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            run_outputs(sess, feeds)
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+
+
+def compare_outputs(ref: list[np.ndarray], cand: list[np.ndarray]) -> dict:
+    from onnxprune.runtime.check import compare
+
+    scale = max((float(np.max(np.abs(r))) for r in ref if r.size), default=0.0)
+    atol = REL_ATOL * max(scale, 1e-6)
+    result = compare(ref, cand, atol, RTOL)
+    return {"passed": result["passed"], "atol": atol, "rtol": RTOL, "output_scale": scale,
+            "max_abs_error": result["max_abs_error"]}
+
+
+def batch_dims(model) -> tuple[dict[str, int | None], list[str]]:
+    from onnxprune.runtime.check import graph_inputs
+
+    fixed, symbolic = {}, []
+    for vi in graph_inputs(model):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            fixed[vi.name] = int(dims[0].dim_value)
+        else:
+            symbolic.append(vi.name)
+    return fixed, symbolic
+
+
+def model_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+
+
+def one_node_pairs(forced: onnx.ModelProto, shape_model: onnx.ModelProto, feeds: dict,
+                   threads: int, opset: int, seed: int):
+    """For each CSR node of ``forced``: ``(node, inits, x_shape, x, dense session, CSR session)``
+    — the node alone as a one-node dense model and a one-node CSR model, its input shape as
+    ``shape_model`` sees it on ``feeds``, and a random input ``x`` of that shape."""
+    nodes = csr_nodes(forced)
+    if not nodes:
+        return
+    xs = capture_shapes(shape_model, [n.input[0] for n in nodes], feeds, threads)
+    inits = _inits(forced)
+    rng = np.random.default_rng(seed)
+    for node in nodes:
+        x_shape = xs[node.input[0]]
+        dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset)
+        x = {node.input[0]: rng.standard_normal(x_shape).astype(np.float32)}
+        yield node, inits, x_shape, x, session_for(dense_b, threads), session_for(sparse_b, threads)
+
+
+def csr_params(node: onnx.NodeProto, inits: dict, x_shape: tuple) -> int:
+    """N·K of the weight behind a CSR node (K from the input it sees)."""
+    a = node_attrs(node)
+    n = int(inits[node.input[3]].dims[0]) - 1
+    if node.op_type == "CsrConv":
+        kh, kw = (int(v) for v in a["kernel_shape"])
+        return n * x_shape[1] // int(a.get("group", 1)) * kh * kw
+    if int(a.get("matmul", 0)):
+        return n * x_shape[-1]
+    return n * (x_shape[0] if int(a.get("transA", 0)) else x_shape[1])

@@ -1,0 +1,313 @@
+"""Differential check: run a reference and a candidate model on the same inputs and compare.
+
+Passes when every output satisfies ``|cand − ref| ≤ atol + rtol·|ref|`` elementwise (numpy's
+``allclose`` rule; NaN in the same position on both sides counts as equal, NaN against a
+number never passes).  On failure the report carries the smallest ``atol`` that would have
+passed at the given ``rtol``: ``max(|cand − ref| − rtol·|ref|)``, or null when none would.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+
+from onnxprune.runtime.datasets import npz_array, open_npz
+from onnxprune.core.errors import InvalidModelError, RuntimeFailure, UsageError, name_list
+from onnxprune.core.io import serialize_for_runtime
+
+_NP_TYPES = {
+    TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16,
+    TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8, TensorProto.BOOL: np.bool_,
+}
+
+
+def graph_inputs(model: ModelProto):
+    inits = {t.name for t in model.graph.initializer} | {
+        t.values.name for t in model.graph.sparse_initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+# Random inputs beyond this many elements per input are refused (memory); pass --data instead.
+MAX_RANDOM_ELEMENTS = 1 << 28
+
+
+def input_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    """``--input-shape NAME=DIMS``, DIMS like ``1x3x640x640``: (name, dims), every dim >= 1."""
+    import argparse
+
+    name, sep, dims_text = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=DIMS like images=1x3x640x640, got {text!r}")
+    try:
+        dims = tuple(int(d) for d in dims_text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{name}: DIMS must be integers joined by 'x' (like 1x3x640x640), got {dims_text!r}"
+        ) from None
+    if any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{name}: every dimension must be >= 1, got {dims_text!r}")
+    if int(np.prod(dims, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"{name}: {dims_text} is more than {MAX_RANDOM_ELEMENTS} elements; pass --data")
+    return name, dims
+
+
+def add_input_shape_option(parser) -> None:
+    """``--input-shape NAME=DIMS`` (repeatable) on a command that makes random inputs."""
+    parser.add_argument("--input-shape", type=input_shape_arg, action="append", default=[],
+                        metavar="NAME=DIMS",
+                        help="shape of a random input, e.g. images=1x3x640x640 (repeatable); "
+                             "needed where the model leaves a dimension other than the batch "
+                             "symbolic")
+
+
+def input_shapes(args) -> dict[str, tuple[int, ...]]:
+    """The ``--input-shape`` values by input name; refused together with ``--data``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, dims in args.input_shape or []:
+        if shapes.get(name, dims) != dims:
+            raise UsageError(f"--input-shape {name} is given twice with different shapes")
+        shapes[name] = dims
+    if shapes and getattr(args, "data", None):
+        raise UsageError("--input-shape sets the shapes of random inputs, and --data brings "
+                         "its own arrays: use one of them")
+    return shapes
+
+
+def _dim_label(d) -> str:
+    return d.dim_param if d.HasField("dim_param") and d.dim_param else "?"
+
+
+def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool) -> list[int]:
+    """The shape of one random input: ``given`` (checked against the model's fixed dims), else
+    the model's dims with a symbolic leading dim as ``batch``.  Any other symbolic dim is refused
+    when ``strict`` (a detector with symbolic height and width must not run on 2x2 images)."""
+    dims = list(vi.type.tensor_type.shape.dim)
+    declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    if given is not None:
+        if vi.type.tensor_type.HasField("shape") and len(given) != len(dims):
+            raise UsageError(f"--input-shape {vi.name}: {len(given)} dims given, the model's input "
+                             f"has {len(dims)} ({_shape_text(dims)})")
+        clash = [i for i, (g, m) in enumerate(zip(given, declared)) if m is not None and g != m]
+        if clash:
+            raise UsageError(f"--input-shape {vi.name}: dim {clash[0]} is {given[clash[0]]}, "
+                             f"the model fixes it at {declared[clash[0]]} ({_shape_text(dims)})")
+        return list(given)
+    unknown = [i for i, m in enumerate(declared) if m is None and i > 0]
+    if strict and unknown:
+        names = ", ".join(_dim_label(dims[i]) for i in unknown)
+        example = "x".join(str(m) if m is not None else (str(batch) if i == 0 else
+                           _dim_label(dims[i]).upper()) for i, m in enumerate(declared))
+        raise UsageError(f"input {vi.name!r} has symbolic dimension(s) {names} "
+                         f"(shape {_shape_text(dims)}) that random inputs cannot guess; "
+                         f"give its shape with --input-shape {vi.name}={example}")
+    return [m if m is not None else batch for m in declared]
+
+
+def _dims_text(dims) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+def _shape_text(dims) -> str:
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
+                           else _dim_label(d) for d in dims) + "]"
+
+
+def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
+                  shapes: dict[str, tuple[int, ...]] | None = None,
+                  strict: bool = False) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input.  ``shapes`` gives inputs their full shape (names
+    must be graph inputs); otherwise a symbolic leading dim takes ``batch``, and so does any
+    other symbolic dim unless ``strict``, which refuses it (UsageError naming the input)."""
+    inputs = graph_inputs(model)
+    shapes = dict(shapes or {})
+    stray = [n for n in shapes if n not in {vi.name for vi in inputs}]
+    if stray:
+        raise UsageError(f"--input-shape {stray[0]}: the model has no such input; inputs: "
+                         f"{name_list([vi.name for vi in inputs])}")
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in inputs:
+        tt = vi.type.tensor_type
+        dtype = _NP_TYPES.get(tt.elem_type)
+        if dtype is None:
+            raise UsageError(f"input {vi.name!r}: element type {tt.elem_type} has no random "
+                             "generator; pass --data")
+        dims = _input_dims(vi, batch, shapes.get(vi.name), strict)
+        if float(np.prod(dims, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
+            raise UsageError(f"input {vi.name!r}: a random input of shape {_dims_text(dims)} is "
+                             f"more than {MAX_RANDOM_ELEMENTS} elements; use a smaller --batch "
+                             "or --input-shape, or pass --data")
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, dims).astype(np.bool_)
+        else:
+            feeds[vi.name] = rng.integers(0, 10, dims).astype(dtype)
+    return feeds
+
+
+def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
+    """Inputs from an .npz: keys named after the graph inputs, or ``x`` for a one-input model."""
+    with open_npz(path) as z:
+        data = {k: npz_array(z, k, path) for k in z.files}
+    names = [vi.name for vi in graph_inputs(model)]
+    if len(names) == 1 and names[0] not in data:
+        key = "x" if "x" in data else (next(iter(data)) if len(data) == 1 else None)
+        if key is None:
+            raise UsageError(f"{path}: has no array named {names[0]!r} or 'x'")
+        return {names[0]: data[key]}
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise UsageError(f"{path}: missing input array(s) {', '.join(missing)}")
+    for vi in graph_inputs(model):
+        _check_array(path, vi, data[vi.name])
+    return {n: data[n] for n in names}
+
+
+def _check_array(path: str, vi, arr: np.ndarray) -> None:
+    """UsageError unless ``arr`` fits graph input ``vi``: its element type, its rank and every
+    fixed dimension, and at least one row (ONNX Runtime would fail on any of these, and the
+    data, not the run, is what is wrong)."""
+    tt = vi.type.tensor_type
+    want = _NP_TYPES.get(tt.elem_type)
+    if want is not None and arr.dtype != np.dtype(want):
+        raise UsageError(f"{path}: array {vi.name!r} holds {arr.dtype}, the model's input takes "
+                         f"{np.dtype(want)}")
+    if not tt.HasField("shape"):
+        return
+    dims = list(tt.shape.dim)
+    if arr.ndim != len(dims):
+        raise UsageError(f"{path}: array {vi.name!r} has {arr.ndim} dims {tuple(arr.shape)}, the "
+                         f"model's input has {len(dims)} ({_shape_text(dims)})")
+    for i, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0 and arr.shape[i] != d.dim_value:
+            raise UsageError(f"{path}: array {vi.name!r}: dim {i} is {arr.shape[i]}, the model "
+                             f"fixes it at {d.dim_value} ({_shape_text(dims)})")
+    if arr.size == 0:
+        raise UsageError(f"{path}: array {vi.name!r} has no rows (shape {tuple(arr.shape)})")
+
+
+# ONNX Runtime's own log goes to stderr in colour; its errors reach us as exceptions anyway,
+# so the session logs only fatal events and the CLI's one-line error stays one line.
+ORT_LOG_FATAL = 4
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*[A-Z_]+\s*:\s*")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's exception as one plain line: the first line, without colour codes and
+    without the ``[ONNXRuntimeError] : N : NAME :`` prefix."""
+    text = _ANSI.sub("", str(exc)).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return _ORT_PREFIX.sub("", line) or type(exc).__name__
+
+
+def make_session(model: "ModelProto | bytes", threads: int | None = 1, providers=None,
+                 error: type = InvalidModelError, inter_op_threads: int | None = None):
+    """An ONNX Runtime session for ``model``, the one way onnxprune opens one (telemetry off,
+    see ``runtime_ops.disable_telemetry``; fatal-only logging).  onnxprune's CSR ops are
+    registered when a ModelProto imports their domain, and always for serialized bytes.
+    A model ORT refuses raises ``error`` with ORT's message."""
+    from onnxprune import runtime_ops
+
+    ort = runtime_ops.import_onnxruntime()
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    if inter_op_threads:
+        so.inter_op_num_threads = inter_op_threads
+    so.log_severity_level = ORT_LOG_FATAL
+    if isinstance(model, ModelProto):
+        custom = any(op.domain == runtime_ops.DOMAIN for op in model.opset_import)
+        blob = serialize_for_runtime(model)
+    else:
+        custom, blob = True, model
+    try:
+        return runtime_ops.InferenceSession(blob, so, providers=providers, custom_ops=custom)
+    except Exception as e:
+        raise error(f"ONNX Runtime cannot load the model: {ort_message(e)}") from None
+
+
+def run_session(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``sess.run`` with ORT's failures as a one-line ``RuntimeFailure``."""
+    try:
+        return sess.run(None, feeds)
+    except Exception as e:
+        raise RuntimeFailure(f"ONNX Runtime failed to run the model: {ort_message(e)}") from None
+
+
+def run_model(model: ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``model`` on the feeds it takes; UsageError when it needs one they lack (two models
+    with different inputs cannot be compared on the same feeds)."""
+    sess = make_session(model)
+    expected = {i.name: i for i in sess.get_inputs()}
+    lacking = [n for n in expected if n not in feeds]
+    if lacking:
+        raise UsageError(f"a model needs input(s) {name_list([repr(n) for n in lacking])} "
+                         f"that the inputs ({name_list(list(feeds))}) do not have; the "
+                         "reference and the candidate must take the same inputs")
+    return run_session(sess, {k: v for k, v in feeds.items() if k in expected})
+
+
+def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: float) -> dict:
+    """Compare outputs pairwise by ``|c − r| ≤ atol + rtol·|r|``.
+
+    Non-finite values: NaN in the same position on both sides counts as equal (and is counted
+    in ``nan_both``); NaN against a number, or an infinity against anything but the same
+    infinity, is a mismatch that no tolerance fixes (``unfixable``).  ``atol_that_passes`` is
+    the smallest atol that would pass at this rtol, ``max(|c − r| − rtol·|r|)`` over the
+    remaining positions, or None when no finite atol would (unfixable or a shape mismatch).
+    """
+    if len(ref) != len(cand):
+        return {"passed": False, "reason": f"output count differs: {len(ref)} vs {len(cand)}",
+                "outputs": [], "atol_that_passes": None}
+    rows = []
+    passed = True
+    needed_atol: float | None = 0.0
+    for i, (r, c) in enumerate(zip(ref, cand)):
+        if r.shape != c.shape:
+            rows.append({"index": i, "shape_ref": list(r.shape), "shape_candidate": list(c.shape),
+                         "passed": False})
+            passed = False
+            needed_atol = None
+            continue
+        if not np.issubdtype(r.dtype, np.number):
+            ok = bool(np.array_equal(r, c))
+            rows.append({"index": i, "passed": ok, "max_abs_error": None})
+            passed &= ok
+            if not ok:
+                needed_atol = None
+            continue
+        r64, c64 = r.astype(np.float64), c.astype(np.float64)
+        nan_r, nan_c = np.isnan(r64), np.isnan(c64)
+        nan_both = nan_r & nan_c
+        with np.errstate(invalid="ignore"):
+            same = (r64 == c64) | nan_both  # equal numbers, equal infinities, NaN in both
+            diff = np.where(same, 0.0, np.abs(c64 - r64))
+        finite = np.isfinite(diff)  # inf−x, NaN−x: beyond every tolerance
+        unfixable = int(np.count_nonzero(~finite))
+        diff = np.where(finite, diff, 0.0)
+        denom = np.where(np.isfinite(r64), np.abs(r64), 0.0)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(denom > 0, diff / np.where(denom > 0, denom, 1.0),
+                           np.where(diff > 0, np.inf, 0.0))
+        max_rel = float(rel.max()) if rel.size else 0.0
+        need = max(float((diff - rtol * denom).max()) if diff.size else 0.0, 0.0)
+        ok = unfixable == 0 and need <= atol
+        if needed_atol is not None:
+            needed_atol = None if unfixable else max(needed_atol, need)
+        rows.append({"index": i, "shape": list(r.shape), "max_abs_error": max_abs,
+                     "max_rel_error": max_rel, "passed": ok,
+                     "nan_mismatch": bool(np.any(nan_r != nan_c)),
+                     "nan_both": int(np.count_nonzero(nan_both)), "unfixable": unfixable})
+        passed &= ok
+    return {"passed": passed, "atol": atol, "rtol": rtol, "outputs": rows,
+            "max_abs_error": max((o.get("max_abs_error") or 0.0 for o in rows), default=0.0),
+            "atol_that_passes": needed_atol}

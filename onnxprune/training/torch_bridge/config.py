@@ -1,0 +1,127 @@
+"""Fine-tune options and result (no torch import: the CLI can build and check these cheaply)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import onnx
+
+from onnxprune.core.errors import UsageError
+
+ProgressFn = Callable[[int, int, "int | None", dict], None]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Options of :func:`onnxprune.training.torch_bridge.finetune`; field ``x_y`` is option ``--x-y``.
+
+    ``lr`` is the retraining learning rate; if omitted it is ``original_lr / 10`` (the paper
+    retrains LeNet at 1/10 of the original rate; pass ``lr`` for AlexNet's 1/100).
+    ``weight_decay`` is the L2 strength and ``l1`` the L1 strength; both act on layer weights
+    only (the prunable Conv/ConvTranspose/Gemm/MatMul weights), not on biases or
+    BatchNormalization parameters.  ``batch_size`` is the *global* batch: under torchrun it is
+    split evenly across processes, so a run gives the same weights for any process count
+    (up to float summation order).
+
+    ``lr_schedule="cosine"`` decays the rate from the resolved rate (``lr``, or
+    ``original_lr/10``) to 0 over the run by ``lr·(1 + cos(π·t))/2``, t the share of training
+    steps done (the data must have a known number of batches); the paper retrains at a
+    constant rate (the default).  With ``lr`` set to the original peak rate, each compress
+    round restarts at that rate, in the spirit of learning-rate rewinding (Renda et al. 2020,
+    who replay the tail of the original schedule).
+
+    ``distill`` (α in [0, 1], 0 = off) mixes a distillation term from a teacher model (in
+    ``compress``: the dense input model) into the loss, Hinton et al. 2015:
+    ``(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`` with ``T =
+    distill_temperature``.  Not part of Han et al.'s method; it is off unless asked for.
+    """
+
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float | None = None
+    original_lr: float | None = None
+    optimizer: str = "sgd"  # sgd | adam
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4
+    l1: float = 0.0
+    freeze: str | None = None  # None | "conv" | "fc"
+    adjust_dropout: bool = True
+    keep_best: bool = False
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | auto
+    distill: float = 0.0
+    distill_temperature: float = 4.0
+    lr_schedule: str = "constant"  # constant | cosine
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else self.original_lr / 10.0
+
+    def validate(self) -> "FinetuneConfig":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise UsageError(f"finetune: {msg}")
+
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch-size must be an integer >= 1, got {self.batch_size!r}")
+        need(self.lr is not None or self.original_lr is not None,
+             "give lr (the retraining rate) or original-lr (retrains at 1/10 of it)")
+        need(self.lr is None or self.original_lr is None, "give lr or original-lr, not both")
+        need(self.resolved_lr() > 0, f"the learning rate must be > 0, got {self.resolved_lr()!r}")
+        need(self.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        need(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
+        need(self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay!r}")
+        need(self.l1 >= 0, f"l1 must be >= 0, got {self.l1!r}")
+        need(self.freeze in (None, "conv", "fc"), f"freeze must be 'conv', 'fc' or none, got {self.freeze!r}")
+        need(self.device in ("cpu", "cuda", "auto"), f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
+        need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        need(self.lr_schedule in ("constant", "cosine"),
+             f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        need(_number(self.distill) and 0.0 <= self.distill <= 1.0,
+             f"distill must be a number in [0, 1], got {self.distill!r}")
+        need(_number(self.distill_temperature) and 0 < self.distill_temperature < math.inf,
+             f"distill-temperature must be a finite number > 0, got {self.distill_temperature!r}")
+        return self
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "FinetuneConfig":
+        """Build from kebab-case (recipe/CLI) or snake_case keys; unknown keys are an error."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs, unknown = {}, []
+        for key, value in options.items():
+            name = key.replace("-", "_")
+            if name in fields:
+                kwargs[name] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            known = ", ".join(sorted(f.replace("_", "-") for f in fields))
+            raise UsageError(f"finetune: unknown option(s) {unknown}; known: {known}")
+        return cls(**kwargs).validate()
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    """What a fine-tune run produced.
+
+    ``model`` is the input graph with new weight values (``None`` on torchrun ranks other
+    than 0, which only help train).  ``history`` has one dict per epoch.  ``dropout`` maps a
+    Dropout node to ``(D_o, D_r)``; ``masks`` maps each prunable weight to
+    ``(nonzero, total)`` as held through training.
+    """
+
+    model: onnx.ModelProto | None
+    history: list[dict]
+    best_epoch: int | None
+    dropout: dict[str, tuple[float, float]]
+    masks: dict[str, tuple[int, int]]
+    world_size: int = 1
+    rank: int = 0
+    max_rank_divergence: float | None = None
+    device: str = "cpu"

@@ -1,0 +1,320 @@
+"""Find the trainable weights of an ONNX graph and write new values back in place (numpy only).
+
+A *weight* is a floating-point tensor held in the graph itself — an initializer, a sparse
+initializer, or the ``value``/``sparse_value`` of a ``Constant`` node — that feeds one of the
+layer slots below, possibly through a chain of ``Identity`` nodes (the legacy torch exporter
+inserts those for shared weights) or float-to-float ``Cast`` nodes (mixed precision):
+
+=====================  =======================================  ================
+op                     slot → role                              group
+=====================  =======================================  ================
+Conv, ConvTranspose    input 1 → weight, input 2 → bias         conv
+Gemm                   constant operand of 0/1 → weight,        fc
+                       input 2 → bias
+MatMul                 constant operand → weight; a constant    fc
+                       operand of an ``Add`` fed by the MatMul
+                       → bias (the MatMul+Add linear idiom)
+BatchNormalization     1 → bn_scale, 2 → bn_bias,               group of the
+                       3 → bn_mean, 4 → bn_var (statistics:     layer feeding it
+                       not trained, but updated and written)
+=====================  =======================================  ================
+
+Every other float constant (input normalisation, epsilons, PRelu slopes...) is part of the
+fixed computation and is never changed.  Only ``weight`` roles are *prunable*: a pruned
+connection is an exact zero there, and retraining must keep it so.
+
+Invariants of :func:`write_back`: the returned model is a deep copy in which only the values
+of the named tensors differ — same nodes, names, order, opsets, metadata, dtypes, dims and
+storage place (initializer stays initializer, Constant stays Constant, a tensor stored in
+``raw_data`` stays in ``raw_data``, one stored in the typed field stays there).  Values
+computed in float32 are cast back to the tensor's own type (fp16/bf16 round to nearest even,
+fp64 widens).  A sparse tensor keeps its index set and takes the new values at those
+indices; that is lossless because the positions outside the index set are pruned
+connections, which masked retraining holds at zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from onnxprune.core.errors import InvalidModelError, UsageError
+
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+# op type → ({input index: role}, group).  Gemm and MatMul pick their weight operand at
+# discovery time because either operand may be the constant one.
+_LAYER_SLOTS: dict[str, tuple[dict[int, str], str]] = {
+    "Conv": ({1: "weight", 2: "bias"}, "conv"),
+    "ConvTranspose": ({1: "weight", 2: "bias"}, "conv"),
+    "Gemm": ({2: "bias"}, "fc"),
+    "MatMul": ({}, "fc"),
+    "BatchNormalization": ({1: "bn_scale", 2: "bn_bias", 3: "bn_mean", 4: "bn_var"}, "bn"),
+}
+class UnsupportedOpError(InvalidModelError):
+    """The graph uses ops (or op features) the fine-tune bridge cannot rebuild in torch.
+
+    The model is rejected as input (exit 4) rather than as a usage error: no option makes it
+    trainable; the graph has to change, or the op table has to grow.
+    """
+
+
+STAT_ROLES = frozenset({"bn_mean", "bn_var"})
+
+
+@dataclasses.dataclass
+class WeightInfo:
+    """One weight tensor and how the graph uses it."""
+
+    name: str
+    role: str  # weight | bias | bn_scale | bn_bias | bn_mean | bn_var
+    layer: str  # name of the (first) consuming layer node
+    op_type: str  # op type of that layer
+    group: str  # "conv" or "fc": what ``freeze`` acts on
+    storage: str  # initializer | sparse_initializer | constant | constant_sparse
+    shape: tuple[int, ...]
+    elem_type: int
+
+    @property
+    def prunable(self) -> bool:
+        return self.role == "weight"
+
+    @property
+    def trainable(self) -> bool:
+        return self.role not in STAT_ROLES
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """A node's name, or ``OpType_index`` for unnamed nodes (names are optional in ONNX)."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def _constant_tensor(node: onnx.NodeProto):
+    """The TensorProto/SparseTensorProto a Constant node holds, or None for value_float(s)..."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return "constant", attr.t
+        if attr.name == "sparse_value":
+            return "constant_sparse", attr.sparse_tensor
+    return None, None
+
+
+def stored_tensors(graph: onnx.GraphProto) -> dict[str, tuple[str, object]]:
+    """Map name → (storage kind, TensorProto or SparseTensorProto) of tensors held in the graph."""
+    found: dict[str, tuple[str, object]] = {}
+    for t in graph.initializer:
+        found[t.name] = ("initializer", t)
+    for s in graph.sparse_initializer:
+        found[s.values.name] = ("sparse_initializer", s)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            kind, t = _constant_tensor(node)
+            if kind is not None:
+                found[node.output[0]] = (kind, t)
+    return found
+
+
+def _elem_type(kind: str, t) -> int:
+    return t.values.data_type if _is_sparse(kind) else t.data_type
+
+
+def _dims(kind: str, t) -> tuple[int, ...]:
+    return tuple(int(d) for d in t.dims)
+
+
+def _is_sparse(kind: str) -> bool:
+    return kind in ("sparse_initializer", "constant_sparse")
+
+
+def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
+    """All weights of the graph, keyed by initializer / Constant-output name (see module doc)."""
+    graph = model.graph
+    stored = stored_tensors(graph)
+    producers = _producers(graph)
+
+    def passes_value(node: onnx.NodeProto) -> bool:
+        # Identity, and Cast between float types (mixed-precision graphs store fp16 weights and
+        # cast them up): the gradient reaches the stored tensor through either.
+        if node.op_type == "Identity":
+            return True
+        if node.op_type == "Cast":
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            return to in FLOAT_TYPES
+        return False
+
+    def source(name: str) -> str:
+        # Follow Identity / float Cast chains back to the stored tensor.
+        seen = set()
+        while name not in stored and name in producers and name not in seen:
+            seen.add(name)
+            node = producers[name]
+            if not passes_value(node) or not node.input:
+                break
+            name = node.input[0]
+        return name
+
+    def is_float_const(name: str) -> bool:
+        if not name:
+            return False
+        src = source(name)
+        return src in stored and _elem_type(*stored[src]) in FLOAT_TYPES
+
+    weights: dict[str, WeightInfo] = {}
+    labels = {id(node): node_label(node, i) for i, node in enumerate(graph.node)}
+
+    def add(name: str, role: str, node: onnx.NodeProto, group: str) -> None:
+        src = source(name)
+        if src in weights:
+            # Shared tensor: a prunable use wins, so its mask is enforced everywhere.
+            if role == "weight" and weights[src].role != "weight":
+                weights[src].role = role
+            return
+        kind, t = stored[src]
+        weights[src] = WeightInfo(
+            name=src, role=role, layer=labels[id(node)], op_type=node.op_type, group=group,
+            storage=kind, shape=_dims(kind, t), elem_type=_elem_type(kind, t),
+        )
+
+    def bn_group(node: onnx.NodeProto) -> str:
+        # A BatchNormalization belongs to the layer it normalises (freeze acts on both).
+        name = node.input[0]
+        while name in producers and producers[name].op_type == "Identity":
+            name = producers[name].input[0]
+        prod = producers.get(name)
+        if prod is None:
+            return "conv"
+        if prod.op_type in ("Gemm", "MatMul"):
+            return "fc"
+        if prod.op_type == "Add" and any(
+            i in producers and producers[i].op_type == "MatMul" for i in prod.input
+        ):
+            return "fc"
+        return "conv"
+
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _LAYER_SLOTS:
+            continue
+        slots, group = _LAYER_SLOTS[node.op_type]
+        if group == "bn":
+            group = bn_group(node)
+        if node.op_type in ("Gemm", "MatMul"):
+            ops = list(node.input[:2])
+            pick = 1 if is_float_const(ops[1]) else 0 if is_float_const(ops[0]) else None
+            if pick is not None:
+                add(ops[pick], "weight", node, group)
+        for idx, role in slots.items():
+            if idx < len(node.input) and is_float_const(node.input[idx]):
+                add(node.input[idx], role, node, group)
+        if node.op_type == "MatMul":
+            for cons in consumers.get(node.output[0], []):
+                if cons.op_type == "Add" and cons.domain in ("", "ai.onnx"):
+                    other = [i for i in cons.input if i != node.output[0]]
+                    if len(other) == 1 and is_float_const(other[0]):
+                        add(other[0], "bias", node, group)
+    return weights
+
+
+def _check_loaded(name: str, t: TensorProto) -> None:
+    if t.data_location == TensorProto.EXTERNAL:
+        raise InvalidModelError(
+            f"weight {name!r} is stored in external data that was not loaded; "
+            "load the model with its external data first"
+        )
+
+
+def _sparse_indices(s: onnx.SparseTensorProto) -> np.ndarray:
+    """Flat (row-major) positions of a sparse tensor's stored values."""
+    idx = numpy_helper.to_array(s.indices).astype(np.int64)
+    dims = tuple(int(d) for d in s.dims)
+    if idx.ndim == 2:
+        idx = np.ravel_multi_index(tuple(idx.T), dims) if idx.size else idx.reshape(0)
+    return idx.reshape(-1)
+
+
+def tensor_value(kind: str, t) -> np.ndarray:
+    """Dense numpy value of a stored tensor, in its own dtype."""
+    if _is_sparse(kind):
+        _check_loaded(t.values.name, t.values)
+        dims = tuple(int(d) for d in t.dims)
+        vals = numpy_helper.to_array(t.values).reshape(-1)
+        dense = np.zeros(int(np.prod(dims)), dtype=vals.dtype)
+        dense[_sparse_indices(t)] = vals
+        return dense.reshape(dims)
+    _check_loaded(t.name, t)
+    return numpy_helper.to_array(t)
+
+
+def read_weights(model: onnx.ModelProto, names=None) -> dict[str, np.ndarray]:
+    """Dense values of the named stored tensors (default: every weight of :func:`find_weights`)."""
+    stored = stored_tensors(model.graph)
+    if names is None:
+        names = list(find_weights(model))
+    return {n: tensor_value(*stored[n]) for n in names}
+
+
+def _cast_like(value: np.ndarray, elem_type: int) -> np.ndarray:
+    target = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    if elem_type == TensorProto.BFLOAT16:
+        import ml_dtypes  # a core dependency; float32 → bfloat16 rounds to nearest even
+
+        return np.asarray(value, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    return np.asarray(value).astype(target)
+
+
+def _set_dense(t: TensorProto, value: np.ndarray) -> None:
+    """Replace the values of ``t`` keeping the field they were stored in."""
+    cast = _cast_like(value, t.data_type)
+    if t.raw_data:
+        t.raw_data = numpy_helper.from_array(cast).raw_data
+        return
+    flat = cast.reshape(-1)
+    if t.data_type == TensorProto.FLOAT:
+        del t.float_data[:]
+        t.float_data.extend(flat.tolist())
+    elif t.data_type == TensorProto.DOUBLE:
+        del t.double_data[:]
+        t.double_data.extend(flat.tolist())
+    elif t.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        # The typed field holds the 16-bit patterns widened to int32.
+        del t.int32_data[:]
+        t.int32_data.extend(flat.view(np.uint16).astype(np.int32).tolist())
+    else:  # pragma: no cover - find_weights only yields float tensors
+        raise UsageError(f"cannot write values of element type {t.data_type} into {t.name!r}")
+
+
+def write_back(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` where the named stored tensors take the given values (see module doc)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    stored = stored_tensors(out.graph)
+    for name, value in weights.items():
+        if name not in stored:
+            raise UsageError(f"write_back: no initializer or Constant named {name!r} in the graph")
+        kind, t = stored[name]
+        value = np.asarray(value)
+        dims = _dims(kind, t)
+        if tuple(value.shape) != dims:
+            raise UsageError(
+                f"write_back: {name!r} has shape {dims} in the graph but new value has {value.shape}"
+            )
+        if _elem_type(kind, t) not in FLOAT_TYPES:
+            raise UsageError(f"write_back: {name!r} is not a floating-point tensor")
+        if _is_sparse(kind):
+            _check_loaded(name, t.values)
+            _set_dense(t.values, value.reshape(-1)[_sparse_indices(t)])
+        else:
+            _check_loaded(name, t)
+            _set_dense(t, value)
+    return out

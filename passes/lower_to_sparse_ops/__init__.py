@@ -1,0 +1,500 @@
+"""LowerToSparseOps — rewrite pruned Gemm / MatMul / Conv nodes into onnxprune's CSR ops.
+
+The "accelerated" output form (DESIGN.md §4): a pruned weight W becomes three ordinary
+initializers holding W by output row in CSR (``runtime_ops/README.md``)::
+
+    values  float32[nnz]    col_idx int16|int32[nnz]    row_ptr int32[N + 1]
+
+and its node becomes ``CsrGemm`` / ``CsrConv`` in domain ``ai.onnxprune`` (op-set 1).  The
+rows of the CSR are always the op's outputs, so the source matrix is (op knowledge, one table,
+``_ROWS_BY_OUTPUT``)::
+
+    Gemm(A, B, C), transB=1   B            (N, K)        → CsrGemm(A, v, c, p, C)  α, β, transA kept
+    Gemm(A, B, C), transB=0   Bᵀ                         → CsrGemm(A, v, c, p, C)
+    MatMul(X, W), W (K, N)    Wᵀ                         → CsrGemm(X, v, c, p[, b]) matmul=1
+        (a following Add(·, b) with constant b of shape (N,) is folded in as input 4)
+    Conv(X, W, B), 2-D        W.reshape(C_out, C_in/g·kH·kW) → CsrConv(X, v, c, p[, B])
+                                                           (auto_pad resolved to explicit pads)
+
+Exactness: the CSR holds exactly the nonzero weights (pruned weights are exact zeros), so the
+lowered op computes the same sum with the zero terms left out; results differ from the dense
+op only by floating-point summation order.
+
+Per layer, only where the kernel is predicted to beat ONNX Runtime's dense op
+(``cost_model.estimate`` with the expected ``batch`` and ``threads``), unless the layer
+matches a ``force`` glob (always lowered when eligible, also where the cost model cannot judge
+it: a convolution whose output size is unknown) or a ``never`` glob (never lowered);
+``max-density`` replaces the cost model by a plain density threshold.  Layers the ops cannot
+express (float16/float64 weights — both ops compute in float32 only, and casting would change
+the model's numerics —, a weight on the left of MatMul, a batched MatMul weight, 1-D/3-D
+convolutions, SAME padding on an input of unknown size) are kept and reported with the reason.
+
+Invariants: graph inputs and outputs are unchanged; a lowered node keeps its name and output
+tensor; the graph gains the opset import (``ai.onnxprune``, 1) iff a node was lowered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxprune.core.graph import (Layer, const_source, export_with_placeholders, find_layers,
+                             infer_shapes, weight_values)
+from onnxprune.runtime_ops import DOMAIN
+from onnxprune.runtime_ops.csr import csr_from_dense, index_dtype_for
+
+from . import cost_model as cost
+from ..base import (Option, PassError, PassResult, check_choice, check_float, check_int, check_optional,
+                   check_str_list, parse_options)
+
+DOMAIN_VERSION = 1
+
+# Which node input is the weight, and how to turn the weight into rows = outputs.
+_ROWS_BY_OUTPUT: dict[str, Callable[[gs.Node, np.ndarray], np.ndarray]] = {
+    "Gemm": lambda n, w: w if n.attrs.get("transB", 0) else w.T,
+    "MatMul": lambda n, w: w.T,
+    "Conv": lambda n, w: w.reshape(w.shape[0], -1),
+}
+_NEW_OP = {"Gemm": "CsrGemm", "MatMul": "CsrGemm", "Conv": "CsrConv"}
+
+
+class _Skip(Exception):
+    """This node cannot be lowered; the message says why."""
+
+
+@dataclasses.dataclass
+class _Plan:
+    """How one node of a layer would be lowered."""
+
+    node: gs.Node
+    kind: str  # "fc" | "conv"
+    orientation: str  # key of the CSR source matrix (nodes sharing a weight may differ)
+    rows: int
+    cols: int
+    batch_rows: int  # rows of X per call for fc (batch × leading dims); batch for conv
+    out_hw: tuple[int, int] | None
+    attrs: dict[str, Any]
+    bias: gs.Tensor | None
+    fused_add: gs.Node | None = None
+
+
+def _is_empty(t: gs.Tensor | None) -> bool:
+    return t is None or (isinstance(t, gs.Variable) and not t.name)
+
+
+def _fixed(d) -> int | None:
+    return int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
+
+
+def _shape_of(t: gs.Tensor, shapes: dict) -> list | None:
+    s = shapes.get(t.name)
+    if s is None and t.shape is not None:
+        s = [_fixed(d) for d in t.shape]
+    return s
+
+
+def _resolve_batch(dim, batch: int) -> int:
+    """The model's own batch size when its graph fixes it, else the expected one."""
+    fixed = _fixed(dim)
+    return fixed if fixed is not None else batch
+
+
+def _plan_gemm(node: gs.Node, layer: Layer, shapes: dict, batch: int) -> _Plan:
+    if _weight_input(node) != 1:
+        raise _Skip("the constant is Gemm's A operand, not its weight B")
+    w_shape = layer.shape
+    trans_b = int(node.attrs.get("transB", 0))
+    trans_a = int(node.attrs.get("transA", 0))
+    n, k = (w_shape[0], w_shape[1]) if trans_b else (w_shape[1], w_shape[0])
+    x_shape = _shape_of(node.inputs[0], shapes)
+    m = _resolve_batch(x_shape[1 if trans_a else 0], batch) if x_shape and len(x_shape) == 2 \
+        else batch
+    attrs = {a: node.attrs[a] for a in ("transA", "alpha", "beta") if a in node.attrs}
+    bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
+    return _Plan(node, "fc", f"gemm-transB{trans_b}", n, k, m, None, attrs, bias)
+
+
+def _weight_input(node: gs.Node) -> int | None:
+    """Which input holds the constant (find_layers prefers input 1, as done here)."""
+    for i in (1, 0):
+        if i < len(node.inputs) and const_source(node.inputs[i])[0] is not None:
+            return i
+    return None
+
+
+def _fusable_add(node: gs.Node, graph_outputs: set[int], n: int) -> tuple[gs.Node, gs.Tensor] | None:
+    """The Add that adds a constant (N,) bias to this MatMul's output, if that is its only use."""
+    y = node.outputs[0]
+    if id(y) in graph_outputs or len(y.outputs) != 1:
+        return None
+    add = y.outputs[0]
+    if add.op != "Add" or (add.domain or "") not in ("", "ai.onnx") or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    if other is y or not isinstance(other, gs.Constant):
+        return None
+    values = np.asarray(other.values)
+    if values.dtype != np.float32 or values.shape != (n,):
+        return None
+    return add, other
+
+
+def _plan_matmul(node: gs.Node, layer: Layer, shapes: dict, batch: int,
+                 graph_outputs: set[int]) -> _Plan:
+    if _weight_input(node) != 1:
+        raise _Skip("MatMul's constant is on the left (W·X); only X·W is lowered")
+    if len(layer.shape) != 2:
+        raise _Skip(f"batched MatMul weight of rank {len(layer.shape)}; only 2-D weights lower")
+    k, n = layer.shape
+    out = _shape_of(node.outputs[0], shapes)
+    x = _shape_of(node.inputs[0], shapes)
+    rank = len(out) if out else (len(x) if x else None)
+    if rank == 1:
+        m = 1  # X is a single vector
+    elif out:
+        m = _resolve_batch(out[0], batch)
+        for d in out[1:-1]:
+            m *= d or 1
+    else:
+        m = batch
+    fused = _fusable_add(node, graph_outputs, n)
+    attrs = {"matmul": 1}
+    if fused is None:
+        return _Plan(node, "fc", "matmul", n, k, m, None, attrs, None)
+    add, bias = fused
+    return _Plan(node, "fc", "matmul", n, k, m, None, attrs, bias, fused_add=add)
+
+
+def _conv_pads(node: gs.Node, x_hw, kernel, strides, dilations) -> list[int]:
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("NOTSET", ""):
+        pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+        if len(pads) != 4:
+            raise _Skip(f"pads {pads} are not 2-D")
+        return [int(p) for p in pads]
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise _Skip(f"unknown auto_pad {auto!r}")
+    if x_hw is None:
+        raise _Skip(f"auto_pad={auto} on an input of unknown spatial size")
+    begin, end = [], []
+    for size, k, s, d in zip(x_hw, kernel, strides, dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        # SAME_UPPER puts the odd pad at the end, SAME_LOWER at the beginning (ONNX Conv).
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return [begin[0], begin[1], end[0], end[1]]
+
+
+def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int) -> _Plan:
+    if len(layer.shape) != 4:
+        raise _Skip(f"{len(layer.shape) - 2}-D convolution; CsrConv is 2-D only")
+    c_out = layer.shape[0]
+    kernel = [int(v) for v in node.attrs.get("kernel_shape", layer.shape[2:])]
+    strides = [int(v) for v in node.attrs.get("strides", [1, 1])]
+    dilations = [int(v) for v in node.attrs.get("dilations", [1, 1])]
+    group = int(node.attrs.get("group", 1))
+    x = _shape_of(node.inputs[0], shapes)
+    x_hw = (x[2], x[3]) if x and len(x) == 4 and x[2] and x[3] else None
+    pads = _conv_pads(node, x_hw, kernel, strides, dilations)
+    out = _shape_of(node.outputs[0], shapes)
+    if out and len(out) == 4 and out[2] and out[3]:
+        out_hw = (out[2], out[3])
+    elif x_hw is not None:
+        out_hw = tuple((x_hw[i] + pads[i] + pads[i + 2] - (kernel[i] - 1) * dilations[i] - 1)
+                       // strides[i] + 1 for i in range(2))
+    else:
+        out_hw = None  # CsrConv finds it at run time; only the cost model needs it (see _unsized)
+    m = _resolve_batch(x[0], batch) if x else batch
+    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations,
+             "group": group}
+    bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
+    k = int(np.prod(layer.shape[1:]))
+    return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias)
+
+
+def static_shapes(graph: gs.Graph) -> dict[str, list[int | None]]:
+    """Tensor shapes from ONNX shape inference, without copying the graph's weights."""
+    original = onnx.ModelProto()
+    original.ir_version = onnx.IR_VERSION
+    original.opset_import.extend(graph.import_domains or
+                                 [onnx.helper.make_opsetid("", graph.opset)])
+    model, _ = export_with_placeholders(graph, original)
+    return infer_shapes(model)
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _drop_dangling_producers(graph: gs.Graph, t: gs.Tensor, outputs: set[int]) -> None:
+    """Remove the Constant/Identity chain that only fed a rewritten weight input."""
+    while isinstance(t, gs.Variable) and not t.outputs and id(t) not in outputs \
+            and len(t.inputs) == 1 and t.inputs[0].op in ("Constant", "Identity"):
+        producer = t.inputs[0]
+        if any(o.outputs or id(o) in outputs for o in producer.outputs):
+            return
+        upstream = producer.inputs[0] if producer.op == "Identity" and producer.inputs else None
+        producer.inputs.clear()
+        producer.outputs.clear()
+        graph.nodes.remove(producer)
+        t = upstream
+
+
+def _glob_match(layer: Layer, globs: tuple[str, ...]) -> bool:
+    return any(layer.matches(g) for g in globs)
+
+
+# A convolution whose output size shape inference cannot give (symbolic input height/width)
+# runs fine as CsrConv, but the cost model has nothing to judge it by.
+UNSIZED_REASON = ("output size unknown (symbolic input size), so the cost model cannot judge "
+                  "it; add it to the recipe's lower-to-sparse-ops force list to lower it anyway")
+
+
+def _unsized(plans: list[_Plan]) -> bool:
+    return any(p.kind == "conv" and p.out_hw is None for p in plans)
+
+
+class LowerToSparseOps:
+    name = "lower-to-sparse-ops"
+    OPTIONS = (
+        Option("batch", check_int(1), 1,
+               "expected batch size at serving time (a batch fixed in the model wins)"),
+        Option("threads", check_int(1), 1, "intra-op threads the model will run with"),
+        Option("force", check_str_list, (), "layer-name globs always lowered when eligible"),
+        Option("never", check_str_list, (), "layer-name globs never lowered"),
+        Option("max-density", check_optional(check_float(0.0, 1.0)), None,
+               "lower every eligible layer at or below this density instead of asking the "
+               "cost model"),
+        Option("objective", check_choice("speed", "size"), "speed",
+               "speed: lower where the cost model predicts a win; size: lower wherever the "
+               "CSR arrays are smaller than the dense weight (the compact file)"),
+    )
+
+    def __init__(self, options: dict | None = None):
+        o = parse_options(self.name, self.OPTIONS, options)
+        self.batch: int = o["batch"]
+        self.threads: int = o["threads"]
+        self.force: tuple[str, ...] = o["force"]
+        self.never: tuple[str, ...] = o["never"]
+        self.max_density: float | None = o["max-density"]
+        self.objective: str = o["objective"]
+
+    # ------------------------------------------------------------------ planning
+
+    def _plans(self, layer: Layer, shapes, graph_outputs) -> list[_Plan]:
+        if layer.skip_reason:
+            raise _Skip(layer.skip_reason)
+        if layer.op not in _NEW_OP:
+            raise _Skip(f"{layer.op} has no sparse op")
+        if np.dtype(layer.dtype) != np.float32:
+            raise _Skip(f"weight dtype {layer.dtype}: {_NEW_OP[layer.op]} computes in float32 "
+                        "only (casting would change the numerics)")
+        plans = []
+        for node in layer.nodes:
+            if node.op != layer.op:
+                raise _Skip(f"weight shared by a {layer.op} and a {node.op}")
+            if node.op == "Gemm":
+                plans.append(_plan_gemm(node, layer, shapes, self.batch))
+            elif node.op == "MatMul":
+                plans.append(_plan_matmul(node, layer, shapes, self.batch, graph_outputs))
+            else:
+                plans.append(_plan_conv(node, layer, shapes, self.batch))
+        return plans
+
+    def _forced(self, layer: Layer) -> bool:
+        """In the force list and not in the never list (never wins, as in ``_decide``)."""
+        return _glob_match(layer, self.force) and not _glob_match(layer, self.never)
+
+    def _needs_cost_model(self, layer: Layer) -> bool:
+        """Whether ``_decide`` asks the cost model about ``layer`` (which needs its output
+        size): not when it is forced, nor under max-density or the size objective, which
+        judge by density or bytes alone."""
+        return not self._forced(layer) and self.max_density is None and self.objective == "speed"
+
+    def _decide(self, layer: Layer, density: float, estimates: list[cost.Estimate],
+                csr_bytes: int, dense_bytes: int) -> tuple[bool, str]:
+        if _glob_match(layer, self.never):
+            return False, "in the never list"
+        if _glob_match(layer, self.force):
+            return True, "forced"
+        if self.max_density is not None:
+            if density <= self.max_density:
+                return True, f"density {density:.1%} <= max-density {self.max_density:.1%}"
+            return False, f"density {density:.1%} > max-density {self.max_density:.1%}"
+        if density >= 1.0:
+            return False, "not pruned (100% dense)"
+        if self.objective == "size":
+            if csr_bytes < dense_bytes:
+                return True, f"size: CSR {csr_bytes} B < dense {dense_bytes} B"
+            return False, f"size: CSR {csr_bytes} B >= dense {dense_bytes} B"
+        speedup = _combined_speedup(estimates)
+        if speedup >= cost.MIN_SPEEDUP:
+            return True, f"cost model: {speedup:.2f}x >= {cost.MIN_SPEEDUP}x"
+        return False, f"cost model: {speedup:.2f}x < {cost.MIN_SPEEDUP}x"
+
+    # ------------------------------------------------------------------ the pass
+
+    def __call__(self, graph: gs.Graph, progress=None) -> PassResult:
+        if not isinstance(graph, gs.Graph):
+            raise PassError(f"{self.name}: expected an onnx-graphsurgeon Graph, "
+                            f"got {type(graph).__name__}")
+        layers, _ = find_layers(graph)
+        graph_outputs = {id(t) for t in graph.outputs}
+        needs_shapes = any(layer.op in ("Conv", "MatMul", "Gemm") for layer in layers)
+        shapes = static_shapes(graph) if needs_shapes else {}
+
+        prepared = []
+        dense_ws = 0
+        csr_ws = 0
+        for layer in layers:
+            w = weight_values(layer) if layer.weight is not None else None
+            dense_ws += layer.params * (w.dtype.itemsize if w is not None else 4)
+            try:
+                plans = self._plans(layer, shapes, graph_outputs)
+            except _Skip as why:
+                prepared.append((layer, None, None, str(why)))
+                continue
+            if _unsized(plans) and self._needs_cost_model(layer):
+                prepared.append((layer, None, None, UNSIZED_REASON))
+                continue
+            nnz = int(np.count_nonzero(w))
+            idx_bytes = index_dtype_for(plans[0].cols).itemsize
+            csr_ws += nnz * (4 + idx_bytes) + 4 * (plans[0].rows + 1)
+            prepared.append((layer, plans, nnz, None))
+
+        rows: list[dict] = []
+        taken = set(graph.tensors().keys())
+        lowered_any = False
+        total = len(prepared)
+        for i, (layer, plans, nnz, skip) in enumerate(prepared):
+            row = {"name": layer.name, "op": layer.op, "weight": layer.weight_name,
+                   "weight_shape": list(layer.shape), "dtype": layer.dtype,
+                   "nonzero": nnz, "density": None, "lowered": False, "reason": skip,
+                   "estimated_speedup": None, "break_even_density": None,
+                   "dense_bytes": layer.params * np.dtype(layer.dtype).itemsize
+                   if layer.dtype != "?" else None,
+                   "csr_bytes": None, "index_dtype": None}
+            rows.append(row)
+            if plans is None:
+                continue
+            density = nnz / layer.params if layer.params else 0.0
+            idx_t = index_dtype_for(plans[0].cols)
+            row["density"] = density
+            row["index_dtype"] = str(idx_t)
+            row["csr_bytes"] = nnz * (4 + idx_t.itemsize) + 4 * (plans[0].rows + 1) * \
+                len({p.orientation for p in plans})
+            common = dict(threads=self.threads, index_bytes=idx_t.itemsize,
+                          dense_working_set=dense_ws, csr_working_set=csr_ws)
+            estimates = []
+            if not _unsized(plans):  # else decided without an estimate (_needs_cost_model)
+                estimates = [cost.estimate(p.kind, p.rows, p.cols, nnz, batch=p.batch_rows,
+                                           out_hw=p.out_hw, **common) for p in plans]
+                row["estimated_speedup"] = round(_combined_speedup(estimates), 3)
+                p0 = plans[0]
+                row["break_even_density"] = round(cost.break_even_density(
+                    p0.kind, p0.rows, p0.cols, batch=p0.batch_rows, out_hw=p0.out_hw, **common),
+                    4)
+            lower, reason = self._decide(layer, density, estimates, row["csr_bytes"],
+                                         row["dense_bytes"] or 0)
+            row["reason"] = reason
+            if lower:
+                self._lower(graph, layer, plans, taken, graph_outputs)
+                row["lowered"] = True
+                lowered_any = True
+            if progress is not None:
+                progress(i + 1, total, layer.name)
+
+        if lowered_any:
+            domains = list(graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)])
+            if not any(d.domain == DOMAIN for d in domains):
+                domains.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+            graph.import_domains = domains
+        lowered = [r["name"] for r in rows if r["lowered"]]
+        return PassResult(graph, lowered_any, {
+            "domain": DOMAIN,
+            "options": {"batch": self.batch, "threads": self.threads, "force": list(self.force),
+                        "never": list(self.never), "max-density": self.max_density,
+                        "objective": self.objective},
+            "lowered": lowered,
+            "layers": rows,
+        })
+
+    def _lower(self, graph: gs.Graph, layer: Layer, plans: list[_Plan], taken: set[str],
+               graph_outputs: set[int]) -> None:
+        w = weight_values(layer)
+        csr: dict[str, tuple[gs.Constant, gs.Constant, gs.Constant]] = {}
+        for plan in plans:
+            if plan.orientation not in csr:
+                values, col_idx, row_ptr = csr_from_dense(_ROWS_BY_OUTPUT[layer.op](plan.node, w))
+                suffix = "" if len(csr) == 0 else f"_{plan.orientation}"
+                base = layer.weight_name + suffix
+                csr[plan.orientation] = (
+                    gs.Constant(_unique_name(f"{base}.csr_values", taken), values),
+                    gs.Constant(_unique_name(f"{base}.csr_col_idx", taken), col_idx),
+                    gs.Constant(_unique_name(f"{base}.csr_row_ptr", taken), row_ptr),
+                )
+            node = plan.node
+            old_weight = node.inputs[1]
+            x = node.inputs[0]
+            new_inputs = [x, *csr[plan.orientation]]
+            if plan.bias is not None:
+                new_inputs.append(plan.bias)
+            if plan.fused_add is not None:
+                add = plan.fused_add
+                y = add.outputs[0]
+                add.inputs.clear()
+                add.outputs.clear()
+                graph.nodes.remove(add)
+                node.outputs.clear()
+                node.outputs.append(y)
+            node.inputs.clear()
+            node.inputs.extend(new_inputs)
+            node.op = _NEW_OP[layer.op]
+            node.domain = DOMAIN
+            node.attrs = dict(plan.attrs)
+            _drop_dangling_producers(graph, old_weight, graph_outputs)
+
+
+def _combined_speedup(estimates: list[cost.Estimate]) -> float:
+    """A weight used by several nodes: total dense time over total CSR time."""
+    return sum(e.dense_s for e in estimates) / sum(e.sparse_s for e in estimates)
+
+
+def size_summary(pass_stats: dict, layer_rows: list[dict], written_bytes: int) -> dict:
+    """The sparse-ops file's size next to estimates of the dense and portable files.
+
+    Estimated from nonzero counts and dtypes (payload bytes only; protobuf framing, a few
+    bytes per tensor, is ignored): dense = written − CSR bytes + dense bytes of the lowered
+    weights; portable = dense − the saving of every layer weight that io would store as a
+    SparseTensorProto (int64 indices, at least ``io.SPARSE_MIN_SAVING`` smaller).
+    """
+    from onnxprune.core.io import SPARSE_MIN_SAVING, sparse_nbytes
+
+    lowered = [r for r in pass_stats.get("layers", []) if r["lowered"]]
+    dense = written_bytes + sum(r["dense_bytes"] - r["csr_bytes"] for r in lowered)
+    saving = 0
+    for r in layer_rows:
+        shape = r.get("final_shape") or r.get("weight_shape") or []
+        if r.get("nonzero") is None or r.get("dtype") in (None, "?") or not shape:
+            continue
+        item = np.dtype(r["dtype"]).itemsize
+        dense_b = int(np.prod(shape)) * item
+        sparse_b = sparse_nbytes(r["nonzero"], item)
+        if sparse_b <= (1 - SPARSE_MIN_SAVING) * dense_b:
+            saving += dense_b - sparse_b
+    return {"sparse_ops_bytes": written_bytes, "dense_bytes_estimated": dense,
+            "portable_bytes_estimated": dense - saving, "method": "estimated from nnz and dtype"}
