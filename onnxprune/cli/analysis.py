@@ -14,7 +14,7 @@ import os
 
 from onnxprune import __version__
 from onnxprune.cli.output import check_paths, input_files, write_atomic
-from onnxprune.core.console import Console, printable
+from onnxprune.core.console import Console, printable, text_table
 from onnxprune.core.errors import EXIT_OK, UsageError
 
 # --------------------------------------------------------------------------- files
@@ -121,12 +121,7 @@ def _table(headers: list[str], body: list[list[str]]) -> str:
     """Columns padded to width; cells (layer names from the model) escaped and cut."""
     from onnxprune.core.stats import NAME_CHARS
 
-    body = [[printable(c, NAME_CHARS) for c in row] for row in body]
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in body]
-    return "\n".join(lines)
+    return text_table(headers, [[printable(c, NAME_CHARS) for c in row] for row in body])
 
 
 def format_curves(result) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import numpy as np
 from onnxprune import __version__
+from onnxprune.core.console import text_table
 from onnxprune.core.errors import EXIT_OK, GateFailed
 from onnxprune.runtime.bench import (
     batch_dims, capture_shapes, compare_outputs, csr_nodes, csr_params, dense_from_lowered,
@@ -213,7 +214,5 @@ def _format_config(cfg: dict) -> str:
                  "-" if r["estimated_speedup"] is None else f"{r['estimated_speedup']:.2f}x",
                  f"{r['dense_ms']:.3f}", f"{r['sparse_ms']:.3f}", f"{r['ratio']:.2f}x"]
                 for r in cfg["layers"]]
-        widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-        for row in [head, *body]:
-            lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        lines.append(text_table(None, [head, *body], indent="  "))  # no rule under the head
     return "\n".join(lines)

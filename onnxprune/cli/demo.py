@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from onnxprune.core.console import text_table
 from onnxprune.core.errors import EXIT_OK, UsageError
 
 PAPER_REMAINING = {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}
@@ -127,12 +128,7 @@ def paper_table(rows, act: dict[str, float]) -> str:
     fr = sum(r["flops_remaining"] or 0 for r in rows)
     body.append(["Total", f"{p / 1e3:.0f}K", f"{f / 1e3:.0f}K", "", f"{100 * nz / p:.1f}%",
                  f"{100 * fr / f:.1f}%" if f else "-", "8%"])
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *body)]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), line]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in body[:-1]]
-    out += [line, "  ".join(str(c).ljust(w) for c, w in zip(body[-1], widths))]
-    return "\n".join(out)
+    return text_table(headers, body[:-1], footer=body[-1])
 
 
 def run_demo(args, console) -> int:

@@ -91,3 +91,26 @@ class Console:
             self.stream.write("\r" + " " * 100 + "\r")
             self.stream.flush()
             self._open = False
+
+
+def text_table(headers: list[str] | None, rows: list[list], footer: list | None = None,
+               indent: str = "") -> str:
+    """The one plain-text table: every column left-aligned to its widest cell, two spaces apart.
+
+    Layout: the header, a rule of dashes, the rows, then (given a ``footer``) another rule and the
+    footer row (a total).  Without ``headers`` there is neither header nor rule, only the rows.
+    Cells are printed with ``str``; escaping names from a model is the caller's business, since
+    only the caller knows which cells came from the model.  Every line starts with ``indent``.
+    """
+    every = ([headers] if headers else []) + list(rows) + ([footer] if footer else [])
+    widths = [max(len(str(c)) for c in col) for col in zip(*every)]
+
+    def line(row) -> str:
+        return indent + "  ".join(str(c).ljust(w) for c, w in zip(row, widths))
+
+    rule = indent + "  ".join("-" * w for w in widths)
+    out = [line(headers), rule] if headers else []
+    out += [line(row) for row in rows]
+    if footer:
+        out += [rule, line(footer)]
+    return "\n".join(out)

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from onnx import ModelProto
 
-from onnxprune.core.console import printable
+from onnxprune.core.console import printable, text_table
 from onnxprune.core.graph import find_layers, graph_from_model, infer_shapes, weight_reuse, weight_values
 from onnxprune.core.masks import count_nonzero, weight_std
 
@@ -198,13 +198,7 @@ def format_table(rows: list[dict], total: dict) -> str:
     body.append(["total", "", "", _fmt_int(total["params"]), _fmt_int(total["nonzero"]),
                  _fmt_pct(total["density"]), _fmt_total_flops(total), _fmt_pct(flops_left),
                  "", ""])
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in body[:-1]:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines.append("  ".join(str(c).ljust(w) for c, w in zip(body[-1], widths)))
+    lines = [text_table(headers, body[:-1], footer=body[-1])]
     if total.get("compression"):
         lines.append(f"compression: {total['compression']:.1f}x fewer weights "
                      f"({_fmt_pct(total['sparsity'])} pruned)")
