@@ -1039,6 +1039,123 @@ def _unreferenced(files: list[str], folder: str, exclude: str) -> list[str]:
     return [f for f in files if f not in keep]
 
 
+class _DataSink:
+    """Appends tensor payloads to an open external-data file, each at an offset that is a
+    multiple of ``EXTERNAL_ALIGN`` (zero padding between), hashing every byte written, and turns
+    each tensor into a reference to its bytes.  The location is "pending" until the file is
+    named after its content (``_name_data_file``)."""
+
+    def __init__(self, f):
+        import hashlib
+
+        self.f = f
+        self.hash = hashlib.sha256()
+        self.offset = 0
+        self.placed: list[TensorProto] = []
+
+    def _emit(self, data) -> None:
+        self.f.write(data)
+        self.hash.update(data)
+
+    def put(self, t: TensorProto, data) -> None:
+        pad = (-self.offset) % EXTERNAL_ALIGN
+        if pad:
+            self._emit(b"\0" * pad)
+            self.offset += pad
+        self._emit(data)
+        n = len(data) if isinstance(data, (bytes, bytearray)) else data.nbytes
+        t.ClearField("raw_data")
+        del t.external_data[:]
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", "pending"), ("offset", str(self.offset)), ("length", str(n))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        self.placed.append(t)
+        self.offset += n
+
+
+def _fill_data_file(f, model: ModelProto, arrays: dict[int, np.ndarray], progress) -> _DataSink:
+    """Move every payload of at least ``EXTERNAL_MIN_BYTES`` into ``f``, in file order:
+    initializers (new values from ``arrays`` by position, smaller ones embedded), then the other
+    tensors of the model; flushed and synced before returning."""
+    sink = _DataSink(f)
+    # Sparse payloads stay embedded when they fit: onnx.checker cannot read a
+    # SparseTensorProto's external data (ONNX Runtime can), so embedding them keeps
+    # the portable file checkable.
+    sparse_bytes = sum(_tensor_raw_bytes(x) for sp in _iter_all_sparse(model)
+                       for x in (sp.values, sp.indices))
+    embed_sparse = sparse_bytes < EMBED_LIMIT_BYTES // 2
+    n_init = len(model.graph.initializer)
+    for i, t in enumerate(model.graph.initializer):
+        if progress is not None:
+            progress("writing", i + 1, n_init, t.name)
+        if i in arrays:
+            arr = arrays[i]
+            if arr.nbytes >= EXTERNAL_MIN_BYTES:
+                sink.put(t, _as_bytes_view(arr))
+            else:
+                _embed(t, np.ascontiguousarray(arr).tobytes())
+        elif t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
+            sink.put(t, t.raw_data)
+    for k, t in enumerate(_iter_all_tensors(model, skip_sparse=embed_sparse)):
+        if k < n_init:
+            continue  # initializers were handled above
+        if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
+            sink.put(t, t.raw_data)
+    f.flush()
+    os.fsync(f.fileno())
+    return sink
+
+
+def _name_data_file(sink: _DataSink, path: str) -> str:
+    """The data file is named after its content: the new model never points at a file the
+    previous output still uses, so the single rename of the model switches outputs atomically
+    (a crash between the two renames leaves the old model with its own, untouched, data).
+    Same content -> same name, so outputs stay reproducible."""
+    data_path = data_file_name(path, sink.hash.hexdigest())
+    for t in sink.placed:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = os.path.basename(data_path)
+    return data_path
+
+
+def _serialise(model: ModelProto) -> bytes:
+    blob = model.SerializeToString(deterministic=True)
+    if len(blob) > PROTOBUF_LIMIT:
+        raise RuntimeFailure("the model is over protobuf's 2 GiB limit; save it with external data")
+    return blob
+
+
+def _write_synced(fd: int, blob: bytes) -> None:
+    with os.fdopen(fd, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _place_data_file(tmp_data: str, data_path: str, protect: tuple[str, ...]) -> None:
+    os.chmod(tmp_data, 0o644)
+    if os.path.exists(data_path) and any(
+            os.path.samefile(data_path, p) for p in protect if os.path.exists(p)):
+        os.unlink(tmp_data)  # identical bytes already there, and they are the input's
+    else:
+        os.replace(tmp_data, data_path)
+
+
+def _drop_previous_data(previous: list[str], data_path: str, path: str,
+                        protect: tuple[str, ...]) -> None:
+    """The previous output's data files are no longer referenced by the model just written;
+    each goes only if no other model beside it refers to it either (and never a protected one)."""
+    doomed = [old for old in previous if old != os.path.abspath(data_path) and not any(
+        os.path.abspath(p) == old for p in protect)]
+    for old in _unreferenced(doomed, os.path.dirname(os.path.abspath(path)), exclude=path):
+        try:
+            os.unlink(old)
+        except OSError:
+            pass
+
+
 def _write(model: ModelProto, path: str, data_path: str, external: bool,
            arrays: dict[int, np.ndarray], records: list | None = None,
            progress=None, protect: tuple[str, ...] = ()) -> list[str]:
@@ -1051,124 +1168,44 @@ def _write(model: ModelProto, path: str, data_path: str, external: bool,
     """
     import hashlib
 
-    data_hash = hashlib.sha256()
-    data_size = 0
     folder = os.path.dirname(os.path.abspath(path))
     written: list[str] = []
     tmp_model = tmp_data = None
     try:
         if external:
             fd, tmp_data = tempfile.mkstemp(prefix=".onnxprune-", suffix=".data.tmp", dir=folder)
-            location = "pending"  # named after its content once written (see below)
-            placed: list[TensorProto] = []
-            # Sparse payloads stay embedded when they fit: onnx.checker cannot read a
-            # SparseTensorProto's external data (ONNX Runtime can), so embedding them keeps
-            # the portable file checkable.
-            sparse_bytes = sum(_tensor_raw_bytes(x) for sp in _iter_all_sparse(model)
-                               for x in (sp.values, sp.indices))
-            embed_sparse = sparse_bytes < EMBED_LIMIT_BYTES // 2
             with os.fdopen(fd, "wb") as f:
-                offset = 0
-
-                def put(t: TensorProto, data) -> None:
-                    nonlocal offset
-                    pad = (-offset) % EXTERNAL_ALIGN
-                    if pad:
-                        f.write(b"\0" * pad)
-                        data_hash.update(b"\0" * pad)
-                        offset += pad
-                    f.write(data)
-                    data_hash.update(data)
-                    n = len(data) if isinstance(data, (bytes, bytearray)) else data.nbytes
-                    t.ClearField("raw_data")
-                    del t.external_data[:]
-                    t.data_location = TensorProto.EXTERNAL
-                    for k, v in (("location", location), ("offset", str(offset)),
-                                 ("length", str(n))):
-                        e = t.external_data.add()
-                        e.key, e.value = k, v
-                    placed.append(t)
-                    offset += n
-
-                n_init = len(model.graph.initializer)
-                for i, t in enumerate(model.graph.initializer):
-                    if progress is not None:
-                        progress("writing", i + 1, n_init, t.name)
-                    if i in arrays:
-                        arr = arrays[i]
-                        if arr.nbytes >= EXTERNAL_MIN_BYTES:
-                            put(t, _as_bytes_view(arr))
-                        else:
-                            _embed(t, np.ascontiguousarray(arr).tobytes())
-                    elif t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
-                        put(t, t.raw_data)
-                rest = _iter_all_tensors(model, skip_sparse=embed_sparse)
-                for k, t in enumerate(rest):
-                    if k < n_init:
-                        continue  # initializers were handled above
-                    if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
-                        put(t, t.raw_data)
-                f.flush()
-                os.fsync(f.fileno())
-                data_size = offset
-            # The data file is named after its content: the new model never points at a file
-            # the previous output still uses, so the single rename of the model switches
-            # outputs atomically — a crash between the two renames leaves the old model with its
-            # own (untouched) data.  Same content → same name (outputs stay reproducible).
-            if not placed:  # every tensor stayed embedded: no data file at all
+                sink = _fill_data_file(f, model, arrays, progress)
+            if not sink.placed:  # every tensor stayed embedded: no data file at all
                 os.unlink(tmp_data)
                 tmp_data = None
                 external = False
-            data_path = data_file_name(path, data_hash.hexdigest())
-            for t in placed:
-                for e in t.external_data:
-                    if e.key == "location":
-                        e.value = os.path.basename(data_path)
+            data_path = _name_data_file(sink, path)
         else:
             for i, t in enumerate(model.graph.initializer):
                 if i in arrays:
                     _embed(t, np.ascontiguousarray(arrays[i]).tobytes())
-        blob = model.SerializeToString(deterministic=True)
-        if len(blob) > PROTOBUF_LIMIT:
-            raise RuntimeFailure(
-                "the model is over protobuf's 2 GiB limit; save it with external data"
-            )
+        blob = _serialise(model)
         fd, tmp_model = tempfile.mkstemp(prefix=".onnxprune-", suffix=".onnx.tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(fd, blob)
         model_record = {"path": path, "bytes": len(blob),
                         "sha256": hashlib.sha256(blob).hexdigest()}
         del blob
         previous = _previous_data_files(path)
         if tmp_data is not None:
-            os.chmod(tmp_data, 0o644)
-            if os.path.exists(data_path) and any(
-                    os.path.samefile(data_path, p) for p in protect if os.path.exists(p)):
-                os.unlink(tmp_data)  # identical bytes already there, and they are the input's
-            else:
-                os.replace(tmp_data, data_path)
+            _place_data_file(tmp_data, data_path, protect)
             tmp_data = None
             written.append(data_path)
         os.chmod(tmp_model, 0o644)
         os.replace(tmp_model, path)
         tmp_model = None
         written.insert(0, path)
-        # The previous output's data file is no longer referenced by the model we wrote; it
-        # goes only if no other model beside it refers to it either.
-        doomed = [old for old in previous if old != os.path.abspath(data_path) and not any(
-            os.path.abspath(p) == old for p in protect)]
-        for old in _unreferenced(doomed, folder, exclude=path):
-            try:
-                os.unlink(old)
-            except OSError:
-                pass
+        _drop_previous_data(previous, data_path, path, protect)
         if records is not None:
             records.append(model_record)
             if external:
-                records.append({"path": data_path, "bytes": data_size,
-                                "sha256": data_hash.hexdigest()})
+                records.append({"path": data_path, "bytes": sink.offset,
+                                "sha256": sink.hash.hexdigest()})
     except OSError as e:
         raise RuntimeFailure(f"cannot write {path}: {e.strerror or e}") from None
     finally:
