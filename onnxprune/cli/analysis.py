@@ -185,8 +185,100 @@ def _layer_weights(model, name: str):
     return None, None
 
 
-def cmd_report(args, console: Console) -> int:
+def _mask_figure(w, layer, chosen: dict, plot: bool, images: dict) -> dict:
+    """Fig. 4: the chosen layer's mask, one row per output, one column per input connection."""
     from onnxprune.analysis import figures
+
+    mask = figures.mask_matrix(w, layer.out_axis)
+    fig = {"heading": f"Mask of {chosen['name']} (Fig. 4)",
+           "caption": (f"Non-zero weights of {chosen['name']} ({chosen['op']}, weight "
+                       f"{'x'.join(map(str, chosen['weight_shape']))}) in black: one row per "
+                       "output, one column per input connection (inputs in their stored "
+                       f"order). {int(mask.sum())} of {mask.size} kept."),
+           "layer": chosen["name"], "rows": int(mask.shape[0]), "cols": int(mask.shape[1]),
+           "kept": int(mask.sum()), "kept_per_row": mask.sum(1).astype(int).tolist(),
+           "kept_per_col": mask.sum(0).astype(int).tolist()}
+    if plot:
+        images["mask"] = figures.mask_png(mask, title=chosen["name"])
+    return fig
+
+
+def _baseline_weights(baseline, base_rows, chosen: dict):
+    """The chosen layer's weights in the baseline: by layer name, else by weight name."""
+    base_w, _ = _layer_weights(baseline, chosen["name"])
+    if base_w is None:
+        for r in base_rows or []:
+            if r["weight"] == chosen["weight"]:
+                base_w, _ = _layer_weights(baseline, r["name"])
+    return base_w
+
+
+def _histogram_figure(w, chosen: dict, baseline, base_rows, plot: bool, images: dict) -> dict:
+    """Fig. 7: the baseline's weights before pruning beside the non-zero weights that remain."""
+    from onnxprune.analysis import figures
+
+    fig = {"heading": f"Weight distribution of {chosen['name']} (Fig. 7)",
+           "caption": "Left: the baseline's weights before pruning. Right: the non-zero weights "
+                      "that remain (pruning removes the small ones; retraining moves the "
+                      "survivors)."}
+    base_w = None if baseline is None else _baseline_weights(baseline, base_rows, chosen)
+    if base_w is None:
+        fig["missing"] = ("needs --baseline (the unpruned model) with this layer"
+                          if baseline is None else
+                          f"layer {chosen['name']} is not in the baseline")
+        return fig
+    hb = figures.histogram_counts(base_w)
+    ha = figures.histogram_counts(w, nonzero_only=True)
+    fig.update({"before": {"counts": hb[0].tolist(), "edges": hb[1].tolist()},
+                "after": {"counts": ha[0].tolist(), "edges": ha[1].tolist()}})
+    if plot:
+        images["histogram"] = figures.histogram_png(hb, ha, title=chosen["name"])
+    return fig
+
+
+def _tradeoff_figure(history, title: str, plot: bool, images: dict) -> dict:
+    """Fig. 5: the trade-off curve of a compress run (top-1 drop against the share pruned)."""
+    from onnxprune.analysis import figures
+    from onnxprune.analysis import report as rc
+
+    fig = {"heading": "Accuracy vs. parameters pruned (Fig. 5)",
+           "caption": "From the compress run's history: top-1 drop (dense − pruned, in points; "
+                      "positive = worse, drawn downwards as in the paper) against the share of "
+                      "the prunable weights that are zero, after each stage, and after each "
+                      "prune step just before its retraining."}
+    if history is None:
+        fig["missing"] = "needs --history (a `onnxprune compress --json` report)"
+        return fig
+    series = rc.tradeoff_series(history)
+    fig["series"] = series
+    fig["points_table"] = (
+        ["series", "stage", "pruned", "top-1", "drop (pp)"],
+        [[s["label"], p["stage"], f"{100 * p['pruned']:.1f}%", f"{100 * p['top1']:.2f}%",
+          f"{p['drop_pp']:+.2f}"] for s in series for p in s["points"]])
+    if plot:
+        images["tradeoff"] = figures.tradeoff_png(series, title=title)
+    return fig
+
+
+def _write_report_files(out_dir: str, paths: dict, data: dict, images: dict) -> list[dict]:
+    """Figures drawn, then report.md, report.html and report.json, each written atomically;
+    every figure records its file name (None where it was not drawn)."""
+    from onnxprune.analysis import report as rc
+
+    for key, fig in data["figures"].items():
+        fig["file"] = rc.FIGURE_FILES[key] if key in images else None
+    os.makedirs(out_dir, exist_ok=True)
+    outputs = []
+    for key in ("mask", "histogram", "tradeoff"):
+        if key in images:
+            outputs.append(write_atomic(paths[key], images[key]))
+    outputs.append(write_atomic(paths["md"], rc.render_markdown(data)))
+    outputs.append(write_atomic(paths["html"], rc.render_html(data, images)))
+    outputs.append(write_atomic(paths["json"], _dumps(data)))
+    return outputs
+
+
+def cmd_report(args, console: Console) -> int:
     from onnxprune.core import io
     from onnxprune.analysis import report as rc
     from onnxprune.cli.output import write_json
@@ -226,76 +318,11 @@ def cmd_report(args, console: Console) -> int:
     }
     images: dict[str, bytes] = {}
     plot = not args.no_figures
-
-    # Fig. 4: the chosen layer's mask.
     w, layer = _layer_weights(model, chosen["name"])
-    mask = figures.mask_matrix(w, layer.out_axis)
-    fig = {"heading": f"Mask of {chosen['name']} (Fig. 4)",
-           "caption": (f"Non-zero weights of {chosen['name']} ({chosen['op']}, weight "
-                       f"{'x'.join(map(str, chosen['weight_shape']))}) in black: one row per "
-                       "output, one column per input connection (inputs in their stored "
-                       f"order). {int(mask.sum())} of {mask.size} kept."),
-           "layer": chosen["name"], "rows": int(mask.shape[0]), "cols": int(mask.shape[1]),
-           "kept": int(mask.sum()), "kept_per_row": mask.sum(1).astype(int).tolist(),
-           "kept_per_col": mask.sum(0).astype(int).tolist()}
-    if plot:
-        images["mask"] = figures.mask_png(mask, title=chosen["name"])
-    data["figures"]["mask"] = fig
-
-    # Fig. 7: histograms before (baseline) / after.
-    fig = {"heading": f"Weight distribution of {chosen['name']} (Fig. 7)",
-           "caption": "Left: the baseline's weights before pruning. Right: the non-zero weights "
-                      "that remain (pruning removes the small ones; retraining moves the "
-                      "survivors)."}
-    base_w = None
-    if baseline is not None:
-        base_w, _ = _layer_weights(baseline, chosen["name"])
-        if base_w is None:
-            for r in base_rows or []:
-                if r["weight"] == chosen["weight"]:
-                    base_w, _ = _layer_weights(baseline, r["name"])
-    if base_w is None:
-        fig["missing"] = ("needs --baseline (the unpruned model) with this layer"
-                          if baseline is None else
-                          f"layer {chosen['name']} is not in the baseline")
-    else:
-        hb = figures.histogram_counts(base_w)
-        ha = figures.histogram_counts(w, nonzero_only=True)
-        fig.update({"before": {"counts": hb[0].tolist(), "edges": hb[1].tolist()},
-                    "after": {"counts": ha[0].tolist(), "edges": ha[1].tolist()}})
-        if plot:
-            images["histogram"] = figures.histogram_png(hb, ha, title=chosen["name"])
-    data["figures"]["histogram"] = fig
-
-    # Fig. 5: the trade-off curve of a compress run.
-    fig = {"heading": "Accuracy vs. parameters pruned (Fig. 5)",
-           "caption": "From the compress run's history: top-1 drop (dense − pruned, in points; "
-                      "positive = worse, drawn downwards as in the paper) against the share of "
-                      "the prunable weights that are zero, after each stage, and after each "
-                      "prune step just before its retraining."}
-    if history is None:
-        fig["missing"] = "needs --history (a `onnxprune compress --json` report)"
-    else:
-        series = rc.tradeoff_series(history)
-        fig["series"] = series
-        fig["points_table"] = (
-            ["series", "stage", "pruned", "top-1", "drop (pp)"],
-            [[s["label"], p["stage"], f"{100 * p['pruned']:.1f}%", f"{100 * p['top1']:.2f}%",
-              f"{p['drop_pp']:+.2f}"] for s in series for p in s["points"]])
-        if plot:
-            images["tradeoff"] = figures.tradeoff_png(series, title=data["model"])
-    data["figures"]["tradeoff"] = fig
-
-    for key, fig in data["figures"].items():
-        fig["file"] = rc.FIGURE_FILES[key] if key in images else None
-    os.makedirs(out_dir, exist_ok=True)
-    outputs = []
-    for key in ("mask", "histogram", "tradeoff"):
-        if key in images:
-            outputs.append(write_atomic(paths[key], images[key]))
-    outputs.append(write_atomic(paths["md"], rc.render_markdown(data)))
-    outputs.append(write_atomic(paths["html"], rc.render_html(data, images)))
-    outputs.append(write_atomic(paths["json"], _dumps(data)))
+    data["figures"]["mask"] = _mask_figure(w, layer, chosen, plot, images)
+    data["figures"]["histogram"] = _histogram_figure(w, chosen, baseline, base_rows, plot, images)
+    data["figures"]["tradeoff"] = _tradeoff_figure(history, data["model"], plot, images)
+    outputs = _write_report_files(out_dir, paths, data, images)
     write_json({**data, "versions": versions(), "outputs": outputs}, args.json)
 
     from onnxprune.analysis.report import TABLE_HEADERS
