@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune import __version__
 from onnxprune.core.console import Console, paint
-from onnxprune.core.errors import EXIT_OK, GateFailed, UsageError
+from onnxprune.core.errors import EXIT_OK, GateFailed
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
@@ -44,31 +43,15 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    metavar="T", help="softmax temperature of the distillation term (default 4)")
 
 
-def _config(args):
-    from onnxprune.training.torch_bridge import FinetuneConfig
-
-    lr, original = args.lr, args.original_lr
-    if lr is None and original is None:
-        original = 0.1
-    return FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=lr, original_lr=original,
+def _options(args) -> dict:
+    """The training options of the command line, by ``training_config``'s names."""
+    return dict(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, original_lr=args.original_lr,
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         l1=args.l1, freeze=args.freeze, adjust_dropout=not args.no_adjust_dropout,
         keep_best=args.keep_best, seed=args.seed, device=args.device,
         distill=args.distill, distill_temperature=args.distill_temperature,
-        lr_schedule=args.lr_schedule,
-    ).validate()
-
-
-def _data(args, model):
-    from onnxprune.runtime import datasets as data
-
-    train = data.load_npz(args.train, x_key=args.x_key, y_key=args.y_key)
-    val = data.load_npz(args.val, x_key=args.x_key, y_key=args.y_key)
-    spec, classes = data.input_spec(model), data.n_classes(model)
-    # Validate both sets against the model before any training starts.
-    return (data.check_dataset(train, spec, classes, name="train"),
-            data.check_dataset(val, spec, classes, name="val"))
+        lr_schedule=args.lr_schedule)
 
 
 def _progress(console: Console, prefix: str):
@@ -80,79 +63,35 @@ def _progress(console: Console, prefix: str):
     return on_progress
 
 
-def cmd_finetune(args, console: Console) -> int:
-    from onnxprune.core import io
-    from onnxprune.cli.output import check_paths, input_files, write_json
-    from onnxprune.runtime.evaluate import evaluate
-    from onnxprune.core.stats import versions
-    from onnxprune.training.torch_bridge import finetune
+def _guard(args):
+    """Refuse, once the inputs are known, outputs that would overwrite one of them."""
+    from onnxprune.cli.output import check_paths
 
-    config = _config(args)
-    if config.distill > 0 and not args.teacher:
-        raise UsageError("--distill needs --teacher MODEL (the model whose outputs to follow)")
-    if args.teacher and config.distill == 0:
-        raise UsageError("--teacher is only used with --distill ALPHA > 0")
-    model, info = io.load(args.model)
-    teacher = teacher_info = None
-    if args.teacher and config.distill > 0:
-        teacher, teacher_info = io.load(args.teacher)
-    check_paths([*input_files(info), *(input_files(teacher_info) if teacher_info else ()),
-                 args.train, args.val],
-                [("-o", args.output), ("--json", args.json)], models=[args.output])
-    train, val = _data(args, model)
-    before = evaluate(model, val)
-    result = finetune(model, train, val, config=config, on_progress=_progress(console, ""),
-                      teacher=teacher)
-    if result.rank != 0:
+    return lambda reads: check_paths(reads, [("-o", args.output), ("--json", args.json)],
+                                     models=[args.output])
+
+
+def cmd_finetune(args, console: Console) -> int:
+    from onnxprune.api import finetune
+    from onnxprune.cli.output import write_json
+
+    report = finetune(args.model, args.output, train=args.train, val=args.val,
+                      teacher=args.teacher or None, x_key=args.x_key, y_key=args.y_key,
+                      on_progress=_progress(console, ""), before_run=_guard(args),
+                      **_options(args))
+    if report is None:
         return EXIT_OK  # under torchrun only rank 0 writes
-    after = evaluate(result.model, val)
-    outputs: list[dict] = []
-    io.save_with_storage(result.model, args.output, source=info, records=outputs,
-                         storage="portable" if len(model.graph.sparse_initializer) else "dense")
-    report = {
-        "command": "finetune", "tool": {"name": "onnxprune", "version": __version__},
-        "versions": versions(), "config": _config_json(config), "teacher": args.teacher,
-        "accuracy_before": before, "accuracy_after": after, "history": result.history,
-        "dropout": {k: list(v) for k, v in result.dropout.items()},
-        "masks": {k: {"nonzero": a, "total": b} for k, (a, b) in result.masks.items()},
-        "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
-        "device": result.device, "outputs": outputs,
-    }
     write_json(report, args.json)
+    before, after = report["accuracy_before"], report["accuracy_after"]
     console.info(f"val top-1 {100 * before['top1']:.2f}% -> {100 * after['top1']:.2f}% "
                  f"(ONNX Runtime on the written model); wrote {args.output}")
     return EXIT_OK
 
 
-def _config_json(config) -> dict:
-    import dataclasses
-
-    return {k.replace("_", "-"): v for k, v in dataclasses.asdict(config).items()}
-
-
 def cmd_compress(args, console: Console) -> int:
-    from onnxprune.core import io
-    from onnxprune.cli.output import check_paths, input_files, write_json
-    from onnxprune.training.compress import Schedule, compress
-    from onnxprune.core.graph import graph_from_model, infer_shapes
-    from onnxprune.core.stats import format_table, graph_rows, totals, versions
-
-    if args.quality is not None and args.target_sparsity is not None:
-        raise UsageError("give --quality or --target-sparsity, not both")
-    quality = None
-    if args.quality is not None:
-        quality = {"conv": args.quality, "fc": args.quality}
-    schedule = Schedule(
-        iterations=args.iterations, quality=quality,
-        layer_quality=tuple(args.layer or ()), target_sparsity=args.target_sparsity,
-        target_scope=args.target_scope, layer_targets=tuple(args.layer_target or ()),
-        skip=tuple(args.skip or ()), min_params=args.min_params,
-    ).validate()
-    config = _config(args)
-    model, info = io.load(args.model)
-    check_paths([*input_files(info), args.train, args.val],
-                [("-o", args.output), ("--json", args.json)], models=[args.output])
-    train, val = _data(args, model)
+    from onnxprune.api import compress
+    from onnxprune.cli.output import write_json
+    from onnxprune.core.stats import format_table
 
     def on_stage(rec):
         label = rec["stage"] if rec["stage"] != "iteration" else f"iteration {rec['iteration']}"
@@ -163,59 +102,27 @@ def cmd_compress(args, console: Console) -> int:
                      f"{100 * rec['top1']:.2f}%{extra}")
 
     def on_progress(i, epoch, step, total, metrics):
-        if total:
-            loss = metrics.get("loss")
-            console.progress(f"iteration {i} epoch {epoch + 1}", min(step, total), total,
-                             f"loss {loss:.4f}" if isinstance(loss, float) else "")
+        _progress(console, f"iteration {i} ")(epoch, step, total, metrics)
 
-    result = compress(model, train, val, schedule=schedule, finetune_config=config,
-                      remove_dead_neurons=not args.no_remove_dead_neurons,
-                      on_stage=on_stage, on_progress=on_progress)
-    shapes = infer_shapes(model)
-    before_rows, _ = graph_rows(graph_from_model(model), shapes, with_std=False)
-    after_rows, _ = graph_rows(graph_from_model(result.model), shapes, with_std=False)
-    after = {r["weight"]: r for r in after_rows}
-    rows = []
-    for r in before_rows:
-        a = after.get(r["weight"], r)
-        rows.append({**r, "weight_shape": a["weight_shape"], "original_shape": r["weight_shape"],
-                     "nonzero": a["nonzero"],
-                     "density": a["nonzero"] / r["params"] if r["params"] else None,
-                     "flops_remaining": a["flops_remaining"]})
-    total = totals(rows)
-    outputs: list[dict] = []
-    io.save_with_storage(result.model, args.output, storage=args.emit, source=info,
-                         records=outputs)
-    drop_pp = 100 * (result.dense_accuracy["top1"] - result.final_accuracy["top1"])
-    gates = []
-    if args.max_accuracy_drop is not None:
-        gates.append({"name": "max-accuracy-drop", "required": args.max_accuracy_drop,
-                      "actual": drop_pp, "passed": drop_pp <= args.max_accuracy_drop})
-    failed = [g for g in gates if not g["passed"]]
-    report = {
-        "command": "compress", "status": "gate-failed" if failed else "ok",
-        "tool": {"name": "onnxprune", "version": __version__}, "versions": versions(),
-        "input": {"path": info.path, "bytes": info.file_bytes}, "outputs": outputs,
-        "schedule": {"iterations": schedule.iterations, "quality": schedule.quality,
-                     "layers": [list(x) for x in schedule.layer_quality],
-                     "target-sparsity": schedule.target_sparsity,
-                     "target-scope": schedule.target_scope,
-                     "layer-targets": [list(x) for x in schedule.layer_targets]},
-        "final_sparsity": result.final_sparsity, "config": _config_json(config),
-        "accuracy_dense": result.dense_accuracy, "accuracy_final": result.final_accuracy,
-        "accuracy_drop_pp": drop_pp, "history": result.history, "layers": rows, "total": total,
-        "dead_neurons": result.dead_neurons, "gates": gates, "wall_seconds": result.wall_seconds,
-    }
+    report = compress(
+        args.model, args.output, train=args.train, val=args.val, iterations=args.iterations,
+        quality=args.quality, layer_quality=args.layer or (),
+        target_sparsity=args.target_sparsity, target_scope=args.target_scope,
+        layer_targets=args.layer_target or (), skip=args.skip or (), min_params=args.min_params,
+        remove_dead_neurons=not args.no_remove_dead_neurons, emit=args.emit,
+        max_accuracy_drop=args.max_accuracy_drop, x_key=args.x_key, y_key=args.y_key,
+        on_stage=on_stage, on_progress=on_progress, before_run=_guard(args), **_options(args))
     write_json(report, args.json)
-    console.info(format_table(rows, total))
-    console.info(f"val top-1: dense {100 * result.dense_accuracy['top1']:.2f}% -> "
-                 f"compressed {100 * result.final_accuracy['top1']:.2f}% "
-                 f"({drop_pp:+.2f} pp drop); {result.wall_seconds:.0f} s; wrote {args.output}")
-    for g in gates:
+    dense, final = report["accuracy_dense"]["top1"], report["accuracy_final"]["top1"]
+    drop_pp = report["accuracy_drop_pp"]
+    console.info(format_table(report["layers"], report["total"]))
+    console.info(f"val top-1: dense {100 * dense:.2f}% -> compressed {100 * final:.2f}% "
+                 f"({drop_pp:+.2f} pp drop); {report['wall_seconds']:.0f} s; wrote {args.output}")
+    for g in report["gates"]:
         word = paint("PASS", "green") if g["passed"] else paint("FAIL", "red")
         console.info(f"gate {g['name']}: {word} (allowed {g['required']:g} pp, "
                      f"dropped {g['actual']:.3g} pp)")
-    if failed:
+    if report["status"] == "gate-failed":
         raise GateFailed(f"accuracy dropped {drop_pp:.3g} pp, more than "
                          f"--max-accuracy-drop {args.max_accuracy_drop:g}")
     return EXIT_OK

@@ -1,0 +1,61 @@
+"""``onnxprune.check``: a reference and a candidate model on the same inputs in ONNX Runtime."""
+
+from __future__ import annotations
+
+import types
+from typing import Callable
+
+from onnxprune.api.source import model_files, open_model, path_of
+
+
+def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
+          rtol: float = 1e-3, batch: int = 2, seed: int = 0,
+          input_shapes: dict[str, tuple[int, ...]] | None = None,
+          before_run: Callable[[list[str]], None] | None = None) -> dict:
+    """Run both models on the same inputs and compare every output; return the report
+    ``onnxprune check --json`` writes.
+
+    Inputs are the arrays of ``data`` (.npz keyed by input name, or ``x``), else seeded random
+    ones (``seed``; a symbolic leading dim takes ``batch``, ``input_shapes`` gives inputs their
+    full shape). Output ``k`` passes when every element satisfies
+    ``|cand - ref| <= atol + rtol·|ref|`` (NaN equal to NaN at the same position); the report's
+    ``passed`` is the conjunction, ``max_abs_error`` the largest ``|cand - ref|`` and, when
+    no NaN or infinity stands on one side only, ``atol_that_passes`` the smallest atol that
+    would pass at this rtol.
+
+    Differing outputs are a result, not an exception: ``report["passed"]`` is False (the CLI
+    then exits 3). Raises ``UsageError`` (exit 2) for bad options (``input_shapes`` with
+    ``data``, a shape the model contradicts), ``InvalidModelError`` (exit 4) for a model or
+    data file that is malformed or unsafe, ``RuntimeFailure`` (exit 1) when ONNX Runtime fails.
+    ``before_run(files)`` is called with every file read, once the models are loaded and
+    before they run (the CLI refuses there a report path that would overwrite an input).
+    """
+    from onnxprune import __version__
+    from onnxprune.core.stats import versions
+    from onnxprune.runtime import check as rt
+
+    # The one definition of the --input-shape rules (duplicates, and never with --data).
+    shapes = rt.input_shapes(types.SimpleNamespace(
+        input_shape=list((input_shapes or {}).items()), data=data))
+    ref, ref_info = open_model(reference, what="reference")
+    cand, cand_info = open_model(candidate, what="candidate")
+    if before_run is not None:
+        before_run([*model_files(ref_info), *model_files(cand_info), *([data] if data else [])])
+    if data:
+        feeds = rt.load_inputs(data, ref)
+        source = data
+    else:
+        feeds = rt.random_inputs(ref, batch=batch, seed=seed, shapes=shapes, strict=True)
+        source = describe_random(feeds, seed)
+    result = rt.compare(rt.run_model(ref, feeds), rt.run_model(cand, feeds), atol, rtol)
+    return {"command": "check", "tool": {"name": "onnxprune", "version": __version__},
+            "versions": versions(), "reference": path_of(reference),
+            "candidate": path_of(candidate), "inputs": source, **result}
+
+
+def describe_random(feeds: dict, seed: int) -> str:
+    """What the random inputs were, by the batch sizes actually fed (a model that fixes its
+    batch dimension overrides ``batch``)."""
+    batches = sorted({v.shape[0] for v in feeds.values() if getattr(v, "ndim", 0)})
+    which = f", batch {', '.join(map(str, batches))}" if batches else ""
+    return f"random (seed {seed}{which})"

@@ -1,0 +1,202 @@
+"""``onnxprune.compress`` and ``onnxprune.finetune``: the verbs that retrain (torch extra).
+
+torch is imported when a verb runs, never at import; without it a verb raises ``UsageError``
+("fine-tuning needs PyTorch: pip install 'onnxprune[torch]'") before reading anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from onnxprune.api.source import model_files, open_model, path_of
+from onnxprune.core.errors import UsageError
+
+# What the command line defaults to where it differs from FinetuneConfig's own defaults.
+_DEFAULTS = {"epochs": 2}
+
+
+def training_config(**options):
+    """A validated ``FinetuneConfig`` from keyword options named as its fields (``epochs``,
+    ``batch_size``, ``lr``, ``original_lr``, ``lr_schedule``, ``optimizer``, ``momentum``,
+    ``weight_decay``, ``l1``, ``freeze``, ``adjust_dropout``, ``keep_best``, ``seed``,
+    ``device``, ``distill``, ``distill_temperature``). ``epochs`` defaults to 2, and with
+    neither ``lr`` nor ``original_lr`` the model is taken as trained at 0.1 and retrained at
+    ``lr = original_lr / 10 = 0.01`` (Han et al. retrain LeNet at 1/10 of the original rate).
+    An unknown option or a value out of range raises ``UsageError``.
+    """
+    from onnxprune.training.torch_bridge import FinetuneConfig
+
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UsageError(f"unknown training option {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+    values = {**_DEFAULTS, **options}
+    if values.get("lr") is None and values.get("original_lr") is None:
+        values["original_lr"] = 0.1
+    return FinetuneConfig(**values).validate()
+
+
+def config_json(config) -> dict:
+    """The config as the report writes it: option names (``batch-size``), not field names."""
+    return {k.replace("_", "-"): v for k, v in dataclasses.asdict(config).items()}
+
+
+def training_data(train: str, val: str, model, x_key: str = "x", y_key: str = "y"):
+    """The train and val sets (.npz with inputs ``x_key`` and integer labels ``y_key``), each
+    checked against the model's input and class count before any training starts
+    (``InvalidModelError``, exit 4, for a set that does not fit)."""
+    from onnxprune.runtime import datasets as data
+
+    spec, classes = data.input_spec(model), data.n_classes(model)
+    sets = (data.load_npz(train, x_key=x_key, y_key=y_key),
+            data.load_npz(val, x_key=x_key, y_key=y_key))
+    return tuple(data.check_dataset(s, spec, classes, name=n) for s, n in zip(sets, ("train", "val")))
+
+
+def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: str = "x",
+             y_key: str = "y", on_progress: Callable | None = None,
+             before_run: Callable[[list[str]], None] | None = None, **options) -> dict | None:
+    """Retrain the surviving weights of a pruned model and write it to ``output``; return the
+    report ``onnxprune finetune --json`` writes.
+
+    Masked retraining (Han et al. 2015): a weight that is zero stays exactly zero (its gradient
+    is masked), Dropout ratios are adjusted to ``D_r = D_o·sqrt(C_ir/C_io)`` unless
+    ``adjust_dropout=False``, and with ``distill = α > 0`` the loss is
+    ``(1 − α)·CE + α·T²·KL`` towards ``teacher``'s outputs. ``options`` are
+    :func:`training_config`'s. Accuracy before and after is measured in ONNX Runtime on
+    ``val``, the latter on the model as written. Under torchrun only rank 0 writes and
+    reports; the other ranks return None.
+
+    ``model`` and ``teacher`` are paths or ``ModelProto``s. Raises ``UsageError`` (exit 2)
+    for bad options (``distill`` without ``teacher`` or the reverse, no torch) or an output
+    that would replace the input, ``InvalidModelError`` (exit 4) for a malformed model or
+    data set, ``RuntimeFailure`` (exit 1) when training or writing fails.
+    ``before_run(files)`` is called with every file read, once the models are loaded and
+    before the data is read.
+    """
+    from onnxprune import __version__
+    from onnxprune.core import io
+    from onnxprune.core.stats import versions
+    from onnxprune.runtime.evaluate import evaluate
+    from onnxprune.training.torch_bridge import finetune as retrain
+
+    config = training_config(**options)
+    if config.distill > 0 and teacher is None:
+        raise UsageError("--distill needs --teacher MODEL (the model whose outputs to follow)")
+    if teacher is not None and config.distill == 0:
+        raise UsageError("--teacher is only used with --distill ALPHA > 0")
+    proto, info = open_model(model)
+    teacher_proto, teacher_info = open_model(teacher, what="teacher") if teacher is not None \
+        else (None, None)
+    if before_run is not None:
+        before_run([*model_files(info), *model_files(teacher_info), train, val])
+    train_set, val_set = training_data(train, val, proto, x_key, y_key)
+    before = evaluate(proto, val_set)
+    result = retrain(proto, train_set, val_set, config=config, on_progress=on_progress,
+                     teacher=teacher_proto)
+    if result.rank != 0:
+        return None  # under torchrun only rank 0 writes
+    after = evaluate(result.model, val_set)
+    outputs: list[dict] = []
+    io.save_with_storage(result.model, output, source=info, records=outputs,
+                         storage="portable" if len(proto.graph.sparse_initializer) else "dense")
+    return {
+        "command": "finetune", "tool": {"name": "onnxprune", "version": __version__},
+        "versions": versions(), "config": config_json(config), "teacher": path_of(teacher),
+        "accuracy_before": before, "accuracy_after": after, "history": result.history,
+        "dropout": {k: list(v) for k, v in result.dropout.items()},
+        "masks": {k: {"nonzero": a, "total": b} for k, (a, b) in result.masks.items()},
+        "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
+        "device": result.device, "outputs": outputs,
+    }
+
+
+def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
+             quality: float | None = None, layer_quality=(), target_sparsity: float | None = None,
+             target_scope: str = "per-layer", layer_targets=(), skip=(), min_params: int = 0,
+             remove_dead_neurons: bool = True, emit: str = "portable",
+             max_accuracy_drop: float | None = None, x_key: str = "x", y_key: str = "y",
+             on_stage: Callable[[dict], None] | None = None, on_progress: Callable | None = None,
+             before_run: Callable[[list[str]], None] | None = None, **options) -> dict:
+    """Prune → retrain, ``iterations`` times, then remove dead neurons; write the result to
+    ``output`` and return the report ``onnxprune compress --json`` writes.
+
+    Round ``i`` of ``n`` prunes each layer to the share ``s·i/n`` of its final sparsity ``s``
+    (from ``target_sparsity``/``layer_targets``, or the threshold ``q·σ`` of the dense weights
+    with ``quality``/``layer_quality``, default conv 0.5, fc 1.0), then retrains the survivors
+    with :func:`training_config`'s ``options``. ``layer_quality`` and ``layer_targets`` are
+    ``(glob, value)`` pairs, the last match wins.
+
+    ``accuracy_drop_pp = 100·(top1_dense − top1_final)``; with ``max_accuracy_drop`` set, a
+    larger drop is reported as ``status: "gate-failed"`` (the model is still written; the CLI
+    exits 3), not raised. Raises ``UsageError`` (exit 2) for bad options (``quality`` with
+    ``target_sparsity``, no torch), ``InvalidModelError`` (exit 4) for a malformed model or
+    data set, ``RuntimeFailure`` (exit 1) when training or writing fails.
+    ``before_run(files)`` is called with every file read, before the data is read.
+    """
+    from onnxprune import __version__
+    from onnxprune.core import io
+    from onnxprune.core.stats import versions
+    from onnxprune.training import torch_bridge
+    from onnxprune.training.compress import Schedule, compress as run
+
+    torch_bridge.finetune  # noqa: B018 -- no torch: the UsageError now, before any work
+    if quality is not None and target_sparsity is not None:
+        raise UsageError("give --quality or --target-sparsity, not both")
+    schedule = Schedule(
+        iterations=iterations, quality=None if quality is None else {"conv": quality, "fc": quality},
+        layer_quality=tuple(layer_quality or ()), target_sparsity=target_sparsity,
+        target_scope=target_scope, layer_targets=tuple(layer_targets or ()),
+        skip=tuple(skip or ()), min_params=min_params,
+    ).validate()
+    config = training_config(**options)
+    proto, info = open_model(model)
+    if before_run is not None:
+        before_run([*model_files(info), train, val])
+    train_set, val_set = training_data(train, val, proto, x_key, y_key)
+    result = run(proto, train_set, val_set, schedule=schedule, finetune_config=config,
+                 remove_dead_neurons=remove_dead_neurons, on_stage=on_stage,
+                 on_progress=on_progress)
+    rows, total = _layer_rows(proto, result.model)
+    outputs: list[dict] = []
+    io.save_with_storage(result.model, output, storage=emit, source=info, records=outputs)
+    drop_pp = 100 * (result.dense_accuracy["top1"] - result.final_accuracy["top1"])
+    gates = [] if max_accuracy_drop is None else [
+        {"name": "max-accuracy-drop", "required": max_accuracy_drop, "actual": drop_pp,
+         "passed": drop_pp <= max_accuracy_drop}]
+    return {
+        "command": "compress", "status": "ok" if all(g["passed"] for g in gates) else "gate-failed",
+        "tool": {"name": "onnxprune", "version": __version__}, "versions": versions(),
+        "input": {"path": info and info.path, "bytes": info and info.file_bytes},
+        "outputs": outputs,
+        "schedule": {"iterations": schedule.iterations, "quality": schedule.quality,
+                     "layers": [list(x) for x in schedule.layer_quality],
+                     "target-sparsity": schedule.target_sparsity,
+                     "target-scope": schedule.target_scope,
+                     "layer-targets": [list(x) for x in schedule.layer_targets]},
+        "final_sparsity": result.final_sparsity, "config": config_json(config),
+        "accuracy_dense": result.dense_accuracy, "accuracy_final": result.final_accuracy,
+        "accuracy_drop_pp": drop_pp, "history": result.history, "layers": rows, "total": total,
+        "dead_neurons": result.dead_neurons, "gates": gates, "wall_seconds": result.wall_seconds,
+    }
+
+
+def _layer_rows(dense, compressed) -> tuple[list[dict], dict]:
+    """One row per layer of the dense model with the compressed model's shape, nonzero count
+    and remaining FLOPs; density = nonzero / dense params (so removed neurons count as zeros)."""
+    from onnxprune.core.graph import graph_from_model, infer_shapes
+    from onnxprune.core.stats import graph_rows, totals
+
+    shapes = infer_shapes(dense)
+    before_rows, _ = graph_rows(graph_from_model(dense), shapes, with_std=False)
+    after_rows, _ = graph_rows(graph_from_model(compressed), shapes, with_std=False)
+    after = {r["weight"]: r for r in after_rows}
+    rows = []
+    for r in before_rows:
+        a = after.get(r["weight"], r)
+        rows.append({**r, "weight_shape": a["weight_shape"], "original_shape": r["weight_shape"],
+                     "nonzero": a["nonzero"],
+                     "density": a["nonzero"] / r["params"] if r["params"] else None,
+                     "flops_remaining": a["flops_remaining"]})
+    return rows, totals(rows)
