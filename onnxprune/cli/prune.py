@@ -255,31 +255,16 @@ def _format_sparse_ops(sp: dict) -> str:
 
 
 def cmd_inspect(args, console: Console) -> int:
-    from onnxprune.core import io
-    from onnxprune.passes.pipeline import read_stamp
-    from onnxprune.core.stats import (file_record, format_note, format_table, layer_rows, totals,
-                                  versions)
+    from onnxprune.api import inspect
+    from onnxprune.core.stats import format_note, format_table
 
-    model, info = io.load(args.model, lazy=True)
-    check_paths(input_files(info), [("--json", args.json)])
-    rows, notes = layer_rows(model, info)
-    total = totals(rows)
-    report = {
-        "command": "inspect",
-        "tool": {"name": "onnxprune", "version": __version__},
-        "versions": versions(),
-        "input": {**file_record(info.path), "total_bytes": info.file_bytes,
-                  "data_files": list(info.data_files)},
-        "stamp": read_stamp(model),
-        "layers": rows,
-        "total": total,
-        "notes": notes,
-    }
+    report = inspect(args.model,
+                     before_run=lambda reads: check_paths(reads, [("--json", args.json)]))
     write_json(report, args.json)
-    if rows:
-        console.info(format_table(rows, total))
+    if report["layers"]:
+        console.info(format_table(report["layers"], report["total"]))
     else:
         console.info("no prunable layer found")
-    for n in notes:
+    for n in report["notes"]:
         console.info(format_note(n))
     return EXIT_OK
