@@ -328,16 +328,8 @@ def finetune(
     dist = _Dist()
     device = _pick_device(config.device, dist)
 
-    train_src = _as_source(train, spec, classes, config.batch_size, config.seed, dist.world, "train")
-    val_src = None
-    if val is not None:
-        val_src = _as_source(val, spec, classes, config.batch_size, config.seed, 1, "val")
-    if classes is None:
-        classes = _probe_classes(module, train_src, spec, logits_name)
-        if isinstance(train_src, _ArraySource):
-            _data.coerce_y(train_src.y, len(train_src.y), classes, what="train y")
-        if isinstance(val_src, _ArraySource):
-            _data.coerce_y(val_src.y, len(val_src.y), classes, what="val y")
+    train_src, val_src, classes = _sources(train, val, module, spec, classes, logits_name,
+                                           config, dist.world)
     if config.lr_schedule != "constant" and not train_src.steps():
         raise UsageError("finetune: lr-schedule cosine needs to know the number of training "
                          "batches; give arrays, an .npz or batches with a len() (e.g. a DataLoader)")
@@ -347,31 +339,9 @@ def finetune(
 
     masks = {name: module.parameter(name).detach() != 0
              for name, info in module.weight_info.items() if info.prunable and name in module.param_keys}
-    dropout = {}
-    if config.adjust_dropout:
-        for node_name, (d_o, d_r, _layer) in _dropout_plan(module).items():
-            module.dropout_ratio[node_name] = d_r
-            dropout[node_name] = (d_o, d_r)
-    frozen = set()
-    if config.freeze:
-        for name, info in module.weight_info.items():
-            if info.group == config.freeze:
-                frozen.add(name)
-                if info.op_type == "BatchNormalization":
-                    module.frozen_bn.add(info.layer)
-        for name in frozen & set(module.param_keys):
-            module.parameter(name).requires_grad_(False)
-    decay = [module.parameter(n) for n in masks if n not in frozen]
-    decay_ids = {id(p) for p in decay}
-    rest = [p for p in module.params.values() if p.requires_grad and id(p) not in decay_ids]
-    if not decay and not rest:
-        raise UsageError("finetune: nothing to train (every weight is frozen or the graph has none)")
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    lr = config.resolved_lr()
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
-    else:
-        opt = torch.optim.Adam(groups, lr=lr)
+    dropout = _adjust_dropout(module) if config.adjust_dropout else {}
+    frozen = _freeze(module, config.freeze) if config.freeze else set()
+    opt = _optimizer(module, masks, frozen, config)
 
     dist.init(device)
     try:
@@ -398,10 +368,7 @@ def finetune(
         net = None
         dist.close()
 
-    for name, mask in masks.items():
-        w = module.parameter(name).detach()
-        if bool((w[~mask] != 0).any()):
-            raise RuntimeFailure(f"internal error: pruned weights of {name!r} became nonzero")
+    _check_masks_held(module, masks)
     mask_stats = {n: (int(m.sum()), m.numel()) for n, m in masks.items()}
     if dist.rank != 0:
         return FinetuneResult(None, history, best_epoch, dropout, mask_stats, dist.world, dist.rank,
@@ -409,6 +376,69 @@ def finetune(
     state = best if best is not None else module.onnx_state()
     return FinetuneResult(write_back(model, state), history, best_epoch, dropout, mask_stats,
                           dist.world, dist.rank, divergence, str(device))
+
+
+def _sources(train, val, module, spec, classes, logits_name, config: FinetuneConfig, world: int):
+    """The training and validation sources (training data sharded over ``world`` ranks), and
+    the number of classes: the model's, else probed from one training batch, after which the
+    labels of array data are checked against it."""
+    train_src = _as_source(train, spec, classes, config.batch_size, config.seed, world, "train")
+    val_src = None
+    if val is not None:
+        val_src = _as_source(val, spec, classes, config.batch_size, config.seed, 1, "val")
+    if classes is None:
+        classes = _probe_classes(module, train_src, spec, logits_name)
+        if isinstance(train_src, _ArraySource):
+            _data.coerce_y(train_src.y, len(train_src.y), classes, what="train y")
+        if isinstance(val_src, _ArraySource):
+            _data.coerce_y(val_src.y, len(val_src.y), classes, what="val y")
+    return train_src, val_src, classes
+
+
+def _adjust_dropout(module) -> dict:
+    """Apply the dropout plan to ``module``; {node: (old ratio, new ratio)}."""
+    dropout = {}
+    for node_name, (d_o, d_r, _layer) in _dropout_plan(module).items():
+        module.dropout_ratio[node_name] = d_r
+        dropout[node_name] = (d_o, d_r)
+    return dropout
+
+
+def _freeze(module, group: str) -> set:
+    """Stop the gradients of every weight in ``group`` (a frozen BatchNorm also keeps its running
+    statistics); returns the frozen weight names."""
+    frozen = set()
+    for name, info in module.weight_info.items():
+        if info.group == group:
+            frozen.add(name)
+            if info.op_type == "BatchNormalization":
+                module.frozen_bn.add(info.layer)
+    for name in frozen & set(module.param_keys):
+        module.parameter(name).requires_grad_(False)
+    return frozen
+
+
+def _optimizer(module, masks: dict, frozen: set, config: FinetuneConfig):
+    """SGD (with momentum) or Adam over the trainable parameters; weight decay applies only to
+    the prunable weights (the paper's L2 regularisation), not to biases or normalisation."""
+    decay = [module.parameter(n) for n in masks if n not in frozen]
+    decay_ids = {id(p) for p in decay}
+    rest = [p for p in module.params.values() if p.requires_grad and id(p) not in decay_ids]
+    if not decay and not rest:
+        raise UsageError("finetune: nothing to train (every weight is frozen or the graph has none)")
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    lr = config.resolved_lr()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+    return torch.optim.Adam(groups, lr=lr)
+
+
+def _check_masks_held(module, masks: dict) -> None:
+    """Invariant of masked retraining: every pruned weight is still exactly zero."""
+    for name, mask in masks.items():
+        w = module.parameter(name).detach()
+        if bool((w[~mask] != 0).any()):
+            raise RuntimeFailure(f"internal error: pruned weights of {name!r} became nonzero")
 
 
 def _probe_classes(module, source, spec, logits_name) -> int:
