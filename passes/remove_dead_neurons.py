@@ -328,99 +328,129 @@ def _stage(node: gs.Node, t: gs.Variable, state: _State, units: int, ctx: _Ctx) 
         raise _Unsafe(f"{op} {_node_name(node)!r} reads the hidden tensor twice")
     _check_single_output(node, ctx)
 
-    if op in UNARY or op == "Clip":
-        if op == "Dropout":
-            if len(node.inputs) > 2 and not _is_empty(node.inputs[2]):
-                mode = _constant_value(node.inputs[2])
-                if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
-                    raise _Unsafe("Dropout may run in training mode")
-        if op == "Clip":
-            lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
-            for k in (1, 2):
-                if len(node.inputs) > k and not _is_empty(node.inputs[k]):
-                    bound = _constant_value(node.inputs[k])
-                    if bound is None or bound.size != 1:
-                        raise _Unsafe("Clip bounds are not constant scalars")
-                    if k == 1:
-                        lo = float(_as_f64(bound).reshape(()))
-                    else:
-                        hi = float(_as_f64(bound).reshape(()))
-            return _Stage(node, lambda v, lo=lo, hi=hi: np.minimum(np.maximum(v, lo), hi), [])
-        fn = UNARY[op]
-        return _Stage(node, lambda v, fn=fn, node=node: fn(v, node), [])
-
+    if op == "Clip":
+        return _clip_stage(node)
+    if op in UNARY:
+        return _unary_stage(node)
     if op in BINARY or op == "PRelu":
-        if len(node.inputs) != 2:
-            raise _Unsafe(f"{op} {_node_name(node)!r} has {len(node.inputs)} inputs")
-        left = node.inputs[0] is t
-        other = node.inputs[1] if left else node.inputs[0]
-        if op == "PRelu" and not left:
-            raise _Unsafe("PRelu takes the hidden tensor as its slope")
-        c = _constant_value(other)
-        if c is None:
-            raise _Unsafe(f"{op} {_node_name(node)!r} combines the hidden tensor with a computed "
-                          f"tensor (residual or gating)")
-        axis = _per_unit(c, state, units, f"{op} constant {other.name!r}")
-        params = [(ctx.exclusive(node, other, f"{op} constant"), axis)] if axis is not None else []
-        if state.rank is not None:
-            state.rank = max(state.rank, c.ndim)
-        vec = _unit_vector(c, axis)
-        if op == "PRelu":
-            return _Stage(node, lambda v, s=vec: np.where(v < 0, s * v, v), params)
-        fn = BINARY[op]
-        return _Stage(node, lambda v, c=vec, fn=fn, left=left: fn(v, c, left), params)
-
+        return _binary_stage(node, t, state, units, ctx)
     if op == "BatchNormalization":
-        if not state.is_channel_axis() or state.block != 1:
-            raise _Unsafe("BatchNormalization over an axis that is not the unit axis "
-                          "(or of unknown rank)")
-        if int(node.attrs.get("training_mode", 0)) or int(node.attrs.get("spatial", 1)) != 1:
-            raise _Unsafe("BatchNormalization in training mode or non-spatial form")
-        if len(node.inputs) != 5:
-            raise _Unsafe("BatchNormalization without its four parameters")
-        params = [ctx.exclusive(node, p, "BatchNormalization parameter") for p in node.inputs[1:]]
-        vals = [_as_f64(p.values()) for p in params]
-        if any(v.shape != (units,) for v in vals):
-            raise _Unsafe(f"BatchNormalization parameters are not of shape ({units},)")
-        scale, bias, mean, var = vals
-        eps = float(node.attrs.get("epsilon", 1e-5))
-        factor = scale / np.sqrt(var + eps)
-        return _Stage(node, lambda v, f=factor, m=mean, b=bias: f * (v - m) + b,
-                      [(p, 0) for p in params])
-
+        return _batchnorm_stage(node, state, units, ctx)
     if op in POOLS:
-        if not state.is_channel_axis() or state.block != 1:
-            raise _Unsafe(f"{op} over a tensor whose channel axis is not the unit axis")
-        if op.startswith("Global"):
-            state.spatial_one = True
-        elif op == "AveragePool" and int(node.attrs.get("count_include_pad", 0)):
-            pads = node.attrs.get("pads", [])
-            if any(int(p) for p in pads) or node.attrs.get("auto_pad", "NOTSET") not in (
-                    "NOTSET", "VALID"):
-                # Border windows average in zeros: only v = 0 stays constant.
-                state.constant_ok = False
-        return _Stage(node, lambda v: v, [])
-
+        return _pool_stage(node, state)
     if op == "Flatten":
-        if not state.is_channel_axis() or state.block != 1:
-            raise _Unsafe("Flatten of a tensor whose unit axis is not axis 1")
-        rank = state.rank
-        axis = int(node.attrs.get("axis", 1))
-        axis = axis + rank if axis < 0 else axis
-        if axis != 1:
-            raise _Unsafe(f"Flatten(axis={axis}) mixes the unit axis with others")
-        if state.spatial_one or rank == 2:
-            block = 1
-        else:
-            shape = ctx.static_shapes.get(t.name)
-            if shape is None or len(shape) != rank or any(d is None for d in shape[2:]):
-                raise _Unsafe("Flatten of feature maps whose spatial size is not known statically")
-            block = int(np.prod(shape[2:]))
-        state.rank, state.axis, state.block = 2, -1, block
-        return _Stage(node, lambda v: v, [])
-
+        return _flatten_stage(node, t, state, ctx)
     raise _Unsafe(f"{op} {_node_name(node)!r} is not an element-wise or per-unit op this pass "
                   f"understands")
+
+
+def _unary_stage(node: gs.Node) -> _Stage:
+    """v -> f(v) element-wise; a Dropout only when it provably runs in inference mode."""
+    if node.op == "Dropout":
+        if len(node.inputs) > 2 and not _is_empty(node.inputs[2]):
+            mode = _constant_value(node.inputs[2])
+            if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+                raise _Unsafe("Dropout may run in training mode")
+    fn = UNARY[node.op]
+    return _Stage(node, lambda v, fn=fn, node=node: fn(v, node), [])
+
+
+def _clip_stage(node: gs.Node) -> _Stage:
+    """v -> min(max(v, lo), hi), the bounds from attributes (opset < 11) or constant inputs."""
+    lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
+    for k in (1, 2):
+        if len(node.inputs) > k and not _is_empty(node.inputs[k]):
+            bound = _constant_value(node.inputs[k])
+            if bound is None or bound.size != 1:
+                raise _Unsafe("Clip bounds are not constant scalars")
+            if k == 1:
+                lo = float(_as_f64(bound).reshape(()))
+            else:
+                hi = float(_as_f64(bound).reshape(()))
+    return _Stage(node, lambda v, lo=lo, hi=hi: np.minimum(np.maximum(v, lo), hi), [])
+
+
+def _binary_stage(node: gs.Node, t: gs.Variable, state: _State, units: int, ctx: _Ctx) -> _Stage:
+    """v -> v (op) c with a constant c that is a scalar or one value per unit (then its entries
+    of removed units go with them); PRelu: v -> v < 0 ? s·v : v."""
+    op = node.op
+    if len(node.inputs) != 2:
+        raise _Unsafe(f"{op} {_node_name(node)!r} has {len(node.inputs)} inputs")
+    left = node.inputs[0] is t
+    other = node.inputs[1] if left else node.inputs[0]
+    if op == "PRelu" and not left:
+        raise _Unsafe("PRelu takes the hidden tensor as its slope")
+    c = _constant_value(other)
+    if c is None:
+        raise _Unsafe(f"{op} {_node_name(node)!r} combines the hidden tensor with a computed "
+                      f"tensor (residual or gating)")
+    axis = _per_unit(c, state, units, f"{op} constant {other.name!r}")
+    params = [(ctx.exclusive(node, other, f"{op} constant"), axis)] if axis is not None else []
+    if state.rank is not None:
+        state.rank = max(state.rank, c.ndim)
+    vec = _unit_vector(c, axis)
+    if op == "PRelu":
+        return _Stage(node, lambda v, s=vec: np.where(v < 0, s * v, v), params)
+    fn = BINARY[op]
+    return _Stage(node, lambda v, c=vec, fn=fn, left=left: fn(v, c, left), params)
+
+
+def _batchnorm_stage(node: gs.Node, state: _State, units: int, ctx: _Ctx) -> _Stage:
+    """Inference BatchNormalization over the unit axis: v -> γ/√(σ²+ε) · (v − μ) + β."""
+    if not state.is_channel_axis() or state.block != 1:
+        raise _Unsafe("BatchNormalization over an axis that is not the unit axis "
+                      "(or of unknown rank)")
+    if int(node.attrs.get("training_mode", 0)) or int(node.attrs.get("spatial", 1)) != 1:
+        raise _Unsafe("BatchNormalization in training mode or non-spatial form")
+    if len(node.inputs) != 5:
+        raise _Unsafe("BatchNormalization without its four parameters")
+    params = [ctx.exclusive(node, p, "BatchNormalization parameter") for p in node.inputs[1:]]
+    vals = [_as_f64(p.values()) for p in params]
+    if any(v.shape != (units,) for v in vals):
+        raise _Unsafe(f"BatchNormalization parameters are not of shape ({units},)")
+    scale, bias, mean, var = vals
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    factor = scale / np.sqrt(var + eps)
+    return _Stage(node, lambda v, f=factor, m=mean, b=bias: f * (v - m) + b,
+                  [(p, 0) for p in params])
+
+
+def _pool_stage(node: gs.Node, state: _State) -> _Stage:
+    """A pool over the spatial axes maps a constant channel to the same constant (the identity
+    on a dead unit's value), except an average that counts zero padding at the borders."""
+    op = node.op
+    if not state.is_channel_axis() or state.block != 1:
+        raise _Unsafe(f"{op} over a tensor whose channel axis is not the unit axis")
+    if op.startswith("Global"):
+        state.spatial_one = True
+    elif op == "AveragePool" and int(node.attrs.get("count_include_pad", 0)):
+        pads = node.attrs.get("pads", [])
+        if any(int(p) for p in pads) or node.attrs.get("auto_pad", "NOTSET") not in (
+                "NOTSET", "VALID"):
+            # Border windows average in zeros: only v = 0 stays constant.
+            state.constant_ok = False
+    return _Stage(node, lambda v: v, [])
+
+
+def _flatten_stage(node: gs.Node, t: gs.Variable, state: _State, ctx: _Ctx) -> _Stage:
+    """Flatten(axis=1) of N×C×spatial: unit c becomes the block of columns
+    [c·block, (c+1)·block) with block = the product of the (static) spatial sizes."""
+    if not state.is_channel_axis() or state.block != 1:
+        raise _Unsafe("Flatten of a tensor whose unit axis is not axis 1")
+    rank = state.rank
+    axis = int(node.attrs.get("axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    if axis != 1:
+        raise _Unsafe(f"Flatten(axis={axis}) mixes the unit axis with others")
+    if state.spatial_one or rank == 2:
+        block = 1
+    else:
+        shape = ctx.static_shapes.get(t.name)
+        if shape is None or len(shape) != rank or any(d is None for d in shape[2:]):
+            raise _Unsafe("Flatten of feature maps whose spatial size is not known statically")
+        block = int(np.prod(shape[2:]))
+    state.rank, state.axis, state.block = 2, -1, block
+    return _Stage(node, lambda v: v, [])
 
 
 def _conv_pads(node: gs.Node) -> bool:
