@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.core.graph import find_layers, weight_values
 from onnxprune.core.masks import retrain_dropout
 
-from .base import PassResult, parse_options
+from .base import Pass, PassResult
 
 PASS_THROUGH = frozenset({
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Gelu", "HardSigmoid", "HardSwish",
@@ -35,14 +35,11 @@ PASS_THROUGH = frozenset({
 })
 
 
-class AdjustDropout:
+class AdjustDropout(Pass):
     name = "adjust-dropout"
     OPTIONS = ()
 
-    def __init__(self, options: dict | None = None):
-        parse_options(self.name, self.OPTIONS, options)
-
-    def __call__(self, graph: gs.Graph, progress=None) -> PassResult:
+    def run(self, graph: gs.Graph, progress=None) -> PassResult:
         layers, _ = find_layers(graph)
         by_node = {}
         for layer in layers:

@@ -1,7 +1,13 @@
-"""What every pass returns, and how pass options are declared.
+"""The pass contract: what a pass declares, what it returns, and how its options are declared.
 
-A pass is a callable ``pass_(graph) -> PassResult``.  It checks its preconditions up front and
-raises (``PassError``) rather than logging and carrying on; it never reads or writes files.
+A pass is a ``Pass`` subclass; calling it, ``pass_(graph) -> PassResult``, runs the template
+
+    requires(graph) → run(graph, progress) → ensures(graph, result)
+
+so pre- and post-conditions are checked around every pass the same way.  A pass raises
+(``PassError``) rather than logging and carrying on; it never reads or writes files.  What the
+pipeline and the CLI need from a pass is declared (class attributes, the result's ``stamp``),
+never inferred from its name.
 """
 
 from __future__ import annotations
@@ -20,9 +26,61 @@ class PassError(OnnxPruneError):
 
 @dataclasses.dataclass
 class PassResult:
+    """One pass's outcome.
+
+    ``modified`` is true exactly when the graph changed (the serialized graph differs);
+    ``stats`` goes into the report as it is; ``stamp`` maps a stamp key (``quality``,
+    ``threshold``, …) to per-layer values the pipeline writes into the model's metadata.
+    """
+
     graph: gs.Graph
     modified: bool
     stats: dict[str, Any]
+    stamp: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+
+class Pass:
+    """Base of every pass: declarations, and the checked call around ``run``.
+
+    Declarations (class attributes): ``name`` (the recipe key), ``OPTIONS`` (the option
+    schema), ``in_place`` (the result's graph is the graph given, transformed), and the
+    capabilities the CLI and the report use instead of names: ``takes_threshold_flags`` (the
+    CLI's --quality/--layer/--skip/--target-sparsity… flags are options of this pass; its
+    ``stats["layers"]`` rows carry quality, std, threshold and nonzero counts per layer),
+    ``removes_neurons`` (--no-remove-dead-neurons drops it), ``lowers_weights`` (its
+    ``stats["layers"]`` rows say which weights became CSR arrays; the batch/threads/objective
+    flags are its options) and ``report_section`` (the report key its stats also appear under).
+    """
+
+    name: str = ""
+    OPTIONS: tuple[Option, ...] = ()
+    in_place: bool = True
+    takes_threshold_flags: bool = False
+    removes_neurons: bool = False
+    lowers_weights: bool = False
+    report_section: str | None = None
+
+    def __init__(self, options: dict | None = None):
+        self.options = parse_options(self.name, self.OPTIONS, options)
+
+    def requires(self, graph: gs.Graph) -> None:
+        """Precondition on the input graph; raise ``PassError`` when it does not hold."""
+
+    def ensures(self, graph: gs.Graph, result: PassResult) -> None:
+        """Postcondition on the result; raise ``PassError`` when it does not hold."""
+
+    def run(self, graph: gs.Graph, progress=None) -> PassResult:
+        raise NotImplementedError
+
+    def __call__(self, graph: gs.Graph, progress=None) -> PassResult:
+        self.requires(graph)
+        result = self.run(graph, progress)
+        if not isinstance(result.modified, bool):
+            raise PassError(f"{self.name}: modified must be a bool, got {result.modified!r}")
+        if self.in_place and result.graph is not graph:
+            raise PassError(f"{self.name}: declared in place but returned another graph")
+        self.ensures(graph, result)
+        return result
 
 
 @dataclasses.dataclass(frozen=True)

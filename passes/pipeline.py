@@ -35,6 +35,19 @@ class PipelineResult:
     modified: bool
     already_applied: bool
     passes: list[dict]  # [{"name", "modified", "stats"}]
+    kinds: list[type] = dataclasses.field(default_factory=list, repr=False)  # class per pass
+
+    def stats_of(self, capability: str) -> dict | None:
+        """The stats of the first pass run that declares ``capability`` (a ``Pass`` flag)."""
+        for kind, p in zip(self.kinds, self.passes):
+            if getattr(kind, capability, False):
+                return p["stats"]
+        return None
+
+    def report_sections(self) -> dict[str, dict]:
+        """``{report_section: stats}`` for every pass run that declares a report section."""
+        return {kind.report_section: p["stats"] for kind, p in zip(self.kinds, self.passes)
+                if kind.report_section}
 
     @property
     def model(self) -> ModelProto:
@@ -48,15 +61,14 @@ def read_stamp(model: ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props if p.key.startswith("onnxprune.")}
 
 
-def _stamp(model: ModelProto, recipe: Recipe, quality: dict[str, float],
-           thresholds: dict[str, float]) -> list[tuple[str, str]]:
+def _stamp(model: ModelProto, recipe: Recipe,
+           values: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
+    """The model's own metadata, then version, recipe hash and each ``onnxprune.<key>`` the
+    passes stamped (quality and threshold always, empty when no pass set them)."""
     props = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith("onnxprune.")]
-    props += [
-        (STAMP_VERSION, __version__),
-        (STAMP_RECIPE, recipe.sha256),
-        (STAMP_QUALITY, json.dumps(quality, sort_keys=True, separators=(",", ":"))),
-        (STAMP_THRESHOLD, json.dumps(thresholds, sort_keys=True, separators=(",", ":"))),
-    ]
+    props += [(STAMP_VERSION, __version__), (STAMP_RECIPE, recipe.sha256)]
+    props += [(f"onnxprune.{key}", json.dumps(v, sort_keys=True, separators=(",", ":")))
+              for key, v in values.items()]
     return props
 
 
@@ -78,9 +90,9 @@ def run_pipeline(
     if graph is None:
         graph = graph_from_model(model)
     results = []
+    kinds = []
     modified = False
-    quality: dict[str, float] = {}
-    thresholds: dict[str, float] = {}
+    stamped: dict[str, dict[str, float]] = {"quality": {}, "threshold": {}}
     for p in recipe.build_passes():
         cb = None
         if progress is not None:
@@ -90,10 +102,8 @@ def run_pipeline(
         graph = r.graph
         modified |= r.modified
         results.append({"name": p.name, "modified": r.modified, "stats": r.stats})
-        if p.name == "threshold-by-std":
-            for row in r.stats["layers"]:
-                if row["quality"] is not None:
-                    quality[row["name"]] = round(float(row["quality"]), 6)
-                    thresholds[row["name"]] = float(f"{row['threshold']:.6g}")
-    return PipelineResult(graph, model, _stamp(model, recipe, quality, thresholds), modified,
-                          False, results)
+        kinds.append(type(p))
+        for key, values in r.stamp.items():
+            stamped.setdefault(key, {}).update(values)
+    return PipelineResult(graph, model, _stamp(model, recipe, stamped), modified,
+                          False, results, kinds)

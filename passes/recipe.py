@@ -93,6 +93,13 @@ class Recipe:
     def build_passes(self) -> list:
         return [REGISTRY[name](opts) for name, opts in self.effective_passes]
 
+    def find(self, capability: str) -> int | None:
+        """Index in ``passes`` of the first pass whose class declares ``capability``."""
+        for i, (name, _) in enumerate(self.passes):
+            if getattr(REGISTRY.get(name), capability, False):
+                return i
+        return None
+
     def pass_options(self, name: str) -> dict | None:
         for n, opts in self.passes:
             if n == name:

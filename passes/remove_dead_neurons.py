@@ -50,7 +50,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.core.graph import is_float
 
-from .base import PassError, PassResult, parse_options
+from .base import Pass, PassError, PassResult
 
 # --------------------------------------------------------------------------- op tables
 # Per-unit maps f(v) on float64 arrays, parameterised by the node (attributes).  Only ops that
@@ -762,21 +762,23 @@ def _is_candidate(node: gs.Node) -> bool:
             and _constant_value(node.inputs[0]) is None)
 
 
-class RemoveDeadNeurons:
+class RemoveDeadNeurons(Pass):
     name = "remove-dead-neurons"
     OPTIONS = ()
     MAX_SWEEPS = 1000  # each sweep that changes something removes at least one unit
+    removes_neurons = True
+    report_section = "dead_neurons"
 
-    def __init__(self, options: dict | None = None):
-        parse_options(self.name, self.OPTIONS, options)
-
-    def __call__(self, graph: gs.Graph, progress=None) -> PassResult:
+    def requires(self, graph: gs.Graph) -> None:
+        """A graphsurgeon graph whose tensor names are unique (edits are keyed by name)."""
         if not isinstance(graph, gs.Graph):
             raise PassError(f"{self.name}: expected an onnx-graphsurgeon Graph, "
                             f"got {type(graph).__name__}")
         names = [t.name for t in graph.tensors().values()]
         if len(names) != len(set(names)):
             raise PassError(f"{self.name}: the graph has duplicate tensor names")
+
+    def run(self, graph: gs.Graph, progress=None) -> PassResult:
         # Spatial sizes never change here, so shapes known before the first edit stay valid
         # for Flatten even after the channel axis was cleared.
         static_shapes = {

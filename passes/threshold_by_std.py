@@ -30,7 +30,7 @@ from onnxprune.core import masks
 from onnxprune.core.errors import UsageError, name_list
 from onnxprune.core.graph import Layer, find_layers, set_weight_values, weight_values
 
-from .base import (Option, PassResult, check_choice, check_float, check_int, check_optional,
+from .base import (Option, Pass, PassResult, check_choice, check_float, check_int, check_optional,
                    check_str_list, parse_options)
 
 DEFAULT_QUALITY = {"conv": 0.5, "fc": 1.0}
@@ -69,8 +69,9 @@ def _check_layers(key: str, v: Any) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
-class ThresholdByStd:
+class ThresholdByStd(Pass):
     name = "threshold-by-std"
+    takes_threshold_flags = True
     OPTIONS = (
         Option("quality", check_quality, dict(DEFAULT_QUALITY),
                "quality parameter q: a number for all layers, or {conv: Q, fc: Q}"),
@@ -121,7 +122,7 @@ class ThresholdByStd:
                     raise UsageError(f"{self.name}: {key} glob {glob!r} matches no layer; "
                                      f"layers: {name_list([layer.name for layer in layers])}")
 
-    def __call__(self, graph: gs.Graph, progress=None) -> PassResult:
+    def run(self, graph: gs.Graph, progress=None) -> PassResult:
         layers, notes = find_layers(graph)
         self._check_globs(layers)
         rows: list[dict] = []
@@ -169,7 +170,14 @@ class ThresholdByStd:
             "layers": rows,
             "notes": [{"node": n.node, "op": n.op, "reason": n.reason} for n in notes] + refused,
             "global_quality": global_q,
-        })
+        }, _stamp(rows))
+
+
+def _stamp(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """The q and t = q·σ used per pruned layer, rounded as the model's metadata records them."""
+    used = [r for r in rows if r["quality"] is not None]
+    return {"quality": {r["name"]: round(float(r["quality"]), 6) for r in used},
+            "threshold": {r["name"]: float(f"{r['threshold']:.6g}") for r in used}}
 
 
 def _row(layer: Layer, q, std, threshold, nnz_before, nnz_after, skipped) -> dict:

@@ -49,7 +49,7 @@ from onnxprune.runtime_ops import DOMAIN
 from onnxprune.runtime_ops.csr import csr_from_dense, index_dtype_for
 
 from . import cost_model as cost
-from ..base import (Option, PassError, PassResult, check_choice, check_float, check_int, check_optional,
+from ..base import (Option, Pass, PassError, PassResult, check_choice, check_float, check_int, check_optional,
                    check_str_list, parse_options)
 
 DOMAIN_VERSION = 1
@@ -268,8 +268,9 @@ def _unsized(plans: list[_Plan]) -> bool:
     return any(p.kind == "conv" and p.out_hw is None for p in plans)
 
 
-class LowerToSparseOps:
+class LowerToSparseOps(Pass):
     name = "lower-to-sparse-ops"
+    lowers_weights = True
     OPTIONS = (
         Option("batch", check_int(1), 1,
                "expected batch size at serving time (a batch fixed in the model wins)"),
@@ -348,10 +349,12 @@ class LowerToSparseOps:
 
     # ------------------------------------------------------------------ the pass
 
-    def __call__(self, graph: gs.Graph, progress=None) -> PassResult:
+    def requires(self, graph: gs.Graph) -> None:
         if not isinstance(graph, gs.Graph):
             raise PassError(f"{self.name}: expected an onnx-graphsurgeon Graph, "
                             f"got {type(graph).__name__}")
+
+    def run(self, graph: gs.Graph, progress=None) -> PassResult:
         layers, _ = find_layers(graph)
         graph_outputs = {id(t) for t in graph.outputs}
         needs_shapes = any(layer.op in ("Conv", "MatMul", "Gemm") for layer in layers)
@@ -472,29 +475,3 @@ class LowerToSparseOps:
 def _combined_speedup(estimates: list[cost.Estimate]) -> float:
     """A weight used by several nodes: total dense time over total CSR time."""
     return sum(e.dense_s for e in estimates) / sum(e.sparse_s for e in estimates)
-
-
-def size_summary(pass_stats: dict, layer_rows: list[dict], written_bytes: int) -> dict:
-    """The sparse-ops file's size next to estimates of the dense and portable files.
-
-    Estimated from nonzero counts and dtypes (payload bytes only; protobuf framing, a few
-    bytes per tensor, is ignored): dense = written − CSR bytes + dense bytes of the lowered
-    weights; portable = dense − the saving of every layer weight that io would store as a
-    SparseTensorProto (int64 indices, at least ``io.SPARSE_MIN_SAVING`` smaller).
-    """
-    from onnxprune.core.io import SPARSE_MIN_SAVING, sparse_nbytes
-
-    lowered = [r for r in pass_stats.get("layers", []) if r["lowered"]]
-    dense = written_bytes + sum(r["dense_bytes"] - r["csr_bytes"] for r in lowered)
-    saving = 0
-    for r in layer_rows:
-        shape = r.get("final_shape") or r.get("weight_shape") or []
-        if r.get("nonzero") is None or r.get("dtype") in (None, "?") or not shape:
-            continue
-        item = np.dtype(r["dtype"]).itemsize
-        dense_b = int(np.prod(shape)) * item
-        sparse_b = sparse_nbytes(r["nonzero"], item)
-        if sparse_b <= (1 - SPARSE_MIN_SAVING) * dense_b:
-            saving += dense_b - sparse_b
-    return {"sparse_ops_bytes": written_bytes, "dense_bytes_estimated": dense,
-            "portable_bytes_estimated": dense - saving, "method": "estimated from nnz and dtype"}
