@@ -160,3 +160,53 @@ def test_pipeline_and_prune_never_name_a_pass(path):
     text = (ROOT / path).read_text()
     for name in REGISTRY:
         assert f'"{name}"' not in text, f"{path} compares pass name {name}"
+
+
+# ---- the prune verb
+
+
+def _without_paths(report: dict) -> dict:
+    """The report less what names files (paths differ between the two runs compared)."""
+    return {k: v for k, v in report.items() if k not in ("input", "outputs")}
+
+
+def test_api_prune_returns_the_report_the_cli_writes(tmp_path, capsys):
+    import onnx
+
+    from onnxprune.api.prune import prune
+    from onnxprune.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(mlp(), src)
+    assert main(["prune", str(src), "-o", str(tmp_path / "cli.onnx"), "--quality", "0.7",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    capsys.readouterr()
+    cli_report = json.loads((tmp_path / "r.json").read_text())
+    report = prune(str(src), str(tmp_path / "api.onnx"), quality=0.7)
+    assert json.loads(json.dumps(_without_paths(report))) == _without_paths(cli_report)
+    assert (tmp_path / "api.onnx").read_bytes() == (tmp_path / "cli.onnx").read_bytes()
+    # A ModelProto in memory: same model written, the caller's proto untouched.
+    proto = mlp()
+    before = proto.SerializeToString()
+    from_proto = prune(proto, str(tmp_path / "proto.onnx"), quality=0.7)
+    assert proto.SerializeToString() == before
+    assert from_proto["layers"] == report["layers"]
+    assert (tmp_path / "proto.onnx").read_bytes() == (tmp_path / "api.onnx").read_bytes()
+
+
+def test_api_prune_gate_and_usage_errors(tmp_path):
+    from onnxprune.api.prune import prune
+    from onnxprune.core.errors import GateFailed, UsageError
+
+    out = tmp_path / "o.onnx"
+    with pytest.raises(GateFailed, match="min-sparsity"):
+        prune(mlp(), str(out), quality=0.1, min_sparsity=0.99)
+    assert out.exists()  # the output is written before the gate is judged
+    report = prune(mlp(), str(tmp_path / "p.onnx"), quality=0.1, min_sparsity=0.99,
+                   check_gates=False)
+    assert report["status"] == "gate-failed" and not report["gates"][0]["passed"]
+    with pytest.raises(UsageError, match="only apply to --emit sparse-ops"):
+        prune(mlp(), str(tmp_path / "q.onnx"), threads=2)
+    with pytest.raises(UsageError):
+        prune(mlp(), None)
+    assert not (tmp_path / "q.onnx").exists()
