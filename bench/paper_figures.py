@@ -71,22 +71,6 @@ def npz(path: str):
 # --------------------------------------------------------------------------- models
 
 
-def lenet300_torch():
-    from torch import nn
-
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100),
-                         nn.ReLU(), nn.Linear(100, 10))
-
-
-def lenet5_torch():
-    """Caffe's LeNet-5 as in the paper (431K weights): no activation after the convs."""
-    from torch import nn
-
-    return nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.Conv2d(20, 50, 5),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(800, 500), nn.ReLU(),
-                         nn.Linear(500, 10))
-
-
 def to_onnx(net, kind: str):
     """The trained torch net as a plain ONNX graph with the paper's layer names."""
     import onnx
@@ -95,36 +79,36 @@ def to_onnx(net, kind: str):
     p = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
     nodes, inits = [], []
 
-    def gemm(name, idx, x, out):
-        inits.extend([numpy_helper.from_array(p[f"{idx}.weight"], f"{name}.weight"),
-                      numpy_helper.from_array(p[f"{idx}.bias"], f"{name}.bias")])
+    def gemm(name, x, out):
+        inits.extend([numpy_helper.from_array(p[f"{name}.weight"], f"{name}.weight"),
+                      numpy_helper.from_array(p[f"{name}.bias"], f"{name}.bias")])
         nodes.append(helper.make_node("Gemm", [x, f"{name}.weight", f"{name}.bias"], [out],
                                       name=name, transB=1))
 
-    def conv(name, idx, x, out):
-        inits.extend([numpy_helper.from_array(p[f"{idx}.weight"], f"{name}.weight"),
-                      numpy_helper.from_array(p[f"{idx}.bias"], f"{name}.bias")])
+    def conv(name, x, out):
+        inits.extend([numpy_helper.from_array(p[f"{name}.weight"], f"{name}.weight"),
+                      numpy_helper.from_array(p[f"{name}.bias"], f"{name}.bias")])
         nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [out],
                                       name=name, kernel_shape=[5, 5]))
 
     if kind == "lenet300":
         nodes.append(helper.make_node("Flatten", ["image"], ["flat"], name="flatten"))
-        gemm("fc1", 1, "flat", "h1")
+        gemm("fc1", "flat", "h1")
         nodes.append(helper.make_node("Relu", ["h1"], ["a1"], name="relu1"))
-        gemm("fc2", 3, "a1", "h2")
+        gemm("fc2", "a1", "h2")
         nodes.append(helper.make_node("Relu", ["h2"], ["a2"], name="relu2"))
-        gemm("fc3", 5, "a2", "logits")
+        gemm("fc3", "a2", "logits")
     else:
-        conv("conv1", 0, "image", "c1")
+        conv("conv1", "image", "c1")
         nodes.append(helper.make_node("MaxPool", ["c1"], ["p1"], name="pool1",
                                       kernel_shape=[2, 2], strides=[2, 2]))
-        conv("conv2", 2, "p1", "c2")
+        conv("conv2", "p1", "c2")
         nodes.append(helper.make_node("MaxPool", ["c2"], ["p2"], name="pool2",
                                       kernel_shape=[2, 2], strides=[2, 2]))
         nodes.append(helper.make_node("Flatten", ["p2"], ["flat"], name="flatten"))
-        gemm("fc1", 5, "flat", "h1")
+        gemm("fc1", "flat", "h1")
         nodes.append(helper.make_node("Relu", ["h1"], ["a1"], name="relu1"))
-        gemm("fc2", 7, "a1", "logits")
+        gemm("fc2", "a1", "logits")
     graph = helper.make_graph(
         nodes, kind,
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
@@ -141,11 +125,13 @@ def train_dense(kind: str, train, *, epochs: int, l2: float, l1: float, seed: in
     import torch
     from torch import nn
 
+    from onnxprune.training.models import build
+
     torch.manual_seed(seed)
-    net = lenet300_torch() if kind == "lenet300" else lenet5_torch()
+    net = build(kind)
     # Caffe's LeNet-5 solver uses 0.01: with no activation between the convs, 0.1 diverges.
     lr = 0.1 if kind == "lenet300" else 0.01
-    weights = [m.weight for m in net if isinstance(m, (nn.Linear, nn.Conv2d))]
+    weights = [m.weight for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     others = [p for n, p in net.named_parameters() if not n.endswith("weight")]
     opt = torch.optim.SGD([{"params": weights, "weight_decay": l2},
                            {"params": others, "weight_decay": 0.0}], lr=lr, momentum=0.9)

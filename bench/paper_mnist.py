@@ -169,32 +169,9 @@ def write_splits(splits: dict, out: Path) -> dict:
 
 def build(name: str):
     """LeNet-300-100 (784-300-100-10, ReLU) or Caffe's LeNet-5, freshly initialised."""
-    import torch
-    from torch import nn
+    from onnxprune.training import models
 
-    class LeNet300(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1, self.fc2, self.fc3 = nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(100, 10)
-
-        def forward(self, x):
-            x = x.flatten(1)
-            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-    class LeNet5(nn.Module):
-        """Caffe's examples/mnist/lenet: no activation after the convolutions."""
-
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-            self.fc1, self.fc2 = nn.Linear(800, 500), nn.Linear(500, 10)
-
-        def forward(self, x):
-            x = torch.max_pool2d(self.conv1(x), 2)
-            x = torch.max_pool2d(self.conv2(x), 2)
-            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-    return {"lenet300": LeNet300, "lenet5": LeNet5}[name]()
+    return models.build(name)
 
 
 def train_dense(net, train, val, plan: Plan, *, seed: int, log=print) -> list[dict]:

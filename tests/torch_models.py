@@ -3,31 +3,8 @@
 import torch
 from torch import nn
 
-
-class LeNet300(nn.Module):
-    """LeNet-300-100: 784-300-100-10, ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(100, 10)
-
-    def forward(self, x):
-        x = x.reshape(x.shape[0], -1)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class LeNet5(nn.Module):
-    """Caffe's LeNet-5 variant used in the paper (20/50 conv channels, 500 hidden)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-        self.fc1, self.fc2 = nn.Linear(800, 500), nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(self.conv1(x), 2)
-        x = nn.functional.max_pool2d(self.conv2(x), 2)
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+# The paper's LeNets are the package's own definitions (one of each, with the paper's layer names).
+from onnxprune.training.models import LeNet5, LeNet300  # noqa: F401
 
 
 class ResidualBN(nn.Module):

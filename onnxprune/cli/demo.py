@@ -47,9 +47,10 @@ def train_lenet_300_100(train, epochs: int = 30, seed: int = 0):
     import torch
     from torch import nn
 
+    from onnxprune.training.models import build
+
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100),
-                          nn.ReLU(), nn.Linear(100, 10))
+    model = build("lenet300")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x, y = torch.from_numpy(train[0]), torch.from_numpy(train[1])
     g = torch.Generator().manual_seed(seed)
@@ -67,20 +68,8 @@ def train_lenet_300_100(train, epochs: int = 30, seed: int = 0):
 def export(model, path: str) -> None:
     import torch
 
-    # Named after the paper's layers so that the table reads like Table 2.
-    named = torch.nn.Module()
-    named.fc1, named.fc2, named.fc3 = model[1], model[3], model[5]
-
-    class LeNet300(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1, self.fc2, self.fc3 = named.fc1, named.fc2, named.fc3
-
-        def forward(self, x):
-            x = x.flatten(1)
-            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-    torch.onnx.export(LeNet300().eval(), (torch.zeros(1, 1, 28, 28),), path, dynamo=False,
+    # The layers carry the paper's names, so the table reads like Table 2.
+    torch.onnx.export(model.eval(), (torch.zeros(1, 1, 28, 28),), path, dynamo=False,
                       input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
 
