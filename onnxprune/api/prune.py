@@ -104,8 +104,8 @@ def _apply_lowering(recipe, values: dict) -> None:
     _merge(recipe, "lowers_weights", given, "")
 
 
-def prune(model, output, *, recipe=None, in_place: bool = False, check_gates: bool = True,
-          before_write: Callable[[list[str]], None] | None = None,
+def prune(model, output, *, recipe=None, in_place: bool = False,
+          before_run: Callable[[list[str]], None] | None = None,
           progress: Callable | None = None, **options) -> dict:
     """Prune ``model`` (a path or a ``ModelProto``) with a recipe, write it to ``output``, and
     return the report ``onnxprune prune --json`` writes.
@@ -120,22 +120,20 @@ def prune(model, output, *, recipe=None, in_place: bool = False, check_gates: bo
     carrying this recipe's stamp is written unchanged (prune is idempotent).
 
     Exceptions (the CLI's exit code): ``UsageError`` (2) for a bad option or path,
-    ``InvalidModelError`` (4) for a malformed or unsafe model, ``GateFailed`` (3) when a
-    recipe gate (min-sparsity, max-size-mb) is missed — the output is written first, and
-    ``check_gates=False`` returns the report (``status`` "gate-failed") instead of raising —
-    and ``RuntimeFailure`` / ``PassError`` (1) otherwise.  ``before_write(files)`` is called
-    with the files read once the model is open, before anything is written.
+    ``InvalidModelError`` (4) for a malformed or unsafe model, ``RuntimeFailure`` /
+    ``PassError`` (1) otherwise.  A missed recipe gate (min-sparsity, max-size-mb) is a
+    result, as in every verb: the output is written and the report says ``status``
+    "gate-failed" (``raise_for_gates(report)`` turns it into ``GateFailed``, exit 3, as the
+    command does).  ``before_run(files)`` is called with the files read once the model is
+    open, before anything is written.
     """
     recipe = build_recipe(recipe, **options)
     if output is None:
         raise UsageError("prune: an output path is required")
     proto, info = open_model(model, lazy=True)
-    if before_write is not None:
-        before_write(model_files(info))
-    report = _prune(proto, info, path_of(model), output, recipe, in_place, progress)
-    if check_gates:
-        raise_for_gates(report)
-    return report
+    if before_run is not None:
+        before_run(model_files(info))
+    return _prune(proto, info, path_of(model), output, recipe, in_place, progress)
 
 
 def raise_for_gates(report: dict) -> None:

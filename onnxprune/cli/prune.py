@@ -27,12 +27,12 @@ def cmd_prune(args, console: Console) -> int:
     from onnxprune.api.prune import prune, raise_for_gates
     from onnxprune.core.stats import format_note, format_table
 
-    def before_write(files: list[str]) -> None:
+    def before_run(files: list[str]) -> None:
         check_paths([*files, args.recipe], [("-o", args.output), ("--json", args.json)],
                     models=[args.output], replaceable=files, in_place=args.in_place)
 
-    report = prune(args.model, args.output, in_place=args.in_place, check_gates=False,
-                   before_write=before_write, progress=console.progress,
+    report = prune(args.model, args.output, in_place=args.in_place,
+                   before_run=before_run, progress=console.progress,
                    **_recipe_options(args))
     write_json(report, args.json)
     rows, outputs = report["layers"], report["outputs"]
