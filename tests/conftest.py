@@ -27,6 +27,19 @@ def save_external(model, path, threshold=0):
 
 
 # Long tiers run only when selected with -m (CI runs each once): the default run stays short.
+def run_cli(argv, capsys):
+    """Run the command line in process: (exit code, stdout, stderr); a parser refusal
+    (SystemExit 2) counts as its exit code."""
+    from onnxprune.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 LONG_TIERS = ("corpus", "fuzz", "slow")
 
 

@@ -9,15 +9,11 @@ import pytest
 from onnxprune import runtime_ops
 from onnxprune.cli import main
 from tests.models import mlp, random_feeds, run
+from tests.conftest import run_cli
 
 
 def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # an option refused by the parser (exit 2)
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 @pytest.fixture

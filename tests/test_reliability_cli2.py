@@ -17,18 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.cli import app as cli_app
 from onnxprune.cli import output as cli_output
-from onnxprune.cli import main
-from tests.conftest import save_external
+from tests.conftest import run_cli, save_external
 from tests.models import mlp
 
 
 def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse refusals
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 def _error_line(err: str) -> str:

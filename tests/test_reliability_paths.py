@@ -6,17 +6,12 @@ import os
 import numpy as np
 import onnx
 
-from onnxprune.cli import main
 from tests.models import mlp
+from tests.conftest import run_cli
 
 
 def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse refusals
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 def test_report_of_a_missing_model_leaves_no_output_folder(tmp_path, capsys):

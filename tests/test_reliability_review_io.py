@@ -13,17 +13,12 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.cli import main
 from tests.models import mlp
+from tests.conftest import run_cli
 
 
 def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse refusals
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 def _model(tmp_path, name="m.onnx"):

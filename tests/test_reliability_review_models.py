@@ -8,17 +8,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.cli import main
 from tests.models import mlp
+from tests.conftest import run_cli
 
 
 def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:  # an option refused by the parser (exit 2)
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(argv, capsys)
 
 
 def _aliased_biases(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -174,13 +174,18 @@ _MAXPOOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
-def op_conv(n, ins, ctx):
+def _conv_inputs(n, ins):
+    """(x, w, bias or None, kernel shape, strides, dilations) of a Conv / ConvTranspose node."""
     x, w = ins[0], ins[1]
-    b = ins[2] if len(ins) > 2 else None
     kernel = list(w.shape[2:])
     nd = len(kernel)
-    strides = list(n.attrs.get("strides", [1] * nd))
-    dil = list(n.attrs.get("dilations", [1] * nd))
+    return (x, w, ins[2] if len(ins) > 2 else None, kernel,
+            list(n.attrs.get("strides", [1] * nd)), list(n.attrs.get("dilations", [1] * nd)))
+
+
+def op_conv(n, ins, ctx):
+    x, w, b, kernel, strides, dil = _conv_inputs(n, ins)
+    nd = len(kernel)
     begins, ends = _spatial_pads(n, x, kernel, strides, dil)
     pad = begins
     if begins != ends:  # torch convs take symmetric padding only
@@ -189,12 +194,8 @@ def op_conv(n, ins, ctx):
 
 
 def op_conv_transpose(n, ins, ctx):
-    x, w = ins[0], ins[1]
-    b = ins[2] if len(ins) > 2 else None
-    kernel = list(w.shape[2:])
+    x, w, b, kernel, strides, dil = _conv_inputs(n, ins)
     nd = len(kernel)
-    strides = list(n.attrs.get("strides", [1] * nd))
-    dil = list(n.attrs.get("dilations", [1] * nd))
     out_pad = list(n.attrs.get("output_padding", [0] * nd))
     group = n.attrs.get("group", 1)
     auto = n.attrs.get("auto_pad", "NOTSET")
