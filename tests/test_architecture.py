@@ -122,3 +122,49 @@ def test_no_private_names_imported_from_another_module():
              for importer in MODULES for module, names, line in _imports(importer)
              for n in names if n.startswith("_") and not n.startswith("__") and module != importer]
     assert not wrong, "\n".join(wrong)
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_over_100_lines():
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)
+
+
+def _long_cpp_functions(text: str) -> list[tuple[str, int]]:
+    """Function bodies over the limit in C++ source written in the house style (a function's
+    head ends with ``{`` on its line): braces are counted from that line to its close."""
+    import re
+
+    found, depth, start, head_depth, head = [], 0, None, 0, ""
+    for i, line in enumerate(text.split("\n")):
+        code = re.sub(r"//.*", "", line)
+        if start is None and re.search(r"\)\s*(const\s*)?(noexcept\s*)?(override\s*)?\{\s*$", code) \
+                and not re.match(r"\s*(if|for|while|switch|else|do|catch)\b", code) \
+                and not re.search(r"\]\s*\(", code):  # not a lambda
+            start, head_depth, head = i, depth, code.strip()
+        depth += code.count("{") - code.count("}")
+        if start is not None and i > start and depth <= head_depth:
+            if i - start + 1 > MAX_FUNCTION_LINES:
+                found.append((head, i - start + 1))
+            start = None
+    return found
+
+
+def test_the_cpp_line_counter_sees_a_long_function():
+    body = "\n".join(f"  x += {i};" for i in range(MAX_FUNCTION_LINES))
+    assert _long_cpp_functions("void F(int x) {\n" + body + "\n}\n") == [("void F(int x) {", 102)]
+    assert _long_cpp_functions("void G() {\n  if (a) {\n  }\n}\n") == []
+
+
+def test_no_cpp_function_over_100_lines():
+    long = [f"{path.name}: {head} ({n} lines)" for path in sorted((ROOT / "runtime_ops" / "src").glob("*.cc"))
+            for head, n in _long_cpp_functions(path.read_text())]
+    assert not long, "\n".join(long)
