@@ -234,14 +234,10 @@ def _layer_rows(proto, info, shapes, before_rows, notes, result):
 
 
 def _row(r: dict, a: dict, t: dict) -> dict:
+    from onnxprune.core.stats import merged_row
+
     return {
-        **r,
-        # Shapes of the output model; params (the density's denominator) of the input.
-        "weight_shape": a["weight_shape"],
-        "original_shape": r["weight_shape"],
-        "nonzero": a["nonzero"],
-        "density": (a["nonzero"] / r["params"]) if r["params"] and a["nonzero"] is not None else None,
-        "flops_remaining": a["flops_remaining"],
+        **merged_row(r, a),
         "quality": t.get("quality"),
         "std": t.get("std", r["std"]),
         "threshold": t.get("threshold"),

@@ -186,17 +186,11 @@ def _layer_rows(dense, compressed) -> tuple[list[dict], dict]:
     """One row per layer of the dense model with the compressed model's shape, nonzero count
     and remaining FLOPs; density = nonzero / dense params (so removed neurons count as zeros)."""
     from onnxprune.core.graph import graph_from_model, infer_shapes
-    from onnxprune.core.stats import graph_rows, totals
+    from onnxprune.core.stats import graph_rows, merged_row, totals
 
     shapes = infer_shapes(dense)
     before_rows, _ = graph_rows(graph_from_model(dense), shapes, with_std=False)
     after_rows, _ = graph_rows(graph_from_model(compressed), shapes, with_std=False)
     after = {r["weight"]: r for r in after_rows}
-    rows = []
-    for r in before_rows:
-        a = after.get(r["weight"], r)
-        rows.append({**r, "weight_shape": a["weight_shape"], "original_shape": r["weight_shape"],
-                     "nonzero": a["nonzero"],
-                     "density": a["nonzero"] / r["params"] if r["params"] else None,
-                     "flops_remaining": a["flops_remaining"]})
+    rows = [merged_row(r, after.get(r["weight"], r)) for r in before_rows]
     return rows, totals(rows)

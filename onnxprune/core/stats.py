@@ -83,6 +83,21 @@ def _stamped_thresholds(model: ModelProto) -> dict[str, float]:
     return {}
 
 
+def merged_row(before: dict, after: dict) -> dict:
+    """A layer's row across a change of the model (pruning, retraining, removed neurons):
+    shapes, nonzero count and remaining FLOPs of the output (``after``), params of the input
+    (``before``), so density = nonzero after / params before counts removed neurons as zeros."""
+    return {
+        **before,
+        "weight_shape": after["weight_shape"],
+        "original_shape": before["weight_shape"],
+        "nonzero": after["nonzero"],
+        "density": (after["nonzero"] / before["params"])
+        if before["params"] and after["nonzero"] is not None else None,
+        "flops_remaining": after["flops_remaining"],
+    }
+
+
 def totals(rows: list[dict]) -> dict:
     params = sum(r["params"] for r in rows)
     nonzero = sum(r["nonzero"] or 0 for r in rows)
