@@ -118,7 +118,7 @@ def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
              remove_dead_neurons: bool = True, emit: str = "portable",
              max_accuracy_drop: float | None = None, x_key: str = "x", y_key: str = "y",
              on_stage: Callable[[dict], None] | None = None, on_progress: Callable | None = None,
-             before_run: Callable[[list[str]], None] | None = None, **options) -> dict:
+             before_run: Callable[[list[str]], None] | None = None, **options) -> dict | None:
     """Prune → retrain, ``iterations`` times, then remove dead neurons; write the result to
     ``output`` and return the report ``onnxprune compress --json`` writes.
 
@@ -134,6 +134,8 @@ def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
     ``target_sparsity``, no torch), ``InvalidModelError`` (exit 4) for a malformed model or
     data set, ``RuntimeFailure`` (exit 1) when training or writing fails.
     ``before_run(files)`` is called with every file read, before the data is read.
+    Under torchrun the ranks retrain together (gradients averaged, pruning checked identical
+    on every rank); only rank 0 writes and reports, the other ranks return None.
     """
     from onnxprune import __version__
     from onnxprune.core import io
@@ -158,6 +160,8 @@ def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
     result = run(proto, train_set, val_set, schedule=schedule, finetune_config=config,
                  remove_dead_neurons=remove_dead_neurons, on_stage=on_stage,
                  on_progress=on_progress)
+    if result.rank != 0:
+        return None  # under torchrun only rank 0 writes
     rows, total = _layer_rows(proto, result.model)
     outputs: list[dict] = []
     io.save_with_storage(result.model, output, storage=emit, source=info, records=outputs)
@@ -179,6 +183,8 @@ def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
         "accuracy_dense": result.dense_accuracy, "accuracy_final": result.final_accuracy,
         "accuracy_drop_pp": drop_pp, "history": result.history, "layers": rows, "total": total,
         "dead_neurons": result.dead_neurons, "gates": gates, "wall_seconds": result.wall_seconds,
+        "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
+        "device": result.device,
     }
 
 

@@ -18,6 +18,7 @@ from onnxprune.cli.args import Parser, SEED_MAX, THREADS_MAX, float_arg, int_arg
 from onnxprune.cli.output import DEBUG_ENV, print_error, print_internal_error
 from onnxprune.cli.prune import cmd_inspect, cmd_prune
 from onnxprune.cli.check import cmd_check
+from onnxprune.cli.junit import add_junit_arg
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-size-mb", type=float_arg(0.0), metavar="M",
                     help="gate: fail (exit 3) if the output exceeds M MB (10^6 bytes)")
     pr.add_argument("--in-place", action="store_true", help="allow -o to be the input")
+    add_junit_arg(pr)
     common(pr)
     pr.set_defaults(func=cmd_prune)
 
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--batch", type=int_arg(1), default=2, help="batch size for random inputs")
     ch.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
     add_input_shape_option(ch)
+    add_junit_arg(ch)
     common(ch)
     ch.set_defaults(func=cmd_check)
 

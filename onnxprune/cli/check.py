@@ -9,14 +9,20 @@ from onnxprune.cli.output import check_paths, write_json
 
 
 def cmd_check(args, console: Console) -> int:
+    import time
+
     from onnxprune.api import check
+    from onnxprune.cli.junit import check_cases, write_junit
     from onnxprune.runtime.check import input_shapes
 
+    start = time.monotonic()
     report = check(args.reference, args.candidate, data=args.data, atol=args.atol,
                    rtol=args.rtol, batch=args.batch, seed=args.seed,
                    input_shapes=input_shapes(args),
-                   before_run=lambda reads: check_paths(reads, [("--json", args.json)]))
+                   before_run=lambda reads: check_paths(reads, [("--json", args.json),
+                                                                 ("--junit", args.junit)]))
     write_json(report, args.json)
+    write_junit(args.junit, "check", check_cases(report), time.monotonic() - start)
     if "reason" in report:
         console.info(report["reason"])
     else:

@@ -163,8 +163,8 @@ def check_paths(reads, writes, *, models=(), replaceable=(), in_place: bool = Fa
     replaceable = [r for r in replaceable if r]
     for i, (opt, w) in enumerate(writes):
         if w == "-":
-            if opt == "-o":
-                raise UsageError("-o -: outputs are files; give a path (only --json takes -)")
+            if opt in ("-o", "--junit"):
+                raise UsageError(f"{opt} -: outputs are files; give a path (only --json takes -)")
             if sys.stdout is None:
                 raise UsageError(f"{opt} -: stdout is closed")
             continue

@@ -24,17 +24,24 @@ def _recipe_options(args) -> dict:
 def cmd_prune(args, console: Console) -> int:
     """Thin layer over ``onnxprune.api.prune``: the paths checked, the report written, the
     tables printed, then a missed gate raised (exit 3)."""
+    import time
+
     from onnxprune.api.prune import prune, raise_for_gates
+    from onnxprune.cli.junit import prune_cases, write_junit
     from onnxprune.core.stats import format_note, format_table
 
+    start = time.monotonic()
+
     def before_run(files: list[str]) -> None:
-        check_paths([*files, args.recipe], [("-o", args.output), ("--json", args.json)],
+        check_paths([*files, args.recipe], [("-o", args.output), ("--json", args.json),
+                                            ("--junit", args.junit)],
                     models=[args.output], replaceable=files, in_place=args.in_place)
 
     report = prune(args.model, args.output, in_place=args.in_place,
                    before_run=before_run, progress=console.progress,
                    **_recipe_options(args))
     write_json(report, args.json)
+    write_junit(args.junit, "prune", prune_cases(report), time.monotonic() - start)
     rows, outputs = report["layers"], report["outputs"]
     if not rows:
         console.info("no prunable layer found (Gemm/MatMul/Conv/ConvTranspose with a constant "

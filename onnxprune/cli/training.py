@@ -112,6 +112,8 @@ def cmd_compress(args, console: Console) -> int:
         remove_dead_neurons=not args.no_remove_dead_neurons, emit=args.emit,
         max_accuracy_drop=args.max_accuracy_drop, x_key=args.x_key, y_key=args.y_key,
         on_stage=on_stage, on_progress=on_progress, before_run=_guard(args), **_options(args))
+    if report is None:
+        return EXIT_OK  # under torchrun only rank 0 writes
     write_json(report, args.json)
     dense, final = report["accuracy_dense"]["top1"], report["accuracy_final"]["top1"]
     drop_pp = report["accuracy_drop_pp"]

@@ -15,12 +15,20 @@ out by the ``threshold-by-std`` pass with the q that reaches s_{l,i} on the curr
 (zeros already in the layer count as pruned), so the stats and stamp are those of a normal
 prune.  Retraining goes through the fine-tune bridge (pruned weights stay exactly zero), and
 accuracy is always measured with ONNX Runtime on the written graph, never on the torch module.
+
+Under torchrun (``WORLD_SIZE`` > 1) one process group lives for the whole run: every rank
+prunes the same weights with the same deterministic numpy (checked: a digest of every mask is
+compared with rank 0's, and all ranks fail alike if one differs), retrains through the
+fine-tune bridge's DistributedDataParallel path (gradients averaged over ranks), then takes
+rank 0's retrained model, so the next round starts from identical weights on every rank.
+ONNX Runtime evaluates the same graph on every rank; only rank 0 reports and writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob as _glob
+import hashlib
 import os
 import time
 from typing import Callable
@@ -28,7 +36,7 @@ from typing import Callable
 from onnx import ModelProto
 
 from onnxprune.core import masks
-from onnxprune.core.errors import UsageError
+from onnxprune.core.errors import RuntimeFailure, UsageError
 from onnxprune.core.graph import find_layers, graph_from_model, graph_to_model, weight_values
 from onnxprune.passes import RemoveDeadNeurons, ThresholdByStd
 from onnxprune.passes.threshold_by_std import DEFAULT_QUALITY
@@ -128,6 +136,10 @@ class CompressResult:
     final_sparsity: dict[str, float]
     dead_neurons: dict | None
     wall_seconds: float
+    world_size: int = 1
+    rank: int = 0
+    max_rank_divergence: float | None = None  # max over rounds of max |w_rank − w_rank0|
+    device: str = "cpu"
 
 
 def compress(
@@ -147,15 +159,27 @@ def compress(
     evaluated with ONNX Runtime after every stage.  ``on_stage(record)`` is called as each
     stage finishes (for a live log); ``on_progress`` is the bridge's per-step callback, given
     the iteration as an extra first argument.
+
+    Under torchrun every rank runs this with the same arguments and gets the same model back
+    (see module doc); ``on_stage`` and ``on_progress`` are called on rank 0 only.
     """
+    schedule.validate()
+    ranks = _Ranks(getattr(finetune_config, "device", "cpu"))
+    # On an error the group is left to process exit: a closing barrier would wait forever
+    # for a rank that has already failed.
+    result = _compress(model, train, val, schedule, finetune_config, remove_dead_neurons,
+                       on_stage if ranks.rank == 0 else None, on_progress, ranks)
+    ranks.close()
+    return result
+
+
+def _compress(model, train, val, schedule, finetune_config, remove_dead_neurons, on_stage,
+              on_progress, ranks: "_Ranks") -> CompressResult:
+    """:func:`compress` within its process group (``ranks``; one process: world 1)."""
     from onnxprune.runtime.datasets import Dataset
     from onnxprune.runtime.evaluate import evaluate
     from onnxprune.training.torch_bridge import finetune
 
-    schedule.validate()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("compress runs in one process; for multi-GPU retraining run "
-                         "`torchrun ... onnxprune finetune` on the pruned model")
     t0 = time.perf_counter()
     val_ds = val if isinstance(val, Dataset) else Dataset(*val) if isinstance(val, tuple) else val
     dense_acc = evaluate(model, val_ds)
@@ -167,10 +191,11 @@ def compress(
     dense_params = history[0]["params"]
     if on_stage:
         on_stage(history[-1])
-    current = model
+    current, divergence, device = model, None, "cpu"
     for i in range(1, schedule.iterations + 1):
         targets = {name: step_sparsity(f, i, schedule.iterations) for name, f in finals.items()}
         pruned, stats = prune_step(current, targets)
+        ranks.check_same_masks(pruned, i)
         pruned_acc = evaluate(pruned, val_ds)
         cb = None
         if on_progress is not None:
@@ -179,7 +204,10 @@ def compress(
         # Distillation (if asked for) follows the dense model the run started from.
         result = finetune(pruned, train, val_ds, config=finetune_config, on_progress=cb,
                           teacher=model if getattr(finetune_config, "distill", 0) > 0 else None)
-        current = result.model
+        current = ranks.from_rank0(result.model)
+        if result.max_rank_divergence is not None:
+            divergence = max(divergence or 0.0, result.max_rank_divergence)
+        device = result.device
         acc = evaluate(current, val_ds)
         rec = _record("iteration", i, current, acc, pruned_acc, dense_params)
         rec["targets"] = targets
@@ -202,7 +230,86 @@ def compress(
         if on_stage:
             on_stage(history[-1])
     return CompressResult(current, dense_acc, acc, history, finals, dead,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, ranks.world, ranks.rank, divergence, device)
+
+
+class _Ranks:
+    """The torchrun process group compress holds across all its rounds (world 1: none).
+
+    One group for the whole run, so each round's fine-tune joins it instead of making and
+    destroying its own.  With ``device`` cuda (or auto and a GPU seen) CUDA tensors go over
+    nccl and the objects compress shares over gloo; otherwise everything goes over gloo.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.world, self.rank, self.owns = int(os.environ.get("WORLD_SIZE", "1")), 0, False
+        if self.world <= 1:
+            self.world = 1
+            return
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise UsageError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        self.dist = dist
+        if not dist.is_initialized():
+            if device in ("cuda", "auto") and torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+                dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+            else:
+                dist.init_process_group(backend="gloo")
+            self.owns = True
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+
+    def close(self) -> None:
+        if self.owns and self.dist.is_initialized():
+            self.dist.barrier()
+            self.dist.destroy_process_group()
+
+    def check_same_masks(self, model: ModelProto, iteration: int) -> None:
+        """Raise ``RuntimeFailure`` on every rank when any rank's masks differ from rank 0's.
+
+        The digest is SHA-256 over each layer's name and packed ``w != 0`` bits; rank 0's is
+        broadcast and a mismatch anywhere is all-reduced (max), so no rank trains on alone.
+        """
+        if self.world == 1:
+            return
+        import torch
+
+        mine = torch.tensor([mask_digest(model)], dtype=torch.int64)
+        ref = mine.clone()
+        self.dist.broadcast(ref, src=0)
+        differs = (mine != ref).to(torch.int64)
+        self.dist.all_reduce(differs, op=self.dist.ReduceOp.MAX)
+        if int(differs):
+            raise RuntimeFailure(f"iteration {iteration}: the pruning masks differ across "
+                                 "torchrun ranks (is every rank reading the same model?)")
+
+    def from_rank0(self, model: ModelProto | None) -> ModelProto:
+        """Rank 0's model on every rank (the fine-tune bridge returns it on rank 0 only)."""
+        if self.world == 1:
+            return model
+        from onnx import load_from_string
+
+        box = [model.SerializeToString() if self.rank == 0 else None]
+        self.dist.broadcast_object_list(box, src=0)
+        return model if self.rank == 0 else load_from_string(box[0])
+
+
+def mask_digest(model: ModelProto) -> int:
+    """First 8 bytes of SHA-256 over (layer name, shape, packed ``w != 0``) of every layer, as
+    a signed 64-bit integer: equal masks give equal digests on any machine."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    layers, _ = find_layers(graph_from_model(model))
+    for layer in sorted(layers, key=lambda x: x.name):
+        if layer.skip_reason:
+            continue
+        w = weight_values(layer)
+        h.update(layer.name.encode() + b"\0" + repr(w.shape).encode())
+        h.update(np.packbits(w.reshape(-1) != 0).tobytes())
+    return int.from_bytes(h.digest()[:8], "little", signed=True)
 
 
 def _record(stage: str, iteration: int, model: ModelProto, acc: dict, before_retrain,
