@@ -67,8 +67,9 @@ def _guard(args):
     """Refuse, once the inputs are known, outputs that would overwrite one of them."""
     from onnxprune.cli.output import check_paths
 
-    return lambda reads: check_paths(reads, [("-o", args.output), ("--json", args.json)],
-                                     models=[args.output])
+    writes = [("-o", args.output), ("--json", args.json),
+              ("--junit", getattr(args, "junit", None))]  # compress only
+    return lambda reads: check_paths(reads, writes, models=[args.output])
 
 
 def cmd_finetune(args, console: Console) -> int:
@@ -89,9 +90,14 @@ def cmd_finetune(args, console: Console) -> int:
 
 
 def cmd_compress(args, console: Console) -> int:
+    import time
+
     from onnxprune.api import compress
+    from onnxprune.cli.junit import compress_cases, write_junit
     from onnxprune.cli.output import write_json
     from onnxprune.core.stats import format_table
+
+    start = time.monotonic()
 
     def on_stage(rec):
         label = rec["stage"] if rec["stage"] != "iteration" else f"iteration {rec['iteration']}"
@@ -115,6 +121,7 @@ def cmd_compress(args, console: Console) -> int:
     if report is None:
         return EXIT_OK  # under torchrun only rank 0 writes
     write_json(report, args.json)
+    write_junit(args.junit, "compress", compress_cases(report), time.monotonic() - start)
     dense, final = report["accuracy_dense"]["top1"], report["accuracy_final"]["top1"]
     drop_pp = report["accuracy_drop_pp"]
     console.info(format_table(report["layers"], report["total"]))
@@ -132,6 +139,7 @@ def cmd_compress(args, console: Console) -> int:
 
 def add_parsers(sub, common) -> None:
     from onnxprune.cli.args import float_arg, int_arg, layer_arg
+    from onnxprune.cli.junit import add_junit_arg
 
     ft = sub.add_parser("finetune", help="retrain the surviving weights of a pruned model")
     ft.add_argument("model")
@@ -162,6 +170,7 @@ def add_parsers(sub, common) -> None:
     co.add_argument("--emit", choices=("dense", "portable"), default="portable")
     co.add_argument("--max-accuracy-drop", type=float_arg(0.0), metavar="PP",
                     help="gate: fail (exit 3) if val top-1 drops by more than PP percentage points")
+    add_junit_arg(co)
     add_training_args(co)
     common(co)
     co.set_defaults(func=cmd_compress)
