@@ -40,6 +40,17 @@ def run_cli(argv, capsys):
     return code, out, err
 
 
+def labelled_npz(tmp_path, name="d.npz", n=8, features=16, classes=4, seed=0) -> str:
+    """A small ``.npz`` of float32 ``x`` (n × features) and int64 labels ``y``; its path."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    path = tmp_path / name
+    np.savez(path, x=rng.standard_normal((n, features)).astype(np.float32),
+             y=rng.integers(0, classes, n).astype(np.int64))
+    return str(path)
+
+
 LONG_TIERS = ("corpus", "fuzz", "slow")
 
 

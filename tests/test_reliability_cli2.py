@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.cli import app as cli_app
 from onnxprune.cli import output as cli_output
-from tests.conftest import run_cli, save_external
+from tests.conftest import labelled_npz, run_cli, save_external
 from tests.models import mlp
 
 
@@ -43,12 +43,7 @@ def _digest(paths):
     return {p: open(p, "rb").read() for p in paths}
 
 
-def _npz(tmp_path, name="d.npz", n=8, features=16, classes=4, seed=0):
-    rng = np.random.default_rng(seed)
-    path = tmp_path / name
-    np.savez(path, x=rng.standard_normal((n, features)).astype(np.float32),
-             y=rng.integers(0, classes, n).astype(np.int64))
-    return str(path)
+_npz = labelled_npz
 
 
 # --------------------------------------------------------------------------- no output over an input

@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from tests.models import mlp
-from tests.conftest import run_cli
+from tests.conftest import labelled_npz, run_cli
 
 
 def _run(argv, capsys):
@@ -27,12 +27,7 @@ def _model(tmp_path, name="m.onnx"):
     return str(path)
 
 
-def _npz(tmp_path, name="d.npz", n=8, features=16, classes=4, seed=0):
-    rng = np.random.default_rng(seed)
-    path = tmp_path / name
-    np.savez(path, x=rng.standard_normal((n, features)).astype(np.float32),
-             y=rng.integers(0, classes, n).astype(np.int64))
-    return str(path)
+_npz = labelled_npz
 
 
 def _one_error_line(err: str) -> str:
