@@ -112,17 +112,18 @@ def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: s
     }
 
 
-def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
-             quality: float | None = None, layer_quality=(), target_sparsity: float | None = None,
+def compress(model, output: str, *, train: str, val: str, iterations: int | None = None,
+             quality: float | None = None, layer_quality=(),
+             target_sparsity: float | str | None = None,
              target_scope: str = "per-layer", layer_targets=(), skip=(), min_params: int = 0,
              remove_dead_neurons: bool = True, emit: str = "portable",
              max_accuracy_drop: float | None = None, x_key: str = "x", y_key: str = "y",
              on_stage: Callable[[dict], None] | None = None, on_progress: Callable | None = None,
              before_run: Callable[[list[str]], None] | None = None, **options) -> dict | None:
-    """Prune → retrain, ``iterations`` times, then remove dead neurons; write the result to
-    ``output`` and return the report ``onnxprune compress --json`` writes.
+    """Prune → retrain, ``iterations`` times (default 3), then remove dead neurons; write the
+    result to ``output`` and return the report ``onnxprune compress --json`` writes.
 
-    Round ``i`` of ``n`` prunes each layer to the share ``s·i/n`` of its final sparsity ``s``
+    Round ``i`` of ``n`` prunes each layer to ``1 − (1 − s)^{i/n}`` of its final sparsity ``s``
     (from ``target_sparsity``/``layer_targets``, or the threshold ``q·σ`` of the dense weights
     with ``quality``/``layer_quality``, default conv 0.5, fc 1.0), then retrains the survivors
     with :func:`training_config`'s ``options``. ``layer_quality`` and ``layer_targets`` are
@@ -130,7 +131,13 @@ def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
 
     ``accuracy_drop_pp = 100·(top1_dense − top1_final)``; with ``max_accuracy_drop`` set, a
     larger drop is reported as ``status: "gate-failed"`` (the model is still written; the CLI
-    exits 3), not raised. Raises ``UsageError`` (exit 2) for bad options (``quality`` with
+    exits 3), not raised.
+
+    ``target_sparsity="auto"`` (needs ``max_accuracy_drop``) turns the budget into the goal:
+    rounds climb ``s_i = 1 − 0.01^{i/n}`` (``n = iterations``, default 7) while the val drop
+    stays within ``max_accuracy_drop`` and the sparsest round within it is written (see
+    :mod:`onnxprune.training.compress`); the report's ``auto`` block gives the trajectory and
+    the round returned. Raises ``UsageError`` (exit 2) for bad options (``quality`` with
     ``target_sparsity``, no torch), ``InvalidModelError`` (exit 4) for a malformed model or
     data set, ``RuntimeFailure`` (exit 1) when training or writing fails.
     ``before_run(files)`` is called with every file read, before the data is read.
@@ -146,12 +153,14 @@ def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
     torch_bridge.finetune  # noqa: B018 -- no torch: the UsageError now, before any work
     if quality is not None and target_sparsity is not None:
         raise UsageError("give --quality or --target-sparsity, not both")
-    schedule = Schedule(
-        iterations=iterations, quality=None if quality is None else {"conv": quality, "fc": quality},
-        layer_quality=tuple(layer_quality or ()), target_sparsity=target_sparsity,
-        target_scope=target_scope, layer_targets=tuple(layer_targets or ()),
-        skip=tuple(skip or ()), min_params=min_params,
-    ).validate()
+    fields = dict(
+        quality=None if quality is None else {"conv": quality, "fc": quality},
+        layer_quality=tuple(layer_quality or ()), target_scope=target_scope,
+        layer_targets=tuple(layer_targets or ()), skip=tuple(skip or ()), min_params=min_params)
+    auto = _is_auto(target_sparsity, max_accuracy_drop)
+    schedule = Schedule.auto(max_accuracy_drop, iterations, **fields) if auto else Schedule(
+        iterations=3 if iterations is None else iterations, target_sparsity=target_sparsity,
+        **fields).validate()
     config = training_config(**options)
     proto, info = open_model(model)
     if before_run is not None:
@@ -176,7 +185,7 @@ def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
         "outputs": outputs,
         "schedule": {"iterations": schedule.iterations, "quality": schedule.quality,
                      "layers": [list(x) for x in schedule.layer_quality],
-                     "target-sparsity": schedule.target_sparsity,
+                     "target-sparsity": "auto" if auto else schedule.target_sparsity,
                      "target-scope": schedule.target_scope,
                      "layer-targets": [list(x) for x in schedule.layer_targets]},
         "final_sparsity": result.final_sparsity, "config": config_json(config),
@@ -184,8 +193,36 @@ def compress(model, output: str, *, train: str, val: str, iterations: int = 3,
         "accuracy_drop_pp": drop_pp, "history": result.history, "layers": rows, "total": total,
         "dead_neurons": result.dead_neurons, "gates": gates, "wall_seconds": result.wall_seconds,
         "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
-        "device": result.device,
+        "device": result.device, "auto": _auto_block(result) if auto else None,
     }
+
+
+def _is_auto(target_sparsity, max_accuracy_drop) -> bool:
+    """Whether ``target_sparsity`` asks for the accuracy-budget search; ``"auto"`` without a
+    budget, or any other string, is a ``UsageError`` (before any model is read)."""
+    if not isinstance(target_sparsity, str):
+        return False
+    if target_sparsity != "auto":
+        raise UsageError(f"target-sparsity must be a number in [0, 1) or 'auto', "
+                         f"got {target_sparsity!r}")
+    if max_accuracy_drop is None:
+        raise UsageError("--target-sparsity auto needs --max-accuracy-drop PP (the budget "
+                         "the sparsity is raised within)")
+    return True
+
+
+def _auto_block(result) -> dict:
+    """The accuracy-budget search as the report gives it: the ladder's cap, every round tried
+    (pruned share of all layer weights, val top-1, drop, within budget) and the
+    round whose model was written (0 = none tried)."""
+    from onnxprune.training.compress import AUTO_CAP
+
+    rounds = [{"iteration": h["iteration"], "sparsity": 1.0 - h["nonzero"] / h["params"],
+               "top1": h["top1"], "drop_pp": h["drop_pp"], "within_budget": h["within_budget"]}
+              for h in result.history if h["stage"] == "iteration"]
+    return {"cap": AUTO_CAP, "trajectory": rounds,
+            "returned_iteration": result.returned_iteration,
+            "within_budget": any(r["within_budget"] for r in rounds)}
 
 
 def _layer_rows(dense, compressed) -> tuple[list[dict], dict]:

@@ -127,6 +127,7 @@ def cmd_compress(args, console: Console) -> int:
     console.info(format_table(report["layers"], report["total"]))
     console.info(f"val top-1: dense {100 * dense:.2f}% -> compressed {100 * final:.2f}% "
                  f"({drop_pp:+.2f} pp drop); {report['wall_seconds']:.0f} s; wrote {args.output}")
+    _say_auto(console, report.get("auto"))
     for g in report["gates"]:
         word = paint("PASS", "green") if g["passed"] else paint("FAIL", "red")
         console.info(f"gate {g['name']}: {word} (allowed {g['required']:g} pp, "
@@ -135,6 +136,25 @@ def cmd_compress(args, console: Console) -> int:
         raise GateFailed(f"accuracy dropped {drop_pp:.3g} pp, more than "
                          f"--max-accuracy-drop {args.max_accuracy_drop:g}")
     return EXIT_OK
+
+
+def _sparsity_or_auto(text: str):
+    """``--target-sparsity``: ``auto`` (the accuracy-budget search) or a share in [0, 1)."""
+    from onnxprune.cli.args import float_arg
+
+    return "auto" if text == "auto" else float_arg(0.0, 1.0, hi_open=True)(text)
+
+
+def _say_auto(console: Console, auto: dict | None) -> None:
+    """One line on the accuracy-budget search: which round was kept, at what sparsity."""
+    if not auto:
+        return
+    kept = [r for r in auto["trajectory"] if r["iteration"] == auto["returned_iteration"]]
+    if kept and auto["within_budget"]:
+        console.info(f"auto: kept round {kept[0]['iteration']} of {len(auto['trajectory'])} "
+                     f"tried, {100 * kept[0]['sparsity']:.1f}% pruned, the sparsest within budget")
+    else:
+        console.info("auto: even the first round exceeded the budget; wrote it anyway")
 
 
 def add_parsers(sub, common) -> None:
@@ -153,14 +173,17 @@ def add_parsers(sub, common) -> None:
     co = sub.add_parser("compress", help="prune -> retrain, iterated, then remove dead neurons")
     co.add_argument("model")
     co.add_argument("-o", "--output", required=True)
-    co.add_argument("--iterations", type=int_arg(1), default=3,
-                    help="prune+retrain rounds (default 3)")
+    co.add_argument("--iterations", type=int_arg(1),
+                    help="prune+retrain rounds (default 3; with --target-sparsity auto: "
+                         "the ladder's length to the 0.99 cap, default 7)")
     co.add_argument("--quality", type=float_arg(0.0), metavar="Q",
                     help="final q for every layer (default: conv 0.5, fc 1.0), on dense σ")
     co.add_argument("--layer", type=layer_arg, action="append", metavar="GLOB=Q",
                     help="final q for matching layers")
-    co.add_argument("--target-sparsity", type=float_arg(0.0, 1.0, hi_open=True), metavar="S",
-                    help="final pruned share, per layer (or in total with --target-scope global)")
+    co.add_argument("--target-sparsity", type=_sparsity_or_auto, metavar="S|auto",
+                    help="final pruned share, per layer (or in total with --target-scope "
+                         "global); auto: raise it round by round while the val drop stays "
+                         "within --max-accuracy-drop (required) and keep the sparsest such round")
     co.add_argument("--target-scope", choices=("per-layer", "global"), default="per-layer")
     co.add_argument("--layer-target", type=layer_arg, action="append", metavar="GLOB=S",
                     help="final pruned share for matching layers (e.g. 'fc1*=0.92')")

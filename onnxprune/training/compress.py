@@ -22,6 +22,23 @@ compared with rank 0's, and all ranks fail alike if one differs), retrains throu
 fine-tune bridge's DistributedDataParallel path (gradients averaged over ranks), then takes
 rank 0's retrained model, so the next round starts from identical weights on every rank.
 ONNX Runtime evaluates the same graph on every rank; only rank 0 reports and writes.
+
+Accuracy budget (``target-sparsity auto``, ``Schedule.budget_pp`` = PP).  Instead of a
+sparsity the run is given the largest allowed val top-1 drop.  The rounds climb a fixed
+ladder toward the cap ``AUTO_CAP`` = 0.99: round i of N (N = ``iterations``, default
+``AUTO_ROUNDS`` = 7, so each round removes ≈ 48 % of the survivors) prunes to
+
+    s_i = 1 − (1 − 0.99)^{i/N}        (0.48, 0.73, 0.86, 0.93, 0.96, 0.98, 0.99 for N = 7)
+
+— the fixed schedule toward the cap — retrains and measures ``drop_i = 100·(top1_dense −
+top1_i)``.  The climb goes on while ``drop_i ≤ PP`` and stops at the first round over budget
+(a sparser round is not tried after it: retraining cost grows and the curve is monotone in
+practice) or at the cap.  The sparsest round within budget is returned (its graph and weights
+are kept, dead neurons are then removed from it); the round over budget stays in the history
+as the end of the trajectory.  If even round 1 is over budget, round 1 is returned and the
+run reports it over budget (``compress`` marks the gate failed: exit 3, model and report
+still written).  Every decision depends only on ONNX Runtime accuracies of the same graph,
+so under torchrun every rank stops at the same round.
 """
 
 from __future__ import annotations
@@ -41,6 +58,9 @@ from onnxprune.core.graph import find_layers, graph_from_model, graph_to_model, 
 from onnxprune.passes import RemoveDeadNeurons, ThresholdByStd
 from onnxprune.passes.threshold_by_std import DEFAULT_QUALITY
 
+AUTO_CAP = 0.99  # the sparsest the accuracy-budget ladder goes (100× fewer weights)
+AUTO_ROUNDS = 7  # default ladder length: each round removes ≈ 48 % of the survivors
+
 
 @dataclasses.dataclass
 class Schedule:
@@ -54,6 +74,7 @@ class Schedule:
     layer_targets: tuple[tuple[str, float], ...] = ()  # (glob, final sparsity): last match wins
     skip: tuple[str, ...] = ()
     min_params: int = 0
+    budget_pp: float | None = None  # set: accuracy-budget mode (module doc), target = AUTO_CAP
 
     def validate(self) -> "Schedule":
         if not isinstance(self.iterations, int) or self.iterations < 1:
@@ -65,7 +86,16 @@ class Schedule:
                 raise UsageError(f"layer target {g}={s}: sparsity must be in [0, 1)")
         if self.target_scope not in ("per-layer", "global"):
             raise UsageError(f"target-scope must be per-layer or global, got {self.target_scope!r}")
+        if self.budget_pp is not None and not self.budget_pp >= 0:
+            raise UsageError(f"the accuracy budget must be >= 0 pp, got {self.budget_pp}")
         return self
+
+    @classmethod
+    def auto(cls, budget_pp: float, iterations: int | None = None, **fields) -> "Schedule":
+        """The accuracy-budget schedule: the ladder s_i = 1 − (1 − AUTO_CAP)^{i/N}, stopped
+        at the first round whose drop exceeds ``budget_pp`` (module doc)."""
+        return cls(iterations=AUTO_ROUNDS if iterations is None else iterations,
+                   target_sparsity=AUTO_CAP, budget_pp=budget_pp, **fields).validate()
 
 
 def _last_match(layer, pairs):
@@ -140,6 +170,7 @@ class CompressResult:
     rank: int = 0
     max_rank_divergence: float | None = None  # max over rounds of max |w_rank − w_rank0|
     device: str = "cpu"
+    returned_iteration: int = 0  # the round whose model was returned (the last, or auto's pick)
 
 
 def compress(
@@ -178,7 +209,6 @@ def _compress(model, train, val, schedule, finetune_config, remove_dead_neurons,
     """:func:`compress` within its process group (``ranks``; one process: world 1)."""
     from onnxprune.runtime.datasets import Dataset
     from onnxprune.runtime.evaluate import evaluate
-    from onnxprune.training.torch_bridge import finetune
 
     t0 = time.perf_counter()
     val_ds = val if isinstance(val, Dataset) else Dataset(*val) if isinstance(val, tuple) else val
@@ -188,49 +218,97 @@ def _compress(model, train, val, schedule, finetune_config, remove_dead_neurons,
         raise UsageError("no prunable layer to compress (Gemm/MatMul/Conv/ConvTranspose with a "
                          "constant floating-point weight)")
     history = [_record("dense", 0, model, dense_acc, None)]
-    dense_params = history[0]["params"]
     if on_stage:
         on_stage(history[-1])
-    current, divergence, device = model, None, "cpu"
+    rounds = _Rounds(model, train, val_ds, finals, schedule, finetune_config, ranks,
+                     history[0]["params"], on_progress)
+    current, kept, kept_acc, kept_i = model, model, dense_acc, 0
     for i in range(1, schedule.iterations + 1):
-        targets = {name: step_sparsity(f, i, schedule.iterations) for name, f in finals.items()}
-        pruned, stats = prune_step(current, targets)
-        ranks.check_same_masks(pruned, i)
-        pruned_acc = evaluate(pruned, val_ds)
-        cb = None
-        if on_progress is not None:
-            def cb(epoch, step, total, metrics, _i=i):
-                on_progress(_i, epoch, step, total, metrics)
-        # Distillation (if asked for) follows the dense model the run started from.
-        result = finetune(pruned, train, val_ds, config=finetune_config, on_progress=cb,
-                          teacher=model if getattr(finetune_config, "distill", 0) > 0 else None)
-        current = ranks.from_rank0(result.model)
-        if result.max_rank_divergence is not None:
-            divergence = max(divergence or 0.0, result.max_rank_divergence)
-        device = result.device
-        acc = evaluate(current, val_ds)
-        rec = _record("iteration", i, current, acc, pruned_acc, dense_params)
-        rec["targets"] = targets
-        rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"] if r["quality"] is not None}
-        rec["train_history"] = result.history
-        rec["dropout"] = {k: list(v) for k, v in result.dropout.items()}
+        current, acc, rec = rounds.run(current, i)
+        over = _over_budget(rec, dense_acc, schedule.budget_pp)
         history.append(rec)
         if on_stage:
             on_stage(rec)
-    dead = None
+        if over and i > 1:
+            break  # the sparsest round within budget is the one kept
+        kept, kept_acc, kept_i = current, acc, i
+        if over:
+            break  # even round 1 is over budget: it is returned, reported over budget
+    current, acc, dead = kept, kept_acc, None
     if remove_dead_neurons:
-        graph = graph_from_model(current)
-        r = RemoveDeadNeurons()(graph)
-        dead = r.stats
-        if r.modified:
-            current = graph_to_model(r.graph, current)
-            acc = evaluate(current, val_ds)
-        history.append(_record("remove-dead-neurons", schedule.iterations, current, acc, None,
-                               dense_params))
+        current, acc, dead = _remove_dead(current, acc, val_ds)
+        history.append(_record("remove-dead-neurons", kept_i, current, acc, None,
+                               history[0]["params"]))
         if on_stage:
             on_stage(history[-1])
     return CompressResult(current, dense_acc, acc, history, finals, dead,
-                          time.perf_counter() - t0, ranks.world, ranks.rank, divergence, device)
+                          time.perf_counter() - t0, ranks.world, ranks.rank, rounds.divergence,
+                          rounds.device, returned_iteration=kept_i)
+
+
+def _over_budget(rec: dict, dense_acc: dict, budget_pp: float | None) -> bool:
+    """With a budget, record ``drop_pp = 100·(top1_dense − top1)`` and ``within_budget``
+    (drop ≤ budget) in ``rec`` and say whether the round is over it; without, False."""
+    if budget_pp is None:
+        return False
+    rec["drop_pp"] = 100.0 * (dense_acc["top1"] - rec["top1"])
+    rec["within_budget"] = rec["drop_pp"] <= budget_pp
+    return not rec["within_budget"]
+
+
+def _remove_dead(model: ModelProto, acc: dict, val_ds):
+    """(model, val accuracy, stats) after removing dead neurons; accuracy re-measured only
+    when the graph changed."""
+    from onnxprune.runtime.evaluate import evaluate
+
+    r = RemoveDeadNeurons()(graph_from_model(model))
+    if not r.modified:
+        return model, acc, r.stats
+    model = graph_to_model(r.graph, model)
+    return model, evaluate(model, val_ds), r.stats
+
+
+class _Rounds:
+    """One prune → retrain → evaluate round at a time, tracking the bridge's device and the
+    largest rank divergence over the rounds run."""
+
+    def __init__(self, dense, train, val_ds, finals, schedule, config, ranks, dense_params,
+                 on_progress) -> None:
+        self.dense, self.train, self.val_ds, self.finals = dense, train, val_ds, finals
+        self.schedule, self.config, self.ranks = schedule, config, ranks
+        self.dense_params, self.on_progress = dense_params, on_progress
+        self.divergence, self.device = None, "cpu"
+
+    def run(self, current: ModelProto, i: int):
+        """Round ``i``: prune ``current`` to s_{l,i}, retrain; (model, accuracy, record)."""
+        from onnxprune.runtime.evaluate import evaluate
+        from onnxprune.training.torch_bridge import finetune
+
+        n = self.schedule.iterations
+        targets = {name: step_sparsity(f, i, n) for name, f in self.finals.items()}
+        pruned, stats = prune_step(current, targets)
+        self.ranks.check_same_masks(pruned, i)
+        pruned_acc = evaluate(pruned, self.val_ds)
+        cb = None
+        if self.on_progress is not None:
+            def cb(epoch, step, total, metrics, _i=i):
+                self.on_progress(_i, epoch, step, total, metrics)
+        # Distillation (if asked for) follows the dense model the run started from.
+        distill = getattr(self.config, "distill", 0) > 0
+        result = finetune(pruned, self.train, self.val_ds, config=self.config, on_progress=cb,
+                          teacher=self.dense if distill else None)
+        model = self.ranks.from_rank0(result.model)
+        if result.max_rank_divergence is not None:
+            self.divergence = max(self.divergence or 0.0, result.max_rank_divergence)
+        self.device = result.device
+        acc = evaluate(model, self.val_ds)
+        rec = _record("iteration", i, model, acc, pruned_acc, self.dense_params)
+        rec["targets"] = targets
+        rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"]
+                          if r["quality"] is not None}
+        rec["train_history"] = result.history
+        rec["dropout"] = {k: list(v) for k, v in result.dropout.items()}
+        return model, acc, rec
 
 
 class _Ranks:
