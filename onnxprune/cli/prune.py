@@ -4,7 +4,7 @@ per-layer table.
 
 from __future__ import annotations
 
-from onnxprune.core.console import Console, paint, printable
+from onnxprune.core.console import Console, paint
 from onnxprune.core.errors import EXIT_OK
 from onnxprune.cli.output import check_paths, write_json
 
@@ -72,7 +72,7 @@ def _format_sparse_ops(sp: dict) -> str:
     for r in sp["layers"]:
         est = "" if r["estimated_speedup"] is None else f", est. {r['estimated_speedup']:.2f}x"
         word = "lowered" if r["lowered"] else "dense  "
-        lines.append(printable(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})"))
+        lines.append(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})")  # info() escapes
     z = sp["sizes"]
     lines.append(f"sizes: sparse-ops {z['sparse_ops_bytes'] / 1e6:.2f} MB, dense "
                  f"~{z['dense_bytes_estimated'] / 1e6:.2f} MB, portable "

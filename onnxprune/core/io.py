@@ -266,7 +266,7 @@ def _validate_external(t: TensorProto, base_dir: str, cache: dict[str, int]) -> 
             f"tensor {t.name!r}: external data [{offset}, {offset + length}) runs past the end "
             f"of {info['location']!r} ({size} bytes)"
         )
-    expected = _expected_nbytes(t)
+    expected = tensor_nbytes(t.data_type, t.dims)
     if expected is None:
         raise InvalidModelError(f"tensor {t.name!r}: negative dimension in {list(t.dims)}")
     if expected != length:
@@ -335,10 +335,6 @@ def _typed_count(data_type: int, n: int) -> int:
     if _PACKED_BITS.get(data_type) == 2:
         return (n + 3) // 4
     return n  # 6-bit types keep one element per int32 entry
-
-
-def _expected_nbytes(t: TensorProto) -> int | None:
-    return tensor_nbytes(t.data_type, t.dims)
 
 
 def _known_type(data_type: int) -> bool:
@@ -953,7 +949,7 @@ def _tensor_raw_bytes(t: TensorProto) -> int:
                 return int(e.value)
         return 0
     if t.HasField("raw_data"):
-        n = _expected_nbytes(t)
+        n = tensor_nbytes(t.data_type, t.dims)
         return n if n is not None else len(t.raw_data)
     return t.ByteSize()
 
