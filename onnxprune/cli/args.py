@@ -43,8 +43,6 @@ def int_arg(lo: int = 1, hi: int | None = None):
 
 # Seeds go to numpy and torch generators, which take 0 .. 2^32-1 (torch up to 2^64-1).
 SEED_MAX = 2**32 - 1
-
-
 # ONNX Runtime stores a thread count in a C int; far above any machine's cores anyway.
 THREADS_MAX = 4096
 

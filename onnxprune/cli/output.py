@@ -17,8 +17,6 @@ from onnxprune.core.errors import (OnnxPruneError, RuntimeFailure, UsageError)
 
 # An error line is cut here: a message quotes paths and values from the user's files.
 MAX_ERROR_CHARS = 2000
-
-
 # Set to 1, as --debug: an internal error prints its traceback too (read only when one happens).
 DEBUG_ENV = "ONNXPRUNE_DEBUG"
 

@@ -13,8 +13,6 @@ from onnxprune.runtime_ops import DOMAIN
 
 
 REL_ATOL = 1e-4
-
-
 RTOL = 1e-4
 
 
