@@ -57,7 +57,8 @@ def _compress(trained, digits, out, *extra):
 def test_compress_end_to_end(trained, digits, tmp_path):
     out = tmp_path / "c.onnx"
     code, report = _compress(trained, digits, out, "--iterations", "3", "--target-sparsity", "0.9",
-                             "--epochs", "3", "--lr", "0.01", "--max-accuracy-drop", "3")
+                             "--allocate", "uniform", "--epochs", "3", "--lr", "0.01",
+                             "--max-accuracy-drop", "3")
     assert code == 0, report
     stages = [h["stage"] for h in report["history"]]
     assert stages == ["dense", "iteration", "iteration", "iteration", "remove-dead-neurons"]

@@ -14,15 +14,20 @@ from onnxprune.core.errors import UsageError
 
 # What the command line defaults to where it differs from FinetuneConfig's own defaults.
 _DEFAULTS = {"epochs": 2}
+# How compress spreads --target-sparsity over the layers unless told (docs/RESULTS.md, "Defaults").
+DEFAULT_ALLOCATION = "size"
+# Sparsities the sensitivity allocation prunes each layer to, alone (the target is added).
+SCAN_GRID = (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
-def training_config(**options):
+def training_config(rounds: bool = False, **options):
     """A validated ``FinetuneConfig`` from keyword options named as its fields (``epochs``,
     ``batch_size``, ``lr``, ``original_lr``, ``lr_schedule``, ``optimizer``, ``momentum``,
     ``weight_decay``, ``l1``, ``freeze``, ``adjust_dropout``, ``keep_best``, ``seed``,
     ``device``, ``distill``, ``distill_temperature``). ``epochs`` defaults to 2, and with
     neither ``lr`` nor ``original_lr`` the model is taken as trained at 0.1 and retrained at
     ``lr = original_lr / 10 = 0.01`` (Han et al. retrain LeNet at 1/10 of the original rate).
+    ``lr_schedule`` left None is :func:`_default_schedule`'s (``rounds``: for compress).
     An unknown option or a value out of range raises ``UsageError``.
     """
     from onnxprune.training.torch_bridge import FinetuneConfig
@@ -32,9 +37,20 @@ def training_config(**options):
     if unknown:
         raise UsageError(f"unknown training option {unknown[0]!r}; known: {', '.join(sorted(fields))}")
     values = {**_DEFAULTS, **options}
+    if values.get("lr_schedule") is None:
+        values["lr_schedule"] = _default_schedule(values, rounds)
     if values.get("lr") is None and values.get("original_lr") is None:
         values["original_lr"] = 0.1
     return FinetuneConfig(**values).validate()
+
+
+def _default_schedule(values: dict, rounds: bool) -> str:
+    """The retraining schedule when none is asked for: ``compress`` (``rounds``) rewinds —
+    each round restarts at the original rate (``original_lr``, taken as 0.1 when not given)
+    and decays to 0 — unless a retraining rate ``lr`` is given, which is then kept constant
+    (the paper); ``finetune`` keeps the paper's constant rate.  Measured in docs/RESULTS.md
+    ("Defaults"): rewinding beat 1/10 of the rate, constant or decayed, on every seed."""
+    return "rewind" if rounds and values.get("lr") is None else "constant"
 
 
 def config_json(config) -> dict:
@@ -115,8 +131,8 @@ def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: s
 def compress(model, output: str, *, train: str, val: str, iterations: int | None = None,
              quality: float | None = None, layer_quality=(),
              target_sparsity: float | str | None = None,
-             target_scope: str = "per-layer", layer_targets=(), skip=(), min_params: int = 0,
-             remove_dead_neurons: bool = True, emit: str = "portable",
+             target_scope: str = "per-layer", allocate: str | None = None, layer_targets=(),
+             skip=(), min_params: int = 0, remove_dead_neurons: bool = True, emit: str = "portable",
              max_accuracy_drop: float | None = None, x_key: str = "x", y_key: str = "y",
              on_stage: Callable[[dict], None] | None = None, on_progress: Callable | None = None,
              before_run: Callable[[list[str]], None] | None = None, **options) -> dict | None:
@@ -156,16 +172,20 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
     fields = dict(
         quality=None if quality is None else {"conv": quality, "fc": quality},
         layer_quality=tuple(layer_quality or ()), target_scope=target_scope,
-        layer_targets=tuple(layer_targets or ()), skip=tuple(skip or ()), min_params=min_params)
+        layer_targets=tuple(layer_targets or ()), skip=tuple(skip or ()), min_params=min_params,
+        allocate=DEFAULT_ALLOCATION if allocate is None else allocate)
     auto = _is_auto(target_sparsity, max_accuracy_drop)
     schedule = Schedule.auto(max_accuracy_drop, iterations, **fields) if auto else Schedule(
         iterations=3 if iterations is None else iterations, target_sparsity=target_sparsity,
         **fields).validate()
-    config = training_config(**options)
+    config = training_config(rounds=True, **options)
     proto, info = open_model(model)
     if before_run is not None:
         before_run([*model_files(info), train, val])
     train_set, val_set = training_data(train, val, proto, x_key, y_key)
+    scan = _sensitivity_scan(proto, val_set, schedule)
+    if scan is not None:
+        schedule = dataclasses.replace(schedule, curves=scan["curves"])
     result = run(proto, train_set, val_set, schedule=schedule, finetune_config=config,
                  remove_dead_neurons=remove_dead_neurons, on_stage=on_stage,
                  on_progress=on_progress)
@@ -187,6 +207,8 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
                      "layers": [list(x) for x in schedule.layer_quality],
                      "target-sparsity": "auto" if auto else schedule.target_sparsity,
                      "target-scope": schedule.target_scope,
+                     "allocate": "global" if schedule.target_scope == "global" else schedule.allocate,
+                     "sensitivity_scan": scan and scan["report"],
                      "layer-targets": [list(x) for x in schedule.layer_targets]},
         "final_sparsity": result.final_sparsity, "config": config_json(config),
         "accuracy_dense": result.dense_accuracy, "accuracy_final": result.final_accuracy,
@@ -195,6 +217,25 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
         "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
         "device": result.device, "auto": _auto_block(result) if auto else None,
     }
+
+
+def _sensitivity_scan(model, val_set, schedule) -> dict | None:
+    """For ``allocate="sensitivity"``: prune each layer alone along SCAN_GRID (plus the
+    target), measure the val drop in ONNX Runtime, and return the curves (and what the report
+    shows of the scan); None when the allocation is another one or no target is spread."""
+    if schedule.allocate != "sensitivity" or schedule.target_sparsity is None \
+            or schedule.target_scope == "global":
+        return None
+    from onnxprune.analysis.sensitivity import analyse
+
+    grid = sorted({*SCAN_GRID, round(schedule.target_sparsity, 6)})
+    result = analyse(model, val_set, grid=grid)
+    curves = {layer["name"]: [(p["sparsity"], p["drop_pp"]) for p in layer["points"]]
+              for layer in result.layers}
+    return {"curves": curves,
+            "report": {"grid": grid, "evaluations": result.evaluations,
+                       "wall_seconds": result.wall_seconds,
+                       "drop_pp": {n: [d for _, d in c] for n, c in curves.items()}}}
 
 
 def _is_auto(target_sparsity, max_accuracy_drop) -> bool:

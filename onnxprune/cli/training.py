@@ -22,10 +22,14 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int_arg(1), default=64)
     t.add_argument("--lr", type=float_arg(0.0), help="retraining learning rate")
     t.add_argument("--original-lr", type=float_arg(0.0),
-                   help="the rate the model was trained with; retrain at 1/10 of it "
-                        "(default when neither is given: 0.1, i.e. lr 0.01)")
-    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="constant rate (the paper; default) or cosine decay to 0 over the epochs")
+                   help="the (peak) rate the model was trained with, 0.1 when neither this "
+                        "nor --lr is given; rewind starts each retraining at it, constant "
+                        "retrains at 1/10 of it")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine", "rewind"),
+                   help="constant rate (the paper), cosine decay to 0 over each retraining, or "
+                        "rewind: cosine from --original-lr (the rate the model was trained with, "
+                        "0.1 if not given). Default: compress rewind (constant when --lr is "
+                        "given), finetune constant")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     t.add_argument("--momentum", type=float_arg(0.0, 1.0, hi_open=True), default=0.9)
     t.add_argument("--weight-decay", type=float_arg(0.0), default=5e-4, help="L2 strength")
@@ -114,6 +118,7 @@ def cmd_compress(args, console: Console) -> int:
         args.model, args.output, train=args.train, val=args.val, iterations=args.iterations,
         quality=args.quality, layer_quality=args.layer or (),
         target_sparsity=args.target_sparsity, target_scope=args.target_scope,
+        allocate=args.allocate,
         layer_targets=args.layer_target or (), skip=args.skip or (), min_params=args.min_params,
         remove_dead_neurons=not args.no_remove_dead_neurons, emit=args.emit,
         max_accuracy_drop=args.max_accuracy_drop, x_key=args.x_key, y_key=args.y_key,
@@ -158,8 +163,10 @@ def _say_auto(console: Console, auto: dict | None) -> None:
 
 
 def add_parsers(sub, common) -> None:
+    from onnxprune.api.training import DEFAULT_ALLOCATION
     from onnxprune.cli.args import float_arg, int_arg, layer_arg
     from onnxprune.cli.junit import add_junit_arg
+    from onnxprune.training.compress import ALLOCATIONS
 
     ft = sub.add_parser("finetune", help="retrain the surviving weights of a pruned model")
     ft.add_argument("model")
@@ -184,7 +191,13 @@ def add_parsers(sub, common) -> None:
                     help="final pruned share, per layer (or in total with --target-scope "
                          "global); auto: raise it round by round while the val drop stays "
                          "within --max-accuracy-drop (required) and keep the sparsest such round")
-    co.add_argument("--target-scope", choices=("per-layer", "global"), default="per-layer")
+    co.add_argument("--target-scope", choices=("per-layer", "global"), default="per-layer",
+                    help="global: the same as --allocate global")
+    co.add_argument("--allocate", choices=ALLOCATIONS,
+                    help="how --target-sparsity is spread over the layers: uniform (each layer "
+                         "the same share), global (one q·σ threshold for all), size (big layers "
+                         "pruned harder, small first/last layers kept), sensitivity (a quick "
+                         f"scan, the same loss from each layer); default {DEFAULT_ALLOCATION}")
     co.add_argument("--layer-target", type=layer_arg, action="append", metavar="GLOB=S",
                     help="final pruned share for matching layers (e.g. 'fc1*=0.92')")
     co.add_argument("--skip", action="append", metavar="GLOB")

@@ -60,6 +60,11 @@ from onnxprune.passes.threshold_by_std import DEFAULT_QUALITY
 
 AUTO_CAP = 0.99  # the sparsest the accuracy-budget ladder goes (100× fewer weights)
 AUTO_ROUNDS = 7  # default ladder length: each round removes ≈ 48 % of the survivors
+ALLOCATIONS = ("uniform", "global", "size", "sensitivity")
+# The size rule keeps density ∝ params^(−SIZE_EXPONENT): fitted to the densities Han et al.
+# chose by hand (LeNet-5 conv1 500 weights kept 66 %, fc1 400K kept 8 %: 8.25× over 800×,
+# exponent 0.32; LeNet-300-100 fc3 vs fc1: 0.22; AlexNet conv1 vs fc6: 0.32).
+SIZE_EXPONENT = 0.3
 
 
 @dataclasses.dataclass
@@ -75,6 +80,9 @@ class Schedule:
     skip: tuple[str, ...] = ()
     min_params: int = 0
     budget_pp: float | None = None  # set: accuracy-budget mode (module doc), target = AUTO_CAP
+    allocate: str = "uniform"  # how target_sparsity is spread over the layers (allocate())
+    # sensitivity allocation: layer name -> [(sparsity, val drop pp), ...] measured alone
+    curves: dict[str, list[tuple[float, float]]] | None = None
 
     def validate(self) -> "Schedule":
         if not isinstance(self.iterations, int) or self.iterations < 1:
@@ -86,6 +94,8 @@ class Schedule:
                 raise UsageError(f"layer target {g}={s}: sparsity must be in [0, 1)")
         if self.target_scope not in ("per-layer", "global"):
             raise UsageError(f"target-scope must be per-layer or global, got {self.target_scope!r}")
+        if self.allocate not in ALLOCATIONS:
+            raise UsageError(f"allocate must be one of {', '.join(ALLOCATIONS)}, got {self.allocate!r}")
         if self.budget_pp is not None and not self.budget_pp >= 0:
             raise UsageError(f"the accuracy budget must be >= 0 pp, got {self.budget_pp}")
         return self
@@ -107,33 +117,135 @@ def _last_match(layer, pairs):
 
 
 def final_sparsities(model: ModelProto, schedule: Schedule) -> dict[str, float]:
-    """Layer name → the pruned share it should reach after the last iteration."""
+    """Layer name → the pruned share it should reach after the last iteration.
+
+    A layer with an explicit target or q keeps it; ``target_sparsity`` is spread over the
+    others by ``schedule.allocate`` (:func:`allocate`); without a target, q·σ_dense sets it.
+    """
     graph = graph_from_model(model)
     layers, _ = find_layers(graph)
     active = [layer for layer in layers
               if not layer.skip_reason and layer.params >= schedule.min_params
               and not any(layer.matches(g) for g in schedule.skip)]
-    out: dict[str, float] = {}
-    global_q = None
-    if schedule.target_sparsity is not None and schedule.target_scope == "global":
-        global_q = masks.global_quality_for_sparsity([weight_values(x) for x in active],
-                                                     schedule.target_sparsity)
     quality = dict(DEFAULT_QUALITY)
     quality.update(schedule.quality or {})
+    out: dict[str, float] = {}
+    free = []
     for layer in active:
-        w = weight_values(layer)
         explicit = _last_match(layer, schedule.layer_targets)
         q = _last_match(layer, schedule.layer_quality)
         if explicit is not None:
             out[layer.name] = explicit
-        elif q is None and schedule.target_sparsity is not None and global_q is None:
-            out[layer.name] = schedule.target_sparsity
+        elif q is None and schedule.target_sparsity is not None:
+            free.append(layer)
         else:
-            if q is None:
-                q = global_q if global_q is not None else quality[layer.kind]
-            _, kept_before, kept = masks.apply_threshold(w, q * masks.weight_std(w))
-            out[layer.name] = 1.0 - kept / w.size
-    return out
+            out[layer.name] = _sparsity_at(weight_values(layer), quality[layer.kind] if q is None else q)
+    if free:
+        mode = "global" if schedule.target_scope == "global" else schedule.allocate
+        out.update(allocate(free, schedule.target_sparsity, mode, schedule.curves))
+    return {layer.name: out[layer.name] for layer in active if layer.name in out}
+
+
+def _sparsity_at(w, q: float) -> float:
+    """The pruned share of ``w`` at the threshold q·σ(w)."""
+    _, _, kept = masks.apply_threshold(w, q * masks.weight_std(w))
+    return 1.0 - kept / w.size
+
+
+def allocate(layers, target: float, mode: str = "uniform", curves=None) -> dict[str, float]:
+    """Spread a total pruned share ``target`` over ``layers`` (name → final sparsity).
+
+    - ``uniform``: every layer pruned to ``target``.
+    - ``global``: one q for all layers, each pruning ``|w| < q·σ_l`` (the paper's quality × std
+      with a common q), q chosen so that the pruned share of all their weights is ``target``.
+    - ``size``: density ``d_l = min(1, c·n_l^(−SIZE_EXPONENT))`` for a layer of n_l weights,
+      c solved so that Σ d_l·n_l = (1 − target)·Σ n_l.  Big layers are pruned hardest; the
+      small ones — a first convolution, an output layer — keep more (a layer below the size
+      where d_l reaches 1 is not pruned).  The exponent is fitted to Han et al.'s own choices.
+    - ``sensitivity``: ``curves[name]`` = [(sparsity, val drop pp)] measured with that layer
+      pruned alone (no retraining).  With drops made monotone (running max) and interpolated
+      linearly, every layer goes to the largest sparsity whose drop is ≤ a common tolerance b,
+      b solved so the total is ``target``: the same loss is accepted from every layer, so a
+      sensitive layer is pruned less.  Beyond the last measured point a layer is not pushed.
+    """
+
+    sizes = {layer.name: layer.params for layer in layers}
+    total = float(sum(sizes.values()))
+    if mode == "uniform" or target <= 0 or total == 0:
+        return {name: target for name in sizes}
+    if mode == "global":
+        ws = [weight_values(layer) for layer in layers]
+        q = masks.global_quality_for_sparsity(ws, target)
+        return {layer.name: _sparsity_at(w, q) for layer, w in zip(layers, ws)}
+    if mode == "size":
+        scale = {n: float(p) ** -SIZE_EXPONENT for n, p in sizes.items()}
+
+        def shares_at(c: float) -> dict[str, float]:
+            return {n: 1.0 - min(1.0, c * scale[n]) for n in sizes}
+        lo, hi = max(1.0 / v for v in scale.values()), 0.0  # all dense … all pruned
+    elif mode == "sensitivity":
+        missing = [n for n in sizes if not (curves or {}).get(n)]
+        if missing:
+            raise UsageError(f"no sensitivity curve for layer {missing[0]!r}")
+        # A tiny layer's grid point can prune it whole: every layer keeps one weight at least.
+        prepared = {n: _monotone_curve(curves[n], 1.0 - 1.0 / sizes[n]) for n in sizes}
+
+        def shares_at(b: float) -> dict[str, float]:
+            return {n: _curve_sparsity(prepared[n], b) for n in sizes}
+        lo = min(0.0, min(float(d[0]) for _, d in prepared.values()))
+        hi = max(float(d[-1]) for _, d in prepared.values())
+    else:
+        raise UsageError(f"allocate must be one of {', '.join(ALLOCATIONS)}, got {mode!r}")
+    return _reach(shares_at, sizes, target, lo, hi)
+
+
+def _reach(shares_at, sizes: dict[str, int], target: float, lo: float, hi: float):
+    """The allocation ``shares_at(x)`` whose total pruned share is ``target``, x bisected in
+    [lo, hi] (the total is nondecreasing from lo to hi).  Where the total jumps over the
+    target (measured drops are discrete) the two allocations either side of the jump are
+    blended linearly so the total is met exactly; if even ``hi`` falls short, ``hi``'s."""
+    total = float(sum(sizes.values()))
+
+    def pruned(shares) -> float:
+        return sum(shares[n] * p for n, p in sizes.items()) / total
+
+    if pruned(shares_at(hi)) <= target:
+        return shares_at(hi)
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if pruned(shares_at(mid)) < target:
+            lo = mid
+        else:
+            hi = mid
+    a, b = shares_at(lo), shares_at(hi)
+    pa, pb = pruned(a), pruned(b)
+    t = 1.0 if pb <= pa else min(1.0, max(0.0, (target - pa) / (pb - pa)))
+    return {n: a[n] + t * (b[n] - a[n]) for n in sizes}
+
+
+def _monotone_curve(points, cap: float):
+    """(sparsities ≤ cap, running-max drops) sorted by sparsity, starting at (0, ≤ 0)."""
+    import numpy as np
+
+    pts = sorted((min(float(s), cap), float(d)) for s, d in points)
+    if pts[0][0] > 0:
+        pts.insert(0, (0.0, min(0.0, pts[0][1])))
+    s = np.array([p[0] for p in pts])
+    d = np.maximum.accumulate(np.array([p[1] for p in pts]))
+    return s, d
+
+
+def _curve_sparsity(curve, b: float) -> float:
+    """The largest sparsity whose (monotone, interpolated) drop is ≤ b."""
+    s, d = curve
+    if b >= d[-1]:
+        return float(s[-1])
+    j = int((d > b).argmax())  # first point over b (j ≥ 1 when b ≥ d[0])
+    if j == 0:
+        return float(s[0])
+    if d[j] == d[j - 1]:
+        return float(s[j - 1])
+    return float(s[j - 1] + (s[j] - s[j - 1]) * (b - d[j - 1]) / (d[j] - d[j - 1]))
 
 
 def step_sparsity(final: float, i: int, n: int) -> float:

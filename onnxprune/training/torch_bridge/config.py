@@ -10,6 +10,7 @@ import onnx
 
 from onnxprune.core.errors import UsageError
 
+LR_SCHEDULES = ("constant", "cosine", "rewind")
 ProgressFn = Callable[[int, int, "int | None", dict], None]
 
 
@@ -32,9 +33,10 @@ class FinetuneConfig:
     ``lr_schedule="cosine"`` decays the rate from the resolved rate (``lr``, or
     ``original_lr/10``) to 0 over the run by ``lr·(1 + cos(π·t))/2``, t the share of training
     steps done (the data must have a known number of batches); the paper retrains at a
-    constant rate (the default).  With ``lr`` set to the original peak rate, each compress
-    round restarts at that rate, in the spirit of learning-rate rewinding (Renda et al. 2020,
-    who replay the tail of the original schedule).
+    constant rate (the default).  ``lr_schedule="rewind"`` is the same cosine started from the
+    rate the model was trained with (``original_lr``; ``lr`` when only that is given): each
+    compress round restarts at the original peak and decays to 0, in the spirit of
+    learning-rate rewinding (Renda et al. 2020, who replay the tail of the original schedule).
 
     ``distill`` (α in [0, 1], 0 = off) mixes a distillation term from a teacher model (in
     ``compress``: the dense input model) into the loss, Hinton et al. 2015:
@@ -57,9 +59,11 @@ class FinetuneConfig:
     device: str = "cpu"  # cpu | cuda | auto
     distill: float = 0.0
     distill_temperature: float = 4.0
-    lr_schedule: str = "constant"  # constant | cosine
+    lr_schedule: str = "constant"  # constant | cosine | rewind
 
     def resolved_lr(self) -> float:
+        if self.lr_schedule == "rewind" and self.original_lr is not None:
+            return self.original_lr
         return self.lr if self.lr is not None else self.original_lr / 10.0
 
     def validate(self) -> "FinetuneConfig":
@@ -81,8 +85,8 @@ class FinetuneConfig:
         need(self.freeze in (None, "conv", "fc"), f"freeze must be 'conv', 'fc' or none, got {self.freeze!r}")
         need(self.device in ("cpu", "cuda", "auto"), f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
-        need(self.lr_schedule in ("constant", "cosine"),
-             f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        need(self.lr_schedule in LR_SCHEDULES,
+             f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         need(_number(self.distill) and 0.0 <= self.distill <= 1.0,
              f"distill must be a number in [0, 1], got {self.distill!r}")
         need(_number(self.distill_temperature) and 0 < self.distill_temperature < math.inf,

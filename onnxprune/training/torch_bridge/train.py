@@ -331,7 +331,7 @@ def finetune(
     train_src, val_src, classes = _sources(train, val, module, spec, classes, logits_name,
                                            config, dist.world)
     if config.lr_schedule != "constant" and not train_src.steps():
-        raise UsageError("finetune: lr-schedule cosine needs to know the number of training "
+        raise UsageError(f"finetune: lr-schedule {config.lr_schedule} needs to know the number of training "
                          "batches; give arrays, an .npz or batches with a len() (e.g. a DataLoader)")
     teach = None
     if config.distill > 0:
@@ -512,7 +512,7 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
             loss_sum = correct = seen = 0.0
             step = 0
             for xb, yb, global_n in train_src.batches(epoch, dist.rank):
-                if config.lr_schedule == "cosine":
+                if config.lr_schedule != "constant":  # cosine | rewind
                     set_lr(((epoch - 1) * total_steps + step) / (config.epochs * total_steps))
                 x, y = _to_tensors(xb, yb, spec, classes, device, "train",
                                    checked=isinstance(train_src, _ArraySource))
