@@ -78,11 +78,15 @@ def run_pipeline(
     progress: Callable[[str, int, int, str], None] | None = None,
     *,
     graph: gs.Graph | None = None,
+    refine: Callable[[type, dict, gs.Graph], dict] | None = None,
 ) -> PipelineResult:
     """Run the recipe's passes; ``model`` is not modified.
 
     ``graph`` may be given when the caller already imported ``model`` (e.g. with lazily loaded
-    weights); it is then transformed in place.
+    weights); it is then transformed in place.  ``refine(pass_class, options, graph)``, called
+    just before each pass runs, returns the options it runs with: what can only be decided on
+    the graph as it stands then (lowering by measured speed-ups) without entering the recipe,
+    so the stamp still names the recipe as written.
     """
     metadata = [(p.key, p.value) for p in model.metadata_props]
     if read_stamp(model).get(STAMP_RECIPE) == recipe.sha256:
@@ -93,7 +97,10 @@ def run_pipeline(
     kinds = []
     modified = False
     stamped: dict[str, dict[str, float]] = {"quality": {}, "threshold": {}}
-    for p in recipe.build_passes():
+    for (_, options), p in zip(recipe.effective_passes, recipe.build_passes()):
+        if refine is not None:
+            refined = refine(type(p), options, graph)
+            p = p if refined is options else type(p)(refined)
         cb = None
         if progress is not None:
             def cb(i, n, what, _name=p.name):

@@ -20,8 +20,10 @@ Exactness: the CSR holds exactly the nonzero weights (pruned weights are exact z
 lowered op computes the same sum with the zero terms left out; results differ from the dense
 op only by floating-point summation order.
 
-Per layer, only where the kernel is predicted to beat ONNX Runtime's dense op
-(``cost_model.estimate`` with the expected ``batch`` and ``threads``), unless the layer
+Per layer, only where the kernel beats ONNX Runtime's dense op: as measured on the machine
+that will run the model when ``measured`` carries the layer's speed-up t_dense / t_csr (lowered
+at >= ``MEASURED_MIN_SPEEDUP``; a layer it does not name stays dense), else as predicted by
+``cost_model.estimate`` with the expected ``batch`` and ``threads``; unless the layer
 matches a ``force`` glob (always lowered when eligible, also where the cost model cannot judge
 it: a convolution whose output size is unknown) or a ``never`` glob (never lowered);
 ``max-density`` replaces the cost model by a plain density threshold.  Layers the ops cannot
@@ -43,6 +45,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxprune.core.errors import UsageError
 from onnxprune.core.graph import (Layer, const_source, export_with_placeholders, find_layers,
                              infer_shapes, weight_values)
 from onnxprune.runtime_ops import DOMAIN
@@ -254,6 +257,26 @@ def _drop_dangling_producers(graph: gs.Graph, t: gs.Tensor, outputs: set[int]) -
         t = upstream
 
 
+# A measured speed-up is the truth on the machine it was taken on; the margin over 1 only
+# absorbs run-to-run noise (the cost model's own margin, cost.MIN_SPEEDUP, covers its errors).
+MEASURED_MIN_SPEEDUP = 1.1
+
+
+def check_speedups(key: str, v: Any) -> dict[str, float] | None:
+    """``{layer name: speed-up}`` with every speed-up a finite number > 0 (or None: no
+    measurements)."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not all(isinstance(k, str) and k for k in v):
+        raise UsageError(f"{key}: expected a mapping of layer names to speed-ups")
+    check = check_float(0.0)
+    out = {k: check(f"{key}.{k}", s) for k, s in v.items()}
+    bad = [k for k, s in out.items() if s <= 0.0]
+    if bad:
+        raise UsageError(f"{key}.{bad[0]}: a speed-up must be > 0")
+    return out
+
+
 def _glob_match(layer: Layer, globs: tuple[str, ...]) -> bool:
     return any(layer.matches(g) for g in globs)
 
@@ -283,6 +306,10 @@ class LowerToSparseOps(Pass):
         Option("objective", check_choice("speed", "size"), "speed",
                "speed: lower where the cost model predicts a win; size: lower wherever the "
                "CSR arrays are smaller than the dense weight (the compact file)"),
+        Option("measured", check_speedups, None,
+               "layer name -> speed-up t_dense / t_csr measured on the machine that will run "
+               "the model (what onnxprune lower measures); when given it decides instead of "
+               "the cost model, and a layer it does not name stays dense"),
     )
 
     def __init__(self, options: dict | None = None):
@@ -293,6 +320,7 @@ class LowerToSparseOps(Pass):
         self.never: tuple[str, ...] = o["never"]
         self.max_density: float | None = o["max-density"]
         self.objective: str = o["objective"]
+        self.measured: dict[str, float] | None = o["measured"]
 
     # ------------------------------------------------------------------ planning
 
@@ -323,8 +351,9 @@ class LowerToSparseOps(Pass):
     def _needs_cost_model(self, layer: Layer) -> bool:
         """Whether ``_decide`` asks the cost model about ``layer`` (which needs its output
         size): not when it is forced, nor under max-density or the size objective, which
-        judge by density or bytes alone."""
-        return not self._forced(layer) and self.max_density is None and self.objective == "speed"
+        judge by density or bytes alone, nor when measurements decide."""
+        return not self._forced(layer) and self.max_density is None and \
+            self.objective == "speed" and self.measured is None
 
     def _decide(self, layer: Layer, density: float, estimates: list[cost.Estimate],
                 csr_bytes: int, dense_bytes: int) -> tuple[bool, str]:
@@ -342,6 +371,8 @@ class LowerToSparseOps(Pass):
             if csr_bytes < dense_bytes:
                 return True, f"size: CSR {csr_bytes} B < dense {dense_bytes} B"
             return False, f"size: CSR {csr_bytes} B >= dense {dense_bytes} B"
+        if self.measured is not None:
+            return _decide_measured(self.measured.get(layer.name))
         speedup = _combined_speedup(estimates)
         if speedup >= cost.MIN_SPEEDUP:
             return True, f"cost model: {speedup:.2f}x >= {cost.MIN_SPEEDUP}x"
@@ -431,7 +462,7 @@ class LowerToSparseOps(Pass):
             "domain": DOMAIN,
             "options": {"batch": self.batch, "threads": self.threads, "force": list(self.force),
                         "never": list(self.never), "max-density": self.max_density,
-                        "objective": self.objective},
+                        "objective": self.objective, "measured": self.measured},
             "lowered": lowered,
             "layers": rows,
         })
@@ -470,6 +501,14 @@ class LowerToSparseOps(Pass):
             node.domain = DOMAIN
             node.attrs = dict(plan.attrs)
             _drop_dangling_producers(graph, old_weight, graph_outputs)
+
+
+def _decide_measured(speedup: float | None) -> tuple[bool, str]:
+    if speedup is None:
+        return False, "not measured"
+    if speedup >= MEASURED_MIN_SPEEDUP:
+        return True, f"measured {speedup:.2f}x >= {MEASURED_MIN_SPEEDUP}x"
+    return False, f"measured {speedup:.2f}x < {MEASURED_MIN_SPEEDUP}x"
 
 
 def _combined_speedup(estimates: list[cost.Estimate]) -> float:
