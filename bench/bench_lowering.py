@@ -4,8 +4,8 @@ pruned model, both in ONNX Runtime in the same process.
 The model is the AlexNet FC stack 9216-4096-4096-1000 (Gemm + Relu, random N(0, 1/K) weights),
 pruned by the CLI with per-layer quality q so that fc6/fc7/fc8 keep 9/9/25% of their weights
 (for Gaussian weights |w| < q·σ prunes erf(q/√2), so q = √2·erfinv(pruned share)).  For every
-(batch, threads) the sparse-ops file is produced with --expected-batch/--threads, so the cost
-model decides per layer for that case.  Times are medians of `session.run` after warm-ups,
+(batch, threads) the sparse-ops file is produced with --expected-batch/--threads and
+--decide model, so the cost model decides per layer for that case.  Times are medians of `session.run` after warm-ups,
 dense and lowered alternating; the lowered outputs are checked against the dense ones.
 
     python bench/bench_lowering.py                       # batch 1,64 x threads 1,2
@@ -121,7 +121,8 @@ def main(argv=None) -> int:
             for threads in thread_counts:
                 path = os.path.join(tmp, f"sparse-b{batch}-t{threads}.onnx")
                 srep = prune(src, path, "sparse-ops",
-                             ["--expected-batch", str(batch), "--threads", str(threads)])
+                             ["--expected-batch", str(batch), "--threads", str(threads),
+                              "--decide", "model"])
                 results["sizes"][f"sparse-ops (batch {batch}, threads {threads})"] = \
                     os.path.getsize(path)
                 d_sess = session_for(dense_bytes, threads)

@@ -30,7 +30,8 @@ def _max_rel_diff(a, b):
 def test_emit_sparse_ops_matches_portable(tmp_path, wide_mlp, capsys):
     sparse, portable = tmp_path / "s.onnx", tmp_path / "p.onnx"
     code, out, err = _run(["prune", wide_mlp, "-o", str(sparse), "--emit", "sparse-ops",
-                           "--fc-quality", "1.5", "--expected-batch", "8", "--json", "-"], capsys)
+                           "--fc-quality", "1.5", "--expected-batch", "8", "--decide", "model",
+                           "--json", "-"], capsys)
     assert code == 0, err
     report = json.loads(out)
     sp = report["sparse_ops"]
@@ -121,7 +122,7 @@ def test_bench_reports_ratios_and_correctness(tmp_path, wide_mlp, capsys):
 
 def test_bench_accepts_a_lowered_model(tmp_path, wide_mlp, capsys):
     model = _pruned(tmp_path, capsys, wide_mlp, emit="sparse-ops",
-                    extra=["--expected-batch", "8"])
+                    extra=["--expected-batch", "8", "--decide", "model"])
     lowered = [n.name for n in onnx.load(model).graph.node if n.domain == runtime_ops.DOMAIN]
     assert lowered
     code, out, err = _run(["bench", model, "--batch", "3", "--repeats", "2", "--json", "-"],

@@ -135,9 +135,10 @@ def test_lower_for_size_lowers_convs_of_symbolic_spatial_size(tmp_path, capsys):
     assert rows["conv2"]["csr_bytes"] < rows["conv2"]["dense_bytes"]
     lowered = onnx.load(str(out))
     assert "CsrConv" in {n.op_type for n in lowered.graph.node}
-    # the speed objective still cannot judge them, and says so
+    # the cost model still cannot judge them, and says so
     code, report, err = _run(["prune", str(src), "-o", str(tmp_path / "speed.onnx"),
                               "--emit", "sparse-ops", "--target-sparsity", "0.9",
+                              "--decide", "model",
                               "--json", "-", "-q"], capsys)
     assert code == 0, err
     rows = {r["name"]: r for r in json.loads(report)["sparse_ops"]["layers"]}

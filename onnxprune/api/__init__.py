@@ -12,7 +12,8 @@ it parses flags, calls the verb, prints tables and writes the report.
 
 from onnxprune.api.check import check
 from onnxprune.api.inspect import inspect
+from onnxprune.api.lower import lower
 from onnxprune.api.prune import prune
 from onnxprune.api.training import compress, finetune
 
-__all__ = ["check", "compress", "finetune", "inspect", "prune"]
+__all__ = ["check", "compress", "finetune", "inspect", "lower", "prune"]

@@ -106,7 +106,9 @@ def _apply_lowering(recipe, values: dict) -> None:
 
 def prune(model, output, *, recipe=None, in_place: bool = False,
           before_run: Callable[[list[str]], None] | None = None,
-          progress: Callable | None = None, **options) -> dict:
+          progress: Callable | None = None, decide: str | None = None,
+          input_shapes: dict[str, tuple[int, ...]] | None = None, timer=None,
+          **options) -> dict:
     """Prune ``model`` (a path or a ``ModelProto``) with a recipe, write it to ``output``, and
     return the report ``onnxprune prune --json`` writes.
 
@@ -117,7 +119,9 @@ def prune(model, output, *, recipe=None, in_place: bool = False,
 
     then the retraining dropout D_r = D_o·sqrt(C_ir/C_io) and the removal of neurons whose
     weights are all zero.  ``options`` are ``build_recipe``'s keywords.  A model already
-    carrying this recipe's stamp is written unchanged (prune is idempotent).
+    carrying this recipe's stamp is written unchanged (prune is idempotent).  With emit
+    sparse-ops the lowering is decided as in ``onnxprune.lower`` (``decide`` "measure", the
+    default, or "model"; ``input_shapes``, ``timer``), on the pruned graph.
 
     Exceptions (the CLI's exit code): ``UsageError`` (2) for a bad option or path,
     ``InvalidModelError`` (4) for a malformed or unsafe model, ``RuntimeFailure`` /
@@ -127,13 +131,20 @@ def prune(model, output, *, recipe=None, in_place: bool = False,
     command does).  ``before_run(files)`` is called with the files read once the model is
     open, before anything is written.
     """
+    from onnxprune.api.lower import checked_shapes
+    from onnxprune.runtime.lowering import MeasuredLowering
+
     recipe = build_recipe(recipe, **options)
+    if recipe.emit != "sparse-ops" and (decide is not None or input_shapes):
+        raise UsageError("--decide and --input-shape only apply to --emit sparse-ops")
+    decision = MeasuredLowering(decide or "measure", checked_shapes(input_shapes), timer,
+                                progress)
     if output is None:
         raise UsageError("prune: an output path is required")
     proto, info = open_model(model, lazy=True)
     if before_run is not None:
         before_run(model_files(info))
-    return _prune(proto, info, path_of(model), output, recipe, in_place, progress)
+    return _prune(proto, info, path_of(model), output, recipe, in_place, progress, decision)
 
 
 def raise_for_gates(report: dict) -> None:
@@ -144,7 +155,7 @@ def raise_for_gates(report: dict) -> None:
             f"{g['name']} required {g['required']:g}, got {g['actual']:.4g}" for g in failed))
 
 
-def _prune(proto, info, path, output, recipe, in_place, progress) -> dict:
+def _prune(proto, info, path, output, recipe, in_place, progress, decision) -> dict:
     from onnxprune import __version__
     from onnxprune.core import io
     from onnxprune.core.graph import graph_from_model, infer_shapes, save_graph
@@ -154,7 +165,13 @@ def _prune(proto, info, path, output, recipe, in_place, progress) -> dict:
     graph = graph_from_model(proto, info)
     shapes = infer_shapes(proto)
     before_rows, notes = _rows_before(graph, shapes)
-    result = run_pipeline(proto, recipe, progress=progress, graph=graph)
+    def refine(kind, options, g):
+        return decision.options_for(options, g, proto) if kind.lowers_weights else options
+
+    result = run_pipeline(proto, recipe, progress=progress, graph=graph, refine=refine)
+    lowering = result.stats_of("lowers_weights")
+    if lowering is not None:
+        result.graph = decision.finish(result.graph, proto, lowering)
     rows, notes = _layer_rows(proto, info, shapes, before_rows, notes, result)
     if recipe.emit == "sparse-ops":
         _count_lowered_weights(rows, result.stats_of("lowers_weights"))
@@ -192,8 +209,8 @@ def _prune(proto, info, path, output, recipe, in_place, progress) -> dict:
         "gates": gates,
     }
     if recipe.emit == "sparse-ops":
-        report["sparse_ops"] = _sparse_ops_report(result.stats_of("lowers_weights"), rows,
-                                                  out_bytes)
+        report["sparse_ops"] = _sparse_ops_report(lowering, rows, out_bytes)
+        report["lowering"] = decision.report(lowering)
     return report
 
 

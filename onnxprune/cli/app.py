@@ -14,8 +14,9 @@ import sys
 from onnxprune import __version__
 from onnxprune.core.console import Console
 from onnxprune.core.errors import (EXIT_RUNTIME, EXIT_USAGE, OnnxPruneError)
-from onnxprune.cli.args import Parser, SEED_MAX, THREADS_MAX, float_arg, int_arg, layer_arg
+from onnxprune.cli.args import Parser, SEED_MAX, float_arg, int_arg, layer_arg
 from onnxprune.cli.output import DEBUG_ENV, print_error, print_internal_error
+from onnxprune.cli.lower import add_lowering_args
 from onnxprune.cli.prune import cmd_inspect, cmd_prune
 from onnxprune.cli.check import cmd_check
 from onnxprune.cli.junit import add_junit_arg
@@ -73,13 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="portable (default): standard ops, sparse initializers where smaller; "
                          "dense: plain initializers; sparse-ops: pruned layers lowered to "
                          "onnxprune's CSR ops where they run faster")
-    pr.add_argument("--expected-batch", type=int_arg(1), metavar="N",
-                    help="sparse-ops: batch size the model will be served at (default 1)")
-    pr.add_argument("--threads", type=int_arg(1, THREADS_MAX), metavar="N",
-                    help="sparse-ops: intra-op threads the model will run with (default 1)")
-    pr.add_argument("--lower-for", choices=("speed", "size"),
-                    help="sparse-ops: lower where the kernel is faster (default), or wherever "
-                         "the CSR form is smaller (the compact file)")
+    add_lowering_args(pr, defaults=False)
     pr.add_argument("--min-sparsity", type=float_arg(0.0, 1.0), metavar="S",
                     help="gate: fail (exit 3) if less than S of the weights are zero")
     pr.add_argument("--max-size-mb", type=float_arg(0.0), metavar="M",
@@ -93,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("model")
     common(ins)
     ins.set_defaults(func=cmd_inspect)
+
+    from onnxprune.cli.lower import add_parser as add_lower_parser
+    add_lower_parser(sub, common)
 
     from onnxprune.runtime.check import add_input_shape_option
 

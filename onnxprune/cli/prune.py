@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from onnxprune.core.console import Console, paint
 from onnxprune.core.errors import EXIT_OK
+from onnxprune.cli.lower import layer_lines, whole_model_line
 from onnxprune.cli.output import check_paths, write_json
 
 
@@ -27,6 +28,7 @@ def cmd_prune(args, console: Console) -> int:
     import time
 
     from onnxprune.api.prune import prune, raise_for_gates
+    from onnxprune.runtime.check import input_shapes
     from onnxprune.cli.junit import prune_cases, write_junit
     from onnxprune.core.stats import format_note, format_table
 
@@ -38,8 +40,8 @@ def cmd_prune(args, console: Console) -> int:
                     models=[args.output], replaceable=files, in_place=args.in_place)
 
     report = prune(args.model, args.output, in_place=args.in_place,
-                   before_run=before_run, progress=console.progress,
-                   **_recipe_options(args))
+                   before_run=before_run, progress=console.progress, decide=args.decide,
+                   input_shapes=input_shapes(args), **_recipe_options(args))
     write_json(report, args.json)
     write_junit(args.junit, "prune", prune_cases(report), time.monotonic() - start)
     rows, outputs = report["layers"], report["outputs"]
@@ -55,6 +57,9 @@ def cmd_prune(args, console: Console) -> int:
         console.info(format_note(n))
     if report.get("sparse_ops"):
         console.info(_format_sparse_ops(report["sparse_ops"]))
+        whole = whole_model_line(report.get("lowering"))
+        if whole:
+            console.info(whole)
     size = report["size"]
     console.info(f"wrote {', '.join(o['path'] for o in outputs)} "
                  f"({size['input_bytes'] / 1e6:.2f} MB -> {size['output_bytes'] / 1e6:.2f} MB, "
@@ -68,11 +73,7 @@ def cmd_prune(args, console: Console) -> int:
 
 
 def _format_sparse_ops(sp: dict) -> str:
-    lines = []
-    for r in sp["layers"]:
-        est = "" if r["estimated_speedup"] is None else f", est. {r['estimated_speedup']:.2f}x"
-        word = "lowered" if r["lowered"] else "dense  "
-        lines.append(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})")  # info() escapes
+    lines = layer_lines(sp["layers"])
     z = sp["sizes"]
     lines.append(f"sizes: sparse-ops {z['sparse_ops_bytes'] / 1e6:.2f} MB, dense "
                  f"~{z['dense_bytes_estimated'] / 1e6:.2f} MB, portable "

@@ -1,0 +1,97 @@
+"""``onnxprune.lower``: an already pruned (or compressed) model lowered to onnxprune's CSR ops,
+without changing a single weight."""
+
+from __future__ import annotations
+
+import types
+from typing import Callable
+
+from onnxprune.api.source import model_files, open_model, path_of
+from onnxprune.core.errors import UsageError
+
+
+def lowering_options(lower_for: str = "speed", expected_batch: int = 1,
+                     threads: int = 1) -> dict:
+    """The lowering pass's options for these keywords, validated (``UsageError`` otherwise)."""
+    from onnxprune.passes.base import parse_options
+    from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
+
+    options = {"objective": lower_for, "batch": expected_batch, "threads": threads}
+    parse_options(LowerToSparseOps.name, LowerToSparseOps.OPTIONS, options)
+    return options
+
+
+def checked_shapes(input_shapes: dict | None) -> dict:
+    """``{input name: dims}`` under the one definition of the ``--input-shape`` rules."""
+    from onnxprune.runtime.check import input_shapes as parse
+
+    return parse(types.SimpleNamespace(input_shape=list((input_shapes or {}).items()),
+                                       data=None))
+
+
+def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
+          expected_batch: int = 1, threads: int = 1,
+          input_shapes: dict[str, tuple[int, ...]] | None = None, timer=None,
+          before_run: Callable[[list[str]], None] | None = None,
+          progress: Callable | None = None) -> dict:
+    """Lower ``model``'s pruned Gemm / MatMul / 2-D Conv layers to ``ai.onnxprune`` CSR ops,
+    write it to ``output`` and return the report ``onnxprune lower --json`` writes.
+
+    Only the lowering pass runs: no weight is pruned or changed (a lowered layer's CSR arrays
+    hold exactly its nonzero weights; a dense or unpruned layer stays as it is), and the
+    model's metadata is kept.  Which layers are lowered (``onnxprune.runtime.lowering``):
+    ``lower_for="size"`` lowers wherever the CSR arrays are smaller; for speed,
+    ``decide="measure"`` times each pruned layer here, dense against CSR at
+    ``expected_batch`` and ``threads``, lowers those measured >= 1.1x faster and then writes
+    the dense model instead if the whole lowered model is not faster; ``decide="model"``
+    asks the analytic cost model (for lowering on a machine other than the target).
+    ``input_shapes`` gives inputs with symbolic dimensions other than the batch their
+    shape; ``timer`` replaces the timing (tests).
+
+    Raises ``UsageError`` (2) for a bad option or path or a symbolic input without a shape,
+    ``InvalidModelError`` (4) for a malformed or unsafe model, ``RuntimeFailure`` (1)
+    otherwise.  ``before_run(files)`` is called with the files read once the model is open,
+    before anything is written.
+    """
+    from onnxprune.runtime.lowering import MeasuredLowering
+
+    options = lowering_options(lower_for, expected_batch, threads)
+    decision = MeasuredLowering(decide, checked_shapes(input_shapes), timer, progress)
+    if output is None:
+        raise UsageError("lower: an output path is required")
+    proto, info = open_model(model, lazy=True)
+    if before_run is not None:
+        before_run(model_files(info))
+    return _lower(proto, info, path_of(model), output, options, decision, progress)
+
+
+def _lower(proto, info, path, output, options, decision, progress) -> dict:
+    from onnxprune import __version__
+    from onnxprune.core.graph import graph_from_model, save_graph
+    from onnxprune.core.stats import versions
+    from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
+
+    graph = graph_from_model(proto, info)
+    lowering_pass = LowerToSparseOps(decision.options_for(options, graph, proto))
+    cb = None if progress is None else \
+        (lambda i, n, what: progress(lowering_pass.name, i, n, what))
+    result = lowering_pass(graph, progress=cb)
+    graph = decision.finish(result.graph, proto, result.stats)
+    outputs: list[dict] = []
+    save_graph(graph, proto, output, storage="dense", source=info, records=outputs)
+    out_bytes = sum(o["bytes"] for o in outputs)
+    in_bytes = info.file_bytes if info is not None else proto.ByteSize()
+    stats = result.stats
+    return {
+        "command": "lower",
+        "status": "ok",
+        "tool": {"name": "onnxprune", "version": __version__},
+        "versions": versions(),
+        "input": {"path": info.path if info is not None else path, "bytes": in_bytes},
+        "outputs": outputs,
+        "options": {**stats["options"], "decide": decision.decide},
+        "sparse_ops": {"lowered": list(stats["lowered"]), "layers": stats["layers"]},
+        "lowering": decision.report(stats),
+        "size": {"input_bytes": in_bytes, "output_bytes": out_bytes,
+                 "ratio": in_bytes / out_bytes if out_bytes else None},
+    }

@@ -1,0 +1,96 @@
+"""``onnxprune lower``: a pruned or compressed model lowered to onnxprune's CSR ops, no weight
+changed; and the lines that say how lowering was decided (``prune --emit sparse-ops`` too).
+"""
+
+from __future__ import annotations
+
+from onnxprune.core.console import Console
+from onnxprune.core.errors import EXIT_OK
+from onnxprune.cli.output import check_paths, write_json
+
+
+def add_lowering_args(p, *, defaults: bool) -> None:
+    """The options lowering takes, on ``lower`` (with their defaults) and on ``prune`` (None:
+    unset, so that prune can refuse them without --emit sparse-ops)."""
+    from onnxprune.cli.args import THREADS_MAX, int_arg
+    from onnxprune.runtime.check import add_input_shape_option
+
+    what = "" if defaults else "sparse-ops: "
+    p.add_argument("--expected-batch", type=int_arg(1), metavar="N",
+                   default=1 if defaults else None,
+                   help=f"{what}batch size the model will be served at (default 1)")
+    p.add_argument("--threads", type=int_arg(1, THREADS_MAX), metavar="N",
+                   default=1 if defaults else None,
+                   help=f"{what}intra-op threads the model will run with (default 1)")
+    p.add_argument("--lower-for", choices=("speed", "size"),
+                   default="speed" if defaults else None,
+                   help=f"{what}lower where the kernel is faster (default), or wherever the CSR "
+                        "form is smaller (the compact file)")
+    p.add_argument("--decide", choices=("measure", "model"),
+                   default="measure" if defaults else None,
+                   help=f"{what}for speed, time each pruned layer dense vs sparse here and lower "
+                        "those >= 1.1x faster, keeping the dense model if the whole lowered one "
+                        "is not faster (measure, default: run this on the target machine); or "
+                        "ask the analytic cost model (model: lowering for another machine)")
+    add_input_shape_option(p)
+
+
+def add_parser(sub, common) -> None:
+    lo = sub.add_parser("lower", help="lower a pruned model to onnxprune's sparse ops, "
+                        "changing no weight")
+    lo.add_argument("model", help="pruned or compressed .onnx model")
+    lo.add_argument("-o", "--output", required=True, help="output .onnx path")
+    add_lowering_args(lo, defaults=True)
+    common(lo)
+    lo.set_defaults(func=cmd_lower)
+
+
+def cmd_lower(args, console: Console) -> int:
+    """Thin layer over ``onnxprune.api.lower``: the paths checked, the report written, the
+    decisions printed."""
+    from onnxprune.api.lower import lower
+    from onnxprune.runtime.check import input_shapes
+
+    def before_run(files: list[str]) -> None:
+        check_paths(files, [("-o", args.output), ("--json", args.json)], models=[args.output])
+
+    report = lower(args.model, args.output, lower_for=args.lower_for, decide=args.decide,
+                   expected_batch=args.expected_batch, threads=args.threads,
+                   input_shapes=input_shapes(args), before_run=before_run,
+                   progress=console.progress)
+    write_json(report, args.json)
+    layers = report["sparse_ops"]["layers"]
+    if layers:
+        console.info("\n".join(layer_lines(layers)))
+    else:
+        console.info("no prunable layer found; the model was written unchanged")
+    whole = whole_model_line(report["lowering"])
+    if whole:
+        console.info(whole)
+    size = report["size"]
+    console.info(f"wrote {', '.join(o['path'] for o in report['outputs'])} "
+                 f"({size['input_bytes'] / 1e6:.2f} MB -> {size['output_bytes'] / 1e6:.2f} MB, "
+                 f"{len(report['sparse_ops']['lowered'])} layer(s) lowered)")
+    return EXIT_OK
+
+
+def layer_lines(layers: list[dict]) -> list[str]:
+    """One line per layer: lowered or dense, and why (console.info escapes the names)."""
+    lines = []
+    for r in layers:
+        est = "" if r["estimated_speedup"] is None else f", est. {r['estimated_speedup']:.2f}x"
+        word = "lowered" if r["lowered"] else "dense  "
+        lines.append(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})")
+    return lines
+
+
+def whole_model_line(lowering: dict | None) -> str | None:
+    """What the whole-model timing decided, when it timed anything."""
+    whole = (lowering or {}).get("whole_model")
+    if not whole or whole["speedup"] is None:
+        return None
+    if whole["kept"] == "dense":
+        return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one "
+                "here (not faster); wrote the dense model (only forced layers lowered)")
+    return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one here "
+            f"(dense {whole['dense_s'] * 1e3:.3f} ms, lowered {whole['lowered_s'] * 1e3:.3f} ms)")

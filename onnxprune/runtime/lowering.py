@@ -1,0 +1,254 @@
+"""Lowering decided by measurement, on the machine that will run the model.
+
+Per candidate layer L (pruned, i.e. density < 1, and in neither the ``never`` nor the ``force``
+list) the pass itself lowers L, forced, and ``bench.one_node_pairs`` builds two one-node
+models on the input shape L sees in the model at the expected batch: L's CSR op, and the dense
+op over the same weights.  A timer runs the pair alternately in one process (warm-ups, then
+the median of ``MEASURE_REPEATS`` runs each), which gives the measured speed-up
+
+    s_L = Σ t_dense / Σ t_csr        (sums over the nodes of a weight shared by several)
+
+and the pass lowers L iff s_L >= ``MEASURED_MIN_SPEEDUP`` (its ``measured`` option; a layer
+the ops cannot express is never timed and keeps its reason).  Then the whole lowered model is
+timed against the model before lowering on the same inputs; when
+
+    t_dense / t_lowered < WHOLE_MODEL_MIN_SPEEDUP (= 1)
+
+the model before lowering is what gets written (with the ``force`` list's layers lowered all
+the same, as asked): never slower.
+
+The timer is a parameter, ``timer(name, dense_session, csr_session, feeds) -> (dense s, csr s)``
+with ``name`` the layer's, or None for the whole model, so tests decide without timing.
+Inputs are seeded random arrays at the expected batch (a batch the model fixes wins); a
+dimension other than the batch that the model leaves symbolic needs ``--input-shape``
+(``UsageError`` naming the input otherwise).  The analytic cost model (``decide="model"``)
+stays for lowering on another machine than the target; ``lower-for size`` and
+``max-density`` decide without timing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from onnxprune.core.errors import RuntimeFailure, UsageError
+from onnxprune.passes.base import parse_options
+from onnxprune.passes.lower_to_sparse_ops import MEASURED_MIN_SPEEDUP, LowerToSparseOps
+
+DECIDE_MODES = ("measure", "model")
+# The lowered model is written only when it runs at least this fast relative to the dense one.
+WHOLE_MODEL_MIN_SPEEDUP = 1.0
+MEASURE_WARMUP = 3
+MEASURE_REPEATS = 15
+FEED_SEED = 0
+# Node names in the throwaway copy that is lowered for timing: they say which layer a CSR node
+# belongs to (the pass keeps a lowered node's name; a layer's name is not a safe glob).
+_TAG = "onnxprune-measure-"
+_TINY_S = 1e-12  # a timer's zero (an injected one) must not divide by zero
+
+Timer = Callable[[Any, Any, Any, dict], tuple[float, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Median seconds per call of the dense and the sparse side."""
+
+    dense_s: float
+    sparse_s: float
+
+    @property
+    def speedup(self) -> float:
+        return max(self.dense_s, _TINY_S) / max(self.sparse_s, _TINY_S)
+
+
+def ort_timer(repeats: int = MEASURE_REPEATS, warmup: int = MEASURE_WARMUP) -> Timer:
+    """The timer used unless one is given: ``bench.time_pair`` (alternating runs, medians)."""
+    from onnxprune.runtime.bench import time_pair
+
+    def timer(name, dense, sparse, feeds) -> tuple[float, float]:
+        dense_ms, sparse_ms = time_pair(dense, sparse, feeds, feeds, repeats, warmup)
+        return dense_ms / 1e3, sparse_ms / 1e3
+
+    return timer
+
+
+def decided_by(options: dict, decide: str) -> str:
+    """What decides the pass's choice under its parsed ``options``: "size", "max-density",
+    "model" (the cost model) or "measure"."""
+    if options["objective"] == "size":
+        return "size"
+    if options["max-density"] is not None:
+        return "max-density"
+    return decide
+
+
+def _matches(layer, globs) -> bool:
+    return any(layer.matches(g) for g in globs)
+
+
+def _tag_candidates(graph, never, force):
+    """A copy of ``graph`` whose candidate layers' nodes are renamed to tags, and
+    ``{tag: layer name}``.  Candidates: prunable, pruned (a dense layer is never lowered),
+    neither forced nor never lowered (the pass decides those without a measurement)."""
+    from onnxprune.core.graph import find_layers, weight_values
+
+    copy = graph.copy()
+    tags = {}
+    for i, layer in enumerate(find_layers(copy)[0]):
+        if layer.weight is None or layer.skip_reason or _matches(layer, never) or \
+                _matches(layer, force):
+            continue
+        if np.count_nonzero(weight_values(layer)) >= layer.params:
+            continue
+        tag = f"{_TAG}{i}"
+        for j, node in enumerate(layer.nodes):
+            node.name = f"{tag}.{j}"
+        tags[tag] = layer.name
+    return copy, tags
+
+
+def _time_layers(tagged, tags: dict, original, dense_model, feeds, options: dict, timer,
+                 progress=None) -> dict[str, Timing]:
+    """Each tagged layer, lowered alone, timed against its dense op (see the module doc)."""
+    from onnxprune.core.graph import graph_to_model
+    from onnxprune.runtime.bench import model_opset, one_node_pairs
+
+    # In the copy a layer is named after its first node (find_layers), i.e. "<tag>.0".
+    forced = LowerToSparseOps({"batch": options["batch"], "threads": options["threads"],
+                               "force": [f"{t}.0" for t in tags], "measured": {}})(tagged).graph
+    forced_model = graph_to_model(forced, original)
+    sums: dict[str, list[float]] = {}
+    pairs = one_node_pairs(forced_model, dense_model, feeds, options["threads"],
+                           model_opset(dense_model), FEED_SEED)
+    for node, _, _, x, dense, sparse in pairs:
+        name = tags.get(node.name.rpartition(".")[0])
+        if name is None:  # a CSR node the input already had
+            continue
+        dense_s, sparse_s = timer(name, dense, sparse, x)
+        acc = sums.setdefault(name, [0.0, 0.0])
+        acc[0] += float(dense_s)
+        acc[1] += float(sparse_s)
+        if progress is not None:
+            progress("measure", len(sums), len(tags), name)
+    return {name: Timing(d, s) for name, (d, s) in sums.items()}
+
+
+def time_whole(dense_model, lowered_model, feeds: dict, threads: int, timer) -> Timing:
+    """The whole model before lowering against the lowered one, on the same inputs."""
+    from onnxprune.runtime.check import make_session
+
+    dense = make_session(dense_model, threads, inter_op_threads=1)
+    sparse = make_session(lowered_model, threads, inter_op_threads=1, error=RuntimeFailure)
+    return Timing(*(float(t) for t in timer(None, dense, sparse, feeds)))
+
+
+def _keep_dense(stats: dict, speedup: float, still: set[str]) -> None:
+    """The pass's stats once only the layers in ``still`` (the forced ones) are lowered."""
+    for row in stats["layers"]:
+        if row["lowered"] and row["name"] not in still:
+            row["lowered"] = False
+            row["reason"] = (f"{row['reason']}; but the whole lowered model ran {speedup:.2f}x "
+                             "of the dense one, so the dense model was kept")
+    stats["lowered"] = [name for name in stats["lowered"] if name in still]
+
+
+class MeasuredLowering:
+    """How one model's lowering is decided, and the report's ``lowering`` section.
+
+    ``options_for(options, graph, original)`` is called just before the lowering pass runs on
+    ``graph``: it measures the candidates (``decide="measure"``, speed objective) and returns
+    the pass options carrying the speed-ups.  ``finish(graph, original, stats)`` after it times
+    the whole model and returns the graph to write: the lowered one, or the one before
+    lowering when that was faster (``stats`` then says so).  ``report(stats)`` is every
+    decision and timing.
+    """
+
+    def __init__(self, decide: str = "measure", input_shapes: dict | None = None,
+                 timer: Timer | None = None, progress=None):
+        if decide not in DECIDE_MODES:
+            raise UsageError(f"decide must be one of {', '.join(DECIDE_MODES)}, got {decide!r}")
+        self.decide = decide
+        self.shapes = dict(input_shapes or {})
+        self.timer = timer
+        self.progress = progress
+        self.decided_by: str | None = None
+        self.timings: dict[str, Timing] = {}
+        self.whole: dict | None = None
+        self._threads = 1
+        self._batch = 1
+        self._options: dict = {}
+        self._before = None
+        self._dense = None  # (model before lowering, its inputs), built once
+
+    def options_for(self, options: dict, graph, original) -> dict:
+        o = parse_options(LowerToSparseOps.name, LowerToSparseOps.OPTIONS, options)
+        self.decided_by = decided_by(o, self.decide)
+        if self.decided_by != "measure":
+            return options
+        self._threads, self._batch, self._options = o["threads"], o["batch"], dict(options)
+        if self.timer is None:
+            self.timer = ort_timer()
+        self._before = graph.copy()
+        tagged, tags = _tag_candidates(graph, o["never"], o["force"])
+        if tags:
+            dense_model, feeds = self._dense_inputs(original)
+            self.timings = _time_layers(tagged, tags, original, dense_model, feeds, o,
+                                        self.timer, self.progress)
+        return {**options, "measured": {n: t.speedup for n, t in self.timings.items()}}
+
+    def _dense_inputs(self, original):
+        from onnxprune.core.graph import graph_to_model
+        from onnxprune.runtime.check import random_inputs
+
+        if self._dense is None:
+            model = graph_to_model(self._before, original)
+            feeds = random_inputs(model, batch=self._batch, seed=FEED_SEED, shapes=self.shapes,
+                                  strict=True)
+            self._dense = (model, feeds)
+        return self._dense
+
+    def finish(self, graph, original, stats: dict | None):
+        if self.decided_by != "measure" or stats is None:
+            return graph
+        if not stats["lowered"]:
+            self.whole = {"dense_s": None, "lowered_s": None, "speedup": None, "kept": "dense",
+                          "reason": "no layer was lowered"}
+            return graph
+        from onnxprune.core.graph import graph_to_model
+
+        dense_model, feeds = self._dense_inputs(original)
+        t = time_whole(dense_model, graph_to_model(graph, original), feeds, self._threads,
+                       self.timer)
+        kept = "lowered" if t.speedup >= WHOLE_MODEL_MIN_SPEEDUP else "dense"
+        self.whole = {"dense_s": t.dense_s, "lowered_s": t.sparse_s, "speedup": t.speedup,
+                      "kept": kept,
+                      "reason": f"lowered {t.speedup:.2f}x of dense "
+                                f"({'>=' if kept == 'lowered' else '<'} "
+                                f"{WHOLE_MODEL_MIN_SPEEDUP:g}x)"}
+        if kept == "lowered":
+            return graph
+        # The model before lowering, with the forced layers lowered all the same: the user's
+        # force list is kept, the measured choices are dropped.
+        forced_only = LowerToSparseOps({**self._options, "measured": {}})(self._before)
+        _keep_dense(stats, t.speedup, set(forced_only.stats["lowered"]))
+        return forced_only.graph
+
+    def report(self, stats: dict | None) -> dict | None:
+        if self.decided_by is None or stats is None:
+            return None
+        rows = []
+        for r in stats["layers"]:
+            t = self.timings.get(r["name"])
+            rows.append({"name": r["name"], "dense_s": t.dense_s if t else None,
+                         "sparse_s": t.sparse_s if t else None,
+                         "speedup": t.speedup if t else None,
+                         "estimated_speedup": r["estimated_speedup"],
+                         "lowered": r["lowered"], "reason": r["reason"]})
+        measuring = self.decided_by == "measure"
+        return {"decided_by": self.decided_by,
+                "min_speedup": MEASURED_MIN_SPEEDUP if measuring else None,
+                "batch": self._batch if measuring else None,
+                "threads": self._threads if measuring else None,
+                "layers": rows, "whole_model": self.whole}

@@ -1,0 +1,203 @@
+"""``onnxprune lower`` and ``prune --emit sparse-ops`` deciding by measurement, through the
+command line (the timer is replaced, so the decisions do not depend on this machine)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxprune import runtime_ops
+from onnxprune.runtime_ops import dense_from_csr
+from tests.conftest import run_cli, save_external
+from tests.models import mlp, random_feeds, run
+from tests.test_lower_measure import fake_timer, masked
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """Replace the ONNX Runtime timer: ``timed(speedups, whole)`` sets what it reports."""
+    from onnxprune.runtime import lowering
+
+    def use(speedups: dict, whole: float, calls=None):
+        monkeypatch.setattr(lowering, "ort_timer", lambda: fake_timer(speedups, whole, calls))
+    return use
+
+
+@pytest.fixture
+def pruned(tmp_path):
+    path = tmp_path / "pruned.onnx"
+    onnx.save(masked(mlp(sizes=(64, 48, 32, 10)), density=0.3), path)
+    return path
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_lower_changes_no_weight(tmp_path, pruned, timed, capsys):
+    """Every weight of the input is in the output bit for bit: the lowered layer's as its CSR
+    arrays, the dense and unpruned ones as they were."""
+    src = onnx.load(str(pruned))
+    w = src.graph.initializer[0]
+    # one layer left unpruned: it must stay exactly as it was
+    unpruned = next(t for t in src.graph.initializer if t.name == "fc3.weight")
+    unpruned.CopyFrom(numpy_helper.from_array(
+        np.random.default_rng(5).standard_normal((10, 32)).astype(np.float32), "fc3.weight"))
+    onnx.save(src, pruned)
+    timed({"fc1": 1.5, "fc2": 1.0}, 1.2)
+    out = tmp_path / "low.onnx"
+    code, stdout, err = run_cli(["lower", str(pruned), "-o", str(out), "--json", "-"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["sparse_ops"]["lowered"] == ["fc1"]
+    rows = {r["name"]: r for r in report["sparse_ops"]["layers"]}
+    assert rows["fc3"]["reason"] == "not pruned (100% dense)"
+    before, after = _weights(src), _weights(onnx.load(str(out)))
+    assert w.name == "fc1.weight" and w.name not in after
+    k = before["fc1.weight"].shape[1]
+    rebuilt = dense_from_csr(after["fc1.weight.csr_values"], after["fc1.weight.csr_col_idx"],
+                             after["fc1.weight.csr_row_ptr"], k)
+    assert rebuilt.tobytes() == before["fc1.weight"].tobytes()
+    assert np.count_nonzero(after["fc1.weight.csr_values"]) == \
+        np.count_nonzero(before["fc1.weight"])
+    for name, value in before.items():
+        if name != "fc1.weight":
+            assert after[name].tobytes() == value.tobytes(), name
+    assert "lowered fc1 (measured 1.50x >= 1.1x" in err
+
+
+def test_lowered_output_runs_and_matches(tmp_path, pruned, timed, capsys):
+    timed({"fc1": 1.5, "fc2": 1.5, "fc3": 1.5}, 1.4)
+    out = tmp_path / "low.onnx"
+    code, _, err = run_cli(["lower", str(pruned), "-o", str(out), "--expected-batch", "3",
+                            "-q"], capsys)
+    assert code == 0, err
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("CsrGemm") == 3
+    src = onnx.load(str(pruned))
+    for batch in (1, 5):
+        feeds = random_feeds(src, batch=batch)
+        want = run(src, feeds)[0]
+        got = runtime_ops.InferenceSession(str(out)).run(None, feeds)[0]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_slower_whole_model_is_written_dense_and_said(tmp_path, pruned, timed, capsys):
+    timed({"fc1": 1.5, "fc2": 1.5, "fc3": 1.5}, 0.8)
+    out, rep = tmp_path / "low.onnx", tmp_path / "r.json"
+    code, _, err = run_cli(["lower", str(pruned), "-o", str(out), "--json", str(rep)], capsys)
+    assert code == 0, err
+    assert "ran 0.80x of the dense one" in err and "wrote the dense model" in err
+    report = json.loads(rep.read_text())
+    assert report["lowering"]["whole_model"]["kept"] == "dense"
+    assert report["sparse_ops"]["lowered"] == []
+    assert not any(n.domain == runtime_ops.DOMAIN for n in onnx.load(str(out)).graph.node)
+
+
+def test_lower_reads_external_data_and_compressed_storage(tmp_path, capsys, timed):
+    """A portable (sparse initializer) file and an external-data one lower alike."""
+    src = tmp_path / "m.onnx"
+    onnx.save(mlp(sizes=(64, 48, 32, 10)), src)
+    portable = tmp_path / "p.onnx"
+    assert run_cli(["prune", str(src), "-o", str(portable), "--fc-quality", "1.5", "-q"],
+                   capsys)[0] == 0
+    assert onnx.load(str(portable)).graph.sparse_initializer
+    ext = tmp_path / "ext.onnx"
+    save_external(onnx.load(str(portable)), str(ext))
+    timed({"fc1": 2.0, "fc2": 2.0, "fc3": 2.0}, 2.0)
+    feeds = random_feeds(onnx.load(str(src)), batch=2)
+    want = run(onnx.load(str(portable)), feeds)[0]
+    for i, path in enumerate((portable, ext)):
+        out = tmp_path / f"o{i}.onnx"
+        code, _, err = run_cli(["lower", str(path), "-o", str(out), "-q"], capsys)
+        assert code == 0, err
+        got = runtime_ops.InferenceSession(str(out)).run(None, feeds)[0]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--threads", "0"], 2),
+    (["--decide", "guess"], 2),
+    (["--lower-for", "memory"], 2),
+    (["--input-shape", "nope=1x3"], 2),
+])
+def test_lower_usage_errors(tmp_path, pruned, capsys, argv, code):
+    out = tmp_path / "o.onnx"
+    got, _, err = run_cli(["lower", str(pruned), "-o", str(out), *argv], capsys)
+    assert got == code, err
+    assert err.count("onnxprune: error:") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_lower_refuses_bad_input_and_its_own_input(tmp_path, pruned, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli(["lower", str(bad), "-o", str(out)], capsys)
+    assert code == 4, err
+    assert not out.exists()
+    before = pruned.read_bytes()
+    code, _, err = run_cli(["lower", str(pruned), "-o", str(pruned)], capsys)
+    assert code == 2 and "refusing to overwrite the input" in err
+    assert pruned.read_bytes() == before
+
+
+def test_symbolic_input_needs_its_shape(tmp_path, capsys, timed):
+    from tests.models import cnn
+
+    src, out = tmp_path / "det.onnx", tmp_path / "o.onnx"
+    onnx.save(masked(cnn(hw="H")), src)
+    timed({"conv1": 1.5, "conv2": 1.5, "fc": 0.5}, 1.5)
+    code, _, err = run_cli(["lower", str(src), "-o", str(out)], capsys)
+    assert code == 2 and "input 'x' has symbolic dimension" in err and "--input-shape x=" in err
+    assert not out.exists()
+    code, stdout, err = run_cli(["lower", str(src), "-o", str(out), "--input-shape",
+                                 "x=1x3x16x16", "--json", "-", "-q"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["sparse_ops"]["lowered"] == ["conv1", "conv2"]
+
+
+def test_decide_model_is_the_cost_model(tmp_path, pruned, capsys, monkeypatch):
+    from onnxprune.runtime import lowering
+
+    monkeypatch.setattr(lowering, "ort_timer", lambda: pytest.fail("timed"))
+    out = tmp_path / "o.onnx"
+    code, stdout, err = run_cli(["lower", str(pruned), "-o", str(out), "--decide", "model",
+                                 "--expected-batch", "8", "--json", "-", "-q"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["lowering"]["decided_by"] == "model"
+    assert all(r["reason"].startswith(("cost model:", "not pruned"))
+               for r in report["sparse_ops"]["layers"])
+
+
+def test_prune_emit_sparse_ops_measures_by_default(tmp_path, capsys, timed):
+    src = tmp_path / "m.onnx"
+    onnx.save(mlp(sizes=(64, 48, 32, 10)), src)
+    calls = []
+    timed({"fc1": 1.3, "fc2": 1.05, "fc3": 0.7}, 1.2, calls)
+    out = tmp_path / "s.onnx"
+    argv = ["prune", str(src), "-o", str(out), "--emit", "sparse-ops", "--fc-quality", "1.5",
+            "--json", "-", "-q"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["sparse_ops"]["lowered"] == ["fc1"]
+    assert report["lowering"]["decided_by"] == "measure"
+    assert report["lowering"]["whole_model"]["kept"] == "lowered"
+    assert sorted(c for c in calls if c) == ["fc1", "fc2", "fc3"]
+    # the measurements do not enter the recipe: the stamp still makes prune idempotent
+    assert report["recipe"]["passes"][-1]["lower-to-sparse-ops"]["measured"] is None
+    code, stdout, err = run_cli(["prune", str(out), "-o", str(tmp_path / "s2.onnx"),
+                                 *argv[4:]], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["already_applied"]
+
+
+def test_prune_decide_needs_sparse_ops(tmp_path, pruned, capsys):
+    out = tmp_path / "o.onnx"
+    for extra in (["--decide", "model"], ["--input-shape", "x=1x64"]):
+        code, _, err = run_cli(["prune", str(pruned), "-o", str(out), *extra], capsys)
+        assert code == 2 and "only apply to --emit sparse-ops" in err
+        assert not out.exists()

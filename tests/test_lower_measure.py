@@ -1,0 +1,222 @@
+"""Lowering decided by measurement: the pass's ``measured`` option, and the runtime that times
+layers and the whole model (an injected timer decides; one test times for real)."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxprune import runtime_ops
+from onnxprune.api import lower
+from onnxprune.core.errors import UsageError
+from onnxprune.core.graph import graph_from_model, graph_to_model
+from onnxprune.passes.lower_to_sparse_ops import MEASURED_MIN_SPEEDUP, LowerToSparseOps
+from tests.models import cnn, mlp, random_feeds, run
+
+
+def masked(model, density=0.3, seed=0):
+    """``model`` with its rank >= 2 weights zeroed at random, ``density`` of them kept."""
+    rng = np.random.default_rng(seed)
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.ndim >= 2:
+            a = np.where(rng.random(a.shape) < density, a, 0).astype(a.dtype)
+            t.CopyFrom(numpy_helper.from_array(a, t.name))
+    return model
+
+
+def fake_timer(speedups: dict, whole: float, calls: list | None = None):
+    """A timer that reports ``speedups[layer]`` (``whole`` for the whole model) as
+    dense 1 ms × speed-up against sparse 1 ms, after checking it was handed a session pair
+    and the inputs they take."""
+    def timer(name, dense, sparse, feeds):
+        assert set(feeds) == {i.name for i in dense.get_inputs()}
+        assert set(feeds) == {i.name for i in sparse.get_inputs()}
+        if calls is not None:
+            calls.append(name)
+        s = whole if name is None else speedups[name]
+        return s * 1e-3, 1e-3
+    return timer
+
+
+def _ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+def _lowered_by_pass(model, measured):
+    result = LowerToSparseOps({"measured": measured})(graph_from_model(model))
+    return {r["name"]: r for r in result.stats["layers"]}
+
+
+def test_measured_speedups_decide_at_the_threshold():
+    assert MEASURED_MIN_SPEEDUP == 1.1
+    rows = _lowered_by_pass(masked(mlp(sizes=(64, 48, 32, 10))),
+                            {"fc1": 1.2, "fc2": 1.09})
+    assert rows["fc1"]["lowered"] and "measured 1.20x >= 1.1x" in rows["fc1"]["reason"]
+    assert not rows["fc2"]["lowered"] and "measured 1.09x < 1.1x" in rows["fc2"]["reason"]
+    assert not rows["fc3"]["lowered"] and rows["fc3"]["reason"] == "not measured"
+
+
+def test_measured_decides_a_conv_of_unknown_size():
+    """The cost model cannot judge a conv with symbolic height/width; a measurement can."""
+    rows = _lowered_by_pass(masked(cnn(hw="H")), {"conv2": 1.5})
+    assert rows["conv2"]["lowered"], rows["conv2"]["reason"]
+
+
+@pytest.mark.parametrize("bad", [[1.2], {"fc1": 0.0}, {"fc1": -1.0}, {"fc1": "fast"},
+                                 {"fc1": float("nan")}])
+def test_measured_option_is_validated(bad):
+    with pytest.raises(UsageError, match="measured"):
+        LowerToSparseOps({"measured": bad})
+
+
+# --------------------------------------------------------------------------- the verb
+
+
+@pytest.fixture
+def pruned_mlp(tmp_path):
+    path = tmp_path / "pruned.onnx"
+    onnx.save(masked(mlp(sizes=(64, 48, 32, 10))), path)
+    return path
+
+
+def test_layers_lowered_as_measured(tmp_path, pruned_mlp):
+    calls = []
+    out = tmp_path / "low.onnx"
+    report = lower(str(pruned_mlp), str(out),
+                   timer=fake_timer({"fc1": 1.2, "fc2": 1.09, "fc3": 0.5}, 1.3, calls))
+    assert report["sparse_ops"]["lowered"] == ["fc1"]
+    assert sorted(c for c in calls if c) == ["fc1", "fc2", "fc3"] and calls.count(None) == 1
+    low = report["lowering"]
+    assert low["decided_by"] == "measure" and low["min_speedup"] == 1.1
+    rows = {r["name"]: r for r in low["layers"]}
+    assert rows["fc1"]["speedup"] == pytest.approx(1.2) and rows["fc1"]["lowered"]
+    assert rows["fc2"]["speedup"] == pytest.approx(1.09) and not rows["fc2"]["lowered"]
+    assert rows["fc1"]["dense_s"] == pytest.approx(1.2e-3)
+    assert rows["fc1"]["sparse_s"] == pytest.approx(1e-3)
+    whole = low["whole_model"]
+    assert whole["kept"] == "lowered" and whole["speedup"] == pytest.approx(1.3)
+    assert _ops(out).count("CsrGemm") == 1 and _ops(out).count("Gemm") == 2
+
+
+def test_whole_model_slower_writes_the_dense_model(tmp_path, pruned_mlp):
+    out = tmp_path / "low.onnx"
+    report = lower(str(pruned_mlp), str(out),
+                   timer=fake_timer({"fc1": 2.0, "fc2": 2.0, "fc3": 2.0}, 0.9))
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "dense" and whole["speedup"] == pytest.approx(0.9)
+    assert report["sparse_ops"]["lowered"] == []
+    assert all(not r["lowered"] and "dense model was kept" in r["reason"]
+               for r in report["lowering"]["layers"])
+    written = onnx.load(str(out))
+    assert not any(n.domain == runtime_ops.DOMAIN for n in written.graph.node)
+    assert not any(o.domain == runtime_ops.DOMAIN for o in written.opset_import)
+    src = onnx.load(str(pruned_mlp))
+    feeds = random_feeds(src, batch=2)
+    np.testing.assert_array_equal(run(written, feeds)[0], run(src, feeds)[0])
+
+
+def test_no_layer_winning_lowers_nothing_and_times_no_model(tmp_path, pruned_mlp):
+    calls = []
+    report = lower(str(pruned_mlp), str(tmp_path / "o.onnx"),
+                   timer=fake_timer({"fc1": 1.0, "fc2": 0.8, "fc3": 1.05}, 5.0, calls))
+    assert report["sparse_ops"]["lowered"] == []
+    assert None not in calls
+    assert report["lowering"]["whole_model"]["kept"] == "dense"
+
+
+def test_forced_layers_survive_a_slower_whole_model(tmp_path, pruned_mlp):
+    """The force list is the user's: dropping the measured choices keeps it."""
+    from onnxprune.core.io import load
+    from onnxprune.runtime.lowering import MeasuredLowering
+
+    proto, _ = load(str(pruned_mlp))
+    graph = graph_from_model(proto)
+    decision = MeasuredLowering("measure", timer=fake_timer({"fc1": 2.0, "fc2": 2.0}, 0.5))
+    options = decision.options_for({"force": ["fc3"]}, graph, proto)
+    assert set(options["measured"]) == {"fc1", "fc2"}  # fc3 is forced: not timed
+    result = LowerToSparseOps(options)(graph)
+    assert result.stats["lowered"] == ["fc1", "fc2", "fc3"]
+    final = decision.finish(result.graph, proto, result.stats)
+    assert result.stats["lowered"] == ["fc3"]
+    ops = [n.op for n in final.nodes]
+    assert ops.count("CsrGemm") == 1 and ops.count("Gemm") == 2
+
+
+def test_measured_layers_get_the_shapes_they_see_in_the_model(tmp_path):
+    """A conv of symbolic size is timed on the --input-shape given, and the lowered model
+    matches the dense one."""
+    src, out = tmp_path / "cnn.onnx", tmp_path / "cnn.low.onnx"
+    model = masked(cnn(hw="H"), density=0.2)
+    onnx.save(model, src)
+    seen = {}
+
+    def timer(name, dense, sparse, feeds):
+        seen[name] = {k: v.shape for k, v in feeds.items()}
+        return (3e-3 if name == "conv2" else 1e-3), 1e-3
+
+    report = lower(str(src), str(out), input_shapes={"x": (2, 3, 10, 10)}, timer=timer)
+    assert report["sparse_ops"]["lowered"] == ["conv2"]
+    assert seen["conv2"] == {"relu1": (2, 8, 10, 10)}
+    assert seen[None] == {"x": (2, 3, 10, 10)}
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype(np.float32)}
+    want = run(model, feeds)[0]
+    got = runtime_ops.InferenceSession(str(out)).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_symbolic_size_without_input_shape_is_a_usage_error(tmp_path):
+    src, out = tmp_path / "cnn.onnx", tmp_path / "o.onnx"
+    onnx.save(masked(cnn(hw="H")), src)
+    with pytest.raises(UsageError, match="symbolic dimension.*--input-shape x="):
+        lower(str(src), str(out), timer=fake_timer({}, 1.0))
+    assert not out.exists()
+
+
+def test_model_and_size_decisions_do_not_time(tmp_path, pruned_mlp):
+    def refuse(*_):
+        raise AssertionError("timed")
+
+    model = onnx.load(str(pruned_mlp))
+    for decide, lower_for, by in (("model", "speed", "model"), ("measure", "size", "size")):
+        report = lower(model, str(tmp_path / f"{by}.onnx"), decide=decide, lower_for=lower_for,
+                       expected_batch=8, timer=refuse)
+        assert report["lowering"]["decided_by"] == by
+        assert report["lowering"]["whole_model"] is None
+        want = LowerToSparseOps({"batch": 8, "objective": lower_for})(
+            graph_from_model(model)).stats["layers"]
+        assert [(r["name"], r["lowered"], r["reason"]) for r in report["sparse_ops"]["layers"]] \
+            == [(r["name"], r["lowered"], r["reason"]) for r in want]
+
+
+def test_real_timing_decides_consistently(tmp_path, pruned_mlp):
+    """The default timer: every timing positive, each layer lowered exactly when measured
+    >= 1.1x, and the model written is the one the whole-model timing kept."""
+    out = tmp_path / "o.onnx"
+    report = lower(str(pruned_mlp), str(out), expected_batch=4)
+    low = report["lowering"]
+    for r in low["layers"]:
+        assert r["dense_s"] > 0 and r["sparse_s"] > 0
+        assert r["speedup"] == pytest.approx(r["dense_s"] / r["sparse_s"])
+    whole = low["whole_model"]
+    if whole["kept"] == "lowered":
+        assert whole["speedup"] >= 1.0
+        assert [r["name"] for r in low["layers"] if r["lowered"]] == \
+            [r["name"] for r in low["layers"] if r["speedup"] >= 1.1]
+    lowered = any(n.domain == runtime_ops.DOMAIN for n in onnx.load(str(out)).graph.node)
+    assert lowered == bool(report["sparse_ops"]["lowered"])
+
+
+def test_graph_before_lowering_is_exported_unchanged(pruned_mlp):
+    """Timing works on copies: the graph the pass then lowers still has its own node names."""
+    from onnxprune.runtime.lowering import MeasuredLowering
+
+    proto = onnx.load(str(pruned_mlp))
+    graph = graph_from_model(proto)
+    MeasuredLowering(timer=fake_timer({"fc1": 2, "fc2": 2, "fc3": 2}, 2)).options_for(
+        {}, graph, proto)
+    assert [n.name for n in graph_to_model(graph, proto).graph.node] == \
+        [n.name for n in proto.graph.node]
