@@ -50,6 +50,13 @@ CONFIGS = {
     "cosine-sensitivity": ["--lr-schedule", "cosine", "--allocate", "sensitivity"],
     "rewind-sensitivity": ["--original-lr", "{peak}", "--lr-schedule", "rewind",
                            "--allocate", "sensitivity"],
+    # the defaults with one more option each
+    "bare-keep-best": ["--keep-best"],
+    "bare-epochs3": ["--epochs", "3"],
+    # the accuracy budget instead of a sparsity
+    "auto-0.3": ["--target-sparsity", "auto", "--max-accuracy-drop", "0.3"],
+    # beyond the paper: >= 20x fewer weights
+    "moon-20x": ["--target-sparsity", "0.955", "--iterations", "4", "--epochs", "4"],
 }
 
 

@@ -3,6 +3,7 @@ retraining schedule compress picks when none is asked for."""
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 
@@ -159,3 +160,26 @@ def test_compress_cli_reports_allocation_and_scan(tmp_path, capsys):
     code, out, err = run_cli(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "d.onnx"),
                               "--train", str(train), "--val", str(val), "--allocate", "bogus"], capsys)
     assert code == 2 and "allocate" in err and not (tmp_path / "d.onnx").exists()
+
+
+def test_a_round_that_retraining_made_worse_says_why(tmp_path, capsys):
+    """A rate far too high for the model (here 50, as if it had been trained at it) wrecks
+    the retraining; the round's record and stderr say so and name --original-lr."""
+    pytest.importorskip("torch")
+    from onnxprune.runtime.check import run_model
+    from tests.conftest import run_cli
+
+    model = mlp(sizes=(16, 32, 8, 4), seed=0)
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
+    y = run_model(model, {model.graph.input[0].name: x})[0].argmax(1)  # the model is right
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    data = str(tmp_path / "d.npz")
+    code, out, err = run_cli(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"),
+                              "--train", data, "--val", data, "--epochs", "1", "--iterations", "1",
+                              "--target-sparsity", "0.3", "--original-lr", "50", "--json", "-"],
+                             capsys)
+    assert code == 0, err
+    rec = [h for h in json.loads(out)["history"] if h["stage"] == "iteration"][0]
+    assert rec["top1"] < rec["top1_before_retrain"]
+    assert "--original-lr" in rec["warning"] and "note: retraining lowered" in err

@@ -110,6 +110,8 @@ def cmd_compress(args, console: Console) -> int:
             extra = f" (after pruning, before retraining: {100 * rec['top1_before_retrain']:.2f}%)"
         console.info(f"{label}: {rec['nonzero']}/{rec['params']} weights, val top-1 "
                      f"{100 * rec['top1']:.2f}%{extra}")
+        if rec.get("warning"):
+            console.info(f"note: {rec['warning']}")
 
     def on_progress(i, epoch, step, total, metrics):
         _progress(console, f"iteration {i} ")(epoch, step, total, metrics)

@@ -416,6 +416,13 @@ class _Rounds:
         acc = evaluate(model, self.val_ds)
         rec = _record("iteration", i, model, acc, pruned_acc, self.dense_params)
         rec["targets"] = targets
+        if acc["top1"] < pruned_acc["top1"]:
+            # Retraining made the pruned model worse: most often a rate far above the one the
+            # model was trained with (compress rewinds to 0.1 unless told the original rate).
+            rec["warning"] = (f"retraining lowered val top-1 from {100 * pruned_acc['top1']:.2f}% "
+                              f"to {100 * acc['top1']:.2f}% at peak rate "
+                              f"{self.config.resolved_lr():g}; if the model was trained at "
+                              "another rate, give --original-lr")
         rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"]
                           if r["quality"] is not None}
         rec["train_history"] = result.history
