@@ -30,6 +30,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                         "rewind: cosine from --original-lr (the rate the model was trained with, "
                         "0.1 if not given). Default: compress rewind (constant when --lr is "
                         "given), finetune constant")
+    t.add_argument("--regrow", action="store_true",
+                   help="let pruned weights come back while retraining (Dynamic Network Surgery, "
+                        "Guo et al. 2016): each layer keeps its count of nonzeros, the survivors "
+                        "are the largest of a dense shadow trained with straight-through gradients")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     t.add_argument("--momentum", type=float_arg(0.0, 1.0, hi_open=True), default=0.9)
     t.add_argument("--weight-decay", type=float_arg(0.0), default=5e-4, help="L2 strength")
@@ -55,7 +59,7 @@ def _options(args) -> dict:
         l1=args.l1, freeze=args.freeze, adjust_dropout=not args.no_adjust_dropout,
         keep_best=args.keep_best, seed=args.seed, device=args.device,
         distill=args.distill, distill_temperature=args.distill_temperature,
-        lr_schedule=args.lr_schedule)
+        lr_schedule=args.lr_schedule, regrow=args.regrow)
 
 
 def _progress(console: Console, prefix: str):

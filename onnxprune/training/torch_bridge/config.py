@@ -60,6 +60,7 @@ class FinetuneConfig:
     distill: float = 0.0
     distill_temperature: float = 4.0
     lr_schedule: str = "constant"  # constant | cosine | rewind
+    regrow: bool = False  # pruned weights may come back (Dynamic Network Surgery); train.py
 
     def resolved_lr(self) -> float:
         if self.lr_schedule == "rewind" and self.original_lr is not None:
@@ -85,6 +86,7 @@ class FinetuneConfig:
         need(self.freeze in (None, "conv", "fc"), f"freeze must be 'conv', 'fc' or none, got {self.freeze!r}")
         need(self.device in ("cpu", "cuda", "auto"), f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+        need(isinstance(self.regrow, bool), f"regrow must be true or false, got {self.regrow!r}")
         need(self.lr_schedule in LR_SCHEDULES,
              f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         need(_number(self.distill) and 0.0 <= self.distill <= 1.0,

@@ -7,7 +7,8 @@ Invariants and maths:
   step W ← W ⊙ M (written as a fill with +0.0).  Masking the gradient keeps momentum / Adam
   moments of pruned connections at zero; re-applying the mask makes "stays exactly zero" hold
   whatever the optimizer does (weight decay included).  Surviving weights start from their
-  pruned-network values — no re-initialisation.  Checked again at the end.
+  pruned-network values — no re-initialisation.  Checked again at the end.  With ``regrow``
+  (Dynamic Network Surgery) the mask may change but never its count of ones (``_Regrow``).
 * **Loss.** Cross-entropy on the logits: the first graph output, or the input of the
   ``Softmax``/``LogSoftmax`` that produces it.  Plus ``l1 · Σ|W|`` over prunable weights
   when ``l1 > 0``; L2 is the optimizer's ``weight_decay`` on the same tensors only.
@@ -433,6 +434,64 @@ def _optimizer(module, masks: dict, frozen: set, config: FinetuneConfig):
     return torch.optim.Adam(groups, lr=lr)
 
 
+class _Fixed:
+    """Han et al.'s masked step: ∇W ← ∇W ⊙ M before the optimizer, W ← W ⊙ M after it."""
+
+    def __init__(self, module, masks: dict) -> None:
+        self.module, self.masks = module, masks
+
+    @torch.no_grad()
+    def step(self, opt) -> None:
+        for name, mask in self.masks.items():
+            p = self.module.parameter(name)
+            if p.grad is not None:
+                p.grad.mul_(mask)
+        opt.step()
+        for name, mask in self.masks.items():
+            self.module.parameter(name).masked_fill_(~mask, 0.0)
+
+
+class _Regrow:
+    """Pruned weights may come back (Dynamic Network Surgery, Guo et al. 2016, in its
+    count-preserving form).  Each prunable layer keeps a dense shadow V (pruned entries start
+    at 0) and its count k of nonzeros at the start.  The forward pass sees W = V ⊙ M; the
+    gradient ∂L/∂W updates V *unmasked* (straight-through), so a pruned connection that the
+    loss wants grows in V; every ``REGROW_EVERY`` steps M becomes the k largest |V| (ties by
+    index).  The layer never holds more than k nonzeros; which ones survive can change.  The
+    ``masks`` dict passed in is updated in place, so the end-of-run check holds for the final M.
+    """
+
+    def __init__(self, module, masks: dict) -> None:
+        self.module, self.masks, self.steps = module, masks, 0
+        self.shadow = {n: module.parameter(n).detach().clone() for n in masks}
+        self.keep = {n: int(m.sum()) for n, m in masks.items()}
+
+    @torch.no_grad()
+    def step(self, opt) -> None:
+        for name in self.masks:
+            self.module.parameter(name).copy_(self.shadow[name])
+        opt.step()
+        self.steps += 1
+        for name, mask in self.masks.items():
+            p = self.module.parameter(name)
+            self.shadow[name].copy_(p)
+            if self.steps % REGROW_EVERY == 0 and 0 < self.keep[name] < mask.numel():
+                mask.copy_(_top_k_mask(self.shadow[name], self.keep[name]))
+            p.copy_(self.shadow[name]).masked_fill_(~mask, 0.0)
+
+
+REGROW_EVERY = 16  # steps between mask updates of --regrow
+
+
+def _top_k_mask(v: torch.Tensor, k: int) -> torch.Tensor:
+    """The mask of the k largest |v| (stable: equal magnitudes keep the lower flat index)."""
+    flat = v.detach().abs().reshape(-1)
+    order = torch.sort(flat, descending=True, stable=True).indices[:k]
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[order] = True
+    return mask.reshape(v.shape)
+
+
 def _check_masks_held(module, masks: dict) -> None:
     """Invariant of masked retraining: every pruned weight is still exactly zero."""
     for name, mask in masks.items():
@@ -495,6 +554,7 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
                 logits_name, on_progress, teach=None):
     history: list[dict] = []
     best_state, best_acc, best_epoch = None, -1.0, None
+    masking = (_Regrow if config.regrow else _Fixed)(module, masks)
     l1_params = [module.parameter(n) for n in masks if module.parameter(n).requires_grad]
     total_steps = train_src.steps()
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -536,15 +596,7 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
                     loss = loss + config.l1 * sum(p.abs().sum() for p in l1_params)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                with torch.no_grad():
-                    for name, mask in masks.items():
-                        p = module.parameter(name)
-                        if p.grad is not None:
-                            p.grad.mul_(mask)
-                opt.step()
-                with torch.no_grad():
-                    for name, mask in masks.items():
-                        module.parameter(name).masked_fill_(~mask, 0.0)
+                masking.step(opt)
                 step += 1
                 loss_sum += float(summed.detach())
                 correct += float((logits.detach().argmax(1) == y).sum())
