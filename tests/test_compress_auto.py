@@ -11,7 +11,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 from onnxprune.cli import main  # noqa: E402
 from onnxprune.core.graph import find_layers, graph_from_model, weight_values  # noqa: E402
-from onnxprune.training.compress import AUTO_CAP, step_sparsity  # noqa: E402
+from onnxprune.training.compress import AUTO_CAP, AUTO_PATIENCE, step_sparsity  # noqa: E402
 from tests.models import mlp  # noqa: E402
 
 
@@ -88,7 +88,11 @@ def test_tight_budget_returns_the_sparsest_round_within_it(loose, data, tmp_path
     code, report = _auto(data, out, budget)
     assert code == 0, report
     auto = report["auto"]
-    assert [r["within_budget"] for r in auto["trajectory"]] == [True, False]  # stopped at 2
+    # round 1 within; every later round tried is over, and the climb stops after
+    # AUTO_PATIENCE + 1 of them (or at the cap)
+    within = [r["within_budget"] for r in auto["trajectory"]]
+    assert within[0] and not any(within[1:])
+    assert len(within) == min(3, 2 + AUTO_PATIENCE)
     assert auto["returned_iteration"] == 1
     kept = report["history"][1]
     assert kept["stage"] == "iteration" and kept["iteration"] == 1
@@ -124,3 +128,29 @@ def test_report_plots_the_auto_trajectory(loose, tmp_path):
     expected = [0.0] + [r["drop_pp"] for r in report["auto"]["trajectory"]]
     assert [p["drop_pp"] for p in points] == pytest.approx(expected)
     assert (folder / "tradeoff.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("script, returned, tried", [
+    ([0.95, 0.97, 0.97, 0.95], 3, 4),  # round 1 over, then back within: the climb goes on
+    ([0.97, 0.95, 0.95, 0.97], 1, 3),  # two rounds over in a row: stop, keep round 1
+    ([0.95, 0.95, 0.97, 0.97], 1, 2),  # never within after two: round 1, over budget
+])
+def test_one_round_over_budget_does_not_end_the_climb(monkeypatch, script, returned, tried):
+    """The stop rule alone, on scripted val accuracies (dense 0.97, budget 1 pp)."""
+    import onnxprune.runtime.evaluate as ev
+    from onnxprune.training import compress as cmod
+
+    model = mlp(sizes=(8, 8, 4), seed=0)
+    monkeypatch.setattr(ev, "evaluate", lambda m, v, **k: {"top1": 0.97, "n": 1})
+
+    def run(self, current, i):
+        acc = {"top1": script[i - 1], "n": 1}
+        return current, acc, cmod._record("iteration", i, current, acc, acc, 1)
+
+    monkeypatch.setattr(cmod._Rounds, "run", run)
+    monkeypatch.setattr(cmod, "_remove_dead", lambda m, acc, v: (m, acc, None))
+    result = cmod.compress(model, None, (np.zeros((1, 8), np.float32), np.zeros(1, np.int64)),
+                           schedule=cmod.Schedule.auto(1.0, 4), finetune_config=None)
+    rounds = [h for h in result.history if h["stage"] == "iteration"]
+    assert len(rounds) == tried and result.returned_iteration == returned
+    assert [h["within_budget"] for h in rounds] == [s >= 0.96 for s in script[:tried]]

@@ -165,7 +165,7 @@ def _say_auto(console: Console, auto: dict | None) -> None:
         console.info(f"auto: kept round {kept[0]['iteration']} of {len(auto['trajectory'])} "
                      f"tried, {100 * kept[0]['sparsity']:.1f}% pruned, the sparsest within budget")
     else:
-        console.info("auto: even the first round exceeded the budget; wrote it anyway")
+        console.info("auto: no round stayed within the budget; wrote round 1 anyway")
 
 
 def add_parsers(sub, common) -> None:
