@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     paths = {k: out / f"{k}.npz" for k in ("train", "val", "test")}
     if not all(p.is_file() for p in paths.values()):
         write_splits(load_mnist(args.data), out)
-    dense, results = {}, []
+    dense, results, failed = {}, [], []
     with cf.ProcessPoolExecutor(max(1, args.jobs)) as ex:
         jobs = {ex.submit(dense_job, args.data, out, m, s): (m, s)
                 for m in args.models for s in seeds}
@@ -190,8 +190,14 @@ def main(argv=None) -> int:
                     results.append(json.loads(done.read_text()))
                 continue
             futs[ex.submit(compress_job, out, paths, m, s, c, args.target, args.force)] = (m, s, c)
+        failed = []
         for fut in cf.as_completed(futs):
-            r = fut.result()
+            try:
+                r = fut.result()
+            except Exception as e:  # one failed run is reported; the others still count
+                failed.append(futs[fut])
+                print(f"failed {futs[fut]}: {e}", flush=True)
+                continue
             results.append(r)
             gap = r["error"] - dense[(r["model"], r["seed"])]["error"]
             print(f"{r['model']} seed {r['seed']} {r['label']}: {r['error']:.2f}% ({gap:+.2f} pp), "
@@ -201,7 +207,7 @@ def main(argv=None) -> int:
     (out / "defaults.json").write_text(json.dumps(
         {"dense": {f"{m}/{s}": v for (m, s), v in dense.items()}, "results": results}, indent=1) + "\n")
     print(md)
-    return 0
+    return 1 if not args.collect_only and failed else 0
 
 
 if __name__ == "__main__":

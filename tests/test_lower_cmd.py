@@ -201,3 +201,21 @@ def test_prune_decide_needs_sparse_ops(tmp_path, pruned, capsys):
         code, _, err = run_cli(["prune", str(pruned), "-o", str(out), *extra], capsys)
         assert code == 2 and "only apply to --emit sparse-ops" in err
         assert not out.exists()
+
+
+def test_lowering_nothing_keeps_a_compressed_file_compressed(tmp_path, capsys, timed):
+    """No layer wins: the output is the input's weights in the input's sparse storage, not
+    a dense file larger than what was given."""
+    src = tmp_path / "m.onnx"
+    onnx.save(mlp(sizes=(256, 128, 64, 10)), src)
+    portable = tmp_path / "p.onnx"
+    assert run_cli(["prune", str(src), "-o", str(portable), "--fc-quality", "1.5", "-q"],
+                   capsys)[0] == 0
+    timed({"fc1": 1.0, "fc2": 1.0, "fc3": 1.0}, 1.0)
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    code, _, err = run_cli(["lower", str(portable), "-o", str(out), "--json", str(rep)], capsys)
+    assert code == 0, err
+    report = json.loads(rep.read_text())
+    assert report["sparse_ops"]["lowered"] == []
+    assert out.stat().st_size <= portable.stat().st_size * 1.02
+    assert onnx.load(str(out)).graph.sparse_initializer

@@ -78,7 +78,10 @@ def _lower(proto, info, path, output, options, decision, progress) -> dict:
     result = lowering_pass(graph, progress=cb)
     graph = decision.finish(result.graph, proto, result.stats)
     outputs: list[dict] = []
-    save_graph(graph, proto, output, storage="dense", source=info, records=outputs)
+    # A compressed (sparse-stored) input keeps that storage for what stays dense: lowering
+    # must never make the file larger than the model it was given.
+    storage = "portable" if _stored_sparse(proto) else "dense"
+    save_graph(graph, proto, output, storage=storage, source=info, records=outputs)
     out_bytes = sum(o["bytes"] for o in outputs)
     in_bytes = info.file_bytes if info is not None else proto.ByteSize()
     stats = result.stats
@@ -95,3 +98,12 @@ def _lower(proto, info, path, output, options, decision, progress) -> dict:
         "size": {"input_bytes": in_bytes, "output_bytes": out_bytes,
                  "ratio": in_bytes / out_bytes if out_bytes else None},
     }
+
+
+def _stored_sparse(proto) -> bool:
+    """Whether the model stores any weight sparse (sparse initializers or Constant
+    ``sparse_value``s), as ``compress`` and ``prune`` write them by default."""
+    if len(proto.graph.sparse_initializer):
+        return True
+    return any(a.name == "sparse_value" for n in proto.graph.node if n.op_type == "Constant"
+               for a in n.attribute)
