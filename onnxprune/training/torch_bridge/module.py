@@ -171,8 +171,17 @@ class OnnxModule(nn.Module):
 
     # --- running --------------------------------------------------------------------------
 
-    def forward(self, *inputs: torch.Tensor, outputs: list[str] | None = None):
-        """Run the graph; returns the graph outputs (or the named tensors) — one tensor or a tuple."""
+    def forward(self, *inputs, outputs: list[str] | None = None):
+        """Run the graph; returns the graph outputs (or the named tensors) — one tensor or a tuple.
+
+        The inputs are given in graph order (``module(x)``, ``module(ids, mask)``) or as one
+        mapping from input name to tensor (``module({"input_ids": ids, "mask": mask})``)."""
+        if len(inputs) == 1 and isinstance(inputs[0], dict):
+            given = inputs[0]
+            missing = [n for n in self.input_names if n not in given]
+            if missing or len(given) != len(self.input_names):
+                raise RuntimeFailure(f"graph takes inputs {self.input_names}, got {sorted(given)}")
+            inputs = tuple(given[n] for n in self.input_names)
         if len(inputs) != len(self.input_names):
             raise RuntimeFailure(f"graph takes {len(self.input_names)} inputs, got {len(inputs)}")
         env: dict[str, torch.Tensor] = dict(self._cpu_consts)
