@@ -29,6 +29,7 @@ from torch import nn
 from onnxprune.core.errors import InvalidModelError, RuntimeFailure
 from onnxprune.core.io import node_subgraphs
 from onnxprune.training.torch_bridge import ops as _ops
+from onnxprune.training.torch_bridge import ops_control as _control
 from onnxprune.training.torch_bridge.weights import (
     FLOAT_TYPES, UnsupportedOpError, WeightInfo, find_weights, node_label, stored_tensors, tensor_value,
 )
@@ -84,6 +85,8 @@ class OnnxModule(nn.Module):
     def __init__(self, model: onnx.ModelProto, outputs: list[str] | None = None):
         super().__init__()
         graph = model.graph
+        if _control.quantized_refusal(graph):
+            raise UnsupportedOpError(_control.quantized_refusal(graph))
         # Only the nodes the wanted outputs depend on are rebuilt: a classifier's label
         # post-processing (ArgMax, ai.onnx.ml ops) need not be supported to train its scores.
         wanted = list(outputs) if outputs else [o.name for o in graph.output]
@@ -161,6 +164,7 @@ class OnnxModule(nn.Module):
             why = check(parsed) if check else None
             if why:
                 problems.append(f"node {name!r} ({node.op_type}): {why}")
+            problems += _attach_subgraphs(parsed, available, unsupported)
             self._nodes.append(parsed)
 
         missing_out = [o for o in self.output_names if o not in available]
@@ -249,6 +253,73 @@ def _input_problems(node: onnx.NodeProto, name: str, available: set[str],
             f"node {name!r} ({node.op_type}) consumes {bad} of unsupported element type "
             f"{sorted({unusable[b] for b in bad})}"
         )
+    return problems
+
+
+def _const_tensor(value: np.ndarray, elem_type: int) -> torch.Tensor | None:
+    """A constant as the interpreter holds it (floats in float32), or None for types torch lacks."""
+    dtype = torch.float32 if elem_type in FLOAT_TYPES else _ops.compute_dtype(elem_type)
+    return torch.from_numpy(np.array(value)).to(dtype) if dtype is not None else None
+
+
+def _subgraph(graph: onnx.GraphProto, opset: int, label: str, unsupported: dict[str, list[str]],
+              problems: list[str]) -> _control.SubGraph:
+    """Parse a branch body (nested branches included); unsupported ops and problems are
+    recorded in the caller's collections, as for the main graph."""
+    consts: dict[str, torch.Tensor] = {}
+    for name, (kind, t) in stored_tensors(graph).items():
+        elem = t.values.data_type if kind in ("sparse_initializer", "constant_sparse") else t.data_type
+        value = _const_tensor(tensor_value(kind, t), elem)
+        if value is None:
+            problems.append(f"{label}: constant {name!r} has an unsupported element type")
+        consts[name] = value
+    local = set(consts) | {i.name for i in graph.input}
+    nodes, outer = [], []
+    for i, node in enumerate(graph.node):
+        name = f"{label}/{node_label(node, i)}"
+        if node.op_type == "Constant" and node.output[0] not in consts:
+            value = _constant_value(node)
+            if value is None:
+                unsupported.setdefault("Constant(string)", []).append(name)
+            else:
+                consts[node.output[0]] = torch.from_numpy(value)
+        if node.op_type == "Constant" or node.domain not in ("", "ai.onnx") or node.op_type not in _ops.OPS:
+            if node.op_type != "Constant":
+                unsupported.setdefault(node.op_type, []).append(name)
+            local.update(node.output)
+            continue
+        parsed = _ops.Node(name=name, op_type=node.op_type, inputs=list(node.input), outputs=list(node.output),
+                           attrs={a.name: _attr_value(a) for a in node.attribute}, opset=opset)
+        check = _ops.CHECKS.get(node.op_type)
+        why = check(parsed) if check else None
+        if why:
+            problems.append(f"node {name!r} ({node.op_type}): {why}")
+        problems += _attach_subgraphs(parsed, None, unsupported)
+        outer += [x for x in parsed.inputs if x and x not in local and x not in outer]
+        local.update(node.output)
+        nodes.append(parsed)
+    return _control.SubGraph(nodes, consts, [o.name for o in graph.output], outer)
+
+
+def _attach_subgraphs(parsed: _ops.Node, available: set[str] | None,
+                      unsupported: dict[str, list[str]]) -> list[str]:
+    """Replace the graph attributes of ``parsed`` (If branches) by parsed :class:`SubGraph`s and
+    append the enclosing-scope names they read to its inputs, so the interpreter feeds them;
+    returns the problems found (outer names not ``available`` when that set is given)."""
+    problems: list[str] = []
+    names: list[str] = []
+    for key, value in list(parsed.attrs.items()):
+        if isinstance(value, onnx.GraphProto):
+            sub = _subgraph(value, parsed.opset, f"{parsed.name}/{key}", unsupported, problems)
+            parsed.attrs[key] = sub
+            names += [x for x in sub.outer if x not in names]
+    if not names:
+        return problems
+    missing = [x for x in names if available is not None and x not in available]
+    if missing:
+        problems.append(f"node {parsed.name!r} ({parsed.op_type}) reads {missing} before they are produced")
+    parsed.attrs["_outer"] = names
+    parsed.inputs = parsed.inputs + names
     return problems
 
 

@@ -33,6 +33,10 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto
 
+from onnxprune.training.torch_bridge import ops_control as _control
+from onnxprune.training.torch_bridge import ops_resize as _resize
+from onnxprune.training.torch_bridge import ops_rnn as _rnn
+
 
 @dataclasses.dataclass
 class Node:
@@ -520,6 +524,115 @@ def op_selu(n, ins, ctx):
     return g * torch.where(x > 0, x, a * (torch.exp(x) - 1))
 
 
+
+# --- ops for detectors, sequence models and transformers -------------------------------------
+
+def op_split(n, ins, ctx):
+    """Split: sizes from the ``split`` input (opset ≥ 13) or attribute, else ``num_outputs``
+    (opset 18) or the output count — equal parts of ⌈L/k⌉ with a smaller last one."""
+    x = ins[0]
+    axis = n.attrs.get("axis", 0)
+    split = _ints(ins[1]) if n.opset >= 13 and len(ins) > 1 and ins[1] is not None else n.attrs.get("split")
+    if not split:
+        k = n.attrs.get("num_outputs", len(n.outputs))
+        size = -(-x.shape[axis] // k)
+        split = [min(size, x.shape[axis] - size * i) for i in range(k)]
+    return tuple(torch.split(x, list(split), dim=axis))
+
+
+def op_range(n, ins, ctx):
+    """Range: ``max(⌈(limit − start)/delta⌉, 0)`` values start, start + delta, …"""
+    start, limit, delta = (t.reshape(-1)[0].item() for t in ins[:3])
+    count = max(int(np.ceil((limit - start) / delta)), 0)
+    dtype = ins[0].dtype
+    return (start + delta * torch.arange(count, dtype=torch.float64)).to(dtype)
+
+
+def op_layernorm(n, ins, ctx):
+    """LayerNormalization over axes ``axis``…end: ``(x − mean)/√(var + ε)·scale + bias`` with the
+    biased variance; optional Mean / InvStdDev outputs keep the reduced axes as size 1."""
+    x, scale = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    axis = n.attrs.get("axis", -1)
+    axis = axis + x.dim() if axis < 0 else axis
+    dims = tuple(range(axis, x.dim()))
+    mean = x.mean(dim=dims, keepdim=True)
+    inv_std = torch.rsqrt(((x - mean) ** 2).mean(dim=dims, keepdim=True) + n.attrs.get("epsilon", 1e-5))
+    y = (x - mean) * inv_std * scale
+    y = y + bias if bias is not None else y
+    return (y, mean, inv_std)[:len(n.outputs)] if len(n.outputs) > 1 else y
+
+
+def op_tile(n, ins, ctx):
+    return ins[0].repeat(*_ints(ins[1]))
+
+
+def op_einsum(n, ins, ctx):
+    xs = [x for x in ins if x is not None]
+    dev = next((x.device for x in xs if x.device.type != "cpu"), xs[0].device)
+    return torch.einsum(n.attrs["equation"].replace(" ", ""), *[x.to(dev) for x in xs])
+
+
+def _arg(fn):
+    def op(n, ins, ctx):
+        x = ins[0]
+        axis, keep = n.attrs.get("axis", 0), bool(n.attrs.get("keepdims", 1))
+        if n.attrs.get("select_last_index", 0):  # last occurrence = first one of the flipped axis
+            return x.shape[axis] - 1 - fn(x.flip(axis), dim=axis, keepdim=keep)
+        return fn(x, dim=axis, keepdim=keep)
+
+    return op
+
+
+def op_cumsum(n, ins, ctx):
+    x, axis = ins[0], int(ins[1].reshape(-1)[0])
+    if n.attrs.get("reverse", 0):
+        x = x.flip(axis)
+    y = torch.cumsum(x, dim=axis)
+    if n.attrs.get("exclusive", 0):
+        y = y - x
+    return y.flip(axis) if n.attrs.get("reverse", 0) else y
+
+
+def op_topk(n, ins, ctx):
+    k = int(ins[1].reshape(-1)[0]) if n.opset >= 10 else n.attrs["k"]
+    largest = bool(n.attrs.get("largest", 1))
+    values, idx = torch.topk(ins[0], k, dim=n.attrs.get("axis", -1), largest=largest, sorted=True)
+    return values, idx
+
+
+def op_gather_elements(n, ins, ctx):
+    data, idx = ins[0], ins[1].to(device=ins[0].device, dtype=torch.int64)
+    axis = n.attrs.get("axis", 0)
+    return torch.gather(data, axis, torch.where(idx < 0, idx + data.shape[axis], idx))
+
+
+def op_scatter_nd(n, ins, ctx):
+    """ScatterND (reduction none): copy of data with ``data[indices[i]] = updates[i]``."""
+    data, idx, upd = ins[0], ins[1].to(device=ins[0].device, dtype=torch.int64), ins[2]
+    k = idx.shape[-1]
+    flat_idx = idx.reshape(-1, k)
+    flat_idx = torch.where(flat_idx < 0, flat_idx + torch.tensor(data.shape[:k], device=data.device), flat_idx)
+    out = data.clone()
+    out[tuple(flat_idx.t())] = upd.reshape(flat_idx.shape[0], *data.shape[k:]).to(out.dtype)
+    return out
+
+
+def op_instance_norm(n, ins, ctx):
+    x, scale, bias = ins[:3]
+    return F.instance_norm(x, weight=scale, bias=bias, eps=n.attrs.get("epsilon", 1e-5))
+
+
+def op_trilu(n, ins, ctx):
+    k = int(ins[1].reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0
+    return torch.triu(ins[0], k) if n.attrs.get("upper", 1) else torch.tril(ins[0], k)
+
+
+def op_mod(n, ins, ctx):
+    a, b = _same_device(ins[0], ins[1])
+    return torch.fmod(a, b) if n.attrs.get("fmod", 0) else torch.remainder(a, b)
+
+
 OPS = {
     "Gemm": op_gemm,
     "MatMul": _binary(torch.matmul),
@@ -589,7 +702,37 @@ OPS = {
     "Less": _binary(torch.lt),
     "Greater": _binary(torch.gt),
     "Not": _unary(torch.logical_not),
+    "LessOrEqual": _binary(torch.le),
+    "GreaterOrEqual": _binary(torch.ge),
+    "And": _binary(torch.logical_and),
+    "Or": _binary(torch.logical_or),
+    "Xor": _binary(torch.logical_xor),
+    "Mod": op_mod,
+    "Sign": _unary(torch.sign),
+    "Round": _unary(torch.round),  # half to even, in torch as in ONNX
+    "Sin": _unary(torch.sin),
+    "Cos": _unary(torch.cos),
+    "IsNaN": _unary(torch.isnan),
+    "Split": op_split,
+    "Range": op_range,
+    "LayerNormalization": op_layernorm,
+    "InstanceNormalization": op_instance_norm,
+    "Tile": op_tile,
+    "Einsum": op_einsum,
+    "ArgMax": _arg(torch.argmax),
+    "ArgMin": _arg(torch.argmin),
+    "CumSum": op_cumsum,
+    "TopK": op_topk,
+    "GatherElements": op_gather_elements,
+    "ScatterND": op_scatter_nd,
+    "Trilu": op_trilu,
+    "ReduceSumSquare": _reduce(lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim), 18),
+    "ReduceL2": _reduce(lambda x, dim, keepdim: torch.sqrt(torch.sum(x * x, dim=dim, keepdim=keepdim)), 18),
+    "ReduceL1": _reduce(lambda x, dim, keepdim: torch.sum(x.abs(), dim=dim, keepdim=keepdim), 18),
+    **_rnn.OPS,
+    **_resize.OPS,
 }
+OPS["If"] = _control.if_op(OPS)
 
 
 # --- static checks: features the table does not implement -------------------------------
@@ -646,5 +789,9 @@ CHECKS = {
     "Conv": _check_conv,
     "ConvTranspose": _check_conv,
     "Reshape": _check_reshape,
+    "ScatterND": lambda n: (f"reduction {n.attrs['reduction']!r} is not supported"
+                            if n.attrs.get("reduction", "none") != "none" else None),
+    **_rnn.CHECKS,
+    **_resize.CHECKS,
 }
 
