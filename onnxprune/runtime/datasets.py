@@ -1,9 +1,17 @@
-"""Labelled data for fine-tuning and evaluation: ``.npz`` loading and validation (numpy only).
+"""Data for fine-tuning and evaluation: ``.npz`` loading and validation (numpy only).
 
-An ``.npz`` archive holds ``x`` — fed to the model's single input as is, first axis = samples —
-and ``y`` — integer class labels, shape ``(N,)``.  Key names are configurable
-(``x_key``/``y_key``), so MNIST's ``x_train``/``y_train`` load directly.  Archives are always
-opened with ``allow_pickle=False``: an object array is refused, never unpickled.
+An ``.npz`` archive holds the model's inputs, first axis = samples, and optionally ``y`` —
+integer class labels, shape ``(N,)``:
+
+* a model with one data input: the array ``x`` (``x_key``), or one named after the input;
+* a model with several: one array per graph input, named after it (``input_ids``,
+  ``attention_mask``…); every other array except ``y`` is refused (a misspelt name).
+
+All arrays share the first (sample) dimension.  Key names are configurable
+(``x_key``/``y_key``), so MNIST's ``x_train``/``y_train`` load directly.  Without ``y`` the
+data is label-free: retraining then follows the dense model's outputs (objective ``match``)
+and validation measures fidelity to them (:class:`Reference`).  Archives are always opened
+with ``allow_pickle=False``: an object array is refused, never unpickled.
 
 Which error, which exit code — one rule:
 
@@ -11,7 +19,8 @@ Which error, which exit code — one rule:
   pickled objects — :class:`InvalidDataError` (an :class:`InvalidModelError`, exit 4: input
   rejected as invalid or unsafe);
 * the file reads fine but its **contents do not fit the model or the options** — a key that
-  isn't there, x/y length mismatch, wrong rank or static dims, wrong dtype, labels outside
+  isn't there, an array named after no graph input, inputs or labels of different lengths,
+  wrong rank or static dims, wrong dtype, labels outside
   ``[0, n_classes)``, NaN/Inf — :class:`DataMismatchError` (a :class:`UsageError`, exit 2:
   the user picked the wrong file, key or model).
 
@@ -51,14 +60,46 @@ class DataMismatchError(UsageError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Dataset:
-    """Samples ``x`` (first axis = sample) and integer labels ``y``."""
+class Reference:
+    """The dense model's float outputs on a data set (``outputs``: name → array, first axis =
+    sample) and how each is compared (``kinds``: name → ``"scores"`` or ``"values"``, see
+    :func:`output_kinds`): what label-free validation measures fidelity against."""
 
-    x: np.ndarray
-    y: np.ndarray
+    outputs: dict
+    kinds: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Samples ``x`` (first axis = sample; one array, or name → array for several inputs),
+    integer labels ``y`` (``None``: label-free) and, for fidelity validation, the dense
+    model's outputs ``reference``."""
+
+    x: "np.ndarray | dict[str, np.ndarray]"
+    y: np.ndarray | None = None
+    reference: Reference | None = None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return n_samples(self.x)
+
+
+def n_samples(x) -> int:
+    """Sample count of one input array or of a name → array mapping (its first array)."""
+    if isinstance(x, dict):
+        return int(next(iter(x.values())).shape[0]) if x else 0
+    return int(np.shape(x)[0])
+
+
+def take(x, index):
+    """Rows ``index`` (a slice or index array) of one array or of every array of a mapping."""
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
+
+
+def feeds(x, specs: "list[InputSpec]") -> dict:
+    """Input name → array, for one array (the single input) or a mapping."""
+    return dict(x) if isinstance(x, dict) else {specs[0].name: x}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,15 +165,34 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "x", y_key: str = "y") -> 
 
 def input_spec(model: onnx.ModelProto) -> InputSpec:
     """The model's single non-initializer input (refuses models with zero or several)."""
+    specs = input_specs(model)
+    if len(specs) != 1:
+        raise DataMismatchError(
+            f"the model has {len(specs)} data inputs {[s.name for s in specs]}; "
+            "this use feeds exactly one"
+        )
+    return specs[0]
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """Every non-initializer input of the model, in graph order (at least one)."""
     graph = model.graph
     inits = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
     inputs = [i for i in graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise DataMismatchError(
-            f"the model has {len(inputs)} data inputs {[i.name for i in inputs]}; "
-            "fine-tuning and evaluation feed exactly one"
-        )
-    vi = inputs[0]
+    if not inputs:
+        raise DataMismatchError("the model has no data input")
+    return [_spec(vi) for vi in inputs]
+
+
+def fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size the model's inputs fix (their common static first dim), None if free."""
+    dims = {s.batch_dim for s in specs if s.batch_dim is not None}
+    if len(dims) > 1:
+        raise DataMismatchError(f"the model's inputs fix different batch sizes {sorted(dims)}")
+    return dims.pop() if dims else None
+
+
+def _spec(vi) -> InputSpec:
     tt = vi.type.tensor_type
     if not vi.type.HasField("tensor_type") or tt.elem_type == 0:
         raise DataMismatchError(f"model input {vi.name!r} is not a typed tensor")
@@ -207,14 +267,91 @@ def coerce_y(y: np.ndarray, n: int, classes: int | None, *, what: str = "y") -> 
     return y.astype(np.int64, copy=False)
 
 
-def check_dataset(ds: Dataset, spec: InputSpec, classes: int | None, *, name: str = "data") -> Dataset:
-    """Validate and coerce a whole dataset before any training or evaluation."""
-    x = np.asarray(ds.x)
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise DataMismatchError(f"{name}: x holds no samples")
-    x = coerce_x(x, spec, what=f"{name} x")
-    y = coerce_y(ds.y, x.shape[0], classes, what=f"{name} y")
-    return Dataset(x=x, y=y)
+def check_dataset(ds: Dataset, spec: "InputSpec | list[InputSpec]", classes: int | None, *,
+                  name: str = "data", labels: bool = True) -> Dataset:
+    """Validate and coerce a whole dataset before any training or evaluation.
+
+    ``spec``: the model's input(s).  Several inputs need ``x`` as a mapping with exactly one
+    array per input name; every array and ``y`` must have the same number of samples.
+    ``labels``: whether ``y`` is required (a label-free set has ``y = None``)."""
+    specs = spec if isinstance(spec, list) else [spec]
+    x = _check_inputs(ds.x, specs, name)
+    n = n_samples(x)
+    if ds.y is None:
+        if labels:
+            raise DataMismatchError(f"{name}: the data holds no labels 'y' (needed here)")
+        y = None
+    else:
+        y = coerce_y(ds.y, n, classes, what=f"{name} y")
+    if ds.reference is not None:
+        short = [k for k, v in ds.reference.outputs.items() if len(v) != n]
+        if short:
+            raise DataMismatchError(f"{name}: reference outputs {short} do not have {n} samples")
+    return Dataset(x=x, y=y, reference=ds.reference)
+
+
+def _check_inputs(x, specs: list[InputSpec], name: str):
+    """The inputs of a data set checked and coerced: one array for a single-input model, else
+    input name → array (names exactly the graph's; the same sample count everywhere)."""
+    if not isinstance(x, dict):
+        if len(specs) != 1:
+            raise DataMismatchError(
+                f"{name}: the model has {len(specs)} inputs {[s.name for s in specs]}; "
+                "give one array per input, named after it")
+        x = {specs[0].name: x}
+    wanted = [s.name for s in specs]
+    missing = [k for k in wanted if k not in x]
+    extra = sorted(set(x) - set(wanted))
+    if missing or extra:
+        raise DataMismatchError(
+            f"{name}: the arrays {sorted(x)} do not match the model's inputs {wanted}"
+            + (f" (missing {missing})" if missing else "") + (f" (unknown {extra})" if extra else ""))
+    out = {}
+    for s in specs:
+        arr = np.asarray(x[s.name])
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            raise DataMismatchError(f"{name}: input {s.name!r} holds no samples")
+        out[s.name] = coerce_x(arr, s, what=f"{name} {s.name!r}" if len(specs) > 1 else f"{name} x")
+    lengths = {k: v.shape[0] for k, v in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataMismatchError(f"{name}: the inputs have different sample counts {lengths}")
+    return out[specs[0].name] if len(specs) == 1 else out
+
+
+def load_data(path: str | os.PathLike, model: "onnx.ModelProto | list[InputSpec]", *,
+              x_key: str = "x", y_key: str = "y") -> Dataset:
+    """The data set in an ``.npz`` for ``model`` (or its :func:`input_specs`) — module doc:
+    ``x_key`` or the input's name for one input, one array per input name for several,
+    optional ``y_key``; the contents are checked by :func:`check_dataset`."""
+    path = os.fspath(path)
+    specs = model if isinstance(model, list) else input_specs(model)
+    with open_npz(path) as archive:
+        keys = list(archive.files)
+        y = npz_array(archive, y_key, path) if y_key in keys else None
+        if len(specs) == 1:
+            key = x_key if x_key in keys else specs[0].name if specs[0].name in keys else None
+            if key is None:
+                raise DataMismatchError(
+                    f"data file {path!r} has no {x_key!r} (or {specs[0].name!r}) array (it holds "
+                    f"{keys}); choose the keys with --x-key/--y-key")
+            return Dataset(x=npz_array(archive, key, path), y=y)
+        names = [k for k in keys if k != y_key]
+        wanted = [s.name for s in specs]
+        if sorted(names) != sorted(wanted):
+            missing = [k for k in wanted if k not in names]
+            extra = [k for k in names if k not in wanted]
+            raise DataMismatchError(
+                f"data file {path!r} holds {keys}; the model's inputs are {wanted}: one array "
+                f"per input, named after it, and optionally {y_key!r}"
+                + (f" (missing {missing})" if missing else "")
+                + (f" (unknown {extra})" if extra else ""))
+        return Dataset(x={k: npz_array(archive, k, path) for k in wanted}, y=y)
+
+
+def has_labels(path: str | os.PathLike, y_key: str = "y") -> bool:
+    """Whether the ``.npz`` at ``path`` holds a labels array ``y_key``."""
+    with open_npz(path) as archive:
+        return y_key in archive.files
 
 
 def _fmt_shape(shape) -> str:
@@ -234,3 +371,42 @@ def scores_output(model: onnx.ModelProto) -> str:
         if tt.elem_type in floats and tt.HasField("shape") and len(tt.shape.dim) == 2:
             return out.name
     return model.graph.output[0].name
+
+
+FLOAT_OUTPUTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                 onnx.TensorProto.BFLOAT16)
+# Output names that mark class scores (checked case-insensitively, as substrings).
+SCORE_NAMES = ("logit", "score", "prob", "class")
+_SCORE_OPS = ("Softmax", "LogSoftmax")
+
+
+def float_outputs(model: onnx.ModelProto) -> list[str]:
+    """The graph outputs of a floating-point element type (the ones label-free retraining
+    follows); integer and bool outputs (labels, indices, masks) take no part."""
+    return [o.name for o in model.graph.output if o.type.tensor_type.elem_type in FLOAT_OUTPUTS]
+
+
+def output_kinds(model: onnx.ModelProto, shapes: dict) -> dict[str, str]:
+    """How each float output is compared with the dense model's: ``"scores"`` or ``"values"``.
+
+    The rule: an output is **class scores** when its value is 2-D ``[N, C]`` with ``C >= 2``
+    (``shapes``: name → an observed shape) and it is produced by, or read by, a
+    ``Softmax``/``LogSoftmax`` (or ``ArgMax``) node, or its name contains one of
+    :data:`SCORE_NAMES` (``logits``, ``scores``, ``probs``, ``class``…).  Scores are followed
+    with KL divergence at a temperature and validated by top-1 agreement; every other float
+    output (boxes, embeddings, feature maps, regression values) with variance-normalised
+    squared error, validated by relative error."""
+    graph = model.graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    readers: dict[str, set] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, set()).add(n.op_type)
+    kinds = {}
+    for name in float_outputs(model):
+        shape = tuple(shapes.get(name, ()))
+        scoreish = (producer.get(name) in _SCORE_OPS
+                    or readers.get(name, set()) & {*_SCORE_OPS, "ArgMax"}
+                    or any(w in name.lower() for w in SCORE_NAMES))
+        kinds[name] = "scores" if len(shape) == 2 and shape[1] >= 2 and scoreish else "values"
+    return kinds

@@ -4,6 +4,14 @@ top-1 accuracy = mean(argmax(logits) == y); top-5 = mean(y ∈ the 5 largest log
 only when the model has at least 5 classes (``None`` otherwise).  The first graph output is
 read as scores of shape (N, C) — logits or probabilities, argmax is the same.
 
+Label-free validation (a data set carrying the dense model's outputs, ``Dataset.reference``)
+measures **fidelity** instead: for each class-score output the top-1 agreement with the dense
+model, mean(argmax(pruned) == argmax(dense)); for each other float output the relative error
+‖pruned − dense‖ / ‖dense‖ (Frobenius, over the whole set; 0 when both are zero, 1 when only
+the dense one is, ``None`` when not finite).  ``top1`` is then the mean agreement over the
+score outputs — or, with none, ``max(0, 1 − mean relative error)`` (a non-finite error counts
+as 1) — so "drop" = 100·(1 − top1) percentage points keeps its meaning for the gates.
+
 Batching follows the model input's batch axis: symbolic → chunks of ``batch_size``; fixed
 at B → chunks of exactly B, the last one padded by repeating samples whose outputs are then
 dropped (B = 1 therefore runs sample by sample).  Data goes through the same validation and
@@ -26,6 +34,79 @@ def _session(model: onnx.ModelProto, providers, threads: int | None):
     return make_session(model, threads, providers, error=RuntimeFailure)
 
 
+def run_outputs(model: onnx.ModelProto, x, names: list[str], *, batch_size: int = 256,
+                providers=None, threads: int | None = None, sess=None) -> dict[str, np.ndarray]:
+    """Outputs ``names`` of ``model`` on inputs ``x`` (checked data: one array or name →
+    array), run in ONNX Runtime in chunks along the batch axis (module doc), concatenated."""
+    specs = _data.input_specs(model)
+    fixed = _data.fixed_batch(specs)
+    sess = sess or _session(model, providers, threads)
+    step = fixed if fixed is not None else batch_size
+    n = _data.n_samples(x)
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for start in range(0, n, step):
+        feeds = _data.feeds(_data.take(x, slice(start, start + step)), specs)
+        real = _data.n_samples(feeds)
+        if fixed is not None and real < step:  # pad by repeating the last sample
+            feeds = {k: np.concatenate([v, np.repeat(v[-1:], step - real, axis=0)])
+                     for k, v in feeds.items()}
+        try:
+            outs = sess.run(names, feeds)
+        except Exception as exc:
+            from onnxprune.runtime.check import ort_message
+
+            raise RuntimeFailure(f"ONNX Runtime failed on samples {start}..{start + real - 1}: "
+                                 f"{ort_message(exc)}") from None
+        for part, out in zip(parts, outs):
+            part.append(np.asarray(out)[:real])
+    return {name: np.concatenate(part) for name, part in zip(names, parts)}
+
+
+def reference(model: onnx.ModelProto, x, *, batch_size: int = 256, providers=None,
+              threads: int | None = None) -> "_data.Reference":
+    """The dense ``model``'s float outputs on ``x`` and how each is compared
+    (:func:`onnxprune.runtime.datasets.output_kinds`): what fidelity is measured against."""
+    names = _data.float_outputs(model)
+    if not names:
+        raise UsageError("the model has no floating-point output to follow without labels")
+    outs = run_outputs(model, x, names, batch_size=batch_size, providers=providers, threads=threads)
+    return _data.Reference(outputs=outs, kinds=_data.output_kinds(model, {k: v.shape for k, v in outs.items()}))
+
+
+def fidelity(outs: dict, ref: "_data.Reference") -> dict:
+    """Per-output fidelity of ``outs`` to the reference, and the summary ``top1`` (module doc)."""
+    per, agreements, errors = {}, [], []
+    for name, dense in ref.outputs.items():
+        got = np.asarray(outs[name], dtype=np.float64)
+        dense = np.asarray(dense, dtype=np.float64)
+        if got.shape != dense.shape:
+            raise RuntimeFailure(f"output {name!r} has shape {got.shape}, the dense model's {dense.shape}")
+        if ref.kinds[name] == "scores":
+            agree = float(np.mean(got.argmax(1) == dense.argmax(1)))
+            agreements.append(agree)
+            per[name] = {"kind": "scores", "agreement": agree}
+        else:
+            err = _relative_error(got, dense)
+            errors.append(1.0 if err is None else err)
+            per[name] = {"kind": "values", "relative_error": err}
+    if agreements:
+        top1, measure = float(np.mean(agreements)), "top-1 agreement with the dense model"
+    else:
+        top1, measure = max(0.0, 1.0 - float(np.mean(errors))), "1 - mean relative error"
+    return {"top1": top1, "top5": None, "measure": measure, "outputs": per}
+
+
+def _relative_error(got: np.ndarray, dense: np.ndarray) -> float | None:
+    """‖got − dense‖ / ‖dense‖; 0 when both are zero, 1 when only the dense one is, None
+    when not finite."""
+    diff, base = float(np.linalg.norm(got - dense)), float(np.linalg.norm(dense))
+    if not np.isfinite(diff) or not np.isfinite(base):
+        return None
+    if base == 0.0:
+        return 0.0 if diff == 0.0 else 1.0
+    return diff / base
+
+
 def evaluate(
     model: onnx.ModelProto,
     dataset: "_data.Dataset | tuple[np.ndarray, np.ndarray]",
@@ -34,48 +115,38 @@ def evaluate(
     providers: list[str] | None = None,
     threads: int | None = None,
 ) -> dict:
-    """Accuracy of ``model`` on ``dataset``: ``{"n", "top1", "top5", "batch_size", "classes"}``."""
+    """Accuracy of ``model`` on ``dataset``: ``{"n", "top1", "top5", "batch_size", "classes"}``;
+    on a label-free set with a reference, fidelity (module doc) with ``top1`` its summary,
+    plus ``"measure"`` and per-output ``"outputs"``."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch-size must be an integer >= 1, got {batch_size!r}")
     if isinstance(dataset, tuple):
         dataset = _data.Dataset(*dataset)
-    spec = _data.input_spec(model)
+    specs = _data.input_specs(model)
     classes = _data.n_classes(model)
-    ds = _data.check_dataset(dataset, spec, classes, name="eval")
-    sess = _session(model, providers, threads)
+    ds = _data.check_dataset(dataset, specs, classes, name="eval", labels=dataset.reference is None)
+    step = _data.fixed_batch(specs) or batch_size
+    if ds.reference is not None:
+        outs = run_outputs(model, ds.x, list(ds.reference.outputs), batch_size=batch_size,
+                           providers=providers, threads=threads)
+        return {"n": len(ds), **fidelity(outs, ds.reference), "batch_size": step, "classes": None}
     out_name = _data.scores_output(model)
-    step = spec.batch_dim if spec.batch_dim is not None else batch_size
-    n = len(ds)
-    correct1 = correct5 = 0
-    seen_classes = None
-    for start in range(0, n, step):
-        xb, yb = ds.x[start:start + step], ds.y[start:start + step]
-        real = len(yb)
-        if spec.batch_dim is not None and real < step:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], step - real, axis=0)])
-        try:
-            scores = sess.run([out_name], {spec.name: xb})[0][:real]
-        except Exception as exc:
-            from onnxprune.runtime.check import ort_message
+    scores = run_outputs(model, ds.x, [out_name], batch_size=batch_size, providers=providers,
+                         threads=threads)[out_name]
+    return _accuracy(scores, ds.y, out_name, step)
 
-            raise RuntimeFailure(f"ONNX Runtime failed on samples {start}..{start + real - 1}: "
-                                 f"{ort_message(exc)}") from None
-        if scores.ndim != 2:
-            raise UsageError(f"model output {out_name!r} has shape {scores.shape}; scores (N, C) are required")
-        if seen_classes is None:
-            seen_classes = scores.shape[1]
-            if yb.size and int(ds.y.max()) >= seen_classes:
-                raise UsageError(
-                    f"labels go up to {int(ds.y.max())} but the model scores {seen_classes} classes"
-                )
-        correct1 += int((scores.argmax(1) == yb).sum())
-        if seen_classes >= 5:
-            top5 = np.argpartition(-scores, 4, axis=1)[:, :5]
-            correct5 += int((top5 == yb[:, None]).any(1).sum())
-    return {
-        "n": n,
-        "top1": correct1 / n,
-        "top5": correct5 / n if seen_classes >= 5 else None,
-        "batch_size": step,
-        "classes": seen_classes,
-    }
+
+def _accuracy(scores: np.ndarray, y: np.ndarray, out_name: str, step: int) -> dict:
+    """top-1 and top-5 (5+ classes) of scores (N, C) against labels y."""
+    if scores.ndim != 2:
+        raise UsageError(f"model output {out_name!r} has shape {scores.shape}; scores (N, C) are required")
+    n, classes = scores.shape
+    if n and int(y.max()) >= classes:
+        raise UsageError(f"labels go up to {int(y.max())} but the model scores {classes} classes")
+    correct1 = int((scores.argmax(1) == y).sum())
+    correct5 = 0
+    if classes >= 5:
+        top5 = np.argpartition(-scores, 4, axis=1)[:, :5]
+        correct5 = int((top5 == y[:, None]).any(1).sum())
+    return {"n": n, "top1": correct1 / n, "top5": correct5 / n if classes >= 5 else None,
+            "batch_size": step, "classes": classes}

@@ -11,6 +11,7 @@ import onnx
 from onnxprune.core.errors import UsageError
 
 LR_SCHEDULES = ("constant", "cosine", "rewind")
+OBJECTIVES = ("labels", "match", "mixed")
 ProgressFn = Callable[[int, int, "int | None", dict], None]
 
 
@@ -61,6 +62,7 @@ class FinetuneConfig:
     distill_temperature: float = 4.0
     lr_schedule: str = "constant"  # constant | cosine | rewind
     regrow: bool = False  # pruned weights may come back (Dynamic Network Surgery); train.py
+    objective: str | None = None  # None (from the data) | labels | match | mixed
 
     def resolved_lr(self) -> float:
         if self.lr_schedule == "rewind" and self.original_lr is not None:
@@ -93,6 +95,11 @@ class FinetuneConfig:
              f"distill must be a number in [0, 1], got {self.distill!r}")
         need(_number(self.distill_temperature) and 0 < self.distill_temperature < math.inf,
              f"distill-temperature must be a finite number > 0, got {self.distill_temperature!r}")
+        need(self.objective in (None, *OBJECTIVES),
+             f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        need(self.objective in (None, "labels") or self.distill == 0,
+             f"distill mixes a teacher term into the labels objective; objective "
+             f"{self.objective} already follows the teacher (leave distill at 0)")
         return self
 
     @classmethod
@@ -131,3 +138,4 @@ class FinetuneResult:
     rank: int = 0
     max_rank_divergence: float | None = None
     device: str = "cpu"
+    objective: dict | None = None  # the loss as run: mode and each output's treatment

@@ -17,6 +17,19 @@ Invariants and maths:
   (rebuilt once, evaluation mode, no gradients); the T² keeps the soft term's gradient on
   the scale of the hard one (Hinton et al. 2015).  The history's ``train_loss`` is this
   mixed objective (per sample).
+* **Label-free (objective match).** The teacher (``compress``: the dense input model) is the
+  target: every floating-point graph output takes part with weight 1 (integer/bool outputs
+  are left out, and reported so).  A class-score output (the rule of
+  :func:`onnxprune.runtime.datasets.output_kinds`) contributes ``T²·KL(p_t ‖ p_s)`` on its
+  logits (the input of the Softmax/LogSoftmax producing it, else the output itself); every
+  other output ``mean((s − t)²) / var_t`` per sample, ``var_t`` the variance of the teacher's
+  output over all its elements and the whole training set, measured once before training
+  (1 for a constant output), so each output weighs about the same whatever its scale.
+  ``mixed`` adds the labels' cross-entropy.  Validation then measures fidelity to the
+  teacher (top-1 agreement, relative error: :func:`onnxprune.runtime.evaluate.fidelity`).
+* **Fixed batch.** A model whose inputs fix the batch at B (often 1) is fed in micro-batches
+  of B; their gradients accumulate into one optimizer step per ``batch_size`` samples, the
+  same mean-over-the-batch gradient as a model with a free batch axis.
 * **Dropout.** For a Dropout whose input comes (through single-input ops: activations,
   reshapes, pooling…) from a prunable layer i: D_r = D_o · √(C_ir / C_io), with C_io the
   dense connection count (weight size) and C_ir the nonzeros at the start of retraining.
@@ -29,7 +42,8 @@ Invariants and maths:
   summed loss by W / len(batch), so DDP's gradient average equals the single-process mean
   over the global batch: same seed → same weights for any W, up to float summation order.
   A final global batch smaller than W is dropped (a rank cannot step on zero samples); with
-  a fixed batch dim B in the model every per-rank batch is exactly B, the remainder dropped.
+  a fixed batch dim B in the model ``batch_size`` is a multiple of B·W and a final batch is
+  cut to a multiple of B·W.
 * **Repeatability.** Torch's RNG (Dropout) is seeded with ``seed + rank`` inside a forked
   RNG state, so the caller's RNG is untouched; on CPU the same seed gives identical weights.
 * **Distributed.** If a process group is initialised, or torchrun's ``WORLD_SIZE`` > 1, the
@@ -48,12 +62,15 @@ from typing import Iterable
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 
 from onnxprune.runtime import datasets as _data
-from onnxprune.core.errors import OnnxPruneError, RuntimeFailure, UsageError
+from onnxprune.core.errors import RuntimeFailure, UsageError
 from onnxprune.training.torch_bridge.config import FinetuneConfig, FinetuneResult, ProgressFn
 from onnxprune.training.torch_bridge.module import OnnxModule, build_module, default_opset
+from onnxprune.training.torch_bridge.objective import (  # noqa: F401 (_distill_loss: tests)
+    Objective, Term, distill_loss as _distill_loss, forward_padded, logits_name as _logits_name,
+    match_objective, rebuild_teacher, student_outputs,
+)
 from onnxprune.training.torch_bridge.weights import write_back
 
 # Ops a Dropout's input may pass through on its way back to the layer whose neurons it drops.
@@ -124,44 +141,43 @@ class _ArraySource:
     """Shuffled global batches from in-memory arrays, split across ranks (see module doc)."""
 
     def __init__(self, ds: _data.Dataset, batch_size: int, seed: int, fixed_batch: int | None, world: int):
-        self.x, self.y = ds.x, ds.y
+        self.x, self.y, self.n = ds.x, ds.y, len(ds)
         self.batch, self.seed, self.world = batch_size, seed, world
         self.fixed = fixed_batch
-        if batch_size % world:
-            raise UsageError(f"batch-size {batch_size} must be a multiple of the {world} processes")
-        if fixed_batch is not None and batch_size // world != fixed_batch:
+        # A global batch is cut to a multiple of `unit`: every rank gets whole micro-batches.
+        self.unit = world * (fixed_batch or 1)
+        if batch_size % self.unit:
             raise UsageError(
-                f"the model input has a fixed batch dimension of {fixed_batch}; use batch-size "
-                f"{fixed_batch * world} (or re-export the model with a dynamic batch axis)"
-            )
+                f"batch-size {batch_size} must be a multiple of {self.unit}"
+                + (f" (the model fixes its batch at {fixed_batch}, fed {fixed_batch} at a time"
+                   f"{f', on {world} processes' if world > 1 else ''})" if fixed_batch
+                   else f" (the {world} processes)"))
 
     def _global_batches(self, epoch: int):
-        n = len(self.y)
-        order = np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(n)
-        for start in range(0, n, self.batch):
+        order = np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(self.n)
+        for start in range(0, self.n, self.batch):
             idx = order[start:start + self.batch]
-            if len(idx) < self.world or (self.fixed is not None and len(idx) < self.batch):
-                continue
-            yield idx
+            idx = idx[: len(idx) - len(idx) % self.unit]
+            if len(idx):
+                yield idx
 
     def steps(self) -> int:
-        n = len(self.y)
-        full, rest = divmod(n, self.batch)
-        return full + (1 if rest >= self.world and self.fixed is None else 0)
+        full, rest = divmod(self.n, self.batch)
+        return full + (1 if rest >= self.unit else 0)
 
     def batches(self, epoch: int, rank: int):
         for idx in self._global_batches(epoch):
             part = idx[rank::self.world]
-            yield self.x[part], self.y[part], len(idx)
+            yield _data.take(self.x, part), None if self.y is None else self.y[part], len(idx)
 
 
 class _IterableSource:
     """User batches (e.g. a DataLoader) used as given on every rank; the caller shards."""
 
-    def __init__(self, batches: Iterable, spec: _data.InputSpec, world: int):
+    def __init__(self, batches: Iterable, world: int):
         if iter(batches) is batches:
             raise UsageError("train/val batches must be re-iterable (a DataLoader or list, not a generator)")
-        self.src, self.spec, self.world = batches, spec, world
+        self.src, self.world = batches, world
 
     def steps(self) -> int | None:
         try:
@@ -179,42 +195,44 @@ class _IterableSource:
             yield x, y, len(y) * self.world
 
 
-def _as_source(obj, spec, classes, batch_size, seed, world, what):
+def _as_source(obj, specs, classes, batch_size, seed, world, what, labels=True):
     if isinstance(obj, (str, os.PathLike)):
-        obj = _data.load_npz(obj)
-    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(a, np.ndarray) for a in obj):
+        obj = _data.load_data(obj, specs)
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], (np.ndarray, dict)):
         obj = _data.Dataset(*obj)
     if isinstance(obj, _data.Dataset):
-        ds = _data.check_dataset(obj, spec, classes, name=what)
-        return _ArraySource(ds, batch_size, seed, spec.batch_dim, world)
-    return _IterableSource(obj, spec, world)
+        ds = _data.check_dataset(obj, specs, classes, name=what, labels=labels)
+        return _ArraySource(ds, batch_size, seed, _data.fixed_batch(specs), world)
+    return _IterableSource(obj, world)
 
 
-def _to_tensors(x, y, spec, classes, device, what, checked=False):
-    if isinstance(x, np.ndarray):
-        if not checked:
-            x = _data.coerce_x(x, spec, what=f"{what} x")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        raise UsageError(f"{what} batch x must be a numpy array or torch tensor, got {type(x).__name__}")
+def _to_tensors(x, y, specs, classes, device, what, checked=False):
+    """(input name → tensor on ``device``, labels tensor or None); unchecked numpy data goes
+    through the data module's rules first."""
+    if not checked and not isinstance(x, dict) and isinstance(x, np.ndarray):
+        x = _data.coerce_x(x, specs[0], what=f"{what} x")
+    feeds = _data.feeds(x, specs)
+    tensors = {}
+    for s in specs:
+        v = feeds.get(s.name)
+        if isinstance(v, np.ndarray):
+            if not checked and len(specs) > 1:
+                v = _data.coerce_x(v, s, what=f"{what} {s.name!r}")
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        elif not isinstance(v, torch.Tensor):
+            raise UsageError(f"{what} batch input {s.name!r} must be a numpy array or torch tensor, "
+                             f"got {type(v).__name__}")
+        tensors[s.name] = v.to(device)
+    if y is None:
+        return tensors, None
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu().numpy()
     if not checked:
-        y = _data.coerce_y(np.asarray(y), int(x.shape[0]), classes, what=f"{what} y")
-    return x.to(device), torch.from_numpy(y).to(device)
+        y = _data.coerce_y(np.asarray(y), _data.n_samples(tensors), classes, what=f"{what} y")
+    return tensors, torch.from_numpy(y).to(device)
 
 
 # --- graph analysis -----------------------------------------------------------------------
-
-def _logits_name(module: OnnxModule, opset: int) -> str:
-    out = module.output_names[0]
-    node = module.producer(out)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        axis = node.attrs.get("axis", -1 if opset >= 13 else 1)
-        if axis in (-1, 1):
-            return node.inputs[0]
-    return out
-
 
 def _dropout_plan(module: OnnxModule) -> dict[str, tuple[float, float, str]]:
     """Dropout node → (D_o, D_r, layer) with D_r = D_o·√(C_ir/C_io) (see module doc)."""
@@ -263,35 +281,57 @@ def _dropout_plan(module: OnnxModule) -> dict[str, tuple[float, float, str]]:
 
 # --- evaluation in torch (for per-epoch validation) ---------------------------------------
 
+def _in_order(source, step: int):
+    """Every sample of ``source`` once, in order: (x, y) chunks of ``step`` from arrays, the
+    user's batches as given otherwise."""
+    if isinstance(source, _ArraySource):
+        for i in range(0, source.n, step):
+            sl = slice(i, i + step)
+            yield _data.take(source.x, sl), None if source.y is None else source.y[sl]
+    else:
+        for x, y, _ in source.batches(0, 0):
+            yield x, y
+
+
 @torch.no_grad()
-def _evaluate(module, source, logits_name, spec, classes, device) -> dict:
+def _evaluate(module, source, objective: Objective, specs, classes, device) -> dict:
+    """Validation in torch: top-1/top-5 accuracy of the cross-entropy logits when the set has
+    labels and the objective uses them, else fidelity to the teacher
+    (:func:`onnxprune.runtime.evaluate.fidelity`; ``val_top1`` is its summary)."""
+    from onnxprune.runtime.evaluate import fidelity
+
     was_training = module.training
     module.eval()
+    fixed = _data.fixed_batch(specs)
     correct1 = correct5 = total = 0
+    got: dict[str, list] = {t.output: [] for t in objective.terms}
+    dense: dict[str, list] = {t.output: [] for t in objective.terms}
+    use_labels = objective.ce is not None
     try:
-        if isinstance(source, _ArraySource):
-            step = spec.batch_dim or 256
-            it = ((source.x[i:i + step], source.y[i:i + step]) for i in range(0, len(source.y), step))
-        else:
-            it = ((x, y) for x, y, _ in source.batches(0, 0))
-        for xb, yb in it:
-            n = len(yb)
-            if spec.batch_dim is not None and n < spec.batch_dim:  # pad a fixed-batch tail, ignore the pad
-                reps = -(-spec.batch_dim // n)
-                xb = np.concatenate([xb] * reps)[: spec.batch_dim] if isinstance(xb, np.ndarray) \
-                    else torch.cat([xb] * reps)[: spec.batch_dim]
-            x, _ = _to_tensors(xb, np.zeros(len(xb), np.int64), spec, None, device, "val",
+        for xb, yb in _in_order(source, fixed or 256):
+            x, y = _to_tensors(xb, yb if use_labels else None, specs, None, device, "val",
                                checked=isinstance(source, _ArraySource))
-            y = torch.as_tensor(np.asarray(yb.cpu() if isinstance(yb, torch.Tensor) else yb), dtype=torch.int64)
-            logits = module(x, outputs=[logits_name])[:n].float().cpu()
-            correct1 += int((logits.argmax(1) == y).sum())
-            if logits.shape[1] >= 5:
-                correct5 += int((logits.topk(5, 1).indices == y[:, None]).any(1).sum())
-            total += n
+            outs = forward_padded(module, x, objective.student_names, fixed)
+            if use_labels:
+                logits, y = outs[objective.ce].float().cpu(), y.cpu()
+                correct1 += int((logits.argmax(1) == y).sum())
+                if logits.shape[1] >= 5:
+                    correct5 += int((logits.topk(5, 1).indices == y[:, None]).any(1).sum())
+                total += len(y)
+                continue
+            t_outs = forward_padded(objective.teacher, x, [t.teacher for t in objective.terms], fixed)
+            for t in objective.terms:
+                got[t.output].append(outs[t.student].float().cpu().numpy())
+                dense[t.output].append(t_outs[t.teacher].float().cpu().numpy())
     finally:
         module.train(was_training)
-    return {"val_top1": correct1 / total if total else float("nan"),
-            "val_top5": correct5 / total if total and classes and classes >= 5 else None}
+    if use_labels:
+        return {"val_top1": correct1 / total if total else float("nan"),
+                "val_top5": correct5 / total if total and classes and classes >= 5 else None}
+    ref = _data.Reference({k: np.concatenate(v) for k, v in dense.items()},
+                          {t.output: "scores" if t.kind == "kl" else "values" for t in objective.terms})
+    fid = fidelity({k: np.concatenate(v) for k, v in got.items()}, ref)
+    return {"val_top1": fid["top1"], "val_top5": None, "val_measure": fid["measure"]}
 
 
 # --- the public entry point ---------------------------------------------------------------
@@ -313,30 +353,36 @@ def finetune(
     ``on_progress(epoch, step, total_steps, metrics)`` is called on rank 0 after every step
     (``metrics["loss"]``: running mean) and once more at the end of each epoch with the
     epoch record (``metrics["epoch_end"] is True``).
-    ``teacher``: the model whose outputs the distillation term follows (``config.distill``);
-    same input as ``model``, same number of classes.
+    ``teacher``: the model whose outputs the distillation term (``config.distill``) or the
+    ``match``/``mixed`` objective follows; same inputs as ``model`` (and, for distill, the
+    same number of classes).  Data without labels (``y`` None) selects ``match`` unless
+    ``config.objective`` says otherwise.  Models with several inputs take ``x`` as a mapping
+    input name → array (or tensor).
     """
     config = (config or FinetuneConfig()).validate()
     if config.keep_best and val is None:
         raise UsageError("finetune: keep-best needs validation data")
     if config.distill > 0 and teacher is None:
         raise UsageError("finetune: distill needs a teacher model (in compress: the dense input)")
-    # Rebuild what computes the class scores; rejects unsupported ops before anything else.
-    module = build_module(model, [_data.scores_output(model)])
-    spec = _data.input_spec(model)
-    logits_name = _logits_name(module, default_opset(model))
-    classes = _data.n_classes(model)
+    mode = resolve_objective(config.objective, train)
+    if mode != "labels" and teacher is None:
+        raise UsageError(f"finetune: objective {mode} needs a teacher model whose outputs to "
+                         "follow (in compress: the dense input)")
+    # Rebuild what computes the outputs followed; rejects unsupported ops before anything else.
+    module = build_module(model, student_outputs(model, mode))
+    specs = _data.input_specs(model)
+    logits_name = _logits_name(module, default_opset(model), _data.scores_output(model)) \
+        if mode != "match" else None
+    classes = _data.n_classes(model) if mode != "match" else None
     dist = _Dist()
     device = _pick_device(config.device, dist)
 
-    train_src, val_src, classes = _sources(train, val, module, spec, classes, logits_name,
-                                           config, dist.world)
+    train_src, val_src, classes = _sources(train, val, module, specs, classes, logits_name,
+                                           config, dist.world, labels=mode != "match")
     if config.lr_schedule != "constant" and not train_src.steps():
         raise UsageError(f"finetune: lr-schedule {config.lr_schedule} needs to know the number of training "
                          "batches; give arrays, an .npz or batches with a len() (e.g. a DataLoader)")
-    teach = None
-    if config.distill > 0:
-        teach = _teacher(teacher, spec, classes, train_src)
+    objective = _objective(mode, model, module, teacher, specs, classes, train_src, logits_name, config)
 
     masks = {name: module.parameter(name).detach() != 0
              for name, info in module.weight_info.items() if info.prunable and name in module.param_keys}
@@ -347,8 +393,7 @@ def finetune(
     dist.init(device)
     try:
         module.to(device)
-        if teach is not None:
-            teach = (teach[0].to(device), teach[1])
+        objective.to(device)
         masks = {n: m.to(device) for n, m in masks.items()}
         net = module
         if dist.active:
@@ -359,8 +404,8 @@ def finetune(
                 find_unused_parameters=True,
             )
         history, best, best_epoch = _train_loop(
-            net, module, opt, masks, train_src, val_src, config, dist, device, spec, classes,
-            logits_name, on_progress, teach,
+            net, module, opt, masks, train_src, val_src, config, dist, device, specs, classes,
+            objective, on_progress,
         )
         divergence = _rank_divergence(module, dist, device) if dist.active else None
     finally:
@@ -373,22 +418,60 @@ def finetune(
     mask_stats = {n: (int(m.sum()), m.numel()) for n, m in masks.items()}
     if dist.rank != 0:
         return FinetuneResult(None, history, best_epoch, dropout, mask_stats, dist.world, dist.rank,
-                              divergence, str(device))
+                              divergence, str(device), objective.report())
     state = best if best is not None else module.onnx_state()
     return FinetuneResult(write_back(model, state), history, best_epoch, dropout, mask_stats,
-                          dist.world, dist.rank, divergence, str(device))
+                          dist.world, dist.rank, divergence, str(device), objective.report())
 
 
-def _sources(train, val, module, spec, classes, logits_name, config: FinetuneConfig, world: int):
+def resolve_objective(objective: str | None, train) -> str:
+    """The objective to run: the one asked for, else ``labels`` when the training data has
+    labels and ``match`` when it has none; ``labels``/``mixed`` on label-free data is a
+    ``UsageError``."""
+    y_missing = None
+    if isinstance(train, _data.Dataset):
+        y_missing = train.y is None
+    elif isinstance(train, (str, os.PathLike)):
+        y_missing = not _data.has_labels(train)
+    elif isinstance(train, tuple) and len(train) == 2:
+        y_missing = train[1] is None
+    if objective is None:
+        return "match" if y_missing else "labels"
+    if objective != "match" and y_missing:
+        raise UsageError(f"objective {objective} needs labels, and the training data holds no 'y' "
+                         "(use objective match to follow the dense model without labels)")
+    return objective
+
+
+def _objective(mode, model, module, teacher, specs, classes, train_src, logits_name, config):
+    """The :class:`Objective` of ``mode`` (objective.py's module doc)."""
+    if mode == "labels":
+        if config.distill == 0:
+            return Objective("labels", ce=logits_name)
+        t_module, t_logits = _teacher(teacher, specs, classes, train_src)
+        return Objective("labels", ce=logits_name, ce_weight=1.0 - config.distill,
+                         terms=[Term(_data.scores_output(model), logits_name, t_logits, "kl",
+                                     weight=config.distill)],
+                         teacher=t_module, temperature=config.distill_temperature)
+    fixed = _data.fixed_batch(specs)
+    batches = (_to_tensors(x, None, specs, None, torch.device("cpu"), "train",
+                           checked=isinstance(train_src, _ArraySource))[0]
+               for x, _ in _in_order(train_src, fixed or 256))
+    return match_objective(mode, model, module, teacher, specs, batches,
+                           logits_name if mode == "mixed" else None, config.distill_temperature)
+
+
+def _sources(train, val, module, specs, classes, logits_name, config: FinetuneConfig, world: int,
+             labels: bool = True):
     """The training and validation sources (training data sharded over ``world`` ranks), and
     the number of classes: the model's, else probed from one training batch, after which the
-    labels of array data are checked against it."""
-    train_src = _as_source(train, spec, classes, config.batch_size, config.seed, world, "train")
+    labels of array data are checked against it (``labels``: the objective uses them)."""
+    train_src = _as_source(train, specs, classes, config.batch_size, config.seed, world, "train", labels)
     val_src = None
     if val is not None:
-        val_src = _as_source(val, spec, classes, config.batch_size, config.seed, 1, "val")
-    if classes is None:
-        classes = _probe_classes(module, train_src, spec, logits_name)
+        val_src = _as_source(val, specs, classes, config.batch_size, config.seed, 1, "val", labels)
+    if classes is None and labels:
+        classes = _probe_classes(module, train_src, specs, logits_name)
         if isinstance(train_src, _ArraySource):
             _data.coerce_y(train_src.y, len(train_src.y), classes, what="train y")
         if isinstance(val_src, _ArraySource):
@@ -500,10 +583,10 @@ def _check_masks_held(module, masks: dict) -> None:
             raise RuntimeFailure(f"internal error: pruned weights of {name!r} became nonzero")
 
 
-def _probe_classes(module, source, spec, logits_name) -> int:
+def _probe_classes(module, source, specs, logits_name) -> int:
     x, _y, _n = next(iter(source.batches(0, 0)))
-    x = x[: max(1, spec.batch_dim or 2)]
-    xt, _ = _to_tensors(x, np.zeros(len(x), np.int64), spec, None, torch.device("cpu"), "train")
+    x = _data.take(x, slice(0, max(1, _data.fixed_batch(specs) or 2)))
+    xt, _ = _to_tensors(x, None, specs, None, torch.device("cpu"), "train")
     was = module.training
     module.eval()
     with torch.no_grad():
@@ -514,44 +597,18 @@ def _probe_classes(module, source, spec, logits_name) -> int:
     return int(out.shape[1])
 
 
-def _teacher(teacher: onnx.ModelProto, spec, classes: int, train_src):
-    """The teacher graph rebuilt for evaluation, checked against the student's input and classes."""
-    try:
-        t_spec = _data.input_spec(teacher)
-        t_module = build_module(teacher, [_data.scores_output(teacher)])
-    except OnnxPruneError as exc:
-        raise type(exc)(f"teacher: {exc}") from exc
-    t_batch = t_spec.shape[0] if t_spec.shape else None
-    if t_batch is not None and (spec.batch_dim != t_batch):
-        raise UsageError(f"teacher: its input has a fixed batch of {t_batch} and the model's "
-                         f"{'is dynamic' if spec.batch_dim is None else f'is {spec.batch_dim}'}; "
-                         "export the teacher with a dynamic batch axis")
-    same = t_spec.dtype == spec.dtype and (
-        t_spec.shape is None or spec.shape is None
-        or (len(t_spec.shape) == len(spec.shape)
-            and all(a is None or b is None or a == b for a, b in zip(t_spec.shape, spec.shape))))
-    if not same:
-        raise UsageError(f"teacher input {t_spec.dtype} {t_spec.shape} does not match the "
-                         f"model's {spec.dtype} {spec.shape}")
+def _teacher(teacher: onnx.ModelProto, specs, classes: int, train_src):
+    """The teacher graph rebuilt for evaluation, checked against the student's inputs and classes."""
+    t_module = rebuild_teacher(teacher, [_data.scores_output(teacher)], specs)
     t_logits = _logits_name(t_module, default_opset(teacher))
-    t_module.eval()
-    for p in t_module.parameters():
-        p.requires_grad_(False)
-    t_classes = _probe_classes(t_module, train_src, spec, t_logits)
+    t_classes = _probe_classes(t_module, train_src, specs, t_logits)
     if t_classes != classes:
         raise UsageError(f"teacher scores {t_classes} classes, the model {classes}")
     return t_module, t_logits
 
 
-def _distill_loss(logits, t_logits, temperature: float):
-    """T²·KL(softmax(t/T) ‖ softmax(s/T)), summed over the batch."""
-    log_s = F.log_softmax(logits.float() / temperature, dim=1)
-    log_t = F.log_softmax(t_logits.float() / temperature, dim=1)
-    return F.kl_div(log_s, log_t, reduction="sum", log_target=True) * temperature ** 2
-
-
-def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, device, spec, classes,
-                logits_name, on_progress, teach=None):
+def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, device, specs, classes,
+                objective: Objective, on_progress):
     history: list[dict] = []
     best_state, best_acc, best_epoch = None, -1.0, None
     masking = (_Regrow if config.regrow else _Fixed)(module, masks)
@@ -574,45 +631,26 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
             for xb, yb, global_n in train_src.batches(epoch, dist.rank):
                 if config.lr_schedule != "constant":  # cosine | rewind
                     set_lr(((epoch - 1) * total_steps + step) / (config.epochs * total_steps))
-                x, y = _to_tensors(xb, yb, spec, classes, device, "train",
-                                   checked=isinstance(train_src, _ArraySource))
-                logits = net(x, outputs=[logits_name])
-                if logits.dim() != 2:
-                    raise UsageError(
-                        f"tensor {logits_name!r} has shape {tuple(logits.shape)}; "
-                        "classification logits (N, C) are required"
-                    )
-                summed = F.cross_entropy(logits, y, reduction="sum")
-                if teach is not None:
-                    with torch.no_grad():
-                        t_logits = teach[0](x, outputs=[teach[1]])
-                    if t_logits.shape != logits.shape:
-                        raise UsageError(f"teacher output shape {tuple(t_logits.shape)} differs "
-                                         f"from the model's {tuple(logits.shape)}")
-                    summed = ((1.0 - config.distill) * summed
-                              + config.distill * _distill_loss(logits, t_logits, config.distill_temperature))
-                loss = summed * (dist.world / global_n)
-                if config.l1 > 0:
-                    loss = loss + config.l1 * sum(p.abs().sum() for p in l1_params)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                masking.step(opt)
+                x, y = _to_tensors(xb, yb if objective.ce is not None else None, specs, classes,
+                                   device, "train", checked=isinstance(train_src, _ArraySource))
+                summed, right = _step(net, opt, masking, objective, x, y, dist.world / global_n,
+                                      config.l1, l1_params, _data.fixed_batch(specs))
                 step += 1
-                loss_sum += float(summed.detach())
-                correct += float((logits.detach().argmax(1) == y).sum())
-                seen += len(y)
+                loss_sum += summed
+                correct += right
+                seen += _data.n_samples(x)
                 if on_progress is not None and dist.rank == 0:
                     on_progress(epoch, step, total_steps, {"loss": loss_sum / max(seen, 1)})
             loss_sum, correct, seen = dist.sum([loss_sum, correct, seen], device if device.type == "cuda" else "cpu")
             record = {
                 "epoch": epoch,
                 "train_loss": loss_sum / seen if seen else float("nan"),
-                "train_top1": correct / seen if seen else float("nan"),
+                "train_top1": (correct / seen if seen else float("nan")) if objective.ce else None,
                 "samples": int(seen),
                 "lr": opt.param_groups[0]["lr"],
             }
             if val_src is not None and dist.rank == 0:
-                record.update(_evaluate(module, val_src, logits_name, spec, classes, device))
+                record.update(_evaluate(module, val_src, objective, specs, classes, device))
                 if config.keep_best and record["val_top1"] > best_acc:
                     best_acc, best_epoch, best_state = record["val_top1"], epoch, module.onnx_state()
             record["seconds"] = time.perf_counter() - t0
@@ -620,6 +658,31 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
             if on_progress is not None and dist.rank == 0:
                 on_progress(epoch, step, total_steps, {**record, "epoch_end": True})
     return history, best_state, best_epoch
+
+
+def _step(net, opt, masking, objective: Objective, x: dict, y, scale: float, l1: float,
+          l1_params, fixed: int | None) -> tuple[float, int]:
+    """One optimizer step on a rank's batch: the loss (a sum over samples, times ``scale`` =
+    world / global batch) backpropagated micro-batch by micro-batch (``fixed`` samples at a
+    time when the model fixes its batch, else all at once), the gradients accumulated, then
+    the masked step.  Returns (summed loss, correct top-1 of the labels' logits)."""
+    n = _data.n_samples(x)
+    chunk = fixed or n
+    opt.zero_grad(set_to_none=True)
+    total, correct = 0.0, 0
+    for start in range(0, n, chunk):
+        part = {k: v[start:start + chunk] for k, v in x.items()}
+        yp = None if y is None else y[start:start + chunk]
+        summed, outs = objective.loss(net, part, yp)
+        loss = summed * scale
+        if l1 > 0 and start == 0:
+            loss = loss + l1 * sum(p.abs().sum() for p in l1_params)
+        loss.backward()
+        total += float(summed.detach())
+        if objective.ce is not None:
+            correct += int((outs[objective.ce].detach().argmax(1) == yp).sum())
+    masking.step(opt)
+    return total, correct
 
 
 def _rank_divergence(module: OnnxModule, dist: _Dist, device) -> float:
