@@ -57,6 +57,8 @@ CONFIGS = {
     "auto-0.3": ["--target-sparsity", "auto", "--max-accuracy-drop", "0.3"],
     # beyond the paper: >= 20x fewer weights
     "moon-20x": ["--target-sparsity", "0.955", "--iterations", "4", "--epochs", "4"],
+    "moon-20x-regrow": ["--target-sparsity", "0.955", "--iterations", "4", "--epochs", "4",
+                        "--regrow"],
 }
 
 
