@@ -58,7 +58,7 @@ import yaml
 from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune.core import masks
-from onnxprune.runtime.datasets import Dataset, check_dataset, input_spec, n_classes
+from onnxprune.runtime.datasets import Dataset, check_dataset, input_specs, n_classes
 from onnxprune.core.errors import UsageError
 from onnxprune.core.graph import find_layers, graph_from_model, graph_to_model, weight_values
 
@@ -210,7 +210,8 @@ def analyse(
     t0 = time.perf_counter()
     grid = check_grid(grid, grid_kind)
     chosen = select_layers(model, layers)
-    val = check_dataset(val, input_spec(model), n_classes(model), name="val")
+    val = check_dataset(val, input_specs(model), n_classes(model), name="val",
+                        labels=val.reference is None)
     work, tensors = _working_model(model, chosen)
 
     def run() -> dict:

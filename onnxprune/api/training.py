@@ -58,16 +58,33 @@ def config_json(config) -> dict:
     return {k.replace("_", "-"): v for k, v in dataclasses.asdict(config).items()}
 
 
-def training_data(train: str, val: str, model, x_key: str = "x", y_key: str = "y"):
-    """The train and val sets (.npz with inputs ``x_key`` and integer labels ``y_key``), each
-    checked against the model's input and class count before any training starts
-    (``InvalidModelError``, exit 4, for a set that does not fit)."""
-    from onnxprune.runtime import datasets as data
+def training_data(train: str, val: str, model, x_key: str = "x", y_key: str = "y",
+                  objective: str | None = None, dense=None):
+    """(train set, val set, objective): the .npz sets (inputs ``x_key`` or one array per graph
+    input, named after it; integer labels ``y_key``, optional), each checked against the
+    model's inputs and class count before any training starts, and the objective run
+    (``objective``, else labels when the train set has labels, match when not).
 
-    spec, classes = data.input_spec(model), data.n_classes(model)
-    sets = (data.load_npz(train, x_key=x_key, y_key=y_key),
-            data.load_npz(val, x_key=x_key, y_key=y_key))
-    return tuple(data.check_dataset(s, spec, classes, name=n) for s, n in zip(sets, ("train", "val")))
+    With ``match`` the val set carries the outputs of ``dense`` (default ``model``) on it, so
+    validation measures fidelity to them (:func:`onnxprune.runtime.evaluate.fidelity`).
+    ``UsageError`` (exit 2) for contents that do not fit — names or shapes unlike the graph
+    inputs, labels for some samples only, ``labels``/``mixed`` without labels;
+    ``InvalidModelError`` (exit 4) for a file that cannot be read as data."""
+    import dataclasses as dc
+
+    from onnxprune.runtime import datasets as data
+    from onnxprune.runtime.evaluate import reference
+    from onnxprune.training.torch_bridge.train import resolve_objective
+
+    specs, classes = data.input_specs(model), data.n_classes(model)
+    raw = [data.load_data(path, specs, x_key=x_key, y_key=y_key) for path in (train, val)]
+    mode = resolve_objective(objective, raw[0])
+    labels = mode != "match"
+    train_set, val_set = (data.check_dataset(s, specs, classes if labels else None, name=n, labels=labels)
+                          for s, n in zip(raw, ("train", "val")))
+    if not labels:
+        val_set = dc.replace(val_set, reference=reference(dense if dense is not None else model, val_set.x))
+    return train_set, val_set, mode
 
 
 def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: str = "x",
@@ -100,14 +117,24 @@ def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: s
     config = training_config(**options)
     if config.distill > 0 and teacher is None:
         raise UsageError("--distill needs --teacher MODEL (the model whose outputs to follow)")
-    if teacher is not None and config.distill == 0:
-        raise UsageError("--teacher is only used with --distill ALPHA > 0")
+    if teacher is not None and config.distill == 0 and config.objective not in (None, "match", "mixed"):
+        raise UsageError("--teacher is only used with --distill ALPHA > 0 or --objective match|mixed")
     proto, info = open_model(model)
     teacher_proto, teacher_info = open_model(teacher, what="teacher") if teacher is not None \
         else (None, None)
     if before_run is not None:
         before_run([*model_files(info), *model_files(teacher_info), train, val])
-    train_set, val_set = training_data(train, val, proto, x_key, y_key)
+    if config.objective in ("match", "mixed") and teacher_proto is None:
+        raise UsageError(f"--objective {config.objective} needs --teacher MODEL (the dense model "
+                         "whose outputs to follow)")
+    train_set, val_set, mode = training_data(train, val, proto, x_key, y_key, config.objective,
+                                             dense=teacher_proto)
+    if mode == "match" and teacher_proto is None:
+        raise UsageError("the training data has no labels 'y': retraining without labels follows "
+                         "a teacher, give --teacher MODEL (the dense model)")
+    if mode == "labels" and teacher is not None and config.distill == 0:
+        raise UsageError("--teacher is only used with --distill ALPHA > 0 or --objective match|mixed")
+    config = dataclasses.replace(config, objective=mode).validate()
     before = evaluate(proto, val_set)
     result = retrain(proto, train_set, val_set, config=config, on_progress=on_progress,
                      teacher=teacher_proto)
@@ -120,6 +147,7 @@ def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: s
     return {
         "command": "finetune", "tool": {"name": "onnxprune", "version": __version__},
         "versions": versions(), "config": config_json(config), "teacher": path_of(teacher),
+        "objective": result.objective, "validation": _validation(val_set),
         "accuracy_before": before, "accuracy_after": after, "history": result.history,
         "dropout": {k: list(v) for k, v in result.dropout.items()},
         "masks": {k: {"nonzero": a, "total": b} for k, (a, b) in result.masks.items()},
@@ -182,7 +210,8 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
     proto, info = open_model(model)
     if before_run is not None:
         before_run([*model_files(info), train, val])
-    train_set, val_set = training_data(train, val, proto, x_key, y_key)
+    train_set, val_set, mode = training_data(train, val, proto, x_key, y_key, config.objective)
+    config = dataclasses.replace(config, objective=mode).validate()
     scan = _sensitivity_scan(proto, val_set, schedule)
     if scan is not None:
         schedule = dataclasses.replace(schedule, curves=scan["curves"])
@@ -211,12 +240,28 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
                      "sensitivity_scan": scan and scan["report"],
                      "layer-targets": [list(x) for x in schedule.layer_targets]},
         "final_sparsity": result.final_sparsity, "config": config_json(config),
+        "objective": _round_objective(result), "validation": _validation(val_set),
         "accuracy_dense": result.dense_accuracy, "accuracy_final": result.final_accuracy,
         "accuracy_drop_pp": drop_pp, "history": result.history, "layers": rows, "total": total,
         "dead_neurons": result.dead_neurons, "gates": gates, "wall_seconds": result.wall_seconds,
         "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
         "device": result.device, "auto": _auto_block(result) if auto else None,
     }
+
+
+def _validation(val_set) -> str:
+    """What the report's accuracies measure: top-1 accuracy on labels, or fidelity."""
+    if val_set.reference is None:
+        return "top-1 accuracy on the val labels"
+    return ("fidelity to the dense model in ONNX Runtime: top1 is the top-1 agreement of its "
+            "class-score outputs (1 - mean relative error when it has none); drops are "
+            "100 * (1 - agreement) percentage points")
+
+
+def _round_objective(result) -> dict | None:
+    """The objective of the last retraining round (the same every round)."""
+    rounds = [h for h in result.history if h.get("objective")]
+    return rounds[-1]["objective"] if rounds else None
 
 
 def _sensitivity_scan(model, val_set, schedule) -> dict | None:

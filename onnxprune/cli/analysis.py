@@ -44,6 +44,20 @@ def _dumps(obj) -> str:
 # --------------------------------------------------------------------------- sensitivity
 
 
+def labelled_or_reference(ds, model):
+    """``ds`` as is when it has labels; label-free, with the model's own outputs as the
+    reference, so the drops measured are fidelity drops (100·(1 − agreement))."""
+    import dataclasses
+
+    from onnxprune.runtime import datasets as data
+    from onnxprune.runtime.evaluate import reference
+
+    if ds.y is not None:
+        return ds
+    checked = data.check_dataset(ds, data.input_specs(model), None, name="val", labels=False)
+    return dataclasses.replace(checked, reference=reference(model, checked.x))
+
+
 def cmd_sensitivity(args, console: Console) -> int:
     from onnxprune.runtime import datasets as data
     from onnxprune.core import io
@@ -76,7 +90,8 @@ def cmd_sensitivity(args, console: Console) -> int:
     check_paths([*input_files(info), args.val],
                 [*(("-o", p) for p in names.values()), ("--json", args.json)],
                 new_folder=out_dir)
-    val = data.load_npz(args.val, x_key=args.x_key, y_key=args.y_key)
+    val = labelled_or_reference(data.load_data(args.val, model, x_key=args.x_key, y_key=args.y_key),
+                                model)
     result = sens.analyse(model, val, grid=grid, grid_kind=grid_kind, layers=args.layers,
                           batch_size=args.batch_size, threads=args.threads,
                           progress=console.progress)
@@ -346,7 +361,10 @@ def add_parsers(sub, common) -> None:
                     "layer the largest grid q whose drop stays within the budget, stopping at "
                     "the first grid point over it.")
     se.add_argument("model")
-    se.add_argument("--val", required=True, metavar="NPZ", help="validation data (.npz with x, y)")
+    se.add_argument("--val", required=True, metavar="NPZ",
+                    help="validation data: .npz with the inputs (x, or one array per graph input) "
+                         "and labels y; without y the drops are of top-1 agreement with the "
+                         "unpruned model")
     se.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     se.add_argument("--grid", metavar="PCTS",
                     help="sparsities in percent, comma-separated "

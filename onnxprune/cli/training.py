@@ -12,10 +12,19 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     from onnxprune.cli.args import SEED_MAX, float_arg, int_arg
 
     g = p.add_argument_group("data")
-    g.add_argument("--train", required=True, metavar="NPZ", help="training data (.npz with x, y)")
-    g.add_argument("--val", required=True, metavar="NPZ", help="validation data (.npz with x, y)")
-    g.add_argument("--x-key", default="x", help="array name of the inputs (default x)")
+    g.add_argument("--train", required=True, metavar="NPZ",
+                   help="training data: .npz with the inputs (x, or one array per graph input "
+                        "named after it) and, optionally, integer labels y")
+    g.add_argument("--val", required=True, metavar="NPZ", help="validation data (the same layout)")
+    g.add_argument("--x-key", default="x", help="array name of a single-input model's inputs (default x)")
     g.add_argument("--y-key", default="y", help="array name of the integer labels (default y)")
+    g.add_argument("--objective", choices=("labels", "match", "mixed"),
+                   help="labels: cross-entropy on y; match: no labels, reproduce the dense model's "
+                        "float outputs (compress: the input model; finetune: --teacher) — KL at "
+                        "--distill-temperature for class scores, squared error / dense variance "
+                        "for other outputs, and validation measures fidelity (top-1 agreement "
+                        "with the dense model); mixed: both. Default: labels when --train has y, "
+                        "match when it has none")
     t = p.add_argument_group("retraining")
     t.add_argument("--epochs", type=int_arg(1), default=2,
                    help="epochs per retraining (default 2)")
@@ -59,7 +68,7 @@ def _options(args) -> dict:
         l1=args.l1, freeze=args.freeze, adjust_dropout=not args.no_adjust_dropout,
         keep_best=args.keep_best, seed=args.seed, device=args.device,
         distill=args.distill, distill_temperature=args.distill_temperature,
-        lr_schedule=args.lr_schedule, regrow=args.regrow)
+        lr_schedule=args.lr_schedule, regrow=args.regrow, objective=args.objective)
 
 
 def _progress(console: Console, prefix: str):
@@ -92,7 +101,7 @@ def cmd_finetune(args, console: Console) -> int:
         return EXIT_OK  # under torchrun only rank 0 writes
     write_json(report, args.json)
     before, after = report["accuracy_before"], report["accuracy_after"]
-    console.info(f"val top-1 {100 * before['top1']:.2f}% -> {100 * after['top1']:.2f}% "
+    console.info(f"val {_measure(before)} {100 * before['top1']:.2f}% -> {100 * after['top1']:.2f}% "
                  f"(ONNX Runtime on the written model); wrote {args.output}")
     return EXIT_OK
 
@@ -136,7 +145,8 @@ def cmd_compress(args, console: Console) -> int:
     dense, final = report["accuracy_dense"]["top1"], report["accuracy_final"]["top1"]
     drop_pp = report["accuracy_drop_pp"]
     console.info(format_table(report["layers"], report["total"]))
-    console.info(f"val top-1: dense {100 * dense:.2f}% -> compressed {100 * final:.2f}% "
+    console.info(f"val {_measure(report['accuracy_dense'])}: dense {100 * dense:.2f}% -> "
+                 f"compressed {100 * final:.2f}% "
                  f"({drop_pp:+.2f} pp drop); {report['wall_seconds']:.0f} s; wrote {args.output}")
     _say_auto(console, report.get("auto"))
     for g in report["gates"]:
@@ -147,6 +157,11 @@ def cmd_compress(args, console: Console) -> int:
         raise GateFailed(f"accuracy dropped {drop_pp:.3g} pp, more than "
                          f"--max-accuracy-drop {args.max_accuracy_drop:g}")
     return EXIT_OK
+
+
+def _measure(acc: dict) -> str:
+    """What an accuracy record's top1 is: top-1 accuracy, or fidelity to the dense model."""
+    return acc.get("measure", "top-1")
 
 
 def _sparsity_or_auto(text: str):
@@ -211,7 +226,10 @@ def add_parsers(sub, common) -> None:
     co.add_argument("--no-remove-dead-neurons", action="store_true")
     co.add_argument("--emit", choices=("dense", "portable"), default="portable")
     co.add_argument("--max-accuracy-drop", type=float_arg(0.0), metavar="PP",
-                    help="gate: fail (exit 3) if val top-1 drops by more than PP percentage points")
+                    help="gate: fail (exit 3) if val top-1 drops by more than PP percentage points "
+                         "(label-free, --objective match: if the top-1 agreement with the dense "
+                         "model is below 100 - PP %%; 1 - mean relative error when the model has "
+                         "no class-score output); --target-sparsity auto uses the same drop")
     add_junit_arg(co)
     add_training_args(co)
     common(co)

@@ -412,10 +412,11 @@ class _Rounds:
         if self.on_progress is not None:
             def cb(epoch, step, total, metrics, _i=i):
                 self.on_progress(_i, epoch, step, total, metrics)
-        # Distillation (if asked for) follows the dense model the run started from.
-        distill = getattr(self.config, "distill", 0) > 0
+        # Distillation and the label-free objectives follow the dense model the run started from.
+        follow = getattr(self.config, "distill", 0) > 0 or \
+            getattr(self.config, "objective", None) in ("match", "mixed")
         result = finetune(pruned, self.train, self.val_ds, config=self.config, on_progress=cb,
-                          teacher=self.dense if distill else None)
+                          teacher=self.dense if follow else None)
         model = self.ranks.from_rank0(result.model)
         if result.max_rank_divergence is not None:
             self.divergence = max(self.divergence or 0.0, result.max_rank_divergence)
@@ -433,6 +434,7 @@ class _Rounds:
         rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"]
                           if r["quality"] is not None}
         rec["train_history"] = result.history
+        rec["objective"] = result.objective
         rec["dropout"] = {k: list(v) for k, v in result.dropout.items()}
         return model, acc, rec
 
