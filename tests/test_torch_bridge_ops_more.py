@@ -136,6 +136,10 @@ OTHER_CASES = [
     one("less_equal", "LessOrEqual", [i64(1, 2, 3), i64(2, 2, 2)], out_type=TensorProto.BOOL),
     one("and", "And", [np.array([True, False, True]), np.array([True, True, False])], out_type=TensorProto.BOOL),
     one("sin", "Sin", [f(3, 4)]),
+    one("pad_reflect_2d_last_axis", "Pad", [f(2, 9), i64(0, 3, 0, 3)], dict(mode="reflect"), init=(1,)),
+    one("pad_edge_batch_axis", "Pad", [f(2, 3, 4), i64(1, 0, 2, 0, 0, 1)], dict(mode="edge"), init=(1,)),
+    one("pad_reflect_axes_v18", "Pad", [f(2, 3, 5), i64(2, 4), None, i64(-1)], dict(mode="reflect"),
+        opset=18, init=(1, 3)),
     one("round_half_even", "Round", [np.array([0.5, 1.5, -2.5, 2.4], np.float32)]),
 ]
 
@@ -161,7 +165,7 @@ def test_op_matches_onnxruntime(case):
 GRAD_CASES = [c for c in CASES if c.id in {
     "lstm_bidir_peep_lens", "gru_bidir_lens", "rnn_relu_bidir", "linear_half_pixel_up",
     "cubic_align_exclude", "nearest_half_pixel_down", "split_input_v13", "layernorm_axis1_outputs",
-    "einsum_attention", "scatter_nd", "cumsum_rev_excl", "gather_elements",
+    "einsum_attention", "scatter_nd", "pad_reflect_2d_last_axis", "cumsum_rev_excl", "gather_elements",
 }]
 
 

@@ -423,12 +423,23 @@ def op_pad(n, ins, ctx):
         begins[a], ends[a] = pads[i], pads[k + i]
     if mode == "constant":
         return F.pad(x, _torch_pad_list(begins, ends), value=value)
-    # torch pads reflect/replicate only on the trailing (rank-2) axes.
-    first = next((i for i in range(x.dim()) if begins[i] or ends[i]), x.dim())
-    if first < 2:
-        raise ValueError(f"Pad mode {mode!r} on the batch or channel axis is not supported")
-    tmode = {"reflect": "reflect", "edge": "replicate"}[mode]
-    return F.pad(x, _torch_pad_list(begins[2:], ends[2:]), mode=tmode)
+    for a in range(x.dim()):
+        if begins[a] or ends[a]:
+            x = torch.index_select(x, a, _pad_index(x.shape[a], begins[a], ends[a], mode).to(x.device))
+    return x
+
+
+def _pad_index(length: int, begin: int, end: int, mode: str) -> torch.Tensor:
+    """Source index of each position of an axis padded by ``begin``/``end`` (negative: crop):
+    ``edge`` repeats the border, ``reflect`` mirrors about it without repeating it."""
+    i = torch.arange(-begin, length + end)
+    if mode == "edge":
+        return i.clamp(0, length - 1)
+    if length == 1:
+        return torch.zeros_like(i)
+    period = 2 * (length - 1)
+    i = torch.remainder(i, period)
+    return torch.where(i >= length, period - i, i)
 
 
 def _reduce(fn, axes_input_since):
