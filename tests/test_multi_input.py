@@ -173,3 +173,22 @@ def test_batch_fixed_at_one_equals_the_batched_gradient(objective):
     for name in many:
         assert not np.allclose(many[name], start[name])  # it trained
         np.testing.assert_allclose(one[name], many[name], rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_batch_output_without_a_sample_axis_is_kept_whole():
+    """A batch-1 model whose output is [3, 1] (classes first, as a detector's [boxes, 6]):
+    run sample by sample, each run's whole output is kept, in ONNX Runtime and in torch."""
+    import torch
+
+    from onnxprune.runtime.evaluate import reference
+    from onnxprune.training.torch_bridge import build_module
+    from onnxprune.training.torch_bridge.objective import forward_padded
+
+    model = mlp(sizes=(6, 10, 3), seed=5, batch=1)
+    model.graph.node.append(helper.make_node("Transpose", ["y"], ["t"], perm=[1, 0]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, [3, 1]))
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    assert reference(model, x).outputs["t"].shape == (12, 1)
+    got = forward_padded(build_module(model), {"x": torch.from_numpy(x)}, ["t"], 1)["t"]
+    assert tuple(got.shape) == (12, 1)

@@ -58,7 +58,9 @@ def run_outputs(model: onnx.ModelProto, x, names: list[str], *, batch_size: int 
             raise RuntimeFailure(f"ONNX Runtime failed on samples {start}..{start + real - 1}: "
                                  f"{ort_message(exc)}") from None
         for part, out in zip(parts, outs):
-            part.append(np.asarray(out)[:real])
+            # Only padded rows are dropped: an output whose first axis is not the sample axis
+            # (a fixed-batch detector's [boxes, 6]) is kept whole.
+            part.append(np.asarray(out)[:real] if real < step else np.asarray(out))
     return {name: np.concatenate(part) for name, part in zip(names, parts)}
 
 

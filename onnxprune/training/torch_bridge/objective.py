@@ -79,7 +79,7 @@ def forward_padded(module, x: dict, names: list[str], fixed: int | None) -> dict
         if real < fixed:
             chunk = {k: torch.cat([v, v[-1:].expand(fixed - real, *v.shape[1:])]) for k, v in chunk.items()}
         for k, v in named(module, chunk, names).items():
-            parts[k].append(v[:real])
+            parts[k].append(v[:real] if real < fixed else v)  # an unpadded output is kept whole
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
