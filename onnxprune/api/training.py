@@ -24,7 +24,8 @@ def training_config(rounds: bool = False, **options):
     """A validated ``FinetuneConfig`` from keyword options named as its fields (``epochs``,
     ``batch_size``, ``lr``, ``original_lr``, ``lr_schedule``, ``optimizer``, ``momentum``,
     ``weight_decay``, ``l1``, ``freeze``, ``adjust_dropout``, ``keep_best``, ``seed``,
-    ``device``, ``distill``, ``distill_temperature``). ``epochs`` defaults to 2, and with
+    ``device``, ``distill``, ``distill_temperature``, ``regrow``, ``objective``: labels |
+    match | mixed, None = from the data). ``epochs`` defaults to 2, and with
     neither ``lr`` nor ``original_lr`` the model is taken as trained at 0.1 and retrained at
     ``lr = original_lr / 10 = 0.01`` (Han et al. retrain LeNet at 1/10 of the original rate).
     ``lr_schedule`` left None is :func:`_default_schedule`'s (``rounds``: for compress).
@@ -173,6 +174,9 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
     with :func:`training_config`'s ``options``. ``layer_quality`` and ``layer_targets`` are
     ``(glob, value)`` pairs, the last match wins.
 
+    Label-free data (no ``y``, or ``objective="match"``) retrains the pruned model to follow
+    the dense one and measures every accuracy as fidelity to it (:func:`training_data`): top1
+    is the top-1 agreement with the dense model, so the drop is ``100·(1 − agreement)``.
     ``accuracy_drop_pp = 100·(top1_dense − top1_final)``; with ``max_accuracy_drop`` set, a
     larger drop is reported as ``status: "gate-failed"`` (the model is still written; the CLI
     exits 3), not raised.
