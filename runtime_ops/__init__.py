@@ -20,7 +20,7 @@ import sys
 import weakref
 from typing import TYPE_CHECKING, Sequence
 
-from .csr import csr_from_dense, dense_from_csr
+from .csr import compact_csr, csr_from_dense, delta8_from_csr, dense_from_csr
 
 if TYPE_CHECKING:  # onnxruntime is imported lazily: importing this package must stay cheap
     import onnxruntime
@@ -28,7 +28,9 @@ if TYPE_CHECKING:  # onnxruntime is imported lazily: importing this package must
 __all__ = [
     "DOMAIN",
     "InferenceSession",
+    "compact_csr",
     "csr_from_dense",
+    "delta8_from_csr",
     "dense_from_csr",
     "disable_telemetry",
     "import_onnxruntime",

@@ -7,13 +7,14 @@
 // -Wmaybe-uninitialized reports at every gather/convert call site; the values are never read.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
 
-#define OP_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")))
-#define OP_AVX2 __attribute__((target("avx2,fma")))
+#define OP_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi2")))
+#define OP_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace onnxprune {
 
@@ -25,15 +26,24 @@ const char* IsaName(Isa isa) {
   }
 }
 
+// F16C (float16 <-> float32 conversion), which the vector paths use for float16 values. Every
+// AVX2 CPU made has it, but __builtin_cpu_supports has no name for it in older compilers:
+// CPUID leaf 1, ECX bit 29.
+static bool HasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  return (ecx >> 29) & 1u;
+}
+
 bool CpuHas(Isa isa) {
   __builtin_cpu_init();
   switch (isa) {
     case Isa::kAvx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
     case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
     default:
       return true;
   }
@@ -46,41 +56,76 @@ Isa BestIsa() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Column indices. Absolute ones (int16, int32) are read as they are; uint8 deltas are summed
+// into a running column that a Cursor carries along the row (reset to 0 at every row start).
+// The same loops serve all three: Take(col, j, cur) is the column of entry j (cur then sits
+// past it), Peek the same without moving. For absolute indices the cursor is unused and
+// compiles away.
+struct Cursor {
+  int64_t col = 0;
+};
+static inline int64_t Peek(const int16_t* c, int64_t j, const Cursor&) { return c[j]; }
+static inline int64_t Peek(const int32_t* c, int64_t j, const Cursor&) { return c[j]; }
+static inline int64_t Peek(const uint8_t* d, int64_t j, const Cursor& cur) { return cur.col + d[j]; }
+static inline int64_t Take(const int16_t* c, int64_t j, Cursor&) { return c[j]; }
+static inline int64_t Take(const int32_t* c, int64_t j, Cursor&) { return c[j]; }
+static inline int64_t Take(const uint8_t* d, int64_t j, Cursor& cur) { return cur.col += d[j]; }
+// Moves the cursor past the n entries at c.
+static inline void Skip(const int16_t*, int, Cursor&) {}
+static inline void Skip(const int32_t*, int, Cursor&) {}
+static inline void Skip(const uint8_t* d, int n, Cursor& cur) {
+  for (int i = 0; i < n; ++i) cur.col += d[i];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Portable
 namespace scalar {
 
-template <class I>
-void Spmv(const float* values, const I* col, const int32_t* row_ptr, const float* x, int64_t /*k*/, int64_t r0,
+static inline float Val(const float* v, int64_t j) { return v[j]; }
+static inline float Val(const uint16_t* v, int64_t j) { return HalfToFloat(v[j]); }
+
+template <class V, class I>
+void Spmv(const void* vp, const void* cp, const int32_t* row_ptr, const float* x, int64_t /*k*/, int64_t r0,
           int64_t r1, float* y) {
+  const V* values = static_cast<const V*>(vp);
+  const I* col = static_cast<const I*>(cp);
   for (int64_t r = r0; r < r1; ++r) {
     // Four partial sums break the add dependency chain; the order differs from a dense dot
     // product only by rounding.
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    Cursor cur;
     int64_t j = row_ptr[r];
     const int64_t e = row_ptr[r + 1];
     for (; j + 4 <= e; j += 4) {
-      s0 += values[j] * x[col[j]];
-      s1 += values[j + 1] * x[col[j + 1]];
-      s2 += values[j + 2] * x[col[j + 2]];
-      s3 += values[j + 3] * x[col[j + 3]];
+      s0 += Val(values, j) * x[Take(col, j, cur)];
+      s1 += Val(values, j + 1) * x[Take(col, j + 1, cur)];
+      s2 += Val(values, j + 2) * x[Take(col, j + 2, cur)];
+      s3 += Val(values, j + 3) * x[Take(col, j + 3, cur)];
     }
-    for (; j < e; ++j) s0 += values[j] * x[col[j]];
+    for (; j < e; ++j) s0 += Val(values, j) * x[Take(col, j, cur)];
     y[r - r0] = (s0 + s1) + (s2 + s3);
   }
 }
 
-template <class I>
-void Spmm(const float* values, const I* col, const int32_t* row_ptr, const float* xt, int mb, int64_t r0,
+template <class V, class I>
+void Spmm(const void* vp, const void* cp, const int32_t* row_ptr, const float* xt, int mb, int64_t r0,
           int64_t r1, float* out) {
+  const V* values = static_cast<const V*>(vp);
+  const I* col = static_cast<const I*>(cp);
   for (int64_t r = r0; r < r1; ++r) {
     float* o = out + (r - r0) * mb;
     for (int m = 0; m < mb; ++m) o[m] = 0.f;
+    Cursor cur;
     for (int64_t j = row_ptr[r]; j < row_ptr[r + 1]; ++j) {
-      const float w = values[j];
-      const float* xr = xt + static_cast<int64_t>(col[j]) * mb;
+      const float w = Val(values, j);
+      const float* xr = xt + Take(col, j, cur) * mb;
       for (int m = 0; m < mb; ++m) o[m] += w * xr[m];
     }
   }
+}
+
+void HalfToFloatN(const uint16_t* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = HalfToFloat(in[i]);
 }
 
 void ConvTile(const float* w, const int32_t* off, int64_t nnz, const float* q, int64_t row_stride, float* out) {
@@ -97,8 +142,9 @@ void ConvTile(const float* w, const int32_t* off, int64_t nnz, const float* q, i
 
 }  // namespace scalar
 
+
 // ---------------------------------------------------------------------------------------------
-// AVX2 + FMA
+// AVX2 + FMA + F16C
 namespace avx2 {
 
 OP_AVX2 static inline __m256i LoadIdx8(const int16_t* p) {
@@ -114,13 +160,22 @@ OP_AVX2 static inline float Hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Values: float32 as they are, float16 widened in registers (vcvtph2ps), so a float16 CSR
+// streams half the value bytes and every product and sum is still float32.
+OP_AVX2 static inline __m256 Val8(const float* v) { return _mm256_loadu_ps(v); }
+OP_AVX2 static inline __m256 Val8(const uint16_t* v) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
+}
+OP_AVX2 static inline float Val(const float* v, int64_t j) { return v[j]; }
+OP_AVX2 static inline float Val(const uint16_t* v, int64_t j) { return _cvtsh_ss(v[j]); }
+
 // Batch-1 rows are built from scalar loads rather than gathers: on the Zen 4 class cores this
 // was tuned on, a 16-lane vgatherdps retires about one lane per cycle, while plain loads
 // inserted into a vector sustain ~1.3 nonzeros per cycle once the column indices arrive four
 // (int16) or two (int32) per 64-bit load and are split in integer registers, which keeps the
 // load ports free for x. The AVX-512 table uses these loops too; wider vectors do not help a
 // loop bound by loads of x.
-OP_AVX2 static inline __m256 LoadX8(const float* x, const int16_t* c) {
+OP_AVX2 static inline __m256 LoadX8(const float* x, const int16_t* c, Cursor&) {
   uint64_t a, b;
   std::memcpy(&a, c, 8);
   std::memcpy(&b, c + 4, 8);
@@ -129,7 +184,7 @@ OP_AVX2 static inline __m256 LoadX8(const float* x, const int16_t* c) {
   const __m128 hi = _mm_set_ps(x[b >> 48], x[(b >> 32) & 0xffff], x[(b >> 16) & 0xffff], x[b & 0xffff]);
   return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
-OP_AVX2 static inline __m256 LoadX8(const float* x, const int32_t* c) {
+OP_AVX2 static inline __m256 LoadX8(const float* x, const int32_t* c, Cursor&) {
   uint64_t a, b, d, e;
   std::memcpy(&a, c, 8);
   std::memcpy(&b, c + 2, 8);
@@ -139,58 +194,127 @@ OP_AVX2 static inline __m256 LoadX8(const float* x, const int32_t* c) {
   const __m128 hi = _mm_set_ps(x[e >> 32], x[static_cast<uint32_t>(e)], x[d >> 32], x[static_cast<uint32_t>(d)]);
   return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
+// uint8 deltas, decoded in registers: the 8 deltas are widened to 16-bit lanes and
+// prefix-summed there (three shift-adds; 8 x 255 fits 16 bits), so the 8 columns are the
+// cursor's column plus independent 16-bit fields, and the only loop-carried dependency is one
+// add per 8 nonzeros (a running add per nonzero would cap the loop at one nonzero per cycle).
+OP_AVX2 static inline __m128i PrefixDeltas8(const uint8_t* d) {
+  __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(d)));
+  w = _mm_add_epi16(w, _mm_slli_si128(w, 2));
+  w = _mm_add_epi16(w, _mm_slli_si128(w, 4));
+  return _mm_add_epi16(w, _mm_slli_si128(w, 8));
+}
+OP_AVX2 static inline __m256 LoadX8(const float* x, const uint8_t* d, Cursor& cur) {
+  const __m128i w = PrefixDeltas8(d);
+  const uint64_t a = static_cast<uint64_t>(_mm_cvtsi128_si64(w));
+  const uint64_t b = static_cast<uint64_t>(_mm_extract_epi64(w, 1));
+  const int64_t c = cur.col;
+  const __m128 lo = _mm_set_ps(x[c + (a >> 48)], x[c + ((a >> 32) & 0xffff)], x[c + ((a >> 16) & 0xffff)],
+                               x[c + (a & 0xffff)]);
+  const __m128 hi = _mm_set_ps(x[c + (b >> 48)], x[c + ((b >> 32) & 0xffff)], x[c + ((b >> 16) & 0xffff)],
+                               x[c + (b & 0xffff)]);
+  cur.col = c + static_cast<int64_t>(b >> 48);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+// The 8 columns at c as int32 lanes, the cursor unmoved (decoded columns are < 2^31: ops.cc).
+OP_AVX2 static inline __m256i Cols8(const int16_t* c, const Cursor&) { return LoadIdx8(c); }
+OP_AVX2 static inline __m256i Cols8(const int32_t* c, const Cursor&) { return LoadIdx8(c); }
+OP_AVX2 static inline __m256i Cols8(const uint8_t* d, const Cursor& cur) {
+  return _mm256_add_epi32(_mm256_cvtepu16_epi32(PrefixDeltas8(d)), _mm256_set1_epi32(static_cast<int32_t>(cur.col)));
+}
+// Column of entry 31 counted from c, the cursor unmoved.
+OP_AVX2 static inline int64_t Last32(const int16_t* c, const Cursor&) { return c[31]; }
+OP_AVX2 static inline int64_t Last32(const int32_t* c, const Cursor&) { return c[31]; }
+OP_AVX2 static inline int64_t Last32(const uint8_t* d, const Cursor& cur) {
+  // vpsadbw against zero: four sums of 8 bytes each.
+  const __m256i s = _mm256_sad_epu8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d)), _mm256_setzero_si256());
+  const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+  return cur.col + _mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1);
+}
 
 // Rows in order, x small enough to stay in L1 next to the streamed CSR arrays.
-template <class I>
-OP_AVX2 void SpmvRows(const float* values, const I* col, const int32_t* row_ptr, const float* x, int64_t r0,
+template <class V, class I>
+OP_AVX2 void SpmvRows(const V* values, const I* col, const int32_t* row_ptr, const float* x, int64_t r0,
                       int64_t r1, float* y) {
   for (int64_t r = r0; r < r1; ++r) {
     int64_t j = row_ptr[r];
     const int64_t e = row_ptr[r + 1];
+    Cursor cur;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     for (; j + 32 <= e; j += 32) {
       // The x loads keep the load queue busy enough that the hardware prefetcher falls behind
       // on the two sequential streams. ~2 KB ahead covers DRAM latency; further ahead the
       // prefetched lines start evicting x from L1.
       _mm_prefetch(reinterpret_cast<const char*>(values + j) + 2048, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(values + j) + 2048 + 64, _MM_HINT_T0);
+      if (sizeof(V) == 4) _mm_prefetch(reinterpret_cast<const char*>(values + j) + 2048 + 64, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(col + j) + 1024 * sizeof(I) / 2, _MM_HINT_T0);
       if (sizeof(I) == 4) _mm_prefetch(reinterpret_cast<const char*>(col + j) + 2048 + 64, _MM_HINT_T0);
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), LoadX8(x, col + j), a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 8), LoadX8(x, col + j + 8), a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 16), LoadX8(x, col + j + 16), a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 24), LoadX8(x, col + j + 24), a3);
+      a0 = _mm256_fmadd_ps(Val8(values + j), LoadX8(x, col + j, cur), a0);
+      a1 = _mm256_fmadd_ps(Val8(values + j + 8), LoadX8(x, col + j + 8, cur), a1);
+      a2 = _mm256_fmadd_ps(Val8(values + j + 16), LoadX8(x, col + j + 16, cur), a2);
+      a3 = _mm256_fmadd_ps(Val8(values + j + 24), LoadX8(x, col + j + 24, cur), a3);
     }
-    for (; j + 8 <= e; j += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), LoadX8(x, col + j), a0);
+    for (; j + 8 <= e; j += 8) a0 = _mm256_fmadd_ps(Val8(values + j), LoadX8(x, col + j, cur), a0);
     float s = Hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; j < e; ++j) s += values[j] * x[col[j]];
+    for (; j < e; ++j) s += Val(values, j) * x[Take(col, j, cur)];
     y[r - r0] = s;
   }
+}
+
+// The up to 31 nonzeros of one row left in a column block (after SpmvBlocked's 32-wide steps):
+// whole 8-lane steps, then a masked step for the leading lanes still inside the block; near
+// the row end, scalar into `tail`. Returns the row's new position; `cur` follows it.
+template <class V, class I>
+OP_AVX2 int64_t SpmvBlockRest(const V* values, const I* col, const float* x, int64_t j, int64_t e, int64_t bend,
+                              Cursor& cur, __m256& a1, float& tail) {
+  // Lane masks for the first n lanes: 8 - n floats into this table.
+  alignas(32) static const int32_t kPrefix[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  const __m256i vbend = _mm256_set1_epi32(static_cast<int32_t>(bend));
+  while (j + 8 <= e) {
+    const __m256i inside = _mm256_cmpgt_epi32(vbend, Cols8(col + j, cur));
+    const unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(inside)));
+    const int n = __builtin_ctz(~bits);  // leading lanes inside; 8 when all are
+    if (n == 8) {
+      a1 = _mm256_fmadd_ps(Val8(values + j), LoadX8(x, col + j, cur), a1);
+      j += 8;
+      continue;
+    }
+    // Lanes past the block are multiplied too (their indices are valid) but masked out
+    // after the product, so an inf or NaN there cannot leak into this row's sum.
+    const __m256 keep = _mm256_loadu_ps(reinterpret_cast<const float*>(kPrefix + 8 - n));
+    Cursor probe = cur;
+    const __m256 p = _mm256_mul_ps(Val8(values + j), LoadX8(x, col + j, probe));
+    a1 = _mm256_add_ps(a1, _mm256_and_ps(p, keep));
+    Skip(col + j, n, cur);
+    return j + n;
+  }
+  for (; j < e && Peek(col, j, cur) < bend; ++j) tail += Val(values, j) * x[Take(col, j, cur)];
+  return j;
 }
 
 // Wide x (beyond L1): x is split into column blocks of at most kSpmvBlockCols, and a group of
 // kSpmvGroupRows rows is swept block by block, each row resuming where the previous block
 // stopped, so the gathered part of x stays in L1 and the group's CSR data (read once from
 // memory, then from L2) is what moves. A row's pass over a block stops at the first nonzero
-// whose column lies past the block. With ascending columns (what csr_from_dense writes) that is
-// exactly the block's share; with any other order each nonzero is still consumed exactly once,
-// because the cursor only moves forward and the last block takes everything left.
-template <class I>
-OP_AVX2 void SpmvBlocked(const float* values, const I* col, const int32_t* row_ptr, const float* x, int64_t k,
+// whose column lies past the block. With ascending columns (what csr_from_dense writes, and
+// always for deltas) that is exactly the block's share; with any other order each nonzero is
+// still consumed exactly once, because the cursor only moves forward and the last block takes
+// everything left.
+template <class V, class I>
+OP_AVX2 void SpmvBlocked(const V* values, const I* col, const int32_t* row_ptr, const float* x, int64_t k,
                          int64_t r0, int64_t r1, float* y) {
   const int64_t blocks = (k + kSpmvBlockCols - 1) / kSpmvBlockCols;
   const int64_t width = (k + blocks - 1) / blocks;
-  // Lane masks for the first n lanes: 8 - n floats into this table.
-  alignas(32) static const int32_t kPrefix[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
   const char* const v_end = reinterpret_cast<const char*>(values + row_ptr[r1]);
   const char* const c_end = reinterpret_cast<const char*>(col + row_ptr[r1]);
   for (int64_t g0 = r0; g0 < r1; g0 += kSpmvGroupRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kSpmvGroupRows, r1 - g0));
-    int64_t cur[kSpmvGroupRows];
+    int64_t pos[kSpmvGroupRows];
+    Cursor curs[kSpmvGroupRows];
     __m256 acc[kSpmvGroupRows];
     float tail[kSpmvGroupRows];
     for (int g = 0; g < rows; ++g) {
-      cur[g] = row_ptr[g0 + g];
+      pos[g] = row_ptr[g0 + g];
       acc[g] = _mm256_setzero_ps();
       tail[g] = 0.f;
     }
@@ -202,64 +326,42 @@ OP_AVX2 void SpmvBlocked(const float* values, const I* col, const int32_t* row_p
     for (int64_t b = 0; b < blocks; ++b) {
       const bool last = b + 1 == blocks;
       const int64_t bend = last ? k : (b + 1) * width;
-      const __m256i vbend = _mm256_set1_epi32(static_cast<int32_t>(bend));
       for (int g = 0; g < rows; ++g) {
-        int64_t j = cur[g];
+        int64_t j = pos[g];
         const int64_t e = row_ptr[g0 + g + 1];
+        Cursor& cur = curs[g];
         __m256 a0 = acc[g], a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (; j + 32 <= e && (last || col[j + 31] < bend); j += 32) {
+        for (; j + 32 <= e && (last || Last32(col + j, cur) < bend); j += 32) {
           if (pv < v_end) {
             _mm_prefetch(pv, _MM_HINT_T0);
-            _mm_prefetch(pv + 64, _MM_HINT_T0);
+            if (sizeof(V) == 4) _mm_prefetch(pv + 64, _MM_HINT_T0);
           }
           if (pc < c_end) {
             _mm_prefetch(pc, _MM_HINT_T0);
             if (sizeof(I) == 4) _mm_prefetch(pc + 64, _MM_HINT_T0);
           }
-          pv += 128;
+          pv += 32 * sizeof(V);
           pc += 32 * sizeof(I);
-          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), LoadX8(x, col + j), a0);
-          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 8), LoadX8(x, col + j + 8), a1);
-          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 16), LoadX8(x, col + j + 16), a2);
-          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 24), LoadX8(x, col + j + 24), a3);
+          a0 = _mm256_fmadd_ps(Val8(values + j), LoadX8(x, col + j, cur), a0);
+          a1 = _mm256_fmadd_ps(Val8(values + j + 8), LoadX8(x, col + j + 8, cur), a1);
+          a2 = _mm256_fmadd_ps(Val8(values + j + 16), LoadX8(x, col + j + 16, cur), a2);
+          a3 = _mm256_fmadd_ps(Val8(values + j + 24), LoadX8(x, col + j + 24, cur), a3);
         }
         a0 = _mm256_add_ps(a0, a2);
         a1 = _mm256_add_ps(a1, a3);
-        // Up to 31 nonzeros left in this block: whole 8-lane steps, then a masked step for
-        // the leading lanes still inside the block; near the row end, scalar.
-        while (j + 8 <= e) {
-          const __m256i inside = _mm256_cmpgt_epi32(vbend, LoadIdx8(col + j));
-          const unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(inside)));
-          const int n = __builtin_ctz(~bits);  // leading lanes inside; 8 when all are
-          if (n == 8) {
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), LoadX8(x, col + j), a1);
-            j += 8;
-            continue;
-          }
-          // Lanes past the block are multiplied too (their indices are valid) but masked out
-          // after the product, so an inf or NaN there cannot leak into this row's sum.
-          const __m256 keep = _mm256_loadu_ps(reinterpret_cast<const float*>(kPrefix + 8 - n));
-          const __m256 p = _mm256_mul_ps(_mm256_loadu_ps(values + j), LoadX8(x, col + j));
-          a1 = _mm256_add_ps(a1, _mm256_and_ps(p, keep));
-          j += n;
-          break;
-        }
-        if (j + 8 > e) {
-          float t = tail[g];
-          for (; j < e && col[j] < bend; ++j) t += values[j] * x[col[j]];
-          tail[g] = t;
-        }
+        pos[g] = SpmvBlockRest(values, col, x, j, e, bend, cur, a1, tail[g]);
         acc[g] = _mm256_add_ps(a0, a1);
-        cur[g] = j;
       }
     }
     for (int g = 0; g < rows; ++g) y[g0 + g - r0] = Hsum(acc[g]) + tail[g];
   }
 }
 
-template <class I>
-OP_AVX2 void Spmv(const float* values, const I* col, const int32_t* row_ptr, const float* x, int64_t k, int64_t r0,
+template <class V, class I>
+OP_AVX2 void Spmv(const void* vp, const void* cp, const int32_t* row_ptr, const float* x, int64_t k, int64_t r0,
                   int64_t r1, float* y) {
+  const V* values = static_cast<const V*>(vp);
+  const I* col = static_cast<const I*>(cp);
   if (k > kSpmvBlockCols + kSpmvBlockCols / 2)
     SpmvBlocked(values, col, row_ptr, x, k, r0, r1, y);
   else
@@ -268,8 +370,8 @@ OP_AVX2 void Spmv(const float* values, const I* col, const int32_t* row_ptr, con
 
 // V ymm registers span the mb-wide panel row; P independent accumulator sets hide FMA latency
 // when the panel is narrow.
-template <class I, int V, int P>
-OP_AVX2 void SpmmFixed(const float* values, const I* col, const int32_t* row_ptr, const float* xt, int64_t r0,
+template <class T, class I, int V, int P>
+OP_AVX2 void SpmmFixed(const T* values, const I* col, const int32_t* row_ptr, const float* xt, int64_t r0,
                        int64_t r1, float* out) {
   constexpr int mb = V * 8;
   for (int64_t r = r0; r < r1; ++r) {
@@ -278,16 +380,17 @@ OP_AVX2 void SpmmFixed(const float* values, const I* col, const int32_t* row_ptr
       for (int v = 0; v < V; ++v) acc[p][v] = _mm256_setzero_ps();
     int64_t j = row_ptr[r];
     const int64_t e = row_ptr[r + 1];
+    Cursor cur;
     for (; j + P <= e; j += P) {
       for (int p = 0; p < P; ++p) {
-        const __m256 w = _mm256_broadcast_ss(values + j + p);
-        const float* xr = xt + static_cast<int64_t>(col[j + p]) * mb;
+        const __m256 w = _mm256_set1_ps(Val(values, j + p));
+        const float* xr = xt + Take(col, j + p, cur) * mb;
         for (int v = 0; v < V; ++v) acc[p][v] = _mm256_fmadd_ps(w, _mm256_load_ps(xr + 8 * v), acc[p][v]);
       }
     }
     for (; j < e; ++j) {
-      const __m256 w = _mm256_broadcast_ss(values + j);
-      const float* xr = xt + static_cast<int64_t>(col[j]) * mb;
+      const __m256 w = _mm256_set1_ps(Val(values, j));
+      const float* xr = xt + Take(col, j, cur) * mb;
       for (int v = 0; v < V; ++v) acc[0][v] = _mm256_fmadd_ps(w, _mm256_load_ps(xr + 8 * v), acc[0][v]);
     }
     float* o = out + (r - r0) * mb;
@@ -299,14 +402,16 @@ OP_AVX2 void SpmmFixed(const float* values, const I* col, const int32_t* row_ptr
   }
 }
 
-template <class I>
-OP_AVX2 void Spmm(const float* values, const I* col, const int32_t* row_ptr, const float* xt, int mb, int64_t r0,
+template <class T, class I>
+OP_AVX2 void Spmm(const void* vp, const void* cp, const int32_t* row_ptr, const float* xt, int mb, int64_t r0,
                   int64_t r1, float* out) {
+  const T* values = static_cast<const T*>(vp);
+  const I* col = static_cast<const I*>(cp);
   switch (mb) {
-    case 16: return SpmmFixed<I, 2, 2>(values, col, row_ptr, xt, r0, r1, out);
-    case 32: return SpmmFixed<I, 4, 1>(values, col, row_ptr, xt, r0, r1, out);
-    case 48: return SpmmFixed<I, 6, 1>(values, col, row_ptr, xt, r0, r1, out);
-    default: return SpmmFixed<I, 8, 1>(values, col, row_ptr, xt, r0, r1, out);
+    case 16: return SpmmFixed<T, I, 2, 2>(values, col, row_ptr, xt, r0, r1, out);
+    case 32: return SpmmFixed<T, I, 4, 1>(values, col, row_ptr, xt, r0, r1, out);
+    case 48: return SpmmFixed<T, I, 6, 1>(values, col, row_ptr, xt, r0, r1, out);
+    default: return SpmmFixed<T, I, 8, 1>(values, col, row_ptr, xt, r0, r1, out);
   }
 }
 
@@ -328,14 +433,22 @@ OP_AVX2 void ConvTile(const float* w, const int32_t* off, int64_t nnz, const flo
   }
 }
 
+OP_AVX2 void HalfToFloatN(const uint16_t* in, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, Val8(in + i));
+  for (; i < n; ++i) out[i] = _cvtsh_ss(in[i]);
+}
+
 }  // namespace avx2
 
 // ---------------------------------------------------------------------------------------------
 // AVX-512
 namespace avx512 {
 
-template <class I, int V, int P>
-OP_AVX512 void SpmmFixed(const float* values, const I* col, const int32_t* row_ptr, const float* xt, int64_t r0,
+using avx2::Val;
+
+template <class T, class I, int V, int P>
+OP_AVX512 void SpmmFixed(const T* values, const I* col, const int32_t* row_ptr, const float* xt, int64_t r0,
                          int64_t r1, float* out) {
   constexpr int mb = V * 16;
   for (int64_t r = r0; r < r1; ++r) {
@@ -344,16 +457,17 @@ OP_AVX512 void SpmmFixed(const float* values, const I* col, const int32_t* row_p
       for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_ps();
     int64_t j = row_ptr[r];
     const int64_t e = row_ptr[r + 1];
+    Cursor cur;
     for (; j + P <= e; j += P) {
       for (int p = 0; p < P; ++p) {
-        const __m512 w = _mm512_set1_ps(values[j + p]);
-        const float* xr = xt + static_cast<int64_t>(col[j + p]) * mb;
+        const __m512 w = _mm512_set1_ps(Val(values, j + p));
+        const float* xr = xt + Take(col, j + p, cur) * mb;
         for (int v = 0; v < V; ++v) acc[p][v] = _mm512_fmadd_ps(w, _mm512_load_ps(xr + 16 * v), acc[p][v]);
       }
     }
     for (; j < e; ++j) {
-      const __m512 w = _mm512_set1_ps(values[j]);
-      const float* xr = xt + static_cast<int64_t>(col[j]) * mb;
+      const __m512 w = _mm512_set1_ps(Val(values, j));
+      const float* xr = xt + Take(col, j, cur) * mb;
       for (int v = 0; v < V; ++v) acc[0][v] = _mm512_fmadd_ps(w, _mm512_load_ps(xr + 16 * v), acc[0][v]);
     }
     float* o = out + (r - r0) * mb;
@@ -365,14 +479,16 @@ OP_AVX512 void SpmmFixed(const float* values, const I* col, const int32_t* row_p
   }
 }
 
-template <class I>
-OP_AVX512 void Spmm(const float* values, const I* col, const int32_t* row_ptr, const float* xt, int mb,
-                    int64_t r0, int64_t r1, float* out) {
+template <class T, class I>
+OP_AVX512 void Spmm(const void* vp, const void* cp, const int32_t* row_ptr, const float* xt, int mb, int64_t r0,
+                    int64_t r1, float* out) {
+  const T* values = static_cast<const T*>(vp);
+  const I* col = static_cast<const I*>(cp);
   switch (mb) {
-    case 16: return SpmmFixed<I, 1, 4>(values, col, row_ptr, xt, r0, r1, out);
-    case 32: return SpmmFixed<I, 2, 2>(values, col, row_ptr, xt, r0, r1, out);
-    case 48: return SpmmFixed<I, 3, 2>(values, col, row_ptr, xt, r0, r1, out);
-    default: return SpmmFixed<I, 4, 1>(values, col, row_ptr, xt, r0, r1, out);
+    case 16: return SpmmFixed<T, I, 1, 4>(values, col, row_ptr, xt, r0, r1, out);
+    case 32: return SpmmFixed<T, I, 2, 2>(values, col, row_ptr, xt, r0, r1, out);
+    case 48: return SpmmFixed<T, I, 3, 2>(values, col, row_ptr, xt, r0, r1, out);
+    default: return SpmmFixed<T, I, 4, 1>(values, col, row_ptr, xt, r0, r1, out);
   }
 }
 
@@ -400,15 +516,26 @@ OP_AVX512 void ConvTile(const float* w, const int32_t* off, int64_t nnz, const f
 
 // ---------------------------------------------------------------------------------------------
 
+// Kernel tables indexed [ValueKind][IndexKind]: float32 / float16 values, int16 / int32 / uint8
+// delta columns.
+#define ONNXPRUNE_BY_TYPE(fn)                                                    \
+  {                                                                              \
+    {fn<float, int16_t>, fn<float, int32_t>, fn<float, uint8_t>}, {              \
+      fn<uint16_t, int16_t>, fn<uint16_t, int32_t>, fn<uint16_t, uint8_t>        \
+    }                                                                            \
+  }
+
 static const Kernels kScalarKernels = {
-    scalar::Spmv<int16_t>, scalar::Spmv<int32_t>, scalar::Spmm<int16_t>, scalar::Spmm<int32_t>, scalar::ConvTile,
+    ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), scalar::ConvTile, scalar::HalfToFloatN,
 };
 static const Kernels kAvx2Kernels = {
-    avx2::Spmv<int16_t>, avx2::Spmv<int32_t>, avx2::Spmm<int16_t>, avx2::Spmm<int32_t>, avx2::ConvTile,
+    ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), avx2::ConvTile, avx2::HalfToFloatN,
 };
 static const Kernels kAvx512Kernels = {
-    avx2::Spmv<int16_t>, avx2::Spmv<int32_t>, avx512::Spmm<int16_t>, avx512::Spmm<int32_t>, avx512::ConvTile,
+    ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), avx512::ConvTile, avx2::HalfToFloatN,
 };
+
+#undef ONNXPRUNE_BY_TYPE
 
 const Kernels& KernelsFor(Isa isa) {
   switch (isa) {

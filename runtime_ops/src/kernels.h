@@ -1,14 +1,18 @@
 // Sparse x dense inner loops, one implementation per instruction set, chosen at run time.
 //
 // All matrices are CSR by output row: row r holds the weights feeding output feature/channel r,
-// `col` are input indices (int16 or int32), `row_ptr[r]..row_ptr[r+1]` delimit row r.
+// `row_ptr[r]..row_ptr[r+1]` delimit row r. Values are float32 or float16 (IEEE binary16,
+// widened to float32 as they are loaded; sums are float32). Column indices are int16 or int32
+// (absolute), or uint8 deltas: entry j of a row sits at column d[row start] + ... + d[j], the
+// running sum restarting at 0 on every row (op contract v2, runtime_ops/README.md).
 // The loops trust their inputs: the caller (ops.cc) validates them before any of these run,
-// namely row_ptr non-decreasing from 0 to nnz, every column index in [0, k) (or [0, K) of the
-// panel), k <= INT32_MAX, and every conv offset plus the tile's reach inside the zero-padded
-// buffer it indexes.
+// namely row_ptr non-decreasing from 0 to nnz, every (decoded) column index in [0, k) (or
+// [0, K) of the panel), k <= INT32_MAX, and every conv offset plus the tile's reach inside the
+// zero-padded buffer it indexes.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 namespace onnxprune {
 
@@ -47,22 +51,54 @@ constexpr int64_t kSpmvBlockCols = 5120;
 // DRAM time about equal and overlapping only in part, ~14 GB/s is what one core sustains.
 constexpr int kSpmvGroupRows = 16;
 
+// How a CSR stores its column indices and its values; they index the kernel tables below.
+enum IndexKind : int { kIndex16 = 0, kIndex32 = 1, kIndexDelta8 = 2 };
+enum ValueKind : int { kValueF32 = 0, kValueF16 = 1 };
+constexpr int kIndexKinds = 3;
+constexpr int kValueKinds = 2;
+
+// Bytes one stored column index / value takes.
+constexpr int IndexBytes(IndexKind kind) { return kind == kIndex32 ? 4 : kind == kIndex16 ? 2 : 1; }
+constexpr int ValueBytes(ValueKind kind) { return kind == kValueF16 ? 2 : 4; }
+
+// IEEE binary16 -> binary32, exact for every input (subnormals, infinities, NaN payloads); the
+// portable path's conversion (the vector paths use F16C's vcvtph2ps, which gives the same bits).
+inline float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  uint32_t bits = 0;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);  // inf, NaN (payload kept)
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);  // rebias 15 -> 127
+  } else {
+    const float f = static_cast<float>(mant) * 5.9604644775390625e-8f;  // mant * 2^-24, exact
+    std::memcpy(&bits, &f, sizeof(bits));
+    bits |= sign;
+  }
+  float out = 0.f;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// y[r - r0] = sum_j values[j] * x[col(j)] over row r, for r in [r0, r1); x has k entries,
+// k <= INT32_MAX (the column blocking compares indices with int32 block bounds). `values` and
+// `col` point at the element types the table slot says.
+using SpmvFn = void (*)(const void* values, const void* col, const int32_t* row_ptr, const float* x, int64_t k,
+                        int64_t r0, int64_t r1, float* y);
+// out[(r - r0) * mb + m] = sum_j values[j] * xt[col(j) * mb + m] for m < mb, r in [r0, r1).
+// xt is a K x mb panel of the (transposed) batch, 64-byte aligned, mb in {16, 32, 48, 64}.
+using SpmmFn = void (*)(const void* values, const void* col, const int32_t* row_ptr, const float* xt, int mb,
+                        int64_t r0, int64_t r1, float* out);
+
 struct Kernels {
-  // y[r - r0] = sum_j values[j] * x[col[j]] over row r, for r in [r0, r1); x has k entries,
-  // k <= INT32_MAX (the column blocking compares indices with int32 block bounds).
-  void (*spmv_i16)(const float* values, const int16_t* col, const int32_t* row_ptr, const float* x, int64_t k,
-                   int64_t r0, int64_t r1, float* y);
-  void (*spmv_i32)(const float* values, const int32_t* col, const int32_t* row_ptr, const float* x, int64_t k,
-                   int64_t r0, int64_t r1, float* y);
-  // out[(r - r0) * mb + m] = sum_j values[j] * xt[col[j] * mb + m] for m < mb, r in [r0, r1).
-  // xt is a K x mb panel of the (transposed) batch, 64-byte aligned, mb in {16, 32, 48, 64}.
-  void (*spmm_i16)(const float* values, const int16_t* col, const int32_t* row_ptr, const float* xt, int mb,
-                   int64_t r0, int64_t r1, float* out);
-  void (*spmm_i32)(const float* values, const int32_t* col, const int32_t* row_ptr, const float* xt, int mb,
-                   int64_t r0, int64_t r1, float* out);
+  SpmvFn spmv[kValueKinds][kIndexKinds];
+  SpmmFn spmm[kValueKinds][kIndexKinds];
   // out[u * kConvTileCols + i] = sum_j w[j] * q[off[j] + u * row_stride + i]
   // for u < kConvTileRows, i < kConvTileCols.
   void (*conv_tile)(const float* w, const int32_t* off, int64_t nnz, const float* q, int64_t row_stride, float* out);
+  // out[i] = HalfToFloat(in[i]) for i < n.
+  void (*half_to_float)(const uint16_t* in, int64_t n, float* out);
 };
 
 const Kernels& KernelsFor(Isa isa);

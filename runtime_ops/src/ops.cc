@@ -281,9 +281,10 @@ AlignedBuffer AllocFloats(size_t count) {
 // --- CSR ------------------------------------------------------------------------------------
 
 struct Csr {
-  const float* values = nullptr;
-  const void* col = nullptr;
-  bool col16 = false;
+  const void* values = nullptr;  // float32 or float16 (value)
+  const void* col = nullptr;     // int16, int32 or uint8 deltas (index)
+  ValueKind value = kValueF32;
+  IndexKind index = kIndex32;
   const int32_t* row_ptr = nullptr;
   int64_t rows = 0;
   int64_t nnz = 0;
@@ -291,11 +292,13 @@ struct Csr {
 };
 
 // Checks shapes and dtypes of the three CSR inputs; indices are checked by Validate.
+// The element types say the encoding (op contract v2): float16 values, uint8 (delta) indices.
 Csr DescribeCsr(const Tensor& values, const Tensor& col, const Tensor& row_ptr) {
-  if (values.type != ortabi::kFloat || values.shape.size() != 1)
-    Fail(ortabi::kInvalidArgument, "values must be a 1-D float tensor, got shape ", ShapeStr(values.shape));
-  if (col.type != ortabi::kInt16 && col.type != ortabi::kInt32)
-    Fail(ortabi::kInvalidArgument, "col_idx must be int16 or int32 (element type ", col.type, ")");
+  if ((values.type != ortabi::kFloat && values.type != ortabi::kFloat16) || values.shape.size() != 1)
+    Fail(ortabi::kInvalidArgument, "values must be a 1-D float or float16 tensor, got shape ", ShapeStr(values.shape),
+         " (element type ", values.type, ")");
+  if (col.type != ortabi::kInt16 && col.type != ortabi::kInt32 && col.type != ortabi::kUint8)
+    Fail(ortabi::kInvalidArgument, "col_idx must be int16 or int32 (columns) or uint8 (column deltas) (element type ", col.type, ")");
   if (col.shape.size() != 1 || col.numel != values.numel)
     Fail(ortabi::kInvalidArgument, "col_idx must be 1-D with as many entries as values (", values.numel,
          "), got shape ", ShapeStr(col.shape));
@@ -304,9 +307,10 @@ Csr DescribeCsr(const Tensor& values, const Tensor& col, const Tensor& row_ptr) 
          ShapeStr(row_ptr.shape));
   if (values.numel > INT32_MAX) Fail(ortabi::kInvalidArgument, "more than 2^31-1 nonzeros");
   Csr c;
-  c.values = values.as<float>();
+  c.values = values.data;
   c.col = col.data;
-  c.col16 = col.type == ortabi::kInt16;
+  c.value = values.type == ortabi::kFloat16 ? kValueF16 : kValueF32;
+  c.index = col.type == ortabi::kInt16 ? kIndex16 : col.type == ortabi::kInt32 ? kIndex32 : kIndexDelta8;
   c.row_ptr = row_ptr.as<int32_t>();
   c.rows = row_ptr.numel - 1;
   c.nnz = values.numel;
@@ -325,6 +329,23 @@ int64_t MaxColumn(const I* col, int64_t nnz) {
   return hi;
 }
 
+// Largest decoded column of uint8 deltas: a row's columns are the running sums of its deltas
+// (from 0 at each row start), non-decreasing, so the row's largest is the sum of all its
+// deltas. Needs the validated row_ptr. Kernels keep decoded columns in int32 lanes, so the
+// sum is bounded by 2^31 - 1 (it can reach 255 x nnz).
+int64_t MaxDeltaColumn(const uint8_t* d, const int32_t* row_ptr, int64_t rows) {
+  int64_t hi = -1;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (row_ptr[r] == row_ptr[r + 1]) continue;
+    int64_t sum = 0;
+    for (int64_t j = row_ptr[r]; j < row_ptr[r + 1]; ++j) sum += d[j];
+    if (sum > INT32_MAX - 1)
+      Fail(ortabi::kInvalidArgument, "col_idx deltas of row ", r, " reach column ", sum, ", past 2^31 - 2");
+    hi = std::max(hi, sum);
+  }
+  return hi;
+}
+
 void Validate(Csr& c) {
   const int32_t* rp = c.row_ptr;
   if (rp[0] != 0) Fail(ortabi::kInvalidArgument, "row_ptr[0] must be 0, got ", rp[0]);
@@ -334,8 +355,11 @@ void Validate(Csr& c) {
            " < row_ptr[", r, "] = ", rp[r]);
   if (rp[c.rows] != c.nnz)
     Fail(ortabi::kInvalidArgument, "row_ptr[-1] = ", rp[c.rows], " must equal the number of nonzeros ", c.nnz);
-  c.max_col = c.col16 ? MaxColumn(static_cast<const int16_t*>(c.col), c.nnz)
-                      : MaxColumn(static_cast<const int32_t*>(c.col), c.nnz);
+  switch (c.index) {
+    case kIndex16: c.max_col = MaxColumn(static_cast<const int16_t*>(c.col), c.nnz); break;
+    case kIndex32: c.max_col = MaxColumn(static_cast<const int32_t*>(c.col), c.nnz); break;
+    default: c.max_col = MaxDeltaColumn(static_cast<const uint8_t*>(c.col), rp, c.rows); break;
+  }
 }
 
 // The constant CSR initializers seen at kernel creation, with the kernel's own validated copy
@@ -349,9 +373,10 @@ struct ValidatedCsr {
   const void* values = nullptr;  // ORT's buffers, to recognise the constant inputs
   const void* col = nullptr;
   const void* row_ptr = nullptr;
-  bool col16 = false;
+  ValueKind value = kValueF32;
+  IndexKind index = kIndex32;
   int64_t nnz = 0, rows = 0, max_col = -1;
-  std::vector<int32_t> own_col;  // col_idx bytes (int16 or int32 entries), validated
+  std::vector<int32_t> own_col;  // col_idx bytes (int16, int32 or uint8 entries), validated
   std::vector<int32_t> own_row_ptr;
 
   // Copies the index arrays of `c`, points `c` at the copies and validates them there.
@@ -360,10 +385,11 @@ struct ValidatedCsr {
     values = c->values;
     col = c->col;
     row_ptr = c->row_ptr;
-    col16 = c->col16;
+    value = c->value;
+    index = c->index;
     nnz = c->nnz;
     rows = c->rows;
-    const size_t col_bytes = static_cast<size_t>(nnz) * (col16 ? sizeof(int16_t) : sizeof(int32_t));
+    const size_t col_bytes = static_cast<size_t>(nnz) * IndexBytes(index);
     own_col.assign((col_bytes + sizeof(int32_t) - 1) / sizeof(int32_t), 0);
     if (col_bytes) std::memcpy(own_col.data(), col, col_bytes);
     own_row_ptr.assign(c->row_ptr, c->row_ptr + rows + 1);
@@ -373,8 +399,8 @@ struct ValidatedCsr {
     max_col = c->max_col;
   }
   bool Matches(const Csr& c) const {
-    return known && values == c.values && col == c.col && row_ptr == c.row_ptr && col16 == c.col16 &&
-           nnz == c.nnz && rows == c.rows;
+    return known && values == c.values && col == c.col && row_ptr == c.row_ptr && value == c.value &&
+           index == c.index && nnz == c.nnz && rows == c.rows;
   }
   // `c` (which Matches) reading the validated copies.
   void Use(Csr* c) const {
@@ -421,8 +447,8 @@ ValidatedCsr ValidateConstantCsr(const ortabi::KernelInfo* info) {
   }
   Csr c = DescribeCsr(Inspect(v[0]), Inspect(v[1]), Inspect(v[2]));
   cache.Keep(&c);
-  PreferHugePages(c.values, static_cast<size_t>(c.nnz) * sizeof(float));
-  PreferHugePages(c.col, static_cast<size_t>(c.nnz) * (c.col16 ? 2 : 4));
+  PreferHugePages(c.values, static_cast<size_t>(c.nnz) * ValueBytes(c.value));
+  PreferHugePages(c.col, static_cast<size_t>(c.nnz) * IndexBytes(c.index));
   return cache;
 }
 
@@ -564,10 +590,7 @@ struct CsrGemmKernel {
     ParallelFor(ctx, static_cast<size_t>(parts), [&](size_t p) {
       const int64_t r0 = bounds[p], r1 = bounds[p + 1];
       if (r0 >= r1) return;
-      if (csr.col16)
-        kern.spmv_i16(csr.values, static_cast<const int16_t*>(csr.col), csr.row_ptr, x, k, r0, r1, y + r0);
-      else
-        kern.spmv_i32(csr.values, static_cast<const int32_t*>(csr.col), csr.row_ptr, x, k, r0, r1, y + r0);
+      kern.spmv[csr.value][csr.index](csr.values, csr.col, csr.row_ptr, x, k, r0, r1, y + r0);
       Epilogue1(y, r0, r1, bias);
     });
   }
@@ -616,10 +639,7 @@ struct CsrGemmKernel {
       alignas(64) float acc[kRowBlock * 64];
       for (int64_t r0 = bounds[part]; r0 < bounds[part + 1]; r0 += kRowBlock) {
         const int64_t r1 = std::min(bounds[part + 1], r0 + kRowBlock);
-        if (csr.col16)
-          kern.spmm_i16(csr.values, static_cast<const int16_t*>(csr.col), csr.row_ptr, panel, mb, r0, r1, acc);
-        else
-          kern.spmm_i32(csr.values, static_cast<const int32_t*>(csr.col), csr.row_ptr, panel, mb, r0, r1, acc);
+        kern.spmm[csr.value][csr.index](csr.values, csr.col, csr.row_ptr, panel, mb, r0, r1, acc);
         for (int64_t i = 0; i < mc; ++i) {
           float* yrow = y + (m0 + i) * n;
           if (bias.data) {
@@ -764,10 +784,12 @@ struct CsrConvKernel {
     AlignedBuffer q = AllocFloats(static_cast<size_t>(q_alloc));
     std::memset(q.get() + g.q_size, 0, static_cast<size_t>(q_alloc - g.q_size) * sizeof(float));
 
+    std::vector<float> widened;
+    const float* w = FloatValues(csr, &widened);
     const float* xd = x.as<float>();
     for (int64_t img = 0; img < g.nb; ++img) {
       FillPhasePlanes(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
-      Tiles(ctx, g, csr, off, q.get(), bias, y + img * g.c_out * g.oh * g.ow);
+      Tiles(ctx, g, csr, w, off, q.get(), bias, y + img * g.c_out * g.oh * g.ow);
     }
   }
 
@@ -828,6 +850,24 @@ struct CsrConvKernel {
     return b.as<float>();
   }
 
+  // The weights as float32: float16 values are widened once per run into `buffer` (O(nnz), like
+  // Offsets; every weight is then read once per output tile, where widening would repeat).
+  const float* FloatValues(const Csr& csr, std::vector<float>* buffer) const {
+    if (csr.value == kValueF32) return static_cast<const float*>(csr.values);
+    buffer->resize(static_cast<size_t>(csr.nnz));
+    KernelsFor(isa).half_to_float(static_cast<const uint16_t*>(csr.values), csr.nnz, buffer->data());
+    return buffer->data();
+  }
+
+  // Column of entry j, whatever the index encoding; `running` carries a row's delta sum.
+  static int64_t ColumnAt(const Csr& csr, int64_t j, int64_t* running) {
+    switch (csr.index) {
+      case kIndex16: return static_cast<const int16_t*>(csr.col)[j];
+      case kIndex32: return static_cast<const int32_t*>(csr.col)[j];
+      default: return *running += static_cast<const uint8_t*>(csr.col)[j];
+    }
+  }
+
   // One offset into Q per nonzero; returns the largest. Each is bounded by q_size (<= 2^31-1)
   // before it is narrowed to int32.
   int64_t Offsets(const Csr& csr, const ConvGeometry& g, std::vector<int32_t>* off) const {
@@ -835,8 +875,9 @@ struct CsrConvKernel {
     int64_t max_off = 0;
     for (int64_t r = 0; r < g.c_out; ++r) {
       const int64_t c_base = (r / g.og) * g.cg;
+      int64_t running = 0;  // uint8 deltas: the decoded column, from 0 at the row start
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
-        const int64_t col = csr.col16 ? static_cast<const int16_t*>(csr.col)[j] : static_cast<const int32_t*>(csr.col)[j];
+        const int64_t col = ColumnAt(csr, j, &running);
         const int64_t c = col / (kh * kw), i = (col / kw) % kh, jj = col % kw;
         const int64_t rh = i * dh, rw = jj * dw;  // < 2^32: attributes are bounded
         const int64_t phase = (rh % g.sh) * g.sw + (rw % g.sw);
@@ -874,8 +915,8 @@ struct CsrConvKernel {
 
   // Outputs of one image in 4 x 16 tiles (kConvTileRows x kConvTileCols), every output channel
   // over one tile before moving on, so the tile's input window stays in L1.
-  void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const std::vector<int32_t>& off,
-             const float* q, const float* bias, float* yi) const {
+  void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const float* w,
+             const std::vector<int32_t>& off, const float* q, const float* bias, float* yi) const {
     const int64_t row_tiles = (g.oh + kConvTileRows - 1) / kConvTileRows;
     const int64_t col_tiles = (g.ow + kConvTileCols - 1) / kConvTileCols;
     const int64_t tiles = row_tiles * col_tiles;
@@ -894,7 +935,7 @@ struct CsrConvKernel {
         const float* qt = q + oh0 * g.wq + ow0;
         for (int64_t r = 0; r < g.c_out; ++r) {
           const int64_t j0 = csr.row_ptr[r], nz = csr.row_ptr[r + 1] - j0;
-          kern.conv_tile(csr.values + j0, off.data() + j0, nz, qt, g.wq, acc);
+          kern.conv_tile(w + j0, off.data() + j0, nz, qt, g.wq, acc);
           const float b = bias ? bias[r] : 0.f;
           float* yr = yi + (r * g.oh + oh0) * g.ow + ow0;
           for (int64_t u = 0; u < rows_here; ++u)
@@ -1061,9 +1102,12 @@ struct OpDef {
   static const char* GetExecutionProviderType(const ortabi::CustomOp*) noexcept { return "CPUExecutionProvider"; }
   static size_t GetInputTypeCount(const ortabi::CustomOp*) noexcept { return kInputs; }
   static ortabi::ElementType GetInputType(const ortabi::CustomOp*, size_t index) noexcept {
-    // col_idx accepts int16 or int32, checked at run time, so its declared type is open.
+    // values and col_idx accept several element types (checked by DescribeCsr), so their
+    // declared type is open.
     switch (index) {
-      case 2: return ortabi::kUndefined;
+      case 1:  // values: float or float16
+      case 2:  // col_idx: int16, int32 or uint8 deltas
+        return ortabi::kUndefined;
       case 3: return ortabi::kInt32;
       default: return ortabi::kFloat;
     }

@@ -47,9 +47,11 @@ enum ErrorCode : int {
 enum ElementType : int {
   kUndefined = 0,
   kFloat = 1,
+  kUint8 = 2,
   kInt16 = 5,
   kInt32 = 6,
   kInt64 = 7,
+  kFloat16 = 10,
 };
 
 enum InputOutputCharacteristic : int {
