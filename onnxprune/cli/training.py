@@ -113,6 +113,7 @@ def cmd_compress(args, console: Console) -> int:
     from onnxprune.cli.junit import compress_cases, write_junit
     from onnxprune.cli.output import write_json
     from onnxprune.core.stats import format_table
+    from onnxprune.runtime.evaluate import short_measure
 
     start = time.monotonic()
 
@@ -121,7 +122,7 @@ def cmd_compress(args, console: Console) -> int:
         extra = ""
         if rec.get("top1_before_retrain") is not None:
             extra = f" (after pruning, before retraining: {100 * rec['top1_before_retrain']:.2f}%)"
-        console.info(f"{label}: {rec['nonzero']}/{rec['params']} weights, val top-1 "
+        console.info(f"{label}: {rec['nonzero']}/{rec['params']} weights, val {short_measure(rec)} "
                      f"{100 * rec['top1']:.2f}%{extra}")
         if rec.get("warning"):
             console.info(f"note: {rec['warning']}")

@@ -92,10 +92,22 @@ def fidelity(outs: dict, ref: "_data.Reference") -> dict:
             errors.append(1.0 if err is None else err)
             per[name] = {"kind": "values", "relative_error": err}
     if agreements:
-        top1, measure = float(np.mean(agreements)), "top-1 agreement with the dense model"
+        top1, measure = float(np.mean(agreements)), AGREEMENT
     else:
-        top1, measure = max(0.0, 1.0 - float(np.mean(errors))), "1 - mean relative error"
+        top1, measure = max(0.0, 1.0 - float(np.mean(errors))), ONE_MINUS_ERROR
     return {"top1": top1, "top5": None, "measure": measure, "outputs": per}
+
+
+# What an accuracy record's ``top1`` is without labels ("measure"; with labels: absent, top-1).
+AGREEMENT = "top-1 agreement with the dense model"
+ONE_MINUS_ERROR = "1 - mean relative error"
+_SHORT = {AGREEMENT: "agreement", ONE_MINUS_ERROR: "1 - rel. error"}
+
+
+def short_measure(acc: dict) -> str:
+    """A few words for what ``acc["top1"]`` measures, for progress lines: ``top-1`` (accuracy
+    on labels), ``agreement`` (with the dense model) or ``1 - rel. error``."""
+    return _SHORT.get(acc.get("measure"), "top-1")
 
 
 def _relative_error(got: np.ndarray, dense: np.ndarray) -> float | None:

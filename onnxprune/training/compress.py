@@ -400,7 +400,7 @@ class _Rounds:
 
     def run(self, current: ModelProto, i: int):
         """Round ``i``: prune ``current`` to s_{l,i}, retrain; (model, accuracy, record)."""
-        from onnxprune.runtime.evaluate import evaluate
+        from onnxprune.runtime.evaluate import evaluate, short_measure
         from onnxprune.training.torch_bridge import finetune
 
         n = self.schedule.iterations
@@ -427,7 +427,7 @@ class _Rounds:
         if acc["top1"] < pruned_acc["top1"] - WORSE_AFTER_RETRAINING:
             # Retraining made the pruned model worse: most often a rate far above the one the
             # model was trained with (compress rewinds to 0.1 unless told the original rate).
-            rec["warning"] = (f"retraining lowered val top-1 from {100 * pruned_acc['top1']:.2f}% "
+            rec["warning"] = (f"retraining lowered val {short_measure(acc)} from {100 * pruned_acc['top1']:.2f}% "
                               f"to {100 * acc['top1']:.2f}% at peak rate "
                               f"{self.config.resolved_lr():g}; if the model was trained at "
                               "another rate, give --original-lr")
@@ -532,6 +532,7 @@ def _record(stage: str, iteration: int, model: ModelProto, acc: dict, before_ret
     return {
         "stage": stage, "iteration": iteration,
         "top1": acc["top1"], "top5": acc.get("top5"),
+        **({"measure": acc["measure"]} if "measure" in acc else {}),
         "top1_before_retrain": before_retrain["top1"] if before_retrain else None,
         "params": params, "params_current": current, "nonzero": nonzero,
         "density": {layer.name: counts[layer.name] / layer.params
