@@ -284,10 +284,20 @@ def check_dataset(ds: Dataset, spec: "InputSpec | list[InputSpec]", classes: int
     else:
         y = coerce_y(ds.y, n, classes, what=f"{name} y")
     if ds.reference is not None:
-        short = [k for k, v in ds.reference.outputs.items() if len(v) != n]
+        short = [k for k, v in ds.reference.outputs.items() if not _rows_fit(len(v), n, specs)]
         if short:
             raise DataMismatchError(f"{name}: reference outputs {short} do not have {n} samples")
     return Dataset(x=x, y=y, reference=ds.reference)
+
+
+def _rows_fit(rows: int, n: int, specs: list[InputSpec]) -> bool:
+    """Whether a reference output of ``rows`` rows belongs to ``n`` samples: one row per
+    sample, or — a model whose batch is fixed at b, run ⌈n/b⌉ times — whole per-run outputs
+    concatenated (an output whose sample axis is not the first, e.g. a recogniser's
+    ``[T, 1, C]``, gives T rows per run)."""
+    b = fixed_batch(specs)
+    runs = -(-n // b) if b else 0
+    return rows == n or (runs > 0 and rows > 0 and rows % runs == 0)
 
 
 def _check_inputs(x, specs: list[InputSpec], name: str):
@@ -386,18 +396,43 @@ def float_outputs(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output if o.type.tensor_type.elem_type in FLOAT_OUTPUTS]
 
 
+# Ops that only reshape or broadcast the denominator of a softmax written out.
+_BROADCAST_OPS = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity")
+
+
+def softmax_logits(name: str, producer) -> str | None:
+    """``z`` when tensor ``name`` is a softmax written out, ``exp(z) / Σ exp(z)`` —
+    ``Div(Exp(z), ReduceSum(Exp(z)))``, the sum possibly reshaped or broadcast (jax2tf and
+    other exporters emit this instead of Softmax) — else None.  ``producer``: tensor name →
+    ``(op_type, inputs)`` of the node producing it, or None."""
+    div = producer(name)
+    if div is None or div[0] != "Div" or len(div[1]) != 2:
+        return None
+    exp = producer(div[1][0])
+    if exp is None or exp[0] != "Exp":
+        return None
+    den = producer(div[1][1])
+    while den is not None and den[0] in _BROADCAST_OPS and den[1]:
+        den = producer(den[1][0])
+    if den is not None and den[0] == "ReduceSum" and den[1] and den[1][0] == div[1][0]:
+        return exp[1][0]
+    return None
+
+
 def output_kinds(model: onnx.ModelProto, shapes: dict) -> dict[str, str]:
     """How each float output is compared with the dense model's: ``"scores"`` or ``"values"``.
 
     The rule: an output is **class scores** when its value is 2-D ``[N, C]`` with ``C >= 2``
     (``shapes``: name → an observed shape) and it is produced by, or read by, a
-    ``Softmax``/``LogSoftmax`` (or ``ArgMax``) node, or its name contains one of
+    ``Softmax``/``LogSoftmax`` (or ``ArgMax``) node, is a softmax written out
+    (:func:`softmax_logits`), or its name contains one of
     :data:`SCORE_NAMES` (``logits``, ``scores``, ``probs``, ``class``…).  Scores are followed
     with KL divergence at a temperature and validated by top-1 agreement; every other float
     output (boxes, embeddings, feature maps, regression values) with variance-normalised
     squared error, validated by relative error."""
     graph = model.graph
-    producer = {o: n.op_type for n in graph.node for o in n.output}
+    nodes = {o: n for n in graph.node for o in n.output}
+    producer = {o: n.op_type for o, n in nodes.items()}
     readers: dict[str, set] = {}
     for n in graph.node:
         for i in n.input:
@@ -406,6 +441,8 @@ def output_kinds(model: onnx.ModelProto, shapes: dict) -> dict[str, str]:
     for name in float_outputs(model):
         shape = tuple(shapes.get(name, ()))
         scoreish = (producer.get(name) in _SCORE_OPS
+                    or softmax_logits(name, lambda t: (nodes[t].op_type, list(nodes[t].input))
+                                      if t in nodes else None) is not None
                     or readers.get(name, set()) & {*_SCORE_OPS, "ArgMax"}
                     or any(w in name.lower() for w in SCORE_NAMES))
         kinds[name] = "scores" if len(shape) == 2 and shape[1] >= 2 and scoreish else "values"
