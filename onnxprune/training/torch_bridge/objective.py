@@ -49,14 +49,19 @@ class Term:
 
 def logits_name(module: OnnxModule, opset: int, out: str | None = None) -> str:
     """The logits behind score output ``out`` (default the module's first output): the input
-    of the Softmax/LogSoftmax over the class axis that produces it, else ``out`` itself."""
+    of the Softmax/LogSoftmax over the class axis that produces it, or ``z`` of a softmax
+    written out (:func:`onnxprune.runtime.datasets.softmax_logits`), else ``out`` itself."""
     out = out or module.output_names[0]
     node = module.producer(out)
     if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
         axis = node.attrs.get("axis", -1 if opset >= 13 else 1)
         if axis in (-1, 1):
             return node.inputs[0]
-    return out
+
+    def producer(t):
+        p = module.producer(t)
+        return (p.op_type, list(p.inputs)) if p is not None else None
+    return _data.softmax_logits(out, producer) or out
 
 
 def named(module, x: dict, names: list[str]) -> dict:
