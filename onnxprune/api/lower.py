@@ -11,12 +11,13 @@ from onnxprune.core.errors import UsageError
 
 
 def lowering_options(lower_for: str = "speed", expected_batch: int = 1,
-                     threads: int = 1) -> dict:
+                     threads: int = 1, sparse_values: str = "fp32") -> dict:
     """The lowering pass's options for these keywords, validated (``UsageError`` otherwise)."""
     from onnxprune.passes.base import parse_options
     from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
 
-    options = {"objective": lower_for, "batch": expected_batch, "threads": threads}
+    options = {"objective": lower_for, "batch": expected_batch, "threads": threads,
+               "values": sparse_values}
     parse_options(LowerToSparseOps.name, LowerToSparseOps.OPTIONS, options)
     return options
 
@@ -30,7 +31,7 @@ def checked_shapes(input_shapes: dict | None) -> dict:
 
 
 def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
-          expected_batch: int = 1, threads: int = 1,
+          expected_batch: int = 1, threads: int = 1, sparse_values: str = "fp32",
           input_shapes: dict[str, tuple[int, ...]] | None = None, timer=None,
           before_run: Callable[[list[str]], None] | None = None,
           progress: Callable | None = None) -> dict:
@@ -46,7 +47,9 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     the dense model instead if the whole lowered model is not faster; ``decide="model"``
     asks the analytic cost model (for lowering on a machine other than the target).
     ``input_shapes`` gives inputs with symbolic dimensions other than the batch their
-    shape; ``timer`` replaces the timing (tests).
+    shape; ``timer`` replaces the timing (tests).  ``sparse_values="fp16"`` stores the CSR
+    values as float16 (op contract v2; opt-in): the report's ``lowering.values_change`` is the
+    largest relative output change that made, measured on seeded random inputs.
 
     Raises ``UsageError`` (2) for a bad option or path or a symbolic input without a shape,
     ``InvalidModelError`` (4) for a malformed or unsafe model, ``RuntimeFailure`` (1)
@@ -55,7 +58,7 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     """
     from onnxprune.runtime.lowering import MeasuredLowering
 
-    options = lowering_options(lower_for, expected_batch, threads)
+    options = lowering_options(lower_for, expected_batch, threads, sparse_values)
     decision = MeasuredLowering(decide, checked_shapes(input_shapes), timer, progress)
     if output is None:
         raise UsageError("lower: an output path is required")

@@ -11,20 +11,22 @@ from onnxprune.core.errors import GateFailed, UsageError
 _THRESHOLD_KEYS = (("min_params", "min-params"),
                    ("target_sparsity", "target-sparsity"), ("target_scope", "target-scope"))
 # Keyword → lowering-pass option key.
-_LOWERING_KEYS = (("expected_batch", "batch"), ("threads", "threads"), ("lower_for", "objective"))
+_LOWERING_KEYS = (("expected_batch", "batch"), ("threads", "threads"), ("lower_for", "objective"),
+                  ("sparse_values", "values"))
 
 
 def build_recipe(recipe=None, *, quality=None, conv_quality=None, fc_quality=None, layers=None,
                  skip=None, min_params=None, target_sparsity=None, target_scope=None,
                  remove_dead_neurons=True, emit=None, expected_batch=None, threads=None,
-                 lower_for=None, min_sparsity=None, max_size_mb=None):
+                 lower_for=None, sparse_values=None, min_sparsity=None, max_size_mb=None):
     """The recipe (a path, a ``Recipe`` or None for the default) with the keyword overrides
     merged in, every option validated before any model is read (``UsageError`` otherwise).
 
     ``quality`` sets q for conv and fc layers, then ``conv_quality`` / ``fc_quality`` each
     kind; ``layers`` is ``[(glob, q), …]`` (the last match wins). These and ``skip``,
     ``min_params``, ``target_sparsity``, ``target_scope`` are options of the recipe's
-    thresholding pass; ``expected_batch``, ``threads``, ``lower_for`` of its lowering pass.
+    thresholding pass; ``expected_batch``, ``threads``, ``lower_for``, ``sparse_values``
+    ("fp32" | "fp16") of its lowering pass.
     """
     from onnxprune.passes.recipe import Recipe, default_recipe, load_recipe
 
@@ -50,7 +52,7 @@ def build_recipe(recipe=None, *, quality=None, conv_quality=None, fc_quality=Non
     if emit is not None:
         recipe.emit = emit
     _apply_lowering(recipe, dict(expected_batch=expected_batch, threads=threads,
-                                 lower_for=lower_for))
+                                 lower_for=lower_for, sparse_values=sparse_values))
     if min_sparsity is not None:
         recipe.gates["min-sparsity"] = min_sparsity
     if max_size_mb is not None:
@@ -97,7 +99,7 @@ def _apply_lowering(recipe, values: dict) -> None:
     if not given:
         return
     if recipe.emit != "sparse-ops":
-        raise UsageError("--expected-batch, --threads and --lower-for only apply to "
+        raise UsageError("--expected-batch, --threads, --lower-for and --sparse-values only apply to "
                          "--emit sparse-ops")
     if recipe.find("lowers_weights") is None:
         recipe.passes.append((LOWERING_PASS, {}))

@@ -32,6 +32,11 @@ def add_lowering_args(p, *, defaults: bool) -> None:
                         "those >= 1.1x faster, keeping the dense model if the whole lowered one "
                         "is not faster (measure, default: run this on the target machine); or "
                         "ask the analytic cost model (model: lowering for another machine)")
+    p.add_argument("--sparse-values", choices=("fp32", "fp16"),
+                   default="fp32" if defaults else None,
+                   help=f"{what}value type of the CSR arrays: fp32 (default) or fp16 (half the "
+                        "value bytes, summed in fp32; each weight is rounded to fp16, and the "
+                        "report states the largest relative output change it measured)")
     add_input_shape_option(p)
 
 
@@ -55,6 +60,7 @@ def cmd_lower(args, console: Console) -> int:
         check_paths(files, [("-o", args.output), ("--json", args.json)], models=[args.output])
 
     report = lower(args.model, args.output, lower_for=args.lower_for, decide=args.decide,
+                   sparse_values=args.sparse_values,
                    expected_batch=args.expected_batch, threads=args.threads,
                    input_shapes=input_shapes(args), before_run=before_run,
                    progress=console.progress)
@@ -64,9 +70,9 @@ def cmd_lower(args, console: Console) -> int:
         console.info("\n".join(layer_lines(layers)))
     else:
         console.info("no prunable layer found; the model was written unchanged")
-    whole = whole_model_line(report["lowering"])
-    if whole:
-        console.info(whole)
+    for line in (whole_model_line(report["lowering"]), values_line(report["lowering"])):
+        if line:
+            console.info(line)
     size = report["size"]
     console.info(f"wrote {', '.join(o['path'] for o in report['outputs'])} "
                  f"({size['input_bytes'] / 1e6:.2f} MB -> {size['output_bytes'] / 1e6:.2f} MB, "
@@ -82,6 +88,17 @@ def layer_lines(layers: list[dict]) -> list[str]:
         word = "lowered" if r["lowered"] else "dense  "
         lines.append(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})")
     return lines
+
+
+def values_line(lowering: dict | None) -> str | None:
+    """What fp16 CSR values did to the outputs, when they were used."""
+    change = (lowering or {}).get("values_change")
+    if not change:
+        return None
+    worst = change["max_relative_output_change"]
+    text = "not a finite number" if worst is None else f"{worst:.3g}"
+    return (f"sparse values fp16: largest relative output change {text} "
+            f"({change['inputs']})")
 
 
 def whole_model_line(lowering: dict | None) -> str | None:

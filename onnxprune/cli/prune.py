@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from onnxprune.core.console import Console, paint
 from onnxprune.core.errors import EXIT_OK
-from onnxprune.cli.lower import layer_lines, whole_model_line
+from onnxprune.cli.lower import layer_lines, values_line, whole_model_line
 from onnxprune.cli.output import check_paths, write_json
 
 
@@ -18,7 +18,8 @@ def _recipe_options(args) -> dict:
                 target_scope=args.target_scope,
                 remove_dead_neurons=not args.no_remove_dead_neurons, emit=args.emit,
                 expected_batch=args.expected_batch, threads=args.threads,
-                lower_for=args.lower_for, min_sparsity=args.min_sparsity,
+                lower_for=args.lower_for, sparse_values=args.sparse_values,
+                min_sparsity=args.min_sparsity,
                 max_size_mb=args.max_size_mb)
 
 
@@ -57,9 +58,9 @@ def cmd_prune(args, console: Console) -> int:
         console.info(format_note(n))
     if report.get("sparse_ops"):
         console.info(_format_sparse_ops(report["sparse_ops"]))
-        whole = whole_model_line(report.get("lowering"))
-        if whole:
-            console.info(whole)
+        for line in (whole_model_line(report.get("lowering")), values_line(report.get("lowering"))):
+            if line:
+                console.info(line)
     size = report["size"]
     console.info(f"wrote {', '.join(o['path'] for o in outputs)} "
                  f"({size['input_bytes'] / 1e6:.2f} MB -> {size['output_bytes'] / 1e6:.2f} MB, "

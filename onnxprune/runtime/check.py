@@ -255,6 +255,31 @@ def run_model(model: ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return run_session(sess, {k: v for k, v in feeds.items() if k in expected})
 
 
+def max_relative_change(ref: list[np.ndarray], cand: list[np.ndarray]) -> float | None:
+    """The largest relative change of any float output: max over outputs of
+    ``max|c − r| / max|r|`` (0 when both are all zeros).  None when it is not a finite number
+    (a shape differs, a non-finite value appears on one side only, or r is all zeros and c
+    is not), so that a report never carries NaN or infinity."""
+    worst = 0.0
+    for r, c in zip(ref, cand):
+        if not np.issubdtype(r.dtype, np.floating):
+            continue
+        if r.shape != c.shape:
+            return None
+        r64, c64 = r.astype(np.float64), c.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.abs(c64 - r64)
+        same = (r64 == c64) | (np.isnan(r64) & np.isnan(c64))
+        diff = np.where(same, 0.0, diff)
+        scale = float(np.max(np.abs(r64[np.isfinite(r64)]), initial=0.0))
+        top = float(np.max(diff, initial=0.0))
+        if not np.isfinite(top) or (top > 0 and scale == 0.0):
+            return None
+        if top > 0:
+            worst = max(worst, top / scale)
+    return worst
+
+
 def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: float) -> dict:
     """Compare outputs pairwise by ``|c − r| ≤ atol + rtol·|r|``.
 

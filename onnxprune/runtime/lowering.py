@@ -181,10 +181,15 @@ class MeasuredLowering:
         self._options: dict = {}
         self._before = None
         self._dense = None  # (model before lowering, its inputs), built once
+        self._values = "fp32"
+        self.values_change: dict | None = None
 
     def options_for(self, options: dict, graph, original) -> dict:
         o = parse_options(LowerToSparseOps.name, LowerToSparseOps.OPTIONS, options)
         self.decided_by = decided_by(o, self.decide)
+        self._values = o["values"]
+        if self._values == "fp16":  # the reference its output change is measured against
+            self._before, self._batch = graph.copy(), o["batch"]
         if self.decided_by != "measure":
             return options
         self._threads, self._batch, self._options = o["threads"], o["batch"], dict(options)
@@ -210,6 +215,26 @@ class MeasuredLowering:
         return self._dense
 
     def finish(self, graph, original, stats: dict | None):
+        graph = self._choose(graph, original, stats)
+        if self._values == "fp16" and stats is not None and stats["lowered"]:
+            self.values_change = self._measure_values(graph, original)
+        return graph
+
+    def _measure_values(self, graph, original) -> dict:
+        """How much float16 CSR values changed the outputs: the model as written against the
+        one before lowering, on the seeded random inputs the timing uses."""
+        from onnxprune.core.graph import graph_to_model
+        from onnxprune.runtime.check import max_relative_change, run_model
+
+        dense_model, feeds = self._dense_inputs(original)
+        change = max_relative_change(run_model(dense_model, feeds),
+                                     run_model(graph_to_model(graph, original), feeds))
+        return {"values": "fp16", "max_relative_output_change": change,
+                "inputs": f"random normal, seed {FEED_SEED}, batch {self._batch}",
+                "measure": "max over outputs of max|y - y_ref| / max|y_ref|, y_ref from the "
+                           "model before lowering (fp32 weights)"}
+
+    def _choose(self, graph, original, stats: dict | None):
         if self.decided_by != "measure" or stats is None:
             return graph
         if not stats["lowered"]:
@@ -251,4 +276,4 @@ class MeasuredLowering:
                 "min_speedup": MEASURED_MIN_SPEEDUP if measuring else None,
                 "batch": self._batch if measuring else None,
                 "threads": self._threads if measuring else None,
-                "layers": rows, "whole_model": self.whole}
+                "layers": rows, "whole_model": self.whole, "values_change": self.values_change}

@@ -1,9 +1,14 @@
 """LowerToSparseOps — rewrite pruned Gemm / MatMul / Conv nodes into onnxprune's CSR ops.
 
 The "accelerated" output form (DESIGN.md §4): a pruned weight W becomes three ordinary
-initializers holding W by output row in CSR (``runtime_ops/README.md``)::
+initializers holding W by output row in CSR (``runtime_ops/README.md``, op contract v2)::
 
-    values  float32[nnz]    col_idx int16|int32[nnz]    row_ptr int32[N + 1]
+    values  float32|float16[nnz]    col_idx int16|int32|uint8[nnz]    row_ptr int32[N + 1]
+
+Per layer the index encoding is the one that takes fewer bytes: uint8 column deltas (filler
+entries bridge gaps over 255) or absolute int16/int32 columns (``compact_csr``).  Values are
+float32 unless the ``values`` option asks for float16 (the weights then round to float16 once;
+a layer with a weight beyond float16's range keeps float32, and says so).
 
 and its node becomes ``CsrGemm`` / ``CsrConv`` in domain ``ai.onnxprune`` (op-set 1).  The
 rows of the CSR are always the op's outputs, so the source matrix is (op knowledge, one table,
@@ -49,7 +54,7 @@ from onnxprune.core.errors import UsageError
 from onnxprune.core.graph import (Layer, const_source, export_with_placeholders, find_layers,
                              infer_shapes, weight_values)
 from onnxprune.runtime_ops import DOMAIN
-from onnxprune.runtime_ops.csr import csr_from_dense, index_dtype_for
+from onnxprune.runtime_ops.csr import compact_csr, csr_nbytes
 
 from . import cost_model as cost
 from ..base import (Option, Pass, PassError, PassResult, check_choice, check_float, check_int, check_optional,
@@ -306,6 +311,9 @@ class LowerToSparseOps(Pass):
         Option("objective", check_choice("speed", "size"), "speed",
                "speed: lower where the cost model predicts a win; size: lower wherever the "
                "CSR arrays are smaller than the dense weight (the compact file)"),
+        Option("values", check_choice("fp32", "fp16"), "fp32",
+               "value type of the CSR arrays: fp32, or fp16 (half the value bytes; the kernels "
+               "widen them in registers and sum in fp32, but each weight is rounded to fp16)"),
         Option("measured", check_speedups, None,
                "layer name -> speed-up t_dense / t_csr measured on the machine that will run "
                "the model (what onnxprune lower measures); when given it decides instead of "
@@ -321,6 +329,7 @@ class LowerToSparseOps(Pass):
         self.max_density: float | None = o["max-density"]
         self.objective: str = o["objective"]
         self.measured: dict[str, float] | None = o["measured"]
+        self.values: str = o["values"]
 
     # ------------------------------------------------------------------ planning
 
@@ -392,6 +401,7 @@ class LowerToSparseOps(Pass):
         shapes = static_shapes(graph) if needs_shapes else {}
 
         prepared = []
+        encoded: dict[str, tuple[tuple[np.ndarray, ...], str | None]] = {}
         dense_ws = 0
         csr_ws = 0
         for layer in layers:
@@ -406,8 +416,8 @@ class LowerToSparseOps(Pass):
                 prepared.append((layer, None, None, UNSIZED_REASON))
                 continue
             nnz = int(np.count_nonzero(w))
-            idx_bytes = index_dtype_for(plans[0].cols).itemsize
-            csr_ws += nnz * (4 + idx_bytes) + 4 * (plans[0].rows + 1)
+            encoded[layer.weight_name] = self._encode(layer, plans[0], w)
+            csr_ws += csr_nbytes(*encoded[layer.weight_name][0])
             prepared.append((layer, plans, nnz, None))
 
         rows: list[dict] = []
@@ -421,17 +431,20 @@ class LowerToSparseOps(Pass):
                    "estimated_speedup": None, "break_even_density": None,
                    "dense_bytes": layer.params * np.dtype(layer.dtype).itemsize
                    if layer.dtype != "?" else None,
-                   "csr_bytes": None, "index_dtype": None}
+                   "csr_bytes": None, "index_dtype": None, "values_dtype": None}
             rows.append(row)
             if plans is None:
                 continue
             density = nnz / layer.params if layer.params else 0.0
-            idx_t = index_dtype_for(plans[0].cols)
+            arrays, values_note = encoded[layer.weight_name]
+            idx_t = arrays[1].dtype
             row["density"] = density
-            row["index_dtype"] = str(idx_t)
-            row["csr_bytes"] = nnz * (4 + idx_t.itemsize) + 4 * (plans[0].rows + 1) * \
-                len({p.orientation for p in plans})
+            row["index_dtype"] = "uint8-delta" if idx_t == np.uint8 else str(idx_t)
+            row["values_dtype"] = str(arrays[0].dtype)
+            # Another orientation of a shared weight (rare) is counted at the first one's size.
+            row["csr_bytes"] = csr_nbytes(*arrays) * len({p.orientation for p in plans})
             common = dict(threads=self.threads, index_bytes=idx_t.itemsize,
+                          value_bytes=arrays[0].dtype.itemsize,
                           dense_working_set=dense_ws, csr_working_set=csr_ws)
             estimates = []
             if not _unsized(plans):  # else decided without an estimate (_needs_cost_model)
@@ -444,9 +457,9 @@ class LowerToSparseOps(Pass):
                     4)
             lower, reason = self._decide(layer, density, estimates, row["csr_bytes"],
                                          row["dense_bytes"] or 0)
-            row["reason"] = reason
+            row["reason"] = reason if values_note is None or not lower else f"{reason}; {values_note}"
             if lower:
-                self._lower(graph, layer, plans, taken, graph_outputs)
+                self._lower(graph, layer, plans, taken, graph_outputs, arrays)
                 row["lowered"] = True
                 lowered_any = True
             if progress is not None:
@@ -462,18 +475,31 @@ class LowerToSparseOps(Pass):
             "domain": DOMAIN,
             "options": {"batch": self.batch, "threads": self.threads, "force": list(self.force),
                         "never": list(self.never), "max-density": self.max_density,
-                        "objective": self.objective, "measured": self.measured},
+                        "objective": self.objective, "measured": self.measured,
+                        "values": self.values},
             "lowered": lowered,
             "layers": rows,
         })
 
+    def _encode(self, layer: Layer, plan: _Plan, w: np.ndarray
+                ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str | None]:
+        """The smallest CSR of ``w`` as ``plan`` orients it, with the asked value type, and a
+        note when float16 was asked but the layer keeps float32."""
+        rows = _ROWS_BY_OUTPUT[layer.op](plan.node, w)
+        if self.values == "fp16":
+            try:
+                return compact_csr(rows, np.float16), None
+            except ValueError as why:
+                return compact_csr(rows), f"values kept fp32: {why}"
+        return compact_csr(rows), None
+
     def _lower(self, graph: gs.Graph, layer: Layer, plans: list[_Plan], taken: set[str],
-               graph_outputs: set[int]) -> None:
+               graph_outputs: set[int], first: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         w = weight_values(layer)
         csr: dict[str, tuple[gs.Constant, gs.Constant, gs.Constant]] = {}
         for plan in plans:
             if plan.orientation not in csr:
-                values, col_idx, row_ptr = csr_from_dense(_ROWS_BY_OUTPUT[layer.op](plan.node, w))
+                values, col_idx, row_ptr = first if not csr else self._encode(layer, plan, w)[0]
                 suffix = "" if len(csr) == 0 else f"_{plan.orientation}"
                 base = layer.weight_name + suffix
                 csr[plan.orientation] = (

@@ -94,7 +94,7 @@ def _conv_tile_efficiency(oh: int, ow: int) -> float:
 
 
 def estimate(kind: str, rows: int, cols: int, nnz: int, *, batch: int = 1, threads: int = 1,
-             out_hw: tuple[int, int] | None = None, index_bytes: int = 2,
+             out_hw: tuple[int, int] | None = None, index_bytes: int = 2, value_bytes: int = 4,
              dense_working_set: int | None = None, csr_working_set: int | None = None,
              machine: Machine = MACHINE) -> Estimate:
     """Predicted seconds per call of the dense op and of the CSR op for one layer.
@@ -126,7 +126,7 @@ def estimate(kind: str, rows: int, cols: int, nnz: int, *, batch: int = 1, threa
 
     dense_bytes = 4 * params
     dws = dense_bytes if dense_working_set is None else max(dense_working_set, dense_bytes)
-    bytes_per_nz = 4 + index_bytes
+    bytes_per_nz = value_bytes + index_bytes
     csr_bytes = nnz * bytes_per_nz + 4 * (rows + 1)
     cws = csr_bytes if csr_working_set is None else max(csr_working_set, csr_bytes)
     resident_dense = dws <= m.l3_bytes // 2
