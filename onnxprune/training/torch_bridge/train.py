@@ -29,7 +29,10 @@ Invariants and maths:
   teacher (top-1 agreement, relative error: :func:`onnxprune.runtime.evaluate.fidelity`).
 * **Fixed batch.** A model whose inputs fix the batch at B (often 1) is fed in micro-batches
   of B; their gradients accumulate into one optimizer step per ``batch_size`` samples, the
-  same mean-over-the-batch gradient as a model with a free batch axis.
+  same mean-over-the-batch gradient as a model with a free batch axis.  BatchNormalization
+  then normalises with its running statistics (kept): a micro-batch's are not the batch's.
+* **BatchNormalization statistics** are also kept when following a teacher (objective
+  match/mixed): the teacher normalises with them; otherwise training mode updates them.
 * **Dropout.** For a Dropout whose input comes (through single-input ops: activations,
   reshapes, pooling…) from a prunable layer i: D_r = D_o · √(C_ir / C_io), with C_io the
   dense connection count (weight size) and C_ir the nonzeros at the start of retraining.
@@ -388,6 +391,7 @@ def finetune(
              for name, info in module.weight_info.items() if info.prunable and name in module.param_keys}
     dropout = _adjust_dropout(module) if config.adjust_dropout else {}
     frozen = _freeze(module, config.freeze) if config.freeze else set()
+    _keep_bn_statistics(module, mode, _data.fixed_batch(specs), config.batch_size)
     opt = _optimizer(module, masks, frozen, config)
 
     dist.init(device)
@@ -500,6 +504,18 @@ def _freeze(module, group: str) -> set:
     for name in frozen & set(module.param_keys):
         module.parameter(name).requires_grad_(False)
     return frozen
+
+
+def _keep_bn_statistics(module, mode: str, fixed: int | None, batch_size: int) -> None:
+    """Every BatchNormalization normalises with its running statistics (kept; scale and shift
+    still train) when the run follows a teacher — the teacher normalises with them, and
+    updating them from the training inputs changes the function being followed whatever the
+    weights do — or when the model is fed micro-batches of ``fixed`` < ``batch_size`` samples,
+    whose statistics are not the batch's (at 1: one sample's)."""
+    if mode == "labels" and not (fixed and fixed < batch_size):
+        return
+    module.frozen_bn.update(info.layer for info in module.weight_info.values()
+                            if info.op_type == "BatchNormalization")
 
 
 def _optimizer(module, masks: dict, frozen: set, config: FinetuneConfig):
