@@ -47,6 +47,7 @@ CONFIGS = {
     "cosine-size": ["--lr-schedule", "cosine", "--allocate", "size"],
     "rewind-size": ["--original-lr", "{peak}", "--lr-schedule", "rewind", "--allocate", "size"],
     "cosine-global": ["--lr-schedule", "cosine", "--allocate", "global"],
+    "rewind-global": ["--original-lr", "{peak}", "--lr-schedule", "rewind", "--allocate", "global"],
     "cosine-sensitivity": ["--lr-schedule", "cosine", "--allocate", "sensitivity"],
     "rewind-sensitivity": ["--original-lr", "{peak}", "--lr-schedule", "rewind",
                            "--allocate", "sensitivity"],
