@@ -100,7 +100,7 @@ def saved_bytes(m: onnx.ModelProto, folder: str, name: str) -> int:
     return os.path.getsize(path)
 
 
-def v1_csr(w_rows, values_dtype=np.float32):
+def v1_csr(w_rows, values_dtype=np.float32, deltas=True):
     """What the previous release wrote: fp32 values, int16/int32 columns."""
     return csrmod.csr_from_dense(w_rows)
 

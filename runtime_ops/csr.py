@@ -114,12 +114,13 @@ def csr_nbytes(*arrays: np.ndarray) -> int:
     return sum(int(np.asarray(a).nbytes) for a in arrays)
 
 
-def compact_csr(w_rows_by_output: np.ndarray, values_dtype: "np.dtype | type | str" = np.float32
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def compact_csr(w_rows_by_output: np.ndarray, values_dtype: "np.dtype | type | str" = np.float32,
+                deltas: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The smallest CSR of ``w_rows_by_output`` (op contract v2): uint8 column deltas when
     they take fewer bytes than int16/int32 columns (the fillers counted), else the v1 indices
-    (a tie keeps v1). ``values_dtype`` float16 rounds the values to float16; a value beyond
-    float16's range raises ValueError (it would become inf)."""
+    (a tie keeps v1); ``deltas=False`` keeps the v1 indices. ``values_dtype`` float16 rounds
+    the values to float16; a value beyond float16's range raises ValueError (it would become
+    inf)."""
     v_t = np.dtype(values_dtype)
     if v_t not in (np.dtype(np.float32), np.dtype(np.float16)):
         raise ValueError(f"values_dtype must be float32 or float16, got {v_t}")
@@ -128,6 +129,8 @@ def compact_csr(w_rows_by_output: np.ndarray, values_dtype: "np.dtype | type | s
         if values.size and float(np.max(np.abs(values))) > FLOAT16_MAX:
             raise ValueError(f"a weight beyond float16's range (|w| > {FLOAT16_MAX:g})")
         values = values.astype(np.float16)
+    if not deltas:
+        return values, col_idx, row_ptr
     delta = delta8_from_csr(values, col_idx, row_ptr)
     if csr_nbytes(*delta) < csr_nbytes(values, col_idx, row_ptr):
         return delta

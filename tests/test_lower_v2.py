@@ -119,3 +119,13 @@ def test_prune_emit_sparse_ops_fp16(tmp_path, capsys):
     assert code == 0, err
     change = json.loads(report.read_text())["lowering"]["values_change"]
     assert 0 < change["max_relative_output_change"] < 5e-3
+
+
+def test_lowering_for_speed_keeps_absolute_indices():
+    # The delta loop costs more per nonzero when the arrays are cache-resident, so only the
+    # size objective takes deltas; fp16 values apply to both when asked.
+    model = fc_stack([2304, 1024, 250], [0.09, 0.25])
+    graph = graph_from_model(model)
+    stats = LowerToSparseOps({"force": ["*"], "values": "fp16"})(graph).stats
+    assert [r["index_dtype"] for r in stats["layers"]] == ["int16", "int16"]
+    assert [r["values_dtype"] for r in stats["layers"]] == ["float16", "float16"]

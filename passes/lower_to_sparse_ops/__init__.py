@@ -5,8 +5,10 @@ initializers holding W by output row in CSR (``runtime_ops/README.md``, op contr
 
     values  float32|float16[nnz]    col_idx int16|int32|uint8[nnz]    row_ptr int32[N + 1]
 
-Per layer the index encoding is the one that takes fewer bytes: uint8 column deltas (filler
-entries bridge gaps over 255) or absolute int16/int32 columns (``compact_csr``).  Values are
+Lowered for size, each layer takes the index encoding with fewer bytes: uint8 column deltas
+(filler entries bridge gaps over 255) or absolute int16/int32 columns (``compact_csr``); for
+speed, int16/int32 (decoding deltas costs the batch-1 loop more per nonzero than reading
+int16 when the arrays are cache-resident; runtime_ops/README.md "Compact CSR").  Values are
 float32 unless the ``values`` option asks for float16 (the weights then round to float16 once;
 a layer with a weight beyond float16's range keeps float32, and says so).
 
@@ -486,12 +488,13 @@ class LowerToSparseOps(Pass):
         """The smallest CSR of ``w`` as ``plan`` orients it, with the asked value type, and a
         note when float16 was asked but the layer keeps float32."""
         rows = _ROWS_BY_OUTPUT[layer.op](plan.node, w)
+        deltas = self.objective == "size"
         if self.values == "fp16":
             try:
-                return compact_csr(rows, np.float16), None
+                return compact_csr(rows, np.float16, deltas), None
             except ValueError as why:
-                return compact_csr(rows), f"values kept fp32: {why}"
-        return compact_csr(rows), None
+                return compact_csr(rows, deltas=deltas), f"values kept fp32: {why}"
+        return compact_csr(rows, deltas=deltas), None
 
     def _lower(self, graph: gs.Graph, layer: Layer, plans: list[_Plan], taken: set[str],
                graph_outputs: set[int], first: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:

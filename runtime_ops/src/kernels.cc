@@ -204,17 +204,42 @@ OP_AVX2 static inline __m128i PrefixDeltas8(const uint8_t* d) {
   w = _mm_add_epi16(w, _mm_slli_si128(w, 4));
   return _mm_add_epi16(w, _mm_slli_si128(w, 8));
 }
-OP_AVX2 static inline __m256 LoadX8(const float* x, const uint8_t* d, Cursor& cur) {
+// x at the 8 columns base + (prefix sums of d[0..7]); the last of them is returned in *last.
+// `xb` = x + base, so each load is one base + index address, as for absolute indices.
+OP_AVX2 static inline __m256 LoadX8From(const float* xb, const uint8_t* d, int64_t* last) {
   const __m128i w = PrefixDeltas8(d);
   const uint64_t a = static_cast<uint64_t>(_mm_cvtsi128_si64(w));
   const uint64_t b = static_cast<uint64_t>(_mm_extract_epi64(w, 1));
-  const int64_t c = cur.col;
-  const __m128 lo = _mm_set_ps(x[c + (a >> 48)], x[c + ((a >> 32) & 0xffff)], x[c + ((a >> 16) & 0xffff)],
-                               x[c + (a & 0xffff)]);
-  const __m128 hi = _mm_set_ps(x[c + (b >> 48)], x[c + ((b >> 32) & 0xffff)], x[c + ((b >> 16) & 0xffff)],
-                               x[c + (b & 0xffff)]);
-  cur.col = c + static_cast<int64_t>(b >> 48);
+  const __m128 lo = _mm_set_ps(xb[a >> 48], xb[(a >> 32) & 0xffff], xb[(a >> 16) & 0xffff], xb[a & 0xffff]);
+  const __m128 hi = _mm_set_ps(xb[b >> 48], xb[(b >> 32) & 0xffff], xb[(b >> 16) & 0xffff], xb[b & 0xffff]);
+  *last = static_cast<int64_t>(b >> 48);
   return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+OP_AVX2 static inline __m256 LoadX8(const float* x, const uint8_t* d, Cursor& cur) {
+  int64_t last = 0;
+  const __m256 v = LoadX8From(x + cur.col, d, &last);
+  cur.col += last;
+  return v;
+}
+// The 32 x values of entries c[0..31], the cursor moved past them. For deltas the four
+// 8-entry bases come from one vpsadbw (four sums of 8 bytes), so the 8-entry groups decode
+// independently and the loop-carried chain is one add per 32 entries.
+template <class I>
+OP_AVX2 static inline void LoadX32(const float* x, const I* c, Cursor& cur, __m256 out[4]) {
+  for (int i = 0; i < 4; ++i) out[i] = LoadX8(x, c + 8 * i, cur);
+}
+OP_AVX2 static inline void LoadX32(const float* x, const uint8_t* d, Cursor& cur, __m256 out[4]) {
+  const __m256i s = _mm256_sad_epu8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d)), _mm256_setzero_si256());
+  const __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
+  const int64_t s0 = _mm_cvtsi128_si64(lo), s1 = _mm_extract_epi64(lo, 1);
+  const int64_t s2 = _mm_cvtsi128_si64(hi), s3 = _mm_extract_epi64(hi, 1);
+  const float* xb = x + cur.col;
+  int64_t unused = 0;
+  out[0] = LoadX8From(xb, d, &unused);
+  out[1] = LoadX8From(xb + s0, d + 8, &unused);
+  out[2] = LoadX8From(xb + (s0 + s1), d + 16, &unused);
+  out[3] = LoadX8From(xb + (s0 + s1 + s2), d + 24, &unused);
+  cur.col += (s0 + s1) + (s2 + s3);
 }
 // The 8 columns at c as int32 lanes, the cursor unmoved (decoded columns are < 2^31: ops.cc).
 OP_AVX2 static inline __m256i Cols8(const int16_t* c, const Cursor&) { return LoadIdx8(c); }
@@ -249,10 +274,12 @@ OP_AVX2 void SpmvRows(const V* values, const I* col, const int32_t* row_ptr, con
       if (sizeof(V) == 4) _mm_prefetch(reinterpret_cast<const char*>(values + j) + 2048 + 64, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(col + j) + 1024 * sizeof(I) / 2, _MM_HINT_T0);
       if (sizeof(I) == 4) _mm_prefetch(reinterpret_cast<const char*>(col + j) + 2048 + 64, _MM_HINT_T0);
-      a0 = _mm256_fmadd_ps(Val8(values + j), LoadX8(x, col + j, cur), a0);
-      a1 = _mm256_fmadd_ps(Val8(values + j + 8), LoadX8(x, col + j + 8, cur), a1);
-      a2 = _mm256_fmadd_ps(Val8(values + j + 16), LoadX8(x, col + j + 16, cur), a2);
-      a3 = _mm256_fmadd_ps(Val8(values + j + 24), LoadX8(x, col + j + 24, cur), a3);
+      __m256 xs[4];
+      LoadX32(x, col + j, cur, xs);
+      a0 = _mm256_fmadd_ps(Val8(values + j), xs[0], a0);
+      a1 = _mm256_fmadd_ps(Val8(values + j + 8), xs[1], a1);
+      a2 = _mm256_fmadd_ps(Val8(values + j + 16), xs[2], a2);
+      a3 = _mm256_fmadd_ps(Val8(values + j + 24), xs[3], a3);
     }
     for (; j + 8 <= e; j += 8) a0 = _mm256_fmadd_ps(Val8(values + j), LoadX8(x, col + j, cur), a0);
     float s = Hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
@@ -342,10 +369,12 @@ OP_AVX2 void SpmvBlocked(const V* values, const I* col, const int32_t* row_ptr, 
           }
           pv += 32 * sizeof(V);
           pc += 32 * sizeof(I);
-          a0 = _mm256_fmadd_ps(Val8(values + j), LoadX8(x, col + j, cur), a0);
-          a1 = _mm256_fmadd_ps(Val8(values + j + 8), LoadX8(x, col + j + 8, cur), a1);
-          a2 = _mm256_fmadd_ps(Val8(values + j + 16), LoadX8(x, col + j + 16, cur), a2);
-          a3 = _mm256_fmadd_ps(Val8(values + j + 24), LoadX8(x, col + j + 24, cur), a3);
+          __m256 xs[4];
+          LoadX32(x, col + j, cur, xs);
+          a0 = _mm256_fmadd_ps(Val8(values + j), xs[0], a0);
+          a1 = _mm256_fmadd_ps(Val8(values + j + 8), xs[1], a1);
+          a2 = _mm256_fmadd_ps(Val8(values + j + 16), xs[2], a2);
+          a3 = _mm256_fmadd_ps(Val8(values + j + 24), xs[3], a3);
         }
         a0 = _mm256_add_ps(a0, a2);
         a1 = _mm256_add_ps(a1, a3);
