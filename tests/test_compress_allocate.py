@@ -162,9 +162,11 @@ def test_compress_cli_reports_allocation_and_scan(tmp_path, capsys):
     assert code == 2 and "allocate" in err and not (tmp_path / "d.onnx").exists()
 
 
-def test_a_round_that_retraining_made_worse_says_why(tmp_path, capsys):
-    """A rate far too high for the model (here 50, as if it had been trained at it) wrecks
-    the retraining; the round's record and stderr say so and name --original-lr."""
+def test_a_rate_that_wrecks_the_round_is_backed_off(tmp_path, capsys):
+    """A rate far too high for the model (here 5, as if it had been trained at it) wrecks
+    the retraining; the round is retrained from the same pruned weights at a tenth of the
+    rate until it is not worse than before retraining, the later rounds keep that rate, and
+    the record, the report and stderr say so."""
     pytest.importorskip("torch")
     from onnxprune.runtime.check import run_model
     from tests.conftest import run_cli
@@ -176,10 +178,38 @@ def test_a_round_that_retraining_made_worse_says_why(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     data = str(tmp_path / "d.npz")
     code, out, err = run_cli(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"),
-                              "--train", data, "--val", data, "--epochs", "1", "--iterations", "1",
-                              "--target-sparsity", "0.3", "--original-lr", "50", "--json", "-"],
+                              "--train", data, "--val", data, "--epochs", "1", "--iterations", "2",
+                              "--target-sparsity", "0.3", "--original-lr", "5", "--json", "-"],
                              capsys)
     assert code == 0, err
-    rec = [h for h in json.loads(out)["history"] if h["stage"] == "iteration"][0]
-    assert rec["top1"] < rec["top1_before_retrain"]
-    assert "--original-lr" in rec["warning"] and "note: retraining lowered" in err
+    report = json.loads(out)
+    rounds = [h for h in report["history"] if h["stage"] == "iteration"]
+    first = rounds[0]["rate_attempts"]
+    assert len(first) > 1 and first[0]["peak_lr"] == 5 and not first[0]["kept"]
+    assert first[-1]["kept"] and first[-1]["peak_lr"] == pytest.approx(5 * 0.1 ** (len(first) - 1))
+    assert rounds[0]["top1"] >= rounds[0]["top1_before_retrain"] - 0.01
+    # round 2 starts at the rate round 1 found
+    assert rounds[1]["rate_attempts"][0]["peak_lr"] == pytest.approx(first[-1]["peak_lr"])
+    assert report["peak_lr"]["first"] == 5 and report["peak_lr"]["last"] < 5
+    assert "--original-lr" in rounds[0]["warning"] and "note: retraining at peak rate 5 " in err
+
+
+def test_no_backoff_when_retraining_does_not_hurt(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from onnxprune.runtime.check import run_model
+    from tests.conftest import run_cli
+
+    model = mlp(sizes=(16, 32, 8, 4), seed=0)
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=run_model(model, {model.graph.input[0].name: x})[0].argmax(1))
+    data = str(tmp_path / "d.npz")
+    code, out, err = run_cli(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"),
+                              "--train", data, "--val", data, "--epochs", "1", "--iterations", "1",
+                              "--target-sparsity", "0.3", "--original-lr", "0.001", "--json", "-"],
+                             capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    rec = [h for h in report["history"] if h["stage"] == "iteration"][0]
+    assert [a["kept"] for a in rec["rate_attempts"]] == [True] and "warning" not in rec
+    assert report["peak_lr"] == {"first": 0.001, "last": 0.001} and "note:" not in err

@@ -244,6 +244,7 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
                      "sensitivity_scan": scan and scan["report"],
                      "layer-targets": [list(x) for x in schedule.layer_targets]},
         "final_sparsity": result.final_sparsity, "config": config_json(config),
+        "peak_lr": {"first": config.resolved_lr(), "last": result.peak_lr},
         "objective": _round_objective(result), "validation": _validation(val_set),
         "accuracy_dense": result.dense_accuracy, "accuracy_final": result.final_accuracy,
         "accuracy_drop_pp": drop_pp, "history": result.history, "layers": rows, "total": total,

@@ -62,9 +62,11 @@ from onnxprune.passes.threshold_by_std import DEFAULT_QUALITY
 
 AUTO_CAP = 0.99  # the sparsest the accuracy-budget ladder goes (100× fewer weights)
 AUTO_ROUNDS = 7  # default ladder length: each round removes ≈ 48 % of the survivors
-# A round whose retraining lowers val top-1 by more than this (a share, 1 pp) gets a note: a
-# rate far above the model's own wrecks it; a rewound rate that has not settled costs less.
+# A round whose retraining lowers val top-1 by more than this (a share, 1 pp) is retrained at a
+# tenth of the rate (_Rounds.run): a rate far above the model's own wrecks it; a rewound rate
+# that has not settled yet costs less (LeNet-300-100: 0.28 pp after round 1).
 WORSE_AFTER_RETRAINING = 0.01
+RATE_BACKOFFS = 3  # retrainings of a round at 1/10, 1/100, 1/1000 of the rate, at most
 AUTO_PATIENCE = 1  # rounds over budget tried after the first one before the climb stops
 ALLOCATIONS = ("uniform", "global", "size", "sensitivity")
 # The size rule keeps density ∝ params^(−SIZE_EXPONENT): fitted to the densities Han et al.
@@ -289,6 +291,7 @@ class CompressResult:
     max_rank_divergence: float | None = None  # max over rounds of max |w_rank − w_rank0|
     device: str = "cpu"
     returned_iteration: int = 0  # the round whose model was returned (the last, or auto's pick)
+    peak_lr: float | None = None  # the retraining rate the last round ran at (after back-offs)
 
 
 def compress(
@@ -362,7 +365,8 @@ def _compress(model, train, val, schedule, finetune_config, remove_dead_neurons,
             on_stage(history[-1])
     return CompressResult(current, dense_acc, acc, history, finals, dead,
                           time.perf_counter() - t0, ranks.world, ranks.rank, rounds.divergence,
-                          rounds.device, returned_iteration=kept_i)
+                          rounds.device, returned_iteration=kept_i,
+                          peak_lr=rounds.config.resolved_lr() if rounds.config else None)
 
 
 def _over_budget(rec: dict, dense_acc: dict, budget_pp: float | None) -> bool:
@@ -399,15 +403,55 @@ class _Rounds:
         self.divergence, self.device = None, "cpu"
 
     def run(self, current: ModelProto, i: int):
-        """Round ``i``: prune ``current`` to s_{l,i}, retrain; (model, accuracy, record)."""
+        """Round ``i``: prune ``current`` to s_{l,i}, retrain; (model, accuracy, record).
+
+        Rate back-off: a retraining that ends more than ``WORSE_AFTER_RETRAINING`` below the
+        pruned model's own val measure, or with a non-finite weight, is thrown away and run
+        again from the same pruned weights at a tenth of the rate, at most ``RATE_BACKOFFS``
+        times; the rate found is kept for the later rounds.  The usual cause is a model
+        trained at a much smaller rate than the rewound default (0.1), e.g. with Adam.
+        """
         from onnxprune.runtime.evaluate import evaluate, short_measure
-        from onnxprune.training.torch_bridge import finetune
 
         n = self.schedule.iterations
         targets = {name: step_sparsity(f, i, n) for name, f in self.finals.items()}
         pruned, stats = prune_step(current, targets)
         self.ranks.check_same_masks(pruned, i)
         pruned_acc = evaluate(pruned, self.val_ds)
+        attempts = []
+        while True:
+            model, acc, result = self._retrain(pruned, i)
+            wrecked = not _finite_weights(model)
+            worse = wrecked or acc["top1"] < pruned_acc["top1"] - WORSE_AFTER_RETRAINING
+            attempts.append({"peak_lr": self.config.resolved_lr(), "top1": acc["top1"],
+                             "finite": not wrecked, "kept": not worse})
+            if not worse or len(attempts) > RATE_BACKOFFS:
+                break
+            self.config = _scaled_rate(self.config, 0.1)
+        rec = _record("iteration", i, model, acc, pruned_acc, self.dense_params)
+        rec["targets"] = targets
+        rec["rate_attempts"] = attempts
+        if len(attempts) > 1 and attempts[-1]["kept"]:
+            rec["warning"] = (f"retraining at peak rate {attempts[0]['peak_lr']:g} lowered val "
+                              f"{short_measure(acc)} below the pruned model's; retrained at "
+                              f"{attempts[-1]['peak_lr']:g} instead (give --original-lr to start there)")
+        elif worse:
+            rec["warning"] = (f"retraining lowered val {short_measure(acc)} from "
+                              f"{100 * pruned_acc['top1']:.2f}% to {100 * acc['top1']:.2f}% even at "
+                              f"peak rate {self.config.resolved_lr():g}; kept (give --original-lr "
+                              "or --lr)")
+        rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"]
+                          if r["quality"] is not None}
+        rec["train_history"] = result.history
+        rec["objective"] = result.objective
+        rec["dropout"] = {k: list(v) for k, v in result.dropout.items()}
+        return model, acc, rec
+
+    def _retrain(self, pruned: ModelProto, i: int):
+        """One retraining of the round's pruned model at the current rate: (model, val, result)."""
+        from onnxprune.runtime.evaluate import evaluate
+        from onnxprune.training.torch_bridge import finetune
+
         cb = None
         if self.on_progress is not None:
             def cb(epoch, step, total, metrics, _i=i):
@@ -421,22 +465,22 @@ class _Rounds:
         if result.max_rank_divergence is not None:
             self.divergence = max(self.divergence or 0.0, result.max_rank_divergence)
         self.device = result.device
-        acc = evaluate(model, self.val_ds)
-        rec = _record("iteration", i, model, acc, pruned_acc, self.dense_params)
-        rec["targets"] = targets
-        if acc["top1"] < pruned_acc["top1"] - WORSE_AFTER_RETRAINING:
-            # Retraining made the pruned model worse: most often a rate far above the one the
-            # model was trained with (compress rewinds to 0.1 unless told the original rate).
-            rec["warning"] = (f"retraining lowered val {short_measure(acc)} from {100 * pruned_acc['top1']:.2f}% "
-                              f"to {100 * acc['top1']:.2f}% at peak rate "
-                              f"{self.config.resolved_lr():g}; if the model was trained at "
-                              "another rate, give --original-lr")
-        rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"]
-                          if r["quality"] is not None}
-        rec["train_history"] = result.history
-        rec["objective"] = result.objective
-        rec["dropout"] = {k: list(v) for k, v in result.dropout.items()}
-        return model, acc, rec
+        return model, evaluate(model, self.val_ds), result
+
+
+def _finite_weights(model: ModelProto) -> bool:
+    """Whether every prunable layer's weights are finite (a diverged retraining is not)."""
+    import numpy as np
+
+    layers, _ = find_layers(graph_from_model(model))
+    return all(bool(np.isfinite(weight_values(x)).all()) for x in layers if not x.skip_reason)
+
+
+def _scaled_rate(config, factor: float):
+    """``config`` with its peak retraining rate times ``factor`` (the same schedule)."""
+    if config.lr_schedule == "rewind" and config.original_lr is not None:
+        return dataclasses.replace(config, original_lr=config.original_lr * factor)
+    return dataclasses.replace(config, lr=config.resolved_lr() * factor, original_lr=None)
 
 
 class _Ranks:
