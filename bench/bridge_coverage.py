@@ -151,7 +151,8 @@ def built_models(only: str | None):
         yield label, "built at run time (torch.onnx, opset 17)", model, sizes
 
 
-def _transformer_cls(torch, nn):
+def transformer_net(nn):
+    """A 2-layer ``TransformerEncoder`` classifier: d 32, 4 heads, 5 classes, mean-pooled."""
     class Cls(nn.Module):
         def __init__(self):
             super().__init__()
@@ -162,7 +163,15 @@ def _transformer_cls(torch, nn):
         def forward(self, x):
             return self.head(self.enc(x).mean(1))
 
-    return _export(Cls(), (torch.randn(2, 7, 32),), ["x"], dynamic={"x": {0: "batch", 1: "seq"}})
+    return Cls()
+
+
+def export_transformer(torch, net) -> onnx.ModelProto:
+    return _export(net, (torch.randn(2, 7, 32),), ["x"], dynamic={"x": {0: "batch", 1: "seq"}})
+
+
+def _transformer_cls(torch, nn):
+    return export_transformer(torch, transformer_net(nn))
 
 
 def _bert_tiny(torch, nn):

@@ -240,23 +240,13 @@ def transformer_cls() -> onnx.ModelProto:
     import torch
     from torch import nn
 
-    class Cls(nn.Module):
-        def __init__(self):
-            super().__init__()
-            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True)
-            self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-            self.head = nn.Linear(32, 5)
-
-        def forward(self, x):
-            return self.head(self.enc(x).mean(1))
-
     torch.manual_seed(0)
-    net = Cls()
+    net = cov.transformer_net(nn)
     with torch.no_grad():
         for p in net.parameters():
             if p.dim() > 1:  # matrices: N(0, 1/fan_in); LayerNorm scales and biases as built
                 p.copy_(torch.randn_like(p) / p.shape[-1] ** 0.5)
-    return cov._export(net, (torch.randn(2, 7, 32),), ["x"], dynamic={"x": {0: "batch", 1: "seq"}})
+    return cov.export_transformer(torch, net)
 
 
 def _input_names(model: onnx.ModelProto) -> list[str]:
