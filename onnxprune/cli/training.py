@@ -40,9 +40,11 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                         "0.1 if not given). Default: compress rewind (constant when --lr is "
                         "given), finetune constant")
     t.add_argument("--regrow", action="store_true",
-                   help="let pruned weights come back while retraining (Dynamic Network Surgery, "
-                        "Guo et al. 2016): each layer keeps its count of nonzeros, the survivors "
-                        "are the largest of a dense shadow trained with straight-through gradients")
+                   help="experimental: let pruned weights come back while retraining (Dynamic "
+                        "Network Surgery, Guo et al. 2016): each layer keeps its count of "
+                        "nonzeros, the survivors are the largest of a dense shadow trained with "
+                        "straight-through gradients. Measured worse than fixed masks on "
+                        "LeNet-300-100 at 22x (docs/RESULTS.md)")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     t.add_argument("--momentum", type=float_arg(0.0, 1.0, hi_open=True), default=0.9)
     t.add_argument("--weight-decay", type=float_arg(0.0), default=5e-4, help="L2 strength")
