@@ -163,10 +163,11 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return 100.0 * float(np.mean(logits.argmax(1) == y))
 
 
-def compress(model: Path, out: Path, train: Path, val: Path, extra: list[str], log=print) -> dict:
+def compress(model: Path, out: Path, train: Path, val: Path, extra: list[str], original_lr: float,
+             log=print) -> dict:
     report = out.with_suffix(".json")
     args = ["compress", str(model), "-o", str(out), "--train", str(train), "--val", str(val),
-            "--target-sparsity", f"{TARGET:g}", "--original-lr", "0.1", "--json", str(report),
+            "--target-sparsity", f"{TARGET:g}", "--original-lr", f"{original_lr:g}", "--json", str(report),
             "-q", *extra]
     log("  $ " + display_command(args, 1))
     t0 = time.perf_counter()
@@ -188,6 +189,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a small subset, 1 epoch: smoke test only")
     ap.add_argument("--epochs", type=int, default=8, help="dense training epochs (default 8)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--retrain-images", type=int, default=20000, metavar="N",
+                    help="images every compress run retrains on (the first N of the training "
+                         "split; default 20000, to fit a 2-core machine)")
+    ap.add_argument("--original-lr", type=float, default=0.001,
+                    help="compress --original-lr (default 0.001): the export folds BatchNorm "
+                         "into the convolutions, and the folded network diverged when retrained "
+                         "at 0.01 (4,000 images, one epoch: loss NaN) but not at 0.001")
     ap.add_argument("--runs", nargs="+", choices=("labels", "match", "embedding"),
                     default=["labels", "match", "embedding"])
     args = ap.parse_args(argv)
@@ -203,12 +211,23 @@ def main(argv=None) -> int:
     splits = load(data, args.quick)
     paths = {}
     for name, (x, y) in splits.items():
-        paths[name] = out / f"{name}.npz"
-        np.savez(paths[name], x=x, y=y)
-        paths[name + "_x"] = out / f"{name}_inputs.npz"
-        np.savez(paths[name + "_x"], x=x)  # no labels: the label-free runs
+        keep = args.retrain_images if name == "train" else len(x)
+        stem = f"{name}{keep}" if name == "train" else name
+        paths[name] = out / f"{stem}.npz"
+        paths[name + "_x"] = out / f"{stem}_inputs.npz"  # no labels: the label-free runs
+        # Written once (then read by runs that may be going on in other processes).
+        for path, arrays in ((paths[name], {"x": x[:keep], "y": y[:keep]}),
+                             (paths[name + "_x"], {"x": x[:keep]})):
+            if not path.is_file():
+                np.savez(path.with_suffix(".tmp.npz"), **arrays)
+                os.replace(path.with_suffix(".tmp.npz"), path)
     dense, embed = out / "resnet_dense.onnx", out / "embed_dense.onnx"
-    summary = {"machine": machine(), "seed": args.seed, "target_sparsity": TARGET, "runs": {}}
+    previous = out / "summary.json"
+    done = json.loads(previous.read_text())["runs"] if previous.is_file() else {}
+    summary = {"machine": machine(), "seed": args.seed, "target_sparsity": TARGET,
+               "runs": {k: v for k, v in done.items() if k not in args.runs},
+               "retrain_images": min(args.retrain_images, len(splits["train"][1])),
+               "original_lr": args.original_lr}
     if not dense.is_file():
         net = build(args.seed)
         print(f"== dense training ({args.epochs} epochs) ==")
@@ -227,6 +246,15 @@ def main(argv=None) -> int:
 
         export(Embed(net), embed)
         np.savez(out / "head.npz", w=net.fc.weight.detach().numpy(), b=net.fc.bias.detach().numpy())
+    if not (out / "head.npz").is_file():  # the classifier head, from the dense graph's Gemm
+        from onnx import numpy_helper
+
+        from onnxprune.core import io
+
+        proto, _ = io.load(str(dense))
+        inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        gemm = [n for n in proto.graph.node if n.op_type == "Gemm"][-1]
+        np.savez(out / "head.npz", w=inits[gemm.input[1]], b=inits[gemm.input[2]])
     head = np.load(out / "head.npz")
     xt, yt = splits["test"]
 
@@ -243,7 +271,7 @@ def main(argv=None) -> int:
     for run in args.runs:
         model, tr, va, more = plan[run]
         print(f"== compress: {run} ==")
-        res = compress(model, out / f"{run}_compressed.onnx", tr, va, more + extra)
+        res = compress(model, out / f"{run}_compressed.onnx", tr, va, more + extra, args.original_lr)
         res["test_acc"] = (head_acc if run == "embedding" else
                            lambda p: accuracy(run_onnx(p, xt), yt))(out / f"{run}_compressed.onnx")
         base = summary["dense"]["embed_head_acc" if run == "embedding" else "test_acc"]
