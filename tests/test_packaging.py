@@ -129,3 +129,21 @@ def test_every_imported_package_is_declared():
         if not dists & declared:
             missing[module] = sorted(dists)
     assert not missing, f"imported but not declared in pyproject: {missing}"
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """Each folder with an ``__init__.py`` under the package roots is listed in
+    ``[tool.setuptools] packages`` (a missing one installs editable but breaks ``pip install .``:
+    ``onnxprune.api`` once did, and every command failed with ModuleNotFoundError)."""
+    tomllib = pytest.importorskip("tomllib")
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    roots = {name: ROOT / folder for name, folder in tool["package-dir"].items()}
+    found = set()
+    for name, folder in roots.items():
+        for init in folder.rglob("__init__.py"):
+            rel = init.parent.relative_to(folder).parts
+            if any(part.startswith((".", "__")) or part in ("build", "src") for part in rel):
+                continue
+            found.add(".".join((name, *rel)))
+    assert found - listed == set(), f"not in pyproject's packages: {sorted(found - listed)}"
