@@ -192,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--retrain-images", type=int, default=20000, metavar="N",
                     help="images every compress run retrains on (the first N of the training "
                          "split; default 20000, to fit a 2-core machine)")
+    ap.add_argument("--round-epochs", type=int, default=2,
+                    help="compress --epochs: retraining epochs per round (default 2)")
     ap.add_argument("--original-lr", type=float, default=0.001,
                     help="compress --original-lr (default 0.001): the export folds BatchNorm "
                          "into the convolutions, and the folded network diverged when retrained "
@@ -264,7 +266,8 @@ def main(argv=None) -> int:
     summary["dense"] = {"test_acc": accuracy(run_onnx(dense, xt), yt), "embed_head_acc": head_acc(embed)}
     print(f"dense test accuracy {summary['dense']['test_acc']:.2f}% "
           f"(embedding + head {summary['dense']['embed_head_acc']:.2f}%)")
-    extra = ["--iterations", "1", "--epochs", "1"] if args.quick else []
+    extra = ["--iterations", "1", "--epochs", "1"] if args.quick else \
+        ["--epochs", str(args.round_epochs)]
     plan = {"labels": (dense, paths["train"], paths["val"], []),
             "match": (dense, paths["train_x"], paths["val_x"], ["--objective", "match"]),
             "embedding": (embed, paths["train_x"], paths["val_x"], ["--objective", "match"])}
