@@ -162,11 +162,9 @@ def test_compress_cli_reports_allocation_and_scan(tmp_path, capsys):
     assert code == 2 and "allocate" in err and not (tmp_path / "d.onnx").exists()
 
 
-def test_a_rate_that_wrecks_the_round_is_backed_off(tmp_path, capsys):
-    """A rate far too high for the model (here 5, as if it had been trained at it) wrecks
-    the retraining; the round is retrained from the same pruned weights at a tenth of the
-    rate until it is not worse than before retraining, the later rounds keep that rate, and
-    the record, the report and stderr say so."""
+def _compress_right_labels(tmp_path, capsys, *options):
+    """compress on data whose labels are the model's own predictions (it starts right):
+    (exit code, report, stderr)."""
     pytest.importorskip("torch")
     from onnxprune.runtime.check import run_model
     from tests.conftest import run_cli
@@ -174,15 +172,22 @@ def test_a_rate_that_wrecks_the_round_is_backed_off(tmp_path, capsys):
     model = mlp(sizes=(16, 32, 8, 4), seed=0)
     onnx.save(model, tmp_path / "m.onnx")
     x = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
-    y = run_model(model, {model.graph.input[0].name: x})[0].argmax(1)  # the model is right
-    np.savez(tmp_path / "d.npz", x=x, y=y)
+    np.savez(tmp_path / "d.npz", x=x, y=run_model(model, {model.graph.input[0].name: x})[0].argmax(1))
     data = str(tmp_path / "d.npz")
     code, out, err = run_cli(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"),
-                              "--train", data, "--val", data, "--epochs", "1", "--iterations", "2",
-                              "--target-sparsity", "0.3", "--original-lr", "5", "--json", "-"],
-                             capsys)
+                              "--train", data, "--val", data, "--epochs", "1",
+                              "--target-sparsity", "0.3", "--json", "-", *options], capsys)
+    return code, json.loads(out) if code == 0 else None, err
+
+
+def test_a_rate_that_wrecks_the_round_is_backed_off(tmp_path, capsys):
+    """A rate far too high for the model (here 5, as if it had been trained at it) wrecks
+    the retraining; the round is retrained from the same pruned weights at a tenth of the
+    rate until it is not worse than before retraining, the later rounds keep that rate, and
+    the record, the report and stderr say so."""
+    code, report, err = _compress_right_labels(tmp_path, capsys, "--iterations", "2",
+                                               "--original-lr", "5")
     assert code == 0, err
-    report = json.loads(out)
     rounds = [h for h in report["history"] if h["stage"] == "iteration"]
     first = rounds[0]["rate_attempts"]
     assert len(first) > 1 and first[0]["peak_lr"] == 5 and not first[0]["kept"]
@@ -195,21 +200,9 @@ def test_a_rate_that_wrecks_the_round_is_backed_off(tmp_path, capsys):
 
 
 def test_no_backoff_when_retraining_does_not_hurt(tmp_path, capsys):
-    pytest.importorskip("torch")
-    from onnxprune.runtime.check import run_model
-    from tests.conftest import run_cli
-
-    model = mlp(sizes=(16, 32, 8, 4), seed=0)
-    onnx.save(model, tmp_path / "m.onnx")
-    x = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", x=x, y=run_model(model, {model.graph.input[0].name: x})[0].argmax(1))
-    data = str(tmp_path / "d.npz")
-    code, out, err = run_cli(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"),
-                              "--train", data, "--val", data, "--epochs", "1", "--iterations", "1",
-                              "--target-sparsity", "0.3", "--original-lr", "0.001", "--json", "-"],
-                             capsys)
+    code, report, err = _compress_right_labels(tmp_path, capsys, "--iterations", "1",
+                                               "--original-lr", "0.001")
     assert code == 0, err
-    report = json.loads(out)
     rec = [h for h in report["history"] if h["stage"] == "iteration"][0]
     assert [a["kept"] for a in rec["rate_attempts"]] == [True] and "warning" not in rec
     assert report["peak_lr"] == {"first": 0.001, "last": 0.001} and "note:" not in err
