@@ -20,7 +20,7 @@ models built at run time: a ``torch.nn.TransformerEncoder`` classifier exported 
 MobileNet-style CNN, and a CRNN-style LSTM recogniser and GRU tagger with batch fixed at 1.
 
     python bench/bridge_coverage.py --markdown bench/out/bridge_coverage.md
-    python bench/bridge_coverage.py --only silero --cache /tmp/models
+    python bench/bridge_coverage.py --only silero --cache bench/out/models
 """
 
 from __future__ import annotations
