@@ -24,11 +24,15 @@ Isa BestIsa();
 
 // Width, in floats, that packed batch panels are padded to; every spmm `mb` is a multiple.
 constexpr int kPanelQuantum = 16;
-// Output tile of conv_tile: 4 output rows x 16 output columns. Small enough that the input
-// window it reads (for a 3x3 kernel, 6 x 18 floats per channel) stays in L1 while every output
-// channel is computed over it.
-constexpr int kConvTileRows = 4;
-constexpr int kConvTileCols = 16;
+// Convolution tiles (CsrConv): a run of conv_lanes * V consecutive output positions of one
+// output channel, taken row-major over the phase plane (rows Wq floats apart), held in V vector
+// accumulators while the channel's nonzeros stream past, each weight broadcast once and
+// multiplied into V vectors of the input at its offset. V is one of kConvVectors, chosen per
+// input shape for the least padding (ops.cc); 12 x 16 lanes with AVX-512 keeps 12 independent
+// FMA chains, enough to cover the FMA latency on both 256- and 512-bit datapaths.
+constexpr int kConvVectorChoices = 3;
+constexpr int kConvVectors[kConvVectorChoices] = {4, 8, 12};
+constexpr int kConvMaxTile = 16 * 12;  // floats in the widest tile (AVX-512, V = 12)
 
 // Batch-1 column blocking: when x has more than 1.5 blocks of columns it no longer fits L1
 // beside the streamed CSR arrays, and rows are swept in groups, one column block at a time.
@@ -94,9 +98,12 @@ using SpmmFn = void (*)(const void* values, const void* col, const int32_t* row_
 struct Kernels {
   SpmvFn spmv[kValueKinds][kIndexKinds];
   SpmmFn spmm[kValueKinds][kIndexKinds];
-  // out[u * kConvTileCols + i] = sum_j w[j] * q[off[j] + u * row_stride + i]
-  // for u < kConvTileRows, i < kConvTileCols.
-  void (*conv_tile)(const float* w, const int32_t* off, int64_t nnz, const float* q, int64_t row_stride, float* out);
+  // Floats per vector of the conv tiles (16 AVX-512, 8 AVX2 and portable).
+  int conv_lanes;
+  // conv_run[v]: out[i] = (accumulate ? out[i] : init) + sum_j w[j] * q[off[j] + i] for
+  // i < conv_lanes * kConvVectors[v].
+  void (*conv_run[kConvVectorChoices])(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out,
+                                       float init, bool accumulate);
   // out[i] = HalfToFloat(in[i]) for i < n.
   void (*half_to_float)(const uint16_t* in, int64_t n, float* out);
 };

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <sstream>
 #include <string>
@@ -26,6 +27,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #define ONNXPRUNE_EXPORT extern "C" __attribute__((visibility("default")))
@@ -709,9 +711,38 @@ struct ConvGeometry {
   int64_t hq = 0, wq = 0;   // phase-plane extents
   int64_t plane = 0;        // hq * wq
   int64_t q_size = 0;       // sh * sw * c_in * plane <= kMaxConvPlane
-  int64_t tile_reach = 0;   // floats a tile reads past its nonzero's offset, overhang included
+  int64_t q_alloc = 0;      // q_size plus the zeroed slack the tiles may read, <= kMaxConvPlane
   bool empty() const { return nb == 0 || c_out == 0 || oh == 0 || ow == 0; }
 };
+
+// How CsrConv computes one input shape with one CSR (CsrConvKernel::MakePlan). For constant CSR
+// arrays it is made once per input shape and kept by the kernel.
+struct ConvPlan {
+  int64_t c_in = 0, h = 0, w = 0;  // the input shape it was made for
+  int vi = 0;                      // tile width: kConvVectors[vi] vectors
+  int64_t tile = 0;                // output positions per tile (conv_lanes * kConvVectors[vi])
+  int64_t npos = 0;                // oh * wq: output rows of the phase plane, Wq positions each
+  int64_t tiles = 0;               // ceil(npos / tile)
+  int64_t blocks = 1, cb = 0;      // input channels (per group) in blocks of cb
+  std::vector<int32_t> off;        // offset into the phase planes of each nonzero
+  // Row r's block-b pass takes entries seg[r * (blocks + 1) + b] .. seg[.. + b + 1]: as many as
+  // the row has in block b. With ascending columns (csr_from_dense) those are exactly its
+  // block-b entries; in any other order each entry is still taken once, by some pass (the sum
+  // is the same, only the cache benefit is lost).
+  std::vector<int64_t> seg;
+};
+
+// L1 data cache per core, read from the CPU at run time (32 KiB when it cannot be read).
+int64_t L1DataBytes() {
+  static const int64_t bytes = [] {
+#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
+    const long s = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    if (s >= 8192 && s <= (1L << 20)) return static_cast<int64_t>(s);
+#endif
+    return int64_t{32768};
+  }();
+  return bytes;
+}
 
 // --- CsrConv --------------------------------------------------------------------------------
 
@@ -720,6 +751,9 @@ struct CsrConvKernel {
   int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
   Isa isa = Isa::kScalar;
   ValidatedCsr constant;
+  // The plan for the constant CSR and the last input shape seen (sessions may run concurrently).
+  mutable std::mutex plan_mutex;
+  mutable std::shared_ptr<const ConvPlan> plan_cache;
 
   // Every attribute is bounded here, before any shape is seen (ConvAttrsError).
   explicit CsrConvKernel(const ortabi::KernelInfo* info) {
@@ -776,21 +810,33 @@ struct CsrConvKernel {
     Check(g_api->GetTensorMutableData(yv, &ydata));
     float* y = static_cast<float*>(ydata);
 
-    std::vector<int32_t> off;
-    const int64_t max_off = Offsets(csr, g, &off);
-    // Tiles overhanging the output read past the last valid Q row; that slack is allocated
-    // and zeroed. max_off < q_size <= 2^31 - 1 and tile_reach is about one output plane.
-    const int64_t q_alloc = std::max(g.q_size, max_off + g.tile_reach) + kConvTileCols;
-    AlignedBuffer q = AllocFloats(static_cast<size_t>(q_alloc));
-    std::memset(q.get() + g.q_size, 0, static_cast<size_t>(q_alloc - g.q_size) * sizeof(float));
-
+    const std::shared_ptr<const ConvPlan> plan = PlanFor(csr, g);
+    // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
+    // (PlanPhases, checked again in MakePlan); FillPhasePlanes zeroes the slack.
+    AlignedBuffer q = AllocFloats(static_cast<size_t>(g.q_alloc));
     std::vector<float> widened;
     const float* w = FloatValues(csr, &widened);
     const float* xd = x.as<float>();
     for (int64_t img = 0; img < g.nb; ++img) {
       FillPhasePlanes(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
-      Tiles(ctx, g, csr, w, off, q.get(), bias, y + img * g.c_out * g.oh * g.ow);
+      Tiles(ctx, g, *plan, w, q.get(), bias, y + img * g.c_out * g.oh * g.ow);
     }
+  }
+
+  // The plan for this CSR and input shape: the kept one for the constant CSR when the shape
+  // matches, else a new one (kept in turn when the CSR is the constant one).
+  std::shared_ptr<const ConvPlan> PlanFor(const Csr& csr, const ConvGeometry& g) const {
+    const bool from_constant = constant.known && csr.col == static_cast<const void*>(constant.own_col.data());
+    if (from_constant) {
+      std::lock_guard<std::mutex> lock(plan_mutex);
+      if (plan_cache && plan_cache->c_in == g.c_in && plan_cache->h == g.h && plan_cache->w == g.w) return plan_cache;
+    }
+    std::shared_ptr<const ConvPlan> plan = MakePlan(csr, g);
+    if (from_constant) {
+      std::lock_guard<std::mutex> lock(plan_mutex);
+      plan_cache = plan;
+    }
+    return plan;
   }
 
   // Checks channels, columns and output size against the input and derives the phase-plane
@@ -832,12 +878,12 @@ struct CsrConvKernel {
     g->plane = CheckedMul(g->hq, g->wq, "phase plane size");
     const int64_t planes = CheckedMul(g->sh * g->sw, g->c_in, "phase plane count");  // strides <= 2^16 each
     g->q_size = CheckedMul(planes, g->plane, "phase-plane buffer size");
-    if (g->q_size > kMaxConvPlane)
+    // Room for the tiles' overhang past the last offset (< one output plane of Wq-wide rows
+    // plus a tile), zeroed.
+    g->q_alloc = (g->q_size + g->oh * g->wq + 2 * kConvMaxTile + 15) / 16 * 16;
+    if (g->q_alloc > kMaxConvPlane)
       Fail(ortabi::kInvalidArgument, "the strided, padded input needs ", g->q_size,
            " floats of phase planes, more than 2^31-1 (int32 offsets)");
-    const int64_t row_tiles = (g->oh + kConvTileRows - 1) / kConvTileRows;
-    const int64_t col_tiles = (g->ow + kConvTileCols - 1) / kConvTileCols;
-    g->tile_reach = (row_tiles * kConvTileRows - 1) * g->wq + col_tiles * kConvTileCols;
   }
 
   const float* ReadBias(const ortabi::KernelContext* ctx, size_t count, int64_t c_out) const {
@@ -868,14 +914,46 @@ struct CsrConvKernel {
     }
   }
 
-  // One offset into Q per nonzero; returns the largest. Each is bounded by q_size (<= 2^31-1)
-  // before it is narrowed to int32.
-  int64_t Offsets(const Csr& csr, const ConvGeometry& g, std::vector<int32_t>* off) const {
-    off->assign(static_cast<size_t>(csr.nnz), 0);
-    int64_t max_off = 0;
+  // Tile width, input-channel blocks and one offset into Q per nonzero (each bounded by
+  // q_size <= 2^31-1 before it is narrowed to int32).
+  //
+  // Tile width: the V (of kConvVectors) with the least padded work, ceil(npos / T) * T
+  // positions weighted by 1 + 2 / V for the per-nonzero broadcast and offset load.
+  // Channel blocks: a block's input window, (T + the kernel's reach) floats per channel and
+  // phase, is kept within 80% of the L1 data cache while every output channel of a task
+  // passes over it, partial sums kept per tile (ConvPlan::seg).
+  std::shared_ptr<const ConvPlan> MakePlan(const Csr& csr, const ConvGeometry& g) const {
+    auto plan = std::make_shared<ConvPlan>();
+    ConvPlan& p = *plan;
+    p.c_in = g.c_in;
+    p.h = g.h;
+    p.w = g.w;
+    const int lanes = KernelsFor(isa).conv_lanes;
+    p.npos = g.oh * g.wq;  // <= q_size: oh <= hq
+    double best = 0.0;
+    for (int vi = kConvVectorChoices - 1; vi >= 0; --vi) {
+      const int64_t t = static_cast<int64_t>(lanes) * kConvVectors[vi];
+      const double cost = static_cast<double>((p.npos + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[vi]);
+      if (vi == kConvVectorChoices - 1 || cost < best) {
+        best = cost;
+        p.vi = vi;
+        p.tile = t;
+      }
+    }
+    p.tiles = (p.npos + p.tile - 1) / p.tile;
+    const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + (kw - 1) * dw / g.sw;  // attributes <= 2^16
+    const double window = static_cast<double>(g.sh * g.sw) * static_cast<double>(p.tile + reach) * sizeof(float);
+    const int64_t fit = static_cast<int64_t>(0.8 * static_cast<double>(L1DataBytes()) / window);
+    p.cb = std::max<int64_t>(1, std::min<int64_t>(g.cg, fit));
+    p.blocks = std::max<int64_t>(1, (g.cg + p.cb - 1) / p.cb);  // 1 also when C_in = 0 (then nnz = 0)
+    p.cb = std::max<int64_t>(1, (g.cg + p.blocks - 1) / p.blocks);  // even blocks
+
+    std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
+    p.seg.assign(static_cast<size_t>(g.c_out * (p.blocks + 1)), 0);
     for (int64_t r = 0; r < g.c_out; ++r) {
       const int64_t c_base = (r / g.og) * g.cg;
       int64_t running = 0;  // uint8 deltas: the decoded column, from 0 at the row start
+      int64_t* seg = p.seg.data() + r * (p.blocks + 1);
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
         const int64_t col = ColumnAt(csr, j, &running);
         const int64_t c = col / (kh * kw), i = (col / kw) % kh, jj = col % kw;
@@ -883,11 +961,15 @@ struct CsrConvKernel {
         const int64_t phase = (rh % g.sh) * g.sw + (rw % g.sw);
         const int64_t o = (phase * g.c_in + c_base + c) * g.plane + (rh / g.sh) * g.wq + (rw / g.sw);
         if (o < 0 || o >= g.q_size) Fail(ortabi::kFail, "offset ", o, " of nonzero ", j, " is outside the phase planes");
-        (*off)[static_cast<size_t>(j)] = static_cast<int32_t>(o);
-        max_off = std::max(max_off, o);
+        if (o + p.tiles * p.tile > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the phase planes");
+        off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
+        ++seg[c / p.cb + 1];  // c < cg: the column bound was checked
       }
+      seg[0] = csr.row_ptr[r];
+      for (int64_t b = 1; b <= p.blocks; ++b) seg[b] += seg[b - 1];
     }
-    return max_off;
+    p.off = std::move(off);
+    return plan;
   }
 
   // Q[phase][c] = the padded image's rows phase/sw :: sh and columns phase%sw :: sw; one task
@@ -905,41 +987,58 @@ struct CsrConvKernel {
           std::memset(d, 0, static_cast<size_t>(g.wq) * sizeof(float));
           continue;
         }
-        for (int64_t b = 0; b < g.wq; ++b) {
-          const int64_t colx = b * g.sw + pw - pad_l;
-          d[b] = (colx >= 0 && colx < g.w) ? src[row * g.w + colx] : 0.f;
+        // Columns b with 0 <= b * sw + pw - pad_l < W come from the input, the rest are padding.
+        const int64_t first = std::min(g.wq, std::max<int64_t>(0, (pad_l - pw + g.sw - 1) / g.sw));
+        const int64_t last_in = g.w - 1 + pad_l - pw;  // < 0: no input column (W = 0)
+        const int64_t end = last_in < 0 ? first : std::max(first, std::min(g.wq, last_in / g.sw + 1));
+        std::memset(d, 0, static_cast<size_t>(first) * sizeof(float));
+        const float* s = src + row * g.w + (first * g.sw + pw - pad_l);
+        if (g.sw == 1) {
+          std::memcpy(d + first, s, static_cast<size_t>(end - first) * sizeof(float));
+        } else {
+          for (int64_t b = 0; b < end - first; ++b) d[first + b] = s[b * g.sw];
         }
+        std::memset(d + end, 0, static_cast<size_t>(g.wq - end) * sizeof(float));
       }
     });
+    std::memset(q + g.q_size, 0, static_cast<size_t>(g.q_alloc - g.q_size) * sizeof(float));
   }
 
-  // Outputs of one image in 4 x 16 tiles (kConvTileRows x kConvTileCols), every output channel
-  // over one tile before moving on, so the tile's input window stays in L1.
-  void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const float* w,
-             const std::vector<int32_t>& off, const float* q, const float* bias, float* yi) const {
-    const int64_t row_tiles = (g.oh + kConvTileRows - 1) / kConvTileRows;
-    const int64_t col_tiles = (g.ow + kConvTileCols - 1) / kConvTileCols;
-    const int64_t tiles = row_tiles * col_tiles;
-    // Group neighbouring tiles into tasks of ~100k multiply-adds.
-    const double work_per_tile = static_cast<double>(csr.nnz) * kConvTileRows * kConvTileCols;
-    const int64_t tiles_per_task = std::max<int64_t>(1, static_cast<int64_t>(100000.0 / std::max(work_per_tile, 1.0)));
-    const int64_t tasks = (tiles + tiles_per_task - 1) / tiles_per_task;
-    const Kernels& kern = KernelsFor(isa);
-    ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t t) {
-      alignas(64) float acc[kConvTileRows * kConvTileCols];
-      const int64_t t_end = std::min(tiles, (static_cast<int64_t>(t) + 1) * tiles_per_task);
-      for (int64_t tile = static_cast<int64_t>(t) * tiles_per_task; tile < t_end; ++tile) {
-        const int64_t oh0 = (tile / col_tiles) * kConvTileRows, ow0 = (tile % col_tiles) * kConvTileCols;
-        const int64_t rows_here = std::min<int64_t>(kConvTileRows, g.oh - oh0);
-        const int64_t cols_here = std::min<int64_t>(kConvTileCols, g.ow - ow0);
-        const float* qt = q + oh0 * g.wq + ow0;
-        for (int64_t r = 0; r < g.c_out; ++r) {
-          const int64_t j0 = csr.row_ptr[r], nz = csr.row_ptr[r + 1] - j0;
-          kern.conv_tile(w + j0, off.data() + j0, nz, qt, g.wq, acc);
-          const float b = bias ? bias[r] : 0.f;
-          float* yr = yi + (r * g.oh + oh0) * g.ow + ow0;
-          for (int64_t u = 0; u < rows_here; ++u)
-            for (int64_t i = 0; i < cols_here; ++i) yr[u * g.ow + i] = acc[u * kConvTileCols + i] + b;
+  // Outputs of one image: tasks of (tile, up to kConvTaskRows output channels); in a task the
+  // channel blocks are taken in turn, every output channel of the task passing over a block's
+  // input window before the next block, the partial sums in a per-task buffer.
+  void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* w,
+             const float* q, const float* bias, float* yi) const {
+    constexpr int64_t kConvTaskRows = 64;
+    const int64_t chunk = std::min<int64_t>(g.c_out, kConvTaskRows);
+    const int64_t chunks = (g.c_out + chunk - 1) / chunk;
+    const auto run = KernelsFor(isa).conv_run[p.vi];
+    ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
+      const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * chunk;
+      const int64_t r1 = std::min(g.c_out, r0 + chunk);
+      const int64_t p0 = tile * p.tile, p1 = std::min(p.npos, p0 + p.tile);
+      // Without discarded columns (Wq = OW: 1x1 kernels, no horizontal padding) a whole tile is
+      // a run of Y, accumulated there directly; otherwise (and for the last, partial tile) in a
+      // per-task buffer whose valid columns are copied out when the row is complete.
+      const bool direct = g.wq == g.ow && p0 + p.tile <= p.npos;
+      AlignedBuffer buf = AllocFloats(direct ? 1 : static_cast<size_t>((r1 - r0) * p.tile));
+      const float* qt = q + p0;
+      for (int64_t b = 0; b < p.blocks; ++b) {
+        const bool last = b + 1 == p.blocks;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t* seg = p.seg.data() + r * (p.blocks + 1);
+          float* yr = yi + r * g.oh * g.ow;
+          float* acc = direct ? yr + p0 : buf.get() + (r - r0) * p.tile;
+          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, acc, bias ? bias[r] : 0.f, b > 0);
+          if (!last || direct) continue;
+          // Row r is complete: its valid columns (c < OW of each Wq-wide row) to Y.
+          for (int64_t pos = p0; pos < p1;) {
+            const int64_t a = pos / g.wq, c = pos % g.wq;
+            const int64_t n = std::min(g.wq - c, p1 - pos);
+            const int64_t keep = std::min(n, std::max<int64_t>(0, g.ow - c));
+            std::memcpy(yr + a * g.ow + c, acc + (pos - p0), static_cast<size_t>(keep) * sizeof(float));
+            pos += n;
+          }
         }
       }
     });

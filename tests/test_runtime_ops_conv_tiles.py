@@ -1,0 +1,139 @@
+"""CsrConv's tiled kernel: the paths the small geometry tests do not reach.
+
+The kernel computes runs of consecutive output positions, splits the input channels into
+blocks sized to the L1 cache (partial sums kept between blocks), writes whole tiles straight
+into the output when no column is discarded, and keeps a per-shape plan for constant weights.
+Each case below is chosen to take one of those paths, and every output is compared with the
+float64 reference on every instruction set the CPU has, with 1 and 2 threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune import runtime_ops
+from tests.test_runtime_ops import (DOMAIN, OPSETS, close, conv_model, conv_reference, isa, lib,  # noqa: F401
+                              session, threads)
+
+
+def _weights(name, c_out, cg, kh, kw, density):
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    w4 = rng.standard_normal((c_out, cg, kh, kw)).astype(np.float32)
+    w4[rng.random(w4.shape) >= density] = 0.0
+    return rng, w4
+
+
+# (name, c_in, c_out, k, h, w, strides, pads, group, density)
+BLOCKED = [
+    # 3x3 over 96 channels: several L1-sized channel blocks, partial sums between them.
+    ("3x3_96ch_blocks", 96, 24, 3, 30, 30, [1, 1], [1, 1, 1, 1], 1, 0.3),
+    # 1x1, no padding: Wq = OW, whole tiles written into Y; 13 x 17 = 221 positions leave a
+    # partial last tile that goes through the buffer; 256 channels in blocks.
+    ("1x1_direct_partial_tile", 256, 20, 1, 13, 17, [1, 1], [0, 0, 0, 0], 1, 0.2),
+    # Strided 1x1 projection (ResNet downsampling): four phase planes, one used.
+    ("1x1_stride2_projection", 64, 32, 1, 14, 14, [2, 2], [0, 0, 0, 0], 1, 0.25),
+    # 7x7 stride 2 stem on a small image; few channels, wide reach.
+    ("7x7_stem_stride2", 3, 16, 7, 40, 36, [2, 2], [3, 3, 3, 3], 1, 0.5),
+    # Small map (7x7): the narrowest tile; 512 channels in blocks.
+    ("3x3_7x7_map_512ch", 512, 16, 3, 7, 7, [1, 1], [1, 1, 1, 1], 1, 0.1),
+    # Groups with 16 channels each, blocks inside each group's channels.
+    ("3x3_groups", 64, 32, 3, 12, 12, [1, 1], [1, 1, 1, 1], 4, 0.4),
+]
+
+
+@pytest.mark.parametrize("case", BLOCKED, ids=[c[0] for c in BLOCKED])
+def test_tiled_conv_matches_the_reference(case, isa, threads):
+    name, c_in, c_out, k, h, w, strides, pads, group, density = case
+    rng, w4 = _weights(name, c_out, c_in // group, k, k, density)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
+    model = conv_model(w4, b, strides=strides, pads=pads, dilations=[1, 1], group=group)
+    _, y = session(model, threads).run(None, {"X": x})
+    close(y, conv_reference(x, w4, b, strides, pads, [1, 1], group), (c_in // group) * k * k)
+
+
+def _shuffled_conv_model(w4, b, pads, index_dtype, rng):
+    """CsrConv whose rows list their nonzeros in a random column order (the contract only
+    recommends ascending columns): the channel-block passes then take them out of block, and
+    every nonzero must still be counted exactly once."""
+    c_out = w4.shape[0]
+    flat = w4.reshape(c_out, -1)
+    values, cols, row_ptr = [], [], [0]
+    for r in range(c_out):
+        nz = np.flatnonzero(flat[r])
+        nz = nz[rng.permutation(len(nz))]
+        values.extend(flat[r, nz])
+        cols.extend(nz)
+        row_ptr.append(len(values))
+    inits = [numpy_helper.from_array(np.asarray(values, np.float32), "v"),
+             numpy_helper.from_array(np.asarray(cols, index_dtype), "c"),
+             numpy_helper.from_array(np.asarray(row_ptr, np.int32), "p"),
+             numpy_helper.from_array(b, "B")]
+    node = helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=DOMAIN,
+                            kernel_shape=list(w4.shape[2:]), pads=pads)
+    graph = helper.make_graph([node], "shuffled", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
+def test_unordered_columns_are_each_counted_once(isa, threads, index_dtype):
+    rng, w4 = _weights("shuffled", 12, 128, 3, 3, 0.3)
+    b = rng.standard_normal(12).astype(np.float32)
+    x = rng.standard_normal((1, 128, 20, 22)).astype(np.float32)
+    sess = session(_shuffled_conv_model(w4, b, [1, 1, 1, 1], index_dtype, rng), threads)
+    y = sess.run(None, {"X": x})[0]
+    close(y, conv_reference(x, w4, b, [1, 1], [1, 1, 1, 1], [1, 1], 1), 128 * 9)
+
+
+def test_the_kept_plan_follows_the_input_shape(isa):
+    """One session, constant weights, inputs of changing size: each run is planned for its own
+    shape (the kept plan is replaced, never misapplied), also with runs from two threads."""
+    rng, w4 = _weights("shapes", 8, 20, 3, 3, 0.4)
+    b = rng.standard_normal(8).astype(np.float32)
+    model = conv_model(w4, b, strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
+    sess = session(model, 2)
+    shapes = [(1, 20, 9, 9), (2, 20, 31, 17), (1, 20, 9, 9), (1, 20, 4, 64), (3, 20, 2, 2)]
+    inputs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    expected = [conv_reference(x, w4, b, [1, 1], [1, 1, 1, 1], [1, 1], 1) for x in inputs]
+    for x, ref in zip(inputs, expected):
+        close(sess.run(None, {"X": x})[1], ref, 180)
+
+    failures = []
+
+    def worker(order):
+        try:
+            for i in order * 3:
+                close(sess.run(None, {"X": inputs[i]})[1], expected[i], 180)
+        except Exception as err:  # noqa: BLE001 - reported below
+            failures.append(err)
+
+    pool = [threading.Thread(target=worker, args=([0, 1, 2, 3, 4],)),
+            threading.Thread(target=worker, args=([4, 3, 1, 0, 2],))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not failures, failures[0]
+
+
+def test_float16_values_through_blocks(isa):
+    """fp16 values (op contract v2) on the blocked path: widened once, then the same tiles."""
+    rng, w4 = _weights("fp16_blocks", 16, 96, 3, 3, 0.3)
+    w4 = w4.astype(np.float16).astype(np.float32)  # representable exactly as float16
+    b = rng.standard_normal(16).astype(np.float32)
+    v, c, p = runtime_ops.csr_from_dense(w4.reshape(16, -1))
+    inits = [numpy_helper.from_array(v.astype(np.float16), "v"), numpy_helper.from_array(c, "c"),
+             numpy_helper.from_array(p, "p"), numpy_helper.from_array(b, "B")]
+    node = helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=DOMAIN, kernel_shape=[3, 3],
+                            pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "fp16", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    x = rng.standard_normal((1, 96, 26, 26)).astype(np.float32)
+    y = session(helper.make_model(graph, opset_imports=OPSETS)).run(None, {"X": x})[0]
+    close(y, conv_reference(x, w4, b, [1, 1], [1, 1, 1, 1], [1, 1], 1), 96 * 9)
