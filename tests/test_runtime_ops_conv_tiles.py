@@ -137,3 +137,50 @@ def test_float16_values_through_blocks(isa):
     x = rng.standard_normal((1, 96, 26, 26)).astype(np.float32)
     y = session(helper.make_model(graph, opset_imports=OPSETS)).run(None, {"X": x})[0]
     close(y, conv_reference(x, w4, b, [1, 1], [1, 1, 1, 1], [1, 1], 1), 96 * 9)
+
+
+# --- CsrGemm on the same tiles (batch x sequence >= 32 rows) ----------------------------------
+
+
+def _matmul_model(v, c, p, n, k, bias):
+    inits = [numpy_helper.from_array(v, "v"), numpy_helper.from_array(c, "c"), numpy_helper.from_array(p, "p"),
+             numpy_helper.from_array(bias, "B")]
+    node = helper.make_node("CsrGemm", ["X", "v", "c", "p", "B"], ["Y"], domain=DOMAIN, matmul=1)
+    graph = helper.make_graph([node], "mm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS)
+
+
+@pytest.mark.parametrize("encoding", ["int16", "uint8_deltas_fp16"])
+def test_tiled_matmul_blocks_k_and_follows_the_sequence_length(isa, encoding):
+    """[B, S, K] inputs with S changing between runs (the plan is per row count), K wide enough
+    for several L2-sized blocks, compact CSR (op contract v2) too; two threads at once."""
+    rng, w = _weights("mm_" + encoding, 24, 5000, 1, 1, 0.05)
+    w = w.reshape(24, 5000)
+    if encoding == "int16":
+        v, c, p = runtime_ops.csr_from_dense(w)
+    else:
+        w = w.astype(np.float16).astype(np.float32)  # exactly representable: the reference is exact
+        v, c, p = runtime_ops.compact_csr(w, np.float16)
+        assert (v.dtype, c.dtype) == (np.float16, np.uint8)  # 5% density: deltas are the smaller
+    bias = rng.standard_normal(24).astype(np.float32)
+    sess = session(_matmul_model(v, c, p, 24, 5000, bias), 2)
+    inputs = [rng.standard_normal(s).astype(np.float32) for s in [(1, 128, 5000), (2, 33, 5000), (1, 200, 5000)]]
+    expected = [x.astype(np.float64) @ w.T.astype(np.float64) + bias for x in inputs]
+    for x, ref in zip(inputs, expected):
+        close(sess.run(None, {"X": x})[0], ref, 5000)
+    failures = []
+
+    def worker(order):
+        try:
+            for i in order * 2:
+                close(sess.run(None, {"X": inputs[i]})[0], expected[i], 5000)
+        except Exception as err:  # noqa: BLE001 - reported below
+            failures.append(err)
+
+    pool = [threading.Thread(target=worker, args=(o,)) for o in ([0, 1, 2], [2, 1, 0])]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not failures, failures[0]

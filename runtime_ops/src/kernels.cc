@@ -128,6 +128,19 @@ void HalfToFloatN(const uint16_t* in, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = HalfToFloat(in[i]);
 }
 
+// In 16 x 16 blocks, so both sides touch a few cache lines at a time.
+void Transpose(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows, int64_t cols) {
+  constexpr int64_t kB = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += kB) {
+    const int64_t i1 = std::min(rows, i0 + kB);
+    for (int64_t j0 = 0; j0 < cols; j0 += kB) {
+      const int64_t j1 = std::min(cols, j0 + kB);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) dst[j * ds + i] = src[i * ss + j];
+    }
+  }
+}
+
 template <int V>
 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
              bool accumulate) {
@@ -459,6 +472,35 @@ OP_AVX2 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const floa
   for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + 8 * v, a[v]);
 }
 
+// 8 x 8 blocks in registers (unpack, shuffle, 128-bit lane permute), edges through the
+// portable loop.
+OP_AVX2 void Transpose(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows, int64_t cols) {
+  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+  for (int64_t i0 = 0; i0 < rows8; i0 += 8) {
+    for (int64_t j0 = 0; j0 < cols8; j0 += 8) {
+      __m256 r[8], t[8];
+      for (int u = 0; u < 8; ++u) r[u] = _mm256_loadu_ps(src + (i0 + u) * ss + j0);
+      for (int u = 0; u < 8; u += 2) {
+        t[u] = _mm256_unpacklo_ps(r[u], r[u + 1]);
+        t[u + 1] = _mm256_unpackhi_ps(r[u], r[u + 1]);
+      }
+      for (int u = 0; u < 8; u += 4) {
+        r[u] = _mm256_shuffle_ps(t[u], t[u + 2], 0x44);
+        r[u + 1] = _mm256_shuffle_ps(t[u], t[u + 2], 0xee);
+        r[u + 2] = _mm256_shuffle_ps(t[u + 1], t[u + 3], 0x44);
+        r[u + 3] = _mm256_shuffle_ps(t[u + 1], t[u + 3], 0xee);
+      }
+      for (int u = 0; u < 4; ++u) {
+        t[u] = _mm256_permute2f128_ps(r[u], r[u + 4], 0x20);
+        t[u + 4] = _mm256_permute2f128_ps(r[u], r[u + 4], 0x31);
+      }
+      for (int u = 0; u < 8; ++u) _mm256_storeu_ps(dst + (j0 + u) * ds + i0, t[u]);
+    }
+  }
+  if (cols8 < cols) scalar::Transpose(src + cols8, ss, dst + cols8 * ds, ds, rows, cols - cols8);
+  if (rows8 < rows) scalar::Transpose(src + rows8 * ss, ss, dst + rows8, ds, rows - rows8, cols8);
+}
+
 OP_AVX2 void HalfToFloatN(const uint16_t* in, int64_t n, float* out) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, Val8(in + i));
@@ -551,15 +593,15 @@ OP_AVX512 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const fl
 
 static const Kernels kScalarKernels = {
     ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), 8,
-    {scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>}, scalar::HalfToFloatN,
+    {scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>}, scalar::Transpose, scalar::HalfToFloatN,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
-    {avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>}, avx2::HalfToFloatN,
+    {avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
-    {avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::HalfToFloatN,
+    {avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
 };
 
 #undef ONNXPRUNE_BY_TYPE

@@ -104,6 +104,9 @@ struct Kernels {
   // i < conv_lanes * kConvVectors[v].
   void (*conv_run[kConvVectorChoices])(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out,
                                        float init, bool accumulate);
+  // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols.
+  void (*transpose)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t rows,
+                    int64_t cols);
   // out[i] = HalfToFloat(in[i]) for i < n.
   void (*half_to_float)(const uint16_t* in, int64_t n, float* out);
 };

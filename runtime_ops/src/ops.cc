@@ -468,6 +468,30 @@ Csr ReadCsr(const ortabi::KernelContext* ctx, size_t count, const ValidatedCsr& 
   return c;
 }
 
+// L1 data cache per core, read from the CPU at run time (32 KiB when it cannot be read).
+int64_t L1DataBytes() {
+  static const int64_t bytes = [] {
+#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
+    const long s = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    if (s >= 8192 && s <= (1L << 20)) return static_cast<int64_t>(s);
+#endif
+    return int64_t{32768};
+  }();
+  return bytes;
+}
+
+// L2 cache per core, read from the CPU at run time (1 MiB when it cannot be read).
+int64_t L2Bytes() {
+  static const int64_t bytes = [] {
+#if defined(__linux__) && defined(_SC_LEVEL2_CACHE_SIZE)
+    const long s = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (s >= 65536 && s <= (1L << 26)) return static_cast<int64_t>(s);
+#endif
+    return int64_t{1} << 20;
+  }();
+  return bytes;
+}
+
 // --- CsrGemm --------------------------------------------------------------------------------
 
 // Bias broadcast to the (M, N) output: element (m, n) is at data[m * stride_m + n * stride_n].
@@ -543,9 +567,148 @@ struct CsrGemmKernel {
       // Columns past INT32_MAX are never referenced (indices are at most int32), and the
       // kernels' column blocking works in int32.
       Gemv(ctx, kern, csr, x.as<float>(), std::min<int64_t>(k, INT32_MAX), bias, y);
+    } else if (m >= kTiledMinRows && CheckedMul(k, m + kConvMaxTile, "packed batch size") <= INT32_MAX) {
+      SpmmTiled(ctx, kern, csr, x.as<float>(), m, k, bias, y);
     } else {
       Spmm(ctx, kern, csr, x.as<float>(), m, k, bias, y);
     }
+  }
+
+  // From this many rows of X (batch x sequence for a transformer's MatMul) the product runs on
+  // CsrConv's tiles, as a 1x1 convolution over the rows: X transposed into K planes of
+  // Mp = tiles * T floats, each nonzero (r, c) one offset c * Mp (so every load is aligned),
+  // rows of W over a tile of T consecutive rows of X in 4-12 vector accumulators. K is split
+  // into blocks whose planes fill half the L2 (blocks sized to L1 were measured slower for
+  // BERT-base shapes: at 10% density a block then holds ~5 nonzeros of a row, and reloading
+  // the partial sums costs more than the L2 reads). Below kTiledMinRows the K x 16..64
+  // panels of Spmm waste less padding.
+  static constexpr int64_t kTiledMinRows = 32;
+
+  // The plan of SpmmTiled for one M: tile width, K blocks and offsets. Kept for the constant
+  // CSR and the last M seen.
+  struct GemmPlan {
+    int64_t m = 0, k = 0;
+    int vi = 0;
+    int64_t tile = 0, tiles = 0, plane = 0, blocks = 1, kb = 0;
+    std::vector<int32_t> off;
+    std::vector<int64_t> seg;  // as ConvPlan::seg
+  };
+  mutable std::mutex plan_mutex;
+  mutable std::shared_ptr<const GemmPlan> plan_cache;
+
+  std::shared_ptr<const GemmPlan> GemmPlanFor(const Kernels& kern, const Csr& csr, int64_t m, int64_t k) const {
+    const bool from_constant = constant.known && csr.col == static_cast<const void*>(constant.own_col.data());
+    if (from_constant) {
+      std::lock_guard<std::mutex> lock(plan_mutex);
+      if (plan_cache && plan_cache->m == m && plan_cache->k == k) return plan_cache;
+    }
+    auto plan = std::make_shared<GemmPlan>();
+    GemmPlan& p = *plan;
+    p.m = m;
+    p.k = k;
+    double best = 0.0;
+    for (int vi = kConvVectorChoices - 1; vi >= 0; --vi) {
+      const int64_t t = static_cast<int64_t>(kern.conv_lanes) * kConvVectors[vi];
+      const double cost = static_cast<double>((m + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[vi]);
+      if (vi == kConvVectorChoices - 1 || cost < best) {
+        best = cost;
+        p.vi = vi;
+        p.tile = t;
+      }
+    }
+    p.tiles = (m + p.tile - 1) / p.tile;
+    p.plane = p.tiles * p.tile;  // k * plane <= k * (m + kConvMaxTile) <= INT32_MAX (Compute)
+    const int64_t fit = static_cast<int64_t>(0.5 * static_cast<double>(L2Bytes()) /
+                                             (static_cast<double>(p.tile) * sizeof(float)));
+    p.kb = std::max<int64_t>(1, std::min<int64_t>(k, fit));
+    p.blocks = std::max<int64_t>(1, (k + p.kb - 1) / p.kb);
+    p.kb = std::max<int64_t>(1, (k + p.blocks - 1) / p.blocks);
+    p.off.assign(static_cast<size_t>(csr.nnz), 0);
+    p.seg.assign(static_cast<size_t>(csr.rows * (p.blocks + 1)), 0);
+    for (int64_t r = 0; r < csr.rows; ++r) {
+      int64_t running = 0;
+      int64_t* seg = p.seg.data() + r * (p.blocks + 1);
+      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
+        const int64_t c = ColumnOf(csr, j, &running);  // < k: checked against X
+        p.off[static_cast<size_t>(j)] = static_cast<int32_t>(c * p.plane);
+        ++seg[c / p.kb + 1];
+      }
+      seg[0] = csr.row_ptr[r];
+      for (int64_t b = 1; b <= p.blocks; ++b) seg[b] += seg[b - 1];
+    }
+    if (from_constant) {
+      std::lock_guard<std::mutex> lock(plan_mutex);
+      plan_cache = plan;
+    }
+    return plan;
+  }
+
+  static int64_t ColumnOf(const Csr& csr, int64_t j, int64_t* running) {
+    switch (csr.index) {
+      case kIndex16: return static_cast<const int16_t*>(csr.col)[j];
+      case kIndex32: return static_cast<const int32_t*>(csr.col)[j];
+      default: return *running += static_cast<const uint8_t*>(csr.col)[j];
+    }
+  }
+
+  void SpmmTiled(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t m,
+                 int64_t k, const Bias& bias, float* y) const {
+    const int64_t n = csr.rows;
+    const std::shared_ptr<const GemmPlan> plan = GemmPlanFor(kern, csr, m, k);
+    const GemmPlan& p = *plan;
+    // X transposed: plane kk holds column kk of X for rows 0..m-1, zero to Mp (+ one tile of
+    // slack, also zero: no tile reads past it).
+    const int64_t q_size = k * p.plane + kConvMaxTile;
+    AlignedBuffer q = AllocFloats(static_cast<size_t>(q_size));
+    constexpr int64_t kPackK = 64;
+    const int64_t pack_tasks = std::max<int64_t>(1, (k + kPackK - 1) / kPackK);
+    ParallelFor(ctx, static_cast<size_t>(pack_tasks), [&](size_t t) {
+      const int64_t k0 = static_cast<int64_t>(t) * kPackK, k1 = std::min(k, k0 + kPackK);
+      if (trans_a) {
+        for (int64_t kk = k0; kk < k1; ++kk)
+          std::memcpy(q.get() + kk * p.plane, x + kk * m, static_cast<size_t>(m) * sizeof(float));
+      } else {
+        kern.transpose(x + k0, k, q.get() + k0 * p.plane, p.plane, m, k1 - k0);
+      }
+      for (int64_t kk = k0; kk < k1; ++kk)
+        std::memset(q.get() + kk * p.plane + m, 0, static_cast<size_t>(p.plane - m) * sizeof(float));
+    });
+    std::memset(q.get() + k * p.plane, 0, static_cast<size_t>(kConvMaxTile) * sizeof(float));
+
+    std::vector<float> widened;
+    const float* w = static_cast<const float*>(csr.values);
+    if (csr.value != kValueF32) {
+      widened.resize(static_cast<size_t>(csr.nnz));
+      kern.half_to_float(static_cast<const uint16_t*>(csr.values), csr.nnz, widened.data());
+      w = widened.data();
+    }
+    constexpr int64_t kTaskRows = 64;
+    const int64_t chunks = (n + kTaskRows - 1) / kTaskRows;
+    const auto run = kern.conv_run[p.vi];
+    ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
+      const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * kTaskRows;
+      const int64_t r1 = std::min(n, r0 + kTaskRows);
+      const int64_t m0 = tile * p.tile, mc = std::min(p.tile, m - m0);
+      AlignedBuffer buf = AllocFloats(static_cast<size_t>((r1 - r0) * p.tile));
+      const float* qt = q.get() + m0;
+      for (int64_t b = 0; b < p.blocks; ++b) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t* seg = p.seg.data() + r * (p.blocks + 1);
+          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, buf.get() + (r - r0) * p.tile, 0.f, b > 0);
+        }
+      }
+      // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc: transposed into Y, then scaled.
+      kern.transpose(buf.get(), p.tile, y + m0 * n + r0, n, r1 - r0, mc);
+      if (alpha == 1.f && !bias.data) return;
+      for (int64_t i = 0; i < mc; ++i) {
+        float* yrow = y + (m0 + i) * n;
+        if (bias.data) {
+          for (int64_t r = r0; r < r1; ++r) yrow[r] = alpha * yrow[r] + bias.at(m0 + i, r);
+        } else {
+          for (int64_t r = r0; r < r1; ++r) yrow[r] *= alpha;
+        }
+      }
+    });
   }
 
   Bias ReadBias(const ortabi::KernelContext* ctx, size_t count, int64_t m, int64_t n,
@@ -731,18 +894,6 @@ struct ConvPlan {
   // is the same, only the cache benefit is lost).
   std::vector<int64_t> seg;
 };
-
-// L1 data cache per core, read from the CPU at run time (32 KiB when it cannot be read).
-int64_t L1DataBytes() {
-  static const int64_t bytes = [] {
-#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
-    const long s = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-    if (s >= 8192 && s <= (1L << 20)) return static_cast<int64_t>(s);
-#endif
-    return int64_t{32768};
-  }();
-  return bytes;
-}
 
 // --- CsrConv --------------------------------------------------------------------------------
 
