@@ -12,6 +12,20 @@ std threshold prunes exactly that share), ``--no-remove-dead-neurons``:
 * VGG-16          224×224, 13 conv + 3 fc: conv1_1 58 … conv5_3 36 % (Table 5), fc6 4, fc7 4,
                   fc8 23 %
 
+and today's architectures at the densities sparse-CPU runtimes are usually shown with
+(BatchNorm folded into the convolutions, as exporters do):
+
+* ResNet-50       v1.5, torchvision layout, 224×224: every conv (the 7×7 stem and the 1×1
+                  projections included) and the fc at 10 % (90 % sparse)
+* BERT-base       encoder layer(s) (``--bert-layers``, default 1) on x [N, 128, 768]: the six
+                  weight MatMuls per layer (Q, K, V, attention output, FFN 768→3072→768) at 10 %;
+                  the attention's activation MatMuls, LayerNorm and Erf-GELU stay as they are
+* MobileNetV2     1.0, 224×224: the 1×1 convs (expand, project, head) and the fc at 25 %
+                  (75 % sparse); the 3×3 stem and the depthwise convs are not pruned (``--skip``)
+
+``--suite`` runs ResNet-50, BERT-base, MobileNetV2, AlexNet and VGG-16 at batch 1, 8 and 1, 2
+threads.
+
 Per model: the ``--emit dense`` file (the reference), ``--emit portable``, ``--emit sparse-ops
 --expected-batch B --threads T`` for every timed case (the cost model decides per layer), and
 ``--emit sparse-ops`` with ``max-density`` set in a recipe (lowering for size instead of speed).
@@ -33,6 +47,7 @@ Per (batch, threads):
     python bench/bench_models.py --json models.json --markdown models.md
     python bench/bench_models.py --quick                    # batch 1, 1 thread, few calls
     python bench/bench_models.py --models alexnet --batch 1 --threads 1,2
+    python bench/bench_models.py --suite --json suite.json --markdown suite.md
 """
 
 from __future__ import annotations
@@ -73,15 +88,20 @@ DEFAULT_DS_PYTHON = ".deepsparse-venv/bin/python"
 
 
 class _Builder:
-    """A small NCHW graph builder: conv / pool / fc nodes with seeded random weights."""
+    """A small graph builder with seeded random weights.
+
+    ``self.x`` is the tensor the next node reads and every method moves it to its own output,
+    so a chain is a sequence of calls; a branch (a residual, the three attention projections)
+    saves ``self.x`` and sets it back.
+    """
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
         self.nodes, self.inits = [], []
         self.x = "x"
 
-    def _param(self, name, arr):
-        self.inits.append(numpy_helper.from_array(arr.astype(np.float32), name))
+    def _param(self, name, arr, dtype=np.float32):
+        self.inits.append(numpy_helper.from_array(np.asarray(arr).astype(dtype), name))
         return name
 
     def conv(self, name, c_in, c_out, k, stride=1, pad=0, group=1, relu=True):
@@ -109,13 +129,56 @@ class _Builder:
         if relu:
             self._unary("Relu", f"{name}_relu")
 
+    def matmul(self, name, k, n):
+        """x·W + b with W (K, N) ~ N(0, 1/K): a transformer projection (MatMul, then Add)."""
+        w = self.rng.standard_normal((k, n), dtype=np.float32) * np.float32(1 / math.sqrt(k))
+        b = 0.01 * self.rng.standard_normal(n)
+        self.binary("MatMul", name, self._param(f"{name}.weight", w))
+        self.binary("Add", f"{name}_bias", self._param(f"{name}.bias", b))
+
     def _unary(self, op, name, **attrs):
         y = f"{name}_out"
         self.nodes.append(helper.make_node(op, [self.x], [y], name=name, **attrs))
         self.x = y
 
-    def pool(self, name, k, s):
-        self._unary("MaxPool", name, kernel_shape=[k, k], strides=[s, s])
+    def binary(self, op, name, other, **attrs):
+        """x ← op(x, other): a residual Add, attention's MatMuls, a constant operand."""
+        y = f"{name}_out"
+        self.nodes.append(helper.make_node(op, [self.x, other], [y], name=name, **attrs))
+        self.x = y
+
+    def relu6(self, name):
+        self.nodes.append(helper.make_node(
+            "Clip", [self.x, self._param(f"{name}.min", 0.0), self._param(f"{name}.max", 6.0)],
+            [f"{name}_out"], name=name))
+        self.x = f"{name}_out"
+
+    def reshape(self, name, shape):
+        """Reshape to ``shape`` (0 copies the input's dimension, -1 is inferred)."""
+        self.binary("Reshape", name, self._param(f"{name}.shape", shape, np.int64))
+
+    def gelu(self, name):
+        """GELU in its exact Erf form, x·½·(1 + erf(x/√2)) (the pattern ONNX Runtime fuses)."""
+        x = self.x
+        self.binary("Div", f"{name}_div", self._param(f"{name}.sqrt2", math.sqrt(2.0)))
+        self._unary("Erf", f"{name}_erf")
+        self.binary("Add", f"{name}_add", self._param(f"{name}.one", 1.0))
+        self.binary("Mul", f"{name}_mul", x)
+        self.binary("Mul", f"{name}_half", self._param(f"{name}.half", 0.5))
+
+    def layer_norm(self, name, width):
+        """LayerNormalization over the last axis (opset 17), γ ≈ 1 and β ≈ 0 with some spread."""
+        gamma = 1 + 0.1 * self.rng.standard_normal(width)
+        beta = 0.1 * self.rng.standard_normal(width)
+        self.nodes.append(helper.make_node(
+            "LayerNormalization",
+            [self.x, self._param(f"{name}.weight", gamma), self._param(f"{name}.bias", beta)],
+            [f"{name}_out"], name=name, axis=-1, epsilon=1e-12))
+        self.x = f"{name}_out"
+
+    def pool(self, name, k, s, pad=0):
+        self._unary("MaxPool", name, kernel_shape=[k, k], strides=[s, s],
+                    **({"pads": [pad] * 4} if pad else {}))
 
     def lrn(self, name):
         self._unary("LRN", name, size=5, alpha=1e-4, beta=0.75, bias=1.0)
@@ -124,10 +187,12 @@ class _Builder:
         self._unary("Flatten", name, axis=1)
 
     def model(self, name, in_shape, out_dim) -> onnx.ModelProto:
+        """The graph with input x [N, *in_shape] and output [N, out_dim] (or [N, *out_dim])."""
+        out_shape = [out_dim] if isinstance(out_dim, int) else list(out_dim)
         g = helper.make_graph(
             self.nodes, name,
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
-            [helper.make_tensor_value_info(self.x, TensorProto.FLOAT, ["N", out_dim])],
+            [helper.make_tensor_value_info(self.x, TensorProto.FLOAT, ["N", *out_shape])],
             self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
         m.ir_version = 8
@@ -186,6 +251,130 @@ def vgg16(seed=0) -> onnx.ModelProto:
     return b.model("vgg16", [3, 224, 224], 1000)
 
 
+# (width, blocks, stride of the first block) of ResNet-50's four bottleneck stages
+RESNET50_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+
+
+def resnet50(seed=0, width=64, image=224) -> onnx.ModelProto:
+    """ResNet-50 v1.5 in torchvision's layout with BatchNorm folded (conv with bias).
+
+    Stem 7×7/2 conv (``width`` channels) + 3×3/2 max-pool; bottleneck blocks 1×1 → 3×3 → 1×1
+    (×4 expansion) with the stride on the 3×3 and a 1×1/stride projection (``.downsample``) on
+    the first block of each stage; ReLU after the residual Add; global average pool; fc → 1000.
+    ``width`` 64 and ``image`` 224 are the real network; smaller values keep the topology.
+    """
+    b = _Builder(seed)
+    b.conv("conv1", 3, width, 7, stride=2, pad=3)
+    b.pool("maxpool", 3, 2, pad=1)
+    c_in = width
+    for stage, (w, blocks, first_stride) in enumerate(RESNET50_STAGES, 1):
+        w = w * width // 64
+        for i in range(blocks):
+            p, stride = f"layer{stage}.{i}", first_stride if i == 0 else 1
+            identity = b.x
+            b.conv(f"{p}.conv1", c_in, w, 1)
+            b.conv(f"{p}.conv2", w, w, 3, stride=stride, pad=1)
+            b.conv(f"{p}.conv3", w, 4 * w, 1, relu=False)
+            if i == 0:  # the shortcut changes width (and size): a 1×1/stride projection
+                branch, b.x = b.x, identity
+                b.conv(f"{p}.downsample", c_in, 4 * w, 1, stride=stride, relu=False)
+                identity, b.x = b.x, branch
+            b.binary("Add", f"{p}.add", identity)
+            b._unary("Relu", f"{p}.relu")
+            c_in = 4 * w
+    b._unary("GlobalAveragePool", "avgpool")
+    b.flatten("flatten")
+    b.fc("fc", c_in, 1000, relu=False, out="y")
+    return b.model("resnet50", [3, image, image], 1000)
+
+
+def bert_base(seed=0, layers=1, hidden=768, heads=12, ffn=3072, seq=128) -> onnx.ModelProto:
+    """BERT-base encoder layers (post-norm) on an embedded sequence x [N, seq, hidden].
+
+    Per layer: Q, K, V = x·W + b (MatMul with a constant [hidden, hidden] weight, then Add);
+    heads split by Reshape [0, -1, heads, d] and Transpose (K to [N, h, d, seq]);
+    softmax(Q·Kᵀ / √d)·V with the two activation MatMuls; heads merged; the output projection;
+    h = LayerNorm(x + attention); y = LayerNorm(h + W₂·GELU(W₁·h)) with W₁ hidden → ffn and
+    W₂ ffn → hidden, GELU in Erf form.  Six weight MatMuls per layer, all prunable; the two
+    attention MatMuls have no weight.  Defaults are BERT-base (768, 12 heads, 3072, sequence 128).
+    """
+    b = _Builder(seed)
+    d = hidden // heads
+    for i in range(layers):
+        p = f"layer{i}"
+        x = b.x
+        split = {}
+        for t, perm in (("query", [0, 2, 1, 3]), ("key", [0, 2, 3, 1]), ("value", [0, 2, 1, 3])):
+            b.x = x
+            b.matmul(f"{p}.attention.{t}", hidden, hidden)
+            b.reshape(f"{p}.attention.{t}_split", [0, -1, heads, d])
+            b._unary("Transpose", f"{p}.attention.{t}_heads", perm=perm)
+            split[t] = b.x
+        b.x = split["query"]
+        b.binary("MatMul", f"{p}.attention.scores", split["key"])
+        b.binary("Mul", f"{p}.attention.scale", b._param(f"{p}.attention.scale", 1 / math.sqrt(d)))
+        b._unary("Softmax", f"{p}.attention.softmax", axis=-1)
+        b.binary("MatMul", f"{p}.attention.context", split["value"])
+        b._unary("Transpose", f"{p}.attention.merge", perm=[0, 2, 1, 3])
+        b.reshape(f"{p}.attention.merged", [0, -1, hidden])
+        b.matmul(f"{p}.attention.output", hidden, hidden)
+        b.binary("Add", f"{p}.attention.residual", x)
+        b.layer_norm(f"{p}.attention.norm", hidden)
+        h = b.x
+        b.matmul(f"{p}.ffn.fc1", hidden, ffn)
+        b.gelu(f"{p}.ffn.gelu")
+        b.matmul(f"{p}.ffn.fc2", ffn, hidden)
+        b.binary("Add", f"{p}.ffn.residual", h)
+        b.layer_norm(f"{p}.ffn.norm", hidden)
+    return b.model("bert_base", [seq, hidden], [seq, hidden])
+
+
+# (expansion t, output channels c, blocks n, stride of the first block s): MobileNetV2 Table 2
+MOBILENETV2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                      (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _divisible8(v: float) -> int:
+    """torchvision's _make_divisible(v, 8): nearest multiple of 8, never 10% below v."""
+    r = max(8, int(v + 4) // 8 * 8)
+    return r + 8 if r < 0.9 * v else r
+
+
+def mobilenetv2(seed=0, width=1.0, image=224) -> onnx.ModelProto:
+    """MobileNetV2 (torchvision layout, BatchNorm folded): 3×3/2 stem (``stem``), inverted
+    residuals (``blockI.expand`` 1×1 → ``blockI.dw`` 3×3 depthwise → ``blockI.project`` 1×1,
+    linear; a residual Add where stride 1 keeps the width), ``head`` 1×1 → 1280, global average
+    pool, fc → 1000; ReLU6 as Clip(0, 6).  ``width`` is the width multiplier (1.0 = the real
+    network, channels rounded to multiples of 8).
+    """
+    b = _Builder(seed)
+    c_in = _divisible8(32 * width)
+    b.conv("stem", 3, c_in, 3, stride=2, pad=1, relu=False)
+    b.relu6("stem_relu6")
+    i = 0
+    for t, c, n, s in MOBILENETV2_BLOCKS:
+        c_out = _divisible8(c * width)
+        for j in range(n):
+            p, stride, hidden = f"block{i}", s if j == 0 else 1, c_in * t
+            x = b.x
+            if t != 1:
+                b.conv(f"{p}.expand", c_in, hidden, 1, relu=False)
+                b.relu6(f"{p}.expand_relu6")
+            b.conv(f"{p}.dw", hidden, hidden, 3, stride=stride, pad=1, group=hidden, relu=False)
+            b.relu6(f"{p}.dw_relu6")
+            b.conv(f"{p}.project", hidden, c_out, 1, relu=False)
+            if stride == 1 and c_in == c_out:
+                b.binary("Add", f"{p}.add", x)
+            c_in, i = c_out, i + 1
+    last = _divisible8(1280 * max(1.0, width))
+    b.conv("head", c_in, last, 1, relu=False)
+    b.relu6("head_relu6")
+    b._unary("GlobalAveragePool", "avgpool")
+    b.flatten("flatten")
+    b.fc("fc", last, 1000, relu=False, out="y")
+    return b.model("mobilenetv2", [3, image, image], 1000)
+
+
 # % of weights remaining per layer (Han et al. 2015, Tables 1, 4, 5)
 MODELS = {
     "lenet-300-100": (lenet_300_100, {"fc1": 8, "fc2": 9, "fc3": 26}),
@@ -195,7 +384,16 @@ MODELS = {
                       "conv3_1": 53, "conv3_2": 24, "conv3_3": 42, "conv4_1": 32, "conv4_2": 27,
                       "conv4_3": 34, "conv5_1": 35, "conv5_2": 29, "conv5_3": 36,
                       "fc6": 4, "fc7": 4, "fc8": 23}),
+    # today's architectures at the densities sparse-CPU runtimes are shown with (globs; the
+    # last match wins; 100 = not pruned, passed as --skip)
+    "resnet50": (resnet50, {"*": 10}),
+    "bert-base": (bert_base, {"*": 10}),
+    "mobilenetv2": (mobilenetv2, {"*": 25, "stem": 100, "*.dw": 100}),
 }
+
+# --suite: today's architectures beside the paper's two ImageNet networks
+SUITE = {"models": "resnet50,bert-base,mobilenetv2,alexnet,vgg16", "batch": "1,8",
+         "threads": "1,2"}
 
 # Lowering for size: CSR with int16 indices takes 6 B per nonzero against 4 B per dense weight,
 # so it is smaller below 2/3 density (int32 indices: below 1/2).  0.6 covers every paper layer.
@@ -210,12 +408,19 @@ def quality_for_keep(keep: float) -> float:
 # --------------------------------------------------------------------------- pruning
 
 
+def split_keep(keep: dict) -> tuple[dict, list]:
+    """(glob → % kept for the pruned layers, globs of layers left unpruned: 100 % kept)."""
+    return {n: k for n, k in keep.items() if k < 100}, [n for n, k in keep.items() if k >= 100]
+
+
 def prune(src: str, out: str, keep: dict, emit: str, extra=(), recipe: str | None = None) -> dict:
     report = out + ".json"
     args = ["prune", src, "-o", out, "--emit", emit, "-q", "--json", report]
     if recipe is None:
+        pruned, skip = split_keep(keep)
         args += ["--no-remove-dead-neurons"]
-        args += [f"--layer={n}={quality_for_keep(k / 100):.6f}" for n, k in keep.items()]
+        args += [f"--layer={n}={quality_for_keep(k / 100):.6f}" for n, k in pruned.items()]
+        args += [f"--skip={n}" for n in skip]
     else:
         args += ["--recipe", recipe]
     code = cli([*args, *extra])
@@ -227,10 +432,13 @@ def prune(src: str, out: str, keep: dict, emit: str, extra=(), recipe: str | Non
 
 def size_recipe(path: str, keep: dict) -> str:
     """A recipe: the same per-layer pruning, then lowering every layer at ≤ SIZE_MAX_DENSITY."""
+    pruned, skip = split_keep(keep)
     layers = "".join(f"          \"{n}\": {quality_for_keep(k / 100):.6f}\n"
-                     for n, k in keep.items())
+                     for n, k in pruned.items())
+    skips = f"        skip: [{', '.join(json.dumps(n) for n in skip)}]\n" if skip else ""
     with open(path, "w") as f:
-        f.write("version: 1\npasses:\n  - threshold-by-std:\n        layers:\n" + layers +
+        f.write("version: 1\npasses:\n  - threshold-by-std:\n" + skips + "        layers:\n" +
+                layers +
                 f"  - lower-to-sparse-ops:\n      max-density: {SIZE_MAX_DENSITY}\n"
                 "emit: sparse-ops\n")
     return path
@@ -391,11 +599,17 @@ def machine() -> dict:
     return info
 
 
+def builder_options(name: str, args) -> dict:
+    """Keyword arguments of the model's builder set from the command line."""
+    return {"layers": args.bert_layers} if name == "bert-base" else {}
+
+
 def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
     build, keep = MODELS[name]
     src = os.path.join(tmp, f"{name}.onnx")
-    onnx.save(build(), src)
-    out = {"keep_percent": keep, "sizes": {}, "cases": []}
+    options = builder_options(name, args)
+    onnx.save(build(**options), src)
+    out = {"keep_percent": keep, "builder_options": options, "sizes": {}, "cases": []}
     paths = {e: os.path.join(tmp, f"{name}.{e}.onnx") for e in ("dense", "portable", "size")}
     t0 = time.perf_counter()
     rep = prune(src, paths["dense"], keep, "dense")
@@ -445,9 +659,13 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
             case = {"batch": batch, "threads": threads, "repeats": reps, "load_1min": load,
                     "dense_ms": round(dense_ms, 3), "sparse_ms": round(sparse_ms, 3),
                     "ratio": round(dense_ms / sparse_ms, 3), "lowered": sp["lowered"],
+                    "layers_total": len(sp["layers"]),
+                    "not_lowered": {r["name"]: r["reason"] for r in sp["layers"]
+                                    if not r["lowered"]},
                     "estimated": {r["name"]: r["estimated_speedup"] for r in sp["layers"]
                                   if r["lowered"]},
-                    "max_abs_error": check["max_abs_error"], "passed": check["passed"],
+                    "max_abs_error": check["max_abs_error"],
+                    "max_rel_error": relative_error(check), "passed": check["passed"],
                     "weight_bytes": {"dense": dense_w_bytes, "sparse_ops": sparse_w_bytes}}
             if bw is not None:
                 gbs = bw["median_gbs"]
@@ -456,8 +674,10 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
                                     "sparse_ops": round(sparse_w_bytes / (gbs * 1e9) * 1e3, 3)}
             print(f"  batch {batch} threads {threads}: dense {dense_ms:9.3f} ms  sparse-ops "
                   f"{sparse_ms:9.3f} ms  {dense_ms / sparse_ms:5.2f}x  (n={reps}, load {load})  "
-                  f"lowered {','.join(sp['lowered']) or '-'}  "
-                  f"{'ok' if check['passed'] else 'MISMATCH'}"
+                  f"lowered {len(sp['lowered'])}/{len(sp['layers'])}: "
+                  f"{','.join(sp['lowered']) or '-'}  "
+                  f"{'ok' if check['passed'] else 'MISMATCH'} "
+                  f"(max rel. error {case['max_rel_error']:.1e})"
                   + (f"  bound {case['bound_ms']['dense']:.2f}/{case['bound_ms']['sparse_ops']:.2f}"
                      f" ms at {bw['median_gbs']} GB/s" if bw else ""), flush=True)
             if ds_py is not None and name in args.ds_models:
@@ -493,28 +713,67 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
     return out
 
 
+def relative_error(check: dict) -> float:
+    """Largest |dense − lowered| over the largest |dense| output (0 for an all-zero output)."""
+    return check["max_abs_error"] / check["output_scale"] if check["output_scale"] else 0.0
+
+
+def machine_header(results: dict) -> list[str]:
+    """Markdown lines naming the machine, the date and the versions behind the numbers."""
+    m = results["machine"]
+    load = m.get("load_average")
+    return [f"Machine: {m.get('Model name', '?')}, CPU family {m.get('CPU family', '?')}, "
+            f"{m.get('CPU(s)', '?')} CPUs, L1d {m.get('L1d cache', '?')}, "
+            f"L2 {m.get('L2 cache', '?')}, L3 {m.get('L3 cache', '?')}; date {m.get('date')}; "
+            f"ONNX Runtime {m.get('onnxruntime')}, onnx {m.get('onnx')}, "
+            f"numpy {m.get('numpy')}, Python {m.get('python')}; "
+            f"DeepSparse {results.get('deepsparse') or 'not run'}"
+            + (f"; load average at start {load}" if load else "") + ".\n",
+            f"Command: `{results.get('command', '?')}`\n"]
+
+
+def _lowered_cell(c: dict) -> str:
+    """'k/n' layers lowered, with their names when there are few."""
+    names = c["lowered"]
+    total = c.get("layers_total")
+    count = f"{len(names)}/{total}" if total is not None else str(len(names))
+    return f"{count}: {', '.join(names)}" if 0 < len(names) <= 4 else count
+
+
 def markdown(results: dict) -> str:
-    lines = []
+    lines = machine_header(results) if "machine" in results else []
     for name, m in results["models"].items():
         lines.append(f"### {name}\n")
+        if m.get("builder_options"):
+            lines.append(f"Built with {m['builder_options']}.\n")
         if m["cases"]:
             ds = any("deepsparse" in c for c in m["cases"])
             head = ("| batch | threads | lowered | ORT dense (ms) | sparse-ops (ms) | speed-up | "
-                    "bound dense / sparse-ops (ms) | calls |" + (" DeepSparse (ms) |" if ds else ""))
+                    "bound dense / sparse-ops (ms) | calls |"
+                    + (" DeepSparse (ms) | DeepSparse speed-up |" if ds else ""))
             lines += [head, "|" + "---|" * (head.count("|") - 1)]
             for c in m["cases"]:
                 b = c.get("bound_ms")
                 bound = f"{b['dense']:.2f} / {b['sparse_ops']:.2f} @ " \
                         f"{c['bandwidth']['median_gbs']} GB/s" if b else "–"
-                row = (f"| {c['batch']} | {c['threads']} | {', '.join(c['lowered']) or '–'} | "
+                row = (f"| {c['batch']} | {c['threads']} | {_lowered_cell(c)} | "
                        f"{c['dense_ms']:.3f} | {c['sparse_ms']:.3f} | {c['ratio']:.2f}× | "
                        f"{bound} | {c['repeats']} |")
                 if ds:
                     d = c.get("deepsparse", {})
-                    row += (f" {d['median_ms']:.3f} ({d['status']}) |" if "median_ms" in d
-                            else f" {d.get('status', '–')} |")
+                    row += (f" {d['median_ms']:.3f} ({d['status']}) | "
+                            f"{c['dense_ms'] / d['median_ms']:.2f}× |" if d.get("median_ms")
+                            else f" {d.get('status', '–')} | – |")
                 lines.append(row)
             lines.append("")
+            for c in m["cases"]:
+                by_reason: dict[str, list[str]] = {}
+                for n, why in c.get("not_lowered", {}).items():
+                    by_reason.setdefault(why or "?", []).append(n)
+                if by_reason:
+                    lines.append(f"Kept dense at batch {c['batch']}, {c['threads']} thread(s): "
+                                 + "; ".join(f"{', '.join(ns)} ({why})"
+                                             for why, ns in by_reason.items()) + "\n")
             for c in m["cases"]:
                 if not c.get("layers"):
                     continue
@@ -566,10 +825,15 @@ def main(argv=None) -> int:
     ap.add_argument("--deepsparse-python", metavar="PATH",
                     help=f"interpreter with deepsparse installed (default {DEFAULT_DS_PYTHON} "
                          "when present; 'none' to skip)")
-    ap.add_argument("--deepsparse-models", default="lenet-300-100,alexnet,vgg16")
+    ap.add_argument("--deepsparse-models", default=",".join(MODELS))
     ap.add_argument("--ds-timeout", type=int, default=900)
     ap.add_argument("--quick", action="store_true",
                     help="batch 1, 1 thread, few calls (a smoke run of every step)")
+    ap.add_argument("--suite", action="store_true",
+                    help=f"models {SUITE['models']}, batch {SUITE['batch']}, threads "
+                         f"{SUITE['threads']} (--quick still cuts batch, threads and calls)")
+    ap.add_argument("--bert-layers", type=int, default=1, metavar="N",
+                    help="encoder layers of bert-base (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--markdown", metavar="PATH")
@@ -586,6 +850,10 @@ def main(argv=None) -> int:
         else:
             print(text)
         return 0
+    if args.suite:
+        args.models, args.batch, args.threads = SUITE["models"], SUITE["batch"], SUITE["threads"]
+    if args.bert_layers < 1:
+        ap.error("--bert-layers must be at least 1")
     if args.quick:
         args.batch, args.threads = "1", "1"
         args.repeats, args.min_repeats, args.case_seconds = 5, 2, 3.0
@@ -601,7 +869,8 @@ def main(argv=None) -> int:
     ds_py = deepsparse_python(args.deepsparse_python)
 
     results = {"machine": machine(),
-               "command": " ".join(["python bench/bench_models.py", *sys.argv[1:]]),
+               "command": " ".join(["python bench/bench_models.py",
+                                    *(sys.argv[1:] if argv is None else argv)]),
                "deepsparse": ds_py and subprocess.run(
                    [ds_py, "-c", "import deepsparse; print(deepsparse.__version__)"],
                    capture_output=True, text=True, check=False).stdout.strip(),
