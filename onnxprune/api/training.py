@@ -25,7 +25,9 @@ def training_config(rounds: bool = False, **options):
     ``batch_size``, ``lr``, ``original_lr``, ``lr_schedule``, ``optimizer``, ``momentum``,
     ``weight_decay``, ``l1``, ``freeze``, ``adjust_dropout``, ``keep_best``, ``seed``,
     ``device``, ``distill``, ``distill_temperature``, ``regrow``, ``objective``: labels |
-    match | mixed, None = from the data). ``epochs`` defaults to 2, and with
+    match | mixed, None = from the data; ``output_kind``: output name → ``"scores"`` |
+    ``"values"``, how ``match``/``mixed`` follow that output instead of the rule of
+    :func:`onnxprune.runtime.datasets.output_kinds`). ``epochs`` defaults to 2, and with
     neither ``lr`` nor ``original_lr`` the model is taken as trained at 0.1 and retrained at
     ``lr = original_lr / 10 = 0.01`` (Han et al. retrain LeNet at 1/10 of the original rate).
     ``lr_schedule`` left None is :func:`_default_schedule`'s (``rounds``: for compress).
@@ -60,14 +62,15 @@ def config_json(config) -> dict:
 
 
 def training_data(train: str, val: str, model, x_key: str = "x", y_key: str = "y",
-                  objective: str | None = None, dense=None):
+                  objective: str | None = None, dense=None, output_kind=()):
     """(train set, val set, objective): the .npz sets (inputs ``x_key`` or one array per graph
     input, named after it; integer labels ``y_key``, optional), each checked against the
     model's inputs and class count before any training starts, and the objective run
     (``objective``, else labels when the train set has labels, match when not).
 
     With ``match`` the val set carries the outputs of ``dense`` (default ``model``) on it, so
-    validation measures fidelity to them (:func:`onnxprune.runtime.evaluate.fidelity`).
+    validation measures fidelity to them (:func:`onnxprune.runtime.evaluate.fidelity`), each
+    output compared as ``output_kind`` says, else as the rule judges it.
     ``UsageError`` (exit 2) for contents that do not fit — names or shapes unlike the graph
     inputs, labels for some samples only, ``labels``/``mixed`` without labels;
     ``InvalidModelError`` (exit 4) for a file that cannot be read as data."""
@@ -84,7 +87,8 @@ def training_data(train: str, val: str, model, x_key: str = "x", y_key: str = "y
     train_set, val_set = (data.check_dataset(s, specs, classes if labels else None, name=n, labels=labels)
                           for s, n in zip(raw, ("train", "val")))
     if not labels:
-        val_set = dc.replace(val_set, reference=reference(dense if dense is not None else model, val_set.x))
+        val_set = dc.replace(val_set, reference=reference(dense if dense is not None else model, val_set.x,
+                                                          output_kind=output_kind))
     return train_set, val_set, mode
 
 
@@ -112,6 +116,7 @@ def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: s
     from onnxprune import __version__
     from onnxprune.core import io
     from onnxprune.core.stats import versions
+    from onnxprune.runtime.datasets import check_output_kinds
     from onnxprune.runtime.evaluate import evaluate
     from onnxprune.training.torch_bridge import finetune as retrain
 
@@ -123,13 +128,14 @@ def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: s
     proto, info = open_model(model)
     teacher_proto, teacher_info = open_model(teacher, what="teacher") if teacher is not None \
         else (None, None)
+    check_output_kinds(proto, config.output_kind)  # before any data is read
     if before_run is not None:
         before_run([*model_files(info), *model_files(teacher_info), train, val])
     if config.objective in ("match", "mixed") and teacher_proto is None:
         raise UsageError(f"--objective {config.objective} needs --teacher MODEL (the dense model "
                          "whose outputs to follow)")
     train_set, val_set, mode = training_data(train, val, proto, x_key, y_key, config.objective,
-                                             dense=teacher_proto)
+                                             dense=teacher_proto, output_kind=config.output_kind)
     if mode == "match" and teacher_proto is None:
         raise UsageError("the training data has no labels 'y': retraining without labels follows "
                          "a teacher, give --teacher MODEL (the dense model)")
@@ -195,6 +201,7 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
     from onnxprune import __version__
     from onnxprune.core import io
     from onnxprune.core.stats import versions
+    from onnxprune.runtime.datasets import check_output_kinds
     from onnxprune.training import torch_bridge
     from onnxprune.training.compress import Schedule, compress as run
 
@@ -212,9 +219,11 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
         **fields).validate()
     config = training_config(rounds=True, **options)
     proto, info = open_model(model)
+    check_output_kinds(proto, config.output_kind)  # before any data is read
     if before_run is not None:
         before_run([*model_files(info), train, val])
-    train_set, val_set, mode = training_data(train, val, proto, x_key, y_key, config.objective)
+    train_set, val_set, mode = training_data(train, val, proto, x_key, y_key, config.objective,
+                                             output_kind=config.output_kind)
     config = dataclasses.replace(config, objective=mode).validate()
     scan = _sensitivity_scan(proto, val_set, schedule)
     if scan is not None:

@@ -48,7 +48,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
-from onnxprune.core.errors import InvalidModelError, UsageError
+from onnxprune.core.errors import InvalidModelError, UsageError, short_repr
 
 
 class InvalidDataError(InvalidModelError):
@@ -57,6 +57,12 @@ class InvalidDataError(InvalidModelError):
 
 class DataMismatchError(UsageError):
     """Data that reads fine but does not fit the model or the chosen options."""
+
+
+class OutputKindError(UsageError, ValueError):
+    """An ``--output-kind`` override that names no float graph output, asks for a kind other
+    than ``scores``/``values``, or asks for ``scores`` on an output that is not ``[N, C>=2]``
+    (a ``ValueError`` to library callers, exit 2 on the command line)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,6 +394,8 @@ FLOAT_OUTPUTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPr
 # Output names that mark class scores (checked case-insensitively, as substrings).
 SCORE_NAMES = ("logit", "score", "prob", "class")
 _SCORE_OPS = ("Softmax", "LogSoftmax")
+# How an output is followed and validated (:func:`output_kinds`); ``--output-kind`` picks one.
+OUTPUT_KINDS = ("scores", "values")
 
 
 def float_outputs(model: onnx.ModelProto) -> list[str]:
@@ -419,7 +427,7 @@ def softmax_logits(name: str, producer) -> str | None:
     return None
 
 
-def output_kinds(model: onnx.ModelProto, shapes: dict) -> dict[str, str]:
+def output_kinds(model: onnx.ModelProto, shapes: dict, overrides=None) -> dict[str, str]:
     """How each float output is compared with the dense model's: ``"scores"`` or ``"values"``.
 
     The rule: an output is **class scores** when its value is 2-D ``[N, C]`` with ``C >= 2``
@@ -429,7 +437,53 @@ def output_kinds(model: onnx.ModelProto, shapes: dict) -> dict[str, str]:
     :data:`SCORE_NAMES` (``logits``, ``scores``, ``probs``, ``class``…).  Scores are followed
     with KL divergence at a temperature and validated by top-1 agreement; every other float
     output (boxes, embeddings, feature maps, regression values) with variance-normalised
-    squared error, validated by relative error."""
+    squared error, validated by relative error.
+
+    ``overrides`` (name → kind, ``--output-kind``) wins over the rule; it is checked by
+    :func:`check_output_kinds`, and ``"scores"`` on an output whose observed shape is not
+    ``[N, C>=2]`` raises :class:`OutputKindError` (KL and top-1 need class scores)."""
+    overrides = check_output_kinds(model, overrides)
+    for name, kind in overrides.items():
+        shape = tuple(shapes.get(name, ()))
+        if kind == "scores" and not _class_scores_shape(shape):
+            raise OutputKindError(
+                f"--output-kind {name}=scores: the output has shape {list(shape)}, class scores "
+                "are 2-D [N, C] with C >= 2 (KL divergence and top-1 agreement compare rows of "
+                f"scores); use {name}=values")
+    return {**_rule_kinds(model, shapes), **overrides}
+
+
+def _class_scores_shape(shape: tuple) -> bool:
+    """Whether an observed shape can hold class scores: ``[N, C]`` with ``C >= 2``."""
+    return len(shape) == 2 and shape[1] >= 2
+
+
+def check_output_kinds(model: onnx.ModelProto, overrides) -> dict[str, str]:
+    """``overrides`` (name → kind, or ``(name, kind)`` pairs; None = none) as a dict, each
+    name a float graph output of ``model`` (:func:`float_outputs`) and each kind ``scores`` or
+    ``values``, else :class:`OutputKindError`.  Needs no data: callers check it before any."""
+    pairs = list((overrides or {}).items()) if isinstance(overrides, dict) or overrides is None \
+        else list(overrides)
+    floats = float_outputs(model)
+    checked: dict[str, str] = {}
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise OutputKindError(f"--output-kind: expected NAME=KIND pairs, got {short_repr(pair)}")
+        name, kind = pair
+        if kind not in OUTPUT_KINDS:
+            raise OutputKindError(f"--output-kind {short_repr(name)}: the kind must be one of "
+                                  f"{', '.join(OUTPUT_KINDS)}, got {short_repr(kind)}")
+        if name not in floats:
+            raise OutputKindError(f"--output-kind: {short_repr(name)} is not a floating-point "
+                                  f"output of the model (those are: {', '.join(floats) or 'none'})")
+        if name in checked and checked[name] != kind:
+            raise OutputKindError(f"--output-kind {name}: given as both {checked[name]} and {kind}")
+        checked[name] = kind
+    return checked
+
+
+def _rule_kinds(model: onnx.ModelProto, shapes: dict) -> dict[str, str]:
+    """:func:`output_kinds` without overrides: the rule alone."""
     graph = model.graph
     nodes = {o: n for n in graph.node for o in n.output}
     producer = {o: n.op_type for o, n in nodes.items()}
@@ -445,5 +499,5 @@ def output_kinds(model: onnx.ModelProto, shapes: dict) -> dict[str, str]:
                                       if t in nodes else None) is not None
                     or readers.get(name, set()) & {*_SCORE_OPS, "ArgMax"}
                     or any(w in name.lower() for w in SCORE_NAMES))
-        kinds[name] = "scores" if len(shape) == 2 and shape[1] >= 2 and scoreish else "values"
+        kinds[name] = "scores" if _class_scores_shape(shape) and scoreish else "values"
     return kinds

@@ -65,14 +65,17 @@ def run_outputs(model: onnx.ModelProto, x, names: list[str], *, batch_size: int 
 
 
 def reference(model: onnx.ModelProto, x, *, batch_size: int = 256, providers=None,
-              threads: int | None = None) -> "_data.Reference":
+              threads: int | None = None, output_kind=()) -> "_data.Reference":
     """The dense ``model``'s float outputs on ``x`` and how each is compared
-    (:func:`onnxprune.runtime.datasets.output_kinds`): what fidelity is measured against."""
+    (:func:`onnxprune.runtime.datasets.output_kinds`, ``output_kind`` overriding its rule):
+    what fidelity is measured against."""
     names = _data.float_outputs(model)
     if not names:
         raise UsageError("the model has no floating-point output to follow without labels")
+    _data.check_output_kinds(model, output_kind)  # a bad name or kind before the model runs
     outs = run_outputs(model, x, names, batch_size=batch_size, providers=providers, threads=threads)
-    return _data.Reference(outputs=outs, kinds=_data.output_kinds(model, {k: v.shape for k, v in outs.items()}))
+    kinds = _data.output_kinds(model, {k: v.shape for k, v in outs.items()}, output_kind)
+    return _data.Reference(outputs=outs, kinds=kinds)
 
 
 def fidelity(outs: dict, ref: "_data.Reference") -> dict:

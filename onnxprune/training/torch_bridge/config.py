@@ -8,10 +8,13 @@ from typing import Any, Callable
 
 import onnx
 
-from onnxprune.core.errors import UsageError
+from onnxprune.core.errors import UsageError, short_repr
 
 LR_SCHEDULES = ("constant", "cosine", "rewind")
 OBJECTIVES = ("labels", "match", "mixed")
+# output_kind given where no dense-model output is followed (objective labels).
+OUTPUT_KIND_UNUSED = ("output-kind sets how the dense model's outputs are followed (objective "
+                      "match or mixed, or data without labels); objective {} follows none")
 ProgressFn = Callable[[int, int, "int | None", dict], None]
 
 
@@ -43,6 +46,10 @@ class FinetuneConfig:
     ``compress``: the dense input model) into the loss, Hinton et al. 2015:
     ``(1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))`` with ``T =
     distill_temperature``.  Not part of Han et al.'s method; it is off unless asked for.
+
+    ``output_kind``: ``(output name, "scores" | "values")`` pairs (a dict is taken too) that
+    override how the ``match``/``mixed`` objective and label-free validation follow those
+    outputs (:func:`onnxprune.runtime.datasets.output_kinds`: the rule judges the rest).
     """
 
     epochs: int = 1
@@ -63,6 +70,19 @@ class FinetuneConfig:
     lr_schedule: str = "constant"  # constant | cosine | rewind
     regrow: bool = False  # pruned weights may come back (Dynamic Network Surgery); train.py
     objective: str | None = None  # None (from the data) | labels | match | mixed
+    output_kind: tuple = ()  # ((name, "scores" | "values"), ...): overrides the rule
+
+    def __post_init__(self) -> None:
+        # A mapping (the API's natural spelling) or a list is kept as a tuple of pairs:
+        # hashable, JSON-able, in the order given.
+        kinds = self.output_kind
+        if kinds is None:
+            kinds = ()
+        elif isinstance(kinds, dict):
+            kinds = tuple(kinds.items())
+        elif isinstance(kinds, (list, tuple)):
+            kinds = tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in kinds)
+        object.__setattr__(self, "output_kind", kinds)  # anything else: validate() says so
 
     def resolved_lr(self) -> float:
         if self.lr_schedule == "rewind" and self.original_lr is not None:
@@ -100,6 +120,12 @@ class FinetuneConfig:
         need(self.objective in (None, "labels") or self.distill == 0,
              f"distill mixes a teacher term into the labels objective; objective "
              f"{self.objective} already follows the teacher (leave distill at 0)")
+        need(isinstance(self.output_kind, tuple) and all(
+            isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(v, str) for v in p)
+            for p in self.output_kind),
+            f"output-kind must be NAME=KIND pairs (or a mapping name -> kind), got {short_repr(self.output_kind)}")
+        need(not self.output_kind or self.objective in (None, "match", "mixed"),
+             OUTPUT_KIND_UNUSED.format(self.objective))
         return self
 
     @classmethod

@@ -16,7 +16,8 @@ so the caller's scaling by ``1 / global batch`` gives the mean over the global b
 ``labels``: ``(1 − α)·ce + α·kl`` on the class scores (``α = distill``, 0 = plain ce).
 ``match``: one term of weight 1 per floating-point graph output — ``kl`` for class scores
 (:func:`onnxprune.runtime.datasets.output_kinds`), on the logits behind the output (the
-input of a Softmax/LogSoftmax producing it, else the output), ``mse`` for any other.
+input of a Softmax/LogSoftmax producing it, else the output), ``mse`` for any other; the
+user's ``output_kind`` overrides (``--output-kind NAME=scores|values``) win over that rule.
 ``mixed``: ``ce`` + the match terms.
 """
 
@@ -37,7 +38,8 @@ from onnxprune.training.torch_bridge.module import OnnxModule, build_module, def
 @dataclasses.dataclass
 class Term:
     """One teacher term: graph output ``output``, compared through the student's tensor
-    ``student`` and the teacher's ``teacher``, as ``kind`` (kl | mse) with ``weight``."""
+    ``student`` and the teacher's ``teacher``, as ``kind`` (kl | mse) with ``weight``;
+    ``source``: what chose the kind, :data:`RULE` or :data:`OVERRIDE`."""
 
     output: str
     student: str
@@ -45,6 +47,11 @@ class Term:
     kind: str
     weight: float = 1.0
     variance: float = 1.0
+    source: str = "rule"
+
+
+# Where a term's treatment came from, as the report says it.
+RULE, OVERRIDE = "rule", "--output-kind"
 
 
 def logits_name(module: OnnxModule, opset: int, out: str | None = None) -> str:
@@ -141,7 +148,8 @@ class Objective:
             rows.append({"output": t.output, "treatment": (
                 f"KL divergence at temperature {self.temperature:g} (class scores)"
                 if t.kind == "kl" else "squared error / dense variance"),
-                "weight": t.weight, **({"variance": t.variance} if t.kind == "mse" else {})})
+                "weight": t.weight, **({"variance": t.variance} if t.kind == "mse" else {}),
+                "source": t.source})
         rows += [{"output": o, "treatment": "ignored (not floating point)", "weight": 0.0}
                  for o in self.ignored]
         return {"mode": self.mode, "outputs": rows}
@@ -199,10 +207,12 @@ def _same_input(a, b) -> bool:
 
 
 def match_objective(mode: str, model, module: OnnxModule, teacher: onnx.ModelProto, specs,
-                    batches, ce: str | None, temperature: float) -> Objective:
+                    batches, ce: str | None, temperature: float, overrides=()) -> Objective:
     """The ``match``/``mixed`` objective: one term per float output of ``model``, its kind
-    from the teacher's outputs on the first batch, its variance over all ``batches``
+    from the teacher's outputs on the first batch (``overrides``, name → kind or pairs, win:
+    :func:`onnxprune.runtime.datasets.output_kinds`), its variance over all ``batches``
     (an iterable of input mappings, the whole training set, in any order)."""
+    overrides = _data.check_output_kinds(model, overrides)  # before the teacher is run
     follow = _data.float_outputs(model)
     ignored = [o.name for o in model.graph.output if o.name not in follow]
     missing = [o for o in follow if o not in {x.name for x in teacher.graph.output}]
@@ -222,17 +232,18 @@ def match_objective(mode: str, model, module: OnnxModule, teacher: onnx.ModelPro
                 s[0] += float(v.sum())
                 s[1] += float((v * v).sum())
                 s[2] += v.numel()
-    kinds = _data.output_kinds(teacher, shapes or {})
+    kinds = _data.output_kinds(teacher, shapes or {}, overrides)
     s_opset, t_opset = default_opset(model), default_opset(teacher)
     terms = []
     for name in follow:
+        source = OVERRIDE if name in overrides else RULE
         if kinds[name] == "scores":
             terms.append(Term(name, logits_name(module, s_opset, name),
-                              logits_name(t_module, t_opset, name), "kl"))
+                              logits_name(t_module, t_opset, name), "kl", source=source))
         else:
             total, sq, count = sums.get(name, (0.0, 0.0, 0))
             var = sq / count - (total / count) ** 2 if count else 0.0
             var = var if np.isfinite(var) and var > 1e-12 else 1.0
-            terms.append(Term(name, name, name, "mse", variance=float(var)))
+            terms.append(Term(name, name, name, "mse", variance=float(var), source=source))
     return Objective(mode, ce=ce, terms=terms, teacher=t_module, temperature=temperature,
                      ignored=ignored)

@@ -68,7 +68,8 @@ import torch
 
 from onnxprune.runtime import datasets as _data
 from onnxprune.core.errors import RuntimeFailure, UsageError
-from onnxprune.training.torch_bridge.config import FinetuneConfig, FinetuneResult, ProgressFn
+from onnxprune.training.torch_bridge.config import (
+    OUTPUT_KIND_UNUSED, FinetuneConfig, FinetuneResult, ProgressFn)
 from onnxprune.training.torch_bridge.module import OnnxModule, build_module, default_opset
 from onnxprune.training.torch_bridge.objective import (  # noqa: F401 (_distill_loss: tests)
     Objective, Term, distill_loss as _distill_loss, forward_padded, logits_name as _logits_name,
@@ -368,6 +369,8 @@ def finetune(
     if config.distill > 0 and teacher is None:
         raise UsageError("finetune: distill needs a teacher model (in compress: the dense input)")
     mode = resolve_objective(config.objective, train)
+    if mode == "labels" and config.output_kind:
+        raise UsageError(f"finetune: {OUTPUT_KIND_UNUSED.format(mode)}")
     if mode != "labels" and teacher is None:
         raise UsageError(f"finetune: objective {mode} needs a teacher model whose outputs to "
                          "follow (in compress: the dense input)")
@@ -462,7 +465,8 @@ def _objective(mode, model, module, teacher, specs, classes, train_src, logits_n
                            checked=isinstance(train_src, _ArraySource))[0]
                for x, _ in _in_order(train_src, fixed or 256))
     return match_objective(mode, model, module, teacher, specs, batches,
-                           logits_name if mode == "mixed" else None, config.distill_temperature)
+                           logits_name if mode == "mixed" else None, config.distill_temperature,
+                           config.output_kind)
 
 
 def _sources(train, val, module, specs, classes, logits_name, config: FinetuneConfig, world: int,
