@@ -871,6 +871,11 @@ struct ConvGeometry {
   int64_t cg = 0, og = 0;   // input / output channels per group
   int64_t oh = 0, ow = 0;   // output plane
   int64_t sh = 1, sw = 1;   // strides of the phase split (1 along an axis with a single output)
+  // Only the phases some kernel tap lands on are built: row phases (i * dH) % sh over the
+  // kernel rows, column phases likewise; phase (ph, pw) is plane slot
+  // row_slot[ph] * col_phases.size() + col_slot[pw] (slots -1 for unused phases).
+  std::vector<int64_t> row_phases, col_phases;
+  std::vector<int32_t> row_slot, col_slot;
   int64_t hq = 0, wq = 0;   // phase-plane extents
   int64_t plane = 0;        // hq * wq
   int64_t q_size = 0;       // sh * sw * c_in * plane <= kMaxConvPlane
@@ -936,6 +941,7 @@ struct CsrConvKernel {
   // Y[n, r, oh, ow] = B[r] + sum_(c,i,j) W[r, c, i, j] X[n, g(r)*Cg + c, oh*sh + i*dh - pad_t, ow*sw + j*dw - pad_l]
   //
   // The padded input is split into sh x sw phase planes Q[ph][pw][c] (Q[..][a][b] = Xpad[c][a*sh+ph][b*sw+pw]),
+  // of which only those some kernel tap lands on are built,
   // which turns any stride into a stride-1 problem. Each nonzero then becomes one offset into
   // Q, and every output plane, taken row-major with row length Wq, is
   //   out[p] = sum_j w_j * Q[off_j + p]
@@ -1027,7 +1033,10 @@ struct CsrConvKernel {
     g->hq = (hp - 1) / g->sh + 1;  // ceil(hp / sh); hp >= 1 as the kernel fits
     g->wq = (wp - 1) / g->sw + 1;
     g->plane = CheckedMul(g->hq, g->wq, "phase plane size");
-    const int64_t planes = CheckedMul(g->sh * g->sw, g->c_in, "phase plane count");  // strides <= 2^16 each
+    UsedPhases(kh, dh, g->sh, &g->row_phases, &g->row_slot);
+    UsedPhases(kw, dw, g->sw, &g->col_phases, &g->col_slot);
+    const int64_t used = static_cast<int64_t>(g->row_phases.size() * g->col_phases.size());  // <= 2^32
+    const int64_t planes = CheckedMul(used, g->c_in, "phase plane count");
     g->q_size = CheckedMul(planes, g->plane, "phase-plane buffer size");
     // Room for the tiles' overhang past the last offset (< one output plane of Wq-wide rows
     // plus a tile), zeroed.
@@ -1035,6 +1044,21 @@ struct CsrConvKernel {
     if (g->q_alloc > kMaxConvPlane)
       Fail(ortabi::kInvalidArgument, "the strided, padded input needs ", g->q_size,
            " floats of phase planes, more than 2^31-1 (int32 offsets)");
+  }
+
+  // The phases (k_i * d) % s of an axis with k taps, ascending, and each phase's slot (-1 when
+  // no tap lands on it). A 1x1 kernel with stride 2 uses one phase of four. s, k <= 2^16.
+  static void UsedPhases(int64_t k, int64_t d, int64_t s, std::vector<int64_t>* phases, std::vector<int32_t>* slot) {
+    slot->assign(static_cast<size_t>(s), -1);
+    for (int64_t i = 0; i < k && static_cast<int64_t>(phases->size()) < s; ++i) {
+      const int64_t ph = (i * d) % s;
+      if ((*slot)[static_cast<size_t>(ph)] < 0) {
+        (*slot)[static_cast<size_t>(ph)] = 0;
+        phases->push_back(ph);
+      }
+    }
+    std::sort(phases->begin(), phases->end());
+    for (size_t n = 0; n < phases->size(); ++n) (*slot)[static_cast<size_t>((*phases)[n])] = static_cast<int32_t>(n);
   }
 
   const float* ReadBias(const ortabi::KernelContext* ctx, size_t count, int64_t c_out) const {
@@ -1093,7 +1117,8 @@ struct CsrConvKernel {
     }
     p.tiles = (p.npos + p.tile - 1) / p.tile;
     const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + (kw - 1) * dw / g.sw;  // attributes <= 2^16
-    const double window = static_cast<double>(g.sh * g.sw) * static_cast<double>(p.tile + reach) * sizeof(float);
+    const double window = static_cast<double>(g.row_phases.size() * g.col_phases.size()) *
+                          static_cast<double>(p.tile + reach) * sizeof(float);
     const int64_t fit = static_cast<int64_t>(0.8 * static_cast<double>(L1DataBytes()) / window);
     p.cb = std::max<int64_t>(1, std::min<int64_t>(g.cg, fit));
     p.blocks = std::max<int64_t>(1, (g.cg + p.cb - 1) / p.cb);  // 1 also when C_in = 0 (then nnz = 0)
@@ -1109,7 +1134,8 @@ struct CsrConvKernel {
         const int64_t col = ColumnAt(csr, j, &running);
         const int64_t c = col / (kh * kw), i = (col / kw) % kh, jj = col % kw;
         const int64_t rh = i * dh, rw = jj * dw;  // < 2^32: attributes are bounded
-        const int64_t phase = (rh % g.sh) * g.sw + (rw % g.sw);
+        const int64_t phase = g.row_slot[static_cast<size_t>(rh % g.sh)] * static_cast<int64_t>(g.col_phases.size()) +
+                              g.col_slot[static_cast<size_t>(rw % g.sw)];  // both used: a tap lands there
         const int64_t o = (phase * g.c_in + c_base + c) * g.plane + (rh / g.sh) * g.wq + (rw / g.sw);
         if (o < 0 || o >= g.q_size) Fail(ortabi::kFail, "offset ", o, " of nonzero ", j, " is outside the phase planes");
         if (o + p.tiles * p.tile > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the phase planes");
@@ -1123,12 +1149,15 @@ struct CsrConvKernel {
     return plan;
   }
 
-  // Q[phase][c] = the padded image's rows phase/sw :: sh and columns phase%sw :: sw; one task
-  // per (phase, channel) plane.
+  // Q[slot][c] = the padded image's rows ph :: sh and columns pw :: sw for each used phase
+  // (ph, pw) (ConvGeometry::row_phases/col_phases); one task per (phase, channel) plane.
   void FillPhasePlanes(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
-    ParallelFor(ctx, static_cast<size_t>(g.sh * g.sw * g.c_in), [&](size_t t) {
-      const int64_t phase = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
-      const int64_t ph = phase / g.sw, pw = phase % g.sw;
+    const int64_t cols_used = static_cast<int64_t>(g.col_phases.size());
+    const int64_t used = static_cast<int64_t>(g.row_phases.size()) * cols_used;
+    ParallelFor(ctx, static_cast<size_t>(used * g.c_in), [&](size_t t) {
+      const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
+      const int64_t ph = g.row_phases[static_cast<size_t>(slot / cols_used)];
+      const int64_t pw = g.col_phases[static_cast<size_t>(slot % cols_used)];
       float* dst = q + static_cast<int64_t>(t) * g.plane;
       const float* src = xi + c * g.h * g.w;
       for (int64_t a = 0; a < g.hq; ++a) {
