@@ -2,8 +2,9 @@
 
 The rule (:func:`onnxprune.runtime.datasets.output_kinds`) judges the test MLP's output ``y``
 (a Gemm behind an Identity, no Softmax, no score-like name) to be values; the override makes it
-class scores — KL in the loss, top-1 agreement in validation — and the report says where the
-treatment came from.  Bad overrides stop with exit 2 before anything is written.
+class scores — KL in the loss, top-1 agreement in validation (label-free ``sensitivity`` too) —
+and the report says where the treatment came from.  Bad overrides stop with exit 2 before
+anything is written.
 """
 
 import json
@@ -107,7 +108,7 @@ def test_override_changes_the_loss_term():
     loss, outs = chosen.loss(module, x, None)
     with torch.no_grad():
         target = chosen.teacher(x, outputs=["y"])
-    assert float(loss.detach()) == pytest.approx(float(distill_loss(outs["y"], target, 2.0)), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(distill_loss(outs["y"].detach(), target, 2.0)), rel=1e-5)
     row = chosen.report()["outputs"][0]
     assert row["treatment"].startswith("KL divergence at temperature 2") and row["source"] == "--output-kind"
 
@@ -197,3 +198,36 @@ def test_api_keyword(tmp_path):
         onnxprune.compress(model, str(tmp_path / "c.onnx"), train=train, val=val,
                            output_kind={"z": "values"})
     assert not (tmp_path / "c.onnx").exists()
+
+
+# --------------------------------------------------------------------------- sensitivity
+
+
+def _sensitivity(tmp_path, name, *extra):
+    model, _, val = _files(tmp_path)
+    return ["sensitivity", model, "--val", val, "-o", str(tmp_path / name), "--grid", "50,90",
+            "--no-plot", "-q", *extra]
+
+
+def test_sensitivity_measures_the_chosen_kind(tmp_path, capsys):
+    """Label-free sensitivity compares ``y`` as scores when told: every top-1 is then an
+    agreement, a whole number of the 16 val samples; by the rule it is 1 − relative error."""
+    code, _, err = run_cli(_sensitivity(tmp_path, "rule"), capsys)
+    assert code == 0, err
+    code, _, err = run_cli(_sensitivity(tmp_path, "kl", "--output-kind", "y=scores"), capsys)
+    assert code == 0, err
+
+    def top1s(name):
+        report = json.loads((tmp_path / name / "sensitivity.json").read_text())
+        return [p["top1"] for layer in report["layers"] for p in layer["points"]]
+
+    agreements, by_rule = top1s("kl"), top1s("rule")
+    assert all(abs(16 * t - round(16 * t)) < 1e-9 for t in agreements)
+    assert any(abs(16 * t - round(16 * t)) > 1e-6 for t in by_rule)
+
+
+def test_sensitivity_bad_override_exits_2(tmp_path, capsys):
+    code, stdout, err = run_cli(_sensitivity(tmp_path, "out", "--output-kind", "nope=scores"), capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "'nope' is not a floating-point output" in err, err
+    assert not (tmp_path / "out").exists()

@@ -44,18 +44,22 @@ def _dumps(obj) -> str:
 # --------------------------------------------------------------------------- sensitivity
 
 
-def labelled_or_reference(ds, model):
+def labelled_or_reference(ds, model, output_kind=()):
     """``ds`` as is when it has labels; label-free, with the model's own outputs as the
-    reference, so the drops measured are fidelity drops (100·(1 − agreement))."""
+    reference, so the drops measured are fidelity drops (100·(1 − agreement)), each output
+    compared as ``output_kind`` (``--output-kind``) says, else as the rule judges it."""
     import dataclasses
 
     from onnxprune.runtime import datasets as data
     from onnxprune.runtime.evaluate import reference
 
     if ds.y is not None:
+        if output_kind:
+            raise UsageError("--output-kind sets how outputs are compared without labels; "
+                             "--val has labels y, so accuracy on them is measured")
         return ds
     checked = data.check_dataset(ds, data.input_specs(model), None, name="val", labels=False)
-    return dataclasses.replace(checked, reference=reference(model, checked.x))
+    return dataclasses.replace(checked, reference=reference(model, checked.x, output_kind=output_kind))
 
 
 def cmd_sensitivity(args, console: Console) -> int:
@@ -91,7 +95,7 @@ def cmd_sensitivity(args, console: Console) -> int:
                 [*(("-o", p) for p in names.values()), ("--json", args.json)],
                 new_folder=out_dir)
     val = labelled_or_reference(data.load_data(args.val, model, x_key=args.x_key, y_key=args.y_key),
-                                model)
+                                model, tuple(args.output_kind or ()))
     result = sens.analyse(model, val, grid=grid, grid_kind=grid_kind, layers=args.layers,
                           batch_size=args.batch_size, threads=args.threads,
                           progress=console.progress)
@@ -351,7 +355,7 @@ def cmd_report(args, console: Console) -> int:
 
 
 def add_parsers(sub, common) -> None:
-    from onnxprune.cli.args import THREADS_MAX, float_arg, int_arg
+    from onnxprune.cli.args import OUTPUT_KIND_RULE, THREADS_MAX, float_arg, int_arg, output_kind_arg
 
     se = sub.add_parser(
         "sensitivity", help="prune one layer at a time over a grid; curves, plot, recipe",
@@ -379,6 +383,9 @@ def add_parsers(sub, common) -> None:
                          "per-layer budget whose drops add up to at most PP")
     se.add_argument("--x-key", default="x", help="array name of the inputs (default x)")
     se.add_argument("--y-key", default="y", help="array name of the labels (default y)")
+    se.add_argument("--output-kind", type=output_kind_arg, action="append", metavar="NAME=KIND",
+                    help="without labels, compare float output NAME as scores (top-1 agreement) "
+                         "or values (relative error); " + OUTPUT_KIND_RULE)
     se.add_argument("--batch-size", type=int_arg(1), default=256)
     se.add_argument("--threads", type=int_arg(1, THREADS_MAX), metavar="N",
                     help="ONNX Runtime intra-op threads (default: its own choice)")

@@ -54,6 +54,21 @@ def layer_arg(text):
     return glob, float_arg(0.0)(q)
 
 
+def output_kind_arg(text: str) -> tuple[str, str]:
+    """``--output-kind NAME=KIND`` → ``(NAME, KIND)``; the last ``=`` splits (an output name
+    may hold one). Whether NAME is an output and KIND a kind is checked against the model."""
+    name, sep, kind = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=scores or NAME=values, got {text!r}")
+    return name, kind
+
+
+# The end of every --output-kind help: the rule it overrides (runtime.datasets.output_kinds).
+OUTPUT_KIND_RULE = ("repeatable. It overrides the default rule, which takes an output as class "
+                    "scores when it is [N, C>=2] and a Softmax/LogSoftmax produces or an ArgMax "
+                    "reads it, or its name contains logit, score, prob or class")
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's default is exit 2 too; keep the one-line form
         self.print_usage(sys.stderr)

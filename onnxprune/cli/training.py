@@ -9,7 +9,7 @@ from onnxprune.core.errors import EXIT_OK, GateFailed
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
-    from onnxprune.cli.args import SEED_MAX, float_arg, int_arg
+    from onnxprune.cli.args import OUTPUT_KIND_RULE, SEED_MAX, float_arg, int_arg, output_kind_arg
 
     g = p.add_argument_group("data")
     g.add_argument("--train", required=True, metavar="NPZ",
@@ -28,10 +28,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-kind", type=output_kind_arg, action="append", metavar="NAME=KIND",
                    help="how --objective match|mixed and label-free validation follow float "
                         "output NAME: scores (KL, top-1 agreement) or values (squared error, "
-                        "relative error); repeatable. It overrides the default rule, which takes "
-                        "an output as class scores when it is [N, C>=2] and a Softmax/LogSoftmax "
-                        "produces or an ArgMax reads it, or its name contains logit, score, prob "
-                        "or class")
+                        "relative error); " + OUTPUT_KIND_RULE)
     t = p.add_argument_group("retraining")
     t.add_argument("--epochs", type=int_arg(1), default=2,
                    help="epochs per retraining (default 2)")
@@ -79,17 +76,6 @@ def _options(args) -> dict:
         distill=args.distill, distill_temperature=args.distill_temperature,
         lr_schedule=args.lr_schedule, regrow=args.regrow, objective=args.objective,
         output_kind=tuple(args.output_kind or ()))
-
-
-def output_kind_arg(text: str) -> tuple[str, str]:
-    """``--output-kind NAME=KIND`` → ``(NAME, KIND)``; the last ``=`` splits (an output name
-    may hold one). Whether NAME is an output and KIND a kind is checked against the model."""
-    import argparse
-
-    name, sep, kind = text.rpartition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=scores or NAME=values, got {text!r}")
-    return name, kind
 
 
 def _progress(console: Console, prefix: str):
