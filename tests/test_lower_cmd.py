@@ -95,6 +95,15 @@ def test_slower_whole_model_is_written_dense_and_said(tmp_path, pruned, timed, c
     assert not any(n.domain == runtime_ops.DOMAIN for n in onnx.load(str(out)).graph.node)
 
 
+def test_a_faster_subset_is_written_and_said(tmp_path, pruned, timed, capsys):
+    timed({"fc1": 2.5, "fc2": 1.6, "fc3": 1.2}, [0.9, 0.95, 1.2])
+    out = tmp_path / "low.onnx"
+    code, _, err = run_cli(["lower", str(pruned), "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "with every winning layer lowered it ran 0.90x" in err
+    assert "only layers measured >= 2x alone were lowered" in err and "ran 1.20x" in err
+
+
 def test_lower_reads_external_data_and_compressed_storage(tmp_path, capsys, timed):
     """A portable (sparse initializer) file and an external-data one lower alike."""
     src = tmp_path / "m.onnx"

@@ -25,16 +25,21 @@ def masked(model, density=0.3, seed=0):
     return model
 
 
-def fake_timer(speedups: dict, whole: float, calls: list | None = None):
-    """A timer that reports ``speedups[layer]`` (``whole`` for the whole model) as
-    dense 1 ms × speed-up against sparse 1 ms, after checking it was handed a session pair
-    and the inputs they take."""
+def fake_timer(speedups: dict, whole, calls: list | None = None):
+    """A timer that reports ``speedups[layer]`` (``whole`` for the whole model; a list gives
+    one value per whole-model timing, in order) as dense 1 ms × speed-up against sparse 1 ms,
+    after checking it was handed a session pair and the inputs they take."""
+    wholes = list(whole) if isinstance(whole, (list, tuple)) else None
+
     def timer(name, dense, sparse, feeds):
         assert set(feeds) == {i.name for i in dense.get_inputs()}
         assert set(feeds) == {i.name for i in sparse.get_inputs()}
         if calls is not None:
             calls.append(name)
-        s = whole if name is None else speedups[name]
+        if name is not None:
+            s = speedups[name]
+        else:
+            s = wholes.pop(0) if wholes is not None else whole
         return s * 1e-3, 1e-3
     return timer
 
@@ -117,6 +122,35 @@ def test_whole_model_slower_writes_the_dense_model(tmp_path, pruned_mlp):
     src = onnx.load(str(pruned_mlp))
     feeds = random_feeds(src, batch=2)
     np.testing.assert_array_equal(run(written, feeds)[0], run(src, feeds)[0])
+
+
+def test_a_slower_whole_model_tries_the_strongest_layers_alone(tmp_path, pruned_mlp):
+    """Every winning layer lowered ran 0.9x; the layers measured >= 1.5x alone (fc1, fc2) ran
+    0.95x, those >= 2x (fc1) 1.2x, those >= 3x are none: the fc1-only model is written."""
+    out = tmp_path / "low.onnx"
+    calls = []
+    report = lower(str(pruned_mlp), str(out),
+                   timer=fake_timer({"fc1": 2.5, "fc2": 1.6, "fc3": 1.2}, [0.9, 0.95, 1.2], calls))
+    assert calls.count(None) == 3
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "lowered" and whole["speedup"] == pytest.approx(1.2)
+    assert whole["min_layer_speedup"] == 2.0
+    assert [(a["min_layer_speedup"], a["lowered"]) for a in whole["attempts"]] == [(1.1, 3), (1.5, 2), (2.0, 1)]
+    assert report["sparse_ops"]["lowered"] == ["fc1"]
+    rows = {r["name"]: r for r in report["lowering"]["layers"]}
+    assert rows["fc1"]["lowered"] and not rows["fc2"]["lowered"] and not rows["fc3"]["lowered"]
+    assert "only layers >= 2.0x are lowered" in rows["fc2"]["reason"]
+    assert _ops(out).count("CsrGemm") == 1 and _ops(out).count("Gemm") == 2
+
+
+def test_no_faster_subset_writes_the_dense_model(tmp_path, pruned_mlp):
+    out = tmp_path / "low.onnx"
+    report = lower(str(pruned_mlp), str(out),
+                   timer=fake_timer({"fc1": 2.5, "fc2": 1.6, "fc3": 1.2}, [0.9, 0.97, 0.99]))
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "dense" and len(whole["attempts"]) == 3
+    assert report["sparse_ops"]["lowered"] == []
+    assert not any(n.domain == runtime_ops.DOMAIN for n in onnx.load(str(out)).graph.node)
 
 
 def test_no_layer_winning_lowers_nothing_and_times_no_model(tmp_path, pruned_mlp):

@@ -106,8 +106,14 @@ def whole_model_line(lowering: dict | None) -> str | None:
     whole = (lowering or {}).get("whole_model")
     if not whole or whole["speedup"] is None:
         return None
+    tried = whole.get("attempts") or []
+    subsets = (f"; {len(tried) - 1} smaller sets of layers tried" if len(tried) > 1 else "")
     if whole["kept"] == "dense":
         return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one "
-                "here (not faster); wrote the dense model (only forced layers lowered)")
+                f"here (not faster{subsets}); wrote the dense model (only forced layers lowered)")
+    first = (f"; with every winning layer lowered it ran {tried[0]['speedup']:.2f}x, so only "
+             f"layers measured >= {whole['min_layer_speedup']:g}x alone were lowered"
+             if len(tried) > 1 else "")
     return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one here "
-            f"(dense {whole['dense_s'] * 1e3:.3f} ms, lowered {whole['lowered_s'] * 1e3:.3f} ms)")
+            f"(dense {whole['dense_s'] * 1e3:.3f} ms, lowered {whole['lowered_s'] * 1e3:.3f} ms{first})")
+
