@@ -17,8 +17,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import runtime_ops
-from tests.test_runtime_ops import (DOMAIN, OPSETS, close, conv_model, conv_reference, isa, lib,  # noqa: F401
-                              session, threads)
+from tests import test_runtime_ops as base
+from tests.test_runtime_ops import DOMAIN, OPSETS, close, conv_model, conv_reference, session
+
+# The instruction-set and thread-count fixtures of the main native-op tests.
+lib, isa, threads = base.lib, base.isa, base.threads
 
 
 def _weights(name, c_out, cg, kh, kw, density):
