@@ -883,6 +883,9 @@ struct ConvGeometry {
   bool empty() const { return nb == 0 || c_out == 0 || oh == 0 || ow == 0; }
 };
 
+// Fewest nonzeros per output row and input-channel block that justify a block (CsrConv).
+constexpr int64_t kConvMinBlockNnz = 16;
+
 // How CsrConv computes one input shape with one CSR (CsrConvKernel::MakePlan). For constant CSR
 // arrays it is made once per input shape and kept by the kernel.
 struct ConvPlan {
@@ -1122,6 +1125,10 @@ struct CsrConvKernel {
     const int64_t fit = static_cast<int64_t>(0.8 * static_cast<double>(L1DataBytes()) / window);
     p.cb = std::max<int64_t>(1, std::min<int64_t>(g.cg, fit));
     p.blocks = std::max<int64_t>(1, (g.cg + p.cb - 1) / p.cb);  // 1 also when C_in = 0 (then nnz = 0)
+    // A block pass reloads and stores the tile's partial sums: worth it only with enough
+    // nonzeros per row and block (a 1x1 conv over 256 channels at 10% has 26 per row).
+    const int64_t per_row = g.c_out > 0 ? csr.nnz / g.c_out : 0;
+    p.blocks = std::max<int64_t>(1, std::min(p.blocks, per_row / kConvMinBlockNnz));
     p.cb = std::max<int64_t>(1, (g.cg + p.blocks - 1) / p.blocks);  // even blocks
 
     std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
