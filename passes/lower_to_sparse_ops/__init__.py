@@ -232,6 +232,12 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int) -> _Plan:
     return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias)
 
 
+def _kernel_area(plan: _Plan) -> int | None:
+    """kH·kW of a convolution plan (the cost model's input-channel count is K / kH·kW)."""
+    kernel = plan.attrs.get("kernel_shape") if plan.kind == "conv" else None
+    return int(np.prod(kernel)) if kernel else None
+
+
 def static_shapes(graph: gs.Graph) -> dict[str, list[int | None]]:
     """Tensor shapes from ONNX shape inference, without copying the graph's weights."""
     original = onnx.ModelProto()
@@ -451,12 +457,13 @@ class LowerToSparseOps(Pass):
             estimates = []
             if not _unsized(plans):  # else decided without an estimate (_needs_cost_model)
                 estimates = [cost.estimate(p.kind, p.rows, p.cols, nnz, batch=p.batch_rows,
-                                           out_hw=p.out_hw, **common) for p in plans]
+                                           out_hw=p.out_hw, kernel_area=_kernel_area(p), **common)
+                             for p in plans]
                 row["estimated_speedup"] = round(_combined_speedup(estimates), 3)
                 p0 = plans[0]
                 row["break_even_density"] = round(cost.break_even_density(
-                    p0.kind, p0.rows, p0.cols, batch=p0.batch_rows, out_hw=p0.out_hw, **common),
-                    4)
+                    p0.kind, p0.rows, p0.cols, batch=p0.batch_rows, out_hw=p0.out_hw,
+                    kernel_area=_kernel_area(p0), **common), 4)
             lower, reason = self._decide(layer, density, estimates, row["csr_bytes"],
                                          row["dense_bytes"] or 0)
             row["reason"] = reason if values_note is None or not lower else f"{reason}; {values_note}"

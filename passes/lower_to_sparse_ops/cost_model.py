@@ -21,9 +21,13 @@ Fully connected layer, weight ``N × K`` (N outputs), ``nnz`` nonzeros, batch ro
 
 2-D convolution, ``C_out × (C_in/g·kH·kW)`` flattened weight, output map ``OH × OW``:
 
-    t_dense = node_d + C_out·K·OH·OW·M / (R_conv·p)           R_conv = 55 G MAC/s (NCHWc)
-    t_csr   = node_c + nnz·OH·OW·M / (R_csrconv·e·p)          R_csrconv = 15.5 G MAC/s
-    e = OH/(4⌈OH/4⌉) · OW/(16⌈OW/16⌉)                          (4×16 output tiles)
+    t_dense = node_d + C_out·K·OH·OW·M / (R_conv·p)        R_conv = 55 G MAC/s (NCHWc), 35 for 1×1
+    t_csr   = node_c + (nnz·P / R_csrconv + C_out·P·c_out + C_in·OH·OW·M·c_in) / p
+              R_csrconv = 25 G MAC/s, c_out = 0.45 ns, c_in = 1.0 ns
+    P = M · (OH·OW rounded up to the kernel's tile, 64, 128 or 192 positions, the one with
+    the least padded work) — the tiles of consecutive output positions; c_out is the tile's
+    stores and per-row work, c_in the input's copy into phase planes. C_in = K / (kH·kW)
+    (``kernel_area``; 9 when K is a multiple of 9, else 1, when not given).
 
 The rates were fitted to the 1-thread measurements in docs/BENCHMARKS.md ("Native sparse
 kernels", AMD EPYC Zen 4, 2 vCPUs, onnxruntime 1.32; the absolute times are in that
@@ -58,6 +62,7 @@ class Machine:
     gemm_bw_dram: float = 14e9           # batch > 1: packing B reads the weight more slowly
     gemm_rate: float = 50e9              # multiply-adds/s at batch >= 8
     conv_rate: float = 55e9
+    conv_1x1_rate: float = 35e9          # a 1x1 convolution (a plain GEMM in ORT)
     # onnxprune CSR kernels
     node_csr_s: float = 0.5e-6           # a native custom op's dispatch
     csr_gather_l1_s: float = 0.40e-9     # per nonzero, batch 1, x fits L1
@@ -69,7 +74,10 @@ class Machine:
     # lowered the AlexNet / VGG-16 fc8 (1000×4096 @ 23-25%) that measured 0.85-1.18× of dense.
     csr_panels: tuple = ((64 << 10, 0.55e-9), (1 << 20, 1.05e-9), (None, 1.10e-9))
     csr_out_s: float = 2.0e-9            # per output element, batch > 1 (unpacking panels)
-    csr_conv_rate: float = 15.5e9
+    # CsrConv tiles (2026-12-02, fitted to CALIBRATION's conv rows)
+    csr_conv_rate: float = 25e9          # multiply-adds per second over padded positions
+    csr_conv_out_s: float = 0.45e-9      # per output channel and padded position
+    csr_conv_in_s: float = 1.0e-9        # per input element (the phase-plane copy)
 
 
 MACHINE = Machine()
@@ -89,12 +97,23 @@ def _parallel(threads: int, m: Machine) -> float:
     return 1.0 + m.thread_gain * (max(int(threads), 1) - 1)
 
 
-def _conv_tile_efficiency(oh: int, ow: int) -> float:
-    return (oh / (4 * math.ceil(oh / 4))) * (ow / (16 * math.ceil(ow / 16)))
+def _conv_positions(oh: int, ow: int) -> int:
+    """Output positions CsrConv computes for an OH × OW map: OH·OW rounded up to the tile it
+    picks (16 lanes × 4, 8 or 12 vectors; least padded work weighted by 1 + 2/V)."""
+    n = oh * ow
+    best = None
+    for v in (12, 8, 4):
+        t = 16 * v
+        padded = math.ceil(n / t) * t
+        cost = padded * (1 + 2 / v)
+        if best is None or cost < best[0]:
+            best = (cost, padded)
+    return best[1]
 
 
 def estimate(kind: str, rows: int, cols: int, nnz: int, *, batch: int = 1, threads: int = 1,
-             out_hw: tuple[int, int] | None = None, index_bytes: int = 2, value_bytes: int = 4,
+             out_hw: tuple[int, int] | None = None, kernel_area: int | None = None,
+             index_bytes: int = 2, value_bytes: int = 4,
              dense_working_set: int | None = None, csr_working_set: int | None = None,
              machine: Machine = MACHINE) -> Estimate:
     """Predicted seconds per call of the dense op and of the CSR op for one layer.
@@ -119,9 +138,13 @@ def estimate(kind: str, rows: int, cols: int, nnz: int, *, batch: int = 1, threa
         oh, ow = (int(out_hw[0]), int(out_hw[1]))
         if oh < 1 or ow < 1:
             raise ValueError(f"bad output size {out_hw}")
+        area = kernel_area if kernel_area else (9 if cols % 9 == 0 else 1)
         pixels = oh * ow * batch
-        dense = m.node_dense_s + params * pixels / (m.conv_rate * p)
-        sparse = m.node_csr_s + nnz * pixels / (m.csr_conv_rate * _conv_tile_efficiency(oh, ow) * p)
+        rate = m.conv_1x1_rate if area == 1 else m.conv_rate
+        dense = m.node_dense_s + params * pixels / (rate * p)
+        positions = _conv_positions(oh, ow) * batch
+        sparse = m.node_csr_s + (nnz * positions / m.csr_conv_rate + rows * positions * m.csr_conv_out_s
+                                 + max(cols // area, 1) * pixels * m.csr_conv_in_s) / p
         return Estimate(dense, sparse)
 
     dense_bytes = 4 * params
@@ -226,12 +249,23 @@ CALIBRATION: tuple[tuple, ...] = (
     ("fc", 4096, 25088, 0.20, 64, None, 131.0456, 91.6618),
     ("fc", 4096, 25088, 0.35, 64, None, 132.7065, 171.2698),
     ("fc", 4096, 25088, 0.50, 64, None, 130.5990, 217.1379),
-    ("conv", 64, 64 * 9, 0.10, 1, (56, 56), 2.1171, 0.8273),
-    ("conv", 64, 64 * 9, 0.10, 8, (56, 56), 17.6660, 7.0707),
-    ("conv", 64, 64 * 9, 0.30, 1, (56, 56), 2.0746, 2.2404),
-    ("conv", 64, 64 * 9, 0.30, 8, (56, 56), 18.1188, 17.0165),
-    ("conv", 64, 64 * 9, 0.50, 1, (56, 56), 2.0703, 2.9907),
-    ("conv", 64, 64 * 9, 0.50, 8, (56, 56), 17.4335, 23.0015),
-    ("conv", 256, 256 * 9, 0.30, 1, (14, 14), 1.9728, 3.2784),
-    ("conv", 256, 256 * 9, 0.30, 8, (14, 14), 16.6119, 14.6908),
+    # conv: `python bench/bench_kernels.py`-style pairs (one-node Conv vs CsrConv, alternating
+    # calls, medians), 2026-12-02, the tiled CsrConv, AMD EPYC family 25 (Zen 4), 1 thread.
+    ("conv", 64, 576, 0.10, 1, (56, 56), 2.5625, 1.1205),
+    ("conv", 64, 576, 0.30, 1, (56, 56), 2.6632, 2.0575),
+    ("conv", 64, 576, 0.50, 1, (56, 56), 2.6113, 2.9682),
+    ("conv", 64, 576, 0.10, 8, (56, 56), 21.0303, 7.0819),
+    ("conv", 64, 576, 0.30, 8, (56, 56), 21.0235, 14.3403),
+    ("conv", 256, 2304, 0.10, 1, (14, 14), 2.5970, 1.0734),
+    ("conv", 256, 2304, 0.30, 1, (14, 14), 2.6516, 2.3253),
+    ("conv", 256, 2304, 0.30, 8, (14, 14), 19.6801, 15.0964),
+    ("conv", 128, 1152, 0.10, 1, (28, 28), 2.4558, 1.0163),
+    ("conv", 128, 1152, 0.30, 1, (28, 28), 2.5294, 2.1357),
+    ("conv", 512, 4608, 0.10, 1, (7, 7), 2.9984, 1.0629),
+    ("conv", 512, 4608, 0.30, 1, (7, 7), 2.9795, 2.2588),
+    ("conv", 256, 64, 0.10, 1, (56, 56), 1.6580, 0.9883),
+    ("conv", 256, 64, 0.30, 1, (56, 56), 1.5423, 1.1955),
+    ("conv", 64, 256, 0.10, 1, (56, 56), 1.7247, 1.0811),
+    ("conv", 64, 256, 0.30, 1, (56, 56), 1.9376, 1.7838),
+    ("conv", 256, 1024, 0.10, 1, (14, 14), 1.1833, 0.7794),
 )
