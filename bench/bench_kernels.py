@@ -88,11 +88,12 @@ def mlp_models(dims: list[int], densities: list[float], rng: np.random.Generator
     return dense.SerializeToString(), sparse.SerializeToString(), dense_bytes, sparse_bytes
 
 
-def conv_models(c_in: int, c_out: int, k: int, density: float, rng: np.random.Generator) -> tuple[bytes, bytes]:
+def conv_models(c_in: int, c_out: int, k: int, density: float, rng: np.random.Generator,
+                stride: int = 1) -> tuple[bytes, bytes]:
     w = magnitude_prune((rng.standard_normal((c_out, c_in, k, k)) / np.sqrt(c_in * k * k)).astype(np.float32), density)
     b = (0.01 * rng.standard_normal(c_out)).astype(np.float32)
     v, c, p = runtime_ops.csr_from_dense(w.reshape(c_out, -1))
-    attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4)
+    attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride])
     io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
           [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
     dense = helper.make_graph([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)], "dense", *io,
@@ -164,9 +165,21 @@ def standard_cases() -> list[Case]:
         Case("LeNet-300-100 784-300-100-10 @ 8/9/26%", "mlp",
              dict(dims=[784, 300, 100, 10], densities=[0.08, 0.09, 0.26]), [1, 64], {1: 1.0, 64: 1.5}),
         Case("Conv 64->64 3x3 56x56 @ 10%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.10), [1, 8]),
-        Case("Conv 64->64 3x3 56x56 @ 30%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.30), [1, 8]),
-        Case("Conv 64->64 3x3 56x56 @ 50%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.50), [1, 8]),
+        Case("Conv 64->64 3x3 56x56 @ 30%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.30), [1, 8],
+             {1: 2.2}),
+        Case("Conv 64->64 3x3 56x56 @ 50%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.50), [1, 8],
+             {1: 1.3}),
+        Case("Conv 128->128 3x3 28x28 @ 10%", "conv", dict(c_in=128, c_out=128, k=3, hw=28, density=0.10), [1]),
         Case("Conv 256->256 3x3 14x14 @ 30%", "conv", dict(c_in=256, c_out=256, k=3, hw=14, density=0.30), [1, 8]),
+        Case("Conv 512->512 3x3 7x7 @ 10%", "conv", dict(c_in=512, c_out=512, k=3, hw=7, density=0.10), [1]),
+        Case("Conv 64->256 1x1 56x56 @ 10%", "conv", dict(c_in=64, c_out=256, k=1, hw=56, density=0.10), [1]),
+        Case("Conv 256->64 1x1 56x56 @ 10%", "conv", dict(c_in=256, c_out=64, k=1, hw=56, density=0.10), [1]),
+        Case("Conv 256->512 1x1/2 56x56 @ 10%", "conv",
+             dict(c_in=256, c_out=512, k=1, hw=56, density=0.10, stride=2), [1]),
+        # BERT-base encoder MatMuls, sequence 128 (the rows of X), 10% density.
+        Case("BERT-base 768->768 x128 @ 10%", "mlp", dict(dims=[768, 768], densities=[0.10]), [128]),
+        Case("BERT-base 768->3072 x128 @ 10%", "mlp", dict(dims=[768, 3072], densities=[0.10]), [128]),
+        Case("BERT-base 3072->768 x128 @ 10%", "mlp", dict(dims=[3072, 768], densities=[0.10]), [128]),
     ]
 
 
@@ -186,7 +199,7 @@ def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.G
         dense, sparse, dense_bytes, sparse_bytes = mlp_models(case.spec["dims"], case.spec["densities"], rng)
     else:
         s = case.spec
-        dense, sparse = conv_models(s["c_in"], s["c_out"], s["k"], s["density"], rng)
+        dense, sparse = conv_models(s["c_in"], s["c_out"], s["k"], s["density"], rng, s.get("stride", 1))
     rows = []
     for batch in case.batches:
         if case.kind == "mlp":
