@@ -190,5 +190,8 @@ def test_fixed_batch_output_without_a_sample_axis_is_kept_whole():
     model.graph.output.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, [3, 1]))
     x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
     assert reference(model, x).outputs["t"].shape == (12, 1)
-    got = forward_padded(build_module(model), {"x": torch.from_numpy(x)}, ["t"], 1)["t"]
+    from onnxprune.runtime.datasets import input_specs
+
+    got = forward_padded(build_module(model), {"x": torch.from_numpy(x)}, ["t"],
+                         input_specs(model))["t"]
     assert tuple(got.shape) == (12, 1)

@@ -155,6 +155,7 @@ def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: s
         "command": "finetune", "tool": {"name": "onnxprune", "version": __version__},
         "versions": versions(), "config": config_json(config), "teacher": path_of(teacher),
         "objective": result.objective, "validation": _validation(val_set),
+        **_sample_axes(proto, val_set),
         "accuracy_before": before, "accuracy_after": after, "history": result.history,
         "dropout": {k: list(v) for k, v in result.dropout.items()},
         "masks": {k: {"nonzero": a, "total": b} for k, (a, b) in result.masks.items()},
@@ -255,6 +256,7 @@ def compress(model, output: str, *, train: str, val: str, iterations: int | None
         "final_sparsity": result.final_sparsity, "config": config_json(config),
         "peak_lr": {"first": config.resolved_lr(), "last": result.peak_lr},
         "objective": _round_objective(result), "validation": _validation(val_set),
+        **_sample_axes(proto, val_set),
         "accuracy_dense": result.dense_accuracy, "accuracy_final": result.final_accuracy,
         "accuracy_drop_pp": drop_pp, "history": result.history, "layers": rows, "total": total,
         "dead_neurons": result.dead_neurons, "gates": gates, "wall_seconds": result.wall_seconds,
@@ -270,6 +272,16 @@ def _validation(val_set) -> str:
     return ("fidelity to the dense model in ONNX Runtime: top1 is the top-1 agreement of its "
             "class-score outputs (1 - mean relative error when it has none); drops are "
             "100 * (1 - agreement) percentage points")
+
+
+def _sample_axes(model, val_set) -> dict:
+    """``{"sample_axes": {input: axis}}`` for the inputs the data feeds with their samples on
+    another axis than the first (:func:`onnxprune.runtime.datasets.resolve_specs`); empty when
+    every input takes them on axis 0."""
+    from onnxprune.runtime import datasets as data
+
+    moved = data.sample_axes(data.resolve_specs(data.input_specs(model), val_set.x, "val"))
+    return {"sample_axes": moved} if moved else {}
 
 
 def _round_objective(result) -> dict | None:

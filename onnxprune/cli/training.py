@@ -107,6 +107,7 @@ def cmd_finetune(args, console: Console) -> int:
     if report is None:
         return EXIT_OK  # under torchrun only rank 0 writes
     write_json(report, args.json)
+    _say_sample_axes(console, report)
     before, after = report["accuracy_before"], report["accuracy_after"]
     console.info(f"val {_measure(before)} {100 * before['top1']:.2f}% -> {100 * after['top1']:.2f}% "
                  f"(ONNX Runtime on the written model); wrote {args.output}")
@@ -152,6 +153,7 @@ def cmd_compress(args, console: Console) -> int:
     write_junit(args.junit, "compress", compress_cases(report), time.monotonic() - start)
     dense, final = report["accuracy_dense"]["top1"], report["accuracy_final"]["top1"]
     drop_pp = report["accuracy_drop_pp"]
+    _say_sample_axes(console, report)
     console.info(format_table(report["layers"], report["total"]))
     console.info(f"val {_measure(report['accuracy_dense'])}: dense {100 * dense:.2f}% -> "
                  f"compressed {100 * final:.2f}% "
@@ -165,6 +167,14 @@ def cmd_compress(args, console: Console) -> int:
         raise GateFailed(f"accuracy dropped {drop_pp:.3g} pp, more than "
                          f"--max-accuracy-drop {args.max_accuracy_drop:g}")
     return EXIT_OK
+
+
+def _say_sample_axes(console: Console, report: dict) -> None:
+    """Which inputs took their samples on another axis than the first (the data's axis 0)."""
+    moved = report.get("sample_axes") or {}
+    if moved:
+        console.info("data: samples fed on axis " + ", ".join(
+            f"{axis} of {name!r}" for name, axis in moved.items()) + " (the model's batch axis)")
 
 
 def _measure(acc: dict) -> str:

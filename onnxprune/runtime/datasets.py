@@ -13,6 +13,29 @@ data is label-free: retraining then follows the dense model's outputs (objective
 and validation measures fidelity to them (:class:`Reference`).  Archives are always opened
 with ``allow_pickle=False``: an object array is refused, never unpickled.
 
+The **sample axis** of a model input — where a run takes its samples — is found per input
+(:func:`resolve_specs`); the array always holds its samples on axis 0.  A recurrent model's
+state often has its batch elsewhere (silero-vad's LSTM ``state`` is ``[2, 1, 128]``, batch 1
+on axis 1), so for an input of declared shape ``M`` and an array of shape ``(N, *S)``:
+
+* axis ``a`` *fits* when ``M`` without axis ``a`` equals ``S`` (compared where ``M`` is fixed;
+  a symbolic dim matches anything);
+* axis ``a`` is *a batch axis* when ``M[a]`` is symbolic — of the batch's symbol when the
+  other inputs name one and some fitting axis carries it — or fixed at the model's fixed
+  batch.  That batch is read from the other inputs' axis 0 where it fits: symbolic if any of
+  those is, else the one fixed size they share (none, or sizes that differ: only a symbolic
+  dim can be a batch axis — a fixed one cannot be told from a feature dim);
+* the sample axis is 0 when axis 0 fits and is a batch axis (the usual case, unchanged), else
+  the one fitting batch axis; several that lay a batch of one out alike (size-1 dims side by
+  side) count as one.  None: axis 0 if it fits (its fixed dim is then the batch, checked
+  against the other inputs by :func:`fixed_batch`), else :class:`DataMismatchError`; two or
+  more: :class:`DataMismatchError` naming them (exit 2, before anything runs).
+
+Every run of the model is fed by :func:`model_batch`: samples ``i..j`` of each input, moved
+to its sample axis (``np.moveaxis(arr[i:j], 0, a)``); outputs are read as they come, the runs
+joined on axis 0 — or, where runs of different sizes differ on another axis only (a state
+output ``[2, batch, H]`` of a symbolic batch), on that axis (:func:`concat_runs`).
+
 Which error, which exit code — one rule:
 
 * the **file** cannot be used as data — missing, unreadable, not an ``.npz`` archive, holding
@@ -108,17 +131,66 @@ def feeds(x, specs: "list[InputSpec]") -> dict:
     return dict(x) if isinstance(x, dict) else {specs[0].name: x}
 
 
+def model_batch(x, specs: "list[InputSpec]", start: int = 0, stop: int | None = None,
+                pad_to: int | None = None) -> dict:
+    """Samples ``start..stop-1`` of every input shaped for one run of the model: input name →
+    array (numpy, or torch tensors: only indexing and ``movedim`` are used).
+
+    ``x``: one array or name → array, samples on axis 0.  With ``pad_to``, a short batch is
+    padded to ``pad_to`` samples by repeating its last one (a model whose batch is fixed);
+    then each input's samples move from axis 0 to its :attr:`InputSpec.sample_axis`.  The one
+    place data is laid out for the model (module doc)."""
+    n = n_samples(x)
+    stop = n if stop is None else min(stop, n)
+    index: "slice | list[int]" = slice(start, stop)
+    if pad_to is not None and stop - start < pad_to:
+        index = [*range(start, stop), *[stop - 1] * (pad_to - (stop - start))]
+    axes = {s.name: s.sample_axis for s in specs}
+    return {k: _to_axis(v, axes.get(k, 0)) for k, v in feeds(take(x, index), specs).items()}
+
+
+def concat_runs(parts: list, what: str = "output"):
+    """The outputs of successive runs joined: on axis 0 (as they come), or — runs of different
+    sizes of an output whose samples are on another axis (a state ``[2, batch, H]``) — on
+    the one axis where they differ.  Numpy arrays, or torch tensors (``torch.cat``)."""
+    full = [tuple(p.shape) for p in parts]
+    axis = 0
+    if len({f[1:] for f in full}) > 1:
+        same_rank = len({len(f) for f in full}) == 1
+        differ = {i for f in full for i in range(len(f)) if f[i] != full[0][i]} if same_rank else set()
+        if len(differ) != 1:
+            raise DataMismatchError(f"{what}: the runs give shapes {sorted(set(full))}, which do "
+                                    "not join along one sample axis")
+        axis = differ.pop()
+    if hasattr(parts[0], "movedim"):
+        import torch
+
+        return torch.cat(parts, dim=axis)
+    return np.concatenate(parts, axis=axis)
+
+
+def _to_axis(v, axis: int):
+    """``v`` with its axis 0 moved to ``axis`` (a view: numpy ``moveaxis``, torch ``movedim``)."""
+    if axis == 0:
+        return v
+    return v.movedim(0, axis) if hasattr(v, "movedim") else np.moveaxis(v, 0, axis)
+
+
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """The model's single data input: name, numpy dtype, dims (``None`` = symbolic/unknown)."""
+    """A model data input: name, numpy dtype, dims (``None`` = symbolic/unknown), the names of
+    its symbolic dims (``symbols``, ``None`` where fixed or unnamed) and where a run takes its
+    samples (``sample_axis``, set by :func:`resolve_specs`; 0 until then)."""
 
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...] | None  # None: rank unknown
+    symbols: tuple[str | None, ...] = ()
+    sample_axis: int = 0
 
     @property
     def batch_dim(self) -> int | None:
-        return self.shape[0] if self.shape else None
+        return self.shape[self.sample_axis] if self.shape else None
 
 
 # numpy raises these for a missing, truncated or non-zip file, and ValueError for an object
@@ -203,10 +275,101 @@ def _spec(vi) -> InputSpec:
     if not vi.type.HasField("tensor_type") or tt.elem_type == 0:
         raise DataMismatchError(f"model input {vi.name!r} is not a typed tensor")
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-    shape = None
+    shape, symbols = None, ()
     if tt.HasField("shape"):
         shape = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
-    return InputSpec(name=vi.name, dtype=dtype, shape=shape)
+        symbols = tuple(d.dim_param or None if not d.HasField("dim_value") else None
+                        for d in tt.shape.dim)
+    return InputSpec(name=vi.name, dtype=dtype, shape=shape, symbols=symbols)
+
+
+def resolve_specs(specs: list[InputSpec], x, name: str = "data") -> list[InputSpec]:
+    """``specs`` with each input's :attr:`~InputSpec.sample_axis` found for data ``x`` (one
+    array or name → array, samples on axis 0; only shapes are read) by the module doc's rule.
+    An input without data or of another rank keeps axis 0 (:func:`coerce_x` then says what is
+    wrong).  :class:`DataMismatchError` when no axis fits or several do."""
+    arrays = feeds(x, specs)
+    sample_shapes = {s.name: tuple(arrays[s.name].shape[1:]) for s in specs
+                     if s.name in arrays and len(arrays[s.name].shape) >= 1}
+    out = []
+    for s in specs:
+        got = sample_shapes.get(s.name)
+        if s.shape is None or got is None or len(got) + 1 != len(s.shape):
+            out.append(s)
+            continue
+        others = [o for o in specs if o.name != s.name and o.shape is not None
+                  and o.name in sample_shapes and len(sample_shapes[o.name]) + 1 == len(o.shape)]
+        batch = _batch_of([o for o in others if _fits(o.shape, 0, sample_shapes[o.name])])
+        axis = _sample_axis(s, got, batch, _what(name, s, specs), len(arrays[s.name]))
+        out.append(dataclasses.replace(s, sample_axis=axis))
+    return out
+
+
+def sample_axes(specs: list[InputSpec]) -> dict[str, int]:
+    """Input name → sample axis, for the inputs whose samples are not on axis 0 (what the
+    reports state)."""
+    return {s.name: s.sample_axis for s in specs if s.sample_axis}
+
+
+def _what(name: str, spec: InputSpec, specs: list[InputSpec]) -> str:
+    return f"{name} {spec.name!r}" if len(specs) > 1 else f"{name} x"
+
+
+def _fits(shape: tuple, axis: int, sample: tuple) -> bool:
+    """Whether ``shape`` without ``axis`` equals ``sample`` where ``shape`` is fixed."""
+    rest = shape[:axis] + shape[axis + 1:]
+    return len(rest) == len(sample) and all(d is None or d == g for d, g in zip(rest, sample))
+
+
+def _batch_of(others: list[InputSpec]) -> "tuple[str, object] | None":
+    """The model's batch as the other inputs give it on their fitting axis 0:
+    ``("symbolic", names)``, ``("fixed", size)``, or None (none, or fixed sizes that differ)."""
+    dims = [(o.shape[0], o.symbols[0] if o.symbols else None) for o in others]
+    if any(d is None for d, _ in dims):
+        return "symbolic", {sym for d, sym in dims if d is None and sym}
+    sizes = {d for d, _ in dims}
+    return ("fixed", sizes.pop()) if len(sizes) == 1 else None
+
+
+def _sample_axis(spec: InputSpec, sample: tuple, batch, what: str, n: int) -> int:
+    """The sample axis of one input whose samples have shape ``sample`` (module doc)."""
+    shape = spec.shape
+    fitting = [a for a in range(len(shape)) if _fits(shape, a, sample)]
+    if batch is None or batch[0] == "symbolic":
+        cands = [a for a in fitting if shape[a] is None]
+        named = [a for a in cands if batch and spec.symbols and spec.symbols[a] in batch[1]]
+        cands = named or cands
+    else:
+        cands = [a for a in fitting if shape[a] is None or shape[a] == batch[1]]
+    if 0 in cands:
+        return 0
+    if len(cands) > 1 and all(shape[a] == 1 for a in cands) \
+            and len({sample[:a] + (1,) + sample[a:] for a in cands}) == 1:
+        cands = cands[:1]  # a batch of one laid out alike on each: the same feed
+    if len(cands) == 1:
+        return cands[0]
+    full = (n, *sample)
+    if cands:
+        raise DataMismatchError(
+            f"{what} has shape {full}: model input {spec.name!r} {_fmt_shape(shape)} could take "
+            f"its samples on axis {' or '.join(map(str, cands))} (ambiguous; considered axes "
+            f"{', '.join(map(str, range(len(shape))))})")
+    if 0 in fitting:
+        return 0  # today's rule: axis 0, its fixed dim the batch (fixed_batch checks it)
+    bad = next(i for i, (d, g) in enumerate(zip(shape[1:], sample), 1) if d is not None and g != d)
+    raise DataMismatchError(
+        f"{what} has shape {full} but model input {spec.name!r} expects {_fmt_shape(shape)} "
+        f"(axis {bad} differs; no axis fits as its sample axis: considered axes "
+        f"{', '.join(map(str, range(len(shape))))}, the batch being "
+        f"{_batch_text(batch)})")
+
+
+def _batch_text(batch) -> str:
+    if batch is None:
+        return "symbolic (no other input fixes it)"
+    if batch[0] == "symbolic":
+        return "symbolic" + (f" {', '.join(sorted(batch[1]))}" if batch[1] else "")
+    return f"fixed at {batch[1]}"
 
 
 def n_classes(model: onnx.ModelProto) -> int | None:
@@ -231,11 +394,15 @@ def coerce_x(x: np.ndarray, spec: InputSpec, *, what: str = "x") -> np.ndarray:
                 f"{what} has shape {x.shape} (rank {x.ndim}) but model input {spec.name!r} "
                 f"has rank {len(spec.shape)} {_fmt_shape(spec.shape)}"
             )
-        bad = [i for i, d in enumerate(spec.shape) if i > 0 and d is not None and x.shape[i] != d]
+        # The samples' dims against the model's without its sample axis (module doc).
+        a = spec.sample_axis
+        rest = spec.shape[:a] + spec.shape[a + 1:]
+        bad = [i for i, d in enumerate(rest, 1) if d is not None and x.shape[i] != d]
         if bad:
             raise DataMismatchError(
                 f"{what} has shape {x.shape} but model input {spec.name!r} expects "
-                f"{_fmt_shape(spec.shape)} (axis {bad[0]} differs)"
+                f"{_fmt_shape(spec.shape)}{f' with its samples on axis {a}' if a else ''} "
+                f"(axis {bad[0]} differs)"
             )
     if spec.dtype.kind == "f":
         if x.dtype.kind == "f":
@@ -282,6 +449,7 @@ def check_dataset(ds: Dataset, spec: "InputSpec | list[InputSpec]", classes: int
     ``labels``: whether ``y`` is required (a label-free set has ``y = None``)."""
     specs = spec if isinstance(spec, list) else [spec]
     x = _check_inputs(ds.x, specs, name)
+    specs = resolve_specs(specs, x, name)
     n = n_samples(x)
     if ds.y is None:
         if labels:
@@ -290,20 +458,22 @@ def check_dataset(ds: Dataset, spec: "InputSpec | list[InputSpec]", classes: int
     else:
         y = coerce_y(ds.y, n, classes, what=f"{name} y")
     if ds.reference is not None:
-        short = [k for k, v in ds.reference.outputs.items() if not _rows_fit(len(v), n, specs)]
+        short = [k for k, v in ds.reference.outputs.items() if not _rows_fit(np.shape(v), n, specs)]
         if short:
             raise DataMismatchError(f"{name}: reference outputs {short} do not have {n} samples")
     return Dataset(x=x, y=y, reference=ds.reference)
 
 
-def _rows_fit(rows: int, n: int, specs: list[InputSpec]) -> bool:
-    """Whether a reference output of ``rows`` rows belongs to ``n`` samples: one row per
-    sample, or — a model whose batch is fixed at b, run ⌈n/b⌉ times — whole per-run outputs
+def _rows_fit(shape: tuple, n: int, specs: list[InputSpec]) -> bool:
+    """Whether a reference output of ``shape`` belongs to ``n`` samples: one row per sample,
+    or — a model whose batch is fixed at b, run ⌈n/b⌉ times — whole per-run outputs
     concatenated (an output whose sample axis is not the first, e.g. a recogniser's
-    ``[T, 1, C]``, gives T rows per run)."""
+    ``[T, 1, C]``, gives T rows per run), or n samples on another axis (runs joined there,
+    :func:`concat_runs`)."""
+    rows = shape[0] if shape else 0
     b = fixed_batch(specs)
     runs = -(-n // b) if b else 0
-    return rows == n or (runs > 0 and rows > 0 and rows % runs == 0)
+    return rows == n or (runs > 0 and rows > 0 and rows % runs == 0) or n in shape[1:]
 
 
 def _check_inputs(x, specs: list[InputSpec], name: str):
@@ -322,12 +492,12 @@ def _check_inputs(x, specs: list[InputSpec], name: str):
         raise DataMismatchError(
             f"{name}: the arrays {sorted(x)} do not match the model's inputs {wanted}"
             + (f" (missing {missing})" if missing else "") + (f" (unknown {extra})" if extra else ""))
-    out = {}
+    arrays = {s.name: np.asarray(x[s.name]) for s in specs}
     for s in specs:
-        arr = np.asarray(x[s.name])
-        if arr.ndim == 0 or arr.shape[0] == 0:
+        if arrays[s.name].ndim == 0 or arrays[s.name].shape[0] == 0:
             raise DataMismatchError(f"{name}: input {s.name!r} holds no samples")
-        out[s.name] = coerce_x(arr, s, what=f"{name} {s.name!r}" if len(specs) > 1 else f"{name} x")
+    out = {s.name: coerce_x(arrays[s.name], s, what=_what(name, s, specs))
+           for s in resolve_specs(specs, arrays, name)}
     lengths = {k: v.shape[0] for k, v in out.items()}
     if len(set(lengths.values())) > 1:
         raise DataMismatchError(f"{name}: the inputs have different sample counts {lengths}")

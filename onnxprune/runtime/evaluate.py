@@ -15,7 +15,8 @@ as 1) — so "drop" = 100·(1 − top1) percentage points keeps its meaning for 
 Batching follows the model input's batch axis: symbolic → chunks of ``batch_size``; fixed
 at B → chunks of exactly B, the last one padded by repeating samples whose outputs are then
 dropped (B = 1 therefore runs sample by sample).  Data goes through the same validation and
-dtype rule as training (:mod:`onnxprune.runtime.datasets`) before the first run.
+dtype rule as training (:mod:`onnxprune.runtime.datasets`) before the first run, and each
+input's samples are fed on its sample axis (``datasets.model_batch``).
 """
 
 from __future__ import annotations
@@ -38,18 +39,16 @@ def run_outputs(model: onnx.ModelProto, x, names: list[str], *, batch_size: int 
                 providers=None, threads: int | None = None, sess=None) -> dict[str, np.ndarray]:
     """Outputs ``names`` of ``model`` on inputs ``x`` (checked data: one array or name →
     array), run in ONNX Runtime in chunks along the batch axis (module doc), concatenated."""
-    specs = _data.input_specs(model)
+    specs = _data.resolve_specs(_data.input_specs(model), x)
     fixed = _data.fixed_batch(specs)
     sess = sess or _session(model, providers, threads)
     step = fixed if fixed is not None else batch_size
     n = _data.n_samples(x)
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, n, step):
-        feeds = _data.feeds(_data.take(x, slice(start, start + step)), specs)
-        real = _data.n_samples(feeds)
-        if fixed is not None and real < step:  # pad by repeating the last sample
-            feeds = {k: np.concatenate([v, np.repeat(v[-1:], step - real, axis=0)])
-                     for k, v in feeds.items()}
+        # A fixed batch's last run is padded by repeating its last sample.
+        feeds = _data.model_batch(x, specs, start, start + step, pad_to=fixed)
+        real = min(step, n - start)
         try:
             outs = sess.run(names, feeds)
         except Exception as exc:
@@ -61,7 +60,7 @@ def run_outputs(model: onnx.ModelProto, x, names: list[str], *, batch_size: int 
             # Only padded rows are dropped: an output whose first axis is not the sample axis
             # (a fixed-batch detector's [boxes, 6]) is kept whole.
             part.append(np.asarray(out)[:real] if real < step else np.asarray(out))
-    return {name: np.concatenate(part) for name, part in zip(names, parts)}
+    return {name: _data.concat_runs(part, f"output {name!r}") for name, part in zip(names, parts)}
 
 
 def reference(model: onnx.ModelProto, x, *, batch_size: int = 256, providers=None,
@@ -142,7 +141,7 @@ def evaluate(
     specs = _data.input_specs(model)
     classes = _data.n_classes(model)
     ds = _data.check_dataset(dataset, specs, classes, name="eval", labels=dataset.reference is None)
-    step = _data.fixed_batch(specs) or batch_size
+    step = _data.fixed_batch(_data.resolve_specs(specs, ds.x)) or batch_size
     if ds.reference is not None:
         outs = run_outputs(model, ds.x, list(ds.reference.outputs), batch_size=batch_size,
                            providers=providers, threads=threads)

@@ -71,26 +71,28 @@ def logits_name(module: OnnxModule, opset: int, out: str | None = None) -> str:
     return _data.softmax_logits(out, producer) or out
 
 
-def named(module, x: dict, names: list[str]) -> dict:
-    """Tensors ``names`` of ``module`` run on inputs ``x`` (name → tensor), by name."""
-    out = module(x, outputs=list(names))
+def named(module, feeds: dict, names: list[str]) -> dict:
+    """Tensors ``names`` of ``module`` run on ``feeds`` (name → tensor, laid out for the model:
+    :func:`onnxprune.runtime.datasets.model_batch`), by name."""
+    out = module(feeds, outputs=list(names))
     out = out if isinstance(out, tuple) else (out,)
     return dict(zip(names, out))
 
 
-def forward_padded(module, x: dict, names: list[str], fixed: int | None) -> dict:
-    """:func:`named` for a model whose batch is fixed at ``fixed``: run ``fixed`` samples at a
-    time, the last chunk padded by repeating its last sample and the padding dropped."""
+def forward_padded(module, x: dict, names: list[str], specs) -> dict:
+    """:func:`named` on a batch ``x`` (name → tensor, samples on axis 0) for the model's
+    inputs ``specs`` (sample axes resolved): all at once, or — a model whose batch is fixed
+    at B — B samples at a time, the last chunk padded by repeating its last sample and the
+    padding dropped."""
+    fixed = _data.fixed_batch(specs)
     if fixed is None:
-        return named(module, x, names)
+        return named(module, _data.model_batch(x, specs), names)
     n = _data.n_samples(x)
     parts: dict[str, list] = {k: [] for k in names}
     for start in range(0, n, fixed):
-        chunk = {k: v[start:start + fixed] for k, v in x.items()}
-        real = _data.n_samples(chunk)
-        if real < fixed:
-            chunk = {k: torch.cat([v, v[-1:].expand(fixed - real, *v.shape[1:])]) for k, v in chunk.items()}
-        for k, v in named(module, chunk, names).items():
+        real = min(fixed, n - start)
+        for k, v in named(module, _data.model_batch(x, specs, start, start + fixed, pad_to=fixed),
+                          names).items():
             parts[k].append(v[:real] if real < fixed else v)  # an unpadded output is kept whole
     return {k: torch.cat(v) for k, v in parts.items()}
 
@@ -98,9 +100,10 @@ def forward_padded(module, x: dict, names: list[str], fixed: int | None) -> dict
 class Objective:
     """The retraining loss (module doc)."""
 
-    def __init__(self, mode: str, *, ce: str | None = None, ce_weight: float = 1.0,
+    def __init__(self, mode: str, specs, *, ce: str | None = None, ce_weight: float = 1.0,
                  terms: list[Term] = (), teacher: OnnxModule | None = None,
                  temperature: float = 4.0, ignored: list[str] = ()) -> None:
+        self.specs = specs  # the model's inputs, sample axes resolved: how a batch is fed
         self.mode, self.ce, self.ce_weight = mode, ce, ce_weight
         self.terms, self.teacher, self.temperature = list(terms), teacher, temperature
         self.ignored = list(ignored)
@@ -112,8 +115,10 @@ class Objective:
         return self
 
     def loss(self, net, x: dict, y):
-        """(summed loss over the micro-batch, the student's tensors by name)."""
-        outs = named(net, x, self.student_names)
+        """(summed loss over the micro-batch ``x``, samples on axis 0; the student's tensors
+        by name)."""
+        feeds = _data.model_batch(x, self.specs)
+        outs = named(net, feeds, self.student_names)
         summed = torch.zeros((), device=next(iter(x.values())).device)
         if self.ce is not None:
             logits = outs[self.ce]
@@ -123,7 +128,7 @@ class Objective:
             summed = summed + self.ce_weight * F.cross_entropy(logits, y, reduction="sum")
         if self.terms:
             with torch.no_grad():
-                t_outs = named(self.teacher, x, [t.teacher for t in self.terms])
+                t_outs = named(self.teacher, feeds, [t.teacher for t in self.terms])
             n = _data.n_samples(x)
             for t in self.terms:
                 s, target = outs[t.student], t_outs[t.teacher]
@@ -173,19 +178,20 @@ def student_outputs(model: onnx.ModelProto, mode: str) -> list[str]:
 
 def rebuild_teacher(teacher: onnx.ModelProto, outputs: list[str], specs) -> OnnxModule:
     """The teacher rebuilt for ``outputs`` in evaluation mode, without gradients; its inputs
-    must be the student's (names, element types, fixed dims)."""
+    must be the student's (names, element types, fixed dims; fed on the same sample axes)."""
     try:
         t_specs = _data.input_specs(teacher)
         t_module = build_module(teacher, outputs)
     except OnnxPruneError as exc:
         raise type(exc)(f"teacher: {exc}") from exc
     mine = {s.name: s for s in specs}
-    for ts in t_specs:
+    for i, ts in enumerate(t_specs):
         s = mine.get(ts.name) if len(specs) > 1 else specs[0]
         if s is None or not _same_input(s, ts):
             want = [(x.name, str(x.dtype), x.shape) for x in specs]
             raise UsageError(f"teacher input {ts.name!r} {ts.dtype} {ts.shape} does not match the "
                              f"model's inputs {want}")
+        t_specs[i] = dataclasses.replace(ts, sample_axis=s.sample_axis)
     if len(t_specs) != len(specs):
         raise UsageError(f"teacher has {len(t_specs)} inputs, the model {len(specs)}")
     t_batch, batch = _data.fixed_batch(t_specs), _data.fixed_batch(specs)
@@ -219,11 +225,10 @@ def match_objective(mode: str, model, module: OnnxModule, teacher: onnx.ModelPro
     if missing:
         raise UsageError(f"teacher has no output(s) {missing} to follow")
     t_module = rebuild_teacher(teacher, follow, specs)
-    fixed = _data.fixed_batch(specs)
     shapes, sums = None, {}
     with torch.no_grad():
         for x in batches:
-            outs = forward_padded(t_module, x, follow, fixed)
+            outs = forward_padded(t_module, x, follow, specs)
             if shapes is None:
                 shapes = {k: tuple(v.shape) for k, v in outs.items()}
             for k, v in outs.items():
@@ -245,5 +250,5 @@ def match_objective(mode: str, model, module: OnnxModule, teacher: onnx.ModelPro
             var = sq / count - (total / count) ** 2 if count else 0.0
             var = var if np.isfinite(var) and var > 1e-12 else 1.0
             terms.append(Term(name, name, name, "mse", variance=float(var), source=source))
-    return Objective(mode, ce=ce, terms=terms, teacher=t_module, temperature=temperature,
+    return Objective(mode, specs, ce=ce, terms=terms, teacher=t_module, temperature=temperature,
                      ignored=ignored)

@@ -206,8 +206,16 @@ def _as_source(obj, specs, classes, batch_size, seed, world, what, labels=True):
         obj = _data.Dataset(*obj)
     if isinstance(obj, _data.Dataset):
         ds = _data.check_dataset(obj, specs, classes, name=what, labels=labels)
-        return _ArraySource(ds, batch_size, seed, _data.fixed_batch(specs), world)
+        return _ArraySource(ds, batch_size, seed,
+                            _data.fixed_batch(_data.resolve_specs(specs, ds.x, what)), world)
     return _IterableSource(obj, world)
+
+
+def _resolved(specs, source, what: str):
+    """``specs`` with the sample axes of ``source``'s data (its arrays, else its first batch;
+    :func:`onnxprune.runtime.datasets.resolve_specs`)."""
+    x = source.x if isinstance(source, _ArraySource) else next(iter(source.batches(0, 0)))[0]
+    return _data.resolve_specs(specs, x, what)
 
 
 def _to_tensors(x, y, specs, classes, device, what, checked=False):
@@ -315,7 +323,7 @@ def _evaluate(module, source, objective: Objective, specs, classes, device) -> d
         for xb, yb in _in_order(source, fixed or 256):
             x, y = _to_tensors(xb, yb if use_labels else None, specs, None, device, "val",
                                checked=isinstance(source, _ArraySource))
-            outs = forward_padded(module, x, objective.student_names, fixed)
+            outs = forward_padded(module, x, objective.student_names, specs)
             if use_labels:
                 logits, y = outs[objective.ce].float().cpu(), y.cpu()
                 correct1 += int((logits.argmax(1) == y).sum())
@@ -323,7 +331,7 @@ def _evaluate(module, source, objective: Objective, specs, classes, device) -> d
                     correct5 += int((logits.topk(5, 1).indices == y[:, None]).any(1).sum())
                 total += len(y)
                 continue
-            t_outs = forward_padded(objective.teacher, x, [t.teacher for t in objective.terms], fixed)
+            t_outs = forward_padded(objective.teacher, x, [t.teacher for t in objective.terms], specs)
             for t in objective.terms:
                 got[t.output].append(outs[t.student].float().cpu().numpy())
                 dense[t.output].append(t_outs[t.teacher].float().cpu().numpy())
@@ -332,9 +340,9 @@ def _evaluate(module, source, objective: Objective, specs, classes, device) -> d
     if use_labels:
         return {"val_top1": correct1 / total if total else float("nan"),
                 "val_top5": correct5 / total if total and classes and classes >= 5 else None}
-    ref = _data.Reference({k: np.concatenate(v) for k, v in dense.items()},
+    ref = _data.Reference({k: _data.concat_runs(v, f"output {k!r}") for k, v in dense.items()},
                           {t.output: "scores" if t.kind == "kl" else "values" for t in objective.terms})
-    fid = fidelity({k: np.concatenate(v) for k, v in got.items()}, ref)
+    fid = fidelity({k: _data.concat_runs(v, f"output {k!r}") for k, v in got.items()}, ref)
     return {"val_top1": fid["top1"], "val_top5": None, "val_measure": fid["measure"]}
 
 
@@ -383,8 +391,8 @@ def finetune(
     dist = _Dist()
     device = _pick_device(config.device, dist)
 
-    train_src, val_src, classes = _sources(train, val, module, specs, classes, logits_name,
-                                           config, dist.world, labels=mode != "match")
+    train_src, val_src, classes, specs = _sources(train, val, module, specs, classes, logits_name,
+                                                  config, dist.world, labels=mode != "match")
     if config.lr_schedule != "constant" and not train_src.steps():
         raise UsageError(f"finetune: lr-schedule {config.lr_schedule} needs to know the number of training "
                          "batches; give arrays, an .npz or batches with a len() (e.g. a DataLoader)")
@@ -454,9 +462,9 @@ def _objective(mode, model, module, teacher, specs, classes, train_src, logits_n
     """The :class:`Objective` of ``mode`` (objective.py's module doc)."""
     if mode == "labels":
         if config.distill == 0:
-            return Objective("labels", ce=logits_name)
+            return Objective("labels", specs, ce=logits_name)
         t_module, t_logits = _teacher(teacher, specs, classes, train_src)
-        return Objective("labels", ce=logits_name, ce_weight=1.0 - config.distill,
+        return Objective("labels", specs, ce=logits_name, ce_weight=1.0 - config.distill,
                          terms=[Term(_data.scores_output(model), logits_name, t_logits, "kl",
                                      weight=config.distill)],
                          teacher=t_module, temperature=config.distill_temperature)
@@ -471,20 +479,27 @@ def _objective(mode, model, module, teacher, specs, classes, train_src, logits_n
 
 def _sources(train, val, module, specs, classes, logits_name, config: FinetuneConfig, world: int,
              labels: bool = True):
-    """The training and validation sources (training data sharded over ``world`` ranks), and
-    the number of classes: the model's, else probed from one training batch, after which the
-    labels of array data are checked against it (``labels``: the objective uses them)."""
+    """The training and validation sources (training data sharded over ``world`` ranks), the
+    number of classes — the model's, else probed from one training batch, after which the
+    labels of array data are checked against it (``labels``: the objective uses them) — and
+    ``specs`` with the training data's sample axes (the validation data's must agree)."""
     train_src = _as_source(train, specs, classes, config.batch_size, config.seed, world, "train", labels)
     val_src = None
     if val is not None:
         val_src = _as_source(val, specs, classes, config.batch_size, config.seed, 1, "val", labels)
+    specs = _resolved(specs, train_src, "train")
+    if val_src is not None:
+        moved, val_moved = _data.sample_axes(specs), _data.sample_axes(_resolved(specs, val_src, "val"))
+        if moved != val_moved:
+            raise _data.DataMismatchError(f"the training data feeds its samples on axes {moved or 0} but the "
+                             f"validation data on {val_moved or 0}; give both the same layout")
     if classes is None and labels:
         classes = _probe_classes(module, train_src, specs, logits_name)
         if isinstance(train_src, _ArraySource):
             _data.coerce_y(train_src.y, len(train_src.y), classes, what="train y")
         if isinstance(val_src, _ArraySource):
             _data.coerce_y(val_src.y, len(val_src.y), classes, what="val y")
-    return train_src, val_src, classes
+    return train_src, val_src, classes, specs
 
 
 def _adjust_dropout(module) -> dict:
@@ -610,7 +625,7 @@ def _probe_classes(module, source, specs, logits_name) -> int:
     was = module.training
     module.eval()
     with torch.no_grad():
-        out = module(xt, outputs=[logits_name])
+        out = module(_data.model_batch(xt, specs), outputs=[logits_name])
     module.train(was)
     if out.dim() != 2:
         raise UsageError(f"the model's output has shape {tuple(out.shape)}; classification logits (N, C) are required")
