@@ -409,14 +409,18 @@ def _session(path: str):
 
 def run_outputs(path: str, feeds: dict, fixed_batch: bool) -> dict:
     """Every output of the model at ``path`` on ``feeds`` (one sample at a time when the batch
-    is fixed at 1), concatenated along the sample axis."""
+    is fixed at 1), concatenated along the sample axis; each input's samples fed on its sample
+    axis (an LSTM state's is 1), as onnxprune feeds them."""
+    from onnxprune.runtime import datasets
+
     sess = _session(path)
     names = [o.name for o in sess.get_outputs()]
     n = len(next(iter(feeds.values())))
     step = 1 if fixed_batch else 16
+    specs = datasets.resolve_specs(datasets.input_specs(onnx.load(path)), feeds)
     parts = {k: [] for k in names}
     for i in range(0, n, step):
-        outs = sess.run(names, {k: v[i:i + step] for k, v in feeds.items()})
+        outs = sess.run(names, datasets.model_batch(feeds, specs, i, i + step))
         for k, o in zip(names, outs):
             parts[k].append(o)
     return {k: np.concatenate(v) for k, v in parts.items()}
