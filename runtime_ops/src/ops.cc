@@ -492,6 +492,34 @@ int64_t L2Bytes() {
   return bytes;
 }
 
+// Tile width for `positions` consecutive outputs on tiles of conv_lanes * kConvVectors[v]
+// floats: the V with the least padded work, ceil(positions / T) * T weighted by 1 + 2 / V for
+// the per-nonzero broadcast and offset load (ties to the wider tile). Returns T, sets *vi.
+int64_t ChooseTile(int lanes, int64_t positions, int* vi) {
+  double best = 0.0;
+  int64_t tile = 0;
+  for (int v = kConvVectorChoices - 1; v >= 0; --v) {
+    const int64_t t = static_cast<int64_t>(lanes) * kConvVectors[v];
+    const double cost = static_cast<double>((positions + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[v]);
+    if (v == kConvVectorChoices - 1 || cost < best) {
+      best = cost;
+      *vi = v;
+      tile = t;
+    }
+  }
+  return tile;
+}
+
+// Column of entry j of a validated CSR, whatever the index encoding; `running` carries a row's
+// uint8 delta sum (reset to 0 at each row start by the caller).
+int64_t ColumnAt(const Csr& csr, int64_t j, int64_t* running) {
+  switch (csr.index) {
+    case kIndex16: return static_cast<const int16_t*>(csr.col)[j];
+    case kIndex32: return static_cast<const int32_t*>(csr.col)[j];
+    default: return *running += static_cast<const uint8_t*>(csr.col)[j];
+  }
+}
+
 // --- CsrGemm --------------------------------------------------------------------------------
 
 // Bias broadcast to the (M, N) output: element (m, n) is at data[m * stride_m + n * stride_n].
@@ -606,16 +634,7 @@ struct CsrGemmKernel {
     GemmPlan& p = *plan;
     p.m = m;
     p.k = k;
-    double best = 0.0;
-    for (int vi = kConvVectorChoices - 1; vi >= 0; --vi) {
-      const int64_t t = static_cast<int64_t>(kern.conv_lanes) * kConvVectors[vi];
-      const double cost = static_cast<double>((m + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[vi]);
-      if (vi == kConvVectorChoices - 1 || cost < best) {
-        best = cost;
-        p.vi = vi;
-        p.tile = t;
-      }
-    }
+    p.tile = ChooseTile(kern.conv_lanes, m, &p.vi);
     p.tiles = (m + p.tile - 1) / p.tile;
     p.plane = p.tiles * p.tile;  // k * plane <= k * (m + kConvMaxTile) <= INT32_MAX (Compute)
     const int64_t fit = static_cast<int64_t>(0.5 * static_cast<double>(L2Bytes()) /
@@ -629,7 +648,7 @@ struct CsrGemmKernel {
       int64_t running = 0;
       int64_t* seg = p.seg.data() + r * (p.blocks + 1);
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
-        const int64_t c = ColumnOf(csr, j, &running);  // < k: checked against X
+        const int64_t c = ColumnAt(csr, j, &running);  // < k: checked against X
         p.off[static_cast<size_t>(j)] = static_cast<int32_t>(c * p.plane);
         ++seg[c / p.kb + 1];
       }
@@ -641,14 +660,6 @@ struct CsrGemmKernel {
       plan_cache = plan;
     }
     return plan;
-  }
-
-  static int64_t ColumnOf(const Csr& csr, int64_t j, int64_t* running) {
-    switch (csr.index) {
-      case kIndex16: return static_cast<const int16_t*>(csr.col)[j];
-      case kIndex32: return static_cast<const int32_t*>(csr.col)[j];
-      default: return *running += static_cast<const uint8_t*>(csr.col)[j];
-    }
   }
 
   void SpmmTiled(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t m,
@@ -1083,15 +1094,6 @@ struct CsrConvKernel {
     return buffer->data();
   }
 
-  // Column of entry j, whatever the index encoding; `running` carries a row's delta sum.
-  static int64_t ColumnAt(const Csr& csr, int64_t j, int64_t* running) {
-    switch (csr.index) {
-      case kIndex16: return static_cast<const int16_t*>(csr.col)[j];
-      case kIndex32: return static_cast<const int32_t*>(csr.col)[j];
-      default: return *running += static_cast<const uint8_t*>(csr.col)[j];
-    }
-  }
-
   // Tile width, input-channel blocks and one offset into Q per nonzero (each bounded by
   // q_size <= 2^31-1 before it is narrowed to int32).
   //
@@ -1106,18 +1108,8 @@ struct CsrConvKernel {
     p.c_in = g.c_in;
     p.h = g.h;
     p.w = g.w;
-    const int lanes = KernelsFor(isa).conv_lanes;
     p.npos = g.oh * g.wq;  // <= q_size: oh <= hq
-    double best = 0.0;
-    for (int vi = kConvVectorChoices - 1; vi >= 0; --vi) {
-      const int64_t t = static_cast<int64_t>(lanes) * kConvVectors[vi];
-      const double cost = static_cast<double>((p.npos + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[vi]);
-      if (vi == kConvVectorChoices - 1 || cost < best) {
-        best = cost;
-        p.vi = vi;
-        p.tile = t;
-      }
-    }
+    p.tile = ChooseTile(KernelsFor(isa).conv_lanes, p.npos, &p.vi);
     p.tiles = (p.npos + p.tile - 1) / p.tile;
     const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + (kw - 1) * dw / g.sw;  // attributes <= 2^16
     const double window = static_cast<double>(g.row_phases.size() * g.col_phases.size()) *
