@@ -54,16 +54,23 @@ def magnitude_prune(w: np.ndarray, density: float) -> np.ndarray:
     return out
 
 
-def mlp_models(dims: list[int], densities: list[float], rng: np.random.Generator) -> tuple[bytes, bytes, int, int]:
+def mlp_models(dims: list[int], densities: list[float], rng: np.random.Generator,
+               values: str = "fp32") -> tuple[bytes, bytes, int, int]:
     """Dense (Gemm) and sparse (CsrGemm) versions of a ReLU MLP with the same pruned weights,
-    plus the weight bytes each reads per call (dense matrices; CSR values + indices + row_ptr)."""
+    plus the weight bytes each reads per call (dense matrices; CSR values + indices + row_ptr).
+    ``values="fp16"``: the CSR stores float16 values (op contract v2); the weights are rounded
+    to float16 first, so both models compute with the same numbers."""
     dense_nodes, sparse_nodes, dense_init, sparse_init = [], [], [], []
     dense_bytes = sparse_bytes = 0
     x = "X"
     for i, (k, n) in enumerate(zip(dims[:-1], dims[1:])):
         w = magnitude_prune((rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32), densities[i])
+        if values == "fp16":
+            w = w.astype(np.float16).astype(np.float32)
         b = (0.01 * rng.standard_normal(n)).astype(np.float32)
         v, c, p = runtime_ops.csr_from_dense(w)
+        if values == "fp16":
+            v = v.astype(np.float16)
         dense_bytes += w.nbytes
         sparse_bytes += v.nbytes + c.nbytes + p.nbytes
         out = f"h{i}" if i < len(dims) - 2 else "Y"
@@ -162,6 +169,10 @@ def standard_cases() -> list[Case]:
         Case("AlexNet FC 9216-4096-4096-1000 @ 9/9/25%", "mlp",
              dict(dims=[9216, 4096, 4096, 1000], densities=[0.09, 0.09, 0.25]), [1, 64], {1: 6.0, 64: 3.0}),
         Case("VGG-16 fc6 25088-4096 @ 4%", "mlp", dict(dims=[25088, 4096], densities=[0.04]), [1, 64], {1: 10.0}),
+        Case("AlexNet FC @ 9/9/25%, fp16 values", "mlp",
+             dict(dims=[9216, 4096, 4096, 1000], densities=[0.09, 0.09, 0.25], values="fp16"), [1], {1: 6.0}),
+        Case("VGG-16 fc6 @ 4%, fp16 values", "mlp", dict(dims=[25088, 4096], densities=[0.04], values="fp16"), [1],
+             {1: 10.0}),
         Case("LeNet-300-100 784-300-100-10 @ 8/9/26%", "mlp",
              dict(dims=[784, 300, 100, 10], densities=[0.08, 0.09, 0.26]), [1, 64], {1: 1.0, 64: 1.5}),
         Case("Conv 64->64 3x3 56x56 @ 10%", "conv", dict(c_in=64, c_out=64, k=3, hw=56, density=0.10), [1, 8]),
@@ -196,7 +207,8 @@ def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.G
              warm: bool = False) -> list[dict]:
     dense_bytes = sparse_bytes = None
     if case.kind == "mlp":
-        dense, sparse, dense_bytes, sparse_bytes = mlp_models(case.spec["dims"], case.spec["densities"], rng)
+        dense, sparse, dense_bytes, sparse_bytes = mlp_models(case.spec["dims"], case.spec["densities"], rng,
+                                                              case.spec.get("values", "fp32"))
     else:
         s = case.spec
         dense, sparse = conv_models(s["c_in"], s["c_out"], s["k"], s["density"], rng, s.get("stride", 1))
