@@ -138,7 +138,9 @@ def train(net, splits, *, epochs: int, lr: float, seed: int, log=print) -> None:
     net.eval()
 
 
-def export(module, path: Path) -> None:
+def export(module, path: Path, output: str, keep_bn: bool) -> None:
+    """ONNX, opset 17, batch axis free. Eval-mode export folds BatchNorm into the convolutions
+    unless ``keep_bn`` (constant folding off: BatchNormalization nodes stay in the graph)."""
     import warnings
 
     import torch
@@ -146,8 +148,9 @@ def export(module, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module.eval(), (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False,
-                          input_names=["image"], output_names=["out"], opset_version=17,
-                          dynamic_axes={"image": {0: "batch"}, "out": {0: "batch"}})
+                          input_names=["image"], output_names=[output], opset_version=17,
+                          do_constant_folding=not keep_bn,
+                          dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
 
 
 def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
@@ -198,6 +201,9 @@ def main(argv=None) -> int:
                     help="compress --original-lr (default 0.001): the export folds BatchNorm "
                          "into the convolutions, and the folded network diverged when retrained "
                          "at 0.01 (4,000 images, one epoch: loss NaN) but not at 0.001")
+    ap.add_argument("--keep-bn", action="store_true",
+                    help="export with the BatchNormalization nodes kept (constant folding off) "
+                         "instead of folded into the convolutions")
     ap.add_argument("--runs", nargs="+", choices=("labels", "match", "embedding"),
                     default=["labels", "match", "embedding"])
     args = ap.parse_args(argv)
@@ -229,14 +235,14 @@ def main(argv=None) -> int:
     summary = {"machine": machine(), "seed": args.seed, "target_sparsity": TARGET,
                "runs": {k: v for k, v in done.items() if k not in args.runs},
                "retrain_images": min(args.retrain_images, len(splits["train"][1])),
-               "original_lr": args.original_lr}
+               "original_lr": args.original_lr, "keep_bn": args.keep_bn}
     if not dense.is_file():
         net = build(args.seed)
         print(f"== dense training ({args.epochs} epochs) ==")
         t0 = time.perf_counter()
         train(net, splits, epochs=1 if args.quick else args.epochs, lr=0.1, seed=args.seed)
         summary["dense_training_seconds"] = time.perf_counter() - t0
-        export(net, dense)
+        export(net, dense, "logits", args.keep_bn)
 
         class Embed(torch.nn.Module):
             def __init__(self, n):
@@ -246,7 +252,7 @@ def main(argv=None) -> int:
             def forward(self, x):
                 return self.n.embed(x)
 
-        export(Embed(net), embed)
+        export(Embed(net), embed, "embedding", args.keep_bn)
         np.savez(out / "head.npz", w=net.fc.weight.detach().numpy(), b=net.fc.bias.detach().numpy())
     if not (out / "head.npz").is_file():  # the classifier head, from the dense graph's Gemm
         from onnx import numpy_helper
