@@ -107,17 +107,23 @@ def test_the_kept_plan_follows_the_input_shape(isa):
     for x, ref in zip(inputs, expected):
         close(sess.run(None, {"X": x})[1], ref, 180)
 
+    _concurrently(lambda i: close(sess.run(None, {"X": inputs[i]})[1], expected[i], 180),
+                  [[0, 1, 2, 3, 4] * 3, [4, 3, 1, 0, 2] * 3])
+
+
+def _concurrently(check, orders):
+    """``check(i)`` for every i of each order, the orders in threads at the same time (one
+    session shared, as a server would); the first failure of any thread is raised."""
     failures = []
 
     def worker(order):
         try:
-            for i in order * 3:
-                close(sess.run(None, {"X": inputs[i]})[1], expected[i], 180)
-        except Exception as err:  # noqa: BLE001 - reported below
+            for i in order:
+                check(i)
+        except Exception as err:  # noqa: BLE001 - re-raised below
             failures.append(err)
 
-    pool = [threading.Thread(target=worker, args=([0, 1, 2, 3, 4],)),
-            threading.Thread(target=worker, args=([4, 3, 1, 0, 2],))]
+    pool = [threading.Thread(target=worker, args=(o,)) for o in orders]
     for t in pool:
         t.start()
     for t in pool:
@@ -172,18 +178,5 @@ def test_tiled_matmul_blocks_k_and_follows_the_sequence_length(isa, encoding):
     expected = [x.astype(np.float64) @ w.T.astype(np.float64) + bias for x in inputs]
     for x, ref in zip(inputs, expected):
         close(sess.run(None, {"X": x})[0], ref, 5000)
-    failures = []
-
-    def worker(order):
-        try:
-            for i in order * 2:
-                close(sess.run(None, {"X": inputs[i]})[0], expected[i], 5000)
-        except Exception as err:  # noqa: BLE001 - reported below
-            failures.append(err)
-
-    pool = [threading.Thread(target=worker, args=(o,)) for o in ([0, 1, 2], [2, 1, 0])]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    assert not failures, failures[0]
+    _concurrently(lambda i: close(sess.run(None, {"X": inputs[i]})[0], expected[i], 5000),
+                  [[0, 1, 2] * 2, [2, 1, 0] * 2])

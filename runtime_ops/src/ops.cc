@@ -468,27 +468,25 @@ Csr ReadCsr(const ortabi::KernelContext* ctx, size_t count, const ValidatedCsr& 
   return c;
 }
 
-// L1 data cache per core, read from the CPU at run time (32 KiB when it cannot be read).
-int64_t L1DataBytes() {
-  static const int64_t bytes = [] {
-#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
-    const long s = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-    if (s >= 8192 && s <= (1L << 20)) return static_cast<int64_t>(s);
+// The L1 data cache (level 1) or L2 (level 2) of a core, read from the CPU at run time
+// (sysconf), `fallback` when it cannot be read or lies outside [lo, hi] bytes.
+int64_t CacheBytes(int level, int64_t fallback, int64_t lo, int64_t hi) {
+#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+  const long s = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : _SC_LEVEL2_CACHE_SIZE);
+  if (s >= lo && s <= hi) return static_cast<int64_t>(s);
+#else
+  (void)level, (void)lo, (void)hi;
 #endif
-    return int64_t{32768};
-  }();
-  return bytes;
+  return fallback;
 }
 
-// L2 cache per core, read from the CPU at run time (1 MiB when it cannot be read).
+// L1 data cache and L2 per core (32 KiB and 1 MiB when unknown).
+int64_t L1DataBytes() {
+  static const int64_t bytes = CacheBytes(1, 32 << 10, 8 << 10, 1 << 20);
+  return bytes;
+}
 int64_t L2Bytes() {
-  static const int64_t bytes = [] {
-#if defined(__linux__) && defined(_SC_LEVEL2_CACHE_SIZE)
-    const long s = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    if (s >= 65536 && s <= (1L << 26)) return static_cast<int64_t>(s);
-#endif
-    return int64_t{1} << 20;
-  }();
+  static const int64_t bytes = CacheBytes(2, 1 << 20, 64 << 10, 1 << 26);
   return bytes;
 }
 
