@@ -48,9 +48,21 @@ def _torchrun(argv: list[str], timeout: float = 180) -> tuple[int, str]:
     return proc.returncode, err
 
 
+def _fix_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """The model with its input and output batch dimension fixed (exported batch-1 models)."""
+    for v in (*model.graph.input, *model.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = batch
+    return model
+
+
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
-def test_compress_two_gloo_ranks_match_single_process(tmp_path, capsys):
+@pytest.mark.parametrize("fixed_batch", [None, 1], ids=["free_batch", "batch_fixed_at_1"])
+def test_compress_two_gloo_ranks_match_single_process(tmp_path, capsys, fixed_batch):
+    """With the batch fixed at 1 each rank feeds its half of a global batch one sample at a time
+    and accumulates the gradients: the same weights as one process."""
     model = helper_mlp(with_dropout=False)
+    if fixed_batch:
+        model = _fix_batch(model, fixed_batch)
     x, y = toy_data((16,), n=96, classes=4, seed=3)
     onnx.save(model, tmp_path / "in.onnx")
     np.savez(tmp_path / "train.npz", x=x, y=y)
