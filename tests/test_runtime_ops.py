@@ -217,6 +217,9 @@ GEMM_CASES = [
     ("transA_batch1", 25, 31, 0.3, 1, 1, 1.5, 1.0, (25,), None, ()),
     ("transA_batch7_int32", 25, 31, 0.3, 7, 1, 1.0, 0.5, (7, 25), np.int32, ()),
     ("transA_batch70", 33, 65, 0.2, 70, 1, 1.0, 1.0, (33,), None, ()),
+    # 32+ rows take the tiled path: alpha, beta and a full bias matrix there too.
+    ("tiled_transA_alpha_beta", 30, 50, 0.3, 40, 1, -0.5, 2.0, (40, 30), None, (4,)),
+    ("tiled_alpha_bias_column", 30, 50, 0.3, 200, 0, 1.5, 1.0, (200, 1), np.int32, ()),
     ("fully_zero_layer", 16, 24, 0.0, 4, 0, 1.0, 1.0, (16,), None, ()),
     ("fully_zero_layer_batch1", 16, 24, 0.0, 1, 0, 1.0, 1.0, None, np.int32, ()),
     ("beta0_ignores_bias", 12, 20, 0.4, 6, 0, 1.0, 0.0, (12,), None, ()),
