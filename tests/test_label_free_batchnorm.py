@@ -48,12 +48,13 @@ def _running(model):
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in RUNNING}
 
 
-def _finetune(model, objective, y=None):
+def _finetune(model, objective, y=None, bn_statistics=None):
     from onnxprune.runtime.datasets import Dataset
     from onnxprune.training.torch_bridge import FinetuneConfig, finetune
 
     x = np.random.default_rng(3).normal(2.0, 1.0, (8, 2, 6, 6)).astype(np.float32)
-    config = FinetuneConfig(epochs=1, batch_size=4, lr=1e-12, objective=objective, adjust_dropout=False)
+    config = FinetuneConfig(epochs=1, batch_size=4, lr=1e-12, objective=objective, adjust_dropout=False,
+                            bn_statistics=bn_statistics)
     return finetune(model, Dataset(x=x, y=y), config=config,
                     teacher=model if objective != "labels" else None).model
 
@@ -70,3 +71,56 @@ def test_running_statistics_kept(batch, objective):
 def test_labels_with_a_free_batch_update_them():
     out = _running(_finetune(conv_bn("N"), "labels", np.array([0, 1, 2, 0, 1, 2, 0, 1])))
     assert not np.allclose(out["bn.mean"], RUNNING["bn.mean"])
+
+
+@pytest.mark.parametrize("objective", ["match", "mixed"])
+def test_update_when_asked_follows_the_batches_label_free(objective):
+    """bn_statistics="update": label-free data that is a fair sample of the inputs renormalises."""
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1]) if objective != "match" else None
+    out = _running(_finetune(conv_bn("N"), objective, y, bn_statistics="update"))
+    assert not np.allclose(out["bn.mean"], RUNNING["bn.mean"])
+    assert not np.allclose(out["bn.var"], RUNNING["bn.var"])
+
+
+def test_keep_when_asked_holds_them_with_labels():
+    out = _running(_finetune(conv_bn("N"), "labels", np.array([0, 1, 2, 0, 1, 2, 0, 1]),
+                             bn_statistics="keep"))
+    for name, value in RUNNING.items():
+        np.testing.assert_array_equal(out[name], value, err_msg=name)
+
+
+def test_update_is_refused_for_one_sample_micro_batches():
+    from onnxprune.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="bn-statistics update needs batches of more than one sample"):
+        _finetune(conv_bn(1), "match", bn_statistics="update")
+
+
+def test_bn_statistics_is_validated():
+    from onnxprune.core.errors import UsageError
+    from onnxprune.training.torch_bridge import FinetuneConfig
+
+    with pytest.raises(UsageError, match="bn-statistics must be one of keep, update"):
+        FinetuneConfig(lr=0.01, bn_statistics="freeze").validate()
+
+
+def test_cli_flag_reaches_the_report(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from tests.conftest import run_cli
+
+    model = conv_bn("N")
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(2.0, 1.0, (16, 2, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=x)
+    np.savez(tmp_path / "val.npz", x=x[:8])
+    code, _, err = run_cli(["finetune", str(tmp_path / "m.onnx"), "--teacher", str(tmp_path / "m.onnx"),
+                            "--train", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
+                            "-o", str(tmp_path / "o.onnx"), "--epochs", "1", "--batch-size", "8",
+                            "--bn-statistics", "update", "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["bn-statistics"] == "update"
+    written = _running(onnx.load(str(tmp_path / "o.onnx")))
+    assert not np.allclose(written["bn.mean"], RUNNING["bn.mean"])

@@ -29,6 +29,13 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="how --objective match|mixed and label-free validation follow float "
                         "output NAME: scores (KL, top-1 agreement) or values (squared error, "
                         "relative error); " + OUTPUT_KIND_RULE)
+    g.add_argument("--bn-statistics", choices=("keep", "update"), default=None,
+                   help="what BatchNormalization normalises with while retraining: update (the "
+                        "batch's statistics, running ones updated) or keep (the running ones, "
+                        "fixed; scale and shift still train). Default: update with labels, keep "
+                        "when following the dense model (safe with few inputs; update when the "
+                        "data is a fair sample of the model's inputs). Models fed one sample at a "
+                        "time keep them")
     t = p.add_argument_group("retraining")
     t.add_argument("--epochs", type=int_arg(1), default=2,
                    help="epochs per retraining (default 2)")
@@ -75,7 +82,7 @@ def _options(args) -> dict:
         keep_best=args.keep_best, seed=args.seed, device=args.device,
         distill=args.distill, distill_temperature=args.distill_temperature,
         lr_schedule=args.lr_schedule, regrow=args.regrow, objective=args.objective,
-        output_kind=tuple(args.output_kind or ()))
+        output_kind=tuple(args.output_kind or ()), bn_statistics=args.bn_statistics)
 
 
 def _progress(console: Console, prefix: str):

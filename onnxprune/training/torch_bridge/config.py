@@ -12,6 +12,7 @@ from onnxprune.core.errors import UsageError, short_repr
 
 LR_SCHEDULES = ("constant", "cosine", "rewind")
 OBJECTIVES = ("labels", "match", "mixed")
+BN_STATISTICS = ("keep", "update")
 # output_kind given where no dense-model output is followed (objective labels).
 OUTPUT_KIND_UNUSED = ("output-kind sets how the dense model's outputs are followed (objective "
                       "match or mixed, or data without labels); objective {} follows none")
@@ -50,6 +51,13 @@ class FinetuneConfig:
     ``output_kind``: ``(output name, "scores" | "values")`` pairs (a dict is taken too) that
     override how the ``match``/``mixed`` objective and label-free validation follow those
     outputs (:func:`onnxprune.runtime.datasets.output_kinds`: the rule judges the rest).
+
+    ``bn_statistics``: what BatchNormalization layers normalise with while retraining —
+    ``"update"``: the batch's statistics, the running ones updated (training mode);
+    ``"keep"``: the running statistics, unchanged (scale and shift still train); ``None``:
+    update with labels, keep when following a teacher (train.py says why). ``"update"`` needs
+    batches of more than one sample: a model that fixes its batch below ``batch_size`` is fed
+    micro-batches whose statistics are not the batch's, so it is refused there.
     """
 
     epochs: int = 1
@@ -71,6 +79,7 @@ class FinetuneConfig:
     regrow: bool = False  # pruned weights may come back (Dynamic Network Surgery); train.py
     objective: str | None = None  # None (from the data) | labels | match | mixed
     output_kind: tuple = ()  # ((name, "scores" | "values"), ...): overrides the rule
+    bn_statistics: str | None = None  # None (by objective) | keep | update
 
     def __post_init__(self) -> None:
         # A mapping (the API's natural spelling) or a list is kept as a tuple of pairs:
@@ -126,6 +135,8 @@ class FinetuneConfig:
             f"output-kind must be NAME=KIND pairs (or a mapping name -> kind), got {short_repr(self.output_kind)}")
         need(not self.output_kind or self.objective in (None, "match", "mixed"),
              OUTPUT_KIND_UNUSED.format(self.objective))
+        need(self.bn_statistics in (None, *BN_STATISTICS),
+             f"bn-statistics must be one of {', '.join(BN_STATISTICS)}, got {short_repr(self.bn_statistics)}")
         return self
 
     @classmethod

@@ -33,6 +33,7 @@ Invariants and maths:
   then normalises with its running statistics (kept): a micro-batch's are not the batch's.
 * **BatchNormalization statistics** are also kept when following a teacher (objective
   match/mixed): the teacher normalises with them; otherwise training mode updates them.
+  ``bn_statistics`` ("keep" | "update") overrides either default.
 * **Dropout.** For a Dropout whose input comes (through single-input ops: activations,
   reshapes, pooling…) from a prunable layer i: D_r = D_o · √(C_ir / C_io), with C_io the
   dense connection count (weight size) and C_ir the nonzeros at the start of retraining.
@@ -402,7 +403,7 @@ def finetune(
              for name, info in module.weight_info.items() if info.prunable and name in module.param_keys}
     dropout = _adjust_dropout(module) if config.adjust_dropout else {}
     frozen = _freeze(module, config.freeze) if config.freeze else set()
-    _keep_bn_statistics(module, mode, _data.fixed_batch(specs), config.batch_size)
+    _keep_bn_statistics(module, mode, _data.fixed_batch(specs), config.batch_size, config.bn_statistics)
     opt = _optimizer(module, masks, frozen, config)
 
     dist.init(device)
@@ -525,13 +526,21 @@ def _freeze(module, group: str) -> set:
     return frozen
 
 
-def _keep_bn_statistics(module, mode: str, fixed: int | None, batch_size: int) -> None:
+def _keep_bn_statistics(module, mode: str, fixed: int | None, batch_size: int,
+                        choice: str | None = None) -> None:
     """Every BatchNormalization normalises with its running statistics (kept; scale and shift
-    still train) when the run follows a teacher — the teacher normalises with them, and
-    updating them from the training inputs changes the function being followed whatever the
-    weights do — or when the model is fed micro-batches of ``fixed`` < ``batch_size`` samples,
-    whose statistics are not the batch's (at 1: one sample's)."""
-    if mode == "labels" and not (fixed and fixed < batch_size):
+    still train) when ``choice`` is "keep"; by default (None) when the run follows a teacher —
+    the teacher normalises with them, and updating them from a few production inputs changes
+    the function being followed whatever the weights do — and always when the model is fed
+    micro-batches of ``fixed`` < ``batch_size`` samples, whose statistics are not the batch's
+    (at 1: one sample's; "update" is refused there).  "update" (training mode, the batch's
+    statistics) suits label-free data that is a fair sample of what the model sees: on
+    Fashion-MNIST it let retraining run at the network's own rate (docs/RESULTS.md)."""
+    micro = bool(fixed and fixed < batch_size)
+    if choice == "update" and micro:
+        raise UsageError(f"bn-statistics update needs batches of more than one sample; the model "
+                         f"fixes its batch at {fixed}, so it is fed {fixed} sample(s) at a time")
+    if not micro and (choice == "update" or (choice is None and mode == "labels")):
         return
     module.frozen_bn.update(info.layer for info in module.weight_info.values()
                             if info.op_type == "BatchNormalization")
