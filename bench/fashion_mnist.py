@@ -204,6 +204,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-bn", action="store_true",
                     help="export with the BatchNormalization nodes kept (constant folding off) "
                          "instead of folded into the convolutions")
+    ap.add_argument("--bn-statistics", choices=("keep", "update"),
+                    help="compress --bn-statistics for every run (default: compress's)")
     ap.add_argument("--runs", nargs="+", choices=("labels", "match", "embedding"),
                     default=["labels", "match", "embedding"])
     args = ap.parse_args(argv)
@@ -235,7 +237,8 @@ def main(argv=None) -> int:
     summary = {"machine": machine(), "seed": args.seed, "target_sparsity": TARGET,
                "runs": {k: v for k, v in done.items() if k not in args.runs},
                "retrain_images": min(args.retrain_images, len(splits["train"][1])),
-               "original_lr": args.original_lr, "keep_bn": args.keep_bn}
+               "original_lr": args.original_lr, "keep_bn": args.keep_bn,
+               "bn_statistics": args.bn_statistics}
     if not dense.is_file():
         net = build(args.seed)
         print(f"== dense training ({args.epochs} epochs) ==")
@@ -274,6 +277,8 @@ def main(argv=None) -> int:
           f"(embedding + head {summary['dense']['embed_head_acc']:.2f}%)")
     extra = ["--iterations", "1", "--epochs", "1"] if args.quick else \
         ["--epochs", str(args.round_epochs)]
+    if args.bn_statistics:
+        extra += ["--bn-statistics", args.bn_statistics]
     plan = {"labels": (dense, paths["train"], paths["val"], []),
             "match": (dense, paths["train_x"], paths["val_x"], ["--objective", "match"]),
             "embedding": (embed, paths["train_x"], paths["val_x"], ["--objective", "match"])}
