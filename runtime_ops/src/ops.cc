@@ -404,6 +404,9 @@ struct ValidatedCsr {
     return known && values == c.values && col == c.col && row_ptr == c.row_ptr && value == c.value &&
            index == c.index && nnz == c.nnz && rows == c.rows;
   }
+  // Whether `c` reads this kernel's validated copies (ReadCsr found the constant arrays): what
+  // a kernel may keep per-shape plans for.
+  bool Holds(const Csr& c) const { return known && c.col == static_cast<const void*>(own_col.data()); }
   // `c` (which Matches) reading the validated copies.
   void Use(Csr* c) const {
     c->col = own_col.data();
@@ -518,6 +521,56 @@ int64_t ColumnAt(const Csr& csr, int64_t j, int64_t* running) {
   }
 }
 
+// The values of `csr` as float32: float16 ones widened into `buffer` (O(nnz), once per run;
+// the tiles then read every weight once per tile, where widening would repeat).
+const float* FloatValues(const Kernels& kern, const Csr& csr, std::vector<float>* buffer) {
+  if (csr.value == kValueF32) return static_cast<const float*>(csr.values);
+  buffer->resize(static_cast<size_t>(csr.nnz));
+  kern.half_to_float(static_cast<const uint16_t*>(csr.values), csr.nnz, buffer->data());
+  return buffer->data();
+}
+
+// `total` items in blocks of at most `fit` (>= 1 each), evened out: sets *blocks and returns the
+// block size. At least one block, also when `total` is 0.
+int64_t EvenBlocks(int64_t total, int64_t fit, int64_t* blocks) {
+  const int64_t size = std::max<int64_t>(1, std::min(total, fit));
+  *blocks = std::max<int64_t>(1, (total + size - 1) / size);
+  return std::max<int64_t>(1, (total + *blocks - 1) / *blocks);
+}
+
+// A row's block bounds: seg[1..blocks] hold the row's entry count per block (seg[b + 1] for
+// block b); they become the entry positions where each block's pass starts, from `row_start`.
+void CloseSegments(int64_t* seg, int64_t blocks, int64_t row_start) {
+  seg[0] = row_start;
+  for (int64_t b = 1; b <= blocks; ++b) seg[b] += seg[b - 1];
+}
+
+// The plan a kernel keeps for its constant CSR and the last shape it ran: shared read-only by
+// concurrent runs, replaced when a run brings another shape. Plans for CSR arrays fed as graph
+// inputs are made every run and not kept.
+template <class P>
+class KeptPlan {
+ public:
+  // The kept plan when `keep` and it `fits`, else make() (kept in turn when `keep`).
+  template <class Fits, class Make>
+  std::shared_ptr<const P> Get(bool keep, const Fits& fits, const Make& make) const {
+    if (keep) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (plan_ && fits(*plan_)) return plan_;
+    }
+    std::shared_ptr<const P> plan = make();
+    if (keep) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      plan_ = plan;
+    }
+    return plan;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  mutable std::shared_ptr<const P> plan_;
+};
+
 // --- CsrGemm --------------------------------------------------------------------------------
 
 // Bias broadcast to the (M, N) output: element (m, n) is at data[m * stride_m + n * stride_n].
@@ -619,15 +672,15 @@ struct CsrGemmKernel {
     std::vector<int32_t> off;
     std::vector<int64_t> seg;  // as ConvPlan::seg
   };
-  mutable std::mutex plan_mutex;
-  mutable std::shared_ptr<const GemmPlan> plan_cache;
+  KeptPlan<GemmPlan> kept_plan;
 
   std::shared_ptr<const GemmPlan> GemmPlanFor(const Kernels& kern, const Csr& csr, int64_t m, int64_t k) const {
-    const bool from_constant = constant.known && csr.col == static_cast<const void*>(constant.own_col.data());
-    if (from_constant) {
-      std::lock_guard<std::mutex> lock(plan_mutex);
-      if (plan_cache && plan_cache->m == m && plan_cache->k == k) return plan_cache;
-    }
+    return kept_plan.Get(
+        constant.Holds(csr), [&](const GemmPlan& p) { return p.m == m && p.k == k; },
+        [&] { return MakeGemmPlan(kern, csr, m, k); });
+  }
+
+  static std::shared_ptr<const GemmPlan> MakeGemmPlan(const Kernels& kern, const Csr& csr, int64_t m, int64_t k) {
     auto plan = std::make_shared<GemmPlan>();
     GemmPlan& p = *plan;
     p.m = m;
@@ -637,9 +690,7 @@ struct CsrGemmKernel {
     p.plane = p.tiles * p.tile;  // k * plane <= k * (m + kConvMaxTile) <= INT32_MAX (Compute)
     const int64_t fit = static_cast<int64_t>(0.5 * static_cast<double>(L2Bytes()) /
                                              (static_cast<double>(p.tile) * sizeof(float)));
-    p.kb = std::max<int64_t>(1, std::min<int64_t>(k, fit));
-    p.blocks = std::max<int64_t>(1, (k + p.kb - 1) / p.kb);
-    p.kb = std::max<int64_t>(1, (k + p.blocks - 1) / p.blocks);
+    p.kb = EvenBlocks(k, fit, &p.blocks);
     p.off.assign(static_cast<size_t>(csr.nnz), 0);
     p.seg.assign(static_cast<size_t>(csr.rows * (p.blocks + 1)), 0);
     for (int64_t r = 0; r < csr.rows; ++r) {
@@ -650,12 +701,7 @@ struct CsrGemmKernel {
         p.off[static_cast<size_t>(j)] = static_cast<int32_t>(c * p.plane);
         ++seg[c / p.kb + 1];
       }
-      seg[0] = csr.row_ptr[r];
-      for (int64_t b = 1; b <= p.blocks; ++b) seg[b] += seg[b - 1];
-    }
-    if (from_constant) {
-      std::lock_guard<std::mutex> lock(plan_mutex);
-      plan_cache = plan;
+      CloseSegments(seg, p.blocks, csr.row_ptr[r]);
     }
     return plan;
   }
@@ -685,12 +731,7 @@ struct CsrGemmKernel {
     std::memset(q.get() + k * p.plane, 0, static_cast<size_t>(kConvMaxTile) * sizeof(float));
 
     std::vector<float> widened;
-    const float* w = static_cast<const float*>(csr.values);
-    if (csr.value != kValueF32) {
-      widened.resize(static_cast<size_t>(csr.nnz));
-      kern.half_to_float(static_cast<const uint16_t*>(csr.values), csr.nnz, widened.data());
-      w = widened.data();
-    }
+    const float* w = FloatValues(kern, csr, &widened);
     constexpr int64_t kTaskRows = 64;
     const int64_t chunks = (n + kTaskRows - 1) / kTaskRows;
     const auto run = kern.conv_run[p.vi];
@@ -919,9 +960,8 @@ struct CsrConvKernel {
   int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
   Isa isa = Isa::kScalar;
   ValidatedCsr constant;
-  // The plan for the constant CSR and the last input shape seen (sessions may run concurrently).
-  mutable std::mutex plan_mutex;
-  mutable std::shared_ptr<const ConvPlan> plan_cache;
+  // The plan for the constant CSR and the last input shape seen.
+  KeptPlan<ConvPlan> kept_plan;
 
   // Every attribute is bounded here, before any shape is seen (ConvAttrsError).
   explicit CsrConvKernel(const ortabi::KernelInfo* info) {
@@ -979,33 +1019,21 @@ struct CsrConvKernel {
     Check(g_api->GetTensorMutableData(yv, &ydata));
     float* y = static_cast<float*>(ydata);
 
-    const std::shared_ptr<const ConvPlan> plan = PlanFor(csr, g);
+    const std::shared_ptr<const ConvPlan> plan = kept_plan.Get(
+        constant.Holds(csr), [&](const ConvPlan& p) { return p.c_in == g.c_in && p.h == g.h && p.w == g.w; },
+        [&] { return MakePlan(csr, g); });
     // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
-    // (PlanPhases, checked again in MakePlan); FillPhasePlanes zeroes the slack.
+    // (PlanPhases, checked again in MakePlan). The slack past Q is zeroed here, once: the
+    // phase planes of every image fill Q only.
     AlignedBuffer q = AllocFloats(static_cast<size_t>(g.q_alloc));
+    std::memset(q.get() + g.q_size, 0, static_cast<size_t>(g.q_alloc - g.q_size) * sizeof(float));
     std::vector<float> widened;
-    const float* w = FloatValues(csr, &widened);
+    const float* w = FloatValues(KernelsFor(isa), csr, &widened);
     const float* xd = x.as<float>();
     for (int64_t img = 0; img < g.nb; ++img) {
       FillPhasePlanes(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
       Tiles(ctx, g, *plan, w, q.get(), bias, y + img * g.c_out * g.oh * g.ow);
     }
-  }
-
-  // The plan for this CSR and input shape: the kept one for the constant CSR when the shape
-  // matches, else a new one (kept in turn when the CSR is the constant one).
-  std::shared_ptr<const ConvPlan> PlanFor(const Csr& csr, const ConvGeometry& g) const {
-    const bool from_constant = constant.known && csr.col == static_cast<const void*>(constant.own_col.data());
-    if (from_constant) {
-      std::lock_guard<std::mutex> lock(plan_mutex);
-      if (plan_cache && plan_cache->c_in == g.c_in && plan_cache->h == g.h && plan_cache->w == g.w) return plan_cache;
-    }
-    std::shared_ptr<const ConvPlan> plan = MakePlan(csr, g);
-    if (from_constant) {
-      std::lock_guard<std::mutex> lock(plan_mutex);
-      plan_cache = plan;
-    }
-    return plan;
   }
 
   // Checks channels, columns and output size against the input and derives the phase-plane
@@ -1083,15 +1111,6 @@ struct CsrConvKernel {
     return b.as<float>();
   }
 
-  // The weights as float32: float16 values are widened once per run into `buffer` (O(nnz), like
-  // Offsets; every weight is then read once per output tile, where widening would repeat).
-  const float* FloatValues(const Csr& csr, std::vector<float>* buffer) const {
-    if (csr.value == kValueF32) return static_cast<const float*>(csr.values);
-    buffer->resize(static_cast<size_t>(csr.nnz));
-    KernelsFor(isa).half_to_float(static_cast<const uint16_t*>(csr.values), csr.nnz, buffer->data());
-    return buffer->data();
-  }
-
   // Tile width, input-channel blocks and one offset into Q per nonzero (each bounded by
   // q_size <= 2^31-1 before it is narrowed to int32).
   //
@@ -1113,13 +1132,13 @@ struct CsrConvKernel {
     const double window = static_cast<double>(g.row_phases.size() * g.col_phases.size()) *
                           static_cast<double>(p.tile + reach) * sizeof(float);
     const int64_t fit = static_cast<int64_t>(0.8 * static_cast<double>(L1DataBytes()) / window);
-    p.cb = std::max<int64_t>(1, std::min<int64_t>(g.cg, fit));
-    p.blocks = std::max<int64_t>(1, (g.cg + p.cb - 1) / p.cb);  // 1 also when C_in = 0 (then nnz = 0)
     // A block pass reloads and stores the tile's partial sums: worth it only with enough
     // nonzeros per row and block (a 1x1 conv over 256 channels at 10% has 26 per row).
     const int64_t per_row = g.c_out > 0 ? csr.nnz / g.c_out : 0;
-    p.blocks = std::max<int64_t>(1, std::min(p.blocks, per_row / kConvMinBlockNnz));
-    p.cb = std::max<int64_t>(1, (g.cg + p.blocks - 1) / p.blocks);  // even blocks
+    int64_t fitting = 1;
+    EvenBlocks(g.cg, fit, &fitting);  // 1 block also when C_in = 0 (then nnz = 0)
+    const int64_t want = std::min(fitting, std::max<int64_t>(1, per_row / kConvMinBlockNnz));
+    p.cb = EvenBlocks(g.cg, (g.cg + want - 1) / want, &p.blocks);
 
     std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
     p.seg.assign(static_cast<size_t>(g.c_out * (p.blocks + 1)), 0);
@@ -1139,8 +1158,7 @@ struct CsrConvKernel {
         off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
         ++seg[c / p.cb + 1];  // c < cg: the column bound was checked
       }
-      seg[0] = csr.row_ptr[r];
-      for (int64_t b = 1; b <= p.blocks; ++b) seg[b] += seg[b - 1];
+      CloseSegments(seg, p.blocks, csr.row_ptr[r]);
     }
     p.off = std::move(off);
     return plan;
@@ -1178,7 +1196,6 @@ struct CsrConvKernel {
         std::memset(d + end, 0, static_cast<size_t>(g.wq - end) * sizeof(float));
       }
     });
-    std::memset(q + g.q_size, 0, static_cast<size_t>(g.q_alloc - g.q_size) * sizeof(float));
   }
 
   // Outputs of one image: tasks of (tile, up to kConvTaskRows output channels); in a task the
