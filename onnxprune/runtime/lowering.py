@@ -161,6 +161,14 @@ def _keep_dense(stats: dict, speedup: float, still: set[str]) -> None:
     stats["lowered"] = [name for name in stats["lowered"] if name in still]
 
 
+def _whole(t: "Timing | None", kept: str, cut, attempts: list, reason: str) -> dict:
+    """The report's ``whole_model``: the timing of the model written (None when nothing was
+    timed), what was kept, the layer speed-up cut of the layers lowered, every set tried."""
+    return {"dense_s": t.dense_s if t else None, "lowered_s": t.sparse_s if t else None,
+            "speedup": t.speedup if t else None, "kept": kept, "min_layer_speedup": cut,
+            "attempts": attempts, "reason": reason}
+
+
 class MeasuredLowering:
     """How one model's lowering is decided, and the report's ``lowering`` section.
 
@@ -245,8 +253,7 @@ class MeasuredLowering:
         if self.decided_by != "measure" or stats is None:
             return graph
         if not stats["lowered"]:
-            self.whole = {"dense_s": None, "lowered_s": None, "speedup": None, "kept": "dense",
-                          "min_layer_speedup": None, "attempts": [], "reason": "no layer was lowered"}
+            self.whole = _whole(None, "dense", None, [], "no layer was lowered")
             return graph
         from onnxprune.core.graph import graph_to_model
 
@@ -256,9 +263,8 @@ class MeasuredLowering:
         attempts = [{"min_layer_speedup": MEASURED_MIN_SPEEDUP, "lowered": len(stats["lowered"]),
                      "speedup": t.speedup}]
         if t.speedup >= WHOLE_MODEL_MIN_SPEEDUP:
-            self.whole = {"dense_s": t.dense_s, "lowered_s": t.sparse_s, "speedup": t.speedup,
-                          "kept": "lowered", "min_layer_speedup": MEASURED_MIN_SPEEDUP, "attempts": attempts,
-                          "reason": f"lowered {t.speedup:.2f}x of dense (>= {WHOLE_MODEL_MIN_SPEEDUP:g}x)"}
+            self.whole = _whole(t, "lowered", MEASURED_MIN_SPEEDUP, attempts,
+                                f"lowered {t.speedup:.2f}x of dense (>= {WHOLE_MODEL_MIN_SPEEDUP:g}x)")
             return graph
         best = self._best_subset(original, dense_model, feeds, set(stats["lowered"]), attempts)
         if best is not None:
@@ -271,15 +277,13 @@ class MeasuredLowering:
                     row["reason"] = (f"measured {timing.speedup:.2f}x, but with every layer >= "
                                      f"{MEASURED_MIN_SPEEDUP}x lowered the whole model ran {t.speedup:.2f}x "
                                      f"of dense; only layers >= {cut}x are lowered")
-            self.whole = {"dense_s": ts.dense_s, "lowered_s": ts.sparse_s, "speedup": ts.speedup,
-                          "kept": "lowered", "min_layer_speedup": cut, "attempts": attempts,
-                          "reason": f"lowered {ts.speedup:.2f}x of dense with the layers measured >= "
-                                    f"{cut}x alone (all >= {MEASURED_MIN_SPEEDUP}x: {t.speedup:.2f}x)"}
+            self.whole = _whole(ts, "lowered", cut, attempts,
+                                f"lowered {ts.speedup:.2f}x of dense with the layers measured >= "
+                                f"{cut}x alone (all >= {MEASURED_MIN_SPEEDUP}x: {t.speedup:.2f}x)")
             return result.graph
-        self.whole = {"dense_s": t.dense_s, "lowered_s": t.sparse_s, "speedup": t.speedup,
-                      "kept": "dense", "min_layer_speedup": None, "attempts": attempts,
-                      "reason": f"lowered {t.speedup:.2f}x of dense (< {WHOLE_MODEL_MIN_SPEEDUP:g}x)"
-                                + (", and no subset of the layers was faster" if len(attempts) > 1 else "")}
+        self.whole = _whole(t, "dense", None, attempts,
+                            f"lowered {t.speedup:.2f}x of dense (< {WHOLE_MODEL_MIN_SPEEDUP:g}x)"
+                            + (", and no subset of the layers was faster" if len(attempts) > 1 else ""))
         # The model before lowering, with the forced layers lowered all the same: the user's
         # force list is kept, the measured choices are dropped.
         forced_only = LowerToSparseOps({**self._options, "measured": {}})(self._before.copy())
