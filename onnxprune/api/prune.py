@@ -241,15 +241,25 @@ def _layer_rows(proto, info, shapes, before_rows, notes, result):
         if t.get("nonzero_before") is not None:
             r["nonzero"] = t["nonzero_before"]
     if any(r["nonzero"] is None for r in before_rows):
-        counted = {r["weight"]: r for r in graph_rows(graph_from_model(proto, info), shapes,
-                                                      with_std=False)[0]}
+        counted = _by_layer(graph_rows(graph_from_model(proto, info), shapes, with_std=False)[0])
         for r in before_rows:
             if r["nonzero"] is None:
-                r.update({k: counted[r["weight"]][k] for k in ("nonzero", "density",
-                                                               "flops_remaining")})
-    after_by_weight = {r["weight"]: r for r in after_rows}
-    return [_row(r, after_by_weight.get(r["weight"], r), threshold_stats.get(r["name"], {}))
+                r.update({k: _match(counted, r)[k] for k in ("nonzero", "density", "flops_remaining")})
+    after = _by_layer(after_rows)
+    return [_row(r, _match(after, r) or r, threshold_stats.get(r["name"], {}))
             for r in before_rows], notes
+
+
+def _by_layer(rows: list[dict]) -> dict:
+    """Rows by (layer name, weight name) and by weight name alone: a weight's name need not be
+    unique across scopes (an If branch may store its own ``W``), the pair is."""
+    found = {(r["name"], r["weight"]): r for r in rows}
+    found.update({r["weight"]: r for r in rows})
+    return found
+
+
+def _match(rows: dict, r: dict) -> dict | None:
+    return rows.get((r["name"], r["weight"])) or rows.get(r["weight"])
 
 
 def _row(r: dict, a: dict, t: dict) -> dict:

@@ -159,6 +159,7 @@ def finetune(model, output: str, *, train: str, val: str, teacher=None, x_key: s
         "accuracy_before": before, "accuracy_after": after, "history": result.history,
         "dropout": {k: list(v) for k, v in result.dropout.items()},
         "masks": {k: {"nonzero": a, "total": b} for k, (a, b) in result.masks.items()},
+        "not_retrained": result.unreached,
         "world_size": result.world_size, "max_rank_divergence": result.max_rank_divergence,
         "device": result.device, "outputs": outputs,
     }

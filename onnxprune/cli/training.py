@@ -115,6 +115,11 @@ def cmd_finetune(args, console: Console) -> int:
         return EXIT_OK  # under torchrun only rank 0 writes
     write_json(report, args.json)
     _say_sample_axes(console, report)
+    if report["not_retrained"]:
+        names = report["not_retrained"]
+        console.info(f"note: {len(names)} pruned weight(s) got no gradient from the training data and "
+                     f"kept their values ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}): "
+                     "layers in If branches the inputs never take are not retrained")
     before, after = report["accuracy_before"], report["accuracy_after"]
     console.info(f"val {_measure(before)} {100 * before['top1']:.2f}% -> {100 * after['top1']:.2f}% "
                  f"(ONNX Runtime on the written model); wrote {args.output}")

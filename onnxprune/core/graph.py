@@ -93,6 +93,10 @@ class Layer:
     in_axis: int
     source: str  # "initializer" | "constant-node"
     skip_reason: str | None = None
+    # "" when every consuming node is in the main graph; else the first subgraph (If/Loop/Scan
+    # body) holding one, as "<node name>/<attribute>" — pruning and retraining act there too,
+    # lowering does not (it rewrites main-graph nodes only).
+    scope: str = ""
 
     @property
     def params(self) -> int:
@@ -381,6 +385,7 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     _restore_dropped_attributes(model.graph, original.graph)
     _restore_weight_value_infos(model.graph, original.graph)
     _restore_metadata(model.graph, original.graph)
+    _restore_outer_initializers(model.graph, original.graph)
     model.ir_version = original.ir_version
     # Keep the original opsets; add only domains a pass introduced (graph.import_domains).
     had = {op.domain or "ai.onnx" for op in original.opset_import}
@@ -500,6 +505,32 @@ def _restore_metadata(graph: onnx.GraphProto, original: onnx.GraphProto) -> None
                 vi.metadata_props.extend(infos[vi.name])
 
 
+def _restore_outer_initializers(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Put main-graph initializers read only inside subgraphs back into the main graph.
+
+    onnx-graphsurgeon exports a constant into the subgraph that uses it, so a weight that two
+    If branches share would be written twice and move out of the scope it was stored in.
+    Initializers the original stored in a subgraph (its own, or one shadowing an outer name)
+    stay where they are."""
+    main_names = {t.name for t in original.initializer}
+    sub_names = {t.name for g in proto_graphs(original) if g is not original for t in g.initializer}
+    movable = main_names - sub_names
+    have = {t.name for t in graph.initializer}
+    for g in proto_graphs(graph):
+        if g is graph:
+            continue
+        keep = []
+        for t in g.initializer:
+            if t.name not in movable:
+                keep.append(t)
+            elif t.name not in have:
+                graph.initializer.append(t)
+                have.add(t.name)
+        if len(keep) != len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(keep)
+
+
 def _restore_weight_value_infos(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
     """Put back the top-level ``value_info`` entries of initializers (PyTorch's exporter writes
     them, with parameter metadata), which onnx-graphsurgeon drops for constants.  The entry
@@ -577,11 +608,46 @@ def is_float(dtype) -> bool:
     return dt.kind == "f" or dt.name == "bfloat16"
 
 
+def _scoped_graphs(graph: gs.Graph):
+    """(graph, scope label) for ``graph`` (label "") and every subgraph, outer before inner;
+    a subgraph is labelled ``"<node name>/<attribute>"`` of the node holding it."""
+    stack = [(graph, "")]
+    while stack:
+        g, label = stack.pop(0)
+        yield g, label
+        for i, node in enumerate(g.nodes):
+            for key, v in node.attrs.items():
+                subs = [v] if isinstance(v, gs.Graph) else \
+                    [x for x in v if isinstance(x, gs.Graph)] if isinstance(v, (list, tuple)) else []
+                for sub in subs:
+                    stack.append((sub, f"{node.name or f'{node.op}_{i}'}/{key}"))
+
+
 def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
-    """Every prunable weight once (shared weights grouped), plus notes on what was skipped."""
+    """Every prunable weight once (shared weights grouped), plus notes on what was skipped.
+
+    Layers are found in the main graph and inside subgraphs (If branches, Loop/Scan bodies),
+    whether the weight is stored in the subgraph or read from an enclosing scope; a layer's
+    ``scope`` names the first subgraph that uses it ("" when only the main graph does)."""
     layers: dict[int, Layer] = {}
     order: list[int] = []
     notes: list[Note] = []
+    for g, scope in _scoped_graphs(graph):
+        _find_in(g, scope, layers, order, notes)
+    result = [layers[k] for k in order]
+    # Layer names must be unique for globs and reports; disambiguate repeats deterministically.
+    seen: dict[str, int] = {}
+    for layer in result:
+        if layer.name in seen:
+            seen[layer.name] += 1
+            layer.name = f"{layer.name}#{seen[layer.name]}"
+        else:
+            seen[layer.name] = 0
+    return result, notes
+
+
+def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list) -> None:
+    """find_layers over the nodes of one graph (main or subgraph)."""
     graph_inputs = {t.name for t in graph.inputs}
     for node in graph.nodes:
         if node.op in QUANTIZED_OPS:
@@ -610,6 +676,7 @@ def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
             rank = len(shape)
             if key in layers:
                 layers[key].nodes.append(node)
+                layers[key].scope = layers[key].scope or scope
                 continue
             name = node.name or const.name or f"{node.op}_{len(order)}"
             out_axis = role.out_axis(node, rank) if rank >= 2 else 0
@@ -618,7 +685,7 @@ def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
                 name=name, op=node.op, kind=role.kind, weight=const,
                 weight_name=const.name or name, shape=shape,
                 dtype=_np_dtype_name(const.values) if hasattr(const, "values") else "?",
-                nodes=[node], out_axis=out_axis, in_axis=in_axis, source=source,
+                nodes=[node], out_axis=out_axis, in_axis=in_axis, source=source, scope=scope,
             )
             if not is_float(const.dtype):
                 layer.skip_reason = f"weight dtype {const.dtype} is not floating point"
@@ -627,16 +694,6 @@ def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
             layers[key] = layer
             order.append(key)
             break
-    result = [layers[k] for k in order]
-    # Layer names must be unique for globs and reports; disambiguate repeats deterministically.
-    seen: dict[str, int] = {}
-    for layer in result:
-        if layer.name in seen:
-            seen[layer.name] += 1
-            layer.name = f"{layer.name}#{seen[layer.name]}"
-        else:
-            seen[layer.name] = 0
-    return result, notes
 
 
 def weight_values(layer: Layer) -> np.ndarray:

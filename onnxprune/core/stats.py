@@ -204,12 +204,14 @@ def format_table(rows: list[dict], total: dict) -> str:
             printable(r["name"], NAME_CHARS), printable(r["op"], NAME_CHARS), _shape(r),
             _fmt_int(r["params"]),
             _fmt_int(r["nonzero"]), _fmt_pct(r["density"]), _fmt_flops(r),
-            _fmt_pct(r["flops_remaining"] / r["flops"]) if r["flops"] else "-",
+            _fmt_pct(r["flops_remaining"] / r["flops"])
+            if r["flops"] and r["flops_remaining"] is not None else "-",
             "-" if r["std"] is None else f"{r['std']:.4g}",
             "-" if r.get("threshold") is None else f"{r['threshold']:.4g}"
             if not r.get("skipped") else printable(f"skip: {r['skipped']}", NAME_CHARS),
         ])
-    flops_left = (total["flops_remaining"] / total["flops"]) if total.get("flops") else None
+    flops_left = (total["flops_remaining"] / total["flops"]) \
+        if total.get("flops") and total.get("flops_remaining") is not None else None
     body.append(["total", "", "", _fmt_int(total["params"]), _fmt_int(total["nonzero"]),
                  _fmt_pct(total["density"]), _fmt_total_flops(total), _fmt_pct(flops_left),
                  "", ""])

@@ -104,7 +104,7 @@ def _tag_candidates(graph, never, force):
     copy = graph.copy()
     tags = {}
     for i, layer in enumerate(find_layers(copy)[0]):
-        if layer.weight is None or layer.skip_reason or _matches(layer, never) or \
+        if layer.weight is None or layer.skip_reason or layer.scope or _matches(layer, never) or \
                 _matches(layer, force):
             continue
         if np.count_nonzero(weight_values(layer)) >= layer.params:

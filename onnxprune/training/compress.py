@@ -440,6 +440,13 @@ class _Rounds:
                               f"{100 * pruned_acc['top1']:.2f}% to {100 * acc['top1']:.2f}% even at "
                               f"peak rate {self.config.resolved_lr():g}; kept (give --original-lr "
                               "or --lr)")
+        rec["not_retrained"] = result.unreached
+        if result.unreached:
+            names = ", ".join(result.unreached[:3]) + (", …" if len(result.unreached) > 3 else "")
+            note = (f"{len(result.unreached)} pruned weight(s) got no gradient from the training "
+                    f"data and were not retrained ({names}): layers in If branches the inputs "
+                    "never take are pruned by magnitude only")
+            rec["warning"] = f"{rec['warning']}; {note}" if rec.get("warning") else note
         rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"]
                           if r["quality"] is not None}
         rec["train_history"] = result.history

@@ -416,6 +416,9 @@ class LowerToSparseOps(Pass):
             w = weight_values(layer) if layer.weight is not None else None
             dense_ws += layer.params * (w.dtype.itemsize if w is not None else 4)
             try:
+                if layer.scope:
+                    raise _Skip(f"used inside a subgraph ({layer.scope}): only main-graph "
+                                "nodes are lowered")
                 plans = self._plans(layer, shapes, graph_outputs)
             except _Skip as why:
                 prepared.append((layer, None, None, str(why)))

@@ -163,7 +163,9 @@ class FinetuneResult:
     ``model`` is the input graph with new weight values (``None`` on torchrun ranks other
     than 0, which only help train).  ``history`` has one dict per epoch.  ``dropout`` maps a
     Dropout node to ``(D_o, D_r)``; ``masks`` maps each prunable weight to
-    ``(nonzero, total)`` as held through training.
+    ``(nonzero, total)`` as held through training.  ``unreached`` lists the trained prunable
+    weights that no gradient reached in the whole run (layers in If branches the training
+    inputs never take): they kept their pruned values without retraining.
     """
 
     model: onnx.ModelProto | None
@@ -176,3 +178,4 @@ class FinetuneResult:
     max_rank_divergence: float | None = None
     device: str = "cpu"
     objective: dict | None = None  # the loss as run: mode and each output's treatment
+    unreached: list[str] = dataclasses.field(default_factory=list)

@@ -31,7 +31,8 @@ from onnxprune.core.io import node_subgraphs
 from onnxprune.training.torch_bridge import ops as _ops
 from onnxprune.training.torch_bridge import ops_control as _control
 from onnxprune.training.torch_bridge.weights import (
-    FLOAT_TYPES, UnsupportedOpError, WeightInfo, find_weights, node_label, stored_tensors, tensor_value,
+    FLOAT_TYPES, UnsupportedOpError, WeightInfo, all_stored_tensors, find_weights, node_label, stored_tensors,
+    tensor_value,
 )
 
 __all__ = ["OnnxModule", "UnsupportedOpError", "build_module", "default_opset"]
@@ -124,6 +125,16 @@ class OnnxModule(nn.Module):
             else:
                 unusable[name] = onnx.helper.tensor_dtype_to_string(elem)
 
+        # Weights stored inside subgraphs (If branches) are held by the module too, so they train
+        # and are written back; the branches read them from the enclosing scope like any other
+        # outer name (``_subgraph`` leaves them out of the branch's fixed constants).
+        main_stored = stored_tensors(graph)
+        for name, (kind, t) in all_stored_tensors(graph).items():
+            if name in self.weight_info and name not in main_stored:
+                add_const(name, tensor_value(kind, t), self.weight_info[name].elem_type)
+        held = frozenset(n for n in self.weight_info if n not in main_stored
+                         and (n in self.param_keys or n in self.buffer_keys))
+
         init_names = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = wanted
@@ -164,7 +175,7 @@ class OnnxModule(nn.Module):
             why = check(parsed) if check else None
             if why:
                 problems.append(f"node {name!r} ({node.op_type}): {why}")
-            problems += _attach_subgraphs(parsed, available, unsupported)
+            problems += _attach_subgraphs(parsed, available, unsupported, held)
             self._nodes.append(parsed)
 
         missing_out = [o for o in self.output_names if o not in available]
@@ -263,11 +274,15 @@ def _const_tensor(value: np.ndarray, elem_type: int) -> torch.Tensor | None:
 
 
 def _subgraph(graph: onnx.GraphProto, opset: int, label: str, unsupported: dict[str, list[str]],
-              problems: list[str]) -> _control.SubGraph:
+              problems: list[str], held: frozenset = frozenset()) -> _control.SubGraph:
     """Parse a branch body (nested branches included); unsupported ops and problems are
-    recorded in the caller's collections, as for the main graph."""
+    recorded in the caller's collections, as for the main graph.  Stored tensors named in
+    ``held`` (weights the module trains) are read from the enclosing scope instead of being
+    fixed constants of the branch."""
     consts: dict[str, torch.Tensor] = {}
     for name, (kind, t) in stored_tensors(graph).items():
+        if name in held:
+            continue
         elem = t.values.data_type if kind in ("sparse_initializer", "constant_sparse") else t.data_type
         value = _const_tensor(tensor_value(kind, t), elem)
         if value is None:
@@ -277,6 +292,8 @@ def _subgraph(graph: onnx.GraphProto, opset: int, label: str, unsupported: dict[
     nodes, outer = [], []
     for i, node in enumerate(graph.node):
         name = f"{label}/{node_label(node, i)}"
+        if node.op_type == "Constant" and node.output[0] in held:
+            continue  # a trained weight: the module holds it
         if node.op_type == "Constant" and node.output[0] not in consts:
             value = _constant_value(node)
             if value is None:
@@ -294,7 +311,7 @@ def _subgraph(graph: onnx.GraphProto, opset: int, label: str, unsupported: dict[
         why = check(parsed) if check else None
         if why:
             problems.append(f"node {name!r} ({node.op_type}): {why}")
-        problems += _attach_subgraphs(parsed, None, unsupported)
+        problems += _attach_subgraphs(parsed, None, unsupported, held)
         outer += [x for x in parsed.inputs if x and x not in local and x not in outer]
         local.update(node.output)
         nodes.append(parsed)
@@ -302,7 +319,7 @@ def _subgraph(graph: onnx.GraphProto, opset: int, label: str, unsupported: dict[
 
 
 def _attach_subgraphs(parsed: _ops.Node, available: set[str] | None,
-                      unsupported: dict[str, list[str]]) -> list[str]:
+                      unsupported: dict[str, list[str]], held: frozenset = frozenset()) -> list[str]:
     """Replace the graph attributes of ``parsed`` (If branches) by parsed :class:`SubGraph`s and
     append the enclosing-scope names they read to its inputs, so the interpreter feeds them;
     returns the problems found (outer names not ``available`` when that set is given)."""
@@ -310,7 +327,7 @@ def _attach_subgraphs(parsed: _ops.Node, available: set[str] | None,
     names: list[str] = []
     for key, value in list(parsed.attrs.items()):
         if isinstance(value, onnx.GraphProto):
-            sub = _subgraph(value, parsed.opset, f"{parsed.name}/{key}", unsupported, problems)
+            sub = _subgraph(value, parsed.opset, f"{parsed.name}/{key}", unsupported, problems, held)
             parsed.attrs[key] = sub
             names += [x for x in sub.outer if x not in names]
     if not names:

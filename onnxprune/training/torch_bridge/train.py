@@ -419,7 +419,7 @@ def finetune(
                 module, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
-        history, best, best_epoch = _train_loop(
+        history, best, best_epoch, unreached = _train_loop(
             net, module, opt, masks, train_src, val_src, config, dist, device, specs, classes,
             objective, on_progress,
         )
@@ -434,10 +434,10 @@ def finetune(
     mask_stats = {n: (int(m.sum()), m.numel()) for n, m in masks.items()}
     if dist.rank != 0:
         return FinetuneResult(None, history, best_epoch, dropout, mask_stats, dist.world, dist.rank,
-                              divergence, str(device), objective.report())
+                              divergence, str(device), objective.report(), unreached)
     state = best if best is not None else module.onnx_state()
     return FinetuneResult(write_back(model, state), history, best_epoch, dropout, mask_stats,
-                          dist.world, dist.rank, divergence, str(device), objective.report())
+                          dist.world, dist.rank, divergence, str(device), objective.report(), unreached)
 
 
 def resolve_objective(objective: str | None, train) -> str:
@@ -561,14 +561,32 @@ def _optimizer(module, masks: dict, frozen: set, config: FinetuneConfig):
     return torch.optim.Adam(groups, lr=lr)
 
 
-class _Fixed:
+class _Reach:
+    """Which trained prunable weights no gradient has reached yet.  A layer inside an If branch
+    that the training inputs never take (silero's 8 kHz model, fed 16 kHz audio) is pruned but
+    cannot be retrained: the run reports it rather than pretend it was."""
+
+    def __init__(self, module, masks: dict) -> None:
+        self.module = module
+        self.unreached = {n for n in masks if module.parameter(n).requires_grad}
+
+    @torch.no_grad()
+    def note(self) -> None:
+        for name in [n for n in self.unreached if self.module.parameter(n).grad is not None]:
+            if bool(self.module.parameter(name).grad.any()):
+                self.unreached.discard(name)
+
+
+class _Fixed(_Reach):
     """Han et al.'s masked step: ∇W ← ∇W ⊙ M before the optimizer, W ← W ⊙ M after it."""
 
     def __init__(self, module, masks: dict) -> None:
+        super().__init__(module, masks)
         self.module, self.masks = module, masks
 
     @torch.no_grad()
     def step(self, opt) -> None:
+        self.note()
         for name, mask in self.masks.items():
             p = self.module.parameter(name)
             if p.grad is not None:
@@ -578,7 +596,7 @@ class _Fixed:
             self.module.parameter(name).masked_fill_(~mask, 0.0)
 
 
-class _Regrow:
+class _Regrow(_Reach):
     """Pruned weights may come back (Dynamic Network Surgery, Guo et al. 2016, in its
     count-preserving form).  Each prunable layer keeps a dense shadow V (pruned entries start
     at 0) and its count k of nonzeros at the start.  The forward pass sees W = V ⊙ M; the
@@ -589,12 +607,14 @@ class _Regrow:
     """
 
     def __init__(self, module, masks: dict) -> None:
+        super().__init__(module, masks)
         self.module, self.masks, self.steps = module, masks, 0
         self.shadow = {n: module.parameter(n).detach().clone() for n in masks}
         self.keep = {n: int(m.sum()) for n, m in masks.items()}
 
     @torch.no_grad()
     def step(self, opt) -> None:
+        self.note()
         for name in self.masks:
             self.module.parameter(name).copy_(self.shadow[name])
         opt.step()
@@ -701,7 +721,7 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
             history.append(record)
             if on_progress is not None and dist.rank == 0:
                 on_progress(epoch, step, total_steps, {**record, "epoch_end": True})
-    return history, best_state, best_epoch
+    return history, best_state, best_epoch, sorted(masking.unreached)
 
 
 def _step(net, opt, masking, objective: Objective, x: dict, y, scale: float, l1: float,

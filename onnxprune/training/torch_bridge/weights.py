@@ -92,10 +92,6 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output if out}
-
-
 def _constant_tensor(node: onnx.NodeProto):
     """The TensorProto/SparseTensorProto a Constant node holds, or None for value_float(s)..."""
     for attr in node.attribute:
@@ -121,6 +117,38 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, tuple[str, object]]:
     return found
 
 
+def scoped_graphs(graph: onnx.GraphProto):
+    """(graph, label prefix) for ``graph`` (prefix "") and every subgraph (If branches, Loop/Scan
+    bodies), outer before inner.  A subgraph's prefix is ``"<node label>/<attribute>/"`` of the
+    node holding it, prefixed by its own graph's: the names the interpreter gives branch nodes."""
+    stack = [(graph, "")]
+    while stack:
+        g, prefix = stack.pop(0)
+        yield g, prefix
+        for i, node in enumerate(g.node):
+            for a in node.attribute:
+                subs = [a.g] if a.HasField("g") else list(a.graphs)
+                stack.extend((sub, f"{prefix}{node_label(node, i)}/{a.name}/") for sub in subs)
+
+
+def all_stored_tensors(graph: onnx.GraphProto) -> dict[str, tuple[str, object]]:
+    """:func:`stored_tensors` of ``graph`` and of every subgraph, by name.  The main graph's
+    tensors always count; a subgraph's only when its name is stored nowhere else (a branch
+    shadowing an outer name, or two branches reusing one, would make the name ambiguous:
+    such branch tensors stay fixed constants of their branch)."""
+    main = stored_tensors(graph)
+    found: dict[str, tuple[str, object]] = {}
+    repeated: set[str] = set()
+    for g, prefix in scoped_graphs(graph):
+        if not prefix:
+            continue
+        for name, entry in stored_tensors(g).items():
+            if name in found or name in main:
+                repeated.add(name)
+            found[name] = entry
+    return {**{k: v for k, v in found.items() if k not in repeated}, **main}
+
+
 def _elem_type(kind: str, t) -> int:
     return t.values.data_type if _is_sparse(kind) else t.data_type
 
@@ -134,10 +162,16 @@ def _is_sparse(kind: str) -> bool:
 
 
 def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
-    """All weights of the graph, keyed by initializer / Constant-output name (see module doc)."""
+    """All weights of the graph, keyed by initializer / Constant-output name (see module doc).
+
+    Layers inside subgraphs (If branches, Loop/Scan bodies) count too, whether their weight is
+    stored in the subgraph or read from an enclosing scope; ``layer`` is then the node's label
+    as the interpreter names it (``"If_0/then_branch/Conv_3"``)."""
     graph = model.graph
-    stored = stored_tensors(graph)
-    producers = _producers(graph)
+    stored = all_stored_tensors(graph)
+    scoped = list(scoped_graphs(graph))
+    nodes = [(node, prefix + node_label(node, i)) for g, prefix in scoped for i, node in enumerate(g.node)]
+    producers = {out: node for node, _ in nodes for out in node.output if out}
 
     def passes_value(node: onnx.NodeProto) -> bool:
         # Identity, and Cast between float types (mixed-precision graphs store fp16 weights and
@@ -167,7 +201,7 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
         return src in stored and _elem_type(*stored[src]) in FLOAT_TYPES
 
     weights: dict[str, WeightInfo] = {}
-    labels = {id(node): node_label(node, i) for i, node in enumerate(graph.node)}
+    labels = {id(node): label for node, label in nodes}
 
     def add(name: str, role: str, node: onnx.NodeProto, group: str) -> None:
         src = source(name)
@@ -199,11 +233,11 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
         return "conv"
 
     consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    for node, _ in nodes:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
 
-    for node in graph.node:
+    for node, _ in nodes:
         if node.domain not in ("", "ai.onnx") or node.op_type not in _LAYER_SLOTS:
             continue
         slots, group = _LAYER_SLOTS[node.op_type]
@@ -258,7 +292,7 @@ def tensor_value(kind: str, t) -> np.ndarray:
 
 def read_weights(model: onnx.ModelProto, names=None) -> dict[str, np.ndarray]:
     """Dense values of the named stored tensors (default: every weight of :func:`find_weights`)."""
-    stored = stored_tensors(model.graph)
+    stored = all_stored_tensors(model.graph)
     if names is None:
         names = list(find_weights(model))
     return {n: tensor_value(*stored[n]) for n in names}
@@ -298,10 +332,11 @@ def write_back(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.M
     """A copy of ``model`` where the named stored tensors take the given values (see module doc)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    stored = stored_tensors(out.graph)
+    stored = all_stored_tensors(out.graph)
     for name, value in weights.items():
         if name not in stored:
-            raise UsageError(f"write_back: no initializer or Constant named {name!r} in the graph")
+            raise UsageError(f"write_back: no initializer or Constant named {name!r} in the graph "
+                             "(or the name is stored in more than one scope)")
         kind, t = stored[name]
         value = np.asarray(value)
         dims = _dims(kind, t)

@@ -1,0 +1,224 @@
+"""Layers inside If branches: found, pruned, trained, written back — and never lowered.
+
+The model (opset 17) routes its input through one of two branches and a main-graph head:
+
+    h = If(max(x) > 100,
+           then: x @ Wt               (Wt: a Constant node inside the branch),
+           else: relu(x @ We) @ Wo)   (We: the branch's own initializer; Wo: read from the main graph)
+    y = h @ W3                         (W3: a main-graph initializer)
+
+Training inputs are N(0, 1), so the then-branch is never taken: its weight is pruned but gets
+no gradient, and the run says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.cli.app import main
+from onnxprune.core.graph import find_layers, graph_from_model
+from onnxprune.runtime.check import make_session
+
+BRANCH_NAMES = {"Wt", "We", "Wo", "W3"}
+
+
+def _model(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    w = {k: rng.normal(size=shape).astype(np.float32)
+         for k, shape in (("Wt", (8, 8)), ("We", (8, 16)), ("Wo", (16, 8)), ("W3", (8, 3)))}
+    f = TensorProto.FLOAT
+    then_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["Wt"], value=numpy_helper.from_array(w["Wt"], "Wt")),
+         helper.make_node("MatMul", ["x", "Wt"], ["t_out"], name="then_mm")],
+        "then", [], [helper.make_tensor_value_info("t_out", f, None)])
+    else_g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "We"], ["e1"], name="else_mm1"),
+         helper.make_node("Relu", ["e1"], ["e2"]),
+         helper.make_node("MatMul", ["e2", "Wo"], ["e_out"], name="else_mm2")],
+        "else", [], [helper.make_tensor_value_info("e_out", f, None)],
+        [numpy_helper.from_array(w["We"], "We")])
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
+        helper.make_node("Greater", ["mx", "hundred"], ["cond"]),
+        helper.make_node("If", ["cond"], ["h"], name="route", then_branch=then_g, else_branch=else_g),
+        helper.make_node("MatMul", ["h", "W3"], ["y"], name="head"),
+    ]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", f, ["N", 8])],
+        [helper.make_tensor_value_info("y", f, ["N", 3])],
+        [numpy_helper.from_array(w["Wo"], "Wo"), numpy_helper.from_array(w["W3"], "W3"),
+         numpy_helper.from_array(np.array(100.0, np.float32), "hundred")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every float initializer / Constant value of rank 2, in any scope, by name."""
+    from onnxprune.core.io import proto_graphs
+
+    out = {}
+    for g in proto_graphs(model.graph):
+        for t in g.initializer:
+            out[t.name] = numpy_helper.to_array(t)
+        for n in g.node:
+            if n.op_type == "Constant":
+                out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return {k: v for k, v in out.items() if v.ndim == 2}
+
+
+def _reference(w: dict, x: np.ndarray) -> np.ndarray:
+    h = x @ w["Wt"] if x.max() > 100 else np.maximum(x @ w["We"], 0) @ w["Wo"]
+    return h @ w["W3"]
+
+
+def _run(model, x):
+    return make_session(model).run(None, {"x": x})[0]  # registers onnxprune's sparse ops
+
+
+def _inputs(taken: str, n: int = 4, seed: int = 1) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+    if taken == "then":
+        x[0, 0] = 150.0
+    return x
+
+
+def test_find_layers_reaches_every_scope():
+    layers, _ = find_layers(graph_from_model(_model()))
+    got = {layer.weight_name: layer.scope for layer in layers}
+    assert got == {"Wt": "route/then_branch", "We": "route/else_branch",
+                   "Wo": "route/else_branch", "W3": ""}
+
+
+def test_bridge_weights_cover_branches():
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from onnxprune.training.torch_bridge import find_weights
+
+    info = find_weights(_model())
+    assert {n for n, i in info.items() if i.prunable} == BRANCH_NAMES
+    assert info["Wt"].layer == "route/then_branch/then_mm"
+    assert info["We"].storage == "initializer" and info["Wt"].storage == "constant"
+
+
+def _prune(tmp_path, *extra) -> tuple[int, dict, onnx.ModelProto, str]:
+    src = tmp_path / "m.onnx"
+    onnx.save(_model(), src)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    out = tmp_path / "p.onnx"
+    rep = tmp_path / "p.json"
+    code = main(["prune", str(src), "-o", str(out), "--target-sparsity", "0.5", "--json", str(rep),
+                 "-q", *extra])
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest  # the input is never touched
+    return code, json.loads(rep.read_text()), onnx.load(str(out)), str(out)
+
+
+@pytest.mark.parametrize("taken", ["then", "else"])
+def test_prune_thresholds_branch_layers_and_the_model_still_runs(tmp_path, taken):
+    code, report, pruned, _ = _prune(tmp_path, "--emit", "dense", "--no-remove-dead-neurons")
+    assert code == 0
+    w = _weights(pruned)
+    for name in BRANCH_NAMES:
+        assert np.mean(w[name] == 0) == pytest.approx(0.5, abs=0.07), name
+    rows = {r["weight"]: r for r in report["layers"]}
+    assert set(rows) == BRANCH_NAMES
+    assert all(rows[n]["density"] == pytest.approx(0.5, abs=0.07) for n in BRANCH_NAMES)
+    x = _inputs(taken)
+    np.testing.assert_allclose(_run(pruned, x), _reference(w, x), rtol=1e-4, atol=1e-4)
+    # The storage place of each branch weight is kept: a Constant stays a Constant in its branch.
+    branches = {a.name: a.g for a in pruned.graph.node[2].attribute}
+    assert [n.op_type for n in branches["then_branch"].node] == ["Constant", "MatMul"]
+    assert [t.name for t in branches["else_branch"].initializer] == ["We"]
+
+
+def test_sparse_ops_lowers_main_graph_layers_only(tmp_path):
+    code, report, lowered, _ = _prune(tmp_path, "--emit", "sparse-ops", "--lower-for", "size",
+                                      "--no-remove-dead-neurons")
+    assert code == 0
+    rows = {r["weight"]: r for r in report["sparse_ops"]["layers"]}
+    for name in ("Wt", "We", "Wo"):
+        assert not rows[name]["lowered"] and "subgraph" in rows[name]["reason"], rows[name]
+    assert rows["W3"]["lowered"]  # the main-graph head is (lowered for size)
+    _, _, dense, _ = _prune(tmp_path, "--emit", "dense", "--no-remove-dead-neurons")
+    for taken in ("then", "else"):
+        x = _inputs(taken)
+        np.testing.assert_allclose(_run(lowered, x), _run(dense, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("taken", ["then", "else"])
+def test_module_matches_ort_and_gradients_reach_the_taken_branch(taken):
+    torch = pytest.importorskip("torch")
+    from onnxprune.training.torch_bridge import build_module
+
+    model = _model()
+    module = build_module(model)
+    assert set(module.param_keys) == BRANCH_NAMES
+    x = _inputs(taken)
+    out = module(torch.from_numpy(x))
+    np.testing.assert_allclose(out.detach().numpy(), _run(model, x), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    reached = {n for n in BRANCH_NAMES if module.parameter(n).grad is not None
+               and bool(module.parameter(n).grad.any())}
+    assert reached == ({"Wt", "W3"} if taken == "then" else {"We", "Wo", "W3"})
+
+
+def test_finetune_trains_branch_weights_holds_masks_and_reports_the_untaken_branch(tmp_path):
+    pytest.importorskip("torch")
+    from onnxprune.training.torch_bridge import FinetuneConfig, finetune, read_weights
+
+    _, _, pruned, _ = _prune(tmp_path, "--emit", "dense", "--no-remove-dead-neurons")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 64).astype(np.int64)
+    res = finetune(pruned, (x, y), config=FinetuneConfig(epochs=2, batch_size=16, lr=0.05, seed=0))
+    before, after = read_weights(pruned), read_weights(res.model)
+    assert set(before) >= BRANCH_NAMES
+    for name in ("We", "Wo", "W3"):
+        zero = before[name] == 0
+        assert np.all(after[name][zero] == 0), name  # pruned stays pruned, inside branches too
+        assert np.any(after[name][~zero] != before[name][~zero]), name  # survivors trained
+    np.testing.assert_array_equal(after["Wt"], before["Wt"])  # never taken: unchanged...
+    assert res.unreached == ["Wt"]  # ...and said so
+    # Written back in place: the same graph, only values differ, still runs both ways.
+    for taken in ("then", "else"):
+        xi = _inputs(taken)
+        np.testing.assert_allclose(_run(res.model, xi), _reference(_weights(res.model), xi),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_compress_notes_layers_the_data_never_reaches(tmp_path, capsys):
+    pytest.importorskip("torch")
+    src = tmp_path / "m.onnx"
+    onnx.save(_model(), src)
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 96), ("val", 48)):
+        np.savez(tmp_path / f"{split}.npz", x=rng.normal(size=(n, 8)).astype(np.float32))
+    rep = tmp_path / "c.json"
+    code = main(["compress", str(src), "-o", str(tmp_path / "c.onnx"), "--train", str(tmp_path / "train.npz"),
+                 "--val", str(tmp_path / "val.npz"), "--target-sparsity", "0.5", "--iterations", "1",
+                 "--epochs", "1", "--no-remove-dead-neurons", "--json", str(rep)])
+    assert code == 0
+    rounds = [r for r in json.loads(rep.read_text())["history"] if r["stage"] == "iteration"]
+    assert rounds[-1]["not_retrained"] == ["Wt"]
+    assert "not retrained (Wt)" in capsys.readouterr().err
+
+
+def test_a_branch_weight_shadowing_an_outer_name_stays_fixed_and_the_outer_one_trains():
+    torch = pytest.importorskip("torch")
+    from onnxprune.training.torch_bridge import build_module, find_weights
+
+    from tests.test_reliability_io2 import _if_model
+
+    m, w, w_branch = _if_model(np.random.default_rng(3))
+    assert {n for n, i in find_weights(m).items() if i.prunable} == {"W"}
+    module = build_module(m)
+    x = np.ones((1, 4), np.float32)
+    y, z = module(torch.from_numpy(x), torch.tensor(True))
+    np.testing.assert_allclose(y.detach().numpy(), x @ w, rtol=1e-5)
+    np.testing.assert_allclose(z.detach().numpy(), x @ w_branch, rtol=1e-5)  # the branch's own W
