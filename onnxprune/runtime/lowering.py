@@ -39,7 +39,7 @@ import numpy as np
 
 from onnxprune.core.errors import RuntimeFailure, UsageError
 from onnxprune.passes.base import parse_options
-from onnxprune.passes.lower_to_sparse_ops import MEASURED_MIN_SPEEDUP, LowerToSparseOps
+from onnxprune.passes.lower_to_sparse_ops import LOWERABLE_OPS, MEASURED_MIN_SPEEDUP, LowerToSparseOps
 
 DECIDE_MODES = ("measure", "model")
 # The lowered model is written only when it runs at least this fast relative to the dense one.
@@ -104,8 +104,8 @@ def _tag_candidates(graph, never, force):
     copy = graph.copy()
     tags = {}
     for i, layer in enumerate(find_layers(copy)[0]):
-        if layer.weight is None or layer.skip_reason or layer.scope or _matches(layer, never) or \
-                _matches(layer, force):
+        if layer.weight is None or layer.skip_reason or layer.scope or layer.op not in LOWERABLE_OPS or \
+                _matches(layer, never) or _matches(layer, force):
             continue
         if np.count_nonzero(weight_values(layer)) >= layer.params:
             continue

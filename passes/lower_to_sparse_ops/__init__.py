@@ -71,6 +71,7 @@ _ROWS_BY_OUTPUT: dict[str, Callable[[gs.Node, np.ndarray], np.ndarray]] = {
     "Conv": lambda n, w: w.reshape(w.shape[0], -1),
 }
 _NEW_OP = {"Gemm": "CsrGemm", "MatMul": "CsrGemm", "Conv": "CsrConv"}
+LOWERABLE_OPS = frozenset(_NEW_OP)  # op types this pass can lower (others stay dense, with a reason)
 
 
 class _Skip(Exception):

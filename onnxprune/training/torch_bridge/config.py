@@ -30,7 +30,7 @@ class FinetuneConfig:
     ``lr`` is the retraining learning rate; if omitted it is ``original_lr / 10`` (the paper
     retrains LeNet at 1/10 of the original rate; pass ``lr`` for AlexNet's 1/100).
     ``weight_decay`` is the L2 strength and ``l1`` the L1 strength; both act on layer weights
-    only (the prunable Conv/ConvTranspose/Gemm/MatMul weights), not on biases or
+    only (the prunable Conv/ConvTranspose/Gemm/MatMul and recurrent W/R weights), not on biases or
     BatchNormalization parameters.  ``batch_size`` is the *global* batch: under torchrun it is
     split evenly across processes, so a run gives the same weights for any process count
     (up to float summation order).

@@ -2,7 +2,7 @@
 
 Invariants and maths:
 
-* **Masks.** For every prunable weight W (Conv/ConvTranspose/Gemm/MatMul weight) the mask is
+* **Masks.** For every prunable weight W (Conv/ConvTranspose/Gemm/MatMul, LSTM/GRU/RNN W and R) the mask is
   M = (W ≠ 0) at the start.  After each backward pass ∇W ← ∇W ⊙ M, and after each optimizer
   step W ← W ⊙ M (written as a fill with +0.0).  Masking the gradient keeps momentum / Adam
   moments of pruned connections at zero; re-applying the mask makes "stays exactly zero" hold

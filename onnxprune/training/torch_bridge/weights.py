@@ -14,6 +14,8 @@ Gemm                   constant operand of 0/1 → weight,        fc
 MatMul                 constant operand → weight; a constant    fc
                        operand of an ``Add`` fed by the MatMul
                        → bias (the MatMul+Add linear idiom)
+LSTM, GRU, RNN         1 → weight (W), 2 → weight (R),          fc
+                       3 → bias (B)
 BatchNormalization     1 → bn_scale, 2 → bn_bias,               group of the
                        3 → bn_mean, 4 → bn_var (statistics:     layer feeding it
                        not trained, but updated and written)
@@ -42,6 +44,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnxprune.core.errors import InvalidModelError, UsageError
+from onnxprune.core.graph import rows_partition
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
@@ -53,7 +56,9 @@ _LAYER_SLOTS: dict[str, tuple[dict[int, str], str]] = {
     "Gemm": ({2: "bias"}, "fc"),
     "MatMul": ({}, "fc"),
     "BatchNormalization": ({1: "bn_scale", 2: "bn_bias", 3: "bn_mean", 4: "bn_var"}, "bn"),
+    **{op: ({1: "weight", 2: "weight", 3: "bias"}, "fc") for op in ("LSTM", "GRU", "RNN")},
 }
+_RECURRENT = ("LSTM", "GRU", "RNN")
 class UnsupportedOpError(InvalidModelError):
     """The graph uses ops (or op features) the fine-tune bridge cannot rebuild in torch.
 
@@ -77,6 +82,7 @@ class WeightInfo:
     storage: str  # initializer | sparse_initializer | constant | constant_sparse
     shape: tuple[int, ...]
     elem_type: int
+    scope: str = ""  # "" in the main graph; else the subgraph of its layer, "If_0/then_branch"
 
     @property
     def prunable(self) -> bool:
@@ -161,6 +167,78 @@ def _is_sparse(kind: str) -> bool:
     return kind in ("sparse_initializer", "constant_sparse")
 
 
+class _Chains:
+    """How a layer input reaches a stored tensor: through Identity and float-to-float Cast
+    (mixed-precision graphs store fp16 weights and cast them up: the gradient reaches the
+    stored tensor through either), and for recurrent weights (``unsqueeze``) also through an
+    Unsqueeze with constant axes and a row-block Concat — the gate reorder torch writes in
+    front of an LSTM (``core.graph.const_source`` follows the same views)."""
+
+    def __init__(self, stored: dict, producers: dict) -> None:
+        self.stored, self.producers = stored, producers
+
+    def passes_value(self, node: onnx.NodeProto, unsqueeze: bool) -> bool:
+        if node.op_type == "Identity":
+            return True
+        if node.op_type == "Cast":
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            return to in FLOAT_TYPES
+        if node.op_type == "Unsqueeze" and unsqueeze:
+            axes = node.input[1] if len(node.input) > 1 else ""
+            return not axes or axes in self.stored or \
+                (axes in self.producers and self.producers[axes].op_type == "Constant")
+        return False
+
+    def ints(self, name: str) -> list[int] | None:
+        src = self.source(name)
+        if src not in self.stored or _elem_type(*self.stored[src]) in FLOAT_TYPES:
+            return None
+        return [int(v) for v in tensor_value(*self.stored[src]).reshape(-1)]
+
+    def row_blocks(self, concat: onnx.NodeProto) -> str | None:
+        """The tensor whose axis-0 Slices (step 1) ``concat`` joins on axis 0, when they cover
+        each of its rows once; else None."""
+        axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
+        if axis != 0 or not concat.input:
+            return None
+        whole, rows = None, []
+        for part in concat.input:
+            node = self.producers.get(part)
+            if node is None or node.op_type != "Slice" or len(node.input) < 3 or \
+                    whole not in (None, node.input[0]):
+                return None
+            whole = node.input[0]
+            extra = [self.ints(x) if x else d for x, d in zip(list(node.input[3:5]) + ["", ""], ([0], [1]))]
+            bounds = self.ints(node.input[1]), self.ints(node.input[2])
+            if None in bounds or any(len(b) != 1 for b in bounds) or extra != [[0], [1]]:
+                return None
+            rows.append((bounds[0][0], bounds[1][0]))
+        src = self.source(whole)
+        dims = _dims(*self.stored[src]) if src in self.stored else ()
+        return whole if dims and rows_partition(rows, dims[0]) else None
+
+    def source(self, name: str, unsqueeze: bool = False) -> str:
+        """Follow the chain from ``name`` back to the stored tensor (or as far as it goes)."""
+        seen = set()
+        while name not in self.stored and name in self.producers and name not in seen:
+            seen.add(name)
+            node = self.producers[name]
+            whole = self.row_blocks(node) if unsqueeze and node.op_type == "Concat" else None
+            if whole is not None:
+                name = whole
+                continue
+            if not self.passes_value(node, unsqueeze) or not node.input:
+                break
+            name = node.input[0]
+        return name
+
+    def is_float_const(self, name: str, unsqueeze: bool = False) -> bool:
+        if not name:
+            return False
+        src = self.source(name, unsqueeze)
+        return src in self.stored and _elem_type(*self.stored[src]) in FLOAT_TYPES
+
+
 def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
     """All weights of the graph, keyed by initializer / Constant-output name (see module doc).
 
@@ -171,40 +249,17 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
     stored = all_stored_tensors(graph)
     scoped = list(scoped_graphs(graph))
     nodes = [(node, prefix + node_label(node, i)) for g, prefix in scoped for i, node in enumerate(g.node)]
+    scopes = {id(node): prefix[:-1] for g, prefix in scoped for node in g.node}
     producers = {out: node for node, _ in nodes for out in node.output if out}
 
-    def passes_value(node: onnx.NodeProto) -> bool:
-        # Identity, and Cast between float types (mixed-precision graphs store fp16 weights and
-        # cast them up): the gradient reaches the stored tensor through either.
-        if node.op_type == "Identity":
-            return True
-        if node.op_type == "Cast":
-            to = next((a.i for a in node.attribute if a.name == "to"), None)
-            return to in FLOAT_TYPES
-        return False
-
-    def source(name: str) -> str:
-        # Follow Identity / float Cast chains back to the stored tensor.
-        seen = set()
-        while name not in stored and name in producers and name not in seen:
-            seen.add(name)
-            node = producers[name]
-            if not passes_value(node) or not node.input:
-                break
-            name = node.input[0]
-        return name
-
-    def is_float_const(name: str) -> bool:
-        if not name:
-            return False
-        src = source(name)
-        return src in stored and _elem_type(*stored[src]) in FLOAT_TYPES
+    chains = _Chains(stored, producers)
+    source, is_float_const = chains.source, chains.is_float_const
 
     weights: dict[str, WeightInfo] = {}
     labels = {id(node): label for node, label in nodes}
 
     def add(name: str, role: str, node: onnx.NodeProto, group: str) -> None:
-        src = source(name)
+        src = source(name, node.op_type in _RECURRENT)
         if src in weights:
             # Shared tensor: a prunable use wins, so its mask is enforced everywhere.
             if role == "weight" and weights[src].role != "weight":
@@ -213,7 +268,7 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
         kind, t = stored[src]
         weights[src] = WeightInfo(
             name=src, role=role, layer=labels[id(node)], op_type=node.op_type, group=group,
-            storage=kind, shape=_dims(kind, t), elem_type=_elem_type(kind, t),
+            storage=kind, shape=_dims(kind, t), elem_type=_elem_type(kind, t), scope=scopes[id(node)],
         )
 
     def bn_group(node: onnx.NodeProto) -> str:
@@ -249,7 +304,7 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
             if pick is not None:
                 add(ops[pick], "weight", node, group)
         for idx, role in slots.items():
-            if idx < len(node.input) and is_float_const(node.input[idx]):
+            if idx < len(node.input) and is_float_const(node.input[idx], node.op_type in _RECURRENT):
                 add(node.input[idx], role, node, group)
         if node.op_type == "MatMul":
             for cons in consumers.get(node.output[0], []):
