@@ -17,6 +17,9 @@ Each case is a model and a generator of realistic inputs for it (no labels anywh
 * ``silero_vad_lstm_batch1`` — silero-vad's pretrained LSTM VAD (the OpenVINO 16 kHz export:
   batch fixed at 1, input [1, 576] plus the recurrent state), fed speech-like audio made here
   (voiced harmonics with a wandering pitch and formant-like filtering, pauses, background noise);
+* ``silero_vad_if_lstm`` — silero-vad's main ``silero_vad.onnx``: an If on the scalar input
+  ``sr`` picks the 16 or 8 kHz network, whose convolutions and LSTM sit inside the branches;
+  fed the same speech-like chunks with ``sr`` = 16000 given once (a 0-d array);
 * ``magika`` — Google's pretrained magika content-type classifier, fed real files (this
   Python's standard library: .py, .pyc, .so, .json, .txt, ... ) through magika's own feature
   extraction (its first and last 1024 bytes) from the wheel.
@@ -283,12 +286,12 @@ def crnn_feeds(model, n: int, seed: int) -> dict:
     return {_input_names(model)[0]: crops.astype(np.float32)}
 
 
-def vad_feeds(model, n: int, seed: int) -> dict:
+def vad_feeds(model, n: int, seed: int, settings: dict | None = None) -> dict:
     """Chunks of 576 samples (64 of context + 512 new, as silero's iterator feeds them) cut from
     longer speech-like clips; the recurrent state as it stands after a few chunks of another clip
-    (zeros for the first chunk of a stream)."""
+    (zeros for the first chunk of a stream); ``settings``: scalar inputs fed to every run."""
     rng = np.random.default_rng(seed)
-    names = _input_names(model)
+    names = [k for k in _input_names(model) if k not in (settings or {})]
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     chunks, states = [], []
     for _ in range(n):
@@ -296,10 +299,17 @@ def vad_feeds(model, n: int, seed: int) -> dict:
         state = np.zeros((2, 1, 128), np.float32)
         steps = int(rng.integers(0, 5))
         for k in range(steps):
-            state = sess.run(None, {names[0]: clip[None, k * 512:k * 512 + 576], names[1]: state})[1]
+            state = sess.run(None, {names[0]: clip[None, k * 512:k * 512 + 576], names[1]: state,
+                                    **(settings or {})})[1]
         chunks.append(clip[steps * 512:steps * 512 + 576])
         states.append(state[:, 0])  # [2, 128]: this sample's state, sample axis first
-    return {names[0]: np.stack(chunks), names[1]: np.stack(states)}
+    return {names[0]: np.stack(chunks), names[1]: np.stack(states), **(settings or {})}
+
+
+def vad_sr_feeds(model, n: int, seed: int) -> dict:
+    """:func:`vad_feeds` for silero_vad.onnx, whose If picks the 16 or 8 kHz network by its
+    scalar input ``sr``: 16 kHz chunks, ``sr`` a 0-d array (one value for every run)."""
+    return vad_feeds(model, n, seed, {"sr": np.array(16000, np.int64)})
 
 
 def zero_state(load: Callable[[str], "onnx.ModelProto | None"]) -> Callable[[str], "onnx.ModelProto | None"]:
@@ -389,6 +399,10 @@ CASES = [
          "speech-like 16 kHz chunks (576 samples), each a stream's first",
          zero_state(_wheel_model("silero-vad==6.2.3", "**/silero_vad_openvino_16k.onnx")), vad_chunk_feeds,
          (64, 32, 64)),
+    Case("silero_vad_if_lstm", "silero-vad==6.2.3 silero_vad.onnx (pretrained; If per sample rate, "
+         "convolutions and LSTM inside the branches)",
+         "speech-like 16 kHz chunks (576 samples) with carried LSTM state; sr = 16000 (a 0-d array)",
+         _wheel_model("silero-vad==6.2.3", "**/data/silero_vad.onnx"), vad_sr_feeds, (64, 32, 64)),
     Case("magika", "magika==1.0.3 (pretrained)",
          "real files of the Python standard library via magika's feature extraction",
          _wheel_model("magika==1.0.3", "**/standard_v3_3/model.onnx"), magika_feeds, (96, 48, 96)),
@@ -415,7 +429,7 @@ def run_outputs(path: str, feeds: dict, fixed_batch: bool) -> dict:
 
     sess = _session(path)
     names = [o.name for o in sess.get_outputs()]
-    n = len(next(iter(feeds.values())))
+    n = datasets.n_samples(feeds)
     step = 1 if fixed_batch else 16
     specs = datasets.resolve_specs(datasets.input_specs(onnx.load(path)), feeds)
     parts = {k: [] for k in names}

@@ -28,7 +28,9 @@ from onnxprune.runtime.check import make_session
 BRANCH_NAMES = {"Wt", "We", "Wo", "W3"}
 
 
-def _model(seed: int = 0) -> onnx.ModelProto:
+def _model(seed: int = 0, by_rate: bool = False) -> onnx.ModelProto:
+    """The module doc's model; ``by_rate``: the branch is chosen by a scalar input ``rate``
+    (then-branch when rate > 12000), as silero picks its network by the sample rate."""
     rng = np.random.default_rng(seed)
     w = {k: rng.normal(size=shape).astype(np.float32)
          for k, shape in (("Wt", (8, 8)), ("We", (8, 16)), ("Wo", (16, 8)), ("W3", (8, 3)))}
@@ -45,15 +47,18 @@ def _model(seed: int = 0) -> onnx.ModelProto:
         [numpy_helper.from_array(w["We"], "We")])
     nodes = [
         helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
-        helper.make_node("Greater", ["mx", "hundred"], ["cond"]),
+        helper.make_node("Greater", ["rate", "twelve_k"] if by_rate else ["mx", "hundred"], ["cond"]),
         helper.make_node("If", ["cond"], ["h"], name="route", then_branch=then_g, else_branch=else_g),
         helper.make_node("MatMul", ["h", "W3"], ["y"], name="head"),
     ]
+    inputs = [helper.make_tensor_value_info("x", f, ["N", 8])]
+    if by_rate:
+        inputs.append(helper.make_tensor_value_info("rate", TensorProto.INT64, []))
     g = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", f, ["N", 8])],
-        [helper.make_tensor_value_info("y", f, ["N", 3])],
+        nodes, "g", inputs, [helper.make_tensor_value_info("y", f, ["N", 3])],
         [numpy_helper.from_array(w["Wo"], "Wo"), numpy_helper.from_array(w["W3"], "W3"),
-         numpy_helper.from_array(np.array(100.0, np.float32), "hundred")])
+         numpy_helper.from_array(np.array(100.0, np.float32), "hundred"),
+         numpy_helper.from_array(np.array(12000, np.int64), "twelve_k")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
@@ -222,3 +227,45 @@ def test_a_branch_weight_shadowing_an_outer_name_stays_fixed_and_the_outer_one_t
     y, z = module(torch.from_numpy(x), torch.tensor(True))
     np.testing.assert_allclose(y.detach().numpy(), x @ w, rtol=1e-5)
     np.testing.assert_allclose(z.detach().numpy(), x @ w_branch, rtol=1e-5)  # the branch's own W
+
+
+def _rate_data(tmp_path, rate) -> tuple[str, str]:
+    rng = np.random.default_rng(4)
+    paths = []
+    for split, n in (("train", 64), ("val", 32)):
+        path = tmp_path / f"{split}_rate.npz"
+        np.savez(path, x=rng.normal(size=(n, 8)).astype(np.float32), rate=np.asarray(rate, np.int64))
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+@pytest.mark.parametrize("rate, untaken", [(16000, "We"), (8000, "Wt")])
+def test_a_scalar_input_is_one_setting_for_every_run_and_picks_the_branch_trained(tmp_path, rate, untaken):
+    pytest.importorskip("torch")
+    src = tmp_path / "m.onnx"
+    onnx.save(_model(by_rate=True), src)
+    train, val = _rate_data(tmp_path, rate)
+    rep = tmp_path / "c.json"
+    code = main(["compress", str(src), "-o", str(tmp_path / "c.onnx"), "--train", train, "--val", val,
+                 "--target-sparsity", "0.5", "--iterations", "1", "--epochs", "1",
+                 "--no-remove-dead-neurons", "--json", str(rep), "-q"])
+    assert code == 0
+    rounds = [r for r in json.loads(rep.read_text())["history"] if r["stage"] == "iteration"]
+    # The other branch's weights got no gradient (Wo goes with We in the else branch).
+    assert rounds[-1]["not_retrained"] == (["We", "Wo"] if untaken == "We" else ["Wt"])
+    out = onnx.load(str(tmp_path / "c.onnx"))
+    x = _inputs("else")
+    y = make_session(out).run(None, {"x": x, "rate": np.array(rate, np.int64)})[0]
+    assert y.shape == (4, 3) and np.all(np.isfinite(y))
+
+
+def test_a_scalar_input_given_per_sample_is_refused_before_training(tmp_path, capsys):
+    pytest.importorskip("torch")
+    src = tmp_path / "m.onnx"
+    onnx.save(_model(by_rate=True), src)
+    train, val = _rate_data(tmp_path, np.full(64, 16000))
+    code = main(["compress", str(src), "-o", str(tmp_path / "c.onnx"), "--train", train, "--val", val,
+                 "--target-sparsity", "0.5", "--iterations", "1", "--epochs", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'rate' is a scalar (rank 0)" in err and "0-d array" in err
+    assert not (tmp_path / "c.onnx").exists()

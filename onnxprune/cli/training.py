@@ -119,7 +119,7 @@ def cmd_finetune(args, console: Console) -> int:
         names = report["not_retrained"]
         console.info(f"note: {len(names)} pruned weight(s) got no gradient from the training data and "
                      f"kept their values ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}): "
-                     "layers in If branches the inputs never take are not retrained")
+                     "layers in If branches the inputs never take are not retrained (--skip GLOB keeps them dense)")
     before, after = report["accuracy_before"], report["accuracy_after"]
     console.info(f"val {_measure(before)} {100 * before['top1']:.2f}% -> {100 * after['top1']:.2f}% "
                  f"(ONNX Runtime on the written model); wrote {args.output}")

@@ -113,16 +113,24 @@ class Dataset:
 
 
 def n_samples(x) -> int:
-    """Sample count of one input array or of a name → array mapping (its first array)."""
+    """Sample count of one input array or of a name → array mapping (its first array that has
+    samples: a 0-d array is a setting fed whole to every run, see :func:`is_setting`)."""
     if isinstance(x, dict):
-        return int(next(iter(x.values())).shape[0]) if x else 0
+        return next((int(v.shape[0]) for v in x.values() if not is_setting(v)), 0)
     return int(np.shape(x)[0])
 
 
+def is_setting(v) -> bool:
+    """A 0-d array: the value of a scalar (rank-0) model input — silero's sample rate ``sr`` —
+    that every run takes as it is; it has no samples to slice."""
+    return len(np.shape(v)) == 0 if not hasattr(v, "dim") else v.dim() == 0
+
+
 def take(x, index):
-    """Rows ``index`` (a slice or index array) of one array or of every array of a mapping."""
+    """Rows ``index`` (a slice or index array) of one array or of every array of a mapping
+    (settings pass whole)."""
     if isinstance(x, dict):
-        return {k: v[index] for k, v in x.items()}
+        return {k: v if is_setting(v) else v[index] for k, v in x.items()}
     return x[index]
 
 
@@ -494,11 +502,18 @@ def _check_inputs(x, specs: list[InputSpec], name: str):
             + (f" (missing {missing})" if missing else "") + (f" (unknown {extra})" if extra else ""))
     arrays = {s.name: np.asarray(x[s.name]) for s in specs}
     for s in specs:
-        if arrays[s.name].ndim == 0 or arrays[s.name].shape[0] == 0:
+        scalar = s.shape is not None and len(s.shape) == 0
+        if scalar and arrays[s.name].ndim != 0:
+            raise DataMismatchError(
+                f"{name}: model input {s.name!r} is a scalar (rank 0), fed one value for every "
+                f"run; give it as a 0-d array (np.array(v)), not shape {arrays[s.name].shape}")
+        if not scalar and (arrays[s.name].ndim == 0 or arrays[s.name].shape[0] == 0):
             raise DataMismatchError(f"{name}: input {s.name!r} holds no samples")
+    if all(is_setting(v) for v in arrays.values()):
+        raise DataMismatchError(f"{name}: every input is a scalar setting; the data holds no samples")
     out = {s.name: coerce_x(arrays[s.name], s, what=_what(name, s, specs))
            for s in resolve_specs(specs, arrays, name)}
-    lengths = {k: v.shape[0] for k, v in out.items()}
+    lengths = {k: v.shape[0] for k, v in out.items() if not is_setting(v)}
     if len(set(lengths.values())) > 1:
         raise DataMismatchError(f"{name}: the inputs have different sample counts {lengths}")
     return out[specs[0].name] if len(specs) == 1 else out

@@ -445,7 +445,7 @@ class _Rounds:
             names = ", ".join(result.unreached[:3]) + (", …" if len(result.unreached) > 3 else "")
             note = (f"{len(result.unreached)} pruned weight(s) got no gradient from the training "
                     f"data and were not retrained ({names}): layers in If branches the inputs "
-                    "never take are pruned by magnitude only")
+                    "never take are pruned by magnitude only (--skip GLOB keeps them dense)")
             rec["warning"] = f"{rec['warning']}; {note}" if rec.get("warning") else note
         rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"]
                           if r["quality"] is not None}

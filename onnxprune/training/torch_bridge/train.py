@@ -735,7 +735,7 @@ def _step(net, opt, masking, objective: Objective, x: dict, y, scale: float, l1:
     opt.zero_grad(set_to_none=True)
     total, correct = 0.0, 0
     for start in range(0, n, chunk):
-        part = {k: v[start:start + chunk] for k, v in x.items()}
+        part = _data.take(x, slice(start, start + chunk))
         yp = None if y is None else y[start:start + chunk]
         summed, outs = objective.loss(net, part, yp)
         loss = summed * scale
