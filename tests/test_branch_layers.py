@@ -269,3 +269,48 @@ def test_a_scalar_input_given_per_sample_is_refused_before_training(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "'rate' is a scalar (rank 0)" in err and "0-d array" in err
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_sensitivity_measures_branch_layers_and_flags_the_branch_the_data_skips(tmp_path, capsys):
+    """Two branches storing weights under one name (as silero's do) are analysed separately."""
+    src = tmp_path / "m.onnx"
+    model = _model(by_rate=True)
+    # Store the else-branch weight under the then-branch Constant's tensor name as well.
+    else_g = next(a.g for a in model.graph.node[2].attribute if a.name == "else_branch")
+    else_g.initializer[0].name = "Wt"
+    for node in else_g.node:
+        node.input[:] = ["Wt" if i == "We" else i for i in node.input]
+    onnx.save(model, src)
+    _, val = _rate_data(tmp_path, 8000)  # the else branch only
+    code = main(["sensitivity", str(src), "--val", val, "-o", str(tmp_path / "sens"), "--budget", "1",
+                 "--json", str(tmp_path / "s.json")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads((tmp_path / "s.json").read_text())["layers"]}
+    assert rows["then_mm"]["scope"] == "route/then_branch" and rows["else_mm1"]["scope"] == "route/else_branch"
+    assert any(p["drop_pp"] > 0 for p in rows["else_mm1"]["points"])  # the taken branch matters
+    assert all(p["drop_pp"] == 0 for p in rows["then_mm"]["points"])  # the other one cannot
+    assert "1 layer(s) inside subgraphs changed nothing" in err and "then_mm" in err
+
+
+def test_lower_keeps_sparse_storage_of_weights_inside_branches(tmp_path):
+    """Nothing in a branch is lowered; the branch weights pruned to sparse_value must not come
+    back dense (the file would grow)."""
+    src, pruned, lowered = tmp_path / "m.onnx", tmp_path / "p.onnx", tmp_path / "l.onnx"
+    model = _model()
+    then_g = next(a.g for a in model.graph.node[2].attribute if a.name == "then_branch")
+    big = np.random.default_rng(5).normal(size=(8, 8)).astype(np.float32)
+    then_g.node[0].attribute[0].t.CopyFrom(numpy_helper.from_array(np.tile(big, (1, 1)), "Wt"))
+    onnx.save(model, src)
+    assert main(["prune", str(src), "-o", str(pruned), "--target-sparsity", "0.95",
+                 "--no-remove-dead-neurons", "-q"]) == 0
+    then_p = next(a.g for a in onnx.load(str(pruned)).graph.node[2].attribute if a.name == "then_branch")
+    assert then_p.node[0].attribute[0].name == "sparse_value"
+    assert main(["lower", str(pruned), "-o", str(lowered), "--input-shape", "x=4x8", "-q"]) == 0
+    out = onnx.load(str(lowered))
+    then_l = next(a.g for a in out.graph.node[2].attribute if a.name == "then_branch")
+    assert then_l.node[0].attribute[0].name == "sparse_value"
+    # Wo, a main-graph weight read only in the else branch, stays a main-graph (sparse) tensor.
+    assert "Wo" in {s.values.name for s in out.graph.sparse_initializer} | {t.name for t in out.graph.initializer}
+    x = _inputs("else")
+    np.testing.assert_allclose(_run(out, x), _run(onnx.load(str(pruned)), x), rtol=1e-5, atol=1e-5)

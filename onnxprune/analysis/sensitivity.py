@@ -61,6 +61,7 @@ from onnxprune.core import masks
 from onnxprune.runtime.datasets import Dataset, check_dataset, input_specs, n_classes
 from onnxprune.core.errors import UsageError
 from onnxprune.core.graph import find_layers, graph_from_model, graph_to_model, weight_values
+from onnxprune.core.io import proto_graphs
 
 DEFAULT_SPARSITY_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 DEFAULT_QUALITY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
@@ -134,26 +135,30 @@ def check_grid(grid, kind: str) -> list[float]:
 
 
 def _working_model(model: ModelProto, layers) -> tuple[ModelProto, dict[str, TensorProto]]:
-    """A copy of ``model`` whose layer weights are dense tensors addressable by name.
+    """A copy of ``model`` whose layer weights are dense tensors, and layer name → its tensor.
 
     Setting each weight's values once makes the graphsurgeon export write it as a dense
     initializer (or dense Constant value), whatever its storage in the input (sparse
-    initializer, Constant node, external data already read).
+    initializer, Constant node, external data already read).  Each weight is also given a name
+    of its own: weight names need not be unique across scopes (two If branches may each store
+    ``stft.forward_basis_buffer``), and the tensors are found by that name in every scope.
     """
     graph = graph_from_model(model)
     found, _ = find_layers(graph)
     by_name = {layer.name: layer for layer in found}
-    for layer in layers:
+    keys = {}
+    for i, layer in enumerate(layers):
         g = by_name[layer.name]
         g.weight.values = np.array(weight_values(g))
+        g.weight.name = keys[layer.name] = f"onnxprune.sensitivity.{i}"
     work = graph_to_model(graph, model)
-    tensors: dict[str, TensorProto] = {t.name: t for t in work.graph.initializer}
-    for node in work.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.name:
-                    tensors.setdefault(attr.t.name, attr.t)
-    return work, tensors
+    tensors: dict[str, TensorProto] = {}
+    for g in proto_graphs(work.graph):
+        tensors.update((t.name, t) for t in g.initializer)
+        for node in g.node:
+            if node.op_type == "Constant":
+                tensors.update((a.t.name, a.t) for a in node.attribute if a.name == "value")
+    return work, {layer: tensors[key] for layer, key in keys.items() if key in tensors}
 
 
 def select_layers(model: ModelProto, patterns: list[str] | None = None):
@@ -223,7 +228,7 @@ def analyse(
     done = 0
     out_layers = []
     for layer in chosen:
-        t = tensors.get(layer.weight_name)
+        t = tensors.get(layer.name)
         if t is None or tuple(t.dims) != tuple(layer.shape):
             raise UsageError(f"cannot locate the weight of layer {layer.name!r} "
                              f"({layer.weight_name!r}) in the model")
@@ -258,7 +263,7 @@ def analyse(
             t.ParseFromString(original)
         out_layers.append({
             "name": layer.name, "weight": layer.weight_name, "op": layer.op,
-            "kind": layer.kind, "shape": list(layer.shape), "params": layer.params,
+            "kind": layer.kind, "scope": layer.scope, "shape": list(layer.shape), "params": layer.params,
             "std": std, "sparsity_dense": (w.size - nonzero_dense) / w.size, "points": points,
         })
     return SensitivityResult(grid_kind, list(grid), dense, out_layers, evaluations,

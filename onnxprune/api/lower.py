@@ -105,8 +105,9 @@ def _lower(proto, info, path, output, options, decision, progress) -> dict:
 
 def _stored_sparse(proto) -> bool:
     """Whether the model stores any weight sparse (sparse initializers or Constant
-    ``sparse_value``s), as ``compress`` and ``prune`` write them by default."""
-    if len(proto.graph.sparse_initializer):
-        return True
-    return any(a.name == "sparse_value" for n in proto.graph.node if n.op_type == "Constant"
-               for a in n.attribute)
+    ``sparse_value``s, in any scope), as ``compress`` and ``prune`` write them by default."""
+    from onnxprune.core.io import proto_graphs
+
+    return any(len(g.sparse_initializer) or any(
+        a.name == "sparse_value" for n in g.node if n.op_type == "Constant" for a in n.attribute)
+        for g in proto_graphs(proto.graph))

@@ -130,6 +130,12 @@ def cmd_sensitivity(args, console: Console) -> int:
     write_json(report, args.json)
     console.info(format_curves(result))
     console.info(format_recommendation(rec, result.dense["top1"]))
+    unexercised = [layer["name"] for layer in result.layers if layer.get("scope")
+                   and all(p["top1"] == result.dense["top1"] for p in layer["points"])]
+    if unexercised:
+        console.info(f"note: {len(unexercised)} layer(s) inside subgraphs changed nothing at any point "
+                     f"({', '.join(unexercised[:3])}{', …' if len(unexercised) > 3 else ''}): the data may "
+                     "never take their branch, so their recommendation says nothing (--skip them when pruning)")
     console.info(f"{result.evaluations} ONNX Runtime evaluations for "
                  f"{len(result.layers) * len(grid)} points in {result.wall_seconds:.1f} s; "
                  f"wrote {', '.join(os.path.basename(o['path']) for o in outputs)} to {out_dir}")

@@ -178,14 +178,17 @@ def graph_from_model(model: ModelProto, info=None) -> gs.Graph:
     graph = gs.import_onnx(model)
     _own_shadowing_initializers(graph, model.graph)
     _densify_sparse_constants(graph, model.graph)
-    for t in graph.tensors().values():
+    # Every scope: a main-graph initializer read only inside an If branch is among the
+    # branch's tensors, not the main graph's.
+    every = {id(t): t for g in _all_graphs(graph) for t in g.tensors().values()}.values()
+    for t in every:
         # Storage is decided by io at save time; a location remembered from the input would
         # make onnx-graphsurgeon mark a rewritten (embedded) tensor as external.
         if isinstance(t, gs.Constant):
             t.data_location = None
             if type(t._values) is SparseValues:
                 t._values = DenseOfSparse(t._values.tensor)
-    for t in graph.tensors().values():
+    for t in every:
         if not (isinstance(t, gs.Constant) and isinstance(t._values, LazyValues)) or \
                 getattr(t._values.tensor, "data_location", None) != TensorProto.EXTERNAL:
             continue
@@ -519,8 +522,9 @@ def _restore_outer_initializers(graph: onnx.GraphProto, original: onnx.GraphProt
     If branches share would be written twice and move out of the scope it was stored in.
     Initializers the original stored in a subgraph (its own, or one shadowing an outer name)
     stay where they are."""
-    main_names = {t.name for t in original.initializer}
-    sub_names = {t.name for g in proto_graphs(original) if g is not original for t in g.initializer}
+    main_names = {t.name for t in original.initializer} | {s.values.name for s in original.sparse_initializer}
+    sub_names = {t.name for g in proto_graphs(original) if g is not original
+                 for t in (*g.initializer, *(s.values for s in g.sparse_initializer))}
     movable = main_names - sub_names
     have = {t.name for t in graph.initializer}
     for g in proto_graphs(graph):

@@ -100,8 +100,10 @@ def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool) -> 
     unknown = [i for i, m in enumerate(declared) if m is None and i > 0]
     if strict and unknown:
         names = ", ".join(_dim_label(dims[i]) for i in unknown)
+        # A named dim shows its name (H, W) for the user to replace; an unnamed one D1, D2…
         example = "x".join(str(m) if m is not None else (str(batch) if i == 0 else
-                           _dim_label(dims[i]).upper()) for i, m in enumerate(declared))
+                           dims[i].dim_param.upper() if dims[i].dim_param else f"D{i}")
+                           for i, m in enumerate(declared))
         raise UsageError(f"input {vi.name!r} has symbolic dimension(s) {names} "
                          f"(shape {_shape_text(dims)}) that random inputs cannot guess; "
                          f"give its shape with --input-shape {vi.name}={example}")
