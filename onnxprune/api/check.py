@@ -6,6 +6,7 @@ import types
 from typing import Callable
 
 from onnxprune.api.source import model_files, open_model, path_of
+from onnxprune.core.errors import UsageError
 
 
 def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
@@ -42,7 +43,15 @@ def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
     if before_run is not None:
         before_run([*model_files(ref_info), *model_files(cand_info), *([data] if data else [])])
     if data:
-        feeds = rt.load_inputs(data, ref)
+        try:
+            feeds = rt.load_inputs(data, ref)
+        except UsageError as raw_error:
+            outs = _as_training_data(data, ref, cand, raw_error)
+            result = rt.compare(*outs, atol, rtol)
+            return {"command": "check", "tool": {"name": "onnxprune", "version": __version__},
+                    "versions": versions(), "reference": path_of(reference),
+                    "candidate": path_of(candidate),
+                    "inputs": f"{data} (samples on axis 0, as compress reads it)", **result}
         source = data
     else:
         feeds = rt.random_inputs(ref, batch=batch, seed=seed, shapes=shapes, strict=True)
@@ -51,6 +60,23 @@ def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
     return {"command": "check", "tool": {"name": "onnxprune", "version": __version__},
             "versions": versions(), "reference": path_of(reference),
             "candidate": path_of(candidate), "inputs": source, **result}
+
+
+def _as_training_data(data: str, ref, cand, raw_error: Exception) -> tuple[list, list]:
+    """Both models' outputs on ``data`` read as compress reads it — samples on axis 0, moved
+    to each input's sample axis, a fixed batch fed in runs, a 0-d array fed to every run — for
+    a file that does not fit the inputs as they stand (silero's state ``(N, 2, 128)`` for an
+    input ``[2, batch, 128]``).  The raw error is raised when that reading fails too."""
+    from onnxprune.runtime import datasets
+    from onnxprune.runtime.evaluate import run_outputs
+
+    try:
+        ds = datasets.check_dataset(datasets.load_data(data, ref), datasets.input_specs(ref), None,
+                                    name=data, labels=False)
+    except UsageError:
+        raise raw_error from None
+    return tuple([v for v in run_outputs(m, ds.x, [o.name for o in m.graph.output]).values()]
+                 for m in (ref, cand))
 
 
 def describe_random(feeds: dict, seed: int) -> str:

@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("check", help="compare two models' outputs in ONNX Runtime")
     ch.add_argument("reference")
     ch.add_argument("candidate")
-    ch.add_argument("--data", metavar="NPZ", help="inputs (.npz keyed by input name, or x)")
+    ch.add_argument("--data", metavar="NPZ", help="inputs (.npz keyed by input name, or x), fed as they "
+                    "stand; a file that does not fit so is read as compress reads its data (samples "
+                    "on axis 0)")
     ch.add_argument("--atol", type=float_arg(0.0), default=1e-4)
     ch.add_argument("--rtol", type=float_arg(0.0), default=1e-3)
     ch.add_argument("--batch", type=int_arg(1), default=2, help="batch size for random inputs")
