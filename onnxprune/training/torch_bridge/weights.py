@@ -172,10 +172,47 @@ class _Chains:
     (mixed-precision graphs store fp16 weights and cast them up: the gradient reaches the
     stored tensor through either), and for recurrent weights (``unsqueeze``) also through an
     Unsqueeze with constant axes and a row-block Concat — the gate reorder torch writes in
-    front of an LSTM (``core.graph.const_source`` follows the same views)."""
+    front of an LSTM (``core.graph.const_source`` follows the same views).
 
-    def __init__(self, stored: dict, producers: dict) -> None:
-        self.stored, self.producers = stored, producers
+    Names are resolved as ONNX scopes them: a name read in a subgraph is the one defined there
+    or in the nearest enclosing graph, never one of a sibling branch (two If branches may each
+    compute a local ``t``, or one may store a ``t`` the other computes).  Every lookup takes the
+    scope (``scoped_graphs`` prefix) of the node reading the name."""
+
+    def __init__(self, stored: dict, scoped: list) -> None:
+        self.stored = stored
+        # (scope, name) → whether the tensor stored there is the one ``stored`` holds (False: a
+        # name stored in more than one scope, kept a fixed constant of its graph)
+        self.home: dict[tuple[str, str], bool] = {}
+        self.producers: dict[tuple[str, str], onnx.NodeProto] = {}
+        self.parent: dict[str, str] = {}
+        self.scope_of: dict[int, str] = {}
+        for g, prefix in scoped:
+            self.home.update(((prefix, n), n in stored and stored[n][1] is entry[1])
+                             for n, entry in stored_tensors(g).items())
+            for i, node in enumerate(g.node):
+                self.scope_of[id(node)] = prefix
+                self.producers.update(((prefix, out), node) for out in node.output if out)
+                for a in node.attribute:
+                    if a.HasField("g") or len(a.graphs):
+                        self.parent[f"{prefix}{node_label(node, i)}/{a.name}/"] = prefix
+
+    def lookup(self, name: str, scope: str) -> tuple[str, onnx.NodeProto | None] | None:
+        """Where ``name`` read in ``scope`` is defined: ("stored", None), ("fixed", None) (a
+        stored tensor whose name another scope stores too), ("node", producer), or None (a
+        graph input or unknown), searching ``scope`` then its enclosing graphs."""
+        while True:
+            if (scope, name) in self.home:
+                return ("stored" if self.home[scope, name] else "fixed"), None
+            if (scope, name) in self.producers:
+                return "node", self.producers[scope, name]
+            if scope not in self.parent:
+                return None
+            scope = self.parent[scope]
+
+    def producer(self, name: str, scope: str) -> onnx.NodeProto | None:
+        found = self.lookup(name, scope)
+        return found[1] if found else None
 
     def passes_value(self, node: onnx.NodeProto, unsqueeze: bool) -> bool:
         if node.op_type == "Identity":
@@ -185,13 +222,15 @@ class _Chains:
             return to in FLOAT_TYPES
         if node.op_type == "Unsqueeze" and unsqueeze:
             axes = node.input[1] if len(node.input) > 1 else ""
-            return not axes or axes in self.stored or \
-                (axes in self.producers and self.producers[axes].op_type == "Constant")
+            if not axes:
+                return True
+            found = self.lookup(axes, self.scope_of[id(node)])
+            return found is not None and (found[0] != "node" or found[1].op_type == "Constant")
         return False
 
-    def ints(self, name: str) -> list[int] | None:
-        src = self.source(name)
-        if src not in self.stored or _elem_type(*self.stored[src]) in FLOAT_TYPES:
+    def ints(self, name: str, scope: str) -> list[int] | None:
+        src, stored = self.resolve(name, scope)
+        if not stored or _elem_type(*self.stored[src]) in FLOAT_TYPES:
             return None
         return [int(v) for v in tensor_value(*self.stored[src]).reshape(-1)]
 
@@ -201,28 +240,34 @@ class _Chains:
         axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
         if axis != 0 or not concat.input:
             return None
+        scope = self.scope_of[id(concat)]
         whole, rows = None, []
         for part in concat.input:
-            node = self.producers.get(part)
+            node = self.producer(part, scope)
             if node is None or node.op_type != "Slice" or len(node.input) < 3 or \
-                    whole not in (None, node.input[0]):
+                    whole not in (None, node.input[0]) or self.scope_of[id(node)] != scope:
                 return None
             whole = node.input[0]
-            extra = [self.ints(x) if x else d for x, d in zip(list(node.input[3:5]) + ["", ""], ([0], [1]))]
-            bounds = self.ints(node.input[1]), self.ints(node.input[2])
+            extra = [self.ints(x, scope) if x else d
+                     for x, d in zip(list(node.input[3:5]) + ["", ""], ([0], [1]))]
+            bounds = self.ints(node.input[1], scope), self.ints(node.input[2], scope)
             if None in bounds or any(len(b) != 1 for b in bounds) or extra != [[0], [1]]:
                 return None
             rows.append((bounds[0][0], bounds[1][0]))
-        src = self.source(whole)
-        dims = _dims(*self.stored[src]) if src in self.stored else ()
+        src, stored = self.resolve(whole, scope)
+        dims = _dims(*self.stored[src]) if stored else ()
         return whole if dims and rows_partition(rows, dims[0]) else None
 
-    def source(self, name: str, unsqueeze: bool = False) -> str:
-        """Follow the chain from ``name`` back to the stored tensor (or as far as it goes)."""
+    def resolve(self, name: str, scope: str, unsqueeze: bool = False) -> tuple[str, bool]:
+        """Follow the chain from ``name`` read in ``scope`` back as far as it goes: the name it
+        ends on and whether that is a stored tensor (visible where the chain reads it)."""
         seen = set()
-        while name not in self.stored and name in self.producers and name not in seen:
-            seen.add(name)
-            node = self.producers[name]
+        while (found := self.lookup(name, scope)) is not None and (scope, name) not in seen:
+            if found[0] != "node":
+                return name, found[0] == "stored"
+            seen.add((scope, name))
+            node = found[1]
+            scope = self.scope_of[id(node)]
             whole = self.row_blocks(node) if unsqueeze and node.op_type == "Concat" else None
             if whole is not None:
                 name = whole
@@ -230,13 +275,14 @@ class _Chains:
             if not self.passes_value(node, unsqueeze) or not node.input:
                 break
             name = node.input[0]
-        return name
+        return name, False
 
-    def is_float_const(self, name: str, unsqueeze: bool = False) -> bool:
+    def float_source(self, name: str, scope: str, unsqueeze: bool = False) -> str | None:
+        """The stored floating-point tensor behind ``name`` read in ``scope``, or None."""
         if not name:
-            return False
-        src = self.source(name, unsqueeze)
-        return src in self.stored and _elem_type(*self.stored[src]) in FLOAT_TYPES
+            return None
+        src, stored = self.resolve(name, scope, unsqueeze)
+        return src if stored and _elem_type(*self.stored[src]) in FLOAT_TYPES else None
 
 
 def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
@@ -250,16 +296,19 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
     scoped = list(scoped_graphs(graph))
     nodes = [(node, prefix + node_label(node, i)) for g, prefix in scoped for i, node in enumerate(g.node)]
     scopes = {id(node): prefix[:-1] for g, prefix in scoped for node in g.node}
-    producers = {out: node for node, _ in nodes for out in node.output if out}
+    chains = _Chains(stored, scoped)
 
-    chains = _Chains(stored, producers)
-    source, is_float_const = chains.source, chains.is_float_const
+    def scope_of(node: onnx.NodeProto) -> str:
+        return chains.scope_of[id(node)]
+
+    def is_float_const(name: str, node: onnx.NodeProto) -> bool:
+        return chains.float_source(name, scope_of(node), node.op_type in _RECURRENT) is not None
 
     weights: dict[str, WeightInfo] = {}
     labels = {id(node): label for node, label in nodes}
 
     def add(name: str, role: str, node: onnx.NodeProto, group: str) -> None:
-        src = source(name, node.op_type in _RECURRENT)
+        src = chains.float_source(name, scope_of(node), node.op_type in _RECURRENT)
         if src in weights:
             # Shared tensor: a prunable use wins, so its mask is enforced everywhere.
             if role == "weight" and weights[src].role != "weight":
@@ -273,24 +322,24 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
 
     def bn_group(node: onnx.NodeProto) -> str:
         # A BatchNormalization belongs to the layer it normalises (freeze acts on both).
-        name = node.input[0]
-        while name in producers and producers[name].op_type == "Identity":
-            name = producers[name].input[0]
-        prod = producers.get(name)
+        name, scope = node.input[0], scope_of(node)
+        prod = chains.producer(name, scope)
+        while prod is not None and prod.op_type == "Identity" and prod.input:
+            prod = chains.producer(prod.input[0], scope_of(prod))
         if prod is None:
             return "conv"
         if prod.op_type in ("Gemm", "MatMul"):
             return "fc"
         if prod.op_type == "Add" and any(
-            i in producers and producers[i].op_type == "MatMul" for i in prod.input
+            getattr(chains.producer(i, scope_of(prod)), "op_type", None) == "MatMul" for i in prod.input
         ):
             return "fc"
         return "conv"
 
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    consumers: dict[tuple[str, str], list[onnx.NodeProto]] = {}  # (scope, name): readers there
     for node, _ in nodes:
         for i in node.input:
-            consumers.setdefault(i, []).append(node)
+            consumers.setdefault((scope_of(node), i), []).append(node)
 
     for node, _ in nodes:
         if node.domain not in ("", "ai.onnx") or node.op_type not in _LAYER_SLOTS:
@@ -300,17 +349,17 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
             group = bn_group(node)
         if node.op_type in ("Gemm", "MatMul"):
             ops = list(node.input[:2])
-            pick = 1 if is_float_const(ops[1]) else 0 if is_float_const(ops[0]) else None
+            pick = 1 if is_float_const(ops[1], node) else 0 if is_float_const(ops[0], node) else None
             if pick is not None:
                 add(ops[pick], "weight", node, group)
         for idx, role in slots.items():
-            if idx < len(node.input) and is_float_const(node.input[idx], node.op_type in _RECURRENT):
+            if idx < len(node.input) and is_float_const(node.input[idx], node):
                 add(node.input[idx], role, node, group)
         if node.op_type == "MatMul":
-            for cons in consumers.get(node.output[0], []):
+            for cons in consumers.get((scope_of(node), node.output[0]), []):
                 if cons.op_type == "Add" and cons.domain in ("", "ai.onnx"):
                     other = [i for i in cons.input if i != node.output[0]]
-                    if len(other) == 1 and is_float_const(other[0]):
+                    if len(other) == 1 and is_float_const(other[0], cons):
                         add(other[0], "bias", node, group)
     return weights
 

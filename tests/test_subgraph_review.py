@@ -1,0 +1,78 @@
+"""Hostile models for layers inside subgraphs, recurrent weights and scalar settings.
+
+Each test builds a tiny model (opset 17) that once broke the tool:
+
+* sibling If branches reusing a local value name (``t = Identity(W)`` in both): ONNX scopes
+  each name to its branch, so each branch's MatMul reads its own weight;
+* two branches storing a weight under one name: the bridge cannot tell them apart and keeps
+  them fixed, so a run that prunes them must say they were not retrained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+F = TensorProto.FLOAT
+
+
+def _if_model(then_nodes, then_inits, else_nodes, else_inits, head: bool = False, seed: int = 0):
+    """y = If(max(x) > 0, then, else) [@ Wh]; each branch outputs ``t_out`` / ``e_out``."""
+    rng = np.random.default_rng(seed)
+    branch_out = lambda n: [helper.make_tensor_value_info(n, F, None)]  # noqa: E731
+    then_g = helper.make_graph(then_nodes, "then", [], branch_out("t_out"), then_inits)
+    else_g = helper.make_graph(else_nodes, "else", [], branch_out("e_out"), else_inits)
+    nodes = [helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
+             helper.make_node("Greater", ["mx", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["h" if head else "y"], name="route",
+                              then_branch=then_g, else_branch=else_g)]
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    if head:
+        nodes.append(helper.make_node("MatMul", ["h", "Wh"], ["y"], name="head"))
+        inits.append(numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "Wh"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 8])],
+                          [helper.make_tensor_value_info("y", F, ["N", 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _w(name: str, seed: int) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.random.default_rng(seed).normal(size=(8, 8)).astype(np.float32), name)
+
+
+def _sibling_local_names():
+    """then: t = Identity(Wa); x @ t   else: t = Identity(Wb); x @ t."""
+    return _if_model(
+        [helper.make_node("Identity", ["Wa"], ["t"]), helper.make_node("MatMul", ["x", "t"], ["t_out"], name="tmm")],
+        [_w("Wa", 1)],
+        [helper.make_node("Identity", ["Wb"], ["t"]), helper.make_node("MatMul", ["x", "t"], ["e_out"], name="emm")],
+        [_w("Wb", 2)])
+
+
+def test_sibling_branches_reusing_a_value_name_each_read_their_own_weight():
+    pytest.importorskip("torch")
+    from onnxprune.training.torch_bridge import find_weights
+
+    info = find_weights(_sibling_local_names())
+    got = {n: (i.layer, i.role, i.scope) for n, i in info.items()}
+    assert got == {"Wa": ("route/then_branch/tmm", "weight", "route/then_branch"),
+                   "Wb": ("route/else_branch/emm", "weight", "route/else_branch")}
+
+
+def test_a_stored_name_of_one_branch_is_not_a_weight_of_its_sibling():
+    """then stores ``t`` (a weight); else computes its own ``t`` = Relu(x) and multiplies x by
+    it: else's ``t`` is data, not then's weight (the else branch is met first: attributes are
+    sorted by name)."""
+    pytest.importorskip("torch")
+    from onnxprune.training.torch_bridge import find_weights
+
+    m = _if_model(
+        [helper.make_node("MatMul", ["x", "t"], ["t_out"], name="tmm")], [_w("t", 1)],
+        [helper.make_node("Relu", ["x"], ["t"]), helper.make_node("MatMul", ["x", "t"], ["e_out"], name="emm")],
+        [])
+    got = {n: i.layer for n, i in find_weights(m).items() if i.prunable}
+    assert got == {"t": "route/then_branch/tmm"}
