@@ -15,6 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.cli.app import main
+
 F = TensorProto.FLOAT
 
 
@@ -76,3 +78,34 @@ def test_a_stored_name_of_one_branch_is_not_a_weight_of_its_sibling():
         [])
     got = {n: i.layer for n, i in find_weights(m).items() if i.prunable}
     assert got == {"t": "route/then_branch/tmm"}
+
+
+def _two_branches_storing_w():
+    """Both branches store their own ``W`` (different values); a main-graph head follows."""
+    return _if_model([helper.make_node("MatMul", ["x", "W"], ["t_out"], name="tmm")], [_w("W", 1)],
+                     [helper.make_node("MatMul", ["x", "W"], ["e_out"], name="emm")], [_w("W", 2)],
+                     head=True)
+
+
+def test_weights_stored_under_one_name_in_two_branches_are_pruned_and_said_not_retrained(tmp_path):
+    pytest.importorskip("torch")
+    from onnxprune.core.graph import find_layers, graph_from_model
+    from onnxprune.training.torch_bridge import FinetuneConfig, finetune
+
+    src, out = tmp_path / "m.onnx", tmp_path / "p.onnx"
+    onnx.save(_two_branches_storing_w(), src)
+    # The pruner tells the two apart (each is its own layer) and prunes both...
+    layers = {layer.name: layer.scope for layer in find_layers(graph_from_model(onnx.load(src)))[0]}
+    assert layers == {"tmm": "route/then_branch", "emm": "route/else_branch", "head": ""}
+    assert main(["prune", str(src), "-o", str(out), "--target-sparsity", "0.5", "--emit", "dense",
+                 "--no-remove-dead-neurons", "-q"]) == 0
+    pruned = onnx.load(str(out))
+    # ...the bridge cannot (one name, two tensors): they stay fixed, and the run says so.
+    x = np.random.default_rng(4).normal(size=(32, 8)).astype(np.float32)
+    y = np.random.default_rng(5).integers(0, 8, 32).astype(np.int64)
+    res = finetune(pruned, (x, y), config=FinetuneConfig(epochs=1, batch_size=8, lr=0.05, seed=0))
+    assert res.unreached == ["W"]
+    branches = [a.g for a in res.model.graph.node[2].attribute]
+    np.testing.assert_array_equal(  # written back untouched, each in its own branch
+        [numpy_helper.to_array(g.initializer[0]) for g in branches],
+        [numpy_helper.to_array(g.initializer[0]) for g in (a.g for a in pruned.graph.node[2].attribute)])

@@ -721,7 +721,7 @@ def _train_loop(net, module, opt, masks, train_src, val_src, config, dist, devic
             history.append(record)
             if on_progress is not None and dist.rank == 0:
                 on_progress(epoch, step, total_steps, {**record, "epoch_end": True})
-    return history, best_state, best_epoch, sorted(masking.unreached)
+    return history, best_state, best_epoch, sorted(masking.unreached | set(module.fixed_weights))
 
 
 def _step(net, opt, masking, objective: Objective, x: dict, y, scale: float, l1: float,

@@ -181,15 +181,18 @@ class _Chains:
 
     def __init__(self, stored: dict, scoped: list) -> None:
         self.stored = stored
-        # (scope, name) → whether the tensor stored there is the one ``stored`` holds (False: a
-        # name stored in more than one scope, kept a fixed constant of its graph)
-        self.home: dict[tuple[str, str], bool] = {}
+        # (scope, name) → (storage kind, tensor) stored there; ``held``: those ``stored`` holds
+        # (not a name stored in more than one scope, kept a fixed constant of its graph)
+        self.home: dict[tuple[str, str], tuple[str, object]] = {}
+        self.held: set[tuple[str, str]] = set()
         self.producers: dict[tuple[str, str], onnx.NodeProto] = {}
         self.parent: dict[str, str] = {}
         self.scope_of: dict[int, str] = {}
         for g, prefix in scoped:
-            self.home.update(((prefix, n), n in stored and stored[n][1] is entry[1])
-                             for n, entry in stored_tensors(g).items())
+            for n, entry in stored_tensors(g).items():
+                self.home[prefix, n] = entry
+                if n in stored and stored[n][1] is entry[1]:
+                    self.held.add((prefix, n))
             for i, node in enumerate(g.node):
                 self.scope_of[id(node)] = prefix
                 self.producers.update(((prefix, out), node) for out in node.output if out)
@@ -198,12 +201,12 @@ class _Chains:
                         self.parent[f"{prefix}{node_label(node, i)}/{a.name}/"] = prefix
 
     def lookup(self, name: str, scope: str) -> tuple[str, onnx.NodeProto | None] | None:
-        """Where ``name`` read in ``scope`` is defined: ("stored", None), ("fixed", None) (a
+        """Where ``name`` read in ``scope`` is defined: ("stored", entry), ("fixed", entry) (a
         stored tensor whose name another scope stores too), ("node", producer), or None (a
         graph input or unknown), searching ``scope`` then its enclosing graphs."""
         while True:
             if (scope, name) in self.home:
-                return ("stored" if self.home[scope, name] else "fixed"), None
+                return ("stored" if (scope, name) in self.held else "fixed"), self.home[scope, name]
             if (scope, name) in self.producers:
                 return "node", self.producers[scope, name]
             if scope not in self.parent:
@@ -212,7 +215,7 @@ class _Chains:
 
     def producer(self, name: str, scope: str) -> onnx.NodeProto | None:
         found = self.lookup(name, scope)
-        return found[1] if found else None
+        return found[1] if found and found[0] == "node" else None
 
     def passes_value(self, node: onnx.NodeProto, unsqueeze: bool) -> bool:
         if node.op_type == "Identity":
@@ -229,8 +232,8 @@ class _Chains:
         return False
 
     def ints(self, name: str, scope: str) -> list[int] | None:
-        src, stored = self.resolve(name, scope)
-        if not stored or _elem_type(*self.stored[src]) in FLOAT_TYPES:
+        src, kind, _ = self.resolve(name, scope)
+        if kind != "stored" or _elem_type(*self.stored[src]) in FLOAT_TYPES:
             return None
         return [int(v) for v in tensor_value(*self.stored[src]).reshape(-1)]
 
@@ -254,17 +257,18 @@ class _Chains:
             if None in bounds or any(len(b) != 1 for b in bounds) or extra != [[0], [1]]:
                 return None
             rows.append((bounds[0][0], bounds[1][0]))
-        src, stored = self.resolve(whole, scope)
-        dims = _dims(*self.stored[src]) if stored else ()
+        src, kind, _ = self.resolve(whole, scope)
+        dims = _dims(*self.stored[src]) if kind == "stored" else ()
         return whole if dims and rows_partition(rows, dims[0]) else None
 
-    def resolve(self, name: str, scope: str, unsqueeze: bool = False) -> tuple[str, bool]:
+    def resolve(self, name: str, scope: str, unsqueeze: bool = False) -> tuple[str, str | None, tuple | None]:
         """Follow the chain from ``name`` read in ``scope`` back as far as it goes: the name it
-        ends on and whether that is a stored tensor (visible where the chain reads it)."""
+        ends on, and when that is a stored tensor "stored" / "fixed" (see :meth:`lookup`) and its
+        (storage kind, tensor)."""
         seen = set()
         while (found := self.lookup(name, scope)) is not None and (scope, name) not in seen:
             if found[0] != "node":
-                return name, found[0] == "stored"
+                return name, found[0], found[1]
             seen.add((scope, name))
             node = found[1]
             scope = self.scope_of[id(node)]
@@ -275,14 +279,22 @@ class _Chains:
             if not self.passes_value(node, unsqueeze) or not node.input:
                 break
             name = node.input[0]
-        return name, False
+        return name, None, None
 
     def float_source(self, name: str, scope: str, unsqueeze: bool = False) -> str | None:
         """The stored floating-point tensor behind ``name`` read in ``scope``, or None."""
         if not name:
             return None
-        src, stored = self.resolve(name, scope, unsqueeze)
-        return src if stored and _elem_type(*self.stored[src]) in FLOAT_TYPES else None
+        src, kind, _ = self.resolve(name, scope, unsqueeze)
+        return src if kind == "stored" and _elem_type(*self.stored[src]) in FLOAT_TYPES else None
+
+    def fixed_float(self, name: str, scope: str, unsqueeze: bool = False) -> str | None:
+        """The name of the floating-point tensor behind ``name`` when it is stored under a name
+        another scope stores too (the bridge keeps it fixed), else None."""
+        if not name:
+            return None
+        src, kind, entry = self.resolve(name, scope, unsqueeze)
+        return src if kind == "fixed" and _elem_type(*entry) in FLOAT_TYPES else None
 
 
 def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
@@ -291,6 +303,17 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
     Layers inside subgraphs (If branches, Loop/Scan bodies) count too, whether their weight is
     stored in the subgraph or read from an enclosing scope; ``layer`` is then the node's label
     as the interpreter names it (``"If_0/then_branch/Conv_3"``)."""
+    return _scan(model)[0]
+
+
+def fixed_weights(model: onnx.ModelProto) -> list[str]:
+    """Names of layer weights the bridge keeps fixed because the name is stored in more than one
+    scope (two If branches each storing ``W``): the pruner prunes each, nothing retrains them."""
+    return sorted(_scan(model)[1])
+
+
+def _scan(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], set[str]]:
+    """(:func:`find_weights`, :func:`fixed_weights`) in one pass."""
     graph = model.graph
     stored = all_stored_tensors(graph)
     scoped = list(scoped_graphs(graph))
@@ -305,7 +328,19 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
         return chains.float_source(name, scope_of(node), node.op_type in _RECURRENT) is not None
 
     weights: dict[str, WeightInfo] = {}
+    fixed: set[str] = set()
     labels = {id(node): label for node, label in nodes}
+
+    def weight(name: str, node: onnx.NodeProto, group: str) -> bool:
+        """Add ``name`` as the layer's prunable weight when it is a held float constant; note
+        it when it is a fixed one."""
+        if is_float_const(name, node):
+            add(name, "weight", node, group)
+            return True
+        held_elsewhere = chains.fixed_float(name, scope_of(node), node.op_type in _RECURRENT)
+        if held_elsewhere is not None:
+            fixed.add(held_elsewhere)
+        return False
 
     def add(name: str, role: str, node: onnx.NodeProto, group: str) -> None:
         src = chains.float_source(name, scope_of(node), node.op_type in _RECURRENT)
@@ -348,12 +383,12 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
         if group == "bn":
             group = bn_group(node)
         if node.op_type in ("Gemm", "MatMul"):
-            ops = list(node.input[:2])
-            pick = 1 if is_float_const(ops[1], node) else 0 if is_float_const(ops[0], node) else None
-            if pick is not None:
-                add(ops[pick], "weight", node, group)
+            ops = list(node.input[:2]) + ["", ""]
+            _ = weight(ops[1], node, group) or weight(ops[0], node, group)
         for idx, role in slots.items():
-            if idx < len(node.input) and is_float_const(node.input[idx], node):
+            if idx < len(node.input) and role == "weight":
+                weight(node.input[idx], node, group)
+            elif idx < len(node.input) and is_float_const(node.input[idx], node):
                 add(node.input[idx], role, node, group)
         if node.op_type == "MatMul":
             for cons in consumers.get((scope_of(node), node.output[0]), []):
@@ -361,7 +396,7 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
                     other = [i for i in cons.input if i != node.output[0]]
                     if len(other) == 1 and is_float_const(other[0], cons):
                         add(other[0], "bias", node, group)
-    return weights
+    return weights, fixed
 
 
 def _check_loaded(name: str, t: TensorProto) -> None:
