@@ -109,3 +109,29 @@ def test_weights_stored_under_one_name_in_two_branches_are_pruned_and_said_not_r
     np.testing.assert_array_equal(  # written back untouched, each in its own branch
         [numpy_helper.to_array(g.initializer[0]) for g in branches],
         [numpy_helper.to_array(g.initializer[0]) for g in (a.g for a in pruned.graph.node[2].attribute)])
+
+
+def test_a_loop_body_input_hides_the_outer_weight_of_the_same_name():
+    """The body's loop-carried ``W`` (an input of the body, starting from the initializer
+    ``W``) is data there: the body's MatMul has no constant weight, and nothing else reads it."""
+    pytest.importorskip("torch")
+    from onnxprune.training.torch_bridge import find_weights
+
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["s_in", "W"], ["s_out"], name="body_mm"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["W"], ["W_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("s_in", F, None), helper.make_tensor_value_info("W", F, None)],
+        [helper.make_tensor_value_info(n, t, None) for n, t in
+         (("cond_out", TensorProto.BOOL), ("s_out", F), ("W_out", F))])
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["trip", "", "x", "W"], ["y", "w_end"], name="loop", body=body)],
+        "g", [helper.make_tensor_value_info("x", F, ["N", 8])],
+        [helper.make_tensor_value_info("y", F, ["N", 8]), helper.make_tensor_value_info("w_end", F, [8, 8])],
+        [_w("W", 1), numpy_helper.from_array(np.array(2, np.int64), "trip")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    assert {n: i.layer for n, i in find_weights(m).items() if i.prunable} == {}

@@ -188,7 +188,10 @@ class _Chains:
         self.producers: dict[tuple[str, str], onnx.NodeProto] = {}
         self.parent: dict[str, str] = {}
         self.scope_of: dict[int, str] = {}
+        self.formal: set[tuple[str, str]] = set()  # a Loop/Scan body's inputs hide outer names
         for g, prefix in scoped:
+            if prefix:
+                self.formal.update((prefix, i.name) for i in g.input)
             for n, entry in stored_tensors(g).items():
                 self.home[prefix, n] = entry
                 if n in stored and stored[n][1] is entry[1]:
@@ -209,7 +212,7 @@ class _Chains:
                 return ("stored" if (scope, name) in self.held else "fixed"), self.home[scope, name]
             if (scope, name) in self.producers:
                 return "node", self.producers[scope, name]
-            if scope not in self.parent:
+            if (scope, name) in self.formal or scope not in self.parent:
                 return None
             scope = self.parent[scope]
 
