@@ -135,3 +135,19 @@ def test_a_loop_body_input_hides_the_outer_weight_of_the_same_name():
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
     assert {n: i.layer for n, i in find_weights(m).items() if i.prunable} == {}
+
+
+def test_nothing_to_train_but_weights_stored_under_one_name_says_why(tmp_path, capsys):
+    pytest.importorskip("torch")
+    m = _if_model([helper.make_node("MatMul", ["x", "W"], ["t_out"], name="tmm")], [_w("W", 1)],
+                  [helper.make_node("MatMul", ["x", "W"], ["e_out"], name="emm")], [_w("W", 2)])
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(16, 8)).astype(np.float32), y=rng.integers(0, 8, 16))
+    code = main(["finetune", str(src), "-o", str(tmp_path / "f.onnx"), "--train", str(tmp_path / "d.npz"),
+                 "--val", str(tmp_path / "d.npz"), "--epochs", "1", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "nothing to train" in err
+    assert "'W' is stored under one name in several subgraphs" in err
+    assert not (tmp_path / "f.onnx").exists()

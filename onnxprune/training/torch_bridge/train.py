@@ -553,7 +553,9 @@ def _optimizer(module, masks: dict, frozen: set, config: FinetuneConfig):
     decay_ids = {id(p) for p in decay}
     rest = [p for p in module.params.values() if p.requires_grad and id(p) not in decay_ids]
     if not decay and not rest:
-        raise UsageError("finetune: nothing to train (every weight is frozen or the graph has none)")
+        fixed = "".join(f"; {n!r} is stored under one name in several subgraphs and stays fixed"
+                        for n in module.fixed_weights)
+        raise UsageError(f"finetune: nothing to train (every weight is frozen or the graph has none{fixed})")
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     lr = config.resolved_lr()
     if config.optimizer == "sgd":
