@@ -151,3 +151,36 @@ def test_nothing_to_train_but_weights_stored_under_one_name_says_why(tmp_path, c
     assert code == 2 and len(err.splitlines()) == 1 and "nothing to train" in err
     assert "'W' is stored under one name in several subgraphs" in err
     assert not (tmp_path / "f.onnx").exists()
+
+
+def test_a_recurrent_weight_that_is_a_graph_input_is_left_alone_by_retraining_too(tmp_path):
+    """W is an initializer the user may override (it is also a graph input): prune leaves it
+    alone, and so must the retraining of compress (R, a plain initializer, is pruned and trained)."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    t, n_in, hid = 5, 6, 8
+    g = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["", "h"], name="rnn", hidden_size=hid),
+         helper.make_node("Squeeze", ["h", "axis0"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", F, [t, "N", n_in]),
+              helper.make_tensor_value_info("W", F, [1, 4 * hid, n_in])],
+        [helper.make_tensor_value_info("y", F, ["N", hid])],
+        [numpy_helper.from_array(rng.normal(size=(1, 4 * hid, n_in)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.normal(size=(1, 4 * hid, hid)).astype(np.float32), "R"),
+         numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    src, out = tmp_path / "m.onnx", tmp_path / "c.onnx"
+    onnx.save(m, src)
+    for split, n in (("train", 32), ("val", 16)):
+        np.savez(tmp_path / f"{split}.npz", x=rng.normal(size=(n, t, n_in)).astype(np.float32))
+    assert main(["compress", str(src), "-o", str(out), "--train", str(tmp_path / "train.npz"),
+                 "--val", str(tmp_path / "val.npz"), "--target-sparsity", "0.5", "--iterations", "1",
+                 "--epochs", "2", "-q"]) == 0
+    before = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    np.testing.assert_array_equal(after["W"], before["W"])
+    assert np.mean(after["R"] == 0) == pytest.approx(0.5, abs=0.02)
+    kept = after["R"] != 0
+    assert np.any(after["R"][kept] != before["R"][kept])  # R was retrained

@@ -332,6 +332,7 @@ def _scan(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], set[str]]:
 
     weights: dict[str, WeightInfo] = {}
     fixed: set[str] = set()
+    overridable = {i.name for i in graph.input} & set(stored_tensors(graph))
     labels = {id(node): label for node, label in nodes}
 
     def weight(name: str, node: onnx.NodeProto, group: str) -> bool:
@@ -347,6 +348,8 @@ def _scan(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], set[str]]:
 
     def add(name: str, role: str, node: onnx.NodeProto, group: str) -> None:
         src = chains.float_source(name, scope_of(node), node.op_type in _RECURRENT)
+        if src in overridable:
+            return  # a default the user may override at run time: left alone, as prune does
         if src in weights:
             # Shared tensor: a prunable use wins, so its mask is enforced everywhere.
             if role == "weight" and weights[src].role != "weight":
