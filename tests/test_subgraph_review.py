@@ -184,3 +184,28 @@ def test_a_recurrent_weight_that_is_a_graph_input_is_left_alone_by_retraining_to
     assert np.mean(after["R"] == 0) == pytest.approx(0.5, abs=0.02)
     kept = after["R"] != 0
     assert np.any(after["R"][kept] != before["R"][kept])  # R was retrained
+
+
+def test_a_layer_three_ifs_deep_has_the_full_scope_path_in_pruner_and_bridge():
+    """If inside If inside If: the scope names every enclosing node, as the bridge names it (a
+    label of the innermost If alone would not tell two such Ifs in sibling branches apart)."""
+    pytest.importorskip("torch")
+    from onnxprune.core.graph import find_layers, graph_from_model
+    from onnxprune.training.torch_bridge import find_weights
+
+    def out(n):
+        return [helper.make_tensor_value_info(n, F, None)]
+
+    inner = helper.make_graph([helper.make_node("MatMul", ["x", "Deep"], ["d"], name="deep_mm")], "d", [], out("d"),
+                              [_w("Deep", 1)])
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["r"])], "r", [], out("r"))
+    mid = helper.make_graph([helper.make_node("If", ["cond"], ["m"], name="if_in", then_branch=inner,
+                                              else_branch=relu)], "m", [], out("m"))
+    m = _if_model(list(helper.make_graph([helper.make_node("If", ["cond"], ["t_out"], name="if_mid",
+                                                           then_branch=mid, else_branch=relu)],
+                                         "t", [], out("t_out")).node), [],
+                  [helper.make_node("Relu", ["x"], ["e_out"])], [])
+    want = "route/then_branch/if_mid/then_branch/if_in/then_branch"
+    layers = {layer.weight_name: layer.scope for layer in find_layers(graph_from_model(m))[0]}
+    assert layers == {"Deep": want}
+    assert find_weights(m)["Deep"].scope == want

@@ -684,7 +684,8 @@ def is_float(dtype) -> bool:
 
 def _scoped_graphs(graph: gs.Graph):
     """(graph, scope label) for ``graph`` (label "") and every subgraph, outer before inner;
-    a subgraph is labelled ``"<node name>/<attribute>"`` of the node holding it."""
+    a subgraph is labelled ``"<node name>/<attribute>"`` of the node holding it, after its own
+    graph's label (``"route/then_branch/inner/else_branch"``): the bridge's names for it."""
     stack = [(graph, "")]
     while stack:
         g, label = stack.pop(0)
@@ -694,7 +695,8 @@ def _scoped_graphs(graph: gs.Graph):
                 subs = [v] if isinstance(v, gs.Graph) else \
                     [x for x in v if isinstance(x, gs.Graph)] if isinstance(v, (list, tuple)) else []
                 for sub in subs:
-                    stack.append((sub, f"{node.name or f'{node.op}_{i}'}/{key}"))
+                    here = f"{node.name or f'{node.op}_{i}'}/{key}"
+                    stack.append((sub, f"{label}/{here}" if label else here))
 
 
 def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
