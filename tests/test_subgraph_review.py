@@ -209,3 +209,32 @@ def test_a_layer_three_ifs_deep_has_the_full_scope_path_in_pruner_and_bridge():
     layers = {layer.weight_name: layer.scope for layer in find_layers(graph_from_model(m))[0]}
     assert layers == {"Deep": want}
     assert find_weights(m)["Deep"].scope == want
+
+
+@pytest.mark.parametrize("batch", [4, "N"])
+def test_a_scalar_setting_stays_rank_0_in_training(monkeypatch, batch):
+    """y = (x · scale) @ W with a rank-0 input ``scale``: the setting reaches the graph as a
+    0-d tensor in every micro-batch (a model fixing its batch at 4 is fed 4 samples at a time;
+    a setting turned 1-D would be sliced with them and come out empty)."""
+    pytest.importorskip("torch")
+    import onnxprune.training.torch_bridge.train as train
+    from onnxprune.training.torch_bridge import FinetuneConfig, build_module, finetune
+
+    rng = np.random.default_rng(9)
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "scale"], ["xs"]), helper.make_node("MatMul", ["xs", "W"], ["y"], name="fc")],
+        "g", [helper.make_tensor_value_info("x", F, [batch, 8]), helper.make_tensor_value_info("scale", F, [])],
+        [helper.make_tensor_value_info("y", F, [batch, 3])],
+        [numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    seen = []
+    module = build_module(m)
+    module.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0]["scale"].shape)))
+    x = {"x": rng.normal(size=(32, 8)).astype(np.float32), "scale": np.array(2.0, np.float32)}
+    y = rng.integers(0, 3, 32).astype(np.int64)
+    monkeypatch.setattr(train, "build_module", lambda *a, **k: module)  # to watch its inputs
+    res = finetune(m, (x, y), config=FinetuneConfig(epochs=1, batch_size=8, lr=0.01, seed=0))
+    assert seen and set(seen) == {()}
+    assert res.history[-1]["samples"] == 32 and np.isfinite(res.history[-1]["train_loss"])

@@ -231,7 +231,8 @@ def _to_tensors(x, y, specs, classes, device, what, checked=False):
         if isinstance(v, np.ndarray):
             if not checked and len(specs) > 1:
                 v = _data.coerce_x(v, s, what=f"{what} {s.name!r}")
-            v = torch.from_numpy(np.ascontiguousarray(v))
+            # np.require keeps a 0-d setting 0-d (np.ascontiguousarray makes it 1-d)
+            v = torch.from_numpy(np.require(v, requirements="C"))
         elif not isinstance(v, torch.Tensor):
             raise UsageError(f"{what} batch input {s.name!r} must be a numpy array or torch tensor, "
                              f"got {type(v).__name__}")
