@@ -31,8 +31,7 @@ from onnxprune.core.io import node_subgraphs
 from onnxprune.training.torch_bridge import ops as _ops
 from onnxprune.training.torch_bridge import ops_control as _control
 from onnxprune.training.torch_bridge.weights import (
-    FLOAT_TYPES, UnsupportedOpError, WeightInfo, all_stored_tensors, find_weights, fixed_weights, node_label,
-    stored_tensors, tensor_value,
+    FLOAT_TYPES, UnsupportedOpError, all_stored_tensors, node_label, scan_weights, stored_tensors, tensor_value,
 )
 
 __all__ = ["OnnxModule", "UnsupportedOpError", "build_module", "default_opset"]
@@ -93,9 +92,7 @@ class OnnxModule(nn.Module):
         wanted = list(outputs) if outputs else [o.name for o in graph.output]
         needed_nodes = _ancestor_nodes(graph, wanted)
         opset = default_opset(model)
-        self.weight_info: dict[str, WeightInfo] = find_weights(model)
-        # Layer weights stored under one name in several scopes: fixed constants, not trained.
-        self.fixed_weights: list[str] = fixed_weights(model)
+        self.weight_info, self.fixed_weights = scan_weights(model)  # fixed: not trained (see there)
         self.params = nn.ParameterDict()
         self.param_keys: dict[str, str] = {}
         self.buffer_keys: dict[str, str] = {}

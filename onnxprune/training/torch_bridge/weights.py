@@ -203,7 +203,7 @@ class _Chains:
                     if a.HasField("g") or len(a.graphs):
                         self.parent[f"{prefix}{node_label(node, i)}/{a.name}/"] = prefix
 
-    def lookup(self, name: str, scope: str) -> tuple[str, onnx.NodeProto | None] | None:
+    def lookup(self, name: str, scope: str) -> tuple[str, object] | None:
         """Where ``name`` read in ``scope`` is defined: ("stored", entry), ("fixed", entry) (a
         stored tensor whose name another scope stores too), ("node", producer), or None (a
         graph input or unknown), searching ``scope`` then its enclosing graphs."""
@@ -306,17 +306,13 @@ def find_weights(model: onnx.ModelProto) -> dict[str, WeightInfo]:
     Layers inside subgraphs (If branches, Loop/Scan bodies) count too, whether their weight is
     stored in the subgraph or read from an enclosing scope; ``layer`` is then the node's label
     as the interpreter names it (``"If_0/then_branch/Conv_3"``)."""
-    return _scan(model)[0]
+    return scan_weights(model)[0]
 
 
-def fixed_weights(model: onnx.ModelProto) -> list[str]:
-    """Names of layer weights the bridge keeps fixed because the name is stored in more than one
-    scope (two If branches each storing ``W``): the pruner prunes each, nothing retrains them."""
-    return sorted(_scan(model)[1])
-
-
-def _scan(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], set[str]]:
-    """(:func:`find_weights`, :func:`fixed_weights`) in one pass."""
+def scan_weights(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], list[str]]:
+    """(:func:`find_weights`, the names of the layer weights the bridge keeps fixed because the
+    name is stored in more than one scope — two If branches each storing ``W``: the pruner
+    prunes each, nothing retrains them)."""
     graph = model.graph
     stored = all_stored_tensors(graph)
     scoped = list(scoped_graphs(graph))
@@ -341,9 +337,9 @@ def _scan(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], set[str]]:
         if is_float_const(name, node):
             add(name, "weight", node, group)
             return True
-        held_elsewhere = chains.fixed_float(name, scope_of(node), node.op_type in _RECURRENT)
-        if held_elsewhere is not None:
-            fixed.add(held_elsewhere)
+        kept = chains.fixed_float(name, scope_of(node), node.op_type in _RECURRENT)
+        if kept is not None:
+            fixed.add(kept)
         return False
 
     def add(name: str, role: str, node: onnx.NodeProto, group: str) -> None:
@@ -402,7 +398,7 @@ def _scan(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], set[str]]:
                     other = [i for i in cons.input if i != node.output[0]]
                     if len(other) == 1 and is_float_const(other[0], cons):
                         add(other[0], "bias", node, group)
-    return weights, fixed
+    return weights, sorted(fixed)
 
 
 def _check_loaded(name: str, t: TensorProto) -> None:
