@@ -238,3 +238,22 @@ def test_a_scalar_setting_stays_rank_0_in_training(monkeypatch, batch):
     res = finetune(m, (x, y), config=FinetuneConfig(epochs=1, batch_size=8, lr=0.01, seed=0))
     assert seen and set(seen) == {()}
     assert res.history[-1]["samples"] == 32 and np.isfinite(res.history[-1]["train_loss"])
+
+
+def test_before_ir_4_initializers_listed_as_inputs_are_still_weights():
+    """IR < 4 had to list every initializer as a graph input: that says nothing about the user
+    overriding it, so the bridge trains them (as prune prunes them)."""
+    pytest.importorskip("torch")
+    from onnxprune.training.torch_bridge import find_weights
+
+    rng = np.random.default_rng(9)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], "g",
+        [helper.make_tensor_value_info("x", F, ["N", 4]), helper.make_tensor_value_info("W", F, [4, 3])],
+        [helper.make_tensor_value_info("y", F, ["N", 3])], [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 7)])
+    m.ir_version = 3
+    assert {n for n, i in find_weights(m).items() if i.prunable} == {"W"}
+    m.ir_version = 8  # the same listing at IR 8 is an input the caller may override
+    assert find_weights(m) == {}

@@ -328,7 +328,9 @@ def scan_weights(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], list[st
 
     weights: dict[str, WeightInfo] = {}
     fixed: set[str] = set()
-    overridable = {i.name for i in graph.input} & set(stored_tensors(graph))
+    # Before IR version 4 every initializer had to be listed as a graph input as well: there
+    # the listing says nothing about the user wanting to override it (as in core.graph).
+    overridable = {i.name for i in graph.input} & set(stored_tensors(graph)) if model.ir_version >= 4 else set()
     labels = {id(node): label for node, label in nodes}
 
     def weight(name: str, node: onnx.NodeProto, group: str) -> bool:
