@@ -314,3 +314,25 @@ def test_lower_keeps_sparse_storage_of_weights_inside_branches(tmp_path):
     assert "Wo" in {s.values.name for s in out.graph.sparse_initializer} | {t.name for t in out.graph.initializer}
     x = _inputs("else")
     np.testing.assert_allclose(_run(out, x), _run(onnx.load(str(pruned)), x), rtol=1e-5, atol=1e-5)
+
+
+def test_finetune_says_which_pruned_weights_it_could_not_retrain(tmp_path, capsys):
+    pytest.importorskip("torch")
+    src, pruned = tmp_path / "m.onnx", tmp_path / "p.onnx"
+    onnx.save(_model(by_rate=True), src)
+    assert main(["prune", str(src), "-o", str(pruned), "--target-sparsity", "0.5", "--emit", "dense",
+                 "--no-remove-dead-neurons", "-q"]) == 0
+    rng = np.random.default_rng(6)
+    paths = []
+    for split, n in (("train", 64), ("val", 32)):
+        path = tmp_path / f"{split}_y.npz"
+        np.savez(path, x=rng.normal(size=(n, 8)).astype(np.float32), rate=np.asarray(16000, np.int64),
+                 y=rng.integers(0, 3, n).astype(np.int64))
+        paths.append(str(path))
+    rep = tmp_path / "f.json"
+    code = main(["finetune", str(pruned), "-o", str(tmp_path / "f.onnx"), "--train", paths[0],
+                 "--val", paths[1], "--epochs", "1", "--json", str(rep)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert json.loads(rep.read_text())["not_retrained"] == ["We", "Wo"]  # rate 16000: then-branch
+    assert "note: 2 pruned weight(s) got no gradient" in err and "not retrained (We, Wo)" in err

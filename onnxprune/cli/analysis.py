@@ -15,7 +15,7 @@ import os
 from onnxprune import __version__
 from onnxprune.cli.output import check_paths, input_files, write_atomic
 from onnxprune.core.console import Console, printable, text_table
-from onnxprune.core.errors import EXIT_OK, UsageError
+from onnxprune.core.errors import EXIT_OK, UsageError, name_list
 
 # --------------------------------------------------------------------------- files
 
@@ -134,8 +134,8 @@ def cmd_sensitivity(args, console: Console) -> int:
                    and all(p["top1"] == result.dense["top1"] for p in layer["points"])]
     if unexercised:
         console.info(f"note: {len(unexercised)} layer(s) inside subgraphs changed nothing at any point "
-                     f"({', '.join(unexercised[:3])}{', …' if len(unexercised) > 3 else ''}): the data may "
-                     "never take their branch, so their recommendation says nothing (--skip them when pruning)")
+                     f"({name_list(unexercised, 3)}): the data may never take their branch, so their "
+                     "recommendation says nothing (--skip them when pruning)")
     console.info(f"{result.evaluations} ONNX Runtime evaluations for "
                  f"{len(result.layers) * len(grid)} points in {result.wall_seconds:.1f} s; "
                  f"wrote {', '.join(os.path.basename(o['path']) for o in outputs)} to {out_dir}")

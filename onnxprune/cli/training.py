@@ -116,10 +116,9 @@ def cmd_finetune(args, console: Console) -> int:
     write_json(report, args.json)
     _say_sample_axes(console, report)
     if report["not_retrained"]:
-        names = report["not_retrained"]
-        console.info(f"note: {len(names)} pruned weight(s) got no gradient from the training data and "
-                     f"kept their values ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}): "
-                     "layers in If branches the inputs never take are not retrained (--skip GLOB keeps them dense)")
+        from onnxprune.training.compress import not_retrained_note
+
+        console.info(f"note: {not_retrained_note(report['not_retrained'])}")
     before, after = report["accuracy_before"], report["accuracy_after"]
     console.info(f"val {_measure(before)} {100 * before['top1']:.2f}% -> {100 * after['top1']:.2f}% "
                  f"(ONNX Runtime on the written model); wrote {args.output}")

@@ -101,8 +101,9 @@ class Layer:
     source: str  # "initializer" | "constant-node"
     skip_reason: str | None = None
     # "" when every consuming node is in the main graph; else the first subgraph (If/Loop/Scan
-    # body) holding one, as "<node name>/<attribute>" — pruning and retraining act there too,
-    # lowering does not (it rewrites main-graph nodes only).
+    # body) holding one, by its path "<node name>/<attribute>[/<node name>/<attribute>…]"
+    # (_scoped_graphs) — pruning and retraining act there too, lowering does not (it rewrites
+    # main-graph nodes only).
     scope: str = ""
 
     @property
@@ -446,17 +447,8 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
 
 
 def _all_graphs(graph: gs.Graph):
-    """``graph`` and every subgraph (If/Loop/Scan bodies), depth first, without recursion."""
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        yield g
-        for node in g.nodes:
-            for v in node.attrs.values():
-                if isinstance(v, gs.Graph):
-                    stack.append(v)
-                elif isinstance(v, (list, tuple)):
-                    stack.extend(x for x in v if isinstance(x, gs.Graph))
+    """``graph`` and every subgraph (If/Loop/Scan bodies), outer before inner."""
+    return (g for g, _ in _scoped_graphs(graph))
 
 
 def _non_tensor_value_infos(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:

@@ -20,6 +20,7 @@ Invariants this module guarantees to everything downstream:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import stat
@@ -406,13 +407,28 @@ def node_subgraphs(node: NodeProto) -> Iterator[GraphProto]:
 
 
 def proto_graphs(graph: GraphProto) -> Iterator[GraphProto]:
-    """``graph`` and every subgraph of its nodes (If/Loop/Scan bodies), without recursion."""
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        yield g
-        for node in g.node:
-            stack.extend(node_subgraphs(node))
+    """``graph`` and every subgraph of its nodes (If/Loop/Scan bodies), outer before inner."""
+    return (g for g, _ in scoped_graphs(graph))
+
+
+def node_label(node: NodeProto, index: int) -> str:
+    """A node's name, or ``OpType_index`` for unnamed nodes (names are optional in ONNX)."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def scoped_graphs(graph: GraphProto) -> Iterator[tuple[GraphProto, str]]:
+    """(graph, label prefix) for ``graph`` (prefix "") and every subgraph (If branches, Loop/Scan
+    bodies), outer before inner, without recursion.  A subgraph's prefix is ``"<node
+    label>/<attribute>/"`` of the node holding it, after its own graph's prefix: the names the
+    fine-tune bridge gives branch nodes."""
+    queue = collections.deque([(graph, "")])
+    while queue:
+        g, prefix = queue.popleft()
+        yield g, prefix
+        for i, node in enumerate(g.node):
+            for a in node.attribute:
+                subs = [a.g] if a.HasField("g") else list(a.graphs)
+                queue.extend((sub, f"{prefix}{node_label(node, i)}/{a.name}/") for sub in subs)
 
 
 def _check_text(model: ModelProto, path: str) -> None:

@@ -55,7 +55,7 @@ from typing import Callable
 from onnx import ModelProto
 
 from onnxprune.core import masks
-from onnxprune.core.errors import RuntimeFailure, UsageError
+from onnxprune.core.errors import RuntimeFailure, UsageError, name_list
 from onnxprune.core.graph import find_layers, graph_from_model, graph_to_model, weight_values
 from onnxprune.passes import RemoveDeadNeurons, ThresholdByStd
 from onnxprune.passes.threshold_by_std import DEFAULT_QUALITY
@@ -277,6 +277,13 @@ def prune_step(model: ModelProto, targets: dict[str, float]):
     return graph_to_model(result.graph, model), result.stats
 
 
+def not_retrained_note(names: list[str]) -> str:
+    """What compress and finetune say of pruned weights their retraining never reached."""
+    return (f"{len(names)} pruned weight(s) got no gradient from the training data and were not "
+            f"retrained ({name_list(names, 3)}): layers in If branches the inputs never take are "
+            "pruned by magnitude only (--skip GLOB keeps them dense)")
+
+
 @dataclasses.dataclass
 class CompressResult:
     model: ModelProto
@@ -442,10 +449,7 @@ class _Rounds:
                               "or --lr)")
         rec["not_retrained"] = result.unreached
         if result.unreached:
-            names = ", ".join(result.unreached[:3]) + (", …" if len(result.unreached) > 3 else "")
-            note = (f"{len(result.unreached)} pruned weight(s) got no gradient from the training "
-                    f"data and were not retrained ({names}): layers in If branches the inputs "
-                    "never take are pruned by magnitude only (--skip GLOB keeps them dense)")
+            note = not_retrained_note(result.unreached)
             rec["warning"] = f"{rec['warning']}; {note}" if rec.get("warning") else note
         rec["quality"] = {r["name"]: r["quality"] for r in stats["layers"]
                           if r["quality"] is not None}

@@ -27,11 +27,11 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from onnxprune.core.errors import InvalidModelError, RuntimeFailure
-from onnxprune.core.io import node_subgraphs
+from onnxprune.core.io import node_label, node_subgraphs
 from onnxprune.training.torch_bridge import ops as _ops
 from onnxprune.training.torch_bridge import ops_control as _control
 from onnxprune.training.torch_bridge.weights import (
-    FLOAT_TYPES, UnsupportedOpError, all_stored_tensors, node_label, scan_weights, stored_tensors, tensor_value,
+    FLOAT_TYPES, UnsupportedOpError, all_stored_tensors, scan_weights, stored_tensors, tensor_value,
 )
 
 __all__ = ["OnnxModule", "UnsupportedOpError", "build_module", "default_opset"]

@@ -570,7 +570,7 @@ class _Reach:
     cannot be retrained: the run reports it rather than pretend it was."""
 
     def __init__(self, module, masks: dict) -> None:
-        self.module = module
+        self.module, self.masks = module, masks
         self.unreached = {n for n in masks if module.parameter(n).requires_grad}
 
     @torch.no_grad()
@@ -582,10 +582,6 @@ class _Reach:
 
 class _Fixed(_Reach):
     """Han et al.'s masked step: ∇W ← ∇W ⊙ M before the optimizer, W ← W ⊙ M after it."""
-
-    def __init__(self, module, masks: dict) -> None:
-        super().__init__(module, masks)
-        self.module, self.masks = module, masks
 
     @torch.no_grad()
     def step(self, opt) -> None:
@@ -611,7 +607,7 @@ class _Regrow(_Reach):
 
     def __init__(self, module, masks: dict) -> None:
         super().__init__(module, masks)
-        self.module, self.masks, self.steps = module, masks, 0
+        self.steps = 0
         self.shadow = {n: module.parameter(n).detach().clone() for n in masks}
         self.keep = {n: int(m.sum()) for n, m in masks.items()}
 

@@ -44,7 +44,8 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnxprune.core.errors import InvalidModelError, UsageError
-from onnxprune.core.graph import rows_partition
+from onnxprune.core.graph import RECURRENT_OPS, rows_partition
+from onnxprune.core.io import node_label, scoped_graphs
 
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
@@ -56,9 +57,8 @@ _LAYER_SLOTS: dict[str, tuple[dict[int, str], str]] = {
     "Gemm": ({2: "bias"}, "fc"),
     "MatMul": ({}, "fc"),
     "BatchNormalization": ({1: "bn_scale", 2: "bn_bias", 3: "bn_mean", 4: "bn_var"}, "bn"),
-    **{op: ({1: "weight", 2: "weight", 3: "bias"}, "fc") for op in ("LSTM", "GRU", "RNN")},
+    **{op: ({1: "weight", 2: "weight", 3: "bias"}, "fc") for op in RECURRENT_OPS},
 }
-_RECURRENT = ("LSTM", "GRU", "RNN")
 class UnsupportedOpError(InvalidModelError):
     """The graph uses ops (or op features) the fine-tune bridge cannot rebuild in torch.
 
@@ -93,11 +93,6 @@ class WeightInfo:
         return self.role not in STAT_ROLES
 
 
-def node_label(node: onnx.NodeProto, index: int) -> str:
-    """A node's name, or ``OpType_index`` for unnamed nodes (names are optional in ONNX)."""
-    return node.name or f"{node.op_type}_{index}"
-
-
 def _constant_tensor(node: onnx.NodeProto):
     """The TensorProto/SparseTensorProto a Constant node holds, or None for value_float(s)..."""
     for attr in node.attribute:
@@ -121,20 +116,6 @@ def stored_tensors(graph: onnx.GraphProto) -> dict[str, tuple[str, object]]:
             if kind is not None:
                 found[node.output[0]] = (kind, t)
     return found
-
-
-def scoped_graphs(graph: onnx.GraphProto):
-    """(graph, label prefix) for ``graph`` (prefix "") and every subgraph (If branches, Loop/Scan
-    bodies), outer before inner.  A subgraph's prefix is ``"<node label>/<attribute>/"`` of the
-    node holding it, prefixed by its own graph's: the names the interpreter gives branch nodes."""
-    stack = [(graph, "")]
-    while stack:
-        g, prefix = stack.pop(0)
-        yield g, prefix
-        for i, node in enumerate(g.node):
-            for a in node.attribute:
-                subs = [a.g] if a.HasField("g") else list(a.graphs)
-                stack.extend((sub, f"{prefix}{node_label(node, i)}/{a.name}/") for sub in subs)
 
 
 def all_stored_tensors(graph: onnx.GraphProto) -> dict[str, tuple[str, object]]:
@@ -317,14 +298,13 @@ def scan_weights(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], list[st
     stored = all_stored_tensors(graph)
     scoped = list(scoped_graphs(graph))
     nodes = [(node, prefix + node_label(node, i)) for g, prefix in scoped for i, node in enumerate(g.node)]
-    scopes = {id(node): prefix[:-1] for g, prefix in scoped for node in g.node}
     chains = _Chains(stored, scoped)
 
     def scope_of(node: onnx.NodeProto) -> str:
         return chains.scope_of[id(node)]
 
     def is_float_const(name: str, node: onnx.NodeProto) -> bool:
-        return chains.float_source(name, scope_of(node), node.op_type in _RECURRENT) is not None
+        return chains.float_source(name, scope_of(node), node.op_type in RECURRENT_OPS) is not None
 
     weights: dict[str, WeightInfo] = {}
     fixed: set[str] = set()
@@ -339,13 +319,13 @@ def scan_weights(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], list[st
         if is_float_const(name, node):
             add(name, "weight", node, group)
             return True
-        kept = chains.fixed_float(name, scope_of(node), node.op_type in _RECURRENT)
+        kept = chains.fixed_float(name, scope_of(node), node.op_type in RECURRENT_OPS)
         if kept is not None:
             fixed.add(kept)
         return False
 
     def add(name: str, role: str, node: onnx.NodeProto, group: str) -> None:
-        src = chains.float_source(name, scope_of(node), node.op_type in _RECURRENT)
+        src = chains.float_source(name, scope_of(node), node.op_type in RECURRENT_OPS)
         if src in overridable:
             return  # a default the user may override at run time: left alone, as prune does
         if src in weights:
@@ -356,7 +336,7 @@ def scan_weights(model: onnx.ModelProto) -> tuple[dict[str, WeightInfo], list[st
         kind, t = stored[src]
         weights[src] = WeightInfo(
             name=src, role=role, layer=labels[id(node)], op_type=node.op_type, group=group,
-            storage=kind, shape=_dims(kind, t), elem_type=_elem_type(kind, t), scope=scopes[id(node)],
+            storage=kind, shape=_dims(kind, t), elem_type=_elem_type(kind, t), scope=scope_of(node)[:-1],
         )
 
     def bn_group(node: onnx.NodeProto) -> str:
