@@ -60,6 +60,28 @@ def test_tiled_conv_matches_the_reference(case, isa, threads):
     close(y, conv_reference(x, w4, b, strides, pads, [1, 1], group), (c_in // group) * k * k)
 
 
+# Unpadded 1x1 convolutions with stride 1 read X in place (no phase-plane copy); the last,
+# partial tile is moved back to end at the plane's end. Planes from below one tile (copied as
+# before) through exactly one or several tiles to one position past them, with groups and a
+# stride that moves over a single output row (still one phase).
+IN_PLACE_PLANES = [(7, 7), (8, 8), (1, 65), (5, 13), (12, 16), (13, 15), (1, 191), (16, 12)]
+
+
+@pytest.mark.parametrize("group", [1, 2])
+@pytest.mark.parametrize("plane", IN_PLACE_PLANES, ids=[f"{h}x{w}" for h, w in IN_PLACE_PLANES])
+def test_1x1_reading_x_in_place_matches_the_reference(plane, group, isa, threads):
+    h, w = plane
+    rng, w4 = _weights(f"in_place_{h}x{w}_{group}", 24, 40 // group, 1, 1, 0.6)
+    b = rng.standard_normal(24).astype(np.float32)
+    x = rng.standard_normal((3, 40, h, w)).astype(np.float32)
+    strides = [2, 1] if h == 1 else [1, 1]  # one output row: the row stride never moves
+    model = conv_model(w4, b, strides=strides, pads=[0, 0, 0, 0], dilations=[1, 1], group=group)
+    x_before = x.copy()
+    _, y = session(model, threads).run(None, {"X": x})
+    close(y, conv_reference(x, w4, b, strides, [0, 0, 0, 0], [1, 1], group), (40 // group))
+    assert np.array_equal(x, x_before)
+
+
 def _shuffled_conv_model(w4, b, pads, index_dtype, rng):
     """CsrConv whose rows list their nonzeros in a random column order (the contract only
     recommends ascending columns): the channel-block passes then take them out of block, and
