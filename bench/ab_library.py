@@ -1,0 +1,95 @@
+"""Two builds of the sparse-op library on one lowered model, side by side with ORT dense.
+
+A kernel change is judged by the same lowered file run with the library before the change
+(``--baseline-lib``, a copy of ``runtime_ops/_onnxprune_ops.so`` built from the earlier
+commit) and with the installed one, in one process, the three sessions called in turn on the
+same seeded inputs (medians; the first calls are warm-ups). The outputs of the two builds are
+compared with each other and with the dense model's.
+
+    # the baseline build, once: the library of an earlier commit, copied aside
+    git stash && pip install -e . --no-deps --no-build-isolation \\
+        && cp runtime_ops/_onnxprune_ops.so /tmp/base_ops.so && git stash pop \\
+        && pip install -e . --no-deps --no-build-isolation
+    python bench/ab_library.py --dense resnet50.dense.onnx --lowered resnet50.sparse.onnx \\
+        --baseline-lib /tmp/base_ops.so --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from onnxprune import runtime_ops  # noqa: E402
+from onnxprune.runtime.check import random_inputs  # noqa: E402
+
+
+def session(path: str, library: str | None, threads: int):
+    ort = runtime_ops.import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if library:
+        opts.register_custom_ops_library(library)
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def cpu() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return f"{fields.get('Model name', '?').strip()}, lscpu family {fields.get('CPU family', '?').strip()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dense", required=True, help="the model before lowering")
+    ap.add_argument("--lowered", required=True, help="the lowered model (CsrGemm/CsrConv nodes)")
+    ap.add_argument("--baseline-lib", required=True, help="another build of _onnxprune_ops.so")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1, help="for a symbolic batch dimension")
+    args = ap.parse_args(argv)
+    if not os.path.isfile(args.baseline_lib):
+        ap.error(f"--baseline-lib {args.baseline_lib}: no such file")
+    import onnx
+
+    feeds = random_inputs(onnx.load(args.dense, load_external_data=False), batch=args.batch, seed=1)
+    sessions = {"dense": session(args.dense, None, args.threads),
+                "baseline": session(args.lowered, args.baseline_lib, args.threads),
+                "current": session(args.lowered, runtime_ops.library_path(), args.threads)}
+    outs = {k: s.run(None, feeds) for k, s in sessions.items()}
+    scale = max(float(np.abs(o).max()) for o in outs["dense"])
+    for k in ("baseline", "current"):
+        err = max(float(np.abs(a - b).max()) for a, b in zip(outs[k], outs["dense"])) / max(scale, 1e-12)
+        print(f"{k}: max relative difference from dense {err:.1e}")
+    same = all(np.array_equal(a, b) for a, b in zip(outs["baseline"], outs["current"]))
+    print(f"baseline and current outputs {'identical' if same else 'differ'}")
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(2):
+        for s in sessions.values():
+            s.run(None, feeds)
+    for _ in range(args.rounds):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds)
+            times[k].append(time.perf_counter() - t0)
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    print(f"{cpu()}; {args.threads} thread(s), {args.rounds} rounds, medians")
+    print(f"dense {ms['dense']:.2f} ms, baseline {ms['baseline']:.2f} ms ({ms['dense'] / ms['baseline']:.2f}x), "
+          f"current {ms['current']:.2f} ms ({ms['dense'] / ms['current']:.2f}x); "
+          f"current / baseline speed {ms['baseline'] / ms['current']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
