@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), HERE]
+from bench_models import machine  # noqa: E402  (CPU model and family, caches, date, load)
 from onnxprune import runtime_ops  # noqa: E402
 from onnxprune.runtime.check import random_inputs  # noqa: E402
 
@@ -39,15 +39,6 @@ def session(path: str, library: str | None, threads: int):
     if library:
         opts.register_custom_ops_library(library)
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-def cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return f"{fields.get('Model name', '?').strip()}, lscpu family {fields.get('CPU family', '?').strip()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             s.run(None, feeds)
             times[k].append(time.perf_counter() - t0)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    print(f"{cpu()}; {args.threads} thread(s), {args.rounds} rounds, medians")
+    m = machine()
+    print(f"{m.get('Model name', '?')}, lscpu family {m.get('CPU family', '?')}, {m['date']}, load "
+          f"{m.get('load_average')}; {args.threads} thread(s), {args.rounds} rounds, medians")
     print(f"dense {ms['dense']:.2f} ms, baseline {ms['baseline']:.2f} ms ({ms['dense'] / ms['baseline']:.2f}x), "
           f"current {ms['current']:.2f} ms ({ms['dense'] / ms['current']:.2f}x); "
           f"current / baseline speed {ms['baseline'] / ms['current']:.3f}")
