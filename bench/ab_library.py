@@ -12,6 +12,7 @@ compared with each other and with the dense model's.
         && pip install -e . --no-deps --no-build-isolation
     python bench/ab_library.py --dense resnet50.dense.onnx --lowered resnet50.sparse.onnx \\
         --baseline-lib /tmp/base_ops.so --rounds 30
+    # symbolic image sizes: --input-shape NAME=DIMS (repeatable), as on the CLI
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]
 from bench_models import machine  # noqa: E402  (CPU model and family, caches, date, load)
 from onnxprune import runtime_ops  # noqa: E402
-from onnxprune.runtime.check import random_inputs  # noqa: E402
+from onnxprune.core.errors import UsageError  # noqa: E402
+from onnxprune.runtime.check import add_input_shape_option, input_shapes, random_inputs  # noqa: E402
 
 
 def session(path: str, library: str | None, threads: int):
@@ -49,12 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1, help="for a symbolic batch dimension")
+    add_input_shape_option(ap)
     args = ap.parse_args(argv)
     if not os.path.isfile(args.baseline_lib):
         ap.error(f"--baseline-lib {args.baseline_lib}: no such file")
     import onnx
 
-    feeds = random_inputs(onnx.load(args.dense, load_external_data=False), batch=args.batch, seed=1)
+    try:
+        feeds = random_inputs(onnx.load(args.dense, load_external_data=False), batch=args.batch, seed=1,
+                              shapes=input_shapes(args))
+    except UsageError as e:
+        ap.error(str(e))
     sessions = {"dense": session(args.dense, None, args.threads),
                 "baseline": session(args.lowered, args.baseline_lib, args.threads),
                 "current": session(args.lowered, runtime_ops.library_path(), args.threads)}

@@ -17,14 +17,14 @@ from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_library.py"
 
 
-def _models(tmp_path):
+def _models(tmp_path, dims=(1, 8, 12, 12)):
     rng = np.random.default_rng(3)
     w = rng.standard_normal((16, 8, 1, 1)).astype(np.float32)
     w[rng.random(w.shape) < 0.8] = 0.0
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[0], 16, *dims[2:]])],
         initializer=[numpy_helper.from_array(w, "w")])
     dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     lowered = graph_to_model(LowerToSparseOps({"force": ["*"]})(graph_from_model(dense)).graph, dense)
@@ -57,3 +57,15 @@ def test_a_missing_baseline_library_is_a_usage_error(tmp_path):
     done = _run("--dense", dense, "--lowered", lowered, "--baseline-lib", tmp_path / "nope.so")
     assert done.returncode == 2
     assert "no such file" in done.stderr
+
+
+def test_symbolic_image_sizes_take_input_shape(tmp_path):
+    dense, lowered = _models(tmp_path, dims=("n", 8, "h", "w"))
+    done = _run("--dense", dense, "--lowered", lowered, "--baseline-lib", runtime_ops.library_path(),
+                "--rounds", 2, "--input-shape", "x=1x8x9x7")
+    assert done.returncode == 0, done.stderr
+    assert "baseline and current outputs identical" in done.stdout
+    wrong = _run("--dense", dense, "--lowered", lowered, "--baseline-lib", runtime_ops.library_path(),
+                 "--input-shape", "images=1x3x8x8")
+    assert wrong.returncode == 2
+    assert "no such input" in wrong.stderr and "Traceback" not in wrong.stderr
