@@ -27,7 +27,8 @@ and today's architectures at the densities sparse-CPU runtimes are usually shown
 threads.
 
 Per model: the ``--emit dense`` file (the reference), ``--emit portable``, ``--emit sparse-ops
---expected-batch B --threads T`` for every timed case (the cost model decides per layer), and
+--expected-batch B --threads T`` for every timed case (the default measured decision: each
+layer timed dense vs CSR on this machine), and
 ``--emit sparse-ops`` with ``max-density`` set in a recipe (lowering for size instead of speed).
 Per (batch, threads):
 
