@@ -38,6 +38,8 @@ def session(path: str, library: str | None, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # the sessions are called in turn: spinning workers of one would slow the other
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if library:
         opts.register_custom_ops_library(library)
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

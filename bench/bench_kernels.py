@@ -117,6 +117,8 @@ def make_session(model: bytes, threads: int, sparse: bool) -> ort.InferenceSessi
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # the sessions are called in turn: spinning workers of one would slow the other
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if sparse:
         opts.register_custom_ops_library(runtime_ops.library_path())
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])

@@ -107,6 +107,24 @@ def test_layers_lowered_as_measured(tmp_path, pruned_mlp):
     assert _ops(out).count("CsrGemm") == 1 and _ops(out).count("Gemm") == 2
 
 
+def test_timed_sessions_do_not_spin_between_calls(tmp_path, pruned_mlp):
+    # The dense and CSR sessions are called in turn; with 2 threads the spinning workers of one
+    # would take the cores from the other (docs/BENCHMARKS.md), so every timed session has
+    # ORT's spinning off: the one-node pairs and the whole-model pair alike.
+    seen = []
+    inner = fake_timer({"fc1": 1.2, "fc2": 1.2, "fc3": 1.2}, 1.3)
+
+    def timer(name, dense, sparse, feeds):
+        for sess in (dense, sparse):
+            seen.append((name, sess.get_session_options().get_session_config_entry(
+                "session.intra_op.allow_spinning")))
+        return inner(name, dense, sparse, feeds)
+
+    lower(str(pruned_mlp), str(tmp_path / "low.onnx"), threads=2, timer=timer)
+    assert {name for name, _ in seen} == {"fc1", "fc2", "fc3", None}
+    assert all(value == "0" for _, value in seen)
+
+
 def test_whole_model_slower_writes_the_dense_model(tmp_path, pruned_mlp):
     out = tmp_path / "low.onnx"
     report = lower(str(pruned_mlp), str(out),

@@ -17,9 +17,11 @@ RTOL = 1e-4
 
 
 def session_for(model_bytes: bytes, threads: int):
+    """A session for timing against another one in turn: its workers do not spin between
+    calls (make_session)."""
     from onnxprune.runtime.check import make_session
 
-    return make_session(model_bytes, threads, inter_op_threads=1)
+    return make_session(model_bytes, threads, inter_op_threads=1, spinning=False)
 
 
 def run_outputs(sess, feeds):

@@ -211,11 +211,17 @@ def ort_message(exc: BaseException) -> str:
 
 
 def make_session(model: "ModelProto | bytes", threads: int | None = 1, providers=None,
-                 error: type = InvalidModelError, inter_op_threads: int | None = None):
+                 error: type = InvalidModelError, inter_op_threads: int | None = None,
+                 spinning: bool = True):
     """An ONNX Runtime session for ``model``, the one way onnxprune opens one (telemetry off,
     see ``runtime_ops.disable_telemetry``; fatal-only logging).  onnxprune's CSR ops are
     registered when a ModelProto imports their domain, and always for serialized bytes.
-    A model ORT refuses raises ``error`` with ORT's message."""
+    A model ORT refuses raises ``error`` with ORT's message.
+
+    ``spinning=False`` stops the intra-op workers from spinning after each run. Timings that
+    alternate two sessions need it: the spinning workers of the session that just ran take
+    the cores from the other one (two 2-thread sessions on 2 cores: each call ~30% slower,
+    docs/BENCHMARKS.md)."""
     from onnxprune import runtime_ops
 
     ort = runtime_ops.import_onnxruntime()
@@ -224,6 +230,8 @@ def make_session(model: "ModelProto | bytes", threads: int | None = 1, providers
         so.intra_op_num_threads = threads
     if inter_op_threads:
         so.inter_op_num_threads = inter_op_threads
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = ORT_LOG_FATAL
     if isinstance(model, ModelProto):
         custom = any(op.domain == runtime_ops.DOMAIN for op in model.opset_import)

@@ -146,8 +146,8 @@ def time_whole(dense_model, lowered_model, feeds: dict, threads: int, timer) -> 
     """The whole model before lowering against the lowered one, on the same inputs."""
     from onnxprune.runtime.check import make_session
 
-    dense = make_session(dense_model, threads, inter_op_threads=1)
-    sparse = make_session(lowered_model, threads, inter_op_threads=1, error=RuntimeFailure)
+    dense = make_session(dense_model, threads, inter_op_threads=1, spinning=False)
+    sparse = make_session(lowered_model, threads, inter_op_threads=1, error=RuntimeFailure, spinning=False)
     return Timing(*(float(t) for t in timer(None, dense, sparse, feeds)))
 
 
