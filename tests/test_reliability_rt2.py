@@ -408,6 +408,37 @@ def test_flops_of_unknown_spatial_size_are_unknown_not_guessed(tmp_path, capsys)
     assert "?" in err and "(partial)" in err
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_transformer_projections_count_every_token_per_sample(batch):
+    # As torch exports attention: the input [N, S, D] turned sequence-first [S, N, D] for the
+    # in-projection MatMul, then flattened to [S·N, D] for the out-projection Gemm. Each weight
+    # is applied once per token: S times per sample, wherever the batch dimension sits.
+    from onnxprune.core.stats import layer_rows
+
+    s, d = 5, 8
+    w_in = numpy_helper.from_array(np.ones((d, 3 * d), np.float32), "w_in")
+    w_out = numpy_helper.from_array(np.ones((d, d), np.float32), "w_out")
+    shape = numpy_helper.from_array(np.array([s * batch, d], np.int64), "flat")
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["xt", "w_in"], ["qkv"], name="in_proj"),
+             helper.make_node("Reshape", ["xt", "flat"], ["x2"]),
+             helper.make_node("Gemm", ["x2", "w_out"], ["y"], name="out_proj")]
+    graph = helper.make_graph(
+        nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, s, d])],
+        [helper.make_tensor_value_info("qkv", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w_in, w_out, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rows = {r["name"]: r for r in layer_rows(model)[0]}
+    assert rows["in_proj"]["flops"] == 2 * w_in.dims[0] * w_in.dims[1] * s
+    assert rows["out_proj"]["flops"] == 2 * d * d * s
+    # a symbolic batch: the leading dimension is taken to be it, as before
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.initializer[2].CopyFrom(numpy_helper.from_array(np.array([-1, d], np.int64), "flat"))
+    rows = {r["name"]: r for r in layer_rows(model)[0]}
+    assert rows["out_proj"]["flops"] == 2 * d * d
+
+
 def test_matmul_flops_with_symbolic_sequence_are_unknown(tmp_path):
     from onnxprune.core.stats import layer_rows
 

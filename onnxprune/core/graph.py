@@ -831,8 +831,35 @@ def _prod_known(dims) -> int | None:
     return n
 
 
-def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]]) -> int | None:
-    """How many times each weight is applied for one sample (FLOPs = 2 · reuse · weights)."""
+def model_batch(graph: gs.Graph, shapes: dict[str, list[int | None]]) -> int | None:
+    """The batch size the graph's inputs fix: their common leading dimension; None when one is
+    symbolic or a scalar, when they differ, or when the graph has no input."""
+    firsts = set()
+    for t in graph.inputs:
+        dims = shapes.get(t.name)
+        if dims is None and t.shape is not None:
+            dims = [d if isinstance(d, int) else None for d in t.shape]
+        if not dims or not dims[0]:
+            return None
+        firsts.add(dims[0])
+    return firsts.pop() if len(firsts) == 1 else None
+
+
+def _rows_per_sample(rows_dims, batch: int | None) -> int | None:
+    """Rows of a weight's input ÷ the model's batch, when every row dimension is known and the
+    batch divides them; None otherwise."""
+    rows = _prod_known(rows_dims)
+    return rows // batch if batch and rows and rows % batch == 0 else None
+
+
+def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]],
+                 batch: int | None = None) -> int | None:
+    """How many times each weight is applied for one sample (FLOPs = 2 · reuse · weights).
+
+    With the model's batch known (``model_batch``), a Gemm or MatMul weight is applied once
+    per row of its input, divided by that batch, wherever the batch sits in the rows: a
+    sequence-first [S, N, D] MatMul or a [N·S, D] Gemm of a transformer. Without it, the
+    leading dimension is taken to be the batch."""
     out = shapes.get(node.outputs[0].name) if node.outputs else None
     if layer.op == "Conv":
         return _prod_known(out[2:]) if out and len(out) >= 3 else None
@@ -840,7 +867,8 @@ def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]
         x = shapes.get(node.inputs[0].name)
         return _prod_known(x[2:]) if x and len(x) >= 3 else None
     if layer.op == "Gemm":
-        return 1
+        per_sample = _rows_per_sample(out[:1], batch) if out and len(out) == 2 else None
+        return per_sample or 1
     if layer.op in RECURRENT_OPS:  # W and R are applied once per time step
         x = shapes.get(node.inputs[0].name) if node.inputs else None
         t_axis = 1 if _attr(node, "layout", 0) else 0
@@ -849,7 +877,8 @@ def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]
         if out is None:
             return None
         if node.inputs[1] is layer.weight or const_source(node.inputs[1])[0] is layer.weight:
-            return _prod_known(out[1:-1]) if len(out) >= 3 else 1
+            per_sample = _rows_per_sample(out[:-1], batch) if len(out) >= 2 else None
+            return per_sample or (_prod_known(out[1:-1]) if len(out) >= 3 else 1)
         if len(out) < 2:
             return None
         lead = _prod_known(out[1:-2])

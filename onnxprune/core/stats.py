@@ -4,7 +4,9 @@
 * FLOPs per sample: a multiply-add is 2 FLOPs, so ``flops = 2 · params · reuse`` where
   ``reuse`` is how often each weight is applied for one sample — 1 for Gemm, the output spatial
   size H_out·W_out for Conv (from ONNX shape inference), the input spatial size for
-  ConvTranspose, the non-batch leading dims for MatMul;
+  ConvTranspose; for Gemm and MatMul the rows of the input ÷ the batch the model's inputs
+  fix (so a transformer's projections count every token, sequence-first or flattened), or,
+  where the batch is symbolic, the non-batch leading dims (1 for Gemm);
 * flops_remaining = 2 · nonzero · reuse;  density = nonzero / params;
 * FLOPs need the spatial sizes: where shape inference leaves one symbolic (a detector's
   height and width) they are unknown — null in JSON, "?" in tables — never a guess; the total
@@ -23,7 +25,8 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.console import printable, text_table
-from onnxprune.core.graph import find_layers, graph_from_model, infer_shapes, weight_reuse, weight_values
+from onnxprune.core.graph import (find_layers, graph_from_model, infer_shapes, model_batch, weight_reuse,
+                                  weight_values)
 from onnxprune.core.masks import count_nonzero, weight_std
 
 
@@ -42,12 +45,13 @@ def graph_rows(graph, shapes, stamped=None, with_std: bool = True,
     """
     stamped = stamped or {}
     layers, notes = find_layers(graph)
+    batch = model_batch(graph, shapes)
     rows = []
     for layer in layers:
         w = weight_values(layer) if layer.weight is not None else None
         nnz = count_nonzero(w) if w is not None and count else None
         # A shared weight is applied once per consuming node.
-        reuses = [weight_reuse(layer, node, shapes) for node in layer.nodes]
+        reuses = [weight_reuse(layer, node, shapes, batch) for node in layer.nodes]
         reuse = None if any(r is None for r in reuses) else sum(reuses)
         params = layer.params
         rows.append({
