@@ -179,6 +179,73 @@ def test_shared_weight_lowered_once_for_both_nodes():
     _assert_same(model, lowered, batch=3)
 
 
+def _conv_bn_model(bias=True, constant_nodes=False, second_use=False, eps=1e-3):
+    """Conv(6→5, 3×3) → BatchNormalization (inference), random statistics; the BN tensors
+    (and the bias) as initializers or as Constant nodes; ``second_use`` also sends the conv's
+    output to the graph."""
+    rng = np.random.default_rng(7)
+    w = np.where(rng.random((5, 6, 3, 3)) < 0.3, rng.normal(size=(5, 6, 3, 3)), 0).astype(np.float32)
+    w[2] = 0.0  # a channel with no weight left: only the folded bias remains
+    tensors = {"W": w, "gamma": rng.uniform(0.5, 2, 5), "beta": rng.normal(size=5),
+               "mean": rng.normal(size=5), "var": rng.uniform(0.1, 3, 5)}
+    tensors["gamma"][1] = 0.0  # a channel the BN zeroes
+    if bias:
+        tensors["B"] = rng.normal(size=5)
+    arrays = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in tensors.items()]
+    nodes = [helper.make_node("Conv", ["x", "W"] + (["B"] if bias else []), ["c"], name="conv", pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"],
+                              name="bn", epsilon=eps)]
+    inits = arrays
+    if constant_nodes:
+        nodes = [helper.make_node("Constant", [], [a.name], value=a) for a in arrays if a.name != "W"] + nodes
+        inits = [a for a in arrays if a.name == "W"]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if second_use:
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "cbn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 9, 7])],
+                          outputs, inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("constant_nodes", [False, True])
+def test_batchnorm_after_a_lowered_conv_is_folded_in(bias, constant_nodes):
+    model = _conv_bn_model(bias=bias, constant_nodes=constant_nodes)
+    lowered, result = _lower(model, force=["*"])
+    assert [n.op_type for n in lowered.graph.node] == ["CsrConv"]  # BN and its constants gone
+    assert "BatchNormalization bn folded in" in result.stats["layers"][0]["reason"]
+    assert lowered.graph.node[0].output == ["y"]
+    _assert_same(model, lowered, batch=2)
+    # zeros stay zeros: the pruned weights, and the channel whose gamma is 0 as well
+    values = next(t for t in lowered.graph.initializer if t.name.endswith("csr_values"))
+    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "W")).copy()
+    w[1] = 0.0
+    assert numpy_helper.to_array(values).size == np.count_nonzero(w)
+
+
+def test_batchnorm_is_kept_where_folding_would_change_the_graph():
+    # the conv's output is also a graph output: folding would change it
+    model = _conv_bn_model(second_use=True)
+    lowered, result = _lower(model, force=["*"])
+    assert sorted(n.op_type for n in lowered.graph.node) == ["BatchNormalization", "CsrConv"]
+    assert "folded" not in result.stats["layers"][0]["reason"]
+    _assert_same(model, lowered, batch=2)
+    # not lowered (the never list): nothing is folded either
+    model = _conv_bn_model()
+    lowered, _ = _lower(model, never=["*"])
+    assert [n.op_type for n in lowered.graph.node] == ["Conv", "BatchNormalization"]
+    # a BN statistic computed at run time (not a constant) cannot be folded
+    model = _conv_bn_model()
+    model.graph.node.insert(0, helper.make_node("Identity", ["var_in"], ["var2"]))
+    model.graph.input.append(helper.make_tensor_value_info("var_in", TensorProto.FLOAT, [5]))
+    model.graph.node[-1].input[4] = "var2"
+    lowered, result = _lower(model, force=["*"])
+    assert "BatchNormalization" in [n.op_type for n in lowered.graph.node]
+    assert "folded" not in result.stats["layers"][0]["reason"]
+
+
 def test_weight_from_constant_node_is_removed_with_its_node():
     model = _mask(mlp(sizes=(12, 6)), 0.5)
     w = next(t for t in model.graph.initializer if t.name == "fc1.weight")

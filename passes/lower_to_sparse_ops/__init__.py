@@ -22,6 +22,9 @@ rows of the CSR are always the op's outputs, so the source matrix is (op knowled
         (a following Add(·, b) with constant b of shape (N,) is folded in as input 4)
     Conv(X, W, B), 2-D        W.reshape(C_out, C_in/g·kH·kW) → CsrConv(X, v, c, p[, B])
                                                            (auto_pad resolved to explicit pads)
+        (a following inference BatchNormalization with constant (C_out,) tensors, the conv's
+        only use, is folded in: W·s and (B − μ)·s + β with s = γ/√(σ² + ε), as ONNX Runtime
+        folds it into its own Conv; zeros stay zeros)
 
 Exactness: the CSR holds exactly the nonzero weights (pruned weights are exact zeros), so the
 lowered op computes the same sum with the zero terms left out; results differ from the dense
@@ -92,6 +95,7 @@ class _Plan:
     attrs: dict[str, Any]
     bias: gs.Tensor | None
     fused_add: gs.Node | None = None
+    fused_bn: gs.Node | None = None
 
 
 def _is_empty(t: gs.Tensor | None) -> bool:
@@ -155,6 +159,43 @@ def _fusable_add(node: gs.Node, graph_outputs: set[int], n: int) -> tuple[gs.Nod
     return add, other
 
 
+def _fusable_bn(node: gs.Node, graph_outputs: set[int], c_out: int) -> gs.Node | None:
+    """The inference BatchNormalization that is this Conv's only use, with constant float32
+    (C_out,) scale, bias, mean and variance, and a constant bias (or none) on the Conv."""
+    y = node.outputs[0]
+    if id(y) in graph_outputs or len(y.outputs) != 1:
+        return None
+    bn = y.outputs[0]
+    if bn.op != "BatchNormalization" or (bn.domain or "") not in ("", "ai.onnx") or \
+            len(bn.inputs) != 5 or bn.inputs[0] is not y or len(bn.outputs) != 1 or \
+            int(bn.attrs.get("training_mode", 0)) != 0 or int(bn.attrs.get("spatial", 1)) != 1:
+        return None
+    for t in bn.inputs[1:]:
+        const = const_source(t)[0]
+        v = np.asarray(const.values) if const is not None else None
+        if v is None or v.dtype != np.float32 or v.shape != (c_out,):
+            return None
+    bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
+    if bias is not None and const_source(bias)[0] is None:
+        return None
+    return bn
+
+
+def _bn_folded(plan: _Plan, w: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The weight and bias with ``plan.fused_bn`` folded in (float32); (w, None) without one."""
+    if plan.fused_bn is None:
+        return w, None
+    gamma, beta, mean, var = (np.asarray(const_source(t)[0].values, np.float64)
+                              for t in plan.fused_bn.inputs[1:])
+    eps = float(plan.fused_bn.attrs.get("epsilon", 1e-5))
+    scale = gamma / np.sqrt(var + eps)
+    b = np.zeros_like(scale) if plan.bias is None else np.asarray(const_source(plan.bias)[0].values,
+                                                                   np.float64)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    return ((w.astype(np.float64) * scale.reshape(shape)).astype(np.float32),
+            ((b - mean) * scale + beta).astype(np.float32))
+
+
 def _plan_matmul(node: gs.Node, layer: Layer, shapes: dict, batch: int,
                  graph_outputs: set[int]) -> _Plan:
     if _weight_input(node) != 1:
@@ -206,7 +247,8 @@ def _conv_pads(node: gs.Node, x_hw, kernel, strides, dilations) -> list[int]:
     return [begin[0], begin[1], end[0], end[1]]
 
 
-def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int) -> _Plan:
+def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
+               graph_outputs: set[int]) -> _Plan:
     if len(layer.shape) != 4:
         raise _Skip(f"{len(layer.shape) - 2}-D convolution; CsrConv is 2-D only")
     c_out = layer.shape[0]
@@ -230,7 +272,8 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int) -> _Plan:
              "group": group}
     bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
     k = int(np.prod(layer.shape[1:]))
-    return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias)
+    fused_bn = _fusable_bn(node, graph_outputs, c_out) if len(layer.nodes) == 1 else None
+    return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias, fused_bn=fused_bn)
 
 
 def _kernel_area(plan: _Plan) -> int | None:
@@ -359,7 +402,7 @@ class LowerToSparseOps(Pass):
             elif node.op == "MatMul":
                 plans.append(_plan_matmul(node, layer, shapes, self.batch, graph_outputs))
             else:
-                plans.append(_plan_conv(node, layer, shapes, self.batch))
+                plans.append(_plan_conv(node, layer, shapes, self.batch, graph_outputs))
         return plans
 
     def _forced(self, layer: Layer) -> bool:
@@ -428,7 +471,7 @@ class LowerToSparseOps(Pass):
                 prepared.append((layer, None, None, UNSIZED_REASON))
                 continue
             nnz = int(np.count_nonzero(w))
-            encoded[layer.weight_name] = self._encode(layer, plans[0], w)
+            encoded[layer.weight_name] = self._encode(layer, plans[0], _bn_folded(plans[0], w)[0])
             csr_ws += csr_nbytes(*encoded[layer.weight_name][0])
             prepared.append((layer, plans, nnz, None))
 
@@ -471,6 +514,8 @@ class LowerToSparseOps(Pass):
             lower, reason = self._decide(layer, density, estimates, row["csr_bytes"],
                                          row["dense_bytes"] or 0)
             row["reason"] = reason if values_note is None or not lower else f"{reason}; {values_note}"
+            if lower and plans[0].fused_bn is not None:
+                row["reason"] += f"; BatchNormalization {plans[0].fused_bn.name} folded in"
             if lower:
                 self._lower(graph, layer, plans, taken, graph_outputs, arrays)
                 row["lowered"] = True
@@ -525,14 +570,21 @@ class LowerToSparseOps(Pass):
             old_weight = node.inputs[1]
             x = node.inputs[0]
             new_inputs = [x, *csr[plan.orientation]]
-            if plan.bias is not None:
+            folded_bias = _bn_folded(plan, w)[1]
+            if folded_bias is not None:
+                new_inputs.append(gs.Constant(_unique_name(f"{layer.weight_name}.bn_bias", taken),
+                                              folded_bias))
+            elif plan.bias is not None:
                 new_inputs.append(plan.bias)
-            if plan.fused_add is not None:
-                add = plan.fused_add
-                y = add.outputs[0]
-                add.inputs.clear()
-                add.outputs.clear()
-                graph.nodes.remove(add)
+            dropped = [plan.bias] if folded_bias is not None and plan.bias is not None else []
+            for fused in (plan.fused_add, plan.fused_bn):
+                if fused is None:
+                    continue
+                y = fused.outputs[0]
+                dropped += [t for t in fused.inputs if t is not node.outputs[0]]
+                fused.inputs.clear()
+                fused.outputs.clear()
+                graph.nodes.remove(fused)
                 node.outputs.clear()
                 node.outputs.append(y)
             node.inputs.clear()
@@ -540,7 +592,8 @@ class LowerToSparseOps(Pass):
             node.op = _NEW_OP[layer.op]
             node.domain = DOMAIN
             node.attrs = dict(plan.attrs)
-            _drop_dangling_producers(graph, old_weight, graph_outputs)
+            for t in [old_weight, *dropped]:
+                _drop_dangling_producers(graph, t, graph_outputs)
 
 
 def _decide_measured(speedup: float | None) -> tuple[bool, str]:
