@@ -244,6 +244,13 @@ def test_batchnorm_is_kept_where_folding_would_change_the_graph():
     lowered, result = _lower(model, force=["*"])
     assert "BatchNormalization" in [n.op_type for n in lowered.graph.node]
     assert "folded" not in result.stats["layers"][0]["reason"]
+    # a variance + epsilon <= 0 gives no finite scale: the BN stays and computes what it did
+    model = _conv_bn_model(eps=0.0)
+    var = next(t for t in model.graph.initializer if t.name == "var")
+    var.CopyFrom(numpy_helper.from_array(np.array([1, 1, 0, 1, 1], np.float32), "var"))
+    lowered, result = _lower(model, force=["*"])
+    assert sorted(n.op_type for n in lowered.graph.node) == ["BatchNormalization", "CsrConv"]
+    assert "folded" not in result.stats["layers"][0]["reason"]
 
 
 def test_weight_from_constant_node_is_removed_with_its_node():

@@ -178,7 +178,12 @@ def _fusable_bn(node: gs.Node, graph_outputs: set[int], c_out: int) -> gs.Node |
     bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
     if bias is not None and const_source(bias)[0] is None:
         return None
-    return bn
+    # A scale that is not finite (variance + ε <= 0, an infinite γ) would turn the pruned
+    # zeros' products into NaN in the BN but leave them out of the CSR: keep such a BN.
+    gamma, _, _, var = (np.asarray(const_source(t)[0].values, np.float64) for t in bn.inputs[1:])
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+    return bn if np.all(np.isfinite(scale)) and np.all(np.isfinite(scale.astype(np.float32))) else None
 
 
 def _bn_folded(plan: _Plan, w: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
