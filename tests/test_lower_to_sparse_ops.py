@@ -179,6 +179,18 @@ def test_shared_weight_lowered_once_for_both_nodes():
     _assert_same(model, lowered, batch=3)
 
 
+def test_matmul_bias_from_a_constant_node_is_folded_in():
+    model = _mask(mlp(sizes=(40, 32, 6), gemm=False), 0.3)
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    bias_name = next(i for i in add.input if any(t.name == i for t in model.graph.initializer))
+    bias = next(t for t in model.graph.initializer if t.name == bias_name)
+    model.graph.initializer.remove(bias)
+    model.graph.node.insert(0, helper.make_node("Constant", [], [bias_name], value=bias))
+    lowered, _ = _lower(model, force=["*"])
+    assert ("Add", "") not in _ops(lowered)
+    _assert_same(model, lowered, batch=3)
+
+
 def _conv_bn_model(bias=True, constant_nodes=False, second_use=False, eps=1e-3):
     """Conv(6→5, 3×3) → BatchNormalization (inference), random statistics; the BN tensors
     (and the bias) as initializers or as Constant nodes; ``second_use`` also sends the conv's

@@ -151,9 +151,10 @@ def _fusable_add(node: gs.Node, graph_outputs: set[int], n: int) -> tuple[gs.Nod
     if add.op != "Add" or (add.domain or "") not in ("", "ai.onnx") or len(add.inputs) != 2:
         return None
     other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
-    if other is y or not isinstance(other, gs.Constant):
+    const = const_source(other)[0] if other is not y else None  # an initializer or a Constant node
+    if const is None:
         return None
-    values = np.asarray(other.values)
+    values = np.asarray(const.values)
     if values.dtype != np.float32 or values.shape != (n,):
         return None
     return add, other
