@@ -181,25 +181,33 @@ def _fusable_bn(node: gs.Node, graph_outputs: set[int], c_out: int) -> gs.Node |
         return None
     # A scale that is not finite (variance + ε <= 0, an infinite γ) would turn the pruned
     # zeros' products into NaN in the BN but leave them out of the CSR: keep such a BN.
-    gamma, _, _, var = (np.asarray(const_source(t)[0].values, np.float64) for t in bn.inputs[1:])
     with np.errstate(all="ignore"):
-        scale = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        scale = _bn_scale(bn)
     return bn if np.all(np.isfinite(scale)) and np.all(np.isfinite(scale.astype(np.float32))) else None
 
 
-def _bn_folded(plan: _Plan, w: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The weight and bias with ``plan.fused_bn`` folded in (float32); (w, None) without one."""
+def _bn_scale(bn: gs.Node) -> np.ndarray:
+    """γ/√(σ² + ε) of an inference BatchNormalization whose tensors are constant (float64)."""
+    gamma, _, _, var = (np.asarray(const_source(t)[0].values, np.float64) for t in bn.inputs[1:])
+    return gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+
+
+def _bn_folded_weight(plan: _Plan, w: np.ndarray) -> np.ndarray:
+    """The weight with ``plan.fused_bn`` folded in: each output channel's row times its scale."""
     if plan.fused_bn is None:
-        return w, None
-    gamma, beta, mean, var = (np.asarray(const_source(t)[0].values, np.float64)
-                              for t in plan.fused_bn.inputs[1:])
-    eps = float(plan.fused_bn.attrs.get("epsilon", 1e-5))
-    scale = gamma / np.sqrt(var + eps)
-    b = np.zeros_like(scale) if plan.bias is None else np.asarray(const_source(plan.bias)[0].values,
-                                                                   np.float64)
-    shape = (-1,) + (1,) * (w.ndim - 1)
-    return ((w.astype(np.float64) * scale.reshape(shape)).astype(np.float32),
-            ((b - mean) * scale + beta).astype(np.float32))
+        return w
+    scale = _bn_scale(plan.fused_bn).reshape((-1,) + (1,) * (w.ndim - 1))
+    return (w.astype(np.float64) * scale).astype(np.float32)
+
+
+def _bn_folded_bias(plan: _Plan) -> np.ndarray | None:
+    """(B − μ)·s + β for ``plan.fused_bn`` (B = 0 without a conv bias); None without a BN."""
+    if plan.fused_bn is None:
+        return None
+    _, beta, mean, _ = (np.asarray(const_source(t)[0].values, np.float64) for t in plan.fused_bn.inputs[1:])
+    scale = _bn_scale(plan.fused_bn)
+    b = np.zeros_like(scale) if plan.bias is None else np.asarray(const_source(plan.bias)[0].values, np.float64)
+    return ((b - mean) * scale + beta).astype(np.float32)
 
 
 def _plan_matmul(node: gs.Node, layer: Layer, shapes: dict, batch: int,
@@ -477,7 +485,7 @@ class LowerToSparseOps(Pass):
                 prepared.append((layer, None, None, UNSIZED_REASON))
                 continue
             nnz = int(np.count_nonzero(w))
-            encoded[layer.weight_name] = self._encode(layer, plans[0], _bn_folded(plans[0], w)[0])
+            encoded[layer.weight_name] = self._encode(layer, plans[0], _bn_folded_weight(plans[0], w))
             csr_ws += csr_nbytes(*encoded[layer.weight_name][0])
             prepared.append((layer, plans, nnz, None))
 
@@ -576,7 +584,7 @@ class LowerToSparseOps(Pass):
             old_weight = node.inputs[1]
             x = node.inputs[0]
             new_inputs = [x, *csr[plan.orientation]]
-            folded_bias = _bn_folded(plan, w)[1]
+            folded_bias = _bn_folded_bias(plan)
             if folded_bias is not None:
                 new_inputs.append(gs.Constant(_unique_name(f"{layer.weight_name}.bn_bias", taken),
                                               folded_bias))
