@@ -9,8 +9,8 @@ Every ONNX Runtime session onnxprune makes is created here (:func:`InferenceSess
 ONNX Runtime is imported only through :func:`import_onnxruntime`, which switches its telemetry
 off first (:func:`disable_telemetry`).
 
-Invariant: ``DOMAIN`` here and the domain string compiled into the library are the same
-(a test checks it).
+Invariant: ``DOMAIN`` and ``OPSET_VERSION`` here and the domain string and newest op-set
+compiled into the library are the same (a test checks it).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # onnxruntime is imported lazily: importing this package must
 
 __all__ = [
     "DOMAIN",
+    "OPSET_VERSION",
     "InferenceSession",
     "compact_csr",
     "csr_from_dense",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 DOMAIN = "ai.onnxprune"
+# The domain's newest op-set (runtime_ops/README.md): 1, plus CsrConv's fused activation in 2.
+# Lowering declares 2 only in files that use it.
+OPSET_VERSION = 2
 
 # A plain shared library, not a Python extension: one name for every Python version (setup.py).
 _LIBRARY_FILE = "_onnxprune_ops.so"

@@ -51,7 +51,9 @@ def op_model(op: str, x_shape, csr, bias=None, *, csr_as_inputs: bool = False, *
         names.append("B")
     node = helper.make_node(op, names, ["Y"], domain=DOMAIN)
     for key, value in attrs.items():  # typed explicitly: an empty list is a legal hostile value
-        kind = AttributeProto.INTS if isinstance(value, list) else None
+        kind = None
+        if isinstance(value, list):
+            kind = AttributeProto.FLOATS if key == "activation_params" else AttributeProto.INTS
         node.attribute.append(helper.make_attribute(key, value, attr_type=kind))
     graph = helper.make_graph([node], "hostile", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
                               initializer=inits)
@@ -220,9 +222,37 @@ def conv_extent(size, pad0, pad1, k, d, s):
     return None if span < 0 else span // s + 1
 
 
+# activation -> (number of activation_params, float64 function of (y, params or None))
+ACTIVATIONS = {
+    "Relu": (0, lambda y, p: np.where(y < 0, 0.0, y)),
+    "LeakyRelu": (1, lambda y, p: np.where(y < 0, (p or [0.01])[0] * y, y)),
+    "Clip": (2, lambda y, p: np.clip(y, *(p or [-np.inf, np.inf]))),
+    "HardSigmoid": (2, lambda y, p: np.clip((p or [0.2, 0.5])[0] * y + (p or [0.2, 0.5])[1], 0, 1)),
+    "HardSwish": (0, lambda y, p: y * np.clip(y / 6 + 0.5, 0, 1)),
+    "Sigmoid": (0, lambda y, p: 1 / (1 + np.exp(-y))),
+    "Swish": (0, lambda y, p: y / (1 + np.exp(-y))),
+}
+
+
+def activation_ok(attrs) -> bool:
+    """Whether CsrConv's activation attributes obey README "CsrConv" (absent is fine)."""
+    act, params = attrs.get("activation"), attrs.get("activation_params")
+    if act is None:
+        return params is None
+    if act not in ACTIVATIONS or (params is not None and len(params) != ACTIVATIONS[act][0]):
+        return False
+    if params is None:
+        return True
+    if act == "Clip":
+        return not np.isnan(params).any() and params[0] <= params[1]
+    return bool(np.isfinite(params).all())
+
+
 def conv_output_shape(x_shape, attrs, csr, bias) -> tuple | None:
     """Y's shape when CsrConv must accept the case, None when it must refuse it: every rule in
     README "CsrConv" and "Limits"."""
+    if not activation_ok(attrs):
+        return None
     ks, st_, di = attrs.get("kernel_shape"), attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
     pa, group = attrs.get("pads", [0, 0, 0, 0]), attrs.get("group", 1)
 
@@ -279,8 +309,25 @@ def attr_list(n: int, sane, broken: bool):
 
 
 @st.composite
+def activation_attrs(draw, broken: bool) -> dict:
+    """CsrConv's activation attributes: none, a valid set, or (when ``broken``) a malformed one."""
+    if not broken:
+        act = draw(st.sampled_from([None, None, *ACTIVATIONS]))
+        if act is None:
+            return {}
+        n = ACTIVATIONS[act][0]
+        if n == 0 or draw(st.booleans()):
+            return {"activation": act}
+        params = sorted(draw(st.lists(st.floats(-8, 8, width=32), min_size=n, max_size=n)))
+        return {"activation": act, "activation_params": params}
+    name = draw(st.sampled_from([*ACTIVATIONS, "Gelu", "", "relu"]))
+    params = draw(st.lists(st.sampled_from([0.0, 1.0, -2.0, float("nan"), float("inf"), float("-inf")]), max_size=3))
+    return {"activation": name, "activation_params": params} if draw(st.booleans()) else {"activation_params": params}
+
+
+@st.composite
 def conv_cases(draw):
-    broken = draw(st.sets(st.sampled_from(["attrs", "group", "csr", "columns", "bias"]), max_size=2))
+    broken = draw(st.sets(st.sampled_from(["attrs", "group", "csr", "columns", "bias", "activation"]), max_size=2))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     attrs = {"kernel_shape": draw(attr_list(2, st.sampled_from([1, 1, 2, 3]), "attrs" in broken))}
     for name, n, sane in (("strides", 2, st.sampled_from([1, 1, 2, 3, LIMIT])),
@@ -306,6 +353,7 @@ def conv_cases(draw):
         bias = rng.standard_normal(draw(st.sampled_from([c_out + 1, 0])) if "bias" in broken else c_out)
         bias = bias.astype(np.float32)
     x = rng.standard_normal(x_shape).astype(np.float32)
+    attrs.update(draw(activation_attrs("activation" in broken)))
     return x, attrs, csr, bias
 
 
@@ -332,12 +380,16 @@ def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, thr
         padded = x.shape[0] * x.shape[1] * (x.shape[2] + pads[0] + pads[2]) * (x.shape[3] + pads[1] + pads[3])
         assume(max(np.prod(shape), padded) <= 2**22)
     event("valid" if shape is not None else "refused")
+    event(f"activation {attrs.get('activation', 'none')}: {'valid' if shape is not None else 'refused'}")
     model, feeds = op_model("CsrConv", x.shape, csr, bias, csr_as_inputs=csr_as_inputs, **attrs)
     feeds["X"] = x
     y = run_in_process(model, feeds, isa, threads)
     if not refused_or_shaped(y, shape):
         return
     ref = conv_reference_csr(x, csr, bias, attrs)
+    if "activation" in attrs:
+        with np.errstate(over="ignore"):
+            ref = ACTIVATIONS[attrs["activation"]][1](ref, attrs.get("activation_params"))
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 

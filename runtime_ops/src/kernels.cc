@@ -11,7 +11,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #define OP_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi2")))
 #define OP_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -162,6 +164,25 @@ void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, fl
     for (int i = 0; i < kT; ++i) a[i] += wj * src[i];
   }
   for (int i = 0; i < kT; ++i) out[i] = a[i];
+}
+
+static inline float Clamp01(float t) { return t < 0.f ? 0.f : (t > 1.f ? 1.f : t); }  // NaN stays NaN
+
+float Activate1(float y, const Activation& a) {
+  switch (a.kind) {
+    case Act::kRelu: return y < 0.f ? 0.f : y;
+    case Act::kLeakyRelu: return y < 0.f ? a.alpha * y : y;
+    case Act::kClip: return y < a.alpha ? a.alpha : (y > a.beta ? a.beta : y);
+    case Act::kHardSigmoid: return Clamp01(a.alpha * y + a.beta);
+    case Act::kHardSwish: return y * Clamp01(y * (1.f / 6.f) + 0.5f);
+    case Act::kSigmoid: return 1.f / (1.f + std::exp(-y));
+    case Act::kSilu: return y / (1.f + std::exp(-y));
+    default: return y;
+  }
+}
+
+void Activate(float* y, int64_t n, const Activation& a) {
+  for (int64_t i = 0; i < n; ++i) y[i] = Activate1(y[i], a);
 }
 
 }  // namespace scalar
@@ -524,6 +545,61 @@ OP_AVX2 void HalfToFloatN(const uint16_t* in, int64_t n, float* out) {
   for (; i < n; ++i) out[i] = _cvtsh_ss(in[i]);
 }
 
+// exp(x) for 8 lanes: x clamped to [-87, 88.376] (so 2^n stays a normal float), n =
+// round(x log2 e), exp(x) = 2^n exp(r) with r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in
+// two parts so r is exact) and exp(r) from Cephes' polynomial for expf (relative error ~1e-7).
+// Above the clamp the result is +inf, as std::exp overflows to it (near 88.72), so that
+// Swish(-inf) = -inf / inf is NaN as in the portable loop and the ONNX ops. A NaN lane stays
+// NaN (vmaxps/vminps return their second operand when either is NaN).
+OP_AVX2 static inline __m256 Exp8(__m256 x_in) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f);
+  const __m256 x = _mm256_min_ps(hi, _mm256_max_ps(_mm256_set1_ps(-87.f), x_in));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_blendv_ps(y, _mm256_set1_ps(std::numeric_limits<float>::infinity()),
+                          _mm256_cmp_ps(x_in, hi, _CMP_GT_OQ));
+}
+
+// One activation over n floats, 8 at a time, the rest through the portable function. The
+// operand order of every max/min keeps NaN lanes NaN, as in the portable loop.
+OP_AVX2 void Activate(float* y, int64_t n, const Activation& a) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
+  const __m256 alpha = _mm256_set1_ps(a.alpha), beta = _mm256_set1_ps(a.beta);
+  const __m256 sixth = _mm256_set1_ps(1.f / 6.f), half = _mm256_set1_ps(0.5f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(y + i);
+    __m256 r = v;
+    switch (a.kind) {
+      case Act::kRelu: r = _mm256_max_ps(zero, v); break;
+      case Act::kLeakyRelu:
+        r = _mm256_blendv_ps(v, _mm256_mul_ps(alpha, v), _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+        break;
+      case Act::kClip: r = _mm256_min_ps(beta, _mm256_max_ps(alpha, v)); break;
+      case Act::kHardSigmoid: r = _mm256_min_ps(one, _mm256_max_ps(zero, _mm256_fmadd_ps(alpha, v, beta))); break;
+      case Act::kHardSwish:
+        r = _mm256_mul_ps(v, _mm256_min_ps(one, _mm256_max_ps(zero, _mm256_fmadd_ps(v, sixth, half))));
+        break;
+      case Act::kSigmoid: r = _mm256_div_ps(one, _mm256_add_ps(one, Exp8(_mm256_sub_ps(zero, v)))); break;
+      case Act::kSilu: r = _mm256_div_ps(v, _mm256_add_ps(one, Exp8(_mm256_sub_ps(zero, v)))); break;
+      default: break;
+    }
+    _mm256_storeu_ps(y + i, r);
+  }
+  scalar::Activate(y + i, n - i, a);
+}
+
 }  // namespace avx2
 
 // ---------------------------------------------------------------------------------------------
@@ -611,14 +687,17 @@ OP_AVX512 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const fl
 static const Kernels kScalarKernels = {
     ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), 8,
     {scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>}, scalar::Transpose, scalar::HalfToFloatN,
+    scalar::Activate,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
     {avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
+    avx2::Activate,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
     {avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
+    avx2::Activate,
 };
 
 #undef ONNXPRUNE_BY_TYPE

@@ -95,6 +95,22 @@ using SpmvFn = void (*)(const void* values, const void* col, const int32_t* row_
 using SpmmFn = void (*)(const void* values, const void* col, const int32_t* row_ptr, const float* xt, int mb,
                         int64_t r0, int64_t r1, float* out);
 
+// What CsrConv applies to each finished output (its `activation` attribute, op contract v2.1,
+// runtime_ops/README.md): y = f(y) elementwise, the same function as the ONNX op of that name.
+//   kRelu        max(0, y)
+//   kLeakyRelu   y < 0 ? alpha * y : y
+//   kClip        min(max(y, alpha), beta)               (alpha = min, beta = max)
+//   kHardSigmoid max(0, min(1, alpha * y + beta))
+//   kHardSwish   y * max(0, min(1, y / 6 + 1 / 2))
+//   kSigmoid     1 / (1 + exp(-y))
+//   kSilu        y / (1 + exp(-y))                      (y * Sigmoid(y), "Swish")
+// A NaN stays NaN (as the ONNX ops give it); ops.cc bounds alpha and beta before any run.
+enum class Act : int { kNone = 0, kRelu, kLeakyRelu, kClip, kHardSigmoid, kHardSwish, kSigmoid, kSilu };
+struct Activation {
+  Act kind = Act::kNone;
+  float alpha = 0.f, beta = 0.f;
+};
+
 struct Kernels {
   SpmvFn spmv[kValueKinds][kIndexKinds];
   SpmmFn spmm[kValueKinds][kIndexKinds];
@@ -109,6 +125,8 @@ struct Kernels {
                     int64_t cols);
   // out[i] = HalfToFloat(in[i]) for i < n.
   void (*half_to_float)(const uint16_t* in, int64_t n, float* out);
+  // y[i] = act(y[i]) for i < n (act.kind != kNone).
+  void (*activate)(float* y, int64_t n, const Activation& act);
 };
 
 const Kernels& KernelsFor(Isa isa);

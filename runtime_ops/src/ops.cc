@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -38,6 +39,9 @@ namespace {
 // The custom-op domain. runtime_ops/__init__.py defines the same string as DOMAIN and a test
 // checks the two agree.
 constexpr const char* kDomain = "ai.onnxprune";
+// Newest op-set of the domain this build implements (runtime_ops/README.md; OPSET_VERSION in
+// runtime_ops/__init__.py, a test checks they agree).
+constexpr int kOpsetVersion = 2;
 
 const ortabi::Api* g_api = nullptr;
 
@@ -188,6 +192,75 @@ std::vector<int64_t> AttrInts(const ortabi::KernelInfo* info, const char* name, 
   std::vector<int64_t> v(size);
   if (size) Check(g_api->KernelInfoGetAttributeArray_int64(info, name, v.data(), &size));
   return v;
+}
+
+// CsrConv's fused activation (runtime_ops/README.md, "CsrConv"): the `activation` string names
+// one of a fixed set, `activation_params` holds its floats (all of them, or none for the ONNX
+// op's defaults). Anything else, a name longer than any known one included, is refused here,
+// before any run.
+Activation ReadActivation(const ortabi::KernelInfo* info) {
+  struct Known {
+    const char* name;
+    Act kind;
+    size_t params;
+    float alpha, beta;  // the ONNX op's defaults
+  };
+  static const Known kKnown[] = {
+      {"Relu", Act::kRelu, 0, 0.f, 0.f},
+      {"LeakyRelu", Act::kLeakyRelu, 1, 0.01f, 0.f},
+      {"Clip", Act::kClip, 2, -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::infinity()},
+      {"HardSigmoid", Act::kHardSigmoid, 2, 0.2f, 0.5f},
+      {"HardSwish", Act::kHardSwish, 0, 0.f, 0.f},
+      {"Sigmoid", Act::kSigmoid, 0, 0.f, 0.f},
+      {"Swish", Act::kSilu, 0, 0.f, 0.f},
+  };
+  constexpr size_t kLongest = 16;
+  size_t size = 0;
+  if (ortabi::Status* st = g_api->KernelInfoGetAttribute_string(info, "activation", nullptr, &size)) {
+    g_api->ReleaseStatus(st);
+    if (HasAttr(info, "activation")) Fail(ortabi::kInvalidArgument, "attribute activation must be a string");
+    if (HasAttr(info, "activation_params"))
+      Fail(ortabi::kInvalidArgument, "attribute activation_params is given without an activation");
+    return {};
+  }
+  std::string name = "(a name over 16 characters)";
+  if (size >= 1 && size <= kLongest + 1) {
+    std::vector<char> buf(size + 1, '\0');
+    Check(g_api->KernelInfoGetAttribute_string(info, "activation", buf.data(), &size));
+    name.assign(buf.data());
+  }
+  const Known* known = nullptr;
+  for (const Known& k : kKnown)
+    if (name == k.name) known = &k;
+  if (known == nullptr)
+    Fail(ortabi::kInvalidArgument, "activation ", name,
+         " is not one of Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, Sigmoid, Swish");
+  // Read with a buffer, never a size query alone: ORT answers that one for a list of another
+  // type too. It also reads an attribute of another type (an ints list, a single float, a
+  // tensor) as an empty list of floats, so a present attribute must read as a non-empty one:
+  // the lowering never writes an empty list, and the defaults are asked for by leaving it out.
+  float params[4] = {};
+  size_t count = 4;
+  if (ortabi::Status* st = g_api->KernelInfoGetAttributeArray_float(info, "activation_params", params, &count)) {
+    g_api->ReleaseStatus(st);
+    count = HasAttr(info, "activation_params") ? 5 : 0;  // a longer list, or one of another type
+  } else if (count == 0 && HasAttr(info, "activation_params")) {
+    count = 5;
+  }
+  if (count != 0 && count != known->params) {
+    if (known->params == 0) Fail(ortabi::kInvalidArgument, "activation ", name, " takes no activation_params");
+    Fail(ortabi::kInvalidArgument, "activation_params of ", name, " must be a list of ", known->params,
+         " floats, or absent for the defaults");
+  }
+  Activation act{known->kind, known->alpha, known->beta};
+  if (count >= 1) act.alpha = params[0];
+  if (count >= 2) act.beta = params[1];
+  const bool finite = std::isfinite(act.alpha) && std::isfinite(act.beta);
+  if (known->kind == Act::kClip ? (std::isnan(act.alpha) || std::isnan(act.beta) || act.alpha > act.beta)
+                                : !finite)
+    Fail(ortabi::kInvalidArgument, "activation_params of ", name,
+         known->kind == Act::kClip ? " must be [min, max] with min <= max" : " must be finite");
+  return act;
 }
 
 const ortabi::Value* Input(const ortabi::KernelContext* ctx, size_t count, size_t index) {
@@ -959,6 +1032,7 @@ struct CsrConvKernel {
   int64_t kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, group = 1;
   int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
   Isa isa = Isa::kScalar;
+  Activation act;  // applied to each output as its tile completes
   ValidatedCsr constant;
   // The plan for the constant CSR and the last input shape seen.
   KeptPlan<ConvPlan> kept_plan;
@@ -986,6 +1060,7 @@ struct CsrConvKernel {
     pad_r = pa[3];
     group = AttrInt(info, "group", 1);
     if (group < 1) Fail(ortabi::kInvalidArgument, "group must be >= 1");
+    act = ReadActivation(info);
     isa = ChooseIsa();
     constant = ValidateConstantCsr(info);
   }
@@ -1231,6 +1306,7 @@ struct CsrConvKernel {
     const int64_t chunk = std::min<int64_t>(g.c_out, kConvTaskRows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
     const auto run = KernelsFor(isa).conv_run[p.vi];
+    const auto activate = KernelsFor(isa).activate;
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * chunk;
       const int64_t r1 = std::min(g.c_out, r0 + chunk);
@@ -1250,7 +1326,11 @@ struct CsrConvKernel {
           float* yr = yi + r * g.oh * g.ow;
           float* acc = direct ? yr + p0 : buf.get() + (r - r0) * p.tile;
           run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, acc, bias ? bias[r] : 0.f, b > 0);
-          if (!last || direct) continue;
+          if (!last) continue;
+          // The activation while the tile is in L1 (the positions a partial tile computes past
+          // the plane's end, or discarded columns, are finite or NaN floats and never copied).
+          if (act.kind != Act::kNone) activate(acc, p.tile, act);
+          if (direct) continue;
           // Row r is complete: its valid columns (c < OW of each Wq-wide row) to Y.
           for (int64_t pos = p0; pos < p1;) {
             const int64_t a = pos / g.wq, c = pos % g.wq;
@@ -1443,6 +1523,8 @@ struct OpDef {
   static int VariadicMinArity(const ortabi::CustomOp*) noexcept { return 1; }
   static int VariadicHomogeneity(const ortabi::CustomOp*) noexcept { return 1; }
   static int GetStartVersion(const ortabi::CustomOp*) noexcept { return 1; }
+  // Open-ended: ORT matches a custom kernel against the op's schema version (the start version),
+  // not the model's op-set, so an end version would refuse nothing (measured with ORT 1.32).
   static int GetEndVersion(const ortabi::CustomOp*) noexcept { return INT32_MAX; }
   static ortabi::Status* InferOutputShape(const ortabi::CustomOp*, ortabi::ShapeInferContext* ctx) noexcept {
     try {
@@ -1535,6 +1617,7 @@ ONNXPRUNE_EXPORT ortabi::Status* RegisterCustomOps(ortabi::SessionOptions* optio
 // Introspection for the Python loader and tests.
 ONNXPRUNE_EXPORT uint32_t onnxprune_ops_api_version() { return ortabi::kTargetApiVersion; }
 ONNXPRUNE_EXPORT const char* onnxprune_ops_domain() { return onnxprune::kDomain; }
+ONNXPRUNE_EXPORT int onnxprune_ops_opset_version() { return onnxprune::kOpsetVersion; }
 ONNXPRUNE_EXPORT const char* onnxprune_ops_best_isa() { return onnxprune::IsaName(onnxprune::BestIsa()); }
 ONNXPRUNE_EXPORT int onnxprune_ops_cpu_has(const char* isa_name) {
   for (onnxprune::Isa isa : {onnxprune::Isa::kAvx512, onnxprune::Isa::kAvx2, onnxprune::Isa::kScalar})

@@ -104,7 +104,8 @@ struct Api {
   void* unused_66_84[19];
   /* 85 */ StatusPtr (*KernelInfoGetAttribute_float)(const KernelInfo* info, const char* name, float* out) noexcept;
   /* 86 */ StatusPtr (*KernelInfoGetAttribute_int64)(const KernelInfo* info, const char* name, int64_t* out) noexcept;
-  void* unused_87[1];
+  /* 87 */ StatusPtr (*KernelInfoGetAttribute_string)(const KernelInfo* info, const char* name, char* out,
+                                                     size_t* size) noexcept;
   /* 88 */ StatusPtr (*KernelContext_GetInputCount)(const KernelContext* ctx, size_t* out) noexcept;
   /* 89 */ StatusPtr (*KernelContext_GetOutputCount)(const KernelContext* ctx, size_t* out) noexcept;
   /* 90 */ StatusPtr (*KernelContext_GetInput)(const KernelContext* ctx, size_t index, const Value** out) noexcept;
@@ -116,7 +117,9 @@ struct Api {
   /* 99 */ void (*ReleaseTensorTypeAndShapeInfo)(TensorTypeAndShapeInfo* info) noexcept;
   void* unused_100[1];
   /* 101 */ void (*ReleaseCustomOpDomain)(CustomOpDomain* domain) noexcept;
-  void* unused_102_162[61];
+  void* unused_102_161[60];
+  /* 162 */ StatusPtr (*KernelInfoGetAttributeArray_float)(const KernelInfo* info, const char* name, float* out,
+                                                         size_t* size) noexcept;
   /* 163 */ StatusPtr (*KernelInfoGetAttributeArray_int64)(const KernelInfo* info, const char* name, int64_t* out,
                                                          size_t* size) noexcept;
   void* unused_164_248[85];
@@ -157,6 +160,7 @@ ORTABI_SLOT(GetSymbolicDimensions, 63);
 ORTABI_SLOT(GetTensorTypeAndShape, 65);
 ORTABI_SLOT(KernelInfoGetAttribute_float, 85);
 ORTABI_SLOT(KernelInfoGetAttribute_int64, 86);
+ORTABI_SLOT(KernelInfoGetAttribute_string, 87);
 ORTABI_SLOT(KernelContext_GetInputCount, 88);
 ORTABI_SLOT(KernelContext_GetOutputCount, 89);
 ORTABI_SLOT(KernelContext_GetInput, 90);
@@ -164,6 +168,7 @@ ORTABI_SLOT(KernelContext_GetOutput, 91);
 ORTABI_SLOT(ReleaseStatus, 93);
 ORTABI_SLOT(ReleaseTensorTypeAndShapeInfo, 99);
 ORTABI_SLOT(ReleaseCustomOpDomain, 101);  // ORT itself asserts this one: the end of version 1
+ORTABI_SLOT(KernelInfoGetAttributeArray_float, 162);
 ORTABI_SLOT(KernelInfoGetAttributeArray_int64, 163);
 ORTABI_SLOT(KernelInfoGetConstantInput_tensor, 249);
 ORTABI_SLOT(ShapeInferContext_GetInputCount, 267);
