@@ -108,8 +108,36 @@ def node_attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix: str = ""
+def _activation_nodes(a: dict, y_in: str, y_out: str, name: str, opset: int
                       ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Standard ops applying CsrConv's ``activation`` to ``y_in``, writing ``y_out``: the ops
+    ONNX Runtime fuses into its own Conv where it can (Relu, LeakyRelu, Clip, HardSigmoid,
+    Sigmoid), so a timing against them is against the fused dense model."""
+    act = a["activation"]
+    act = act.decode() if isinstance(act, bytes) else str(act)
+    params = [float(v) for v in a.get("activation_params", [])]
+    if act in ("Relu", "Sigmoid") or (act == "HardSwish" and opset >= 14):
+        return [helper.make_node(act, [y_in], [y_out], name=f"{name}.{act}")], []
+    if act in ("LeakyRelu", "HardSigmoid"):
+        keys = ("alpha", "beta")[:len(params)]
+        return [helper.make_node(act, [y_in], [y_out], name=f"{name}.{act}", **dict(zip(keys, params)))], []
+    if act == "Clip":
+        lo, hi = params or (-np.inf, np.inf)
+        if opset < 11:
+            return [helper.make_node("Clip", [y_in], [y_out], name=f"{name}.Clip", min=lo, max=hi)], []
+        bounds = [numpy_helper.from_array(np.array(v, np.float32), f"{name}.clip_{k}")
+                  for k, v in (("min", lo), ("max", hi))]
+        return [helper.make_node("Clip", [y_in, *(b.name for b in bounds)], [y_out], name=f"{name}.Clip")], bounds
+    if act not in ("HardSwish", "Swish"):
+        raise ValueError(f"CsrConv {name}: unknown activation {act!r}")
+    gate = f"{name}.gate"
+    first = helper.make_node("Sigmoid", [y_in], [gate], name=f"{name}.Sigmoid") if act == "Swish" else \
+        helper.make_node("HardSigmoid", [y_in], [gate], name=f"{name}.HardSigmoid", alpha=1 / 6, beta=0.5)
+    return [first, helper.make_node("Mul", [y_in, gate], [y_out], name=f"{name}.Mul")], []
+
+
+def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix: str = "",
+                      opset: int = 17) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Standard-op nodes computing what a CsrGemm / CsrConv node computes (weights from its CSR)."""
     from onnxprune.runtime_ops import dense_from_csr
 
@@ -127,8 +155,13 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
         attrs = {k: a[k] for k in ("kernel_shape", "strides", "pads", "dilations", "group")
                  if k in a}
         inputs = [node.input[0], w_name] + ([bias] if bias else [])
-        return ([helper.make_node("Conv", inputs, list(node.output), name=name, **attrs)],
-                [numpy_helper.from_array(w, w_name)])
+        w_init = numpy_helper.from_array(w, w_name)
+        if "activation" not in a:
+            return [helper.make_node("Conv", inputs, list(node.output), name=name, **attrs)], [w_init]
+        conv_out = f"{prefix}{name}.conv_out"
+        act_nodes, act_inits = _activation_nodes(a, conv_out, node.output[0], f"{prefix}{name}", opset)
+        return [helper.make_node("Conv", inputs, [conv_out], name=name, **attrs), *act_nodes], \
+            [w_init, *act_inits]
     if int(a.get("matmul", 0)):
         w = dense_from_csr(values, col_idx, row_ptr, x_shape[-1])
         alpha = float(a.get("alpha", 1.0))
@@ -165,7 +198,7 @@ def dense_from_lowered(model, x_shapes: dict) -> onnx.ModelProto:
         if node.domain != DOMAIN:
             nodes.append(node)
             continue
-        ns, ts = _dense_equivalent(node, inits, x_shapes[node.input[0]])
+        ns, ts = _dense_equivalent(node, inits, x_shapes[node.input[0]], opset=model_opset(model))
         nodes.extend(ns)
         new_inits.extend(ts)
         used.update(node.input[1:4])
@@ -188,7 +221,7 @@ def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: i
     y = helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)
     needed = [n for n in node.input[1:] if n]
     sparse_inits = [_named(inits[n], n) for n in needed]
-    d_nodes, d_inits = _dense_equivalent(node, inits, x_shape)
+    d_nodes, d_inits = _dense_equivalent(node, inits, x_shape, opset=opset)
     bias = [_named(inits[n], n) for n in node.input[4:5]
             if n and any(n in dn.input for dn in d_nodes)]
     std = helper.make_opsetid("", opset)

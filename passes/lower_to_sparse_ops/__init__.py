@@ -24,7 +24,10 @@ rows of the CSR are always the op's outputs, so the source matrix is (op knowled
                                                            (auto_pad resolved to explicit pads)
         (a following inference BatchNormalization with constant (C_out,) tensors, the conv's
         only use, is folded in: W·s and (B − μ)·s + β with s = γ/√(σ² + ε), as ONNX Runtime
-        folds it into its own Conv; zeros stay zeros)
+        folds it into its own Conv; zeros stay zeros; then the activation that is the only use
+        of the result — Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, Sigmoid, or SiLU and
+        Hardswish spelled out in several nodes — becomes CsrConv's ``activation``:
+        ``activations.py``)
 
 Exactness: the CSR holds exactly the nonzero weights (pruned weights are exact zeros), so the
 lowered op computes the same sum with the zero terms left out; results differ from the dense
@@ -42,7 +45,8 @@ the model's numerics —, a weight on the left of MatMul, a batched MatMul weigh
 convolutions, SAME padding on an input of unknown size) are kept and reported with the reason.
 
 Invariants: graph inputs and outputs are unchanged; a lowered node keeps its name and output
-tensor; the graph gains the opset import (``ai.onnxprune``, 1) iff a node was lowered.
+tensor (the activation's output when one is folded in); the graph gains the opset import
+(``ai.onnxprune``, 1) iff a node was lowered — op-set 2 when a node carries an activation.
 """
 
 from __future__ import annotations
@@ -62,10 +66,9 @@ from onnxprune.runtime_ops import DOMAIN
 from onnxprune.runtime_ops.csr import compact_csr, csr_nbytes
 
 from . import cost_model as cost
+from .activations import FusedActivation, fusable_activation
 from ..base import (Option, Pass, PassError, PassResult, check_choice, check_float, check_int, check_optional,
                    check_str_list, parse_options)
-
-DOMAIN_VERSION = 1
 
 # Which node input is the weight, and how to turn the weight into rows = outputs.
 _ROWS_BY_OUTPUT: dict[str, Callable[[gs.Node, np.ndarray], np.ndarray]] = {
@@ -96,6 +99,7 @@ class _Plan:
     bias: gs.Tensor | None
     fused_add: gs.Node | None = None
     fused_bn: gs.Node | None = None
+    fused_act: FusedActivation | None = None
 
 
 def _is_empty(t: gs.Tensor | None) -> bool:
@@ -287,7 +291,10 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
     bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
     k = int(np.prod(layer.shape[1:]))
     fused_bn = _fusable_bn(node, graph_outputs, c_out) if len(layer.nodes) == 1 else None
-    return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias, fused_bn=fused_bn)
+    y = fused_bn.outputs[0] if fused_bn is not None else node.outputs[0]
+    fused_act = fusable_activation(y, graph_outputs) if len(layer.nodes) == 1 else None
+    return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias, fused_bn=fused_bn,
+                 fused_act=fused_act)
 
 
 def _kernel_area(plan: _Plan) -> int | None:
@@ -530,6 +537,8 @@ class LowerToSparseOps(Pass):
             row["reason"] = reason if values_note is None or not lower else f"{reason}; {values_note}"
             if lower and plans[0].fused_bn is not None:
                 row["reason"] += f"; BatchNormalization {plans[0].fused_bn.name} folded in"
+            if lower and plans[0].fused_act is not None:
+                row["reason"] += f"; activation {plans[0].fused_act.description} folded in"
             if lower:
                 self._lower(graph, layer, plans, taken, graph_outputs, arrays)
                 row["lowered"] = True
@@ -538,9 +547,13 @@ class LowerToSparseOps(Pass):
                 progress(i + 1, total, layer.name)
 
         if lowered_any:
-            domains = list(graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)])
+            # Op-set 2 only where a node needs it (a fused activation), so that a file without
+            # one still loads where an op-set 1 library runs it.
+            version = 2 if any(n.domain == DOMAIN and "activation" in n.attrs for n in graph.nodes) else 1
+            domains = [d for d in graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)]
+                       if d.domain != DOMAIN or d.version < version]
             if not any(d.domain == DOMAIN for d in domains):
-                domains.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+                domains.append(onnx.helper.make_opsetid(DOMAIN, version))
             graph.import_domains = domains
         lowered = [r["name"] for r in rows if r["lowered"]]
         return PassResult(graph, lowered_any, {
@@ -603,11 +616,32 @@ class LowerToSparseOps(Pass):
                 node.outputs.append(y)
             node.inputs.clear()
             node.inputs.extend(new_inputs)
+            dropped += _fold_activation(graph, node, plan.fused_act)
             node.op = _NEW_OP[layer.op]
             node.domain = DOMAIN
             node.attrs = dict(plan.attrs)
+            if plan.fused_act is not None:
+                node.attrs["activation"] = plan.fused_act.name
+                if plan.fused_act.params:
+                    node.attrs["activation_params"] = [float(v) for v in plan.fused_act.params]
             for t in [old_weight, *dropped]:
                 _drop_dangling_producers(graph, t, graph_outputs)
+
+
+def _fold_activation(graph: gs.Graph, node: gs.Node, act: FusedActivation | None) -> list[gs.Tensor]:
+    """Removes ``act``'s nodes, ``node`` now writing their output; returns the inputs they read
+    from outside the pattern (constants that may now dangle)."""
+    if act is None:
+        return []
+    inside = {id(node.outputs[0])} | {id(n.outputs[0]) for n in act.nodes}
+    outside = [t for n in act.nodes for t in n.inputs if id(t) not in inside]
+    for n in act.nodes:
+        n.inputs.clear()
+        n.outputs.clear()
+        graph.nodes.remove(n)
+    node.outputs.clear()
+    node.outputs.append(act.output)
+    return outside
 
 
 def _decide_measured(speedup: float | None) -> tuple[bool, str]:

@@ -1,0 +1,159 @@
+"""The activation after a lowered convolution, folded into ``CsrConv`` (its ``activation`` and
+``activation_params`` attributes, ``runtime_ops/README.md``).
+
+ONNX Runtime fuses Conv + Relu (and Clip, LeakyRelu, HardSigmoid, Sigmoid) into its own
+FusedConv, so a lowered model that ran them as separate nodes paid a full pass over every
+feature map that the dense model never paid.  Real networks also spell activations out in
+several nodes — Hardswish as ``x · Clip(x + 3, 0, 6) / 6`` (PaddlePaddle exports), SiLU as
+``x · Sigmoid(x)`` (YOLO detectors) — which neither model fuses; folded into the kernel they
+cost nothing beyond the tile still in L1.
+
+Only exact rewrites: each pattern below computes the named function (up to float32 rounding,
+as ``runtime_ops`` documents), every intermediate tensor has the pattern as its only use and is
+not a graph output, and every constant is a float32 scalar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.core.graph import const_source
+
+_STD = ("", "ai.onnx")
+
+
+@dataclasses.dataclass
+class FusedActivation:
+    """An activation a CsrConv can apply: its attributes and the nodes it replaces."""
+
+    name: str  # CsrConv's ``activation``
+    params: list[float]  # ``activation_params``; [] writes none (the op's defaults)
+    nodes: list[gs.Node]  # in order, the last writes ``output``
+    output: gs.Tensor
+
+    @property
+    def description(self) -> str:
+        ops = ", ".join(n.op for n in self.nodes)
+        return self.name if ops == self.name else f"{self.name} ({ops})"
+
+
+def _is(node: gs.Node, op: str, n_inputs: tuple[int, ...] = (1,)) -> bool:
+    return node.op == op and (node.domain or "") in _STD and len(node.inputs) in n_inputs and \
+        len(node.outputs) == 1
+
+
+def _scalar(t: gs.Tensor | None) -> float | None:
+    """The value of a constant float32 scalar (or one-element) tensor, else None."""
+    if t is None:
+        return None
+    const = const_source(t)[0]
+    if const is None:
+        return None
+    v = np.asarray(const.values)
+    return float(v.reshape(-1)[0]) if v.dtype == np.float32 and v.size == 1 else None
+
+
+def _only_use(t: gs.Tensor, graph_outputs: set[int]) -> gs.Node | None:
+    """The single node reading ``t``, when ``t`` is not also a graph output."""
+    return t.outputs[0] if id(t) not in graph_outputs and len(t.outputs) == 1 else None
+
+
+def _other(node: gs.Node, t: gs.Tensor) -> gs.Tensor | None:
+    """The other input of a two-input node that reads ``t`` once."""
+    if len(node.inputs) != 2 or (node.inputs[0] is t) == (node.inputs[1] is t):
+        return None
+    return node.inputs[1] if node.inputs[0] is t else node.inputs[0]
+
+
+def _clip_bounds(clip: gs.Node) -> tuple[float, float] | None:
+    """[min, max] of a Clip: inputs (opset 11+) or attributes (older), ±inf where absent."""
+    lo, hi = -np.inf, np.inf
+    if len(clip.inputs) > 1:
+        for i, t in enumerate(clip.inputs[1:3]):
+            if t is None or (isinstance(t, gs.Variable) and not t.name):
+                continue  # an optional input left out
+            v = _scalar(t)
+            if v is None:
+                return None
+            lo, hi = (v, hi) if i == 0 else (lo, v)
+    else:
+        lo = float(clip.attrs.get("min", lo))
+        hi = float(clip.attrs.get("max", hi))
+    return (lo, hi) if not (np.isnan(lo) or np.isnan(hi)) and lo <= hi else None
+
+
+def _single(node: gs.Node, y: gs.Tensor) -> FusedActivation | None:
+    """One node applied to ``y`` alone."""
+    if not node.inputs or node.inputs[0] is not y or any(t is y for t in node.inputs[1:]):
+        return None
+    out = node.outputs[0] if len(node.outputs) == 1 else None
+    if out is None or (node.domain or "") not in _STD:
+        return None
+    if node.op in ("Relu", "HardSwish", "Sigmoid") and len(node.inputs) == 1:
+        return FusedActivation(node.op, [], [node], out)
+    if node.op == "LeakyRelu" and len(node.inputs) == 1:
+        return FusedActivation("LeakyRelu", [float(node.attrs.get("alpha", 0.01))], [node], out)
+    if node.op == "HardSigmoid" and len(node.inputs) == 1:
+        return FusedActivation("HardSigmoid", [float(node.attrs.get("alpha", 0.2)),
+                                               float(node.attrs.get("beta", 0.5))], [node], out)
+    if node.op == "Clip" and len(node.inputs) <= 3:
+        bounds = _clip_bounds(node)
+        return FusedActivation("Clip", list(bounds), [node], out) if bounds else None
+    return None
+
+
+def _swish(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[int]) -> FusedActivation | None:
+    """``y · Sigmoid(y)`` → Swish, ``y · HardSigmoid(y; 1/6, 1/2)`` → HardSwish."""
+    gate = next((u for u in users if u.op in ("Sigmoid", "HardSigmoid")), None)
+    mul = next((u for u in users if u.op == "Mul"), None)
+    if gate is None or mul is None or not _is(gate, gate.op) or not _is(mul, "Mul", (2,)):
+        return None
+    if _only_use(gate.outputs[0], graph_outputs) is not mul or _other(mul, y) is not gate.outputs[0]:
+        return None
+    if gate.op == "Sigmoid":
+        return FusedActivation("Swish", [], [gate, mul], mul.outputs[0])
+    alpha, beta = float(gate.attrs.get("alpha", 0.2)), float(gate.attrs.get("beta", 0.5))
+    if np.float32(alpha) != np.float32(1 / 6) or beta != 0.5:
+        return None
+    return FusedActivation("HardSwish", [], [gate, mul], mul.outputs[0])
+
+
+def _hardswish_spelled(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[int]
+                       ) -> FusedActivation | None:
+    """``y · Clip(y + 3, 0, 6) / 6`` (or ``· (1/6)``) → HardSwish."""
+    add = next((u for u in users if u.op == "Add"), None)
+    mul = next((u for u in users if u.op == "Mul"), None)
+    if add is None or mul is None or not _is(add, "Add", (2,)) or not _is(mul, "Mul", (2,)):
+        return None
+    if _scalar(_other(add, y)) != 3.0:
+        return None
+    clip = _only_use(add.outputs[0], graph_outputs)
+    if clip is None or not _is(clip, "Clip", (1, 2, 3)) or clip.inputs[0] is not add.outputs[0] or \
+            _clip_bounds(clip) != (0.0, 6.0):
+        return None
+    if _other(mul, y) is not clip.outputs[0] or _only_use(clip.outputs[0], graph_outputs) is not mul:
+        return None
+    last = _only_use(mul.outputs[0], graph_outputs)
+    if last is None or not _is(last, last.op, (2,)) or last.inputs[0] is not mul.outputs[0]:
+        return None
+    scale = _scalar(last.inputs[1])
+    if not ((last.op == "Div" and scale == 6.0) or
+            (last.op == "Mul" and scale is not None and np.float32(scale) == np.float32(1 / 6))):
+        return None
+    return FusedActivation("HardSwish", [], [add, clip, mul, last], last.outputs[0])
+
+
+def fusable_activation(y: gs.Tensor, graph_outputs: set[int]) -> FusedActivation | None:
+    """The activation applied to the conv output ``y``, when every node reading ``y`` is part
+    of it and it is one CsrConv can apply; else None."""
+    if id(y) in graph_outputs:
+        return None
+    users = list(y.outputs)
+    if len(users) == 1:
+        return _single(users[0], y)
+    if len(users) == 2:
+        return _swish(y, users, graph_outputs) or _hardswish_spelled(y, users, graph_outputs)
+    return None
