@@ -489,6 +489,10 @@ OP_AVX2 void Spmm(const void* vp, const void* cp, const int32_t* row_ptr, const 
   }
 }
 
+// The next nonzero's address is loaded one step ahead: with `q + off[j]` formed in the step
+// that uses it, the V loads of a step wait on the offset's load, and on a Zen 1 class core the
+// loop ran 0.71 FMAs per cycle against 0.90 with the address ready (a C++ loop of 600
+// nonzeros, V = 12, in L1; the same core's peak is 1.0).
 template <int V>
 OP_AVX2 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
                      bool accumulate) {
@@ -496,14 +500,20 @@ OP_AVX2 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const floa
 #define ONNXPRUNE_INIT(n) __m256 a##n = (n) < V && accumulate ? _mm256_loadu_ps(out + 8 * (n)) : start;
   ONNXPRUNE_CONV_ACCS(ONNXPRUNE_INIT)
 #undef ONNXPRUNE_INIT
-  for (int64_t j = 0; j < nnz; ++j) {
-    const __m256 wj = _mm256_set1_ps(w[j]);
-    const float* src = q + off[j];
 #define ONNXPRUNE_FMA(n) \
   if ((n) < V) a##n = _mm256_fmadd_ps(wj, _mm256_loadu_ps(src + 8 * (n)), a##n);
+  if (nnz > 0) {
+    const float* src = q + off[0];
+    for (int64_t j = 0; j + 1 < nnz; ++j) {
+      const float* next = q + off[j + 1];
+      const __m256 wj = _mm256_set1_ps(w[j]);
+      ONNXPRUNE_CONV_ACCS(ONNXPRUNE_FMA)
+      src = next;
+    }
+    const __m256 wj = _mm256_set1_ps(w[nnz - 1]);
     ONNXPRUNE_CONV_ACCS(ONNXPRUNE_FMA)
-#undef ONNXPRUNE_FMA
   }
+#undef ONNXPRUNE_FMA
 #define ONNXPRUNE_STORE(n) \
   if ((n) < V) _mm256_storeu_ps(out + 8 * (n), a##n);
   ONNXPRUNE_CONV_ACCS(ONNXPRUNE_STORE)
