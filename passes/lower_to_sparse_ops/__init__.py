@@ -25,9 +25,8 @@ rows of the CSR are always the op's outputs, so the source matrix is (op knowled
         (a following inference BatchNormalization with constant (C_out,) tensors, the conv's
         only use, is folded in: W·s and (B − μ)·s + β with s = γ/√(σ² + ε), as ONNX Runtime
         folds it into its own Conv; zeros stay zeros; then the activation that is the only use
-        of the result — Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, Sigmoid, or SiLU and
-        Hardswish spelled out in several nodes — becomes CsrConv's ``activation``:
-        ``activations.py``)
+        of the result — Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, also Hardswish spelled
+        out in several nodes — becomes CsrConv's ``activation``: ``activations.py``)
 
 Exactness: the CSR holds exactly the nonzero weights (pruned weights are exact zeros), so the
 lowered op computes the same sum with the zero terms left out; results differ from the dense
