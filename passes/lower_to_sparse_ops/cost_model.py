@@ -98,16 +98,20 @@ def _parallel(threads: int, m: Machine) -> float:
 
 
 def _conv_positions(oh: int, ow: int) -> int:
-    """Output positions CsrConv computes for an OH × OW map: OH·OW rounded up to the tile it
-    picks (16 lanes × 4, 8 or 12 vectors; least padded work weighted by 1 + 2/V)."""
+    """Output positions CsrConv computes for an OH × OW map, as its tiles cover them (ops.cc
+    ChooseTiles, 16 lanes): full tiles of 4, 8 or 12 vectors and a last tile of the narrowest
+    width that holds the rest; the pair with the least work, each tile's positions weighted by
+    1 + 2/V."""
     n = oh * ow
     best = None
     for v in (12, 8, 4):
         t = 16 * v
-        padded = math.ceil(n / t) * t
-        cost = padded * (1 + 2 / v)
+        full = max(1, math.ceil(n / t)) - 1
+        rest = n - full * t
+        tv = min((u for u in (4, 8, 12) if u <= v and 16 * u >= rest), default=v)
+        cost = full * t * (1 + 2 / v) + 16 * tv * (1 + 2 / tv)
         if best is None or cost < best[0]:
-            best = (cost, padded)
+            best = (cost, full * t + 16 * tv)
     return best[1]
 
 

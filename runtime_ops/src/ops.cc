@@ -584,6 +584,34 @@ int64_t ChooseTile(int lanes, int64_t positions, int* vi) {
   return tile;
 }
 
+// CsrConv's tiles over `positions` consecutive outputs: full tiles of T = lanes * V floats and
+// a last tile of T' = lanes * V' <= T floats, the pair (V, V') with the least work, each tile's
+// positions weighted by 1 + 2 / V for its per-nonzero broadcast and offset load (ties to the
+// wider tiles). A map of 13 x 15 positions (AlexNet's 3x3 layers) took 4 tiles of 64 floats,
+// 66% of them useful, with one width for all; 2 x 96 + 32 is 87%. Sets *vi, *tail_vi, *tail.
+int64_t ChooseTiles(int lanes, int64_t positions, int* vi, int* tail_vi, int64_t* tail) {
+  const auto weight = [](int v) { return 1.0 + 2.0 / kConvVectors[v]; };
+  double best = 0.0;
+  int64_t tile = 0;
+  for (int v = kConvVectorChoices - 1; v >= 0; --v) {
+    const int64_t t = static_cast<int64_t>(lanes) * kConvVectors[v];
+    const int64_t full = std::max<int64_t>(1, (positions + t - 1) / t) - 1;  // tiles before the last
+    const int64_t rest = positions - full * t;                                 // the last one's share, <= t
+    int tv = v;  // the narrowest width that still covers `rest` in one tile
+    for (int u = v - 1; u >= 0 && static_cast<int64_t>(lanes) * kConvVectors[u] >= rest; --u) tv = u;
+    const int64_t tt = static_cast<int64_t>(lanes) * kConvVectors[tv];
+    const double cost = static_cast<double>(full * t) * weight(v) + static_cast<double>(tt) * weight(tv);
+    if (v == kConvVectorChoices - 1 || cost < best) {
+      best = cost;
+      *vi = v;
+      *tail_vi = tv;
+      *tail = tt;
+      tile = t;
+    }
+  }
+  return tile;
+}
+
 // Column of entry j of a validated CSR, whatever the index encoding; `running` carries a row's
 // uint8 delta sum (reset to 0 at each row start by the caller).
 int64_t ColumnAt(const Csr& csr, int64_t j, int64_t* running) {
@@ -1015,8 +1043,15 @@ struct ConvPlan {
   int64_t c_in = 0, h = 0, w = 0;  // the input shape it was made for
   int vi = 0;                      // tile width: kConvVectors[vi] vectors
   int64_t tile = 0;                // output positions per tile (conv_lanes * kConvVectors[vi])
+  int tail_vi = 0;                 // the last tile's width, kConvVectors[tail_vi] <= that
+  int64_t tail = 0;                // its positions (<= tile)
   int64_t npos = 0;                // oh * wq: output rows of the phase plane, Wq positions each
-  int64_t tiles = 0;               // ceil(npos / tile)
+  int64_t tiles = 0;               // ceil((npos - tail) / tile) + 1: the last one is `tail` wide
+  // Where tile t starts, its width and its vector choice.
+  int64_t Start(int64_t t) const { return t * tile; }
+  int64_t Width(int64_t t) const { return t + 1 == tiles ? tail : tile; }
+  int Vectors(int64_t t) const { return t + 1 == tiles ? tail_vi : vi; }
+  int64_t End() const { return (tiles - 1) * tile + tail; }  // past the last tile's last position
   int64_t blocks = 1, cb = 0;      // input channels (per group) in blocks of cb
   std::vector<int32_t> off;        // offset into the phase planes of each nonzero
   // Row r's block-b pass takes entries seg[r * (blocks + 1) + b] .. seg[.. + b + 1]: as many as
@@ -1127,7 +1162,7 @@ struct CsrConvKernel {
   // padding give one phase with Hq = H and Wq = W (PlanPhases), i.e. Q laid out as X.
   bool ReadsXInPlace(const ConvGeometry& g, const ConvPlan& p) const {
     return kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && pad_t == 0 && pad_l == 0 && pad_b == 0 && pad_r == 0 &&
-           p.npos >= p.tile;
+           p.npos >= p.tile && p.npos >= p.tail;
   }
 
   // Checks channels, columns and output size against the input and derives the phase-plane
@@ -1220,8 +1255,8 @@ struct CsrConvKernel {
     p.h = g.h;
     p.w = g.w;
     p.npos = g.oh * g.wq;  // <= q_size: oh <= hq
-    p.tile = ChooseTile(KernelsFor(isa).conv_lanes, p.npos, &p.vi);
-    p.tiles = (p.npos + p.tile - 1) / p.tile;
+    p.tile = ChooseTiles(KernelsFor(isa).conv_lanes, p.npos, &p.vi, &p.tail_vi, &p.tail);
+    p.tiles = std::max<int64_t>(1, (p.npos + p.tile - 1) / p.tile);
     const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + (kw - 1) * dw / g.sw;  // attributes <= 2^16
     const double window = static_cast<double>(g.row_phases.size() * g.col_phases.size()) *
                           static_cast<double>(p.tile + reach) * sizeof(float);
@@ -1249,7 +1284,7 @@ struct CsrConvKernel {
                               g.col_slot[static_cast<size_t>(rw % g.sw)];  // both used: a tap lands there
         const int64_t o = (phase * g.c_in + c_base + c) * g.plane + (rh / g.sh) * g.wq + (rw / g.sw);
         if (o < 0 || o >= g.q_size) Fail(ortabi::kFail, "offset ", o, " of nonzero ", j, " is outside the phase planes");
-        if (o + p.tiles * p.tile > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the phase planes");
+        if (o + p.End() > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the phase planes");
         if (in_place && o + p.npos > g.q_size) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun X");
         off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
         ++seg[c / p.cb + 1];  // c < cg: the column bound was checked
@@ -1305,31 +1340,32 @@ struct CsrConvKernel {
     constexpr int64_t kConvTaskRows = 64;
     const int64_t chunk = std::min<int64_t>(g.c_out, kConvTaskRows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
-    const auto run = KernelsFor(isa).conv_run[p.vi];
-    const auto activate = KernelsFor(isa).activate;
+    const auto& kern = KernelsFor(isa);
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * chunk;
       const int64_t r1 = std::min(g.c_out, r0 + chunk);
-      const int64_t p0 = tile * p.tile, p1 = std::min(p.npos, p0 + p.tile);
-      const bool partial = p0 + p.tile > p.npos;
-      const int64_t start = in_place && partial ? p.npos - p.tile : p0;  // npos >= tile in place
+      const int64_t width = p.Width(tile);
+      const auto run = kern.conv_run[p.Vectors(tile)];
+      const int64_t p0 = p.Start(tile), p1 = std::min(p.npos, p0 + width);
+      const bool partial = p0 + width > p.npos;
+      const int64_t start = in_place && partial ? p.npos - width : p0;  // npos >= width in place
       // Without discarded columns (Wq = OW: 1x1 kernels, no horizontal padding) a whole tile is
       // a run of Y, accumulated there directly; otherwise (and for the last, partial tile) in a
       // per-task buffer whose valid columns are copied out when the row is complete.
       const bool direct = g.wq == g.ow && !partial;
-      AlignedBuffer buf = AllocFloats(direct ? 1 : static_cast<size_t>((r1 - r0) * p.tile));
+      AlignedBuffer buf = AllocFloats(direct ? 1 : static_cast<size_t>((r1 - r0) * width));
       const float* qt = q + start;
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t* seg = p.seg.data() + r * (p.blocks + 1);
           float* yr = yi + r * g.oh * g.ow;
-          float* acc = direct ? yr + p0 : buf.get() + (r - r0) * p.tile;
+          float* acc = direct ? yr + p0 : buf.get() + (r - r0) * width;
           run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, acc, bias ? bias[r] : 0.f, b > 0);
           if (!last) continue;
           // The activation while the tile is in L1 (the positions a partial tile computes past
           // the plane's end, or discarded columns, are finite or NaN floats and never copied).
-          if (act.kind != Act::kNone) activate(acc, p.tile, act);
+          if (act.kind != Act::kNone) kern.activate(acc, width, act);
           if (direct) continue;
           // Row r is complete: its valid columns (c < OW of each Wq-wide row) to Y.
           for (int64_t pos = p0; pos < p1;) {
