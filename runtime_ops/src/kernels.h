@@ -28,7 +28,8 @@ constexpr int kPanelQuantum = 16;
 // output channel, taken row-major over the phase plane (rows Wq floats apart), held in V vector
 // accumulators while the channel's nonzeros stream past, each weight broadcast once and
 // multiplied into V vectors of the input at its offset. V is one of kConvVectors, chosen per
-// input shape for the least padding (ops.cc); 12 x 16 lanes with AVX-512 keeps 12 independent
+// input shape for the least padding, the last tile possibly narrower (ops.cc ChooseTiles);
+// 12 x 16 lanes with AVX-512 keeps 12 independent
 // FMA chains, enough to cover the FMA latency on both 256- and 512-bit datapaths.
 constexpr int kConvVectorChoices = 3;
 constexpr int kConvVectors[kConvVectorChoices] = {4, 8, 12};
