@@ -124,8 +124,11 @@ def _floats(*v):
 
 
 REFUSED = [
-    ("unknown", dict(activation="Gelu"), "activation Gelu is not one of"),
+    ("unknown", dict(activation="Gelu"), "activation 'Gelu' is not one of"),
     ("empty_name", dict(activation=""), "is not one of"),
+    ("nul_inside", dict(activation=b"Relu\x00Sigmoid"), "activation 'Relu\\?Sigmoid' is not one of"),
+    ("nul_at_end", dict(activation=b"Relu\x00"), "is not one of"),
+    ("not_utf8", dict(activation=b"\xff\xfe"), "activation '\\?\\?' is not one of"),
     ("long_name", dict(activation="Relu" * 50), "a name over 16 characters"),
     ("int_name", dict(activation=1), "activation must be a string"),
     ("params_alone", dict(activation_params=_floats(1.0)), "given without an activation"),
@@ -160,3 +163,18 @@ def test_library_implements_op_set_2_and_runs_files_of_1_and_2(lib):
         model = act_model(w4, None, [0, 0, 0, 0], "Relu", None)
         model.opset_import[1].version = version
         np.testing.assert_array_equal(run(model, x), np.zeros_like(x))
+
+
+def test_csr_gemm_refuses_conv_activation_attributes():
+    # CsrGemm has no activation: an attribute meant for it must not be silently ignored
+    inits, names = csr_inits(np.ones((2, 3), np.float32))
+    for attrs in (dict(activation="Relu"), dict(activation_params=_floats(0.1))):
+        node = helper.make_node("CsrGemm", ["X", *names], ["Y"], domain=DOMAIN)
+        for key, value in attrs.items():
+            node.attribute.append(value if isinstance(value, AttributeProto) else helper.make_attribute(key, value))
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3])],
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+        opts = runtime_ops.session_options(1)
+        opts.log_severity_level = 4
+        with pytest.raises(Exception, match="is CsrConv's; CsrGemm has none"):
+            runtime_ops.InferenceSession(helper.make_model(graph, opset_imports=OPSETS).SerializeToString(), opts)

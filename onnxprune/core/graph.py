@@ -398,11 +398,18 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     _restore_metadata(model.graph, original.graph)
     _restore_outer_initializers(model.graph, original.graph)
     model.ir_version = original.ir_version
-    # Keep the original opsets; add only domains a pass introduced (graph.import_domains).
+    # Keep the original opsets; add only domains a pass introduced (graph.import_domains), and
+    # take a version a pass raised (lowering declares op-set 2 of ai.onnxprune once a node
+    # uses it, also in a model that imported op-set 1 before).
+    exported = {op.domain or "ai.onnx": op.version for op in model.opset_import}
     had = {op.domain or "ai.onnx" for op in original.opset_import}
     gained = [op for op in model.opset_import if (op.domain or "ai.onnx") not in had]
+    kept = []
+    for op in original.opset_import:
+        raised = exported.get(op.domain or "ai.onnx", op.version)
+        kept.append(onnx.helper.make_opsetid(op.domain, raised) if raised > op.version else op)
     del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
+    model.opset_import.extend(kept)
     model.opset_import.extend(gained)
     # Every other model-level field (producer, doc string, training_info, configuration, any
     # field a newer onnx adds) comes back exactly as it was: no pass changes them.

@@ -114,7 +114,7 @@ def _activation_nodes(a: dict, y_in: str, y_out: str, name: str, opset: int
     ONNX Runtime fuses into its own Conv where it can (Relu, LeakyRelu, Clip, HardSigmoid,
     Sigmoid), so a timing against them is against the fused dense model."""
     act = a["activation"]
-    act = act.decode() if isinstance(act, bytes) else str(act)
+    act = act.decode(errors="replace") if isinstance(act, bytes) else str(act)
     params = [float(v) for v in a.get("activation_params", [])]
     if act in ("Relu", "Sigmoid") or (act == "HardSwish" and opset >= 14):
         return [helper.make_node(act, [y_in], [y_out], name=f"{name}.{act}")], []

@@ -550,7 +550,7 @@ class LowerToSparseOps(Pass):
             # one still loads where an op-set 1 library runs it.
             version = 2 if any(n.domain == DOMAIN and "activation" in n.attrs for n in graph.nodes) else 1
             domains = [d for d in graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)]
-                       if d.domain != DOMAIN or d.version < version]
+                       if d.domain != DOMAIN or d.version >= version]
             if not any(d.domain == DOMAIN for d in domains):
                 domains.append(onnx.helper.make_opsetid(DOMAIN, version))
             graph.import_domains = domains

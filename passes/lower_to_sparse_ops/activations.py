@@ -55,14 +55,25 @@ def _is(node: gs.Node, op: str, n_inputs: tuple[int, ...] = (1,)) -> bool:
 
 
 def _scalar(t: gs.Tensor | None) -> float | None:
-    """The value of a constant float32 scalar (or one-element) tensor, else None."""
+    """The value of a constant float32 scalar or one-element vector, else None (a one-element
+    tensor of higher rank could broadcast the output to a higher rank)."""
     if t is None:
         return None
     const = const_source(t)[0]
     if const is None:
         return None
     v = np.asarray(const.values)
-    return float(v.reshape(-1)[0]) if v.dtype == np.float32 and v.size == 1 else None
+    return float(v.reshape(-1)[0]) if v.dtype == np.float32 and v.size == 1 and v.ndim <= 1 else None
+
+
+def _accepted(act: FusedActivation) -> bool:
+    """Whether CsrConv takes ``act``'s parameters as float32 (runtime_ops/README.md "Limits"):
+    Clip's bounds not NaN and in order, every other parameter finite. A LeakyRelu with an
+    infinite alpha runs in ONNX Runtime but would make a file the op refuses: it stays a node."""
+    p = np.asarray(act.params, np.float64).astype(np.float32) if act.params else np.zeros(0, np.float32)
+    if act.name == "Clip":
+        return not np.isnan(p).any() and bool(p[0] <= p[1])
+    return bool(np.isfinite(p).all())
 
 
 def _only_use(t: gs.Tensor, graph_outputs: set[int]) -> gs.Node | None:
@@ -166,4 +177,4 @@ def fusable_activation(y: gs.Tensor, graph_outputs: set[int]) -> FusedActivation
         found = _single(users[0], y)
     elif len(users) == 2:
         found = _swish(y, users, graph_outputs) or _hardswish_spelled(y, users, graph_outputs)
-    return found if found is not None and found.name in FOLDED else None
+    return found if found is not None and found.name in FOLDED and _accepted(found) else None

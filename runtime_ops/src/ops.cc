@@ -223,18 +223,27 @@ Activation ReadActivation(const ortabi::KernelInfo* info) {
       Fail(ortabi::kInvalidArgument, "attribute activation_params is given without an activation");
     return {};
   }
-  std::string name = "(a name over 16 characters)";
+  // `size` counts the terminating NUL. The name is compared byte for byte over its full length
+  // (a NUL inside it, "Relu\0Sigmoid", is no known name) and only printable ASCII of it goes
+  // into an error message.
+  std::string name;
   if (size >= 1 && size <= kLongest + 1) {
     std::vector<char> buf(size + 1, '\0');
     Check(g_api->KernelInfoGetAttribute_string(info, "activation", buf.data(), &size));
-    name.assign(buf.data());
+    name.assign(buf.data(), std::min(size, buf.size()) - 1);
   }
   const Known* known = nullptr;
   for (const Known& k : kKnown)
     if (name == k.name) known = &k;
-  if (known == nullptr)
-    Fail(ortabi::kInvalidArgument, "activation ", name,
+  if (known == nullptr) {
+    std::string shown = size > kLongest + 1 ? "(a name over 16 characters)" : "'";
+    if (size <= kLongest + 1) {
+      for (const char ch : name) shown += (ch >= 0x20 && ch < 0x7f) ? ch : '?';
+      shown += "'";
+    }
+    Fail(ortabi::kInvalidArgument, "activation ", shown,
          " is not one of Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, Sigmoid, Swish");
+  }
   // Read with a buffer, never a size query alone: ORT answers that one for a list of another
   // type too. It also reads an attribute of another type (an ints list, a single float, a
   // tensor) as an empty list of floats, so a present attribute must read as a non-empty one:
@@ -697,6 +706,9 @@ struct CsrGemmKernel {
     if (matmul != 0 && matmul != 1) Fail(ortabi::kInvalidArgument, "attribute matmul must be 0 or 1");
     if (trans_a != 0 && trans_a != 1) Fail(ortabi::kInvalidArgument, "attribute transA must be 0 or 1");
     if (matmul && trans_a) Fail(ortabi::kInvalidArgument, "transA is a Gemm attribute; it must be 0 when matmul=1");
+    // CsrConv's op-set 2 attributes mean nothing here: refused, never silently ignored.
+    for (const char* conv_only : {"activation", "activation_params"})
+      if (HasAttr(info, conv_only)) Fail(ortabi::kInvalidArgument, "attribute ", conv_only, " is CsrConv's; CsrGemm has none");
     isa = ChooseIsa();
     constant = ValidateConstantCsr(info);
   }
