@@ -7,6 +7,7 @@ NaN and infinities included; and every malformed attribute refused when the sess
 
 from __future__ import annotations
 
+import ctypes
 import zlib
 
 import numpy as np
@@ -155,7 +156,7 @@ def test_malformed_activation_is_refused_at_session_creation(attrs, message):
 
 
 def test_library_implements_op_set_2_and_runs_files_of_1_and_2(lib):
-    lib.onnxprune_ops_opset_version.restype = __import__("ctypes").c_int
+    lib.onnxprune_ops_opset_version.restype = ctypes.c_int
     assert lib.onnxprune_ops_opset_version() == runtime_ops.OPSET_VERSION == 2
     w4 = np.ones((1, 1, 1, 1), np.float32)
     x = np.full((1, 1, 2, 2), -1.0, np.float32)

@@ -603,19 +603,10 @@ class LowerToSparseOps(Pass):
             elif plan.bias is not None:
                 new_inputs.append(plan.bias)
             dropped = [plan.bias] if folded_bias is not None and plan.bias is not None else []
-            for fused in (plan.fused_add, plan.fused_bn):
-                if fused is None:
-                    continue
-                y = fused.outputs[0]
-                dropped += [t for t in fused.inputs if t is not node.outputs[0]]
-                fused.inputs.clear()
-                fused.outputs.clear()
-                graph.nodes.remove(fused)
-                node.outputs.clear()
-                node.outputs.append(y)
+            folded = [n for n in (plan.fused_add, plan.fused_bn) if n is not None]
+            dropped += _absorb(graph, node, folded + (plan.fused_act.nodes if plan.fused_act else []))
             node.inputs.clear()
             node.inputs.extend(new_inputs)
-            dropped += _fold_activation(graph, node, plan.fused_act)
             node.op = _NEW_OP[layer.op]
             node.domain = DOMAIN
             node.attrs = dict(plan.attrs)
@@ -627,19 +618,21 @@ class LowerToSparseOps(Pass):
                 _drop_dangling_producers(graph, t, graph_outputs)
 
 
-def _fold_activation(graph: gs.Graph, node: gs.Node, act: FusedActivation | None) -> list[gs.Tensor]:
-    """Removes ``act``'s nodes, ``node`` now writing their output; returns the inputs they read
-    from outside the pattern (constants that may now dangle)."""
-    if act is None:
+def _absorb(graph: gs.Graph, node: gs.Node, chain: list[gs.Node]) -> list[gs.Tensor]:
+    """Removes the nodes of ``chain`` (the folded bias Add or BatchNormalization, then the
+    activation's nodes, in order), ``node`` now writing the last one's output; returns the
+    inputs they read from outside the chain (constants that may now dangle)."""
+    if not chain:
         return []
-    inside = {id(node.outputs[0])} | {id(n.outputs[0]) for n in act.nodes}
-    outside = [t for n in act.nodes for t in n.inputs if id(t) not in inside]
-    for n in act.nodes:
+    inside = {id(node.outputs[0])} | {id(n.outputs[0]) for n in chain}
+    outside = [t for n in chain for t in n.inputs if id(t) not in inside]
+    y = chain[-1].outputs[0]
+    for n in chain:
         n.inputs.clear()
         n.outputs.clear()
         graph.nodes.remove(n)
     node.outputs.clear()
-    node.outputs.append(act.output)
+    node.outputs.append(y)
     return outside
 
 

@@ -40,8 +40,7 @@ class FusedActivation:
 
     name: str  # CsrConv's ``activation``
     params: list[float]  # ``activation_params``; [] writes none (the op's defaults)
-    nodes: list[gs.Node]  # in order, the last writes ``output``
-    output: gs.Tensor
+    nodes: list[gs.Node]  # in order; the last one's output is the activation's
 
     @property
     def description(self) -> str:
@@ -109,19 +108,18 @@ def _single(node: gs.Node, y: gs.Tensor) -> FusedActivation | None:
     """One node applied to ``y`` alone."""
     if not node.inputs or node.inputs[0] is not y or any(t is y for t in node.inputs[1:]):
         return None
-    out = node.outputs[0] if len(node.outputs) == 1 else None
-    if out is None or (node.domain or "") not in _STD:
+    if len(node.outputs) != 1 or (node.domain or "") not in _STD:
         return None
     if node.op in ("Relu", "HardSwish", "Sigmoid") and len(node.inputs) == 1:
-        return FusedActivation(node.op, [], [node], out)
+        return FusedActivation(node.op, [], [node])
     if node.op == "LeakyRelu" and len(node.inputs) == 1:
-        return FusedActivation("LeakyRelu", [float(node.attrs.get("alpha", 0.01))], [node], out)
+        return FusedActivation("LeakyRelu", [float(node.attrs.get("alpha", 0.01))], [node])
     if node.op == "HardSigmoid" and len(node.inputs) == 1:
         return FusedActivation("HardSigmoid", [float(node.attrs.get("alpha", 0.2)),
-                                               float(node.attrs.get("beta", 0.5))], [node], out)
+                                               float(node.attrs.get("beta", 0.5))], [node])
     if node.op == "Clip" and len(node.inputs) <= 3:
         bounds = _clip_bounds(node)
-        return FusedActivation("Clip", list(bounds), [node], out) if bounds else None
+        return FusedActivation("Clip", list(bounds), [node]) if bounds else None
     return None
 
 
@@ -134,11 +132,11 @@ def _swish(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[int]) -> Fused
     if _only_use(gate.outputs[0], graph_outputs) is not mul or _other(mul, y) is not gate.outputs[0]:
         return None
     if gate.op == "Sigmoid":
-        return FusedActivation("Swish", [], [gate, mul], mul.outputs[0])
+        return FusedActivation("Swish", [], [gate, mul])
     alpha, beta = float(gate.attrs.get("alpha", 0.2)), float(gate.attrs.get("beta", 0.5))
     if np.float32(alpha) != np.float32(1 / 6) or beta != 0.5:
         return None
-    return FusedActivation("HardSwish", [], [gate, mul], mul.outputs[0])
+    return FusedActivation("HardSwish", [], [gate, mul])
 
 
 def _hardswish_spelled(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[int]
@@ -163,7 +161,7 @@ def _hardswish_spelled(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[in
     if not ((last.op == "Div" and scale == 6.0) or
             (last.op == "Mul" and scale is not None and np.float32(scale) == np.float32(1 / 6))):
         return None
-    return FusedActivation("HardSwish", [], [add, clip, mul, last], last.outputs[0])
+    return FusedActivation("HardSwish", [], [add, clip, mul, last])
 
 
 def fusable_activation(y: gs.Tensor, graph_outputs: set[int]) -> FusedActivation | None:

@@ -96,8 +96,8 @@ using SpmvFn = void (*)(const void* values, const void* col, const int32_t* row_
 using SpmmFn = void (*)(const void* values, const void* col, const int32_t* row_ptr, const float* xt, int mb,
                         int64_t r0, int64_t r1, float* out);
 
-// What CsrConv applies to each finished output (its `activation` attribute, op contract v2.1,
-// runtime_ops/README.md): y = f(y) elementwise, the same function as the ONNX op of that name.
+// What CsrConv applies to each finished output (its `activation` attribute, op-set 2 of the
+// domain, runtime_ops/README.md): y = f(y) elementwise, the same function as the ONNX op of that name.
 //   kRelu        max(0, y)
 //   kLeakyRelu   y < 0 ? alpha * y : y
 //   kClip        min(max(y, alpha), beta)               (alpha = min, beta = max)
