@@ -38,7 +38,7 @@ BLOCKED = [
     # 1x1, no padding: Wq = OW, whole tiles written into Y; 13 x 17 = 221 positions leave a
     # partial last tile that goes through the buffer; 256 channels in blocks.
     ("1x1_direct_partial_tile", 256, 20, 1, 13, 17, [1, 1], [0, 0, 0, 0], 1, 0.2),
-    # Strided 1x1 projection (ResNet downsampling): four phase planes, one used.
+    # Strided 1x1 projection (ResNet downsampling): one row phase and one column copy.
     ("1x1_stride2_projection", 64, 32, 1, 14, 14, [2, 2], [0, 0, 0, 0], 1, 0.25),
     # 7x7 stride 2 stem on a small image; few channels, wide reach.
     ("7x7_stem_stride2", 3, 16, 7, 40, 36, [2, 2], [3, 3, 3, 3], 1, 0.5),
@@ -60,7 +60,35 @@ def test_tiled_conv_matches_the_reference(case, isa, threads):
     close(y, conv_reference(x, w4, b, strides, pads, [1, 1], group), (c_in // group) * k * k)
 
 
-# Unpadded 1x1 convolutions with stride 1 read X in place (no phase-plane copy); the last,
+# The two input layouts (ops.cc ShiftedCopies): at 20% density and above the kernel reads kW
+# column-shifted copies with rows rounded up to 8 floats (aligned loads), below it one copy per
+# column phase. Each geometry runs at 10% (phase copies) and 45% (shifted copies), with
+# strides, dilations, asymmetric pads, groups, output widths that are not multiples of 8, a
+# non-square kernel, a padded 1x1, and a kernel wider than 16 columns (always phase copies).
+# (name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group)
+LAYOUTS = [
+    ("3x3_asymmetric_pads", 12, 10, (3, 3), 11, 19, [1, 1], [1, 0, 2, 1], [1, 1], 1),
+    ("3x3_stride2_dilation2_groups", 16, 8, (3, 3), 17, 21, [2, 2], [2, 1, 0, 2], [2, 2], 2),
+    ("5x3_mixed_strides_dilations", 9, 7, (5, 3), 23, 19, [1, 2], [2, 3, 1, 0], [1, 3], 1),
+    ("1x1_padded", 24, 16, (1, 1), 9, 13, [1, 1], [1, 2, 0, 1], [1, 1], 1),
+    ("1x17_wider_than_16", 6, 5, (1, 17), 5, 40, [1, 1], [0, 8, 0, 8], [1, 1], 1),
+    ("3x3_one_output_column", 8, 6, (3, 3), 9, 3, [1, 2], [1, 0, 1, 0], [1, 1], 1),
+]
+
+
+@pytest.mark.parametrize("density", [0.1, 0.45])
+@pytest.mark.parametrize("case", LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_both_input_layouts_match_the_reference(case, density, isa, threads):
+    name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group = case
+    rng, w4 = _weights(f"{name}{density}", c_out, c_in // group, kh, kw, density)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
+    model = conv_model(w4, b, strides=strides, pads=pads, dilations=dilations, group=group)
+    _, y = session(model, threads).run(None, {"X": x})
+    close(y, conv_reference(x, w4, b, strides, pads, dilations, group), (c_in // group) * kh * kw)
+
+
+# Unpadded 1x1 convolutions with stride 1 read X in place (no input copy); the last,
 # partial tile is moved back to end at the plane's end. Planes from below one tile (copied as
 # before) through exactly one or several tiles to one position past them, with groups and a
 # stride that moves over a single output row (still one phase).

@@ -621,6 +621,30 @@ int64_t ChooseTiles(int lanes, int64_t positions, int* vi, int* tail_vi, int64_t
   return tile;
 }
 
+// Row length CsrConv gives its column-shifted input copies (ConvGeometry::shifted): output
+// widths are rounded up to it, so every offset into the copies and every tile start are
+// multiples of 8 floats and the AVX2 tile's loads are 32-byte aligned, none splitting a cache
+// line. The portable path keeps the exact width (1): it has no vector loads to align, and
+// tests then cover unrounded rows too.
+int64_t RowQuantum(Isa isa) { return isa == Isa::kScalar ? 1 : 8; }
+
+// Whether CsrConv reads kW column-shifted copies of its input (aligned loads, kW copies to
+// write, kW times the input window per channel in L1) or one copy per column phase (loads at
+// any alignment, the window of one). A Zen 1 class core (AVX2, 1 thread, against the
+// phase copies, same process): 3x3 layers at 30-50% density ran 1.05-1.12x faster shifted,
+// 5x5 at 38% 1.03x, the 7x7/2 stem at 50% 1.06x; at 10% density the copies cost more than
+// the alignment saves (0.85-0.98x: 28x28 maps pay 14% of their time writing them). The
+// AVX-512 tile keeps the phase copies: shifted ones (then at every density) measured slower
+// inside a model on a Zen 4 core (runtime_ops/README.md), and the gated choice is unmeasured
+// there. The portable path takes the same gate as AVX2, so tests cover both layouts.
+constexpr double kShiftedMinDensity = 0.2;
+constexpr int64_t kMaxShiftedColumns = 16;
+bool ShiftedCopies(Isa isa, int64_t nnz, int64_t c_out, int64_t k_cols) {
+  if (isa == Isa::kAvx512) return false;
+  const double cells = static_cast<double>(c_out) * static_cast<double>(k_cols);
+  return cells > 0 && static_cast<double>(nnz) >= kShiftedMinDensity * cells;
+}
+
 // Column of entry j of a validated CSR, whatever the index encoding; `running` carries a row's
 // uint8 delta sum (reset to 0 at each row start by the caller).
 int64_t ColumnAt(const Csr& csr, int64_t j, int64_t* running) {
@@ -997,7 +1021,7 @@ struct CsrGemmKernel {
 // (README "Limits"). Real networks stay far below; the bound keeps (kH-1)*dH, pads and every
 // sum of them far from int64 overflow before any shape is known.
 constexpr int64_t kMaxConvAttr = 65536;
-// Largest phase-plane buffer and output plane, in floats: offsets into the buffer are int32.
+// Largest input-copy buffer and output plane, in floats: offsets into the buffer are int32.
 constexpr int64_t kMaxConvPlane = INT32_MAX;
 
 // Empty when the attributes are within the documented limits, else the rule they break.
@@ -1033,15 +1057,21 @@ struct ConvGeometry {
   int64_t nb = 0, c_in = 0, h = 0, w = 0, c_out = 0;
   int64_t cg = 0, og = 0;   // input / output channels per group
   int64_t oh = 0, ow = 0;   // output plane
-  int64_t sh = 1, sw = 1;   // strides of the phase split (1 along an axis with a single output)
-  // Only the phases some kernel tap lands on are built: row phases (i * dH) % sh over the
-  // kernel rows, column phases likewise; phase (ph, pw) is plane slot
-  // row_slot[ph] * col_phases.size() + col_slot[pw] (slots -1 for unused phases).
-  std::vector<int64_t> row_phases, col_phases;
-  std::vector<int32_t> row_slot, col_slot;
-  int64_t hq = 0, wq = 0;   // phase-plane extents
+  int64_t sh = 1, sw = 1;   // strides (1 along an axis with a single output)
+  // The input is read through copies (CsrConvKernel::Compute), one per used row phase
+  // (i * dH) % sh and copy column k: copy (ph, k) is slot row_slot[ph] * col_start.size() + k
+  // (row_slot -1 for phases no tap lands on) and holds the Xpad columns col_start[k] + b * sw.
+  // Kernel column j reads copy column tap_col[j] from column tap_shift[j] on.
+  std::vector<int64_t> row_phases;
+  std::vector<int32_t> row_slot;
+  bool shifted = false;     // one copy column per kernel column, Wq rounded (ShiftedCopies)
+  std::vector<int64_t> col_start, tap_shift;
+  std::vector<int32_t> tap_col;
+  int64_t copies = 0;       // row_phases.size() * col_start.size()
+  int64_t hq = 0, wq = 0;   // rows and columns of a channel's copy
   int64_t plane = 0;        // hq * wq
-  int64_t q_size = 0;       // sh * sw * c_in * plane <= kMaxConvPlane
+  bool x_layout = false;    // the copy is X itself (1x1, unit strides, no padding): wq = W
+  int64_t q_size = 0;       // copies * c_in * plane <= kMaxConvPlane
   int64_t q_alloc = 0;      // q_size plus the zeroed slack the tiles may read, <= kMaxConvPlane
   bool empty() const { return nb == 0 || c_out == 0 || oh == 0 || ow == 0; }
 };
@@ -1057,7 +1087,7 @@ struct ConvPlan {
   int64_t tile = 0;                // output positions per tile (conv_lanes * kConvVectors[vi])
   int tail_vi = 0;                 // the last tile's width, kConvVectors[tail_vi] <= that
   int64_t tail = 0;                // its positions (<= tile)
-  int64_t npos = 0;                // oh * wq: output rows of the phase plane, Wq positions each
+  int64_t npos = 0;                // oh * wq: output rows, Wq positions each
   int64_t tiles = 0;               // ceil((npos - tail) / tile) + 1: the last one is `tail` wide
   // Where tile t starts, its width and its vector choice.
   int64_t Start(int64_t t) const { return t * tile; }
@@ -1065,7 +1095,7 @@ struct ConvPlan {
   int Vectors(int64_t t) const { return t + 1 == tiles ? tail_vi : vi; }
   int64_t End() const { return (tiles - 1) * tile + tail; }  // past the last tile's last position
   int64_t blocks = 1, cb = 0;      // input channels (per group) in blocks of cb
-  std::vector<int32_t> off;        // offset into the phase planes of each nonzero
+  std::vector<int32_t> off;        // offset into the input copies of each nonzero
   // Row r's block-b pass takes entries seg[r * (blocks + 1) + b] .. seg[.. + b + 1]: as many as
   // the row has in block b. With ascending columns (csr_from_dense) those are exactly its
   // block-b entries; in any other order each entry is still taken once, by some pass (the sum
@@ -1114,13 +1144,17 @@ struct CsrConvKernel {
 
   // Y[n, r, oh, ow] = B[r] + sum_(c,i,j) W[r, c, i, j] X[n, g(r)*Cg + c, oh*sh + i*dh - pad_t, ow*sw + j*dw - pad_l]
   //
-  // The padded input is split into sh x sw phase planes Q[ph][pw][c] (Q[..][a][b] = Xpad[c][a*sh+ph][b*sw+pw]),
-  // of which only those some kernel tap lands on are built,
-  // which turns any stride into a stride-1 problem. Each nonzero then becomes one offset into
-  // Q, and every output plane, taken row-major with row length Wq, is
+  // The padded input is read through copies Q[ph][j][c] (Q[..][a][b] = Xpad[c][a*sh+ph][b*sw+j*dW]),
+  // one per kernel column j and row phase ph = (i*dH) % sh that some kernel row i lands on:
+  // the column shift and stride are baked into the copy, the row stride into the phase, so
+  // kernel tap (c, i, j) reads copy (ph, j) of channel c from row (i*dH)/sh on. Each nonzero
+  // then becomes one offset into Q, and every output plane, taken row-major with row length
+  // Wq (OW rounded up to the row quantum, RowQuantum), is
   //   out[p] = sum_j w_j * Q[off_j + p]
   // a sum of shifted contiguous runs (columns ow >= OW of each Wq-wide row are computed and
-  // discarded). No im2col buffer, and the work is proportional to the nonzeros.
+  // discarded). With Wq a multiple of the tile's vector width every offset, and so every load
+  // of a tile, is vector-aligned (no load splits a cache line). No im2col buffer, and the work
+  // is proportional to the nonzeros.
   void Compute(ortabi::KernelContext* ctx) const {
     size_t count = 0;
     Check(g_api->KernelContext_GetInputCount(ctx, &count));
@@ -1155,29 +1189,28 @@ struct CsrConvKernel {
     }
     // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
     // (PlanPhases, checked again in MakePlan). The slack past Q is zeroed here, once: the
-    // phase planes of every image fill Q only.
+    // copies of every image fill Q only.
     AlignedBuffer q = AllocFloats(static_cast<size_t>(g.q_alloc));
     std::memset(q.get() + g.q_size, 0, static_cast<size_t>(g.q_alloc - g.q_size) * sizeof(float));
     for (int64_t img = 0; img < g.nb; ++img) {
-      FillPhasePlanes(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
+      FillCopies(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
       Tiles(ctx, g, *plan, w, q.get(), false, bias, y + img * y_image);
     }
   }
 
   // A 1x1 kernel with stride 1 (or a single output along the strided axis) and no padding
-  // has one phase plane per channel that is the channel of X itself, row for row: the tiles
+  // has one copy per channel that is the channel of X itself, row for row: the tiles
   // then read X where it lies instead of a copy (for a 256x56x56 input the copy is a 3.2 MB
   // read and write per call: ResNet-50's 256->64 1x1 layer at 10% ran 0.55-0.70 ms with it,
   // 0.45 ms without, back to back on a Zen 4 core). The tiles may not
   // read past X, so the last, partial tile is moved back to end at the plane's end
-  // (Tiles, in_place); that needs a plane of at least one tile. A unit phase split and no
-  // padding give one phase with Hq = H and Wq = W (PlanPhases), i.e. Q laid out as X.
+  // (Tiles, in_place); that needs a plane of at least one tile. PlanPhases then lays Q out
+  // as X (x_layout: one copy, Hq = H, Wq = W, whatever the row quantum).
   bool ReadsXInPlace(const ConvGeometry& g, const ConvPlan& p) const {
-    return kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && pad_t == 0 && pad_l == 0 && pad_b == 0 && pad_r == 0 &&
-           p.npos >= p.tile && p.npos >= p.tail;
+    return g.x_layout && p.npos >= p.tile && p.npos >= p.tail;
   }
 
-  // Checks channels, columns and output size against the input and derives the phase-plane
+  // Checks channels, columns and output size against the input and derives the input copies'
   // geometry; every product and sum is overflow-checked, so nothing downstream can wrap.
   ConvGeometry Plan(const Tensor& x, const Csr& csr) const {
     ConvGeometry g;
@@ -1200,31 +1233,54 @@ struct CsrConvKernel {
     if (CheckedMul(g.oh, g.ow, "OH * OW") > kMaxConvPlane)
       Fail(ortabi::kInvalidArgument, "output plane ", g.oh, " x ", g.ow, " exceeds 2^31-1 elements");
     CheckedMul(CheckedMul(CheckedMul(g.nb, g.c_out, "output size"), g.oh, "output size"), g.ow, "output size");
-    if (!g.empty()) PlanPhases(&g);
+    if (!g.empty()) PlanPhases(&g, ShiftedCopies(isa, csr.nnz, g.c_out, k_cols));
     return g;
   }
 
   // A stride along an axis with a single output never moves the kernel, so the split uses 1
-  // there; otherwise a huge stride on a small input would make stride-many empty planes. With
-  // two or more outputs the stride is below the padded extent, so Q stays within ~4x Xpad.
-  void PlanPhases(ConvGeometry* g) const {
+  // there; otherwise a huge stride on a small input would make stride-many empty row phases.
+  // A copy has Hq = ceil(Hpad / sh) rows (output row oy of tap row i reads row oy + (i*dH)/sh
+  // < Hq) of Wq columns; there are at most min(kH, sh) * kW copies of each channel.
+  void PlanPhases(ConvGeometry* g, bool shifted) const {
     g->sh = g->oh == 1 ? 1 : sh;
     g->sw = g->ow == 1 ? 1 : sw;
     const int64_t hp = g->h + pad_t + pad_b, wp = g->w + pad_l + pad_r;  // checked by ConvExtent
+    g->x_layout = kh == 1 && kw == 1 && g->sh == 1 && g->sw == 1 && pad_t == 0 && pad_l == 0 && pad_b == 0 &&
+                  pad_r == 0;
+    // kW <= kMaxShiftedColumns keeps the shifted copies within that many times the input.
+    g->shifted = shifted && !g->x_layout && kw <= kMaxShiftedColumns;
     g->hq = (hp - 1) / g->sh + 1;  // ceil(hp / sh); hp >= 1 as the kernel fits
-    g->wq = (wp - 1) / g->sw + 1;
-    g->plane = CheckedMul(g->hq, g->wq, "phase plane size");
     UsedPhases(kh, dh, g->sh, &g->row_phases, &g->row_slot);
-    UsedPhases(kw, dw, g->sw, &g->col_phases, &g->col_slot);
-    const int64_t used = static_cast<int64_t>(g->row_phases.size() * g->col_phases.size());  // <= 2^32
-    const int64_t planes = CheckedMul(used, g->c_in, "phase plane count");
-    g->q_size = CheckedMul(planes, g->plane, "phase-plane buffer size");
+    g->tap_col.resize(static_cast<size_t>(kw));
+    g->tap_shift.resize(static_cast<size_t>(kw));
+    if (g->shifted) {  // copy column j is kernel column j, shifted into place
+      const int64_t quantum = RowQuantum(isa);
+      g->wq = (g->ow + quantum - 1) / quantum * quantum;  // ow <= w + pads <= 2^31
+      for (int64_t j = 0; j < kw; ++j) {
+        g->col_start.push_back(j * dw);  // < 2^32: attributes are bounded
+        g->tap_col[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+        g->tap_shift[static_cast<size_t>(j)] = 0;
+      }
+    } else {  // one copy column per used column phase; a kernel column reads its phase, shifted
+      g->wq = (wp - 1) / g->sw + 1;  // ceil(wp / sw): W itself in x_layout
+      std::vector<int32_t> col_slot;
+      UsedPhases(kw, dw, g->sw, &g->col_start, &col_slot);
+      for (int64_t j = 0; j < kw; ++j) {
+        g->tap_col[static_cast<size_t>(j)] = col_slot[static_cast<size_t>(j * dw % g->sw)];
+        g->tap_shift[static_cast<size_t>(j)] = j * dw / g->sw;
+      }
+    }
+    g->plane = CheckedMul(g->hq, g->wq, "input copy size");
+    g->copies = CheckedMul(static_cast<int64_t>(g->row_phases.size()), static_cast<int64_t>(g->col_start.size()),
+                           "input copy count");  // <= 2^32
+    const int64_t planes = CheckedMul(g->copies, g->c_in, "input copy count");
+    g->q_size = CheckedMul(planes, g->plane, "input copies' size");
     // Room for the tiles' overhang past the last offset (< one output plane of Wq-wide rows
     // plus a tile), zeroed.
     g->q_alloc = (g->q_size + g->oh * g->wq + 2 * kConvMaxTile + 15) / 16 * 16;
     if (g->q_alloc > kMaxConvPlane)
       Fail(ortabi::kInvalidArgument, "the strided, padded input needs ", g->q_size,
-           " floats of phase planes, more than 2^31-1 (int32 offsets)");
+           " floats of input copies, more than 2^31-1 (int32 offsets)");
   }
 
   // The phases (k_i * d) % s of an axis with k taps, ascending, and each phase's slot (-1 when
@@ -1269,9 +1325,8 @@ struct CsrConvKernel {
     p.npos = g.oh * g.wq;  // <= q_size: oh <= hq
     p.tile = ChooseTiles(KernelsFor(isa).conv_lanes, p.npos, &p.vi, &p.tail_vi, &p.tail);
     p.tiles = std::max<int64_t>(1, (p.npos + p.tile - 1) / p.tile);
-    const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + (kw - 1) * dw / g.sw;  // attributes <= 2^16
-    const double window = static_cast<double>(g.row_phases.size() * g.col_phases.size()) *
-                          static_cast<double>(p.tile + reach) * sizeof(float);
+    const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + g.tap_shift.back();  // attributes <= 2^16
+    const double window = static_cast<double>(g.copies) * static_cast<double>(p.tile + reach) * sizeof(float);
     const int64_t fit = static_cast<int64_t>(0.8 * static_cast<double>(L1DataBytes()) / window);
     // A block pass reloads and stores the tile's partial sums: worth it only with enough
     // nonzeros per row and block (a 1x1 conv over 256 channels at 10% has 26 per row).
@@ -1291,12 +1346,12 @@ struct CsrConvKernel {
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
         const int64_t col = ColumnAt(csr, j, &running);
         const int64_t c = col / (kh * kw), i = (col / kw) % kh, jj = col % kw;
-        const int64_t rh = i * dh, rw = jj * dw;  // < 2^32: attributes are bounded
-        const int64_t phase = g.row_slot[static_cast<size_t>(rh % g.sh)] * static_cast<int64_t>(g.col_phases.size()) +
-                              g.col_slot[static_cast<size_t>(rw % g.sw)];  // both used: a tap lands there
-        const int64_t o = (phase * g.c_in + c_base + c) * g.plane + (rh / g.sh) * g.wq + (rw / g.sw);
-        if (o < 0 || o >= g.q_size) Fail(ortabi::kFail, "offset ", o, " of nonzero ", j, " is outside the phase planes");
-        if (o + p.End() > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the phase planes");
+        const int64_t rh = i * dh;  // < 2^32: attributes are bounded
+        const int64_t copy = g.row_slot[static_cast<size_t>(rh % g.sh)] * static_cast<int64_t>(g.col_start.size()) +
+                             g.tap_col[static_cast<size_t>(jj)];  // used: a tap lands there
+        const int64_t o = (copy * g.c_in + c_base + c) * g.plane + (rh / g.sh) * g.wq + g.tap_shift[static_cast<size_t>(jj)];
+        if (o < 0 || o >= g.q_size) Fail(ortabi::kFail, "offset ", o, " of nonzero ", j, " is outside the input copies");
+        if (o + p.End() > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the input copies");
         if (in_place && o + p.npos > g.q_size) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun X");
         off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
         ++seg[c / p.cb + 1];  // c < cg: the column bound was checked
@@ -1307,36 +1362,39 @@ struct CsrConvKernel {
     return plan;
   }
 
-  // Q[slot][c] = the padded image's rows ph :: sh and columns pw :: sw for each used phase
-  // (ph, pw) (ConvGeometry::row_phases/col_phases); one task per (phase, channel) plane.
-  void FillPhasePlanes(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
-    const int64_t cols_used = static_cast<int64_t>(g.col_phases.size());
-    const int64_t used = static_cast<int64_t>(g.row_phases.size()) * cols_used;
-    ParallelFor(ctx, static_cast<size_t>(used * g.c_in), [&](size_t t) {
+  // Q[ph][k][c] = the padded image's rows ph :: sh and columns col_start[k] :: sw, Wq of them,
+  // for each used row phase ph and copy column k (ConvGeometry); one task per (row phase,
+  // channel), which writes every copy column of an input row while the row is in L1.
+  void FillCopies(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
+    const int64_t phases = static_cast<int64_t>(g.row_phases.size());
+    ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
       const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
-      const int64_t ph = g.row_phases[static_cast<size_t>(slot / cols_used)];
-      const int64_t pw = g.col_phases[static_cast<size_t>(slot % cols_used)];
-      float* dst = q + static_cast<int64_t>(t) * g.plane;
+      const int64_t ph = g.row_phases[static_cast<size_t>(slot)];
       const float* src = xi + c * g.h * g.w;
-      for (int64_t a = 0; a < g.hq; ++a) {
-        const int64_t row = a * g.sh + ph - pad_t;
-        float* d = dst + a * g.wq;
-        if (row < 0 || row >= g.h) {
-          std::memset(d, 0, static_cast<size_t>(g.wq) * sizeof(float));
-          continue;
-        }
-        // Columns b with 0 <= b * sw + pw - pad_l < W come from the input, the rest are padding.
-        const int64_t first = std::min(g.wq, std::max<int64_t>(0, (pad_l - pw + g.sw - 1) / g.sw));
-        const int64_t last_in = g.w - 1 + pad_l - pw;  // < 0: no input column (W = 0)
+      const int64_t cols = static_cast<int64_t>(g.col_start.size());
+      for (int64_t k = 0; k < cols; ++k) {
+        float* dst = q + ((slot * cols + k) * g.c_in + c) * g.plane;
+        // Columns b with 0 <= b * sw + shift < W come from the input, the rest are padding.
+        const int64_t shift = g.col_start[static_cast<size_t>(k)] - pad_l;  // |shift| <= 2^32: attributes are bounded
+        const int64_t first = std::min(g.wq, std::max<int64_t>(0, (g.sw - 1 - shift) / g.sw));
+        const int64_t last_in = g.w - 1 - shift;  // < 0: no input column
         const int64_t end = last_in < 0 ? first : std::max(first, std::min(g.wq, last_in / g.sw + 1));
-        std::memset(d, 0, static_cast<size_t>(first) * sizeof(float));
-        const float* s = src + row * g.w + (first * g.sw + pw - pad_l);
-        if (g.sw == 1) {
-          std::memcpy(d + first, s, static_cast<size_t>(end - first) * sizeof(float));
-        } else {
-          for (int64_t b = 0; b < end - first; ++b) d[first + b] = s[b * g.sw];
+        for (int64_t a = 0; a < g.hq; ++a) {
+          const int64_t row = a * g.sh + ph - pad_t;
+          float* d = dst + a * g.wq;
+          if (row < 0 || row >= g.h) {
+            std::fill(d, d + g.wq, 0.f);
+            continue;
+          }
+          std::fill(d, d + first, 0.f);
+          const float* s = src + row * g.w + shift;
+          if (g.sw == 1) {
+            for (int64_t b = first; b < end; ++b) d[b] = s[b];
+          } else {
+            for (int64_t b = first; b < end; ++b) d[b] = s[b * g.sw];
+          }
+          std::fill(d + end, d + g.wq, 0.f);
         }
-        std::memset(d + end, 0, static_cast<size_t>(g.wq - end) * sizeof(float));
       }
     });
   }
