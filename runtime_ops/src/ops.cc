@@ -633,12 +633,18 @@ int64_t RowQuantum(Isa isa) { return isa == Isa::kScalar ? 1 : 8; }
 // any alignment, the window of one). A Zen 1 class core (AVX2, 1 thread, against the
 // phase copies, same process): 3x3 layers at 30-50% density ran 1.05-1.12x faster shifted,
 // 5x5 at 38% 1.03x, the 7x7/2 stem at 50% 1.06x; at 10% density the copies cost more than
-// the alignment saves (0.85-0.98x: 28x28 maps pay 14% of their time writing them). The
+// the alignment saves (0.85-0.98x: 28x28 maps pay 14% of their time writing them), and so they
+// do where the copies outgrow the caches (VGG-16's 64 channels of 224x224 at 22%, 39 MB of
+// copies: 0.70x; 512 of 28x28 at 27%, 6.4 MB: 0.90x; at 2.5 MB or less every case measured at
+// 20% or more gained, 13x13 maps 1.12-1.20x): the copies may take at most kShiftedCopyL2s
+// times the L2 (4 MiB on that core; sysconf's L3 there is the whole package's 64 MiB, not the
+// 8 MiB a core shares, so the L3 is no guide). The
 // AVX-512 tile keeps the phase copies: shifted ones (then at every density) measured slower
 // inside a model on a Zen 4 core (runtime_ops/README.md), and the gated choice is unmeasured
 // there. The portable path takes the same gate as AVX2, so tests cover both layouts.
 constexpr double kShiftedMinDensity = 0.2;
 constexpr int64_t kMaxShiftedColumns = 16;
+constexpr int64_t kShiftedCopyL2s = 8;
 bool ShiftedCopies(Isa isa, int64_t nnz, int64_t c_out, int64_t k_cols) {
   if (isa == Isa::kAvx512) return false;
   const double cells = static_cast<double>(c_out) * static_cast<double>(k_cols);
@@ -1247,10 +1253,16 @@ struct CsrConvKernel {
     const int64_t hp = g->h + pad_t + pad_b, wp = g->w + pad_l + pad_r;  // checked by ConvExtent
     g->x_layout = kh == 1 && kw == 1 && g->sh == 1 && g->sw == 1 && pad_t == 0 && pad_l == 0 && pad_b == 0 &&
                   pad_r == 0;
-    // kW <= kMaxShiftedColumns keeps the shifted copies within that many times the input.
-    g->shifted = shifted && !g->x_layout && kw <= kMaxShiftedColumns;
     g->hq = (hp - 1) / g->sh + 1;  // ceil(hp / sh); hp >= 1 as the kernel fits
     UsedPhases(kh, dh, g->sh, &g->row_phases, &g->row_slot);
+    // kW <= kMaxShiftedColumns keeps the shifted copies within that many times the input, and
+    // they are taken only while they fit kShiftedCopyL2s L2 caches (ShiftedCopies); all
+    // factors <= 2^31.
+    const double shifted_bytes = static_cast<double>(g->row_phases.size()) * static_cast<double>(kw) *
+                                 static_cast<double>(g->c_in) * static_cast<double>(g->hq) *
+                                 static_cast<double>(g->ow + 7) * sizeof(float);
+    g->shifted = shifted && !g->x_layout && kw <= kMaxShiftedColumns &&
+                 shifted_bytes <= static_cast<double>(kShiftedCopyL2s * L2Bytes());
     g->tap_col.resize(static_cast<size_t>(kw));
     g->tap_shift.resize(static_cast<size_t>(kw));
     if (g->shifted) {  // copy column j is kernel column j, shifted into place
