@@ -19,6 +19,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
@@ -126,6 +127,21 @@ def test_largest_stride_on_a_tiny_input_is_exact(tmp_path):
     feeds["X"] = np.full((1, 1, 1, 1), 3.0, np.float32)
     out = run_in_child(tmp_path, model, feeds)
     assert out.get("y") == [[[[6.5]]]], out
+
+
+@pytest.mark.parametrize("csr", ["empty", "one_nonzero"])
+def test_huge_channel_count_of_an_empty_input_is_refused_not_a_heap_overflow(tmp_path, csr):
+    # X has no elements (0 x 0 image) but 2^61 channels; pads make a 2 x 2 output. The copies'
+    # size, 4 floats per channel, stayed inside int64 (2^63 - 4), but adding the tiles'
+    # overhang wrapped it negative past the 2^31 - 1 bound: a tiny buffer, then zero planes
+    # written over the heap (SIGSEGV; UBSan: signed integer overflow).
+    c_in = (2**63 - 1) // 4
+    arrays = ((np.zeros(0, np.float32), np.zeros(0, np.int16), np.zeros(2, np.int32)) if csr == "empty" else
+              (np.array([2.0], np.float32), np.array([0], np.int16), np.array([0, 1], np.int32)))
+    model, feeds = op_model("CsrConv", [1, c_in, 0, 0], arrays, kernel_shape=[1, 1], pads=[1, 1, 1, 1])
+    feeds["X"] = np.zeros((1, c_in, 0, 0), np.float32)
+    out = run_in_child(tmp_path, model, feeds)
+    assert "input copies" in out.get("error", ""), out
 
 
 # ---------------------------------------------------------------------------------------------
