@@ -621,7 +621,7 @@ int64_t ChooseTiles(int lanes, int64_t positions, int* vi, int* tail_vi, int64_t
   return tile;
 }
 
-// Row length CsrConv gives its column-shifted input copies (ConvGeometry::shifted): output
+// Row length CsrConv gives its column-shifted input copies (ShiftedCopies): output
 // widths are rounded up to it, so every offset into the copies and every tile start are
 // multiples of 8 floats and the AVX2 tile's loads are 32-byte aligned, none splitting a cache
 // line. The portable path keeps the exact width (1): it has no vector loads to align, and
@@ -642,13 +642,14 @@ int64_t RowQuantum(Isa isa) { return isa == Isa::kScalar ? 1 : 8; }
 // AVX-512 tile keeps the phase copies: shifted ones (then at every density) measured slower
 // inside a model on a Zen 4 core (runtime_ops/README.md), and the gated choice is unmeasured
 // there. The portable path takes the same gate as AVX2, so tests cover both layouts.
+// kW <= kMaxShiftedColumns also keeps the copies within that many times the input.
+// `cells` is C_out * C_in/group * kH * kW, `bytes` what the shifted copies would take.
 constexpr double kShiftedMinDensity = 0.2;
 constexpr int64_t kMaxShiftedColumns = 16;
 constexpr int64_t kShiftedCopyL2s = 8;
-bool ShiftedCopies(Isa isa, int64_t nnz, int64_t c_out, int64_t k_cols) {
-  if (isa == Isa::kAvx512) return false;
-  const double cells = static_cast<double>(c_out) * static_cast<double>(k_cols);
-  return cells > 0 && static_cast<double>(nnz) >= kShiftedMinDensity * cells;
+bool ShiftedCopies(Isa isa, int64_t nnz, double cells, int64_t kw, double bytes) {
+  return isa != Isa::kAvx512 && cells > 0 && static_cast<double>(nnz) >= kShiftedMinDensity * cells &&
+         kw <= kMaxShiftedColumns && bytes <= static_cast<double>(kShiftedCopyL2s * L2Bytes());
 }
 
 // Column of entry j of a validated CSR, whatever the index encoding; `running` carries a row's
@@ -1070,7 +1071,6 @@ struct ConvGeometry {
   // Kernel column j reads copy column tap_col[j] from column tap_shift[j] on.
   std::vector<int64_t> row_phases;
   std::vector<int32_t> row_slot;
-  bool shifted = false;     // one copy column per kernel column, Wq rounded (ShiftedCopies)
   std::vector<int64_t> col_start, tap_shift;
   std::vector<int32_t> tap_col;
   int64_t copies = 0;       // row_phases.size() * col_start.size()
@@ -1239,7 +1239,7 @@ struct CsrConvKernel {
     if (CheckedMul(g.oh, g.ow, "OH * OW") > kMaxConvPlane)
       Fail(ortabi::kInvalidArgument, "output plane ", g.oh, " x ", g.ow, " exceeds 2^31-1 elements");
     CheckedMul(CheckedMul(CheckedMul(g.nb, g.c_out, "output size"), g.oh, "output size"), g.ow, "output size");
-    if (!g.empty()) PlanPhases(&g, ShiftedCopies(isa, csr.nnz, g.c_out, k_cols));
+    if (!g.empty()) PlanPhases(&g, csr.nnz, static_cast<double>(g.c_out) * static_cast<double>(k_cols));
     return g;
   }
 
@@ -1247,7 +1247,8 @@ struct CsrConvKernel {
   // there; otherwise a huge stride on a small input would make stride-many empty row phases.
   // A copy has Hq = ceil(Hpad / sh) rows (output row oy of tap row i reads row oy + (i*dH)/sh
   // < Hq) of Wq columns; there are at most min(kH, sh) * kW copies of each channel.
-  void PlanPhases(ConvGeometry* g, bool shifted) const {
+  // Shifted copies or phase copies: ShiftedCopies, from the CSR's `nnz` out of `cells` weights.
+  void PlanPhases(ConvGeometry* g, int64_t nnz, double cells) const {
     g->sh = g->oh == 1 ? 1 : sh;
     g->sw = g->ow == 1 ? 1 : sw;
     const int64_t hp = g->h + pad_t + pad_b, wp = g->w + pad_l + pad_r;  // checked by ConvExtent
@@ -1255,17 +1256,14 @@ struct CsrConvKernel {
                   pad_r == 0;
     g->hq = (hp - 1) / g->sh + 1;  // ceil(hp / sh); hp >= 1 as the kernel fits
     UsedPhases(kh, dh, g->sh, &g->row_phases, &g->row_slot);
-    // kW <= kMaxShiftedColumns keeps the shifted copies within that many times the input, and
-    // they are taken only while they fit kShiftedCopyL2s L2 caches (ShiftedCopies); all
-    // factors <= 2^31.
+    // What the shifted copies would take, in double: every factor is <= 2^31.
     const double shifted_bytes = static_cast<double>(g->row_phases.size()) * static_cast<double>(kw) *
                                  static_cast<double>(g->c_in) * static_cast<double>(g->hq) *
                                  static_cast<double>(g->ow + 7) * sizeof(float);
-    g->shifted = shifted && !g->x_layout && kw <= kMaxShiftedColumns &&
-                 shifted_bytes <= static_cast<double>(kShiftedCopyL2s * L2Bytes());
     g->tap_col.resize(static_cast<size_t>(kw));
     g->tap_shift.resize(static_cast<size_t>(kw));
-    if (g->shifted) {  // copy column j is kernel column j, shifted into place
+    if (!g->x_layout && ShiftedCopies(isa, nnz, cells, kw, shifted_bytes)) {
+      // copy column j is kernel column j, shifted into place
       const int64_t quantum = RowQuantum(isa);
       g->wq = (g->ow + quantum - 1) / quantum * quantum;  // ow <= w + pads <= 2^31
       for (int64_t j = 0; j < kw; ++j) {
