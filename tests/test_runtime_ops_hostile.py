@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -238,6 +239,8 @@ def conv_extent(size, pad0, pad1, k, d, s):
     return None if span < 0 else span // s + 1
 
 
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+
 # activation -> (number of activation_params, float64 function of (y, params or None))
 ACTIVATIONS = {
     "Relu": (0, lambda y, p: np.where(y < 0, 0.0, y)),
@@ -247,15 +250,17 @@ ACTIVATIONS = {
     "HardSwish": (0, lambda y, p: y * np.clip(y / 6 + 0.5, 0, 1)),
     "Sigmoid": (0, lambda y, p: 1 / (1 + np.exp(-y))),
     "Swish": (0, lambda y, p: y / (1 + np.exp(-y))),
+    "Gelu": (0, lambda y, p: 0.5 * y * _erfc(-y / np.sqrt(2.0))),
 }
 
 
 def activation_ok(attrs) -> bool:
-    """Whether CsrConv's activation attributes obey README "CsrConv" (absent is fine)."""
+    """Whether activation attributes obey README "CsrConv" (absent is fine; CsrGemm's too)."""
     act, params = attrs.get("activation"), attrs.get("activation_params")
     if act is None:
         return params is None
-    if act not in ACTIVATIONS or (params is not None and len(params) != ACTIVATIONS[act][0]):
+    # a present list must hold exactly the activation's floats: an empty one is refused too
+    if act not in ACTIVATIONS or (params is not None and (len(params) == 0 or len(params) != ACTIVATIONS[act][0])):
         return False
     if params is None:
         return True
@@ -326,7 +331,7 @@ def attr_list(n: int, sane, broken: bool):
 
 @st.composite
 def activation_attrs(draw, broken: bool) -> dict:
-    """CsrConv's activation attributes: none, a valid set, or (when ``broken``) a malformed one."""
+    """Activation attributes: none, a valid set, or (when ``broken``) a malformed one."""
     if not broken:
         act = draw(st.sampled_from([None, None, *ACTIVATIONS]))
         if act is None:
@@ -336,7 +341,7 @@ def activation_attrs(draw, broken: bool) -> dict:
             return {"activation": act}
         params = sorted(draw(st.lists(st.floats(-8, 8, width=32), min_size=n, max_size=n)))
         return {"activation": act, "activation_params": params}
-    name = draw(st.sampled_from([*ACTIVATIONS, "Gelu", "", "relu"]))
+    name = draw(st.sampled_from([*ACTIVATIONS, "Mish", "", "relu", "gelu"]))
     params = draw(st.lists(st.sampled_from([0.0, 1.0, -2.0, float("nan"), float("inf"), float("-inf")]), max_size=3))
     return {"activation": name, "activation_params": params} if draw(st.booleans()) else {"activation_params": params}
 
@@ -413,6 +418,8 @@ def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, thr
 
 def gemm_output_shape(x_shape, attrs, csr, c_shape) -> tuple | None:
     """Y's shape when CsrGemm must accept the case, None when it must refuse it (README "CsrGemm")."""
+    if not activation_ok(attrs):
+        return None
     matmul, trans_a, beta = attrs.get("matmul", 0), attrs.get("transA", 0), attrs.get("beta", 1.0)
     if matmul not in (0, 1) or trans_a not in (0, 1) or (matmul and trans_a):
         return None
@@ -448,12 +455,15 @@ def gemm_reference(x, csr, c, attrs, out_shape) -> np.ndarray:
     y = (alpha * a @ dense64(csr, a.shape[1]).T).reshape(out_shape)
     if c is not None and beta != 0.0:
         y = y + beta * np.broadcast_to(c.astype(np.float64), out_shape)
+    if "activation" in attrs:
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = ACTIVATIONS[attrs["activation"]][1](y, attrs.get("activation_params"))
     return y
 
 
 @st.composite
 def gemm_cases(draw):
-    broken = draw(st.sets(st.sampled_from(["attrs", "rank", "csr", "columns", "bias"]), max_size=2))
+    broken = draw(st.sets(st.sampled_from(["attrs", "rank", "csr", "columns", "bias", "activation"]), max_size=2))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     if "attrs" in broken:
         attrs = {"matmul": draw(st.sampled_from([0, 1, 2, -1, 2**40])), "transA": draw(st.sampled_from([0, 1, 2, -1]))}
@@ -461,6 +471,7 @@ def gemm_cases(draw):
         attrs = {"matmul": draw(st.sampled_from([0, 1]))}
         attrs["transA"] = 0 if attrs["matmul"] else draw(st.sampled_from([0, 1]))
     attrs["alpha"], attrs["beta"] = draw(st.sampled_from([1.0, 0.5, -2.0])), draw(st.sampled_from([1.0, 0.0, 3.0]))
+    attrs.update(draw(activation_attrs("activation" in broken)))  # op-set 3
     dim = st.integers(0, 5)
     if "rank" in broken:
         x_shape = draw(st.lists(dim, max_size=4))

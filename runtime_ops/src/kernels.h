@@ -106,7 +106,7 @@ using SpmmFn = void (*)(const void* values, const void* col, const int32_t* row_
 //   kSigmoid     1 / (1 + exp(-y))
 //   kSilu        y / (1 + exp(-y))                      (y * Sigmoid(y), "Swish")
 // A NaN stays NaN (as the ONNX ops give it); ops.cc bounds alpha and beta before any run.
-enum class Act : int { kNone = 0, kRelu, kLeakyRelu, kClip, kHardSigmoid, kHardSwish, kSigmoid, kSilu };
+enum class Act : int { kNone = 0, kRelu, kLeakyRelu, kClip, kHardSigmoid, kHardSwish, kSigmoid, kSilu, kGelu };
 struct Activation {
   Act kind = Act::kNone;
   float alpha = 0.f, beta = 0.f;

@@ -41,7 +41,7 @@ namespace {
 constexpr const char* kDomain = "ai.onnxprune";
 // Newest op-set of the domain this build implements (runtime_ops/README.md; OPSET_VERSION in
 // runtime_ops/__init__.py, a test checks they agree).
-constexpr int kOpsetVersion = 2;
+constexpr int kOpsetVersion = 3;
 
 const ortabi::Api* g_api = nullptr;
 
@@ -194,7 +194,7 @@ std::vector<int64_t> AttrInts(const ortabi::KernelInfo* info, const char* name, 
   return v;
 }
 
-// CsrConv's fused activation (runtime_ops/README.md, "CsrConv"): the `activation` string names
+// The fused activation of CsrConv (op-set 2) and CsrGemm (op-set 3; runtime_ops/README.md): the `activation` string names
 // one of a fixed set, `activation_params` holds its floats (all of them, or none for the ONNX
 // op's defaults). Anything else, a name longer than any known one included, is refused here,
 // before any run.
@@ -213,6 +213,7 @@ Activation ReadActivation(const ortabi::KernelInfo* info) {
       {"HardSwish", Act::kHardSwish, 0, 0.f, 0.f},
       {"Sigmoid", Act::kSigmoid, 0, 0.f, 0.f},
       {"Swish", Act::kSilu, 0, 0.f, 0.f},
+      {"Gelu", Act::kGelu, 0, 0.f, 0.f},
   };
   constexpr size_t kLongest = 16;
   size_t size = 0;
@@ -242,7 +243,7 @@ Activation ReadActivation(const ortabi::KernelInfo* info) {
       shown += "'";
     }
     Fail(ortabi::kInvalidArgument, "activation ", shown,
-         " is not one of Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, Sigmoid, Swish");
+         " is not one of Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, Sigmoid, Swish, Gelu");
   }
   // Read with a buffer, never a size query alone: ORT answers that one for a list of another
   // type too. It also reads an attribute of another type (an ints list, a single float, a
@@ -727,6 +728,7 @@ struct CsrGemmKernel {
   int64_t matmul = 0;
   float alpha = 1.f, beta = 1.f;
   Isa isa = Isa::kScalar;
+  Activation act;  // applied to each output after alpha and the bias (op-set 3)
   ValidatedCsr constant;
 
   explicit CsrGemmKernel(const ortabi::KernelInfo* info) {
@@ -737,9 +739,7 @@ struct CsrGemmKernel {
     if (matmul != 0 && matmul != 1) Fail(ortabi::kInvalidArgument, "attribute matmul must be 0 or 1");
     if (trans_a != 0 && trans_a != 1) Fail(ortabi::kInvalidArgument, "attribute transA must be 0 or 1");
     if (matmul && trans_a) Fail(ortabi::kInvalidArgument, "transA is a Gemm attribute; it must be 0 when matmul=1");
-    // CsrConv's op-set 2 attributes mean nothing here: refused, never silently ignored.
-    for (const char* conv_only : {"activation", "activation_params"})
-      if (HasAttr(info, conv_only)) Fail(ortabi::kInvalidArgument, "attribute ", conv_only, " is CsrConv's; CsrGemm has none");
+    act = ReadActivation(info);
     isa = ChooseIsa();
     constant = ValidateConstantCsr(info);
   }
@@ -893,14 +893,15 @@ struct CsrGemmKernel {
       }
       // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc: transposed into Y, then scaled.
       kern.transpose(buf.get(), p.tile, y + m0 * n + r0, n, r1 - r0, mc);
-      if (alpha == 1.f && !bias.data) return;
+      if (alpha == 1.f && !bias.data && act.kind == Act::kNone) return;
       for (int64_t i = 0; i < mc; ++i) {
         float* yrow = y + (m0 + i) * n;
         if (bias.data) {
           for (int64_t r = r0; r < r1; ++r) yrow[r] = alpha * yrow[r] + bias.at(m0 + i, r);
-        } else {
+        } else if (alpha != 1.f) {
           for (int64_t r = r0; r < r1; ++r) yrow[r] *= alpha;
         }
+        if (act.kind != Act::kNone) kern.activate(yrow + r0, r1 - r0, act);
       }
     });
   }
@@ -951,6 +952,7 @@ struct CsrGemmKernel {
       if (r0 >= r1) return;
       kern.spmv[csr.value][csr.index](csr.values, csr.col, csr.row_ptr, x, k, r0, r1, y + r0);
       Epilogue1(y, r0, r1, bias);
+      if (act.kind != Act::kNone) kern.activate(y + r0, r1 - r0, act);
     });
   }
 
@@ -1006,6 +1008,7 @@ struct CsrGemmKernel {
           } else {
             for (int64_t r = r0; r < r1; ++r) yrow[r] = alpha * acc[(r - r0) * mb + i];
           }
+          if (act.kind != Act::kNone) kern.activate(yrow + r0, r1 - r0, act);
         }
       }
     });
