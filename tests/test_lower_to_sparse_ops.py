@@ -83,7 +83,12 @@ def test_mlp_lowered_matches_dense(form, batch):
     ops = _ops(lowered)
     assert ("Gemm", "") not in ops and ("MatMul", "") not in ops
     assert ("Add", "") not in ops  # MatMul's bias Add is folded into CsrGemm
-    assert any(o.domain == runtime_ops.DOMAIN and o.version == 1 for o in lowered.opset_import)
+    # the hidden layers' Relu too, as CsrGemm's activation: op-set 3 (runtime_ops/README.md)
+    relus = sum(n.op_type == "Relu" for n in model.graph.node)
+    assert ("Relu", "") not in ops
+    assert sum(any(a.name == "activation" and a.s == b"Relu" for a in n.attribute)
+               for n in lowered.graph.node if n.op_type == "CsrGemm") == relus
+    assert any(o.domain == runtime_ops.DOMAIN and o.version == (3 if relus else 1) for o in lowered.opset_import)
     assert [o for o in lowered.opset_import if o.domain == ""] == \
         [o for o in model.opset_import if o.domain == ""]
     inits = {t.name: t for t in lowered.graph.initializer}

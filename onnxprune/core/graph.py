@@ -399,7 +399,7 @@ def _export(graph: gs.Graph, original: ModelProto, metadata=None) -> ModelProto:
     _restore_outer_initializers(model.graph, original.graph)
     model.ir_version = original.ir_version
     # Keep the original opsets; add only domains a pass introduced (graph.import_domains), and
-    # take a version a pass raised (lowering declares op-set 2 of ai.onnxprune once a node
+    # take a version a pass raised (lowering declares op-set 2 or 3 of ai.onnxprune once a node
     # uses it, also in a model that imported op-set 1 before).
     exported = {op.domain or "ai.onnx": op.version for op in model.opset_import}
     had = {op.domain or "ai.onnx" for op in original.opset_import}

@@ -110,12 +110,24 @@ def node_attrs(node: onnx.NodeProto) -> dict:
 
 def _activation_nodes(a: dict, y_in: str, y_out: str, name: str, opset: int
                       ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Standard ops applying CsrConv's ``activation`` to ``y_in``, writing ``y_out``: the ops
+    """Standard ops applying a CSR node's ``activation`` to ``y_in``, writing ``y_out``: the ops
     ONNX Runtime fuses into its own Conv where it can (Relu, LeakyRelu, Clip, HardSigmoid,
-    Sigmoid), so a timing against them is against the fused dense model."""
+    Sigmoid), and GELU as the Gelu op (opset 20) or its Erf form (which ONNX Runtime fuses into
+    one Gelu node), so a timing against them is against the fused dense model."""
     act = a["activation"]
     act = act.decode(errors="replace") if isinstance(act, bytes) else str(act)
     params = [float(v) for v in a.get("activation_params", [])]
+    if act == "Gelu":
+        if opset >= 20:
+            return [helper.make_node("Gelu", [y_in], [y_out], name=f"{name}.Gelu")], []
+        consts = [numpy_helper.from_array(np.array(v, np.float32), f"{name}.gelu_{k}")
+                  for k, v in (("sqrt2", np.sqrt(2.0)), ("one", 1.0), ("half", 0.5))]
+        t = [f"{name}.gelu_t{i}" for i in range(4)]
+        return [helper.make_node("Div", [y_in, consts[0].name], [t[0]], name=f"{name}.gelu_div"),
+                helper.make_node("Erf", [t[0]], [t[1]], name=f"{name}.gelu_erf"),
+                helper.make_node("Add", [t[1], consts[1].name], [t[2]], name=f"{name}.gelu_add"),
+                helper.make_node("Mul", [y_in, t[2]], [t[3]], name=f"{name}.gelu_mul"),
+                helper.make_node("Mul", [t[3], consts[2].name], [y_out], name=f"{name}.gelu_half")], consts
     if act in ("Relu", "Sigmoid") or (act == "HardSwish" and opset >= 14):
         return [helper.make_node(act, [y_in], [y_out], name=f"{name}.{act}")], []
     if act in ("LeakyRelu", "HardSigmoid"):
@@ -129,7 +141,7 @@ def _activation_nodes(a: dict, y_in: str, y_out: str, name: str, opset: int
                   for k, v in (("min", lo), ("max", hi))]
         return [helper.make_node("Clip", [y_in, *(b.name for b in bounds)], [y_out], name=f"{name}.Clip")], bounds
     if act not in ("HardSwish", "Swish"):
-        raise ValueError(f"CsrConv {name}: unknown activation {act!r}")
+        raise ValueError(f"{name}: unknown activation {act!r}")
     gate = f"{name}.gate"
     first = helper.make_node("Sigmoid", [y_in], [gate], name=f"{name}.Sigmoid") if act == "Swish" else \
         helper.make_node("HardSigmoid", [y_in], [gate], name=f"{name}.HardSigmoid", alpha=1 / 6, beta=0.5)
@@ -138,10 +150,22 @@ def _activation_nodes(a: dict, y_in: str, y_out: str, name: str, opset: int
 
 def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix: str = "",
                       opset: int = 17) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Standard-op nodes computing what a CsrGemm / CsrConv node computes (weights from its CSR)."""
+    """Standard-op nodes computing what a CsrGemm / CsrConv node computes (weights from its CSR),
+    its fused activation included."""
+    a = node_attrs(node)
+    if node.op_type == "CsrGemm" and "activation" in a:
+        name = node.name or node.output[0]
+        inner = onnx.NodeProto()
+        inner.CopyFrom(node)
+        del inner.attribute[:]
+        inner.attribute.extend(x for x in node.attribute if x.name not in ("activation", "activation_params"))
+        mid = f"{prefix}{name}.product"
+        inner.output[0] = mid
+        nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
+        act_nodes, act_inits = _activation_nodes(a, mid, node.output[0], f"{prefix}{name}", opset)
+        return [*nodes, *act_nodes], [*new_inits, *act_inits]
     from onnxprune.runtime_ops import dense_from_csr
 
-    a = node_attrs(node)
     values, col_idx, row_ptr = (numpy_helper.to_array(inits[n]) for n in node.input[1:4])
     bias = node.input[4] if len(node.input) > 4 and node.input[4] else None
     name = node.name or node.output[0]

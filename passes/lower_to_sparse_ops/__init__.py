@@ -27,6 +27,9 @@ rows of the CSR are always the op's outputs, so the source matrix is (op knowled
         folds it into its own Conv; zeros stay zeros; then the activation that is the only use
         of the result — Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, also Hardswish spelled
         out in several nodes — becomes CsrConv's ``activation``: ``activations.py``)
+    the same activations, and GELU (the Gelu op, or its Erf form x·½·(1 + erf(x/√2)) as
+    exporters spell it), after a Gemm, or after a MatMul and its folded bias Add, become
+    CsrGemm's ``activation`` (op-set 3); GELU after a Conv becomes CsrConv's.
 
 Exactness: the CSR holds exactly the nonzero weights (pruned weights are exact zeros), so the
 lowered op computes the same sum with the zero terms left out; results differ from the dense
@@ -45,7 +48,8 @@ convolutions, SAME padding on an input of unknown size) are kept and reported wi
 
 Invariants: graph inputs and outputs are unchanged; a lowered node keeps its name and output
 tensor (the activation's output when one is folded in); the graph gains the opset import
-(``ai.onnxprune``, 1) iff a node was lowered — op-set 2 when a node carries an activation.
+(``ai.onnxprune``, 1) iff a node was lowered — op-set 2 when a CsrConv carries an activation,
+3 when a CsrGemm does or an activation is Gelu.
 """
 
 from __future__ import annotations
@@ -423,6 +427,11 @@ class LowerToSparseOps(Pass):
                 plans.append(_plan_matmul(node, layer, shapes, self.batch, graph_outputs))
             else:
                 plans.append(_plan_conv(node, layer, shapes, self.batch, graph_outputs))
+        if len(plans) == 1 and plans[0].kind == "fc":
+            # CsrGemm's activation (op-set 3): the one applied to the product, after the folded
+            # bias Add when there is one
+            p = plans[0]
+            p.fused_act = fusable_activation((p.fused_add or p.node).outputs[0], graph_outputs)
         return plans
 
     def _forced(self, layer: Layer) -> bool:
@@ -546,9 +555,9 @@ class LowerToSparseOps(Pass):
                 progress(i + 1, total, layer.name)
 
         if lowered_any:
-            # Op-set 2 only where a node needs it (a fused activation), so that a file without
-            # one still loads where an op-set 1 library runs it.
-            version = 2 if any(n.domain == DOMAIN and "activation" in n.attrs for n in graph.nodes) else 1
+            # The lowest op-set the file's nodes need (op_set_needed), so that a file without
+            # a fused activation still loads where an op-set 1 library runs it.
+            version = max([1, *(op_set_needed(n) for n in graph.nodes if n.domain == DOMAIN)])
             domains = [d for d in graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)]
                        if d.domain != DOMAIN or d.version >= version]
             if not any(d.domain == DOMAIN for d in domains):
@@ -616,6 +625,17 @@ class LowerToSparseOps(Pass):
                     node.attrs["activation_params"] = [float(v) for v in plan.fused_act.params]
             for t in [old_weight, *dropped]:
                 _drop_dangling_producers(graph, t, graph_outputs)
+
+
+def op_set_needed(node: gs.Node) -> int:
+    """The op-set of ``ai.onnxprune`` that first defines what a CSR node uses
+    (runtime_ops/README.md): 3 for CsrGemm's activation and for the Gelu activation, 2 for
+    CsrConv's other activations, else 1."""
+    act = node.attrs.get("activation")
+    if act is None:
+        return 1
+    act = act.decode(errors="replace") if isinstance(act, bytes) else str(act)
+    return 3 if node.op == "CsrGemm" or act == "Gelu" else 2
 
 
 def _absorb(graph: gs.Graph, node: gs.Node, chain: list[gs.Node]) -> list[gs.Tensor]:

@@ -1,12 +1,15 @@
-"""The activation after a lowered convolution, folded into ``CsrConv`` (its ``activation`` and
-``activation_params`` attributes, ``runtime_ops/README.md``).
+"""The activation after a lowered convolution or product, folded into ``CsrConv`` or
+``CsrGemm`` (their ``activation`` and ``activation_params`` attributes, ``runtime_ops/README.md``).
 
 ONNX Runtime fuses Conv + Relu (and Clip, LeakyRelu, HardSigmoid, Sigmoid) into its own
 FusedConv, so a lowered model that ran them as separate nodes paid a full pass over every
 feature map that the dense model never paid.  Real networks also spell activations out in
 several nodes — Hardswish as ``x · Clip(x + 3, 0, 6) / 6`` (PaddlePaddle exports), SiLU as
 ``x · Sigmoid(x)`` (YOLO detectors) — which neither model fuses; folded into the kernel they
-cost nothing beyond the tile still in L1.
+cost nothing beyond the tile still in L1.  Transformers spell GELU out in its Erf form,
+``x · ½ · (1 + erf(x/√2))`` (torch's export of ``nn.GELU``, Hugging Face's ``gelu``); ONNX
+Runtime fuses that into one Gelu node after a dense MatMul, and folded into CsrGemm it is
+applied to each output row while the row is in cache.
 
 Only exact rewrites: each pattern below computes the named function (up to float32 rounding,
 as ``runtime_ops`` documents), every intermediate tensor has the pattern as its only use and is
@@ -31,14 +34,17 @@ from onnxprune.core.graph import const_source
 _STD = ("", "ai.onnx")
 
 # CsrConv activations the lowering folds (the op also takes Sigmoid and Swish: see above).
-FOLDED = frozenset({"Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish"})
+FOLDED = frozenset({"Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Gelu"})
+
+_SQRT2 = np.float32(np.sqrt(2.0))
+_SQRT1_2 = np.float32(1 / np.sqrt(2.0))
 
 
 @dataclasses.dataclass
 class FusedActivation:
     """An activation a CsrConv can apply: its attributes and the nodes it replaces."""
 
-    name: str  # CsrConv's ``activation``
+    name: str  # the op's ``activation``
     params: list[float]  # ``activation_params``; [] writes none (the op's defaults)
     nodes: list[gs.Node]  # in order; the last one's output is the activation's
 
@@ -120,6 +126,10 @@ def _single(node: gs.Node, y: gs.Tensor) -> FusedActivation | None:
     if node.op == "Clip" and len(node.inputs) <= 3:
         bounds = _clip_bounds(node)
         return FusedActivation("Clip", list(bounds), [node]) if bounds else None
+    if node.op == "Gelu" and len(node.inputs) == 1:  # opset 20; the tanh approximation stays a node
+        approx = node.attrs.get("approximate", "none")
+        approx = approx.decode(errors="replace") if isinstance(approx, bytes) else str(approx)
+        return FusedActivation("Gelu", [], [node]) if approx == "none" else None
     return None
 
 
@@ -164,9 +174,59 @@ def _hardswish_spelled(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[in
     return FusedActivation("HardSwish", [], [add, clip, mul, last])
 
 
+def _is_f32(v: float | None, want: np.float32) -> bool:
+    return v is not None and np.float32(v) == want
+
+
+def _gelu_spelled(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[int]) -> FusedActivation | None:
+    """GELU's Erf form on ``y``: ``Erf(y / √2)`` (or ``y · (1/√2)``) plus 1, multiplied by
+    ``y`` and by ½ in any of the orders exporters write — ``(y · (1 + erf)) · ½``,
+    ``(y · ½) · (1 + erf)``, ``y · ((1 + erf) · ½)`` — with float32 constants equal to √2, 1/√2,
+    1 and ½ as float32."""
+    scale = next((u for u in users if u.op in ("Div", "Mul") and len(u.outputs) == 1 and
+                  (_only_use(u.outputs[0], graph_outputs) or u).op == "Erf"), None)
+    if scale is None or not _is(scale, scale.op, (2,)):
+        return None
+    if scale.op == "Div":
+        if scale.inputs[0] is not y or not _is_f32(_scalar(scale.inputs[1]), _SQRT2):
+            return None
+    elif not _is_f32(_scalar(_other(scale, y)), _SQRT1_2):
+        return None
+    erf = _only_use(scale.outputs[0], graph_outputs)
+    if erf is None or not _is(erf, "Erf") or erf.inputs[0] is not scale.outputs[0]:
+        return None
+    add = _only_use(erf.outputs[0], graph_outputs)
+    if add is None or not _is(add, "Add", (2,)) or not _is_f32(_scalar(_other(add, erf.outputs[0])), np.float32(1)):
+        return None
+    one_plus = add.outputs[0]
+    mul = next((u for u in users if u is not scale), None)
+    if mul is None or not _is(mul, "Mul", (2,)):
+        return None
+    half = np.float32(0.5)
+    other = _other(mul, y)
+    if other is not None and other is one_plus and _only_use(one_plus, graph_outputs) is mul:
+        last = _only_use(mul.outputs[0], graph_outputs)  # (y · (1 + erf)) · ½
+        if last is None or not _is(last, "Mul", (2,)) or not _is_f32(_scalar(_other(last, mul.outputs[0])), half):
+            return None
+        return FusedActivation("Gelu", [], [scale, erf, add, mul, last])
+    if other is not None and _is_f32(_scalar(other), half):
+        last = _only_use(mul.outputs[0], graph_outputs)  # (y · ½) · (1 + erf)
+        if last is None or not _is(last, "Mul", (2,)) or _other(last, mul.outputs[0]) is not one_plus or \
+                _only_use(one_plus, graph_outputs) is not last:
+            return None
+        return FusedActivation("Gelu", [], [scale, erf, add, mul, last])
+    halve = _only_use(one_plus, graph_outputs)  # y · ((1 + erf) · ½)
+    if halve is None or halve is mul or not _is(halve, "Mul", (2,)) or \
+            not _is_f32(_scalar(_other(halve, one_plus)), half):
+        return None
+    if other is not halve.outputs[0] or _only_use(halve.outputs[0], graph_outputs) is not mul:
+        return None
+    return FusedActivation("Gelu", [], [scale, erf, add, halve, mul])
+
+
 def fusable_activation(y: gs.Tensor, graph_outputs: set[int]) -> FusedActivation | None:
-    """The activation applied to the conv output ``y``, when every node reading ``y`` is part
-    of it and it is one CsrConv can apply; else None."""
+    """The activation applied to ``y`` (a conv's or a product's output), when every node reading
+    ``y`` is part of it and it is one the ops can apply; else None."""
     if id(y) in graph_outputs:
         return None
     users = list(y.outputs)
@@ -174,5 +234,6 @@ def fusable_activation(y: gs.Tensor, graph_outputs: set[int]) -> FusedActivation
     if len(users) == 1:
         found = _single(users[0], y)
     elif len(users) == 2:
-        found = _swish(y, users, graph_outputs) or _hardswish_spelled(y, users, graph_outputs)
+        found = _swish(y, users, graph_outputs) or _hardswish_spelled(y, users, graph_outputs) or \
+            _gelu_spelled(y, users, graph_outputs)
     return found if found is not None and found.name in FOLDED and _accepted(found) else None
