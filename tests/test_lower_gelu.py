@@ -165,3 +165,27 @@ def test_gelu_after_a_conv_becomes_csr_conv_activation_at_op_set_3():
     assert _domain_version(lowered) == 3  # Gelu is op-set 3 on either op
     _same_on(model, lowered, _scaled_feeds(model))
     _same_on(model, dense_from_lowered(lowered, {"x": (2, 4, 6, 9)}), _scaled_feeds(model))
+
+
+def test_each_node_of_a_shared_weight_folds_its_own_activation():
+    # transformer layers exported from copies of one module share their weights: the two
+    # products of one weight each keep their own activation (GELU on one, Relu on the other)
+    rng = np.random.default_rng(4)
+    w = np.where(rng.random((16, 12)) < 0.35, rng.normal(size=(16, 12)), 0).astype(np.float32)
+    consts = {t.name for t in CONSTS}
+    gelu = [helper.make_node(n.op_type, [i if i in consts else i + "1" for i in n.input], [o + "1" for o in n.output])
+            for n in _erf_form()]  # on y1, writing z1
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y1"], name="fc_a"), *gelu,
+             helper.make_node("MatMul", ["x", "W"], ["y2"], name="fc_b"), helper.make_node("Relu", ["y2"], ["z2"])]
+    g = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 16])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("z1", "z2")],
+                          [numpy_helper.from_array(w, "W"), *CONSTS])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    lowered, result = _lower(model, force=["*"])
+    acts = {n.output[0]: {a.name: a.s for a in n.attribute}.get("activation") for n in lowered.graph.node}
+    assert [n.op_type for n in lowered.graph.node] == ["CsrGemm", "CsrGemm"]
+    assert acts == {"z1": b"Gelu", "z2": b"Relu"}
+    assert result.stats["layers"][0]["reason"].endswith(
+        "; activation Gelu (Div, Erf, Add, Mul, Mul), Relu folded in")
+    _same_on(model, lowered, _feeds())

@@ -427,11 +427,12 @@ class LowerToSparseOps(Pass):
                 plans.append(_plan_matmul(node, layer, shapes, self.batch, graph_outputs))
             else:
                 plans.append(_plan_conv(node, layer, shapes, self.batch, graph_outputs))
-        if len(plans) == 1 and plans[0].kind == "fc":
-            # CsrGemm's activation (op-set 3): the one applied to the product, after the folded
-            # bias Add when there is one
-            p = plans[0]
-            p.fused_act = fusable_activation((p.fused_add or p.node).outputs[0], graph_outputs)
+        for p in plans:
+            if p.kind == "fc":
+                # CsrGemm's activation (op-set 3): the one applied to the product, after the
+                # folded bias Add when there is one; per node, as nothing of it touches the
+                # weight (transformer layers exported from copies of one module share theirs)
+                p.fused_act = fusable_activation((p.fused_add or p.node).outputs[0], graph_outputs)
         return plans
 
     def _forced(self, layer: Layer) -> bool:
@@ -545,8 +546,9 @@ class LowerToSparseOps(Pass):
             row["reason"] = reason if values_note is None or not lower else f"{reason}; {values_note}"
             if lower and plans[0].fused_bn is not None:
                 row["reason"] += f"; BatchNormalization {plans[0].fused_bn.name} folded in"
-            if lower and plans[0].fused_act is not None:
-                row["reason"] += f"; activation {plans[0].fused_act.description} folded in"
+            folded_acts = sorted({p.fused_act.description for p in plans if p.fused_act is not None})
+            if lower and folded_acts:
+                row["reason"] += f"; activation {', '.join(folded_acts)} folded in"
             if lower:
                 self._lower(graph, layer, plans, taken, graph_outputs, arrays)
                 row["lowered"] = True
