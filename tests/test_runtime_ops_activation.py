@@ -67,21 +67,26 @@ GEOMETRIES = [
 ]
 
 
-def act_model(w4, b, pads, activation, params):
-    c_out = w4.shape[0]
-    inits, names = csr_inits(w4.reshape(c_out, -1))
+def _one_node_model(op, w2d, bias_name, bias, activation, params, x_shape, opsets, **attrs):
+    """X -> ``op`` (CSR of ``w2d``, optional bias, ``attrs``) with ``activation`` -> Y."""
+    inits, names = csr_inits(w2d)
     inputs = ["X", *names]
-    if b is not None:
-        inits.append(numpy_helper.from_array(b, "B"))
-        inputs.append("B")
-    node = helper.make_node("CsrConv", inputs, ["Y"], domain=DOMAIN, kernel_shape=list(w4.shape[2:]), pads=pads)
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, bias_name))
+        inputs.append(bias_name)
+    node = helper.make_node(op, inputs, ["Y"], domain=DOMAIN, **attrs)
     node.attribute.append(helper.make_attribute("activation", activation))
     if params is not None:
         node.attribute.append(helper.make_attribute("activation_params", [float(v) for v in params],
                                                     attr_type=AttributeProto.FLOATS))
-    graph = helper.make_graph([node], "act", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+    graph = helper.make_graph([node], op, [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
-    return helper.make_model(graph, opset_imports=OPSETS)
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def act_model(w4, b, pads, activation, params):
+    return _one_node_model("CsrConv", w4.reshape(w4.shape[0], -1), "B", b, activation, params, None, OPSETS,
+                           kernel_shape=list(w4.shape[2:]), pads=pads)
 
 
 def run(model, x, threads=1):
@@ -204,21 +209,9 @@ GEMM_PATHS = [
 
 
 def gemm_act_model(w, x_shape, trans_a, matmul, alpha, beta, bias, activation, params):
-    inits, names = csr_inits(w)
-    inputs = ["X", *names]
-    if bias is not None:
-        inits.append(numpy_helper.from_array(bias, "C"))
-        inputs.append("C")
     attrs = dict(matmul=1, alpha=alpha) if matmul else dict(transA=trans_a, alpha=alpha, beta=beta)
-    node = helper.make_node("CsrGemm", inputs, ["Y"], domain=DOMAIN, **attrs)
-    node.attribute.append(helper.make_attribute("activation", activation))
-    if params is not None:
-        node.attribute.append(helper.make_attribute("activation_params", [float(v) for v in params],
-                                                    attr_type=AttributeProto.FLOATS))
-    graph = helper.make_graph([node], "gemm_act", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 3)])
-    return model
+    return _one_node_model("CsrGemm", w, "C", bias, activation, params, x_shape,
+                           [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 3)], **attrs)
 
 
 @pytest.mark.parametrize("path", GEMM_PATHS, ids=[p[0] for p in GEMM_PATHS])
