@@ -46,13 +46,13 @@ TAILS = {
                             "HardSwish (Add, Clip, Mul, Mul)"),
     "hardswish_hardsigmoid": ([helper.make_node("HardSigmoid", ["y"], ["h"], alpha=1 / 6, beta=0.5),
                                helper.make_node("Mul", ["y", "h"], ["z"])], [], "HardSwish (HardSigmoid, Mul)"),
+    "sigmoid": ([helper.make_node("Sigmoid", ["y"], ["z"])], [], "Sigmoid"),
+    "silu": ([helper.make_node("Sigmoid", ["y"], ["s"]), helper.make_node("Mul", ["s", "y"], ["z"])], [],
+             "Swish (Sigmoid, Mul)"),
 }
 
-# Near misses: not the function CsrConv would apply, or a tensor inside the pattern read elsewhere;
-# and Sigmoid / SiLU, which CsrConv can apply but the lowering leaves as nodes (activations.py).
+# Near misses: not the function CsrConv would apply, or a tensor inside the pattern read elsewhere.
 KEPT = {
-    "sigmoid": ([helper.make_node("Sigmoid", ["y"], ["z"])], []),
-    "silu": ([helper.make_node("Sigmoid", ["y"], ["s"]), helper.make_node("Mul", ["s", "y"], ["z"])], []),
     "div_by_5": (_spelled(divisor="five"), [_c("three", 3), _c("zero", 0), _c("six", 6), _c("five", 5)]),
     "clip_0_5": (_spelled(clip_max="five"), [_c("three", 3), _c("zero", 0), _c("five", 5), _c("six", 6)]),
     "hardsigmoid_mul_other_params": ([helper.make_node("HardSigmoid", ["y"], ["h"]),

@@ -45,6 +45,8 @@ FOLDED = {
     "erf_times_rsqrt2": (_erf_form("torch", scale=("Mul", "rsqrt2")), "Gelu (Mul, Erf, Add, Mul, Mul)"),
     "relu": ([helper.make_node("Relu", ["y"], ["z"])], "Relu"),
     "clip": ([helper.make_node("Clip", ["y", "lo", "hi"], ["z"])], "Clip"),
+    "silu": ([helper.make_node("Sigmoid", ["y"], ["s"]), helper.make_node("Mul", ["y", "s"], ["z"])],
+             "Swish (Sigmoid, Mul)"),
 }
 
 KEPT = {
@@ -54,7 +56,6 @@ KEPT = {
     "erf_of_y_itself": ([helper.make_node("Erf", ["y"], ["e"]), helper.make_node("Add", ["e", "one"], ["a"]),
                          helper.make_node("Mul", ["y", "a"], ["m"]), helper.make_node("Mul", ["m", "half"], ["z"])],
                         []),
-    "sigmoid_stays": ([helper.make_node("Sigmoid", ["y"], ["z"])], []),
 }
 
 

@@ -124,8 +124,9 @@ def test_fused_activation_keeps_nan_and_infinities(name, isa):
     y = run(act_model(w4, None, [0, 0, 0, 0], name.split("_")[0], params), x)
     with np.errstate(invalid="ignore"):
         ref = f(x.astype(np.float64))
-    # the vector Gelu is within an absolute bound (GeluN in kernels.cc), as ONNX Runtime's is
-    atol = 1e-6 * 7.0 if name == "Gelu" else 1e-30  # |x| <= 7 where finite
+    # the vector Sigmoid, Swish and Gelu are within absolute bounds (SigmoidN and GeluN in
+    # kernels.cc), as ONNX Runtime's are; |x| <= 7 where finite
+    atol = {"Sigmoid": 2e-7, "Swish": 2e-7 * 7, "Gelu": 1e-6 * 7}.get(name, 1e-30)
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=atol, equal_nan=True)
 
 
@@ -259,14 +260,42 @@ def test_gelu_matches_erf_over_its_range_nan_and_infinities(isa):
     assert (y[tiny] == 0.5 * x[tiny]).all()
 
 
-def test_vector_gelu_coefficients_are_the_fit_of_fit_erf():
-    """The erf coefficients in kernels.cc are what runtime_ops/fit_erf.py computes."""
+@pytest.mark.parametrize("name", ["Sigmoid", "Swish"])
+def test_sigmoid_and_swish_match_over_their_range_nan_and_infinities(name, isa):
+    """Through CsrGemm with one nonzero per row: within 2e-7 (Sigmoid) and 2e-7 |x| + 1e-7
+    (Swish) of the float64 functions, the bound of the vector path's rational tanh (SigmoidN);
+    0 and 1 exactly beyond its clamp, NaN for NaN, Swish(-inf) NaN as the ONNX formula."""
+    x = np.concatenate([np.linspace(-40.0, 40.0, 4097), [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, 1e30, -1e30]])
+    x = x.astype(np.float32)
+    n = x.size
+    model = gemm_act_model(np.eye(n, dtype=np.float32), [1, n], 0, 0, 1.0, 1.0, None, name, None)
+    y = runtime_ops.InferenceSession(model.SerializeToString(), runtime_ops.session_options(1)).run(
+        None, {"X": x[None]})[0][0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = ACTIVATIONS[name][1](x.astype(np.float64))
+    finite = np.isfinite(x) & (np.abs(x) < 1e29)
+    bound = 2e-7 if name == "Sigmoid" else 2e-7 * np.abs(x[finite]) + 1e-7
+    assert (np.abs(y[finite] - ref[finite]) <= bound).all(), np.abs(y[finite] - ref[finite]).max()
+    assert np.isnan(y[np.isnan(x)]).all()
+    if name == "Sigmoid":
+        assert y[x == np.inf] == 1 and y[x == -np.inf] == 0 and y[x == 1e30] == 1 and y[x == -1e30] == 0
+        assert ((y >= 0) & (y <= 1))[~np.isnan(x)].all()
+    else:
+        assert np.isposinf(y[x == np.inf]).all() and np.isnan(y[x == -np.inf]).all()
+        assert y[x == 1e30] == np.float32(1e30) and y[x == -1e30] == 0
+
+
+@pytest.mark.parametrize("fit,struct", [("erf", "ErfFit"), ("tanh", "TanhFit")])
+def test_vector_coefficients_are_the_fits_of_fit_rational(fit, struct):
+    """The coefficients in kernels.cc (highest degree first) are what runtime_ops/fit_rational.py
+    computes."""
     import pathlib
 
-    from onnxprune.runtime_ops import fit_erf
+    from onnxprune.runtime_ops import fit_rational
 
     source = (pathlib.Path(runtime_ops.__file__).parent / "src" / "kernels.cc").read_text()
-    body = source[source.index("OP_AVX2 static inline void GeluN"):source.index("OP_AVX2 static void GeluRun")]
-    p, q = fit_erf.coefficients()
-    for c in p + q:
-        assert f"_mm256_set1_ps({c})" in body, c
+    start = source.index(f"struct {struct} {{")
+    body = source[start:source.index("\n};", start)]
+    p, q = fit_rational.coefficients(fit)
+    assert f"p[np] = {{{', '.join(reversed(p))}}};" in body
+    assert f"q[nq] = {{{', '.join(reversed(q))}}};" in body

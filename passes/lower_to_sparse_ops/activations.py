@@ -15,11 +15,12 @@ Only exact rewrites: each pattern below computes the named function (up to float
 as ``runtime_ops`` documents), every intermediate tensor has the pattern as its only use and is
 not a graph output, and every constant is a float32 scalar.
 
-Sigmoid and SiLU (``x · Sigmoid(x)``) are left as nodes although CsrConv can apply them: its
-vector ``exp`` costs ~4 cycles per element on a Zen 1 class core (lscpu family 23, two 128-bit
-FMA pipes), more than ONNX Runtime's own Sigmoid node — nudenet (YOLOv8, SiLU after 55 lowered
-convolutions) ran 1.68x of dense with them folded and 1.79x without, same process, 2026-12-02.
-``FOLDED`` is the set the lowering uses.
+Sigmoid and SiLU (``x · Sigmoid(x)``, which ONNX Runtime fuses into one QuickGelu node) are
+folded since the ops' vector Sigmoid takes a rational tanh instead of ``exp``
+(runtime_ops/README.md): with ``exp`` it cost ~4 cycles per element on a Zen 1 class core, more
+than ONNX Runtime's own Sigmoid, and nudenet (YOLOv8, SiLU after 55 lowered convolutions) ran
+1.68x of dense with them folded and 1.79x without (2026-12-02); docs/BENCHMARKS.md has the
+figures since. ``FOLDED`` is the set the lowering uses.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from onnxprune.core.graph import const_source
 
 _STD = ("", "ai.onnx")
 
-# CsrConv activations the lowering folds (the op also takes Sigmoid and Swish: see above).
-FOLDED = frozenset({"Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Gelu"})
+# The activations the lowering folds: every one the ops take.
+FOLDED = frozenset({"Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Swish", "Gelu"})
 
 _SQRT2 = np.float32(np.sqrt(2.0))
 _SQRT1_2 = np.float32(1 / np.sqrt(2.0))

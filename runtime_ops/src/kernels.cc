@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #define OP_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi2")))
 #define OP_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -558,69 +559,82 @@ OP_AVX2 void HalfToFloatN(const uint16_t* in, int64_t n, float* out) {
   for (; i < n; ++i) out[i] = _cvtsh_ss(in[i]);
 }
 
-// exp(x) for 8 lanes: x clamped to [-87, 88.376] (so 2^n stays a normal float), n =
-// round(x log2 e), exp(x) = 2^n exp(r) with r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in
-// two parts so r is exact) and exp(r) from Cephes' polynomial for expf (relative error ~1e-7).
-// Above the clamp the result is +inf, as std::exp overflows to it (near 88.72), so that
-// Swish(-inf) = -inf / inf is NaN as in the portable loop and the ONNX ops. A NaN lane stays
-// NaN (vmaxps/vminps return their second operand when either is NaN).
-OP_AVX2 static inline __m256 Exp8(__m256 x_in) {
-  const __m256 hi = _mm256_set1_ps(88.3762626647949f);
-  const __m256 x = _mm256_min_ps(hi, _mm256_max_ps(_mm256_set1_ps(-87.f), x_in));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-  return _mm256_blendv_ps(y, _mm256_set1_ps(std::numeric_limits<float>::infinity()),
-                          _mm256_cmp_ps(x_in, hi, _CMP_GT_OQ));
-}
+// The rational fits of runtime_ops/fit_rational.py, f(s) = s P(s^2) / Q(s^2) for |s| <= clamp
+// (beyond, erf and tanh round to +-1 in float32), coefficients highest degree first, Q's
+// constant 1 left out. Evaluated in float32 they are within 5e-7 (erf) and 4e-7 (tanh) of the
+// functions.
+struct ErfFit {
+  static constexpr float clamp = 3.92f;
+  static constexpr int np = 6, nq = 5;
+  static constexpr float p[np] = {2.0487214e-06f, 0.00028588963f, 0.0037954603f, 0.052837424f, 0.19105746f, 1.1283791f};
+  static constexpr float q[nq] = {3.813192e-05f, 0.0011705003f, 0.015026994f, 0.1143812f, 0.5026525f};
+};
+struct TanhFit {
+  static constexpr float clamp = 9.01f;
+  static constexpr int np = 5, nq = 5;
+  static constexpr float p[np] = {5.3774517e-08f, 3.2455875e-05f, 0.004048545f, 0.13816811f, 1.0f};
+  static constexpr float q[nq] = {7.975569e-10f, 1.6843841e-06f, 0.0004279684f, 0.027882364f, 0.47150144f};
+};
 
-// GELU, y/2 (1 + erf(y / sqrt 2)), with erf(s) = s P(s^2) / Q(s^2) for |s| <= 3.92 (beyond,
-// erf rounds to +-1 in float32 and s is clamped there): a rational fit made by
-// runtime_ops/fit_erf.py, within 5e-7 of erf evaluated in float32, no exp and one division.
-// Absolute, like ONNX Runtime's own Gelu: where 1 + erf cancels (y below ~ -5) the result is
-// within ~1e-6 |y| of GELU, not within a relative bound. NaN stays NaN (the clamp's max/min
-// return their second operand for a NaN lane), +inf gives +inf and -inf gives NaN (-inf * 0,
-// as the ONNX formula does). U vectors at a time, each step written for all U before the
-// next, so the U chains (two degree-5 Horner chains and the division, ~50 cycles of latency
-// on a Zen 1 class core) overlap.
-template <int U>
-OP_AVX2 static inline void GeluN(const float* in, float* out) {
-  __m256 y[U], s[U], u[U], p[U], q[U];
+// GELU, y/2 (1 + erf(y / sqrt 2)), erf by ErfFit: no exp. Absolute, like ONNX Runtime's own
+// Gelu: where 1 + erf cancels (y below ~ -5) the result is within ~1e-6 |y| of GELU, not
+// within a relative bound. +inf gives +inf and -inf gives NaN (-inf * 0, as the ONNX formula).
+// Sigmoid as 1/2 + 1/2 tanh(y/2), tanh by TanhFit, and Swish as y Sigmoid(y): the exp-based
+// form cost ~4 cycles per element on a Zen 1 class core, more than ONNX Runtime's own Sigmoid
+// node. Absolute too: below y ~ -18 Sigmoid is exactly 0 (the exact value is < 2e-8);
+// Sigmoid(+-inf) = 1 / 0, Swish(+inf) = +inf, Swish(-inf) is NaN (-inf * 0, as the portable
+// loop and the ONNX ops give).
+//
+// U vectors at a time, each step written for all U before the next, so the U chains (two
+// Horner chains and a reciprocal, ~50 cycles of latency on a Zen 1 class core, more than its
+// scheduler holds of one vector's loop iteration) overlap; in one function, as GCC 12 keeps
+// vector arrays passed between functions in memory (1.18 against 0.94 ns per element). 1 / Q
+// by vrcpps and one Newton step (Q lies in [1, 600] on these ranges; within ~2 ulp; vdivps
+// retires one vector per ~5 cycles there). f is kept within [-1, 1]: a fit may pass +-1 by an
+// ulp near the clamp, which would flip the sign of 1 +- f where that should be 0. NaN lanes
+// stay NaN (every max/min returns its second operand for them).
+template <Act K, int U>
+OP_AVX2 static inline void RationalActN(const float* in, float* out) {
+  using Fit = typename std::conditional<K == Act::kGelu, ErfFit, TanhFit>::type;
+  const float scale = K == Act::kGelu ? 0.70710678f : 0.5f;
+  __m256 y[U], s[U], u[U], f[U], q[U];
   for (int i = 0; i < U; ++i) y[i] = _mm256_loadu_ps(in + 8 * i);
   for (int i = 0; i < U; ++i)
-    s[i] = _mm256_min_ps(_mm256_set1_ps(3.92f), _mm256_max_ps(_mm256_set1_ps(-3.92f),
-                                                             _mm256_mul_ps(y[i], _mm256_set1_ps(0.70710678f))));
+    s[i] = _mm256_min_ps(_mm256_set1_ps(Fit::clamp),
+                         _mm256_max_ps(_mm256_set1_ps(-Fit::clamp), _mm256_mul_ps(y[i], _mm256_set1_ps(scale))));
   for (int i = 0; i < U; ++i) u[i] = _mm256_mul_ps(s[i], s[i]);
-  for (int i = 0; i < U; ++i) p[i] = _mm256_fmadd_ps(_mm256_set1_ps(2.0487214e-06f), u[i], _mm256_set1_ps(0.00028588963f));
-  for (int i = 0; i < U; ++i) q[i] = _mm256_fmadd_ps(_mm256_set1_ps(3.813192e-05f), u[i], _mm256_set1_ps(0.0011705003f));
-  for (int i = 0; i < U; ++i) p[i] = _mm256_fmadd_ps(p[i], u[i], _mm256_set1_ps(0.0037954603f));
-  for (int i = 0; i < U; ++i) q[i] = _mm256_fmadd_ps(q[i], u[i], _mm256_set1_ps(0.015026994f));
-  for (int i = 0; i < U; ++i) p[i] = _mm256_fmadd_ps(p[i], u[i], _mm256_set1_ps(0.052837424f));
-  for (int i = 0; i < U; ++i) q[i] = _mm256_fmadd_ps(q[i], u[i], _mm256_set1_ps(0.1143812f));
-  for (int i = 0; i < U; ++i) p[i] = _mm256_fmadd_ps(p[i], u[i], _mm256_set1_ps(0.19105746f));
-  for (int i = 0; i < U; ++i) q[i] = _mm256_fmadd_ps(q[i], u[i], _mm256_set1_ps(0.5026525f));
-  for (int i = 0; i < U; ++i) p[i] = _mm256_fmadd_ps(p[i], u[i], _mm256_set1_ps(1.1283791f));
-  for (int i = 0; i < U; ++i) q[i] = _mm256_fmadd_ps(q[i], u[i], _mm256_set1_ps(1.f));
-  for (int i = 0; i < U; ++i) p[i] = _mm256_div_ps(_mm256_mul_ps(s[i], p[i]), q[i]);  // erf(s)
-  for (int i = 0; i < U; ++i)
-    _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), y[i]),
-                                                _mm256_add_ps(_mm256_set1_ps(1.f), p[i])));
+  for (int i = 0; i < U; ++i) f[i] = _mm256_fmadd_ps(_mm256_set1_ps(Fit::p[0]), u[i], _mm256_set1_ps(Fit::p[1]));
+  for (int i = 0; i < U; ++i) q[i] = _mm256_fmadd_ps(_mm256_set1_ps(Fit::q[0]), u[i], _mm256_set1_ps(Fit::q[1]));
+#pragma GCC unroll 6
+  for (int k = 2; k < Fit::nq + 1; ++k) {  // Q's last step adds its constant 1
+    if (k < Fit::np)
+      for (int i = 0; i < U; ++i) f[i] = _mm256_fmadd_ps(f[i], u[i], _mm256_set1_ps(Fit::p[k]));
+    for (int i = 0; i < U; ++i) q[i] = _mm256_fmadd_ps(q[i], u[i], _mm256_set1_ps(k < Fit::nq ? Fit::q[k] : 1.f));
+  }
+  for (int i = 0; i < U; ++i) {
+    const __m256 r = _mm256_rcp_ps(q[i]);
+    const __m256 inv = _mm256_mul_ps(r, _mm256_fnmadd_ps(q[i], r, _mm256_set1_ps(2.f)));
+    f[i] = _mm256_mul_ps(s[i], _mm256_mul_ps(f[i], inv));
+  }
+  for (int i = 0; i < U; ++i) f[i] = _mm256_min_ps(_mm256_set1_ps(1.f), _mm256_max_ps(_mm256_set1_ps(-1.f), f[i]));
+  const __m256 half = _mm256_set1_ps(0.5f);
+  for (int i = 0; i < U; ++i) {
+    __m256 r;
+    if (K == Act::kGelu) {
+      r = _mm256_mul_ps(_mm256_mul_ps(half, y[i]), _mm256_add_ps(_mm256_set1_ps(1.f), f[i]));
+    } else {
+      r = _mm256_fmadd_ps(half, f[i], half);
+      if (K == Act::kSilu) r = _mm256_mul_ps(y[i], r);
+    }
+    _mm256_storeu_ps(out + 8 * i, r);
+  }
 }
 
-OP_AVX2 static void GeluRun(float* y, int64_t n, const Activation& a) {
+template <Act K>
+OP_AVX2 static void RationalActRun(float* y, int64_t n, const Activation& a) {
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) GeluN<4>(y + i, y + i);
-  for (; i + 8 <= n; i += 8) GeluN<1>(y + i, y + i);
+  for (; i + 32 <= n; i += 32) RationalActN<K, 4>(y + i, y + i);
+  for (; i + 8 <= n; i += 8) RationalActN<K, 1>(y + i, y + i);
   scalar::Activate(y + i, n - i, a);
 }
 
@@ -639,11 +653,6 @@ OP_AVX2 static inline __m256 Act8(__m256 v, __m256 alpha, __m256 beta) {
       const __m256 t = _mm256_fmadd_ps(v, _mm256_set1_ps(1.f / 6.f), _mm256_set1_ps(0.5f));
       return _mm256_mul_ps(v, _mm256_min_ps(one, _mm256_max_ps(zero, t)));
     }
-    // Exact divisions. These two cost ~4 cycles per element on a Zen 1 class core (its two
-    // 128-bit FMA pipes bound the polynomial), more than ORT's own Sigmoid node: the lowering
-    // does not fold them (passes/lower_to_sparse_ops/activations.py).
-    case Act::kSigmoid: return _mm256_div_ps(one, _mm256_add_ps(one, Exp8(_mm256_sub_ps(zero, v))));
-    case Act::kSilu: return _mm256_div_ps(v, _mm256_add_ps(one, Exp8(_mm256_sub_ps(zero, v))));
     default: return v;
   }
 }
@@ -663,9 +672,9 @@ OP_AVX2 void Activate(float* y, int64_t n, const Activation& a) {
     case Act::kClip: return ActivateAs<Act::kClip>(y, n, a);
     case Act::kHardSigmoid: return ActivateAs<Act::kHardSigmoid>(y, n, a);
     case Act::kHardSwish: return ActivateAs<Act::kHardSwish>(y, n, a);
-    case Act::kSigmoid: return ActivateAs<Act::kSigmoid>(y, n, a);
-    case Act::kSilu: return ActivateAs<Act::kSilu>(y, n, a);
-    case Act::kGelu: return GeluRun(y, n, a);
+    case Act::kSigmoid: return RationalActRun<Act::kSigmoid>(y, n, a);
+    case Act::kSilu: return RationalActRun<Act::kSilu>(y, n, a);
+    case Act::kGelu: return RationalActRun<Act::kGelu>(y, n, a);
     default: return;
   }
 }
