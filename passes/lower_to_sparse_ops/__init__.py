@@ -26,7 +26,8 @@ rows of the CSR are always the op's outputs, so the source matrix is (op knowled
         only use, is folded in: W·s and (B − μ)·s + β with s = γ/√(σ² + ε), as ONNX Runtime
         folds it into its own Conv; zeros stay zeros; then the activation that is the only use
         of the result — Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, also Hardswish spelled
-        out in several nodes — becomes CsrConv's ``activation``: ``activations.py``)
+        out in several nodes, Sigmoid, SiLU (x·Sigmoid(x)) — becomes CsrConv's ``activation``:
+        ``activations.py``)
     the same activations, and GELU (the Gelu op, or its Erf form x·½·(1 + erf(x/√2)) as
     exporters spell it), after a Gemm, or after a MatMul and its folded bias Add, become
     CsrGemm's ``activation`` (op-set 3); GELU after a Conv becomes CsrConv's.
