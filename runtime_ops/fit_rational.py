@@ -1,8 +1,8 @@
 """The rational approximations the vector activations of CsrConv and CsrGemm use
 (runtime_ops/src/kernels.cc): ``f(s) ≈ s·P(s²)/Q(s²)`` on ``|s| ≤ clamp``, Q(0) = 1, for
 
-- ``erf`` (Gelu, ``GeluN``): clamp 3.92, P of degree 5, Q of degree 5;
-- ``tanh`` (Sigmoid and Swish, ``SigmoidN``, as ``σ(x) = ½ + ½·tanh(x/2)``): clamp 9.01, P of
+- ``erf`` (Gelu, ``ErfFit``): clamp 3.92, P of degree 5, Q of degree 5;
+- ``tanh`` (Sigmoid and Swish, ``TanhFit``, as ``σ(x) = ½ + ½·tanh(x/2)``): clamp 9.01, P of
   degree 4, Q of degree 5.
 
 Beyond the clamp both functions round to ±1 in float32, so the kernels clamp there. Each is

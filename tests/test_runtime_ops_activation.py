@@ -124,7 +124,7 @@ def test_fused_activation_keeps_nan_and_infinities(name, isa):
     y = run(act_model(w4, None, [0, 0, 0, 0], name.split("_")[0], params), x)
     with np.errstate(invalid="ignore"):
         ref = f(x.astype(np.float64))
-    # the vector Sigmoid, Swish and Gelu are within absolute bounds (SigmoidN and GeluN in
+    # the vector Sigmoid, Swish and Gelu are within absolute bounds (RationalActN in
     # kernels.cc), as ONNX Runtime's are; |x| <= 7 where finite
     atol = {"Sigmoid": 2e-7, "Swish": 2e-7 * 7, "Gelu": 1e-6 * 7}.get(name, 1e-30)
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=atol, equal_nan=True)
@@ -263,7 +263,7 @@ def test_gelu_matches_erf_over_its_range_nan_and_infinities(isa):
 @pytest.mark.parametrize("name", ["Sigmoid", "Swish"])
 def test_sigmoid_and_swish_match_over_their_range_nan_and_infinities(name, isa):
     """Through CsrGemm with one nonzero per row: within 2e-7 (Sigmoid) and 2e-7 |x| + 1e-7
-    (Swish) of the float64 functions, the bound of the vector path's rational tanh (SigmoidN);
+    (Swish) of the float64 functions, the bound of the vector path's rational tanh (RationalActN);
     0 and 1 exactly beyond its clamp, NaN for NaN, Swish(-inf) NaN as the ONNX formula."""
     x = np.concatenate([np.linspace(-40.0, 40.0, 4097), [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, 1e30, -1e30]])
     x = x.astype(np.float32)

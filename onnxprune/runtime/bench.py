@@ -153,7 +153,7 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
     """Standard-op nodes computing what a CsrGemm / CsrConv node computes (weights from its CSR),
     its fused activation included."""
     a = node_attrs(node)
-    if node.op_type == "CsrGemm" and "activation" in a:
+    if "activation" in a:  # the node without it, then the activation's standard ops
         name = node.name or node.output[0]
         inner = onnx.NodeProto()
         inner.CopyFrom(node)
@@ -179,13 +179,8 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
         attrs = {k: a[k] for k in ("kernel_shape", "strides", "pads", "dilations", "group")
                  if k in a}
         inputs = [node.input[0], w_name] + ([bias] if bias else [])
-        w_init = numpy_helper.from_array(w, w_name)
-        if "activation" not in a:
-            return [helper.make_node("Conv", inputs, list(node.output), name=name, **attrs)], [w_init]
-        conv_out = f"{prefix}{name}.conv_out"
-        act_nodes, act_inits = _activation_nodes(a, conv_out, node.output[0], f"{prefix}{name}", opset)
-        return [helper.make_node("Conv", inputs, [conv_out], name=name, **attrs), *act_nodes], \
-            [w_init, *act_inits]
+        return ([helper.make_node("Conv", inputs, list(node.output), name=name, **attrs)],
+                [numpy_helper.from_array(w, w_name)])
     if int(a.get("matmul", 0)):
         w = dense_from_csr(values, col_idx, row_ptr, x_shape[-1])
         alpha = float(a.get("alpha", 1.0))

@@ -43,7 +43,7 @@ _SQRT1_2 = np.float32(1 / np.sqrt(2.0))
 
 @dataclasses.dataclass
 class FusedActivation:
-    """An activation a CsrConv can apply: its attributes and the nodes it replaces."""
+    """An activation CsrConv or CsrGemm can apply: its attributes and the nodes it replaces."""
 
     name: str  # the op's ``activation``
     params: list[float]  # ``activation_params``; [] writes none (the op's defaults)
@@ -80,6 +80,11 @@ def _accepted(act: FusedActivation) -> bool:
     if act.name == "Clip":
         return not np.isnan(p).any() and bool(p[0] <= p[1])
     return bool(np.isfinite(p).all())
+
+
+def _is_f32(v: float | None, want: np.float32) -> bool:
+    """Whether ``v`` (a constant's value, None for no constant) is ``want`` as float32."""
+    return v is not None and np.float32(v) == want
 
 
 def _only_use(t: gs.Tensor, graph_outputs: set[int]) -> gs.Node | None:
@@ -145,7 +150,7 @@ def _swish(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[int]) -> Fused
     if gate.op == "Sigmoid":
         return FusedActivation("Swish", [], [gate, mul])
     alpha, beta = float(gate.attrs.get("alpha", 0.2)), float(gate.attrs.get("beta", 0.5))
-    if np.float32(alpha) != np.float32(1 / 6) or beta != 0.5:
+    if not _is_f32(alpha, np.float32(1 / 6)) or beta != 0.5:
         return None
     return FusedActivation("HardSwish", [], [gate, mul])
 
@@ -170,13 +175,9 @@ def _hardswish_spelled(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[in
         return None
     scale = _scalar(last.inputs[1])
     if not ((last.op == "Div" and scale == 6.0) or
-            (last.op == "Mul" and scale is not None and np.float32(scale) == np.float32(1 / 6))):
+            (last.op == "Mul" and _is_f32(scale, np.float32(1 / 6)))):
         return None
     return FusedActivation("HardSwish", [], [add, clip, mul, last])
-
-
-def _is_f32(v: float | None, want: np.float32) -> bool:
-    return v is not None and np.float32(v) == want
 
 
 def _gelu_spelled(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[int]) -> FusedActivation | None:
@@ -184,8 +185,11 @@ def _gelu_spelled(y: gs.Tensor, users: list[gs.Node], graph_outputs: set[int]) -
     ``y`` and by ½ in any of the orders exporters write — ``(y · (1 + erf)) · ½``,
     ``(y · ½) · (1 + erf)``, ``y · ((1 + erf) · ½)`` — with float32 constants equal to √2, 1/√2,
     1 and ½ as float32."""
-    scale = next((u for u in users if u.op in ("Div", "Mul") and len(u.outputs) == 1 and
-                  (_only_use(u.outputs[0], graph_outputs) or u).op == "Erf"), None)
+    def feeds_erf(u: gs.Node) -> bool:
+        reader = _only_use(u.outputs[0], graph_outputs) if len(u.outputs) == 1 else None
+        return reader is not None and reader.op == "Erf"
+
+    scale = next((u for u in users if u.op in ("Div", "Mul") and feeds_erf(u)), None)
     if scale is None or not _is(scale, scale.op, (2,)):
         return None
     if scale.op == "Div":

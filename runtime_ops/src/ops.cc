@@ -194,10 +194,10 @@ std::vector<int64_t> AttrInts(const ortabi::KernelInfo* info, const char* name, 
   return v;
 }
 
-// The fused activation of CsrConv (op-set 2) and CsrGemm (op-set 3; runtime_ops/README.md): the `activation` string names
-// one of a fixed set, `activation_params` holds its floats (all of them, or none for the ONNX
-// op's defaults). Anything else, a name longer than any known one included, is refused here,
-// before any run.
+// The fused activation of CsrConv (op-set 2) and CsrGemm (op-set 3; runtime_ops/README.md):
+// the `activation` string names one of a fixed set, `activation_params` holds its floats (all
+// of them, or none for the ONNX op's defaults). Anything else, a name longer than any known
+// one included, is refused here, before any run.
 Activation ReadActivation(const ortabi::KernelInfo* info) {
   struct Known {
     const char* name;
@@ -891,7 +891,8 @@ struct CsrGemmKernel {
           run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, buf.get() + (r - r0) * p.tile, 0.f, b > 0);
         }
       }
-      // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc: transposed into Y, then scaled.
+      // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc: transposed into Y, then scaled,
+      // biased and activated row by row.
       kern.transpose(buf.get(), p.tile, y + m0 * n + r0, n, r1 - r0, mc);
       if (alpha == 1.f && !bias.data && act.kind == Act::kNone) return;
       for (int64_t i = 0; i < mc; ++i) {
