@@ -1,0 +1,100 @@
+"""What folding activations into the CSR ops is worth on one pruned model, same process.
+
+The pruned (dense-stored) model is lowered twice by ``onnxprune.lower`` with the measured
+decision: as shipped, and with the named activations left as nodes (the lowering's ``FOLDED``
+set narrowed for that run only). The dense model and both lowered files then run in one
+process, this build's library for both, calls alternating and the two lowered files swapping
+places every round (as ``ab_library.py``), medians after warm-ups.
+
+    python bench/ab_fold.py --pruned bert.dense.onnx --without Gelu --rounds 100
+    python bench/ab_fold.py --pruned nudenet.dense.onnx --without Sigmoid,Swish \\
+        --input-shape images=1x3x320x320 --rounds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), HERE]
+from ab_library import session  # noqa: E402
+from bench_models import machine  # noqa: E402
+from onnxprune import runtime_ops  # noqa: E402
+from onnxprune.core.errors import UsageError  # noqa: E402
+from onnxprune.runtime.check import add_input_shape_option, input_shapes, random_inputs  # noqa: E402
+
+
+def lower(pruned: str, out: str, without: frozenset, threads: int, shapes: dict) -> None:
+    """``onnxprune.lower`` with the activations in ``without`` left as nodes."""
+    import onnxprune
+    from onnxprune.passes.lower_to_sparse_ops import activations
+
+    shipped = activations.FOLDED
+    activations.FOLDED = shipped - without
+    try:
+        onnxprune.lower(pruned, out, threads=threads, input_shapes=shapes or None)
+    finally:
+        activations.FOLDED = shipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pruned", required=True, help="the pruned model, weights stored dense")
+    ap.add_argument("--without", required=True, help="comma-separated activations not to fold, e.g. Gelu")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    add_input_shape_option(ap)
+    args = ap.parse_args(argv)
+    import onnx
+
+    from onnxprune.passes.lower_to_sparse_ops.activations import FOLDED
+
+    without = frozenset(a for a in args.without.split(",") if a)
+    if not without or not without <= FOLDED:
+        ap.error(f"--without: name activations the lowering folds ({', '.join(sorted(FOLDED))})")
+    try:
+        shapes = input_shapes(args)
+        feeds = random_inputs(onnx.load(args.pruned, load_external_data=False), batch=1, seed=1, shapes=shapes)
+    except UsageError as e:
+        ap.error(str(e))
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"unfolded": os.path.join(tmp, "unfolded.onnx"), "folded": os.path.join(tmp, "folded.onnx")}
+        lower(args.pruned, files["unfolded"], without, args.threads, shapes)
+        lower(args.pruned, files["folded"], frozenset(), args.threads, shapes)
+        sessions = {"dense": session(args.pruned, None, args.threads)}
+        sessions.update({k: session(p, runtime_ops.library_path(), args.threads) for k, p in files.items()})
+        outs = {k: s.run(None, feeds) for k, s in sessions.items()}
+        scale = max(float(np.abs(o).max()) for o in outs["dense"])
+        for k in files:
+            err = max(float(np.abs(a - b).max()) for a, b in zip(outs[k], outs["dense"])) / max(scale, 1e-12)
+            print(f"{k}: max relative difference from dense {err:.1e}")
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(2):
+            for s in sessions.values():
+                s.run(None, feeds)
+        for r in range(args.rounds):
+            order = ("dense", "unfolded", "folded") if r % 2 == 0 else ("dense", "folded", "unfolded")
+            for k in order:
+                t0 = time.perf_counter()
+                sessions[k].run(None, feeds)
+                times[k].append(time.perf_counter() - t0)
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    m = machine()
+    print(f"{m.get('Model name', '?')}, lscpu family {m.get('CPU family', '?')}, {m['date']}, load "
+          f"{m.get('load_average')}; {args.threads} thread(s), {args.rounds} rounds, medians; "
+          f"not folded: {', '.join(sorted(without))}")
+    print(f"dense {ms['dense']:.2f} ms, unfolded {ms['unfolded']:.2f} ms ({ms['dense'] / ms['unfolded']:.2f}x), "
+          f"folded {ms['folded']:.2f} ms ({ms['dense'] / ms['folded']:.2f}x); "
+          f"folded / unfolded speed {ms['unfolded'] / ms['folded']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
