@@ -78,14 +78,30 @@ LAYOUTS = [
 
 @pytest.mark.parametrize("density", [0.1, 0.45])
 @pytest.mark.parametrize("case", LAYOUTS, ids=[c[0] for c in LAYOUTS])
-def test_both_input_layouts_match_the_reference(case, density, isa, threads):
+def test_both_input_layouts_match_the_reference(case, density, isa, threads, monkeypatch):
+    """The gate's layout at each density, then each layout forced (ONNXPRUNE_CONV_COPIES), so
+    both run on every ISA whatever the gate picks there (AVX-512 never picks shifted copies).
+    The layouts sum the same products in the same order: their outputs are bit-identical."""
     name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group = case
     rng, w4 = _weights(f"{name}{density}", c_out, c_in // group, kh, kw, density)
     b = rng.standard_normal(c_out).astype(np.float32)
     x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
     model = conv_model(w4, b, strides=strides, pads=pads, dilations=dilations, group=group)
-    _, y = session(model, threads).run(None, {"X": x})
-    close(y, conv_reference(x, w4, b, strides, pads, dilations, group), (c_in // group) * kh * kw)
+    ys = {}
+    for copies in ("", "shifted", "phase"):
+        monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", copies)
+        _, ys[copies] = session(model, threads).run(None, {"X": x})
+    close(ys[""], conv_reference(x, w4, b, strides, pads, dilations, group), (c_in // group) * kh * kw)
+    assert np.array_equal(ys["shifted"], ys["phase"])
+    assert np.array_equal(ys[""], ys["phase"])
+
+
+def test_an_unknown_copies_layout_is_refused(lib, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", "diagonal")
+    w4 = np.ones((2, 3, 3, 3), np.float32)
+    with pytest.raises(Exception, match="ONNXPRUNE_CONV_COPIES=diagonal is not one of shifted, phase"):
+        session(conv_model(w4, np.zeros(2, np.float32), strides=[1, 1], pads=[1, 1, 1, 1],
+                           dilations=[1, 1], group=1), 1)
 
 
 # Unpadded 1x1 convolutions with stride 1 read X in place (no input copy); the last,

@@ -645,12 +645,25 @@ int64_t RowQuantum(Isa isa) { return isa == Isa::kScalar ? 1 : 8; }
 // there. The portable path takes the same gate as AVX2, so tests cover both layouts.
 // kW <= kMaxShiftedColumns also keeps the copies within that many times the input.
 // `cells` is C_out * C_in/group * kH * kW, `bytes` what the shifted copies would take.
+// ONNXPRUNE_CONV_COPIES=shifted|phase (read when a session creates its kernels) overrides the
+// gate, for tests that must run both layouts whatever the gate picks, and for A/B timing;
+// kW <= kMaxShiftedColumns still bounds the shifted copies' size.
+enum class Copies { kGate, kShifted, kPhase };
 constexpr double kShiftedMinDensity = 0.2;
 constexpr int64_t kMaxShiftedColumns = 16;
 constexpr int64_t kShiftedCopyL2s = 8;
-bool ShiftedCopies(Isa isa, int64_t nnz, double cells, int64_t kw, double bytes) {
+bool ShiftedCopies(Isa isa, Copies forced, int64_t nnz, double cells, int64_t kw, double bytes) {
+  if (forced != Copies::kGate) return forced == Copies::kShifted && kw <= kMaxShiftedColumns;
   return isa != Isa::kAvx512 && cells > 0 && static_cast<double>(nnz) >= kShiftedMinDensity * cells &&
          kw <= kMaxShiftedColumns && bytes <= static_cast<double>(kShiftedCopyL2s * L2Bytes());
+}
+
+Copies ChooseCopies() {
+  const char* forced = std::getenv("ONNXPRUNE_CONV_COPIES");
+  if (forced == nullptr || *forced == '\0') return Copies::kGate;
+  if (std::strcmp(forced, "shifted") == 0) return Copies::kShifted;
+  if (std::strcmp(forced, "phase") == 0) return Copies::kPhase;
+  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_COPIES=", forced, " is not one of shifted, phase");
 }
 
 // Column of entry j of a validated CSR, whatever the index encoding; `running` carries a row's
@@ -1119,6 +1132,7 @@ struct CsrConvKernel {
   int64_t kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, group = 1;
   int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
   Isa isa = Isa::kScalar;
+  Copies copies = Copies::kGate;  // ONNXPRUNE_CONV_COPIES (ShiftedCopies)
   Activation act;  // applied to each output as its tile completes
   ValidatedCsr constant;
   // The plan for the constant CSR and the last input shape seen.
@@ -1149,6 +1163,7 @@ struct CsrConvKernel {
     if (group < 1) Fail(ortabi::kInvalidArgument, "group must be >= 1");
     act = ReadActivation(info);
     isa = ChooseIsa();
+    copies = ChooseCopies();
     constant = ValidateConstantCsr(info);
   }
 
@@ -1266,7 +1281,7 @@ struct CsrConvKernel {
                                  static_cast<double>(g->ow + 7) * sizeof(float);
     g->tap_col.resize(static_cast<size_t>(kw));
     g->tap_shift.resize(static_cast<size_t>(kw));
-    if (!g->x_layout && ShiftedCopies(isa, nnz, cells, kw, shifted_bytes)) {
+    if (!g->x_layout && ShiftedCopies(isa, copies, nnz, cells, kw, shifted_bytes)) {
       // copy column j is kernel column j, shifted into place
       const int64_t quantum = RowQuantum(isa);
       g->wq = (g->ow + quantum - 1) / quantum * quantum;  // ow <= w + pads <= 2^31
