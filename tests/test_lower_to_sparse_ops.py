@@ -184,6 +184,15 @@ def test_shared_weight_lowered_once_for_both_nodes():
     assert [[a.s for a in n.attribute if a.name == "activation"] for n in lowered.graph.node] == [[b"Relu"], []]
     assert "W" not in {t.name for t in lowered.graph.initializer}
     _assert_same(model, lowered, batch=3)
+    # one layer, one decision, two nodes: the report and the console say so
+    from onnxprune.cli.lower import layer_lines, lowered_count
+    rows = result.stats["layers"]
+    assert [(r["name"], r["nodes"], r["lowered"]) for r in rows] == [("a", ["a", "b"], True)]
+    assert layer_lines(rows)[0].startswith("sparse-ops: lowered a and 1 more node(s) sharing its weight (")
+    assert lowered_count(rows) == "1 layer(s) lowered, 2 nodes"
+    rows[0]["nodes"] = ["a"]
+    assert lowered_count(rows) == "1 layer(s) lowered"
+    assert "sharing" not in layer_lines(rows)[0]
 
 
 def test_matmul_bias_from_a_constant_node_is_folded_in():

@@ -76,18 +76,28 @@ def cmd_lower(args, console: Console) -> int:
     size = report["size"]
     console.info(f"wrote {', '.join(o['path'] for o in report['outputs'])} "
                  f"({size['input_bytes'] / 1e6:.2f} MB -> {size['output_bytes'] / 1e6:.2f} MB, "
-                 f"{len(report['sparse_ops']['lowered'])} layer(s) lowered)")
+                 f"{lowered_count(layers)})")
     return EXIT_OK
 
 
 def layer_lines(layers: list[dict]) -> list[str]:
-    """One line per layer: lowered or dense, and why (console.info escapes the names)."""
+    """One line per layer: lowered or dense, and why (console.info escapes the names). A
+    weight that feeds several nodes is one layer: the line names how many share it."""
     lines = []
     for r in layers:
         est = "" if r["estimated_speedup"] is None else f", est. {r['estimated_speedup']:.2f}x"
         word = "lowered" if r["lowered"] else "dense  "
-        lines.append(f"sparse-ops: {word} {r['name']} ({r['reason']}{est})")
+        more = len(r.get("nodes") or ()) - 1
+        shared = f" and {more} more node(s) sharing its weight" if more > 0 else ""
+        lines.append(f"sparse-ops: {word} {r['name']}{shared} ({r['reason']}{est})")
     return lines
+
+
+def lowered_count(layers: list[dict]) -> str:
+    """"N layer(s) lowered", and the node count when shared weights make it differ."""
+    done = [r for r in layers if r["lowered"]]
+    nodes = sum(max(1, len(r.get("nodes") or ())) for r in done)
+    return f"{len(done)} layer(s) lowered" + (f", {nodes} nodes" if nodes != len(done) else "")
 
 
 def values_line(lowering: dict | None) -> str | None:

@@ -511,8 +511,12 @@ class LowerToSparseOps(Pass):
         lowered_any = False
         total = len(prepared)
         for i, (layer, plans, nnz, skip) in enumerate(prepared):
+            # Every node the weight feeds (a weight shared by several nodes, as torch's cloned
+            # TransformerEncoder layers export, is one layer and one decision, one CSR node
+            # per use).
+            nodes = [p.node.name for p in plans] if plans else [n.name for n in layer.nodes]
             row = {"name": layer.name, "op": layer.op, "weight": layer.weight_name,
-                   "weight_shape": list(layer.shape), "dtype": layer.dtype,
+                   "nodes": nodes, "weight_shape": list(layer.shape), "dtype": layer.dtype,
                    "nonzero": nnz, "density": None, "lowered": False, "reason": skip,
                    "estimated_speedup": None, "break_even_density": None,
                    "dense_bytes": layer.params * np.dtype(layer.dtype).itemsize
