@@ -205,3 +205,32 @@ def test_lowering_a_partly_lowered_model_raises_its_op_set_to_2():
     assert {o.domain: o.version for o in second.opset_import}[runtime_ops.DOMAIN] == 2
     assert [o.domain for o in second.opset_import].count(runtime_ops.DOMAIN) == 1
     _same_on(model, second, _scaled_feeds(model))
+
+
+@pytest.mark.parametrize("opset,tail,inits", [
+    (10, [helper.make_node("Clip", ["y"], ["z"])], []),
+    (13, [helper.make_node("Clip", ["y"], ["z"])], []),
+    (13, [helper.make_node("Clip", ["y", "", "hi"], ["z"])], [("hi", 1.5)]),
+    (13, [helper.make_node("Clip", ["y", "lo"], ["z"])], [("lo", -1.5)]),
+], ids=["attrs_absent", "inputs_absent", "min_absent", "max_absent"])
+def test_a_clip_bound_left_out_folds_as_onnx_default_not_infinity(opset, tail, inits):
+    """ONNX's Clip clamps to float32's lowest / largest finite value where a bound is absent, so
+    Clip(±inf) is ±3.4028235e38; the folded CsrGemm must give exactly that (it once passed ±inf
+    through), and so must the dense equivalent that measured lowering and bench time."""
+    import onnxruntime as ort
+    w = np.array([[1.0, 2.0, 0.5, 3.0]], np.float32)  # K = 1, all nonzero: y = ±inf, no NaN
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc"), *tail], "clip",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "W"), *(_c(n, v) for n, v in inits)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    lowered, _ = _lower(model, force=["*"])
+    assert [n.op_type for n in lowered.graph.node] == ["CsrGemm"]
+    x = {"x": np.array([[np.inf], [-np.inf]], np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert np.isfinite(want).any()  # ONNX Runtime's own Clip: the float32 range, not ±inf
+    got = runtime_ops.InferenceSession(lowered.SerializeToString()).run(None, x)[0]
+    assert np.array_equal(got, want)
+    dense = dense_from_lowered(lowered, {"x": (2, 1)})
+    assert np.array_equal(runtime_ops.InferenceSession(dense.SerializeToString()).run(None, x)[0], want)

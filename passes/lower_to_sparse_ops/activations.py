@@ -100,8 +100,10 @@ def _other(node: gs.Node, t: gs.Tensor) -> gs.Tensor | None:
 
 
 def _clip_bounds(clip: gs.Node) -> tuple[float, float] | None:
-    """[min, max] of a Clip: inputs (opset 11+) or attributes (older), ±inf where absent."""
-    lo, hi = -np.inf, np.inf
+    """[min, max] of a Clip: inputs (opset 11+) or attributes (older); where one is absent,
+    ONNX's default, float32's lowest and largest finite values (so Clip(±inf) is ±FLT_MAX, as
+    ONNX Runtime computes it, not ±inf)."""
+    lo, hi = float(-np.finfo(np.float32).max), float(np.finfo(np.float32).max)
     if len(clip.inputs) > 1:
         for i, t in enumerate(clip.inputs[1:3]):
             if t is None or (isinstance(t, gs.Variable) and not t.name):

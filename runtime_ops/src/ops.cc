@@ -208,7 +208,7 @@ Activation ReadActivation(const ortabi::KernelInfo* info) {
   static const Known kKnown[] = {
       {"Relu", Act::kRelu, 0, 0.f, 0.f},
       {"LeakyRelu", Act::kLeakyRelu, 1, 0.01f, 0.f},
-      {"Clip", Act::kClip, 2, -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::infinity()},
+      {"Clip", Act::kClip, 2, std::numeric_limits<float>::lowest(), std::numeric_limits<float>::max()},
       {"HardSigmoid", Act::kHardSigmoid, 2, 0.2f, 0.5f},
       {"HardSwish", Act::kHardSwish, 0, 0.f, 0.f},
       {"Sigmoid", Act::kSigmoid, 0, 0.f, 0.f},
