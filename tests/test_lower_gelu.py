@@ -190,3 +190,24 @@ def test_each_node_of_a_shared_weight_folds_its_own_activation():
     assert result.stats["layers"][0]["reason"].endswith(
         "; activation Gelu (Div, Erf, Add, Mul, Mul), Relu folded in")
     _same_on(model, lowered, _feeds())
+
+
+def test_one_node_timing_models_declare_the_op_set_their_node_needs(monkeypatch):
+    """The measured decision and ``bench`` time each CSR node alone: the one-node model must
+    declare the lowered model's op-set (3 for CsrGemm's activation), not op-set 1."""
+    import onnx
+
+    from onnxprune.runtime import bench
+
+    lowered, _ = _lower(_matmul_model(FOLDED["erf_torch_order"][0]), force=["*"])
+    seen = []
+    original = bench._one_node_models
+
+    def spy(*args, **kwargs):
+        dense_b, sparse_b = original(*args, **kwargs)
+        seen.append(_domain_version(onnx.load_from_string(sparse_b)))
+        return dense_b, sparse_b
+
+    monkeypatch.setattr(bench, "_one_node_models", spy)
+    pairs = list(bench.one_node_pairs(lowered, lowered, _feeds(), 1, 17, 0))
+    assert len(pairs) == 1 and seen == [3]

@@ -233,9 +233,10 @@ def dense_from_lowered(model, x_shapes: dict) -> onnx.ModelProto:
     return out
 
 
-def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: int
-                     ) -> tuple[bytes, bytes]:
-    """(dense, sparse) single-layer models for one CSR node of the model."""
+def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: int,
+                     csr_opset: int = 1) -> tuple[bytes, bytes]:
+    """(dense, sparse) single-layer models for one CSR node of the model; the sparse one
+    declares the model's own ``ai.onnxprune`` op-set (a node with an activation needs 2 or 3)."""
     x = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, list(x_shape))
     y = helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)
     needed = [n for n in node.input[1:] if n]
@@ -245,7 +246,7 @@ def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: i
             if n and any(n in dn.input for dn in d_nodes)]
     std = helper.make_opsetid("", opset)
     sparse = helper.make_model(helper.make_graph([node], "layer", [x], [y], sparse_inits),
-                               opset_imports=[std, helper.make_opsetid(DOMAIN, 1)])
+                               opset_imports=[std, helper.make_opsetid(DOMAIN, csr_opset)])
     dense = helper.make_model(helper.make_graph(d_nodes, "layer", [x], [y], d_inits + bias),
                               opset_imports=[std])
     for m in (sparse, dense):
@@ -305,10 +306,11 @@ def one_node_pairs(forced: onnx.ModelProto, shape_model: onnx.ModelProto, feeds:
         return
     xs = capture_shapes(shape_model, [n.input[0] for n in nodes], feeds, threads)
     inits = _inits(forced)
+    csr_opset = next((o.version for o in forced.opset_import if o.domain == DOMAIN), 1)
     rng = np.random.default_rng(seed)
     for node in nodes:
         x_shape = xs[node.input[0]]
-        dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset)
+        dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset, csr_opset)
         x = {node.input[0]: rng.standard_normal(x_shape).astype(np.float32)}
         yield node, inits, x_shape, x, session_for(dense_b, threads), session_for(sparse_b, threads)
 
