@@ -126,7 +126,7 @@ def test_fused_activation_keeps_nan_and_infinities(name, isa):
         ref = f(x.astype(np.float64))
     # the vector Sigmoid, Swish and Gelu are within absolute bounds (RationalActN in
     # kernels.cc), as ONNX Runtime's are; |x| <= 7 where finite
-    atol = {"Sigmoid": 3e-7, "Swish": 3e-7 * 7 + 1e-7, "Gelu": 1e-6 * 7}.get(name, 1e-30)
+    atol = {"Sigmoid": 4e-7, "Swish": 4e-7 * 7 + 1e-7, "Gelu": 1e-6 * 7}.get(name, 1e-30)
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=atol, equal_nan=True)
 
 
@@ -261,8 +261,8 @@ def test_gelu_matches_erf_over_its_range_nan_and_infinities(isa):
 
 
 def _sigmoid_bound(name, x):
-    """runtime_ops/README.md's bound: Sigmoid within 3e-7, Swish within 3e-7 |y| + 1e-7."""
-    return 3e-7 + 0 * x if name == "Sigmoid" else 3e-7 * np.abs(x) + 1e-7
+    """runtime_ops/README.md's bound: Sigmoid within 4e-7, Swish within 4e-7 |y| + 1e-7."""
+    return 4e-7 + 0 * x if name == "Sigmoid" else 4e-7 * np.abs(x) + 1e-7
 
 
 @pytest.mark.parametrize("name", ["Sigmoid", "Swish"])
@@ -288,7 +288,7 @@ def test_sigmoid_and_swish_within_their_bound_on_a_float32_scan(name, isa):
 
 @pytest.mark.parametrize("name", ["Sigmoid", "Swish"])
 def test_sigmoid_and_swish_match_over_their_range_nan_and_infinities(name, isa):
-    """Through CsrGemm with one nonzero per row: within 3e-7 (Sigmoid) and 3e-7 |x| + 1e-7
+    """Through CsrGemm with one nonzero per row: within 4e-7 (Sigmoid) and 4e-7 |x| + 1e-7
     (Swish) of the float64 functions, the bound of the vector path's rational tanh (RationalActN);
     0 and 1 exactly beyond its clamp, NaN for NaN, Swish(-inf) NaN as the ONNX formula."""
     x = np.concatenate([np.linspace(-40.0, 40.0, 4097), [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, 1e30, -1e30]])
