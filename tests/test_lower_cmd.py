@@ -228,3 +228,28 @@ def test_lowering_nothing_keeps_a_compressed_file_compressed(tmp_path, capsys, t
     assert report["sparse_ops"]["lowered"] == []
     assert out.stat().st_size <= portable.stat().st_size * 1.02
     assert onnx.load(str(out)).graph.sparse_initializer
+
+
+def test_lower_takes_the_portable_output_of_prune_with_a_sparse_bias(tmp_path, capsys):
+    """prune's default (portable) storage keeps a mostly-zero bias (torch starts attention
+    biases at 0) as a sparse initializer; lowering it, with real one-node timings, must read it
+    (it failed with an internal KeyError)."""
+    model = mlp(sizes=(64, 48, 32, 10))  # Gemm: the bias is the CSR node's own input
+    for t in model.graph.initializer:
+        if t.name == "fc1.bias":
+            b = np.zeros(48, np.float32)
+            b[3] = 0.5
+            t.CopyFrom(numpy_helper.from_array(b, t.name))
+    src, pruned, out = tmp_path / "m.onnx", tmp_path / "p.onnx", tmp_path / "low.onnx"
+    onnx.save(model, src)
+    code, _, err = run_cli(["prune", str(src), "-o", str(pruned), "--target-sparsity", "0.8", "-q"], capsys)
+    assert code == 0, err
+    assert "fc1.bias" in {s.values.name for s in onnx.load(str(pruned)).graph.sparse_initializer}
+    code, _, err = run_cli(["lower", str(pruned), "-o", str(out), "--json", str(tmp_path / "r.json"), "-q"],
+                           capsys)
+    assert code == 0, err
+    timed = json.loads((tmp_path / "r.json").read_text())["lowering"]["layers"]
+    assert {r["name"] for r in timed if r.get("sparse_s")} == {"fc1", "fc2", "fc3"}  # each timed alone
+    feeds = random_feeds(model, batch=1)
+    got = runtime_ops.InferenceSession(out.read_bytes()).run(None, feeds)[0]
+    np.testing.assert_allclose(got, run(onnx.load(str(pruned)), feeds)[0], rtol=1e-4, atol=1e-5)

@@ -67,14 +67,23 @@ def _inits(model) -> dict[str, onnx.TensorProto]:
     values and ``Identity`` outputs over either (PyTorch aliases equal biases through Identity,
     Paddle keeps every weight in a Constant). An alias maps to the source tensor, whose own
     name may differ: :func:`_named` gives it the alias's name where a graph needs one."""
+    from onnxprune.core.io import sparse_to_dense
+
     out = {t.name: t for t in model.graph.initializer}
+    # what prune and compress write by default (portable storage): a bias that is mostly zeros
+    # (torch starts attention biases at 0) is a sparse initializer or a Constant sparse_value
+    for sp in model.graph.sparse_initializer:
+        out[sp.values.name] = numpy_helper.from_array(sparse_to_dense(sp), sp.values.name)
     for node in model.graph.node:  # topological order: a chain of Identities resolves in one pass
         if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
             continue
         if node.op_type == "Constant":
             value = next((a.t for a in node.attribute if a.name == "value"), None)
+            sparse = next((a.sparse_tensor for a in node.attribute if a.name == "sparse_value"), None)
             if value is not None:
                 out[node.output[0]] = value
+            elif sparse is not None:
+                out[node.output[0]] = numpy_helper.from_array(sparse_to_dense(sparse), node.output[0])
         elif node.op_type == "Identity" and node.input and node.input[0] in out:
             out[node.output[0]] = out[node.input[0]]
     return out
