@@ -54,3 +54,27 @@ def test_data_that_fits_neither_layout_keeps_the_plain_error(tmp_path, capsys):
     ref, cand = _files(tmp_path, 1.0)
     assert main(["check", ref, cand, "--data", str(data)]) == 2
     assert "array 'state': dim 0 is 6, the model fixes it at 2" in capsys.readouterr().err
+
+
+def test_a_batch_dim_of_minus_one_is_a_free_size(tmp_path, capsys):
+    """Paddle exports write -1 for the batch (rapidocr's models): compress, finetune and
+    check --data read it as a free size (they read it as a fixed size and failed with an
+    internal IndexError); FLOP counts and the class count treat it as unknown, never negative."""
+    from onnxprune.core.graph import infer_shapes
+    from onnxprune.runtime.datasets import input_specs, n_classes
+
+    f = TensorProto.FLOAT
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", f, [-1, 4])],
+                          [helper.make_tensor_value_info("y", f, [-1, 3])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    assert input_specs(m)[0].shape == (None, 4)
+    assert infer_shapes(m)["x"] == [None, 4] and n_classes(m) == 3
+    ref = tmp_path / "ref.onnx"
+    onnx.save(m, ref)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32))
+    assert main(["check", str(ref), str(ref), "--data", str(data)]) == 0
+    assert "internal error" not in capsys.readouterr().err

@@ -824,7 +824,9 @@ def infer_shapes(model: ModelProto) -> dict[str, list[int | None]]:
         tt = vi.type.tensor_type
         if not tt.HasField("shape"):
             continue
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        # a dim_value <= 0 (Paddle's -1) is as unknown as a symbolic one
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                           for d in tt.shape.dim]
     return shapes
 
 
