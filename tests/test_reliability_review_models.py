@@ -213,3 +213,24 @@ def test_node_graph_and_value_info_metadata_come_back(tmp_path, capsys):
     assert [(e.key, e.value) for e in after.graph.metadata_props] == [("graph.note", "kept")]
     for vi in (*after.graph.input, *after.graph.output):
         assert [(e.key, e.value) for e in vi.metadata_props] == [("vi.note", vi.name)]
+
+
+def test_decide_model_sizes_symbolic_layers_from_input_shape(tmp_path, capsys):
+    """``--decide model`` with ``--input-shape``: shape inference takes the given size, so the
+    cost model judges the convolutions it could not size (was: the option was ignored there
+    and every one stayed "output size unknown"); a shape that does not fit the model is exit 2."""
+    from tests.models import cnn
+
+    src = tmp_path / "det.onnx"
+    onnx.save(cnn(channels=(3, 16, 32), hw="H"), src)
+    base = ["prune", str(src), "--emit", "sparse-ops", "--target-sparsity", "0.9", "--decide", "model"]
+    code, report, err = _run([*base, "-o", str(tmp_path / "a.onnx"), "--input-shape", "x=1x3x64x64",
+                              "--json", "-", "-q"], capsys)
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(report)["sparse_ops"]["layers"]}
+    assert rows["conv2"]["reason"].startswith("cost model: ") and rows["conv2"]["estimated_speedup"], rows
+    for bad, words in (("y=1x3x64x64", "no such input"), ("x=1x3x64", "3 dims given"),
+                       ("x=1x4x64x64", "dim 1 is 4")):
+        code, _, err = _run([*base, "-o", str(tmp_path / "b.onnx"), "--input-shape", bad, "-q"], capsys)
+        assert code == 2 and words in err and "\n" not in err.strip(), (bad, err)
+        assert not (tmp_path / "b.onnx").exists()

@@ -119,6 +119,22 @@ def _shape_text(dims) -> str:
                            else _dim_label(d) for d in dims) + "]"
 
 
+def checked_input_shapes(model: ModelProto, shapes: dict[str, tuple[int, ...]] | None
+                         ) -> dict[str, tuple[int, ...]]:
+    """``shapes`` (``--input-shape``) checked against the model's inputs: each names a graph
+    input, has its rank and agrees with its fixed dims (UsageError otherwise)."""
+    inputs = graph_inputs(model)
+    shapes = dict(shapes or {})
+    stray = [n for n in shapes if n not in {vi.name for vi in inputs}]
+    if stray:
+        raise UsageError(f"--input-shape {stray[0]}: the model has no such input; inputs: "
+                         f"{name_list([vi.name for vi in inputs])}")
+    for vi in inputs:
+        if vi.name in shapes:
+            _input_dims(vi, 1, shapes[vi.name], False)
+    return shapes
+
+
 def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
                   shapes: dict[str, tuple[int, ...]] | None = None,
                   strict: bool = False) -> dict[str, np.ndarray]:
@@ -126,11 +142,7 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
     must be graph inputs); otherwise a symbolic leading dim takes ``batch``, and so does any
     other symbolic dim unless ``strict``, which refuses it (UsageError naming the input)."""
     inputs = graph_inputs(model)
-    shapes = dict(shapes or {})
-    stray = [n for n in shapes if n not in {vi.name for vi in inputs}]
-    if stray:
-        raise UsageError(f"--input-shape {stray[0]}: the model has no such input; inputs: "
-                         f"{name_list([vi.name for vi in inputs])}")
+    shapes = checked_input_shapes(model, shapes)
     rng = np.random.default_rng(seed)
     feeds = {}
     for vi in inputs:

@@ -206,7 +206,14 @@ class MeasuredLowering:
         if self._values == "fp16":  # the reference its output change is measured against
             self._before, self._batch = graph.copy(), o["batch"]
         if self.decided_by != "measure":
-            return options
+            if not self.shapes:
+                return options
+            # the cost model sizes layers by shape inference: the given shapes go there,
+            # checked against the model as the measured decision checks them
+            from onnxprune.runtime.check import checked_input_shapes
+
+            shapes = checked_input_shapes(original, self.shapes)
+            return {**options, "input-shapes": {k: list(v) for k, v in shapes.items()}}
         self._threads, self._batch, self._options = o["threads"], o["batch"], dict(options)
         if self.timer is None:
             self.timer = ort_timer()

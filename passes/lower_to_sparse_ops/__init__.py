@@ -307,13 +307,22 @@ def _kernel_area(plan: _Plan) -> int | None:
     return int(np.prod(kernel)) if kernel else None
 
 
-def static_shapes(graph: gs.Graph) -> dict[str, list[int | None]]:
-    """Tensor shapes from ONNX shape inference, without copying the graph's weights."""
+def static_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = None
+                  ) -> dict[str, list[int | None]]:
+    """Tensor shapes from ONNX shape inference, without copying the graph's weights; the graph
+    inputs named in ``input_shapes`` take those dims (``--input-shape``) for the inference."""
     original = onnx.ModelProto()
     original.ir_version = onnx.IR_VERSION
     original.opset_import.extend(graph.import_domains or
                                  [onnx.helper.make_opsetid("", graph.opset)])
     model, _ = export_with_placeholders(graph, original)
+    for vi in model.graph.input:
+        dims = (input_shapes or {}).get(vi.name)
+        if dims is not None and vi.type.HasField("tensor_type"):
+            shape = vi.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in dims:
+                shape.dim.add().dim_value = int(d)
     return infer_shapes(model)
 
 
@@ -359,6 +368,21 @@ def check_speedups(key: str, v: Any) -> dict[str, float] | None:
     return out
 
 
+def check_input_shapes(key: str, v: Any) -> dict[str, list[int]] | None:
+    """``{graph input name: [dims]}`` with every dim an int >= 1 (or None: the model's own)."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not all(isinstance(k, str) and k for k in v):
+        raise UsageError(f"{key}: expected a mapping of input names to shapes")
+    out = {}
+    for name, dims in v.items():
+        if not isinstance(dims, (list, tuple)) or not dims or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in dims):
+            raise UsageError(f"{key}.{name}: expected a list of sizes >= 1")
+        out[name] = [int(d) for d in dims]
+    return out
+
+
 def _glob_match(layer: Layer, globs: tuple[str, ...]) -> bool:
     return any(layer.matches(g) for g in globs)
 
@@ -366,7 +390,8 @@ def _glob_match(layer: Layer, globs: tuple[str, ...]) -> bool:
 # A convolution whose output size shape inference cannot give (symbolic input height/width)
 # runs fine as CsrConv, but the cost model has nothing to judge it by.
 UNSIZED_REASON = ("output size unknown (symbolic input size), so the cost model cannot judge "
-                  "it; add it to the recipe's lower-to-sparse-ops force list to lower it anyway")
+                  "it; give the input's size (--input-shape NAME=DIMS), or add the layer to the "
+                  "recipe's lower-to-sparse-ops force list to lower it anyway")
 
 
 def _unsized(plans: list[_Plan]) -> bool:
@@ -391,6 +416,9 @@ class LowerToSparseOps(Pass):
         Option("values", check_choice("fp32", "fp16"), "fp32",
                "value type of the CSR arrays: fp32, or fp16 (half the value bytes; the kernels "
                "widen them in registers and sum in fp32, but each weight is rounded to fp16)"),
+        Option("input-shapes", check_input_shapes, None,
+               "graph input name -> dims for shape inference where the model's are symbolic "
+               "(what --input-shape gives), so the cost model can size those layers"),
         Option("measured", check_speedups, None,
                "layer name -> speed-up t_dense / t_csr measured on the machine that will run "
                "the model (what onnxprune lower measures); when given it decides instead of "
@@ -407,6 +435,7 @@ class LowerToSparseOps(Pass):
         self.objective: str = o["objective"]
         self.measured: dict[str, float] | None = o["measured"]
         self.values: str = o["values"]
+        self.input_shapes: dict[str, list[int]] | None = o["input-shapes"]
 
     # ------------------------------------------------------------------ planning
 
@@ -481,7 +510,7 @@ class LowerToSparseOps(Pass):
         layers, _ = find_layers(graph)
         graph_outputs = {id(t) for t in graph.outputs}
         needs_shapes = any(layer.op in ("Conv", "MatMul", "Gemm") for layer in layers)
-        shapes = static_shapes(graph) if needs_shapes else {}
+        shapes = static_shapes(graph, self.input_shapes) if needs_shapes else {}
 
         prepared = []
         encoded: dict[str, tuple[tuple[np.ndarray, ...], str | None]] = {}
