@@ -279,3 +279,16 @@ def test_no_colour_when_not_a_terminal(tmp_path, mlp_path):
     r = subprocess.run(["onnxprune", "prune", mlp_path, "-o", str(tmp_path / "o.onnx"),
                         "--min-sparsity", "0.1"], capture_output=True, text=True)
     assert r.returncode == 0 and "\x1b[" not in r.stderr and "PASS" in r.stderr
+
+
+def test_an_argument_error_is_one_line_pointing_at_help(capsys):
+    """argparse's refusals are exit 2 on one line, as every other error (they printed its usage
+    block first)."""
+    from tests.conftest import run_cli
+
+    for argv, words in ((["check", "a.onnx", "b.onnx", "--input-shape", "x=1x3x48x"], "onnxprune check --help"),
+                        (["frobnicate"], "onnxprune --help"),
+                        (["prune", "m.onnx", "--quality"], "onnxprune prune --help")):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 2 and out == "", (argv, out)
+        assert err.startswith("onnxprune: error: ") and err.count("\n") == 1 and words in err, (argv, err)

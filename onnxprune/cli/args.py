@@ -5,7 +5,6 @@ here, so a bad value is a one-line usage error (exit 2) before any work.
 from __future__ import annotations
 
 import argparse
-import sys
 from onnxprune.core.errors import (EXIT_USAGE)
 from onnxprune.cli.output import print_error
 
@@ -70,7 +69,8 @@ OUTPUT_KIND_RULE = ("repeatable. It overrides the default rule, which takes an o
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's default is exit 2 too; keep the one-line form
-        self.print_usage(sys.stderr)
-        print_error(message)
+    def error(self, message):
+        # argparse's default is exit 2 too, but with its usage block before the message; errors
+        # here are one line (README), so the usage is a pointer to --help on that line
+        print_error(f"{message} (see '{self.prog} --help')")
         raise SystemExit(EXIT_USAGE)
