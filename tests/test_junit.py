@@ -166,3 +166,29 @@ def test_compress_gate_is_a_test_case(tmp_path, capsys):
     assert name == "max-accuracy-drop"
     assert f"dropped {report['accuracy_drop_pp']:.6g} pp" in msg
     assert "at most 1 pp" in msg
+    assert "val top-1 dropped" in msg
+
+
+def test_a_label_free_gate_names_what_it_measured():
+    """A label-free compress gates on fidelity, not top-1: the failure message says which
+    (it said "val top-1 dropped" whatever was measured)."""
+    from onnxprune.cli.junit import compress_cases
+    from onnxprune.runtime.evaluate import AGREEMENT, ONE_MINUS_ERROR
+
+    gate = {"name": "max-accuracy-drop", "passed": False, "actual": 7.75, "required": 2.0}
+    for measure, words in ((None, "val top-1 dropped"), (AGREEMENT, "val agreement dropped"),
+                           (ONE_MINUS_ERROR, "val 1 - rel. error dropped")):
+        dense = {"top1": 1.0} if measure is None else {"top1": 1.0, "measure": measure}
+        (case,) = compress_cases({"gates": [gate], "accuracy_dense": dense})
+        assert words in str(case), case
+
+
+def test_the_report_tradeoff_figure_names_a_label_free_measure():
+    from onnxprune.cli.analysis import _tradeoff_figure
+    from onnxprune.runtime.evaluate import ONE_MINUS_ERROR
+
+    history = {"accuracy_dense": {"top1": 1.0, "measure": ONE_MINUS_ERROR},
+               "history": [{"stage": "dense", "top1": 1.0, "params": 100, "nonzero": 100},
+                           {"stage": "round 1", "top1": 0.92, "params": 100, "nonzero": 50}]}
+    fig = _tradeoff_figure(history, "t", False, {})
+    assert "1 - rel. error drop" in fig["caption"] and fig["points_table"][0][3] == "1 - rel. error"

@@ -233,14 +233,15 @@ def histogram_png(before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray
 
 def tradeoff_png(series: list[dict], *, title: str | None = None,
                  ylim: tuple[float, float] | None = None,
-                 xlim: tuple[float, float] | None = None) -> bytes:
+                 xlim: tuple[float, float] | None = None, measure: str = "top-1") -> bytes:
     """Fig. 5.  ``series``: ``[{"label", "points": [{"pruned", "drop_pp"}, …]}, …]`` where
     ``pruned`` is a share in [0, 1] and ``drop_pp`` = top-1 before − after, in points
     (positive = worse, as everywhere in onnxprune).  The y axis is the drop, pointing down as
     in the paper, where a worse model sits lower.
 
     ``ylim``/``xlim`` (drop in points / percent pruned) zoom in as the paper does (its axis
-    stops at a 4.5-point loss); curves leaving the window are cut at its edge.
+    stops at a 4.5-point loss); curves leaving the window are cut at its edge. ``measure`` names
+    what dropped: ``top-1`` (labels), or a label-free run's ``agreement`` / ``1 - rel. error``.
     """
     if not series or not any(s["points"] for s in series):
         raise UsageError("no trade-off points to plot")
@@ -258,7 +259,7 @@ def tradeoff_png(series: list[dict], *, title: str | None = None,
         if xlim is not None:
             ax.set_xlim(*xlim)
         ax.set_xlabel("parameters pruned away (%)")
-        ax.set_ylabel("top-1 drop (points; dense − pruned)")
+        ax.set_ylabel(f"{measure} drop (points; dense − pruned)")
         ax.legend(loc="lower left", frameon=False)
         if title:
             ax.set_title(title)

@@ -143,6 +143,14 @@ def load_history(path: str) -> dict:
     return data
 
 
+def history_measure(report: dict) -> str:
+    """What a compress report's ``top1`` values are: ``top-1`` (accuracy on labels), or for a
+    label-free run ``agreement`` (with the dense model) or ``1 - rel. error``."""
+    from onnxprune.runtime.evaluate import short_measure
+
+    return short_measure(report.get("accuracy_dense") or {})
+
+
 def tradeoff_series(report: dict) -> list[dict]:
     """Fig. 5 series from a compress report: after retraining, and before it."""
     hist = report["history"]

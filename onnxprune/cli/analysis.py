@@ -266,8 +266,9 @@ def _tradeoff_figure(history, title: str, plot: bool, images: dict) -> dict:
     from onnxprune.analysis import figures
     from onnxprune.analysis import report as rc
 
+    measure = "top-1" if history is None else rc.history_measure(history)
     fig = {"heading": "Accuracy vs. parameters pruned (Fig. 5)",
-           "caption": "From the compress run's history: top-1 drop (dense − pruned, in points; "
+           "caption": f"From the compress run's history: {measure} drop (dense − pruned, in points; "
                       "positive = worse, drawn downwards as in the paper) against the share of "
                       "the prunable weights that are zero, after each stage, and after each "
                       "prune step just before its retraining."}
@@ -277,11 +278,11 @@ def _tradeoff_figure(history, title: str, plot: bool, images: dict) -> dict:
     series = rc.tradeoff_series(history)
     fig["series"] = series
     fig["points_table"] = (
-        ["series", "stage", "pruned", "top-1", "drop (pp)"],
+        ["series", "stage", "pruned", measure, "drop (pp)"],
         [[s["label"], p["stage"], f"{100 * p['pruned']:.1f}%", f"{100 * p['top1']:.2f}%",
           f"{p['drop_pp']:+.2f}"] for s in series for p in s["points"]])
     if plot:
-        images["tradeoff"] = figures.tradeoff_png(series, title=title)
+        images["tradeoff"] = figures.tradeoff_png(series, title=title, measure=measure)
     return fig
 
 

@@ -53,9 +53,14 @@ def prune_cases(report: dict) -> list[dict]:
 
 
 def compress_cases(report: dict) -> list[dict]:
-    """``compress``: max-accuracy-drop (val top-1 drop in percentage points ≤ bound)."""
+    """``compress``: max-accuracy-drop (val top-1 drop in percentage points ≤ bound; a
+    label-free run names its own measure: agreement, or 1 - rel. error)."""
+    from onnxprune.runtime.evaluate import short_measure
+
+    measure = short_measure(report.get("accuracy_dense") or {})
+
     def describe(g):
-        return (f"{g['name']}: val top-1 dropped {g['actual']:.6g} pp, "
+        return (f"{g['name']}: val {measure} dropped {g['actual']:.6g} pp, "
                 f"allowed at most {g['required']:g} pp")
     return gate_cases("compress", report["gates"], describe)
 
