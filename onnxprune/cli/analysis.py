@@ -203,7 +203,10 @@ def _layer_weights(model, name: str):
     import numpy as np
 
     from onnxprune.core.graph import find_layers, graph_from_model, weight_values
+    from onnxprune.runtime.bench import csr_nodes, dense_view
 
+    if csr_nodes(model):  # a lowered model: its layers as the dense pruned model had them
+        model = dense_view(model)[0]
     for layer in find_layers(graph_from_model(model))[0]:
         if layer.name == name:
             return np.asarray(weight_values(layer)), layer

@@ -216,14 +216,15 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
             [numpy_helper.from_array(w, w_name)])
 
 
-def dense_from_lowered(model, x_shapes: dict) -> onnx.ModelProto:
-    """The lowered model with every CSR node replaced by its dense equivalent."""
+def dense_from_lowered(model, x_shapes: dict, partial: bool = False) -> onnx.ModelProto:
+    """The lowered model with every CSR node replaced by its dense equivalent (``partial``:
+    only those whose input ``x_shapes`` names, the others kept)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = _inits(model)
     nodes, new_inits, used = [], [], set()
     for node in model.graph.node:
-        if node.domain != DOMAIN:
+        if node.domain != DOMAIN or (partial and node.input[0] not in x_shapes):
             nodes.append(node)
             continue
         ns, ts = _dense_equivalent(node, inits, x_shapes[node.input[0]], opset=model_opset(model))
@@ -236,10 +237,46 @@ def dense_from_lowered(model, x_shapes: dict) -> onnx.ModelProto:
     keep = [t for t in out.graph.initializer if t.name not in used or t.name in still]
     del out.graph.initializer[:]
     out.graph.initializer.extend(keep + new_inits)
-    ops = [o for o in out.opset_import if o.domain != DOMAIN]
-    del out.opset_import[:]
-    out.opset_import.extend(ops)
+    if not any(n.domain == DOMAIN for n in nodes):  # partial: the CSR nodes left need it
+        ops = [o for o in out.opset_import if o.domain != DOMAIN]
+        del out.opset_import[:]
+        out.opset_import.extend(ops)
     return out
+
+
+def _columns_known(node: onnx.NodeProto, shape) -> bool:
+    """Whether ``shape`` (dims, None where unknown) gives what the node's dense weight needs:
+    C_in of a CsrConv, K of a CsrGemm."""
+    if shape is None or not shape:
+        return False
+    a = node_attrs(node)
+    if node.op_type == "CsrConv":
+        return len(shape) > 1 and shape[1] is not None
+    if int(a.get("matmul", 0)):
+        return shape[-1] is not None
+    return len(shape) == 2 and shape[0 if int(a.get("transA", 0)) else 1] is not None
+
+
+def dense_view(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A lowered model as the dense pruned model it came from, for counting (inspect, report):
+    every CSR node whose weight width ONNX shape inference can give (C_in, K) replaced by its
+    dense equivalent, round by round (shape inference stops at a custom op, so a CSR node's
+    output is sized once the node before it is dense). Also the names of the CSR nodes it could
+    not size (their input width symbolic), which stay as they are."""
+    from onnxprune.core.graph import infer_shapes
+
+    view, sized = model, {}
+    while True:
+        left = [n for n in csr_nodes(view) if n.input[0] not in sized]
+        if not left:
+            return view, []
+        shapes = infer_shapes(view)
+        ready = {n.input[0]: tuple(shapes[n.input[0]]) for n in left
+                 if _columns_known(n, shapes.get(n.input[0]))}
+        if not ready:
+            return view, [n.name or n.output[0] for n in left]
+        sized.update(ready)
+        view = dense_from_lowered(view, ready, partial=True)
 
 
 def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: int,

@@ -1,0 +1,64 @@
+"""``inspect`` and ``report`` on a lowered model count it as the dense pruned model it came
+from: each CsrGemm / CsrConv a layer again, with its params, nonzeros and FLOPs (they listed
+no lowered layer: "no prunable layer found", totals of the dense layers only, and report
+failed with an internal error on the mask figure)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.core.stats import layer_rows, totals
+from tests.conftest import run_cli
+from tests.models import cnn, mlp
+from tests.test_lower_measure import masked
+from tests.test_lower_to_sparse_ops import _lower
+
+KEYS = ("name", "params", "nonzero", "flops", "flops_remaining", "weight_shape")
+
+
+@pytest.mark.parametrize("build", [lambda: mlp(sizes=(64, 48, 32, 10)), lambda: mlp(sizes=(64, 48, 10), gemm=False),
+                                   lambda: cnn(channels=(3, 16, 32))], ids=["gemm", "matmul", "conv"])
+def test_a_lowered_model_counts_as_its_dense_pruned_self(build):
+    pruned = masked(build(), density=0.3)
+    lowered, _ = _lower(pruned, force=["*"])
+    assert any(n.domain == "ai.onnxprune" for n in lowered.graph.node)
+    want, _ = layer_rows(pruned)
+    got, notes = layer_rows(lowered)
+    assert [{k: r[k] for k in KEYS if k != "weight_shape"} for r in got] == \
+           [{k: r[k] for k in KEYS if k != "weight_shape"} for r in want]
+    assert [int(np.prod(r["weight_shape"])) for r in got] == [int(np.prod(r["weight_shape"])) for r in want]
+    assert totals(got)["compression"] == pytest.approx(totals(want)["compression"])
+    assert notes == []
+
+
+def test_a_csr_node_of_symbolic_width_is_a_note_not_a_guess():
+    model = masked(mlp(sizes=(64, 48, 10)), density=0.3)
+    lowered, _ = _lower(model, force=["*"])
+    # the input's width made symbolic: the first CSR node's K is unknown to shape inference,
+    # and so is everything after it
+    dim = lowered.graph.input[0].type.tensor_type.shape.dim[1]
+    dim.Clear()
+    dim.dim_param = "K"
+    rows, notes = layer_rows(lowered)
+    assert rows == [] and [n["node"] for n in notes] == ["fc1", "fc2"]
+    assert all("not counted" in n["reason"] for n in notes)
+
+
+def test_report_and_inspect_on_a_lowered_model(tmp_path, capsys):
+    base, low = tmp_path / "m.onnx", tmp_path / "low.onnx"
+    model = masked(cnn(channels=(3, 16, 32)), density=0.3)
+    onnx.save(model, base)
+    onnx.save(_lower(model, force=["*"])[0], low)
+    code, out, err = run_cli(["inspect", str(low), "--json", "-"], capsys)
+    assert code == 0, err
+    assert [r["name"] for r in json.loads(out)["layers"]] == ["conv1", "conv2", "fc"]
+    code, _, err = run_cli(["report", str(low), "--baseline", str(base), "-o", str(tmp_path / "r"),
+                            "--no-figures", "-q"], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [r["name"] for r in data["table"]["rows"]] == ["conv1", "conv2", "fc"]
+    assert data["figures"]["mask"]["layer"] in ("conv1", "conv2", "fc")
