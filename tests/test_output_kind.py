@@ -231,3 +231,27 @@ def test_sensitivity_bad_override_exits_2(tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1 and "'nope' is not a floating-point output" in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("chain", [["Identity"], ["Identity", "Identity"], ["Dropout"], []])
+def test_the_rule_sees_a_softmax_through_pass_through_nodes(chain):
+    """Paddle exports end Softmax -> Identity -> output: class scores, as without the Identity
+    (the rule read the output's own producer only and took it as values). A Relu is no
+    pass-through: behind it the output is values."""
+    from onnxprune.runtime.datasets import output_kinds
+
+    def model(tail_ops):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["t0"], axis=1)]
+        for i, op in enumerate(tail_ops):
+            nodes.append(helper.make_node(op, [f"t{i}"], [f"t{i + 1}"]))
+        nodes.append(helper.make_node("Identity", [f"t{len(tail_ops)}"], ["out"]) if tail_ops else
+                     helper.make_node("Identity", ["t0"], ["out"]))
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(np.ones((8, 3), np.float32), "w")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    assert output_kinds(model(chain), {"out": (4, 3)}) == {"out": "scores"}
+    assert output_kinds(model(["Relu", *chain]), {"out": (4, 3)}) == {"out": "values"}

@@ -620,7 +620,8 @@ def output_kinds(model: onnx.ModelProto, shapes: dict, overrides=None) -> dict[s
 
     The rule: an output is **class scores** when its value is 2-D ``[N, C]`` with ``C >= 2``
     (``shapes``: name → an observed shape) and it is produced by, or read by, a
-    ``Softmax``/``LogSoftmax`` (or ``ArgMax``) node, is a softmax written out
+    ``Softmax``/``LogSoftmax`` (or ``ArgMax``) node, looking through ``Identity``/``Dropout``
+    nodes before the output (Paddle ends its models Softmax → Identity), is a softmax written out
     (:func:`softmax_logits`), or its name contains one of
     :data:`SCORE_NAMES` (``logits``, ``scores``, ``probs``, ``class``…).  Scores are followed
     with KL divergence at a temperature and validated by top-1 agreement; every other float
@@ -679,13 +680,24 @@ def _rule_kinds(model: onnx.ModelProto, shapes: dict) -> dict[str, str]:
     for n in graph.node:
         for i in n.input:
             readers.setdefault(i, set()).add(n.op_type)
+    def source(t: str) -> str:
+        # through the pass-through nodes exporters put before an output (Paddle ends every model
+        # Softmax -> Identity -> output), at most as many as there are nodes
+        for _ in range(len(graph.node)):
+            n = nodes.get(t)
+            if n is None or n.op_type not in ("Identity", "Dropout") or not n.input or not n.input[0]:
+                break
+            t = n.input[0]
+        return t
+
     kinds = {}
     for name in float_outputs(model):
         shape = tuple(shapes.get(name, ()))
-        scoreish = (producer.get(name) in _SCORE_OPS
-                    or softmax_logits(name, lambda t: (nodes[t].op_type, list(nodes[t].input))
+        src = source(name)
+        scoreish = (producer.get(src) in _SCORE_OPS
+                    or softmax_logits(src, lambda t: (nodes[t].op_type, list(nodes[t].input))
                                       if t in nodes else None) is not None
-                    or readers.get(name, set()) & {*_SCORE_OPS, "ArgMax"}
+                    or (readers.get(name, set()) | readers.get(src, set())) & {*_SCORE_OPS, "ArgMax"}
                     or any(w in name.lower() for w in SCORE_NAMES))
         kinds[name] = "scores" if _class_scores_shape(shape) and scoreish else "values"
     return kinds
