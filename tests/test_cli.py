@@ -292,3 +292,24 @@ def test_an_argument_error_is_one_line_pointing_at_help(capsys):
         code, out, err = run_cli(argv, capsys)
         assert code == 2 and out == "", (argv, out)
         assert err.startswith("onnxprune: error: ") and err.count("\n") == 1 and words in err, (argv, err)
+
+
+def test_bench_takes_debug_after_its_name_as_every_command(tmp_path, capsys):
+    from tests.conftest import run_cli
+
+    code, _, err = run_cli(["bench", str(tmp_path / "missing.onnx"), "--debug"], capsys)
+    assert code == 4, err  # the missing model, not an unknown flag (exit 2)
+
+
+def test_a_missing_data_array_is_named_once(tmp_path, capsys):
+    import numpy as np
+    import onnx
+
+    from tests.conftest import run_cli
+    from tests.models import mlp
+
+    model = tmp_path / "m.onnx"
+    onnx.save(mlp(sizes=(4, 3)), model)
+    np.savez(tmp_path / "d.npz", a=np.zeros((2, 4), np.float32), b=np.zeros((2, 4), np.float32))
+    code, _, err = run_cli(["check", str(model), str(model), "--data", str(tmp_path / "d.npz")], capsys)
+    assert code == 2 and "has no array named 'x'\n" in err, err

@@ -54,6 +54,10 @@ def test_unusable_files_exit_4(tmp_path, kind):
     with pytest.raises(InvalidDataError) as err:
         load_npz(path)
     assert isinstance(err.value, InvalidModelError) and err.value.exit_code == 4
+    # never numpy's advice to load a non-archive "unsafely" with allow_pickle
+    assert "unsafely" not in str(err.value)
+    if kind == "garbage":
+        assert "is not an .npz archive" in str(err.value)
 
 
 def test_uint8_images_cast_to_float_without_rescaling():

@@ -73,6 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_input_shape_option(b)
     b.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
     b.add_argument("--json", metavar="PATH|-", help="write a JSON report ('-' = stdout)")
+    # as every other command (app.common): also accepted after the command name
+    b.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="print the traceback behind an internal error")
     b.add_argument("-q", "--quiet", action="store_true", help="no tables on stderr")
     b.set_defaults(func=cmd_bench)
     return b

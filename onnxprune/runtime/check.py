@@ -173,7 +173,8 @@ def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
     if len(names) == 1 and names[0] not in data:
         key = "x" if "x" in data else (next(iter(data)) if len(data) == 1 else None)
         if key is None:
-            raise UsageError(f"{path}: has no array named {names[0]!r} or 'x'")
+            wanted = f"{names[0]!r} or 'x'" if names[0] != "x" else "'x'"
+            raise UsageError(f"{path}: has no array named {wanted}")
         return {names[0]: data[key]}
     missing = [n for n in names if n not in data]
     if missing:

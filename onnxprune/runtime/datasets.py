@@ -217,6 +217,14 @@ def open_npz(path: str | os.PathLike) -> Iterator[np.lib.npyio.NpzFile]:
     if not os.path.isfile(path):
         raise InvalidDataError(f"data file {path!r} does not exist or is not a file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise InvalidDataError(f"cannot read data file {path!r}: {exc}") from exc
+    if not magic.startswith(b"PK") and not magic.startswith(b"\x93NUMPY"):
+        # numpy would take it for a pickle and suggest allow_pickle=True, which is never right
+        raise InvalidDataError(f"data file {path!r} is not an .npz archive (numpy.savez writes one)")
+    try:
         archive = np.load(path, allow_pickle=False)
     except _NPZ_ERRORS as exc:
         raise InvalidDataError(f"cannot read data file {path!r}: {exc}") from exc
