@@ -253,3 +253,19 @@ def test_lower_takes_the_portable_output_of_prune_with_a_sparse_bias(tmp_path, c
     feeds = random_feeds(model, batch=1)
     got = runtime_ops.InferenceSession(out.read_bytes()).run(None, feeds)[0]
     np.testing.assert_allclose(got, run(onnx.load(str(pruned)), feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_the_model_fixes_wins_and_the_report_says_so(tmp_path, timed, capsys):
+    """--expected-batch 4 on a model whose input fixes batch 1: the timings run at 1, and the
+    report and console say so (the report claimed batch 4 for batch-1 timings)."""
+    src, out = tmp_path / "m.onnx", tmp_path / "low.onnx"
+    onnx.save(masked(mlp(sizes=(64, 48, 10), batch=1), density=0.3), src)
+    timed({"fc1": 1.5, "fc2": 1.5}, 1.3)
+    code, stdout, err = run_cli(["lower", str(src), "-o", str(out), "--expected-batch", "4",
+                                 "--json", "-"], capsys)
+    assert code == 0, err
+    lowering = json.loads(stdout)["lowering"]
+    assert lowering["batch"] == 1 and "--expected-batch 4 was not used" in lowering["batch_note"]
+    assert "note: timed at batch 1" in err
+    code, stdout, err = run_cli(["lower", str(src), "-o", str(out), "--json", "-"], capsys)
+    assert code == 0 and json.loads(stdout)["lowering"]["batch_note"] is None

@@ -70,7 +70,8 @@ def cmd_lower(args, console: Console) -> int:
         console.info("\n".join(layer_lines(layers)))
     else:
         console.info("no prunable layer found; the model was written unchanged")
-    for line in (whole_model_line(report["lowering"]), values_line(report["lowering"])):
+    for line in (whole_model_line(report["lowering"]), values_line(report["lowering"]),
+                 batch_line(report["lowering"])):
         if line:
             console.info(line)
     size = report["size"]
@@ -109,6 +110,12 @@ def values_line(lowering: dict | None) -> str | None:
     text = "not a finite number" if worst is None else f"{worst:.3g}"
     return (f"sparse values fp16: largest relative output change {text} "
             f"({change['inputs']})")
+
+
+def batch_line(lowering: dict | None) -> str | None:
+    """A note when the timings ran at another batch than --expected-batch asked."""
+    note = (lowering or {}).get("batch_note")
+    return f"note: {note}" if note else None
 
 
 def whole_model_line(lowering: dict | None) -> str | None:

@@ -320,6 +320,14 @@ class MeasuredLowering:
                 best = (cut, result, ts)
         return best
 
+    def _timed_batch(self) -> int | None:
+        """The batch the timings ran at: the leading dim of the timed inputs (a model that
+        fixes its batch, or --input-shape, wins over --expected-batch), None before any."""
+        if self._dense is None or not self._dense[1]:
+            return None
+        dims = {a.shape[0] for a in self._dense[1].values() if getattr(a, "ndim", 0) >= 1}
+        return dims.pop() if len(dims) == 1 else None
+
     def report(self, stats: dict | None) -> dict | None:
         if self.decided_by is None or stats is None:
             return None
@@ -332,8 +340,12 @@ class MeasuredLowering:
                          "estimated_speedup": r["estimated_speedup"],
                          "lowered": r["lowered"], "reason": r["reason"]})
         measuring = self.decided_by == "measure"
+        timed = self._timed_batch() if measuring else None
         return {"decided_by": self.decided_by,
                 "min_speedup": MEASURED_MIN_SPEEDUP if measuring else None,
-                "batch": self._batch if measuring else None,
+                "batch": timed if timed is not None else (self._batch if measuring else None),
+                "batch_note": None if timed in (None, self._batch) else
+                f"timed at batch {timed}, the batch the model's inputs fix (or --input-shape "
+                f"gives); --expected-batch {self._batch} was not used",
                 "threads": self._threads if measuring else None,
                 "layers": rows, "whole_model": self.whole, "values_change": self.values_change}
