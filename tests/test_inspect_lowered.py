@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.core.stats import layer_rows, totals
+from onnxprune.core.stats import totals
+from onnxprune.runtime.bench import counted_layer_rows as layer_rows
 from tests.conftest import run_cli
 from tests.models import cnn, mlp
 from tests.test_lower_measure import masked
@@ -62,3 +63,17 @@ def test_report_and_inspect_on_a_lowered_model(tmp_path, capsys):
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert [r["name"] for r in data["table"]["rows"]] == ["conv1", "conv2", "fc"]
     assert data["figures"]["mask"]["layer"] in ("conv1", "conv2", "fc")
+
+
+def test_inspect_of_a_lowered_model_with_external_data(tmp_path, capsys):
+    """inspect loads lazily (external weights memory-mapped): the view of a lowered model must
+    read its CSR arrays from the data file (it failed with an internal ValidationError)."""
+    from tests.conftest import save_external
+
+    pruned = masked(mlp(sizes=(64, 48, 32, 10)), density=0.3)
+    low = tmp_path / "low.onnx"
+    save_external(_lower(pruned, force=["*"])[0], low)
+    code, out, err = run_cli(["inspect", str(low), "--json", "-"], capsys)
+    assert code == 0, err
+    want, _ = layer_rows(pruned)
+    assert [(r["name"], r["nonzero"]) for r in json.loads(out)["layers"]] == [(r["name"], r["nonzero"]) for r in want]

@@ -20,13 +20,14 @@ def inspect(model, *, before_run: Callable[[list[str]], None] | None = None) -> 
     before the table is computed.
     """
     from onnxprune import __version__
-    from onnxprune.core.stats import file_record, layer_rows, totals, versions
+    from onnxprune.core.stats import file_record, totals, versions
+    from onnxprune.runtime.bench import counted_layer_rows
     from onnxprune.passes.pipeline import read_stamp
 
     proto, info = open_model(model, lazy=True)
     if before_run is not None:
         before_run(model_files(info))
-    rows, notes = layer_rows(proto, info)
+    rows, notes = counted_layer_rows(proto, info)
     source = None if info is None else {**file_record(info.path), "total_bytes": info.file_bytes,
                                         "data_files": list(info.data_files)}
     return {"command": "inspect", "tool": {"name": "onnxprune", "version": __version__},

@@ -311,7 +311,8 @@ def cmd_report(args, console: Console) -> int:
     from onnxprune.core import io
     from onnxprune.analysis import report as rc
     from onnxprune.cli.output import write_json
-    from onnxprune.core.stats import format_note, layer_rows, versions
+    from onnxprune.core.stats import format_note, versions
+    from onnxprune.runtime.bench import counted_layer_rows as layer_rows
 
     if not args.no_figures:
         from onnxprune.analysis.figures import require_matplotlib

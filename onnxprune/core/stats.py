@@ -31,19 +31,10 @@ from onnxprune.core.masks import count_nonzero, weight_std
 
 
 def layer_rows(model: ModelProto, info=None) -> tuple[list[dict], list[dict]]:
-    """Rows for every prunable layer of ``model`` plus notes on what was skipped. A lowered
-    model (onnxprune's CsrGemm / CsrConv nodes) is counted as the dense pruned model it came
-    from: each CSR node a layer again, its nonzeros its stored ones."""
-    from onnxprune.runtime.bench import csr_nodes, dense_view
-
-    stamped = _stamped_thresholds(model)
-    if not csr_nodes(model):
-        return graph_rows(graph_from_model(model, info), infer_shapes(model), stamped)
-    view, unsized = dense_view(model)
-    rows, notes = graph_rows(graph_from_model(view), infer_shapes(view), stamped)
-    notes += [{"node": name, "op": "CSR", "reason": "lowered layer not counted: its input width "
-               "is symbolic, so its dense shape is unknown"} for name in unsized]
-    return rows, notes
+    """Rows for every prunable layer of ``model`` plus notes on what was skipped (a lowered
+    model: ``onnxprune.runtime.bench.counted_layer_rows``)."""
+    return graph_rows(graph_from_model(model, info), infer_shapes(model),
+                      _stamped_thresholds(model))
 
 
 def graph_rows(graph, shapes, stamped=None, with_std: bool = True,

@@ -279,6 +279,29 @@ def dense_view(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         view = dense_from_lowered(view, ready, partial=True)
 
 
+def counted_layer_rows(model: onnx.ModelProto, info=None) -> tuple[list[dict], list[dict]]:
+    """``core.stats.layer_rows``, with a lowered model (onnxprune's CsrGemm / CsrConv nodes)
+    counted as the dense pruned model it came from (:func:`dense_view`): each CSR node a layer
+    again, its nonzeros its stored ones; what and report count."""
+    from onnxprune.core.stats import layer_rows
+
+    if not csr_nodes(model):
+        return layer_rows(model, info)
+    if info is not None and info.external:  # lazily loaded: the view needs the bytes themselves
+        embedded = onnx.ModelProto()
+        embedded.CopyFrom(model)
+        for i, t in enumerate(embedded.graph.initializer):
+            ref = info.ref_of(t)
+            if ref is not None:
+                embedded.graph.initializer[i].CopyFrom(numpy_helper.from_array(info.array_of(ref), t.name))
+        model = embedded
+    view, unsized = dense_view(model)
+    rows, notes = layer_rows(view)
+    notes += [{"node": name, "op": "CSR", "reason": "lowered layer not counted: its input width "
+               "is symbolic, so its dense shape is unknown"} for name in unsized]
+    return rows, notes
+
+
 def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: int,
                      csr_opset: int = 1) -> tuple[bytes, bytes]:
     """(dense, sparse) single-layer models for one CSR node of the model; the sparse one

@@ -540,17 +540,7 @@ class LowerToSparseOps(Pass):
         lowered_any = False
         total = len(prepared)
         for i, (layer, plans, nnz, skip) in enumerate(prepared):
-            # Every node the weight feeds (a weight shared by several nodes, as torch's cloned
-            # TransformerEncoder layers export, is one layer and one decision, one CSR node
-            # per use).
-            nodes = [p.node.name for p in plans] if plans else [n.name for n in layer.nodes]
-            row = {"name": layer.name, "op": layer.op, "weight": layer.weight_name,
-                   "nodes": nodes, "weight_shape": list(layer.shape), "dtype": layer.dtype,
-                   "nonzero": nnz, "density": None, "lowered": False, "reason": skip,
-                   "estimated_speedup": None, "break_even_density": None,
-                   "dense_bytes": layer.params * np.dtype(layer.dtype).itemsize
-                   if layer.dtype != "?" else None,
-                   "csr_bytes": None, "index_dtype": None, "values_dtype": None}
+            row = _first_row(layer, plans, nnz, skip)
             rows.append(row)
             if plans is None:
                 continue
@@ -698,6 +688,19 @@ def _decide_measured(speedup: float | None) -> tuple[bool, str]:
     if speedup >= MEASURED_MIN_SPEEDUP:
         return True, f"measured {speedup:.2f}x >= {MEASURED_MIN_SPEEDUP}x"
     return False, f"measured {speedup:.2f}x < {MEASURED_MIN_SPEEDUP}x"
+
+
+def _first_row(layer: Layer, plans: list[_Plan] | None, nnz: int | None, skip: str | None) -> dict:
+    """A layer's report row before its decision. ``nodes``: every node the weight feeds (a
+    weight shared by several nodes, as torch's cloned TransformerEncoder layers export, is one
+    layer and one decision, one CSR node per use)."""
+    nodes = [p.node.name for p in plans] if plans else [n.name for n in layer.nodes]
+    return {"name": layer.name, "op": layer.op, "weight": layer.weight_name,
+            "nodes": nodes, "weight_shape": list(layer.shape), "dtype": layer.dtype,
+            "nonzero": nnz, "density": None, "lowered": False, "reason": skip,
+            "estimated_speedup": None, "break_even_density": None,
+            "dense_bytes": layer.params * np.dtype(layer.dtype).itemsize if layer.dtype != "?" else None,
+            "csr_bytes": None, "index_dtype": None, "values_dtype": None}
 
 
 def _combined_speedup(estimates: list[cost.Estimate]) -> float:
