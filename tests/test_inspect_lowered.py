@@ -77,3 +77,28 @@ def test_inspect_of_a_lowered_model_with_external_data(tmp_path, capsys):
     assert code == 0, err
     want, _ = layer_rows(pruned)
     assert [(r["name"], r["nonzero"]) for r in json.loads(out)["layers"]] == [(r["name"], r["nonzero"]) for r in want]
+
+
+def test_input_shape_gives_inspect_and_report_the_flops_of_symbolic_inputs(tmp_path, capsys):
+    """A detector with symbolic height and width: FLOPs were unknown ("?") in inspect and
+    report with no way to size them; --input-shape sizes them (the model's own rows, and its
+    lowered form's), and a shape that does not fit the model is exit 2."""
+    model = masked(cnn(channels=(3, 16, 32), hw="H"), density=0.3)
+    src, low = tmp_path / "det.onnx", tmp_path / "low.onnx"
+    onnx.save(model, src)
+    onnx.save(_lower(model, force=["*"])[0], low)
+    fixed = masked(cnn(channels=(3, 16, 32), hw=20), density=0.3)
+    want = {r["name"]: r["flops"] for r in layer_rows(fixed)[0]}
+    for path in (src, low):
+        code, out, err = run_cli(["inspect", str(path), "--json", "-"], capsys)
+        assert code == 0 and json.loads(out)["total"]["flops"] is None, err
+        code, out, err = run_cli(["inspect", str(path), "--input-shape", "x=2x3x20x20", "--json", "-"], capsys)
+        assert code == 0, err
+        assert {r["name"]: r["flops"] for r in json.loads(out)["layers"]} == want
+    code, _, err = run_cli(["report", str(low), "--baseline", str(src), "--input-shape", "x=1x3x20x20",
+                            "-o", str(tmp_path / "r"), "--no-figures", "-q"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["table"]["total"]["flops"]
+    for bad in ("y=1x3x20x20", "x=1x3x20", "x=1x4x20x20"):
+        code, _, err = run_cli(["inspect", str(src), "--input-shape", bad], capsys)
+        assert code == 2 and err.count("\n") == 1, (bad, err)

@@ -328,9 +328,12 @@ def cmd_report(args, console: Console) -> int:
     check_paths([*input_files(info), *(input_files(binfo) if binfo else ()), args.history],
                 [*(("-o", p) for p in paths.values()), ("--json", args.json)],
                 new_folder=out_dir)
-    rows, notes = layer_rows(model, info)
+    from onnxprune.runtime.check import checked_input_shapes, input_shapes
+
+    shapes = input_shapes(args)
+    rows, notes = layer_rows(model, info, checked_input_shapes(model, shapes))
     if baseline is not None:
-        base_rows, _ = layer_rows(baseline, binfo)
+        base_rows, _ = layer_rows(baseline, binfo, checked_input_shapes(baseline, shapes))
     history = rc.load_history(args.history) if args.history else None
     usable = [r for r in rows if not r["skipped"]]
     chosen = _pick_layer(usable, args.layer)
@@ -417,5 +420,7 @@ def add_parsers(sub, common) -> None:
     rp.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     rp.add_argument("--no-figures", action="store_true",
                     help="tables only (no matplotlib needed)")
+    from onnxprune.cli.args import add_flops_shape_option
+    add_flops_shape_option(rp)
     common(rp)
     rp.set_defaults(func=cmd_report)

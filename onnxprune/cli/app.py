@@ -14,7 +14,7 @@ import sys
 from onnxprune import __version__
 from onnxprune.core.console import Console
 from onnxprune.core.errors import (EXIT_RUNTIME, EXIT_USAGE, OnnxPruneError)
-from onnxprune.cli.args import Parser, SEED_MAX, float_arg, int_arg, layer_arg
+from onnxprune.cli.args import Parser, SEED_MAX, add_flops_shape_option, float_arg, int_arg, layer_arg
 from onnxprune.cli.output import DEBUG_ENV, print_error, print_internal_error
 from onnxprune.cli.lower import add_lowering_args
 from onnxprune.cli.prune import cmd_inspect, cmd_prune
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="per-layer table: params, nonzero, density, FLOPs")
     ins.add_argument("model")
+    add_flops_shape_option(ins)
     common(ins)
     ins.set_defaults(func=cmd_inspect)
 

@@ -87,7 +87,9 @@ def cmd_inspect(args, console: Console) -> int:
     from onnxprune.api import inspect
     from onnxprune.core.stats import format_note, format_table
 
-    report = inspect(args.model,
+    from onnxprune.runtime.check import input_shapes
+
+    report = inspect(args.model, input_shapes=input_shapes(args),
                      before_run=lambda reads: check_paths(reads, [("--json", args.json)]))
     write_json(report, args.json)
     if report["layers"]:

@@ -812,11 +812,19 @@ def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
     return sk
 
 
-def infer_shapes(model: ModelProto) -> dict[str, list[int | None]]:
-    """Tensor name → shape (None for unknown/symbolic dims); empty on failure."""
+def infer_shapes(model: ModelProto, input_shapes: dict | None = None) -> dict[str, list[int | None]]:
+    """Tensor name → shape (None for unknown/symbolic dims); empty on failure. The graph
+    inputs named in ``input_shapes`` (``--input-shape``, checked by the caller) take those
+    dims for the inference."""
+    sk = _skeleton(model)
+    for vi in sk.graph.input:
+        dims = (input_shapes or {}).get(vi.name)
+        if dims is not None and vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.shape.ClearField("dim")
+            for d in dims:
+                vi.type.tensor_type.shape.dim.add().dim_value = int(d)
     try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False,
-                                                     data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(sk, strict_mode=False, data_prop=True)
     except Exception:  # shape inference is best effort: FLOPs become unknown, nothing else
         return {}
     shapes: dict[str, list[int | None]] = {}

@@ -30,10 +30,12 @@ from onnxprune.core.graph import (find_layers, graph_from_model, infer_shapes, m
 from onnxprune.core.masks import count_nonzero, weight_std
 
 
-def layer_rows(model: ModelProto, info=None) -> tuple[list[dict], list[dict]]:
+def layer_rows(model: ModelProto, info=None, input_shapes: dict | None = None
+               ) -> tuple[list[dict], list[dict]]:
     """Rows for every prunable layer of ``model`` plus notes on what was skipped (a lowered
-    model: ``onnxprune.runtime.bench.counted_layer_rows``)."""
-    return graph_rows(graph_from_model(model, info), infer_shapes(model),
+    model: ``onnxprune.runtime.bench.counted_layer_rows``); ``input_shapes`` sizes symbolic
+    inputs for the FLOP counts."""
+    return graph_rows(graph_from_model(model, info), infer_shapes(model, input_shapes),
                       _stamped_thresholds(model))
 
 

@@ -257,7 +257,8 @@ def _columns_known(node: onnx.NodeProto, shape) -> bool:
     return len(shape) == 2 and shape[0 if int(a.get("transA", 0)) else 1] is not None
 
 
-def dense_view(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+def dense_view(model: onnx.ModelProto, input_shapes: dict | None = None
+               ) -> tuple[onnx.ModelProto, list[str]]:
     """A lowered model as the dense pruned model it came from, for counting (inspect, report):
     every CSR node whose weight width ONNX shape inference can give (C_in, K) replaced by its
     dense equivalent, round by round (shape inference stops at a custom op, so a CSR node's
@@ -270,7 +271,7 @@ def dense_view(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         left = [n for n in csr_nodes(view) if n.input[0] not in sized]
         if not left:
             return view, []
-        shapes = infer_shapes(view)
+        shapes = infer_shapes(view, input_shapes)
         ready = {n.input[0]: tuple(shapes[n.input[0]]) for n in left
                  if _columns_known(n, shapes.get(n.input[0]))}
         if not ready:
@@ -279,14 +280,15 @@ def dense_view(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         view = dense_from_lowered(view, ready, partial=True)
 
 
-def counted_layer_rows(model: onnx.ModelProto, info=None) -> tuple[list[dict], list[dict]]:
+def counted_layer_rows(model: onnx.ModelProto, info=None, input_shapes: dict | None = None
+                       ) -> tuple[list[dict], list[dict]]:
     """``core.stats.layer_rows``, with a lowered model (onnxprune's CsrGemm / CsrConv nodes)
     counted as the dense pruned model it came from (:func:`dense_view`): each CSR node a layer
     again, its nonzeros its stored ones; what and report count."""
     from onnxprune.core.stats import layer_rows
 
     if not csr_nodes(model):
-        return layer_rows(model, info)
+        return layer_rows(model, info, input_shapes)
     if info is not None and info.external:  # lazily loaded: the view needs the bytes themselves
         embedded = onnx.ModelProto()
         embedded.CopyFrom(model)
@@ -295,8 +297,8 @@ def counted_layer_rows(model: onnx.ModelProto, info=None) -> tuple[list[dict], l
             if ref is not None:
                 embedded.graph.initializer[i].CopyFrom(numpy_helper.from_array(info.array_of(ref), t.name))
         model = embedded
-    view, unsized = dense_view(model)
-    rows, notes = layer_rows(view)
+    view, unsized = dense_view(model, input_shapes)
+    rows, notes = layer_rows(view, None, input_shapes)
     notes += [{"node": name, "op": "CSR", "reason": "lowered layer not counted: its input width "
                "is symbolic, so its dense shape is unknown"} for name in unsized]
     return rows, notes
