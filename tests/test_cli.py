@@ -313,3 +313,30 @@ def test_a_missing_data_array_is_named_once(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", a=np.zeros((2, 4), np.float32), b=np.zeros((2, 4), np.float32))
     code, _, err = run_cli(["check", str(model), str(model), "--data", str(tmp_path / "d.npz")], capsys)
     assert code == 2 and "has no array named 'x'\n" in err, err
+
+
+def test_a_model_failing_on_random_integers_says_which_inputs_were_random(tmp_path, capsys):
+    """silero takes another branch, and fails, on a random sample rate: the error names the
+    integer inputs that were random and points at --data (check and bench), exit 1 as before;
+    with --data the same model runs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.conftest import run_cli
+
+    g = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6]),
+                           helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    for argv in (["check", str(path), str(path)], ["bench", str(path), "--no-layers", "--repeats", "1"]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 1 and "on random inputs: 'shape' drew integers in [0, 10)" in err, (argv, err)
+        assert "--data" in err and err.count("\n") == 1
+    np.savez(tmp_path / "d.npz", x=np.zeros(6, np.float32), shape=np.array([2, 3], np.int64))
+    code, _, err = run_cli(["check", str(path), str(path), "--data", str(tmp_path / "d.npz")], capsys)
+    assert code == 0, err

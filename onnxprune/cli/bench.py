@@ -96,7 +96,8 @@ def _given_feeds(model, args, shapes: dict) -> dict | None:
 
 def cmd_bench(args, console) -> int:
     from onnxprune.core import io
-    from onnxprune.runtime.check import input_shapes, random_inputs
+    from onnxprune.core.errors import RuntimeFailure
+    from onnxprune.runtime.check import input_shapes, random_feeds_hint, random_inputs
     from onnxprune.cli.output import check_paths, input_files, write_json
     from onnxprune.core.graph import graph_to_model
     from onnxprune.core.stats import versions
@@ -128,35 +129,42 @@ def cmd_bench(args, console) -> int:
 
     configs = []
     failed = []
-    for batch in batches:
-        feeds = given if given is not None else random_inputs(
-            model, batch=batch, seed=args.seed, shapes=shapes, strict=True)
-        for threads in args.threads:
-            if lowered_input:
-                sparse_model, stats = model, None
-                xs = capture_shapes(model, [n.input[0] for n in csr_nodes(model)], feeds, threads)
-                dense_model = dense_from_lowered(model, xs)
-            else:
-                dense_model = dense_base
-                sparse_model, stats = lower_model(dense_base, batch=batch, threads=threads)
-            d_sess = session_for(dense_model.SerializeToString(), threads)
-            s_sess = session_for(sparse_model.SerializeToString(), threads)
-            check = compare_outputs(run_outputs(d_sess, feeds), run_outputs(s_sess, feeds))
-            dense_ms, sparse_ms = time_pair(d_sess, s_sess, feeds, feeds, args.repeats,
-                                            args.warmup)
-            del d_sess, s_sess
-            cfg = {"batch": batch, "threads": threads,
-                   "end_to_end": {"dense_ms": dense_ms, "sparse_ms": sparse_ms,
-                                  "ratio": dense_ms / sparse_ms,
-                                  "lowered": [n.name for n in csr_nodes(sparse_model)]},
-                   "correctness": check, "layers": []}
-            if not check["passed"]:
-                failed.append(f"batch {batch}, threads {threads}: max abs error "
-                              f"{check['max_abs_error']:.3g} > {check['atol']:.3g}")
-            if not args.no_layers:
-                cfg["layers"] = _layer_timings(model if lowered_input else dense_base, stats,
-                                               lowered_input, feeds, batch, threads, opset, args)
-            configs.append(cfg)
+    try:
+        for batch in batches:
+            feeds = given if given is not None else random_inputs(
+                model, batch=batch, seed=args.seed, shapes=shapes, strict=True)
+            for threads in args.threads:
+                if lowered_input:
+                    sparse_model, stats = model, None
+                    xs = capture_shapes(model, [n.input[0] for n in csr_nodes(model)], feeds, threads)
+                    dense_model = dense_from_lowered(model, xs)
+                else:
+                    dense_model = dense_base
+                    sparse_model, stats = lower_model(dense_base, batch=batch, threads=threads)
+                d_sess = session_for(dense_model.SerializeToString(), threads)
+                s_sess = session_for(sparse_model.SerializeToString(), threads)
+                check = compare_outputs(run_outputs(d_sess, feeds), run_outputs(s_sess, feeds))
+                dense_ms, sparse_ms = time_pair(d_sess, s_sess, feeds, feeds, args.repeats,
+                                                args.warmup)
+                del d_sess, s_sess
+                cfg = {"batch": batch, "threads": threads,
+                       "end_to_end": {"dense_ms": dense_ms, "sparse_ms": sparse_ms,
+                                      "ratio": dense_ms / sparse_ms,
+                                      "lowered": [n.name for n in csr_nodes(sparse_model)]},
+                       "correctness": check, "layers": []}
+                if not check["passed"]:
+                    failed.append(f"batch {batch}, threads {threads}: max abs error "
+                                  f"{check['max_abs_error']:.3g} > {check['atol']:.3g}")
+                if not args.no_layers:
+                    cfg["layers"] = _layer_timings(model if lowered_input else dense_base, stats,
+                                                   lowered_input, feeds, batch, threads, opset, args)
+                configs.append(cfg)
+
+    except RuntimeFailure as e:  # random inputs may not be what the model can run on
+        hint = random_feeds_hint(feeds) if given is None else ""
+        if not hint:
+            raise
+        raise RuntimeFailure(f"{e}{hint}") from None
 
     report = {"command": "bench", "tool": {"name": "onnxprune", "version": __version__},
               "versions": versions(), "input": {"path": info.path, "bytes": info.file_bytes},

@@ -165,6 +165,18 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
     return feeds
 
 
+def random_feeds_hint(feeds: dict[str, np.ndarray]) -> str:
+    """For a model that failed on :func:`random_inputs`: which inputs drew random integers,
+    which a model may need real values of (silero's sample rate takes another branch on 7);
+    "" when none did."""
+    ints = [n for n, a in feeds.items() if np.issubdtype(np.asarray(a).dtype, np.integer)]
+    if not ints:
+        return ""
+    return (f" (on random inputs: {name_list([repr(n) for n in ints])} drew integers in [0, 10); "
+            "a model that needs real values there, such as a sample rate or token ids, takes "
+            "them with --data)")
+
+
 def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
     """Inputs from an .npz: keys named after the graph inputs, or ``x`` for a one-input model."""
     with open_npz(path) as z:
