@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]
-from ab_library import session  # noqa: E402
+from ab_library import print_differences, session, time_swapped  # noqa: E402
 from bench_models import machine  # noqa: E402
 from onnxprune import runtime_ops  # noqa: E402
 from onnxprune.core.errors import UsageError  # noqa: E402
@@ -70,22 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         lower(args.pruned, files["folded"], frozenset(), args.threads, shapes)
         sessions = {"dense": session(args.pruned, None, args.threads)}
         sessions.update({k: session(p, runtime_ops.library_path(), args.threads) for k, p in files.items()})
-        outs = {k: s.run(None, feeds) for k, s in sessions.items()}
-        scale = max(float(np.abs(o).max()) for o in outs["dense"])
-        for k in files:
-            err = max(float(np.abs(a - b).max()) for a, b in zip(outs[k], outs["dense"])) / max(scale, 1e-12)
-            print(f"{k}: max relative difference from dense {err:.1e}")
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        for _ in range(2):
-            for s in sessions.values():
-                s.run(None, feeds)
-        for r in range(args.rounds):
-            order = ("dense", "unfolded", "folded") if r % 2 == 0 else ("dense", "folded", "unfolded")
-            for k in order:
-                t0 = time.perf_counter()
-                sessions[k].run(None, feeds)
-                times[k].append(time.perf_counter() - t0)
-    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        print_differences({k: s.run(None, feeds) for k, s in sessions.items()}, files)
+        ms = time_swapped(sessions, feeds, args.rounds, "unfolded", "folded")
     m = machine()
     print(f"{m.get('Model name', '?')}, lscpu family {m.get('CPU family', '?')}, {m['date']}, load "
           f"{m.get('load_average')}; {args.threads} thread(s), {args.rounds} rounds, medians; "

@@ -45,6 +45,31 @@ def session(path: str, library: str | None, threads: int):
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
+def print_differences(outs: dict[str, list], names) -> None:
+    """Each of ``names``' largest difference from ``outs["dense"]``, relative to its largest value."""
+    scale = max(float(np.abs(o).max()) for o in outs["dense"])
+    for k in names:
+        err = max(float(np.abs(a - b).max()) for a, b in zip(outs[k], outs["dense"])) / max(scale, 1e-12)
+        print(f"{k}: max relative difference from dense {err:.1e}")
+
+
+def time_swapped(sessions: dict, feeds: dict, rounds: int, a: str, b: str) -> dict[str, float]:
+    """Median ms per call of each session after two warm-up calls each: ``dense`` first every
+    round, ``a`` and ``b`` swapping places round by round. A session called right after another
+    that read the same input finds it warmer (a one-node 1x1 CsrConv read its input 11-22%
+    faster in third place than in second, the very same library in both)."""
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(2):
+        for s in sessions.values():
+            s.run(None, feeds)
+    for r in range(rounds):
+        for k in ("dense", a, b) if r % 2 == 0 else ("dense", b, a):
+            t0 = time.perf_counter()
+            sessions[k].run(None, feeds)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dense", required=True, help="the model before lowering")
@@ -68,26 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline": session(args.lowered, args.baseline_lib, args.threads),
                 "current": session(args.lowered, runtime_ops.library_path(), args.threads)}
     outs = {k: s.run(None, feeds) for k, s in sessions.items()}
-    scale = max(float(np.abs(o).max()) for o in outs["dense"])
-    for k in ("baseline", "current"):
-        err = max(float(np.abs(a - b).max()) for a, b in zip(outs[k], outs["dense"])) / max(scale, 1e-12)
-        print(f"{k}: max relative difference from dense {err:.1e}")
+    print_differences(outs, ("baseline", "current"))
     same = all(np.array_equal(a, b) for a, b in zip(outs["baseline"], outs["current"]))
     print(f"baseline and current outputs {'identical' if same else 'differ'}")
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(2):
-        for s in sessions.values():
-            s.run(None, feeds)
-    # The two builds swap places every round: a session called right after another that read
-    # the same input finds it warmer (a one-node 1x1 CsrConv read its input 11-22% faster in
-    # third place than in second, the very same library in both).
-    for r in range(args.rounds):
-        order = ("dense", "baseline", "current") if r % 2 == 0 else ("dense", "current", "baseline")
-        for k in order:
-            t0 = time.perf_counter()
-            sessions[k].run(None, feeds)
-            times[k].append(time.perf_counter() - t0)
-    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    ms = time_swapped(sessions, feeds, args.rounds, "baseline", "current")
     m = machine()
     print(f"{m.get('Model name', '?')}, lscpu family {m.get('CPU family', '?')}, {m['date']}, load "
           f"{m.get('load_average')}; {args.threads} thread(s), {args.rounds} rounds, medians")
