@@ -316,14 +316,7 @@ def static_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = N
     original.opset_import.extend(graph.import_domains or
                                  [onnx.helper.make_opsetid("", graph.opset)])
     model, _ = export_with_placeholders(graph, original)
-    for vi in model.graph.input:
-        dims = (input_shapes or {}).get(vi.name)
-        if dims is not None and vi.type.HasField("tensor_type"):
-            shape = vi.type.tensor_type.shape
-            shape.ClearField("dim")
-            for d in dims:
-                shape.dim.add().dim_value = int(d)
-    return infer_shapes(model)
+    return infer_shapes(model, input_shapes)
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
