@@ -420,7 +420,8 @@ def add_parsers(sub, common) -> None:
     rp.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     rp.add_argument("--no-figures", action="store_true",
                     help="tables only (no matplotlib needed)")
-    from onnxprune.cli.args import add_flops_shape_option
-    add_flops_shape_option(rp)
+    from onnxprune.cli.args import FLOPS_SHAPE_HELP
+    from onnxprune.runtime.check import add_input_shape_option
+    add_input_shape_option(rp, FLOPS_SHAPE_HELP)
     common(rp)
     rp.set_defaults(func=cmd_report)

@@ -14,7 +14,7 @@ import sys
 from onnxprune import __version__
 from onnxprune.core.console import Console
 from onnxprune.core.errors import (EXIT_RUNTIME, EXIT_USAGE, OnnxPruneError)
-from onnxprune.cli.args import Parser, SEED_MAX, add_flops_shape_option, float_arg, int_arg, layer_arg
+from onnxprune.cli.args import FLOPS_SHAPE_HELP, Parser, SEED_MAX, float_arg, int_arg, layer_arg
 from onnxprune.cli.output import DEBUG_ENV, print_error, print_internal_error
 from onnxprune.cli.lower import add_lowering_args
 from onnxprune.cli.prune import cmd_inspect, cmd_prune
@@ -84,16 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(pr)
     pr.set_defaults(func=cmd_prune)
 
+    from onnxprune.runtime.check import add_input_shape_option
+
     ins = sub.add_parser("inspect", help="per-layer table: params, nonzero, density, FLOPs")
     ins.add_argument("model")
-    add_flops_shape_option(ins)
+    add_input_shape_option(ins, FLOPS_SHAPE_HELP)
     common(ins)
     ins.set_defaults(func=cmd_inspect)
 
     from onnxprune.cli.lower import add_parser as add_lower_parser
     add_lower_parser(sub, common)
-
-    from onnxprune.runtime.check import add_input_shape_option
 
     ch = sub.add_parser("check", help="compare two models' outputs in ONNX Runtime")
     ch.add_argument("reference")

@@ -76,11 +76,6 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def add_flops_shape_option(parser) -> None:
-    """``--input-shape NAME=DIMS`` on a command that counts FLOPs (inspect, report)."""
-    from onnxprune.runtime.check import input_shape_arg
-
-    parser.add_argument("--input-shape", type=input_shape_arg, action="append", default=[],
-                        metavar="NAME=DIMS",
-                        help="size of an input the model leaves symbolic, e.g. "
-                             "images=1x3x640x640 (repeatable), so its layers' FLOPs are counted")
+# --input-shape on the commands that count FLOPs (inspect, report)
+FLOPS_SHAPE_HELP = ("size of an input the model leaves symbolic, e.g. images=1x3x640x640 "
+                    "(repeatable), so its layers' FLOPs are counted")

@@ -56,13 +56,13 @@ def input_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
     return name, dims
 
 
-def add_input_shape_option(parser) -> None:
-    """``--input-shape NAME=DIMS`` (repeatable) on a command that makes random inputs."""
+def add_input_shape_option(parser, help: str = "shape of a random input, e.g. images=1x3x640x640 "
+                           "(repeatable); needed where the model leaves a dimension other than "
+                           "the batch symbolic") -> None:
+    """``--input-shape NAME=DIMS`` (repeatable) on a command that makes random inputs, or
+    (``help``) one that only sizes symbolic inputs for shape inference (inspect, report)."""
     parser.add_argument("--input-shape", type=input_shape_arg, action="append", default=[],
-                        metavar="NAME=DIMS",
-                        help="shape of a random input, e.g. images=1x3x640x640 (repeatable); "
-                             "needed where the model leaves a dimension other than the batch "
-                             "symbolic")
+                        metavar="NAME=DIMS", help=help)
 
 
 def input_shapes(args) -> dict[str, tuple[int, ...]]:
