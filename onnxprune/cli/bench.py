@@ -96,7 +96,6 @@ def _given_feeds(model, args, shapes: dict) -> dict | None:
 
 def cmd_bench(args, console) -> int:
     from onnxprune.core import io
-    from onnxprune.core.errors import RuntimeFailure
     from onnxprune.runtime.check import input_shapes, random_feeds_hint, random_inputs
     from onnxprune.cli.output import check_paths, input_files, write_json
     from onnxprune.core.graph import graph_to_model
@@ -129,10 +128,11 @@ def cmd_bench(args, console) -> int:
 
     configs = []
     failed = []
-    try:
-        for batch in batches:
-            feeds = given if given is not None else random_inputs(
-                model, batch=batch, seed=args.seed, shapes=shapes, strict=True)
+    for batch in batches:
+        feeds = given if given is not None else random_inputs(
+            model, batch=batch, seed=args.seed, shapes=shapes, strict=True)
+        # random inputs may not be what the model can run on: the error then says so
+        with random_feeds_hint(None if given is not None else feeds):
             for threads in args.threads:
                 if lowered_input:
                     sparse_model, stats = model, None
@@ -159,12 +159,6 @@ def cmd_bench(args, console) -> int:
                     cfg["layers"] = _layer_timings(model if lowered_input else dense_base, stats,
                                                    lowered_input, feeds, batch, threads, opset, args)
                 configs.append(cfg)
-
-    except RuntimeFailure as e:  # random inputs may not be what the model can run on
-        hint = random_feeds_hint(feeds) if given is None else ""
-        if not hint:
-            raise
-        raise RuntimeFailure(f"{e}{hint}") from None
 
     report = {"command": "bench", "tool": {"name": "onnxprune", "version": __version__},
               "versions": versions(), "input": {"path": info.path, "bytes": info.file_bytes},

@@ -8,7 +8,9 @@ passed at the given ``rtol``: ``max(|cand − ref| − rtol·|ref|)``, or null w
 
 from __future__ import annotations
 
+import contextlib
 import re
+from typing import Iterator
 
 import numpy as np
 from onnx import ModelProto, TensorProto
@@ -165,16 +167,20 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
     return feeds
 
 
-def random_feeds_hint(feeds: dict[str, np.ndarray]) -> str:
-    """For a model that failed on :func:`random_inputs`: which inputs drew random integers,
-    which a model may need real values of (silero's sample rate takes another branch on 7);
-    "" when none did."""
-    ints = [n for n, a in feeds.items() if np.issubdtype(np.asarray(a).dtype, np.integer)]
-    if not ints:
-        return ""
-    return (f" (on random inputs: {name_list([repr(n) for n in ints])} drew integers in [0, 10); "
-            "a model that needs real values there, such as a sample rate or token ids, takes "
-            "them with --data)")
+@contextlib.contextmanager
+def random_feeds_hint(feeds: dict[str, np.ndarray] | None) -> Iterator[None]:
+    """Runs the block; a ``RuntimeFailure`` in it, when ``feeds`` came from
+    :func:`random_inputs` (None: they did not), also says which inputs drew random integers,
+    which a model may need real values of (silero's sample rate takes another branch on 7)."""
+    try:
+        yield
+    except RuntimeFailure as e:
+        ints = [n for n, a in (feeds or {}).items() if np.issubdtype(np.asarray(a).dtype, np.integer)]
+        if not ints:
+            raise
+        raise RuntimeFailure(f"{e} (on random inputs: {name_list([repr(n) for n in ints])} drew "
+                             "integers in [0, 10); a model that needs real values there, such as "
+                             "a sample rate or token ids, takes them with --data)") from None
 
 
 def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
