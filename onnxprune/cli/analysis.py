@@ -203,10 +203,7 @@ def _layer_weights(model, name: str):
     import numpy as np
 
     from onnxprune.core.graph import find_layers, graph_from_model, weight_values
-    from onnxprune.runtime.bench import csr_nodes, dense_view
 
-    if csr_nodes(model):  # a lowered model: its layers as the dense pruned model had them
-        model = dense_view(model)[0]
     for layer in find_layers(graph_from_model(model))[0]:
         if layer.name == name:
             return np.asarray(weight_values(layer)), layer
@@ -311,8 +308,8 @@ def cmd_report(args, console: Console) -> int:
     from onnxprune.core import io
     from onnxprune.analysis import report as rc
     from onnxprune.cli.output import write_json
-    from onnxprune.core.stats import format_note, versions
-    from onnxprune.runtime.bench import counted_layer_rows as layer_rows
+    from onnxprune.core.stats import format_note, layer_rows, versions
+    from onnxprune.runtime.bench import counting_view
 
     if not args.no_figures:
         from onnxprune.analysis.figures import require_matplotlib
@@ -331,9 +328,13 @@ def cmd_report(args, console: Console) -> int:
     from onnxprune.runtime.check import checked_input_shapes, input_shapes
 
     shapes = input_shapes(args)
-    rows, notes = layer_rows(model, info, checked_input_shapes(model, shapes))
+    # a lowered model is counted, and its mask drawn, as the dense pruned model it came from
+    model, info, view_notes = counting_view(model, info, checked_input_shapes(model, shapes))
+    rows, notes = layer_rows(model, info, shapes)
+    notes += view_notes
     if baseline is not None:
-        base_rows, _ = layer_rows(baseline, binfo, checked_input_shapes(baseline, shapes))
+        baseline, binfo, _ = counting_view(baseline, binfo, checked_input_shapes(baseline, shapes))
+        base_rows, _ = layer_rows(baseline, binfo, shapes)
     history = rc.load_history(args.history) if args.history else None
     usable = [r for r in rows if not r["skipped"]]
     chosen = _pick_layer(usable, args.layer)

@@ -280,15 +280,14 @@ def dense_view(model: onnx.ModelProto, input_shapes: dict | None = None
         view = dense_from_lowered(view, ready, partial=True)
 
 
-def counted_layer_rows(model: onnx.ModelProto, info=None, input_shapes: dict | None = None
-                       ) -> tuple[list[dict], list[dict]]:
-    """``core.stats.layer_rows``, with a lowered model (onnxprune's CsrGemm / CsrConv nodes)
-    counted as the dense pruned model it came from (:func:`dense_view`): each CSR node a layer
-    again, its nonzeros its stored ones; what and report count."""
-    from onnxprune.core.stats import layer_rows
-
+def counting_view(model: onnx.ModelProto, info=None, input_shapes: dict | None = None
+                  ) -> tuple[onnx.ModelProto, object, list[dict]]:
+    """What inspect and report count: ``(model, info, notes)`` as given for a model without
+    CSR nodes; for a lowered one (onnxprune's CsrGemm / CsrConv nodes) its :func:`dense_view`,
+    the dense pruned model it came from (each CSR node a layer again, its nonzeros its stored
+    ones), no lazy info, and a note per CSR node it could not size."""
     if not csr_nodes(model):
-        return layer_rows(model, info, input_shapes)
+        return model, info, []
     if info is not None and info.external:  # lazily loaded: the view needs the bytes themselves
         embedded = onnx.ModelProto()
         embedded.CopyFrom(model)
@@ -298,10 +297,18 @@ def counted_layer_rows(model: onnx.ModelProto, info=None, input_shapes: dict | N
                 embedded.graph.initializer[i].CopyFrom(numpy_helper.from_array(info.array_of(ref), t.name))
         model = embedded
     view, unsized = dense_view(model, input_shapes)
-    rows, notes = layer_rows(view, None, input_shapes)
-    notes += [{"node": name, "op": "CSR", "reason": "lowered layer not counted: its input width "
-               "is symbolic, so its dense shape is unknown"} for name in unsized]
-    return rows, notes
+    return view, None, [{"node": name, "op": "CSR", "reason": "lowered layer not counted: its "
+                         "input width is symbolic, so its dense shape is unknown"} for name in unsized]
+
+
+def counted_layer_rows(model: onnx.ModelProto, info=None, input_shapes: dict | None = None
+                       ) -> tuple[list[dict], list[dict]]:
+    """``core.stats.layer_rows`` of :func:`counting_view`, its notes added."""
+    from onnxprune.core.stats import layer_rows
+
+    view, view_info, view_notes = counting_view(model, info, input_shapes)
+    rows, notes = layer_rows(view, view_info, input_shapes)
+    return rows, notes + view_notes
 
 
 def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: int,
