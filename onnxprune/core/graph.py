@@ -35,7 +35,7 @@ from onnx import ModelProto, TensorProto
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxprune.core.errors import RuntimeFailure
-from onnxprune.core.io import proto_graphs
+from onnxprune.core.io import dim_size, proto_graphs
 
 # onnx-graphsurgeon logs through its own logger at import and on export; keep it quiet so the
 # CLI's stderr stays readable.
@@ -832,9 +832,7 @@ def infer_shapes(model: ModelProto, input_shapes: dict | None = None) -> dict[st
         tt = vi.type.tensor_type
         if not tt.HasField("shape"):
             continue
-        # a dim_value <= 0 (Paddle's -1) is as unknown as a symbolic one
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                           for d in tt.shape.dim]
+        shapes[vi.name] = [dim_size(d) for d in tt.shape.dim]
     return shapes
 
 

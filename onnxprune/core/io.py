@@ -1303,3 +1303,9 @@ def write_exported(model: ModelProto, arrays: dict, path: str | os.PathLike, *,
 def serialize_for_runtime(model: ModelProto) -> bytes:
     """Bytes to hand to ``onnxruntime.InferenceSession`` (models under 2 GiB)."""
     return model.SerializeToString(deterministic=True)
+
+
+def dim_size(d) -> int | None:
+    """A ``TensorShapeProto.Dimension``'s fixed size, or None when it is free: symbolic, absent,
+    or a dim_value <= 0 (Paddle exports write -1 for the batch), as ONNX Runtime reads it."""
+    return int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None

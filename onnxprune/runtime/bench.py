@@ -9,6 +9,7 @@ import time
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnxprune.core.io import dim_size
 from onnxprune.runtime_ops import DOMAIN
 
 
@@ -363,8 +364,8 @@ def batch_dims(model) -> tuple[dict[str, int | None], list[str]]:
     fixed, symbolic = {}, []
     for vi in graph_inputs(model):
         dims = vi.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            fixed[vi.name] = int(dims[0].dim_value)
+        if dims and dim_size(dims[0]) is not None:
+            fixed[vi.name] = dim_size(dims[0])
         else:
             symbolic.append(vi.name)
     return fixed, symbolic

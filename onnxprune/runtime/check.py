@@ -17,6 +17,7 @@ from onnx import ModelProto, TensorProto
 
 from onnxprune.runtime.datasets import npz_array, open_npz
 from onnxprune.core.errors import InvalidModelError, RuntimeFailure, UsageError, name_list
+from onnxprune.core.io import dim_size
 from onnxprune.core.io import serialize_for_runtime
 
 _NP_TYPES = {
@@ -89,7 +90,7 @@ def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool) -> 
     the model's dims with a symbolic leading dim as ``batch``.  Any other symbolic dim is refused
     when ``strict`` (a detector with symbolic height and width must not run on 2x2 images)."""
     dims = list(vi.type.tensor_type.shape.dim)
-    declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    declared = [dim_size(d) for d in dims]
     if given is not None:
         if vi.type.tensor_type.HasField("shape") and len(given) != len(dims):
             raise UsageError(f"--input-shape {vi.name}: {len(given)} dims given, the model's input "
@@ -117,8 +118,7 @@ def _dims_text(dims) -> str:
 
 
 def _shape_text(dims) -> str:
-    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
-                           else _dim_label(d) for d in dims) + "]"
+    return "[" + ", ".join(str(dim_size(d)) if dim_size(d) else _dim_label(d) for d in dims) + "]"
 
 
 def checked_input_shapes(model: ModelProto, shapes: dict[str, tuple[int, ...]] | None
@@ -218,9 +218,10 @@ def _check_array(path: str, vi, arr: np.ndarray) -> None:
         raise UsageError(f"{path}: array {vi.name!r} has {arr.ndim} dims {tuple(arr.shape)}, the "
                          f"model's input has {len(dims)} ({_shape_text(dims)})")
     for i, d in enumerate(dims):
-        if d.HasField("dim_value") and d.dim_value > 0 and arr.shape[i] != d.dim_value:
+        size = dim_size(d)
+        if size is not None and arr.shape[i] != size:
             raise UsageError(f"{path}: array {vi.name!r}: dim {i} is {arr.shape[i]}, the model "
-                             f"fixes it at {d.dim_value} ({_shape_text(dims)})")
+                             f"fixes it at {size} ({_shape_text(dims)})")
     if arr.size == 0:
         raise UsageError(f"{path}: array {vi.name!r} has no rows (shape {tuple(arr.shape)})")
 

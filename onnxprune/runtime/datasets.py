@@ -72,6 +72,7 @@ import numpy as np
 import onnx
 
 from onnxprune.core.errors import InvalidModelError, UsageError, short_repr
+from onnxprune.core.io import dim_size
 
 
 class InvalidDataError(InvalidModelError):
@@ -293,12 +294,8 @@ def _spec(vi) -> InputSpec:
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
     shape, symbols = None, ()
     if tt.HasField("shape"):
-        # a dim_value <= 0 (Paddle exports write -1 for the batch) is a free size, as ONNX
-        # Runtime, check and bench read it
-        shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-                      for d in tt.shape.dim)
-        symbols = tuple(d.dim_param or None if not (d.HasField("dim_value") and d.dim_value > 0) else None
-                        for d in tt.shape.dim)
+        shape = tuple(dim_size(d) for d in tt.shape.dim)
+        symbols = tuple(d.dim_param or None if dim_size(d) is None else None for d in tt.shape.dim)
     return InputSpec(name=vi.name, dtype=dtype, shape=shape, symbols=symbols)
 
 
@@ -397,9 +394,7 @@ def n_classes(model: onnx.ModelProto) -> int | None:
     if not outs or not outs[0].type.tensor_type.HasField("shape"):
         return None
     dims = outs[0].type.tensor_type.shape.dim
-    if not dims or not dims[-1].HasField("dim_value") or dims[-1].dim_value <= 0:
-        return None
-    return int(dims[-1].dim_value)
+    return dim_size(dims[-1]) if dims else None
 
 
 def coerce_x(x: np.ndarray, spec: InputSpec, *, what: str = "x") -> np.ndarray:
