@@ -9,6 +9,7 @@ float64 reference on every instruction set the CPU has, with 1 and 2 threads.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import zlib
 
@@ -61,8 +62,9 @@ def test_tiled_conv_matches_the_reference(case, isa, threads):
 
 
 # The two input layouts (ops.cc ShiftedCopies): at 20% density and above the kernel reads kW
-# column-shifted copies with rows rounded up to 8 floats (aligned loads), below it one copy per
-# column phase. Each geometry runs at 10% (phase copies) and 45% (shifted copies), with
+# column-shifted copies with rows rounded up to 8 floats (aligned loads), below it (or where the
+# rounding widens the rows by over 10%) one copy per column phase. Each geometry runs at 10% and
+# 45%, under the gate and with each layout forced, with
 # strides, dilations, asymmetric pads, groups, output widths that are not multiples of 8, a
 # non-square kernel, a padded 1x1, and a kernel wider than 16 columns (always phase copies).
 # (name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group)
@@ -94,6 +96,55 @@ def test_both_input_layouts_match_the_reference(case, density, isa, threads, mon
     close(ys[""], conv_reference(x, w4, b, strides, pads, dilations, group), (c_in // group) * kh * kw)
     assert np.array_equal(ys["shifted"], ys["phase"])
     assert np.array_equal(ys[""], ys["phase"])
+
+
+def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):
+    """The layout CsrConv plans (ops.cc CsrConvKernel::Layout): in place, phase or shifted."""
+    f = lib.onnxprune_ops_conv_layout
+    f.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
+                  ctypes.c_int64, ctypes.c_int64]
+    attrs = (ctypes.c_int64 * 11)(*k, *strides, 1, 1, *pads, 1)
+    nnz = int(density * c_out * x[1] * k[0] * k[1])
+    code = f(isa_name.encode(), attrs, (ctypes.c_int64 * 4)(*x), c_out, nnz)
+    return {-1: "refused", 0: "in place", 1: "phase", 2: "shifted"}[code]
+
+
+# (k, x, c_out, density, pads, the AVX2 gate's layout, the portable path's: its rows are not rounded)
+GATE = [
+    ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1), "shifted", "shifted"),
+    ((3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1), "phase", "phase"),        # too sparse for kW copies
+    ((3, 3), (1, 256, 13, 13), 384, 0.35, (1, 1, 1, 1), "shifted", "shifted"),  # 16 columns for 15
+    ((3, 3), (1, 256, 4, 4), 256, 0.3, (1, 1, 1, 1), "phase", "shifted"),       # 8 columns for 6
+    ((5, 1), (1, 256, 512, 1), 512, 0.2, (0, 0, 0, 0), "phase", "shifted"),     # magika: 8 for 1
+    ((3, 3), (1, 64, 224, 224), 64, 0.22, (1, 1, 1, 1), "phase", "phase"),      # 39 MB of copies
+    ((1, 1), (1, 256, 13, 13), 64, 0.3, (0, 0, 0, 0), "in place", "in place"),
+]
+
+
+@pytest.mark.parametrize("case", GATE, ids=lambda c: f"{c[0][0]}x{c[0][1]}_{c[1][2]}x{c[1][3]}_{c[3]}")
+def test_the_layout_gate_takes_shifted_copies_only_where_they_pay(case, lib, monkeypatch):
+    """Shifted copies need 20% density, copies within 8 x L2 and rows widened by at most 10%
+    by the rounding to 8 floats; AVX-512 keeps phase copies, and ONNXPRUNE_CONV_COPIES
+    overrides the gate but not an in-place 1x1."""
+    k, x, c_out, density, pads, avx2, portable = case
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    if lib.onnxprune_ops_cpu_has(b"avx2") == 1:
+        assert _layout(lib, "avx2", k, x, c_out, density, pads) == avx2
+    if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
+        assert _layout(lib, "avx512", k, x, c_out, density, pads) in ("phase", "in place")
+    assert _layout(lib, "scalar", k, x, c_out, density, pads) == portable
+    for forced in ("shifted", "phase"):
+        monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", forced)
+        assert _layout(lib, "scalar", k, x, c_out, density, pads) == ("in place" if avx2 == "in place" else forced)
+
+
+def test_the_layout_probe_refuses_what_the_op_refuses(lib, monkeypatch):
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    assert _layout(lib, "scalar", (0, 3), (1, 8, 9, 9), 4, 0.5, (1, 1, 1, 1)) == "refused"  # kernel 0
+    assert _layout(lib, "scalar", (5, 5), (1, 8, 2, 2), 4, 0.5, (0, 0, 0, 0)) == "refused"  # kernel > input
+    assert _layout(lib, "mmx", (3, 3), (1, 8, 9, 9), 4, 0.5, (1, 1, 1, 1)) == "refused"
+    monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", "diagonal")
+    assert _layout(lib, "scalar", (3, 3), (1, 8, 9, 9), 4, 0.5, (1, 1, 1, 1)) == "refused"
 
 
 def test_an_unknown_copies_layout_is_refused(lib, monkeypatch):
