@@ -269,3 +269,79 @@ def test_a_batch_the_model_fixes_wins_and_the_report_says_so(tmp_path, timed, ca
     assert "note: timed at batch 1" in err
     code, stdout, err = run_cli(["lower", str(src), "-o", str(out), "--json", "-"], capsys)
     assert code == 0 and json.loads(stdout)["lowering"]["batch_note"] is None
+
+
+def _ids_model(path):
+    """Token ids into a 5-row embedding, then a pruned MatMul: random ids in [0, 10) fail."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 96)).astype(np.float32)
+    w[np.abs(w) < 1.2] = 0.0
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["E", "ids"], ["e"]), helper.make_node("MatMul", ["e", "W"], ["y"], name="proj")],
+        "ids", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 96])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((5, 64)).astype(np.float32), "E"),
+                     numpy_helper.from_array(w, "W")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def test_data_feeds_the_timings_and_the_fp16_check(tmp_path, capsys, monkeypatch):
+    """Random ids run off the embedding (exit 1, and the error points at --data); --data's
+    arrays are what every timing and the fp16 check then run on, at their own batch."""
+    from onnxprune.runtime import lowering
+
+    src, out, data = tmp_path / "ids.onnx", tmp_path / "low.onnx", tmp_path / "ids.npz"
+    _ids_model(src)
+    ids = np.random.default_rng(4).integers(0, 5, (3, 8))
+    np.savez(data, ids=ids)
+    seen = []
+
+    def timer(name, dense, sparse, feeds):
+        seen.append({k: v.copy() for k, v in feeds.items()} if name is None else None)
+        return 1.5e-3, 1e-3
+    monkeypatch.setattr(lowering, "ort_timer", lambda: timer)
+    code, _, err = run_cli(["lower", str(src), "-o", str(out)], capsys)
+    assert code == 1 and "indices" in err and "'ids' drew integers in [0, 10)" in err
+    assert "with --data" in err and not out.exists()
+    code, stdout, err = run_cli(["lower", str(src), "-o", str(out), "--data", str(data),
+                                 "--sparse-values", "fp16", "--json", "-"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["sparse_ops"]["lowered"] == ["proj"]
+    whole = [s for s in seen if s is not None]
+    assert whole and all(np.array_equal(s["ids"], ids) for s in whole)
+    low = report["lowering"]
+    assert low["inputs"] == f"--data {data}, batch 3" and low["batch"] == 3
+    assert "the batch of the --data arrays; --expected-batch 1 was not used" in low["batch_note"]
+    assert low["values_change"]["inputs"] == f"--data {data}, batch 3"
+    assert 0 < low["values_change"]["max_relative_output_change"] < 1e-2
+    got = runtime_ops.InferenceSession(str(out)).run(None, {"ids": ids})[0]
+    want = run(onnx.load(str(src)), {"ids": ids})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-2 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--input-shape", "ids=1x8"], "use one of them"),
+    (["--decide", "model"], "this lowering runs nothing"),
+    (["--lower-for", "size"], "this lowering runs nothing"),
+])
+def test_data_where_it_is_not_used_is_refused(tmp_path, capsys, extra, message):
+    src, out, data = tmp_path / "ids.onnx", tmp_path / "low.onnx", tmp_path / "ids.npz"
+    _ids_model(src)
+    np.savez(data, ids=np.zeros((1, 8), np.int64))
+    code, _, err = run_cli(["lower", str(src), "-o", str(out), "--data", str(data), *extra], capsys)
+    assert code == 2 and message in err and err.count("onnxprune: error:") == 1
+    assert not out.exists()
+
+
+def test_data_is_checked_before_anything_runs(tmp_path, capsys):
+    src, out, data = tmp_path / "ids.onnx", tmp_path / "low.onnx", tmp_path / "ids.npz"
+    _ids_model(src)
+    np.savez(data, ids=np.zeros((1, 7), np.int64))
+    code, _, err = run_cli(["lower", str(src), "-o", str(out), "--data", str(data)], capsys)
+    assert code == 2 and "dim 1 is 7, the model fixes it at 8" in err and not out.exists()
+    before = data.read_bytes()
+    code, _, err = run_cli(["lower", str(src), "-o", str(data), "--data", str(data)], capsys)
+    assert code == 2 and "refusing to overwrite the input" in err and data.read_bytes() == before

@@ -32,8 +32,8 @@ def checked_shapes(input_shapes: dict | None) -> dict:
 
 def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
           expected_batch: int = 1, threads: int = 1, sparse_values: str = "fp32",
-          input_shapes: dict[str, tuple[int, ...]] | None = None, timer=None,
-          before_run: Callable[[list[str]], None] | None = None,
+          input_shapes: dict[str, tuple[int, ...]] | None = None, data: str | None = None,
+          timer=None, before_run: Callable[[list[str]], None] | None = None,
           progress: Callable | None = None) -> dict:
     """Lower ``model``'s pruned Gemm / MatMul / 2-D Conv layers to ``ai.onnxprune`` CSR ops,
     write it to ``output`` and return the report ``onnxprune lower --json`` writes.
@@ -49,7 +49,10 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     ``input_shapes`` gives inputs with symbolic dimensions other than the batch their
     shape; ``timer`` replaces the timing (tests).  ``sparse_values="fp16"`` stores the CSR
     values as float16 (op contract v2; opt-in): the report's ``lowering.values_change`` is the
-    largest relative output change that made, measured on seeded random inputs.
+    largest relative output change that made, measured on seeded random inputs.  ``data``, an
+    .npz of arrays named after the graph inputs (or ``x``), replaces the random inputs of the
+    timings and of that measure (their leading dimension is the batch timed): for inputs a
+    model needs real values of, such as token ids or a sample rate.
 
     Raises ``UsageError`` (2) for a bad option or path or a symbolic input without a shape,
     ``InvalidModelError`` (4) for a malformed or unsafe model, ``RuntimeFailure`` (1)
@@ -62,9 +65,19 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     decision = MeasuredLowering(decide, checked_shapes(input_shapes), timer, progress)
     if output is None:
         raise UsageError("lower: an output path is required")
+    if data is not None and input_shapes:
+        raise UsageError("--input-shape sets the shapes of random inputs, and --data brings "
+                         "its own arrays: use one of them")
+    if data is not None and (decide != "measure" or lower_for != "speed") and sparse_values != "fp16":
+        raise UsageError("--data is used to time layers (--decide measure, --lower-for speed) and "
+                         "to measure the change fp16 values make; this lowering runs nothing")
     proto, info = open_model(model, lazy=True)
     if before_run is not None:
         before_run(model_files(info))
+    if data is not None:
+        from onnxprune.runtime.check import load_inputs
+
+        decision.use_inputs(load_inputs(data, proto), f"--data {data}")
     return _lower(proto, info, path_of(model), output, options, decision, progress)
 
 

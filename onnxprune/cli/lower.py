@@ -46,6 +46,10 @@ def add_parser(sub, common) -> None:
     lo.add_argument("model", help="pruned or compressed .onnx model")
     lo.add_argument("-o", "--output", required=True, help="output .onnx path")
     add_lowering_args(lo, defaults=True)
+    lo.add_argument("--data", metavar="NPZ",
+                    help="inputs for the timings and the fp16 check instead of random ones: "
+                         ".npz of arrays named after the graph inputs (or x); their leading "
+                         "dimension is the batch timed (for token ids, a sample rate, ...)")
     common(lo)
     lo.set_defaults(func=cmd_lower)
 
@@ -57,12 +61,13 @@ def cmd_lower(args, console: Console) -> int:
     from onnxprune.runtime.check import input_shapes
 
     def before_run(files: list[str]) -> None:
-        check_paths(files, [("-o", args.output), ("--json", args.json)], models=[args.output])
+        check_paths([*files, args.data], [("-o", args.output), ("--json", args.json)],
+                    models=[args.output])
 
     report = lower(args.model, args.output, lower_for=args.lower_for, decide=args.decide,
                    sparse_values=args.sparse_values,
                    expected_batch=args.expected_batch, threads=args.threads,
-                   input_shapes=input_shapes(args), before_run=before_run,
+                   input_shapes=input_shapes(args), data=args.data, before_run=before_run,
                    progress=console.progress)
     write_json(report, args.json)
     layers = report["sparse_ops"]["layers"]

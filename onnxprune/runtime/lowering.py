@@ -32,8 +32,9 @@ stays for lowering on another machine than the target; ``lower-for size`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -196,6 +197,7 @@ class MeasuredLowering:
         self._options: dict = {}
         self._before = None
         self._dense = None  # (model before lowering, its inputs), built once
+        self._given = None  # (inputs, where they came from): --data instead of random inputs
         self._values = "fp32"
         self.values_change: dict | None = None
 
@@ -220,10 +222,16 @@ class MeasuredLowering:
         self._before = graph.copy()
         tagged, tags = _tag_candidates(graph, o["never"], o["force"])
         if tags:
-            dense_model, feeds = self._dense_inputs(original)
-            self.timings = _time_layers(tagged, tags, original, dense_model, feeds, o,
-                                        self.timer, self.progress)
+            with self._hinted():
+                dense_model, feeds = self._dense_inputs(original)
+                self.timings = _time_layers(tagged, tags, original, dense_model, feeds, o,
+                                            self.timer, self.progress)
         return {**options, "measured": {n: t.speedup for n, t in self.timings.items()}}
+
+    def use_inputs(self, feeds: dict, source: str) -> None:
+        """Time (and measure float16 values) on ``feeds``, read from ``source``, instead of
+        seeded random inputs: their leading dimension is the batch timed."""
+        self._given = (dict(feeds), source)
 
     def _dense_inputs(self, original):
         from onnxprune.core.graph import graph_to_model
@@ -231,16 +239,35 @@ class MeasuredLowering:
 
         if self._dense is None:
             model = graph_to_model(self._before, original)
-            feeds = random_inputs(model, batch=self._batch, seed=FEED_SEED, shapes=self.shapes,
-                                  strict=True)
+            feeds = self._given[0] if self._given else random_inputs(
+                model, batch=self._batch, seed=FEED_SEED, shapes=self.shapes, strict=True)
             self._dense = (model, feeds)
         return self._dense
 
+    def _inputs_text(self) -> str:
+        batch = self._timed_batch()
+        if self._given:
+            return f"{self._given[1]}" + (f", batch {batch}" if batch is not None else "")
+        return f"random normal, seed {FEED_SEED}, batch {batch if batch is not None else self._batch}"
+
     def finish(self, graph, original, stats: dict | None):
-        graph = self._choose(graph, original, stats)
-        if self._values == "fp16" and stats is not None and stats["lowered"]:
-            self.values_change = self._measure_values(graph, original)
+        with self._hinted():
+            graph = self._choose(graph, original, stats)
+            if self._values == "fp16" and stats is not None and stats["lowered"]:
+                self.values_change = self._measure_values(graph, original)
         return graph
+
+    @contextlib.contextmanager
+    def _hinted(self) -> Iterator[None]:
+        """A model that fails on the random inputs says which drew integers (random_feeds_hint)."""
+        from onnxprune.runtime.check import random_feeds_hint
+
+        try:
+            yield
+        except RuntimeFailure:
+            random = None if self._given or self._dense is None else self._dense[1]
+            with random_feeds_hint(random):
+                raise
 
     def _measure_values(self, graph, original) -> dict:
         """How much float16 CSR values changed the outputs: the model as written against the
@@ -252,7 +279,7 @@ class MeasuredLowering:
         change = max_relative_change(run_model(dense_model, feeds),
                                      run_model(graph_to_model(graph, original), feeds))
         return {"values": "fp16", "max_relative_output_change": change,
-                "inputs": f"random normal, seed {FEED_SEED}, batch {self._batch}",
+                "inputs": self._inputs_text(),
                 "measure": "max over outputs of max|y - y_ref| / max|y_ref|, y_ref from the "
                            "model before lowering (fp32 weights)"}
 
@@ -345,7 +372,10 @@ class MeasuredLowering:
                 "min_speedup": MEASURED_MIN_SPEEDUP if measuring else None,
                 "batch": timed if timed is not None else (self._batch if measuring else None),
                 "batch_note": None if timed in (None, self._batch) else
-                f"timed at batch {timed}, the batch the model's inputs fix (or --input-shape "
-                f"gives); --expected-batch {self._batch} was not used",
+                f"timed at batch {timed}, the batch "
+                + ("of the --data arrays" if self._given else
+                   "the model's inputs fix (or --input-shape gives)")
+                + f"; --expected-batch {self._batch} was not used",
+                "inputs": self._inputs_text() if measuring else None,
                 "threads": self._threads if measuring else None,
                 "layers": rows, "whole_model": self.whole, "values_change": self.values_change}
