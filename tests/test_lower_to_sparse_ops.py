@@ -207,6 +207,52 @@ def test_matmul_bias_from_a_constant_node_is_folded_in():
     _assert_same(model, lowered, batch=3)
 
 
+@pytest.mark.parametrize("attrs", [
+    dict(pads=[1, 1]),
+    dict(strides=[2], pads=[1, 0], dilations=[2]),
+    dict(auto_pad="SAME_UPPER", strides=[2]),
+    dict(auto_pad="VALID", group=2),
+    dict(),
+])
+def test_1d_conv_lowers_to_the_1d_csr_conv(attrs):
+    """Conv1d (audio front ends: whisper, wav2vec2) → op-set 4's CsrConv with kernel_shape [k],
+    with its BatchNormalization and activation folded in, exactly as the dense model computes."""
+    rng = np.random.default_rng(11)
+    group = attrs.get("group", 1)
+    w = rng.normal(size=(6, 4 // group, 3)).astype(np.float32)
+    tensors = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(rng.normal(size=6).astype(np.float32), "B")]
+    tensors += [numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), n) for n in ("g", "v")]
+    tensors += [numpy_helper.from_array(rng.normal(size=6).astype(np.float32), n) for n in ("b", "m")]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", **attrs),
+         helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"], name="bn"),
+         helper.make_node("Relu", ["n"], ["y"], name="relu")], "c1d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 23])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], tensors)
+    model = _mask(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), 0.4,
+                  only={"W"})
+    lowered, result = _lower(model, force=["*"])
+    assert _ops(lowered) == [("CsrConv", runtime_ops.DOMAIN)]
+    node = lowered.graph.node[0]
+    got = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert len(got["kernel_shape"]) == 1 and len(got["pads"]) == 2 and got["activation"] == b"Relu"
+    assert {(o.domain, o.version) for o in lowered.opset_import} >= {(runtime_ops.DOMAIN, 4)}
+    _assert_same(model, lowered, batch=2)
+
+
+def test_3d_conv_is_kept_with_a_reason():
+    w = np.zeros((2, 3, 3, 3, 3), np.float32)
+    w[0, 0, 1, 1, 1] = 1.0
+    g = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["y"], name="c3")], "c3",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "W")])
+    lowered, result = _lower(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+                             force=["*"])
+    assert _ops(lowered) == [("Conv", "")]
+    assert result.stats["layers"][0]["reason"] == "3-D convolution; CsrConv is 1-D or 2-D"
+
+
 def _conv_bn_model(bias=True, constant_nodes=False, second_use=False, eps=1e-3):
     """Conv(6→5, 3×3) → BatchNormalization (inference), random statistics; the BN tensors
     (and the bias) as initializers or as Constant nodes; ``second_use`` also sends the conv's

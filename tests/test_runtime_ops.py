@@ -9,6 +9,7 @@ CPU has (ONNXPRUNE_KERNEL_ISA, read when a kernel is created) with 1 and 2 intra
 from __future__ import annotations
 
 import ctypes
+import re
 import glob
 import os
 import zlib
@@ -436,6 +437,57 @@ def test_csr_conv_matches_dense_conv(case, isa, threads):
     close(y_sparse, y_dense, k)
 
 
+CONV1D_CASES = [
+    # (name, batch, c_in, c_out, k, length, stride, pads, dilation, group, bias, density, index_dtype)
+    ("k3_same", 2, 8, 6, 3, 31, 1, [1, 1], 1, 1, True, 0.4, None),
+    ("k3_stride2_whisper", 1, 16, 16, 3, 40, 2, [1, 1], 1, 1, True, 0.3, np.int32),
+    ("k10_stride5_no_pad_one_channel", 2, 1, 8, 10, 103, 5, [0, 0], 1, 1, False, 0.5, None),
+    ("k16_group4_asym_pads", 1, 8, 12, 16, 29, 1, [8, 7], 1, 4, True, 0.3, None),
+    ("k5_dilation3_stride2", 3, 6, 4, 5, 37, 2, [2, 0], 3, 1, True, 0.5, None),
+    ("k1_pointwise_batch3", 3, 12, 10, 1, 9, 1, [0, 0], 1, 1, False, 0.3, None),
+    ("wide_600_positions", 1, 32, 24, 3, 600, 1, [1, 1], 1, 1, True, 0.25, None),
+    ("fully_zero", 2, 4, 5, 3, 8, 1, [1, 1], 1, 1, True, 0.0, None),
+]
+
+
+@pytest.mark.parametrize("case", CONV1D_CASES, ids=[c[0] for c in CONV1D_CASES])
+def test_csr_conv_1d_matches_dense_conv1d(case, isa, threads):
+    """op-set 4: kernel_shape [k] on X (N, C, L), against ONNX Runtime's 1-D Conv and the
+    float64 reference of the same kernel as 1 x k over a height of 1."""
+    name, batch, c_in, c_out, k, length, stride, pads, dil, group, with_bias, density, index_dtype = case
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    w3 = rng.standard_normal((c_out, c_in // group, k)).astype(np.float32)
+    w3[rng.random(w3.shape) >= density] = 0.0
+    b = rng.standard_normal(c_out).astype(np.float32) if with_bias else None
+    x = rng.standard_normal((batch, c_in, length)).astype(np.float32)
+    model = conv_model(w3, b, strides=[stride], pads=pads, dilations=[dil], group=group, index_dtype=index_dtype)
+    y_dense, y_sparse = session(model, threads).run(None, {"X": x})
+    ref = conv_reference(x[:, :, None, :], w3[:, :, None, :], b, [1, stride], [0, pads[0], 0, pads[1]],
+                         [1, dil], group)[:, :, 0, :]
+    assert y_sparse.shape == y_dense.shape == ref.shape
+    close(y_sparse, ref, (c_in // group) * k)
+    close(y_sparse, y_dense, (c_in // group) * k)
+
+
+@pytest.mark.parametrize("x_shape, attrs, message", [
+    ([1, 4, 9, 9], dict(kernel_shape=[3]), "X must be a 3-D float32 (N, C, L) tensor for a 1-D kernel_shape"),
+    ([1, 4, 9], dict(kernel_shape=[3, 3]), "X must be a 4-D float32 NCHW tensor"),
+    ([1, 4, 9], dict(kernel_shape=[3], strides=[1, 1]), "strides must be one int"),
+    ([1, 4, 9], dict(kernel_shape=[3], dilations=[1, 1]), "dilations must be one int"),
+    ([1, 4, 9], dict(kernel_shape=[3], pads=[1, 1, 1, 1]), "pads must be two ints [begin, end]"),
+    ([1, 4, 9], dict(kernel_shape=[3, 3, 3]), "kernel_shape must be [kH, kW], or [k] for a 1-D"),
+])
+def test_conv_rank_and_attribute_ranks_must_agree(x_shape, attrs, message):
+    rng = np.random.default_rng(5)
+    k = 4 * int(np.prod(attrs["kernel_shape"]))
+    inits, names = csr_inits(sparse_weight(rng, 3, k, 0.5))
+    graph = helper.make_graph([helper.make_node("CsrConv", ["X", *names], ["Y"], domain=DOMAIN, **attrs)], "c",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    with pytest.raises(Exception, match=re.escape(message)):
+        session(helper.make_model(graph, opset_imports=OPSETS)).run(None, {"X": np.ones(x_shape, np.float32)})
+
+
 # ---------------------------------------------------------------------------------------------
 # Output shape inference (OrtCustomOp::InferOutputShapeFn): ORT knows the output shape before
 # running, so downstream nodes and session.get_outputs() see it.
@@ -444,7 +496,7 @@ def test_csr_conv_matches_dense_conv(case, isa, threads):
 def _shape_model(op, x_shape, *, relu=False, **attrs):
     """X -> op (CSR of a 7-row weight) [-> Relu] -> Y, with Y declared without a shape."""
     rng = np.random.default_rng(3)
-    k = 20 if op == "CsrGemm" else 3 * 3 * 3
+    k = 20 if op == "CsrGemm" else 3 * int(np.prod(attrs["kernel_shape"]))
     inits, names = csr_inits(sparse_weight(rng, 7, k, 0.3))
     out = "Z" if relu else "Y"
     nodes = [helper.make_node(op, ["X", *names], [out], domain=DOMAIN, **attrs)]
@@ -472,11 +524,14 @@ def test_csr_gemm_output_shape_is_inferred(x_shape, attrs, expected):
     "x_shape,attrs,expected",
     [(["n", 3, 10, 11], dict(pads=[1, 1, 1, 1]), ["n", 7, 10, 11]),
      ([2, 3, 10, 11], dict(strides=[2, 3], pads=[1, 0, 2, 1]), [2, 7, 6, 4]),
-     ([1, 3, 12, 12], dict(dilations=[2, 2]), [1, 7, 8, 8])],
-    ids=["same", "strided_asym_pads", "dilated"],
+     ([1, 3, 12, 12], dict(dilations=[2, 2]), [1, 7, 8, 8]),
+     (["n", 3, 10], dict(kernel_shape=[3], pads=[1, 1]), ["n", 7, 10]),
+     ([2, 3, 11], dict(kernel_shape=[3], strides=[2], pads=[1, 0], dilations=[2]), [2, 7, 4])],
+    ids=["same", "strided_asym_pads", "dilated", "1d_same", "1d_strided_dilated"],
 )
 def test_csr_conv_output_shape_is_inferred(x_shape, attrs, expected):
-    sess = session(_shape_model("CsrConv", x_shape, relu=True, kernel_shape=[3, 3], **attrs))
+    attrs = {"kernel_shape": [3, 3], **attrs}
+    sess = session(_shape_model("CsrConv", x_shape, relu=True, **attrs))
     assert sess.get_outputs()[0].shape == expected
     if all(isinstance(d, int) for d in x_shape):
         (y,) = sess.run(None, {"X": np.ones(x_shape, np.float32)})
@@ -486,8 +541,10 @@ def test_csr_conv_output_shape_is_inferred(x_shape, attrs, expected):
 @pytest.mark.parametrize(
     "op,x_shape,attrs",
     [("CsrGemm", None, {}), ("CsrGemm", [None, 20], {}), ("CsrGemm", [2, 3, 20], {}),
-     ("CsrConv", ["n", 3, "h", "w"], dict(kernel_shape=[3, 3])), ("CsrConv", [1, 3, 2, 2], dict(kernel_shape=[3, 3]))],
-    ids=["unknown_rank", "unnamed_dim", "gemm_rank3", "symbolic_spatial", "kernel_larger_than_input"],
+     ("CsrConv", ["n", 3, "h", "w"], dict(kernel_shape=[3, 3])), ("CsrConv", [1, 3, 2, 2], dict(kernel_shape=[3, 3])),
+     ("CsrConv", [1, 3, 9, 9], dict(kernel_shape=[3])), ("CsrConv", [1, 3, 9, 9, 9], dict(kernel_shape=[3, 3]))],
+    ids=["unknown_rank", "unnamed_dim", "gemm_rank3", "symbolic_spatial", "kernel_larger_than_input",
+         "1d_kernel_on_4d_x", "2d_kernel_on_5d_x"],
 )
 def test_shape_inference_leaves_underivable_shapes_unknown(op, x_shape, attrs):
     # No shape (rather than a wrong one or a load failure); errors, if any, come at run time.

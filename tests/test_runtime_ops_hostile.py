@@ -155,6 +155,9 @@ PROPERTY = settings(max_examples=120, deadline=None, derandomize=True, database=
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
+LIB = ctypes.CDLL(runtime_ops.library_path())
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_isas() -> tuple[str, ...]:
     lib = ctypes.CDLL(runtime_ops.library_path())
@@ -267,11 +270,35 @@ def activation_ok(attrs) -> bool:
     return bool(np.isfinite(params).all())
 
 
-def conv_output_shape(x_shape, attrs, csr, bias) -> tuple | None:
+def as_2d(x_shape, attrs):
+    """A 1-D case (kernel_shape [k], X (N, C, L); op-set 4) as the 2-D one it computes: X
+    (N, C, 1, L) and a 1 x k kernel; a 2-D case as it is. None when the attribute lists do not
+    all have the kernel's rank (1 or 2) or X is not of rank 2 more (README "CsrConv", "Limits")."""
+    ks = attrs.get("kernel_shape")
+    rank = len(ks) if ks is not None and len(ks) in (1, 2) else None
+    if rank is None or len(x_shape) != rank + 2:
+        return None
+    st_, di = attrs.get("strides", [1] * rank), attrs.get("dilations", [1] * rank)
+    pa = attrs.get("pads", [0] * 2 * rank)
+    if len(st_) != rank or len(di) != rank or len(pa) != 2 * rank:
+        return None
+    if rank == 2:
+        return tuple(x_shape), attrs
+    wide = {**attrs, "kernel_shape": [1, *ks], "strides": [1, *st_], "dilations": [1, *di],
+            "pads": [0, pa[0], 0, pa[1]]}
+    return (x_shape[0], x_shape[1], 1, x_shape[2]), wide
+
+
+def conv_output_shape(x_shape, attrs, csr, bias, isa="scalar") -> tuple | None:
     """Y's shape when CsrConv must accept the case, None when it must refuse it: every rule in
     README "CsrConv" and "Limits"."""
     if not activation_ok(attrs):
         return None
+    widened = as_2d(x_shape, attrs)
+    if widened is None:
+        return None
+    one_d = len(x_shape) == 3
+    x_shape, attrs = widened
     ks, st_, di = attrs.get("kernel_shape"), attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
     pa, group = attrs.get("pads", [0, 0, 0, 0]), attrs.get("group", 1)
 
@@ -290,16 +317,44 @@ def conv_output_shape(x_shape, attrs, csr, bias) -> tuple | None:
         return None
     if bias is not None and bias.shape != (c_out,):
         return None
-    if nb and c_out:  # the phase-plane buffer, with stride 1 along an axis of one output
-        sh, sw = (1 if oh == 1 else st_[0]), (1 if ow == 1 else st_[1])
-        hq, wq = -(-(h + pa[0] + pa[2]) // sh), -(-(w + pa[1] + pa[3]) // sw)
-        if sh * sw * c_in * hq * wq > INT32_MAX:
-            return None
-    return nb, c_out, oh, ow
+    if nb and c_out and not copies_fit(isa, x_shape, attrs, oh, ow, c_out, len(csr[0])):
+        return None
+    return (nb, c_out, ow) if one_d else (nb, c_out, oh, ow)
+
+
+def copies_fit(isa, x_shape, attrs, oh, ow, c_out, nnz) -> bool:
+    """README "Limits": the input copies plus the tiles' slack, R · Kc · C_in · ceil(Hp / sH') ·
+    Wq + OH · Wq + 384 rounded up to 16, within 2^31 - 1 floats, for the layout the kernel
+    takes (phase or shifted copies; the gate's choice, asked of the library only where the two
+    layouts' sizes disagree)."""
+    nb, c_in, h, w = x_shape
+    (kh, kw), (dh, dw) = attrs["kernel_shape"], attrs.get("dilations", [1, 1])
+    st_, pa = attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0])
+    sh, sw = (1 if oh == 1 else st_[0]), (1 if ow == 1 else st_[1])  # one output: the stride never moves
+    rows = len({(i * dh) % sh for i in range(kh)})
+    hq = -(-(h + pa[0] + pa[2]) // sh)
+
+    def fits(kc, wq):
+        total = rows * kc * c_in * hq * wq + oh * wq + 384
+        return -(-total // 16) * 16 <= INT32_MAX
+
+    phase = fits(len({(j * dw) % sw for j in range(kw)}), -(-(w + pa[1] + pa[3]) // sw))
+    shifted = fits(kw, -(-ow // 8) * 8 if isa != "scalar" else ow)
+    if phase == shifted:
+        return phase
+    f = LIB.onnxprune_ops_conv_layout
+    f.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
+                  ctypes.c_int64, ctypes.c_int64]
+    flat = [kh, kw, *st_, dh, dw, *pa, attrs.get("group", 1)]
+    layout = f(isa.encode(), (ctypes.c_int64 * 11)(*flat), (ctypes.c_int64 * 4)(*x_shape), c_out, nnz)
+    return shifted if layout == 2 else phase
 
 
 def conv_reference_csr(x, csr, bias, attrs) -> np.ndarray:
     """Float64 ONNX Conv straight from the CSR arrays: one strided window per nonzero."""
+    if x.ndim == 3:  # 1-D: the 2-D convolution of a 1 x k kernel over a height of 1
+        x4, wide = as_2d(x.shape, attrs)
+        return conv_reference_csr(x.reshape(x4), csr, bias, wide)[:, :, 0, :]
     (kh, kw), (sh, sw) = attrs["kernel_shape"], attrs.get("strides", [1, 1])
     (dh, dw), pads, group = attrs.get("dilations", [1, 1]), attrs.get("pads", [0, 0, 0, 0]), attrs.get("group", 1)
     v, c, p = csr
@@ -346,12 +401,14 @@ def activation_attrs(draw, broken: bool) -> dict:
 
 @st.composite
 def conv_cases(draw):
-    broken = draw(st.sets(st.sampled_from(["attrs", "group", "csr", "columns", "bias", "activation"]), max_size=2))
+    broken = draw(st.sets(st.sampled_from(["attrs", "group", "csr", "columns", "bias", "activation", "rank"]),
+                          max_size=2))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    attrs = {"kernel_shape": draw(attr_list(2, st.sampled_from([1, 1, 2, 3]), "attrs" in broken))}
-    for name, n, sane in (("strides", 2, st.sampled_from([1, 1, 2, 3, LIMIT])),
-                          ("dilations", 2, st.sampled_from([1, 1, 2, LIMIT])),
-                          ("pads", 4, st.sampled_from([0, 0, 1, 2, LIMIT]))):
+    rank = draw(st.sampled_from([1, 2, 2]))  # 1-D convolutions (op-set 4) a third of the time
+    attrs = {"kernel_shape": draw(attr_list(rank, st.sampled_from([1, 1, 2, 3]), "attrs" in broken))}
+    for name, n, sane in (("strides", rank, st.sampled_from([1, 1, 2, 3, LIMIT])),
+                          ("dilations", rank, st.sampled_from([1, 1, 2, LIMIT])),
+                          ("pads", 2 * rank, st.sampled_from([0, 0, 1, 2, LIMIT]))):
         if draw(st.integers(0, 3)):  # absent a quarter of the time: the default applies
             attrs[name] = draw(attr_list(n, sane, "attrs" in broken))
     group = draw(st.sampled_from([0, -1, 3, 2**62]) if "group" in broken else st.sampled_from([1, 1, 2]))
@@ -359,11 +416,13 @@ def conv_cases(draw):
         attrs["group"] = group
     # Zero sizes are drawn, but rarely: an empty side leaves no nonzero to check against the
     # reference, and with each size zero a quarter of the time few valid cases had one.
+    x_rank = (3 if rank == 2 else 4) if "rank" in broken else rank + 2  # X of the other rank
     x_shape = [draw(st.sampled_from([0, 1, 1, 2])), draw(st.sampled_from([0, 1, 2, 2, 4, 4])),
-               draw(st.integers(0, 6)), draw(st.integers(0, 6))]
+               *(draw(st.integers(0, 6 if x_rank == 4 else 12)) for _ in range(x_rank - 2))]
     c_out = draw(st.sampled_from([0, 1, 2, 2, 4, 4]))
     ks = attrs["kernel_shape"]
-    k_cols = (x_shape[1] // max(group, 1)) * ks[0] * ks[1] if len(ks) == 2 and 0 < ks[0] * ks[1] <= 9 else 4
+    area = int(np.prod(ks)) if len(ks) in (1, 2) else 0
+    k_cols = (x_shape[1] // max(group, 1)) * area if 0 < area <= 9 else 4
     if "columns" in broken:  # a weight shaped for another kernel or channel count
         k_cols = draw(st.integers(1, 12))
     csr = draw(hostile_csr(rng, c_out, k_cols, "csr" in broken))
@@ -393,12 +452,14 @@ def refused_or_shaped(y, shape) -> bool:
 def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, threads):
     assume(isa in cpu_isas())
     x, attrs, csr, bias = case
-    shape = conv_output_shape(x.shape, attrs, csr, bias)
+    shape = conv_output_shape(x.shape, attrs, csr, bias, isa)
     if shape is not None:  # legal but huge (65536 pads on a 1x1 input): too big to check here
-        pads = attrs.get("pads", [0, 0, 0, 0])
-        padded = x.shape[0] * x.shape[1] * (x.shape[2] + pads[0] + pads[2]) * (x.shape[3] + pads[1] + pads[3])
+        x4, wide = as_2d(x.shape, attrs)
+        pads = wide.get("pads", [0, 0, 0, 0])
+        padded = x4[0] * x4[1] * (x4[2] + pads[0] + pads[2]) * (x4[3] + pads[1] + pads[3])
         assume(max(np.prod(shape), padded) <= 2**22)
     event("valid" if shape is not None else "refused")
+    event(f"{x.ndim - 2}-D: {'valid' if shape is not None else 'refused'}")
     event(f"activation {attrs.get('activation', 'none')}: {'valid' if shape is not None else 'refused'}")
     model, feeds = op_model("CsrConv", x.shape, csr, bias, csr_as_inputs=csr_as_inputs, **attrs)
     feeds["X"] = x

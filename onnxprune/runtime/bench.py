@@ -4,6 +4,7 @@ process: the measurements behind ``onnxprune bench`` and the benchmark scripts.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import numpy as np
@@ -183,9 +184,9 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
     if node.op_type == "CsrConv":
         c_in = x_shape[1]
         group = int(a.get("group", 1))
-        kh, kw = (int(v) for v in a["kernel_shape"])
-        w = dense_from_csr(values, col_idx, row_ptr, c_in // group * kh * kw)
-        w = w.reshape(w.shape[0], c_in // group, kh, kw)
+        kernel = [int(v) for v in a["kernel_shape"]]  # [kH, kW], or [k] (1-D)
+        w = dense_from_csr(values, col_idx, row_ptr, c_in // group * math.prod(kernel))
+        w = w.reshape(w.shape[0], c_in // group, *kernel)
         attrs = {k: a[k] for k in ("kernel_shape", "strides", "pads", "dilations", "group")
                  if k in a}
         inputs = [node.input[0], w_name] + ([bias] if bias else [])
@@ -399,8 +400,7 @@ def csr_params(node: onnx.NodeProto, inits: dict, x_shape: tuple) -> int:
     a = node_attrs(node)
     n = int(inits[node.input[3]].dims[0]) - 1
     if node.op_type == "CsrConv":
-        kh, kw = (int(v) for v in a["kernel_shape"])
-        return n * x_shape[1] // int(a.get("group", 1)) * kh * kw
+        return n * x_shape[1] // int(a.get("group", 1)) * math.prod(int(v) for v in a["kernel_shape"])
     if int(a.get("matmul", 0)):
         return n * x_shape[-1]
     return n * (x_shape[0] if int(a.get("transA", 0)) else x_shape[1])

@@ -20,7 +20,7 @@ rows of the CSR are always the op's outputs, so the source matrix is (op knowled
     Gemm(A, B, C), transB=0   Bᵀ                         → CsrGemm(A, v, c, p, C)
     MatMul(X, W), W (K, N)    Wᵀ                         → CsrGemm(X, v, c, p[, b]) matmul=1
         (a following Add(·, b) with constant b of shape (N,) is folded in as input 4)
-    Conv(X, W, B), 2-D        W.reshape(C_out, C_in/g·kH·kW) → CsrConv(X, v, c, p[, B])
+    Conv(X, W, B), 1-D or 2-D W.reshape(C_out, C_in/g·kH·kW) → CsrConv(X, v, c, p[, B])
                                                            (auto_pad resolved to explicit pads)
         (a following inference BatchNormalization with constant (C_out,) tensors, the conv's
         only use, is folded in: W·s and (B − μ)·s + β with s = γ/√(σ² + ε), as ONNX Runtime
@@ -44,13 +44,14 @@ matches a ``force`` glob (always lowered when eligible, also where the cost mode
 it: a convolution whose output size is unknown) or a ``never`` glob (never lowered);
 ``max-density`` replaces the cost model by a plain density threshold.  Layers the ops cannot
 express (float16/float64 weights — both ops compute in float32 only, and casting would change
-the model's numerics —, a weight on the left of MatMul, a batched MatMul weight, 1-D/3-D
+the model's numerics —, a weight on the left of MatMul, a batched MatMul weight, 3-D
 convolutions, SAME padding on an input of unknown size) are kept and reported with the reason.
+A 1-D convolution lowers to the 1-D CsrConv of op-set 4 (kernel_shape [k]).
 
 Invariants: graph inputs and outputs are unchanged; a lowered node keeps its name and output
 tensor (the activation's output when one is folded in); the graph gains the opset import
 (``ai.onnxprune``, 1) iff a node was lowered — op-set 2 when a CsrConv carries an activation,
-3 when a CsrGemm does or an activation is Gelu.
+3 when a CsrGemm does or an activation is Gelu, 4 when a CsrConv is 1-D.
 """
 
 from __future__ import annotations
@@ -245,16 +246,18 @@ def _plan_matmul(node: gs.Node, layer: Layer, shapes: dict, batch: int,
 
 
 def _conv_pads(node: gs.Node, x_hw, kernel, strides, dilations) -> list[int]:
+    """Explicit pads, [begin..., end...] over the kernel's axes (1 or 2), auto_pad resolved."""
+    rank = len(kernel)
     auto = node.attrs.get("auto_pad", "NOTSET")
     if isinstance(auto, bytes):
         auto = auto.decode()
     if auto in ("NOTSET", ""):
-        pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
-        if len(pads) != 4:
-            raise _Skip(f"pads {pads} are not 2-D")
+        pads = list(node.attrs.get("pads", [0] * 2 * rank))
+        if len(pads) != 2 * rank:
+            raise _Skip(f"pads {pads} are not {rank}-D")
         return [int(p) for p in pads]
     if auto == "VALID":
-        return [0, 0, 0, 0]
+        return [0] * 2 * rank
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
         raise _Skip(f"unknown auto_pad {auto!r}")
     if x_hw is None:
@@ -266,29 +269,33 @@ def _conv_pads(node: gs.Node, x_hw, kernel, strides, dilations) -> list[int]:
         # SAME_UPPER puts the odd pad at the end, SAME_LOWER at the beginning (ONNX Conv).
         begin.append(small if auto == "SAME_UPPER" else big)
         end.append(big if auto == "SAME_UPPER" else small)
-    return [begin[0], begin[1], end[0], end[1]]
+    return [*begin, *end]
 
 
 def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
                graph_outputs: set[int]) -> _Plan:
-    if len(layer.shape) != 4:
-        raise _Skip(f"{len(layer.shape) - 2}-D convolution; CsrConv is 2-D only")
+    rank = len(layer.shape) - 2  # 1-D convolutions lower to op-set 4's 1-D CsrConv
+    if rank not in (1, 2):
+        raise _Skip(f"{rank}-D convolution; CsrConv is 1-D or 2-D")
     c_out = layer.shape[0]
     kernel = [int(v) for v in node.attrs.get("kernel_shape", layer.shape[2:])]
-    strides = [int(v) for v in node.attrs.get("strides", [1, 1])]
-    dilations = [int(v) for v in node.attrs.get("dilations", [1, 1])]
+    strides = [int(v) for v in node.attrs.get("strides", [1] * rank)]
+    dilations = [int(v) for v in node.attrs.get("dilations", [1] * rank)]
+    if not len(kernel) == len(strides) == len(dilations) == rank:
+        raise _Skip(f"kernel_shape {kernel}, strides {strides} or dilations {dilations} are not {rank}-D")
     group = int(node.attrs.get("group", 1))
     x = _shape_of(node.inputs[0], shapes)
-    x_hw = (x[2], x[3]) if x and len(x) == 4 and x[2] and x[3] else None
-    pads = _conv_pads(node, x_hw, kernel, strides, dilations)
+    spatial = x[2:] if x and len(x) == rank + 2 and all(x[2:]) else None
+    pads = _conv_pads(node, spatial, kernel, strides, dilations)
     out = _shape_of(node.outputs[0], shapes)
-    if out and len(out) == 4 and out[2] and out[3]:
-        out_hw = (out[2], out[3])
-    elif x_hw is not None:
-        out_hw = tuple((x_hw[i] + pads[i] + pads[i + 2] - (kernel[i] - 1) * dilations[i] - 1)
-                       // strides[i] + 1 for i in range(2))
+    if out and len(out) == rank + 2 and all(out[2:]):
+        out_sp = list(out[2:])
+    elif spatial is not None:
+        out_sp = [(spatial[i] + pads[i] + pads[i + rank] - (kernel[i] - 1) * dilations[i] - 1)
+                  // strides[i] + 1 for i in range(rank)]
     else:
-        out_hw = None  # CsrConv finds it at run time; only the cost model needs it (see _unsized)
+        out_sp = None  # CsrConv finds it at run time; only the cost model needs it (see _unsized)
+    out_hw = None if out_sp is None else (tuple(out_sp) if rank == 2 else (1, out_sp[0]))
     m = _resolve_batch(x[0], batch) if x else batch
     attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations,
              "group": group}
@@ -648,13 +655,14 @@ class LowerToSparseOps(Pass):
 
 def op_set_needed(node: gs.Node) -> int:
     """The op-set of ``ai.onnxprune`` that first defines what a CSR node uses
-    (runtime_ops/README.md): 3 for CsrGemm's activation and for the Gelu activation, 2 for
-    CsrConv's other activations, else 1."""
+    (runtime_ops/README.md): 4 for a 1-D CsrConv, 3 for CsrGemm's activation and for the Gelu
+    activation, 2 for CsrConv's other activations, else 1."""
+    one_d = 4 if node.op == "CsrConv" and len(node.attrs.get("kernel_shape", [])) == 1 else 1
     act = node.attrs.get("activation")
     if act is None:
-        return 1
+        return one_d
     act = act.decode(errors="replace") if isinstance(act, bytes) else str(act)
-    return 3 if node.op == "CsrGemm" or act == "Gelu" else 2
+    return max(one_d, 3 if node.op == "CsrGemm" or act == "Gelu" else 2)
 
 
 def _absorb(graph: gs.Graph, node: gs.Node, chain: list[gs.Node]) -> list[gs.Tensor]:

@@ -41,7 +41,7 @@ namespace {
 constexpr const char* kDomain = "ai.onnxprune";
 // Newest op-set of the domain this build implements (runtime_ops/README.md; OPSET_VERSION in
 // runtime_ops/__init__.py, a test checks they agree).
-constexpr int kOpsetVersion = 3;
+constexpr int kOpsetVersion = 4;
 
 const ortabi::Api* g_api = nullptr;
 
@@ -1059,18 +1059,44 @@ constexpr int64_t kMaxConvPlane = INT32_MAX;
 
 // Empty when the attributes are within the documented limits, else the rule they break.
 // Shared by kernel creation (which fails with it) and shape inference (which then gives up).
+// A 1-D convolution (op-set 4) has kernel_shape [k] and X of shape (N, C, L); the others are
+// 2-D. `ks`, `st`, `di`, `pa` as given (st, di, pa filled with their defaults for ks's rank
+// when absent, ConvDefaults).
 std::string ConvAttrsError(const std::vector<int64_t>& ks, const std::vector<int64_t>& st,
                            const std::vector<int64_t>& di, const std::vector<int64_t>& pa) {
   const auto in_range = [](const std::vector<int64_t>& v, int64_t lo) {
     return std::all_of(v.begin(), v.end(), [lo](int64_t e) { return e >= lo && e <= kMaxConvAttr; });
   };
   const std::string bound = std::to_string(kMaxConvAttr);
-  if (ks.size() != 2 || !in_range(ks, 1)) return "attribute kernel_shape must be two ints [kH, kW] in [1, " + bound + "]";
-  if (st.size() != 2 || !in_range(st, 1)) return "strides must be two ints in [1, " + bound + "]";
-  if (di.size() != 2 || !in_range(di, 1)) return "dilations must be two ints in [1, " + bound + "]";
-  if (pa.size() != 4 || !in_range(pa, 0))
-    return "pads must be four ints [top, left, bottom, right] in [0, " + bound + "]";
+  if ((ks.size() != 1 && ks.size() != 2) || !in_range(ks, 1))
+    return "attribute kernel_shape must be [kH, kW], or [k] for a 1-D convolution, ints in [1, " + bound + "]";
+  const bool one = ks.size() == 1;
+  if (st.size() != ks.size() || !in_range(st, 1))
+    return std::string("strides must be ") + (one ? "one int" : "two ints") + " in [1, " + bound + "]";
+  if (di.size() != ks.size() || !in_range(di, 1))
+    return std::string("dilations must be ") + (one ? "one int" : "two ints") + " in [1, " + bound + "]";
+  if (pa.size() != 2 * ks.size() || !in_range(pa, 0))
+    return std::string("pads must be ") + (one ? "two ints [begin, end]" : "four ints [top, left, bottom, right]") +
+           " in [0, " + bound + "]";
   return "";
+}
+
+// The defaults of strides, dilations and pads for a kernel_shape of `rank` entries (1 or 2).
+void ConvDefaults(size_t rank, std::vector<int64_t>* st, std::vector<int64_t>* di, std::vector<int64_t>* pa) {
+  const size_t n = rank == 1 ? 1 : 2;
+  st->assign(n, 1);
+  di->assign(n, 1);
+  pa->assign(2 * n, 0);
+}
+
+// A valid 1-D convolution's attributes as the 2-D ones of a 1 x k kernel over a height of 1.
+void WidenConv1D(std::vector<int64_t>* ks, std::vector<int64_t>* st, std::vector<int64_t>* di,
+                 std::vector<int64_t>* pa) {
+  if (ks->size() != 1) return;
+  *ks = {1, (*ks)[0]};
+  *st = {1, (*st)[0]};
+  *di = {1, (*di)[0]};
+  *pa = {0, (*pa)[0], 0, (*pa)[1]};
 }
 
 // Output extent along one axis, the ONNX Conv rule: (in + pad0 + pad1 - (k-1)*d - 1) / s + 1.
@@ -1140,6 +1166,7 @@ struct ConvPlan {
 
 struct CsrConvKernel {
   int64_t kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, group = 1;
+  size_t x_rank = 4;  // 3 for a 1-D convolution: X (N, C, L) runs as (N, C, 1, L)
   int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
   Isa isa = Isa::kScalar;
   Copies copies = Copies::kGate;  // ONNXPRUNE_CONV_COPIES (ShiftedCopies)
@@ -1179,15 +1206,18 @@ struct CsrConvKernel {
 
   // Every attribute is bounded here, before any shape is seen (ConvAttrsError).
   explicit CsrConvKernel(const ortabi::KernelInfo* info) {
-    const std::vector<int64_t> ks = AttrInts(info, "kernel_shape", {});
-    const std::vector<int64_t> st = AttrInts(info, "strides", {1, 1});
-    const std::vector<int64_t> di = AttrInts(info, "dilations", {1, 1});
-    const std::vector<int64_t> pa = AttrInts(info, "pads", {0, 0, 0, 0});
+    std::vector<int64_t> ks = AttrInts(info, "kernel_shape", {}), st, di, pa;
+    ConvDefaults(ks.size(), &st, &di, &pa);
+    st = AttrInts(info, "strides", st);
+    di = AttrInts(info, "dilations", di);
+    pa = AttrInts(info, "pads", pa);
     // ONNX Conv's auto_pad has no meaning here (pads are explicit); ignoring it would compute
     // another convolution than the model asks for.
     if (HasAttr(info, "auto_pad")) Fail(ortabi::kInvalidArgument, "attribute auto_pad is not supported: give explicit pads");
     const std::string error = ConvAttrsError(ks, st, di, pa);
     if (!error.empty()) Fail(ortabi::kInvalidArgument, error);
+    x_rank = ks.size() + 2;
+    WidenConv1D(&ks, &st, &di, &pa);
     kh = ks[0];
     kw = ks[1];
     sh = st[0];
@@ -1224,14 +1254,17 @@ struct CsrConvKernel {
     Check(g_api->KernelContext_GetInputCount(ctx, &count));
     const ortabi::Value* xv = Input(ctx, count, 0);
     if (xv == nullptr) Fail(ortabi::kInvalidArgument, "input X is missing");
-    const Tensor x = Inspect(xv);
-    if (x.type != ortabi::kFloat || x.shape.size() != 4)
-      Fail(ortabi::kInvalidArgument, "X must be a 4-D float32 NCHW tensor, got shape ", ShapeStr(x.shape));
+    Tensor x = Inspect(xv);
+    if (x.type != ortabi::kFloat || x.shape.size() != x_rank)
+      Fail(ortabi::kInvalidArgument, x_rank == 4 ? "X must be a 4-D float32 NCHW tensor" :
+           "X must be a 3-D float32 (N, C, L) tensor for a 1-D kernel_shape", ", got shape ", ShapeStr(x.shape));
+    if (x_rank == 3) x.shape.insert(x.shape.begin() + 2, 1);  // (N, C, 1, L)
     const Csr csr = ReadCsr(ctx, count, constant);
     const ConvGeometry g = Plan(x, csr);
     const float* bias = ReadBias(ctx, count, g.c_out);
 
-    const std::vector<int64_t> out_shape = {g.nb, g.c_out, g.oh, g.ow};
+    std::vector<int64_t> out_shape = {g.nb, g.c_out, g.oh, g.ow};
+    if (x_rank == 3) out_shape.erase(out_shape.begin() + 2);  // oh == 1
     ortabi::Value* yv = nullptr;
     Check(g_api->KernelContext_GetOutput(ctx, 0, out_shape.data(), out_shape.size(), &yv));
     if (g.empty()) return;
@@ -1650,18 +1683,25 @@ void InferCsrGemm(const ShapeInfer& si) {
 void InferCsrConv(const ShapeInfer& si) {
   std::vector<ShapeInfer::Dim> x;
   ShapeInfer::Dim c_out;
-  if (!si.InputDims(0, &x) || x.size() != 4 || !si.Rows(&c_out)) return;
-  std::vector<int64_t> ks, st = {1, 1}, di = {1, 1}, pa = {0, 0, 0, 0};
-  if (!si.AttrInts("kernel_shape", &ks) || !si.AttrInts("strides", &st) || !si.AttrInts("dilations", &di) ||
-      !si.AttrInts("pads", &pa))
-    return;
-  if (!ConvAttrsError(ks, st, di, pa).empty()) return;  // the kernel refuses these
+  if (!si.InputDims(0, &x) || !si.Rows(&c_out)) return;
+  std::vector<int64_t> ks, st, di, pa;
+  if (!si.AttrInts("kernel_shape", &ks)) return;
+  ConvDefaults(ks.size(), &st, &di, &pa);
+  if (!si.AttrInts("strides", &st) || !si.AttrInts("dilations", &di) || !si.AttrInts("pads", &pa)) return;
+  if (!ConvAttrsError(ks, st, di, pa).empty() || x.size() != ks.size() + 2) return;  // the kernel refuses these
+  const bool one = ks.size() == 1;
+  WidenConv1D(&ks, &st, &di, &pa);
+  if (one) x.insert(x.begin() + 2, ShapeInfer::Dim{1});
   if (x[2].value < 0 || x[3].value < 0) return;  // spatial dims must be values to compute OH, OW
   ShapeInfer::Dim oh, ow;
   if (!ConvExtent(x[2].value, pa[0], pa[2], ks[0], di[0], st[0], &oh.value) ||
       !ConvExtent(x[3].value, pa[1], pa[3], ks[1], di[1], st[1], &ow.value))
     return;
-  si.SetOutput({x[0], c_out, oh, ow});
+  if (one) {
+    si.SetOutput({x[0], c_out, ow});
+  } else {
+    si.SetOutput({x[0], c_out, oh, ow});
+  }
 }
 
 // --- registration ---------------------------------------------------------------------------
