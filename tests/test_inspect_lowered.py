@@ -36,15 +36,33 @@ def test_a_lowered_model_counts_as_its_dense_pruned_self(build):
     assert notes == []
 
 
-def test_a_csr_node_of_symbolic_width_is_a_note_not_a_guess():
-    model = masked(mlp(sizes=(64, 48, 10)), density=0.3)
-    lowered, _ = _lower(model, force=["*"])
-    # the input's width made symbolic: the first CSR node's K is unknown to shape inference,
-    # and so is everything after it
+def _symbolic_width(lowered):
+    """The input's width made symbolic: shape inference cannot give the first CSR node's K,
+    nor anything after it (as a transformer's reshaped attention output, whose batch is free)."""
     dim = lowered.graph.input[0].type.tensor_type.shape.dim[1]
     dim.Clear()
     dim.dim_param = "K"
-    rows, notes = layer_rows(lowered)
+    return lowered
+
+
+def test_a_csr_node_of_symbolic_width_is_counted_from_the_width_it_records():
+    model = masked(mlp(sizes=(64, 48, 10)), density=0.3)
+    lowered, _ = _lower(model, force=["*"])
+    assert all(a.name != "columns" or a.i in (64, 48) for n in lowered.graph.node for a in n.attribute)
+    rows, notes = layer_rows(_symbolic_width(lowered))
+    want, _ = layer_rows(model)
+    assert notes == [] and [(r["name"], r["params"], r["nonzero"]) for r in rows] == \
+        [(r["name"], r["params"], r["nonzero"]) for r in want]
+
+
+def test_a_csr_node_without_a_recorded_width_is_a_note_not_a_guess():
+    model = masked(mlp(sizes=(64, 48, 10)), density=0.3)
+    lowered, _ = _lower(model, force=["*"])
+    for n in lowered.graph.node:  # as lowered before the lowering recorded `columns`
+        kept = [a for a in n.attribute if a.name != "columns"]
+        del n.attribute[:]
+        n.attribute.extend(kept)
+    rows, notes = layer_rows(_symbolic_width(lowered))
     assert rows == [] and [n["node"] for n in notes] == ["fc1", "fc2"]
     assert all("not counted" in n["reason"] for n in notes)
 

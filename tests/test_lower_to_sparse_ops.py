@@ -236,6 +236,7 @@ def test_1d_conv_lowers_to_the_1d_csr_conv(attrs):
     node = lowered.graph.node[0]
     got = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert len(got["kernel_shape"]) == 1 and len(got["pads"]) == 2 and got["activation"] == b"Relu"
+    assert got["columns"] == 4 // group * 3  # K, recorded for readers without shapes
     assert {(o.domain, o.version) for o in lowered.opset_import} >= {(runtime_ops.DOMAIN, 4)}
     _assert_same(model, lowered, batch=2)
 

@@ -635,6 +635,36 @@ def test_wrong_shapes_and_attributes_fail_cleanly():
         session(model)
 
 
+@pytest.mark.parametrize("op", ["CsrGemm", "CsrConv"])
+def test_the_recorded_width_is_bounded_and_checked_on_every_run(op):
+    """``columns`` (the K the lowering records): a value outside [1, 2^31-1] or below the CSR's
+    largest column is refused at session creation; a run whose X gives another K is refused."""
+    rng = np.random.default_rng(6)
+    if op == "CsrGemm":
+        w, attrs, x_ok, x_bad = sparse_weight(rng, 5, 12, 0.6), dict(matmul=1), (2, 12), (2, 13)
+    else:
+        w = rng.standard_normal((5, 4 * 9)).astype(np.float32)
+        attrs, x_ok, x_bad = dict(kernel_shape=[3, 3], pads=[1] * 4), (1, 4, 6, 6), (1, 5, 6, 6)
+    w[:, -1] = 1.0  # the last column is used: K - 1 is the largest column index
+    k = w.shape[1]
+
+    def model(columns):
+        inits, names = csr_inits(w)
+        node = helper.make_node(op, ["X", *names], ["Y"], domain=DOMAIN, columns=columns, **attrs)
+        graph = helper.make_graph([node], "cols", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+        return helper.make_model(graph, opset_imports=OPSETS)
+
+    sess = session(model(k))
+    sess.run(None, {"X": np.ones(x_ok, np.float32)})
+    with pytest.raises(Exception, match=f"but attribute columns is {k}"):
+        sess.run(None, {"X": np.ones(x_bad, np.float32)})
+    for bad, message in ((0, "columns must be an int"), (-1, "columns must be an int"),
+                         (2**31, "columns must be an int"), (k - 1, f"but attribute columns is {k - 1}")):
+        with pytest.raises(Exception, match=message):
+            session(model(bad))
+
+
 def test_conv_column_range_is_checked_against_the_input_channels():
     rng = np.random.default_rng(4)
     w4 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)

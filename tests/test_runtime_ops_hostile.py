@@ -310,6 +310,8 @@ def conv_output_shape(x_shape, attrs, csr, bias, isa="scalar") -> tuple | None:
     max_col = csr_max_col(csr)
     nb, c_in, h, w = x_shape
     c_out = len(csr[2]) - 1
+    if not width_ok(attrs, (c_in // max(group, 1)) * ks[0] * ks[1]):
+        return None
     if max_col is None or c_in % group or c_out % group or max_col >= (c_in // group) * ks[0] * ks[1]:
         return None
     oh, ow = (conv_extent(x_shape[2 + a], pa[a], pa[a + 2], ks[a], di[a], st_[a]) for a in (0, 1))
@@ -399,6 +401,21 @@ def activation_attrs(draw, broken: bool) -> dict:
     return {"activation": name, "activation_params": params} if draw(st.booleans()) else {"activation_params": params}
 
 
+def width_ok(attrs, k: int) -> bool:
+    """``columns``, when present: in [1, 2^31 - 1] and the K that X gives (README "Limits")."""
+    columns = attrs.get("columns")
+    return columns is None or (1 <= columns <= INT32_MAX and columns == k)
+
+
+@st.composite
+def recorded_width(draw, k: int) -> dict:
+    """The ``columns`` attribute: absent half the time, else K, a near miss or a hostile int."""
+    choice = draw(st.sampled_from(["absent", "absent", "k", "k", "other"]))
+    if choice == "absent":
+        return {}
+    return {"columns": k if choice == "k" else draw(st.sampled_from([k - 1, k + 1, *EDGES]))}
+
+
 @st.composite
 def conv_cases(draw):
     broken = draw(st.sets(st.sampled_from(["attrs", "group", "csr", "columns", "bias", "activation", "rank"]),
@@ -432,6 +449,7 @@ def conv_cases(draw):
         bias = bias.astype(np.float32)
     x = rng.standard_normal(x_shape).astype(np.float32)
     attrs.update(draw(activation_attrs("activation" in broken)))
+    attrs.update(draw(recorded_width(x_shape[1] // max(group, 1) * area if group >= 1 else 1)))
     return x, attrs, csr, bias
 
 
@@ -493,7 +511,7 @@ def gemm_output_shape(x_shape, attrs, csr, c_shape) -> tuple | None:
         m_dims, k = ((x_shape[1],), x_shape[0]) if trans_a else ((x_shape[0],), x_shape[1])
         out = (*m_dims, n)
     max_col = csr_max_col(csr)
-    if max_col is None or max_col >= k:
+    if max_col is None or max_col >= k or not width_ok(attrs, k):
         return None
     if c_shape is not None and beta != 0.0:
         if len(c_shape) > len(out) or (c_shape[-1] if c_shape else 1) not in (1, n):
@@ -548,6 +566,7 @@ def gemm_cases(draw):
         dims = [0, 1, 2, n, m, n + 1] if "bias" in broken else [1, n, m]
         c_shape = tuple(draw(st.lists(st.sampled_from(dims), max_size=3 if "bias" in broken else 2)))
     c = None if c_shape is None else rng.standard_normal(c_shape).astype(np.float32)
+    attrs.update(draw(recorded_width(k)))
     return rng.standard_normal(x_shape).astype(np.float32), attrs, csr, c
 
 

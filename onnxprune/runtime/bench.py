@@ -259,16 +259,37 @@ def _columns_known(node: onnx.NodeProto, shape) -> bool:
     return len(shape) == 2 and shape[0 if int(a.get("transA", 0)) else 1] is not None
 
 
+def _recorded_x_shape(node: onnx.NodeProto) -> tuple | None:
+    """An input shape giving the dense weight of a CSR node that records its width K (the
+    ``columns`` attribute the lowering writes): only the dims its dense equivalent reads are
+    real (C_in of a CsrConv, K of a CsrGemm). None without the attribute."""
+    a = node_attrs(node)
+    k = a.get("columns")
+    if not isinstance(k, int) or k < 1:
+        return None
+    if node.op_type == "CsrConv":
+        area = math.prod(int(v) for v in a.get("kernel_shape", [1]))
+        group = int(a.get("group", 1))
+        if area < 1 or group < 1 or k % area:
+            return None
+        return (1, k // area * group, *([1] * len(a.get("kernel_shape", [1, 1]))))
+    if int(a.get("matmul", 0)):
+        return (1, k)
+    return (k, 1) if int(a.get("transA", 0)) else (1, k)
+
+
 def dense_view(model: onnx.ModelProto, input_shapes: dict | None = None
                ) -> tuple[onnx.ModelProto, list[str]]:
     """A lowered model as the dense pruned model it came from, for counting (inspect, report):
-    every CSR node whose weight width ONNX shape inference can give (C_in, K) replaced by its
-    dense equivalent, round by round (shape inference stops at a custom op, so a CSR node's
+    every CSR node replaced by its dense equivalent: at once where the node records its width
+    (the ``columns`` attribute the lowering writes), else where ONNX shape inference can
+    give it (C_in, K), round by round (shape inference stops at a custom op, so a CSR node's
     output is sized once the node before it is dense). Also the names of the CSR nodes it could
     not size (their input width symbolic), which stay as they are."""
     from onnxprune.core.graph import infer_shapes
 
-    view, sized = model, {}
+    recorded = {n.input[0]: s for n in csr_nodes(model) if (s := _recorded_x_shape(n)) is not None}
+    view, sized = (dense_from_lowered(model, recorded, partial=True), recorded) if recorded else (model, {})
     while True:
         left = [n for n in csr_nodes(view) if n.input[0] not in sized]
         if not left:

@@ -644,7 +644,7 @@ class LowerToSparseOps(Pass):
             node.inputs.extend(new_inputs)
             node.op = _NEW_OP[layer.op]
             node.domain = DOMAIN
-            node.attrs = dict(plan.attrs)
+            node.attrs = {**plan.attrs, "columns": int(plan.cols)}  # K, for readers without shapes
             if plan.fused_act is not None:
                 node.attrs["activation"] = plan.fused_act.name
                 if plan.fused_act.params:

@@ -525,6 +525,25 @@ void PreferHugePages(const void* data, size_t bytes) {
 }
 
 // Inputs 1..3 are the CSR arrays in both ops.
+// The optional `columns` attribute of both ops: the CSR matrix's width K, as the lowering
+// records it (runtime_ops/README.md), -1 when absent. Bounded here; checked against a constant
+// CSR's largest column at kernel creation and against the K that X gives on every run.
+int64_t ReadColumns(const ortabi::KernelInfo* info, const ValidatedCsr& constant) {
+  const int64_t columns = AttrInt(info, "columns", -1);
+  if (columns == -1 && !HasAttr(info, "columns")) return -1;
+  if (columns < 1 || columns > INT32_MAX)
+    Fail(ortabi::kInvalidArgument, "attribute columns must be an int in [1, 2^31-1], got ", columns);
+  if (constant.known && constant.max_col >= columns)
+    Fail(ortabi::kInvalidArgument, "col_idx refers to column ", constant.max_col, " but attribute columns is ", columns);
+  return columns;
+}
+
+// A run's K against the `columns` attribute (-1: absent, nothing to check).
+void CheckColumns(int64_t columns, int64_t k, const char* what) {
+  if (columns >= 0 && k != columns)
+    Fail(ortabi::kInvalidArgument, "X gives ", k, " ", what, " but attribute columns is ", columns);
+}
+
 ValidatedCsr ValidateConstantCsr(const ortabi::KernelInfo* info) {
   ValidatedCsr cache;
   const ortabi::Value* v[3] = {nullptr, nullptr, nullptr};
@@ -752,6 +771,7 @@ struct CsrGemmKernel {
   Isa isa = Isa::kScalar;
   Activation act;  // applied to each output after alpha and the bias (op-set 3)
   ValidatedCsr constant;
+  int64_t columns = -1;  // K, when the node records it (ReadColumns)
 
   explicit CsrGemmKernel(const ortabi::KernelInfo* info) {
     matmul = AttrInt(info, "matmul", 0);
@@ -764,6 +784,7 @@ struct CsrGemmKernel {
     act = ReadActivation(info);
     isa = ChooseIsa();
     constant = ValidateConstantCsr(info);
+    columns = ReadColumns(info, constant);
   }
 
   void Compute(ortabi::KernelContext* ctx) const {
@@ -793,6 +814,7 @@ struct CsrGemmKernel {
       out_shape.assign(x.shape.begin(), x.shape.end() - 1);
       out_shape.push_back(n);
     }
+    CheckColumns(columns, k, "input features");
     if (csr.max_col >= k)
       Fail(ortabi::kInvalidArgument, "col_idx refers to input column ", csr.max_col, " but X has only ", k,
            " input features");
@@ -1172,6 +1194,7 @@ struct CsrConvKernel {
   Copies copies = Copies::kGate;  // ONNXPRUNE_CONV_COPIES (ShiftedCopies)
   Activation act;  // applied to each output as its tile completes
   ValidatedCsr constant;
+  int64_t columns = -1;  // K = C_in/group * kH * kW, when the node records it (ReadColumns)
   // The plan for the constant CSR and the last input shape seen.
   KeptPlan<ConvPlan> kept_plan;
 
@@ -1234,6 +1257,7 @@ struct CsrConvKernel {
     isa = ChooseIsa();
     copies = ChooseCopies();
     constant = ValidateConstantCsr(info);
+    columns = ReadColumns(info, constant);
   }
 
   // Y[n, r, oh, ow] = B[r] + sum_(c,i,j) W[r, c, i, j] X[n, g(r)*Cg + c, oh*sh + i*dh - pad_t, ow*sw + j*dw - pad_l]
@@ -1322,6 +1346,7 @@ struct CsrConvKernel {
     g.cg = g.c_in / group;
     g.og = g.c_out / group;
     const int64_t k_cols = CheckedMul(CheckedMul(g.cg, kh, "C_in/group * kH"), kw, "C_in/group * kH * kW");
+    CheckColumns(columns, k_cols, "columns (C_in/group * kH * kW)");
     if (csr.max_col >= k_cols)
       Fail(ortabi::kInvalidArgument, "col_idx refers to column ", csr.max_col, " but a row has only ", k_cols,
            " columns (C_in/group * kH * kW)");
