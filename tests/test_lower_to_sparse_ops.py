@@ -254,6 +254,31 @@ def test_3d_conv_is_kept_with_a_reason():
     assert result.stats["layers"][0]["reason"] == "3-D convolution; CsrConv is 1-D or 2-D"
 
 
+@pytest.mark.parametrize("kernel, strides, lowers", [((1, 1), [1, 1], True), ((3, 3), [1, 1], True),
+                                                     ((3, 3), [2, 2], False)])
+def test_same_padding_on_an_unsized_input_lowers_where_the_stride_is_1(kernel, strides, lowers):
+    """SAME padding with stride 1 is (k - 1)·d in total whatever the input size (EfficientNet's
+    1x1 expand and project convs behind a Pad shape inference cannot size); with a stride it
+    depends on the size, which an input of symbolic height and width does not give."""
+    rng = np.random.default_rng(12)
+    w = rng.normal(size=(6, 4, *kernel)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], name="conv", auto_pad="SAME_UPPER", strides=strides)], "s",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "W")])
+    model = _mask(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), 0.4)
+    lowered, result = _lower(model, force=["*"])
+    row = result.stats["layers"][0]
+    if not lowers:
+        assert not row["lowered"] and "unknown spatial size" in row["reason"]
+        return
+    assert _ops(lowered) == [("CsrConv", runtime_ops.DOMAIN)]
+    feeds = {"x": rng.normal(size=(2, 4, 7, 10)).astype(np.float32)}
+    got = runtime_ops.InferenceSession(lowered.SerializeToString()).run(None, feeds)[0]
+    want = run(model, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
 def _conv_bn_model(bias=True, constant_nodes=False, second_use=False, eps=1e-3):
     """Conv(6→5, 3×3) → BatchNormalization (inference), random statistics; the BN tensors
     (and the bias) as initializers or as Constant nodes; ``second_use`` also sends the conv's

@@ -261,7 +261,10 @@ def _conv_pads(node: gs.Node, x_hw, kernel, strides, dilations) -> list[int]:
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
         raise _Skip(f"unknown auto_pad {auto!r}")
     if x_hw is None:
-        raise _Skip(f"auto_pad={auto} on an input of unknown spatial size")
+        if any(s != 1 for s in strides):
+            raise _Skip(f"auto_pad={auto} on an input of unknown spatial size")
+        # stride 1: the total pad is (k - 1)·d whatever the size (EfficientNet's SAME 1x1s)
+        x_hw = [1] * rank
     begin, end = [], []
     for size, k, s, d in zip(x_hw, kernel, strides, dilations):
         total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
