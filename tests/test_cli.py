@@ -256,6 +256,27 @@ def test_check_pass_fail_and_tolerance_hint(tmp_path, mlp_path, capsys):
     assert code == 4
 
 
+def test_check_of_outputs_of_another_shape_or_count_says_so(tmp_path, capsys):
+    """Models whose outputs differ in shape (or number) have no error to measure: the error
+    line says what differs, and the report gives no max error (it said "max abs error 0",
+    then that the outputs differ beyond tolerance)."""
+    from tests.models import mlp
+
+    a, b, two = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "two.onnx"
+    onnx.save(mlp(sizes=(64, 48, 10)), a)
+    onnx.save(mlp(sizes=(64, 48, 12)), b)
+    code, stdout, err = _run(["check", str(a), str(b), "--json", "-"], capsys)
+    report = json.loads(stdout)
+    assert code == 3 and err.count("\n") == 1 and "max abs error" not in err
+    assert "output 0 has shape [2, 10] in the reference and [2, 12] in the candidate" in err
+    assert report["max_abs_error"] is None and report["passed"] is False
+    m = mlp(sizes=(64, 48, 10))
+    m.graph.output.append(onnx.helper.make_tensor_value_info(m.graph.node[0].output[0], onnx.TensorProto.FLOAT, None))
+    onnx.save(m, two)
+    code, _, err = _run(["check", str(a), str(two)], capsys)
+    assert code == 3 and "the reference has 1 output(s) and the candidate 2" in err
+
+
 def test_external_data_model_keeps_external(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()

@@ -28,7 +28,7 @@ from onnxprune import __version__
 from onnxprune.core.console import text_table
 from onnxprune.core.errors import EXIT_OK, GateFailed
 from onnxprune.runtime.bench import (
-    batch_dims, capture_shapes, compare_outputs, csr_nodes, csr_params, dense_from_lowered,
+    batch_dims, capture_shapes, compare_outputs, csr_nodes, csr_params, dense_from_lowered, error_text,
     densified_graph, is_lowered, lower_model, model_opset, node_attrs, one_node_pairs,
     run_outputs, session_for, time_pair)
 
@@ -153,8 +153,7 @@ def cmd_bench(args, console) -> int:
                                       "lowered": [n.name for n in csr_nodes(sparse_model)]},
                        "correctness": check, "layers": []}
                 if not check["passed"]:
-                    failed.append(f"batch {batch}, threads {threads}: max abs error "
-                                  f"{check['max_abs_error']:.3g} > {check['atol']:.3g}")
+                    failed.append(f"batch {batch}, threads {threads}: {error_text(check)}")
                 if not args.no_layers:
                     cfg["layers"] = _layer_timings(model if lowered_input else dense_base, stats,
                                                    lowered_input, feeds, batch, threads, opset, args)
@@ -211,7 +210,7 @@ def _format_config(cfg: dict) -> str:
     lines = [f"batch {cfg['batch']}, threads {cfg['threads']}: dense {e2e['dense_ms']:.3f} ms, "
              f"sparse-ops {e2e['sparse_ms']:.3f} ms, {e2e['ratio']:.2f}x "
              f"(lowered {len(e2e['lowered'])}: {', '.join(e2e['lowered']) or '-'}); "
-             f"{word} (max abs error {chk['max_abs_error']:.3g}, tolerance {chk['atol']:.3g})"]
+             f"{word} ({error_text(chk)})"]
     if cfg["layers"]:
         head = ["layer", "op", "density", "lowered", "est.", "dense ms", "csr ms", "ratio"]
         body = [[r["name"], r["op"], "-" if r["density"] is None else f"{r['density']:.1%}",

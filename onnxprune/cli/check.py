@@ -23,9 +23,7 @@ def cmd_check(args, console: Console) -> int:
                                                                  ("--junit", args.junit)]))
     write_json(report, args.json)
     write_junit(args.junit, "check", check_cases(report), time.monotonic() - start)
-    if "reason" in report:
-        console.info(report["reason"])
-    else:
+    if "reason" not in report:  # a count or shape that differs is the error line itself
         console.info(f"max abs error {report['max_abs_error']:.3g} on {report['inputs']} "
                      f"(atol {args.atol:g}, rtol {args.rtol:g})")
     nan_both = sum(o.get("nan_both", 0) for o in report["outputs"])
@@ -33,7 +31,8 @@ def cmd_check(args, console: Console) -> int:
         console.info(f"note: {nan_both} output value(s) are NaN in both models at the same "
                      "positions; counted as equal")
     if not report["passed"]:
-        raise GateFailed(f"outputs differ beyond tolerance{_hint(report)}")
+        raise GateFailed("outputs differ: " + report["reason"] if "reason" in report else
+                         f"outputs differ beyond tolerance{_hint(report)}")
     console.info(paint("PASS", "green"))
     return EXIT_OK
 

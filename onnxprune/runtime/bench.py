@@ -376,8 +376,19 @@ def compare_outputs(ref: list[np.ndarray], cand: list[np.ndarray]) -> dict:
     scale = max((float(np.max(np.abs(r))) for r in ref if r.size), default=0.0)
     atol = REL_ATOL * max(scale, 1e-6)
     result = compare(ref, cand, atol, RTOL)
-    return {"passed": result["passed"], "atol": atol, "rtol": RTOL, "output_scale": scale,
-            "max_abs_error": result["max_abs_error"]}
+    out = {"passed": result["passed"], "atol": atol, "rtol": RTOL, "output_scale": scale,
+           "max_abs_error": result.get("max_abs_error")}
+    if "reason" in result:  # an output count or shape that differs: no error to measure
+        out["reason"] = result["reason"]
+    return out
+
+
+def error_text(check: dict) -> str:
+    """A ``compare_outputs`` result in words: its error against the tolerance, or why the
+    outputs could not be compared."""
+    if check.get("max_abs_error") is None:
+        return check.get("reason", "no comparable output")
+    return f"max abs error {check['max_abs_error']:.3g}, tolerance {check['atol']:.3g}"
 
 
 def batch_dims(model) -> tuple[dict[str, int | None], list[str]]:

@@ -332,7 +332,7 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
     remaining positions, or None when no finite atol would (unfixable or a shape mismatch).
     """
     if len(ref) != len(cand):
-        return {"passed": False, "reason": f"output count differs: {len(ref)} vs {len(cand)}",
+        return {"passed": False, "reason": f"the reference has {len(ref)} output(s) and the candidate {len(cand)}",
                 "outputs": [], "atol_that_passes": None}
     rows = []
     passed = True
@@ -375,6 +375,14 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
                      "nan_mismatch": bool(np.any(nan_r != nan_c)),
                      "nan_both": int(np.count_nonzero(nan_both)), "unfixable": unfixable})
         passed &= ok
-    return {"passed": passed, "atol": atol, "rtol": rtol, "outputs": rows,
-            "max_abs_error": max((o.get("max_abs_error") or 0.0 for o in rows), default=0.0),
-            "atol_that_passes": needed_atol}
+    report = {"passed": passed, "atol": atol, "rtol": rtol, "outputs": rows,
+              "max_abs_error": max((o["max_abs_error"] for o in rows if o.get("max_abs_error") is not None),
+                                   default=None if any("shape_ref" in o for o in rows) else 0.0),
+              "atol_that_passes": needed_atol}
+    shapes = [o for o in rows if "shape_ref" in o]
+    if shapes:  # no error to measure there: the models do not compute the same thing
+        o = shapes[0]
+        report["reason"] = (f"output {o['index']} has shape {o['shape_ref']} in the reference and "
+                            f"{o['shape_candidate']} in the candidate"
+                            + (f" (and {len(shapes) - 1} more output(s) differ in shape)" if len(shapes) > 1 else ""))
+    return report
