@@ -345,3 +345,13 @@ def test_data_is_checked_before_anything_runs(tmp_path, capsys):
     before = data.read_bytes()
     code, _, err = run_cli(["lower", str(src), "-o", str(data), "--data", str(data)], capsys)
     assert code == 2 and "refusing to overwrite the input" in err and data.read_bytes() == before
+
+
+def test_lowering_a_lowered_model_says_so(tmp_path, pruned, timed, capsys):
+    timed({"fc1": 1.5, "fc2": 1.5, "fc3": 1.5}, 1.4)
+    once, twice = tmp_path / "once.onnx", tmp_path / "twice.onnx"
+    assert run_cli(["lower", str(pruned), "-o", str(once), "-q"], capsys)[0] == 0
+    code, stdout, err = run_cli(["lower", str(once), "-o", str(twice), "--json", "-"], capsys)
+    assert code == 0 and json.loads(stdout)["sparse_ops"]["already_lowered"] == 3
+    assert "the model is already lowered (3 sparse-op node(s))" in err
+    assert "no prunable layer found" not in err

@@ -180,6 +180,26 @@ def test_layer_option_and_no_baseline(pruned, tmp_path):
         assert r["weights"] == np.prod(r["weight_shape"])
 
 
+@pytest.mark.parametrize("figures", [[], ["--no-figures"]], ids=["figures", "no_figures"])
+def test_a_model_with_no_prunable_layer_is_reported_not_refused(tmp_path, capsys, figures):
+    """README: a model with no prunable layer is a success that says so (report exited 2,
+    'no prunable layer to plot', even with --no-figures)."""
+    from onnx import TensorProto, helper
+
+    src, out = tmp_path / "relu.onnx", tmp_path / "r"
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    assert _run("report", src, "-o", out, *figures) == 0
+    assert "no prunable layer found" in capsys.readouterr().err
+    data = json.loads((out / "report.json").read_text())
+    assert data["figures"]["mask"]["missing"] == data["figures"]["histogram"]["missing"] == \
+        "the model has no prunable layer"
+    assert "_the model has no prunable layer_" in (out / "report.md").read_text()
+    assert _run("report", src, "-o", tmp_path / "r2", "--layer", "fc1", *figures) == 2
+
+
 @pytest.mark.parametrize("case,code", [("no-such-layer", 2), ("history-not-json", 4),
                                         ("history-wrong-shape", 2), ("bad-model", 4),
                                         ("missing-history", 4), ("output-is-a-file", 2)])

@@ -180,11 +180,13 @@ def format_recommendation(rec: dict, dense_top1: float) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def _pick_layer(rows: list[dict], name: str | None) -> dict:
+def _pick_layer(rows: list[dict], name: str | None) -> dict | None:
     import fnmatch
 
     if not rows:
-        raise UsageError("the model has no prunable layer to plot")
+        if name is not None:
+            raise UsageError(f"--layer {name!r}: the model has no prunable layer")
+        return None
     if name is None:
         return max(rows, key=lambda r: r["params"])  # the largest layer, fc1 in the LeNets
     for r in rows:
@@ -352,9 +354,14 @@ def cmd_report(args, console: Console) -> int:
     }
     images: dict[str, bytes] = {}
     plot = not args.no_figures
-    w, layer = _layer_weights(model, chosen["name"])
-    data["figures"]["mask"] = _mask_figure(w, layer, chosen, plot, images)
-    data["figures"]["histogram"] = _histogram_figure(w, chosen, baseline, base_rows, plot, images)
+    if chosen is None:  # nothing to draw a layer's figures of; the table says so (exit 0)
+        for key, heading in (("mask", "Mask (Fig. 4)"), ("histogram", "Weight distribution (Fig. 7)")):
+            data["figures"][key] = {"heading": heading, "caption": "A pruned layer's weights.",
+                                    "missing": "the model has no prunable layer"}
+    else:
+        w, layer = _layer_weights(model, chosen["name"])
+        data["figures"]["mask"] = _mask_figure(w, layer, chosen, plot, images)
+        data["figures"]["histogram"] = _histogram_figure(w, chosen, baseline, base_rows, plot, images)
     data["figures"]["tradeoff"] = _tradeoff_figure(history, data["model"], plot, images)
     outputs = _write_report_files(out_dir, paths, data, images)
     write_json({**data, "versions": versions(), "outputs": outputs}, args.json)
@@ -362,6 +369,8 @@ def cmd_report(args, console: Console) -> int:
     from onnxprune.analysis.report import TABLE_HEADERS
 
     console.info(_table(list(TABLE_HEADERS), data["table"]["cells"]))
+    if chosen is None:
+        console.info("no prunable layer found; the report has no layer figures")
     console.info(f"wrote {', '.join(os.path.basename(o['path']) for o in outputs)} to {out_dir}")
     return EXIT_OK
 

@@ -71,8 +71,12 @@ def cmd_lower(args, console: Console) -> int:
                    progress=console.progress)
     write_json(report, args.json)
     layers = report["sparse_ops"]["layers"]
+    before = report["sparse_ops"]["already_lowered"]
     if layers:
         console.info("\n".join(layer_lines(layers)))
+    elif before:
+        console.info(f"the model is already lowered ({before} sparse-op node(s)) and has no dense "
+                     "prunable layer left; it was written unchanged")
     else:
         console.info("no prunable layer found; the model was written unchanged")
     for line in (whole_model_line(report["lowering"]), values_line(report["lowering"]),
