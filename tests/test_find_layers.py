@@ -168,6 +168,27 @@ def test_quantized_ops_skipped_with_note():
     assert layers == [] and notes[0].op == "MatMulInteger" and "quantized" in notes[0].reason
 
 
+def test_only_quantized_ops_that_hold_weights_are_noted():
+    """A quantized LSTM's weights and a QDQ model's stored weights get a note; the ops that
+    quantize activations hold no weight, and a note per one of them buried the real ones."""
+    w8 = numpy_helper.from_array(np.ones((1, 4, 8), np.int8), "W8")
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="dql"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="dq_act"),
+             helper.make_node("DequantizeLinear", ["Wq", "ws"], ["wd"], name="dq_weight"),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm"),
+             helper.make_node("DynamicQuantizeLSTM", ["x3", "W8", "W8"], ["h"], name="qlstm",
+                              domain="com.microsoft", hidden_size=2)]
+    m = _model(nodes, [_vi("x", ["N", 4], TensorProto.FLOAT), _vi("x3", [1, "N", 4], TensorProto.FLOAT)],
+               [_vi("y", ["N", 3], TensorProto.FLOAT), _vi("h", None, TensorProto.FLOAT)],
+               [numpy_helper.from_array(np.ones((4, 3), np.int8), "Wq"),
+                numpy_helper.from_array(np.float32(0.1), "ws"), w8])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    layers, notes = find_layers(graph_from_model(m))
+    assert layers == []
+    assert [(n.node, n.reason) for n in notes] == [("dq_weight", "quantized weights: not pruned"),
+                                                   ("qlstm", "quantized weights: not pruned")]
+
+
 def test_integer_weight_reported_not_pruned():
     m = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
                [_vi("x", ["N", 4], TensorProto.INT32)], [_vi("y", ["N", 3], TensorProto.INT32)],

@@ -46,7 +46,12 @@ QUANTIZED_OPS = frozenset({
     "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
     "DynamicQuantizeMatMul", "MatMulNBits", "MatMulIntegerToFloat", "QLinearAdd",
     "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulBnb4",
+    "DynamicQuantizeLSTM", "QAttention",
 })
+# The quantized ops that hold weights (find_layers notes each one it leaves alone); the others
+# quantize activations. A DequantizeLinear holds one when its input is a constant (QDQ models).
+QUANTIZED_WEIGHT_OPS = QUANTIZED_OPS - {"QLinearAdd", "QuantizeLinear", "DynamicQuantizeLinear",
+                                        "DequantizeLinear"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -726,7 +731,9 @@ def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list
     graph_inputs = {t.name for t in graph.inputs}
     for node in graph.nodes:
         if node.op in QUANTIZED_OPS:
-            notes.append(Note(node.name, node.op, "quantized op: not pruned"))
+            if node.op in QUANTIZED_WEIGHT_OPS or (
+                    node.op == "DequantizeLinear" and node.inputs and const_source(node.inputs[0])[0] is not None):
+                notes.append(Note(node.name, node.op, "quantized weights: not pruned"))
             continue
         roles = WEIGHT_OPS.get(node.op)
         if roles is None or (node.domain or "") not in ("", "ai.onnx"):
