@@ -189,6 +189,27 @@ def test_only_quantized_ops_that_hold_weights_are_noted():
                                                    ("qlstm", "quantized weights: not pruned")]
 
 
+def test_a_weight_computed_from_constants_is_noted_not_skipped_silently():
+    """torch's dynamo exporter writes weight normalisation as W = g · v / ||v||, computed on
+    every run: no stored tensor to prune, so the layer is left alone, with a note saying why
+    (it was silently missing from inspect). A product of two activations is no layer at all."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("ReduceL2", ["v"], ["n"], keepdims=1),
+             helper.make_node("Div", ["v", "n"], ["u"]),
+             helper.make_node("Mul", ["u", "g"], ["w"]),
+             helper.make_node("Conv", ["x", "w"], ["c"], name="wn_conv", pads=[1, 1]),
+             helper.make_node("Relu", ["z"], ["zr"]),
+             helper.make_node("MatMul", ["c", "zr"], ["y"], name="act_mm")]
+    m = _model(nodes, [_vi("x", [1, 3, 8], TensorProto.FLOAT), _vi("z", [8, 2], TensorProto.FLOAT)],
+               [_vi("y", [1, 4, 2], TensorProto.FLOAT)],
+               [numpy_helper.from_array(rng.normal(size=(4, 3, 3)).astype(np.float32), "v"),
+                numpy_helper.from_array(np.ones((4, 1, 1), np.float32), "g")])
+    layers, notes = find_layers(graph_from_model(m))
+    assert layers == []
+    assert [(n.node, n.op) for n in notes] == [("wn_conv", "Conv")]
+    assert "computed from constants" in notes[0].reason
+
+
 def test_integer_weight_reported_not_pruned():
     m = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
                [_vi("x", ["N", 4], TensorProto.INT32)], [_vi("y", ["N", 3], TensorProto.INT32)],

@@ -623,6 +623,34 @@ def const_source(t: gs.Tensor, unsqueeze: bool = False) -> tuple[gs.Constant | N
     return None, "", None
 
 
+def _constant_expression(t: gs.Tensor, limit: int = 64) -> bool:
+    """Whether ``t`` is computed from constants only (initializers and Constant nodes, through
+    at most ``limit`` nodes): no graph input, no random op, reaches it."""
+    stack, seen = [t], set()
+    while stack:
+        x = stack.pop()
+        if isinstance(x, gs.Constant) or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if not isinstance(x, gs.Variable) or len(x.inputs) != 1 or len(seen) > limit:
+            return False  # a graph input, or too deep to tell
+        producer = x.inputs[0]
+        if producer.op.startswith("Random") or producer.op in ("Multinomial", "Bernoulli", "If", "Loop", "Scan"):
+            return False
+        if producer.op in QUANTIZED_OPS:
+            return False  # a quantized weight: noted as such
+        if producer.op == "Constant":
+            continue
+        if not producer.inputs:
+            return False
+        stack.extend(i for i in producer.inputs if not _is_absent(i))
+    return True
+
+
+def _is_absent(t: gs.Tensor) -> bool:
+    return isinstance(t, gs.Variable) and not t.name
+
+
 def _ints(t: gs.Tensor) -> list[int] | None:
     const = const_source(t)[0] if t is not None else None
     if const is None:
@@ -748,6 +776,9 @@ def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list
                 continue
             const, source, _ = const_source(tensor, unsqueeze=node.op in RECURRENT_OPS)
             if const is None:
+                if role.input_index > 0 and _constant_expression(tensor):
+                    notes.append(Note(node.name, node.op, "weight computed from constants at run time "
+                                      "(e.g. weight normalisation): not pruned; fold it into a constant first"))
                 continue
             # For MatMul/Gemm a constant on the data side of a variable weight is unusual;
             # only take input 0 when input 1 is not itself constant.
