@@ -163,3 +163,21 @@ def test_bench_rejects_bad_models(tmp_path, capsys):
     junk.write_bytes(b"not a model")
     code, _, err = _run(["bench", str(junk)], capsys)
     assert code == 4 and "onnxprune: error" in err
+
+
+def test_bench_lowers_a_pruned_model_as_lower_does(tmp_path, wide_mlp, capsys, monkeypatch):
+    """bench's end-to-end model is the one `onnxprune lower` would write: layers timed alone
+    here and lowered where they win (it took the cost model's choice, which on another CPU than
+    the one it was fitted on can leave every winning layer dense)."""
+    from onnxprune.runtime import lowering
+    from tests.test_lower_measure import fake_timer
+
+    monkeypatch.setattr(lowering, "ort_timer", lambda: fake_timer({"fc1": 1.05, "fc2": 1.6, "fc3": 2.0}, 1.3))
+    model = _pruned(tmp_path, capsys, wide_mlp)
+    code, out, err = _run(["bench", model, "--repeats", "3", "--no-layers", "--json", "-"], capsys)
+    assert code == 0, err
+    cfg = json.loads(out)["configs"][0]
+    assert cfg["end_to_end"]["lowered"] == ["fc2", "fc3"]
+    low = cfg["lowering"]
+    assert low["decided_by"] == "measure" and low["whole_model"]["kept"] == "lowered"
+    assert {r["name"]: r["speedup"] for r in low["layers"]} == pytest.approx({"fc1": 1.05, "fc2": 1.6, "fc3": 2.0})

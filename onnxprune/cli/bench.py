@@ -2,10 +2,12 @@
 
 For every requested (batch, threads):
 
-* end to end — the dense model (sparse initializers densified) and the accelerated model
-  (``LowerToSparseOps`` with that batch and thread count, i.e. the cost model's choice) run on
-  the same seeded random inputs, in alternating order after warm-ups; medians are reported and
-  the ratio is ``dense_ms / sparse_ms`` (> 1: the lowered model is faster);
+* end to end — the dense model (sparse initializers densified) and the model lowered as
+  ``onnxprune lower`` lowers it by default at that batch and thread count (each layer timed
+  alone here and lowered where it wins, the dense model kept where the whole lowered one does
+  not; the config's ``lowering`` holds those timings) run on the same seeded random inputs, in
+  alternating order after warm-ups; medians are reported and the ratio is
+  ``dense_ms / sparse_ms`` (> 1: the lowered model is faster);
 * per layer — every layer the ops can express, lowered or not (what ``force`` would give):
   a one-node model with the CSR op against a one-node dense model rebuilt from the same CSR
   arrays (``Gemm`` with transB=1 / ``MatMul`` (+ ``Add``) / ``Conv``), on an input of the shape
@@ -27,6 +29,7 @@ import numpy as np
 from onnxprune import __version__
 from onnxprune.core.console import text_table
 from onnxprune.core.errors import EXIT_OK, GateFailed
+from onnxprune.runtime.lowering import lower_as_measured
 from onnxprune.runtime.bench import (
     batch_dims, capture_shapes, compare_outputs, csr_nodes, csr_params, dense_from_lowered, error_text,
     densified_graph, is_lowered, lower_model, model_opset, node_attrs, one_node_pairs,
@@ -138,9 +141,9 @@ def cmd_bench(args, console) -> int:
                     sparse_model, stats = model, None
                     xs = capture_shapes(model, [n.input[0] for n in csr_nodes(model)], feeds, threads)
                     dense_model = dense_from_lowered(model, xs)
-                else:
+                else:  # lowered as `onnxprune lower` would, measured here on these inputs
                     dense_model = dense_base
-                    sparse_model, stats = lower_model(dense_base, batch=batch, threads=threads)
+                    sparse_model, stats, decision = lower_as_measured(dense_base, feeds, batch, threads)
                 d_sess = session_for(dense_model.SerializeToString(), threads)
                 s_sess = session_for(sparse_model.SerializeToString(), threads)
                 check = compare_outputs(run_outputs(d_sess, feeds), run_outputs(s_sess, feeds))
@@ -148,6 +151,7 @@ def cmd_bench(args, console) -> int:
                                                 args.warmup)
                 del d_sess, s_sess
                 cfg = {"batch": batch, "threads": threads,
+                       "lowering": None if lowered_input else decision,
                        "end_to_end": {"dense_ms": dense_ms, "sparse_ms": sparse_ms,
                                       "ratio": dense_ms / sparse_ms,
                                       "lowered": [n.name for n in csr_nodes(sparse_model)]},

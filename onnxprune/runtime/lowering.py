@@ -379,3 +379,18 @@ class MeasuredLowering:
                 "inputs": self._inputs_text() if measuring else None,
                 "threads": self._threads if measuring else None,
                 "layers": rows, "whole_model": self.whole, "values_change": self.values_change}
+
+
+def lower_as_measured(dense_model, feeds: dict, batch: int, threads: int, timer: Timer | None = None):
+    """``dense_model`` lowered as ``onnxprune lower`` lowers it by default, timed on ``feeds``:
+    each candidate layer alone here, then the whole model (the dense model kept where lowering
+    does not win). Returns the model, the pass's stats and the report's ``lowering`` section."""
+    from onnxprune.core.graph import graph_from_model, graph_to_model
+
+    decision = MeasuredLowering("measure", None, timer)
+    decision.use_inputs(feeds, "the benchmark's inputs")
+    graph = graph_from_model(dense_model)
+    options = {"objective": "speed", "batch": batch, "threads": threads}
+    result = LowerToSparseOps(decision.options_for(options, graph, dense_model))(graph)
+    graph = decision.finish(result.graph, dense_model, result.stats)
+    return graph_to_model(graph, dense_model), result.stats, decision.report(result.stats)
