@@ -200,6 +200,20 @@ def test_a_model_with_no_prunable_layer_is_reported_not_refused(tmp_path, capsys
     assert _run("report", src, "-o", tmp_path / "r2", "--layer", "fc1", *figures) == 2
 
 
+def test_report_prints_the_notes_inspect_prints(tmp_path, capsys):
+    """What the table leaves out is said on the console too (it was only in report.md)."""
+    from onnx import TensorProto, helper
+
+    src = tmp_path / "q.onnx"
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["x", "W"], ["y"], name="qmm")], "q",
+                          [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 3])],
+                          [numpy_helper.from_array(np.ones((4, 3), np.uint8), "W")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    assert _run("report", src, "-o", tmp_path / "r", "--no-figures") == 0
+    assert "note: qmm (MatMulInteger): quantized weights: not pruned" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case,code", [("no-such-layer", 2), ("history-not-json", 4),
                                         ("history-wrong-shape", 2), ("bad-model", 4),
                                         ("missing-history", 4), ("output-is-a-file", 2)])

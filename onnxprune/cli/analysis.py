@@ -369,6 +369,8 @@ def cmd_report(args, console: Console) -> int:
     from onnxprune.analysis.report import TABLE_HEADERS
 
     console.info(_table(list(TABLE_HEADERS), data["table"]["cells"]))
+    for n in notes:  # what the table leaves out, as inspect says it (also in report.md)
+        console.info(format_note(n))
     if chosen is None:
         console.info("no prunable layer found; the report has no layer figures")
     console.info(f"wrote {', '.join(os.path.basename(o['path']) for o in outputs)} to {out_dir}")
