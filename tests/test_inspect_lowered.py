@@ -120,3 +120,41 @@ def test_input_shape_gives_inspect_and_report_the_flops_of_symbolic_inputs(tmp_p
     for bad in ("y=1x3x20x20", "x=1x3x20", "x=1x4x20x20"):
         code, _, err = run_cli(["inspect", str(src), "--input-shape", bad], capsys)
         assert code == 2 and err.count("\n") == 1, (bad, err)
+
+
+def _set_columns(model, value):
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.name == "columns" and n.name == "fc1":
+                a.i = value
+    return model
+
+
+def test_a_recorded_width_is_bounded_before_a_dense_weight_is_built(tmp_path, capsys):
+    """The width comes from the model: one at or below a stored column is refused (exit 4, as
+    the op refuses it), one that would make a huge dense weight leaves the layer uncounted
+    (inspect built a 5 GB array from a 35 KB file), and CSR arrays fed as graph inputs give a
+    note (an internal KeyError before)."""
+    from onnx import helper
+
+    model = masked(mlp(sizes=(64, 48, 10)), density=0.3)
+    lowered, _ = _lower(model, force=["*"])
+    bad, huge, fed = tmp_path / "bad.onnx", tmp_path / "huge.onnx", tmp_path / "fed.onnx"
+    low = onnx.ModelProto()
+    low.CopyFrom(lowered)
+    onnx.save(_set_columns(low, 10), bad)
+    code, _, err = run_cli(["inspect", str(bad)], capsys)
+    assert code == 4 and err.count("\n") == 1 and "col_idx refers to column" in err
+    low.CopyFrom(lowered)
+    onnx.save(_set_columns(low, 2**27), huge)
+    code, _, err = run_cli(["inspect", str(huge)], capsys)
+    assert code == 0 and "fc1 (CSR): lowered layer not counted: its dense weight would be 48 x 134217728" in err
+    low.CopyFrom(lowered)
+    node = next(n for n in low.graph.node if n.name == "fc1")
+    for name in node.input[1:4]:
+        t = next(t for t in low.graph.initializer if t.name == name)
+        low.graph.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+        low.graph.initializer.remove(t)
+    onnx.save(low, fed)
+    code, _, err = run_cli(["inspect", str(fed)], capsys)
+    assert code == 0 and "fc1 (CSR): lowered layer not counted: its CSR arrays are not constants" in err

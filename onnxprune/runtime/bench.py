@@ -278,27 +278,71 @@ def _recorded_x_shape(node: onnx.NodeProto) -> tuple | None:
     return (k, 1) if int(a.get("transA", 0)) else (1, k)
 
 
+# Largest dense weight (elements) the counting view rebuilds from one CSR node: 1 GiB of float32,
+# above any single layer of today's models; a larger K is left uncounted with a note.
+MAX_DENSE_VIEW_ELEMENTS = 1 << 28
+
+
+def _width_of(node: onnx.NodeProto, x_shape: tuple) -> int:
+    """The CSR matrix width K that ``x_shape`` gives ``node`` (C_in/group·kernel area, or K)."""
+    a = node_attrs(node)
+    if node.op_type == "CsrConv":
+        return x_shape[1] // int(a.get("group", 1)) * math.prod(int(v) for v in a.get("kernel_shape", [1]))
+    if int(a.get("matmul", 0)):
+        return x_shape[-1]
+    return x_shape[0] if int(a.get("transA", 0)) else x_shape[1]
+
+
+def _unsizable(node: onnx.NodeProto, x_shape: tuple, inits: dict) -> str | None:
+    """Why ``node``'s dense weight at ``x_shape`` cannot be rebuilt for counting (None: it can).
+    A width at or below a stored column is a model the op itself refuses (InvalidModelError)."""
+    from onnxprune.core.errors import InvalidModelError
+    from onnxprune.runtime_ops.csr import columns_of
+
+    if any(name not in inits for name in node.input[1:4]):
+        return "its CSR arrays are not constants (graph inputs)"
+    col, row_ptr = (numpy_helper.to_array(inits[n]) for n in node.input[2:4])
+    k, rows = _width_of(node, x_shape), max(len(row_ptr) - 1, 0)
+    cols = columns_of(col, row_ptr) if col.size and row_ptr.size else np.zeros(0, np.int64)
+    if cols.size and int(cols.max()) >= k:
+        raise InvalidModelError(f"{node.name or node.output[0]}: col_idx refers to column {int(cols.max())} "
+                                f"but the node's width is {k}")
+    if rows * k > MAX_DENSE_VIEW_ELEMENTS:
+        return f"its dense weight would be {rows} x {k} elements"
+    return None
+
+
 def dense_view(model: onnx.ModelProto, input_shapes: dict | None = None
-               ) -> tuple[onnx.ModelProto, list[str]]:
+               ) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
     """A lowered model as the dense pruned model it came from, for counting (inspect, report):
     every CSR node replaced by its dense equivalent: at once where the node records its width
     (the ``columns`` attribute the lowering writes), else where ONNX shape inference can
     give it (C_in, K), round by round (shape inference stops at a custom op, so a CSR node's
-    output is sized once the node before it is dense). Also the names of the CSR nodes it could
-    not size (their input width symbolic), which stay as they are."""
+    output is sized once the node before it is dense). Also ``(name, why)`` of the CSR nodes
+    left as they are: width symbolic, CSR arrays fed as inputs, or a dense weight too large."""
     from onnxprune.core.graph import infer_shapes
 
-    recorded = {n.input[0]: s for n in csr_nodes(model) if (s := _recorded_x_shape(n)) is not None}
+    inits, skipped = _inits(model), {}
+
+    def take(node, x_shape) -> bool:
+        why = _unsizable(node, x_shape, inits)
+        if why is not None:
+            skipped[node.name or node.output[0]] = why
+        return why is None
+
+    recorded = {n.input[0]: s for n in csr_nodes(model) if (s := _recorded_x_shape(n)) is not None and take(n, s)}
     view, sized = (dense_from_lowered(model, recorded, partial=True), recorded) if recorded else (model, {})
     while True:
-        left = [n for n in csr_nodes(view) if n.input[0] not in sized]
+        left = [n for n in csr_nodes(view) if n.input[0] not in sized and (n.name or n.output[0]) not in skipped]
         if not left:
-            return view, []
+            return view, list(skipped.items())
         shapes = infer_shapes(view, input_shapes)
         ready = {n.input[0]: tuple(shapes[n.input[0]]) for n in left
-                 if _columns_known(n, shapes.get(n.input[0]))}
+                 if _columns_known(n, shapes.get(n.input[0])) and take(n, tuple(shapes[n.input[0]]))}
         if not ready:
-            return view, [n.name or n.output[0] for n in left]
+            return view, list(skipped.items()) + [
+                (n.name or n.output[0], "its input width is symbolic, so its dense shape is unknown")
+                for n in left if (n.name or n.output[0]) not in skipped]
         sized.update(ready)
         view = dense_from_lowered(view, ready, partial=True)
 
@@ -319,9 +363,9 @@ def counting_view(model: onnx.ModelProto, info=None, input_shapes: dict | None =
             if ref is not None:
                 embedded.graph.initializer[i].CopyFrom(numpy_helper.from_array(info.array_of(ref), t.name))
         model = embedded
-    view, unsized = dense_view(model, input_shapes)
-    return view, None, [{"node": name, "op": "CSR", "reason": "lowered layer not counted: its "
-                         "input width is symbolic, so its dense shape is unknown"} for name in unsized]
+    view, left = dense_view(model, input_shapes)
+    return view, None, [{"node": name, "op": "CSR", "reason": f"lowered layer not counted: {why}"}
+                        for name, why in left]
 
 
 def counted_layer_rows(model: onnx.ModelProto, info=None, input_shapes: dict | None = None
