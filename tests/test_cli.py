@@ -273,8 +273,19 @@ def test_check_of_outputs_of_another_shape_or_count_says_so(tmp_path, capsys):
     m = mlp(sizes=(64, 48, 10))
     m.graph.output.append(onnx.helper.make_tensor_value_info(m.graph.node[0].output[0], onnx.TensorProto.FLOAT, None))
     onnx.save(m, two)
-    code, _, err = _run(["check", str(a), str(two)], capsys)
+    code, stdout, err = _run(["check", str(a), str(two), "--json", "-"], capsys)
     assert code == 3 and "the reference has 1 output(s) and the candidate 2" in err
+    assert json.loads(stdout)["max_abs_error"] is None
+    for op, path in (("Greater", tmp_path / "gt.onnx"), ("Less", tmp_path / "lt.onnx")):
+        g = onnx.helper.make_graph(
+            [onnx.helper.make_node(op, ["x", "zero"], ["y"])], "b",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, [2, 3])],
+            [onnx.numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+        onnx.save(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    code, stdout, err = _run(["check", str(tmp_path / "gt.onnx"), str(tmp_path / "lt.onnx"), "--json", "-"], capsys)
+    assert code == 3 and "non-numeric output(s) 0 differ" in err and "max abs error" not in err
+    assert json.loads(stdout)["max_abs_error"] is None
 
 
 def test_external_data_model_keeps_external(tmp_path, capsys):

@@ -177,7 +177,10 @@ def test_only_quantized_ops_that_hold_weights_are_noted():
              helper.make_node("DequantizeLinear", ["Wq", "ws"], ["wd"], name="dq_weight"),
              helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm"),
              helper.make_node("DynamicQuantizeLSTM", ["x3", "W8", "W8"], ["h"], name="qlstm",
-                              domain="com.microsoft", hidden_size=2)]
+                              domain="com.microsoft", hidden_size=2),
+             # two activations (attention's Q·Kᵀ): no weight to note
+             helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "xq", "xs", "xz", "xs", "xz"], ["qq"],
+                              name="q_kt")]
     m = _model(nodes, [_vi("x", ["N", 4], TensorProto.FLOAT), _vi("x3", [1, "N", 4], TensorProto.FLOAT)],
                [_vi("y", ["N", 3], TensorProto.FLOAT), _vi("h", None, TensorProto.FLOAT)],
                [numpy_helper.from_array(np.ones((4, 3), np.int8), "Wq"),

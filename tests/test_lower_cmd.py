@@ -342,6 +342,9 @@ def test_data_is_checked_before_anything_runs(tmp_path, capsys):
     np.savez(data, ids=np.zeros((1, 7), np.int64))
     code, _, err = run_cli(["lower", str(src), "-o", str(out), "--data", str(data)], capsys)
     assert code == 2 and "dim 1 is 7, the model fixes it at 8" in err and not out.exists()
+    np.savez(data, x=np.zeros((1, 8), np.float32))  # under 'x', a one-input model's default name
+    code, _, err = run_cli(["lower", str(src), "-o", str(out), "--data", str(data)], capsys)
+    assert code == 2 and "holds float32, the model's input takes int64" in err and not out.exists()
     before = data.read_bytes()
     code, _, err = run_cli(["lower", str(src), "-o", str(data), "--data", str(data)], capsys)
     assert code == 2 and "refusing to overwrite the input" in err and data.read_bytes() == before
@@ -355,3 +358,23 @@ def test_lowering_a_lowered_model_says_so(tmp_path, pruned, timed, capsys):
     assert code == 0 and json.loads(stdout)["sparse_ops"]["already_lowered"] == 3
     assert "the model is already lowered (3 sparse-op node(s))" in err
     assert "no prunable layer found" not in err
+
+
+def test_the_batch_timed_is_that_of_the_inputs_with_a_free_batch(tmp_path, capsys, timed):
+    """A side input of fixed shape [1] (a sample rate) beside --data of batch 4: the report
+    says batch 4 (it said the --expected-batch default, 1, as the leading dims disagreed)."""
+    from onnx import TensorProto, helper
+
+    src, out, data = tmp_path / "sr.onnx", tmp_path / "low.onnx", tmp_path / "sr.npz"
+    model = masked(mlp(sizes=(64, 48, 10)), density=0.3)
+    y = model.graph.output[0]
+    model.graph.node.append(helper.make_node("Add", [y.name, "sr"], ["y_sr"]))
+    model.graph.input.append(helper.make_tensor_value_info("sr", TensorProto.FLOAT, [1]))
+    model.graph.output[0].name = "y_sr"
+    onnx.save(model, src)
+    np.savez(data, x=np.ones((4, 64), np.float32), sr=np.ones(1, np.float32))
+    timed({"fc1": 1.5, "fc2": 1.5}, 1.3)
+    code, stdout, err = run_cli(["lower", str(src), "-o", str(out), "--data", str(data), "--json", "-"], capsys)
+    assert code == 0, err
+    low = json.loads(stdout)["lowering"]
+    assert low["batch"] == 4 and "timed at batch 4" in low["batch_note"]

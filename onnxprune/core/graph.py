@@ -623,6 +623,16 @@ def const_source(t: gs.Tensor, unsqueeze: bool = False) -> tuple[gs.Constant | N
     return None, "", None
 
 
+def _holds_quantized_weight(node: gs.Node) -> bool:
+    """A quantized op with a constant of rank >= 2 among its inputs (a QLinearMatMul of two
+    activations, attention's Q·Kᵀ, holds none), or a DequantizeLinear of a stored constant."""
+    if node.op == "DequantizeLinear":
+        return bool(node.inputs) and const_source(node.inputs[0])[0] is not None
+    if node.op not in QUANTIZED_WEIGHT_OPS:
+        return False
+    return any((c := const_source(t)[0]) is not None and len(c.shape) >= 2 for t in node.inputs if not _is_absent(t))
+
+
 def _constant_expression(t: gs.Tensor, limit: int = 64) -> bool:
     """Whether ``t`` is computed from constants only (initializers and Constant nodes, through
     at most ``limit`` nodes): no graph input, no random op, reaches it."""
@@ -759,8 +769,7 @@ def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list
     graph_inputs = {t.name for t in graph.inputs}
     for node in graph.nodes:
         if node.op in QUANTIZED_OPS:
-            if node.op in QUANTIZED_WEIGHT_OPS or (
-                    node.op == "DequantizeLinear" and node.inputs and const_source(node.inputs[0])[0] is not None):
+            if _holds_quantized_weight(node):
                 notes.append(Note(node.name, node.op, "quantized weights: not pruned"))
             continue
         roles = WEIGHT_OPS.get(node.op)

@@ -193,7 +193,7 @@ def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
         if key is None:
             wanted = f"{names[0]!r} or 'x'" if names[0] != "x" else "'x'"
             raise UsageError(f"{path}: has no array named {wanted}")
-        return {names[0]: data[key]}
+        data = {names[0]: data[key]}  # checked below like any other, under the input's name
     missing = [n for n in names if n not in data]
     if missing:
         raise UsageError(f"{path}: missing input array(s) {', '.join(missing)}")
@@ -333,7 +333,7 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
     """
     if len(ref) != len(cand):
         return {"passed": False, "reason": f"the reference has {len(ref)} output(s) and the candidate {len(cand)}",
-                "outputs": [], "atol_that_passes": None}
+                "atol": atol, "rtol": rtol, "outputs": [], "max_abs_error": None, "atol_that_passes": None}
     rows = []
     passed = True
     needed_atol: float | None = 0.0
@@ -380,9 +380,14 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
                                    default=None if any("shape_ref" in o for o in rows) else 0.0),
               "atol_that_passes": needed_atol}
     shapes = [o for o in rows if "shape_ref" in o]
+    unequal = [o for o in rows if "shape_ref" not in o and o.get("max_abs_error") is None and not o["passed"]]
     if shapes:  # no error to measure there: the models do not compute the same thing
         o = shapes[0]
         report["reason"] = (f"output {o['index']} has shape {o['shape_ref']} in the reference and "
                             f"{o['shape_candidate']} in the candidate"
                             + (f" (and {len(shapes) - 1} more output(s) differ in shape)" if len(shapes) > 1 else ""))
+    elif unequal:  # a non-numeric (bool, string) output compares equal or not: no error either
+        report["reason"] = f"non-numeric output(s) {', '.join(str(o['index']) for o in unequal)} differ"
+    if not any(o.get("max_abs_error") is not None for o in rows):
+        report["max_abs_error"] = None if (shapes or unequal) else report["max_abs_error"]
     return report

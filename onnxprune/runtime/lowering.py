@@ -352,7 +352,15 @@ class MeasuredLowering:
         fixes its batch, or --input-shape, wins over --expected-batch), None before any."""
         if self._dense is None or not self._dense[1]:
             return None
-        dims = {a.shape[0] for a in self._dense[1].values() if getattr(a, "ndim", 0) >= 1}
+        from onnxprune.core.io import dim_size
+        from onnxprune.runtime.check import graph_inputs
+
+        model, feeds = self._dense
+        # the inputs whose leading dim is free carry the batch (a sample rate of shape [1] does not)
+        free = {vi.name for vi in graph_inputs(model)
+                if vi.type.tensor_type.shape.dim and dim_size(vi.type.tensor_type.shape.dim[0]) is None}
+        arrays = [a for n, a in feeds.items() if getattr(a, "ndim", 0) >= 1 and (n in free or not free)]
+        dims = {a.shape[0] for a in arrays}
         return dims.pop() if len(dims) == 1 else None
 
     def report(self, stats: dict | None) -> dict | None:

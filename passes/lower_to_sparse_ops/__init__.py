@@ -45,7 +45,8 @@ it: a convolution whose output size is unknown) or a ``never`` glob (never lower
 ``max-density`` replaces the cost model by a plain density threshold.  Layers the ops cannot
 express (float16/float64 weights — both ops compute in float32 only, and casting would change
 the model's numerics —, a weight on the left of MatMul, a batched MatMul weight, 3-D
-convolutions, SAME padding on an input of unknown size) are kept and reported with the reason.
+convolutions, strided SAME padding on an input of unknown size) are kept and reported with the
+reason.
 A 1-D convolution lowers to the 1-D CsrConv of op-set 4 (kernel_shape [k]).
 
 Invariants: graph inputs and outputs are unchanged; a lowered node keeps its name and output
