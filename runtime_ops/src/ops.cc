@@ -280,16 +280,25 @@ const ortabi::Value* Input(const ortabi::KernelContext* ctx, size_t count, size_
   return v;
 }
 
+// The ISA named `name` (IsaName's spelling); false for any other name.
+bool IsaByName(const char* name, Isa* out) {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar}) {
+    if (std::strcmp(name, IsaName(isa)) == 0) {
+      *out = isa;
+      return true;
+    }
+  }
+  return false;
+}
+
 Isa ChooseIsa() {
   const char* forced = std::getenv("ONNXPRUNE_KERNEL_ISA");
   if (forced == nullptr || *forced == '\0') return BestIsa();
-  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kScalar}) {
-    if (std::strcmp(forced, IsaName(isa)) == 0) {
-      if (!CpuHas(isa)) Fail(ortabi::kFail, "ONNXPRUNE_KERNEL_ISA=", forced, " but this CPU lacks it");
-      return isa;
-    }
-  }
-  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_KERNEL_ISA=", forced, " is not one of avx512, avx2, scalar");
+  Isa isa = Isa::kScalar;
+  if (!IsaByName(forced, &isa))
+    Fail(ortabi::kInvalidArgument, "ONNXPRUNE_KERNEL_ISA=", forced, " is not one of avx512, avx2, scalar");
+  if (!CpuHas(isa)) Fail(ortabi::kFail, "ONNXPRUNE_KERNEL_ISA=", forced, " but this CPU lacks it");
+  return isa;
 }
 
 // --- parallelism ----------------------------------------------------------------------------
@@ -524,7 +533,6 @@ void PreferHugePages(const void* data, size_t bytes) {
 #endif
 }
 
-// Inputs 1..3 are the CSR arrays in both ops.
 // The optional `columns` attribute of both ops: the CSR matrix's width K, as the lowering
 // records it (runtime_ops/README.md), -1 when absent. Bounded here; checked against a constant
 // CSR's largest column at kernel creation and against the K that X gives on every run.
@@ -544,6 +552,7 @@ void CheckColumns(int64_t columns, int64_t k, const char* what) {
     Fail(ortabi::kInvalidArgument, "X gives ", k, " ", what, " but attribute columns is ", columns);
 }
 
+// Inputs 1..3 are the CSR arrays in both ops.
 ValidatedCsr ValidateConstantCsr(const ortabi::KernelInfo* info) {
   ValidatedCsr cache;
   const ortabi::Value* v[3] = {nullptr, nullptr, nullptr};
@@ -1871,26 +1880,24 @@ ONNXPRUNE_EXPORT const char* onnxprune_ops_domain() { return onnxprune::kDomain;
 ONNXPRUNE_EXPORT int onnxprune_ops_opset_version() { return onnxprune::kOpsetVersion; }
 ONNXPRUNE_EXPORT const char* onnxprune_ops_best_isa() { return onnxprune::IsaName(onnxprune::BestIsa()); }
 ONNXPRUNE_EXPORT int onnxprune_ops_cpu_has(const char* isa_name) {
-  for (onnxprune::Isa isa : {onnxprune::Isa::kAvx512, onnxprune::Isa::kAvx2, onnxprune::Isa::kScalar})
-    if (std::strcmp(isa_name, onnxprune::IsaName(isa)) == 0) return onnxprune::CpuHas(isa) ? 1 : 0;
-  return -1;
+  onnxprune::Isa isa = onnxprune::Isa::kScalar;
+  if (!onnxprune::IsaByName(isa_name, &isa)) return -1;
+  return onnxprune::CpuHas(isa) ? 1 : 0;
 }
 
 // CsrConvKernel::Layout for tests and benchmarks: -1 when the ISA is unknown or not on this
 // CPU, or the attributes or shapes are refused.
 ONNXPRUNE_EXPORT int onnxprune_ops_conv_layout(const char* isa_name, const int64_t* attrs, const int64_t* x,
                                                int64_t c_out, int64_t nnz) {
-  if (isa_name == nullptr || attrs == nullptr || x == nullptr) return -1;
-  for (onnxprune::Isa isa : {onnxprune::Isa::kAvx512, onnxprune::Isa::kAvx2, onnxprune::Isa::kScalar}) {
-    if (std::strcmp(isa_name, onnxprune::IsaName(isa)) != 0) continue;
-    if (!onnxprune::CpuHas(isa)) return -1;
-    try {
-      return onnxprune::CsrConvKernel::Layout(isa, attrs, x, c_out, nnz);
-    } catch (...) {
-      return -1;
-    }
+  onnxprune::Isa isa = onnxprune::Isa::kScalar;
+  if (isa_name == nullptr || attrs == nullptr || x == nullptr || !onnxprune::IsaByName(isa_name, &isa) ||
+      !onnxprune::CpuHas(isa))
+    return -1;
+  try {
+    return onnxprune::CsrConvKernel::Layout(isa, attrs, x, c_out, nnz);
+  } catch (...) {
+    return -1;
   }
-  return -1;
 }
 
 // Calls the library-level API slots against a live runtime and checks they behave as
