@@ -48,7 +48,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import is_float
+from onnxprune.core.graph import is_absent, is_float
 
 from .base import Pass, PassError, PassResult
 
@@ -207,10 +207,6 @@ def _constant_value(t: gs.Tensor) -> np.ndarray | None:
     return None
 
 
-def _is_empty(t: gs.Tensor) -> bool:
-    return isinstance(t, gs.Variable) and not t.name
-
-
 def _unit_indices(units: np.ndarray, block: int) -> np.ndarray:
     """Feature indices of `units` when each unit owns `block` consecutive features."""
     units = np.asarray(units, dtype=np.int64)
@@ -347,7 +343,7 @@ def _stage(node: gs.Node, t: gs.Variable, state: _State, units: int, ctx: _Ctx) 
 def _unary_stage(node: gs.Node) -> _Stage:
     """v -> f(v) element-wise; a Dropout only when it provably runs in inference mode."""
     if node.op == "Dropout":
-        if len(node.inputs) > 2 and not _is_empty(node.inputs[2]):
+        if len(node.inputs) > 2 and not is_absent(node.inputs[2]):
             mode = _constant_value(node.inputs[2])
             if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
                 raise _Unsafe("Dropout may run in training mode")
@@ -359,7 +355,7 @@ def _clip_stage(node: gs.Node) -> _Stage:
     """v -> min(max(v, lo), hi), the bounds from attributes (opset < 11) or constant inputs."""
     lo, hi = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
     for k in (1, 2):
-        if len(node.inputs) > k and not _is_empty(node.inputs[k]):
+        if len(node.inputs) > k and not is_absent(node.inputs[k]):
             bound = _constant_value(node.inputs[k])
             if bound is None or bound.size != 1:
                 raise _Unsafe("Clip bounds are not constant scalars")
@@ -483,7 +479,7 @@ def _consumer(node: gs.Node, t: gs.Variable, state: _State, units: int, ctx: _Ct
             in_axis = 1 if int(node.attrs.get("transB", 0)) else 0
             if float(node.attrs.get("beta", 1.0)) == 0.0:
                 fold_problem = "Gemm beta=0: no bias to fold into"
-            elif len(node.inputs) > 2 and not _is_empty(node.inputs[2]):
+            elif len(node.inputs) > 2 and not is_absent(node.inputs[2]):
                 try:
                     ctx.exclusive(node, node.inputs[2], "consumer bias")
                 except _Unsafe as err:
@@ -505,7 +501,7 @@ def _consumer(node: gs.Node, t: gs.Variable, state: _State, units: int, ctx: _Ct
         elif _conv_pads(node):
             fold_problem = f"Conv {name!r} pads its input: a constant channel is not constant " \
                            f"at the border"
-        elif len(node.inputs) > 2 and not _is_empty(node.inputs[2]):
+        elif len(node.inputs) > 2 and not is_absent(node.inputs[2]):
             try:
                 ctx.exclusive(node, node.inputs[2], "consumer bias")
             except _Unsafe as err:
@@ -541,7 +537,7 @@ def _producer(node: gs.Node, ctx: _Ctx) -> tuple[_Param, int, _Param | None, flo
     if not is_float(w.dtype):
         raise _Unsafe(f"weight dtype {w.dtype} is not floating point")
     bias, beta = None, 1.0
-    if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) and op != "MatMul":
+    if len(node.inputs) > 2 and not is_absent(node.inputs[2]) and op != "MatMul":
         bias = ctx.exclusive(node, node.inputs[2], "bias")
     if op in ("Gemm", "MatMul"):
         if w.ndim != 2:
@@ -662,7 +658,7 @@ def _fold(link: _Link, consumer: _Consumer, units: np.ndarray, values: np.ndarra
 
 
 def _add_to_bias_input(node: gs.Node, index: int, delta: np.ndarray, dtype, ctx: _Ctx) -> None:
-    if len(node.inputs) > index and not _is_empty(node.inputs[index]):
+    if len(node.inputs) > index and not is_absent(node.inputs[index]):
         param = ctx.exclusive(node, node.inputs[index], "consumer bias")
         old = param.values()
         param.set((_as_f64(old) + delta).astype(old.dtype))  # numpy broadcasting keeps it valid

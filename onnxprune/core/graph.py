@@ -630,7 +630,7 @@ def _holds_quantized_weight(node: gs.Node) -> bool:
         return bool(node.inputs) and const_source(node.inputs[0])[0] is not None
     if node.op not in QUANTIZED_WEIGHT_OPS:
         return False
-    return any((c := const_source(t)[0]) is not None and len(c.shape) >= 2 for t in node.inputs if not _is_absent(t))
+    return any((c := const_source(t)[0]) is not None and len(c.shape) >= 2 for t in node.inputs if not is_absent(t))
 
 
 def _constant_expression(t: gs.Tensor, limit: int = 64) -> bool:
@@ -653,12 +653,13 @@ def _constant_expression(t: gs.Tensor, limit: int = 64) -> bool:
             continue
         if not producer.inputs:
             return False
-        stack.extend(i for i in producer.inputs if not _is_absent(i))
+        stack.extend(i for i in producer.inputs if not is_absent(i))
     return True
 
 
-def _is_absent(t: gs.Tensor) -> bool:
-    return isinstance(t, gs.Variable) and not t.name
+def is_absent(t: gs.Tensor | None) -> bool:
+    """An optional node input left out: None, or the empty-named tensor ONNX writes for it."""
+    return t is None or (isinstance(t, gs.Variable) and not t.name)
 
 
 def _ints(t: gs.Tensor) -> list[int] | None:

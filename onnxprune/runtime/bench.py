@@ -268,11 +268,11 @@ def _recorded_x_shape(node: onnx.NodeProto) -> tuple | None:
     if not isinstance(k, int) or k < 1:
         return None
     if node.op_type == "CsrConv":
-        area = math.prod(int(v) for v in a.get("kernel_shape", [1]))
-        group = int(a.get("group", 1))
+        kernel = [int(v) for v in a.get("kernel_shape", [1])]
+        area, group = math.prod(kernel), int(a.get("group", 1))
         if area < 1 or group < 1 or k % area:
             return None
-        return (1, k // area * group, *([1] * len(a.get("kernel_shape", [1, 1]))))
+        return (1, k // area * group, *([1] * len(kernel)))
     if int(a.get("matmul", 0)):
         return (1, k)
     return (k, 1) if int(a.get("transA", 0)) else (1, k)
@@ -473,10 +473,4 @@ def one_node_pairs(forced: onnx.ModelProto, shape_model: onnx.ModelProto, feeds:
 
 def csr_params(node: onnx.NodeProto, inits: dict, x_shape: tuple) -> int:
     """N·K of the weight behind a CSR node (K from the input it sees)."""
-    a = node_attrs(node)
-    n = int(inits[node.input[3]].dims[0]) - 1
-    if node.op_type == "CsrConv":
-        return n * x_shape[1] // int(a.get("group", 1)) * math.prod(int(v) for v in a["kernel_shape"])
-    if int(a.get("matmul", 0)):
-        return n * x_shape[-1]
-    return n * (x_shape[0] if int(a.get("transA", 0)) else x_shape[1])
+    return (int(inits[node.input[3]].dims[0]) - 1) * _width_of(node, x_shape)

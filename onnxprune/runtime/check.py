@@ -375,12 +375,13 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
                      "nan_mismatch": bool(np.any(nan_r != nan_c)),
                      "nan_both": int(np.count_nonzero(nan_both)), "unfixable": unfixable})
         passed &= ok
-    report = {"passed": passed, "atol": atol, "rtol": rtol, "outputs": rows,
-              "max_abs_error": max((o["max_abs_error"] for o in rows if o.get("max_abs_error") is not None),
-                                   default=None if any("shape_ref" in o for o in rows) else 0.0),
-              "atol_that_passes": needed_atol}
     shapes = [o for o in rows if "shape_ref" in o]
     unequal = [o for o in rows if "shape_ref" not in o and o.get("max_abs_error") is None and not o["passed"]]
+    errors = [o["max_abs_error"] for o in rows if o.get("max_abs_error") is not None]
+    # no error to report where nothing numeric was compared and something differs
+    report = {"passed": passed, "atol": atol, "rtol": rtol, "outputs": rows,
+              "max_abs_error": max(errors) if errors else (None if shapes or unequal else 0.0),
+              "atol_that_passes": needed_atol}
     if shapes:  # no error to measure there: the models do not compute the same thing
         o = shapes[0]
         report["reason"] = (f"output {o['index']} has shape {o['shape_ref']} in the reference and "
@@ -388,6 +389,4 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
                             + (f" (and {len(shapes) - 1} more output(s) differ in shape)" if len(shapes) > 1 else ""))
     elif unequal:  # a non-numeric (bool, string) output compares equal or not: no error either
         report["reason"] = f"non-numeric output(s) {', '.join(str(o['index']) for o in unequal)} differ"
-    if not any(o.get("max_abs_error") is not None for o in rows):
-        report["max_abs_error"] = None if (shapes or unequal) else report["max_abs_error"]
     return report

@@ -352,13 +352,11 @@ class MeasuredLowering:
         fixes its batch, or --input-shape, wins over --expected-batch), None before any."""
         if self._dense is None or not self._dense[1]:
             return None
-        from onnxprune.core.io import dim_size
-        from onnxprune.runtime.check import graph_inputs
+        from onnxprune.runtime.bench import batch_dims
 
         model, feeds = self._dense
         # the inputs whose leading dim is free carry the batch (a sample rate of shape [1] does not)
-        free = {vi.name for vi in graph_inputs(model)
-                if vi.type.tensor_type.shape.dim and dim_size(vi.type.tensor_type.shape.dim[0]) is None}
+        free = set(batch_dims(model)[1])
         arrays = [a for n, a in feeds.items() if getattr(a, "ndim", 0) >= 1 and (n in free or not free)]
         dims = {a.shape[0] for a in arrays}
         return dims.pop() if len(dims) == 1 else None

@@ -67,7 +67,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.core.errors import UsageError
 from onnxprune.core.graph import (Layer, const_source, export_with_placeholders, find_layers,
-                             infer_shapes, weight_values)
+                             infer_shapes, is_absent, weight_values)
 from onnxprune.runtime_ops import DOMAIN
 from onnxprune.runtime_ops.csr import compact_csr, csr_nbytes
 
@@ -108,10 +108,6 @@ class _Plan:
     fused_act: FusedActivation | None = None
 
 
-def _is_empty(t: gs.Tensor | None) -> bool:
-    return t is None or (isinstance(t, gs.Variable) and not t.name)
-
-
 def _fixed(d) -> int | None:
     return int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
 
@@ -140,7 +136,7 @@ def _plan_gemm(node: gs.Node, layer: Layer, shapes: dict, batch: int) -> _Plan:
     m = _resolve_batch(x_shape[1 if trans_a else 0], batch) if x_shape and len(x_shape) == 2 \
         else batch
     attrs = {a: node.attrs[a] for a in ("transA", "alpha", "beta") if a in node.attrs}
-    bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
+    bias = node.inputs[2] if len(node.inputs) > 2 and not is_absent(node.inputs[2]) else None
     return _Plan(node, "fc", f"gemm-transB{trans_b}", n, k, m, None, attrs, bias)
 
 
@@ -186,7 +182,7 @@ def _fusable_bn(node: gs.Node, graph_outputs: set[int], c_out: int) -> gs.Node |
         v = np.asarray(const.values) if const is not None else None
         if v is None or v.dtype != np.float32 or v.shape != (c_out,):
             return None
-    bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
+    bias = node.inputs[2] if len(node.inputs) > 2 and not is_absent(node.inputs[2]) else None
     if bias is not None and const_source(bias)[0] is None:
         return None
     # A scale that is not finite (variance + ε <= 0, an infinite γ) would turn the pruned
@@ -303,7 +299,7 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
     m = _resolve_batch(x[0], batch) if x else batch
     attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations,
              "group": group}
-    bias = node.inputs[2] if len(node.inputs) > 2 and not _is_empty(node.inputs[2]) else None
+    bias = node.inputs[2] if len(node.inputs) > 2 and not is_absent(node.inputs[2]) else None
     k = int(np.prod(layer.shape[1:]))
     fused_bn = _fusable_bn(node, graph_outputs, c_out) if len(layer.nodes) == 1 else None
     y = fused_bn.outputs[0] if fused_bn is not None else node.outputs[0]

@@ -30,7 +30,7 @@ import dataclasses
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import const_source
+from onnxprune.core.graph import const_source, is_absent
 
 _STD = ("", "ai.onnx")
 
@@ -106,7 +106,7 @@ def _clip_bounds(clip: gs.Node) -> tuple[float, float] | None:
     lo, hi = float(-np.finfo(np.float32).max), float(np.finfo(np.float32).max)
     if len(clip.inputs) > 1:
         for i, t in enumerate(clip.inputs[1:3]):
-            if t is None or (isinstance(t, gs.Variable) and not t.name):
+            if is_absent(t):
                 continue  # an optional input left out
             v = _scalar(t)
             if v is None:
