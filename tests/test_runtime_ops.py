@@ -40,6 +40,15 @@ def lib() -> ctypes.CDLL:
     return so
 
 
+def conv_layout(so: ctypes.CDLL, isa_name: str, attrs, x_shape, c_out: int, nnz: int) -> int:
+    """``onnxprune_ops_conv_layout``: the input layout CsrConv plans (0 X in place, 1 phase
+    copies, 2 shifted copies, -1 refused); ``attrs`` kH, kW, sH, sW, dH, dW, pads t/l/b/r, group."""
+    f = so.onnxprune_ops_conv_layout
+    f.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
+                  ctypes.c_int64, ctypes.c_int64]
+    return f(isa_name.encode(), (ctypes.c_int64 * 11)(*attrs), (ctypes.c_int64 * 4)(*x_shape), c_out, nnz)
+
+
 @pytest.fixture(params=ISAS)
 def isa(request, monkeypatch, lib) -> str:
     if lib.onnxprune_ops_cpu_has(request.param.encode()) != 1:

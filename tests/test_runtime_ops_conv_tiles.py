@@ -9,7 +9,6 @@ float64 reference on every instruction set the CPU has, with 1 and 2 threads.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import zlib
 
@@ -100,12 +99,8 @@ def test_both_input_layouts_match_the_reference(case, density, isa, threads, mon
 
 def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):
     """The layout CsrConv plans (ops.cc CsrConvKernel::Layout): in place, phase or shifted."""
-    f = lib.onnxprune_ops_conv_layout
-    f.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
-                  ctypes.c_int64, ctypes.c_int64]
-    attrs = (ctypes.c_int64 * 11)(*k, *strides, 1, 1, *pads, 1)
     nnz = int(density * c_out * x[1] * k[0] * k[1])
-    code = f(isa_name.encode(), attrs, (ctypes.c_int64 * 4)(*x), c_out, nnz)
+    code = base.conv_layout(lib, isa_name, [*k, *strides, 1, 1, *pads, 1], x, c_out, nnz)
     return {-1: "refused", 0: "in place", 1: "phase", 2: "shifted"}[code]
 
 

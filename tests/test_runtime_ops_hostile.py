@@ -26,6 +26,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from onnxprune import runtime_ops
 from onnxprune.runtime_ops import csr_from_dense
+from tests.test_runtime_ops import conv_layout
 from tests.test_runtime_ops_activation import _gelu  # GELU in float64, exact in its tails
 
 DOMAIN = runtime_ops.DOMAIN
@@ -344,11 +345,7 @@ def copies_fit(isa, x_shape, attrs, oh, ow, c_out, nnz) -> bool:
     shifted = fits(kw, -(-ow // 8) * 8 if isa != "scalar" else ow)
     if phase == shifted:
         return phase
-    f = LIB.onnxprune_ops_conv_layout
-    f.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
-                  ctypes.c_int64, ctypes.c_int64]
-    flat = [kh, kw, *st_, dh, dw, *pa, attrs.get("group", 1)]
-    layout = f(isa.encode(), (ctypes.c_int64 * 11)(*flat), (ctypes.c_int64 * 4)(*x_shape), c_out, nnz)
+    layout = conv_layout(LIB, isa, [kh, kw, *st_, dh, dw, *pa, attrs.get("group", 1)], x_shape, c_out, nnz)
     return shifted if layout == 2 else phase
 
 
