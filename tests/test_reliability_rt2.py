@@ -432,11 +432,18 @@ def test_transformer_projections_count_every_token_per_sample(batch):
     rows = {r["name"]: r for r in layer_rows(model)[0]}
     assert rows["in_proj"]["flops"] == 2 * w_in.dims[0] * w_in.dims[1] * s
     assert rows["out_proj"]["flops"] == 2 * d * d * s
-    # a symbolic batch: the leading dimension is taken to be it, as before
+    # a symbolic batch: the sequence-first MatMul still counts S rows, but the Gemm after a
+    # reshape to [-1, d] cannot be sized by inference. Without a run, its leading dimension is
+    # taken for the batch (a guess, marked); a run of the model measures it.
+    from onnxprune.runtime.shape_probe import shape_probe
+
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     model.graph.initializer[2].CopyFrom(numpy_helper.from_array(np.array([-1, d], np.int64), "flat"))
     rows = {r["name"]: r for r in layer_rows(model)[0]}
-    assert rows["out_proj"]["flops"] == 2 * d * d
+    assert rows["out_proj"]["flops"] == 2 * d * d and rows["out_proj"]["flops_shapes"] == "assumed"
+    rows = {r["name"]: r for r in layer_rows(model, measure=shape_probe(model))[0]}
+    assert rows["out_proj"]["flops"] == 2 * d * d * s and rows["out_proj"]["flops_shapes"] == "measured"
+    assert rows["in_proj"]["flops"] == 2 * d * 3 * d * s
 
 
 def test_matmul_flops_with_symbolic_sequence_are_unknown(tmp_path):
@@ -457,3 +464,94 @@ def test_matmul_flops_with_symbolic_sequence_are_unknown(tmp_path):
     fixed.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
     rows, _ = layer_rows(fixed)
     assert rows[0]["flops"] == 2 * 48 * 5
+
+
+def _window_attention(batch="N", tokens=16, window=4, d=8):
+    """Swin's window partition in miniature: [N, T, D] reshaped to [N·T/w, w, D] and projected
+    per window. Inference cannot size N·T/w (a symbol times a number), so each projection's
+    rows per sample are unknown to it; they are T."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((d, d)).astype(np.float32), "w_q"),
+             numpy_helper.from_array(np.array([-1, window, d], np.int64), "win"),
+             numpy_helper.from_array(np.array([-1, tokens, d], np.int64), "back"),
+             numpy_helper.from_array(rng.standard_normal((d, 2)).astype(np.float32), "w_head")]
+    nodes = [helper.make_node("Reshape", ["x", "win"], ["xw"]),
+             helper.make_node("MatMul", ["xw", "w_q"], ["q"], name="q_proj"),
+             helper.make_node("Reshape", ["q", "back"], ["qb"]),
+             helper.make_node("MatMul", ["qb", "w_head"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "win", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                           [batch, tokens, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("batch", ["N", 1, 2])
+def test_window_attention_flops_are_measured_not_taken_from_the_windows(tmp_path, capsys, batch):
+    """Swin's window projections were counted with the windows × batch dimension taken for the
+    batch: 64× too few FLOPs in its first stage. inspect, report and prune now measure those
+    rows in one run of the model (T per sample, whatever the batch), and say so."""
+    src = tmp_path / "win.onnx"
+    model = _window_attention(batch)
+    onnx.save(model, src)
+    before = src.read_bytes()
+    want = {"q_proj": 2 * 8 * 8 * 16, "head": 2 * 8 * 2 * 16}
+    code = main(["inspect", str(src), "--json", str(tmp_path / "i.json")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = _strict_json((tmp_path / "i.json").read_text())
+    assert {r["name"]: r["flops"] for r in report["layers"]} == want
+    if batch == "N":  # with a fixed batch, inference sizes the windows itself
+        assert report["total"]["flops_measured_layers"] == ["q_proj", "head"]
+        assert "measured in one run" in err
+    assert src.read_bytes() == before  # the probe's outputs went into a copy only
+    assert main(["prune", str(src), "-o", str(tmp_path / "p.onnx"), "--json",
+                 str(tmp_path / "p.json"), "-q"]) == 0
+    rows = _strict_json((tmp_path / "p.json").read_text())["layers"]
+    assert {r["name"]: r["flops"] for r in rows} == want
+    assert not any(o.name == "xw" for o in onnx.load(str(tmp_path / "p.onnx")).graph.output)
+    assert main(["report", str(tmp_path / "p.onnx"), "--baseline", str(src), "-o",
+                 str(tmp_path / "r"), "--no-figures", "-q"]) == 0
+    total = json.loads((tmp_path / "r" / "report.json").read_text())["table"]["total"]
+    assert total["flops"] == sum(want.values())
+
+
+def test_flops_that_cannot_be_measured_are_marked_as_assumed(tmp_path, capsys):
+    """A model that cannot run on random inputs (here a symbolic length random inputs must not
+    guess) keeps the leading-dimension guess, marked in the row, the total and the table."""
+    model = _window_attention()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "T"
+    src = tmp_path / "win.onnx"
+    onnx.save(model, src)
+    code = main(["inspect", str(src), "--json", str(tmp_path / "i.json")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    rows = {r["name"]: r for r in _strict_json((tmp_path / "i.json").read_text())["layers"]}
+    assert rows["q_proj"]["flops_shapes"] == "assumed" and rows["q_proj"]["flops"] == 2 * 8 * 8 * 4
+    assert "take the leading dimension for the batch" in err
+    # --input-shape sizes it (here inference alone can, once the length is known)
+    code = main(["inspect", str(src), "--input-shape", "x=1x16x8", "--json", str(tmp_path / "j.json")])
+    assert code == 0
+    rows = {r["name"]: r for r in _strict_json((tmp_path / "j.json").read_text())["layers"]}
+    assert rows["q_proj"]["flops_shapes"] != "assumed" and rows["q_proj"]["flops"] == 2 * 8 * 8 * 16
+
+
+def test_a_batch_symbol_carried_through_is_inferred_without_running_the_model():
+    """A symbolic batch that shape inference carries to a product's leading dim needs no run:
+    the probe is not called, and the rows after the batch are counted."""
+    from onnxprune.core.stats import layer_rows
+
+    w = numpy_helper.from_array(np.ones((8, 6), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"], name="proj")],
+        "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+
+    def never(names):
+        raise AssertionError(f"ran the model for {names}")
+
+    rows, _ = layer_rows(model, measure=never)
+    assert rows[0]["flops"] == 2 * 48 * 5 and rows[0]["flops_shapes"] == "inferred"

@@ -164,9 +164,13 @@ def _prune(proto, info, path, output, recipe, in_place, progress, decision) -> d
     from onnxprune.core.stats import totals, versions
     from onnxprune.passes.pipeline import run_pipeline
 
+    from onnxprune.runtime.shape_probe import shape_probe
+
     graph = graph_from_model(proto, info)
-    shapes = infer_shapes(proto)
-    before_rows, notes = _rows_before(graph, shapes)
+    symbols: dict = {}
+    shapes = infer_shapes(proto, symbols=symbols)
+    sizing = {"symbols": symbols, "measure": shape_probe(proto, None, info)}
+    before_rows, notes = _rows_before(graph, shapes, sizing)
     def refine(kind, options, g):
         return decision.options_for(options, g, proto) if kind.lowers_weights else options
 
@@ -174,7 +178,7 @@ def _prune(proto, info, path, output, recipe, in_place, progress, decision) -> d
     lowering = result.stats_of("lowers_weights")
     if lowering is not None:
         result.graph = decision.finish(result.graph, proto, lowering)
-    rows, notes = _layer_rows(proto, info, shapes, before_rows, notes, result)
+    rows, notes = _layer_rows(proto, info, shapes, before_rows, notes, result, sizing)
     if recipe.emit == "sparse-ops":
         _count_lowered_weights(rows, result.stats_of("lowers_weights"))
     total = totals(rows)
@@ -216,22 +220,23 @@ def _prune(proto, info, path, output, recipe, in_place, progress, decision) -> d
     return report
 
 
-def _rows_before(graph, shapes):
+def _rows_before(graph, shapes, sizing):
     """Rows of the input model; nonzero counts are filled in later (the threshold pass counts
-    them where it runs, which saves a pass over every weight of a large model)."""
+    them where it runs, which saves a pass over every weight of a large model). ``sizing``:
+    the symbols and shape probe of ``core.stats.layer_reuses``."""
     from onnxprune.core.stats import graph_rows
 
-    return graph_rows(graph, shapes, with_std=False, count=False)
+    return graph_rows(graph, shapes, with_std=False, count=False, **sizing)
 
 
-def _layer_rows(proto, info, shapes, before_rows, notes, result):
+def _layer_rows(proto, info, shapes, before_rows, notes, result, sizing):
     """Per-layer rows: params and shapes of the input, nonzero and shapes of the output, and
     the q / σ / t the threshold pass used.  Density = nonzero after / params before."""
     from onnxprune.core.graph import graph_from_model
     from onnxprune.core.stats import graph_rows
 
     after_rows = before_rows if result.already_applied else \
-        graph_rows(result.graph, shapes, with_std=False)[0]
+        graph_rows(result.graph, shapes, with_std=False, **sizing)[0]
     threshold = result.stats_of("takes_threshold_flags")
     threshold_stats = {r["name"]: r for r in threshold["layers"]} if threshold else {}
     if threshold:
@@ -241,7 +246,7 @@ def _layer_rows(proto, info, shapes, before_rows, notes, result):
         if t.get("nonzero_before") is not None:
             r["nonzero"] = t["nonzero_before"]
     if any(r["nonzero"] is None for r in before_rows):
-        counted = _by_layer(graph_rows(graph_from_model(proto, info), shapes, with_std=False)[0])
+        counted = _by_layer(graph_rows(graph_from_model(proto, info), shapes, with_std=False, **sizing)[0])
         for r in before_rows:
             if r["nonzero"] is None:
                 r.update({k: _match(counted, r)[k] for k in ("nonzero", "density", "flops_remaining")})

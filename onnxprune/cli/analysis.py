@@ -328,15 +328,16 @@ def cmd_report(args, console: Console) -> int:
                 [*(("-o", p) for p in paths.values()), ("--json", args.json)],
                 new_folder=out_dir)
     from onnxprune.runtime.check import checked_input_shapes, input_shapes
+    from onnxprune.runtime.shape_probe import shape_probe
 
     shapes = input_shapes(args)
     # a lowered model is counted, and its mask drawn, as the dense pruned model it came from
     model, info, view_notes = counting_view(model, info, checked_input_shapes(model, shapes))
-    rows, notes = layer_rows(model, info, shapes)
+    rows, notes = layer_rows(model, info, shapes, measure=shape_probe(model, shapes, info))
     notes += view_notes
     if baseline is not None:
         baseline, binfo, _ = counting_view(baseline, binfo, checked_input_shapes(baseline, shapes))
-        base_rows, _ = layer_rows(baseline, binfo, shapes)
+        base_rows, _ = layer_rows(baseline, binfo, shapes, measure=shape_probe(baseline, shapes, binfo))
     history = rc.load_history(args.history) if args.history else None
     usable = [r for r in rows if not r["skipped"]]
     chosen = _pick_layer(usable, args.layer)

@@ -860,10 +860,13 @@ def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
     return sk
 
 
-def infer_shapes(model: ModelProto, input_shapes: dict | None = None) -> dict[str, list[int | None]]:
+def infer_shapes(model: ModelProto, input_shapes: dict | None = None,
+                 symbols: dict | None = None) -> dict[str, list[int | None]]:
     """Tensor name → shape (None for unknown/symbolic dims); empty on failure. The graph
     inputs named in ``input_shapes`` (``--input-shape``, checked by the caller) take those
-    dims for the inference."""
+    dims for the inference. ``symbols``, when given, is filled with tensor name → each dim's
+    symbol (``dim_param``; None for a fixed or unnamed dim), which tells where the inputs'
+    symbolic batch went (:func:`batch_symbol`)."""
     sk = _skeleton(model)
     for vi in sk.graph.input:
         dims = (input_shapes or {}).get(vi.name)
@@ -881,6 +884,8 @@ def infer_shapes(model: ModelProto, input_shapes: dict | None = None) -> dict[st
         if not tt.HasField("shape"):
             continue
         shapes[vi.name] = [dim_size(d) for d in tt.shape.dim]
+        if symbols is not None:
+            symbols[vi.name] = [None if dim_size(d) else (d.dim_param or None) for d in tt.shape.dim]
     return shapes
 
 
@@ -908,6 +913,13 @@ def model_batch(graph: gs.Graph, shapes: dict[str, list[int | None]]) -> int | N
     return firsts.pop() if len(firsts) == 1 else None
 
 
+def batch_symbol(graph: gs.Graph, symbols: dict[str, list[str | None]]) -> str | None:
+    """The symbol every graph input's leading dimension is named by (``infer_shapes``'s
+    ``symbols``), when they share one: a tensor whose leading dim carries it is batch-first."""
+    names = {(symbols.get(t.name) or [None])[0] for t in graph.inputs}
+    return names.pop() if len(names) == 1 and graph.inputs else None
+
+
 def _rows_per_sample(rows_dims, batch: int | None) -> int | None:
     """Rows of a weight's input ÷ the model's batch, when every row dimension is known and the
     batch divides them; None otherwise."""
@@ -916,34 +928,46 @@ def _rows_per_sample(rows_dims, batch: int | None) -> int | None:
 
 
 def weight_reuse(layer: Layer, node: gs.Node, shapes: dict[str, list[int | None]],
-                 batch: int | None = None) -> int | None:
+                 batch: int | None = None, exact: bool = False,
+                 batch_first: Callable[[str], bool] | None = None) -> int | None:
     """How many times each weight is applied for one sample (FLOPs = 2 · reuse · weights).
 
     With the model's batch known (``model_batch``), a Gemm or MatMul weight is applied once
     per row of its input, divided by that batch, wherever the batch sits in the rows: a
-    sequence-first [S, N, D] MatMul or a [N·S, D] Gemm of a transformer. Without it, the
-    leading dimension is taken to be the batch."""
+    sequence-first [S, N, D] MatMul or a [N·S, D] Gemm of a transformer. With a symbolic batch,
+    a product whose leading dim carries the inputs' batch symbol (``batch_first(name)``) counts
+    the rows after it. Otherwise ``exact`` gives None (unknown) and the default takes the
+    leading dimension to be the batch, which is a guess (Swin's windows × batch is not)."""
     out = shapes.get(node.outputs[0].name) if node.outputs else None
     if layer.op == "Conv":
         return _prod_known(out[2:]) if out and len(out) >= 3 else None
     if layer.op == "ConvTranspose":
         x = shapes.get(node.inputs[0].name)
         return _prod_known(x[2:]) if x and len(x) >= 3 else None
-    if layer.op == "Gemm":
-        per_sample = _rows_per_sample(out[:1], batch) if out and len(out) == 2 else None
-        return per_sample or 1
     if layer.op in RECURRENT_OPS:  # W and R are applied once per time step
         x = shapes.get(node.inputs[0].name) if node.inputs else None
         t_axis = 1 if _attr(node, "layout", 0) else 0
         return x[t_axis] if x and len(x) == 3 and x[t_axis] else None
-    if layer.op == "MatMul":
-        if out is None:
-            return None
-        if node.inputs[1] is layer.weight or const_source(node.inputs[1])[0] is layer.weight:
-            per_sample = _rows_per_sample(out[:-1], batch) if len(out) >= 2 else None
-            return per_sample or (_prod_known(out[1:-1]) if len(out) >= 3 else 1)
-        if len(out) < 2:
-            return None
-        lead = _prod_known(out[1:-2])
-        return out[-1] * lead if out[-1] and lead is not None else None
-    return None
+    if layer.op not in ("Gemm", "MatMul") or out is None:
+        return 1 if layer.op == "Gemm" and not exact else None
+    weight_is_b = layer.op == "Gemm" or node.inputs[1] is layer.weight or \
+        const_source(node.inputs[1])[0] is layer.weight
+    if len(out) < 2:  # a vector times the weight (or the weight times one): applied once
+        return 1 if out else None
+    if len(out) == 2 and not weight_is_b:  # W·X: once per column of X, no batch among them
+        return out[-1]
+    # the rows the weight is applied to, in order: all but the last dim of the product when
+    # the weight is B (X·W), all but the last two and the last one when it is A (W·X)
+    rows = out[:-1] if weight_is_b else [*out[:-2], out[-1]]
+    per_sample = _rows_per_sample(rows, batch)
+    if per_sample is None and batch is None and batch_first is not None and \
+            batch_first(node.outputs[0].name):
+        per_sample = _prod_known(rows[1:])
+    if per_sample is not None or exact:
+        return per_sample
+    if layer.op == "Gemm":
+        return 1
+    if weight_is_b:
+        return _prod_known(out[1:-1]) if len(out) >= 3 else 1
+    lead = _prod_known(out[1:-2])
+    return out[-1] * lead if out[-1] and lead is not None else None

@@ -6,7 +6,11 @@
   size H_out·W_out for Conv (from ONNX shape inference), the input spatial size for
   ConvTranspose; for Gemm and MatMul the rows of the input ÷ the batch the model's inputs
   fix (so a transformer's projections count every token, sequence-first or flattened), or,
-  where the batch is symbolic, the non-batch leading dims (1 for Gemm);
+  where the batch is symbolic, the dims after the inputs' batch symbol;
+* where shape inference leaves those rows unknown (Swin's windows × batch, a reshape to a
+  computed size), they are measured in one run of the model on random inputs, when the caller
+  can run it (``layer_reuses``), and failing that the leading dimension is taken for the
+  batch; each row's ``flops_shapes`` says which (``inferred``, ``measured``, ``assumed``);
 * flops_remaining = 2 · nonzero · reuse;  density = nonzero / params;
 * FLOPs need the spatial sizes: where shape inference leaves one symbolic (a detector's
   height and width) they are unknown — null in JSON, "?" in tables — never a guess; the total
@@ -20,42 +24,48 @@ import hashlib
 import os
 import platform
 import sys
+from typing import Callable
 
 import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.console import printable, text_table
-from onnxprune.core.graph import (find_layers, graph_from_model, infer_shapes, model_batch, weight_reuse,
-                                  weight_values)
+from onnxprune.core.graph import (batch_symbol, find_layers, graph_from_model, infer_shapes, model_batch,
+                                  weight_reuse, weight_values)
 from onnxprune.core.masks import count_nonzero, weight_std
 
+# tensor names -> their shapes in one run of the model (and the graph inputs'), or None
+Measure = Callable[[list[str]], "dict[str, list[int]] | None"]
 
-def layer_rows(model: ModelProto, info=None, input_shapes: dict | None = None
-               ) -> tuple[list[dict], list[dict]]:
+
+def layer_rows(model: ModelProto, info=None, input_shapes: dict | None = None,
+               measure: Measure | None = None) -> tuple[list[dict], list[dict]]:
     """Rows for every prunable layer of ``model`` plus notes on what was skipped (a lowered
     model: ``onnxprune.runtime.bench.counted_layer_rows``); ``input_shapes`` sizes symbolic
-    inputs for the FLOP counts."""
-    return graph_rows(graph_from_model(model, info), infer_shapes(model, input_shapes),
-                      _stamped_thresholds(model))
+    inputs for the FLOP counts, and ``measure`` sizes what shape inference cannot
+    (:func:`layer_reuses`)."""
+    symbols: dict = {}
+    shapes = infer_shapes(model, input_shapes, symbols)
+    return graph_rows(graph_from_model(model, info), shapes, _stamped_thresholds(model),
+                      symbols=symbols, measure=measure)
 
 
-def graph_rows(graph, shapes, stamped=None, with_std: bool = True,
-               count: bool = True) -> tuple[list[dict], list[dict]]:
-    """``layer_rows`` for an imported graph and precomputed shapes.
+def graph_rows(graph, shapes, stamped=None, with_std: bool = True, count: bool = True,
+               symbols: dict | None = None, measure: Measure | None = None
+               ) -> tuple[list[dict], list[dict]]:
+    """``layer_rows`` for an imported graph and precomputed shapes (``symbols`` and
+    ``measure``: :func:`layer_reuses`).
 
     ``with_std`` and ``count`` each cost a pass over the weights; without ``count`` the
     nonzero-derived fields are None (for callers that know the counts already).
     """
     stamped = stamped or {}
     layers, notes = find_layers(graph)
-    batch = model_batch(graph, shapes)
+    reuses = layer_reuses(graph, layers, shapes, symbols, measure)
     rows = []
-    for layer in layers:
+    for layer, (reuse, basis) in zip(layers, reuses):
         w = weight_values(layer) if layer.weight is not None else None
         nnz = count_nonzero(w) if w is not None and count else None
-        # A shared weight is applied once per consuming node.
-        reuses = [weight_reuse(layer, node, shapes, batch) for node in layer.nodes]
-        reuse = None if any(r is None for r in reuses) else sum(reuses)
         params = layer.params
         rows.append({
             "name": layer.name,
@@ -69,11 +79,53 @@ def graph_rows(graph, shapes, stamped=None, with_std: bool = True,
             "density": (nnz / params) if params and nnz is not None else None,
             "flops": 2 * params * reuse if reuse is not None else None,
             "flops_remaining": 2 * nnz * reuse if reuse is not None and nnz is not None else None,
+            "flops_shapes": basis,
             "std": weight_std(w) if w is not None and with_std else None,
             "threshold": stamped.get(layer.name),
             "skipped": layer.skip_reason,
         })
     return rows, [{"node": n.node, "op": n.op, "reason": n.reason} for n in notes]
+
+
+def layer_reuses(graph, layers, shapes, symbols: dict | None = None,
+                 measure: Measure | None = None) -> list[tuple[int | None, str | None]]:
+    """Per layer, how often its weight is applied for one sample (summed over the nodes that
+    share it; None when unknown) and what that rests on:
+
+    * ``inferred``: ONNX shape inference (``symbols``, from ``infer_shapes``, tells a product
+      whose leading dim is the inputs' symbolic batch);
+    * ``measured``: where inference leaves the rows unknown (Swin's windows × batch, a
+      reshape to a computed shape), the shapes of one run of the model: ``measure(names)``
+      returns tensor name → shape for those tensors and the graph inputs, or None when the
+      model cannot run (``onnxprune.runtime.shape_probe``);
+    * ``assumed``: neither could tell, and the leading dimension was taken for the batch.
+    """
+    batch = model_batch(graph, shapes)
+    bsym = batch_symbol(graph, symbols) if symbols and batch is None else None
+    first = (lambda name: (symbols.get(name) or [None])[0] == bsym) if bsym else None
+
+    def summed(layer, shp, b, exact, bf):
+        rs = [weight_reuse(layer, node, shp, b, exact, bf) for node in layer.nodes]
+        return None if any(r is None for r in rs) else sum(rs)
+
+    out = [(r, "inferred" if r is not None else None)
+           for r in (summed(layer, shapes, batch, True, first) for layer in layers)]
+    left = [i for i, (r, _) in enumerate(out) if r is None]
+    if left and measure is not None:
+        names = sorted({t.name for i in left for n in layers[i].nodes
+                        for t in (*n.inputs[:1], *n.outputs[:1]) if t is not None and t.name})
+        measured = measure(names)
+        if measured:
+            merged = {**shapes, **measured}
+            b = model_batch(graph, merged)
+            for i in left:
+                r = summed(layers[i], merged, b, True, None)
+                if r is not None:
+                    out[i] = (r, "measured")
+    for i in [i for i, (r, _) in enumerate(out) if r is None]:
+        r = summed(layers[i], shapes, batch, False, first)
+        out[i] = (r, "assumed" if r is not None else None)
+    return out
 
 
 def _stamped_thresholds(model: ModelProto) -> dict[str, float]:
@@ -123,6 +175,9 @@ def totals(rows: list[dict]) -> dict:
         # When some layer's FLOPs are unknown the totals are null; these say how far we got.
         "flops_known_part": sum(f for f in flops if f is not None),
         "flops_unknown_layers": unknown,
+        # layers whose rows per sample shape inference could not give (layer_reuses)
+        "flops_measured_layers": [r["name"] for r in rows if r.get("flops_shapes") == "measured"],
+        "flops_assumed_layers": [r["name"] for r in rows if r.get("flops_shapes") == "assumed"],
     }
 
 
@@ -226,6 +281,13 @@ def format_table(rows: list[dict], total: dict) -> str:
     if total.get("compression"):
         lines.append(f"compression: {total['compression']:.1f}x fewer weights "
                      f"({_fmt_pct(total['sparsity'])} pruned)")
+    measured, assumed = total.get("flops_measured_layers"), total.get("flops_assumed_layers")
+    if measured:
+        lines.append(f"FLOPs of {len(measured)} layer(s) counted on shapes measured in one run on "
+                     "random inputs (shape inference could not size them)")
+    if assumed:
+        lines.append(f"FLOPs of {len(assumed)} layer(s) take the leading dimension for the batch "
+                     "(shape inference could not tell, and the model could not be run to measure it)")
     return "\n".join(lines)
 
 

@@ -373,8 +373,11 @@ def counted_layer_rows(model: onnx.ModelProto, info=None, input_shapes: dict | N
     """``core.stats.layer_rows`` of :func:`counting_view`, its notes added."""
     from onnxprune.core.stats import layer_rows
 
+    from onnxprune.runtime.shape_probe import shape_probe
+
     view, view_info, view_notes = counting_view(model, info, input_shapes)
-    rows, notes = layer_rows(view, view_info, input_shapes)
+    rows, notes = layer_rows(view, view_info, input_shapes,
+                             measure=shape_probe(view, input_shapes, view_info))
     return rows, notes + view_notes
 
 
