@@ -345,6 +345,7 @@ def test_data_is_checked_before_anything_runs(tmp_path, capsys):
     np.savez(data, x=np.zeros((1, 8), np.float32))  # under 'x', a one-input model's default name
     code, _, err = run_cli(["lower", str(src), "-o", str(out), "--data", str(data)], capsys)
     assert code == 2 and "holds float32, the model's input takes int64" in err and not out.exists()
+    assert "array 'x' (for input 'ids')" in err  # named as in the file, and what it fed
     before = data.read_bytes()
     code, _, err = run_cli(["lower", str(src), "-o", str(data), "--data", str(data)], capsys)
     assert code == 2 and "refusing to overwrite the input" in err and data.read_bytes() == before

@@ -555,3 +555,37 @@ def test_a_batch_symbol_carried_through_is_inferred_without_running_the_model():
 
     rows, _ = layer_rows(model, measure=never)
     assert rows[0]["flops"] == 2 * 48 * 5 and rows[0]["flops_shapes"] == "inferred"
+
+
+def test_a_model_that_runs_long_is_stopped_and_its_flops_stay_assumed(tmp_path, capsys, monkeypatch):
+    """inspect runs a model only to size its FLOPs: a Loop of 10⁹ steps beside the layers is
+    stopped after PROBE_SECONDS (ORT's terminate flag), and the rows keep the marked guess."""
+    import time
+
+    from onnxprune.runtime import shape_probe
+
+    model = _window_attention()
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(10**9, np.int64), "trip"),
+                                    numpy_helper.from_array(np.array(True), "go"),
+                                    numpy_helper.from_array(np.zeros(1, np.float32), "v0")])
+    model.graph.node.append(helper.make_node("Loop", ["trip", "go", "v0"], ["spin"], body=body))
+    model.graph.output.append(helper.make_tensor_value_info("spin", TensorProto.FLOAT, [1]))
+    src = tmp_path / "spin.onnx"
+    onnx.save(model, src)
+    monkeypatch.setattr(shape_probe, "PROBE_SECONDS", 0.5)
+    t0 = time.monotonic()
+    code = main(["inspect", str(src), "--json", str(tmp_path / "i.json")])
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 0, err
+    rows = {r["name"]: r for r in _strict_json((tmp_path / "i.json").read_text())["layers"]}
+    assert rows["q_proj"]["flops_shapes"] == "assumed", rows
+    assert elapsed < 20, elapsed  # 10⁹ loop steps would take minutes

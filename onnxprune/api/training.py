@@ -343,10 +343,13 @@ def _layer_rows(dense, compressed) -> tuple[list[dict], dict]:
     and remaining FLOPs; density = nonzero / dense params (so removed neurons count as zeros)."""
     from onnxprune.core.graph import graph_from_model, infer_shapes
     from onnxprune.core.stats import graph_rows, merged_row, totals
+    from onnxprune.runtime.shape_probe import shape_probe
 
-    shapes = infer_shapes(dense)
-    before_rows, _ = graph_rows(graph_from_model(dense), shapes, with_std=False)
-    after_rows, _ = graph_rows(graph_from_model(compressed), shapes, with_std=False)
+    symbols: dict = {}
+    shapes = infer_shapes(dense, symbols=symbols)
+    sizing = {"symbols": symbols, "measure": shape_probe(dense)}
+    before_rows, _ = graph_rows(graph_from_model(dense), shapes, with_std=False, **sizing)
+    after_rows, _ = graph_rows(graph_from_model(compressed), shapes, with_std=False, **sizing)
     after = {r["weight"]: r for r in after_rows}
     rows = [merged_row(r, after.get(r["weight"], r)) for r in before_rows]
     return rows, totals(rows)

@@ -170,10 +170,11 @@ def run_demo(args, console) -> int:
         io.save_with_storage(result.model, out_path, storage="portable", records=records)
         dense_bytes = os.path.getsize(dense_path)
         out_bytes = sum(r["bytes"] for r in records)
-        shapes = infer_shapes(model)
-        before, _ = graph_rows(graph_from_model(model), shapes, with_std=False)
+        symbols: dict = {}
+        shapes = infer_shapes(model, symbols=symbols)
+        before, _ = graph_rows(graph_from_model(model), shapes, with_std=False, symbols=symbols)
         after = {r["weight"]: r for r in graph_rows(graph_from_model(result.model), shapes,
-                                                    with_std=False)[0]}
+                                                    with_std=False, symbols=symbols)[0]}
         rows = [{**r, "weight_shape": after[r["weight"]]["weight_shape"],
                  "original_shape": r["weight_shape"], "nonzero": after[r["weight"]]["nonzero"],
                  "flops_remaining": after[r["weight"]]["flops_remaining"]} for r in before]

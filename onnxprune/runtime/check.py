@@ -193,37 +193,41 @@ def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
         if key is None:
             wanted = f"{names[0]!r} or 'x'" if names[0] != "x" else "'x'"
             raise UsageError(f"{path}: has no array named {wanted}")
-        data = {names[0]: data[key]}  # checked below like any other, under the input's name
+        data = {names[0]: data[key]}  # checked below like any other, named as in the file
+        keys = {names[0]: key}
+    else:
+        keys = {}
     missing = [n for n in names if n not in data]
     if missing:
         raise UsageError(f"{path}: missing input array(s) {', '.join(missing)}")
     for vi in graph_inputs(model):
-        _check_array(path, vi, data[vi.name])
+        _check_array(path, vi, data[vi.name], keys.get(vi.name, vi.name))
     return {n: data[n] for n in names}
 
 
-def _check_array(path: str, vi, arr: np.ndarray) -> None:
-    """UsageError unless ``arr`` fits graph input ``vi``: its element type, its rank and every
-    fixed dimension, and at least one row (ONNX Runtime would fail on any of these, and the
-    data, not the run, is what is wrong)."""
+def _check_array(path: str, vi, arr: np.ndarray, key: str) -> None:
+    """UsageError unless ``arr`` (the file's array ``key``) fits graph input ``vi``: its
+    element type, its rank and every fixed dimension, and at least one row (ONNX Runtime would
+    fail on any of these, and the data, not the run, is what is wrong)."""
     tt = vi.type.tensor_type
+    name = repr(key) if key == vi.name else f"{key!r} (for input {vi.name!r})"
     want = _NP_TYPES.get(tt.elem_type)
     if want is not None and arr.dtype != np.dtype(want):
-        raise UsageError(f"{path}: array {vi.name!r} holds {arr.dtype}, the model's input takes "
+        raise UsageError(f"{path}: array {name} holds {arr.dtype}, the model's input takes "
                          f"{np.dtype(want)}")
     if not tt.HasField("shape"):
         return
     dims = list(tt.shape.dim)
     if arr.ndim != len(dims):
-        raise UsageError(f"{path}: array {vi.name!r} has {arr.ndim} dims {tuple(arr.shape)}, the "
+        raise UsageError(f"{path}: array {name} has {arr.ndim} dims {tuple(arr.shape)}, the "
                          f"model's input has {len(dims)} ({_shape_text(dims)})")
     for i, d in enumerate(dims):
         size = dim_size(d)
         if size is not None and arr.shape[i] != size:
-            raise UsageError(f"{path}: array {vi.name!r}: dim {i} is {arr.shape[i]}, the model "
+            raise UsageError(f"{path}: array {name}: dim {i} is {arr.shape[i]}, the model "
                              f"fixes it at {size} ({_shape_text(dims)})")
     if arr.size == 0:
-        raise UsageError(f"{path}: array {vi.name!r} has no rows (shape {tuple(arr.shape)})")
+        raise UsageError(f"{path}: array {name} has no rows (shape {tuple(arr.shape)})")
 
 
 # ONNX Runtime's own log goes to stderr in colour; its errors reach us as exceptions anyway,

@@ -11,16 +11,20 @@ unsized.
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
 from onnx import ModelProto
 
+from onnxprune import runtime_ops
 from onnxprune.core.errors import OnnxPruneError
 
 # a model whose serialized form is larger is not run just to size it (ORT would hold a
 # second copy of its weights); its unsized layers keep the inferred figures
 MAX_PROBE_BYTES = 1 << 30
+# the longest one run may take before it is stopped and the layers stay unsized
+PROBE_SECONDS = 30.0
 
 
 def shape_probe(model: ModelProto, input_shapes: dict | None = None, info=None
@@ -60,6 +64,9 @@ def _run(model: ModelProto, names: list[str], input_shapes: dict | None
     if model.ByteSize() > MAX_PROBE_BYTES:
         return None
     inputs = {vi.name for vi in graph_inputs(model)}
+    weights = {t.name for t in model.graph.initializer} | \
+        {t.values.name for t in model.graph.sparse_initializer}  # not run: their shapes are stored
+    names = [n for n in names if n not in weights]
     have = {o.name for o in model.graph.output}
     extra = [n for n in names if n not in have and n not in inputs]
     n_outputs = len(model.graph.output)
@@ -72,10 +79,17 @@ def _run(model: ModelProto, names: list[str], input_shapes: dict | None
     finally:
         del model.graph.output[n_outputs:]
     fetch = [n for n in names if n not in inputs]
+    options = runtime_ops.import_onnxruntime().RunOptions()
+    # a model that loops for long is stopped (ORT checks the flag between nodes): sizing its
+    # FLOPs is not worth more than this
+    watchdog = threading.Timer(PROBE_SECONDS, lambda: setattr(options, "terminate", True))
+    watchdog.start()
     try:
-        values = sess.run(fetch, feeds) if fetch else []
+        values = sess.run(fetch, feeds, options) if fetch else []
     except Exception:  # ORT's own failure (or memory): the layers stay unsized, nothing else
         return None
+    finally:
+        watchdog.cancel()
     shapes = {n: list(np.shape(v)) for n, v in zip(fetch, values)}
     shapes.update({n: list(np.shape(v)) for n, v in feeds.items()})
     return shapes
