@@ -11,7 +11,8 @@ from onnx import numpy_helper
 from onnxprune import runtime_ops
 from onnxprune.runtime_ops import dense_from_csr
 from tests.conftest import run_cli, save_external
-from tests.models import mlp, random_feeds, run
+from onnxprune.core.stats import layer_rows
+from tests.models import cnn, mlp, random_feeds, run
 from tests.test_lower_measure import fake_timer, masked
 
 
@@ -153,8 +154,6 @@ def test_lower_refuses_bad_input_and_its_own_input(tmp_path, pruned, capsys):
 
 
 def test_symbolic_input_needs_its_shape(tmp_path, capsys, timed):
-    from tests.models import cnn
-
     src, out = tmp_path / "det.onnx", tmp_path / "o.onnx"
     onnx.save(masked(cnn(hw="H")), src)
     timed({"conv1": 1.5, "conv2": 1.5, "fc": 0.5}, 1.5)
@@ -206,10 +205,38 @@ def test_prune_emit_sparse_ops_measures_by_default(tmp_path, capsys, timed):
 
 def test_prune_decide_needs_sparse_ops(tmp_path, pruned, capsys):
     out = tmp_path / "o.onnx"
-    for extra in (["--decide", "model"], ["--input-shape", "x=1x64"]):
-        code, _, err = run_cli(["prune", str(pruned), "-o", str(out), *extra], capsys)
-        assert code == 2 and "only apply to --emit sparse-ops" in err
-        assert not out.exists()
+    code, _, err = run_cli(["prune", str(pruned), "-o", str(out), "--decide", "model"], capsys)
+    assert code == 2 and "only applies to --emit sparse-ops" in err
+    assert not out.exists()
+
+
+def test_prune_takes_input_shape_for_its_flops(tmp_path, capsys):
+    """--input-shape sizes a symbolic input for prune's FLOPs as for inspect's (it was refused
+    without --emit sparse-ops, and the FLOPs of a detector stayed unknown); a wrong one is
+    exit 2 before anything is written."""
+    src, out = tmp_path / "det.onnx", tmp_path / "o.onnx"
+    onnx.save(cnn(channels=(3, 8, 8), hw="H"), src)
+    code, stdout, err = run_cli(["prune", str(src), "-o", str(out), "--json", "-"], capsys)
+    assert code == 0 and json.loads(stdout)["total"]["flops"] is None, err
+    code, stdout, err = run_cli(["prune", str(src), "-o", str(out), "--json", "-",
+                                 "--input-shape", "x=1x3x20x20"], capsys)
+    assert code == 0, err
+    want = {r["name"]: r["flops"] for r in layer_rows(cnn(channels=(3, 8, 8), hw=20))[0]}
+    assert {r["name"]: r["flops"] for r in json.loads(stdout)["layers"]} == want
+    out.unlink()
+    code, _, err = run_cli(["prune", str(src), "-o", str(out), "--input-shape", "y=1x3x20x20"], capsys)
+    assert code == 2 and "no such input" in err and not out.exists()
+
+
+def test_prune_refuses_a_lowered_model(tmp_path, pruned, capsys, timed):
+    """prune of a lowered model saw only its dense layers: a --min-sparsity gate passed on the
+    10% of weights left dense while the whole model was less sparse. It is refused (exit 4)."""
+    timed({"fc1": 1.5, "fc2": 1.5, "fc3": 1.5}, 1.4)
+    low, out = tmp_path / "low.onnx", tmp_path / "again.onnx"
+    assert run_cli(["lower", str(pruned), "-o", str(low), "-q"], capsys)[0] == 0
+    code, _, err = run_cli(["prune", str(low), "-o", str(out), "--min-sparsity", "0.5"], capsys)
+    assert code == 4 and "already lowered" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_lowering_nothing_keeps_a_compressed_file_compressed(tmp_path, capsys, timed):

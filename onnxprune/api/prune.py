@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from onnxprune.api.source import model_files, open_model, path_of
-from onnxprune.core.errors import GateFailed, UsageError
+from onnxprune.core.errors import GateFailed, InvalidModelError, UsageError
 
 # Keyword → threshold-pass option key, for the flags that map one to one.
 _THRESHOLD_KEYS = (("min_params", "min-params"),
@@ -136,17 +136,31 @@ def prune(model, output, *, recipe=None, in_place: bool = False,
     from onnxprune.api.lower import checked_shapes
     from onnxprune.runtime.lowering import MeasuredLowering
 
+    from onnxprune.runtime.bench import csr_nodes
+    from onnxprune.runtime.check import checked_input_shapes
+
     recipe = build_recipe(recipe, **options)
-    if recipe.emit != "sparse-ops" and (decide is not None or input_shapes):
-        raise UsageError("--decide and --input-shape only apply to --emit sparse-ops")
-    decision = MeasuredLowering(decide or "measure", checked_shapes(input_shapes), timer,
-                                progress)
+    if recipe.emit != "sparse-ops" and decide is not None:
+        raise UsageError("--decide only applies to --emit sparse-ops")
+    shapes = checked_shapes(input_shapes)
+    decision = MeasuredLowering(decide or "measure", shapes, timer, progress)
     if output is None:
         raise UsageError("prune: an output path is required")
     proto, info = open_model(model, lazy=True)
+    from onnxprune.passes.pipeline import STAMP_RECIPE, read_stamp
+
+    lowered = csr_nodes(proto)
+    # its CSR layers are not prunable layers, so the gates would count the rest only; a file
+    # this recipe wrote is the exception: prune is idempotent, it is written unchanged
+    if lowered and read_stamp(proto).get(STAMP_RECIPE) != recipe.sha256:
+        raise InvalidModelError(f"the model is already lowered ({len(lowered)} sparse-op node(s) "
+                                "of onnxprune's CSR ops), and a lowered layer cannot be pruned "
+                                "again; prune the dense model it was lowered from")
+    shapes = checked_input_shapes(proto, shapes)
     if before_run is not None:
         before_run(model_files(info))
-    return _prune(proto, info, path_of(model), output, recipe, in_place, progress, decision)
+    return _prune(proto, info, path_of(model), output, recipe, in_place, progress, decision,
+                  shapes)
 
 
 def raise_for_gates(report: dict) -> None:
@@ -157,7 +171,7 @@ def raise_for_gates(report: dict) -> None:
             f"{g['name']} required {g['required']:g}, got {g['actual']:.4g}" for g in failed))
 
 
-def _prune(proto, info, path, output, recipe, in_place, progress, decision) -> dict:
+def _prune(proto, info, path, output, recipe, in_place, progress, decision, input_shapes) -> dict:
     from onnxprune import __version__
     from onnxprune.core import io
     from onnxprune.core.graph import graph_from_model, infer_shapes, save_graph
@@ -168,8 +182,8 @@ def _prune(proto, info, path, output, recipe, in_place, progress, decision) -> d
 
     graph = graph_from_model(proto, info)
     symbols: dict = {}
-    shapes = infer_shapes(proto, symbols=symbols)
-    sizing = {"symbols": symbols, "measure": shape_probe(proto, None, info)}
+    shapes = infer_shapes(proto, input_shapes, symbols=symbols)
+    sizing = {"symbols": symbols, "measure": shape_probe(proto, input_shapes, info)}
     before_rows, notes = _rows_before(graph, shapes, sizing)
     def refine(kind, options, g):
         return decision.options_for(options, g, proto) if kind.lowers_weights else options

@@ -37,7 +37,12 @@ def add_lowering_args(p, *, defaults: bool) -> None:
                    help=f"{what}value type of the CSR arrays: fp32 (default) or fp16 (half the "
                         "value bytes, summed in fp32; each weight is rounded to fp16, and the "
                         "report states the largest relative output change it measured)")
-    add_input_shape_option(p)
+    if defaults:
+        add_input_shape_option(p)
+    else:  # prune: for the FLOPs, and for the lowering's timings with sparse-ops
+        add_input_shape_option(p, "size of an input the model leaves symbolic, e.g. "
+                               "images=1x3x640x640 (repeatable): its layers' FLOPs are counted, "
+                               "and with sparse-ops the lowering is timed at that size")
 
 
 def add_parser(sub, common) -> None:
