@@ -36,6 +36,37 @@ def test_a_lowered_model_counts_as_its_dense_pruned_self(build):
     assert notes == []
 
 
+def _shared_weight_model():
+    """Two MatMuls of one weight (torch's cloned transformer layers, after the exporter shares
+    their equal initializers): the lowering writes a CSR node per use over one set of arrays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 16)).astype(np.float32)
+    w[rng.random(w.shape) > 0.3] = 0.0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="layer0"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w"], ["y"], name="layer1")], "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_shared_weight_lowered_per_node_counts_once():
+    """A weight shared by two nodes counted twice once lowered (a TransformerDecoder's cloned
+    layers: 1.83 M params against the pruned file's 0.98 M); the nodes' dense weights, built
+    from the same CSR arrays, are one weight again."""
+    pruned = _shared_weight_model()
+    lowered, _ = _lower(pruned, force=["*"])
+    assert sum(n.domain == "ai.onnxprune" for n in lowered.graph.node) == 2
+    want, _ = layer_rows(pruned)
+    got, notes = layer_rows(lowered)
+    assert len(want) == 1 and [{k: r[k] for k in KEYS} for r in got] == [{k: r[k] for k in KEYS} for r in want]
+    assert want[0]["flops"] == 2 * 256 * 4 * 2 and notes == []
+
+
 def _symbolic_width(lowered):
     """The input's width made symbolic: shape inference cannot give the first CSR node's K,
     nor anything after it (as a transformer's reshaped attention output, whose batch is free)."""

@@ -225,11 +225,24 @@ def dense_from_lowered(model, x_shapes: dict, partial: bool = False) -> onnx.Mod
     out.CopyFrom(model)
     inits = _inits(model)
     nodes, new_inits, used = [], [], set()
+    # nodes lowered from one shared weight share their CSR arrays: they share one dense weight
+    # again (counted once, as in the model they came from), where it comes out the same
+    built: dict[tuple, str] = {}
     for node in model.graph.node:
         if node.domain != DOMAIN or (partial and node.input[0] not in x_shapes):
             nodes.append(node)
             continue
         ns, ts = _dense_equivalent(node, inits, x_shapes[node.input[0]], opset=model_opset(model))
+        for t in list(ts):
+            key = (tuple(node.input[1:4]), tuple(t.dims), t.data_type, t.raw_data)
+            if not t.name.endswith(".dense_weight") or not t.raw_data:
+                continue
+            if key in built:
+                ts.remove(t)
+                for n in ns:
+                    n.input[:] = [built[key] if i == t.name else i for i in n.input]
+            else:
+                built[key] = t.name
         nodes.extend(ns)
         new_inits.extend(ts)
         used.update(node.input[1:4])
