@@ -181,3 +181,20 @@ def test_bench_lowers_a_pruned_model_as_lower_does(tmp_path, wide_mlp, capsys, m
     low = cfg["lowering"]
     assert low["decided_by"] == "measure" and low["whole_model"]["kept"] == "lowered"
     assert {r["name"]: r["speedup"] for r in low["layers"]} == pytest.approx({"fc1": 1.05, "fc2": 1.6, "fc3": 2.0})
+
+
+def test_bench_with_nothing_lowered_reports_no_speed_up(tmp_path, wide_mlp, capsys, monkeypatch):
+    """With no layer winning, the 'lowered' model is the dense one; bench timed the model
+    against itself and printed the noise as a speed-up (1.08x on a model with nothing
+    lowered). It times it once and says so: 1.00x."""
+    from onnxprune.runtime import lowering
+    from tests.test_lower_measure import fake_timer
+
+    monkeypatch.setattr(lowering, "ort_timer", lambda: fake_timer({"fc1": 0.9, "fc2": 0.8, "fc3": 1.0}, 1.0))
+    model = _pruned(tmp_path, capsys, wide_mlp)
+    code, out, err = _run(["bench", model, "--repeats", "3", "--no-layers", "--json", "-"], capsys)
+    assert code == 0, err
+    e2e = json.loads(out)["configs"][0]["end_to_end"]
+    assert e2e["lowered"] == [] and e2e["nothing_lowered"] and e2e["ratio"] == 1.0
+    assert e2e["dense_ms"] == e2e["sparse_ms"] > 0
+    assert "nothing lowered" in err and "1.00x" in err

@@ -63,6 +63,11 @@ def test_measured_speedups_decide_at_the_threshold():
     assert rows["fc1"]["lowered"] and "measured 1.20x >= 1.1x" in rows["fc1"]["reason"]
     assert not rows["fc2"]["lowered"] and "measured 1.09x < 1.1x" in rows["fc2"]["reason"]
     assert not rows["fc3"]["lowered"] and rows["fc3"]["reason"] == "not measured"
+    # a speed-up that rounds to the limit is written with the digits that tell them apart
+    rows = _lowered_by_pass(masked(mlp(sizes=(64, 48, 32, 10))), {"fc1": 1.0976, "fc2": 1.1, "fc3": 1.1004})
+    assert "measured 1.098x < 1.1x" in rows["fc1"]["reason"]
+    assert "measured 1.1x >= 1.1x" in rows["fc2"]["reason"]
+    assert "measured 1.1004x >= 1.1x" in rows["fc3"]["reason"]
 
 
 def test_measured_decides_a_conv_of_unknown_size():

@@ -7,7 +7,8 @@ For every requested (batch, threads):
   alone here and lowered where it wins, the dense model kept where the whole lowered one does
   not; the config's ``lowering`` holds those timings) run on the same seeded random inputs, in
   alternating order after warm-ups; medians are reported and the ratio is
-  ``dense_ms / sparse_ms`` (> 1: the lowered model is faster);
+  ``dense_ms / sparse_ms`` (> 1: the lowered model is faster; where nothing was lowered the
+  two are one model, timed once: ``nothing_lowered``, ratio 1);
 * per layer — every layer the ops can express, lowered or not (what ``force`` would give):
   a one-node model with the CSR op against a one-node dense model rebuilt from the same CSR
   arrays (``Gemm`` with transB=1 / ``MatMul`` (+ ``Add``) / ``Conv``), on an input of the shape
@@ -147,13 +148,16 @@ def cmd_bench(args, console) -> int:
                 d_sess = session_for(dense_model.SerializeToString(), threads)
                 s_sess = session_for(sparse_model.SerializeToString(), threads)
                 check = compare_outputs(run_outputs(d_sess, feeds), run_outputs(s_sess, feeds))
-                dense_ms, sparse_ms = time_pair(d_sess, s_sess, feeds, feeds, args.repeats,
-                                                args.warmup)
+                same = not csr_nodes(sparse_model)  # nothing lowered: one model, timed once
+                dense_ms, sparse_ms = time_pair(d_sess, d_sess if same else s_sess, feeds, feeds,
+                                                args.repeats, args.warmup)
+                if same:  # a ratio of a model to itself is noise, not a speed-up
+                    dense_ms = sparse_ms = (dense_ms + sparse_ms) / 2
                 del d_sess, s_sess
                 cfg = {"batch": batch, "threads": threads,
                        "lowering": None if lowered_input else decision,
                        "end_to_end": {"dense_ms": dense_ms, "sparse_ms": sparse_ms,
-                                      "ratio": dense_ms / sparse_ms,
+                                      "ratio": dense_ms / sparse_ms, "nothing_lowered": same,
                                       "lowered": [n.name for n in csr_nodes(sparse_model)]},
                        "correctness": check, "layers": []}
                 if not check["passed"]:
@@ -211,10 +215,14 @@ def _layer_timings(base_model, stats, lowered_input, feeds, batch, threads, opse
 def _format_config(cfg: dict) -> str:
     e2e, chk = cfg["end_to_end"], cfg["correctness"]
     word = "outputs match" if chk["passed"] else "OUTPUTS DIFFER"
-    lines = [f"batch {cfg['batch']}, threads {cfg['threads']}: dense {e2e['dense_ms']:.3f} ms, "
-             f"sparse-ops {e2e['sparse_ms']:.3f} ms, {e2e['ratio']:.2f}x "
-             f"(lowered {len(e2e['lowered'])}: {', '.join(e2e['lowered']) or '-'}); "
-             f"{word} ({error_text(chk)})"]
+    if e2e.get("nothing_lowered"):
+        lines = [f"batch {cfg['batch']}, threads {cfg['threads']}: {e2e['dense_ms']:.3f} ms; "
+                 "nothing lowered (no layer won here), so the model runs as the dense one: 1.00x"]
+    else:
+        lines = [f"batch {cfg['batch']}, threads {cfg['threads']}: dense {e2e['dense_ms']:.3f} ms, "
+                 f"sparse-ops {e2e['sparse_ms']:.3f} ms, {e2e['ratio']:.2f}x "
+                 f"(lowered {len(e2e['lowered'])}: {', '.join(e2e['lowered']) or '-'}); "
+                 f"{word} ({error_text(chk)})"]
     if cfg["layers"]:
         head = ["layer", "op", "density", "lowered", "est.", "dense ms", "csr ms", "ratio"]
         body = [[r["name"], r["op"], "-" if r["density"] is None else f"{r['density']:.1%}",

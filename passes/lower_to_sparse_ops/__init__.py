@@ -496,8 +496,8 @@ class LowerToSparseOps(Pass):
             return _decide_measured(self.measured.get(layer.name))
         speedup = _combined_speedup(estimates)
         if speedup >= cost.MIN_SPEEDUP:
-            return True, f"cost model: {speedup:.2f}x >= {cost.MIN_SPEEDUP}x"
-        return False, f"cost model: {speedup:.2f}x < {cost.MIN_SPEEDUP}x"
+            return True, f"cost model: {_vs(speedup, cost.MIN_SPEEDUP)}x >= {cost.MIN_SPEEDUP}x"
+        return False, f"cost model: {_vs(speedup, cost.MIN_SPEEDUP)}x < {cost.MIN_SPEEDUP}x"
 
     # ------------------------------------------------------------------ the pass
 
@@ -683,12 +683,22 @@ def _absorb(graph: gs.Graph, node: gs.Node, chain: list[gs.Node]) -> list[gs.Ten
     return outside
 
 
+def _vs(speedup: float, limit: float) -> str:
+    """``speedup`` to two decimals, or as many more as it takes not to read as the limit it
+    is compared with (1.0976 is "1.098x < 1.1x", not "1.10x < 1.1x")."""
+    for digits in (2, 3, 4):
+        text = f"{speedup:.{digits}f}"
+        if float(text) != limit:
+            return text
+    return f"{speedup:.6g}"
+
+
 def _decide_measured(speedup: float | None) -> tuple[bool, str]:
     if speedup is None:
         return False, "not measured"
     if speedup >= MEASURED_MIN_SPEEDUP:
-        return True, f"measured {speedup:.2f}x >= {MEASURED_MIN_SPEEDUP}x"
-    return False, f"measured {speedup:.2f}x < {MEASURED_MIN_SPEEDUP}x"
+        return True, f"measured {_vs(speedup, MEASURED_MIN_SPEEDUP)}x >= {MEASURED_MIN_SPEEDUP}x"
+    return False, f"measured {_vs(speedup, MEASURED_MIN_SPEEDUP)}x < {MEASURED_MIN_SPEEDUP}x"
 
 
 def _first_row(layer: Layer, plans: list[_Plan] | None, nnz: int | None, skip: str | None) -> dict:
