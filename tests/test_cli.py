@@ -288,6 +288,51 @@ def test_check_of_outputs_of_another_shape_or_count_says_so(tmp_path, capsys):
     assert json.loads(stdout)["max_abs_error"] is None
 
 
+def _masked_by_length(w_scale: float = 1.0):
+    """nemo's front end in miniature: features times a mask from an int64 length input. The
+    length is compared with 50, so random lengths in [0, 10) mask everything and the output is
+    all zeros whatever the weights."""
+    from onnx import TensorProto
+
+    w = (np.random.default_rng(0).standard_normal((8, 4)) * w_scale).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+             helper.make_node("Greater", ["lens", "fifty"], ["keep"]),
+             helper.make_node("Cast", ["keep"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["h", "m"], ["y"])]
+    g = helper.make_graph(nodes, "masked",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                           helper.make_tensor_value_info("lens", TensorProto.INT64, ["N", 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(50, np.int64), "fifty")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_check_that_compares_constant_outputs_does_not_pass(tmp_path, capsys):
+    """Random lengths masked every frame, so both models gave all zeros and check said PASS
+    (exit 0) for a model with most weights zeroed, which differs by 6.7 on real lengths. A match
+    of outputs that hold one value throughout proves nothing: exit 3, and the line says why."""
+    a, b, data = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "real.npz"
+    onnx.save(_masked_by_length(), a)
+    onnx.save(_masked_by_length(0.5), b)
+    code, stdout, err = _run(["check", str(a), str(b), "--json", "-"], capsys)
+    report = json.loads(stdout)
+    assert code == 3 and report["passed"] is False and report["max_abs_error"] == 0.0
+    assert "cannot tell the models apart" in err and "every floating-point output value is 0" in err
+    assert "--data" in report["uninformative"]
+    np.savez(data, x=np.ones((2, 8), np.float32), lens=np.full((2, 1), 100, np.int64))
+    code, stdout, err = _run(["check", str(a), str(b), "--data", str(data), "--json", "-"], capsys)
+    assert code == 3 and "outputs differ beyond tolerance" in err  # real lengths: they differ
+    assert json.loads(stdout)["uninformative"] is None
+    code, stdout, err = _run(["check", str(a), str(a), "--data", str(data), "--json", "-"], capsys)
+    assert code == 0 and json.loads(stdout)["passed"] is True, err
+    # the user's own inputs that mask everything: the match stands, with a note
+    np.savez(data, x=np.ones((2, 8), np.float32), lens=np.zeros((2, 1), np.int64))
+    code, stdout, err = _run(["check", str(a), str(b), "--data", str(data), "--json", "-"], capsys)
+    assert code == 0 and "note: every floating-point output value is 0 on these inputs" in err
+
+
 def test_external_data_model_keeps_external(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()

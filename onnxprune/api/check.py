@@ -25,8 +25,12 @@ def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
     would pass at this rtol.
 
     Differing outputs are a result, not an exception: ``report["passed"]`` is False (the CLI
-    then exits 3). Raises ``UsageError`` (exit 2) for bad options (``input_shapes`` with
-    ``data``, a shape the model contradicts), ``InvalidModelError`` (exit 4) for a model or
+    then exits 3). So is a match that proves nothing: when every floating-point output of the
+    reference is one value throughout (or empty) on random inputs, ``report["uninformative"]``
+    says so and ``passed`` is False (on ``data``, the user's inputs, it is a note).
+
+    Raises ``UsageError`` (exit 2) for bad options (``input_shapes`` with ``data``, a shape
+    the model contradicts), ``InvalidModelError`` (exit 4) for a model or
     data file that is malformed or unsafe, ``RuntimeFailure`` (exit 1) when ONNX Runtime fails.
     ``before_run(files)`` is called with every file read, once the models are loaded and
     before they run (the CLI refuses there a report path that would overwrite an input).
@@ -48,6 +52,7 @@ def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
         except UsageError as raw_error:
             outs = _as_training_data(data, ref, cand, raw_error)
             result = rt.compare(*outs, atol, rtol)
+            _judge_inputs(result, outs[0], data)
             return {"command": "check", "tool": {"name": "onnxprune", "version": __version__},
                     "versions": versions(), "reference": path_of(reference),
                     "candidate": path_of(candidate),
@@ -57,10 +62,27 @@ def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
         feeds = rt.random_inputs(ref, batch=batch, seed=seed, shapes=shapes, strict=True)
         source = describe_random(feeds, seed)
     with rt.random_feeds_hint(None if data else feeds):  # random inputs may not be what it runs on
-        result = rt.compare(rt.run_model(ref, feeds), rt.run_model(cand, feeds), atol, rtol)
+        ref_out = rt.run_model(ref, feeds)
+        result = rt.compare(ref_out, rt.run_model(cand, feeds), atol, rtol)
+    _judge_inputs(result, ref_out, data)
     return {"command": "check", "tool": {"name": "onnxprune", "version": __version__},
             "versions": versions(), "reference": path_of(reference),
             "candidate": path_of(candidate), "inputs": source, **result}
+
+
+def _judge_inputs(result: dict, ref_out: list, data: str | None) -> None:
+    """A match on inputs the reference does not respond to proves nothing: ``uninformative``
+    says why (rt.uninformative), and on random inputs, which the tool chose, ``passed`` is
+    False; on the user's ``data`` the match stands, with the note."""
+    from onnxprune.runtime import check as rt
+
+    why = rt.uninformative(ref_out) if result["passed"] else None  # a difference says more
+    result["uninformative"] = None if why is None else (
+        f"{why} on {'these inputs' if data else 'the random inputs'}, so a candidate that "
+        "matches may still differ on real ones; "
+        + ("check on inputs the model responds to" if data else "pass real inputs with --data"))
+    if why is not None and not data:
+        result["passed"] = False
 
 
 def _as_training_data(data: str, ref, cand, raw_error: Exception) -> tuple[list, list]:

@@ -30,6 +30,10 @@ def cmd_check(args, console: Console) -> int:
     if nan_both:
         console.info(f"note: {nan_both} output value(s) are NaN in both models at the same "
                      "positions; counted as equal")
+    if report.get("uninformative") and not report["passed"]:
+        raise GateFailed("the check cannot tell the models apart: " + report["uninformative"])
+    if report.get("uninformative"):
+        console.info(f"note: {report['uninformative']}")
     if not report["passed"]:
         raise GateFailed("outputs differ: " + report["reason"] if "reason" in report else
                          f"outputs differ beyond tolerance{_hint(report)}")

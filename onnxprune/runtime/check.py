@@ -326,6 +326,32 @@ def max_relative_change(ref: list[np.ndarray], cand: list[np.ndarray]) -> float 
     return worst
 
 
+def uninformative(ref: list[np.ndarray]) -> str | None:
+    """Why the reference's outputs cannot tell a candidate apart, or None when they can: every
+    floating-point output is empty, or holds one value throughout (all zeros where random
+    integer lengths masked every frame, all NaN). A single value, and integer or boolean
+    outputs (class ids of a small batch agree by chance), are not judged."""
+    floats = [np.asarray(r) for r in ref if np.issubdtype(np.asarray(r).dtype, np.floating)]
+    if not floats:
+        return None
+    if all(r.size == 0 for r in floats):
+        return "every floating-point output is empty"
+    if sum(r.size for r in floats) <= 1:
+        return None
+    values = set()
+    for r in floats:
+        flat = r.ravel()
+        if flat.size == 0:
+            continue
+        if np.all(np.isnan(flat)):
+            values.add("NaN")
+        elif np.any(np.isnan(flat)) or not np.all(flat == flat[0]):
+            return None
+        else:
+            values.add(f"{float(flat[0]) + 0.0:.6g}")  # -0 reads as 0
+    return "every floating-point output value is " + " or ".join(sorted(values))
+
+
 def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: float) -> dict:
     """Compare outputs pairwise by ``|c − r| ≤ atol + rtol·|r|``.
 
