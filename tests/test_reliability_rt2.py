@@ -589,3 +589,16 @@ def test_a_model_that_runs_long_is_stopped_and_its_flops_stay_assumed(tmp_path, 
     rows = {r["name"]: r for r in _strict_json((tmp_path / "i.json").read_text())["layers"]}
     assert rows["q_proj"]["flops_shapes"] == "assumed", rows
     assert elapsed < 20, elapsed  # 10⁹ loop steps would take minutes
+
+
+def test_the_probe_measures_only_what_the_main_graph_computes():
+    """A layer inside an If body has no tensor the main graph can output: asking for it made
+    ORT refuse the probe model, and every layer of the model stayed unmeasured (a wake-word
+    model's 3 head layers, and the rest with them). Such names are left out; the rest are
+    measured."""
+    from onnxprune.runtime.shape_probe import shape_probe
+
+    model = _window_attention()
+    got = shape_probe(model)(["xw", "inside_a_branch", "w_q"])
+    assert got["xw"] == [4, 4, 8] and got["x"] == [1, 16, 8]
+    assert "inside_a_branch" not in got and "w_q" not in got

@@ -287,7 +287,8 @@ def format_table(rows: list[dict], total: dict) -> str:
                      "random inputs (shape inference could not size them)")
     if assumed:
         lines.append(f"FLOPs of {len(assumed)} layer(s) take the leading dimension for the batch "
-                     "(shape inference could not tell, and the model could not be run to measure it)")
+                     "(neither shape inference nor a run on random inputs could size it: a layer "
+                     "in a Loop or If body, or an input size only --input-shape can give)")
     return "\n".join(lines)
 
 

@@ -64,9 +64,10 @@ def _run(model: ModelProto, names: list[str], input_shapes: dict | None
     if model.ByteSize() > MAX_PROBE_BYTES:
         return None
     inputs = {vi.name for vi in graph_inputs(model)}
-    weights = {t.name for t in model.graph.initializer} | \
-        {t.values.name for t in model.graph.sparse_initializer}  # not run: their shapes are stored
-    names = [n for n in names if n not in weights]
+    # only what the main graph computes can be an output (a layer inside a Loop or If body
+    # stays unmeasured); weights are not run: their shapes are stored
+    top = {o for node in model.graph.node for o in node.output} | inputs
+    names = [n for n in names if n in top]
     have = {o.name for o in model.graph.output}
     extra = [n for n in names if n not in have and n not in inputs]
     n_outputs = len(model.graph.output)
