@@ -61,13 +61,18 @@ def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
     else:
         feeds = rt.random_inputs(ref, batch=batch, seed=seed, shapes=shapes, strict=True)
         source = describe_random(feeds, seed)
+    # a batch the model fixes (or --input-shape gives) wins over --batch: say so
+    fed = sorted({v.shape[0] for v in feeds.values() if getattr(v, "ndim", 0)})
+    batch_note = None if data or fed in ([], [batch]) else (
+        f"the inputs take batch {', '.join(map(str, fed))} ("
+        + ("--input-shape" if shapes else "the model fixes it") + f"); --batch {batch} was not used")
     with rt.random_feeds_hint(None if data else feeds):  # random inputs may not be what it runs on
         ref_out = rt.run_model(ref, feeds)
         result = rt.compare(ref_out, rt.run_model(cand, feeds), atol, rtol)
     _judge_inputs(result, ref_out, data)
     return {"command": "check", "tool": {"name": "onnxprune", "version": __version__},
             "versions": versions(), "reference": path_of(reference),
-            "candidate": path_of(candidate), "inputs": source, **result}
+            "candidate": path_of(candidate), "inputs": source, "batch_note": batch_note, **result}
 
 
 def _judge_inputs(result: dict, ref_out: list, data: str | None) -> None:

@@ -17,12 +17,14 @@ def cmd_check(args, console: Console) -> int:
 
     start = time.monotonic()
     report = check(args.reference, args.candidate, data=args.data, atol=args.atol,
-                   rtol=args.rtol, batch=args.batch, seed=args.seed,
+                   rtol=args.rtol, batch=args.batch or 2, seed=args.seed,
                    input_shapes=input_shapes(args),
                    before_run=lambda reads: check_paths(reads, [("--json", args.json),
                                                                  ("--junit", args.junit)]))
     write_json(report, args.json)
     write_junit(args.junit, "check", check_cases(report), time.monotonic() - start)
+    if report.get("batch_note") and args.batch is not None:  # only where --batch was asked for
+        console.info(f"note: {report['batch_note']}")
     if "reason" not in report:  # a count or shape that differs is the error line itself
         console.info(f"max abs error {report['max_abs_error']:.3g} on {report['inputs']} "
                      f"(atol {args.atol:g}, rtol {args.rtol:g})")
