@@ -417,3 +417,21 @@ def test_a_model_failing_on_random_integers_says_which_inputs_were_random(tmp_pa
     np.savez(tmp_path / "d.npz", x=np.zeros(6, np.float32), shape=np.array([2, 3], np.int64))
     code, _, err = run_cli(["check", str(path), str(path), "--data", str(tmp_path / "d.npz")], capsys)
     assert code == 0, err
+
+
+def test_check_inputs_that_do_not_fit_are_usage_errors_naming_what(tmp_path, capsys):
+    """Two arrays giving the model's batch N two sizes, and a candidate of another input
+    rank, reached ONNX Runtime (exit 1, "BroadcastIterator ... 3 by 4", "Invalid rank for
+    input: x") without saying which array or which model; both are exit 2 before a run."""
+    from tests.models import cnn
+
+    a, data = tmp_path / "a.onnx", tmp_path / "d.npz"
+    onnx.save(_masked_by_length(), a)
+    np.savez(data, x=np.ones((4, 8), np.float32), lens=np.zeros((3, 1), np.int64))
+    code, _, err = _run(["check", str(a), str(a), "--data", str(data)], capsys)
+    assert code == 2 and "arrays 'x' and 'lens' give the model's dimension 'N' sizes 4 and 3" in err
+    c = tmp_path / "c.onnx"
+    onnx.save(cnn(channels=(3, 8)), c)
+    code, _, err = _run(["check", str(a), str(c)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "the candidate takes other inputs than the reference" in err

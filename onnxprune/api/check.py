@@ -66,6 +66,7 @@ def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
     batch_note = None if data or fed in ([], [batch]) else (
         f"the inputs take batch {', '.join(map(str, fed))} ("
         + ("--input-shape" if shapes else "the model fixes it") + f"); --batch {batch} was not used")
+    rt.check_feeds(cand, feeds, "candidate")
     with rt.random_feeds_hint(None if data else feeds):  # random inputs may not be what it runs on
         ref_out = rt.run_model(ref, feeds)
         result = rt.compare(ref_out, rt.run_model(cand, feeds), atol, rtol)

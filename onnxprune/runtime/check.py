@@ -202,7 +202,34 @@ def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
         raise UsageError(f"{path}: missing input array(s) {', '.join(missing)}")
     for vi in graph_inputs(model):
         _check_array(path, vi, data[vi.name], keys.get(vi.name, vi.name))
+    _check_shared_dims(path, graph_inputs(model), data, keys)
     return {n: data[n] for n in names}
+
+
+def _check_shared_dims(path: str, inputs, data: dict, keys: dict) -> None:
+    """UsageError when two arrays give one symbolic dimension of the model's inputs (the same
+    ``dim_param``, e.g. a batch N) two sizes, as ONNX Runtime would fail on them."""
+    seen: dict[str, tuple[int, str]] = {}
+    for vi in inputs:
+        arr = data[vi.name]
+        for i, d in enumerate(vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else []):
+            if dim_size(d) is not None or not d.dim_param or i >= arr.ndim:
+                continue
+            size, first = seen.setdefault(d.dim_param, (int(arr.shape[i]), vi.name))
+            if size != arr.shape[i]:
+                raise UsageError(f"{path}: arrays {keys.get(first, first)!r} and "
+                                 f"{keys.get(vi.name, vi.name)!r} give the model's dimension "
+                                 f"{d.dim_param!r} sizes {size} and {arr.shape[i]}")
+
+
+def check_feeds(model: ModelProto, feeds: dict[str, np.ndarray], what: str) -> None:
+    """UsageError unless ``feeds`` fit ``model``'s inputs (element type, rank, fixed dims):
+    the candidate of a check runs on the reference's inputs, and one of another signature
+    made ONNX Runtime fail (exit 1, "Invalid rank for input: x") without saying which model."""
+    for vi in graph_inputs(model):
+        if vi.name in feeds:
+            _check_array(f"the {what} takes other inputs than the reference", vi,
+                         np.asarray(feeds[vi.name]), vi.name)
 
 
 def _check_array(path: str, vi, arr: np.ndarray, key: str) -> None:
