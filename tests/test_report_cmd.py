@@ -180,6 +180,26 @@ def test_layer_option_and_no_baseline(pruned, tmp_path):
         assert r["weights"] == np.prod(r["weight_shape"])
 
 
+def test_a_baseline_sharing_no_layer_is_named_as_such(pruned, tmp_path, capsys):
+    """--baseline with an unrelated model exited 0 with nothing said; every row read "not in
+    the baseline" and the histogram was dropped. One note says what it means."""
+    from tests.models import cnn
+
+    other = tmp_path / "other.onnx"
+    onnx.save(cnn(channels=(3, 8)), other)
+    out = tmp_path / "r"
+    assert main(["report", pruned["model"], "--baseline", str(other), "-o", str(out),
+                 "--no-figures"]) == 0
+    err = capsys.readouterr().err
+    assert "note: no layer of the model is in the baseline" in err
+    notes = json.loads((out / "report.json").read_text())["table"]["notes"]
+    assert notes[0].startswith("no layer of the model is in the baseline")
+    assert main(["report", pruned["model"], "--baseline", pruned["model"], "-o", str(tmp_path / "s"),
+                 "--no-figures", "-q"]) == 0
+    assert not any(n.startswith("no layer") for n in
+                   json.loads((tmp_path / "s" / "report.json").read_text())["table"]["notes"])
+
+
 @pytest.mark.parametrize("figures", [[], ["--no-figures"]], ids=["figures", "no_figures"])
 def test_a_model_with_no_prunable_layer_is_reported_not_refused(tmp_path, capsys, figures):
     """README: a model with no prunable layer is a success that says so (report exited 2,

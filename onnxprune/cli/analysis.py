@@ -344,6 +344,11 @@ def cmd_report(args, console: Console) -> int:
     table_rows, total = rc.paper_rows(rows, base_rows)
     table_notes = [printable(f"{r['name']}: {r['note']}") for r in table_rows if r["note"]]
     table_notes += [format_note(n)[len("note: "):] for n in notes]
+    unrelated = baseline is not None and bool(table_rows) and all(
+        (r["note"] or "").startswith("not in the baseline") for r in table_rows)
+    if unrelated:  # every layer's share is then of its own shape: say why, once, first
+        table_notes.insert(0, "no layer of the model is in the baseline (by layer or weight "
+                              "name): is it the model this one was pruned from?")
 
     data = {
         "command": "report", "tool_version": __version__,
@@ -370,6 +375,8 @@ def cmd_report(args, console: Console) -> int:
     from onnxprune.analysis.report import TABLE_HEADERS
 
     console.info(_table(list(TABLE_HEADERS), data["table"]["cells"]))
+    if unrelated:
+        console.info(f"note: {table_notes[0]}")
     for n in notes:  # what the table leaves out, as inspect says it (also in report.md)
         console.info(format_note(n))
     if chosen is None:
