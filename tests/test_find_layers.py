@@ -213,6 +213,48 @@ def test_a_weight_computed_from_constants_is_noted_not_skipped_silently():
     assert "computed from constants" in notes[0].reason
 
 
+def test_a_weight_sliced_at_run_time_is_noted_not_skipped_silently():
+    """torch's cross-attention takes its key/value rows of in_proj_weight by a Slice whose
+    bounds come from the query's shape, then Transpose: a sixth of a TransformerDecoder's
+    weights were missing from inspect with no word. The layer is noted, naming the weight."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Shape", ["q"], ["qs"], start=2),
+             helper.make_node("Slice", ["w_in", "qs", "end"], ["w_kv"]),
+             helper.make_node("Transpose", ["w_kv"], ["w_t"]),
+             helper.make_node("MatMul", ["mem", "w_t"], ["kv"], name="kv_proj"),
+             helper.make_node("Add", ["kv", "q"], ["y"])]
+    m = _model(nodes, [_vi("q", [1, 2, 4], TensorProto.FLOAT), _vi("mem", [1, 2, 4], TensorProto.FLOAT)],
+               [_vi("y", [1, 2, 4], TensorProto.FLOAT)],
+               [numpy_helper.from_array(rng.normal(size=(12, 4)).astype(np.float32), "w_in"),
+                numpy_helper.from_array(np.array([8], np.int64), "end")])
+    layers, notes = find_layers(graph_from_model(m))
+    assert layers == []
+    assert [(n.node, n.op) for n in notes] == [("kv_proj", "MatMul")]
+    assert "taken from 'w_in' through Slice → Transpose with bounds computed at run time" in notes[0].reason
+
+
+def test_a_weight_passed_into_a_loop_body_is_named_as_such():
+    """Paddle's exporter passes a head's weights into its Loop body as loop-carried values:
+    the note called them graph inputs a user may override. It says what they are."""
+    rng = np.random.default_rng(4)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["w_in"], ["w_out"]),
+         helper.make_node("MatMul", ["h_in", "w_in"], ["h_out"], name="step_mm")],
+        "body", [_vi("i", [], TensorProto.INT64), _vi("c_in", [], TensorProto.BOOL),
+                 _vi("w_in", [4, 4], TensorProto.FLOAT), _vi("h_in", [1, 4], TensorProto.FLOAT)],
+        [_vi("c_out", [], TensorProto.BOOL), _vi("w_out", [4, 4], TensorProto.FLOAT),
+         _vi("h_out", [1, 4], TensorProto.FLOAT)])
+    nodes = [helper.make_node("Loop", ["trip", "go", "w", "x"], ["w_final", "y"], name="loop", body=body)]
+    m = _model(nodes, [_vi("x", [1, 4], TensorProto.FLOAT)], [_vi("y", [1, 4], TensorProto.FLOAT)],
+               [numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), "w"),
+                numpy_helper.from_array(np.array(3, np.int64), "trip"),
+                numpy_helper.from_array(np.array(True), "go")])
+    layers, notes = find_layers(graph_from_model(m))
+    assert layers == []
+    assert [n.node for n in notes] == ["step_mm"]
+    assert "'w_in' is an input of the body subgraph" in notes[0].reason and "graph input" not in notes[0].reason
+
+
 def test_integer_weight_reported_not_pruned():
     m = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
                [_vi("x", ["N", 4], TensorProto.INT32)], [_vi("y", ["N", 3], TensorProto.INT32)],

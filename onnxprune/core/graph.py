@@ -657,6 +657,29 @@ def _constant_expression(t: gs.Tensor, limit: int = 64) -> bool:
     return True
 
 
+# ops that move a tensor's values without computing new ones (input 0 is the data)
+_DATA_MOVES = ("Slice", "Transpose", "Reshape", "Gather", "Split", "Squeeze", "Unsqueeze",
+               "Identity", "Cast", "Flatten", "Expand")
+
+
+def _taken_from_weight(t: gs.Tensor, limit: int = 8) -> tuple[str, str] | None:
+    """(initializer name, ops) when ``t`` is a weight-sized constant (rank >= 2) moved by
+    ``_DATA_MOVES`` ops whose other inputs are not all constant (torch's cross-attention takes
+    its key/value rows of ``in_proj_weight`` by a Slice with bounds from the query's shape)."""
+    ops, computed = [], False
+    while isinstance(t, gs.Variable) and len(t.inputs) == 1 and len(ops) < limit:
+        producer = t.inputs[0]
+        if producer.op not in _DATA_MOVES or not producer.inputs:
+            return None
+        ops.append(producer.op)
+        computed |= any(const_source(i)[0] is None for i in producer.inputs[1:] if not is_absent(i))
+        t = producer.inputs[0]
+    const = const_source(t)[0] if ops else None
+    if const is None or len(const.shape or ()) < 2:
+        return None
+    return const.name, " → ".join(reversed(ops)) + (" with bounds computed at run time" if computed else "")
+
+
 def is_absent(t: gs.Tensor | None) -> bool:
     """An optional node input left out: None, or the empty-named tensor ONNX writes for it."""
     return t is None or (isinstance(t, gs.Variable) and not t.name)
@@ -781,14 +804,21 @@ def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list
                 continue
             tensor = node.inputs[role.input_index]
             if isinstance(tensor, gs.Variable) and tensor.name in graph_inputs:
-                notes.append(Note(node.name, node.op,
-                                  f"weight {tensor.name!r} is also a graph input: left alone"))
+                # input 0 of a MatMul or Gemm is the data side: a graph input there is no weight
+                if role.input_index > 0:
+                    notes.append(Note(node.name, node.op, f"weight {tensor.name!r} is also a graph input: left alone"
+                                      if not scope else f"weight {tensor.name!r} is an input of the "
+                                      f"{scope.rsplit('/', 1)[-1]} subgraph (a value the enclosing "
+                                      "Loop, Scan or If passes in at run time): left alone"))
                 continue
             const, source, _ = const_source(tensor, unsqueeze=node.op in RECURRENT_OPS)
             if const is None:
                 if role.input_index > 0 and _constant_expression(tensor):
                     notes.append(Note(node.name, node.op, "weight computed from constants at run time "
                                       "(e.g. weight normalisation): not pruned; fold it into a constant first"))
+                elif role.input_index > 0 and (taken := _taken_from_weight(tensor)) is not None:
+                    notes.append(Note(node.name, node.op, f"weight taken from {taken[0]!r} through "
+                                      f"{taken[1]}: not pruned"))
                 continue
             # For MatMul/Gemm a constant on the data side of a variable weight is unusual;
             # only take input 0 when input 1 is not itself constant.
