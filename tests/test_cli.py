@@ -54,6 +54,20 @@ def test_prune_writes_model_and_report(tmp_path, mlp_path, capsys):
     assert "layer" in err and "total" in err  # the human table went to stderr
 
 
+def test_prune_says_why_its_file_is_not_smaller(tmp_path, mlp_path, capsys):
+    """A light prune (the default q on a model where it zeroes under half) writes dense
+    weights, plus its stamp: a file a little larger than the input with nothing said. A
+    heavier one is smaller and says nothing."""
+    out = tmp_path / "out.onnx"
+    code, stdout, err = _run(["prune", mlp_path, "-o", str(out), "--quality", "0.2", "--json", "-"], capsys)
+    size = json.loads(stdout)["size"]
+    assert code == 0 and size["output_bytes"] >= size["input_bytes"], err
+    assert "note: the file is not smaller" in err and "--lower-for size" in err
+    code, stdout, err = _run(["prune", mlp_path, "-o", str(out), "--quality", "2.0", "--json", "-"], capsys)
+    size = json.loads(stdout)["size"]
+    assert code == 0 and size["output_bytes"] < size["input_bytes"] and "not smaller" not in err
+
+
 def test_prune_is_deterministic_and_idempotent(tmp_path, cnn_path, capsys):
     a, b, c = (tmp_path / n for n in ("a.onnx", "b.onnx", "c.onnx"))
     assert _run(["prune", cnn_path, "-o", str(a), "-q"], capsys)[0] == 0

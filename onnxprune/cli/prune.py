@@ -66,6 +66,11 @@ def cmd_prune(args, console: Console) -> int:
     console.info(f"wrote {', '.join(o['path'] for o in outputs)} "
                  f"({size['input_bytes'] / 1e6:.2f} MB -> {size['output_bytes'] / 1e6:.2f} MB, "
                  f"{report['emit']})")
+    if rows and not report["already_applied"] and size["output_bytes"] >= size["input_bytes"] \
+            and report["emit"] == "portable":
+        console.info("note: the file is not smaller: at these densities the standard sparse "
+                     "storage (int64 indices) is not smaller than dense, so the weights stay "
+                     "dense; --emit sparse-ops --lower-for size writes the compact CSR file")
     for g in report["gates"]:
         word = paint("PASS", "green") if g["passed"] else paint("FAIL", "red")
         console.info(f"gate {g['name']}: {word} (required {g['required']:g}, "
