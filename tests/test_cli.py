@@ -298,7 +298,7 @@ def test_check_of_outputs_of_another_shape_or_count_says_so(tmp_path, capsys):
             [onnx.numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
         onnx.save(onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
     code, stdout, err = _run(["check", str(tmp_path / "gt.onnx"), str(tmp_path / "lt.onnx"), "--json", "-"], capsys)
-    assert code == 3 and "non-numeric output(s) 0 differ" in err and "max abs error" not in err
+    assert code == 3 and "non-numeric or sequence output(s) 0 differ" in err and "max abs error" not in err
     assert json.loads(stdout)["max_abs_error"] is None
 
 
@@ -341,6 +341,14 @@ def test_check_that_compares_constant_outputs_does_not_pass(tmp_path, capsys):
     assert json.loads(stdout)["uninformative"] is None
     code, stdout, err = _run(["check", str(a), str(a), "--data", str(data), "--json", "-"], capsys)
     assert code == 0 and json.loads(stdout)["passed"] is True, err
+    # an integer output that varies (class ids) tells models apart: no verdict of "constant"
+    with_ids = _masked_by_length()
+    with_ids.graph.node.append(helper.make_node("ArgMax", ["h"], ["ids"], axis=1, keepdims=0))
+    with_ids.graph.output.append(helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["N"]))
+    onnx.save(with_ids, a)
+    code, stdout, err = _run(["check", str(a), str(a), "--batch", "8", "--json", "-"], capsys)
+    assert code == 0 and json.loads(stdout)["uninformative"] is None, err
+    onnx.save(_masked_by_length(), a)
     # the user's own inputs that mask everything: the match stands, with a note
     np.savez(data, x=np.ones((2, 8), np.float32), lens=np.zeros((2, 1), np.int64))
     code, stdout, err = _run(["check", str(a), str(b), "--data", str(data), "--json", "-"], capsys)
@@ -449,3 +457,42 @@ def test_check_inputs_that_do_not_fit_are_usage_errors_naming_what(tmp_path, cap
     code, _, err = _run(["check", str(a), str(c)], capsys)
     assert code == 2 and err.count("\n") == 1
     assert "the candidate takes other inputs than the reference" in err
+    # a name repeated inside one input is no shared size: Paddle writes [-1, 3, ?, ?]
+    paddle = cnn(channels=(3, 8), hw="?")
+    assert [d.dim_param for d in paddle.graph.input[0].type.tensor_type.shape.dim][2:] == ["?", "?"]
+    onnx.save(paddle, c)
+    np.savez(data, x=np.ones((1, 3, 12, 20), np.float32))
+    code, stdout, err = _run(["check", str(c), str(c), "--data", str(data), "--json", "-"], capsys)
+    assert code == 0 and json.loads(stdout)["inputs"] == str(data), err
+
+
+def test_check_and_bench_take_a_model_with_a_sequence_output(tmp_path, capsys):
+    """A sequence output (SplitToSequence) failed check and bench with an internal error
+    ('list' object has no attribute 'shape'); it is compared element by element, within the
+    tolerance."""
+    from onnx import TensorProto
+
+    def model(scale):
+        w = (np.random.default_rng(0).standard_normal((16, 5)) * scale).astype(np.float32)
+        g = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+             helper.make_node("SplitToSequence", ["y", "sp"], ["seq"], axis=1)], "seq",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5]),
+             helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([2, 3], np.int64), "sp")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(model(1.0), a)
+    onnx.save(model(1.0 + 1e-3), b)
+    code, _, err = _run(["check", str(a), str(a)], capsys)
+    assert code == 0, err
+    code, _, err = _run(["check", str(a), str(b), "--atol", "1e-9", "--rtol", "0"], capsys)
+    assert code == 3 and "outputs differ" in err and "internal error" not in err
+    code, _, err = _run(["check", str(a), str(b), "--atol", "0.1"], capsys)
+    assert code == 0, err
+    code, _, err = _run(["bench", str(a), "--repeats", "2", "--no-layers"], capsys)
+    assert code == 0 and "internal error" not in err, err

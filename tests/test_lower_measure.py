@@ -68,6 +68,8 @@ def test_measured_speedups_decide_at_the_threshold():
     assert "measured 1.098x < 1.1x" in rows["fc1"]["reason"]
     assert "measured 1.1x >= 1.1x" in rows["fc2"]["reason"]
     assert "measured 1.1004x >= 1.1x" in rows["fc3"]["reason"]
+    rows = _lowered_by_pass(masked(mlp(sizes=(64, 48, 32, 10))), {"fc1": 1.0999996})
+    assert "measured 1.0999996x < 1.1x" in rows["fc1"]["reason"]
 
 
 def test_measured_decides_a_conv_of_unknown_size():

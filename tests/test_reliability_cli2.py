@@ -379,7 +379,7 @@ def test_check_names_the_batch_it_used(tmp_path, capsys):
     assert code == 0
     assert json.loads(out)["inputs"] == "random (seed 0, batch 1)"
     # and says that --batch was not used (bench did; check used batch 1 silently)
-    assert "note: the inputs take batch 1 (the model fixes it); --batch 2 was not used" in err
+    assert "note: the model fixes its batch at 1; --batch 2 was not used" in err
     code, out, err = _run(["check", m, m, "--json", "-"], capsys)
     assert code == 0 and "note:" not in err and json.loads(out)["batch_note"]
 

@@ -61,11 +61,14 @@ def check(reference, candidate, *, data: str | None = None, atol: float = 1e-4,
     else:
         feeds = rt.random_inputs(ref, batch=batch, seed=seed, shapes=shapes, strict=True)
         source = describe_random(feeds, seed)
-    # a batch the model fixes (or --input-shape gives) wins over --batch: say so
-    fed = sorted({v.shape[0] for v in feeds.values() if getattr(v, "ndim", 0)})
-    batch_note = None if data or fed in ([], [batch]) else (
-        f"the inputs take batch {', '.join(map(str, fed))} ("
-        + ("--input-shape" if shapes else "the model fixes it") + f"); --batch {batch} was not used")
+    # a batch the model fixes wins over --batch: say so (only where no input leaves its
+    # leading dim free: then --batch sized that one, and a fixed [2, N, 8] state is no batch)
+    from onnxprune.runtime.bench import batch_dims
+
+    fixed, free = batch_dims(ref)
+    fed = sorted(set(fixed.values()))
+    batch_note = None if data or free or not fed or fed == [batch] else (
+        f"the model fixes its batch at {', '.join(map(str, fed))}; --batch {batch} was not used")
     rt.check_feeds(cand, feeds, "candidate")
     with rt.random_feeds_hint(None if data else feeds):  # random inputs may not be what it runs on
         ref_out = rt.run_model(ref, feeds)

@@ -677,7 +677,7 @@ def _taken_from_weight(t: gs.Tensor, limit: int = 8) -> tuple[str, str] | None:
     const = const_source(t)[0] if ops else None
     if const is None or len(const.shape or ()) < 2:
         return None
-    return const.name, " → ".join(reversed(ops)) + (" with bounds computed at run time" if computed else "")
+    return const.name, " → ".join(reversed(ops)) + (", the part taken chosen at run time" if computed else "")
 
 
 def is_absent(t: gs.Tensor | None) -> bool:

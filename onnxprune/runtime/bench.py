@@ -433,7 +433,8 @@ def time_pair(sess_a, sess_b, feeds_a, feeds_b, repeats: int, warmup: int) -> tu
 def compare_outputs(ref: list[np.ndarray], cand: list[np.ndarray]) -> dict:
     from onnxprune.runtime.check import compare
 
-    scale = max((float(np.max(np.abs(r))) for r in ref if r.size), default=0.0)
+    scale = max((float(np.max(np.abs(r))) for r in ref
+                 if isinstance(r, np.ndarray) and r.size and r.dtype.kind in "iufc"), default=0.0)
     atol = REL_ATOL * max(scale, 1e-6)
     result = compare(ref, cand, atol, RTOL)
     out = {"passed": result["passed"], "atol": atol, "rtol": RTOL, "output_scale": scale,

@@ -207,19 +207,22 @@ def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
 
 
 def _check_shared_dims(path: str, inputs, data: dict, keys: dict) -> None:
-    """UsageError when two arrays give one symbolic dimension of the model's inputs (the same
-    ``dim_param``, e.g. a batch N) two sizes, as ONNX Runtime would fail on them."""
+    """UsageError when two inputs' arrays give the leading dimension the model names alike
+    (the same ``dim_param``, e.g. a batch N) two sizes, which ONNX Runtime fails on further in.
+    Only leading dims of different inputs, and only names that are identifiers: exporters
+    write ``?`` for any unknown size (Paddle's [-1, 3, ?, ?] is not a square)."""
     seen: dict[str, tuple[int, str]] = {}
     for vi in inputs:
         arr = data[vi.name]
-        for i, d in enumerate(vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else []):
-            if dim_size(d) is not None or not d.dim_param or i >= arr.ndim:
-                continue
-            size, first = seen.setdefault(d.dim_param, (int(arr.shape[i]), vi.name))
-            if size != arr.shape[i]:
-                raise UsageError(f"{path}: arrays {keys.get(first, first)!r} and "
-                                 f"{keys.get(vi.name, vi.name)!r} give the model's dimension "
-                                 f"{d.dim_param!r} sizes {size} and {arr.shape[i]}")
+        tt = vi.type.tensor_type
+        d = tt.shape.dim[0] if tt.HasField("shape") and tt.shape.dim else None
+        if d is None or dim_size(d) is not None or not d.dim_param.isidentifier() or arr.ndim == 0:
+            continue
+        size, first = seen.setdefault(d.dim_param, (int(arr.shape[0]), vi.name))
+        if size != arr.shape[0]:
+            raise UsageError(f"{path}: arrays {keys.get(first, first)!r} and "
+                             f"{keys.get(vi.name, vi.name)!r} give the model's dimension "
+                             f"{d.dim_param!r} sizes {size} and {arr.shape[0]}")
 
 
 def check_feeds(model: ModelProto, feeds: dict[str, np.ndarray], what: str) -> None:
@@ -353,12 +356,29 @@ def max_relative_change(ref: list[np.ndarray], cand: list[np.ndarray]) -> float 
     return worst
 
 
-def uninformative(ref: list[np.ndarray]) -> str | None:
-    """Why the reference's outputs cannot tell a candidate apart, or None when they can: every
-    floating-point output is empty, or holds one value throughout (all zeros where random
-    integer lengths masked every frame, all NaN). A single value, and integer or boolean
-    outputs (class ids of a small batch agree by chance), are not judged."""
-    floats = [np.asarray(r) for r in ref if np.issubdtype(np.asarray(r).dtype, np.floating)]
+def _varies(r: np.ndarray) -> bool:
+    """Whether ``r`` holds two different values (NaN beside a number counts as two)."""
+    flat = r.ravel()
+    if flat.size < 2:
+        return False
+    if r.dtype.kind in "fc":
+        nan = np.isnan(flat)
+        if nan.all():
+            return False
+        if nan.any():
+            return True
+    return not bool(np.all(flat == flat[0]))
+
+
+def uninformative(ref: list) -> str | None:
+    """Why the reference's outputs cannot tell a candidate apart, or None when they can: no
+    output varies (an integer or boolean one that does is enough: class ids), and every
+    floating-point one is empty or holds one value throughout (all zeros where random integer
+    lengths masked every frame, all NaN). A single value is not judged, nor a model with a
+    sequence or map output."""
+    if any(not isinstance(r, np.ndarray) for r in ref) or any(_varies(r) for r in ref):
+        return None  # something varies: a candidate that differs can show it
+    floats = [r for r in ref if r.dtype.kind == "f"]
     if not floats:
         return None
     if all(r.size == 0 for r in floats):
@@ -368,15 +388,27 @@ def uninformative(ref: list[np.ndarray]) -> str | None:
     values = set()
     for r in floats:
         flat = r.ravel()
-        if flat.size == 0:
-            continue
-        if np.all(np.isnan(flat)):
-            values.add("NaN")
-        elif np.any(np.isnan(flat)) or not np.all(flat == flat[0]):
-            return None
-        else:
-            values.add(f"{float(flat[0]) + 0.0:.6g}")  # -0 reads as 0
+        if flat.size:
+            values.add("NaN" if np.isnan(flat[0]) else f"{float(flat[0]) + 0.0:.6g}")  # -0 reads as 0
     return "every floating-point output value is " + " or ".join(sorted(values))
+
+
+def _same_value(a, b, atol: float, rtol: float) -> bool:
+    """Whether two ONNX Runtime outputs that may be sequences (lists) or maps (dicts) of
+    tensors or numbers match: the same structure, floating-point leaves within the tolerance
+    (NaN equal to NaN), the others equal."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and \
+            all(_same_value(a[k], b[k], atol, rtol) for k in a)
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b) and \
+            all(_same_value(x, y, atol, rtol) for x, y in zip(a, b))
+    x, y = np.asarray(a), np.asarray(b)
+    if x.shape != y.shape:
+        return False
+    if x.dtype.kind in "fc" and y.dtype.kind in "fc":
+        return bool(np.allclose(y, x, rtol=rtol, atol=atol, equal_nan=True))
+    return bool(np.array_equal(x, y))
 
 
 def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: float) -> dict:
@@ -395,6 +427,13 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
     passed = True
     needed_atol: float | None = 0.0
     for i, (r, c) in enumerate(zip(ref, cand)):
+        if not isinstance(r, np.ndarray) or not isinstance(c, np.ndarray):
+            ok = _same_value(r, c, atol, rtol)  # a sequence or map output, element by element
+            rows.append({"index": i, "passed": ok, "max_abs_error": None})
+            passed &= ok
+            if not ok:
+                needed_atol = None
+            continue
         if r.shape != c.shape:
             rows.append({"index": i, "shape_ref": list(r.shape), "shape_candidate": list(c.shape),
                          "passed": False})
@@ -445,5 +484,6 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
                             f"{o['shape_candidate']} in the candidate"
                             + (f" (and {len(shapes) - 1} more output(s) differ in shape)" if len(shapes) > 1 else ""))
     elif unequal:  # a non-numeric (bool, string) output compares equal or not: no error either
-        report["reason"] = f"non-numeric output(s) {', '.join(str(o['index']) for o in unequal)} differ"
+        report["reason"] = (f"non-numeric or sequence output(s) {', '.join(str(o['index']) for o in unequal)} "
+                            "differ")
     return report

@@ -686,11 +686,11 @@ def _absorb(graph: gs.Graph, node: gs.Node, chain: list[gs.Node]) -> list[gs.Ten
 def _vs(speedup: float, limit: float) -> str:
     """``speedup`` to two decimals, or as many more as it takes not to read as the limit it
     is compared with (1.0976 is "1.098x < 1.1x", not "1.10x < 1.1x")."""
-    for digits in (2, 3, 4):
+    for digits in range(2, 10):
         text = f"{speedup:.{digits}f}"
         if float(text) != limit:
             return text
-    return f"{speedup:.6g}"
+    return repr(float(speedup))
 
 
 def _decide_measured(speedup: float | None) -> tuple[bool, str]:
