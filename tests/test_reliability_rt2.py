@@ -630,3 +630,17 @@ def test_a_model_that_asks_for_gigabytes_is_refused_them(tmp_path, capsys):
     assert code == 0, err
     rows = {r["name"]: r for r in _strict_json((tmp_path / "i.json").read_text())["layers"]}
     assert rows["q_proj"]["flops_shapes"] == "assumed", rows
+
+
+def test_the_probe_can_be_turned_off(tmp_path, capsys, monkeypatch):
+    """ONNXPRUNE_SHAPE_PROBE=0: no model is run to size FLOPs; the rows keep the marked guess."""
+    src = tmp_path / "win.onnx"
+    onnx.save(_window_attention(), src)
+    monkeypatch.setenv("ONNXPRUNE_SHAPE_PROBE", "0")
+    assert main(["inspect", str(src), "--json", str(tmp_path / "i.json")]) == 0
+    rows = {r["name"]: r for r in _strict_json((tmp_path / "i.json").read_text())["layers"]}
+    assert rows["q_proj"]["flops_shapes"] == "assumed" and rows["q_proj"]["flops"] == 2 * 8 * 8 * 4
+    monkeypatch.setenv("ONNXPRUNE_SHAPE_PROBE", "1")
+    assert main(["inspect", str(src), "--json", str(tmp_path / "j.json")]) == 0
+    rows = {r["name"]: r for r in _strict_json((tmp_path / "j.json").read_text())["layers"]}
+    assert rows["q_proj"]["flops_shapes"] == "measured"

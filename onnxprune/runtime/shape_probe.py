@@ -28,6 +28,9 @@ from onnxprune.core.errors import OnnxPruneError
 # a model whose serialized form is larger is not run just to size it (ORT would hold a
 # second copy of its weights); its unsized layers keep the inferred figures
 MAX_PROBE_BYTES = 1 << 30
+# ONNXPRUNE_SHAPE_PROBE=0 turns the probe off: no model is run to size FLOPs (a batch job
+# over many untrusted files, or one that must not spawn processes); rows stay assumed
+DISABLE_ENV = "ONNXPRUNE_SHAPE_PROBE"
 # the longest the probe may take (a child process, killed then; the layers stay unsized)
 PROBE_SECONDS = 30.0
 # the child's address space beyond four times the model's bytes: Python, ONNX Runtime and a
@@ -44,7 +47,8 @@ def shape_probe(model: ModelProto, input_shapes: dict | None = None, info=None
     model over :data:`MAX_PROBE_BYTES`, or ONNX Runtime refusing or failing it. The result
     is cached: a second call for the same names does not run the model again."""
     cache: dict[str, list[int]] = {}
-    state = {"failed": info is not None and bool(getattr(info, "external", None))}
+    state = {"failed": (info is not None and bool(getattr(info, "external", None)))
+             or os.environ.get(DISABLE_ENV, "") == "0"}
 
     def measure(names: list[str]) -> "dict[str, list[int]] | None":
         want = [n for n in names if n not in cache]
