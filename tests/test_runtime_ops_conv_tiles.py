@@ -81,7 +81,7 @@ LAYOUTS = [
 @pytest.mark.parametrize("case", LAYOUTS, ids=[c[0] for c in LAYOUTS])
 def test_both_input_layouts_match_the_reference(case, density, isa, threads, monkeypatch):
     """The gate's layout at each density, then each layout forced (ONNXPRUNE_CONV_COPIES), so
-    both run on every ISA whatever the gate picks there (AVX-512 never picks shifted copies).
+    both run on every ISA whatever the gate picks there.
     The layouts sum the same products in the same order: their outputs are bit-identical."""
     name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group = case
     rng, w4 = _weights(f"{name}{density}", c_out, c_in // group, kh, kw, density)
@@ -104,29 +104,31 @@ def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):
     return {-1: "refused", 0: "in place", 1: "phase", 2: "shifted"}[code]
 
 
-# (k, x, c_out, density, pads, the AVX2 gate's layout, the portable path's: its rows are not rounded)
+# (k, x, c_out, density, pads, the AVX2 gate's layout (rows rounded to 8 floats), the AVX-512
+# gate's (rounded to 16), the portable path's: its rows are not rounded)
 GATE = [
-    ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1), "shifted", "shifted"),
-    ((3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1), "phase", "phase"),        # too sparse for kW copies
-    ((3, 3), (1, 256, 13, 13), 384, 0.35, (1, 1, 1, 1), "shifted", "shifted"),  # 16 columns for 15
-    ((3, 3), (1, 256, 4, 4), 256, 0.3, (1, 1, 1, 1), "phase", "shifted"),       # 8 columns for 6
-    ((5, 1), (1, 256, 512, 1), 512, 0.2, (0, 0, 0, 0), "phase", "shifted"),     # magika: 8 for 1
-    ((3, 3), (1, 64, 224, 224), 64, 0.22, (1, 1, 1, 1), "phase", "phase"),      # 39 MB of copies
-    ((1, 1), (1, 256, 13, 13), 64, 0.3, (0, 0, 0, 0), "in place", "in place"),
+    ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1), "shifted", "phase", "shifted"),  # AVX-512: 64 for 58
+    ((3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1), "phase", "phase", "phase"),      # too sparse for kW copies
+    ((3, 3), (1, 256, 13, 13), 384, 0.35, (1, 1, 1, 1), "shifted", "shifted", "shifted"),  # 16 columns for 15
+    ((3, 3), (1, 256, 14, 14), 256, 0.3, (1, 1, 1, 1), "shifted", "shifted", "shifted"),   # 16 for 16
+    ((3, 3), (1, 256, 4, 4), 256, 0.3, (1, 1, 1, 1), "phase", "phase", "shifted"),    # 8 (16) columns for 6
+    ((5, 1), (1, 256, 512, 1), 512, 0.2, (0, 0, 0, 0), "phase", "phase", "shifted"),  # magika: 8 (16) for 1
+    ((3, 3), (1, 64, 224, 224), 64, 0.22, (1, 1, 1, 1), "phase", "phase", "phase"),   # 39 MB of copies
+    ((1, 1), (1, 256, 13, 13), 64, 0.3, (0, 0, 0, 0), "in place", "in place", "in place"),
 ]
 
 
 @pytest.mark.parametrize("case", GATE, ids=lambda c: f"{c[0][0]}x{c[0][1]}_{c[1][2]}x{c[1][3]}_{c[3]}")
 def test_the_layout_gate_takes_shifted_copies_only_where_they_pay(case, lib, monkeypatch):
     """Shifted copies need 20% density, copies within 8 x L2 and rows widened by at most 10%
-    by the rounding to 8 floats; AVX-512 keeps phase copies, and ONNXPRUNE_CONV_COPIES
-    overrides the gate but not an in-place 1x1."""
-    k, x, c_out, density, pads, avx2, portable = case
+    by the rounding to the vector width (8 floats on AVX2, 16 on AVX-512), and
+    ONNXPRUNE_CONV_COPIES overrides the gate but not an in-place 1x1."""
+    k, x, c_out, density, pads, avx2, avx512, portable = case
     monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
     if lib.onnxprune_ops_cpu_has(b"avx2") == 1:
         assert _layout(lib, "avx2", k, x, c_out, density, pads) == avx2
     if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
-        assert _layout(lib, "avx512", k, x, c_out, density, pads) in ("phase", "in place")
+        assert _layout(lib, "avx512", k, x, c_out, density, pads) == avx512
     assert _layout(lib, "scalar", k, x, c_out, density, pads) == portable
     for forced in ("shifted", "phase"):
         monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", forced)

@@ -652,10 +652,11 @@ int64_t ChooseTiles(int lanes, int64_t positions, int* vi, int* tail_vi, int64_t
 
 // Row length CsrConv gives its column-shifted input copies (ShiftedCopies): output
 // widths are rounded up to it, so every offset into the copies and every tile start are
-// multiples of 8 floats and the AVX2 tile's loads are 32-byte aligned, none splitting a cache
-// line. The portable path keeps the exact width (1): it has no vector loads to align, and
-// tests then cover unrounded rows too.
-int64_t RowQuantum(Isa isa) { return isa == Isa::kScalar ? 1 : 8; }
+// multiples of the vector width (8 floats for AVX2, 16 for AVX-512) and no tile load splits a
+// cache line. (With 8-float rows half of the AVX-512 tile's 64-byte loads split one.) The
+// portable path keeps the exact width (1): it has no vector loads to align, and tests then
+// cover unrounded rows too.
+int64_t RowQuantum(Isa isa) { return isa == Isa::kScalar ? 1 : isa == Isa::kAvx512 ? 16 : 8; }
 
 // Whether CsrConv reads kW column-shifted copies of its input (aligned loads, kW copies to
 // write, kW times the input window per channel in L1) or one copy per column phase (loads at
@@ -667,10 +668,14 @@ int64_t RowQuantum(Isa isa) { return isa == Isa::kScalar ? 1 : 8; }
 // copies: 0.70x; 512 of 28x28 at 27%, 6.4 MB: 0.90x; at 2.5 MB or less every case measured at
 // 20% or more gained, 13x13 maps 1.12-1.20x): the copies may take at most kShiftedCopyL2s
 // times the L2 (4 MiB on that core; sysconf's L3 there is the whole package's 64 MiB, not the
-// 8 MiB a core shares, so the L3 is no guide). The
-// AVX-512 tile keeps the phase copies: shifted ones (then at every density) measured slower
-// inside a model on a Zen 4 core (runtime_ops/README.md), and the gated choice is unmeasured
-// there. The portable path takes the same gate as AVX2, so tests cover both layouts.
+// 8 MiB a core shares, so the L3 is no guide). The AVX-512 tile takes the same gate with
+// 16-float rows: on an Intel core with two 512-bit FMA units (lscpu family 6, docs/BENCHMARKS.md)
+// the gated layers ran 1.04-1.29x faster shifted than phase (AlexNet's 13x13 layers
+// 1.18-1.26x, VGG-16's conv1_1 1.29x, the 7x7/2 stem 1.27x), and the layers it leaves on phase
+// copies measured slower shifted (256 channels of 56x56 at 24%, 0.84x; 128 of 112x112, 0.97x).
+// Before, with 8-float rows, shifted copies had measured slower inside a model on a Zen 4
+// core; the gate with 16-float rows is unmeasured there. The portable path takes the same
+// gate, so tests cover both layouts.
 // kW <= kMaxShiftedColumns also keeps the copies within that many times the input.
 // Shifted rows are the output width rounded up to RowQuantum, phase rows the padded input
 // width (over the stride): on narrow maps the rounding is more work than alignment saves, so
@@ -688,9 +693,9 @@ constexpr double kShiftedMinDensity = 0.2;
 constexpr int64_t kMaxShiftedColumns = 16;
 constexpr int64_t kShiftedCopyL2s = 8;
 constexpr double kShiftedMaxWiden = 1.1;
-bool ShiftedCopies(Isa isa, Copies forced, int64_t nnz, double cells, int64_t kw, double bytes, double widen) {
+bool ShiftedCopies(Copies forced, int64_t nnz, double cells, int64_t kw, double bytes, double widen) {
   if (forced != Copies::kGate) return forced == Copies::kShifted && kw <= kMaxShiftedColumns;
-  return isa != Isa::kAvx512 && cells > 0 && static_cast<double>(nnz) >= kShiftedMinDensity * cells &&
+  return cells > 0 && static_cast<double>(nnz) >= kShiftedMinDensity * cells &&
          kw <= kMaxShiftedColumns && bytes <= static_cast<double>(kShiftedCopyL2s * L2Bytes()) &&
          widen <= kShiftedMaxWiden;
 }
@@ -1382,16 +1387,16 @@ struct CsrConvKernel {
     g->hq = (hp - 1) / g->sh + 1;  // ceil(hp / sh); hp >= 1 as the kernel fits
     UsedPhases(kh, dh, g->sh, &g->row_phases, &g->row_slot);
     // What the shifted copies would take, in double: every factor is <= 2^31.
+    const int64_t quantum = RowQuantum(isa);
     const double shifted_bytes = static_cast<double>(g->row_phases.size()) * static_cast<double>(kw) *
                                  static_cast<double>(g->c_in) * static_cast<double>(g->hq) *
-                                 static_cast<double>(g->ow + 7) * sizeof(float);
-    const int64_t quantum = RowQuantum(isa);
+                                 static_cast<double>(g->ow + quantum - 1) * sizeof(float);
     const int64_t shifted_wq = (g->ow + quantum - 1) / quantum * quantum;  // ow <= w + pads <= 2^31
     const int64_t phase_wq = (wp - 1) / g->sw + 1;                          // ceil(wp / sw) >= 1
     const double widen = static_cast<double>(shifted_wq) / static_cast<double>(phase_wq);
     g->tap_col.resize(static_cast<size_t>(kw));
     g->tap_shift.resize(static_cast<size_t>(kw));
-    if (!g->x_layout && ShiftedCopies(isa, copies, nnz, cells, kw, shifted_bytes, widen)) {
+    if (!g->x_layout && ShiftedCopies(copies, nnz, cells, kw, shifted_bytes, widen)) {
       // copy column j is kernel column j, shifted into place
       g->shifted = true;
       g->wq = shifted_wq;
