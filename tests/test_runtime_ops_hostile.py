@@ -461,13 +461,37 @@ def refused_or_shaped(y, shape) -> bool:
     return True
 
 
+def with_residual(model, feeds: dict, z: np.ndarray) -> None:
+    """CsrConv's Z (op-set 5) as a graph input fed `z`, after an empty bias slot when B is absent."""
+    node = model.graph.node[0]
+    if len(node.input) < 5:
+        node.input.append("")
+    node.input.append("Z")
+    model.graph.input.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, list(z.shape)))
+    feeds["Z"] = z
+
+
 @PROPERTY
 @given(case=conv_cases(), csr_as_inputs=st.booleans(), isa=st.sampled_from(["avx512", "avx2", "scalar"]),
-       threads=st.sampled_from([1, 2]))
-def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, threads):
+       threads=st.sampled_from([1, 2]), residual=st.sampled_from(["none", "none", "exact", "other shape"]),
+       seed=st.integers(0, 2**16))
+def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, threads, residual, seed):
     assume(isa in cpu_isas())
     x, attrs, csr, bias = case
     shape = conv_output_shape(x.shape, attrs, csr, bias, isa)
+    z = None
+    if residual != "none":  # Z must have Y's exact shape (no broadcasting): any other is refused
+        z_shape = list(shape) if shape is not None else [1, 1, 1, 1]
+        if residual == "other shape":
+            rng = np.random.default_rng(seed)
+            if z_shape and rng.random() < 0.8:
+                z_shape[int(rng.integers(len(z_shape)))] += int(rng.choice([-1, 1]))
+                z_shape = [max(d, 0) for d in z_shape]
+            else:
+                z_shape = z_shape[:-1] if len(z_shape) > 1 else [*z_shape, 1]
+            shape = None
+        assume(int(np.prod(z_shape)) <= 2**22)
+        z = np.random.default_rng(seed).standard_normal(z_shape).astype(np.float32)
     if shape is not None:  # legal but huge (65536 pads on a 1x1 input): too big to check here
         x4, wide = as_2d(x.shape, attrs)
         pads = wide.get("pads", [0, 0, 0, 0])
@@ -476,12 +500,17 @@ def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, thr
     event("valid" if shape is not None else "refused")
     event(f"{x.ndim - 2}-D: {'valid' if shape is not None else 'refused'}")
     event(f"activation {attrs.get('activation', 'none')}: {'valid' if shape is not None else 'refused'}")
+    event(f"residual {residual}")
     model, feeds = op_model("CsrConv", x.shape, csr, bias, csr_as_inputs=csr_as_inputs, **attrs)
     feeds["X"] = x
+    if z is not None:
+        with_residual(model, feeds, z)
     y = run_in_process(model, feeds, isa, threads)
     if not refused_or_shaped(y, shape):
         return
     ref = conv_reference_csr(x, csr, bias, attrs)
+    if z is not None:
+        ref = ref + z.astype(np.float64)
     if "activation" in attrs:
         with np.errstate(over="ignore"):
             ref = ACTIVATIONS[attrs["activation"]][1](ref, attrs.get("activation_params"))

@@ -164,6 +164,22 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
     """Standard-op nodes computing what a CsrGemm / CsrConv node computes (weights from its CSR),
     its fused activation included."""
     a = node_attrs(node)
+    if node.op_type == "CsrConv" and len(node.input) > 5 and node.input[5]:  # Z: conv, then Add
+        name = node.name or node.output[0]
+        inner = onnx.NodeProto()
+        inner.CopyFrom(node)
+        del inner.input[5:]
+        del inner.attribute[:]
+        inner.attribute.extend(x for x in node.attribute if x.name not in ("activation", "activation_params"))
+        mid, summed = f"{prefix}{name}.conv", f"{prefix}{name}.residual"
+        inner.output[0] = mid
+        nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
+        out = summed if "activation" in a else node.output[0]
+        nodes.append(helper.make_node("Add", [mid, node.input[5]], [out], name=f"{prefix}{name}_residual"))
+        if "activation" not in a:
+            return nodes, new_inits
+        act_nodes, act_inits = _activation_nodes(a, summed, node.output[0], f"{prefix}{name}", opset)
+        return [*nodes, *act_nodes], [*new_inits, *act_inits]
     if "activation" in a:  # the node without it, then the activation's standard ops
         name = node.name or node.output[0]
         inner = onnx.NodeProto()
@@ -397,7 +413,14 @@ def counted_layer_rows(model: onnx.ModelProto, info=None, input_shapes: dict | N
 def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: int,
                      csr_opset: int = 1) -> tuple[bytes, bytes]:
     """(dense, sparse) single-layer models for one CSR node of the model; the sparse one
-    declares the model's own ``ai.onnxprune`` op-set (a node with an activation needs 2 or 3)."""
+    declares the model's own ``ai.onnxprune`` op-set (a node with an activation needs 2 or 3).
+    A CsrConv's residual input Z (op-set 5), another layer's output, is left out of both: the
+    layer is timed as its convolution and activation."""
+    if node.op_type == "CsrConv" and len(node.input) > 5:
+        bare = onnx.NodeProto()
+        bare.CopyFrom(node)
+        del bare.input[5:]
+        node = bare
     x = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, list(x_shape))
     y = helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)
     needed = [n for n in node.input[1:] if n]

@@ -24,7 +24,9 @@ rows of the CSR are always the op's outputs, so the source matrix is (op knowled
                                                            (auto_pad resolved to explicit pads)
         (a following inference BatchNormalization with constant (C_out,) tensors, the conv's
         only use, is folded in: W·s and (B − μ)·s + β with s = γ/√(σ² + ε), as ONNX Runtime
-        folds it into its own Conv; zeros stay zeros; then the activation that is the only use
+        folds it into its own Conv; zeros stay zeros; then an Add(·, z) that is the only use of
+        the result, z of exactly its shape, becomes CsrConv's residual input Z (op-set 5: a
+        ResNet block's shortcut); then the activation that is the only use
         of the result — Relu, LeakyRelu, Clip, HardSigmoid, HardSwish, also Hardswish spelled
         out in several nodes, Sigmoid, SiLU (x·Sigmoid(x)) — becomes CsrConv's ``activation``:
         ``activations.py``)
@@ -52,7 +54,8 @@ A 1-D convolution lowers to the 1-D CsrConv of op-set 4 (kernel_shape [k]).
 Invariants: graph inputs and outputs are unchanged; a lowered node keeps its name and output
 tensor (the activation's output when one is folded in); the graph gains the opset import
 (``ai.onnxprune``, 1) iff a node was lowered — op-set 2 when a CsrConv carries an activation,
-3 when a CsrGemm does or an activation is Gelu, 4 when a CsrConv is 1-D.
+3 when a CsrGemm does or an activation is Gelu, 4 when a CsrConv is 1-D, 5 when a CsrConv reads
+a residual Z; the node list stays topologically sorted.
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ class _Plan:
     bias: gs.Tensor | None
     fused_add: gs.Node | None = None
     fused_bn: gs.Node | None = None
+    fused_residual: gs.Node | None = None  # a CsrConv's Add(y, z): z becomes its input Z
+    residual: gs.Tensor | None = None
     fused_act: FusedActivation | None = None
 
 
@@ -192,6 +197,59 @@ def _fusable_bn(node: gs.Node, graph_outputs: set[int], c_out: int) -> gs.Node |
     return bn if np.all(np.isfinite(scale)) and np.all(np.isfinite(scale.astype(np.float32))) else None
 
 
+def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: set[int]
+                      ) -> tuple[gs.Node, gs.Tensor] | None:
+    """The Add(y, z) (either order) that is ``y``'s only use, with a float32 ``z`` that shape
+    inference shows to be exactly ``y``'s shape (fixed dims equal, symbolic ones the same
+    symbol): CsrConv's Z adds it in the tiles, before the activation (op-set 5). A ``z`` that
+    would broadcast (a per-channel constant, a batch of 1) stays a node: Z takes no
+    broadcasting."""
+    if id(y) in graph_outputs or len(y.outputs) != 1:
+        return None
+    add = y.outputs[0]
+    if add.op != "Add" or (add.domain or "") not in ("", "ai.onnx") or len(add.inputs) != 2 or \
+            len(add.outputs) != 1:
+        return None
+    z = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    if z is y or (add.inputs[0] is not y and add.inputs[1] is not y):
+        return None
+    if z.dtype is not None and np.dtype(z.dtype) != np.float32:
+        return None
+    sy, sz = shapes.get(y.name), shapes.get(z.name)
+    if not sy or sz is None or len(sy) != len(sz) or len(sy) not in (3, 4):
+        return None
+    ny, nz = symbols.get(y.name) or [None] * len(sy), symbols.get(z.name) or [None] * len(sz)
+    for dy, dz, my, mz in zip(sy, sz, ny, nz):
+        if dy is not None or dz is not None:
+            if dy != dz:
+                return None
+        elif my is None or my != mz:
+            return None
+    return add, z
+
+
+def _folded_note(plans: list[_Plan]) -> str:
+    """What a lowered layer's node took in besides its weight, for the report's reason."""
+    note = ""
+    if plans[0].fused_bn is not None:
+        note += f"; BatchNormalization {plans[0].fused_bn.name} folded in"
+    if plans[0].fused_residual is not None:
+        note += f"; residual Add {plans[0].fused_residual.name} folded in"
+    folded_acts = sorted({p.fused_act.description for p in plans if p.fused_act is not None})
+    if folded_acts:
+        note += f"; activation {', '.join(folded_acts)} folded in"
+    return note
+
+
+def _drop_claimed_residual(plans: list[_Plan]) -> None:
+    """A residual Add of two convolutions' outputs (a ResNet block's main path and its
+    projection shortcut) is each one's only use: the first of them lowered takes it (and the
+    activation after it) as its Z; the other, lowered later, finds it gone and folds neither."""
+    for p in plans:
+        if p.fused_residual is not None and not p.fused_residual.outputs:
+            p.fused_residual, p.residual, p.fused_act = None, None, None
+
+
 def _bn_scale(bn: gs.Node) -> np.ndarray:
     """γ/√(σ² + ε) of an inference BatchNormalization whose tensors are constant (float64)."""
     gamma, _, _, var = (np.asarray(const_source(t)[0].values, np.float64) for t in bn.inputs[1:])
@@ -273,7 +331,7 @@ def _conv_pads(node: gs.Node, x_hw, kernel, strides, dilations) -> list[int]:
 
 
 def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
-               graph_outputs: set[int]) -> _Plan:
+               graph_outputs: set[int], symbols: dict | None = None) -> _Plan:
     rank = len(layer.shape) - 2  # 1-D convolutions lower to op-set 4's 1-D CsrConv
     if rank not in (1, 2):
         raise _Skip(f"{rank}-D convolution; CsrConv is 1-D or 2-D")
@@ -303,9 +361,14 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
     k = int(np.prod(layer.shape[1:]))
     fused_bn = _fusable_bn(node, graph_outputs, c_out) if len(layer.nodes) == 1 else None
     y = fused_bn.outputs[0] if fused_bn is not None else node.outputs[0]
+    residual = _fusable_residual(y, shapes, symbols or {}, graph_outputs) \
+        if len(layer.nodes) == 1 else None
+    if residual is not None:
+        y = residual[0].outputs[0]
     fused_act = fusable_activation(y, graph_outputs) if len(layer.nodes) == 1 else None
     return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias, fused_bn=fused_bn,
-                 fused_act=fused_act)
+                 fused_residual=residual[0] if residual else None,
+                 residual=residual[1] if residual else None, fused_act=fused_act)
 
 
 def _kernel_area(plan: _Plan) -> int | None:
@@ -314,16 +377,17 @@ def _kernel_area(plan: _Plan) -> int | None:
     return int(np.prod(kernel)) if kernel else None
 
 
-def static_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = None
-                  ) -> dict[str, list[int | None]]:
+def static_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = None,
+                  symbols: dict | None = None) -> dict[str, list[int | None]]:
     """Tensor shapes from ONNX shape inference, without copying the graph's weights; the graph
-    inputs named in ``input_shapes`` take those dims (``--input-shape``) for the inference."""
+    inputs named in ``input_shapes`` take those dims (``--input-shape``) for the inference.
+    ``symbols``, when given, is filled with each tensor's dims' symbols (``infer_shapes``)."""
     original = onnx.ModelProto()
     original.ir_version = onnx.IR_VERSION
     original.opset_import.extend(graph.import_domains or
                                  [onnx.helper.make_opsetid("", graph.opset)])
     model, _ = export_with_placeholders(graph, original)
-    return infer_shapes(model, input_shapes)
+    return infer_shapes(model, input_shapes, symbols)
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
@@ -456,7 +520,8 @@ class LowerToSparseOps(Pass):
             elif node.op == "MatMul":
                 plans.append(_plan_matmul(node, layer, shapes, self.batch, graph_outputs))
             else:
-                plans.append(_plan_conv(node, layer, shapes, self.batch, graph_outputs))
+                plans.append(_plan_conv(node, layer, shapes, self.batch, graph_outputs,
+                                        getattr(self, "_symbols", None)))
         for p in plans:
             if p.kind == "fc":
                 # CsrGemm's activation (op-set 3): the one applied to the product, after the
@@ -510,7 +575,8 @@ class LowerToSparseOps(Pass):
         layers, _ = find_layers(graph)
         graph_outputs = {id(t) for t in graph.outputs}
         needs_shapes = any(layer.op in ("Conv", "MatMul", "Gemm") for layer in layers)
-        shapes = static_shapes(graph, self.input_shapes) if needs_shapes else {}
+        self._symbols: dict = {}
+        shapes = static_shapes(graph, self.input_shapes, self._symbols) if needs_shapes else {}
 
         prepared = []
         encoded: dict[str, tuple[tuple[np.ndarray, ...], str | None]] = {}
@@ -567,12 +633,10 @@ class LowerToSparseOps(Pass):
                     kernel_area=_kernel_area(p0), **common), 4)
             lower, reason = self._decide(layer, density, estimates, row["csr_bytes"],
                                          row["dense_bytes"] or 0)
+            _drop_claimed_residual(plans)
             row["reason"] = reason if values_note is None or not lower else f"{reason}; {values_note}"
-            if lower and plans[0].fused_bn is not None:
-                row["reason"] += f"; BatchNormalization {plans[0].fused_bn.name} folded in"
-            folded_acts = sorted({p.fused_act.description for p in plans if p.fused_act is not None})
-            if lower and folded_acts:
-                row["reason"] += f"; activation {', '.join(folded_acts)} folded in"
+            if lower:
+                row["reason"] += _folded_note(plans)
             if lower:
                 self._lower(graph, layer, plans, taken, graph_outputs, arrays)
                 row["lowered"] = True
@@ -580,6 +644,10 @@ class LowerToSparseOps(Pass):
             if progress is not None:
                 progress(i + 1, total, layer.name)
 
+        if any(n.op == "CsrConv" and n.domain == DOMAIN and op_set_needed(n) == 5 for n in graph.nodes):
+            # A folded residual's Z may come from a node listed after the convolution (a
+            # ResNet block's shortcut branch): the node list must stay in topological order.
+            graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
         if lowered_any:
             # The lowest op-set the file's nodes need (op_set_needed), so that a file without
             # a fused activation still loads where an op-set 1 library runs it.
@@ -637,8 +705,12 @@ class LowerToSparseOps(Pass):
                                               folded_bias))
             elif plan.bias is not None:
                 new_inputs.append(plan.bias)
+            if plan.residual is not None:  # Z after B, or after an empty bias slot
+                if len(new_inputs) == 4:
+                    new_inputs.append(gs.Variable.empty())
+                new_inputs.append(plan.residual)
             dropped = [plan.bias] if folded_bias is not None and plan.bias is not None else []
-            folded = [n for n in (plan.fused_add, plan.fused_bn) if n is not None]
+            folded = [n for n in (plan.fused_add, plan.fused_bn, plan.fused_residual) if n is not None]
             dropped += _absorb(graph, node, folded + (plan.fused_act.nodes if plan.fused_act else []))
             node.inputs.clear()
             node.inputs.extend(new_inputs)
@@ -655,8 +727,10 @@ class LowerToSparseOps(Pass):
 
 def op_set_needed(node: gs.Node) -> int:
     """The op-set of ``ai.onnxprune`` that first defines what a CSR node uses
-    (runtime_ops/README.md): 4 for a 1-D CsrConv, 3 for CsrGemm's activation and for the Gelu
-    activation, 2 for CsrConv's other activations, else 1."""
+    (runtime_ops/README.md): 5 for CsrConv's residual input Z, 4 for a 1-D CsrConv, 3 for
+    CsrGemm's activation and for the Gelu activation, 2 for CsrConv's other activations, else 1."""
+    if node.op == "CsrConv" and len(node.inputs) > 5 and not is_absent(node.inputs[5]):
+        return 5
     one_d = 4 if node.op == "CsrConv" and len(node.attrs.get("kernel_shape", [])) == 1 else 1
     act = node.attrs.get("activation")
     if act is None:

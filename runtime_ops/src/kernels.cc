@@ -185,6 +185,10 @@ float Activate1(float y, const Activation& a) {
   }
 }
 
+void Add(float* y, const float* z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += z[i];
+}
+
 void Activate(float* y, int64_t n, const Activation& a) {
   for (int64_t i = 0; i < n; ++i) y[i] = Activate1(y[i], a);
 }
@@ -671,6 +675,12 @@ OP_AVX2 static void ActivateAs(float* y, int64_t n, const Activation& a) {
   scalar::Activate(y + i, n - i, a);
 }
 
+OP_AVX2 void Add(float* y, const float* z, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(z + i)));
+  for (; i < n; ++i) y[i] += z[i];
+}
+
 OP_AVX2 void Activate(float* y, int64_t n, const Activation& a) {
   switch (a.kind) {
     case Act::kRelu: return ActivateAs<Act::kRelu>(y, n, a);
@@ -756,6 +766,17 @@ OP_AVX512 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const fl
   for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + 16 * v, a[v]);
 }
 
+// Full 512-bit loads of y where the tile's own 512-bit stores wrote it (a narrower load of a
+// wider store's bytes forwards slowly, or not at all, on some cores).
+OP_AVX512 void Add(float* y, const float* z, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_loadu_ps(y + i), _mm512_loadu_ps(z + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + i), _mm512_maskz_loadu_ps(m, z + i)));
+  }
+}
+
 }  // namespace avx512
 
 // ---------------------------------------------------------------------------------------------
@@ -772,17 +793,17 @@ OP_AVX512 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const fl
 static const Kernels kScalarKernels = {
     ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), 8,
     {scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>}, scalar::Transpose, scalar::HalfToFloatN,
-    scalar::Activate,
+    scalar::Activate, scalar::Add,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
     {avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate,
+    avx2::Activate, avx2::Add,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
     {avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate,
+    avx2::Activate, avx512::Add,
 };
 
 #undef ONNXPRUNE_BY_TYPE

@@ -128,6 +128,8 @@ struct Kernels {
   void (*half_to_float)(const uint16_t* in, int64_t n, float* out);
   // y[i] = act(y[i]) for i < n (act.kind != kNone).
   void (*activate)(float* y, int64_t n, const Activation& act);
+  // y[i] += z[i] for i < n (CsrConv's residual input Z, op-set 5).
+  void (*add)(float* y, const float* z, int64_t n);
 };
 
 const Kernels& KernelsFor(Isa isa);

@@ -41,7 +41,7 @@ namespace {
 constexpr const char* kDomain = "ai.onnxprune";
 // Newest op-set of the domain this build implements (runtime_ops/README.md; OPSET_VERSION in
 // runtime_ops/__init__.py, a test checks they agree).
-constexpr int kOpsetVersion = 4;
+constexpr int kOpsetVersion = 5;
 
 const ortabi::Api* g_api = nullptr;
 
@@ -1303,6 +1303,7 @@ struct CsrConvKernel {
 
     std::vector<int64_t> out_shape = {g.nb, g.c_out, g.oh, g.ow};
     if (x_rank == 3) out_shape.erase(out_shape.begin() + 2);  // oh == 1
+    const float* z = ReadResidual(ctx, count, out_shape);
     ortabi::Value* yv = nullptr;
     Check(g_api->KernelContext_GetOutput(ctx, 0, out_shape.data(), out_shape.size(), &yv));
     if (g.empty()) return;
@@ -1319,7 +1320,8 @@ struct CsrConvKernel {
     const int64_t y_image = g.c_out * g.oh * g.ow;
     if (ReadsXInPlace(g, *plan)) {
       for (int64_t img = 0; img < g.nb; ++img)
-        Tiles(ctx, g, *plan, w, xd + img * g.c_in * g.h * g.w, true, bias, y + img * y_image);
+        Tiles(ctx, g, *plan, w, xd + img * g.c_in * g.h * g.w, true, bias, z ? z + img * y_image : nullptr,
+              y + img * y_image);
       return;
     }
     // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
@@ -1329,7 +1331,7 @@ struct CsrConvKernel {
     std::memset(q.get() + g.q_size, 0, static_cast<size_t>(g.q_alloc - g.q_size) * sizeof(float));
     for (int64_t img = 0; img < g.nb; ++img) {
       FillCopies(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
-      Tiles(ctx, g, *plan, w, q.get(), false, bias, y + img * y_image);
+      Tiles(ctx, g, *plan, w, q.get(), false, bias, z ? z + img * y_image : nullptr, y + img * y_image);
     }
   }
 
@@ -1456,6 +1458,19 @@ struct CsrConvKernel {
     return b.as<float>();
   }
 
+  // Z (op-set 5, optional): a tensor added to the output before the activation, exactly Y's
+  // shape (no broadcasting), so that a residual Add after the convolution runs inside the
+  // tiles instead of as a pass of its own over Y.
+  static const float* ReadResidual(const ortabi::KernelContext* ctx, size_t count, const std::vector<int64_t>& y_shape) {
+    const ortabi::Value* zv = Input(ctx, count, 5);
+    if (zv == nullptr) return nullptr;
+    const Tensor z = Inspect(zv);
+    if (z.type != ortabi::kFloat || z.shape != y_shape)
+      Fail(ortabi::kInvalidArgument, "Z must be a float32 tensor of the output's shape ", ShapeStr(y_shape),
+           ", got shape ", ShapeStr(z.shape));
+    return z.as<float>();
+  }
+
   // Tile width, input-channel blocks and one offset into Q per nonzero (each bounded by
   // q_size <= 2^31-1 before it is narrowed to int32).
   //
@@ -1551,6 +1566,24 @@ struct CsrConvKernel {
     });
   }
 
+  // acc[pos - start] += z[the Y position of pos] for the positions [p0, p1) of the Wq-wide
+  // rows that fall in Y (columns c < OW), as the tile's copy into Y below selects them.
+  static void AddResidual(const Kernels& kern, const ConvGeometry& g, int64_t p0, int64_t p1, int64_t start,
+                          const float* zr, float* acc) {
+    if (g.wq == g.ow) {  // no discarded columns: one run (a 1x1 layer's whole tile)
+      kern.add(acc + (p0 - start), zr + p0, p1 - p0);
+      return;
+    }
+    for (int64_t pos = p0; pos < p1;) {
+      const int64_t a = pos / g.wq, c = pos % g.wq;
+      const int64_t n = std::min(g.wq - c, p1 - pos);
+      const int64_t keep = std::min(n, std::max<int64_t>(0, g.ow - c));
+      const float* zs = zr + a * g.ow + c;
+      if (keep > 0) kern.add(acc + (pos - start), zs, keep);
+      pos += n;
+    }
+  }
+
   // Outputs of one image: tasks of (tile, up to kConvTaskRows output channels); in a task the
   // channel blocks are taken in turn, every output channel of the task passing over a block's
   // input window before the next block, the partial sums in a per-task buffer.
@@ -1558,7 +1591,7 @@ struct CsrConvKernel {
   // tile, when partial, starts at npos - tile instead (reading only X) and writes only the
   // positions the other tiles leave.
   void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* w,
-             const float* q, bool in_place, const float* bias, float* yi) const {
+             const float* q, bool in_place, const float* bias, const float* zi, float* yi) const {
     constexpr int64_t kConvTaskRows = 64;
     const int64_t chunk = std::min<int64_t>(g.c_out, kConvTaskRows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
@@ -1585,8 +1618,10 @@ struct CsrConvKernel {
           float* acc = direct ? yr + p0 : buf.get() + (r - r0) * width;
           run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, acc, bias ? bias[r] : 0.f, b > 0);
           if (!last) continue;
-          // The activation while the tile is in L1 (the positions a partial tile computes past
-          // the plane's end, or discarded columns, are finite or NaN floats and never copied).
+          // Z, then the activation, while the tile is in L1 (the positions a partial tile
+          // computes past the plane's end, or discarded columns, are finite or NaN floats and
+          // never copied; Z is added only where the tile writes Y).
+          if (zi != nullptr) AddResidual(kern, g, p0, p1, start, zi + r * g.oh * g.ow, acc);
           if (act.kind != Act::kNone) kern.activate(acc, width, act);
           if (direct) continue;
           // Row r is complete: its valid columns (c < OW of each Wq-wide row) to Y.
@@ -1747,7 +1782,7 @@ void InferCsrConv(const ShapeInfer& si) {
 
 template <class K>
 struct OpDef {
-  static constexpr size_t kInputs = 5;
+  static constexpr size_t kInputs = K::kInputs;
 
   static ortabi::Status* CreateKernelV2(const ortabi::CustomOp* op, const ortabi::Api*, const ortabi::KernelInfo* info,
                                         void** kernel) noexcept {
@@ -1779,7 +1814,7 @@ struct OpDef {
   static size_t GetOutputTypeCount(const ortabi::CustomOp*) noexcept { return 1; }
   static ortabi::ElementType GetOutputType(const ortabi::CustomOp*, size_t) noexcept { return ortabi::kFloat; }
   static ortabi::InputOutputCharacteristic GetInputCharacteristic(const ortabi::CustomOp*, size_t index) noexcept {
-    return index == 4 ? ortabi::kOptional : ortabi::kRequired;
+    return index >= 4 ? ortabi::kOptional : ortabi::kRequired;  // B (C), and CsrConv's Z
   }
   static ortabi::InputOutputCharacteristic GetOutputCharacteristic(const ortabi::CustomOp*, size_t) noexcept {
     return ortabi::kRequired;
@@ -1831,11 +1866,13 @@ struct OpDef {
 
 struct CsrGemmOp : CsrGemmKernel {
   static constexpr const char* kName = "CsrGemm";
+  static constexpr size_t kInputs = 5;  // X, values, col_idx, row_ptr, C
   static void InferShape(const ShapeInfer& si) { InferCsrGemm(si); }
   using CsrGemmKernel::CsrGemmKernel;
 };
 struct CsrConvOp : CsrConvKernel {
   static constexpr const char* kName = "CsrConv";
+  static constexpr size_t kInputs = 6;  // X, values, col_idx, row_ptr, B, Z (op-set 5)
   static void InferShape(const ShapeInfer& si) { InferCsrConv(si); }
   using CsrConvKernel::CsrConvKernel;
 };
