@@ -23,8 +23,10 @@
 // dead, instead of an array of V vectors. GCC 12 keeps such an array in memory: the AVX2 tile
 // stored all its accumulators to the stack on every nonzero (the pointer argument of
 // _mm256_broadcast_ss may alias the array), which cost 1.6-2x of its rate on a Zen 1 class
-// core. (The AVX-512 tile keeps its array: its loop is clean, though the array passes through
-// the stack on entry and exit; unmeasured on an AVX-512 core since.)
+// core. The AVX-512 tile's array loop was clean, but passed the array through the stack on
+// entry and exit and formed each address in the step that used it; with named accumulators
+// and the address loaded a step ahead (as the AVX2 tile), an Intel core with two 512-bit FMA
+// units ran one-node 3x3 and 1x1 layers 1.04-1.09x and ResNet-50 at 90% 1.075x faster.
 #define ONNXPRUNE_CONV_ACCS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 static_assert(onnxprune::kConvVectors[onnxprune::kConvVectorChoices - 1] <= 12, "ONNXPRUNE_CONV_ACCS names 12");
 
@@ -748,22 +750,33 @@ OP_AVX512 void Spmm(const void* vp, const void* cp, const int32_t* row_ptr, cons
   }
 }
 
-// Loads of the input are unaligned (an offset is any float position). L1-resident, a 512-bit
-// FMA with a line-splitting load runs at ~0.64x the rate of one with an aligned load on a Zen 4
-// core, but aligning them through a pre-shifted copy of the input per kernel column (and rows
-// padded to 8 floats) made 3x3 64->64 on 56x56 slower inside a model (the copies and the
-// smaller channel blocks they force cost more than the split loads).
+// Loads of the input are aligned where CsrConv reads shifted copies (rows of 16 floats), at
+// any float position otherwise (phase copies, X in place): ops.cc ShiftedCopies.
 template <int V>
 OP_AVX512 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
                        bool accumulate) {
-  __m512 a[V];
-  for (int v = 0; v < V; ++v) a[v] = accumulate ? _mm512_loadu_ps(out + 16 * v) : _mm512_set1_ps(init);
-  for (int64_t j = 0; j < nnz; ++j) {
-    const __m512 wj = _mm512_set1_ps(w[j]);
-    const float* src = q + off[j];
-    for (int v = 0; v < V; ++v) a[v] = _mm512_fmadd_ps(wj, _mm512_loadu_ps(src + 16 * v), a[v]);
+  const __m512 start = _mm512_set1_ps(init);
+#define ONNXPRUNE_INIT(n) __m512 a##n = (n) < V && accumulate ? _mm512_loadu_ps(out + 16 * (n)) : start;
+  ONNXPRUNE_CONV_ACCS(ONNXPRUNE_INIT)
+#undef ONNXPRUNE_INIT
+#define ONNXPRUNE_FMA(n) \
+  if ((n) < V) a##n = _mm512_fmadd_ps(wj, _mm512_loadu_ps(src + 16 * (n)), a##n);
+  if (nnz > 0) {
+    const float* src = q + off[0];
+    for (int64_t j = 0; j + 1 < nnz; ++j) {
+      const float* next = q + off[j + 1];
+      const __m512 wj = _mm512_set1_ps(w[j]);
+      ONNXPRUNE_CONV_ACCS(ONNXPRUNE_FMA)
+      src = next;
+    }
+    const __m512 wj = _mm512_set1_ps(w[nnz - 1]);
+    ONNXPRUNE_CONV_ACCS(ONNXPRUNE_FMA)
   }
-  for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + 16 * v, a[v]);
+#undef ONNXPRUNE_FMA
+#define ONNXPRUNE_STORE(n) \
+  if ((n) < V) _mm512_storeu_ps(out + 16 * (n), a##n);
+  ONNXPRUNE_CONV_ACCS(ONNXPRUNE_STORE)
+#undef ONNXPRUNE_STORE
 }
 
 // Full 512-bit loads of y where the tile's own 512-bit stores wrote it (a narrower load of a
