@@ -147,3 +147,58 @@ def test_dense_from_lowered_rebuilds_the_add():
     assert [n.op_type for n in dense.graph.node].count("Add") == 1
     assert _topological(dense)
     _assert_same(model, dense, batch=2)
+
+
+def _conv_then(nodes, inits=(), inputs=()):
+    """x (N, 8, 10, 10) → conv 3×3 → "c", then ``nodes``, writing "y"."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    w[rng.random(w.shape) < 0.7] = 0.0
+    conv = helper.make_node("Conv", ["x", "W"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([conv, *nodes], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 10, 10]), *inputs],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "W"), *inits])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _if(then_nodes, then_out):
+    out = helper.make_tensor_value_info
+    then_g = helper.make_graph(then_nodes, "then", [], [out(then_out, TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                               [out("e", TensorProto.FLOAT, None)])
+    return helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then_g, else_branch=else_g)
+
+
+@pytest.mark.parametrize("inside", ["add", "relu_of_conv", "relu_of_add"])
+def test_nothing_is_folded_from_inside_an_if_branch(inside):
+    """A node of an If body that reads the conv's output (or the folded Add's) is one of its
+    users to onnx-graphsurgeon: it is never folded, and the lowering does not fail on it."""
+    then = {"add": [helper.make_node("Add", ["c", "x"], ["t"])],
+            "relu_of_conv": [helper.make_node("Relu", ["c"], ["t"])],
+            "relu_of_add": [helper.make_node("Relu", ["a"], ["t"])]}[inside]
+    main = [helper.make_node("Add", ["c", "x"], ["a"], name="add")] if inside == "relu_of_add" else []
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    model = _conv_then([*main, _if(then, "t")], inputs=[cond])
+    lowered, _ = _lower(model, force=["conv"])
+    assert [n.op_type for n in lowered.graph.node] == ["CsrConv", "If"]
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(2)
+    for flag in (True, False):
+        feeds = {"x": rng.standard_normal((2, 8, 10, 10)).astype(np.float32), "cond": np.array(flag)}
+        ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+        got = runtime_ops.InferenceSession(lowered.SerializeToString()).run(None, feeds)
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_pinned_input_shapes_do_not_decide_the_fold():
+    """With --input-shape x=1x8x10x10 (which only sizes the cost model) a (1, 8, 10, 10)
+    operand matches the conv's output; over the model's symbolic batch it broadcasts: kept."""
+    pos = np.random.default_rng(4).standard_normal((8, 10, 10)).astype(np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["P", "ax"], ["p4"]), helper.make_node("Add", ["c", "p4"], ["y"])]
+    inits = [numpy_helper.from_array(pos, "P"), numpy_helper.from_array(np.array([0], np.int64), "ax")]
+    model = _conv_then(nodes, inits=inits)
+    lowered, _ = _lower(model, force=["conv"], **{"input-shapes": {"x": [1, 8, 10, 10]}})
+    assert "Add" in [n.op_type for n in lowered.graph.node]
+    _assert_same(model, lowered, batch=2)

@@ -241,6 +241,24 @@ def _folded_note(plans: list[_Plan]) -> str:
     return note
 
 
+def _keep_to_graph(p: _Plan, main: set[int]) -> None:
+    """Folds only nodes of the graph being lowered: onnx-graphsurgeon lists a node of an If or
+    Loop body that reads an outer tensor among that tensor's users, and such a node can be
+    neither removed from this graph nor computed by its CSR node. A fold left out takes
+    everything after it along (each later one reads its output)."""
+    def outside(n) -> bool:
+        return n is not None and id(n) not in main
+
+    if outside(p.fused_add):
+        p.fused_add, p.bias, p.fused_act = None, None, None
+    if outside(p.fused_bn):
+        p.fused_bn, p.fused_residual, p.residual, p.fused_act = None, None, None, None
+    if outside(p.fused_residual):
+        p.fused_residual, p.residual, p.fused_act = None, None, None
+    if p.fused_act is not None and any(outside(n) for n in p.fused_act.nodes):
+        p.fused_act = None
+
+
 def _drop_claimed_residual(plans: list[_Plan]) -> None:
     """A residual Add of two convolutions' outputs (a ResNet block's main path and its
     projection shortcut) is each one's only use: the first of them lowered takes it (and the
@@ -331,7 +349,8 @@ def _conv_pads(node: gs.Node, x_hw, kernel, strides, dilations) -> list[int]:
 
 
 def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
-               graph_outputs: set[int], symbols: dict | None = None) -> _Plan:
+               graph_outputs: set[int], own: tuple[dict, dict] | None = None) -> _Plan:
+    """``own``: the model's own (shapes, dim symbols), which decide a residual fold."""
     rank = len(layer.shape) - 2  # 1-D convolutions lower to op-set 4's 1-D CsrConv
     if rank not in (1, 2):
         raise _Skip(f"{rank}-D convolution; CsrConv is 1-D or 2-D")
@@ -361,7 +380,8 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
     k = int(np.prod(layer.shape[1:]))
     fused_bn = _fusable_bn(node, graph_outputs, c_out) if len(layer.nodes) == 1 else None
     y = fused_bn.outputs[0] if fused_bn is not None else node.outputs[0]
-    residual = _fusable_residual(y, shapes, symbols or {}, graph_outputs) \
+    own_shapes, symbols = own if own is not None else (shapes, {})
+    residual = _fusable_residual(y, own_shapes, symbols, graph_outputs) \
         if len(layer.nodes) == 1 else None
     if residual is not None:
         y = residual[0].outputs[0]
@@ -521,13 +541,16 @@ class LowerToSparseOps(Pass):
                 plans.append(_plan_matmul(node, layer, shapes, self.batch, graph_outputs))
             else:
                 plans.append(_plan_conv(node, layer, shapes, self.batch, graph_outputs,
-                                        getattr(self, "_symbols", None)))
+                                        (getattr(self, "_own_shapes", shapes), getattr(self, "_symbols", {}))))
         for p in plans:
             if p.kind == "fc":
                 # CsrGemm's activation (op-set 3): the one applied to the product, after the
                 # folded bias Add when there is one; per node, as nothing of it touches the
                 # weight (transformer layers exported from copies of one module share theirs)
                 p.fused_act = fusable_activation((p.fused_add or p.node).outputs[0], graph_outputs)
+        main = getattr(self, "_main_nodes", None)
+        for p in plans if main is not None else []:
+            _keep_to_graph(p, main)
         return plans
 
     def _forced(self, layer: Layer) -> bool:
@@ -575,8 +598,14 @@ class LowerToSparseOps(Pass):
         layers, _ = find_layers(graph)
         graph_outputs = {id(t) for t in graph.outputs}
         needs_shapes = any(layer.op in ("Conv", "MatMul", "Gemm") for layer in layers)
+        # The model's own shapes and dim symbols (a residual Z must match Y whatever the batch:
+        # the --input-shape dims only size the cost model), and the nodes of this graph (a node
+        # of an If or Loop body that reads an outer tensor is among its users, never folded).
         self._symbols: dict = {}
-        shapes = static_shapes(graph, self.input_shapes, self._symbols) if needs_shapes else {}
+        self._own_shapes = static_shapes(graph, None, self._symbols) if needs_shapes else {}
+        self._main_nodes = {id(n) for n in graph.nodes}
+        shapes = static_shapes(graph, self.input_shapes) if needs_shapes and self.input_shapes \
+            else self._own_shapes
 
         prepared = []
         encoded: dict[str, tuple[tuple[np.ndarray, ...], str | None]] = {}
