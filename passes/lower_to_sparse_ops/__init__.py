@@ -594,18 +594,23 @@ class LowerToSparseOps(Pass):
             raise PassError(f"{self.name}: expected an onnx-graphsurgeon Graph, "
                             f"got {type(graph).__name__}")
 
-    def run(self, graph: gs.Graph, progress=None) -> PassResult:
-        layers, _ = find_layers(graph)
-        graph_outputs = {id(t) for t in graph.outputs}
+    def _shapes(self, graph: gs.Graph, layers: list[Layer]) -> dict:
+        """Tensor shapes for the plans (``--input-shape`` dims applied). Also kept: the model's
+        own shapes and dim symbols (a residual Z must match Y whatever the batch: the pinned
+        dims only size the cost model), and the nodes of this graph (a node of an If or Loop
+        body that reads an outer tensor is among its users, and is never folded)."""
         needs_shapes = any(layer.op in ("Conv", "MatMul", "Gemm") for layer in layers)
-        # The model's own shapes and dim symbols (a residual Z must match Y whatever the batch:
-        # the --input-shape dims only size the cost model), and the nodes of this graph (a node
-        # of an If or Loop body that reads an outer tensor is among its users, never folded).
         self._symbols: dict = {}
         self._own_shapes = static_shapes(graph, None, self._symbols) if needs_shapes else {}
         self._main_nodes = {id(n) for n in graph.nodes}
-        shapes = static_shapes(graph, self.input_shapes) if needs_shapes and self.input_shapes \
-            else self._own_shapes
+        if needs_shapes and self.input_shapes:
+            return static_shapes(graph, self.input_shapes)
+        return self._own_shapes
+
+    def run(self, graph: gs.Graph, progress=None) -> PassResult:
+        layers, _ = find_layers(graph)
+        graph_outputs = {id(t) for t in graph.outputs}
+        shapes = self._shapes(graph, layers)
 
         prepared = []
         encoded: dict[str, tuple[tuple[np.ndarray, ...], str | None]] = {}
