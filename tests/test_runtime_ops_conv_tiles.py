@@ -82,7 +82,9 @@ LAYOUTS = [
 def test_both_input_layouts_match_the_reference(case, density, isa, threads, monkeypatch):
     """The gate's layout at each density, then each layout forced (ONNXPRUNE_CONV_COPIES), so
     both run on every ISA whatever the gate picks there.
-    The layouts sum the same products in the same order: their outputs are bit-identical."""
+    Each matches the reference, and the two agree to float32 rounding (not bit for bit: their
+    rows differ in length, so a plane's last tile may be a one-vector tile in one layout, which
+    sums its nonzeros in four interleaved partial sums, and a wider tile in the other)."""
     name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group = case
     rng, w4 = _weights(f"{name}{density}", c_out, c_in // group, kh, kw, density)
     b = rng.standard_normal(c_out).astype(np.float32)
@@ -92,9 +94,12 @@ def test_both_input_layouts_match_the_reference(case, density, isa, threads, mon
     for copies in ("", "shifted", "phase"):
         monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", copies)
         _, ys[copies] = session(model, threads).run(None, {"X": x})
-    close(ys[""], conv_reference(x, w4, b, strides, pads, dilations, group), (c_in // group) * kh * kw)
-    assert np.array_equal(ys["shifted"], ys["phase"])
-    assert np.array_equal(ys[""], ys["phase"])
+    ref = conv_reference(x, w4, b, strides, pads, dilations, group)
+    for y in ys.values():
+        close(y, ref, (c_in // group) * kh * kw)
+    scale = float(np.abs(ys["phase"]).max())
+    np.testing.assert_allclose(ys["shifted"], ys["phase"], rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(ys[""], ys["phase"], rtol=1e-5, atol=1e-6 * scale)
 
 
 def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):

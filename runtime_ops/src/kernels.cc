@@ -530,6 +530,23 @@ OP_AVX2 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const floa
 #undef ONNXPRUNE_STORE
 }
 
+// The one-vector tile, as AVX-512's: four accumulators taking the nonzeros in turn.
+template <>
+OP_AVX2 void ConvRun<1>(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
+                        bool accumulate) {
+  __m256 a0 = accumulate ? _mm256_loadu_ps(out) : _mm256_set1_ps(init);
+  __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 4 <= nnz; j += 4) {
+    a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(q + off[j]), a0);
+    a1 = _mm256_fmadd_ps(_mm256_set1_ps(w[j + 1]), _mm256_loadu_ps(q + off[j + 1]), a1);
+    a2 = _mm256_fmadd_ps(_mm256_set1_ps(w[j + 2]), _mm256_loadu_ps(q + off[j + 2]), a2);
+    a3 = _mm256_fmadd_ps(_mm256_set1_ps(w[j + 3]), _mm256_loadu_ps(q + off[j + 3]), a3);
+  }
+  for (; j < nnz; ++j) a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(q + off[j]), a0);
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
 // 8 x 8 blocks in registers (unpack, shuffle, 128-bit lane permute), edges through the
 // portable loop.
 //
@@ -779,6 +796,27 @@ OP_AVX512 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const fl
 #undef ONNXPRUNE_STORE
 }
 
+// The one-vector tile (a plane's last 16 positions or fewer, or a plane of 16 or fewer): four
+// accumulators taking the nonzeros in turn, so four FMA chains are in flight rather than one,
+// summed at the end. On an Intel core (lscpu family 6) 1x1 layers on 14x14 maps, whose last 4
+// positions took a 64-position tile, ran 1.17-1.19x faster, the lowered ResNet-50 1.01-1.04x
+// (three sittings).
+template <>
+OP_AVX512 void ConvRun<1>(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
+                          bool accumulate) {
+  __m512 a0 = accumulate ? _mm512_loadu_ps(out) : _mm512_set1_ps(init);
+  __m512 a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 4 <= nnz; j += 4) {
+    a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(q + off[j]), a0);
+    a1 = _mm512_fmadd_ps(_mm512_set1_ps(w[j + 1]), _mm512_loadu_ps(q + off[j + 1]), a1);
+    a2 = _mm512_fmadd_ps(_mm512_set1_ps(w[j + 2]), _mm512_loadu_ps(q + off[j + 2]), a2);
+    a3 = _mm512_fmadd_ps(_mm512_set1_ps(w[j + 3]), _mm512_loadu_ps(q + off[j + 3]), a3);
+  }
+  for (; j < nnz; ++j) a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(q + off[j]), a0);
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
 // Full 512-bit loads of y where the tile's own 512-bit stores wrote it (a narrower load of a
 // wider store's bytes forwards slowly, or not at all, on some cores).
 OP_AVX512 void Add(float* y, const float* z, int64_t n) {
@@ -805,17 +843,17 @@ OP_AVX512 void Add(float* y, const float* z, int64_t n) {
 
 static const Kernels kScalarKernels = {
     ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), 8,
-    {scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>}, scalar::Transpose, scalar::HalfToFloatN,
+    {scalar::ConvRun<1>, scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>}, scalar::Transpose, scalar::HalfToFloatN,
     scalar::Activate, scalar::Add,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
-    {avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
+    {avx2::ConvRun<1>, avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
     avx2::Activate, avx2::Add,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
-    {avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
+    {avx512::ConvRun<1>, avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
     avx2::Activate, avx512::Add,
 };
 

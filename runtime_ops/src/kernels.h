@@ -31,8 +31,8 @@ constexpr int kPanelQuantum = 16;
 // input shape for the least padding, the last tile possibly narrower (ops.cc ChooseTiles);
 // 12 x 16 lanes with AVX-512 keeps 12 independent
 // FMA chains, enough to cover the FMA latency on both 256- and 512-bit datapaths.
-constexpr int kConvVectorChoices = 3;
-constexpr int kConvVectors[kConvVectorChoices] = {4, 8, 12};
+constexpr int kConvVectorChoices = 4;
+constexpr int kConvVectors[kConvVectorChoices] = {1, 4, 8, 12};
 constexpr int kConvMaxTile = 16 * 12;  // floats in the widest tile (AVX-512, V = 12)
 
 // Batch-1 column blocking: when x has more than 1.5 blocks of columns it no longer fits L1
