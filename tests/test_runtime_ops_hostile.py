@@ -342,7 +342,8 @@ def copies_fit(isa, x_shape, attrs, oh, ow, c_out, nnz) -> bool:
         return -(-total // 16) * 16 <= INT32_MAX
 
     phase = fits(len({(j * dw) % sw for j in range(kw)}), -(-(w + pa[1] + pa[3]) // sw))
-    shifted = fits(kw, -(-ow // 8) * 8 if isa != "scalar" else ow)
+    quantum = {"avx512": 16, "avx2": 8}.get(isa, 1)  # ops.cc RowQuantum: the shifted rows' rounding
+    shifted = fits(kw, -(-ow // quantum) * quantum)
     if phase == shifted:
         return phase
     layout = conv_layout(LIB, isa, [kh, kw, *st_, dh, dw, *pa, attrs.get("group", 1)], x_shape, c_out, nnz)
