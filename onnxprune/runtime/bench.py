@@ -159,27 +159,24 @@ def _activation_nodes(a: dict, y_in: str, y_out: str, name: str, opset: int
     return [first, helper.make_node("Mul", [y_in, gate], [y_out], name=f"{name}.Mul")], []
 
 
+def _has_residual(node: onnx.NodeProto) -> bool:
+    """Whether a CSR node reads CsrConv's residual input Z (op-set 5)."""
+    return node.op_type == "CsrConv" and len(node.input) > 5 and bool(node.input[5])
+
+
+def _without_residual(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A copy of a CsrConv node without its input Z."""
+    bare = onnx.NodeProto()
+    bare.CopyFrom(node)
+    del bare.input[5:]
+    return bare
+
+
 def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix: str = "",
                       opset: int = 17) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Standard-op nodes computing what a CsrGemm / CsrConv node computes (weights from its CSR),
     its fused activation included."""
     a = node_attrs(node)
-    if node.op_type == "CsrConv" and len(node.input) > 5 and node.input[5]:  # Z: conv, then Add
-        name = node.name or node.output[0]
-        inner = onnx.NodeProto()
-        inner.CopyFrom(node)
-        del inner.input[5:]
-        del inner.attribute[:]
-        inner.attribute.extend(x for x in node.attribute if x.name not in ("activation", "activation_params"))
-        mid, summed = f"{prefix}{name}.conv", f"{prefix}{name}.residual"
-        inner.output[0] = mid
-        nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
-        out = summed if "activation" in a else node.output[0]
-        nodes.append(helper.make_node("Add", [mid, node.input[5]], [out], name=f"{prefix}{name}_residual"))
-        if "activation" not in a:
-            return nodes, new_inits
-        act_nodes, act_inits = _activation_nodes(a, summed, node.output[0], f"{prefix}{name}", opset)
-        return [*nodes, *act_nodes], [*new_inits, *act_inits]
     if "activation" in a:  # the node without it, then the activation's standard ops
         name = node.name or node.output[0]
         inner = onnx.NodeProto()
@@ -191,6 +188,14 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
         nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
         act_nodes, act_inits = _activation_nodes(a, mid, node.output[0], f"{prefix}{name}", opset)
         return [*nodes, *act_nodes], [*new_inits, *act_inits]
+    if _has_residual(node):  # the convolution without Z, then the Add (before any activation)
+        name = node.name or node.output[0]
+        inner = _without_residual(node)
+        mid = f"{prefix}{name}.conv"
+        inner.output[0] = mid
+        nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
+        nodes.append(helper.make_node("Add", [mid, node.input[5]], list(node.output), name=f"{prefix}{name}_residual"))
+        return nodes, new_inits
     from onnxprune.runtime_ops import dense_from_csr
 
     values, col_idx, row_ptr = (numpy_helper.to_array(inits[n]) for n in node.input[1:4])
@@ -416,11 +421,8 @@ def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: i
     declares the model's own ``ai.onnxprune`` op-set (a node with an activation needs 2 or 3).
     A CsrConv's residual input Z (op-set 5), another layer's output, is left out of both: the
     layer is timed as its convolution and activation."""
-    if node.op_type == "CsrConv" and len(node.input) > 5:
-        bare = onnx.NodeProto()
-        bare.CopyFrom(node)
-        del bare.input[5:]
-        node = bare
+    if _has_residual(node):
+        node = _without_residual(node)
     x = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, list(x_shape))
     y = helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)
     needed = [n for n in node.input[1:] if n]
