@@ -153,16 +153,26 @@ def _weight_input(node: gs.Node) -> int | None:
     return None
 
 
-def _fusable_add(node: gs.Node, graph_outputs: set[int], n: int) -> tuple[gs.Node, gs.Tensor] | None:
-    """The Add that adds a constant (N,) bias to this MatMul's output, if that is its only use."""
-    y = node.outputs[0]
+def _sole_add(y: gs.Tensor, graph_outputs: set[int]) -> tuple[gs.Node, gs.Tensor] | None:
+    """The standard two-input Add that is ``y``'s only use (``y`` not a graph output), and its
+    other operand; None otherwise, or when that operand is ``y`` itself (y + y)."""
     if id(y) in graph_outputs or len(y.outputs) != 1:
         return None
     add = y.outputs[0]
-    if add.op != "Add" or (add.domain or "") not in ("", "ai.onnx") or len(add.inputs) != 2:
+    if add.op != "Add" or (add.domain or "") not in ("", "ai.onnx") or len(add.inputs) != 2 or \
+            len(add.outputs) != 1:
         return None
     other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
-    const = const_source(other)[0] if other is not y else None  # an initializer or a Constant node
+    return None if other is y else (add, other)
+
+
+def _fusable_add(node: gs.Node, graph_outputs: set[int], n: int) -> tuple[gs.Node, gs.Tensor] | None:
+    """The Add that adds a constant (N,) bias to this MatMul's output, if that is its only use."""
+    sole = _sole_add(node.outputs[0], graph_outputs)
+    if sole is None:
+        return None
+    add, other = sole
+    const = const_source(other)[0]  # an initializer or a Constant node
     if const is None:
         return None
     values = np.asarray(const.values)
@@ -204,15 +214,10 @@ def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: 
     symbol): CsrConv's Z adds it in the tiles, before the activation (op-set 5). A ``z`` that
     would broadcast (a per-channel constant, a batch of 1) stays a node: Z takes no
     broadcasting."""
-    if id(y) in graph_outputs or len(y.outputs) != 1:
+    sole = _sole_add(y, graph_outputs)
+    if sole is None:
         return None
-    add = y.outputs[0]
-    if add.op != "Add" or (add.domain or "") not in ("", "ai.onnx") or len(add.inputs) != 2 or \
-            len(add.outputs) != 1:
-        return None
-    z = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
-    if z is y or (add.inputs[0] is not y and add.inputs[1] is not y):
-        return None
+    add, z = sole
     if z.dtype is not None and np.dtype(z.dtype) != np.float32:
         return None
     sy, sz = shapes.get(y.name), shapes.get(z.name)
@@ -349,7 +354,7 @@ def _conv_pads(node: gs.Node, x_hw, kernel, strides, dilations) -> list[int]:
 
 
 def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
-               graph_outputs: set[int], own: tuple[dict, dict] | None = None) -> _Plan:
+               graph_outputs: set[int], own: tuple[dict, dict]) -> _Plan:
     """``own``: the model's own (shapes, dim symbols), which decide a residual fold."""
     rank = len(layer.shape) - 2  # 1-D convolutions lower to op-set 4's 1-D CsrConv
     if rank not in (1, 2):
@@ -380,9 +385,7 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
     k = int(np.prod(layer.shape[1:]))
     fused_bn = _fusable_bn(node, graph_outputs, c_out) if len(layer.nodes) == 1 else None
     y = fused_bn.outputs[0] if fused_bn is not None else node.outputs[0]
-    own_shapes, symbols = own if own is not None else (shapes, {})
-    residual = _fusable_residual(y, own_shapes, symbols, graph_outputs) \
-        if len(layer.nodes) == 1 else None
+    residual = _fusable_residual(y, *own, graph_outputs) if len(layer.nodes) == 1 else None
     if residual is not None:
         y = residual[0].outputs[0]
     fused_act = fusable_activation(y, graph_outputs) if len(layer.nodes) == 1 else None
@@ -541,16 +544,15 @@ class LowerToSparseOps(Pass):
                 plans.append(_plan_matmul(node, layer, shapes, self.batch, graph_outputs))
             else:
                 plans.append(_plan_conv(node, layer, shapes, self.batch, graph_outputs,
-                                        (getattr(self, "_own_shapes", shapes), getattr(self, "_symbols", {}))))
+                                        (self._own_shapes, self._symbols)))
         for p in plans:
             if p.kind == "fc":
                 # CsrGemm's activation (op-set 3): the one applied to the product, after the
                 # folded bias Add when there is one; per node, as nothing of it touches the
                 # weight (transformer layers exported from copies of one module share theirs)
                 p.fused_act = fusable_activation((p.fused_add or p.node).outputs[0], graph_outputs)
-        main = getattr(self, "_main_nodes", None)
-        for p in plans if main is not None else []:
-            _keep_to_graph(p, main)
+        for p in plans:
+            _keep_to_graph(p, self._main_nodes)
         return plans
 
     def _forced(self, layer: Layer) -> bool:
@@ -671,7 +673,6 @@ class LowerToSparseOps(Pass):
             row["reason"] = reason if values_note is None or not lower else f"{reason}; {values_note}"
             if lower:
                 row["reason"] += _folded_note(plans)
-            if lower:
                 self._lower(graph, layer, plans, taken, graph_outputs, arrays)
                 row["lowered"] = True
                 lowered_any = True
