@@ -1461,7 +1461,8 @@ struct CsrConvKernel {
   // Z (op-set 5, optional): a tensor added to the output before the activation, exactly Y's
   // shape (no broadcasting), so that a residual Add after the convolution runs inside the
   // tiles instead of as a pass of its own over Y.
-  static const float* ReadResidual(const ortabi::KernelContext* ctx, size_t count, const std::vector<int64_t>& y_shape) {
+  static const float* ReadResidual(const ortabi::KernelContext* ctx, size_t count,
+                                   const std::vector<int64_t>& y_shape) {
     const ortabi::Value* zv = Input(ctx, count, 5);
     if (zv == nullptr) return nullptr;
     const Tensor z = Inspect(zv);
@@ -1566,20 +1567,20 @@ struct CsrConvKernel {
     });
   }
 
-  // acc[pos - start] += z[the Y position of pos] for the positions [p0, p1) of the Wq-wide
-  // rows that fall in Y (columns c < OW), as the tile's copy into Y below selects them.
-  static void AddResidual(const Kernels& kern, const ConvGeometry& g, int64_t p0, int64_t p1, int64_t start,
-                          const float* zr, float* acc) {
-    if (g.wq == g.ow) {  // no discarded columns: one run (a 1x1 layer's whole tile)
-      kern.add(acc + (p0 - start), zr + p0, p1 - p0);
+  // f(y, pos, n) for each run [pos, pos + n) of the positions [p0, p1) of the Wq-wide rows
+  // that falls in Y (columns c < OW), y its offset in the Y plane: what a tile writes to Y and
+  // where. One run when no column is discarded (Wq = OW: a 1x1 layer's whole tile).
+  template <class F>
+  static void ForEachRunInY(const ConvGeometry& g, int64_t p0, int64_t p1, F f) {
+    if (g.wq == g.ow) {
+      if (p1 > p0) f(p0, p0, p1 - p0);
       return;
     }
     for (int64_t pos = p0; pos < p1;) {
       const int64_t a = pos / g.wq, c = pos % g.wq;
       const int64_t n = std::min(g.wq - c, p1 - pos);
       const int64_t keep = std::min(n, std::max<int64_t>(0, g.ow - c));
-      const float* zs = zr + a * g.ow + c;
-      if (keep > 0) kern.add(acc + (pos - start), zs, keep);
+      if (keep > 0) f(a * g.ow + c, pos, keep);
       pos += n;
     }
   }
@@ -1621,17 +1622,17 @@ struct CsrConvKernel {
           // Z, then the activation, while the tile is in L1 (the positions a partial tile
           // computes past the plane's end, or discarded columns, are finite or NaN floats and
           // never copied; Z is added only where the tile writes Y).
-          if (zi != nullptr) AddResidual(kern, g, p0, p1, start, zi + r * g.oh * g.ow, acc);
+          if (zi != nullptr) {
+            const float* zr = zi + r * g.oh * g.ow;
+            ForEachRunInY(g, p0, p1,
+                          [&](int64_t at, int64_t pos, int64_t n) { kern.add(acc + (pos - start), zr + at, n); });
+          }
           if (act.kind != Act::kNone) kern.activate(acc, width, act);
           if (direct) continue;
           // Row r is complete: its valid columns (c < OW of each Wq-wide row) to Y.
-          for (int64_t pos = p0; pos < p1;) {
-            const int64_t a = pos / g.wq, c = pos % g.wq;
-            const int64_t n = std::min(g.wq - c, p1 - pos);
-            const int64_t keep = std::min(n, std::max<int64_t>(0, g.ow - c));
-            std::memcpy(yr + a * g.ow + c, acc + (pos - start), static_cast<size_t>(keep) * sizeof(float));
-            pos += n;
-          }
+          ForEachRunInY(g, p0, p1, [&](int64_t at, int64_t pos, int64_t n) {
+            std::memcpy(yr + at, acc + (pos - start), static_cast<size_t>(n) * sizeof(float));
+          });
         }
       }
     });
