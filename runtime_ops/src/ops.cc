@@ -937,6 +937,10 @@ struct CsrGemmKernel {
     constexpr int64_t kTaskRows = 64;
     const int64_t chunks = (n + kTaskRows - 1) / kTaskRows;
     const auto run = kern.conv_run[p.vi];
+    // With alpha 1 and a bias over the output features only (MatMul + Add, Gemm with a 1-D C),
+    // each row of Y^T starts at its bias and is activated in the tile, in L1, before the
+    // transpose; otherwise scale, bias and activation follow the transpose row by row in Y.
+    const bool in_tile = alpha == 1.f && bias.stride_m == 0;
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * kTaskRows;
       const int64_t r1 = std::min(n, r0 + kTaskRows);
@@ -946,13 +950,17 @@ struct CsrGemmKernel {
       for (int64_t b = 0; b < p.blocks; ++b) {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t* seg = p.seg.data() + r * (p.blocks + 1);
-          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, buf.get() + (r - r0) * p.tile, 0.f, b > 0);
+          const float init = (in_tile && bias.data) ? bias.at(0, r) : 0.f;
+          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, buf.get() + (r - r0) * p.tile, init, b > 0);
         }
       }
-      // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc: transposed into Y, then scaled,
-      // biased and activated row by row.
+      // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc (its other lanes are never read).
+      if (in_tile) {
+        if (act.kind != Act::kNone) kern.activate(buf.get(), (r1 - r0) * p.tile, act);
+        kern.transpose(buf.get(), p.tile, y + m0 * n + r0, n, r1 - r0, mc);
+        return;
+      }
       kern.transpose(buf.get(), p.tile, y + m0 * n + r0, n, r1 - r0, mc);
-      if (alpha == 1.f && !bias.data && act.kind == Act::kNone) return;
       for (int64_t i = 0; i < mc; ++i) {
         float* yrow = y + (m0 + i) * n;
         if (bias.data) {
