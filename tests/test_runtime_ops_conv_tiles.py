@@ -102,6 +102,24 @@ def test_both_input_layouts_match_the_reference(case, density, isa, threads, mon
     np.testing.assert_allclose(ys[""], ys["phase"], rtol=1e-5, atol=1e-6 * scale)
 
 
+# Strided layers copy every stride-th column of X into their input copies (kernels.h
+# `strided`; vectorized for stride 2, masked at a row's end so that it reads no float past the
+# last one it keeps). Widths 1 to 37 give copy rows of every length up to 19 outputs, the pads
+# shift the first column read, and a stride of 3 takes the portable loop.
+@pytest.mark.parametrize("sw", [2, 3])
+@pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 2, 1, 0]], ids=["pad1", "pad_left2"])
+def test_strided_copies_of_every_row_length_match_the_reference(pads, sw, isa, threads):
+    rng, w4 = _weights(f"strided_{sw}_{pads}", 6, 5, 3, 3, 0.5)
+    b = rng.standard_normal(6).astype(np.float32)
+    for w in range(1, 38):
+        x = rng.standard_normal((1, 5, 4, w)).astype(np.float32)
+        if (w + pads[1] + pads[3] - 3) < 0:
+            continue  # the kernel is wider than the padded row: the op refuses it
+        model = conv_model(w4, b, strides=[2, sw], pads=pads, dilations=[1, 1], group=1)
+        _, y = session(model, threads).run(None, {"X": x})
+        close(y, conv_reference(x, w4, b, [2, sw], pads, [1, 1], 1), 5 * 9)
+
+
 def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):
     """The layout CsrConv plans (ops.cc CsrConvKernel::Layout): in place, phase or shifted."""
     nnz = int(density * c_out * x[1] * k[0] * k[1])

@@ -191,6 +191,10 @@ void Add(float* y, const float* z, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += z[i];
 }
 
+void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i * stride];
+}
+
 void Activate(float* y, int64_t n, const Activation& a) {
   for (int64_t i = 0; i < n; ++i) y[i] = Activate1(y[i], a);
 }
@@ -700,6 +704,20 @@ OP_AVX2 void Add(float* y, const float* z, int64_t n) {
   for (; i < n; ++i) y[i] += z[i];
 }
 
+// Stride 2: 16 floats loaded for 8 kept. A vector's last float, src[2i + 15], is read only while
+// it lies within the n * 2 - 1 floats the call may touch (i + 8 < n); the rest one by one.
+OP_AVX2 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
+  int64_t i = 0;
+  if (stride == 2) {
+    for (; i + 8 < n; i += 8) {
+      const __m256 even = _mm256_shuffle_ps(_mm256_loadu_ps(src + 2 * i), _mm256_loadu_ps(src + 2 * i + 8),
+                                            _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 | a4 a6 b4 b6
+      _mm256_storeu_ps(dst + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+  }
+  scalar::Strided(src + i * stride, stride, n - i, dst + i);
+}
+
 OP_AVX2 void Activate(float* y, int64_t n, const Activation& a) {
   switch (a.kind) {
     case Act::kRelu: return ActivateAs<Act::kRelu>(y, n, a);
@@ -828,6 +846,21 @@ OP_AVX512 void Add(float* y, const float* z, int64_t n) {
   }
 }
 
+// Stride 2: 16 floats kept from each 31 read; masked loads read exactly the floats from
+// src[2i] to src[2i + 2r - 2] for the r <= 16 outputs of a step (no read past the last one).
+OP_AVX512 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
+  if (stride != 2) return scalar::Strided(src, stride, n, dst);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int64_t i = 0; i < n; i += 16) {
+    const uint32_t r = static_cast<uint32_t>(std::min<int64_t>(16, n - i)), span = 2 * r - 1;  // span <= 31
+    const __mmask16 lo = static_cast<__mmask16>(span >= 16 ? 0xFFFFu : (1u << span) - 1u);
+    const __mmask16 hi = static_cast<__mmask16>(span > 16 ? (1u << (span - 16)) - 1u : 0u);
+    const __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, src + 2 * i), even,
+                                            _mm512_maskz_loadu_ps(hi, src + 2 * i + 16));
+    _mm512_mask_storeu_ps(dst + i, static_cast<__mmask16>((1u << r) - 1u), v);
+  }
+}
+
 }  // namespace avx512
 
 // ---------------------------------------------------------------------------------------------
@@ -844,17 +877,17 @@ OP_AVX512 void Add(float* y, const float* z, int64_t n) {
 static const Kernels kScalarKernels = {
     ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), 8,
     {scalar::ConvRun<1>, scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>}, scalar::Transpose, scalar::HalfToFloatN,
-    scalar::Activate, scalar::Add,
+    scalar::Activate, scalar::Add, scalar::Strided,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
     {avx2::ConvRun<1>, avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate, avx2::Add,
+    avx2::Activate, avx2::Add, avx2::Strided,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
     {avx512::ConvRun<1>, avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate, avx512::Add,
+    avx2::Activate, avx512::Add, avx512::Strided,
 };
 
 #undef ONNXPRUNE_BY_TYPE

@@ -130,6 +130,9 @@ struct Kernels {
   void (*activate)(float* y, int64_t n, const Activation& act);
   // y[i] += z[i] for i < n (CsrConv's residual input Z, op-set 5).
   void (*add)(float* y, const float* z, int64_t n);
+  // dst[i] = src[i * stride] for i < n (stride >= 1; CsrConv's copies of a strided layer). Reads
+  // only the floats src[i * stride], i < n, and those between them.
+  void (*strided)(const float* src, int64_t stride, int64_t n, float* dst);
 };
 
 const Kernels& KernelsFor(Isa isa);

@@ -1542,6 +1542,7 @@ struct CsrConvKernel {
   void FillCopies(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
     const int64_t phases = static_cast<int64_t>(g.row_phases.size());
     const int64_t cols = static_cast<int64_t>(g.col_start.size());
+    const Kernels& kern = KernelsFor(isa);
     ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
       const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
       const int64_t ph = g.row_phases[static_cast<size_t>(slot)];
@@ -1567,7 +1568,7 @@ struct CsrConvKernel {
           if (g.sw == 1) {
             for (int64_t b = 0; b < end - first; ++b) o[b] = s[b];
           } else {
-            for (int64_t b = 0; b < end - first; ++b) o[b] = s[b * g.sw];
+            kern.strided(s, g.sw, end - first, o);
           }
           std::fill(d + end, d + g.wq, 0.f);
         }
