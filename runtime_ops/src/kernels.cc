@@ -846,6 +846,91 @@ OP_AVX512 void Add(float* y, const float* z, int64_t n) {
   }
 }
 
+// The activations of avx2::Activate on 16 lanes, the last partial vector masked: the tiles
+// store whole 512-bit vectors, which a 256-bit load reads back only after they retire. Same
+// formulas, same NaN handling (every max/min returns its second operand for NaN lanes); the
+// reciprocal of RationalAct16 starts from vrcp14ps, closer than vrcpps before the same Newton step.
+template <Act K>
+OP_AVX512 static inline __m512 RationalAct16(__m512 y) {
+  using Fit = typename std::conditional<K == Act::kGelu, avx2::ErfFit, avx2::TanhFit>::type;
+  const float scale = K == Act::kGelu ? 0.70710678f : 0.5f;
+  const __m512 s = _mm512_min_ps(_mm512_set1_ps(Fit::clamp),
+                                 _mm512_max_ps(_mm512_set1_ps(-Fit::clamp), _mm512_mul_ps(y, _mm512_set1_ps(scale))));
+  const __m512 u = _mm512_mul_ps(s, s);
+  __m512 f = _mm512_fmadd_ps(_mm512_set1_ps(Fit::p[0]), u, _mm512_set1_ps(Fit::p[1]));
+  __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(Fit::q[0]), u, _mm512_set1_ps(Fit::q[1]));
+#pragma GCC unroll 6
+  for (int k = 2; k < Fit::nq + 1; ++k) {  // Q's last step adds its constant 1
+    if (k < Fit::np) f = _mm512_fmadd_ps(f, u, _mm512_set1_ps(Fit::p[k]));
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(k < Fit::nq ? Fit::q[k] : 1.f));
+  }
+  const __m512 r = _mm512_rcp14_ps(q);
+  const __m512 inv = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.f)));
+  f = _mm512_mul_ps(s, _mm512_mul_ps(f, inv));
+  f = _mm512_min_ps(_mm512_set1_ps(1.f), _mm512_max_ps(_mm512_set1_ps(-1.f), f));
+  const __m512 half = _mm512_set1_ps(0.5f);
+  if (K == Act::kGelu) return _mm512_mul_ps(_mm512_mul_ps(half, y), _mm512_add_ps(_mm512_set1_ps(1.f), f));
+  const __m512 sig = _mm512_fmadd_ps(half, f, half);
+  return K == Act::kSilu ? _mm512_mul_ps(y, sig) : sig;
+}
+
+template <Act K>
+OP_AVX512 static inline __m512 Act16(__m512 v, __m512 alpha, __m512 beta) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f);
+  switch (K) {
+    case Act::kRelu: return _mm512_max_ps(zero, v);
+    case Act::kLeakyRelu:
+      return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, _mm512_mul_ps(alpha, v));
+    case Act::kClip: return _mm512_min_ps(beta, _mm512_max_ps(alpha, v));
+    case Act::kHardSigmoid: return _mm512_min_ps(one, _mm512_max_ps(zero, _mm512_fmadd_ps(alpha, v, beta)));
+    case Act::kHardSwish: {
+      const __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.f / 6.f), _mm512_set1_ps(0.5f));
+      return _mm512_mul_ps(v, _mm512_min_ps(one, _mm512_max_ps(zero, t)));
+    }
+    case Act::kSigmoid:
+    case Act::kSilu:
+    case Act::kGelu: return RationalAct16<K>(v);
+    default: return v;
+  }
+}
+
+// Four vectors a step (their latency chains overlap, as avx2::RationalActN's), then one at a
+// time, the last one masked.
+template <Act K>
+OP_AVX512 static void ActivateAs(float* y, int64_t n, const Activation& a) {
+  const __m512 alpha = _mm512_set1_ps(a.alpha), beta = _mm512_set1_ps(a.beta);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512 v0 = Act16<K>(_mm512_loadu_ps(y + i), alpha, beta);
+    const __m512 v1 = Act16<K>(_mm512_loadu_ps(y + i + 16), alpha, beta);
+    const __m512 v2 = Act16<K>(_mm512_loadu_ps(y + i + 32), alpha, beta);
+    const __m512 v3 = Act16<K>(_mm512_loadu_ps(y + i + 48), alpha, beta);
+    _mm512_storeu_ps(y + i, v0);
+    _mm512_storeu_ps(y + i + 16, v1);
+    _mm512_storeu_ps(y + i + 32, v2);
+    _mm512_storeu_ps(y + i + 48, v3);
+  }
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, Act16<K>(_mm512_loadu_ps(y + i), alpha, beta));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(y + i, m, Act16<K>(_mm512_maskz_loadu_ps(m, y + i), alpha, beta));
+  }
+}
+
+OP_AVX512 void Activate(float* y, int64_t n, const Activation& a) {
+  switch (a.kind) {
+    case Act::kRelu: return ActivateAs<Act::kRelu>(y, n, a);
+    case Act::kLeakyRelu: return ActivateAs<Act::kLeakyRelu>(y, n, a);
+    case Act::kClip: return ActivateAs<Act::kClip>(y, n, a);
+    case Act::kHardSigmoid: return ActivateAs<Act::kHardSigmoid>(y, n, a);
+    case Act::kHardSwish: return ActivateAs<Act::kHardSwish>(y, n, a);
+    case Act::kSigmoid: return ActivateAs<Act::kSigmoid>(y, n, a);
+    case Act::kSilu: return ActivateAs<Act::kSilu>(y, n, a);
+    case Act::kGelu: return ActivateAs<Act::kGelu>(y, n, a);
+    default: return;
+  }
+}
+
 // Stride 2: 16 floats kept from each 31 read; masked loads read exactly the floats from
 // src[2i] to src[2i + 2r - 2] for the r <= 16 outputs of a step (no read past the last one).
 OP_AVX512 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
@@ -887,7 +972,7 @@ static const Kernels kAvx2Kernels = {
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
     {avx512::ConvRun<1>, avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate, avx512::Add, avx512::Strided,
+    avx512::Activate, avx512::Add, avx512::Strided,
 };
 
 #undef ONNXPRUNE_BY_TYPE
