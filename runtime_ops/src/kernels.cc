@@ -93,6 +93,24 @@ static inline void Skip(const uint8_t* d, int n, Cursor& cur) {
 
 // ---------------------------------------------------------------------------------------------
 // Portable
+// f(std::integral_constant<Act, K>()) for K = a.kind; nothing for Act::kNone. The per-ISA
+// Activate functions dispatch through it to loops written for one activation each (the
+// calls are not inlined into f, which has no target attribute: each loop keeps its own).
+template <class F>
+void ForActivation(const Activation& a, F f) {
+  switch (a.kind) {
+    case Act::kRelu: return f(std::integral_constant<Act, Act::kRelu>());
+    case Act::kLeakyRelu: return f(std::integral_constant<Act, Act::kLeakyRelu>());
+    case Act::kClip: return f(std::integral_constant<Act, Act::kClip>());
+    case Act::kHardSigmoid: return f(std::integral_constant<Act, Act::kHardSigmoid>());
+    case Act::kHardSwish: return f(std::integral_constant<Act, Act::kHardSwish>());
+    case Act::kSigmoid: return f(std::integral_constant<Act, Act::kSigmoid>());
+    case Act::kSilu: return f(std::integral_constant<Act, Act::kSilu>());
+    case Act::kGelu: return f(std::integral_constant<Act, Act::kGelu>());
+    default: return;
+  }
+}
+
 namespace scalar {
 
 static inline float Val(const float* v, int64_t j) { return v[j]; }
@@ -718,18 +736,15 @@ OP_AVX2 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
   scalar::Strided(src + i * stride, stride, n - i, dst + i);
 }
 
-OP_AVX2 void Activate(float* y, int64_t n, const Activation& a) {
-  switch (a.kind) {
-    case Act::kRelu: return ActivateAs<Act::kRelu>(y, n, a);
-    case Act::kLeakyRelu: return ActivateAs<Act::kLeakyRelu>(y, n, a);
-    case Act::kClip: return ActivateAs<Act::kClip>(y, n, a);
-    case Act::kHardSigmoid: return ActivateAs<Act::kHardSigmoid>(y, n, a);
-    case Act::kHardSwish: return ActivateAs<Act::kHardSwish>(y, n, a);
-    case Act::kSigmoid: return RationalActRun<Act::kSigmoid>(y, n, a);
-    case Act::kSilu: return RationalActRun<Act::kSilu>(y, n, a);
-    case Act::kGelu: return RationalActRun<Act::kGelu>(y, n, a);
-    default: return;
-  }
+void Activate(float* y, int64_t n, const Activation& a) {
+  ForActivation(a, [&](auto k) {
+    constexpr Act K = decltype(k)::value;
+    if constexpr (K == Act::kSigmoid || K == Act::kSilu || K == Act::kGelu) {
+      RationalActRun<K>(y, n, a);
+    } else {
+      ActivateAs<K>(y, n, a);
+    }
+  });
 }
 
 }  // namespace avx2
@@ -917,18 +932,8 @@ OP_AVX512 static void ActivateAs(float* y, int64_t n, const Activation& a) {
   }
 }
 
-OP_AVX512 void Activate(float* y, int64_t n, const Activation& a) {
-  switch (a.kind) {
-    case Act::kRelu: return ActivateAs<Act::kRelu>(y, n, a);
-    case Act::kLeakyRelu: return ActivateAs<Act::kLeakyRelu>(y, n, a);
-    case Act::kClip: return ActivateAs<Act::kClip>(y, n, a);
-    case Act::kHardSigmoid: return ActivateAs<Act::kHardSigmoid>(y, n, a);
-    case Act::kHardSwish: return ActivateAs<Act::kHardSwish>(y, n, a);
-    case Act::kSigmoid: return ActivateAs<Act::kSigmoid>(y, n, a);
-    case Act::kSilu: return ActivateAs<Act::kSilu>(y, n, a);
-    case Act::kGelu: return ActivateAs<Act::kGelu>(y, n, a);
-    default: return;
-  }
+void Activate(float* y, int64_t n, const Activation& a) {
+  ForActivation(a, [&](auto k) { ActivateAs<decltype(k)::value>(y, n, a); });
 }
 
 // Stride 2: 16 floats kept from each 31 read; masked loads read exactly the floats from
