@@ -521,53 +521,17 @@ OP_AVX2 void Spmm(const void* vp, const void* cp, const int32_t* row_ptr, const 
   }
 }
 
-// The next nonzero's address is loaded one step ahead: with `q + off[j]` formed in the step
-// that uses it, the V loads of a step wait on the offset's load, and on a Zen 1 class core the
-// loop ran 0.71 FMAs per cycle against 0.90 with the address ready (a C++ loop of 600
-// nonzeros, V = 12, in L1; the same core's peak is 1.0).
-template <int V>
-OP_AVX2 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
-                     bool accumulate) {
-  const __m256 start = _mm256_set1_ps(init);
-#define ONNXPRUNE_INIT(n) __m256 a##n = (n) < V && accumulate ? _mm256_loadu_ps(out + 8 * (n)) : start;
-  ONNXPRUNE_CONV_ACCS(ONNXPRUNE_INIT)
-#undef ONNXPRUNE_INIT
-#define ONNXPRUNE_FMA(n) \
-  if ((n) < V) a##n = _mm256_fmadd_ps(wj, _mm256_loadu_ps(src + 8 * (n)), a##n);
-  if (nnz > 0) {
-    const float* src = q + off[0];
-    for (int64_t j = 0; j + 1 < nnz; ++j) {
-      const float* next = q + off[j + 1];
-      const __m256 wj = _mm256_set1_ps(w[j]);
-      ONNXPRUNE_CONV_ACCS(ONNXPRUNE_FMA)
-      src = next;
-    }
-    const __m256 wj = _mm256_set1_ps(w[nnz - 1]);
-    ONNXPRUNE_CONV_ACCS(ONNXPRUNE_FMA)
-  }
-#undef ONNXPRUNE_FMA
-#define ONNXPRUNE_STORE(n) \
-  if ((n) < V) _mm256_storeu_ps(out + 8 * (n), a##n);
-  ONNXPRUNE_CONV_ACCS(ONNXPRUNE_STORE)
-#undef ONNXPRUNE_STORE
-}
-
-// The one-vector tile, as AVX-512's: four accumulators taking the nonzeros in turn.
-template <>
-OP_AVX2 void ConvRun<1>(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
-                        bool accumulate) {
-  __m256 a0 = accumulate ? _mm256_loadu_ps(out) : _mm256_set1_ps(init);
-  __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 4 <= nnz; j += 4) {
-    a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(q + off[j]), a0);
-    a1 = _mm256_fmadd_ps(_mm256_set1_ps(w[j + 1]), _mm256_loadu_ps(q + off[j + 1]), a1);
-    a2 = _mm256_fmadd_ps(_mm256_set1_ps(w[j + 2]), _mm256_loadu_ps(q + off[j + 2]), a2);
-    a3 = _mm256_fmadd_ps(_mm256_set1_ps(w[j + 3]), _mm256_loadu_ps(q + off[j + 3]), a3);
-  }
-  for (; j < nnz; ++j) a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(q + off[j]), a0);
-  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-}
+// The conv tiles over 8-float vectors (conv_run.inc).
+using Vec = __m256;
+constexpr int kLanes = 8;
+OP_AVX2 static inline Vec Set1(float v) { return _mm256_set1_ps(v); }
+OP_AVX2 static inline Vec Load(const float* p) { return _mm256_loadu_ps(p); }
+OP_AVX2 static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+OP_AVX2 static inline void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+OP_AVX2 static inline Vec Sum(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+#define ONNXPRUNE_TILE_TARGET OP_AVX2
+#include "conv_run.inc"
+#undef ONNXPRUNE_TILE_TARGET
 
 // 8 x 8 blocks in registers (unpack, shuffle, 128-bit lane permute), edges through the
 // portable loop.
@@ -800,55 +764,17 @@ OP_AVX512 void Spmm(const void* vp, const void* cp, const int32_t* row_ptr, cons
   }
 }
 
-// Loads of the input are aligned where CsrConv reads shifted copies (rows of 16 floats), at
-// any float position otherwise (phase copies, X in place): ops.cc ShiftedCopies.
-template <int V>
-OP_AVX512 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
-                       bool accumulate) {
-  const __m512 start = _mm512_set1_ps(init);
-#define ONNXPRUNE_INIT(n) __m512 a##n = (n) < V && accumulate ? _mm512_loadu_ps(out + 16 * (n)) : start;
-  ONNXPRUNE_CONV_ACCS(ONNXPRUNE_INIT)
-#undef ONNXPRUNE_INIT
-#define ONNXPRUNE_FMA(n) \
-  if ((n) < V) a##n = _mm512_fmadd_ps(wj, _mm512_loadu_ps(src + 16 * (n)), a##n);
-  if (nnz > 0) {
-    const float* src = q + off[0];
-    for (int64_t j = 0; j + 1 < nnz; ++j) {
-      const float* next = q + off[j + 1];
-      const __m512 wj = _mm512_set1_ps(w[j]);
-      ONNXPRUNE_CONV_ACCS(ONNXPRUNE_FMA)
-      src = next;
-    }
-    const __m512 wj = _mm512_set1_ps(w[nnz - 1]);
-    ONNXPRUNE_CONV_ACCS(ONNXPRUNE_FMA)
-  }
-#undef ONNXPRUNE_FMA
-#define ONNXPRUNE_STORE(n) \
-  if ((n) < V) _mm512_storeu_ps(out + 16 * (n), a##n);
-  ONNXPRUNE_CONV_ACCS(ONNXPRUNE_STORE)
-#undef ONNXPRUNE_STORE
-}
-
-// The one-vector tile (a plane's last 16 positions or fewer, or a plane of 16 or fewer): four
-// accumulators taking the nonzeros in turn, so four FMA chains are in flight rather than one,
-// summed at the end. On an Intel core (lscpu family 6) 1x1 layers on 14x14 maps, whose last 4
-// positions took a 64-position tile, ran 1.17-1.19x faster, the lowered ResNet-50 1.01-1.04x
-// (three sittings).
-template <>
-OP_AVX512 void ConvRun<1>(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
-                          bool accumulate) {
-  __m512 a0 = accumulate ? _mm512_loadu_ps(out) : _mm512_set1_ps(init);
-  __m512 a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-  int64_t j = 0;
-  for (; j + 4 <= nnz; j += 4) {
-    a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(q + off[j]), a0);
-    a1 = _mm512_fmadd_ps(_mm512_set1_ps(w[j + 1]), _mm512_loadu_ps(q + off[j + 1]), a1);
-    a2 = _mm512_fmadd_ps(_mm512_set1_ps(w[j + 2]), _mm512_loadu_ps(q + off[j + 2]), a2);
-    a3 = _mm512_fmadd_ps(_mm512_set1_ps(w[j + 3]), _mm512_loadu_ps(q + off[j + 3]), a3);
-  }
-  for (; j < nnz; ++j) a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(q + off[j]), a0);
-  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
+// The conv tiles over 16-float vectors (conv_run.inc).
+using Vec = __m512;
+constexpr int kLanes = 16;
+OP_AVX512 static inline Vec Set1(float v) { return _mm512_set1_ps(v); }
+OP_AVX512 static inline Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+OP_AVX512 static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+OP_AVX512 static inline void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+OP_AVX512 static inline Vec Sum(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+#define ONNXPRUNE_TILE_TARGET OP_AVX512
+#include "conv_run.inc"
+#undef ONNXPRUNE_TILE_TARGET
 
 // Full 512-bit loads of y where the tile's own 512-bit stores wrote it (a narrower load of a
 // wider store's bytes forwards slowly, or not at all, on some cores).
