@@ -955,12 +955,9 @@ struct CsrGemmKernel {
         }
       }
       // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc (its other lanes are never read).
-      if (in_tile) {
-        if (act.kind != Act::kNone) kern.activate(buf.get(), (r1 - r0) * p.tile, act);
-        kern.transpose(buf.get(), p.tile, y + m0 * n + r0, n, r1 - r0, mc);
-        return;
-      }
+      if (in_tile && act.kind != Act::kNone) kern.activate(buf.get(), (r1 - r0) * p.tile, act);
       kern.transpose(buf.get(), p.tile, y + m0 * n + r0, n, r1 - r0, mc);
+      if (in_tile) return;
       for (int64_t i = 0; i < mc; ++i) {
         float* yrow = y + (m0 + i) * n;
         if (bias.data) {
