@@ -463,13 +463,33 @@ def refused_or_shaped(y, shape) -> bool:
 
 
 def with_residual(model, feeds: dict, z: np.ndarray) -> None:
-    """CsrConv's Z (op-set 5) as a graph input fed `z`, after an empty bias slot when B is absent."""
+    """The residual Z (CsrConv's from op-set 5, CsrGemm's from 6) as a graph input fed `z`, after
+    an empty bias slot when there is no bias."""
     node = model.graph.node[0]
     if len(node.input) < 5:
         node.input.append("")
     node.input.append("Z")
     model.graph.input.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, list(z.shape)))
     feeds["Z"] = z
+
+
+def residual_case(shape, residual: str, seed: int, fallback: list) -> tuple:
+    """(Y's shape or None, Z or None) for a drawn ``residual``: none, Z of Y's exact shape, or Z
+    of another shape (one dim off by one, or a rank off by one), which must be refused: Z
+    takes no broadcasting."""
+    if residual == "none":
+        return shape, None
+    z_shape = list(shape) if shape is not None else list(fallback)
+    if residual == "other shape":
+        rng = np.random.default_rng(seed)
+        if z_shape and rng.random() < 0.8:
+            z_shape[int(rng.integers(len(z_shape)))] += int(rng.choice([-1, 1]))
+            z_shape = [max(d, 0) for d in z_shape]
+        else:
+            z_shape = z_shape[:-1] if len(z_shape) > 1 else [*z_shape, 1]
+        shape = None
+    assume(int(np.prod(z_shape)) <= 2**22)
+    return shape, np.random.default_rng(seed).standard_normal(z_shape).astype(np.float32)
 
 
 @PROPERTY
@@ -480,19 +500,7 @@ def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, thr
     assume(isa in cpu_isas())
     x, attrs, csr, bias = case
     shape = conv_output_shape(x.shape, attrs, csr, bias, isa)
-    z = None
-    if residual != "none":  # Z must have Y's exact shape (no broadcasting): any other is refused
-        z_shape = list(shape) if shape is not None else [1, 1, 1, 1]
-        if residual == "other shape":
-            rng = np.random.default_rng(seed)
-            if z_shape and rng.random() < 0.8:
-                z_shape[int(rng.integers(len(z_shape)))] += int(rng.choice([-1, 1]))
-                z_shape = [max(d, 0) for d in z_shape]
-            else:
-                z_shape = z_shape[:-1] if len(z_shape) > 1 else [*z_shape, 1]
-            shape = None
-        assume(int(np.prod(z_shape)) <= 2**22)
-        z = np.random.default_rng(seed).standard_normal(z_shape).astype(np.float32)
+    shape, z = residual_case(shape, residual, seed, [1, 1, 1, 1])
     if shape is not None:  # legal but huge (65536 pads on a 1x1 input): too big to check here
         x4, wide = as_2d(x.shape, attrs)
         pads = wide.get("pads", [0, 0, 0, 0])
@@ -551,7 +559,7 @@ def gemm_output_shape(x_shape, attrs, csr, c_shape) -> tuple | None:
     return tuple(out)
 
 
-def gemm_reference(x, csr, c, attrs, out_shape) -> np.ndarray:
+def gemm_reference(x, csr, c, attrs, out_shape, z=None) -> np.ndarray:
     matmul, trans_a = attrs.get("matmul", 0), attrs.get("transA", 0)
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
     a = x.astype(np.float64)
@@ -559,6 +567,8 @@ def gemm_reference(x, csr, c, attrs, out_shape) -> np.ndarray:
     y = (alpha * a @ dense64(csr, a.shape[1]).T).reshape(out_shape)
     if c is not None and beta != 0.0:
         y = y + beta * np.broadcast_to(c.astype(np.float64), out_shape)
+    if z is not None:
+        y = y + z.astype(np.float64)
     if "activation" in attrs:
         with np.errstate(over="ignore", invalid="ignore"):
             y = ACTIVATIONS[attrs["activation"]][1](y, attrs.get("activation_params"))
@@ -599,15 +609,20 @@ def gemm_cases(draw):
 
 @PROPERTY
 @given(case=gemm_cases(), csr_as_inputs=st.booleans(), isa=st.sampled_from(["avx512", "avx2", "scalar"]),
-       threads=st.sampled_from([1, 2]))
-def test_csr_gemm_refuses_or_matches_the_reference(case, csr_as_inputs, isa, threads):
+       threads=st.sampled_from([1, 2]), residual=st.sampled_from(["none", "none", "exact", "other shape"]),
+       seed=st.integers(0, 2**16))
+def test_csr_gemm_refuses_or_matches_the_reference(case, csr_as_inputs, isa, threads, residual, seed):
     assume(isa in cpu_isas())
     x, attrs, csr, c = case
     shape = gemm_output_shape(x.shape, attrs, csr, None if c is None else c.shape)
+    shape, z = residual_case(shape, residual, seed, [1, 1])
     event("valid" if shape is not None else "refused")
+    event(f"residual {residual}")
     model, feeds = op_model("CsrGemm", x.shape, csr, c, csr_as_inputs=csr_as_inputs, **attrs)
     feeds["X"] = x
+    if z is not None:
+        with_residual(model, feeds, z)
     y = run_in_process(model, feeds, isa, threads)
     if not refused_or_shaped(y, shape):
         return
-    np.testing.assert_allclose(y, gemm_reference(x, csr, c, attrs, shape), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y, gemm_reference(x, csr, c, attrs, shape, z), rtol=1e-4, atol=1e-4)

@@ -160,12 +160,12 @@ def _activation_nodes(a: dict, y_in: str, y_out: str, name: str, opset: int
 
 
 def _has_residual(node: onnx.NodeProto) -> bool:
-    """Whether a CSR node reads CsrConv's residual input Z (op-set 5)."""
-    return node.op_type == "CsrConv" and len(node.input) > 5 and bool(node.input[5])
+    """Whether a CSR node reads a residual input Z (CsrConv from op-set 5, CsrGemm from 6)."""
+    return len(node.input) > 5 and bool(node.input[5])
 
 
 def _without_residual(node: onnx.NodeProto) -> onnx.NodeProto:
-    """A copy of a CsrConv node without its input Z."""
+    """A copy of a CSR node without its input Z."""
     bare = onnx.NodeProto()
     bare.CopyFrom(node)
     del bare.input[5:]
@@ -188,10 +188,10 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
         nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
         act_nodes, act_inits = _activation_nodes(a, mid, node.output[0], f"{prefix}{name}", opset)
         return [*nodes, *act_nodes], [*new_inits, *act_inits]
-    if _has_residual(node):  # the convolution without Z, then the Add (before any activation)
+    if _has_residual(node):  # the product without Z, then the Add (before any activation)
         name = node.name or node.output[0]
         inner = _without_residual(node)
-        mid = f"{prefix}{name}.conv"
+        mid = f"{prefix}{name}.conv" if node.op_type == "CsrConv" else f"{prefix}{name}.product_z"
         inner.output[0] = mid
         nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
         nodes.append(helper.make_node("Add", [mid, node.input[5]], list(node.output), name=f"{prefix}{name}_residual"))
@@ -419,8 +419,8 @@ def _one_node_models(node: onnx.NodeProto, inits: dict, x_shape: tuple, opset: i
                      csr_opset: int = 1) -> tuple[bytes, bytes]:
     """(dense, sparse) single-layer models for one CSR node of the model; the sparse one
     declares the model's own ``ai.onnxprune`` op-set (a node with an activation needs 2 or 3).
-    A CsrConv's residual input Z (op-set 5), another layer's output, is left out of both: the
-    layer is timed as its convolution and activation."""
+    A residual input Z (CsrConv's from op-set 5, CsrGemm's from 6), another layer's output, is
+    left out of both: the layer is timed as its product and activation."""
     if _has_residual(node):
         node = _without_residual(node)
     x = helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, list(x_shape))

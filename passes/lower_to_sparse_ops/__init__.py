@@ -32,7 +32,10 @@ rows of the CSR are always the op's outputs, so the source matrix is (op knowled
         ``activations.py``)
     the same activations, and GELU (the Gelu op, or its Erf form x·½·(1 + erf(x/√2)) as
     exporters spell it), after a Gemm, or after a MatMul and its folded bias Add, become
-    CsrGemm's ``activation`` (op-set 3); GELU after a Conv becomes CsrConv's.
+    CsrGemm's ``activation`` (op-set 3); GELU after a Conv becomes CsrConv's. Before them, an
+    Add(·, z) that is the only use of the product (after its bias Add), z of exactly its shape,
+    becomes CsrGemm's residual input Z (op-set 6: a transformer's sublayer output plus its
+    input, before the LayerNorm).
 
 Exactness: the CSR holds exactly the nonzero weights (pruned weights are exact zeros), so the
 lowered op computes the same sum with the zero terms left out; results differ from the dense
@@ -55,7 +58,7 @@ Invariants: graph inputs and outputs are unchanged; a lowered node keeps its nam
 tensor (the activation's output when one is folded in); the graph gains the opset import
 (``ai.onnxprune``, 1) iff a node was lowered — op-set 2 when a CsrConv carries an activation,
 3 when a CsrGemm does or an activation is Gelu, 4 when a CsrConv is 1-D, 5 when a CsrConv reads
-a residual Z; the node list stays topologically sorted.
+a residual Z, 6 when a CsrGemm does; the node list stays topologically sorted.
 """
 
 from __future__ import annotations
@@ -207,13 +210,13 @@ def _fusable_bn(node: gs.Node, graph_outputs: set[int], c_out: int) -> gs.Node |
     return bn if np.all(np.isfinite(scale)) and np.all(np.isfinite(scale.astype(np.float32))) else None
 
 
-def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: set[int]
-                      ) -> tuple[gs.Node, gs.Tensor] | None:
+def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: set[int],
+                      ranks: tuple[int, ...] | None = (3, 4)) -> tuple[gs.Node, gs.Tensor] | None:
     """The Add(y, z) (either order) that is ``y``'s only use, with a float32 ``z`` that shape
     inference shows to be exactly ``y``'s shape (fixed dims equal, symbolic ones the same
-    symbol): CsrConv's Z adds it in the tiles, before the activation (op-set 5). A ``z`` that
-    would broadcast (a per-channel constant, a batch of 1) stays a node: Z takes no
-    broadcasting."""
+    symbol), of one of ``ranks`` (None: any): CsrConv's Z adds it in the tiles, CsrGemm's while
+    the rows of Y are in cache, before the activation (op-sets 5 and 6). A ``z`` that would
+    broadcast (a per-channel constant, a batch of 1) stays a node: Z takes no broadcasting."""
     sole = _sole_add(y, graph_outputs)
     if sole is None:
         return None
@@ -221,7 +224,7 @@ def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: 
     if z.dtype is not None and np.dtype(z.dtype) != np.float32:
         return None
     sy, sz = shapes.get(y.name), shapes.get(z.name)
-    if not sy or sz is None or len(sy) != len(sz) or len(sy) not in (3, 4):
+    if not sy or sz is None or len(sy) != len(sz) or (ranks is not None and len(sy) not in ranks):
         return None
     ny, nz = symbols.get(y.name) or [None] * len(sy), symbols.get(z.name) or [None] * len(sz)
     for dy, dz, my, mz in zip(sy, sz, ny, nz):
@@ -255,7 +258,7 @@ def _keep_to_graph(p: _Plan, main: set[int]) -> None:
         return n is not None and id(n) not in main
 
     if outside(p.fused_add):
-        p.fused_add, p.bias, p.fused_act = None, None, None
+        p.fused_add, p.bias, p.fused_residual, p.residual, p.fused_act = None, None, None, None, None
     if outside(p.fused_bn):
         p.fused_bn, p.fused_residual, p.residual, p.fused_act = None, None, None, None
     if outside(p.fused_residual):
@@ -547,10 +550,16 @@ class LowerToSparseOps(Pass):
                                         (self._own_shapes, self._symbols)))
         for p in plans:
             if p.kind == "fc":
-                # CsrGemm's activation (op-set 3): the one applied to the product, after the
-                # folded bias Add when there is one; per node, as nothing of it touches the
-                # weight (transformer layers exported from copies of one module share theirs)
-                p.fused_act = fusable_activation((p.fused_add or p.node).outputs[0], graph_outputs)
+                # CsrGemm's residual Z (op-set 6: a transformer's Add(sublayer, input) before
+                # its LayerNorm) after the folded bias Add when there is one, then its
+                # activation (op-set 3); per node, as neither touches the weight (transformer
+                # layers exported from copies of one module share theirs)
+                y = (p.fused_add or p.node).outputs[0]
+                residual = _fusable_residual(y, self._own_shapes, self._symbols, graph_outputs, ranks=None)
+                if residual is not None:
+                    p.fused_residual, p.residual = residual
+                    y = residual[0].outputs[0]
+                p.fused_act = fusable_activation(y, graph_outputs)
         for p in plans:
             _keep_to_graph(p, self._main_nodes)
         return plans
@@ -679,9 +688,9 @@ class LowerToSparseOps(Pass):
             if progress is not None:
                 progress(i + 1, total, layer.name)
 
-        if any(n.op == "CsrConv" and n.domain == DOMAIN and op_set_needed(n) == 5 for n in graph.nodes):
-            # A folded residual's Z may come from a node listed after the convolution (a
-            # ResNet block's shortcut branch): the node list must stay in topological order.
+        if any(n.domain == DOMAIN and _reads_residual(n) for n in graph.nodes):
+            # A folded residual's Z may come from a node listed after the product (a ResNet
+            # block's shortcut branch): the node list must stay in topological order.
             graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
         if lowered_any:
             # The lowest op-set the file's nodes need (op_set_needed), so that a file without
@@ -760,12 +769,18 @@ class LowerToSparseOps(Pass):
                 _drop_dangling_producers(graph, t, graph_outputs)
 
 
+def _reads_residual(node: gs.Node) -> bool:
+    """Whether a CSR node reads a residual input Z (input 5)."""
+    return len(node.inputs) > 5 and not is_absent(node.inputs[5])
+
+
 def op_set_needed(node: gs.Node) -> int:
     """The op-set of ``ai.onnxprune`` that first defines what a CSR node uses
-    (runtime_ops/README.md): 5 for CsrConv's residual input Z, 4 for a 1-D CsrConv, 3 for
-    CsrGemm's activation and for the Gelu activation, 2 for CsrConv's other activations, else 1."""
-    if node.op == "CsrConv" and len(node.inputs) > 5 and not is_absent(node.inputs[5]):
-        return 5
+    (runtime_ops/README.md): 6 for CsrGemm's residual input Z, 5 for CsrConv's, 4 for a 1-D
+    CsrConv, 3 for CsrGemm's activation and for the Gelu activation, 2 for CsrConv's other
+    activations, else 1."""
+    if _reads_residual(node):
+        return 6 if node.op == "CsrGemm" else 5
     one_d = 4 if node.op == "CsrConv" and len(node.attrs.get("kernel_shape", [])) == 1 else 1
     act = node.attrs.get("activation")
     if act is None:

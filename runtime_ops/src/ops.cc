@@ -41,7 +41,7 @@ namespace {
 constexpr const char* kDomain = "ai.onnxprune";
 // Newest op-set of the domain this build implements (runtime_ops/README.md; OPSET_VERSION in
 // runtime_ops/__init__.py, a test checks they agree).
-constexpr int kOpsetVersion = 5;
+constexpr int kOpsetVersion = 6;
 
 const ortabi::Api* g_api = nullptr;
 
@@ -770,6 +770,20 @@ class KeptPlan {
 
 // --- CsrGemm --------------------------------------------------------------------------------
 
+// Z (optional; CsrConv from op-set 5, CsrGemm from op-set 6): a tensor added to the output
+// before the activation, exactly Y's shape (no broadcasting), so that a residual Add after the
+// product runs while the output is in cache instead of as a pass of its own over Y.
+const float* ReadResidual(const ortabi::KernelContext* ctx, size_t count, const std::vector<int64_t>& y_shape) {
+  const ortabi::Value* zv = Input(ctx, count, 5);
+  if (zv == nullptr) return nullptr;
+  const Tensor z = Inspect(zv);
+  if (z.type != ortabi::kFloat || z.shape != y_shape)
+    Fail(ortabi::kInvalidArgument, "Z must be a float32 tensor of the output's shape ", ShapeStr(y_shape),
+         ", got shape ", ShapeStr(z.shape));
+  return z.as<float>();
+}
+
+
 // Bias broadcast to the (M, N) output: element (m, n) is at data[m * stride_m + n * stride_n].
 struct Bias {
   const float* data = nullptr;
@@ -835,6 +849,7 @@ struct CsrGemmKernel {
     CheckedMul(m, n, "output size M * N");
 
     Bias bias = ReadBias(ctx, count, m, n, out_shape);
+    const float* z = ReadResidual(ctx, count, out_shape);
 
     ortabi::Value* yv = nullptr;
     Check(g_api->KernelContext_GetOutput(ctx, 0, out_shape.data(), out_shape.size(), &yv));
@@ -847,11 +862,11 @@ struct CsrGemmKernel {
     if (m == 1) {
       // Columns past INT32_MAX are never referenced (indices are at most int32), and the
       // kernels' column blocking works in int32.
-      Gemv(ctx, kern, csr, x.as<float>(), std::min<int64_t>(k, INT32_MAX), bias, y);
+      Gemv(ctx, kern, csr, x.as<float>(), std::min<int64_t>(k, INT32_MAX), bias, z, y);
     } else if (m >= kTiledMinRows && CheckedMul(k, m + kConvMaxTile, "packed batch size") <= INT32_MAX) {
-      SpmmTiled(ctx, kern, csr, x.as<float>(), m, k, bias, y);
+      SpmmTiled(ctx, kern, csr, x.as<float>(), m, k, bias, z, y);
     } else {
-      Spmm(ctx, kern, csr, x.as<float>(), m, k, bias, y);
+      Spmm(ctx, kern, csr, x.as<float>(), m, k, bias, z, y);
     }
   }
 
@@ -909,7 +924,7 @@ struct CsrGemmKernel {
   }
 
   void SpmmTiled(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t m,
-                 int64_t k, const Bias& bias, float* y) const {
+                 int64_t k, const Bias& bias, const float* z, float* y) const {
     const int64_t n = csr.rows;
     const std::shared_ptr<const GemmPlan> plan = GemmPlanFor(kern, csr, m, k);
     const GemmPlan& p = *plan;
@@ -938,9 +953,11 @@ struct CsrGemmKernel {
     const int64_t chunks = (n + kTaskRows - 1) / kTaskRows;
     const auto run = kern.conv_run[p.vi];
     // With alpha 1 and a bias over the output features only (MatMul + Add, Gemm with a 1-D C),
-    // each row of Y^T starts at its bias and is activated in the tile, in L1, before the
-    // transpose; otherwise scale, bias and activation follow the transpose row by row in Y.
+    // each row of Y^T starts at its bias and, without Z, is activated in the tile, in L1,
+    // before the transpose; otherwise scale, bias, Z and activation follow the transpose, on
+    // the rows of Y it has just written.
     const bool in_tile = alpha == 1.f && bias.stride_m == 0;
+    const bool act_in_tile = in_tile && z == nullptr;
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * kTaskRows;
       const int64_t r1 = std::min(n, r0 + kTaskRows);
@@ -955,16 +972,17 @@ struct CsrGemmKernel {
         }
       }
       // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc (its other lanes are never read).
-      if (in_tile && act.kind != Act::kNone) kern.activate(buf.get(), (r1 - r0) * p.tile, act);
+      if (act_in_tile && act.kind != Act::kNone) kern.activate(buf.get(), (r1 - r0) * p.tile, act);
       kern.transpose(buf.get(), p.tile, y + m0 * n + r0, n, r1 - r0, mc);
-      if (in_tile) return;
+      if (act_in_tile) return;
       for (int64_t i = 0; i < mc; ++i) {
         float* yrow = y + (m0 + i) * n;
-        if (bias.data) {
+        if (!in_tile && bias.data) {
           for (int64_t r = r0; r < r1; ++r) yrow[r] = alpha * yrow[r] + bias.at(m0 + i, r);
-        } else if (alpha != 1.f) {
+        } else if (!in_tile && alpha != 1.f) {
           for (int64_t r = r0; r < r1; ++r) yrow[r] *= alpha;
         }
+        if (z != nullptr) kern.add(yrow + r0, z + (m0 + i) * n + r0, r1 - r0);
         if (act.kind != Act::kNone) kern.activate(yrow + r0, r1 - r0, act);
       }
     });
@@ -1008,7 +1026,7 @@ struct CsrGemmKernel {
   }
 
   void Gemv(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t k,
-            const Bias& bias, float* y) const {
+            const Bias& bias, const float* z, float* y) const {
     const int64_t parts = PartsFor(static_cast<double>(csr.nnz) + 8.0 * csr.rows, 64);
     const std::vector<int64_t> bounds = SplitRows(csr.row_ptr, csr.rows, parts, 8);
     ParallelFor(ctx, static_cast<size_t>(parts), [&](size_t p) {
@@ -1016,6 +1034,7 @@ struct CsrGemmKernel {
       if (r0 >= r1) return;
       kern.spmv[csr.value][csr.index](csr.values, csr.col, csr.row_ptr, x, k, r0, r1, y + r0);
       Epilogue1(y, r0, r1, bias);
+      if (z != nullptr) kern.add(y + r0, z + r0, r1 - r0);
       if (act.kind != Act::kNone) kern.activate(y + r0, r1 - r0, act);
     });
   }
@@ -1024,7 +1043,7 @@ struct CsrGemmKernel {
   // nonzero multiplies one contiguous, aligned run of batch values; results come back per row
   // as mb-vectors and are transposed into Y in blocks of 16 rows.
   void Spmm(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t m,
-            int64_t k, const Bias& bias, float* y) const {
+            int64_t k, const Bias& bias, const float* z, float* y) const {
     const int64_t n = csr.rows;
     const int mb = PanelWidth(m, k);
     const int64_t panels = (m + mb - 1) / mb;
@@ -1072,6 +1091,7 @@ struct CsrGemmKernel {
           } else {
             for (int64_t r = r0; r < r1; ++r) yrow[r] = alpha * acc[(r - r0) * mb + i];
           }
+          if (z != nullptr) kern.add(yrow + r0, z + (m0 + i) * n + r0, r1 - r0);
           if (act.kind != Act::kNone) kern.activate(yrow + r0, r1 - r0, act);
         }
       }
@@ -1461,20 +1481,6 @@ struct CsrConvKernel {
       Fail(ortabi::kInvalidArgument, "B must be a float32 vector of ", c_out, " output channels, got shape ",
            ShapeStr(b.shape));
     return b.as<float>();
-  }
-
-  // Z (op-set 5, optional): a tensor added to the output before the activation, exactly Y's
-  // shape (no broadcasting), so that a residual Add after the convolution runs inside the
-  // tiles instead of as a pass of its own over Y.
-  static const float* ReadResidual(const ortabi::KernelContext* ctx, size_t count,
-                                   const std::vector<int64_t>& y_shape) {
-    const ortabi::Value* zv = Input(ctx, count, 5);
-    if (zv == nullptr) return nullptr;
-    const Tensor z = Inspect(zv);
-    if (z.type != ortabi::kFloat || z.shape != y_shape)
-      Fail(ortabi::kInvalidArgument, "Z must be a float32 tensor of the output's shape ", ShapeStr(y_shape),
-           ", got shape ", ShapeStr(z.shape));
-    return z.as<float>();
   }
 
   // Tile width, input-channel blocks and one offset into Q per nonzero (each bounded by
@@ -1873,7 +1879,7 @@ struct OpDef {
 
 struct CsrGemmOp : CsrGemmKernel {
   static constexpr const char* kName = "CsrGemm";
-  static constexpr size_t kInputs = 5;  // X, values, col_idx, row_ptr, C
+  static constexpr size_t kInputs = 6;  // X, values, col_idx, row_ptr, C, Z (op-set 6)
   static void InferShape(const ShapeInfer& si) { InferCsrGemm(si); }
   using CsrGemmKernel::CsrGemmKernel;
 };
