@@ -150,3 +150,25 @@ def test_dense_from_lowered_rebuilds_the_add():
     assert [n.op_type for n in dense.graph.node].count("Add") == 2  # the bias, then Z
     assert _topological(dense)
     _assert_same(model, dense, batch=2)
+
+
+def test_a_shared_weight_folds_each_nodes_add_and_the_reason_names_them_all():
+    """Two MatMul nodes on one weight (torch's cloned layers export so), each followed by its
+    own residual Add: both are folded, and the layer's reason names both."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((32, 32)).astype(np.float32)
+    w[rng.random(w.shape) < 0.7] = 0.0
+    nodes = [helper.make_node("MatMul", ["h", "W"], ["p1"], name="mm1"),
+             helper.make_node("Add", ["p1", "h"], ["a1"], name="res1"),
+             helper.make_node("MatMul", ["a1", "W"], ["p2"], name="mm2"),
+             helper.make_node("Add", ["a1", "p2"], ["y"], name="res2")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 8, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    lowered, result = _lower(model, force=["*"])
+    assert [n.op_type for n in lowered.graph.node] == ["CsrGemm", "CsrGemm"]
+    assert [n.input[5] for n in lowered.graph.node] == ["h", "a1"]
+    (row,) = [r for r in result.stats["layers"] if r["lowered"]]
+    assert "residual Adds res1, res2 folded in" in row["reason"]
+    _assert_same(model, lowered, batch=2)

@@ -227,6 +227,23 @@ def test_measured_layers_get_the_shapes_they_see_in_the_model(tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
 
 
+def test_the_estimates_size_layers_on_the_given_shapes_as_the_timings_do(tmp_path):
+    """The report's ``estimated_speedup`` under the measured decision comes from the same
+    --input-shape dimensions as the timings (and as ``--decide model`` takes them), not from
+    the model's symbolic ones, which leave a convolution of symbolic size unestimated."""
+    src = tmp_path / "cnn.onnx"
+    onnx.save(masked(cnn(hw="H"), density=0.2), src)
+    shapes = {"x": (2, 3, 10, 10)}
+
+    def estimates(report):
+        return {r["name"]: r["estimated_speedup"] for r in report["sparse_ops"]["layers"]}
+
+    measured = lower(str(src), str(tmp_path / "a.onnx"), input_shapes=shapes, timer=lambda *a: (1e-3, 1e-3))
+    modelled = lower(str(src), str(tmp_path / "b.onnx"), input_shapes=shapes, decide="model")
+    assert estimates(measured)["conv2"] is not None
+    assert estimates(measured) == estimates(modelled)
+
+
 def test_symbolic_size_without_input_shape_is_a_usage_error(tmp_path):
     src, out = tmp_path / "cnn.onnx", tmp_path / "o.onnx"
     onnx.save(masked(cnn(hw="H")), src)

@@ -226,7 +226,13 @@ class MeasuredLowering:
                 dense_model, feeds = self._dense_inputs(original)
                 self.timings = _time_layers(tagged, tags, original, dense_model, feeds, o,
                                             self.timer, self.progress)
-        return {**options, "measured": {n: t.speedup for n, t in self.timings.items()}}
+        measured = {**options, "measured": {n: t.speedup for n, t in self.timings.items()}}
+        if self.shapes:  # the report's estimates size layers as the timings did
+            from onnxprune.runtime.check import checked_input_shapes
+
+            shapes = checked_input_shapes(original, self.shapes)
+            measured["input-shapes"] = {k: list(v) for k, v in shapes.items()}
+        return measured
 
     def use_inputs(self, feeds: dict, source: str) -> None:
         """Time (and measure float16 values) on ``feeds``, read from ``source``, instead of

@@ -241,8 +241,9 @@ def _folded_note(plans: list[_Plan]) -> str:
     note = ""
     if plans[0].fused_bn is not None:
         note += f"; BatchNormalization {plans[0].fused_bn.name} folded in"
-    if plans[0].fused_residual is not None:
-        note += f"; residual Add {plans[0].fused_residual.name} folded in"
+    residuals = [p.fused_residual.name for p in plans if p.fused_residual is not None]
+    if residuals:  # one per node: a weight shared by several nodes folds each one's Add
+        note += f"; residual Add{'s' if len(residuals) > 1 else ''} {', '.join(residuals)} folded in"
     folded_acts = sorted({p.fused_act.description for p in plans if p.fused_act is not None})
     if folded_acts:
         note += f"; activation {', '.join(folded_acts)} folded in"
