@@ -172,3 +172,25 @@ def test_a_shared_weight_folds_each_nodes_add_and_the_reason_names_them_all():
     (row,) = [r for r in result.stats["layers"] if r["lowered"]]
     assert "residual Adds res1, res2 folded in" in row["reason"]
     _assert_same(model, lowered, batch=2)
+
+
+def test_an_add_left_unfolded_for_an_unknown_shape_is_named_in_the_reason():
+    """A fixed-shape export whose residual operand lost a dimension to shape inference (a
+    Where-computed Expand in Hugging Face's BERT embeddings): the Add stays a node, and the
+    lowered layer's reason says which and why; an Add that broadcasts by design is not named."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((32, 32)).astype(np.float32)
+    w[rng.random(w.shape) < 0.7] = 0.0
+    for z_dims, named in (([None, 16, 32], True), (["unk__7", 16, 32], True), ([1, 1, 32], False),
+                          (["batch", 16, 32], False)):
+        nodes = [helper.make_node("MatMul", ["h", "W"], ["p"], name="proj"),
+                 helper.make_node("Add", ["p", "z"], ["y"], name="residual")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 16, 32]),
+                                               helper.make_tensor_value_info("z", TensorProto.FLOAT, z_dims)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "W")])
+        lowered, result = _lower(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                                 force=["*"])
+        assert [n.op_type for n in lowered.graph.node] == ["CsrGemm", "Add"]
+        (row,) = [r for r in result.stats["layers"] if r["lowered"]]
+        assert ("residual Add residual left as node(s): shape inference cannot show" in row["reason"]) == named

@@ -114,6 +114,7 @@ class _Plan:
     fused_residual: gs.Node | None = None  # a CsrConv's Add(y, z): z becomes its input Z
     residual: gs.Tensor | None = None
     fused_act: FusedActivation | None = None
+    unproven_residual: str | None = None  # an Add left as a node: its operand's shape is unknown
 
 
 def _fixed(d) -> int | None:
@@ -236,6 +237,40 @@ def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: 
     return add, z
 
 
+def _own_symbol(name) -> bool:
+    """A dimension symbol of the model's own (``batch``, ``N``), not one shape inference made up
+    for a dimension it could not follow (``unk__3``)."""
+    return bool(name) and not str(name).startswith("unk__")
+
+
+def _unproven_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: set[int]) -> str | None:
+    """The name of the Add(y, z) that ``_fusable_residual`` left as a node only because shape
+    inference could not tell z's shape (an unknown rank, or a dimension that is neither a value
+    nor a symbol of the model's own on one side: ONNX shape inference names the dimensions it
+    cannot follow ``unk__N``), not because z broadcasts: the report says so, as the user may
+    pin the shapes or fix the export."""
+    sole = _sole_add(y, graph_outputs)
+    if sole is None:
+        return None
+    add, z = sole
+    if z.dtype is not None and np.dtype(z.dtype) != np.float32:
+        return None
+    sy, sz = shapes.get(y.name), shapes.get(z.name)
+    if not sy or sz is None:
+        return add.name
+    if len(sy) != len(sz):
+        return None
+    ny, nz = symbols.get(y.name) or [None] * len(sy), symbols.get(z.name) or [None] * len(sz)
+    unknown = False
+    for dy, dz, my, mz in zip(sy, sz, ny, nz):
+        if dy is not None and dz is not None:
+            if dy != dz:
+                return None  # a known mismatch: z broadcasts
+        elif (dy is None and not _own_symbol(my)) or (dz is None and not _own_symbol(mz)):
+            unknown = True
+    return add.name if unknown else None
+
+
 def _folded_note(plans: list[_Plan]) -> str:
     """What a lowered layer's node took in besides its weight, for the report's reason."""
     note = ""
@@ -247,6 +282,10 @@ def _folded_note(plans: list[_Plan]) -> str:
     folded_acts = sorted({p.fused_act.description for p in plans if p.fused_act is not None})
     if folded_acts:
         note += f"; activation {', '.join(folded_acts)} folded in"
+    unproven = [p.unproven_residual for p in plans if p.unproven_residual is not None]
+    if unproven:
+        note += (f"; residual Add{'s' if len(unproven) > 1 else ''} {', '.join(unproven)} left as "
+                 "node(s): shape inference cannot show the other operand has the output's shape")
     return note
 
 
@@ -390,12 +429,14 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
     fused_bn = _fusable_bn(node, graph_outputs, c_out) if len(layer.nodes) == 1 else None
     y = fused_bn.outputs[0] if fused_bn is not None else node.outputs[0]
     residual = _fusable_residual(y, *own, graph_outputs) if len(layer.nodes) == 1 else None
+    unproven = _unproven_residual(y, *own, graph_outputs) if len(layer.nodes) == 1 and residual is None else None
     if residual is not None:
         y = residual[0].outputs[0]
     fused_act = fusable_activation(y, graph_outputs) if len(layer.nodes) == 1 else None
     return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias, fused_bn=fused_bn,
                  fused_residual=residual[0] if residual else None,
-                 residual=residual[1] if residual else None, fused_act=fused_act)
+                 residual=residual[1] if residual else None, fused_act=fused_act,
+                 unproven_residual=unproven)
 
 
 def _kernel_area(plan: _Plan) -> int | None:
@@ -560,6 +601,8 @@ class LowerToSparseOps(Pass):
                 if residual is not None:
                     p.fused_residual, p.residual = residual
                     y = residual[0].outputs[0]
+                else:
+                    p.unproven_residual = _unproven_residual(y, self._own_shapes, self._symbols, graph_outputs)
                 p.fused_act = fusable_activation(y, graph_outputs)
         for p in plans:
             _keep_to_graph(p, self._main_nodes)
