@@ -1,14 +1,16 @@
-"""What folding activations into the CSR ops is worth on one pruned model, same process.
+"""What folding activations or residual Adds into the CSR ops is worth on one pruned model.
 
 The pruned (dense-stored) model is lowered twice by ``onnxprune.lower`` with the measured
 decision: as shipped, and with the named activations left as nodes (the lowering's ``FOLDED``
-set narrowed for that run only). The dense model and both lowered files then run in one
+set narrowed for that run only), or with ``Residual`` named, every residual Add (CsrConv's
+and CsrGemm's input Z) left as a node. The dense model and both lowered files then run in one
 process, this build's library for both, calls alternating and the two lowered files swapping
 places every round (as ``ab_library.py``), medians after warm-ups.
 
     python bench/ab_fold.py --pruned bert.dense.onnx --without Gelu --rounds 100
     python bench/ab_fold.py --pruned nudenet.dense.onnx --without Sigmoid,Swish \\
         --input-shape images=1x3x320x320 --rounds 60
+    python bench/ab_fold.py --pruned bert.dense.onnx --without Residual --rounds 100
 """
 
 from __future__ import annotations
@@ -27,23 +29,31 @@ from onnxprune.core.errors import UsageError  # noqa: E402
 from onnxprune.runtime.check import add_input_shape_option, input_shapes, random_inputs  # noqa: E402
 
 
+RESIDUAL = "Residual"  # --without's name for the residual Add folds
+
+
 def lower(pruned: str, out: str, without: frozenset, threads: int, shapes: dict) -> None:
-    """``onnxprune.lower`` with the activations in ``without`` left as nodes."""
+    """``onnxprune.lower`` with the activations in ``without`` (and the residual Adds, when it
+    names ``Residual``) left as nodes."""
     import onnxprune
+    from onnxprune.passes import lower_to_sparse_ops as lowering
     from onnxprune.passes.lower_to_sparse_ops import activations
 
-    shipped = activations.FOLDED
+    shipped, residual = activations.FOLDED, lowering._fusable_residual
     activations.FOLDED = shipped - without
+    if RESIDUAL in without:
+        lowering._fusable_residual = lambda *a, **k: None
     try:
         onnxprune.lower(pruned, out, threads=threads, input_shapes=shapes or None)
     finally:
-        activations.FOLDED = shipped
+        activations.FOLDED, lowering._fusable_residual = shipped, residual
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pruned", required=True, help="the pruned model, weights stored dense")
-    ap.add_argument("--without", required=True, help="comma-separated activations not to fold, e.g. Gelu")
+    ap.add_argument("--without", required=True,
+                    help=f"comma-separated activations not to fold, e.g. Gelu; {RESIDUAL}: the residual Adds")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     add_input_shape_option(ap)
@@ -53,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     from onnxprune.passes.lower_to_sparse_ops.activations import FOLDED
 
     without = frozenset(a for a in args.without.split(",") if a)
-    if not without or not without <= FOLDED:
-        ap.error(f"--without: name activations the lowering folds ({', '.join(sorted(FOLDED))})")
+    if not without or not without <= FOLDED | {RESIDUAL}:
+        ap.error(f"--without: name activations the lowering folds ({', '.join(sorted(FOLDED))}) or {RESIDUAL}")
     try:
         shapes = input_shapes(args)
         feeds = random_inputs(onnx.load(args.pruned, load_external_data=False), batch=1, seed=1, shapes=shapes)
