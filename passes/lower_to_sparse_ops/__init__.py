@@ -211,6 +211,18 @@ def _fusable_bn(node: gs.Node, graph_outputs: set[int], c_out: int) -> gs.Node |
     return bn if np.all(np.isfinite(scale)) and np.all(np.isfinite(scale.astype(np.float32))) else None
 
 
+def _residual_candidate(y: gs.Tensor, shapes: dict, graph_outputs: set[int]) -> tuple | None:
+    """The Add(y, z) that is ``y``'s only use, z float32 (or of unknown type), with both
+    operands' inferred shapes: (add, z, y's shape, z's shape); None otherwise."""
+    sole = _sole_add(y, graph_outputs)
+    if sole is None:
+        return None
+    add, z = sole
+    if z.dtype is not None and np.dtype(z.dtype) != np.float32:
+        return None
+    return add, z, shapes.get(y.name), shapes.get(z.name)
+
+
 def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: set[int],
                       ranks: tuple[int, ...] | None = (3, 4)) -> tuple[gs.Node, gs.Tensor] | None:
     """The Add(y, z) (either order) that is ``y``'s only use, with a float32 ``z`` that shape
@@ -218,13 +230,10 @@ def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: 
     symbol), of one of ``ranks`` (None: any): CsrConv's Z adds it in the tiles, CsrGemm's while
     the rows of Y are in cache, before the activation (op-sets 5 and 6). A ``z`` that would
     broadcast (a per-channel constant, a batch of 1) stays a node: Z takes no broadcasting."""
-    sole = _sole_add(y, graph_outputs)
-    if sole is None:
+    candidate = _residual_candidate(y, shapes, graph_outputs)
+    if candidate is None:
         return None
-    add, z = sole
-    if z.dtype is not None and np.dtype(z.dtype) != np.float32:
-        return None
-    sy, sz = shapes.get(y.name), shapes.get(z.name)
+    add, z, sy, sz = candidate
     if not sy or sz is None or len(sy) != len(sz) or (ranks is not None and len(sy) not in ranks):
         return None
     ny, nz = symbols.get(y.name) or [None] * len(sy), symbols.get(z.name) or [None] * len(sz)
@@ -249,13 +258,10 @@ def _unproven_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs:
     nor a symbol of the model's own on one side: ONNX shape inference names the dimensions it
     cannot follow ``unk__N``), not because z broadcasts: the report says so, as the user may
     pin the shapes or fix the export."""
-    sole = _sole_add(y, graph_outputs)
-    if sole is None:
+    candidate = _residual_candidate(y, shapes, graph_outputs)
+    if candidate is None:
         return None
-    add, z = sole
-    if z.dtype is not None and np.dtype(z.dtype) != np.float32:
-        return None
-    sy, sz = shapes.get(y.name), shapes.get(z.name)
+    add, z, sy, sz = candidate
     if not sy or sz is None:
         return add.name
     if len(sy) != len(sz):
