@@ -194,3 +194,23 @@ def test_an_add_left_unfolded_for_an_unknown_shape_is_named_in_the_reason():
         assert [n.op_type for n in lowered.graph.node] == ["CsrGemm", "Add"]
         (row,) = [r for r in result.stats["layers"] if r["lowered"]]
         assert ("residual Add residual left as node(s): shape inference cannot show" in row["reason"]) == named
+
+
+def test_a_shared_weights_two_products_into_one_add_fold_it_once():
+    """One weight, two MatMul nodes whose outputs meet in one Add: each node's plan claims it,
+    the first lowered takes it as Z and the second keeps its plain output."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    w[rng.random(w.shape) < 0.6] = 0.0
+    nodes = [helper.make_node("MatMul", ["a", "W"], ["p1"], name="mm1"),
+             helper.make_node("MatMul", ["b", "W"], ["p2"], name="mm2"),
+             helper.make_node("Add", ["p1", "p2"], ["y"], name="sum")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 8]) for n in "ab"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    lowered, _ = _lower(model, force=["*"])
+    assert [n.op_type for n in lowered.graph.node] == ["CsrGemm", "CsrGemm"]
+    assert sum(1 for n in _csr(lowered) if len(n.input) > 5 and n.input[5]) == 1
+    assert _topological(lowered)
+    _assert_same(model, lowered, batch=2)

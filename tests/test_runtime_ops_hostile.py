@@ -483,8 +483,8 @@ def residual_case(shape, residual: str, seed: int, fallback: list) -> tuple:
     if residual == "other shape":
         rng = np.random.default_rng(seed)
         if z_shape and rng.random() < 0.8:
-            z_shape[int(rng.integers(len(z_shape)))] += int(rng.choice([-1, 1]))
-            z_shape = [max(d, 0) for d in z_shape]
+            i = int(rng.integers(len(z_shape)))
+            z_shape[i] += 1 if z_shape[i] == 0 else int(rng.choice([-1, 1]))  # never the same shape
         else:
             z_shape = z_shape[:-1] if len(z_shape) > 1 else [*z_shape, 1]
         shape = None

@@ -282,7 +282,7 @@ def _folded_note(plans: list[_Plan]) -> str:
     note = ""
     if plans[0].fused_bn is not None:
         note += f"; BatchNormalization {plans[0].fused_bn.name} folded in"
-    residuals = [p.fused_residual.name for p in plans if p.fused_residual is not None]
+    residuals = list(dict.fromkeys(p.fused_residual.name for p in plans if p.fused_residual is not None))
     if residuals:  # one per node: a weight shared by several nodes folds each one's Add
         note += f"; residual Add{'s' if len(residuals) > 1 else ''} {', '.join(residuals)} folded in"
     folded_acts = sorted({p.fused_act.description for p in plans if p.fused_act is not None})
@@ -780,6 +780,8 @@ class LowerToSparseOps(Pass):
         w = weight_values(layer)
         csr: dict[str, tuple[gs.Constant, gs.Constant, gs.Constant]] = {}
         for plan in plans:
+            # nodes of one shared weight whose outputs meet in one Add: the first lowered took it
+            _drop_claimed_residual([plan])
             if plan.orientation not in csr:
                 values, col_idx, row_ptr = first if not csr else self._encode(layer, plan, w)[0]
                 suffix = "" if len(csr) == 0 else f"_{plan.orientation}"
