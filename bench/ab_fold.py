@@ -39,14 +39,14 @@ def lower(pruned: str, out: str, without: frozenset, threads: int, shapes: dict)
     from onnxprune.passes import lower_to_sparse_ops as lowering
     from onnxprune.passes.lower_to_sparse_ops import activations
 
-    shipped, residual = activations.FOLDED, lowering._fusable_residual
+    shipped, residual = activations.FOLDED, lowering._residual
     activations.FOLDED = shipped - without
     if RESIDUAL in without:
-        lowering._fusable_residual = lambda *a, **k: None
+        lowering._residual = lambda *a, **k: None
     try:
         onnxprune.lower(pruned, out, threads=threads, input_shapes=shapes or None)
     finally:
-        activations.FOLDED, lowering._fusable_residual = shipped, residual
+        activations.FOLDED, lowering._residual = shipped, residual
 
 
 def main(argv: list[str] | None = None) -> int:

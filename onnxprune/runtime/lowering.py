@@ -208,14 +208,8 @@ class MeasuredLowering:
         if self._values == "fp16":  # the reference its output change is measured against
             self._before, self._batch = graph.copy(), o["batch"]
         if self.decided_by != "measure":
-            if not self.shapes:
-                return options
-            # the cost model sizes layers by shape inference: the given shapes go there,
-            # checked against the model as the measured decision checks them
-            from onnxprune.runtime.check import checked_input_shapes
-
-            shapes = checked_input_shapes(original, self.shapes)
-            return {**options, "input-shapes": {k: list(v) for k, v in shapes.items()}}
+            # the cost model sizes layers by shape inference: the given shapes go there
+            return {**options, **self._shapes_option(original)}
         self._threads, self._batch, self._options = o["threads"], o["batch"], dict(options)
         if self.timer is None:
             self.timer = ort_timer()
@@ -226,13 +220,19 @@ class MeasuredLowering:
                 dense_model, feeds = self._dense_inputs(original)
                 self.timings = _time_layers(tagged, tags, original, dense_model, feeds, o,
                                             self.timer, self.progress)
-        measured = {**options, "measured": {n: t.speedup for n, t in self.timings.items()}}
-        if self.shapes:  # the report's estimates size layers as the timings did
-            from onnxprune.runtime.check import checked_input_shapes
+        # the report's estimates size layers as the timings did
+        return {**options, "measured": {n: t.speedup for n, t in self.timings.items()},
+                **self._shapes_option(original)}
 
-            shapes = checked_input_shapes(original, self.shapes)
-            measured["input-shapes"] = {k: list(v) for k, v in shapes.items()}
-        return measured
+    def _shapes_option(self, original) -> dict:
+        """The given --input-shape dims as the pass's ``input-shapes`` option, checked against
+        the model as the measured decision checks them; nothing without them."""
+        if not self.shapes:
+            return {}
+        from onnxprune.runtime.check import checked_input_shapes
+
+        shapes = checked_input_shapes(original, self.shapes)
+        return {"input-shapes": {k: list(v) for k, v in shapes.items()}}
 
     def use_inputs(self, feeds: dict, source: str) -> None:
         """Time (and measure float16 values) on ``feeds``, read from ``source``, instead of

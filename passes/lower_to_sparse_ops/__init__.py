@@ -211,70 +211,61 @@ def _fusable_bn(node: gs.Node, graph_outputs: set[int], c_out: int) -> gs.Node |
     return bn if np.all(np.isfinite(scale)) and np.all(np.isfinite(scale.astype(np.float32))) else None
 
 
-def _residual_candidate(y: gs.Tensor, shapes: dict, graph_outputs: set[int]) -> tuple | None:
-    """The Add(y, z) that is ``y``'s only use, z float32 (or of unknown type), with both
-    operands' inferred shapes: (add, z, y's shape, z's shape); None otherwise."""
-    sole = _sole_add(y, graph_outputs)
-    if sole is None:
-        return None
-    add, z = sole
-    if z.dtype is not None and np.dtype(z.dtype) != np.float32:
-        return None
-    return add, z, shapes.get(y.name), shapes.get(z.name)
-
-
-def _fusable_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: set[int],
-                      ranks: tuple[int, ...] | None = (3, 4)) -> tuple[gs.Node, gs.Tensor] | None:
-    """The Add(y, z) (either order) that is ``y``'s only use, with a float32 ``z`` that shape
-    inference shows to be exactly ``y``'s shape (fixed dims equal, symbolic ones the same
-    symbol), of one of ``ranks`` (None: any): CsrConv's Z adds it in the tiles, CsrGemm's while
-    the rows of Y are in cache, before the activation (op-sets 5 and 6). A ``z`` that would
-    broadcast (a per-channel constant, a batch of 1) stays a node: Z takes no broadcasting."""
-    candidate = _residual_candidate(y, shapes, graph_outputs)
-    if candidate is None:
-        return None
-    add, z, sy, sz = candidate
-    if not sy or sz is None or len(sy) != len(sz) or (ranks is not None and len(sy) not in ranks):
-        return None
-    ny, nz = symbols.get(y.name) or [None] * len(sy), symbols.get(z.name) or [None] * len(sz)
-    for dy, dz, my, mz in zip(sy, sz, ny, nz):
-        if dy is not None or dz is not None:
-            if dy != dz:
-                return None
-        elif my is None or my != mz:
-            return None
-    return add, z
-
-
 def _own_symbol(name) -> bool:
     """A dimension symbol of the model's own (``batch``, ``N``), not one shape inference made up
     for a dimension it could not follow (``unk__3``)."""
     return bool(name) and not str(name).startswith("unk__")
 
 
-def _unproven_residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: set[int]) -> str | None:
-    """The name of the Add(y, z) that ``_fusable_residual`` left as a node only because shape
+def _residual(y: gs.Tensor, shapes: dict, symbols: dict, graph_outputs: set[int],
+              ranks: tuple[int, ...] | None = (3, 4)) -> tuple[gs.Node, gs.Tensor, bool] | None:
+    """The Add(y, z) (either order) that is ``y``'s only use, with a float32 ``z``, as
+    (add, z, foldable). Foldable when shape inference shows z to be exactly ``y``'s shape
+    (fixed dims equal, symbolic ones the same symbol), of one of ``ranks`` (None: any):
+    CsrConv's Z adds it in the tiles, CsrGemm's while the rows of Y are in cache, before the
+    activation (op-sets 5 and 6). Not foldable, and returned for the report to name, when shape
     inference could not tell z's shape (an unknown rank, or a dimension that is neither a value
     nor a symbol of the model's own on one side: ONNX shape inference names the dimensions it
-    cannot follow ``unk__N``), not because z broadcasts: the report says so, as the user may
-    pin the shapes or fix the export."""
-    candidate = _residual_candidate(y, shapes, graph_outputs)
-    if candidate is None:
+    cannot follow ``unk__N``). None otherwise: a ``z`` that broadcasts (a per-channel constant,
+    a batch of 1) stays a node by design, as Z takes no broadcasting."""
+    sole = _sole_add(y, graph_outputs)
+    if sole is None:
         return None
-    add, z, sy, sz = candidate
+    add, z = sole
+    if z.dtype is not None and np.dtype(z.dtype) != np.float32:
+        return None
+    sy, sz = shapes.get(y.name), shapes.get(z.name)
     if not sy or sz is None:
-        return add.name
-    if len(sy) != len(sz):
+        return add, z, False
+    if len(sy) != len(sz) or (ranks is not None and len(sy) not in ranks):
         return None
     ny, nz = symbols.get(y.name) or [None] * len(sy), symbols.get(z.name) or [None] * len(sz)
-    unknown = False
+    proven, unknown = True, False
     for dy, dz, my, mz in zip(sy, sz, ny, nz):
         if dy is not None and dz is not None:
             if dy != dz:
                 return None  # a known mismatch: z broadcasts
-        elif (dy is None and not _own_symbol(my)) or (dz is None and not _own_symbol(mz)):
+            continue
+        if dy is not None or dz is not None or my is None or my != mz:
+            proven = False
+        if (dy is None and not _own_symbol(my)) or (dz is None and not _own_symbol(mz)):
             unknown = True
-    return add.name if unknown else None
+    if proven:
+        return add, z, True
+    return (add, z, False) if unknown else None
+
+
+def _take_residual(p: "_Plan", found: tuple | None) -> gs.Tensor | None:
+    """Records ``_residual``'s finding on the plan: the Add folded (its output returned, where
+    the activation is looked for) or named as left unfolded."""
+    if found is None:
+        return None
+    add, z, foldable = found
+    if not foldable:
+        p.unproven_residual = add.name
+        return None
+    p.fused_residual, p.residual = add, z
+    return add.outputs[0]
 
 
 def _folded_note(plans: list[_Plan]) -> str:
@@ -434,15 +425,11 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
     k = int(np.prod(layer.shape[1:]))
     fused_bn = _fusable_bn(node, graph_outputs, c_out) if len(layer.nodes) == 1 else None
     y = fused_bn.outputs[0] if fused_bn is not None else node.outputs[0]
-    residual = _fusable_residual(y, *own, graph_outputs) if len(layer.nodes) == 1 else None
-    unproven = _unproven_residual(y, *own, graph_outputs) if len(layer.nodes) == 1 and residual is None else None
-    if residual is not None:
-        y = residual[0].outputs[0]
-    fused_act = fusable_activation(y, graph_outputs) if len(layer.nodes) == 1 else None
-    return _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias, fused_bn=fused_bn,
-                 fused_residual=residual[0] if residual else None,
-                 residual=residual[1] if residual else None, fused_act=fused_act,
-                 unproven_residual=unproven)
+    plan = _Plan(node, "conv", "conv", c_out, k, m, out_hw, attrs, bias, fused_bn=fused_bn)
+    if len(layer.nodes) == 1:
+        y = _take_residual(plan, _residual(y, *own, graph_outputs)) or y
+        plan.fused_act = fusable_activation(y, graph_outputs)
+    return plan
 
 
 def _kernel_area(plan: _Plan) -> int | None:
@@ -603,12 +590,8 @@ class LowerToSparseOps(Pass):
                 # activation (op-set 3); per node, as neither touches the weight (transformer
                 # layers exported from copies of one module share theirs)
                 y = (p.fused_add or p.node).outputs[0]
-                residual = _fusable_residual(y, self._own_shapes, self._symbols, graph_outputs, ranks=None)
-                if residual is not None:
-                    p.fused_residual, p.residual = residual
-                    y = residual[0].outputs[0]
-                else:
-                    p.unproven_residual = _unproven_residual(y, self._own_shapes, self._symbols, graph_outputs)
+                y = _take_residual(p, _residual(y, self._own_shapes, self._symbols, graph_outputs,
+                                                ranks=None)) or y
                 p.fused_act = fusable_activation(y, graph_outputs)
         for p in plans:
             _keep_to_graph(p, self._main_nodes)
