@@ -55,15 +55,17 @@ def print_differences(outs: dict[str, list], names) -> None:
 
 def time_swapped(sessions: dict, feeds: dict, rounds: int, a: str, b: str) -> dict[str, float]:
     """Median ms per call of each session after two warm-up calls each: ``dense`` first every
-    round, ``a`` and ``b`` swapping places round by round. A session called right after another
-    that read the same input finds it warmer (a one-node 1x1 CsrConv read its input 11-22%
-    faster in third place than in second, the very same library in both)."""
+    round, ``a`` and ``b`` swapping places round by round, any other session last. A session
+    called right after another that read the same input finds it warmer (a one-node 1x1
+    CsrConv read its input 11-22% faster in third place than in second, the very same library
+    in both)."""
     times: dict[str, list[float]] = {k: [] for k in sessions}
+    rest = tuple(k for k in sessions if k not in ("dense", a, b))
     for _ in range(2):
         for s in sessions.values():
             s.run(None, feeds)
     for r in range(rounds):
-        for k in ("dense", a, b) if r % 2 == 0 else ("dense", b, a):
+        for k in (("dense", a, b) if r % 2 == 0 else ("dense", b, a)) + rest:
             t0 = time.perf_counter()
             sessions[k].run(None, feeds)
             times[k].append(time.perf_counter() - t0)

@@ -111,6 +111,7 @@ def _lower(proto, info, path, output, options, decision, progress) -> dict:
         "outputs": outputs,
         "options": {**stats["options"], "decide": decision.decide},
         "sparse_ops": {"lowered": list(stats["lowered"]), "layers": stats["layers"],
+                       "rewrites": stats.get("rewrites", []),
                        "already_lowered": sum(n.domain == DOMAIN for n in proto.graph.node)},
         "lowering": decision.report(stats),
         "size": {"input_bytes": in_bytes, "output_bytes": out_bytes,

@@ -326,4 +326,5 @@ def _sparse_ops_report(stats: dict | None, rows: list[dict], out_bytes: int) -> 
 
     stats = stats or {"layers": []}
     return {"lowered": [r["name"] for r in stats["layers"] if r["lowered"]],
-            "layers": stats["layers"], "sizes": size_summary(stats, rows, out_bytes)}
+            "layers": stats["layers"], "rewrites": stats.get("rewrites", []),
+            "sizes": size_summary(stats, rows, out_bytes)}

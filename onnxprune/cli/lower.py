@@ -78,7 +78,7 @@ def cmd_lower(args, console: Console) -> int:
     layers = report["sparse_ops"]["layers"]
     before = report["sparse_ops"]["already_lowered"]
     if layers:
-        console.info("\n".join(layer_lines(layers)))
+        console.info("\n".join(layer_lines(layers) + rewrite_lines(report)))
     elif before:
         console.info(f"the model is already lowered ({before} sparse-op node(s)) and has no dense "
                      "prunable layer left; it was written unchanged")
@@ -106,6 +106,15 @@ def layer_lines(layers: list[dict]) -> list[str]:
         shared = f" and {more} more node(s) sharing its weight" if more > 0 else ""
         lines.append(f"sparse-ops: {word} {r['name']}{shared} ({r['reason']}{est})")
     return lines
+
+
+def rewrite_lines(report: dict) -> list[str]:
+    """One line per LRN node the lowering considered: rewritten or kept, and why (the
+    measured decision's rows carry the timing)."""
+    rows = (report.get("lowering") or {}).get("rewrites") or \
+        (report.get("sparse_ops") or {}).get("rewrites") or []
+    return [f"sparse-ops: {'rewrote' if r['rewritten'] else 'kept   '} {r['node']} ({r['op']}: {r['reason']})"
+            for r in rows]
 
 
 def lowered_count(layers: list[dict]) -> str:
@@ -142,8 +151,9 @@ def whole_model_line(lowering: dict | None) -> str | None:
     if whole["kept"] == "dense":
         return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one "
                 f"here (not faster{subsets}); wrote the dense model (only forced layers lowered)")
-    first = (f"; with every winning layer lowered it ran {tried[0]['speedup']:.2f}x, so only "
-             f"layers measured >= {whole['min_layer_speedup']:g}x alone were lowered"
+    cut = whole["min_layer_speedup"]
+    which = "the LRN rewrites were kept" if cut is None else f"layers measured >= {cut:g}x alone were lowered"
+    first = (f"; with every winning layer lowered it ran {tried[0]['speedup']:.2f}x, so only {which}"
              if len(tried) > 1 else "")
     return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one here "
             f"(dense {whole['dense_s'] * 1e3:.3f} ms, lowered {whole['lowered_s'] * 1e3:.3f} ms{first})")

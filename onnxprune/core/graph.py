@@ -891,12 +891,13 @@ def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
 
 
 def infer_shapes(model: ModelProto, input_shapes: dict | None = None,
-                 symbols: dict | None = None) -> dict[str, list[int | None]]:
+                 symbols: dict | None = None, dtypes: dict | None = None) -> dict[str, list[int | None]]:
     """Tensor name → shape (None for unknown/symbolic dims); empty on failure. The graph
     inputs named in ``input_shapes`` (``--input-shape``, checked by the caller) take those
     dims for the inference. ``symbols``, when given, is filled with tensor name → each dim's
     symbol (``dim_param``; None for a fixed or unnamed dim), which tells where the inputs'
-    symbolic batch went (:func:`batch_symbol`)."""
+    symbolic batch went (:func:`batch_symbol`). ``dtypes``, when given, is filled with tensor
+    name → ONNX element type (``TensorProto.FLOAT``…) wherever inference knows it."""
     sk = _skeleton(model)
     for vi in sk.graph.input:
         dims = (input_shapes or {}).get(vi.name)
@@ -911,6 +912,8 @@ def infer_shapes(model: ModelProto, input_shapes: dict | None = None,
     shapes: dict[str, list[int | None]] = {}
     for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input):
         tt = vi.type.tensor_type
+        if dtypes is not None and tt.elem_type:
+            dtypes[vi.name] = int(tt.elem_type)
         if not tt.HasField("shape"):
             continue
         shapes[vi.name] = [dim_size(d) for d in tt.shape.dim]

@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from onnxprune.core.errors import RuntimeFailure, UsageError
 from onnxprune.passes.base import parse_options
-from onnxprune.passes.lower_to_sparse_ops import LOWERABLE_OPS, MEASURED_MIN_SPEEDUP, LowerToSparseOps
+from onnxprune.passes.lower_to_sparse_ops import LOWERABLE_OPS, MEASURED_MIN_SPEEDUP, LowerToSparseOps, speedup_text
 
 DECIDE_MODES = ("measure", "model")
 # The lowered model is written only when it runs at least this fast relative to the dense one.
@@ -160,6 +161,61 @@ def _keep_dense(stats: dict, speedup: float, still: set[str]) -> None:
             row["reason"] = (f"{row['reason']}; but the whole lowered model ran {speedup:.2f}x "
                              "of the dense one, so the dense model was kept")
     stats["lowered"] = [name for name in stats["lowered"] if name in still]
+    for row in stats.get("rewrites", []):
+        if row["rewritten"]:
+            row["rewritten"] = False
+            row["reason"] = (f"{row['reason']}; but the whole lowered model ran {speedup:.2f}x "
+                             "of the dense one, so the dense model was kept")
+
+
+def _rewritten(stats: dict) -> list[str]:
+    """The LRN nodes the lowering pass rewrote (``lrn.py``)."""
+    return [r["node"] for r in stats.get("rewrites", []) if r["rewritten"]]
+
+
+def _time_lrns(graph, dense_model, feeds, options: dict, timer) -> dict[str, Timing]:
+    """Each LRN of the main graph alone, as a one-node model on the input shape it sees in
+    the model, against its rewrite (its window lowered): ``{node name: Timing}``. An LRN the
+    rewrite does not take is not timed (the pass gives the reason)."""
+    import onnx
+
+    from onnxprune.core.graph import graph_from_model, graph_to_model
+    from onnxprune.runtime.bench import capture_shapes, model_opset, session_for
+
+    from onnxprune.passes.lower_to_sparse_ops import lrn, static_shapes
+
+    dtypes: dict = {}
+    shapes = static_shapes(graph, options.get("input-shapes"), dtypes=dtypes)
+    main = {id(n) for n in graph.nodes}
+    nodes = [n for n in graph.nodes if n.op == "LRN" and
+             not isinstance(lrn.eligibility(n, shapes, dtypes, main), str)]
+    if not nodes:
+        return {}
+    threads = options["threads"]
+    xs = capture_shapes(dense_model, [n.inputs[0].name for n in nodes], feeds, threads)
+    rng = np.random.default_rng(FEED_SEED)
+    timings = {}
+    for node in nodes:
+        shape = xs.get(node.inputs[0].name)
+        if shape is None:
+            continue
+        attrs = {k: v for k, v in node.attrs.items() if k in ("size", "alpha", "beta", "bias")}
+        one = onnx.helper.make_model(onnx.helper.make_graph(
+            [onnx.helper.make_node("LRN", ["x"], ["y"], name=node.name, **attrs)], "lrn",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(shape))],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(shape))]),
+            opset_imports=[onnx.helper.make_opsetid("", model_opset(dense_model))])
+        one.ir_version = dense_model.ir_version
+        result = LowerToSparseOps({"batch": options["batch"], "threads": threads, "measured": {},
+                                   "decompose-lrn": ["*"]})(graph_from_model(one))
+        if not _rewritten(result.stats):
+            continue
+        rewritten = graph_to_model(result.graph, one)
+        x = {"x": rng.standard_normal(shape).astype(np.float32)}
+        dense_s, sparse_s = timer(node.name, session_for(one.SerializeToString(), threads),
+                                  session_for(rewritten.SerializeToString(), threads), x)
+        timings[node.name] = Timing(float(dense_s), float(sparse_s))
+    return timings
 
 
 def _whole(t: "Timing | None", kept: str, cut, attempts: list, reason: str) -> dict:
@@ -200,6 +256,8 @@ class MeasuredLowering:
         self._given = None  # (inputs, where they came from): --data instead of random inputs
         self._values = "fp32"
         self.values_change: dict | None = None
+        self.lrn_timings: dict[str, Timing] = {}
+        self._lrn: dict = {}  # the decompose-lrn option the measurements chose
 
     def options_for(self, options: dict, graph, original) -> dict:
         o = parse_options(LowerToSparseOps.name, LowerToSparseOps.OPTIONS, options)
@@ -208,7 +266,11 @@ class MeasuredLowering:
         if self._values == "fp16":  # the reference its output change is measured against
             self._before, self._batch = graph.copy(), o["batch"]
         if self.decided_by != "measure":
-            # the cost model sizes layers by shape inference: the given shapes go there
+            # the cost model sizes layers by shape inference: the given shapes go there;
+            # it has no figure for LRN, which ONNX Runtime ran 3.5-7.5x slower than its rewrite
+            # on every core measured (lrn.py): rewritten for speed
+            if self.decided_by == "model" and "decompose-lrn" not in options:
+                options = {**options, "decompose-lrn": ["*"]}
             return {**options, **self._shapes_option(original)}
         self._threads, self._batch, self._options = o["threads"], o["batch"], dict(options)
         if self.timer is None:
@@ -220,9 +282,16 @@ class MeasuredLowering:
                 dense_model, feeds = self._dense_inputs(original)
                 self.timings = _time_layers(tagged, tags, original, dense_model, feeds, o,
                                             self.timer, self.progress)
+        if "decompose-lrn" not in options and any(n.op == "LRN" for n in graph.nodes):
+            with self._hinted():
+                dense_model, feeds = self._dense_inputs(original)
+                self.lrn_timings = _time_lrns(graph, dense_model, feeds,
+                                              {**o, **self._shapes_option(original)}, self.timer)
+            self._lrn = {"decompose-lrn": [glob.escape(n) for n, t in self.lrn_timings.items()
+                                           if t.speedup >= MEASURED_MIN_SPEEDUP]}
         # the report's estimates size layers as the timings did
         return {**options, "measured": {n: t.speedup for n, t in self.timings.items()},
-                **self._shapes_option(original)}
+                **self._lrn, **self._shapes_option(original)}
 
     def _shapes_option(self, original) -> dict:
         """The given --input-shape dims as the pass's ``input-shapes`` option, checked against
@@ -292,7 +361,7 @@ class MeasuredLowering:
     def _choose(self, graph, original, stats: dict | None):
         if self.decided_by != "measure" or stats is None:
             return graph
-        if not stats["lowered"]:
+        if not stats["lowered"] and not _rewritten(stats):
             self.whole = _whole(None, "dense", None, [], "no layer was lowered")
             return graph
         from onnxprune.core.graph import graph_to_model
@@ -301,7 +370,7 @@ class MeasuredLowering:
         t = time_whole(dense_model, graph_to_model(graph, original), feeds, self._threads,
                        self.timer)
         attempts = [{"min_layer_speedup": MEASURED_MIN_SPEEDUP, "lowered": len(stats["lowered"]),
-                     "speedup": t.speedup}]
+                     "lrn_rewritten": len(_rewritten(stats)), "speedup": t.speedup}]
         if t.speedup >= WHOLE_MODEL_MIN_SPEEDUP:
             self.whole = _whole(t, "lowered", MEASURED_MIN_SPEEDUP, attempts,
                                 f"lowered {t.speedup:.2f}x of dense (>= {WHOLE_MODEL_MIN_SPEEDUP:g}x)")
@@ -317,9 +386,10 @@ class MeasuredLowering:
                     row["reason"] = (f"measured {timing.speedup:.2f}x, but with every layer >= "
                                      f"{MEASURED_MIN_SPEEDUP}x lowered the whole model ran {t.speedup:.2f}x "
                                      f"of dense; only layers >= {cut}x are lowered")
+            which = "only the LRN rewrites" if cut is None else f"the layers measured >= {cut}x alone"
             self.whole = _whole(ts, "lowered", cut, attempts,
-                                f"lowered {ts.speedup:.2f}x of dense with the layers measured >= "
-                                f"{cut}x alone (all >= {MEASURED_MIN_SPEEDUP}x: {t.speedup:.2f}x)")
+                                f"lowered {ts.speedup:.2f}x of dense with {which} (all >= "
+                                f"{MEASURED_MIN_SPEEDUP}x: {t.speedup:.2f}x)")
             return result.graph
         self.whole = _whole(t, "dense", None, attempts,
                             f"lowered {t.speedup:.2f}x of dense (< {WHOLE_MODEL_MIN_SPEEDUP:g}x)"
@@ -337,18 +407,20 @@ class MeasuredLowering:
         from onnxprune.core.graph import graph_to_model
 
         best = None
-        for cut in SUBSET_CUTS:
-            keep = {n: t.speedup for n, t in self.timings.items() if t.speedup >= cut}
-            if not keep:
-                break
-            result = LowerToSparseOps({**self._options, "measured": keep})(self._before.copy())
+        cuts = [c for c in SUBSET_CUTS if any(t.speedup >= c for t in self.timings.values())]
+        if self._lrn.get("decompose-lrn"):
+            cuts.append(None)  # last, the LRN rewrites alone (their windows are all it lowers)
+        for cut in cuts:
+            keep = {} if cut is None else {n: t.speedup for n, t in self.timings.items() if t.speedup >= cut}
+            result = LowerToSparseOps({**self._options, "measured": keep, **self._lrn})(self._before.copy())
             lowered = set(result.stats["lowered"])
             if lowered == tried:
                 continue
             tried = lowered
             ts = time_whole(dense_model, graph_to_model(result.graph, original), feeds, self._threads,
                             self.timer)
-            attempts.append({"min_layer_speedup": cut, "lowered": len(lowered), "speedup": ts.speedup})
+            attempts.append({"min_layer_speedup": cut, "lowered": len(lowered),
+                             "lrn_rewritten": len(_rewritten(result.stats)), "speedup": ts.speedup})
             if ts.speedup >= WHOLE_MODEL_MIN_SPEEDUP and (best is None or ts.speedup > best[2].speedup):
                 best = (cut, result, ts)
         return best
@@ -390,7 +462,25 @@ class MeasuredLowering:
                 + f"; --expected-batch {self._batch} was not used",
                 "inputs": self._inputs_text() if measuring else None,
                 "threads": self._threads if measuring else None,
-                "layers": rows, "whole_model": self.whole, "values_change": self.values_change}
+                "layers": rows, "rewrites": self._rewrite_rows(stats),
+                "whole_model": self.whole, "values_change": self.values_change}
+
+    def _rewrite_rows(self, stats: dict) -> list[dict]:
+        """The report's row per LRN node: its timing against its rewrite and the decision."""
+        rows = []
+        for r in stats.get("rewrites", []):
+            t = self.lrn_timings.get(r["node"])
+            reason = r["reason"]
+            if t is not None:
+                measured = f"measured {speedup_text(t.speedup, MEASURED_MIN_SPEEDUP)}x"
+                reason = (f"{measured} >= {MEASURED_MIN_SPEEDUP}x; {reason}" if r["rewritten"] or
+                          t.speedup >= MEASURED_MIN_SPEEDUP else f"{measured} < {MEASURED_MIN_SPEEDUP}x")
+            elif r["rewritten"] and self.decided_by == "model":
+                reason = f"{reason} (not timed: ONNX Runtime's LRN ran 3.5-7.5x slower on every core measured)"
+            rows.append({"node": r["node"], "op": r["op"], "dense_s": t.dense_s if t else None,
+                         "rewritten_s": t.sparse_s if t else None, "speedup": t.speedup if t else None,
+                         "rewritten": r["rewritten"], "window": r["window"], "reason": reason})
+        return rows
 
 
 def lower_as_measured(dense_model, feeds: dict, batch: int, threads: int, timer: Timer | None = None):

@@ -54,16 +54,26 @@ convolutions, strided SAME padding on an input of unknown size) are kept and rep
 reason.
 A 1-D convolution lowers to the 1-D CsrConv of op-set 4 (kernel_shape [k]).
 
+Before the layers are found, each main-graph LRN matching a ``decompose-lrn`` glob is rewritten
+into the standard ops it is (``lrn.py``: Mul, a 1x1 window Conv, Sqrt/Pow, Div), which ONNX
+Runtime runs several times faster than its own LRN; the window Conv is then a layer like any
+other, lowered whenever eligible (it was measured with its LRN) and never when the ``never``
+list names it. ``stats["rewrites"]`` has a row per main-graph LRN: rewritten or not, and why.
+The measured decision (``onnxprune.runtime.lowering``) times each LRN against its rewrite and
+names the winners; ``--decide model`` names all; the size objective none.
+
 Invariants: graph inputs and outputs are unchanged; a lowered node keeps its name and output
-tensor (the activation's output when one is folded in); the graph gains the opset import
-(``ai.onnxprune``, 1) iff a node was lowered — op-set 2 when a CsrConv carries an activation,
-3 when a CsrGemm does or an activation is Gelu, 4 when a CsrConv is 1-D, 5 when a CsrConv reads
-a residual Z, 6 when a CsrGemm does; the node list stays topologically sorted.
+tensor (the activation's output when one is folded in; a rewritten LRN's output is written by
+its final Div); the graph gains the opset import (``ai.onnxprune``, 1) iff a node was
+lowered — op-set 2 when a CsrConv carries an activation, 3 when a CsrGemm does or an
+activation is Gelu, 4 when a CsrConv is 1-D, 5 when a CsrConv reads a residual Z, 6 when a
+CsrGemm does; the node list stays topologically sorted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from typing import Any, Callable
 
@@ -78,6 +88,7 @@ from onnxprune.runtime_ops import DOMAIN
 from onnxprune.runtime_ops.csr import compact_csr, csr_nbytes
 
 from . import cost_model as cost
+from . import lrn as lrn_rewrite
 from .activations import FusedActivation, fusable_activation
 from ..base import (Option, Pass, PassError, PassResult, check_choice, check_float, check_int, check_optional,
                    check_str_list, parse_options)
@@ -439,16 +450,17 @@ def _kernel_area(plan: _Plan) -> int | None:
 
 
 def static_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = None,
-                  symbols: dict | None = None) -> dict[str, list[int | None]]:
+                  symbols: dict | None = None, dtypes: dict | None = None) -> dict[str, list[int | None]]:
     """Tensor shapes from ONNX shape inference, without copying the graph's weights; the graph
     inputs named in ``input_shapes`` take those dims (``--input-shape``) for the inference.
-    ``symbols``, when given, is filled with each tensor's dims' symbols (``infer_shapes``)."""
+    ``symbols`` and ``dtypes``, when given, are filled with each tensor's dims' symbols and its
+    element type (``infer_shapes``)."""
     original = onnx.ModelProto()
     original.ir_version = onnx.IR_VERSION
     original.opset_import.extend(graph.import_domains or
                                  [onnx.helper.make_opsetid("", graph.opset)])
     model, _ = export_with_placeholders(graph, original)
-    return infer_shapes(model, input_shapes, symbols)
+    return infer_shapes(model, input_shapes, symbols, dtypes)
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
@@ -548,6 +560,9 @@ class LowerToSparseOps(Pass):
                "layer name -> speed-up t_dense / t_csr measured on the machine that will run "
                "the model (what onnxprune lower measures); when given it decides instead of "
                "the cost model, and a layer it does not name stays dense"),
+        Option("decompose-lrn", check_str_list, (),
+               "LRN node-name globs rewritten into Mul, a 1x1 window Conv (lowered with them), "
+               "Sqrt/Pow and Div, which run faster than ONNX Runtime's LRN (lrn.py)"),
     )
 
     def __init__(self, options: dict | None = None):
@@ -561,6 +576,8 @@ class LowerToSparseOps(Pass):
         self.measured: dict[str, float] | None = o["measured"]
         self.values: str = o["values"]
         self.input_shapes: dict[str, list[int]] | None = o["input-shapes"]
+        self.decompose_lrn: tuple[str, ...] = o["decompose-lrn"]
+        self._window_of: dict[int, str] = {}  # id(window Conv) -> the LRN it came from
 
     # ------------------------------------------------------------------ planning
 
@@ -598,8 +615,14 @@ class LowerToSparseOps(Pass):
         return plans
 
     def _forced(self, layer: Layer) -> bool:
-        """In the force list and not in the never list (never wins, as in ``_decide``)."""
-        return _glob_match(layer, self.force) and not _glob_match(layer, self.never)
+        """In the force list, or an LRN's window, and not in the never list (never wins, as in
+        ``_decide``)."""
+        return (_glob_match(layer, self.force) or self._window(layer) is not None) and \
+            not _glob_match(layer, self.never)
+
+    def _window(self, layer: Layer) -> str | None:
+        """The LRN whose window sum ``layer`` is (``lrn.py``), None for any other layer."""
+        return self._window_of.get(id(layer.nodes[0])) if layer.nodes else None
 
     def _needs_cost_model(self, layer: Layer) -> bool:
         """Whether ``_decide`` asks the cost model about ``layer`` (which needs its output
@@ -614,6 +637,8 @@ class LowerToSparseOps(Pass):
             return False, "in the never list"
         if _glob_match(layer, self.force):
             return True, "forced"
+        if self._window(layer) is not None:
+            return True, f"window sum of LRN {self._window(layer)}, lowered with its rewrite"
         if self.max_density is not None:
             if density <= self.max_density:
                 return True, f"density {density:.1%} <= max-density {self.max_density:.1%}"
@@ -628,8 +653,8 @@ class LowerToSparseOps(Pass):
             return _decide_measured(self.measured.get(layer.name))
         speedup = _combined_speedup(estimates)
         if speedup >= cost.MIN_SPEEDUP:
-            return True, f"cost model: {_vs(speedup, cost.MIN_SPEEDUP)}x >= {cost.MIN_SPEEDUP}x"
-        return False, f"cost model: {_vs(speedup, cost.MIN_SPEEDUP)}x < {cost.MIN_SPEEDUP}x"
+            return True, f"cost model: {speedup_text(speedup, cost.MIN_SPEEDUP)}x >= {cost.MIN_SPEEDUP}x"
+        return False, f"cost model: {speedup_text(speedup, cost.MIN_SPEEDUP)}x < {cost.MIN_SPEEDUP}x"
 
     # ------------------------------------------------------------------ the pass
 
@@ -651,7 +676,43 @@ class LowerToSparseOps(Pass):
             return static_shapes(graph, self.input_shapes)
         return self._own_shapes
 
+    def _rewrite_lrns(self, graph: gs.Graph) -> list[dict]:
+        """Every main-graph LRN matching ``decompose-lrn`` rewritten (``lrn.py``), its window
+        Conv recorded as its layer; a row per LRN node for the report."""
+        self._window_of = {}
+        nodes = [n for n in graph.nodes if n.op == "LRN"]
+        if not nodes:
+            return []
+        dtypes: dict = {}
+        shapes = static_shapes(graph, self.input_shapes, dtypes=dtypes) if self.decompose_lrn else {}
+        main = {id(n) for n in graph.nodes}
+        tensor_names = set(graph.tensors().keys())
+        node_names = {n.name for n in graph.nodes}
+        rows = []
+        for node in nodes:
+            name = node.name
+            row = {"node": name, "op": "LRN", "rewritten": False, "window": None, "reason": None}
+            rows.append(row)
+            if not any(fnmatch.fnmatchcase(name, g) for g in self.decompose_lrn):
+                row["reason"] = "not in the decompose-lrn list"
+                continue
+            found = lrn_rewrite.eligibility(node, shapes, dtypes, main)
+            if isinstance(found, str):
+                row["reason"] = found
+                continue
+            params, channels = found
+            window = lrn_rewrite.decompose(graph, node, params, channels, tensor_names, node_names)
+            self._window_of[id(window)] = name
+            row.update(rewritten=True, window=window.name,
+                       reason=f"rewritten: {channels}-channel window of {min(params.size, channels)} "
+                              f"as a 1x1 Conv, ^{params.beta:g} as "
+                              f"{'·'.join(lrn_rewrite.power_steps(params.beta)) or 'itself'}")
+        if self._window_of:
+            graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
+        return rows
+
     def run(self, graph: gs.Graph, progress=None) -> PassResult:
+        rewrites = self._rewrite_lrns(graph)
         layers, _ = find_layers(graph)
         graph_outputs = {id(t) for t in graph.outputs}
         shapes = self._shapes(graph, layers)
@@ -735,14 +796,15 @@ class LowerToSparseOps(Pass):
                 domains.append(onnx.helper.make_opsetid(DOMAIN, version))
             graph.import_domains = domains
         lowered = [r["name"] for r in rows if r["lowered"]]
-        return PassResult(graph, lowered_any, {
+        return PassResult(graph, lowered_any or bool(self._window_of), {
             "domain": DOMAIN,
             "options": {"batch": self.batch, "threads": self.threads, "force": list(self.force),
                         "never": list(self.never), "max-density": self.max_density,
                         "objective": self.objective, "measured": self.measured,
-                        "values": self.values},
+                        "values": self.values, "decompose-lrn": list(self.decompose_lrn)},
             "lowered": lowered,
             "layers": rows,
+            "rewrites": rewrites,
         })
 
     def _encode(self, layer: Layer, plan: _Plan, w: np.ndarray
@@ -842,7 +904,7 @@ def _absorb(graph: gs.Graph, node: gs.Node, chain: list[gs.Node]) -> list[gs.Ten
     return outside
 
 
-def _vs(speedup: float, limit: float) -> str:
+def speedup_text(speedup: float, limit: float) -> str:
     """``speedup`` to two decimals, or as many more as it takes not to read as the limit it
     is compared with (1.0976 is "1.098x < 1.1x", not "1.10x < 1.1x")."""
     for digits in range(2, 10):
@@ -856,8 +918,8 @@ def _decide_measured(speedup: float | None) -> tuple[bool, str]:
     if speedup is None:
         return False, "not measured"
     if speedup >= MEASURED_MIN_SPEEDUP:
-        return True, f"measured {_vs(speedup, MEASURED_MIN_SPEEDUP)}x >= {MEASURED_MIN_SPEEDUP}x"
-    return False, f"measured {_vs(speedup, MEASURED_MIN_SPEEDUP)}x < {MEASURED_MIN_SPEEDUP}x"
+        return True, f"measured {speedup_text(speedup, MEASURED_MIN_SPEEDUP)}x >= {MEASURED_MIN_SPEEDUP}x"
+    return False, f"measured {speedup_text(speedup, MEASURED_MIN_SPEEDUP)}x < {MEASURED_MIN_SPEEDUP}x"
 
 
 def _first_row(layer: Layer, plans: list[_Plan] | None, nnz: int | None, skip: str | None) -> dict:
