@@ -144,8 +144,9 @@ def test_the_lrn_output_stays_the_graph_output_and_feeds_its_users():
         seen.update(n.output)
 
 
-def test_opset_1_lrn_and_names_already_taken():
-    model = lrn_model(c=8, opset=11)
+@pytest.mark.parametrize("opset", [7, 11])
+def test_older_opsets_and_names_already_taken(opset):
+    model = lrn_model(c=8, opset=opset)
     # a tensor already named like the rewrite's first choice
     model.graph.node.append(helper.make_node("Identity", ["y"], ["norm.square"], name="norm/square"))
     model.graph.output.append(helper.make_tensor_value_info("norm.square", TensorProto.FLOAT, None))
@@ -169,12 +170,15 @@ def test_opset_1_lrn_and_names_already_taken():
     ("zero_size", "size 0 is not an integer >= 1"),
     ("zero_alpha", "alpha 0 <= 0"),
     ("negative_beta", "beta -0.5 <= 0"),
+    ("int_alpha", "alpha 1 is not a float attribute"),
+    ("opset6", "op-set 6 is below 7"),
 ])
 def test_an_lrn_the_rewrite_cannot_take_stays_with_the_reason(case, reason, monkeypatch):
     kw = {"float16": dict(dtype=TensorProto.FLOAT16, conv_after=False), "rank3": dict(rank=3, conv_after=False),
           "symbolic_c": dict(channels="C", conv_after=False), "even": dict(size=4),
           "too_many": dict(c=4), "nan_alpha": dict(alpha=float("nan")), "zero_size": dict(size=0),
-          "zero_alpha": dict(alpha=0.0), "negative_beta": dict(beta=-0.5)}[case]
+          "zero_alpha": dict(alpha=0.0), "negative_beta": dict(beta=-0.5), "int_alpha": dict(alpha=1),
+          "opset6": dict(opset=6)}[case]
     if case == "too_many":
         monkeypatch.setattr(lrn, "MAX_CHANNELS", 3)
     model = lrn_model(**kw)
@@ -182,6 +186,30 @@ def test_an_lrn_the_rewrite_cannot_take_stays_with_the_reason(case, reason, monk
     (row,) = stats["rewrites"]
     assert not row["rewritten"] and reason in row["reason"], row["reason"]
     assert [n.op_type for n in lowered.graph.node].count("LRN") == 1
+
+
+def test_an_unnamed_lrn_goes_by_its_output():
+    model = lrn_model(c=8)
+    model.graph.node[0].name = ""
+    lowered, stats = _rewrite(model)
+    (row,) = stats["rewrites"]
+    assert row["node"] == "n" and row["rewritten"] and row["window"] == "n/window"
+    x = np.random.default_rng(0).standard_normal((1, 8, 7, 7)).astype(np.float32)
+    np.testing.assert_allclose(_run(lowered, x)["y"], _run(model, x)["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_fp16_values_keep_the_window_in_fp32():
+    """α/size = 2e-5 is subnormal in float16 (and 1e-8 / 5 rounds to zero)."""
+    model = lrn_model(c=16, alpha=1e-8)
+    lowered, stats = _rewrite(model, values="fp16", force=["conv"])
+    rows = {r["name"]: r for r in stats["layers"]}
+    assert rows["norm/window"]["values_dtype"] == "float32"
+    assert "values kept fp32: an LRN window" in rows["norm/window"]["reason"]
+    assert rows["conv"]["values_dtype"] == "float16"
+    alone = lrn_model(c=16, alpha=1e-8, conv_after=False)
+    lowered, _ = _rewrite(alone, values="fp16")
+    x = np.random.default_rng(0).standard_normal((1, 16, 7, 7)).astype(np.float32) * 1e4
+    np.testing.assert_allclose(_run(lowered, x)["n"], reference_lrn(x, 5, 1e-8, 0.75, 1.0), rtol=2e-6)
 
 
 def test_an_lrn_inside_a_subgraph_is_left_alone():
@@ -283,6 +311,25 @@ def test_cli_says_what_it_rewrote(tmp_path, capsys):
     assert path.read_bytes() == before
     code, _, _ = run_cli(["lower", str(path), "-o", str(tmp_path / "o2.onnx"), "--decide", "model"], capsys)
     assert (tmp_path / "o.onnx").read_bytes() == (tmp_path / "o2.onnx").read_bytes()
+
+
+def test_cli_says_why_an_lrn_was_kept_without_any_layer(tmp_path, capsys):
+    model = lrn_model(c=16, channels="C", conv_after=False)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    code, _, err = run_cli(["lower", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"),
+                            "--decide", "model"], capsys)
+    assert code == 0, err
+    assert "no prunable layer found; the model was written unchanged" in err
+    assert "sparse-ops: kept    norm (LRN: its channel count is unknown" in err
+
+
+def test_the_measured_decision_names_an_unnamed_lrn_by_its_output(tmp_path):
+    model = lrn_model(c=16, hw=9)
+    model.graph.node[0].name = ""
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    report = lower(str(tmp_path / "m.onnx"), str(tmp_path / "o.onnx"), timer=fake_timer({"conv": 2.0, "n": 5.0}, 3.0))
+    (row,) = report["lowering"]["rewrites"]
+    assert row["node"] == "n" and row["rewritten"] and row["speedup"] == pytest.approx(5.0)
 
 
 def _ops(path):

@@ -77,13 +77,16 @@ def cmd_lower(args, console: Console) -> int:
     write_json(report, args.json)
     layers = report["sparse_ops"]["layers"]
     before = report["sparse_ops"]["already_lowered"]
+    changed = any(r["rewritten"] for r in report["sparse_ops"]["rewrites"])
     if layers:
-        console.info("\n".join(layer_lines(layers) + rewrite_lines(report)))
+        console.info("\n".join(layer_lines(layers)))
     elif before:
         console.info(f"the model is already lowered ({before} sparse-op node(s)) and has no dense "
-                     "prunable layer left; it was written unchanged")
+                     "prunable layer left" + ("" if changed else "; it was written unchanged"))
     else:
-        console.info("no prunable layer found; the model was written unchanged")
+        console.info("no prunable layer found" + ("" if changed else "; the model was written unchanged"))
+    for line in rewrite_lines(report):
+        console.info(line)
     for line in (whole_model_line(report["lowering"]), values_line(report["lowering"]),
                  batch_line(report["lowering"])):
         if line:

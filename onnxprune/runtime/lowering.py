@@ -188,7 +188,7 @@ def _time_lrns(graph, dense_model, feeds, options: dict, timer) -> dict[str, Tim
     shapes = static_shapes(graph, options.get("input-shapes"), dtypes=dtypes)
     main = {id(n) for n in graph.nodes}
     nodes = [n for n in graph.nodes if n.op == "LRN" and
-             not isinstance(lrn.eligibility(n, shapes, dtypes, main), str)]
+             not isinstance(lrn.eligibility(n, shapes, dtypes, main, graph.opset), str)]
     if not nodes:
         return {}
     threads = options["threads"]
@@ -201,7 +201,7 @@ def _time_lrns(graph, dense_model, feeds, options: dict, timer) -> dict[str, Tim
             continue
         attrs = {k: v for k, v in node.attrs.items() if k in ("size", "alpha", "beta", "bias")}
         one = onnx.helper.make_model(onnx.helper.make_graph(
-            [onnx.helper.make_node("LRN", ["x"], ["y"], name=node.name, **attrs)], "lrn",
+            [onnx.helper.make_node("LRN", ["x"], ["y"], name=lrn.label(node), **attrs)], "lrn",
             [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(shape))],
             [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(shape))]),
             opset_imports=[onnx.helper.make_opsetid("", model_opset(dense_model))])
@@ -212,9 +212,9 @@ def _time_lrns(graph, dense_model, feeds, options: dict, timer) -> dict[str, Tim
             continue
         rewritten = graph_to_model(result.graph, one)
         x = {"x": rng.standard_normal(shape).astype(np.float32)}
-        dense_s, sparse_s = timer(node.name, session_for(one.SerializeToString(), threads),
+        dense_s, sparse_s = timer(lrn.label(node), session_for(one.SerializeToString(), threads),
                                   session_for(rewritten.SerializeToString(), threads), x)
-        timings[node.name] = Timing(float(dense_s), float(sparse_s))
+        timings[lrn.label(node)] = Timing(float(dense_s), float(sparse_s))
     return timings
 
 

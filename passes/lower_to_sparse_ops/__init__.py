@@ -690,13 +690,13 @@ class LowerToSparseOps(Pass):
         node_names = {n.name for n in graph.nodes}
         rows = []
         for node in nodes:
-            name = node.name
+            name = lrn_rewrite.label(node)
             row = {"node": name, "op": "LRN", "rewritten": False, "window": None, "reason": None}
             rows.append(row)
             if not any(fnmatch.fnmatchcase(name, g) for g in self.decompose_lrn):
                 row["reason"] = "not in the decompose-lrn list"
                 continue
-            found = lrn_rewrite.eligibility(node, shapes, dtypes, main)
+            found = lrn_rewrite.eligibility(node, shapes, dtypes, main, graph.opset)
             if isinstance(found, str):
                 row["reason"] = found
                 continue
@@ -813,6 +813,9 @@ class LowerToSparseOps(Pass):
         note when float16 was asked but the layer keeps float32."""
         rows = _ROWS_BY_OUTPUT[layer.op](plan.node, w)
         deltas = self.objective == "size"
+        if self.values == "fp16" and self._window(layer) is not None:
+            # α/size (2e-5 in AlexNet) is subnormal or zero in float16
+            return compact_csr(rows, deltas=deltas), "values kept fp32: an LRN window's α/size"
         if self.values == "fp16":
             try:
                 return compact_csr(rows, np.float16, deltas), None

@@ -23,12 +23,14 @@ dense window: 12.0 against 1.6 ms; docs/BENCHMARKS.md).
 Exactness: the same sum and power, with the window's products α/size·x² summed in another
 order and x^¾ as √x·⁴√x instead of ``pow``: a few float32 ulps (≤ 3e-7 relative measured).
 
-Eligible: an LRN of the main graph over a float32 4-D input whose channel count C shape
-inference knows, 1 <= C <= ``MAX_CHANNELS`` (W is built dense, C² floats, before the
-lowering encodes it), with finite α > 0, β > 0 and bias and an odd size (what ONNX Runtime's LRN accepts; the
-others it refuses, so there is no result to match; ``window_weight`` follows the ONNX
-definition for even sizes too).  Any other LRN stays as it is,
-with the reason.
+Eligible: an LRN of the main graph, in a model of op-set 7 or later (ONNX Runtime has no
+kernels for the Mul and Div of op-sets 1-6, in which AlexNet was first published), over a
+float32 4-D input whose channel count C shape inference knows, 1 <= C <= ``MAX_CHANNELS``
+(W is built dense, C² floats, before the lowering encodes it), with float attributes α > 0,
+β > 0 and bias, finite, and an odd size (what ONNX Runtime's LRN accepts; the others it
+refuses, so there is no result to match; ``window_weight`` follows the ONNX definition for
+even sizes too).  Any other LRN stays as it is, with the reason.  The window's CSR values
+stay float32 under ``--sparse-values fp16`` (α/size, 2e-5 in AlexNet, is subnormal there).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class LrnParams:
     alpha: float
     beta: float
     bias: float
+
+
+def label(node: gs.Node) -> str:
+    """The name an LRN goes by in options and reports: its own, or its output's when unnamed."""
+    return node.name or (node.outputs[0].name if node.outputs else "")
 
 
 def window_weight(channels: int, size: int, alpha: float) -> np.ndarray:
@@ -82,8 +89,9 @@ def params_of(node: gs.Node) -> LrnParams | str:
     values = {}
     for key, default in ONNX_DEFAULTS.items():
         v = node.attrs.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or \
-                not math.isfinite(float(v)):
+        if not isinstance(v, (float, np.floating)):  # ONNX declares them FLOAT attributes
+            return f"{key} {v!r} is not a float attribute"
+        if not math.isfinite(float(v)):
             return f"{key} {v!r} is not a finite number"
         values[key] = float(np.float32(v))  # ONNX stores them as float32
     for key in ("alpha", "beta"):
@@ -92,10 +100,20 @@ def params_of(node: gs.Node) -> LrnParams | str:
     return LrnParams(int(size), values["alpha"], values["beta"], values["bias"])
 
 
-def eligibility(node: gs.Node, shapes: dict, dtypes: dict, main: set[int]) -> tuple[LrnParams, int] | str:
-    """(params, C) when ``node`` can be decomposed, else the reason it stays an LRN."""
+# Mul, Div, Sqrt and Pow as ONNX Runtime implements them (their op-set 7 forms, broadcasting
+# without the attribute of op-sets 1-6, which ONNX Runtime has no kernels for).
+MIN_OPSET = 7
+
+
+def eligibility(node: gs.Node, shapes: dict, dtypes: dict, main: set[int],
+                opset: int) -> tuple[LrnParams, int] | str:
+    """(params, C) when ``node`` can be decomposed in a graph of default-domain ``opset``, else
+    the reason it stays an LRN."""
     if id(node) not in main:
         return "inside a subgraph: only main-graph nodes are rewritten"
+    if opset < MIN_OPSET:
+        return (f"the model's op-set {opset} is below {MIN_OPSET}: ONNX Runtime has no kernels for "
+                "the Mul and Div of that op-set")
     if (node.domain or "") not in ("", "ai.onnx") or len(node.inputs) != 1 or len(node.outputs) != 1:
         return "not a standard one-input LRN"
     params = params_of(node)
@@ -118,16 +136,19 @@ def eligibility(node: gs.Node, shapes: dict, dtypes: dict, main: set[int]) -> tu
 def decompose(graph: gs.Graph, node: gs.Node, params: LrnParams, channels: int,
               tensor_names: set[str], node_names: set[str]) -> gs.Node:
     """Replaces ``node`` in ``graph`` by the ops of the module doc; its output tensor is kept
-    (written by the final Div). Returns the window Conv, named ``<node>/window``."""
+    (written by the final Div). Returns the window Conv, named ``<node>/window`` (``<output
+tensor>/window`` for an unnamed node)."""
+
+    base = label(node)
 
     def tensor(suffix: str, values: np.ndarray | None = None) -> gs.Tensor:
-        name = _unique(f"{node.name or node.outputs[0].name}.{suffix}", tensor_names)
+        name = _unique(f"{base}.{suffix}", tensor_names)
         # no dtype on the new tensors: a typed value_info without a shape fails onnx.checker
         return gs.Constant(name, values) if values is not None else gs.Variable(name)
 
     def add(op: str, suffix: str, inputs: list[gs.Tensor], output: gs.Tensor | None = None) -> gs.Tensor:
         out = output if output is not None else tensor(suffix)
-        new = gs.Node(op, _unique(f"{node.name}/{suffix}", node_names), inputs=inputs, outputs=[out])
+        new = gs.Node(op, _unique(f"{base}/{suffix}", node_names), inputs=inputs, outputs=[out])
         graph.nodes.append(new)
         return out
 
