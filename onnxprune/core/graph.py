@@ -890,6 +890,15 @@ def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
     return sk
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``… the first not in ``taken``; added to ``taken``."""
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
 def infer_shapes(model: ModelProto, input_shapes: dict | None = None,
                  symbols: dict | None = None, dtypes: dict | None = None) -> dict[str, list[int | None]]:
     """Tensor name → shape (None for unknown/symbolic dims); empty on failure. The graph

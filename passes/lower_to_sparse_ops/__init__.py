@@ -83,7 +83,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.core.errors import UsageError
 from onnxprune.core.graph import (Layer, const_source, export_with_placeholders, find_layers,
-                             infer_shapes, is_absent, weight_values)
+                             infer_shapes, is_absent, unique_name, weight_values)
 from onnxprune.runtime_ops import DOMAIN
 from onnxprune.runtime_ops.csr import compact_csr, csr_nbytes
 
@@ -463,14 +463,6 @@ def static_shapes(graph: gs.Graph, input_shapes: dict[str, list[int]] | None = N
     return infer_shapes(model, input_shapes, symbols, dtypes)
 
 
-def _unique_name(base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
-
-
 def _drop_dangling_producers(graph: gs.Graph, t: gs.Tensor, outputs: set[int]) -> None:
     """Remove the Constant/Identity chain that only fed a rewritten weight input."""
     while isinstance(t, gs.Variable) and not t.outputs and id(t) not in outputs \
@@ -835,9 +827,9 @@ class LowerToSparseOps(Pass):
                 suffix = "" if len(csr) == 0 else f"_{plan.orientation}"
                 base = layer.weight_name + suffix
                 csr[plan.orientation] = (
-                    gs.Constant(_unique_name(f"{base}.csr_values", taken), values),
-                    gs.Constant(_unique_name(f"{base}.csr_col_idx", taken), col_idx),
-                    gs.Constant(_unique_name(f"{base}.csr_row_ptr", taken), row_ptr),
+                    gs.Constant(unique_name(f"{base}.csr_values", taken), values),
+                    gs.Constant(unique_name(f"{base}.csr_col_idx", taken), col_idx),
+                    gs.Constant(unique_name(f"{base}.csr_row_ptr", taken), row_ptr),
                 )
             node = plan.node
             old_weight = node.inputs[1]
@@ -845,7 +837,7 @@ class LowerToSparseOps(Pass):
             new_inputs = [x, *csr[plan.orientation]]
             folded_bias = _bn_folded_bias(plan)
             if folded_bias is not None:
-                new_inputs.append(gs.Constant(_unique_name(f"{layer.weight_name}.bn_bias", taken),
+                new_inputs.append(gs.Constant(unique_name(f"{layer.weight_name}.bn_bias", taken),
                                               folded_bias))
             elif plan.bias is not None:
                 new_inputs.append(plan.bias)

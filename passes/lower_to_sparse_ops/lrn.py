@@ -42,6 +42,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxprune.core.graph import unique_name
+
 # W is C x C float32 before the lowering encodes it: 64 MiB at this bound.
 MAX_CHANNELS = 4096
 
@@ -142,13 +144,13 @@ tensor>/window`` for an unnamed node)."""
     base = label(node)
 
     def tensor(suffix: str, values: np.ndarray | None = None) -> gs.Tensor:
-        name = _unique(f"{base}.{suffix}", tensor_names)
+        name = unique_name(f"{base}.{suffix}", tensor_names)
         # no dtype on the new tensors: a typed value_info without a shape fails onnx.checker
         return gs.Constant(name, values) if values is not None else gs.Variable(name)
 
     def add(op: str, suffix: str, inputs: list[gs.Tensor], output: gs.Tensor | None = None) -> gs.Tensor:
         out = output if output is not None else tensor(suffix)
-        new = gs.Node(op, _unique(f"{base}/{suffix}", node_names), inputs=inputs, outputs=[out])
+        new = gs.Node(op, unique_name(f"{base}/{suffix}", node_names), inputs=inputs, outputs=[out])
         graph.nodes.append(new)
         return out
 
@@ -173,11 +175,3 @@ tensor>/window`` for an unnamed node)."""
             d = add("Mul", "power", [root, d])
     add("Div", "normalize", [x, d], output=y)
     return window
-
-
-def _unique(base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
