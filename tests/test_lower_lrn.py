@@ -287,6 +287,8 @@ def test_the_lrn_rewrites_alone_are_tried_last(tmp_path):
     assert [a["min_layer_speedup"] for a in whole["attempts"]] == [1.1, None]
     assert "only the LRN rewrites" in whole["reason"]
     assert report["sparse_ops"]["lowered"] == ["norm/window"]
+    conv = next(r for r in report["sparse_ops"]["layers"] if r["name"] == "conv")
+    assert conv["reason"].endswith("whole model ran 0.90x of dense; only the LRN rewrites are kept")
     assert "LRN" not in _ops(tmp_path / "o.onnx") and "Conv" in _ops(tmp_path / "o.onnx")
 
 

@@ -383,9 +383,10 @@ class MeasuredLowering:
             for row in stats["layers"]:
                 timing = self.timings.get(row["name"])
                 if not row["lowered"] and timing is not None and timing.speedup >= MEASURED_MIN_SPEEDUP:
+                    kept = "only the LRN rewrites are kept" if cut is None else f"only layers >= {cut}x are lowered"
                     row["reason"] = (f"measured {timing.speedup:.2f}x, but with every layer >= "
                                      f"{MEASURED_MIN_SPEEDUP}x lowered the whole model ran {t.speedup:.2f}x "
-                                     f"of dense; only layers >= {cut}x are lowered")
+                                     f"of dense; {kept}")
             which = "only the LRN rewrites" if cut is None else f"the layers measured >= {cut}x alone"
             self.whole = _whole(ts, "lowered", cut, attempts,
                                 f"lowered {ts.speedup:.2f}x of dense with {which} (all >= "
