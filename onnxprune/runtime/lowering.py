@@ -41,7 +41,8 @@ import numpy as np
 
 from onnxprune.core.errors import RuntimeFailure, UsageError
 from onnxprune.passes.base import parse_options
-from onnxprune.passes.lower_to_sparse_ops import LOWERABLE_OPS, MEASURED_MIN_SPEEDUP, LowerToSparseOps, speedup_text
+from onnxprune.passes.lower_to_sparse_ops import (LOWERABLE_OPS, MEASURED_MIN_SPEEDUP, LowerToSparseOps,
+                                                 decide_measured)
 
 DECIDE_MODES = ("measure", "model")
 # The lowered model is written only when it runs at least this fast relative to the dense one.
@@ -186,9 +187,8 @@ def _time_lrns(graph, dense_model, feeds, options: dict, timer) -> dict[str, Tim
 
     dtypes: dict = {}
     shapes = static_shapes(graph, options.get("input-shapes"), dtypes=dtypes)
-    main = {id(n) for n in graph.nodes}
     nodes = [n for n in graph.nodes if n.op == "LRN" and
-             not isinstance(lrn.eligibility(n, shapes, dtypes, main, graph.opset), str)]
+             not isinstance(lrn.eligibility(n, shapes, dtypes, graph.opset), str)]
     if not nodes:
         return {}
     threads = options["threads"]
@@ -473,9 +473,8 @@ class MeasuredLowering:
             t = self.lrn_timings.get(r["node"])
             reason = r["reason"]
             if t is not None:
-                measured = f"measured {speedup_text(t.speedup, MEASURED_MIN_SPEEDUP)}x"
-                reason = (f"{measured} >= {MEASURED_MIN_SPEEDUP}x; {reason}" if r["rewritten"] or
-                          t.speedup >= MEASURED_MIN_SPEEDUP else f"{measured} < {MEASURED_MIN_SPEEDUP}x")
+                won, measured = decide_measured(t.speedup)
+                reason = f"{measured}; {reason}" if won else measured
             elif r["rewritten"] and self.decided_by == "model":
                 reason = (f"{reason} (not timed: ONNX Runtime's LRN ran 4.4-10.6x slower than the "
                           "rewrite on every core measured)")

@@ -642,11 +642,11 @@ class LowerToSparseOps(Pass):
                 return True, f"size: CSR {csr_bytes} B < dense {dense_bytes} B"
             return False, f"size: CSR {csr_bytes} B >= dense {dense_bytes} B"
         if self.measured is not None:
-            return _decide_measured(self.measured.get(layer.name))
+            return decide_measured(self.measured.get(layer.name))
         speedup = _combined_speedup(estimates)
         if speedup >= cost.MIN_SPEEDUP:
-            return True, f"cost model: {speedup_text(speedup, cost.MIN_SPEEDUP)}x >= {cost.MIN_SPEEDUP}x"
-        return False, f"cost model: {speedup_text(speedup, cost.MIN_SPEEDUP)}x < {cost.MIN_SPEEDUP}x"
+            return True, f"cost model: {_vs(speedup, cost.MIN_SPEEDUP)}x >= {cost.MIN_SPEEDUP}x"
+        return False, f"cost model: {_vs(speedup, cost.MIN_SPEEDUP)}x < {cost.MIN_SPEEDUP}x"
 
     # ------------------------------------------------------------------ the pass
 
@@ -677,7 +677,6 @@ class LowerToSparseOps(Pass):
             return []
         dtypes: dict = {}
         shapes = static_shapes(graph, self.input_shapes, dtypes=dtypes) if self.decompose_lrn else {}
-        main = {id(n) for n in graph.nodes}
         tensor_names = set(graph.tensors().keys())
         node_names = {n.name for n in graph.nodes}
         rows = []
@@ -688,7 +687,7 @@ class LowerToSparseOps(Pass):
             if not any(fnmatch.fnmatchcase(name, g) for g in self.decompose_lrn):
                 row["reason"] = "not in the decompose-lrn list"
                 continue
-            found = lrn_rewrite.eligibility(node, shapes, dtypes, main, graph.opset)
+            found = lrn_rewrite.eligibility(node, shapes, dtypes, graph.opset)
             if isinstance(found, str):
                 row["reason"] = found
                 continue
@@ -899,7 +898,7 @@ def _absorb(graph: gs.Graph, node: gs.Node, chain: list[gs.Node]) -> list[gs.Ten
     return outside
 
 
-def speedup_text(speedup: float, limit: float) -> str:
+def _vs(speedup: float, limit: float) -> str:
     """``speedup`` to two decimals, or as many more as it takes not to read as the limit it
     is compared with (1.0976 is "1.098x < 1.1x", not "1.10x < 1.1x")."""
     for digits in range(2, 10):
@@ -909,12 +908,13 @@ def speedup_text(speedup: float, limit: float) -> str:
     return repr(float(speedup))
 
 
-def _decide_measured(speedup: float | None) -> tuple[bool, str]:
+def decide_measured(speedup: float | None) -> tuple[bool, str]:
+    """Whether a measured speed-up lowers (>= ``MEASURED_MIN_SPEEDUP``), and the reason's text."""
     if speedup is None:
         return False, "not measured"
     if speedup >= MEASURED_MIN_SPEEDUP:
-        return True, f"measured {speedup_text(speedup, MEASURED_MIN_SPEEDUP)}x >= {MEASURED_MIN_SPEEDUP}x"
-    return False, f"measured {speedup_text(speedup, MEASURED_MIN_SPEEDUP)}x < {MEASURED_MIN_SPEEDUP}x"
+        return True, f"measured {_vs(speedup, MEASURED_MIN_SPEEDUP)}x >= {MEASURED_MIN_SPEEDUP}x"
+    return False, f"measured {_vs(speedup, MEASURED_MIN_SPEEDUP)}x < {MEASURED_MIN_SPEEDUP}x"
 
 
 def _first_row(layer: Layer, plans: list[_Plan] | None, nnz: int | None, skip: str | None) -> dict:

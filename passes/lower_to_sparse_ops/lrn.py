@@ -107,12 +107,9 @@ def params_of(node: gs.Node) -> LrnParams | str:
 MIN_OPSET = 7
 
 
-def eligibility(node: gs.Node, shapes: dict, dtypes: dict, main: set[int],
-                opset: int) -> tuple[LrnParams, int] | str:
-    """(params, C) when ``node`` can be decomposed in a graph of default-domain ``opset``, else
-    the reason it stays an LRN."""
-    if id(node) not in main:
-        return "inside a subgraph: only main-graph nodes are rewritten"
+def eligibility(node: gs.Node, shapes: dict, dtypes: dict, opset: int) -> tuple[LrnParams, int] | str:
+    """(params, C) when ``node``, a node of the main graph (callers look at no other), can be
+    decomposed in a graph of default-domain ``opset``, else the reason it stays an LRN."""
     if opset < MIN_OPSET:
         return (f"the model's op-set {opset} is below {MIN_OPSET}: ONNX Runtime has no kernels for "
                 "the Mul and Div of that op-set")
