@@ -168,6 +168,7 @@ def op_gemm(n, ins, ctx):
         y = y * alpha
     if c is not None:
         beta = n.attrs.get("beta", 1.0)
+        y, c = _same_device(y, c)
         y = y + (c * beta if beta != 1.0 else c)
     return y
 
@@ -620,7 +621,8 @@ def op_gather_elements(n, ins, ctx):
 
 def op_scatter_nd(n, ins, ctx):
     """ScatterND (reduction none): copy of data with ``data[indices[i]] = updates[i]``."""
-    data, idx, upd = ins[0], ins[1].to(device=ins[0].device, dtype=torch.int64), ins[2]
+    data, upd = _same_device(ins[0], ins[2])  # data may be a CPU-made ConstantOfShape
+    idx = ins[1].to(device=data.device, dtype=torch.int64)
     k = idx.shape[-1]
     flat_idx = idx.reshape(-1, k)
     flat_idx = torch.where(flat_idx < 0, flat_idx + torch.tensor(data.shape[:k], device=data.device), flat_idx)

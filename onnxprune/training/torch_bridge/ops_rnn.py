@@ -159,6 +159,10 @@ def op_recurrent(n, ins, ctx):
     direction = n.attrs.get("direction", "forward")
     if lens is not None and lens.device != x.device:
         lens = lens.to(x.device)
+    # An initial state the graph builds at run time (ConstantOfShape from the batch size, as
+    # torch's exporter writes for a call without one) is made on the CPU.
+    h0 = h0.to(x.device) if h0 is not None and h0.device != x.device else h0
+    c0 = c0.to(x.device) if c0 is not None and c0.device != x.device else c0
     ys, hs, cs = [], [], []
     for d in range(D):
         h = h0[d] if h0 is not None else x.new_zeros(B, H)

@@ -104,6 +104,7 @@ class _Dist:
         else:
             self.world, self.rank = 1, 0
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
 
     @property
     def active(self) -> bool:
@@ -111,6 +112,9 @@ class _Dist:
 
     def init(self, device: torch.device) -> None:
         if self.active and not self.dist.is_initialized():
+            if device.type == "cuda":
+                # NCCL's collectives (barrier among them) run on the current device
+                torch.cuda.set_device(device)
             self.dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
             self.owns_group = True
 
@@ -130,13 +134,34 @@ class _Dist:
         return t.tolist()
 
 
+def _deterministic_cudnn() -> tuple[bool, bool]:
+    """Asks cuDNN for deterministic algorithms (and no autotuning) for the run, returning the
+    caller's settings to restore. Same input and options give the same file (DESIGN), also on
+    a GPU: with cuDNN's defaults two runs of the same seed retraining a convolution + BatchNorm
+    net wrote different weights (an H200, torch 2.11, CUDA 13)."""
+    was = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    return was
+
+
 def _pick_device(choice: str, dist: _Dist) -> torch.device:
+    """The rank's device. Under torchrun each rank takes GPU LOCAL_RANK, so "cuda" needs as many
+    GPUs as ranks on the node (else a clear error, not a CUDA "invalid device ordinal" later),
+    and "auto" takes the GPUs only when every local rank has one: a world split between cuda
+    and cpu ranks could not agree on a backend."""
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
+        choice = "cuda" if n_gpu and (not dist.active or dist.local_world <= n_gpu) else "cpu"
     if choice == "cuda":
-        if not torch.cuda.is_available():
+        if not n_gpu:
             raise UsageError("device 'cuda' requested but torch sees no CUDA device")
-        return torch.device("cuda", dist.local_rank if dist.active else torch.cuda.current_device())
+        if not dist.active:
+            return torch.device("cuda", torch.cuda.current_device())
+        if dist.local_rank >= n_gpu:
+            raise UsageError(f"device 'cuda': rank {dist.rank} has LOCAL_RANK {dist.local_rank} but torch sees "
+                             f"{n_gpu} CUDA device(s) on this node; start at most {n_gpu} process(es) per node "
+                             f"(torchrun --nproc_per_node {n_gpu}) or use --device cpu")
+        return torch.device("cuda", dist.local_rank)
     return torch.device("cpu")
 
 
@@ -408,6 +433,7 @@ def finetune(
     opt = _optimizer(module, masks, frozen, config)
 
     dist.init(device)
+    cudnn = _deterministic_cudnn() if device.type == "cuda" else None
     try:
         module.to(device)
         objective.to(device)
@@ -429,6 +455,8 @@ def finetune(
         # The DDP wrapper must go before its process group does: freeing it after
         # destroy_process_group can block forever in the reducer's destructor (gloo).
         net = None
+        if cudnn is not None:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
         dist.close()
 
     _check_masks_held(module, masks)
