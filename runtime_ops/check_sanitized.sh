@@ -29,7 +29,8 @@ export ONNXPRUNE_TEST_OPS_LIBRARY="$lib"
 if [ "$#" -eq 0 ]; then
     set -- tests/test_runtime_ops.py tests/test_runtime_ops_hostile.py tests/test_runtime_ops_review.py \
         tests/test_runtime_ops_v2.py tests/test_runtime_ops_conv_tiles.py tests/test_runtime_ops_activation.py \
-        tests/test_runtime_ops_residual.py tests/test_runtime_ops_gemm_residual.py
+        tests/test_runtime_ops_residual.py tests/test_runtime_ops_gemm_residual.py \
+        tests/test_runtime_ops_depthwise.py
 fi
 # The huge-page test measures the process's AnonHugePages, which ASan's shadow memory and
 # allocator change by tens of MiB: it says nothing about memory safety.

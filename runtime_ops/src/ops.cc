@@ -708,6 +708,17 @@ Copies ChooseCopies() {
   Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_COPIES=", forced, " is not one of shifted, phase");
 }
 
+// Depthwise layers (one input and one output channel per group) read their input row by row
+// (CsrConvKernel::Depthwise) unless ONNXPRUNE_CONV_DEPTHWISE=0 (read when a session creates its
+// kernels), which sends them through the input copies like any other grouped layer: for tests
+// that compare the two, and for A/B timing.
+bool ChooseDepthwiseRows() {
+  const char* forced = std::getenv("ONNXPRUNE_CONV_DEPTHWISE");
+  if (forced == nullptr || *forced == '\0' || std::strcmp(forced, "1") == 0) return true;
+  if (std::strcmp(forced, "0") == 0) return false;
+  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_DEPTHWISE=", forced, " is not one of 0, 1");
+}
+
 // Column of entry j of a validated CSR, whatever the index encoding; `running` carries a row's
 // uint8 delta sum (reset to 0 at each row start by the caller).
 int64_t ColumnAt(const Csr& csr, int64_t j, int64_t* running) {
@@ -1186,6 +1197,9 @@ struct ConvGeometry {
   std::vector<int32_t> row_slot;
   std::vector<int64_t> col_start, tap_shift;
   std::vector<int32_t> tap_col;
+  // Copy column k holds X columns from col_first[k] * sw + col_start[k] - pad_l at its columns
+  // [col_first[k], col_end[k]), zeros elsewhere (FillCopyRow).
+  std::vector<int64_t> col_first, col_end;
   int64_t copies = 0;       // row_phases.size() * col_start.size()
   int64_t hq = 0, wq = 0;   // rows and columns of a channel's copy
   int64_t plane = 0;        // hq * wq
@@ -1231,6 +1245,7 @@ struct CsrConvKernel {
   int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
   Isa isa = Isa::kScalar;
   Copies copies = Copies::kGate;  // ONNXPRUNE_CONV_COPIES (ShiftedCopies)
+  bool depthwise_rows = true;     // ONNXPRUNE_CONV_DEPTHWISE (ChooseDepthwiseRows)
   Activation act;  // applied to each output as its tile completes
   ValidatedCsr constant;
   int64_t columns = -1;  // K = C_in/group * kH * kW, when the node records it (ReadColumns)
@@ -1254,6 +1269,7 @@ struct CsrConvKernel {
     k.pad_t = attrs[6], k.pad_l = attrs[7], k.pad_b = attrs[8], k.pad_r = attrs[9], k.group = attrs[10];
     k.isa = isa;
     k.copies = ChooseCopies();
+    k.depthwise_rows = ChooseDepthwiseRows();
     Tensor t;
     t.type = ortabi::kFloat;
     t.shape.assign(x, x + 4);
@@ -1263,6 +1279,8 @@ struct CsrConvKernel {
     csr.max_col = 0;
     const ConvGeometry g = k.Plan(t, csr);
     if (g.empty()) Fail(ortabi::kInvalidArgument, "refused: an empty output");
+    DwGeometry d;
+    if (k.DepthwiseRows(g, &d)) return 3;
     return g.x_layout ? 0 : g.shifted ? 2 : 1;
   }
 
@@ -1295,6 +1313,7 @@ struct CsrConvKernel {
     act = ReadActivation(info);
     isa = ChooseIsa();
     copies = ChooseCopies();
+    depthwise_rows = ChooseDepthwiseRows();
     constant = ValidateConstantCsr(info);
     columns = ReadColumns(info, constant);
   }
@@ -1336,6 +1355,12 @@ struct CsrConvKernel {
     Check(g_api->GetTensorMutableData(yv, &ydata));
     float* y = static_cast<float*>(ydata);
 
+    DwGeometry dg;
+    if (DepthwiseRows(g, &dg)) {
+      std::vector<float> widened;
+      Depthwise(ctx, g, dg, csr, FloatValues(KernelsFor(isa), csr, &widened), x.as<float>(), bias, z, y);
+      return;
+    }
     const std::shared_ptr<const ConvPlan> plan = kept_plan.Get(
         constant.Holds(csr), [&](const ConvPlan& p) { return p.c_in == g.c_in && p.h == g.h && p.w == g.w; },
         [&] { return MakePlan(csr, g); });
@@ -1372,6 +1397,92 @@ struct CsrConvKernel {
     return g.x_layout && p.npos >= p.tile && p.npos >= p.tail;
   }
 
+  // Depthwise layers (one input and one output channel per group), band by band. The other
+  // layouts write the input copies of the whole image (every channel, every kernel column or
+  // phase) to memory and read them back, which costs more than the few multiply-adds a
+  // position takes here (a 3x3 layer at 20% has about two). Instead each task takes one
+  // channel and a band of output rows, fills the copies' rows that band reads (the same
+  // copies, FillCopyRow, so the same offsets with one channel) into a buffer sized to stay in
+  // L1, and runs the tiles over the band's positions. Z and the activation are applied in the
+  // band's buffer before its rows go to Y. Only where even a band of one output row is large
+  // (kDwMaxBandFloats: huge widths or dilations take the whole-image copies).
+  struct DwGeometry {
+    int64_t rows = 0;   // output rows per band
+    int64_t reach = 0;  // copy rows a band reads past its own: ((kH - 1) * dH) / sH
+    int64_t plane = 0;  // a copy's rows in the band buffer: (rows + reach) * Wq floats
+  };
+  static constexpr double kDwMaxBandFloats = 1 << 20;
+  static constexpr int64_t kDwTaskPlanes = 16;
+
+  bool DepthwiseRows(const ConvGeometry& g, DwGeometry* d) const {
+    if (!depthwise_rows || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
+    d->reach = (kh - 1) * dh / g.sh;  // attributes <= 2^16 (ConvAttrsError)
+    const double per_row = static_cast<double>(g.copies) * static_cast<double>(g.wq) * sizeof(float);
+    if (static_cast<double>(d->reach + 1) * per_row / sizeof(float) > kDwMaxBandFloats) return false;
+    // Band buffer within half the L1 data cache, at least one output row.
+    const int64_t fit = static_cast<int64_t>(0.5 * static_cast<double>(L1DataBytes()) / per_row) - d->reach;
+    d->rows = std::min(g.oh, std::max<int64_t>(1, fit));
+    d->plane = (d->rows + d->reach) * g.wq;
+    return true;
+  }
+
+  void Depthwise(const ortabi::KernelContext* ctx, const ConvGeometry& g, const DwGeometry& d, const Csr& csr,
+                 const float* w, const float* x, const float* bias, const float* z, float* y) const {
+    const Kernels& kern = KernelsFor(isa);
+    const int64_t cols = static_cast<int64_t>(g.col_start.size());
+    // One offset per nonzero into a band buffer: MakePlan's, for one channel and the band's plane.
+    std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
+    for (int64_t r = 0; r < csr.rows; ++r) {
+      int64_t running = 0;
+      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
+        const int64_t col = ColumnAt(csr, j, &running);  // < kH * kW (Plan)
+        const int64_t i = col / kw, jj = col % kw, rh = i * dh;
+        const int64_t copy = g.row_slot[static_cast<size_t>(rh % g.sh)] * cols + g.tap_col[static_cast<size_t>(jj)];
+        off[static_cast<size_t>(j)] =
+            static_cast<int32_t>(copy * d.plane + (rh / g.sh) * g.wq + g.tap_shift[static_cast<size_t>(jj)]);
+      }
+    }
+    const int64_t bands = (g.oh + d.rows - 1) / d.rows;
+    // A task: one band of up to kDwTaskPlanes (image, channel) planes, its buffers reused for each.
+    const int64_t planes = g.nb * g.c_out, groups = (planes + kDwTaskPlanes - 1) / kDwTaskPlanes;
+    const int64_t rows_cols = static_cast<int64_t>(g.row_phases.size());
+    ParallelFor(ctx, static_cast<size_t>(groups * bands), [&](size_t t) {
+      const int64_t band = static_cast<int64_t>(t) % bands, group = static_cast<int64_t>(t) / bands;
+      const int64_t oy0 = band * d.rows, rows = std::min(d.rows, g.oh - oy0);
+      const int64_t npos = rows * g.wq;
+      int vi = 0;
+      const int64_t tile = ChooseTile(kern.conv_lanes, npos, &vi);
+      const int64_t tiles = (npos + tile - 1) / tile;
+      const auto run = kern.conv_run[vi];
+      // The copies' rows oy0 .. oy0 + rows + reach, and one tile of zeros read past the last.
+      const size_t buf_floats = static_cast<size_t>(g.copies * d.plane + tile);
+      AlignedBuffer buf = AllocFloats(buf_floats);
+      std::fill(buf.get() + g.copies * d.plane, buf.get() + buf_floats, 0.f);
+      AlignedBuffer acc = AllocFloats(static_cast<size_t>(tiles * tile));
+      const int64_t p1 = std::min(planes, (group + 1) * kDwTaskPlanes);
+      for (int64_t image_plane = group * kDwTaskPlanes; image_plane < p1; ++image_plane) {
+        const int64_t c = image_plane % g.c_out;  // also the input channel
+        const float* xc = x + image_plane * g.h * g.w;
+        for (int64_t slot = 0; slot < rows_cols; ++slot)
+          for (int64_t k = 0; k < cols; ++k) {
+            float* dst = buf.get() + (slot * cols + k) * d.plane;
+            for (int64_t a = 0; a < rows + d.reach; ++a) FillCopyRow(g, xc, slot, k, oy0 + a, dst + a * g.wq);
+          }
+        const int64_t j0 = csr.row_ptr[c], nnz = csr.row_ptr[c + 1] - j0;
+        const float init = bias ? bias[c] : 0.f;
+        for (int64_t k = 0; k < tiles; ++k)
+          run(w + j0, off.data() + j0, nnz, buf.get() + k * tile, acc.get() + k * tile, init, false);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* a = acc.get() + r * g.wq;
+          const int64_t at = (image_plane * g.oh + oy0 + r) * g.ow;
+          if (z != nullptr) kern.add(a, z + at, g.ow);
+          if (act.kind != Act::kNone) kern.activate(a, g.ow, act);
+          std::memcpy(y + at, a, static_cast<size_t>(g.ow) * sizeof(float));
+        }
+      }
+    });
+  }
+
   // Checks channels, columns and output size against the input and derives the input copies'
   // geometry; every product and sum is overflow-checked, so nothing downstream can wrap.
   ConvGeometry Plan(const Tensor& x, const Csr& csr) const {
@@ -1396,7 +1507,9 @@ struct CsrConvKernel {
     if (CheckedMul(g.oh, g.ow, "OH * OW") > kMaxConvPlane)
       Fail(ortabi::kInvalidArgument, "output plane ", g.oh, " x ", g.ow, " exceeds 2^31-1 elements");
     CheckedMul(CheckedMul(CheckedMul(g.nb, g.c_out, "output size"), g.oh, "output size"), g.ow, "output size");
-    if (!g.empty()) PlanPhases(&g, csr.nnz, static_cast<double>(g.c_out) * static_cast<double>(k_cols));
+    // Depthwise layers read phase copies (Depthwise): a band fills one copy per phase, not kW.
+    const Copies layout = depthwise_rows && g.cg == 1 && g.og == 1 ? Copies::kPhase : copies;
+    if (!g.empty()) PlanPhases(&g, csr.nnz, static_cast<double>(g.c_out) * static_cast<double>(k_cols), layout);
     return g;
   }
 
@@ -1405,7 +1518,7 @@ struct CsrConvKernel {
   // A copy has Hq = ceil(Hpad / sh) rows (output row oy of tap row i reads row oy + (i*dH)/sh
   // < Hq) of Wq columns; there are at most min(kH, sh) * kW copies of each channel.
   // Shifted copies or phase copies: ShiftedCopies, from the CSR's `nnz` out of `cells` weights.
-  void PlanPhases(ConvGeometry* g, int64_t nnz, double cells) const {
+  void PlanPhases(ConvGeometry* g, int64_t nnz, double cells, Copies layout) const {
     g->sh = g->oh == 1 ? 1 : sh;
     g->sw = g->ow == 1 ? 1 : sw;
     const int64_t hp = g->h + pad_t + pad_b, wp = g->w + pad_l + pad_r;  // checked by ConvExtent
@@ -1423,7 +1536,7 @@ struct CsrConvKernel {
     const double widen = static_cast<double>(shifted_wq) / static_cast<double>(phase_wq);
     g->tap_col.resize(static_cast<size_t>(kw));
     g->tap_shift.resize(static_cast<size_t>(kw));
-    if (!g->x_layout && ShiftedCopies(copies, nnz, cells, kw, shifted_bytes, widen)) {
+    if (!g->x_layout && ShiftedCopies(layout, nnz, cells, kw, shifted_bytes, widen)) {
       // copy column j is kernel column j, shifted into place
       g->shifted = true;
       g->wq = shifted_wq;
@@ -1444,6 +1557,14 @@ struct CsrConvKernel {
     g->plane = CheckedMul(g->hq, g->wq, "input copy size");
     g->copies = CheckedMul(static_cast<int64_t>(g->row_phases.size()), static_cast<int64_t>(g->col_start.size()),
                            "input copy count");  // <= 2^32
+    // Columns b with 0 <= b * sw + shift < W come from the input, the rest are padding.
+    for (const int64_t start : g->col_start) {
+      const int64_t shift = start - pad_l;  // |shift| <= 2^32: attributes are bounded
+      const int64_t first = std::min(g->wq, std::max<int64_t>(0, (g->sw - 1 - shift) / g->sw));
+      const int64_t last_in = g->w - 1 - shift;  // < 0: no input column
+      g->col_first.push_back(first);
+      g->col_end.push_back(last_in < 0 ? first : std::max(first, std::min(g->wq, last_in / g->sw + 1)));
+    }
     const int64_t planes = CheckedMul(g->copies, g->c_in, "input copy count");
     g->q_size = CheckedMul(planes, g->plane, "input copies' size");
     // Room for the tiles' overhang past the last offset (< one output plane of Wq-wide rows
@@ -1545,38 +1666,36 @@ struct CsrConvKernel {
   void FillCopies(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
     const int64_t phases = static_cast<int64_t>(g.row_phases.size());
     const int64_t cols = static_cast<int64_t>(g.col_start.size());
-    const Kernels& kern = KernelsFor(isa);
     ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
       const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
-      const int64_t ph = g.row_phases[static_cast<size_t>(slot)];
-      const float* src = xi + c * g.h * g.w;
       for (int64_t k = 0; k < cols; ++k) {
         float* dst = q + ((slot * cols + k) * g.c_in + c) * g.plane;
-        // Columns b with 0 <= b * sw + shift < W come from the input, the rest are padding.
-        const int64_t shift = g.col_start[static_cast<size_t>(k)] - pad_l;  // |shift| <= 2^32: attributes are bounded
-        const int64_t first = std::min(g.wq, std::max<int64_t>(0, (g.sw - 1 - shift) / g.sw));
-        const int64_t last_in = g.w - 1 - shift;  // < 0: no input column
-        const int64_t end = last_in < 0 ? first : std::max(first, std::min(g.wq, last_in / g.sw + 1));
-        for (int64_t a = 0; a < g.hq; ++a) {
-          const int64_t row = a * g.sh + ph - pad_t;
-          float* d = dst + a * g.wq;
-          if (row < 0 || row >= g.h || end == first) {
-            std::fill(d, d + g.wq, 0.f);
-            continue;
-          }
-          std::fill(d, d + first, 0.f);
-          // Columns [first, end) of the copy: X row `row` from column first * sw + shift (in X).
-          const float* s = src + row * g.w + first * g.sw + shift;
-          float* o = d + first;
-          if (g.sw == 1) {
-            for (int64_t b = 0; b < end - first; ++b) o[b] = s[b];
-          } else {
-            kern.strided(s, g.sw, end - first, o);
-          }
-          std::fill(d + end, d + g.wq, 0.f);
-        }
+        for (int64_t a = 0; a < g.hq; ++a) FillCopyRow(g, xi + c * g.h * g.w, slot, k, a, dst + a * g.wq);
       }
     });
+  }
+
+  // Row a (< Hq, or past it: zeros) of copy (row phase slot, copy column k) of one channel
+  // `src` (H x W floats) into d[0..Wq).
+  void FillCopyRow(const ConvGeometry& g, const float* src, int64_t slot, int64_t k, int64_t a, float* d) const {
+    const int64_t ph = g.row_phases[static_cast<size_t>(slot)];
+    const int64_t shift = g.col_start[static_cast<size_t>(k)] - pad_l;
+    const int64_t first = g.col_first[static_cast<size_t>(k)], end = g.col_end[static_cast<size_t>(k)];
+    const int64_t row = a * g.sh + ph - pad_t;
+    if (a >= g.hq || row < 0 || row >= g.h || end == first) {
+      std::fill(d, d + g.wq, 0.f);
+      return;
+    }
+    std::fill(d, d + first, 0.f);
+    // Columns [first, end) of the copy: X row `row` from column first * sw + shift (in X).
+    const float* s = src + row * g.w + first * g.sw + shift;
+    float* o = d + first;
+    if (g.sw == 1) {
+      std::memcpy(o, s, static_cast<size_t>(end - first) * sizeof(float));
+    } else {
+      KernelsFor(isa).strided(s, g.sw, end - first, o);
+    }
+    std::fill(d + end, d + g.wq, 0.f);
   }
 
   // f(y, pos, n) for each run [pos, pos + n) of the positions [p0, p1) of the Wq-wide rows
