@@ -21,11 +21,10 @@ import sys
 import time
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]
-from bench_kernels import OPSET, magnitude_prune  # noqa: E402
+from bench_kernels import conv_models  # noqa: E402
 from bench_models import machine  # noqa: E402
 from onnxprune import runtime_ops  # noqa: E402
 
@@ -39,20 +38,7 @@ CASES = [
 
 
 def models(c, k, h, w, density, stride, rng):
-    wt = magnitude_prune(rng.standard_normal((c, 1, k, k)).astype(np.float32), density)
-    b = (0.01 * rng.standard_normal(c)).astype(np.float32)
-    v, ci, p = runtime_ops.csr_from_dense(wt.reshape(c, -1))
-    attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride], group=c)
-    io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, h, w])],
-          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
-    dense = helper.make_graph([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)], "dense", *io,
-                              initializer=[numpy_helper.from_array(wt, "W"), numpy_helper.from_array(b, "B")])
-    sparse = helper.make_graph(
-        [helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=runtime_ops.DOMAIN, **attrs)],
-        "sparse", *io,
-        initializer=[numpy_helper.from_array(a, n) for a, n in ((v, "v"), (ci, "c"), (p, "p"), (b, "B"))])
-    return (helper.make_model(dense, opset_imports=OPSET[:1]).SerializeToString(),
-            helper.make_model(sparse, opset_imports=OPSET).SerializeToString())
+    return conv_models(c, c, k, density, rng, stride, group=c, x_shape=[1, c, h, w])
 
 
 def session(model: bytes, threads: int, sparse: bool, depthwise: str = "1"):

@@ -96,12 +96,13 @@ def mlp_models(dims: list[int], densities: list[float], rng: np.random.Generator
 
 
 def conv_models(c_in: int, c_out: int, k: int, density: float, rng: np.random.Generator,
-                stride: int = 1) -> tuple[bytes, bytes]:
-    w = magnitude_prune((rng.standard_normal((c_out, c_in, k, k)) / np.sqrt(c_in * k * k)).astype(np.float32), density)
+                stride: int = 1, group: int = 1, x_shape=None) -> tuple[bytes, bytes]:
+    cg = c_in // group
+    w = magnitude_prune((rng.standard_normal((c_out, cg, k, k)) / np.sqrt(cg * k * k)).astype(np.float32), density)
     b = (0.01 * rng.standard_normal(c_out)).astype(np.float32)
     v, c, p = runtime_ops.csr_from_dense(w.reshape(c_out, -1))
-    attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride])
-    io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+    attrs = dict(kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride], group=group)
+    io = ([helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
           [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
     dense = helper.make_graph([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)], "dense", *io,
                               initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])

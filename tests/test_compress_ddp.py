@@ -32,9 +32,11 @@ def _compress_args(tmp_path, out: str) -> list[str]:
             "--device", "auto"]
 
 
-def _torchrun(argv: list[str], timeout: float = 180) -> tuple[int, str]:
+def _torchrun(argv: list[str], timeout: float = 180, gpus: bool = False) -> tuple[int, str]:
+    """Two ranks of ``onnxprune.cli argv`` under torchrun: (exit code, stderr). On the CPU
+    unless ``gpus`` (tests/test_torch_bridge_cuda.py)."""
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "OMP_NUM_THREADS": "1", **({} if gpus else {"CUDA_VISIBLE_DEVICES": ""})}
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "onnxprune.cli", *argv]
     # Own session, so a hung run can be ended together with the ranks torchrun started.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -39,6 +38,7 @@ from onnxprune.training.torch_bridge import (  # noqa: E402
     FinetuneConfig, build_module, find_weights, finetune, read_weights, write_back,
 )
 from tests.conftest import run_cli  # noqa: E402
+from tests.test_compress_ddp import _torchrun as torchrun  # noqa: E402
 from tests.corpus import export_torch, torch_architectures  # noqa: E402
 from tests.models import cnn, mlp, run  # noqa: E402
 from tests.test_torch_bridge import prune  # noqa: E402
@@ -579,18 +579,7 @@ def test_cli_compress_device_auto_retrains_on_the_gpu(tmp_path, capsys):
 # --- torchrun over NCCL ----------------------------------------------------------------------
 
 def _torchrun(argv: list[str], timeout: float = 240) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "onnxprune.cli", *argv]
-    # Its own process group, so a hung run can be ended together with the ranks torchrun started.
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"torchrun did not finish within {timeout} s")
-    return proc.returncode, err
+    return torchrun(argv, timeout, gpus=True)
 
 
 @pytest.mark.skipif(GPUS < 2, reason="needs two CUDA devices")
