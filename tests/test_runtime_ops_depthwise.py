@@ -42,6 +42,11 @@ GEOMETRIES = [
     ("3x3_one_output_column", 5, (3, 3), 9, 3, [1, 2], [1, 0, 1, 0], [1, 1]),
     ("1x1_padded_stride2", 6, (1, 1), 9, 13, [2, 2], [1, 1, 1, 1], [1, 1]),
     ("3x3_stride3_dilation3", 4, (3, 3), 31, 26, [3, 3], [2, 4, 1, 3], [3, 3]),
+    # the last kernel column 32 floats right of the first, one row of 193 positions: a last
+    # tile that starts at position 192 reads 32 floats past the copies (discarded positions),
+    # inside the buffer's zeroed overhang
+    ("1x9_dilation4_wide_shift", 3, (1, 9), 5, 40, [1, 1], [0, 16, 0, 16], [1, 4]),
+    ("1x9_dilation4_one_row", 3, (1, 9), 1, 161, [1, 1], [0, 16, 0, 16], [1, 4]),
 ]
 
 

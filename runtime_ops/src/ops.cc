@@ -1438,8 +1438,12 @@ struct CsrConvKernel {
         const int64_t col = ColumnAt(csr, j, &running);  // < kH * kW (Plan)
         const int64_t i = col / kw, jj = col % kw, rh = i * dh;
         const int64_t copy = g.row_slot[static_cast<size_t>(rh % g.sh)] * cols + g.tap_col[static_cast<size_t>(jj)];
-        off[static_cast<size_t>(j)] =
-            static_cast<int32_t>(copy * d.plane + (rh / g.sh) * g.wq + g.tap_shift[static_cast<size_t>(jj)]);
+        const int64_t o = copy * d.plane + (rh / g.sh) * g.wq + g.tap_shift[static_cast<size_t>(jj)];
+        // A tile reads up to one band of positions plus a tile past its offset: within the
+        // buffer (below) when every offset lies inside the copies.
+        if (o < 0 || o >= g.copies * d.plane)
+          Fail(ortabi::kFail, "offset ", o, " of nonzero ", j, " is outside the band's copies");
+        off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
       }
     }
     const int64_t bands = (g.oh + d.rows - 1) / d.rows;
@@ -1454,8 +1458,9 @@ struct CsrConvKernel {
       const int64_t tile = ChooseTile(kern.conv_lanes, npos, &vi);
       const int64_t tiles = (npos + tile - 1) / tile;
       const auto run = kern.conv_run[vi];
-      // The copies' rows oy0 .. oy0 + rows + reach, and one tile of zeros read past the last.
-      const size_t buf_floats = static_cast<size_t>(g.copies * d.plane + tile);
+      // The copies' rows oy0 .. oy0 + rows + reach, then zeros for the tiles' overhang past
+      // the last copy: less than a band of positions and a tile.
+      const size_t buf_floats = static_cast<size_t>(g.copies * d.plane + d.rows * g.wq + kConvMaxTile);
       AlignedBuffer buf = AllocFloats(buf_floats);
       std::fill(buf.get() + g.copies * d.plane, buf.get() + buf_floats, 0.f);
       AlignedBuffer acc = AllocFloats(static_cast<size_t>(tiles * tile));
