@@ -81,3 +81,23 @@ def test_deterministic_cudnn_returns_the_settings_it_replaced():
         assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (True, False)
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+@pytest.mark.parametrize("name", ["lstm_zero_state", "gru_zero_state", "rnn_zero_state"])
+def test_floats_made_on_the_host_follow_the_module_to_its_device(name):
+    """The CPU stand-in for tests/test_torch_bridge_cuda.py's GPU case: the module and its input
+    on torch's ``meta`` device (shapes only), where a float tensor the graph builds on the host
+    at run time (an RNN's zero state from ConstantOfShape, as torch's exporter writes a call
+    without a state) meets them just as it would meet CUDA tensors; the forward must run and
+    stay on that device. (A ScatterND into such zeros runs on ``meta`` either way: its case is
+    the GPU file's.)"""
+    from onnxprune.training.torch_bridge import build_module
+    from tests.test_torch_bridge_cuda import HOST_FLOAT_GRAPHS
+
+    model = HOST_FLOAT_GRAPHS[name]()
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:])
+    module = build_module(model).eval().to("meta")
+    with torch.no_grad():
+        y = module(torch.zeros((3, *shape), device="meta"))
+    y = y[0] if isinstance(y, tuple) else y
+    assert y.device.type == "meta" and y.shape[0] == 3
