@@ -1483,7 +1483,9 @@ struct CsrConvKernel {
         for (int64_t slot = 0; slot < rows_cols; ++slot)
           for (int64_t k = 0; k < cols; ++k) {
             float* dst = buf.get() + (slot * cols + k) * d.plane;
-            for (int64_t a = 0; a < rows + d.reach; ++a) FillCopyRow(g, xc, slot, k, oy0 + a, dst + a * g.wq);
+            // every row of the plane, also past a short last band's: the tiles' discarded
+            // positions read them, and nothing in the buffer is left unwritten
+            for (int64_t a = 0; a < d.rows + d.reach; ++a) FillCopyRow(g, xc, slot, k, oy0 + a, dst + a * g.wq);
           }
         const int64_t j0 = csr.row_ptr[c], nnz = csr.row_ptr[c + 1] - j0;
         const float init = bias ? bias[c] : 0.f;
