@@ -1409,6 +1409,18 @@ struct CsrConvKernel {
     return g.x_layout && p.npos >= p.tile && p.npos >= p.tail;
   }
 
+  // Where kernel tap (row i, column jj) of channel `channel` starts in copies laid out
+  // [copy][channels][plane] (the whole image's: channels C_in and plane Hq * Wq; a depthwise
+  // band's: one channel and the band's rows): the copy its row phase and column take, then the
+  // row and column shift inside it.
+  int64_t TapOffset(const ConvGeometry& g, int64_t i, int64_t jj, int64_t channel, int64_t channels,
+                    int64_t plane) const {
+    const int64_t rh = i * dh;  // < 2^32: attributes are bounded
+    const int64_t copy = g.row_slot[static_cast<size_t>(rh % g.sh)] * static_cast<int64_t>(g.col_start.size()) +
+                         g.tap_col[static_cast<size_t>(jj)];  // used: a tap lands there
+    return (copy * channels + channel) * plane + (rh / g.sh) * g.wq + g.tap_shift[static_cast<size_t>(jj)];
+  }
+
   // Depthwise layers (one input and one output channel per group), band by band. The other
   // layouts write the input copies of the whole image (every channel, every kernel column or
   // phase) to memory and read them back, which costs more than the few multiply-adds a
@@ -1416,8 +1428,8 @@ struct CsrConvKernel {
   // channel and a band of output rows, fills the copies' rows that band reads (the same
   // copies, FillCopyRow, so the same offsets with one channel) into a buffer sized to stay in
   // L1, and runs the tiles over the band's positions. Z and the activation are applied in the
-  // band's buffer before its rows go to Y. Only where even a band of one output row is large
-  // (kDwMaxBandFloats: huge widths or dilations take the whole-image copies).
+  // band's buffer before its rows go to Y. A layer where even a band of one output row would
+  // pass kDwMaxBandFloats (huge widths or dilations) takes the whole-image copies instead.
   struct DwGeometry {
     int64_t rows = 0;   // output rows per band
     int64_t reach = 0;  // copy rows a band reads past its own: ((kH - 1) * dH) / sH
@@ -1429,10 +1441,11 @@ struct CsrConvKernel {
   bool DepthwiseRows(const ConvGeometry& g, DwGeometry* d) const {
     if (!depthwise_rows || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
     d->reach = (kh - 1) * dh / g.sh;  // attributes <= 2^16 (ConvAttrsError)
-    const double per_row = static_cast<double>(g.copies) * static_cast<double>(g.wq) * sizeof(float);
-    if (static_cast<double>(d->reach + 1) * per_row / sizeof(float) > kDwMaxBandFloats) return false;
+    const double row_floats = static_cast<double>(g.copies) * static_cast<double>(g.wq);  // one row of every copy
+    if (static_cast<double>(d->reach + 1) * row_floats > kDwMaxBandFloats) return false;
     // Band buffer within half the L1 data cache, at least one output row.
-    const int64_t fit = static_cast<int64_t>(0.5 * static_cast<double>(L1DataBytes()) / per_row) - d->reach;
+    const int64_t fit =
+        static_cast<int64_t>(0.5 * static_cast<double>(L1DataBytes()) / (row_floats * sizeof(float))) - d->reach;
     d->rows = std::min(g.oh, std::max<int64_t>(1, fit));
     d->plane = (d->rows + d->reach) * g.wq;
     return true;
@@ -1448,9 +1461,7 @@ struct CsrConvKernel {
       int64_t running = 0;
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
         const int64_t col = ColumnAt(csr, j, &running);  // < kH * kW (Plan)
-        const int64_t i = col / kw, jj = col % kw, rh = i * dh;
-        const int64_t copy = g.row_slot[static_cast<size_t>(rh % g.sh)] * cols + g.tap_col[static_cast<size_t>(jj)];
-        const int64_t o = copy * d.plane + (rh / g.sh) * g.wq + g.tap_shift[static_cast<size_t>(jj)];
+        const int64_t o = TapOffset(g, col / kw, col % kw, 0, 1, d.plane);
         // A tile reads up to one band of positions plus a tile past its offset: within the
         // buffer (below) when every offset lies inside the copies.
         if (o < 0 || o >= g.copies * d.plane)
@@ -1660,11 +1671,8 @@ struct CsrConvKernel {
       int64_t* seg = p.seg.data() + r * (p.blocks + 1);
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
         const int64_t col = ColumnAt(csr, j, &running);
-        const int64_t c = col / (kh * kw), i = (col / kw) % kh, jj = col % kw;
-        const int64_t rh = i * dh;  // < 2^32: attributes are bounded
-        const int64_t copy = g.row_slot[static_cast<size_t>(rh % g.sh)] * static_cast<int64_t>(g.col_start.size()) +
-                             g.tap_col[static_cast<size_t>(jj)];  // used: a tap lands there
-        const int64_t o = (copy * g.c_in + c_base + c) * g.plane + (rh / g.sh) * g.wq + g.tap_shift[static_cast<size_t>(jj)];
+        const int64_t c = col / (kh * kw);
+        const int64_t o = TapOffset(g, (col / kw) % kh, col % kw, c_base + c, g.c_in, g.plane);
         if (o < 0 || o >= g.q_size) Fail(ortabi::kFail, "offset ", o, " of nonzero ", j, " is outside the input copies");
         if (o + p.End() > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the input copies");
         if (in_place && o + p.npos > g.q_size) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun X");
