@@ -54,10 +54,15 @@ def test_each_rank_takes_its_local_gpu(monkeypatch, local_rank):
     assert train._pick_device("auto", dist) == torch.device("cuda", local_rank)
 
 
-def test_more_ranks_than_gpus_cuda_is_refused_naming_the_fix(monkeypatch):
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_more_ranks_than_gpus_cuda_is_refused_on_every_rank_naming_the_fix(monkeypatch, local_rank):
+    """Rank 0 has a GPU but must refuse too, or it would wait in NCCL for the rank that did."""
     gpus(monkeypatch, 1)
-    with pytest.raises(UsageError, match=r"LOCAL_RANK 1 but torch sees 1 CUDA device.*--nproc_per_node 1"):
-        train._pick_device("cuda", ranks(monkeypatch, 2, 1, 2))
+    with pytest.raises(UsageError, match=rf"2 process\(es\) on this node \(this one LOCAL_RANK {local_rank}\) but "
+                                         r"torch sees 1 CUDA device.*--nproc_per_node 1"):
+        train._pick_device("cuda", ranks(monkeypatch, 2, local_rank, 2))
+    with pytest.raises(UsageError, match=r"--nproc_per_node 1"):
+        train.rank_device("cuda")  # what compress asks before its process group
 
 
 @pytest.mark.parametrize("local_rank", [0, 1])

@@ -514,14 +514,11 @@ class _Ranks:
             raise UsageError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
         self.dist = dist
         if not dist.is_initialized():
-            n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
-            if device == "cuda" and 0 < n_gpu < local_world:
-                raise UsageError(f"device 'cuda': {local_world} processes on this node but torch sees {n_gpu} "
-                                 f"CUDA device(s); start at most {n_gpu} per node (torchrun --nproc_per_node "
-                                 f"{n_gpu}) or use --device cpu")
-            if device in ("cuda", "auto") and 0 < n_gpu and local_world <= n_gpu:
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            from onnxprune.training.torch_bridge.train import rank_device
+
+            rank = rank_device(device)  # the device each round's fine-tune will pick
+            if rank.type == "cuda":
+                torch.cuda.set_device(rank)
                 dist.init_process_group(backend="cpu:gloo,cuda:nccl")
             else:
                 dist.init_process_group(backend="gloo")

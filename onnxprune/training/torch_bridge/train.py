@@ -146,9 +146,10 @@ def _deterministic_cudnn() -> tuple[bool, bool]:
 
 def _pick_device(choice: str, dist: _Dist) -> torch.device:
     """The rank's device. Under torchrun each rank takes GPU LOCAL_RANK, so "cuda" needs as many
-    GPUs as ranks on the node (else a clear error, not a CUDA "invalid device ordinal" later),
-    and "auto" takes the GPUs only when every local rank has one: a world split between cuda
-    and cpu ranks could not agree on a backend."""
+    GPUs as ranks on the node — else every rank refuses with a clear error, not a CUDA "invalid
+    device ordinal" on some and a wait for them on the others — and "auto" takes the GPUs only
+    when every local rank has one: a world split between cuda and cpu ranks could not agree on
+    a backend."""
     n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if choice == "auto":
         choice = "cuda" if n_gpu and (not dist.active or dist.local_world <= n_gpu) else "cpu"
@@ -157,12 +158,19 @@ def _pick_device(choice: str, dist: _Dist) -> torch.device:
             raise UsageError("device 'cuda' requested but torch sees no CUDA device")
         if not dist.active:
             return torch.device("cuda", torch.cuda.current_device())
-        if dist.local_rank >= n_gpu:
-            raise UsageError(f"device 'cuda': rank {dist.rank} has LOCAL_RANK {dist.local_rank} but torch sees "
-                             f"{n_gpu} CUDA device(s) on this node; start at most {n_gpu} process(es) per node "
-                             f"(torchrun --nproc_per_node {n_gpu}) or use --device cpu")
+        if dist.local_world > n_gpu or dist.local_rank >= n_gpu:
+            raise UsageError(f"device 'cuda': {dist.local_world} process(es) on this node (this one LOCAL_RANK "
+                             f"{dist.local_rank}) but torch sees {n_gpu} CUDA device(s), one per process; start at "
+                             f"most {n_gpu} per node (torchrun --nproc_per_node {n_gpu}) or use --device cpu")
         return torch.device("cuda", dist.local_rank)
     return torch.device("cpu")
+
+
+def rank_device(choice: str) -> torch.device:
+    """This process's device for ``choice`` (cpu, cuda, auto) under the torchrun environment it
+    runs in: what finetune takes, for callers that set up the process group themselves
+    (compress)."""
+    return _pick_device(choice, _Dist())
 
 
 # --- data sources -------------------------------------------------------------------------
