@@ -41,7 +41,8 @@ def session(path: str, library: str | None, threads: int):
     # the sessions are called in turn: spinning workers of one would slow the other
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if library:
-        opts.register_custom_ops_library(library)
+        # a bare relative name would send dlopen to the library search path, not this folder
+        opts.register_custom_ops_library(os.path.abspath(library))
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 

@@ -120,6 +120,32 @@ def test_strided_copies_of_every_row_length_match_the_reference(pads, sw, isa, t
         close(y, conv_reference(x, w4, b, [2, sw], pads, [1, 1], 1), 5 * 9)
 
 
+# A stride-2 layer whose kernel covers both column phases fills the two phase copies' rows in
+# one pass over each input row (ops.cc FillCopyRowPair, kernels.h `deinterleave`: 16 pairs a
+# step on AVX-512, 8 on AVX2, a masked or portable tail), the copy columns that only one of the
+# two copies holds (the pads' edges) one by one. Input widths 1 to 75 give copy rows of 1 to
+# 39 columns, so every tail length and up to two whole AVX-512 steps; the pads move which
+# copy starts with a padding column and where each one's input ends. Grouped (8 input channels
+# per group) and depthwise layers take the whole-image copies and the bands. Phase copies are
+# forced: at this density the gate would pick the column-shifted ones for the first two.
+@pytest.mark.parametrize("kw,pads", [(3, [1, 1, 1, 1]), (2, [0, 0, 0, 0]), (5, [2, 3, 1, 0]), (4, [1, 0, 2, 3])],
+                         ids=["3x3_pad1", "2x2_nopad", "5x5_pads2301", "4x4_pads1023"])
+@pytest.mark.parametrize("layer", ["dense", "grouped", "depthwise"])
+def test_stride2_paired_copies_of_every_row_length_match_the_reference(kw, pads, layer, isa, threads, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", "phase")
+    c_in, c_out, group = {"dense": (3, 4, 1), "grouped": (16, 4, 2), "depthwise": (5, 5, 5)}[layer]
+    rng, w4 = _weights(f"paired_{kw}_{pads}_{layer}", c_out, c_in // group, 3, kw, 0.6)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    model = conv_model(w4, b, strides=[2, 2], pads=pads, dilations=[1, 1], group=group)
+    sess = session(model, threads)
+    for w in range(1, 76):
+        if w + pads[1] + pads[3] < kw:
+            continue  # the kernel is wider than the padded row: the op refuses it
+        x = rng.standard_normal((1, c_in, 5, w)).astype(np.float32)
+        _, y = sess.run(None, {"X": x})
+        close(y, conv_reference(x, w4, b, [2, 2], pads, [1, 1], group), (c_in // group) * 3 * kw)
+
+
 def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):
     """The layout CsrConv plans (ops.cc CsrConvKernel::Layout): in place, phase or shifted."""
     nnz = int(density * c_out * x[1] * k[0] * k[1])

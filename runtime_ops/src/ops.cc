@@ -1473,6 +1473,7 @@ struct CsrConvKernel {
     // A task: one band of up to kDwTaskPlanes (image, channel) planes, its buffers reused for each.
     const int64_t planes = g.nb * g.c_out, groups = (planes + kDwTaskPlanes - 1) / kDwTaskPlanes;
     const int64_t rows_cols = static_cast<int64_t>(g.row_phases.size());
+    const bool paired = PairedColumns(g);
     ParallelFor(ctx, static_cast<size_t>(groups * bands), [&](size_t t) {
       const int64_t band = static_cast<int64_t>(t) % bands, group = static_cast<int64_t>(t) / bands;
       const int64_t oy0 = band * d.rows, rows = std::min(d.rows, g.oh - oy0);
@@ -1491,13 +1492,19 @@ struct CsrConvKernel {
       for (int64_t image_plane = group * kDwTaskPlanes; image_plane < p1; ++image_plane) {
         const int64_t c = image_plane % g.c_out;  // also the input channel
         const float* xc = x + image_plane * g.h * g.w;
-        for (int64_t slot = 0; slot < rows_cols; ++slot)
+        // every row of the plane, also past a short last band's: the tiles' discarded
+        // positions read them, and nothing in the buffer is left unwritten
+        for (int64_t slot = 0; slot < rows_cols; ++slot) {
+          if (paired) {
+            float* dst = buf.get() + slot * cols * d.plane;  // copy column 1: a plane on
+            for (int64_t a = 0; a < d.rows + d.reach; ++a) FillCopyRowPair(g, xc, slot, oy0 + a, dst + a * g.wq, d.plane);
+            continue;
+          }
           for (int64_t k = 0; k < cols; ++k) {
             float* dst = buf.get() + (slot * cols + k) * d.plane;
-            // every row of the plane, also past a short last band's: the tiles' discarded
-            // positions read them, and nothing in the buffer is left unwritten
             for (int64_t a = 0; a < d.rows + d.reach; ++a) FillCopyRow(g, xc, slot, k, oy0 + a, dst + a * g.wq);
           }
+        }
         const int64_t j0 = csr.row_ptr[c], nnz = csr.row_ptr[c + 1] - j0;
         const float init = bias ? bias[c] : 0.f;
         for (int64_t k = 0; k < tiles; ++k)
@@ -1695,11 +1702,51 @@ struct CsrConvKernel {
     const int64_t cols = static_cast<int64_t>(g.col_start.size());
     ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
       const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
+      if (PairedColumns(g)) {
+        float* dst = q + (slot * cols * g.c_in + c) * g.plane;  // copy column 1: C_in planes on
+        for (int64_t a = 0; a < g.hq; ++a) FillCopyRowPair(g, xi + c * g.h * g.w, slot, a, dst + a * g.wq, g.c_in * g.plane);
+        return;
+      }
       for (int64_t k = 0; k < cols; ++k) {
         float* dst = q + ((slot * cols + k) * g.c_in + c) * g.plane;
         for (int64_t a = 0; a < g.hq; ++a) FillCopyRow(g, xi + c * g.h * g.w, slot, k, a, dst + a * g.wq);
       }
     });
+  }
+
+  // Whether the layer reads two copy columns that are the two column phases of stride 2: a
+  // row of both then comes from one pass over the input row (FillCopyRowPair).
+  static bool PairedColumns(const ConvGeometry& g) {
+    return g.sw == 2 && g.col_start.size() == 2 && g.col_start[1] == g.col_start[0] + 1;
+  }
+
+  // Row a of copy columns 0 and 1 of (row phase slot) of one channel `src` (PairedColumns),
+  // column 1's row at d + k_stride: what FillCopyRow writes for each, with the columns both
+  // copies hold taken from one pass over the input row (Deinterleave), where two strided
+  // passes would each read the whole row.
+  void FillCopyRowPair(const ConvGeometry& g, const float* src, int64_t slot, int64_t a, float* d, int64_t k_stride) const {
+    const int64_t row = a * g.sh + g.row_phases[static_cast<size_t>(slot)] - pad_t;
+    if (a >= g.hq || row < 0 || row >= g.h) {
+      std::fill(d, d + g.wq, 0.f);
+      std::fill(d + k_stride, d + k_stride + g.wq, 0.f);
+      return;
+    }
+    // Copy column k, column b holds X column 2b + s + k (s = col_start[0] - pad_l) where
+    // col_first[k] <= b < col_end[k]; both hold theirs for b in [lo, hi).
+    const int64_t lo = std::max(g.col_first[0], g.col_first[1]);
+    const int64_t hi = std::max(lo, std::min(g.col_end[0], g.col_end[1]));
+    const int64_t s = g.col_start[0] - pad_l;
+    const float* x = src + row * g.w;
+    for (int64_t k = 0; k < 2; ++k) {
+      float* o = d + k * k_stride;
+      const int64_t first = g.col_first[static_cast<size_t>(k)], end = g.col_end[static_cast<size_t>(k)];
+      std::fill(o, o + first, 0.f);
+      for (int64_t b = first; b < std::min(lo, end); ++b) o[b] = x[2 * b + s + k];
+      for (int64_t b = std::max(first, hi); b < end; ++b) o[b] = x[2 * b + s + k];
+      std::fill(o + end, o + g.wq, 0.f);
+    }
+    // X columns 2 lo + s .. 2 hi + s - 1: copy 0's at b = lo and copy 1's at b = hi - 1, both in X.
+    if (hi > lo) KernelsFor(isa).deinterleave(x + 2 * lo + s, hi - lo, d + lo, d + k_stride + lo);
   }
 
   // Row a (< Hq, or past it: zeros) of copy (row phase slot, copy column k) of one channel
