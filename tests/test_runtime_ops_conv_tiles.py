@@ -223,6 +223,21 @@ def test_1x1_reading_x_in_place_matches_the_reference(plane, group, isa, threads
     assert np.array_equal(x, x_before)
 
 
+
+# A plane narrower than the tiles is copied, each channel's copy rounded up to the vector width
+# (PlanPhases), so tile loads start on vector boundaries; the rounding is zeros the tiles read
+# and drop. Many input channels split into channel blocks, and batch 2 reuses the copies.
+@pytest.mark.parametrize("plane,c_in", [((7, 7), 600), ((3, 5), 300), ((1, 9), 64), ((6, 5), 17)],
+                         ids=["7x7_600ch", "3x5_300ch", "1x9_64ch", "6x5_17ch"])
+def test_1x1_small_planes_copied_aligned_match_the_reference(plane, c_in, isa, threads):
+    h, w = plane
+    rng, w4 = _weights(f"aligned_{h}x{w}_{c_in}", 20, c_in, 1, 1, 0.5)
+    b = rng.standard_normal(20).astype(np.float32)
+    x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
+    model = conv_model(w4, b, strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1)
+    _, y = session(model, threads).run(None, {"X": x})
+    close(y, conv_reference(x, w4, b, [1, 1], [0, 0, 0, 0], [1, 1], 1), c_in)
+
 def _shuffled_conv_model(w4, b, pads, index_dtype, rng):
     """CsrConv whose rows list their nonzeros in a random column order (the contract only
     recommends ascending columns): the channel-block passes then take them out of block, and
