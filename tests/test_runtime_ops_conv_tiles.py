@@ -224,19 +224,28 @@ def test_1x1_reading_x_in_place_matches_the_reference(plane, group, isa, threads
 
 
 
-# A plane narrower than the tiles is copied, each channel's copy rounded up to the vector width
-# (PlanPhases), so tile loads start on vector boundaries; the rounding is zeros the tiles read
-# and drop. Many input channels split into channel blocks, and batch 2 reuses the copies.
-@pytest.mark.parametrize("plane,c_in", [((7, 7), 600), ((3, 5), 300), ((1, 9), 64), ((6, 5), 17)],
-                         ids=["7x7_600ch", "3x5_300ch", "1x9_64ch", "6x5_17ch"])
-def test_1x1_small_planes_copied_aligned_match_the_reference(plane, c_in, isa, threads):
+# A 1x1 kernel's input copies (a plane narrower than the tiles, which the tiles may not read
+# in place, or a strided or padded layer) have each channel's plane rounded up to the vector
+# width (PlanPhases), so tile loads start on vector boundaries; the rounding is zeros the
+# tiles read and drop. Many input channels split into channel blocks, and batch 2 reuses the
+# copies.
+ALIGNED_1X1 = [((7, 7), 600, [1, 1], [0, 0, 0, 0]), ((3, 5), 300, [1, 1], [0, 0, 0, 0]),
+               ((1, 9), 64, [1, 1], [0, 0, 0, 0]), ((6, 5), 17, [1, 1], [0, 0, 0, 0]),
+               ((14, 14), 96, [2, 2], [0, 0, 0, 0]), ((13, 11), 40, [2, 3], [1, 0, 0, 2]),
+               ((9, 9), 33, [1, 1], [1, 1, 1, 1])]
+
+
+@pytest.mark.parametrize("plane,c_in,strides,pads", ALIGNED_1X1,
+                         ids=["7x7_600ch", "3x5_300ch", "1x9_64ch", "6x5_17ch", "14x14_s2", "13x11_s23_pads",
+                              "9x9_pad1"])
+def test_1x1_copies_on_aligned_planes_match_the_reference(plane, c_in, strides, pads, isa, threads):
     h, w = plane
-    rng, w4 = _weights(f"aligned_{h}x{w}_{c_in}", 20, c_in, 1, 1, 0.5)
+    rng, w4 = _weights(f"aligned_{h}x{w}_{c_in}_{strides}", 20, c_in, 1, 1, 0.5)
     b = rng.standard_normal(20).astype(np.float32)
     x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
-    model = conv_model(w4, b, strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1)
+    model = conv_model(w4, b, strides=strides, pads=pads, dilations=[1, 1], group=1)
     _, y = session(model, threads).run(None, {"X": x})
-    close(y, conv_reference(x, w4, b, [1, 1], [0, 0, 0, 0], [1, 1], 1), c_in)
+    close(y, conv_reference(x, w4, b, strides, pads, [1, 1], 1), c_in)
 
 def _shuffled_conv_model(w4, b, pads, index_dtype, rng):
     """CsrConv whose rows list their nonzeros in a random column order (the contract only

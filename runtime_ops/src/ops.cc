@@ -1221,7 +1221,7 @@ struct ConvGeometry {
   std::vector<int64_t> col_first, col_end;
   int64_t copies = 0;       // row_phases.size() * col_start.size()
   int64_t hq = 0, wq = 0;   // rows and columns of a channel's copy
-  int64_t plane = 0;        // hq * wq; for an x_layout copy rounded up to RowQuantum (PlanPhases)
+  int64_t plane = 0;        // hq * wq; for a 1x1 kernel's copies rounded up to RowQuantum (PlanPhases)
   bool x_layout = false;    // the copy is X itself (1x1, unit strides, no padding): wq = W
   bool shifted = false;     // kW column-shifted copies (ShiftedCopies), else phase copies
   int64_t q_size = 0;       // copies * c_in * plane <= kMaxConvPlane
@@ -1413,7 +1413,7 @@ struct CsrConvKernel {
   // (Tiles, in_place); that needs a plane of at least one tile. PlanPhases then lays Q out
   // as X (x_layout: one copy, Hq = H, Wq = W, whatever the row quantum), except that a plane
   // narrower than the tiles, copied anyway, gets each channel's copy rounded up to the row
-  // quantum (aligned tile loads).
+  // quantum (aligned tile loads), as every other 1x1 layer's copies do.
   bool ReadsXInPlace(const ConvGeometry& g, const ConvPlan& p) const {
     return g.x_layout && p.npos >= p.tile && p.npos >= p.tail && g.plane == g.h * g.w;
   }
@@ -1601,18 +1601,22 @@ struct CsrConvKernel {
       }
     }
     g->plane = CheckedMul(g->hq, g->wq, "input copy size");
-    if (g->x_layout) {
-      // X is copied anyway when its plane is narrower than the tiles (ReadsXInPlace): then
-      // each channel's copy starts on a vector boundary, so no tile load splits a cache line.
-      // ResNet-50's 1x1 layers on 7x7 maps (49 floats a channel) ran 1.11-1.21x faster so, one
-      // node, its arrays from memory. Wider planes stay in place: a 14x14 one (196 floats)
-      // copied to aligned planes ran 0.89-1.08x.
-      int vi = 0, tail_vi = 0;
-      int64_t tail = 0;
-      const int64_t npos = g->oh * g->wq;
-      const int64_t tile = ChooseTiles(KernelsFor(isa).conv_lanes, npos, &vi, &tail_vi, &tail);
+    if (kh == 1 && kw == 1) {
+      // A 1x1 kernel reads each channel's copy from its start: with the channel planes
+      // rounded up to the vector width, no tile load splits a cache line. ResNet-50's 1x1
+      // layers on 7x7 maps (49 floats a channel) ran 1.11-1.21x faster so, one node, its
+      // arrays from memory. Not when the tiles read X in place (ReadsXInPlace: X's plane at
+      // least one tile): copying a 14x14 plane (196 floats) to aligned planes ran 0.89-1.08x.
+      bool in_place = false;
+      if (g->x_layout) {
+        int vi = 0, tail_vi = 0;
+        int64_t tail = 0;
+        const int64_t npos = g->oh * g->wq;
+        const int64_t tile = ChooseTiles(KernelsFor(isa).conv_lanes, npos, &vi, &tail_vi, &tail);
+        in_place = npos >= tile && npos >= tail;
+      }
       const int64_t quantum = RowQuantum(isa);
-      if (!(npos >= tile && npos >= tail)) g->plane = (g->plane + quantum - 1) / quantum * quantum;
+      if (!in_place) g->plane = (g->plane + quantum - 1) / quantum * quantum;
     }
     g->copies = CheckedMul(static_cast<int64_t>(g->row_phases.size()), static_cast<int64_t>(g->col_start.size()),
                            "input copy count");  // <= 2^32
