@@ -1733,6 +1733,10 @@ struct CsrConvKernel {
       if (PairedColumns(g)) {
         float* dst = q + (slot * cols * g.c_in + c) * g.plane;  // copy column 1: C_in planes on
         for (int64_t a = 0; a < g.hq; ++a) FillCopyRowPair(g, xi + c * g.h * g.w, slot, a, dst + a * g.wq, g.c_in * g.plane);
+        for (int64_t k = 0; k < 2; ++k) {  // a rounded plane's slack, as below (none today: 1x1 only)
+          float* copy = dst + k * g.c_in * g.plane;
+          std::fill(copy + g.hq * g.wq, copy + g.plane, 0.f);
+        }
         return;
       }
       for (int64_t k = 0; k < cols; ++k) {
