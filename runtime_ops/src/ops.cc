@@ -1223,6 +1223,7 @@ struct ConvGeometry {
   int64_t hq = 0, wq = 0;   // rows and columns of a channel's copy
   int64_t plane = 0;        // hq * wq; for a 1x1 kernel's copies rounded up to RowQuantum (PlanPhases)
   bool x_layout = false;    // the copy is X itself (1x1, unit strides, no padding): wq = W
+  bool in_place = false;    // the tiles read X itself, no copy (ReadsXInPlace)
   bool shifted = false;     // kW column-shifted copies (ShiftedCopies), else phase copies
   int64_t q_size = 0;       // copies * c_in * plane <= kMaxConvPlane
   int64_t q_alloc = 0;      // q_size plus the zeroed slack the tiles may read, <= kMaxConvPlane
@@ -1387,7 +1388,7 @@ struct CsrConvKernel {
     const float* w = FloatValues(KernelsFor(isa), csr, &widened);
     const float* xd = x.as<float>();
     const int64_t y_image = g.c_out * g.oh * g.ow;
-    if (ReadsXInPlace(g, *plan)) {
+    if (g.in_place) {
       for (int64_t img = 0; img < g.nb; ++img)
         Tiles(ctx, g, *plan, w, xd + img * g.c_in * g.h * g.w, true, bias, z ? z + img * y_image : nullptr,
               y + img * y_image);
@@ -1414,8 +1415,14 @@ struct CsrConvKernel {
   // as X (x_layout: one copy, Hq = H, Wq = W, whatever the row quantum), except that a plane
   // narrower than the tiles, copied anyway, gets each channel's copy rounded up to the row
   // quantum (aligned tile loads), as every other 1x1 layer's copies do.
-  bool ReadsXInPlace(const ConvGeometry& g, const ConvPlan& p) const {
-    return g.x_layout && p.npos >= p.tile && p.npos >= p.tail && g.plane == g.h * g.w;
+  // Decided once, by PlanPhases (ConvGeometry::in_place), with the tiles MakePlan chooses.
+  bool ReadsXInPlace(const ConvGeometry& g) const {
+    if (!g.x_layout) return false;
+    int vi = 0, tail_vi = 0;
+    int64_t tail = 0;
+    const int64_t npos = g.oh * g.wq;  // ConvPlan::npos
+    const int64_t tile = ChooseTiles(KernelsFor(isa).conv_lanes, npos, &vi, &tail_vi, &tail);
+    return npos >= tile && npos >= tail;
   }
 
   // Where kernel tap (row i, column jj) of channel `channel` starts in copies laid out
@@ -1601,22 +1608,15 @@ struct CsrConvKernel {
       }
     }
     g->plane = CheckedMul(g->hq, g->wq, "input copy size");
-    if (kh == 1 && kw == 1) {
+    g->in_place = ReadsXInPlace(*g);
+    if (kh == 1 && kw == 1 && !g->in_place) {
       // A 1x1 kernel reads each channel's copy from its start: with the channel planes
       // rounded up to the vector width, no tile load splits a cache line. ResNet-50's 1x1
       // layers on 7x7 maps (49 floats a channel) ran 1.11-1.21x faster so, one node, its
-      // arrays from memory. Not when the tiles read X in place (ReadsXInPlace: X's plane at
-      // least one tile): copying a 14x14 plane (196 floats) to aligned planes ran 0.89-1.08x.
-      bool in_place = false;
-      if (g->x_layout) {
-        int vi = 0, tail_vi = 0;
-        int64_t tail = 0;
-        const int64_t npos = g->oh * g->wq;
-        const int64_t tile = ChooseTiles(KernelsFor(isa).conv_lanes, npos, &vi, &tail_vi, &tail);
-        in_place = npos >= tile && npos >= tail;
-      }
+      // arrays from memory. X read in place keeps its plane: copying a 14x14 plane (196
+      // floats) to aligned planes ran 0.89-1.08x.
       const int64_t quantum = RowQuantum(isa);
-      if (!in_place) g->plane = (g->plane + quantum - 1) / quantum * quantum;
+      g->plane = (g->plane + quantum - 1) / quantum * quantum;
     }
     g->copies = CheckedMul(static_cast<int64_t>(g->row_phases.size()), static_cast<int64_t>(g->col_start.size()),
                            "input copy count");  // <= 2^32
@@ -1695,7 +1695,7 @@ struct CsrConvKernel {
     const int64_t want = std::min(fitting, std::max<int64_t>(1, per_row / kConvMinBlockNnz));
     p.cb = EvenBlocks(g.cg, (g.cg + want - 1) / want, &p.blocks);
 
-    const bool in_place = ReadsXInPlace(g, p);  // q_size is then X's size
+    const bool in_place = g.in_place;  // q_size is then X's size
     std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
     p.seg.assign(static_cast<size_t>(g.c_out * (p.blocks + 1)), 0);
     for (int64_t r = 0; r < g.c_out; ++r) {
