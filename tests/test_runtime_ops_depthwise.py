@@ -1,10 +1,14 @@
-"""CsrConv's depthwise path (ops.cc CsrConvKernel::Depthwise): a layer with one input and one
-output channel per group runs band by band, each task filling only the copy rows its band of
-output rows reads. Every case is compared with the float64 reference on every instruction set
-the CPU has, with 1 and 2 threads, and with the path turned off (ONNXPRUNE_CONV_DEPTHWISE=0,
-the whole-image copies): bands overhanging the image's bottom, several bands, strides,
-dilations, asymmetric pads, non-square and 1-D kernels, batches, densities from empty rows to
-dense, the residual Z and the activations."""
+"""CsrConv's depthwise paths: a layer with one input and one output channel per group reads X
+where it lies (ops.cc CsrConvKernel::DirectDepthwise: each output row a weighted sum of shifted
+input rows, through the channel's column phases at a column stride above 1, the lanes where a
+tap reads padding masked), or band by band (CsrConvKernel::Depthwise), each task filling only
+the copy rows its band of output rows reads.
+Every case is compared with the float64 reference on every instruction set the CPU has, with 1
+and 2 threads, by each path (ONNXPRUNE_CONV_DEPTHWISE=1 the default, =bands every depthwise
+layer band by band, =0 the whole-image copies): row widths across the vector steps, bands
+overhanging the image's bottom, several bands, strides, dilations, asymmetric pads, padding
+wider than the kernel, non-square and 1-D kernels, batches, densities from empty rows to dense,
+the residual Z and the activations."""
 
 from __future__ import annotations
 
@@ -67,15 +71,37 @@ def test_depthwise_matches_the_reference_and_the_copies(case, density, isa, thre
     x = rng.standard_normal((2, c, h, w)).astype(np.float32)
     model = conv_model(w4, b, strides=strides, pads=pads, dilations=dilations, group=c)
     want = conv_reference(x, w4, b, strides, pads, dilations, c)
-    rows = run(model, {"X": x}, threads, monkeypatch, "1")
-    close(rows, want, kh * kw)
-    copies = run(model, {"X": x}, threads, monkeypatch, "0")
-    close(copies, want, kh * kw)
+    for path in ("1", "bands", "0"):
+        close(run(model, {"X": x}, threads, monkeypatch, path), want, kh * kw)
 
 
+# Geometries for the direct path's row kernel: output widths on both sides of every vector
+# step (8 and 32 floats on AVX2; 16, 64 and the masked tail on AVX-512), kernels whose taps all
+# read padding in some columns, rows where no tap lands (pads taller than the kernel), a kernel
+# wider than the unpadded row, so that every column is an edge column, and strides 1, 2 (the
+# column phases by the pairs' pass, odd widths leaving phase 0 one column longer) and 3.
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2], [1, 3]], ids=["s1", "s2", "s1x3"])
+@pytest.mark.parametrize("width", [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 79, 80, 81, 130])
+@pytest.mark.parametrize("kernel", [((3, 3), [1, 1, 1, 1], [1, 1]), ((5, 5), [2, 2, 2, 2], [1, 1]),
+                                    ((3, 5), [4, 0, 3, 6], [1, 2]), ((1, 7), [0, 6, 0, 6], [1, 1])],
+                         ids=["3x3", "5x5", "3x5_wide_pads_dilated", "1x7_wider_than_a_short_row"])
+def test_direct_rows_of_every_width_match_the_reference(width, kernel, strides, isa, threads, monkeypatch):
+    (kh, kw), pads, dilations = kernel
+    if width + pads[1] + pads[3] < (kw - 1) * dilations[1] + 1:
+        pytest.skip("the dilated kernel is wider than the padded row: the op refuses it")
+    rng, w4 = weights(f"direct-{width}-{kh}x{kw}-{strides}", 5, kh, kw, 0.6)
+    w4[1] = 0.0  # a channel with no nonzero: bias only
+    b = rng.standard_normal(5).astype(np.float32)
+    x = rng.standard_normal((2, 5, 7, width)).astype(np.float32)
+    model = conv_model(w4, b, strides=strides, pads=pads, dilations=dilations, group=5)
+    want = conv_reference(x, w4, b, strides, pads, dilations, 5)
+    close(run(model, {"X": x}, threads, monkeypatch, "1"), want, kh * kw)
+
+
+@pytest.mark.parametrize("path", ["1", "bands"])
 @pytest.mark.parametrize("activation", [None, "Relu", "HardSwish"])
 @pytest.mark.parametrize("case", [GEOMETRIES[1], GEOMETRIES[3]], ids=[GEOMETRIES[1][0], GEOMETRIES[3][0]])
-def test_z_then_the_activation_on_each_band(case, activation, isa, threads, monkeypatch):
+def test_z_then_the_activation_on_each_band(case, activation, path, isa, threads, monkeypatch):
     name, c, (kh, kw), h, w, strides, pads, dilations = case
     rng, w4 = weights(name, c, kh, kw, 0.3)
     b = rng.standard_normal(c).astype(np.float32)
@@ -88,7 +114,7 @@ def test_z_then_the_activation_on_each_band(case, activation, isa, threads, monk
     elif activation == "HardSwish":
         want = want * np.clip(want / 6 + 0.5, 0.0, 1.0)
     model = residual_model(w4, b, strides=strides, pads=pads, dilations=dilations, group=c, activation=activation)
-    close(run(model, {"X": x, "Z": z}, threads, monkeypatch, "1"), want, kh * kw)
+    close(run(model, {"X": x, "Z": z}, threads, monkeypatch, path), want, kh * kw)
 
 
 def test_a_1d_depthwise_convolution(isa, threads, monkeypatch):
@@ -101,15 +127,24 @@ def test_a_1d_depthwise_convolution(isa, threads, monkeypatch):
 
 
 def test_the_layout_depthwise_layers_take(lib, monkeypatch):
-    """3: band by band; a grouped layer with 2 channels per group, or the path turned off,
-    takes the copies; so does a band whose single output row needs a huge buffer (dilation)."""
+    """4: X read directly, at any stride; 3: band by band (a column stride over a plane past
+    ops.cc kDwMaxPhaseFloats, or ONNXPRUNE_CONV_DEPTHWISE=bands); a grouped layer with 2
+    channels per group, or the paths turned off, takes the copies; so does a band whose single
+    output row needs a huge buffer (dilation), which the direct path reads in place."""
     isa_name = "scalar"
     attrs = [3, 3, 1, 1, 1, 1, 1, 1, 1, 1]
+    stride2 = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]
     monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
-    assert conv_layout(lib, isa_name, [*attrs, 32], [1, 32, 56, 56], 32, 100) == 3
+    assert conv_layout(lib, isa_name, [*attrs, 32], [1, 32, 56, 56], 32, 100) == 4
+    assert conv_layout(lib, isa_name, [*stride2, 32], [1, 32, 56, 56], 32, 100) == 4
+    assert conv_layout(lib, isa_name, [*stride2, 4], [1, 4, 2048, 2049], 4, 10) == 3  # 2^22 floats passed
+    assert conv_layout(lib, isa_name, [*stride2, 4], [1, 4, 2048, 2048], 4, 10) == 4
     assert conv_layout(lib, isa_name, [*attrs, 16], [1, 32, 56, 56], 32, 100) in (1, 2)  # 2 channels per group
     assert conv_layout(lib, isa_name, [*attrs, 16], [1, 16, 56, 56], 32, 100) in (1, 2)  # 2 outputs per group
-    huge = [3, 3, 1, 1, 20000, 1, 20000, 1, 20000, 1, 4]
+    huge = [3, 3, 2, 1, 20000, 1, 20000, 1, 20000, 1, 4]
+    assert conv_layout(lib, isa_name, huge, [1, 4, 40, 100], 4, 10) == 4
+    monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "bands")
+    assert conv_layout(lib, isa_name, [*attrs, 32], [1, 32, 56, 56], 32, 100) == 3
     assert conv_layout(lib, isa_name, huge, [1, 4, 40, 100], 4, 10) in (1, 2)
     monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "0")
     assert conv_layout(lib, isa_name, [*attrs, 32], [1, 32, 56, 56], 32, 100) in (1, 2)
@@ -119,5 +154,26 @@ def test_an_unknown_switch_value_is_refused(monkeypatch):
     rng, w4 = weights("switch", 4, 3, 3, 0.5)
     model = conv_model(w4, None, strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=4)
     monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "yes")
-    with pytest.raises(Exception, match="ONNXPRUNE_CONV_DEPTHWISE=yes is not one of 0, 1"):
+    with pytest.raises(Exception, match="ONNXPRUNE_CONV_DEPTHWISE=yes is not one of 0, 1, bands"):
         session(model, 1)
+
+
+@pytest.mark.parametrize("width", [37, 4096])
+def test_repeated_columns_are_summed_whichever_path_takes_them(width, isa, threads, monkeypatch):
+    """A CSR row may name a column more than once (the op sums the entries): a 3x3 row of 4200
+    entries. On a 37-wide map the direct path takes it (more taps than the kernel has); on a
+    4096-wide one its mask table (4200 taps x a step per vector) would pass ops.cc kDwMaxMasks,
+    and the band path takes the layer instead."""
+    from tests.test_runtime_ops_hostile import op_model
+    rng = np.random.default_rng(width)
+    reps = 4200
+    cols = np.concatenate([np.full(reps, 4), rng.integers(0, 9, 7)]).astype(np.int32)  # row 0; row 1 below
+    vals = np.concatenate([np.full(reps, 1e-3), rng.standard_normal(7)]).astype(np.float32)
+    csr = (vals, cols, np.array([0, reps, reps + 7], np.int32))
+    w4 = np.zeros((2, 1, 3, 3))
+    np.add.at(w4[0, 0].reshape(-1), cols[:reps], vals[:reps].astype(np.float64))
+    np.add.at(w4[1, 0].reshape(-1), cols[reps:], vals[reps:].astype(np.float64))
+    x = rng.standard_normal((1, 2, 3, width)).astype(np.float32)
+    model, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2)
+    want = conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 2)
+    close(run(model, {"X": x}, threads, monkeypatch, "1"), want, reps)

@@ -136,6 +136,15 @@ struct Kernels {
   // d0[i] = src[2 * i], d1[i] = src[2 * i + 1] for i < n: the two column-phase copies of a
   // stride-2 layer's row in one pass. Reads only src[0 .. 2n).
   void (*deinterleave)(const float* src, int64_t n, float* d0, float* d1);
+  // Output rows [oy0, oy1) of one channel plane of a depthwise layer (CsrConv's direct path),
+  // ow columns each, read from the plane x (output rows `stride` floats apart there) where it
+  // lies: for i < ow, with L = conv_lanes, step t = i / L and lane l = i % L,
+  //   y[oy * ow + i] = init + sum over k < n with bit l of mask[t * n + k] set of
+  //                    w[k] * x[oy * stride + i + off[k]]
+  // The caller sets a bit only where that element lies inside x. In steps [full0, full1)
+  // every tap's mask is all L bits and the step lies inside the row: those take plain loads.
+  void (*dw_rows)(const float* x, int64_t stride, const int64_t* off, const float* w, const uint16_t* mask, int64_t n,
+                  int64_t full0, int64_t full1, int64_t oy0, int64_t oy1, int64_t ow, float init, float* y);
 };
 
 const Kernels& KernelsFor(Isa isa);

@@ -708,15 +708,18 @@ Copies ChooseCopies() {
   Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_COPIES=", forced, " is not one of shifted, phase");
 }
 
-// Depthwise layers (one input and one output channel per group) read their input row by row
-// (CsrConvKernel::Depthwise) unless ONNXPRUNE_CONV_DEPTHWISE=0 (read when a session creates its
-// kernels), which sends them through the input copies like any other grouped layer: for tests
-// that compare the two, and for A/B timing.
-bool ChooseDepthwiseRows() {
+// Depthwise layers (one input and one output channel per group) take their own paths
+// (CsrConvKernel::DirectDepthwise for stride 1, CsrConvKernel::Depthwise band by band for the
+// rest) unless ONNXPRUNE_CONV_DEPTHWISE=0, which sends them through the input copies like any
+// other grouped layer; =bands sends stride-1 layers band by band too. Read when a session
+// creates its kernels: for tests that compare the paths, and for A/B timing.
+enum class DwPath { kCopies, kAuto, kBands };
+DwPath ChooseDepthwisePath() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_DEPTHWISE");
-  if (forced == nullptr || *forced == '\0' || std::strcmp(forced, "1") == 0) return true;
-  if (std::strcmp(forced, "0") == 0) return false;
-  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_DEPTHWISE=", forced, " is not one of 0, 1");
+  if (forced == nullptr || *forced == '\0' || std::strcmp(forced, "1") == 0) return DwPath::kAuto;
+  if (std::strcmp(forced, "0") == 0) return DwPath::kCopies;
+  if (std::strcmp(forced, "bands") == 0) return DwPath::kBands;
+  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_DEPTHWISE=", forced, " is not one of 0, 1, bands");
 }
 
 // Column of entry j of a validated CSR, whatever the index encoding; `running` carries a row's
@@ -1265,7 +1268,7 @@ struct CsrConvKernel {
   int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
   Isa isa = Isa::kScalar;
   Copies copies = Copies::kGate;  // ONNXPRUNE_CONV_COPIES (ShiftedCopies)
-  bool depthwise_rows = true;     // ONNXPRUNE_CONV_DEPTHWISE (ChooseDepthwiseRows)
+  DwPath depthwise = DwPath::kAuto;  // ONNXPRUNE_CONV_DEPTHWISE (ChooseDepthwisePath)
   Activation act;  // applied to each output as its tile completes
   ValidatedCsr constant;
   int64_t columns = -1;  // K = C_in/group * kH * kW, when the node records it (ReadColumns)
@@ -1275,9 +1278,11 @@ struct CsrConvKernel {
   CsrConvKernel() = default;  // for Layout
 
   // The input layout the kernel plans for X of shape `x` (N, C, H, W) and a CSR of `c_out` rows
-  // and `nnz` entries, on `isa`, with ONNXPRUNE_CONV_COPIES read as a session would:
-  // 0 X read in place, 1 phase copies, 2 shifted copies. attrs: kH, kW, sH, sW, dH, dW,
-  // pad_t, pad_l, pad_b, pad_r, group. Refused attributes or shapes fail as the op does.
+  // and `nnz` entries, on `isa`, with ONNXPRUNE_CONV_COPIES and ONNXPRUNE_CONV_DEPTHWISE read
+  // as a session would: 0 X read in place, 1 phase copies, 2 shifted copies, 3 depthwise band
+  // by band, 4 depthwise reading X directly (DirectDepthwise, which may still hand a CSR with
+  // repeated columns to the bands). attrs: kH, kW, sH, sW, dH, dW, pad_t, pad_l, pad_b, pad_r,
+  // group. Refused attributes or shapes fail as the op does.
   static int Layout(Isa isa, const int64_t* attrs, const int64_t* x, int64_t c_out, int64_t nnz) {
     const std::string error = ConvAttrsError({attrs[0], attrs[1]}, {attrs[2], attrs[3]}, {attrs[4], attrs[5]},
                                              {attrs[6], attrs[7], attrs[8], attrs[9]});
@@ -1289,7 +1294,7 @@ struct CsrConvKernel {
     k.pad_t = attrs[6], k.pad_l = attrs[7], k.pad_b = attrs[8], k.pad_r = attrs[9], k.group = attrs[10];
     k.isa = isa;
     k.copies = ChooseCopies();
-    k.depthwise_rows = ChooseDepthwiseRows();
+    k.depthwise = ChooseDepthwisePath();
     Tensor t;
     t.type = ortabi::kFloat;
     t.shape.assign(x, x + 4);
@@ -1299,6 +1304,7 @@ struct CsrConvKernel {
     csr.max_col = 0;
     const ConvGeometry g = k.Plan(t, csr);
     if (g.empty()) Fail(ortabi::kInvalidArgument, "refused: an empty output");
+    if (k.ReadsXDirectly(g)) return 4;
     DwGeometry d;
     if (k.DepthwiseRows(g, &d)) return 3;
     return g.x_layout ? 0 : g.shifted ? 2 : 1;
@@ -1333,7 +1339,7 @@ struct CsrConvKernel {
     act = ReadActivation(info);
     isa = ChooseIsa();
     copies = ChooseCopies();
-    depthwise_rows = ChooseDepthwiseRows();
+    depthwise = ChooseDepthwisePath();
     constant = ValidateConstantCsr(info);
     columns = ReadColumns(info, constant);
   }
@@ -1375,6 +1381,11 @@ struct CsrConvKernel {
     Check(g_api->GetTensorMutableData(yv, &ydata));
     float* y = static_cast<float*>(ydata);
 
+    if (ReadsXDirectly(g)) {
+      std::vector<float> widened;
+      if (DirectDepthwise(ctx, g, csr, FloatValues(KernelsFor(isa), csr, &widened), x.as<float>(), bias, z, y))
+        return;
+    }
     DwGeometry dg;
     if (DepthwiseRows(g, &dg)) {
       std::vector<float> widened;
@@ -1437,7 +1448,193 @@ struct CsrConvKernel {
     return (copy * channels + channel) * plane + (rh / g.sh) * g.wq + g.tap_shift[static_cast<size_t>(jj)];
   }
 
-  // Depthwise layers (one input and one output channel per group), band by band. The other
+  // Depthwise layers (one input and one output channel per group) read their input where it
+  // lies: output row oy of channel c is
+  //   Y[c][oy][ox] = B[c] + sum over the row's nonzeros (i, j) of w * X[c][oy sH + i dH - pad_t][ox sW + j dW - pad_l]
+  // a weighted sum of the input rows the taps land on, each shifted by its column. Each tap
+  // is one offset into the channel's plane, and output rows are sH input rows apart
+  // (Kernels::dw_rows: four vectors of accumulators at a time, every tap taken while they
+  // stay in registers, each output stored once). At a column stride sW > 1 the channel's
+  // plane is first split into its sW column phases (columns p, p + sW, ...; one pass over the
+  // plane), where tap j reads phase (j dW - pad_l) mod sW from column ox + floor((j dW -
+  // pad_l) / sW): consecutive outputs read consecutive floats again. A table of lane masks per
+  // vector step and tap, made once per channel, leaves out the lanes where a tap reads padding;
+  // the steps where no tap does take plain loads. The rows where some tap's input row lies
+  // outside X take the taps that land, one row at a time. Z and the activation follow on each
+  // run of rows while it is in L1. The band path (Depthwise), which copies each band's input
+  // rows in and its output rows out, ran 1.04-2.85x slower at stride 1 and 1.63-1.75x at
+  // stride 2 (one node, a Zen 5 class core, bench/bench_depthwise.py: 3x3 at 20% over 128
+  // channels of 100x76 2.80-2.85x, 5x5 over 256 of 25x19 1.04-1.17x), level only on 128
+  // channels of 13x10 (0.94-1.00x), where a call's fixed cost dominates.
+  static constexpr int64_t kDwMaxMasks = 1 << 20;        // mask table entries a task may hold
+  static constexpr int64_t kDwMaxPhaseFloats = 1 << 22;  // a channel's column phases (16 MiB)
+  static constexpr int64_t kDwRunFloats = 4096;          // outputs per run of rows (16 KiB)
+  bool ReadsXDirectly(const ConvGeometry& g) const {
+    if (depthwise != DwPath::kAuto || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
+    if (g.sw > 1 && static_cast<double>(g.h) * static_cast<double>(g.w) > static_cast<double>(kDwMaxPhaseFloats))
+      return false;
+    const double steps = static_cast<double>((g.ow + 7) / 8);  // the widest table: 8 lanes
+    return steps * static_cast<double>(kh) * static_cast<double>(kw) <= static_cast<double>(kDwMaxMasks);
+  }
+
+  // A nonzero's tap in the plane DirectDepthwise reads (X's channel at sW = 1, else its
+  // column phases): input row oy sH + dy, its offset there, and the output columns [a, b) and
+  // rows [ra, rb) at which it reads inside X.
+  struct DwTap {
+    int64_t dy = 0, off = 0, a = 0, b = 0, ra = 0, rb = 0;
+  };
+  // A task's buffers: one channel's taps, weights and masks (`edge` for the rows where only
+  // some taps land), and the column phases of its plane.
+  struct DwScratch {
+    std::vector<int64_t> off, off_edge;
+    std::vector<float> wt, wt_edge;
+    std::vector<uint16_t> mask, mask_edge;
+    AlignedBuffer phases;
+  };
+
+  // Columns of phase p (p, p + sW, ...) of an input row; wp = ceil(W / sW) holds the widest.
+  static int64_t PhaseWidth(const ConvGeometry& g, int64_t p) { return p < g.w ? (g.w - p + g.sw - 1) / g.sw : 0; }
+
+  // Every nonzero's tap, once per call (no division per channel); *widest: the longest row.
+  std::vector<DwTap> DirectTaps(const ConvGeometry& g, const Csr& csr, int64_t* widest) const {
+    const int64_t sw_ = g.sw, wp = (g.w + sw_ - 1) / sw_;
+    std::vector<DwTap> taps(static_cast<size_t>(csr.nnz));
+    *widest = 0;
+    for (int64_t r = 0; r < csr.rows; ++r) {
+      int64_t running = 0;
+      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
+        const int64_t col = ColumnAt(csr, j, &running);  // < kH * kW (Plan); attributes <= 2^16
+        const int64_t ty = (col / kw) * dh - pad_t, tx = (col % kw) * dw - pad_l;
+        const int64_t ph = ((tx % sw_) + sw_) % sw_, q = (tx - ph) / sw_;  // phase, and floor(tx / sW)
+        const int64_t width = sw_ == 1 ? g.w : PhaseWidth(g, ph);
+        DwTap& tap = taps[static_cast<size_t>(j)];
+        tap.dy = ty;
+        tap.off = sw_ == 1 ? ty * g.w + tx : (ph * g.h + ty) * wp + q;
+        tap.a = std::min(g.ow, std::max<int64_t>(0, -q));
+        tap.b = std::max(tap.a, std::min(g.ow, width - q));
+        tap.ra = std::min(g.oh, ty >= 0 ? 0 : (-ty + g.sh - 1) / g.sh);
+        tap.rb = std::min(g.oh, ty > g.h - 1 ? 0 : (g.h - 1 - ty) / g.sh + 1);
+      }
+      *widest = std::max<int64_t>(*widest, csr.row_ptr[r + 1] - csr.row_ptr[r]);
+    }
+    return taps;
+  }
+
+  // The sW column phases of one channel's plane xc (sW > 1), row by row: phase p's row r at
+  // phases + (p H + r) wp.
+  void FillColumnPhases(const Kernels& kern, const ConvGeometry& g, const float* xc, float* phases) const {
+    const int64_t wp = (g.w + g.sw - 1) / g.sw;
+    for (int64_t r = 0; r < g.h; ++r) {
+      const float* xr = xc + r * g.w;
+      if (g.sw == 2) {
+        float* d0 = phases + r * wp;
+        kern.deinterleave(xr, g.w / 2, d0, d0 + g.h * wp);
+        if (g.w % 2 != 0) d0[g.w / 2] = xr[g.w - 1];
+        continue;
+      }
+      for (int64_t p = 0; p < std::min(g.sw, g.w); ++p)
+        kern.strided(xr + p, g.sw, PhaseWidth(g, p), phases + (p * g.h + r) * wp);
+    }
+  }
+
+  // One channel plane: its n taps (from `taps`, weights w) over src, the plane they read, into
+  // yc; zc its Z plane or null.
+  void DirectPlane(const Kernels& kern, const ConvGeometry& g, const DwTap* taps, const float* w, int64_t n,
+                   const float* src, float init, const float* zc, float* yc, DwScratch& sc) const {
+    const int64_t lanes = kern.conv_lanes, steps = (g.ow + lanes - 1) / lanes;
+    // Columns [lo, hi) and rows [ry0, ry1) of the output where every tap reads inside X.
+    int64_t lo = 0, hi = g.ow, ry0 = 0, ry1 = g.oh;
+    for (int64_t k = 0; k < n; ++k) {
+      const DwTap& tap = taps[k];
+      sc.off[static_cast<size_t>(k)] = tap.off;
+      sc.wt[static_cast<size_t>(k)] = w[k];
+      lo = std::max(lo, tap.a);
+      hi = std::min(hi, tap.b);
+      ry0 = std::max(ry0, tap.ra);
+      ry1 = std::min(ry1, tap.rb);
+      for (int64_t s = 0; s < steps; ++s) {
+        const int64_t s0 = s * lanes, from = std::max(tap.a, s0) - s0, to = std::min(tap.b, s0 + lanes) - s0;
+        sc.mask[static_cast<size_t>(s * n + k)] =
+            to <= from ? 0 : static_cast<uint16_t>(((1u << to) - 1u) & ~((1u << from) - 1u));
+      }
+    }
+    ry0 = std::min(ry0, g.oh);
+    ry1 = std::max(ry0, ry1);
+    const int64_t full0 = (lo + lanes - 1) / lanes, full1 = std::max(full0, std::max(lo, hi) / lanes);
+    const int64_t stride = g.sh * (g.sw == 1 ? g.w : (g.w + g.sw - 1) / g.sw);  // between output rows in src
+    const auto finish = [&](int64_t oy0, int64_t oy1) {  // Z, then the activation, on rows [oy0, oy1)
+      const int64_t count = (oy1 - oy0) * g.ow;
+      if (zc != nullptr) kern.add(yc + oy0 * g.ow, zc + oy0 * g.ow, count);
+      if (act.kind != Act::kNone) kern.activate(yc + oy0 * g.ow, count, act);
+    };
+    // A row where some tap's input row lies outside X: the taps that land, every step masked.
+    const auto edge_row = [&](int64_t oy) {
+      int64_t m = 0;
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t iy = oy * g.sh + taps[k].dy;
+        if (iy < 0 || iy >= g.h) continue;
+        sc.off_edge[static_cast<size_t>(m)] = sc.off[static_cast<size_t>(k)];
+        sc.wt_edge[static_cast<size_t>(m)] = sc.wt[static_cast<size_t>(k)];
+        ++m;
+      }
+      for (int64_t s = 0; s < steps; ++s) {
+        int64_t e = 0;
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t iy = oy * g.sh + taps[k].dy;
+          if (iy >= 0 && iy < g.h) sc.mask_edge[static_cast<size_t>(s * m + e++)] = sc.mask[static_cast<size_t>(s * n + k)];
+        }
+      }
+      kern.dw_rows(src, stride, sc.off_edge.data(), sc.wt_edge.data(), sc.mask_edge.data(), m, 0, 0, oy, oy + 1, g.ow,
+                   init, yc);
+      finish(oy, oy + 1);
+    };
+    for (int64_t oy = 0; oy < ry0; ++oy) edge_row(oy);
+    const int64_t run_rows = std::max<int64_t>(1, kDwRunFloats / g.ow);
+    for (int64_t oy0 = ry0; oy0 < ry1; oy0 += run_rows) {
+      const int64_t oy1 = std::min(ry1, oy0 + run_rows);
+      kern.dw_rows(src, stride, sc.off.data(), sc.wt.data(), sc.mask.data(), n, full0, full1, oy0, oy1, g.ow, init, yc);
+      finish(oy0, oy1);
+    }
+    for (int64_t oy = ry1; oy < g.oh; ++oy) edge_row(oy);
+  }
+
+  // False, having written nothing, when a row's mask table would pass kDwMaxMasks (a CSR row
+  // repeating columns can hold more than kH * kW entries): the band path takes the layer.
+  bool DirectDepthwise(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const float* w,
+                       const float* x, const float* bias, const float* z, float* y) const {
+    const Kernels& kern = KernelsFor(isa);
+    int64_t widest = 0;
+    const std::vector<DwTap> taps = DirectTaps(g, csr, &widest);
+    const int64_t steps = (g.ow + kern.conv_lanes - 1) / kern.conv_lanes;
+    if (static_cast<double>(steps) * static_cast<double>(widest) > static_cast<double>(kDwMaxMasks)) return false;
+    const int64_t planes = g.nb * g.c_out, groups = (planes + kDwTaskPlanes - 1) / kDwTaskPlanes;
+    ParallelFor(ctx, static_cast<size_t>(groups), [&](size_t t) {
+      const size_t cap = static_cast<size_t>(widest);
+      DwScratch sc;
+      sc.off.resize(cap);
+      sc.off_edge.resize(cap);
+      sc.wt.resize(cap);
+      sc.wt_edge.resize(cap);
+      sc.mask.resize(cap * static_cast<size_t>(steps));
+      sc.mask_edge.resize(sc.mask.size());
+      // sW column phases of wp = ceil(W / sW) floats a row (ReadsXDirectly bounds H * W)
+      sc.phases = AllocFloats(g.sw == 1 ? 1 : static_cast<size_t>(g.sw * g.h * ((g.w + g.sw - 1) / g.sw)));
+      const int64_t p1 = std::min(planes, (static_cast<int64_t>(t) + 1) * kDwTaskPlanes);
+      for (int64_t plane = static_cast<int64_t>(t) * kDwTaskPlanes; plane < p1; ++plane) {
+        const int64_t c = plane % g.c_out;  // also the input channel
+        const float* xc = x + plane * g.h * g.w;
+        if (g.sw > 1) FillColumnPhases(kern, g, xc, sc.phases.get());
+        const int64_t j0 = csr.row_ptr[c];
+        DirectPlane(kern, g, taps.data() + j0, w + j0, csr.row_ptr[c + 1] - j0, g.sw > 1 ? sc.phases.get() : xc,
+                    bias ? bias[c] : 0.f, z ? z + plane * g.oh * g.ow : nullptr, y + plane * g.oh * g.ow, sc);
+      }
+    });
+    return true;
+  }
+
+  // Depthwise layers (one input and one output channel per group) band by band, where the
+  // direct path does not take them (ONNXPRUNE_CONV_DEPTHWISE=bands, huge planes at a column
+  // stride, huge mask tables). The other
   // layouts write the input copies of the whole image (every channel, every kernel column or
   // phase) to memory and read them back, which costs more than the few multiply-adds a
   // position takes here (a 3x3 layer at 20% has about two). Instead each task takes one
@@ -1455,7 +1652,7 @@ struct CsrConvKernel {
   static constexpr int64_t kDwTaskPlanes = 16;
 
   bool DepthwiseRows(const ConvGeometry& g, DwGeometry* d) const {
-    if (!depthwise_rows || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
+    if (depthwise == DwPath::kCopies || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
     d->reach = (kh - 1) * dh / g.sh;  // attributes <= 2^16 (ConvAttrsError)
     const double row_floats = static_cast<double>(g.copies) * static_cast<double>(g.wq);  // one row of every copy
     if (static_cast<double>(d->reach + 1) * row_floats > kDwMaxBandFloats) return false;
@@ -1561,7 +1758,7 @@ struct CsrConvKernel {
       Fail(ortabi::kInvalidArgument, "output plane ", g.oh, " x ", g.ow, " exceeds 2^31-1 elements");
     CheckedMul(CheckedMul(CheckedMul(g.nb, g.c_out, "output size"), g.oh, "output size"), g.ow, "output size");
     // Depthwise layers read phase copies (Depthwise): a band fills one copy per phase, not kW.
-    const Copies layout = depthwise_rows && g.cg == 1 && g.og == 1 ? Copies::kPhase : copies;
+    const Copies layout = depthwise != DwPath::kCopies && g.cg == 1 && g.og == 1 ? Copies::kPhase : copies;
     if (!g.empty()) PlanPhases(&g, csr.nnz, static_cast<double>(g.c_out) * static_cast<double>(k_cols), layout);
     return g;
   }
