@@ -769,66 +769,12 @@ OP_AVX2 static inline void StoreLanes(float* p, int64_t left, __m256 v) {
   }
 }
 
-// avx512::DwMaskedSteps on 8 lanes.
-template <int G>
-OP_AVX2 static inline void DwMaskedSteps(const float* xr, const int64_t* off, const float* w, const uint16_t* m,
-                                         int64_t n, int64_t i, int64_t ow, __m256 start, float* yr) {
-  __m256 a0 = start, a1 = start, a2 = start, a3 = start;
-  for (int64_t k = 0; k < n; ++k) {
-    const __m256 wk = _mm256_set1_ps(w[k]);
-    const int64_t p = i + off[k];
-    a0 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(scalar::At(xr, p), LaneMask(m[k])), a0);
-    if constexpr (G > 1) a1 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(scalar::At(xr, p + 8), LaneMask(m[n + k])), a1);
-    if constexpr (G > 2) a2 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(scalar::At(xr, p + 16), LaneMask(m[2 * n + k])), a2);
-    if constexpr (G > 3) a3 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(scalar::At(xr, p + 24), LaneMask(m[3 * n + k])), a3);
-  }
-  StoreLanes(yr + i, ow - i, a0);
-  if constexpr (G > 1) StoreLanes(yr + i + 8, ow - i - 8, a1);
-  if constexpr (G > 2) StoreLanes(yr + i + 16, ow - i - 16, a2);
-  if constexpr (G > 3) StoreLanes(yr + i + 24, ow - i - 24, a3);
-}
+// The lanes whose bit is set in `bits`, the others zero and never read (dw_rows.inc).
+OP_AVX2 static inline __m256 MaskLoad(unsigned bits, const float* p) { return _mm256_maskload_ps(p, LaneMask(bits)); }
 
-// Kernels::dw_rows on 8 lanes: four steps where every tap reads whole vectors with plain
-// loads, each tap taken while the accumulators stay in registers (every output stored once);
-// every other group of up to four steps with the table's masks (a masked lane is never read),
-// four independent chains of FMAs either way.
-OP_AVX2 void DwRows(const float* x, int64_t stride, const int64_t* off, const float* w, const uint16_t* mask, int64_t n,
-                    int64_t full0, int64_t full1, int64_t oy0, int64_t oy1, int64_t ow, float init, float* y) {
-  const __m256 start = _mm256_set1_ps(init);
-  const int64_t steps = (ow + 7) / 8;
-  for (int64_t oy = oy0; oy < oy1; ++oy) {
-    const float* xr = x + oy * stride;
-    float* yr = y + oy * ow;
-    int64_t t = 0;
-    while (t < steps) {
-      const int64_t i = t * 8;
-      if (t >= full0 && t + 4 <= full1) {
-        __m256 a0 = start, a1 = start, a2 = start, a3 = start;
-        for (int64_t k = 0; k < n; ++k) {
-          const float* s = xr + (i + off[k]);
-          const __m256 wk = _mm256_set1_ps(w[k]);
-          a0 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(s), a0);
-          a1 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(s + 8), a1);
-          a2 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(s + 16), a2);
-          a3 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(s + 24), a3);
-        }
-        _mm256_storeu_ps(yr + i, a0);
-        _mm256_storeu_ps(yr + i + 8, a1);
-        _mm256_storeu_ps(yr + i + 16, a2);
-        _mm256_storeu_ps(yr + i + 24, a3);
-        t += 4;
-        continue;
-      }
-      const uint16_t* m = mask + t * n;
-      switch (std::min<int64_t>(4, steps - t)) {
-        case 1: DwMaskedSteps<1>(xr, off, w, m, n, i, ow, start, yr); t += 1; break;
-        case 2: DwMaskedSteps<2>(xr, off, w, m, n, i, ow, start, yr); t += 2; break;
-        case 3: DwMaskedSteps<3>(xr, off, w, m, n, i, ow, start, yr); t += 3; break;
-        default: DwMaskedSteps<4>(xr, off, w, m, n, i, ow, start, yr); t += 4; break;
-      }
-    }
-  }
-}
+#define ONNXPRUNE_TILE_TARGET OP_AVX2
+#include "dw_rows.inc"
+#undef ONNXPRUNE_TILE_TARGET
 
 }  // namespace avx2
 
@@ -1026,66 +972,14 @@ OP_AVX512 static inline void StoreLanes(float* p, int64_t left, __m512 v) {
   }
 }
 
-// G (1-4) consecutive steps of a row from column i, every load masked by the table: G
-// independent chains of FMAs (one chain per step was latency-bound: 9 taps of 4-cycle FMAs).
-template <int G>
-OP_AVX512 static inline void DwMaskedSteps(const float* xr, const int64_t* off, const float* w, const uint16_t* m,
-                                           int64_t n, int64_t i, int64_t ow, __m512 start, float* yr) {
-  __m512 a0 = start, a1 = start, a2 = start, a3 = start;
-  for (int64_t k = 0; k < n; ++k) {
-    const __m512 wk = _mm512_set1_ps(w[k]);
-    const int64_t p = i + off[k];
-    a0 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m[k], scalar::At(xr, p)), a0);
-    if constexpr (G > 1) a1 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m[n + k], scalar::At(xr, p + 16)), a1);
-    if constexpr (G > 2) a2 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m[2 * n + k], scalar::At(xr, p + 32)), a2);
-    if constexpr (G > 3) a3 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m[3 * n + k], scalar::At(xr, p + 48)), a3);
-  }
-  StoreLanes(yr + i, ow - i, a0);
-  if constexpr (G > 1) StoreLanes(yr + i + 16, ow - i - 16, a1);
-  if constexpr (G > 2) StoreLanes(yr + i + 32, ow - i - 32, a2);
-  if constexpr (G > 3) StoreLanes(yr + i + 48, ow - i - 48, a3);
+// The lanes whose bit is set in `bits`, the others zero and never read (dw_rows.inc).
+OP_AVX512 static inline __m512 MaskLoad(unsigned bits, const float* p) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>(bits), p);
 }
 
-// Kernels::dw_rows on 16 lanes: four steps where every tap reads whole vectors with plain
-// loads, every other group of up to four steps with the table's masks.
-OP_AVX512 void DwRows(const float* x, int64_t stride, const int64_t* off, const float* w, const uint16_t* mask,
-                      int64_t n, int64_t full0, int64_t full1, int64_t oy0, int64_t oy1, int64_t ow, float init,
-                      float* y) {
-  const __m512 start = _mm512_set1_ps(init);
-  const int64_t steps = (ow + 15) / 16;
-  for (int64_t oy = oy0; oy < oy1; ++oy) {
-    const float* xr = x + oy * stride;
-    float* yr = y + oy * ow;
-    int64_t t = 0;
-    while (t < steps) {
-      const int64_t i = t * 16;
-      if (t >= full0 && t + 4 <= full1) {
-        __m512 a0 = start, a1 = start, a2 = start, a3 = start;
-        for (int64_t k = 0; k < n; ++k) {
-          const float* s = xr + (i + off[k]);
-          const __m512 wk = _mm512_set1_ps(w[k]);
-          a0 = _mm512_fmadd_ps(wk, _mm512_loadu_ps(s), a0);
-          a1 = _mm512_fmadd_ps(wk, _mm512_loadu_ps(s + 16), a1);
-          a2 = _mm512_fmadd_ps(wk, _mm512_loadu_ps(s + 32), a2);
-          a3 = _mm512_fmadd_ps(wk, _mm512_loadu_ps(s + 48), a3);
-        }
-        _mm512_storeu_ps(yr + i, a0);
-        _mm512_storeu_ps(yr + i + 16, a1);
-        _mm512_storeu_ps(yr + i + 32, a2);
-        _mm512_storeu_ps(yr + i + 48, a3);
-        t += 4;
-        continue;
-      }
-      const uint16_t* m = mask + t * n;
-      switch (std::min<int64_t>(4, steps - t)) {
-        case 1: DwMaskedSteps<1>(xr, off, w, m, n, i, ow, start, yr); t += 1; break;
-        case 2: DwMaskedSteps<2>(xr, off, w, m, n, i, ow, start, yr); t += 2; break;
-        case 3: DwMaskedSteps<3>(xr, off, w, m, n, i, ow, start, yr); t += 3; break;
-        default: DwMaskedSteps<4>(xr, off, w, m, n, i, ow, start, yr); t += 4; break;
-      }
-    }
-  }
-}
+#define ONNXPRUNE_TILE_TARGET OP_AVX512
+#include "dw_rows.inc"
+#undef ONNXPRUNE_TILE_TARGET
 
 }  // namespace avx512
 
