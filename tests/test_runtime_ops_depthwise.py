@@ -177,3 +177,41 @@ def test_repeated_columns_are_summed_whichever_path_takes_them(width, isa, threa
     model, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2)
     want = conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 2)
     close(run(model, {"X": x}, threads, monkeypatch, "1"), want, reps)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_non_finite_weight_times_the_padding_is_nan_on_every_path(bad, isa, threads, monkeypatch):
+    """ONNX's Conv multiplies the padding's zeros by every weight, and inf x 0 is NaN. The
+    direct path never reads padding, so a layer with a non-finite weight takes the bands, and
+    every path gives the reference's NaNs (22 of 60 outputs here, not 2 or 0)."""
+    from tests.test_runtime_ops_hostile import op_model
+    vals = np.array([bad, 1.0, 0.5], np.float32)
+    cols = np.array([0, 4, 4], np.int16)  # tap (0, 0) of channel 0; the centre of channel 1
+    csr = (vals, cols, np.array([0, 2, 3], np.int32))
+    w4 = np.zeros((2, 1, 3, 3))
+    w4[0, 0, 0, 0], w4[0, 0, 1, 1], w4[1, 0, 1, 1] = bad, 1.0, 0.5
+    x = np.random.default_rng(3).standard_normal((1, 2, 3, 20)).astype(np.float32)
+    model, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2)
+    want = conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 2)
+    for path in ("1", "bands", "0"):
+        y = run(model, {"X": x}, threads, monkeypatch, path)
+        assert np.array_equal(np.isnan(y), np.isnan(want)), path
+        close(y, want, 9)
+
+
+def test_a_column_stride_past_the_row_sizes_the_phases_by_the_columns_there_are(lib, isa, threads, monkeypatch):
+    """A column stride far past W (wide pads make it legal) leaves all but W column phases
+    empty: the direct path holds only those (a buffer of sW x H x ceil(W / sW) floats was 2^36
+    here, and the run failed for want of memory)."""
+    from tests.test_runtime_ops_hostile import op_model
+    h = 1 << 20
+    x = np.random.default_rng(4).standard_normal((1, 1, h, 1)).astype(np.float32)
+    csr = (np.array([2.0], np.float32), np.array([0], np.int16), np.array([0, 1], np.int32))
+    attrs = dict(kernel_shape=[1, 1], strides=[1, 65536], pads=[0, 65536, 0, 65536], group=1)
+    model, _ = op_model("CsrConv", x.shape, csr, **attrs)
+    y = run(model, {"X": x}, threads, monkeypatch, "1")
+    want = np.zeros((1, 1, h, 3), np.float32)
+    want[..., 1] = 2.0 * x[..., 0]  # output column 1 reads X's one column; 0 and 2 read padding
+    np.testing.assert_array_equal(y, want)
+    monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
+    assert conv_layout(lib, "scalar", [1, 1, 1, 65536, 1, 1, 0, 65536, 0, 65536, 1], list(x.shape), 1, 1) == 4

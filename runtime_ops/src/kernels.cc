@@ -224,13 +224,13 @@ inline const float* At(const float* x, int64_t i) {
 void DwRows(const float* x, int64_t stride, const int64_t* off, const float* w, const uint16_t* mask, int64_t n,
             int64_t /*full0*/, int64_t /*full1*/, int64_t oy0, int64_t oy1, int64_t ow, float init, float* y) {
   for (int64_t oy = oy0; oy < oy1; ++oy) {
-    const float* xr = x + oy * stride;
+    const int64_t row = oy * stride;  // x + row may lie outside the plane on an edge row
     float* yr = y + oy * ow;
     for (int64_t i = 0; i < ow; ++i) {
       float s = init;
       const uint16_t* m = mask + (i / 8) * n;
       for (int64_t k = 0; k < n; ++k)
-        if ((m[k] >> (i % 8)) & 1u) s += w[k] * xr[i + off[k]];
+        if ((m[k] >> (i % 8)) & 1u) s += w[k] * x[row + i + off[k]];
       yr[i] = s;
     }
   }

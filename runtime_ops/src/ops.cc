@@ -1462,17 +1462,23 @@ struct CsrConvKernel {
   // the steps where no tap does take plain loads. The rows where some tap's input row lies
   // outside X take the taps that land, one row at a time. Z and the activation follow on each
   // run of rows while it is in L1. The band path (Depthwise), which copies each band's input
-  // rows in and its output rows out, ran 1.04-2.85x slower at stride 1 and 1.63-1.75x at
+  // rows in and its output rows out, ran 1.02-2.85x slower at stride 1 and 1.63-1.80x at
   // stride 2 (one node, a Zen 5 class core, bench/bench_depthwise.py: 3x3 at 20% over 128
-  // channels of 100x76 2.80-2.85x, 5x5 over 256 of 25x19 1.04-1.17x), level only on 128
-  // channels of 13x10 (0.94-1.00x), where a call's fixed cost dominates.
+  // channels of 100x76 2.70-2.85x, 5x5 over 256 of 25x19 1.02-1.17x), level only on 128
+  // channels of 13x10 (0.93-1.00x), where a call's fixed cost dominates.
   static constexpr int64_t kDwMaxMasks = 1 << 20;        // mask table entries a task may hold
-  static constexpr int64_t kDwMaxPhaseFloats = 1 << 22;  // a channel's column phases (16 MiB)
+  static constexpr int64_t kDwMaxPhaseFloats = 1 << 22;  // a channel's column phases (16 MiB; DwPhaseFloats)
   static constexpr int64_t kDwRunFloats = 4096;          // outputs per run of rows (16 KiB)
+  // Floats of one channel's column phases: the min(sW, W) phases that hold a column (a stride
+  // past W, which wide pads allow, leaves the others empty), H rows of ceil(W / sW) each.
+  static double DwPhaseFloats(const ConvGeometry& g) {
+    return static_cast<double>(std::min(g.sw, g.w)) * static_cast<double>(g.h) *
+           static_cast<double>((g.w + g.sw - 1) / g.sw);
+  }
+
   bool ReadsXDirectly(const ConvGeometry& g) const {
     if (depthwise != DwPath::kAuto || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
-    if (g.sw > 1 && static_cast<double>(g.h) * static_cast<double>(g.w) > static_cast<double>(kDwMaxPhaseFloats))
-      return false;
+    if (g.sw > 1 && DwPhaseFloats(g) > static_cast<double>(kDwMaxPhaseFloats)) return false;
     const double steps = static_cast<double>((g.ow + 7) / 8);  // the widest table: 8 lanes
     return steps * static_cast<double>(kh) * static_cast<double>(kw) <= static_cast<double>(kDwMaxMasks);
   }
@@ -1598,10 +1604,14 @@ struct CsrConvKernel {
     for (int64_t oy = ry1; oy < g.oh; ++oy) edge_row(oy);
   }
 
-  // False, having written nothing, when a row's mask table would pass kDwMaxMasks (a CSR row
-  // repeating columns can hold more than kH * kW entries): the band path takes the layer.
+  // False, having written nothing, and the band path takes the layer, when a row's mask table
+  // would pass kDwMaxMasks (a CSR row repeating columns can hold more than kH * kW entries), or
+  // when a weight is not finite: ONNX's Conv multiplies the padding's zeros too, and an
+  // infinite weight times a zero is NaN, where this path never reads the padding at all.
   bool DirectDepthwise(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const float* w,
                        const float* x, const float* bias, const float* z, float* y) const {
+    for (int64_t j = 0; j < csr.nnz; ++j)
+      if (!std::isfinite(w[j])) return false;
     const Kernels& kern = KernelsFor(isa);
     int64_t widest = 0;
     const std::vector<DwTap> taps = DirectTaps(g, csr, &widest);
@@ -1618,7 +1628,7 @@ struct CsrConvKernel {
       sc.mask.resize(cap * static_cast<size_t>(steps));
       sc.mask_edge.resize(sc.mask.size());
       // sW column phases of wp = ceil(W / sW) floats a row (ReadsXDirectly bounds H * W)
-      sc.phases = AllocFloats(g.sw == 1 ? 1 : static_cast<size_t>(g.sw * g.h * ((g.w + g.sw - 1) / g.sw)));
+      sc.phases = AllocFloats(g.sw == 1 ? 1 : static_cast<size_t>(DwPhaseFloats(g)));  // <= kDwMaxPhaseFloats
       const int64_t p1 = std::min(planes, (static_cast<int64_t>(t) + 1) * kDwTaskPlanes);
       for (int64_t plane = static_cast<int64_t>(t) * kDwTaskPlanes; plane < p1; ++plane) {
         const int64_t c = plane % g.c_out;  // also the input channel
