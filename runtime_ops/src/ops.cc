@@ -709,10 +709,11 @@ Copies ChooseCopies() {
 }
 
 // Depthwise layers (one input and one output channel per group) take their own paths
-// (CsrConvKernel::DirectDepthwise for stride 1, CsrConvKernel::Depthwise band by band for the
-// rest) unless ONNXPRUNE_CONV_DEPTHWISE=0, which sends them through the input copies like any
-// other grouped layer; =bands sends stride-1 layers band by band too. Read when a session
-// creates its kernels: for tests that compare the paths, and for A/B timing.
+// (CsrConvKernel::DirectDepthwise, reading X where it lies; CsrConvKernel::Depthwise band by
+// band for the layers it hands over) unless ONNXPRUNE_CONV_DEPTHWISE=0, which sends them
+// through the input copies like any other grouped layer; =bands sends every depthwise layer
+// band by band. Read when a session creates its kernels: for tests that compare the paths,
+// and for A/B timing.
 enum class DwPath { kCopies, kAuto, kBands };
 DwPath ChooseDepthwisePath() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_DEPTHWISE");
@@ -1280,9 +1281,10 @@ struct CsrConvKernel {
   // The input layout the kernel plans for X of shape `x` (N, C, H, W) and a CSR of `c_out` rows
   // and `nnz` entries, on `isa`, with ONNXPRUNE_CONV_COPIES and ONNXPRUNE_CONV_DEPTHWISE read
   // as a session would: 0 X read in place, 1 phase copies, 2 shifted copies, 3 depthwise band
-  // by band, 4 depthwise reading X directly (DirectDepthwise, which may still hand a CSR with
-  // repeated columns to the bands). attrs: kH, kW, sH, sW, dH, dW, pad_t, pad_l, pad_b, pad_r,
-  // group. Refused attributes or shapes fail as the op does.
+  // by band, 4 depthwise reading X directly (DirectDepthwise, which may still hand a layer to
+  // the bands: repeated columns past its mask table, non-finite weights). attrs: kH, kW, sH,
+  // sW, dH, dW, pad_t, pad_l, pad_b, pad_r, group. Refused attributes or shapes fail as the op
+  // does.
   static int Layout(Isa isa, const int64_t* attrs, const int64_t* x, int64_t c_out, int64_t nnz) {
     const std::string error = ConvAttrsError({attrs[0], attrs[1]}, {attrs[2], attrs[3]}, {attrs[4], attrs[5]},
                                              {attrs[6], attrs[7], attrs[8], attrs[9]});
