@@ -1,7 +1,7 @@
 """Depthwise convolutions: ONNX Runtime's dense Conv against CsrConv through its three layouts,
-in one process: the default (X read directly at stride 1, band by band otherwise;
-``ONNXPRUNE_CONV_DEPTHWISE=1``), band by band at every stride (``=bands``) and through the
-whole-image input copies (``=0``); the variable is read when a session is created.
+in one process: the default (X read where it lies, through its column phases at a column
+stride; ``ONNXPRUNE_CONV_DEPTHWISE=1``), band by band (``=bands``) and through the whole-image
+input copies (``=0``); the variable is read when a session is created.
 
     python bench/bench_depthwise.py                # the standard cases, 1 thread
     python bench/bench_depthwise.py --rounds 200 --json dw.json

@@ -223,7 +223,6 @@ def test_1x1_reading_x_in_place_matches_the_reference(plane, group, isa, threads
     assert np.array_equal(x, x_before)
 
 
-
 # A 1x1 kernel's input copies (a plane narrower than the tiles, which the tiles may not read
 # in place, or a strided or padded layer) have each channel's plane rounded up to the vector
 # width (PlanPhases), so tile loads start on vector boundaries; the rounding is zeros the
@@ -246,6 +245,7 @@ def test_1x1_copies_on_aligned_planes_match_the_reference(plane, c_in, strides, 
     model = conv_model(w4, b, strides=strides, pads=pads, dilations=[1, 1], group=1)
     _, y = session(model, threads).run(None, {"X": x})
     close(y, conv_reference(x, w4, b, strides, pads, [1, 1], 1), c_in)
+
 
 def _shuffled_conv_model(w4, b, pads, index_dtype, rng):
     """CsrConv whose rows list their nonzeros in a random column order (the contract only

@@ -1383,23 +1383,18 @@ struct CsrConvKernel {
     Check(g_api->GetTensorMutableData(yv, &ydata));
     float* y = static_cast<float*>(ydata);
 
-    if (ReadsXDirectly(g)) {
-      std::vector<float> widened;
-      if (DirectDepthwise(ctx, g, csr, FloatValues(KernelsFor(isa), csr, &widened), x.as<float>(), bias, z, y))
-        return;
-    }
+    std::vector<float> widened;
+    const float* w = FloatValues(KernelsFor(isa), csr, &widened);
+    const float* xd = x.as<float>();
+    if (ReadsXDirectly(g) && DirectDepthwise(ctx, g, csr, w, xd, bias, z, y)) return;
     DwGeometry dg;
     if (DepthwiseRows(g, &dg)) {
-      std::vector<float> widened;
-      Depthwise(ctx, g, dg, csr, FloatValues(KernelsFor(isa), csr, &widened), x.as<float>(), bias, z, y);
+      Depthwise(ctx, g, dg, csr, w, xd, bias, z, y);
       return;
     }
     const std::shared_ptr<const ConvPlan> plan = kept_plan.Get(
         constant.Holds(csr), [&](const ConvPlan& p) { return p.c_in == g.c_in && p.h == g.h && p.w == g.w; },
         [&] { return MakePlan(csr, g); });
-    std::vector<float> widened;
-    const float* w = FloatValues(KernelsFor(isa), csr, &widened);
-    const float* xd = x.as<float>();
     const int64_t y_image = g.c_out * g.oh * g.ow;
     if (g.in_place) {
       for (int64_t img = 0; img < g.nb; ++img)
@@ -1471,11 +1466,13 @@ struct CsrConvKernel {
   static constexpr int64_t kDwMaxMasks = 1 << 20;        // mask table entries a task may hold
   static constexpr int64_t kDwMaxPhaseFloats = 1 << 22;  // a channel's column phases (16 MiB; DwPhaseFloats)
   static constexpr int64_t kDwRunFloats = 4096;          // outputs per run of rows (16 KiB)
+  // A row of the plane DirectDepthwise reads: ceil(W / sW) floats, the widest column phase
+  // (W itself at sW = 1, where that plane is X's channel).
+  static int64_t PhaseRow(const ConvGeometry& g) { return (g.w + g.sw - 1) / g.sw; }
   // Floats of one channel's column phases: the min(sW, W) phases that hold a column (a stride
-  // past W, which wide pads allow, leaves the others empty), H rows of ceil(W / sW) each.
+  // past W, which wide pads allow, leaves the others empty), H rows of PhaseRow each.
   static double DwPhaseFloats(const ConvGeometry& g) {
-    return static_cast<double>(std::min(g.sw, g.w)) * static_cast<double>(g.h) *
-           static_cast<double>((g.w + g.sw - 1) / g.sw);
+    return static_cast<double>(std::min(g.sw, g.w)) * static_cast<double>(g.h) * static_cast<double>(PhaseRow(g));
   }
 
   bool ReadsXDirectly(const ConvGeometry& g) const {
@@ -1500,12 +1497,14 @@ struct CsrConvKernel {
     AlignedBuffer phases;
   };
 
-  // Columns of phase p (p, p + sW, ...) of an input row; wp = ceil(W / sW) holds the widest.
+  // Columns of phase p (p, p + sW, ...) of an input row; PhaseRow holds the widest.
   static int64_t PhaseWidth(const ConvGeometry& g, int64_t p) { return p < g.w ? (g.w - p + g.sw - 1) / g.sw : 0; }
 
   // Every nonzero's tap, once per call (no division per channel); *widest: the longest row.
+  // At sW = 1 the one phase is X's channel (phase 0, q = dx, PhaseRow = W), and the same
+  // formulas give its offsets.
   std::vector<DwTap> DirectTaps(const ConvGeometry& g, const Csr& csr, int64_t* widest) const {
-    const int64_t sw_ = g.sw, wp = (g.w + sw_ - 1) / sw_;
+    const int64_t sw_ = g.sw, wp = PhaseRow(g);
     std::vector<DwTap> taps(static_cast<size_t>(csr.nnz));
     *widest = 0;
     for (int64_t r = 0; r < csr.rows; ++r) {
@@ -1514,10 +1513,10 @@ struct CsrConvKernel {
         const int64_t col = ColumnAt(csr, j, &running);  // < kH * kW (Plan); attributes <= 2^16
         const int64_t ty = (col / kw) * dh - pad_t, tx = (col % kw) * dw - pad_l;
         const int64_t ph = ((tx % sw_) + sw_) % sw_, q = (tx - ph) / sw_;  // phase, and floor(tx / sW)
-        const int64_t width = sw_ == 1 ? g.w : PhaseWidth(g, ph);
+        const int64_t width = PhaseWidth(g, ph);
         DwTap& tap = taps[static_cast<size_t>(j)];
         tap.dy = ty;
-        tap.off = sw_ == 1 ? ty * g.w + tx : (ph * g.h + ty) * wp + q;
+        tap.off = (ph * g.h + ty) * wp + q;
         tap.a = std::min(g.ow, std::max<int64_t>(0, -q));
         tap.b = std::max(tap.a, std::min(g.ow, width - q));
         tap.ra = std::min(g.oh, ty >= 0 ? 0 : (-ty + g.sh - 1) / g.sh);
@@ -1531,7 +1530,7 @@ struct CsrConvKernel {
   // The sW column phases of one channel's plane xc (sW > 1), row by row: phase p's row r at
   // phases + (p H + r) wp.
   void FillColumnPhases(const Kernels& kern, const ConvGeometry& g, const float* xc, float* phases) const {
-    const int64_t wp = (g.w + g.sw - 1) / g.sw;
+    const int64_t wp = PhaseRow(g);
     for (int64_t r = 0; r < g.h; ++r) {
       const float* xr = xc + r * g.w;
       if (g.sw == 2) {
@@ -1569,7 +1568,7 @@ struct CsrConvKernel {
     ry0 = std::min(ry0, g.oh);
     ry1 = std::max(ry0, ry1);
     const int64_t full0 = (lo + lanes - 1) / lanes, full1 = std::max(full0, std::max(lo, hi) / lanes);
-    const int64_t stride = g.sh * (g.sw == 1 ? g.w : (g.w + g.sw - 1) / g.sw);  // between output rows in src
+    const int64_t stride = g.sh * PhaseRow(g);  // between output rows in src
     const auto finish = [&](int64_t oy0, int64_t oy1) {  // Z, then the activation, on rows [oy0, oy1)
       const int64_t count = (oy1 - oy0) * g.ow;
       if (zc != nullptr) kern.add(yc + oy0 * g.ow, zc + oy0 * g.ow, count);
@@ -1629,7 +1628,7 @@ struct CsrConvKernel {
       sc.wt_edge.resize(cap);
       sc.mask.resize(cap * static_cast<size_t>(steps));
       sc.mask_edge.resize(sc.mask.size());
-      // sW column phases of wp = ceil(W / sW) floats a row (ReadsXDirectly bounds H * W)
+      // the column phases (ReadsXDirectly bounds their floats)
       sc.phases = AllocFloats(g.sw == 1 ? 1 : static_cast<size_t>(DwPhaseFloats(g)));  // <= kDwMaxPhaseFloats
       const int64_t p1 = std::min(planes, (static_cast<int64_t>(t) + 1) * kDwTaskPlanes);
       for (int64_t plane = static_cast<int64_t>(t) * kDwTaskPlanes; plane < p1; ++plane) {
