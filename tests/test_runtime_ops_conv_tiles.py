@@ -156,7 +156,8 @@ def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):
 # (k, x, c_out, density, pads, the AVX2 gate's layout (rows rounded to 8 floats), the AVX-512
 # gate's (rounded to 16), the portable path's: its rows are not rounded)
 GATE = [
-    ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1), "shifted", "phase", "shifted"),  # AVX-512: 64 for 58
+    ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1), "shifted", "shifted", "shifted"),  # AVX-512: 64 for 58
+    ((3, 3), (1, 64, 54, 54), 64, 0.3, (1, 1, 1, 1), "shifted", "phase", "shifted"),  # AVX-512: 64 for 56
     ((3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1), "phase", "phase", "phase"),      # too sparse for kW copies
     ((3, 3), (1, 256, 13, 13), 384, 0.35, (1, 1, 1, 1), "shifted", "shifted", "shifted"),  # 16 columns for 15
     ((3, 3), (1, 256, 14, 14), 256, 0.3, (1, 1, 1, 1), "shifted", "shifted", "shifted"),   # 16 for 16
@@ -169,7 +170,7 @@ GATE = [
 
 @pytest.mark.parametrize("case", GATE, ids=lambda c: f"{c[0][0]}x{c[0][1]}_{c[1][2]}x{c[1][3]}_{c[3]}")
 def test_the_layout_gate_takes_shifted_copies_only_where_they_pay(case, lib, monkeypatch):
-    """Shifted copies need 20% density, copies within 8 x L2 and rows widened by at most 10%
+    """Shifted copies need 20% density, copies within 8 x L2 and rows widened by at most 12.5%
     by the rounding to the vector width (8 floats on AVX2, 16 on AVX-512), and
     ONNXPRUNE_CONV_COPIES overrides the gate but not an in-place 1x1."""
     k, x, c_out, density, pads, avx2, avx512, portable = case
@@ -245,6 +246,18 @@ def test_1x1_copies_on_aligned_planes_match_the_reference(plane, c_in, strides, 
     model = conv_model(w4, b, strides=strides, pads=pads, dilations=[1, 1], group=1)
     _, y = session(model, threads).run(None, {"X": x})
     close(y, conv_reference(x, w4, b, strides, pads, [1, 1], 1), c_in)
+
+
+@pytest.mark.parametrize("c_in,group", [(130, 2), (66, 3)], ids=["130ch_g2", "66ch_g3"])
+def test_grouped_1x1_on_aligned_planes_matches_the_reference(c_in, group, isa, threads):
+    """The aligned planes of a 1x1 layer copy whole channel planes, in tasks of 64 channels that
+    cut across the groups: each group's tiles must still read only their own channels."""
+    rng, w4 = _weights(f"aligned_grouped_{c_in}_{group}", 6 * group, c_in // group, 1, 1, 0.5)
+    b = rng.standard_normal(6 * group).astype(np.float32)
+    x = rng.standard_normal((2, c_in, 7, 7)).astype(np.float32)
+    model = conv_model(w4, b, strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=group)
+    _, y = session(model, threads).run(None, {"X": x})
+    close(y, conv_reference(x, w4, b, [1, 1], [0, 0, 0, 0], [1, 1], group), c_in // group)
 
 
 def _shuffled_conv_model(w4, b, pads, index_dtype, rng):

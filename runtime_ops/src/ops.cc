@@ -683,7 +683,11 @@ int64_t RowQuantum(Isa isa) { return isa == Isa::kScalar ? 1 : isa == Isa::kAvx5
 // process, one-node 3x3 layers at 30%: 4x4 maps (8 against 6 columns) ran 0.82x of dense
 // shifted against 0.99x phase, 5x5 (8 against 7) 0.84x against 0.88x, 2x2 0.53x against
 // 0.61x, and magika's 5x1 kernel on a 512 x 1 map (8 columns against 1) 0.30x against 2.10x;
-// 13x13 (16 against 15) and 6x6 (8 against 8) ran level.
+// 13x13 (16 against 15) and 6x6 (8 against 8) ran level. The limit sits above 64 / 58, the
+// 16-float rows of a 56x56 map against its padded 58 columns: on a Zen 5 class core (lscpu
+// family 26, AVX-512, where every unaligned 64-byte load splits a cache line) 3x3 layers on
+// 56x56 ran 1.08-1.11x faster shifted than phase (64 channels at 30% and 50%, 128 at 30%);
+// with 8-float rows (AVX2) such a map is not widened at all.
 // `cells` is C_out * C_in/group * kH * kW, `bytes` what the shifted copies would take.
 // ONNXPRUNE_CONV_COPIES=shifted|phase (read when a session creates its kernels) overrides the
 // gate, for tests that must run both layouts whatever the gate picks, and for A/B timing;
@@ -692,7 +696,7 @@ enum class Copies { kGate, kShifted, kPhase };
 constexpr double kShiftedMinDensity = 0.2;
 constexpr int64_t kMaxShiftedColumns = 16;
 constexpr int64_t kShiftedCopyL2s = 8;
-constexpr double kShiftedMaxWiden = 1.1;
+constexpr double kShiftedMaxWiden = 1.125;
 bool ShiftedCopies(Copies forced, int64_t nnz, double cells, int64_t kw, double bytes, double widen) {
   if (forced != Copies::kGate) return forced == Copies::kShifted && kw <= kMaxShiftedColumns;
   return cells > 0 && static_cast<double>(nnz) >= kShiftedMinDensity * cells &&
@@ -1934,6 +1938,14 @@ struct CsrConvKernel {
   // column phases of a stride-2 layer are the exception: written together, row by row, from
   // one pass over each input row (FillCopyRowPair; 1.2-1.3x faster on a 56x56 map).
   void FillCopies(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
+    if (g.x_layout) {
+      FillAlignedPlanes(ctx, g, xi, q);
+      return;
+    }
+    if (NarrowCopies(g)) {
+      FillNarrowCopies(ctx, g, xi, q);
+      return;
+    }
     const int64_t phases = static_cast<int64_t>(g.row_phases.size());
     const int64_t cols = static_cast<int64_t>(g.col_start.size());
     ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
@@ -1951,6 +1963,71 @@ struct CsrConvKernel {
         float* dst = q + ((slot * cols + k) * g.c_in + c) * g.plane;
         for (int64_t a = 0; a < g.hq; ++a) FillCopyRow(g, xi + c * g.h * g.w, slot, k, a, dst + a * g.wq);
         std::fill(dst + g.hq * g.wq, dst + g.plane, 0.f);  // an aligned plane's slack (PlanPhases)
+      }
+    });
+  }
+
+  // The copy of an x_layout layer that is not read in place (a 1x1 layer whose planes are
+  // rounded up to the vector width, PlanPhases): each channel's plane is X's, H * W floats in
+  // one piece, then zeros to the rounded plane. Row by row (FillCopyRow), ResNet-50's 2048 x
+  // 7 x 7 input took 14336 copies of 7 floats, a third as long as the layer's products.
+  // Tasks of kFillChannels channels, so that a call is not thousands of tiny tasks.
+  void FillAlignedPlanes(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
+    constexpr int64_t kFillChannels = 64;
+    const int64_t n = g.h * g.w;  // = hq * wq <= plane
+    const int64_t tasks = (g.c_in + kFillChannels - 1) / kFillChannels;
+    ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t t) {
+      const int64_t c0 = static_cast<int64_t>(t) * kFillChannels, c1 = std::min(g.c_in, c0 + kFillChannels);
+      for (int64_t c = c0; c < c1; ++c) {
+        float* dst = q + c * g.plane;
+        std::memcpy(dst, xi + c * n, static_cast<size_t>(n) * sizeof(float));
+        std::fill(dst + n, dst + g.plane, 0.f);
+      }
+    });
+  }
+
+  // Copies of narrow rows (Wq <= kNarrowCopyRow: the 14x14 and 7x7 maps of ResNet-50's
+  // stride-2 layers) are filled through a table instead of row by row: the X offset of each
+  // position of each copy plane (or -1 for padding), made once per call, then one loop per
+  // channel and copy over the plane. Row by row, each row of 7 or 8 floats went through
+  // FillCopyRow's fills and a strided or deinterleaving call: a fifth of a 512->512 3x3/2
+  // layer's time on 14x14, a seventh of a 1024->2048 1x1/2 one's.
+  static constexpr int64_t kNarrowCopyRow = 16;
+  static constexpr int64_t kNarrowCopyTable = 1 << 16;  // table entries at most
+  static bool NarrowCopies(const ConvGeometry& g) {
+    return g.wq <= kNarrowCopyRow && g.h * g.w <= INT32_MAX &&
+           static_cast<double>(g.copies) * static_cast<double>(g.hq * g.wq) <= kNarrowCopyTable;
+  }
+
+  void FillNarrowCopies(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
+    const int64_t cols = static_cast<int64_t>(g.col_start.size());
+    const int64_t n = g.hq * g.wq;  // <= plane
+    std::vector<int32_t> at(static_cast<size_t>(g.copies * n), -1);
+    for (int64_t slot = 0; slot < static_cast<int64_t>(g.row_phases.size()); ++slot) {
+      for (int64_t k = 0; k < cols; ++k) {
+        int32_t* t = at.data() + (slot * cols + k) * n;
+        const int64_t shift = g.col_start[static_cast<size_t>(k)] - pad_l;
+        const int64_t first = g.col_first[static_cast<size_t>(k)], end = g.col_end[static_cast<size_t>(k)];
+        for (int64_t a = 0; a < g.hq; ++a) {
+          const int64_t row = a * g.sh + g.row_phases[static_cast<size_t>(slot)] - pad_t;
+          if (row < 0 || row >= g.h) continue;
+          // as FillCopyRow: copy column b in [first, end) holds X column b * sw + shift
+          for (int64_t b = first; b < end; ++b) t[a * g.wq + b] = static_cast<int32_t>(row * g.w + b * g.sw + shift);
+        }
+      }
+    }
+    constexpr int64_t kFillChannels = 64;
+    const int64_t tasks = (g.c_in + kFillChannels - 1) / kFillChannels;
+    ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t task) {
+      const int64_t c0 = static_cast<int64_t>(task) * kFillChannels, c1 = std::min(g.c_in, c0 + kFillChannels);
+      for (int64_t copy = 0; copy < g.copies; ++copy) {
+        const int32_t* t = at.data() + copy * n;
+        for (int64_t c = c0; c < c1; ++c) {
+          const float* src = xi + c * g.h * g.w;
+          float* dst = q + (copy * g.c_in + c) * g.plane;
+          for (int64_t i = 0; i < n; ++i) dst[i] = t[i] >= 0 ? src[t[i]] : 0.f;
+          std::fill(dst + n, dst + g.plane, 0.f);
+        }
       }
     });
   }
