@@ -17,7 +17,7 @@ from tests.test_runtime_ops import DOMAIN, OPSETS, close, conv_reference, csr_in
 lib, isa, threads = base.lib, base.isa, base.threads
 
 
-def residual_model(w4, b, *, strides, pads, dilations=(1, 1), group=1, activation=None, one_d=False):
+def residual_model(w4, b, *, strides, pads, dilations=(1, 1), group=1, activation=None, params=None, one_d=False):
     """CsrConv(X, CSR, [B], Z) -> Y; the bias slot is left empty ("") when ``b`` is None."""
     c_out = w4.shape[0]
     inits, csr_names = csr_inits(w4.reshape(c_out, -1), None)
@@ -31,6 +31,8 @@ def residual_model(w4, b, *, strides, pads, dilations=(1, 1), group=1, activatio
                      dilations=[dilations[1]], group=group)
     if activation:
         attrs["activation"] = activation
+    if params is not None:
+        attrs["activation_params"] = [float(v) for v in params]
     node = helper.make_node("CsrConv", inputs, ["Y"], domain=DOMAIN, **attrs)
     graph = helper.make_graph([node], "residual",
                               [helper.make_tensor_value_info("X", TensorProto.FLOAT, None),
@@ -51,7 +53,7 @@ def _run(model, x, z, n_threads, monkeypatch=None, copies=""):
         monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", copies)
     x0, z0 = x.copy(), z.copy()
     (y,) = session(model, n_threads).run(None, {"X": x, "Z": z})
-    assert np.array_equal(x, x0) and np.array_equal(z, z0)  # inputs untouched
+    assert np.array_equal(x, x0, equal_nan=True) and np.array_equal(z, z0, equal_nan=True)  # inputs untouched
     return y
 
 
@@ -71,7 +73,14 @@ GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize("activation", [None, "Relu"])
+# Relu and Clip finish in the tile's last pass where Z lies under the whole tile (ConvEnd),
+# LeakyRelu (not a clamp) in separate passes after it; both orders must add Z first.
+ACTIVATIONS = {None: (None, lambda v: v), "Relu": (None, lambda v: np.maximum(v, 0.0)),
+               "Clip": ((-0.5, 1.5), lambda v: np.clip(v, -0.5, 1.5)),
+               "LeakyRelu": ((0.1,), lambda v: np.where(v < 0, 0.1 * v, v))}
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("copies", ["", "shifted", "phase"])
 @pytest.mark.parametrize("case", GEOMETRIES, ids=[c[0] for c in GEOMETRIES])
 def test_z_is_added_before_the_activation(case, copies, activation, isa, threads, monkeypatch):
@@ -81,14 +90,31 @@ def test_z_is_added_before_the_activation(case, copies, activation, isa, threads
     x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
     conv = conv_reference(x, w4, b, strides, pads, [1, 1], group)
     z = rng.standard_normal(conv.shape).astype(np.float32) * 3
-    want = conv + z
-    if activation == "Relu":
-        want = np.maximum(want, 0.0)
-    model = residual_model(w4, b, strides=strides, pads=pads, group=group, activation=activation)
+    params, f = ACTIVATIONS[activation]
+    want = f(conv + z)
+    model = residual_model(w4, b, strides=strides, pads=pads, group=group, activation=activation, params=params)
     y = _run(model, x, z, threads, monkeypatch, copies)
     close(y, want, (c_in // group) * kh * kw)
-    if activation == "Relu":  # Z moved outputs across zero: the activation came after it
-        assert ((conv > 0) != (want > 0)).any()
+    if activation is not None:  # Z moved outputs across zero: the activation came after it
+        assert ((conv > 0) != (conv + z > 0)).any() and not np.allclose(f(conv) + z, want)
+
+
+@pytest.mark.parametrize("activation", ["Relu", "Clip", None])
+def test_z_and_the_activation_in_the_last_pass_keep_nan_and_infinities(activation, isa, threads):
+    # One input channel, weight 1: the sum is X itself, so X + Z takes NaN, inf + -inf and the
+    # like straight into the tile's finish (a 16 x 16 plane: whole tiles, read in place).
+    vals = np.array([np.nan, np.inf, -np.inf, -1.0, 0.0, -0.0, 1e-30, 7.0, -7.0, 3e38], np.float32)
+    rng = np.random.default_rng(5)
+    x = rng.choice(vals, size=(1, 1, 16, 16)).astype(np.float32)
+    z = rng.choice(vals, size=(1, 1, 16, 16)).astype(np.float32)
+    params, f = ACTIVATIONS[activation]
+    model = residual_model(np.ones((1, 1, 1, 1), np.float32), None, strides=[1, 1], pads=[0, 0, 0, 0],
+                           activation=activation, params=params)
+    y = _run(model, x, z, threads)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = f(x.astype(np.float32) + z)  # float32: 3e38 + 3e38 overflows as the kernel's sum does
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_equal(y[~np.isnan(y)], want[~np.isnan(want)])
 
 
 def test_z_without_a_bias_and_in_a_1d_convolution(isa, threads):

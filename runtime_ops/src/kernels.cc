@@ -173,9 +173,15 @@ void Transpose(const float* src, int64_t ss, float* dst, int64_t ds, int64_t row
   }
 }
 
+// ConvEnd's finish of one sum: the clamp as the vector paths' min(hi, max(lo, s)), NaN kept.
+inline float Finish(float s, const ConvEnd& end, int64_t i) {
+  if (end.z != nullptr) s += end.z[i];
+  return s < end.lo ? end.lo : (s > end.hi ? end.hi : s);
+}
+
 template <int V>
 void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
-             bool accumulate) {
+             bool accumulate, const ConvEnd* end) {
   constexpr int kT = 8 * V;
   float a[kT];
   for (int i = 0; i < kT; ++i) a[i] = accumulate ? out[i] : init;
@@ -184,7 +190,7 @@ void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, fl
     const float* src = q + off[j];
     for (int i = 0; i < kT; ++i) a[i] += wj * src[i];
   }
-  for (int i = 0; i < kT; ++i) out[i] = a[i];
+  for (int i = 0; i < kT; ++i) out[i] = end ? Finish(a[i], *end, i) : a[i];
 }
 
 static inline float Clamp01(float t) { return t < 0.f ? 0.f : (t > 1.f ? 1.f : t); }  // NaN stays NaN
@@ -559,6 +565,8 @@ OP_AVX2 static inline Vec Load(const float* p) { return _mm256_loadu_ps(p); }
 OP_AVX2 static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 OP_AVX2 static inline void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
 OP_AVX2 static inline Vec Sum(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+OP_AVX2 static inline Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }  // b where either is NaN
+OP_AVX2 static inline Vec Min(Vec a, Vec b) { return _mm256_min_ps(a, b); }
 #define ONNXPRUNE_TILE_TARGET OP_AVX2
 #include "conv_run.inc"
 #undef ONNXPRUNE_TILE_TARGET
@@ -837,6 +845,8 @@ OP_AVX512 static inline Vec Load(const float* p) { return _mm512_loadu_ps(p); }
 OP_AVX512 static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
 OP_AVX512 static inline void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
 OP_AVX512 static inline Vec Sum(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+OP_AVX512 static inline Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }  // b where either is NaN
+OP_AVX512 static inline Vec Min(Vec a, Vec b) { return _mm512_min_ps(a, b); }
 #define ONNXPRUNE_TILE_TARGET OP_AVX512
 #include "conv_run.inc"
 #undef ONNXPRUNE_TILE_TARGET

@@ -112,15 +112,26 @@ struct Activation {
   float alpha = 0.f, beta = 0.f;
 };
 
+// A conv tile's last pass finished in registers (CsrConv): the residual Z added and the
+// activation applied before the tile's one store, where separate passes would load and store
+// the tile twice more. The activation is a clamp to [lo, hi]: Relu is [0, inf), Clip [min, max],
+// none (-inf, inf); a NaN sum stays NaN, as the separate passes give it. z, when set, is read
+// for every lane of the tile (the caller passes it only where the whole tile lies in Z).
+struct ConvEnd {
+  const float* z = nullptr;
+  float lo = 0.f, hi = 0.f;
+};
+
 struct Kernels {
   SpmvFn spmv[kValueKinds][kIndexKinds];
   SpmmFn spmm[kValueKinds][kIndexKinds];
   // Floats per vector of the conv tiles (16 AVX-512, 8 AVX2 and portable).
   int conv_lanes;
   // conv_run[v]: out[i] = (accumulate ? out[i] : init) + sum_j w[j] * q[off[j] + i] for
-  // i < conv_lanes * kConvVectors[v].
+  // i < conv_lanes * kConvVectors[v]; with `end`, that sum s is stored as
+  // min(end->hi, max(end->lo, s + (end->z ? end->z[i] : 0))) instead (ConvEnd).
   void (*conv_run[kConvVectorChoices])(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out,
-                                       float init, bool accumulate);
+                                       float init, bool accumulate, const ConvEnd* end);
   // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols.
   void (*transpose)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t rows,
                     int64_t cols);

@@ -764,6 +764,18 @@ inline void TouchRange(const float* w, const int32_t* off, int64_t j0, int64_t j
   asm volatile("" : : "r"(sink));  // the loads stay: their value is used
 }
 
+// The activations a conv tile applies in registers as a clamp (ConvEnd): none, Relu, Clip.
+// Sets end->lo and end->hi; false for any other activation.
+bool ClampOf(const Activation& act, ConvEnd* end) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  switch (act.kind) {
+    case Act::kNone: end->lo = -kInf, end->hi = kInf; return true;
+    case Act::kRelu: end->lo = 0.f, end->hi = kInf; return true;
+    case Act::kClip: end->lo = act.alpha, end->hi = act.beta; return true;
+    default: return false;
+  }
+}
+
 // `total` items in blocks of at most `fit` (>= 1 each), evened out: sets *blocks and returns the
 // block size. At least one block, also when `total` is 0.
 int64_t EvenBlocks(int64_t total, int64_t fit, int64_t* blocks) {
@@ -1006,7 +1018,8 @@ struct CsrGemmKernel {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t* seg = p.seg.data() + r * (p.blocks + 1);
           const float init = (in_tile && bias.data) ? bias.at(0, r) : 0.f;
-          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, buf.get() + (r - r0) * p.tile, init, b > 0);
+          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, buf.get() + (r - r0) * p.tile, init, b > 0,
+              nullptr);
         }
       }
       // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc (its other lanes are never read).
@@ -1736,7 +1749,7 @@ struct CsrConvKernel {
         const int64_t j0 = csr.row_ptr[c], nnz = csr.row_ptr[c + 1] - j0;
         const float init = bias ? bias[c] : 0.f;
         for (int64_t k = 0; k < tiles; ++k)
-          run(w + j0, off.data() + j0, nnz, buf.get() + k * tile, acc.get() + k * tile, init, false);
+          run(w + j0, off.data() + j0, nnz, buf.get() + k * tile, acc.get() + k * tile, init, false, nullptr);
         for (int64_t r = 0; r < rows; ++r) {
           float* a = acc.get() + r * g.wq;
           const int64_t at = (image_plane * g.oh + oy0 + r) * g.ow;
@@ -2135,23 +2148,31 @@ struct CsrConvKernel {
       const bool direct = g.wq == g.ow && !partial;
       AlignedBuffer buf = AllocFloats(direct ? 1 : static_cast<size_t>((r1 - r0) * width));
       const float* qt = q + start;
+      // The last pass finishes the tile in registers (ConvEnd) when the activation is a clamp
+      // and Z, if any, lies under the whole tile: no discarded columns (Wq = OW, where
+      // position = Y offset) and no position past the plane.
+      ConvEnd end;
+      const bool z_fits = zi == nullptr || (g.wq == g.ow && start + width <= p.npos);
+      const bool finish = (zi != nullptr || act.kind != Act::kNone) && z_fits && ClampOf(act, &end);
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t* seg = p.seg.data() + r * (p.blocks + 1);
           float* yr = yi + r * g.oh * g.ow;
           float* acc = direct ? yr + p0 : buf.get() + (r - r0) * width;
-          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, acc, bias ? bias[r] : 0.f, b > 0);
+          if (finish && last) end.z = zi != nullptr ? zi + r * g.oh * g.ow + start : nullptr;
+          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, acc, bias ? bias[r] : 0.f, b > 0,
+              finish && last ? &end : nullptr);
           if (!last) continue;
-          // Z, then the activation, while the tile is in L1 (the positions a partial tile
-          // computes past the plane's end, or discarded columns, are finite or NaN floats and
-          // never copied; Z is added only where the tile writes Y).
-          if (zi != nullptr) {
+          // Unless the last pass did: Z, then the activation, while the tile is in L1 (the
+          // positions a partial tile computes past the plane's end, or discarded columns, are
+          // finite or NaN floats and never copied; Z is added only where the tile writes Y).
+          if (!finish && zi != nullptr) {
             const float* zr = zi + r * g.oh * g.ow;
             ForEachRunInY(g, p0, p1,
                           [&](int64_t at, int64_t pos, int64_t n) { kern.add(acc + (pos - start), zr + at, n); });
           }
-          if (act.kind != Act::kNone) kern.activate(acc, width, act);
+          if (!finish && act.kind != Act::kNone) kern.activate(acc, width, act);
           if (direct) continue;
           // Row r is complete: its valid columns (c < OW of each Wq-wide row) to Y.
           ForEachRunInY(g, p0, p1, [&](int64_t at, int64_t pos, int64_t n) {
