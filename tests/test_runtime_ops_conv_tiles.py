@@ -294,6 +294,19 @@ def test_unordered_columns_are_each_counted_once(isa, threads, index_dtype):
     close(y, conv_reference(x, w4, b, [1, 1], [1, 1, 1, 1], [1, 1], 1), 128 * 9)
 
 
+@pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
+def test_tasks_of_several_row_groups_and_blocks_take_every_entry_once(isa, threads, index_dtype):
+    """The plan stores each task's entries in the order its passes take them (ConvPlan): 150
+    output channels are three tasks of 64, 64 and 22 rows, 160 input channels at 30% several
+    channel blocks, and shuffled columns put a row's entries of every block out of order."""
+    rng, w4 = _weights("row_groups", 150, 160, 3, 3, 0.3)
+    b = rng.standard_normal(150).astype(np.float32)
+    x = rng.standard_normal((2, 160, 9, 11)).astype(np.float32)
+    sess = session(_shuffled_conv_model(w4, b, [1, 0, 1, 2], index_dtype, rng), threads)
+    y = sess.run(None, {"X": x})[0]
+    close(y, conv_reference(x, w4, b, [1, 1], [1, 0, 1, 2], [1, 1], 1), 160 * 9)
+
+
 def test_the_kept_plan_follows_the_input_shape(isa):
     """One session, constant weights, inputs of changing size: each run is planned for its own
     shape (the kept plan is replaced, never misapplied), also with runs from two threads."""

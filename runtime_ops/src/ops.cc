@@ -753,7 +753,9 @@ const float* FloatValues(const Kernels& kern, const Csr& csr, std::vector<float>
 // pass lets the prefetchers stream them in. It loads rather than prefetches: prefetch
 // instructions over the same range (into L2/L3) gained less (ResNet-50 at 90% on a Zen 5
 // class core, one library per process: 2.17-2.27x of dense with them, 2.30-2.33x with the
-// loads; docs/BENCHMARKS.md).
+// loads; docs/BENCHMARKS.md). CsrConv's plan now stores a task's entries in the order its
+// passes take them (ConvPlan), and the pass still pays there: without it ResNet-50 ran
+// 2.49-2.50x of dense against 2.51-2.53x with it (one library per process, alternating).
 inline void TouchRange(const float* w, const int32_t* off, int64_t j0, int64_t j1) {
   uint32_t sink = 0;
   for (int64_t j = j0; j < j1; j += 16) {  // one float and one int32 of each 64-byte line
@@ -936,7 +938,10 @@ struct CsrGemmKernel {
     int vi = 0;
     int64_t tile = 0, tiles = 0, plane = 0, blocks = 1, kb = 0;
     std::vector<int32_t> off;
-    std::vector<int64_t> seg;  // as ConvPlan::seg
+    // Row r's block-b pass takes entries seg[r * (blocks + 1) + b] .. seg[.. + b + 1]: as many
+    // as the row has in block b (with ascending columns exactly its block-b entries; in any
+    // other order each entry is still taken once, by some pass).
+    std::vector<int64_t> seg;
   };
   KeptPlan<GemmPlan> kept_plan;
 
@@ -1253,6 +1258,8 @@ struct ConvGeometry {
 
 // Fewest nonzeros per output row and input-channel block that justify a block (CsrConv).
 constexpr int64_t kConvMinBlockNnz = 16;
+// Output channels per tile task (CsrConv::Tiles; ConvPlan lays out each task's entries).
+constexpr int64_t kConvTaskRows = 64;
 
 // How CsrConv computes one input shape with one CSR (CsrConvKernel::MakePlan). For constant CSR
 // arrays it is made once per input shape and kept by the kernel.
@@ -1270,12 +1277,20 @@ struct ConvPlan {
   int Vectors(int64_t t) const { return t + 1 == tiles ? tail_vi : vi; }
   int64_t End() const { return (tiles - 1) * tile + tail; }  // past the last tile's last position
   int64_t blocks = 1, cb = 0;      // input channels (per group) in blocks of cb
-  std::vector<int32_t> off;        // offset into the input copies of each nonzero
-  // Row r's block-b pass takes entries seg[r * (blocks + 1) + b] .. seg[.. + b + 1]: as many as
-  // the row has in block b. With ascending columns (csr_from_dense) those are exactly its
-  // block-b entries; in any other order each entry is still taken once, by some pass (the sum
-  // is the same, only the cache benefit is lost).
-  std::vector<int64_t> seg;
+  // Each nonzero's weight (float32) and offset into the input copies, in the order the tiles
+  // take them: task rows (kConvTaskRows output channels) one after the other, in a task block
+  // after block, in a block row after row. Row r's block-b pass takes entries pos[i] ..
+  // pos[i + 1], i = Pass(r, b). A task then reads its range front to back, one stream of
+  // weights and one of offsets that the hardware prefetchers follow, where the CSR's own order
+  // (row after row) had it take a few cache lines of each row per block pass.
+  std::vector<float> weights;
+  std::vector<int32_t> off;
+  std::vector<int64_t> pos;        // c_out * blocks + 1 entries, pos[0] = 0, the last nnz
+  int64_t c_out = 0;
+  int64_t Pass(int64_t r, int64_t b) const {
+    const int64_t r0 = r / kConvTaskRows * kConvTaskRows, rows = std::min(c_out - r0, kConvTaskRows);
+    return r0 * blocks + b * rows + (r - r0);
+  }
 };
 
 // --- CsrConv --------------------------------------------------------------------------------
@@ -1400,14 +1415,17 @@ struct CsrConvKernel {
     Check(g_api->GetTensorMutableData(yv, &ydata));
     float* y = static_cast<float*>(ydata);
 
-    std::vector<float> widened;
-    const float* w = FloatValues(KernelsFor(isa), csr, &widened);
     const float* xd = x.as<float>();
-    if (ReadsXDirectly(g) && DirectDepthwise(ctx, g, csr, w, xd, bias, z, y)) return;
     DwGeometry dg;
-    if (DepthwiseRows(g, &dg)) {
-      Depthwise(ctx, g, dg, csr, w, xd, bias, z, y);
-      return;
+    const bool direct = ReadsXDirectly(g), bands = DepthwiseRows(g, &dg);
+    if (direct || bands) {  // the tiles read the plan's own float32 weights
+      std::vector<float> widened;
+      const float* w = FloatValues(KernelsFor(isa), csr, &widened);
+      if (direct && DirectDepthwise(ctx, g, csr, w, xd, bias, z, y)) return;
+      if (bands) {
+        Depthwise(ctx, g, dg, csr, w, xd, bias, z, y);
+        return;
+      }
     }
     const std::shared_ptr<const ConvPlan> plan = kept_plan.Get(
         constant.Holds(csr), [&](const ConvPlan& p) { return p.c_in == g.c_in && p.h == g.h && p.w == g.w; },
@@ -1415,7 +1433,7 @@ struct CsrConvKernel {
     const int64_t y_image = g.c_out * g.oh * g.ow;
     if (g.in_place) {
       for (int64_t img = 0; img < g.nb; ++img)
-        Tiles(ctx, g, *plan, w, xd + img * g.c_in * g.h * g.w, true, bias, z ? z + img * y_image : nullptr,
+        Tiles(ctx, g, *plan, xd + img * g.c_in * g.h * g.w, true, bias, z ? z + img * y_image : nullptr,
               y + img * y_image);
       return;
     }
@@ -1426,7 +1444,7 @@ struct CsrConvKernel {
     std::memset(q.get() + g.q_size, 0, static_cast<size_t>(g.q_alloc - g.q_size) * sizeof(float));
     for (int64_t img = 0; img < g.nb; ++img) {
       FillCopies(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
-      Tiles(ctx, g, *plan, w, q.get(), false, bias, z ? z + img * y_image : nullptr, y + img * y_image);
+      Tiles(ctx, g, *plan, q.get(), false, bias, z ? z + img * y_image : nullptr, y + img * y_image);
     }
   }
 
@@ -1899,7 +1917,7 @@ struct CsrConvKernel {
   // positions weighted by 1 + 2 / V for the per-nonzero broadcast and offset load.
   // Channel blocks: a block's input window, (T + the kernel's reach) floats per channel and
   // phase, is kept within 80% of the L1 data cache while every output channel of a task
-  // passes over it, partial sums kept per tile (ConvPlan::seg).
+  // passes over it, partial sums kept per tile (ConvPlan::pos).
   std::shared_ptr<const ConvPlan> MakePlan(const Csr& csr, const ConvGeometry& g) const {
     auto plan = std::make_shared<ConvPlan>();
     ConvPlan& p = *plan;
@@ -1921,12 +1939,16 @@ struct CsrConvKernel {
     p.cb = EvenBlocks(g.cg, (g.cg + want - 1) / want, &p.blocks);
 
     const bool in_place = g.in_place;  // q_size is then X's size
-    std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
-    p.seg.assign(static_cast<size_t>(g.c_out * (p.blocks + 1)), 0);
+    // Each entry's offset and pass, then the passes' starts in the tiles' order, then the
+    // weights and offsets moved there (each pass keeps its row's order of entries).
+    const size_t nnz = static_cast<size_t>(csr.nnz);
+    std::vector<int32_t> off(nnz);
+    std::vector<int64_t> pass(nnz);
+    p.c_out = g.c_out;
+    p.pos.assign(static_cast<size_t>(g.c_out * p.blocks + 1), 0);
     for (int64_t r = 0; r < g.c_out; ++r) {
       const int64_t c_base = (r / g.og) * g.cg;
       int64_t running = 0;  // uint8 deltas: the decoded column, from 0 at the row start
-      int64_t* seg = p.seg.data() + r * (p.blocks + 1);
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
         const int64_t col = ColumnAt(csr, j, &running);
         const int64_t c = col / (kh * kw);
@@ -1935,11 +1957,21 @@ struct CsrConvKernel {
         if (o + p.End() > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the input copies");
         if (in_place && o + p.npos > g.q_size) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun X");
         off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
-        ++seg[c / p.cb + 1];  // c < cg: the column bound was checked
+        pass[static_cast<size_t>(j)] = p.Pass(r, c / p.cb);  // c < cg: the column bound was checked
+        ++p.pos[static_cast<size_t>(pass[static_cast<size_t>(j)]) + 1];
       }
-      CloseSegments(seg, p.blocks, csr.row_ptr[r]);
     }
-    p.off = std::move(off);
+    for (size_t i = 1; i < p.pos.size(); ++i) p.pos[i] += p.pos[i - 1];
+    std::vector<float> widened;
+    const float* values = FloatValues(KernelsFor(isa), csr, &widened);
+    std::vector<int64_t> next(p.pos.begin(), p.pos.end() - 1);
+    p.weights.resize(nnz);
+    p.off.resize(nnz);
+    for (size_t j = 0; j < nnz; ++j) {
+      const size_t at = static_cast<size_t>(next[static_cast<size_t>(pass[j])]++);
+      p.weights[at] = values[j];
+      p.off[at] = off[j];
+    }
     return plan;
   }
 
@@ -2127,16 +2159,17 @@ struct CsrConvKernel {
   // With `in_place` (ReadsXInPlace) q is the image's X, exactly plane * C_in floats: the last
   // tile, when partial, starts at npos - tile instead (reading only X) and writes only the
   // positions the other tiles leave.
-  void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* w,
-             const float* q, bool in_place, const float* bias, const float* zi, float* yi) const {
-    constexpr int64_t kConvTaskRows = 64;
+  void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* q,
+             bool in_place, const float* bias, const float* zi, float* yi) const {
     const int64_t chunk = std::min<int64_t>(g.c_out, kConvTaskRows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
     const auto& kern = KernelsFor(isa);
+    const float* w = p.weights.data();
+    const int32_t* off = p.off.data();
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * chunk;
       const int64_t r1 = std::min(g.c_out, r0 + chunk);
-      TouchRange(w, p.off.data(), p.seg[r0 * (p.blocks + 1)], p.seg[(r1 - 1) * (p.blocks + 1) + p.blocks]);
+      TouchRange(w, off, p.pos[static_cast<size_t>(r0 * p.blocks)], p.pos[static_cast<size_t>(r1 * p.blocks)]);
       const int64_t width = p.Width(tile);
       const auto run = kern.conv_run[p.Vectors(tile)];
       const int64_t p0 = p.Start(tile), p1 = std::min(p.npos, p0 + width);
@@ -2157,12 +2190,12 @@ struct CsrConvKernel {
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t* seg = p.seg.data() + r * (p.blocks + 1);
+          const size_t i = static_cast<size_t>(r0 * p.blocks + b * (r1 - r0) + (r - r0));  // p.Pass(r, b)
+          const int64_t j0 = p.pos[i], j1 = p.pos[i + 1];
           float* yr = yi + r * g.oh * g.ow;
           float* acc = direct ? yr + p0 : buf.get() + (r - r0) * width;
           if (finish && last) end.z = zi != nullptr ? zi + r * g.oh * g.ow + start : nullptr;
-          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, acc, bias ? bias[r] : 0.f, b > 0,
-              finish && last ? &end : nullptr);
+          run(w + j0, off + j0, j1 - j0, qt, acc, bias ? bias[r] : 0.f, b > 0, finish && last ? &end : nullptr);
           if (!last) continue;
           // Unless the last pass did: Z, then the activation, while the tile is in L1 (the
           // positions a partial tile computes past the plane's end, or discarded columns, are
