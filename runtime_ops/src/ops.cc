@@ -786,12 +786,41 @@ int64_t EvenBlocks(int64_t total, int64_t fit, int64_t* blocks) {
   return std::max<int64_t>(1, (total + *blocks - 1) / *blocks);
 }
 
-// A row's block bounds: seg[1..blocks] hold the row's entry count per block (seg[b + 1] for
-// block b); they become the entry positions where each block's pass starts, from `row_start`.
-void CloseSegments(int64_t* seg, int64_t blocks, int64_t row_start) {
-  seg[0] = row_start;
-  for (int64_t b = 1; b <= blocks; ++b) seg[b] += seg[b - 1];
-}
+// Output rows (channels, features) per tile task: CsrConv's tiles and CsrGemm's tiled product.
+constexpr int64_t kTileTaskRows = 64;
+
+// A CSR's entries as the tile tasks take them: each entry's weight (float32) and offset into
+// the tiles' input, task rows (kTileTaskRows) one after the other, in a task block after
+// block, in a block row after row. Row r's block-b pass takes entries pos[i] .. pos[i + 1],
+// i = Pass(r, b), and a task's whole range is pos[r0 * blocks] .. pos[r1 * blocks]. A task
+// then reads its range front to back, one stream of weights and one of offsets that the
+// hardware prefetchers follow, where the CSR's own order (row after row) had it take a few
+// cache lines of each row per block pass. An entry's block is its column's, whatever the
+// order of a row's columns; a pass keeps its row's order of entries.
+struct TaskOrder {
+  int64_t rows = 0, blocks = 1;
+  std::vector<float> weights;
+  std::vector<int32_t> off;
+  std::vector<int64_t> pos;  // rows * blocks + 1: pos[0] = 0, the last one nnz
+  int64_t Pass(int64_t r, int64_t b) const {
+    const int64_t r0 = r / kTileTaskRows * kTileTaskRows, n = std::min(rows - r0, kTileTaskRows);
+    return r0 * blocks + b * n + (r - r0);
+  }
+  // From each entry's weight, offset and pass (Pass of its row and block), in CSR order.
+  void Arrange(const float* values, const std::vector<int32_t>& entry_off, const std::vector<int64_t>& entry_pass) {
+    pos.assign(static_cast<size_t>(rows * blocks + 1), 0);
+    for (const int64_t i : entry_pass) ++pos[static_cast<size_t>(i) + 1];
+    for (size_t i = 1; i < pos.size(); ++i) pos[i] += pos[i - 1];
+    std::vector<int64_t> next(pos.begin(), pos.end() - 1);
+    weights.resize(entry_off.size());
+    off.resize(entry_off.size());
+    for (size_t j = 0; j < entry_off.size(); ++j) {
+      const size_t at = static_cast<size_t>(next[static_cast<size_t>(entry_pass[j])]++);
+      weights[at] = values[j];
+      off[at] = entry_off[j];
+    }
+  }
+};
 
 // The plan a kernel keeps for its constant CSR and the last shape it ran: shared read-only by
 // concurrent runs, replaced when a run brings another shape. Plans for CSR arrays fed as graph
@@ -937,11 +966,7 @@ struct CsrGemmKernel {
     int64_t m = 0, k = 0;
     int vi = 0;
     int64_t tile = 0, tiles = 0, plane = 0, blocks = 1, kb = 0;
-    std::vector<int32_t> off;
-    // Row r's block-b pass takes entries seg[r * (blocks + 1) + b] .. seg[.. + b + 1]: as many
-    // as the row has in block b (with ascending columns exactly its block-b entries; in any
-    // other order each entry is still taken once, by some pass).
-    std::vector<int64_t> seg;
+    TaskOrder entries;  // weights and offsets into the transposed X
   };
   KeptPlan<GemmPlan> kept_plan;
 
@@ -962,18 +987,20 @@ struct CsrGemmKernel {
     const int64_t fit = static_cast<int64_t>(0.5 * static_cast<double>(L2Bytes()) /
                                              (static_cast<double>(p.tile) * sizeof(float)));
     p.kb = EvenBlocks(k, fit, &p.blocks);
-    p.off.assign(static_cast<size_t>(csr.nnz), 0);
-    p.seg.assign(static_cast<size_t>(csr.rows * (p.blocks + 1)), 0);
+    std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
+    std::vector<int64_t> pass(static_cast<size_t>(csr.nnz));
+    p.entries.rows = csr.rows;
+    p.entries.blocks = p.blocks;
     for (int64_t r = 0; r < csr.rows; ++r) {
       int64_t running = 0;
-      int64_t* seg = p.seg.data() + r * (p.blocks + 1);
       for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
         const int64_t c = ColumnAt(csr, j, &running);  // < k: checked against X
-        p.off[static_cast<size_t>(j)] = static_cast<int32_t>(c * p.plane);
-        ++seg[c / p.kb + 1];
+        off[static_cast<size_t>(j)] = static_cast<int32_t>(c * p.plane);
+        pass[static_cast<size_t>(j)] = p.entries.Pass(r, c / p.kb);
       }
-      CloseSegments(seg, p.blocks, csr.row_ptr[r]);
     }
+    std::vector<float> widened;
+    p.entries.Arrange(FloatValues(kern, csr, &widened), off, pass);
     return plan;
   }
 
@@ -1001,10 +1028,10 @@ struct CsrGemmKernel {
     });
     std::memset(q.get() + k * p.plane, 0, static_cast<size_t>(kConvMaxTile) * sizeof(float));
 
-    std::vector<float> widened;
-    const float* w = FloatValues(kern, csr, &widened);
-    constexpr int64_t kTaskRows = 64;
-    const int64_t chunks = (n + kTaskRows - 1) / kTaskRows;
+    const TaskOrder& e = p.entries;
+    const float* w = e.weights.data();
+    const int32_t* off = e.off.data();
+    const int64_t chunks = (n + kTileTaskRows - 1) / kTileTaskRows;
     const auto run = kern.conv_run[p.vi];
     // With alpha 1 and a bias over the output features only (MatMul + Add, Gemm with a 1-D C),
     // each row of Y^T starts at its bias and, without Z, is activated in the tile, in L1,
@@ -1013,17 +1040,17 @@ struct CsrGemmKernel {
     const bool in_tile = alpha == 1.f && bias.stride_m == 0;
     const bool act_in_tile = in_tile && z == nullptr;
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
-      const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * kTaskRows;
-      const int64_t r1 = std::min(n, r0 + kTaskRows);
-      TouchRange(w, p.off.data(), csr.row_ptr[r0], csr.row_ptr[r1]);
+      const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * kTileTaskRows;
+      const int64_t r1 = std::min(n, r0 + kTileTaskRows);
+      TouchRange(w, off, e.pos[static_cast<size_t>(r0 * p.blocks)], e.pos[static_cast<size_t>(r1 * p.blocks)]);
       const int64_t m0 = tile * p.tile, mc = std::min(p.tile, m - m0);
       AlignedBuffer buf = AllocFloats(static_cast<size_t>((r1 - r0) * p.tile));
       const float* qt = q.get() + m0;
       for (int64_t b = 0; b < p.blocks; ++b) {
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t* seg = p.seg.data() + r * (p.blocks + 1);
+          const size_t i = static_cast<size_t>(r0 * p.blocks + b * (r1 - r0) + (r - r0));  // e.Pass(r, b)
           const float init = (in_tile && bias.data) ? bias.at(0, r) : 0.f;
-          run(w + seg[b], p.off.data() + seg[b], seg[b + 1] - seg[b], qt, buf.get() + (r - r0) * p.tile, init, b > 0,
+          run(w + e.pos[i], off + e.pos[i], e.pos[i + 1] - e.pos[i], qt, buf.get() + (r - r0) * p.tile, init, b > 0,
               nullptr);
         }
       }
@@ -1258,8 +1285,6 @@ struct ConvGeometry {
 
 // Fewest nonzeros per output row and input-channel block that justify a block (CsrConv).
 constexpr int64_t kConvMinBlockNnz = 16;
-// Output channels per tile task (CsrConv::Tiles; ConvPlan lays out each task's entries).
-constexpr int64_t kConvTaskRows = 64;
 
 // How CsrConv computes one input shape with one CSR (CsrConvKernel::MakePlan). For constant CSR
 // arrays it is made once per input shape and kept by the kernel.
@@ -1277,20 +1302,7 @@ struct ConvPlan {
   int Vectors(int64_t t) const { return t + 1 == tiles ? tail_vi : vi; }
   int64_t End() const { return (tiles - 1) * tile + tail; }  // past the last tile's last position
   int64_t blocks = 1, cb = 0;      // input channels (per group) in blocks of cb
-  // Each nonzero's weight (float32) and offset into the input copies, in the order the tiles
-  // take them: task rows (kConvTaskRows output channels) one after the other, in a task block
-  // after block, in a block row after row. Row r's block-b pass takes entries pos[i] ..
-  // pos[i + 1], i = Pass(r, b). A task then reads its range front to back, one stream of
-  // weights and one of offsets that the hardware prefetchers follow, where the CSR's own order
-  // (row after row) had it take a few cache lines of each row per block pass.
-  std::vector<float> weights;
-  std::vector<int32_t> off;
-  std::vector<int64_t> pos;        // c_out * blocks + 1 entries, pos[0] = 0, the last nnz
-  int64_t c_out = 0;
-  int64_t Pass(int64_t r, int64_t b) const {
-    const int64_t r0 = r / kConvTaskRows * kConvTaskRows, rows = std::min(c_out - r0, kConvTaskRows);
-    return r0 * blocks + b * rows + (r - r0);
-  }
+  TaskOrder entries;               // weights and offsets into the input copies
 };
 
 // --- CsrConv --------------------------------------------------------------------------------
@@ -1917,7 +1929,7 @@ struct CsrConvKernel {
   // positions weighted by 1 + 2 / V for the per-nonzero broadcast and offset load.
   // Channel blocks: a block's input window, (T + the kernel's reach) floats per channel and
   // phase, is kept within 80% of the L1 data cache while every output channel of a task
-  // passes over it, partial sums kept per tile (ConvPlan::pos).
+  // passes over it, partial sums kept per tile (TaskOrder).
   std::shared_ptr<const ConvPlan> MakePlan(const Csr& csr, const ConvGeometry& g) const {
     auto plan = std::make_shared<ConvPlan>();
     ConvPlan& p = *plan;
@@ -1939,13 +1951,12 @@ struct CsrConvKernel {
     p.cb = EvenBlocks(g.cg, (g.cg + want - 1) / want, &p.blocks);
 
     const bool in_place = g.in_place;  // q_size is then X's size
-    // Each entry's offset and pass, then the passes' starts in the tiles' order, then the
-    // weights and offsets moved there (each pass keeps its row's order of entries).
+    // Each entry's offset and pass, then the weights and offsets in the tiles' order.
     const size_t nnz = static_cast<size_t>(csr.nnz);
     std::vector<int32_t> off(nnz);
     std::vector<int64_t> pass(nnz);
-    p.c_out = g.c_out;
-    p.pos.assign(static_cast<size_t>(g.c_out * p.blocks + 1), 0);
+    p.entries.rows = g.c_out;
+    p.entries.blocks = p.blocks;
     for (int64_t r = 0; r < g.c_out; ++r) {
       const int64_t c_base = (r / g.og) * g.cg;
       int64_t running = 0;  // uint8 deltas: the decoded column, from 0 at the row start
@@ -1957,21 +1968,11 @@ struct CsrConvKernel {
         if (o + p.End() > g.q_alloc) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun the input copies");
         if (in_place && o + p.npos > g.q_size) Fail(ortabi::kFail, "the tiles of nonzero ", j, " overrun X");
         off[static_cast<size_t>(j)] = static_cast<int32_t>(o);
-        pass[static_cast<size_t>(j)] = p.Pass(r, c / p.cb);  // c < cg: the column bound was checked
-        ++p.pos[static_cast<size_t>(pass[static_cast<size_t>(j)]) + 1];
+        pass[static_cast<size_t>(j)] = p.entries.Pass(r, c / p.cb);  // c < cg: the column bound was checked
       }
     }
-    for (size_t i = 1; i < p.pos.size(); ++i) p.pos[i] += p.pos[i - 1];
     std::vector<float> widened;
-    const float* values = FloatValues(KernelsFor(isa), csr, &widened);
-    std::vector<int64_t> next(p.pos.begin(), p.pos.end() - 1);
-    p.weights.resize(nnz);
-    p.off.resize(nnz);
-    for (size_t j = 0; j < nnz; ++j) {
-      const size_t at = static_cast<size_t>(next[static_cast<size_t>(pass[j])]++);
-      p.weights[at] = values[j];
-      p.off[at] = off[j];
-    }
+    p.entries.Arrange(FloatValues(KernelsFor(isa), csr, &widened), off, pass);
     return plan;
   }
 
@@ -2153,7 +2154,7 @@ struct CsrConvKernel {
     }
   }
 
-  // Outputs of one image: tasks of (tile, up to kConvTaskRows output channels); in a task the
+  // Outputs of one image: tasks of (tile, up to kTileTaskRows output channels); in a task the
   // channel blocks are taken in turn, every output channel of the task passing over a block's
   // input window before the next block, the partial sums in a per-task buffer.
   // With `in_place` (ReadsXInPlace) q is the image's X, exactly plane * C_in floats: the last
@@ -2161,15 +2162,16 @@ struct CsrConvKernel {
   // positions the other tiles leave.
   void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* q,
              bool in_place, const float* bias, const float* zi, float* yi) const {
-    const int64_t chunk = std::min<int64_t>(g.c_out, kConvTaskRows);
+    const int64_t chunk = std::min<int64_t>(g.c_out, kTileTaskRows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
     const auto& kern = KernelsFor(isa);
-    const float* w = p.weights.data();
-    const int32_t* off = p.off.data();
+    const TaskOrder& e = p.entries;
+    const float* w = e.weights.data();
+    const int32_t* off = e.off.data();
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * chunk;
       const int64_t r1 = std::min(g.c_out, r0 + chunk);
-      TouchRange(w, off, p.pos[static_cast<size_t>(r0 * p.blocks)], p.pos[static_cast<size_t>(r1 * p.blocks)]);
+      TouchRange(w, off, e.pos[static_cast<size_t>(r0 * p.blocks)], e.pos[static_cast<size_t>(r1 * p.blocks)]);
       const int64_t width = p.Width(tile);
       const auto run = kern.conv_run[p.Vectors(tile)];
       const int64_t p0 = p.Start(tile), p1 = std::min(p.npos, p0 + width);
@@ -2190,8 +2192,8 @@ struct CsrConvKernel {
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
         for (int64_t r = r0; r < r1; ++r) {
-          const size_t i = static_cast<size_t>(r0 * p.blocks + b * (r1 - r0) + (r - r0));  // p.Pass(r, b)
-          const int64_t j0 = p.pos[i], j1 = p.pos[i + 1];
+          const size_t i = static_cast<size_t>(r0 * p.blocks + b * (r1 - r0) + (r - r0));  // e.Pass(r, b)
+          const int64_t j0 = e.pos[i], j1 = e.pos[i + 1];
           float* yr = yi + r * g.oh * g.ow;
           float* acc = direct ? yr + p0 : buf.get() + (r - r0) * width;
           if (finish && last) end.z = zi != nullptr ? zi + r * g.oh * g.ow + start : nullptr;
