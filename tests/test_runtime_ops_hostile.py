@@ -327,7 +327,7 @@ def conv_output_shape(x_shape, attrs, csr, bias, isa="scalar") -> tuple | None:
 
 def copies_fit(isa, x_shape, attrs, oh, ow, c_out, nnz) -> bool:
     """README "Limits": the input copies plus the tiles' slack, R · Kc · C_in · ceil(Hp / sH') ·
-    Wq + OH · Wq + 384 rounded up to 16, within 2^31 - 1 floats, for the layout the kernel
+    Wq + OH · Wq + 448 rounded up to 16, within 2^31 - 1 floats, for the layout the kernel
     takes (phase or shifted copies; the gate's choice, asked of the library only where the two
     layouts' sizes disagree)."""
     nb, c_in, h, w = x_shape
@@ -338,7 +338,7 @@ def copies_fit(isa, x_shape, attrs, oh, ow, c_out, nnz) -> bool:
     hq = -(-(h + pa[0] + pa[2]) // sh)
 
     def fits(kc, wq):
-        total = rows * kc * c_in * hq * wq + oh * wq + 384
+        total = rows * kc * c_in * hq * wq + oh * wq + 448
         return -(-total // 16) * 16 <= INT32_MAX
 
     phase = fits(len({(j * dw) % sw for j in range(kw)}), -(-(w + pa[1] + pa[3]) // sw))

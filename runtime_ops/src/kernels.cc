@@ -19,7 +19,7 @@
 #define OP_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi2")))
 #define OP_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-// The conv tiles' accumulators: up to twelve named vector variables, those numbered V and up
+// The conv tiles' accumulators: up to fourteen named vector variables, those numbered V and up
 // dead, instead of an array of V vectors. GCC 12 keeps such an array in memory: the AVX2 tile
 // stored all its accumulators to the stack on every nonzero (the pointer argument of
 // _mm256_broadcast_ss may alias the array), which cost 1.6-2x of its rate on a Zen 1 class
@@ -27,8 +27,8 @@
 // entry and exit and formed each address in the step that used it; with named accumulators
 // and the address loaded a step ahead (as the AVX2 tile), an Intel core with two 512-bit FMA
 // units ran one-node 3x3 and 1x1 layers 1.04-1.09x and ResNet-50 at 90% 1.075x faster.
-#define ONNXPRUNE_CONV_ACCS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
-static_assert(onnxprune::kConvVectors[onnxprune::kConvVectorChoices - 1] <= 12, "ONNXPRUNE_CONV_ACCS names 12");
+#define ONNXPRUNE_CONV_ACCS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
+static_assert(onnxprune::kConvVectors[onnxprune::kConvVectorChoices - 1] <= 14, "ONNXPRUNE_CONV_ACCS names 14");
 
 namespace onnxprune {
 
@@ -1006,17 +1006,20 @@ OP_AVX512 static inline __m512 MaskLoad(unsigned bits, const float* p) {
 
 static const Kernels kScalarKernels = {
     ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), 8,
-    {scalar::ConvRun<1>, scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>}, scalar::Transpose, scalar::HalfToFloatN,
+    {scalar::ConvRun<1>, scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>, scalar::ConvRun<13>,
+     scalar::ConvRun<14>}, scalar::Transpose, scalar::HalfToFloatN,
     scalar::Activate, scalar::Add, scalar::Strided, scalar::Deinterleave, scalar::DwRows,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
-    {avx2::ConvRun<1>, avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
+    {avx2::ConvRun<1>, avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>, avx2::ConvRun<13>,
+     avx2::ConvRun<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx2::Activate, avx2::Add, avx2::Strided, avx2::Deinterleave, avx2::DwRows,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
-    {avx512::ConvRun<1>, avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>}, avx2::Transpose, avx2::HalfToFloatN,
+    {avx512::ConvRun<1>, avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>, avx512::ConvRun<13>,
+     avx512::ConvRun<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx512::Activate, avx512::Add, avx512::Strided, avx512::Deinterleave, avx512::DwRows,
 };
 

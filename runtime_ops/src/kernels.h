@@ -30,10 +30,14 @@ constexpr int kPanelQuantum = 16;
 // multiplied into V vectors of the input at its offset. V is one of kConvVectors, chosen per
 // input shape for the least padding, the last tile possibly narrower (ops.cc ChooseTiles);
 // 12 x 16 lanes with AVX-512 keeps 12 independent
-// FMA chains, enough to cover the FMA latency on both 256- and 512-bit datapaths.
-constexpr int kConvVectorChoices = 4;
-constexpr int kConvVectors[kConvVectorChoices] = {1, 4, 8, 12};
-constexpr int kConvMaxTile = 16 * 12;  // floats in the widest tile (AVX-512, V = 12)
+// FMA chains, enough to cover the FMA latency on both 256- and 512-bit datapaths. V = 13 and
+// 14 fit the planes of 14x14 maps in one tile (196 positions in 13 vectors, 14 rows of 16 in
+// 14) and 56x56 ones in 14 tiles without a remainder, where 12 left a one-vector tile per
+// output channel: a 1x1 layer on 14x14 ran 1.2x faster (docs/BENCHMARKS.md). Fourteen
+// accumulators and the broadcast weight still fit AVX2's 16 registers.
+constexpr int kConvVectorChoices = 6;
+constexpr int kConvVectors[kConvVectorChoices] = {1, 4, 8, 12, 13, 14};
+constexpr int kConvMaxTile = 16 * 14;  // floats in the widest tile (AVX-512, V = 14)
 
 // Batch-1 column blocking: when x has more than 1.5 blocks of columns it no longer fits L1
 // beside the streamed CSR arrays, and rows are swept in groups, one column block at a time.
