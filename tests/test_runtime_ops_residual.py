@@ -117,6 +117,26 @@ def test_z_and_the_activation_in_the_last_pass_keep_nan_and_infinities(activatio
     np.testing.assert_array_equal(y[~np.isnan(y)], want[~np.isnan(want)])
 
 
+# Planes that take the 13- and 14-vector tiles (kernels.h kConvVectors): 196 and 224
+# positions on AVX-512 (16 lanes), 104 and 112 on AVX2 and the portable path (8 lanes); as 1x1
+# layers and as padded 3x3 ones (Wq = W + 2), with Z and Relu finished in the tile's last pass.
+WIDE_TILE_PLANES = [(14, 14), (14, 16), (13, 8), (14, 8), (14, 6)]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("plane", WIDE_TILE_PLANES, ids=[f"{h}x{w}" for h, w in WIDE_TILE_PLANES])
+def test_13_and_14_vector_tiles_match_the_reference(plane, k, isa, threads):
+    h, w = plane
+    pads = [k // 2] * 4
+    rng, w4 = _case(f"wide_{h}x{w}_{k}", 70, 40, k, k, 0.4)
+    b = rng.standard_normal(70).astype(np.float32)
+    x = rng.standard_normal((2, 40, h, w)).astype(np.float32)
+    conv = conv_reference(x, w4, b, [1, 1], pads, [1, 1], 1)
+    z = rng.standard_normal(conv.shape).astype(np.float32)
+    y = _run(residual_model(w4, b, strides=[1, 1], pads=pads, activation="Relu"), x, z, threads)
+    close(y, np.maximum(conv + z, 0.0), 40 * k * k)
+
+
 def test_z_without_a_bias_and_in_a_1d_convolution(isa, threads):
     rng, w4 = _case("no_bias", 12, 8, 1, 5, 0.4)
     x = rng.standard_normal((3, 8, 1, 40)).astype(np.float32)
