@@ -284,27 +284,23 @@ def _shuffled_conv_model(w4, b, pads, index_dtype, rng):
     return helper.make_model(graph, opset_imports=OPSETS)
 
 
-@pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
-def test_unordered_columns_are_each_counted_once(isa, threads, index_dtype):
-    rng, w4 = _weights("shuffled", 12, 128, 3, 3, 0.3)
-    b = rng.standard_normal(12).astype(np.float32)
-    x = rng.standard_normal((1, 128, 20, 22)).astype(np.float32)
-    sess = session(_shuffled_conv_model(w4, b, [1, 1, 1, 1], index_dtype, rng), threads)
-    y = sess.run(None, {"X": x})[0]
-    close(y, conv_reference(x, w4, b, [1, 1], [1, 1, 1, 1], [1, 1], 1), 128 * 9)
+# Rows that list their nonzeros in a random column order, each entry counted once: 12 output
+# channels over 128 inputs (one task); and 150 over 160 at batch 2, three tasks of 64, 64 and
+# 22 rows over several channel blocks, whose entries the plan stores in the order the passes
+# take them (ops.cc TaskOrder).
+SHUFFLED = [("shuffled", 12, 128, (20, 22), 1, [1, 1, 1, 1]), ("row_groups", 150, 160, (9, 11), 2, [1, 0, 1, 2])]
 
 
 @pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
-def test_tasks_of_several_row_groups_and_blocks_take_every_entry_once(isa, threads, index_dtype):
-    """The plan stores each task's entries in the order its passes take them (ConvPlan): 150
-    output channels are three tasks of 64, 64 and 22 rows, 160 input channels at 30% several
-    channel blocks, and shuffled columns put a row's entries of every block out of order."""
-    rng, w4 = _weights("row_groups", 150, 160, 3, 3, 0.3)
-    b = rng.standard_normal(150).astype(np.float32)
-    x = rng.standard_normal((2, 160, 9, 11)).astype(np.float32)
-    sess = session(_shuffled_conv_model(w4, b, [1, 0, 1, 2], index_dtype, rng), threads)
+@pytest.mark.parametrize("case", SHUFFLED, ids=[c[0] for c in SHUFFLED])
+def test_unordered_columns_are_each_counted_once(case, isa, threads, index_dtype):
+    name, c_out, c_in, (h, w), nb, pads = case
+    rng, w4 = _weights(name, c_out, c_in, 3, 3, 0.3)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    x = rng.standard_normal((nb, c_in, h, w)).astype(np.float32)
+    sess = session(_shuffled_conv_model(w4, b, pads, index_dtype, rng), threads)
     y = sess.run(None, {"X": x})[0]
-    close(y, conv_reference(x, w4, b, [1, 1], [1, 0, 1, 2], [1, 1], 1), 160 * 9)
+    close(y, conv_reference(x, w4, b, [1, 1], pads, [1, 1], 1), c_in * 9)
 
 
 def test_the_kept_plan_follows_the_input_shape(isa):
