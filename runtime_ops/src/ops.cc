@@ -461,7 +461,10 @@ void Validate(Csr& c) {
 // the copy. ORT maps external initializers straight from the model's data file, so the buffers
 // it hands in can change after they were validated (the file rewritten in place under a live
 // session); the indices that address memory are therefore never read from there again. The
-// values are still read in place: changed weights give other numbers, never a stray access.
+// values are read in place by the paths that take the CSR as it is (batch-1 rows, panels,
+// depthwise layers): changed weights give other numbers, never a stray access. The tiled paths
+// (CsrConv's tiles, CsrGemm's tiled product) keep a float32 copy of the weights in their plan
+// (TaskOrder), made when a run brings a new input shape: they see the weights of that run.
 struct ValidatedCsr {
   bool known = false;
   const void* values = nullptr;  // ORT's buffers, to recognise the constant inputs
