@@ -756,8 +756,8 @@ const float* FloatValues(const Kernels& kern, const Csr& csr, std::vector<float>
 // pass lets the prefetchers stream them in. It loads rather than prefetches: prefetch
 // instructions over the same range (into L2/L3) gained less (ResNet-50 at 90% on a Zen 5
 // class core, one library per process: 2.17-2.27x of dense with them, 2.30-2.33x with the
-// loads; docs/BENCHMARKS.md). CsrConv's plan now stores a task's entries in the order its
-// passes take them (ConvPlan), and the pass still pays there: without it ResNet-50 ran
+// loads; docs/BENCHMARKS.md). The plans now store a task's entries in the order its passes
+// take them (TaskOrder), and the pass still pays there: without it ResNet-50 ran
 // 2.49-2.50x of dense against 2.51-2.53x with it (one library per process, alternating).
 inline void TouchRange(const float* w, const int32_t* off, int64_t j0, int64_t j1) {
   uint32_t sink = 0;
@@ -806,8 +806,17 @@ struct TaskOrder {
   std::vector<int32_t> off;
   std::vector<int64_t> pos;  // rows * blocks + 1: pos[0] = 0, the last one nnz
   int64_t Pass(int64_t r, int64_t b) const {
-    const int64_t r0 = r / kTileTaskRows * kTileTaskRows, n = std::min(rows - r0, kTileTaskRows);
-    return r0 * blocks + b * n + (r - r0);
+    const int64_t r0 = r / kTileTaskRows * kTileTaskRows;
+    return static_cast<int64_t>(PassIn(r0, std::min(rows, r0 + kTileTaskRows), r, b));
+  }
+  // Pass(r, b) for row r of the task of rows [r0, r1), without the division: the index the
+  // task's loops take.
+  size_t PassIn(int64_t r0, int64_t r1, int64_t r, int64_t b) const {
+    return static_cast<size_t>(r0 * blocks + b * (r1 - r0) + (r - r0));
+  }
+  // The range of the task of rows [r0, r1), read once before its passes (TouchRange).
+  void Touch(int64_t r0, int64_t r1) const {
+    TouchRange(weights.data(), off.data(), pos[static_cast<size_t>(r0 * blocks)], pos[static_cast<size_t>(r1 * blocks)]);
   }
   // From each entry's weight, offset and pass (Pass of its row and block), in CSR order.
   void Arrange(const float* values, const std::vector<int32_t>& entry_off, const std::vector<int64_t>& entry_pass) {
@@ -1045,13 +1054,13 @@ struct CsrGemmKernel {
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * kTileTaskRows;
       const int64_t r1 = std::min(n, r0 + kTileTaskRows);
-      TouchRange(w, off, e.pos[static_cast<size_t>(r0 * p.blocks)], e.pos[static_cast<size_t>(r1 * p.blocks)]);
+      e.Touch(r0, r1);
       const int64_t m0 = tile * p.tile, mc = std::min(p.tile, m - m0);
       AlignedBuffer buf = AllocFloats(static_cast<size_t>((r1 - r0) * p.tile));
       const float* qt = q.get() + m0;
       for (int64_t b = 0; b < p.blocks; ++b) {
         for (int64_t r = r0; r < r1; ++r) {
-          const size_t i = static_cast<size_t>(r0 * p.blocks + b * (r1 - r0) + (r - r0));  // e.Pass(r, b)
+          const size_t i = e.PassIn(r0, r1, r, b);
           const float init = (in_tile && bias.data) ? bias.at(0, r) : 0.f;
           run(w + e.pos[i], off + e.pos[i], e.pos[i + 1] - e.pos[i], qt, buf.get() + (r - r0) * p.tile, init, b > 0,
               nullptr);
@@ -2016,17 +2025,25 @@ struct CsrConvKernel {
     });
   }
 
+  // body(c0, c1) for the input channels in tasks of kFillChannels, so that a copy of small
+  // planes is not thousands of tiny tasks (FillAlignedPlanes, FillNarrowCopies).
+  template <class F>
+  static void ForChannelGroups(const ortabi::KernelContext* ctx, int64_t channels, const F& body) {
+    constexpr int64_t kFillChannels = 64;
+    const int64_t tasks = (channels + kFillChannels - 1) / kFillChannels;
+    ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t t) {
+      const int64_t c0 = static_cast<int64_t>(t) * kFillChannels;
+      body(c0, std::min(channels, c0 + kFillChannels));
+    });
+  }
+
   // The copy of an x_layout layer that is not read in place (a 1x1 layer whose planes are
   // rounded up to the vector width, PlanPhases): each channel's plane is X's, H * W floats in
   // one piece, then zeros to the rounded plane. Row by row (FillCopyRow), ResNet-50's 2048 x
   // 7 x 7 input took 14336 copies of 7 floats, a third as long as the layer's products.
-  // Tasks of kFillChannels channels, so that a call is not thousands of tiny tasks.
   void FillAlignedPlanes(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
-    constexpr int64_t kFillChannels = 64;
     const int64_t n = g.h * g.w;  // = hq * wq <= plane
-    const int64_t tasks = (g.c_in + kFillChannels - 1) / kFillChannels;
-    ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t t) {
-      const int64_t c0 = static_cast<int64_t>(t) * kFillChannels, c1 = std::min(g.c_in, c0 + kFillChannels);
+    ForChannelGroups(ctx, g.c_in, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         float* dst = q + c * g.plane;
         std::memcpy(dst, xi + c * n, static_cast<size_t>(n) * sizeof(float));
@@ -2065,10 +2082,7 @@ struct CsrConvKernel {
         }
       }
     }
-    constexpr int64_t kFillChannels = 64;
-    const int64_t tasks = (g.c_in + kFillChannels - 1) / kFillChannels;
-    ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t task) {
-      const int64_t c0 = static_cast<int64_t>(task) * kFillChannels, c1 = std::min(g.c_in, c0 + kFillChannels);
+    ForChannelGroups(ctx, g.c_in, [&](int64_t c0, int64_t c1) {
       for (int64_t copy = 0; copy < g.copies; ++copy) {
         const int32_t* t = at.data() + copy * n;
         for (int64_t c = c0; c < c1; ++c) {
@@ -2174,7 +2188,7 @@ struct CsrConvKernel {
     ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * chunk;
       const int64_t r1 = std::min(g.c_out, r0 + chunk);
-      TouchRange(w, off, e.pos[static_cast<size_t>(r0 * p.blocks)], e.pos[static_cast<size_t>(r1 * p.blocks)]);
+      e.Touch(r0, r1);
       const int64_t width = p.Width(tile);
       const auto run = kern.conv_run[p.Vectors(tile)];
       const int64_t p0 = p.Start(tile), p1 = std::min(p.npos, p0 + width);
@@ -2195,7 +2209,7 @@ struct CsrConvKernel {
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
         for (int64_t r = r0; r < r1; ++r) {
-          const size_t i = static_cast<size_t>(r0 * p.blocks + b * (r1 - r0) + (r - r0));  // e.Pass(r, b)
+          const size_t i = e.PassIn(r0, r1, r, b);
           const int64_t j0 = e.pos[i], j1 = e.pos[i + 1];
           float* yr = yi + r * g.oh * g.ow;
           float* acc = direct ? yr + p0 : buf.get() + (r - r0) * width;
