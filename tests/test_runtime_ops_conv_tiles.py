@@ -389,3 +389,28 @@ def test_tiled_matmul_blocks_k_and_follows_the_sequence_length(isa, encoding):
         close(sess.run(None, {"X": x})[0], ref, 5000)
     _concurrently(lambda i: close(sess.run(None, {"X": inputs[i]})[0], expected[i], 5000),
                   [[0, 1, 2] * 2, [2, 1, 0] * 2])
+
+
+# The tile tasks' up-front pass over their entries (ops.cc ChooseTouch: ONNXPRUNE_TOUCH_ENTRIES,
+# by CPU vendor when unset) reads them and changes nothing: with and without it the tiled
+# convolution and the tiled product (MatMul over 64 rows, on the convolution tiles) give the
+# same floats, and a value other than 0 or 1 fails the run that makes the plan.
+def test_the_entries_pass_changes_no_output(lib, monkeypatch):
+    rng, w4 = _weights("touch", 96, 96, 3, 3, 0.2)
+    b = rng.standard_normal(96).astype(np.float32)
+    x = rng.standard_normal((1, 96, 20, 20)).astype(np.float32)
+    conv = conv_model(w4, b, strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1)
+    w2 = np.ascontiguousarray(w4.reshape(96, -1)[:, :200])  # N = 96, K = 200
+    mm, feeds = base.matmul_model(w2, (64, 200), bias_shape=(96,))
+    outs = {}
+    for value in ["1", "0", ""]:
+        monkeypatch.setenv("ONNXPRUNE_TOUCH_ENTRIES", value)
+        outs[value] = (session(conv, 2).run(None, {"X": x})[1], *session(mm, 2).run(None, feeds))
+    for value in ["0", ""]:
+        np.testing.assert_array_equal(outs[value][0], outs["1"][0])
+        np.testing.assert_array_equal(outs[value][2], outs["1"][2])
+    close(outs["1"][0], conv_reference(x, w4, b, [1, 1], [1, 1, 1, 1], [1, 1], 1), 96 * 9)
+    close(outs["1"][2], outs["1"][1], 200)
+    monkeypatch.setenv("ONNXPRUNE_TOUCH_ENTRIES", "2")
+    with pytest.raises(Exception, match="ONNXPRUNE_TOUCH_ENTRIES=2 is not one of 0, 1"):
+        session(conv, 1).run(None, {"X": x})

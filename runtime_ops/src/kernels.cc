@@ -63,6 +63,13 @@ bool CpuHas(Isa isa) {
   }
 }
 
+// An Intel CPU (CPUID vendor "GenuineIntel"): TaskOrder's up-front pass over a task's entries
+// is chosen by vendor (ops.cc ChooseTouch).
+bool CpuIsIntel() {
+  __builtin_cpu_init();
+  return __builtin_cpu_is("intel");
+}
+
 Isa BestIsa() {
   if (CpuHas(Isa::kAvx512)) return Isa::kAvx512;
   if (CpuHas(Isa::kAvx2)) return Isa::kAvx2;

@@ -21,6 +21,7 @@ enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 const char* IsaName(Isa isa);
 bool CpuHas(Isa isa);
 Isa BestIsa();
+bool CpuIsIntel();
 
 // Width, in floats, that packed batch panels are padded to; every spmm `mb` is a multiple.
 constexpr int kPanelQuantum = 16;

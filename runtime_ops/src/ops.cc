@@ -749,6 +749,19 @@ const float* FloatValues(const Kernels& kern, const Csr& csr, std::vector<float>
   return buffer->data();
 }
 
+// Whether tile tasks read their entries once before their passes (TouchRange):
+// ONNXPRUNE_TOUCH_ENTRIES=1 or 0, else yes except on Intel cores. The pass paid on a Zen 5
+// class core (below) and cost on an Intel one (family 6 model 207, L2 2 MiB: ResNet-50 at 90%
+// and the BERT-base layer 1.02-1.03x faster without it; docs/BENCHMARKS.md). Read when a plan
+// is made.
+bool ChooseTouch() {
+  const char* forced = std::getenv("ONNXPRUNE_TOUCH_ENTRIES");
+  if (forced == nullptr || *forced == '\0') return !CpuIsIntel();
+  if (std::strcmp(forced, "1") == 0) return true;
+  if (std::strcmp(forced, "0") == 0) return false;
+  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_TOUCH_ENTRIES=", forced, " is not one of 0, 1");
+}
+
 // Reads the weights and offsets of entries [j0, j1) once, line by line, before use: a task
 // takes its rows' entries block by block, a few cache lines of each row at a time, a pattern
 // the hardware prefetchers do not follow, so a layer whose CSR arrays come from memory (inside
@@ -802,6 +815,7 @@ constexpr int64_t kTileTaskRows = 64;
 // order of a row's columns; a pass keeps its row's order of entries.
 struct TaskOrder {
   int64_t rows = 0, blocks = 1;
+  bool touch = true;  // Touch reads the range (ChooseTouch)
   std::vector<float> weights;
   std::vector<int32_t> off;
   std::vector<int64_t> pos;  // rows * blocks + 1: pos[0] = 0, the last one nnz
@@ -814,12 +828,14 @@ struct TaskOrder {
   size_t PassIn(int64_t r0, int64_t r1, int64_t r, int64_t b) const {
     return static_cast<size_t>(r0 * blocks + b * (r1 - r0) + (r - r0));
   }
-  // The range of the task of rows [r0, r1), read once before its passes (TouchRange).
+  // The range of the task of rows [r0, r1), read once before its passes (TouchRange) where
+  // ChooseTouch says so.
   void Touch(int64_t r0, int64_t r1) const {
-    TouchRange(weights.data(), off.data(), pos[static_cast<size_t>(r0 * blocks)], pos[static_cast<size_t>(r1 * blocks)]);
+    if (touch) TouchRange(weights.data(), off.data(), pos[static_cast<size_t>(r0 * blocks)], pos[static_cast<size_t>(r1 * blocks)]);
   }
   // From each entry's weight, offset and pass (Pass of its row and block), in CSR order.
   void Arrange(const float* values, const std::vector<int32_t>& entry_off, const std::vector<int64_t>& entry_pass) {
+    touch = ChooseTouch();
     pos.assign(static_cast<size_t>(rows * blocks + 1), 0);
     for (const int64_t i : entry_pass) ++pos[static_cast<size_t>(i) + 1];
     for (size_t i = 1; i < pos.size(); ++i) pos[i] += pos[i - 1];
