@@ -226,6 +226,10 @@ void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i * stride];
 }
 
+void Gather(const float* src, const int32_t* at, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = at[i] >= 0 ? src[at[i]] : 0.f;
+}
+
 // x + i as an address where the element may lie outside the array (a masked-out lane, never
 // read): formed as an integer, so no pointer leaves the array.
 inline const float* At(const float* x, int64_t i) {
@@ -745,6 +749,17 @@ OP_AVX2 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
   scalar::Strided(src + i * stride, stride, n - i, dst + i);
 }
 
+// Eight lanes at a time, lanes with a negative offset masked off (never read, set to 0).
+OP_AVX2 void Gather(const float* src, const int32_t* at, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + i));
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)));
+    _mm256_storeu_ps(dst + i, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), src, idx, keep, 4));
+  }
+  scalar::Gather(src, at + i, n - i, dst + i);
+}
+
 OP_AVX2 void Deinterleave(const float* src, int64_t n, float* d0, float* d1) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -959,6 +974,18 @@ OP_AVX512 void Strided(const float* src, int64_t stride, int64_t n, float* dst) 
   }
 }
 
+// Sixteen lanes at a time; lanes with a negative offset, and a short last step's lanes past
+// n, masked off (never read; the first set to 0, the second not stored).
+OP_AVX512 void Gather(const float* src, const int32_t* at, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const uint32_t r = static_cast<uint32_t>(std::min<int64_t>(16, n - i));
+    const __mmask16 live = static_cast<__mmask16>(r == 16 ? 0xFFFFu : (1u << r) - 1u);
+    const __m512i idx = _mm512_maskz_loadu_epi32(live, at + i);
+    const __mmask16 keep = _mm512_mask_cmpge_epi32_mask(live, idx, _mm512_setzero_si512());
+    _mm512_mask_storeu_ps(dst + i, live, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), keep, idx, src, 4));
+  }
+}
+
 // 32 floats loaded for 16 of each copy; a short last step loads only the 2r floats it owns.
 OP_AVX512 void Deinterleave(const float* src, int64_t n, float* d0, float* d1) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -1015,19 +1042,19 @@ static const Kernels kScalarKernels = {
     ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), 8,
     {scalar::ConvRun<1>, scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>, scalar::ConvRun<13>,
      scalar::ConvRun<14>}, scalar::Transpose, scalar::HalfToFloatN,
-    scalar::Activate, scalar::Add, scalar::Strided, scalar::Deinterleave, scalar::DwRows,
+    scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
     {avx2::ConvRun<1>, avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>, avx2::ConvRun<13>,
      avx2::ConvRun<14>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate, avx2::Add, avx2::Strided, avx2::Deinterleave, avx2::DwRows,
+    avx2::Activate, avx2::Add, avx2::Strided, avx2::Gather, avx2::Deinterleave, avx2::DwRows,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
     {avx512::ConvRun<1>, avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>, avx512::ConvRun<13>,
      avx512::ConvRun<14>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx512::Activate, avx512::Add, avx512::Strided, avx512::Deinterleave, avx512::DwRows,
+    avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows,
 };
 
 #undef ONNXPRUNE_BY_TYPE

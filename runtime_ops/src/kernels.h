@@ -149,6 +149,10 @@ struct Kernels {
   // dst[i] = src[i * stride] for i < n (stride >= 1; CsrConv's copies of a strided layer). Reads
   // only the floats src[i * stride], i < n, and those between them.
   void (*strided)(const float* src, int64_t stride, int64_t n, float* dst);
+  // dst[i] = at[i] >= 0 ? src[at[i]] : 0 for i < n: a narrow layer's copies through its
+  // offset table (CsrConv FillNarrowCopies). Reads only src[at[i]] for at[i] >= 0, which the
+  // caller has bounded.
+  void (*gather)(const float* src, const int32_t* at, int64_t n, float* dst);
   // d0[i] = src[2 * i], d1[i] = src[2 * i + 1] for i < n: the two column-phase copies of a
   // stride-2 layer's row in one pass. Reads only src[0 .. 2n).
   void (*deinterleave)(const float* src, int64_t n, float* d0, float* d1);

@@ -2112,13 +2112,13 @@ struct CsrConvKernel {
         }
       }
     }
+    const auto gather = KernelsFor(isa).gather;
     ForChannelGroups(ctx, g.c_in, [&](int64_t c0, int64_t c1) {
       for (int64_t copy = 0; copy < g.copies; ++copy) {
         const int32_t* t = at.data() + copy * n;
         for (int64_t c = c0; c < c1; ++c) {
-          const float* src = xi + c * g.h * g.w;
           float* dst = q + (copy * g.c_in + c) * g.plane;
-          for (int64_t i = 0; i < n; ++i) dst[i] = t[i] >= 0 ? src[t[i]] : 0.f;
+          gather(xi + c * g.h * g.w, t, n, dst);
           std::fill(dst + n, dst + g.plane, 0.f);
         }
       }
