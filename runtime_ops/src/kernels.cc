@@ -182,7 +182,7 @@ void Transpose(const float* src, int64_t ss, float* dst, int64_t ds, int64_t row
 
 // ConvEnd's finish of one sum: the clamp as the vector paths' min(hi, max(lo, s)), NaN kept.
 inline float Finish(float s, const ConvEnd& end, int64_t i) {
-  if (end.z != nullptr) s += end.z[i];
+  if (end.z != nullptr && i < end.z_lanes) s += end.z[i];
   return s < end.lo ? end.lo : (s > end.hi ? end.hi : s);
 }
 
@@ -573,6 +573,11 @@ using Vec = __m256;
 constexpr int kLanes = 8;
 OP_AVX2 static inline Vec Set1(float v) { return _mm256_set1_ps(v); }
 OP_AVX2 static inline Vec Load(const float* p) { return _mm256_loadu_ps(p); }
+// p[0 .. n) and zeros, for 0 < n < 8: nothing past p + n is read.
+OP_AVX2 static inline Vec LoadFirst(const float* p, int64_t n) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
+}
 OP_AVX2 static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 OP_AVX2 static inline void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
 OP_AVX2 static inline Vec Sum(Vec a, Vec b) { return _mm256_add_ps(a, b); }
@@ -864,6 +869,10 @@ using Vec = __m512;
 constexpr int kLanes = 16;
 OP_AVX512 static inline Vec Set1(float v) { return _mm512_set1_ps(v); }
 OP_AVX512 static inline Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+// p[0 .. n) and zeros, for 0 < n < 16: nothing past p + n is read.
+OP_AVX512 static inline Vec LoadFirst(const float* p, int64_t n) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+}
 OP_AVX512 static inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
 OP_AVX512 static inline void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
 OP_AVX512 static inline Vec Sum(Vec a, Vec b) { return _mm512_add_ps(a, b); }

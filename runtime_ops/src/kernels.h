@@ -121,9 +121,11 @@ struct Activation {
 // activation applied before the tile's one store, where separate passes would load and store
 // the tile twice more. The activation is a clamp to [lo, hi]: Relu is [0, inf), Clip [min, max],
 // none (-inf, inf); a NaN sum stays NaN, as the separate passes give it. z, when set, is read
-// for every lane of the tile (the caller passes it only where the whole tile lies in Z).
+// for the tile's first z_lanes lanes only (those that lie in Z: a plane's last, partial tile
+// has fewer); the lanes past them get no Z, and the caller never copies them out.
 struct ConvEnd {
   const float* z = nullptr;
+  int64_t z_lanes = 0;
   float lo = 0.f, hi = 0.f;
 };
 

@@ -2192,8 +2192,8 @@ struct CsrConvKernel {
       if (p1 > p0) f(p0, p0, p1 - p0);
       return;
     }
-    for (int64_t pos = p0; pos < p1;) {
-      const int64_t a = pos / g.wq, c = pos % g.wq;
+    int64_t a = p0 / g.wq, c = p0 % g.wq;  // one division a call: every later run starts a row
+    for (int64_t pos = p0; pos < p1; ++a, c = 0) {
       const int64_t n = std::min(g.wq - c, p1 - pos);
       const int64_t keep = std::min(n, std::max<int64_t>(0, g.ow - c));
       if (keep > 0) f(a * g.ow + c, pos, keep);
@@ -2231,10 +2231,11 @@ struct CsrConvKernel {
       float* const buf = direct ? nullptr : TaskScratch(static_cast<size_t>((r1 - r0) * width));
       const float* qt = q + start;
       // The last pass finishes the tile in registers (ConvEnd) when the activation is a clamp
-      // and Z, if any, lies under the whole tile: no discarded columns (Wq = OW, where
-      // position = Y offset) and no position past the plane.
+      // and Z, if any, lies under the tile: no discarded columns (Wq = OW, where position = Y
+      // offset); a partial tile reads Z only for its positions before the plane's end.
       ConvEnd end;
-      const bool z_fits = zi == nullptr || (g.wq == g.ow && start + width <= p.npos);
+      end.z_lanes = std::min(width, p.npos - start);
+      const bool z_fits = zi == nullptr || g.wq == g.ow;
       const bool finish = (zi != nullptr || act.kind != Act::kNone) && z_fits && ClampOf(act, &end);
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
