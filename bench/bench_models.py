@@ -49,11 +49,14 @@ Per (batch, threads):
     python bench/bench_models.py --quick                    # batch 1, 1 thread, few calls
     python bench/bench_models.py --models alexnet --batch 1 --threads 1,2
     python bench/bench_models.py --suite --json suite.json --markdown suite.md
+    python bench/bench_models.py --models resnet50 --batch 1 --threads 1 --keep models/
+                                                            # keep the files for A/Bs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -605,6 +608,12 @@ def builder_options(name: str, args) -> dict:
     return {"layers": args.bert_layers} if name == "bert-base" else {}
 
 
+def discard(args, path: str) -> None:
+    """Removes a model file once it has been timed (a VGG-16 file is 550 MB), unless --keep."""
+    if not args.keep:
+        os.remove(path)
+
+
 def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
     build, keep = MODELS[name]
     src = os.path.join(tmp, f"{name}.onnx")
@@ -628,9 +637,9 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
     out["size_lowered"] = srep["sparse_ops"]["lowered"]
     print(f"{name}: {out['params'] / 1e6:.2f} M params, {out['nonzero'] / 1e6:.2f} M nonzero; "
           + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in out["sizes"].items()), flush=True)
-    os.remove(paths["portable"])
+    discard(args, paths["portable"])
     if name not in args.time_models:
-        os.remove(paths["size"])
+        discard(args, paths["size"])
         return out
 
     dense_model = onnx.load(paths["dense"])
@@ -691,7 +700,7 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
                                               if r["lowered"] and r["ratio"] < 1.0]
             out["cases"].append(case)
             gc.collect()
-            os.remove(path)
+            discard(args, path)
     # what lowering for size costs in speed: the size file at the first (batch, threads)
     batch, threads = args.batches[0], args.threads[0]
     feeds = {"x": np.random.default_rng(1).standard_normal(
@@ -703,7 +712,7 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
     dense_ms, size_ms, reps = adaptive_pair(d_sess, z_sess, feeds, args.repeats, args.min_repeats,
                                             args.case_seconds)
     del d_sess, z_sess
-    os.remove(paths["size"])
+    discard(args, paths["size"])
     out["size_case"] = {"batch": batch, "threads": threads, "repeats": reps,
                         "dense_ms": round(dense_ms, 3), "sparse_ms": round(size_ms, 3),
                         "ratio": round(dense_ms / size_ms, 3), "passed": check["passed"],
@@ -839,6 +848,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--markdown", metavar="PATH")
     ap.add_argument("--tmp", metavar="DIR", help="work folder (default: a temporary one)")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="write the models into DIR and keep them (source, dense, portable, "
+                         "size-lowered and each case's lowered file), e.g. for bench/ab_library.py")
     ap.add_argument("--from-json", metavar="PATH",
                     help="only write --markdown from an earlier --json result")
     args = ap.parse_args(argv)
@@ -878,7 +890,10 @@ def main(argv=None) -> int:
                "models": {}}
     if ds_py is None:
         print("deepsparse: no interpreter with deepsparse found; column skipped", flush=True)
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    work = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(dir=args.tmp)
+    with work as tmp:
         for name in names:
             results["models"][name] = bench_model(name, args, ds_py, tmp)
             if args.json:  # partial results survive an interrupted run

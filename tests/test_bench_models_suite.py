@@ -149,3 +149,18 @@ def test_markdown_states_machine_and_lowered_count(bm):
 
 def test_split_keep_sends_full_layers_to_skip(bm):
     assert bm.split_keep({"*": 25, "stem": 100, "*.dw": 100}) == ({"*": 25}, ["stem", "*.dw"])
+
+
+def test_keep_leaves_every_file_the_run_timed(bm, tmp_path, capsys):
+    """--keep DIR: the source, dense, portable and size-lowered files and each case's lowered
+    file stay in DIR after the run (a temporary folder otherwise), the lowered one with the
+    sparse ops the run reported."""
+    keep = tmp_path / "models"
+    assert bm.main(["--models", "lenet-300-100", "--quick", "--no-layers", "--keep", str(keep),
+                    "--json", str(tmp_path / "r.json")]) == 0
+    names = {p.name for p in keep.glob("*.onnx")}
+    assert {"lenet-300-100.onnx", "lenet-300-100.dense.onnx", "lenet-300-100.portable.onnx",
+            "lenet-300-100.size.onnx", "lenet-300-100.sparse-b1-t1.onnx"} <= names
+    case = json.loads((tmp_path / "r.json").read_text())["models"]["lenet-300-100"]["cases"][0]
+    lowered = onnx.load(str(keep / "lenet-300-100.sparse-b1-t1.onnx"))
+    assert sum(n.domain == runtime_ops.DOMAIN for n in lowered.graph.node) == len(case["lowered"])
