@@ -754,17 +754,6 @@ OP_AVX2 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
   scalar::Strided(src + i * stride, stride, n - i, dst + i);
 }
 
-// Eight lanes at a time, lanes with a negative offset masked off (never read, set to 0).
-OP_AVX2 void Gather(const float* src, const int32_t* at, int64_t n, float* dst) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + i));
-    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)));
-    _mm256_storeu_ps(dst + i, _mm256_mask_i32gather_ps(_mm256_setzero_ps(), src, idx, keep, 4));
-  }
-  scalar::Gather(src, at + i, n - i, dst + i);
-}
-
 OP_AVX2 void Deinterleave(const float* src, int64_t n, float* d0, float* d1) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -1057,7 +1046,7 @@ static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
     {avx2::ConvRun<1>, avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>, avx2::ConvRun<13>,
      avx2::ConvRun<14>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate, avx2::Add, avx2::Strided, avx2::Gather, avx2::Deinterleave, avx2::DwRows,
+    avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,

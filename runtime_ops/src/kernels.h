@@ -122,10 +122,11 @@ struct Activation {
 // the tile twice more. The activation is a clamp to [lo, hi]: Relu is [0, inf), Clip [min, max],
 // none (-inf, inf); a NaN sum stays NaN, as the separate passes give it. z, when set, is read
 // for the tile's first z_lanes lanes only (those that lie in Z: a plane's last, partial tile
-// has fewer); the lanes past them get no Z, and the caller never copies them out.
+// has fewer; every lane unless set); the lanes past them get no Z, and the caller never copies
+// them out.
 struct ConvEnd {
   const float* z = nullptr;
-  int64_t z_lanes = 0;
+  int64_t z_lanes = INT64_MAX;
   float lo = 0.f, hi = 0.f;
 };
 
@@ -153,7 +154,9 @@ struct Kernels {
   void (*strided)(const float* src, int64_t stride, int64_t n, float* dst);
   // dst[i] = at[i] >= 0 ? src[at[i]] : 0 for i < n: a narrow layer's copies through its
   // offset table (CsrConv FillNarrowCopies). Reads only src[at[i]] for at[i] >= 0, which the
-  // caller has bounded.
+  // caller has bounded. A vector gather on AVX-512 (measured faster on an Intel core); AVX2
+  // keeps the portable loop, its gathers being slow on several AVX2-only cores (Zen 1 and 2)
+  // and unmeasured here.
   void (*gather)(const float* src, const int32_t* at, int64_t n, float* dst);
   // d0[i] = src[2 * i], d1[i] = src[2 * i + 1] for i < n: the two column-phase copies of a
   // stride-2 layer's row in one pass. Reads only src[0 .. 2n).
