@@ -4,9 +4,10 @@ A tile's inner loop is one broadcast, V loads and V FMAs per nonzero; a compiler
 the accumulators in memory adds V stores (and reloads) to it and halves the tile's rate with
 every output still exact, so no output test can see it. GCC 12 did exactly that for the AVX2
 tiles (an array of __m256 kept on the stack; docs/BENCHMARKS.md, "An AVX2-only core"). This
-reads the machine code of the installed library: the loop of each vector ConvRun that holds its
-FMAs must not touch the stack. Skipped without objdump, and for a library other than the
-installed -O3 build (the sanitizer build is -O1 by design).
+reads the machine code of the installed library: the loop of each vector ConvRun (and of each
+ConvRows, which runs it row after row) that holds its FMAs must not touch the stack. Skipped
+without objdump, and for a library other than the installed -O3 build (the sanitizer build is
+-O1 by design).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from onnxprune import runtime_ops
 FUNCTION = re.compile(r"^([0-9a-f]+) <(.*)>:$")
 INSN = re.compile(r"^\s+([0-9a-f]+):\s+(\S+)\s*(.*)$")
 BRANCH = re.compile(r"^([0-9a-f]+) <")
-TILE = re.compile(r"onnxprune::(avx2|avx512)::ConvRun<(\d+)>")
+TILE = re.compile(r"onnxprune::(avx2|avx512)::(ConvRun|ConvRows)<(\d+)>")
 STACK = re.compile(r"\(%[re]?(sp|bp)\b")
 
 
@@ -80,9 +81,11 @@ def test_the_scan_finds_a_stack_access_in_an_fma_loop():
 def test_vector_conv_tiles_keep_their_accumulators_in_registers():
     done = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", runtime_ops.library_path()],
                           capture_output=True, text=True, timeout=300, check=True)
-    tiles = {f"{m.group(1)} V={m.group(2)}": insns
+    # ConvRows (a task's rows in one call) holds each ConvRun's loop again, flattened into it.
+    tiles = {f"{m.group(1)} {m.group(2)} V={m.group(3)}": insns
              for name, insns in _functions(done.stdout).items() if (m := TILE.search(name))}
-    assert sorted(tiles) == sorted(f"{isa} V={v}" for isa in ("avx2", "avx512") for v in (1, 4, 8, 12, 13, 14))
+    assert sorted(tiles) == sorted(f"{isa} {kind} V={v}" for isa in ("avx2", "avx512")
+                                   for kind in ("ConvRun", "ConvRows") for v in (1, 4, 8, 12, 13, 14))
     for tile, insns in tiles.items():
         loops = innermost_fma_loops(insns)
         assert loops, f"{tile}: no loop with FMAs found"

@@ -200,6 +200,10 @@ void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, fl
   for (int i = 0; i < kT; ++i) out[i] = end ? Finish(a[i], *end, i) : a[i];
 }
 
+#define ONNXPRUNE_TILE_TARGET
+#include "conv_rows.inc"
+#undef ONNXPRUNE_TILE_TARGET
+
 static inline float Clamp01(float t) { return t < 0.f ? 0.f : (t > 1.f ? 1.f : t); }  // NaN stays NaN
 
 float Activate1(float y, const Activation& a) {
@@ -585,6 +589,7 @@ OP_AVX2 static inline Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }  // 
 OP_AVX2 static inline Vec Min(Vec a, Vec b) { return _mm256_min_ps(a, b); }
 #define ONNXPRUNE_TILE_TARGET OP_AVX2
 #include "conv_run.inc"
+#include "conv_rows.inc"
 #undef ONNXPRUNE_TILE_TARGET
 
 // 8 x 8 blocks in registers (unpack, shuffle, 128-bit lane permute), edges through the
@@ -869,6 +874,7 @@ OP_AVX512 static inline Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }  /
 OP_AVX512 static inline Vec Min(Vec a, Vec b) { return _mm512_min_ps(a, b); }
 #define ONNXPRUNE_TILE_TARGET OP_AVX512
 #include "conv_run.inc"
+#include "conv_rows.inc"
 #undef ONNXPRUNE_TILE_TARGET
 
 // Full 512-bit loads of y where the tile's own 512-bit stores wrote it (a narrower load of a
@@ -1039,19 +1045,25 @@ OP_AVX512 static inline __m512 MaskLoad(unsigned bits, const float* p) {
 static const Kernels kScalarKernels = {
     ONNXPRUNE_BY_TYPE(scalar::Spmv), ONNXPRUNE_BY_TYPE(scalar::Spmm), 8,
     {scalar::ConvRun<1>, scalar::ConvRun<4>, scalar::ConvRun<8>, scalar::ConvRun<12>, scalar::ConvRun<13>,
-     scalar::ConvRun<14>}, scalar::Transpose, scalar::HalfToFloatN,
+     scalar::ConvRun<14>},
+    {scalar::ConvRows<1>, scalar::ConvRows<4>, scalar::ConvRows<8>, scalar::ConvRows<12>, scalar::ConvRows<13>,
+     scalar::ConvRows<14>}, scalar::Transpose, scalar::HalfToFloatN,
     scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
     {avx2::ConvRun<1>, avx2::ConvRun<4>, avx2::ConvRun<8>, avx2::ConvRun<12>, avx2::ConvRun<13>,
-     avx2::ConvRun<14>}, avx2::Transpose, avx2::HalfToFloatN,
+     avx2::ConvRun<14>},
+    {avx2::ConvRows<1>, avx2::ConvRows<4>, avx2::ConvRows<8>, avx2::ConvRows<12>, avx2::ConvRows<13>,
+     avx2::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
     {avx512::ConvRun<1>, avx512::ConvRun<4>, avx512::ConvRun<8>, avx512::ConvRun<12>, avx512::ConvRun<13>,
-     avx512::ConvRun<14>}, avx2::Transpose, avx2::HalfToFloatN,
+     avx512::ConvRun<14>},
+    {avx512::ConvRows<1>, avx512::ConvRows<4>, avx512::ConvRows<8>, avx512::ConvRows<12>, avx512::ConvRows<13>,
+     avx512::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows,
 };
 

@@ -140,6 +140,12 @@ struct Kernels {
   // min(end->hi, max(end->lo, s + (end->z ? end->z[i] : 0))) instead (ConvEnd).
   void (*conv_run[kConvVectorChoices])(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out,
                                        float init, bool accumulate, const ConvEnd* end);
+  // conv_rows[v]: conv_run[v] for rows r < rows of one block pass (conv_rows.inc): entries
+  // pos[r] .. pos[r + 1], the tile at out + r * out_stride, init bias[r] (0 without bias), Z
+  // at end->z + r * z_stride.
+  void (*conv_rows[kConvVectorChoices])(const float* w, const int32_t* off, const int64_t* pos, int64_t rows,
+                                        const float* q, float* out, int64_t out_stride, const float* bias,
+                                        bool accumulate, const ConvEnd* end, int64_t z_stride);
   // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols.
   void (*transpose)(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t rows,
                     int64_t cols);

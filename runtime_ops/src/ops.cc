@@ -2237,17 +2237,28 @@ struct CsrConvKernel {
       end.z_lanes = std::min(width, p.npos - start);
       const bool z_fits = zi == nullptr || g.wq == g.ow;
       const bool finish = (zi != nullptr || act.kind != Act::kNone) && z_fits && ClampOf(act, &end);
+      const auto rows = kern.conv_rows[p.Vectors(tile)];
+      // A last pass with nothing left to do row by row afterwards (a direct tile, finished in
+      // registers or with neither Z nor an activation) runs its rows in one call, as the
+      // passes before it do.
+      const bool rows_last = direct && (finish || (zi == nullptr && act.kind == Act::kNone));
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
+        if (!last || rows_last) {
+          if (finish && last) end.z = zi != nullptr ? zi + r0 * g.oh * g.ow + start : nullptr;
+          rows(w, off, e.pos.data() + e.PassIn(r0, r1, r0, b), r1 - r0, qt,
+               direct ? yi + r0 * g.oh * g.ow + p0 : buf, direct ? g.oh * g.ow : width,
+               bias != nullptr ? bias + r0 : nullptr, b > 0, finish && last ? &end : nullptr, g.oh * g.ow);
+          continue;
+        }
         for (int64_t r = r0; r < r1; ++r) {
           const size_t i = e.PassIn(r0, r1, r, b);
           const int64_t j0 = e.pos[i], j1 = e.pos[i + 1];
           float* yr = yi + r * g.oh * g.ow;
           float* acc = direct ? yr + p0 : buf + (r - r0) * width;
-          if (finish && last) end.z = zi != nullptr ? zi + r * g.oh * g.ow + start : nullptr;
-          run(w + j0, off + j0, j1 - j0, qt, acc, bias ? bias[r] : 0.f, b > 0, finish && last ? &end : nullptr);
-          if (!last) continue;
-          // Unless the last pass did: Z, then the activation, while the tile is in L1 (the
+          if (finish) end.z = zi != nullptr ? zi + r * g.oh * g.ow + start : nullptr;
+          run(w + j0, off + j0, j1 - j0, qt, acc, bias ? bias[r] : 0.f, b > 0, finish ? &end : nullptr);
+          // The last pass, row by row. Unless it did: Z, then the activation, while the tile is in L1 (the
           // positions a partial tile computes past the plane's end, or discarded columns, are
           // finite or NaN floats and never copied; Z is added only where the tile writes Y).
           if (!finish && zi != nullptr) {
