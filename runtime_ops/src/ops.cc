@@ -1074,7 +1074,7 @@ struct CsrGemmKernel {
     const float* w = e.weights.data();
     const int32_t* off = e.off.data();
     const int64_t chunks = (n + kTileTaskRows - 1) / kTileTaskRows;
-    const auto run = kern.conv_run[p.vi];
+    const auto rows = kern.conv_rows[p.vi];
     // With alpha 1 and a bias over the output features only (MatMul + Add, Gemm with a 1-D C),
     // each row of Y^T starts at its bias and, without Z, is activated in the tile, in L1,
     // before the transpose; otherwise scale, bias, Z and activation follow the transpose, on
@@ -1088,14 +1088,14 @@ struct CsrGemmKernel {
       const int64_t m0 = tile * p.tile, mc = std::min(p.tile, m - m0);
       float* const buf = TaskScratch(static_cast<size_t>((r1 - r0) * p.tile));
       const float* qt = q.get() + m0;
-      for (int64_t b = 0; b < p.blocks; ++b) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const size_t i = e.PassIn(r0, r1, r, b);
-          const float init = (in_tile && bias.data) ? bias.at(0, r) : 0.f;
-          run(w + e.pos[i], off + e.pos[i], e.pos[i + 1] - e.pos[i], qt, buf + (r - r0) * p.tile, init, b > 0,
-              nullptr);
-        }
-      }
+      // Each block pass runs the task's rows in one call (conv_rows), each row's tile starting
+      // at its bias where the tile applies it.
+      float inits[kTileTaskRows];
+      const bool has_init = in_tile && bias.data != nullptr;
+      for (int64_t r = r0; has_init && r < r1; ++r) inits[r - r0] = bias.at(0, r);
+      for (int64_t b = 0; b < p.blocks; ++b)
+        rows(w, off, e.pos.data() + e.PassIn(r0, r1, r0, b), r1 - r0, qt, buf, p.tile, has_init ? inits : nullptr,
+             b > 0, nullptr, 0);
       // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc (its other lanes are never read).
       if (act_in_tile && act.kind != Act::kNone) kern.activate(buf, (r1 - r0) * p.tile, act);
       kern.transpose(buf, p.tile, y + m0 * n + r0, n, r1 - r0, mc);
