@@ -845,7 +845,8 @@ struct TaskOrder {
   // The range of the task of rows [r0, r1), read once before its passes (TouchRange) where
   // ChooseTouch says so.
   void Touch(int64_t r0, int64_t r1) const {
-    if (touch) TouchRange(weights.data(), off.data(), pos[static_cast<size_t>(r0 * blocks)], pos[static_cast<size_t>(r1 * blocks)]);
+    if (!touch) return;
+    TouchRange(weights.data(), off.data(), pos[static_cast<size_t>(r0 * blocks)], pos[static_cast<size_t>(r1 * blocks)]);
   }
   // From each entry's weight, offset and pass (Pass of its row and block), in CSR order.
   void Arrange(const float* values, const std::vector<int32_t>& entry_off, const std::vector<int64_t>& entry_pass) {
@@ -2242,27 +2243,29 @@ struct CsrConvKernel {
       // registers or with neither Z nor an activation) runs its rows in one call, as the
       // passes before it do.
       const bool rows_last = direct && (finish || (zi == nullptr && act.kind == Act::kNone));
+      const int64_t out_plane = g.oh * g.ow;  // floats between output channels, in Y and Z
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
         if (!last || rows_last) {
-          if (finish && last) end.z = zi != nullptr ? zi + r0 * g.oh * g.ow + start : nullptr;
+          if (finish && last) end.z = zi != nullptr ? zi + r0 * out_plane + start : nullptr;
           rows(w, off, e.pos.data() + e.PassIn(r0, r1, r0, b), r1 - r0, qt,
-               direct ? yi + r0 * g.oh * g.ow + p0 : buf, direct ? g.oh * g.ow : width,
-               bias != nullptr ? bias + r0 : nullptr, b > 0, finish && last ? &end : nullptr, g.oh * g.ow);
+               direct ? yi + r0 * out_plane + p0 : buf, direct ? out_plane : width,
+               bias != nullptr ? bias + r0 : nullptr, b > 0, finish && last ? &end : nullptr, out_plane);
           continue;
         }
+        // The last pass, row by row: each row's work after it while its tile is in L1.
         for (int64_t r = r0; r < r1; ++r) {
           const size_t i = e.PassIn(r0, r1, r, b);
           const int64_t j0 = e.pos[i], j1 = e.pos[i + 1];
-          float* yr = yi + r * g.oh * g.ow;
+          float* yr = yi + r * out_plane;
           float* acc = direct ? yr + p0 : buf + (r - r0) * width;
-          if (finish) end.z = zi != nullptr ? zi + r * g.oh * g.ow + start : nullptr;
+          if (finish) end.z = zi != nullptr ? zi + r * out_plane + start : nullptr;
           run(w + j0, off + j0, j1 - j0, qt, acc, bias ? bias[r] : 0.f, b > 0, finish ? &end : nullptr);
-          // The last pass, row by row. Unless it did: Z, then the activation, while the tile is in L1 (the
-          // positions a partial tile computes past the plane's end, or discarded columns, are
-          // finite or NaN floats and never copied; Z is added only where the tile writes Y).
+          // Unless the pass did: Z, then the activation (the positions a partial tile computes
+          // past the plane's end, or discarded columns, are finite or NaN floats and never
+          // copied; Z is added only where the tile writes Y).
           if (!finish && zi != nullptr) {
-            const float* zr = zi + r * g.oh * g.ow;
+            const float* zr = zi + r * out_plane;
             ForEachRunInY(g, p0, p1,
                           [&](int64_t at, int64_t pos, int64_t n) { kern.add(acc + (pos - start), zr + at, n); });
           }
