@@ -237,6 +237,10 @@ GEMM_CASES = [
     # Big enough to split over the thread pool (several tasks per call).
     ("parallel_gemv", 512, 2048, 0.3, 1, 0, 1.0, 1.0, (512,), None, ()),
     ("parallel_spmm", 256, 512, 0.3, 130, 0, 1.0, 1.0, (256,), None, ()),
+    # The tiled path splits K into blocks of about an L1's planes (a few hundred here, fewer
+    # with wider tiles): 1500 columns take several passes over each row, the last block short.
+    ("tiled_k_blocks", 70, 1500, 0.1, 33, 0, 1.0, 1.0, (33, 70), None, (3,)),
+    ("tiled_k_blocks_wide_tile", 40, 3001, 0.1, 224, 0, 1.0, 1.0, (40,), None, ()),
     ("wide_rows_need_int32", 8, 33000, 0.01, 3, 0, 1.0, 1.0, (8,), None, ()),
     # Batch 1 with x wider than L1 takes the column-blocked path (K > 7680): 2 and 4 blocks,
     # row groups of 16 with a partial last group, empty rows, int16 and int32 indices.
