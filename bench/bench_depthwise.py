@@ -1,15 +1,17 @@
-"""Depthwise convolutions: ONNX Runtime's dense Conv against CsrConv through its three layouts,
-in one process: the default (X read where it lies, through its column phases at a column
-stride; ``ONNXPRUNE_CONV_DEPTHWISE=1``), band by band (``=bands``) and through the whole-image
-input copies (``=0``); the variable is read when a session is created.
+"""Depthwise convolutions: ONNX Runtime's dense Conv against CsrConv through each of its
+layouts, in one process: the default (``ONNXPRUNE_CONV_DEPTHWISE=1``: channel blocks on small
+maps, else X read where it lies), X read where it lies (``=direct``, through its column phases
+at a column stride), blocks of channels as vector lanes (``=blocks``), band by band
+(``=bands``) and through the whole-image input copies (``=0``); the variable is read when a
+session is created.
 
     python bench/bench_depthwise.py                # the standard cases, 1 thread
     python bench/bench_depthwise.py --rounds 200 --json dw.json
 
 Weights are random, magnitude-pruned per layer to the density given (keep the largest |w|);
-the four sessions are called in turn, the order reversed every round, and the medians of
-one ``session.run`` each are printed with the dense / CSR ratios. Outputs are checked against
-the dense model's first.
+the sessions are called in turn, the order reversed every round, and the medians of one
+``session.run`` each are printed with the dense / CSR ratios. Outputs are checked against the
+dense model's first.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ CASES = [
     (16, 3, 400, 304, 0.2, 1), (64, 3, 200, 152, 0.2, 1), (64, 3, 200, 152, 0.2, 2), (128, 3, 100, 76, 0.2, 1),
     (128, 5, 100, 76, 0.2, 1), (128, 5, 50, 38, 0.2, 1), (256, 5, 25, 19, 0.2, 1), (256, 5, 50, 38, 0.2, 2),
     (128, 5, 13, 10, 0.2, 1), (32, 3, 112, 112, 1.0, 1), (96, 3, 112, 112, 1.0, 2), (144, 3, 56, 56, 1.0, 1),
+    (144, 3, 56, 56, 1.0, 2), (192, 3, 28, 28, 1.0, 1), (384, 3, 14, 14, 1.0, 1), (960, 3, 7, 7, 1.0, 1),
+    (192, 3, 28, 28, 0.2, 1), (384, 3, 14, 14, 0.2, 1), (960, 3, 7, 7, 0.2, 1),
 ]
+# What each CsrConv session forces (ONNXPRUNE_CONV_DEPTHWISE), after ORT's dense Conv.
+PATHS = (("copies", "0"), ("bands", "bands"), ("direct", "direct"), ("blocks", "blocks"), ("default", "1"))
 
 
 def models(c, k, h, w, density, stride, rng):
@@ -60,25 +66,24 @@ def main(argv=None) -> int:
     for case in CASES:
         c, k, h, w, density, stride = case
         dense, sparse = models(*case, np.random.default_rng(0))
-        sessions = [session(dense, args.threads, False), session(sparse, args.threads, True, "0"),
-                    session(sparse, args.threads, True, "bands"), session(sparse, args.threads, True, "1")]
+        sessions = [session(dense, args.threads, False)] + \
+            [session(sparse, args.threads, True, env) for _, env in PATHS]
         x = {"X": np.random.default_rng(1).standard_normal((1, c, h, w)).astype(np.float32)}
         ref = sessions[0].run(None, x)[0]
         for s in sessions[1:]:
             np.testing.assert_allclose(s.run(None, x)[0], ref, rtol=1e-4, atol=1e-4)
         times = [[] for _ in sessions]
         for r in range(args.rounds):
-            for i in (range(4) if r % 2 == 0 else reversed(range(4))):
+            for i in (range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))):
                 t0 = time.perf_counter()
                 sessions[i].run(None, x)
                 times[i].append(time.perf_counter() - t0)
-        d, cp, bd, df = (statistics.median(t) * 1e3 for t in times)
-        row = dict(channels=c, kernel=k, h=h, w=w, density=density, stride=stride, dense_ms=round(d, 4),
-                   copies_ms=round(cp, 4), bands_ms=round(bd, 4), default_ms=round(df, 4))
+        d, *ms = (statistics.median(t) * 1e3 for t in times)
+        row = dict(channels=c, kernel=k, h=h, w=w, density=density, stride=stride, dense_ms=round(d, 4))
+        row.update({f"{name}_ms": round(m, 4) for (name, _), m in zip(PATHS, ms)})
         rows.append(row)
-        print(f"{c:4d} ch {k}x{k}/{stride} {h}x{w} @ {density:.0%}: dense {d:.3f} ms, copies {cp:.3f} "
-              f"({d / cp:.2f}x), bands {bd:.3f} ({d / bd:.2f}x), default {df:.3f} ({d / df:.2f}x); "
-              f"default / bands speed {bd / df:.2f}", flush=True)
+        print(f"{c:4d} ch {k}x{k}/{stride} {h}x{w} @ {density:.0%}: dense {d:.3f} ms, "
+              + ", ".join(f"{name} {m:.3f} ({d / m:.2f}x)" for (name, _), m in zip(PATHS, ms)), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "rounds": args.rounds, "threads": args.threads, "cases": rows}, f,

@@ -5,7 +5,8 @@ tap reads padding masked), or band by band (CsrConvKernel::Depthwise), each task
 the copy rows its band of output rows reads.
 Every case is compared with the float64 reference on every instruction set the CPU has, with 1
 and 2 threads, by each path (ONNXPRUNE_CONV_DEPTHWISE=1 the default, =bands every depthwise
-layer band by band, =0 the whole-image copies): row widths across the vector steps, bands
+layer band by band, =0 the whole-image copies, =blocks channel blocks as vector lanes on
+maps of any size, =direct X read where it lies wherever it can): row widths across the vector steps, bands
 overhanging the image's bottom, several bands, strides, dilations, asymmetric pads, padding
 wider than the kernel, non-square and 1-D kernels, batches, densities from empty rows to dense,
 the residual Z and the activations."""
@@ -58,7 +59,7 @@ def run(model, feeds, n_threads, monkeypatch, path):
     monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", path)
     before = {k: v.copy() for k, v in feeds.items()}
     y = session(model, n_threads).run(["Y_sparse" if len(model.graph.output) > 1 else "Y"], feeds)[0]
-    assert all(np.array_equal(feeds[k], before[k]) for k in feeds)  # inputs untouched
+    assert all(np.array_equal(feeds[k], before[k], equal_nan=True) for k in feeds)  # inputs untouched
     return y
 
 
@@ -71,7 +72,7 @@ def test_depthwise_matches_the_reference_and_the_copies(case, density, isa, thre
     x = rng.standard_normal((2, c, h, w)).astype(np.float32)
     model = conv_model(w4, b, strides=strides, pads=pads, dilations=dilations, group=c)
     want = conv_reference(x, w4, b, strides, pads, dilations, c)
-    for path in ("1", "bands", "0"):
+    for path in ("1", "bands", "0", "blocks"):
         close(run(model, {"X": x}, threads, monkeypatch, path), want, kh * kw)
 
 
@@ -98,7 +99,7 @@ def test_direct_rows_of_every_width_match_the_reference(width, kernel, strides, 
     close(run(model, {"X": x}, threads, monkeypatch, "1"), want, kh * kw)
 
 
-@pytest.mark.parametrize("path", ["1", "bands"])
+@pytest.mark.parametrize("path", ["1", "bands", "blocks"])
 @pytest.mark.parametrize("activation", [None, "Relu", "HardSwish"])
 @pytest.mark.parametrize("case", [GEOMETRIES[1], GEOMETRIES[3]], ids=[GEOMETRIES[1][0], GEOMETRIES[3][0]])
 def test_z_then_the_activation_on_each_band(case, activation, path, isa, threads, monkeypatch):
@@ -150,11 +151,86 @@ def test_the_layout_depthwise_layers_take(lib, monkeypatch):
     assert conv_layout(lib, isa_name, [*attrs, 32], [1, 32, 56, 56], 32, 100) in (1, 2)
 
 
+def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
+    """5: channel blocks (ops.cc ChannelBlocks) on maps at most 16 outputs wide, or 32 where
+    the channels keep half their taps; 4 (X read directly) on wider maps, sparser 28-wide
+    ones, and whenever ONNXPRUNE_CONV_DEPTHWISE=direct; =blocks forces 5 where the block's
+    scratch stays within its bound."""
+    attrs = [3, 3, 1, 1, 1, 1, 1, 1, 1, 1]
+    stride2 = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]
+    monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
+    for isa_name in ("scalar", "avx2", "avx512"):
+        if lib.onnxprune_ops_cpu_has(isa_name.encode()) != 1:
+            continue
+        assert conv_layout(lib, isa_name, [*attrs, 960], [1, 960, 7, 7], 960, 960 * 9) == 5
+        assert conv_layout(lib, isa_name, [*attrs, 960], [1, 960, 7, 7], 960, 960 * 2) == 5  # 22%
+        assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 9) == 5
+        assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 2) == 4
+        assert conv_layout(lib, isa_name, [*stride2, 144], [1, 144, 56, 56], 144, 144 * 9) == 5  # 28 wide
+        assert conv_layout(lib, isa_name, [*attrs, 144], [1, 144, 56, 56], 144, 144 * 9) == 4
+    monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "direct")
+    assert conv_layout(lib, "scalar", [*attrs, 960], [1, 960, 7, 7], 960, 960 * 9) == 4
+    monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "blocks")
+    assert conv_layout(lib, "scalar", [*attrs, 144], [1, 144, 56, 56], 144, 144) == 5
+    assert conv_layout(lib, "scalar", [*attrs, 4], [1, 4, 2048, 2048], 4, 10) == 4  # 2^22 floats passed
+
+
+# Channel blocks: channel counts below, at and across the vector widths (8, 16) and a block
+# whose channels store different taps (each tap's mask then lacks lanes), strides, dilation,
+# asymmetric and wide pads, a 1-D kernel's row, batches of 2.
+BLOCK_GEOMETRIES = [
+    ("7x7_maps", (3, 3), 7, 7, [1, 1], [1, 1, 1, 1], [1, 1]),
+    ("14x13_stride2", (3, 3), 14, 13, [2, 2], [1, 1, 1, 1], [1, 1]),
+    ("5x5_asymmetric", (5, 5), 9, 11, [1, 1], [2, 1, 2, 3], [1, 1]),
+    ("3x3_dilated_wide_pads", (3, 3), 6, 5, [1, 1], [3, 2, 4, 1], [2, 2]),
+    ("1x7_one_row", (1, 7), 1, 20, [1, 2], [0, 3, 0, 3], [1, 1]),
+]
+
+
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("channels", [1, 7, 16, 17, 40])
+@pytest.mark.parametrize("case", BLOCK_GEOMETRIES, ids=[c[0] for c in BLOCK_GEOMETRIES])
+def test_channel_blocks_match_the_reference(case, channels, density, isa, threads, monkeypatch):
+    name, (kh, kw), h, w, strides, pads, dilations = case
+    rng, w4 = weights(f"blocks-{name}-{channels}-{density}", channels, kh, kw, density)
+    if channels > 2:
+        w4[1] = 0.0  # a channel with no nonzero: its bias only
+    b = rng.standard_normal(channels).astype(np.float32)
+    x = rng.standard_normal((2, channels, h, w)).astype(np.float32)
+    model = conv_model(w4, b, strides=strides, pads=pads, dilations=dilations, group=channels)
+    want = conv_reference(x, w4, b, strides, pads, dilations, channels)
+    for path in ("blocks", "1"):
+        close(run(model, {"X": x}, threads, monkeypatch, path), want, kh * kw)
+
+
+def test_a_tap_a_channel_leaves_out_never_reads_its_input(isa, threads, monkeypatch):
+    """In a channel block a tap is one vector of weights over the block's channels; a channel
+    that does not store the tap must not read its input there (the op sums the stored entries
+    only): an infinite input pixel reaches only the channels whose stored taps cover it."""
+    from tests.test_runtime_ops_hostile import conv_reference_csr, op_model
+    from onnxprune.runtime_ops import csr_from_dense
+    c = 20
+    rng, w4 = weights("blocks-inf", c, 3, 3, 1.0)
+    w4[::2, :, 1, 1] = 0.0  # the even channels leave out the centre tap
+    x = rng.standard_normal((1, c, 7, 7)).astype(np.float32)
+    x[:, :, 3, 3] = np.inf  # read only through the centre tap at output (3, 3)
+    x[:, :, 0, 0] = np.nan  # read by the other taps too
+    csr = csr_from_dense(w4.reshape(c, -1))
+    attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=c)
+    model, _ = op_model("CsrConv", x.shape, csr, **attrs)
+    want = conv_reference_csr(x, csr, None, attrs)
+    y = run(model, {"X": x}, threads, monkeypatch, "blocks")
+    assert np.isfinite(y[0, ::2, 3, 3]).all() and np.isinf(y[0, 1::2, 3, 3]).all()
+    assert np.array_equal(np.isnan(y), np.isnan(want)) and np.array_equal(np.isinf(y), np.isinf(want))
+    fin = np.isfinite(want)
+    close(y[fin], want[fin], 9)
+
+
 def test_an_unknown_switch_value_is_refused(monkeypatch):
     rng, w4 = weights("switch", 4, 3, 3, 0.5)
     model = conv_model(w4, None, strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=4)
     monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "yes")
-    with pytest.raises(Exception, match="ONNXPRUNE_CONV_DEPTHWISE=yes is not one of 0, 1, bands"):
+    with pytest.raises(Exception, match="ONNXPRUNE_CONV_DEPTHWISE=yes is not one of 0, 1, bands, blocks, direct"):
         session(model, 1)
 
 
@@ -177,6 +253,7 @@ def test_repeated_columns_are_summed_whichever_path_takes_them(width, isa, threa
     model, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2)
     want = conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 2)
     close(run(model, {"X": x}, threads, monkeypatch, "1"), want, reps)
+    close(run(model, {"X": x}, threads, monkeypatch, "blocks"), want, reps)  # one weight of their sum
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
@@ -193,7 +270,7 @@ def test_a_non_finite_weight_times_the_padding_is_nan_on_every_path(bad, isa, th
     x = np.random.default_rng(3).standard_normal((1, 2, 3, 20)).astype(np.float32)
     model, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2)
     want = conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 2)
-    for path in ("1", "bands", "0"):
+    for path in ("1", "bands", "0", "blocks"):
         y = run(model, {"X": x}, threads, monkeypatch, path)
         assert np.array_equal(np.isnan(y), np.isnan(want)), path
         close(y, want, 9)

@@ -5,9 +5,10 @@ PROT_NONE page (and one before it) any read past X or Z faults instead of readin
 neighbour's floats: the masked tails of the gathers and of the partial tiles' Z loads, the
 in-place 1x1 tiles moved back to end at the plane's end, the narrow copies' offset tables.
 Random 1x1 and 3x3 layers, strides 1-2 (half of them 2x2 with narrow rows), random pads,
-planes of 1 to 300 output positions, batch 1-3, groups, densities 5-100%, activations fused
-or not, Z or not, every copy layout and both settings of the entries pass, on every ISA the
-CPU has and 1 and 2 threads, against the float64 reference.
+planes of 1 to 300 output positions, batch 1-3, groups and depthwise layers (through each of
+their paths), densities 5-100%, activations fused or not, Z or not, every copy layout and both
+settings of the entries pass, on every ISA the CPU has and 1 and 2 threads, against the
+float64 reference.
 """
 
 from __future__ import annotations
@@ -92,12 +93,15 @@ def random_case(rng):
     c_in = int(rng.choice([1, 2, 3, 8, 17, 40, 96, 200]))
     c_out = int(rng.choice([1, 3, 16, 63, 64, 65, 130]))
     group = 2 if (c_in % 2 == 0 and c_out % 2 == 0 and rng.random() < 0.15) else 1
+    if rng.random() < 0.2:  # depthwise: one input and one output channel per group
+        c_in = c_out = group = int(rng.choice([1, 3, 16, 17, 40]))
     density = float(rng.choice([0.05, 0.2, 0.5, 1.0]))
     act = list(ACTS)[int(rng.integers(0, 4))] if rng.random() < 0.9 else None
     copies = str(rng.choice(["", "shifted", "phase"]))
+    depthwise = str(rng.choice(["", "blocks", "direct", "bands"]))
     bias = rng.random() < 0.7
     return dict(k=k, s=s, pads=pads, h=h, w=w, nb=nb, c_in=c_in, c_out=c_out, group=group, density=density,
-                act=act, copies=copies, bias=bias)
+                act=act, copies=copies, depthwise=depthwise, bias=bias)
 
 
 
@@ -122,6 +126,7 @@ def test_guarded_random_convolutions_match_the_reference(chunk, isa, threads, mo
             if c is None:
                 continue
             monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", c["copies"])
+            monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", c["depthwise"])
             monkeypatch.setenv("ONNXPRUNE_TOUCH_ENTRIES", str(rng.choice(["", "0", "1"])))
             cg = c["c_in"] // c["group"]
             w4 = rng.standard_normal((c["c_out"], cg, c["k"], c["k"])).astype(np.float32)

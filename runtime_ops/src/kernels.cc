@@ -257,6 +257,24 @@ void DwRows(const float* x, int64_t stride, const int64_t* off, const float* w, 
   }
 }
 
+// The portable loop of dw_block.inc, lanes of 8.
+void DwBlock(const float* p, int64_t wp, int64_t sh, int64_t sw, const int64_t* off, const float* wt,
+             const uint16_t* mask, int64_t n, int64_t oh, int64_t ow, const float* init, float* out) {
+  constexpr int64_t kL = 8;
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    for (int64_t ox = 0; ox < ow; ++ox) {
+      const float* s = p + (oy * sh * wp + ox * sw) * kL;
+      float* o = out + (oy * ow + ox) * kL;
+      for (int64_t l = 0; l < kL; ++l) {
+        float a = init[l];
+        for (int64_t k = 0; k < n; ++k)
+          if ((mask[k] >> l) & 1u) a += wt[k * kL + l] * s[off[k] + l];
+        o[l] = a;
+      }
+    }
+  }
+}
+
 void Deinterleave(const float* src, int64_t n, float* d0, float* d1) {
   for (int64_t i = 0; i < n; ++i) {
     d0[i] = src[2 * i];
@@ -803,6 +821,7 @@ OP_AVX2 static inline __m256 MaskLoad(unsigned bits, const float* p) { return _m
 
 #define ONNXPRUNE_TILE_TARGET OP_AVX2
 #include "dw_rows.inc"
+#include "dw_block.inc"
 #undef ONNXPRUNE_TILE_TARGET
 
 }  // namespace avx2
@@ -1027,6 +1046,7 @@ OP_AVX512 static inline __m512 MaskLoad(unsigned bits, const float* p) {
 
 #define ONNXPRUNE_TILE_TARGET OP_AVX512
 #include "dw_rows.inc"
+#include "dw_block.inc"
 #undef ONNXPRUNE_TILE_TARGET
 
 }  // namespace avx512
@@ -1048,7 +1068,7 @@ static const Kernels kScalarKernels = {
      scalar::ConvRun<14>},
     {scalar::ConvRows<1>, scalar::ConvRows<4>, scalar::ConvRows<8>, scalar::ConvRows<12>, scalar::ConvRows<13>,
      scalar::ConvRows<14>}, scalar::Transpose, scalar::HalfToFloatN,
-    scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows,
+    scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
@@ -1056,7 +1076,7 @@ static const Kernels kAvx2Kernels = {
      avx2::ConvRun<14>},
     {avx2::ConvRows<1>, avx2::ConvRows<4>, avx2::ConvRows<8>, avx2::ConvRows<12>, avx2::ConvRows<13>,
      avx2::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows,
+    avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
@@ -1064,7 +1084,7 @@ static const Kernels kAvx512Kernels = {
      avx512::ConvRun<14>},
     {avx512::ConvRows<1>, avx512::ConvRows<4>, avx512::ConvRows<8>, avx512::ConvRows<12>, avx512::ConvRows<13>,
      avx512::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows,
+    avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock,
 };
 
 #undef ONNXPRUNE_BY_TYPE

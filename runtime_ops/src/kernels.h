@@ -176,6 +176,16 @@ struct Kernels {
   // every tap's mask is all L bits and the step lies inside the row: those take plain loads.
   void (*dw_rows)(const float* x, int64_t stride, const int64_t* off, const float* w, const uint16_t* mask, int64_t n,
                   int64_t full0, int64_t full1, int64_t oy0, int64_t oy1, int64_t ow, float init, float* y);
+  // A block of L = conv_lanes depthwise channels at once (CsrConv's channel-block path), held
+  // interleaved: pixel (r, c) of the block's zero-padded input at p + (r * wp + c) * L, lane l
+  // its channel l; output pixel (oy, ox) at out + (oy * ow + ox) * L. For every output pixel
+  // and lane l, with s = p + (oy * sh * wp + ox * sw) * L,
+  //   out[(oy * ow + ox) * L + l] = init[l] + sum over k < n with bit l of mask[k] set of
+  //                                 wt[k * L + l] * s[off[k] + l]
+  // (off[k] = (i dH wp + j dW) L for the tap at kernel row i, column j). The caller keeps every
+  // element read inside p; a lane whose bit is clear is not read.
+  void (*dw_block)(const float* p, int64_t wp, int64_t sh, int64_t sw, const int64_t* off, const float* wt,
+                   const uint16_t* mask, int64_t n, int64_t oh, int64_t ow, const float* init, float* out);
 };
 
 const Kernels& KernelsFor(Isa isa);

@@ -735,13 +735,15 @@ Copies ChooseCopies() {
 // through the input copies like any other grouped layer; =bands sends every depthwise layer
 // band by band. Read when a session creates its kernels: for tests that compare the paths,
 // and for A/B timing.
-enum class DwPath { kCopies, kAuto, kBands };
+enum class DwPath { kCopies, kAuto, kBands, kBlocks, kDirect };
 DwPath ChooseDepthwisePath() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_DEPTHWISE");
   if (forced == nullptr || *forced == '\0' || std::strcmp(forced, "1") == 0) return DwPath::kAuto;
   if (std::strcmp(forced, "0") == 0) return DwPath::kCopies;
   if (std::strcmp(forced, "bands") == 0) return DwPath::kBands;
-  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_DEPTHWISE=", forced, " is not one of 0, 1, bands");
+  if (std::strcmp(forced, "blocks") == 0) return DwPath::kBlocks;
+  if (std::strcmp(forced, "direct") == 0) return DwPath::kDirect;
+  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_DEPTHWISE=", forced, " is not one of 0, 1, bands, blocks, direct");
 }
 
 // Column of entry j of a validated CSR, whatever the index encoding; `running` carries a row's
@@ -1399,6 +1401,7 @@ struct CsrConvKernel {
     csr.max_col = 0;
     const ConvGeometry g = k.Plan(t, csr);
     if (g.empty()) Fail(ortabi::kInvalidArgument, "refused: an empty output");
+    if (k.ChannelBlocks(g, nnz)) return 5;
     if (k.ReadsXDirectly(g)) return 4;
     DwGeometry d;
     if (k.DepthwiseRows(g, &d)) return 3;
@@ -1478,10 +1481,14 @@ struct CsrConvKernel {
 
     const float* xd = x.as<float>();
     DwGeometry dg;
-    const bool direct = ReadsXDirectly(g), bands = DepthwiseRows(g, &dg);
-    if (direct || bands) {  // the tiles read the plan's own float32 weights
+    const bool blocks = ChannelBlocks(g, csr.nnz), direct = ReadsXDirectly(g), bands = DepthwiseRows(g, &dg);
+    if (blocks || direct || bands) {  // the tiles read the plan's own float32 weights
       std::vector<float> widened;
       const float* w = FloatValues(KernelsFor(isa), csr, &widened);
+      if (blocks) {
+        DepthwiseBlocks(ctx, g, csr, w, xd, bias, z, y);
+        return;
+      }
       if (direct && DirectDepthwise(ctx, g, csr, w, xd, bias, z, y)) return;
       if (bands) {
         Depthwise(ctx, g, dg, csr, w, xd, bias, z, y);
@@ -1572,7 +1579,7 @@ struct CsrConvKernel {
   }
 
   bool ReadsXDirectly(const ConvGeometry& g) const {
-    if (depthwise != DwPath::kAuto || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
+    if (depthwise == DwPath::kCopies || depthwise == DwPath::kBands || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
     if (g.sw > 1 && DwPhaseFloats(g) > static_cast<double>(kDwMaxPhaseFloats)) return false;
     const double steps = static_cast<double>((g.ow + 7) / 8);  // the widest table: 8 lanes
     return steps * static_cast<double>(kh) * static_cast<double>(kw) <= static_cast<double>(kDwMaxMasks);
@@ -1737,6 +1744,129 @@ struct CsrConvKernel {
       }
     });
     return true;
+  }
+
+  // Depthwise layers on small maps, L = conv_lanes channels at a time (Kernels::dw_block): a
+  // task transposes its block's input planes into pixels of L floats (channel l in lane l),
+  // lays them out zero-padded, runs every output pixel as a vector (eight pixels of a row at a
+  // time, each tap a vector of the block's weights) and transposes the output back into the
+  // channels' planes, where Z and the activation follow. The direct path (DirectDepthwise)
+  // vectorises along a row instead: on a map of one or two vectors' width each row is one or
+  // two chains of dependent FMAs, and a channel's set-up (masks, edge rows) is paid for a few
+  // rows. One node, 1 thread, on an Intel core (lscpu family 6 model 207; bench/bench_depthwise.py):
+  // dense 3x3 over 960 channels of 7x7 0.053 against 0.407 ms direct, 384 of 14x14 0.081
+  // against 0.202, 192 of 28x28 0.126 against 0.185; at 20% density 7x7 0.054 against 0.156,
+  // 14x14 level, but 28x28 0.129 against 0.083 and 5x5 on 25x19 0.200 against 0.160 (a
+  // block computes every tap that any of its channels keeps); on 56x56 and wider maps the
+  // transposes cost more than the chains save. Hence: maps at most kDwBlockNarrow wide, or at
+  // most kDwBlockWide wide where the channels keep at least kDwBlockDense of their taps, while
+  // a block's planes fit kDwBlockL2s of the L2 (ChannelBlocks). Unmeasured on AVX2 cores.
+  static constexpr int64_t kDwBlockMaxTaps = 64;  // kH * kW
+  static constexpr int64_t kDwBlockNarrow = 16, kDwBlockWide = 32;  // output columns
+  static constexpr double kDwBlockDense = 0.5;
+  static constexpr double kDwBlockL2s = 0.5;
+  static constexpr double kDwBlockMaxFloats = 1 << 22;  // forced (ONNXPRUNE_CONV_DEPTHWISE=blocks)
+  // Floats of a block's scratch: its zero-padded input and the larger of its unpadded input
+  // and its output (DepthwiseBlocks).
+  double DwBlockFloats(const ConvGeometry& g, int64_t lanes) const {
+    const double hp = static_cast<double>(g.h + pad_t + pad_b), wp = static_cast<double>(g.w + pad_l + pad_r);
+    return (hp * wp + static_cast<double>(std::max(g.h * g.w, g.oh * g.ow))) * static_cast<double>(lanes);
+  }
+  bool ChannelBlocks(const ConvGeometry& g, int64_t nnz) const {
+    if (depthwise == DwPath::kCopies || depthwise == DwPath::kBands || depthwise == DwPath::kDirect) return false;
+    if (g.cg != 1 || g.og != 1 || g.x_layout || g.empty() || kh * kw > kDwBlockMaxTaps) return false;
+    const double floats = DwBlockFloats(g, KernelsFor(isa).conv_lanes);
+    if (depthwise == DwPath::kBlocks) return floats <= kDwBlockMaxFloats;
+    const double density = static_cast<double>(nnz) / (static_cast<double>(g.c_out) * static_cast<double>(kh * kw));
+    return (g.ow <= kDwBlockNarrow || (g.ow <= kDwBlockWide && density >= kDwBlockDense)) &&
+           floats * sizeof(float) <= kDwBlockL2s * static_cast<double>(L2Bytes());
+  }
+
+  // Each channel block's taps that some channel of it stores: offset, weights (zero for the
+  // channels that leave the tap out, whose lanes its mask clears) and mask, in kernel order;
+  // made once per padded row width for a constant CSR and kept (kept_blocks).
+  struct DwBlockPlan {
+    int64_t wp = 0;
+    std::vector<int64_t> off, count;
+    std::vector<float> wt;
+    std::vector<uint16_t> mask;
+  };
+  KeptPlan<DwBlockPlan> kept_blocks;
+
+  std::shared_ptr<const DwBlockPlan> MakeBlockPlan(const Csr& csr, const float* w, int64_t lanes, int64_t wp) const {
+    const int64_t taps = kh * kw, blocks = (csr.rows + lanes - 1) / lanes;  // taps <= kDwBlockMaxTaps
+    std::vector<float> wt(static_cast<size_t>(blocks * taps * lanes), 0.f);
+    std::vector<uint16_t> mask(static_cast<size_t>(blocks * taps), 0);
+    for (int64_t r = 0; r < csr.rows; ++r) {
+      int64_t running = 0;
+      const size_t b = static_cast<size_t>(r / lanes), l = static_cast<size_t>(r % lanes);
+      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
+        const size_t col = static_cast<size_t>(ColumnAt(csr, j, &running));  // < kH * kW (Plan)
+        wt[(b * static_cast<size_t>(taps) + col) * static_cast<size_t>(lanes) + l] += w[j];
+        mask[b * static_cast<size_t>(taps) + col] |= static_cast<uint16_t>(1u << l);
+      }
+    }
+    auto plan = std::make_shared<DwBlockPlan>();
+    DwBlockPlan& p = *plan;
+    p.wp = wp;
+    p.off.assign(mask.size(), 0);
+    p.count.assign(static_cast<size_t>(blocks), 0);
+    p.wt.assign(wt.size(), 0.f);
+    p.mask.assign(mask.size(), 0);
+    for (int64_t b = 0; b < blocks; ++b) {
+      int64_t& n = p.count[static_cast<size_t>(b)];
+      for (int64_t t = 0; t < taps; ++t) {
+        const size_t from = static_cast<size_t>(b * taps + t), to = static_cast<size_t>(b * taps + n);
+        if (mask[from] == 0) continue;
+        p.off[to] = ((t / kw) * dh * wp + (t % kw) * dw) * lanes;
+        p.mask[to] = mask[from];
+        std::copy_n(wt.begin() + static_cast<std::ptrdiff_t>(from) * lanes, lanes,
+                    p.wt.begin() + static_cast<std::ptrdiff_t>(to) * lanes);
+        ++n;
+      }
+    }
+    return plan;
+  }
+
+  void DepthwiseBlocks(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const float* w,
+                       const float* x, const float* bias, const float* z, float* y) const {
+    const Kernels& kern = KernelsFor(isa);
+    const int64_t lanes = kern.conv_lanes, taps = kh * kw;
+    const int64_t hp = g.h + pad_t + pad_b, wp = g.w + pad_l + pad_r;  // bounded by ChannelBlocks' floats
+    const int64_t hw = g.h * g.w, ohw = g.oh * g.ow, blocks = (g.c_out + lanes - 1) / lanes;
+    const std::shared_ptr<const DwBlockPlan> plan = kept_blocks.Get(
+        constant.Holds(csr), [&](const DwBlockPlan& p) { return p.wp == wp; },
+        [&] { return MakeBlockPlan(csr, w, lanes, wp); });
+    const DwBlockPlan& bp = *plan;
+    std::vector<float> init(static_cast<size_t>(blocks * lanes), 0.f);
+    if (bias != nullptr) std::copy_n(bias, g.c_out, init.begin());
+    ParallelFor(ctx, static_cast<size_t>(g.nb * blocks), [&](size_t t) {
+      const int64_t img = static_cast<int64_t>(t) / blocks, b = static_cast<int64_t>(t) % blocks;
+      const int64_t c0 = b * lanes, lv = std::min(lanes, g.c_out - c0);
+      float* const p = TaskScratch(static_cast<size_t>(DwBlockFloats(g, lanes)));
+      float* const out = p + hp * wp * lanes;  // first the block's input, pixel after pixel
+      // The padding's pixels zero (the lanes past lv are never read: no mask sets them).
+      std::fill(p, p + pad_t * wp * lanes, 0.f);
+      std::fill(p + (pad_t + g.h) * wp * lanes, p + hp * wp * lanes, 0.f);
+      // One transpose of the block's planes (rows of a few pixels would each take the
+      // transpose's scalar edge), then row after row into the padded plane.
+      kern.transpose(x + (img * g.c_in + c0) * hw, hw, out, lanes, lv, hw);  // c_in == c_out
+      for (int64_t r = 0; r < g.h; ++r) {
+        float* row = p + (pad_t + r) * wp * lanes;
+        std::fill(row, row + pad_l * lanes, 0.f);
+        std::copy_n(out + r * g.w * lanes, g.w * lanes, row + pad_l * lanes);
+        std::fill(row + (pad_l + g.w) * lanes, row + wp * lanes, 0.f);
+      }
+      const size_t at = static_cast<size_t>(b * taps);
+      kern.dw_block(p, wp, g.sh, g.sw, bp.off.data() + at, bp.wt.data() + at * static_cast<size_t>(lanes),
+                    bp.mask.data() + at, bp.count[static_cast<size_t>(b)], g.oh, g.ow, init.data() + b * lanes, out);
+      float* const yb = y + (img * g.c_out + c0) * ohw;
+      kern.transpose(out, lanes, yb, ohw, ohw, lv);
+      for (int64_t l = 0; l < lv; ++l) {
+        if (z != nullptr) kern.add(yb + l * ohw, z + (img * g.c_out + c0 + l) * ohw, ohw);
+        if (act.kind != Act::kNone) kern.activate(yb + l * ohw, ohw, act);
+      }
+    });
   }
 
   // Depthwise layers (one input and one output channel per group) band by band, where the
