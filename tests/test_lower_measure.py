@@ -296,3 +296,80 @@ def test_graph_before_lowering_is_exported_unchanged(pruned_mlp):
         {}, graph, proto)
     assert [n.name for n in graph_to_model(graph, proto).graph.node] == \
         [n.name for n in proto.graph.node]
+
+
+# --------------------------------------------------------------------------- unpruned convolutions
+
+
+@pytest.fixture
+def cnn_unpruned_middle(tmp_path):
+    """conv1 and conv3 pruned, conv2 between them left whole, fc pruned."""
+    model = cnn(channels=(3, 8, 8, 16), bn=False)
+    keep = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "conv2.weight"}
+    masked(model)
+    for t in model.graph.initializer:
+        if t.name in keep:
+            t.CopyFrom(numpy_helper.from_array(keep[t.name], t.name))
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_an_unpruned_conv_between_lowered_ones_is_lowered_when_the_whole_model_says_so(tmp_path, cnn_unpruned_middle):
+    """Lowered alone the pruned layers ran 1.05x; with the unpruned conv2 lowered too 1.2x:
+    that model is written, and the report says why conv2 was lowered."""
+    out = tmp_path / "low.onnx"
+    calls = []
+    report = lower(str(cnn_unpruned_middle), str(out),
+                   timer=fake_timer({"conv1": 1.5, "conv3": 1.5, "fc": 1.5}, [1.05, 1.2], calls))
+    assert "conv2" not in calls and calls.count(None) == 2  # never timed alone
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "lowered" and whole["speedup"] == pytest.approx(1.2)
+    assert whole["unpruned_convs"] == 1
+    assert [(a["unpruned_convs"], a["speedup"]) for a in whole["attempts"]] == [(0, 1.05), (1, 1.2)]
+    assert report["sparse_ops"]["lowered"] == ["conv1", "conv2", "conv3", "fc"]
+    rows = {r["name"]: r for r in report["lowering"]["layers"]}
+    assert "not pruned (100% dense), lowered with the pruned layers around it" in rows["conv2"]["reason"]
+    assert "1.20x of dense with the unpruned convolutions lowered, 1.05x without" in rows["conv2"]["reason"]
+    assert _ops(out).count("CsrConv") == 3 and "Conv" not in _ops(out)
+    src = onnx.load(str(cnn_unpruned_middle))
+    feeds = random_feeds(src, batch=2)
+    from onnxprune.runtime.check import run_model
+    np.testing.assert_allclose(run_model(onnx.load(str(out)), feeds)[0], run(src, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("wholes", [[1.2, 1.1], [0.8, 0.95, 0.9]], ids=["slower_with", "both_below_dense"])
+def test_an_unpruned_conv_stays_dense_when_lowering_it_does_not_win(tmp_path, cnn_unpruned_middle, wholes):
+    """With conv2 lowered too the model ran slower (1.1x against 1.2x), or faster but still
+    below dense (0.95x): conv2 stays a dense Conv either way; in the second case the smaller
+    sets are tried after it."""
+    out = tmp_path / "low.onnx"
+    report = lower(str(cnn_unpruned_middle), str(out),
+                   timer=fake_timer({"conv1": 1.5, "conv3": 1.5, "fc": 1.5}, wholes))
+    whole = report["lowering"]["whole_model"]
+    assert whole["attempts"][1]["unpruned_convs"] == 1 and whole["unpruned_convs"] == 0
+    rows = {r["name"]: r for r in report["lowering"]["layers"]}
+    assert not rows["conv2"]["lowered"]
+    assert _ops(out).count("Conv") == 1 or whole["kept"] == "dense"
+
+
+def test_no_unpruned_conv_or_nothing_lowered_times_no_extra_model(tmp_path, cnn_unpruned_middle, pruned_mlp):
+    calls = []
+    lower(str(pruned_mlp), str(tmp_path / "a.onnx"), timer=fake_timer({"fc1": 1.5, "fc2": 1.5, "fc3": 1.5}, 1.2, calls))
+    assert calls.count(None) == 1  # an MLP: no convolution to add
+    calls.clear()
+    report = lower(str(cnn_unpruned_middle), str(tmp_path / "b.onnx"),
+                   timer=fake_timer({"conv1": 1.0, "conv3": 1.0, "fc": 1.0}, 1.2, calls))
+    assert None not in calls and report["sparse_ops"]["lowered"] == []  # nothing lowered: conv2 neither
+
+
+def test_the_cli_line_names_the_unpruned_convolutions():
+    from onnxprune.cli.lower import whole_model_line
+    whole = {"speedup": 1.2, "dense_s": 1.2e-3, "lowered_s": 1e-3, "kept": "lowered", "min_layer_speedup": 1.1,
+             "unpruned_convs": 2, "attempts": [{"min_layer_speedup": 1.1, "unpruned_convs": 0, "speedup": 1.05},
+                                               {"min_layer_speedup": 1.1, "unpruned_convs": 2, "speedup": 1.2}]}
+    line = whole_model_line({"whole_model": whole})
+    assert "ran 1.20x" in line and "2 unpruned convolutions lowered too (1.05x without them)" in line
+    whole.update(unpruned_convs=0, speedup=1.05, attempts=whole["attempts"][:1] + [{**whole["attempts"][1], "speedup": 1.0}])
+    line = whole_model_line({"whole_model": whole})
+    assert "ran 1.05x" in line and "so only" not in line and "unpruned" not in line

@@ -480,6 +480,9 @@ def _drop_dangling_producers(graph: gs.Graph, t: gs.Tensor, outputs: set[int]) -
 # A measured speed-up is the truth on the machine it was taken on; the margin over 1 only
 # absorbs run-to-run noise (the cost model's own margin, cost.MIN_SPEEDUP, covers its errors).
 MEASURED_MIN_SPEEDUP = 1.1
+# The reason of a layer left dense because none of its weights is zero (the measured lowering
+# may still lower an unpruned convolution with its neighbours: runtime/lowering.py).
+NOT_PRUNED = "not pruned (100% dense)"
 
 
 def check_speedups(key: str, v: Any) -> dict[str, float] | None:
@@ -636,7 +639,7 @@ class LowerToSparseOps(Pass):
                 return True, f"density {density:.1%} <= max-density {self.max_density:.1%}"
             return False, f"density {density:.1%} > max-density {self.max_density:.1%}"
         if density >= 1.0:
-            return False, "not pruned (100% dense)"
+            return False, NOT_PRUNED
         if self.objective == "size":
             if csr_bytes < dense_bytes:
                 return True, f"size: CSR {csr_bytes} B < dense {dense_bytes} B"
