@@ -152,6 +152,12 @@ def check_choice(*choices: str):
     return check
 
 
+def check_bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise UsageError(f"{key}: expected true or false, got {short_repr(v)}")
+    return v
+
+
 def check_str_list(key: str, v: Any) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]

@@ -533,13 +533,15 @@ def gemm_output_shape(x_shape, attrs, csr, c_shape) -> tuple | None:
     if not activation_ok(attrs):
         return None
     matmul, trans_a, beta = attrs.get("matmul", 0), attrs.get("transA", 0), attrs.get("beta", 1.0)
-    if matmul not in (0, 1) or trans_a not in (0, 1) or (matmul and trans_a):
+    if matmul not in (0, 1, 2) or trans_a not in (0, 1) or (matmul and trans_a):
         return None
     n = len(csr[2]) - 1
     if matmul:
         if len(x_shape) < 1:
             return None
         m_dims, k, out = x_shape[:-1], x_shape[-1], (*x_shape[:-1], n)
+        if matmul == 2:  # op-set 7: Y transposed, (N, M)
+            out = (n, int(np.prod(m_dims, dtype=np.int64)))
     else:
         if len(x_shape) != 2:
             return None
@@ -564,9 +566,15 @@ def gemm_reference(x, csr, c, attrs, out_shape, z=None) -> np.ndarray:
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
     a = x.astype(np.float64)
     a = a.T if trans_a else a.reshape(int(np.prod(x.shape[:-1])), x.shape[-1]) if matmul else a
-    y = (alpha * a @ dense64(csr, a.shape[1]).T).reshape(out_shape)
-    if c is not None and beta != 0.0:
-        y = y + beta * np.broadcast_to(c.astype(np.float64), out_shape)
+    y = alpha * a @ dense64(csr, a.shape[1]).T
+    if matmul == 2:  # the bias over the features, then Y transposed
+        if c is not None and beta != 0.0:
+            y = y + beta * np.broadcast_to(c.astype(np.float64).reshape(-1), (y.shape[0], out_shape[0]))
+        y = y.T.reshape(out_shape)
+    else:
+        y = y.reshape(out_shape)
+        if c is not None and beta != 0.0:
+            y = y + beta * np.broadcast_to(c.astype(np.float64), out_shape)
     if z is not None:
         y = y + z.astype(np.float64)
     if "activation" in attrs:
@@ -582,14 +590,14 @@ def gemm_cases(draw):
     if "attrs" in broken:
         attrs = {"matmul": draw(st.sampled_from([0, 1, 2, -1, 2**40])), "transA": draw(st.sampled_from([0, 1, 2, -1]))}
     else:
-        attrs = {"matmul": draw(st.sampled_from([0, 1]))}
+        attrs = {"matmul": draw(st.sampled_from([0, 1, 2]))}  # 2: op-set 7's transposed Y
         attrs["transA"] = 0 if attrs["matmul"] else draw(st.sampled_from([0, 1]))
     attrs["alpha"], attrs["beta"] = draw(st.sampled_from([1.0, 0.5, -2.0])), draw(st.sampled_from([1.0, 0.0, 3.0]))
     attrs.update(draw(activation_attrs("activation" in broken)))  # op-set 3
     dim = st.integers(0, 5)
     if "rank" in broken:
         x_shape = draw(st.lists(dim, max_size=4))
-    elif attrs["matmul"] == 1:
+    elif attrs["matmul"] in (1, 2):
         x_shape = draw(st.lists(dim, min_size=1, max_size=3))
     else:
         x_shape = draw(st.lists(dim, min_size=2, max_size=2))

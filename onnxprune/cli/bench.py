@@ -197,7 +197,9 @@ def _layer_timings(base_model, stats, lowered_input, feeds, batch, threads, opse
         decided = {n.name: {"lowered": True, "reason": "lowered in the input",
                             "estimated_speedup": None, "density": None} for n in csr_nodes(forced)}
     else:
-        forced, _ = lower_model(base_model, batch=batch, threads=threads, force=["*"])
+        # each layer alone, as the dense model shapes its input (no transposed chains)
+        forced, _ = lower_model(base_model, batch=batch, threads=threads, force=["*"],
+                                **{"transposed-chains": False})
         decided = {r["name"]: r for r in stats["layers"]}
     rows = []
     for node, inits, x_shape, x, d_sess, s_sess in one_node_pairs(

@@ -213,6 +213,20 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
         inputs = [node.input[0], w_name] + ([bias] if bias else [])
         return ([helper.make_node("Conv", inputs, list(node.output), name=name, **attrs)],
                 [numpy_helper.from_array(w, w_name)])
+    if int(a.get("matmul", 0)) == 2:  # MatMul style, Y transposed to (N, M) (op-set 7)
+        inner = onnx.NodeProto()
+        inner.CopyFrom(node)
+        for attr in inner.attribute:
+            if attr.name == "matmul":
+                attr.i = 1
+        mid = f"{prefix}{name}.untransposed"
+        inner.output[0] = mid
+        nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
+        flat, shape = f"{prefix}{name}.flat", f"{prefix}{name}.flat_shape"
+        new_inits.append(numpy_helper.from_array(np.array([-1, row_ptr.shape[0] - 1], np.int64), shape))
+        nodes.append(helper.make_node("Reshape", [mid, shape], [flat], name=f"{name}_flat"))
+        nodes.append(helper.make_node("Transpose", [flat], list(node.output), name=f"{name}_transpose", perm=[1, 0]))
+        return nodes, new_inits
     if int(a.get("matmul", 0)):
         w = dense_from_csr(values, col_idx, row_ptr, x_shape[-1])
         alpha = float(a.get("alpha", 1.0))

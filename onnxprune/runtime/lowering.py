@@ -132,7 +132,8 @@ def _time_layers(tagged, tags: dict, original, dense_model, feeds, options: dict
 
     # In the copy a layer is named after its first node (find_layers), i.e. "<tag>.0".
     forced = LowerToSparseOps({"batch": options["batch"], "threads": options["threads"],
-                               "force": [f"{t}.0" for t in tags], "measured": {}})(tagged).graph
+                               "force": [f"{t}.0" for t in tags], "measured": {},
+                               "transposed-chains": False})(tagged).graph
     forced_model = graph_to_model(forced, original)
     sums: dict[str, list[float]] = {}
     pairs = one_node_pairs(forced_model, dense_model, feeds, options["threads"],

@@ -67,7 +67,9 @@ tensor (the activation's output when one is folded in; a rewritten LRN's output 
 its final Div); the graph gains the opset import (``ai.onnxprune``, 1) iff a node was
 lowered — op-set 2 when a CsrConv carries an activation, 3 when a CsrGemm does or an
 activation is Gelu, 4 when a CsrConv is 1-D, 5 when a CsrConv reads a residual Z, 6 when a
-CsrGemm does; the node list stays topologically sorted.
+CsrGemm does, 7 when a CsrGemm writes its output transposed for the next one (``chains.py``:
+two lowered products in a row, ``transposed-chains``); the node list stays topologically
+sorted.
 """
 
 from __future__ import annotations
@@ -89,9 +91,10 @@ from onnxprune.runtime_ops.csr import compact_csr, csr_nbytes
 
 from . import cost_model as cost
 from . import lrn as lrn_rewrite
+from .chains import TRANSPOSED_OUTPUT_OPSET, transposed_chains
 from .activations import FusedActivation, fusable_activation
-from ..base import (Option, Pass, PassError, PassResult, check_choice, check_float, check_int, check_optional,
-                   check_str_list, parse_options)
+from ..base import (Option, Pass, PassError, PassResult, check_bool, check_choice, check_float, check_int,
+                   check_optional, check_str_list, parse_options)
 
 # Which node input is the weight, and how to turn the weight into rows = outputs.
 _ROWS_BY_OUTPUT: dict[str, Callable[[gs.Node, np.ndarray], np.ndarray]] = {
@@ -558,6 +561,9 @@ class LowerToSparseOps(Pass):
         Option("decompose-lrn", check_str_list, (),
                "LRN node-name globs rewritten into Mul, a 1x1 window Conv (lowered with them), "
                "Sqrt/Pow and Div, which run faster than ONNX Runtime's LRN (lrn.py)"),
+        Option("transposed-chains", check_bool, True,
+               "a lowered product whose output only feeds another one's X writes it transposed "
+               "for it (chains.py); off for timing layers one at a time"),
     )
 
     def __init__(self, options: dict | None = None):
@@ -572,6 +578,7 @@ class LowerToSparseOps(Pass):
         self.values: str = o["values"]
         self.input_shapes: dict[str, list[int]] | None = o["input-shapes"]
         self.decompose_lrn: tuple[str, ...] = o["decompose-lrn"]
+        self.chains: bool = o["transposed-chains"]
         self._window_of: dict[int, str] = {}  # id(window Conv) -> the LRN it came from
 
     # ------------------------------------------------------------------ planning
@@ -780,15 +787,10 @@ class LowerToSparseOps(Pass):
             # A folded residual's Z may come from a node listed after the product (a ResNet
             # block's shortcut branch): the node list must stay in topological order.
             graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
+        chains = []
         if lowered_any:
-            # The lowest op-set the file's nodes need (op_set_needed), so that a file without
-            # a fused activation still loads where an op-set 1 library runs it.
-            version = max([1, *(op_set_needed(n) for n in graph.nodes if n.domain == DOMAIN)])
-            domains = [d for d in graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)]
-                       if d.domain != DOMAIN or d.version >= version]
-            if not any(d.domain == DOMAIN for d in domains):
-                domains.append(onnx.helper.make_opsetid(DOMAIN, version))
-            graph.import_domains = domains
+            chains = self._chain(graph, rows, _known_rows(prepared, shapes), graph_outputs, taken)
+            _declare_op_set(graph)
         lowered = [r["name"] for r in rows if r["lowered"]]
         return PassResult(graph, lowered_any or bool(self._window_of), {
             "domain": DOMAIN,
@@ -799,7 +801,21 @@ class LowerToSparseOps(Pass):
             "lowered": lowered,
             "layers": rows,
             "rewrites": rewrites,
+            "transposed_chains": [{"producer": a, "consumer": b} for a, b in chains],
         })
+
+    def _chain(self, graph: gs.Graph, rows: list[dict], xs: dict, graph_outputs: set[int],
+               taken: set[str]) -> list[tuple[str, str]]:
+        """The transposed chains (chains.py) where the option allows, each noted in the two
+        layers' reasons."""
+        if not self.chains:
+            return []
+        chains = transposed_chains(graph, xs, graph_outputs, taken)
+        by_node = {name: r for r in rows if r["lowered"] for name in r["nodes"]}
+        for producer, consumer in chains:
+            by_node[producer]["reason"] += f"; output written transposed for {consumer} (matmul=2)"
+            by_node[consumer]["reason"] += f"; reads {producer}'s transposed output (transA=1)"
+        return chains
 
     def _encode(self, layer: Layer, plan: _Plan, w: np.ndarray
                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str | None]:
@@ -863,6 +879,32 @@ class LowerToSparseOps(Pass):
                 _drop_dangling_producers(graph, t, graph_outputs)
 
 
+def _declare_op_set(graph: gs.Graph) -> None:
+    """Imports ai.onnxprune at the lowest op-set the file's nodes need (op_set_needed), so that
+    a file without a fused activation still loads where an op-set 1 library runs it."""
+    version = max([1, *(op_set_needed(n) for n in graph.nodes if n.domain == DOMAIN)])
+    domains = [d for d in graph.import_domains or [onnx.helper.make_opsetid("", graph.opset)]
+               if d.domain != DOMAIN or d.version >= version]
+    if not any(d.domain == DOMAIN for d in domains):
+        domains.append(onnx.helper.make_opsetid(DOMAIN, version))
+    graph.import_domains = domains
+
+
+def _known_rows(prepared: list, shapes: dict) -> dict[str, tuple[int | None, int | None]]:
+    """Each product's rows of X (M) at the expected batch where X's shape gives all of its
+    leading dims (the batch resolved as the plans resolve it), and X's rank, each None when
+    unknown: by node name."""
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for _, plans, _, _ in prepared:
+        for p in plans or []:
+            if p.kind != "fc":
+                continue
+            x = _shape_of(p.node.inputs[0], shapes)
+            known = x is not None and (len(x) == 1 or all(d is not None for d in x[1:-1]))
+            out[p.node.name] = (p.batch_rows if known else None, len(x) if x is not None else None)
+    return out
+
+
 def _reads_residual(node: gs.Node) -> bool:
     """Whether a CSR node reads a residual input Z (input 5)."""
     return len(node.inputs) > 5 and not is_absent(node.inputs[5])
@@ -870,9 +912,12 @@ def _reads_residual(node: gs.Node) -> bool:
 
 def op_set_needed(node: gs.Node) -> int:
     """The op-set of ``ai.onnxprune`` that first defines what a CSR node uses
-    (runtime_ops/README.md): 6 for CsrGemm's residual input Z, 5 for CsrConv's, 4 for a 1-D
+    (runtime_ops/README.md): 7 for CsrGemm's transposed output (matmul=2), 6 for CsrGemm's
+    residual input Z, 5 for CsrConv's, 4 for a 1-D
     CsrConv, 3 for CsrGemm's activation and for the Gelu activation, 2 for CsrConv's other
     activations, else 1."""
+    if node.op == "CsrGemm" and int(node.attrs.get("matmul", 0)) == 2:
+        return TRANSPOSED_OUTPUT_OPSET
     if _reads_residual(node):
         return 6 if node.op == "CsrGemm" else 5
     one_d = 4 if node.op == "CsrConv" and len(node.attrs.get("kernel_shape", [])) == 1 else 1

@@ -41,7 +41,7 @@ namespace {
 constexpr const char* kDomain = "ai.onnxprune";
 // Newest op-set of the domain this build implements (runtime_ops/README.md; OPSET_VERSION in
 // runtime_ops/__init__.py, a test checks they agree).
-constexpr int kOpsetVersion = 6;
+constexpr int kOpsetVersion = 7;
 
 const ortabi::Api* g_api = nullptr;
 
@@ -919,7 +919,8 @@ struct Bias {
 
 struct CsrGemmKernel {
   int64_t trans_a = 0;
-  int64_t matmul = 0;
+  int64_t matmul = 0;    // 0 Gemm style, 1 MatMul style, 2 MatMul style with Y transposed (op-set 7)
+  bool trans_y = false;  // matmul == 2: Y is (N, M), so a CsrGemm with transA = 1 reads it as it lies
   float alpha = 1.f, beta = 1.f;
   Isa isa = Isa::kScalar;
   Activation act;  // applied to each output after alpha and the bias (op-set 3)
@@ -931,7 +932,8 @@ struct CsrGemmKernel {
     trans_a = AttrInt(info, "transA", 0);
     alpha = AttrFloat(info, "alpha", 1.f);
     beta = AttrFloat(info, "beta", 1.f);
-    if (matmul != 0 && matmul != 1) Fail(ortabi::kInvalidArgument, "attribute matmul must be 0 or 1");
+    if (matmul < 0 || matmul > 2) Fail(ortabi::kInvalidArgument, "attribute matmul must be 0, 1 or 2");
+    trans_y = matmul == 2;
     if (trans_a != 0 && trans_a != 1) Fail(ortabi::kInvalidArgument, "attribute transA must be 0 or 1");
     if (matmul && trans_a) Fail(ortabi::kInvalidArgument, "transA is a Gemm attribute; it must be 0 when matmul=1");
     act = ReadActivation(info);
@@ -966,6 +968,7 @@ struct CsrGemmKernel {
       for (size_t i = 0; i + 1 < x.shape.size(); ++i) m = CheckedMul(m, x.shape[i], "MatMul-style batch size");
       out_shape.assign(x.shape.begin(), x.shape.end() - 1);
       out_shape.push_back(n);
+      if (trans_y) out_shape = {n, m};
     }
     CheckColumns(columns, k, "input features");
     if (csr.max_col >= k)
@@ -1107,6 +1110,10 @@ struct CsrGemmKernel {
              b > 0, nullptr, 0);
       // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc (its other lanes are never read).
       if (act_in_tile && act.kind != Act::kNone) kern.activate(buf, (r1 - r0) * p.tile, act);
+      if (trans_y) {
+        FinishTransposed(kern, buf, p.tile, r0, r1, m0, mc, m, in_tile, act_in_tile, bias, z, y);
+        return;
+      }
       kern.transpose(buf, p.tile, y + m0 * n + r0, n, r1 - r0, mc);
       if (act_in_tile) return;
       for (int64_t i = 0; i < mc; ++i) {
@@ -1120,6 +1127,26 @@ struct CsrGemmKernel {
         if (act.kind != Act::kNone) kern.activate(yrow + r0, r1 - r0, act);
       }
     });
+  }
+
+  // Y^T rows r0..r1, columns m0..m0+mc (matmul = 2): the tile's rows as they lie (`src`, rows
+  // `stride` floats apart), then what the tile did not apply: scale and bias, Z (Y's shape,
+  // (N, M)), the activation.
+  void FinishTransposed(const Kernels& kern, const float* src, int64_t stride, int64_t r0, int64_t r1, int64_t m0,
+                        int64_t mc, int64_t m, bool in_tile, bool act_in_tile, const Bias& bias, const float* z,
+                        float* y) const {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = y + r * m + m0;
+      std::copy_n(src + (r - r0) * stride, mc, row);
+      if (act_in_tile) continue;
+      if (!in_tile && bias.data) {
+        for (int64_t i = 0; i < mc; ++i) row[i] = alpha * row[i] + bias.at(m0 + i, r);
+      } else if (!in_tile && alpha != 1.f) {
+        for (int64_t i = 0; i < mc; ++i) row[i] *= alpha;
+      }
+      if (z != nullptr) kern.add(row, z + r * m + m0, mc);
+      if (act.kind != Act::kNone) kern.activate(row, mc, act);
+    }
   }
 
   Bias ReadBias(const ortabi::KernelContext* ctx, size_t count, int64_t m, int64_t n,
@@ -1218,6 +1245,10 @@ struct CsrGemmKernel {
       for (int64_t r0 = bounds[part]; r0 < bounds[part + 1]; r0 += kRowBlock) {
         const int64_t r1 = std::min(bounds[part + 1], r0 + kRowBlock);
         kern.spmm[csr.value][csr.index](csr.values, csr.col, csr.row_ptr, panel, mb, r0, r1, acc);
+        if (trans_y) {  // acc holds Y^T's rows r0..r1 for the panel's batch rows, mb floats apart
+          FinishTransposed(kern, acc, mb, r0, r1, m0, mc, m, false, false, bias, z, y);
+          continue;
+        }
         for (int64_t i = 0; i < mc; ++i) {
           float* yrow = y + (m0 + i) * n;
           if (bias.data) {
@@ -2526,6 +2557,15 @@ void InferCsrGemm(const ShapeInfer& si) {
   if (matmul == 0) {
     if (x.size() != 2) return;
     out = {trans_a ? x[1] : x[0], n};
+  } else if (matmul == 2) {  // (N, M), M the product of X's leading dims: known when they all are
+    int64_t m = 1;
+    for (size_t i = 0; i + 1 < x.size(); ++i) {
+      if (x[i].value < 0) return;
+      m *= x[i].value;  // each a tensor's dim: their product is the tensor's element count over K
+    }
+    ShapeInfer::Dim md;
+    md.value = m;
+    out = {n, md};
   } else {
     out.assign(x.begin(), x.end() - 1);
     out.push_back(n);

@@ -1,0 +1,157 @@
+"""Products that feed products: the first writes its output transposed, the second reads it so.
+
+``CsrGemm`` computes on ``X`` transposed (each input feature one plane of the rows of ``X``)
+and sums each output feature over those rows, ``Yᵀ``: a MatMul-style node transposes ``X`` in
+and ``Yᵀ`` back out. Where the output of one lowered product is the ``X`` of the next and of
+nothing else (a transformer's FFN, ``fc1`` with its GELU then ``fc2``; an MLP at batch > 1),
+the first can leave its output as ``Yᵀ`` (``matmul=2``, op-set 7: ``Y`` of shape ``(N, M)``)
+and the second read it as Gemm-style ``X`` given transposed (``transA=1``): two transposes of
+``M × N`` floats fewer. BERT-base's encoder layer at 10%, 128 rows, ran 1.07x faster so on an
+Intel core of lscpu family 6 (one process; docs/BENCHMARKS.md).
+
+The second product then writes ``(M, N₂)``: where its ``X`` had more than two dimensions, a
+``Reshape`` to ``X.shape[:-1] + (N₂,)`` (the first product's ``X``'s leading dims: ``Shape``
+with ``end=-1``, op-set 15 and later, or ``Shape`` and ``Slice``) restores the output, and
+its residual ``Z`` is reshaped to ``(-1, N₂)``. A pair is rewritten when
+
+* the first is MatMul-style, or Gemm-style with ``transA=0``, ``alpha = beta = 1`` and a bias
+  over the output features only, without a residual ``Z``, its rows not known to be one (at
+  one row there is no transpose to save);
+* its output is neither a graph output nor read by any node but the second, as its ``X``;
+* the second is MatMul-style, or Gemm-style with ``transA=0``, and a bias of rank at most 2,
+  and does not share the first one's weight (one weight stays one layer to the tools that
+  read a lowered file back as dense weights: a weight read both ways would be two);
+* the graph's default-domain op-set is at least 10 (``Slice`` with inputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.core.graph import is_absent, unique_name
+from onnxprune.runtime_ops import DOMAIN
+
+# ai.onnxprune op-set that defines matmul=2
+TRANSPOSED_OUTPUT_OPSET = 7
+_MIN_ONNX_OPSET = 10  # Slice with inputs
+_SHAPE_END_OPSET = 15  # Shape's start/end attributes
+
+
+def _is_gemm(node: gs.Node) -> bool:
+    return node.op == "CsrGemm" and node.domain == DOMAIN
+
+
+def _gemm_style_plain(node: gs.Node) -> bool:
+    a = node.attrs
+    return (int(a.get("transA", 0)) == 0 and float(a.get("alpha", 1.0)) == 1.0
+            and float(a.get("beta", 1.0)) == 1.0)
+
+
+def _bias_rank(node: gs.Node) -> int | None:
+    """Rank of the bias input, 0 without one, None when unknown."""
+    if len(node.inputs) < 5 or is_absent(node.inputs[4]):
+        return 0
+    b = node.inputs[4]
+    if isinstance(b, gs.Constant):
+        return b.values.ndim
+    return len(b.shape) if b.shape is not None else None
+
+
+def _producer_ok(node: gs.Node, rows: int | None) -> bool:
+    if rows == 1 or (len(node.inputs) > 5 and not is_absent(node.inputs[5])):
+        return False
+    matmul = int(node.attrs.get("matmul", 0))
+    if matmul == 1:
+        return True
+    if matmul != 0 or not _gemm_style_plain(node):
+        return False
+    b = node.inputs[4] if len(node.inputs) > 4 and not is_absent(node.inputs[4]) else None
+    if b is None:
+        return True
+    shape = b.values.shape if isinstance(b, gs.Constant) else b.shape
+    return shape is not None and (len(shape) <= 1 or (len(shape) == 2 and shape[0] == 1))
+
+
+def _consumer_ok(node: gs.Node) -> bool:
+    matmul = int(node.attrs.get("matmul", 0))
+    if matmul == 0 and int(node.attrs.get("transA", 0)) != 0:
+        return False
+    rank = _bias_rank(node)
+    return matmul in (0, 1) and rank is not None and rank <= 2
+
+
+def transposed_chains(graph: gs.Graph, xs: dict[str, tuple[int | None, int | None]], graph_outputs: set[int],
+                      taken: set[str]) -> list[tuple[str, str]]:
+    """Rewrites every eligible (producer, consumer) pair of lowered ``CsrGemm`` nodes in
+    ``graph`` (module doc); ``xs[name]`` is a node's rows of ``X`` at the expected batch and
+    ``X``'s rank, each None when unknown. Returns the pairs' node names."""
+    if graph.opset < _MIN_ONNX_OPSET:
+        return []
+    readers: dict[int, list[gs.Node]] = {}
+    for n in graph.nodes:
+        for t in n.inputs:
+            readers.setdefault(id(t), []).append(n)
+    used: set[int] = set()
+    pairs = []
+    for p in list(graph.nodes):
+        if not _is_gemm(p) or id(p) in used or not _producer_ok(p, xs.get(p.name, (None, None))[0]):
+            continue
+        y = p.outputs[0]
+        users = readers.get(id(y), [])
+        if id(y) in graph_outputs or len(users) != 1:
+            continue
+        c = users[0]
+        if (not _is_gemm(c) or id(c) in used or c.inputs[0] is not y or sum(t is y for t in c.inputs) != 1
+                or not _consumer_ok(c) or c.inputs[1] is p.inputs[1]):
+            continue
+        c_rank = xs.get(c.name, (None, None))[1] if int(c.attrs.get("matmul", 0)) == 1 else 2
+        if c_rank is None or c_rank < 2:
+            continue
+        _rewrite(graph, p, c, c_rank, taken)
+        used.update((id(p), id(c)))
+        pairs.append((p.name, c.name))
+    if pairs:
+        graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
+    return pairs
+
+
+def _rewrite(graph: gs.Graph, p: gs.Node, c: gs.Node, c_rank: int, taken: set[str]) -> None:
+    x_p = p.inputs[0]
+    p.attrs["matmul"] = 2
+    for a in ("transA", "alpha", "beta"):
+        p.attrs.pop(a, None)
+    y = p.outputs[0]
+    y.shape = None  # (N, M) now: shape inference gives it again
+    c.attrs["matmul"] = 0
+    c.attrs["transA"] = 1
+    if c_rank == 2:
+        return
+    n2 = int(c.inputs[3].values.shape[0]) - 1  # row_ptr: N + 1 entries
+    base = c.name or "csr_gemm"
+    if len(c.inputs) > 5 and not is_absent(c.inputs[5]):
+        z2d = gs.Variable(unique_name(f"{base}.z_2d", taken), dtype=np.float32)
+        flat = gs.Constant(unique_name(f"{base}.z_2d_shape", taken), np.array([-1, n2], np.int64))
+        graph.nodes.append(gs.Node("Reshape", name=unique_name(f"{base}.z_2d", taken),
+                                   inputs=[c.inputs[5], flat], outputs=[z2d]))
+        c.inputs[5] = z2d
+    out = c.outputs[0]
+    out2d = gs.Variable(unique_name(f"{base}.out_2d", taken), dtype=np.float32)
+    c.outputs[0] = out2d
+    lead = gs.Variable(unique_name(f"{base}.lead_dims", taken), dtype=np.int64)
+    if graph.opset >= _SHAPE_END_OPSET:
+        graph.nodes.append(gs.Node("Shape", name=unique_name(f"{base}.lead_dims", taken), attrs={"end": -1},
+                                   inputs=[x_p], outputs=[lead]))
+    else:
+        full = gs.Variable(unique_name(f"{base}.x_shape", taken), dtype=np.int64)
+        graph.nodes.append(gs.Node("Shape", name=unique_name(f"{base}.x_shape", taken), inputs=[x_p],
+                                   outputs=[full]))
+        graph.nodes.append(gs.Node("Slice", name=unique_name(f"{base}.lead_dims", taken), inputs=[
+            full, gs.Constant(unique_name(f"{base}.lead_start", taken), np.array([0], np.int64)),
+            gs.Constant(unique_name(f"{base}.lead_end", taken), np.array([-1], np.int64))], outputs=[lead]))
+    shape = gs.Variable(unique_name(f"{base}.out_shape", taken), dtype=np.int64)
+    graph.nodes.append(gs.Node("Concat", name=unique_name(f"{base}.out_shape", taken), attrs={"axis": 0},
+                               inputs=[lead, gs.Constant(unique_name(f"{base}.out_last", taken),
+                                                         np.array([n2], np.int64))], outputs=[shape]))
+    graph.nodes.append(gs.Node("Reshape", name=unique_name(f"{base}.out", taken), inputs=[out2d, shape],
+                               outputs=[out]))

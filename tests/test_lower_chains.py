@@ -1,0 +1,139 @@
+"""Transposed chains (passes/lower_to_sparse_ops/chains.py): a lowered product whose output only
+feeds the next lowered product's X writes it transposed (CsrGemm matmul=2, op-set 7) and the
+next reads it so (transA=1), a Reshape restoring the output's leading dims. The rewritten
+model computes what the dense one does; the pairs that must not be rewritten are not."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.core.graph import graph_from_model, graph_to_model
+from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps, op_set_needed
+from onnxprune.runtime.check import run_model
+from onnxprune.runtime_ops import DOMAIN
+from tests.models import run
+
+
+def _w(rng, k, n, density=0.3):
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    w[rng.random((k, n)) >= density] = 0.0
+    return w
+
+
+def ffn(opset=17, seq=16, hidden=32, inner=64, extra_use=False, fixed_batch=None, residual=True):
+    """x [N, seq, hidden] -> MatMul + b1 -> Relu -> MatMul + b2 (+ x) -> y."""
+    rng = np.random.default_rng(opset + seq)
+    inits = [numpy_helper.from_array(_w(rng, hidden, inner), "w1"),
+             numpy_helper.from_array(rng.standard_normal(inner).astype(np.float32), "b1"),
+             numpy_helper.from_array(_w(rng, inner, hidden), "w2"),
+             numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+             helper.make_node("Relu", ["a1"], ["h"], name="act"),
+             helper.make_node("MatMul", ["h", "w2"], ["m2"], name="fc2"),
+             helper.make_node("Add", ["m2", "b2"], ["a2" if residual else "y"], name="fc2_bias")]
+    if residual:
+        nodes.append(helper.make_node("Add", ["a2", "x"], ["y"], name="residual"))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [fixed_batch or "N", seq, hidden])]
+    if extra_use:  # h is read by a second node too
+        nodes.append(helper.make_node("ReduceSum", ["h"], ["s"], name="sum", keepdims=0))
+        outputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                            [fixed_batch or "N", seq, hidden])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def mlp3(rows="N"):
+    """x [rows, 24] -> Gemm -> Relu -> Gemm -> Relu -> Gemm -> y (Gemm style, transB=1)."""
+    rng = np.random.default_rng(3)
+    inits, nodes, x = [], [], "x"
+    for i, (k, n) in enumerate(((24, 48), (48, 40), (40, 10))):
+        inits += [numpy_helper.from_array(_w(rng, k, n).T.copy(), f"w{i}"),
+                  numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), f"b{i}")]
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"g{i}"], name=f"fc{i}", transB=1))
+        x = f"g{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
+            x = f"r{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 24])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [rows, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def lowered(model, **options):
+    result = LowerToSparseOps({"force": ["*"], **options})(graph_from_model(model))
+    return graph_to_model(result.graph, model), result.stats
+
+
+def csr_nodes(model):
+    return {n.name: n for n in model.graph.node if n.domain == DOMAIN}
+
+
+def attrs(node):
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def same_as_dense(model, low, shape):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    want = run(model, {"x": x})
+    got = run_model(low, {"x": x})
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [17, 13], ids=["shape_end", "shape_slice"])
+def test_an_ffn_pair_is_chained_and_computes_the_dense_model(opset):
+    model = ffn(opset=opset)
+    low, stats = lowered(model)
+    assert stats["transposed_chains"] == [{"producer": "fc1", "consumer": "fc2"}]
+    nodes = csr_nodes(low)
+    assert attrs(nodes["fc1"])["matmul"] == 2 and attrs(nodes["fc1"])["activation"] == b"Relu"
+    assert attrs(nodes["fc2"])["matmul"] == 0 and attrs(nodes["fc2"])["transA"] == 1
+    ops = [n.op_type for n in low.graph.node]
+    assert ops.count("Reshape") == 2  # Z to (M, N), the output back to (N, seq, hidden)
+    assert ("Slice" in ops) == (opset < 15)
+    assert next(o.version for o in low.opset_import if o.domain == DOMAIN) == 7
+    rows = {r["name"]: r for r in stats["layers"]}
+    assert "output written transposed for fc2" in rows["fc1"]["reason"]
+    assert "reads fc1's transposed output" in rows["fc2"]["reason"]
+    onnx.checker.check_model(low)
+    for batch in (1, 3):
+        same_as_dense(model, low, (batch, 16, 32))
+
+
+def test_a_gemm_mlp_chains_its_first_pair_and_needs_no_reshape():
+    """At the expected batch of 8 (at the default of 1 an MLP's products have one row)."""
+    model = mlp3()
+    assert lowered(model)[1]["transposed_chains"] == []
+    low, stats = lowered(model, batch=8)
+    assert stats["transposed_chains"] == [{"producer": "fc0", "consumer": "fc1"}]
+    assert attrs(csr_nodes(low)["fc2"]).get("transA", 0) == 0  # fc1 took part already
+    assert "Reshape" not in [n.op_type for n in low.graph.node]
+    for rows in (1, 2, 40):
+        same_as_dense(model, low, (rows, 24))
+
+
+@pytest.mark.parametrize("model, why", [
+    (ffn(extra_use=True), "the producer's output has another reader"),
+    (ffn(fixed_batch=1, seq=1), "one row: nothing to save"),
+    (mlp3(rows=1), "one row, whatever the expected batch"),
+])
+def test_pairs_that_must_not_chain_are_left(model, why):
+    low, stats = lowered(model, batch=8)
+    assert stats["transposed_chains"] == [], why
+    assert all(attrs(n).get("matmul", 0) != 2 for n in csr_nodes(low).values())
+    assert max(op_set_needed(n) for n in graph_from_model(low).nodes if n.domain == DOMAIN) < 7
+
+
+def test_chains_can_be_turned_off():
+    low, stats = lowered(ffn(), **{"transposed-chains": False})
+    assert stats["transposed_chains"] == []
+    assert next(o.version for o in low.opset_import if o.domain == DOMAIN) == 6  # Z on fc2

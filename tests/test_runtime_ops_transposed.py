@@ -1,0 +1,119 @@
+"""CsrGemm's transposed output (op-set 7, matmul=2): MatMul semantics on X (..., K) with Y
+written as (N, M), M the product of X's leading dims, so that a second CsrGemm reads it as
+Gemm-style X given transposed (transA=1) with no transpose in between (runtime_ops/README.md).
+Every product path (one row, the K x 16..64 panels below 32 rows, the tiled path with the
+bias and activation in the tile, or after it with a residual Z of Y's (N, M) shape), on every
+ISA and 1 and 2 threads, against a float64 reference; a pair of nodes against two MatMuls;
+other matmul values and Z of another shape are refused."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests import test_runtime_ops as base
+from tests.test_runtime_ops import DOMAIN, close, csr_inits, session, sparse_weight
+
+lib, isa, threads = base.lib, base.isa, base.threads
+
+OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 7)]
+
+
+def _gelu(v):
+    from math import erf
+    return 0.5 * v * (1.0 + np.vectorize(erf)(v / np.sqrt(2.0)))
+
+
+def transposed_model(w, *, bias=None, z=False, activation=None, matmul=2):
+    inits, names = csr_inits(w)
+    inputs = ["X", *names, "C" if bias is not None else ""]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "C"))
+    if z:
+        inputs.append("Z")
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    attrs = {"matmul": matmul}
+    if activation:
+        attrs["activation"] = activation
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)]
+    if z:
+        graph_inputs.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, None))
+    graph = helper.make_graph([helper.make_node("CsrGemm", inputs, ["Y"], domain=DOMAIN, **attrs)], "t",
+                              graph_inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS)
+
+
+# (name, n, k, density, x_shape, bias)
+CASES = [
+    ("one_row_1d", 37, 50, 0.2, (50,), True),
+    ("one_row", 24, 40, 0.3, (1, 1, 40), False),
+    ("panels", 29, 70, 0.1, (7, 70), True),
+    ("panels_3d", 21, 33, 0.3, (2, 9, 33), False),
+    ("tiled", 70, 96, 0.15, (2, 64, 96), True),
+    ("tiled_ragged", 70, 300, 0.1, (3, 45, 300), False),
+    ("tiled_parallel", 300, 128, 0.1, (1, 128, 128), True),
+]
+
+
+@pytest.mark.parametrize("activation", [None, "Relu", "Gelu"])
+@pytest.mark.parametrize("with_z", [False, True], ids=["no_z", "z"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_y_is_the_product_transposed(case, with_z, activation, isa, threads):
+    name, n, k, density, x_shape, has_bias = case
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    w = sparse_weight(rng, n, k, density)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) if has_bias else None
+    m = int(np.prod(x_shape[:-1]))
+    want = x.reshape(m, k).astype(np.float64) @ w.astype(np.float64).T  # (M, N)
+    if bias is not None:
+        want = want + bias
+    want = want.T  # (N, M)
+    feeds = {"X": x}
+    if with_z:
+        feeds["Z"] = (rng.standard_normal((n, m)) * 3).astype(np.float32)
+        want = want + feeds["Z"]
+    if activation == "Relu":
+        want = np.maximum(want, 0.0)
+    elif activation == "Gelu":
+        want = _gelu(want)
+    before = {key: v.copy() for key, v in feeds.items()}
+    (y,) = session(transposed_model(w, bias=bias, z=with_z, activation=activation), threads).run(None, feeds)
+    assert all(np.array_equal(feeds[key], before[key]) for key in feeds)
+    assert y.shape == (n, m)
+    close(y, want, k)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 128])
+def test_a_pair_reads_the_transposed_output_as_it_lies(rows, isa, threads):
+    """fc1 (matmul=2, Gelu) then fc2 (transA=1, Gemm style) compute the two MatMuls."""
+    rng = np.random.default_rng(rows)
+    w1, w2 = sparse_weight(rng, 96, 40, 0.2), sparse_weight(rng, 24, 96, 0.2)
+    b1, b2 = rng.standard_normal(96).astype(np.float32), rng.standard_normal(24).astype(np.float32)
+    i1, n1 = csr_inits(w1, prefix="a.")
+    i2, n2 = csr_inits(w2, prefix="b.")
+    inits = i1 + i2 + [numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(b2, "b2")]
+    nodes = [helper.make_node("CsrGemm", ["X", *n1, "b1"], ["H"], domain=DOMAIN, matmul=2, activation="Relu"),
+             helper.make_node("CsrGemm", ["H", *n2, "b2"], ["Y"], domain=DOMAIN, transA=1)]
+    graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    x = rng.standard_normal((rows, 40)).astype(np.float32)
+    (y,) = session(helper.make_model(graph, opset_imports=OPSETS), threads).run(None, {"X": x})
+    h = np.maximum(x.astype(np.float64) @ w1.T + b1, 0.0)
+    close(y, h @ w2.T + b2, 96)
+
+
+def test_other_matmul_values_and_z_shapes_are_refused():
+    w = sparse_weight(np.random.default_rng(0), 8, 6, 0.5)
+    with pytest.raises(Exception, match="attribute matmul must be 0, 1 or 2"):
+        session(transposed_model(w, matmul=3))
+    x = np.ones((4, 6), np.float32)
+    with pytest.raises(Exception, match="Z"):  # Z of the untransposed (M, N) shape
+        session(transposed_model(w, z=True)).run(None, {"X": x, "Z": np.zeros((4, 8), np.float32)})
+    (y,) = session(transposed_model(w, z=True)).run(None, {"X": x, "Z": np.zeros((8, 4), np.float32)})
+    assert y.shape == (8, 4)
