@@ -137,3 +137,60 @@ def test_chains_can_be_turned_off():
     low, stats = lowered(ffn(), **{"transposed-chains": False})
     assert stats["transposed_chains"] == []
     assert next(o.version for o in low.opset_import if o.domain == DOMAIN) == 6  # Z on fc2
+
+
+def _unnamed(model):
+    for n in model.graph.node:
+        n.name = ""
+    return model
+
+
+def test_unnamed_nodes_are_told_apart():
+    """Keyed by name, every unnamed product shared one entry: a rank-3 consumer took a rank-2
+    one's and lost its Reshape (the output came out (M, N))."""
+    model = _unnamed(ffn())
+    # a second, rank-2 product after the FFN: y [N, 16, 32] -> reshape [-1, 32] -> MatMul
+    rng = np.random.default_rng(9)
+    model.graph.initializer.extend([numpy_helper.from_array(_w(rng, 32, 8), "w3"),
+                                    numpy_helper.from_array(np.array([-1, 32], np.int64), "flat")])
+    model.graph.node.extend([helper.make_node("Reshape", ["y", "flat"], ["yf"]),
+                             helper.make_node("MatMul", ["yf", "w3"], ["z"])])
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    low, stats = lowered(model)
+    assert len(stats["transposed_chains"]) == 1
+    same_as_dense(model, low, (2, 16, 32))
+
+
+def test_a_branch_reading_the_output_keeps_the_pair_apart():
+    """An If branch that reads fc1's output from the outer graph is one of its readers."""
+    model = ffn(residual=False)
+    branch = helper.make_graph([helper.make_node("Identity", ["h"], ["hb"])], "b", [],
+                               [helper.make_tensor_value_info("hb", TensorProto.FLOAT, None)])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["hif"], then_branch=branch, else_branch=branch))
+    model.graph.output.append(helper.make_tensor_value_info("hif", TensorProto.FLOAT, None))
+    low, stats = lowered(model)
+    assert stats["transposed_chains"] == []
+    same_as_dense(model, low, (2, 16, 32))
+
+
+def test_a_partly_lowered_model_lowered_again_leaves_its_csr_nodes_alone():
+    """fc1 lowered first (alone); lowering again lowers fc2 and pairs nothing with fc1."""
+    model = ffn()
+    first, _ = lowered(model, force=["fc1"])
+    low, stats = lowered(first, batch=8)
+    assert stats["transposed_chains"] == [] and stats["lowered"] == ["fc2"]
+    same_as_dense(model, low, (2, 16, 32))
+
+
+def test_an_empty_inner_dim_keeps_its_zero():
+    """A Reshape with allowzero (op-set 14 on): an empty sequence gives an empty output, where
+    the 0 would otherwise copy a dimension of the (M, N) product."""
+    model = ffn()
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[1].dim_param = "S"
+    low, stats = lowered(model, **{"input-shapes": {"x": [1, 16, 32]}})
+    assert len(stats["transposed_chains"]) == 1
+    x = np.zeros((2, 0, 32), np.float32)
+    (got,) = run_model(low, {"x": x})
+    assert got.shape == (2, 0, 32)

@@ -789,7 +789,7 @@ class LowerToSparseOps(Pass):
             graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
         chains = []
         if lowered_any:
-            chains = self._chain(graph, rows, _known_rows(prepared, shapes), graph_outputs, taken)
+            chains = self._chain(graph, prepared, rows, shapes, graph_outputs, taken)
             _declare_op_set(graph)
         lowered = [r["name"] for r in rows if r["lowered"]]
         return PassResult(graph, lowered_any or bool(self._window_of), {
@@ -804,18 +804,23 @@ class LowerToSparseOps(Pass):
             "transposed_chains": [{"producer": a, "consumer": b} for a, b in chains],
         })
 
-    def _chain(self, graph: gs.Graph, rows: list[dict], xs: dict, graph_outputs: set[int],
+    def _chain(self, graph: gs.Graph, prepared: list, rows: list[dict], shapes: dict, graph_outputs: set[int],
                taken: set[str]) -> list[tuple[str, str]]:
-        """The transposed chains (chains.py) where the option allows, each noted in the two
-        layers' reasons."""
+        """The transposed chains (chains.py) of the products lowered in this run, where the
+        option allows, each noted in the two layers' reasons; the pairs' node names (an
+        unnamed node by its output's)."""
         if not self.chains:
             return []
-        chains = transposed_chains(graph, xs, graph_outputs, taken)
-        by_node = {name: r for r in rows if r["lowered"] for name in r["nodes"]}
-        for producer, consumer in chains:
-            by_node[producer]["reason"] += f"; output written transposed for {consumer} (matmul=2)"
-            by_node[consumer]["reason"] += f"; reads {producer}'s transposed output (transA=1)"
-        return chains
+        row_of = {id(p.node): row for (_, plans, _, _), row in zip(prepared, rows) if row["lowered"]
+                  for p in plans or []}
+        xs = {k: v for k, v in _known_rows(prepared, shapes).items() if k in row_of}
+        label = {}
+        for producer, consumer in transposed_chains(graph, xs, graph_outputs, taken):
+            a, b = (producer.name or producer.outputs[0].name), (consumer.name or consumer.outputs[0].name)
+            row_of[id(producer)]["reason"] += f"; output written transposed for {b} (matmul=2)"
+            row_of[id(consumer)]["reason"] += f"; reads {a}'s transposed output (transA=1)"
+            label[(a, b)] = None
+        return list(label)
 
     def _encode(self, layer: Layer, plan: _Plan, w: np.ndarray
                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str | None]:
@@ -890,18 +895,18 @@ def _declare_op_set(graph: gs.Graph) -> None:
     graph.import_domains = domains
 
 
-def _known_rows(prepared: list, shapes: dict) -> dict[str, tuple[int | None, int | None]]:
+def _known_rows(prepared: list, shapes: dict) -> dict[int, tuple[int | None, int | None]]:
     """Each product's rows of X (M) at the expected batch where X's shape gives all of its
     leading dims (the batch resolved as the plans resolve it), and X's rank, each None when
-    unknown: by node name."""
-    out: dict[str, tuple[int | None, int | None]] = {}
+    unknown: by id of the node (names may be empty or repeat)."""
+    out: dict[int, tuple[int | None, int | None]] = {}
     for _, plans, _, _ in prepared:
         for p in plans or []:
             if p.kind != "fc":
                 continue
             x = _shape_of(p.node.inputs[0], shapes)
             known = x is not None and (len(x) == 1 or all(d is not None for d in x[1:-1]))
-            out[p.node.name] = (p.batch_rows if known else None, len(x) if x is not None else None)
+            out[id(p.node)] = (p.batch_rows if known else None, len(x) if x is not None else None)
     return out
 
 

@@ -11,13 +11,17 @@ Intel core of lscpu family 6 (one process; docs/BENCHMARKS.md).
 
 The second product then writes ``(M, N₂)``: where its ``X`` had more than two dimensions, a
 ``Reshape`` to ``X.shape[:-1] + (N₂,)`` (the first product's ``X``'s leading dims: ``Shape``
-with ``end=-1``, op-set 15 and later, or ``Shape`` and ``Slice``) restores the output, and
-its residual ``Z`` is reshaped to ``(-1, N₂)``. A pair is rewritten when
+with ``end=-1``, op-set 15 and later, or ``Shape`` and ``Slice``; ``allowzero`` from op-set
+14, so that an empty leading dim stays empty — before it, a model fed an empty inner dim
+fails to reshape) restores the output, and its residual ``Z`` is reshaped to ``(-1, N₂)``. A
+pair is rewritten when both were lowered in the same run (CSR nodes the input already had
+are left as they are), and
 
 * the first is MatMul-style, or Gemm-style with ``transA=0``, ``alpha = beta = 1`` and a bias
   over the output features only, without a residual ``Z``, its rows not known to be one (at
   one row there is no transpose to save);
-* its output is neither a graph output nor read by any node but the second, as its ``X``;
+* its output is neither a graph output nor read by any node but the second, as its ``X`` (a
+  node of an ``If`` or ``Loop`` body that reads it counts);
 * the second is MatMul-style, or Gemm-style with ``transA=0``, and a bias of rank at most 2,
   and does not share the first one's weight (one weight stays one layer to the tools that
   read a lowered file back as dense weights: a weight read both ways would be two);
@@ -36,6 +40,7 @@ from onnxprune.runtime_ops import DOMAIN
 TRANSPOSED_OUTPUT_OPSET = 7
 _MIN_ONNX_OPSET = 10  # Slice with inputs
 _SHAPE_END_OPSET = 15  # Shape's start/end attributes
+_ALLOWZERO_OPSET = 14  # Reshape's allowzero
 
 
 def _is_gemm(node: gs.Node) -> bool:
@@ -81,36 +86,36 @@ def _consumer_ok(node: gs.Node) -> bool:
     return matmul in (0, 1) and rank is not None and rank <= 2
 
 
-def transposed_chains(graph: gs.Graph, xs: dict[str, tuple[int | None, int | None]], graph_outputs: set[int],
-                      taken: set[str]) -> list[tuple[str, str]]:
-    """Rewrites every eligible (producer, consumer) pair of lowered ``CsrGemm`` nodes in
-    ``graph`` (module doc); ``xs[name]`` is a node's rows of ``X`` at the expected batch and
-    ``X``'s rank, each None when unknown. Returns the pairs' node names."""
+def transposed_chains(graph: gs.Graph, xs: dict[int, tuple[int | None, int | None]], graph_outputs: set[int],
+                      taken: set[str]) -> list[tuple[gs.Node, gs.Node]]:
+    """Rewrites every eligible (producer, consumer) pair of ``CsrGemm`` nodes lowered in this
+    run (module doc); ``xs[id(node)]`` is such a node's rows of ``X`` at the expected batch and
+    ``X``'s rank, each None when unknown (nodes keyed by identity: names may be empty or
+    repeat). CSR nodes the input file already had are not in ``xs`` and never paired. Returns
+    the pairs."""
     if graph.opset < _MIN_ONNX_OPSET:
         return []
-    readers: dict[int, list[gs.Node]] = {}
-    for n in graph.nodes:
-        for t in n.inputs:
-            readers.setdefault(id(t), []).append(n)
+    main = {id(n) for n in graph.nodes}
     used: set[int] = set()
     pairs = []
     for p in list(graph.nodes):
-        if not _is_gemm(p) or id(p) in used or not _producer_ok(p, xs.get(p.name, (None, None))[0]):
+        if not _is_gemm(p) or id(p) in used or id(p) not in xs or not _producer_ok(p, xs[id(p)][0]):
             continue
         y = p.outputs[0]
-        users = readers.get(id(y), [])
-        if id(y) in graph_outputs or len(users) != 1:
+        # onnx-graphsurgeon lists a node of an If or Loop body that reads y among y's users
+        users = list(y.outputs)
+        if id(y) in graph_outputs or len(users) != 1 or id(users[0]) not in main:
             continue
         c = users[0]
-        if (not _is_gemm(c) or id(c) in used or c.inputs[0] is not y or sum(t is y for t in c.inputs) != 1
-                or not _consumer_ok(c) or c.inputs[1] is p.inputs[1]):
+        if (not _is_gemm(c) or id(c) in used or id(c) not in xs or c.inputs[0] is not y
+                or sum(t is y for t in c.inputs) != 1 or not _consumer_ok(c) or c.inputs[1] is p.inputs[1]):
             continue
-        c_rank = xs.get(c.name, (None, None))[1] if int(c.attrs.get("matmul", 0)) == 1 else 2
+        c_rank = xs[id(c)][1] if int(c.attrs.get("matmul", 0)) == 1 else 2
         if c_rank is None or c_rank < 2:
             continue
         _rewrite(graph, p, c, c_rank, taken)
         used.update((id(p), id(c)))
-        pairs.append((p.name, c.name))
+        pairs.append((p, c))
     if pairs:
         graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
     return pairs
@@ -128,7 +133,7 @@ def _rewrite(graph: gs.Graph, p: gs.Node, c: gs.Node, c_rank: int, taken: set[st
     if c_rank == 2:
         return
     n2 = int(c.inputs[3].values.shape[0]) - 1  # row_ptr: N + 1 entries
-    base = c.name or "csr_gemm"
+    base = c.name or c.outputs[0].name
     if len(c.inputs) > 5 and not is_absent(c.inputs[5]):
         z2d = gs.Variable(unique_name(f"{base}.z_2d", taken), dtype=np.float32)
         flat = gs.Constant(unique_name(f"{base}.z_2d_shape", taken), np.array([-1, n2], np.int64))
@@ -153,5 +158,7 @@ def _rewrite(graph: gs.Graph, p: gs.Node, c: gs.Node, c_rank: int, taken: set[st
     graph.nodes.append(gs.Node("Concat", name=unique_name(f"{base}.out_shape", taken), attrs={"axis": 0},
                                inputs=[lead, gs.Constant(unique_name(f"{base}.out_last", taken),
                                                          np.array([n2], np.int64))], outputs=[shape]))
-    graph.nodes.append(gs.Node("Reshape", name=unique_name(f"{base}.out", taken), inputs=[out2d, shape],
-                               outputs=[out]))
+    # allowzero (op-set 14): an empty leading dim is a 0 to keep, not one to copy from (M, N2)
+    reshape_attrs = {"allowzero": 1} if graph.opset >= _ALLOWZERO_OPSET else {}
+    graph.nodes.append(gs.Node("Reshape", name=unique_name(f"{base}.out", taken), attrs=reshape_attrs,
+                               inputs=[out2d, shape], outputs=[out]))
