@@ -374,3 +374,33 @@ def test_the_cli_line_names_the_unpruned_convolutions():
     whole.update(unpruned_convs=0, speedup=1.05, attempts=whole["attempts"][:1] + [lost])
     line = whole_model_line({"whole_model": whole})
     assert "ran 1.05x" in line and "so only" not in line and "unpruned" not in line
+
+
+def test_a_subset_faster_than_the_unpruned_variant_wins_when_the_full_lowering_lost(tmp_path, cnn_unpruned_middle):
+    """Every winning layer lowered ran 0.9x, with conv2 lowered too 1.01x; the layers measured
+    >= 1.5x alone (conv1) ran 1.5x: the subset is written, not the first model at least 1x."""
+    out = tmp_path / "low.onnx"
+    report = lower(str(cnn_unpruned_middle), str(out),
+                   timer=fake_timer({"conv1": 2.5, "conv3": 1.2, "fc": 1.2}, [0.9, 1.01, 1.5]))
+    whole = report["lowering"]["whole_model"]
+    assert [(a["unpruned_convs"], a["speedup"]) for a in whole["attempts"]] == [(0, 0.9), (1, 1.01), (0, 1.5)]
+    assert whole["kept"] == "lowered" and whole["speedup"] == pytest.approx(1.5) and whole["unpruned_convs"] == 0
+    assert report["sparse_ops"]["lowered"] == ["conv1"]
+
+
+def test_the_unpruned_variant_wins_over_a_slower_subset(tmp_path, cnn_unpruned_middle):
+    report = lower(str(cnn_unpruned_middle), str(tmp_path / "low.onnx"),
+                   timer=fake_timer({"conv1": 2.5, "conv3": 1.2, "fc": 1.2}, [0.9, 1.2, 1.1]))
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "lowered" and whole["unpruned_convs"] == 1 and whole["speedup"] == pytest.approx(1.2)
+    assert "conv2" in report["sparse_ops"]["lowered"]
+
+
+def test_the_dense_reason_names_what_was_tried(tmp_path, cnn_unpruned_middle):
+    """Only the unpruned variant was tried (every layer measured 1.5x: no smaller set): the
+    reason does not say that subsets lost."""
+    report = lower(str(cnn_unpruned_middle), str(tmp_path / "low.onnx"),
+                   timer=fake_timer({"conv1": 1.5, "conv3": 1.5, "fc": 1.5}, [0.8, 0.95]))
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "dense" and len(whole["attempts"]) == 2
+    assert "no subset" not in whole["reason"] and "0.95x with its 1 unpruned convolutions" in whole["reason"]

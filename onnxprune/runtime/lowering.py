@@ -378,19 +378,19 @@ class MeasuredLowering:
                        self.timer)
         attempts = [{"min_layer_speedup": MEASURED_MIN_SPEEDUP, "lowered": len(stats["lowered"]),
                      "lrn_rewritten": len(_rewritten(stats)), "unpruned_convs": 0, "speedup": t.speedup}]
-        with_unpruned = self._with_unpruned_convs(original, dense_model, feeds, stats, t, attempts)
-        if with_unpruned is not None:
-            graph, t = with_unpruned
-            self.whole = _whole(t, "lowered", MEASURED_MIN_SPEEDUP, attempts,
-                                f"lowered {t.speedup:.2f}x of dense with {attempts[-1]['unpruned_convs']} "
-                                f"unpruned convolutions lowered too ({attempts[0]['speedup']:.2f}x without)",
-                                unpruned_convs=attempts[-1]["unpruned_convs"])
-            return graph
+        variant = self._with_unpruned_convs(original, dense_model, feeds, stats, attempts)
+        if variant is not None and variant[1].speedup <= t.speedup:
+            variant = None
+        best = None
+        if t.speedup < WHOLE_MODEL_MIN_SPEEDUP:
+            best = self._best_subset(original, dense_model, feeds, set(stats["lowered"]), attempts)
+        if variant is not None and variant[1].speedup >= WHOLE_MODEL_MIN_SPEEDUP and \
+                (best is None or variant[1].speedup >= best[2].speedup):
+            return self._take_unpruned(stats, variant, t, attempts)
         if t.speedup >= WHOLE_MODEL_MIN_SPEEDUP:
             self.whole = _whole(t, "lowered", MEASURED_MIN_SPEEDUP, attempts,
                                 f"lowered {t.speedup:.2f}x of dense (>= {WHOLE_MODEL_MIN_SPEEDUP:g}x)")
             return graph
-        best = self._best_subset(original, dense_model, feeds, set(stats["lowered"]), attempts)
         if best is not None:
             cut, result, ts = best
             stats.clear()
@@ -407,18 +407,24 @@ class MeasuredLowering:
                                 f"lowered {ts.speedup:.2f}x of dense with {which} (all >= "
                                 f"{MEASURED_MIN_SPEEDUP}x: {t.speedup:.2f}x)")
             return result.graph
+        subsets = any(not a["unpruned_convs"] for a in attempts[1:])
+        unpruned = next((a for a in attempts if a["unpruned_convs"]), None)
         self.whole = _whole(t, "dense", None, attempts,
                             f"lowered {t.speedup:.2f}x of dense (< {WHOLE_MODEL_MIN_SPEEDUP:g}x)"
-                            + (", and no subset of the layers was faster" if len(attempts) > 1 else ""))
+                            + (", and no subset of the layers was faster" if subsets else "")
+                            + (f"; {unpruned['speedup']:.2f}x with its {unpruned['unpruned_convs']} unpruned "
+                               "convolutions lowered too" if unpruned else ""))
         # The model before lowering, with the forced layers lowered all the same: the user's
         # force list is kept, the measured choices are dropped.
         forced_only = LowerToSparseOps({**self._options, "measured": {}})(self._before.copy())
         _keep_dense(stats, t.speedup, set(forced_only.stats["lowered"]))
         return forced_only.graph
 
-    def _with_unpruned_convs(self, original, dense_model, feeds, stats: dict, t: Timing, attempts: list):
-        """(graph, timing) of the lowering with its unpruned convolutions lowered too, when that
-        ran faster whole than without them (``stats`` then describes it); else None.
+    def _with_unpruned_convs(self, original, dense_model, feeds, stats: dict, attempts: list):
+        """(pass result, whole-model timing, names added) of the lowering with its unpruned
+        convolutions lowered too, its attempt appended to ``attempts``; None when there is
+        nothing to add. ``_choose`` keeps it where it ran fastest of all that was timed and at
+        least ``WHOLE_MODEL_MIN_SPEEDUP``x.
 
         ONNX Runtime runs a chain of dense convolutions in its blocked NCHWc layout and
         reorders the tensor at every node outside the chain: a dense convolution left between
@@ -426,7 +432,7 @@ class MeasuredLowering:
         unpruned ran 1.01x of dense with only its pruned layers lowered and 1.14x with the
         depthwise layers and the stem lowered too (one process, an Intel core of lscpu family
         6), though no unpruned layer wins alone. Only tried where some layer was lowered and
-        some unpruned convolution the ops can express was left; the whole model decides."""
+        some unpruned convolution the ops can express was left."""
         if not stats["lowered"]:
             return None
         unpruned = [r["name"] for r in stats["layers"]
@@ -447,8 +453,12 @@ class MeasuredLowering:
         attempts.append({"min_layer_speedup": MEASURED_MIN_SPEEDUP, "lowered": len(result.stats["lowered"]),
                          "lrn_rewritten": len(_rewritten(result.stats)), "unpruned_convs": len(added),
                          "speedup": t2.speedup})
-        if t2.speedup <= t.speedup or t2.speedup < WHOLE_MODEL_MIN_SPEEDUP:
-            return None
+        return result, t2, added
+
+    def _take_unpruned(self, stats: dict, variant, t: Timing, attempts: list):
+        """``_choose``'s pick of the lowering with the unpruned convolutions lowered too:
+        ``stats`` and the report say so; returns its graph."""
+        result, t2, added = variant
         stats.clear()
         stats.update(result.stats)
         for row in stats["layers"]:
@@ -456,7 +466,10 @@ class MeasuredLowering:
                 row["reason"] = (f"{NOT_PRUNED}, lowered with the pruned layers around it: the whole "
                                  f"model ran {t2.speedup:.2f}x of dense with the unpruned convolutions "
                                  f"lowered, {t.speedup:.2f}x without")
-        return result.graph, t2
+        self.whole = _whole(t2, "lowered", MEASURED_MIN_SPEEDUP, attempts,
+                            f"lowered {t2.speedup:.2f}x of dense with {len(added)} unpruned convolutions "
+                            f"lowered too ({t.speedup:.2f}x without)", unpruned_convs=len(added))
+        return result.graph
 
     def _best_subset(self, original, dense_model, feeds, tried: set, attempts: list):
         """(cut, pass result, whole-model timing) of the fastest subset lowering only layers
