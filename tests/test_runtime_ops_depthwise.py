@@ -152,10 +152,10 @@ def test_the_layout_depthwise_layers_take(lib, monkeypatch):
 
 
 def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
-    """5: channel blocks (ops.cc ChannelBlocks) on maps at most 16 outputs wide, or 32 where
-    the channels keep half their taps; 4 (X read directly) on wider maps, sparser 28-wide
-    ones, and whenever ONNXPRUNE_CONV_DEPTHWISE=direct; =blocks forces 5 where the block's
-    scratch stays within its bound."""
+    """5: channel blocks (ops.cc ChannelBlocks) on maps at most 16 outputs wide (8 for a
+    sparse strided layer), or 32 where the channels keep half their taps; 4 (X read directly)
+    on wider maps, sparser 28-wide ones, and whenever ONNXPRUNE_CONV_DEPTHWISE=direct;
+    =blocks forces 5 where the block's scratch stays within its bound."""
     attrs = [3, 3, 1, 1, 1, 1, 1, 1, 1, 1]
     stride2 = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]
     monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
@@ -168,6 +168,10 @@ def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
         assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 2) == 4
         assert conv_layout(lib, isa_name, [*stride2, 144], [1, 144, 56, 56], 144, 144 * 9) == 5  # 28 wide
         assert conv_layout(lib, isa_name, [*attrs, 144], [1, 144, 56, 56], 144, 144 * 9) == 4
+        # stride 2 at 22%: 16 outputs wide read 32 inputs a row, the transposes' cost; 7 wide not
+        assert conv_layout(lib, isa_name, [*stride2, 576], [1, 576, 32, 32], 576, 576 * 2) == 4
+        assert conv_layout(lib, isa_name, [*stride2, 576], [1, 576, 32, 32], 576, 576 * 9) == 5
+        assert conv_layout(lib, isa_name, [*stride2, 384], [1, 384, 14, 14], 384, 384 * 2) == 5
     monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "direct")
     assert conv_layout(lib, "scalar", [*attrs, 960], [1, 960, 7, 7], 960, 960 * 9) == 4
     monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "blocks")

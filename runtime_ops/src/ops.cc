@@ -1789,9 +1789,13 @@ struct CsrConvKernel {
   // against 0.202, 192 of 28x28 0.126 against 0.185; at 20% density 7x7 0.054 against 0.156,
   // 14x14 level, but 28x28 0.129 against 0.083 and 5x5 on 25x19 0.200 against 0.160 (a
   // block computes every tap that any of its channels keeps); on 56x56 and wider maps the
-  // transposes cost more than the chains save. Hence: maps at most kDwBlockNarrow wide, or at
-  // most kDwBlockWide wide where the channels keep at least kDwBlockDense of their taps, while
-  // a block's planes fit kDwBlockL2s of the L2 (ChannelBlocks). Unmeasured on AVX2 cores.
+  // transposes cost more than the chains save. A strided layer's transposes take in 4 input
+  // pixels an output one: at 20% and stride 2, 576 channels of 32x32 (16 outputs wide) ran
+  // 0.26 ms in blocks against 0.18 direct, 192 of 28x28 level, 384 of 14x14 0.026 against
+  // 0.069 (dense: 576 of 32x32 0.26 against 0.32). Hence: maps at most kDwBlockNarrow wide
+  // (half that for a sparse strided layer), or at most kDwBlockWide wide where the channels
+  // keep at least kDwBlockDense of their taps, while a block's planes fit kDwBlockL2s of the L2
+  // (ChannelBlocks). Unmeasured on AVX2 cores.
   static constexpr int64_t kDwBlockMaxTaps = 64;  // kH * kW
   static constexpr int64_t kDwBlockNarrow = 16, kDwBlockWide = 32;  // output columns
   static constexpr double kDwBlockDense = 0.5;
@@ -1809,7 +1813,9 @@ struct CsrConvKernel {
     const double floats = DwBlockFloats(g, KernelsFor(isa).conv_lanes);
     if (depthwise == DwPath::kBlocks) return floats <= kDwBlockMaxFloats;
     const double density = static_cast<double>(nnz) / (static_cast<double>(g.c_out) * static_cast<double>(kh * kw));
-    return (g.ow <= kDwBlockNarrow || (g.ow <= kDwBlockWide && density >= kDwBlockDense)) &&
+    const bool dense = density >= kDwBlockDense;
+    const int64_t narrow = dense || (g.sh == 1 && g.sw == 1) ? kDwBlockNarrow : kDwBlockNarrow / 2;
+    return (g.ow <= narrow || (g.ow <= kDwBlockWide && dense)) &&
            floats * sizeof(float) <= kDwBlockL2s * static_cast<double>(L2Bytes());
   }
 
