@@ -194,3 +194,16 @@ def test_an_empty_inner_dim_keeps_its_zero():
     x = np.zeros((2, 0, 32), np.float32)
     (got,) = run_model(low, {"x": x})
     assert got.shape == (2, 0, 32)
+
+
+def test_a_bias_behind_identity_still_chains():
+    """PyTorch aliases equal biases through Identity (its cloned encoder layers): the
+    consumer's bias is then a Variable whose shape only the constant behind it tells."""
+    model = ffn()
+    for n in model.graph.node:
+        if n.name == "fc2_bias":
+            n.input[1] = "b2_alias"
+    model.graph.node.insert(0, helper.make_node("Identity", ["b2"], ["b2_alias"], name="alias"))
+    low, stats = lowered(model)
+    assert stats["transposed_chains"] == [{"producer": "fc1", "consumer": "fc2"}]
+    same_as_dense(model, low, (2, 16, 32))

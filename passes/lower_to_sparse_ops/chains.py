@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import is_absent, unique_name
+from onnxprune.core.graph import const_source, is_absent, unique_name
 from onnxprune.runtime_ops import DOMAIN
 
 # ai.onnxprune op-set that defines matmul=2
@@ -53,14 +53,17 @@ def _gemm_style_plain(node: gs.Node) -> bool:
             and float(a.get("beta", 1.0)) == 1.0)
 
 
-def _bias_rank(node: gs.Node) -> int | None:
-    """Rank of the bias input, 0 without one, None when unknown."""
+def _bias_shape(node: gs.Node) -> tuple | None:
+    """Shape of the bias input, () without one (as a scalar would be), None when unknown; a
+    constant behind Identity or a Constant node counts (PyTorch aliases equal biases so)."""
     if len(node.inputs) < 5 or is_absent(node.inputs[4]):
-        return 0
+        return ()
     b = node.inputs[4]
+    if not isinstance(b, gs.Constant):
+        b = const_source(b)[0] or b
     if isinstance(b, gs.Constant):
-        return b.values.ndim
-    return len(b.shape) if b.shape is not None else None
+        return tuple(b.values.shape)
+    return tuple(b.shape) if b.shape is not None else None
 
 
 def _producer_ok(node: gs.Node, rows: int | None) -> bool:
@@ -71,10 +74,7 @@ def _producer_ok(node: gs.Node, rows: int | None) -> bool:
         return True
     if matmul != 0 or not _gemm_style_plain(node):
         return False
-    b = node.inputs[4] if len(node.inputs) > 4 and not is_absent(node.inputs[4]) else None
-    if b is None:
-        return True
-    shape = b.values.shape if isinstance(b, gs.Constant) else b.shape
+    shape = _bias_shape(node)
     return shape is not None and (len(shape) <= 1 or (len(shape) == 2 and shape[0] == 1))
 
 
@@ -82,8 +82,8 @@ def _consumer_ok(node: gs.Node) -> bool:
     matmul = int(node.attrs.get("matmul", 0))
     if matmul == 0 and int(node.attrs.get("transA", 0)) != 0:
         return False
-    rank = _bias_rank(node)
-    return matmul in (0, 1) and rank is not None and rank <= 2
+    shape = _bias_shape(node)
+    return matmul in (0, 1) and shape is not None and len(shape) <= 2
 
 
 def transposed_chains(graph: gs.Graph, xs: dict[int, tuple[int | None, int | None]], graph_outputs: set[int],
@@ -110,7 +110,10 @@ def transposed_chains(graph: gs.Graph, xs: dict[int, tuple[int | None, int | Non
         if (not _is_gemm(c) or id(c) in used or id(c) not in xs or c.inputs[0] is not y
                 or sum(t is y for t in c.inputs) != 1 or not _consumer_ok(c) or c.inputs[1] is p.inputs[1]):
             continue
-        c_rank = xs[id(c)][1] if int(c.attrs.get("matmul", 0)) == 1 else 2
+        # the consumer's X is the producer's Y: of the producer's X's rank (MatMul style) or 2
+        # (Gemm style), which shape inference may know where it lost the consumer's
+        p_rank = xs[id(p)][1] if int(p.attrs.get("matmul", 0)) == 1 else 2
+        c_rank = (xs[id(c)][1] or p_rank) if int(c.attrs.get("matmul", 0)) == 1 else 2
         if c_rank is None or c_rank < 2:
             continue
         _rewrite(graph, p, c, c_rank, taken)
