@@ -117,3 +117,14 @@ def test_other_matmul_values_and_z_shapes_are_refused():
         session(transposed_model(w, z=True)).run(None, {"X": x, "Z": np.zeros((4, 8), np.float32)})
     (y,) = session(transposed_model(w, z=True)).run(None, {"X": x, "Z": np.zeros((8, 4), np.float32)})
     assert y.shape == (8, 4)
+
+
+def test_shape_inference_bounds_the_declared_leading_dims():
+    """Shape inference multiplies X's declared leading dims into M: dims whose product leaves
+    int64 (2^40 x 2^40) give up on the output shape instead of wrapping (a signed overflow,
+    which the sanitizer build aborts on); the session is made all the same."""
+    w = sparse_weight(np.random.default_rng(0), 8, 6, 0.5)
+    model = transposed_model(w)
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("X", TensorProto.FLOAT, [1 << 40, 1 << 40, 6]))
+    sess = session(model)
+    assert sess.get_inputs()[0].shape == [1 << 40, 1 << 40, 6]

@@ -2565,10 +2565,8 @@ void InferCsrGemm(const ShapeInfer& si) {
     out = {trans_a ? x[1] : x[0], n};
   } else if (matmul == 2) {  // (N, M), M the product of X's leading dims: known when they all are
     int64_t m = 1;
-    for (size_t i = 0; i + 1 < x.size(); ++i) {
-      if (x[i].value < 0) return;
-      m *= x[i].value;  // each a tensor's dim: their product is the tensor's element count over K
-    }
+    for (size_t i = 0; i + 1 < x.size(); ++i)  // declared dims, not a tensor's: bounded here
+      if (x[i].value < 0 || __builtin_mul_overflow(m, x[i].value, &m)) return;
     ShapeInfer::Dim md;
     md.value = m;
     out = {n, md};
