@@ -814,13 +814,13 @@ class LowerToSparseOps(Pass):
         row_of = {id(p.node): row for (_, plans, _, _), row in zip(prepared, rows) if row["lowered"]
                   for p in plans or []}
         xs = {k: v for k, v in _known_rows(prepared, shapes).items() if k in row_of}
-        label = {}
+        names = []
         for producer, consumer in transposed_chains(graph, xs, graph_outputs, taken):
             a, b = (producer.name or producer.outputs[0].name), (consumer.name or consumer.outputs[0].name)
             row_of[id(producer)]["reason"] += f"; output written transposed for {b} (matmul=2)"
             row_of[id(consumer)]["reason"] += f"; reads {a}'s transposed output (transA=1)"
-            label[(a, b)] = None
-        return list(label)
+            names.append((a, b))
+        return names
 
     def _encode(self, layer: Layer, plan: _Plan, w: np.ndarray
                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str | None]:

@@ -935,7 +935,7 @@ struct CsrGemmKernel {
     if (matmul < 0 || matmul > 2) Fail(ortabi::kInvalidArgument, "attribute matmul must be 0, 1 or 2");
     trans_y = matmul == 2;
     if (trans_a != 0 && trans_a != 1) Fail(ortabi::kInvalidArgument, "attribute transA must be 0 or 1");
-    if (matmul && trans_a) Fail(ortabi::kInvalidArgument, "transA is a Gemm attribute; it must be 0 when matmul=1");
+    if (matmul && trans_a) Fail(ortabi::kInvalidArgument, "transA is a Gemm attribute; it must be 0 when matmul is 1 or 2");
     act = ReadActivation(info);
     isa = ChooseIsa();
     constant = ValidateConstantCsr(info);
@@ -1609,8 +1609,12 @@ struct CsrConvKernel {
     return static_cast<double>(std::min(g.sw, g.w)) * static_cast<double>(g.h) * static_cast<double>(PhaseRow(g));
   }
 
+  // A depthwise layer (one input and one output channel per group) with an output, not the
+  // unpadded unit-stride 1x1 that reads X as its copy: what every depthwise path takes.
+  static bool OneChannelGroups(const ConvGeometry& g) { return g.cg == 1 && g.og == 1 && !g.x_layout && !g.empty(); }
+
   bool ReadsXDirectly(const ConvGeometry& g) const {
-    if (depthwise == DwPath::kCopies || depthwise == DwPath::kBands || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
+    if (depthwise == DwPath::kCopies || depthwise == DwPath::kBands || !OneChannelGroups(g)) return false;
     if (g.sw > 1 && DwPhaseFloats(g) > static_cast<double>(kDwMaxPhaseFloats)) return false;
     const double steps = static_cast<double>((g.ow + 7) / 8);  // the widest table: 8 lanes
     return steps * static_cast<double>(kh) * static_cast<double>(kw) <= static_cast<double>(kDwMaxMasks);
@@ -1809,7 +1813,7 @@ struct CsrConvKernel {
   }
   bool ChannelBlocks(const ConvGeometry& g, int64_t nnz) const {
     if (depthwise == DwPath::kCopies || depthwise == DwPath::kBands || depthwise == DwPath::kDirect) return false;
-    if (g.cg != 1 || g.og != 1 || g.x_layout || g.empty() || kh * kw > kDwBlockMaxTaps) return false;
+    if (!OneChannelGroups(g) || kh * kw > kDwBlockMaxTaps) return false;
     const double floats = DwBlockFloats(g, KernelsFor(isa).conv_lanes);
     if (depthwise == DwPath::kBlocks) return floats <= kDwBlockMaxFloats;
     const double density = static_cast<double>(nnz) / (static_cast<double>(g.c_out) * static_cast<double>(kh * kw));
@@ -1926,7 +1930,7 @@ struct CsrConvKernel {
   static constexpr int64_t kDwTaskPlanes = 16;
 
   bool DepthwiseRows(const ConvGeometry& g, DwGeometry* d) const {
-    if (depthwise == DwPath::kCopies || g.cg != 1 || g.og != 1 || g.x_layout || g.empty()) return false;
+    if (depthwise == DwPath::kCopies || !OneChannelGroups(g)) return false;
     d->reach = (kh - 1) * dh / g.sh;  // attributes <= 2^16 (ConvAttrsError)
     const double row_floats = static_cast<double>(g.copies) * static_cast<double>(g.wq);  // one row of every copy
     if (static_cast<double>(d->reach + 1) * row_floats > kDwMaxBandFloats) return false;
