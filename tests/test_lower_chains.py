@@ -207,3 +207,10 @@ def test_a_bias_behind_identity_still_chains():
     low, stats = lowered(model)
     assert stats["transposed_chains"] == [{"producer": "fc1", "consumer": "fc2"}]
     same_as_dense(model, low, (2, 16, 32))
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_the_option_takes_a_boolean_only(bad):
+    from onnxprune.core.errors import UsageError
+    with pytest.raises(UsageError, match="transposed-chains: expected true or false"):
+        LowerToSparseOps({"transposed-chains": bad})
