@@ -4,10 +4,13 @@ Gemm-style X given transposed (transA=1) with no transpose in between (runtime_o
 Every product path (one row, the K x 16..64 panels below 32 rows, the tiled path with the
 bias and activation in the tile, or after it with a residual Z of Y's (N, M) shape), on every
 ISA and 1 and 2 threads, against a float64 reference; a pair of nodes against two MatMuls;
-other matmul values and Z of another shape are refused."""
+X^T read in place (transA=1 with M a whole number of tiles) ending at an inaccessible page;
+products of different pack sizes in turn, sharing the calling thread's pack buffer; other
+matmul values and Z of another shape are refused."""
 
 from __future__ import annotations
 
+import sys
 import zlib
 
 import numpy as np
@@ -106,6 +109,64 @@ def test_a_pair_reads_the_transposed_output_as_it_lies(rows, isa, threads):
     (y,) = session(helper.make_model(graph, opset_imports=OPSETS), threads).run(None, {"X": x})
     h = np.maximum(x.astype(np.float64) @ w1.T + b1, 0.0)
     close(y, h @ w2.T + b2, 96)
+
+
+def gemm_model(w, bias, trans_a):
+    inits, names = csr_inits(w)
+    inits.append(numpy_helper.from_array(bias, "C"))
+    graph = helper.make_graph(
+        [helper.make_node("CsrGemm", ["X", *names, "C"], ["Y"], domain=DOMAIN, transA=trans_a)], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=OPSETS)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mmap/mprotect through libc")
+@pytest.mark.parametrize("m", [32, 45, 64, 96, 128, 130, 192, 256])
+def test_transposed_x_read_in_place_stays_inside_it(m, isa, threads):
+    """transA=1 with M a whole number of tiles reads X^T's rows as the product's planes, in
+    place: X ends right before a PROT_NONE page, so a tile reading past it faults; M not a
+    whole number of tiles (45, 130) takes the copied planes. X is left as it was."""
+    from tests.test_runtime_ops_guarded import GuardedBuffers
+
+    rng = np.random.default_rng(m)
+    buffers = GuardedBuffers()
+    try:
+        for k, n, density in ((7, 70, 0.5), (300, 130, 0.1)):
+            w = sparse_weight(rng, n, k, density)
+            bias = rng.standard_normal(n).astype(np.float32)
+            xt = buffers.place(rng.standard_normal((k, m)).astype(np.float32))
+            before = xt.copy()
+            (y,) = session(gemm_model(w, bias, 1), threads).run(None, {"X": xt})
+            assert np.array_equal(xt, before)
+            close(y, xt.T.astype(np.float64) @ w.T.astype(np.float64) + bias, k)
+    finally:
+        buffers.free()
+
+
+def test_products_of_different_pack_sizes_in_turn():
+    """One session runs products whose packed X grow and shrink (K 300, 20, 7, then 300 again,
+    ragged M so the planes have padding): each packs into the calling thread's kept buffer
+    over the last one's floats, and every output matches the reference, run after run."""
+    rng = np.random.default_rng(5)
+    dims = [300, 20, 7, 300, 16]
+    ws = [sparse_weight(rng, dims[i + 1], dims[i], 0.3) for i in range(len(dims) - 1)]
+    inits, nodes = [], []
+    for i, w in enumerate(ws):
+        init, names = csr_inits(w, prefix=f"l{i}.")
+        inits += init
+        nodes.append(helper.make_node("CsrGemm", [f"h{i}", *names], [f"h{i + 1}"], domain=DOMAIN, matmul=1))
+    graph = helper.make_graph(nodes, "grow_shrink", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(f"h{len(ws)}", TensorProto.FLOAT, None)],
+                              initializer=inits)
+    sess = session(helper.make_model(graph, opset_imports=OPSETS), 2)
+    for rows in (45, 100, 45, 33):
+        x = rng.standard_normal((rows, dims[0])).astype(np.float32)
+        want = x.astype(np.float64)
+        for w in ws:
+            want = want @ w.T.astype(np.float64)
+        (y,) = sess.run(None, {"h0": x})
+        np.testing.assert_allclose(y, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
 def test_other_matmul_values_and_z_shapes_are_refused():
