@@ -178,6 +178,53 @@ def test_no_faster_subset_writes_the_dense_model(tmp_path, pruned_mlp):
     assert not any(n.domain == runtime_ops.DOMAIN for n in onnx.load(str(out)).graph.node)
 
 
+def test_a_pick_near_1x_is_timed_again_and_dropped_if_slower(tmp_path, pruned_mlp):
+    """Every winning layer lowered ran 1.05x (< CONFIRM_BELOW): timed again it ran 0.97x, so
+    the dense model is written, the report giving both figures."""
+    from onnxprune.runtime.lowering import CONFIRM_BELOW
+
+    assert CONFIRM_BELOW == 1.1
+    out = tmp_path / "low.onnx"
+    calls = []
+    report = lower(str(pruned_mlp), str(out),
+                   timer=fake_timer({"fc1": 2.0, "fc2": 2.0, "fc3": 0.5}, [1.05, 0.97], calls))
+    assert calls.count(None) == 2
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "dense" and whole["speedup"] == pytest.approx(1.05)
+    assert whole["confirmed_speedup"] == pytest.approx(0.97)
+    assert "0.97x timed again (< 1x)" in whole["reason"]
+    from onnxprune.cli.lower import whole_model_line
+    line = whole_model_line(report["lowering"])
+    assert "ran 1.05x" in line and "then 0.97x timed again: too close to call" in line and "dense model" in line
+    assert report["sparse_ops"]["lowered"] == []
+    rows = {r["name"]: r for r in report["lowering"]["layers"]}
+    assert not rows["fc1"]["lowered"] and "ran 0.97x of the dense one" in rows["fc1"]["reason"]
+    assert _ops(out).count("CsrGemm") == 0 and _ops(out).count("Gemm") == 3
+
+
+def test_a_pick_near_1x_confirmed_is_written(tmp_path, pruned_mlp):
+    """The subset picked at 1.04x runs 1.02x timed again: written, both figures reported."""
+    out = tmp_path / "low.onnx"
+    calls = []
+    report = lower(str(pruned_mlp), str(out),
+                   timer=fake_timer({"fc1": 2.5, "fc2": 1.6, "fc3": 1.2}, [0.9, 1.04, 0.98, 1.02], calls))
+    assert calls.count(None) == 4
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "lowered" and whole["min_layer_speedup"] == 1.5
+    assert whole["speedup"] == pytest.approx(1.04) and whole["confirmed_speedup"] == pytest.approx(1.02)
+    assert report["sparse_ops"]["lowered"] == ["fc1", "fc2"]
+    from onnxprune.cli.lower import whole_model_line
+    assert ", 1.02x timed again" in whole_model_line(report["lowering"])
+
+
+def test_a_clear_pick_is_not_timed_again(tmp_path, pruned_mlp):
+    calls = []
+    report = lower(str(pruned_mlp), str(tmp_path / "low.onnx"),
+                   timer=fake_timer({"fc1": 2.0, "fc2": 2.0, "fc3": 2.0}, [1.1], calls))
+    assert calls.count(None) == 1
+    assert report["lowering"]["whole_model"]["confirmed_speedup"] is None
+
+
 def test_no_layer_winning_lowers_nothing_and_times_no_model(tmp_path, pruned_mlp):
     calls = []
     report = lower(str(pruned_mlp), str(tmp_path / "o.onnx"),

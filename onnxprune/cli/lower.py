@@ -152,9 +152,12 @@ def whole_model_line(lowering: dict | None) -> str | None:
     tried = whole.get("attempts") or []
     smaller = sum(1 for a in tried[1:] if not a.get("unpruned_convs"))
     subsets = (f"; {smaller} smaller sets of layers tried" if smaller else "")
+    again = whole.get("confirmed_speedup")  # the pick near 1x, timed a second time
     if whole["kept"] == "dense":
+        verdict = (f"then {again:.2f}x timed again: too close to call" if again is not None
+                   else f"not faster{subsets}")
         return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one "
-                f"here (not faster{subsets}); wrote the dense model (only forced layers lowered)")
+                f"here ({verdict}); wrote the dense model (only forced layers lowered)")
     cut = whole["min_layer_speedup"]
     which = "the LRN rewrites were kept" if cut is None else f"layers measured >= {cut:g}x alone were lowered"
     first = (f"; with every winning layer lowered it ran {tried[0]['speedup']:.2f}x, so only {which}"
@@ -162,6 +165,8 @@ def whole_model_line(lowering: dict | None) -> str | None:
     unpruned = whole.get("unpruned_convs") or 0  # lowered too, in the model written
     also = (f" with {unpruned} unpruned convolutions lowered too ({tried[0]['speedup']:.2f}x without them)"
             if unpruned else "")
+    confirmed = f", {again:.2f}x timed again" if again is not None else ""
     return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one here "
-            f"(dense {whole['dense_s'] * 1e3:.3f} ms, lowered {whole['lowered_s'] * 1e3:.3f} ms{first}){also}")
+            f"(dense {whole['dense_s'] * 1e3:.3f} ms, lowered {whole['lowered_s'] * 1e3:.3f} ms{confirmed}"
+            f"{first}){also}")
 

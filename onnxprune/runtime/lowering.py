@@ -24,7 +24,10 @@ Where some layer was lowered and an unpruned convolution the ops can express was
 the model with those convolutions lowered too is timed whole as well, and written when it ran
 faster than the lowering without them (and at least ``WHOLE_MODEL_MIN_SPEEDUP``×): a dense
 convolution between lowered ones pays ONNX Runtime's layout reorders on both sides
-(``MeasuredLowering._with_unpruned_convs``).
+(``MeasuredLowering._with_unpruned_convs``). A lowering picked at less than
+``CONFIRM_BELOW``× is timed whole a second time and written only if that timing is also at
+least ``WHOLE_MODEL_MIN_SPEEDUP``× (``MeasuredLowering._confirm``): near 1× the pick's own
+figure, the best of several, is biased up and within the run-to-run noise.
 
 The timer is a parameter, ``timer(name, dense_session, csr_session, feeds) -> (dense s, csr s)``
 with ``name`` the layer's, or None for the whole model, so tests decide without timing.
@@ -52,6 +55,12 @@ from onnxprune.passes.lower_to_sparse_ops import (LOWERABLE_OPS, MEASURED_MIN_SP
 DECIDE_MODES = ("measure", "model")
 # The lowered model is written only when it runs at least this fast relative to the dense one.
 WHOLE_MODEL_MIN_SPEEDUP = 1.0
+# A lowering picked at less than this whole-model speed-up is timed whole once more, and kept
+# only if that timing is also >= WHOLE_MODEL_MIN_SPEEDUP: the pick is the fastest of up to five
+# timed sets, so its own figure is biased up, and near 1x that bias and the run-to-run noise
+# decide. MobileNetV2 at 75%, batch 8 (an Intel core of lscpu family 6) was written at ~1.0x
+# and ran 0.94x of dense in the benchmark.
+CONFIRM_BELOW = 1.1
 # Layer speed-ups above which the subsets are tried when lowering every winning layer made the
 # whole model slower.
 SUBSET_CUTS = (1.5, 2.0, 3.0)
@@ -227,10 +236,11 @@ def _time_lrns(graph, dense_model, feeds, options: dict, timer) -> dict[str, Tim
 def _whole(t: "Timing | None", kept: str, cut, attempts: list, reason: str, unpruned_convs: int = 0) -> dict:
     """The report's ``whole_model``: the timing of the model written (None when nothing was
     timed), what was kept, the layer speed-up cut of the layers lowered, how many unpruned
-    convolutions were lowered with them, every set tried."""
+    convolutions were lowered with them, every set tried, and the second timing of a pick
+    below ``CONFIRM_BELOW`` (``MeasuredLowering._confirm``; None when there was none)."""
     return {"dense_s": t.dense_s if t else None, "lowered_s": t.sparse_s if t else None,
             "speedup": t.speedup if t else None, "kept": kept, "min_layer_speedup": cut,
-            "unpruned_convs": unpruned_convs, "attempts": attempts, "reason": reason}
+            "unpruned_convs": unpruned_convs, "attempts": attempts, "confirmed_speedup": None, "reason": reason}
 
 
 class MeasuredLowering:
@@ -371,9 +381,43 @@ class MeasuredLowering:
         if not stats["lowered"] and not _rewritten(stats):
             self.whole = _whole(None, "dense", None, [], "no layer was lowered")
             return graph
+        dense_model, feeds = self._dense_inputs(original)
+        picked = self._pick(graph, original, stats, dense_model, feeds)
+        return self._confirm(picked, original, stats, dense_model, feeds)
+
+    def _confirm(self, graph, original, stats: dict, dense_model, feeds: dict):
+        """``graph`` (``_pick``'s choice) when it keeps the dense model, was picked at
+        ``CONFIRM_BELOW``x or more, or ran at least ``WHOLE_MODEL_MIN_SPEEDUP``x again when
+        timed a second time; else the model before lowering (forced layers lowered), the report
+        saying both timings."""
+        picked = self.whole["speedup"]
+        if self.whole["kept"] != "lowered" or picked >= CONFIRM_BELOW:
+            return graph
         from onnxprune.core.graph import graph_to_model
 
-        dense_model, feeds = self._dense_inputs(original)
+        again = time_whole(dense_model, graph_to_model(graph, original), feeds, self._threads, self.timer)
+        self.whole["confirmed_speedup"] = again.speedup
+        if again.speedup >= WHOLE_MODEL_MIN_SPEEDUP:
+            self.whole["reason"] += f"; {again.speedup:.2f}x timed again"
+            return graph
+        self.whole = {**self.whole, "kept": "dense", "reason": (
+            f"{self.whole['reason']}, but {again.speedup:.2f}x timed again (< {WHOLE_MODEL_MIN_SPEEDUP:g}x): "
+            "too close to call, the dense model was kept")}
+        return self._dense_kept(stats, again.speedup)
+
+    def _dense_kept(self, stats: dict, speedup: float):
+        """The model before lowering, with the forced layers lowered all the same (the user's
+        force list is kept, the measured choices are dropped); ``stats`` made to say so."""
+        forced_only = LowerToSparseOps({**self._options, "measured": {}})(self._before.copy())
+        _keep_dense(stats, speedup, set(forced_only.stats["lowered"]))
+        return forced_only.graph
+
+    def _pick(self, graph, original, stats: dict, dense_model, feeds: dict):
+        """The fastest lowering timed whole (all layers measured to win, with the unpruned
+        convolutions too, or a subset) if at least ``WHOLE_MODEL_MIN_SPEEDUP``x, else the model
+        before lowering; ``self.whole`` and ``stats`` say which."""
+        from onnxprune.core.graph import graph_to_model
+
         t = time_whole(dense_model, graph_to_model(graph, original), feeds, self._threads,
                        self.timer)
         attempts = [{"min_layer_speedup": MEASURED_MIN_SPEEDUP, "lowered": len(stats["lowered"]),
@@ -414,11 +458,7 @@ class MeasuredLowering:
                             + (", and no subset of the layers was faster" if subsets else "")
                             + (f"; {unpruned['speedup']:.2f}x with its {unpruned['unpruned_convs']} unpruned "
                                "convolutions lowered too" if unpruned else ""))
-        # The model before lowering, with the forced layers lowered all the same: the user's
-        # force list is kept, the measured choices are dropped.
-        forced_only = LowerToSparseOps({**self._options, "measured": {}})(self._before.copy())
-        _keep_dense(stats, t.speedup, set(forced_only.stats["lowered"]))
-        return forced_only.graph
+        return self._dense_kept(stats, t.speedup)
 
     def _with_unpruned_convs(self, original, dense_model, feeds, stats: dict, attempts: list):
         """(pass result, whole-model timing, names added) of the lowering with its unpruned
