@@ -6,8 +6,8 @@ neighbour's floats: the masked tails of the gathers and of the partial tiles' Z 
 in-place 1x1 tiles moved back to end at the plane's end, the narrow copies' offset tables.
 Random 1x1 and 3x3 layers, strides 1-2 (half of them 2x2 with narrow rows), random pads,
 planes of 1 to 300 output positions, batch 1-3, groups and depthwise layers (through each of
-their paths), densities 5-100%, activations fused or not, Z or not, every copy layout and both
-settings of the entries pass, on every ISA the CPU has and 1 and 2 threads, against the
+their paths), densities 5-100%, activations fused or not, Z or not, every copy layout, both
+settings of the entries pass and several rows per tile task, on every ISA the CPU has and 1 and 2 threads, against the
 float64 reference.
 """
 
@@ -128,6 +128,7 @@ def test_guarded_random_convolutions_match_the_reference(chunk, isa, threads, mo
             monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", c["copies"])
             monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", c["depthwise"])
             monkeypatch.setenv("ONNXPRUNE_TOUCH_ENTRIES", str(rng.choice(["", "0", "1"])))
+            monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", str(rng.choice(["", "1", "5", "64", "512"])))
             cg = c["c_in"] // c["group"]
             w4 = rng.standard_normal((c["c_out"], cg, c["k"], c["k"])).astype(np.float32)
             w4[rng.random(w4.shape) >= c["density"]] = 0.0
