@@ -5,9 +5,13 @@ a task, never a row's order of sums, so every call's output is the same float fo
 first calls' (64 rows), the later ones' (512), and those of ONNXPRUNE_TASK_ROWS forcing ragged
 splits (1, 7, 100 rows) or one task for all. Layers of more rows than a task holds (1100
 features, 600 channels), with bias, Z and an activation, on every ISA, against a float64
-reference; a bad ONNXPRUNE_TASK_ROWS is refused."""
+reference; a bad ONNXPRUNE_TASK_ROWS is refused. The larger tasks never leave a one-tile layer of
+more than 64 rows a single task (onnxprune_ops_task_rows), so a pool's other threads can still
+be seen taking some, and a wrong guess of one thread corrects itself."""
 
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 import pytest
@@ -83,3 +87,27 @@ def test_a_bad_task_rows_setting_is_refused(bad, monkeypatch):
     monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", bad)
     with pytest.raises(Exception, match="ONNXPRUNE_TASK_ROWS"):
         session(model).run(None, feeds)
+
+
+def _split(lib, asked, rows, tiles):
+    f = lib.onnxprune_ops_task_rows
+    f.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    f.restype = ctypes.c_int64
+    return f(asked, rows, tiles)
+
+
+def test_larger_tasks_leave_every_loop_of_more_than_64_rows_two_tasks(lib, monkeypatch):
+    monkeypatch.delenv("ONNXPRUNE_TASK_ROWS", raising=False)
+    for rows in range(1, 2100):
+        assert _split(lib, 64, rows, 1) == 64
+        assert _split(lib, 512, rows, 3) == 512  # several tiles: several tasks whatever the rows
+        got = _split(lib, 512, rows, 1)
+        assert 64 <= got <= 512 and got % 64 == 0, (rows, got)
+        if rows > 64:
+            assert -(-rows // got) >= 2, (rows, got)
+        if rows >= 1024:
+            assert got == 512
+    monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", "7")
+    assert _split(lib, 7, 5000, 1) == 7  # forced: as is
+    monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", "600")
+    assert _split(lib, 64, 100, 1) == -1

@@ -144,6 +144,16 @@ def test_transposed_x_read_in_place_stays_inside_it(m, isa, threads):
         buffers.free()
 
 
+@pytest.mark.parametrize("m", [64, 192, 256])
+def test_an_empty_inner_dimension_read_in_place_gives_the_bias(m):
+    """K = 0 with transA=1 and M whole tiles: X (0, M) has no floats (its data pointer may be
+    null), no tile reads it, and Y is the bias in every row."""
+    w = np.zeros((5, 0), np.float32)
+    bias = np.arange(5, dtype=np.float32)
+    (y,) = session(gemm_model(w, bias, 1)).run(None, {"X": np.zeros((0, m), np.float32)})
+    assert np.array_equal(y, np.tile(bias, (m, 1)))
+
+
 def test_products_of_different_pack_sizes_in_turn():
     """One session runs products whose packed X grow and shrink (K 300, 20, 7, then 300 again,
     ragged M so the planes have padding): each packs into the calling thread's kept buffer

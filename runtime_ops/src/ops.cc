@@ -346,7 +346,10 @@ constexpr int64_t kSingleThreadTaskRows = 512;
 // task on the caller, a larger one hands some of a loop's tasks to its other threads. After
 // kCallsToTrust loops of two tasks or more that all ran on the caller (with kTileTaskRows-row
 // tasks, enough for a second thread to take some) the kernel takes its session for
-// single-threaded; one task seen on another thread settles it the other way, for good.
+// single-threaded; one task seen on another thread settles it the other way, for good. A guess
+// made wrongly (two callers at once, or a pool whose idle threads woke too late) corrects
+// itself because the larger tasks never leave a loop of more than kTileTaskRows rows with a
+// single task (Split): its next loops still show the other threads.
 // ONNXPRUNE_TASK_ROWS=n (1 <= n <= kSingleThreadTaskRows; read when a session creates its
 // kernels) fixes the rows per task instead: for tests that must run ragged and single-task
 // splits whatever the pool, and for A/B timing.
@@ -365,11 +368,21 @@ class PoolSeen {
     forced_ = v;
   }
 
+  // The rows per task asked for now (a plan made for another value is remade).
   int64_t TaskRows() const {
     if (forced_ > 0) return forced_;
     const bool single = !helped_.load(std::memory_order_relaxed) &&
                         alone_.load(std::memory_order_relaxed) >= kCallsToTrust;
     return single ? kSingleThreadTaskRows : kTileTaskRows;
+  }
+
+  // The rows per task a plan for `rows` output rows over `tiles` tiles takes when TaskRows()
+  // asks for `asked`: at most half the rows (rounded up to kTileTaskRows) where one tile would
+  // otherwise make a single task of more than kTileTaskRows rows. A forced value is taken as is.
+  int64_t Split(int64_t asked, int64_t rows, int64_t tiles) const {
+    if (forced_ > 0 || asked <= kTileTaskRows || tiles > 1 || rows <= kTileTaskRows) return asked;
+    const int64_t half = ((rows + 1) / 2 + kTileTaskRows - 1) / kTileTaskRows * kTileTaskRows;
+    return std::min(asked, half);
   }
 
   // ParallelFor, noting whether any task ran on another thread than the caller.
@@ -1116,7 +1129,8 @@ struct CsrGemmKernel {
   // The plan of SpmmTiled for one M: tile width, K blocks and offsets. Kept for the constant
   // CSR and the last M seen.
   struct GemmPlan {
-    int64_t m = 0, k = 0;  // entries.task_rows: the task rows it was made for
+    int64_t m = 0, k = 0;
+    int64_t asked_rows = 0;  // PoolSeen::TaskRows when it was made (entries.task_rows: Split's)
     int vi = 0;
     int64_t tile = 0, tiles = 0, plane = 0, blocks = 1, kb = 0;
     TaskOrder entries;  // weights and offsets into the transposed X
@@ -1128,19 +1142,20 @@ struct CsrGemmKernel {
     const int64_t task_rows = pool.TaskRows();
     return kept_plan.Get(
         constant.Holds(csr),
-        [&](const GemmPlan& p) { return p.m == m && p.k == k && p.entries.task_rows == task_rows; },
+        [&](const GemmPlan& p) { return p.m == m && p.k == k && p.asked_rows == task_rows; },
         [&] { return MakeGemmPlan(kern, csr, m, k, task_rows); });
   }
 
-  static std::shared_ptr<const GemmPlan> MakeGemmPlan(const Kernels& kern, const Csr& csr, int64_t m, int64_t k,
-                                                      int64_t task_rows) {
+  std::shared_ptr<const GemmPlan> MakeGemmPlan(const Kernels& kern, const Csr& csr, int64_t m, int64_t k,
+                                               int64_t task_rows) const {
     auto plan = std::make_shared<GemmPlan>();
     GemmPlan& p = *plan;
     p.m = m;
     p.k = k;
-    p.entries.task_rows = task_rows;
     p.tile = ChooseTile(kern.conv_lanes, m, &p.vi);
     p.tiles = (m + p.tile - 1) / p.tile;
+    p.asked_rows = task_rows;
+    p.entries.task_rows = pool.Split(task_rows, csr.rows, p.tiles);
     p.plane = p.tiles * p.tile;  // k * plane <= k * (m + kConvMaxTile) <= INT32_MAX (Compute)
     const int64_t fit = static_cast<int64_t>(kGemmBlockL1s * static_cast<double>(L1DataBytes()) /
                                              (static_cast<double>(p.tile) * sizeof(float)));
@@ -1164,10 +1179,11 @@ struct CsrGemmKernel {
 
   // X as SpmmTiled's K planes of `plane` floats: plane kk holds column kk of X for rows
   // 0..m-1, zero to the plane's end (+ one tile of slack, also zero: no tile reads past it).
-  // Empty where X^T's rows are already the planes (transA = 1 and plane == M).
+  // Empty where X^T's rows are already the planes (transA = 1, plane == M and K > 0: an empty
+  // X may come with no data pointer, and the tiles would still offset it).
   PackBuffer PackPlanes(const ortabi::KernelContext* ctx, const Kernels& kern, const float* x, int64_t m, int64_t k,
                         int64_t plane) const {
-    if (trans_a && plane == m) return PackBuffer();
+    if (trans_a && plane == m && k > 0) return PackBuffer();
     PackBuffer q = CallPack(static_cast<size_t>(k * plane + kConvMaxTile));
     constexpr int64_t kPackK = 64;
     const int64_t pack_tasks = std::max<int64_t>(1, (k + kPackK - 1) / kPackK);
@@ -1501,6 +1517,7 @@ struct ConvPlan {
   int64_t End() const { return (tiles - 1) * tile + tail; }  // past the last tile's last position
   int64_t blocks = 1, cb = 0;      // input channels (per group) in blocks of cb
   TaskOrder entries;               // weights and offsets into the input copies; its task_rows
+  int64_t asked_rows = 0;          // PoolSeen::TaskRows when it was made (entries.task_rows: Split's)
 };
 
 // --- CsrConv --------------------------------------------------------------------------------
@@ -1647,7 +1664,7 @@ struct CsrConvKernel {
     const std::shared_ptr<const ConvPlan> plan = kept_plan.Get(
         constant.Holds(csr),
         [&](const ConvPlan& p) {
-          return p.c_in == g.c_in && p.h == g.h && p.w == g.w && p.entries.task_rows == task_rows;
+          return p.c_in == g.c_in && p.h == g.h && p.w == g.w && p.asked_rows == task_rows;
         },
         [&] { return MakePlan(csr, g, task_rows); });
     const int64_t y_image = g.c_out * g.oh * g.ow;
@@ -2274,13 +2291,14 @@ struct CsrConvKernel {
   std::shared_ptr<const ConvPlan> MakePlan(const Csr& csr, const ConvGeometry& g, int64_t task_rows) const {
     auto plan = std::make_shared<ConvPlan>();
     ConvPlan& p = *plan;
-    p.entries.task_rows = task_rows;
     p.c_in = g.c_in;
     p.h = g.h;
     p.w = g.w;
     p.npos = g.oh * g.wq;  // <= q_size: oh <= hq
     p.tile = ChooseTiles(KernelsFor(isa).conv_lanes, p.npos, &p.vi, &p.tail_vi, &p.tail);
     p.tiles = std::max<int64_t>(1, (p.npos + p.tile - 1) / p.tile);
+    p.asked_rows = task_rows;
+    p.entries.task_rows = pool.Split(task_rows, g.c_out, p.tiles);
     const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + g.tap_shift.back();  // attributes <= 2^16
     const double window = static_cast<double>(g.copies) * static_cast<double>(p.tile + reach) * sizeof(float);
     const int64_t fit = static_cast<int64_t>(0.8 * static_cast<double>(L1DataBytes()) / window);
@@ -2886,6 +2904,17 @@ ONNXPRUNE_EXPORT int onnxprune_ops_conv_layout(const char* isa_name, const int64
     return -1;
   try {
     return onnxprune::CsrConvKernel::Layout(isa, attrs, x, c_out, nnz);
+  } catch (...) {
+    return -1;
+  }
+}
+
+// PoolSeen::Split for tests: the rows per task a plan for `rows` output rows over `tiles` tiles
+// takes when `asked` rows are asked for (ONNXPRUNE_TASK_ROWS read as a kernel would); -1 when
+// that setting is refused.
+ONNXPRUNE_EXPORT int64_t onnxprune_ops_task_rows(int64_t asked, int64_t rows, int64_t tiles) {
+  try {
+    return onnxprune::PoolSeen().Split(asked, rows, tiles);
   } catch (...) {
     return -1;
   }
