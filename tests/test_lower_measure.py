@@ -217,6 +217,21 @@ def test_a_pick_near_1x_confirmed_is_written(tmp_path, pruned_mlp):
     assert ", 1.02x timed again" in whole_model_line(report["lowering"])
 
 
+def test_a_subset_dropped_on_its_second_timing_leaves_no_subset_in_the_report(tmp_path, pruned_mlp):
+    """The subset (layers >= 1.5x) picked at 1.04x runs 0.97x timed again: the dense model is
+    written, the report names no cut and every winner's reason says the dense model was kept."""
+    out = tmp_path / "low.onnx"
+    report = lower(str(pruned_mlp), str(out),
+                   timer=fake_timer({"fc1": 2.5, "fc2": 1.6, "fc3": 1.2}, [0.9, 1.04, 0.98, 0.97]))
+    whole = report["lowering"]["whole_model"]
+    assert whole["kept"] == "dense" and whole["min_layer_speedup"] is None and whole["unpruned_convs"] == 0
+    assert whole["confirmed_speedup"] == pytest.approx(0.97)
+    assert report["sparse_ops"]["lowered"] == []
+    for row in report["lowering"]["layers"]:
+        assert not row["lowered"] and "dense model was kept" in row["reason"], row
+    assert not any(n.domain == runtime_ops.DOMAIN for n in onnx.load(str(out)).graph.node)
+
+
 def test_a_clear_pick_is_not_timed_again(tmp_path, pruned_mlp):
     calls = []
     report = lower(str(pruned_mlp), str(tmp_path / "low.onnx"),

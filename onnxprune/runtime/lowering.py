@@ -400,9 +400,14 @@ class MeasuredLowering:
         if again.speedup >= WHOLE_MODEL_MIN_SPEEDUP:
             self.whole["reason"] += f"; {again.speedup:.2f}x timed again"
             return graph
-        self.whole = {**self.whole, "kept": "dense", "reason": (
+        self.whole = {**self.whole, "kept": "dense", "min_layer_speedup": None, "unpruned_convs": 0, "reason": (
             f"{self.whole['reason']}, but {again.speedup:.2f}x timed again (< {WHOLE_MODEL_MIN_SPEEDUP:g}x): "
             "too close to call, the dense model was kept")}
+        for row in stats["layers"]:  # winners a subset had left out: nothing of theirs is kept either
+            timing = self.timings.get(row["name"])
+            if not row["lowered"] and timing is not None and timing.speedup >= MEASURED_MIN_SPEEDUP:
+                row["reason"] += (f"; the lowering picked ran {again.speedup:.2f}x timed again, so the dense "
+                                  "model was kept")
         return self._dense_kept(stats, again.speedup)
 
     def _dense_kept(self, stats: dict, speedup: float):
