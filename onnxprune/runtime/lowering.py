@@ -468,7 +468,7 @@ class MeasuredLowering:
     def _with_unpruned_convs(self, original, dense_model, feeds, stats: dict, attempts: list):
         """(pass result, whole-model timing, names added) of the lowering with its unpruned
         convolutions lowered too, its attempt appended to ``attempts``; None when there is
-        nothing to add. ``_choose`` keeps it where it ran fastest of all that was timed and at
+        nothing to add. ``_pick`` keeps it where it ran fastest of all that was timed and at
         least ``WHOLE_MODEL_MIN_SPEEDUP``x.
 
         ONNX Runtime runs a chain of dense convolutions in its blocked NCHWc layout and
@@ -501,7 +501,7 @@ class MeasuredLowering:
         return result, t2, added
 
     def _take_unpruned(self, stats: dict, variant, t: Timing, attempts: list):
-        """``_choose``'s pick of the lowering with the unpruned convolutions lowered too:
+        """``_pick``'s choice of the lowering with the unpruned convolutions lowered too:
         ``stats`` and the report say so; returns its graph."""
         result, t2, added = variant
         stats.clear()

@@ -91,7 +91,7 @@ from onnxprune.runtime_ops.csr import compact_csr, csr_nbytes
 
 from . import cost_model as cost
 from . import lrn as lrn_rewrite
-from .chains import TRANSPOSED_OUTPUT_OPSET, transposed_chains
+from .chains import TRANSPOSED_OUTPUT_OPSET, reads_residual, transposed_chains
 from .activations import FusedActivation, fusable_activation
 from ..base import (Option, Pass, PassError, PassResult, check_bool, check_choice, check_float, check_int,
                    check_optional, check_str_list, parse_options)
@@ -783,7 +783,7 @@ class LowerToSparseOps(Pass):
             if progress is not None:
                 progress(i + 1, total, layer.name)
 
-        if any(n.domain == DOMAIN and _reads_residual(n) for n in graph.nodes):
+        if any(n.domain == DOMAIN and reads_residual(n) for n in graph.nodes):
             # A folded residual's Z may come from a node listed after the product (a ResNet
             # block's shortcut branch): the node list must stay in topological order.
             graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
@@ -910,11 +910,6 @@ def _known_rows(prepared: list, shapes: dict) -> dict[int, tuple[int | None, int
     return out
 
 
-def _reads_residual(node: gs.Node) -> bool:
-    """Whether a CSR node reads a residual input Z (input 5)."""
-    return len(node.inputs) > 5 and not is_absent(node.inputs[5])
-
-
 def op_set_needed(node: gs.Node) -> int:
     """The op-set of ``ai.onnxprune`` that first defines what a CSR node uses
     (runtime_ops/README.md): 7 for CsrGemm's transposed output (matmul=2), 6 for CsrGemm's
@@ -923,7 +918,7 @@ def op_set_needed(node: gs.Node) -> int:
     activations, else 1."""
     if node.op == "CsrGemm" and int(node.attrs.get("matmul", 0)) == 2:
         return TRANSPOSED_OUTPUT_OPSET
-    if _reads_residual(node):
+    if reads_residual(node):
         return 6 if node.op == "CsrGemm" else 5
     one_d = 4 if node.op == "CsrConv" and len(node.attrs.get("kernel_shape", [])) == 1 else 1
     act = node.attrs.get("activation")

@@ -43,6 +43,11 @@ _SHAPE_END_OPSET = 15  # Shape's start/end attributes
 _ALLOWZERO_OPSET = 14  # Reshape's allowzero
 
 
+def reads_residual(node: gs.Node) -> bool:
+    """Whether a CSR node reads a residual input Z (input 5)."""
+    return len(node.inputs) > 5 and not is_absent(node.inputs[5])
+
+
 def _is_gemm(node: gs.Node) -> bool:
     return node.op == "CsrGemm" and node.domain == DOMAIN
 
@@ -67,7 +72,7 @@ def _bias_shape(node: gs.Node) -> tuple | None:
 
 
 def _producer_ok(node: gs.Node, rows: int | None) -> bool:
-    if rows == 1 or (len(node.inputs) > 5 and not is_absent(node.inputs[5])):
+    if rows == 1 or reads_residual(node):
         return False
     matmul = int(node.attrs.get("matmul", 0))
     if matmul == 1:
@@ -137,7 +142,7 @@ def _rewrite(graph: gs.Graph, p: gs.Node, c: gs.Node, c_rank: int, taken: set[st
         return
     n2 = int(c.inputs[3].values.shape[0]) - 1  # row_ptr: N + 1 entries
     base = c.name or c.outputs[0].name
-    if len(c.inputs) > 5 and not is_absent(c.inputs[5]):
+    if reads_residual(c):
         z2d = gs.Variable(unique_name(f"{base}.z_2d", taken), dtype=np.float32)
         flat = gs.Constant(unique_name(f"{base}.z_2d_shape", taken), np.array([-1, n2], np.int64))
         graph.nodes.append(gs.Node("Reshape", name=unique_name(f"{base}.z_2d", taken),

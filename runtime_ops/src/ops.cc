@@ -468,6 +468,21 @@ struct PackBuffer {
   float* data = nullptr;
   float* get() const { return data; }
 };
+
+// At least `count` floats of a buffer kept by its owner (a thread_local of the caller), grown,
+// never shrunk.
+struct GrownBuffer {
+  AlignedBuffer buf;
+  size_t capacity = 0;
+  float* Get(size_t count) {
+    if (count > capacity) {
+      buf = AllocFloats(count);
+      capacity = count;
+    }
+    return buf.get();
+  }
+};
+
 constexpr size_t kKeptPackBytes = size_t{8} << 20;
 PackBuffer CallPack(size_t count) {
   PackBuffer b;
@@ -476,13 +491,8 @@ PackBuffer CallPack(size_t count) {
     b.data = b.owned.get();
     return b;
   }
-  thread_local AlignedBuffer buf;
-  thread_local size_t capacity = 0;
-  if (count > capacity) {
-    buf = AllocFloats(count);
-    capacity = count;
-  }
-  b.data = buf.get();
+  thread_local GrownBuffer kept;
+  b.data = kept.Get(count);
   return b;
 }
 
@@ -491,13 +501,8 @@ PackBuffer CallPack(size_t count) {
 // allocation per task had cost ResNet-50 about 1.5% in malloc and free. A task takes it whole
 // and never across a call that could take it again (no task body runs inside another).
 float* TaskScratch(size_t count) {
-  thread_local AlignedBuffer buf;
-  thread_local size_t capacity = 0;
-  if (count > capacity) {
-    buf = AllocFloats(count);
-    capacity = count;
-  }
-  return buf.get();
+  thread_local GrownBuffer scratch;
+  return scratch.Get(count);
 }
 
 // --- CSR ------------------------------------------------------------------------------------
@@ -942,7 +947,8 @@ int64_t EvenBlocks(int64_t total, int64_t fit, int64_t* blocks) {
 // order of a row's columns; a pass keeps its row's order of entries.
 struct TaskOrder {
   int64_t rows = 0, blocks = 1;
-  int64_t task_rows = kTileTaskRows;  // PoolSeen::TaskRows when the plan was made
+  int64_t asked_rows = 0;             // PoolSeen::TaskRows when the plan was made (a plan asked
+  int64_t task_rows = kTileTaskRows;  // for another is remade), and the rows per task it took (Split)
   bool touch = true;  // Touch reads the range (ChooseTouch)
   std::vector<float> weights;
   std::vector<int32_t> off;
@@ -1031,13 +1037,15 @@ struct Bias {
 
 struct CsrGemmKernel {
   int64_t trans_a = 0;
-  int64_t matmul = 0;    // 0 Gemm style, 1 MatMul style, 2 MatMul style with Y transposed (op-set 7)
-  bool trans_y = false;  // matmul == 2: Y is (N, M), so a CsrGemm with transA = 1 reads it as it lies
+  int64_t matmul = 0;  // 0 Gemm style, 1 MatMul style, 2 MatMul style with Y transposed (op-set 7)
   float alpha = 1.f, beta = 1.f;
   Isa isa = Isa::kScalar;
   Activation act;  // applied to each output after alpha and the bias (op-set 3)
   ValidatedCsr constant;
   int64_t columns = -1;  // K, when the node records it (ReadColumns)
+
+  // matmul == 2: Y is (N, M), so a CsrGemm with transA = 1 reads it as it lies
+  bool TransY() const { return matmul == 2; }
 
   explicit CsrGemmKernel(const ortabi::KernelInfo* info) {
     matmul = AttrInt(info, "matmul", 0);
@@ -1045,7 +1053,6 @@ struct CsrGemmKernel {
     alpha = AttrFloat(info, "alpha", 1.f);
     beta = AttrFloat(info, "beta", 1.f);
     if (matmul < 0 || matmul > 2) Fail(ortabi::kInvalidArgument, "attribute matmul must be 0, 1 or 2");
-    trans_y = matmul == 2;
     if (trans_a != 0 && trans_a != 1) Fail(ortabi::kInvalidArgument, "attribute transA must be 0 or 1");
     if (matmul && trans_a) Fail(ortabi::kInvalidArgument, "transA is a Gemm attribute; it must be 0 when matmul is 1 or 2");
     act = ReadActivation(info);
@@ -1080,7 +1087,7 @@ struct CsrGemmKernel {
       for (size_t i = 0; i + 1 < x.shape.size(); ++i) m = CheckedMul(m, x.shape[i], "MatMul-style batch size");
       out_shape.assign(x.shape.begin(), x.shape.end() - 1);
       out_shape.push_back(n);
-      if (trans_y) out_shape = {n, m};
+      if (TransY()) out_shape = {n, m};
     }
     CheckColumns(columns, k, "input features");
     if (csr.max_col >= k)
@@ -1130,7 +1137,6 @@ struct CsrGemmKernel {
   // CSR and the last M seen.
   struct GemmPlan {
     int64_t m = 0, k = 0;
-    int64_t asked_rows = 0;  // PoolSeen::TaskRows when it was made (entries.task_rows: Split's)
     int vi = 0;
     int64_t tile = 0, tiles = 0, plane = 0, blocks = 1, kb = 0;
     TaskOrder entries;  // weights and offsets into the transposed X
@@ -1142,7 +1148,7 @@ struct CsrGemmKernel {
     const int64_t task_rows = pool.TaskRows();
     return kept_plan.Get(
         constant.Holds(csr),
-        [&](const GemmPlan& p) { return p.m == m && p.k == k && p.asked_rows == task_rows; },
+        [&](const GemmPlan& p) { return p.m == m && p.k == k && p.entries.asked_rows == task_rows; },
         [&] { return MakeGemmPlan(kern, csr, m, k, task_rows); });
   }
 
@@ -1154,7 +1160,7 @@ struct CsrGemmKernel {
     p.k = k;
     p.tile = ChooseTile(kern.conv_lanes, m, &p.vi);
     p.tiles = (m + p.tile - 1) / p.tile;
-    p.asked_rows = task_rows;
+    p.entries.asked_rows = task_rows;
     p.entries.task_rows = pool.Split(task_rows, csr.rows, p.tiles);
     p.plane = p.tiles * p.tile;  // k * plane <= k * (m + kConvMaxTile) <= INT32_MAX (Compute)
     const int64_t fit = static_cast<int64_t>(kGemmBlockL1s * static_cast<double>(L1DataBytes()) /
@@ -1242,7 +1248,7 @@ struct CsrGemmKernel {
              b > 0, nullptr, 0);
       // buf holds Y^T for rows r0..r1 and batch rows m0..m0+mc (its other lanes are never read).
       if (act_in_tile && act.kind != Act::kNone) kern.activate(buf, (r1 - r0) * p.tile, act);
-      if (trans_y) {
+      if (TransY()) {
         FinishTransposed(kern, buf, p.tile, r0, r1, m0, mc, m, in_tile, act_in_tile, bias, z, y);
         return;
       }
@@ -1377,7 +1383,7 @@ struct CsrGemmKernel {
       for (int64_t r0 = bounds[part]; r0 < bounds[part + 1]; r0 += kRowBlock) {
         const int64_t r1 = std::min(bounds[part + 1], r0 + kRowBlock);
         kern.spmm[csr.value][csr.index](csr.values, csr.col, csr.row_ptr, panel, mb, r0, r1, acc);
-        if (trans_y) {  // acc holds Y^T's rows r0..r1 for the panel's batch rows, mb floats apart
+        if (TransY()) {  // acc holds Y^T's rows r0..r1 for the panel's batch rows, mb floats apart
           FinishTransposed(kern, acc, mb, r0, r1, m0, mc, m, false, false, bias, z, y);
           continue;
         }
@@ -1516,8 +1522,7 @@ struct ConvPlan {
   int Vectors(int64_t t) const { return t + 1 == tiles ? tail_vi : vi; }
   int64_t End() const { return (tiles - 1) * tile + tail; }  // past the last tile's last position
   int64_t blocks = 1, cb = 0;      // input channels (per group) in blocks of cb
-  TaskOrder entries;               // weights and offsets into the input copies; its task_rows
-  int64_t asked_rows = 0;          // PoolSeen::TaskRows when it was made (entries.task_rows: Split's)
+  TaskOrder entries;               // weights and offsets into the input copies, by task rows
 };
 
 // --- CsrConv --------------------------------------------------------------------------------
@@ -1664,7 +1669,7 @@ struct CsrConvKernel {
     const std::shared_ptr<const ConvPlan> plan = kept_plan.Get(
         constant.Holds(csr),
         [&](const ConvPlan& p) {
-          return p.c_in == g.c_in && p.h == g.h && p.w == g.w && p.asked_rows == task_rows;
+          return p.c_in == g.c_in && p.h == g.h && p.w == g.w && p.entries.asked_rows == task_rows;
         },
         [&] { return MakePlan(csr, g, task_rows); });
     const int64_t y_image = g.c_out * g.oh * g.ow;
@@ -2297,7 +2302,7 @@ struct CsrConvKernel {
     p.npos = g.oh * g.wq;  // <= q_size: oh <= hq
     p.tile = ChooseTiles(KernelsFor(isa).conv_lanes, p.npos, &p.vi, &p.tail_vi, &p.tail);
     p.tiles = std::max<int64_t>(1, (p.npos + p.tile - 1) / p.tile);
-    p.asked_rows = task_rows;
+    p.entries.asked_rows = task_rows;
     p.entries.task_rows = pool.Split(task_rows, g.c_out, p.tiles);
     const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + g.tap_shift.back();  // attributes <= 2^16
     const double window = static_cast<double>(g.copies) * static_cast<double>(p.tile + reach) * sizeof(float);
