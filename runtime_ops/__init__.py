@@ -42,9 +42,10 @@ __all__ = [
 DOMAIN = "ai.onnxprune"
 # The domain's newest op-set (runtime_ops/README.md): 1, plus CsrConv's fused activation in 2,
 # plus CsrGemm's and the Gelu activation in 3, plus 1-D CsrConv in 4, plus CsrConv's residual
-# input Z in 5, plus CsrGemm's in 6, plus CsrGemm's transposed output (matmul=2) in 7. Lowering
-# declares 2 to 7 only in files that use them.
-OPSET_VERSION = 7
+# input Z in 5, plus CsrGemm's in 6, plus CsrGemm's transposed output (matmul=2) in 7, plus
+# CsrGemm's batches transposed (matmul=3 and 4) in 8. Lowering declares 2 to 8 only in files
+# that use them.
+OPSET_VERSION = 8
 
 # A plain shared library, not a Python extension: one name for every Python version (setup.py).
 _LIBRARY_FILE = "_onnxprune_ops.so"

@@ -120,9 +120,15 @@ def test_reduced_model_prunes_to_its_densities_and_lowers_exactly(bm, name, tmp_
         assert len(gemms) == 12
         matmul = {n.name: next(onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "matmul")
                   for n in gemms}
-        # each FFN's fc1 writes its output transposed for fc2, which reads it Gemm style (chains.py)
-        assert all(v == (2 if k.endswith("ffn.fc1") else 0 if k.endswith("ffn.fc2") else 1)
-                   for k, v in matmul.items()), matmul
+        # each FFN's fc1 writes its output transposed for fc2, which reads it Gemm style (chains.py);
+        # the attention's query, key and value write each batch transposed for their heads, and
+        # its output product reads the context so (heads.py)
+        want = {"ffn.fc1": 2, "ffn.fc2": 0, "attention.query": 3, "attention.key": 3, "attention.value": 3,
+                "attention.output": 4}
+        assert all(v == want[k.split(".", 1)[1]] for k, v in matmul.items()), matmul
+        # the Transposes left swap the last two axes, which ONNX Runtime folds into the MatMuls
+        assert {tuple(onnx.helper.get_attribute_value(n.attribute[0])) for n in lowered.graph.node
+                if n.op_type == "Transpose"} == {(0, 1, 3, 2)}
 
     shape = [d.dim_value for d in dense.graph.input[0].type.tensor_type.shape.dim][1:]
     feeds = {"x": np.random.default_rng(3).standard_normal((2, *shape), dtype=np.float32)}

@@ -181,8 +181,8 @@ def test_products_of_different_pack_sizes_in_turn():
 
 def test_other_matmul_values_and_z_shapes_are_refused():
     w = sparse_weight(np.random.default_rng(0), 8, 6, 0.5)
-    with pytest.raises(Exception, match="attribute matmul must be 0, 1 or 2"):
-        session(transposed_model(w, matmul=3))
+    with pytest.raises(Exception, match="attribute matmul must be 0, 1, 2, 3 or 4"):
+        session(transposed_model(w, matmul=5))
     x = np.ones((4, 6), np.float32)
     with pytest.raises(Exception, match="Z"):  # Z of the untransposed (M, N) shape
         session(transposed_model(w, z=True)).run(None, {"X": x, "Z": np.zeros((4, 8), np.float32)})

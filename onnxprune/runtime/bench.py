@@ -227,6 +227,8 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
         nodes.append(helper.make_node("Reshape", [mid, shape], [flat], name=f"{name}_flat"))
         nodes.append(helper.make_node("Transpose", [flat], list(node.output), name=f"{name}_transpose", perm=[1, 0]))
         return nodes, new_inits
+    if int(a.get("matmul", 0)) in (3, 4):  # each batch's Y (3) or X (4) transposed (op-set 8)
+        return _batch_transposed_equivalent(node, inits, x_shape, prefix, opset)
     if int(a.get("matmul", 0)):
         w = dense_from_csr(values, col_idx, row_ptr, x_shape[-1])
         alpha = float(a.get("alpha", 1.0))
@@ -251,6 +253,35 @@ def _dense_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix:
     inputs = [node.input[0], w_name] + ([bias] if bias else [])
     return ([helper.make_node("Gemm", inputs, list(node.output), name=name, **attrs)],
             [numpy_helper.from_array(w, w_name)])
+
+
+def _batch_transposed_equivalent(node: onnx.NodeProto, inits: dict, x_shape: tuple, prefix: str,
+                                 opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """A matmul=3 or 4 node as its matmul=1 product with the last two axes swapped after it
+    (3: Y given (..., N, S)) or before it (4: X given (..., K, S)), by an ``Einsum`` (op-set
+    12; the lowering writes these nodes only there) that needs no rank: ``x_shape`` may be the
+    rank-2 stand-in a node's recorded width gives."""
+    name = node.name or node.output[0]
+    inner = onnx.NodeProto()
+    inner.CopyFrom(node)
+    for attr in inner.attribute:
+        if attr.name == "matmul":
+            attr.i = 1
+    if node_attrs(node)["matmul"] == 4:
+        x_swapped = f"{prefix}{name}.x_untransposed"
+        inner.input[0] = x_swapped
+        nodes, new_inits = _dense_equivalent(inner, inits, (*x_shape[:-2], x_shape[-1], x_shape[-2]), prefix, opset)
+        return [helper.make_node("Einsum", [node.input[0]], [x_swapped], name=f"{name}_x_transpose",
+                                 equation=_SWAP_LAST_TWO), *nodes], new_inits
+    mid = f"{prefix}{name}.untransposed"
+    inner.output[0] = mid
+    nodes, new_inits = _dense_equivalent(inner, inits, x_shape, prefix, opset)
+    nodes.append(helper.make_node("Einsum", [mid], list(node.output), name=f"{name}_transpose",
+                                  equation=_SWAP_LAST_TWO))
+    return nodes, new_inits
+
+
+_SWAP_LAST_TWO = "...ij->...ji"
 
 
 def dense_from_lowered(model, x_shapes: dict, partial: bool = False) -> onnx.ModelProto:
@@ -302,6 +333,8 @@ def _columns_known(node: onnx.NodeProto, shape) -> bool:
     a = node_attrs(node)
     if node.op_type == "CsrConv":
         return len(shape) > 1 and shape[1] is not None
+    if int(a.get("matmul", 0)) == 4:
+        return len(shape) > 1 and shape[-2] is not None
     if int(a.get("matmul", 0)):
         return shape[-1] is not None
     return len(shape) == 2 and shape[0 if int(a.get("transA", 0)) else 1] is not None
@@ -321,6 +354,8 @@ def _recorded_x_shape(node: onnx.NodeProto) -> tuple | None:
         if area < 1 or group < 1 or k % area:
             return None
         return (1, k // area * group, *([1] * len(kernel)))
+    if int(a.get("matmul", 0)) == 4:
+        return (1, k, 1)
     if int(a.get("matmul", 0)):
         return (1, k)
     return (k, 1) if int(a.get("transA", 0)) else (1, k)
@@ -336,6 +371,8 @@ def _width_of(node: onnx.NodeProto, x_shape: tuple) -> int:
     a = node_attrs(node)
     if node.op_type == "CsrConv":
         return x_shape[1] // int(a.get("group", 1)) * math.prod(int(v) for v in a.get("kernel_shape", [1]))
+    if int(a.get("matmul", 0)) == 4:  # X given (..., K, S)
+        return x_shape[-2]
     if int(a.get("matmul", 0)):
         return x_shape[-1]
     return x_shape[0] if int(a.get("transA", 0)) else x_shape[1]

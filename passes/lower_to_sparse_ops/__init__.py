@@ -68,7 +68,9 @@ its final Div); the graph gains the opset import (``ai.onnxprune``, 1) iff a nod
 lowered — op-set 2 when a CsrConv carries an activation, 3 when a CsrGemm does or an
 activation is Gelu, 4 when a CsrConv is 1-D, 5 when a CsrConv reads a residual Z, 6 when a
 CsrGemm does, 7 when a CsrGemm writes its output transposed for the next one (``chains.py``:
-two lowered products in a row, ``transposed-chains``); the node list stays topologically
+two lowered products in a row, ``transposed-chains``), 8 when one writes or reads each batch
+transposed (``heads.py``: an attention's head splits and merge, under the same option); the
+node list stays topologically
 sorted.
 """
 
@@ -92,6 +94,7 @@ from onnxprune.runtime_ops.csr import compact_csr, csr_nbytes
 from . import cost_model as cost
 from . import lrn as lrn_rewrite
 from .chains import TRANSPOSED_OUTPUT_OPSET, reads_residual, transposed_chains
+from .heads import HEADS_OPSET, attention_heads
 from .activations import FusedActivation, fusable_activation
 from ..base import (Option, Pass, PassError, PassResult, check_bool, check_choice, check_float, check_int,
                    check_optional, check_str_list, parse_options)
@@ -563,7 +566,8 @@ class LowerToSparseOps(Pass):
                "Sqrt/Pow and Div, which run faster than ONNX Runtime's LRN (lrn.py)"),
         Option("transposed-chains", check_bool, True,
                "a lowered product whose output only feeds another one's X writes it transposed "
-               "for it (chains.py); off for timing layers one at a time"),
+               "for it (chains.py), and an attention's head splits and merge skip their "
+               "transposes (heads.py); off for timing layers one at a time"),
     )
 
     def __init__(self, options: dict | None = None):
@@ -787,9 +791,10 @@ class LowerToSparseOps(Pass):
             # A folded residual's Z may come from a node listed after the product (a ResNet
             # block's shortcut branch): the node list must stay in topological order.
             graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
-        chains = []
+        chains, heads = [], []
         if lowered_any:
             chains = self._chain(graph, prepared, rows, shapes, graph_outputs, taken)
+            heads = self._heads(graph, prepared, rows, shapes, graph_outputs, taken)
             _declare_op_set(graph)
         lowered = [r["name"] for r in rows if r["lowered"]]
         return PassResult(graph, lowered_any or bool(self._window_of), {
@@ -802,6 +807,7 @@ class LowerToSparseOps(Pass):
             "layers": rows,
             "rewrites": rewrites,
             "transposed_chains": [{"producer": a, "consumer": b} for a, b in chains],
+            "attention_heads": [{"node": a, "rewrite": b} for a, b in heads],
         })
 
     def _chain(self, graph: gs.Graph, prepared: list, rows: list[dict], shapes: dict, graph_outputs: set[int],
@@ -821,6 +827,23 @@ class LowerToSparseOps(Pass):
             row_of[id(consumer)]["reason"] += f"; reads {a}'s transposed output (transA=1)"
             names.append((a, b))
         return names
+
+    def _heads(self, graph: gs.Graph, prepared: list, rows: list[dict], shapes: dict, graph_outputs: set[int],
+               taken: set[str]) -> list[tuple[str, str]]:
+        """The attention head splits and merges (heads.py) of the products lowered in this run,
+        where the option allows, each noted in its layer's reason; (node name, "split" or
+        "merge") for each."""
+        if not self.chains:
+            return []
+        row_of = {id(p.node): row for (_, plans, _, _), row in zip(prepared, rows) if row["lowered"]
+                  for p in plans or []}
+        done = []
+        for node, what in attention_heads(graph, set(row_of), lambda t: _shape_of(t, shapes), graph_outputs, taken):
+            row_of[id(node)]["reason"] += ("; output written per batch transposed, its heads as attention reads "
+                                           "them (matmul=3)" if what == "split" else
+                                           "; reads its heads' context computed transposed (matmul=4)")
+            done.append((node.name or node.outputs[0].name, what))
+        return done
 
     def _encode(self, layer: Layer, plan: _Plan, w: np.ndarray
                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], str | None]:
@@ -912,10 +935,13 @@ def _known_rows(prepared: list, shapes: dict) -> dict[int, tuple[int | None, int
 
 def op_set_needed(node: gs.Node) -> int:
     """The op-set of ``ai.onnxprune`` that first defines what a CSR node uses
-    (runtime_ops/README.md): 7 for CsrGemm's transposed output (matmul=2), 6 for CsrGemm's
+    (runtime_ops/README.md): 8 for CsrGemm's batches transposed (matmul=3 and 4, attention
+    heads), 7 for CsrGemm's transposed output (matmul=2), 6 for CsrGemm's
     residual input Z, 5 for CsrConv's, 4 for a 1-D
     CsrConv, 3 for CsrGemm's activation and for the Gelu activation, 2 for CsrConv's other
     activations, else 1."""
+    if node.op == "CsrGemm" and int(node.attrs.get("matmul", 0)) in (3, 4):
+        return HEADS_OPSET
     if node.op == "CsrGemm" and int(node.attrs.get("matmul", 0)) == 2:
         return TRANSPOSED_OUTPUT_OPSET
     if reads_residual(node):
