@@ -56,7 +56,8 @@ LONG_TIERS = ("corpus", "fuzz", "slow")
 
 def pytest_configure(config):
     """Test/CI-only knob: ONNXPRUNE_TEST_OPS_LIBRARY points every test at another build of the
-    custom-op library (runtime_ops/check_sanitized.sh sets it to the sanitizer build)."""
+    custom-op library (runtime_ops/check_sanitized.sh sets it to the sanitizer build), and
+    their sessions at ONNX Runtime without its CPU memory arena."""
     override = os.environ.get("ONNXPRUNE_TEST_OPS_LIBRARY")
     if override:
         if not os.path.isfile(override):
@@ -64,6 +65,16 @@ def pytest_configure(config):
         from onnxprune import runtime_ops
 
         runtime_ops.library_path = lambda: os.path.abspath(override)
+        # ONNX Runtime's memory arena would hide a write past a tensor's end from the sanitizer
+        # (the bytes after it are the arena's): every tensor its own allocation instead
+        with_arena = runtime_ops.session_options
+
+        def session_options(*args, **kwargs):
+            opts = with_arena(*args, **kwargs)
+            opts.enable_cpu_mem_arena = False
+            return opts
+
+        runtime_ops.session_options = session_options
 
 
 def pytest_collection_modifyitems(config, items):

@@ -184,3 +184,44 @@ def test_the_dense_view_counts_and_computes_the_dense_model():
     keys = ("name", "params", "nonzero")
     got, want = counted_layer_rows(low)[0], counted_layer_rows(model)[0]
     assert sorted(tuple(r[k] for k in keys) for r in got) == sorted(tuple(r[k] for k in keys) for r in want)
+
+
+def test_an_empty_batch_runs_where_the_split_copied_its_dims():
+    """A split to (0, 0, H, D) and a merge to (0, 0, N), no -1, run on an empty batch: the
+    rewrite reads B and S from the tensor (Shape, Gather, Concat) rather than writing a -1
+    that cannot be inferred on zero elements; with a -1 in the original (which fails there
+    too) or S given, it writes a constant."""
+    model = attention(split_shape=(0, 0, HEADS, D), merged_shape=(0, 0, HIDDEN))
+    low, stats = lowered(model)
+    assert len(stats["attention_heads"]) == 4
+    assert sum(n.op_type == "Shape" for n in low.graph.node) == 4
+    x = np.zeros((0, 16, HIDDEN), np.float32)
+    (want,), (got,) = run(model, {"x": x}), run_model(low, {"x": x})
+    assert got.shape == want.shape == (0, 16, HIDDEN)
+    for batch, seq in ((1, 16), (3, 5)):
+        same_as_dense(model, low, batch, seq)
+    low2, _ = lowered(attention(split_shape=(0, 16, HEADS, D), merged_shape=(0, 16, HIDDEN), seq=16))
+    assert not any(n.op_type == "Shape" for n in low2.graph.node)
+
+
+def test_no_stale_shape_and_no_unread_node_is_left():
+    """A model carrying value_info (as shape inference or an exporter writes it) and its
+    reshape targets in Constant nodes: the merged tensor, now (B, N, S), keeps no (B, S, N)
+    shape, and no node is left that nothing reads."""
+    model = attention(seq=16)
+    for node in list(model.graph.node):
+        for i, name in enumerate(node.input):
+            init = next((t for t in model.graph.initializer if t.name == name and name.endswith("shape")), None)
+            if init is not None:
+                model.graph.initializer.remove(init)
+                model.graph.node.insert(0, helper.make_node("Constant", [], [name], value=init))
+    model = onnx.shape_inference.infer_shapes(model)
+    assert any(v.name == "merged" for v in model.graph.value_info)
+    low, stats = lowered(model)
+    assert len(stats["attention_heads"]) == 4
+    stale = [v for v in low.graph.value_info if v.name == "merged"
+             and [d.dim_value for d in v.type.tensor_type.shape.dim][1:] == [16, HIDDEN]]
+    assert stale == []
+    read = {i for n in low.graph.node for i in n.input} | {o.name for o in low.graph.output}
+    assert [n.name or n.op_type for n in low.graph.node if not set(n.output) & read] == []
+    same_as_dense(model, low, 2, 16)

@@ -20,7 +20,9 @@ product lowered in this run:
 
 BERT-base's encoder layer at 10% ran four transposes of 128 × 768 floats fewer, 1.03-1.04x
 faster (an Intel core of lscpu family 6 model 207, batch 1, one process; docs/BENCHMARKS.md).
-Batch and sequence stay symbolic: the reshapes copy ``B`` (a 0) and infer ``S`` (a -1).
+Batch and sequence stay symbolic: the reshapes copy ``B`` (a 0) and infer ``S`` (a -1), or
+take ``S`` as the original did (a number, or read by ``Shape`` where it copied it with a 0 and
+had no -1, so that an empty batch still runs).
 
 A split is rewritten when the product is MatMul-style (``matmul=1``) on ``X`` of rank 3,
 without a residual ``Z``, and its output is read only by a ``Reshape`` whose shape is a
@@ -134,7 +136,7 @@ def _split(graph: gs.Graph, p: gs.Node, shapes, main: set[int], graph_outputs: s
     dead.extend((r, t))
     p.attrs["matmul"] = 3
     y.shape = None  # (B, N, S) now: shape inference gives it again
-    shape = gs.Constant(unique_name(f"{base}.heads_shape", taken), np.array([0, *heads, -1], np.int64))
+    shape = _target(graph, y, dims, 2, heads, f"{base}.heads_shape", taken)
     heads_out = t.outputs[0]
     if perm == _SPLIT_Q:  # (B, H, S, D): a value's heads, whose P·V is (B, H, S, D) again
         split_widths[id(heads_out)] = (n,)
@@ -151,6 +153,32 @@ def _split(graph: gs.Graph, p: gs.Node, shapes, main: set[int], graph_outputs: s
     graph.nodes.append(gs.Node("Transpose", name=unique_name(f"{base}.heads", taken), attrs={"perm": _SWAP},
                                inputs=[heads_t], outputs=[heads_out]))
     return True
+
+
+def _target(graph: gs.Graph, src: gs.Tensor, dims: list[int], s_axis: int, middle: tuple[int, ...],
+            name: str, taken: set[str]) -> gs.Tensor:
+    """The shape (B, *middle, S) of a rewritten split or merge, B and S those of ``src`` (its
+    dim 0 and ``s_axis``), as the original's target ``dims`` (b, s, ...) lets them be given:
+    a constant ``(0, *middle, -1)`` where ``dims`` had a -1 (which, like this one, cannot be
+    inferred on an empty tensor), ``(0, *middle, s)`` where it gave ``s``, and read from ``src``
+    by Shape, Gather and Concat where it copied S with a 0 and so ran on an empty batch too."""
+    if -1 in dims or dims[1] > 0:
+        last = -1 if -1 in dims else dims[1]
+        return gs.Constant(unique_name(name, taken), np.array([0, *middle, last], np.int64))
+    full = gs.Variable(unique_name(f"{name}.of", taken), dtype=np.int64)
+    graph.nodes.append(gs.Node("Shape", name=unique_name(f"{name}.of", taken), inputs=[src], outputs=[full]))
+    parts = []
+    for tag, axis in (("b", 0), ("s", s_axis)):
+        part = gs.Variable(unique_name(f"{name}.{tag}", taken), dtype=np.int64)
+        index = gs.Constant(unique_name(f"{name}.{tag}_at", taken), np.array([axis], np.int64))
+        graph.nodes.append(gs.Node("Gather", name=unique_name(f"{name}.{tag}", taken), attrs={"axis": 0},
+                                   inputs=[full, index], outputs=[part]))
+        parts.append(part)
+    shape = gs.Variable(unique_name(name, taken), dtype=np.int64)
+    graph.nodes.append(gs.Node("Concat", name=unique_name(name, taken), attrs={"axis": 0}, inputs=[
+        parts[0], gs.Constant(unique_name(f"{name}.middle", taken), np.array(middle, np.int64)), parts[1]],
+        outputs=[shape]))
+    return shape
 
 
 def _merge(graph: gs.Graph, c: gs.Node, shapes, main: set[int], graph_outputs: set[int], taken: set[str],
@@ -187,6 +215,8 @@ def _merge(graph: gs.Graph, c: gs.Node, shapes, main: set[int], graph_outputs: s
         v_t = gs.Variable(unique_name(f"{base}.value_t", taken), dtype=np.float32)
         graph.nodes.append(gs.Node("Transpose", name=unique_name(f"{base}.value_t", taken), attrs={"perm": _SWAP},
                                    inputs=[v_in], outputs=[v_t]))
+    # the target shape's producer (a Constant node) is read by nothing once r2 goes
+    dead.extend(t.inputs[0] for t in r2.inputs[1:] if len(t.inputs) == 1)
     p_t = gs.Variable(unique_name(f"{base}.probs_t", taken), dtype=np.float32)
     graph.nodes.append(gs.Node("Transpose", name=unique_name(f"{base}.probs_t", taken), attrs={"perm": _SWAP},
                                inputs=[p_in], outputs=[p_t]))
@@ -198,10 +228,11 @@ def _merge(graph: gs.Graph, c: gs.Node, shapes, main: set[int], graph_outputs: s
     t2.outputs.clear()
     graph.nodes.append(gs.Node("MatMul", name=unique_name(f"{base}.context_t", taken), inputs=[v_t, p_t],
                                outputs=[ctx_t]))
-    flat = gs.Constant(unique_name(f"{base}.x_t_shape", taken), np.array([0, n, -1], np.int64))
+    flat = _target(graph, ctx_t, dims, 3, (n,), f"{base}.x_t_shape", taken)
     graph.nodes.append(gs.Node("Reshape", name=unique_name(f"{base}.x_t", taken), inputs=[ctx_t, flat],
                                outputs=[r2.outputs[0]]))
     r2.outputs.clear()
+    x.shape = None  # (B, N, S) now: shape inference gives it again
     c.attrs["matmul"] = 4
     return True
 
