@@ -128,7 +128,7 @@ def test_guarded_random_convolutions_match_the_reference(chunk, isa, threads, mo
             monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", c["copies"])
             monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", c["depthwise"])
             monkeypatch.setenv("ONNXPRUNE_TOUCH_ENTRIES", str(rng.choice(["", "0", "1"])))
-            monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", str(rng.choice(["", "1", "5", "64", "512"])))
+            monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", str(rng.choice(["", "1", "5", "64", "512", "1024"])))
             cg = c["c_in"] // c["group"]
             w4 = rng.standard_normal((c["c_out"], cg, c["k"], c["k"])).astype(np.float32)
             w4[rng.random(w4.shape) >= c["density"]] = 0.0

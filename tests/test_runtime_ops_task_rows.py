@@ -1,13 +1,14 @@
 """Rows per tile task (runtime_ops/src/ops.cc PoolSeen): CsrGemm's tiled product and CsrConv's
-tiles give each task 64 output rows while the session's pool may have several threads, and 512
-once three calls have run every task on the calling thread. The split changes which rows share
-a task, never a row's order of sums, so every call's output is the same float for float: the
-first calls' (64 rows), the later ones' (512), and those of ONNXPRUNE_TASK_ROWS forcing ragged
-splits (1, 7, 100 rows) or one task for all. Layers of more rows than a task holds (1100
-features, 600 channels), with bias, Z and an activation, on every ISA, against a float64
-reference; a bad ONNXPRUNE_TASK_ROWS is refused. The larger tasks never leave a one-tile layer of
-more than 64 rows a single task (onnxprune_ops_task_rows), so a pool's other threads can still
-be seen taking some, and a wrong guess of one thread corrects itself."""
+tiles give each task 64 output rows while the session's pool may have several threads, and 1024
+(CsrGemm) or 512 (CsrConv) once three calls have run every task on the calling thread. The
+split changes which rows share a task, never a row's order of sums, so every call's output is
+the same float for float: the first calls' (64 rows), the later ones' (1024 or 512), and those
+of ONNXPRUNE_TASK_ROWS forcing ragged splits (1, 7, 100, 512 rows) or one task for all (1024).
+Layers of more rows than a task holds (1100 features, 600 channels), with bias, Z and an
+activation, on every ISA, against a float64 reference; a bad ONNXPRUNE_TASK_ROWS is refused.
+The larger tasks never leave a one-tile layer of more than 64 rows a single task
+(onnxprune_ops_task_rows), so a pool's other threads can still be seen taking some, and a
+wrong guess of one thread corrects itself."""
 
 from __future__ import annotations
 
@@ -71,17 +72,17 @@ def test_every_split_of_the_rows_gives_the_same_output(case, isa, monkeypatch):
     monkeypatch.delenv("ONNXPRUNE_TASK_ROWS", raising=False)
     first = _calls(model, feeds, 1)
     close(first[0], want, k)
-    for y in first[1:]:  # 64-row tasks, then 512 once one thread is all the pool has shown
+    for y in first[1:]:  # 64-row tasks, then 1024 or 512 once one thread is all the pool has shown
         assert np.array_equal(y, first[0])
     for threads in (2,):
         assert all(np.array_equal(y, first[0]) for y in _calls(model, feeds, threads))
-    for rows in ("1", "7", "100", "512"):
+    for rows in ("1", "7", "100", "512", "1024"):
         monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", rows)
         for threads in (1, 2):
             assert all(np.array_equal(y, first[0]) for y in _calls(model, feeds, threads)), (rows, threads)
 
 
-@pytest.mark.parametrize("bad", ["0", "513", "-4", "64x", "many"])
+@pytest.mark.parametrize("bad", ["0", "1025", "-4", "64x", "many"])
 def test_a_bad_task_rows_setting_is_refused(bad, monkeypatch):
     model, feeds, _, _ = _gemm_case()
     monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", bad)
@@ -107,7 +108,9 @@ def test_larger_tasks_leave_every_loop_of_more_than_64_rows_two_tasks(lib, monke
             assert -(-rows // got) >= 2, (rows, got)
         if rows >= 1024:
             assert got == 512
+        got = _split(lib, 1024, rows, 1)  # CsrGemm's
+        assert 64 <= got <= 1024 and got % 64 == 0 and (rows <= 64 or -(-rows // got) >= 2), (rows, got)
     monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", "7")
     assert _split(lib, 7, 5000, 1) == 7  # forced: as is
-    monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", "600")
+    monkeypatch.setenv("ONNXPRUNE_TASK_ROWS", "1025")
     assert _split(lib, 64, 100, 1) == -1

@@ -337,9 +337,14 @@ void ParallelFor(const ortabi::KernelContext* ctx, size_t total, const F& body) 
 // one process, one session per setting): BERT-base's encoder layer at 10% 1.076-1.080x faster
 // with 384-1024 rows per task than with 64, VGG-16 at the paper's densities 1.065-1.074x with
 // 256-1024, ResNet-50 at 90% 1.01x; with 2 threads 768-row tasks (one for a 768-row layer) ran
-// BERT 0.75x.
+// BERT 0.75x. CsrGemm takes 1024 on one thread: at batch 8 (1024 rows of 13-vector tiles, whose
+// K blocks hold ~7 nonzeros of a row, so a task's partial sums pass often) the BERT-base layer
+// ran 1.04x faster than with 512 (its FFN alone 1.055x; 1536 rows 1.07x, 3072 1.03x), at batch 1
+// 1.01x; CsrConv keeps 512 (ResNet-50 0.99x, VGG-16 0.98x with 1024).
 constexpr int64_t kTileTaskRows = 64;
 constexpr int64_t kSingleThreadTaskRows = 512;
+constexpr int64_t kGemmSingleThreadTaskRows = 1024;
+constexpr int64_t kMaxTaskRows = 1024;  // of either, and of ONNXPRUNE_TASK_ROWS
 
 // Whether a kernel's parallel loops have only ever run on the calling thread. ORT's custom-op
 // API does not say how many threads the session's intra-op pool has: a pool of one runs every
@@ -350,21 +355,21 @@ constexpr int64_t kSingleThreadTaskRows = 512;
 // made wrongly (two callers at once, or a pool whose idle threads woke too late) corrects
 // itself because the larger tasks never leave a loop of more than kTileTaskRows rows with a
 // single task (Split): its next loops still show the other threads.
-// ONNXPRUNE_TASK_ROWS=n (1 <= n <= kSingleThreadTaskRows; read when a session creates its
+// ONNXPRUNE_TASK_ROWS=n (1 <= n <= kMaxTaskRows; read when a session creates its
 // kernels) fixes the rows per task instead: for tests that must run ragged and single-task
 // splits whatever the pool, and for A/B timing.
 class PoolSeen {
  public:
   static constexpr int kCallsToTrust = 3;
 
-  PoolSeen() {
+  explicit PoolSeen(int64_t single_rows = kSingleThreadTaskRows) : single_(single_rows) {
     const char* forced = std::getenv("ONNXPRUNE_TASK_ROWS");
     if (forced == nullptr || *forced == '\0') return;
     char* end = nullptr;
     const long long v = std::strtoll(forced, &end, 10);
-    if (*end != '\0' || v < 1 || v > kSingleThreadTaskRows)
-      Fail(ortabi::kInvalidArgument, "ONNXPRUNE_TASK_ROWS=", forced, " is not an integer in [1, ",
-           kSingleThreadTaskRows, "]");
+    if (*end != '\0' || v < 1 || v > kMaxTaskRows)
+      Fail(ortabi::kInvalidArgument, "ONNXPRUNE_TASK_ROWS=", forced, " is not an integer in [1, ", kMaxTaskRows,
+           "]");
     forced_ = v;
   }
 
@@ -373,7 +378,7 @@ class PoolSeen {
     if (forced_ > 0) return forced_;
     const bool single = !helped_.load(std::memory_order_relaxed) &&
                         alone_.load(std::memory_order_relaxed) >= kCallsToTrust;
-    return single ? kSingleThreadTaskRows : kTileTaskRows;
+    return single ? single_ : kTileTaskRows;
   }
 
   // The rows per task a plan for `rows` output rows over `tiles` tiles takes when TaskRows()
@@ -406,6 +411,7 @@ class PoolSeen {
   }
 
  private:
+  int64_t single_;  // rows per task on one thread: kSingleThreadTaskRows, or CsrGemm's
   int64_t forced_ = 0;
   mutable std::atomic<bool> helped_{false};
   mutable std::atomic<int> alone_{0};
@@ -497,7 +503,7 @@ PackBuffer CallPack(size_t count) {
 }
 
 // A tile task's partial-sum buffer: one per thread, kept from task to task and call to call
-// (grown, never shrunk; at most kSingleThreadTaskRows x kConvMaxTile floats today), where a fresh
+// (grown, never shrunk; at most kMaxTaskRows x kConvMaxTile floats today), where a fresh
 // allocation per task had cost ResNet-50 about 1.5% in malloc and free. A task takes it whole
 // and never across a call that could take it again (no task body runs inside another).
 float* TaskScratch(size_t count) {
@@ -1162,7 +1168,7 @@ struct CsrGemmKernel {
     TaskOrder entries;  // weights and offsets into the transposed X
   };
   KeptPlan<GemmPlan> kept_plan;
-  PoolSeen pool;
+  PoolSeen pool{kGemmSingleThreadTaskRows};
 
   std::shared_ptr<const GemmPlan> GemmPlanFor(const Kernels& kern, const Csr& csr, int64_t m, int64_t k) const {
     const int64_t task_rows = pool.TaskRows();
@@ -1275,7 +1281,7 @@ struct CsrGemmKernel {
       const float* qt = planes + m0;
       // Each block pass runs the task's rows in one call (conv_rows), each row's tile starting
       // at its bias where the tile applies it.
-      float inits[kSingleThreadTaskRows];  // >= task_rows
+      float inits[kMaxTaskRows];  // >= task_rows
       const bool has_init = in_tile && bias.data != nullptr;
       for (int64_t r = r0; has_init && r < r1; ++r) inits[r - r0] = bias.at(0, r);
       for (int64_t b = 0; b < p.blocks; ++b)
