@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests import test_runtime_ops as base
 from tests.test_runtime_ops import DOMAIN, close, csr_inits, session, sparse_weight
-from tests.test_runtime_ops_transposed import _gelu
+from tests.test_runtime_ops_transposed import _gelu, transposed_model
 
 lib, isa, threads = base.lib, base.isa, base.threads
 
@@ -27,24 +27,7 @@ OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 8)]
 
 
 def heads_model(w, matmul, *, bias=None, z=False, activation=None, x_shape=None):
-    inits, names = csr_inits(w)
-    inputs = ["X", *names, "C" if bias is not None else ""]
-    if bias is not None:
-        inits.append(numpy_helper.from_array(bias, "C"))
-    if z:
-        inputs.append("Z")
-    while inputs and inputs[-1] == "":
-        inputs.pop()
-    attrs = {"matmul": matmul}
-    if activation:
-        attrs["activation"] = activation
-    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)]
-    if z:
-        graph_inputs.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, None))
-    graph = helper.make_graph([helper.make_node("CsrGemm", inputs, ["Y"], domain=DOMAIN, **attrs)], "t",
-                              graph_inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-                              initializer=inits)
-    return helper.make_model(graph, opset_imports=OPSETS)
+    return transposed_model(w, bias=bias, z=z, activation=activation, matmul=matmul, x_shape=x_shape)
 
 
 def swap(a: np.ndarray) -> np.ndarray:
@@ -154,16 +137,6 @@ def test_key_and_context_heads_compute_attention(batch, isa, threads):
     close(y, ctx @ wo.T, n)
 
 
-def _batched_model(w, bias, matmul):
-    inits, names = csr_inits(w)
-    inits.append(numpy_helper.from_array(bias, "C"))
-    graph = helper.make_graph(
-        [helper.make_node("CsrGemm", ["X", *names, "C"], ["Y"], domain=DOMAIN, matmul=matmul)], "g",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits)
-    return helper.make_model(graph, opset_imports=OPSETS)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mmap/mprotect through libc")
 @pytest.mark.parametrize("s", [32, 45, 64, 128, 130])
 def test_one_batch_read_in_place_stays_inside_it(s, isa, threads):
@@ -180,7 +153,7 @@ def test_one_batch_read_in_place_stays_inside_it(s, isa, threads):
             bias = rng.standard_normal(n).astype(np.float32)
             xt = buffers.place(rng.standard_normal((batch, k, s)).astype(np.float32))
             before = xt.copy()
-            (y,) = session(_batched_model(w, bias, 4), threads).run(None, {"X": xt})
+            (y,) = session(heads_model(w, 4, bias=bias), threads).run(None, {"X": xt})
             assert np.array_equal(xt, before)
             close(y, swap(xt).astype(np.float64) @ w.T.astype(np.float64) + bias, k)
     finally:

@@ -30,7 +30,7 @@ def _gelu(v):
     return 0.5 * v * (1.0 + np.vectorize(erf)(v / np.sqrt(2.0)))
 
 
-def transposed_model(w, *, bias=None, z=False, activation=None, matmul=2):
+def transposed_model(w, *, bias=None, z=False, activation=None, matmul=2, x_shape=None):
     inits, names = csr_inits(w)
     inputs = ["X", *names, "C" if bias is not None else ""]
     if bias is not None:
@@ -42,13 +42,15 @@ def transposed_model(w, *, bias=None, z=False, activation=None, matmul=2):
     attrs = {"matmul": matmul}
     if activation:
         attrs["activation"] = activation
-    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)]
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)]
     if z:
         graph_inputs.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, None))
     graph = helper.make_graph([helper.make_node("CsrGemm", inputs, ["Y"], domain=DOMAIN, **attrs)], "t",
                               graph_inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
                               initializer=inits)
-    return helper.make_model(graph, opset_imports=OPSETS)
+    # op-set 8 defines matmul 3 and 4 (test_runtime_ops_heads.py)
+    opsets = OPSETS if matmul <= 2 else [OPSETS[0], helper.make_opsetid(DOMAIN, 8)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 # (name, n, k, density, x_shape, bias)
