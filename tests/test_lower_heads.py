@@ -38,9 +38,11 @@ def attention(*, key_perm=(0, 2, 3, 1), shape_from_graph=False, extra_reader=Non
         inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
-    if shape_from_graph:
-        nodes += [helper.make_node("Shape", ["x"], ["x_shape"], end=2),
-                  helper.make_node("Concat", ["x_shape", param("hd", [HEADS, D], np.int64)], ["split_shape"], axis=0)]
+    if shape_from_graph:  # as exports with dynamic axes compute it; "swapped": (S, B, H, D)
+        order = [1, 0] if shape_from_graph == "swapped" else [0, 1]
+        nodes += [helper.make_node("Shape", ["x"], ["x_shape"]),
+                  helper.make_node("Gather", ["x_shape", param("bs_at", order, np.int64)], ["bs"], axis=0),
+                  helper.make_node("Concat", ["bs", param("hd", [-1, D], np.int64)], ["split_shape"], axis=0)]
     heads = {}
     for t, perm in (("q", (0, 2, 1, 3)), ("k", key_perm), ("v", (0, 2, 1, 3))):
         nodes += [helper.make_node("MatMul", ["x", param(f"w{t}", _w(rng, HIDDEN, HIDDEN))], [f"{t}_mm"], name=t),
@@ -131,7 +133,7 @@ def test_explicit_and_inferred_split_dims_are_rewritten(split_shape, merged_shap
 
 
 @pytest.mark.parametrize("kw, left, why", [
-    (dict(shape_from_graph=True), {"q", "k", "v"}, "the split's shape is computed, not a constant"),
+    (dict(shape_from_graph="swapped", seq=16, residual=False), {"q", "k", "v"}, "a computed split to (S, B, H, D)"),
     (dict(extra_reader="q_split"), {"q"}, "the query's split has a second reader"),
     (dict(extra_reader="context"), {"out"}, "the context has a second reader"),
     (dict(merge_perm=(0, 1, 2, 3)), {"out"}, "the merge is no head merge"),
@@ -225,3 +227,19 @@ def test_no_stale_shape_and_no_unread_node_is_left():
     read = {i for n in low.graph.node for i in n.input} | {o.name for o in low.graph.output}
     assert [n.name or n.op_type for n in low.graph.node if not set(n.output) & read] == []
     same_as_dense(model, low, 2, 16)
+
+
+def test_a_split_shape_computed_in_the_graph_is_rewritten():
+    """Exports with dynamic axes compute a split's shape, Concat(Shape(x)[0:2], (-1, D)): shape
+    inference shows its output keeping the product's batch and sequence (the same dim
+    symbols) and gives D, so the split is rewritten, B and S read from the product's output;
+    the nodes that computed the old shape are gone with it."""
+    model = attention(shape_from_graph=True)
+    low, stats = lowered(model)
+    assert stats["attention_heads"] == [{"node": "q", "rewrite": "split"}, {"node": "k", "rewrite": "split"},
+                                        {"node": "v", "rewrite": "split"}, {"node": "out", "rewrite": "merge"}]
+    read = {i for n in low.graph.node for i in n.input} | {o.name for o in low.graph.output}
+    assert [n.name or n.op_type for n in low.graph.node if not set(n.output) & read] == []
+    assert "split_shape" not in read
+    for batch, seq in ((1, 16), (3, 5)):
+        same_as_dense(model, low, batch, seq)

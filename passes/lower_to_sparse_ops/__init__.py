@@ -838,7 +838,12 @@ class LowerToSparseOps(Pass):
         row_of = {id(p.node): row for (_, plans, _, _), row in zip(prepared, rows) if row["lowered"]
                   for p in plans or []}
         done = []
-        for node, what in attention_heads(graph, set(row_of), lambda t: _shape_of(t, shapes), graph_outputs, taken):
+
+        def own(t: gs.Tensor) -> tuple:  # the model's own dims and symbols (no --input-shape)
+            return self._own_shapes.get(t.name), self._symbols.get(t.name)
+
+        for node, what in attention_heads(graph, set(row_of), lambda t: _shape_of(t, shapes), graph_outputs, taken,
+                                          own):
             row_of[id(node)]["reason"] += ("; output written per batch transposed, its heads as attention reads "
                                            "them (matmul=3)" if what == "split" else
                                            "; reads its heads' context computed transposed (matmul=4)")

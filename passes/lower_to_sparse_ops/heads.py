@@ -25,16 +25,21 @@ take ``S`` as the original did (a number, or read by ``Shape`` where it copied i
 had no -1, so that an empty batch still runs).
 
 A split is rewritten when the product is MatMul-style (``matmul=1``) on ``X`` of rank 3,
-without a residual ``Z``, and its output is read only by a ``Reshape`` whose shape is a
-constant ``(b, s, H, D)`` with ``H · D = N`` (one of them may be -1) that keeps ``X``'s first
-two dims (one of ``b``, ``s`` a 0 or the dim itself: the element count then fixes the other),
-read only by a ``Transpose`` of one of the two permutations above.
+without a residual ``Z``, and its output is read only by a ``Reshape`` to ``(b, s, H, D)`` with
+``H · D = N`` that keeps ``X``'s first two dims — a constant shape (one of ``H``, ``D`` may be
+-1; one of ``b``, ``s`` a 0 or the dim itself: the element count then fixes the other), or one
+computed in the graph (``Shape``, ``Gather``, ``Concat``: exports with dynamic axes), whose
+output ONNX shape inference gives the product's own dim symbols or sizes in front and ``H`` or
+``D`` behind — read only by a ``Transpose`` of one of the two permutations above.
 A merge is rewritten when the product is MatMul-style and its ``X`` is such a ``Reshape`` to
 ``(b, s, N)`` (``N`` or -1) of a ``Transpose`` ``(0, 2, 1, 3)`` of a ``MatMul`` of two rank-4
 inputs, each of the three read only by the next, and the heads' ``H · D = N`` is known (from
-shape inference, or because the value is a split rewritten here). Graph outputs are never among them, and the graph's
-default-domain op-set is at least 12 (the dense view that inspect and report count, and the
-one-node timings, swap a node's axes back with an ``Einsum``, which needs no rank).
+shape inference, or because the value is a split rewritten here). A merge to a computed shape
+is left (shape inference does not tie the context's dims to the batch and sequence there:
+``MatMul``'s broadcasting gives them new symbols), and so are its one ``Transpose`` and copy.
+Graph outputs are never among them, and the graph's default-domain op-set is at least 12 (the
+dense view that inspect and report count, and the one-node timings, swap a node's axes back
+with an ``Einsum``, which needs no rank).
 """
 
 from __future__ import annotations
@@ -114,8 +119,28 @@ def _is_lowered_matmul(node: gs.Node, lowered: set[int]) -> bool:
             and int(node.attrs.get("matmul", 0)) == 1)
 
 
+def _inferred_heads(r: gs.Node, y: gs.Tensor, n: int, own) -> tuple[int, int] | None:
+    """(H, D) of a head split whose target shape is computed in the graph (``Shape``,
+    ``Gather``, ``Concat``: an export with dynamic axes), where shape inference shows its
+    output keeping ``y``'s first two dims (the same dim symbols, or the same fixed sizes) and
+    gives H or D; ``own(tensor)`` is (dims, symbols) as the model's own inference has them."""
+    (out, out_sym), (got, got_sym) = own(r.outputs[0]), own(y)
+    if out is None or got is None or len(out) != 4 or len(got) != 3 or out_sym is None or got_sym is None:
+        return None
+    for i in (0, 1):
+        fixed = out[i] is not None and out[i] == got[i]
+        if not fixed and (out_sym[i] is None or out_sym[i] != got_sym[i]):
+            return None
+    h, d = out[2], out[3]
+    if h is None and d and n % d == 0:
+        h = n // d
+    elif d is None and h and n % h == 0:
+        d = n // h
+    return (h, d) if h and d and h * d == n else None
+
+
 def _split(graph: gs.Graph, p: gs.Node, shapes, main: set[int], graph_outputs: set[int], taken: set[str],
-           dead: list[gs.Node], split_widths: dict[int, tuple[int]]) -> bool:
+           dead: list[gs.Node], split_widths: dict[int, tuple[int]], own) -> bool:
     """Rewrites ``p``'s head split (module doc), noting the heads' tensor's H · D in
     ``split_widths``; whether it did."""
     x = shapes(p.inputs[0])
@@ -124,10 +149,18 @@ def _split(graph: gs.Graph, p: gs.Node, shapes, main: set[int], graph_outputs: s
     if x is None or len(x) != 3 or reads_residual(p):
         return False
     r = _only_reader(y, main, graph_outputs)
-    dims = _reshape_to(r) if r is not None and r.inputs[0] is y else None
-    heads = _heads_of(dims, n) if dims is not None and len(dims) == 4 else None
-    if heads is None or not _keeps_leading(dims, [x[0], x[1], n]):
+    if r is None or r.op != "Reshape" or r.domain or r.inputs[0] is not y:
         return False
+    dims = _reshape_to(r)
+    if dims is not None:
+        heads = _heads_of(dims, n) if len(dims) == 4 else None
+        if heads is None or not _keeps_leading(dims, [x[0], x[1], n]):
+            return False
+    else:  # computed: B and S read from the product's output, as the original read them
+        heads = _inferred_heads(r, y, n, own) if own is not None and len(r.inputs) == 2 else None
+        if heads is None:
+            return False
+        dims = [0, 0, *heads]
     t = _only_reader(r.outputs[0], main, graph_outputs)
     perm = _perm(t) if t is not None else None
     if perm not in (_SPLIT_Q, _SPLIT_K):
@@ -238,11 +271,13 @@ def _merge(graph: gs.Graph, c: gs.Node, shapes, main: set[int], graph_outputs: s
 
 
 def attention_heads(graph: gs.Graph, lowered: set[int], shape_of, graph_outputs: set[int],
-                    taken: set[str]) -> list[tuple[gs.Node, str]]:
+                    taken: set[str], own_of=None) -> list[tuple[gs.Node, str]]:
     """Rewrites every head split and merge (module doc) of the ``CsrGemm`` nodes in ``lowered``
     (ids of the nodes lowered in this run: CSR nodes the input file had are left as they are);
-    ``shape_of(tensor)`` gives a tensor's dims (None where unknown), or None. Returns each
-    rewritten node with "split" or "merge", splits first."""
+    ``shape_of(tensor)`` gives a tensor's dims (None where unknown), or None; ``own_of(tensor)``
+    its dims and dim symbols as the model's own shape inference has them (no ``--input-shape``),
+    each None where unknown, for splits whose target shape is computed. Returns each rewritten
+    node with "split" or "merge", splits first."""
     if graph.opset < _MIN_ONNX_OPSET:
         return []
     main = {id(n) for n in graph.nodes}
@@ -250,7 +285,8 @@ def attention_heads(graph: gs.Graph, lowered: set[int], shape_of, graph_outputs:
     dead: list[gs.Node] = []
     widths: dict[int, tuple[int]] = {}
     for p in list(graph.nodes):
-        if _is_lowered_matmul(p, lowered) and _split(graph, p, shape_of, main, graph_outputs, taken, dead, widths):
+        if _is_lowered_matmul(p, lowered) and _split(graph, p, shape_of, main, graph_outputs, taken, dead, widths,
+                                                      own_of):
             done.append((p, "split"))
     main = {id(n) for n in graph.nodes}
     for c in list(graph.nodes):
@@ -263,8 +299,8 @@ def attention_heads(graph: gs.Graph, lowered: set[int], shape_of, graph_outputs:
 
 
 def _remove_unread(graph: gs.Graph, nodes: list[gs.Node], graph_outputs: set[int]) -> None:
-    """Drops each of ``nodes`` that nothing reads any more, and then the constant-producing
-    nodes (a Reshape's shape from a Constant node) only they read."""
+    """Drops each of ``nodes`` that nothing reads any more, and then the nodes that only they
+    read (a Reshape's shape: a Constant node, or the Shape, Gather and Concat computing it)."""
     gone: set[int] = set()
     while nodes:
         node = nodes.pop()
@@ -274,5 +310,5 @@ def _remove_unread(graph: gs.Graph, nodes: list[gs.Node], graph_outputs: set[int
         node.inputs.clear()
         node.outputs.clear()
         gone.add(id(node))
-        nodes.extend(f for f in feeds if f.op in ("Constant", "Identity"))
+        nodes.extend(feeds)
     graph.nodes = [n for n in graph.nodes if id(n) not in gone]
