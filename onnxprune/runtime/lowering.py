@@ -197,6 +197,7 @@ def _time_lrns(graph, dense_model, feeds, options: dict, timer) -> dict[str, Tim
 
     from onnxprune.core.graph import graph_from_model, graph_to_model
     from onnxprune.runtime.bench import capture_shapes, model_opset, session_for
+    from onnxprune.runtime.check import aligned
 
     from onnxprune.passes.lower_to_sparse_ops import lrn, static_shapes
 
@@ -226,7 +227,7 @@ def _time_lrns(graph, dense_model, feeds, options: dict, timer) -> dict[str, Tim
         if not _rewritten(result.stats):
             continue
         rewritten = graph_to_model(result.graph, one)
-        x = {"x": rng.standard_normal(shape).astype(np.float32)}
+        x = {"x": aligned(rng.standard_normal(shape).astype(np.float32))}
         dense_s, sparse_s = timer(lrn.label(node), session_for(one.SerializeToString(), threads),
                                   session_for(rewritten.SerializeToString(), threads), x)
         timings[lrn.label(node)] = Timing(float(dense_s), float(sparse_s))
@@ -327,11 +328,11 @@ class MeasuredLowering:
 
     def _dense_inputs(self, original):
         from onnxprune.core.graph import graph_to_model
-        from onnxprune.runtime.check import random_inputs
+        from onnxprune.runtime.check import aligned, random_inputs
 
         if self._dense is None:
             model = graph_to_model(self._before, original)
-            feeds = self._given[0] if self._given else random_inputs(
+            feeds = {k: aligned(v) for k, v in self._given[0].items()} if self._given else random_inputs(
                 model, batch=self._batch, seed=FEED_SEED, shapes=self.shapes, strict=True)
             self._dense = (model, feeds)
         return self._dense
