@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxprune.core.io import dim_size
 from onnxprune.runtime_ops import DOMAIN
+from onnxprune.runtime.check import aligned
 
 
 REL_ATOL = 1e-4
@@ -560,8 +561,6 @@ def one_node_pairs(forced: onnx.ModelProto, shape_model: onnx.ModelProto, feeds:
     for node in nodes:
         x_shape = xs[node.input[0]]
         dense_b, sparse_b = _one_node_models(node, inits, x_shape, opset, csr_opset)
-        from onnxprune.runtime.check import aligned
-
         # aligned as the layer's input is inside the model (check.FEED_ALIGNMENT)
         x = {node.input[0]: aligned(rng.standard_normal(x_shape).astype(np.float32))}
         yield node, inits, x_shape, x, session_for(dense_b, threads), session_for(sparse_b, threads)

@@ -817,8 +817,7 @@ class LowerToSparseOps(Pass):
         unnamed node by its output's)."""
         if not self.chains:
             return []
-        row_of = {id(p.node): row for (_, plans, _, _), row in zip(prepared, rows) if row["lowered"]
-                  for p in plans or []}
+        row_of = _lowered_rows(prepared, rows)
         xs = {k: v for k, v in _known_rows(prepared, shapes).items() if k in row_of}
         names = []
         for producer, consumer in transposed_chains(graph, xs, graph_outputs, taken):
@@ -835,8 +834,7 @@ class LowerToSparseOps(Pass):
         "merge") for each."""
         if not self.chains:
             return []
-        row_of = {id(p.node): row for (_, plans, _, _), row in zip(prepared, rows) if row["lowered"]
-                  for p in plans or []}
+        row_of = _lowered_rows(prepared, rows)
         done = []
 
         def own(t: gs.Tensor) -> tuple:  # the model's own dims and symbols (no --input-shape)
@@ -921,6 +919,11 @@ def _declare_op_set(graph: gs.Graph) -> None:
     if not any(d.domain == DOMAIN for d in domains):
         domains.append(onnx.helper.make_opsetid(DOMAIN, version))
     graph.import_domains = domains
+
+
+def _lowered_rows(prepared: list, rows: list[dict]) -> dict[int, dict]:
+    """Each node lowered in this run (by id: names may be empty or repeat) -> its layer's row."""
+    return {id(p.node): row for (_, plans, _, _), row in zip(prepared, rows) if row["lowered"] for p in plans or []}
 
 
 def _known_rows(prepared: list, shapes: dict) -> dict[int, tuple[int | None, int | None]]:

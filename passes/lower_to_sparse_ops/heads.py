@@ -140,7 +140,7 @@ def _inferred_heads(r: gs.Node, y: gs.Tensor, n: int, own) -> tuple[int, int] | 
 
 
 def _split(graph: gs.Graph, p: gs.Node, shapes, main: set[int], graph_outputs: set[int], taken: set[str],
-           dead: list[gs.Node], split_widths: dict[int, tuple[int]], own) -> bool:
+           dead: list[gs.Node], split_widths: dict[int, int], own) -> bool:
     """Rewrites ``p``'s head split (module doc), noting the heads' tensor's H · D in
     ``split_widths``; whether it did."""
     x = shapes(p.inputs[0])
@@ -172,7 +172,7 @@ def _split(graph: gs.Graph, p: gs.Node, shapes, main: set[int], graph_outputs: s
     shape = _target(graph, y, dims, 2, heads, f"{base}.heads_shape", taken)
     heads_out = t.outputs[0]
     if perm == _SPLIT_Q:  # (B, H, S, D): a value's heads, whose P·V is (B, H, S, D) again
-        split_widths[id(heads_out)] = (n,)
+        split_widths[id(heads_out)] = n
     r.outputs.clear()
     t.inputs.clear()
     t.outputs.clear()
@@ -215,7 +215,7 @@ def _target(graph: gs.Graph, src: gs.Tensor, dims: list[int], s_axis: int, middl
 
 
 def _merge(graph: gs.Graph, c: gs.Node, shapes, main: set[int], graph_outputs: set[int], taken: set[str],
-           dead: list[gs.Node], split_widths: dict[int, tuple[int]]) -> bool:
+           dead: list[gs.Node], split_widths: dict[int, int]) -> bool:
     """Rewrites the head merge into ``c``'s X (module doc); whether it did."""
     x = c.inputs[0]
     n = int(c.attrs.get("columns", -1))
@@ -236,7 +236,7 @@ def _merge(graph: gs.Graph, c: gs.Node, shapes, main: set[int], graph_outputs: s
     if any(s is None or len(s) != 4 for s in (shapes(p_in), shapes(v_in))):
         return False
     # H · D = N: from shape inference, or from the value's split (P·V has V's heads and width)
-    if (None in merged[2:] or merged[2] * merged[3] != n) and n not in split_widths.get(id(v_in), ()):
+    if (None in merged[2:] or merged[2] * merged[3] != n) and split_widths.get(id(v_in)) != n:
         return False
     base = c.name or c.outputs[0].name
     dead.extend((mm, t2, r2))
@@ -248,15 +248,12 @@ def _merge(graph: gs.Graph, c: gs.Node, shapes, main: set[int], graph_outputs: s
         v_t = gs.Variable(unique_name(f"{base}.value_t", taken), dtype=np.float32)
         graph.nodes.append(gs.Node("Transpose", name=unique_name(f"{base}.value_t", taken), attrs={"perm": _SWAP},
                                    inputs=[v_in], outputs=[v_t]))
-    # the target shape's producer (a Constant node) is read by nothing once r2 goes
-    dead.extend(t.inputs[0] for t in r2.inputs[1:] if len(t.inputs) == 1)
     p_t = gs.Variable(unique_name(f"{base}.probs_t", taken), dtype=np.float32)
     graph.nodes.append(gs.Node("Transpose", name=unique_name(f"{base}.probs_t", taken), attrs={"perm": _SWAP},
                                inputs=[p_in], outputs=[p_t]))
     ctx_t = gs.Variable(unique_name(f"{base}.context_t", taken), dtype=np.float32)
     mm.inputs.clear()
     mm.outputs.clear()
-    r2.inputs.clear()
     t2.inputs.clear()
     t2.outputs.clear()
     graph.nodes.append(gs.Node("MatMul", name=unique_name(f"{base}.context_t", taken), inputs=[v_t, p_t],
@@ -283,7 +280,7 @@ def attention_heads(graph: gs.Graph, lowered: set[int], shape_of, graph_outputs:
     main = {id(n) for n in graph.nodes}
     done: list[tuple[gs.Node, str]] = []
     dead: list[gs.Node] = []
-    widths: dict[int, tuple[int]] = {}
+    widths: dict[int, int] = {}
     for p in list(graph.nodes):
         if _is_lowered_matmul(p, lowered) and _split(graph, p, shape_of, main, graph_outputs, taken, dead, widths,
                                                       own_of):

@@ -344,7 +344,8 @@ void ParallelFor(const ortabi::KernelContext* ctx, size_t total, const F& body) 
 constexpr int64_t kTileTaskRows = 64;
 constexpr int64_t kSingleThreadTaskRows = 512;
 constexpr int64_t kGemmSingleThreadTaskRows = 1024;
-constexpr int64_t kMaxTaskRows = 1024;  // of either, and of ONNXPRUNE_TASK_ROWS
+// the most of either, and of ONNXPRUNE_TASK_ROWS
+constexpr int64_t kMaxTaskRows = std::max(kSingleThreadTaskRows, kGemmSingleThreadTaskRows);
 
 // Whether a kernel's parallel loops have only ever run on the calling thread. ORT's custom-op
 // API does not say how many threads the session's intra-op pool has: a pool of one runs every
@@ -1104,16 +1105,12 @@ struct CsrGemmKernel {
       // An empty X may carry any leading dims, so their product is checked.
       for (size_t i = 0; i < rank; ++i)
         if (i != k_axis) m = CheckedMul(m, x.shape[i], "MatMul-style batch size");
-      out_shape.assign(x.shape.begin(), x.shape.end() - 1);
-      out_shape.push_back(n);
-      seg = m;
-      if (matmul >= 3) {
-        seg = x.shape[matmul == 4 ? rank - 1 : rank - 2];
-        out_shape.assign(x.shape.begin(), x.shape.end() - 2);
-        if (matmul == 3) out_shape.insert(out_shape.end(), {n, seg});
-        else out_shape.insert(out_shape.end(), {seg, n});
-      }
+      seg = matmul >= 3 ? x.shape[matmul == 4 ? rank - 1 : rank - 2] : m;
+      out_shape.assign(x.shape.begin(), x.shape.end() - (matmul >= 3 ? 2 : 1));
+      if (matmul == 1) out_shape.push_back(n);
       if (matmul == 2) out_shape = {n, m};
+      if (matmul == 3) out_shape.insert(out_shape.end(), {n, seg});
+      if (matmul == 4) out_shape.insert(out_shape.end(), {seg, n});
     }
     CheckColumns(columns, k, "input features");
     if (csr.max_col >= k)
@@ -1256,9 +1253,10 @@ struct CsrGemmKernel {
     const GemmPlan& p = *plan;
     const TaskOrder& e = p.entries;
     const PackBuffer q = PackPlanes(ctx, kern, x, m, k, seg, p.plane);
-    // X^T with M a whole number of tiles (transA = 1, a transposed chain's second product, as
-    // BERT's FFN writes it): its rows are the planes as they lie, and every tile reads inside
-    // them (m0 + tile <= plane = M), so X is read in place rather than copied (1.5 MB for
+    // A transposed X of one batch with M a whole number of tiles (transA = 1, a transposed
+    // chain's second product, as BERT's FFN writes it; matmul = 4 on one batch), 64-byte
+    // aligned: its rows are the planes as they lie, and every tile reads inside them (m0 + tile
+    // <= plane = M), so X is read in place rather than copied (PackPlanes; 1.5 MB for
     // BERT-base's fc2 at sequence 128).
     const float* const planes = q.get() != nullptr ? q.get() : x;
     const float* w = e.weights.data();
