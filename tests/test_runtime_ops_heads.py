@@ -4,9 +4,9 @@ matmul=4 reads X given (..., K, S), each batch's rows transposed (the attention'
 it comes out of Vᵀ·Pᵀ), writing Y (..., S, N) (runtime_ops/README.md). Every product path
 (one row, the K x 16..64 panels below 32 rows, the tiled path with tiles across a batch's end,
 bias and activation in the tile or after it with a residual Z of Y's shape), on every ISA and 1
-and 2 threads, against a float64 reference; matmul=4 on one batch reads X in place, ending at
-an inaccessible page; a pair through the head layout against the MatMuls it replaces; shapes
-and refusals."""
+and 2 threads, against a float64 reference; matmul=4 with batches of whole tiles reads X in
+place, ending at an inaccessible page, and copies it where X starts off 64 bytes; a pair
+through the head layout against the MatMuls it replaces; shapes and refusals."""
 
 from __future__ import annotations
 
@@ -66,17 +66,28 @@ def _want(x_sk: np.ndarray, w, bias, activation, z=None, matmul=3) -> np.ndarray
     return want
 
 
-@pytest.mark.parametrize("matmul", [3, 4])
+def at_offset(a: np.ndarray, offset: int) -> np.ndarray:
+    """A C-ordered copy of ``a`` starting ``offset`` bytes past a 64-byte boundary."""
+    raw = np.empty(a.nbytes + 64 + offset, np.uint8)
+    start = -raw.ctypes.data % 64 + offset
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+# matmul, and where X starts: on 64 bytes a transposed X whose batches are whole tiles is read
+# in place (every batch's rows its tiles' planes), 16 bytes past takes copied planes
+@pytest.mark.parametrize("matmul, x_at", [(3, 0), (4, 0), (4, 16)], ids=["matmul3", "matmul4", "matmul4_x_at_16"])
 @pytest.mark.parametrize("activation", [None, "Relu", "Gelu"])
 @pytest.mark.parametrize("with_z", [False, True], ids=["no_z", "z"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_each_batch_is_transposed(case, with_z, activation, matmul, isa, threads):
+def test_each_batch_is_transposed(case, with_z, activation, matmul, x_at, isa, threads):
     name, n, k, density, rows, has_bias = case
     rng = np.random.default_rng(zlib.crc32(f"{name}{matmul}".encode()))
     w = sparse_weight(rng, n, k, density)
     x_sk = rng.standard_normal((*rows, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32) if has_bias else None
-    x = np.ascontiguousarray(swap(x_sk)) if matmul == 4 else x_sk
+    x = at_offset(swap(x_sk), x_at) if matmul == 4 else x_sk
     y_shape = (*rows[:-1], n, rows[-1]) if matmul == 3 else (*rows, n)
     feeds = {"X": x}
     z = None
@@ -139,16 +150,18 @@ def test_key_and_context_heads_compute_attention(batch, isa, threads):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mmap/mprotect through libc")
 @pytest.mark.parametrize("s", [32, 45, 64, 128, 130])
-def test_one_batch_read_in_place_stays_inside_it(s, isa, threads):
-    """matmul=4 with one batch whose S is a whole number of tiles reads X's rows as the planes,
-    in place: X ends right before a PROT_NONE page, so a tile reading past it faults. Two
-    batches, or S not whole tiles, take copied planes. X is left as it was."""
+def test_batches_read_in_place_stay_inside_them(s, isa, threads):
+    """matmul=4 whose batches of S rows are each a whole number of tiles reads X's rows as the
+    planes, in place, one batch's tiles inside that batch: X ends right before a PROT_NONE page,
+    so a tile reading past it faults (S not whole tiles takes copied planes). X is left as it
+    was."""
     from tests.test_runtime_ops_guarded import GuardedBuffers
 
     rng = np.random.default_rng(s)
     buffers = GuardedBuffers()
     try:
-        for batch, k, n, density in ((1, 7, 70, 0.5), (1, 300, 130, 0.1), (2, 48, 40, 0.2)):
+        for batch, k, n, density in ((1, 7, 70, 0.5), (1, 300, 130, 0.1), (2, 48, 40, 0.2), (3, 33, 50, 0.3),
+                                     (5, 64, 100, 0.15)):
             w = sparse_weight(rng, n, k, density)
             bias = rng.standard_normal(n).astype(np.float32)
             xt = buffers.place(rng.standard_normal((batch, k, s)).astype(np.float32))

@@ -1157,9 +1157,10 @@ struct CsrGemmKernel {
   static constexpr double kGemmBlockL1s = 1.25;
 
   // The plan of SpmmTiled for one M: tile width, K blocks and offsets. Kept for the constant
-  // CSR and the last M seen.
+  // CSR and the last M and layout seen.
   struct GemmPlan {
     int64_t m = 0, k = 0;
+    int64_t in_place = 0;  // the batch length `seg` where X is read as it lies (InPlaceSeg), else 0
     int vi = 0;
     int64_t tile = 0, tiles = 0, plane = 0, blocks = 1, kb = 0;
     TaskOrder entries;  // weights and offsets into the transposed X
@@ -1167,25 +1168,46 @@ struct CsrGemmKernel {
   KeptPlan<GemmPlan> kept_plan;
   PoolSeen pool{kGemmSingleThreadTaskRows};
 
-  std::shared_ptr<const GemmPlan> GemmPlanFor(const Kernels& kern, const Csr& csr, int64_t m, int64_t k) const {
+  // A transposed X (transA = 1, matmul = 4) whose batches of `seg` rows each split into whole
+  // tiles (the tile chosen for one batch), X on 64 bytes, K > 0: each batch's K rows of `seg`
+  // floats are its tiles' planes as they lie, every tile reads inside its own batch, and X is
+  // read in place rather than copied into planes across the batches. Returns seg, else 0. (An
+  // empty X may come with no data pointer, and the tiles would still offset it.) A graph input
+  // fed from an array at another alignment would split every vector load across two cache
+  // lines (BERT-base's 768 x 128 Xᵀ at 10%, an Intel core: 0.296 ms in place at 16 bytes, 0.177
+  // ms at 64, 0.204 ms copied).
+  int64_t InPlaceSeg(const Kernels& kern, const float* x, int64_t m, int64_t k, int64_t seg) const {
+    if (!TransX() || m <= 0 || k <= 0 || seg <= 0 || reinterpret_cast<uintptr_t>(x) % 64 != 0) return 0;
+    int vi = 0;
+    return seg % ChooseTile(kern.conv_lanes, seg, &vi) == 0 ? seg : 0;
+  }
+
+  std::shared_ptr<const GemmPlan> GemmPlanFor(const Kernels& kern, const Csr& csr, int64_t m, int64_t k,
+                                              int64_t in_place) const {
     const int64_t task_rows = pool.TaskRows();
     return kept_plan.Get(
         constant.Holds(csr),
-        [&](const GemmPlan& p) { return p.m == m && p.k == k && p.entries.asked_rows == task_rows; },
-        [&] { return MakeGemmPlan(kern, csr, m, k, task_rows); });
+        [&](const GemmPlan& p) {
+          return p.m == m && p.k == k && p.in_place == in_place && p.entries.asked_rows == task_rows;
+        },
+        [&] { return MakeGemmPlan(kern, csr, m, k, in_place, task_rows); });
   }
 
   std::shared_ptr<const GemmPlan> MakeGemmPlan(const Kernels& kern, const Csr& csr, int64_t m, int64_t k,
-                                               int64_t task_rows) const {
+                                               int64_t in_place, int64_t task_rows) const {
     auto plan = std::make_shared<GemmPlan>();
     GemmPlan& p = *plan;
     p.m = m;
     p.k = k;
-    p.tile = ChooseTile(kern.conv_lanes, m, &p.vi);
+    p.in_place = in_place;
+    // In place: tiles within each batch, planes `seg` floats apart (M is a whole number of
+    // batches, each of whole tiles); else tiles across M, X copied into planes of whole tiles.
+    p.tile = ChooseTile(kern.conv_lanes, in_place > 0 ? in_place : m, &p.vi);
     p.tiles = (m + p.tile - 1) / p.tile;
     p.entries.asked_rows = task_rows;
     p.entries.task_rows = pool.Split(task_rows, csr.rows, p.tiles);
-    p.plane = p.tiles * p.tile;  // k * plane <= k * (m + kConvMaxTile) <= INT32_MAX (Compute)
+    // k * plane <= k * (m + kConvMaxTile) <= INT32_MAX (Compute)
+    p.plane = in_place > 0 ? in_place : p.tiles * p.tile;
     const int64_t fit = static_cast<int64_t>(kGemmBlockL1s * static_cast<double>(L1DataBytes()) /
                                              (static_cast<double>(p.tile) * sizeof(float)));
     p.kb = EvenBlocks(k, fit, &p.blocks);
@@ -1220,15 +1242,8 @@ struct CsrGemmKernel {
 
   // X as SpmmTiled's K planes of `plane` floats: plane kk holds column kk of X for rows
   // 0..m-1, zero to the plane's end (+ one tile of slack, also zero: no tile reads past it).
-  // Empty where X^T's rows are already the planes (a transposed X of one batch, plane == M and
-  // K > 0: an empty X may come with no data pointer, and the tiles would still offset it) and
-  // X is 64-byte aligned, as ONNX Runtime allocates its tensors: a graph input fed from an
-  // array at another alignment would split every vector load across two cache lines (BERT-base's
-  // 768 x 128 Xᵀ at 10%, an Intel core: 0.296 ms in place at 16 bytes, 0.177 ms at 64, 0.204 ms
-  // copied).
   PackBuffer PackPlanes(const ortabi::KernelContext* ctx, const Kernels& kern, const float* x, int64_t m, int64_t k,
                         int64_t seg, int64_t plane) const {
-    if (TransX() && seg == m && plane == m && k > 0 && reinterpret_cast<uintptr_t>(x) % 64 == 0) return PackBuffer();
     PackBuffer q = CallPack(static_cast<size_t>(k * plane + kConvMaxTile));
     constexpr int64_t kPackK = 64;
     const int64_t pack_tasks = std::max<int64_t>(1, (k + kPackK - 1) / kPackK);
@@ -1249,16 +1264,15 @@ struct CsrGemmKernel {
   void SpmmTiled(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t m,
                  int64_t k, int64_t seg, const Bias& bias, const float* z, float* y) const {
     const int64_t n = csr.rows;
-    const std::shared_ptr<const GemmPlan> plan = GemmPlanFor(kern, csr, m, k);
+    const int64_t in_place = InPlaceSeg(kern, x, m, k, seg);
+    const std::shared_ptr<const GemmPlan> plan = GemmPlanFor(kern, csr, m, k, in_place);
     const GemmPlan& p = *plan;
     const TaskOrder& e = p.entries;
-    const PackBuffer q = PackPlanes(ctx, kern, x, m, k, seg, p.plane);
-    // A transposed X of one batch with M a whole number of tiles (transA = 1, a transposed
-    // chain's second product, as BERT's FFN writes it; matmul = 4 on one batch), 64-byte
-    // aligned: its rows are the planes as they lie, and every tile reads inside them (m0 + tile
-    // <= plane = M), so X is read in place rather than copied (PackPlanes; 1.5 MB for
-    // BERT-base's fc2 at sequence 128).
-    const float* const planes = q.get() != nullptr ? q.get() : x;
+    const PackBuffer q = in_place > 0 ? PackBuffer() : PackPlanes(ctx, kern, x, m, k, seg, p.plane);
+    // A transposed X read in place (InPlaceSeg): a transposed chain's second product or
+    // matmul = 4, as BERT-base's FFN and attention output read theirs: 1.5 MB not copied for
+    // fc2 at sequence 128, and at batch 8 each batch's planes as one batch's lie (copied into
+    // planes across the batches, fc2's tiles had read 2.5 MB of planes, more than an L2).
     const float* w = e.weights.data();
     const int32_t* off = e.off.data();
     const int64_t task_rows = e.task_rows;
@@ -1276,7 +1290,7 @@ struct CsrGemmKernel {
       e.Touch(r0, r1);
       const int64_t m0 = tile * p.tile, mc = std::min(p.tile, m - m0);
       float* const buf = TaskScratch(static_cast<size_t>((r1 - r0) * p.tile));
-      const float* qt = planes + m0;
+      const float* qt = in_place > 0 ? x + m0 / in_place * k * in_place + m0 % in_place : q.get() + m0;
       // Each block pass runs the task's rows in one call (conv_rows), each row's tile starting
       // at its bias where the tile applies it.
       float inits[kMaxTaskRows];  // >= task_rows
