@@ -1,7 +1,9 @@
 """Transposed chains (passes/lower_to_sparse_ops/chains.py): a lowered product whose output only
 feeds the next lowered product's X writes it transposed (CsrGemm matmul=2, op-set 7) and the
-next reads it so (transA=1), a Reshape restoring the output's leading dims. The rewritten
-model computes what the dense one does; the pairs that must not be rewritten are not."""
+next reads it so (transA=1), a Reshape restoring the output's leading dims; or, where X's
+batches have a known number of rows (16 or more), each batch transposed (matmul=3 and 4,
+op-set 8), with no Reshape. The rewritten model computes what the dense one does; the pairs
+that must not be rewritten are not."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def _w(rng, k, n, density=0.3):
 
 def ffn(opset=17, seq=16, hidden=32, inner=64, extra_use=False, fixed_batch=None, residual=True):
     """x [N, seq, hidden] -> MatMul + b1 -> Relu -> MatMul + b2 (+ x) -> y."""
-    rng = np.random.default_rng(opset + seq)
+    rng = np.random.default_rng(opset + (seq if isinstance(seq, int) else 0))
     inits = [numpy_helper.from_array(_w(rng, hidden, inner), "w1"),
              numpy_helper.from_array(rng.standard_normal(inner).astype(np.float32), "b1"),
              numpy_helper.from_array(_w(rng, inner, hidden), "w2"),
@@ -89,9 +91,10 @@ def same_as_dense(model, low, shape):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("opset", [17, 13], ids=["shape_end", "shape_slice"])
-def test_an_ffn_pair_is_chained_and_computes_the_dense_model(opset):
-    model = ffn(opset=opset)
+@pytest.mark.parametrize("opset", [17, 11], ids=["shape_end", "shape_slice"])
+def test_an_ffn_pair_of_unknown_sequence_is_chained_over_the_whole_m(opset):
+    """A symbolic sequence axis (or none known to be long enough): one transpose of all rows."""
+    model = ffn(opset=opset, seq="S")
     low, stats = lowered(model)
     assert stats["transposed_chains"] == [{"producer": "fc1", "consumer": "fc2"}]
     nodes = csr_nodes(low)
@@ -107,6 +110,31 @@ def test_an_ffn_pair_is_chained_and_computes_the_dense_model(opset):
     onnx.checker.check_model(low)
     for batch in (1, 3):
         same_as_dense(model, low, (batch, 16, 32))
+        same_as_dense(model, low, (batch, 5, 32))
+
+
+@pytest.mark.parametrize("opset, seq, per_batch", [(17, 16, True), (13, 48, True), (17, 8, False), (11, 16, False)],
+                         ids=["16_rows", "48_rows", "8_rows_too_few", "opset_11_no_einsum"])
+def test_an_ffn_pair_of_known_sequence_transposes_each_batch(opset, seq, per_batch):
+    model = ffn(opset=opset, seq=seq)
+    low, stats = lowered(model)
+    assert stats["transposed_chains"] == [{"producer": "fc1", "consumer": "fc2"}]
+    nodes = csr_nodes(low)
+    ops = [n.op_type for n in low.graph.node]
+    if per_batch:
+        assert attrs(nodes["fc1"])["matmul"] == 3 and attrs(nodes["fc1"])["activation"] == b"Relu"
+        assert attrs(nodes["fc2"])["matmul"] == 4 and "transA" not in attrs(nodes["fc2"])
+        assert list(nodes["fc2"].input)[5] == "x"  # the residual as it was: Y's shape
+        assert "Reshape" not in ops and "Shape" not in ops
+        assert next(o.version for o in low.opset_import if o.domain == DOMAIN) == 8
+        rows = {r["name"]: r for r in stats["layers"]}
+        assert "output written per batch transposed for fc2 (matmul=3)" in rows["fc1"]["reason"]
+        assert "reads fc1's output per batch transposed (matmul=4)" in rows["fc2"]["reason"]
+    else:
+        assert attrs(nodes["fc1"])["matmul"] == 2 and attrs(nodes["fc2"])["transA"] == 1
+    onnx.checker.check_model(low)
+    for batch in (1, 3, 0):
+        same_as_dense(model, low, (batch, seq, 32))
 
 
 def test_a_gemm_mlp_chains_its_first_pair_and_needs_no_reshape():

@@ -822,8 +822,12 @@ class LowerToSparseOps(Pass):
         names = []
         for producer, consumer in transposed_chains(graph, xs, graph_outputs, taken):
             a, b = (producer.name or producer.outputs[0].name), (consumer.name or consumer.outputs[0].name)
-            row_of[id(producer)]["reason"] += f"; output written transposed for {b} (matmul=2)"
-            row_of[id(consumer)]["reason"] += f"; reads {a}'s transposed output (transA=1)"
+            if int(producer.attrs["matmul"]) == 3:
+                row_of[id(producer)]["reason"] += f"; output written per batch transposed for {b} (matmul=3)"
+                row_of[id(consumer)]["reason"] += f"; reads {a}'s output per batch transposed (matmul=4)"
+            else:
+                row_of[id(producer)]["reason"] += f"; output written transposed for {b} (matmul=2)"
+                row_of[id(consumer)]["reason"] += f"; reads {a}'s transposed output (transA=1)"
             names.append((a, b))
         return names
 
@@ -926,18 +930,20 @@ def _lowered_rows(prepared: list, rows: list[dict]) -> dict[int, dict]:
     return {id(p.node): row for (_, plans, _, _), row in zip(prepared, rows) if row["lowered"] for p in plans or []}
 
 
-def _known_rows(prepared: list, shapes: dict) -> dict[int, tuple[int | None, int | None]]:
+def _known_rows(prepared: list, shapes: dict) -> dict[int, tuple[int | None, int | None, int | None]]:
     """Each product's rows of X (M) at the expected batch where X's shape gives all of its
-    leading dims (the batch resolved as the plans resolve it), and X's rank, each None when
-    unknown: by id of the node (names may be empty or repeat)."""
-    out: dict[int, tuple[int | None, int | None]] = {}
+    leading dims (the batch resolved as the plans resolve it), X's rank, and the rows of each
+    of X's batches (its next-to-last dim, rank 3 or more), each None when unknown: by id of the
+    node (names may be empty or repeat)."""
+    out: dict[int, tuple[int | None, int | None, int | None]] = {}
     for _, plans, _, _ in prepared:
         for p in plans or []:
             if p.kind != "fc":
                 continue
             x = _shape_of(p.node.inputs[0], shapes)
             known = x is not None and (len(x) == 1 or all(d is not None for d in x[1:-1]))
-            out[id(p.node)] = (p.batch_rows if known else None, len(x) if x is not None else None)
+            seq = x[-2] if x is not None and len(x) >= 3 and isinstance(x[-2], int) else None
+            out[id(p.node)] = (p.batch_rows if known else None, len(x) if x is not None else None, seq)
     return out
 
 

@@ -9,7 +9,18 @@ and the second read it as Gemm-style ``X`` given transposed (``transA=1``): two 
 ``M × N`` floats fewer. BERT-base's encoder layer at 10%, 128 rows, ran 1.07x faster so on an
 Intel core of lscpu family 6 (one process; docs/BENCHMARKS.md).
 
-The second product then writes ``(M, N₂)``: where its ``X`` had more than two dimensions, a
+Where both are MatMul-style on an ``X`` of rank 3 or more whose batches' rows (its next-to-last
+dim, ``S``) are a known number of at least ``_MIN_PER_BATCH_ROWS``, and the graph's default-domain
+op-set is at least 12, the pair instead transposes each batch (op-set 8): the first writes
+``(…, N, S)`` (``matmul=3``) and the second reads it so (``matmul=4``) and writes ``(…, S, N₂)``
+as the MatMul did, its residual ``Z`` as it was. At one batch this is the same product; at more,
+each batch's ``K`` rows of ``S`` floats are the second product's input planes as they lie
+(runtime_ops/README.md), where one ``(K, M)`` matrix is copied into planes across the batches:
+BERT-base's ``fc2`` at batch 8 (``K`` = 3072, ``S`` = 128) took 15.5 ms copied, ~1.8 times
+eight times its 1.07 ms at batch 1 (docs/BENCHMARKS.md). ``S`` unknown (a dynamic sequence
+axis) keeps the transpose of the whole ``M``: a batch of a few rows would copy in short runs.
+
+Otherwise the second product writes ``(M, N₂)``: where its ``X`` had more than two dimensions, a
 ``Reshape`` to ``X.shape[:-1] + (N₂,)`` (the first product's ``X``'s leading dims: ``Shape``
 with ``end=-1``, op-set 15 and later, or ``Shape`` and ``Slice``; ``allowzero`` from op-set
 14, so that an empty leading dim stays empty — before it, a model fed an empty inner dim
@@ -38,6 +49,8 @@ from onnxprune.runtime_ops import DOMAIN
 
 # ai.onnxprune op-set that defines matmul=2
 TRANSPOSED_OUTPUT_OPSET = 7
+_MIN_PER_BATCH_ROWS = 16
+_PER_BATCH_ONNX_OPSET = 12  # Einsum, for the dense equivalent of matmul=3/4 (onnxprune.runtime.bench)
 _MIN_ONNX_OPSET = 10  # Slice with inputs
 _SHAPE_END_OPSET = 15  # Shape's start/end attributes
 _ALLOWZERO_OPSET = 14  # Reshape's allowzero
@@ -94,10 +107,10 @@ def _consumer_ok(node: gs.Node) -> bool:
 def transposed_chains(graph: gs.Graph, xs: dict[int, tuple[int | None, int | None]], graph_outputs: set[int],
                       taken: set[str]) -> list[tuple[gs.Node, gs.Node]]:
     """Rewrites every eligible (producer, consumer) pair of ``CsrGemm`` nodes lowered in this
-    run (module doc); ``xs[id(node)]`` is such a node's rows of ``X`` at the expected batch and
-    ``X``'s rank, each None when unknown (nodes keyed by identity: names may be empty or
-    repeat). CSR nodes the input file already had are not in ``xs`` and never paired. Returns
-    the pairs."""
+    run (module doc); ``xs[id(node)]`` is such a node's rows of ``X`` at the expected batch,
+    ``X``'s rank and the rows of each of its batches, each None when unknown (nodes keyed by
+    identity: names may be empty or repeat). CSR nodes the input file already had are not in
+    ``xs`` and never paired. Returns the pairs."""
     if graph.opset < _MIN_ONNX_OPSET:
         return []
     main = {id(n) for n in graph.nodes}
@@ -121,7 +134,14 @@ def transposed_chains(graph: gs.Graph, xs: dict[int, tuple[int | None, int | Non
         c_rank = (xs[id(c)][1] or p_rank) if int(c.attrs.get("matmul", 0)) == 1 else 2
         if c_rank is None or c_rank < 2:
             continue
-        _rewrite(graph, p, c, c_rank, taken)
+        seq = xs[id(p)][2]
+        if (graph.opset >= _PER_BATCH_ONNX_OPSET and c_rank >= 3 and int(p.attrs.get("matmul", 0)) == 1
+                and int(c.attrs.get("matmul", 0)) == 1 and seq is not None and seq >= _MIN_PER_BATCH_ROWS):
+            p.attrs["matmul"] = 3
+            p.outputs[0].shape = None  # (..., N, S) now: shape inference gives it again
+            c.attrs["matmul"] = 4
+        else:
+            _rewrite(graph, p, c, c_rank, taken)
         used.update((id(p), id(c)))
         pairs.append((p, c))
     if pairs:
