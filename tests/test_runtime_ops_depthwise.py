@@ -99,6 +99,24 @@ def test_direct_rows_of_every_width_match_the_reference(width, kernel, strides, 
     close(run(model, {"X": x}, threads, monkeypatch, "1"), want, kh * kw)
 
 
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2]], ids=["s1", "s2"])
+@pytest.mark.parametrize("width", [9, 56, 81])
+def test_channels_with_the_same_taps_share_their_layout(width, strides, isa, threads, monkeypatch):
+    """The direct path makes a plane's offsets and masks once for a run of channels keeping the
+    same taps (every channel of an unpruned layer) and again where they change: channels keep
+    all taps, a few, all, none, all, another few, all, across two batches."""
+    rng = np.random.default_rng(width)
+    w4 = rng.standard_normal((7, 1, 3, 3)).astype(np.float32)
+    w4[1].reshape(-1)[[0, 2, 6, 8]] = 0.0
+    w4[3] = 0.0
+    w4[5].reshape(-1)[[1, 3, 4]] = 0.0
+    b = rng.standard_normal(7).astype(np.float32)
+    x = rng.standard_normal((2, 7, 12, width)).astype(np.float32)
+    model = conv_model(w4, b, strides=strides, pads=[1, 1, 1, 1], dilations=[1, 1], group=7)
+    want = conv_reference(x, w4, b, strides, [1, 1, 1, 1], [1, 1], 7)
+    close(run(model, {"X": x}, threads, monkeypatch, "direct"), want, 9)
+
+
 @pytest.mark.parametrize("path", ["1", "bands", "blocks"])
 @pytest.mark.parametrize("activation", [None, "Relu", "HardSwish"])
 @pytest.mark.parametrize("case", [GEOMETRIES[1], GEOMETRIES[3]], ids=[GEOMETRIES[1][0], GEOMETRIES[3][0]])

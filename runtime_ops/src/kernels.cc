@@ -816,8 +816,11 @@ OP_AVX2 static inline void StoreLanes(float* p, int64_t left, __m256 v) {
   }
 }
 
-// The lanes whose bit is set in `bits`, the others zero and never read (dw_rows.inc).
-OP_AVX2 static inline __m256 MaskLoad(unsigned bits, const float* p) { return _mm256_maskload_ps(p, LaneMask(bits)); }
+// The lanes whose bit is set in `bits` as a load mask, and those lanes of p, the others zero
+// and never read (dw_rows.inc, dw_block.inc).
+using Mask = __m256i;
+OP_AVX2 static inline Mask MaskOf(unsigned bits) { return LaneMask(bits); }
+OP_AVX2 static inline __m256 MaskLoad(Mask mask, const float* p) { return _mm256_maskload_ps(p, mask); }
 
 #define ONNXPRUNE_TILE_TARGET OP_AVX2
 #include "dw_rows.inc"
@@ -1039,10 +1042,11 @@ OP_AVX512 static inline void StoreLanes(float* p, int64_t left, __m512 v) {
   }
 }
 
-// The lanes whose bit is set in `bits`, the others zero and never read (dw_rows.inc).
-OP_AVX512 static inline __m512 MaskLoad(unsigned bits, const float* p) {
-  return _mm512_maskz_loadu_ps(static_cast<__mmask16>(bits), p);
-}
+// The lanes whose bit is set in `bits` as a load mask, and those lanes of p, the others zero
+// and never read (dw_rows.inc, dw_block.inc).
+using Mask = __mmask16;
+OP_AVX512 static inline Mask MaskOf(unsigned bits) { return static_cast<__mmask16>(bits); }
+OP_AVX512 static inline __m512 MaskLoad(Mask mask, const float* p) { return _mm512_maskz_loadu_ps(mask, p); }
 
 #define ONNXPRUNE_TILE_TARGET OP_AVX512
 #include "dw_rows.inc"

@@ -1835,6 +1835,11 @@ struct CsrConvKernel {
     std::vector<float> wt, wt_edge;
     std::vector<uint16_t> mask, mask_edge;
     AlignedBuffer phases;
+    // The taps `off` and `mask` were made for, and what they gave (DirectPlane): the next plane
+    // with the same taps (every channel of an unpruned layer) takes its weights only.
+    bool made = false;
+    std::vector<DwTap> made_for;
+    int64_t lo = 0, hi = 0, ry0 = 0, ry1 = 0;
   };
 
   // Columns of phase p (p, p + sW, ...) of an input row; PhaseRow holds the widest.
@@ -1884,17 +1889,24 @@ struct CsrConvKernel {
     }
   }
 
-  // One channel plane: its n taps (from `taps`, weights w) over src, the plane they read, into
-  // yc; zc its Z plane or null.
-  void DirectPlane(const Kernels& kern, const ConvGeometry& g, const DwTap* taps, const float* w, int64_t n,
-                   const float* src, float init, const float* zc, float* yc, DwScratch& sc) const {
-    const int64_t lanes = kern.conv_lanes, steps = (g.ow + lanes - 1) / lanes;
-    // Columns [lo, hi) and rows [ry0, ry1) of the output where every tap reads inside X.
+  static bool SameTaps(const std::vector<DwTap>& a, const DwTap* b, int64_t n) {
+    if (static_cast<int64_t>(a.size()) != n) return false;
+    for (int64_t k = 0; k < n; ++k) {
+      const DwTap &p = a[static_cast<size_t>(k)], &q = b[k];
+      if (p.dy != q.dy || p.off != q.off || p.a != q.a || p.b != q.b || p.ra != q.ra || p.rb != q.rb) return false;
+    }
+    return true;
+  }
+
+  // What a plane's n taps give whatever their weights, into sc: each tap's offset, its mask
+  // per step of `lanes` outputs, the columns [lo, hi) and rows [ry0, ry1) of the output where
+  // every tap reads inside X.
+  void PlaneLayout(const ConvGeometry& g, int64_t lanes, const DwTap* taps, int64_t n, DwScratch& sc) const {
+    const int64_t steps = (g.ow + lanes - 1) / lanes;
     int64_t lo = 0, hi = g.ow, ry0 = 0, ry1 = g.oh;
     for (int64_t k = 0; k < n; ++k) {
       const DwTap& tap = taps[k];
       sc.off[static_cast<size_t>(k)] = tap.off;
-      sc.wt[static_cast<size_t>(k)] = w[k];
       lo = std::max(lo, tap.a);
       hi = std::min(hi, tap.b);
       ry0 = std::max(ry0, tap.ra);
@@ -1905,8 +1917,22 @@ struct CsrConvKernel {
             to <= from ? 0 : static_cast<uint16_t>(((1u << to) - 1u) & ~((1u << from) - 1u));
       }
     }
-    ry0 = std::min(ry0, g.oh);
-    ry1 = std::max(ry0, ry1);
+    sc.lo = lo;
+    sc.hi = hi;
+    sc.ry0 = std::min(ry0, g.oh);
+    sc.ry1 = std::max(sc.ry0, ry1);
+    sc.made_for.assign(taps, taps + n);
+    sc.made = true;
+  }
+
+  // One channel plane: its n taps (from `taps`, weights w) over src, the plane they read, into
+  // yc; zc its Z plane or null.
+  void DirectPlane(const Kernels& kern, const ConvGeometry& g, const DwTap* taps, const float* w, int64_t n,
+                   const float* src, float init, const float* zc, float* yc, DwScratch& sc) const {
+    const int64_t lanes = kern.conv_lanes, steps = (g.ow + lanes - 1) / lanes;
+    std::copy_n(w, n, sc.wt.begin());
+    if (!sc.made || !SameTaps(sc.made_for, taps, n)) PlaneLayout(g, lanes, taps, n, sc);
+    const int64_t lo = sc.lo, hi = sc.hi, ry0 = sc.ry0, ry1 = sc.ry1;
     const int64_t full0 = (lo + lanes - 1) / lanes, full1 = std::max(full0, std::max(lo, hi) / lanes);
     const int64_t stride = g.sh * PhaseRow(g);  // between output rows in src
     const auto finish = [&](int64_t oy0, int64_t oy1) {  // Z, then the activation, on rows [oy0, oy1)
