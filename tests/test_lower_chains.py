@@ -1,8 +1,8 @@
 """Transposed chains (passes/lower_to_sparse_ops/chains.py): a lowered product whose output only
 feeds the next lowered product's X writes it transposed (CsrGemm matmul=2, op-set 7) and the
 next reads it so (transA=1), a Reshape restoring the output's leading dims; or, where X's
-batches have a known number of rows (16 or more), each batch transposed (matmul=3 and 4,
-op-set 8), with no Reshape. The rewritten model computes what the dense one does; the pairs
+batches have a known number of rows that is a multiple of 64, each batch transposed (matmul=3
+and 4, op-set 8), with no Reshape. The rewritten model computes what the dense one does; the pairs
 that must not be rewritten are not."""
 
 from __future__ import annotations
@@ -113,8 +113,10 @@ def test_an_ffn_pair_of_unknown_sequence_is_chained_over_the_whole_m(opset):
         same_as_dense(model, low, (batch, 5, 32))
 
 
-@pytest.mark.parametrize("opset, seq, per_batch", [(17, 16, True), (13, 48, True), (17, 8, False), (11, 16, False)],
-                         ids=["16_rows", "48_rows", "8_rows_too_few", "opset_11_no_einsum"])
+@pytest.mark.parametrize("opset, seq, per_batch", [(17, 64, True), (13, 128, True), (17, 16, False), (17, 96, False),
+                                                   (11, 64, False)],
+                         ids=["64_rows", "128_rows", "16_rows_too_few", "96_rows_not_read_in_place",
+                              "opset_11_no_einsum"])
 def test_an_ffn_pair_of_known_sequence_transposes_each_batch(opset, seq, per_batch):
     model = ffn(opset=opset, seq=seq)
     low, stats = lowered(model)

@@ -44,6 +44,7 @@ CASES = [
     ("panels_4d", 21, 33, 0.3, (2, 2, 5), True),
     ("tiled_one_batch", 70, 96, 0.15, (1, 128), True),
     ("tiled_batches", 70, 96, 0.15, (2, 64), True),
+    ("tiled_batches_of_320", 50, 40, 0.2, (2, 320), True),  # in place in the widest tiles dividing 320
     ("tiled_ragged", 70, 300, 0.1, (3, 45), False),  # tiles across batch ends
     ("tiled_4d_ragged", 40, 64, 0.2, (2, 3, 37), True),
     ("tiled_parallel", 300, 128, 0.1, (2, 128), True),
@@ -149,7 +150,7 @@ def test_key_and_context_heads_compute_attention(batch, isa, threads):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mmap/mprotect through libc")
-@pytest.mark.parametrize("s", [32, 45, 64, 128, 130])
+@pytest.mark.parametrize("s", [16, 32, 45, 64, 128, 130, 320])
 def test_batches_read_in_place_stay_inside_them(s, isa, threads):
     """matmul=4 whose batches of S rows are each a whole number of tiles reads X's rows as the
     planes, in place, one batch's tiles inside that batch: X ends right before a PROT_NONE page,

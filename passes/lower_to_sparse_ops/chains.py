@@ -10,7 +10,7 @@ and the second read it as Gemm-style ``X`` given transposed (``transA=1``): two 
 Intel core of lscpu family 6 (one process; docs/BENCHMARKS.md).
 
 Where both are MatMul-style on an ``X`` of rank 3 or more whose batches' rows (its next-to-last
-dim, ``S``) are a known number of at least ``_MIN_PER_BATCH_ROWS``, and the graph's default-domain
+dim, ``S``) are a known multiple of ``_PER_BATCH_ROWS`` (64), and the graph's default-domain
 op-set is at least 12, the pair instead transposes each batch (op-set 8): the first writes
 ``(…, N, S)`` (``matmul=3``) and the second reads it so (``matmul=4``) and writes ``(…, S, N₂)``
 as the MatMul did, its residual ``Z`` as it was. At one batch this is the same product; at more,
@@ -18,7 +18,8 @@ each batch's ``K`` rows of ``S`` floats are the second product's input planes as
 (runtime_ops/README.md), where one ``(K, M)`` matrix is copied into planes across the batches:
 BERT-base's ``fc2`` at batch 8 (``K`` = 3072, ``S`` = 128) took 15.5 ms copied, ~1.8 times
 eight times its 1.07 ms at batch 1 (docs/BENCHMARKS.md). ``S`` unknown (a dynamic sequence
-axis) keeps the transpose of the whole ``M``: a batch of a few rows would copy in short runs.
+axis) or not such a multiple keeps the transpose of the whole ``M``: batches the second product
+cannot read in place are copied in runs of ``S`` floats, slower than one transpose.
 
 Otherwise the second product writes ``(M, N₂)``: where its ``X`` had more than two dimensions, a
 ``Reshape`` to ``X.shape[:-1] + (N₂,)`` (the first product's ``X``'s leading dims: ``Shape``
@@ -49,7 +50,10 @@ from onnxprune.runtime_ops import DOMAIN
 
 # ai.onnxprune op-set that defines matmul=2
 TRANSPOSED_OUTPUT_OPSET = 7
-_MIN_PER_BATCH_ROWS = 16
+# S a multiple of 64 rows: CsrGemm reads each batch in place (4- or 8-vector tiles divide it on
+# AVX-512 and AVX2); where it would copy, per batch ran 0.89-1.05x of the whole M's transpose
+# (S = 16, 32, 48, 80, 96 at batch 8; 64 and up, read in place: 1.07-1.17x)
+_PER_BATCH_ROWS = 64
 _PER_BATCH_ONNX_OPSET = 12  # Einsum, for the dense equivalent of matmul=3/4 (onnxprune.runtime.bench)
 _MIN_ONNX_OPSET = 10  # Slice with inputs
 _SHAPE_END_OPSET = 15  # Shape's start/end attributes
@@ -135,8 +139,9 @@ def transposed_chains(graph: gs.Graph, xs: dict[int, tuple[int | None, int | Non
         if c_rank is None or c_rank < 2:
             continue
         seq = xs[id(p)][2]
-        if (graph.opset >= _PER_BATCH_ONNX_OPSET and c_rank >= 3 and int(p.attrs.get("matmul", 0)) == 1
-                and int(c.attrs.get("matmul", 0)) == 1 and seq is not None and seq >= _MIN_PER_BATCH_ROWS):
+        both_matmul = int(p.attrs.get("matmul", 0)) == 1 and int(c.attrs.get("matmul", 0)) == 1
+        if (graph.opset >= _PER_BATCH_ONNX_OPSET and c_rank >= 3 and both_matmul and seq is not None and seq > 0
+                and seq % _PER_BATCH_ROWS == 0):
             p.attrs["matmul"] = 3
             p.outputs[0].shape = None  # (..., N, S) now: shape inference gives it again
             c.attrs["matmul"] = 4

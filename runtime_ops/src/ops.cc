@@ -1169,17 +1169,34 @@ struct CsrGemmKernel {
   PoolSeen pool{kGemmSingleThreadTaskRows};
 
   // A transposed X (transA = 1, matmul = 4) whose batches of `seg` rows each split into whole
-  // tiles (the tile chosen for one batch), X on 64 bytes, K > 0: each batch's K rows of `seg`
-  // floats are its tiles' planes as they lie, every tile reads inside its own batch, and X is
-  // read in place rather than copied into planes across the batches. Returns seg, else 0. (An
-  // empty X may come with no data pointer, and the tiles would still offset it.) A graph input
-  // fed from an array at another alignment would split every vector load across two cache
-  // lines (BERT-base's 768 x 128 Xᵀ at 10%, an Intel core: 0.296 ms in place at 16 bytes, 0.177
-  // ms at 64, 0.204 ms copied).
+  // tiles (InPlaceTile), X on 64 bytes, K > 0: each batch's K rows of `seg` floats are its
+  // tiles' planes as they lie, every tile reads inside its own batch, and X is read in place
+  // rather than copied into planes across the batches. Returns seg, else 0. (An empty X may
+  // come with no data pointer, and the tiles would still offset it.) A graph input fed from an
+  // array at another alignment would split every vector load across two cache lines
+  // (BERT-base's 768 x 128 Xᵀ at 10%, an Intel core: 0.296 ms in place at 16 bytes, 0.177 ms
+  // at 64, 0.204 ms copied).
   int64_t InPlaceSeg(const Kernels& kern, const float* x, int64_t m, int64_t k, int64_t seg) const {
     if (!TransX() || m <= 0 || k <= 0 || seg <= 0 || reinterpret_cast<uintptr_t>(x) % 64 != 0) return 0;
     int vi = 0;
-    return seg % ChooseTile(kern.conv_lanes, seg, &vi) == 0 ? seg : 0;
+    return InPlaceTile(kern.conv_lanes, seg, &vi) > 0 ? seg : 0;
+  }
+
+  // The tile for batches of `seg` rows read in place, at least 4 vectors wide: the one chosen
+  // for `seg` rows where it divides them, else the widest that does (sets *vi), else 0.
+  // Narrower tiles pay their broadcast and offset per nonzero over too few rows: an FFN pair of
+  // BERT-base's shape at 10%, 8 batches of 16 rows, ran 0.78x as fast in one-vector tiles in
+  // place as copied into 128-row tiles (an Intel core, lscpu family 6 model 207).
+  static int64_t InPlaceTile(int lanes, int64_t seg, int* vi) {
+    const int64_t tile = ChooseTile(lanes, seg, vi);
+    if (seg % tile == 0 && kConvVectors[*vi] >= 4) return tile;
+    for (int v = kConvVectorChoices - 1; v >= 0 && kConvVectors[v] >= 4; --v) {
+      if (seg % (static_cast<int64_t>(lanes) * kConvVectors[v]) == 0) {
+        *vi = v;
+        return static_cast<int64_t>(lanes) * kConvVectors[v];
+      }
+    }
+    return 0;
   }
 
   std::shared_ptr<const GemmPlan> GemmPlanFor(const Kernels& kern, const Csr& csr, int64_t m, int64_t k,
@@ -1202,7 +1219,7 @@ struct CsrGemmKernel {
     p.in_place = in_place;
     // In place: tiles within each batch, planes `seg` floats apart (M is a whole number of
     // batches, each of whole tiles); else tiles across M, X copied into planes of whole tiles.
-    p.tile = ChooseTile(kern.conv_lanes, in_place > 0 ? in_place : m, &p.vi);
+    p.tile = in_place > 0 ? InPlaceTile(kern.conv_lanes, in_place, &p.vi) : ChooseTile(kern.conv_lanes, m, &p.vi);
     p.tiles = (m + p.tile - 1) / p.tile;
     p.entries.asked_rows = task_rows;
     p.entries.task_rows = pool.Split(task_rows, csr.rows, p.tiles);
