@@ -13,6 +13,7 @@ the residual Z and the activations."""
 
 from __future__ import annotations
 
+import sys
 import zlib
 
 import numpy as np
@@ -117,6 +118,60 @@ def test_channels_with_the_same_taps_share_their_layout(width, strides, isa, thr
     close(run(model, {"X": x}, threads, monkeypatch, "direct"), want, 9)
 
 
+# The grid path (ops.cc GridKernel, AVX-512): stride 1, unit dilation, a 3x3 or 5x5 kernel
+# padded (K - 1) / 2 columns each side, any rows of padding; widths across its vector steps and
+# step pairs, heights across its groups of four rows and its bands of rows.
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("width", [1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49, 56, 64, 65, 112])
+def test_the_grid_path_matches_the_reference(width, k, isa, threads, monkeypatch):
+    """Channels keeping every tap take the grid (one of them with a tap named twice, summed),
+    the others the direct path's rows (a tap left out, an empty channel), in two batches; a
+    residual Z and an activation after; X placed right before an inaccessible page where the
+    platform allows, and left as it was."""
+    rng = np.random.default_rng(width * 10 + k)
+    # 112 wide: 97 rows, several bands (ops.cc GridRunRows: 40 rows of a 144-float pitch in 24 KiB)
+    c, h = 6, 97 if width == 112 else 1 + width % 9 + (4 if k == 5 else 0)
+    w4 = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    w4[2].reshape(-1)[k] = 0.0  # a tap left out
+    w4[4] = 0.0
+    pads = [0 if width % 2 else 2, k // 2, 3, k // 2]  # rows of padding on top and below: any
+    b = rng.standard_normal(c).astype(np.float32)
+    x = rng.standard_normal((2, c, h, width)).astype(np.float32)
+    conv = conv_reference(x, w4, b, [1, 1], pads, [1, 1], c)
+    z = rng.standard_normal(conv.shape).astype(np.float32)
+    want = np.maximum(conv + z, 0.0)
+    model = residual_model(w4, b, strides=[1, 1], pads=pads, group=c, activation="Relu")
+    close(run(model, {"X": x, "Z": z}, threads, monkeypatch, "1"), want, k * k)
+    # the repeated tap: channel 0's centre as two entries of half its weight each
+    from tests.test_runtime_ops_hostile import op_model
+    dense = w4.reshape(c, -1)
+    vals, cols, ptr = [], [], [0]
+    for ch in range(c):
+        nz = np.flatnonzero(dense[ch])
+        v = dense[ch, nz].astype(np.float32)
+        if ch == 0:
+            centre = (k * k) // 2
+            nz = np.append(nz, centre)
+            v[list(nz[:-1]).index(centre)] *= 0.5
+            v = np.append(v, dense[ch, centre] * 0.5).astype(np.float32)
+        vals.append(v)
+        cols.append(nz.astype(np.int16))
+        ptr.append(ptr[-1] + len(nz))
+    csr = (np.concatenate(vals), np.concatenate(cols), np.array(ptr, np.int32))
+    model2, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[k, k], pads=pads, group=c)  # no bias
+    conv = conv_reference(x, w4, None, [1, 1], pads, [1, 1], c)
+    close(run(model2, {"X": x}, threads, monkeypatch, "1"), conv, k * k)
+    if sys.platform.startswith("linux"):
+        from tests.test_runtime_ops_guarded import GuardedBuffers
+        buffers = GuardedBuffers()
+        try:
+            xg = buffers.place(x)
+            close(run(model2, {"X": xg}, threads, monkeypatch, "1"), conv, k * k)
+            assert np.array_equal(xg, x)
+        finally:
+            buffers.free()
+
+
 @pytest.mark.parametrize("path", ["1", "bands", "blocks"])
 @pytest.mark.parametrize("activation", [None, "Relu", "HardSwish"])
 @pytest.mark.parametrize("case", [GEOMETRIES[1], GEOMETRIES[3]], ids=[GEOMETRIES[1][0], GEOMETRIES[3][0]])
@@ -171,9 +226,11 @@ def test_the_layout_depthwise_layers_take(lib, monkeypatch):
 
 def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
     """5: channel blocks (ops.cc ChannelBlocks) on maps at most 16 outputs wide (8 for a
-    sparse strided layer), or 32 where the channels keep half their taps; 4 (X read directly)
-    on wider maps, sparser 28-wide ones, and whenever ONNXPRUNE_CONV_DEPTHWISE=direct;
-    =blocks forces 5 where the block's scratch stays within its bound."""
+    sparse strided layer), or 32 where the channels keep half their taps and the grid path
+    does not take them; 4 (X read directly) on wider maps, sparser 28-wide ones, and whenever
+    ONNXPRUNE_CONV_DEPTHWISE=direct, 6 of those where the grid path (AVX-512; stride 1, a
+    centred 3x3 or 5x5) takes channels that keep every tap; =blocks forces 5 where the block's
+    scratch stays within its bound."""
     attrs = [3, 3, 1, 1, 1, 1, 1, 1, 1, 1]
     stride2 = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]
     monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
@@ -182,10 +239,13 @@ def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
             continue
         assert conv_layout(lib, isa_name, [*attrs, 960], [1, 960, 7, 7], 960, 960 * 9) == 5
         assert conv_layout(lib, isa_name, [*attrs, 960], [1, 960, 7, 7], 960, 960 * 2) == 5  # 22%
-        assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 9) == 5
+        grid = 6 if isa_name == "avx512" else None
+        assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 9) == (grid or 5)
         assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 2) == 4
         assert conv_layout(lib, isa_name, [*stride2, 144], [1, 144, 56, 56], 144, 144 * 9) == 5  # 28 wide
-        assert conv_layout(lib, isa_name, [*attrs, 144], [1, 144, 56, 56], 144, 144 * 9) == 4
+        assert conv_layout(lib, isa_name, [*attrs, 144], [1, 144, 56, 56], 144, 144 * 9) == (grid or 4)
+        assert conv_layout(lib, isa_name, [3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 144], [1, 144, 56, 56], 144,
+                           144 * 9) == 4  # dilated: the direct path's row kernel
         # stride 2 at 22%: 16 outputs wide read 32 inputs a row, the transposes' cost; 7 wide not
         assert conv_layout(lib, isa_name, [*stride2, 576], [1, 576, 32, 32], 576, 576 * 2) == 4
         assert conv_layout(lib, isa_name, [*stride2, 576], [1, 576, 32, 32], 576, 576 * 9) == 5

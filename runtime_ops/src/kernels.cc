@@ -241,6 +241,12 @@ inline const float* At(const float* x, int64_t i) {
                                         static_cast<uintptr_t>(static_cast<intptr_t>(i) * 4));
 }
 
+// Kernels::copy_rows, one float at a time.
+void CopyRows(const float* src, int64_t w, int64_t rows, float* dst, int64_t pitch) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < w; ++i) dst[r * pitch + i] = src[r * w + i];
+}
+
 // Kernels::dw_rows lane by lane, on conv_lanes = 8.
 void DwRows(const float* x, int64_t stride, const int64_t* off, const float* w, const uint16_t* mask, int64_t n,
             int64_t /*full0*/, int64_t /*full1*/, int64_t oy0, int64_t oy1, int64_t ow, float init, float* y) {
@@ -1052,6 +1058,7 @@ OP_AVX512 static inline __m512 MaskLoad(Mask mask, const float* p) { return _mm5
 #include "dw_rows.inc"
 #include "dw_block.inc"
 #undef ONNXPRUNE_TILE_TARGET
+#include "dw_grid.inc"
 
 }  // namespace avx512
 
@@ -1073,6 +1080,7 @@ static const Kernels kScalarKernels = {
     {scalar::ConvRows<1>, scalar::ConvRows<4>, scalar::ConvRows<8>, scalar::ConvRows<12>, scalar::ConvRows<13>,
      scalar::ConvRows<14>}, scalar::Transpose, scalar::HalfToFloatN,
     scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock,
+    {nullptr, nullptr}, scalar::CopyRows,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
@@ -1081,6 +1089,7 @@ static const Kernels kAvx2Kernels = {
     {avx2::ConvRows<1>, avx2::ConvRows<4>, avx2::ConvRows<8>, avx2::ConvRows<12>, avx2::ConvRows<13>,
      avx2::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock,
+    {nullptr, nullptr}, avx2::CopyRows,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
@@ -1089,6 +1098,7 @@ static const Kernels kAvx512Kernels = {
     {avx512::ConvRows<1>, avx512::ConvRows<4>, avx512::ConvRows<8>, avx512::ConvRows<12>, avx512::ConvRows<13>,
      avx512::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock,
+    {avx512::DwGrid<3>, avx512::DwGrid<5>}, avx512::CopyRows,
 };
 
 #undef ONNXPRUNE_BY_TYPE

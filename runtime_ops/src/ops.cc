@@ -1648,7 +1648,8 @@ struct CsrConvKernel {
     const ConvGeometry g = k.Plan(t, csr);
     if (g.empty()) Fail(ortabi::kInvalidArgument, "refused: an empty output");
     if (k.ChannelBlocks(g, nnz)) return 5;
-    if (k.ReadsXDirectly(g)) return 4;
+    int64_t pitch = 0;
+    if (k.ReadsXDirectly(g)) return k.GridKernel(KernelsFor(isa), g, &pitch) && nnz == c_out * k.kh * k.kw ? 6 : 4;
     DwGeometry d;
     if (k.DepthwiseRows(g, &d)) return 3;
     return g.x_layout ? 0 : g.shifted ? 2 : 1;
@@ -1818,6 +1819,7 @@ struct CsrConvKernel {
   // channels of 13x10 (0.93-1.00x), where a call's fixed cost dominates.
   static constexpr int64_t kDwMaxMasks = 1 << 20;        // mask table entries a task may hold
   static constexpr int64_t kDwMaxPhaseFloats = 1 << 22;  // a channel's column phases (16 MiB; DwPhaseFloats)
+  static constexpr int64_t kDwGridMaxFloats = 1 << 22;   // a band's zero-padded copy (16 MiB; GridKernel)
   static constexpr int64_t kDwRunFloats = 4096;          // outputs per run of rows (16 KiB)
   // A row of the plane DirectDepthwise reads: ceil(W / sW) floats, the widest column phase
   // (W itself at sW = 1, where that plane is X's channel).
@@ -1854,6 +1856,7 @@ struct CsrConvKernel {
     AlignedBuffer phases;
     // The taps `off` and `mask` were made for, and what they gave (DirectPlane): the next plane
     // with the same taps (every channel of an unpruned layer) takes its weights only.
+    AlignedBuffer grid;  // the grid path's zero-padded copy of a plane (GridPlane)
     bool made = false;
     std::vector<DwTap> made_for;
     int64_t lo = 0, hi = 0, ry0 = 0, ry1 = 0;
@@ -1997,14 +2000,20 @@ struct CsrConvKernel {
     for (int64_t j = 0; j < csr.nnz; ++j)
       if (!std::isfinite(w[j])) return false;
     const Kernels& kern = KernelsFor(isa);
-    int64_t widest = 0;
-    const std::vector<DwTap> taps = DirectTaps(g, csr, &widest);
+    int64_t pitch = 0;
+    const DwGridFn grid = GridKernel(kern, g, &pitch);
+    const std::shared_ptr<const DwDirectPlan> plan = kept_direct.Get(
+        constant.Holds(csr), [&](const DwDirectPlan& p) { return p.h == g.h && p.w == g.w; },
+        [&] { return MakeDirectPlan(g, csr, w, grid != nullptr); });
+    const std::vector<DwTap>& taps = plan->taps;
+    const int64_t widest = plan->widest;
     const int64_t steps = (g.ow + kern.conv_lanes - 1) / kern.conv_lanes;
     if (static_cast<double>(steps) * static_cast<double>(widest) > static_cast<double>(kDwMaxMasks)) return false;
     const int64_t planes = g.nb * g.c_out, groups = (planes + kDwTaskPlanes - 1) / kDwTaskPlanes;
     ParallelFor(ctx, static_cast<size_t>(groups), [&](size_t t) {
       const size_t cap = static_cast<size_t>(widest);
       DwScratch sc;
+      if (grid != nullptr) sc.grid = GridCopy(g, pitch);
       sc.off.resize(cap);
       sc.off_edge.resize(cap);
       sc.wt.resize(cap);
@@ -2017,14 +2026,128 @@ struct CsrConvKernel {
       for (int64_t plane = static_cast<int64_t>(t) * kDwTaskPlanes; plane < p1; ++plane) {
         const int64_t c = plane % g.c_out;  // also the input channel
         const float* xc = x + plane * g.h * g.w;
+        const float init = bias ? bias[c] : 0.f;
+        const float* zc = z ? z + plane * g.oh * g.ow : nullptr;
+        float* yc = y + plane * g.oh * g.ow;
+        if (grid != nullptr && plan->grid_ok[static_cast<size_t>(c)]) {
+          GridPlane(kern, g, grid, pitch, xc, plan->grid_w.data() + c * kh * kw, init, zc, yc, sc.grid.get());
+          continue;
+        }
         if (g.sw > 1) FillColumnPhases(kern, g, xc, sc.phases.get());
         const int64_t j0 = csr.row_ptr[c];
         DirectPlane(kern, g, taps.data() + j0, w + j0, csr.row_ptr[c + 1] - j0, g.sw > 1 ? sc.phases.get() : xc,
-                    bias ? bias[c] : 0.f, z ? z + plane * g.oh * g.ow : nullptr, y + plane * g.oh * g.ow, sc);
+                    init, zc, yc, sc);
       }
     });
     return true;
   }
+
+  // The grid path (Kernels::dw_grid) for this layer, or null: stride 1, unit dilation, a 3x3 or
+  // 5x5 kernel padded (K - 1) / 2 columns on each side (so OW = W), an instruction set that has
+  // it, and a copy within kDwGridMaxFloats; *pitch: the copy's row length. Its channels that
+  // keep every tap take it (GridWeights). One node after a Relu, 1 thread, an Intel core (lscpu
+  // family 6 model 207): dense 3x3 over 144 channels of 56x56 ... (docs/BENCHMARKS.md).
+  using DwGridFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, float, float*);
+  DwGridFn GridKernel(const Kernels& kern, const ConvGeometry& g, int64_t* pitch) const {
+    if (sh != 1 || sw != 1 || dh != 1 || dw != 1 || kh != kw || (kh != 3 && kh != 5)) return nullptr;
+    if (pad_l != (kw - 1) / 2 || pad_r != pad_l || g.ow != g.w) return nullptr;
+    const DwGridFn fn = kern.dw_grid[kh == 5 ? 1 : 0];
+    if (fn == nullptr) return nullptr;
+    if (g.ow > kDwGridMaxFloats / 64) return nullptr;  // bounds pitch, so that the products below stay small
+    *pitch = 16 * ((g.ow + 15) / 16 + 2);  // >= 16 + W: the lead vector, the row, the last steps' reach
+    const double floats = static_cast<double>(GridRunRows(g, *pitch) + kh - 1) * static_cast<double>(*pitch);
+    return floats <= static_cast<double>(kDwGridMaxFloats) ? fn : nullptr;
+  }
+
+  // What DirectDepthwise derives from the CSR for one input size, kept for a constant CSR (the
+  // taps' divisions had cost ~90 cycles a nonzero on every call): every nonzero's tap, the
+  // longest row and, where the grid path applies, each channel's K x K weights and whether it
+  // takes them (GridWeights).
+  struct DwDirectPlan {
+    int64_t h = 0, w = 0;
+    std::vector<DwTap> taps;
+    int64_t widest = 0;
+    std::vector<uint8_t> grid_ok;  // by channel
+    std::vector<float> grid_w;     // c_out * kH * kW
+  };
+  KeptPlan<DwDirectPlan> kept_direct;
+
+  std::shared_ptr<const DwDirectPlan> MakeDirectPlan(const ConvGeometry& g, const Csr& csr, const float* w,
+                                                     bool grid) const {
+    auto plan = std::make_shared<DwDirectPlan>();
+    plan->h = g.h;
+    plan->w = g.w;
+    plan->taps = DirectTaps(g, csr, &plan->widest);
+    if (grid) {
+      plan->grid_ok.resize(static_cast<size_t>(g.c_out));
+      plan->grid_w.resize(static_cast<size_t>(g.c_out * kh * kw));
+      for (int64_t c = 0; c < g.c_out; ++c)
+        plan->grid_ok[static_cast<size_t>(c)] = GridWeights(csr, w, c, plan->grid_w.data() + c * kh * kw) ? 1 : 0;
+    }
+    return plan;
+  }
+
+  // A task's copy for the grid path (a band's rows, GridPlane), zero to begin with: the bands
+  // write only the columns of X.
+  AlignedBuffer GridCopy(const ConvGeometry& g, int64_t pitch) const {
+    const size_t floats = static_cast<size_t>((GridRunRows(g, pitch) + kh - 1) * pitch);  // <= kDwGridMaxFloats
+    AlignedBuffer copy = AllocFloats(floats);
+    std::memset(copy.get(), 0, floats * sizeof(float));
+    return copy;
+  }
+
+  // Channel c's K x K weights, row-major, into gw (repeated columns summed), when it keeps every
+  // tap and every sum is finite; false otherwise (the direct path takes the channel: it never
+  // reads a tap the channel leaves out, while the grid multiplies all of them).
+  bool GridWeights(const Csr& csr, const float* w, int64_t c, float* gw) const {
+    const int64_t taps = kh * kw;  // <= 25 (GridKernel)
+    bool seen[25] = {};
+    int64_t distinct = 0, running = 0;
+    std::fill_n(gw, taps, 0.f);
+    for (int64_t j = csr.row_ptr[c]; j < csr.row_ptr[c + 1]; ++j) {
+      const int64_t col = ColumnAt(csr, j, &running);  // < kH * kW (Plan)
+      distinct += seen[col] ? 0 : 1;
+      seen[col] = true;
+      gw[col] += w[j];
+    }
+    if (distinct != taps) return false;
+    for (int64_t k = 0; k < taps; ++k)
+      if (!std::isfinite(gw[k])) return false;
+    return true;
+  }
+
+  // One channel plane through the grid path, band by band of GridRunRows output rows: the
+  // input rows a band reads into the copy (rows of padding zeroed; the columns ahead of and
+  // past X's stay zero from GridCopy), the kernel over the band, then its Z and activation
+  // while it is in cache.
+  void GridPlane(const Kernels& kern, const ConvGeometry& g, DwGridFn grid, int64_t pitch, const float* xc,
+                 const float* gw, float init, const float* zc, float* yc, float* copy) const {
+    const int64_t run = GridRunRows(g, pitch);
+    for (int64_t oy0 = 0; oy0 < g.oh; oy0 += run) {
+      const int64_t oy1 = std::min(g.oh, oy0 + run), rows = oy1 - oy0 + kh - 1;
+      const int64_t r0 = oy0 - pad_t;  // the input row of the copy's row 0
+      const int64_t in0 = std::min(std::max<int64_t>(0, r0), g.h), in1 = std::max(in0, std::min(g.h, r0 + rows));
+      for (int64_t i = 0; i < rows; ++i) {
+        if (r0 + i < in0 || r0 + i >= in1)
+          std::memset(copy + i * pitch + 16, 0, static_cast<size_t>(g.w) * sizeof(float));
+      }
+      if (in1 > in0) kern.copy_rows(xc + in0 * g.w, g.w, in1 - in0, copy + (in0 - r0) * pitch + 16, pitch);
+      grid(copy, pitch, gw, 0, oy1 - oy0, g.ow, init, yc + oy0 * g.ow);
+      const int64_t count = (oy1 - oy0) * g.ow;
+      if (zc != nullptr) kern.add(yc + oy0 * g.ow, zc + oy0 * g.ow, count);
+      if (act.kind != Act::kNone) kern.activate(yc + oy0 * g.ow, count, act);
+    }
+  }
+
+  // Output rows per band of the grid path: its copy (the band's rows and kH - 1 more) within
+  // half the L1 data cache, a multiple of the kernel's groups of four rows, at least four. A
+  // whole 112 x 112 plane's copy (65 KB) had run 0.92x as fast as the direct path's rows.
+  int64_t GridRunRows(const ConvGeometry& g, int64_t pitch) const {
+    const int64_t fit = static_cast<int64_t>(0.5 * static_cast<double>(L1DataBytes()) /
+                                             static_cast<double>(pitch * static_cast<int64_t>(sizeof(float))));
+    return std::min(std::max<int64_t>(4, (fit - (kh - 1)) / 4 * 4), std::max<int64_t>(g.oh, 1));
+  }
+
 
   // Depthwise layers on small maps, L = conv_lanes channels at a time (Kernels::dw_block): a
   // task transposes its block's input planes into pixels of L floats (channel l in lane l),
@@ -2064,7 +2187,13 @@ struct CsrConvKernel {
     const double density = static_cast<double>(nnz) / (static_cast<double>(g.c_out) * static_cast<double>(kh * kw));
     const bool dense = density >= kDwBlockDense;
     const int64_t narrow = dense || (g.sh == 1 && g.sw == 1) ? kDwBlockNarrow : kDwBlockNarrow / 2;
-    return (g.ow <= narrow || (g.ow <= kDwBlockWide && dense)) &&
+    // Where the grid path takes the layer (its channels keeping every tap), maps wider than
+    // kDwBlockNarrow go to it: 3x3 over 192 channels of 28x28, one node chained four deep,
+    // 0.352 ms against 0.441 in blocks (an Intel core, lscpu family 6 model 207); 14x14 and
+    // 7x7 stay in blocks (0.208 against 0.399, 0.121 against 0.815).
+    int64_t pitch = 0;
+    const bool grid = dense && GridKernel(KernelsFor(isa), g, &pitch) != nullptr;
+    return (g.ow <= narrow || (g.ow <= kDwBlockWide && dense && !grid)) &&
            floats * sizeof(float) <= kDwBlockL2s * static_cast<double>(L2Bytes());
   }
 
