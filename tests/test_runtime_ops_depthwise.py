@@ -118,12 +118,13 @@ def test_channels_with_the_same_taps_share_their_layout(width, strides, isa, thr
     close(run(model, {"X": x}, threads, monkeypatch, "direct"), want, 9)
 
 
-# The grid path (ops.cc GridKernel, AVX-512): stride 1, unit dilation, a 3x3 or 5x5 kernel
+# The grid path (ops.cc GridKernel, AVX-512): stride 1 or 2, unit dilation, a 3x3 or 5x5 kernel
 # padded (K - 1) / 2 columns each side, any rows of padding; widths across its vector steps and
 # step pairs, heights across its groups of four rows and its bands of rows.
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("width", [1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49, 56, 64, 65, 112])
-def test_the_grid_path_matches_the_reference(width, k, isa, threads, monkeypatch):
+def test_the_grid_path_matches_the_reference(width, k, stride, isa, threads, monkeypatch):
     """Channels keeping every tap take the grid (one of them with a tap named twice, summed),
     the others the direct path's rows (a tap left out, an empty channel), in two batches; a
     residual Z and an activation after; X placed right before an inaccessible page where the
@@ -137,10 +138,11 @@ def test_the_grid_path_matches_the_reference(width, k, isa, threads, monkeypatch
     pads = [0 if width % 2 else 2, k // 2, 3, k // 2]  # rows of padding on top and below: any
     b = rng.standard_normal(c).astype(np.float32)
     x = rng.standard_normal((2, c, h, width)).astype(np.float32)
-    conv = conv_reference(x, w4, b, [1, 1], pads, [1, 1], c)
+    st = [stride, stride]
+    conv = conv_reference(x, w4, b, st, pads, [1, 1], c)
     z = rng.standard_normal(conv.shape).astype(np.float32)
     want = np.maximum(conv + z, 0.0)
-    model = residual_model(w4, b, strides=[1, 1], pads=pads, group=c, activation="Relu")
+    model = residual_model(w4, b, strides=st, pads=pads, group=c, activation="Relu")
     close(run(model, {"X": x, "Z": z}, threads, monkeypatch, "1"), want, k * k)
     # the repeated tap: channel 0's centre as two entries of half its weight each
     from tests.test_runtime_ops_hostile import op_model
@@ -158,8 +160,8 @@ def test_the_grid_path_matches_the_reference(width, k, isa, threads, monkeypatch
         cols.append(nz.astype(np.int16))
         ptr.append(ptr[-1] + len(nz))
     csr = (np.concatenate(vals), np.concatenate(cols), np.array(ptr, np.int32))
-    model2, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[k, k], pads=pads, group=c)  # no bias
-    conv = conv_reference(x, w4, None, [1, 1], pads, [1, 1], c)
+    model2, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[k, k], pads=pads, strides=st, group=c)  # no bias
+    conv = conv_reference(x, w4, None, st, pads, [1, 1], c)
     close(run(model2, {"X": x}, threads, monkeypatch, "1"), conv, k * k)
     if sys.platform.startswith("linux"):
         from tests.test_runtime_ops_guarded import GuardedBuffers
@@ -242,7 +244,7 @@ def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
         grid = 6 if isa_name == "avx512" else None
         assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 9) == (grid or 5)
         assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 2) == 4
-        assert conv_layout(lib, isa_name, [*stride2, 144], [1, 144, 56, 56], 144, 144 * 9) == 5  # 28 wide
+        assert conv_layout(lib, isa_name, [*stride2, 144], [1, 144, 56, 56], 144, 144 * 9) == (grid or 5)  # 28 wide
         assert conv_layout(lib, isa_name, [*attrs, 144], [1, 144, 56, 56], 144, 144 * 9) == (grid or 4)
         assert conv_layout(lib, isa_name, [3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 144], [1, 144, 56, 56], 144,
                            144 * 9) == 4  # dilated: the direct path's row kernel

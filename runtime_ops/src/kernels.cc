@@ -1080,7 +1080,7 @@ static const Kernels kScalarKernels = {
     {scalar::ConvRows<1>, scalar::ConvRows<4>, scalar::ConvRows<8>, scalar::ConvRows<12>, scalar::ConvRows<13>,
      scalar::ConvRows<14>}, scalar::Transpose, scalar::HalfToFloatN,
     scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock,
-    {nullptr, nullptr}, scalar::CopyRows,
+    {{nullptr, nullptr}, {nullptr, nullptr}}, scalar::CopyRows,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
@@ -1089,7 +1089,7 @@ static const Kernels kAvx2Kernels = {
     {avx2::ConvRows<1>, avx2::ConvRows<4>, avx2::ConvRows<8>, avx2::ConvRows<12>, avx2::ConvRows<13>,
      avx2::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock,
-    {nullptr, nullptr}, avx2::CopyRows,
+    {{nullptr, nullptr}, {nullptr, nullptr}}, avx2::CopyRows,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
@@ -1098,7 +1098,7 @@ static const Kernels kAvx512Kernels = {
     {avx512::ConvRows<1>, avx512::ConvRows<4>, avx512::ConvRows<8>, avx512::ConvRows<12>, avx512::ConvRows<13>,
      avx512::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock,
-    {avx512::DwGrid<3>, avx512::DwGrid<5>}, avx512::CopyRows,
+    {{avx512::DwGrid<3, 1>, avx512::DwGrid<5, 1>}, {avx512::DwGrid<3, 2>, avx512::DwGrid<5, 2>}}, avx512::CopyRows,
 };
 
 #undef ONNXPRUNE_BY_TYPE

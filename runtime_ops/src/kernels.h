@@ -186,17 +186,19 @@ struct Kernels {
   // element read inside p; a lane whose bit is clear is not read.
   void (*dw_block)(const float* p, int64_t wp, int64_t sh, int64_t sw, const int64_t* off, const float* wt,
                    const uint16_t* mask, int64_t n, int64_t oh, int64_t ow, const float* init, float* out);
-  // A stride-1 depthwise channel that keeps every tap of a K x K kernel (dw_grid[0]: K = 3,
-  // [1]: K = 5) at unit dilation, padded (K - 1) / 2 columns on each side (so OW = W): output
-  // rows [oy0, oy1), ow columns each, from the channel's zero-padded copy p (CsrConv's grid
-  // path), 64-byte aligned, rows `pitch` floats apart (a multiple of 16, at least
-  // 16 * (ceil(ow / 16) + 2)), copy row r holding input row r - pad_t at its columns
-  // [16, 16 + W), zeros elsewhere; rows up to oy1 + K - 2 are read:
-  //   y[oy * ow + i] = init + sum over ky, kx < K of
-  //                    w[ky * K + kx] * p[(oy + ky) * pitch + 16 + i + kx - (K - 1) / 2]
+  // A depthwise channel that keeps every tap of a K x K kernel at unit dilation, padded
+  // (K - 1) / 2 columns on each side, at stride ST = 1 or 2 along both axes (dw_grid[ST - 1][0]:
+  // K = 3, [1]: K = 5): output rows [oy0, oy1), ow columns each, from the channel's zero-padded
+  // copy p (CsrConv's grid path), 64-byte aligned. Copy row r holds input row r - pad_t as ST
+  // sub-rows of `pitch` floats (a multiple of 16, at least 16 * (ceil(ow / 16) + 2)): at stride
+  // 1 the row at its columns [16, 16 + W); at stride 2 its even columns at [16, 16 + ceil(W / 2))
+  // of the first sub-row and its odd ones at [16, 16 + floor(W / 2)) of the second; zeros
+  // elsewhere. Copy rows up to ST * (oy1 - 1) + K - 1 are read. With x(r, c) the input at copy
+  // row r and column c (the padding's zeros outside X):
+  //   y[oy * ow + i] = init + sum over ky, kx < K of w[ky * K + kx] * x(ST oy + ky, ST i + kx - (K - 1) / 2)
   // Null where the instruction set has none (AVX-512 only).
-  void (*dw_grid[2])(const float* p, int64_t pitch, const float* w, int64_t oy0, int64_t oy1, int64_t ow,
-                     float init, float* y);
+  void (*dw_grid[2][2])(const float* p, int64_t pitch, const float* w, int64_t oy0, int64_t oy1, int64_t ow,
+                        float init, float* y);
   // `rows` rows of w floats, w floats apart in src, to rows `pitch` floats apart in dst.
   void (*copy_rows)(const float* src, int64_t w, int64_t rows, float* dst, int64_t pitch);
 };

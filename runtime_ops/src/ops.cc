@@ -2042,22 +2042,27 @@ struct CsrConvKernel {
     return true;
   }
 
-  // The grid path (Kernels::dw_grid) for this layer, or null: stride 1, unit dilation, a 3x3 or
-  // 5x5 kernel padded (K - 1) / 2 columns on each side (so OW = W), an instruction set that has
-  // it, and a copy within kDwGridMaxFloats; *pitch: the copy's row length. Its channels that
-  // keep every tap take it (GridWeights). One node after a Relu, 1 thread, an Intel core (lscpu
-  // family 6 model 207): dense 3x3 over 144 channels of 56x56 ... (docs/BENCHMARKS.md).
+  // The grid path (Kernels::dw_grid) for this layer, or null: stride 1 or 2 along both axes,
+  // unit dilation, a 3x3 or 5x5 kernel padded (K - 1) / 2 columns on each side (so OW = W or
+  // ceil(W / 2)), an instruction set that has it, and a band's copy within kDwGridMaxFloats;
+  // *pitch: the length of a copy's (sub-)row. Its channels that keep every tap take it
+  // (GridWeights). One node after a Relu, 1 thread, an Intel core (lscpu family 6 model 207):
+  // 3x3 over 144 channels of 56x56 1.32x as fast as the row kernel, 192 of 28x28 1.20x
+  // (docs/BENCHMARKS.md).
   using DwGridFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, float, float*);
   DwGridFn GridKernel(const Kernels& kern, const ConvGeometry& g, int64_t* pitch) const {
-    if (sh != 1 || sw != 1 || dh != 1 || dw != 1 || kh != kw || (kh != 3 && kh != 5)) return nullptr;
-    if (pad_l != (kw - 1) / 2 || pad_r != pad_l || g.ow != g.w) return nullptr;
-    const DwGridFn fn = kern.dw_grid[kh == 5 ? 1 : 0];
+    if (sh != sw || (sh != 1 && sh != 2) || dh != 1 || dw != 1 || kh != kw || (kh != 3 && kh != 5)) return nullptr;
+    if (pad_l != (kw - 1) / 2 || pad_r != pad_l || g.ow != (g.w + sw - 1) / sw) return nullptr;
+    const DwGridFn fn = kern.dw_grid[sh - 1][kh == 5 ? 1 : 0];
     if (fn == nullptr) return nullptr;
     if (g.ow > kDwGridMaxFloats / 64) return nullptr;  // bounds pitch, so that the products below stay small
-    *pitch = 16 * ((g.ow + 15) / 16 + 2);  // >= 16 + W: the lead vector, the row, the last steps' reach
-    const double floats = static_cast<double>(GridRunRows(g, *pitch) + kh - 1) * static_cast<double>(*pitch);
+    *pitch = 16 * ((g.ow + 15) / 16 + 2);  // >= 16 + ceil(W / sW): the lead vector, a row, the last steps' reach
+    const double floats = static_cast<double>(GridCopyRows(GridRunRows(g, *pitch))) * static_cast<double>(sw * *pitch);
     return floats <= static_cast<double>(kDwGridMaxFloats) ? fn : nullptr;
   }
+
+  // Input rows a band of n output rows reads on the grid path.
+  int64_t GridCopyRows(int64_t n) const { return sh * (n - 1) + kh; }
 
   // What DirectDepthwise derives from the CSR for one input size, kept for a constant CSR (the
   // taps' divisions had cost ~90 cycles a nonzero on every call): every nonzero's tap, the
@@ -2090,7 +2095,8 @@ struct CsrConvKernel {
   // A task's copy for the grid path (a band's rows, GridPlane), zero to begin with: the bands
   // write only the columns of X.
   AlignedBuffer GridCopy(const ConvGeometry& g, int64_t pitch) const {
-    const size_t floats = static_cast<size_t>((GridRunRows(g, pitch) + kh - 1) * pitch);  // <= kDwGridMaxFloats
+    // <= kDwGridMaxFloats (GridKernel)
+    const size_t floats = static_cast<size_t>(GridCopyRows(GridRunRows(g, pitch)) * sw * pitch);
     AlignedBuffer copy = AllocFloats(floats);
     std::memset(copy.get(), 0, floats * sizeof(float));
     return copy;
@@ -2117,21 +2123,29 @@ struct CsrConvKernel {
   }
 
   // One channel plane through the grid path, band by band of GridRunRows output rows: the
-  // input rows a band reads into the copy (rows of padding zeroed; the columns ahead of and
-  // past X's stay zero from GridCopy), the kernel over the band, then its Z and activation
-  // while it is in cache.
+  // input rows a band reads into the copy (at stride 2 split into their even and odd columns,
+  // Kernels::dw_grid; rows of padding zeroed; the columns ahead of and past X's stay zero from
+  // GridCopy), the kernel over the band, then its Z and activation while it is in cache.
   void GridPlane(const Kernels& kern, const ConvGeometry& g, DwGridFn grid, int64_t pitch, const float* xc,
                  const float* gw, float init, const float* zc, float* yc, float* copy) const {
-    const int64_t run = GridRunRows(g, pitch);
+    const int64_t run = GridRunRows(g, pitch), row = sw * pitch;  // copy floats per input row
+    const int64_t even = (g.w + sw - 1) / sw, odd = g.w - even;   // X's columns in each sub-row (odd: sW 2)
     for (int64_t oy0 = 0; oy0 < g.oh; oy0 += run) {
-      const int64_t oy1 = std::min(g.oh, oy0 + run), rows = oy1 - oy0 + kh - 1;
-      const int64_t r0 = oy0 - pad_t;  // the input row of the copy's row 0
+      const int64_t oy1 = std::min(g.oh, oy0 + run), rows = GridCopyRows(oy1 - oy0);
+      const int64_t r0 = oy0 * sh - pad_t;  // the input row of the copy's row 0
       const int64_t in0 = std::min(std::max<int64_t>(0, r0), g.h), in1 = std::max(in0, std::min(g.h, r0 + rows));
       for (int64_t i = 0; i < rows; ++i) {
-        if (r0 + i < in0 || r0 + i >= in1)
-          std::memset(copy + i * pitch + 16, 0, static_cast<size_t>(g.w) * sizeof(float));
+        if (r0 + i >= in0 && r0 + i < in1) continue;
+        std::memset(copy + i * row + 16, 0, static_cast<size_t>(even) * sizeof(float));
+        if (sw == 2) std::memset(copy + i * row + pitch + 16, 0, static_cast<size_t>(odd) * sizeof(float));
       }
-      if (in1 > in0) kern.copy_rows(xc + in0 * g.w, g.w, in1 - in0, copy + (in0 - r0) * pitch + 16, pitch);
+      if (sw == 1 && in1 > in0) kern.copy_rows(xc + in0 * g.w, g.w, in1 - in0, copy + (in0 - r0) * row + 16, pitch);
+      for (int64_t r = in0; sw == 2 && r < in1; ++r) {
+        const float* xr = xc + r * g.w;
+        float* e = copy + (r - r0) * row + 16;
+        kern.deinterleave(xr, odd, e, e + pitch);
+        if (even > odd) e[odd] = xr[g.w - 1];
+      }
       grid(copy, pitch, gw, 0, oy1 - oy0, g.ow, init, yc + oy0 * g.ow);
       const int64_t count = (oy1 - oy0) * g.ow;
       if (zc != nullptr) kern.add(yc + oy0 * g.ow, zc + oy0 * g.ow, count);
@@ -2139,13 +2153,14 @@ struct CsrConvKernel {
     }
   }
 
-  // Output rows per band of the grid path: its copy (the band's rows and kH - 1 more) within
-  // half the L1 data cache, a multiple of the kernel's groups of four rows, at least four. A
-  // whole 112 x 112 plane's copy (65 KB) had run 0.92x as fast as the direct path's rows.
+  // Output rows per band of the grid path: its copy (GridCopyRows of sW sub-rows) within half
+  // the L1 data cache, a multiple of the kernel's groups of four rows, at least four. A whole
+  // 112 x 112 plane's copy (65 KB) had run 0.92x as fast as the direct path's rows.
   int64_t GridRunRows(const ConvGeometry& g, int64_t pitch) const {
     const int64_t fit = static_cast<int64_t>(0.5 * static_cast<double>(L1DataBytes()) /
-                                             static_cast<double>(pitch * static_cast<int64_t>(sizeof(float))));
-    return std::min(std::max<int64_t>(4, (fit - (kh - 1)) / 4 * 4), std::max<int64_t>(g.oh, 1));
+                                             static_cast<double>(sw * pitch * static_cast<int64_t>(sizeof(float))));
+    const int64_t n = (fit - kh) / sh + 1;  // GridCopyRows(n) <= fit
+    return std::min(std::max<int64_t>(4, n / 4 * 4), std::max<int64_t>(g.oh, 1));
   }
 
 
