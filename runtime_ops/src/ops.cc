@@ -2202,12 +2202,13 @@ struct CsrConvKernel {
     const double density = static_cast<double>(nnz) / (static_cast<double>(g.c_out) * static_cast<double>(kh * kw));
     const bool dense = density >= kDwBlockDense;
     const int64_t narrow = dense || (g.sh == 1 && g.sw == 1) ? kDwBlockNarrow : kDwBlockNarrow / 2;
-    // Where the grid path takes the layer (its channels keeping every tap), maps wider than
-    // kDwBlockNarrow go to it: 3x3 over 192 channels of 28x28, one node chained four deep,
-    // 0.352 ms against 0.441 in blocks (an Intel core, lscpu family 6 model 207); 14x14 and
-    // 7x7 stay in blocks (0.208 against 0.399, 0.121 against 0.815).
+    // Where the grid path takes the layer (as many nonzeros as every channel keeping every tap;
+    // the CSR alone says which channels do), maps wider than kDwBlockNarrow go to it: 3x3 over
+    // 192 channels of 28x28, one node chained four deep, 0.352 ms against 0.441 in blocks (an
+    // Intel core, lscpu family 6 model 207); 14x14 and 7x7 stay in blocks (0.208 against
+    // 0.399, 0.121 against 0.815).
     int64_t pitch = 0;
-    const bool grid = dense && GridKernel(KernelsFor(isa), g, &pitch) != nullptr;
+    const bool grid = nnz >= g.c_out * kh * kw && GridKernel(KernelsFor(isa), g, &pitch) != nullptr;
     return (g.ow <= narrow || (g.ow <= kDwBlockWide && dense && !grid)) &&
            floats * sizeof(float) <= kDwBlockL2s * static_cast<double>(L2Bytes());
   }
