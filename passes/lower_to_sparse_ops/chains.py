@@ -108,8 +108,8 @@ def _consumer_ok(node: gs.Node) -> bool:
     return matmul in (0, 1) and shape is not None and len(shape) <= 2
 
 
-def transposed_chains(graph: gs.Graph, xs: dict[int, tuple[int | None, int | None]], graph_outputs: set[int],
-                      taken: set[str]) -> list[tuple[gs.Node, gs.Node]]:
+def transposed_chains(graph: gs.Graph, xs: dict[int, tuple[int | None, int | None, int | None]],
+                      graph_outputs: set[int], taken: set[str]) -> list[tuple[gs.Node, gs.Node]]:
     """Rewrites every eligible (producer, consumer) pair of ``CsrGemm`` nodes lowered in this
     run (module doc); ``xs[id(node)]`` is such a node's rows of ``X`` at the expected batch,
     ``X``'s rank and the rows of each of its batches, each None when unknown (nodes keyed by

@@ -1854,9 +1854,9 @@ struct CsrConvKernel {
     std::vector<float> wt, wt_edge;
     std::vector<uint16_t> mask, mask_edge;
     AlignedBuffer phases;
+    AlignedBuffer grid;  // the grid path's zero-padded copy of a band of a plane (GridPlane)
     // The taps `off` and `mask` were made for, and what they gave (DirectPlane): the next plane
     // with the same taps (every channel of an unpruned layer) takes its weights only.
-    AlignedBuffer grid;  // the grid path's zero-padded copy of a plane (GridPlane)
     bool made = false;
     std::vector<DwTap> made_for;
     int64_t lo = 0, hi = 0, ry0 = 0, ry1 = 0;
@@ -1892,6 +1892,13 @@ struct CsrConvKernel {
     return taps;
   }
 
+  // A row xr of w floats split into its even columns (ceil(w / 2) of them, to even) and its
+  // odd ones (floor(w / 2), to odd) in one pass.
+  static void SplitEvenOdd(const Kernels& kern, const float* xr, int64_t w, float* even, float* odd) {
+    kern.deinterleave(xr, w / 2, even, odd);
+    if (w % 2 != 0) even[w / 2] = xr[w - 1];
+  }
+
   // The sW column phases of one channel's plane xc (sW > 1), row by row: phase p's row r at
   // phases + (p H + r) wp.
   void FillColumnPhases(const Kernels& kern, const ConvGeometry& g, const float* xc, float* phases) const {
@@ -1899,9 +1906,7 @@ struct CsrConvKernel {
     for (int64_t r = 0; r < g.h; ++r) {
       const float* xr = xc + r * g.w;
       if (g.sw == 2) {
-        float* d0 = phases + r * wp;
-        kern.deinterleave(xr, g.w / 2, d0, d0 + g.h * wp);
-        if (g.w % 2 != 0) d0[g.w / 2] = xr[g.w - 1];
+        SplitEvenOdd(kern, xr, g.w, phases + r * wp, phases + (g.h + r) * wp);
         continue;
       }
       for (int64_t p = 0; p < std::min(g.sw, g.w); ++p)
@@ -2141,10 +2146,8 @@ struct CsrConvKernel {
       }
       if (sw == 1 && in1 > in0) kern.copy_rows(xc + in0 * g.w, g.w, in1 - in0, copy + (in0 - r0) * row + 16, pitch);
       for (int64_t r = in0; sw == 2 && r < in1; ++r) {
-        const float* xr = xc + r * g.w;
         float* e = copy + (r - r0) * row + 16;
-        kern.deinterleave(xr, odd, e, e + pitch);
-        if (even > odd) e[odd] = xr[g.w - 1];
+        SplitEvenOdd(kern, xc + r * g.w, g.w, e, e + pitch);
       }
       grid(copy, pitch, gw, 0, oy1 - oy0, g.ow, init, yc + oy0 * g.ow);
       const int64_t count = (oy1 - oy0) * g.ow;
@@ -2162,7 +2165,6 @@ struct CsrConvKernel {
     const int64_t n = (fit - kh) / sh + 1;  // GridCopyRows(n) <= fit
     return std::min(std::max<int64_t>(4, n / 4 * 4), std::max<int64_t>(g.oh, 1));
   }
-
 
   // Depthwise layers on small maps, L = conv_lanes channels at a time (Kernels::dw_block): a
   // task transposes its block's input planes into pixels of L floats (channel l in lane l),
