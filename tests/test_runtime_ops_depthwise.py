@@ -128,7 +128,8 @@ def test_the_grid_path_matches_the_reference(width, k, stride, isa, threads, mon
     """Channels keeping every tap take the grid (one of them with a tap named twice, summed),
     the others the direct path's rows (a tap left out, an empty channel), in two batches; a
     residual Z and an activation after; X placed right before an inaccessible page where the
-    platform allows, and left as it was."""
+    platform allows, and left as it was. ONNXPRUNE_CONV_DEPTHWISE=direct: by default, maps up
+    to 32 outputs wide go to channel blocks."""
     rng = np.random.default_rng(width * 10 + k)
     # 112 wide: 97 rows, several bands (ops.cc GridRunRows: 40 rows of a 144-float pitch in 24 KiB)
     c, h = 6, 97 if width == 112 else 1 + width % 9 + (4 if k == 5 else 0)
@@ -143,7 +144,7 @@ def test_the_grid_path_matches_the_reference(width, k, stride, isa, threads, mon
     z = rng.standard_normal(conv.shape).astype(np.float32)
     want = np.maximum(conv + z, 0.0)
     model = residual_model(w4, b, strides=st, pads=pads, group=c, activation="Relu")
-    close(run(model, {"X": x, "Z": z}, threads, monkeypatch, "1"), want, k * k)
+    close(run(model, {"X": x, "Z": z}, threads, monkeypatch, "direct"), want, k * k)
     # the repeated tap: channel 0's centre as two entries of half its weight each
     from tests.test_runtime_ops_hostile import op_model
     dense = w4.reshape(c, -1)
@@ -162,13 +163,13 @@ def test_the_grid_path_matches_the_reference(width, k, stride, isa, threads, mon
     csr = (np.concatenate(vals), np.concatenate(cols), np.array(ptr, np.int32))
     model2, _ = op_model("CsrConv", x.shape, csr, kernel_shape=[k, k], pads=pads, strides=st, group=c)  # no bias
     conv = conv_reference(x, w4, None, st, pads, [1, 1], c)
-    close(run(model2, {"X": x}, threads, monkeypatch, "1"), conv, k * k)
+    close(run(model2, {"X": x}, threads, monkeypatch, "direct"), conv, k * k)
     if sys.platform.startswith("linux"):
         from tests.test_runtime_ops_guarded import GuardedBuffers
         buffers = GuardedBuffers()
         try:
             xg = buffers.place(x)
-            close(run(model2, {"X": xg}, threads, monkeypatch, "1"), conv, k * k)
+            close(run(model2, {"X": xg}, threads, monkeypatch, "direct"), conv, k * k)
             assert np.array_equal(xg, x)
         finally:
             buffers.free()
@@ -228,11 +229,11 @@ def test_the_layout_depthwise_layers_take(lib, monkeypatch):
 
 def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
     """5: channel blocks (ops.cc ChannelBlocks) on maps at most 16 outputs wide (8 for a
-    sparse strided layer), or 32 where the channels keep half their taps and the grid path
-    does not take them; 4 (X read directly) on wider maps, sparser 28-wide ones, and whenever
-    ONNXPRUNE_CONV_DEPTHWISE=direct, 6 of those where the grid path (AVX-512; stride 1, a
-    centred 3x3 or 5x5) takes channels that keep every tap; =blocks forces 5 where the block's
-    scratch stays within its bound."""
+    sparse strided layer), or 32 where the channels keep half their taps (also where the grid
+    path could take them); 4 (X read directly) on wider maps, sparser 28-wide ones, and
+    whenever ONNXPRUNE_CONV_DEPTHWISE=direct, 6 of those where the grid path (AVX-512; stride 1
+    or 2, a centred 3x3 or 5x5) takes channels that keep every tap; =blocks forces 5 where the
+    block's scratch stays within its bound."""
     attrs = [3, 3, 1, 1, 1, 1, 1, 1, 1, 1]
     stride2 = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]
     monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
@@ -242,10 +243,11 @@ def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
         assert conv_layout(lib, isa_name, [*attrs, 960], [1, 960, 7, 7], 960, 960 * 9) == 5
         assert conv_layout(lib, isa_name, [*attrs, 960], [1, 960, 7, 7], 960, 960 * 2) == 5  # 22%
         grid = 6 if isa_name == "avx512" else None
-        assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 9) == (grid or 5)
+        assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 9) == 5
         assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 2) == 4
-        assert conv_layout(lib, isa_name, [*stride2, 144], [1, 144, 56, 56], 144, 144 * 9) == (grid or 5)  # 28 wide
+        assert conv_layout(lib, isa_name, [*stride2, 144], [1, 144, 56, 56], 144, 144 * 9) == 5  # 28 wide
         assert conv_layout(lib, isa_name, [*attrs, 144], [1, 144, 56, 56], 144, 144 * 9) == (grid or 4)
+        assert conv_layout(lib, isa_name, [*stride2, 96], [1, 96, 112, 112], 96, 96 * 9) == (grid or 4)  # 56 wide
         assert conv_layout(lib, isa_name, [3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 144], [1, 144, 56, 56], 144,
                            144 * 9) == 4  # dilated: the direct path's row kernel
         # stride 2 at 22%: 16 outputs wide read 32 inputs a row, the transposes' cost; 7 wide not
@@ -285,6 +287,66 @@ def test_channel_blocks_match_the_reference(case, channels, density, isa, thread
     want = conv_reference(x, w4, b, strides, pads, dilations, channels)
     for path in ("blocks", "1"):
         close(run(model, {"X": x}, threads, monkeypatch, path), want, kh * kw)
+
+
+def without_z(model):
+    """residual_model's CsrConv with its Z input dropped: the activation alone after the sum."""
+    node = model.graph.node[0]
+    del node.input[-1]
+    keep = [i for i in model.graph.input if i.name != "Z"]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return model
+
+
+@pytest.mark.parametrize("activation", [None, "Relu", "Clip", "HardSwish"])
+@pytest.mark.parametrize("channels", [7, 16, 17, 40])
+@pytest.mark.parametrize("case", BLOCK_GEOMETRIES[:3], ids=[c[0] for c in BLOCK_GEOMETRIES[:3]])
+def test_channel_blocks_clamp_as_they_transpose_back(case, channels, activation, isa, threads, monkeypatch):
+    """Without Z, a Relu or Clip is applied while the block's output is transposed back into
+    the channels' planes (Kernels::dw_block_out), another activation after it; a NaN or an
+    infinity in X passes through the clamp as the reference has it. X is placed right before
+    an inaccessible page where the platform allows (planes of 49, 182 and 99 floats: the last
+    pixels' loads are masked), and left as it was."""
+    name, (kh, kw), h, w, strides, pads, dilations = case
+    rng, w4 = weights(f"blocks-act-{name}-{channels}", channels, kh, kw, 0.6)
+    b = rng.standard_normal(channels).astype(np.float32)
+    x = rng.standard_normal((2, channels, h, w)).astype(np.float32) * 4
+    x[0, 0, h // 2, w // 2] = np.nan
+    x[1, channels - 1, 0, 0] = np.inf
+    params = [-1.5, 2.0] if activation == "Clip" else None
+    model = without_z(residual_model(w4, b, strides=strides, pads=pads, dilations=dilations, group=channels,
+                                     activation=activation, params=params))
+    from tests.test_runtime_ops_hostile import conv_reference_csr
+    from onnxprune.runtime_ops import csr_from_dense
+    attrs = dict(kernel_shape=[kh, kw], strides=strides, pads=pads, dilations=dilations, group=channels)
+    conv = conv_reference_csr(x, csr_from_dense(w4.reshape(channels, -1)), b, attrs)  # stored taps only
+    with np.errstate(invalid="ignore"):
+        if activation == "Relu":
+            want = np.where(np.isnan(conv), conv, np.maximum(conv, 0.0))
+        elif activation == "Clip":
+            want = np.where(np.isnan(conv), conv, np.clip(conv, -1.5, 2.0))
+        elif activation == "HardSwish":
+            want = conv * np.clip(conv / 6 + 0.5, 0.0, 1.0)
+        else:
+            want = conv
+    feeds = [x]
+    buffers = None
+    if sys.platform.startswith("linux"):
+        from tests.test_runtime_ops_guarded import GuardedBuffers
+        buffers = GuardedBuffers()
+        feeds.append(buffers.place(x))
+    try:
+        for xs in feeds:
+            y = run(model, {"X": xs}, threads, monkeypatch, "blocks")
+            assert np.array_equal(np.isnan(y), np.isnan(want))
+            assert np.array_equal(np.isposinf(y), np.isposinf(want)) and np.array_equal(np.isneginf(y), np.isneginf(want))
+            fin = np.isfinite(want)
+            close(y[fin], want[fin], kh * kw)
+            assert np.array_equal(xs, x, equal_nan=True)
+    finally:
+        if buffers is not None:
+            buffers.free()
 
 
 def test_a_tap_a_channel_leaves_out_never_reads_its_input(isa, threads, monkeypatch):

@@ -281,6 +281,25 @@ void DwBlock(const float* p, int64_t wp, int64_t sh, int64_t sw, const int64_t* 
   }
 }
 
+// The portable loops of dw_block.inc's DwBlockIn and DwBlockOut, lanes of 8.
+void DwBlockIn(const float* x, int64_t plane, int64_t lv, int64_t h, int64_t w, int64_t pad_t, int64_t pad_l,
+               int64_t hp, int64_t wp, float* p) {
+  constexpr int64_t kL = 8;
+  std::fill(p, p + hp * wp * kL, 0.f);
+  for (int64_t l = 0; l < lv; ++l)
+    for (int64_t r = 0; r < h; ++r)
+      for (int64_t c = 0; c < w; ++c) p[((pad_t + r) * wp + pad_l + c) * kL + l] = x[l * plane + r * w + c];
+}
+
+void DwBlockOut(const float* src, int64_t n, int64_t lv, float lo, float hi, float* y, int64_t stride) {
+  constexpr int64_t kL = 8;
+  for (int64_t l = 0; l < lv; ++l)
+    for (int64_t i = 0; i < n; ++i) {
+      const float s = src[i * kL + l], m = s > lo || std::isnan(s) ? s : lo;  // max(lo, s), NaN kept
+      y[l * stride + i] = m < hi || std::isnan(m) ? m : hi;
+    }
+}
+
 void Deinterleave(const float* src, int64_t n, float* d0, float* d1) {
   for (int64_t i = 0; i < n; ++i) {
     d0[i] = src[2 * i];
@@ -827,6 +846,27 @@ OP_AVX2 static inline void StoreLanes(float* p, int64_t left, __m256 v) {
 using Mask = __m256i;
 OP_AVX2 static inline Mask MaskOf(unsigned bits) { return LaneMask(bits); }
 OP_AVX2 static inline __m256 MaskLoad(Mask mask, const float* p) { return _mm256_maskload_ps(p, mask); }
+OP_AVX2 static inline void MaskStore(Mask mask, float* p, __m256 v) { _mm256_maskstore_ps(p, mask, v); }
+
+// v[u] lane l <- v[l] lane u (8 x 8: unpack, shuffle, 128-bit lane permute, as Transpose).
+OP_AVX2 static inline void TransposeLanes(__m256* v) {
+  __m256 t[8];
+  for (int u = 0; u < 8; u += 2) {
+    t[u] = _mm256_unpacklo_ps(v[u], v[u + 1]);
+    t[u + 1] = _mm256_unpackhi_ps(v[u], v[u + 1]);
+  }
+  for (int u = 0; u < 8; u += 4) {
+    v[u] = _mm256_shuffle_ps(t[u], t[u + 2], 0x44);
+    v[u + 1] = _mm256_shuffle_ps(t[u], t[u + 2], 0xee);
+    v[u + 2] = _mm256_shuffle_ps(t[u + 1], t[u + 3], 0x44);
+    v[u + 3] = _mm256_shuffle_ps(t[u + 1], t[u + 3], 0xee);
+  }
+  for (int u = 0; u < 4; ++u) {
+    t[u] = _mm256_permute2f128_ps(v[u], v[u + 4], 0x20);
+    t[u + 4] = _mm256_permute2f128_ps(v[u], v[u + 4], 0x31);
+  }
+  for (int u = 0; u < 8; ++u) v[u] = t[u];
+}
 
 #define ONNXPRUNE_TILE_TARGET OP_AVX2
 #include "dw_rows.inc"
@@ -1053,6 +1093,32 @@ OP_AVX512 static inline void StoreLanes(float* p, int64_t left, __m512 v) {
 using Mask = __mmask16;
 OP_AVX512 static inline Mask MaskOf(unsigned bits) { return static_cast<__mmask16>(bits); }
 OP_AVX512 static inline __m512 MaskLoad(Mask mask, const float* p) { return _mm512_maskz_loadu_ps(mask, p); }
+OP_AVX512 static inline void MaskStore(Mask mask, float* p, __m512 v) { _mm512_mask_storeu_ps(p, mask, v); }
+
+// v[u] lane l <- v[l] lane u (16 x 16): 4 x 4 transposes inside each 128-bit lane (unpack,
+// shuffle), then two rounds of 128-bit lane shuffles across pairs of registers.
+OP_AVX512 static inline void TransposeLanes(__m512* v) {
+  __m512 t[16];
+  for (int u = 0; u < 16; u += 2) {
+    t[u] = _mm512_unpacklo_ps(v[u], v[u + 1]);
+    t[u + 1] = _mm512_unpackhi_ps(v[u], v[u + 1]);
+  }
+  for (int u = 0; u < 16; u += 4) {
+    v[u] = _mm512_shuffle_ps(t[u], t[u + 2], 0x44);
+    v[u + 1] = _mm512_shuffle_ps(t[u], t[u + 2], 0xee);
+    v[u + 2] = _mm512_shuffle_ps(t[u + 1], t[u + 3], 0x44);
+    v[u + 3] = _mm512_shuffle_ps(t[u + 1], t[u + 3], 0xee);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int u = 0; u < 4; ++u) {
+      t[h + u] = _mm512_shuffle_f32x4(v[h + u], v[h + u + 4], 0x88);
+      t[h + u + 4] = _mm512_shuffle_f32x4(v[h + u], v[h + u + 4], 0xdd);
+    }
+  for (int u = 0; u < 8; ++u) {
+    v[u] = _mm512_shuffle_f32x4(t[u], t[u + 8], 0x88);
+    v[u + 8] = _mm512_shuffle_f32x4(t[u], t[u + 8], 0xdd);
+  }
+}
 
 #define ONNXPRUNE_TILE_TARGET OP_AVX512
 #include "dw_rows.inc"
@@ -1079,7 +1145,7 @@ static const Kernels kScalarKernels = {
      scalar::ConvRun<14>},
     {scalar::ConvRows<1>, scalar::ConvRows<4>, scalar::ConvRows<8>, scalar::ConvRows<12>, scalar::ConvRows<13>,
      scalar::ConvRows<14>}, scalar::Transpose, scalar::HalfToFloatN,
-    scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock,
+    scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock, scalar::DwBlockIn, scalar::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, scalar::CopyRows,
 };
 static const Kernels kAvx2Kernels = {
@@ -1088,7 +1154,7 @@ static const Kernels kAvx2Kernels = {
      avx2::ConvRun<14>},
     {avx2::ConvRows<1>, avx2::ConvRows<4>, avx2::ConvRows<8>, avx2::ConvRows<12>, avx2::ConvRows<13>,
      avx2::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock,
+    avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock, avx2::DwBlockIn, avx2::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, avx2::CopyRows,
 };
 static const Kernels kAvx512Kernels = {
@@ -1097,7 +1163,7 @@ static const Kernels kAvx512Kernels = {
      avx512::ConvRun<14>},
     {avx512::ConvRows<1>, avx512::ConvRows<4>, avx512::ConvRows<8>, avx512::ConvRows<12>, avx512::ConvRows<13>,
      avx512::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
-    avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock,
+    avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock, avx512::DwBlockIn, avx512::DwBlockOut,
     {{avx512::DwGrid<3, 1>, avx512::DwGrid<5, 1>}, {avx512::DwGrid<3, 2>, avx512::DwGrid<5, 2>}}, avx512::CopyRows,
 };
 

@@ -186,6 +186,15 @@ struct Kernels {
   // element read inside p; a lane whose bit is clear is not read.
   void (*dw_block)(const float* p, int64_t wp, int64_t sh, int64_t sw, const int64_t* off, const float* wt,
                    const uint16_t* mask, int64_t n, int64_t oh, int64_t ow, const float* init, float* out);
+  // dw_block's input from L = conv_lanes channel planes, `plane` floats apart, of h * w pixels:
+  // lane l of pixel (r + pad_t, c + pad_l) of p (hp rows of wp pixels, L floats each) is
+  // x[l * plane + r * w + c] for l < lv, every other float of p zero. Reads only the lv planes'
+  // first h * w floats.
+  void (*dw_block_in)(const float* x, int64_t plane, int64_t lv, int64_t h, int64_t w, int64_t pad_t, int64_t pad_l,
+                      int64_t hp, int64_t wp, float* p);
+  // dw_block's output (n pixels of L floats at src) back into lv channel planes `stride` floats
+  // apart: y[l * stride + i] = min(hi, max(lo, src[i * L + l])) for l < lv, i < n (a NaN kept).
+  void (*dw_block_out)(const float* src, int64_t n, int64_t lv, float lo, float hi, float* y, int64_t stride);
   // A depthwise channel that keeps every tap of a K x K kernel at unit dilation, padded
   // (K - 1) / 2 columns on each side, at stride ST = 1 or 2 along both axes (dw_grid[ST - 1][0]:
   // K = 3, [1]: K = 5): output rows [oy0, oy1), ow columns each, from the channel's zero-padded

@@ -2168,9 +2168,12 @@ struct CsrConvKernel {
 
   // Depthwise layers on small maps, L = conv_lanes channels at a time (Kernels::dw_block): a
   // task transposes its block's input planes into pixels of L floats (channel l in lane l),
-  // lays them out zero-padded, runs every output pixel as a vector (eight pixels of a row at a
+  // zero-padded (dw_block_in), runs every output pixel as a vector (eight pixels of a row at a
   // time, each tap a vector of the block's weights) and transposes the output back into the
-  // channels' planes, where Z and the activation follow. The direct path (DirectDepthwise)
+  // channels' planes (dw_block_out), a Relu or Clip applied on the way, Z or another
+  // activation after. The figures below predate the transposes in registers (which made the
+  // blocks 10-30% faster on small maps: 192 of 28x28 stride 2 0.112 -> 0.091 ms, four layers
+  // chained). The direct path (DirectDepthwise)
   // vectorises along a row instead: on a map of one or two vectors' width each row is one or
   // two chains of dependent FMAs, and a channel's set-up (masks, edge rows) is paid for a few
   // rows. One node, 1 thread, on an Intel core (lscpu family 6 model 207; bench/bench_depthwise.py):
@@ -2190,11 +2193,10 @@ struct CsrConvKernel {
   static constexpr double kDwBlockDense = 0.5;
   static constexpr double kDwBlockL2s = 0.5;
   static constexpr double kDwBlockMaxFloats = 1 << 22;  // forced (ONNXPRUNE_CONV_DEPTHWISE=blocks)
-  // Floats of a block's scratch: its zero-padded input and the larger of its unpadded input
-  // and its output (DepthwiseBlocks).
+  // Floats of a block's scratch: its zero-padded input and its output (DepthwiseBlocks).
   double DwBlockFloats(const ConvGeometry& g, int64_t lanes) const {
     const double hp = static_cast<double>(g.h + pad_t + pad_b), wp = static_cast<double>(g.w + pad_l + pad_r);
-    return (hp * wp + static_cast<double>(std::max(g.h * g.w, g.oh * g.ow))) * static_cast<double>(lanes);
+    return (hp * wp + static_cast<double>(g.oh * g.ow)) * static_cast<double>(lanes);
   }
   bool ChannelBlocks(const ConvGeometry& g, int64_t nnz) const {
     if (depthwise == DwPath::kCopies || depthwise == DwPath::kBands || depthwise == DwPath::kDirect) return false;
@@ -2204,14 +2206,13 @@ struct CsrConvKernel {
     const double density = static_cast<double>(nnz) / (static_cast<double>(g.c_out) * static_cast<double>(kh * kw));
     const bool dense = density >= kDwBlockDense;
     const int64_t narrow = dense || (g.sh == 1 && g.sw == 1) ? kDwBlockNarrow : kDwBlockNarrow / 2;
-    // Where the grid path takes the layer (as many nonzeros as every channel keeping every tap;
-    // the CSR alone says which channels do), maps wider than kDwBlockNarrow go to it: 3x3 over
-    // 192 channels of 28x28, one node chained four deep, 0.352 ms against 0.441 in blocks (an
-    // Intel core, lscpu family 6 model 207); 14x14 and 7x7 stay in blocks (0.208 against
-    // 0.399, 0.121 against 0.815).
-    int64_t pitch = 0;
-    const bool grid = nnz >= g.c_out * kh * kw && GridKernel(KernelsFor(isa), g, &pitch) != nullptr;
-    return (g.ow <= narrow || (g.ow <= kDwBlockWide && dense && !grid)) &&
+    // Dense layers up to kDwBlockWide columns wide stay here also where the grid path could take
+    // them, since the transposes run in registers (dw_block_in / dw_block_out): 3x3 over 192
+    // channels of 28x28 0.116-0.120 ms against 0.129-0.130 on the grid, at stride 2 0.081
+    // against 0.086, 144 of 56x56 at stride 2 0.248-0.252 against 0.266-0.277 (one node after
+    // a Relu, 1 thread, an Intel core, lscpu family 6 model 207); 56 columns go to the grid
+    // (144 of 56x56 0.366 against 0.333, 96 of 112x112 at stride 2 0.713 against 0.626).
+    return (g.ow <= narrow || (g.ow <= kDwBlockWide && dense)) &&
            floats * sizeof(float) <= kDwBlockL2s * static_cast<double>(L2Bytes());
   }
 
@@ -2273,28 +2274,25 @@ struct CsrConvKernel {
     const DwBlockPlan& bp = *plan;
     std::vector<float> init(static_cast<size_t>(blocks * lanes), 0.f);
     if (bias != nullptr) std::copy_n(bias, g.c_out, init.begin());
+    // Without Z, a Relu or Clip is applied as the output is transposed back (dw_block_out);
+    // with Z, or another activation, after it, plane by plane.
+    ConvEnd end;
+    const bool clamp = z == nullptr && ClampOf(act, &end);
+    if (!clamp) ClampOf(Activation(), &end);  // (-inf, inf): the transpose alone
     ParallelFor(ctx, static_cast<size_t>(g.nb * blocks), [&](size_t t) {
       const int64_t img = static_cast<int64_t>(t) / blocks, b = static_cast<int64_t>(t) % blocks;
       const int64_t c0 = b * lanes, lv = std::min(lanes, g.c_out - c0);
       float* const p = TaskScratch(static_cast<size_t>(DwBlockFloats(g, lanes)));
       float* const out = p + hp * wp * lanes;  // first the block's input, pixel after pixel
-      // The padding's pixels zero (the lanes past lv are never read: no mask sets them).
-      std::fill(p, p + pad_t * wp * lanes, 0.f);
-      std::fill(p + (pad_t + g.h) * wp * lanes, p + hp * wp * lanes, 0.f);
-      // One transpose of the block's planes (rows of a few pixels would each take the
-      // transpose's scalar edge), then row after row into the padded plane.
-      kern.transpose(x + (img * g.c_in + c0) * hw, hw, out, lanes, lv, hw);  // c_in == c_out
-      for (int64_t r = 0; r < g.h; ++r) {
-        float* row = p + (pad_t + r) * wp * lanes;
-        std::fill(row, row + pad_l * lanes, 0.f);
-        std::copy_n(out + r * g.w * lanes, g.w * lanes, row + pad_l * lanes);
-        std::fill(row + (pad_l + g.w) * lanes, row + wp * lanes, 0.f);
-      }
+      // The block's planes transposed into the zero-padded pixels in one pass (the lanes past
+      // lv zero too, though no mask sets them).
+      kern.dw_block_in(x + (img * g.c_in + c0) * hw, hw, lv, g.h, g.w, pad_t, pad_l, hp, wp, p);  // c_in == c_out
       const size_t at = static_cast<size_t>(b * taps);
       kern.dw_block(p, wp, g.sh, g.sw, bp.off.data() + at, bp.wt.data() + at * static_cast<size_t>(lanes),
                     bp.mask.data() + at, bp.count[static_cast<size_t>(b)], g.oh, g.ow, init.data() + b * lanes, out);
       float* const yb = y + (img * g.c_out + c0) * ohw;
-      kern.transpose(out, lanes, yb, ohw, ohw, lv);
+      kern.dw_block_out(out, ohw, lv, end.lo, end.hi, yb, ohw);
+      if (clamp) return;
       for (int64_t l = 0; l < lv; ++l) {
         if (z != nullptr) kern.add(yb + l * ohw, z + (img * g.c_out + c0 + l) * ohw, ohw);
         if (act.kind != Act::kNone) kern.activate(yb + l * ohw, ohw, act);
