@@ -9,6 +9,7 @@ float64 reference on every instruction set the CPU has, with 1 and 2 threads.
 
 from __future__ import annotations
 
+import sys
 import threading
 import zlib
 
@@ -150,7 +151,7 @@ def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):
     """The layout CsrConv plans (ops.cc CsrConvKernel::Layout): in place, phase or shifted."""
     nnz = int(density * c_out * x[1] * k[0] * k[1])
     code = base.conv_layout(lib, isa_name, [*k, *strides, 1, 1, *pads, 1], x, c_out, nnz)
-    return {-1: "refused", 0: "in place", 1: "phase", 2: "shifted"}[code]
+    return {-1: "refused", 0: "in place", 1: "phase", 2: "shifted", 7: "bands"}[code]
 
 
 # (k, x, c_out, density, pads, the AVX2 gate's layout (rows rounded to 8 floats), the AVX-512
@@ -175,6 +176,7 @@ def test_the_layout_gate_takes_shifted_copies_only_where_they_pay(case, lib, mon
     ONNXPRUNE_CONV_COPIES overrides the gate but not an in-place 1x1."""
     k, x, c_out, density, pads, avx2, avx512, portable = case
     monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")  # the whole image's copies (bands below)
     if lib.onnxprune_ops_cpu_has(b"avx2") == 1:
         assert _layout(lib, "avx2", k, x, c_out, density, pads) == avx2
     if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
@@ -183,6 +185,98 @@ def test_the_layout_gate_takes_shifted_copies_only_where_they_pay(case, lib, mon
     for forced in ("shifted", "phase"):
         monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", forced)
         assert _layout(lib, "scalar", k, x, c_out, density, pads) == ("in place" if avx2 == "in place" else forced)
+
+
+def test_shifted_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib, monkeypatch):
+    """Layout 7 (ops.cc BandRows): the whole image's shifted copies past the budget, a band of
+    at least 8 output rows (and 4 x the rows a band copies twice) dividing OH, at most OH / 2,
+    whose copies fit it; otherwise the whole image's copies, shifted or phase as the gate says."""
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    row = 3 * 64 * 64 * 4  # one copy row of 64 channels' shifted copies, 56 columns rounded to 64
+    for isa_name in ("avx512", "scalar"):
+        if isa_name != "scalar" and lib.onnxprune_ops_cpu_has(isa_name.encode()) != 1:
+            continue
+        case = ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1))
+        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(16 * row))  # 14 + 2 rows fit
+        assert _layout(lib, isa_name, *case) == "bands"  # also the portable 56-float rows
+        if isa_name == "avx512":
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(9 * row))  # 7 + 2: too short a band
+            assert _layout(lib, isa_name, *case) == "shifted"
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(58 * row))  # the whole image fits
+            assert _layout(lib, isa_name, *case) == "shifted"
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+            assert _layout(lib, isa_name, *case) == "shifted"
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(16 * row))
+            assert _layout(lib, isa_name, (3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1)) == "phase"  # too sparse
+            assert _layout(lib, isa_name, (3, 3), (1, 64, 14, 14), 64, 0.3, (1, 1, 1, 1)) == "shifted"  # OH / 2 < 8
+            # VGG-16's conv1_2 in 2 MiB: bands of 8 rows, where its 39 MB of copies were phase copies
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(2 << 20))
+            assert _layout(lib, isa_name, (3, 3), (1, 64, 224, 224), 64, 0.22, (1, 1, 1, 1)) == "bands"
+            # a 5x5 kernel copies 4 rows twice: bands of at least 16
+            assert _layout(lib, isa_name, (5, 5), (1, 32, 60, 60), 32, 0.3, (2, 2, 2, 2)) == "bands"
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(18 * 5 * 32 * 64 * 4))  # 14 + 4 rows: no band of 20
+            assert _layout(lib, isa_name, (5, 5), (1, 32, 60, 60), 32, 0.3, (2, 2, 2, 2)) == "shifted"
+    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "many")
+    assert _layout(lib, "scalar", (3, 3), (1, 8, 9, 9), 4, 0.5, (1, 1, 1, 1)) == "refused"
+
+
+# (name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group, budget in copy rows)
+BANDS = [
+    ("3x3_bands_of_10", 12, 20, (3, 3), 40, 37, [1, 1], [1, 1, 1, 1], [1, 1], 1, 12),
+    ("3x3_bands_of_20_partial_tiles", 12, 20, (3, 3), 40, 37, [1, 1], [1, 1, 1, 1], [1, 1], 1, 22),
+    ("3x3_stride2", 8, 16, (3, 3), 39, 30, [2, 2], [1, 1, 1, 1], [1, 1], 1, 12),
+    ("5x5_asymmetric_pads", 6, 10, (5, 5), 35, 23, [1, 1], [2, 1, 1, 3], [1, 1], 1, 22),
+    ("3x3_dilation2", 6, 8, (3, 3), 36, 20, [1, 1], [2, 2, 2, 2], [2, 2], 1, 22),
+    ("3x3_groups", 16, 24, (3, 3), 32, 19, [1, 1], [1, 1, 1, 1], [1, 1], 4, 10),
+    ("3x1_pad_past_the_kernel", 4, 6, (3, 1), 30, 9, [1, 1], [3, 0, 1, 0], [1, 1], 1, 12),
+]
+
+
+@pytest.mark.parametrize("residual", [None, "Relu", "HardSwish"])
+@pytest.mark.parametrize("case", BANDS, ids=[c[0] for c in BANDS])
+def test_bands_of_shifted_copies_match_the_reference(case, residual, lib, isa, threads, monkeypatch):
+    """ONNXPRUNE_CONV_BAND_BYTES set to a few copy rows: the layer runs band by band (layout 7,
+    checked through the layout probe), two images, with Z and an activation finished in the
+    tiles or after them; the same as the reference and as the whole image's copies, X placed
+    right before an inaccessible page where the platform allows, and left as it was."""
+    from tests.test_runtime_ops_residual import residual_model
+    name, c_in, c_out, (kh, kw), h, w, strides, pads, dil, group, budget_rows = case
+    rng, w4 = _weights(f"bands-{name}", c_out, c_in // group, kh, kw, 0.5)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
+    conv = conv_reference(x, w4, b, strides, pads, dil, group)
+    quantum = {"avx512": 16, "avx2": 8, "scalar": 1}[isa]
+    row_phases = min(strides[0], (kh - 1) * dil[0] + 1)
+    wq = (conv.shape[3] + quantum - 1) // quantum * quantum
+    budget = budget_rows * row_phases * kw * c_in * wq * 4
+    monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", "shifted")
+    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(budget))
+    attrs = [kh, kw, *strides, *dil, *pads, group]
+    assert base.conv_layout(lib, isa, attrs, list(x.shape), c_out, int(np.count_nonzero(w4))) == 7
+    feeds = {"X": x}
+    if residual is None:
+        model, want = conv_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group), conv
+    else:
+        z = rng.standard_normal(conv.shape).astype(np.float32)
+        feeds["Z"] = z
+        model = residual_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group, activation=residual)
+        want = conv + z
+        want = np.maximum(want, 0.0) if residual == "Relu" else want * np.clip(want / 6 + 0.5, 0.0, 1.0)
+    buffers = None
+    if sys.platform.startswith("linux"):
+        from tests.test_runtime_ops_guarded import GuardedBuffers
+        buffers = GuardedBuffers()
+        feeds["X"] = buffers.place(x)
+    try:
+        y = session(model, threads).run(None, feeds)[-1]
+        close(y, want, (c_in // group) * kh * kw)
+        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+        whole = session(model, threads).run(None, feeds)[-1]
+        close(y, whole, (c_in // group) * kh * kw)
+        assert np.array_equal(feeds["X"], x)
+    finally:
+        if buffers is not None:
+            buffers.free()
 
 
 def test_the_layout_probe_refuses_what_the_op_refuses(lib, monkeypatch):

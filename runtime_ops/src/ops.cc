@@ -847,6 +847,47 @@ bool ShiftedCopies(Copies forced, int64_t nnz, double cells, int64_t kw, double 
          widen <= kShiftedMaxWiden;
 }
 
+// Shifted copies band by band (CsrConvKernel::BandRows). Where the whole image's shifted copies
+// would take more than the L2, CsrConv fills them for one band of output rows at a time (the
+// copy rows the band reads: band + ((kH - 1) dH) / sH per plane), runs the tiles over the band
+// while its copies are in the L2, then fills the next. The band is the largest divisor of OH,
+// at most OH / 2 and at least kMinBandRows and four times that reach (the rows a band copies
+// twice), whose copies fit the L2; without one, the whole image's copies as before (shifted
+// within kShiftedCopyL2s L2s, else phase). One node after a Relu, 1 thread, an Intel core
+// (lscpu family 6 model 207, L2 2 MiB), against ONNX Runtime's dense Conv: VGG-16's conv1_2
+// (64 channels of 224x224 at 22%, phase copies before) 1.27-1.48x -> 1.59-1.63x, conv2_1 (64 ->
+// 128 on 112x112 at 34%) 1.40x -> 1.70x, conv2_2 (128 on 112x112 at 36%) 1.09x -> 1.41x, 256
+// channels of 56x56 at 42% 1.23x -> 1.24-1.32x; 14x14 maps in two bands of 7 rows ran slower
+// (256 channels at 30%: 2.02x -> 1.47x), hence the smallest band. Unmeasured on cores with a
+// 1 MiB L2 (Zen 4, Zen 5), where fewer layers find a band.
+// ONNXPRUNE_CONV_BAND_BYTES=n (read when a session creates its kernels) sets the bands' budget
+// instead of the L2 size (0: never band), for tests that need bands on small images and for
+// A/B timing.
+constexpr int64_t kMinBandRows = 8;
+double ChooseBandBytes() {
+  const char* forced = std::getenv("ONNXPRUNE_CONV_BAND_BYTES");
+  if (forced == nullptr || *forced == '\0') return static_cast<double>(L2Bytes());
+  char* end = nullptr;
+  const long long v = std::strtoll(forced, &end, 10);
+  if (*end != '\0' || v < 0) Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_BAND_BYTES=", forced, " is not a byte count >= 0");
+  return static_cast<double>(v);
+}
+
+// A band's copy plane of `floats`, padded to P 64-byte lines with P = 8 (mod 16): the input
+// channels of a block, read by the same tile, then start on lines 8 x (odd) apart, spread
+// over the L1's 64 sets, where planes of 4 KiB (or 63 lines, or 126) put every channel's
+// window in the same few sets. Measured: 64 channels of 56x56 at 30% in bands of 14 rows
+// (16 rows of 64 floats, 4 KiB a plane) 1.07-1.10x of dense unpadded, 1.52x padded; 128 -> 256
+// (53%) 0.68x against 1.10x; 64 -> 128 on 112x112 in bands of 7 and 16 rows (planes of 4032
+// and 8064 bytes) 1.32-1.35x against 1.70-1.75x in bands of 4, 8, 14 or 28 rows. Whole-image
+// planes keep their size: padded, 512 channels of 14x14 (16 lines a plane, 24 padded) ran
+// 0.7x, their copies outgrowing the L2.
+int64_t SpreadPlane(int64_t floats) {
+  int64_t lines = (floats + 15) / 16;
+  lines += ((8 - lines % 16) + 16) % 16;
+  return lines * 16;
+}
+
 Copies ChooseCopies() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_COPIES");
   if (forced == nullptr || *forced == '\0') return Copies::kGate;
@@ -1574,6 +1615,7 @@ struct ConvGeometry {
   bool x_layout = false;    // the copy is X itself (1x1, unit strides, no padding): wq = W
   bool in_place = false;    // the tiles read X itself, no copy (ReadsXInPlace)
   bool shifted = false;     // kW column-shifted copies (ShiftedCopies), else phase copies
+  int64_t band = 0;         // output rows per band of copies (CsrConvKernel::BandRows); 0: the whole image's
   int64_t q_size = 0;       // copies * c_in * plane <= kMaxConvPlane
   int64_t q_alloc = 0;      // q_size plus the zeroed slack the tiles may read, <= kMaxConvPlane
   bool empty() const { return nb == 0 || c_out == 0 || oh == 0 || ow == 0; }
@@ -1609,6 +1651,7 @@ struct CsrConvKernel {
   int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
   Isa isa = Isa::kScalar;
   Copies copies = Copies::kGate;  // ONNXPRUNE_CONV_COPIES (ShiftedCopies)
+  double band_bytes = 0;          // ONNXPRUNE_CONV_BAND_BYTES or the L2 size (BandRows)
   DwPath depthwise = DwPath::kAuto;  // ONNXPRUNE_CONV_DEPTHWISE (ChooseDepthwisePath)
   Activation act;  // applied to each output as its tile completes
   ValidatedCsr constant;
@@ -1623,7 +1666,8 @@ struct CsrConvKernel {
   // and `nnz` entries, on `isa`, with ONNXPRUNE_CONV_COPIES and ONNXPRUNE_CONV_DEPTHWISE read
   // as a session would: 0 X read in place, 1 phase copies, 2 shifted copies, 3 depthwise band
   // by band, 4 depthwise reading X directly (DirectDepthwise, which may still hand a layer to
-  // the bands: repeated columns past its mask table, non-finite weights). attrs: kH, kW, sH,
+  // the bands: repeated columns past its mask table, non-finite weights), 5 depthwise channel
+  // blocks, 6 the depthwise grid, 7 shifted copies band by band (BandRows). attrs: kH, kW, sH,
   // sW, dH, dW, pad_t, pad_l, pad_b, pad_r, group. Refused attributes or shapes fail as the op
   // does.
   static int Layout(Isa isa, const int64_t* attrs, const int64_t* x, int64_t c_out, int64_t nnz) {
@@ -1637,6 +1681,7 @@ struct CsrConvKernel {
     k.pad_t = attrs[6], k.pad_l = attrs[7], k.pad_b = attrs[8], k.pad_r = attrs[9], k.group = attrs[10];
     k.isa = isa;
     k.copies = ChooseCopies();
+    k.band_bytes = ChooseBandBytes();
     k.depthwise = ChooseDepthwisePath();
     Tensor t;
     t.type = ortabi::kFloat;
@@ -1652,6 +1697,7 @@ struct CsrConvKernel {
     if (k.ReadsXDirectly(g)) return k.GridKernel(KernelsFor(isa), g, &pitch) && nnz == c_out * k.kh * k.kw ? 6 : 4;
     DwGeometry d;
     if (k.DepthwiseRows(g, &d)) return 3;
+    if (g.band > 0) return 7;
     return g.x_layout ? 0 : g.shifted ? 2 : 1;
   }
 
@@ -1684,6 +1730,7 @@ struct CsrConvKernel {
     act = ReadActivation(info);
     isa = ChooseIsa();
     copies = ChooseCopies();
+    band_bytes = ChooseBandBytes();
     depthwise = ChooseDepthwisePath();
     constant = ValidateConstantCsr(info);
     columns = ReadColumns(info, constant);
@@ -1743,17 +1790,30 @@ struct CsrConvKernel {
       }
     }
     const int64_t task_rows = pool.TaskRows();
+    const ConvGeometry gb = g.band > 0 ? BandGeometry(g) : ConvGeometry();
+    const ConvGeometry& pg = g.band > 0 ? gb : g;  // the tiles' geometry: a band's, or the image's
     const std::shared_ptr<const ConvPlan> plan = kept_plan.Get(
         constant.Holds(csr),
         [&](const ConvPlan& p) {
           return p.c_in == g.c_in && p.h == g.h && p.w == g.w && p.entries.asked_rows == task_rows;
         },
-        [&] { return MakePlan(csr, g, task_rows); });
-    const int64_t y_image = g.c_out * g.oh * g.ow;
+        [&] { return MakePlan(csr, pg, task_rows); });
+    const int64_t y_plane = g.oh * g.ow, y_image = g.c_out * y_plane;
     if (g.in_place) {
       for (int64_t img = 0; img < g.nb; ++img)
         Tiles(ctx, g, *plan, xd + img * g.c_in * g.h * g.w, true, bias, z ? z + img * y_image : nullptr,
-              y + img * y_image);
+              y + img * y_image, y_plane);
+      return;
+    }
+    if (g.band > 0) {
+      const PackBuffer q = CallPack(static_cast<size_t>(gb.q_alloc));
+      std::memset(q.get() + gb.q_size, 0, static_cast<size_t>(gb.q_alloc - gb.q_size) * sizeof(float));
+      for (int64_t img = 0; img < g.nb; ++img)
+        for (int64_t oy0 = 0; oy0 < g.oh; oy0 += g.band) {
+          FillBand(ctx, g, gb, xd + img * g.c_in * g.h * g.w, oy0, q.get());
+          const int64_t at = img * y_image + oy0 * g.ow;
+          Tiles(ctx, gb, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane);
+        }
       return;
     }
     // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
@@ -1763,7 +1823,7 @@ struct CsrConvKernel {
     std::memset(q.get() + g.q_size, 0, static_cast<size_t>(g.q_alloc - g.q_size) * sizeof(float));
     for (int64_t img = 0; img < g.nb; ++img) {
       FillCopies(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
-      Tiles(ctx, g, *plan, q.get(), false, bias, z ? z + img * y_image : nullptr, y + img * y_image);
+      Tiles(ctx, g, *plan, q.get(), false, bias, z ? z + img * y_image : nullptr, y + img * y_image, y_plane);
     }
   }
 
@@ -2454,7 +2514,12 @@ struct CsrConvKernel {
     const double widen = static_cast<double>(shifted_wq) / static_cast<double>(phase_wq);
     g->tap_col.resize(static_cast<size_t>(kw));
     g->tap_shift.resize(static_cast<size_t>(kw));
-    if (!g->x_layout && ShiftedCopies(layout, nnz, cells, kw, shifted_bytes, widen)) {
+    const int64_t reach = (kh - 1) * dh / g->sh;
+    const double row_bytes = static_cast<double>(g->row_phases.size()) * static_cast<double>(kw) *
+                             static_cast<double>(g->c_in) * static_cast<double>(shifted_wq) * sizeof(float);
+    g->band = g->x_layout ? 0 : BandRows(g->oh, reach, row_bytes, row_bytes * static_cast<double>(g->hq));
+    const double copy_bytes = g->band > 0 ? row_bytes * static_cast<double>(g->band + reach) : shifted_bytes;
+    if (!g->x_layout && ShiftedCopies(layout, nnz, cells, kw, copy_bytes, widen)) {
       // copy column j is kernel column j, shifted into place
       g->shifted = true;
       g->wq = shifted_wq;
@@ -2464,6 +2529,7 @@ struct CsrConvKernel {
         g->tap_shift[static_cast<size_t>(j)] = 0;
       }
     } else {  // one copy column per used column phase; a kernel column reads its phase, shifted
+      g->band = 0;
       g->wq = phase_wq;  // W itself in x_layout
       std::vector<int32_t> col_slot;
       UsedPhases(kw, dw, g->sw, &g->col_start, &col_slot);
@@ -2505,6 +2571,15 @@ struct CsrConvKernel {
     if (g->q_alloc > kMaxConvPlane)
       Fail(ortabi::kInvalidArgument, "the strided, padded input needs ", g->q_size,
            " floats of input copies, more than 2^31-1 (int32 offsets)");
+  }
+
+  // Output rows per band of shifted copies (kMinBandRows), 0 for the whole image's copies at
+  // once: `row_bytes` the shifted copies of one copy row, `image_bytes` the whole image's.
+  int64_t BandRows(int64_t oh, int64_t reach, double row_bytes, double image_bytes) const {
+    if (band_bytes <= 0 || image_bytes <= band_bytes) return 0;
+    for (int64_t r = oh / 2; r >= std::max(kMinBandRows, 4 * reach); --r)
+      if (oh % r == 0 && static_cast<double>(r + reach) * row_bytes <= band_bytes) return r;
+    return 0;
   }
 
   // The phases (k_i * d) % s of an axis with k taps, ascending, and each phase's slot (-1 when
@@ -2621,6 +2696,38 @@ struct CsrConvKernel {
         float* dst = q + ((slot * cols + k) * g.c_in + c) * g.plane;
         for (int64_t a = 0; a < g.hq; ++a) FillCopyRow(g, xi + c * g.h * g.w, slot, k, a, dst + a * g.wq);
         std::fill(dst + g.hq * g.wq, dst + g.plane, 0.f);  // an aligned plane's slack (PlanPhases)
+      }
+    });
+  }
+
+  // The copies of one band of g.band output rows (PlanPhases, BandRows): the image's copy
+  // layout with only the copy rows the band reads, (band + reach) of them per plane, and the
+  // tiles' slack after them, as PlanPhases sizes it for the image.
+  ConvGeometry BandGeometry(const ConvGeometry& g) const {
+    ConvGeometry b = g;
+    b.oh = g.band;
+    b.hq = g.band + (kh - 1) * dh / g.sh;  // attributes <= 2^16; rows < the image's copies' (BandRows)
+    b.plane = SpreadPlane(b.hq * b.wq);    // < the image's plane + 16 lines
+    b.q_size = CheckedMul(CheckedMul(b.copies, b.c_in, "input copy count"), b.plane, "band copies' size");
+    b.q_alloc = (b.q_size + b.oh * b.wq + 2 * kConvMaxTile + 15) / 16 * 16;
+    if (b.q_alloc > kMaxConvPlane) Fail(ortabi::kInvalidArgument, "a band's input copies need more than 2^31-1 floats");
+    return b;
+  }
+
+  // Copy rows oy0 .. oy0 + b.hq of every copy plane of image xi into q, laid out as b
+  // (BandGeometry): what FillCopies writes for the whole image, rows past the image's copies
+  // zero. One task per (row phase, channel), as FillCopies.
+  void FillBand(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvGeometry& b, const float* xi,
+                int64_t oy0, float* q) const {
+    const int64_t phases = static_cast<int64_t>(g.row_phases.size());
+    const int64_t cols = static_cast<int64_t>(g.col_start.size());
+    ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
+      const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
+      const float* xc = xi + c * g.h * g.w;
+      for (int64_t k = 0; k < cols; ++k) {
+        float* dst = q + ((slot * cols + k) * g.c_in + c) * b.plane;
+        for (int64_t a = 0; a < b.hq; ++a) FillCopyRow(g, xc, slot, k, oy0 + a, dst + a * g.wq);
+        std::fill(dst + b.hq * b.wq, dst + b.plane, 0.f);
       }
     });
   }
@@ -2771,14 +2878,15 @@ struct CsrConvKernel {
     }
   }
 
-  // Outputs of one image: tasks of (tile, up to task_rows output channels); in a task the
-  // channel blocks are taken in turn, every output channel of the task passing over a block's
-  // input window before the next block, the partial sums in a per-task buffer.
-  // With `in_place` (ReadsXInPlace) q is the image's X, exactly plane * C_in floats: the last
+  // Outputs of one image (or of one band of its rows, g a band's geometry): tasks of (tile, up
+  // to task_rows output channels); in a task the channel blocks are taken in turn, every output
+  // channel of the task passing over a block's input window before the next block, the partial
+  // sums in a per-task buffer. Y and Z hold an output channel's positions out_plane floats after
+  // the previous one's. With `in_place` (ReadsXInPlace) q is the image's X, exactly plane * C_in floats: the last
   // tile, when partial, starts at npos - tile instead (reading only X) and writes only the
   // positions the other tiles leave.
   void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* q,
-             bool in_place, const float* bias, const float* zi, float* yi) const {
+             bool in_place, const float* bias, const float* zi, float* yi, int64_t out_plane) const {
     const TaskOrder& e = p.entries;
     const int64_t chunk = std::min<int64_t>(g.c_out, e.task_rows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
@@ -2812,7 +2920,6 @@ struct CsrConvKernel {
       // registers or with neither Z nor an activation) runs its rows in one call, as the
       // passes before it do.
       const bool rows_last = direct && (finish || (zi == nullptr && act.kind == Act::kNone));
-      const int64_t out_plane = g.oh * g.ow;  // floats between output channels, in Y and Z
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
         if (!last || rows_last) {
