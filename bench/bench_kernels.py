@@ -186,6 +186,11 @@ def standard_cases() -> list[Case]:
         Case("Conv 128->128 3x3 28x28 @ 10%", "conv", dict(c_in=128, c_out=128, k=3, hw=28, density=0.10), [1]),
         Case("Conv 256->256 3x3 14x14 @ 30%", "conv", dict(c_in=256, c_out=256, k=3, hw=14, density=0.30), [1, 8]),
         Case("Conv 512->512 3x3 7x7 @ 10%", "conv", dict(c_in=512, c_out=512, k=3, hw=7, density=0.10), [1]),
+        # VGG-16's largest maps at the paper's densities: shifted copies band by band (ops.cc BandRows).
+        Case("Conv 64->64 3x3 224x224 @ 22% (VGG conv1_2)", "conv",
+             dict(c_in=64, c_out=64, k=3, hw=224, density=0.22), [1]),
+        Case("Conv 128->128 3x3 112x112 @ 36% (VGG conv2_2)", "conv",
+             dict(c_in=128, c_out=128, k=3, hw=112, density=0.36), [1]),
         Case("Conv 64->256 1x1 56x56 @ 10%", "conv", dict(c_in=64, c_out=256, k=1, hw=56, density=0.10), [1]),
         Case("Conv 256->64 1x1 56x56 @ 10%", "conv", dict(c_in=256, c_out=64, k=1, hw=56, density=0.10), [1]),
         Case("Conv 256->512 1x1/2 56x56 @ 10%", "conv",
@@ -278,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts (default 1,2)")
     ap.add_argument("--json", metavar="PATH", help="write results as JSON")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--match", metavar="TEXT", help="only the cases whose name contains TEXT")
     ap.add_argument("--warm", action="store_true",
                     help="also time batch 1 in steady state (each model called back to back), "
                          "besides the default call-by-call alternation")
@@ -291,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [] if args.only_sweep else standard_cases()
     if args.sweep or args.only_sweep:
         cases += sweep_cases()
+    if args.match:
+        cases = [c for c in cases if args.match in c.name]
     results = []
     for case in cases:
         results += run_case(case, threads, repeats, rng, warm=args.warm)

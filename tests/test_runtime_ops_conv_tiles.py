@@ -197,7 +197,7 @@ def test_shifted_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib
         if isa_name != "scalar" and lib.onnxprune_ops_cpu_has(isa_name.encode()) != 1:
             continue
         case = ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1))
-        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(16 * row))  # 14 + 2 rows fit
+        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(18 * row))  # 14 + 2 rows fit, their planes padded to 72 lines
         assert _layout(lib, isa_name, *case) == "bands"  # also the portable 56-float rows
         if isa_name == "avx512":
             monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(9 * row))  # 7 + 2: too short a band
@@ -206,7 +206,7 @@ def test_shifted_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib
             assert _layout(lib, isa_name, *case) == "shifted"
             monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
             assert _layout(lib, isa_name, *case) == "shifted"
-            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(16 * row))
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(18 * row))
             assert _layout(lib, isa_name, (3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1)) == "phase"  # too sparse
             assert _layout(lib, isa_name, (3, 3), (1, 64, 14, 14), 64, 0.3, (1, 1, 1, 1)) == "shifted"  # OH / 2 < 8
             # VGG-16's conv1_2 in 2 MiB: bands of 8 rows, where its 39 MB of copies were phase copies
@@ -216,19 +216,31 @@ def test_shifted_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib
             assert _layout(lib, isa_name, (5, 5), (1, 32, 60, 60), 32, 0.3, (2, 2, 2, 2)) == "bands"
             monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(18 * 5 * 32 * 64 * 4))  # 14 + 4 rows: no band of 20
             assert _layout(lib, isa_name, (5, 5), (1, 32, 60, 60), 32, 0.3, (2, 2, 2, 2)) == "shifted"
-    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "many")
-    assert _layout(lib, "scalar", (3, 3), (1, 8, 9, 9), 4, 0.5, (1, 1, 1, 1)) == "refused"
+    # a prime OH near 2^31 over an empty X: the band search takes the divisors up to its square
+    # root (not a billion candidates) before the copies' size refuses the shape
+    monkeypatch.delenv("ONNXPRUNE_CONV_BAND_BYTES")
+    assert _layout(lib, "scalar", (1, 1), (1, 1, 2**31 - 1, 0), 1, 1.0, (0, 1, 0, 0)) == "refused"
+    for bad in ("many", "-1", " 5", "+5", "99999999999999999999", ""):
+        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", bad)
+        want = "shifted" if bad == "" else "refused"  # empty: the L2 size, as unset
+        assert _layout(lib, "scalar", (3, 3), (1, 8, 9, 9), 4, 0.5, (1, 1, 1, 1)) == want, bad
 
 
-# (name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group, budget in copy rows)
+def _spread(floats):
+    """ops.cc SpreadPlane: a band's copy plane padded to P 16-float lines, P = 8 (mod 16)."""
+    lines = -(-floats // 16)
+    return (lines + (8 - lines % 16) % 16) * 16
+
+
+# (name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group, the band's output rows)
 BANDS = [
-    ("3x3_bands_of_10", 12, 20, (3, 3), 40, 37, [1, 1], [1, 1, 1, 1], [1, 1], 1, 12),
-    ("3x3_bands_of_20_partial_tiles", 12, 20, (3, 3), 40, 37, [1, 1], [1, 1, 1, 1], [1, 1], 1, 22),
-    ("3x3_stride2", 8, 16, (3, 3), 39, 30, [2, 2], [1, 1, 1, 1], [1, 1], 1, 12),
-    ("5x5_asymmetric_pads", 6, 10, (5, 5), 35, 23, [1, 1], [2, 1, 1, 3], [1, 1], 1, 22),
-    ("3x3_dilation2", 6, 8, (3, 3), 36, 20, [1, 1], [2, 2, 2, 2], [2, 2], 1, 22),
-    ("3x3_groups", 16, 24, (3, 3), 32, 19, [1, 1], [1, 1, 1, 1], [1, 1], 4, 10),
-    ("3x1_pad_past_the_kernel", 4, 6, (3, 1), 30, 9, [1, 1], [3, 0, 1, 0], [1, 1], 1, 12),
+    ("3x3_bands_of_10", 12, 20, (3, 3), 40, 37, [1, 1], [1, 1, 1, 1], [1, 1], 1, 10),
+    ("3x3_bands_of_20_partial_tiles", 12, 20, (3, 3), 40, 37, [1, 1], [1, 1, 1, 1], [1, 1], 1, 20),
+    ("3x3_stride2", 8, 16, (3, 3), 79, 30, [2, 2], [1, 1, 1, 1], [1, 1], 1, 20),
+    ("5x5_asymmetric_pads", 6, 10, (5, 5), 35, 23, [1, 1], [2, 1, 1, 3], [1, 1], 1, 17),
+    ("3x3_dilation2", 6, 8, (3, 3), 36, 20, [1, 1], [2, 2, 2, 2], [2, 2], 1, 18),
+    ("3x3_groups", 16, 24, (3, 3), 32, 19, [1, 1], [1, 1, 1, 1], [1, 1], 4, 8),
+    ("3x1_pad_past_the_kernel", 4, 6, (3, 1), 30, 9, [1, 1], [3, 0, 1, 0], [1, 1], 1, 8),
 ]
 
 
@@ -240,7 +252,7 @@ def test_bands_of_shifted_copies_match_the_reference(case, residual, lib, isa, t
     tiles or after them; the same as the reference and as the whole image's copies, X placed
     right before an inaccessible page where the platform allows, and left as it was."""
     from tests.test_runtime_ops_residual import residual_model
-    name, c_in, c_out, (kh, kw), h, w, strides, pads, dil, group, budget_rows = case
+    name, c_in, c_out, (kh, kw), h, w, strides, pads, dil, group, band = case
     rng, w4 = _weights(f"bands-{name}", c_out, c_in // group, kh, kw, 0.5)
     b = rng.standard_normal(c_out).astype(np.float32)
     x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
@@ -248,7 +260,8 @@ def test_bands_of_shifted_copies_match_the_reference(case, residual, lib, isa, t
     quantum = {"avx512": 16, "avx2": 8, "scalar": 1}[isa]
     row_phases = min(strides[0], (kh - 1) * dil[0] + 1)
     wq = (conv.shape[3] + quantum - 1) // quantum * quantum
-    budget = budget_rows * row_phases * kw * c_in * wq * 4
+    reach = (kh - 1) * dil[0] // strides[0]
+    budget = row_phases * kw * c_in * _spread((band + reach) * wq) * 4  # that band fits, no larger one
     monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", "shifted")
     monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(budget))
     attrs = [kh, kw, *strides, *dil, *pads, group]

@@ -295,8 +295,9 @@ void DwBlockOut(const float* src, int64_t n, int64_t lv, float lo, float hi, flo
   constexpr int64_t kL = 8;
   for (int64_t l = 0; l < lv; ++l)
     for (int64_t i = 0; i < n; ++i) {
-      const float s = src[i * kL + l], m = s > lo || std::isnan(s) ? s : lo;  // max(lo, s), NaN kept
-      y[l * stride + i] = m < hi || std::isnan(m) ? m : hi;
+      // as the vector Max(lo, s) and Min(hi, m): s where it is NaN, or equal (a -0 kept)
+      const float s = src[i * kL + l], m = s < lo ? lo : s;
+      y[l * stride + i] = m > hi ? hi : m;
     }
 }
 

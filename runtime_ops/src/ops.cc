@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -868,8 +869,10 @@ double ChooseBandBytes() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_BAND_BYTES");
   if (forced == nullptr || *forced == '\0') return static_cast<double>(L2Bytes());
   char* end = nullptr;
+  errno = 0;
   const long long v = std::strtoll(forced, &end, 10);
-  if (*end != '\0' || v < 0) Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_BAND_BYTES=", forced, " is not a byte count >= 0");
+  if (*forced < '0' || *forced > '9' || *end != '\0' || errno == ERANGE)
+    Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_BAND_BYTES=", forced, " is not a byte count (0 or more)");
   return static_cast<double>(v);
 }
 
@@ -2515,10 +2518,14 @@ struct CsrConvKernel {
     g->tap_col.resize(static_cast<size_t>(kw));
     g->tap_shift.resize(static_cast<size_t>(kw));
     const int64_t reach = (kh - 1) * dh / g->sh;
-    const double row_bytes = static_cast<double>(g->row_phases.size()) * static_cast<double>(kw) *
-                             static_cast<double>(g->c_in) * static_cast<double>(shifted_wq) * sizeof(float);
-    g->band = g->x_layout ? 0 : BandRows(g->oh, reach, row_bytes, row_bytes * static_cast<double>(g->hq));
-    const double copy_bytes = g->band > 0 ? row_bytes * static_cast<double>(g->band + reach) : shifted_bytes;
+    const double copy_planes = static_cast<double>(g->row_phases.size()) * static_cast<double>(kw) *
+                               static_cast<double>(g->c_in);
+    const double image_bytes =
+        copy_planes * static_cast<double>(g->hq) * static_cast<double>(shifted_wq) * sizeof(float);
+    g->band = g->x_layout ? 0 : BandRows(g->oh, reach, copy_planes, shifted_wq, image_bytes);
+    const double copy_bytes =
+        g->band > 0 ? copy_planes * static_cast<double>(SpreadPlane((g->band + reach) * shifted_wq)) * sizeof(float)
+                    : shifted_bytes;
     if (!g->x_layout && ShiftedCopies(layout, nnz, cells, kw, copy_bytes, widen)) {
       // copy column j is kernel column j, shifted into place
       g->shifted = true;
@@ -2574,12 +2581,24 @@ struct CsrConvKernel {
   }
 
   // Output rows per band of shifted copies (kMinBandRows), 0 for the whole image's copies at
-  // once: `row_bytes` the shifted copies of one copy row, `image_bytes` the whole image's.
-  int64_t BandRows(int64_t oh, int64_t reach, double row_bytes, double image_bytes) const {
-    if (band_bytes <= 0 || image_bytes <= band_bytes) return 0;
-    for (int64_t r = oh / 2; r >= std::max(kMinBandRows, 4 * reach); --r)
-      if (oh % r == 0 && static_cast<double>(r + reach) * row_bytes <= band_bytes) return r;
-    return 0;
+  // once: `planes` copy planes (copies x C_in) of `wq`-float rows, `image_bytes` the whole
+  // image's copies. The divisors of OH by trial division up to its square root: at most 46341
+  // steps for any OH < 2^31, whatever the shape (a hostile prime OH near 2^31 with an empty X
+  // must not cost a billion divisions before the size checks refuse it).
+  int64_t BandRows(int64_t oh, int64_t reach, double planes, int64_t wq, double image_bytes) const {
+    if (band_bytes <= 0 || image_bytes <= band_bytes || oh < 2 * kMinBandRows) return 0;
+    const auto fits = [&](int64_t r) {
+      if (r < std::max(kMinBandRows, 4 * reach) || r > oh / 2) return false;
+      const double plane = static_cast<double>(SpreadPlane((r + reach) * wq));  // r + reach < 2^31, wq < 2^31
+      return planes * plane * sizeof(float) <= band_bytes;
+    };
+    int64_t best = 0;
+    for (int64_t d = 1; d <= oh / d; ++d) {
+      if (oh % d != 0) continue;
+      if (fits(d)) best = std::max(best, d);
+      if (fits(oh / d)) best = std::max(best, oh / d);
+    }
+    return best;
   }
 
   // The phases (k_i * d) % s of an axis with k taps, ascending, and each phase's slot (-1 when
