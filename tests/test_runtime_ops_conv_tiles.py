@@ -197,7 +197,7 @@ def test_shifted_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib
         if isa_name != "scalar" and lib.onnxprune_ops_cpu_has(isa_name.encode()) != 1:
             continue
         case = ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1))
-        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(18 * row))  # 14 + 2 rows fit, their planes padded to 72 lines
+        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(18 * row))  # 14 + 2 rows fit (planes padded to 72 lines)
         assert _layout(lib, isa_name, *case) == "bands"  # also the portable 56-float rows
         if isa_name == "avx512":
             monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(9 * row))  # 7 + 2: too short a band
