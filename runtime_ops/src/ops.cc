@@ -849,25 +849,28 @@ bool ShiftedCopies(Copies forced, int64_t nnz, double cells, int64_t kw, double 
 }
 
 // Shifted copies band by band (CsrConvKernel::BandRows). Where the whole image's shifted copies
-// would take more than the L2, CsrConv fills them for one band of output rows at a time (the
-// copy rows the band reads: band + ((kH - 1) dH) / sH per plane), runs the tiles over the band
-// while its copies are in the L2, then fills the next. The band is the largest divisor of OH,
-// at most OH / 2 and at least kMinBandRows and four times that reach (the rows a band copies
-// twice), whose copies fit the L2; without one, the whole image's copies as before (shifted
-// within kShiftedCopyL2s L2s, else phase). One node after a Relu, 1 thread, an Intel core
-// (lscpu family 6 model 207, L2 2 MiB), against ONNX Runtime's dense Conv: VGG-16's conv1_2
-// (64 channels of 224x224 at 22%, phase copies before) 1.27-1.48x -> 1.59-1.63x, conv2_1 (64 ->
-// 128 on 112x112 at 34%) 1.40x -> 1.70x, conv2_2 (128 on 112x112 at 36%) 1.09x -> 1.41x, 256
-// channels of 56x56 at 42% 1.23x -> 1.24-1.32x; 14x14 maps in two bands of 7 rows ran slower
-// (256 channels at 30%: 2.02x -> 1.47x), hence the smallest band. Unmeasured on cores with a
-// 1 MiB L2 (Zen 4, Zen 5), where fewer layers find a band.
-// ONNXPRUNE_CONV_BAND_BYTES=n (read when a session creates its kernels) sets the bands' budget
-// instead of the L2 size (0: never band), for tests that need bands on small images and for
-// A/B timing.
+// would take more than kBandL2s times the L2, CsrConv fills them for one band of output rows at
+// a time (the copy rows the band reads: band + ((kH - 1) dH) / sH per plane), runs the tiles
+// over the band while its copies are near, then fills the next. The band is the largest
+// divisor of OH, at most OH / 2 and at least kMinBandRows and four times that reach (the rows
+// a band copies twice), whose copies fit that budget; without one, the whole image's copies as
+// before (shifted within kShiftedCopyL2s L2s, else phase). One node after a Relu, 1 thread, an
+// Intel core (lscpu family 6 model 207, L2 2 MiB), against ONNX Runtime's dense Conv, bands
+// within one L2: VGG-16's conv1_2 (64 channels of 224x224 at 22%, phase copies before) 1.27-1.48x
+// -> 1.59-1.63x, conv2_1 (64 -> 128 on 112x112 at 34%) 1.40x -> 1.70x, conv2_2 (128 on 112x112
+// at 36%) 1.09x -> 1.41x, 256 channels of 56x56 at 42% 1.23x -> 1.24-1.32x; 14x14 maps in two
+// bands of 7 rows ran slower (256 channels at 30%: 2.02x -> 1.47x), hence the smallest band.
+// The whole VGG-16 at the paper's densities, sessions in one process (20 rounds, twice): no
+// bands 1.69x of dense, budget 1 MiB 1.70x, 2 MiB 1.82x, 3 MiB 1.80x, 4 MiB 1.86-1.90x, 6 MiB
+// 1.85x, 8 MiB 1.87x; ResNet-50 level at 0 and 4 MiB (2.81x, 2.78x). Unmeasured on cores with
+// a 1 MiB L2 (Zen 4, Zen 5).
+// ONNXPRUNE_CONV_BAND_BYTES=n (read when a session creates its kernels) sets the budget instead
+// (0: never band), for tests that need bands on small images and for A/B timing.
 constexpr int64_t kMinBandRows = 8;
+constexpr int64_t kBandL2s = 2;
 double ChooseBandBytes() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_BAND_BYTES");
-  if (forced == nullptr || *forced == '\0') return static_cast<double>(L2Bytes());
+  if (forced == nullptr || *forced == '\0') return static_cast<double>(kBandL2s * L2Bytes());
   char* end = nullptr;
   errno = 0;
   const long long v = std::strtoll(forced, &end, 10);
