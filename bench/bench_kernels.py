@@ -191,6 +191,7 @@ def standard_cases() -> list[Case]:
              dict(c_in=64, c_out=64, k=3, hw=224, density=0.22), [1]),
         Case("Conv 128->128 3x3 112x112 @ 36% (VGG conv2_2)", "conv",
              dict(c_in=128, c_out=128, k=3, hw=112, density=0.36), [1]),
+        Case("Conv 64->64 3x3 224x224 @ 10%", "conv", dict(c_in=64, c_out=64, k=3, hw=224, density=0.10), [1]),
         Case("Conv 64->256 1x1 56x56 @ 10%", "conv", dict(c_in=64, c_out=256, k=1, hw=56, density=0.10), [1]),
         Case("Conv 256->64 1x1 56x56 @ 10%", "conv", dict(c_in=256, c_out=64, k=1, hw=56, density=0.10), [1]),
         Case("Conv 256->512 1x1/2 56x56 @ 10%", "conv",

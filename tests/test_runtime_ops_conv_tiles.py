@@ -187,10 +187,11 @@ def test_the_layout_gate_takes_shifted_copies_only_where_they_pay(case, lib, mon
         assert _layout(lib, "scalar", k, x, c_out, density, pads) == ("in place" if avx2 == "in place" else forced)
 
 
-def test_shifted_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib, monkeypatch):
-    """Layout 7 (ops.cc BandRows): the whole image's shifted copies past the budget, a band of
-    at least 8 output rows (and 4 x the rows a band copies twice) dividing OH, at most OH / 2,
-    whose copies fit it; otherwise the whole image's copies, shifted or phase as the gate says."""
+def test_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib, monkeypatch):
+    """Layout 7 (ops.cc BandRows): the whole image's copies (shifted or phase) past the budget,
+    a band of at least 8 output rows (and 4 x the rows a band copies twice) dividing OH, at most
+    OH / 2, whose copies fit it; otherwise the whole image's copies, shifted or phase as the gate
+    says."""
     monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
     row = 3 * 64 * 64 * 4  # one copy row of 64 channels' shifted copies, 56 columns rounded to 64
     for isa_name in ("avx512", "scalar"):
@@ -207,7 +208,11 @@ def test_shifted_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib
             monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
             assert _layout(lib, isa_name, *case) == "shifted"
             monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(18 * row))
-            assert _layout(lib, isa_name, (3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1)) == "phase"  # too sparse
+            assert _layout(lib, isa_name, (3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1)) == "phase"  # 58 rows fit
+            # bands of 28 rows of 58-float phase rows
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(30 * 64 * 64 * 4))
+            assert _layout(lib, isa_name, (3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1)) == "bands"
+            monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(18 * row))
             assert _layout(lib, isa_name, (3, 3), (1, 64, 14, 14), 64, 0.3, (1, 1, 1, 1)) == "shifted"  # OH / 2 < 8
             # VGG-16's conv1_2 in 2 MiB: bands of 8 rows, where its 39 MB of copies were phase copies
             monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(2 << 20))
@@ -224,6 +229,11 @@ def test_shifted_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib
         monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", bad)
         want = "shifted" if bad == "" else "refused"  # empty: the L2 size, as unset
         assert _layout(lib, "scalar", (3, 3), (1, 8, 9, 9), 4, 0.5, (1, 1, 1, 1)) == want, bad
+
+
+def _phases(k, d, s):
+    """ops.cc UsedPhases: the distinct phases (i * d) % s of an axis with k taps."""
+    return len({(i * d) % s for i in range(k)})
 
 
 def _spread(floats):
@@ -244,13 +254,15 @@ BANDS = [
 ]
 
 
+@pytest.mark.parametrize("copies", ["shifted", "phase"])
 @pytest.mark.parametrize("residual", [None, "Relu", "HardSwish"])
 @pytest.mark.parametrize("case", BANDS, ids=[c[0] for c in BANDS])
-def test_bands_of_shifted_copies_match_the_reference(case, residual, lib, isa, threads, monkeypatch):
+def test_bands_of_copies_match_the_reference(case, residual, copies, lib, isa, threads, monkeypatch):
     """ONNXPRUNE_CONV_BAND_BYTES set to a few copy rows: the layer runs band by band (layout 7,
-    checked through the layout probe), two images, with Z and an activation finished in the
-    tiles or after them; the same as the reference and as the whole image's copies, X placed
-    right before an inaccessible page where the platform allows, and left as it was."""
+    checked through the layout probe) on shifted or phase copies, two images, with Z and an
+    activation finished in the tiles or after them; the same as the reference and as the whole
+    image's copies, X placed right before an inaccessible page where the platform allows, and
+    left as it was."""
     from tests.test_runtime_ops_residual import residual_model
     name, c_in, c_out, (kh, kw), h, w, strides, pads, dil, group, band = case
     rng, w4 = _weights(f"bands-{name}", c_out, c_in // group, kh, kw, 0.5)
@@ -258,11 +270,15 @@ def test_bands_of_shifted_copies_match_the_reference(case, residual, lib, isa, t
     x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
     conv = conv_reference(x, w4, b, strides, pads, dil, group)
     quantum = {"avx512": 16, "avx2": 8, "scalar": 1}[isa]
-    row_phases = min(strides[0], (kh - 1) * dil[0] + 1)
-    wq = (conv.shape[3] + quantum - 1) // quantum * quantum
+    row_phases = _phases(kh, dil[0], strides[0])
+    if copies == "shifted":
+        planes, wq = row_phases * kw * c_in, (conv.shape[3] + quantum - 1) // quantum * quantum
+    else:
+        planes = row_phases * _phases(kw, dil[1], strides[1]) * c_in
+        wq = -(-(w + pads[1] + pads[3]) // strides[1])
     reach = (kh - 1) * dil[0] // strides[0]
-    budget = row_phases * kw * c_in * _spread((band + reach) * wq) * 4  # that band fits, no larger one
-    monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", "shifted")
+    budget = planes * _spread((band + reach) * wq) * 4  # that band fits, no larger one
+    monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", copies)
     monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(budget))
     attrs = [kh, kw, *strides, *dil, *pads, group]
     assert base.conv_layout(lib, isa, attrs, list(x.shape), c_out, int(np.count_nonzero(w4))) == 7
