@@ -28,7 +28,8 @@ LIBRARY = "onnxprune.runtime_ops._onnxprune_ops"  # runtime_ops/__init__.py's _L
 SOURCES = ["runtime_ops/src/ops.cc", "runtime_ops/src/kernels.cc"]
 HEADERS = ["runtime_ops/src/kernels.h", "runtime_ops/src/ort_abi.h", "runtime_ops/src/conv_run.inc",
            "runtime_ops/src/conv_rows.inc",
-           "runtime_ops/src/dw_rows.inc", "runtime_ops/src/dw_block.inc", "runtime_ops/src/dw_grid.inc"]
+           "runtime_ops/src/dw_rows.inc", "runtime_ops/src/dw_block.inc", "runtime_ops/src/dw_grid.inc",
+           "runtime_ops/src/transpose_lanes.inc"]
 
 # Test/CI-only: ONNXPRUNE_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer,
 # every report fatal (runtime_ops/check_sanitized.sh builds that into build/sanitized/, never

@@ -849,19 +849,20 @@ OP_AVX2 static inline Mask MaskOf(unsigned bits) { return LaneMask(bits); }
 OP_AVX2 static inline __m256 MaskLoad(Mask mask, const float* p) { return _mm256_maskload_ps(p, mask); }
 OP_AVX2 static inline void MaskStore(Mask mask, float* p, __m256 v) { _mm256_maskstore_ps(p, mask, v); }
 
-// v[u] lane l <- v[l] lane u (8 x 8: unpack, shuffle, 128-bit lane permute, as Transpose).
+// The in-lane steps of TransposeLanes (transpose_lanes.inc).
+OP_AVX2 static inline __m256 UnpackLo(__m256 a, __m256 b) { return _mm256_unpacklo_ps(a, b); }
+OP_AVX2 static inline __m256 UnpackHi(__m256 a, __m256 b) { return _mm256_unpackhi_ps(a, b); }
+OP_AVX2 static inline __m256 PairsLo(__m256 a, __m256 b) { return _mm256_shuffle_ps(a, b, 0x44); }
+OP_AVX2 static inline __m256 PairsHi(__m256 a, __m256 b) { return _mm256_shuffle_ps(a, b, 0xee); }
+
+#define ONNXPRUNE_TILE_TARGET OP_AVX2
+#include "transpose_lanes.inc"
+#undef ONNXPRUNE_TILE_TARGET
+
+// v[u] lane l <- v[l] lane u (8 x 8: 4 x 4 in each 128-bit lane, then a 128-bit lane permute).
 OP_AVX2 static inline void TransposeLanes(__m256* v) {
   __m256 t[8];
-  for (int u = 0; u < 8; u += 2) {
-    t[u] = _mm256_unpacklo_ps(v[u], v[u + 1]);
-    t[u + 1] = _mm256_unpackhi_ps(v[u], v[u + 1]);
-  }
-  for (int u = 0; u < 8; u += 4) {
-    v[u] = _mm256_shuffle_ps(t[u], t[u + 2], 0x44);
-    v[u + 1] = _mm256_shuffle_ps(t[u], t[u + 2], 0xee);
-    v[u + 2] = _mm256_shuffle_ps(t[u + 1], t[u + 3], 0x44);
-    v[u + 3] = _mm256_shuffle_ps(t[u + 1], t[u + 3], 0xee);
-  }
+  Transpose4x4InLanes(v, t);
   for (int u = 0; u < 4; ++u) {
     t[u] = _mm256_permute2f128_ps(v[u], v[u + 4], 0x20);
     t[u + 4] = _mm256_permute2f128_ps(v[u], v[u + 4], 0x31);
@@ -1096,20 +1097,21 @@ OP_AVX512 static inline Mask MaskOf(unsigned bits) { return static_cast<__mmask1
 OP_AVX512 static inline __m512 MaskLoad(Mask mask, const float* p) { return _mm512_maskz_loadu_ps(mask, p); }
 OP_AVX512 static inline void MaskStore(Mask mask, float* p, __m512 v) { _mm512_mask_storeu_ps(p, mask, v); }
 
-// v[u] lane l <- v[l] lane u (16 x 16): 4 x 4 transposes inside each 128-bit lane (unpack,
-// shuffle), then two rounds of 128-bit lane shuffles across pairs of registers.
+// The in-lane steps of TransposeLanes (transpose_lanes.inc).
+OP_AVX512 static inline __m512 UnpackLo(__m512 a, __m512 b) { return _mm512_unpacklo_ps(a, b); }
+OP_AVX512 static inline __m512 UnpackHi(__m512 a, __m512 b) { return _mm512_unpackhi_ps(a, b); }
+OP_AVX512 static inline __m512 PairsLo(__m512 a, __m512 b) { return _mm512_shuffle_ps(a, b, 0x44); }
+OP_AVX512 static inline __m512 PairsHi(__m512 a, __m512 b) { return _mm512_shuffle_ps(a, b, 0xee); }
+
+#define ONNXPRUNE_TILE_TARGET OP_AVX512
+#include "transpose_lanes.inc"
+#undef ONNXPRUNE_TILE_TARGET
+
+// v[u] lane l <- v[l] lane u (16 x 16): 4 x 4 in each 128-bit lane, then two rounds of 128-bit
+// lane shuffles across pairs of registers.
 OP_AVX512 static inline void TransposeLanes(__m512* v) {
   __m512 t[16];
-  for (int u = 0; u < 16; u += 2) {
-    t[u] = _mm512_unpacklo_ps(v[u], v[u + 1]);
-    t[u + 1] = _mm512_unpackhi_ps(v[u], v[u + 1]);
-  }
-  for (int u = 0; u < 16; u += 4) {
-    v[u] = _mm512_shuffle_ps(t[u], t[u + 2], 0x44);
-    v[u + 1] = _mm512_shuffle_ps(t[u], t[u + 2], 0xee);
-    v[u + 2] = _mm512_shuffle_ps(t[u + 1], t[u + 3], 0x44);
-    v[u + 3] = _mm512_shuffle_ps(t[u + 1], t[u + 3], 0xee);
-  }
+  Transpose4x4InLanes(v, t);
   for (int h = 0; h < 16; h += 8)
     for (int u = 0; u < 4; ++u) {
       t[h + u] = _mm512_shuffle_f32x4(v[h + u], v[h + u + 4], 0x88);
