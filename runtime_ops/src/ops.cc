@@ -1811,26 +1811,23 @@ struct CsrConvKernel {
               y + img * y_image, y_plane);
       return;
     }
-    if (g.band > 0) {
-      const PackBuffer q = CallPack(static_cast<size_t>(gb.q_alloc));
-      std::memset(q.get() + gb.q_size, 0, static_cast<size_t>(gb.q_alloc - gb.q_size) * sizeof(float));
-      for (int64_t img = 0; img < g.nb; ++img)
-        for (int64_t oy0 = 0; oy0 < g.oh; oy0 += g.band) {
-          FillBand(ctx, g, gb, xd + img * g.c_in * g.h * g.w, oy0, q.get());
-          const int64_t at = img * y_image + oy0 * g.ow;
-          Tiles(ctx, gb, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane);
-        }
-      return;
-    }
     // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
-    // (PlanPhases, checked again in MakePlan). The slack past Q is zeroed here, once: the
-    // copies of every image fill Q only.
-    const PackBuffer q = CallPack(static_cast<size_t>(g.q_alloc));
-    std::memset(q.get() + g.q_size, 0, static_cast<size_t>(g.q_alloc - g.q_size) * sizeof(float));
-    for (int64_t img = 0; img < g.nb; ++img) {
-      FillCopies(ctx, g, xd + img * g.c_in * g.h * g.w, q.get());
-      Tiles(ctx, g, *plan, q.get(), false, bias, z ? z + img * y_image : nullptr, y + img * y_image, y_plane);
-    }
+    // (PlanPhases or BandGeometry, checked again in MakePlan). The slack past Q is zeroed here,
+    // once: the copies of every image, or band, fill Q only.
+    const PackBuffer q = CallPack(static_cast<size_t>(pg.q_alloc));
+    std::memset(q.get() + pg.q_size, 0, static_cast<size_t>(pg.q_alloc - pg.q_size) * sizeof(float));
+    const int64_t rows = g.band > 0 ? g.band : g.oh;  // output rows per fill of Q
+    for (int64_t img = 0; img < g.nb; ++img)
+      for (int64_t oy0 = 0; oy0 < g.oh; oy0 += rows) {
+        const float* xi = xd + img * g.c_in * g.h * g.w;
+        if (g.band > 0) {
+          FillCopyRows(ctx, g, gb, xi, oy0, q.get());
+        } else {
+          FillCopies(ctx, g, xi, q.get());
+        }
+        const int64_t at = img * y_image + oy0 * g.ow;
+        Tiles(ctx, pg, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane);
+      }
   }
 
   // A 1x1 kernel with stride 1 (or a single output along the strided axis) and no padding
@@ -2521,14 +2518,18 @@ struct CsrConvKernel {
     g->tap_col.resize(static_cast<size_t>(kw));
     g->tap_shift.resize(static_cast<size_t>(kw));
     const int64_t reach = (kh - 1) * dh / g->sh;
-    const double copy_planes = static_cast<double>(g->row_phases.size()) * static_cast<double>(kw) *
-                               static_cast<double>(g->c_in);
-    const double image_bytes =
-        copy_planes * static_cast<double>(g->hq) * static_cast<double>(shifted_wq) * sizeof(float);
-    g->band = g->x_layout ? 0 : BandRows(g->oh, reach, copy_planes, shifted_wq, image_bytes);
-    const double copy_bytes =
-        g->band > 0 ? copy_planes * static_cast<double>(SpreadPlane((g->band + reach) * shifted_wq)) * sizeof(float)
-                    : shifted_bytes;
+    // The band for `copies` copies per channel of `wq`-float rows (BandRows), with what a band's
+    // copies take.
+    const auto band_for = [&](int64_t per_channel, int64_t wq, double* bytes) {
+      const double planes = static_cast<double>(per_channel) * static_cast<double>(g->c_in);
+      const double image = planes * static_cast<double>(g->hq) * static_cast<double>(wq) * sizeof(float);
+      const int64_t band = BandRows(g->oh, reach, planes, wq, image);
+      if (bytes != nullptr && band > 0)
+        *bytes = planes * static_cast<double>(SpreadPlane((band + reach) * wq)) * sizeof(float);
+      return band;
+    };
+    double copy_bytes = shifted_bytes;
+    g->band = g->x_layout ? 0 : band_for(static_cast<int64_t>(g->row_phases.size()) * kw, shifted_wq, &copy_bytes);
     if (!g->x_layout && ShiftedCopies(layout, nnz, cells, kw, copy_bytes, widen)) {
       // copy column j is kernel column j, shifted into place
       g->shifted = true;
@@ -2550,13 +2551,9 @@ struct CsrConvKernel {
       // after a Relu, 1.67x of dense -> 2.26x, 32 -> 64 on 320x320 at 10% 1.53x -> 1.91x, 128
       // of 112x112 level (3.03x, 3.05x); layout_cdla at 80% 3.02x -> 3.09x, nudenet 1.35x ->
       // 1.38x, ResNet-50 level (sessions in one process, 20-30 rounds).
-      g->band = 0;
-      if (!g->x_layout && kh * kw > 1) {
-        const double phase_planes = static_cast<double>(g->row_phases.size()) *
-                                    static_cast<double>(g->col_start.size()) * static_cast<double>(g->c_in);
-        g->band = BandRows(g->oh, reach, phase_planes, phase_wq,
-                           phase_planes * static_cast<double>(g->hq) * static_cast<double>(phase_wq) * sizeof(float));
-      }
+      g->band = g->x_layout || kh * kw == 1
+                    ? 0
+                    : band_for(static_cast<int64_t>(g->row_phases.size() * g->col_start.size()), phase_wq, nullptr);
     }
     g->plane = CheckedMul(g->hq, g->wq, "input copy size");
     g->in_place = ReadsXInPlace(*g);
@@ -2711,23 +2708,18 @@ struct CsrConvKernel {
       FillNarrowCopies(ctx, g, xi, q);
       return;
     }
-    const int64_t phases = static_cast<int64_t>(g.row_phases.size());
+    if (!PairedColumns(g)) {
+      FillCopyRows(ctx, g, g, xi, 0, q);  // every copy row of the image
+      return;
+    }
     const int64_t cols = static_cast<int64_t>(g.col_start.size());
-    ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
+    ParallelFor(ctx, static_cast<size_t>(static_cast<int64_t>(g.row_phases.size()) * g.c_in), [&](size_t t) {
       const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
-      if (PairedColumns(g)) {
-        float* dst = q + (slot * cols * g.c_in + c) * g.plane;  // copy column 1: C_in planes on
-        for (int64_t a = 0; a < g.hq; ++a) FillCopyRowPair(g, xi + c * g.h * g.w, slot, a, dst + a * g.wq, g.c_in * g.plane);
-        for (int64_t k = 0; k < 2; ++k) {  // a rounded plane's slack, as below (none today: 1x1 only)
-          float* copy = dst + k * g.c_in * g.plane;
-          std::fill(copy + g.hq * g.wq, copy + g.plane, 0.f);
-        }
-        return;
-      }
-      for (int64_t k = 0; k < cols; ++k) {
-        float* dst = q + ((slot * cols + k) * g.c_in + c) * g.plane;
-        for (int64_t a = 0; a < g.hq; ++a) FillCopyRow(g, xi + c * g.h * g.w, slot, k, a, dst + a * g.wq);
-        std::fill(dst + g.hq * g.wq, dst + g.plane, 0.f);  // an aligned plane's slack (PlanPhases)
+      float* dst = q + (slot * cols * g.c_in + c) * g.plane;  // copy column 1: C_in planes on
+      for (int64_t a = 0; a < g.hq; ++a) FillCopyRowPair(g, xi + c * g.h * g.w, slot, a, dst + a * g.wq, g.c_in * g.plane);
+      for (int64_t k = 0; k < 2; ++k) {  // a rounded plane's slack, as FillCopyRows (none today: 1x1 only)
+        float* copy = dst + k * g.c_in * g.plane;
+        std::fill(copy + g.hq * g.wq, copy + g.plane, 0.f);
       }
     });
   }
@@ -2746,13 +2738,14 @@ struct CsrConvKernel {
     return b;
   }
 
-  // Copy rows oy0 .. oy0 + b.hq of every copy plane of image xi into q, laid out as b
-  // (BandGeometry): what FillCopies writes for the whole image, rows past the image's copies
-  // zero. One task per (row phase, channel), as FillCopies, every copy row through FillCopyRow:
-  // a stride-2 layer's two column phases from one pass over each row (FillCopyRowPair, as
-  // FillCopies does) measured slower in bands (one node after a Relu, 10% density, 3x3/2:
-  // 32 -> 64 on 320x320 0.974x, 64 -> 128 on 224x224 0.964x; bench/ab_library.py, 30 rounds).
-  void FillBand(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvGeometry& b, const float* xi,
+  // Copy rows oy0 .. oy0 + b.hq of every copy plane of image xi into q, laid out as b (the
+  // image's geometry g itself from row 0, or a band's, BandGeometry), rows past the image's
+  // copies zero, then each plane's slack (PlanPhases, SpreadPlane) zero. One task per (row
+  // phase, channel), every copy row through FillCopyRow: a stride-2 layer's two column phases
+  // from one pass over each row (FillCopyRowPair, FillCopies' whole-image path) measured
+  // slower in bands (one node after a Relu, 10% density, 3x3/2: 32 -> 64 on 320x320 0.974x,
+  // 64 -> 128 on 224x224 0.964x; bench/ab_library.py, 30 rounds).
+  void FillCopyRows(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvGeometry& b, const float* xi,
                 int64_t oy0, float* q) const {
     const int64_t phases = static_cast<int64_t>(g.row_phases.size());
     const int64_t cols = static_cast<int64_t>(g.col_start.size());
