@@ -43,8 +43,8 @@ def lib() -> ctypes.CDLL:
 def conv_layout(so: ctypes.CDLL, isa_name: str, attrs, x_shape, c_out: int, nnz: int) -> int:
     """``onnxprune_ops_conv_layout``: the input layout CsrConv plans (0 X in place, 1 phase
     copies, 2 shifted copies, 3 depthwise band by band, 4 depthwise reading X directly, 5
-    depthwise channel blocks, 6 the depthwise grid, 7 input copies band by band, -1
-    refused); ``attrs`` kH, kW, sH, sW, dH, dW, pads t/l/b/r, group."""
+    depthwise channel blocks, 6 the depthwise grid, 7 input copies band by band, 8 column
+    strips, -1 refused); ``attrs`` kH, kW, sH, sW, dH, dW, pads t/l/b/r, group."""
     f = so.onnxprune_ops_conv_layout
     f.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
                   ctypes.c_int64, ctypes.c_int64]

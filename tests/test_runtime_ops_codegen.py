@@ -5,7 +5,8 @@ the accumulators in memory adds V stores (and reloads) to it and halves the tile
 every output still exact, so no output test can see it. GCC 12 did exactly that for the AVX2
 tiles (an array of __m256 kept on the stack; docs/BENCHMARKS.md, "An AVX2-only core"). This
 reads the machine code of the installed library: the loop of each vector ConvRun (and of each
-ConvRows, which runs it row after row) that holds its FMAs must not touch the stack. Skipped
+ConvRows and ConvStripRows, which run it row after row) that holds its FMAs must not touch the
+stack. Skipped
 without objdump, and for a library other than the installed -O3 build (the sanitizer build is
 -O1 by design).
 """
@@ -24,7 +25,7 @@ from onnxprune import runtime_ops
 FUNCTION = re.compile(r"^([0-9a-f]+) <(.*)>:$")
 INSN = re.compile(r"^\s+([0-9a-f]+):\s+(\S+)\s*(.*)$")
 BRANCH = re.compile(r"^([0-9a-f]+) <")
-TILE = re.compile(r"onnxprune::(avx2|avx512)::(ConvRun|ConvRows)<(\d+)>")
+TILE = re.compile(r"onnxprune::(avx2|avx512)::(ConvRun|ConvRows|ConvStripRows)<(\d+)>")
 STACK = re.compile(r"\(%[re]?(sp|bp)\b")
 
 
@@ -81,11 +82,11 @@ def test_the_scan_finds_a_stack_access_in_an_fma_loop():
 def test_vector_conv_tiles_keep_their_accumulators_in_registers():
     done = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", runtime_ops.library_path()],
                           capture_output=True, text=True, timeout=300, check=True)
-    # ConvRows (a task's rows in one call) holds each ConvRun's loop again, flattened into it.
+    # ConvRows and ConvStripRows (a task's rows in one call) hold ConvRun's loop again, flattened in.
     tiles = {f"{m.group(1)} {m.group(2)} V={m.group(3)}": insns
              for name, insns in _functions(done.stdout).items() if (m := TILE.search(name))}
     assert sorted(tiles) == sorted(f"{isa} {kind} V={v}" for isa in ("avx2", "avx512")
-                                   for kind in ("ConvRun", "ConvRows") for v in (1, 4, 8, 12, 13, 14))
+                                   for kind in ("ConvRun", "ConvRows", "ConvStripRows") for v in (1, 4, 8, 12, 13, 14))
     for tile, insns in tiles.items():
         loops = innermost_fma_loops(insns)
         assert loops, f"{tile}: no loop with FMAs found"

@@ -148,16 +148,17 @@ def test_stride2_paired_copies_of_every_row_length_match_the_reference(kw, pads,
 
 
 def _layout(lib, isa_name, k, x, c_out, density, pads, strides=(1, 1)):
-    """The layout CsrConv plans (ops.cc CsrConvKernel::Layout): in place, phase or shifted."""
+    """The layout CsrConv plans (ops.cc CsrConvKernel::Layout): in place, phase, shifted, bands
+    or strips."""
     nnz = int(density * c_out * x[1] * k[0] * k[1])
     code = base.conv_layout(lib, isa_name, [*k, *strides, 1, 1, *pads, 1], x, c_out, nnz)
-    return {-1: "refused", 0: "in place", 1: "phase", 2: "shifted", 7: "bands"}[code]
+    return {-1: "refused", 0: "in place", 1: "phase", 2: "shifted", 7: "bands", 8: "strips"}[code]
 
 
 # (k, x, c_out, density, pads, the AVX2 gate's layout (rows rounded to 8 floats), the AVX-512
 # gate's (rounded to 16), the portable path's: its rows are not rounded)
 GATE = [
-    ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1), "shifted", "shifted", "shifted"),  # AVX-512: 64 for 58
+    ((3, 3), (1, 64, 56, 56), 64, 0.3, (1, 1, 1, 1), "shifted", "strips", "shifted"),  # AVX-512: 64 for 58
     ((3, 3), (1, 64, 54, 54), 64, 0.3, (1, 1, 1, 1), "shifted", "phase", "shifted"),  # AVX-512: 64 for 56
     ((3, 3), (1, 64, 56, 56), 64, 0.1, (1, 1, 1, 1), "phase", "phase", "phase"),      # too sparse for kW copies
     ((3, 3), (1, 256, 13, 13), 384, 0.35, (1, 1, 1, 1), "shifted", "shifted", "shifted"),  # 16 columns for 15
@@ -176,23 +177,30 @@ def test_the_layout_gate_takes_shifted_copies_only_where_they_pay(case, lib, mon
     ONNXPRUNE_CONV_COPIES overrides the gate but not an in-place 1x1."""
     k, x, c_out, density, pads, avx2, avx512, portable = case
     monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
     monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")  # the whole image's copies (bands below)
     if lib.onnxprune_ops_cpu_has(b"avx2") == 1:
         assert _layout(lib, "avx2", k, x, c_out, density, pads) == avx2
     if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
         assert _layout(lib, "avx512", k, x, c_out, density, pads) == avx512
     assert _layout(lib, "scalar", k, x, c_out, density, pads) == portable
+    monkeypatch.setenv("ONNXPRUNE_CONV_STRIPS", "0")  # whole rows: the shifted copies' layout without strips
     for forced in ("shifted", "phase"):
         monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", forced)
         assert _layout(lib, "scalar", k, x, c_out, density, pads) == ("in place" if avx2 == "in place" else forced)
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES")
+    if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
+        assert _layout(lib, "avx512", k, x, c_out, density, pads) == ("shifted" if avx512 == "strips" else avx512)
 
 
 def test_copies_go_band_by_band_where_the_image_s_outgrow_the_budget(lib, monkeypatch):
     """Layout 7 (ops.cc BandRows): the whole image's copies (shifted or phase) past the budget,
     a band of at least 8 output rows (and 4 x the rows a band copies twice) dividing OH, at most
     OH / 2, whose copies fit it; otherwise the whole image's copies, shifted or phase as the gate
-    says."""
+    says. Column strips off (ONNXPRUNE_CONV_STRIPS=0): they would take the wide shifted layers
+    below on AVX-512, band by band or not (test_column_strips_*)."""
     monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    monkeypatch.setenv("ONNXPRUNE_CONV_STRIPS", "0")
     row = 3 * 64 * 64 * 4  # one copy row of 64 channels' shifted copies, 56 columns rounded to 64
     for isa_name in ("avx512", "scalar"):
         if isa_name != "scalar" and lib.onnxprune_ops_cpu_has(isa_name.encode()) != 1:
@@ -306,6 +314,104 @@ def test_bands_of_copies_match_the_reference(case, residual, copies, lib, isa, t
     finally:
         if buffers is not None:
             buffers.free()
+
+
+# Column strips (ops.cc StripGeometry, layout 8): shifted copies of rows wider than 32 floats
+# that split into 16-float strips, at least 16 input channels a group, unit column stride.
+# (name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group, the band's output rows or 0)
+STRIPS = [
+    # 48 columns: three whole strips, each tile written where it lies in Y (OW a multiple of 16)
+    ("3x3_three_strips", 16, 12, (3, 3), 30, 48, [1, 1], [1, 1, 1, 1], [1, 1], 1, 0),
+    # 40 columns: AVX-512 rows of 48, the last strip 8 columns of Y (through the task buffer)
+    ("3x3_partial_last_strip", 20, 10, (3, 3), 22, 40, [1, 1], [1, 1, 1, 1], [1, 1], 1, 0),
+    # bands of 10 rows over strips: partial tiles at every strip's band end
+    ("3x3_strips_in_bands", 16, 12, (3, 3), 40, 64, [1, 1], [1, 1, 1, 1], [1, 1], 1, 10),
+    ("5x5_asymmetric_pads_dilation2", 16, 8, (5, 5), 31, 70, [1, 1], [3, 5, 1, 2], [2, 2], 1, 0),
+    ("3x3_groups_of_16", 32, 16, (3, 3), 18, 64, [1, 1], [1, 1, 1, 1], [1, 1], 2, 0),
+    # row stride 2 (two row phases), column stride 1
+    ("3x3_row_stride2", 16, 8, (3, 3), 33, 64, [2, 1], [1, 1, 1, 1], [1, 1], 1, 0),
+    # padding past the kernel: whole strips of padding columns on either side
+    ("3x1_pads_past_the_kernel", 16, 6, (3, 1), 12, 20, [1, 1], [1, 18, 1, 20], [1, 1], 1, 0),
+]
+
+
+@pytest.mark.parametrize("residual", [None, "Relu", "HardSwish"])
+@pytest.mark.parametrize("case", STRIPS, ids=[c[0] for c in STRIPS])
+def test_column_strips_match_the_reference(case, residual, lib, isa, threads, monkeypatch):
+    """Shifted copies (forced) in column strips, two images, with Z and an activation finished
+    in the tiles where they lie in Y (a clamp) or row by row (HardSwish), band by band where
+    the case says: the layout probe says strips wherever the rows split into 16-float strips on
+    that ISA, and the output equals the reference and the whole rows' (ONNXPRUNE_CONV_STRIPS=0),
+    X placed right before an inaccessible page and left as it was."""
+    from tests.test_runtime_ops_residual import residual_model
+    name, c_in, c_out, (kh, kw), h, w, strides, pads, dil, group, band = case
+    rng, w4 = _weights(f"strips-{name}", c_out, c_in // group, kh, kw, 0.5)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
+    conv = conv_reference(x, w4, b, strides, pads, dil, group)
+    quantum = {"avx512": 16, "avx2": 8, "scalar": 1}[isa]
+    wq = (conv.shape[3] + quantum - 1) // quantum * quantum
+    monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", "shifted")
+    monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
+    if band:
+        reach = (kh - 1) * dil[0] // strides[0]
+        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(_phases(kh, dil[0], strides[0]) * kw * c_in *
+                                                            _spread((band + reach) * wq) * 4))
+    else:
+        monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+    attrs = [kh, kw, *strides, *dil, *pads, group]
+    layout = base.conv_layout(lib, isa, attrs, list(x.shape), c_out, int(np.count_nonzero(w4)))
+    assert layout == (8 if wq > 32 and wq % 16 == 0 else 7 if band else 2)
+    feeds = {"X": x}
+    if residual is None:
+        model, want = conv_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group), conv
+    else:
+        z = rng.standard_normal(conv.shape).astype(np.float32)
+        feeds["Z"] = z
+        model = residual_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group, activation=residual)
+        want = conv + z
+        want = np.maximum(want, 0.0) if residual == "Relu" else want * np.clip(want / 6 + 0.5, 0.0, 1.0)
+    buffers = None
+    if sys.platform.startswith("linux"):
+        from tests.test_runtime_ops_guarded import GuardedBuffers
+        buffers = GuardedBuffers()
+        feeds["X"] = buffers.place(x)
+    try:
+        y = session(model, threads).run(None, feeds)[-1]
+        close(y, want, (c_in // group) * kh * kw)
+        monkeypatch.setenv("ONNXPRUNE_CONV_STRIPS", "0")
+        assert base.conv_layout(lib, isa, attrs, list(x.shape), c_out, int(np.count_nonzero(w4))) in (2, 7)
+        rows = session(model, threads).run(None, feeds)[-1]
+        close(y, rows, (c_in // group) * kh * kw)
+        assert np.array_equal(feeds["X"], x)
+    finally:
+        if buffers is not None:
+            buffers.free()
+
+
+def test_column_strips_follow_their_rule_and_their_setting(lib, monkeypatch):
+    """Strips on AVX-512 for shifted rows wider than 32 floats with 16 or more input channels a
+    group; whole rows for 32-float rows, fewer channels, phase copies, column strides; on AVX2
+    only where the 8-float rows split into 16-float strips; ONNXPRUNE_CONV_STRIPS 0 or 1, and
+    anything else refused."""
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
+    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+    pad1 = (1, 1, 1, 1)
+    if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
+        assert _layout(lib, "avx512", (3, 3), (1, 64, 56, 56), 64, 0.3, pad1) == "strips"
+        assert _layout(lib, "avx512", (3, 3), (1, 64, 28, 28), 64, 0.3, pad1) == "shifted"  # 32-float rows
+        assert _layout(lib, "avx512", (3, 3), (1, 8, 56, 56), 64, 0.3, pad1) == "shifted"  # 8 channels
+        assert _layout(lib, "avx512", (3, 3), (1, 64, 56, 56), 64, 0.1, pad1) == "phase"
+        assert _layout(lib, "avx512", (3, 3), (1, 64, 112, 112), 64, 0.3, pad1, strides=(1, 2)) != "strips"
+        assert _layout(lib, "avx512", (3, 3), (1, 64, 112, 112), 64, 0.3, pad1, strides=(2, 1)) == "strips"
+    if lib.onnxprune_ops_cpu_has(b"avx2") == 1:
+        assert _layout(lib, "avx2", (3, 3), (1, 64, 56, 56), 64, 0.3, pad1) == "shifted"  # 56-float rows
+        assert _layout(lib, "avx2", (3, 3), (1, 64, 48, 48), 64, 0.3, pad1) == "strips"
+    assert _layout(lib, "scalar", (3, 3), (1, 64, 48, 48), 64, 0.3, pad1) == "strips"
+    for value, want in (("1", "strips"), ("", "strips"), ("0", "shifted"), ("yes", "refused"), (" 1", "refused")):
+        monkeypatch.setenv("ONNXPRUNE_CONV_STRIPS", value)
+        assert _layout(lib, "scalar", (3, 3), (1, 64, 48, 48), 64, 0.3, pad1) == want, value
 
 
 def test_the_layout_probe_refuses_what_the_op_refuses(lib, monkeypatch):

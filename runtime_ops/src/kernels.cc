@@ -186,18 +186,27 @@ inline float Finish(float s, const ConvEnd& end, int64_t i) {
   return s < end.lo ? end.lo : (s > end.hi ? end.hi : s);
 }
 
-template <int V>
-void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
-             bool accumulate, const ConvEnd* end) {
+// conv_run.inc's ConvRunAt one float at a time (8-float vectors): float i of the tile at
+// out + i, or with kStrided in rows of 16 floats vs apart.
+template <int V, bool kStrided>
+void ConvRunAt(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
+               bool accumulate, const ConvEnd* end, int64_t vs) {
   constexpr int kT = 8 * V;
+  const auto at = [vs](int i) { return kStrided ? static_cast<int64_t>(i / 16) * vs + i % 16 : int64_t{i}; };
   float a[kT];
-  for (int i = 0; i < kT; ++i) a[i] = accumulate ? out[i] : init;
+  for (int i = 0; i < kT; ++i) a[i] = accumulate ? out[at(i)] : init;
   for (int64_t j = 0; j < nnz; ++j) {
     const float wj = w[j];
     const float* src = q + off[j];
     for (int i = 0; i < kT; ++i) a[i] += wj * src[i];
   }
-  for (int i = 0; i < kT; ++i) out[i] = end ? Finish(a[i], *end, i) : a[i];
+  for (int i = 0; i < kT; ++i) out[at(i)] = end ? Finish(a[i], *end, at(i)) : a[i];
+}
+
+template <int V>
+void ConvRun(const float* w, const int32_t* off, int64_t nnz, const float* q, float* out, float init,
+             bool accumulate, const ConvEnd* end) {
+  ConvRunAt<V, false>(w, off, nnz, q, out, init, accumulate, end, 0);
 }
 
 #define ONNXPRUNE_TILE_TARGET
@@ -242,9 +251,9 @@ inline const float* At(const float* x, int64_t i) {
 }
 
 // Kernels::copy_rows, one float at a time.
-void CopyRows(const float* src, int64_t w, int64_t rows, float* dst, int64_t pitch) {
+void CopyRows(const float* src, int64_t stride, int64_t w, int64_t rows, float* dst, int64_t pitch) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < w; ++i) dst[r * pitch + i] = src[r * w + i];
+    for (int64_t i = 0; i < w; ++i) dst[r * pitch + i] = src[r * stride + i];
 }
 
 // Kernels::dw_rows lane by lane, on conv_lanes = 8.
@@ -1150,6 +1159,7 @@ static const Kernels kScalarKernels = {
      scalar::ConvRows<14>}, scalar::Transpose, scalar::HalfToFloatN,
     scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock, scalar::DwBlockIn, scalar::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, scalar::CopyRows,
+    {scalar::ConvStripRows<1>, scalar::ConvStripRows<4>, scalar::ConvStripRows<8>, scalar::ConvStripRows<12>, scalar::ConvStripRows<13>, scalar::ConvStripRows<14>},
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
@@ -1159,6 +1169,7 @@ static const Kernels kAvx2Kernels = {
      avx2::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock, avx2::DwBlockIn, avx2::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, avx2::CopyRows,
+    {avx2::ConvStripRows<1>, avx2::ConvStripRows<4>, avx2::ConvStripRows<8>, avx2::ConvStripRows<12>, avx2::ConvStripRows<13>, avx2::ConvStripRows<14>},
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
@@ -1168,6 +1179,7 @@ static const Kernels kAvx512Kernels = {
      avx512::ConvRows<14>}, avx2::Transpose, avx2::HalfToFloatN,
     avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock, avx512::DwBlockIn, avx512::DwBlockOut,
     {{avx512::DwGrid<3, 1>, avx512::DwGrid<5, 1>}, {avx512::DwGrid<3, 2>, avx512::DwGrid<5, 2>}}, avx512::CopyRows,
+    {avx512::ConvStripRows<1>, avx512::ConvStripRows<4>, avx512::ConvStripRows<8>, avx512::ConvStripRows<12>, avx512::ConvStripRows<13>, avx512::ConvStripRows<14>},
 };
 
 #undef ONNXPRUNE_BY_TYPE

@@ -208,8 +208,15 @@ struct Kernels {
   // Null where the instruction set has none (AVX-512 only).
   void (*dw_grid[2][2])(const float* p, int64_t pitch, const float* w, int64_t oy0, int64_t oy1, int64_t ow,
                         float init, float* y);
-  // `rows` rows of w floats, w floats apart in src, to rows `pitch` floats apart in dst.
-  void (*copy_rows)(const float* src, int64_t w, int64_t rows, float* dst, int64_t pitch);
+  // `rows` rows of w floats, `stride` floats apart in src, to rows `pitch` floats apart in dst.
+  void (*copy_rows)(const float* src, int64_t stride, int64_t w, int64_t rows, float* dst, int64_t pitch);
+  // conv_strip_rows[v]: conv_rows[v] with each row's tile, and its Z, in rows of 16 floats vs
+  // floats apart instead of contiguous: float i of the tile at out + (i / 16) * vs + i % 16
+  // (CsrConv's column strips written where they lie in Y).
+  void (*conv_strip_rows[kConvVectorChoices])(const float* w, const int32_t* off, const int64_t* pos, int64_t rows,
+                                              const float* q, float* out, int64_t out_stride, int64_t vs,
+                                              const float* bias, bool accumulate, const ConvEnd* end,
+                                              int64_t z_stride);
 };
 
 const Kernels& KernelsFor(Isa isa);

@@ -894,6 +894,32 @@ int64_t SpreadPlane(int64_t floats) {
   return lines * 16;
 }
 
+// Shifted copies in column strips (CsrConvKernel::StripGeometry). A tile runs over consecutive
+// positions of Wq-wide rows and reads each tap's window, the tile plus (kH - 1) dH rows of Wq
+// floats: on a 224-wide map a 224-position tile is one row and its window three, so an L1's
+// worth of window holds few channels and few nonzeros per row and block. Where Wq is more than
+// kMaxUnstripedWq floats, CsrConv lays each copy out in strips of kStripFloats columns (one
+// 64-byte line a row), strip after strip, and the tiles run strip by strip: a tile is then 14
+// rows of 16 and its window 16 rows. Measured as narrow images standing for strips (one node
+// after a Relu, 1 thread, an Intel core of lscpu family 6 model 207, against ONNX Runtime's
+// dense Conv): 64 channels of 224 x 224 at 22% 11.26 ms whole, 14 x 0.642 ms as 224 x 16 maps;
+// 128 of 112 x 112 at 36% 11.32 against 7 x 1.41; 256 of 56 x 56 at 42% 11.86 against 3.5 x
+// 2.97; 64 of 56 x 56 at 50% 1.065 against 3.5 x 0.240. In place, strips gained less than
+// those suggest (kStripWindowL1); the narrow maps also wrote Y whole (conv_strip_rows).
+// ONNXPRUNE_CONV_STRIPS=0 (read when a session creates its kernels) keeps whole rows, for tests
+// and A/B timing; 1 (or unset) strips where the rule says.
+// Layers with fewer input channels per group keep whole rows: VGG-16's conv1_1 (3 channels,
+// one block, a 15-nonzero row) ran 0.74x of whole rows in strips, its time in writing Y.
+constexpr int64_t kStripFloats = 16;
+constexpr int64_t kMaxUnstripedWq = 32;
+constexpr int64_t kMinStripChannels = 16;
+bool ChooseStrips() {
+  const char* forced = std::getenv("ONNXPRUNE_CONV_STRIPS");
+  if (forced == nullptr || *forced == '\0' || std::strcmp(forced, "1") == 0) return true;
+  if (std::strcmp(forced, "0") == 0) return false;
+  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_STRIPS=", forced, " is not one of 0, 1");
+}
+
 Copies ChooseCopies() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_COPIES");
   if (forced == nullptr || *forced == '\0') return Copies::kGate;
@@ -1622,10 +1648,23 @@ struct ConvGeometry {
   bool in_place = false;    // the tiles read X itself, no copy (ReadsXInPlace)
   bool shifted = false;     // kW column-shifted copies (ShiftedCopies), else phase copies
   int64_t band = 0;         // output rows per band of copies (CsrConvKernel::BandRows); 0: the whole image's
+  int64_t strip = 0;        // shifted copies in column strips of this many floats (kStripFloats); 0: none
+  int64_t strips = 1;       // a strip geometry's strips (StripGeometry): Wq / strip of the image's
+  int64_t y_row = 0;        // Y's row stride, OW (a strip's OW is its own columns, at most `strip`)
   int64_t q_size = 0;       // copies * c_in * plane <= kMaxConvPlane
   int64_t q_alloc = 0;      // q_size plus the zeroed slack the tiles may read, <= kMaxConvPlane
   bool empty() const { return nb == 0 || c_out == 0 || oh == 0 || ow == 0; }
 };
+
+// A channel block's input window, as a share of the L1 data cache (CsrConvKernel::MakePlan):
+// whole rows' copies, and column strips' (StripGeometry), whose windows are 16-line runs of
+// more channels and copies. Strips at 0.8 had run slower than whole rows on some layers (128
+// -> 256 channels of 56 x 56 at 53%, one node: 0.85x), at 0.4-0.6 level or faster (0.4 1.02x,
+// 0.5 level); 64 channels of 224 x 224 at 22%, 128 of 112 x 112 at 36%, 256 of 56 x 56 at 42%
+// ran 1.05x, 1.08x, 1.06x faster than whole rows at 0.5 (bench/ab_library.py style, one
+// process, 20 rounds).
+constexpr double kWindowL1 = 0.8;
+constexpr double kStripWindowL1 = 0.5;
 
 // Fewest nonzeros per output row and input-channel block that justify a block (CsrConv).
 constexpr int64_t kConvMinBlockNnz = 16;
@@ -1658,6 +1697,7 @@ struct CsrConvKernel {
   Isa isa = Isa::kScalar;
   Copies copies = Copies::kGate;  // ONNXPRUNE_CONV_COPIES (ShiftedCopies)
   double band_bytes = 0;          // ONNXPRUNE_CONV_BAND_BYTES or the L2 size (BandRows)
+  bool strips = true;             // ONNXPRUNE_CONV_STRIPS (StripGeometry)
   DwPath depthwise = DwPath::kAuto;  // ONNXPRUNE_CONV_DEPTHWISE (ChooseDepthwisePath)
   Activation act;  // applied to each output as its tile completes
   ValidatedCsr constant;
@@ -1673,7 +1713,8 @@ struct CsrConvKernel {
   // as a session would: 0 X read in place, 1 phase copies, 2 shifted copies, 3 depthwise band
   // by band, 4 depthwise reading X directly (DirectDepthwise, which may still hand a layer to
   // the bands: repeated columns past its mask table, non-finite weights), 5 depthwise channel
-  // blocks, 6 the depthwise grid, 7 input copies band by band (BandRows). attrs: kH, kW, sH,
+  // blocks, 6 the depthwise grid, 7 input copies band by band (BandRows), 8 shifted copies in
+  // column strips (StripGeometry; band by band where 7 would be). attrs: kH, kW, sH,
   // sW, dH, dW, pad_t, pad_l, pad_b, pad_r, group. Refused attributes or shapes fail as the op
   // does.
   static int Layout(Isa isa, const int64_t* attrs, const int64_t* x, int64_t c_out, int64_t nnz) {
@@ -1688,6 +1729,7 @@ struct CsrConvKernel {
     k.isa = isa;
     k.copies = ChooseCopies();
     k.band_bytes = ChooseBandBytes();
+    k.strips = ChooseStrips();
     k.depthwise = ChooseDepthwisePath();
     Tensor t;
     t.type = ortabi::kFloat;
@@ -1703,6 +1745,7 @@ struct CsrConvKernel {
     if (k.ReadsXDirectly(g)) return k.GridKernel(KernelsFor(isa), g, &pitch) && nnz == c_out * k.kh * k.kw ? 6 : 4;
     DwGeometry d;
     if (k.DepthwiseRows(g, &d)) return 3;
+    if (g.strip > 0) return 8;
     if (g.band > 0) return 7;
     return g.x_layout ? 0 : g.shifted ? 2 : 1;
   }
@@ -1737,6 +1780,7 @@ struct CsrConvKernel {
     isa = ChooseIsa();
     copies = ChooseCopies();
     band_bytes = ChooseBandBytes();
+    strips = ChooseStrips();
     depthwise = ChooseDepthwisePath();
     constant = ValidateConstantCsr(info);
     columns = ReadColumns(info, constant);
@@ -1797,7 +1841,9 @@ struct CsrConvKernel {
     }
     const int64_t task_rows = pool.TaskRows();
     const ConvGeometry gb = g.band > 0 ? BandGeometry(g) : ConvGeometry();
-    const ConvGeometry& pg = g.band > 0 ? gb : g;  // the tiles' geometry: a band's, or the image's
+    const ConvGeometry& fg = g.band > 0 ? gb : g;  // what one fill of Q holds: a band's rows, or the image's
+    const ConvGeometry gs = g.strip > 0 ? StripGeometry(fg) : ConvGeometry();
+    const ConvGeometry& pg = g.strip > 0 ? gs : fg;  // the tiles' geometry: a strip's, a band's or the image's
     const std::shared_ptr<const ConvPlan> plan = kept_plan.Get(
         constant.Holds(csr),
         [&](const ConvPlan& p) {
@@ -1808,25 +1854,32 @@ struct CsrConvKernel {
     if (g.in_place) {
       for (int64_t img = 0; img < g.nb; ++img)
         Tiles(ctx, g, *plan, xd + img * g.c_in * g.h * g.w, true, bias, z ? z + img * y_image : nullptr,
-              y + img * y_image, y_plane);
+              y + img * y_image, y_plane, 0);
       return;
     }
     // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
-    // (PlanPhases or BandGeometry, checked again in MakePlan). The slack past Q is zeroed here,
-    // once: the copies of every image, or band, fill Q only.
+    // (PlanPhases, BandGeometry or StripGeometry, checked again in MakePlan). The slack past Q
+    // is zeroed here, once: the copies of every image, band or strip fill Q only.
     const PackBuffer q = CallPack(static_cast<size_t>(pg.q_alloc));
     std::memset(q.get() + pg.q_size, 0, static_cast<size_t>(pg.q_alloc - pg.q_size) * sizeof(float));
     const int64_t rows = g.band > 0 ? g.band : g.oh;  // output rows per fill of Q
     for (int64_t img = 0; img < g.nb; ++img)
       for (int64_t oy0 = 0; oy0 < g.oh; oy0 += rows) {
         const float* xi = xd + img * g.c_in * g.h * g.w;
+        const int64_t at = img * y_image + oy0 * g.ow;
+        if (g.strip > 0) {
+          for (int64_t strip = 0; strip < gs.strips; ++strip) {
+            FillStrip(ctx, g, fg, gs, xi, oy0, strip, q.get());
+            Tiles(ctx, pg, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane, strip);
+          }
+          continue;
+        }
         if (g.band > 0) {
           FillCopyRows(ctx, g, gb, xi, oy0, q.get());
         } else {
           FillCopies(ctx, g, xi, q.get());
         }
-        const int64_t at = img * y_image + oy0 * g.ow;
-        Tiles(ctx, pg, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane);
+        Tiles(ctx, pg, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane, 0);
       }
   }
 
@@ -2207,7 +2260,7 @@ struct CsrConvKernel {
         std::memset(copy + i * row + 16, 0, static_cast<size_t>(even) * sizeof(float));
         if (sw == 2) std::memset(copy + i * row + pitch + 16, 0, static_cast<size_t>(odd) * sizeof(float));
       }
-      if (sw == 1 && in1 > in0) kern.copy_rows(xc + in0 * g.w, g.w, in1 - in0, copy + (in0 - r0) * row + 16, pitch);
+      if (sw == 1 && in1 > in0) kern.copy_rows(xc + in0 * g.w, g.w, g.w, in1 - in0, copy + (in0 - r0) * row + 16, pitch);
       for (int64_t r = in0; sw == 2 && r < in1; ++r) {
         float* e = copy + (r - r0) * row + 16;
         SplitEvenOdd(kern, xc + r * g.w, g.w, e, e + pitch);
@@ -2588,6 +2641,15 @@ struct CsrConvKernel {
     if (g->q_alloc > kMaxConvPlane)
       Fail(ortabi::kInvalidArgument, "the strided, padded input needs ", g->q_size,
            " floats of input copies, more than 2^31-1 (int32 offsets)");
+    g->y_row = g->ow;
+    // Column strips (StripGeometry) for shifted copies of rows wider than kMaxUnstripedWq that
+    // split into whole strips (every Wq on AVX-512; on AVX2 a Wq of an odd number of 8-float
+    // vectors keeps whole rows).
+    if (strips && g->shifted && g->sw == 1 && g->wq > kMaxUnstripedWq && g->wq % kStripFloats == 0 &&
+        g->cg >= kMinStripChannels) {
+      g->strip = kStripFloats;
+      StripGeometry(g->band > 0 ? BandGeometry(*g) : *g);  // fails here, not mid-run, if a strip's copies are too large
+    }
   }
 
   // Output rows per band of input copies (kMinBandRows), 0 for the whole image's copies at
@@ -2642,8 +2704,8 @@ struct CsrConvKernel {
   // Tile width: the V (of kConvVectors) with the least padded work, ceil(npos / T) * T
   // positions weighted by 1 + 2 / V for the per-nonzero broadcast and offset load.
   // Channel blocks: a block's input window, (T + the kernel's reach) floats per channel and
-  // phase, is kept within 80% of the L1 data cache while every output channel of a task
-  // passes over it, partial sums kept per tile (TaskOrder).
+  // phase, is kept within kWindowL1 of the L1 data cache (kStripWindowL1 in column strips)
+  // while every output channel of a task passes over it, partial sums kept per tile (TaskOrder).
   std::shared_ptr<const ConvPlan> MakePlan(const Csr& csr, const ConvGeometry& g, int64_t task_rows) const {
     auto plan = std::make_shared<ConvPlan>();
     ConvPlan& p = *plan;
@@ -2657,7 +2719,8 @@ struct CsrConvKernel {
     p.entries.task_rows = pool.Split(task_rows, g.c_out, p.tiles);
     const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + g.tap_shift.back();  // attributes <= 2^16
     const double window = static_cast<double>(g.copies) * static_cast<double>(p.tile + reach) * sizeof(float);
-    const int64_t fit = static_cast<int64_t>(0.8 * static_cast<double>(L1DataBytes()) / window);
+    const double share = g.y_row == g.ow ? kWindowL1 : kStripWindowL1;
+    const int64_t fit = static_cast<int64_t>(share * static_cast<double>(L1DataBytes()) / window);
     // A block pass reloads and stores the tile's partial sums: worth it only with enough
     // nonzeros per row and block (a 1x1 conv over 256 channels at 10% has 26 per row).
     const int64_t per_row = g.c_out > 0 ? csr.nnz / g.c_out : 0;
@@ -2736,6 +2799,67 @@ struct CsrConvKernel {
     b.q_alloc = (b.q_size + b.oh * b.wq + 2 * kConvMaxTile + 15) / 16 * 16;
     if (b.q_alloc > kMaxConvPlane) Fail(ortabi::kInvalidArgument, "a band's input copies need more than 2^31-1 floats");
     return b;
+  }
+
+  // The tiles' geometry of one column strip of b (the image's copies or a band's; b.strip > 0,
+  // PlanPhases): rows of `strip` floats (OW too; Tiles clips the last strip to Y's row,
+  // y_row), planes of b.hq rows padded to an odd number of 64-byte lines (each channel's window
+  // then starts in another of the L1's sets), q_size one strip's copies and q_alloc what its
+  // tiles may read. Every strip has this geometry, so one plan's offsets serve them all; the
+  // strips are filled and computed one after the other (FillStrip, Tiles), each strip's copies
+  // in the buffer the previous one's took.
+  ConvGeometry StripGeometry(const ConvGeometry& b) const {
+    ConvGeometry s = b;
+    s.wq = b.strip;
+    s.ow = b.strip;
+    s.strips = b.wq / b.strip;
+    const int64_t lines = (CheckedMul(b.hq, s.wq, "a strip's copy plane") + 15) / 16;
+    s.plane = (lines | 1) * 16;
+    s.q_size = CheckedMul(CheckedMul(s.copies, s.c_in, "input copy count"), s.plane, "a strip's copies");
+    s.q_alloc = (s.q_size + s.oh * s.wq + 2 * kConvMaxTile + 15) / 16 * 16;
+    if (s.q_alloc > kMaxConvPlane) Fail(ortabi::kInvalidArgument, "a strip's input copies need more than 2^31-1 floats");
+    return s;
+  }
+
+  // Copy rows oy0 .. oy0 + b.hq of column strip `strip` of every copy plane of image xi (b the
+  // image's geometry or a band's, s their strip's: StripGeometry; unit column stride), each
+  // strip row one 64-byte line, its floats outside X zero, each plane's slack rows zero. Filled
+  // strip by strip, each just before its tiles: the copies of all of a 56 x 56 map's strips
+  // (2.9 MB for 64 channels) filled at once outgrew the L2 before the first strip's tiles ran,
+  // which then took 10% longer than the whole rows' tiles. One task per (row phase, channel),
+  // as FillCopyRows.
+  void FillStrip(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvGeometry& b,
+                 const ConvGeometry& s, const float* xi, int64_t oy0, int64_t strip, float* q) const {
+    static_assert(kStripFloats == 16, "one 64-byte line per strip row");
+    const int64_t phases = static_cast<int64_t>(g.row_phases.size());
+    const int64_t cols = static_cast<int64_t>(g.col_start.size());
+    const int64_t rows = b.hq, x0 = strip * kStripFloats;
+    const auto& kern = KernelsFor(isa);
+    ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
+      const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
+      const int64_t ph = g.row_phases[static_cast<size_t>(slot)];
+      const float* xc = xi + c * g.h * g.w;
+      for (int64_t k = 0; k < cols; ++k) {
+        float* dst = q + ((slot * cols + k) * g.c_in + c) * s.plane;
+        // copy column x0 + i holds X column x0 + i + shift where first <= x0 + i < end (FillCopyRow)
+        const int64_t shift = g.col_start[static_cast<size_t>(k)] - pad_l;
+        const int64_t lo = std::clamp<int64_t>(g.col_first[static_cast<size_t>(k)] - x0, 0, kStripFloats);
+        const int64_t hi = std::clamp<int64_t>(g.col_end[static_cast<size_t>(k)] - x0, lo, kStripFloats);
+        // Copy rows [a0, a1) come from X rows (oy0 + a) sh + ph - pad_t, the others are zero.
+        const int64_t first_row = oy0 * g.sh + ph - pad_t;  // X row of copy row a = 0, may be < 0
+        const int64_t a0 = std::clamp<int64_t>(first_row >= 0 ? 0 : (-first_row + g.sh - 1) / g.sh, 0, rows);
+        const int64_t a1 = hi == lo ? a0
+                                    : std::clamp<int64_t>(std::min(g.hq - oy0, (g.h - first_row + g.sh - 1) / g.sh), a0, rows);
+        // Columns [lo, hi) of copy rows [a0, a1) from X (X row first_row + a sh, column x0 +
+        // shift + i: inside X there), zeros around them and in the plane's other rows.
+        const bool edge = lo > 0 || hi < kStripFloats;
+        std::fill(dst, dst + (edge ? a1 : a0) * kStripFloats, 0.f);
+        if (a1 > a0 && hi > lo)
+          kern.copy_rows(xc + (first_row + a0 * g.sh) * g.w + x0 + shift + lo, g.sh * g.w, hi - lo, a1 - a0,
+                         dst + a0 * kStripFloats + lo, kStripFloats);
+        std::fill(dst + a1 * kStripFloats, dst + s.plane, 0.f);
+      }
+    });
   }
 
   // Copy rows oy0 .. oy0 + b.hq of every copy plane of image xi into q, laid out as b (the
@@ -2888,20 +3012,21 @@ struct CsrConvKernel {
     std::fill(d + end, d + g.wq, 0.f);
   }
 
-  // f(y, pos, n) for each run [pos, pos + n) of the positions [p0, p1) of the Wq-wide rows
-  // that falls in Y (columns c < OW), y its offset in the Y plane: what a tile writes to Y and
-  // where. One run when no column is discarded (Wq = OW: a 1x1 layer's whole tile).
+  // f(y, pos, n) for each run [pos, pos + n) of the positions [p0, p1) of the wq-wide rows
+  // that falls in Y (columns c < ow), y its offset in the Y plane (rows y_row floats apart):
+  // what a tile writes to Y and where. One run when no column is discarded and Y's rows are
+  // the positions' (wq = ow = y_row: a 1x1 layer's whole tile).
   template <class F>
-  static void ForEachRunInY(const ConvGeometry& g, int64_t p0, int64_t p1, F f) {
-    if (g.wq == g.ow) {
+  static void ForEachRunInY(int64_t wq, int64_t ow, int64_t y_row, int64_t p0, int64_t p1, F f) {
+    if (wq == ow && ow == y_row) {
       if (p1 > p0) f(p0, p0, p1 - p0);
       return;
     }
-    int64_t a = p0 / g.wq, c = p0 % g.wq;  // one division a call: every later run starts a row
+    int64_t a = p0 / wq, c = p0 % wq;  // one division a call: every later run starts a row
     for (int64_t pos = p0; pos < p1; ++a, c = 0) {
-      const int64_t n = std::min(g.wq - c, p1 - pos);
-      const int64_t keep = std::min(n, std::max<int64_t>(0, g.ow - c));
-      if (keep > 0) f(a * g.ow + c, pos, keep);
+      const int64_t n = std::min(wq - c, p1 - pos);
+      const int64_t keep = std::min(n, std::max<int64_t>(0, ow - c));
+      if (keep > 0) f(a * y_row + c, pos, keep);
       pos += n;
     }
   }
@@ -2914,16 +3039,21 @@ struct CsrConvKernel {
   // tile, when partial, starts at npos - tile instead (reading only X) and writes only the
   // positions the other tiles leave.
   void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* q,
-             bool in_place, const float* bias, const float* zi, float* yi, int64_t out_plane) const {
+             bool in_place, const float* bias, const float* zi, float* yi, int64_t out_plane, int64_t strip) const {
     const TaskOrder& e = p.entries;
     const int64_t chunk = std::min<int64_t>(g.c_out, e.task_rows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
     const auto& kern = KernelsFor(isa);
     const float* w = e.weights.data();
     const int32_t* off = e.off.data();
+    // The strip's columns of Y and Z (StripGeometry: the last strip may hold fewer than Wq
+    // columns of Y); without strips, strip 0 of one.
+    const int64_t x0 = strip * g.wq, ow = std::min(g.ow, g.y_row - x0);
     pool.ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * chunk;
       const int64_t r1 = std::min(g.c_out, r0 + chunk);
+      float* const ys = yi + x0;
+      const float* const zs = zi != nullptr ? zi + x0 : nullptr;
       e.Touch(r0, r1);
       const int64_t width = p.Width(tile);
       const auto run = kern.conv_run[p.Vectors(tile)];
@@ -2933,16 +3063,37 @@ struct CsrConvKernel {
       // Without discarded columns (Wq = OW: 1x1 kernels, no horizontal padding) a whole tile is
       // a run of Y, accumulated there directly; otherwise (and for the last, partial tile) in a
       // per-task buffer whose valid columns are copied out when the row is complete.
-      const bool direct = g.wq == g.ow && !partial;
-      float* const buf = direct ? nullptr : TaskScratch(static_cast<size_t>((r1 - r0) * width));
+      const bool whole_rows = g.wq == ow && g.y_row == ow;  // every position a Y position, in order
+      const bool direct = whole_rows && !partial;
+      // The activation as a clamp (or none), applied as the last pass stores the tile (ConvEnd).
+      ConvEnd end;
+      const bool clamp = ClampOf(act, &end);
+      // A whole strip's tile of whole strip rows (StripGeometry, every column of its rows in
+      // Y) accumulates where it lies in Y, row r of the strip at Y's row r (conv_strip_rows),
+      // when its last pass needs nothing done row by row after it (a clamp or no activation; Z
+      // read the same way) and Y's rows keep its vectors on 64-byte lines (OW a multiple of
+      // 16: on 56-wide maps, each vector across two lines, it measured level or slower).
+      const bool in_y = g.y_row != g.ow && ow == g.wq && !partial && clamp && p0 % g.wq == 0 && width % g.wq == 0 &&
+                        g.y_row % kStripFloats == 0;
+      float* const buf = direct || in_y ? nullptr : TaskScratch(static_cast<size_t>((r1 - r0) * width));
       const float* qt = q + start;
       // The last pass finishes the tile in registers (ConvEnd) when the activation is a clamp
       // and Z, if any, lies under the tile: no discarded columns (Wq = OW, where position = Y
       // offset); a partial tile reads Z only for its positions before the plane's end.
-      ConvEnd end;
-      end.z_lanes = std::min(width, p.npos - start);
-      const bool z_fits = zi == nullptr || g.wq == g.ow;
-      const bool finish = (zi != nullptr || act.kind != Act::kNone) && z_fits && ClampOf(act, &end);
+      end.z_lanes = in_y ? INT64_MAX : std::min(width, p.npos - start);
+      const bool z_fits = zi == nullptr || whole_rows || in_y;
+      const bool finish = (zi != nullptr || act.kind != Act::kNone) && z_fits && clamp;
+      if (in_y) {
+        const int64_t at = (p0 / g.wq) * g.y_row;  // the tile's first strip row in Y
+        const auto strip_rows = kern.conv_strip_rows[p.Vectors(tile)];
+        for (int64_t b = 0; b < p.blocks; ++b) {
+          const bool last = b + 1 == p.blocks;
+          if (finish && last) end.z = zs != nullptr ? zs + r0 * out_plane + at : nullptr;
+          strip_rows(w, off, e.pos.data() + e.PassIn(r0, r1, r0, b), r1 - r0, qt, ys + r0 * out_plane + at, out_plane,
+                     g.y_row, bias != nullptr ? bias + r0 : nullptr, b > 0, finish && last ? &end : nullptr, out_plane);
+        }
+        return;
+      }
       const auto rows = kern.conv_rows[p.Vectors(tile)];
       // A last pass with nothing left to do row by row afterwards (a direct tile, finished in
       // registers or with neither Z nor an activation) runs its rows in one call, as the
@@ -2951,9 +3102,9 @@ struct CsrConvKernel {
       for (int64_t b = 0; b < p.blocks; ++b) {
         const bool last = b + 1 == p.blocks;
         if (!last || rows_last) {
-          if (finish && last) end.z = zi != nullptr ? zi + r0 * out_plane + start : nullptr;
+          if (finish && last) end.z = zs != nullptr ? zs + r0 * out_plane + start : nullptr;
           rows(w, off, e.pos.data() + e.PassIn(r0, r1, r0, b), r1 - r0, qt,
-               direct ? yi + r0 * out_plane + p0 : buf, direct ? out_plane : width,
+               direct ? ys + r0 * out_plane + p0 : buf, direct ? out_plane : width,
                bias != nullptr ? bias + r0 : nullptr, b > 0, finish && last ? &end : nullptr, out_plane);
           continue;
         }
@@ -2961,23 +3112,27 @@ struct CsrConvKernel {
         for (int64_t r = r0; r < r1; ++r) {
           const size_t i = e.PassIn(r0, r1, r, b);
           const int64_t j0 = e.pos[i], j1 = e.pos[i + 1];
-          float* yr = yi + r * out_plane;
+          float* yr = ys + r * out_plane;
           float* acc = direct ? yr + p0 : buf + (r - r0) * width;
-          if (finish) end.z = zi != nullptr ? zi + r * out_plane + start : nullptr;
+          if (finish) end.z = zs != nullptr ? zs + r * out_plane + start : nullptr;
           run(w + j0, off + j0, j1 - j0, qt, acc, bias ? bias[r] : 0.f, b > 0, finish ? &end : nullptr);
           // Unless the pass did: Z, then the activation (the positions a partial tile computes
           // past the plane's end, or discarded columns, are finite or NaN floats and never
           // copied; Z is added only where the tile writes Y).
-          if (!finish && zi != nullptr) {
-            const float* zr = zi + r * out_plane;
-            ForEachRunInY(g, p0, p1,
+          if (!finish && zs != nullptr) {
+            const float* zr = zs + r * out_plane;
+            ForEachRunInY(g.wq, ow, g.y_row, p0, p1,
                           [&](int64_t at, int64_t pos, int64_t n) { kern.add(acc + (pos - start), zr + at, n); });
           }
           if (!finish && act.kind != Act::kNone) kern.activate(acc, width, act);
           if (direct) continue;
           // Row r is complete: its valid columns (c < OW of each Wq-wide row) to Y.
-          ForEachRunInY(g, p0, p1, [&](int64_t at, int64_t pos, int64_t n) {
-            std::memcpy(yr + at, acc + (pos - start), static_cast<size_t>(n) * sizeof(float));
+          ForEachRunInY(g.wq, ow, g.y_row, p0, p1, [&](int64_t at, int64_t pos, int64_t n) {
+            if (n == kStripFloats) {  // a strip's row: one inline 64-byte copy, not a call
+              std::memcpy(yr + at, acc + (pos - start), kStripFloats * sizeof(float));
+            } else {
+              std::memcpy(yr + at, acc + (pos - start), static_cast<size_t>(n) * sizeof(float));
+            }
           });
         }
       }
