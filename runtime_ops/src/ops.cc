@@ -1860,20 +1860,32 @@ struct CsrConvKernel {
     // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
     // (PlanPhases, BandGeometry or StripGeometry, checked again in MakePlan). The slack past Q
     // is zeroed here, once: the copies of every image, band or strip fill Q only.
+    const int64_t rows = g.band > 0 ? g.band : g.oh;  // output rows per fill of Q
+    if (g.strip > 0) {
+      // One task per (band, strip) of an image: the strip's copies of the band in the thread's
+      // own buffer, then its tiles, one after another on that thread. Tasks of a band's tiles
+      // within each strip left two threads with two uneven tasks a call on a 224-wide layer in
+      // bands of 16 rows (VGG-16's conv1_2 at 2 threads 0.65x of whole rows).
+      const int64_t bands = g.oh / rows;  // the band divides OH (BandRows)
+      for (int64_t img = 0; img < g.nb; ++img) {
+        const float* xi = xd + img * g.c_in * g.h * g.w;
+        pool.ParallelFor(ctx, static_cast<size_t>(bands * gs.strips), [&](size_t u) {
+          const int64_t oy0 = static_cast<int64_t>(u) / gs.strips * rows, strip = static_cast<int64_t>(u) % gs.strips;
+          const PackBuffer q = CallPack(static_cast<size_t>(pg.q_alloc));
+          std::memset(q.get() + pg.q_size, 0, static_cast<size_t>(pg.q_alloc - pg.q_size) * sizeof(float));
+          FillStrip(g, fg, gs, xi, oy0, strip, q.get());
+          const int64_t at = img * y_image + oy0 * g.ow;
+          Tiles(ctx, pg, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane, strip, true);
+        });
+      }
+      return;
+    }
     const PackBuffer q = CallPack(static_cast<size_t>(pg.q_alloc));
     std::memset(q.get() + pg.q_size, 0, static_cast<size_t>(pg.q_alloc - pg.q_size) * sizeof(float));
-    const int64_t rows = g.band > 0 ? g.band : g.oh;  // output rows per fill of Q
     for (int64_t img = 0; img < g.nb; ++img)
       for (int64_t oy0 = 0; oy0 < g.oh; oy0 += rows) {
         const float* xi = xd + img * g.c_in * g.h * g.w;
         const int64_t at = img * y_image + oy0 * g.ow;
-        if (g.strip > 0) {
-          for (int64_t strip = 0; strip < gs.strips; ++strip) {
-            FillStrip(ctx, g, fg, gs, xi, oy0, strip, q.get());
-            Tiles(ctx, pg, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane, strip);
-          }
-          continue;
-        }
         if (g.band > 0) {
           FillCopyRows(ctx, g, gb, xi, oy0, q.get());
         } else {
@@ -2824,19 +2836,19 @@ struct CsrConvKernel {
   // Copy rows oy0 .. oy0 + b.hq of column strip `strip` of every copy plane of image xi (b the
   // image's geometry or a band's, s their strip's: StripGeometry; unit column stride), each
   // strip row one 64-byte line, its floats outside X zero, each plane's slack rows zero. Filled
-  // strip by strip, each just before its tiles: the copies of all of a 56 x 56 map's strips
-  // (2.9 MB for 64 channels) filled at once outgrew the L2 before the first strip's tiles ran,
-  // which then took 10% longer than the whole rows' tiles. One task per (row phase, channel),
-  // as FillCopyRows.
-  void FillStrip(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvGeometry& b,
-                 const ConvGeometry& s, const float* xi, int64_t oy0, int64_t strip, float* q) const {
+  // strip by strip, each just before its tiles, on the thread that runs them (Compute): the
+  // copies of all of a 56 x 56 map's strips (2.9 MB for 64 channels) filled at once outgrew
+  // the L2 before the first strip's tiles ran, which then took 10% longer than the whole rows'
+  // tiles.
+  void FillStrip(const ConvGeometry& g, const ConvGeometry& b, const ConvGeometry& s, const float* xi, int64_t oy0,
+                 int64_t strip, float* q) const {
     static_assert(kStripFloats == 16, "one 64-byte line per strip row");
     const int64_t phases = static_cast<int64_t>(g.row_phases.size());
     const int64_t cols = static_cast<int64_t>(g.col_start.size());
     const int64_t rows = b.hq, x0 = strip * kStripFloats;
     const auto& kern = KernelsFor(isa);
-    ParallelFor(ctx, static_cast<size_t>(phases * g.c_in), [&](size_t t) {
-      const int64_t slot = static_cast<int64_t>(t) / g.c_in, c = static_cast<int64_t>(t) % g.c_in;
+    for (int64_t t = 0; t < phases * g.c_in; ++t) {
+      const int64_t slot = t / g.c_in, c = t % g.c_in;
       const int64_t ph = g.row_phases[static_cast<size_t>(slot)];
       const float* xc = xi + c * g.h * g.w;
       for (int64_t k = 0; k < cols; ++k) {
@@ -2859,7 +2871,7 @@ struct CsrConvKernel {
                          dst + a0 * kStripFloats + lo, kStripFloats);
         std::fill(dst + a1 * kStripFloats, dst + s.plane, 0.f);
       }
-    });
+    }
   }
 
   // Copy rows oy0 .. oy0 + b.hq of every copy plane of image xi into q, laid out as b (the
@@ -3039,7 +3051,8 @@ struct CsrConvKernel {
   // tile, when partial, starts at npos - tile instead (reading only X) and writes only the
   // positions the other tiles leave.
   void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* q,
-             bool in_place, const float* bias, const float* zi, float* yi, int64_t out_plane, int64_t strip) const {
+             bool in_place, const float* bias, const float* zi, float* yi, int64_t out_plane, int64_t strip,
+             bool serial = false) const {
     const TaskOrder& e = p.entries;
     const int64_t chunk = std::min<int64_t>(g.c_out, e.task_rows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
@@ -3049,7 +3062,7 @@ struct CsrConvKernel {
     // The strip's columns of Y and Z (StripGeometry: the last strip may hold fewer than Wq
     // columns of Y); without strips, strip 0 of one.
     const int64_t x0 = strip * g.wq, ow = std::min(g.ow, g.y_row - x0);
-    pool.ParallelFor(ctx, static_cast<size_t>(p.tiles * chunks), [&](size_t t) {
+    const auto task = [&](size_t t) {
       const int64_t tile = static_cast<int64_t>(t) / chunks, r0 = (static_cast<int64_t>(t) % chunks) * chunk;
       const int64_t r1 = std::min(g.c_out, r0 + chunk);
       float* const ys = yi + x0;
@@ -3136,7 +3149,13 @@ struct CsrConvKernel {
           });
         }
       }
-    });
+    };
+    const size_t tasks = static_cast<size_t>(p.tiles * chunks);
+    if (serial) {
+      for (size_t t = 0; t < tasks; ++t) task(t);
+    } else {
+      pool.ParallelFor(ctx, tasks, task);
+    }
   }
 };
 
