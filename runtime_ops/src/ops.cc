@@ -3024,6 +3024,19 @@ struct CsrConvKernel {
     std::fill(d + end, d + g.wq, 0.f);
   }
 
+  // The positions [p0, p1) of a finished tile, position p at tile[p - start], that fall in Y
+  // (columns c < ow of each wq-wide row) to Y's plane y (ForEachRunInY).
+  static void CopyOut(int64_t wq, int64_t ow, int64_t y_row, int64_t p0, int64_t p1, int64_t start, const float* tile,
+                      float* y) {
+    ForEachRunInY(wq, ow, y_row, p0, p1, [&](int64_t at, int64_t pos, int64_t n) {
+      if (n == kStripFloats) {  // a strip's row: one inline 64-byte copy, not a call
+        std::memcpy(y + at, tile + (pos - start), kStripFloats * sizeof(float));
+      } else {
+        std::memcpy(y + at, tile + (pos - start), static_cast<size_t>(n) * sizeof(float));
+      }
+    });
+  }
+
   // f(y, pos, n) for each run [pos, pos + n) of the positions [p0, p1) of the wq-wide rows
   // that falls in Y (columns c < ow), y its offset in the Y plane (rows y_row floats apart):
   // what a tile writes to Y and where. One run when no column is discarded and Y's rows are
@@ -3138,15 +3151,7 @@ struct CsrConvKernel {
                           [&](int64_t at, int64_t pos, int64_t n) { kern.add(acc + (pos - start), zr + at, n); });
           }
           if (!finish && act.kind != Act::kNone) kern.activate(acc, width, act);
-          if (direct) continue;
-          // Row r is complete: its valid columns (c < OW of each Wq-wide row) to Y.
-          ForEachRunInY(g.wq, ow, g.y_row, p0, p1, [&](int64_t at, int64_t pos, int64_t n) {
-            if (n == kStripFloats) {  // a strip's row: one inline 64-byte copy, not a call
-              std::memcpy(yr + at, acc + (pos - start), kStripFloats * sizeof(float));
-            } else {
-              std::memcpy(yr + at, acc + (pos - start), static_cast<size_t>(n) * sizeof(float));
-            }
-          });
+          if (!direct) CopyOut(g.wq, ow, g.y_row, p0, p1, start, acc, yr);  // row r is complete
         }
       }
     };
