@@ -383,6 +383,9 @@ class PoolSeen {
     return single ? single_ : kTileTaskRows;
   }
 
+  // The rows per task of loops that run on one thread whatever the pool (a forced value as is).
+  int64_t SerialTaskRows() const { return forced_ > 0 ? forced_ : single_; }
+
   // The rows per task a plan for `rows` output rows over `tiles` tiles takes when TaskRows()
   // asks for `asked`: at most half the rows (rounded up to kTileTaskRows) where one tile would
   // otherwise make a single task of more than kTileTaskRows rows. A forced value is taken as is.
@@ -1839,7 +1842,9 @@ struct CsrConvKernel {
         return;
       }
     }
-    const int64_t task_rows = pool.TaskRows();
+    // A strip's tiles run on one thread (the strips are the parallel tasks): rows per task as
+    // on one thread.
+    const int64_t task_rows = g.strip > 0 ? pool.SerialTaskRows() : pool.TaskRows();
     const ConvGeometry gb = g.band > 0 ? BandGeometry(g) : ConvGeometry();
     const ConvGeometry& fg = g.band > 0 ? gb : g;  // what one fill of Q holds: a band's rows, or the image's
     const ConvGeometry gs = g.strip > 0 ? StripGeometry(fg) : ConvGeometry();
@@ -1859,7 +1864,7 @@ struct CsrConvKernel {
     }
     // The tiles read at most tiles * tile floats past an offset < q_size, within q_alloc
     // (PlanPhases, BandGeometry or StripGeometry, checked again in MakePlan). The slack past Q
-    // is zeroed here, once: the copies of every image, band or strip fill Q only.
+    // is zeroed once per buffer: the copies of every image, band or strip fill Q only.
     const int64_t rows = g.band > 0 ? g.band : g.oh;  // output rows per fill of Q
     if (g.strip > 0) {
       // One task per (band, strip) of an image: the strip's copies of the band in the thread's
@@ -2728,7 +2733,7 @@ struct CsrConvKernel {
     p.tile = ChooseTiles(KernelsFor(isa).conv_lanes, p.npos, &p.vi, &p.tail_vi, &p.tail);
     p.tiles = std::max<int64_t>(1, (p.npos + p.tile - 1) / p.tile);
     p.entries.asked_rows = task_rows;
-    p.entries.task_rows = pool.Split(task_rows, g.c_out, p.tiles);
+    p.entries.task_rows = g.strip > 0 ? task_rows : pool.Split(task_rows, g.c_out, p.tiles);  // strips: serial
     const int64_t reach = ((kh - 1) * dh / g.sh) * g.wq + g.tap_shift.back();  // attributes <= 2^16
     const double window = static_cast<double>(g.copies) * static_cast<double>(p.tile + reach) * sizeof(float);
     const double share = g.y_row == g.ow ? kWindowL1 : kStripWindowL1;
@@ -3099,7 +3104,7 @@ struct CsrConvKernel {
       // when its last pass needs nothing done row by row after it (a clamp or no activation; Z
       // read the same way) and Y's rows keep its vectors on 64-byte lines (OW a multiple of
       // 16: on 56-wide maps, each vector across two lines, it measured level or slower).
-      const bool in_y = g.y_row != g.ow && ow == g.wq && !partial && clamp && p0 % g.wq == 0 && width % g.wq == 0 &&
+      const bool in_y = g.strip > 0 && ow == g.wq && !partial && clamp && p0 % g.wq == 0 && width % g.wq == 0 &&
                         g.y_row % kStripFloats == 0;
       float* const buf = direct || in_y ? nullptr : TaskScratch(static_cast<size_t>((r1 - r0) * width));
       const float* qt = q + start;
