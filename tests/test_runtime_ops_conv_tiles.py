@@ -9,6 +9,7 @@ float64 reference on every instruction set the CPU has, with 1 and 2 threads.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import zlib
@@ -250,6 +251,37 @@ def _spread(floats):
     return (lines + (8 - lines % 16) % 16) * 16
 
 
+def _conv_or_residual(w4, b, x, conv, rng, strides, pads, dil, group, residual):
+    """The conv model (residual None), or the one adding Z then applying `residual` (Relu or
+    HardSwish), with its feeds (Z drawn from rng) and the expected output; conv is the reference
+    without Z."""
+    from tests.test_runtime_ops_residual import residual_model
+    feeds = {"X": x}
+    if residual is None:
+        return conv_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group), feeds, conv
+    z = rng.standard_normal(conv.shape).astype(np.float32)
+    feeds["Z"] = z
+    model = residual_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group, activation=residual)
+    want = conv + z
+    want = np.maximum(want, 0.0) if residual == "Relu" else want * np.clip(want / 6 + 0.5, 0.0, 1.0)
+    return model, feeds, want
+
+
+@contextlib.contextmanager
+def _x_before_a_guard_page(feeds, x):
+    """feeds["X"] holds x right before an inaccessible page where the platform allows it."""
+    buffers = None
+    if sys.platform.startswith("linux"):
+        from tests.test_runtime_ops_guarded import GuardedBuffers
+        buffers = GuardedBuffers()
+        feeds["X"] = buffers.place(x)
+    try:
+        yield
+    finally:
+        if buffers is not None:
+            buffers.free()
+
+
 # (name, c_in, c_out, (kh, kw), h, w, strides, pads, dilations, group, the band's output rows)
 BANDS = [
     ("3x3_bands_of_10", 12, 20, (3, 3), 40, 37, [1, 1], [1, 1, 1, 1], [1, 1], 1, 10),
@@ -271,7 +303,6 @@ def test_bands_of_copies_match_the_reference(case, residual, copies, lib, isa, t
     activation finished in the tiles or after them; the same as the reference and as the whole
     image's copies, X placed right before an inaccessible page where the platform allows, and
     left as it was."""
-    from tests.test_runtime_ops_residual import residual_model
     name, c_in, c_out, (kh, kw), h, w, strides, pads, dil, group, band = case
     rng, w4 = _weights(f"bands-{name}", c_out, c_in // group, kh, kw, 0.5)
     b = rng.standard_normal(c_out).astype(np.float32)
@@ -290,30 +321,14 @@ def test_bands_of_copies_match_the_reference(case, residual, copies, lib, isa, t
     monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", str(budget))
     attrs = [kh, kw, *strides, *dil, *pads, group]
     assert base.conv_layout(lib, isa, attrs, list(x.shape), c_out, int(np.count_nonzero(w4))) == 7
-    feeds = {"X": x}
-    if residual is None:
-        model, want = conv_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group), conv
-    else:
-        z = rng.standard_normal(conv.shape).astype(np.float32)
-        feeds["Z"] = z
-        model = residual_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group, activation=residual)
-        want = conv + z
-        want = np.maximum(want, 0.0) if residual == "Relu" else want * np.clip(want / 6 + 0.5, 0.0, 1.0)
-    buffers = None
-    if sys.platform.startswith("linux"):
-        from tests.test_runtime_ops_guarded import GuardedBuffers
-        buffers = GuardedBuffers()
-        feeds["X"] = buffers.place(x)
-    try:
+    model, feeds, want = _conv_or_residual(w4, b, x, conv, rng, strides, pads, dil, group, residual)
+    with _x_before_a_guard_page(feeds, x):
         y = session(model, threads).run(None, feeds)[-1]
         close(y, want, (c_in // group) * kh * kw)
         monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
         whole = session(model, threads).run(None, feeds)[-1]
         close(y, whole, (c_in // group) * kh * kw)
         assert np.array_equal(feeds["X"], x)
-    finally:
-        if buffers is not None:
-            buffers.free()
 
 
 # Column strips (ops.cc StripGeometry, layout 8): shifted copies of rows wider than 32 floats
@@ -343,7 +358,6 @@ def test_column_strips_match_the_reference(case, residual, lib, isa, threads, mo
     the case says: the layout probe says strips wherever the rows split into 16-float strips on
     that ISA, and the output equals the reference and the whole rows' (ONNXPRUNE_CONV_STRIPS=0),
     X placed right before an inaccessible page and left as it was."""
-    from tests.test_runtime_ops_residual import residual_model
     name, c_in, c_out, (kh, kw), h, w, strides, pads, dil, group, band = case
     rng, w4 = _weights(f"strips-{name}", c_out, c_in // group, kh, kw, 0.5)
     b = rng.standard_normal(c_out).astype(np.float32)
@@ -362,21 +376,8 @@ def test_column_strips_match_the_reference(case, residual, lib, isa, threads, mo
     attrs = [kh, kw, *strides, *dil, *pads, group]
     layout = base.conv_layout(lib, isa, attrs, list(x.shape), c_out, int(np.count_nonzero(w4)))
     assert layout == (8 if wq > 32 and wq % 16 == 0 else 7 if band else 2)
-    feeds = {"X": x}
-    if residual is None:
-        model, want = conv_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group), conv
-    else:
-        z = rng.standard_normal(conv.shape).astype(np.float32)
-        feeds["Z"] = z
-        model = residual_model(w4, b, strides=strides, pads=pads, dilations=dil, group=group, activation=residual)
-        want = conv + z
-        want = np.maximum(want, 0.0) if residual == "Relu" else want * np.clip(want / 6 + 0.5, 0.0, 1.0)
-    buffers = None
-    if sys.platform.startswith("linux"):
-        from tests.test_runtime_ops_guarded import GuardedBuffers
-        buffers = GuardedBuffers()
-        feeds["X"] = buffers.place(x)
-    try:
+    model, feeds, want = _conv_or_residual(w4, b, x, conv, rng, strides, pads, dil, group, residual)
+    with _x_before_a_guard_page(feeds, x):
         y = session(model, threads).run(None, feeds)[-1]
         close(y, want, (c_in // group) * kh * kw)
         monkeypatch.setenv("ONNXPRUNE_CONV_STRIPS", "0")
@@ -384,9 +385,6 @@ def test_column_strips_match_the_reference(case, residual, lib, isa, threads, mo
         rows = session(model, threads).run(None, feeds)[-1]
         close(y, rows, (c_in // group) * kh * kw)
         assert np.array_equal(feeds["X"], x)
-    finally:
-        if buffers is not None:
-            buffers.free()
 
 
 def test_column_strips_follow_their_rule_and_their_setting(lib, monkeypatch):
