@@ -2664,8 +2664,8 @@ struct CsrConvKernel {
     // vectors keeps whole rows).
     if (strips && g->shifted && g->sw == 1 && g->wq > kMaxUnstripedWq && g->wq % kStripFloats == 0 &&
         g->cg >= kMinStripChannels) {
+      // a strip's copies (16-float rows, against Wq >= 48) are smaller than those checked above
       g->strip = kStripFloats;
-      StripGeometry(g->band > 0 ? BandGeometry(*g) : *g);  // fails here, not mid-run, if a strip's copies are too large
     }
   }
 
@@ -3061,13 +3061,15 @@ struct CsrConvKernel {
     }
   }
 
-  // Outputs of one image (or of one band of its rows, g a band's geometry): tasks of (tile, up
+  // Outputs of one image (or of one band of its rows, g a band's geometry; or of column strip
+  // `strip` of either, g a strip's: its columns of Y and Z from strip * Wq on): tasks of (tile, up
   // to task_rows output channels); in a task the channel blocks are taken in turn, every output
   // channel of the task passing over a block's input window before the next block, the partial
   // sums in a per-task buffer. Y and Z hold an output channel's positions out_plane floats after
   // the previous one's. With `in_place` (ReadsXInPlace) q is the image's X, exactly plane * C_in floats: the last
   // tile, when partial, starts at npos - tile instead (reading only X) and writes only the
-  // positions the other tiles leave.
+  // positions the other tiles leave. With `serial` the tasks run in turn on the calling thread
+  // (a strip's, inside its own parallel task).
   void Tiles(const ortabi::KernelContext* ctx, const ConvGeometry& g, const ConvPlan& p, const float* q,
              bool in_place, const float* bias, const float* zi, float* yi, int64_t out_plane, int64_t strip,
              bool serial = false) const {
