@@ -45,7 +45,7 @@ DOMAIN = "ai.onnxprune"
 # input Z in 5, plus CsrGemm's in 6, plus CsrGemm's transposed output (matmul=2) in 7, plus
 # CsrGemm's batches transposed (matmul=3 and 4) in 8. Lowering declares 2 to 8 only in files
 # that use them.
-OPSET_VERSION = 8
+OPSET_VERSION = 9
 
 # A plain shared library, not a Python extension: one name for every Python version (setup.py).
 _LIBRARY_FILE = "_onnxprune_ops.so"

@@ -239,6 +239,22 @@ void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i * stride];
 }
 
+void Maximum(const float* a, const float* b, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = a[i] > b[i] ? a[i] : b[i];
+}
+
+static inline float Max1(float a, float b) { return a > b ? a : b; }
+
+void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* a = x + 2 * r * w;
+    const float* b = a + w;
+    for (int64_t i = 0; i < ow; ++i)
+      y[r * ow + i] = Max1(std::numeric_limits<float>::lowest(),
+                           Max1(Max1(a[2 * i], b[2 * i]), Max1(a[2 * i + 1], b[2 * i + 1])));
+  }
+}
+
 void Gather(const float* src, const int32_t* at, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = at[i] >= 0 ? src[at[i]] : 0.f;
 }
@@ -798,6 +814,32 @@ OP_AVX2 void Add(float* y, const float* z, int64_t n) {
   for (; i < n; ++i) y[i] += z[i];
 }
 
+OP_AVX2 void Maximum(const float* a, const float* b, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_max_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+  scalar::Maximum(a + i, b + i, n - i, dst + i);
+}
+
+// Eight outputs from 16 floats of each input row: the rows' maximum, then its even and odd
+// floats (in-lane shuffles, then the 64-bit quarters in order); the rest one by one.
+OP_AVX2 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
+  const __m256 lowest = _mm256_set1_ps(std::numeric_limits<float>::lowest());
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* a = x + 2 * r * w;
+    const float* b = a + w;
+    float* o = y + r * ow;
+    int64_t i = 0;
+    for (; i + 8 <= ow; i += 8) {
+      const __m256 m0 = _mm256_max_ps(_mm256_loadu_ps(a + 2 * i), _mm256_loadu_ps(b + 2 * i));
+      const __m256 m1 = _mm256_max_ps(_mm256_loadu_ps(a + 2 * i + 8), _mm256_loadu_ps(b + 2 * i + 8));
+      const __m256 v = _mm256_max_ps(lowest, _mm256_max_ps(_mm256_shuffle_ps(m0, m1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                                           _mm256_shuffle_ps(m0, m1, _MM_SHUFFLE(3, 1, 3, 1))));
+      _mm256_storeu_ps(o + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+    scalar::MaxPool2x2(a + 2 * i, w, 1, ow - i, o + i);
+  }
+}
+
 // Stride 2: 16 floats loaded for 8 kept. A vector's last float, src[2i + 15], is read only while
 // it lies within the n * 2 - 1 floats the call may touch (i + 8 < n); the rest one by one.
 OP_AVX2 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
@@ -1042,6 +1084,38 @@ void Activate(float* y, int64_t n, const Activation& a) {
   ForActivation(a, [&](auto k) { ActivateAs<decltype(k)::value>(y, n, a); });
 }
 
+// A short last step masked: only a[i], b[i] for i < n are read, dst[i] for i < n written.
+OP_AVX512 void Maximum(const float* a, const float* b, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const uint32_t r = static_cast<uint32_t>(std::min<int64_t>(16, n - i));
+    const __mmask16 live = static_cast<__mmask16>(r == 16 ? 0xFFFFu : (1u << r) - 1u);
+    _mm512_mask_storeu_ps(dst + i, live, _mm512_max_ps(_mm512_maskz_loadu_ps(live, a + i), _mm512_maskz_loadu_ps(live, b + i)));
+  }
+}
+
+// Sixteen outputs from 32 floats of each input row; a short last step loads only the 2r floats
+// of each row it owns.
+OP_AVX512 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest());
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* a = x + 2 * r * w;
+    const float* b = a + w;
+    float* o = y + r * ow;
+    for (int64_t i = 0; i < ow; i += 16) {
+      const uint32_t n = static_cast<uint32_t>(std::min<int64_t>(16, ow - i)), span = 2 * n;  // span <= 32
+      const __mmask16 lo = static_cast<__mmask16>(span >= 16 ? 0xFFFFu : (1u << span) - 1u);
+      const __mmask16 hi = static_cast<__mmask16>(span > 16 ? (1u << (span - 16)) - 1u : 0u);
+      const __m512 m0 = _mm512_max_ps(_mm512_maskz_loadu_ps(lo, a + 2 * i), _mm512_maskz_loadu_ps(lo, b + 2 * i));
+      const __m512 m1 = _mm512_max_ps(_mm512_maskz_loadu_ps(hi, a + 2 * i + 16), _mm512_maskz_loadu_ps(hi, b + 2 * i + 16));
+      const __m512 v = _mm512_max_ps(
+          lowest, _mm512_max_ps(_mm512_permutex2var_ps(m0, even, m1), _mm512_permutex2var_ps(m0, odd, m1)));
+      _mm512_mask_storeu_ps(o + i, static_cast<__mmask16>(n == 16 ? 0xFFFFu : (1u << n) - 1u), v);
+    }
+  }
+}
+
 // Stride 2: 16 floats kept from each 31 read; masked loads read exactly the floats from
 // src[2i] to src[2i + 2r - 2] for the r <= 16 outputs of a step (no read past the last one).
 OP_AVX512 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
@@ -1160,6 +1234,7 @@ static const Kernels kScalarKernels = {
     scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock, scalar::DwBlockIn, scalar::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, scalar::CopyRows,
     {scalar::ConvStripRows<1>, scalar::ConvStripRows<4>, scalar::ConvStripRows<8>, scalar::ConvStripRows<12>, scalar::ConvStripRows<13>, scalar::ConvStripRows<14>},
+    scalar::Maximum, scalar::MaxPool2x2,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
@@ -1170,6 +1245,7 @@ static const Kernels kAvx2Kernels = {
     avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock, avx2::DwBlockIn, avx2::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, avx2::CopyRows,
     {avx2::ConvStripRows<1>, avx2::ConvStripRows<4>, avx2::ConvStripRows<8>, avx2::ConvStripRows<12>, avx2::ConvStripRows<13>, avx2::ConvStripRows<14>},
+    avx2::Maximum, avx2::MaxPool2x2,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
@@ -1180,6 +1256,7 @@ static const Kernels kAvx512Kernels = {
     avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock, avx512::DwBlockIn, avx512::DwBlockOut,
     {{avx512::DwGrid<3, 1>, avx512::DwGrid<5, 1>}, {avx512::DwGrid<3, 2>, avx512::DwGrid<5, 2>}}, avx512::CopyRows,
     {avx512::ConvStripRows<1>, avx512::ConvStripRows<4>, avx512::ConvStripRows<8>, avx512::ConvStripRows<12>, avx512::ConvStripRows<13>, avx512::ConvStripRows<14>},
+    avx512::Maximum, avx512::MaxPool2x2,
 };
 
 #undef ONNXPRUNE_BY_TYPE

@@ -217,6 +217,13 @@ struct Kernels {
                                               const float* q, float* out, int64_t out_stride, int64_t vs,
                                               const float* bias, bool accumulate, const ConvEnd* end,
                                               int64_t z_stride);
+  // dst[i] = a[i] > b[i] ? a[i] : b[i] for i < n: the vector max instruction's rule (b where
+  // either is NaN); dst may be a or b. MaxPool's row steps (ops.cc MaxPoolKernel).
+  void (*maximum)(const float* a, const float* b, int64_t n, float* dst);
+  // MaxPool's 2 x 2 windows at stride 2 over `rows` output rows: for r < rows, i < ow,
+  //   y[r * ow + i] = max of -FLT_MAX and x[(2r + u) * w + 2i + v], u, v in {0, 1}
+  // (2 * ow <= w; the order of the maxima is the vector instruction's). Reads only those floats.
+  void (*max_pool_2x2)(const float* x, int64_t w, int64_t rows, int64_t ow, float* y);
 };
 
 const Kernels& KernelsFor(Isa isa);

@@ -43,7 +43,7 @@ namespace {
 constexpr const char* kDomain = "ai.onnxprune";
 // Newest op-set of the domain this build implements (runtime_ops/README.md; OPSET_VERSION in
 // runtime_ops/__init__.py, a test checks they agree).
-constexpr int kOpsetVersion = 8;
+constexpr int kOpsetVersion = 9;
 
 const ortabi::Api* g_api = nullptr;
 
@@ -3171,6 +3171,167 @@ struct CsrConvKernel {
   }
 };
 
+// --- MaxPool (op-set 9) ----------------------------------------------------------------------
+
+// ONNX MaxPool, NCHW float32, 1-D or 2-D, without the Indices output (runtime_ops/README.md).
+// The lowering puts it where an ONNX MaxPool reads a CsrConv's output: ONNX Runtime runs its own
+// MaxPool in its blocked NCHWc layout, and so wraps one fed by a custom op in a reorder of its
+// input and another of its output, which cost VGG-16 twice what its pools take.
+//
+// Output extent along an axis, as ONNX Runtime computes it: floor((in + pads - (k-1)*d - 1) / s)
+// + 1, or with ceil_mode the ceiling, less one where the last window would start past the input
+// and its leading pad. False when the dilated window does not fit the padded input.
+bool PoolExtent(int64_t in, int64_t pad0, int64_t pad1, int64_t k, int64_t d, int64_t s, bool ceil_mode,
+                int64_t* out) {
+  if (!ConvExtent(in, pad0, pad1, k, d, s, out)) return false;
+  if (ceil_mode) {
+    const int64_t span = in + pad0 + pad1 - (k - 1) * d - 1;  // >= 0, checked by ConvExtent
+    if (span % s != 0) *out += 1;
+    if ((*out - 1) * s >= in + pad0) *out -= 1;
+  }
+  return true;
+}
+
+// Empty when MaxPool's attributes are within the limits (CsrConv's, and ONNX Runtime's rule that
+// each pad is smaller than the kernel along its axis), else the rule they break.
+std::string PoolAttrsError(const std::vector<int64_t>& ks, const std::vector<int64_t>& st,
+                           const std::vector<int64_t>& di, const std::vector<int64_t>& pa) {
+  std::string error = ConvAttrsError(ks, st, di, pa);
+  if (!error.empty()) return error;
+  for (size_t i = 0; i < pa.size(); ++i)
+    if (pa[i] >= ks[i % ks.size()]) return "each pad must be smaller than the kernel along its axis";
+  return "";
+}
+
+struct MaxPoolKernel {
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
+  int64_t pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
+  bool ceil_mode = false;
+  size_t x_rank = 4;  // 3 for a 1-D pool: X (N, C, L) runs as (N, C, 1, L)
+  Isa isa = Isa::kScalar;
+
+  // Every attribute is bounded here, before any shape is seen.
+  explicit MaxPoolKernel(const ortabi::KernelInfo* info) {
+    std::vector<int64_t> ks = AttrInts(info, "kernel_shape", {}), st, di, pa;
+    ConvDefaults(ks.size(), &st, &di, &pa);
+    st = AttrInts(info, "strides", st);
+    di = AttrInts(info, "dilations", di);
+    pa = AttrInts(info, "pads", pa);
+    if (HasAttr(info, "auto_pad")) Fail(ortabi::kInvalidArgument, "attribute auto_pad is not supported: give explicit pads");
+    const int64_t cm = AttrInt(info, "ceil_mode", 0);
+    if (cm != 0 && cm != 1) Fail(ortabi::kInvalidArgument, "ceil_mode must be 0 or 1");
+    ceil_mode = cm == 1;
+    const std::string error = PoolAttrsError(ks, st, di, pa);
+    if (!error.empty()) Fail(ortabi::kInvalidArgument, error);
+    x_rank = ks.size() + 2;
+    WidenConv1D(&ks, &st, &di, &pa);
+    kh = ks[0], kw = ks[1], sh = st[0], sw = st[1], dh = di[0], dw = di[1];
+    pad_t = pa[0], pad_l = pa[1], pad_b = pa[2], pad_r = pa[3];
+    isa = ChooseIsa();
+  }
+
+  // Y[n, c, oy, ox] = max of -FLT_MAX and X[n, c, oy*sh - pad_t + i*dh, ox*sw - pad_l + j*dw]
+  // over the taps (i, j) that land inside X, as ONNX Runtime computes it (its maximum starts at
+  // -FLT_MAX: a window of -inf taps, or of padding only, gives -FLT_MAX). Each output
+  // row takes the maximum of its window's input rows into a row buffer, padded with -FLT_MAX
+  // (`Row`), then of the buffer's kw columns per output, through the buffer's sw column phases
+  // where sw > 1 (`Columns`).
+  void Compute(ortabi::KernelContext* ctx) const {
+    size_t count = 0;
+    Check(g_api->KernelContext_GetInputCount(ctx, &count));
+    const ortabi::Value* xv = Input(ctx, count, 0);
+    if (xv == nullptr) Fail(ortabi::kInvalidArgument, "input X is missing");
+    Tensor x = Inspect(xv);
+    if (x.type != ortabi::kFloat || x.shape.size() != x_rank)
+      Fail(ortabi::kInvalidArgument, x_rank == 4 ? "X must be a 4-D float32 NCHW tensor" :
+           "X must be a 3-D float32 (N, C, L) tensor for a 1-D kernel_shape", ", got shape ", ShapeStr(x.shape));
+    if (x_rank == 3) x.shape.insert(x.shape.begin() + 2, 1);
+    const int64_t h = x.shape[2], w = x.shape[3];
+    int64_t oh = 0, ow = 0;
+    if (!PoolExtent(h, pad_t, pad_b, kh, dh, sh, ceil_mode, &oh) ||
+        !PoolExtent(w, pad_l, pad_r, kw, dw, sw, ceil_mode, &ow))
+      Fail(ortabi::kInvalidArgument, "the pooling window does not fit the padded input of shape ", ShapeStr(x.shape));
+    std::vector<int64_t> out_shape = {x.shape[0], x.shape[1], oh, ow};
+    if (x_rank == 3) out_shape.erase(out_shape.begin() + 2);
+    ortabi::Value* yv = nullptr;
+    Check(g_api->KernelContext_GetOutput(ctx, 0, out_shape.data(), out_shape.size(), &yv));
+    const int64_t planes = CheckedMul(x.shape[0], x.shape[1], "N * C");
+    if (planes == 0 || oh == 0 || ow == 0) return;
+    void* ydata = nullptr;
+    Check(g_api->GetTensorMutableData(yv, &ydata));
+    // Row buffer: every column an output reads, up to (ow - 1) * sw + (kw - 1) * dw, and X's row
+    // after the leading pad, rounded up to whole column phases (both terms are at most a few
+    // times w + 2^17: ow <= w + pads, every attribute <= kMaxConvAttr).
+    const int64_t row = (std::max(pad_l + w, (ow - 1) * sw + (kw - 1) * dw + 1) + sw - 1) / sw * sw;
+    const int64_t phase = row / sw;  // floats per column phase (sw > 1)
+    const size_t scratch = static_cast<size_t>(sw > 1 ? 2 * row : row);
+    const int64_t rows = CheckedMul(planes, oh, "N * C * OH");
+    // tasks of ~16 K input floats, whole output rows
+    const int64_t per = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, w * kh));
+    const int64_t tasks = (rows + per - 1) / per;
+    const Kernels& kern = KernelsFor(isa);
+    const float* xd = x.as<float>();
+    float* y = static_cast<float*>(ydata);
+    // 2 x 2 windows at stride 2 that all lie inside X (VGG's, and most pools between
+    // convolutions) take one pass over their two input rows, no row buffer.
+    const bool pairs = kh == 2 && kw == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && pad_t == 0 && pad_l == 0 &&
+                       2 * oh <= h && 2 * ow <= w;
+    ParallelFor(ctx, static_cast<size_t>(tasks), [&](size_t t) {
+      const int64_t r1 = std::min(rows, (static_cast<int64_t>(t) + 1) * per);
+      if (pairs) {
+        for (int64_t r = static_cast<int64_t>(t) * per, run = 0; r < r1; r += run) {  // runs within a plane
+          const int64_t p = r / oh, oy = r % oh;
+          run = std::min(r1 - r, oh - oy);
+          kern.max_pool_2x2(xd + p * h * w + 2 * oy * w, w, run, ow, y + r * ow);
+        }
+        return;
+      }
+      float* buf = TaskScratch(scratch);
+      for (int64_t r = static_cast<int64_t>(t) * per; r < r1; ++r) {
+        const int64_t p = r / oh, oy = r % oh;
+        Row(kern, xd + p * h * w, h, w, oy, row, buf);
+        Columns(kern, buf, phase, ow, buf + row, y + r * ow);
+      }
+    });
+  }
+
+  // buf[0, row): -FLT_MAX, but at [pad_l, pad_l + w) the maximum of the input rows of output
+  // row oy's window that lie inside the plane.
+  void Row(const Kernels& kern, const float* plane, int64_t h, int64_t w, int64_t oy, int64_t row, float* buf) const {
+    constexpr float kLowest = std::numeric_limits<float>::lowest();
+    std::fill(buf, buf + pad_l, kLowest);
+    std::fill(buf + pad_l + w, buf + row, kLowest);
+    float* mid = buf + pad_l;
+    std::fill(mid, mid + w, kLowest);  // the maximum starts there: -inf taps give -FLT_MAX
+    for (int64_t i = 0; i < kh; ++i) {
+      const int64_t iy = oy * sh - pad_t + i * dh;
+      if (iy >= 0 && iy < h) kern.maximum(mid, plane + iy * w, w, mid);
+    }
+  }
+
+  // out[ox] = max over j < kw of buf[ox * sw + j * dw], for ox < ow. With sw > 1 the buffer's
+  // sw * phase floats go to ph by column phase (phase q at ph + q * phase: buf[i * sw + q] at
+  // i), so that every tap
+  // reads a contiguous run: tap j's is phase (j * dw) % sw from (j * dw) / sw on.
+  void Columns(const Kernels& kern, const float* buf, int64_t phase, int64_t ow, float* ph, float* out) const {
+    if (sw == 1) {
+      if (kw == 1) std::memcpy(out, buf, static_cast<size_t>(ow) * sizeof(float));
+      else kern.maximum(buf, buf + dw, ow, out);
+      for (int64_t j = 2; j < kw; ++j) kern.maximum(out, buf + j * dw, ow, out);
+      return;
+    }
+    if (sw == 2) {
+      kern.deinterleave(buf, phase, ph, ph + phase);
+    } else {
+      for (int64_t q = 0; q < sw; ++q) kern.strided(buf + q, sw, phase, ph + q * phase);
+    }
+    const auto tap = [&](int64_t j) { return ph + (j * dw) % sw * phase + (j * dw) / sw; };
+    if (kw == 1) std::memcpy(out, tap(0), static_cast<size_t>(ow) * sizeof(float));
+    else kern.maximum(tap(0), tap(1), ow, out);
+    for (int64_t j = 2; j < kw; ++j) kern.maximum(out, tap(j), ow, out);
+  }
+};
+
 // --- shape inference ------------------------------------------------------------------------
 
 // Output shapes for ORT's graph-level shape inference, so that downstream nodes (and
@@ -3324,6 +3485,26 @@ void InferCsrConv(const ShapeInfer& si) {
   }
 }
 
+void InferMaxPool(const ShapeInfer& si) {
+  std::vector<ShapeInfer::Dim> x;
+  if (!si.InputDims(0, &x)) return;
+  std::vector<int64_t> ks, st, di, pa;
+  if (!si.AttrInts("kernel_shape", &ks)) return;
+  ConvDefaults(ks.size(), &st, &di, &pa);
+  if (!si.AttrInts("strides", &st) || !si.AttrInts("dilations", &di) || !si.AttrInts("pads", &pa)) return;
+  const int64_t cm = si.AttrInt("ceil_mode", 0);
+  if (!PoolAttrsError(ks, st, di, pa).empty() || (cm != 0 && cm != 1) || x.size() != ks.size() + 2) return;
+  std::vector<ShapeInfer::Dim> out(x.begin(), x.begin() + 2);
+  for (size_t i = 0; i < ks.size(); ++i) {
+    ShapeInfer::Dim o;
+    if (x[i + 2].value < 0 ||
+        !PoolExtent(x[i + 2].value, pa[i], pa[i + ks.size()], ks[i], di[i], st[i], cm == 1, &o.value))
+      return;
+    out.push_back(o);
+  }
+  si.SetOutput(out);
+}
+
 // --- registration ---------------------------------------------------------------------------
 
 template <class K>
@@ -3422,10 +3603,17 @@ struct CsrConvOp : CsrConvKernel {
   static void InferShape(const ShapeInfer& si) { InferCsrConv(si); }
   using CsrConvKernel::CsrConvKernel;
 };
+struct MaxPoolOp : MaxPoolKernel {
+  static constexpr const char* kName = "MaxPool";
+  static constexpr size_t kInputs = 1;  // X (op-set 9)
+  static void InferShape(const ShapeInfer& si) { InferMaxPool(si); }
+  using MaxPoolKernel::MaxPoolKernel;
+};
 
 // ORT keeps pointers to these for as long as any session uses them, i.e. until process exit.
 const ortabi::CustomOp kCsrGemm = OpDef<CsrGemmOp>::Make();
 const ortabi::CustomOp kCsrConv = OpDef<CsrConvOp>::Make();
+const ortabi::CustomOp kMaxPool = OpDef<MaxPoolOp>::Make();
 
 }  // namespace
 }  // namespace onnxprune
@@ -3447,7 +3635,7 @@ ONNXPRUNE_EXPORT ortabi::Status* RegisterCustomOps(ortabi::SessionOptions* optio
   g_api = api;
   ortabi::CustomOpDomain* domain = nullptr;
   if (ortabi::Status* st = api->CreateCustomOpDomain(onnxprune::kDomain, &domain)) return st;
-  for (const ortabi::CustomOp* op : {&onnxprune::kCsrGemm, &onnxprune::kCsrConv}) {
+  for (const ortabi::CustomOp* op : {&onnxprune::kCsrGemm, &onnxprune::kCsrConv, &onnxprune::kMaxPool}) {
     if (ortabi::Status* st = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       return st;
