@@ -86,7 +86,7 @@ def _lower(proto, info, path, output, options, decision, progress) -> dict:
     from onnxprune.core.graph import graph_from_model, save_graph
     from onnxprune.core.stats import versions
     from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
-    from onnxprune.runtime_ops import DOMAIN
+    from onnxprune.runtime.bench import csr_nodes
 
     graph = graph_from_model(proto, info)
     lowering_pass = LowerToSparseOps(decision.options_for(options, graph, proto))
@@ -112,7 +112,8 @@ def _lower(proto, info, path, output, options, decision, progress) -> dict:
         "options": {**stats["options"], "decide": decision.decide},
         "sparse_ops": {"lowered": list(stats["lowered"]), "layers": stats["layers"],
                        "rewrites": stats.get("rewrites", []),
-                       "already_lowered": sum(n.domain == DOMAIN for n in proto.graph.node)},
+                       "already_lowered": len(csr_nodes(proto)),
+                       "nchw_pools": stats.get("nchw_pools", [])},
         "lowering": decision.report(stats),
         "size": {"input_bytes": in_bytes, "output_bytes": out_bytes,
                  "ratio": in_bytes / out_bytes if out_bytes else None},

@@ -327,4 +327,5 @@ def _sparse_ops_report(stats: dict | None, rows: list[dict], out_bytes: int) -> 
     stats = stats or {"layers": []}
     return {"lowered": [r["name"] for r in stats["layers"] if r["lowered"]],
             "layers": stats["layers"], "rewrites": stats.get("rewrites", []),
+            "nchw_pools": stats.get("nchw_pools", []),
             "sizes": size_summary(stats, rows, out_bytes)}

@@ -113,11 +113,16 @@ def layer_lines(layers: list[dict]) -> list[str]:
 
 def rewrite_lines(report: dict) -> list[str]:
     """One line per LRN node the lowering considered: rewritten or kept, and why (the
-    measured decision's rows carry the timing)."""
+    measured decision's rows carry the timing); one for the MaxPools run as onnxprune's."""
     rows = (report.get("lowering") or {}).get("rewrites") or \
         (report.get("sparse_ops") or {}).get("rewrites") or []
-    return [f"sparse-ops: {'rewrote' if r['rewritten'] else 'kept   '} {r['node']} ({r['op']}: {r['reason']})"
-            for r in rows]
+    lines = [f"sparse-ops: {'rewrote' if r['rewritten'] else 'kept   '} {r['node']} ({r['op']}: {r['reason']})"
+             for r in rows]
+    pools = (report.get("sparse_ops") or {}).get("nchw_pools") or []
+    if pools:
+        lines.append(f"sparse-ops: {len(pools)} MaxPool(s) after lowered layers run as onnxprune's MaxPool, "
+                     f"in NCHW ({', '.join(pools)})")
+    return lines
 
 
 def lowered_count(layers: list[dict]) -> str:

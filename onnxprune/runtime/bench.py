@@ -62,7 +62,19 @@ def lower_model(dense_model, **options):
 
 
 def csr_nodes(model) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.domain == DOMAIN]
+    """The model's CsrGemm and CsrConv nodes (not the domain's MaxPool, which holds no weight)."""
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type in _CSR_OPS]
+
+
+_CSR_OPS = frozenset({"CsrGemm", "CsrConv"})
+
+
+def _standard_pool(node: onnx.NodeProto) -> onnx.NodeProto:
+    """onnxprune's MaxPool (op-set 9) as the ONNX MaxPool it computes: the same attributes."""
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    out.domain = ""
+    return out
 
 
 def _inits(model) -> dict[str, onnx.TensorProto]:
@@ -296,6 +308,9 @@ def dense_from_lowered(model, x_shapes: dict, partial: bool = False) -> onnx.Mod
     # again (counted once, as in the model they came from), where it comes out the same
     built: dict[tuple, str] = {}
     for node in model.graph.node:
+        if node.domain == DOMAIN and node.op_type == "MaxPool":
+            nodes.append(_standard_pool(node))
+            continue
         if node.domain != DOMAIN or (partial and node.input[0] not in x_shapes):
             nodes.append(node)
             continue

@@ -416,6 +416,7 @@ class MeasuredLowering:
         force list is kept, the measured choices are dropped); ``stats`` made to say so."""
         forced_only = LowerToSparseOps({**self._options, "measured": {}})(self._before.copy())
         _keep_dense(stats, speedup, set(forced_only.stats["lowered"]))
+        stats["nchw_pools"] = forced_only.stats["nchw_pools"]  # those behind a forced layer
         return forced_only.graph
 
     def _pick(self, graph, original, stats: dict, dense_model, feeds: dict):

@@ -69,9 +69,10 @@ lowered — op-set 2 when a CsrConv carries an activation, 3 when a CsrGemm does
 activation is Gelu, 4 when a CsrConv is 1-D, 5 when a CsrConv reads a residual Z, 6 when a
 CsrGemm does, 7 when a CsrGemm writes its output transposed for the next one (``chains.py``:
 two lowered products in a row, ``transposed-chains``), 8 when one writes or reads each batch
-transposed (``heads.py``: an attention's head splits and merge, under the same option); the
-node list stays topologically
-sorted.
+transposed (``heads.py``: an attention's head splits and merge, under the same option), 9
+when an ONNX MaxPool that reads a lowered node's output became onnxprune's MaxPool
+(``pools.py``, option ``nchw-pools``: ONNX Runtime would reorder around its own); the node list
+stays topologically sorted.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ from . import cost_model as cost
 from . import lrn as lrn_rewrite
 from .chains import TRANSPOSED_OUTPUT_OPSET, reads_residual, transposed_chains
 from .heads import HEADS_OPSET, attention_heads
+from .pools import POOL_OPSET, nchw_pools
 from .activations import FusedActivation, fusable_activation
 from ..base import (Option, Pass, PassError, PassResult, check_bool, check_choice, check_float, check_int,
                    check_optional, check_str_list, parse_options)
@@ -568,6 +570,10 @@ class LowerToSparseOps(Pass):
                "a lowered product whose output only feeds another one's X writes it transposed "
                "for it (chains.py), and an attention's head splits and merge skip their "
                "transposes (heads.py); off for timing layers one at a time"),
+        Option("nchw-pools", check_bool, True,
+               "an ONNX MaxPool that reads a lowered node's output becomes onnxprune's MaxPool "
+               "(op-set 9), which ONNX Runtime runs without reordering its input and output to "
+               "its blocked layout (pools.py)"),
     )
 
     def __init__(self, options: dict | None = None):
@@ -583,6 +589,7 @@ class LowerToSparseOps(Pass):
         self.input_shapes: dict[str, list[int]] | None = o["input-shapes"]
         self.decompose_lrn: tuple[str, ...] = o["decompose-lrn"]
         self.chains: bool = o["transposed-chains"]
+        self.pools: bool = o["nchw-pools"]
         self._window_of: dict[int, str] = {}  # id(window Conv) -> the LRN it came from
 
     # ------------------------------------------------------------------ planning
@@ -791,10 +798,11 @@ class LowerToSparseOps(Pass):
             # A folded residual's Z may come from a node listed after the product (a ResNet
             # block's shortcut branch): the node list must stay in topological order.
             graph.toposort(recurse_subgraphs=False, recurse_functions=False, mode="nodes")
-        chains, heads = [], []
+        chains, heads, pools = [], [], []
         if lowered_any:
             chains = self._chain(graph, prepared, rows, shapes, graph_outputs, taken)
             heads = self._heads(graph, prepared, rows, shapes, graph_outputs, taken)
+            pools = nchw_pools(graph) if self.pools else []
             _declare_op_set(graph)
         lowered = [r["name"] for r in rows if r["lowered"]]
         return PassResult(graph, lowered_any or bool(self._window_of), {
@@ -802,12 +810,14 @@ class LowerToSparseOps(Pass):
             "options": {"batch": self.batch, "threads": self.threads, "force": list(self.force),
                         "never": list(self.never), "max-density": self.max_density,
                         "objective": self.objective, "measured": self.measured,
-                        "values": self.values, "decompose-lrn": list(self.decompose_lrn)},
+                        "values": self.values, "decompose-lrn": list(self.decompose_lrn),
+                        "transposed-chains": self.chains, "nchw-pools": self.pools},
             "lowered": lowered,
             "layers": rows,
             "rewrites": rewrites,
             "transposed_chains": [{"producer": a, "consumer": b} for a, b in chains],
             "attention_heads": [{"node": a, "rewrite": b} for a, b in heads],
+            "nchw_pools": pools,
         })
 
     def _chain(self, graph: gs.Graph, prepared: list, rows: list[dict], shapes: dict, graph_outputs: set[int],
@@ -948,12 +958,14 @@ def _known_rows(prepared: list, shapes: dict) -> dict[int, tuple[int | None, int
 
 
 def op_set_needed(node: gs.Node) -> int:
-    """The op-set of ``ai.onnxprune`` that first defines what a CSR node uses
-    (runtime_ops/README.md): 8 for CsrGemm's batches transposed (matmul=3 and 4, attention
-    heads), 7 for CsrGemm's transposed output (matmul=2), 6 for CsrGemm's
+    """The op-set of ``ai.onnxprune`` that first defines what a node of the domain uses
+    (runtime_ops/README.md): 9 for MaxPool, 8 for CsrGemm's batches transposed (matmul=3 and
+    4, attention heads), 7 for CsrGemm's transposed output (matmul=2), 6 for CsrGemm's
     residual input Z, 5 for CsrConv's, 4 for a 1-D
     CsrConv, 3 for CsrGemm's activation and for the Gelu activation, 2 for CsrConv's other
     activations, else 1."""
+    if node.op == "MaxPool":
+        return POOL_OPSET
     if node.op == "CsrGemm" and int(node.attrs.get("matmul", 0)) in (3, 4):
         return HEADS_OPSET
     if node.op == "CsrGemm" and int(node.attrs.get("matmul", 0)) == 2:
