@@ -58,7 +58,9 @@ def reference(x: np.ndarray, kernel, strides, dilations, pads, ceil_mode: int) -
     return y
 
 
-# (x shape, kernel, strides, dilations, pads, ceil_mode)
+# (x shape, kernel, strides, dilations, pads, ceil_mode): planes of at most 1024 padded pixels
+# go kLanes channels at a time, 2 x 2 / 2 windows inside X from 14 x 14 in one pass over row
+# pairs, the rest row by row (ops.cc MaxPoolKernel)
 CASES = [
     ((1, 64, 28, 28), [2, 2], [2, 2], [1, 1], [0, 0, 0, 0], 0),      # VGG's: one pass over row pairs
     ((2, 3, 17, 35), [2, 2], [2, 2], [1, 1], [0, 0, 0, 0], 0),       # odd sides: the last row and column dropped
@@ -74,6 +76,11 @@ CASES = [
     ((1, 2, 3, 3), [2, 2], [1, 1], [3, 3], [1, 1, 1, 1], 0),         # windows of padding only
     ((2, 5, 50), [3], [2], [1], [1, 1], 0),                          # 1-D
     ((1, 3, 33), [4], [3], [2], [2, 3], 1),
+    ((1, 20, 7, 7), [2, 2], [2, 2], [1, 1], [0, 0, 0, 0], 0),        # a partial block of channels
+    ((1, 3, 40, 40), [3, 2], [3, 1], [2, 3], [1, 0, 2, 1], 0),       # row by row: stride 3, dilations
+    ((1, 2, 33, 70), [4, 3], [2, 3], [1, 2], [3, 2, 0, 1], 1),
+    ((1, 2, 45, 45), [3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 0),       # row by row at stride 1
+    ((1, 3, 1500), [4], [3], [2], [2, 3], 1),
 ]
 
 

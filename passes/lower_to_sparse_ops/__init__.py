@@ -802,7 +802,7 @@ class LowerToSparseOps(Pass):
         if lowered_any:
             chains = self._chain(graph, prepared, rows, shapes, graph_outputs, taken)
             heads = self._heads(graph, prepared, rows, shapes, graph_outputs, taken)
-            pools = nchw_pools(graph) if self.pools else []
+            pools = nchw_pools(graph, lambda t: _shape_of(t, shapes)) if self.pools else []
             _declare_op_set(graph)
         lowered = [r["name"] for r in rows if r["lowered"]]
         return PassResult(graph, lowered_any or bool(self._window_of), {

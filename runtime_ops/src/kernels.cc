@@ -239,10 +239,6 @@ void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i * stride];
 }
 
-void Maximum(const float* a, const float* b, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = a[i] > b[i] ? a[i] : b[i];
-}
-
 static inline float Max1(float a, float b) { return a > b ? a : b; }
 
 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
@@ -253,6 +249,39 @@ void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
       y[r * ow + i] = Max1(std::numeric_limits<float>::lowest(),
                            Max1(Max1(a[2 * i], b[2 * i]), Max1(a[2 * i + 1], b[2 * i + 1])));
   }
+}
+
+// pool_rows.inc's MaxPoolBlock, lanes of 8.
+void MaxPoolBlock(const float* p, int64_t wp, const PoolShape& g, int64_t oh, float* out) {
+  constexpr int64_t kL = 8;
+  for (int64_t oy = 0; oy < oh; ++oy)
+    for (int64_t ox = 0; ox < g.ow; ++ox)
+      for (int64_t l = 0; l < kL; ++l) {
+        const float* const at = p + (oy * g.sh * wp + ox * g.sw) * kL + l;
+        float v = std::numeric_limits<float>::lowest();
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) v = Max1(v, at[(i * g.dh * wp + j * g.dw) * kL]);
+        out[(oy * g.ow + ox) * kL + l] = v;
+      }
+}
+
+// The vector ISAs' MaxPoolRows (pool_rows.inc) one float at a time: each output the maximum of
+// -FLT_MAX and its window's taps inside x, rows first (in the same order).
+void MaxPoolRows(const float* x, const PoolShape& g, int64_t oy0, int64_t oy1, float*, float* y) {
+  for (int64_t oy = oy0; oy < oy1; ++oy)
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      float m = std::numeric_limits<float>::lowest();
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t ix = ox * g.sw - g.pad_l + j * g.dw;
+        float c = std::numeric_limits<float>::lowest();
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t iy = oy * g.sh - g.pad_t + i * g.dh;
+          if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w) c = Max1(c, x[iy * g.w + ix]);
+        }
+        m = Max1(m, c);
+      }
+      y[(oy - oy0) * g.ow + ox] = m;
+    }
 }
 
 void Gather(const float* src, const int32_t* at, int64_t n, float* dst) {
@@ -814,12 +843,6 @@ OP_AVX2 void Add(float* y, const float* z, int64_t n) {
   for (; i < n; ++i) y[i] += z[i];
 }
 
-OP_AVX2 void Maximum(const float* a, const float* b, int64_t n, float* dst) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_max_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
-  scalar::Maximum(a + i, b + i, n - i, dst + i);
-}
-
 // Eight outputs from 16 floats of each input row: the rows' maximum, then its even and odd
 // floats (in-lane shuffles, then the 64-bit quarters in order); the rest one by one.
 OP_AVX2 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
@@ -921,9 +944,23 @@ OP_AVX2 static inline void TransposeLanes(__m256* v) {
   for (int u = 0; u < 8; ++u) v[u] = t[u];
 }
 
+// pool_rows.inc's: p[0, n) and `fill` in the other lanes (0 < n < 8), nothing past p + n read;
+// the even and odd floats of p[0, 16).
+OP_AVX2 static inline Vec LoadFirstOr(const float* p, int64_t n, Vec fill) {
+  const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_blendv_ps(fill, _mm256_maskload_ps(p, live), _mm256_castsi256_ps(live));
+}
+OP_AVX2 static inline void EvenOdd(const float* p, Vec* even, Vec* odd) {
+  const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+  const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
 #define ONNXPRUNE_TILE_TARGET OP_AVX2
 #include "dw_rows.inc"
 #include "dw_block.inc"
+#include "pool_rows.inc"
 #undef ONNXPRUNE_TILE_TARGET
 
 }  // namespace avx2
@@ -1084,15 +1121,6 @@ void Activate(float* y, int64_t n, const Activation& a) {
   ForActivation(a, [&](auto k) { ActivateAs<decltype(k)::value>(y, n, a); });
 }
 
-// A short last step masked: only a[i], b[i] for i < n are read, dst[i] for i < n written.
-OP_AVX512 void Maximum(const float* a, const float* b, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const uint32_t r = static_cast<uint32_t>(std::min<int64_t>(16, n - i));
-    const __mmask16 live = static_cast<__mmask16>(r == 16 ? 0xFFFFu : (1u << r) - 1u);
-    _mm512_mask_storeu_ps(dst + i, live, _mm512_max_ps(_mm512_maskz_loadu_ps(live, a + i), _mm512_maskz_loadu_ps(live, b + i)));
-  }
-}
-
 // Sixteen outputs from 32 floats of each input row; a short last step loads only the 2r floats
 // of each row it owns.
 OP_AVX512 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
@@ -1206,9 +1234,21 @@ OP_AVX512 static inline void TransposeLanes(__m512* v) {
   }
 }
 
+// pool_rows.inc's: p[0, n) and `fill` in the other lanes (0 < n < 16), nothing past p + n
+// read; the even and odd floats of p[0, 32).
+OP_AVX512 static inline Vec LoadFirstOr(const float* p, int64_t n, Vec fill) {
+  return _mm512_mask_loadu_ps(fill, static_cast<__mmask16>((1u << n) - 1u), p);
+}
+OP_AVX512 static inline void EvenOdd(const float* p, Vec* even, Vec* odd) {
+  const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+  *even = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+  *odd = _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+}
+
 #define ONNXPRUNE_TILE_TARGET OP_AVX512
 #include "dw_rows.inc"
 #include "dw_block.inc"
+#include "pool_rows.inc"
 #undef ONNXPRUNE_TILE_TARGET
 #include "dw_grid.inc"
 
@@ -1234,7 +1274,7 @@ static const Kernels kScalarKernels = {
     scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock, scalar::DwBlockIn, scalar::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, scalar::CopyRows,
     {scalar::ConvStripRows<1>, scalar::ConvStripRows<4>, scalar::ConvStripRows<8>, scalar::ConvStripRows<12>, scalar::ConvStripRows<13>, scalar::ConvStripRows<14>},
-    scalar::Maximum, scalar::MaxPool2x2,
+    scalar::MaxPoolRows, scalar::MaxPool2x2, scalar::MaxPoolBlock,
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
@@ -1245,7 +1285,7 @@ static const Kernels kAvx2Kernels = {
     avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock, avx2::DwBlockIn, avx2::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, avx2::CopyRows,
     {avx2::ConvStripRows<1>, avx2::ConvStripRows<4>, avx2::ConvStripRows<8>, avx2::ConvStripRows<12>, avx2::ConvStripRows<13>, avx2::ConvStripRows<14>},
-    avx2::Maximum, avx2::MaxPool2x2,
+    avx2::MaxPoolRows, avx2::MaxPool2x2, avx2::MaxPoolBlock,
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
@@ -1256,7 +1296,7 @@ static const Kernels kAvx512Kernels = {
     avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock, avx512::DwBlockIn, avx512::DwBlockOut,
     {{avx512::DwGrid<3, 1>, avx512::DwGrid<5, 1>}, {avx512::DwGrid<3, 2>, avx512::DwGrid<5, 2>}}, avx512::CopyRows,
     {avx512::ConvStripRows<1>, avx512::ConvStripRows<4>, avx512::ConvStripRows<8>, avx512::ConvStripRows<12>, avx512::ConvStripRows<13>, avx512::ConvStripRows<14>},
-    avx512::Maximum, avx512::MaxPool2x2,
+    avx512::MaxPoolRows, avx512::MaxPool2x2, avx512::MaxPoolBlock,
 };
 
 #undef ONNXPRUNE_BY_TYPE

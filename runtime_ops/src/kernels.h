@@ -11,6 +11,7 @@
 // zero-padded buffer it indexes.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -130,6 +131,25 @@ struct ConvEnd {
   float lo = 0.f, hi = 0.f;
 };
 
+// One MaxPool plane's geometry for Kernels::max_pool_rows: an h x w plane, a kh x kw window at
+// strides sh, sw and dilations dh, dw, padded pad_t rows above and pad_l columns left, ow
+// outputs a row; a padded row buffer of `row` floats (a multiple of sw, at least pad_l + w and
+// (ow - 1) sw + (kw - 1) dw + 1), read by column phases of phase = row / sw floats each,
+// phase_stride (phase rounded up to 16) apart; `chunk` output rows' buffers at a time
+// (PoolChunk). ops.cc bounds them all.
+struct PoolShape {
+  int64_t h = 0, w = 0, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pad_t = 0, pad_l = 0;
+  int64_t ow = 0, row = 0, phase = 0, phase_stride = 0, chunk = 1;
+};
+// Floats of scratch one output row takes in max_pool_rows: its row buffer and 32 more, its phases
+// and 16 more (whole vectors past each end).
+inline int64_t PoolRowScratch(const PoolShape& g) { return g.row + 32 + g.sw * g.phase_stride + 16; }
+// Output rows whose buffers max_pool_rows fills step by step: as many as 8 KiB hold (they stay
+// in the L1 between steps), at least one.
+inline int64_t PoolChunk(const PoolShape& g, int64_t oh) {
+  return std::max<int64_t>(1, std::min<int64_t>(oh, 2048 / PoolRowScratch(g)));
+}
+
 struct Kernels {
   SpmvFn spmv[kValueKinds][kIndexKinds];
   SpmmFn spmm[kValueKinds][kIndexKinds];
@@ -217,13 +237,22 @@ struct Kernels {
                                               const float* q, float* out, int64_t out_stride, int64_t vs,
                                               const float* bias, bool accumulate, const ConvEnd* end,
                                               int64_t z_stride);
-  // dst[i] = a[i] > b[i] ? a[i] : b[i] for i < n: the vector max instruction's rule (b where
-  // either is NaN); dst may be a or b. MaxPool's row steps (ops.cc MaxPoolKernel).
-  void (*maximum)(const float* a, const float* b, int64_t n, float* dst);
+  // Output rows [oy0, oy1) of one channel plane x of MaxPool (ops.cc MaxPoolKernel), g.ow
+  // floats each from y on: with the window's taps inside x,
+  //   y[(oy - oy0) * g.ow + ox] = max of -FLT_MAX and x[(oy sH - pad_t + i dH) * g.w + ox sW - pad_l + j dW]
+  // (the maxima taken in an order of the ISA's, each step keeping its second operand where
+  // either is NaN). buf: g.chunk * PoolRowScratch(g) floats of scratch. Reads only x's taps.
+  void (*max_pool_rows)(const float* x, const PoolShape& g, int64_t oy0, int64_t oy1, float* buf, float* y);
   // MaxPool's 2 x 2 windows at stride 2 over `rows` output rows: for r < rows, i < ow,
   //   y[r * ow + i] = max of -FLT_MAX and x[(2r + u) * w + 2i + v], u, v in {0, 1}
   // (2 * ow <= w; the order of the maxima is the vector instruction's). Reads only those floats.
   void (*max_pool_2x2)(const float* x, int64_t w, int64_t rows, int64_t ow, float* y);
+  // MaxPool over L = conv_lanes channels at once, interleaved as dw_block_in lays them out:
+  // pixel (r, c) of the padded block at p + (r * wp + c) * L, every pixel a window reads inside
+  // it (the caller sets the padding's to -FLT_MAX). For oy < oh, ox < g.ow and each lane l,
+  //   out[(oy * g.ow + ox) * L + l] = max of -FLT_MAX and, over i < g.kh, j < g.kw,
+  //                                  p[((oy sh + i dh) wp + ox sw + j dw) L + l]
+  void (*max_pool_block)(const float* p, int64_t wp, const PoolShape& g, int64_t oh, float* out);
 };
 
 const Kernels& KernelsFor(Isa isa);
