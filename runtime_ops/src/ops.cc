@@ -330,6 +330,20 @@ void ParallelFor(const ortabi::KernelContext* ctx, size_t total, const F& body) 
   if (shared.failed.load()) Fail(ortabi::kFail, "a parallel task failed");
 }
 
+// Input X of CsrConv and MaxPool: float32 (N, C, H, W), or (N, C, L) where x_rank is 3 (a 1-D
+// kernel), returned as (N, C, 1, L); `count` gets the node's input count.
+Tensor ReadNchw(const ortabi::KernelContext* ctx, size_t x_rank, size_t* count) {
+  Check(g_api->KernelContext_GetInputCount(ctx, count));
+  const ortabi::Value* xv = Input(ctx, *count, 0);
+  if (xv == nullptr) Fail(ortabi::kInvalidArgument, "input X is missing");
+  Tensor x = Inspect(xv);
+  if (x.type != ortabi::kFloat || x.shape.size() != x_rank)
+    Fail(ortabi::kInvalidArgument, x_rank == 4 ? "X must be a 4-D float32 NCHW tensor" :
+         "X must be a 3-D float32 (N, C, L) tensor for a 1-D kernel_shape", ", got shape ", ShapeStr(x.shape));
+  if (x_rank == 3) x.shape.insert(x.shape.begin() + 2, 1);  // (N, C, 1, L)
+  return x;
+}
+
 // Output rows (channels, features) per tile task: CsrConv's tiles and CsrGemm's tiled product.
 // A task's rows pass over each block of input planes in turn, so more rows per task means more
 // uses of a block while it is in L1 (and a larger partial-sum buffer, kept in L2), but fewer
@@ -1615,6 +1629,20 @@ void WidenConv1D(std::vector<int64_t>* ks, std::vector<int64_t>* st, std::vector
   *pa = {0, (*pa)[0], 0, (*pa)[1]};
 }
 
+// A window's attributes as the node gives them, CsrConv's and MaxPool's: kernel_shape, and
+// strides, dilations and pads, their defaults for its rank where absent (bounded by the
+// callers). ONNX's auto_pad has no meaning here (pads are explicit): ignoring it would compute
+// another op than the model asks for, so it is refused.
+void ReadWindow(const ortabi::KernelInfo* info, std::vector<int64_t>* ks, std::vector<int64_t>* st,
+                std::vector<int64_t>* di, std::vector<int64_t>* pa) {
+  *ks = AttrInts(info, "kernel_shape", {});
+  ConvDefaults(ks->size(), st, di, pa);
+  *st = AttrInts(info, "strides", *st);
+  *di = AttrInts(info, "dilations", *di);
+  *pa = AttrInts(info, "pads", *pa);
+  if (HasAttr(info, "auto_pad")) Fail(ortabi::kInvalidArgument, "attribute auto_pad is not supported: give explicit pads");
+}
+
 // Output extent along one axis, the ONNX Conv rule: (in + pad0 + pad1 - (k-1)*d - 1) / s + 1.
 // False when the dilated kernel does not fit the padded input, or `in` is so large that the
 // padded extent overflows. k, d, s, pads are within kMaxConvAttr (ConvAttrsError).
@@ -1755,14 +1783,8 @@ struct CsrConvKernel {
 
   // Every attribute is bounded here, before any shape is seen (ConvAttrsError).
   explicit CsrConvKernel(const ortabi::KernelInfo* info) {
-    std::vector<int64_t> ks = AttrInts(info, "kernel_shape", {}), st, di, pa;
-    ConvDefaults(ks.size(), &st, &di, &pa);
-    st = AttrInts(info, "strides", st);
-    di = AttrInts(info, "dilations", di);
-    pa = AttrInts(info, "pads", pa);
-    // ONNX Conv's auto_pad has no meaning here (pads are explicit); ignoring it would compute
-    // another convolution than the model asks for.
-    if (HasAttr(info, "auto_pad")) Fail(ortabi::kInvalidArgument, "attribute auto_pad is not supported: give explicit pads");
+    std::vector<int64_t> ks, st, di, pa;
+    ReadWindow(info, &ks, &st, &di, &pa);
     const std::string error = ConvAttrsError(ks, st, di, pa);
     if (!error.empty()) Fail(ortabi::kInvalidArgument, error);
     x_rank = ks.size() + 2;
@@ -1804,14 +1826,7 @@ struct CsrConvKernel {
   // is proportional to the nonzeros.
   void Compute(ortabi::KernelContext* ctx) const {
     size_t count = 0;
-    Check(g_api->KernelContext_GetInputCount(ctx, &count));
-    const ortabi::Value* xv = Input(ctx, count, 0);
-    if (xv == nullptr) Fail(ortabi::kInvalidArgument, "input X is missing");
-    Tensor x = Inspect(xv);
-    if (x.type != ortabi::kFloat || x.shape.size() != x_rank)
-      Fail(ortabi::kInvalidArgument, x_rank == 4 ? "X must be a 4-D float32 NCHW tensor" :
-           "X must be a 3-D float32 (N, C, L) tensor for a 1-D kernel_shape", ", got shape ", ShapeStr(x.shape));
-    if (x_rank == 3) x.shape.insert(x.shape.begin() + 2, 1);  // (N, C, 1, L)
+    const Tensor x = ReadNchw(ctx, x_rank, &count);
     const Csr csr = ReadCsr(ctx, count, constant);
     const ConvGeometry g = Plan(x, csr);
     const float* bias = ReadBias(ctx, count, g.c_out);
@@ -3221,12 +3236,8 @@ struct MaxPoolKernel {
 
   // Every attribute is bounded here, before any shape is seen.
   explicit MaxPoolKernel(const ortabi::KernelInfo* info) {
-    std::vector<int64_t> ks = AttrInts(info, "kernel_shape", {}), st, di, pa;
-    ConvDefaults(ks.size(), &st, &di, &pa);
-    st = AttrInts(info, "strides", st);
-    di = AttrInts(info, "dilations", di);
-    pa = AttrInts(info, "pads", pa);
-    if (HasAttr(info, "auto_pad")) Fail(ortabi::kInvalidArgument, "attribute auto_pad is not supported: give explicit pads");
+    std::vector<int64_t> ks, st, di, pa;
+    ReadWindow(info, &ks, &st, &di, &pa);
     const int64_t cm = AttrInt(info, "ceil_mode", 0);
     if (cm != 0 && cm != 1) Fail(ortabi::kInvalidArgument, "ceil_mode must be 0 or 1");
     ceil_mode = cm == 1;
@@ -3241,20 +3252,12 @@ struct MaxPoolKernel {
 
   // Y[n, c, oy, ox] = max of -FLT_MAX and X[n, c, oy*sh - pad_t + i*dh, ox*sw - pad_l + j*dw]
   // over the taps (i, j) that land inside X, as ONNX Runtime computes it (its maximum starts at
-  // -FLT_MAX: a window of -inf taps, or of padding only, gives -FLT_MAX). Each output row takes
-  // the maximum of its window's input rows into a row buffer padded with -FLT_MAX, then of the
-  // buffer's kw taps per output, through the buffer's sw column phases where sw > 1
-  // (Kernels::max_pool_rows, pool_rows.inc).
+  // -FLT_MAX: a window of -inf taps, or of padding only, gives -FLT_MAX): 2 x 2 windows at
+  // stride 2 a pair of rows at a time, small planes by channel blocks (Blocks), the others
+  // row by row (Rows).
   void Compute(ortabi::KernelContext* ctx) const {
     size_t count = 0;
-    Check(g_api->KernelContext_GetInputCount(ctx, &count));
-    const ortabi::Value* xv = Input(ctx, count, 0);
-    if (xv == nullptr) Fail(ortabi::kInvalidArgument, "input X is missing");
-    Tensor x = Inspect(xv);
-    if (x.type != ortabi::kFloat || x.shape.size() != x_rank)
-      Fail(ortabi::kInvalidArgument, x_rank == 4 ? "X must be a 4-D float32 NCHW tensor" :
-           "X must be a 3-D float32 (N, C, L) tensor for a 1-D kernel_shape", ", got shape ", ShapeStr(x.shape));
-    if (x_rank == 3) x.shape.insert(x.shape.begin() + 2, 1);
+    const Tensor x = ReadNchw(ctx, x_rank, &count);
     const int64_t h = x.shape[2], w = x.shape[3];
     int64_t oh = 0, ow = 0;
     if (!PoolExtent(h, pad_t, pad_b, kh, dh, sh, ceil_mode, &oh) ||
