@@ -139,6 +139,12 @@ def test_max_pool_refuses_inputs_it_cannot_pool(lib):
         s.run(None, {"x": np.zeros((2, 8, 8), np.float32)})
     empty = s.run(None, {"x": np.zeros((0, 2, 8, 8), np.float32)})[0]
     assert empty.shape == (0, 2, 4, 4)
+    # pads alone would size an output from an empty plane: an X with no element, of any height
+    # (a 2^47-row plane once overflowed the padded block's size)
+    s = base.session(pool_model(None, kernel_shape=[1, 3], strides=[65503, 1], pads=[0, 2, 0, 2]))
+    for rows in (5, 1 << 47):
+        with pytest.raises(Exception, match="has an empty plane but the output does not"):
+            s.run(None, {"x": np.empty((1, 1, rows, 0), np.float32)})
 
 
 def test_max_pool_has_no_indices_output(lib):

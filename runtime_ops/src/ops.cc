@@ -3269,6 +3269,10 @@ struct MaxPoolKernel {
     Check(g_api->KernelContext_GetOutput(ctx, 0, out_shape.data(), out_shape.size(), &yv));
     const int64_t planes = CheckedMul(x.shape[0], x.shape[1], "N * C");
     if (planes == 0 || oh == 0 || ow == 0) return;
+    // Padding alone could size an output from an empty plane (every window outside X); no
+    // pool reads nothing, and the sizes below would start from a dimension X does not bound.
+    if (h == 0 || w == 0)
+      Fail(ortabi::kInvalidArgument, "X of shape ", ShapeStr(x.shape), " has an empty plane but the output does not");
     void* ydata = nullptr;
     Check(g_api->GetTensorMutableData(yv, &ydata));
     PoolShape g;
@@ -3284,7 +3288,8 @@ struct MaxPoolKernel {
     // least kPoolPairsPixels; other small planes go kLanes channels at a time.
     const bool pairs = kh == 2 && kw == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && pad_t == 0 && pad_l == 0 &&
                        2 * oh <= h && 2 * ow <= w;
-    if (pairs ? h * w < kPoolPairsPixels : hp * wp <= kPoolBlockPixels)
+    // X holds h * w floats a plane, and hp, wp exceed h, w by at most twice kMaxConvAttr
+    if (pairs ? h * w < kPoolPairsPixels : CheckedMul(hp, wp, "MaxPool's padded plane") <= kPoolBlockPixels)
       return Blocks(ctx, g, x.shape[0], x.shape[1], oh, hp, wp, xd, y);
     Rows(ctx, g, planes, oh, pairs, xd, y);
   }
