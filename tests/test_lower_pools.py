@@ -134,9 +134,10 @@ def test_pools_on_small_or_unknown_maps_stay_onnx_runtimes():
     below 14 x 14, other pools below 55 x 55; and a map of unknown size is not rewritten."""
     from onnxprune.passes.lower_to_sparse_ops.pools import pays
 
-    pairs = {"kernel_shape": [2, 2], "strides": [2, 2], "dilations": [1, 1], "pads": [0, 0, 0, 0]}
+    pairs = {"kernel_shape": [2, 2], "strides": [2, 2], "dilations": [1, 1], "pads": [0, 0, 0, 0], "ceil_mode": 0}
     other = {**pairs, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
     assert pays(pairs, [1, 64, 14, 14]) and not pays(pairs, [1, 64, 13, 14])
+    assert not pays({**pairs, "ceil_mode": 1}, [1, 64, 15, 15]) and pays({**pairs, "ceil_mode": 1}, [1, 64, 16, 16])
     assert pays(other, [1, 64, 55, 55]) and not pays(other, [1, 64, 54, 55])
     assert not pays(pairs, [1, 64, "h", "w"]) and not pays(pairs, None) and not pays(pairs, [1, 64, 28])
     model = vgg_like(side=40)  # pool2 reads 20 x 20: 2 x 2 / 2 pays from 14 x 14

@@ -7,7 +7,7 @@ alone) such a pool runs between a ``ReorderInput`` of its whole input and a ``Re
 its output: in VGG-16 lowered at the paper's densities its five pools took 0.88 ms and their
 reorders 1.9 ms of ~80 (ONNX Runtime's profiler, one thread, an Intel core of lscpu family 6).
 onnxprune's ``MaxPool`` (op-set 9 of ``ai.onnxprune``, runtime_ops/README.md) is the same op
-computed in NCHW, so the reorders go: VGG-16 ran 1.04x faster with it (docs/BENCHMARKS.md).
+computed in NCHW, so the reorders go: VGG-16 ran 1.03-1.04x faster with it (docs/BENCHMARKS.md).
 
 A main-graph ``MaxPool`` (default domain) becomes onnxprune's, its name, input, output and
 attributes kept, when
@@ -20,8 +20,9 @@ attributes kept, when
 * ``auto_pad`` is absent, ``NOTSET`` or ``VALID`` (written as zero pads); a ``SAME_*`` pool
   keeps ONNX Runtime's op;
 * its input's height and width are known and large enough for onnxprune's op to win: at least
-  14 x 14 (196 pixels) for 2 x 2 windows at stride 2 without padding, which it reads in one
-  pass over each pair of rows, and 55 x 55 (3025) for any other pool. ONNX Runtime's NCHWc
+  14 x 14 (196 pixels) for 2 x 2 windows at stride 2 without padding (with ``ceil_mode``, on
+  even sides), which it reads in one pass over each pair of rows, and 55 x 55 (3025) for any
+  other pool. ONNX Runtime's NCHWc
   pool takes 16 channels a vector, and on small maps it stays ahead even with its reorders:
   one node each, ONNX Runtime's pool with its reorders against onnxprune's (1 thread, an Intel
   core of lscpu family 6): 2 x 2 / 2 on 224 x 224 2.9x, 14 x 14 1.25x, 7 x 7 0.82x; 3 x 3 / 2
@@ -93,8 +94,10 @@ def pays(attrs: dict, dims: list | None) -> bool:
     if not all(isinstance(d, int) and d > 0 for d in spatial):
         return False
     pixels = spatial[0] * (spatial[1] if len(spatial) == 2 else 1)
+    # the op's pass over row pairs: every window inside X (with ceil_mode, even sides only)
     pairs = attrs["kernel_shape"] == [2, 2] and attrs["strides"] == [2, 2] and \
-        attrs["dilations"] == [1, 1] and not any(attrs["pads"])
+        attrs["dilations"] == [1, 1] and not any(attrs["pads"]) and \
+        (attrs["ceil_mode"] == 0 or all(d % 2 == 0 for d in spatial))
     return pixels >= (PAIRS_MIN_PIXELS if pairs else OTHER_MIN_PIXELS)
 
 
