@@ -3218,7 +3218,7 @@ std::string PoolAttrsError(const std::vector<int64_t>& ks, const std::vector<int
   return "";
 }
 
-// Padded planes of at most kPoolBlockPixels pixels are pooled kLanes channels at a time
+// Padded planes of at most kPoolBlockPixels pixels are pooled 16 or 8 channels at a time
 // (MaxPoolKernel::Blocks), larger ones row by row, as are 2 x 2 windows at stride 2 on planes of
 // kPoolPairsPixels or more. One node, 1 thread, an Intel core of lscpu family 6: 3 x 3 / 2 on
 // 13 x 13 13.4 us in blocks against 26.7 row by row, on 7 x 7 13.6 against 34.7; on 27 x 27 (841
@@ -3285,7 +3285,7 @@ struct MaxPoolKernel {
     float* y = static_cast<float*>(ydata);
     // 2 x 2 windows at stride 2 that all lie inside X (VGG's, and most pools between
     // convolutions) take one pass over their two input rows, no row buffer, on planes of at
-    // least kPoolPairsPixels; other small planes go kLanes channels at a time.
+    // least kPoolPairsPixels; other small planes go conv_lanes channels at a time.
     const bool pairs = kh == 2 && kw == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1 && pad_t == 0 && pad_l == 0 &&
                        2 * oh <= h && 2 * ow <= w;
     // X holds h * w floats a plane, and hp, wp exceed h, w by at most twice kMaxConvAttr
@@ -3294,8 +3294,8 @@ struct MaxPoolKernel {
     Rows(ctx, g, planes, oh, pairs, xd, y);
   }
 
-  // kLanes channels at a time, interleaved as ONNX Runtime's NCHWc pool holds them: a vector max
-  // per tap gives kLanes outputs, where a small plane's rows are a vector or two long.
+  // conv_lanes (16 or 8) channels at a time, interleaved as ONNX Runtime's NCHWc pool holds them:
+  // a vector max per tap gives that many outputs, where a small plane's rows are a vector or two.
   void Blocks(const ortabi::KernelContext* ctx, const PoolShape& g, int64_t nb, int64_t c, int64_t oh, int64_t hp,
               int64_t wp, const float* x, float* y) const {
     const Kernels& kern = KernelsFor(isa);
