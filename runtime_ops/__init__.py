@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # onnxruntime is imported lazily: importing this package must
     import onnxruntime
 
 __all__ = [
+    "CSR_OPS",
     "DOMAIN",
     "OPSET_VERSION",
     "InferenceSession",
@@ -43,9 +44,11 @@ DOMAIN = "ai.onnxprune"
 # The domain's newest op-set (runtime_ops/README.md): 1, plus CsrConv's fused activation in 2,
 # plus CsrGemm's and the Gelu activation in 3, plus 1-D CsrConv in 4, plus CsrConv's residual
 # input Z in 5, plus CsrGemm's in 6, plus CsrGemm's transposed output (matmul=2) in 7, plus
-# CsrGemm's batches transposed (matmul=3 and 4) in 8. Lowering declares 2 to 8 only in files
-# that use them.
+# CsrGemm's batches transposed (matmul=3 and 4) in 8, plus MaxPool in 9. Lowering declares 2
+# to 9 only in files that use them.
 OPSET_VERSION = 9
+# The domain's ops that hold a weight, as CSR arrays (its MaxPool holds none).
+CSR_OPS = frozenset({"CsrGemm", "CsrConv"})
 
 # A plain shared library, not a Python extension: one name for every Python version (setup.py).
 _LIBRARY_FILE = "_onnxprune_ops.so"

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxprune.core.io import dim_size
-from onnxprune.runtime_ops import DOMAIN
+from onnxprune.runtime_ops import CSR_OPS, DOMAIN
 from onnxprune.runtime.check import aligned
 
 
@@ -63,10 +63,7 @@ def lower_model(dense_model, **options):
 
 def csr_nodes(model) -> list[onnx.NodeProto]:
     """The model's CsrGemm and CsrConv nodes (not the domain's MaxPool, which holds no weight)."""
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type in _CSR_OPS]
-
-
-_CSR_OPS = frozenset({"CsrGemm", "CsrConv"})
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type in CSR_OPS]
 
 
 def _standard_pool(node: onnx.NodeProto) -> onnx.NodeProto:

@@ -38,11 +38,10 @@ from typing import Callable
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.runtime_ops import DOMAIN
+from onnxprune.runtime_ops import CSR_OPS, DOMAIN
 
 # ai.onnxprune op-set that defines MaxPool
 POOL_OPSET = 9
-CSR_OPS = frozenset({"CsrConv", "CsrGemm"})
 _MAX_ATTR = 65536  # runtime_ops/README.md "Limits", as CsrConv's
 # Fewest input pixels (H x W) at which onnxprune's MaxPool beats ONNX Runtime's and its reorders
 # (module doc): 2 x 2 windows at stride 2 without padding, and any other pool.

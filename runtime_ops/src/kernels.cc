@@ -843,8 +843,16 @@ OP_AVX2 void Add(float* y, const float* z, int64_t n) {
   for (; i < n; ++i) y[i] += z[i];
 }
 
-// Eight outputs from 16 floats of each input row: the rows' maximum, then its even and odd
-// floats (in-lane shuffles, then the 64-bit quarters in order); the rest one by one.
+// The even and odd floats of a then b: a0 a2 b0 b2 | a4 a6 b4 b6 and a1 a3 b1 b3 | a5 a7 b5 b7
+// (in-lane shuffles), then the 64-bit quarters in order (Deinterleave, MaxPool2x2, pool_rows.inc).
+OP_AVX2 static inline void EvenOddOf(__m256 a, __m256 b, __m256* even, __m256* odd) {
+  const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+// Eight outputs from 16 floats of each input row: the rows' maximum, then of its even and odd
+// floats; the rest one by one.
 OP_AVX2 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
   const __m256 lowest = _mm256_set1_ps(std::numeric_limits<float>::lowest());
   for (int64_t r = 0; r < rows; ++r) {
@@ -853,11 +861,10 @@ OP_AVX2 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, flo
     float* o = y + r * ow;
     int64_t i = 0;
     for (; i + 8 <= ow; i += 8) {
-      const __m256 m0 = _mm256_max_ps(_mm256_loadu_ps(a + 2 * i), _mm256_loadu_ps(b + 2 * i));
-      const __m256 m1 = _mm256_max_ps(_mm256_loadu_ps(a + 2 * i + 8), _mm256_loadu_ps(b + 2 * i + 8));
-      const __m256 v = _mm256_max_ps(lowest, _mm256_max_ps(_mm256_shuffle_ps(m0, m1, _MM_SHUFFLE(2, 0, 2, 0)),
-                                                           _mm256_shuffle_ps(m0, m1, _MM_SHUFFLE(3, 1, 3, 1))));
-      _mm256_storeu_ps(o + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0))));
+      __m256 even, odd;
+      EvenOddOf(_mm256_max_ps(_mm256_loadu_ps(a + 2 * i), _mm256_loadu_ps(b + 2 * i)),
+                _mm256_max_ps(_mm256_loadu_ps(a + 2 * i + 8), _mm256_loadu_ps(b + 2 * i + 8)), &even, &odd);
+      _mm256_storeu_ps(o + i, _mm256_max_ps(lowest, _mm256_max_ps(even, odd)));
     }
     scalar::MaxPool2x2(a + 2 * i, w, 1, ow - i, o + i);
   }
@@ -880,12 +887,10 @@ OP_AVX2 void Strided(const float* src, int64_t stride, int64_t n, float* dst) {
 OP_AVX2 void Deinterleave(const float* src, int64_t n, float* d0, float* d1) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 a = _mm256_loadu_ps(src + 2 * i), b = _mm256_loadu_ps(src + 2 * i + 8);
-    // a0 a2 b0 b2 | a4 a6 b4 b6 and a1 a3 b1 b3 | a5 a7 b5 b7, then the 64-bit quarters in order
-    const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-    const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-    _mm256_storeu_ps(d0 + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0))));
-    _mm256_storeu_ps(d1 + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), _MM_SHUFFLE(3, 1, 2, 0))));
+    __m256 even, odd;
+    EvenOddOf(_mm256_loadu_ps(src + 2 * i), _mm256_loadu_ps(src + 2 * i + 8), &even, &odd);
+    _mm256_storeu_ps(d0 + i, even);
+    _mm256_storeu_ps(d1 + i, odd);
   }
   scalar::Deinterleave(src + 2 * i, n - i, d0 + i, d1 + i);
 }
@@ -944,18 +949,12 @@ OP_AVX2 static inline void TransposeLanes(__m256* v) {
   for (int u = 0; u < 8; ++u) v[u] = t[u];
 }
 
-// pool_rows.inc's: p[0, n) and `fill` in the other lanes (0 < n < 8), nothing past p + n read;
-// the even and odd floats of p[0, 16).
+// pool_rows.inc's: p[0, n) and `fill` in the other lanes (0 < n < 8), nothing past p + n read.
 OP_AVX2 static inline Vec LoadFirstOr(const float* p, int64_t n, Vec fill) {
   const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   return _mm256_blendv_ps(fill, _mm256_maskload_ps(p, live), _mm256_castsi256_ps(live));
 }
-OP_AVX2 static inline void EvenOdd(const float* p, Vec* even, Vec* odd) {
-  const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
-  const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
-  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
-}
+
 
 #define ONNXPRUNE_TILE_TARGET OP_AVX2
 #include "dw_rows.inc"
@@ -1121,11 +1120,15 @@ void Activate(float* y, int64_t n, const Activation& a) {
   ForActivation(a, [&](auto k) { ActivateAs<decltype(k)::value>(y, n, a); });
 }
 
+// The even and odd floats of a then b (Deinterleave, MaxPool2x2, pool_rows.inc).
+OP_AVX512 static inline void EvenOddOf(__m512 a, __m512 b, __m512* even, __m512* odd) {
+  *even = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+  *odd = _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+}
+
 // Sixteen outputs from 32 floats of each input row; a short last step loads only the 2r floats
 // of each row it owns.
 OP_AVX512 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, float* y) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const __m512 lowest = _mm512_set1_ps(std::numeric_limits<float>::lowest());
   for (int64_t r = 0; r < rows; ++r) {
     const float* a = x + 2 * r * w;
@@ -1137,8 +1140,9 @@ OP_AVX512 void MaxPool2x2(const float* x, int64_t w, int64_t rows, int64_t ow, f
       const __mmask16 hi = static_cast<__mmask16>(span > 16 ? (1u << (span - 16)) - 1u : 0u);
       const __m512 m0 = _mm512_max_ps(_mm512_maskz_loadu_ps(lo, a + 2 * i), _mm512_maskz_loadu_ps(lo, b + 2 * i));
       const __m512 m1 = _mm512_max_ps(_mm512_maskz_loadu_ps(hi, a + 2 * i + 16), _mm512_maskz_loadu_ps(hi, b + 2 * i + 16));
-      const __m512 v = _mm512_max_ps(
-          lowest, _mm512_max_ps(_mm512_permutex2var_ps(m0, even, m1), _mm512_permutex2var_ps(m0, odd, m1)));
+      __m512 even, odd;
+      EvenOddOf(m0, m1, &even, &odd);
+      const __m512 v = _mm512_max_ps(lowest, _mm512_max_ps(even, odd));
       _mm512_mask_storeu_ps(o + i, static_cast<__mmask16>(n == 16 ? 0xFFFFu : (1u << n) - 1u), v);
     }
   }
@@ -1173,13 +1177,12 @@ OP_AVX512 void Gather(const float* src, const int32_t* at, int64_t n, float* dst
 
 // 32 floats loaded for 16 of each copy; a short last step loads only the 2r floats it owns.
 OP_AVX512 void Deinterleave(const float* src, int64_t n, float* d0, float* d1) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  __m512 even, odd;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m512 a = _mm512_loadu_ps(src + 2 * i), b = _mm512_loadu_ps(src + 2 * i + 16);
-    _mm512_storeu_ps(d0 + i, _mm512_permutex2var_ps(a, even, b));
-    _mm512_storeu_ps(d1 + i, _mm512_permutex2var_ps(a, odd, b));
+    EvenOddOf(_mm512_loadu_ps(src + 2 * i), _mm512_loadu_ps(src + 2 * i + 16), &even, &odd);
+    _mm512_storeu_ps(d0 + i, even);
+    _mm512_storeu_ps(d1 + i, odd);
   }
   if (i < n) {
     const uint32_t r = static_cast<uint32_t>(n - i), span = 2 * r;  // 1 <= r <= 15: span <= 30
@@ -1187,8 +1190,9 @@ OP_AVX512 void Deinterleave(const float* src, int64_t n, float* d0, float* d1) {
     const __mmask16 hi = static_cast<__mmask16>(span > 16 ? (1u << (span - 16)) - 1u : 0u);
     const __m512 a = _mm512_maskz_loadu_ps(lo, src + 2 * i), b = _mm512_maskz_loadu_ps(hi, src + 2 * i + 16);
     const __mmask16 keep = static_cast<__mmask16>((1u << r) - 1u);
-    _mm512_mask_storeu_ps(d0 + i, keep, _mm512_permutex2var_ps(a, even, b));
-    _mm512_mask_storeu_ps(d1 + i, keep, _mm512_permutex2var_ps(a, odd, b));
+    EvenOddOf(a, b, &even, &odd);
+    _mm512_mask_storeu_ps(d0 + i, keep, even);
+    _mm512_mask_storeu_ps(d1 + i, keep, odd);
   }
 }
 
@@ -1235,15 +1239,11 @@ OP_AVX512 static inline void TransposeLanes(__m512* v) {
 }
 
 // pool_rows.inc's: p[0, n) and `fill` in the other lanes (0 < n < 16), nothing past p + n
-// read; the even and odd floats of p[0, 32).
+// read.
 OP_AVX512 static inline Vec LoadFirstOr(const float* p, int64_t n, Vec fill) {
   return _mm512_mask_loadu_ps(fill, static_cast<__mmask16>((1u << n) - 1u), p);
 }
-OP_AVX512 static inline void EvenOdd(const float* p, Vec* even, Vec* odd) {
-  const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
-  *even = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
-  *odd = _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
-}
+
 
 #define ONNXPRUNE_TILE_TARGET OP_AVX512
 #include "dw_rows.inc"

@@ -11,7 +11,6 @@
 // zero-padded buffer it indexes.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -134,21 +133,17 @@ struct ConvEnd {
 // One MaxPool plane's geometry for Kernels::max_pool_rows: an h x w plane, a kh x kw window at
 // strides sh, sw and dilations dh, dw, padded pad_t rows above and pad_l columns left, ow
 // outputs a row; a padded row buffer of `row` floats (a multiple of sw, at least pad_l + w and
-// (ow - 1) sw + (kw - 1) dw + 1), read by column phases of phase = row / sw floats each,
-// phase_stride (phase rounded up to 16) apart; `chunk` output rows' buffers at a time
-// (PoolChunk). ops.cc bounds them all.
+// (ow - 1) sw + (kw - 1) dw + 1), read by column phases of phase() floats each, phase_stride()
+// apart; `chunk` output rows' buffers at a time. ops.cc bounds them all.
 struct PoolShape {
   int64_t h = 0, w = 0, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pad_t = 0, pad_l = 0;
-  int64_t ow = 0, row = 0, phase = 0, phase_stride = 0, chunk = 1;
+  int64_t ow = 0, row = 0, chunk = 1;
+  int64_t phase() const { return row / sw; }
+  int64_t phase_stride() const { return (phase() + 15) / 16 * 16; }
 };
 // Floats of scratch one output row takes in max_pool_rows: its row buffer and 32 more, its phases
 // and 16 more (whole vectors past each end).
-inline int64_t PoolRowScratch(const PoolShape& g) { return g.row + 32 + g.sw * g.phase_stride + 16; }
-// Output rows whose buffers max_pool_rows fills step by step: as many as 8 KiB hold (they stay
-// in the L1 between steps), at least one.
-inline int64_t PoolChunk(const PoolShape& g, int64_t oh) {
-  return std::max<int64_t>(1, std::min<int64_t>(oh, 2048 / PoolRowScratch(g)));
-}
+inline int64_t PoolRowScratch(const PoolShape& g) { return g.row + 32 + g.sw * g.phase_stride() + 16; }
 
 struct Kernels {
   SpmvFn spmv[kValueKinds][kIndexKinds];

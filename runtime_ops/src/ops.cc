@@ -3332,9 +3332,8 @@ struct MaxPoolKernel {
     // after the leading pad, rounded up to whole column phases (both terms are at most a few
     // times w + 2^17: ow <= w + pads, every attribute <= kMaxConvAttr).
     g.row = (std::max(pad_l + g.w, (g.ow - 1) * sw + (kw - 1) * dw + 1) + sw - 1) / sw * sw;
-    g.phase = g.row / sw;  // floats per column phase (sw > 1)
-    g.phase_stride = (g.phase + 15) / 16 * 16;
-    g.chunk = PoolChunk(g, oh);
+    // as many output rows' buffers as 8 KiB hold (they stay in the L1 between steps), at least one
+    g.chunk = std::max<int64_t>(1, std::min<int64_t>(oh, 2048 / PoolRowScratch(g)));
     const size_t scratch = static_cast<size_t>(CheckedMul(g.chunk, PoolRowScratch(g), "MaxPool's row buffers"));
     const int64_t rows = CheckedMul(planes, oh, "N * C * OH"), h = g.h, w = g.w, ow = g.ow;
     const int64_t per = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, w * kh));
@@ -3436,6 +3435,15 @@ class ShapeInfer {
     Ok(g_api->ShapeInferContext_SetOutputTypeShape(ctx_, 0, info.get()));
   }
 
+  // kernel_shape, strides, dilations and pads as ReadWindow reads them (the defaults for the
+  // kernel's rank where absent); false where one is unreadable or too long.
+  bool Window(std::vector<int64_t>* ks, std::vector<int64_t>* st, std::vector<int64_t>* di,
+              std::vector<int64_t>* pa) const {
+    if (!AttrInts("kernel_shape", ks)) return false;
+    ConvDefaults(ks->size(), st, di, pa);
+    return AttrInts("strides", st) && AttrInts("dilations", di) && AttrInts("pads", pa);
+  }
+
   // Output features / channels: len(row_ptr) - 1, when row_ptr's length is a known value.
   bool Rows(Dim* n) const {
     std::vector<Dim> rp;
@@ -3487,9 +3495,7 @@ void InferCsrConv(const ShapeInfer& si) {
   ShapeInfer::Dim c_out;
   if (!si.InputDims(0, &x) || !si.Rows(&c_out)) return;
   std::vector<int64_t> ks, st, di, pa;
-  if (!si.AttrInts("kernel_shape", &ks)) return;
-  ConvDefaults(ks.size(), &st, &di, &pa);
-  if (!si.AttrInts("strides", &st) || !si.AttrInts("dilations", &di) || !si.AttrInts("pads", &pa)) return;
+  if (!si.Window(&ks, &st, &di, &pa)) return;
   if (!ConvAttrsError(ks, st, di, pa).empty() || x.size() != ks.size() + 2) return;  // the kernel refuses these
   const bool one = ks.size() == 1;
   WidenConv1D(&ks, &st, &di, &pa);
@@ -3510,9 +3516,7 @@ void InferMaxPool(const ShapeInfer& si) {
   std::vector<ShapeInfer::Dim> x;
   if (!si.InputDims(0, &x)) return;
   std::vector<int64_t> ks, st, di, pa;
-  if (!si.AttrInts("kernel_shape", &ks)) return;
-  ConvDefaults(ks.size(), &st, &di, &pa);
-  if (!si.AttrInts("strides", &st) || !si.AttrInts("dilations", &di) || !si.AttrInts("pads", &pa)) return;
+  if (!si.Window(&ks, &st, &di, &pa)) return;
   const int64_t cm = si.AttrInt("ceil_mode", 0);
   if (!PoolAttrsError(ks, st, di, pa).empty() || (cm != 0 && cm != 1) || x.size() != ks.size() + 2) return;
   std::vector<ShapeInfer::Dim> out(x.begin(), x.begin() + 2);
