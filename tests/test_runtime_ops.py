@@ -56,6 +56,9 @@ def isa(request, monkeypatch, lib) -> str:
     if lib.onnxprune_ops_cpu_has(request.param.encode()) != 1:
         pytest.skip(f"CPU lacks {request.param}")
     monkeypatch.setenv("ONNXPRUNE_KERNEL_ISA", request.param)
+    # AVX-512's own tiles on every core; those that hand some convolutions to the AVX2 tiles
+    # run in test_runtime_ops_conv_tiles ("avx512-narrow").
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "0")
     return request.param
 
 

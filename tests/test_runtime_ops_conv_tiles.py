@@ -10,6 +10,7 @@ float64 reference on every instruction set the CPU has, with 1 and 2 threads.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import zlib
@@ -22,8 +23,31 @@ from onnxprune import runtime_ops
 from tests import test_runtime_ops as base
 from tests.test_runtime_ops import DOMAIN, OPSETS, close, conv_model, conv_reference, session
 
-# The instruction-set and thread-count fixtures of the main native-op tests.
-lib, isa, threads = base.lib, base.isa, base.threads
+# The library and thread-count fixtures of the main native-op tests.
+lib, threads = base.lib, base.threads
+
+
+@pytest.fixture(params=[*base.ISAS, "avx512-narrow"])
+def isa(request, monkeypatch, lib) -> str:
+    """The main tests' instruction sets, and AVX-512 sessions that run a convolution on the
+    AVX2 tiles where those compute fewer positions (ONNXPRUNE_CONV_NARROW=1, the default on a
+    core that splits 512-bit FMAs): every case here runs on both kinds of AVX-512 session."""
+    name = request.param.removesuffix("-narrow")
+    if lib.onnxprune_ops_cpu_has(name.encode()) != 1:
+        pytest.skip(f"CPU lacks {name}")
+    monkeypatch.setenv("ONNXPRUNE_KERNEL_ISA", name)
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "1" if name != request.param else "0")
+    return name
+
+
+def _quantum(isa, ow):
+    """The row quantum of the shifted copies a session of the `isa` fixture plans for OW (ops.cc
+    RowQuantum): 8 floats on AVX-512 too where narrow tiles are allowed and 16-float rows would
+    compute 1.1x more positions (kNarrowGain)."""
+    narrow = os.environ.get("ONNXPRUNE_CONV_NARROW") == "1"
+    if isa == "avx512" and narrow and -(-ow // 16) * 16 >= 1.1 * -(-ow // 8) * 8:
+        return 8
+    return {"avx512": 16, "avx2": 8, "scalar": 1}[isa]
 
 
 def _weights(name, c_out, cg, kh, kw, density):
@@ -180,6 +204,7 @@ def test_the_layout_gate_takes_shifted_copies_only_where_they_pay(case, lib, mon
     monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
     monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
     monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")  # the whole image's copies (bands below)
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "0")  # AVX-512's own rows (narrow tiles: below)
     if lib.onnxprune_ops_cpu_has(b"avx2") == 1:
         assert _layout(lib, "avx2", k, x, c_out, density, pads) == avx2
     if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
@@ -308,7 +333,7 @@ def test_bands_of_copies_match_the_reference(case, residual, copies, lib, isa, t
     b = rng.standard_normal(c_out).astype(np.float32)
     x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
     conv = conv_reference(x, w4, b, strides, pads, dil, group)
-    quantum = {"avx512": 16, "avx2": 8, "scalar": 1}[isa]
+    quantum = _quantum(isa, conv.shape[3])
     row_phases = _phases(kh, dil[0], strides[0])
     if copies == "shifted":
         planes, wq = row_phases * kw * c_in, (conv.shape[3] + quantum - 1) // quantum * quantum
@@ -363,7 +388,7 @@ def test_column_strips_match_the_reference(case, residual, lib, isa, threads, mo
     b = rng.standard_normal(c_out).astype(np.float32)
     x = rng.standard_normal((2, c_in, h, w)).astype(np.float32)
     conv = conv_reference(x, w4, b, strides, pads, dil, group)
-    quantum = {"avx512": 16, "avx2": 8, "scalar": 1}[isa]
+    quantum = _quantum(isa, conv.shape[3])
     wq = (conv.shape[3] + quantum - 1) // quantum * quantum
     monkeypatch.setenv("ONNXPRUNE_CONV_COPIES", "shifted")
     monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
@@ -395,14 +420,16 @@ def test_column_strips_follow_their_rule_and_their_setting(lib, monkeypatch):
     monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
     monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
     monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "0")
     pad1 = (1, 1, 1, 1)
     if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
         assert _layout(lib, "avx512", (3, 3), (1, 64, 56, 56), 64, 0.3, pad1) == "strips"
         assert _layout(lib, "avx512", (3, 3), (1, 64, 28, 28), 64, 0.3, pad1) == "shifted"  # 32-float rows
         assert _layout(lib, "avx512", (3, 3), (1, 8, 56, 56), 64, 0.3, pad1) == "shifted"  # 8 channels
         assert _layout(lib, "avx512", (3, 3), (1, 64, 56, 56), 64, 0.1, pad1) == "phase"
-        assert _layout(lib, "avx512", (3, 3), (1, 64, 112, 112), 64, 0.3, pad1, strides=(1, 2)) != "strips"
-        assert _layout(lib, "avx512", (3, 3), (1, 64, 112, 112), 64, 0.3, pad1, strides=(2, 1)) == "strips"
+        # 16 channels: two row phases' shifted copies (2.4 MB) within 8 L2s of 512 KiB and up
+        assert _layout(lib, "avx512", (3, 3), (1, 16, 112, 112), 64, 0.3, pad1, strides=(1, 2)) != "strips"
+        assert _layout(lib, "avx512", (3, 3), (1, 16, 112, 112), 64, 0.3, pad1, strides=(2, 1)) == "strips"
     if lib.onnxprune_ops_cpu_has(b"avx2") == 1:
         assert _layout(lib, "avx2", (3, 3), (1, 64, 56, 56), 64, 0.3, pad1) == "shifted"  # 56-float rows
         assert _layout(lib, "avx2", (3, 3), (1, 64, 48, 48), 64, 0.3, pad1) == "strips"
@@ -410,6 +437,82 @@ def test_column_strips_follow_their_rule_and_their_setting(lib, monkeypatch):
     for value, want in (("1", "strips"), ("", "strips"), ("0", "shifted"), ("yes", "refused"), (" 1", "refused")):
         monkeypatch.setenv("ONNXPRUNE_CONV_STRIPS", value)
         assert _layout(lib, "scalar", (3, 3), (1, 64, 48, 48), 64, 0.3, pad1) == want, value
+
+
+# (k, x, c_out, density, whether AVX-512 sessions hand the layer to the AVX2 tiles where
+# ONNXPRUNE_CONV_NARROW allows it): they do where the 8-float rows compute at least 1.1x fewer
+# positions (ops.cc kNarrowGain). Each case's two layouts differ, so the probe tells which
+# tiles planned it.
+NARROW = [
+    ((3, 3), (1, 64, 56, 56), 64, 0.3, True),     # 56 positions a row, not 64 (strips of 16)
+    ((3, 3), (1, 512, 7, 7), 512, 0.3, True),     # 8 shifted columns, not 9 phase ones
+    ((3, 3), (1, 64, 54, 54), 64, 0.3, False),    # 56 shifted columns against 56 phase ones
+    ((3, 3), (1, 16, 120, 120), 64, 0.3, False),  # 120 against 128 (strips of 16): 1.07x
+]
+
+
+@pytest.mark.parametrize("case", NARROW, ids=lambda c: f"{c[1][2]}x{c[1][3]}")
+def test_narrow_tiles_take_the_layers_they_compute_in_fewer_positions(case, lib, monkeypatch):
+    if lib.onnxprune_ops_cpu_has(b"avx512") != 1:
+        pytest.skip("CPU lacks avx512")
+    k, x, c_out, density, narrow = case
+    pad1 = (1, 1, 1, 1)
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
+    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "0")
+    wide, avx2 = (_layout(lib, name, k, x, c_out, density, pad1) for name in ("avx512", "avx2"))
+    assert wide != avx2
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "1")
+    assert _layout(lib, "avx512", k, x, c_out, density, pad1) == (avx2 if narrow else wide)
+    assert _layout(lib, "avx2", k, x, c_out, density, pad1) == avx2
+    # Depthwise layers keep their own paths' lanes.
+    dw = [*k, 1, 1, 1, 1, *pad1, x[1]]
+    layouts = set()
+    for value in ("0", "1"):
+        monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", value)
+        layouts.add(base.conv_layout(lib, "avx512", dw, list(x), x[1], int(0.5 * x[1] * 9)))
+    assert len(layouts) == 1
+
+
+def _splits_wide_fma() -> bool | None:
+    """What /proc/cpuinfo says of ops.cc CpuSplitsWideFma (AMD family 25 with AVX-512), None
+    where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read().split("\n\n")[0]
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "vendor_id" not in fields or "cpu family" not in fields:
+        return None
+    return (fields["vendor_id"] == "AuthenticAMD" and fields["cpu family"] == "25"
+            and "avx512f" in fields.get("flags", "").split())
+
+
+def test_narrow_tiles_follow_the_cpu_and_their_setting(lib, monkeypatch):
+    """Unset, ONNXPRUNE_CONV_NARROW follows the CPU (a Zen 4 class core narrows); 0 and 1
+    force it; anything else is refused, by the probe and by a session."""
+    if lib.onnxprune_ops_cpu_has(b"avx512") != 1:
+        pytest.skip("CPU lacks avx512")
+    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
+    k, x, pad1 = (3, 3), (1, 64, 56, 56), (1, 1, 1, 1)
+    got = {}
+    for value in ("", "0", "1", "yes", " 1"):
+        monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", value)
+        got[value] = _layout(lib, "avx512", k, x, 64, 0.3, pad1)
+    assert (got["0"], got["1"], got["yes"], got[" 1"]) == ("strips", "shifted", "refused", "refused")
+    splits = _splits_wide_fma()
+    if splits is not None:
+        assert got[""] == ("shifted" if splits else "strips")
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "yes")
+    w4 = np.ones((2, 3, 3, 3), np.float32)
+    with pytest.raises(Exception, match="ONNXPRUNE_CONV_NARROW=yes is not one of 0, 1"):
+        session(conv_model(w4, np.zeros(2, np.float32), strides=[1, 1], pads=[1, 1, 1, 1],
+                           dilations=[1, 1], group=1), 1)
 
 
 def test_the_layout_probe_refuses_what_the_op_refuses(lib, monkeypatch):

@@ -70,6 +70,20 @@ bool CpuIsIntel() {
   return __builtin_cpu_is("intel");
 }
 
+// A core that runs each 512-bit FMA as two halves on 256-bit units (AMD family 0x19 with
+// AVX-512, the Zen 4 class): 16-lane vectors there do no more multiply-adds a cycle than 8-lane
+// ones, so a convolution whose 16-lane tiles compute more discarded positions runs faster on
+// the AVX2 tiles (ops.cc, CsrConvKernel::NarrowTiles).
+bool CpuSplitsWideFma() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!CpuHas(Isa::kAvx512) || !__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool amd = ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;  // "AuthenticAMD"
+  if (!amd || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  const unsigned base = (eax >> 8) & 0xfu;
+  const unsigned family = base == 0xfu ? base + ((eax >> 20) & 0xffu) : base;
+  return family == 0x19u;
+}
+
 Isa BestIsa() {
   if (CpuHas(Isa::kAvx512)) return Isa::kAvx512;
   if (CpuHas(Isa::kAvx2)) return Isa::kAvx2;

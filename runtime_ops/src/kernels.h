@@ -22,6 +22,7 @@ const char* IsaName(Isa isa);
 bool CpuHas(Isa isa);
 Isa BestIsa();
 bool CpuIsIntel();
+bool CpuSplitsWideFma();
 
 // Width, in floats, that packed batch panels are padded to; every spmm `mb` is a multiple.
 constexpr int kPanelQuantum = 16;

@@ -937,6 +937,21 @@ bool ChooseStrips() {
   Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_STRIPS=", forced, " is not one of 0, 1");
 }
 
+// Whether a CsrConv on AVX-512 may run its tiles on the AVX2 kernels (CsrConvKernel::Plan):
+// ONNXPRUNE_CONV_NARROW=1 or 0 (read when a session creates its kernels), else on a core that
+// splits each 512-bit FMA in two (CpuSplitsWideFma, a Zen 4 class core). There 16-lane tiles do
+// no more multiply-adds a cycle than 8-lane ones, and rounding each output row to 16 floats
+// instead of 8 is work thrown away: 3x3 layers on 56 x 56 maps (64 columns for 56) ran 1.13-1.15x
+// faster on the AVX2 tiles, on 7 x 7 maps 1.11-1.24x; where both round alike (28, 14, 13 and
+// 27 wide) the AVX-512 tiles were level or up to 1.2x faster (docs/BENCHMARKS.md).
+bool ChooseNarrowTiles() {
+  const char* forced = std::getenv("ONNXPRUNE_CONV_NARROW");
+  if (forced == nullptr || *forced == '\0') return CpuSplitsWideFma();
+  if (std::strcmp(forced, "1") == 0) return true;
+  if (std::strcmp(forced, "0") == 0) return false;
+  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_NARROW=", forced, " is not one of 0, 1");
+}
+
 Copies ChooseCopies() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_COPIES");
   if (forced == nullptr || *forced == '\0') return Copies::kGate;
@@ -1659,6 +1674,7 @@ bool ConvExtent(int64_t in, int64_t pad0, int64_t pad1, int64_t k, int64_t d, in
 struct ConvGeometry {
   int64_t nb = 0, c_in = 0, h = 0, w = 0, c_out = 0;
   int64_t cg = 0, og = 0;   // input / output channels per group
+  Isa tiles = Isa::kScalar;  // whose tiles compute it: their row quantum, lanes and loops (Plan)
   int64_t oh = 0, ow = 0;   // output plane
   int64_t sh = 1, sw = 1;   // strides (1 along an axis with a single output)
   // The input is read through copies (CsrConvKernel::Compute), one per used row phase
@@ -1700,6 +1716,12 @@ constexpr double kStripWindowL1 = 0.5;
 // Fewest nonzeros per output row and input-channel block that justify a block (CsrConv).
 constexpr int64_t kConvMinBlockNnz = 16;
 
+// How many fewer output positions (rows of Wq) the AVX2 tiles must compute than the AVX-512
+// ones for a layer to take them on a core that splits 512-bit FMAs (CsrConvKernel::Plan): 56-
+// and 7-wide maps compute 1.14x and 1.13x fewer and ran 1.11-1.24x faster; equal ones ran
+// slower.
+constexpr double kNarrowGain = 1.1;
+
 // How CsrConv computes one input shape with one CSR (CsrConvKernel::MakePlan). For constant CSR
 // arrays it is made once per input shape and kept by the kernel.
 struct ConvPlan {
@@ -1729,6 +1751,7 @@ struct CsrConvKernel {
   Copies copies = Copies::kGate;  // ONNXPRUNE_CONV_COPIES (ShiftedCopies)
   double band_bytes = 0;          // ONNXPRUNE_CONV_BAND_BYTES or the L2 size (BandRows)
   bool strips = true;             // ONNXPRUNE_CONV_STRIPS (StripGeometry)
+  bool narrow = false;            // ONNXPRUNE_CONV_NARROW (Plan)
   DwPath depthwise = DwPath::kAuto;  // ONNXPRUNE_CONV_DEPTHWISE (ChooseDepthwisePath)
   Activation act;  // applied to each output as its tile completes
   ValidatedCsr constant;
@@ -1761,6 +1784,7 @@ struct CsrConvKernel {
     k.copies = ChooseCopies();
     k.band_bytes = ChooseBandBytes();
     k.strips = ChooseStrips();
+    k.narrow = ChooseNarrowTiles();
     k.depthwise = ChooseDepthwisePath();
     Tensor t;
     t.type = ortabi::kFloat;
@@ -1806,6 +1830,7 @@ struct CsrConvKernel {
     copies = ChooseCopies();
     band_bytes = ChooseBandBytes();
     strips = ChooseStrips();
+    narrow = ChooseNarrowTiles();
     depthwise = ChooseDepthwisePath();
     constant = ValidateConstantCsr(info);
     columns = ReadColumns(info, constant);
@@ -1931,7 +1956,7 @@ struct CsrConvKernel {
     int vi = 0, tail_vi = 0;
     int64_t tail = 0;
     const int64_t npos = g.oh * g.wq;  // ConvPlan::npos
-    const int64_t tile = ChooseTiles(KernelsFor(isa).conv_lanes, npos, &vi, &tail_vi, &tail);
+    const int64_t tile = ChooseTiles(KernelsFor(g.tiles).conv_lanes, npos, &vi, &tail_vi, &tail);
     return npos >= tile && npos >= tail;
   }
 
@@ -2575,8 +2600,19 @@ struct CsrConvKernel {
     CheckedMul(CheckedMul(CheckedMul(g.nb, g.c_out, "output size"), g.oh, "output size"), g.ow, "output size");
     // Depthwise layers read phase copies (Depthwise): a band fills one copy per phase, not kW.
     const Copies layout = depthwise != DwPath::kCopies && g.cg == 1 && g.og == 1 ? Copies::kPhase : copies;
-    if (!g.empty()) PlanPhases(&g, csr.nnz, static_cast<double>(g.c_out) * static_cast<double>(k_cols), layout);
-    return g;
+    g.tiles = isa;
+    if (g.empty()) return g;
+    const double cells = static_cast<double>(g.c_out) * static_cast<double>(k_cols);
+    ConvGeometry wide = g;
+    PlanPhases(&wide, csr.nnz, cells, layout);
+    if (!narrow || isa != Isa::kAvx512 || (g.cg == 1 && g.og == 1)) return wide;
+    // On a core that splits 512-bit FMAs (ChooseNarrowTiles), the AVX2 tiles where they compute
+    // kNarrowGain fewer positions (rows rounded to 8 floats, not 16, or shifted copies where 16
+    // floats would take phase copies). Depthwise layers keep their own paths' lanes.
+    g.tiles = Isa::kAvx2;
+    PlanPhases(&g, csr.nnz, cells, layout);
+    const double positions = static_cast<double>(g.oh) * static_cast<double>(g.wq);
+    return positions * kNarrowGain <= static_cast<double>(wide.oh) * static_cast<double>(wide.wq) ? g : wide;
   }
 
   // A stride along an axis with a single output never moves the kernel, so the split uses 1
@@ -2593,7 +2629,7 @@ struct CsrConvKernel {
     g->hq = (hp - 1) / g->sh + 1;  // ceil(hp / sh); hp >= 1 as the kernel fits
     UsedPhases(kh, dh, g->sh, &g->row_phases, &g->row_slot);
     // What the shifted copies would take, in double: every factor is <= 2^31.
-    const int64_t quantum = RowQuantum(isa);
+    const int64_t quantum = RowQuantum(g->tiles);
     const double shifted_bytes = static_cast<double>(g->row_phases.size()) * static_cast<double>(kw) *
                                  static_cast<double>(g->c_in) * static_cast<double>(g->hq) *
                                  static_cast<double>(g->ow + quantum - 1) * sizeof(float);
@@ -2648,7 +2684,7 @@ struct CsrConvKernel {
       // layers on 7x7 maps (49 floats a channel) ran 1.11-1.21x faster so, one node, its
       // arrays from memory. X read in place keeps its plane: copying a 14x14 plane (196
       // floats) to aligned planes ran 0.89-1.08x.
-      const int64_t quantum = RowQuantum(isa);
+      const int64_t quantum = RowQuantum(g->tiles);
       g->plane = (g->plane + quantum - 1) / quantum * quantum;
     }
     g->copies = CheckedMul(static_cast<int64_t>(g->row_phases.size()), static_cast<int64_t>(g->col_start.size()),
@@ -2745,7 +2781,7 @@ struct CsrConvKernel {
     p.h = g.h;
     p.w = g.w;
     p.npos = g.oh * g.wq;  // <= q_size: oh <= hq
-    p.tile = ChooseTiles(KernelsFor(isa).conv_lanes, p.npos, &p.vi, &p.tail_vi, &p.tail);
+    p.tile = ChooseTiles(KernelsFor(g.tiles).conv_lanes, p.npos, &p.vi, &p.tail_vi, &p.tail);
     p.tiles = std::max<int64_t>(1, (p.npos + p.tile - 1) / p.tile);
     p.entries.asked_rows = task_rows;
     p.entries.task_rows = g.strip > 0 ? task_rows : pool.Split(task_rows, g.c_out, p.tiles);  // strips: serial
@@ -3091,7 +3127,7 @@ struct CsrConvKernel {
     const TaskOrder& e = p.entries;
     const int64_t chunk = std::min<int64_t>(g.c_out, e.task_rows);
     const int64_t chunks = (g.c_out + chunk - 1) / chunk;
-    const auto& kern = KernelsFor(isa);
+    const auto& kern = KernelsFor(g.tiles);
     const float* w = e.weights.data();
     const int32_t* off = e.off.data();
     // The strip's columns of Y and Z (StripGeometry: the last strip may hold fewer than Wq
