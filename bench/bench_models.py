@@ -890,8 +890,9 @@ def main(argv=None) -> int:
                "models": {}}
     if ds_py is None:
         print("deepsparse: no interpreter with deepsparse found; column skipped", flush=True)
-    if args.keep:
-        os.makedirs(args.keep, exist_ok=True)
+    for folder in (args.keep, args.tmp):  # a folder named on the command line is made, not a traceback
+        if folder:
+            os.makedirs(folder, exist_ok=True)
     work = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(dir=args.tmp)
     with work as tmp:
         for name in names:
