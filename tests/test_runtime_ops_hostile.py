@@ -10,6 +10,7 @@ also run against an AddressSanitizer + UndefinedBehaviorSanitizer build of the l
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -166,23 +167,38 @@ def cpu_isas() -> tuple[str, ...]:
     return tuple(i for i in ("avx512", "avx2", "scalar") if lib.onnxprune_ops_cpu_has(i.encode()) == 1)
 
 
+@contextlib.contextmanager
+def isa_env(isa: str):
+    """The settings a session (or the layout probe) reads for `isa`, restored afterwards:
+    ONNXPRUNE_KERNEL_ISA, and ONNXPRUNE_CONV_NARROW on ("avx512-narrow": AVX-512 sessions that
+    run a convolution on the AVX2 tiles where those compute fewer positions) or off. Yields the
+    instruction set's own name."""
+    name = isa.removesuffix("-narrow")
+    keys = ("ONNXPRUNE_KERNEL_ISA", "ONNXPRUNE_CONV_NARROW")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["ONNXPRUNE_KERNEL_ISA"] = name  # read when the kernel is created
+    os.environ["ONNXPRUNE_CONV_NARROW"] = "1" if name != isa else "0"
+    try:
+        yield name
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_in_process(model, feeds, isa: str, threads: int):
     """The op's output, or None when ONNX Runtime refused the model or the run with an error."""
-    saved = os.environ.get("ONNXPRUNE_KERNEL_ISA")
-    os.environ["ONNXPRUNE_KERNEL_ISA"] = isa  # read when the kernel is created
-    try:
-        opts = runtime_ops.session_options(threads)
-        opts.log_severity_level = 4  # refusals are expected here; keep ORT's error log quiet
-        sess = runtime_ops.InferenceSession(model.SerializeToString(), opts)
-        return sess.run(None, feeds)[0]
-    except Exception as e:  # only ONNX Runtime's own errors count as a refusal
-        assert type(e).__module__.startswith("onnxruntime"), repr(e)
-        return None
-    finally:
-        if saved is None:
-            del os.environ["ONNXPRUNE_KERNEL_ISA"]
-        else:
-            os.environ["ONNXPRUNE_KERNEL_ISA"] = saved
+    with isa_env(isa):
+        try:
+            opts = runtime_ops.session_options(threads)
+            opts.log_severity_level = 4  # refusals are expected here; keep ORT's error log quiet
+            sess = runtime_ops.InferenceSession(model.SerializeToString(), opts)
+            return sess.run(None, feeds)[0]
+        except Exception as e:  # only ONNX Runtime's own errors count as a refusal
+            assert type(e).__module__.startswith("onnxruntime"), repr(e)
+            return None
 
 
 def csr_max_col(csr) -> int | None:
@@ -493,13 +509,15 @@ def residual_case(shape, residual: str, seed: int, fallback: list) -> tuple:
 
 
 @PROPERTY
-@given(case=conv_cases(), csr_as_inputs=st.booleans(), isa=st.sampled_from(["avx512", "avx2", "scalar"]),
+@given(case=conv_cases(), csr_as_inputs=st.booleans(),
+       isa=st.sampled_from(["avx512", "avx512-narrow", "avx2", "scalar"]),
        threads=st.sampled_from([1, 2]), residual=st.sampled_from(["none", "none", "exact", "other shape"]),
        seed=st.integers(0, 2**16))
 def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, threads, residual, seed):
-    assume(isa in cpu_isas())
+    assume(isa.removesuffix("-narrow") in cpu_isas())
     x, attrs, csr, bias = case
-    shape = conv_output_shape(x.shape, attrs, csr, bias, isa)
+    with isa_env(isa) as name:  # the layout probe plans as that session will
+        shape = conv_output_shape(x.shape, attrs, csr, bias, name)
     shape, z = residual_case(shape, residual, seed, [1, 1, 1, 1])
     if shape is not None:  # legal but huge (65536 pads on a 1x1 input): too big to check here
         x4, wide = as_2d(x.shape, attrs)
