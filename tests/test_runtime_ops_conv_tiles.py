@@ -466,13 +466,35 @@ def test_narrow_tiles_take_the_layers_they_compute_in_fewer_positions(case, lib,
     monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "1")
     assert _layout(lib, "avx512", k, x, c_out, density, pad1) == (avx2 if narrow else wide)
     assert _layout(lib, "avx2", k, x, c_out, density, pad1) == avx2
-    # Depthwise layers keep their own paths' lanes.
-    dw = [*k, 1, 1, 1, 1, *pad1, x[1]]
-    layouts = set()
-    for value in ("0", "1"):
-        monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", value)
-        layouts.add(base.conv_layout(lib, "avx512", dw, list(x), x[1], int(0.5 * x[1] * 9)))
-    assert len(layouts) == 1
+
+
+def test_narrow_tiles_leave_depthwise_layers_and_refuse_nothing_more(lib, monkeypatch):
+    """Depthwise layers keep AVX-512's plan even through the input copies (where the AVX2
+    tiles would take a 7 x 7 map in shifted copies, not phase ones); and where the AVX2 plan
+    would outgrow the size limits (kW shifted copies of a huge padded input whose AVX-512 rows
+    take one phase copy) the layer keeps the plan it is accepted with instead of being refused."""
+    if lib.onnxprune_ops_cpu_has(b"avx512") != 1:
+        pytest.skip("CPU lacks avx512")
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    monkeypatch.delenv("ONNXPRUNE_CONV_STRIPS", raising=False)
+    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+    monkeypatch.setenv("ONNXPRUNE_CONV_DEPTHWISE", "0")  # through the copies, like any grouped layer
+    pad1, x = [1, 1, 1, 1], [1, 512, 7, 7]
+    dw = [3, 3, 1, 1, 1, 1, *pad1, 512]
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "0")
+    wide, avx2 = (base.conv_layout(lib, name, dw, x, 512, 256 * 9) for name in ("avx512", "avx2"))
+    assert (wide, avx2) == (1, 2)  # phase copies of 9 columns, shifted copies of 8
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "1")
+    assert base.conv_layout(lib, "avx512", dw, x, 512, 256 * 9) == wide
+    monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE")
+    monkeypatch.delenv("ONNXPRUNE_CONV_BAND_BYTES")
+    huge = [3, 3, 1, 1, 1, 1, 65536, 1, 65536, 1, 1]  # 131072 padded rows of 9 (or 3 x 8) columns
+    for h, w in ((0, 7), (2, 7), (2, 8)):
+        got = []
+        for value in ("0", "1"):
+            monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", value)
+            got.append(base.conv_layout(lib, "avx512", huge, [1, 1024, h, w], 1, 2764))
+        assert got == [7, 7], (h, w)  # phase copies band by band, either way
 
 
 def _splits_wide_fma() -> bool | None:

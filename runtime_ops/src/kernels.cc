@@ -73,7 +73,7 @@ bool CpuIsIntel() {
 // A core that runs each 512-bit FMA as two halves on 256-bit units (AMD family 0x19 with
 // AVX-512, the Zen 4 class): 16-lane vectors there do no more multiply-adds a cycle than 8-lane
 // ones, so a convolution whose 16-lane tiles compute more discarded positions runs faster on
-// the AVX2 tiles (ops.cc, CsrConvKernel::NarrowTiles).
+// the AVX2 tiles (ops.cc, ChooseNarrowTiles and CsrConvKernel::Plan).
 bool CpuSplitsWideFma() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (!CpuHas(Isa::kAvx512) || !__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;

@@ -2605,14 +2605,23 @@ struct CsrConvKernel {
     const double cells = static_cast<double>(g.c_out) * static_cast<double>(k_cols);
     ConvGeometry wide = g;
     PlanPhases(&wide, csr.nnz, cells, layout);
-    if (!narrow || isa != Isa::kAvx512 || (g.cg == 1 && g.og == 1)) return wide;
     // On a core that splits 512-bit FMAs (ChooseNarrowTiles), the AVX2 tiles where they compute
-    // kNarrowGain fewer positions (rows rounded to 8 floats, not 16, or shifted copies where 16
-    // floats would take phase copies). Depthwise layers keep their own paths' lanes.
+    // kNarrowGain fewer positions. Their rows are either the same phase copies (no gain) or
+    // shifted copies of OW rounded up to 8 floats, so a layer whose AVX-512 rows are not that
+    // much longer keeps them unplanned. Depthwise layers keep their own paths' lanes.
+    const double narrow_wq = static_cast<double>((wide.ow + 7) / 8 * 8);
+    if (!narrow || isa != Isa::kAvx512 || (g.cg == 1 && g.og == 1) ||
+        narrow_wq * kNarrowGain > static_cast<double>(wide.wq))
+      return wide;
     g.tiles = Isa::kAvx2;
-    PlanPhases(&g, csr.nnz, cells, layout);
-    const double positions = static_cast<double>(g.oh) * static_cast<double>(g.wq);
-    return positions * kNarrowGain <= static_cast<double>(wide.oh) * static_cast<double>(wide.wq) ? g : wide;
+    try {
+      PlanPhases(&g, csr.nnz, cells, layout);
+    } catch (const OpError&) {
+      // The other width's copies past the size limits (kW shifted copies where the AVX-512 rows
+      // took phase copies): the layer keeps the plan it was accepted with.
+      return wide;
+    }
+    return static_cast<double>(g.wq) * kNarrowGain <= static_cast<double>(wide.wq) ? g : wide;
   }
 
   // A stride along an axis with a single output never moves the kernel, so the split uses 1
