@@ -51,15 +51,30 @@ def conv_layout(so: ctypes.CDLL, isa_name: str, attrs, x_shape, c_out: int, nnz:
     return f(isa_name.encode(), (ctypes.c_int64 * 11)(*attrs), (ctypes.c_int64 * 4)(*x_shape), c_out, nnz)
 
 
+def isa_settings(isa: str) -> tuple[str, dict[str, str]]:
+    """An ISA parameter of these tests as the instruction set's name and the settings a session
+    (or the layout probe) reads for it: ONNXPRUNE_KERNEL_ISA, and ONNXPRUNE_CONV_NARROW, on for
+    "avx512-narrow" (AVX-512 sessions that run a convolution on the AVX2 tiles where those
+    compute fewer positions) and off otherwise, so that "avx512" takes its own tiles on every
+    core."""
+    name = isa.removesuffix("-narrow")
+    return name, {"ONNXPRUNE_KERNEL_ISA": name, "ONNXPRUNE_CONV_NARROW": "1" if name != isa else "0"}
+
+
+def use_isa(isa: str, monkeypatch, lib) -> str:
+    """Skip where the CPU lacks `isa`'s instruction set, else set its settings (isa_settings)."""
+    name, settings = isa_settings(isa)
+    if lib.onnxprune_ops_cpu_has(name.encode()) != 1:
+        pytest.skip(f"CPU lacks {name}")
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    return name
+
+
 @pytest.fixture(params=ISAS)
 def isa(request, monkeypatch, lib) -> str:
-    if lib.onnxprune_ops_cpu_has(request.param.encode()) != 1:
-        pytest.skip(f"CPU lacks {request.param}")
-    monkeypatch.setenv("ONNXPRUNE_KERNEL_ISA", request.param)
-    # AVX-512's own tiles on every core; those that hand some convolutions to the AVX2 tiles
-    # run in test_runtime_ops_conv_tiles ("avx512-narrow").
-    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "0")
-    return request.param
+    # the narrow tiles' sessions ("avx512-narrow") run in test_runtime_ops_conv_tiles
+    return use_isa(request.param, monkeypatch, lib)
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])

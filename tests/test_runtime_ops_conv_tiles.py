@@ -32,12 +32,7 @@ def isa(request, monkeypatch, lib) -> str:
     """The main tests' instruction sets, and AVX-512 sessions that run a convolution on the
     AVX2 tiles where those compute fewer positions (ONNXPRUNE_CONV_NARROW=1, the default on a
     core that splits 512-bit FMAs): every case here runs on both kinds of AVX-512 session."""
-    name = request.param.removesuffix("-narrow")
-    if lib.onnxprune_ops_cpu_has(name.encode()) != 1:
-        pytest.skip(f"CPU lacks {name}")
-    monkeypatch.setenv("ONNXPRUNE_KERNEL_ISA", name)
-    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "1" if name != request.param else "0")
-    return name
+    return base.use_isa(request.param, monkeypatch, lib)
 
 
 def _quantum(isa, ow):

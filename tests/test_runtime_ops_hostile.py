@@ -27,7 +27,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from onnxprune import runtime_ops
 from onnxprune.runtime_ops import csr_from_dense
-from tests.test_runtime_ops import conv_layout
+from tests.test_runtime_ops import conv_layout, isa_settings
 from tests.test_runtime_ops_activation import _gelu  # GELU in float64, exact in its tails
 
 DOMAIN = runtime_ops.DOMAIN
@@ -169,15 +169,11 @@ def cpu_isas() -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def isa_env(isa: str):
-    """The settings a session (or the layout probe) reads for `isa`, restored afterwards:
-    ONNXPRUNE_KERNEL_ISA, and ONNXPRUNE_CONV_NARROW on ("avx512-narrow": AVX-512 sessions that
-    run a convolution on the AVX2 tiles where those compute fewer positions) or off. Yields the
-    instruction set's own name."""
-    name = isa.removesuffix("-narrow")
-    keys = ("ONNXPRUNE_KERNEL_ISA", "ONNXPRUNE_CONV_NARROW")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["ONNXPRUNE_KERNEL_ISA"] = name  # read when the kernel is created
-    os.environ["ONNXPRUNE_CONV_NARROW"] = "1" if name != isa else "0"
+    """`isa`'s settings (test_runtime_ops.isa_settings) for a session or the layout probe made
+    inside, restored afterwards; yields the instruction set's own name."""
+    name, settings = isa_settings(isa)
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)  # read when the kernel is created
     try:
         yield name
     finally:

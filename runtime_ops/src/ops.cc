@@ -2609,10 +2609,12 @@ struct CsrConvKernel {
     // kNarrowGain fewer positions. Their rows are either the same phase copies (no gain) or
     // shifted copies of OW rounded up to 8 floats, so a layer whose AVX-512 rows are not that
     // much longer keeps them unplanned. Depthwise layers keep their own paths' lanes.
-    const double narrow_wq = static_cast<double>((wide.ow + 7) / 8 * 8);
-    if (!narrow || isa != Isa::kAvx512 || (g.cg == 1 && g.og == 1) ||
-        narrow_wq * kNarrowGain > static_cast<double>(wide.wq))
-      return wide;
+    const auto fewer = [&](int64_t wq) {
+      return static_cast<double>(wq) * kNarrowGain <= static_cast<double>(wide.wq);
+    };
+    const int64_t quantum = RowQuantum(Isa::kAvx2);
+    const int64_t narrow_wq = (wide.ow + quantum - 1) / quantum * quantum;  // OW <= 2^31: no overflow
+    if (!narrow || isa != Isa::kAvx512 || (g.cg == 1 && g.og == 1) || !fewer(narrow_wq)) return wide;
     g.tiles = Isa::kAvx2;
     try {
       PlanPhases(&g, csr.nnz, cells, layout);
@@ -2621,7 +2623,7 @@ struct CsrConvKernel {
       // took phase copies): the layer keeps the plan it was accepted with.
       return wide;
     }
-    return static_cast<double>(g.wq) * kNarrowGain <= static_cast<double>(wide.wq) ? g : wide;
+    return fewer(g.wq) ? g : wide;
   }
 
   // A stride along an axis with a single output never moves the kernel, so the split uses 1
