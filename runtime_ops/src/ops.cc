@@ -1713,6 +1713,14 @@ struct ConvGeometry {
 constexpr double kWindowL1 = 0.8;
 constexpr double kStripWindowL1 = 0.5;
 
+// A strip's copy reads 16 floats of each row of a channel's band, rows W floats apart: a line
+// per row at a new place each time, which the hardware prefetchers do not foresee, so the copy
+// waited on X's lines (VGG-16's conv1_2 ran 1.3x faster with X's planes all in the L1 than from
+// where they lay). FillStrip asks for the same rows of the channel this many channels ahead as
+// it copies each one (lscpu family 25 model 17, one node after a Relu, 20 rounds: 64 channels
+// of 224x224 at 22% 1.07-1.22x faster at 4-8 channels ahead, 1.17x at 16, 1.12x at 32).
+constexpr int64_t kStripPrefetchChannels = 6;
+
 // Fewest nonzeros per output row and input-channel block that justify a block (CsrConv).
 constexpr int64_t kConvMinBlockNnz = 16;
 
@@ -2900,6 +2908,16 @@ struct CsrConvKernel {
     return s;
   }
 
+  // Asks for the cache lines of `rows` rows of n <= 16 floats, `stride` floats apart from src (at
+  // most two lines a row), ahead of their copy (FillStrip). A prefetch never faults; every
+  // address formed lies inside X, as the copy it precedes would read it.
+  static void PrefetchRows(const float* src, int64_t stride, int64_t n, int64_t rows) {
+    for (int64_t r = 0; r < rows; ++r) {
+      __builtin_prefetch(src + r * stride, 0, 3);
+      __builtin_prefetch(src + r * stride + n - 1, 0, 3);
+    }
+  }
+
   // Copy rows oy0 .. oy0 + b.hq of column strip `strip` of every copy plane of image xi (b the
   // image's geometry or a band's, s their strip's: StripGeometry; unit column stride), each
   // strip row one 64-byte line, its floats outside X zero, each plane's slack rows zero. Filled
@@ -2932,6 +2950,9 @@ struct CsrConvKernel {
         // Columns [lo, hi) of copy rows [a0, a1) from X (X row first_row + a sh, column x0 +
         // shift + i: inside X there), zeros around them and in the plane's other rows.
         const bool edge = lo > 0 || hi < kStripFloats;
+        if (c + kStripPrefetchChannels < g.c_in && a1 > a0 && hi > lo)
+          PrefetchRows(xc + kStripPrefetchChannels * g.h * g.w + (first_row + a0 * g.sh) * g.w + x0 + shift + lo,
+                       g.sh * g.w, hi - lo, a1 - a0);
         std::fill(dst, dst + (edge ? a1 : a0) * kStripFloats, 0.f);
         if (a1 > a0 && hi > lo)
           kern.copy_rows(xc + (first_row + a0 * g.sh) * g.w + x0 + shift + lo, g.sh * g.w, hi - lo, a1 - a0,
