@@ -307,8 +307,26 @@ def _csr_reference(v, c, p, x):
     return y
 
 
+BLOCKED_GEMV_CASES = [c for c in GEMM_CASES if c[0].startswith("blocked_gemv")]
+
+
+@pytest.fixture(params=["1", "0"], ids=["block_order", "in_place"])
+def gemv_blocks(request, monkeypatch) -> str:
+    """ONNXPRUNE_GEMV_BLOCKS: a constant CSR read copied in block order (the default) or where
+    it lies, by the column-blocked batch-1 pass."""
+    monkeypatch.setenv("ONNXPRUNE_GEMV_BLOCKS", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("case", BLOCKED_GEMV_CASES, ids=[c[0] for c in BLOCKED_GEMV_CASES])
+def test_blocked_gemv_in_place_matches_dense_gemm(case, isa, threads, monkeypatch):
+    # The default setting is what test_csr_gemm_matches_dense_gemm runs; this is the other one.
+    monkeypatch.setenv("ONNXPRUNE_GEMV_BLOCKS", "0")
+    test_csr_gemm_matches_dense_gemm(case, isa, threads)
+
+
 @pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
-def test_blocked_gemv_accepts_columns_in_any_order(index_dtype, isa, threads):
+def test_blocked_gemv_accepts_columns_in_any_order(index_dtype, isa, threads, gemv_blocks):
     # Ascending columns are only recommended; the column-blocked batch-1 path must still
     # consume every nonzero exactly once when a row's columns are shuffled.
     rng = np.random.default_rng(21)
@@ -322,7 +340,7 @@ def test_blocked_gemv_accepts_columns_in_any_order(index_dtype, isa, threads):
     close(y[0], _csr_reference(v, c, p, x[0]), 12000)
 
 
-def test_blocked_gemv_masks_lanes_past_a_block(isa):
+def test_blocked_gemv_masks_lanes_past_a_block(isa, gemv_blocks):
     # Lanes past a column block are loaded then masked out; an inf at such a column must not
     # reach rows that never reference it, while rows that do reference it see it.
     rng = np.random.default_rng(22)
@@ -340,6 +358,49 @@ def test_blocked_gemv_masks_lanes_past_a_block(isa):
     others = np.delete(np.arange(33), 3)
     assert np.all(np.isfinite(y[0, others]))
     close(y[0, others], _csr_reference(v, c, p, x[0])[others], k)
+
+
+def test_block_ordered_gemv_serves_x_of_any_width(isa, gemv_blocks):
+    # Without a `columns` attribute X may widen between runs (9216 columns make two blocks of
+    # 4608, 12000 three of 4000): every run reads the columns the CSR names, whichever split
+    # the kept copy was made for. Rows of 40 (two groups of 16 and one of 8), fp16 values and
+    # uint8 deltas (copied as int16 columns), an empty row and one whose columns reach the end.
+    rng = np.random.default_rng(23)
+    w = sparse_weight(rng, 40, 9216, 0.05, empty_rows=(17,))
+    w[33, 9000:9216] = 1.0
+    v, c, p = runtime_ops.compact_csr(w.astype(np.float16).astype(np.float32), np.float16)
+    assert v.dtype == np.float16 and c.dtype == np.uint8
+    model = _gemv_only_model(9216, v, c, p)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "k"
+    s = session(model)
+    for k in (9216, 12000, 9216):
+        x = rng.standard_normal((1, k)).astype(np.float32)
+        (y,) = s.run(None, {"X": x})
+        ref = w.astype(np.float16).astype(np.float64) @ x[0, :9216].astype(np.float64)
+        close(y[0], ref, 9216)
+
+
+def test_wide_and_very_sparse_gemv_keeps_the_in_place_pass(isa, threads):
+    # 40000 rows over 9000 columns: 80000 segments of (group, block, row) for some 9000
+    # nonzeros, so no block-ordered copy is made; the result is the same either way.
+    rng = np.random.default_rng(24)
+    n, k = 40000, 9000
+    rows = rng.integers(0, n, 9000)
+    cols = rng.integers(0, k, 9000)
+    w = np.zeros((n, k), np.float32)
+    w[rows, cols] = rng.standard_normal(9000).astype(np.float32)
+    v, c, p = csr_from_dense(w)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    (y,) = session(_gemv_only_model(k, v, c, p), threads).run(None, {"X": x})
+    close(y[0], _csr_reference(v, c, p, x[0]), k)
+
+
+def test_gemv_blocks_setting_is_checked(monkeypatch):
+    rng = np.random.default_rng(25)
+    v, c, p = csr_from_dense(sparse_weight(rng, 4, 9216, 0.01))
+    monkeypatch.setenv("ONNXPRUNE_GEMV_BLOCKS", "yes")
+    with pytest.raises(Exception, match="ONNXPRUNE_GEMV_BLOCKS=yes is not one of 0, 1"):
+        session(_gemv_only_model(9216, v, c, p))
 
 
 def matmul_model(w, x_shape, *, bias_shape=None, alpha=1.0, seed=0):

@@ -627,6 +627,12 @@ OP_AVX2 void SpmvBlocked(const V* values, const I* col, const int32_t* row_ptr, 
 }
 
 template <class V, class I>
+OP_AVX2 void SpmvInOrder(const void* vp, const void* cp, const int32_t* row_ptr, const float* x, int64_t /*k*/,
+                         int64_t r0, int64_t r1, float* y) {
+  SpmvRows(static_cast<const V*>(vp), static_cast<const I*>(cp), row_ptr, x, r0, r1, y);
+}
+
+template <class V, class I>
 OP_AVX2 void Spmv(const void* vp, const void* cp, const int32_t* row_ptr, const float* x, int64_t k, int64_t r0,
                   int64_t r1, float* y) {
   const V* values = static_cast<const V*>(vp);
@@ -1288,7 +1294,7 @@ static const Kernels kScalarKernels = {
     scalar::Activate, scalar::Add, scalar::Strided, scalar::Gather, scalar::Deinterleave, scalar::DwRows, scalar::DwBlock, scalar::DwBlockIn, scalar::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, scalar::CopyRows,
     {scalar::ConvStripRows<1>, scalar::ConvStripRows<4>, scalar::ConvStripRows<8>, scalar::ConvStripRows<12>, scalar::ConvStripRows<13>, scalar::ConvStripRows<14>},
-    scalar::MaxPoolRows, scalar::MaxPool2x2, scalar::MaxPoolBlock,
+    scalar::MaxPoolRows, scalar::MaxPool2x2, scalar::MaxPoolBlock, ONNXPRUNE_BY_TYPE(scalar::Spmv),
 };
 static const Kernels kAvx2Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx2::Spmm), 8,
@@ -1299,7 +1305,7 @@ static const Kernels kAvx2Kernels = {
     avx2::Activate, avx2::Add, avx2::Strided, scalar::Gather, avx2::Deinterleave, avx2::DwRows, avx2::DwBlock, avx2::DwBlockIn, avx2::DwBlockOut,
     {{nullptr, nullptr}, {nullptr, nullptr}}, avx2::CopyRows,
     {avx2::ConvStripRows<1>, avx2::ConvStripRows<4>, avx2::ConvStripRows<8>, avx2::ConvStripRows<12>, avx2::ConvStripRows<13>, avx2::ConvStripRows<14>},
-    avx2::MaxPoolRows, avx2::MaxPool2x2, avx2::MaxPoolBlock,
+    avx2::MaxPoolRows, avx2::MaxPool2x2, avx2::MaxPoolBlock, ONNXPRUNE_BY_TYPE(avx2::SpmvInOrder),
 };
 static const Kernels kAvx512Kernels = {
     ONNXPRUNE_BY_TYPE(avx2::Spmv), ONNXPRUNE_BY_TYPE(avx512::Spmm), 16,
@@ -1310,7 +1316,7 @@ static const Kernels kAvx512Kernels = {
     avx512::Activate, avx512::Add, avx512::Strided, avx512::Gather, avx512::Deinterleave, avx512::DwRows, avx512::DwBlock, avx512::DwBlockIn, avx512::DwBlockOut,
     {{avx512::DwGrid<3, 1>, avx512::DwGrid<5, 1>}, {avx512::DwGrid<3, 2>, avx512::DwGrid<5, 2>}}, avx512::CopyRows,
     {avx512::ConvStripRows<1>, avx512::ConvStripRows<4>, avx512::ConvStripRows<8>, avx512::ConvStripRows<12>, avx512::ConvStripRows<13>, avx512::ConvStripRows<14>},
-    avx512::MaxPoolRows, avx512::MaxPool2x2, avx512::MaxPoolBlock,
+    avx512::MaxPoolRows, avx512::MaxPool2x2, avx512::MaxPoolBlock, ONNXPRUNE_BY_TYPE(avx2::SpmvInOrder),
 };
 
 #undef ONNXPRUNE_BY_TYPE

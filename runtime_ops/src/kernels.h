@@ -249,6 +249,10 @@ struct Kernels {
   //   out[(oy * g.ow + ox) * L + l] = max of -FLT_MAX and, over i < g.kh, j < g.kw,
   //                                  p[((oy sh + i dh) wp + ox sw + j dw) L + l]
   void (*max_pool_block)(const float* p, int64_t wp, const PoolShape& g, int64_t oh, float* out);
+  // spmv's rows in order whatever k is, without its column blocking (k is not read): for a CSR
+  // whose rows each touch a part of x small enough for L1 (ops.cc's batch-1 pass over block-
+  // ordered rows, CsrGemmKernel::GemvBlocks).
+  SpmvFn spmv_rows[kValueKinds][kIndexKinds];
 };
 
 const Kernels& KernelsFor(Isa isa);
