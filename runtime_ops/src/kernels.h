@@ -49,12 +49,15 @@ constexpr int64_t kSpmvBlockCols = 5120;
 // Rows per group: their CSR data (16 x ~1000 nonzeros x 6 B for the widest layers) stays in
 // L2 across the group's block passes.
 //
-// The 32 streams this creates (16 rows x values + indices) do not cost DRAM bandwidth: in a
-// single-thread C++ measurement with the caches flushed before each pass (int16 indices, 35 MB
-// AlexNet FC stack and 24.7 MB VGG fc6), row-by-row loops with software prefetch of 0.5-64 KB
-// ahead (into L1 or L2, one or two levels), 4-8 accumulators, 32-64 nonzeros per step, or
-// AVX-512 gathers streamed 13-16 GB/s, the same as this path on AlexNet within the noise, and
-// were 20-30% slower on fc6, where x (100 KB) no longer fits L1. What limits a batch-1 pass is
+// Read where the CSR lies, a group's pass makes 32 streams (16 rows x values + indices) of
+// short runs, one per row and block. In a single-thread C++ measurement with the caches flushed
+// before each pass (int16 indices, 35 MB AlexNet FC stack and 24.7 MB VGG fc6), row-by-row
+// loops with software prefetch of 0.5-64 KB ahead (into L1 or L2, one or two levels), 4-8
+// accumulators, 32-64 nonzeros per step, or AVX-512 gathers streamed 13-16 GB/s, the same as
+// this path on AlexNet within the noise, and were 20-30% slower on fc6, where x (100 KB) no
+// longer fits L1. The constant CSR of a CsrGemm is therefore copied once in the order this
+// pass takes it (ops.cc CsrGemmKernel::GemvBlocks, spmv_rows over the copy): one sequential
+// stream and x's block in L1 together, fc6 1.4x faster. What limits a batch-1 pass is
 // the loop: each nonzero needs one load of x at a random address, and those retire at about
 // 1.2-1.5 per cycle on this core however they are issued, so even with the CSR arrays in L2
 // the loop reads them at only ~26 GB/s (~18 GB/s for fc6-shaped rows, block switches included).
