@@ -361,10 +361,10 @@ def test_blocked_gemv_masks_lanes_past_a_block(isa, gemv_blocks):
 
 
 def test_block_ordered_gemv_serves_x_of_any_width(isa, gemv_blocks):
-    # Without a `columns` attribute X may widen between runs (9216 columns make two blocks of
-    # 4608, 12000 three of 4000): every run reads the columns the CSR names, whichever split
-    # the kept copy was made for. Rows of 40 (two groups of 16 and one of 8), fp16 values and
-    # uint8 deltas (copied as int16 columns), an empty row and one whose columns reach the end.
+    # Without a `columns` attribute X may widen between runs: the copy's blocks split the
+    # CSR's 9216 columns (two of 4608) whatever X's width, and every run reads the columns the
+    # CSR names. Rows of 40 (two groups of 16 and one of 8), fp16 values and uint8 deltas
+    # (copied as int16 columns), an empty row and one whose columns reach the end.
     rng = np.random.default_rng(23)
     w = sparse_weight(rng, 40, 9216, 0.05, empty_rows=(17,))
     w[33, 9000:9216] = 1.0

@@ -622,7 +622,9 @@ void Validate(Csr& c) {
 // values are read in place by the paths that take the CSR as it is (batch-1 rows, panels,
 // depthwise layers): changed weights give other numbers, never a stray access. The tiled paths
 // (CsrConv's tiles, CsrGemm's tiled product) keep a float32 copy of the weights in their plan
-// (TaskOrder), made when a run brings a new input shape: they see the weights of that run.
+// (TaskOrder), made when a run brings a new input shape: they see the weights of that run. The
+// batch-1 pass over a wide X (CsrGemmKernel::GemvBlocks) keeps its block-ordered copy of values
+// and columns from its first run for the kernel's life: it sees the weights of that run.
 struct ValidatedCsr {
   bool known = false;
   const void* values = nullptr;  // ORT's buffers, to recognise the constant inputs
@@ -1518,9 +1520,12 @@ struct CsrGemmKernel {
 
   void Gemv(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t k,
             const Bias& bias, const float* z, float* y) const {
-    if (gemv_blocks && constant.Holds(csr) && k > kSpmvBlockCols + kSpmvBlockCols / 2) {
+    // The blocks split the CSR's columns (max_col < k), not X's: an X whose width changes
+    // between runs reads the same copy.
+    const int64_t extent = csr.max_col + 1;
+    if (gemv_blocks && constant.Holds(csr) && extent > kSpmvBlockCols + kSpmvBlockCols / 2) {
       const std::shared_ptr<const GemvBlocksPlan> plan = kept_gemv.Get(
-          true, [&](const GemvBlocksPlan& p) { return p.k == k; }, [&] { return MakeGemvBlocks(csr, k); });
+          true, [&](const GemvBlocksPlan& p) { return p.k == extent; }, [&] { return MakeGemvBlocks(csr, extent); });
       if (!plan->seg_ptr.empty()) {
         GemvBlocks(ctx, kern, csr, *plan, x, bias, z, y);
         return;
@@ -1552,7 +1557,7 @@ struct CsrGemmKernel {
   // blocks' sums are added per row. Where the segments would outnumber the entries (very wide
   // and very sparse), nothing is copied and the blocked pass runs as before.
   struct GemvBlocksPlan {
-    int64_t k = 0, blocks = 0, groups = 0;
+    int64_t k = 0, blocks = 0, groups = 0;  // k: the columns the blocks split (the CSR's extent)
     IndexKind index = kIndex16;
     std::vector<int32_t> seg_ptr;    // segment ((group * blocks + block) * kSpmvGroupRows + row) -> entries
     std::vector<int32_t> group_ptr;  // group -> its first entry (SplitRows' cost)
