@@ -932,12 +932,19 @@ int64_t SpreadPlane(int64_t floats) {
 constexpr int64_t kStripFloats = 16;
 constexpr int64_t kMaxUnstripedWq = 32;
 constexpr int64_t kMinStripChannels = 16;
-bool ChooseStrips() {
-  const char* forced = std::getenv("ONNXPRUNE_CONV_STRIPS");
-  if (forced == nullptr || *forced == '\0' || std::strcmp(forced, "1") == 0) return true;
+
+// An on/off setting read from the environment (the ONNXPRUNE_* switches below, read when a
+// session creates its kernels or a kernel makes its plan): `fallback` when unset or empty,
+// true for 1, false for 0; anything else is refused.
+bool EnvSwitch(const char* name, bool fallback) {
+  const char* forced = std::getenv(name);
+  if (forced == nullptr || *forced == '\0') return fallback;
+  if (std::strcmp(forced, "1") == 0) return true;
   if (std::strcmp(forced, "0") == 0) return false;
-  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_STRIPS=", forced, " is not one of 0, 1");
+  Fail(ortabi::kInvalidArgument, name, "=", forced, " is not one of 0, 1");
 }
+
+bool ChooseStrips() { return EnvSwitch("ONNXPRUNE_CONV_STRIPS", true); }
 
 // Whether a CsrConv on AVX-512 may run its tiles on the AVX2 kernels (CsrConvKernel::Plan):
 // ONNXPRUNE_CONV_NARROW=1 or 0 (read when a session creates its kernels), else on a core that
@@ -946,13 +953,7 @@ bool ChooseStrips() {
 // instead of 8 is work thrown away: 3x3 layers on 56 x 56 maps (64 columns for 56) ran 1.13-1.15x
 // faster on the AVX2 tiles, on 7 x 7 maps 1.11-1.24x; where both round alike (28, 14, 13 and
 // 27 wide) the AVX-512 tiles were level or up to 1.2x faster (docs/BENCHMARKS.md).
-bool ChooseNarrowTiles() {
-  const char* forced = std::getenv("ONNXPRUNE_CONV_NARROW");
-  if (forced == nullptr || *forced == '\0') return CpuSplitsWideFma();
-  if (std::strcmp(forced, "1") == 0) return true;
-  if (std::strcmp(forced, "0") == 0) return false;
-  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_CONV_NARROW=", forced, " is not one of 0, 1");
-}
+bool ChooseNarrowTiles() { return EnvSwitch("ONNXPRUNE_CONV_NARROW", CpuSplitsWideFma()); }
 
 Copies ChooseCopies() {
   const char* forced = std::getenv("ONNXPRUNE_CONV_COPIES");
@@ -1003,13 +1004,7 @@ const float* FloatValues(const Kernels& kern, const Csr& csr, std::vector<float>
 // class core (below) and cost on an Intel one (family 6 model 207, L2 2 MiB: ResNet-50 at 90%
 // and the BERT-base layer 1.02-1.03x faster without it; docs/BENCHMARKS.md). Read when a plan
 // is made.
-bool ChooseTouch() {
-  const char* forced = std::getenv("ONNXPRUNE_TOUCH_ENTRIES");
-  if (forced == nullptr || *forced == '\0') return !CpuIsIntel();
-  if (std::strcmp(forced, "1") == 0) return true;
-  if (std::strcmp(forced, "0") == 0) return false;
-  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_TOUCH_ENTRIES=", forced, " is not one of 0, 1");
-}
+bool ChooseTouch() { return EnvSwitch("ONNXPRUNE_TOUCH_ENTRIES", !CpuIsIntel()); }
 
 // Reads the weights and offsets of entries [j0, j1) once, line by line, before use: a task
 // takes its rows' entries block by block, a few cache lines of each row at a time, a pattern
@@ -1130,12 +1125,7 @@ class KeptPlan {
 // Whether a CsrGemm's batch-1 pass over a wide X reads its constant CSR copied in block order
 // (CsrGemmKernel::GemvBlocks): ONNXPRUNE_GEMV_BLOCKS=0 or 1 (read when a session creates its
 // kernels), on unless set to 0; for A/B timing and for tests of the blocked pass.
-bool ChooseGemvBlocks() {
-  const char* forced = std::getenv("ONNXPRUNE_GEMV_BLOCKS");
-  if (forced == nullptr || *forced == '\0' || std::strcmp(forced, "1") == 0) return true;
-  if (std::strcmp(forced, "0") == 0) return false;
-  Fail(ortabi::kInvalidArgument, "ONNXPRUNE_GEMV_BLOCKS=", forced, " is not one of 0, 1");
-}
+bool ChooseGemvBlocks() { return EnvSwitch("ONNXPRUNE_GEMV_BLOCKS", true); }
 
 // Z (optional; CsrConv from op-set 5, CsrGemm from op-set 6): a tensor added to the output
 // before the activation, exactly Y's shape (no broadcasting), so that a residual Add after the
