@@ -1500,12 +1500,16 @@ struct CsrGemmKernel {
     return b;
   }
 
-  void Epilogue1(float* y, int64_t r0, int64_t r1, const Bias& bias) const {
+  // Batch 1: outputs r0 .. r1 of y finished in place: alpha and the bias, then Z, then the
+  // activation.
+  void Epilogue1(const Kernels& kern, float* y, int64_t r0, int64_t r1, const Bias& bias, const float* z) const {
     if (bias.data) {
       for (int64_t r = r0; r < r1; ++r) y[r] = alpha * y[r] + bias.at(0, r);
     } else if (alpha != 1.f) {
       for (int64_t r = r0; r < r1; ++r) y[r] *= alpha;
     }
+    if (z != nullptr) kern.add(y + r0, z + r0, r1 - r0);
+    if (act.kind != Act::kNone) kern.activate(y + r0, r1 - r0, act);
   }
 
   void Gemv(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const float* x, int64_t k,
@@ -1527,9 +1531,7 @@ struct CsrGemmKernel {
       const int64_t r0 = bounds[p], r1 = bounds[p + 1];
       if (r0 >= r1) return;
       kern.spmv[csr.value][csr.index](csr.values, csr.col, csr.row_ptr, x, k, r0, r1, y + r0);
-      Epilogue1(y, r0, r1, bias);
-      if (z != nullptr) kern.add(y + r0, z + r0, r1 - r0);
-      if (act.kind != Act::kNone) kern.activate(y + r0, r1 - r0, act);
+      Epilogue1(kern, y, r0, r1, bias, z);
     });
   }
 
@@ -1574,11 +1576,15 @@ struct CsrGemmKernel {
       const int64_t b = std::min(c / width, p.blocks - 1);
       return ((r / kSpmvGroupRows) * p.blocks + b) * kSpmvGroupRows + r % kSpmvGroupRows;
     };
+    // body(r, j, column) for every entry j of every row r, columns decoded
+    const auto each_entry = [&](const auto& body) {
+      for (int64_t r = 0; r < csr.rows; ++r) {
+        int64_t running = 0;
+        for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) body(r, j, ColumnAt(csr, j, &running));
+      }
+    };
     std::vector<int64_t> at(static_cast<size_t>(segments) + 1, 0);
-    for (int64_t r = 0; r < csr.rows; ++r) {
-      int64_t running = 0;
-      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) ++at[static_cast<size_t>(segment(r, ColumnAt(csr, j, &running))) + 1];
-    }
+    each_entry([&](int64_t r, int64_t, int64_t c) { ++at[static_cast<size_t>(segment(r, c)) + 1]; });
     for (size_t i = 1; i < at.size(); ++i) at[i] += at[i - 1];
     p.seg_ptr.assign(at.begin(), at.end());  // <= nnz <= INT32_MAX
     p.group_ptr.resize(static_cast<size_t>(p.groups) + 1);
@@ -1587,21 +1593,17 @@ struct CsrGemmKernel {
     p.values.resize(static_cast<size_t>(csr.nnz) * vbytes);
     p.cols.resize(static_cast<size_t>(csr.nnz) * ibytes);
     const auto* src = static_cast<const unsigned char*>(csr.values);
-    for (int64_t r = 0; r < csr.rows; ++r) {
-      int64_t running = 0;
-      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
-        const int64_t c = ColumnAt(csr, j, &running);  // < K: checked against X
-        const size_t to = static_cast<size_t>(at[static_cast<size_t>(segment(r, c))]++);
-        std::memcpy(p.values.data() + to * vbytes, src + static_cast<size_t>(j) * vbytes, vbytes);
-        if (p.index == kIndex16) {
-          const int16_t c16 = static_cast<int16_t>(c);
-          std::memcpy(p.cols.data() + to * ibytes, &c16, ibytes);
-        } else {
-          const int32_t c32 = static_cast<int32_t>(c);
-          std::memcpy(p.cols.data() + to * ibytes, &c32, ibytes);
-        }
+    each_entry([&](int64_t r, int64_t j, int64_t c) {  // c < K: checked against X
+      const size_t to = static_cast<size_t>(at[static_cast<size_t>(segment(r, c))]++);
+      std::memcpy(p.values.data() + to * vbytes, src + static_cast<size_t>(j) * vbytes, vbytes);
+      if (p.index == kIndex16) {
+        const int16_t c16 = static_cast<int16_t>(c);
+        std::memcpy(p.cols.data() + to * ibytes, &c16, ibytes);
+      } else {
+        const int32_t c32 = static_cast<int32_t>(c);
+        std::memcpy(p.cols.data() + to * ibytes, &c32, ibytes);
       }
-    }
+    });
     PreferHugePages(p.values.data(), p.values.size());
     PreferHugePages(p.cols.data(), p.cols.size());
     return plan;
@@ -1626,9 +1628,7 @@ struct CsrGemmKernel {
         std::memcpy(y + r0, sum, static_cast<size_t>(n) * sizeof(float));
       }
       const int64_t r0 = g0 * kSpmvGroupRows, r1 = std::min(csr.rows, g1 * kSpmvGroupRows);
-      Epilogue1(y, r0, r1, bias);
-      if (z != nullptr) kern.add(y + r0, z + r0, r1 - r0);
-      if (act.kind != Act::kNone) kern.activate(y + r0, r1 - r0, act);
+      Epilogue1(kern, y, r0, r1, bias, z);
     });
   }
 
