@@ -3063,13 +3063,12 @@ struct CsrConvKernel {
         // Columns [lo, hi) of copy rows [a0, a1) from X (X row first_row + a sh, column x0 +
         // shift + i: inside X there), zeros around them and in the plane's other rows.
         const bool edge = lo > 0 || hi < kStripFloats;
-        if (c + kStripPrefetchChannels < g.c_in && a1 > a0 && hi > lo)
-          PrefetchRows(xc + kStripPrefetchChannels * g.h * g.w + (first_row + a0 * g.sh) * g.w + x0 + shift + lo,
-                       g.sh * g.w, hi - lo, a1 - a0);
+        const bool any = a1 > a0 && hi > lo;
+        const int64_t from = (first_row + a0 * g.sh) * g.w + x0 + shift + lo;  // in the channel's plane when `any`
+        if (any && c + kStripPrefetchChannels < g.c_in)
+          PrefetchRows(xc + kStripPrefetchChannels * g.h * g.w + from, g.sh * g.w, hi - lo, a1 - a0);
         std::fill(dst, dst + (edge ? a1 : a0) * kStripFloats, 0.f);
-        if (a1 > a0 && hi > lo)
-          kern.copy_rows(xc + (first_row + a0 * g.sh) * g.w + x0 + shift + lo, g.sh * g.w, hi - lo, a1 - a0,
-                         dst + a0 * kStripFloats + lo, kStripFloats);
+        if (any) kern.copy_rows(xc + from, g.sh * g.w, hi - lo, a1 - a0, dst + a0 * kStripFloats + lo, kStripFloats);
         std::fill(dst + a1 * kStripFloats, dst + s.plane, 0.f);
       }
     }
