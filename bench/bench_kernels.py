@@ -11,6 +11,7 @@ Batch-1 MLP rows also report the rate each side read its weights at (bytes / tim
     python bench/bench_kernels.py --sweep         # add the single-layer grid behind the cost model
     python bench/bench_kernels.py --json out.json
     python bench/bench_kernels.py --warm          # add steady-state batch-1 rows
+    python bench/bench_kernels.py --deepsparse-python .deepsparse-venv/bin/python  # + DeepSparse
 
 Because the dense call runs between two sparse calls and streams far more than the L3 holds,
 the CSR arrays come from memory on every sparse call, as they would inside a larger model.
@@ -18,6 +19,14 @@ That is the figure targets are judged on. ``--warm`` adds, for batch 1, the stea
 server that runs only this model: calls back to back in blocks, blocks alternating between the
 two models; there a pruned layer whose CSR arrays fit in L3 (VGG fc6 at 4%: 24.7 MB) is read
 from cache, which is the effect the paper counts on (its §1), while the dense one never fits.
+
+With an interpreter that has DeepSparse 1.8 (``--deepsparse-python``, as in bench_models.py:
+default ``$ONNXPRUNE_DEEPSPARSE_PYTHON`` or .deepsparse-venv/bin/python when present, ``none``
+to skip), each case's dense pruned model, its input shape made static, is also timed there
+(bench/deepsparse_ref.py, its own process and thread pool, outputs checked against ONNX
+Runtime's): a row adds DeepSparse's median and the ratio of this process's dense time to it.
+The two figures come from two processes, so read that ratio as indicative; the
+onnxprune-against-dense ratio beside it is the same-process one.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -37,7 +47,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), HERE]
+from bench_models import deepsparse_python, run_deepsparse  # noqa: E402
 from onnxprune import runtime_ops  # noqa: E402
 
 OPSET = [helper.make_opsetid("", 17), helper.make_opsetid(runtime_ops.DOMAIN, 1)]
@@ -200,6 +212,9 @@ def standard_cases() -> list[Case]:
         Case("BERT-base 768->768 x128 @ 10%", "mlp", dict(dims=[768, 768], densities=[0.10]), [128]),
         Case("BERT-base 768->3072 x128 @ 10%", "mlp", dict(dims=[768, 3072], densities=[0.10]), [128]),
         Case("BERT-base 3072->768 x128 @ 10%", "mlp", dict(dims=[3072, 768], densities=[0.10]), [128]),
+        # VGG-16's 28x28 layers (last, so the cases above keep the weights they had).
+        Case("Conv 512->512 3x3 28x28 @ 27% (VGG conv4_2)", "conv",
+             dict(c_in=512, c_out=512, k=3, hw=28, density=0.27), [1]),
     ]
 
 
@@ -212,8 +227,29 @@ def sweep_cases() -> list[Case]:
     return cases
 
 
+def static_input(model: bytes, shape: tuple) -> onnx.ModelProto:
+    """The model with its input ``X`` given ``shape`` (DeepSparse compiles for fixed shapes)."""
+    m = onnx.load_from_string(model)
+    dims = m.graph.input[0].type.tensor_type.shape
+    dims.Clear()
+    for d in shape:
+        dims.dim.add().dim_value = int(d)
+    return m
+
+
+def time_deepsparse(ds_py: str, dense: bytes, feed: dict, threads: int, repeats: int) -> dict:
+    """DeepSparse's timing of the dense pruned model on ``feed`` (bench_models.run_deepsparse),
+    its outputs compared with ONNX Runtime's."""
+    ref_sess = make_session(dense, threads, False)
+    ref = ref_sess.run(None, feed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "dense.onnx")
+        onnx.save(static_input(dense, feed["X"].shape), path)
+        return run_deepsparse(ds_py, path, feed, ref, threads, repeats, tmp, timeout=600)
+
+
 def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.Generator,
-             warm: bool = False) -> list[dict]:
+             warm: bool = False, ds_py: str | None = None) -> list[dict]:
     dense_bytes = sparse_bytes = None
     if case.kind == "mlp":
         dense, sparse, dense_bytes, sparse_bytes = mlp_models(case.spec["dims"], case.spec["densities"], rng,
@@ -245,8 +281,16 @@ def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.G
                 r["dense_mb"], r["sparse_mb"] = round(dense_bytes / 1e6, 2), round(sparse_bytes / 1e6, 2)
                 rate = f"  [{r['dense_gbps']:.1f} vs {r['sparse_gbps']:.1f} GB/s]"
             verdict = "" if target is None else (f"  target >= {target:g}x: " + ("met" if r["met"] else "MISSED"))
+            ds = ""
+            if ds_py is not None:
+                r["deepsparse"] = time_deepsparse(ds_py, dense, feed, threads, repeats)
+                if r["deepsparse"].get("status") == "ok":
+                    ms = r["deepsparse"]["median_ms"]
+                    ds = f"  DeepSparse {ms:.3f} ms ({t_dense / ms:.2f}x)"
+                else:
+                    ds = f"  DeepSparse {r['deepsparse'].get('status')}"
             print(f"{case.name:44s} b={batch:<3d} t={threads}  dense {t_dense:9.3f} ms  "
-                  f"csr {t_sparse:9.3f} ms  {t_dense / t_sparse:6.2f}x{rate}{verdict}", flush=True)
+                  f"csr {t_sparse:9.3f} ms  {t_dense / t_sparse:6.2f}x{rate}{verdict}{ds}", flush=True)
             if warm and batch == 1:
                 w_dense, w_sparse = time_pair(dense, sparse, feed, threads, repeats, block=8)
                 r["warm_dense_ms"], r["warm_sparse_ms"] = round(w_dense, 4), round(w_sparse, 4)
@@ -288,12 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", action="store_true",
                     help="also time batch 1 in steady state (each model called back to back), "
                          "besides the default call-by-call alternation")
+    ap.add_argument("--deepsparse-python", metavar="PATH",
+                    help="interpreter with deepsparse installed, to time each case's dense model there too "
+                         "(default $ONNXPRUNE_DEEPSPARSE_PYTHON or .deepsparse-venv/bin/python when present; "
+                         "'none' to skip)")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
+    ds_py = deepsparse_python(args.deepsparse_python)
     repeats = 10 if args.quick else 30
     rng = np.random.default_rng(args.seed)
     info = machine_info()
     info["loadavg_start"] = os.getloadavg()
+    info["deepsparse_python"] = ds_py
     print(json.dumps(info), flush=True)
     cases = [] if args.only_sweep else standard_cases()
     if args.sweep or args.only_sweep:
@@ -302,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if args.match in c.name]
     results = []
     for case in cases:
-        results += run_case(case, threads, repeats, rng, warm=args.warm)
+        results += run_case(case, threads, repeats, rng, warm=args.warm, ds_py=ds_py)
     info["loadavg_end"] = os.getloadavg()
     print(f"load average: start {info['loadavg_start']}, end {info['loadavg_end']}", flush=True)
     if args.json:
