@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     ds_py = deepsparse_python(args.deepsparse_python)
+    if ds_py is None and args.deepsparse_python not in (None, "none"):
+        print(f"deepsparse: {args.deepsparse_python} is not an interpreter with deepsparse; column skipped",
+              file=sys.stderr, flush=True)
     repeats = 10 if args.quick else 30
     rng = np.random.default_rng(args.seed)
     info = machine_info()

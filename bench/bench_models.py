@@ -554,8 +554,11 @@ def deepsparse_python(path: str | None) -> str | None:
     path = path or os.environ.get("ONNXPRUNE_DEEPSPARSE_PYTHON") or DEFAULT_DS_PYTHON
     if not os.path.isfile(path):
         return None
-    probe = subprocess.run([path, "-c", "import deepsparse; print(deepsparse.__version__)"],
-                           capture_output=True, text=True, check=False)
+    try:
+        probe = subprocess.run([path, "-c", "import deepsparse; print(deepsparse.__version__)"],
+                               capture_output=True, text=True, check=False)
+    except OSError:  # not executable, or not a program at all
+        return None
     return path if probe.returncode == 0 else None
 
 

@@ -52,11 +52,13 @@ def _interpreter(tmp_path: pathlib.Path) -> pathlib.Path:
     return wrapper
 
 
-def _run(tmp_path, *args, env=None):
+def _run(tmp_path, *args, env=None, stderr=False):
     out = tmp_path / "out.json"
     p = subprocess.run([sys.executable, str(SCRIPT), "--threads", "1", "--quick", "--json", str(out), *args],
                        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     assert p.returncode == 0, p.stderr[-2000:]
+    if stderr:
+        return p.stdout, json.loads(out.read_text()), p.stderr
     return p.stdout, json.loads(out.read_text())
 
 
@@ -86,3 +88,14 @@ def test_no_column_without_an_interpreter(tmp_path):
     assert report["machine"]["deepsparse_python"] is None
     assert "deepsparse" not in report["results"][0]
     assert "DeepSparse" not in stdout
+
+
+def test_an_unusable_interpreter_is_named_and_skipped(tmp_path):
+    not_executable = tmp_path / "python-not-executable"
+    not_executable.write_text("#!/bin/sh\n")
+    for path in (not_executable, tmp_path / "missing" / "python"):
+        stdout, report, err = _run(tmp_path, "--match", "Conv 128->128 3x3 28x28", "--deepsparse-python", path,
+                                   stderr=True)
+        assert report["machine"]["deepsparse_python"] is None
+        assert "deepsparse" not in report["results"][0]
+        assert f"deepsparse: {path} is not an interpreter with deepsparse; column skipped" in err
