@@ -101,12 +101,25 @@ ONNXPRUNE_PROBE_TARGET void Products(const Layer& L, const float* u, const float
         __m512 acc[8][3];
         for (auto& row : acc)
           for (auto& a : row) a = _mm512_setzero_ps();
-        for (int c = 0; c < L.c; ++c) {
-          const float* vr = vx + static_cast<size_t>(c) * L.tp + t0;
-          for (int b = 0; b < nv; ++b) {
-            const __m512 x = _mm512_load_ps(vr + 16 * b);
-            for (int a = 0; a < 8; ++a)
-              acc[a][b] = _mm512_fmadd_ps(_mm512_set1_ps(ux[static_cast<size_t>(k0 + a) * L.c + c]), x, acc[a][b]);
+        if (nv == 3) {  // the accumulators' indices known here, so they stay in registers
+          for (int c = 0; c < L.c; ++c) {
+            const float* vr = vx + static_cast<size_t>(c) * L.tp + t0;
+            const __m512 x0 = _mm512_load_ps(vr), x1 = _mm512_load_ps(vr + 16), x2 = _mm512_load_ps(vr + 32);
+            for (int a = 0; a < 8; ++a) {
+              const __m512 w = _mm512_set1_ps(ux[static_cast<size_t>(k0 + a) * L.c + c]);
+              acc[a][0] = _mm512_fmadd_ps(w, x0, acc[a][0]);
+              acc[a][1] = _mm512_fmadd_ps(w, x1, acc[a][1]);
+              acc[a][2] = _mm512_fmadd_ps(w, x2, acc[a][2]);
+            }
+          }
+        } else {
+          for (int c = 0; c < L.c; ++c) {
+            const float* vr = vx + static_cast<size_t>(c) * L.tp + t0;
+            for (int b = 0; b < nv; ++b) {
+              const __m512 x = _mm512_load_ps(vr + 16 * b);
+              for (int a = 0; a < 8; ++a)
+                acc[a][b] = _mm512_fmadd_ps(_mm512_set1_ps(ux[static_cast<size_t>(k0 + a) * L.c + c]), x, acc[a][b]);
+            }
           }
         }
         for (int a = 0; a < 8; ++a)
@@ -119,12 +132,16 @@ ONNXPRUNE_PROBE_TARGET void Products(const Layer& L, const float* u, const float
 ONNXPRUNE_PROBE_TARGET void OutputTransform(const Layer& L, const float* m, float* y) {
   for (int k = 0; k < L.k; ++k) {
     for (int t0 = 0; t0 < L.tp; t0 += 16) {
-      __m512 e[4][6];
-      for (int j = 0; j < 6; ++j) {
-        __m512 col[6], r[4];
-        for (int i = 0; i < 6; ++i) col[i] = _mm512_load_ps(m + (static_cast<size_t>(i * 6 + j) * L.k + k) * L.tp + t0);
-        OutputRow(col, r);
-        for (int i = 0; i < 4; ++i) e[i][j] = r[i];
+      __m512 mm[6][6], e[4][6];
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j) mm[i][j] = _mm512_load_ps(m + (static_cast<size_t>(i * 6 + j) * L.k + k) * L.tp + t0);
+      for (int j = 0; j < 6; ++j) {  // e = A^T m, column by column
+        const __m512 a = _mm512_add_ps(mm[1][j], mm[2][j]), b = _mm512_sub_ps(mm[1][j], mm[2][j]);
+        const __m512 c = _mm512_add_ps(mm[3][j], mm[4][j]), d = _mm512_sub_ps(mm[3][j], mm[4][j]);
+        e[0][j] = _mm512_add_ps(_mm512_add_ps(mm[0][j], a), c);
+        e[1][j] = _mm512_fmadd_ps(_mm512_set1_ps(2), d, b);
+        e[2][j] = _mm512_fmadd_ps(_mm512_set1_ps(4), c, a);
+        e[3][j] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8), d, b), mm[5][j]);
       }
       alignas(64) float out[4][4][16];
       for (int i = 0; i < 4; ++i) {
