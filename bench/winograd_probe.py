@@ -7,10 +7,10 @@ kernels. This script measures a plain version of that algorithm here, 1 thread, 
 Runtime's dense convolution of the same layer in this process:
 
 * ``bench/winograd_probe.cc`` (compiled here with ``$CXX``, default ``c++``; AVX-512F only,
-  H a multiple of 4, pads 1, no cache blocking in its products): the median call, its three
-  steps (input transform, 36 products, output transform) and its error against a float64 direct
-  convolution, relative to the largest output (F(4×4, 3×3) errs ~10× more than a direct
-  float32 sum);
+  H a multiple of 4, pads 1; tiles in chunks of 48 or all at once, whichever is faster, no
+  blocking over channels): the median call, its three steps (input transform, 36 products,
+  output transform) and its error against a float64 direct convolution, relative to the
+  largest output (F(4×4, 3×3) errs ~10× more than a direct float32 sum);
 * ONNX Runtime's `Conv` of the same shape, random weights, median of ``--rounds`` calls.
 
     python bench/winograd_probe.py                       # pin it: taskset -c 1 python ...
