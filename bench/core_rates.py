@@ -58,7 +58,8 @@ def native_rates(cxx: str, runs: int = 3) -> dict:
     return best
 
 
-def _median_ms(session, feeds, rounds: int) -> float:
+def median_ms(session, feeds, rounds: int) -> float:
+    """Median milliseconds of ``rounds`` calls of ``session`` on ``feeds``, after 5 warm-up calls."""
     for _ in range(5):
         session.run(None, feeds)
     times = []
@@ -69,11 +70,19 @@ def _median_ms(session, feeds, rounds: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def one_thread_session(model):
+    """An ONNX Runtime CPU session of ``model`` (a ModelProto) on one intra-op thread."""
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 1
+    o.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])
+
+
 def dense_rates(rounds: int) -> dict:
     """ONNX Runtime's dense multiply-adds per second (1 thread) on a convolution and a product
     of the issue's shapes: {name: (ms, lane-FMA/s)}."""
-    import onnxruntime as ort
-
     rng = np.random.default_rng(0)
     cases = {
         "conv3x3_64_56": ((1, 64, 56, 56), (64, 64, 3, 3), 64 * 64 * 9 * 56 * 56),
@@ -89,11 +98,8 @@ def dense_rates(rounds: int) -> dict:
         graph = helper.make_graph([node], name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
                                   [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [w])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = 1
-        o.inter_op_num_threads = 1
-        s = ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])
-        ms = _median_ms(s, {"X": rng.standard_normal(x_shape).astype(np.float32)}, rounds)
+        s = one_thread_session(model)
+        ms = median_ms(s, {"X": rng.standard_normal(x_shape).astype(np.float32)}, rounds)
         out[name] = (ms, macs / (ms * 1e-3))
     return out
 

@@ -25,11 +25,9 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -37,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]
 from bench_models import machine  # noqa: E402  (CPU model and family, caches, date, load)
+from core_rates import median_ms, one_thread_session  # noqa: E402
 
 # C x K x H: bench_kernels' 3x3 cases at unit stride, VGG-16's conv1_2, conv2_2 and conv4_2 among them
 DEFAULT_LAYERS = "64x64x56,256x256x56,512x512x28,128x128x112,64x64x224"
@@ -57,27 +56,14 @@ def parse_layers(text: str) -> list[tuple[int, int, int]]:
 
 
 def ort_dense_ms(c: int, k: int, h: int, rounds: int) -> float:
-    import onnxruntime as ort
-
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array((rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32), "W")
     node = helper.make_node("Conv", ["X", "W"], ["Y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, h, h])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = 1
-    o.inter_op_num_threads = 1
-    s = ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])
     feeds = {"X": rng.standard_normal((1, c, h, h)).astype(np.float32)}
-    for _ in range(3):
-        s.run(None, feeds)
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        s.run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return median_ms(one_thread_session(model), feeds, rounds)
 
 
 def main(argv=None) -> int:
