@@ -1799,7 +1799,7 @@ struct ConvGeometry {
   std::vector<int64_t> col_start, tap_shift;
   std::vector<int32_t> tap_col;
   // Copy column k holds X columns from col_first[k] * sw + col_start[k] - pad_l at its columns
-  // [col_first[k], col_end[k]), zeros elsewhere (FillCopyRow).
+  // [col_first[k], col_end[k]), zeros elsewhere (FillCopyPlane).
   std::vector<int64_t> col_first, col_end;
   int64_t copies = 0;       // row_phases.size() * col_start.size()
   int64_t hq = 0, wq = 0;   // rows and columns of a channel's copy
@@ -2601,7 +2601,7 @@ struct CsrConvKernel {
   // phase) to memory and read them back, which costs more than the few multiply-adds a
   // position takes here (a 3x3 layer at 20% has about two). Instead each task takes one
   // channel and a band of output rows, fills the copies' rows that band reads (the same
-  // copies, FillCopyRow, so the same offsets with one channel) into a buffer sized to stay in
+  // copies, FillCopyPlane, so the same offsets with one channel) into a buffer sized to stay in
   // L1, and runs the tiles over the band's positions. Z and the activation are applied in the
   // band's buffer before its rows go to Y. A layer where even a band of one output row would
   // pass kDwMaxBandFloats (huge widths or dilations) takes the whole-image copies instead.
@@ -2677,11 +2677,7 @@ struct CsrConvKernel {
           }
           for (int64_t k = 0; k < cols; ++k) {
             float* dst = buf.get() + (slot * cols + k) * d.plane;
-            if (g.sw == 1) {
-              FillCopyRowRange(g, xc, slot, k, oy0, d.rows + d.reach, dst);
-            } else {
-              for (int64_t a = 0; a < d.rows + d.reach; ++a) FillCopyRow(g, xc, slot, k, oy0 + a, dst + a * g.wq);
-            }
+            FillCopyPlane(g, xc, slot, k, oy0, d.rows + d.reach, dst);
           }
         }
         const int64_t j0 = csr.row_ptr[c], nnz = csr.row_ptr[c + 1] - j0;
@@ -3055,7 +3051,7 @@ struct CsrConvKernel {
       const float* xc = xi + c * g.h * g.w;
       for (int64_t k = 0; k < cols; ++k) {
         float* dst = q + ((slot * cols + k) * g.c_in + c) * s.plane;
-        // copy column x0 + i holds X column x0 + i + shift where first <= x0 + i < end (FillCopyRow)
+        // copy column x0 + i holds X column x0 + i + shift where first <= x0 + i < end (FillCopyPlane)
         const int64_t shift = g.col_start[static_cast<size_t>(k)] - pad_l;
         const int64_t lo = std::clamp<int64_t>(g.col_first[static_cast<size_t>(k)] - x0, 0, kStripFloats);
         const int64_t hi = std::clamp<int64_t>(g.col_end[static_cast<size_t>(k)] - x0, lo, kStripFloats);
@@ -3081,7 +3077,7 @@ struct CsrConvKernel {
   // Copy rows oy0 .. oy0 + b.hq of every copy plane of image xi into q, laid out as b (the
   // image's geometry g itself from row 0, or a band's, BandGeometry), rows past the image's
   // copies zero, then each plane's slack (PlanPhases, SpreadPlane) zero. One task per (row
-  // phase, channel), every copy row through FillCopyRow: a stride-2 layer's two column phases
+  // phase, channel), every copy plane through FillCopyPlane: a stride-2 layer's two column phases
   // from one pass over each row (FillCopyRowPair, FillCopies' whole-image path) measured
   // slower in bands (one node after a Relu, 10% density, 3x3/2: 32 -> 64 on 320x320 0.974x,
   // 64 -> 128 on 224x224 0.964x; bench/ab_library.py, 30 rounds).
@@ -3094,11 +3090,7 @@ struct CsrConvKernel {
       const float* xc = xi + c * g.h * g.w;
       for (int64_t k = 0; k < cols; ++k) {
         float* dst = q + ((slot * cols + k) * g.c_in + c) * b.plane;
-        if (g.sw == 1) {
-          FillCopyRowRange(g, xc, slot, k, oy0, b.hq, dst);
-        } else {
-          for (int64_t a = 0; a < b.hq; ++a) FillCopyRow(g, xc, slot, k, oy0 + a, dst + a * g.wq);
-        }
+        FillCopyPlane(g, xc, slot, k, oy0, b.hq, dst);
         std::fill(dst + b.hq * b.wq, dst + b.plane, 0.f);
       }
     });
@@ -3118,8 +3110,8 @@ struct CsrConvKernel {
 
   // The copy of an x_layout layer that is not read in place (a 1x1 layer whose planes are
   // rounded up to the vector width, PlanPhases): each channel's plane is X's, H * W floats in
-  // one piece, then zeros to the rounded plane. Row by row (FillCopyRow), ResNet-50's 2048 x
-  // 7 x 7 input took 14336 copies of 7 floats, a third as long as the layer's products.
+  // one piece, then zeros to the rounded plane. Row by row (as FillCopyPlane copies), ResNet-50's
+  // 2048 x 7 x 7 input took 14336 copies of 7 floats, a third as long as the layer's products.
   void FillAlignedPlanes(const ortabi::KernelContext* ctx, const ConvGeometry& g, const float* xi, float* q) const {
     const int64_t n = g.h * g.w;  // = hq * wq <= plane
     ForChannelGroups(ctx, g.c_in, [&](int64_t c0, int64_t c1) {
@@ -3135,7 +3127,7 @@ struct CsrConvKernel {
   // stride-2 layers) are filled through a table instead of row by row: the X offset of each
   // position of each copy plane (or -1 for padding), made once per call, then one loop per
   // channel and copy over the plane. Row by row, each row of 7 or 8 floats went through
-  // FillCopyRow's fills and a strided or deinterleaving call: a fifth of a 512->512 3x3/2
+  // fills and a strided or deinterleaving call of its own: a fifth of a 512->512 3x3/2
   // layer's time on 14x14, a seventh of a 1024->2048 1x1/2 one's.
   static constexpr int64_t kNarrowCopyRow = 16;
   static constexpr int64_t kNarrowCopyTable = 1 << 16;  // table entries at most
@@ -3156,7 +3148,7 @@ struct CsrConvKernel {
         for (int64_t a = 0; a < g.hq; ++a) {
           const int64_t row = a * g.sh + g.row_phases[static_cast<size_t>(slot)] - pad_t;
           if (row < 0 || row >= g.h) continue;
-          // as FillCopyRow: copy column b in [first, end) holds X column b * sw + shift
+          // as FillCopyPlane: copy column b in [first, end) holds X column b * sw + shift
           for (int64_t b = first; b < end; ++b) t[a * g.wq + b] = static_cast<int32_t>(row * g.w + b * g.sw + shift);
         }
       }
@@ -3181,7 +3173,7 @@ struct CsrConvKernel {
   }
 
   // Row a of copy columns 0 and 1 of (row phase slot) of one channel `src` (PairedColumns),
-  // column 1's row at d + k_stride: what FillCopyRow writes for each, with the columns both
+  // column 1's row at d + k_stride: what FillCopyPlane writes for each, with the columns both
   // copies hold taken from one pass over the input row (Deinterleave), where two strided
   // passes would each read the whole row.
   void FillCopyRowPair(const ConvGeometry& g, const float* src, int64_t slot, int64_t a, float* d, int64_t k_stride) const {
@@ -3209,19 +3201,19 @@ struct CsrConvKernel {
     if (hi > lo) KernelsFor(isa).deinterleave(x + 2 * lo + s, hi - lo, d + lo, d + k_stride + lo);
   }
 
-  // Rows oy0 .. oy0 + n of copy (row phase slot, copy column k) of one channel `src` into d,
-  // rows Wq floats apart, for a unit column stride: what FillCopyRow writes row by row, with the
-  // rows that hold X (one run of them) copied by one Kernels::copy_rows call. A library memcpy a
-  // row (3 x 58 calls of 224 bytes a channel for a 3x3 on 56x56) cost a third of the copying:
-  // one node, 3x3 at 10-50% on 56x56, 28x28 and 14x14 maps, 1.009-1.028x faster.
-  void FillCopyRowRange(const ConvGeometry& g, const float* src, int64_t slot, int64_t k, int64_t oy0, int64_t n,
-                        float* d) const {
+  // Rows oy0 .. oy0 + n of copy (row phase slot, copy column k) of one channel `src` (H x W
+  // floats) into d, rows Wq floats apart: copy row a holds X row a * sh + ph - pad_t, columns
+  // [first, end) from X column first * sw + shift on; rows outside X or past Hq and the other
+  // columns are zeros. The rows that hold X are one run (X's row grows with a); at unit column
+  // stride it is copied by one Kernels::copy_rows call. A library memcpy a row (3 x 58 calls of
+  // 224 bytes a channel for a 3x3 on 56x56) had cost a third of the copying: one node, 3x3 at
+  // 10-50% on 56x56, 28x28 and 14x14 maps, 1.009-1.028x faster.
+  void FillCopyPlane(const ConvGeometry& g, const float* src, int64_t slot, int64_t k, int64_t oy0, int64_t n,
+                     float* d) const {
     const int64_t ph = g.row_phases[static_cast<size_t>(slot)];
     const int64_t shift = g.col_start[static_cast<size_t>(k)] - pad_l;
     const int64_t first = g.col_first[static_cast<size_t>(k)], end = g.col_end[static_cast<size_t>(k)];
     // rows a in [a0, a1): copy row oy0 + a < Hq and X row (oy0 + a) * sh + ph - pad_t in [0, H)
-    // (X's row grows with a, so they are one run); the others are zeros, as are columns
-    // outside [first, end)
     int64_t a0 = 0, a1 = n;
     while (a0 < n && ((oy0 + a0) * g.sh + ph - pad_t < 0)) ++a0;
     while (a1 > a0 && (oy0 + a1 - 1 >= g.hq || (oy0 + a1 - 1) * g.sh + ph - pad_t >= g.h)) --a1;
@@ -3229,37 +3221,18 @@ struct CsrConvKernel {
     std::fill(d, d + a0 * g.wq, 0.f);
     std::fill(d + a1 * g.wq, d + n * g.wq, 0.f);
     if (a1 == a0) return;
-    const int64_t row0 = (oy0 + a0) * g.sh + ph - pad_t;
-    KernelsFor(isa).copy_rows(src + row0 * g.w + first + shift, g.sh * g.w, end - first, a1 - a0,
-                              d + a0 * g.wq + first, g.wq);
+    const Kernels& kern = KernelsFor(isa);
+    const float* s0 = src + ((oy0 + a0) * g.sh + ph - pad_t) * g.w + first * g.sw + shift;  // in X
+    if (g.sw == 1) {
+      kern.copy_rows(s0, g.sh * g.w, end - first, a1 - a0, d + a0 * g.wq + first, g.wq);
+    } else {
+      for (int64_t a = a0; a < a1; ++a) kern.strided(s0 + (a - a0) * g.sh * g.w, g.sw, end - first, d + a * g.wq + first);
+    }
     for (int64_t a = a0; a < a1; ++a) {
       float* r = d + a * g.wq;
-      for (int64_t i = 0; i < first; ++i) r[i] = 0.f;
-      for (int64_t i = end; i < g.wq; ++i) r[i] = 0.f;
+      std::fill(r, r + first, 0.f);
+      std::fill(r + end, r + g.wq, 0.f);
     }
-  }
-
-  // Row a (< Hq, or past it: zeros) of copy (row phase slot, copy column k) of one channel
-  // `src` (H x W floats) into d[0..Wq).
-  void FillCopyRow(const ConvGeometry& g, const float* src, int64_t slot, int64_t k, int64_t a, float* d) const {
-    const int64_t ph = g.row_phases[static_cast<size_t>(slot)];
-    const int64_t shift = g.col_start[static_cast<size_t>(k)] - pad_l;
-    const int64_t first = g.col_first[static_cast<size_t>(k)], end = g.col_end[static_cast<size_t>(k)];
-    const int64_t row = a * g.sh + ph - pad_t;
-    if (a >= g.hq || row < 0 || row >= g.h || end == first) {
-      std::fill(d, d + g.wq, 0.f);
-      return;
-    }
-    std::fill(d, d + first, 0.f);
-    // Columns [first, end) of the copy: X row `row` from column first * sw + shift (in X).
-    const float* s = src + row * g.w + first * g.sw + shift;
-    float* o = d + first;
-    if (g.sw == 1) {
-      std::memcpy(o, s, static_cast<size_t>(end - first) * sizeof(float));
-    } else {
-      KernelsFor(isa).strided(s, g.sw, end - first, o);
-    }
-    std::fill(d + end, d + g.wq, 0.f);
   }
 
   // The positions [p0, p1) of a finished tile, position p at tile[p - start], that fall in Y
