@@ -149,16 +149,12 @@ ONNXPRUNE_PROBE_TARGET void OutputTransform(const Layer& L, const float* m, int 
   const int nt = t1_tile - t0_tile;
   for (int k = 0; k < L.k; ++k) {
     for (int t0 = 0; t0 < nt; t0 += 16) {
-      __m512 mm[6][6], e[4][6];
-      for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 6; ++j) mm[i][j] = _mm512_load_ps(m + (static_cast<size_t>(i * 6 + j) * L.k + k) * L.tp + t0);
-      for (int j = 0; j < 6; ++j) {  // e = A^T m, column by column
-        const __m512 a = _mm512_add_ps(mm[1][j], mm[2][j]), b = _mm512_sub_ps(mm[1][j], mm[2][j]);
-        const __m512 c = _mm512_add_ps(mm[3][j], mm[4][j]), d = _mm512_sub_ps(mm[3][j], mm[4][j]);
-        e[0][j] = _mm512_add_ps(_mm512_add_ps(mm[0][j], a), c);
-        e[1][j] = _mm512_fmadd_ps(_mm512_set1_ps(2), d, b);
-        e[2][j] = _mm512_fmadd_ps(_mm512_set1_ps(4), c, a);
-        e[3][j] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8), d, b), mm[5][j]);
+      __m512 e[4][6];
+      for (int j = 0; j < 6; ++j) {
+        __m512 col[6], r[4];
+        for (int i = 0; i < 6; ++i) col[i] = _mm512_load_ps(m + (static_cast<size_t>(i * 6 + j) * L.k + k) * L.tp + t0);
+        OutputRow(col, r);
+        for (int i = 0; i < 4; ++i) e[i][j] = r[i];
       }
       alignas(64) float out[4][4][16];
       for (int i = 0; i < 4; ++i) {
