@@ -320,6 +320,12 @@ def conv_output_shape(x_shape, attrs, csr, bias, isa="scalar") -> tuple | None:
 
     if not (within(ks, 2, 1) and within(st_, 2, 1) and within(di, 2, 1) and within(pa, 4, 0)) or group < 1:
         return None
+    # README "Limits": winograd 0 or 1, and 1 only on a 2-D 3x3 kernel, unit strides and
+    # dilations, one group
+    wino = attrs.get("winograd", 0)
+    if wino not in (0, 1) or (wino == 1 and (one_d or list(ks) != [3, 3] or list(st_) != [1, 1] or
+                                             list(di) != [1, 1] or group != 1)):
+        return None
     max_col = csr_max_col(csr)
     nb, c_in, h, w = x_shape
     c_out = len(csr[2]) - 1
@@ -431,14 +437,22 @@ def conv_cases(draw):
     broken = draw(st.sets(st.sampled_from(["attrs", "group", "csr", "columns", "bias", "activation", "rank"]),
                           max_size=2))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    rank = draw(st.sampled_from([1, 2, 2]))  # 1-D convolutions (op-set 4) a third of the time
-    attrs = {"kernel_shape": draw(attr_list(rank, st.sampled_from([1, 1, 2, 3]), "attrs" in broken))}
-    for name, n, sane in (("strides", rank, st.sampled_from([1, 1, 2, 3, LIMIT])),
-                          ("dilations", rank, st.sampled_from([1, 1, 2, LIMIT])),
+    # `winograd`: absent mostly; 1 on a layer the Winograd path takes a sixth of the time (3x3,
+    # unit strides and dilations, one group), else 0, 1 or a value outside {0, 1} on any layer
+    wino = draw(st.sampled_from(["absent", "absent", "absent", "path", "0", "1", "bad"]))
+    rank = 2 if wino == "path" else draw(st.sampled_from([1, 2, 2]))  # 1-D convolutions (op-set 4) a third of the time
+    kernel = st.just(3) if wino == "path" else st.sampled_from([1, 1, 2, 3])
+    attrs = {"kernel_shape": draw(attr_list(rank, kernel, "attrs" in broken))}
+    for name, n, sane in (("strides", rank, st.just(1) if wino == "path" else st.sampled_from([1, 1, 2, 3, LIMIT])),
+                          ("dilations", rank, st.just(1) if wino == "path" else st.sampled_from([1, 1, 2, LIMIT])),
                           ("pads", 2 * rank, st.sampled_from([0, 0, 1, 2, LIMIT]))):
         if draw(st.integers(0, 3)):  # absent a quarter of the time: the default applies
             attrs[name] = draw(attr_list(n, sane, "attrs" in broken))
-    group = draw(st.sampled_from([0, -1, 3, 2**62]) if "group" in broken else st.sampled_from([1, 1, 2]))
+    if wino != "absent":
+        attrs["winograd"] = {"path": 1, "0": 0, "1": 1}.get(wino) if wino != "bad" else \
+            draw(st.sampled_from([2, -1, 2**62]))
+    group = draw(st.sampled_from([0, -1, 3, 2**62]) if "group" in broken else
+                 st.just(1) if wino == "path" else st.sampled_from([1, 1, 2]))
     if group != 1 or draw(st.booleans()):
         attrs["group"] = group
     # Zero sizes are drawn, but rarely: an empty side leaves no nonzero to check against the
@@ -524,6 +538,7 @@ def test_csr_conv_refuses_or_matches_the_reference(case, csr_as_inputs, isa, thr
     event(f"{x.ndim - 2}-D: {'valid' if shape is not None else 'refused'}")
     event(f"activation {attrs.get('activation', 'none')}: {'valid' if shape is not None else 'refused'}")
     event(f"residual {residual}")
+    event(f"winograd {attrs.get('winograd', 'absent')}: {'valid' if shape is not None else 'refused'}")
     model, feeds = op_model("CsrConv", x.shape, csr, bias, csr_as_inputs=csr_as_inputs, **attrs)
     feeds["X"] = x
     if z is not None:

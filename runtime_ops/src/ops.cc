@@ -27,6 +27,7 @@
 
 #include "kernels.h"
 #include "ort_abi.h"
+#include "winograd.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -1862,6 +1863,13 @@ struct ConvPlan {
   TaskOrder entries;               // weights and offsets into the input copies, by task rows
 };
 
+// CsrConv's weights for its Winograd path (winograd.h), made from the CSR for X's channel
+// count c: U, 36 x kp x c floats.
+struct WinoWeights {
+  int64_t c = 0;
+  AlignedBuffer u;
+};
+
 // --- CsrConv --------------------------------------------------------------------------------
 
 struct CsrConvKernel {
@@ -1875,6 +1883,8 @@ struct CsrConvKernel {
   bool narrow = false;            // ONNXPRUNE_CONV_NARROW (Plan)
   DwPath depthwise = DwPath::kAuto;  // ONNXPRUNE_CONV_DEPTHWISE (ChooseDepthwisePath)
   Activation act;  // applied to each output as its tile completes
+  bool winograd = false;  // the node's `winograd` attribute: 3x3 by F(4x4, 3x3) (Winograd)
+  KeptPlan<WinoWeights> kept_wino;  // U for the constant CSR and the last channel count seen
   ValidatedCsr constant;
   int64_t columns = -1;  // K = C_in/group * kH * kW, when the node records it (ReadColumns)
   // The plan for the constant CSR and the last input shape seen.
@@ -1947,6 +1957,7 @@ struct CsrConvKernel {
     group = AttrInt(info, "group", 1);
     if (group < 1) Fail(ortabi::kInvalidArgument, "group must be >= 1");
     act = ReadActivation(info);
+    ReadWinograd(info);
     isa = ChooseIsa();
     copies = ChooseCopies();
     band_bytes = ChooseBandBytes();
@@ -1988,6 +1999,7 @@ struct CsrConvKernel {
     float* y = static_cast<float*>(ydata);
 
     const float* xd = x.as<float>();
+    if (winograd && isa == Isa::kAvx512 && Winograd(ctx, g, csr, xd, bias, z, y)) return;
     DwGeometry dg;
     const bool blocks = ChannelBlocks(g, csr.nnz), direct = ReadsXDirectly(g), bands = DepthwiseRows(g, &dg);
     if (blocks || direct || bands) {  // the tiles read the plan's own float32 weights
@@ -2059,6 +2071,63 @@ struct CsrConvKernel {
         }
         Tiles(ctx, pg, *plan, q.get(), false, bias, z ? z + at : nullptr, y + at, y_plane, 0);
       }
+  }
+
+  // The `winograd` attribute (0, the default, or 1), which only a 2-D 3x3 kernel at unit
+  // strides and dilations with one group may set: refused otherwise, before any run.
+  void ReadWinograd(const ortabi::KernelInfo* info) {
+    const int64_t asked = AttrInt(info, "winograd", 0);
+    if (asked != 0 && asked != 1) Fail(ortabi::kInvalidArgument, "attribute winograd must be 0 or 1");
+    if (asked == 1 && (x_rank != 4 || kh != 3 || kw != 3 || sh != 1 || sw != 1 || dh != 1 || dw != 1 || group != 1))
+      Fail(ortabi::kInvalidArgument,
+           "attribute winograd=1 needs a 2-D 3x3 kernel at unit strides and dilations with one group");
+    winograd = asked == 1;
+  }
+
+  // U (winograd.h) from the validated CSR, whose columns are < c * 9 (Plan checked them): the
+  // weights made dense (repeated columns, fillers included, add up) and transformed.
+  std::shared_ptr<const WinoWeights> MakeWinoWeights(const Csr& csr, const WinoShape& s) const {
+    std::vector<float> widened, dense(static_cast<size_t>(s.k * s.c * 9), 0.f);
+    const float* v = FloatValues(KernelsFor(isa), csr, &widened);
+    for (int64_t r = 0; r < csr.rows; ++r) {
+      int64_t running = 0;
+      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) {
+        const int64_t col = ColumnAt(csr, j, &running);
+        if (col < 0 || col >= s.c * 9) Fail(ortabi::kInvalidArgument, "col_idx out of range for the input's channels");
+        dense[static_cast<size_t>(r * s.c * 9 + col)] += v[j];
+      }
+    }
+    auto w = std::make_shared<WinoWeights>();
+    w->c = s.c;
+    w->u = AllocFloats(static_cast<size_t>(s.WeightFloats()));
+    WinogradWeights(dense.data(), s.k, s.c, s.kp, w->u.get());
+    return w;
+  }
+
+  // Y by the Winograd path, image by image: X padded once, then the tasks' tiles on the pool.
+  // False, computing nothing,
+  // where the shape is past the path's bounds (WinoShape::Plan): the direct path runs then.
+  bool Winograd(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const float* x,
+                const float* bias, const float* z, float* y) const {
+    WinoShape s;
+    if (!s.Plan(g.c_in, g.c_out, g.h, g.w, pad_t, pad_l, pad_b, pad_r) || s.oh != g.oh || s.ow != g.ow) return false;
+    const std::shared_ptr<const WinoWeights> u = kept_wino.Get(
+        constant.Holds(csr), [&](const WinoWeights& p) { return p.c == s.c; }, [&] { return MakeWinoWeights(csr, s); });
+    const PackBuffer xp = CallPack(static_cast<size_t>(s.PaddedFloats()));
+    std::memset(xp.get() + s.PaddedFloats() - kWinoSlack, 0, kWinoSlack * sizeof(float));
+    const int64_t image = s.k * s.oh * s.ow;
+    for (int64_t img = 0; img < g.nb; ++img) {
+      WinogradPad(s, x + img * s.c * s.h * s.w, xp.get());
+      WinoEnd end;
+      end.bias = bias;
+      end.z = z ? z + img * image : nullptr;
+      if (act.kind != Act::kNone) end.activate = KernelsFor(isa).activate, end.act = &act;
+      ParallelFor(ctx, static_cast<size_t>(s.Tasks()), [&](size_t task) {
+        WinogradTask(s, xp.get(), u->u.get(), static_cast<int64_t>(task),
+                     TaskScratch(static_cast<size_t>(s.ScratchFloats())), end, y + img * image);
+      });
+    }
+    return true;
   }
 
   // A 1x1 kernel with stride 1 (or a single output along the strided axis) and no padding

@@ -1,0 +1,267 @@
+// CsrConv's Winograd F(4x4, 3x3) path (winograd.h). The AVX-512 steps follow
+// bench/winograd_probe.cc, which measured them on their own: the input transform reads each
+// input row once and splits it into tiles in registers, the 36 products run in 8 x 48
+// register tiles, the output transform writes each tile where it lies in Y.
+#include "winograd.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#define ONNXPRUNE_WINO_TARGET __attribute__((target("avx512f,fma")))
+
+namespace onnxprune {
+namespace {
+
+// G of F(4x4, 3x3) with points 0, +-1, +-2 (Lavin and Gray, 2016).
+const float kG[6][3] = {{1.f / 4, 0, 0},           {-1.f / 6, -1.f / 6, -1.f / 6}, {-1.f / 6, 1.f / 6, -1.f / 6},
+                        {1.f / 24, 1.f / 12, 1.f / 6}, {1.f / 24, -1.f / 12, 1.f / 6}, {0, 0, 1}};
+
+// r = B^T d for the six values d0..d5 (one column or row of a tile), 16 tiles at a time.
+ONNXPRUNE_WINO_TARGET inline void InputRow(const __m512 d[6], __m512 r[6]) {
+  const __m512 four = _mm512_set1_ps(4), m4 = _mm512_set1_ps(-4), m5 = _mm512_set1_ps(-5), two = _mm512_set1_ps(2);
+  r[0] = _mm512_fmadd_ps(four, d[0], _mm512_fmadd_ps(m5, d[2], d[4]));
+  const __m512 a = _mm512_fmadd_ps(m4, d[2], d[4]), b = _mm512_fmadd_ps(m4, d[1], d[3]);
+  r[1] = _mm512_add_ps(a, b);
+  r[2] = _mm512_sub_ps(a, b);
+  const __m512 p = _mm512_sub_ps(d[4], d[2]), q = _mm512_mul_ps(two, _mm512_sub_ps(d[3], d[1]));
+  r[3] = _mm512_add_ps(p, q);
+  r[4] = _mm512_sub_ps(p, q);
+  r[5] = _mm512_fmadd_ps(four, d[1], _mm512_fmadd_ps(m5, d[3], d[5]));
+}
+
+// r = A^T m for the six values m0..m5, four outputs.
+ONNXPRUNE_WINO_TARGET inline void OutputRow(const __m512 m[6], __m512 r[4]) {
+  const __m512 a = _mm512_add_ps(m[1], m[2]), b = _mm512_sub_ps(m[1], m[2]);
+  const __m512 c = _mm512_add_ps(m[3], m[4]), d = _mm512_sub_ps(m[3], m[4]);
+  r[0] = _mm512_add_ps(_mm512_add_ps(m[0], a), c);
+  r[1] = _mm512_fmadd_ps(_mm512_set1_ps(2), d, b);
+  r[2] = _mm512_fmadd_ps(_mm512_set1_ps(4), c, a);
+  r[3] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8), d, b), m[5]);
+}
+
+// Floats j, j + 4, j + 8, ... of the 64 floats a|b|c|d: one float of each of 16 tiles whose
+// columns start 4 floats apart.
+ONNXPRUNE_WINO_TARGET inline __m512 EveryFourth(__m512 a, __m512 b, __m512 c, __m512 d, int j) {
+  const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28),
+                                       _mm512_set1_epi32(j));
+  return _mm512_shuffle_f32x4(_mm512_permutex2var_ps(a, idx, b), _mm512_permutex2var_ps(c, idx, d), 0x44);
+}
+
+// V[xi][c][t - t0] for every channel and the tiles t0 .. t1 (t = ty * tw + tx): 16 tiles
+// of a tile row at a time, each of their 6 input rows read as 68 floats (4 tx0 .. 4 tx0 + 67
+// of the row, inside Xp and its slack) and split into the tiles' columns in registers, stored
+// under a mask of the tiles in the range.
+ONNXPRUNE_WINO_TARGET void InputTransform(const WinoShape& s, const float* xp, int64_t t0, int64_t t1, float* v) {
+  for (int64_t c = 0; c < s.c; ++c) {
+    const float* xc = xp + c * s.hp * s.wp;
+    for (int64_t ty = t0 / s.tw; ty * s.tw < t1; ++ty) {
+      const int64_t first = std::max<int64_t>(0, t0 - ty * s.tw), end = std::min(s.tw, t1 - ty * s.tw);
+      for (int64_t tx0 = first; tx0 < end; tx0 += 16) {
+        const __mmask16 keep = static_cast<__mmask16>((1u << std::min<int64_t>(16, end - tx0)) - 1u);
+        __m512 e[6][6];
+        for (int j = 0; j < 6; ++j) {  // e = B^T d, column j of the 16 tiles
+          __m512 d[6];
+          for (int i = 0; i < 6; ++i) {
+            const float* r = xc + (4 * ty + i) * s.wp + 4 * tx0 + (j & 4);
+            d[i] = EveryFourth(_mm512_loadu_ps(r), _mm512_loadu_ps(r + 16), _mm512_loadu_ps(r + 32),
+                               _mm512_loadu_ps(r + 48), j & 3);
+          }
+          __m512 r[6];
+          InputRow(d, r);
+          for (int i = 0; i < 6; ++i) e[i][j] = r[i];
+        }
+        const int64_t t = ty * s.tw + tx0 - t0;
+        for (int i = 0; i < 6; ++i) {
+          __m512 r[6];
+          InputRow(e[i], r);
+          for (int j = 0; j < 6; ++j) _mm512_mask_storeu_ps(v + ((i * 6 + j) * s.c + c) * kWinoTiles + t, keep, r[j]);
+        }
+      }
+    }
+  }
+}
+
+// M[xi][r][t0 .. t0 + 16 NV) = sum_c U[xi][r][c] V[xi][c][..] for the 8 rows r = k0 .. k0 + 7
+// (u: their weights, channel by channel, 8 floats a channel): 8 NV accumulators, each V vector
+// loaded once for the 8 rows and each weight broadcast once for the NV vectors.
+template <int NV>
+ONNXPRUNE_WINO_TARGET inline void ProductTile(int64_t c_in, const float* u, const float* v, float* m) {
+  __m512 acc[8][NV];
+  for (auto& row : acc)
+    for (auto& a : row) a = _mm512_setzero_ps();
+  for (int64_t c = 0; c < c_in; ++c) {
+    __m512 x[NV];
+    for (int b = 0; b < NV; ++b) x[b] = _mm512_load_ps(v + c * kWinoTiles + 16 * b);
+    for (int a = 0; a < 8; ++a) {
+      const __m512 w = _mm512_set1_ps(u[c * 8 + a]);
+      for (int b = 0; b < NV; ++b) acc[a][b] = _mm512_fmadd_ps(w, x[b], acc[a][b]);
+    }
+  }
+  for (int a = 0; a < 8; ++a)
+    for (int b = 0; b < NV; ++b) _mm512_store_ps(m + a * kWinoTiles + 16 * b, acc[a][b]);
+}
+
+// M[xi][r][t] = sum_c U[xi][r][c] V[xi][c][t] for r < kp and the first n16 tiles (a multiple
+// of 16, <= kWinoTiles), in tiles of 8 rows x n16 tiles (ProductTile).
+ONNXPRUNE_WINO_TARGET void Products(const WinoShape& s, const float* u, const float* v, int64_t n16, float* m) {
+  for (int xi = 0; xi < 36; ++xi) {
+    const float* ux = u + xi * s.kp * s.c;
+    const float* vx = v + xi * s.c * kWinoTiles;
+    float* mx = m + xi * s.kp * kWinoTiles;
+    for (int64_t k0 = 0; k0 < s.kp; k0 += 8) {
+      const float* uk = ux + k0 * s.c;
+      float* mk = mx + k0 * kWinoTiles;
+      if (n16 == 48) {
+        ProductTile<3>(s.c, uk, vx, mk);
+      } else if (n16 == 32) {
+        ProductTile<2>(s.c, uk, vx, mk);
+      } else {
+        ProductTile<1>(s.c, uk, vx, mk);
+      }
+    }
+  }
+}
+
+// The 64 floats a_l, b_l, c_l, d_l (l = 0 .. 15) of four vectors, tile by tile: r[q] holds
+// tiles 4q .. 4q + 3, four floats each.
+ONNXPRUNE_WINO_TARGET inline void Interleave4(const __m512 o[4], __m512 r[4]) {
+  const __m512 t0 = _mm512_unpacklo_ps(o[0], o[2]), t1 = _mm512_unpacklo_ps(o[1], o[3]);
+  const __m512 t2 = _mm512_unpackhi_ps(o[0], o[2]), t3 = _mm512_unpackhi_ps(o[1], o[3]);
+  const __m512 u0 = _mm512_unpacklo_ps(t0, t1), u1 = _mm512_unpackhi_ps(t0, t1);  // tiles 0, 4, 8, 12 / 1, 5, ..
+  const __m512 u2 = _mm512_unpacklo_ps(t2, t3), u3 = _mm512_unpackhi_ps(t2, t3);
+  const __m512 v0 = _mm512_shuffle_f32x4(u0, u1, 0x44), v1 = _mm512_shuffle_f32x4(u0, u1, 0xEE);
+  const __m512 v2 = _mm512_shuffle_f32x4(u2, u3, 0x44), v3 = _mm512_shuffle_f32x4(u2, u3, 0xEE);
+  r[0] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+  r[1] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+  r[2] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+  r[3] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+}
+
+inline __mmask16 FirstLanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// Output channel r of the n <= 16 tiles t .. t + n - 1, their M columns at mt (16 of them
+// readable): A^T m A in registers (lanes = tiles), the bias added, each of the 4 output rows
+// interleaved into 64 floats, tile l's 4 at 4 l; then each run of the tiles that lies in one
+// tile row is written where it lies in Y (its rows inside OH, its columns inside OW), Z added
+// and the activation applied on the way.
+ONNXPRUNE_WINO_TARGET void OutputTiles(const WinoShape& s, const float* mt, int64_t r, int64_t t, int64_t n,
+                                       const WinoEnd& end, float* y) {
+  __m512 e[4][6];
+  for (int j = 0; j < 6; ++j) {
+    __m512 col[6], o[4];
+    for (int i = 0; i < 6; ++i) col[i] = _mm512_load_ps(mt + ((i * 6 + j) * s.kp + r) * kWinoTiles);
+    OutputRow(col, o);
+    for (int i = 0; i < 4; ++i) e[i][j] = o[i];
+  }
+  const __m512 b = _mm512_set1_ps(end.bias ? end.bias[r] : 0.f);
+  alignas(64) float stage[4][64];
+  for (int i = 0; i < 4; ++i) {
+    __m512 o[4], row[4];
+    OutputRow(e[i], o);
+    for (auto& v : o) v = _mm512_add_ps(v, b);
+    Interleave4(o, row);
+    for (int q = 0; q < 4; ++q) _mm512_store_ps(stage[i] + 16 * q, row[q]);
+  }
+  for (int64_t l0 = 0; l0 < n;) {
+    const int64_t ty = (t + l0) / s.tw, tx = (t + l0) % s.tw, l1 = std::min(n, l0 + s.tw - tx);
+    const int64_t rows = std::min<int64_t>(4, s.oh - 4 * ty), count = std::min(4 * (l1 - l0), s.ow - 4 * tx);
+    for (int64_t i = 0; i < rows; ++i) {
+      float* src = stage[i] + 4 * l0;
+      const int64_t at = (r * s.oh + 4 * ty + i) * s.ow + 4 * tx;
+      if (end.z)
+        for (int64_t q = 0; q < count; q += 16) {
+          const __mmask16 keep = FirstLanes(count - q);
+          _mm512_mask_storeu_ps(src + q, keep, _mm512_add_ps(_mm512_maskz_loadu_ps(keep, src + q),
+                                                             _mm512_maskz_loadu_ps(keep, end.z + at + q)));
+        }
+      if (end.activate) end.activate(src, count, *end.act);
+      for (int64_t q = 0; q < count; q += 16) {
+        const __mmask16 keep = FirstLanes(count - q);
+        _mm512_mask_storeu_ps(y + at + q, keep, _mm512_maskz_loadu_ps(keep, src + q));
+      }
+    }
+    l0 = l1;
+  }
+}
+
+// Y of the tiles t0 .. t1 from M, output channel by channel, 16 tiles at a time.
+ONNXPRUNE_WINO_TARGET void OutputTransform(const WinoShape& s, const float* m, int64_t t0, int64_t t1,
+                                           const WinoEnd& end, float* y) {
+  for (int64_t r = 0; r < s.k; ++r)
+    for (int64_t g = 0; g < t1 - t0; g += 16)
+      OutputTiles(s, m + g, r, t0 + g, std::min<int64_t>(16, t1 - t0 - g), end, y);
+}
+
+}  // namespace
+
+bool WinoShape::Plan(int64_t c_in, int64_t k_out, int64_t h_in, int64_t w_in, int64_t pt, int64_t pl, int64_t pb,
+                     int64_t pr) {
+  constexpr int64_t kDim = int64_t{1} << 24;  // every count below this before a product
+  if (c_in < 1 || k_out < 1 || h_in < 1 || w_in < 1 || c_in > kDim || k_out > kDim || h_in > kDim ||
+      w_in > kDim || pt < 0 || pl < 0 || pb < 0 || pr < 0 || pt > kDim || pl > kDim || pb > kDim || pr > kDim)
+    return false;
+  c = c_in, k = k_out, kp = (k_out + 7) / 8 * 8, h = h_in, w = w_in, pad_t = pt, pad_l = pl;
+  oh = h + pt + pb - 2;
+  ow = w + pl + pr - 2;
+  if (oh < 1 || ow < 1) return false;
+  th = (oh + 3) / 4, tw = (ow + 3) / 4;
+  hp = 4 * th + 2, wp = 4 * tw + 2;
+  const int64_t tasks = (th * tw + kWinoTiles - 1) / kWinoTiles;
+  tt = ((th * tw + tasks - 1) / tasks + 15) / 16 * 16;
+  const double limit = static_cast<double>(kWinoMaxFloats);
+  return static_cast<double>(c) * static_cast<double>(hp) * static_cast<double>(wp) + kWinoSlack <= limit &&
+         36.0 * static_cast<double>(c + kp) * kWinoTiles <= limit &&
+         36.0 * static_cast<double>(kp) * static_cast<double>(c) <= limit &&
+         static_cast<double>(k) * static_cast<double>(oh) * static_cast<double>(ow) <= limit * 4;
+}
+
+void WinogradWeights(const float* w, int64_t k, int64_t c, int64_t kp, float* u) {
+  std::memset(u, 0, static_cast<size_t>(36 * kp * c) * sizeof(float));
+  for (int64_t r = 0; r < k; ++r)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float* g = w + (r * c + ch) * 9;
+      float t[6][3];
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 3; ++j) t[i][j] = kG[i][0] * g[j] + kG[i][1] * g[3 + j] + kG[i][2] * g[6 + j];
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j)
+          u[((i * 6 + j) * kp + r / 8 * 8) * c + ch * 8 + r % 8] =
+              t[i][0] * kG[j][0] + t[i][1] * kG[j][1] + t[i][2] * kG[j][2];
+    }
+}
+
+void WinogradPad(const WinoShape& s, const float* x, float* xp) {
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    float* p = xp + ch * s.hp * s.wp;
+    const float* xc = x + ch * s.h * s.w;
+    std::memset(p, 0, static_cast<size_t>(s.pad_t * s.wp) * sizeof(float));
+    const int64_t rows = std::min(s.h, s.hp - s.pad_t), cols = std::min(s.w, s.wp - s.pad_l);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = p + (s.pad_t + r) * s.wp;
+      std::memset(row, 0, static_cast<size_t>(s.pad_l) * sizeof(float));
+      std::memcpy(row + s.pad_l, xc + r * s.w, static_cast<size_t>(cols) * sizeof(float));
+      std::memset(row + s.pad_l + cols, 0, static_cast<size_t>(s.wp - s.pad_l - cols) * sizeof(float));
+    }
+    std::memset(p + (s.pad_t + rows) * s.wp, 0, static_cast<size_t>((s.hp - s.pad_t - rows) * s.wp) * sizeof(float));
+  }
+}
+
+ONNXPRUNE_WINO_TARGET void WinogradTask(const WinoShape& s, const float* xp, const float* u, int64_t task,
+                                        float* scratch, const WinoEnd& end, float* y) {
+  const int64_t t0 = task * s.tt, t1 = std::min(s.th * s.tw, t0 + s.tt);
+  const int64_t n = t1 - t0, n16 = (n + 15) / 16 * 16;
+  float* v = scratch;
+  float* m = scratch + 36 * s.c * kWinoTiles;
+  if (n16 > n)  // tiles the products run over but the transform does not write: zeros
+    for (int64_t row = 0; row < 36 * s.c; ++row)
+      std::memset(v + row * kWinoTiles + n, 0, static_cast<size_t>(n16 - n) * sizeof(float));
+  InputTransform(s, xp, t0, t1, v);
+  Products(s, u, v, n16, m);
+  OutputTransform(s, m, t0, t1, end, y);
+}
+
+}  // namespace onnxprune
