@@ -11,13 +11,15 @@ from onnxprune.core.errors import UsageError
 
 
 def lowering_options(lower_for: str = "speed", expected_batch: int = 1,
-                     threads: int = 1, sparse_values: str = "fp32") -> dict:
+                     threads: int = 1, sparse_values: str = "fp32", winograd: bool = False) -> dict:
     """The lowering pass's options for these keywords, validated (``UsageError`` otherwise)."""
     from onnxprune.passes.base import parse_options
     from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
 
+    if not isinstance(winograd, bool):
+        raise UsageError(f"winograd must be True or False, got {winograd!r}")
     options = {"objective": lower_for, "batch": expected_batch, "threads": threads,
-               "values": sparse_values}
+               "values": sparse_values, "winograd": ["*"] if winograd else []}
     parse_options(LowerToSparseOps.name, LowerToSparseOps.OPTIONS, options)
     return options
 
@@ -32,7 +34,7 @@ def checked_shapes(input_shapes: dict | None) -> dict:
 
 def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
           expected_batch: int = 1, threads: int = 1, sparse_values: str = "fp32",
-          input_shapes: dict[str, tuple[int, ...]] | None = None, data: str | None = None,
+          winograd: bool = False, input_shapes: dict[str, tuple[int, ...]] | None = None, data: str | None = None,
           timer=None, before_run: Callable[[list[str]], None] | None = None,
           progress: Callable | None = None) -> dict:
     """Lower ``model``'s pruned Gemm / MatMul / 2-D Conv layers to ``ai.onnxprune`` CSR ops,
@@ -49,7 +51,11 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     ``input_shapes`` gives inputs with symbolic dimensions other than the batch their
     shape; ``timer`` replaces the timing (tests).  ``sparse_values="fp16"`` stores the CSR
     values as float16 (op contract v2; opt-in): the report's ``lowering.values_change`` is the
-    largest relative output change that made, measured on seeded random inputs.  ``data``, an
+    largest relative output change that made, measured on seeded random inputs.
+    ``winograd=True`` (with ``decide="measure"``) also times each pruned 3x3 convolution at
+    unit strides and dilations, one group, run by Winograd F(4x4, 3x3) over its weights made
+    dense, and takes that path where it ran faster than the direct one; its output change is
+    measured and reported the same way (``values_change.winograd_layers``).  ``data``, an
     .npz of arrays named after the graph inputs (or ``x``), replaces the random inputs of the
     timings and of that measure (their leading dimension is the batch timed): for inputs a
     model needs real values of, such as token ids or a sample rate.
@@ -61,14 +67,15 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     """
     from onnxprune.runtime.lowering import MeasuredLowering
 
-    options = lowering_options(lower_for, expected_batch, threads, sparse_values)
+    options = lowering_options(lower_for, expected_batch, threads, sparse_values, winograd)
     decision = MeasuredLowering(decide, checked_shapes(input_shapes), timer, progress)
     if output is None:
         raise UsageError("lower: an output path is required")
     if data is not None and input_shapes:
         raise UsageError("--input-shape sets the shapes of random inputs, and --data brings "
                          "its own arrays: use one of them")
-    if data is not None and (decide != "measure" or lower_for != "speed") and sparse_values != "fp16":
+    if data is not None and (decide != "measure" or lower_for != "speed") and sparse_values != "fp16" \
+            and not winograd:
         raise UsageError("--data is used to time layers (--decide measure, --lower-for speed) and "
                          "to measure the change fp16 values make; this lowering runs nothing")
     proto, info = open_model(model, lazy=True)

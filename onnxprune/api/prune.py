@@ -12,13 +12,13 @@ _THRESHOLD_KEYS = (("min_params", "min-params"),
                    ("target_sparsity", "target-sparsity"), ("target_scope", "target-scope"))
 # Keyword → lowering-pass option key.
 _LOWERING_KEYS = (("expected_batch", "batch"), ("threads", "threads"), ("lower_for", "objective"),
-                  ("sparse_values", "values"))
+                  ("sparse_values", "values"), ("winograd", "winograd"))
 
 
 def build_recipe(recipe=None, *, quality=None, conv_quality=None, fc_quality=None, layers=None,
                  skip=None, min_params=None, target_sparsity=None, target_scope=None,
                  remove_dead_neurons=True, emit=None, expected_batch=None, threads=None,
-                 lower_for=None, sparse_values=None, min_sparsity=None, max_size_mb=None):
+                 lower_for=None, sparse_values=None, winograd=None, min_sparsity=None, max_size_mb=None):
     """The recipe (a path, a ``Recipe`` or None for the default) with the keyword overrides
     merged in, every option validated before any model is read (``UsageError`` otherwise).
 
@@ -26,7 +26,8 @@ def build_recipe(recipe=None, *, quality=None, conv_quality=None, fc_quality=Non
     kind; ``layers`` is ``[(glob, q), …]`` (the last match wins). These and ``skip``,
     ``min_params``, ``target_sparsity``, ``target_scope`` are options of the recipe's
     thresholding pass; ``expected_batch``, ``threads``, ``lower_for``, ``sparse_values``
-    ("fp32" | "fp16") of its lowering pass.
+    ("fp32" | "fp16") and ``winograd`` (True: 3x3 layers may run by Winograd where timed
+    faster) of its lowering pass.
     """
     from onnxprune.passes.recipe import Recipe, default_recipe, load_recipe
 
@@ -52,7 +53,8 @@ def build_recipe(recipe=None, *, quality=None, conv_quality=None, fc_quality=Non
     if emit is not None:
         recipe.emit = emit
     _apply_lowering(recipe, dict(expected_batch=expected_batch, threads=threads,
-                                 lower_for=lower_for, sparse_values=sparse_values))
+                                 lower_for=lower_for, sparse_values=sparse_values,
+                                 winograd=["*"] if winograd else None))
     if min_sparsity is not None:
         recipe.gates["min-sparsity"] = min_sparsity
     if max_size_mb is not None:
@@ -99,8 +101,8 @@ def _apply_lowering(recipe, values: dict) -> None:
     if not given:
         return
     if recipe.emit != "sparse-ops":
-        raise UsageError("--expected-batch, --threads, --lower-for and --sparse-values only apply to "
-                         "--emit sparse-ops")
+        raise UsageError("--expected-batch, --threads, --lower-for, --sparse-values and --winograd only "
+                         "apply to --emit sparse-ops")
     if recipe.find("lowers_weights") is None:
         recipe.passes.append((LOWERING_PASS, {}))
     _merge(recipe, "lowers_weights", given, "")

@@ -37,6 +37,13 @@ def add_lowering_args(p, *, defaults: bool) -> None:
                    help=f"{what}value type of the CSR arrays: fp32 (default) or fp16 (half the "
                         "value bytes, summed in fp32; each weight is rounded to fp16, and the "
                         "report states the largest relative output change it measured)")
+    p.add_argument("--winograd", action="store_const", const=True, default=False if defaults else None,
+                   help=f"{what}also time each pruned 3x3 convolution (unit strides and dilations, "
+                        "one group) run by Winograd F(4x4, 3x3) over its weights made dense, and "
+                        "take that path where it is faster: denser layers run faster, the "
+                        "rounding differs slightly, and the report states the largest relative "
+                        "output change it measured (needs --decide measure; AVX-512 CPUs, "
+                        "elsewhere the direct path runs)")
     if defaults:
         add_input_shape_option(p)
     else:  # prune: for the FLOPs, and for the lowering's timings with sparse-ops
@@ -70,7 +77,7 @@ def cmd_lower(args, console: Console) -> int:
                     models=[args.output])
 
     report = lower(args.model, args.output, lower_for=args.lower_for, decide=args.decide,
-                   sparse_values=args.sparse_values,
+                   sparse_values=args.sparse_values, winograd=args.winograd,
                    expected_batch=args.expected_batch, threads=args.threads,
                    input_shapes=input_shapes(args), data=args.data, before_run=before_run,
                    progress=console.progress)
@@ -133,14 +140,16 @@ def lowered_count(layers: list[dict]) -> str:
 
 
 def values_line(lowering: dict | None) -> str | None:
-    """What fp16 CSR values did to the outputs, when they were used."""
+    """What fp16 CSR values and the Winograd path did to the outputs, when they were used."""
     change = (lowering or {}).get("values_change")
     if not change:
         return None
     worst = change["max_relative_output_change"]
     text = "not a finite number" if worst is None else f"{worst:.3g}"
-    return (f"sparse values fp16: largest relative output change {text} "
-            f"({change['inputs']})")
+    what = [w for w in ("sparse values fp16" if change.get("values") == "fp16" else None,
+                        f"Winograd in {change['winograd_layers']} layer(s)" if change.get("winograd_layers") else None)
+            if w]
+    return f"{' and '.join(what)}: largest relative output change {text} ({change['inputs']})"
 
 
 def batch_line(lowering: dict | None) -> str | None:

@@ -18,7 +18,7 @@ def _recipe_options(args) -> dict:
                 target_scope=args.target_scope,
                 remove_dead_neurons=not args.no_remove_dead_neurons, emit=args.emit,
                 expected_batch=args.expected_batch, threads=args.threads,
-                lower_for=args.lower_for, sparse_values=args.sparse_values,
+                lower_for=args.lower_for, sparse_values=args.sparse_values, winograd=args.winograd,
                 min_sparsity=args.min_sparsity,
                 max_size_mb=args.max_size_mb)
 

@@ -112,14 +112,16 @@ def _matches(layer, globs) -> bool:
     return any(layer.matches(g) for g in globs)
 
 
-def _tag_candidates(graph, never, force):
-    """A copy of ``graph`` whose candidate layers' nodes are renamed to tags, and
-    ``{tag: layer name}``.  Candidates: prunable, pruned (a dense layer is never lowered),
-    neither forced nor never lowered (the pass decides those without a measurement)."""
+def _tag_candidates(graph, never, force, winograd=()):
+    """A copy of ``graph`` whose candidate layers' nodes are renamed to tags, ``{tag: layer
+    name}``, and the tags of the candidates the ``winograd`` globs name.  Candidates: prunable,
+    pruned (a dense layer is never lowered), neither forced nor never lowered (the pass decides
+    those without a measurement)."""
     from onnxprune.core.graph import find_layers, weight_values
 
     copy = graph.copy()
     tags = {}
+    named = set()
     for i, layer in enumerate(find_layers(copy)[0]):
         if layer.weight is None or layer.skip_reason or layer.scope or layer.op not in LOWERABLE_OPS or \
                 _matches(layer, never) or _matches(layer, force):
@@ -130,19 +132,24 @@ def _tag_candidates(graph, never, force):
         for j, node in enumerate(layer.nodes):
             node.name = f"{tag}.{j}"
         tags[tag] = layer.name
-    return copy, tags
+        if _matches(layer, winograd):
+            named.add(tag)
+    return copy, tags, named
 
 
 def _time_layers(tagged, tags: dict, original, dense_model, feeds, options: dict, timer,
-                 progress=None) -> dict[str, Timing]:
-    """Each tagged layer, lowered alone, timed against its dense op (see the module doc)."""
+                 progress=None, winograd=None) -> dict[str, Timing]:
+    """Each tagged layer, lowered alone, timed against its dense op (see the module doc).
+    With ``winograd`` (tags), only the convolutions of those layers that CsrConv's Winograd
+    path takes, lowered to run by it."""
     from onnxprune.core.graph import graph_to_model
     from onnxprune.runtime.bench import model_opset, one_node_pairs
 
     # In the copy a layer is named after its first node (find_layers), i.e. "<tag>.0".
     forced = LowerToSparseOps({"batch": options["batch"], "threads": options["threads"],
                                "force": [f"{t}.0" for t in tags], "measured": {},
-                               "transposed-chains": False})(tagged).graph
+                               "winograd": [f"{t}.0" for t in winograd or ()],
+                               "transposed-chains": False})(tagged.copy()).graph
     forced_model = graph_to_model(forced, original)
     sums: dict[str, list[float]] = {}
     pairs = one_node_pairs(forced_model, dense_model, feeds, options["threads"],
@@ -150,6 +157,8 @@ def _time_layers(tagged, tags: dict, original, dense_model, feeds, options: dict
     for node, _, _, x, dense, sparse in pairs:
         name = tags.get(node.name.rpartition(".")[0])
         if name is None:  # a CSR node the input already had
+            continue
+        if winograd is not None and not any(a.name == "winograd" and a.i == 1 for a in node.attribute):
             continue
         dense_s, sparse_s = timer(name, dense, sparse, x)
         acc = sums.setdefault(name, [0.0, 0.0])
@@ -274,6 +283,8 @@ class MeasuredLowering:
         self._given = None  # (inputs, where they came from): --data instead of random inputs
         self._values = "fp32"
         self.values_change: dict | None = None
+        self.winograd_timings: dict[str, Timing] = {}
+        self.direct_timings: dict[str, Timing] = {}  # with --winograd: each layer's direct path
         self.lrn_timings: dict[str, Timing] = {}
         self._lrn: dict = {}  # the decompose-lrn option the measurements chose
 
@@ -283,6 +294,9 @@ class MeasuredLowering:
         self._values = o["values"]
         if self._values == "fp16":  # the reference its output change is measured against
             self._before, self._batch = graph.copy(), o["batch"]
+        if o["winograd"] and self.decided_by != "measure":
+            raise UsageError("--winograd needs the measured decision (--decide measure, --lower-for "
+                             "speed, no --max-density): Winograd is chosen per layer by timing it")
         if self.decided_by != "measure":
             # the cost model sizes layers by shape inference: the given shapes go there;
             # it has no figure for LRN, which ONNX Runtime ran 4.4-10.6x slower than its rewrite
@@ -294,12 +308,24 @@ class MeasuredLowering:
         if self.timer is None:
             self.timer = ort_timer()
         self._before = graph.copy()
-        tagged, tags = _tag_candidates(graph, o["never"], o["force"])
+        tagged, tags, named = _tag_candidates(graph, o["never"], o["force"], o["winograd"])
         if tags:
             with self._hinted():
                 dense_model, feeds = self._dense_inputs(original)
                 self.timings = _time_layers(tagged, tags, original, dense_model, feeds, o,
                                             self.timer, self.progress)
+                if named:
+                    self.winograd_timings = _time_layers(tagged, tags, original, dense_model, feeds, o,
+                                                         self.timer, self.progress, named)
+        if o["winograd"]:
+            # Winograd where it measured faster than the direct path; the re-runs of the pass
+            # (subsets, the dense model kept) take the same choice
+            won = sorted(n for n, t in self.winograd_timings.items()
+                         if n in self.timings and t.speedup > self.timings[n].speedup)
+            self.direct_timings = dict(self.timings)
+            self.timings.update({n: self.winograd_timings[n] for n in won})
+            options = {**options, "winograd": [glob.escape(n) for n in won]}
+            self._options = dict(options)
         if "decompose-lrn" not in options and any(n.op == "LRN" for n in graph.nodes):
             with self._hinted():
                 dense_model, feeds = self._dense_inputs(original)
@@ -346,8 +372,9 @@ class MeasuredLowering:
     def finish(self, graph, original, stats: dict | None):
         with self._hinted():
             graph = self._choose(graph, original, stats)
-            if self._values == "fp16" and stats is not None and stats["lowered"]:
-                self.values_change = self._measure_values(graph, original)
+            winograd = stats is not None and any(r["lowered"] and r.get("winograd") for r in stats["layers"])
+            if (self._values == "fp16" or winograd) and stats is not None and stats["lowered"]:
+                self.values_change = self._measure_values(graph, original, stats)
         return graph
 
     @contextlib.contextmanager
@@ -362,19 +389,21 @@ class MeasuredLowering:
             with random_feeds_hint(random):
                 raise
 
-    def _measure_values(self, graph, original) -> dict:
-        """How much float16 CSR values changed the outputs: the model as written against the
-        one before lowering, on the seeded random inputs the timing uses."""
+    def _measure_values(self, graph, original, stats: dict) -> dict:
+        """How much float16 CSR values and the Winograd path changed the outputs: the model as
+        written against the one before lowering, on the inputs the timing uses."""
         from onnxprune.core.graph import graph_to_model
         from onnxprune.runtime.check import max_relative_change, run_model
 
         dense_model, feeds = self._dense_inputs(original)
         change = max_relative_change(run_model(dense_model, feeds),
                                      run_model(graph_to_model(graph, original), feeds))
-        return {"values": "fp16", "max_relative_output_change": change,
+        return {"values": self._values,
+                "winograd_layers": sum(1 for r in stats["layers"] if r["lowered"] and r.get("winograd")),
+                "max_relative_output_change": change,
                 "inputs": self._inputs_text(),
                 "measure": "max over outputs of max|y - y_ref| / max|y_ref|, y_ref from the "
-                           "model before lowering (fp32 weights)"}
+                           "model before lowering (fp32 weights, ONNX Runtime's own ops)"}
 
     def _choose(self, graph, original, stats: dict | None):
         if self.decided_by != "measure" or stats is None:
@@ -564,11 +593,17 @@ class MeasuredLowering:
         rows = []
         for r in stats["layers"]:
             t = self.timings.get(r["name"])
+            w, d = self.winograd_timings.get(r["name"]), self.direct_timings.get(r["name"])
+            reason = r["reason"]
+            if r["lowered"] and r.get("winograd") and d is not None:
+                reason += f"; by Winograd F(4x4, 3x3) (the direct path measured {d.speedup:.2f}x)"
             rows.append({"name": r["name"], "dense_s": t.dense_s if t else None,
                          "sparse_s": t.sparse_s if t else None,
                          "speedup": t.speedup if t else None,
                          "estimated_speedup": r["estimated_speedup"],
-                         "lowered": r["lowered"], "reason": r["reason"]})
+                         "lowered": r["lowered"], "winograd": bool(r.get("winograd")),
+                         "direct_speedup": d.speedup if d else None,
+                         "winograd_speedup": w.speedup if w else None, "reason": reason})
         measuring = self.decided_by == "measure"
         timed = self._timed_batch() if measuring else None
         return {"decided_by": self.decided_by,
@@ -602,16 +637,18 @@ class MeasuredLowering:
         return rows
 
 
-def lower_as_measured(dense_model, feeds: dict, batch: int, threads: int, timer: Timer | None = None):
-    """``dense_model`` lowered as ``onnxprune lower`` lowers it by default, timed on ``feeds``:
-    each candidate layer alone here, then the whole model (the dense model kept where lowering
-    does not win). Returns the model, the pass's stats and the report's ``lowering`` section."""
+def lower_as_measured(dense_model, feeds: dict, batch: int, threads: int, timer: Timer | None = None,
+                      winograd: bool = False):
+    """``dense_model`` lowered as ``onnxprune lower`` lowers it by default (with ``--winograd``
+    when ``winograd``), timed on ``feeds``: each candidate layer alone here, then the whole
+    model (the dense model kept where lowering does not win). Returns the model, the pass's
+    stats and the report's ``lowering`` section."""
     from onnxprune.core.graph import graph_from_model, graph_to_model
 
     decision = MeasuredLowering("measure", None, timer)
     decision.use_inputs(feeds, "the benchmark's inputs")
     graph = graph_from_model(dense_model)
-    options = {"objective": "speed", "batch": batch, "threads": threads}
+    options = {"objective": "speed", "batch": batch, "threads": threads, "winograd": ["*"] if winograd else []}
     result = LowerToSparseOps(decision.options_for(options, graph, dense_model))(graph)
     graph = decision.finish(result.graph, dense_model, result.stats)
     return graph_to_model(graph, dense_model), result.stats, decision.report(result.stats)

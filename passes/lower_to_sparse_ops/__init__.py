@@ -451,6 +451,14 @@ def _plan_conv(node: gs.Node, layer: Layer, shapes: dict, batch: int,
     return plan
 
 
+def winograd_eligible(plan: _Plan) -> bool:
+    """Whether CsrConv's Winograd path takes the convolution of ``plan``: a 2-D 3x3 kernel at
+    unit strides and dilations, one group (runtime_ops/README.md, ``winograd``)."""
+    a = plan.attrs
+    return plan.kind == "conv" and list(a.get("kernel_shape", [])) == [3, 3] and \
+        list(a["strides"]) == [1, 1] and list(a["dilations"]) == [1, 1] and int(a["group"]) == 1
+
+
 def _kernel_area(plan: _Plan) -> int | None:
     """kH·kW of a convolution plan (the cost model's input-channel count is K / kH·kW)."""
     kernel = plan.attrs.get("kernel_shape") if plan.kind == "conv" else None
@@ -556,6 +564,11 @@ class LowerToSparseOps(Pass):
         Option("values", check_choice("fp32", "fp16"), "fp32",
                "value type of the CSR arrays: fp32, or fp16 (half the value bytes; the kernels "
                "widen them in registers and sum in fp32, but each weight is rounded to fp16)"),
+        Option("winograd", check_str_list, (),
+               "layer-name globs whose lowered 3x3 convolutions (2-D, unit strides and "
+               "dilations, one group) run by Winograd F(4x4, 3x3) over their weights made dense "
+               "(CsrConv winograd=1): fewer multiply-adds on denser layers, a slightly different "
+               "rounding (onnxprune lower --winograd times both paths and picks per layer)"),
         Option("input-shapes", check_input_shapes, None,
                "graph input name -> dims for shape inference where the model's are symbolic "
                "(what --input-shape gives), so the cost model can size those layers"),
@@ -586,6 +599,7 @@ class LowerToSparseOps(Pass):
         self.objective: str = o["objective"]
         self.measured: dict[str, float] | None = o["measured"]
         self.values: str = o["values"]
+        self.winograd: tuple[str, ...] = o["winograd"]
         self.input_shapes: dict[str, list[int]] | None = o["input-shapes"]
         self.decompose_lrn: tuple[str, ...] = o["decompose-lrn"]
         self.chains: bool = o["transposed-chains"]
@@ -790,6 +804,7 @@ class LowerToSparseOps(Pass):
                 row["reason"] += _folded_note(plans)
                 self._lower(graph, layer, plans, taken, graph_outputs, arrays)
                 row["lowered"] = True
+                row["winograd"] = any(int(p.node.attrs.get("winograd", 0)) == 1 for p in plans)
                 lowered_any = True
             if progress is not None:
                 progress(i + 1, total, layer.name)
@@ -810,7 +825,8 @@ class LowerToSparseOps(Pass):
             "options": {"batch": self.batch, "threads": self.threads, "force": list(self.force),
                         "never": list(self.never), "max-density": self.max_density,
                         "objective": self.objective, "measured": self.measured,
-                        "values": self.values, "decompose-lrn": list(self.decompose_lrn),
+                        "values": self.values, "winograd": list(self.winograd),
+                        "decompose-lrn": list(self.decompose_lrn),
                         "transposed-chains": self.chains, "nchw-pools": self.pools},
             "lowered": lowered,
             "layers": rows,
@@ -916,6 +932,8 @@ class LowerToSparseOps(Pass):
             node.op = _NEW_OP[layer.op]
             node.domain = DOMAIN
             node.attrs = {**plan.attrs, "columns": int(plan.cols)}  # K, for readers without shapes
+            if _glob_match(layer, self.winograd) and winograd_eligible(plan):
+                node.attrs["winograd"] = 1
             if plan.fused_act is not None:
                 node.attrs["activation"] = plan.fused_act.name
                 if plan.fused_act.params:
@@ -1027,7 +1045,7 @@ def _first_row(layer: Layer, plans: list[_Plan] | None, nnz: int | None, skip: s
             "nonzero": nnz, "density": None, "lowered": False, "reason": skip,
             "estimated_speedup": None, "break_even_density": None,
             "dense_bytes": layer.params * np.dtype(layer.dtype).itemsize if layer.dtype != "?" else None,
-            "csr_bytes": None, "index_dtype": None, "values_dtype": None}
+            "csr_bytes": None, "index_dtype": None, "values_dtype": None, "winograd": False}
 
 
 def _combined_speedup(estimates: list[cost.Estimate]) -> float:
