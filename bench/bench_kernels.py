@@ -108,7 +108,9 @@ def mlp_models(dims: list[int], densities: list[float], rng: np.random.Generator
 
 
 def conv_models(c_in: int, c_out: int, k: int, density: float, rng: np.random.Generator,
-                stride: int = 1, group: int = 1, x_shape=None) -> tuple[bytes, bytes]:
+                stride: int = 1, group: int = 1, x_shape=None, winograd: bool = False) -> tuple[bytes, bytes]:
+    """The dense Conv and the CsrConv model of one random pruned layer; with ``winograd`` the
+    CsrConv carries winograd=1 (a 3x3 layer at unit stride, one group)."""
     cg = c_in // group
     w = magnitude_prune((rng.standard_normal((c_out, cg, k, k)) / np.sqrt(cg * k * k)).astype(np.float32), density)
     b = (0.01 * rng.standard_normal(c_out)).astype(np.float32)
@@ -119,7 +121,8 @@ def conv_models(c_in: int, c_out: int, k: int, density: float, rng: np.random.Ge
     dense = helper.make_graph([helper.make_node("Conv", ["X", "W", "B"], ["Y"], **attrs)], "dense", *io,
                               initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
     sparse = helper.make_graph(
-        [helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=runtime_ops.DOMAIN, **attrs)],
+        [helper.make_node("CsrConv", ["X", "v", "c", "p", "B"], ["Y"], domain=runtime_ops.DOMAIN, **attrs,
+                          **({"winograd": 1} if winograd else {}))],
         "sparse", *io,
         initializer=[numpy_helper.from_array(a, n) for a, n in ((v, "v"), (c, "c"), (p, "p"), (b, "B"))])
     return (helper.make_model(dense, opset_imports=OPSET[:1]).SerializeToString(),
@@ -248,15 +251,27 @@ def time_deepsparse(ds_py: str, dense: bytes, feed: dict, threads: int, repeats:
         return run_deepsparse(ds_py, path, feed, ref, threads, repeats, tmp, timeout=600)
 
 
+def winograd_eligible(case: Case) -> bool:
+    """A conv case CsrConv's Winograd path takes: 3x3 at unit stride (conv_models: one group)."""
+    return case.kind == "conv" and case.spec["k"] == 3 and case.spec.get("stride", 1) == 1
+
+
 def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.Generator,
-             warm: bool = False, ds_py: str | None = None) -> list[dict]:
+             warm: bool = False, ds_py: str | None = None, winograd: bool = False) -> list[dict]:
     dense_bytes = sparse_bytes = None
+    wino = None
     if case.kind == "mlp":
         dense, sparse, dense_bytes, sparse_bytes = mlp_models(case.spec["dims"], case.spec["densities"], rng,
                                                               case.spec.get("values", "fp32"))
     else:
         s = case.spec
+        state = rng.bit_generator.state  # the Winograd model over the same weights
         dense, sparse = conv_models(s["c_in"], s["c_out"], s["k"], s["density"], rng, s.get("stride", 1))
+        if winograd and winograd_eligible(case):
+            after = rng.bit_generator.state
+            rng.bit_generator.state = state
+            _, wino = conv_models(s["c_in"], s["c_out"], s["k"], s["density"], rng, 1, winograd=True)
+            rng.bit_generator.state = after
     rows = []
     for batch in case.batches:
         if case.kind == "mlp":
@@ -289,8 +304,16 @@ def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.G
                     ds = f"  DeepSparse {ms:.3f} ms ({t_dense / ms:.2f}x)"
                 else:
                     ds = f"  DeepSparse {r['deepsparse'].get('status')}"
+            wg = ""
+            if wino is not None:
+                w_dense, w_ms = time_pair(dense, wino, feed, threads, repeats)
+                best = max(t_dense / t_sparse, w_dense / w_ms)
+                r["winograd_ms"], r["winograd_speedup"] = round(w_ms, 4), round(w_dense / w_ms, 2)
+                r["best_met"] = None if target is None else bool(best >= target)
+                wg = (f"  winograd {w_ms:.3f} ms ({w_dense / w_ms:.2f}x)"
+                      + ("" if target is None else f", best of both: {'met' if r['best_met'] else 'MISSED'}"))
             print(f"{case.name:44s} b={batch:<3d} t={threads}  dense {t_dense:9.3f} ms  "
-                  f"csr {t_sparse:9.3f} ms  {t_dense / t_sparse:6.2f}x{rate}{verdict}{ds}", flush=True)
+                  f"csr {t_sparse:9.3f} ms  {t_dense / t_sparse:6.2f}x{rate}{verdict}{wg}{ds}", flush=True)
             if warm and batch == 1:
                 w_dense, w_sparse = time_pair(dense, sparse, feed, threads, repeats, block=8)
                 r["warm_dense_ms"], r["warm_sparse_ms"] = round(w_dense, 4), round(w_sparse, 4)
@@ -336,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="interpreter with deepsparse installed, to time each case's dense model there too "
                          "(default $ONNXPRUNE_DEEPSPARSE_PYTHON or .deepsparse-venv/bin/python when present; "
                          "'none' to skip)")
+    ap.add_argument("--winograd", action="store_true",
+                    help="also time each 3x3 unit-stride conv case's CsrConv with winograd=1 (its dense "
+                         "reference timed beside it again)")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     ds_py = deepsparse_python(args.deepsparse_python)
@@ -355,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if args.match in c.name]
     results = []
     for case in cases:
-        results += run_case(case, threads, repeats, rng, warm=args.warm, ds_py=ds_py)
+        results += run_case(case, threads, repeats, rng, warm=args.warm, ds_py=ds_py, winograd=args.winograd)
     info["loadavg_end"] = os.getloadavg()
     print(f"load average: start {info['loadavg_start']}, end {info['loadavg_end']}", flush=True)
     if args.json:

@@ -655,7 +655,8 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
         for threads in args.threads:
             path = os.path.join(tmp, f"{name}.sparse-b{batch}-t{threads}.onnx")
             s = prune(src, path, keep, "sparse-ops",
-                      ["--expected-batch", str(batch), "--threads", str(threads)])
+                      ["--expected-batch", str(batch), "--threads", str(threads)]
+                      + (["--winograd"] if args.winograd else []))
             sp = s["sparse_ops"]
             out["sizes"][f"sparse-ops (batch {batch}, threads {threads})"] = os.path.getsize(path)
             sparse_w_bytes = initializer_bytes(onnx.load(path))
@@ -673,6 +674,7 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
                     "dense_ms": round(dense_ms, 3), "sparse_ms": round(sparse_ms, 3),
                     "ratio": round(dense_ms / sparse_ms, 3), "lowered": sp["lowered"],
                     "layers_total": len(sp["layers"]),
+                    "winograd": [r["name"] for r in sp["layers"] if r["lowered"] and r.get("winograd")],
                     "not_lowered": {r["name"]: r["reason"] for r in sp["layers"]
                                     if not r["lowered"]},
                     "estimated": {r["name"]: r["estimated_speedup"] for r in sp["layers"]
@@ -689,7 +691,8 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
                   f"{sparse_ms:9.3f} ms  {dense_ms / sparse_ms:5.2f}x  (n={reps}, load {load})  "
                   f"lowered {len(sp['lowered'])}/{len(sp['layers'])}: "
                   f"{','.join(sp['lowered']) or '-'}  "
-                  f"{'ok' if check['passed'] else 'MISMATCH'} "
+                  + (f"winograd {','.join(case['winograd'])}  " if case["winograd"] else "")
+                  + f"{'ok' if check['passed'] else 'MISMATCH'} "
                   f"(max rel. error {case['max_rel_error']:.1e})"
                   + (f"  bound {case['bound_ms']['dense']:.2f}/{case['bound_ms']['sparse_ops']:.2f}"
                      f" ms at {bw['median_gbs']} GB/s" if bw else ""), flush=True)
@@ -835,6 +838,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layer-repeats", type=int, default=20)
     ap.add_argument("--layer-seconds", type=float, default=3.0)
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
+    ap.add_argument("--winograd", action="store_true",
+                    help="lower the timed cases with prune --winograd (3x3 layers take the Winograd "
+                         "path where it timed faster than the direct one)")
     ap.add_argument("--deepsparse-python", metavar="PATH",
                     help=f"interpreter with deepsparse installed (default {DEFAULT_DS_PYTHON} "
                          "when present; 'none' to skip)")

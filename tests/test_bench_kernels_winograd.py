@@ -1,0 +1,39 @@
+"""bench/bench_kernels.py --winograd: each 3x3 unit-stride conv case timed with CsrConv's
+Winograd path too, beside its dense reference; other cases untouched."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from onnxprune import runtime_ops
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
+
+
+def _rows(tmp_path, match, *extra):
+    out = tmp_path / "out.json"
+    p = subprocess.run([sys.executable, str(SCRIPT), "--threads", "1", "--quick", "--json", str(out),
+                        "--deepsparse-python", "none", "--match", match, *extra],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(out.read_text())["results"], p.stdout
+
+
+def test_a_3x3_case_gets_a_winograd_timing(tmp_path):
+    rows, stdout = _rows(tmp_path, "512->512 3x3 7x7", "--winograd")
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["winograd_ms"] > 0 and r["winograd_speedup"] > 0
+    assert r["best_met"] is None  # the case has no target
+    assert "winograd" in stdout
+    assert runtime_ops.library_path()  # the library the timed sessions registered
+
+
+def test_other_cases_and_runs_without_the_flag_have_none(tmp_path):
+    rows, _ = _rows(tmp_path, "1x1/2", "--winograd")
+    assert rows and all("winograd_ms" not in r for r in rows)
+    rows, stdout = _rows(tmp_path, "512->512 3x3 7x7")
+    assert rows and all("winograd_ms" not in r for r in rows) and "winograd" not in stdout
