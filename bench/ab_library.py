@@ -13,6 +13,9 @@ compared with each other and with the dense model's.
     python bench/ab_library.py --dense resnet50.dense.onnx --lowered resnet50.sparse.onnx \\
         --baseline-lib /tmp/base_ops.so --rounds 30
     # symbolic image sizes: --input-shape NAME=DIMS (repeatable), as on the CLI
+    # two lowerings of one model on the installed library (e.g. with and without --winograd):
+    python bench/ab_library.py --dense vgg16.dense.onnx --lowered vgg16.winograd.onnx \
+        --baseline-lowered vgg16.sparse.onnx --rounds 20
 """
 
 from __future__ import annotations
@@ -77,14 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dense", required=True, help="the model before lowering")
     ap.add_argument("--lowered", required=True, help="the lowered model (CsrGemm/CsrConv nodes)")
-    ap.add_argument("--baseline-lib", required=True, help="another build of _onnxprune_ops.so")
+    base = ap.add_mutually_exclusive_group(required=True)
+    base.add_argument("--baseline-lib", help="another build of _onnxprune_ops.so, running --lowered")
+    base.add_argument("--baseline-lowered", help="another lowered file of the same model, run with the "
+                      "installed library (two lowerings compared: e.g. with and without --winograd)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1, help="for a symbolic batch dimension")
     add_input_shape_option(ap)
     args = ap.parse_args(argv)
-    if not os.path.isfile(args.baseline_lib):
-        ap.error(f"--baseline-lib {args.baseline_lib}: no such file")
+    for flag, path in (("--baseline-lib", args.baseline_lib), ("--baseline-lowered", args.baseline_lowered)):
+        if path is not None and not os.path.isfile(path):
+            ap.error(f"{flag} {path}: no such file")
     import onnx
 
     try:
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         ap.error(str(e))
     sessions = {"dense": session(args.dense, None, args.threads),
-                "baseline": session(args.lowered, args.baseline_lib, args.threads),
+                "baseline": session(args.baseline_lowered, runtime_ops.library_path(), args.threads)
+                if args.baseline_lowered else session(args.lowered, args.baseline_lib, args.threads),
                 "current": session(args.lowered, runtime_ops.library_path(), args.threads)}
     outs = {k: s.run(None, feeds) for k, s in sessions.items()}
     print_differences(outs, ("baseline", "current"))

@@ -69,3 +69,21 @@ def test_symbolic_image_sizes_take_input_shape(tmp_path):
                  "--input-shape", "images=1x3x8x8")
     assert wrong.returncode == 2
     assert "no such input" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_two_lowerings_on_the_installed_library(tmp_path):
+    dense, lowered = _models(tmp_path)
+    other = tmp_path / "other.onnx"
+    model = onnx.load(lowered)
+    for node in model.graph.node:
+        if node.op_type == "CsrConv":  # the same function, said explicitly
+            node.attribute.append(helper.make_attribute("winograd", 0))
+    onnx.save(model, other)
+    done = _run("--dense", dense, "--lowered", lowered, "--baseline-lowered", other, "--rounds", 2)
+    assert done.returncode == 0, done.stderr
+    assert "baseline and current outputs identical" in done.stdout
+    both = _run("--dense", dense, "--lowered", lowered, "--baseline-lowered", other,
+                "--baseline-lib", runtime_ops.library_path())
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    missing = _run("--dense", dense, "--lowered", lowered, "--baseline-lowered", tmp_path / "nope.onnx")
+    assert missing.returncode == 2 and "no such file" in missing.stderr
