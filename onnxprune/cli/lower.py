@@ -94,7 +94,8 @@ def cmd_lower(args, console: Console) -> int:
         console.info("no prunable layer found" + ("" if changed else "; the model was written unchanged"))
     for line in rewrite_lines(report):
         console.info(line)
-    for line in (whole_model_line(report["lowering"]), values_line(report["lowering"]),
+    for line in (whole_model_line(report["lowering"]), winograd_line(report["lowering"]),
+                 values_line(report["lowering"]),
                  batch_line(report["lowering"])):
         if line:
             console.info(line)
@@ -150,6 +151,18 @@ def values_line(lowering: dict | None) -> str | None:
                         f"Winograd in {change['winograd_layers']} layer(s)" if change.get("winograd_layers") else None)
             if w]
     return f"{' and '.join(what)}: largest relative output change {text} ({change['inputs']})"
+
+
+def winograd_line(lowering: dict | None) -> str | None:
+    """What the whole-model timing with and without the Winograd path decided (--winograd),
+    when some layer had measured faster with it."""
+    w = (lowering or {}).get("winograd")
+    if not w:
+        return None
+    verdict = (f"kept in {len(w['layers'])} layer(s)" if w["kept"] else
+               f"dropped: the direct path runs in the {len(w['layers'])} layer(s) it had won")
+    return (f"winograd: the lowered model ran {w['with_speedup']:.2f}x of dense with it, "
+            f"{w['without_speedup']:.2f}x without; {verdict}")
 
 
 def batch_line(lowering: dict | None) -> str | None:

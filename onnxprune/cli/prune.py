@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from onnxprune.core.console import Console, paint
 from onnxprune.core.errors import EXIT_OK
-from onnxprune.cli.lower import batch_line, layer_lines, rewrite_lines, values_line, whole_model_line
+from onnxprune.cli.lower import (batch_line, layer_lines, rewrite_lines, values_line, whole_model_line,
+                                 winograd_line)
 from onnxprune.cli.output import check_paths, write_json
 
 
@@ -60,7 +61,8 @@ def cmd_prune(args, console: Console) -> int:
         console.info(_format_sparse_ops(report["sparse_ops"]))
         for line in rewrite_lines(report):
             console.info(line)
-        for line in (whole_model_line(report.get("lowering")), values_line(report.get("lowering")),
+        for line in (whole_model_line(report.get("lowering")), winograd_line(report.get("lowering")),
+                     values_line(report.get("lowering")),
                      batch_line(report.get("lowering"))):
             if line:
                 console.info(line)
