@@ -221,3 +221,37 @@ def test_a_1d_convolution_may_not_ask_for_winograd():
     model.opset_import[1].version = 4
     with pytest.raises(Exception, match="winograd=1 needs"):
         session(model)
+
+
+def test_below_a_sixteenth_of_the_dense_weight_the_direct_path_runs(lib):
+    """The transformed weights are the dense layer's size whatever the nonzeros: a node storing
+    less than 1/16 of its dense weight keeps none and computes exactly as winograd=0 does."""
+    _avx512(lib)
+    rng = np.random.default_rng(5)
+    w4 = np.zeros((40, 30, 3, 3), np.float32)
+    flat = w4.reshape(-1)
+    few = rng.choice(flat.size, flat.size // 16 - 1, replace=False)
+    flat[few] = rng.standard_normal(few.size)
+    x = rng.standard_normal((1, 30, 12, 12)).astype(np.float32)
+    runs = {}
+    for wino in (1, None):
+        model, _ = _model(w4, None, [1, 1, 1, 1], winograd=wino)
+        (runs[wino],) = session(model).run(None, {"X": x})
+    assert np.array_equal(runs[1], runs[None])
+    flat[rng.choice(np.setdiff1d(np.arange(flat.size), few), 2, replace=False)] = 1.0  # now 1/16 or more
+    for wino in (1, None):
+        model, _ = _model(w4, None, [1, 1, 1, 1], winograd=wino)
+        (runs[wino],) = session(model).run(None, {"X": x})
+    assert not np.array_equal(runs[1], runs[None])
+    assert _relative_error(runs[1], conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)) <= WINOGRAD_BOUND
+
+
+def test_a_task_scratch_over_8_mib_is_allocated_per_task(lib, threads):
+    """36 (C_in + C_out) 48 floats over 8 MiB: the scratch is allocated per task, not kept."""
+    _avx512(lib)
+    rng, w4 = _weights("wide", 1232, 4, 0.5)
+    model, _ = _model(w4, None, [1, 1, 1, 1])
+    x = rng.standard_normal((1, 4, 13, 29)).astype(np.float32)
+    assert 36 * (4 + 1232) * 48 * 4 > 8 << 20
+    (y,) = session(model, threads).run(None, {"X": x})
+    assert _relative_error(y, conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)) <= WINOGRAD_BOUND

@@ -2111,6 +2111,9 @@ struct CsrConvKernel {
                 const float* bias, const float* z, float* y) const {
     WinoShape s;
     if (!s.Plan(g.c_in, g.c_out, g.h, g.w, pad_t, pad_l, pad_b, pad_r) || s.oh != g.oh || s.ow != g.ow) return false;
+    // U is the dense layer's size, not the CSR's: below 1/16 density (where the direct path
+    // is the faster one anyway) a few bytes of file could make a node keep 256 MiB
+    if (static_cast<double>(csr.nnz) * kWinoMinDensityInverse < static_cast<double>(s.k) * s.c * 9) return false;
     const std::shared_ptr<const WinoWeights> u = kept_wino.Get(
         constant.Holds(csr), [&](const WinoWeights& p) { return p.c == s.c; }, [&] { return MakeWinoWeights(csr, s); });
     const PackBuffer xp = CallPack(static_cast<size_t>(s.PaddedFloats()));
@@ -2123,8 +2126,11 @@ struct CsrConvKernel {
       end.z = z ? z + img * image : nullptr;
       if (act.kind != Act::kNone) end.activate = KernelsFor(isa).activate, end.act = &act;
       ParallelFor(ctx, static_cast<size_t>(s.Tasks()), [&](size_t task) {
-        WinogradTask(s, xp.get(), u->u.get(), static_cast<int64_t>(task),
-                     TaskScratch(static_cast<size_t>(s.ScratchFloats())), end, y + img * image);
+        // kept per thread as the tiles' scratch is, up to kKeptPackBytes; larger, per task
+        const size_t floats = static_cast<size_t>(s.ScratchFloats());
+        AlignedBuffer own = floats > kKeptPackBytes / sizeof(float) ? AllocFloats(floats) : AlignedBuffer();
+        WinogradTask(s, xp.get(), u->u.get(), static_cast<int64_t>(task), own ? own.get() : TaskScratch(floats), end,
+                     y + img * image);
       });
     }
     return true;

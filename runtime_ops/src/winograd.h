@@ -18,6 +18,10 @@ namespace onnxprune {
 // Largest buffer, in floats, the path allocates (padded input, a task's scratch, U); a layer
 // that would need more runs the direct path.
 constexpr int64_t kWinoMaxFloats = int64_t{1} << 26;
+// A node takes the path only with at least 1/kWinoMinDensityInverse of its dense weight
+// stored (nnz * 16 >= K C 9): its transformed weights then hold at most 64 floats per stored
+// nonzero.
+constexpr int64_t kWinoMinDensityInverse = 16;
 // Floats past the padded input the input transform may read (a group of 16 tiles reads 68
 // floats of a row from its first tile on).
 constexpr int64_t kWinoSlack = 128;
