@@ -61,22 +61,23 @@ ONNXPRUNE_WINO_TARGET void InputTransform(const WinoShape& s, const float* xp, i
       for (int64_t tx0 = first; tx0 < end; tx0 += 16) {
         const __mmask16 keep = static_cast<__mmask16>((1u << std::min<int64_t>(16, end - tx0)) - 1u);
         __m512 e[6][6];
-        for (int j = 0; j < 6; ++j) {  // e = B^T d, column j of the 16 tiles
+        for (int i = 0; i < 6; ++i) {  // e[i] = row i of d B: the row read once, 68 floats
+          const float* r = xc + (4 * ty + i) * s.wp + 4 * tx0;
+          const __m512 a0 = _mm512_loadu_ps(r), a1 = _mm512_loadu_ps(r + 16), a2 = _mm512_loadu_ps(r + 32),
+                       a3 = _mm512_loadu_ps(r + 48);
+          const __m512 b0 = _mm512_loadu_ps(r + 4), b1 = _mm512_loadu_ps(r + 20), b2 = _mm512_loadu_ps(r + 36),
+                       b3 = _mm512_loadu_ps(r + 52);
           __m512 d[6];
-          for (int i = 0; i < 6; ++i) {
-            const float* r = xc + (4 * ty + i) * s.wp + 4 * tx0 + (j & 4);
-            d[i] = EveryFourth(_mm512_loadu_ps(r), _mm512_loadu_ps(r + 16), _mm512_loadu_ps(r + 32),
-                               _mm512_loadu_ps(r + 48), j & 3);
-          }
-          __m512 r[6];
-          InputRow(d, r);
-          for (int i = 0; i < 6; ++i) e[i][j] = r[i];
+          for (int j = 0; j < 4; ++j) d[j] = EveryFourth(a0, a1, a2, a3, j);
+          for (int j = 4; j < 6; ++j) d[j] = EveryFourth(b0, b1, b2, b3, j - 4);
+          InputRow(d, e[i]);
         }
         const int64_t t = ty * s.tw + tx0 - t0;
-        for (int i = 0; i < 6; ++i) {
-          __m512 r[6];
-          InputRow(e[i], r);
-          for (int j = 0; j < 6; ++j) _mm512_mask_storeu_ps(v + ((i * 6 + j) * s.c + c) * kWinoTiles + t, keep, r[j]);
+        for (int j = 0; j < 6; ++j) {  // column j of B^T (d B)
+          __m512 col[6], r[6];
+          for (int i = 0; i < 6; ++i) col[i] = e[i][j];
+          InputRow(col, r);
+          for (int i = 0; i < 6; ++i) _mm512_mask_storeu_ps(v + ((i * 6 + j) * s.c + c) * kWinoTiles + t, keep, r[i]);
         }
       }
     }
