@@ -1,5 +1,6 @@
-// A dense 3x3 convolution by Winograd F(4x4, 3x3) on this core: how fast a fast-algorithm path
-// for the denser 3x3 layers (unit stride, pads 1) would run here, against ONNX Runtime's direct
+// A dense 3x3 convolution by Winograd F(4x4, 3x3) on this core, a plain stand-alone loop (the
+// library's path, grown from it, is runtime_ops/src/winograd.cc): how fast the algorithm runs
+// the denser 3x3 layers (unit stride, pads 1) here, against ONNX Runtime's direct
 // dense convolution and the CSR layer (docs/BENCHMARKS.md). Built and run by
 // bench/winograd_probe.py; prints one JSON object. Not a kernel of the library: AVX-512F only,
 // H a multiple of 4, no blocking over channels.

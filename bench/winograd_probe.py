@@ -16,7 +16,9 @@ Runtime's dense convolution of the same layer in this process:
     python bench/winograd_probe.py                       # pin it: taskset -c 1 python ...
     python bench/winograd_probe.py --layers 64x64x56,512x512x28 --json probe.json
 
-Not a kernel of the library: a measurement that sizes one (docs/BENCHMARKS.md).
+Not a kernel of the library: the measurement that sized one. The library's own path is
+``CsrConv``'s ``winograd=1`` (runtime_ops/src/winograd.cc, ``onnxprune lower --winograd``),
+timed by ``bench/bench_kernels.py --winograd`` (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def _time_layers(tagged, tags: dict, original, dense_model, feeds, options: dict
         acc[0] += float(dense_s)
         acc[1] += float(sparse_s)
         if progress is not None:
-            progress("measure", len(sums), len(tags), name)
+            progress("measure", len(sums), len(tags) if winograd is None else len(winograd), name)
     return {name: Timing(d, s) for name, (d, s) in sums.items()}
 
 

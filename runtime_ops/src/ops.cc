@@ -2105,14 +2105,14 @@ struct CsrConvKernel {
   }
 
   // Y by the Winograd path, image by image: X padded once, then the tasks' tiles on the pool.
-  // False, computing nothing,
-  // where the shape is past the path's bounds (WinoShape::Plan): the direct path runs then.
+  // False, computing nothing, where the shape is past the path's bounds (WinoShape::Plan) or
+  // the CSR holds less than 1/16 of the dense weight: the direct path runs then.
   bool Winograd(const ortabi::KernelContext* ctx, const ConvGeometry& g, const Csr& csr, const float* x,
                 const float* bias, const float* z, float* y) const {
     WinoShape s;
     if (!s.Plan(g.c_in, g.c_out, g.h, g.w, pad_t, pad_l, pad_b, pad_r) || s.oh != g.oh || s.ow != g.ow) return false;
-    // U is the dense layer's size, not the CSR's: below 1/16 density (where the direct path
-    // is the faster one anyway) a few bytes of file could make a node keep 256 MiB
+    // U is the dense layer's size, not the CSR's: below 1/16 (where the direct path is the
+    // faster one anyway) a few bytes of file could make a node keep 256 MiB
     if (static_cast<double>(csr.nnz) * kWinoMinDensityInverse < static_cast<double>(s.k) * s.c * 9) return false;
     const std::shared_ptr<const WinoWeights> u = kept_wino.Get(
         constant.Holds(csr), [&](const WinoWeights& p) { return p.c == s.c; }, [&] { return MakeWinoWeights(csr, s); });
