@@ -54,8 +54,10 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     largest relative output change that made, measured on seeded random inputs.
     ``winograd=True`` (with ``decide="measure"``) also times each pruned 3x3 convolution at
     unit strides and dilations, one group, run by Winograd F(4x4, 3x3) over its weights made
-    dense, and takes that path where it ran faster than the direct one; its output change is
-    measured and reported the same way (``values_change.winograd_layers``).  ``data``, an
+    dense, and takes that path where it ran at least 1.05x faster than the direct one and the
+    whole model lowered so is not slower than lowered on the direct path (``lowering.winograd``);
+    its output change is measured and reported the same way (``values_change.winograd_layers``).
+    ``data``, an
     .npz of arrays named after the graph inputs (or ``x``), replaces the random inputs of the
     timings and of that measure (their leading dimension is the batch timed): for inputs a
     model needs real values of, such as token ids or a sample rate.
