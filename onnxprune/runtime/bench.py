@@ -559,11 +559,12 @@ def model_opset(model) -> int:
 
 
 def one_node_pairs(forced: onnx.ModelProto, shape_model: onnx.ModelProto, feeds: dict,
-                   threads: int, opset: int, seed: int):
-    """For each CSR node of ``forced``: ``(node, inits, x_shape, x, dense session, CSR session)``
-    — the node alone as a one-node dense model and a one-node CSR model, its input shape as
-    ``shape_model`` sees it on ``feeds``, and a random input ``x`` of that shape."""
-    nodes = csr_nodes(forced)
+                   threads: int, opset: int, seed: int, select=None):
+    """For each CSR node of ``forced`` (those ``select(node)`` is true of, when given): ``(node,
+    inits, x_shape, x, dense session, CSR session)`` — the node alone as a one-node dense model
+    and a one-node CSR model, its input shape as ``shape_model`` sees it on ``feeds``, and a
+    random input ``x`` of that shape."""
+    nodes = [n for n in csr_nodes(forced) if select is None or select(n)]
     if not nodes:
         return
     xs = capture_shapes(shape_model, [n.input[0] for n in nodes], feeds, threads)

@@ -151,19 +151,21 @@ def _time_layers(tagged, tags: dict, original, dense_model, feeds, options: dict
 
     # In the copy a layer is named after its first node (find_layers), i.e. "<tag>.0".
     forced = LowerToSparseOps({"batch": options["batch"], "threads": options["threads"],
-                               "force": [f"{t}.0" for t in tags], "measured": {},
+                               "force": [f"{t}.0" for t in (tags if winograd is None else winograd)],
+                               "measured": {},
                                "winograd": [f"{t}.0" for t in winograd or ()],
                                "transposed-chains": False})(tagged.copy()).graph
     forced_model = graph_to_model(forced, original)
     sums: dict[str, list[float]] = {}
+
+    def timed(node) -> bool:  # not a CSR node the input already had; the Winograd ones when asked
+        return node.name.rpartition(".")[0] in tags and (
+            winograd is None or any(a.name == "winograd" and a.i == 1 for a in node.attribute))
+
     pairs = one_node_pairs(forced_model, dense_model, feeds, options["threads"],
-                           model_opset(dense_model), FEED_SEED)
+                           model_opset(dense_model), FEED_SEED, select=timed)
     for node, _, _, x, dense, sparse in pairs:
-        name = tags.get(node.name.rpartition(".")[0])
-        if name is None:  # a CSR node the input already had
-            continue
-        if winograd is not None and not any(a.name == "winograd" and a.i == 1 for a in node.attribute):
-            continue
+        name = tags[node.name.rpartition(".")[0]]
         dense_s, sparse_s = timer(name, dense, sparse, x)
         acc = sums.setdefault(name, [0.0, 0.0])
         acc[0] += float(dense_s)
