@@ -2119,12 +2119,12 @@ struct CsrConvKernel {
     const PackBuffer xp = CallPack(static_cast<size_t>(s.PaddedFloats()));
     std::memset(xp.get() + s.PaddedFloats() - kWinoSlack, 0, kWinoSlack * sizeof(float));
     const int64_t image = s.k * s.oh * s.ow;
+    WinoEnd end;
+    end.bias = bias;
+    if (act.kind != Act::kNone) end.activate = KernelsFor(isa).activate, end.act = &act;
     for (int64_t img = 0; img < g.nb; ++img) {
       WinogradPad(s, x + img * s.c * s.h * s.w, xp.get());
-      WinoEnd end;
-      end.bias = bias;
       end.z = z ? z + img * image : nullptr;
-      if (act.kind != Act::kNone) end.activate = KernelsFor(isa).activate, end.act = &act;
       ParallelFor(ctx, static_cast<size_t>(s.Tasks()), [&](size_t task) {
         // kept per thread as the tiles' scratch is, up to kKeptPackBytes; larger, per task
         const size_t floats = static_cast<size_t>(s.ScratchFloats());

@@ -19,6 +19,11 @@ using winograd_rows::InputRow;
 using winograd_rows::kG;
 using winograd_rows::OutputRow;
 
+// The first n of 16 lanes (none for n <= 0, all for n >= 16).
+inline __mmask16 FirstLanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
+}
+
 // V[xi][c][t - t0] for every channel and the tiles t0 .. t1 (t = ty * tw + tx): 16 tiles
 // of a tile row at a time, each of their 6 input rows read as 68 floats (4 tx0 .. 4 tx0 + 67
 // of the row, inside Xp and its slack) and split into the tiles' columns in registers, stored
@@ -29,7 +34,7 @@ ONNXPRUNE_WINO_TARGET void InputTransform(const WinoShape& s, const float* xp, i
     for (int64_t ty = t0 / s.tw; ty * s.tw < t1; ++ty) {
       const int64_t first = std::max<int64_t>(0, t0 - ty * s.tw), end = std::min(s.tw, t1 - ty * s.tw);
       for (int64_t tx0 = first; tx0 < end; tx0 += 16) {
-        const __mmask16 keep = static_cast<__mmask16>((1u << std::min<int64_t>(16, end - tx0)) - 1u);
+        const __mmask16 keep = FirstLanes(end - tx0);
         __m512 e[6][6];
         for (int i = 0; i < 6; ++i) {  // e[i] = row i of d B: the row read once, 68 floats
           const float* r = xc + (4 * ty + i) * s.wp + 4 * tx0;
@@ -108,10 +113,6 @@ ONNXPRUNE_WINO_TARGET inline void Interleave4(const __m512 o[4], __m512 r[4]) {
   r[1] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
   r[2] = _mm512_shuffle_f32x4(v1, v3, 0x88);
   r[3] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
-}
-
-inline __mmask16 FirstLanes(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
 }
 
 // Output channel r of the n <= 16 tiles t .. t + n - 1, their M columns at mt (16 of them
