@@ -52,7 +52,7 @@ ONNXPRUNE_WINO_TARGET void InputTransform(const WinoShape& s, const float* xp, i
           __m512 col[6], r[6];
           for (int i = 0; i < 6; ++i) col[i] = e[i][j];
           InputRow(col, r);
-          for (int i = 0; i < 6; ++i) _mm512_mask_storeu_ps(v + ((i * 6 + j) * s.c + c) * kWinoTiles + t, keep, r[i]);
+          for (int i = 0; i < 6; ++i) _mm512_mask_storeu_ps(v + (i * 6 + j) * s.VPlane() + c * kWinoTiles + t, keep, r[i]);
         }
       }
     }
@@ -84,8 +84,8 @@ ONNXPRUNE_WINO_TARGET inline void ProductTile(int64_t c_in, const float* u, cons
 ONNXPRUNE_WINO_TARGET void Products(const WinoShape& s, const float* u, const float* v, int64_t n16, float* m) {
   for (int xi = 0; xi < 36; ++xi) {
     const float* ux = u + xi * s.kp * s.c;
-    const float* vx = v + xi * s.c * kWinoTiles;
-    float* mx = m + xi * s.kp * kWinoTiles;
+    const float* vx = v + xi * s.VPlane();
+    float* mx = m + xi * s.MPlane();
     for (int64_t k0 = 0; k0 < s.kp; k0 += 8) {
       const float* uk = ux + k0 * s.c;
       float* mk = mx + k0 * kWinoTiles;
@@ -125,7 +125,7 @@ ONNXPRUNE_WINO_TARGET void OutputTiles(const WinoShape& s, const float* mt, int6
   __m512 e[4][6];
   for (int j = 0; j < 6; ++j) {
     __m512 col[6], o[4];
-    for (int i = 0; i < 6; ++i) col[i] = _mm512_load_ps(mt + ((i * 6 + j) * s.kp + r) * kWinoTiles);
+    for (int i = 0; i < 6; ++i) col[i] = _mm512_load_ps(mt + (i * 6 + j) * s.MPlane() + r * kWinoTiles);
     OutputRow(col, o);
     for (int i = 0; i < 4; ++i) e[i][j] = o[i];
   }
@@ -186,7 +186,7 @@ bool WinoShape::Plan(int64_t c_in, int64_t k_out, int64_t h_in, int64_t w_in, in
   tt = ((th * tw + tasks - 1) / tasks + 15) / 16 * 16;
   const double limit = static_cast<double>(kWinoMaxFloats);
   return static_cast<double>(c) * static_cast<double>(hp) * static_cast<double>(wp) + kWinoSlack <= limit &&
-         36.0 * static_cast<double>(c + kp) * kWinoTiles <= limit &&
+         36.0 * (static_cast<double>(c + kp) * kWinoTiles + 32) <= limit &&
          36.0 * static_cast<double>(kp) * static_cast<double>(c) <= limit &&
          static_cast<double>(k) * static_cast<double>(oh) * static_cast<double>(ow) <= limit * 4;
 }
@@ -227,10 +227,11 @@ ONNXPRUNE_WINO_TARGET void WinogradTask(const WinoShape& s, const float* xp, con
   const int64_t t0 = task * s.tt, t1 = std::min(s.th * s.tw, t0 + s.tt);
   const int64_t n = t1 - t0, n16 = (n + 15) / 16 * 16;
   float* v = scratch;
-  float* m = scratch + 36 * s.c * kWinoTiles;
+  float* m = scratch + 36 * s.VPlane();
   if (n16 > n)  // tiles the products run over but the transform does not write: zeros
-    for (int64_t row = 0; row < 36 * s.c; ++row)
-      std::memset(v + row * kWinoTiles + n, 0, static_cast<size_t>(n16 - n) * sizeof(float));
+    for (int64_t xi = 0; xi < 36; ++xi)
+      for (int64_t ch = 0; ch < s.c; ++ch)
+        std::memset(v + xi * s.VPlane() + ch * kWinoTiles + n, 0, static_cast<size_t>(n16 - n) * sizeof(float));
   InputTransform(s, xp, t0, t1, v);
   Products(s, u, v, n16, m);
   OutputTransform(s, m, t0, t1, end, y);

@@ -42,7 +42,13 @@ struct WinoShape {
   // a buffer would exceed kWinoMaxFloats. Every count is bounded before it is multiplied.
   bool Plan(int64_t c_in, int64_t k_out, int64_t h_in, int64_t w_in, int64_t pt, int64_t pl, int64_t pb, int64_t pr);
   int64_t PaddedFloats() const { return c * hp * wp + kWinoSlack; }
-  int64_t ScratchFloats() const { return 36 * (c + kp) * kWinoTiles; }
+  // V's and M's planes (one per transformed point xi): a cache line more than their rows need,
+  // so that the 36 planes of a channel, written by the input transform and read by the output
+  // transform one tile group at a time, fall in 36 different L1 sets (for C or K a multiple of
+  // 64 the planes of a channel would otherwise all map to one set).
+  int64_t VPlane() const { return c * kWinoTiles + 16; }
+  int64_t MPlane() const { return kp * kWinoTiles + 16; }
+  int64_t ScratchFloats() const { return 36 * (VPlane() + MPlane()); }
   int64_t WeightFloats() const { return 36 * kp * c; }
   int64_t Tasks() const { return (th * tw + tt - 1) / tt; }
 };
