@@ -32,7 +32,7 @@ if [ "$#" -eq 0 ]; then
         tests/test_runtime_ops_residual.py tests/test_runtime_ops_gemm_residual.py \
         tests/test_runtime_ops_depthwise.py tests/test_runtime_ops_guarded.py tests/test_runtime_ops_transposed.py \
         tests/test_runtime_ops_task_rows.py tests/test_runtime_ops_heads.py tests/test_runtime_ops_pool.py \
-        tests/test_runtime_ops_winograd.py
+        tests/test_runtime_ops_winograd.py tests/test_runtime_ops_sell.py
 fi
 # The huge-page test measures the process's AnonHugePages, which ASan's shadow memory and
 # allocator change by tens of MiB: it says nothing about memory safety.

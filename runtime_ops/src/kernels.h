@@ -63,6 +63,8 @@ constexpr int64_t kSpmvBlockCols = 5120;
 // the loop reads them at only ~26 GB/s (~18 GB/s for fc6-shaped rows, block switches included).
 // A plain sequential read of the same arrays reaches 22-29 GB/s from DRAM. With compute and
 // DRAM time about equal and overlapping only in part, ~14 GB/s is what one core sustains.
+// On AVX-512 a constant CSR dense enough may instead run in lanes of rows (sell.h), which
+// takes x from registers rather than one load per nonzero.
 constexpr int kSpmvGroupRows = 16;
 
 // How a CSR stores its column indices and its values; they index the kernel tables below.

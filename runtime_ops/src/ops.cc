@@ -27,6 +27,7 @@
 
 #include "kernels.h"
 #include "ort_abi.h"
+#include "sell.h"
 #include "winograd.h"
 
 #if defined(__linux__)
@@ -439,7 +440,8 @@ class PoolSeen {
 
 // Splits rows [0, rows) into `parts` ranges of similar cost, the cost of a row being its
 // nonzeros plus a fixed per-row overhead (reduction and write-back).
-std::vector<int64_t> SplitRows(const int32_t* row_ptr, int64_t rows, int64_t parts, int64_t row_overhead) {
+template <class P>  // int32_t (a CSR's row_ptr) or int64_t (SellPlan::group_step)
+std::vector<int64_t> SplitRows(const P* row_ptr, int64_t rows, int64_t parts, int64_t row_overhead) {
   std::vector<int64_t> bounds(parts + 1, rows);
   bounds[0] = 0;
   const double total = static_cast<double>(row_ptr[rows]) + static_cast<double>(row_overhead) * rows;
@@ -1128,6 +1130,97 @@ class KeptPlan {
 // kernels), on unless set to 0; for A/B timing and for tests of the blocked pass.
 bool ChooseGemvBlocks() { return EnvSwitch("ONNXPRUNE_GEMV_BLOCKS", true); }
 
+// Whether a CsrGemm's batch-1 pass on AVX-512 runs its constant CSR in lanes of rows
+// (CsrGemmKernel::GemvSell): ONNXPRUNE_GEMV_SELL=0 never, 1 wherever the layout can be built,
+// unset where the rule there says; read when a session creates its kernels, for A/B timing
+// and for tests of both passes.
+enum class SellUse { kNever, kAuto, kAlways };
+SellUse ChooseGemvSell() {
+  const char* forced = std::getenv("ONNXPRUNE_GEMV_SELL");
+  if (forced == nullptr || *forced == '\0') return SellUse::kAuto;
+  return EnvSwitch("ONNXPRUNE_GEMV_SELL", true) ? SellUse::kAlways : SellUse::kNever;
+}
+
+// CsrGemm's batch 1 in lanes of rows (sell.h) for a constant CSR on AVX-512. The CSR pass retires
+// ~1.2-1.5 loads of x a cycle; a step takes 16 lanes in a few cycles, but its padding lanes
+// are bytes streamed for nothing. Where the weights come from DRAM (a model larger than the
+// L3, its layers read once a call) a pass costs its bytes: with float32 values and int16
+// columns the lanes ran 1.06x the CSR pass at 1.17x the CSR's bytes, 0.92-0.97x at 1.46x and
+// 0.87x at 1.85x; with float16 values (whose CSR pass is slower) 1.38-1.49x at 1.06-1.32x and
+// 0.93x at 1.67x. So the layout is used (unless ONNXPRUNE_GEMV_SELL says otherwise) where its
+// bytes are at most kSellMaxBytes times the CSR's (values and indices as stored), and never
+// beyond 4 lanes per entry (the copy's size).
+constexpr double kSellMaxBytes = 1.4;
+
+std::shared_ptr<const SellPlan> MakeSellPlan(const Csr& csr, int64_t extent, SellUse use) {
+  // An empty plan (the CSR pass) for this extent, kept like a full one so the choice is made once.
+  const auto none = [extent] {
+    auto empty = std::make_shared<SellPlan>();
+    empty->extent = extent;
+    return empty;
+  };
+  const int64_t groups = (csr.rows + kSellRows - 1) / kSellRows, blocks = (extent + kSellCols - 1) / kSellCols;
+  // groups * blocks bounded by the entries before anything is sized by it
+  if (csr.nnz == 0 || static_cast<double>(groups) * static_cast<double>(blocks) > static_cast<double>(csr.nnz) + 65536.0)
+    return none();
+  auto plan = none();
+  SellPlan& p = *plan;
+  p.rows = csr.rows, p.groups = groups, p.blocks = blocks, p.value = csr.value;
+  // count[b * 16 + l]: entries of the group's row l in block b
+  std::vector<int32_t> count(static_cast<size_t>(blocks * kSellRows));
+  const auto each_entry = [&](int64_t g, const auto& body) {  // body(lane, j, column)
+    for (int64_t l = 0; l < kSellRows && g * kSellRows + l < csr.rows; ++l) {
+      const int64_t r = g * kSellRows + l;
+      int64_t running = 0;
+      for (int64_t j = csr.row_ptr[r]; j < csr.row_ptr[r + 1]; ++j) body(l, j, ColumnAt(csr, j, &running));
+    }
+  };
+  p.steps.resize(static_cast<size_t>(groups * blocks));
+  std::vector<int64_t> group_step(static_cast<size_t>(groups) + 1, 0);
+  for (int64_t g = 0; g < groups; ++g) {
+    std::fill(count.begin(), count.end(), 0);
+    each_entry(g, [&](int64_t l, int64_t, int64_t c) { ++count[static_cast<size_t>(c / kSellCols * kSellRows + l)]; });
+    int64_t steps = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int32_t* at = count.data() + b * kSellRows;
+      const int64_t n = *std::max_element(at, at + kSellRows);
+      if (n > kSellMaxSteps) return none();  // repeated columns
+      p.steps[static_cast<size_t>(g * blocks + b)] = static_cast<uint8_t>(n);
+      steps += n;
+    }
+    group_step[static_cast<size_t>(g) + 1] = group_step[static_cast<size_t>(g)] + steps;
+  }
+  const double lanes = static_cast<double>(group_step.back()) * kSellRows, nnz = static_cast<double>(csr.nnz);
+  const size_t vbytes = static_cast<size_t>(ValueBytes(csr.value));
+  const double sell_bytes = lanes * static_cast<double>(vbytes + 1);
+  const double csr_bytes = nnz * static_cast<double>(vbytes + static_cast<size_t>(IndexBytes(csr.index)));
+  if (lanes > 4.0 * nnz + 4096.0 || (use == SellUse::kAuto && sell_bytes > kSellMaxBytes * csr_bytes))
+    return none();
+  p.values.assign(static_cast<size_t>(lanes) * vbytes, 0);
+  p.index.assign(static_cast<size_t>(lanes), kSellPad);
+  const auto* src = static_cast<const unsigned char*>(csr.values);
+  std::vector<int64_t> first(static_cast<size_t>(blocks));  // block b's first step in the group
+  for (int64_t g = 0; g < groups; ++g) {
+    int64_t at = group_step[static_cast<size_t>(g)];
+    for (int64_t b = 0; b < blocks; ++b) {
+      first[static_cast<size_t>(b)] = at;
+      at += p.steps[static_cast<size_t>(g * blocks + b)];
+    }
+    std::fill(count.begin(), count.end(), 0);
+    each_entry(g, [&](int64_t l, int64_t j, int64_t c) {
+      const int64_t b = c / kSellCols;
+      const size_t lane = static_cast<size_t>(
+          (first[static_cast<size_t>(b)] + count[static_cast<size_t>(b * kSellRows + l)]++) * kSellRows + l);
+      p.index[lane] = static_cast<uint8_t>(c - b * kSellCols);
+      std::memcpy(p.values.data() + lane * vbytes, src + static_cast<size_t>(j) * vbytes, vbytes);
+    });
+  }
+  p.group_step = std::move(group_step);
+  PreferHugePages(p.values.data(), p.values.size());
+  PreferHugePages(p.index.data(), p.index.size());
+  return plan;
+}
+
 // Z (optional; CsrConv from op-set 5, CsrGemm from op-set 6): a tensor added to the output
 // before the activation, exactly Y's shape (no broadcasting), so that a residual Add after the
 // product runs while the output is in cache instead of as a pass of its own over Y.
@@ -1178,6 +1271,7 @@ struct CsrGemmKernel {
     act = ReadActivation(info);
     isa = ChooseIsa();
     gemv_blocks = ChooseGemvBlocks();
+    gemv_sell = ChooseGemvSell();
     constant = ValidateConstantCsr(info);
     columns = ReadColumns(info, constant);
   }
@@ -1518,6 +1612,14 @@ struct CsrGemmKernel {
     // The blocks split the CSR's columns (max_col < k), not X's: an X whose width changes
     // between runs reads the same copy.
     const int64_t extent = csr.max_col + 1;
+    if (isa == Isa::kAvx512 && gemv_sell != SellUse::kNever && constant.Holds(csr)) {
+      const std::shared_ptr<const SellPlan> plan = kept_sell.Get(
+          true, [&](const SellPlan& p) { return p.extent == extent; }, [&] { return MakeSellPlan(csr, extent, gemv_sell); });
+      if (!plan->Empty()) {
+        GemvSell(ctx, kern, csr, *plan, x, k, bias, z, y);
+        return;
+      }
+    }
     if (gemv_blocks && constant.Holds(csr) && extent > kSpmvBlockCols + kSpmvBlockCols / 2) {
       const std::shared_ptr<const GemvBlocksPlan> plan = kept_gemv.Get(
           true, [&](const GemvBlocksPlan& p) { return p.k == extent; }, [&] { return MakeGemvBlocks(csr, extent); });
@@ -1558,6 +1660,21 @@ struct CsrGemmKernel {
   };
   KeptPlan<GemvBlocksPlan> kept_gemv;
   bool gemv_blocks = true;  // ONNXPRUNE_GEMV_BLOCKS (ChooseGemvBlocks)
+
+  KeptPlan<SellPlan> kept_sell;
+  SellUse gemv_sell = SellUse::kAuto;  // ONNXPRUNE_GEMV_SELL (ChooseGemvSell)
+
+  void GemvSell(const ortabi::KernelContext* ctx, const Kernels& kern, const Csr& csr, const SellPlan& p,
+                const float* x, int64_t k, const Bias& bias, const float* z, float* y) const {
+    const int64_t parts = PartsFor(static_cast<double>(p.group_step.back()) * kSellRows, 64);
+    const std::vector<int64_t> bounds = SplitRows(p.group_step.data(), p.groups, parts, 4);
+    ParallelFor(ctx, static_cast<size_t>(parts), [&](size_t part) {
+      const int64_t g0 = bounds[part], g1 = bounds[part + 1];
+      if (g0 >= g1) return;
+      SellRows(p, x, k, g0, g1, y + g0 * kSellRows);
+      Epilogue1(kern, y, g0 * kSellRows, std::min(csr.rows, g1 * kSellRows), bias, z);
+    });
+  }
 
   std::shared_ptr<const GemvBlocksPlan> MakeGemvBlocks(const Csr& csr, int64_t k) const {
     auto plan = std::make_shared<GemvBlocksPlan>();
@@ -3962,6 +4079,31 @@ ONNXPRUNE_EXPORT int onnxprune_ops_conv_layout(const char* isa_name, const int64
     return -1;
   try {
     return onnxprune::CsrConvKernel::Layout(isa, attrs, x, c_out, nnz);
+  } catch (...) {
+    return -1;
+  }
+}
+
+// MakeSellPlan for tests: the lanes (16 per step) of the plan a CsrGemm's batch-1 pass builds
+// for this CSR under `use` (0 never, as ONNXPRUNE_GEMV_SELL=0; 1 the rule, as when it is unset;
+// 2 wherever it can, as =1); 0 where it keeps the CSR pass, -1 when the kinds are unknown.
+// value_kind 0 float32, 1 float16; index_kind 0 int16, 1 int32, 2 uint8 deltas; the arrays as
+// a validated CSR holds them, every column below extent.
+ONNXPRUNE_EXPORT int64_t onnxprune_ops_gemv_lanes(const void* values, int value_kind, const void* col, int index_kind,
+                                                  const int32_t* row_ptr, int64_t rows, int64_t extent, int use) {
+  if (values == nullptr || col == nullptr || row_ptr == nullptr || value_kind < 0 || value_kind > 1 ||
+      index_kind < 0 || index_kind > 2 || use < 0 || use > 2 || rows < 0 || extent < 1)
+    return -1;
+  onnxprune::Csr csr;
+  csr.values = values, csr.col = col, csr.row_ptr = row_ptr, csr.rows = rows, csr.nnz = row_ptr[rows];
+  csr.value = static_cast<onnxprune::ValueKind>(value_kind);
+  csr.index = static_cast<onnxprune::IndexKind>(index_kind);
+  csr.max_col = extent - 1;
+  const onnxprune::SellUse uses[] = {onnxprune::SellUse::kNever, onnxprune::SellUse::kAuto, onnxprune::SellUse::kAlways};
+  if (uses[use] == onnxprune::SellUse::kNever) return 0;
+  try {
+    const auto plan = onnxprune::MakeSellPlan(csr, extent, uses[use]);
+    return plan->Empty() ? 0 : plan->group_step.back() * onnxprune::kSellRows;
   } catch (...) {
     return -1;
   }
