@@ -126,7 +126,20 @@ def conv_models(c_in: int, c_out: int, k: int, density: float, rng: np.random.Ge
             helper.make_model(sparse, opset_imports=OPSET).SerializeToString())
 
 
-def make_session(model: bytes, threads: int, sparse: bool) -> ort.InferenceSession:
+def make_session(model: bytes, threads: int, sparse: bool, env: dict | None = None) -> ort.InferenceSession:
+    """A session of ``model``; ``env``: ONNXPRUNE_* settings in force while the library's kernels
+    are created (they read them then), restored afterwards."""
+    if env:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return make_session(model, threads, sparse)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -138,7 +151,7 @@ def make_session(model: bytes, threads: int, sparse: bool) -> ort.InferenceSessi
 
 
 def time_pair(dense: bytes, sparse: bytes, feed: dict, threads: int, repeats: int,
-              block: int = 1) -> tuple[float, float]:
+              block: int = 1, env: dict | None = None) -> tuple[float, float]:
     """Median ms of one run of each model.
 
     ``block=1`` (the default, what targets are judged on): the two sessions alternate call by
@@ -150,8 +163,10 @@ def time_pair(dense: bytes, sparse: bytes, feed: dict, threads: int, repeats: in
     back in blocks of B, the sessions alternating block by block; the first call of a block,
     which follows the other model, is not counted, so whatever of a model's weights the caches
     keep between its own calls (the CSR arrays of a pruned layer may fit in L3; dense ones of
-    this size do not) stays there."""
-    sessions = [make_session(dense, threads, False), make_session(sparse, threads, True)]
+    this size do not) stays there.
+
+    ``env``: settings the sparse session's kernels are made under (make_session)."""
+    sessions = [make_session(dense, threads, False), make_session(sparse, threads, True, env)]
     for _ in range(3):
         for s in sessions:
             s.run(None, feed)
@@ -262,7 +277,8 @@ def winograd_eligible(case: Case) -> bool:
 
 
 def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.Generator,
-             warm: bool = False, ds_py: str | None = None, winograd: bool = False) -> list[dict]:
+             warm: bool = False, ds_py: str | None = None, winograd: bool = False,
+             gemv_lanes: bool = False) -> list[dict]:
     dense_bytes = sparse_bytes = None
     wino = None
     if case.kind == "mlp":
@@ -313,8 +329,16 @@ def run_case(case: Case, threads_list: list[int], repeats: int, rng: np.random.G
                 r["best_met"] = None if target is None else bool(best >= target)
                 wg = (f"  winograd {w_ms:.3f} ms ({w_dense / w_ms:.2f}x)"
                       + ("" if target is None else f", best of both: {'met' if r['best_met'] else 'MISSED'}"))
+            lanes = ""
+            if gemv_lanes and case.kind == "mlp" and batch == 1:
+                # the same sparse model with its batch-1 passes kept on the CSR (no lanes of rows)
+                c_dense, c_ms = time_pair(dense, sparse, feed, threads, repeats, env={"ONNXPRUNE_GEMV_SELL": "0"})
+                r["csr_pass_ms"], r["csr_pass_speedup"] = round(c_ms, 4), round(c_dense / c_ms, 2)
+                r["lanes_over_csr_pass"] = round((t_dense / t_sparse) / (c_dense / c_ms), 3)
+                lanes = (f"  CSR pass {c_ms:.3f} ms ({c_dense / c_ms:.2f}x; "
+                         f"default / CSR pass {r['lanes_over_csr_pass']:.2f})")
             print(f"{case.name:44s} b={batch:<3d} t={threads}  dense {t_dense:9.3f} ms  "
-                  f"csr {t_sparse:9.3f} ms  {t_dense / t_sparse:6.2f}x{rate}{verdict}{wg}{ds}", flush=True)
+                  f"csr {t_sparse:9.3f} ms  {t_dense / t_sparse:6.2f}x{rate}{verdict}{wg}{lanes}{ds}", flush=True)
             if warm and batch == 1:
                 w_dense, w_sparse = time_pair(dense, sparse, feed, threads, repeats, block=8)
                 r["warm_dense_ms"], r["warm_sparse_ms"] = round(w_dense, 4), round(w_sparse, 4)
@@ -363,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--winograd", action="store_true",
                     help="also time each 3x3 unit-stride conv case's CsrConv with winograd=1 (its dense "
                          "reference timed beside it again)")
+    ap.add_argument("--gemv-lanes", action="store_true",
+                    help="also time each batch-1 FC case with its CsrGemm passes kept on the CSR "
+                         "(ONNXPRUNE_GEMV_SELL=0), beside the default choice of lanes of rows")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     ds_py = deepsparse_python(args.deepsparse_python)
@@ -382,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if args.match in c.name]
     results = []
     for case in cases:
-        results += run_case(case, threads, repeats, rng, warm=args.warm, ds_py=ds_py, winograd=args.winograd)
+        results += run_case(case, threads, repeats, rng, warm=args.warm, ds_py=ds_py, winograd=args.winograd,
+                            gemv_lanes=args.gemv_lanes)
     info["loadavg_end"] = os.getloadavg()
     print(f"load average: start {info['loadavg_start']}, end {info['loadavg_end']}", flush=True)
     if args.json:

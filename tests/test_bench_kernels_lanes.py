@@ -1,0 +1,63 @@
+"""bench/bench_kernels.py --gemv-lanes: each batch-1 FC case timed again with its CsrGemm passes
+kept on the CSR (ONNXPRUNE_GEMV_SELL=0), beside the default choice; other rows untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
+
+
+def _rows(tmp_path, match, *extra):
+    out = tmp_path / "out.json"
+    p = subprocess.run([sys.executable, str(SCRIPT), "--threads", "1", "--quick", "--json", str(out),
+                        "--deepsparse-python", "none", "--match", match, *extra],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(out.read_text())["results"], p.stdout
+
+
+def test_batch1_fc_rows_get_a_csr_pass_timing(tmp_path):
+    rows, stdout = _rows(tmp_path, "LeNet", "--gemv-lanes")
+    one = [r for r in rows if r["batch"] == 1]
+    assert one and all(r["csr_pass_ms"] > 0 and r["csr_pass_speedup"] > 0 for r in one)
+    for r in one:  # the ratio of the two speed-ups, as printed
+        assert r["lanes_over_csr_pass"] > 0
+    assert all("csr_pass_ms" not in r for r in rows if r["batch"] != 1)
+    assert "CSR pass" in stdout
+
+
+def test_other_cases_and_runs_without_the_flag_have_none(tmp_path):
+    rows, _ = _rows(tmp_path, "512->512 3x3 7x7", "--gemv-lanes")
+    assert rows and all("csr_pass_ms" not in r for r in rows)
+    rows, stdout = _rows(tmp_path, "LeNet")
+    assert rows and all("csr_pass_ms" not in r for r in rows) and "CSR pass" not in stdout
+
+
+def test_a_session_made_under_settings_restores_the_environment(monkeypatch):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_kernels
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    import numpy as np
+
+    monkeypatch.setenv("ONNXPRUNE_GEMV_SELL", "1")
+    monkeypatch.delenv("ONNXPRUNE_GEMV_BLOCKS", raising=False)
+    _, sparse, _, _ = bench_kernels.mlp_models([64, 32], [0.5], np.random.default_rng(0))
+    s = bench_kernels.make_session(sparse, 1, True, {"ONNXPRUNE_GEMV_SELL": "0", "ONNXPRUNE_GEMV_BLOCKS": "0"})
+    assert os.environ["ONNXPRUNE_GEMV_SELL"] == "1" and "ONNXPRUNE_GEMV_BLOCKS" not in os.environ
+    x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    assert s.run(None, {"X": x})[0].shape == (1, 32)
+    # a setting the library refuses fails the session, and still leaves the environment as it was
+    try:
+        bench_kernels.make_session(sparse, 1, True, {"ONNXPRUNE_GEMV_SELL": "maybe"})
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own failure types
+        assert "ONNXPRUNE_GEMV_SELL=maybe" in str(e)
+    else:
+        raise AssertionError("the refused setting was accepted")
+    assert os.environ["ONNXPRUNE_GEMV_SELL"] == "1"
