@@ -61,3 +61,38 @@ def test_a_session_made_under_settings_restores_the_environment(monkeypatch):
     else:
         raise AssertionError("the refused setting was accepted")
     assert os.environ["ONNXPRUNE_GEMV_SELL"] == "1"
+
+
+def test_three_sessions_take_turns_after_the_first():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_kernels
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, _outputs, _feed):
+            calls.append(self.name)
+
+    medians = bench_kernels.time_sessions([Fake("d"), Fake("a"), Fake("b")], {}, repeats=4)
+    assert len(medians) == 3 and all(m >= 0 for m in medians)
+    timed = "".join(calls[9:])  # after 3 warm-up rounds
+    assert timed == "dab" "dba" "dab" "dba"
+    calls.clear()
+    bench_kernels.time_sessions([Fake("d"), Fake("s")], {}, repeats=3)
+    assert "".join(calls[6:]) == "ds" * 3  # two sessions keep their strict alternation
+
+
+def test_the_density_grid_with_float16_values(tmp_path):
+    # --sweep-values fp16: the same grid, its CSRs storing float16 values (fewer bytes a call)
+    rows16, _ = _rows(tmp_path, "FC 1024->1024 @ 50%", "--only-sweep", "--sweep-values", "fp16")
+    rows32, _ = _rows(tmp_path, "FC 1024->1024 @ 50%", "--only-sweep")
+    one16 = [r for r in rows16 if r["batch"] == 1]
+    one32 = [r for r in rows32 if r["batch"] == 1]
+    assert [r["case"] for r in one16] == ["FC 1024->1024 @ 50%, fp16 values"]
+    assert [r["case"] for r in one32] == ["FC 1024->1024 @ 50%"]
+    assert one16[0]["sparse_mb"] < one32[0]["sparse_mb"] and one16[0]["dense_mb"] == one32[0]["dense_mb"]
