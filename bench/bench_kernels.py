@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from unittest import mock
 
 import numpy as np
 import onnx
@@ -130,16 +131,8 @@ def make_session(model: bytes, threads: int, sparse: bool, env: dict | None = No
     """A session of ``model``; ``env``: ONNXPRUNE_* settings in force while the library's kernels
     are created (they read them then), restored afterwards."""
     if env:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with mock.patch.dict(os.environ, env):
             return make_session(model, threads, sparse)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -3,22 +3,19 @@ kept on the CSR (ONNXPRUNE_GEMV_SELL=0), beside the default choice; other rows u
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
-import subprocess
 import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
+from tests.test_bench_kernels_winograd import SCRIPT, _rows
 
 
-def _rows(tmp_path, match, *extra):
-    out = tmp_path / "out.json"
-    p = subprocess.run([sys.executable, str(SCRIPT), "--threads", "1", "--quick", "--json", str(out),
-                        "--deepsparse-python", "none", "--match", match, *extra],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(out.read_text())["results"], p.stdout
+def _bench_kernels():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_kernels
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return bench_kernels
 
 
 def test_batch1_fc_rows_get_a_csr_pass_timing(tmp_path):
@@ -39,12 +36,9 @@ def test_other_cases_and_runs_without_the_flag_have_none(tmp_path):
 
 
 def test_a_session_made_under_settings_restores_the_environment(monkeypatch):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import bench_kernels
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
     import numpy as np
+
+    bench_kernels = _bench_kernels()
 
     monkeypatch.setenv("ONNXPRUNE_GEMV_SELL", "1")
     monkeypatch.delenv("ONNXPRUNE_GEMV_BLOCKS", raising=False)
@@ -64,11 +58,7 @@ def test_a_session_made_under_settings_restores_the_environment(monkeypatch):
 
 
 def test_three_sessions_take_turns_after_the_first():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import bench_kernels
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    bench_kernels = _bench_kernels()
     calls: list[str] = []
 
     class Fake:
