@@ -27,7 +27,8 @@ from setuptools.command.build_ext import build_ext
 LIBRARY = "onnxprune.runtime_ops._onnxprune_ops"  # runtime_ops/__init__.py's _LIBRARY_FILE, less ".so"
 SOURCES = ["runtime_ops/src/ops.cc", "runtime_ops/src/kernels.cc", "runtime_ops/src/winograd.cc",
            "runtime_ops/src/sell.cc"]
-HEADERS = ["runtime_ops/src/kernels.h", "runtime_ops/src/sell.h", "runtime_ops/src/winograd.h", "runtime_ops/src/winograd_rows.h",
+HEADERS = ["runtime_ops/src/kernels.h", "runtime_ops/src/sell.h", "runtime_ops/src/winograd.h",
+           "runtime_ops/src/winograd_rows.h",
            "runtime_ops/src/ort_abi.h",
            "runtime_ops/src/conv_run.inc",
            "runtime_ops/src/conv_rows.inc",
