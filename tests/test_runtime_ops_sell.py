@@ -250,3 +250,25 @@ def test_lanes_serve_a_matmul_of_one_row(isa, lanes):
     (y,) = session(model).run(None, {"X": x})
     assert y.shape == (1, 1, 50)
     close(y[0, 0], w.astype(np.float64) @ x[0, 0].astype(np.float64), 160)
+
+
+def test_rule_probe_refuses_what_a_validated_csr_could_not_hold(lib):  # noqa: F811
+    # The test export checks its arrays as validation would: a negative column, one at or past
+    # the extent, a row_ptr that falls or starts past 0 give -1 (not a write outside the plan's
+    # counters); the same arrays made valid give the count.
+    w = np.zeros((4, 64), np.float32)
+    w[:, 5] = 1.0
+    v, c, p = csr_from_dense(w)
+    assert _gemv_lanes(lib, v, c, p, 64, 2) == _expected_lanes(w) == 16
+    for bad_col in (-30000, -1, 64, 200):
+        cc = c.copy()
+        cc[2] = bad_col
+        assert _gemv_lanes(lib, v, cc, p, 64, 2) == -1
+    pp = p.copy()
+    pp[2] = 0
+    assert _gemv_lanes(lib, v, c, pp, 64, 2) == -1
+    assert _gemv_lanes(lib, v, c, p + 1, 64, 2) == -1
+    dv, dc, dp = delta8_from_csr(v, c, p)
+    assert _gemv_lanes(lib, dv, dc, dp, 64, 2) == 16
+    assert _gemv_lanes(lib, dv, dc, dp, 5, 2) == -1  # deltas decoded: column 5 is past an extent of 5
+

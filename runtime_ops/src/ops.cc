@@ -4087,8 +4087,8 @@ ONNXPRUNE_EXPORT int onnxprune_ops_conv_layout(const char* isa_name, const int64
 // MakeSellPlan for tests: the lanes (16 per step) of the plan a CsrGemm's batch-1 pass builds
 // for this CSR under `use` (0 never, as ONNXPRUNE_GEMV_SELL=0; 1 the rule, as when it is unset;
 // 2 wherever it can, as =1); 0 where it keeps the CSR pass, -1 when the kinds are unknown.
-// value_kind 0 float32, 1 float16; index_kind 0 int16, 1 int32, 2 uint8 deltas; the arrays as
-// a validated CSR holds them, every column below extent.
+// value_kind 0 float32, 1 float16; index_kind 0 int16, 1 int32, 2 uint8 deltas; -1 also when
+// row_ptr does not start at 0 and rise, or a column lies outside [0, extent).
 ONNXPRUNE_EXPORT int64_t onnxprune_ops_gemv_lanes(const void* values, int value_kind, const void* col, int index_kind,
                                                   const int32_t* row_ptr, int64_t rows, int64_t extent, int use) {
   if (values == nullptr || col == nullptr || row_ptr == nullptr || value_kind < 0 || value_kind > 1 ||
@@ -4099,6 +4099,17 @@ ONNXPRUNE_EXPORT int64_t onnxprune_ops_gemv_lanes(const void* values, int value_
   csr.value = static_cast<onnxprune::ValueKind>(value_kind);
   csr.index = static_cast<onnxprune::IndexKind>(index_kind);
   csr.max_col = extent - 1;
+  // what a validated CSR guarantees, checked here too: a caller's mistake is a -1, not a write
+  // outside the plan's counters
+  if (row_ptr[0] != 0) return -1;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (row_ptr[r + 1] < row_ptr[r]) return -1;
+    int64_t running = 0;
+    for (int64_t j = row_ptr[r]; j < row_ptr[r + 1]; ++j) {
+      const int64_t c = onnxprune::ColumnAt(csr, j, &running);
+      if (c < 0 || c >= extent) return -1;
+    }
+  }
   const onnxprune::SellUse uses[] = {onnxprune::SellUse::kNever, onnxprune::SellUse::kAuto, onnxprune::SellUse::kAlways};
   if (uses[use] == onnxprune::SellUse::kNever) return 0;
   try {
