@@ -77,6 +77,12 @@ constexpr int kValueKinds = 2;
 constexpr int IndexBytes(IndexKind kind) { return kind == kIndex32 ? 4 : kind == kIndex16 ? 2 : 1; }
 constexpr int ValueBytes(ValueKind kind) { return kind == kValueF16 ? 2 : 4; }
 
+// The mask of the first n of 16 vector lanes (none for n <= 0, all for n >= 16), as AVX-512's
+// __mmask16 takes it: the Winograd path's and lanes of rows' partial loads and stores.
+inline uint16_t FirstLanes(int64_t n) {
+  return n >= 16 ? uint16_t{0xFFFF} : n <= 0 ? uint16_t{0} : static_cast<uint16_t>((1u << n) - 1u);
+}
+
 // IEEE binary16 -> binary32, exact for every input (subnormals, infinities, NaN payloads); the
 // portable path's conversion (the vector paths use F16C's vcvtph2ps, which gives the same bits).
 inline float HalfToFloat(uint16_t h) {

@@ -15,11 +15,6 @@ ONNXPRUNE_SELL_TARGET inline __m512 Values16(const uint16_t* v) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)));
 }
 
-// The first n of 16 lanes (none for n <= 0, all for n >= 16).
-inline __mmask16 FirstLanes(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
-}
-
 // acc + v * x[64 b + i] in the lanes whose index byte i is not padding; x64 = x's block.
 ONNXPRUNE_SELL_TARGET inline __m512 Step(const __m512 x64[4], const uint8_t* ix, __m512 v, __m512 acc) {
   const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ix)));

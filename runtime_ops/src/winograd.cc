@@ -19,11 +19,6 @@ using winograd_rows::InputRow;
 using winograd_rows::kG;
 using winograd_rows::OutputRow;
 
-// The first n of 16 lanes (none for n <= 0, all for n >= 16).
-inline __mmask16 FirstLanes(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
-}
-
 // V[xi][c][t - t0] for every channel and the tiles t0 .. t1 (t = ty * tw + tx): 16 tiles
 // of a tile row at a time, each of their 6 input rows read as 68 floats (4 tx0 .. 4 tx0 + 67
 // of the row, inside Xp and its slack) and split into the tiles' columns in registers, stored
