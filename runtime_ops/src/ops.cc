@@ -4098,21 +4098,13 @@ ONNXPRUNE_EXPORT int64_t onnxprune_ops_gemv_lanes(const void* values, int value_
   csr.values = values, csr.col = col, csr.row_ptr = row_ptr, csr.rows = rows, csr.nnz = row_ptr[rows];
   csr.value = static_cast<onnxprune::ValueKind>(value_kind);
   csr.index = static_cast<onnxprune::IndexKind>(index_kind);
-  csr.max_col = extent - 1;
-  // what a validated CSR guarantees, checked here too: a caller's mistake is a -1, not a write
-  // outside the plan's counters
-  if (row_ptr[0] != 0) return -1;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (row_ptr[r + 1] < row_ptr[r]) return -1;
-    int64_t running = 0;
-    for (int64_t j = row_ptr[r]; j < row_ptr[r + 1]; ++j) {
-      const int64_t c = onnxprune::ColumnAt(csr, j, &running);
-      if (c < 0 || c >= extent) return -1;
-    }
-  }
   const onnxprune::SellUse uses[] = {onnxprune::SellUse::kNever, onnxprune::SellUse::kAuto, onnxprune::SellUse::kAlways};
-  if (uses[use] == onnxprune::SellUse::kNever) return 0;
   try {
+    // validated as a model's CSR is (a caller's mistake is a -1, not a write outside the
+    // plan's counters), every column below extent
+    onnxprune::Validate(csr);
+    if (csr.max_col >= extent) return -1;
+    if (uses[use] == onnxprune::SellUse::kNever) return 0;
     const auto plan = onnxprune::MakeSellPlan(csr, extent, uses[use]);
     return plan->Empty() ? 0 : plan->group_step.back() * onnxprune::kSellRows;
   } catch (...) {
