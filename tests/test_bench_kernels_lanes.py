@@ -4,18 +4,8 @@ kept on the CSR (ONNXPRUNE_GEMV_SELL=0), beside the default choice; other rows u
 from __future__ import annotations
 
 import os
-import sys
 
-from tests.test_bench_kernels_winograd import SCRIPT, _rows
-
-
-def _bench_kernels():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import bench_kernels
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return bench_kernels
+from tests.test_bench_kernels_winograd import _bench_kernels, _rows
 
 
 def test_batch1_fc_rows_get_a_csr_pass_timing(tmp_path):

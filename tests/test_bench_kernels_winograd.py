@@ -11,6 +11,16 @@ import sys
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_kernels.py"
 
 
+def _bench_kernels():
+    """bench/bench_kernels.py as a module, imported from its folder (it imports bench_models)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_kernels
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return bench_kernels
+
+
 def _rows(tmp_path, match, *extra):
     out = tmp_path / "out.json"
     p = subprocess.run([sys.executable, str(SCRIPT), "--threads", "1", "--quick", "--json", str(out),
@@ -42,11 +52,7 @@ def test_the_winograd_model_is_the_csr_model_with_the_path_asked():
 
     from onnxprune import runtime_ops
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import bench_kernels
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    bench_kernels = _bench_kernels()
     _, sparse = bench_kernels.conv_models(16, 16, 3, 0.5, np.random.default_rng(0))
     wino = bench_kernels.with_winograd(sparse)
     a, b = onnx.load_from_string(sparse), onnx.load_from_string(wino)
