@@ -505,7 +505,10 @@ def layer_timings(dense_model, feeds, batch, threads, decided, args) -> list[dic
     """Every expressible layer alone: one-node CSR model vs one-node dense model."""
     from onnxprune.runtime.bench import lower_model
 
-    forced, _ = lower_model(dense_model, batch=batch, threads=threads, force=["*"])
+    # each layer alone, as the dense model shapes its input: without transposed chains, whose
+    # nodes read or write their tensors with the last two axes swapped
+    forced, _ = lower_model(dense_model, batch=batch, threads=threads, force=["*"],
+                            **{"transposed-chains": False})
     opset = next((o.version for o in dense_model.opset_import if o.domain in ("", "ai.onnx")), 17)
     rows = []
     for node, inits, x_shape, x, d_sess, s_sess in one_node_pairs(

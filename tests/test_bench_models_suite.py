@@ -173,3 +173,24 @@ def test_keep_leaves_every_file_the_run_timed(bm, tmp_path, capsys):
     case = json.loads((tmp_path / "r.json").read_text())["models"]["lenet-300-100"]["cases"][0]
     lowered = onnx.load(str(keep / "lenet-300-100.sparse-b1-t1.onnx"))
     assert sum(n.domain == runtime_ops.DOMAIN for n in lowered.graph.node) == len(case["lowered"])
+
+
+def test_layer_timings_time_each_bert_layer_on_its_dense_input(bm, tmp_path):
+    """Per-layer timings build each layer's one-node pair from the dense model's shapes: the
+    forced lowering for them leaves out transposed chains, whose nodes read or write their
+    tensors with the last two axes swapped (a matmul = 4 node timed on the dense model's
+    (batch, seq, hidden) input had built its dense twin for the wrong width and failed)."""
+    build, keep = bm.MODELS["bert-base"]
+    src = tmp_path / "m.onnx"
+    onnx.save(build(**REDUCED["bert-base"]), src)
+    bm.prune(str(src), str(tmp_path / "d.onnx"), keep, "dense")
+    dense = onnx.load(tmp_path / "d.onnx")
+    cfg = REDUCED["bert-base"]
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, cfg["seq"], cfg["hidden"]), dtype=np.float32)}
+    args = type("Args", (), dict(layer_repeats=3, min_repeats=2, layer_seconds=0.01, seed=0))()
+    rows = bm.layer_timings(dense, feeds, 2, 1, {}, args)
+    assert len(rows) == 6 * cfg["layers"]
+    widths = {"fc2": cfg["ffn"]}
+    for r in rows:
+        assert r["input_shape"] == [2, cfg["seq"], widths.get(r["name"].rsplit(".", 1)[1], cfg["hidden"])], r
+        assert r["dense_ms"] > 0 and r["sparse_ms"] > 0
