@@ -1336,7 +1336,8 @@ struct CsrGemmKernel {
       // Columns past INT32_MAX are never referenced (indices are at most int32), and the
       // kernels' column blocking works in int32.
       Gemv(ctx, kern, csr, x.as<float>(), std::min<int64_t>(k, INT32_MAX), bias, z, y);
-    } else if (m >= kTiledMinRows && CheckedMul(k, m + kConvMaxTile, "packed batch size") <= INT32_MAX) {
+    } else if (m >= kTiledMinRows &&
+               CheckedMul(k, m + kConvMaxTile + kPlaneSlack, "packed batch size") <= INT32_MAX) {
       SpmmTiled(ctx, kern, csr, x.as<float>(), m, k, seg, bias, z, y);
     } else {
       Spmm(ctx, kern, csr, x.as<float>(), m, k, seg, bias, z, y);
@@ -1345,8 +1346,8 @@ struct CsrGemmKernel {
 
   // From this many rows of X (batch x sequence for a transformer's MatMul) the product runs on
   // CsrConv's tiles, as a 1x1 convolution over the rows: X transposed into K planes of
-  // Mp = tiles * T floats, each nonzero (r, c) one offset c * Mp (so every load is aligned),
-  // rows of W over a tile of T consecutive rows of X in 4-14 vector accumulators. K is split
+  // Mp >= tiles * T floats (PackedPlane), each nonzero (r, c) one offset c * Mp (so every load
+  // is aligned), rows of W over a tile of T consecutive rows of X in 4-14 vector accumulators. K is split
   // into blocks whose planes take kGemmBlockL1s times the L1 data cache, so the rows of a
   // task that use a plane in one block pass mostly find it in L1 rather than in L2. Below
   // kTiledMinRows the K x 16..64 panels of Spmm waste less padding.
@@ -1358,6 +1359,40 @@ struct CsrGemmKernel {
   // the L2 had measured faster before a block pass ran all of a task's rows in one call,
   // conv_rows: at 10% density a block of an L1's planes holds ~10 nonzeros of a row.)
   static constexpr double kGemmBlockL1s = 1.25;
+
+  // Floats in a packed plane of X for `positions` rows: an odd number of 64-byte lines, so that
+  // the planes a block pass reads, one tile's window each, spread over the L1's sets. Planes of
+  // a multiple of 2 KiB had put every plane's window in the same sets: BERT-base's products at
+  // batch 4 (512 rows, 8-vector tiles) ran 1.16-1.23x faster with planes one line longer, and
+  // 8-vector tiles at batch 8 (1024 rows) went from 0.85x to 1.06-1.11x of 13-vector ones (a Zen
+  // 4 class core, docs/BENCHMARKS.md). At most kPlaneSlack floats over the tiles' positions.
+  static constexpr int64_t kPlaneSlack = 32;
+  static int64_t PackedPlane(int64_t positions) { return (((positions + 15) / 16) | 1) * 16; }
+
+  // The tile for M rows of X packed into planes of K: the V whose padded positions cost least,
+  // each weighted by the memory operations a multiply-add carries besides its load of X: a
+  // nonzero's broadcast and offset, 2 / V, and, where K spans more than one block, the V
+  // partial sums a row loads and stores each block pass, 2 / (the row's nonzeros in a block:
+  // the density times the planes a block holds, fewer for wider tiles). At 10% density this
+  // takes 8-vector tiles over 13 for BERT-base's 1024 rows at batch 8 (1.06-1.11x faster, a Zen
+  // 4 class core), where the weight 2 / V alone had taken 13; at 30% it keeps 13.
+  static int64_t ChooseGemmTile(int lanes, int64_t m, int64_t k, double density, int* vi) {
+    double best = 0.0;
+    int64_t tile = 0;
+    for (int v = kConvVectorChoices - 1; v >= 0; --v) {
+      const int64_t t = static_cast<int64_t>(lanes) * kConvVectors[v];
+      const double fit =
+          kGemmBlockL1s * static_cast<double>(L1DataBytes()) / (static_cast<double>(t) * sizeof(float));
+      const double passes = static_cast<double>(k) > fit ? 2.0 / std::max(1.0, density * fit) : 0.0;
+      const double cost = static_cast<double>((m + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[v] + passes);
+      if (v == kConvVectorChoices - 1 || cost < best) {
+        best = cost;
+        *vi = v;
+        tile = t;
+      }
+    }
+    return tile;
+  }
 
   // The plan of SpmmTiled for one M: tile width, K blocks and offsets. Kept for the constant
   // CSR and the last M and layout seen.
@@ -1422,12 +1457,15 @@ struct CsrGemmKernel {
     p.in_place = in_place;
     // In place: tiles within each batch, planes `seg` floats apart (M is a whole number of
     // batches, each of whole tiles); else tiles across M, X copied into planes of whole tiles.
-    p.tile = in_place > 0 ? InPlaceTile(kern.conv_lanes, in_place, &p.vi) : ChooseTile(kern.conv_lanes, m, &p.vi);
+    const double density =
+        static_cast<double>(csr.nnz) / std::max(1.0, static_cast<double>(csr.rows) * static_cast<double>(k));
+    p.tile = in_place > 0 ? InPlaceTile(kern.conv_lanes, in_place, &p.vi)
+                          : ChooseGemmTile(kern.conv_lanes, m, k, density, &p.vi);
     p.tiles = (m + p.tile - 1) / p.tile;
     p.entries.asked_rows = task_rows;
     p.entries.task_rows = pool.Split(task_rows, csr.rows, p.tiles);
-    // k * plane <= k * (m + kConvMaxTile) <= INT32_MAX (Compute)
-    p.plane = in_place > 0 ? in_place : p.tiles * p.tile;
+    // k * plane <= k * (m + kConvMaxTile + kPlaneSlack) <= INT32_MAX (Compute)
+    p.plane = in_place > 0 ? in_place : PackedPlane(p.tiles * p.tile);
     const int64_t fit = static_cast<int64_t>(kGemmBlockL1s * static_cast<double>(L1DataBytes()) /
                                              (static_cast<double>(p.tile) * sizeof(float)));
     p.kb = EvenBlocks(k, fit, &p.blocks);
