@@ -2748,15 +2748,21 @@ struct CsrConvKernel {
     if (depthwise == DwPath::kBlocks) return floats <= kDwBlockMaxFloats;
     const double density = static_cast<double>(nnz) / (static_cast<double>(g.c_out) * static_cast<double>(kh * kw));
     const bool dense = density >= kDwBlockDense;
-    const int64_t narrow = dense || (g.sh == 1 && g.sw == 1) ? kDwBlockNarrow : kDwBlockNarrow / 2;
+    const int64_t most = dense || (g.sh == 1 && g.sw == 1) ? kDwBlockNarrow : kDwBlockNarrow / 2;
     // Dense layers up to kDwBlockWide columns wide stay here also where the grid path could take
     // them, since the transposes run in registers (dw_block_in / dw_block_out): 3x3 over 192
     // channels of 28x28 0.116-0.120 ms against 0.129-0.130 on the grid, at stride 2 0.081
     // against 0.086, 144 of 56x56 at stride 2 0.248-0.252 against 0.266-0.277 (one node after
     // a Relu, 1 thread, an Intel core, lscpu family 6 model 207); 56 columns go to the grid
     // (144 of 56x56 0.366 against 0.333, 96 of 112x112 at stride 2 0.713 against 0.626).
-    return (g.ow <= narrow || (g.ow <= kDwBlockWide && dense)) &&
-           floats * sizeof(float) <= kDwBlockL2s * static_cast<double>(L2Bytes());
+    // On a core that splits each 512-bit operation in two (`narrow`, CpuSplitsWideFma) the
+    // blocks' 16 x 16 transposes cost twice their shuffles and the grid is ahead there instead:
+    // 192 channels of 28x28 0.066 ms on the grid against 0.087 in blocks, 144 of 56x56 at stride
+    // 2 0.099-0.101 against 0.112-0.113, 256 of 32x32 0.089 against 0.166 (a Zen 4 class core,
+    // docs/BENCHMARKS.md); at 14 and 7 columns the blocks stay ahead (384 of 14x14 0.052
+    // against 0.058, 576 of 14x14 at stride 2 0.041 against 0.087).
+    const bool wide = g.ow <= kDwBlockWide && dense && !(narrow && isa == Isa::kAvx512);
+    return (g.ow <= most || wide) && floats * sizeof(float) <= kDwBlockL2s * static_cast<double>(L2Bytes());
   }
 
   // Each channel block's taps that some channel of it stores: offset, weights (zero for the
