@@ -227,6 +227,19 @@ def test_the_layout_depthwise_layers_take(lib, monkeypatch):
     assert conv_layout(lib, isa_name, [*attrs, 32], [1, 32, 56, 56], 32, 100) in (1, 2)
 
 
+# kH, kW, sH, sW, dH, dW, pads t/l/b/r of a centred 3x3 (conv_layout's attrs, group to follow)
+DW_3X3 = [3, 3, 1, 1, 1, 1, 1, 1, 1, 1]
+DW_3X3_STRIDE2 = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]
+
+
+def _layout_isas(lib, monkeypatch, narrow: str):
+    """The instruction sets this CPU has, for layout queries under the default depthwise rule
+    with ONNXPRUNE_CONV_NARROW=narrow."""
+    monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", narrow)
+    return [isa for isa in ("scalar", "avx2", "avx512") if lib.onnxprune_ops_cpu_has(isa.encode()) == 1]
+
+
 def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
     """5: channel blocks (ops.cc ChannelBlocks) on maps at most 16 outputs wide (8 for a
     sparse strided layer), or 32 where the channels keep half their taps (also where the grid
@@ -235,13 +248,8 @@ def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
     6 of those where the grid path (AVX-512; stride 1 or 2, a centred 3x3 or 5x5) takes
     channels that keep every tap; =blocks forces 5 where the block's scratch stays within its
     bound. ONNXPRUNE_CONV_NARROW=0 here: the rule of a core with whole 512-bit units."""
-    attrs = [3, 3, 1, 1, 1, 1, 1, 1, 1, 1]
-    stride2 = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]
-    monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
-    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "0")
-    for isa_name in ("scalar", "avx2", "avx512"):
-        if lib.onnxprune_ops_cpu_has(isa_name.encode()) != 1:
-            continue
+    attrs, stride2 = DW_3X3, DW_3X3_STRIDE2
+    for isa_name in _layout_isas(lib, monkeypatch, narrow="0"):
         assert conv_layout(lib, isa_name, [*attrs, 960], [1, 960, 7, 7], 960, 960 * 9) == 5
         assert conv_layout(lib, isa_name, [*attrs, 960], [1, 960, 7, 7], 960, 960 * 2) == 5  # 22%
         grid = 6 if isa_name == "avx512" else None
@@ -268,13 +276,8 @@ def test_a_core_that_splits_wide_operations_puts_28_wide_dense_maps_on_the_grid(
     channel blocks to maps at most 16 outputs wide: a dense 28-wide map takes the grid (6),
     which measured 1.1-1.3x faster there; 14- and 7-wide maps stay in blocks, and the other
     instruction sets (no grid path) keep the rule of the test above."""
-    attrs = [3, 3, 1, 1, 1, 1, 1, 1, 1, 1]
-    stride2 = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]
-    monkeypatch.delenv("ONNXPRUNE_CONV_DEPTHWISE", raising=False)
-    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "1")
-    for isa_name in ("scalar", "avx2", "avx512"):
-        if lib.onnxprune_ops_cpu_has(isa_name.encode()) != 1:
-            continue
+    attrs, stride2 = DW_3X3, DW_3X3_STRIDE2
+    for isa_name in _layout_isas(lib, monkeypatch, narrow="1"):
         wide = 6 if isa_name == "avx512" else 5
         assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 9) == wide
         assert conv_layout(lib, isa_name, [*stride2, 144], [1, 144, 56, 56], 144, 144 * 9) == wide  # 28 wide
