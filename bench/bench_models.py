@@ -79,6 +79,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from onnxprune.runtime.bench import (
     compare_outputs,
     one_node_pairs,
+    rows_by_node,
     run_outputs,
     session_for,
     time_pair,
@@ -672,7 +673,7 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
             dense_ms, sparse_ms, reps = adaptive_pair(d_sess, s_sess, feeds, args.repeats,
                                                       args.min_repeats, args.case_seconds)
             del d_sess, s_sess
-            decided = {r["name"]: r for r in sp["layers"]}
+            decided = rows_by_node(sp["layers"])
             case = {"batch": batch, "threads": threads, "repeats": reps, "load_1min": load,
                     "dense_ms": round(dense_ms, 3), "sparse_ms": round(sparse_ms, 3),
                     "ratio": round(dense_ms / sparse_ms, 3), "lowered": sp["lowered"],

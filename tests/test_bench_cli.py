@@ -198,3 +198,32 @@ def test_bench_with_nothing_lowered_reports_no_speed_up(tmp_path, wide_mlp, caps
     assert e2e["lowered"] == [] and e2e["nothing_lowered"] and e2e["ratio"] == 1.0
     assert e2e["dense_ms"] == e2e["sparse_ms"] > 0
     assert "nothing lowered" in err and "1.00x" in err
+
+
+def test_bench_marks_every_node_of_a_shared_weight_lowered(tmp_path, capsys, monkeypatch):
+    """A weight that two nodes share (as torch's exporter leaves a TransformerEncoder's cloned
+    layers) is one layer of the lowering, named after its first node; the per-layer table said
+    "no" for the second node while the summary listed it lowered."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.runtime import lowering
+    from tests.test_lower_measure import fake_timer
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((128, 128)).astype(np.float32)
+    w[rng.random(w.shape) >= 0.1] = 0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "W"], ["y"], name="mm2")], "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 128])], [numpy_helper.from_array(w, "W")])
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    monkeypatch.setattr(lowering, "ort_timer", lambda: fake_timer({"mm1": 3.0}, 2.0))
+    code, out, err = _run(["bench", str(path), "--repeats", "3", "--json", "-"], capsys)
+    assert code == 0, err
+    cfg = json.loads(out)["configs"][0]
+    assert sorted(cfg["end_to_end"]["lowered"]) == ["mm1", "mm2"]
+    rows = {r["name"]: r for r in cfg["layers"]}
+    assert set(rows) == {"mm1", "mm2"}
+    assert all(r["lowered"] and r["density"] == pytest.approx(0.1, abs=0.02) for r in rows.values())

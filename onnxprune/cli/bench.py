@@ -33,7 +33,7 @@ from onnxprune.core.errors import EXIT_OK, GateFailed
 from onnxprune.runtime.lowering import lower_as_measured
 from onnxprune.runtime.bench import (
     batch_dims, capture_shapes, compare_outputs, csr_nodes, csr_params, dense_from_lowered, error_text,
-    densified_graph, is_lowered, lower_model, model_opset, node_attrs, one_node_pairs,
+    densified_graph, is_lowered, lower_model, model_opset, node_attrs, one_node_pairs, rows_by_node,
     run_outputs, session_for, time_pair)
 
 
@@ -200,7 +200,7 @@ def _layer_timings(base_model, stats, lowered_input, feeds, batch, threads, opse
         # each layer alone, as the dense model shapes its input (no transposed chains)
         forced, _ = lower_model(base_model, batch=batch, threads=threads, force=["*"],
                                 **{"transposed-chains": False})
-        decided = {r["name"]: r for r in stats["layers"]}
+        decided = rows_by_node(stats["layers"])
     rows = []
     for node, inits, x_shape, x, d_sess, s_sess in one_node_pairs(
             forced, base_model, feeds, threads, opset, args.seed):

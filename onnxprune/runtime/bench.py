@@ -579,6 +579,17 @@ def one_node_pairs(forced: onnx.ModelProto, shape_model: onnx.ModelProto, feeds:
         yield node, inits, x_shape, x, session_for(dense_b, threads), session_for(sparse_b, threads)
 
 
+def rows_by_node(layer_rows: list[dict]) -> dict[str, dict]:
+    """The lowering's per-layer rows keyed by every node each covers: a layer whose weight
+    several nodes share (an exporter's deduplicated initializers, e.g. torch's cloned encoder
+    layers) is one row named after its first node, and the others are lowered with it."""
+    out: dict[str, dict] = {}
+    for row in layer_rows:
+        for name in row.get("nodes") or [row["name"]]:
+            out.setdefault(name, row)
+    return out
+
+
 def csr_params(node: onnx.NodeProto, inits: dict, x_shape: tuple) -> int:
     """N·K of the weight behind a CSR node (K from the input it sees)."""
     return (int(inits[node.input[3]].dims[0]) - 1) * _width_of(node, x_shape)
