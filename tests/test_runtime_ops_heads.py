@@ -48,6 +48,10 @@ CASES = [
     ("tiled_ragged", 70, 300, 0.1, (3, 45), False),  # tiles across batch ends
     ("tiled_4d_ragged", 40, 64, 0.2, (2, 3, 37), True),
     ("tiled_parallel", 300, 128, 0.1, (2, 128), True),
+    # Y^T summed where it lies (matmul 3): batches of whole 8-vector tiles, one run a row on
+    # AVX-512; and two runs a row (tiles of 128 in batches of 256) over several K blocks
+    ("tiled_whole_batches", 40, 40, 0.3, (4, 128), True),
+    ("tiled_runs_k_blocks", 24, 1600, 0.1, (2, 256), True),
 ]
 
 
