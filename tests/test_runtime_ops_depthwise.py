@@ -274,8 +274,9 @@ def test_the_layout_small_depthwise_maps_take(lib, monkeypatch):
 def test_a_core_that_splits_wide_operations_puts_28_wide_dense_maps_on_the_grid(lib, monkeypatch):
     """With ONNXPRUNE_CONV_NARROW=1 (the default on a Zen 4 class core) an AVX-512 session keeps
     channel blocks to maps at most 16 outputs wide: a dense 28-wide map takes the grid (6),
-    which measured 1.1-1.3x faster there; 14- and 7-wide maps stay in blocks, and the other
-    instruction sets (no grid path) keep the rule of the test above."""
+    which measured 1.1-1.3x faster there; 14- and 7-wide maps stay in blocks, as do layers the
+    grid does not take (dilated, 7x7, a tap left out), and the other instruction sets (no grid
+    path) keep the rule of the test above."""
     attrs, stride2 = DW_3X3, DW_3X3_STRIDE2
     for isa_name in _layout_isas(lib, monkeypatch, narrow="1"):
         wide = 6 if isa_name == "avx512" else 5
@@ -284,6 +285,11 @@ def test_a_core_that_splits_wide_operations_puts_28_wide_dense_maps_on_the_grid(
         assert conv_layout(lib, isa_name, [*attrs, 384], [1, 384, 14, 14], 384, 384 * 9) == 5
         assert conv_layout(lib, isa_name, [*stride2, 576], [1, 576, 14, 14], 576, 576 * 9) == 5  # 7 wide
         assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 2) == 4
+        # a 5x5 the grid takes; a dilated 3x3, a 7x7 and one channel short of every tap it does not
+        assert conv_layout(lib, isa_name, [5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 192], [1, 192, 28, 28], 192, 192 * 25) == wide
+        assert conv_layout(lib, isa_name, [3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 192], [1, 192, 28, 28], 192, 192 * 9) == 5
+        assert conv_layout(lib, isa_name, [7, 7, 1, 1, 1, 1, 3, 3, 3, 3, 192], [1, 192, 28, 28], 192, 192 * 49) == 5
+        assert conv_layout(lib, isa_name, [*attrs, 192], [1, 192, 28, 28], 192, 192 * 9 - 1) == 5
 
 
 # Channel blocks: channel counts below, at and across the vector widths (8, 16) and a block

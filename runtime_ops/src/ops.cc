@@ -2756,12 +2756,15 @@ struct CsrConvKernel {
     // a Relu, 1 thread, an Intel core, lscpu family 6 model 207); 56 columns go to the grid
     // (144 of 56x56 0.366 against 0.333, 96 of 112x112 at stride 2 0.713 against 0.626).
     // On a core that splits each 512-bit operation in two (`narrow`, CpuSplitsWideFma) the
-    // blocks' 16 x 16 transposes cost twice their shuffles and the grid is ahead there instead:
+    // blocks' 16 x 16 transposes cost twice their shuffles and the grid (GridKernel: every
+    // channel keeping every tap, as the count says; others keep the blocks) is ahead instead:
     // 192 channels of 28x28 0.066 ms on the grid against 0.087 in blocks, 144 of 56x56 at stride
     // 2 0.099-0.101 against 0.112-0.113, 256 of 32x32 0.089 against 0.166 (a Zen 4 class core,
     // docs/BENCHMARKS.md); at 14 and 7 columns the blocks stay ahead (384 of 14x14 0.052
     // against 0.058, 576 of 14x14 at stride 2 0.041 against 0.087).
-    const bool wide = g.ow <= kDwBlockWide && dense && !(narrow && isa == Isa::kAvx512);
+    int64_t pitch = 0;
+    const bool grid = narrow && nnz == g.c_out * kh * kw && GridKernel(KernelsFor(isa), g, &pitch) != nullptr;
+    const bool wide = g.ow <= kDwBlockWide && dense && !grid;
     return (g.ow <= most || wide) && floats * sizeof(float) <= kDwBlockL2s * static_cast<double>(L2Bytes());
   }
 
