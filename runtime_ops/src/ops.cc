@@ -772,13 +772,16 @@ int64_t L2Bytes() {
 
 // Tile width for `positions` consecutive outputs on tiles of conv_lanes * kConvVectors[v]
 // floats: the V with the least padded work, ceil(positions / T) * T weighted by 1 + 2 / V for
-// the per-nonzero broadcast and offset load (ties to the wider tile). Returns T, sets *vi.
-int64_t ChooseTile(int lanes, int64_t positions, int* vi) {
+// the per-nonzero broadcast and offset load, plus extra(T) where the caller counts more per
+// multiply-add (ties to the wider tile). Returns T, sets *vi.
+template <class Extra>
+int64_t ChooseTile(int lanes, int64_t positions, int* vi, Extra extra) {
   double best = 0.0;
   int64_t tile = 0;
   for (int v = kConvVectorChoices - 1; v >= 0; --v) {
     const int64_t t = static_cast<int64_t>(lanes) * kConvVectors[v];
-    const double cost = static_cast<double>((positions + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[v]);
+    const double cost =
+        static_cast<double>((positions + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[v] + extra(t));
     if (v == kConvVectorChoices - 1 || cost < best) {
       best = cost;
       *vi = v;
@@ -786,6 +789,9 @@ int64_t ChooseTile(int lanes, int64_t positions, int* vi) {
     }
   }
   return tile;
+}
+int64_t ChooseTile(int lanes, int64_t positions, int* vi) {
+  return ChooseTile(lanes, positions, vi, [](int64_t) { return 0.0; });
 }
 
 // CsrConv's tiles over `positions` consecutive outputs: full tiles of T = lanes * V floats and
@@ -1359,6 +1365,10 @@ struct CsrGemmKernel {
   // the L2 had measured faster before a block pass ran all of a task's rows in one call,
   // conv_rows: at 10% density a block of an L1's planes holds ~10 nonzeros of a row.)
   static constexpr double kGemmBlockL1s = 1.25;
+  // Planes of `tile` floats a K block holds (kGemmBlockL1s of the L1).
+  static double BlockPlanes(int64_t tile) {
+    return kGemmBlockL1s * static_cast<double>(L1DataBytes()) / (static_cast<double>(tile) * sizeof(float));
+  }
 
   // Floats in a packed plane of X for `positions` rows: an odd number of 64-byte lines, so that
   // the planes a block pass reads, one tile's window each, spread over the L1's sets. Planes of
@@ -1377,21 +1387,10 @@ struct CsrGemmKernel {
   // takes 8-vector tiles over 13 for BERT-base's 1024 rows at batch 8 (1.06-1.11x faster, a Zen
   // 4 class core), where the weight 2 / V alone had taken 13; at 30% it keeps 13.
   static int64_t ChooseGemmTile(int lanes, int64_t m, int64_t k, double density, int* vi) {
-    double best = 0.0;
-    int64_t tile = 0;
-    for (int v = kConvVectorChoices - 1; v >= 0; --v) {
-      const int64_t t = static_cast<int64_t>(lanes) * kConvVectors[v];
-      const double fit =
-          kGemmBlockL1s * static_cast<double>(L1DataBytes()) / (static_cast<double>(t) * sizeof(float));
-      const double passes = static_cast<double>(k) > fit ? 2.0 / std::max(1.0, density * fit) : 0.0;
-      const double cost = static_cast<double>((m + t - 1) / t * t) * (1.0 + 2.0 / kConvVectors[v] + passes);
-      if (v == kConvVectorChoices - 1 || cost < best) {
-        best = cost;
-        *vi = v;
-        tile = t;
-      }
-    }
-    return tile;
+    return ChooseTile(lanes, m, vi, [&](int64_t t) {
+      const double fit = BlockPlanes(t);
+      return static_cast<double>(k) > fit ? 2.0 / std::max(1.0, density * fit) : 0.0;
+    });
   }
 
   // The plan of SpmmTiled for one M: tile width, K blocks and offsets. Kept for the constant
@@ -1466,9 +1465,7 @@ struct CsrGemmKernel {
     p.entries.task_rows = pool.Split(task_rows, csr.rows, p.tiles);
     // k * plane <= k * (m + kConvMaxTile + kPlaneSlack) <= INT32_MAX (Compute)
     p.plane = in_place > 0 ? in_place : PackedPlane(p.tiles * p.tile);
-    const int64_t fit = static_cast<int64_t>(kGemmBlockL1s * static_cast<double>(L1DataBytes()) /
-                                             (static_cast<double>(p.tile) * sizeof(float)));
-    p.kb = EvenBlocks(k, fit, &p.blocks);
+    p.kb = EvenBlocks(k, static_cast<int64_t>(BlockPlanes(p.tile)), &p.blocks);
     std::vector<int32_t> off(static_cast<size_t>(csr.nnz));
     std::vector<int64_t> pass(static_cast<size_t>(csr.nnz));
     p.entries.rows = csr.rows;
