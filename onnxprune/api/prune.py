@@ -110,7 +110,7 @@ def _apply_lowering(recipe, values: dict) -> None:
 
 def prune(model, output, *, recipe=None, in_place: bool = False,
           before_run: Callable[[list[str]], None] | None = None,
-          progress: Callable | None = None, decide: str | None = None,
+          progress: Callable | None = None, decide: str | None = None, batch_stream: bool | None = None,
           input_shapes: dict[str, tuple[int, ...]] | None = None, timer=None,
           **options) -> dict:
     """Prune ``model`` (a path or a ``ModelProto``) with a recipe, write it to ``output``, and
@@ -125,7 +125,7 @@ def prune(model, output, *, recipe=None, in_place: bool = False,
     weights are all zero.  ``options`` are ``build_recipe``'s keywords.  A model already
     carrying this recipe's stamp is written unchanged (prune is idempotent).  With emit
     sparse-ops the lowering is decided as in ``onnxprune.lower`` (``decide`` "measure", the
-    default, or "model"; ``input_shapes``, ``timer``), on the pruned graph.
+    default, or "model"; ``input_shapes``, ``timer``, ``batch_stream``), on the pruned graph.
 
     Exceptions (the CLI's exit code): ``UsageError`` (2) for a bad option or path,
     ``InvalidModelError`` (4) for a malformed or unsafe model, ``RuntimeFailure`` /
@@ -144,8 +144,13 @@ def prune(model, output, *, recipe=None, in_place: bool = False,
     recipe = build_recipe(recipe, **options)
     if recipe.emit != "sparse-ops" and decide is not None:
         raise UsageError("--decide only applies to --emit sparse-ops")
+    if recipe.emit != "sparse-ops" and batch_stream is not None:
+        raise UsageError("--no-batch-stream only applies to --emit sparse-ops")
+    if batch_stream is not None and not isinstance(batch_stream, bool):
+        raise UsageError(f"batch_stream must be True or False, got {batch_stream!r}")
     shapes = checked_shapes(input_shapes)
-    decision = MeasuredLowering(decide or "measure", shapes, timer, progress)
+    decision = MeasuredLowering(decide or "measure", shapes, timer, progress,
+                                stream=batch_stream is not False)
     if output is None:
         raise UsageError("prune: an output path is required")
     proto, info = open_model(model, lazy=True)

@@ -104,11 +104,13 @@ def cmd_bench(args, console) -> int:
     from onnxprune.cli.output import check_paths, input_files, write_json
     from onnxprune.core.graph import graph_to_model
     from onnxprune.core.stats import versions
+    from onnxprune.passes.lower_to_sparse_ops.stream import flatten
 
     shapes = input_shapes(args)
     model, info = io.load(args.model)
     check_paths([*input_files(info), args.data], [("--json", args.json)])
     lowered_input = is_lowered(model)
+    flat = flatten(model)
     if lowered_input:
         dense_base = None
     else:
@@ -138,10 +140,10 @@ def cmd_bench(args, console) -> int:
         # random inputs may not be what the model can run on: the error then says so
         with random_feeds_hint(None if given is not None else feeds):
             for threads in args.threads:
-                if lowered_input:
+                if lowered_input:  # a streamed prefix timed as written, its nodes read flat
                     sparse_model, stats = model, None
-                    xs = capture_shapes(model, [n.input[0] for n in csr_nodes(model)], feeds, threads)
-                    dense_model = dense_from_lowered(model, xs)
+                    xs = capture_shapes(flat, [n.input[0] for n in csr_nodes(flat)], feeds, threads)
+                    dense_model = dense_from_lowered(flat, xs)
                 else:  # lowered as `onnxprune lower` would, measured here on these inputs
                     dense_model = dense_base
                     sparse_model, stats, decision = lower_as_measured(dense_base, feeds, batch, threads)
@@ -168,7 +170,7 @@ def cmd_bench(args, console) -> int:
                 if not check["passed"]:
                     failed.append(f"batch {batch}, threads {threads}: {error_text(check)}")
                 if not args.no_layers:
-                    cfg["layers"] = _layer_timings(model if lowered_input else dense_base, stats,
+                    cfg["layers"] = _layer_timings(flat if lowered_input else dense_base, stats,
                                                    lowered_input, feeds, batch, threads, opset, args)
                 configs.append(cfg)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from onnxprune.core.console import Console, paint
 from onnxprune.core.errors import EXIT_OK
-from onnxprune.cli.lower import (batch_line, layer_lines, rewrite_lines, values_line, whole_model_line,
-                                 winograd_line)
+from onnxprune.cli.lower import (batch_line, layer_lines, rewrite_lines, stream_line, values_line,
+                                 whole_model_line, winograd_line)
 from onnxprune.cli.output import check_paths, write_json
 
 
@@ -43,6 +43,7 @@ def cmd_prune(args, console: Console) -> int:
 
     report = prune(args.model, args.output, in_place=args.in_place,
                    before_run=before_run, progress=console.progress, decide=args.decide,
+                   batch_stream=args.batch_stream,
                    input_shapes=input_shapes(args), **_recipe_options(args))
     write_json(report, args.json)
     write_junit(args.junit, "prune", prune_cases(report), time.monotonic() - start)
@@ -62,6 +63,7 @@ def cmd_prune(args, console: Console) -> int:
         for line in rewrite_lines(report):
             console.info(line)
         for line in (whole_model_line(report.get("lowering")), winograd_line(report.get("lowering")),
+                     stream_line(report.get("lowering")),
                      values_line(report.get("lowering")),
                      batch_line(report.get("lowering"))):
             if line:

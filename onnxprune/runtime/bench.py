@@ -49,7 +49,10 @@ def densified_graph(model):
 
 
 def is_lowered(model) -> bool:
-    return any(n.domain == DOMAIN for n in model.graph.node)
+    """Whether any node of the model (a streamed prefix's included) is one of onnxprune's."""
+    from onnxprune.core.io import proto_graphs
+
+    return any(n.domain == DOMAIN for g in proto_graphs(model.graph) for n in g.node)
 
 
 def lower_model(dense_model, **options):
@@ -62,8 +65,11 @@ def lower_model(dense_model, **options):
 
 
 def csr_nodes(model) -> list[onnx.NodeProto]:
-    """The model's CsrGemm and CsrConv nodes (not the domain's MaxPool, which holds no weight)."""
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type in CSR_OPS]
+    """The model's CsrGemm and CsrConv nodes (not the domain's MaxPool, which holds no weight),
+    those of a prefix streamed image by image (``stream.flatten``) among them, in graph order."""
+    from onnxprune.passes.lower_to_sparse_ops.stream import flatten
+
+    return [n for n in flatten(model).graph.node if n.domain == DOMAIN and n.op_type in CSR_OPS]
 
 
 def _standard_pool(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -296,7 +302,11 @@ _SWAP_LAST_TWO = "...ij->...ji"
 
 def dense_from_lowered(model, x_shapes: dict, partial: bool = False) -> onnx.ModelProto:
     """The lowered model with every CSR node replaced by its dense equivalent (``partial``:
-    only those whose input ``x_shapes`` names, the others kept)."""
+    only those whose input ``x_shapes`` names, the others kept); a streamed prefix is flattened
+    first (``stream.flatten``)."""
+    from onnxprune.passes.lower_to_sparse_ops.stream import flatten
+
+    model = flatten(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = _inits(model)
@@ -419,7 +429,9 @@ def dense_view(model: onnx.ModelProto, input_shapes: dict | None = None
     output is sized once the node before it is dense). Also ``(name, why)`` of the CSR nodes
     left as they are: width symbolic, CSR arrays fed as inputs, or a dense weight too large."""
     from onnxprune.core.graph import infer_shapes
+    from onnxprune.passes.lower_to_sparse_ops.stream import flatten
 
+    model = flatten(model)  # a prefix streamed image by image counts as the nodes it runs
     inits, skipped = _inits(model), {}
 
     def take(node, x_shape) -> bool:

@@ -75,6 +75,12 @@ FEED_SEED = 0
 # belongs to (the pass keeps a lowered node's name; a layer's name is not a safe glob).
 _TAG = "onnxprune-measure-"
 _TINY_S = 1e-12  # a timer's zero (an injected one) must not divide by zero
+# The timer's name for the lowered model (as "dense") against itself streamed image by image.
+STREAM_TIMING = "onnxprune-batch-stream"
+# The prefixes timed streamed: for each budget (in L2 caches), the shortest that leaves no
+# tensor of more than that many bytes at the batch to the layers after it.
+STREAM_BUDGET_L2S = (1, 4, 16)
+_L2_FALLBACK = 1 << 20
 
 Timer = Callable[[Any, Any, Any, dict], tuple[float, float]]
 
@@ -175,13 +181,39 @@ def _time_layers(tagged, tags: dict, original, dense_model, feeds, options: dict
     return {name: Timing(d, s) for name, (d, s) in sums.items()}
 
 
-def time_whole(dense_model, lowered_model, feeds: dict, threads: int, timer) -> Timing:
-    """The whole model before lowering against the lowered one, on the same inputs."""
+def time_whole(dense_model, lowered_model, feeds: dict, threads: int, timer, name=None) -> Timing:
+    """The whole model before lowering against the lowered one, on the same inputs (``name``:
+    what the timer is told, None for these two; ``STREAM_TIMING`` for a lowered model against
+    itself streamed)."""
     from onnxprune.runtime.check import make_session
 
     dense = make_session(dense_model, threads, inter_op_threads=1, spinning=False)
     sparse = make_session(lowered_model, threads, inter_op_threads=1, error=RuntimeFailure, spinning=False)
-    return Timing(*(float(t) for t in timer(None, dense, sparse, feeds)))
+    return Timing(*(float(t) for t in timer(name, dense, sparse, feeds)))
+
+
+def _l2_bytes() -> int:
+    """The L2 cache of one core, read at run time (1 MiB where the system does not say)."""
+    import os
+
+    try:
+        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+    except (ValueError, OSError):
+        size = 0
+    return size if isinstance(size, int) and size > 0 else _L2_FALLBACK
+
+
+def _image_bytes(model, names: list[str], feeds: dict, batch: int, threads: int) -> dict[str, int]:
+    """Bytes of one image of each named float tensor: one run at batch 1 (or at ``batch``,
+    divided, where the model fixes it)."""
+    from onnxprune.runtime.bench import capture_shapes
+
+    one = {k: (v[:1] if getattr(v, "ndim", 0) >= 1 and v.shape[0] == batch else v) for k, v in feeds.items()}
+    try:
+        shapes, per = capture_shapes(model, names, one, threads), 1
+    except RuntimeFailure:  # a model that fixes its batch refuses one image
+        shapes, per = capture_shapes(model, names, feeds, threads), batch
+    return {n: 4 * int(np.prod(s, dtype=np.int64)) // per for n, s in shapes.items()}
 
 
 def _keep_dense(stats: dict, speedup: float, still: set[str]) -> None:
@@ -271,7 +303,7 @@ class MeasuredLowering:
     """
 
     def __init__(self, decide: str = "measure", input_shapes: dict | None = None,
-                 timer: Timer | None = None, progress=None):
+                 timer: Timer | None = None, progress=None, stream: bool = True):
         if decide not in DECIDE_MODES:
             raise UsageError(f"decide must be one of {', '.join(DECIDE_MODES)}, got {decide!r}")
         self.decide = decide
@@ -294,6 +326,8 @@ class MeasuredLowering:
         self.winograd_whole: dict | None = None  # with --winograd: the whole model with and without it
         self.lrn_timings: dict[str, Timing] = {}
         self._lrn: dict = {}  # the decompose-lrn option the measurements chose
+        self.stream = stream  # time the leading layers run image by image (batch > 1)
+        self.batch_stream: dict | None = None
 
     def options_for(self, options: dict, graph, original) -> dict:
         o = parse_options(LowerToSparseOps.name, LowerToSparseOps.OPTIONS, options)
@@ -407,10 +441,69 @@ class MeasuredLowering:
     def finish(self, graph, original, stats: dict | None):
         with self._hinted():
             graph = self._choose(graph, original, stats)
+            graph = self._stream(graph, original, stats)
             winograd = stats is not None and any(r["lowered"] and r.get("winograd") for r in stats["layers"])
             if (self._values == "fp16" or winograd) and stats is not None and stats["lowered"]:
                 self.values_change = self._measure_values(graph, original, stats)
         return graph
+
+    def _stream(self, graph, original, stats: dict | None):
+        """``graph`` with its leading layers run image by image (``stream.py``) where that ran at
+        least ``STREAM_MIN_GAIN``x faster than ``graph`` as it is, timed whole at the batch of
+        the timings; ``self.batch_stream`` says what was timed and kept. Only for a lowering
+        kept by measurement at a batch above 1."""
+        if not self.stream or self.decided_by != "measure" or stats is None or self.whole is None \
+                or self.whole["kept"] != "lowered":
+            return graph
+        batch = self._timed_batch()
+        if batch is None or batch < 2:
+            return graph
+        from onnxprune.core.graph import graph_to_model
+        from onnxprune.passes.lower_to_sparse_ops import stream as st
+
+        dense_model, feeds = self._dense_inputs(original)
+        x, order = None, []
+        for t in graph.inputs:
+            a = feeds.get(t.name)
+            if a is not None and getattr(a, "ndim", 0) >= 3 and a.shape[0] == batch:
+                x, order = t.name, st.prefix_nodes(graph, t.name, a.ndim)
+                if order:
+                    break
+        record = {"batch": batch, "kept": False, "input": x, "nodes": 0, "frontier": [],
+                  "gain": None, "timed": []}
+        self.batch_stream = record
+        if not order:
+            record["reason"] = "no layer can run image by image from an input of rank >= 3"
+            return graph
+        model = graph_to_model(graph, original)
+        sizes = _image_bytes(model, [o.name for n in order for o in n.outputs], feeds, batch, self._threads)
+        found = st.cuts(graph, order, sizes, batch)
+        picks = st.candidates(found, [k * _l2_bytes() for k in STREAM_BUDGET_L2S])
+        if not picks:
+            record["reason"] = "no point where the layers that can run image by image hand on one tensor"
+            return graph
+        best = None
+        for cut in picks:
+            trial = graph.copy()
+            st.stream(trial, x, feeds[x].ndim, cut)
+            t = time_whole(model, graph_to_model(trial, original), feeds, self._threads, self.timer,
+                           name=STREAM_TIMING)
+            record["timed"].append({"nodes": cut.nodes, "frontier": list(cut.frontier),
+                                    "rest_bytes": cut.rest_bytes, "batched_s": t.dense_s,
+                                    "streamed_s": t.sparse_s, "gain": t.speedup})
+            if best is None or t.speedup > best[1].speedup:
+                best = (cut, t, trial)
+        cut, t, trial = best
+        record.update(nodes=cut.nodes, frontier=list(cut.frontier), gain=t.speedup)
+        if t.speedup < st.STREAM_MIN_GAIN:
+            record["reason"] = (f"the fastest prefix run image by image ran {t.speedup:.2f}x of the model "
+                                f"run layer by layer on the whole batch (< {st.STREAM_MIN_GAIN:g}x)")
+            return graph
+        record["kept"] = True
+        record["reason"] = (f"the first {cut.nodes} node(s), up to {', '.join(cut.frontier)}, run image by "
+                            f"image: {t.speedup:.2f}x faster at batch {batch} than layer by layer on the "
+                            "whole batch")
+        return trial
 
     @contextlib.contextmanager
     def _hinted(self) -> Iterator[None]:
@@ -660,7 +753,7 @@ class MeasuredLowering:
                 "threads": self._threads if measuring else None,
                 "layers": rows, "rewrites": self._rewrite_rows(stats),
                 "whole_model": self.whole, "values_change": self.values_change,
-                "winograd": self.winograd_whole}
+                "winograd": self.winograd_whole, "batch_stream": self.batch_stream}
 
     def _rewrite_rows(self, stats: dict) -> list[dict]:
         """The report's row per LRN node: its timing against its rewrite and the decision."""

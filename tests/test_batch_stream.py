@@ -1,0 +1,279 @@
+"""A lowered model's leading layers run image by image (``stream.py``): where a prefix may be
+cut, that every cut computes the same outputs to the bit, that ``flatten`` undoes it, the
+measured decision (an injected timer decides), and the commands on a streamed file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.api import lower
+from onnxprune.core.graph import graph_from_model, graph_to_model
+from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
+from onnxprune.passes.lower_to_sparse_ops import stream as st
+from onnxprune.runtime.bench import csr_nodes, is_lowered
+from onnxprune.runtime.check import run_model
+from onnxprune.runtime.lowering import STREAM_TIMING
+from tests.conftest import run_cli
+
+
+def _init(name, arr):
+    return numpy_helper.from_array(np.asarray(arr, np.float32), name)
+
+
+def residual_cnn(seed=0, density=0.3, hw=16, opset=17):
+    """conv1 -> Relu -> conv2 -> Relu -> conv3 -> Add(r1) -> Relu -> MaxPool -> Mul([1,C,1,1])
+    -> conv4 -> Relu -> GlobalAveragePool -> Flatten -> Gemm, the convolutions pruned."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        a = rng.normal(0, 0.3, shape)
+        return np.where(rng.random(shape) < density, a, 0) if len(shape) == 4 else a
+
+    inits = [_init("c1.w", w(8, 3, 3, 3)), _init("c2.w", w(8, 8, 3, 3)), _init("c3.w", w(8, 8, 3, 3)),
+             _init("c4.w", w(16, 8, 3, 3)), _init("scale", rng.uniform(0.5, 1.5, (1, 8, 1, 1))),
+             _init("fc.w", w(5, 16)), _init("fc.b", np.zeros(5))]
+    pads = dict(pads=[1, 1, 1, 1])
+    nodes = [helper.make_node("Conv", ["x", "c1.w"], ["c1"], name="conv1", **pads),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "c2.w"], ["c2"], name="conv2", **pads),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "c3.w"], ["c3"], name="conv3", **pads),
+             helper.make_node("Add", ["c3", "r1"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["r3"], name="relu3"),
+             helper.make_node("MaxPool", ["r3"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Mul", ["p", "scale"], ["m"], name="mul"),
+             helper.make_node("Conv", ["m", "c4.w"], ["c4"], name="conv4", **pads),
+             helper.make_node("Relu", ["c4"], ["r4"], name="relu4"),
+             helper.make_node("GlobalAveragePool", ["r4"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "rcnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _lowered(model):
+    result = LowerToSparseOps({"force": ["*"]})(graph_from_model(model))
+    return graph_to_model(result.graph, model)
+
+
+def _feeds(batch, seed=1, hw=16):
+    return {"x": np.random.default_rng(seed).normal(size=(batch, 3, hw, hw)).astype(np.float32)}
+
+
+def _streamed(model, cut):
+    graph = graph_from_model(model)
+    st.stream(graph, "x", 4, cut)
+    return graph_to_model(graph, model)
+
+
+def _cuts(model, batch=2):
+    graph = graph_from_model(model)
+    order = st.prefix_nodes(graph, "x", 4)
+    return order, st.cuts(graph, order, {}, batch)
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_every_cut_computes_the_same_outputs_to_the_bit(opset):
+    """The prefix ends before Flatten; a cut never splits the residual block (its skip tensor
+    would be a second tensor handed on); each streamed model equals the batched one exactly,
+    at batch 3 and 1 (op-set 11 writes Unsqueeze/Squeeze axes as attributes)."""
+    model = _lowered(residual_cnn(opset=opset))
+    order, found = _cuts(model)
+    assert [n.op for n in order][-1] == "GlobalAveragePool" and "Flatten" not in [n.op for n in order]
+    names = [c.frontier for c in found]
+    # conv1 (Relu folded) hands on r1, read by conv2 and by the residual conv3: a cut there;
+    # none after conv2 (r1 and conv2's output both live); then after each later node
+    assert names[0] == ("r1",) and len(names) == len(order) - 1
+    assert all(len(f) == 1 for f in names)
+    for batch in (3, 1):
+        want = run_model(model, _feeds(batch))
+        for cut in found:
+            got = run_model(_streamed(model, cut), _feeds(batch))
+            assert len(got) == len(want)
+            for a, b in zip(got, want):
+                assert np.array_equal(a, b), (cut, batch)
+
+
+def test_the_rewrite_is_a_scan_whose_weights_stay_in_the_main_graph_and_flatten_undoes_it(tmp_path):
+    model = _lowered(residual_cnn())
+    _, found = _cuts(model)
+    out = _streamed(model, found[-1])
+    onnx.checker.check_model(out)
+    assert st.streamed(out) and not st.streamed(model)
+    scan = next(n for n in out.graph.node if n.op_type == "Scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    assert len(body.initializer) == 0  # the CSR arrays are read from the main graph
+    assert {t.name for t in model.graph.initializer} <= {t.name for t in out.graph.initializer}
+    assert [n.op_type for n in out.graph.node] == ["Scan", "Flatten", "CsrGemm"]
+    # the commands that read the lowered nodes see the ones inside
+    assert is_lowered(out) and [n.name for n in csr_nodes(out)] == [n.name for n in csr_nodes(model)]
+    flat = st.flatten(out)
+    assert [(n.op_type, n.name, list(n.input), list(n.output)) for n in flat.graph.node] == \
+        [(n.op_type, n.name, list(n.input), list(n.output)) for n in model.graph.node]
+    assert st.flatten(model) is model
+    for a, b in zip(run_model(flat, _feeds(2)), run_model(model, _feeds(2))):
+        assert np.array_equal(a, b)
+
+
+def _gs_graph(second):
+    """x -> Relu -> ``second(t)`` -> Relu: where the prefix stops says whether ``second`` can
+    run image by image."""
+    x = gs.Variable("x", np.float32, ["N", 4, 6, 6])
+    t = gs.Variable("t", np.float32)
+    u = gs.Variable("u", np.float32)
+    v = gs.Variable("v", np.float32)
+    node, extra = second(t, u)
+    nodes = [gs.Node("Relu", inputs=[x], outputs=[t]), node, gs.Node("Relu", inputs=[u], outputs=[v])]
+    return gs.Graph(nodes=nodes + extra, inputs=[x], outputs=[v], opset=17)
+
+
+def _mul(shape):
+    return lambda t, u: (gs.Node("Mul", inputs=[t, gs.Constant("k", np.ones(shape, np.float32))], outputs=[u]), [])
+
+
+@pytest.mark.parametrize("second, streams", [
+    (_mul((1, 4, 1, 1)), True),
+    (_mul((4, 1, 1)), True),
+    # a constant of the activation's rank with two images along the batch axis mixes images
+    (_mul((2, 4, 1, 1)), False),
+    (lambda t, u: (gs.Node("Concat", inputs=[t, t], outputs=[u], attrs={"axis": 1}), []), True),
+    (lambda t, u: (gs.Node("Concat", inputs=[t, t], outputs=[u], attrs={"axis": 0}), []), False),
+    (lambda t, u: (gs.Node("Concat", inputs=[t, t], outputs=[u], attrs={"axis": -4}), []), False),
+    (lambda t, u: (gs.Node("Reshape", inputs=[t, gs.Constant("s", np.array([1, -1], np.int64))],
+                           outputs=[u]), []), False),
+    (lambda t, u: (gs.Node("Transpose", inputs=[t], outputs=[u], attrs={"perm": [1, 0, 2, 3]}), []), False),
+    # Conv's weight computed from the activation is not a weight
+    (lambda t, u: (gs.Node("Conv", inputs=[t, t], outputs=[u]), []), False),
+    # a second graph input is not the streamed one
+    (lambda t, u: (gs.Node("Add", inputs=[t, gs.Variable("z", np.float32, ["N", 4, 6, 6])], outputs=[u]), []), False),
+], ids=["mul-1c11", "mul-c11", "mul-2c11", "concat-1", "concat-0", "concat-minus4", "reshape", "transpose",
+        "conv-dynamic-weight", "second-input"])
+def test_only_ops_that_keep_images_apart_are_streamed(second, streams):
+    graph = _gs_graph(second)
+    order = st.prefix_nodes(graph, "x", 4)
+    assert len(order) == (3 if streams else 1)
+
+
+def test_candidates_take_the_shortest_prefix_within_each_budget():
+    found = [st.Cut(1, ("a",), 900), st.Cut(3, ("b",), 300), st.Cut(5, ("c",), 100), st.Cut(7, ("d",), 0)]
+    assert st.candidates(found, [1000, 400, 200]) == [found[0], found[1], found[2]]
+    assert st.candidates(found, [50, 60]) == [found[3]]
+    assert st.candidates(found, [10 ** 9, 10 ** 9 + 1]) == [found[0]]
+    assert st.candidates([st.Cut(2, ("a",), 500)], [100]) == []
+
+
+def _timer(gain, calls=None, layer=2.0, whole=2.0):
+    def timer(name, dense, sparse, feeds):
+        assert set(feeds) == {i.name for i in dense.get_inputs()} == {i.name for i in sparse.get_inputs()}
+        if calls is not None:
+            calls.append(name)
+        s = gain if name == STREAM_TIMING else whole if name is None else layer
+        return s * 1e-3, 1e-3
+    return timer
+
+
+@pytest.fixture
+def rcnn(tmp_path):
+    path = tmp_path / "rcnn.onnx"
+    onnx.save(residual_cnn(), path)
+    return path
+
+
+def test_the_measured_lowering_streams_where_it_timed_faster(tmp_path, rcnn):
+    calls = []
+    out, flat = tmp_path / "s.onnx", tmp_path / "b.onnx"
+    report = lower(str(rcnn), str(out), expected_batch=4, timer=_timer(1.3, calls))
+    b = report["lowering"]["batch_stream"]
+    assert b["kept"] and b["batch"] == 4 and b["gain"] == pytest.approx(1.3) and b["input"] == "x"
+    assert calls.count(STREAM_TIMING) == len(b["timed"]) >= 1
+    assert b["timed"][0]["gain"] == pytest.approx(1.3) and b["nodes"] == b["timed"][0]["nodes"]
+    assert "run image by image: 1.30x faster at batch 4" in b["reason"]
+    written = onnx.load(str(out))
+    assert st.streamed(written)
+    off = lower(str(rcnn), str(flat), expected_batch=4, batch_stream=False, timer=_timer(1.3))
+    assert off["lowering"]["batch_stream"] is None and not st.streamed(onnx.load(str(flat)))
+    assert off["sparse_ops"]["lowered"] == report["sparse_ops"]["lowered"]
+    for batch in (4, 1):
+        for a, c in zip(run_model(written, _feeds(batch)), run_model(onnx.load(str(flat)), _feeds(batch))):
+            assert np.array_equal(a, c)
+
+
+def test_a_stream_that_did_not_win_by_the_margin_is_not_written(tmp_path, rcnn):
+    out = tmp_path / "s.onnx"
+    report = lower(str(rcnn), str(out), expected_batch=4, timer=_timer(1.02))
+    b = report["lowering"]["batch_stream"]
+    assert not b["kept"] and "ran 1.02x of the model run layer by layer" in b["reason"] and "< 1.05x" in b["reason"]
+    assert not st.streamed(onnx.load(str(out)))
+
+
+def test_batch_one_the_dense_model_kept_and_the_cost_model_time_no_stream(tmp_path, rcnn):
+    calls = []
+    r1 = lower(str(rcnn), str(tmp_path / "a.onnx"), timer=_timer(5.0, calls))
+    assert r1["lowering"]["batch_stream"] is None and STREAM_TIMING not in calls
+    r2 = lower(str(rcnn), str(tmp_path / "b.onnx"), expected_batch=4, timer=_timer(5.0, calls, whole=0.5))
+    assert r2["lowering"]["whole_model"]["kept"] == "dense" and r2["lowering"]["batch_stream"] is None
+    r3 = lower(str(rcnn), str(tmp_path / "c.onnx"), expected_batch=4, decide="model")
+    assert r3["lowering"]["batch_stream"] is None and STREAM_TIMING not in calls
+    with pytest.raises(Exception, match="batch_stream must be True or False"):
+        lower(str(rcnn), str(tmp_path / "d.onnx"), batch_stream=1)
+
+
+def test_a_model_whose_input_meets_no_streamable_op_says_so(tmp_path):
+    from tests.models import mlp
+    from tests.test_lower_measure import masked
+
+    path = tmp_path / "mlp.onnx"
+    model = masked(mlp(sizes=(64, 48, 10), gemm=False))
+    # a rank-3 input (sequence rows) read first by a MatMul: nothing runs image by image
+    x = model.graph.input[0]
+    x.type.tensor_type.shape.ClearField("dim")
+    for d in ("N", 7, 64):
+        dim = x.type.tensor_type.shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    onnx.save(model, path)
+    report = lower(str(path), str(tmp_path / "o.onnx"), expected_batch=2,
+                   timer=lambda name, d, s, f: (2e-3, 1e-3))
+    b = report["lowering"]["batch_stream"]
+    assert b is not None and not b["kept"] and "no layer can run image by image" in b["reason"]
+
+
+def test_the_cli_says_what_it_decided_and_bench_reads_a_streamed_file(tmp_path, rcnn, capsys):
+    def cli(argv):
+        code, out, err = run_cli(argv, capsys)
+        return code, out + err
+
+    out, js = tmp_path / "s.onnx", tmp_path / "r.json"
+    code, text = cli(["lower", str(rcnn), "-o", str(out), "--expected-batch", "3", "--json", str(js)])
+    assert code == 0 and "batch stream: " in text
+    b = json.loads(js.read_text())["lowering"]["batch_stream"]
+    assert b["batch"] == 3 and len(b["timed"]) >= 1
+    code, text = cli(["lower", str(rcnn), "-o", str(tmp_path / "n.onnx"), "--expected-batch", "3",
+                          "--no-batch-stream"])
+    assert code == 0 and "batch stream" not in text
+    # a streamed file as the input of bench: timed as written, its layers listed from inside
+    model = _lowered(residual_cnn())
+    streamed = tmp_path / "streamed.onnx"
+    onnx.save(_streamed(model, _cuts(model)[1][-1]), streamed)
+    code, text = cli(["bench", str(streamed), "--batch", "2", "--threads", "1", "--repeats", "2",
+                          "--json", str(js)])
+    assert code == 0, text
+    cfg = json.loads(js.read_text())["configs"][0]
+    assert cfg["correctness"]["passed"] and {"conv1", "conv3", "conv4"} <= set(cfg["end_to_end"]["lowered"])
+    assert {"conv1", "conv3", "conv4"} <= {r["name"] for r in cfg["layers"]}
+    code, text = cli(["inspect", str(streamed)])
+    assert code == 0 and "conv3" in text
+    code, text = cli(["prune", str(rcnn), "-o", str(tmp_path / "p.onnx"), "--no-batch-stream"])
+    assert code == 2 and "--no-batch-stream only applies to --emit sparse-ops" in text
