@@ -683,6 +683,7 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
                                     if not r["lowered"]},
                     "estimated": {r["name"]: r["estimated_speedup"] for r in sp["layers"]
                                   if r["lowered"]},
+                    "batch_stream": _stream_record((s.get("lowering") or {}).get("batch_stream")),
                     "max_abs_error": check["max_abs_error"],
                     "max_rel_error": relative_error(check), "passed": check["passed"],
                     "weight_bytes": {"dense": dense_w_bytes, "sparse_ops": sparse_w_bytes}}
@@ -696,6 +697,8 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
                   f"lowered {len(sp['lowered'])}/{len(sp['layers'])}: "
                   f"{','.join(sp['lowered']) or '-'}  "
                   + (f"winograd {','.join(case['winograd'])}  " if case["winograd"] else "")
+                  + (f"streamed {case['batch_stream']['nodes']} nodes ({case['batch_stream']['gain']:.2f}x)  "
+                     if (case["batch_stream"] or {}).get("kept") else "")
                   + f"{'ok' if check['passed'] else 'MISMATCH'} "
                   f"(max rel. error {case['max_rel_error']:.1e})"
                   + (f"  bound {case['bound_ms']['dense']:.2f}/{case['bound_ms']['sparse_ops']:.2f}"
@@ -733,6 +736,15 @@ def bench_model(name: str, args, ds_py: str | None, tmp: str) -> dict:
     return out
 
 
+def _stream_record(b: dict | None) -> dict | None:
+    """The lowering's ``batch_stream`` without its per-prefix timings: whether a prefix runs
+    image by image, how many nodes, up to which tensor, and how much faster it timed."""
+    if not b:
+        return None
+    return {"kept": b["kept"], "nodes": b["nodes"], "frontier": b["frontier"], "gain": b["gain"],
+            "prefixes_timed": len(b["timed"])}
+
+
 def relative_error(check: dict) -> float:
     """Largest |dense − lowered| over the largest |dense| output (0 for an all-zero output)."""
     return check["max_abs_error"] / check["output_scale"] if check["output_scale"] else 0.0
@@ -757,7 +769,9 @@ def _lowered_cell(c: dict) -> str:
     names = c["lowered"]
     total = c.get("layers_total")
     count = f"{len(names)}/{total}" if total is not None else str(len(names))
-    return f"{count}: {', '.join(names)}" if 0 < len(names) <= 4 else count
+    stream = c.get("batch_stream") or {}
+    streamed = f", first {stream['nodes']} nodes image by image" if stream.get("kept") else ""
+    return (f"{count}: {', '.join(names)}" if 0 < len(names) <= 4 else count) + streamed
 
 
 def markdown(results: dict) -> str:

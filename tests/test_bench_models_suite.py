@@ -156,6 +156,20 @@ def test_markdown_states_machine_and_lowered_count(bm):
     assert "c, d (not pruned (100% dense))" in text
 
 
+def test_a_streamed_case_says_how_many_nodes_run_image_by_image(bm):
+    timed = [{"nodes": 4, "frontier": ["t"], "rest_bytes": 9, "batched_s": 1.0, "streamed_s": 0.8, "gain": 1.25}]
+    record = bm._stream_record({"batch": 8, "kept": True, "input": "x", "nodes": 4, "frontier": ["t"],
+                                "gain": 1.25, "timed": timed, "reason": "..."})
+    assert record == {"kept": True, "nodes": 4, "frontier": ["t"], "gain": 1.25, "prefixes_timed": 1}
+    assert bm._stream_record(None) is None
+    case = {"batch": 8, "threads": 1, "repeats": 5, "dense_ms": 10.0, "sparse_ms": 4.0, "ratio": 2.5,
+            "lowered": ["a", "b", "c", "d", "e"], "layers_total": 6, "batch_stream": record}
+    text = bm.markdown({"models": {"m": {"cases": [case], "sizes": {"dense": 100}}}})
+    assert "| 5/6, first 4 nodes image by image |" in text
+    case["batch_stream"] = {**record, "kept": False}
+    assert "image by image" not in bm.markdown({"models": {"m": {"cases": [case], "sizes": {"dense": 100}}}})
+
+
 def test_split_keep_sends_full_layers_to_skip(bm):
     assert bm.split_keep({"*": 25, "stem": 100, "*.dw": 100}) == ({"*": 25}, ["stem", "*.dw"])
 

@@ -529,15 +529,14 @@ def _restore_outer_initializers(graph: onnx.GraphProto, original: onnx.GraphProt
     onnx-graphsurgeon exports a constant into the subgraph that uses it, so a weight that two
     If branches share would be written twice and move out of the scope it was stored in.
     Initializers the original stored in a subgraph (its own, or one shadowing an outer name)
-    stay where they are. The body of a prefix streamed image by image (``STREAM_BODY``) holds
-    no weight of its own: all of its initializers go to the main graph."""
+    stay where they are. The graphs of a prefix streamed image by image (named ``STREAM_BODY``
+    and after it) hold no weight of their own: all of their initializers go to the main graph."""
     main_names = {t.name for t in original.initializer} | {s.values.name for s in original.sparse_initializer}
     sub_names = {t.name for g in proto_graphs(original) if g is not original
                  for t in (*g.initializer, *(s.values for s in g.sparse_initializer))}
     movable = main_names - sub_names
     # a prefix streamed image by image keeps its weights in the main graph (stream.py)
-    movable |= {t.name for n in graph.node if n.op_type == "Scan" for a in n.attribute
-                if a.name == "body" and a.g.name == STREAM_BODY for t in a.g.initializer}
+    movable |= {t.name for g in proto_graphs(graph) if g.name.startswith(STREAM_BODY) for t in g.initializer}
     have = {t.name for t in graph.initializer}
     for g in proto_graphs(graph):
         if g is graph:

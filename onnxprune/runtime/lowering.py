@@ -456,7 +456,7 @@ class MeasuredLowering:
                 or self.whole["kept"] != "lowered":
             return graph
         batch = self._timed_batch()
-        if batch is None or batch < 2:
+        if batch is None or batch < 2 or graph.opset < 11:  # Scan and If as op-set 11 has them
             return graph
         from onnxprune.core.graph import graph_to_model
         from onnxprune.passes.lower_to_sparse_ops import stream as st

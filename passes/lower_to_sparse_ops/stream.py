@@ -12,7 +12,10 @@ with the batch.
 ``stream`` moves a prefix of the graph into the body of a ``Scan`` that runs it one image at a
 time (the body sees ``(1, C, H, W)`` through an ``Unsqueeze``, its outputs are ``Squeeze``d and
 stacked again by the ``Scan``), so each image's activations stay in the caches from one layer
-to the next; the rest of the graph runs on the whole batch as before. Nothing is computed
+to the next; the rest of the graph runs on the whole batch as before. ONNX Runtime refuses a
+``Scan`` over an empty axis, so an ``If`` on the batch size (``Shape``, ``Gather``,
+``Greater``) takes the ``Scan`` for one image or more and the prefix as it was, a copy of its
+nodes, for an empty batch. Nothing is computed
 differently: each op in the prefix computes each image apart from the others (``STREAMABLE``),
 so the outputs are the same to the bit.
 
@@ -46,8 +49,9 @@ from onnxprune.core.graph import STREAM_BODY
 from onnxprune.core.io import proto_graphs
 
 DOMAIN = "ai.onnxprune"
-SCAN_NAME = "onnxprune_stream"  # the Scan node; ``flatten`` recognises the rewrite by it
+SCAN_NAME = "onnxprune_stream"  # the If node (its guard and Scan after it); ``flatten`` finds it
 INNER = "onnxprune_stream/"  # prefix of the names of the tensors inside the body
+EMPTY = "onnxprune_stream_empty/"  # prefix of the names in the branch for an empty batch
 AXES = "onnxprune_stream_axes"  # the Unsqueeze/Squeeze axes, (0,)
 MAX_FRONTIER = 1
 _ELEMENTWISE = (None,)  # every input may be an activation, constants broadcast-checked
@@ -185,12 +189,16 @@ def candidates(found: list[Cut], budgets: list[int]) -> list[Cut]:
 def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
     """Move ``cut``'s prefix of ``graph`` (``prefix_nodes(graph, x, rank)[:cut.nodes]``) into
     the body of a ``Scan`` over ``x``'s leading axis, in place. The body's tensors are the
-    prefix's, named ``INNER`` + their name; the ``Scan`` outputs the frontier under its own
-    names, so the rest of the graph reads what it read before."""
+    prefix's, named ``INNER`` + their name; the frontier keeps its names, so the rest of the
+    graph reads what it read before. ONNX Runtime refuses a ``Scan`` over an empty axis, so an
+    ``If`` on the batch size runs the ``Scan`` for one image or more and, for an empty batch,
+    a copy of the prefix as it was (tensors named ``EMPTY`` + their name)."""
     order = prefix_nodes(graph, x, rank)[:cut.nodes]
     tensors = graph.tensors()
     xv = tensors[x]
     opset = graph.opset
+    frontier = [tensors[f] for f in cut.frontier]
+    empty = _empty_branch(order, frontier, opset)
     axes = gs.Constant(AXES, np.array([0], dtype=np.int64))
     image = gs.Variable(INNER + x + ":image", dtype=xv.dtype)
     x_in = gs.Variable(INNER + x, dtype=xv.dtype)
@@ -206,18 +214,44 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
             else:
                 o.name, o.shape = INNER + o.name, None
     body.extend(order)
-    outs, frontier = [], [tensors[f] for f in cut.frontier]
+    outs = []
     inner = {o.name: o for n in order for o in n.outputs}
     for f in frontier:
         y = gs.Variable(INNER + f.name + ":image", dtype=f.dtype)
         body.append(_axes_node("Squeeze", inner[INNER + f.name], axes, y, opset))
         outs.append(y)
     sub = gs.Graph(nodes=body, inputs=[image], outputs=outs, name=STREAM_BODY, opset=opset)
-    scan = gs.Node("Scan", name=SCAN_NAME, attrs={"body": sub, "num_scan_inputs": 1},
-                   inputs=[xv], outputs=frontier)
+    stacked = [gs.Variable(INNER + f.name + ":batch", dtype=f.dtype) for f in frontier]
+    scan = gs.Node("Scan", name=SCAN_NAME + ":scan", attrs={"body": sub, "num_scan_inputs": 1},
+                   inputs=[xv], outputs=stacked)
+    batch = gs.Graph(nodes=[scan], inputs=[], outputs=stacked, name=STREAM_BODY + "_batch", opset=opset)
+    shape, count, some = (gs.Variable(SCAN_NAME + suffix, dtype=dt)
+                          for suffix, dt in ((":shape", np.int64), (":images", np.int64), (":some", np.bool_)))
+    zero = gs.Constant(SCAN_NAME + ":zero", np.array(0, dtype=np.int64))
+    guard = [gs.Node("Shape", name=SCAN_NAME + ":shape", inputs=[xv], outputs=[shape]),
+             gs.Node("Gather", name=SCAN_NAME + ":images", attrs={"axis": 0}, inputs=[shape, zero], outputs=[count]),
+             gs.Node("Greater", name=SCAN_NAME + ":some", inputs=[count, zero], outputs=[some]),
+             gs.Node("If", name=SCAN_NAME, attrs={"then_branch": batch, "else_branch": empty},
+                     inputs=[some], outputs=frontier)]
     at = next(i for i, n in enumerate(graph.nodes) if id(n) in members)
     rest = [n for n in graph.nodes if id(n) not in members]
-    graph.nodes = rest[:at] + [scan] + rest[at:]
+    graph.nodes = rest[:at] + guard + rest[at:]
+
+
+def _empty_branch(order: list[gs.Node], frontier: list, opset: int) -> gs.Graph:
+    """The prefix's nodes again, on their own tensors (``EMPTY`` + name), for an empty batch."""
+    copies: dict[int, gs.Variable] = {}
+    nodes = []
+    for node in order:
+        outs = []
+        for o in node.outputs:
+            copies[id(o)] = gs.Variable(EMPTY + o.name, dtype=o.dtype)
+            outs.append(copies[id(o)])
+        nodes.append(gs.Node(node.op, name=EMPTY + node.name if node.name else None, attrs=dict(node.attrs),
+                             inputs=[copies.get(id(t), t) for t in node.inputs], outputs=outs,
+                             domain=node.domain))
+    return gs.Graph(nodes=nodes, inputs=[], outputs=[copies[id(f)] for f in frontier],
+                    name=STREAM_BODY + "_empty", opset=opset)
 
 
 def _axes_node(op: str, x, axes: gs.Constant, y, opset: int) -> gs.Node:
@@ -227,22 +261,27 @@ def _axes_node(op: str, x, axes: gs.Constant, y, opset: int) -> gs.Node:
     return gs.Node(op, name=f"{SCAN_NAME}_{op.lower()}_{y.name}", attrs={"axes": [0]}, inputs=[x], outputs=[y])
 
 
+def _guard(model: onnx.ModelProto):
+    return next((n for n in model.graph.node if n.op_type == "If" and n.name == SCAN_NAME), None)
+
+
 def streamed(model: onnx.ModelProto) -> bool:
     """Whether ``model``'s main graph holds the rewrite of ``stream``."""
-    return any(n.op_type == "Scan" and n.name == SCAN_NAME for n in model.graph.node)
+    return _guard(model) is not None
 
 
 def flatten(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with the rewrite of ``stream`` undone (the prefix's nodes back in the main
-    graph under their own names, its weights among the main graph's initializers); ``model``
-    itself where there is none."""
+    graph under their own names, in place of the guard and its ``If``); ``model`` itself where
+    there is none."""
     if not streamed(model):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    at = next(i for i, n in enumerate(g.node) if n.op_type == "Scan" and n.name == SCAN_NAME)
-    scan = g.node[at]
+    guard = _guard(out)
+    then = next(a.g for a in guard.attribute if a.name == "then_branch")
+    scan = next(n for n in then.node if n.op_type == "Scan")
     body = next(a.g for a in scan.attribute if a.name == "body")
 
     def strip(name: str) -> str:
@@ -257,15 +296,12 @@ def flatten(model: onnx.ModelProto) -> onnx.ModelProto:
         n.input[:] = [strip(t) for t in n.input]
         n.output[:] = [strip(t) for t in n.output]
         nodes.append(n)
-    have = {t.name for t in g.initializer}
-    g.initializer.extend(t for t in body.initializer if t.name not in have and t.name != AXES)
-    g.sparse_initializer.extend(body.sparse_initializer)
-    rest = [n for i, n in enumerate(g.node) if i != at]
+    at = next(i for i, n in enumerate(g.node) if n.name.startswith(SCAN_NAME + ":") or n is guard)
+    rest = [n for n in g.node if not (n.name == SCAN_NAME or n.name.startswith(SCAN_NAME + ":"))]
     del g.node[:]
     g.node.extend(rest[:at] + nodes + rest[at:])
     used = {t for sub in proto_graphs(g) for n in sub.node for t in n.input}
-    if AXES not in used:
-        keep = [t for t in g.initializer if t.name != AXES]
-        del g.initializer[:]
-        g.initializer.extend(keep)
+    keep = [t for t in g.initializer if t.name in used or t.name not in (AXES, SCAN_NAME + ":zero")]
+    del g.initializer[:]
+    g.initializer.extend(keep)
     return out
