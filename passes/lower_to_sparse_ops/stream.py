@@ -198,9 +198,9 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
     xv = tensors[x]
     opset = graph.opset
     frontier = [tensors[f] for f in cut.frontier]
-    empty = _empty_branch(order, frontier, opset)
+    empty = _empty_branch(order, frontier, xv.dtype, rank, opset)
     axes = gs.Constant(AXES, np.array([0], dtype=np.int64))
-    image = gs.Variable(INNER + x + ":image", dtype=xv.dtype)
+    image = gs.Variable(INNER + x + ":image", dtype=xv.dtype, shape=[None] * (rank - 1))
     x_in = gs.Variable(INNER + x, dtype=xv.dtype)
     body = [_axes_node("Unsqueeze", image, axes, x_in, opset)]
     members = {id(n) for n in order}
@@ -217,11 +217,13 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
     outs = []
     inner = {o.name: o for n in order for o in n.outputs}
     for f in frontier:
-        y = gs.Variable(INNER + f.name + ":image", dtype=f.dtype)
+        # ONNX Runtime's Scan needs a type and shape on each body output: x's type (no op of
+        # the prefix changes it), its rank less the batch axis, the dims left open
+        y = gs.Variable(INNER + f.name + ":image", dtype=xv.dtype, shape=[None] * (rank - 1))
         body.append(_axes_node("Squeeze", inner[INNER + f.name], axes, y, opset))
         outs.append(y)
     sub = gs.Graph(nodes=body, inputs=[image], outputs=outs, name=STREAM_BODY, opset=opset)
-    stacked = [gs.Variable(INNER + f.name + ":batch", dtype=f.dtype) for f in frontier]
+    stacked = [gs.Variable(INNER + f.name + ":batch", dtype=xv.dtype, shape=[None] * rank) for f in frontier]
     scan = gs.Node("Scan", name=SCAN_NAME + ":scan", attrs={"body": sub, "num_scan_inputs": 1},
                    inputs=[xv], outputs=stacked)
     batch = gs.Graph(nodes=[scan], inputs=[], outputs=stacked, name=STREAM_BODY + "_batch", opset=opset)
@@ -238,18 +240,20 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
     graph.nodes = rest[:at] + guard + rest[at:]
 
 
-def _empty_branch(order: list[gs.Node], frontier: list, opset: int) -> gs.Graph:
+def _empty_branch(order: list[gs.Node], frontier: list, dtype, rank: int, opset: int) -> gs.Graph:
     """The prefix's nodes again, on their own tensors (``EMPTY`` + name), for an empty batch."""
     copies: dict[int, gs.Variable] = {}
     nodes = []
     for node in order:
         outs = []
         for o in node.outputs:
-            copies[id(o)] = gs.Variable(EMPTY + o.name, dtype=o.dtype)
+            copies[id(o)] = gs.Variable(EMPTY + o.name, dtype=o.dtype, shape=o.shape)
             outs.append(copies[id(o)])
         nodes.append(gs.Node(node.op, name=EMPTY + node.name if node.name else None, attrs=dict(node.attrs),
                              inputs=[copies.get(id(t), t) for t in node.inputs], outputs=outs,
                              domain=node.domain))
+    for f in frontier:  # the If's branches declare their outputs as the Scan's body does
+        copies[id(f)].dtype, copies[id(f)].shape = dtype, [None] * rank
     return gs.Graph(nodes=nodes, inputs=[], outputs=[copies[id(f)] for f in frontier],
                     name=STREAM_BODY + "_empty", opset=opset)
 
