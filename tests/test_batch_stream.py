@@ -100,7 +100,7 @@ def test_every_cut_computes_the_same_outputs_to_the_bit(opset, hw):
     assert names[0] == ("r1",) and all(len(f) == 1 for f in names)
     join = 3 if hw is not None else 4
     assert [c.nodes for c in found] == [1, *range(join, len(order) + 1)]
-    for batch in (3, 1, 0):  # ONNX Runtime refuses a Scan over an empty axis: an If runs the batch as it was
+    for batch in (3, 2, 1, 0):  # the Scan from 2 images; 1 or 0 (a Scan refuses 0) run as they were
         want = run_model(model, _feeds(batch))
         for cut in found:
             got = run_model(_streamed(model, cut), _feeds(batch))
@@ -119,11 +119,14 @@ def test_the_rewrite_is_a_scan_whose_weights_stay_in_the_main_graph_and_flatten_
     branches = {a.name: a.g for a in guard.attribute}
     scan = next(n for n in branches["then_branch"].node if n.op_type == "Scan")
     body = next(a.g for a in scan.attribute if a.name == "body")
-    # the CSR arrays are read from the main graph, by the body and by the empty batch's branch
+    # the CSR arrays are read from the main graph, by the body and by the branch for one image
     assert len(body.initializer) == 0 and len(branches["else_branch"].initializer) == 0
     assert [n.op_type for n in branches["else_branch"].node] == [n.op_type for n in model.graph.node][:-2]
     assert {t.name for t in model.graph.initializer} <= {t.name for t in out.graph.initializer}
     assert [n.op_type for n in out.graph.node] == ["Shape", "Gather", "Greater", "If", "Flatten", "CsrGemm"]
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    several = next(n for n in out.graph.node if n.op_type == "Greater")
+    assert inits[several.input[1]] == 1  # the Scan for two images or more
     # the commands that read the lowered nodes see the ones inside
     assert is_lowered(out) and [n.name for n in csr_nodes(out)] == [n.name for n in csr_nodes(model)]
     flat = st.flatten(out)

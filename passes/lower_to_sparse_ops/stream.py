@@ -12,10 +12,11 @@ with the batch.
 ``stream`` moves a prefix of the graph into the body of a ``Scan`` that runs it one image at a
 time (the body sees ``(1, C, H, W)`` through an ``Unsqueeze``, its outputs are ``Squeeze``d and
 stacked again by the ``Scan``), so each image's activations stay in the caches from one layer
-to the next; the rest of the graph runs on the whole batch as before. ONNX Runtime refuses a
-``Scan`` over an empty axis, so an ``If`` on the batch size (``Shape``, ``Gather``,
-``Greater``) takes the ``Scan`` for one image or more and the prefix as it was, a copy of its
-nodes, for an empty batch. Nothing is computed
+to the next; the rest of the graph runs on the whole batch as before. An ``If`` on the batch
+size (``Shape``, ``Gather``, ``Greater``) takes the ``Scan`` for two images or more and the
+prefix as it was, a copy of its nodes, for one image or none: ONNX Runtime refuses a ``Scan``
+over an empty axis, and for one image the ``Scan`` would only cost its overhead (MobileNetV2
+streamed through 19 nodes ran 0.965x of the model unstreamed at batch 1, ~0.2 ms a call). Nothing is computed
 differently: each op in the prefix computes each image apart from the others (``STREAMABLE``),
 so the outputs are the same to the bit.
 
@@ -51,7 +52,7 @@ from onnxprune.core.io import proto_graphs
 DOMAIN = "ai.onnxprune"
 SCAN_NAME = "onnxprune_stream"  # the If node (its guard and Scan after it); ``flatten`` finds it
 INNER = "onnxprune_stream/"  # prefix of the names of the tensors inside the body
-EMPTY = "onnxprune_stream_empty/"  # prefix of the names in the branch for an empty batch
+EMPTY = "onnxprune_stream_one/"  # prefix of the names in the branch for one image or none
 AXES = "onnxprune_stream_axes"  # the Unsqueeze/Squeeze axes, (0,)
 MAX_FRONTIER = 1
 _ELEMENTWISE = (None,)  # every input may be an activation, constants broadcast-checked
@@ -190,15 +191,15 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
     """Move ``cut``'s prefix of ``graph`` (``prefix_nodes(graph, x, rank)[:cut.nodes]``) into
     the body of a ``Scan`` over ``x``'s leading axis, in place. The body's tensors are the
     prefix's, named ``INNER`` + their name; the frontier keeps its names, so the rest of the
-    graph reads what it read before. ONNX Runtime refuses a ``Scan`` over an empty axis, so an
-    ``If`` on the batch size runs the ``Scan`` for one image or more and, for an empty batch,
-    a copy of the prefix as it was (tensors named ``EMPTY`` + their name)."""
+    graph reads what it read before. An ``If`` on the batch size runs the ``Scan`` for two
+    images or more and, for one or none, a copy of the prefix as it was (tensors named
+    ``EMPTY`` + their name)."""
     order = prefix_nodes(graph, x, rank)[:cut.nodes]
     tensors = graph.tensors()
     xv = tensors[x]
     opset = graph.opset
     frontier = [tensors[f] for f in cut.frontier]
-    empty = _empty_branch(order, frontier, xv.dtype, rank, opset)
+    one_image = _one_image_branch(order, frontier, xv.dtype, rank, opset)
     axes = gs.Constant(AXES, np.array([0], dtype=np.int64))
     image = gs.Variable(INNER + x + ":image", dtype=xv.dtype, shape=[None] * (rank - 1))
     x_in = gs.Variable(INNER + x, dtype=xv.dtype)
@@ -228,20 +229,21 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
                    inputs=[xv], outputs=stacked)
     batch = gs.Graph(nodes=[scan], inputs=[], outputs=stacked, name=STREAM_BODY + "_batch", opset=opset)
     shape, count, some = (gs.Variable(SCAN_NAME + suffix, dtype=dt)
-                          for suffix, dt in ((":shape", np.int64), (":images", np.int64), (":some", np.bool_)))
+                          for suffix, dt in ((":shape", np.int64), (":images", np.int64), (":several", np.bool_)))
     zero = gs.Constant(SCAN_NAME + ":zero", np.array(0, dtype=np.int64))
+    one = gs.Constant(SCAN_NAME + ":one", np.array(1, dtype=np.int64))
     guard = [gs.Node("Shape", name=SCAN_NAME + ":shape", inputs=[xv], outputs=[shape]),
              gs.Node("Gather", name=SCAN_NAME + ":images", attrs={"axis": 0}, inputs=[shape, zero], outputs=[count]),
-             gs.Node("Greater", name=SCAN_NAME + ":some", inputs=[count, zero], outputs=[some]),
-             gs.Node("If", name=SCAN_NAME, attrs={"then_branch": batch, "else_branch": empty},
+             gs.Node("Greater", name=SCAN_NAME + ":several", inputs=[count, one], outputs=[some]),
+             gs.Node("If", name=SCAN_NAME, attrs={"then_branch": batch, "else_branch": one_image},
                      inputs=[some], outputs=frontier)]
     at = next(i for i, n in enumerate(graph.nodes) if id(n) in members)
     rest = [n for n in graph.nodes if id(n) not in members]
     graph.nodes = rest[:at] + guard + rest[at:]
 
 
-def _empty_branch(order: list[gs.Node], frontier: list, dtype, rank: int, opset: int) -> gs.Graph:
-    """The prefix's nodes again, on their own tensors (``EMPTY`` + name), for an empty batch."""
+def _one_image_branch(order: list[gs.Node], frontier: list, dtype, rank: int, opset: int) -> gs.Graph:
+    """The prefix's nodes again, on their own tensors (``EMPTY`` + name), for one image or none."""
     copies: dict[int, gs.Variable] = {}
     nodes = []
     for node in order:
@@ -255,7 +257,7 @@ def _empty_branch(order: list[gs.Node], frontier: list, dtype, rank: int, opset:
     for f in frontier:  # the If's branches declare their outputs as the Scan's body does
         copies[id(f)].dtype, copies[id(f)].shape = dtype, [None] * rank
     return gs.Graph(nodes=nodes, inputs=[], outputs=[copies[id(f)] for f in frontier],
-                    name=STREAM_BODY + "_empty", opset=opset)
+                    name=STREAM_BODY + "_one", opset=opset)
 
 
 def _axes_node(op: str, x, axes: gs.Constant, y, opset: int) -> gs.Node:
@@ -305,7 +307,7 @@ def flatten(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(rest[:at] + nodes + rest[at:])
     used = {t for sub in proto_graphs(g) for n in sub.node for t in n.input}
-    keep = [t for t in g.initializer if t.name in used or t.name not in (AXES, SCAN_NAME + ":zero")]
+    keep = [t for t in g.initializer if t.name in used or t.name not in (AXES, SCAN_NAME + ":zero", SCAN_NAME + ":one")]
     del g.initializer[:]
     g.initializer.extend(keep)
     return out
