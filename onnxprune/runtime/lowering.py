@@ -461,7 +461,7 @@ class MeasuredLowering:
         from onnxprune.core.graph import graph_to_model
         from onnxprune.passes.lower_to_sparse_ops import stream as st
 
-        dense_model, feeds = self._dense_inputs(original)
+        _, feeds = self._dense_inputs(original)
         x, order = None, []
         for t in graph.inputs:
             a = feeds.get(t.name)
