@@ -463,6 +463,28 @@ def test_narrow_tiles_take_the_layers_they_compute_in_fewer_positions(case, lib,
     assert _layout(lib, "avx2", k, x, c_out, density, pad1) == avx2
 
 
+@pytest.mark.parametrize("x, c_out", [((1, 64, 56, 56), 64), ((1, 512, 7, 7), 512), ((1, 128, 28, 28), 128)],
+                         ids=["56x56", "7x7", "28x28"])
+def test_on_narrow_cores_the_gate_takes_shifted_copies_below_20_percent(x, c_out, lib, monkeypatch):
+    """ops.cc kNarrowShiftedMinDensity: an AVX-512 session on a core that splits 512-bit
+    operations takes shifted copies at 10% and 2% density (the sizes and the widening still
+    gate them); other sessions keep phase copies below 20%."""
+    if lib.onnxprune_ops_cpu_has(b"avx512") != 1:
+        pytest.skip("CPU lacks avx512")
+    pad1 = (1, 1, 1, 1)
+    monkeypatch.delenv("ONNXPRUNE_CONV_COPIES", raising=False)
+    monkeypatch.setenv("ONNXPRUNE_CONV_STRIPS", "0")
+    monkeypatch.setenv("ONNXPRUNE_CONV_BAND_BYTES", "0")
+    for density in (0.1, 0.02):
+        monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "1")
+        assert _layout(lib, "avx512", (3, 3), x, c_out, density, pad1) == "shifted"
+        assert _layout(lib, "avx2", (3, 3), x, c_out, density, pad1) == "phase"
+        monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "0")
+        assert _layout(lib, "avx512", (3, 3), x, c_out, density, pad1) == "phase"
+    monkeypatch.setenv("ONNXPRUNE_CONV_NARROW", "1")  # 39 MB of copies: past 8 L2s at any density
+    assert _layout(lib, "avx512", (3, 3), (1, 64, 224, 224), 64, 0.1, pad1) == "phase"
+
+
 def test_narrow_tiles_leave_depthwise_layers_and_refuse_nothing_more(lib, monkeypatch):
     """Depthwise layers keep AVX-512's plan even through the input copies (where the AVX2
     tiles would take a 7 x 7 map in shifted copies, not phase ones); and where the AVX2 plan
