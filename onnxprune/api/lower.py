@@ -60,7 +60,9 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     its output change is measured and reported the same way (``values_change.winograd_layers``).
     With ``decide="measure"`` at a batch above 1, the lowered model is also timed with its
     leading layers run image by image (a ``Scan`` over the batch, so that each image's large
-    early maps stay in the caches between layers; the outputs are the same to the bit) and
+    early maps stay in the caches between layers; the outputs are the same to the bit where
+    the prefix holds onnxprune's ops, and ``lowering.batch_stream.max_relative_output_change``
+    says what a standard ``Conv`` inside it changed) and
     written so where that ran at least 1.05x faster (``lowering.batch_stream``;
     ``batch_stream=False`` does not try it). ``data``, an
     .npz of arrays named after the graph inputs (or ``x``), replaces the random inputs of the

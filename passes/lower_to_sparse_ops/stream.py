@@ -17,8 +17,10 @@ size (``Shape``, ``Gather``, ``Greater``) takes the ``Scan`` for two images or m
 prefix as it was, a copy of its nodes, for one image or none: ONNX Runtime refuses a ``Scan``
 over an empty axis, and for one image the ``Scan`` would only cost its overhead (MobileNetV2
 streamed through 19 nodes ran 0.965x of the model unstreamed at batch 1, ~0.2 ms a call). Nothing is computed
-differently: each op in the prefix computes each image apart from the others (``STREAMABLE``),
-so the outputs are the same to the bit.
+differently: each op in the prefix computes each image apart from the others (``STREAMABLE``).
+The outputs are the same to the bit where the prefix holds onnxprune's ops; ONNX Runtime runs a
+standard ``Conv`` inside a subgraph on its plain kernel, not in its blocked NCHWc layout as in
+the main graph, which rounds differently (the lowering measures and reports the change).
 
 A prefix qualifies when
 
@@ -107,6 +109,10 @@ def _streamable(node: gs.Node, inside: set, consts: set, rank: int) -> bool:
     (every one of which has the streamed input's ``rank``: each op here keeps it)."""
     spec = STREAMABLE.get((_domain(node), node.op))
     if spec is None or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return False
+    # one output: a MaxPool's Indices count positions across the whole batch, and a
+    # BatchNormalization with more outputs (or training_mode) computes batch statistics
+    if len(node.outputs) != 1 or node.attrs.get("training_mode", 0) != 0:
         return False
     if node.op == "Concat":
         axis = node.attrs.get("axis")
@@ -202,7 +208,7 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
     one_image = _one_image_branch(order, frontier, xv.dtype, rank, opset)
     axes = gs.Constant(AXES, np.array([0], dtype=np.int64))
     image = gs.Variable(INNER + x + ":image", dtype=xv.dtype, shape=[None] * (rank - 1))
-    x_in = gs.Variable(INNER + x, dtype=xv.dtype)
+    x_in = gs.Variable(INNER + x, dtype=xv.dtype, shape=[1] + [None] * (rank - 1))
     body = [_axes_node("Unsqueeze", image, axes, x_in, opset)]
     members = {id(n) for n in order}
     for node in order:
@@ -228,8 +234,8 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
     scan = gs.Node("Scan", name=SCAN_NAME + ":scan", attrs={"body": sub, "num_scan_inputs": 1},
                    inputs=[xv], outputs=stacked)
     batch = gs.Graph(nodes=[scan], inputs=[], outputs=stacked, name=STREAM_BODY + "_batch", opset=opset)
-    shape, count, some = (gs.Variable(SCAN_NAME + suffix, dtype=dt)
-                          for suffix, dt in ((":shape", np.int64), (":images", np.int64), (":several", np.bool_)))
+    shape, count, some = (gs.Variable(SCAN_NAME + suffix, dtype=dt, shape=dims) for suffix, dt, dims in (
+        (":shape", np.int64, [rank]), (":images", np.int64, []), (":several", np.bool_, [])))
     zero = gs.Constant(SCAN_NAME + ":zero", np.array(0, dtype=np.int64))
     one = gs.Constant(SCAN_NAME + ":one", np.array(1, dtype=np.int64))
     guard = [gs.Node("Shape", name=SCAN_NAME + ":shape", inputs=[xv], outputs=[shape]),
@@ -237,8 +243,12 @@ def stream(graph: gs.Graph, x: str, rank: int, cut: Cut) -> None:
              gs.Node("Greater", name=SCAN_NAME + ":several", inputs=[count, one], outputs=[some]),
              gs.Node("If", name=SCAN_NAME, attrs={"then_branch": batch, "else_branch": one_image},
                      inputs=[some], outputs=frontier)]
-    at = next(i for i, n in enumerate(graph.nodes) if id(n) in members)
+    # where the last member was: a node between the members reads none of their outputs
+    # (prefix_nodes stops at the first that does), while a member may read a Constant node's
+    # output from among them
+    last = max(i for i, n in enumerate(graph.nodes) if id(n) in members)
     rest = [n for n in graph.nodes if id(n) not in members]
+    at = last - (len(members) - 1)
     graph.nodes = rest[:at] + guard + rest[at:]
 
 
