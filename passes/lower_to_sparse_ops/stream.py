@@ -16,18 +16,19 @@ to the next; the rest of the graph runs on the whole batch as before. An ``If`` 
 size (``Shape``, ``Gather``, ``Greater``) takes the ``Scan`` for two images or more and the
 prefix as it was, a copy of its nodes, for one image or none: ONNX Runtime refuses a ``Scan``
 over an empty axis, and for one image the ``Scan`` would only cost its overhead (MobileNetV2
-streamed through 19 nodes ran 0.965x of the model unstreamed at batch 1, ~0.2 ms a call). Nothing is computed
-differently: each op in the prefix computes each image apart from the others (``STREAMABLE``).
-The outputs are the same to the bit where the prefix holds onnxprune's ops; ONNX Runtime runs a
-standard ``Conv`` inside a subgraph on its plain kernel, not in its blocked NCHWc layout as in
-the main graph, which rounds differently (the lowering measures and reports the change).
+streamed through 19 nodes ran 0.965x of the model unstreamed at batch 1, ~0.2 ms a call).
+Each op in the prefix computes each image apart from the others (``STREAMABLE``). The outputs
+are the same to the bit where the prefix holds onnxprune's ops; ONNX Runtime runs a standard
+``Conv`` inside a subgraph on its plain kernel, not in its blocked NCHWc layout as in the main
+graph, which rounds differently (the lowering measures and reports the change).
 
 A prefix qualifies when
 
 * it starts from one graph input and each of its nodes reads only that input, tensors the
   prefix computes and constants (initializers, ``Constant`` nodes outside the body);
-* each node is an op of ``STREAMABLE``, reading activations only at the positions listed
-  there, and an elementwise op's constant operand of the activation's rank has a leading
+* each node is an op of ``STREAMABLE`` with one output (a ``MaxPool``'s ``Indices`` count
+  positions across the batch) and no ``training_mode``, reading activations only at the
+  positions listed there, and an elementwise op's constant operand of the activation's rank has a leading
   dimension of 1 (a constant of lower rank broadcasts over the trailing axes only); a
   ``Concat`` joins along an axis other than the batch's;
 * it ends at a cut: one tensor (``MAX_FRONTIER`` at most) carries all that the rest of the
@@ -36,8 +37,9 @@ A prefix qualifies when
 ``cuts`` lists the qualifying prefixes, shortest first, with the largest tensor each leaves
 to the batched part; ``onnxprune.runtime.lowering`` times the lowered model streamed at a few
 of them against the same model unstreamed, at the expected batch, and keeps the fastest that
-won by ``STREAM_MIN_GAIN``. ``flatten`` undoes the rewrite exactly (the tools that look at the
-lowered nodes one by one, such as ``onnxprune bench`` on a lowered file, read the flat graph).
+won by ``STREAM_MIN_GAIN``. ``flatten`` undoes the rewrite, the prefix's nodes back in the main
+graph under their own names (the tools that look at the lowered nodes one by one, such as
+``onnxprune bench`` on a lowered file, read the flat graph).
 """
 
 from __future__ import annotations
