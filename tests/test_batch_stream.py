@@ -12,7 +12,8 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.api import lower
+from onnxprune.api import lower, prune
+from onnxprune.core.errors import UsageError
 from onnxprune.core.graph import graph_from_model, graph_to_model
 from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
 from onnxprune.passes.lower_to_sparse_ops import stream as st
@@ -255,8 +256,10 @@ def test_batch_one_the_dense_model_kept_and_the_cost_model_time_no_stream(tmp_pa
     assert r2["lowering"]["whole_model"]["kept"] == "dense" and r2["lowering"]["batch_stream"] is None
     r3 = lower(str(rcnn), str(tmp_path / "c.onnx"), expected_batch=4, decide="model")
     assert r3["lowering"]["batch_stream"] is None and STREAM_TIMING not in calls
-    with pytest.raises(Exception, match="batch_stream must be True or False"):
+    with pytest.raises(UsageError, match="batch_stream must be True or False"):
         lower(str(rcnn), str(tmp_path / "d.onnx"), batch_stream=1)
+    with pytest.raises(UsageError, match="batch_stream must be True or False"):
+        prune(str(rcnn), str(tmp_path / "e.onnx"), emit="sparse-ops", batch_stream=1)
 
 
 def test_a_model_whose_input_meets_no_streamable_op_says_so(tmp_path):

@@ -77,8 +77,6 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     from onnxprune.runtime.lowering import MeasuredLowering
 
     options = lowering_options(lower_for, expected_batch, threads, sparse_values, winograd)
-    if not isinstance(batch_stream, bool):
-        raise UsageError(f"batch_stream must be True or False, got {batch_stream!r}")
     decision = MeasuredLowering(decide, checked_shapes(input_shapes), timer, progress, stream=batch_stream)
     if output is None:
         raise UsageError("lower: an output path is required")

@@ -146,11 +146,9 @@ def prune(model, output, *, recipe=None, in_place: bool = False,
         raise UsageError("--decide only applies to --emit sparse-ops")
     if recipe.emit != "sparse-ops" and batch_stream is not None:
         raise UsageError("--no-batch-stream only applies to --emit sparse-ops")
-    if batch_stream is not None and not isinstance(batch_stream, bool):
-        raise UsageError(f"batch_stream must be True or False, got {batch_stream!r}")
     shapes = checked_shapes(input_shapes)
     decision = MeasuredLowering(decide or "measure", shapes, timer, progress,
-                                stream=batch_stream is not False)
+                                stream=True if batch_stream is None else batch_stream)
     if output is None:
         raise UsageError("prune: an output path is required")
     proto, info = open_model(model, lazy=True)

@@ -66,10 +66,10 @@ def lower_model(dense_model, **options):
 
 def csr_nodes(model) -> list[onnx.NodeProto]:
     """The model's CsrGemm and CsrConv nodes (not the domain's MaxPool, which holds no weight),
-    those of a prefix streamed image by image (``stream.flatten``) among them, in graph order."""
-    from onnxprune.passes.lower_to_sparse_ops.stream import flatten
+    those of a prefix streamed image by image (``stream.flat_nodes``) among them, in graph order."""
+    from onnxprune.passes.lower_to_sparse_ops.stream import flat_nodes
 
-    return [n for n in flatten(model).graph.node if n.domain == DOMAIN and n.op_type in CSR_OPS]
+    return [n for n in flat_nodes(model) if n.domain == DOMAIN and n.op_type in CSR_OPS]
 
 
 def _standard_pool(node: onnx.NodeProto) -> onnx.NodeProto:

@@ -306,6 +306,8 @@ class MeasuredLowering:
                  timer: Timer | None = None, progress=None, stream: bool = True):
         if decide not in DECIDE_MODES:
             raise UsageError(f"decide must be one of {', '.join(DECIDE_MODES)}, got {decide!r}")
+        if not isinstance(stream, bool):
+            raise UsageError(f"batch_stream must be True or False, got {stream!r}")
         self.decide = decide
         self.shapes = dict(input_shapes or {})
         self.timer = timer

@@ -288,16 +288,14 @@ def streamed(model: onnx.ModelProto) -> bool:
     return _guard(model) is not None
 
 
-def flatten(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with the rewrite of ``stream`` undone (the prefix's nodes back in the main
-    graph under their own names, in place of the guard and its ``If``); ``model`` itself where
-    there is none."""
-    if not streamed(model):
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    guard = _guard(out)
+def flat_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """``model``'s main-graph nodes with the rewrite of ``stream`` undone: the guard and its
+    ``If`` replaced by the prefix's nodes under their own names (copies; the other nodes are
+    the model's own, nothing else is copied); the main graph's nodes where there is none."""
+    g = model.graph
+    guard = _guard(model)
+    if guard is None:
+        return list(g.node)
     then = next(a.g for a in guard.attribute if a.name == "then_branch")
     scan = next(n for n in then.node if n.op_type == "Scan")
     body = next(a.g for a in scan.attribute if a.name == "body")
@@ -316,8 +314,20 @@ def flatten(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes.append(n)
     at = next(i for i, n in enumerate(g.node) if n.name.startswith(SCAN_NAME + ":") or n is guard)
     rest = [n for n in g.node if not (n.name == SCAN_NAME or n.name.startswith(SCAN_NAME + ":"))]
+    return rest[:at] + nodes + rest[at:]
+
+
+def flatten(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the rewrite of ``stream`` undone (``flat_nodes``; the guard's constants
+    dropped where nothing else reads them); ``model`` itself where there is none."""
+    if not streamed(model):
+        return model
+    nodes = flat_nodes(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
     del g.node[:]
-    g.node.extend(rest[:at] + nodes + rest[at:])
+    g.node.extend(nodes)
     used = {t for sub in proto_graphs(g) for n in sub.node for t in n.input}
     keep = [t for t in g.initializer if t.name in used or t.name not in (AXES, SCAN_NAME + ":zero", SCAN_NAME + ":one")]
     del g.initializer[:]
