@@ -13,13 +13,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.api import lower, prune
+from onnxprune.cli.lower import whole_model_line
 from onnxprune.core.errors import UsageError
 from onnxprune.core.graph import graph_from_model, graph_to_model
 from onnxprune.passes.lower_to_sparse_ops import LowerToSparseOps
 from onnxprune.passes.lower_to_sparse_ops import stream as st
 from onnxprune.runtime.bench import csr_nodes, is_lowered
 from onnxprune.runtime.check import run_model
-from onnxprune.runtime.lowering import STREAM_TIMING
+from onnxprune.runtime.lowering import STREAM_TIMING, STREAMED_WHOLE_TIMING
 from tests.conftest import run_cli
 
 
@@ -197,20 +198,20 @@ def test_candidates_take_the_shortest_prefix_within_each_budget():
     assert st.candidates([st.Cut(2, ("a",), 500)], [100]) == []
 
 
-def _timer(gain, calls=None, layer=2.0, whole=2.0):
-    """``gain`` for the streamed timings (a list: one per timing, in turn), ``whole`` for the
-    whole model, ``layer`` for each layer."""
-    gains = list(gain) if isinstance(gain, (list, tuple)) else None
+def _timer(gain, calls=None, layer=2.0, whole=2.0, streamed_whole=None):
+    """``gain`` for the streamed timings, ``whole`` for the whole model, ``streamed_whole`` for
+    the dense model against a lowering streamed, ``layer`` for each layer (a dict: by name;
+    a list: one per timing, in turn)."""
+    turns = {STREAM_TIMING: gain, None: whole, STREAMED_WHOLE_TIMING: streamed_whole}
+    turns = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in turns.items()}
 
     def timer(name, dense, sparse, feeds):
         assert set(feeds) == {i.name for i in dense.get_inputs()} == {i.name for i in sparse.get_inputs()}
         if calls is not None:
             calls.append(name)
-        if name == STREAM_TIMING:
-            s = gains.pop(0) if gains is not None else gain
-        else:
-            s = whole if name is None else layer
-        return s * 1e-3, 1e-3
+        s = turns.get(name, layer.get(name, 2.0) if isinstance(layer, dict) else layer)
+        assert s is not None, f"{name} was not to be timed"
+        return (s.pop(0) if isinstance(s, list) else s) * 1e-3, 1e-3
     return timer
 
 
@@ -253,13 +254,107 @@ def test_batch_one_the_dense_model_kept_and_the_cost_model_time_no_stream(tmp_pa
     r1 = lower(str(rcnn), str(tmp_path / "a.onnx"), timer=_timer(5.0, calls))
     assert r1["lowering"]["batch_stream"] is None and STREAM_TIMING not in calls
     r2 = lower(str(rcnn), str(tmp_path / "b.onnx"), expected_batch=4, timer=_timer(5.0, calls, whole=0.5))
-    assert r2["lowering"]["whole_model"]["kept"] == "dense" and r2["lowering"]["batch_stream"] is None
+    assert r2["lowering"]["whole_model"]["kept"] == "dense" and STREAM_TIMING not in calls
+    assert r2["lowering"]["batch_stream"]["reason"] == "not tried: the fastest lowering ran 0.50x of dense (< 0.8x)"
     r3 = lower(str(rcnn), str(tmp_path / "c.onnx"), expected_batch=4, decide="model")
     assert r3["lowering"]["batch_stream"] is None and STREAM_TIMING not in calls
     with pytest.raises(UsageError, match="batch_stream must be True or False"):
         lower(str(rcnn), str(tmp_path / "d.onnx"), batch_stream=1)
     with pytest.raises(UsageError, match="batch_stream must be True or False"):
         prune(str(rcnn), str(tmp_path / "e.onnx"), emit="sparse-ops", batch_stream=1)
+
+
+def test_a_lowering_that_lost_to_dense_is_written_streamed_where_that_beats_dense(tmp_path, rcnn):
+    """At a batch above 1 the dense model is not written before the lowering that lost has been
+    timed streamed: the stream's gain comes on top of the lowering's."""
+    calls = []
+    out, ref = tmp_path / "s.onnx", tmp_path / "ref.onnx"
+    r = lower(str(rcnn), str(out), expected_batch=4, timer=_timer(1.3, calls, whole=0.95, streamed_whole=1.2))
+    whole, b = r["lowering"]["whole_model"], r["lowering"]["batch_stream"]
+    assert whole["kept"] == "lowered" and whole["speedup"] == pytest.approx(1.2)
+    assert whole["unstreamed_speedup"] == pytest.approx(0.95) and whole["confirmed_speedup"] is None
+    assert whole["reason"].startswith("lowered 1.20x of dense streamed with its first ")
+    assert "0.95x layer by layer on the whole batch" in whole["reason"]
+    assert b["kept"] and b["gain"] == pytest.approx(1.3) and calls.count(STREAMED_WHOLE_TIMING) == 1
+    rows = r["lowering"]["layers"]
+    assert [row["name"] for row in rows if row["lowered"]] == ["conv1", "conv2", "conv3", "conv4"]
+    assert not any("dense model was kept" in row["reason"] for row in rows)
+    written = onnx.load(str(out))
+    assert st.streamed(written) and csr_nodes(written)
+    won = lower(str(rcnn), str(ref), expected_batch=4, timer=_timer(1.3))  # the lowering won: streamed as well
+    assert r["sparse_ops"]["lowered"] == won["sparse_ops"]["lowered"] and won["lowering"]["whole_model"][
+        "unstreamed_speedup"] is None
+    for batch in (4, 1):
+        for a, c in zip(run_model(written, _feeds(batch)), run_model(onnx.load(str(ref)), _feeds(batch))):
+            assert np.array_equal(a, c)
+    line = whole_model_line(r["lowering"])
+    assert line.startswith("lowering: the lowered model ran 1.20x of the dense one here")
+    assert line.endswith("; streamed image by image: 0.95x without)"), line
+
+
+@pytest.mark.parametrize("streamed_whole, gain, kept, says", [
+    ([1.05, 0.98], 1.3, False, "0.95x of dense layer by layer and 1.05x of dense streamed, 0.98x timed again "
+                               "(< 1x): the dense model was kept"),
+    ([1.05, 1.02], 1.3, True, "lowered 1.05x of dense streamed, 1.02x timed again with its first"),
+    ([0.99], 1.3, False, "0.95x of dense layer by layer and 0.99x of dense streamed (< 1x)"),
+    (None, 1.02, False, "the fastest lowering ran 0.95x of dense; the fastest prefix run image by image ran 1.02x"),
+])
+def test_a_lowering_that_lost_is_written_streamed_only_where_that_ran_faster_than_dense_twice_near_1x(
+        tmp_path, rcnn, monkeypatch, streamed_whole, gain, kept, says):
+    from onnxprune.runtime import lowering
+
+    monkeypatch.setattr(lowering, "STREAM_BUDGET_L2S", (1,))  # one prefix timed
+    calls = []
+    out = tmp_path / "s.onnx"
+    r = lower(str(rcnn), str(out), expected_batch=4,
+              timer=_timer(gain, calls, whole=0.95, streamed_whole=streamed_whole))
+    whole, b = r["lowering"]["whole_model"], r["lowering"]["batch_stream"]
+    assert whole["kept"] == ("lowered" if kept else "dense") and b["kept"] is kept
+    assert says in (whole if kept else b)["reason"]
+    assert calls.count(STREAMED_WHOLE_TIMING) == (len(streamed_whole) if streamed_whole else 0)
+    written = onnx.load(str(out))
+    assert st.streamed(written) is kept and bool(csr_nodes(written)) is kept
+    assert bool(r["sparse_ops"]["lowered"]) is kept
+    if kept:
+        assert whole["confirmed_speedup"] == pytest.approx(1.02)
+
+
+def test_a_pick_that_failed_its_second_timing_or_an_unpruned_variant_is_what_gets_streamed(tmp_path):
+    """The fastest lowering timed is the one streamed: here the one with the unpruned first
+    convolution lowered too (0.97x against 0.90x), its reasons as _pick would have written them;
+    and a pick at 1.05x that ran 0.97x timed again is streamed in the same way."""
+    model = residual_cnn()
+    c1 = next(i for i in model.graph.initializer if i.name == "c1.w")
+    c1.CopyFrom(_init("c1.w", np.random.default_rng(3).normal(0, 0.3, (8, 3, 3, 3))))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    r = lower(str(path), str(tmp_path / "a.onnx"), expected_batch=4,
+              timer=_timer(1.3, whole=[0.90, 0.97], streamed_whole=1.2))
+    whole = r["lowering"]["whole_model"]
+    assert whole["kept"] == "lowered" and whole["unpruned_convs"] == 1 and whole["unstreamed_speedup"] == 0.97
+    assert whole["reason"].startswith("lowered 1.20x of dense streamed with its first ")
+    assert "run image by image, 1 unpruned convolutions lowered too; 0.97x layer by layer" in whole["reason"]
+    row = next(x for x in r["lowering"]["layers"] if x["name"] == "conv1")
+    assert row["lowered"] and "ran 0.97x of dense with the unpruned convolutions lowered, 0.90x without" \
+        in row["reason"]
+    assert "conv1" in r["sparse_ops"]["lowered"] and st.streamed(onnx.load(str(tmp_path / "a.onnx")))
+
+    r = lower(str(path), str(tmp_path / "b.onnx"), expected_batch=4,
+              timer=_timer(1.3, whole=[0.90, 1.05, 0.97], streamed_whole=1.2))
+    whole = r["lowering"]["whole_model"]
+    assert whole["kept"] == "lowered" and "1.05x (0.97x timed again) layer by layer" in whole["reason"]
+
+
+def test_a_subset_that_lost_is_streamed_with_the_reasons_of_the_layers_it_left_out(tmp_path, rcnn):
+    r = lower(str(rcnn), str(tmp_path / "a.onnx"), expected_batch=4,
+              timer=_timer(1.3, layer={"conv1": 3.5, "conv2": 1.2, "conv3": 1.2, "conv4": 1.2},
+                           whole=[0.90, 0.95], streamed_whole=1.2))
+    whole = r["lowering"]["whole_model"]
+    assert whole["kept"] == "lowered" and whole["min_layer_speedup"] == 1.5 and r["sparse_ops"]["lowered"] == ["conv1"]
+    assert "image by image, only the layers measured >= 1.5x alone lowered; 0.95x layer by layer" in whole["reason"]
+    row = next(x for x in r["lowering"]["layers"] if x["name"] == "conv2")
+    assert not row["lowered"] and row["reason"] == ("measured 1.20x, but with every layer >= 1.1x lowered the whole "
+                                                    "model ran 0.90x of dense; only layers >= 1.5x are lowered")
 
 
 def test_a_model_whose_input_meets_no_streamable_op_says_so(tmp_path):

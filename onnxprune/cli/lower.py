@@ -211,6 +211,8 @@ def whole_model_line(lowering: dict | None) -> str | None:
     also = (f" with {unpruned} unpruned convolutions lowered too ({tried[0]['speedup']:.2f}x without them)"
             if unpruned else "")
     confirmed = f", {again:.2f}x timed again" if again is not None else ""
+    if whole.get("unstreamed_speedup") is not None:  # a lowering that lost layer by layer
+        first = f"{first}; streamed image by image: {whole['unstreamed_speedup']:.2f}x without"
     return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one here "
             f"(dense {whole['dense_s'] * 1e3:.3f} ms, lowered {whole['lowered_s'] * 1e3:.3f} ms{confirmed}"
             f"{first}){also}")
