@@ -288,8 +288,8 @@ def test_a_lowering_that_lost_to_dense_is_written_streamed_where_that_beats_dens
         for a, c in zip(run_model(written, _feeds(batch)), run_model(onnx.load(str(ref)), _feeds(batch))):
             assert np.array_equal(a, c)
     line = whole_model_line(r["lowering"])
-    assert line.startswith("lowering: the lowered model ran 1.20x of the dense one here")
-    assert line.endswith("; streamed image by image: 0.95x without)"), line
+    assert line.startswith("lowering: the lowered model ran 1.20x of the dense one here streamed image by image (")
+    assert line.endswith("ms); 0.95x unstreamed"), line
 
 
 @pytest.mark.parametrize("streamed_whole, gain, kept, says", [
@@ -332,6 +332,9 @@ def test_a_pick_that_failed_its_second_timing_or_an_unpruned_variant_is_what_get
               timer=_timer(1.3, whole=[0.90, 0.97], streamed_whole=1.2))
     whole = r["lowering"]["whole_model"]
     assert whole["kept"] == "lowered" and whole["unpruned_convs"] == 1 and whole["unstreamed_speedup"] == 0.97
+    line = whole_model_line(r["lowering"])  # every figure streamed, or said to be unstreamed
+    assert line.startswith("lowering: the lowered model with 1 unpruned convolutions lowered too ran 1.20x of the "
+                           "dense one here streamed image by image (") and line.endswith("ms); 0.97x unstreamed")
     assert whole["reason"].startswith("lowered 1.20x of dense streamed with its first ")
     assert "run image by image, 1 unpruned convolutions lowered too; 0.97x layer by layer" in whole["reason"]
     row = next(x for x in r["lowering"]["layers"] if x["name"] == "conv1")
@@ -343,6 +346,7 @@ def test_a_pick_that_failed_its_second_timing_or_an_unpruned_variant_is_what_get
               timer=_timer(1.3, whole=[0.90, 1.05, 0.97], streamed_whole=1.2))
     whole = r["lowering"]["whole_model"]
     assert whole["kept"] == "lowered" and "1.05x (0.97x timed again) layer by layer" in whole["reason"]
+    assert whole["unstreamed_speedup"] == pytest.approx(0.97)  # the second timing overruled the first
 
 
 def test_a_subset_that_lost_is_streamed_with_the_reasons_of_the_layers_it_left_out(tmp_path, rcnn):
@@ -355,6 +359,9 @@ def test_a_subset_that_lost_is_streamed_with_the_reasons_of_the_layers_it_left_o
     row = next(x for x in r["lowering"]["layers"] if x["name"] == "conv2")
     assert not row["lowered"] and row["reason"] == ("measured 1.20x, but with every layer >= 1.1x lowered the whole "
                                                     "model ran 0.90x of dense; only layers >= 1.5x are lowered")
+    assert whole_model_line(r["lowering"]).startswith(
+        "lowering: the lowered model (layers measured >= 1.5x alone were lowered only) ran 1.20x of the dense one "
+        "here streamed image by image (")
 
 
 def test_a_model_whose_input_meets_no_streamable_op_says_so(tmp_path):

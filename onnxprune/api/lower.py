@@ -64,7 +64,9 @@ def lower(model, output, *, lower_for: str = "speed", decide: str = "measure",
     the prefix holds onnxprune's ops, and ``lowering.batch_stream.max_relative_output_change``
     says what a standard ``Conv`` inside it changed) and
     written so where that ran at least 1.05x faster (``lowering.batch_stream``;
-    ``batch_stream=False`` does not try it). ``data``, an
+    ``batch_stream=False`` does not try it); a lowering that ran slower than the dense model
+    (at least 0.8x) is timed so too before the dense model is written, and written streamed
+    where that ran at least 1x of dense (``lowering.whole_model.unstreamed_speedup``). ``data``, an
     .npz of arrays named after the graph inputs (or ``x``), replaces the random inputs of the
     timings and of that measure (their leading dimension is the batch timed): for inputs a
     model needs real values of, such as token ids or a sample rate.

@@ -30,7 +30,8 @@ def add_lowering_args(p, *, defaults: bool) -> None:
                    default="measure" if defaults else None,
                    help=f"{what}for speed, time each pruned layer dense vs sparse here and lower "
                         "those >= 1.1x faster, keeping the dense model if the whole lowered one "
-                        "is not faster (measure, default: run this on the target machine); or "
+                        "is not faster, at a batch above 1 also with its leading layers run image "
+                        "by image (measure, default: run this on the target machine); or "
                         "ask the analytic cost model (model: lowering for another machine)")
     p.add_argument("--sparse-values", choices=("fp32", "fp16"),
                    default="fp32" if defaults else None,
@@ -48,7 +49,8 @@ def add_lowering_args(p, *, defaults: bool) -> None:
                    default=True if defaults else None,
                    help=f"{what}at --expected-batch above 1, do not time the leading layers run "
                         "image by image (a Scan over the batch, kept where it is >= 1.05x faster: "
-                        "the batch's large early maps stay in the caches)")
+                        "the batch's large early maps stay in the caches), nor a lowering that "
+                        "lost to dense so before writing the dense model")
     if defaults:
         add_input_shape_option(p)
     else:  # prune: for the FLOPs, and for the lowering's timings with sparse-ops
@@ -211,8 +213,13 @@ def whole_model_line(lowering: dict | None) -> str | None:
     also = (f" with {unpruned} unpruned convolutions lowered too ({tried[0]['speedup']:.2f}x without them)"
             if unpruned else "")
     confirmed = f", {again:.2f}x timed again" if again is not None else ""
-    if whole.get("unstreamed_speedup") is not None:  # a lowering that lost layer by layer
-        first = f"{first}; streamed image by image: {whole['unstreamed_speedup']:.2f}x without"
+    unstreamed = whole.get("unstreamed_speedup")
+    if unstreamed is not None:  # a lowering that lost run layer by layer, written streamed
+        which = (f" with {unpruned} unpruned convolutions lowered too" if unpruned else
+                 "" if cut == tried[0]["min_layer_speedup"] else f" ({which} only)")
+        return (f"lowering: the lowered model{which} ran {whole['speedup']:.2f}x of the dense one here "
+                f"streamed image by image (dense {whole['dense_s'] * 1e3:.3f} ms, lowered "
+                f"{whole['lowered_s'] * 1e3:.3f} ms{confirmed}); {unstreamed:.2f}x unstreamed")
     return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one here "
             f"(dense {whole['dense_s'] * 1e3:.3f} ms, lowered {whole['lowered_s'] * 1e3:.3f} ms{confirmed}"
             f"{first}){also}")

@@ -323,7 +323,8 @@ def _whole(t: "Timing | None", kept: str, cut, attempts: list, reason: str, unpr
     convolutions were lowered with them, every set tried, the second timing of a pick below
     ``CONFIRM_BELOW`` (``MeasuredLowering._confirm``; None when there was none), and where a
     lowering that lost to dense was written streamed (``MeasuredLowering._rescue``), its
-    speed-up run layer by layer on the whole batch (None otherwise)."""
+    speed-up run layer by layer on the whole batch (its second timing where it had one; None
+    otherwise)."""
     return {"dense_s": t.dense_s if t else None, "lowered_s": t.sparse_s if t else None,
             "speedup": t.speedup if t else None, "kept": kept, "min_layer_speedup": cut,
             "unpruned_convs": unpruned_convs, "attempts": attempts, "confirmed_speedup": None,
@@ -485,6 +486,8 @@ class MeasuredLowering:
     def finish(self, graph, original, stats: dict | None):
         with self._hinted():
             graph = self._choose(graph, original, stats)
+            if self.whole is None or self.whole["kept"] != "dense":
+                self._lost = None  # nothing to rescue: its graph need not stay alive while streaming
             graph = self._stream(graph, original, stats)
             graph = self._rescue(graph, original, stats)
             winograd = stats is not None and any(r["lowered"] and r.get("winograd") for r in stats["layers"])
@@ -546,6 +549,7 @@ class MeasuredLowering:
         if lost is None or stats is None or self.whole is None or self.whole["kept"] != "dense":
             return graph
         t, lowered, lowered_stats, kind, cut, added = lost
+        unstreamed = t.speedup if self.whole["confirmed_speedup"] is None else self.whole["confirmed_speedup"]
         self.batch_stream = record = self._stream_record()
         if t.speedup < STREAM_RESCUE_FROM:
             record["reason"] = (f"not tried: the fastest lowering ran {t.speedup:.2f}x of dense (< "
@@ -591,7 +595,7 @@ class MeasuredLowering:
         self.whole = {**_whole(ts, "lowered", cut, self.whole["attempts"], (
             f"lowered {timed} with its first {record['nodes']} node(s) run image by image{which}; "
             f"{before} layer by layer on the whole batch"),
-            unpruned_convs=len(added)), "confirmed_speedup": again, "unstreamed_speedup": t.speedup}
+            unpruned_convs=len(added)), "confirmed_speedup": again, "unstreamed_speedup": unstreamed}
         return streamed
 
     def _streamed(self, graph, original, batch: int, record: dict):
