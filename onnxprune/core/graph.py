@@ -894,7 +894,67 @@ def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
     for sp in model.graph.sparse_initializer:
         g.input.append(onnx.helper.make_tensor_value_info(
             sp.values.name, sp.values.data_type, list(sp.dims)))
+    _stand_ins(model, g)
     return sk
+
+
+_CSR_DOMAIN = "ai.onnxprune"  # the lowering's ops (passes/lower_to_sparse_ops)
+
+
+def _stand_ins(model: ModelProto, g: onnx.GraphProto) -> None:
+    """onnxprune's own ``CsrConv``, ``CsrGemm`` and ``MaxPool`` nodes of ``g`` (a skeleton of ``model``)
+    replaced, for shape inference only, by the ONNX op they compute over a weight input of the
+    dense shape: ONNX's inference does not know the custom domain, so a lowered model's shapes
+    stopped at its first lowered node (and re-lowering it could not fold a residual ``Add``).
+    ``CsrGemm`` in Gemm style and in MatMul style (``matmul`` 0, 1, and 3 and 4 as an
+    ``Einsum`` from op-set 12); ``matmul=2`` (a flattened, transposed Y) and a node whose CSR
+    width is unknown are left as they are. The ``If`` of a prefix streamed image by image keeps
+    the shapes the lowering recorded for its outputs (its branches' nodes are not inferred)."""
+    rows = {t.name: int(t.dims[0]) - 1 for t in model.graph.initializer if len(t.dims) == 1 and t.dims[0] >= 1}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    taken = {n for node in g.node for n in (*node.input, *node.output)} | {i.name for i in g.input}
+    known = {v.name: v for v in model.graph.value_info}
+    for i, node in enumerate(g.node):
+        if node.op_type == "If" and any(a.g.name == STREAM_BODY + "_batch" for a in node.attribute):
+            # a prefix streamed image by image: its outputs' shapes as the lowering recorded them
+            g.value_info.extend(known[o] for o in node.output if o in known)
+            continue
+        if node.domain == _CSR_DOMAIN and node.op_type == "MaxPool":  # ONNX's, run in NCHW (op-set 12's)
+            pool = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")
+            keep = [a for a in node.attribute if a.name in pool]
+            g.node[i].CopyFrom(onnx.helper.make_node("MaxPool", node.input[:1], node.output[:1]))
+            g.node[i].attribute.extend(keep)
+            continue
+        if node.domain != _CSR_DOMAIN or node.op_type not in ("CsrConv", "CsrGemm") or len(node.input) < 4:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        n_out, k = rows.get(node.input[3]), attrs.get("columns")
+        if n_out is None or not isinstance(k, int) or k < 0:
+            continue
+        w = unique_name(f"{node.output[0]}::weight", taken)
+        if node.op_type == "CsrConv":
+            kernel = list(attrs.get("kernel_shape") or [])
+            size = int(np.prod(kernel)) if kernel else 0
+            if not size or k % size:
+                continue
+            keep = {a: attrs[a] for a in ("kernel_shape", "strides", "pads", "dilations", "group") if a in attrs}
+            stand_in = onnx.helper.make_node("Conv", [node.input[0], w], node.output[:1], **keep)
+            dims = [n_out, k // size, *kernel]
+        elif attrs.get("matmul", 0) == 0:
+            stand_in = onnx.helper.make_node("Gemm", [node.input[0], w], node.output[:1], transB=1,
+                                             transA=attrs.get("transA", 0))
+            dims = [n_out, k]
+        elif attrs.get("matmul") == 1:
+            stand_in = onnx.helper.make_node("MatMul", [node.input[0], w], node.output[:1])
+            dims = [k, n_out]
+        elif attrs.get("matmul") in (3, 4) and opset >= 12:  # each batch's Y, or X, transposed
+            equation = "...sk,kn->...ns" if attrs["matmul"] == 3 else "...ks,kn->...sn"
+            stand_in = onnx.helper.make_node("Einsum", [node.input[0], w], node.output[:1], equation=equation)
+            dims = [k, n_out]
+        else:
+            continue
+        g.input.append(onnx.helper.make_tensor_value_info(w, TensorProto.FLOAT, dims))
+        g.node[i].CopyFrom(stand_in)
 
 
 def unique_name(base: str, taken: set[str]) -> str:

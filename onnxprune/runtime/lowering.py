@@ -217,17 +217,22 @@ def _l2_bytes() -> int:
     return size if isinstance(size, int) and size > 0 else _L2_FALLBACK
 
 
-def _image_bytes(model, names: list[str], feeds: dict, batch: int, threads: int) -> dict[str, int]:
-    """Bytes of one image of each named float tensor: one run at batch 1 (or at ``batch``,
-    divided, where the model fixes it)."""
+def _image_shapes(model, names: list[str], feeds: dict, batch: int, threads: int) -> dict[str, list]:
+    """The shape of each named float tensor with its batch as None: one run at batch 1 (or at
+    ``batch`` where the model fixes it, which then stays in the shape)."""
     from onnxprune.runtime.bench import capture_shapes
 
     one = {k: (v[:1] if getattr(v, "ndim", 0) >= 1 and v.shape[0] == batch else v) for k, v in feeds.items()}
     try:
-        shapes, per = capture_shapes(model, names, one, threads), 1
+        shapes = {n: [None, *s[1:]] for n, s in capture_shapes(model, names, one, threads).items()}
     except RuntimeFailure:  # a model that fixes its batch refuses one image
-        shapes, per = capture_shapes(model, names, feeds, threads), batch
-    return {n: 4 * int(np.prod(s, dtype=np.int64)) // per for n, s in shapes.items()}
+        shapes = {n: list(s) for n, s in capture_shapes(model, names, feeds, threads).items()}
+    return shapes
+
+
+def _bytes_of_one(shape: list, batch: int) -> int:
+    """Bytes of one image of a float tensor of ``_image_shapes``'s ``shape``."""
+    return 4 * int(np.prod([d for d in shape if d is not None], dtype=np.int64)) // (1 if shape[0] is None else batch)
 
 
 def _keep_dense(stats: dict, speedup: float, still: set[str]) -> None:
@@ -617,8 +622,8 @@ class MeasuredLowering:
             return graph
         record["input"] = x
         model = graph_to_model(graph, original)
-        sizes = _image_bytes(model, [o.name for n in order for o in n.outputs], feeds, batch, self._threads)
-        found = st.cuts(graph, order, sizes, batch)
+        shapes = _image_shapes(model, [o.name for n in order for o in n.outputs], feeds, batch, self._threads)
+        found = st.cuts(graph, order, {n: _bytes_of_one(s, batch) for n, s in shapes.items()}, batch)
         picks = st.candidates(found, [k * _l2_bytes() for k in STREAM_BUDGET_L2S])
         if not picks:
             record["reason"] = "no point where the layers that can run image by image hand on one tensor"
@@ -627,6 +632,10 @@ class MeasuredLowering:
         for cut in picks:
             trial = graph.copy()
             st.stream(trial, x, feeds[x].ndim, cut)
+            tensors = trial.tensors()
+            for f in cut.frontier:  # the If's outputs: their shapes carry inference past it
+                if shapes.get(f) is not None:
+                    tensors[f].shape, tensors[f].dtype = shapes[f], feeds[x].dtype
             trial_model = graph_to_model(trial, original)
             t = time_whole(model, trial_model, feeds, self._threads, self.timer, name=STREAM_TIMING)
             record["timed"].append({"nodes": cut.nodes, "frontier": list(cut.frontier),
