@@ -36,6 +36,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxprune.core.errors import RuntimeFailure
 from onnxprune.core.io import dim_size, proto_graphs
+from onnxprune.runtime_ops import DOMAIN
 
 # onnx-graphsurgeon logs through its own logger at import and on export; keep it quiet so the
 # CLI's stderr stays readable.
@@ -898,9 +899,6 @@ def _skeleton(model: ModelProto, small: int = 4096) -> ModelProto:
     return sk
 
 
-_CSR_DOMAIN = "ai.onnxprune"  # the lowering's ops (passes/lower_to_sparse_ops)
-
-
 def _stand_ins(model: ModelProto, g: onnx.GraphProto) -> None:
     """onnxprune's own ``CsrConv``, ``CsrGemm`` and ``MaxPool`` nodes of ``g`` (a skeleton of ``model``)
     replaced, for shape inference only, by the ONNX op they compute over a weight input of the
@@ -919,13 +917,10 @@ def _stand_ins(model: ModelProto, g: onnx.GraphProto) -> None:
             # a prefix streamed image by image: its outputs' shapes as the lowering recorded them
             g.value_info.extend(known[o] for o in node.output if o in known)
             continue
-        if node.domain == _CSR_DOMAIN and node.op_type == "MaxPool":  # ONNX's, run in NCHW (op-set 12's)
-            pool = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")
-            keep = [a for a in node.attribute if a.name in pool]
-            g.node[i].CopyFrom(onnx.helper.make_node("MaxPool", node.input[:1], node.output[:1]))
-            g.node[i].attribute.extend(keep)
+        if node.domain == DOMAIN and node.op_type == "MaxPool":
+            g.node[i].CopyFrom(standard_pool(node))
             continue
-        if node.domain != _CSR_DOMAIN or node.op_type not in ("CsrConv", "CsrGemm") or len(node.input) < 4:
+        if node.domain != DOMAIN or node.op_type not in ("CsrConv", "CsrGemm") or len(node.input) < 4:
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         n_out, k = rows.get(node.input[3]), attrs.get("columns")
@@ -955,6 +950,14 @@ def _stand_ins(model: ModelProto, g: onnx.GraphProto) -> None:
             continue
         g.input.append(onnx.helper.make_tensor_value_info(w, TensorProto.FLOAT, dims))
         g.node[i].CopyFrom(stand_in)
+
+
+def standard_pool(node: onnx.NodeProto) -> onnx.NodeProto:
+    """onnxprune's MaxPool (op-set 9) as the ONNX MaxPool it computes: the same attributes."""
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    out.domain = ""
+    return out
 
 
 def unique_name(base: str, taken: set[str]) -> str:

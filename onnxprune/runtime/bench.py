@@ -72,14 +72,6 @@ def csr_nodes(model) -> list[onnx.NodeProto]:
     return [n for n in flat_nodes(model) if n.domain == DOMAIN and n.op_type in CSR_OPS]
 
 
-def _standard_pool(node: onnx.NodeProto) -> onnx.NodeProto:
-    """onnxprune's MaxPool (op-set 9) as the ONNX MaxPool it computes: the same attributes."""
-    out = onnx.NodeProto()
-    out.CopyFrom(node)
-    out.domain = ""
-    return out
-
-
 def _inits(model) -> dict[str, onnx.TensorProto]:
     """Constant tensors by the name nodes read them under: initializers, ``Constant`` nodes'
     values and ``Identity`` outputs over either (PyTorch aliases equal biases through Identity,
@@ -304,6 +296,7 @@ def dense_from_lowered(model, x_shapes: dict, partial: bool = False) -> onnx.Mod
     """The lowered model with every CSR node replaced by its dense equivalent (``partial``:
     only those whose input ``x_shapes`` names, the others kept); a streamed prefix is flattened
     first (``stream.flatten``)."""
+    from onnxprune.core.graph import standard_pool
     from onnxprune.passes.lower_to_sparse_ops.stream import flatten
 
     model = flatten(model)
@@ -316,7 +309,7 @@ def dense_from_lowered(model, x_shapes: dict, partial: bool = False) -> onnx.Mod
     built: dict[tuple, str] = {}
     for node in model.graph.node:
         if node.domain == DOMAIN and node.op_type == "MaxPool":
-            nodes.append(_standard_pool(node))
+            nodes.append(standard_pool(node))
             continue
         if node.domain != DOMAIN or (partial and node.input[0] not in x_shapes):
             nodes.append(node)

@@ -52,8 +52,8 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.core.graph import STREAM_BODY
 from onnxprune.core.io import proto_graphs
+from onnxprune.runtime_ops import DOMAIN
 
-DOMAIN = "ai.onnxprune"
 SCAN_NAME = "onnxprune_stream"  # the If node (its guard and Scan after it); ``flatten`` finds it
 INNER = "onnxprune_stream/"  # prefix of the names of the tensors inside the body
 EMPTY = "onnxprune_stream_one/"  # prefix of the names in the branch for one image or none
