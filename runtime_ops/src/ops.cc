@@ -2040,6 +2040,9 @@ struct ConvPlan {
   int64_t End() const { return (tiles - 1) * tile + tail; }  // past the last tile's last position
   int64_t blocks = 1, cb = 0;      // input channels (per group) in blocks of cb
   TaskOrder entries;               // weights and offsets into the input copies, by task rows
+  // A tile task's output channels (of c_out > 0) and the tasks' count across them.
+  int64_t Chunk(int64_t c_out) const { return std::min(c_out, entries.task_rows); }
+  int64_t Chunks(int64_t c_out) const { return (c_out + Chunk(c_out) - 1) / Chunk(c_out); }
 };
 
 // CsrConv's weights for its Winograd path (winograd.h), made from the CSR for X's channel
@@ -2220,7 +2223,7 @@ struct CsrConvKernel {
       StripTasks(ctx, g, fg, pg, *plan, xd, bias, z, y);
       return;
     }
-    if (g.band == 0 && g.nb > plan->tiles * ((g.c_out + plan->entries.task_rows - 1) / plan->entries.task_rows)) {
+    if (g.band == 0 && g.nb > plan->tiles * plan->Chunks(g.c_out)) {
       ImageTasks(ctx, g, *plan, xd, bias, z, y);
       return;
     }
@@ -3572,8 +3575,7 @@ struct CsrConvKernel {
              bool in_place, const float* bias, const float* zi, float* yi, int64_t out_plane, int64_t strip,
              bool serial = false, int64_t images = 1, int64_t q_image = 0, int64_t y_image = 0) const {
     const TaskOrder& e = p.entries;
-    const int64_t chunk = std::min<int64_t>(g.c_out, e.task_rows);
-    const int64_t chunks = (g.c_out + chunk - 1) / chunk, per_image = p.tiles * chunks;
+    const int64_t chunk = p.Chunk(g.c_out), chunks = p.Chunks(g.c_out), per_image = p.tiles * chunks;
     const auto& kern = KernelsFor(g.tiles);
     const float* w = e.weights.data();
     const int32_t* off = e.off.data();
