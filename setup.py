@@ -28,7 +28,7 @@ LIBRARY = "onnxprune.runtime_ops._onnxprune_ops"  # runtime_ops/__init__.py's _L
 SOURCES = ["runtime_ops/src/ops.cc", "runtime_ops/src/kernels.cc", "runtime_ops/src/winograd.cc",
            "runtime_ops/src/sell.cc"]
 HEADERS = ["runtime_ops/src/kernels.h", "runtime_ops/src/sell.h", "runtime_ops/src/winograd.h",
-           "runtime_ops/src/winograd_rows.h",
+           "runtime_ops/src/winograd_rows.h", "runtime_ops/src/winograd_transforms.inc",
            "runtime_ops/src/ort_abi.h",
            "runtime_ops/src/conv_run.inc",
            "runtime_ops/src/conv_rows.inc",

@@ -38,6 +38,8 @@ CASES = [
     ("several_tasks_and_a_tail", 2, 12, 24, 30, 30, [1, 1, 1, 1], 0.35),
     ("empty_weights", 1, 4, 5, 8, 8, [1, 1, 1, 1], 0.0),
     ("one_output_row", 1, 7, 9, 3, 40, [0, 1, 0, 1], 0.5),
+    # AVX2's products: two tasks of 32 tiles (24 + 8) and 16 (4 x 16), 200 channels
+    ("many_channels", 1, 200, 12, 30, 30, [1, 1, 1, 1], 0.3),
 ]
 
 
@@ -85,15 +87,16 @@ def _relative_error(y, ref):
     return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
-def _avx512(lib):
-    if lib.onnxprune_ops_cpu_has(b"avx512") != 1:
-        pytest.skip("the Winograd path runs on AVX-512 CPUs only")
+@pytest.fixture(params=["avx512", "avx2"])
+def wino_isa(request, monkeypatch, lib) -> str:
+    """The vector ISAs the path runs on (16 and 8 tiles a vector), each forced in turn;
+    skipped where the CPU lacks it."""
+    return base.use_isa(request.param, monkeypatch, lib)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("index", ["int16", "int32", "uint8"])
-def test_winograd_matches_the_float64_reference(case, index, lib, threads):
-    _avx512(lib)
+def test_winograd_matches_the_float64_reference(wino_isa, case, index, lib, threads):
     name, batch, c_in, c_out, h, w, pads, density = case
     rng, w4 = _weights(name, c_out, c_in, density)
     b = rng.standard_normal(c_out).astype(np.float32)
@@ -107,8 +110,7 @@ def test_winograd_matches_the_float64_reference(case, index, lib, threads):
 
 @pytest.mark.parametrize("act", ["Relu", "Sigmoid", "Gelu", None])
 @pytest.mark.parametrize("residual", [False, True])
-def test_activation_and_residual_are_applied_after_the_transform(act, residual, lib, threads):
-    _avx512(lib)
+def test_activation_and_residual_are_applied_after_the_transform(wino_isa, act, residual, lib, threads):
     rng, w4 = _weights(f"act-{act}-{residual}", 12, 10, 0.4)
     b = rng.standard_normal(12).astype(np.float32)
     model, _ = _model(w4, b, [1, 1, 1, 1], act=act, residual=residual)
@@ -129,8 +131,7 @@ def test_activation_and_residual_are_applied_after_the_transform(act, residual, 
     np.testing.assert_allclose(y, ref, rtol=0, atol=WINOGRAD_BOUND * max(1.0, float(np.max(np.abs(ref)))))
 
 
-def test_float16_values_and_weights_given_at_run_time(lib, threads):
-    _avx512(lib)
+def test_float16_values_and_weights_given_at_run_time(wino_isa, lib, threads):
     rng, w4 = _weights("fp16-runtime", 16, 9, 0.5)
     w16 = w4.astype(np.float16).astype(np.float32)  # what float16 values hold
     x = rng.standard_normal((1, 9, 22, 17)).astype(np.float32)
@@ -143,10 +144,9 @@ def test_float16_values_and_weights_given_at_run_time(lib, threads):
             assert _relative_error(y, ref) <= WINOGRAD_BOUND
 
 
-def test_the_kept_weights_follow_the_input_s_shape(lib):
+def test_the_kept_weights_follow_the_input_s_shape(wino_isa, lib):
     """The transformed weights are made for X's channel count; a new spatial size reuses them
     and a wrong channel count is refused as by the direct path."""
-    _avx512(lib)
     rng, w4 = _weights("shapes", 8, 6, 0.5)
     model, _ = _model(w4, None, [1, 1, 1, 1])
     sess = session(model)
@@ -158,26 +158,24 @@ def test_the_kept_weights_follow_the_input_s_shape(lib):
         sess.run(None, {"X": rng.standard_normal((1, 2, 8, 8)).astype(np.float32)})
 
 
-def test_the_path_runs_only_on_avx512_and_the_direct_path_elsewhere(lib, monkeypatch):
-    """Under a forced AVX2 or portable ISA the node computes exactly what the direct path does;
-    on AVX-512 it computes by the transforms (a different rounding, so not the same bits)."""
+def test_the_path_runs_on_the_vector_isas_and_the_direct_path_on_the_portable_one(lib, monkeypatch):
+    """Under the portable ISA the node computes exactly what the direct path does; under AVX2 and
+    AVX-512 it computes by the transforms (a different rounding, so not the same bits)."""
     rng, w4 = _weights("isa", 16, 16, 0.5)
     x = rng.standard_normal((1, 16, 20, 20)).astype(np.float32)
     with_w, _ = _model(w4, None, [1, 1, 1, 1])
     without, _ = _model(w4, None, [1, 1, 1, 1], winograd=None)
-    for isa in ("avx2", "scalar"):
+    for isa in ("scalar", "avx2", "avx512"):
         if lib.onnxprune_ops_cpu_has(isa.encode()) != 1:
             continue
         monkeypatch.setenv("ONNXPRUNE_KERNEL_ISA", isa)
         (a,) = session(with_w).run(None, {"X": x})
         (b,) = session(without).run(None, {"X": x})
-        assert np.array_equal(a, b)
-    monkeypatch.delenv("ONNXPRUNE_KERNEL_ISA")
-    if lib.onnxprune_ops_cpu_has(b"avx512") == 1:
-        (a,) = session(with_w).run(None, {"X": x})
-        (b,) = session(without).run(None, {"X": x})
-        assert not np.array_equal(a, b)
-        assert _relative_error(a, b) <= WINOGRAD_BOUND
+        if isa == "scalar":
+            assert np.array_equal(a, b)
+        else:
+            assert not np.array_equal(a, b)
+            assert _relative_error(a, b) <= WINOGRAD_BOUND
 
 
 @pytest.mark.parametrize("attrs, message", [
@@ -223,10 +221,9 @@ def test_a_1d_convolution_may_not_ask_for_winograd():
         session(model)
 
 
-def test_below_a_sixteenth_of_the_dense_weight_the_direct_path_runs(lib):
+def test_below_a_sixteenth_of_the_dense_weight_the_direct_path_runs(wino_isa, lib):
     """The transformed weights are the dense layer's size whatever the nonzeros: a node storing
     less than 1/16 of its dense weight keeps none and computes exactly as winograd=0 does."""
-    _avx512(lib)
     rng = np.random.default_rng(5)
     w4 = np.zeros((40, 30, 3, 3), np.float32)
     flat = w4.reshape(-1)
@@ -246,9 +243,8 @@ def test_below_a_sixteenth_of_the_dense_weight_the_direct_path_runs(lib):
     assert _relative_error(runs[1], conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)) <= WINOGRAD_BOUND
 
 
-def test_a_task_scratch_over_8_mib_is_allocated_per_task(lib, threads):
+def test_a_task_scratch_over_8_mib_is_allocated_per_task(wino_isa, lib, threads):
     """36 (C_in + C_out) 48 floats over 8 MiB: the scratch is allocated per task, not kept."""
-    _avx512(lib)
     rng, w4 = _weights("wide", 1232, 4, 0.5)
     model, _ = _model(w4, None, [1, 1, 1, 1])
     x = rng.standard_normal((1, 4, 13, 29)).astype(np.float32)

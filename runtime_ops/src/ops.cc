@@ -2181,7 +2181,7 @@ struct CsrConvKernel {
     float* y = static_cast<float*>(ydata);
 
     const float* xd = x.as<float>();
-    if (winograd && isa == Isa::kAvx512 && Winograd(ctx, g, csr, xd, bias, z, y)) return;
+    if (winograd && isa != Isa::kScalar && Winograd(ctx, g, csr, xd, bias, z, y)) return;
     DwGeometry dg;
     const bool blocks = ChannelBlocks(g, csr.nnz), direct = ReadsXDirectly(g), bands = DepthwiseRows(g, &dg);
     if (blocks || direct || bands) {  // the tiles read the plan's own float32 weights
@@ -2337,7 +2337,7 @@ struct CsrConvKernel {
         const size_t floats = static_cast<size_t>(s.ScratchFloats());
         AlignedBuffer own = floats > kKeptPackBytes / sizeof(float) ? AllocFloats(floats) : AlignedBuffer();
         WinogradTask(s, xp.get(), u->u.get(), static_cast<int64_t>(task), own ? own.get() : TaskScratch(floats), end,
-                     y + img * image);
+                     y + img * image, isa);
       });
     }
     return true;

@@ -178,6 +178,219 @@ ONNXPRUNE_WINO_TARGET void OutputTransform(const WinoShape& s, const float* m, i
       OutputTiles(s, m + g, r, t0 + g, std::min<int64_t>(16, t1 - t0 - g), end, y);
 }
 
+// The same three steps in AVX2 vectors, 8 tiles a vector (Zen 3 and other cores without
+// AVX-512). Two 128-bit lanes make the tiles' columns a 4 x 4 transpose within each lane: a
+// row's floats of tiles q and q + 4 share one register (loaded as two halves), so the
+// transposes leave the 8 tiles in order and no step crosses the lanes.
+namespace avx2 {
+
+#define ONNXPRUNE_WINO_AVX2 __attribute__((target("avx2,fma")))
+using Vec = __m256;
+ONNXPRUNE_WINO_AVX2 inline Vec Set1(float a) { return _mm256_set1_ps(a); }
+ONNXPRUNE_WINO_AVX2 inline Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+ONNXPRUNE_WINO_AVX2 inline Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+ONNXPRUNE_WINO_AVX2 inline Vec Mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+ONNXPRUNE_WINO_AVX2 inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+#define ONNXPRUNE_WINO_ROW_TARGET ONNXPRUNE_WINO_AVX2
+#include "winograd_transforms.inc"
+#undef ONNXPRUNE_WINO_ROW_TARGET
+
+constexpr int kLanes = 8;
+
+// The first n of 8 lanes (none for n <= 0, all for n >= 8), as vmaskmovps takes them.
+ONNXPRUNE_WINO_AVX2 inline __m256i FirstLanes8(int64_t n) {
+  const int32_t k = static_cast<int32_t>(std::max<int64_t>(0, std::min<int64_t>(8, n)));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Floats (tile q, tile q + 4) of a row: 4 at p and 4 at p + 16.
+ONNXPRUNE_WINO_AVX2 inline Vec Pair(const float* p) { return _mm256_loadu2_m128(p + 16, p); }
+
+// r[j] lane l = a[l % 4] float j of its lane (l / 4): the 4 x 4 transpose within each 128-bit
+// lane. Its own inverse.
+ONNXPRUNE_WINO_AVX2 inline void Transpose4(const Vec a[4], Vec r[4]) {
+  const Vec t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpackhi_ps(a[0], a[1]);
+  const Vec t2 = _mm256_unpacklo_ps(a[2], a[3]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
+  r[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+  r[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+  r[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+  r[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+}
+
+// InputTransform (above) 8 tiles at a time: each of a group's 6 input rows read as the 36
+// floats 4 tx0 .. 4 tx0 + 35 (inside Xp and its slack).
+ONNXPRUNE_WINO_AVX2 void InputTransform(const WinoShape& s, const float* xp, int64_t t0, int64_t t1, float* v) {
+  for (int64_t c = 0; c < s.c; ++c) {
+    const float* xc = xp + c * s.hp * s.wp;
+    for (int64_t ty = t0 / s.tw; ty * s.tw < t1; ++ty) {
+      const int64_t first = std::max<int64_t>(0, t0 - ty * s.tw), end = std::min(s.tw, t1 - ty * s.tw);
+      for (int64_t tx0 = first; tx0 < end; tx0 += kLanes) {
+        const __m256i keep = FirstLanes8(end - tx0);
+        Vec e[6][6];
+        for (int i = 0; i < 6; ++i) {  // e[i] = row i of d B
+          const float* r = xc + (4 * ty + i) * s.wp + 4 * tx0;
+          const Vec a[4] = {Pair(r), Pair(r + 4), Pair(r + 8), Pair(r + 12)};
+          Vec d[6];
+          Transpose4(a, d);  // floats 0..3 of tiles 0..7
+          // floats 4 and 5 of tile l are floats 0 and 1 of tile l + 1
+          const Vec next = Pair(r + 16);
+          const Vec u0 = _mm256_unpacklo_ps(a[1], a[2]), u1 = _mm256_unpacklo_ps(a[3], next);
+          d[4] = _mm256_shuffle_ps(u0, u1, 0x44);
+          d[5] = _mm256_shuffle_ps(u0, u1, 0xEE);
+          InputRow(d, e[i]);
+        }
+        const int64_t t = ty * s.tw + tx0 - t0;
+        // All 8 lanes stored where they lie among the task's tiles: lanes past this tile row
+        // hold tiles of the next one, written after these. vmaskmovps stores only where they
+        // would pass the task's last tile (the store is slow on AMD cores whatever its mask).
+        const bool whole = t + kLanes <= t1 - t0;
+        for (int j = 0; j < 6; ++j) {  // column j of B^T (d B)
+          Vec col[6], r[6];
+          for (int i = 0; i < 6; ++i) col[i] = e[i][j];
+          InputRow(col, r);
+          float* out = v + (j * s.VPlane() + c * kWinoTiles + t);
+          for (int i = 0; i < 6; ++i, out += 6 * s.VPlane()) {
+            if (whole) {
+              _mm256_storeu_ps(out, r[i]);
+            } else {
+              _mm256_maskstore_ps(out, keep, r[i]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// M for rows r0 .. r0 + 3 of an 8-row block of U (u: its weights, 8 floats a channel) and 8 NV
+// tiles: 4 NV accumulators, each V vector loaded once for the 4 rows and each weight
+// broadcast once for the NV vectors (NV = 3: 12 accumulators, 3 vectors and a weight fill
+// the 16 registers). The accumulators are named, not an array: GCC 12 kept an array of them
+// on the stack, storing all 12 every channel (the products ran at a third of the rate).
+// NV = 1 takes all 8 rows of the block instead (OneVectorTile): 4 accumulators would be 4 FMA
+// chains, fewer than the FMA units' latency hides.
+template <int NV>
+ONNXPRUNE_WINO_AVX2 inline void ProductTile(int64_t c_in, const float* u, int r0, const float* v, float* m) {
+  const Vec zero = _mm256_setzero_ps();
+  Vec a00 = zero, a01 = zero, a02 = zero, a10 = zero, a11 = zero, a12 = zero;
+  Vec a20 = zero, a21 = zero, a22 = zero, a30 = zero, a31 = zero, a32 = zero;
+  const float* uc = u + r0;
+  for (int64_t c = 0; c < c_in; ++c, uc += 8, v += kWinoTiles) {
+    const Vec x0 = _mm256_load_ps(v);
+    const Vec x1 = NV > 1 ? _mm256_load_ps(v + kLanes) : zero;
+    const Vec x2 = NV > 2 ? _mm256_load_ps(v + 2 * kLanes) : zero;
+#define ONNXPRUNE_WINO_ROW(r)                              \
+  {                                                        \
+    const Vec w = _mm256_broadcast_ss(uc + (r));           \
+    a##r##0 = _mm256_fmadd_ps(w, x0, a##r##0);             \
+    if (NV > 1) a##r##1 = _mm256_fmadd_ps(w, x1, a##r##1); \
+    if (NV > 2) a##r##2 = _mm256_fmadd_ps(w, x2, a##r##2); \
+  }
+    ONNXPRUNE_WINO_ROW(0)
+    ONNXPRUNE_WINO_ROW(1)
+    ONNXPRUNE_WINO_ROW(2)
+    ONNXPRUNE_WINO_ROW(3)
+#undef ONNXPRUNE_WINO_ROW
+  }
+  const Vec acc[4][3] = {{a00, a01, a02}, {a10, a11, a12}, {a20, a21, a22}, {a30, a31, a32}};
+  for (int a = 0; a < 4; ++a)
+    for (int b = 0; b < NV; ++b) _mm256_store_ps(m + (r0 + a) * kWinoTiles + kLanes * b, acc[a][b]);
+}
+
+// M for all 8 rows of a block and 8 tiles: 8 accumulators, one V vector and 8 weights a
+// channel.
+ONNXPRUNE_WINO_AVX2 inline void OneVectorTile(int64_t c_in, const float* u, const float* v, float* m) {
+  const Vec zero = _mm256_setzero_ps();
+  Vec a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
+  for (int64_t c = 0; c < c_in; ++c, u += 8, v += kWinoTiles) {
+    const Vec x = _mm256_load_ps(v);
+    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(u), x, a0);
+    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(u + 1), x, a1);
+    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(u + 2), x, a2);
+    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(u + 3), x, a3);
+    a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(u + 4), x, a4);
+    a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(u + 5), x, a5);
+    a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(u + 6), x, a6);
+    a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(u + 7), x, a7);
+  }
+  const Vec acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+  for (int a = 0; a < 8; ++a) _mm256_store_ps(m + a * kWinoTiles, acc[a]);
+}
+
+// Products (above) for the first n8 tiles in tiles of 4 rows x 24 tiles, then 4 x 16 or 8 x 8.
+ONNXPRUNE_WINO_AVX2 void Products(const WinoShape& s, const float* u, const float* v, int64_t n8, float* m) {
+  for (int xi = 0; xi < 36; ++xi) {
+    const float* ux = u + xi * s.kp * s.c;
+    const float* vx = v + xi * s.VPlane();
+    float* mx = m + xi * s.MPlane();
+    for (int64_t k0 = 0; k0 < s.kp; k0 += 8) {
+      const float* uk = ux + k0 * s.c;
+      float* mk = mx + k0 * kWinoTiles;
+      int64_t b = 0;
+      for (; b + 24 <= n8; b += 24)
+        for (int r0 = 0; r0 < 8; r0 += 4) ProductTile<3>(s.c, uk, r0, vx + b, mk + b);
+      if (n8 - b == 16)
+        for (int r0 = 0; r0 < 8; r0 += 4) ProductTile<2>(s.c, uk, r0, vx + b, mk + b);
+      if (n8 - b == 8) OneVectorTile(s.c, uk, vx + b, mk + b);
+    }
+  }
+}
+
+// OutputTiles (above) for n <= 8 tiles: output row i's 4 columns of tiles q and q + 4 come out
+// of the transpose in one register, written to the stage at 4 q and 4 q + 16.
+ONNXPRUNE_WINO_AVX2 void OutputTiles(const WinoShape& s, const float* mt, int64_t r, int64_t t, int64_t n,
+                                     const WinoEnd& end, float* y) {
+  Vec e[4][6];
+  for (int j = 0; j < 6; ++j) {
+    Vec col[6], o[4];
+    for (int i = 0; i < 6; ++i) col[i] = _mm256_load_ps(mt + (i * 6 + j) * s.MPlane() + r * kWinoTiles);
+    OutputRow(col, o);
+    for (int i = 0; i < 4; ++i) e[i][j] = o[i];
+  }
+  const Vec b = Set1(end.bias ? end.bias[r] : 0.f);
+  alignas(32) float stage[4][40];  // 32 floats a row, and 8 that a row's last vector may read past them
+  for (int i = 0; i < 4; ++i) {
+    Vec o[4], row[4];
+    OutputRow(e[i], o);
+    for (auto& x : o) x = _mm256_add_ps(x, b);
+    Transpose4(o, row);
+    for (int q = 0; q < 4; ++q) _mm256_storeu2_m128(stage[i] + 4 * q + 16, stage[i] + 4 * q, row[q]);
+  }
+  for (int64_t l0 = 0; l0 < n;) {
+    const int64_t ty = (t + l0) / s.tw, tx = (t + l0) % s.tw, l1 = std::min(n, l0 + s.tw - tx);
+    const int64_t rows = std::min<int64_t>(4, s.oh - 4 * ty), count = std::min(4 * (l1 - l0), s.ow - 4 * tx);
+    for (int64_t i = 0; i < rows; ++i) {
+      float* src = stage[i] + 4 * l0;
+      const int64_t at = (r * s.oh + 4 * ty + i) * s.ow + 4 * tx;
+      // whole vectors with plain loads and stores, the last part of one under a mask
+      const int64_t whole = count / kLanes * kLanes;
+      const __m256i keep = FirstLanes8(count - whole);
+      if (end.z) {
+        const float* z = end.z + at;
+        for (int64_t q = 0; q < whole; q += kLanes)
+          _mm256_storeu_ps(src + q, _mm256_add_ps(_mm256_loadu_ps(src + q), _mm256_loadu_ps(z + q)));
+        if (whole < count)
+          _mm256_maskstore_ps(src + whole, keep, _mm256_add_ps(_mm256_loadu_ps(src + whole),
+                                                               _mm256_maskload_ps(z + whole, keep)));
+      }
+      if (end.activate) end.activate(src, count, *end.act);
+      for (int64_t q = 0; q < whole; q += kLanes) _mm256_storeu_ps(y + at + q, _mm256_loadu_ps(src + q));
+      if (whole < count) _mm256_maskstore_ps(y + at + whole, keep, _mm256_loadu_ps(src + whole));
+    }
+    l0 = l1;
+  }
+}
+
+ONNXPRUNE_WINO_AVX2 void OutputTransform(const WinoShape& s, const float* m, int64_t t0, int64_t t1,
+                                         const WinoEnd& end, float* y) {
+  for (int64_t r = 0; r < s.k; ++r)
+    for (int64_t g = 0; g < t1 - t0; g += kLanes)
+      OutputTiles(s, m + g, r, t0 + g, std::min<int64_t>(kLanes, t1 - t0 - g), end, y);
+}
+
+#undef ONNXPRUNE_WINO_AVX2
+}  // namespace avx2
+
 }  // namespace
 
 bool WinoShape::Plan(int64_t c_in, int64_t k_out, int64_t h_in, int64_t w_in, int64_t pt, int64_t pl, int64_t pb,
@@ -232,8 +445,8 @@ void WinogradPad(const WinoShape& s, const float* x, float* xp) {
   }
 }
 
-ONNXPRUNE_WINO_TARGET void WinogradTask(const WinoShape& s, const float* xp, const float* u, int64_t task,
-                                        float* scratch, const WinoEnd& end, float* y) {
+void WinogradTask(const WinoShape& s, const float* xp, const float* u, int64_t task, float* scratch,
+                  const WinoEnd& end, float* y, Isa isa) {
   const int64_t t0 = task * s.tt, t1 = std::min(s.th * s.tw, t0 + s.tt);
   const int64_t n = t1 - t0, n8 = (n + 7) / 8 * 8;
   float* v = scratch;
@@ -242,9 +455,15 @@ ONNXPRUNE_WINO_TARGET void WinogradTask(const WinoShape& s, const float* xp, con
     for (int64_t xi = 0; xi < 36; ++xi)
       for (int64_t ch = 0; ch < s.c; ++ch)
         std::memset(v + xi * s.VPlane() + ch * kWinoTiles + n, 0, static_cast<size_t>(n8 - n) * sizeof(float));
-  InputTransform(s, xp, t0, t1, v);
-  Products(s, u, v, n8, m);
-  OutputTransform(s, m, t0, t1, end, y);
+  if (isa == Isa::kAvx512) {
+    InputTransform(s, xp, t0, t1, v);
+    Products(s, u, v, n8, m);
+    OutputTransform(s, m, t0, t1, end, y);
+  } else {
+    avx2::InputTransform(s, xp, t0, t1, v);
+    avx2::Products(s, u, v, n8, m);
+    avx2::OutputTransform(s, m, t0, t1, end, y);
+  }
 }
 
 }  // namespace onnxprune

@@ -6,7 +6,7 @@
 // U[xi] (K x C) . V[xi] (C x tiles), 2.25x fewer multiply-adds than the direct convolution.
 // The rounding differs from the direct sum (the transforms scale by up to 8 and 1/24), so it
 // is an opt-in choice of the lowering, whose report states the output change it measured.
-// AVX-512 only; ops.cc runs the direct path on other instruction sets.
+// AVX-512 (16 tiles a vector) and AVX2 (8); ops.cc runs the direct path on the portable ISA.
 #pragma once
 
 #include <cstdint>
@@ -71,9 +71,9 @@ struct WinoEnd {
 };
 
 // The outputs of tiles [task * tt, ...) (t = ty * tw + tx) of one image, into y
-// (K x OH x OW) with `end` applied. scratch: ScratchFloats() floats. AVX-512F; the caller
-// checks the CPU has it.
+// (K x OH x OW) with `end` applied. scratch: ScratchFloats() floats. `isa`: kAvx512 or kAvx2
+// (any other runs the AVX2 steps); the caller checks the CPU has it.
 void WinogradTask(const WinoShape& s, const float* xp, const float* u, int64_t task, float* scratch,
-                  const WinoEnd& end, float* y);
+                  const WinoEnd& end, float* y, Isa isa);
 
 }  // namespace onnxprune
