@@ -1,4 +1,4 @@
-"""The built library's conv tiles keep their accumulators in registers.
+"""The built library's conv tiles and Winograd product tiles keep their accumulators in registers.
 
 A tile's inner loop is one broadcast, V loads and V FMAs per nonzero; a compiler that keeps
 the accumulators in memory adds V stores (and reloads) to it and halves the tile's rate with
@@ -87,6 +87,27 @@ def test_vector_conv_tiles_keep_their_accumulators_in_registers():
              for name, insns in _functions(done.stdout).items() if (m := TILE.search(name))}
     assert sorted(tiles) == sorted(f"{isa} {kind} V={v}" for isa in ("avx2", "avx512")
                                    for kind in ("ConvRun", "ConvRows", "ConvStripRows") for v in (1, 4, 8, 12, 13, 14))
+    for tile, insns in tiles.items():
+        loops = innermost_fma_loops(insns)
+        assert loops, f"{tile}: no loop with FMAs found"
+        for body in loops:
+            assert not stack_operands(body), f"{tile}: the FMA loop touches the stack: {stack_operands(body)[:4]}"
+
+
+WINO_TILE = re.compile(r"onnxprune::\(anonymous namespace\)::(avx2::)?ProductTile<(\d)>")
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+@pytest.mark.skipif(bool(os.environ.get("ONNXPRUNE_TEST_OPS_LIBRARY")),
+                    reason="another build than the installed library (e.g. the -O1 sanitizer build)")
+def test_winograd_product_tiles_keep_their_accumulators_in_registers():
+    """The Winograd path's products (winograd.cc): an array of AVX2 accumulators went through the
+    stack on GCC 12 and the products ran at a third of the rate; they are named registers now."""
+    done = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", runtime_ops.library_path()],
+                          capture_output=True, text=True, timeout=300, check=True)
+    tiles = {f"{'avx2' if m.group(1) else 'avx512'} NV={m.group(2)}": insns
+             for name, insns in _functions(done.stdout).items() if (m := WINO_TILE.search(name))}
+    assert {"avx2 NV=3", "avx512 NV=3"} <= set(tiles), sorted(tiles)
     for tile, insns in tiles.items():
         loops = innermost_fma_loops(insns)
         assert loops, f"{tile}: no loop with FMAs found"
