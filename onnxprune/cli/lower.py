@@ -43,8 +43,8 @@ def add_lowering_args(p, *, defaults: bool) -> None:
                         "one group) run by Winograd F(4x4, 3x3) over its weights made dense, and "
                         "take that path where it is faster: denser layers run faster, the "
                         "rounding differs slightly, and the report states the largest relative "
-                        "output change it measured (needs --decide measure; AVX-512 CPUs, "
-                        "elsewhere the direct path runs)")
+                        "output change it measured (needs --decide measure; AVX2 or AVX-512 "
+                        "CPUs, elsewhere the direct path runs)")
     p.add_argument("--no-batch-stream", dest="batch_stream", action="store_false",
                    default=True if defaults else None,
                    help=f"{what}at --expected-batch above 1, do not time the leading layers run "
