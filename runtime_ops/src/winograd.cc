@@ -220,6 +220,8 @@ ONNXPRUNE_WINO_AVX2 inline void Transpose4(const Vec a[4], Vec r[4]) {
 // InputTransform (above) 8 tiles at a time: each of a group's 6 input rows read as the 36
 // floats 4 tx0 .. 4 tx0 + 35 (inside Xp and its slack).
 ONNXPRUNE_WINO_AVX2 void InputTransform(const WinoShape& s, const float* xp, int64_t t0, int64_t t1, float* v) {
+  // read once: the unaligned stores below may alias anything, so s's fields would be reloaded
+  const int64_t vplane = s.VPlane();
   for (int64_t c = 0; c < s.c; ++c) {
     const float* xc = xp + c * s.hp * s.wp;
     for (int64_t ty = t0 / s.tw; ty * s.tw < t1; ++ty) {
@@ -248,8 +250,8 @@ ONNXPRUNE_WINO_AVX2 void InputTransform(const WinoShape& s, const float* xp, int
           Vec col[6], r[6];
           for (int i = 0; i < 6; ++i) col[i] = e[i][j];
           InputRow(col, r);
-          float* out = v + (j * s.VPlane() + c * kWinoTiles + t);
-          for (int i = 0; i < 6; ++i, out += 6 * s.VPlane()) {
+          float* out = v + (j * vplane + c * kWinoTiles + t);
+          for (int i = 0; i < 6; ++i, out += 6 * vplane) {
             if (whole) {
               _mm256_storeu_ps(out, r[i]);
             } else {
@@ -340,10 +342,12 @@ ONNXPRUNE_WINO_AVX2 void Products(const WinoShape& s, const float* u, const floa
 // of the transpose in one register, written to the stage at 4 q and 4 q + 16.
 ONNXPRUNE_WINO_AVX2 void OutputTiles(const WinoShape& s, const float* mt, int64_t r, int64_t t, int64_t n,
                                      const WinoEnd& end, float* y) {
+  // read once: the stores below may alias anything, so s's fields would be reloaded after each
+  const int64_t mplane = s.MPlane(), tw = s.tw, oh = s.oh, ow = s.ow;
   Vec e[4][6];
   for (int j = 0; j < 6; ++j) {
     Vec col[6], o[4];
-    for (int i = 0; i < 6; ++i) col[i] = _mm256_load_ps(mt + (i * 6 + j) * s.MPlane() + r * kWinoTiles);
+    for (int i = 0; i < 6; ++i) col[i] = _mm256_load_ps(mt + (i * 6 + j) * mplane + r * kWinoTiles);
     OutputRow(col, o);
     for (int i = 0; i < 4; ++i) e[i][j] = o[i];
   }
@@ -357,11 +361,11 @@ ONNXPRUNE_WINO_AVX2 void OutputTiles(const WinoShape& s, const float* mt, int64_
     for (int q = 0; q < 4; ++q) _mm256_storeu2_m128(stage[i] + 4 * q + 16, stage[i] + 4 * q, row[q]);
   }
   for (int64_t l0 = 0; l0 < n;) {
-    const int64_t ty = (t + l0) / s.tw, tx = (t + l0) % s.tw, l1 = std::min(n, l0 + s.tw - tx);
-    const int64_t rows = std::min<int64_t>(4, s.oh - 4 * ty), count = std::min(4 * (l1 - l0), s.ow - 4 * tx);
+    const int64_t ty = (t + l0) / tw, tx = (t + l0) % tw, l1 = std::min(n, l0 + tw - tx);
+    const int64_t rows = std::min<int64_t>(4, oh - 4 * ty), count = std::min(4 * (l1 - l0), ow - 4 * tx);
     for (int64_t i = 0; i < rows; ++i) {
       float* src = stage[i] + 4 * l0;
-      const int64_t at = (r * s.oh + 4 * ty + i) * s.ow + 4 * tx;
+      const int64_t at = (r * oh + 4 * ty + i) * ow + 4 * tx;
       // whole vectors with plain loads and stores, the last part of one under a mask
       const int64_t whole = count / kLanes * kLanes;
       const __m256i keep = FirstLanes8(count - whole);
