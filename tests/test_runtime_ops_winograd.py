@@ -251,3 +251,36 @@ def test_a_task_scratch_over_8_mib_is_allocated_per_task(wino_isa, lib, threads)
     assert 36 * (4 + 1232) * 48 * 4 > 8 << 20
     (y,) = session(model, threads).run(None, {"X": x})
     assert _relative_error(y, conv_reference(x, w4, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)) <= WINOGRAD_BOUND
+
+
+def _tiles_holding(y_shape, pads, positions):
+    """Outputs of the 4x4 tiles whose 6x6 windows of the padded input hold any of `positions`
+    (image, channel, row, column of X)."""
+    mask = np.zeros(y_shape, bool)
+    for img, _, i, j in positions:
+        pi, pj = i + pads[0], j + pads[1]
+        for ty in range(max(0, (pi - 5 + 3) // 4), pi // 4 + 1):
+            for tx in range(max(0, (pj - 5 + 3) // 4), pj // 4 + 1):
+                mask[img, :, 4 * ty:4 * ty + 4, 4 * tx:4 * tx + 4] = True
+    return mask
+
+
+def test_a_nan_in_x_stays_in_the_tiles_that_read_it(wino_isa, threads):
+    """Lanes are tiles in every step (padding lanes masked or overwritten), so a NaN or inf
+    reaches only the outputs of the tiles whose windows hold it: every other output is finite
+    and the clean run's, bit for bit."""
+    rng, w4 = _weights("nan-tiles", 5, 6, 0.6)
+    pads = [1, 2, 0, 1]
+    model, _ = _model(w4, rng.standard_normal(5).astype(np.float32), pads)
+    sess = session(model, threads)
+    x = rng.standard_normal((2, 6, 17, 23)).astype(np.float32)
+    (clean,) = sess.run(None, {"X": x})
+    positions = [(0, 2, 9, 0), (1, 5, 16, 22), (1, 0, 4, 11)]
+    for p, v in zip(positions, (np.nan, np.inf, np.nan)):
+        x[p] = v
+    (y,) = sess.run(None, {"X": x})
+    inside = _tiles_holding(y.shape, pads, positions)
+    assert inside.any() and not inside.all()
+    assert np.all(np.isfinite(y[~inside]))
+    assert np.array_equal(y[~inside], clean[~inside])
+    assert not np.all(np.isfinite(y[inside]))

@@ -1,7 +1,8 @@
 // CsrConv's Winograd F(4x4, 3x3) path (winograd.h). The AVX-512 steps follow
 // bench/winograd_probe.cc, which measured them on their own: the input transform reads each
 // input row once and splits it into tiles in registers, the 36 products run in 8 x 48
-// register tiles, the output transform writes each tile where it lies in Y.
+// register tiles, the output transform writes each tile where it lies in Y. The AVX2 steps
+// (namespace avx2 below) do the same 8 tiles a vector, the products in 4 x 24 tiles.
 #include "winograd.h"
 
 #include "winograd_rows.h"
@@ -352,8 +353,11 @@ ONNXPRUNE_WINO_AVX2 void OutputTiles(const WinoShape& s, const float* mt, int64_
     for (int i = 0; i < 4; ++i) e[i][j] = o[i];
   }
   const Vec b = Set1(end.bias ? end.bias[r] : 0.f);
-  alignas(32) float stage[4][40];  // 32 floats a row, and 8 that a row's last vector may read past them
+  // 32 floats a row, and 8 zeros that a row's last vector may read past them (into lanes that
+  // the mask then leaves out)
+  alignas(32) float stage[4][40];
   for (int i = 0; i < 4; ++i) {
+    _mm256_store_ps(stage[i] + 32, _mm256_setzero_ps());
     Vec o[4], row[4];
     OutputRow(e[i], o);
     for (auto& x : o) x = _mm256_add_ps(x, b);

@@ -23,9 +23,10 @@ constexpr int64_t kWinoMaxFloats = int64_t{1} << 26;
 // nonzero.
 constexpr int64_t kWinoMinDensityInverse = 16;
 // Floats past the padded input the input transform may read (a group of 16 tiles reads 68
-// floats of a row from its first tile on).
+// floats of a row from its first tile on, a group of 8 on AVX2 36).
 constexpr int64_t kWinoSlack = 128;
-// Tiles per task: the products' register tile (8 output channels x 48 tiles, 24 accumulators).
+// Tiles per task: the products' register tile on AVX-512 (8 output channels x 48 tiles, 24
+// accumulators; on AVX2 two tiles of 4 x 24).
 constexpr int64_t kWinoTiles = 48;
 
 // One input shape's geometry. Output tile (ty, tx) covers output rows 4 ty .. 4 ty + 3 and

@@ -1,6 +1,7 @@
 // The steps of Winograd F(4x4, 3x3) that every implementation here shares: CsrConv's path
 // (winograd.cc) and the stand-alone measurement bench/winograd_probe.cc, which includes this
-// file by its path. AVX-512F: the callers check the CPU has it.
+// file by its path. AVX-512F (the AVX2 steps in winograd.cc include winograd_transforms.inc
+// themselves): the callers check the CPU has it.
 #pragma once
 
 #include <immintrin.h>
