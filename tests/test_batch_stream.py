@@ -387,7 +387,14 @@ def test_a_model_whose_input_meets_no_streamable_op_says_so(tmp_path):
     assert b is not None and not b["kept"] and "no layer can run image by image" in b["reason"]
 
 
-def test_the_cli_says_what_it_decided_and_bench_reads_a_streamed_file(tmp_path, rcnn, capsys):
+def test_the_cli_says_what_it_decided_and_bench_reads_a_streamed_file(tmp_path, rcnn, capsys, monkeypatch):
+    """The CLI's lines on a lowering whose timings are injected: with this machine's own, the
+    small model's layers can measure below 1.1x (1.05x and 0.9x on a Zen 3 class core), lower
+    nothing and stream nothing."""
+    from onnxprune.runtime import lowering
+
+    monkeypatch.setattr(lowering, "ort_timer", lambda *a, **k: _timer(1.3))
+
     def cli(argv):
         code, out, err = run_cli(argv, capsys)
         return code, out + err
