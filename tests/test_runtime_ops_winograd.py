@@ -38,7 +38,8 @@ CASES = [
     ("several_tasks_and_a_tail", 2, 12, 24, 30, 30, [1, 1, 1, 1], 0.35),
     ("empty_weights", 1, 4, 5, 8, 8, [1, 1, 1, 1], 0.0),
     ("one_output_row", 1, 7, 9, 3, 40, [0, 1, 0, 1], 0.5),
-    # AVX2's products: two tasks of 32 tiles (24 + 8) and 16 (4 x 16), 200 channels
+    # AVX2's products over 200 channels: two tasks of 32 tiles each (a 24-tile and an 8-tile
+    # product; pads_2 and one_output_row take the 16-tile one)
     ("many_channels", 1, 200, 12, 30, 30, [1, 1, 1, 1], 0.3),
 ]
 
