@@ -17,7 +17,7 @@
 #include <type_traits>
 
 #define OP_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi2")))
-#define OP_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define OP_AVX2 __attribute__((target("avx2,fma,f16c,bmi")))
 
 // The conv tiles' accumulators: up to fourteen named vector variables, those numbered V and up
 // dead, instead of an array of V vectors. GCC 12 keeps such an array in memory: the AVX2 tile
@@ -57,7 +57,9 @@ bool CpuHas(Isa isa) {
              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
     case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
+      // BMI1 (bextr, in the batch-1 loops' index decoding) came with AVX2 on every core made.
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c() &&
+             __builtin_cpu_supports("bmi");
     default:
       return true;
   }
@@ -384,7 +386,7 @@ void Activate(float* y, int64_t n, const Activation& a) {
 
 
 // ---------------------------------------------------------------------------------------------
-// AVX2 + FMA + F16C
+// AVX2 + FMA + F16C + BMI1
 namespace avx2 {
 
 OP_AVX2 static inline __m256i LoadIdx8(const int16_t* p) {
@@ -415,14 +417,19 @@ OP_AVX2 static inline float Val(const uint16_t* v, int64_t j) { return _cvtsh_ss
 // (int16) or two (int32) per 64-bit load and are split in integer registers, which keeps the
 // load ports free for x. The AVX-512 table uses these loops too; wider vectors do not help a
 // loop bound by loads of x.
+// The 16-bit field of v at bit `at`, zero-extended: one bextr (BMI1) where a shift and a movzx
+// took two integer ops, and the field extraction is most of this loop's integer work. On a Zen
+// 3 class core the batch-1 row loop ran 1.07-1.10x faster (docs/BENCHMARKS.md).
+OP_AVX2 static inline uint64_t Field16(uint64_t v, unsigned at) { return _bextr_u64(v, at, 16); }
+OP_AVX2 static inline __m128 Gather4(const float* x, uint64_t a) {
+  return _mm_set_ps(x[a >> 48], x[Field16(a, 32)], x[Field16(a, 16)], x[a & 0xffff]);
+}
 OP_AVX2 static inline __m256 LoadX8(const float* x, const int16_t* c, Cursor&) {
   uint64_t a, b;
   std::memcpy(&a, c, 8);
   std::memcpy(&b, c + 4, 8);
   // Indices were validated non-negative, so the 16-bit fields can be taken zero-extended.
-  const __m128 lo = _mm_set_ps(x[a >> 48], x[(a >> 32) & 0xffff], x[(a >> 16) & 0xffff], x[a & 0xffff]);
-  const __m128 hi = _mm_set_ps(x[b >> 48], x[(b >> 32) & 0xffff], x[(b >> 16) & 0xffff], x[b & 0xffff]);
-  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(Gather4(x, a)), Gather4(x, b), 1);
 }
 OP_AVX2 static inline __m256 LoadX8(const float* x, const int32_t* c, Cursor&) {
   uint64_t a, b, d, e;
@@ -450,10 +457,8 @@ OP_AVX2 static inline __m256 LoadX8From(const float* xb, const uint8_t* d, int64
   const __m128i w = PrefixDeltas8(d);
   const uint64_t a = static_cast<uint64_t>(_mm_cvtsi128_si64(w));
   const uint64_t b = static_cast<uint64_t>(_mm_extract_epi64(w, 1));
-  const __m128 lo = _mm_set_ps(xb[a >> 48], xb[(a >> 32) & 0xffff], xb[(a >> 16) & 0xffff], xb[a & 0xffff]);
-  const __m128 hi = _mm_set_ps(xb[b >> 48], xb[(b >> 32) & 0xffff], xb[(b >> 16) & 0xffff], xb[b & 0xffff]);
   *last = static_cast<int64_t>(b >> 48);
-  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(Gather4(xb, a)), Gather4(xb, b), 1);
 }
 OP_AVX2 static inline __m256 LoadX8(const float* x, const uint8_t* d, Cursor& cur) {
   int64_t last = 0;
