@@ -284,3 +284,84 @@ def test_model_fields_survive_roundtrip():
     assert (out.ir_version, out.producer_name, out.doc_string) == (8, "someone", "doc")
     assert [(p.key, p.value) for p in out.metadata_props] == [("k", "v")]
     assert list(out.opset_import) == list(m.opset_import)
+
+
+def _tied_lm(head="Gemm"):
+    """An embedding table read by a Gather (the lookup) and by the output head (a Gemm with
+    transB = 1, or a MatMul through a Transpose, as GPT-2's exporter writes it)."""
+    rng = np.random.default_rng(5)
+    vocab, dim = 50, 16
+    nodes = [helper.make_node("Gather", ["wte", "ids"], ["h"], name="lookup"),
+             helper.make_node("MatMul", ["h", "w1"], ["h1"], name="fc")]
+    if head == "Gemm":
+        nodes.append(helper.make_node("Gemm", ["h1", "wte"], ["logits"], name="lm_head", transB=1))
+    else:
+        nodes += [helper.make_node("Transpose", ["wte"], ["wte_t"], perm=[1, 0]),
+                  helper.make_node("MatMul", ["h1", "wte_t"], ["logits"], name="lm_head")]
+    return _model(nodes, [_vi("ids", [8], TensorProto.INT64)], [_vi("logits", [8, vocab])],
+                  [numpy_helper.from_array(rng.normal(size=(vocab, dim)).astype(np.float32), "wte"),
+                   numpy_helper.from_array(rng.normal(size=(dim, dim)).astype(np.float32), "w1")])
+
+
+def test_a_weight_an_embedding_lookup_also_reads_is_skipped_with_its_reason():
+    """A tied language-model head: the table the Gather looks tokens up in is the head's
+    weight. It was pruned as the head's layer, zeroing most of every token's embedding with
+    no word, and lowering it kept the dense table for the lookup beside the CSR (a larger
+    file). The layer is skipped, naming the other reader; the untied layer is still pruned."""
+    m = _tied_lm()
+    layers, _ = find_layers(graph_from_model(m))
+    by_name = {layer.name: layer for layer in layers}
+    assert by_name["lm_head"].skip_reason == "weight also read by Gather 'lookup' (e.g. a tied embedding)"
+    assert by_name["fc"].skip_reason is None
+    result = ThresholdByStd({"quality": 1.0})(graph_from_model(m))
+    pruned = graph_to_model(result.graph, m)
+    rows = {r["name"]: r for r in result.stats["layers"]}
+    assert rows["lm_head"]["threshold"] is None and rows["fc"]["threshold"] is not None
+    kept = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    original = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    np.testing.assert_array_equal(kept["wte"], original["wte"])
+    assert np.count_nonzero(kept["w1"]) < kept["w1"].size
+
+
+def test_a_tied_head_read_through_a_transpose_is_noted_by_the_weight_it_takes():
+    """GPT-2's exporter writes the tied head as MatMul(h, Transpose(wte)): the note called it
+    "e.g. weight normalisation"; it names the stored weight and the Transpose."""
+    layers, notes = find_layers(graph_from_model(_tied_lm("MatMul")))
+    assert [layer.name for layer in layers] == ["fc"]
+    assert [(n.node, n.reason) for n in notes] == [
+        ("lm_head", "weight taken from 'wte' through Transpose, computed at run time: not pruned; "
+                    "fold it into a constant first")]
+
+
+def test_a_weight_that_is_also_a_graph_output_is_skipped():
+    m = _model([helper.make_node("Identity", ["W"], ["w_out"]),
+                helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+               [_vi("x", [2, 4])], [_vi("y", [2, 3]), _vi("w_out", [4, 3])], [_w("W", (4, 3))])
+    layers, _ = find_layers(graph_from_model(m))
+    assert layers[0].skip_reason == "weight is also a graph output"
+
+
+def test_views_of_a_weight_on_the_way_to_its_layer_are_not_other_readers():
+    """Identity in front of a Conv, and an LSTM's W reordered by Slices, a Concat of them and an
+    Unsqueeze (torch's export): those nodes read the stored weight only to hand it to the layer,
+    which stays prunable."""
+    rng = np.random.default_rng(6)
+    hidden, inp = 3, 2
+    w = rng.normal(size=(4 * hidden, inp)).astype(np.float32)
+    bounds = [(0, hidden), (2 * hidden, 3 * hidden), (hidden, 2 * hidden), (3 * hidden, 4 * hidden)]
+    inits = [numpy_helper.from_array(w, "w"), _w("k", (2, 2, 3, 3), seed=1),
+             numpy_helper.from_array(np.array([0], np.int64), "axis0")]
+    nodes = [helper.make_node("Identity", ["k"], ["k_id"]),
+             helper.make_node("Conv", ["img", "k_id"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    for i, (a, b) in enumerate(bounds):
+        inits += [numpy_helper.from_array(np.array([a], np.int64), f"s{i}"),
+                  numpy_helper.from_array(np.array([b], np.int64), f"e{i}")]
+        nodes.append(helper.make_node("Slice", ["w", f"s{i}", f"e{i}"], [f"w{i}"]))
+    nodes += [helper.make_node("Concat", [f"w{i}" for i in range(4)], ["w_cat"], axis=0),
+              helper.make_node("Unsqueeze", ["w_cat", "axis0"], ["W"]),
+              helper.make_node("LSTM", ["seq", "W", "R"], ["ys"], name="lstm", hidden_size=hidden)]
+    inits.append(_w("R", (1, 4 * hidden, hidden), seed=2))
+    m = _model(nodes, [_vi("img", [1, 2, 5, 5]), _vi("seq", [4, 1, inp])],
+               [_vi("c", [1, 2, 5, 5]), _vi("ys", [4, 1, 1, hidden])], inits)
+    layers, _ = find_layers(graph_from_model(m))
+    assert {layer.name: layer.skip_reason for layer in layers} == {"conv": None, "lstm:W": None, "lstm:R": None}

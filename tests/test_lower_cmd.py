@@ -406,3 +406,37 @@ def test_the_batch_timed_is_that_of_the_inputs_with_a_free_batch(tmp_path, capsy
     assert code == 0, err
     low = json.loads(stdout)["lowering"]
     assert low["batch"] == 4 and "timed at batch 4" in low["batch_note"]
+
+
+def test_a_tied_embedding_is_neither_pruned_nor_lowered(tmp_path, capsys):
+    """An embedding table that the output head also multiplies by: prune left the lookup's
+    table 80% zeros without a word, and lowering the head (once pruned) added its CSR beside the
+    dense table the lookup still reads, a file larger than the one given. Both leave it alone and
+    say why; the layer next to it is pruned and lowered as before."""
+    from tests.test_find_layers import _tied_lm
+
+    src = tmp_path / "tied.onnx"
+    onnx.save(_tied_lm(), src)
+    code, _, err = run_cli(["prune", str(src), "-o", str(tmp_path / "p.onnx"), "--target-sparsity", "0.8",
+                            "--emit", "dense"], capsys)
+    assert code == 0
+    assert "skip: weight also read by Gather 'lookup' (e.g. a tied embedding)" in err
+    out = _weights(onnx.load(str(tmp_path / "p.onnx")))
+    np.testing.assert_array_equal(out["wte"], _weights(onnx.load(str(src)))["wte"])
+    assert np.count_nonzero(out["w1"]) < out["w1"].size
+
+    # a table already pruned (by hand, or by another tool) is not lowered either
+    m = onnx.load(str(tmp_path / "p.onnx"))
+    for t in m.graph.initializer:
+        if t.name == "wte":
+            a = numpy_helper.to_array(t).copy()
+            a[np.abs(a) < np.quantile(np.abs(a), 0.8)] = 0
+            t.CopyFrom(numpy_helper.from_array(a, "wte"))
+    onnx.save(m, tmp_path / "both.onnx")
+    code, _, err = run_cli(["lower", str(tmp_path / "both.onnx"), "-o", str(tmp_path / "size.onnx"),
+                            "--lower-for", "size"], capsys)
+    assert code == 0, err
+    assert "dense   lm_head (weight also read by Gather 'lookup' (e.g. a tied embedding))" in err
+    assert (tmp_path / "size.onnx").stat().st_size <= (tmp_path / "both.onnx").stat().st_size
+    lowered = onnx.load(str(tmp_path / "size.onnx"))
+    assert [n.op_type for n in lowered.graph.node if n.domain == runtime_ops.DOMAIN] == ["CsrGemm"]

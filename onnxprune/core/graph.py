@@ -785,6 +785,7 @@ def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
     for g, scope in _scoped_graphs(graph):
         _find_in(g, scope, layers, order, notes)
     result = [layers[k] for k in order]
+    _skip_shared_with_other_readers(graph, result)
     # Layer names must be unique for globs and reports; disambiguate repeats deterministically.
     seen: dict[str, int] = {}
     for layer in result:
@@ -794,6 +795,70 @@ def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
         else:
             seen[layer.name] = 0
     return result, notes
+
+
+def _weight_readers(graph: gs.Graph) -> tuple[dict[int, list[gs.Node]], set[int]]:
+    """Per constant (by id), every node of the graph and its subgraphs that reads it, directly
+    or through Identity / Constant nodes (which ``const_source`` sees through and which are
+    therefore not listed); and the ids of the constants a graph or subgraph output resolves to."""
+    readers: dict[int, list[gs.Node]] = {}
+    outputs: set[int] = set()
+    for g, _ in _scoped_graphs(graph):
+        for node in g.nodes:
+            if node.op in ("Identity", "Constant"):
+                continue
+            for t in node.inputs:
+                const = None if is_absent(t) else const_source(t)[0]
+                if const is not None and node not in readers.setdefault(id(const), []):
+                    readers[id(const)].append(node)
+        outputs.update(id(c) for t in g.outputs if (c := const_source(t)[0]) is not None)
+    return readers, outputs
+
+
+def _chain_nodes(t: gs.Tensor) -> set[int]:
+    """The ids of the nodes ``const_source(t, unsqueeze=True)`` passes through to reach the
+    stored weight (Identity, Unsqueeze, a Concat of row blocks and its Slices): views of it on
+    the way to the layer's node, not other readers of it."""
+    out: set[int] = set()
+    for _ in range(8):
+        if not (isinstance(t, gs.Variable) and len(t.inputs) == 1):
+            break
+        producer = t.inputs[0]
+        out.add(id(producer))
+        if producer.op in ("Identity", "Unsqueeze") and producer.inputs:
+            t = producer.inputs[0]
+            continue
+        whole = _row_blocks(producer) if producer.op == "Concat" else None
+        if whole is None:
+            break
+        out.update(id(part.inputs[0]) for part in producer.inputs)
+        t = whole
+    return out
+
+
+def _skip_shared_with_other_readers(graph: gs.Graph, layers: list[Layer]) -> None:
+    """Marks skipped a layer whose stored weight something besides its own nodes also reads: an
+    embedding's Gather whose table a Gemm also multiplies by (a tied language-model head), any
+    other op, or a graph output. Pruning it would change that reader's values too (a tied
+    embedding's rows would lose most of their entries), and lowering it would keep the dense
+    copy for the other reader beside the CSR one, a larger file."""
+    readers, outputs = _weight_readers(graph)
+    for layer in layers:
+        if layer.skip_reason or layer.weight is None:
+            continue
+        own = {id(n) for n in layer.nodes}
+        for n in layer.nodes:
+            for t in n.inputs:
+                if not is_absent(t):
+                    own |= _chain_nodes(t)
+        others = [n for n in readers.get(id(layer.weight), []) if id(n) not in own]
+        if others:
+            first = others[0]
+            more = f" and {len(others) - 1} more node(s)" if len(others) > 1 else ""
+            who = f"{first.op} {first.name!r}" if first.name else f"an unnamed {first.op}"
+            layer.skip_reason = f"weight also read by {who}{more} (e.g. a tied embedding)"
+        elif id(layer.weight) in outputs:
+            layer.skip_reason = "weight is also a graph output"
 
 
 def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list) -> None:
@@ -822,8 +887,12 @@ def _find_in(graph: gs.Graph, scope: str, layers: dict, order: list, notes: list
             const, source, _ = const_source(tensor, unsqueeze=node.op in RECURRENT_OPS)
             if const is None:
                 if role.input_index > 0 and _constant_expression(tensor):
-                    notes.append(Note(node.name, node.op, "weight computed from constants at run time "
-                                      "(e.g. weight normalisation): not pruned; fold it into a constant first"))
+                    # a stored weight only moved (GPT-2's tied head: MatMul(h, Transpose(wte))) is
+                    # named as such; anything else computed is e.g. weight normalisation
+                    moved = _taken_from_weight(tensor)
+                    what = (f"weight taken from {moved[0]!r} through {moved[1]}, computed at run time"
+                            if moved else "weight computed from constants at run time (e.g. weight normalisation)")
+                    notes.append(Note(node.name, node.op, f"{what}: not pruned; fold it into a constant first"))
                 elif role.input_index > 0 and (taken := _taken_from_weight(tensor)) is not None:
                     notes.append(Note(node.name, node.op, f"weight taken from {taken[0]!r} through "
                                       f"{taken[1]}: not pruned"))

@@ -269,8 +269,9 @@ def format_table(rows: list[dict], total: dict) -> str:
             _fmt_pct(r["flops_remaining"] / r["flops"])
             if r["flops"] and r["flops_remaining"] is not None else "-",
             "-" if r["std"] is None else f"{r['std']:.4g}",
-            "-" if r.get("threshold") is None else f"{r['threshold']:.4g}"
-            if not r.get("skipped") else printable(f"skip: {r['skipped']}", NAME_CHARS),
+            # a skipped layer says why (it has no threshold)
+            printable(f"skip: {r['skipped']}", NAME_CHARS) if r.get("skipped")
+            else "-" if r.get("threshold") is None else f"{r['threshold']:.4g}",
         ])
     flops_left = (total["flops_remaining"] / total["flops"]) \
         if total.get("flops") and total.get("flops_remaining") is not None else None
