@@ -94,7 +94,7 @@ def test_check_returns_the_cli_report_and_does_not_raise_on_a_difference(models,
     ref, cand = models
     code, written = _cli(tmp_path, "check", str(ref), str(cand), "--atol", "1e-3", "--seed", "5")
     report = onnxprune.check(str(ref), str(cand), atol=1e-3, seed=5)
-    assert code == 3 and report["passed"] is False
+    assert code == 3 and report["passed"] is False and report["status"] == "mismatch"
     assert _stable(_as_json(report)) == _stable(written)
     assert report["inputs"] == "random (seed 5, batch 2)"
 
@@ -103,7 +103,7 @@ def test_check_passes_a_model_against_itself_in_memory(models):
     ref, _ = models
     proto = onnx.load(ref)
     report = onnxprune.check(proto, str(ref))
-    assert report["passed"] is True and report["max_abs_error"] == 0.0
+    assert report["passed"] is True and report["max_abs_error"] == 0.0 and report["status"] == "ok"
     assert report["reference"] is None and report["candidate"] == str(ref)
 
 

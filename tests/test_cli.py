@@ -496,3 +496,43 @@ def test_check_and_bench_take_a_model_with_a_sequence_output(tmp_path, capsys):
     assert code == 0, err
     code, _, err = _run(["bench", str(a), "--repeats", "2", "--no-layers"], capsys)
     assert code == 0 and "internal error" not in err, err
+
+
+def test_random_index_inputs_stay_inside_the_table_they_look_up(tmp_path, capsys):
+    """BERT's token_type_ids index a table of 2 rows (through a Cast and an Unsqueeze here):
+    random integers in [0, 10) ran off it, so check, bench and lower failed on every standard
+    BERT without --data. An index input now draws below its smallest table's size; other
+    integer inputs keep [0, 10)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.runtime.check import random_inputs
+    from tests.conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["words", "ids"], ["we"]),
+         helper.make_node("Cast", ["types"], ["t64"], to=TensorProto.INT64),
+         helper.make_node("Unsqueeze", ["t64", "ax"], ["t3"]),
+         helper.make_node("Gather", ["type_table", "t3"], ["te"], axis=0),
+         helper.make_node("Squeeze", ["te", "ax"], ["te2"]),
+         helper.make_node("Add", ["we", "te2"], ["y"]),
+         helper.make_node("Add", ["count", "count"], ["c2"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 64]),
+         helper.make_tensor_value_info("types", TensorProto.INT32, [1, 64]),
+         helper.make_tensor_value_info("count", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("c2", TensorProto.INT64, None)],
+        initializer=[numpy_helper.from_array(rng.standard_normal((30, 8)).astype(np.float32), "words"),
+                     numpy_helper.from_array(rng.standard_normal((2, 8)).astype(np.float32), "type_table"),
+                     numpy_helper.from_array(np.array([0], np.int64), "ax")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    feeds = random_inputs(m, seed=3)
+    assert feeds["types"].max() == 1 and feeds["types"].min() == 0
+    assert feeds["ids"].max() >= 2 and feeds["count"].max() >= 2  # [0, 10): the tables are larger
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    code, _, err = run_cli(["check", str(path), str(path)], capsys)
+    assert code == 0, err

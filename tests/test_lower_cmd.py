@@ -315,8 +315,9 @@ def _ids_model(path):
 
 
 def test_data_feeds_the_timings_and_the_fp16_check(tmp_path, capsys, monkeypatch):
-    """Random ids run off the embedding (exit 1, and the error points at --data); --data's
-    arrays are what every timing and the fp16 check then run on, at their own batch."""
+    """Random ids stay inside the embedding they index (they ran off its 5 rows, drawn in
+    [0, 10), and exit 1 pointed at --data); --data's arrays are what every timing and the fp16
+    check then run on, at their own batch."""
     from onnxprune.runtime import lowering
 
     src, out, data = tmp_path / "ids.onnx", tmp_path / "low.onnx", tmp_path / "ids.npz"
@@ -330,8 +331,10 @@ def test_data_feeds_the_timings_and_the_fp16_check(tmp_path, capsys, monkeypatch
         return 1.5e-3, 1e-3
     monkeypatch.setattr(lowering, "ort_timer", lambda: timer)
     code, _, err = run_cli(["lower", str(src), "-o", str(out)], capsys)
-    assert code == 1 and "indices" in err and "'ids' drew integers in [0, 10)" in err
-    assert "with --data" in err and not out.exists()
+    assert code == 0, err
+    drawn = [s["ids"] for s in seen if s is not None]
+    assert drawn and all(0 <= d.min() and d.max() < 5 for d in drawn)
+    seen.clear()
     code, stdout, err = run_cli(["lower", str(src), "-o", str(out), "--data", str(data),
                                  "--sparse-values", "fp16", "--json", "-"], capsys)
     assert code == 0, err

@@ -92,6 +92,7 @@ def _judge_inputs(result: dict, ref_out: list, data: str | None) -> None:
         + ("check on inputs the model responds to" if data else "pass real inputs with --data"))
     if why is not None and not data:
         result["passed"] = False
+    result["status"] = "ok" if result["passed"] else "mismatch"  # as bench's report says it
 
 
 def _as_training_data(data: str, ref, cand, raw_error: Exception) -> tuple[list, list]:

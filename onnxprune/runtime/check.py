@@ -168,6 +168,7 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
     inputs = graph_inputs(model)
     shapes = checked_input_shapes(model, shapes)
     rng = np.random.default_rng(seed)
+    bounds = _index_bounds(model)
     feeds = {}
     for vi in inputs:
         tt = vi.type.tensor_type
@@ -185,8 +186,46 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
         elif dtype is np.bool_:
             feeds[vi.name] = rng.integers(0, 2, dims).astype(np.bool_)
         else:
-            feeds[vi.name] = rng.integers(0, 10, dims).astype(dtype)
+            feeds[vi.name] = rng.integers(0, max(1, min(10, bounds.get(vi.name, 10))), dims).astype(dtype)
     return {k: aligned(v) for k, v in feeds.items()}
+
+
+# Ops that hand an index tensor on with its values unchanged: an integer graph input reaching a
+# Gather's indices through them indexes that Gather's table.
+_INDEX_MOVES = frozenset({"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Transpose"})
+
+
+def _index_bounds(model: ModelProto) -> dict[str, int]:
+    """Per graph input that gives a Gather of a stored table its indices (directly or through
+    ``_INDEX_MOVES``): the smallest such table's size along the gathered axis. BERT's
+    token_type_ids look up a table of 2 rows, and random integers in [0, 10) failed there."""
+    g = model.graph
+    sizes = {t.name: list(t.dims) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    sizes[n.output[0]] = list(a.t.dims)
+    producer = {o: n for n in g.node for o in n.output}
+    inputs = {vi.name for vi in g.input}
+    bounds: dict[str, int] = {}
+    for n in g.node:
+        if n.op_type != "Gather" or len(n.input) < 2 or n.input[0] not in sizes:
+            continue
+        dims = sizes[n.input[0]]
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        if not -len(dims) <= axis < len(dims):
+            continue
+        t = n.input[1]
+        for _ in range(8):
+            if t in inputs:
+                bounds[t] = min(bounds.get(t, dims[axis]), dims[axis])
+                break
+            p = producer.get(t)
+            if p is None or p.op_type not in _INDEX_MOVES or not p.input:
+                break
+            t = p.input[0]
+    return bounds
 
 
 @contextlib.contextmanager
@@ -201,8 +240,9 @@ def random_feeds_hint(feeds: dict[str, np.ndarray] | None) -> Iterator[None]:
         if not ints:
             raise
         raise RuntimeFailure(f"{e} (on random inputs: {name_list([repr(n) for n in ints])} drew "
-                             "integers in [0, 10); a model that needs real values there, such as "
-                             "a sample rate or token ids, takes them with --data)") from None
+                             "integers in [0, 10), or below the size of the table one indexes; a "
+                             "model that needs real values there, such as a sample rate or token "
+                             "ids, takes them with --data)") from None
 
 
 def load_inputs(path: str, model: ModelProto) -> dict[str, np.ndarray]:
