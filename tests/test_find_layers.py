@@ -333,6 +333,15 @@ def test_a_tied_head_read_through_a_transpose_is_noted_by_the_weight_it_takes():
                     "fold it into a constant first")]
 
 
+def test_a_shape_read_of_a_weight_does_not_keep_it_from_pruning():
+    """An exporter's Shape(W) (for a reshape) reads only what pruning keeps."""
+    m = _model([helper.make_node("Shape", ["W"], ["ws"]),
+                helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+               [_vi("x", [2, 4])], [_vi("y", [2, 3]), _vi("ws", [2], TensorProto.INT64)], [_w("W", (4, 3))])
+    layers, _ = find_layers(graph_from_model(m))
+    assert layers[0].skip_reason is None
+
+
 def test_a_weight_that_is_also_a_graph_output_is_skipped():
     m = _model([helper.make_node("Identity", ["W"], ["w_out"]),
                 helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],

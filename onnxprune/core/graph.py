@@ -798,14 +798,16 @@ def find_layers(graph: gs.Graph) -> tuple[list[Layer], list[Note]]:
 
 
 def _weight_readers(graph: gs.Graph) -> tuple[dict[int, list[gs.Node]], set[int]]:
-    """Per constant (by id), every node of the graph and its subgraphs that reads it, directly
-    or through Identity / Constant nodes (which ``const_source`` sees through and which are
-    therefore not listed); and the ids of the constants a graph or subgraph output resolves to."""
+    """Per constant (by id), every node of the graph and its subgraphs that reads its values,
+    directly or through Identity / Constant nodes (which ``const_source`` sees through and which
+    are therefore not listed; nor are Shape and Size); and the ids of the constants a graph or
+    subgraph output resolves to."""
     readers: dict[int, list[gs.Node]] = {}
     outputs: set[int] = set()
     for g, _ in _scoped_graphs(graph):
         for node in g.nodes:
-            if node.op in ("Identity", "Constant"):
+            # Shape and Size read only what pruning keeps (an exporter's Shape(W) for a reshape)
+            if node.op in ("Identity", "Constant", "Shape", "Size"):
                 continue
             for t in node.inputs:
                 const = None if is_absent(t) else const_source(t)[0]
