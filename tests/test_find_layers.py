@@ -311,7 +311,7 @@ def test_a_weight_an_embedding_lookup_also_reads_is_skipped_with_its_reason():
     m = _tied_lm()
     layers, _ = find_layers(graph_from_model(m))
     by_name = {layer.name: layer for layer in layers}
-    assert by_name["lm_head"].skip_reason == "weight also read by Gather 'lookup' (e.g. a tied embedding)"
+    assert by_name["lm_head"].skip_reason == "weight also read by Gather 'lookup' (a tied embedding)"
     assert by_name["fc"].skip_reason is None
     result = ThresholdByStd({"quality": 1.0})(graph_from_model(m))
     pruned = graph_to_model(result.graph, m)
@@ -331,6 +331,34 @@ def test_a_tied_head_read_through_a_transpose_is_noted_by_the_weight_it_takes():
     assert [(n.node, n.reason) for n in notes] == [
         ("lm_head", "weight taken from 'wte' through Transpose, computed at run time: not pruned; "
                     "fold it into a constant first")]
+
+
+@pytest.mark.parametrize("between", ["", "Identity"])
+def test_a_reader_that_feeds_the_layer_its_data_is_still_another_reader(between):
+    """The lookup straight into the head, Gemm(Gather(W, ids), W): the Gather made the Gemm's
+    data input and was taken for a view of its weight, so the tied head was pruned."""
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("Gather", ["W", "ids"], ["e"], name="emb")]
+    if between:
+        nodes.append(helper.make_node("Identity", ["e"], ["e2"]))
+    nodes.append(helper.make_node("Gemm", ["e2" if between else "e", "W"], ["y"], name="head", transB=1))
+    m = _model(nodes, [_vi("ids", [4], TensorProto.INT64)], [_vi("y", [4, 10])],
+               [numpy_helper.from_array(rng.normal(size=(10, 6)).astype(np.float32), "W")])
+    layers, _ = find_layers(graph_from_model(m))
+    assert layers[0].skip_reason == "weight also read by Gather 'emb' (a tied embedding)"
+
+
+def test_other_readers_are_named_and_dead_ones_ignored():
+    """A Mul by the weight on the way in is another reader (no tied-embedding wording); a node
+    whose output nothing reads changes nothing."""
+    mul = _model([helper.make_node("Mul", ["x", "W"], ["xs"], name="scale"),
+                  helper.make_node("Gemm", ["xs", "W"], ["y"], name="fc")],
+                 [_vi("x", [4, 4])], [_vi("y", [4, 4])], [_w("W", (4, 4))])
+    assert find_layers(graph_from_model(mul))[0][0].skip_reason == "weight also read by Mul 'scale'"
+    dead = _model([helper.make_node("Transpose", ["W"], ["unused"], name="dead"),
+                   helper.make_node("Gemm", ["x", "W"], ["y"], name="fc")],
+                  [_vi("x", [4, 4])], [_vi("y", [4, 4])], [_w("W", (4, 4))])
+    assert find_layers(graph_from_model(dead))[0][0].skip_reason is None
 
 
 def test_a_shape_read_of_a_weight_does_not_keep_it_from_pruning():

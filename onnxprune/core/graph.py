@@ -805,9 +805,12 @@ def _weight_readers(graph: gs.Graph) -> tuple[dict[int, list[gs.Node]], set[int]
     readers: dict[int, list[gs.Node]] = {}
     outputs: set[int] = set()
     for g, _ in _scoped_graphs(graph):
+        g_outputs = {id(t) for t in g.outputs}
         for node in g.nodes:
-            # Shape and Size read only what pruning keeps (an exporter's Shape(W) for a reshape)
-            if node.op in ("Identity", "Constant", "Shape", "Size"):
+            # Shape and Size read only what pruning keeps (an exporter's Shape(W) for a reshape);
+            # a node whose outputs nothing reads changes nothing
+            if node.op in ("Identity", "Constant", "Shape", "Size") or \
+                    all(not o.outputs and id(o) not in g_outputs for o in node.outputs):
                 continue
             for t in node.inputs:
                 const = None if is_absent(t) else const_source(t)[0]
@@ -826,13 +829,14 @@ def _chain_nodes(t: gs.Tensor) -> set[int]:
         if not (isinstance(t, gs.Variable) and len(t.inputs) == 1):
             break
         producer = t.inputs[0]
-        out.add(id(producer))
         if producer.op in ("Identity", "Unsqueeze") and producer.inputs:
+            out.add(id(producer))
             t = producer.inputs[0]
             continue
         whole = _row_blocks(producer) if producer.op == "Concat" else None
         if whole is None:
-            break
+            break  # not a view: whatever made this input reads its own inputs, not the layer's
+        out.add(id(producer))
         out.update(id(part.inputs[0]) for part in producer.inputs)
         t = whole
     return out
@@ -858,7 +862,8 @@ def _skip_shared_with_other_readers(graph: gs.Graph, layers: list[Layer]) -> Non
             first = others[0]
             more = f" and {len(others) - 1} more node(s)" if len(others) > 1 else ""
             who = f"{first.op} {first.name!r}" if first.name else f"an unnamed {first.op}"
-            layer.skip_reason = f"weight also read by {who}{more} (e.g. a tied embedding)"
+            tied = " (a tied embedding)" if first.op == "Gather" else ""
+            layer.skip_reason = f"weight also read by {who}{more}{tied}"
         elif id(layer.weight) in outputs:
             layer.skip_reason = "weight is also a graph output"
 
