@@ -443,3 +443,14 @@ def test_a_tied_embedding_is_neither_pruned_nor_lowered(tmp_path, capsys):
     assert (tmp_path / "size.onnx").stat().st_size <= (tmp_path / "both.onnx").stat().st_size
     lowered = onnx.load(str(tmp_path / "size.onnx"))
     assert [n.op_type for n in lowered.graph.node if n.domain == runtime_ops.DOMAIN] == ["CsrGemm"]
+
+
+def test_nothing_to_lower_writes_no_larger_a_file(tmp_path, capsys):
+    """An unpruned model lowers to itself: every embedded tensor had gained an explicit
+    data_location (2 bytes each), so the copy came out larger than the file given."""
+    src, out = tmp_path / "dense.onnx", tmp_path / "out.onnx"
+    onnx.save(mlp(sizes=(64, 48, 10)), src)
+    code, _, err = run_cli(["lower", str(src), "-o", str(out)], capsys)
+    assert code == 0, err
+    assert out.stat().st_size <= src.stat().st_size
+    assert not any(t.HasField("data_location") for t in onnx.load(str(out)).graph.initializer)

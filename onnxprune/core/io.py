@@ -290,7 +290,7 @@ def _read_ref(ref: ExternalRef) -> bytes:
 
 def _embed(t: TensorProto, data: bytes) -> None:
     t.raw_data = data
-    t.data_location = TensorProto.DEFAULT
+    t.ClearField("data_location")  # DEFAULT, unwritten: as the input had it, two bytes less a tensor
     del t.external_data[:]
 
 
