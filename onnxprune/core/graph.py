@@ -602,14 +602,16 @@ def _restore_dropped_attributes(graph: onnx.GraphProto, original: onnx.GraphProt
 # --------------------------------------------------------------------------- weights
 
 
-def const_source(t: gs.Tensor, unsqueeze: bool = False) -> tuple[gs.Constant | None, str, gs.Node | None]:
+def const_source(t: gs.Tensor, unsqueeze: bool = False,
+                 via: list[gs.Node] | None = None) -> tuple[gs.Constant | None, str, gs.Node | None]:
     """The constant behind a node input: an initializer, or a Constant node (through Identity).
 
     With ``unsqueeze`` (recurrent weights) also through an Unsqueeze with constant axes and
     through a Concat of row blocks of one tensor that together cover each of its rows once:
     torch exports an LSTM's W as Unsqueeze(Concat(Slice(W, i), Slice(W, o), Slice(W, f·c)))
     to reorder its gates.  Both are views of the stored rows, so an elementwise mask on the
-    stored tensor prunes exactly the entries the LSTM reads."""
+    stored tensor prunes exactly the entries the LSTM reads.  ``via`` collects the views passed
+    through (a Concat's Slices with it), whether or not a constant is found behind them."""
     seen = 0
     while isinstance(t, gs.Variable) and len(t.inputs) == 1 and seen < 8:
         producer = t.inputs[0]
@@ -617,11 +619,15 @@ def const_source(t: gs.Tensor, unsqueeze: bool = False) -> tuple[gs.Constant | N
             return producer.attrs["value"], "constant-node", producer
         if producer.inputs and (producer.op == "Identity" or unsqueeze and producer.op == "Unsqueeze"
                                 and _constant_axes(producer)):
+            if via is not None:
+                via.append(producer)
             t = producer.inputs[0]
             seen += 1
             continue
         whole = _row_blocks(producer) if unsqueeze and producer.op == "Concat" else None
         if whole is not None:
+            if via is not None:
+                via += [producer, *(part.inputs[0] for part in producer.inputs)]
             t = whole
             seen += 1
             continue
@@ -820,28 +826,6 @@ def _weight_readers(graph: gs.Graph) -> tuple[dict[int, list[gs.Node]], set[int]
     return readers, outputs
 
 
-def _chain_nodes(t: gs.Tensor) -> set[int]:
-    """The ids of the nodes ``const_source(t, unsqueeze=True)`` passes through to reach the
-    stored weight (Identity, Unsqueeze, a Concat of row blocks and its Slices): views of it on
-    the way to the layer's node, not other readers of it."""
-    out: set[int] = set()
-    for _ in range(8):
-        if not (isinstance(t, gs.Variable) and len(t.inputs) == 1):
-            break
-        producer = t.inputs[0]
-        if producer.op in ("Identity", "Unsqueeze") and producer.inputs:
-            out.add(id(producer))
-            t = producer.inputs[0]
-            continue
-        whole = _row_blocks(producer) if producer.op == "Concat" else None
-        if whole is None:
-            break  # not a view: whatever made this input reads its own inputs, not the layer's
-        out.add(id(producer))
-        out.update(id(part.inputs[0]) for part in producer.inputs)
-        t = whole
-    return out
-
-
 def _skip_shared_with_other_readers(graph: gs.Graph, layers: list[Layer]) -> None:
     """Marks skipped a layer whose stored weight something besides its own nodes also reads: an
     embedding's Gather whose table a Gemm also multiplies by (a tied language-model head), any
@@ -852,11 +836,13 @@ def _skip_shared_with_other_readers(graph: gs.Graph, layers: list[Layer]) -> Non
     for layer in layers:
         if layer.skip_reason or layer.weight is None:
             continue
-        own = {id(n) for n in layer.nodes}
+        # the layer's nodes, and the views of the weight on the way to them
+        views: list[gs.Node] = []
         for n in layer.nodes:
             for t in n.inputs:
                 if not is_absent(t):
-                    own |= _chain_nodes(t)
+                    const_source(t, unsqueeze=True, via=views)
+        own = {id(n) for n in (*layer.nodes, *views)}
         others = [n for n in readers.get(id(layer.weight), []) if id(n) not in own]
         if others:
             first = others[0]
