@@ -85,12 +85,18 @@ def _dim_label(d) -> str:
     return d.dim_param if d.HasField("dim_param") and d.dim_param else "?"
 
 
-def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool) -> list[int]:
+def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool,
+                bound: dict[str, int] | None = None) -> list[int]:
     """The shape of one random input: ``given`` (checked against the model's fixed dims), else
-    the model's dims with a symbolic leading dim as ``batch``.  Any other symbolic dim is refused
-    when ``strict`` (a detector with symbolic height and width must not run on 2x2 images)."""
+    the model's dims with each symbolic dim named in ``bound`` at that size (a symbol another
+    input's --input-shape gave: the batch N of a waveform and of its lengths) and a symbolic
+    leading dim as ``batch``.  Any other symbolic dim is refused when ``strict`` (a detector
+    with symbolic height and width must not run on 2x2 images)."""
     dims = list(vi.type.tensor_type.shape.dim)
     declared = [dim_size(d) for d in dims]
+    if given is None and bound:
+        declared = [bound.get(d.dim_param, m) if m is None and d.dim_param else m
+                    for d, m in zip(dims, declared)]
     if given is not None:
         if vi.type.tensor_type.HasField("shape") and len(given) != len(dims):
             raise UsageError(f"--input-shape {vi.name}: {len(given)} dims given, the model's input "
@@ -102,15 +108,53 @@ def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool) -> 
         return list(given)
     unknown = [i for i, m in enumerate(declared) if m is None and i > 0]
     if strict and unknown:
-        names = ", ".join(_dim_label(dims[i]) for i in unknown)
-        # A named dim shows its name (H, W) for the user to replace; an unnamed one D1, D2…
-        example = "x".join(str(m) if m is not None else (str(batch) if i == 0 else
-                           dims[i].dim_param.upper() if dims[i].dim_param else f"D{i}")
-                           for i, m in enumerate(declared))
-        raise UsageError(f"input {vi.name!r} has symbolic dimension(s) {names} "
-                         f"(shape {_shape_text(dims)}) that random inputs cannot guess; "
-                         f"give its shape with --input-shape {vi.name}={example}")
+        raise _SymbolicDims([(vi, declared, unknown)])
     return [m if m is not None else batch for m in declared]
+
+
+class _SymbolicDims(UsageError):
+    """Inputs with symbolic dims that random inputs cannot guess: (input, dims as far as
+    known, the positions unknown) each. ``random_inputs`` gathers every input's into one."""
+
+    def __init__(self, items: list, batch: int = 2):
+        self.items = items
+        super().__init__(self.text(batch))
+
+    def text(self, batch: int) -> str:
+        parts, flags = [], []
+        for vi, declared, unknown in self.items:
+            dims = list(vi.type.tensor_type.shape.dim)
+            parts.append(f"{vi.name!r} ({', '.join(_dim_label(dims[i]) for i in unknown)}; "
+                         f"shape {_shape_text(dims)})")
+            # A named dim shows its name (H, W) for the user to replace; an unnamed one D1, D2…
+            example = "x".join(str(m) if m is not None else (str(batch) if i == 0 else
+                               dims[i].dim_param.upper() if dims[i].dim_param else f"D{i}")
+                               for i, m in enumerate(declared))
+            flags.append(f"--input-shape {vi.name}={example}")
+        if len(parts) == 1:
+            vi, _, unknown = self.items[0]
+            dims = list(vi.type.tensor_type.shape.dim)
+            return (f"input {vi.name!r} has symbolic dimension(s) "
+                    f"{', '.join(_dim_label(dims[i]) for i in unknown)} (shape {_shape_text(dims)}) "
+                    f"that random inputs cannot guess; give its shape with {flags[0]}")
+        return (f"inputs {', '.join(parts)} have symbolic dimension(s) that random inputs cannot "
+                f"guess; give their shapes with " + " ".join(flags))
+
+
+def bound_symbols(model: ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """The sizes ``shapes`` (--input-shape, checked) give the model's named symbolic dims: an
+    input given as 1x48000 binds its [N, T]'s N to 1 and T to 48000 for every other input
+    that names them. A name given two sizes binds nothing: some exporters write one
+    placeholder ("?") for every unknown dim."""
+    sizes: dict[str, set[int]] = {}
+    for vi in graph_inputs(model):
+        given = shapes.get(vi.name)
+        if given is None:
+            continue
+        for d, g in zip(vi.type.tensor_type.shape.dim, given):
+            if dim_size(d) is None and d.dim_param:
+                sizes.setdefault(d.dim_param, set()).add(g)
+    return {k: next(iter(v)) for k, v in sizes.items() if len(v) == 1}
 
 
 def _dims_text(dims) -> str:
@@ -167,8 +211,18 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
     Each array starts on FEED_ALIGNMENT bytes, as ONNX Runtime's own tensors do."""
     inputs = graph_inputs(model)
     shapes = checked_input_shapes(model, shapes)
+    bound = bound_symbols(model, shapes)
     rng = np.random.default_rng(seed)
     bounds = _index_bounds(model)
+    # every input's shape first, so that one error names every input a shape is missing for
+    all_dims, missing = {}, []
+    for vi in inputs:
+        try:
+            all_dims[vi.name] = _input_dims(vi, batch, shapes.get(vi.name), strict, bound)
+        except _SymbolicDims as e:
+            missing += e.items
+    if missing:
+        raise _SymbolicDims(missing, bound.get(_leading_symbol(inputs), batch))
     feeds = {}
     for vi in inputs:
         tt = vi.type.tensor_type
@@ -176,7 +230,7 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
         if dtype is None:
             raise UsageError(f"input {vi.name!r}: element type {tt.elem_type} has no random "
                              "generator; pass --data")
-        dims = _input_dims(vi, batch, shapes.get(vi.name), strict)
+        dims = all_dims[vi.name]
         if float(np.prod(dims, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
             raise UsageError(f"input {vi.name!r}: a random input of shape {_dims_text(dims)} is "
                              f"more than {MAX_RANDOM_ELEMENTS} elements; use a smaller --batch "
@@ -188,6 +242,15 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
         else:
             feeds[vi.name] = rng.integers(0, max(1, min(10, bounds.get(vi.name, 10))), dims).astype(dtype)
     return {k: aligned(v) for k, v in feeds.items()}
+
+
+def _leading_symbol(inputs) -> str:
+    """The name of the first input's symbolic leading dim ("" where there is none)."""
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dim_size(dims[0]) is None:
+            return dims[0].dim_param
+    return ""
 
 
 # Ops that hand an index tensor on with its values unchanged: an integer graph input reaching a
