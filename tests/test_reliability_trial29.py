@@ -8,9 +8,11 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.runtime.check import random_inputs
+from onnxprune.runtime.bench import compare_outputs, error_text
+from onnxprune.runtime.check import compare, random_inputs
 from tests.conftest import run_cli
 
 
@@ -67,3 +69,65 @@ def test_every_input_missing_a_shape_is_named_at_once(tmp_path, capsys):
     # one given: the other's hint carries the sizes it binds (N = 1, H = 4)
     code, _, err = run_cli(["check", path, path, "--input-shape", "a=1x4x5"], capsys)
     assert code == 2 and "--input-shape b=1x4xW2" in err and "'a'" not in err
+
+
+def _sigmoid_model(path, shift: float) -> str:
+    """Sigmoid(x · W - shift): on random inputs ~e^-shift everywhere, as a text detector's map
+    is on noise."""
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32) * 0.1, "W")
+    s = numpy_helper.from_array(np.array(shift, np.float32), "s")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Sub", ["m", "s"], ["z"]),
+                           helper.make_node("Sigmoid", ["z"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w, s])
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_a_check_on_outputs_within_atol_of_zero_cannot_pass(tmp_path, capsys):
+    ref = _sigmoid_model(tmp_path / "ref.onnx", 12.0)   # ~6e-6
+    cand = _sigmoid_model(tmp_path / "cand.onnx", 40.0)  # ~4e-18: "says nothing", and matched
+    code, _, err = run_cli(["check", ref, cand], capsys)
+    assert code == 3, err  # was 0, PASS
+    assert "cannot tell the models apart" in err and "within atol 0.0001 of zero" in err
+    assert "--data" in err and "smaller --atol" in err
+    # an atol below the outputs' scale tells them apart
+    code, _, err = run_cli(["check", ref, cand, "--atol", "1e-9", "--rtol", "0"], capsys)
+    assert code == 3 and "outputs differ beyond tolerance" in err
+
+
+def test_bench_tolerance_has_a_float32_floor():
+    ref = [np.full((1, 4, 8), 1.5e-5, np.float32)]
+    ref[0][0, 0, 0] = 1.46e-5
+    assert compare_outputs(ref, [ref[0] + np.float32(2.1e-7)])["passed"]  # 1e-4 of 1.5e-5 had failed it
+    assert not compare_outputs(ref, [ref[0] + np.float32(5e-6)])["passed"]
+    assert compare_outputs([np.full(4, 30.0, np.float32)], [np.full(4, 30.0029, np.float32)])["atol"] == \
+        pytest.approx(3e-3)  # a large output keeps its relative tolerance
+
+
+def test_rows_reordered_at_near_ties_are_named():
+    scores = np.array([0.9, 0.5893682, 0.5893671, 0.1], np.float32)
+    boxes = np.arange(16, dtype=np.float32).reshape(4, 4)
+    labels = np.array([3, 1, 2, 0])
+    swap = [0, 2, 1, 3]
+    result = compare([scores, boxes, labels], [scores, boxes[swap], labels[swap]], 1e-4, 1e-3)
+    assert not result["passed"] and result["reordered"] == [1, 2]
+    other = compare([scores, boxes, labels], [scores, boxes[swap], np.array([3, 2, 1, 1])], 1e-4, 1e-3)
+    assert other["reordered"] is None  # a label changed: not only an order
+    check = compare_outputs([boxes], [boxes[swap]])
+    assert not check["passed"] and "hold the dense model's rows in another order" in error_text(check)
+
+
+def test_check_names_reordered_detections(tmp_path, capsys):
+    """Two models whose only difference is the order of two rows (a detector's NMS ranking two
+    near-equal scores the other way round after the summation order changed)."""
+    rows = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "R")
+    paths = []
+    for name, order in (("a", [0, 1, 2]), ("b", [0, 2, 1])):
+        idx = numpy_helper.from_array(np.array(order, np.int64), "i")
+        nodes = [helper.make_node("Gather", ["R", "i"], ["g"]), helper.make_node("Add", ["g", "x"], ["y"])]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [rows, idx])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        paths.append(_save(model, tmp_path / f"{name}.onnx"))
+    code, _, err = run_cli(["check", *paths], capsys)
+    assert code == 3 and "output(s) 0 hold the reference's rows in another order" in err

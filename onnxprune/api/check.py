@@ -85,11 +85,12 @@ def _judge_inputs(result: dict, ref_out: list, data: str | None) -> None:
     False; on the user's ``data`` the match stands, with the note."""
     from onnxprune.runtime import check as rt
 
-    why = rt.uninformative(ref_out) if result["passed"] else None  # a difference says more
+    why = rt.uninformative(ref_out, result["atol"]) if result["passed"] else None  # a difference says more
+    smaller = " (or a smaller --atol)" if why is not None and "atol" in why else ""
     result["uninformative"] = None if why is None else (
         f"{why} on {'these inputs' if data else 'the random inputs'}, so a candidate that "
         "matches may still differ on real ones; "
-        + ("check on inputs the model responds to" if data else "pass real inputs with --data"))
+        + ("check on inputs the model responds to" if data else "pass real inputs with --data") + smaller)
     if why is not None and not data:
         result["passed"] = False
     result["status"] = "ok" if result["passed"] else "mismatch"  # as bench's report says it

@@ -151,7 +151,7 @@ def cmd_bench(args, console) -> int:
                 s_sess = session_for(sparse_model.SerializeToString(), threads)
                 ref_out = run_outputs(d_sess, feeds)
                 check = compare_outputs(ref_out, run_outputs(s_sess, feeds))
-                why = uninformative(ref_out)
+                why = uninformative(ref_out, check["atol"])
                 if why is not None and not any(why in n for n in notes):
                     notes.append(f"{why} on these inputs: the outputs' match says little, and "
                                  "the model may take another path on real ones (--data)")

@@ -44,7 +44,22 @@ def cmd_check(args, console: Console) -> int:
 
 
 def _hint(report: dict) -> str:
-    """How the user could make a failed check pass, if any --atol can."""
+    """How the user could make a failed check pass, if any --atol can; first, where so, that
+    the outputs that differ hold the same rows in another order."""
+    return reordered_text(report) + _atol_hint(report)
+
+
+def reordered_text(report: dict) -> str:
+    """"; output(s) … hold the same rows …" where compare found every differing output
+    reordered, else ""."""
+    which = report.get("reordered")
+    if not which:
+        return ""
+    return (f"; output(s) {', '.join(map(str, which))} hold the reference's rows in another order "
+            "(near-equal values, such as a detector's scores, ranked the other way round)")
+
+
+def _atol_hint(report: dict) -> str:
     unfixable = sum(o.get("unfixable", 0) for o in report["outputs"])
     if report.get("atol_that_passes") is not None:
         return f"; would pass with --atol {_ceil_3g(report['atol_that_passes'])}"

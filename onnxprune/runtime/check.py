@@ -495,14 +495,19 @@ def _varies(r: np.ndarray) -> bool:
     return not bool(np.all(flat == flat[0]))
 
 
-def uninformative(ref: list) -> str | None:
+def uninformative(ref: list, atol: float | None = None) -> str | None:
     """Why the reference's outputs cannot tell a candidate apart, or None when they can: no
     output varies (an integer or boolean one that does is enough: class ids), and every
     floating-point one is empty or holds one value throughout (all zeros where random integer
-    lengths masked every frame, all NaN). A single value is not judged, nor a model with a
-    sequence or map output."""
-    if any(not isinstance(r, np.ndarray) for r in ref) or any(_varies(r) for r in ref):
-        return None  # something varies: a candidate that differs can show it
+    lengths masked every frame, all NaN); or, given the comparison's ``atol``, no integer
+    output varies and every floating-point value lies within ``atol`` of zero (a text
+    detector's map on noise, ~1e-5 everywhere: a candidate that outputs zeros, or text on a
+    real page, matches it). A single value is not judged, nor a model with a sequence or map
+    output."""
+    if any(not isinstance(r, np.ndarray) for r in ref):
+        return None
+    if any(_varies(r) for r in ref):
+        return _near_zero(ref, atol)  # something varies: a candidate that differs can show it
     floats = [r for r in ref if r.dtype.kind == "f"]
     if not floats:
         return None
@@ -516,6 +521,33 @@ def uninformative(ref: list) -> str | None:
         if flat.size:
             values.add("NaN" if np.isnan(flat[0]) else f"{float(flat[0]) + 0.0:.6g}")  # -0 reads as 0
     return "every floating-point output value is " + " or ".join(sorted(values))
+
+
+def _same_rows(r: np.ndarray, c: np.ndarray, atol: float, rtol: float) -> bool:
+    """Whether ``c`` holds ``r``'s rows (entries, for a 1-D output) in some other order, each
+    within the tolerance: both sorted row by row, lexicographically, then compared."""
+    if r.ndim == 0 or r.shape != c.shape or r.shape[0] < 2 or r.dtype.kind not in "iufb":
+        return False
+    a, b = r.reshape(r.shape[0], -1), c.reshape(c.shape[0], -1)
+    if a.dtype.kind == "f" and not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return False
+    sa, sb = a[np.lexsort(a.T[::-1])], b[np.lexsort(b.T[::-1])]
+    return bool(np.allclose(sb.astype(np.float64), sa.astype(np.float64), rtol=rtol, atol=atol))
+
+
+def _near_zero(ref: list, atol: float | None) -> str | None:
+    """uninformative's second reason: every float output non-empty, finite and at most
+    ``atol`` in magnitude, and no other output varying; else None."""
+    if atol is None or any(r.dtype.kind not in "fc" and _varies(r) for r in ref):
+        return None
+    floats = [r for r in ref if r.dtype.kind == "f" and r.size]
+    if not floats or not all(np.isfinite(r).all() for r in floats):
+        return None
+    top = max(float(np.max(np.abs(r))) for r in floats)
+    if top > atol:
+        return None
+    return (f"every floating-point output lies within atol {atol:g} of zero (the largest "
+            f"|value| is {top:.3g})")
 
 
 def _same_value(a, b, atol: float, rtol: float) -> bool:
@@ -596,13 +628,18 @@ def compare(ref: list[np.ndarray], cand: list[np.ndarray], atol: float, rtol: fl
                      "nan_mismatch": bool(np.any(nan_r != nan_c)),
                      "nan_both": int(np.count_nonzero(nan_both)), "unfixable": unfixable})
         passed &= ok
+    failed = [o for o in rows if not o["passed"] and o.get("max_abs_error") is not None]
+    reordered = [o["index"] for o in failed if _same_rows(ref[o["index"]], cand[o["index"]], atol, rtol)]
     shapes = [o for o in rows if "shape_ref" in o]
     unequal = [o for o in rows if "shape_ref" not in o and o.get("max_abs_error") is None and not o["passed"]]
     errors = [o["max_abs_error"] for o in rows if o.get("max_abs_error") is not None]
     # no error to report where nothing numeric was compared and something differs
     report = {"passed": passed, "atol": atol, "rtol": rtol, "outputs": rows,
               "max_abs_error": max(errors) if errors else (None if shapes or unequal else 0.0),
-              "atol_that_passes": needed_atol}
+              "atol_that_passes": needed_atol,
+              # every output that differs holds the reference's rows, in another order: a
+              # detector's top-k or NMS ranking two near-equal scores the other way round
+              "reordered": reordered if failed and len(reordered) == len(failed) else None}
     if shapes:  # no error to measure there: the models do not compute the same thing
         o = shapes[0]
         report["reason"] = (f"output {o['index']} has shape {o['shape_ref']} in the reference and "
