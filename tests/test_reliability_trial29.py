@@ -11,9 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.cli.lower import lowered_count, whole_model_line
 from onnxprune.runtime.bench import compare_outputs, error_text
 from onnxprune.runtime.check import compare, random_inputs
 from tests.conftest import run_cli
+from tests.models import mlp
 
 
 def _save(model, path) -> str:
@@ -131,3 +133,53 @@ def test_check_names_reordered_detections(tmp_path, capsys):
         paths.append(_save(model, tmp_path / f"{name}.onnx"))
     code, _, err = run_cli(["check", *paths], capsys)
     assert code == 3 and "output(s) 0 hold the reference's rows in another order" in err
+
+
+def test_prune_of_its_own_lowered_file_counts_the_lowered_layers(tmp_path, capsys):
+    src = _save(mlp(sizes=(64, 48, 32, 8), seed=3), tmp_path / "m.onnx")
+    low = tmp_path / "low.onnx"
+    args = ["--target-sparsity", "0.9", "--emit", "sparse-ops", "--lower-for", "size"]
+    code, _, err = run_cli(["prune", src, "-o", str(low), *args], capsys)
+    assert code == 0, err
+    again = tmp_path / "again.json"
+    code, out, err = run_cli(["prune", str(low), "-o", str(tmp_path / "x.onnx"), *args,
+                              "--min-sparsity", "0.85", "--json", str(again)], capsys)
+    assert code == 0, err  # was 3: the gate had counted only the layers left dense
+    report = json.loads(again.read_text())
+    inspected = tmp_path / "i.json"
+    assert run_cli(["inspect", str(low), "--json", str(inspected)], capsys)[0] == 0
+    assert report["total"]["params"] == json.loads(inspected.read_text())["total"]["params"]
+    assert report["total"]["sparsity"] >= 0.85
+
+
+def test_relowering_counts_what_the_file_holds():
+    rows = [{"lowered": True, "nodes": ["a"]}, {"lowered": True}, {"lowered": False}]
+    assert lowered_count(rows) == "2 layer(s) lowered"
+    assert lowered_count(rows, before=31) == "2 more layer(s) lowered; 33 sparse-op node(s) in all"
+    kept = {"whole_model": {"speedup": 0.93, "kept": "dense", "attempts": []}}
+    assert whole_model_line(kept, [{"lowered": False}], 0).endswith("wrote the dense model (no layer lowered)")
+    assert "its 31 sparse-op node(s) kept as they were" in whole_model_line(kept, [{"lowered": False}], 31)
+    assert "1 forced layer(s) lowered" in whole_model_line(kept, [{"lowered": True}], 0)
+
+
+def _conv3d(tmp_path, batch="N") -> str:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((4, 2, 3, 3, 3)) * (rng.random((4, 2, 3, 3, 3)) > 0.8)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["y"], pads=[1] * 6)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "W")])
+    return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "c3d.onnx")
+
+
+def test_bench_says_nothing_could_be_lowered_and_no_unasked_batch_note(tmp_path, capsys):
+    path = _conv3d(tmp_path)
+    code, out, err = run_cli(["bench", path, "--repeats", "2", "--warmup", "1", "--no-layers",
+                              "--input-shape", "x=1x2x4x8x8"], capsys)
+    assert code == 0, err
+    text = out + err
+    assert "nothing lowered (no layer could be lowered)" in text
+    assert "--batch is not used" not in text  # --batch was never given
+    code, out, err = run_cli(["bench", path, "--repeats", "2", "--warmup", "1", "--no-layers",
+                              "--input-shape", "x=1x2x4x8x8", "--batch", "4"], capsys)
+    assert code == 0 and "batch 1 from --input-shape; --batch is not used" in out + err

@@ -62,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     b = subparsers.add_parser("bench", help="time a pruned model dense vs lowered to sparse ops")
     b.add_argument("model", help="pruned .onnx model (dense or portable storage, or lowered)")
-    b.add_argument("--batch", type=_int_list, default=[1], metavar="B[,B...]",
+    b.add_argument("--batch", type=_int_list, default=None, metavar="B[,B...]",
                    help="batch sizes (default 1)")
     b.add_argument("--threads", type=_thread_list, default=[1], metavar="T[,T...]",
                    help="intra-op thread counts (default 1)")
@@ -117,18 +117,21 @@ def cmd_bench(args, console) -> int:
         dense_base = graph_to_model(densified_graph(model), model)
     fixed, symbolic = batch_dims(model)
     notes = []
-    batches = list(args.batch)
+    batches = list(args.batch or [1])
     given = _given_feeds(model, args, shapes)
+    # where the inputs set the batch, a note says so when --batch asked for another one
     if given is not None:
         first = next(iter(given.values()), None)
         used = [int(first.shape[0]) if first is not None and first.ndim else 1]
-        notes.append(f"batch {used[0]} from {'--data' if args.data else '--input-shape'}; "
-                     "--batch is not used")
+        if args.batch is not None and args.batch != used:
+            notes.append(f"batch {used[0]} from {'--data' if args.data else '--input-shape'}; "
+                         "--batch is not used")
         batches = used
     elif fixed and not symbolic:
         used = sorted(set(fixed.values()))
-        notes.append(f"the model fixes its batch dimension ({', '.join(map(str, used))}); "
-                     "using it instead of --batch")
+        if args.batch is not None and args.batch != used[:1]:
+            notes.append(f"the model fixes its batch dimension ({', '.join(map(str, used))}); "
+                         "using it instead of --batch")
         batches = used[:1]
     opset = model_opset(model)
 
@@ -225,8 +228,10 @@ def _format_config(cfg: dict) -> str:
     e2e, chk = cfg["end_to_end"], cfg["correctness"]
     word = "outputs match" if chk["passed"] else "OUTPUTS DIFFER"
     if e2e.get("nothing_lowered"):
+        timed = [r for r in (cfg.get("lowering") or {}).get("layers") or () if r.get("speedup") is not None]
+        why = "no layer won here" if timed else "no layer could be lowered"
         lines = [f"batch {cfg['batch']}, threads {cfg['threads']}: {e2e['dense_ms']:.3f} ms; "
-                 "nothing lowered (no layer won here), so the model runs as the dense one: 1.00x"]
+                 f"nothing lowered ({why}), so the model runs as the dense one: 1.00x"]
     else:
         lines = [f"batch {cfg['batch']}, threads {cfg['threads']}: dense {e2e['dense_ms']:.3f} ms, "
                  f"sparse-ops {e2e['sparse_ms']:.3f} ms, {e2e['ratio']:.2f}x "

@@ -16,8 +16,7 @@ def add_lowering_args(p, *, defaults: bool) -> None:
     from onnxprune.runtime.check import add_input_shape_option
 
     what = "" if defaults else "sparse-ops: "
-    p.add_argument("--expected-batch", type=int_arg(1), metavar="N",
-                   default=1 if defaults else None,
+    p.add_argument("--expected-batch", type=int_arg(1), metavar="N", default=None,
                    help=f"{what}batch size the model will be served at (default 1)")
     p.add_argument("--threads", type=int_arg(1, THREADS_MAX), metavar="N",
                    default=1 if defaults else None,
@@ -85,7 +84,7 @@ def cmd_lower(args, console: Console) -> int:
 
     report = lower(args.model, args.output, lower_for=args.lower_for, decide=args.decide,
                    sparse_values=args.sparse_values, winograd=args.winograd,
-                   batch_stream=args.batch_stream, expected_batch=args.expected_batch, threads=args.threads,
+                   batch_stream=args.batch_stream, expected_batch=args.expected_batch or 1, threads=args.threads,
                    input_shapes=input_shapes(args), data=args.data, before_run=before_run,
                    progress=console.progress)
     write_json(report, args.json)
@@ -101,16 +100,16 @@ def cmd_lower(args, console: Console) -> int:
         console.info("no prunable layer found" + ("" if changed else "; the model was written unchanged"))
     for line in rewrite_lines(report):
         console.info(line)
-    for line in (whole_model_line(report["lowering"]), winograd_line(report["lowering"]),
+    for line in (whole_model_line(report["lowering"], layers, before), winograd_line(report["lowering"]),
                  stream_line(report["lowering"]),
                  values_line(report["lowering"]),
-                 batch_line(report["lowering"])):
+                 batch_line(report["lowering"], args.expected_batch)):
         if line:
             console.info(line)
     size = report["size"]
     console.info(f"wrote {', '.join(o['path'] for o in report['outputs'])} "
                  f"({size['input_bytes'] / 1e6:.2f} MB -> {size['output_bytes'] / 1e6:.2f} MB, "
-                 f"{lowered_count(layers)})")
+                 f"{lowered_count(layers, before)})")
     return EXIT_OK
 
 
@@ -141,11 +140,14 @@ def rewrite_lines(report: dict) -> list[str]:
     return lines
 
 
-def lowered_count(layers: list[dict]) -> str:
-    """"N layer(s) lowered", and the node count when shared weights make it differ."""
+def lowered_count(layers: list[dict], before: int = 0) -> str:
+    """"N layer(s) lowered", and the node count when shared weights make it differ; for a
+    model that came with ``before`` sparse-op nodes, "N more" and how many it now has."""
     done = [r for r in layers if r["lowered"]]
     nodes = sum(max(1, len(r.get("nodes") or ())) for r in done)
-    return f"{len(done)} layer(s) lowered" + (f", {nodes} nodes" if nodes != len(done) else "")
+    text = f"{len(done)}{' more' if before else ''} layer(s) lowered" + (
+        f", {nodes} nodes" if nodes != len(done) else "")
+    return text + (f"; {before + nodes} sparse-op node(s) in all" if before else "")
 
 
 def values_line(lowering: dict | None) -> str | None:
@@ -185,14 +187,27 @@ def stream_line(lowering: dict | None) -> str | None:
             f"({len(b['timed'])} prefix(es) timed)")
 
 
-def batch_line(lowering: dict | None) -> str | None:
-    """A note when the timings ran at another batch than --expected-batch asked."""
-    note = (lowering or {}).get("batch_note")
+def batch_line(lowering: dict | None, asked: int | None) -> str | None:
+    """A note when the timings ran at another batch than --expected-batch asked (``asked``:
+    the option's value, None where it was not given: the report keeps the note, the console
+    does not speak of an option the user never gave)."""
+    note = (lowering or {}).get("batch_note") if asked is not None else None
     return f"note: {note}" if note else None
 
 
-def whole_model_line(lowering: dict | None) -> str | None:
-    """What the whole-model timing decided, when it timed anything."""
+def _dense_written(layers: list[dict] | None, before: int) -> str:
+    """What "the dense model" written in place of the lowered one still lowers: the layers the
+    user forced (lowered whatever the timing), the sparse-op nodes the input came with."""
+    forced = sum(1 for r in layers or () if r["lowered"])
+    kept = [f"{forced} forced layer(s) lowered" if forced else "",
+            f"its {before} sparse-op node(s) kept as they were" if before else ""]
+    kept = [k for k in kept if k]
+    return f" ({', '.join(kept)})" if kept else " (no layer lowered)"
+
+
+def whole_model_line(lowering: dict | None, layers: list[dict] | None = None, before: int = 0) -> str | None:
+    """What the whole-model timing decided, when it timed anything; ``layers`` (the report's
+    rows) and ``before`` (sparse-op nodes in the input) say what the dense model written keeps."""
     whole = (lowering or {}).get("whole_model")
     if not whole or whole["speedup"] is None:
         return None
@@ -204,7 +219,7 @@ def whole_model_line(lowering: dict | None) -> str | None:
         verdict = (f"then {again:.2f}x timed again: too close to call" if again is not None
                    else f"not faster{subsets}")
         return (f"lowering: the lowered model ran {whole['speedup']:.2f}x of the dense one "
-                f"here ({verdict}); wrote the dense model (only forced layers lowered)")
+                f"here ({verdict}); wrote the dense model{_dense_written(layers, before)}")
     cut = whole["min_layer_speedup"]
     which = "the LRN rewrites were kept" if cut is None else f"layers measured >= {cut:g}x alone were lowered"
     first = (f"; with every winning layer lowered it ran {tried[0]['speedup']:.2f}x, so only {which}"

@@ -62,10 +62,11 @@ def cmd_prune(args, console: Console) -> int:
         console.info(_format_sparse_ops(report["sparse_ops"]))
         for line in rewrite_lines(report):
             console.info(line)
-        for line in (whole_model_line(report.get("lowering")), winograd_line(report.get("lowering")),
+        for line in (whole_model_line(report.get("lowering"), report["sparse_ops"].get("layers")),
+                     winograd_line(report.get("lowering")),
                      stream_line(report.get("lowering")),
                      values_line(report.get("lowering")),
-                     batch_line(report.get("lowering"))):
+                     batch_line(report.get("lowering"), args.expected_batch)):
             if line:
                 console.info(line)
     size = report["size"]
