@@ -82,8 +82,11 @@ class Recipe:
 
     @property
     def storage(self) -> str:
-        """The io storage form the emit form needs (sparse-ops graphs are stored dense)."""
-        return "portable" if self.emit == "portable" else "dense"
+        """The io storage form the emit form needs: ``dense`` stores every weight dense; the
+        others store a weight as a sparse initializer where that is smaller, so that the layers
+        a sparse-ops file leaves dense (not pruned, or not faster lowered) take no more room
+        than in the portable file (PP-OCRv3's recognizer: 9.70 MB written, 9.34 MB portable)."""
+        return "dense" if self.emit == "dense" else "portable"
 
     @property
     def sha256(self) -> str:

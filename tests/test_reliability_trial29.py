@@ -162,6 +162,23 @@ def test_relowering_counts_what_the_file_holds():
     assert "1 forced layer(s) lowered" in whole_model_line(kept, [{"lowered": True}], 0)
 
 
+def test_emit_sparse_ops_stores_what_it_leaves_dense_sparse(tmp_path, capsys):
+    src = _save(mlp(sizes=(96, 96, 8), seed=5), tmp_path / "m.onnx")
+    portable, sparse_ops = tmp_path / "p.onnx", tmp_path / "s.onnx"
+    recipe = tmp_path / "r.yaml"  # no layer lowered, whatever the timing
+    recipe.write_text("passes:\n  - threshold-by-std: {quality: 1.5}\n"
+                      "  - lower-to-sparse-ops: {never: ['*']}\nemit: sparse-ops\n")
+    code, _, err = run_cli(["prune", src, "-o", str(sparse_ops), "--recipe", str(recipe)], capsys)
+    assert code == 0, err
+    recipe.write_text("passes:\n  - threshold-by-std: {quality: 1.5}\nemit: portable\n")
+    code, _, err = run_cli(["prune", src, "-o", str(portable), "--recipe", str(recipe)], capsys)
+    assert code == 0, err
+    written = onnx.load(str(sparse_ops), load_external_data=False)
+    assert not any(n.domain == "ai.onnxprune" for n in written.graph.node)
+    assert len(written.graph.sparse_initializer) > 0  # was none: every weight dense, 2.5x the size
+    assert sparse_ops.stat().st_size <= portable.stat().st_size + 512
+
+
 def _conv3d(tmp_path, batch="N") -> str:
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((4, 2, 3, 3, 3)) * (rng.random((4, 2, 3, 3, 3)) > 0.8)).astype(np.float32)
@@ -183,3 +200,41 @@ def test_bench_says_nothing_could_be_lowered_and_no_unasked_batch_note(tmp_path,
     code, out, err = run_cli(["bench", path, "--repeats", "2", "--warmup", "1", "--no-layers",
                               "--input-shape", "x=1x2x4x8x8", "--batch", "4"], capsys)
     assert code == 0 and "batch 1 from --input-shape; --batch is not used" in out + err
+
+
+def _quantized_at_run_time(dynamic: bool) -> onnx.ModelProto:
+    """A Conv whose float weight is quantized when the model runs: onnxruntime's
+    quantize_dynamic (Constant → DynamicQuantizeLinear → ConvInteger) or quantize_static's QDQ
+    (W → QuantizeLinear → DequantizeLinear → Conv, the bias dequantized too)."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32), "W")
+    s = numpy_helper.from_array(np.array(0.02, np.float32), "s")
+    z = numpy_helper.from_array(np.array(0, np.int8), "z")
+    b = numpy_helper.from_array(np.arange(4, dtype=np.int32), "bq")
+    bs = numpy_helper.from_array(np.array(1e-3, np.float32), "bs")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    if dynamic:
+        nodes = [helper.make_node("Constant", [], ["Wc"], value=w, name="weight"),
+                 helper.make_node("DynamicQuantizeLinear", ["Wc"], ["Wq", "Ws", "Wz"], name="quant_w"),
+                 helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="quant_x"),
+                 helper.make_node("ConvInteger", ["xq", "Wq", "xz", "Wz"], ["acc"], name="conv_quant"),
+                 helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+        g = helper.make_graph(nodes, "g", [x], [y])
+    else:
+        nodes = [helper.make_node("QuantizeLinear", ["W", "s", "z"], ["Wq"], name="w_q"),
+                 helper.make_node("DequantizeLinear", ["Wq", "s", "z"], ["Wd"], name="w_dq"),
+                 helper.make_node("DequantizeLinear", ["bq", "bs"], ["bd"], name="b_dq"),
+                 helper.make_node("Conv", ["x", "Wd", "bd"], ["y"], name="conv")]
+        g = helper.make_graph(nodes, "g", [x], [y], [w, s, z, b, bs])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["quantize_dynamic", "qdq"])
+def test_weights_quantized_at_run_time_are_noted_once(tmp_path, capsys, dynamic):
+    path = _save(_quantized_at_run_time(dynamic), tmp_path / "q.onnx")
+    report = tmp_path / "i.json"
+    code, _, err = run_cli(["inspect", path, "--json", str(report)], capsys)
+    assert code == 0, err
+    notes = json.loads(report.read_text())["notes"]
+    assert [(n["node"], n["reason"]) for n in notes] == \
+        [("conv_quant" if dynamic else "w_dq", "quantized weights: not pruned")]  # was none (the bias: no note)

@@ -638,13 +638,30 @@ def const_source(t: gs.Tensor, unsqueeze: bool = False,
 
 
 def _holds_quantized_weight(node: gs.Node) -> bool:
-    """A quantized op with a constant of rank >= 2 among its inputs (a QLinearMatMul of two
-    activations, attention's Q·Kᵀ, holds none), or a DequantizeLinear of a stored constant."""
+    """A quantized op with a weight among its inputs (a QLinearMatMul of two activations,
+    attention's Q·Kᵀ, holds none), or a DequantizeLinear of one: a weight is a constant of
+    rank >= 2 stored quantized, or stored in float and quantized at run time (onnxruntime's
+    quantize_dynamic: Constant → DynamicQuantizeLinear → ConvInteger; quantize_static's QDQ:
+    W → QuantizeLinear → DequantizeLinear → Conv). A bias (rank 1) is none: one note a layer."""
     if node.op == "DequantizeLinear":
-        return bool(node.inputs) and const_source(node.inputs[0])[0] is not None
+        return bool(node.inputs) and _quantized_weight(node.inputs[0])
     if node.op not in QUANTIZED_WEIGHT_OPS:
         return False
-    return any((c := const_source(t)[0]) is not None and len(c.shape) >= 2 for t in node.inputs if not is_absent(t))
+    return any(_quantized_weight(t) for t in node.inputs if not is_absent(t))
+
+
+def _quantized_weight(t: gs.Tensor) -> bool:
+    """Whether ``t`` is a weight (rank >= 2) stored as it is or quantized from a stored one by
+    a QuantizeLinear or DynamicQuantizeLinear (its first output)."""
+    c = const_source(t)[0]
+    if c is not None:
+        return len(c.shape) >= 2
+    if isinstance(t, gs.Variable) and len(t.inputs) == 1:
+        q = t.inputs[0]
+        if q.op in ("QuantizeLinear", "DynamicQuantizeLinear") and q.inputs and q.outputs[0] is t:
+            c = const_source(q.inputs[0])[0]
+            return c is not None and len(c.shape) >= 2
+    return False
 
 
 def _constant_expression(t: gs.Tensor, limit: int = 64) -> bool:
