@@ -211,10 +211,12 @@ def test_check_and_bench_with_input_shape(hw_paths, tmp_path, capsys):
     assert main(["check", str(src), str(pruned), "-q", "--input-shape", "x=1x3x16x20",
                  "--atol", "10"]) == 0
     code = main(["bench", str(pruned), "--repeats", "1", "--warmup", "1", "--no-layers",
-                 "--input-shape", "x=1x3x16x20", "--json", str(rep), "-q"])
+                 "--input-shape", "x=1x3x16x20", "--batch", "2", "--json", str(rep), "-q"])
     assert code == 0, capsys.readouterr().err
     report = _strict_json(rep.read_text())
     assert [c["batch"] for c in report["configs"]] == [1]
+    # the batch --input-shape gives wins over --batch, and the note says so (only where
+    # --batch asked for another: round 29)
     assert any("--input-shape" in n for n in report["notes"])
 
 
