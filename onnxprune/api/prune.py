@@ -168,12 +168,6 @@ def prune(model, output, *, recipe=None, in_place: bool = False,
                   shapes)
 
 
-def _lowered_nodes(proto) -> list:
-    from onnxprune.runtime.bench import csr_nodes
-
-    return csr_nodes(proto)
-
-
 def raise_for_gates(report: dict) -> None:
     """``GateFailed`` naming every missed gate of a prune report; nothing when all passed."""
     failed = [g for g in report["gates"] if not g["passed"]]
@@ -189,6 +183,7 @@ def _prune(proto, info, path, output, recipe, in_place, progress, decision, inpu
     from onnxprune.core.stats import totals, versions
     from onnxprune.passes.pipeline import run_pipeline
 
+    from onnxprune.runtime.bench import counted_layer_rows, csr_nodes
     from onnxprune.runtime.shape_probe import shape_probe
 
     graph = graph_from_model(proto, info)
@@ -203,15 +198,14 @@ def _prune(proto, info, path, output, recipe, in_place, progress, decision, inpu
     lowering = result.stats_of("lowers_weights")
     if lowering is not None:
         result.graph = decision.finish(result.graph, proto, lowering)
-    rows, notes = _layer_rows(proto, info, shapes, before_rows, notes, result, sizing)
-    if result.already_applied and _lowered_nodes(proto):
+    if result.already_applied and csr_nodes(proto):
         # a file this recipe lowered, written unchanged: its CSR layers are no prunable layers,
         # so it is counted, as inspect counts it, as the dense model it stands for (the gates
         # had seen only the layers left dense: 65.6% of 304K weights for a 77%-sparse model)
-        from onnxprune.runtime.bench import counted_layer_rows
-
         counted, notes = counted_layer_rows(proto, info, input_shapes)
         rows = [_row(r, r, {}) for r in counted]
+    else:
+        rows, notes = _layer_rows(proto, info, shapes, before_rows, notes, result, sizing)
     if recipe.emit == "sparse-ops":
         _count_lowered_weights(rows, result.stats_of("lowers_weights"))
     total = totals(rows)

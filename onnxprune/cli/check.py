@@ -46,17 +46,9 @@ def cmd_check(args, console: Console) -> int:
 def _hint(report: dict) -> str:
     """How the user could make a failed check pass, if any --atol can; first, where so, that
     the outputs that differ hold the same rows in another order."""
-    return reordered_text(report) + _atol_hint(report)
+    from onnxprune.runtime.check import reordered_text
 
-
-def reordered_text(report: dict) -> str:
-    """"; output(s) … hold the same rows …" where compare found every differing output
-    reordered, else ""."""
-    which = report.get("reordered")
-    if not which:
-        return ""
-    return (f"; output(s) {', '.join(map(str, which))} hold the reference's rows in another order "
-            "(near-equal values, such as a detector's scores, ranked the other way round)")
+    return reordered_text(report.get("reordered"), "the reference's") + _atol_hint(report)
 
 
 def _atol_hint(report: dict) -> str:

@@ -549,11 +549,10 @@ def error_text(check: dict) -> str:
     outputs could not be compared."""
     if check.get("max_abs_error") is None:
         return check.get("reason", "no comparable output")
-    text = f"max abs error {check['max_abs_error']:.3g}, tolerance {check['atol']:.3g}"
-    if check.get("reordered"):
-        text += (f"; output(s) {', '.join(map(str, check['reordered']))} hold the dense model's rows in "
-                 "another order (near-equal values, such as a detector's scores, ranked the other way round)")
-    return text
+    from onnxprune.runtime.check import reordered_text
+
+    return (f"max abs error {check['max_abs_error']:.3g}, tolerance {check['atol']:.3g}"
+            + reordered_text(check.get("reordered"), "the dense model's"))
 
 
 def batch_dims(model) -> tuple[dict[str, int | None], list[str]]:

@@ -108,7 +108,7 @@ def _input_dims(vi, batch: int, given: tuple[int, ...] | None, strict: bool,
         return list(given)
     unknown = [i for i, m in enumerate(declared) if m is None and i > 0]
     if strict and unknown:
-        raise _SymbolicDims([(vi, declared, unknown)])
+        raise _SymbolicDims([(vi, declared, unknown)], batch)
     return [m if m is not None else batch for m in declared]
 
 
@@ -116,29 +116,28 @@ class _SymbolicDims(UsageError):
     """Inputs with symbolic dims that random inputs cannot guess: (input, dims as far as
     known, the positions unknown) each. ``random_inputs`` gathers every input's into one."""
 
-    def __init__(self, items: list, batch: int = 2):
+    def __init__(self, items: list, batch: int):
         self.items = items
-        super().__init__(self.text(batch))
+        self.batch = batch
+        super().__init__(self.text())
 
-    def text(self, batch: int) -> str:
+    def text(self) -> str:
         parts, flags = [], []
         for vi, declared, unknown in self.items:
             dims = list(vi.type.tensor_type.shape.dim)
-            parts.append(f"{vi.name!r} ({', '.join(_dim_label(dims[i]) for i in unknown)}; "
-                         f"shape {_shape_text(dims)})")
+            parts.append((vi.name, ", ".join(_dim_label(dims[i]) for i in unknown), _shape_text(dims)))
             # A named dim shows its name (H, W) for the user to replace; an unnamed one D1, D2…
-            example = "x".join(str(m) if m is not None else (str(batch) if i == 0 else
+            example = "x".join(str(m) if m is not None else (str(self.batch) if i == 0 else
                                dims[i].dim_param.upper() if dims[i].dim_param else f"D{i}")
                                for i, m in enumerate(declared))
             flags.append(f"--input-shape {vi.name}={example}")
         if len(parts) == 1:
-            vi, _, unknown = self.items[0]
-            dims = list(vi.type.tensor_type.shape.dim)
-            return (f"input {vi.name!r} has symbolic dimension(s) "
-                    f"{', '.join(_dim_label(dims[i]) for i in unknown)} (shape {_shape_text(dims)}) "
-                    f"that random inputs cannot guess; give its shape with {flags[0]}")
-        return (f"inputs {', '.join(parts)} have symbolic dimension(s) that random inputs cannot "
-                f"guess; give their shapes with " + " ".join(flags))
+            name, names, shape = parts[0]
+            return (f"input {name!r} has symbolic dimension(s) {names} (shape {shape}) that random "
+                    f"inputs cannot guess; give its shape with {flags[0]}")
+        listed = ", ".join(f"{name!r} ({names}; shape {shape})" for name, names, shape in parts)
+        return (f"inputs {listed} have symbolic dimension(s) that random inputs cannot guess; "
+                "give their shapes with " + " ".join(flags))
 
 
 def bound_symbols(model: ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
@@ -222,7 +221,7 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
         except _SymbolicDims as e:
             missing += e.items
     if missing:
-        raise _SymbolicDims(missing, bound.get(_leading_symbol(inputs), batch))
+        raise _SymbolicDims(missing, batch)
     feeds = {}
     for vi in inputs:
         tt = vi.type.tensor_type
@@ -242,15 +241,6 @@ def random_inputs(model: ModelProto, batch: int = 2, seed: int = 0,
         else:
             feeds[vi.name] = rng.integers(0, max(1, min(10, bounds.get(vi.name, 10))), dims).astype(dtype)
     return {k: aligned(v) for k, v in feeds.items()}
-
-
-def _leading_symbol(inputs) -> str:
-    """The name of the first input's symbolic leading dim ("" where there is none)."""
-    for vi in inputs:
-        dims = vi.type.tensor_type.shape.dim
-        if dims and dim_size(dims[0]) is None:
-            return dims[0].dim_param
-    return ""
 
 
 # Ops that hand an index tensor on with its values unchanged: an integer graph input reaching a
@@ -521,6 +511,15 @@ def uninformative(ref: list, atol: float | None = None) -> str | None:
         if flat.size:
             values.add("NaN" if np.isnan(flat[0]) else f"{float(flat[0]) + 0.0:.6g}")  # -0 reads as 0
     return "every floating-point output value is " + " or ".join(sorted(values))
+
+
+def reordered_text(which: list[int] | None, whose: str) -> str:
+    """"; output(s) … hold ``whose`` rows in another order …" for compare's ``reordered``,
+    else "" (check's error and bench's line say it alike)."""
+    if not which:
+        return ""
+    return (f"; output(s) {', '.join(map(str, which))} hold {whose} rows in another order "
+            "(near-equal values, such as a detector's scores, ranked the other way round)")
 
 
 def _same_rows(r: np.ndarray, c: np.ndarray, atol: float, rtol: float) -> bool:
